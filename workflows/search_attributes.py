@@ -1,0 +1,28 @@
+"""Search attributes the generic workflow maintains so operators can list runs in the Web UI.
+
+They must be registered on the namespace before use (the dev-server launcher and the test fixtures do
+it; production runs ``temporal operator search-attribute create`` once, see the README).
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+DEFINITION_NAME = SearchAttributeKey.for_keyword("DefinitionName")
+DEFINITION_VERSION = SearchAttributeKey.for_int("DefinitionVersion")
+DEFINITION_HASH = SearchAttributeKey.for_keyword("DefinitionHash")
+CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
+RUN_STATE = SearchAttributeKey.for_keyword("RunState")
+AWAITING_APPROVAL = SearchAttributeKey.for_bool("AwaitingApproval")
+
+ALL_KEYS = (DEFINITION_NAME, DEFINITION_VERSION, DEFINITION_HASH, CURRENT_STEP, RUN_STATE, AWAITING_APPROVAL)
+
+# name -> the type word `temporal server start-dev --search-attribute NAME=TYPE` expects.
+CLI_TYPES: dict[str, str] = {
+    "DefinitionName": "Keyword",
+    "DefinitionVersion": "Int",
+    "DefinitionHash": "Keyword",
+    "CurrentStep": "Keyword",
+    "RunState": "Keyword",
+    "AwaitingApproval": "Bool",
+}
