@@ -1,0 +1,541 @@
+"""Expression and template evaluation in a jinja2 sandbox.
+
+Definitions use jinja syntax in two ways:
+
+* expressions without braces, e.g. ``steps.check.output.status_code == 200``, evaluated with
+  :func:`evaluate`;
+* templates inside JSON-like values, rendered with :func:`render`. A string that is exactly one
+  ``{{ expr }}`` yields the expression's native value; any other string with template syntax
+  renders to a string.
+
+Evaluation runs inside workflow code, so the environment is deterministic (no clock, no random)
+and bounded (ranges, repetition, exponentiation and formatting widths are limited). Python's
+``eval`` is never used. ``${secret:NAME}`` references are not jinja syntax and pass through
+untouched, to be resolved only inside activities.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import types
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
+from typing import Any
+
+import jinja2
+import jinja2.exceptions
+from jinja2 import StrictUndefined, Undefined, pass_eval_context
+from jinja2.environment import TemplateExpression
+from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from interpreter.durations import parse_duration
+
+__all__ = [
+    "MAX_RENDERED_BYTES",
+    "TemplateError",
+    "check_expression",
+    "check_template",
+    "contains_template",
+    "evaluate",
+    "render",
+    "template_strings",
+]
+
+MAX_RENDERED_BYTES = 256 * 1024
+"""Largest rendered string (UTF-8 bytes) accepted from a template."""
+
+_MAX_ITEMS = 100_000
+_MAX_RANGE = 10_000
+_MAX_EXPONENT = 100
+_MAX_POWER_BITS = 100_000
+_CACHE_SIZE = 4096
+_SHOWN_SOURCE_CHARS = 200
+
+_TEMPLATE_MARKERS = ("{{", "{%")
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_BRACE_FIELD = re.compile(r"\{([^{}]*)\}")
+_DIGITS = re.compile(r"\d+")
+
+
+class TemplateError(ValueError):
+    """A template or expression failed to parse or evaluate.
+
+    Attributes:
+        source: The full template or expression text.
+        detail: What went wrong, e.g. ``'x' is undefined``.
+    """
+
+    def __init__(self, source: str, detail: str) -> None:
+        super().__init__(source, detail)
+        self.source = source
+        self.detail = detail
+
+    def __str__(self) -> str:
+        shown = self.source
+        if len(shown) > _SHOWN_SOURCE_CHARS:
+            shown = shown[:_SHOWN_SOURCE_CHARS] + "..."
+        return f"template error in '{shown}': {self.detail}"
+
+
+class _Undefined(StrictUndefined):
+    """Strict undefined whose messages name the missing key and the keys that do exist."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        name = self._undefined_name
+        obj = self._undefined_obj
+        if not self._undefined_hint and isinstance(obj, Mapping) and isinstance(name, str):
+            keys = sorted(str(key) for key in obj)
+            if not keys:
+                return f"{name!r} is undefined (no keys available)"
+            listed = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
+            return f"{name!r} is undefined (available: {listed})"
+        message: str = super()._undefined_message
+        return message
+
+
+def _too_large(what: str, size: int, limit: int) -> SecurityError:
+    return SecurityError(f"{what} would have {size} items, more than the limit of {limit}")
+
+
+def _bounded_range(*args: int) -> range:
+    """``range`` limited to ``_MAX_RANGE`` items."""
+    result = range(*args)
+    try:
+        size = len(result)
+    except OverflowError:
+        size = _MAX_RANGE + 1
+    if size > _MAX_RANGE:
+        raise SecurityError(f"range has more than the limit of {_MAX_RANGE} items")
+    return result
+
+
+def _check_width(value: Any, what: str) -> None:
+    if isinstance(value, int) and value > _MAX_ITEMS:
+        raise SecurityError(f"{what} {value} is larger than the limit of {_MAX_ITEMS}")
+
+
+def _check_percent_format(fmt: str) -> None:
+    for match in _PERCENT_SPEC.finditer(fmt.replace("%%", "")):
+        for number in match.groups():
+            if number == "*":
+                raise SecurityError("'*' widths are not supported in format strings")
+            if number is not None:
+                _check_width(int(number), "format width")
+
+
+def _check_brace_format(fmt: str) -> None:
+    unescaped = fmt.replace("{{", "").replace("}}", "")
+    if re.search(r"\{[^{}]*\{", unescaped):
+        raise SecurityError("nested replacement fields are not supported in format strings")
+    for match in _BRACE_FIELD.finditer(unescaped):
+        spec = match.group(1).partition(":")[2]
+        for number in _DIGITS.findall(spec):
+            _check_width(int(number), "format width")
+
+
+def _check_replace(s: str, old: str, new: str, count: int | None) -> None:
+    occurrences = len(s) + 1 if old == "" else s.count(old)
+    if count is not None and count >= 0:
+        occurrences = min(occurrences, count)
+    size = len(s) + occurrences * (len(new) - len(old))
+    if size > max(_MAX_ITEMS, len(s)):
+        raise _too_large("replace result", size, _MAX_ITEMS)
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple))
+
+
+def _to_json(value: Any) -> Any:
+    """Convert an evaluation result into plain JSON-compatible Python values.
+
+    Raises:
+        jinja2.exceptions.UndefinedError: If the value is or contains an undefined value.
+        TypeError: If the value is or contains something without a JSON representation.
+    """
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{value} is not a valid JSON number")
+        return float(value)
+    if isinstance(value, Mapping):
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"object keys must be strings, got {type(key).__name__} {key!r}")
+            result[str(key)] = _to_json(item)
+        return result
+    if isinstance(value, (list, tuple, range, Iterator, KeysView, ValuesView, ItemsView)):
+        items: list[Any] = []
+        for item in value:
+            if len(items) >= _MAX_ITEMS:
+                raise _too_large("result", len(items) + 1, _MAX_ITEMS)
+            items.append(_to_json(item))
+        return items
+    raise TypeError(f"a {type(value).__name__} value cannot be converted to JSON")
+
+
+def _finalize(value: Any) -> Any:
+    """Print containers as JSON inside string templates, and refuse non-JSON objects."""
+    if isinstance(value, Undefined) or value is None or isinstance(value, (str, int, float)):
+        return value
+    return json.dumps(_to_json(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    """Deterministic JSON: keys sorted, no HTML escaping, non-ASCII kept."""
+    return json.dumps(_to_json(value), sort_keys=True, ensure_ascii=False, allow_nan=False, indent=indent)
+
+
+def _duration_seconds(value: Any) -> float:
+    """Parse a duration such as ``"1h30m"`` or ``"PT30S"`` into seconds."""
+    return parse_duration(value).total_seconds()
+
+
+def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
+    """Bound the built-in filters that can amplify output size beyond their input."""
+    center = filters["center"]
+    indent = filters["indent"]
+    fmt = filters["format"]
+    batch = filters["batch"]
+    slice_ = filters["slice"]
+    replace = filters["replace"]
+
+    def do_center(value: str, width: int = 80) -> str:
+        _check_width(width, "center width")
+        result: str = center(value, width)
+        return result
+
+    def do_indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+        _check_width(width, "indent width")
+        result: str = indent(s, width, first, blank)
+        return result
+
+    def do_format(value: str, *args: Any, **kwargs: Any) -> str:
+        _check_percent_format(str(value))
+        result: str = fmt(value, *args, **kwargs)
+        return result
+
+    def do_batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+        _check_width(linecount, "batch size")
+        return batch(value, linecount, fill_with)
+
+    def do_slice(value: Any, slices: int, fill_with: Any = None) -> Any:
+        _check_width(slices, "slice count")
+        return slice_(value, slices, fill_with)
+
+    @pass_eval_context
+    def do_replace(eval_ctx: EvalContext, s: str, old: str, new: str, count: int | None = None) -> str:
+        _check_replace(str(s), str(old), str(new), count)
+        result: str = replace(eval_ctx, s, old, new, count)
+        return result
+
+    filters.update(
+        center=do_center,
+        indent=do_indent,
+        format=do_format,
+        batch=do_batch,
+        slice=do_slice,
+        replace=do_replace,
+    )
+
+
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox every definition template and expression runs in."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self) -> None:
+        super().__init__(undefined=_Undefined, autoescape=False, finalize=_finalize)
+        self.globals["range"] = _bounded_range
+        # lipsum draws from the random module.
+        del self.globals["lipsum"]
+        del self.filters["random"]
+        _guard_filters(self.filters)
+        self.filters["tojson"] = _tojson
+        self.filters["duration_seconds"] = _duration_seconds
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """Prefer keys over methods for dicts, so ``input.items`` means the ``items`` key."""
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """Refuse operations whose result would be huge before computing them."""
+        if operator == "**":
+            if isinstance(right, (int, float)) and right > _MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is larger than the limit of {_MAX_EXPONENT}")
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and abs(left) > 1
+                and left.bit_length() * right > _MAX_POWER_BITS
+            ):
+                raise SecurityError("power result is too large")
+        elif operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if _sized(sequence) and isinstance(count, int):
+                    size = len(sequence) * count
+                    if size > _MAX_ITEMS:
+                        raise _too_large("repetition", size, _MAX_ITEMS)
+        elif operator == "+":
+            if _sized(left) and _sized(right):
+                size = len(left) + len(right)
+                if size > _MAX_ITEMS:
+                    raise _too_large("concatenation", size, _MAX_ITEMS)
+        elif operator == "%" and isinstance(left, str):
+            _check_percent_format(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Bound string methods that pad or replace before calling them."""
+        if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, str):
+            name = __obj.__name__
+            if name in _WIDTH_METHODS:
+                for argument in (*args, *kwargs.values()):
+                    _check_width(argument, f"{name} width")
+            elif name == "expandtabs":
+                tabsize = args[0] if args else kwargs.get("tabsize", 8)
+                if isinstance(tabsize, int):
+                    size = len(__obj.__self__) * max(tabsize, 1)
+                    if size > max(_MAX_ITEMS, len(__obj.__self__)):
+                        raise _too_large("expandtabs result", size, _MAX_ITEMS)
+            elif name == "replace" and len(args) >= 2:
+                count = args[2] if len(args) > 2 else kwargs.get("count")
+                _check_replace(__obj.__self__, str(args[0]), str(args[1]), count)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """Check format specs of ``str.format``/``format_map`` before the sandboxed call."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        sandboxed = wrapped
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_brace_format(fmt)
+            return sandboxed(*args, **kwargs)
+
+        return checked
+
+
+_ENV = _Environment()
+
+
+def _detail(exc: Exception) -> str:
+    if isinstance(exc, jinja2.exceptions.TemplateSyntaxError):
+        return f"syntax error: {exc.message} (line {exc.lineno})"
+    if isinstance(exc, jinja2.exceptions.TemplateError):
+        return str(exc.message) if exc.message else type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile_expression(source: str) -> TemplateExpression:
+    return _ENV.compile_expression(source, undefined_to_none=False)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile_template(source: str) -> jinja2.Template:
+    return _ENV.from_string(source)
+
+
+def check_expression(src: str) -> None:
+    """Check that a bare expression (no braces) parses.
+
+    Args:
+        src: The expression, e.g. ``steps.check.output.status_code == 200``.
+
+    Raises:
+        TemplateError: On a syntax error.
+    """
+    try:
+        _compile_expression(src)
+    except Exception as exc:
+        raise TemplateError(src, _detail(exc)) from exc
+
+
+def check_template(src: str) -> None:
+    """Check that a template string parses.
+
+    Args:
+        src: The template, e.g. ``Hello {{ input.name }}``.
+
+    Raises:
+        TemplateError: On a syntax error.
+    """
+    try:
+        _compile_template(src)
+    except Exception as exc:
+        raise TemplateError(src, _detail(exc)) from exc
+
+
+def _check_size(source: str, text: str) -> str:
+    if len(text) * 4 > MAX_RENDERED_BYTES and len(text.encode("utf-8")) > MAX_RENDERED_BYTES:
+        raise TemplateError(source, f"rendered string is larger than {MAX_RENDERED_BYTES} bytes")
+    return text
+
+
+def _evaluate_compiled(source: str, expression: TemplateExpression, context: Mapping[str, Any]) -> Any:
+    try:
+        value = _to_json(expression(dict(context)))
+    except TemplateError:
+        raise
+    except Exception as exc:
+        raise TemplateError(source, _detail(exc)) from exc
+    if isinstance(value, str):
+        _check_size(source, value)
+    return value
+
+
+def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
+    """Evaluate a bare jinja expression to a JSON-compatible value.
+
+    Args:
+        expression: The expression without braces, e.g.
+            ``steps.check.output.status_code == 200 and input.tier in ['gold']``.
+        context: Top-level names, e.g. ``{"input": ..., "steps": ...}``.
+
+    Returns:
+        The value: ``None``, ``bool``, ``int``, ``float``, ``str``, or lists and dicts of these.
+        Iterators (e.g. from ``select``) become lists.
+
+    Raises:
+        TemplateError: On a syntax error, an undefined name, a sandbox violation, a result that
+            is not JSON-compatible, or any other evaluation error.
+    """
+    try:
+        compiled = _compile_expression(expression)
+    except Exception as exc:
+        raise TemplateError(expression, _detail(exc)) from exc
+    return _evaluate_compiled(expression, compiled, context)
+
+
+def _is_template(text: str) -> bool:
+    return any(marker in text for marker in _TEMPLATE_MARKERS)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _single_expression(text: str) -> TemplateExpression | None:
+    """The compiled expression if ``text`` is exactly one ``{{ expr }}``, else ``None``."""
+    stripped = text.strip()
+    if not (stripped.startswith("{{") and stripped.endswith("}}")) or len(stripped) < 4:
+        return None
+    inner = stripped[2:-2]
+    # Whitespace-control markers ("{{- x -}}") only affect the surrounding whitespace.
+    if inner[:1] in ("-", "+"):
+        inner = inner[1:]
+    if inner.endswith("-"):
+        inner = inner[:-1]
+    # If the inner text holds another "}}" outside string literals, it is not one expression
+    # and compiling it fails, so the string is rendered as a whole instead.
+    try:
+        return _compile_expression(inner)
+    except Exception:
+        return None
+
+
+def _render_string(text: str, context: Mapping[str, Any]) -> Any:
+    if not _is_template(text):
+        return text
+    expression = _single_expression(text)
+    if expression is not None:
+        return _evaluate_compiled(text, expression, context)
+    try:
+        rendered = _compile_template(text).render(dict(context))
+    except Exception as exc:
+        raise TemplateError(text, _detail(exc)) from exc
+    return _check_size(text, rendered)
+
+
+def render(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every template inside a JSON-like value.
+
+    Args:
+        value: A dict, list, string or scalar. Dict keys are kept as they are; values and list
+            items are rendered recursively. A string that is exactly one ``{{ expr }}`` (with
+            optional surrounding whitespace) becomes the expression's native value; any other
+            string containing ``{{`` or ``{%`` renders to a string, with lists and dicts printed
+            as JSON. Strings without template syntax and non-string scalars are returned as is.
+        context: Top-level names, e.g. ``{"input": ..., "steps": ...}``.
+
+    Returns:
+        The rendered, JSON-compatible value (tuples become lists).
+
+    Raises:
+        TemplateError: If any template fails, yields a non-JSON value, or renders a string
+            larger than :data:`MAX_RENDERED_BYTES`.
+    """
+    if isinstance(value, str):
+        return _render_string(value, context)
+    if isinstance(value, dict):
+        return {key: render(item, context) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render(item, context) for item in value]
+    return value
+
+
+def contains_template(value: Any) -> bool:
+    """Whether any string inside a JSON-like value contains ``{{`` or ``{%``.
+
+    Args:
+        value: A dict, list, string or scalar.
+
+    Returns:
+        True if rendering could change the value.
+    """
+    return next(template_strings(value), None) is not None
+
+
+def _key_path(key: Any) -> str:
+    if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key):
+        return f".{key}"
+    return f"[{json.dumps(key if isinstance(key, str) else str(key))}]"
+
+
+def template_strings(value: Any) -> Iterator[tuple[str, str]]:
+    """Every string with template syntax inside a JSON-like value, with its path.
+
+    Args:
+        value: A dict, list, string or scalar.
+
+    Yields:
+        ``(path, text)`` pairs in document order. ``path`` is relative to ``value``: ``""`` for
+        ``value`` itself, ``.headers.Authorization`` for dict keys (``["a b"]`` for keys that
+        are not simple names) and ``[2]`` for list items.
+    """
+    if isinstance(value, str):
+        if _is_template(value):
+            yield "", value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            prefix = _key_path(key)
+            for path, text in template_strings(item):
+                yield prefix + path, text
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            for path, text in template_strings(item):
+                yield f"[{index}]{path}", text
