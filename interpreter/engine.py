@@ -1,0 +1,794 @@
+"""The evaluator: walks a definition's steps and drives a :class:`Runtime`.
+
+The engine is deterministic and does no I/O: every side effect, timer and wait goes through the
+runtime, and the clock is the runtime's. In production the runtime is the generic Temporal workflow
+(:mod:`workflows.generic`); in unit tests it is a fake with a virtual clock. Everything the engine
+does depends only on the definition, the run input, what the runtime returned and the decisions it
+was given, so a replay makes the same calls in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from interpreter.actions import ActionRequest, ActionResult
+from interpreter.business_hours import delay_until_open
+from interpreter.durations import format_duration, parse_duration
+from interpreter.model import (
+    ApprovalStep,
+    Branch,
+    ConditionStep,
+    DelayStep,
+    Definition,
+    FailStep,
+    ForeachStep,
+    Goto,
+    JoinStrategy,
+    ParallelStep,
+    RetryPolicy,
+    SetStep,
+    SucceedStep,
+    SwitchStep,
+    TaskStep,
+    Timeouts,
+)
+from interpreter.state import (
+    CancelRequest,
+    Decision,
+    DecisionKind,
+    DecisionRecord,
+    PendingApproval,
+    RunResult,
+    RunState,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from interpreter.templates import TemplateError, evaluate, render
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    """One action the engine asks the runtime to execute (one Temporal activity).
+
+    Attributes:
+        activity_id: Unique among the run's activities: the step path, plus ``#n`` on the n-th
+            visit of a step reached again by a jump.
+        summary: What the Web UI shows for the activity: the step's name.
+    """
+
+    step_id: str
+    path: str
+    action: str
+    activity_id: str
+    summary: str
+    request: ActionRequest
+    retry: RetryPolicy
+    timeouts: Timeouts
+
+
+class ActionFailedError(Exception):
+    """Raised by a runtime when an action failed for good (non-retryable, or retries exhausted)."""
+
+    def __init__(self, message: str, error_type: str, attempts: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.attempts = attempts
+
+
+class Runtime(Protocol):
+    """What the engine needs from its host."""
+
+    def now(self) -> datetime:
+        """The current (deterministic) time, timezone-aware UTC."""
+        ...
+
+    async def execute_action(self, call: ActionCall) -> ActionResult:
+        """Runs an action with the call's retry policy and timeouts.
+
+        Raises:
+            ActionFailedError: When the action failed for good.
+        """
+        ...
+
+    async def sleep(self, seconds: float, summary: str) -> None:
+        """A durable timer."""
+        ...
+
+    async def wait_condition(self, predicate: Callable[[], bool], timeout_s: float | None, summary: str) -> bool:
+        """Waits until ``predicate()`` is true (returns True) or the timeout passes (returns False)."""
+        ...
+
+    def state_changed(self) -> None:
+        """Called whenever the run's state, current steps or pending approvals change."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Identity of the run, for idempotency keys and the ``run`` template variable."""
+
+    workflow_id: str
+    run_id: str
+    started_at: datetime
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be accepted (no such pending approval, actor not allowed, ...)."""
+
+
+class _Jump(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+class _Succeed(Exception):  # noqa: N818
+    def __init__(self, output: Any) -> None:
+        super().__init__("succeed")
+        self.output = output
+
+
+class _RunFailed(Exception):
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+
+
+class _CompensateAndEnd(_RunFailed):
+    pass
+
+
+@dataclass
+class _Scope:
+    """Results visible to templates, and where step paths are rooted."""
+
+    steps: dict[str, Any]
+    prefix: str = ""
+    local: dict[str, Any] = field(default_factory=dict)
+    parent: _Scope | None = None
+    last_output: Any = None
+
+    def sibling(self, prefix: str | None = None) -> _Scope:
+        """A view that shares this scope's results and locals, with its own last output."""
+        return _Scope(
+            steps=self.steps, prefix=self.prefix if prefix is None else prefix, local=self.local, parent=self.parent
+        )
+
+    def visible_steps(self) -> Mapping[str, Any]:
+        if self.parent is None:
+            return self.steps
+        return {**self.parent.visible_steps(), **self.steps}
+
+    def visible_locals(self) -> dict[str, Any]:
+        if self.parent is None:
+            return dict(self.local)
+        return {**self.parent.visible_locals(), **self.local}
+
+
+@dataclass
+class _Approval:
+    view: PendingApproval
+    step: ApprovalStep
+    decision: tuple[DecisionKind, Decision] | None = None
+
+
+@dataclass
+class _Compensation:
+    step: TaskStep
+    scope: _Scope
+    path: str
+
+
+def resolve_timeouts(definition: Definition, step: TaskStep) -> Timeouts:
+    """The step's timeouts, each field falling back to the definition's defaults."""
+    base = definition.defaults.timeouts
+    own = step.timeouts or Timeouts()
+    return Timeouts(
+        start_to_close=own.start_to_close or base.start_to_close,
+        schedule_to_close=own.schedule_to_close or base.schedule_to_close,
+        heartbeat=own.heartbeat or base.heartbeat,
+    )
+
+
+def _mark_done(order: list[int], index: int, _task: asyncio.Future[Any]) -> None:
+    order.append(index)
+
+
+def _failed(task: asyncio.Future[Any]) -> bool:
+    return task.cancelled() or task.exception() is not None
+
+
+class Engine:
+    """Runs one definition against one runtime. Create one per run."""
+
+    def __init__(
+        self, definition: Definition, run_input: Mapping[str, Any], runtime: Runtime, info: RunInfo
+    ) -> None:
+        self.definition = definition
+        self.input = dict(run_input)
+        self.runtime = runtime
+        self.info = info
+        self.state = RunState.RUNNING
+        self.vars: dict[str, Any] = {}
+        self.records: list[StepRecord] = []
+        self.active: dict[str, str] = {}
+        self.decisions: list[DecisionRecord] = []
+        self.cancel_request: CancelRequest | None = None
+        self.output: Any = None
+        self.error: str | None = None
+        self.error_type: str | None = None
+        self._root = _Scope(steps={})
+        self._approvals: dict[str, _Approval] = {}
+        self._compensations: list[_Compensation] = []
+        self._visits: dict[str, int] = {}
+        self._executions = 0
+        self._run_ctx = {
+            "workflow_id": info.workflow_id,
+            "run_id": info.run_id,
+            "definition": definition.name,
+            "version": definition.version,
+            "started_at": info.started_at.isoformat(),
+        }
+
+    # ----------------------------------------------------------------------------------- the run
+
+    async def run(self) -> RunResult:
+        """Executes the definition to its end.
+
+        Returns:
+            The result; ``state`` says how the run ended. Cancellation (``asyncio.CancelledError``
+            while running) runs the compensations and returns ``cancelled``: the host decides how to
+            report it.
+        """
+        try:
+            try:
+                await self._sequence(self.definition.steps, self._root)
+                output = self.definition.output
+                self.output = (
+                    dict(self.vars) if output is None else render(output, self._context(self._root))
+                )
+            except _Succeed as done:
+                self.output = done.output
+            self._set_state(RunState.COMPLETED)
+        except _CompensateAndEnd as failure:
+            self._fail(failure.message, failure.error_type)
+            await self._compensate()
+            self._set_state(RunState.COMPENSATED)
+        except _RunFailed as failure:
+            self._fail(failure.message, failure.error_type)
+            await self._compensate()
+            self._set_state(RunState.FAILED)
+        except TemplateError as err:
+            self._fail(str(err), "TemplateError")
+            await self._compensate()
+            self._set_state(RunState.FAILED)
+        except _Jump as jump:  # validation makes this unreachable; say so clearly if it is not
+            self._fail(f"jump to {jump.target!r} has no target in scope", "InvalidDefinition")
+            await self._compensate()
+            self._set_state(RunState.FAILED)
+        except asyncio.CancelledError:
+            who = self.cancel_request
+            self._fail(
+                f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled"
+            )
+            await self._compensate()
+            self._set_state(RunState.CANCELLED)
+        return self.result()
+
+    def result(self) -> RunResult:
+        """The run's result as it stands."""
+        return RunResult(
+            state=self.state,
+            output=self.output,
+            error=self.error,
+            error_type=self.error_type,
+            steps=list(self.records),
+        )
+
+    def status(self) -> RunStatus:
+        """A snapshot for the ``status`` query."""
+        return RunStatus(
+            definition=self.definition.name,
+            version=self.definition.version,
+            state=self.state,
+            current_steps=list(self.active),
+            steps=list(self.records),
+            pending_approvals=[a.view for a in self._approvals.values()],
+            decisions=list(self.decisions),
+            vars=dict(self.vars),
+            output=self.output,
+            error=self.error,
+            error_type=self.error_type,
+            cancelled_by=self.cancel_request,
+        )
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """True while at least one approval step waits for a decision."""
+        return any(a.decision is None for a in self._approvals.values())
+
+    def _fail(self, message: str, error_type: str) -> None:
+        if self.error is None:
+            self.error, self.error_type = message, error_type
+
+    def _set_state(self, state: RunState) -> None:
+        if self.state != state:
+            self.state = state
+            self.runtime.state_changed()
+
+    def _context(self, scope: _Scope) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "vars": self.vars,
+            "steps": scope.visible_steps(),
+            "run": self._run_ctx,
+            **scope.visible_locals(),
+        }
+
+    # ------------------------------------------------------------------------------- decisions
+
+    def check_decision(self, kind: DecisionKind, decision: Decision) -> _Approval:
+        """Checks that a decision can be accepted now.
+
+        Raises:
+            DecisionError: Naming why not.
+        """
+        waiting = [a for a in self._approvals.values() if a.decision is None]
+        if not waiting:
+            raise DecisionError("no approval is pending in this run")
+        if decision.step_id is not None:
+            matches = [a for a in waiting if decision.step_id in (a.view.step_id, a.view.path)]
+            if not matches:
+                names = ", ".join(a.view.path for a in waiting)
+                raise DecisionError(f"no approval is pending at step {decision.step_id!r} (pending: {names})")
+            approval = matches[0]
+        elif len(waiting) > 1:
+            names = ", ".join(a.view.path for a in waiting)
+            raise DecisionError(f"several approvals are pending ({names}): name the step")
+        else:
+            approval = waiting[0]
+        if decision.actor not in approval.view.approvers:
+            raise DecisionError(
+                f"{decision.actor!r} may not decide step {approval.view.path!r}"
+                f" (approvers: {', '.join(approval.view.approvers)})"
+            )
+        allowed = approval.view.fields
+        if allowed is not None:
+            unknown = sorted(k for k in decision.data if k not in allowed)
+            if unknown:
+                raise DecisionError(
+                    f"unknown form fields {unknown} for step {approval.view.path!r} (allowed: {allowed})"
+                )
+        return approval
+
+    def decide(self, kind: DecisionKind, decision: Decision) -> None:
+        """Accepts a decision, or records it as refused.
+
+        Raises:
+            DecisionError: When refused (the refusal is recorded in the status first).
+        """
+        try:
+            approval = self.check_decision(kind, decision)
+        except DecisionError as err:
+            self.decisions.append(self._decision_record(kind, decision, refusal=str(err)))
+            raise
+        approval.decision = (kind, decision)
+        self.decisions.append(self._decision_record(kind, decision, refusal=None))
+
+    def _decision_record(self, kind: DecisionKind, decision: Decision, refusal: str | None) -> DecisionRecord:
+        return DecisionRecord(
+            decision=kind,
+            actor=decision.actor,
+            step_id=decision.step_id,
+            reason=decision.reason,
+            at=self.runtime.now(),
+            accepted=refusal is None,
+            refusal=refusal,
+        )
+
+    # ------------------------------------------------------------------------------ sequencing
+
+    async def _sequence(self, steps: list[Any], scope: _Scope) -> None:
+        index = {step.id: i for i, step in enumerate(steps)}
+        i = 0
+        while i < len(steps):
+            try:
+                await self._step(steps[i], scope)
+            except _Jump as jump:
+                if jump.target not in index:
+                    raise
+                i = index[jump.target]
+                continue
+            i += 1
+
+    async def _step(self, step: Any, scope: _Scope) -> None:
+        path = scope.prefix + step.id
+        visits = self._visits[path] = self._visits.get(path, 0) + 1
+        if step.max_visits is not None and visits > step.max_visits:
+            raise _RunFailed(
+                f"step {path!r} would run {visits} times, more than its max_visits {step.max_visits}",
+                "LoopLimitExceeded",
+            )
+        self._executions += 1
+        if self._executions > self.definition.limits.max_step_executions:
+            raise _RunFailed(
+                f"the run executed more than limits.max_step_executions"
+                f" ({self.definition.limits.max_step_executions}) steps",
+                "StepLimitExceeded",
+            )
+        record = StepRecord(
+            id=step.id,
+            path=path,
+            type=step.type,
+            name=step.label,
+            status=StepStatus.RUNNING,
+            started_at=self.runtime.now(),
+        )
+        self.records.append(record)
+        try:
+            if step.when is not None and not evaluate(step.when, self._context(scope)):
+                self._finish(record, StepStatus.SKIPPED)
+                return
+            self.active[path] = step.label
+            self.runtime.state_changed()
+            output = await self._dispatch(step, scope, path, record, visits)
+        except TemplateError as err:
+            self._finish_open(record, StepStatus.FAILED, error=str(err), error_type="TemplateError")
+            raise _RunFailed(f"step {path!r}: {err}", "TemplateError") from None
+        except (_Jump, _Succeed):
+            self._finish_open(record, StepStatus.COMPLETED)
+            raise
+        except asyncio.CancelledError:
+            self._finish_open(record, StepStatus.CANCELLED, error="cancelled", error_type="Cancelled")
+            raise
+        except _RunFailed as failure:
+            self._finish_open(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
+            raise
+        else:
+            self._finish_open(record, StepStatus.COMPLETED, output=output)
+        finally:
+            scope.steps[step.id] = {
+                "status": str(record.status),
+                "output": record.output,
+                "error": record.error,
+                "error_type": record.error_type,
+                "attempts": record.attempts,
+            }
+            if self.active.pop(path, None) is not None:
+                self.runtime.state_changed()
+        scope.last_output = record.output
+        if step.next is not None:
+            raise _Jump(step.next)
+
+    def _finish_open(
+        self, record: StepRecord, status: StepStatus, output: Any = None, error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        """Finishes the record unless a handler already did (it knows better)."""
+        if record.status in (StepStatus.RUNNING, StepStatus.WAITING):
+            self._finish(record, status, output=output, error=error, error_type=error_type)
+
+    def _finish(
+        self,
+        record: StepRecord,
+        status: StepStatus,
+        output: Any = None,
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        now = self.runtime.now()
+        record.status = status
+        record.finished_at = now
+        record.duration_s = (now - record.started_at).total_seconds()
+        record.output = output
+        record.error = error
+        record.error_type = error_type
+
+    async def _dispatch(self, step: Any, scope: _Scope, path: str, record: StepRecord, visit: int) -> Any:
+        if isinstance(step, TaskStep):
+            return await self._task(step, scope, path, record, visit)
+        if isinstance(step, ConditionStep):
+            truth = bool(evaluate(step.if_, self._context(scope)))
+            chosen = step.then if truth else step.else_
+            await self._branch(chosen, scope)
+            return {"branch": "then" if truth else ("else" if chosen else None)}
+        if isinstance(step, SwitchStep):
+            ctx = self._context(scope)
+            for i, case in enumerate(step.cases):
+                if evaluate(case.when, ctx):
+                    await self._branch(case.then, scope)
+                    return {"case": i}
+            await self._branch(step.default, scope)
+            return {"case": "default" if step.default else None}
+        if isinstance(step, ParallelStep):
+            return await self._parallel(step, scope, path)
+        if isinstance(step, ForeachStep):
+            return await self._foreach(step, scope, path)
+        if isinstance(step, DelayStep):
+            return await self._delay(step, scope)
+        if isinstance(step, ApprovalStep):
+            return await self._approval(step, scope, path, record)
+        if isinstance(step, SetStep):
+            values = render(dict(step.vars), self._context(scope))
+            self.vars.update(values)
+            return values
+        if isinstance(step, SucceedStep):
+            output = render(step.output, self._context(scope))
+            self._finish(record, StepStatus.COMPLETED, output=output)
+            raise _Succeed(output)
+        if isinstance(step, FailStep):
+            message = render(step.message, self._context(scope))
+            raise _RunFailed(str(message), step.error_type)
+        raise _RunFailed(f"step {path!r} has unknown type {step.type!r}", "InvalidDefinition")
+
+    async def _branch(self, branch: Branch | None, scope: _Scope) -> None:
+        if branch is None:
+            return
+        if branch.goto is not None:
+            raise _Jump(branch.goto)
+        await self._sequence(branch.steps or [], scope)
+
+    # ------------------------------------------------------------------------------ step kinds
+
+    async def _task(self, step: TaskStep, scope: _Scope, path: str, record: StepRecord, visit: int) -> Any:
+        retry = step.retry or self.definition.defaults.retry
+        suffix = f"#{visit}" if visit > 1 else ""
+        request = ActionRequest(
+            step_id=path,
+            idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
+            input=render(dict(step.input), self._context(scope)),
+            retry_mode=retry.preset,
+            initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
+            maximum_interval_s=(
+                parse_duration(retry.maximum_interval).total_seconds() if retry.maximum_interval else None
+            ),
+        )
+        call = ActionCall(
+            step_id=step.id,
+            path=path,
+            action=step.action,
+            activity_id=path + suffix,
+            summary=f"{step.label} ({step.action})",
+            request=request,
+            retry=retry,
+            timeouts=resolve_timeouts(self.definition, step),
+        )
+        try:
+            result = await self.runtime.execute_action(call)
+        except ActionFailedError as failure:
+            record.attempts = failure.attempts
+            message = f"step {path!r} failed after {failure.attempts} attempt(s): {failure.message}"
+            self._finish(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
+            policy = step.on_failure
+            if policy == "continue":
+                return None
+            if isinstance(policy, Goto):
+                raise _Jump(policy.goto) from None
+            if policy == "compensate":
+                raise _CompensateAndEnd(message, failure.error_type) from None
+            raise _RunFailed(message, failure.error_type) from None
+        record.attempts = result.attempt
+        if step.compensate:
+            self._compensations.append(_Compensation(step, scope, path))
+        return result.output
+
+    async def _join(
+        self, factories: list[Callable[[], Awaitable[Any]]], mode: JoinStrategy, summary: str
+    ) -> tuple[int, list[Any]]:
+        """Runs coroutines as concurrent tasks and joins them by ``mode``; losers are cancelled.
+
+        Returns:
+            ``(winner, results)``: for ``all`` the winner is -1 and ``results`` holds every result
+            in order; otherwise ``results`` holds the winner's result only.
+        """
+        tasks = [asyncio.create_task(factory()) for factory in factories]
+        order: list[int] = []
+        for i, task in enumerate(tasks):
+            task.add_done_callback(functools.partial(_mark_done, order, i))
+
+        def settled() -> bool:
+            if mode == JoinStrategy.ALL:
+                return len(order) == len(tasks) or any(_failed(tasks[i]) for i in order)
+            if mode == JoinStrategy.ANY:
+                return len(order) == len(tasks) or any(not _failed(tasks[i]) for i in order)
+            return bool(order)
+
+        try:
+            await self.runtime.wait_condition(settled, None, summary)
+        finally:
+            losers = [t for t in tasks if not t.done()]
+            for task in losers:
+                task.cancel()
+            if losers:
+                await asyncio.gather(*losers, return_exceptions=True)
+        if mode == JoinStrategy.ALL:
+            for i in order:
+                if _failed(tasks[i]):
+                    tasks[i].result()  # re-raises the first failure
+            return -1, [t.result() for t in tasks]
+        if mode == JoinStrategy.ANY:
+            for i in order:
+                if not _failed(tasks[i]):
+                    return i, [tasks[i].result()]
+            tasks[order[0]].result()  # every branch failed: report the first failure
+        first = order[0]
+        return first, [tasks[first].result()]
+
+    async def _parallel(self, step: ParallelStep, scope: _Scope, path: str) -> Any:
+        async def run_branch(steps: list[Any]) -> Any:
+            branch_scope = scope.sibling()
+            await self._sequence(steps, branch_scope)
+            return branch_scope.last_output
+
+        factories = [functools.partial(run_branch, b.steps) for b in step.branches]
+        winner, results = await self._join(factories, step.join, f"{step.label}: join {step.join}")
+        if step.join == JoinStrategy.ALL:
+            return {b.id: r for b, r in zip(step.branches, results, strict=True)}
+        return {"winner": step.branches[winner].id, "output": results[0]}
+
+    async def _foreach(self, step: ForeachStep, scope: _Scope, path: str) -> Any:
+        items = evaluate(step.items, self._context(scope))
+        if isinstance(items, Mapping) or not isinstance(items, list | tuple):
+            raise _RunFailed(
+                f"step {path!r}: 'items' evaluated to {type(items).__name__}, not a list", "InvalidItems"
+            )
+        limit = step.max_items or self.definition.limits.max_foreach_items
+        if len(items) > limit:
+            raise _RunFailed(f"step {path!r}: {len(items)} items exceed the limit of {limit}", "TooManyItems")
+        gate = asyncio.Semaphore(step.concurrency)
+
+        async def one(i: int, item: Any) -> Any:
+            async with gate:
+                it = _Scope(steps={}, prefix=f"{path}[{i}].", local={step.as_: item, "index": i}, parent=scope)
+                await self._sequence(step.steps, it)
+                if step.output is not None:
+                    return render(step.output, self._context(it))
+                return it.last_output
+
+        factories = [functools.partial(one, i, item) for i, item in enumerate(items)]
+        if not factories:
+            return []
+        _, results = await self._join(factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items")
+        return results
+
+    async def _delay(self, step: DelayStep, scope: _Scope) -> Any:
+        now = self.runtime.now()
+        if step.duration is not None:
+            text = render(step.duration, self._context(scope))
+            try:
+                wait = parse_duration(str(text))
+            except ValueError as err:
+                raise _RunFailed(f"step {step.id!r}: {err}", "InvalidDuration") from None
+        elif step.until is not None:
+            text = str(render(step.until, self._context(scope)))
+            try:
+                until = datetime.fromisoformat(text)
+            except ValueError:
+                raise _RunFailed(
+                    f"step {step.id!r}: 'until' rendered to {text!r}, not an ISO 8601 timestamp", "InvalidTimestamp"
+                ) from None
+            if until.tzinfo is None:
+                raise _RunFailed(
+                    f"step {step.id!r}: 'until' timestamp {text!r} has no UTC offset", "InvalidTimestamp"
+                )
+            wait = max(until - now, timedelta(0))
+        else:
+            assert step.business_hours is not None
+            wait = delay_until_open(now, step.business_hours)
+        if wait > timedelta(0):
+            await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
+        return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
+
+    async def _approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
+        start = self.runtime.now()
+        deadline = start + parse_duration(step.timeout) if step.timeout else None
+        approval = _Approval(
+            view=PendingApproval(
+                step_id=step.id,
+                path=path,
+                approvers=list(step.approvers),
+                message=str(render(step.message, self._context(scope))),
+                fields=step.fields,
+                since=start,
+                deadline=deadline,
+            ),
+            step=step,
+        )
+        self._approvals[path] = approval
+        record.status = StepStatus.WAITING
+        self._set_state(RunState.AWAITING_APPROVAL)
+        try:
+            while True:
+                now = self.runtime.now()
+                escalation = step.escalation
+                wake: datetime | None = deadline
+                if escalation is not None and approval.view.escalations < escalation.max_escalations:
+                    next_escalation = start + parse_duration(escalation.after) * (approval.view.escalations + 1)
+                    wake = next_escalation if wake is None else min(wake, next_escalation)
+                timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
+                decided = await self.runtime.wait_condition(
+                    lambda: approval.decision is not None, timeout_s, f"{step.label}: awaiting approval"
+                )
+                if decided:
+                    break
+                if wake == deadline:
+                    return self._approval_timeout(step, approval)
+                assert escalation is not None
+                approval.view.escalations += 1
+                added = [a for a in escalation.add_approvers if a not in approval.view.approvers]
+                approval.view.approvers.extend(added)
+                self.runtime.state_changed()
+                await self._sequence(escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/"))
+        finally:
+            self._approvals.pop(path, None)
+            self._set_state(RunState.AWAITING_APPROVAL if self.awaiting_approval else RunState.RUNNING)
+        assert approval.decision is not None
+        kind, decision = approval.decision
+        data = dict(decision.data)
+        self.vars.update(data)
+        output = {
+            "decision": "approved" if kind == DecisionKind.APPROVE else "rejected",
+            "actor": decision.actor,
+            "reason": decision.reason,
+            "data": data,
+            "escalations": approval.view.escalations,
+        }
+        if kind == DecisionKind.REJECT:
+            return self._rejected(step, path, record, output)
+        return output
+
+    def _rejected(self, step: ApprovalStep, path: str, record: StepRecord, output: dict[str, Any]) -> Any:
+        policy = step.on_reject
+        if policy == "continue":
+            return output
+        self._finish(record, StepStatus.FAILED if policy == "fail" else StepStatus.COMPLETED, output=output,
+                     error=f"rejected by {output['actor']}: {output['reason']}" if policy == "fail" else None,
+                     error_type="ApprovalRejected" if policy == "fail" else None)
+        if isinstance(policy, Goto):
+            raise _Jump(policy.goto)
+        raise _RunFailed(f"step {path!r} rejected by {output['actor']}: {output['reason']}", "ApprovalRejected")
+
+    def _approval_timeout(self, step: ApprovalStep, approval: _Approval) -> Any:
+        output = {
+            "decision": "timed_out",
+            "actor": None,
+            "reason": f"no decision within {step.timeout}",
+            "data": {},
+            "escalations": approval.view.escalations,
+        }
+        policy = step.on_timeout
+        if policy == "approve":
+            return {**output, "decision": "approved", "actor": "timeout"}
+        if policy == "reject":
+            record = next(r for r in reversed(self.records) if r.path == approval.view.path)
+            return self._rejected(step, approval.view.path, record, {**output, "decision": "rejected", "actor": "timeout"})
+        if isinstance(policy, Goto):
+            raise _Jump(policy.goto)
+        raise _RunFailed(
+            f"step {approval.view.path!r}: no decision within {step.timeout}", "ApprovalTimedOut"
+        )
+
+    # ---------------------------------------------------------------------------- compensation
+
+    async def _compensate(self) -> None:
+        """Runs the compensation steps of completed tasks, most recent first. A compensation that
+        fails is recorded and the others still run."""
+        if not self._compensations:
+            return
+        previous = self.state
+        self._set_state(RunState.COMPENSATING)
+        while self._compensations:
+            comp = self._compensations.pop()
+            try:
+                await self._sequence(comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/"))
+            except (_RunFailed, _Succeed, _Jump, TemplateError):
+                continue  # recorded in the step records; keep compensating the rest
+        self.state = previous

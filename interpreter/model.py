@@ -1,0 +1,501 @@
+"""The workflow definition format: strict pydantic v2 models, one per step kind.
+
+A definition is JSON. Its ``steps`` run in order; each step has an ``id`` unique in the whole
+definition, a ``type`` that selects its kind, and optionally ``next`` to jump to a named step
+afterwards. Structural checks (types, unknown fields, durations, templates) happen while parsing;
+the checks that need the whole tree (duplicate ids, jump targets, loop bounds, nesting depth, known
+actions) live in :mod:`interpreter.validate`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from interpreter.actions import RetryMode
+from interpreter.business_hours import BusinessHours
+from interpreter.durations import parse_duration
+from interpreter.templates import check_expression, check_template, template_strings
+
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+def _check_duration_or_template(text: str) -> str:
+    if "{{" in text or "{%" in text:
+        check_template(text)
+    else:
+        parse_duration(text)
+    return text
+
+
+def _check_expression(text: str) -> str:
+    check_expression(text)
+    return text
+
+
+def _check_template(text: str) -> str:
+    check_template(text)
+    return text
+
+
+def _check_templates_in(value: Any) -> Any:
+    for _path, text in template_strings(value):
+        check_template(text)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_check_duration)]
+"""A duration such as ``30s``, ``5m``, ``1h30m``, ``3d`` or ISO 8601 ``P3D``."""
+
+DurationOrTemplate = Annotated[str, AfterValidator(_check_duration_or_template)]
+"""A duration, or a template that renders to one at run time."""
+
+Expression = Annotated[str, AfterValidator(_check_expression)]
+"""A bare jinja2 expression (no braces), e.g. ``steps.check.output.status_code == 200``."""
+
+Template = Annotated[str, AfterValidator(_check_template)]
+"""A string that may contain ``{{ ... }}`` placeholders."""
+
+TemplatedValue = Annotated[Any, AfterValidator(_check_templates_in)]
+"""Any JSON value; every string inside it may be a template."""
+
+StepId = Annotated[str, Field(pattern=STEP_ID_PATTERN)]
+
+
+def seconds(duration: str) -> float:
+    """Converts a validated duration string to seconds."""
+    return parse_duration(duration).total_seconds()
+
+
+class StrictModel(BaseModel):
+    """Base of every definition model: unknown fields are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(StrictModel):
+    """How a task step is retried.
+
+    ``exponential`` and ``constant`` map onto Temporal's server-side retry policy. ``linear``
+    (delay = initial_interval x attempt, capped by maximum_interval) is computed by the action
+    activity, which returns the next delay with its failure; timeouts, which the activity cannot
+    report, are retried at the constant ``initial_interval``.
+    """
+
+    preset: RetryMode = RetryMode.EXPONENTIAL
+    initial_interval: Duration = "1s"
+    backoff_coefficient: float | None = Field(default=None, ge=1.0, le=100.0)
+    maximum_interval: Duration | None = None
+    maximum_attempts: int = Field(default=3, ge=1, le=1000)
+    non_retryable_error_types: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RetryPolicy:
+        if self.preset != RetryMode.EXPONENTIAL and self.backoff_coefficient not in (None, 1.0):
+            raise ValueError(
+                f"backoff_coefficient {self.backoff_coefficient} contradicts preset '{self.preset}'"
+                " (only 'exponential' has a coefficient)"
+            )
+        initial = parse_duration(self.initial_interval)
+        if initial <= timedelta(0):
+            raise ValueError("initial_interval must be greater than zero")
+        if self.maximum_interval is not None and parse_duration(self.maximum_interval) < initial:
+            raise ValueError(
+                f"maximum_interval {self.maximum_interval} is shorter than"
+                f" initial_interval {self.initial_interval}"
+            )
+        return self
+
+    @property
+    def coefficient(self) -> float:
+        """The backoff coefficient Temporal applies (1.0 for constant and linear)."""
+        if self.preset == RetryMode.EXPONENTIAL:
+            return 2.0 if self.backoff_coefficient is None else self.backoff_coefficient
+        return 1.0
+
+
+class Timeouts(StrictModel):
+    """Activity timeouts of a task step."""
+
+    start_to_close: Duration | None = None
+    schedule_to_close: Duration | None = None
+    heartbeat: Duration | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Timeouts:
+        stc = parse_duration(self.start_to_close) if self.start_to_close else None
+        for name in ("start_to_close", "schedule_to_close", "heartbeat"):
+            value = getattr(self, name)
+            if value is not None and parse_duration(value) <= timedelta(0):
+                raise ValueError(f"{name} must be greater than zero")
+        if stc and self.heartbeat and parse_duration(self.heartbeat) > stc:
+            raise ValueError("heartbeat timeout is longer than start_to_close")
+        if stc and self.schedule_to_close and parse_duration(self.schedule_to_close) < stc:
+            raise ValueError("schedule_to_close is shorter than start_to_close")
+        return self
+
+
+class Defaults(StrictModel):
+    """Defaults for every task step that does not declare its own."""
+
+    retry: RetryPolicy = RetryPolicy()
+    timeouts: Timeouts = Timeouts(start_to_close="30s")
+
+
+class Limits(StrictModel):
+    """Bounds that keep a run inside Temporal's history limits."""
+
+    max_depth: int = Field(default=5, ge=1, le=20)
+    max_step_executions: int = Field(default=500, ge=1, le=5000)
+    max_foreach_items: int = Field(default=1000, ge=1, le=10000)
+
+
+class Goto(StrictModel):
+    """Jump to the step with this id (in the same sequence or an enclosing one)."""
+
+    goto: StepId
+
+
+class Branch(StrictModel):
+    """Where a condition leads: nested steps, or a jump. Exactly one of the two."""
+
+    steps: list[Step] | None = None
+    goto: StepId | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Branch:
+        if (self.steps is None) == (self.goto is None):
+            raise ValueError("a branch has exactly one of 'steps' or 'goto'")
+        if self.steps is not None and not self.steps:
+            raise ValueError("'steps' must not be empty")
+        return self
+
+
+class StepBase(StrictModel):
+    """Fields every step kind has.
+
+    Attributes:
+        id: Unique in the whole definition; results are stored under it.
+        name: What operators read in the Web UI (defaults to the id).
+        when: Optional expression; the step is skipped when it is false.
+        next: Jump to this step after this one completes.
+        max_visits: Required on a step that a jump can reach again (a loop); the run fails with a
+            clear error when the step would run more often.
+    """
+
+    id: StepId
+    name: str | None = Field(default=None, max_length=200)
+    when: Expression | None = None
+    next: StepId | None = None
+    max_visits: int | None = Field(default=None, ge=1, le=5000)
+
+    @property
+    def label(self) -> str:
+        """The name shown for this step."""
+        return self.name or self.id
+
+
+OnFailure = Literal["fail", "continue", "compensate"] | Goto
+
+
+class TaskStep(StepBase):
+    """Call an action (a Temporal activity) with templated input.
+
+    ``on_failure`` once the retry policy is exhausted: ``fail`` ends the run as failed after
+    running the compensations of completed tasks; ``continue`` records the error and goes on;
+    ``compensate`` runs the compensations and ends the run as ``compensated`` (a handled failure);
+    ``{"goto": id}`` records the error and jumps.
+    """
+
+    type: Literal["task"]
+    action: Annotated[str, Field(min_length=1, max_length=100)]
+    input: dict[str, TemplatedValue] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeouts: Timeouts | None = None
+    on_failure: OnFailure = "fail"
+    compensate: list[Step] | None = None
+
+
+class ConditionStep(StepBase):
+    """If/else: ``then`` when the expression is true, ``else`` otherwise (nothing if absent)."""
+
+    type: Literal["condition"]
+    if_: Expression = Field(alias="if")
+    then: Branch
+    else_: Branch | None = Field(default=None, alias="else")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+
+class SwitchCase(StrictModel):
+    """One arm of a switch: taken when its expression is true (first match wins)."""
+
+    when: Expression
+    then: Branch
+
+
+class SwitchStep(StepBase):
+    """Multi-way switch: the first case whose ``when`` is true, else ``default``."""
+
+    type: Literal["switch"]
+    cases: list[SwitchCase] = Field(min_length=1)
+    default: Branch | None = None
+
+
+class JoinStrategy(StrEnum):
+    """How a parallel step ends.
+
+    ``all``: every branch must succeed; the first failure cancels the others and fails the step.
+    ``any``: the first branch to succeed wins and the others are cancelled; fails only if all fail.
+    ``first``: the first branch to finish decides, success or failure; the others are cancelled.
+    """
+
+    ALL = "all"
+    ANY = "any"
+    FIRST = "first"
+
+
+class ParallelBranch(StrictModel):
+    """One branch of a parallel step."""
+
+    id: StepId
+    steps: list[Step] = Field(min_length=1)
+
+
+class ParallelStep(StepBase):
+    """Run branches concurrently and join them."""
+
+    type: Literal["parallel"]
+    branches: list[ParallelBranch] = Field(min_length=1, max_length=100)
+    join: JoinStrategy = JoinStrategy.ALL
+
+
+class ForeachStep(StepBase):
+    """Run ``steps`` once per item of a list, at most ``concurrency`` at a time.
+
+    The step's output is the list of each iteration's result (``output`` rendered per item, else
+    the output of the iteration's last step), in item order.
+    """
+
+    type: Literal["foreach"]
+    items: Expression
+    as_: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(default="item", alias="as")
+    steps: list[Step] = Field(min_length=1)
+    concurrency: int = Field(default=1, ge=1, le=100)
+    max_items: int | None = Field(default=None, ge=1, le=10000)
+    output: TemplatedValue = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+
+class DelayStep(StepBase):
+    """A durable timer: a duration, until a timestamp, or until business hours open.
+
+    Exactly one of ``duration`` (``3d`` or a template), ``until`` (a template rendering to an ISO
+    8601 timestamp with offset) or ``business_hours``.
+    """
+
+    type: Literal["delay"]
+    duration: DurationOrTemplate | None = None
+    until: Template | None = None
+    business_hours: BusinessHours | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DelayStep:
+        given = [n for n in ("duration", "until", "business_hours") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("a delay has exactly one of 'duration', 'until' or 'business_hours'")
+        return self
+
+
+class Escalation(StrictModel):
+    """What happens when an approval waits too long: run steps, widen the approvers, repeat."""
+
+    after: Duration
+    steps: list[Step] = Field(default_factory=list)
+    add_approvers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    max_escalations: int = Field(default=1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _positive(self) -> Escalation:
+        if parse_duration(self.after) <= timedelta(0):
+            raise ValueError("escalation 'after' must be greater than zero")
+        return self
+
+
+class ApprovalStep(StepBase):
+    """Pause until a listed approver approves or rejects (signal or update).
+
+    The decision's form ``data`` (only the keys in ``fields`` when given) is merged into ``vars``.
+    ``timeout`` counts from the start of the step; ``on_timeout`` then decides.
+    """
+
+    type: Literal["approval"]
+    approvers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    message: Template = ""
+    fields: list[str] | None = None
+    escalation: Escalation | None = None
+    timeout: Duration | None = None
+    on_timeout: Literal["approve", "reject", "fail"] | Goto = "fail"
+    on_reject: Literal["fail", "continue"] | Goto = "fail"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ApprovalStep:
+        if self.timeout is not None:
+            timeout = parse_duration(self.timeout)
+            if timeout <= timedelta(0):
+                raise ValueError("timeout must be greater than zero")
+            if self.escalation is not None and parse_duration(self.escalation.after) >= timeout:
+                raise ValueError("escalation 'after' must be shorter than the approval timeout")
+        return self
+
+
+class SetStep(StepBase):
+    """Set variables from templates; later steps read them as ``vars.<name>``."""
+
+    type: Literal["set"]
+    vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], TemplatedValue] = Field(
+        min_length=1
+    )
+
+
+class SucceedStep(StepBase):
+    """End the run successfully with an optional output and message."""
+
+    type: Literal["succeed"]
+    output: TemplatedValue = None
+    message: Template = ""
+
+
+class FailStep(StepBase):
+    """End the run as failed (compensations run) with a message and error type."""
+
+    type: Literal["fail"]
+    message: Template
+    error_type: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")] = "WorkflowFailed"
+
+
+Step = Annotated[
+    TaskStep
+    | ConditionStep
+    | SwitchStep
+    | ParallelStep
+    | ForeachStep
+    | DelayStep
+    | ApprovalStep
+    | SetStep
+    | SucceedStep
+    | FailStep,
+    Field(discriminator="type"),
+]
+
+STEP_TYPES = ("task", "condition", "switch", "parallel", "foreach", "delay", "approval", "set", "succeed", "fail")
+
+
+class TriggerType(StrEnum):
+    """How runs of a definition are meant to start (informational; starting is the caller's)."""
+
+    MANUAL = "manual"
+    EVENT = "event"
+    SCHEDULE = "schedule"
+    WEBHOOK = "webhook"
+
+
+class Trigger(StrictModel):
+    """The trigger a definition declares (seed 000: record-created, schedule, webhook)."""
+
+    type: TriggerType = TriggerType.MANUAL
+    event: str | None = None
+    schedule: str | None = None
+
+
+class Definition(StrictModel):
+    """A workflow definition.
+
+    Attributes:
+        name: Stable name runs are grouped by (search attribute ``DefinitionName``).
+        version: Version number (search attribute ``DefinitionVersion``).
+        steps: The top-level sequence.
+        output: Template for the run's output (defaults to the run's ``vars``).
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
+    version: int = Field(default=1, ge=1)
+    description: str = ""
+    trigger: Trigger = Trigger()
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+    steps: list[Step] = Field(min_length=1)
+    output: TemplatedValue = None
+
+
+for _model in (Branch, TaskStep, ConditionStep, SwitchStep, SwitchCase, ParallelBranch, ForeachStep):
+    _model.model_rebuild()
+for _model in (Escalation, ApprovalStep, Definition):
+    _model.model_rebuild()
+
+
+def children(step: Any) -> list[tuple[str, list[Any], str]]:
+    """The nested step sequences of a step.
+
+    Returns:
+        ``(json_path_suffix, steps, boundary)`` triples; ``boundary`` is ``""`` when jumps may cross
+        from the nested sequence to the enclosing one (condition branches), or the kind of
+        boundary that they may not cross (``parallel``, ``foreach``, ``compensate``, ``escalation``).
+    """
+    out: list[tuple[str, list[Any], str]] = []
+    if isinstance(step, TaskStep) and step.compensate:
+        out.append((".compensate", step.compensate, "compensate"))
+    elif isinstance(step, ConditionStep):
+        if step.then.steps:
+            out.append((".then.steps", step.then.steps, ""))
+        if step.else_ is not None and step.else_.steps:
+            out.append((".else.steps", step.else_.steps, ""))
+    elif isinstance(step, SwitchStep):
+        for i, case in enumerate(step.cases):
+            if case.then.steps:
+                out.append((f".cases[{i}].then.steps", case.then.steps, ""))
+        if step.default is not None and step.default.steps:
+            out.append((".default.steps", step.default.steps, ""))
+    elif isinstance(step, ParallelStep):
+        for i, branch in enumerate(step.branches):
+            out.append((f".branches[{i}].steps", branch.steps, "parallel"))
+    elif isinstance(step, ForeachStep):
+        out.append((".steps", step.steps, "foreach"))
+    elif isinstance(step, ApprovalStep) and step.escalation is not None and step.escalation.steps:
+        out.append((".escalation.steps", step.escalation.steps, "escalation"))
+    return out
+
+
+def jump_targets(step: Any) -> list[tuple[str, str]]:
+    """Every jump a step can make, as ``(json_path_suffix, target_id)``; nested steps excluded."""
+    out: list[tuple[str, str]] = []
+    if step.next is not None:
+        out.append((".next", step.next))
+    if isinstance(step, TaskStep) and isinstance(step.on_failure, Goto):
+        out.append((".on_failure.goto", step.on_failure.goto))
+    elif isinstance(step, ConditionStep):
+        if step.then.goto:
+            out.append((".then.goto", step.then.goto))
+        if step.else_ is not None and step.else_.goto:
+            out.append((".else.goto", step.else_.goto))
+    elif isinstance(step, SwitchStep):
+        for i, case in enumerate(step.cases):
+            if case.then.goto:
+                out.append((f".cases[{i}].then.goto", case.then.goto))
+        if step.default is not None and step.default.goto:
+            out.append((".default.goto", step.default.goto))
+    elif isinstance(step, ApprovalStep):
+        if isinstance(step.on_timeout, Goto):
+            out.append((".on_timeout.goto", step.on_timeout.goto))
+        if isinstance(step.on_reject, Goto):
+            out.append((".on_reject.goto", step.on_reject.goto))
+    return out

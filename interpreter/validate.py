@@ -1,0 +1,277 @@
+"""Validation of workflow definitions, with errors that name the JSON path of every problem.
+
+:func:`load_definition` is the one entry point: it parses (pydantic: types, unknown fields,
+durations, templates) and then checks what needs the whole tree (duplicate ids, jump targets and
+loops, nesting depth, known actions, references to steps). A definition that passes runs; one that
+does not is refused before any run starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from interpreter.action_names import KNOWN_ACTIONS
+from interpreter.model import (
+    STEP_TYPES,
+    ApprovalStep,
+    ConditionStep,
+    Definition,
+    ForeachStep,
+    SetStep,
+    SucceedStep,
+    SwitchStep,
+    TaskStep,
+    children,
+    jump_targets,
+)
+from interpreter.templates import template_strings
+
+_STEP_REF = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a definition.
+
+    Attributes:
+        path: JSON path, e.g. ``$.steps[2].retry.maximum_attempts``.
+        message: What is wrong, in words.
+    """
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class DefinitionError(ValueError):
+    """A definition was refused; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Sequence[Problem], name: str | None = None) -> None:
+        self.problems = list(problems)
+        self.name = name
+        head = f"invalid workflow definition{f' {name!r}' if name else ''}"
+        count = len(self.problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{head} ({count} problem{'s' if count != 1 else ''}):\n{lines}")
+
+
+def load_definition(
+    data: Mapping[str, Any] | str | bytes, *, known_actions: Iterable[str] = KNOWN_ACTIONS
+) -> Definition:
+    """Parses and validates a definition.
+
+    Args:
+        data: The definition as a mapping or JSON text.
+        known_actions: Action names a task step may call.
+
+    Returns:
+        The validated definition.
+
+    Raises:
+        DefinitionError: Listing every problem with its JSON path.
+    """
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as err:
+            raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
+    if not isinstance(data, Mapping):
+        raise DefinitionError([Problem("$", "a definition is a JSON object")])
+    name = data.get("name") if isinstance(data.get("name"), str) else None
+    try:
+        definition = Definition.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise DefinitionError(_from_pydantic(err), name) from None
+    problems = check_definition(definition, known_actions=known_actions)
+    if problems:
+        raise DefinitionError(problems, definition.name)
+    return definition
+
+
+def definition_hash(definition: Definition) -> str:
+    """A content hash of a definition: sha256 of its canonical JSON (sorted keys)."""
+    body = definition.model_dump(mode="json", by_alias=True)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _json_path(loc: tuple[int | str, ...]) -> tuple[str, bool]:
+    """The JSON path of a pydantic error location, and whether it went through a union member."""
+    path = "$"
+    union = False
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(previous, int) and part in STEP_TYPES:
+            pass  # the discriminated union's tag, not a field of the document
+        elif "[" in part or part[:1].isupper() or part.startswith("function-"):
+            union = True  # a union member's name, not a field of the document
+        else:
+            path += f".{part}"
+        previous = part
+    return path, union
+
+
+def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    alternatives: dict[str, list[str]] = {}  # one problem per union: "... or ..."
+    for e in err.errors(include_url=False):
+        path, union = _json_path(tuple(e["loc"]))
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            message = "unknown field"
+        elif kind == "union_tag_invalid":
+            ctx = e.get("ctx", {})
+            message = f"unknown step type {ctx.get('tag')!r} (known: {', '.join(STEP_TYPES)})"
+        elif kind == "union_tag_not_found":
+            message = f"step has no 'type' (one of: {', '.join(STEP_TYPES)})"
+        elif kind == "missing":
+            message = "required field is missing"
+        else:
+            message = str(e["msg"]).removeprefix("Value error, ")
+        if union:
+            if path not in alternatives:
+                alternatives[path] = []
+                problems.append(Problem(path, ""))
+            if message not in alternatives[path]:
+                alternatives[path].append(message)
+        elif (path, message) not in seen:
+            seen.add((path, message))
+            problems.append(Problem(path, message))
+    return [
+        Problem(p.path, " or ".join(alternatives[p.path])) if p.path in alternatives and not p.message else p
+        for p in problems
+    ]
+
+
+@dataclass
+class _Placed:
+    step: Any
+    path: str
+    seq_id: int
+    index: int
+
+
+def check_definition(definition: Definition, *, known_actions: Iterable[str] = KNOWN_ACTIONS) -> list[Problem]:
+    """Checks the whole-tree rules of an already parsed definition.
+
+    Returns:
+        Every problem found (empty when the definition is valid).
+    """
+    actions = sorted(set(known_actions))
+    problems: list[Problem] = []
+    placed: dict[str, _Placed] = {}
+    # For each sequence: its step ids and (parent sequence, index of the containing step) when a
+    # jump may leave it for the enclosing sequence.
+    seq_ids: list[list[str]] = []
+    seq_parent: list[tuple[int, int] | None] = []
+    jumps: list[tuple[str, str, int, int]] = []  # (path, target, seq, index)
+
+    def walk(steps: list[Any], path: str, depth: int, parent: tuple[int, int] | None) -> None:
+        seq = len(seq_ids)
+        seq_ids.append([s.id for s in steps])
+        seq_parent.append(parent)
+        for i, step in enumerate(steps):
+            step_path = f"{path}[{i}]"
+            if depth > definition.limits.max_depth:
+                problems.append(
+                    Problem(
+                        step_path,
+                        f"nesting depth {depth} exceeds limits.max_depth {definition.limits.max_depth}",
+                    )
+                )
+                continue
+            if step.id in placed:
+                problems.append(
+                    Problem(f"{step_path}.id", f"duplicate step id {step.id!r} (first at {placed[step.id].path})")
+                )
+            else:
+                placed[step.id] = _Placed(step, step_path, seq, i)
+            for suffix, target in jump_targets(step):
+                jumps.append((step_path + suffix, target, seq, i))
+            _check_step(step, step_path, definition, actions, problems)
+            for suffix, nested, boundary in children(step):
+                walk(nested, step_path + suffix, depth + 1, None if boundary else (seq, i))
+
+    walk(definition.steps, "$.steps", 1, None)
+
+    for path, target, seq, index in jumps:
+        if target not in placed:
+            problems.append(Problem(path, f"jump to unknown step {target!r}"))
+            continue
+        where = placed[target]
+        # Climb from the jumping step's sequence to the target's, if jumps may go there.
+        cur_seq, cur_index = seq, index
+        while cur_seq != where.seq_id:
+            parent = seq_parent[cur_seq]
+            if parent is None:
+                break
+            cur_seq, cur_index = parent
+        if cur_seq != where.seq_id:
+            problems.append(
+                Problem(
+                    path,
+                    f"cannot jump to {target!r} from here: jumps may only target steps in the same"
+                    " sequence or an enclosing one, and never leave a parallel branch, a foreach body,"
+                    " a compensation or an escalation",
+                )
+            )
+        elif where.index <= cur_index and where.step.max_visits is None:
+            problems.append(
+                Problem(
+                    path,
+                    f"jump back to {target!r} makes a loop without a bound: set max_visits on step {target!r}",
+                )
+            )
+
+    for step_id, where in placed.items():
+        for suffix, text in _texts(where.step):
+            for ref in _STEP_REF.findall(text):
+                if ref not in placed:
+                    problems.append(Problem(where.path + suffix, f"refers to unknown step 'steps.{ref}'"))
+        del step_id
+    return problems
+
+
+def _check_step(step: Any, path: str, definition: Definition, actions: list[str], problems: list[Problem]) -> None:
+    if isinstance(step, TaskStep) and step.action not in actions:
+        problems.append(Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})"))
+    if isinstance(step, ForeachStep):
+        limit = definition.limits.max_foreach_items
+        if step.max_items is not None and step.max_items > limit:
+            problems.append(
+                Problem(f"{path}.max_items", f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}")
+            )
+
+
+def _texts(step: Any) -> list[tuple[str, str]]:
+    """Template and expression strings that belong to the step itself (not nested steps)."""
+    out: list[tuple[str, str]] = []
+    if step.when:
+        out.append((".when", step.when))
+    if isinstance(step, TaskStep):
+        out.extend((f".input{p}", t) for p, t in template_strings(step.input))
+    elif isinstance(step, ConditionStep):
+        out.append((".if", step.if_))
+    elif isinstance(step, SwitchStep):
+        out.extend((f".cases[{i}].when", c.when) for i, c in enumerate(step.cases))
+    elif isinstance(step, ForeachStep):
+        out.append((".items", step.items))
+    elif isinstance(step, SetStep):
+        out.extend((f".vars{p}", t) for p, t in template_strings(step.vars))
+    elif isinstance(step, SucceedStep):
+        out.extend((f".output{p}", t) for p, t in template_strings(step.output))
+    elif isinstance(step, ApprovalStep):
+        out.append((".message", step.message))
+    return out

@@ -1,0 +1,119 @@
+"""The worker: runs the generic workflow and every action activity.
+
+Configuration comes from the environment:
+
+- ``TEMPORAL_ADDRESS`` (default ``127.0.0.1:7233``)
+- ``TEMPORAL_NAMESPACE`` (default ``default``)
+- ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
+
+SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
+``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities import build_activities
+from workflows.generic import RunDefinitionWorkflow
+
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TASK_QUEUE = "workflow-automation"
+
+log = logging.getLogger("worker")
+
+# Deterministic, side-effect-free modules the workflow uses: imported once, outside the sandbox, so
+# the interpreter's compiled-template cache survives across runs and jinja2's internals (which take
+# locks) are not re-imported into every workflow's sandbox.
+PASSTHROUGH_MODULES = ("interpreter", "jinja2", "markupsafe", "pydantic", "pydantic_core", "zoneinfo")
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The workflow sandbox with the interpreter and its libraries passed through."""
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
+    )
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    http_client: httpx.AsyncClient,
+    *,
+    extra_workflows: Sequence[type] = (),
+    extra_activities: Sequence[object] = (),
+    graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
+) -> Worker:
+    """Builds a worker for the generic workflow and all actions.
+
+    Args:
+        client: A client created with ``pydantic_data_converter``.
+        task_queue: The task queue to poll.
+        http_client: Shared by the ``http`` action.
+        extra_workflows: More workflows on the same worker (benchmarks, tests).
+        extra_activities: More activities on the same worker.
+        graceful_shutdown_timeout: How long in-flight activities may finish on shutdown.
+    """
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[RunDefinitionWorkflow, *extra_workflows],
+        activities=[*build_activities(http_client), *extra_activities],  # type: ignore[list-item]
+        graceful_shutdown_timeout=graceful_shutdown_timeout,
+        workflow_runner=workflow_runner(),
+    )
+
+
+async def connect(address: str, namespace: str) -> Client:
+    """Connects a client with the pydantic data converter, naming the server on failure."""
+    try:
+        return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+    except RuntimeError as err:
+        raise ConnectionError(f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}") from None
+
+
+async def main() -> int:
+    """Runs the worker until SIGTERM/SIGINT."""
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    address = os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS)
+    namespace = os.environ.get("TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE)
+    task_queue = os.environ.get("TEMPORAL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+    grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
+    try:
+        client = await connect(address, namespace)
+    except ConnectionError as err:
+        log.error("%s", err)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with httpx.AsyncClient() as http_client:
+        worker = build_worker(client, task_queue, http_client, graceful_shutdown_timeout=grace)
+        log.info("worker polling %s on %s (namespace %s)", task_queue, address, namespace)
+        run = asyncio.create_task(worker.run())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():
+            log.info("shutting down: finishing in-flight activities (up to %s)", grace)
+            await worker.shutdown()
+        await run
+    log.info("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,237 @@
+"""The one generic workflow: hosts the interpreter's engine on Temporal.
+
+It is the only place that calls ``workflow.*``: steps become activities named after their action,
+with the step's retry policy, timeouts and a summary naming the step; delays become durable timers;
+approvals wait on signals or the ``decide`` update; the ``cancel`` signal and Temporal's own
+cancellation both cancel the engine, which runs the compensations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from interpreter.actions import ActionResult
+    from interpreter.durations import parse_duration
+    from interpreter.engine import ActionCall, ActionFailedError, DecisionError, Engine, RunInfo
+    from interpreter.state import (
+        CancelRequest,
+        Decision,
+        DecisionKind,
+        DecisionRecord,
+        DecisionRequest,
+        RunInput,
+        RunResult,
+        RunState,
+        RunStatus,
+    )
+    from interpreter.validate import definition_hash
+    from workflows.search_attributes import (
+        AWAITING_APPROVAL,
+        CURRENT_STEP,
+        DEFINITION_HASH,
+        DEFINITION_NAME,
+        DEFINITION_VERSION,
+        RUN_STATE,
+    )
+
+WORKFLOW_NAME = "RunDefinition"
+
+
+def _td(duration: str | None) -> timedelta | None:
+    return parse_duration(duration) if duration else None
+
+
+def _describe_failure(err: ActivityError, call: ActionCall) -> ActionFailedError:
+    cause = err.cause
+    attempts = call.retry.maximum_attempts if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED else 1
+    if isinstance(cause, ApplicationError):
+        for detail in cause.details:
+            if isinstance(detail, dict) and isinstance(detail.get("attempt"), int):
+                attempts = detail["attempt"]
+        return ActionFailedError(cause.message, cause.type or "ApplicationError", attempts)
+    if isinstance(cause, TimeoutError):
+        kind = cause.type.name if cause.type is not None else "UNKNOWN"
+        return ActionFailedError(f"activity timed out ({kind})", f"ActivityTimeout.{kind}", attempts)
+    return ActionFailedError(str(cause or err), type(cause or err).__name__, attempts)
+
+
+class _TemporalRuntime:
+    """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+
+    def now(self) -> Any:
+        return workflow.now()
+
+    async def execute_action(self, call: ActionCall) -> ActionResult:
+        retry = call.retry
+        policy = RetryPolicy(
+            initial_interval=parse_duration(retry.initial_interval),
+            backoff_coefficient=retry.coefficient,
+            maximum_interval=_td(retry.maximum_interval),
+            maximum_attempts=retry.maximum_attempts,
+            non_retryable_error_types=list(retry.non_retryable_error_types) or None,
+        )
+        try:
+            return await workflow.execute_activity(
+                call.action,
+                call.request,
+                result_type=ActionResult,
+                activity_id=call.activity_id,
+                summary=call.summary,
+                start_to_close_timeout=_td(call.timeouts.start_to_close),
+                schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
+                heartbeat_timeout=_td(call.timeouts.heartbeat),
+                retry_policy=policy,
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            raise _describe_failure(err, call) from None
+
+    async def sleep(self, seconds: float, summary: str) -> None:
+        await workflow.sleep(seconds, summary=summary)
+
+    async def wait_condition(self, predicate: Callable[[], bool], timeout_s: float | None, summary: str) -> bool:
+        try:
+            await workflow.wait_condition(predicate, timeout=timeout_s, timeout_summary=summary)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def state_changed(self) -> None:
+        self._on_change()
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class RunDefinitionWorkflow:
+    """Runs one stored workflow definition (recorded in its input, so the run is pinned to it)."""
+
+    @workflow.init
+    def __init__(self, run: RunInput) -> None:
+        info = workflow.info()
+        self._engine = Engine(
+            run.definition,
+            run.input,
+            _TemporalRuntime(self._publish),
+            RunInfo(workflow_id=info.workflow_id, run_id=info.run_id, started_at=info.start_time),
+        )
+        self._track_step = run.options.track_current_step
+        self._published: dict[str, Any] = {}
+        self._details = ""
+        self._main: asyncio.Task[Any] | None = None
+        self._cancel_signal: CancelRequest | None = None
+
+    @workflow.run
+    async def run(self, run: RunInput) -> RunResult:
+        """Executes the definition; fails the workflow when the run fails."""
+        self._main = asyncio.current_task()
+        self._ensure_identity(run)
+        if self._cancel_signal is not None:
+            self._main.cancel()
+        result = await self._engine.run()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if result.state == RunState.CANCELLED:
+            if self._cancel_signal is None:
+                raise asyncio.CancelledError(result.error)  # Temporal's own cancellation
+            raise ApplicationError(
+                result.error or "cancelled", result.model_dump(mode="json"), type="RunCancelled", non_retryable=True
+            )
+        if result.state == RunState.FAILED:
+            raise ApplicationError(
+                result.error or "failed",
+                result.model_dump(mode="json"),
+                type=result.error_type or "WorkflowFailed",
+                non_retryable=True,
+            )
+        return result
+
+    @workflow.signal
+    def approve(self, decision: Decision) -> None:
+        """Approves the pending approval (refusals are recorded in the status)."""
+        self._signal(DecisionKind.APPROVE, decision)
+
+    @workflow.signal
+    def reject(self, decision: Decision) -> None:
+        """Rejects the pending approval (refusals are recorded in the status)."""
+        self._signal(DecisionKind.REJECT, decision)
+
+    @workflow.signal
+    def cancel(self, request: CancelRequest) -> None:
+        """Cancels the run: compensations run, then the run ends as cancelled."""
+        if self._cancel_signal is not None or self._engine.state in (RunState.COMPLETED, RunState.FAILED):
+            return
+        self._cancel_signal = request
+        self._engine.cancel_request = request
+        if self._main is not None:
+            self._main.cancel()
+
+    @workflow.update(name="decide")
+    def decide(self, request: DecisionRequest) -> DecisionRecord:
+        """Approves or rejects, answering the caller; refused before history if not allowed."""
+        try:
+            self._engine.decide(request.decision, request)
+        except DecisionError as err:  # the state changed between validation and handling
+            raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
+        return self._engine.decisions[-1]
+
+    @decide.validator
+    def _validate_decide(self, request: DecisionRequest) -> None:
+        try:
+            self._engine.check_decision(request.decision, request)
+        except DecisionError as err:
+            raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
+
+    @workflow.query
+    def status(self) -> RunStatus:
+        """The run's state, current steps, every step so far, pending approvals and variables."""
+        return self._engine.status()
+
+    def _signal(self, kind: DecisionKind, decision: Decision) -> None:
+        try:
+            self._engine.decide(kind, decision)
+        except DecisionError as err:
+            workflow.logger.warning("refused %s from %r: %s", kind.value, decision.actor, err)
+
+    def _ensure_identity(self, run: RunInput) -> None:
+        """Sets the definition search attributes when the starter did not (e.g. a raw client)."""
+        attrs = workflow.info().typed_search_attributes
+        if attrs.get(DEFINITION_NAME) is None:
+            workflow.upsert_search_attributes(
+                [
+                    DEFINITION_NAME.value_set(run.definition.name),
+                    DEFINITION_VERSION.value_set(run.definition.version),
+                    DEFINITION_HASH.value_set(definition_hash(run.definition)),
+                ]
+            )
+
+    def _publish(self) -> None:
+        """Keeps search attributes and the Web UI's current details in step with the engine.
+
+        Upserts only values that changed: each upsert is a history event.
+        """
+        engine = self._engine
+        values: dict[str, Any] = {"state": engine.state.value, "approval": engine.awaiting_approval}
+        if self._track_step:
+            values["step"] = next(iter(engine.active), "")
+        updates: list[SearchAttributeUpdate[Any]] = []
+        for name, key in (("state", RUN_STATE), ("approval", AWAITING_APPROVAL), ("step", CURRENT_STEP)):
+            if name in values and self._published.get(name) != values[name]:
+                updates.append(key.value_set(values[name]))
+                self._published[name] = values[name]
+        if updates:
+            workflow.upsert_search_attributes(updates)
+        current = ", ".join(f"{path} ({label})" for path, label in engine.active.items()) or "-"
+        details = f"**{engine.state.value}** — current: {current}"
+        if details != self._details:
+            self._details = details
+            workflow.set_current_details(details)
