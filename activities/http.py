@@ -1,0 +1,338 @@
+"""The ``http`` action: one HTTP request, with failures classified for Temporal's retry policy.
+
+Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`):
+
+============================  ============  ==============================================
+Situation                     Retryable     Type
+============================  ============  ==============================================
+input fails validation        no            ``InvalidActionInput``
+referenced secret missing     no            ``SecretNotFound``
+5xx                           yes           ``HttpServerError``
+408                           yes           ``HttpRequestTimeout``
+429                           yes           ``HttpRateLimited`` (delay from ``Retry-After``)
+other 4xx                     no            ``HttpClientError``
+status not in accept_status   no            ``HttpUnexpectedStatus``
+request timed out             yes           ``HttpTimeout``
+could not connect             yes           ``HttpConnectError``
+other transport failure       yes           ``HttpTransportError``
+success body over 256 KiB     no            ``HttpResponseTooLarge``
+============================  ============  ==============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from temporalio.exceptions import ApplicationError
+
+from activities.base import action, resolve_secrets
+from interpreter.actions import ActionRequest
+
+__all__ = [
+    "ERROR_BODY_LIMIT_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "HttpActions",
+    "HttpInput",
+]
+
+MAX_RESPONSE_BYTES = 256 * 1024
+"""Largest success body accepted: the output goes into workflow history, whose payloads are capped."""
+
+ERROR_BODY_LIMIT_BYTES = 2 * 1024
+"""How much of an error response's body is kept in the failure details."""
+
+_OUTPUT_HEADERS = ("content-type", "location", "etag", "retry-after")
+_TRANSIENT_STATUSES = frozenset({408, 429})
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+
+
+class HttpInput(BaseModel):
+    """Input of the ``http`` action (the step's ``input`` object).
+
+    String values may contain ``${secret:NAME}`` references; they are resolved on the worker just
+    before sending and never appear in the output or in errors.
+
+    Attributes:
+        method: HTTP method, case-insensitive on input.
+        url: Absolute ``http``/``https`` URL.
+        headers: Request headers. ``Idempotency-Key`` defaults to the step's idempotency key.
+        params: Query parameters added to the URL.
+        json_body: JSON request body, given as ``json`` in the input; omitted or null sends none.
+        timeout_s: Total time allowed for the request, response included, in seconds.
+        accept_status: Statuses counted as success; empty means any 2xx.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: HttpMethod = "GET"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    json_body: Any = Field(default=None, alias="json")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    accept_status: list[int] = Field(default_factory=list)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if not parts.netloc:
+            raise ValueError("must include a host")
+        return value.strip()
+
+    @field_validator("headers")
+    @classmethod
+    def _no_header_injection(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not name or any(c in name for c in " \t\r\n:") or any(c in header_value for c in "\r\n"):
+                raise ValueError(f"header {name!r} has an invalid name or a line break in its value")
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _scalar_params(cls, value: Any) -> Any:
+        # Checked here so the error names the parameter instead of listing every union member.
+        if isinstance(value, dict):
+            for name, param in value.items():
+                if not isinstance(param, str | int | float | bool):
+                    raise ValueError(f"parameter {name!r} must be a string, number or boolean")
+        return value
+
+    @field_validator("accept_status")
+    @classmethod
+    def _valid_statuses(cls, value: list[int]) -> list[int]:
+        for status in value:
+            if not 100 <= status <= 599:
+                raise ValueError(f"{status} is not an HTTP status code")
+        return value
+
+
+def _invalid_input(exc: ValidationError) -> ApplicationError:
+    # Only field paths and messages: input values may be large or sensitive.
+    problems = [
+        {"field": ".".join(str(part) for part in err["loc"]) or "<input>", "error": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+    return ApplicationError(
+        f"invalid http input: {summary}", problems, type="InvalidActionInput", non_retryable=True
+    )
+
+
+def _display_url(url: str) -> str:
+    """The URL as shown in errors: unresolved, without credentials, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _selected_headers(response: httpx.Response) -> dict[str, str]:
+    return {name: response.headers[name] for name in _OUTPUT_HEADERS if name in response.headers}
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _decode_text(raw: bytes, response: httpx.Response) -> str:
+    try:
+        return raw.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:
+        return raw.decode("utf-8", errors="replace")
+
+
+def _parse_body(raw: bytes, response: httpx.Response) -> Any:
+    if _is_json(response.headers.get("content-type", "")):
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass  # A mislabelled body is still worth returning, as text.
+    return _decode_text(raw, response)
+
+
+def _retry_after(value: str | None) -> timedelta | None:
+    """Parse ``Retry-After`` (delta-seconds or HTTP-date); None when absent, invalid or past."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return timedelta(seconds=int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delay = when - datetime.now(UTC)
+    return delay if delay > timedelta(0) else None
+
+
+async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+async def _read_success_body(response: httpx.Response, what: str) -> bytes:
+    def too_large(size: str) -> ApplicationError:
+        return ApplicationError(
+            f"{what} returned a body of {size} bytes, over the {MAX_RESPONSE_BYTES}-byte limit for "
+            "action outputs",
+            {"status_code": response.status_code, "headers": _selected_headers(response)},
+            type="HttpResponseTooLarge",
+            non_retryable=True,
+        )
+
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise too_large(declared)
+    chunks: list[bytes] = []
+    size = 0
+    # Counted after content decoding, so a small compressed body cannot inflate past the limit.
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise too_large(f"more than {MAX_RESPONSE_BYTES}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _status_error(response: httpx.Response, what: str, accept_status: list[int]) -> ApplicationError:
+    status = response.status_code
+    snippet = _decode_text(await _read_prefix(response, ERROR_BODY_LIMIT_BYTES), response)
+    details = {"status_code": status, "headers": _selected_headers(response), "body": snippet}
+    message = f"{what} returned {status} {response.reason_phrase}".rstrip()
+    if status >= 500:
+        return ApplicationError(
+            message,
+            details,
+            type="HttpServerError",
+            next_retry_delay=_retry_after(response.headers.get("retry-after")),
+        )
+    if status == 408:
+        return ApplicationError(message, details, type="HttpRequestTimeout")
+    if status == 429:
+        return ApplicationError(
+            message,
+            details,
+            type="HttpRateLimited",
+            next_retry_delay=_retry_after(response.headers.get("retry-after")),
+        )
+    if 400 <= status < 500 and not accept_status:
+        return ApplicationError(message, details, type="HttpClientError", non_retryable=True)
+    expected = ", ".join(map(str, accept_status)) if accept_status else "2xx"
+    return ApplicationError(
+        f"{message}, expected {expected}", details, type="HttpUnexpectedStatus", non_retryable=True
+    )
+
+
+def _is_success(status: int, accept_status: list[int]) -> bool:
+    return status in accept_status if accept_status else 200 <= status < 300
+
+
+class HttpActions:
+    """Holder of the shared HTTP client; ``HttpActions(client).http`` is the activity to register.
+
+    Args:
+        client: Shared client, owned (and closed) by the worker. Its connection pool is reused by
+            every ``http`` activity on the worker.
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    @action("http")
+    async def http(self, request: ActionRequest) -> dict[str, Any]:
+        """Send one HTTP request described by ``request.input`` (an :class:`HttpInput`).
+
+        Args:
+            request: The action request.
+
+        Returns:
+            ``{"status_code": int, "headers": {...}, "body": parsed JSON or text}``; ``headers``
+            holds the lower-cased ``content-type``, ``location``, ``etag`` and ``retry-after`` when
+            present.
+
+        Raises:
+            ApplicationError: Classified as in the module docstring.
+        """
+        try:
+            spec = HttpInput.model_validate(request.input)
+        except ValidationError as exc:
+            raise _invalid_input(exc) from None
+        method = spec.method
+        what = f"{method} {_display_url(spec.url)}"
+
+        url: str = resolve_secrets(spec.url)
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise ApplicationError(
+                f"invalid http input: url: {what} is not an http(s) URL once secrets are resolved",
+                type="InvalidActionInput",
+                non_retryable=True,
+            )
+        headers: dict[str, str] = resolve_secrets(spec.headers)
+        params: dict[str, Any] = resolve_secrets(spec.params)
+        body: Any = resolve_secrets(spec.json_body)
+        if not any(name.lower() == "idempotency-key" for name in headers):
+            headers["Idempotency-Key"] = request.idempotency_key
+
+        try:
+            target = httpx.URL(url)
+            if params:
+                # Passing params= to httpx would drop a query string already in the URL.
+                target = target.copy_merge_params(params)
+            # httpx timeouts apply per phase; this bounds the whole exchange, slow bodies included.
+            async with asyncio.timeout(spec.timeout_s):
+                async with self._client.stream(
+                    method,
+                    target,
+                    headers=headers,
+                    json=body,
+                    timeout=httpx.Timeout(spec.timeout_s),
+                ) as response:
+                    if not _is_success(response.status_code, spec.accept_status):
+                        raise await _status_error(response, what, spec.accept_status)
+                    raw = await _read_success_body(response, what)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="HttpTimeout") from exc
+        except httpx.ConnectError as exc:
+            raise ApplicationError(f"{what} could not connect: {exc}", type="HttpConnectError") from exc
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            raise ApplicationError(
+                f"invalid http input: {what} cannot be sent: {type(exc).__name__}",
+                type="InvalidActionInput",
+                non_retryable=True,
+            ) from None
+        except httpx.TransportError as exc:
+            raise ApplicationError(
+                f"{what} failed: {type(exc).__name__}: {exc}", type="HttpTransportError"
+            ) from exc
+
+        return {
+            "status_code": response.status_code,
+            "headers": _selected_headers(response),
+            "body": None if method == "HEAD" else _parse_body(raw, response),
+        }
