@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.durations import parse_duration
     from interpreter.engine import ActionCall, ActionFailedError, DecisionError, Engine, RunInfo
     from interpreter.state import (
+        FINAL_STATES,
         CancelRequest,
         Decision,
         DecisionKind,
@@ -168,7 +169,7 @@ class RunDefinitionWorkflow:
     @workflow.signal
     def cancel(self, request: CancelRequest) -> None:
         """Cancels the run: compensations run, then the run ends as cancelled."""
-        if self._cancel_signal is not None or self._engine.state in (RunState.COMPLETED, RunState.FAILED):
+        if self._cancel_signal is not None or self._engine.state in FINAL_STATES:
             return
         self._cancel_signal = request
         self._engine.cancel_request = request
