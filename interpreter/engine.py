@@ -109,6 +109,15 @@ class Runtime(Protocol):
         """Called whenever the run's state, current steps or pending approvals change."""
         ...
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether a semantic change named ``patch_id`` applies to this run.
+
+        On Temporal this is ``workflow.patched``: False while replaying a history recorded before
+        the change, True for new runs. Every engine change that alters the commands of in-flight
+        runs must branch on it (see the README).
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class RunInfo:

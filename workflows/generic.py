@@ -112,6 +112,9 @@ class _TemporalRuntime:
     def state_changed(self) -> None:
         self._on_change()
 
+    def patched(self, patch_id: str) -> bool:
+        return workflow.patched(patch_id)
+
 
 @workflow.defn(name=WORKFLOW_NAME)
 class RunDefinitionWorkflow:
