@@ -1,0 +1,123 @@
+"""Helpers shared by the end-to-end workflow tests (fixtures are in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any, TypeVar
+from uuid import uuid4
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from interpreter.state import RunInput, RunOptions, RunResult, RunState, RunStatus
+from interpreter.validate import load_definition
+from workflows.generic import RunDefinitionWorkflow
+
+T = TypeVar("T")
+
+Handle = WorkflowHandle[Any, RunResult]
+
+
+def unique(prefix: str) -> str:
+    """A definition name / id unique to this call (lower case, valid as a definition name)."""
+    return f"{prefix}-{uuid4().hex[:10]}"
+
+
+def definition(name: str, steps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A definition document (validated when the run starts)."""
+    return {"name": name, "steps": steps, **extra}
+
+
+async def start(
+    client: Client,
+    task_queue: str,
+    document: Mapping[str, Any],
+    run_input: Mapping[str, Any] | None = None,
+    *,
+    workflow_id: str | None = None,
+    track_current_step: bool = True,
+    **kwargs: Any,
+) -> Handle:
+    """Validates ``document`` and starts a run of it on ``task_queue``."""
+    run = RunInput(
+        definition=load_definition(dict(document)),
+        input=dict(run_input or {}),
+        options=RunOptions(track_current_step=track_current_step),
+    )
+    return await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        run,
+        id=workflow_id or unique(str(document["name"])),
+        task_queue=task_queue,
+        # A broken test must fail, not hang on a workflow task that keeps failing.
+        execution_timeout=kwargs.pop("execution_timeout", timedelta(minutes=2)),
+        **kwargs,
+    )
+
+
+async def status(handle: Handle) -> RunStatus:
+    """The run's ``status`` query."""
+    return await handle.query(RunDefinitionWorkflow.status)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Polls ``probe()`` until ``accept(value)``; fails with the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+        await asyncio.sleep(interval)
+
+
+async def wait_state(handle: Handle, *states: RunState, timeout: float = 15.0) -> RunStatus:
+    """Polls the status query until the run is in one of ``states``."""
+    return await eventually(
+        lambda: status(handle), lambda s: s.state in states, timeout=timeout, what=f"state in {states}"
+    )
+
+
+async def failure_of(handle: Handle) -> tuple[BaseException, RunResult | None]:
+    """Awaits a run expected to fail: the failure's cause and the RunResult in its details."""
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as err:
+        cause = err.cause
+        run_result = None
+        if isinstance(cause, ApplicationError) and cause.details:
+            run_result = RunResult.model_validate(cause.details[0])
+        assert cause is not None
+        return cause, run_result
+    raise AssertionError(f"the run did not fail: {result!r}")
+
+
+async def events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEvent]:
+    """The run's history events, optionally only of the given types."""
+    history = await handle.fetch_history()
+    return [e for e in history.events if not types or e.event_type in types]
+
+
+def record(result: RunResult | RunStatus, path: str) -> Any:
+    """The (last) step record at ``path``."""
+    matches = [r for r in result.steps if r.path == path]
+    assert matches, f"no step record at {path!r}; have {[r.path for r in result.steps]}"
+    return matches[-1]
+
+
+def gaps(times: list[float]) -> list[float]:
+    """Differences between consecutive timestamps."""
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
