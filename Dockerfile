@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Only what the package needs (no .venv/.state/tests from the build context).
-COPY pyproject.toml worker.py ./
+COPY pyproject.toml README.md worker.py ./
 COPY interpreter/ interpreter/
 COPY workflows/ workflows/
 COPY activities/ activities/
