@@ -507,16 +507,18 @@ class Engine:
         if isinstance(step, ConditionStep):
             truth = bool(evaluate(step.if_, self._context(scope)))
             chosen = step.then if truth else step.else_
-            await self._branch(chosen, scope)
-            return {"branch": "then" if truth else ("else" if chosen else None)}
+            taken = {"branch": "then" if truth else ("else" if chosen else None)}
+            await self._branch(chosen, scope, record, taken)
+            return taken
         if isinstance(step, SwitchStep):
             ctx = self._context(scope)
             for i, case in enumerate(step.cases):
                 if evaluate(case.when, ctx):
-                    await self._branch(case.then, scope)
+                    await self._branch(case.then, scope, record, {"case": i})
                     return {"case": i}
-            await self._branch(step.default, scope)
-            return {"case": "default" if step.default else None}
+            taken = {"case": "default" if step.default else None}
+            await self._branch(step.default, scope, record, taken)
+            return taken
         if isinstance(step, ParallelStep):
             return await self._parallel(step, scope, path)
         if isinstance(step, ForeachStep):
@@ -538,12 +540,19 @@ class Engine:
             raise _RunFailed(str(message), step.error_type)
         raise _RunFailed(f"step {path!r} has unknown type {step.type!r}", "InvalidDefinition")
 
-    async def _branch(self, branch: Branch | None, scope: _Scope) -> None:
+    async def _branch(
+        self, branch: Branch | None, scope: _Scope, record: StepRecord, taken: dict[str, Any]
+    ) -> None:
         if branch is None:
             return
-        if branch.goto is not None:
-            raise _Jump(branch.goto)
-        await self._sequence(branch.steps or [], scope)
+        try:
+            if branch.goto is not None:
+                raise _Jump(branch.goto)
+            await self._sequence(branch.steps or [], scope)
+        except (_Jump, _Succeed):
+            # Leaving by a jump or a succeed still records which branch was taken.
+            self._finish_open(record, StepStatus.COMPLETED, output=taken)
+            raise
 
     # ------------------------------------------------------------------------------ step kinds
 
