@@ -82,12 +82,16 @@ async def connect(address: str, namespace: str) -> Client:
     try:
         return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
     except RuntimeError as err:
-        raise ConnectionError(f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}") from None
+        raise ConnectionError(
+            f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}"
+        ) from None
 
 
 async def main() -> int:
     """Runs the worker until SIGTERM/SIGINT."""
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     address = os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS)
     namespace = os.environ.get("TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE)
     task_queue = os.environ.get("TEMPORAL_TASK_QUEUE", DEFAULT_TASK_QUEUE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -23,8 +23,8 @@ from interpreter.model import (
     ApprovalStep,
     Branch,
     ConditionStep,
-    DelayStep,
     Definition,
+    DelayStep,
     FailStep,
     ForeachStep,
     Goto,
@@ -101,7 +101,9 @@ class Runtime(Protocol):
         """A durable timer."""
         ...
 
-    async def wait_condition(self, predicate: Callable[[], bool], timeout_s: float | None, summary: str) -> bool:
+    async def wait_condition(
+        self, predicate: Callable[[], bool], timeout_s: float | None, summary: str
+    ) -> bool:
         """Waits until ``predicate()`` is true (returns True) or the timeout passes (returns False)."""
         ...
 
@@ -132,13 +134,13 @@ class DecisionError(ValueError):
     """A decision that cannot be accepted (no such pending approval, actor not allowed, ...)."""
 
 
-class _Jump(Exception):  # noqa: N818 - control flow, not an error
+class _Jump(Exception):  # control flow, not an error
     def __init__(self, target: str) -> None:
         super().__init__(target)
         self.target = target
 
 
-class _Succeed(Exception):  # noqa: N818
+class _Succeed(Exception):
     def __init__(self, output: Any) -> None:
         super().__init__("succeed")
         self.output = output
@@ -168,7 +170,10 @@ class _Scope:
     def sibling(self, prefix: str | None = None) -> _Scope:
         """A view that shares this scope's results and locals, with its own last output."""
         return _Scope(
-            steps=self.steps, prefix=self.prefix if prefix is None else prefix, local=self.local, parent=self.parent
+            steps=self.steps,
+            prefix=self.prefix if prefix is None else prefix,
+            local=self.local,
+            parent=self.parent,
         )
 
     def visible_steps(self) -> Mapping[str, Any]:
@@ -261,9 +266,7 @@ class Engine:
             try:
                 await self._sequence(self.definition.steps, self._root)
                 output = self.definition.output
-                self.output = (
-                    dict(self.vars) if output is None else render(output, self._context(self._root))
-                )
+                self.output = dict(self.vars) if output is None else render(output, self._context(self._root))
             except _Succeed as done:
                 self.output = done.output
             self._set_state(RunState.COMPLETED)
@@ -285,9 +288,7 @@ class Engine:
             self._set_state(RunState.FAILED)
         except asyncio.CancelledError:
             who = self.cancel_request
-            self._fail(
-                f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled"
-            )
+            self._fail(f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled")
             await self._compensate()
             self._set_state(RunState.CANCELLED)
         return self.result()
@@ -478,7 +479,11 @@ class Engine:
             raise _Jump(step.next)
 
     def _finish_open(
-        self, record: StepRecord, status: StepStatus, output: Any = None, error: str | None = None,
+        self,
+        record: StepRecord,
+        status: StepStatus,
+        output: Any = None,
+        error: str | None = None,
         error_type: str | None = None,
     ) -> None:
         """Finishes the record unless a handler already did (it knows better)."""
@@ -599,7 +604,7 @@ class Engine:
         return result.output
 
     async def _join(
-        self, factories: list[Callable[[], Awaitable[Any]]], mode: JoinStrategy, summary: str
+        self, factories: Sequence[Callable[[], Coroutine[Any, Any, Any]]], mode: JoinStrategy, summary: str
     ) -> tuple[int, list[Any]]:
         """Runs coroutines as concurrent tasks and joins them by ``mode``; losers are cancelled.
 
@@ -607,7 +612,7 @@ class Engine:
             ``(winner, results)``: for ``all`` the winner is -1 and ``results`` holds every result
             in order; otherwise ``results`` holds the winner's result only.
         """
-        tasks = [asyncio.create_task(factory()) for factory in factories]
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(factory()) for factory in factories]
         order: list[int] = []
         for i, task in enumerate(tasks):
             task.add_done_callback(functools.partial(_mark_done, order, i))
@@ -665,7 +670,9 @@ class Engine:
 
         async def one(i: int, item: Any) -> Any:
             async with gate:
-                it = _Scope(steps={}, prefix=f"{path}[{i}].", local={step.as_: item, "index": i}, parent=scope)
+                it = _Scope(
+                    steps={}, prefix=f"{path}[{i}].", local={step.as_: item, "index": i}, parent=scope
+                )
                 await self._sequence(step.steps, it)
                 if step.output is not None:
                     return render(step.output, self._context(it))
@@ -691,7 +698,8 @@ class Engine:
                 until = datetime.fromisoformat(text)
             except ValueError:
                 raise _RunFailed(
-                    f"step {step.id!r}: 'until' rendered to {text!r}, not an ISO 8601 timestamp", "InvalidTimestamp"
+                    f"step {step.id!r}: 'until' rendered to {text!r}, not an ISO 8601 timestamp",
+                    "InvalidTimestamp",
                 ) from None
             if until.tzinfo is None:
                 raise _RunFailed(
@@ -729,7 +737,9 @@ class Engine:
                 escalation = step.escalation
                 wake: datetime | None = deadline
                 if escalation is not None and approval.view.escalations < escalation.max_escalations:
-                    next_escalation = start + parse_duration(escalation.after) * (approval.view.escalations + 1)
+                    next_escalation = start + parse_duration(escalation.after) * (
+                        approval.view.escalations + 1
+                    )
                     wake = next_escalation if wake is None else min(wake, next_escalation)
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
                 decided = await self.runtime.wait_condition(
@@ -744,7 +754,9 @@ class Engine:
                 added = [a for a in escalation.add_approvers if a not in approval.view.approvers]
                 approval.view.approvers.extend(added)
                 self.runtime.state_changed()
-                await self._sequence(escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/"))
+                await self._sequence(
+                    escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/")
+                )
         finally:
             self._approvals.pop(path, None)
             self._set_state(RunState.AWAITING_APPROVAL if self.awaiting_approval else RunState.RUNNING)
@@ -767,15 +779,21 @@ class Engine:
         policy = step.on_reject
         if policy == "continue":
             return output
-        self._finish(record, StepStatus.FAILED if policy == "fail" else StepStatus.COMPLETED, output=output,
-                     error=f"rejected by {output['actor']}: {output['reason']}" if policy == "fail" else None,
-                     error_type="ApprovalRejected" if policy == "fail" else None)
+        self._finish(
+            record,
+            StepStatus.FAILED if policy == "fail" else StepStatus.COMPLETED,
+            output=output,
+            error=f"rejected by {output['actor']}: {output['reason']}" if policy == "fail" else None,
+            error_type="ApprovalRejected" if policy == "fail" else None,
+        )
         if isinstance(policy, Goto):
             raise _Jump(policy.goto)
-        raise _RunFailed(f"step {path!r} rejected by {output['actor']}: {output['reason']}", "ApprovalRejected")
+        raise _RunFailed(
+            f"step {path!r} rejected by {output['actor']}: {output['reason']}", "ApprovalRejected"
+        )
 
     def _approval_timeout(self, step: ApprovalStep, approval: _Approval) -> Any:
-        output = {
+        output: dict[str, Any] = {
             "decision": "timed_out",
             "actor": None,
             "reason": f"no decision within {step.timeout}",
@@ -787,7 +805,9 @@ class Engine:
             return {**output, "decision": "approved", "actor": "timeout"}
         if policy == "reject":
             record = next(r for r in reversed(self.records) if r.path == approval.view.path)
-            return self._rejected(step, approval.view.path, record, {**output, "decision": "rejected", "actor": "timeout"})
+            return self._rejected(
+                step, approval.view.path, record, {**output, "decision": "rejected", "actor": "timeout"}
+            )
         if isinstance(policy, Goto):
             raise _Jump(policy.goto)
         raise _RunFailed(
@@ -806,7 +826,9 @@ class Engine:
         while self._compensations:
             comp = self._compensations.pop()
             try:
-                await self._sequence(comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/"))
+                await self._sequence(
+                    comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/")
+                )
             except (_RunFailed, _Succeed, _Jump, TemplateError):
                 continue  # recorded in the step records; keep compensating the rest
         self.state = previous

@@ -397,7 +397,18 @@ Step = Annotated[
     Field(discriminator="type"),
 ]
 
-STEP_TYPES = ("task", "condition", "switch", "parallel", "foreach", "delay", "approval", "set", "succeed", "fail")
+STEP_TYPES = (
+    "task",
+    "condition",
+    "switch",
+    "parallel",
+    "foreach",
+    "delay",
+    "approval",
+    "set",
+    "succeed",
+    "fail",
+)
 
 
 class TriggerType(StrEnum):
@@ -437,9 +448,19 @@ class Definition(StrictModel):
     output: TemplatedValue = None
 
 
-for _model in (Branch, TaskStep, ConditionStep, SwitchStep, SwitchCase, ParallelBranch, ForeachStep):
-    _model.model_rebuild()
-for _model in (Escalation, ApprovalStep, Definition):
+_RECURSIVE: tuple[type[BaseModel], ...] = (
+    Branch,
+    TaskStep,
+    ConditionStep,
+    SwitchStep,
+    SwitchCase,
+    ParallelBranch,
+    ForeachStep,
+    Escalation,
+    ApprovalStep,
+    Definition,
+)
+for _model in _RECURSIVE:
     _model.model_rebuild()
 
 

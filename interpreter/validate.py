@@ -163,7 +163,9 @@ class _Placed:
     index: int
 
 
-def check_definition(definition: Definition, *, known_actions: Iterable[str] = KNOWN_ACTIONS) -> list[Problem]:
+def check_definition(
+    definition: Definition, *, known_actions: Iterable[str] = KNOWN_ACTIONS
+) -> list[Problem]:
     """Checks the whole-tree rules of an already parsed definition.
 
     Returns:
@@ -194,7 +196,9 @@ def check_definition(definition: Definition, *, known_actions: Iterable[str] = K
                 continue
             if step.id in placed:
                 problems.append(
-                    Problem(f"{step_path}.id", f"duplicate step id {step.id!r} (first at {placed[step.id].path})")
+                    Problem(
+                        f"{step_path}.id", f"duplicate step id {step.id!r} (first at {placed[step.id].path})"
+                    )
                 )
             else:
                 placed[step.id] = _Placed(step, step_path, seq, i)
@@ -244,14 +248,21 @@ def check_definition(definition: Definition, *, known_actions: Iterable[str] = K
     return problems
 
 
-def _check_step(step: Any, path: str, definition: Definition, actions: list[str], problems: list[Problem]) -> None:
+def _check_step(
+    step: Any, path: str, definition: Definition, actions: list[str], problems: list[Problem]
+) -> None:
     if isinstance(step, TaskStep) and step.action not in actions:
-        problems.append(Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})"))
+        problems.append(
+            Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
+        )
     if isinstance(step, ForeachStep):
         limit = definition.limits.max_foreach_items
         if step.max_items is not None and step.max_items > limit:
             problems.append(
-                Problem(f"{path}.max_items", f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}")
+                Problem(
+                    f"{path}.max_items",
+                    f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}",
+                )
             )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from interpreter.actions import ActionResult
@@ -58,7 +59,7 @@ def _describe_failure(err: ActivityError, call: ActionCall) -> ActionFailedError
             if isinstance(detail, dict) and isinstance(detail.get("attempt"), int):
                 attempts = detail["attempt"]
         return ActionFailedError(cause.message, cause.type or "ApplicationError", attempts)
-    if isinstance(cause, TimeoutError):
+    if isinstance(cause, ActivityTimeoutError):
         kind = cause.type.name if cause.type is not None else "UNKNOWN"
         return ActionFailedError(f"activity timed out ({kind})", f"ActivityTimeout.{kind}", attempts)
     return ActionFailedError(str(cause or err), type(cause or err).__name__, attempts)
@@ -83,7 +84,7 @@ class _TemporalRuntime:
             non_retryable_error_types=list(retry.non_retryable_error_types) or None,
         )
         try:
-            return await workflow.execute_activity(
+            result: ActionResult = await workflow.execute_activity(
                 call.action,
                 call.request,
                 result_type=ActionResult,
@@ -98,14 +99,17 @@ class _TemporalRuntime:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError() from None
             raise _describe_failure(err, call) from None
+        return result
 
     async def sleep(self, seconds: float, summary: str) -> None:
         await workflow.sleep(seconds, summary=summary)
 
-    async def wait_condition(self, predicate: Callable[[], bool], timeout_s: float | None, summary: str) -> bool:
+    async def wait_condition(
+        self, predicate: Callable[[], bool], timeout_s: float | None, summary: str
+    ) -> bool:
         try:
             await workflow.wait_condition(predicate, timeout=timeout_s, timeout_summary=summary)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -140,7 +144,7 @@ class RunDefinitionWorkflow:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
         self._ensure_identity(run)
-        if self._cancel_signal is not None:
+        if self._cancel_signal is not None and self._main is not None:
             self._main.cancel()
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -148,7 +152,10 @@ class RunDefinitionWorkflow:
             if self._cancel_signal is None:
                 raise asyncio.CancelledError(result.error)  # Temporal's own cancellation
             raise ApplicationError(
-                result.error or "cancelled", result.model_dump(mode="json"), type="RunCancelled", non_retryable=True
+                result.error or "cancelled",
+                result.model_dump(mode="json"),
+                type="RunCancelled",
+                non_retryable=True,
             )
         if result.state == RunState.FAILED:
             raise ApplicationError(
