@@ -23,6 +23,8 @@ from interpreter.model import (
     ApprovalStep,
     ConditionStep,
     Definition,
+    DelayStep,
+    FailStep,
     ForeachStep,
     SetStep,
     SucceedStep,
@@ -33,7 +35,8 @@ from interpreter.model import (
 )
 from interpreter.templates import template_strings
 
-_STEP_REF = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]*)")
+# Not preceded by a name or a dot: ``input.steps.x`` is a key of the input, not a step reference.
+_STEP_REF = re.compile(r"(?<![\w.])steps\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -239,12 +242,12 @@ def check_definition(
                 )
             )
 
-    for step_id, where in placed.items():
-        for suffix, text in _texts(where.step):
-            for ref in _STEP_REF.findall(text):
-                if ref not in placed:
-                    problems.append(Problem(where.path + suffix, f"refers to unknown step 'steps.{ref}'"))
-        del step_id
+    texts = [(where.path + suffix, text) for where in placed.values() for suffix, text in _texts(where.step)]
+    texts.extend((f"$.output{p}", t) for p, t in template_strings(definition.output))
+    for path, text in texts:
+        for ref in _STEP_REF.findall(text):
+            if ref not in placed:
+                problems.append(Problem(path, f"refers to unknown step 'steps.{ref}'"))
     return problems
 
 
@@ -279,10 +282,17 @@ def _texts(step: Any) -> list[tuple[str, str]]:
         out.extend((f".cases[{i}].when", c.when) for i, c in enumerate(step.cases))
     elif isinstance(step, ForeachStep):
         out.append((".items", step.items))
+        out.extend((f".output{p}", t) for p, t in template_strings(step.output))
     elif isinstance(step, SetStep):
         out.extend((f".vars{p}", t) for p, t in template_strings(step.vars))
     elif isinstance(step, SucceedStep):
         out.extend((f".output{p}", t) for p, t in template_strings(step.output))
+        out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, FailStep):
+        out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, DelayStep):
+        out.extend((".duration", t) for _, t in template_strings(step.duration))
+        out.extend((".until", t) for _, t in template_strings(step.until))
     elif isinstance(step, ApprovalStep):
-        out.append((".message", step.message))
+        out.extend((".message", t) for _, t in template_strings(step.message))
     return out
