@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from interpreter.actions import RetryMode
 from interpreter.business_hours import BusinessHours
 from interpreter.durations import parse_duration
-from interpreter.templates import check_expression, check_template, template_strings
+from interpreter.templates import TemplateError, check_expression, check_template, template_strings
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
@@ -46,9 +46,21 @@ def _check_template(text: str) -> str:
     return text
 
 
+class NestedTemplateError(ValueError):
+    """A template syntax error inside a JSON value; ``json_path`` locates it within the value
+    (e.g. ``.headers.Authorization``), so validation can name the exact path."""
+
+    def __init__(self, json_path: str, error: TemplateError) -> None:
+        super().__init__(str(error))
+        self.json_path = json_path
+
+
 def _check_templates_in(value: Any) -> Any:
-    for _path, text in template_strings(value):
-        check_template(text)
+    for path, text in template_strings(value):
+        try:
+            check_template(text)
+        except TemplateError as err:
+            raise NestedTemplateError(path, err) from None
     return value
 
 

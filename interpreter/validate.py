@@ -26,6 +26,7 @@ from interpreter.model import (
     DelayStep,
     FailStep,
     ForeachStep,
+    NestedTemplateError,
     SetStep,
     SucceedStep,
     SwitchStep,
@@ -132,6 +133,9 @@ def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
     for e in err.errors(include_url=False):
         path, union = _json_path(tuple(e["loc"]))
         kind = e["type"]
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, NestedTemplateError):
+            path += cause.json_path  # the template's place inside the JSON value
         if kind == "extra_forbidden":
             message = "unknown field"
         elif kind == "union_tag_invalid":
