@@ -91,6 +91,20 @@ async def wait_state(handle: Handle, *states: RunState, timeout: float = 15.0) -
     )
 
 
+async def settled(*handles: Handle, step: str) -> None:
+    """Waits until each run is inside ``step`` (its first workflow task is done).
+
+    On the time-skipping server, awaiting a result unlocks time skipping: a workflow task still in
+    flight then expires as virtual time jumps ahead, so wait for the runs to park on their timer first.
+    """
+    await asyncio.gather(
+        *(
+            eventually(lambda h=h: status(h), lambda s: step in s.current_steps, what=f"run inside {step!r}")
+            for h in handles
+        )
+    )
+
+
 async def failure_of(handle: Handle) -> tuple[BaseException, RunResult | None]:
     """Awaits a run expected to fail: the failure's cause and the RunResult in its details."""
     try:

@@ -22,6 +22,7 @@ from tests.workflows.support import (
     events,
     failure_of,
     record,
+    settled,
     start,
     status,
     unique,
@@ -207,11 +208,13 @@ async def test_approval_timeouts(time_skipping_env: WorkflowEnvironment, ts_work
         )
 
     began = await time_skipping_env.get_current_time()
-    reject, fail, approve = [
-        await start(client, task_queue, doc(kind), execution_timeout=timedelta(days=30)) for kind in ("reject", "fail", "approve")
-    ]
-    approved = await approve.result()
-    (reject_cause, rejected), (fail_cause, failed) = await asyncio.gather(failure_of(reject), failure_of(fail))
+    outcomes: dict[str, Any] = {}
+    for kind in ("reject", "fail", "approve"):  # one at a time: see test_delays_time_skipping
+        handle = await start(client, task_queue, doc(kind), execution_timeout=timedelta(days=30))
+        await settled(handle, step="review")
+        outcomes[kind] = await handle.result() if kind == "approve" else await failure_of(handle)
+    approved = outcomes["approve"]
+    (reject_cause, rejected), (fail_cause, failed) = outcomes["reject"], outcomes["fail"]
 
     assert approved.state == RunState.COMPLETED
     assert approved.output == {"went_on": True}
