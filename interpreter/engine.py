@@ -823,6 +823,9 @@ class Engine:
             return
         previous = self.state
         self._set_state(RunState.COMPENSATING)
+        # Compensations get a budget of their own: a run stopped by max_step_executions must still
+        # undo its work (the count is still bounded, by the same limit).
+        self._executions = 0
         while self._compensations:
             comp = self._compensations.pop()
             try:
