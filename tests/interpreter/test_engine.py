@@ -735,6 +735,18 @@ async def test_max_step_executions_bounds_a_run() -> None:
     assert engine.vars == {"n": 5}
 
 
+async def test_compensations_still_run_when_the_step_limit_stopped_the_run() -> None:
+    steps = [
+        task("charge", "charge", compensate=[task("refund", "refund")]),
+        set_vars("count", {"n": "{{ (vars.n | default(0)) + 1 }}"}, max_visits=1000),
+        {"id": "again", "type": "condition", "if": "true", "then": {"goto": "count"}},
+    ]
+    result, _, rt = await run(steps, saga_runtime(), limits={"max_step_executions": 10})
+    assert (result.state, result.error_type) == (RunState.FAILED, "StepLimitExceeded")
+    assert paths(rt) == ["charge", "compensate/charge/refund"]
+    assert rec(result, "compensate/charge/refund").status == StepStatus.COMPLETED
+
+
 # ------------------------------------------------------------------------------------- parallel
 
 
