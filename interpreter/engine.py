@@ -220,6 +220,11 @@ def _failed(task: asyncio.Future[Any]) -> bool:
     return task.cancelled() or task.exception() is not None
 
 
+def _succeeded_run(task: asyncio.Future[Any]) -> bool:
+    """Whether the task ended by a ``succeed`` step, which ends the whole run whatever the join."""
+    return not task.cancelled() and isinstance(task.exception(), _Succeed)
+
+
 class Engine:
     """Runs one definition against one runtime. Create one per run."""
 
@@ -621,7 +626,9 @@ class Engine:
             if mode == JoinStrategy.ALL:
                 return len(order) == len(tasks) or any(_failed(tasks[i]) for i in order)
             if mode == JoinStrategy.ANY:
-                return len(order) == len(tasks) or any(not _failed(tasks[i]) for i in order)
+                return len(order) == len(tasks) or any(
+                    not _failed(tasks[i]) or _succeeded_run(tasks[i]) for i in order
+                )
             return bool(order)
 
         try:
@@ -639,8 +646,8 @@ class Engine:
             return -1, [t.result() for t in tasks]
         if mode == JoinStrategy.ANY:
             for i in order:
-                if not _failed(tasks[i]):
-                    return i, [tasks[i].result()]
+                if not _failed(tasks[i]) or _succeeded_run(tasks[i]):
+                    return i, [tasks[i].result()]  # re-raises a succeed step's _Succeed
             tasks[order[0]].result()  # every branch failed: report the first failure
         first = order[0]
         return first, [tasks[first].result()]
