@@ -861,6 +861,27 @@ async def test_parallel_first_finisher_success() -> None:
     assert rec(result, "bad").status == StepStatus.CANCELLED
 
 
+@pytest.mark.parametrize("join", ["all", "any", "first"])
+async def test_succeed_in_a_parallel_branch_ends_the_run_whatever_the_join(join: str) -> None:
+    result, _, rt = await run(
+        [
+            parallel(
+                "fan",
+                join,
+                {
+                    "quick": [work("q", 1), {"id": "stop", "type": "succeed", "output": "early"}],
+                    "slow": [work("s", 5)],
+                },
+            ),
+            task("after"),
+        ]
+    )
+    assert (result.state, result.output) == (RunState.COMPLETED, "early")
+    assert rt.elapsed == 1.0
+    assert "after" not in paths(rt)
+    assert rec(result, "s").status == StepStatus.CANCELLED
+
+
 # -------------------------------------------------------------------------------------- foreach
 
 
