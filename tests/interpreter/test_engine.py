@@ -190,6 +190,20 @@ def test_retry_delay_formula(retry: dict[str, Any], delays: list[float]) -> None
     assert [retry_delay_s(policy, attempt) for attempt in range(1, 5)] == delays
 
 
+async def test_fake_runtime_honours_an_explicit_next_retry_delay() -> None:
+    rt = new_runtime()
+
+    def handler(call: ActionCall, attempt: int) -> Any:
+        if attempt == 1:
+            raise ActionError("rate limited", "TooManyRequests", next_retry_delay_s=42)
+        return "ok"
+
+    rt.on("http", handler)
+    result, _, rt = await run([task("call", "http")], rt)
+    assert result.state == RunState.COMPLETED
+    assert [c.elapsed for c in rt.calls] == [0.0, 42.0]
+
+
 # ---------------------------------------------------------------------------------------- task
 
 
@@ -521,6 +535,50 @@ async def test_cancellation_during_a_delay_runs_compensations_in_reverse() -> No
     assert (cool_off.status, cool_off.duration_s) == (StepStatus.CANCELLED, 600.0)
     assert engine.status().cancelled_by == CancelRequest(actor="alice", reason="customer called")
     assert engine.status().current_steps == []
+
+
+async def test_cancellation_during_a_parallel_step_cancels_every_branch_and_compensates() -> None:
+    engine, rt = new_engine(
+        [
+            parallel(
+                "fan",
+                "all",
+                {"a": [work("a1", 1, compensate=[task("undo_a1")]), work("a2", 10)], "b": [work("b1", 20)]},
+            )
+        ]
+    )
+    main = rt.spawn(engine.run())
+    rt.at(5, main.cancel)
+    result = await rt.run(main)
+    assert result.state == RunState.CANCELLED
+    assert [(c.path, c.elapsed, c.outcome) for c in rt.calls] == [
+        ("a1", 0.0, "ok"),
+        ("b1", 0.0, "cancelled"),
+        ("a2", 1.0, "cancelled"),
+        ("compensate/a1/undo_a1", 5.0, "ok"),
+    ]
+    assert {r.path: r.status for r in result.steps} == {
+        "fan": StepStatus.CANCELLED,
+        "a1": StepStatus.COMPLETED,
+        "a2": StepStatus.CANCELLED,
+        "b1": StepStatus.CANCELLED,
+        "compensate/a1/undo_a1": StepStatus.COMPLETED,
+    }
+
+
+async def test_cancellation_during_a_retry_backoff_stops_retrying() -> None:
+    rt = new_runtime()
+    rt.failing("http", times=99)
+    engine, rt = new_engine(
+        [task("call", "http", retry={"maximum_attempts": 10, "initial_interval": "1m"})], rt
+    )
+    main = rt.spawn(engine.run())
+    rt.at(90, main.cancel)
+    result = await rt.run(main)
+    assert result.state == RunState.CANCELLED
+    assert [c.elapsed for c in rt.calls] == [0.0, 60.0]
+    assert rt.elapsed == 90.0
+    assert rec(result, "call").status == StepStatus.CANCELLED
 
 
 async def test_cancellation_while_awaiting_approval_clears_the_pending_approval() -> None:
