@@ -10,6 +10,7 @@ was given, so a replay makes the same calls in the same order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -835,10 +836,13 @@ class Engine:
         self._executions = 0
         while self._compensations:
             comp = self._compensations.pop()
-            try:
-                await self._sequence(
-                    comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/")
-                )
-            except (_RunFailed, _Succeed, _Jump, TemplateError):
-                continue  # recorded in the step records; keep compensating the rest
+            undo = asyncio.create_task(
+                self._sequence(comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/"))
+            )
+            # A compensation always finishes: a further cancellation (Temporal's cancel after the
+            # cancel signal, say) must not leave work half undone.
+            while not undo.done():
+                # Failures are in the step records; keep compensating the rest.
+                with contextlib.suppress(asyncio.CancelledError, _RunFailed, _Succeed, _Jump, TemplateError):
+                    await asyncio.shield(undo)
         self.state = previous

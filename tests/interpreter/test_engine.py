@@ -537,6 +537,26 @@ async def test_cancellation_during_a_delay_runs_compensations_in_reverse() -> No
     assert engine.status().current_steps == []
 
 
+async def test_a_second_cancellation_does_not_abandon_running_compensations() -> None:
+    steps = [
+        work("reserve", 1, compensate=[work("release", 10)]),
+        work("charge", 1, compensate=[work("refund", 10)]),
+        delay("cool_off", "1h"),
+    ]
+    engine, rt = new_engine(steps)
+    main = rt.spawn(engine.run())
+    rt.at(100, main.cancel)  # the cancel signal
+    rt.at(105, main.cancel)  # then Temporal's own cancellation, mid-compensation
+    result = await rt.run(main)
+    assert result.state == RunState.CANCELLED
+    assert [(c.path, c.elapsed, c.outcome) for c in rt.calls] == [
+        ("reserve", 0.0, "ok"),
+        ("charge", 1.0, "ok"),
+        ("compensate/charge/refund", 100.0, "ok"),
+        ("compensate/reserve/release", 110.0, "ok"),
+    ]
+
+
 async def test_cancellation_during_a_parallel_step_cancels_every_branch_and_compensates() -> None:
     engine, rt = new_engine(
         [
