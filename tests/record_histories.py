@@ -1,0 +1,314 @@
+"""Records the histories that ``tests/workflows/test_replay.py`` replays.
+
+Run ``python -m tests.record_histories`` (or ``make histories``) from the repository root. It starts
+an in-memory dev server, a local HTTP server and an in-process worker, runs one representative
+definition per scenario (every step kind, approvals, compensation, cancellation, retries) and writes
+``tests/histories/<name>.json``::
+
+    {"name": ..., "description": ..., "workflow_id": ..., "definition": {...}, "input": {...},
+     "outcome": "completed" | "failed" | ..., "history": <the history as Temporal JSON>}
+
+Re-record only on purpose: the committed files are the runs in flight that the current workflow
+code must still replay. A change that breaks replay of an old history needs ``workflow.patched``,
+not a re-recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from interpreter.state import (
+    CancelRequest,
+    Decision,
+    DecisionKind,
+    DecisionRequest,
+    RunInput,
+    RunState,
+    RunStatus,
+)
+from interpreter.validate import load_definition
+from starter.devserver import ensure_search_attributes, find_temporal_cli
+from tests.helpers.http_server import RecordingServer
+from worker import build_worker
+from workflows.generic import RunDefinitionWorkflow
+from workflows.search_attributes import ALL_KEYS
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+
+Driver = Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    definition: Callable[[str], dict[str, Any]]  # base URL of the HTTP server -> definition
+    input: dict[str, Any]
+    drive: Driver | None = None  # what a user does while the run is open
+
+
+async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
+    return await handle.query(RunDefinitionWorkflow.status)
+
+
+async def _until(handle: WorkflowHandle[Any, Any], check: Callable[[RunStatus], bool], timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check(await _status(handle)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{handle.id}: condition not reached within {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+def _http(step_id: str, url: str, body: Any = None, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": "task", "action": "http",
+            "input": {"method": "POST", "url": url, "json": body}, **extra}
+
+
+def _echo(step_id: str, value: Any = None, **extra: Any) -> dict[str, Any]:
+    step_input = extra.pop("input", {"value": value})
+    return {"id": step_id, "type": "task", "action": "echo", "input": step_input, **extra}
+
+
+def _sequential_kinds(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-sequential-kinds",
+        "steps": [
+            _echo("greet", {"hello": "{{ input.who }}"}),
+            _http("post", f"{base}/orders", {"who": "{{ steps.greet.output.hello }}"}),
+            {"id": "init", "type": "set", "vars": {"amount": "{{ input.amount }}"}},
+            {"id": "size", "type": "condition", "if": "vars.amount > 100",
+             "then": {"steps": [{"id": "big", "type": "set", "vars": {"size": "big"}}]},
+             "else": {"steps": [{"id": "small", "type": "set", "vars": {"size": "small"}}]}},
+            {"id": "tier", "type": "switch",
+             "cases": [{"when": "vars.size == 'big'", "then": {"steps": [_echo("gold", "gold")]}}],
+             "default": {"steps": [_echo("basic", "basic")]}},
+            _echo("skipped", "never", when="vars.amount < 0"),
+            _echo("flaky", input={"value": "ok", "fail": "Flaky", "succeed_on_attempt": 2},
+                  retry={"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 3}),
+            _echo("optional", input={"fail": "Down", "non_retryable": True}, on_failure="continue"),
+            _echo("primary", input={"fail": "Down", "non_retryable": True}, on_failure={"goto": "fallback"}),
+            _echo("jumped_over", "never"),
+            _echo("fallback", "plan B"),
+            {"id": "count", "type": "set", "vars": {"i": 0}},
+            _echo("tick", "{{ vars.i }}", max_visits=3),
+            {"id": "inc", "type": "set", "vars": {"i": "{{ vars.i + 1 }}"}, "max_visits": 3},
+            {"id": "again", "type": "condition", "if": "vars.i < 3", "then": {"goto": "tick"}, "max_visits": 3},
+            {"id": "done", "type": "succeed", "output": {"size": "{{ vars.size }}", "ticks": "{{ vars.i }}"}},
+            _echo("after_succeed", "never"),
+        ],
+    }
+
+
+def _concurrent_kinds(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-concurrent-kinds",
+        "steps": [
+            {"id": "both", "type": "parallel", "branches": [
+                {"id": "left", "steps": [_echo("l", "L", input={"value": "L", "sleep_s": 0.2})]},
+                {"id": "right", "steps": [_http("r", f"{base}/right", {"side": "right"})]}]},
+            {"id": "either", "type": "parallel", "join": "any", "branches": [
+                {"id": "broken", "steps": [_echo("b", input={"fail": "Down", "non_retryable": True})]},
+                {"id": "working", "steps": [_echo("w", input={"value": "W", "sleep_s": 0.2})]}]},
+            {"id": "race", "type": "parallel", "join": "first", "branches": [
+                {"id": "tortoise", "steps": [_echo("slow", input={"value": "slow", "sleep_s": 60},
+                                                   timeouts={"heartbeat": "2s"})]},
+                {"id": "hare", "steps": [_echo("fast", "fast")]}]},
+            {"id": "loop", "type": "foreach", "items": "input.items", "concurrency": 2,
+             "steps": [_http("work", f"{base}/work", {"item": "{{ item }}", "index": "{{ index }}"})],
+             "output": "{{ steps.work.output.status_code }}"},
+            # Lets the race's loser report its cancellation before the run ends.
+            {"id": "linger", "type": "delay", "duration": "3s"},
+        ],
+    }
+
+
+def _delays(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-delays",
+        "steps": [
+            {"id": "pause", "type": "delay", "duration": "{{ input.pause }}"},
+            {"id": "until", "type": "delay", "until": "{{ input.until }}"},
+            {"id": "hours", "type": "delay", "business_hours": {
+                "timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                "start": "00:00", "end": "24:00"}},
+        ],
+    }
+
+
+def _approval(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-approval",
+        "steps": [
+            _echo("prep", "ready"),
+            {"id": "review", "type": "approval", "approvers": ["alice"], "message": "Approve {{ input.amount }}?",
+             "fields": ["note"], "timeout": "1h",
+             "escalation": {"after": "2s", "add_approvers": ["boss"],
+                            "steps": [_http("notify", f"{base}/notify", {"text": "waiting"})]}},
+            {"id": "second", "type": "approval", "approvers": ["alice", "bob"], "on_reject": "continue"},
+            {"id": "third", "type": "approval", "approvers": ["carol"], "timeout": "2s", "on_timeout": "approve"},
+        ],
+    }
+
+
+async def _drive_approval(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: any(p.escalations == 1 for p in s.pending_approvals))
+    # Refused: recorded by the signal handler (a signal is always in history).
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="mallory"))
+    try:  # Refused by the validator: leaves no trace in history.
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="mallory")
+        )
+    except Exception:  # noqa: BLE001
+        pass
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.APPROVE, actor="boss", data={"note": "escalated"}),
+    )
+    await _until(handle, lambda s: any(p.step_id == "second" for p in s.pending_approvals))
+    await handle.signal(RunDefinitionWorkflow.reject, Decision(actor="bob", reason="not now"))
+
+
+def _order(base: str) -> dict[str, Any]:
+    no_retry = {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 1}
+    return {
+        "name": "replay-compensation",
+        "steps": [
+            _http("reserve", f"{base}/reserve", {"sku": "{{ input.sku }}"}, retry=no_retry,
+                  compensate=[_http("release", f"{base}/release", {"r": "{{ steps.reserve.output.body.json }}"})]),
+            _http("charge", f"{base}/charge", {"amount": 5}, retry=no_retry,
+                  compensate=[_http("refund", f"{base}/refund", {"c": 1})]),
+            _http("ship", f"{base}/ship", {"sku": "{{ input.sku }}"}, retry=no_retry),
+        ],
+    }
+
+
+def _long_delay(name: str) -> Callable[[str], dict[str, Any]]:
+    def build(base: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "steps": [
+                _http("reserve", f"{base}/reserve", {"sku": "S"},
+                      compensate=[_http("release", f"{base}/release", {"sku": "S"})]),
+                {"id": "wait", "type": "delay", "duration": "3d"},
+                _http("ship", f"{base}/ship", {"sku": "S"}),
+            ],
+        }
+
+    return build
+
+
+async def _in_delay(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: s.current_steps == ["wait"])
+
+
+async def _drive_cancel_signal(handle: WorkflowHandle[Any, Any]) -> None:
+    await _in_delay(handle)
+    await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor="ops", reason="recording"))
+
+
+async def _drive_cancel_temporal(handle: WorkflowHandle[Any, Any]) -> None:
+    await _in_delay(handle)
+    await handle.cancel()
+
+
+def scenarios() -> list[Scenario]:
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    return [
+        Scenario("sequential_kinds", "task (echo, http), set, condition, switch, when, retries, on_failure "
+                 "continue and goto, a goto loop, succeed", _sequential_kinds, {"who": "ada", "amount": 500}),
+        Scenario("concurrent_kinds", "parallel all/any/first (the loser's activity cancelled), foreach with "
+                 "concurrency 2, a duration delay", _concurrent_kinds, {"items": [1, 2, 3, 4]}),
+        Scenario("delays", "delay by templated duration, until a timestamp, and business hours (open)", _delays,
+                 {"pause": "1s", "until": soon}),
+        Scenario("approval", "approval escalated after 2s (notify, approver added), refused signal and update, "
+                 "approved by update; rejected by signal (continue); timed out (approve)", _approval,
+                 {"amount": 42}, _drive_approval),
+        Scenario("compensation", "reserve -> charge -> ship fails: refund and release in reverse order, run fails",
+                 _order, {"sku": "X"}),
+        Scenario("cancel_signal", "the cancel signal during a 3-day delay: compensation, run cancelled",
+                 _long_delay("replay-cancel-signal"), {}, _drive_cancel_signal),
+        Scenario("cancel_temporal", "Temporal cancellation during a 3-day delay: compensation, run cancelled",
+                 _long_delay("replay-cancel-temporal"), {}, _drive_cancel_temporal),
+    ]
+
+
+async def record(scenario: Scenario, client: Client, task_queue: str, base: str, out: Path) -> str:
+    document = scenario.definition(base)
+    workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(definition=load_definition(document), input=scenario.input),
+        id=workflow_id,
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=5),
+    )
+    if scenario.drive is not None:
+        await scenario.drive(handle)
+    try:
+        await handle.result()
+    except WorkflowFailureError:
+        pass  # failed, compensated, cancelled: recorded as they are
+    outcome = (await _status(handle)).state
+    history = await handle.fetch_history()
+    body = {
+        "name": scenario.name,
+        "description": scenario.description,
+        "workflow_id": workflow_id,
+        "definition": document,
+        "input": scenario.input,
+        "outcome": str(outcome),
+        "history": json.loads(history.to_json()),
+    }
+    (out / f"{scenario.name}.json").write_text(json.dumps(body, indent=1) + "\n")
+    return str(outcome)
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="only these scenarios (default: all)")
+    parser.add_argument("--out", type=Path, default=HISTORIES)
+    args = parser.parse_args(argv)
+    chosen = [s for s in scenarios() if not args.names or s.name in args.names]
+    if not chosen:
+        parser.error(f"no such scenario; known: {', '.join(s.name for s in scenarios())}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_cli(),
+        data_converter=pydantic_data_converter,
+        search_attributes=ALL_KEYS,
+        dev_server_log_level="error",
+    )
+    try:
+        await ensure_search_attributes(env.client)
+        task_queue = f"record-{uuid4()}"
+        with RecordingServer() as server:
+            server.route("POST", "/ship", [(422, {}, {"error": "no stock"})])
+            async with httpx.AsyncClient() as http_client, build_worker(
+                env.client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+            ):
+                outcomes = await asyncio.gather(
+                    *(record(s, env.client, task_queue, server.url, args.out) for s in chosen)
+                )
+        for scenario, outcome in zip(chosen, outcomes, strict=True):
+            print(f"{args.out / (scenario.name + '.json')}: {outcome}")
+    finally:
+        await env.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

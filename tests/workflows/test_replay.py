@@ -1,0 +1,71 @@
+"""Replay of committed histories (``tests/histories``, written by ``python -m tests.record_histories``).
+
+Every recorded run must replay against the current workflow code without a nondeterminism error;
+a deliberately altered workflow must not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+
+# The sandbox re-imports this module to run the altered workflow defined below: everything else it
+# imports comes from outside the sandbox.
+with workflow.unsafe.imports_passed_through():
+    import pytest
+    from temporalio.client import WorkflowHistory
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.worker import Replayer
+
+    from interpreter.state import RunInput, RunResult
+    from worker import workflow_runner
+    from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
+
+HISTORIES = Path(__file__).parent.parent / "histories"  # no resolve(): no I/O when the sandbox imports this
+EXPECTED = {
+    "sequential_kinds", "concurrent_kinds", "delays", "approval", "compensation", "cancel_signal", "cancel_temporal",
+}
+
+
+def _load(name: str) -> tuple[dict[str, Any], WorkflowHistory]:
+    data = json.loads((HISTORIES / f"{name}.json").read_text())
+    return data, WorkflowHistory.from_json(data["workflow_id"], data["history"])
+
+
+def test_every_scenario_has_a_recorded_history() -> None:
+    assert {p.stem for p in HISTORIES.glob("*.json")} >= EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+async def test_recorded_history_replays(name: str) -> None:
+    data, history = _load(name)
+    replayer = Replayer(
+        workflows=[RunDefinitionWorkflow], data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{name}: {result.replay_failure!r}"
+    assert data["outcome"] in {"completed", "failed", "cancelled", "compensated"}
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class TimerFirstRunDefinitionWorkflow(RunDefinitionWorkflow):
+    """The generic workflow, changed the way an unguarded edit would: an extra timer before anything."""
+
+    @workflow.run
+    async def run(self, run: RunInput) -> RunResult:
+        await workflow.sleep(0.001)
+        return await super().run(run)
+
+
+async def test_an_altered_workflow_fails_replay_with_a_nondeterminism_error() -> None:
+    _, history = _load("sequential_kinds")
+    replayer = Replayer(
+        workflows=[TimerFirstRunDefinitionWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    with pytest.raises(workflow.NondeterminismError, match="TMPRL1100"):
+        await replayer.replay_workflow(history)
