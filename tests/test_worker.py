@@ -1,0 +1,92 @@
+"""worker.py as operators run it: configuration from the environment, graceful shutdown, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from temporalio.client import Client
+
+from interpreter.state import RunState, StepStatus
+from tests.workflows.support import definition, record, start, unique, wait_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _worker(address: str, task_queue: str, log: Path, grace_s: str = "30") -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_TASK_QUEUE": task_queue,
+        "WORKER_SHUTDOWN_GRACE_S": grace_s,
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    for _ in range(int(timeout * 10)):
+        code = proc.poll()
+        if code is not None:
+            return code
+        await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"worker did not exit within {timeout}s")
+
+
+async def test_sigterm_lets_the_in_flight_activity_finish(client: Client, tmp_path: Path) -> None:
+    task_queue = unique("tq-graceful")
+    address = client.service_client.config.target_host
+    log = tmp_path / "worker.log"
+    first = _worker(address, task_queue, log)
+    try:
+        steps = [
+            {
+                "id": "slow",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "done", "sleep_s": 3},
+                "timeouts": {"start_to_close": "30s", "heartbeat": "10s"},
+                "retry": {"maximum_attempts": 2},
+            }
+        ]
+        handle = await start(client, task_queue, definition(unique("graceful"), steps))
+        await wait_state(handle, RunState.RUNNING, timeout=30)
+        for _ in range(100):  # until the activity has been picked up by the worker
+            desc = await handle.describe()
+            if desc.raw_description.pending_activities and (
+                desc.raw_description.pending_activities[0].attempt >= 1
+                and desc.raw_description.pending_activities[0].HasField("last_started_time")
+            ):
+                break
+            await asyncio.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        assert await _exit_code(first, timeout=30) == 0
+        assert "shutting down" in log.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # The activity finished during the grace period: a new worker only has to finish the workflow,
+    # and the step succeeded on its first attempt (it was not cut off and retried).
+    second = _worker(address, task_queue, log)
+    try:
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await _exit_code(second, timeout=30)
+    assert result.state == RunState.COMPLETED
+    slow = record(result, "slow")
+    assert (slow.status, slow.attempts, slow.output) == (StepStatus.COMPLETED, 1, "done")
+
+
+async def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    proc = _worker("127.0.0.1:1", "tq-none", log)
+    assert await _exit_code(proc, timeout=60) == 2
+    assert "cannot reach the Temporal server at 127.0.0.1:1" in log.read_text()
