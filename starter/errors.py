@@ -1,0 +1,143 @@
+"""Errors of the client API (:mod:`starter.client`) and the CLI.
+
+Every error the client raises on purpose subclasses :class:`StarterError`, so callers can catch one
+type. A definition that fails validation raises :class:`interpreter.validate.DefinitionError`
+instead (it is a ``ValueError`` listing every problem with its JSON path), and a definition file
+that does not exist raises :class:`DefinitionFileNotFoundError`, which is both a
+:class:`StarterError` and a :class:`FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecisionRefusedError",
+    "DefinitionFileNotFoundError",
+    "NoWorkerError",
+    "ResultTimeoutError",
+    "RunAlreadyExistsError",
+    "RunClosedError",
+    "RunNotFoundError",
+    "ServerUnavailableError",
+    "StarterError",
+]
+
+
+class StarterError(Exception):
+    """Base of every error the client API raises on purpose."""
+
+
+class ServerUnavailableError(StarterError):
+    """The Temporal server cannot be reached, or cannot serve this client (e.g. unknown namespace).
+
+    Attributes:
+        address: The ``host:port`` that was tried.
+    """
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class NoWorkerError(StarterError):
+    """The server is up but no worker answered in time (a query or an update needs one).
+
+    Attributes:
+        workflow_id: The run that was asked.
+        task_queue: The task queue the run's worker should poll, when known.
+    """
+
+    def __init__(self, message: str, workflow_id: str, task_queue: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.task_queue = task_queue
+
+
+class RunNotFoundError(StarterError):
+    """No run with this workflow id exists in the namespace.
+
+    Attributes:
+        workflow_id: The id that was asked for.
+    """
+
+    def __init__(self, workflow_id: str, namespace: str = "default") -> None:
+        super().__init__(f"no run with id {workflow_id!r} in namespace {namespace!r}")
+        self.workflow_id = workflow_id
+        self.namespace = namespace
+
+
+class RunClosedError(StarterError):
+    """The run has already ended, so it cannot take a decision or a cancel request.
+
+    Attributes:
+        workflow_id: The run.
+        status: How it ended, as Temporal reports it (``COMPLETED``, ``FAILED``, ...).
+    """
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(f"run {workflow_id!r} has already ended ({status.lower()})")
+        self.workflow_id = workflow_id
+        self.status = status
+
+
+class RunAlreadyExistsError(StarterError):
+    """A run with this workflow id (business key) already completed, so it is not run again.
+
+    Runs that failed, were cancelled or terminated may be started again under the same id; a
+    running one is returned instead of being duplicated.
+
+    Attributes:
+        workflow_id: The business key.
+        run_id: The existing run.
+    """
+
+    def __init__(self, workflow_id: str, run_id: str | None = None) -> None:
+        super().__init__(
+            f"a run with id {workflow_id!r} already completed; its business key cannot be reused"
+            " (runs that failed or were cancelled may be started again)"
+        )
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+
+
+class DecisionRefusedError(StarterError):
+    """The workflow refused an approve/reject decision (actor not listed, nothing pending, ...).
+
+    Attributes:
+        workflow_id: The run.
+        reason: The workflow's own explanation.
+    """
+
+    def __init__(self, workflow_id: str, reason: str) -> None:
+        super().__init__(f"decision refused by run {workflow_id!r}: {reason}")
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
+class ResultTimeoutError(StarterError):
+    """The run did not finish within the time the caller was willing to wait.
+
+    Attributes:
+        workflow_id: The run, still going.
+        timeout: Seconds waited.
+    """
+
+    def __init__(self, workflow_id: str, timeout: float) -> None:
+        super().__init__(f"run {workflow_id!r} did not finish within {timeout:g}s (it is still running)")
+        self.workflow_id = workflow_id
+        self.timeout = timeout
+
+
+class DefinitionFileNotFoundError(StarterError, FileNotFoundError):
+    """A definition given as a path does not exist.
+
+    Attributes:
+        path: The path that was given.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"definition file not found: {path}")
+        self.path = path
+        self.filename = path
+
+    def __str__(self) -> str:
+        return f"definition file not found: {self.path}"
