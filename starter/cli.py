@@ -18,7 +18,8 @@ Exit codes:
 
 == ==========================================================================================
 0  ok
-1  the run failed or was cancelled (``result``, ``start --wait``)
+1  the run did not complete: failed, compensated (a handled failure) or cancelled (``result``,
+   ``start --wait``)
 2  bad input: invalid definition (its problems are printed with JSON paths), bad JSON, missing
    file, bad arguments
 3  the Temporal server is unreachable or unusable (unknown namespace, search attributes not
@@ -340,7 +341,7 @@ def _count_steps(steps: Sequence[Any]) -> int:
 
 
 def _result_exit(result: RunResult) -> int:
-    return EXIT_OK if result.state in (RunState.COMPLETED, RunState.COMPENSATED) else EXIT_RUN_FAILED
+    return EXIT_OK if result.state == RunState.COMPLETED else EXIT_RUN_FAILED
 
 
 # -------------------------------------------------------------------------------------- commands

@@ -246,8 +246,9 @@ class FlowClient:
 
     # ------------------------------------------------------------------------------ definitions
 
-    def validate(self, definition: DefinitionSource) -> Definition:
-        """Validates a definition without starting anything.
+    @staticmethod
+    def validate(definition: DefinitionSource) -> Definition:
+        """Validates a definition without starting anything (no server needed).
 
         Args:
             definition: Path of a JSON file, JSON text, a dict, or a :class:`Definition`.
