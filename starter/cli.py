@@ -88,6 +88,7 @@ EXIT_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
 
 _ERROR_WIDTH = 90
+_KEY_WIDTH = 12
 
 
 class UsageError(Exception):
@@ -269,7 +270,7 @@ def _steps_table(steps: Sequence[StepRecord], out: TextIO) -> None:
 
 
 def _fields(pairs: Sequence[tuple[str, str]], out: TextIO) -> None:
-    width = max(len(k) for k, _ in pairs)
+    width = max(_KEY_WIDTH, *(len(k) for k, _ in pairs))  # same column in every command's output
     for key, value in pairs:
         print(f"{key.ljust(width)}  {value}", file=out)
 
@@ -436,8 +437,8 @@ async def _decide(args: argparse.Namespace, out: TextIO) -> int:
         )
     else:
         verb = "Approved" if args.command == "approve" else "Rejected"
-        step = f" step {record.step_id}" if record.step_id else ""
-        print(f"{verb}{step} of {args.workflow_id} as {record.actor}", file=out)
+        step = f" step {record.step_id} of" if record.step_id else ""
+        print(f"{verb}{step} {args.workflow_id} as {record.actor}", file=out)
     return EXIT_OK
 
 

@@ -1,0 +1,430 @@
+"""The ``wfa`` command line, run in-process through :func:`starter.cli.main`.
+
+Offline checks (validation, bad input, unreachable server) need no Temporal. The rest run against
+the session's dev server with an in-process worker; ``main`` runs ``asyncio.run`` itself, so it is
+called in a thread while the worker keeps running on the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from starter.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_RUN_FAILED,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    main,
+)
+from tests.helpers.http_server import RecordingServer
+from worker import build_worker
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXPENSE = EXAMPLES / "expense-approval.json"
+UNREACHABLE = "127.0.0.1:1"
+
+
+class Run:
+    """Runs ``wfa`` in-process and captures what it printed."""
+
+    def __init__(
+        self, capsys: pytest.CaptureFixture[str], address: str | None, task_queue: str | None
+    ) -> None:
+        self._capsys = capsys
+        self._prefix = []
+        if address:
+            self._prefix += ["--address", address]
+        if task_queue:
+            self._prefix += ["--task-queue", task_queue]
+
+    def sync(self, *args: str) -> tuple[int, str, str]:
+        self._capsys.readouterr()
+        code = main([*self._prefix, *args])
+        captured = self._capsys.readouterr()
+        return code, captured.out, captured.err
+
+    async def __call__(self, *args: str) -> tuple[int, str, str]:
+        return await asyncio.to_thread(self.sync, *args)
+
+
+@pytest.fixture
+def offline(capsys: pytest.CaptureFixture[str]) -> Run:
+    """``wfa`` pointed at an address where nothing listens."""
+    return Run(capsys, UNREACHABLE, None)
+
+
+@pytest.fixture
+def wfa(capsys: pytest.CaptureFixture[str], temporal_env: WorkflowEnvironment, task_queue: str) -> Run:
+    """``wfa`` pointed at the session's dev server and the test's task queue."""
+    return Run(capsys, temporal_env.client.service_client.config.target_host, task_queue)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
+    """An in-process worker on the test's task queue."""
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        yield
+
+
+def expense_input(api: str, amount: int = 640) -> str:
+    return json.dumps(
+        {
+            "api": api,
+            "expense": {"id": "EXP-1", "employee": "sam", "email": "sam@example.org", "amount": amount},
+        }
+    )
+
+
+def fields(out: str) -> dict[str, str]:
+    """The ``Key  value`` block at the top of ``status`` / ``result`` output."""
+    block = {}
+    for line in out.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition("  ")
+        block[key] = value.strip()
+    return block
+
+
+async def eventually(probe: Callable[[], Any], accept: Callable[[Any], bool], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        assert time.monotonic() < deadline, f"not reached after {timeout}s: {value}"
+        await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------------------- offline
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.stem)
+def test_validate_accepts_every_example(offline: Run, path: Path) -> None:
+    code, out, err = offline.sync("validate", str(path))
+    assert code == EXIT_OK, err
+    assert out.startswith(f"{path}: valid — {path.stem} v1")
+    assert err == ""
+
+
+def test_validate_json_output(offline: Run) -> None:
+    code, out, _ = offline.sync("validate", str(EXPENSE), "--json")
+    assert code == EXIT_OK
+    doc = json.loads(out)
+    assert doc["valid"] is True
+    assert doc["name"] == "expense-approval"
+    assert len(doc["hash"]) == 64
+
+
+def test_validate_lists_every_problem_with_its_json_path(offline: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "steps": [
+                    {"id": "send", "type": "task", "action": "smtp"},
+                    {"id": "pause", "type": "delay", "duration": "3 fortnights"},
+                    {"id": "route", "type": "condition", "if": "true", "then": {"goto": "nowhere"}},
+                    {"id": "extra", "type": "set", "vars": {"x": 1}, "colour": "red"},
+                ],
+            }
+        )
+    )
+    code, out, err = offline.sync("validate", str(bad))
+    assert code == EXIT_BAD_INPUT
+    assert out == ""
+    assert err.startswith(f"{bad}: invalid workflow definition")
+    assert "$.steps[1].duration:" in err
+    assert "$.steps[3].colour: unknown field" in err
+    assert "Traceback" not in err
+
+
+def test_validate_reports_whole_tree_problems(offline: Run, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "steps": [
+                    {"id": "send", "type": "task", "action": "smtp"},
+                    {"id": "route", "type": "condition", "if": "true", "then": {"goto": "nowhere"}},
+                ],
+            }
+        )
+    )
+    code, _, err = offline.sync("validate", str(bad))
+    assert code == EXIT_BAD_INPUT
+    assert "$.steps[0].action: unknown action 'smtp'" in err
+    assert "$.steps[1].then.goto: jump to unknown step 'nowhere'" in err
+    assert "(2 problems)" in err
+
+
+def test_validate_bad_json_and_missing_file(offline: Run, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "x", "steps": [')
+    code, _, err = offline.sync("validate", str(broken))
+    assert code == EXIT_BAD_INPUT
+    assert "$: not valid JSON" in err
+
+    missing = tmp_path / "nope.json"
+    code, _, err = offline.sync("validate", str(missing))
+    assert code == EXIT_BAD_INPUT
+    assert err.strip() == f"wfa validate: definition file not found: {missing}"
+
+
+def test_start_refuses_bad_input_before_connecting(offline: Run, tmp_path: Path) -> None:
+    # The address is unreachable: exit 2 (not 3) shows nothing was sent.
+    code, _, err = offline.sync("start", str(EXPENSE), "--input", "{not json")
+    assert code == EXIT_BAD_INPUT
+    assert "--input is not valid JSON" in err
+
+    code, _, err = offline.sync("start", str(EXPENSE), "--input", "[1, 2]")
+    assert code == EXIT_BAD_INPUT
+    assert "--input must be a JSON object, not list" in err
+
+    code, _, err = offline.sync("start", str(EXPENSE), "--input", f"@{tmp_path / 'input.json'}")
+    assert code == EXIT_BAD_INPUT
+    assert "--input: file not found" in err
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "Bad Name", "steps": []}))
+    code, _, err = offline.sync("start", str(bad))
+    assert code == EXIT_BAD_INPUT
+    assert "$.name:" in err
+    assert "$.steps:" in err
+
+
+def test_input_from_a_file(offline: Run, tmp_path: Path) -> None:
+    data = tmp_path / "input.json"
+    data.write_text(expense_input("http://127.0.0.1:9"))
+    code, _, err = offline.sync("start", str(EXPENSE), "--input", f"@{data}")
+    assert code == EXIT_UNAVAILABLE  # the input was fine; only then did it try the server
+    assert UNREACHABLE in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "some-run"],
+        ["result", "some-run"],
+        ["approve", "some-run", "--actor", "a"],
+        ["cancel", "some-run", "--actor", "a"],
+        ["start", str(EXPENSE)],
+    ],
+    ids=lambda a: a[0],
+)
+def test_unreachable_server_exits_3_naming_the_address(offline: Run, args: list[str]) -> None:
+    code, out, err = offline.sync(*args)
+    assert code == EXIT_UNAVAILABLE
+    assert out == ""
+    assert f"cannot reach the Temporal server at {UNREACHABLE}" in err
+    assert "Traceback" not in err
+
+
+def test_connection_options_after_the_command_and_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = main(["status", "x", "--address", "127.0.0.1:2"])
+    assert code == EXIT_UNAVAILABLE
+    assert "127.0.0.1:2" in capsys.readouterr().err
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:3")
+    assert main(["status", "x"]) == EXIT_UNAVAILABLE
+    assert "127.0.0.1:3" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == EXIT_BAD_INPUT
+    assert main(["approve", "x"]) == EXIT_BAD_INPUT  # --actor is required
+    assert "--actor" in capsys.readouterr().err
+    assert main(["--help"]) == EXIT_OK
+
+
+# -------------------------------------------------------------------------- against a dev server
+
+
+async def test_unknown_run_exits_4(wfa: Run) -> None:
+    run_id = f"no-such-run-{uuid4().hex[:6]}"
+    for args in (
+        ["status", run_id],
+        ["result", run_id],
+        ["approve", run_id, "--actor", "x"],
+        ["cancel", run_id, "--actor", "x"],
+    ):
+        code, out, err = await wfa(*args)
+        assert code == EXIT_NOT_FOUND, (args, err)
+        assert out == ""
+        assert f"no run with id {run_id!r}" in err
+
+
+async def test_start_approve_status_result(wfa: Run, worker: None, http_server: RecordingServer) -> None:
+    business_key = f"expense-{uuid4().hex[:6]}"
+    code, out, err = await wfa(
+        "start", str(EXPENSE), "--input", expense_input(http_server.url), "--id", business_key
+    )
+    assert code == EXIT_OK, err
+    assert out.startswith(f"Started {business_key} (expense-approval v1, task queue ")
+
+    # The same business key while it runs: the existing run, no duplicate.
+    code, out, _ = await wfa(
+        "start", str(EXPENSE), "--input", expense_input(http_server.url), "--id", business_key, "--json"
+    )
+    assert code == EXIT_OK
+    assert json.loads(out)["started"] is False
+
+    status = await eventually(
+        lambda: wfa("status", business_key, "--json"), lambda r: json.loads(r[1])["pending_approvals"]
+    )
+    assert json.loads(status[1])["state"] == "awaiting_approval"
+
+    code, out, _ = await wfa("status", business_key)
+    assert code == EXIT_OK
+    assert fields(out)["State"] == "awaiting_approval"
+    assert fields(out)["Current"] == "route, manager_approval"
+    assert fields(out)["Definition"] == "expense-approval v1"
+    assert "manager_approval: approvers manager" in out
+    assert "message      sam claims 640 for an expense" in out
+    assert "notify_manager" in out  # the steps table
+    assert "STEP" in out
+    assert "ATTEMPTS" in out
+
+    code, out, err = await wfa("approve", business_key, "--actor", "mallory")
+    assert code == EXIT_REFUSED
+    assert out == ""
+    assert "'mallory' may not decide step 'manager_approval' (approvers: manager)" in err
+
+    code, out, err = await wfa(
+        "approve", business_key, "--actor", "manager", "--data", '{"comment": "fine"}', "--reason", "ok"
+    )
+    assert code == EXIT_OK, err
+    assert out.strip() == f"Approved {business_key} as manager"
+
+    code, out, _ = await wfa("result", business_key, "--timeout", "30")
+    assert code == EXIT_OK
+    assert fields(out)["State"] == "completed"
+    assert '"approved_by": "manager"' in fields(out)["Output"]
+    assert "reimburse" in out
+
+    code, out, _ = await wfa("result", business_key, "--json")
+    assert json.loads(out)["output"] == {
+        "expense_id": "EXP-1",
+        "status": "approved",
+        "approved_by": "manager",
+    }
+
+    code, out, _ = await wfa("status", business_key)
+    assert "approve by manager (ok): accepted" in out
+
+    # Once completed, the business key cannot start another run.
+    code, _, err = await wfa(
+        "start", str(EXPENSE), "--input", expense_input(http_server.url), "--id", business_key
+    )
+    assert code == EXIT_REFUSED
+    assert "already completed" in err
+
+    # Deciding on an ended run is refused too.
+    code, _, err = await wfa("approve", business_key, "--actor", "manager")
+    assert code == EXIT_REFUSED
+    assert "has already ended (completed)" in err
+
+
+async def test_start_wait_returns_the_result(wfa: Run, worker: None, http_server: RecordingServer) -> None:
+    code, out, err = await wfa(
+        "start", str(EXPENSE), "--input", expense_input(http_server.url, amount=20), "--wait"
+    )
+    assert code == EXIT_OK, err
+    assert fields(out.split("\n\n", 1)[1])["State"] == "completed"
+    assert '"approved_by": "policy"' in out
+
+
+async def test_reject_without_waiting_then_result(
+    wfa: Run, worker: None, http_server: RecordingServer
+) -> None:
+    code, out, _ = await wfa("start", str(EXPENSE), "--input", expense_input(http_server.url), "--json")
+    run_id = json.loads(out)["workflow_id"]
+    assert run_id.startswith("expense-approval-")
+    await eventually(lambda: wfa("status", run_id, "--json"), lambda r: json.loads(r[1])["pending_approvals"])
+
+    # A signal cannot answer: a refused one is only on record in the status.
+    code, out, _ = await wfa("reject", run_id, "--actor", "mallory", "--no-wait")
+    assert code == EXIT_OK
+    assert "reject signal sent" in out
+    code, out, _ = await eventually(lambda: wfa("status", run_id), lambda r: "REFUSED" in r[1])
+    assert "reject by mallory: REFUSED: 'mallory' may not decide step 'manager_approval'" in out
+
+    code, out, _ = await wfa("reject", run_id, "--actor", "manager", "--reason", "no receipt", "--no-wait")
+    assert code == EXIT_OK
+
+    code, out, _ = await wfa("result", run_id, "--json", "--timeout", "30")
+    assert code == EXIT_OK
+    assert json.loads(out)["output"]["status"] == "rejected"
+    assert json.loads(out)["output"]["reason"] == "no receipt"
+
+
+async def test_cancel_and_result_exit_1(wfa: Run, worker: None, http_server: RecordingServer) -> None:
+    code, out, _ = await wfa("start", str(EXPENSE), "--input", expense_input(http_server.url), "--json")
+    run_id = json.loads(out)["workflow_id"]
+    await eventually(lambda: wfa("status", run_id, "--json"), lambda r: json.loads(r[1])["pending_approvals"])
+
+    code, out, _ = await wfa("result", run_id, "--timeout", "0.5")
+    assert code == EXIT_TIMEOUT
+
+    code, out, _ = await wfa("cancel", run_id, "--actor", "ops", "--reason", "duplicate claim")
+    assert code == EXIT_OK
+    assert f"Cancel requested for {run_id} by ops" in out
+
+    code, out, _ = await wfa("result", run_id, "--timeout", "30")
+    assert code == EXIT_RUN_FAILED
+    assert fields(out)["State"] == "cancelled"
+    assert fields(out)["Error"] == "RunCancelled: cancelled by ops: duplicate claim"
+
+    code, out, _ = await wfa("status", run_id)
+    assert fields(out)["Cancelled by"] == "ops (duplicate claim)"
+
+
+async def test_failed_run_result_exit_1(
+    wfa: Run, worker: None, http_server: RecordingServer, tmp_path: Path
+) -> None:
+    http_server.route("POST", "/fail", [(400, {}, {"error": "nope"})])
+    definition = tmp_path / "fails.json"
+    definition.write_text(
+        json.dumps(
+            {
+                "name": "fails",
+                "steps": [
+                    {
+                        "id": "call",
+                        "type": "task",
+                        "action": "http",
+                        "input": {"method": "POST", "url": "{{ input.api }}/fail"},
+                    }
+                ],
+            }
+        )
+    )
+    code, out, err = await wfa(
+        "start", str(definition), "--input", json.dumps({"api": http_server.url}), "--wait"
+    )
+    assert code == EXIT_RUN_FAILED, err
+    assert fields(out.split("\n\n", 1)[1])["State"] == "failed"
+    assert "HttpClientError" in fields(out.split("\n\n", 1)[1])["Error"]
+    assert "call" in out
