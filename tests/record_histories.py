@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -37,7 +38,6 @@ from interpreter.state import (
     DecisionKind,
     DecisionRequest,
     RunInput,
-    RunState,
     RunStatus,
 )
 from interpreter.validate import load_definition
@@ -65,7 +65,9 @@ async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
     return await handle.query(RunDefinitionWorkflow.status)
 
 
-async def _until(handle: WorkflowHandle[Any, Any], check: Callable[[RunStatus], bool], timeout: float = 30) -> None:
+async def _until(
+    handle: WorkflowHandle[Any, Any], check: Callable[[RunStatus], bool], timeout: float = 30
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check(await _status(handle)):
         if asyncio.get_running_loop().time() > deadline:
@@ -74,8 +76,13 @@ async def _until(handle: WorkflowHandle[Any, Any], check: Callable[[RunStatus], 
 
 
 def _http(step_id: str, url: str, body: Any = None, **extra: Any) -> dict[str, Any]:
-    return {"id": step_id, "type": "task", "action": "http",
-            "input": {"method": "POST", "url": url, "json": body}, **extra}
+    return {
+        "id": step_id,
+        "type": "task",
+        "action": "http",
+        "input": {"method": "POST", "url": url, "json": body},
+        **extra,
+    }
 
 
 def _echo(step_id: str, value: Any = None, **extra: Any) -> dict[str, Any]:
@@ -90,15 +97,25 @@ def _sequential_kinds(base: str) -> dict[str, Any]:
             _echo("greet", {"hello": "{{ input.who }}"}),
             _http("post", f"{base}/orders", {"who": "{{ steps.greet.output.hello }}"}),
             {"id": "init", "type": "set", "vars": {"amount": "{{ input.amount }}"}},
-            {"id": "size", "type": "condition", "if": "vars.amount > 100",
-             "then": {"steps": [{"id": "big", "type": "set", "vars": {"size": "big"}}]},
-             "else": {"steps": [{"id": "small", "type": "set", "vars": {"size": "small"}}]}},
-            {"id": "tier", "type": "switch",
-             "cases": [{"when": "vars.size == 'big'", "then": {"steps": [_echo("gold", "gold")]}}],
-             "default": {"steps": [_echo("basic", "basic")]}},
+            {
+                "id": "size",
+                "type": "condition",
+                "if": "vars.amount > 100",
+                "then": {"steps": [{"id": "big", "type": "set", "vars": {"size": "big"}}]},
+                "else": {"steps": [{"id": "small", "type": "set", "vars": {"size": "small"}}]},
+            },
+            {
+                "id": "tier",
+                "type": "switch",
+                "cases": [{"when": "vars.size == 'big'", "then": {"steps": [_echo("gold", "gold")]}}],
+                "default": {"steps": [_echo("basic", "basic")]},
+            },
             _echo("skipped", "never", when="vars.amount < 0"),
-            _echo("flaky", input={"value": "ok", "fail": "Flaky", "succeed_on_attempt": 2},
-                  retry={"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 3}),
+            _echo(
+                "flaky",
+                input={"value": "ok", "fail": "Flaky", "succeed_on_attempt": 2},
+                retry={"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 3},
+            ),
             _echo("optional", input={"fail": "Down", "non_retryable": True}, on_failure="continue"),
             _echo("primary", input={"fail": "Down", "non_retryable": True}, on_failure={"goto": "fallback"}),
             _echo("jumped_over", "never"),
@@ -106,7 +123,13 @@ def _sequential_kinds(base: str) -> dict[str, Any]:
             {"id": "count", "type": "set", "vars": {"i": 0}},
             _echo("tick", "{{ vars.i }}", max_visits=3),
             {"id": "inc", "type": "set", "vars": {"i": "{{ vars.i + 1 }}"}, "max_visits": 3},
-            {"id": "again", "type": "condition", "if": "vars.i < 3", "then": {"goto": "tick"}, "max_visits": 3},
+            {
+                "id": "again",
+                "type": "condition",
+                "if": "vars.i < 3",
+                "then": {"goto": "tick"},
+                "max_visits": 3,
+            },
             {"id": "done", "type": "succeed", "output": {"size": "{{ vars.size }}", "ticks": "{{ vars.i }}"}},
             _echo("after_succeed", "never"),
         ],
@@ -117,19 +140,47 @@ def _concurrent_kinds(base: str) -> dict[str, Any]:
     return {
         "name": "replay-concurrent-kinds",
         "steps": [
-            {"id": "both", "type": "parallel", "branches": [
-                {"id": "left", "steps": [_echo("l", "L", input={"value": "L", "sleep_s": 0.2})]},
-                {"id": "right", "steps": [_http("r", f"{base}/right", {"side": "right"})]}]},
-            {"id": "either", "type": "parallel", "join": "any", "branches": [
-                {"id": "broken", "steps": [_echo("b", input={"fail": "Down", "non_retryable": True})]},
-                {"id": "working", "steps": [_echo("w", input={"value": "W", "sleep_s": 0.2})]}]},
-            {"id": "race", "type": "parallel", "join": "first", "branches": [
-                {"id": "tortoise", "steps": [_echo("slow", input={"value": "slow", "sleep_s": 60},
-                                                   timeouts={"heartbeat": "2s"})]},
-                {"id": "hare", "steps": [_echo("fast", "fast")]}]},
-            {"id": "loop", "type": "foreach", "items": "input.items", "concurrency": 2,
-             "steps": [_http("work", f"{base}/work", {"item": "{{ item }}", "index": "{{ index }}"})],
-             "output": "{{ steps.work.output.status_code }}"},
+            {
+                "id": "both",
+                "type": "parallel",
+                "branches": [
+                    {"id": "left", "steps": [_echo("l", "L", input={"value": "L", "sleep_s": 0.2})]},
+                    {"id": "right", "steps": [_http("r", f"{base}/right", {"side": "right"})]},
+                ],
+            },
+            {
+                "id": "either",
+                "type": "parallel",
+                "join": "any",
+                "branches": [
+                    {"id": "broken", "steps": [_echo("b", input={"fail": "Down", "non_retryable": True})]},
+                    {"id": "working", "steps": [_echo("w", input={"value": "W", "sleep_s": 0.2})]},
+                ],
+            },
+            {
+                "id": "race",
+                "type": "parallel",
+                "join": "first",
+                "branches": [
+                    {
+                        "id": "tortoise",
+                        "steps": [
+                            _echo(
+                                "slow", input={"value": "slow", "sleep_s": 60}, timeouts={"heartbeat": "2s"}
+                            )
+                        ],
+                    },
+                    {"id": "hare", "steps": [_echo("fast", "fast")]},
+                ],
+            },
+            {
+                "id": "loop",
+                "type": "foreach",
+                "items": "input.items",
+                "concurrency": 2,
+                "steps": [_http("work", f"{base}/work", {"item": "{{ item }}", "index": "{{ index }}"})],
+                "output": "{{ steps.work.output.status_code }}",
+            },
             # Lets the race's loser report its cancellation before the run ends.
             {"id": "linger", "type": "delay", "duration": "3s"},
         ],
@@ -142,9 +193,16 @@ def _delays(base: str) -> dict[str, Any]:
         "steps": [
             {"id": "pause", "type": "delay", "duration": "{{ input.pause }}"},
             {"id": "until", "type": "delay", "until": "{{ input.until }}"},
-            {"id": "hours", "type": "delay", "business_hours": {
-                "timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-                "start": "00:00", "end": "24:00"}},
+            {
+                "id": "hours",
+                "type": "delay",
+                "business_hours": {
+                    "timezone": "Europe/Paris",
+                    "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                    "start": "00:00",
+                    "end": "24:00",
+                },
+            },
         ],
     }
 
@@ -154,12 +212,27 @@ def _approval(base: str) -> dict[str, Any]:
         "name": "replay-approval",
         "steps": [
             _echo("prep", "ready"),
-            {"id": "review", "type": "approval", "approvers": ["alice"], "message": "Approve {{ input.amount }}?",
-             "fields": ["note"], "timeout": "1h",
-             "escalation": {"after": "2s", "add_approvers": ["boss"],
-                            "steps": [_http("notify", f"{base}/notify", {"text": "waiting"})]}},
+            {
+                "id": "review",
+                "type": "approval",
+                "approvers": ["alice"],
+                "message": "Approve {{ input.amount }}?",
+                "fields": ["note"],
+                "timeout": "1h",
+                "escalation": {
+                    "after": "2s",
+                    "add_approvers": ["boss"],
+                    "steps": [_http("notify", f"{base}/notify", {"text": "waiting"})],
+                },
+            },
             {"id": "second", "type": "approval", "approvers": ["alice", "bob"], "on_reject": "continue"},
-            {"id": "third", "type": "approval", "approvers": ["carol"], "timeout": "2s", "on_timeout": "approve"},
+            {
+                "id": "third",
+                "type": "approval",
+                "approvers": ["carol"],
+                "timeout": "2s",
+                "on_timeout": "approve",
+            },
         ],
     }
 
@@ -168,12 +241,10 @@ async def _drive_approval(handle: WorkflowHandle[Any, Any]) -> None:
     await _until(handle, lambda s: any(p.escalations == 1 for p in s.pending_approvals))
     # Refused: recorded by the signal handler (a signal is always in history).
     await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="mallory"))
-    try:  # Refused by the validator: leaves no trace in history.
+    with contextlib.suppress(WorkflowUpdateFailedError):  # refused by the validator: no trace in history
         await handle.execute_update(
             RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="mallory")
         )
-    except Exception:  # noqa: BLE001
-        pass
     await handle.execute_update(
         RunDefinitionWorkflow.decide,
         DecisionRequest(decision=DecisionKind.APPROVE, actor="boss", data={"note": "escalated"}),
@@ -187,10 +258,22 @@ def _order(base: str) -> dict[str, Any]:
     return {
         "name": "replay-compensation",
         "steps": [
-            _http("reserve", f"{base}/reserve", {"sku": "{{ input.sku }}"}, retry=no_retry,
-                  compensate=[_http("release", f"{base}/release", {"r": "{{ steps.reserve.output.body.json }}"})]),
-            _http("charge", f"{base}/charge", {"amount": 5}, retry=no_retry,
-                  compensate=[_http("refund", f"{base}/refund", {"c": 1})]),
+            _http(
+                "reserve",
+                f"{base}/reserve",
+                {"sku": "{{ input.sku }}"},
+                retry=no_retry,
+                compensate=[
+                    _http("release", f"{base}/release", {"r": "{{ steps.reserve.output.body.json }}"})
+                ],
+            ),
+            _http(
+                "charge",
+                f"{base}/charge",
+                {"amount": 5},
+                retry=no_retry,
+                compensate=[_http("refund", f"{base}/refund", {"c": 1})],
+            ),
             _http("ship", f"{base}/ship", {"sku": "{{ input.sku }}"}, retry=no_retry),
         ],
     }
@@ -201,8 +284,12 @@ def _long_delay(name: str) -> Callable[[str], dict[str, Any]]:
         return {
             "name": name,
             "steps": [
-                _http("reserve", f"{base}/reserve", {"sku": "S"},
-                      compensate=[_http("release", f"{base}/release", {"sku": "S"})]),
+                _http(
+                    "reserve",
+                    f"{base}/reserve",
+                    {"sku": "S"},
+                    compensate=[_http("release", f"{base}/release", {"sku": "S"})],
+                ),
                 {"id": "wait", "type": "delay", "duration": "3d"},
                 _http("ship", f"{base}/ship", {"sku": "S"}),
             ],
@@ -228,21 +315,54 @@ async def _drive_cancel_temporal(handle: WorkflowHandle[Any, Any]) -> None:
 def scenarios() -> list[Scenario]:
     soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     return [
-        Scenario("sequential_kinds", "task (echo, http), set, condition, switch, when, retries, on_failure "
-                 "continue and goto, a goto loop, succeed", _sequential_kinds, {"who": "ada", "amount": 500}),
-        Scenario("concurrent_kinds", "parallel all/any/first (the loser's activity cancelled), foreach with "
-                 "concurrency 2, a duration delay", _concurrent_kinds, {"items": [1, 2, 3, 4]}),
-        Scenario("delays", "delay by templated duration, until a timestamp, and business hours (open)", _delays,
-                 {"pause": "1s", "until": soon}),
-        Scenario("approval", "approval escalated after 2s (notify, approver added), refused signal and update, "
-                 "approved by update; rejected by signal (continue); timed out (approve)", _approval,
-                 {"amount": 42}, _drive_approval),
-        Scenario("compensation", "reserve -> charge -> ship fails: refund and release in reverse order, run fails",
-                 _order, {"sku": "X"}),
-        Scenario("cancel_signal", "the cancel signal during a 3-day delay: compensation, run cancelled",
-                 _long_delay("replay-cancel-signal"), {}, _drive_cancel_signal),
-        Scenario("cancel_temporal", "Temporal cancellation during a 3-day delay: compensation, run cancelled",
-                 _long_delay("replay-cancel-temporal"), {}, _drive_cancel_temporal),
+        Scenario(
+            "sequential_kinds",
+            "task (echo, http), set, condition, switch, when, retries, on_failure "
+            "continue and goto, a goto loop, succeed",
+            _sequential_kinds,
+            {"who": "ada", "amount": 500},
+        ),
+        Scenario(
+            "concurrent_kinds",
+            "parallel all/any/first (the loser's activity cancelled), foreach with "
+            "concurrency 2, a duration delay",
+            _concurrent_kinds,
+            {"items": [1, 2, 3, 4]},
+        ),
+        Scenario(
+            "delays",
+            "delay by templated duration, until a timestamp, and business hours (open)",
+            _delays,
+            {"pause": "1s", "until": soon},
+        ),
+        Scenario(
+            "approval",
+            "approval escalated after 2s (notify, approver added), refused signal and update, "
+            "approved by update; rejected by signal (continue); timed out (approve)",
+            _approval,
+            {"amount": 42},
+            _drive_approval,
+        ),
+        Scenario(
+            "compensation",
+            "reserve -> charge -> ship fails: refund and release in reverse order, run fails",
+            _order,
+            {"sku": "X"},
+        ),
+        Scenario(
+            "cancel_signal",
+            "the cancel signal during a 3-day delay: compensation, run cancelled",
+            _long_delay("replay-cancel-signal"),
+            {},
+            _drive_cancel_signal,
+        ),
+        Scenario(
+            "cancel_temporal",
+            "Temporal cancellation during a 3-day delay: compensation, run cancelled",
+            _long_delay("replay-cancel-temporal"),
+            {},
+            _drive_cancel_temporal,
+        ),
     ]
 
 
@@ -258,10 +378,8 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
     )
     if scenario.drive is not None:
         await scenario.drive(handle)
-    try:
+    with contextlib.suppress(WorkflowFailureError):  # failed or cancelled runs are recorded as they are
         await handle.result()
-    except WorkflowFailureError:
-        pass  # failed, compensated, cancelled: recorded as they are
     outcome = (await _status(handle)).state
     history = await handle.fetch_history()
     body = {
@@ -297,8 +415,9 @@ async def main(argv: list[str] | None = None) -> int:
         task_queue = f"record-{uuid4()}"
         with RecordingServer() as server:
             server.route("POST", "/ship", [(422, {}, {"error": "no stock"})])
-            async with httpx.AsyncClient() as http_client, build_worker(
-                env.client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+            async with (
+                httpx.AsyncClient() as http_client,
+                build_worker(env.client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
             ):
                 outcomes = await asyncio.gather(
                     *(record(s, env.client, task_queue, server.url, args.out) for s in chosen)

@@ -29,7 +29,9 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
 async def worker(client: Client, task_queue: str, http_client: httpx.AsyncClient) -> AsyncIterator[Worker]:
     """A worker for the generic workflow and every action on the dev server, on the test's queue."""
     # No grace period: a test that leaves an activity sleeping must not wait for it at teardown.
-    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)) as running:
+    async with build_worker(
+        client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+    ) as running:
         yield running
 
 

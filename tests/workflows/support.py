@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -134,4 +135,4 @@ def record(result: RunResult | RunStatus, path: str) -> Any:
 
 def gaps(times: list[float]) -> list[float]:
     """Differences between consecutive timestamps."""
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]

@@ -18,8 +18,8 @@ from interpreter.state import Decision, DecisionKind, DecisionRequest, RunState,
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import (
     definition,
-    eventually,
     events,
+    eventually,
     failure_of,
     record,
     settled,
@@ -42,19 +42,34 @@ def _approval_definition(name: str, **approval: Any) -> dict[str, Any]:
     return definition(
         name,
         [
-            {"id": "prep", "type": "task", "action": "echo",
-             "input": {"value": "ready", "fail": "NotYet", "succeed_on_attempt": 2},
-             "retry": {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 3}},
+            {
+                "id": "prep",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "ready", "fail": "NotYet", "succeed_on_attempt": 2},
+                "retry": {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 3},
+            },
             {"id": "init", "type": "set", "vars": {"amount": "{{ input.amount }}"}},
-            {"id": "review", "name": "Manager review", "type": "approval", "approvers": ["alice", "bob"],
-             "message": "Approve {{ vars.amount }} EUR?", "fields": ["note"], **approval},
+            {
+                "id": "review",
+                "name": "Manager review",
+                "type": "approval",
+                "approvers": ["alice", "bob"],
+                "message": "Approve {{ vars.amount }} EUR?",
+                "fields": ["note"],
+                **approval,
+            },
             {"id": "after", "type": "set", "vars": {"decided_by": "{{ steps.review.output.actor }}"}},
         ],
     )
 
 
-async def test_status_while_waiting_then_approve_by_signal(client: Client, task_queue: str, worker: Worker) -> None:
-    handle = await start(client, task_queue, _approval_definition(unique("approval-signal"), timeout="1h"), {"amount": 120})
+async def test_status_while_waiting_then_approve_by_signal(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    handle = await start(
+        client, task_queue, _approval_definition(unique("approval-signal"), timeout="1h"), {"amount": 120}
+    )
     waiting = await wait_state(handle, RunState.AWAITING_APPROVAL)
 
     assert waiting.definition.startswith("approval-signal-")
@@ -66,7 +81,8 @@ async def test_status_while_waiting_then_approve_by_signal(client: Client, task_
     assert pending.deadline == pending.since + timedelta(hours=1)
     prep = record(waiting, "prep")
     assert (prep.status, prep.attempts, prep.output) == (StepStatus.COMPLETED, 2, "ready")
-    assert prep.duration_s is not None and prep.duration_s > 0
+    assert prep.duration_s is not None
+    assert prep.duration_s > 0
     assert record(waiting, "review").status == StepStatus.WAITING
     assert waiting.vars == {"amount": 120}
 
@@ -79,14 +95,22 @@ async def test_status_while_waiting_then_approve_by_signal(client: Client, task_
     assert "may not decide" in (refused.decisions[0].refusal or "")
     assert "unknown form fields" in (refused.decisions[1].refusal or "")
 
-    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", reason="fine", data={"note": "ok"}))
+    await handle.signal(
+        RunDefinitionWorkflow.approve, Decision(actor="bob", reason="fine", data={"note": "ok"})
+    )
     result = await handle.result()
 
     assert result.state == RunState.COMPLETED
     assert result.output == {"amount": 120, "note": "ok", "decided_by": "bob"}
     review = record(result, "review")
     assert review.status == StepStatus.COMPLETED
-    assert review.output == {"decision": "approved", "actor": "bob", "reason": "fine", "data": {"note": "ok"}, "escalations": 0}
+    assert review.output == {
+        "decision": "approved",
+        "actor": "bob",
+        "reason": "fine",
+        "data": {"note": "ok"},
+        "escalations": 0,
+    }
     final = await status(handle)  # queries still answer after the run closed
     assert final.state == RunState.COMPLETED
     assert final.pending_approvals == []
@@ -111,7 +135,8 @@ async def test_update_approves_and_refuses_unlisted_approvers_without_history(
     assert (await status(handle)).decisions == []
 
     accepted = await handle.execute_update(
-        RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="alice", data={"note": "go"})
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.APPROVE, actor="alice", data={"note": "go"}),
     )
     assert (accepted.actor, accepted.accepted, accepted.decision) == ("alice", True, DecisionKind.APPROVE)
     result = await handle.result()
@@ -125,7 +150,12 @@ async def test_update_approves_and_refuses_unlisted_approvers_without_history(
 
 async def test_rejections(client: Client, task_queue: str, worker: Worker) -> None:
     fail = await start(client, task_queue, _approval_definition(unique("reject-fail")), {"amount": 1})
-    cont = await start(client, task_queue, _approval_definition(unique("reject-continue"), on_reject="continue"), {"amount": 2})
+    cont = await start(
+        client,
+        task_queue,
+        _approval_definition(unique("reject-continue"), on_reject="continue"),
+        {"amount": 2},
+    )
     by_update = await start(client, task_queue, _approval_definition(unique("reject-update")), {"amount": 3})
     await asyncio.gather(*(wait_state(h, RunState.AWAITING_APPROVAL) for h in (fail, cont, by_update)))
 
@@ -136,9 +166,11 @@ async def test_rejections(client: Client, task_queue: str, worker: Worker) -> No
     )
 
     cause, failed = await failure_of(fail)
-    assert isinstance(cause, ApplicationError) and cause.type == "ApprovalRejected"
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "ApprovalRejected"
     assert "too much" in cause.message
-    assert failed is not None and record(failed, "review").status == StepStatus.FAILED
+    assert failed is not None
+    assert record(failed, "review").status == StepStatus.FAILED
     assert "after" not in {r.path for r in failed.steps}
 
     continued = await cont.result()
@@ -147,7 +179,8 @@ async def test_rejections(client: Client, task_queue: str, worker: Worker) -> No
     assert continued.output["decided_by"] == "bob"
 
     cause, _ = await failure_of(by_update)
-    assert isinstance(cause, ApplicationError) and cause.type == "ApprovalRejected"
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "ApprovalRejected"
 
 
 # ----------------------------------------------------------------------- time-skipping server
@@ -160,11 +193,29 @@ async def test_escalation_after_two_days_notifies_and_widens_approvers(
     doc = definition(
         unique("escalation"),
         [
-            {"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "5d", "on_timeout": "reject",
-             "escalation": {"after": "2d", "add_approvers": ["boss"], "steps": [
-                 {"id": "notify", "type": "task", "action": "http",
-                  "input": {"method": "POST", "url": f"{http_server.url}/notify",
-                            "json": {"text": "{{ run.workflow_id }} waits for approval"}}}]}},
+            {
+                "id": "review",
+                "type": "approval",
+                "approvers": ["alice"],
+                "timeout": "5d",
+                "on_timeout": "reject",
+                "escalation": {
+                    "after": "2d",
+                    "add_approvers": ["boss"],
+                    "steps": [
+                        {
+                            "id": "notify",
+                            "type": "task",
+                            "action": "http",
+                            "input": {
+                                "method": "POST",
+                                "url": f"{http_server.url}/notify",
+                                "json": {"text": "{{ run.workflow_id }} waits for approval"},
+                            },
+                        }
+                    ],
+                },
+            },
         ],
     )
     handle = await start(client, task_queue, doc, execution_timeout=timedelta(days=30))
@@ -172,7 +223,9 @@ async def test_escalation_after_two_days_notifies_and_widens_approvers(
     await wait_state(handle, RunState.AWAITING_APPROVAL)
     # Before the escalation: the added approver may not decide yet.
     with pytest.raises(WorkflowUpdateFailedError):
-        await handle.execute_update(RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="boss"))
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="boss")
+        )
 
     await time_skipping_env.sleep(timedelta(days=2, hours=1))
 
@@ -180,7 +233,10 @@ async def test_escalation_after_two_days_notifies_and_widens_approvers(
         return http_server.requests("POST", "/notify")
 
     await eventually(notified, bool, what="the escalation's notify request")
-    escalated = await eventually(lambda: status(handle), lambda s: bool(s.pending_approvals) and s.pending_approvals[0].escalations == 1)
+    escalated = await eventually(
+        lambda: status(handle),
+        lambda s: bool(s.pending_approvals) and s.pending_approvals[0].escalations == 1,
+    )
     assert escalated.pending_approvals[0].approvers == ["alice", "boss"]
     assert escalated.state == RunState.AWAITING_APPROVAL
     [notify] = http_server.requests("POST", "/notify")
@@ -197,14 +253,24 @@ async def test_escalation_after_two_days_notifies_and_widens_approvers(
     assert timedelta(days=2) <= waited < timedelta(days=5)
 
 
-async def test_approval_timeouts(time_skipping_env: WorkflowEnvironment, ts_worker: Worker, task_queue: str) -> None:
+async def test_approval_timeouts(
+    time_skipping_env: WorkflowEnvironment, ts_worker: Worker, task_queue: str
+) -> None:
     client = time_skipping_env.client
 
     def doc(on_timeout: str) -> dict[str, Any]:
         return definition(
             unique(f"timeout-{on_timeout}"),
-            [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "3d", "on_timeout": on_timeout},
-             {"id": "after", "type": "set", "vars": {"went_on": True}}],
+            [
+                {
+                    "id": "review",
+                    "type": "approval",
+                    "approvers": ["alice"],
+                    "timeout": "3d",
+                    "on_timeout": on_timeout,
+                },
+                {"id": "after", "type": "set", "vars": {"went_on": True}},
+            ],
         )
 
     began = await time_skipping_env.get_current_time()
@@ -219,8 +285,10 @@ async def test_approval_timeouts(time_skipping_env: WorkflowEnvironment, ts_work
     assert approved.state == RunState.COMPLETED
     assert approved.output == {"went_on": True}
     assert record(approved, "review").output["actor"] == "timeout"
-    assert isinstance(reject_cause, ApplicationError) and reject_cause.type == "ApprovalRejected"
-    assert isinstance(fail_cause, ApplicationError) and fail_cause.type == "ApprovalTimedOut"
+    assert isinstance(reject_cause, ApplicationError)
+    assert reject_cause.type == "ApprovalRejected"
+    assert isinstance(fail_cause, ApplicationError)
+    assert fail_cause.type == "ApprovalTimedOut"
     for result in (rejected, failed):
         assert result is not None
         review = record(result, "review")

@@ -16,8 +16,14 @@ NO_RETRY = {"preset": "constant", "initial_interval": "100ms", "maximum_attempts
 
 
 def _post(step_id: str, url: str, body: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"id": step_id, "type": "task", "action": "http", "input": {"method": "POST", "url": url, "json": body},
-            "retry": NO_RETRY, **extra}
+    return {
+        "id": step_id,
+        "type": "task",
+        "action": "http",
+        "input": {"method": "POST", "url": url, "json": body},
+        "retry": NO_RETRY,
+        **extra,
+    }
 
 
 def order_definition(name: str, base: str, ship_on_failure: Any = "fail") -> dict[str, Any]:
@@ -25,11 +31,26 @@ def order_definition(name: str, base: str, ship_on_failure: Any = "fail") -> dic
     return definition(
         name,
         [
-            _post("reserve", f"{base}/reserve", {"sku": "{{ input.sku }}"},
-                  compensate=[_post("release", f"{base}/release",
-                                    {"reservation": "{{ steps.reserve.output.body.reservation }}"})]),
-            _post("charge", f"{base}/charge", {"amount": "{{ input.amount }}"},
-                  compensate=[_post("refund", f"{base}/refund", {"charge": "{{ steps.charge.output.body.charge }}"})]),
+            _post(
+                "reserve",
+                f"{base}/reserve",
+                {"sku": "{{ input.sku }}"},
+                compensate=[
+                    _post(
+                        "release",
+                        f"{base}/release",
+                        {"reservation": "{{ steps.reserve.output.body.reservation }}"},
+                    )
+                ],
+            ),
+            _post(
+                "charge",
+                f"{base}/charge",
+                {"amount": "{{ input.amount }}"},
+                compensate=[
+                    _post("refund", f"{base}/refund", {"charge": "{{ steps.charge.output.body.charge }}"})
+                ],
+            ),
             _post("ship", f"{base}/ship", {"sku": "{{ input.sku }}"}, on_failure=ship_on_failure),
             _post("notify", f"{base}/notify", {"done": True}),
         ],
@@ -46,7 +67,9 @@ async def test_failed_step_compensates_in_reverse_order_and_fails_the_run(
     client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
 ) -> None:
     _program(http_server)
-    handle = await start(client, task_queue, order_definition(unique("order"), http_server.url), {"sku": "X", "amount": 5})
+    handle = await start(
+        client, task_queue, order_definition(unique("order"), http_server.url), {"sku": "X", "amount": 5}
+    )
     cause, result = await failure_of(handle)
 
     # The workflow fails with the failing step's error type, carrying the RunResult in its details.
@@ -81,7 +104,13 @@ async def test_on_failure_compensate_ends_the_run_as_compensated(
 
     assert result.state == RunState.COMPENSATED
     assert result.error_type == "HttpClientError"
-    assert [r.path for r in http_server.requests("POST")] == ["/reserve", "/charge", "/ship", "/refund", "/release"]
+    assert [r.path for r in http_server.requests("POST")] == [
+        "/reserve",
+        "/charge",
+        "/ship",
+        "/refund",
+        "/release",
+    ]
 
 
 async def test_a_failing_compensation_does_not_stop_the_others(
@@ -90,9 +119,15 @@ async def test_a_failing_compensation_does_not_stop_the_others(
     _program(http_server)
     http_server.route("POST", "/refund", [(400, {}, {"error": "already refunded"})])
     cause, result = await failure_of(
-        await start(client, task_queue, order_definition(unique("order-badcomp"), http_server.url), {"sku": "X", "amount": 5})
+        await start(
+            client,
+            task_queue,
+            order_definition(unique("order-badcomp"), http_server.url),
+            {"sku": "X", "amount": 5},
+        )
     )
-    assert isinstance(cause, ApplicationError) and cause.type == "HttpClientError"
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "HttpClientError"
     assert result is not None
     assert record(result, "compensate/charge/refund").status == StepStatus.FAILED
     assert record(result, "compensate/reserve/release").status == StepStatus.COMPLETED
@@ -105,9 +140,21 @@ async def test_on_failure_continue_and_goto(client: Client, task_queue: str, wor
         unique("onfailure"),
         [
             {"id": "optional", "type": "task", "action": "echo", "input": failing, "on_failure": "continue"},
-            {"id": "note", "type": "set", "vars": {
-                "optional_status": "{{ steps.optional.status }}", "optional_error": "{{ steps.optional.error_type }}"}},
-            {"id": "primary", "type": "task", "action": "echo", "input": failing, "on_failure": {"goto": "fallback"}},
+            {
+                "id": "note",
+                "type": "set",
+                "vars": {
+                    "optional_status": "{{ steps.optional.status }}",
+                    "optional_error": "{{ steps.optional.error_type }}",
+                },
+            },
+            {
+                "id": "primary",
+                "type": "task",
+                "action": "echo",
+                "input": failing,
+                "on_failure": {"goto": "fallback"},
+            },
             {"id": "skipped", "type": "set", "vars": {"skipped": True}},
             {"id": "fallback", "type": "task", "action": "echo", "input": {"value": "plan B"}},
             {"id": "finish", "type": "set", "vars": {"used": "{{ steps.fallback.output }}"}},

@@ -32,8 +32,13 @@ def _next_dst_change(after: date) -> date:
 
 
 def _hours(holidays: list[date]) -> dict[str, Any]:
-    return {"timezone": ZONE_NAME, "days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00",
-            "holidays": [d.isoformat() for d in holidays]}
+    return {
+        "timezone": ZONE_NAME,
+        "days": ["mon", "tue", "wed", "thu", "fri"],
+        "start": "09:00",
+        "end": "17:00",
+        "holidays": [d.isoformat() for d in holidays],
+    }
 
 
 async def test_business_hours_resume_at_nine_local_on_a_weekday_across_dst(
@@ -49,11 +54,15 @@ async def test_business_hours_resume_at_nine_local_on_a_weekday_across_dst(
     # jump past one run's pending workflow task to another's timer (and then its execution timeout).
     runs = []
     for name, holidays in (("hours", [today]), ("hours-dst", across)):
-        handle = await start(client, task_queue, definition(unique(name), [
-            {"id": "open", "type": "delay", "business_hours": _hours(holidays)}]), execution_timeout=LONG)
+        handle = await start(
+            client,
+            task_queue,
+            definition(unique(name), [{"id": "open", "type": "delay", "business_hours": _hours(holidays)}]),
+            execution_timeout=LONG,
+        )
         await settled(handle, step="open")
         runs.append((handle, await handle.result(), holidays))
-    (plain, plain_result, _), (dst, dst_result, _) = runs
+    (_plain, plain_result, _), (_dst, dst_result, _) = runs
 
     for handle, result, holidays in runs:
         assert result.state == RunState.COMPLETED
@@ -88,10 +97,19 @@ async def test_until_resumes_at_the_given_instant_days_later(
     client = time_skipping_env.client
     now = await time_skipping_env.get_current_time()
     until = (now + timedelta(days=3, hours=5)).astimezone(ZoneInfo("Asia/Tokyo")).replace(microsecond=0)
-    handle = await start(client, task_queue, definition(unique("until"), [
-        {"id": "later", "type": "delay", "until": "{{ input.until }}"},
-        {"id": "again", "type": "delay", "duration": "2d"},
-    ]), {"until": until.isoformat()}, execution_timeout=LONG)
+    handle = await start(
+        client,
+        task_queue,
+        definition(
+            unique("until"),
+            [
+                {"id": "later", "type": "delay", "until": "{{ input.until }}"},
+                {"id": "again", "type": "delay", "duration": "2d"},
+            ],
+        ),
+        {"until": until.isoformat()},
+        execution_timeout=LONG,
+    )
     await settled(handle, step="later")
     result = await handle.result()
 

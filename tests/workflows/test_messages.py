@@ -12,30 +12,66 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from interpreter.state import CancelRequest, Decision, DecisionKind, DecisionRequest, RunInput, RunState, StepStatus
+from interpreter.state import (
+    CancelRequest,
+    Decision,
+    DecisionKind,
+    DecisionRequest,
+    RunInput,
+    RunState,
+    StepStatus,
+)
 from interpreter.validate import load_definition
-from tests.workflows.support import definition, eventually, events, failure_of, record, start, status, unique, wait_state
+from tests.workflows.support import (
+    definition,
+    events,
+    eventually,
+    failure_of,
+    record,
+    start,
+    status,
+    unique,
+    wait_state,
+)
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE
 
 
-async def test_parallel_approvals_need_the_step_named(client: Client, task_queue: str, worker: Worker) -> None:
-    doc = definition(unique("two-approvals"), [
-        {"id": "both", "type": "parallel", "branches": [
-            {"id": "legal", "steps": [{"id": "legal_ok", "type": "approval", "approvers": ["lee"]}]},
-            {"id": "finance", "steps": [{"id": "finance_ok", "type": "approval", "approvers": ["fin", "lee"]}]}]},
-    ])
+async def test_parallel_approvals_need_the_step_named(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    doc = definition(
+        unique("two-approvals"),
+        [
+            {
+                "id": "both",
+                "type": "parallel",
+                "branches": [
+                    {"id": "legal", "steps": [{"id": "legal_ok", "type": "approval", "approvers": ["lee"]}]},
+                    {
+                        "id": "finance",
+                        "steps": [{"id": "finance_ok", "type": "approval", "approvers": ["fin", "lee"]}],
+                    },
+                ],
+            },
+        ],
+    )
     handle = await start(client, task_queue, doc)
-    waiting = await eventually(lambda: status(handle), lambda s: len(s.pending_approvals) == 2, what="two approvals")
+    waiting = await eventually(
+        lambda: status(handle), lambda s: len(s.pending_approvals) == 2, what="two approvals"
+    )
     assert sorted(waiting.current_steps) == ["both", "finance_ok", "legal_ok"]
 
     with pytest.raises(WorkflowUpdateFailedError) as ambiguous:
-        await handle.execute_update(RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="lee"))
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="lee")
+        )
     assert isinstance(ambiguous.value.cause, ApplicationError)
     assert "name the step" in ambiguous.value.cause.message
 
     await handle.execute_update(
-        RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="lee", step_id="legal_ok")
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.APPROVE, actor="lee", step_id="legal_ok"),
     )
     one_left = await status(handle)
     assert [p.step_id for p in one_left.pending_approvals] == ["finance_ok"]
@@ -48,9 +84,15 @@ async def test_parallel_approvals_need_the_step_named(client: Client, task_queue
     assert record(result, "finance_ok").output["actor"] == "fin"
 
 
-async def test_cancel_signal_with_start_cancels_before_any_step(client: Client, task_queue: str, worker: Worker) -> None:
-    doc = load_definition(definition(unique("cancel-at-start"), [
-        {"id": "work", "type": "task", "action": "echo", "input": {"value": 1}}]))
+async def test_cancel_signal_with_start_cancels_before_any_step(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    doc = load_definition(
+        definition(
+            unique("cancel-at-start"),
+            [{"id": "work", "type": "task", "action": "echo", "input": {"value": 1}}],
+        )
+    )
     handle = await client.start_workflow(
         RunDefinitionWorkflow.run,
         RunInput(definition=doc),
@@ -60,23 +102,38 @@ async def test_cancel_signal_with_start_cancels_before_any_step(client: Client, 
         start_signal_args=[CancelRequest(actor="ops", reason="never mind")],
     )
     cause, result = await failure_of(handle)
-    assert isinstance(cause, ApplicationError) and cause.type == "RunCancelled"
-    assert result is not None and result.state == RunState.CANCELLED
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunCancelled"
+    assert result is not None
+    assert result.state == RunState.CANCELLED
     assert await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == []
 
 
-async def test_cancel_while_awaiting_approval_clears_the_approval(client: Client, task_queue: str, worker: Worker) -> None:
-    doc = definition(unique("cancel-approval"), [
-        {"id": "prep", "type": "task", "action": "echo", "input": {"value": 1},
-         "compensate": [{"id": "undo", "type": "task", "action": "echo", "input": {"value": "undone"}}]},
-        {"id": "review", "type": "approval", "approvers": ["alice"]},
-    ])
+async def test_cancel_while_awaiting_approval_clears_the_approval(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    doc = definition(
+        unique("cancel-approval"),
+        [
+            {
+                "id": "prep",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "compensate": [
+                    {"id": "undo", "type": "task", "action": "echo", "input": {"value": "undone"}}
+                ],
+            },
+            {"id": "review", "type": "approval", "approvers": ["alice"]},
+        ],
+    )
     handle = await start(client, task_queue, doc)
     await wait_state(handle, RunState.AWAITING_APPROVAL)
     await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor="ops"))
     cause, result = await failure_of(handle)
 
-    assert isinstance(cause, ApplicationError) and cause.type == "RunCancelled"
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunCancelled"
     assert result is not None
     assert record(result, "review").status == StepStatus.CANCELLED
     assert record(result, "compensate/prep/undo").output == "undone"
@@ -90,22 +147,32 @@ async def test_cancel_while_awaiting_approval_clears_the_approval(client: Client
         await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
 
 
-async def test_next_jumps_and_current_step_tracking_off(client: Client, task_queue: str, worker: Worker) -> None:
-    doc = definition(unique("next"), [
-        {"id": "first", "type": "set", "vars": {"a": 1}, "next": "third"},
-        {"id": "second", "type": "set", "vars": {"b": 2}},
-        {"id": "third", "type": "set", "vars": {"c": 3}},
-        {"id": "hold", "type": "approval", "approvers": ["alice"]},
-    ])
+async def test_next_jumps_and_current_step_tracking_off(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    doc = definition(
+        unique("next"),
+        [
+            {"id": "first", "type": "set", "vars": {"a": 1}, "next": "third"},
+            {"id": "second", "type": "set", "vars": {"b": 2}},
+            {"id": "third", "type": "set", "vars": {"c": 3}},
+            {"id": "hold", "type": "approval", "approvers": ["alice"]},
+        ],
+    )
     tracked, untracked = await asyncio.gather(
         start(client, task_queue, doc), start(client, task_queue, doc, track_current_step=False)
     )
-    await asyncio.gather(wait_state(tracked, RunState.AWAITING_APPROVAL), wait_state(untracked, RunState.AWAITING_APPROVAL))
+    await asyncio.gather(
+        wait_state(tracked, RunState.AWAITING_APPROVAL), wait_state(untracked, RunState.AWAITING_APPROVAL)
+    )
     assert (await tracked.describe()).typed_search_attributes.get(CURRENT_STEP) == "hold"
     assert (await untracked.describe()).typed_search_attributes.get(CURRENT_STEP) is None
     for handle in (tracked, untracked):
         await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
     tracked_result, untracked_result = await asyncio.gather(tracked.result(), untracked.result())
     assert tracked_result.output == untracked_result.output == {"a": 1, "c": 3}
-    upserts = [len(await events(h, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)) for h in (tracked, untracked)]
+    upserts = [
+        len(await events(h, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES))
+        for h in (tracked, untracked)
+    ]
     assert upserts[1] < upserts[0]

@@ -26,7 +26,13 @@ with workflow.unsafe.imports_passed_through():
 
 HISTORIES = Path(__file__).parent.parent / "histories"  # no resolve(): no I/O when the sandbox imports this
 EXPECTED = {
-    "sequential_kinds", "concurrent_kinds", "delays", "approval", "compensation", "cancel_signal", "cancel_temporal",
+    "sequential_kinds",
+    "concurrent_kinds",
+    "delays",
+    "approval",
+    "compensation",
+    "cancel_signal",
+    "cancel_temporal",
 }
 
 
@@ -43,7 +49,9 @@ def test_every_scenario_has_a_recorded_history() -> None:
 async def test_recorded_history_replays(name: str) -> None:
     data, history = _load(name)
     replayer = Replayer(
-        workflows=[RunDefinitionWorkflow], data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+        workflows=[RunDefinitionWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{name}: {result.replay_failure!r}"

@@ -20,16 +20,24 @@ from tests.workflows.support import definition, failure_of, gaps, record, start,
 SLACK_S = 0.02
 
 
-def _task(step_id: str, action: str, step_input: dict[str, Any], retry: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _task(
+    step_id: str, action: str, step_input: dict[str, Any], retry: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     return {"id": step_id, "type": "task", "action": action, "input": step_input, "retry": retry, **extra}
 
 
-async def test_echo_failing_until_attempt_3_takes_3_attempts(client: Client, task_queue: str, worker: Worker) -> None:
+async def test_echo_failing_until_attempt_3_takes_3_attempts(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
     doc = definition(
         unique("retry-echo"),
         [
-            _task("flaky", "echo", {"fail": "Flaky", "succeed_on_attempt": 3, "value": "ok"},
-                  {"preset": "constant", "initial_interval": "200ms", "maximum_attempts": 5}),
+            _task(
+                "flaky",
+                "echo",
+                {"fail": "Flaky", "succeed_on_attempt": 3, "value": "ok"},
+                {"preset": "constant", "initial_interval": "200ms", "maximum_attempts": 5},
+            ),
         ],
     )
     result = await (await start(client, task_queue, doc)).result()
@@ -46,8 +54,12 @@ async def test_constant_backoff_spacing_at_the_http_server(
     doc = definition(
         unique("retry-http"),
         [
-            _task("call", "http", {"method": "POST", "url": f"{http_server.url}/flaky", "json": {"n": 1}},
-                  {"preset": "constant", "initial_interval": "200ms", "maximum_attempts": 5}),
+            _task(
+                "call",
+                "http",
+                {"method": "POST", "url": f"{http_server.url}/flaky", "json": {"n": 1}},
+                {"preset": "constant", "initial_interval": "200ms", "maximum_attempts": 5},
+            ),
         ],
     )
     handle = await start(client, task_queue, doc)
@@ -74,10 +86,21 @@ async def test_backoff_presets_constant_linear_exponential(
         http_server.route("GET", f"/{preset}", [(503, {}, "down")] * 3 + [(200, {}, {"up": True})])
     handles = await asyncio.gather(
         *(
-            start(client, task_queue, definition(unique(f"backoff-{preset}"), [
-                _task("poll", "http", {"url": f"{http_server.url}/{preset}"},
-                      {"preset": preset, "initial_interval": "600ms", "maximum_attempts": 4}),
-            ]))
+            start(
+                client,
+                task_queue,
+                definition(
+                    unique(f"backoff-{preset}"),
+                    [
+                        _task(
+                            "poll",
+                            "http",
+                            {"url": f"{http_server.url}/{preset}"},
+                            {"preset": preset, "initial_interval": "600ms", "maximum_attempts": 4},
+                        ),
+                    ],
+                ),
+            )
             for preset in presets
         )
     )
@@ -104,25 +127,38 @@ async def test_non_retryable_errors_take_one_attempt(
         # The action marks the error non-retryable.
         "flagged": _task("step", "echo", {"fail": "Fatal", "non_retryable": True}, generous),
         # The definition lists the (otherwise retryable) error type as non-retryable.
-        "listed": _task("step", "echo", {"fail": "NotWorthIt"}, {**generous, "non_retryable_error_types": ["NotWorthIt"]}),
+        "listed": _task(
+            "step", "echo", {"fail": "NotWorthIt"}, {**generous, "non_retryable_error_types": ["NotWorthIt"]}
+        ),
         # A 4xx is classified as a client error, which no retry can fix.
         "http_4xx": _task("step", "http", {"method": "POST", "url": f"{http_server.url}/bad"}, generous),
         # Retryable, for comparison: every attempt is used.
         "exhausted": _task("step", "echo", {"fail": "Transient"}, {**generous, "maximum_attempts": 3}),
     }
     handles = await asyncio.gather(
-        *(start(client, task_queue, definition(unique(f"nonretry-{name.replace('_', '-')}"), [step])) for name, step in cases.items())
+        *(
+            start(client, task_queue, definition(unique(f"nonretry-{name.replace('_', '-')}"), [step]))
+            for name, step in cases.items()
+        )
     )
     outcomes = dict(zip(cases, await asyncio.gather(*(failure_of(h) for h in handles)), strict=True))
 
-    expected = {"flagged": ("Fatal", 1), "listed": ("NotWorthIt", 1), "http_4xx": ("HttpClientError", 1),
-                "exhausted": ("Transient", 3)}
+    expected = {
+        "flagged": ("Fatal", 1),
+        "listed": ("NotWorthIt", 1),
+        "http_4xx": ("HttpClientError", 1),
+        "exhausted": ("Transient", 3),
+    }
     for name, (error_type, attempts) in expected.items():
         cause, result = outcomes[name]
-        assert isinstance(cause, ApplicationError) and cause.type == error_type, name
-        assert result is not None and result.state == RunState.FAILED, name
+        assert isinstance(cause, ApplicationError), name
+        assert cause.type == error_type, name
+        assert result is not None, name
+        assert result.state == RunState.FAILED, name
         step = record(result, "step")
-        assert (step.status, step.error_type, step.attempts) == (StepStatus.FAILED, error_type, attempts), name
+        assert (step.status, step.error_type, step.attempts) == (StepStatus.FAILED, error_type, attempts), (
+            name
+        )
     assert len(http_server.requests("POST", "/bad")) == 1
 
 

@@ -20,29 +20,98 @@ LOOP = [
 
 CASES: dict[str, tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], str, str | None]] = {
     # name: (steps, extra definition fields, input, expected error type, failing step path)
-    "template": ([{"id": "use", "type": "set", "vars": {"x": "{{ input.order.id }}"}}], {}, {}, "TemplateError", "use"),
+    "template": (
+        [{"id": "use", "type": "set", "vars": {"x": "{{ input.order.id }}"}}],
+        {},
+        {},
+        "TemplateError",
+        "use",
+    ),
     # Limits stop the run before the step executes again: no record for it, the message names it.
     "loop": (LOOP, {}, {}, "LoopLimitExceeded", None),
     "steps": (LOOP, {"limits": {"max_step_executions": 3}}, {}, "StepLimitExceeded", None),
-    "items": ([{"id": "each", "type": "foreach", "items": "input.things", "steps": [
-        {"id": "x", "type": "set", "vars": {"x": 1}}]}], {}, {"things": {"a": 1}}, "InvalidItems", "each"),
-    "too-many": ([{"id": "each", "type": "foreach", "items": "input.things", "max_items": 2, "steps": [
-        {"id": "x", "type": "set", "vars": {"x": 1}}]}], {}, {"things": [1, 2, 3]}, "TooManyItems", "each"),
-    "until": ([{"id": "wait", "type": "delay", "until": "{{ input.when }}"}], {}, {"when": "2030-01-01T00:00:00"},
-              "InvalidTimestamp", "wait"),
-    "duration": ([{"id": "wait", "type": "delay", "duration": "{{ input.pause }}"}], {}, {"pause": "soon"},
-                 "InvalidDuration", "wait"),
-    "timeout": ([{"id": "slow", "type": "task", "action": "echo", "input": {"sleep_s": 5},
-                  "timeouts": {"start_to_close": "1s"},
-                  "retry": {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 2}}],
-                {}, {}, "ActivityTimeout.START_TO_CLOSE", "slow"),
-    "unknown-secret": ([{"id": "call", "type": "task", "action": "http",
-                         "input": {"url": "http://127.0.0.1:9/x", "headers": {"Authorization": "${secret:NOPE_NOT_SET}"}}}],
-                       {}, {}, "SecretNotFound", "call"),
+    "items": (
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "input.things",
+                "steps": [{"id": "x", "type": "set", "vars": {"x": 1}}],
+            }
+        ],
+        {},
+        {"things": {"a": 1}},
+        "InvalidItems",
+        "each",
+    ),
+    "too-many": (
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "input.things",
+                "max_items": 2,
+                "steps": [{"id": "x", "type": "set", "vars": {"x": 1}}],
+            }
+        ],
+        {},
+        {"things": [1, 2, 3]},
+        "TooManyItems",
+        "each",
+    ),
+    "until": (
+        [{"id": "wait", "type": "delay", "until": "{{ input.when }}"}],
+        {},
+        {"when": "2030-01-01T00:00:00"},
+        "InvalidTimestamp",
+        "wait",
+    ),
+    "duration": (
+        [{"id": "wait", "type": "delay", "duration": "{{ input.pause }}"}],
+        {},
+        {"pause": "soon"},
+        "InvalidDuration",
+        "wait",
+    ),
+    "timeout": (
+        [
+            {
+                "id": "slow",
+                "type": "task",
+                "action": "echo",
+                "input": {"sleep_s": 5},
+                "timeouts": {"start_to_close": "1s"},
+                "retry": {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 2},
+            }
+        ],
+        {},
+        {},
+        "ActivityTimeout.START_TO_CLOSE",
+        "slow",
+    ),
+    "unknown-secret": (
+        [
+            {
+                "id": "call",
+                "type": "task",
+                "action": "http",
+                "input": {
+                    "url": "http://127.0.0.1:9/x",
+                    "headers": {"Authorization": "${secret:NOPE_NOT_SET}"},
+                },
+            }
+        ],
+        {},
+        {},
+        "SecretNotFound",
+        "call",
+    ),
 }
 
 
-async def test_runtime_failures_have_clear_error_types(client: Client, task_queue: str, worker: Worker) -> None:
+async def test_runtime_failures_have_clear_error_types(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
     handles = await asyncio.gather(
         *(
             start(client, task_queue, definition(unique(f"err-{name}"), steps, **extra), run_input)
@@ -53,9 +122,13 @@ async def test_runtime_failures_have_clear_error_types(client: Client, task_queu
     for (name, (_, _, _, error_type, path)), (cause, result) in zip(CASES.items(), outcomes, strict=True):
         assert isinstance(cause, ApplicationError), name
         assert cause.type == error_type, (name, cause.type, cause.message)
-        assert result is not None and result.state == RunState.FAILED, name
+        assert result is not None, name
+        assert result.state == RunState.FAILED, name
         if path is None:
-            assert "tick" in cause.message or "max_step_executions (3)" in cause.message, (name, cause.message)
+            assert "tick" in cause.message or "max_step_executions (3)" in cause.message, (
+                name,
+                cause.message,
+            )
             assert all(r.status == StepStatus.COMPLETED for r in result.steps), name
             continue
         step = record(result, path)

@@ -63,7 +63,7 @@ class _WorkerProcess:
         }
         self.log = log
         self._out = log.open("ab")
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is instant; we never wait on it here
+        self.proc = subprocess.Popen(
             [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT
         )
 
@@ -103,12 +103,19 @@ async def test_sigkill_mid_step_then_a_new_worker_completes_every_run_once_per_k
     doc = definition(
         unique("durable"),
         [
-            {"id": step, "type": "task", "action": "http",
-             "input": {"method": "POST", "url": f"{http_server.url}/effect",
-                       "json": {"run": "{{ input.run }}", "step": step}},
-             # Short timeouts so attempts lost with the killed worker are retried quickly.
-             "timeouts": {"start_to_close": "2s"},
-             "retry": {"preset": "constant", "initial_interval": "200ms", "maximum_attempts": 20}}
+            {
+                "id": step,
+                "type": "task",
+                "action": "http",
+                "input": {
+                    "method": "POST",
+                    "url": f"{http_server.url}/effect",
+                    "json": {"run": "{{ input.run }}", "step": step},
+                },
+                # Short timeouts so attempts lost with the killed worker are retried quickly.
+                "timeouts": {"start_to_close": "2s"},
+                "retry": {"preset": "constant", "initial_interval": "200ms", "maximum_attempts": 20},
+            }
             for step in STEPS
         ],
     )
@@ -123,7 +130,11 @@ async def test_sigkill_mid_step_then_a_new_worker_completes_every_run_once_per_k
             return effects.arrived, set(effects.in_flight)
 
     arrived, in_flight = await eventually(
-        snapshot, lambda s: s[0] > RUNS and len(s[1]) >= RUNS // 2, timeout=60, interval=0.01, what="steps in flight"
+        snapshot,
+        lambda s: s[0] > RUNS and len(s[1]) >= RUNS // 2,
+        timeout=60,
+        interval=0.01,
+        what="steps in flight",
     )
     workers[0].kill()
     killed_at = time.monotonic()
@@ -146,7 +157,8 @@ async def test_sigkill_mid_step_then_a_new_worker_completes_every_run_once_per_k
     for key, deliveries in by_key.items():
         assert len({d.body for d in deliveries}) == 1, f"{key} delivered with different bodies"
         run = int(deliveries[0].json["run"])
-        assert key.startswith(handles[run].id) and key.endswith(deliveries[0].json["step"])
+        assert key.startswith(handles[run].id)
+        assert key.endswith(deliveries[0].json["step"])
     duplicated = {key: len(d) for key, d in by_key.items() if len(d) > 1}
     retried = {
         f"{h.id}/{h.result_run_id}/{step}"
@@ -160,7 +172,12 @@ async def test_sigkill_mid_step_then_a_new_worker_completes_every_run_once_per_k
             f"\n[sigkill] {RUNS} runs x {len(STEPS)} steps: killed the worker after {arrived} requests, {len(in_flight)}"
             f" in flight; all runs completed {recovered_s:.1f}s after the kill; {sum(len(d) for d in by_key.values())}"
             f" deliveries for {len(by_key)} keys; delivered twice or more (same key and body): "
-            + (", ".join(f"{names[k]} x{n}" for k, n in sorted(duplicated.items(), key=lambda i: names[i[0]])) or "none")
+            + (
+                ", ".join(
+                    f"{names[k]} x{n}" for k, n in sorted(duplicated.items(), key=lambda i: names[i[0]])
+                )
+                or "none"
+            )
         )
     # The kill landed mid-step: requests in flight were lost to the worker and delivered again.
     assert duplicated, "expected the in-flight steps to be redelivered after the kill"

@@ -18,12 +18,19 @@ from tests.helpers.http_server import RecordedRequest, RecordingServer
 from tests.workflows.support import definition, events, failure_of, record, start, unique
 
 
-async def test_task_steps_echo_and_http(client: Client, task_queue: str, worker: Worker, http_server: RecordingServer) -> None:
+async def test_task_steps_echo_and_http(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
     http_server.route("POST", "/orders", [(201, {}, {"order_id": 7})])
     doc = definition(
         unique("tasks"),
         [
-            {"id": "greet", "type": "task", "action": "echo", "input": {"value": {"hello": "{{ input.who }}"}}},
+            {
+                "id": "greet",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": {"hello": "{{ input.who }}"}},
+            },
             {
                 "id": "post",
                 "name": "Create the order",
@@ -36,7 +43,10 @@ async def test_task_steps_echo_and_http(client: Client, task_queue: str, worker:
                 },
             },
         ],
-        output={"greeting": "{{ steps.greet.output.hello }}", "order": "{{ steps.post.output.body.order_id }}"},
+        output={
+            "greeting": "{{ steps.greet.output.hello }}",
+            "order": "{{ steps.post.output.body.order_id }}",
+        },
     )
     handle = await start(client, task_queue, doc, {"who": "ada", "qty": 3})
     result = await handle.result()
@@ -47,10 +57,17 @@ async def test_task_steps_echo_and_http(client: Client, task_queue: str, worker:
     assert request.json == {"who": "ada", "qty": 3}
     assert request.idempotency_key == f"{handle.id}/{handle.result_run_id}/post"
     post = record(result, "post")
-    assert (post.status, post.attempts, post.type, post.name) == (StepStatus.COMPLETED, 1, "task", "Create the order")
+    assert (post.status, post.attempts, post.type, post.name) == (
+        StepStatus.COMPLETED,
+        1,
+        "task",
+        "Create the order",
+    )
     assert post.output["status_code"] == 201
-    assert post.finished_at is not None and post.finished_at >= post.started_at
-    assert post.duration_s is not None and post.duration_s >= 0
+    assert post.finished_at is not None
+    assert post.finished_at >= post.started_at
+    assert post.duration_s is not None
+    assert post.duration_s >= 0
     assert record(result, "greet").output == {"hello": "ada"}
 
 
@@ -70,30 +87,54 @@ def _branching(name: str) -> dict[str, Any]:
                 "id": "tier",
                 "type": "switch",
                 "cases": [
-                    {"when": "vars.size == 'big' and vars.amount > 1000", "then": {"steps": [
-                        {"id": "platinum", "type": "set", "vars": {"tier": "platinum"}}]}},
-                    {"when": "vars.size == 'big'", "then": {"steps": [
-                        {"id": "gold", "type": "set", "vars": {"tier": "gold"}}]}},
+                    {
+                        "when": "vars.size == 'big' and vars.amount > 1000",
+                        "then": {"steps": [{"id": "platinum", "type": "set", "vars": {"tier": "platinum"}}]},
+                    },
+                    {
+                        "when": "vars.size == 'big'",
+                        "then": {"steps": [{"id": "gold", "type": "set", "vars": {"tier": "gold"}}]},
+                    },
                 ],
                 "default": {"steps": [{"id": "basic", "type": "set", "vars": {"tier": "basic"}}]},
             },
-            {"id": "vip", "type": "task", "action": "echo", "when": "vars.tier != 'basic'", "input": {"value": "vip"}},
-            {"id": "shortcut", "type": "condition", "if": "input.get('skip', false)", "then": {"goto": "done"}},
+            {
+                "id": "vip",
+                "type": "task",
+                "action": "echo",
+                "when": "vars.tier != 'basic'",
+                "input": {"value": "vip"},
+            },
+            {
+                "id": "shortcut",
+                "type": "condition",
+                "if": "input.get('skip', false)",
+                "then": {"goto": "done"},
+            },
             {"id": "extra", "type": "set", "vars": {"extra": True}},
             {
                 "id": "done",
                 "type": "succeed",
-                "output": {"size": "{{ vars.size }}", "tier": "{{ vars.tier }}", "extra": "{{ vars.extra | default(false) }}"},
+                "output": {
+                    "size": "{{ vars.size }}",
+                    "tier": "{{ vars.tier }}",
+                    "extra": "{{ vars.extra | default(false) }}",
+                },
             },
             {"id": "never", "type": "task", "action": "echo", "input": {"value": "unreachable"}},
         ],
     )
 
 
-async def test_condition_switch_set_when_goto_and_succeed(client: Client, task_queue: str, worker: Worker) -> None:
+async def test_condition_switch_set_when_goto_and_succeed(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
     doc = _branching(unique("branching"))
     small, gold, platinum = await asyncio.gather(
-        *(start(client, task_queue, doc, data) for data in ({"amount": 5}, {"amount": 500, "skip": True}, {"amount": 5000}))
+        *(
+            start(client, task_queue, doc, data)
+            for data in ({"amount": 5}, {"amount": 500, "skip": True}, {"amount": 5000})
+        )
     )
     small_r, gold_r, platinum_r = await asyncio.gather(small.result(), gold.result(), platinum.result())
 
@@ -117,12 +158,19 @@ async def test_condition_switch_set_when_goto_and_succeed(client: Client, task_q
         assert record(result, "done").status == StepStatus.COMPLETED
 
 
-async def test_fail_step_fails_the_run_with_its_error_type(client: Client, task_queue: str, worker: Worker) -> None:
+async def test_fail_step_fails_the_run_with_its_error_type(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
     doc = definition(
         unique("failing"),
         [
             {"id": "check", "type": "task", "action": "echo", "input": {"value": "{{ input.order }}"}},
-            {"id": "stop", "type": "fail", "message": "order {{ input.order }} is blocked", "error_type": "OrderBlocked"},
+            {
+                "id": "stop",
+                "type": "fail",
+                "message": "order {{ input.order }} is blocked",
+                "error_type": "OrderBlocked",
+            },
             {"id": "never", "type": "task", "action": "echo", "input": {}},
         ],
     )
@@ -132,7 +180,8 @@ async def test_fail_step_fails_the_run_with_its_error_type(client: Client, task_
     assert isinstance(cause, ApplicationError)
     assert cause.type == "OrderBlocked"
     assert cause.message == "order A-1 is blocked"
-    assert result is not None and result.state == RunState.FAILED
+    assert result is not None
+    assert result.state == RunState.FAILED
     assert result.error_type == "OrderBlocked"
     assert record(result, "stop").status == StepStatus.FAILED
     assert "never" not in {r.path for r in result.steps}
@@ -146,8 +195,21 @@ async def test_parallel_all_and_any(client: Client, task_queue: str, worker: Wor
                 "id": "both",
                 "type": "parallel",
                 "branches": [
-                    {"id": "left", "steps": [{"id": "l", "type": "task", "action": "echo", "input": {"value": "L", "sleep_s": 0.3}}]},
-                    {"id": "right", "steps": [{"id": "r", "type": "task", "action": "echo", "input": {"value": "R"}}]},
+                    {
+                        "id": "left",
+                        "steps": [
+                            {
+                                "id": "l",
+                                "type": "task",
+                                "action": "echo",
+                                "input": {"value": "L", "sleep_s": 0.3},
+                            }
+                        ],
+                    },
+                    {
+                        "id": "right",
+                        "steps": [{"id": "r", "type": "task", "action": "echo", "input": {"value": "R"}}],
+                    },
                 ],
             },
             {
@@ -155,9 +217,28 @@ async def test_parallel_all_and_any(client: Client, task_queue: str, worker: Wor
                 "type": "parallel",
                 "join": "any",
                 "branches": [
-                    {"id": "broken", "steps": [{"id": "b", "type": "task", "action": "echo",
-                                                "input": {"fail": "Down", "non_retryable": True}}]},
-                    {"id": "working", "steps": [{"id": "w", "type": "task", "action": "echo", "input": {"value": "W", "sleep_s": 0.3}}]},
+                    {
+                        "id": "broken",
+                        "steps": [
+                            {
+                                "id": "b",
+                                "type": "task",
+                                "action": "echo",
+                                "input": {"fail": "Down", "non_retryable": True},
+                            }
+                        ],
+                    },
+                    {
+                        "id": "working",
+                        "steps": [
+                            {
+                                "id": "w",
+                                "type": "task",
+                                "action": "echo",
+                                "input": {"value": "W", "sleep_s": 0.3},
+                            }
+                        ],
+                    },
                 ],
             },
         ],
@@ -175,7 +256,13 @@ async def test_parallel_all_and_any(client: Client, task_queue: str, worker: Wor
 async def test_parallel_all_fails_on_first_failure_and_cancels_the_rest(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
-    slow = {"id": "slow", "type": "task", "action": "echo", "input": {"sleep_s": 30}, "timeouts": {"heartbeat": "2s"}}
+    slow = {
+        "id": "slow",
+        "type": "task",
+        "action": "echo",
+        "input": {"sleep_s": 30},
+        "timeouts": {"heartbeat": "2s"},
+    }
     doc = definition(
         unique("parallel-fail"),
         [
@@ -184,8 +271,17 @@ async def test_parallel_all_fails_on_first_failure_and_cancels_the_rest(
                 "type": "parallel",
                 "branches": [
                     {"id": "a", "steps": [slow]},
-                    {"id": "b", "steps": [{"id": "bad", "type": "task", "action": "echo",
-                                           "input": {"fail": "Broken", "non_retryable": True}}]},
+                    {
+                        "id": "b",
+                        "steps": [
+                            {
+                                "id": "bad",
+                                "type": "task",
+                                "action": "echo",
+                                "input": {"fail": "Broken", "non_retryable": True},
+                            }
+                        ],
+                    },
                 ],
             }
         ],
@@ -193,13 +289,16 @@ async def test_parallel_all_fails_on_first_failure_and_cancels_the_rest(
     began = time.monotonic()
     cause, result = await failure_of(await start(client, task_queue, doc))
     assert time.monotonic() - began < 20
-    assert isinstance(cause, ApplicationError) and cause.type == "Broken"
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "Broken"
     assert result is not None
     assert record(result, "slow").status == StepStatus.CANCELLED
     assert record(result, "bad").status == StepStatus.FAILED
 
 
-async def test_parallel_first_cancels_the_losing_activity(client: Client, task_queue: str, worker: Worker) -> None:
+async def test_parallel_first_cancels_the_losing_activity(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
     doc = definition(
         unique("race"),
         [
@@ -208,10 +307,24 @@ async def test_parallel_first_cancels_the_losing_activity(client: Client, task_q
                 "type": "parallel",
                 "join": "first",
                 "branches": [
-                    {"id": "tortoise", "steps": [{"id": "slow", "type": "task", "action": "echo",
-                                                  "input": {"value": "slow", "sleep_s": 60},
-                                                  "timeouts": {"heartbeat": "2s"}}]},
-                    {"id": "hare", "steps": [{"id": "fast", "type": "task", "action": "echo", "input": {"value": "fast"}}]},
+                    {
+                        "id": "tortoise",
+                        "steps": [
+                            {
+                                "id": "slow",
+                                "type": "task",
+                                "action": "echo",
+                                "input": {"value": "slow", "sleep_s": 60},
+                                "timeouts": {"heartbeat": "2s"},
+                            }
+                        ],
+                    },
+                    {
+                        "id": "hare",
+                        "steps": [
+                            {"id": "fast", "type": "task", "action": "echo", "input": {"value": "fast"}}
+                        ],
+                    },
                 ],
             },
             # Keeps the run open while the cancellation reaches the activity at its next heartbeat.
@@ -274,9 +387,16 @@ async def test_foreach_respects_concurrency_and_keeps_item_order(
                 "as": "item",
                 "concurrency": 2,
                 "steps": [
-                    {"id": "work", "type": "task", "action": "http",
-                     "input": {"method": "POST", "url": f"{http_server.url}/work",
-                               "json": {"item": "{{ item }}", "index": "{{ index }}"}}},
+                    {
+                        "id": "work",
+                        "type": "task",
+                        "action": "http",
+                        "input": {
+                            "method": "POST",
+                            "url": f"{http_server.url}/work",
+                            "json": {"item": "{{ item }}", "index": "{{ index }}"},
+                        },
+                    },
                 ],
                 "output": "{{ steps.work.output.body.done }}",
             }
@@ -296,7 +416,9 @@ async def test_foreach_respects_concurrency_and_keeps_item_order(
     assert [record(result, f"loop[{i}].work").output["body"]["done"] for i in range(6)] == result.output
 
 
-async def test_delays_duration_until_and_open_business_hours(client: Client, task_queue: str, worker: Worker) -> None:
+async def test_delays_duration_until_and_open_business_hours(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
     until = datetime.now(UTC) + timedelta(seconds=3)
     doc = definition(
         unique("delays"),
@@ -304,9 +426,16 @@ async def test_delays_duration_until_and_open_business_hours(client: Client, tas
             {"id": "pause", "type": "delay", "duration": "{{ input.pause }}"},
             {"id": "until", "type": "delay", "until": "{{ input.until }}"},
             # Open every day, all day: no wait at all, and no timer.
-            {"id": "hours", "type": "delay", "business_hours": {
-                "timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-                "start": "00:00", "end": "24:00"}},
+            {
+                "id": "hours",
+                "type": "delay",
+                "business_hours": {
+                    "timezone": "Europe/Paris",
+                    "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                    "start": "00:00",
+                    "end": "24:00",
+                },
+            },
         ],
     )
     began = time.monotonic()
@@ -323,6 +452,8 @@ async def test_delays_duration_until_and_open_business_hours(client: Client, tas
     assert elapsed >= 2.5
     timers = await events(handle, EventType.EVENT_TYPE_TIMER_STARTED)
     assert len(timers) == 2
-    summaries = [client.data_converter.payload_converter.from_payload(t.user_metadata.summary, str) for t in timers]
+    summaries = [
+        client.data_converter.payload_converter.from_payload(t.user_metadata.summary, str) for t in timers
+    ]
     assert summaries[0] == "pause: wait 1s"
     assert summaries[1].startswith("until: wait ")
