@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -534,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(EXIT_TIMEOUT, str(err))
     except StarterError as err:
         return fail(EXIT_RUN_FAILED, str(err))
+    except BrokenPipeError:  # `wfa status X | head`: the reader left, nothing more to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         hint = (
             f"; the run goes on (wfa status {args.workflow_id})" if getattr(args, "workflow_id", None) else ""
