@@ -52,6 +52,9 @@ from interpreter.state import (
 )
 from interpreter.templates import TemplateError, evaluate, render
 
+PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
+"""Patch id: a task cancelled while its action is in flight registers its compensation."""
+
 
 @dataclass(frozen=True)
 class ActionCall:
@@ -592,6 +595,12 @@ class Engine:
         )
         try:
             result = await self.runtime.execute_action(call)
+        except asyncio.CancelledError:
+            # Cancelled in flight: the request may still take effect at the receiver, so the step
+            # is undone like a completed one (compensations, like actions, must be idempotent).
+            if step.compensate and self.runtime.patched(PATCH_COMPENSATE_IN_FLIGHT):
+                self._compensations.append(_Compensation(step, scope, path))
+            raise
         except ActionFailedError as failure:
             record.attempts = failure.attempts
             message = f"step {path!r} failed after {failure.attempts} attempt(s): {failure.message}"

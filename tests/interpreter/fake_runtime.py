@@ -199,6 +199,11 @@ class FakeRuntime:
         """Virtual seconds since ``start``."""
         return (self._now - self.start).total_seconds()
 
+    def patched(self, patch_id: str) -> bool:
+        """Every patch applies: the fake only runs new code, it never replays."""
+        del patch_id
+        return True
+
     def on(self, action: str, handler: Handler) -> None:
         """Routes calls of ``action`` to ``handler(call, attempt)``."""
         self.handlers[action] = handler

@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
@@ -149,12 +148,6 @@ async def test_cancel_during_a_running_activity_cancels_it_and_compensates(
     assert http_server.requests("POST", "/ship") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a step cancelled while its request is in flight is not compensated, although the"
-    " receiving system may apply it (the activity is cancelled with TRY_CANCEL and only completed steps"
-    " register their compensation)",
-)
 async def test_a_step_in_flight_at_cancel_time_is_compensated(
     client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
 ) -> None:
