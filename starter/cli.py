@@ -40,7 +40,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -102,23 +102,24 @@ class UsageError(Exception):
 def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     # On subcommands the defaults are SUPPRESS, so `wfa status X --address A` and
     # `wfa --address A status X` both work and neither overrides the other with a default.
-    def default(value: str) -> Any:
-        return value if defaults else argparse.SUPPRESS
-
+    address = os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
+    namespace = os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
+    task_queue = os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
+    suppress = argparse.SUPPRESS
     parser.add_argument(
         "--address",
-        default=default(os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS),
-        help="Temporal frontend host:port (env TEMPORAL_ADDRESS, default %(default)s)",
+        default=address if defaults else suppress,
+        help=f"Temporal frontend host:port (env TEMPORAL_ADDRESS, now {address})",
     )
     parser.add_argument(
         "--namespace",
-        default=default(os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE),
-        help="namespace (env TEMPORAL_NAMESPACE, default %(default)s)",
+        default=namespace if defaults else suppress,
+        help=f"namespace (env TEMPORAL_NAMESPACE, now {namespace})",
     )
     parser.add_argument(
         "--task-queue",
-        default=default(os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE),
-        help="task queue the workers poll (env TEMPORAL_TASK_QUEUE, default %(default)s)",
+        default=task_queue if defaults else suppress,
+        help=f"task queue the workers poll (env TEMPORAL_TASK_QUEUE, now {task_queue})",
     )
 
 
@@ -223,6 +224,11 @@ def _duration(seconds: float | None) -> str:
     return format_duration(timedelta(seconds=round(seconds)))
 
 
+def _elapsed(started: datetime) -> str:
+    """Time since a step that is still going started (by this machine's clock), marked with "…"."""
+    return _duration(max((datetime.now(UTC) - started).total_seconds(), 0.0)) + "…"
+
+
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
@@ -262,7 +268,7 @@ def _steps_table(steps: Sequence[StepRecord], out: TextIO) -> None:
             s.type,
             str(s.status),
             str(s.attempts) if s.type == "task" else "",
-            _duration(s.duration_s),
+            _duration(s.duration_s) if s.finished_at else _elapsed(s.started_at),
             _clip(f"{s.error_type}: {s.error}" if s.error_type and s.error else (s.error or "")),
         ]
         for s in steps
@@ -299,15 +305,16 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
         print("\nPending approvals", file=out)
         for approval in status.pending_approvals:
             print(f"  {approval.path}: approvers {', '.join(approval.approvers)}", file=out)
-            if approval.message:
-                print(f"    message      {_clip(approval.message, 200)}", file=out)
-            if approval.fields:
-                print(f"    form fields  {', '.join(approval.fields)}", file=out)
-            print(f"    waiting since {_when(approval.since)}", file=out)
-            if approval.deadline is not None:
-                print(f"    deadline      {_when(approval.deadline)}", file=out)
-            if approval.escalations:
-                print(f"    escalations   {approval.escalations}", file=out)
+            details = [
+                ("message", _clip(approval.message, 200) if approval.message else ""),
+                ("form fields", ", ".join(approval.fields or [])),
+                ("waiting since", _when(approval.since)),
+                ("deadline", _when(approval.deadline) if approval.deadline else ""),
+                ("escalations", str(approval.escalations) if approval.escalations else ""),
+            ]
+            for label, value in details:
+                if value:
+                    print(f"    {label:<14}{value}", file=out)
         print(f"  decide with: wfa approve {workflow_id} --actor NAME  (or reject)", file=out)
     if status.decisions:
         print("\nDecisions", file=out)

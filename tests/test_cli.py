@@ -302,7 +302,7 @@ async def test_start_approve_status_result(wfa: Run, worker: None, http_server: 
     assert fields(out)["Current"] == "route, manager_approval"
     assert fields(out)["Definition"] == "expense-approval v1"
     assert "manager_approval: approvers manager" in out
-    assert "message      sam claims 640 for an expense" in out
+    assert "    message       sam claims 640 for an expense" in out
     assert "notify_manager" in out  # the steps table
     assert "STEP" in out
     assert "ATTEMPTS" in out

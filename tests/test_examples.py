@@ -686,3 +686,22 @@ async def test_review_analysis_of_no_reviews(
     assert result.output["count"] == 0
     assert result.output["average"] == 0
     assert json.dumps(result.output)
+
+
+# ------------------------------------------------------------------------------ the demo (make demo)
+
+
+async def test_demo_runs_every_example_and_exits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from starter import demo
+
+    code = await asyncio.to_thread(
+        demo.main,
+        ["--exit", "--port", "0", "--state-dir", str(tmp_path / "state"), "--task-queue", f"demo-{uuid4()}"],
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "8/8 runs ended as expected" in out
+    assert "mallory tries to approve -> refused: 'mallory' may not decide step 'manager_approval'" in out
+    assert out.count("/namespaces/default/workflows/") == 8
+    assert "State         compensated" in out  # the declined card
+    assert (tmp_path / "state" / "temporal.db").exists()
