@@ -257,6 +257,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["approve", "x"]) == EXIT_BAD_INPUT  # --actor is required
     assert "--actor" in capsys.readouterr().err
     assert main(["--help"]) == EXIT_OK
+    for command in ("validate", "start", "approve", "reject", "cancel", "status", "result"):
+        assert main([command, "--help"]) == EXIT_OK
+    assert "--address" in capsys.readouterr().out
 
 
 # -------------------------------------------------------------------------- against a dev server
@@ -421,10 +424,34 @@ async def test_failed_run_result_exit_1(
             }
         )
     )
-    code, out, err = await wfa(
-        "start", str(definition), "--input", json.dumps({"api": http_server.url}), "--wait"
-    )
+    business_key = f"fails-{uuid4().hex[:6]}"
+    run_input = json.dumps({"api": http_server.url})
+    code, out, err = await wfa("start", str(definition), "--input", run_input, "--id", business_key, "--wait")
     assert code == EXIT_RUN_FAILED, err
     assert fields(out.split("\n\n", 1)[1])["State"] == "failed"
     assert "HttpClientError" in fields(out.split("\n\n", 1)[1])["Error"]
     assert "call" in out
+
+    # A failed run's business key may be started again (unlike a completed one's).
+    code, out, err = await wfa("start", str(definition), "--input", run_input, "--id", business_key, "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["started"] is True
+
+
+async def test_status_of_an_ended_run_without_a_worker(
+    wfa: Run, client: Client, task_queue: str, http_server: RecordingServer
+) -> None:
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        code, out, _ = await wfa(
+            "start", str(EXPENSE), "--input", expense_input(http_server.url, amount=10), "--wait", "--json"
+        )
+        assert code == EXIT_OK
+    run_id = json.loads(out)["workflow_id"]
+    # No worker answers the query now: the status is rebuilt from the run's result.
+    code, out, err = await wfa("status", run_id)
+    assert code == EXIT_OK, err
+    assert fields(out)["State"] == "completed"
+    assert "reimburse" in out
