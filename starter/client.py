@@ -64,7 +64,7 @@ from interpreter.state import (
     RunState,
     RunStatus,
 )
-from interpreter.validate import DefinitionError, Problem, definition_hash, load_definition
+from interpreter.validate import DefinitionError, Problem, check_definition, definition_hash, load_definition
 from starter.errors import (
     DecisionRefusedError,
     DefinitionFileNotFoundError,
@@ -121,6 +121,10 @@ def load(definition: DefinitionSource) -> Definition:
         DefinitionFileNotFoundError: A path was given and there is no such file.
     """
     if isinstance(definition, Definition):
+        # A model built in code has passed parsing but not the whole-tree rules.
+        problems = check_definition(definition)
+        if problems:
+            raise DefinitionError(problems, definition.name)
         return definition
     if isinstance(definition, Mapping):
         return load_definition(definition)
@@ -216,7 +220,7 @@ class FlowClient:
             task_queue: Default ``$TEMPORAL_TASK_QUEUE`` or ``workflow-automation``.
 
         Returns:
-            A connected client (always with ``pydantic_data_converter``).
+            A client that always uses ``pydantic_data_converter``.
 
         Raises:
             ServerUnavailableError: The server cannot be reached; the message names the address.
@@ -334,6 +338,8 @@ class FlowClient:
             raise RunAlreadyExistsError(wf_id, err.run_id) from None
         except RPCError as err:
             raise self._rpc_error(err, None, "start the run") from None
+        # Whether USE_EXISTING returned a running execution instead of starting one is only in the
+        # start response, which the SDK keeps on a private attribute; assume "started" without it.
         response = getattr(handle, "_start_workflow_response", None)
         started = bool(getattr(response, "started", True))
         return RunHandle(
