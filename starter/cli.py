@@ -408,6 +408,12 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
                 f"{run.workflow_id} is already running: returned the existing run, started no duplicate",
                 file=out,
             )
+            if run.definition_hash != definition_hash(definition):
+                print(
+                    f"  note: it runs {run.definition} v{run.version} (hash {run.definition_hash[:12]}),"
+                    f" not the {definition.name} v{definition.version} in {args.file}",
+                    file=out,
+                )
     if not args.wait:
         if args.json:
             _print_json(summary, out)

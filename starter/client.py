@@ -154,7 +154,8 @@ class RunHandle:
         run_id: Temporal's id of this execution.
         started: False when a run with this id was already running and was returned instead of
             starting a duplicate.
-        definition: Name of the definition this call asked to run.
+        definition: Name of the definition the run runs (for an existing run returned instead of a
+            duplicate, the one it was started with, which may differ from the one just given).
         version: Its version.
         definition_hash: Its content hash (see :func:`interpreter.validate.definition_hash`).
     """
@@ -342,13 +343,21 @@ class FlowClient:
         # start response, which the SDK keeps on a private attribute; assume "started" without it.
         response = getattr(handle, "_start_workflow_response", None)
         started = bool(getattr(response, "started", True))
+        name, version = parsed.name, parsed.version
+        if not started:
+            # The running execution may run another definition (or another version of this one):
+            # report what it runs, from the memo it was started with.
+            memo = await (await self.describe(wf_id)).memo()
+            name = str(memo.get("definition", name))
+            version = int(memo.get("version", version))
+            digest = str(memo.get("hash", digest))
         return RunHandle(
             client=self,
             workflow_id=wf_id,
             run_id=handle.result_run_id,
             started=started,
-            definition=parsed.name,
-            version=parsed.version,
+            definition=name,
+            version=version,
             definition_hash=digest,
         )
 

@@ -294,6 +294,14 @@ async def test_start_approve_status_result(wfa: Run, worker: None, http_server: 
     assert code == EXIT_OK
     assert json.loads(out)["started"] is False
 
+    # Even with another definition: the running one is returned, and the CLI says so.
+    other = EXAMPLES / "uptime-check.json"
+    code, out, _ = await wfa("start", str(other), "--input", "{}", "--id", business_key)
+    assert code == EXIT_OK
+    assert f"{business_key} is already running" in out
+    assert "note: it runs expense-approval v1" in out
+    assert f"not the uptime-check v1 in {other}" in out
+
     status = await eventually(
         lambda: wfa("status", business_key, "--json"), lambda r: json.loads(r[1])["pending_approvals"]
     )
