@@ -230,6 +230,8 @@ class RunDefinitionWorkflow:
 
         Upserts only values that changed: each upsert is a history event.
         """
+        if not workflow.in_workflow():
+            return  # the worker is tearing the run down (eviction): nothing to publish
         engine = self._engine
         values: dict[str, Any] = {"state": engine.state.value, "approval": engine.awaiting_approval}
         if self._track_step:
