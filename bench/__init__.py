@@ -1,0 +1,1 @@
+"""Hand-run benchmarks (never part of the test suite). See ``bench/README.md``."""

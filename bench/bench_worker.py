@@ -1,0 +1,99 @@
+"""One benchmark worker process: ``python -m bench.bench_worker ADDRESS TASK_QUEUE [--cprofile OUT]``.
+
+Serves the generic workflow, the baseline workflow and every action activity (through
+:func:`worker.build_worker`, i.e. the product's sandbox configuration) on ``TASK_QUEUE``. Prints
+``READY`` once polling, runs until SIGTERM/SIGINT, then shuts down cleanly.
+
+``--cprofile OUT`` profiles every thread (the asyncio loop and the workflow-task executor threads,
+where workflow code runs) with cProfile, timed by each thread's CPU clock, and writes the merged stats to ``OUT`` on exit; the
+benchmark then reports CPU with the profiler's overhead included, so use it for "where", not "how
+much".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench.baseline import BaselineWorkflow
+from worker import build_worker
+
+_profiles: list[cProfile.Profile] = []
+_profiles_lock = threading.Lock()
+
+
+def _start_thread_profiler(*_: Any) -> None:
+    """``threading.setprofile`` hook: replaces itself with a cProfile profiler for the new thread."""
+    profile = cProfile.Profile(time.thread_time)  # CPU time of this thread, not wall time
+    with _profiles_lock:
+        _profiles.append(profile)
+    profile.enable()
+
+
+def _write_profiles(out: str) -> None:
+    with _profiles_lock:
+        profiles = list(_profiles)
+    stats: pstats.Stats | None = None
+    for profile in profiles:
+        profile.disable()  # only stops the calling thread's hook; the others are idle by now
+        profile.create_stats()
+        if stats is None:
+            stats = pstats.Stats(profile)
+        else:
+            stats.add(profile)
+    if stats is not None:
+        stats.dump_stats(out)
+
+
+async def serve(address: str, namespace: str, task_queue: str) -> None:
+    client = await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with httpx.AsyncClient() as http_client:
+        worker = build_worker(client, task_queue, http_client, extra_workflows=[BaselineWorkflow])
+        async with worker:
+            print("READY", flush=True)
+            await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_worker")
+    parser.add_argument("address")
+    parser.add_argument("task_queue")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--cprofile", metavar="OUT", help="profile all threads with cProfile into OUT")
+    args = parser.parse_args(argv)
+    if args.cprofile:
+        threading.setprofile(_start_thread_profiler)
+        _start_thread_profiler()
+    try:
+        asyncio.run(serve(args.address, args.namespace, args.task_queue))
+    finally:
+        if args.cprofile:
+            threading.setprofile(None)  # type: ignore[arg-type]
+            _write_profiles(args.cprofile)
+    sys.stdout.flush()
+    # Skip interpreter finalisation: the SDK's native threads can abort it (PyGILState_Release).
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
