@@ -18,6 +18,7 @@ class RunState(StrEnum):
 
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
+    PARKED = "parked"
     COMPENSATING = "compensating"
     COMPLETED = "completed"
     COMPENSATED = "compensated"
@@ -149,11 +150,13 @@ class RunOptions(BaseModel):
     Attributes:
         track_current_step: Upsert the ``CurrentStep`` search attribute on every step change (one
             history event each); state and approval attributes are always kept.
+        tenant: The tenant the run belongs to (its dead letters are recorded under it).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     track_current_step: bool = True
+    tenant: str = Field(default="default", min_length=1, max_length=100)
 
 
 class RunInput(BaseModel):
@@ -175,3 +178,85 @@ class RunResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     steps: list[StepRecord] = Field(default_factory=list)
+
+
+class DeadLetterAction(StrEnum):
+    """What an operator decides for a parked step (or what its park timeout decides)."""
+
+    REDRIVE = "redrive"
+    SKIP = "skip"
+    ABORT = "abort"
+    TIMEOUT = "timeout"
+
+
+class ParkedStep(BaseModel):
+    """A task step whose retries were exhausted under ``on_failure: dead_letter``, waiting for an
+    operator (shown in the status, recorded as a dead letter row).
+
+    Attributes:
+        park_id: Unique in the run: the step path, plus ``~n`` for its n-th park.
+        dead_letter_id: The row id in the dead letter table.
+    """
+
+    park_id: str
+    step_id: str
+    path: str
+    action: str
+    input: dict[str, Any]
+    error: str
+    error_type: str
+    attempts: int
+    parked_at: datetime
+    deadline: datetime | None = None
+    dead_letter_id: int | None = None
+
+
+class DeadLetterDecision(BaseModel):
+    """Argument of the ``resolve_dead_letter`` update.
+
+    Attributes:
+        park_id: Which parked step (may be omitted when exactly one is parked).
+        input: For ``redrive``: corrected input for the step (else the same input again).
+        output: For ``skip``: the step's output, as if it had succeeded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: DeadLetterAction
+    actor: str = Field(min_length=1)
+    park_id: str | None = None
+    reason: str = ""
+    input: dict[str, Any] | None = None
+    output: Any = None
+
+
+class DeadLetterRecord(BaseModel):
+    """Input of the ``dead_letter_park`` activity: the row to record (idempotent on
+    ``(workflow_id, run_id, park_id)``); the activity returns the row id."""
+
+    tenant: str
+    workflow_id: str
+    run_id: str
+    definition: str
+    version: int
+    park_id: str
+    step_id: str
+    path: str
+    action: str
+    input: dict[str, Any]
+    error: str
+    error_type: str
+    attempts: int
+    parked_at: datetime
+
+
+class DeadLetterResolution(BaseModel):
+    """Input of the ``dead_letter_resolve`` activity: the decision taken on a row."""
+
+    dead_letter_id: int
+    action: DeadLetterAction
+    actor: str
+    reason: str = ""
+    input: dict[str, Any] | None = None
+    output: Any = None
+    resolved_at: datetime
