@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +41,14 @@ from interpreter.model import (
 )
 from interpreter.state import (
     CancelRequest,
+    DeadLetterAction,
+    DeadLetterDecision,
+    DeadLetterRecord,
+    DeadLetterResolution,
     Decision,
     DecisionKind,
     DecisionRecord,
+    ParkedStep,
     PendingApproval,
     RunResult,
     RunState,
@@ -115,6 +121,14 @@ class Runtime(Protocol):
         """Called whenever the run's state, current steps or pending approvals change."""
         ...
 
+    async def record_dead_letter(self, record: DeadLetterRecord) -> int:
+        """Records a parked step as a dead letter row (idempotent); returns the row id."""
+        ...
+
+    async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
+        """Records the decision taken on a dead letter row (idempotent)."""
+        ...
+
     def patched(self, patch_id: str) -> bool:
         """Whether a semantic change named ``patch_id`` applies to this run.
 
@@ -132,10 +146,15 @@ class RunInfo:
     workflow_id: str
     run_id: str
     started_at: datetime
+    tenant: str = "default"
 
 
 class DecisionError(ValueError):
     """A decision that cannot be accepted (no such pending approval, actor not allowed, ...)."""
+
+
+class DeadLetterError(ValueError):
+    """A dead letter decision that cannot be accepted (nothing parked there, ...)."""
 
 
 class _Jump(Exception):  # control flow, not an error
@@ -199,6 +218,12 @@ class _Approval:
 
 
 @dataclass
+class _Park:
+    view: ParkedStep
+    decision: DeadLetterDecision | None = None
+
+
+@dataclass
 class _Compensation:
     step: TaskStep
     scope: _Scope
@@ -250,6 +275,8 @@ class Engine:
         self.error_type: str | None = None
         self._root = _Scope(steps={})
         self._approvals: dict[str, _Approval] = {}
+        self._parked: dict[str, _Park] = {}
+        self._parks: dict[str, int] = {}
         self._compensations: list[_Compensation] = []
         self._visits: dict[str, int] = {}
         self._executions = 0
@@ -321,6 +348,7 @@ class Engine:
             current_steps=list(self.active),
             steps=list(self.records),
             pending_approvals=[a.view for a in self._approvals.values()],
+            parked=[p.view for p in self._parked.values()],
             decisions=list(self.decisions),
             vars=dict(self.vars),
             output=self.output,
@@ -593,30 +621,178 @@ class Engine:
             retry=retry,
             timeouts=resolve_timeouts(self.definition, step),
         )
-        try:
-            result = await self.runtime.execute_action(call)
-        except asyncio.CancelledError:
-            # Cancelled in flight: the request may still take effect at the receiver, so the step
-            # is undone like a completed one (compensations, like actions, must be idempotent).
-            if step.compensate and self.runtime.patched(PATCH_COMPENSATE_IN_FLIGHT):
-                self._compensations.append(_Compensation(step, scope, path))
-            raise
-        except ActionFailedError as failure:
-            record.attempts = failure.attempts
-            message = f"step {path!r} failed after {failure.attempts} attempt(s): {failure.message}"
-            self._finish(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
-            policy = step.on_failure
-            if policy == "continue":
-                return None
-            if isinstance(policy, Goto):
-                raise _Jump(policy.goto) from None
-            if policy == "compensate":
-                raise _CompensateAndEnd(message, failure.error_type) from None
-            raise _RunFailed(message, failure.error_type) from None
+        redrives = 0
+        while True:
+            try:
+                result = await self.runtime.execute_action(call)
+                break
+            except asyncio.CancelledError:
+                # Cancelled in flight: the request may still take effect at the receiver, so the step
+                # is undone like a completed one (compensations, like actions, must be idempotent).
+                if step.compensate and self.runtime.patched(PATCH_COMPENSATE_IN_FLIGHT):
+                    self._compensations.append(_Compensation(step, scope, path))
+                raise
+            except ActionFailedError as failure:
+                record.attempts = failure.attempts
+                self._finish(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
+                policy: Any = step.on_failure
+                if policy == "dead_letter":
+                    decision = await self._park(step, path, call, failure, record)
+                    if decision.action == DeadLetterAction.REDRIVE:
+                        redrives += 1
+                        call = self._redrive_call(call, decision, redrives)
+                        record.status, record.finished_at, record.error, record.error_type = (
+                            StepStatus.RUNNING,
+                            None,
+                            None,
+                            None,
+                        )
+                        continue
+                    if decision.action == DeadLetterAction.SKIP:
+                        self._finish(record, StepStatus.COMPLETED, output=decision.output)
+                        return decision.output
+                    if decision.action == DeadLetterAction.ABORT:
+                        raise _RunFailed(
+                            f"step {path!r} aborted by {decision.actor}: {decision.reason or failure.message}",
+                            "DeadLetterAborted",
+                        ) from None
+                    policy = step.on_park_timeout
+                message = f"step {path!r} failed after {failure.attempts} attempt(s): {failure.message}"
+                if policy == "continue":
+                    return None
+                if isinstance(policy, Goto):
+                    raise _Jump(policy.goto) from None
+                if policy == "compensate":
+                    raise _CompensateAndEnd(message, failure.error_type) from None
+                raise _RunFailed(message, failure.error_type) from None
         record.attempts = result.attempt
         if step.compensate:
             self._compensations.append(_Compensation(step, scope, path))
         return result.output
+
+    @staticmethod
+    def _redrive_call(call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:
+        """The call for the n-th redrive: new activity id and idempotency key (the input may have
+        been corrected, and a receiver may have remembered the failed request under the old key)."""
+        request = call.request.model_copy(
+            update={
+                "input": decision.input if decision.input is not None else call.request.input,
+                "idempotency_key": f"{call.request.idempotency_key}~r{redrives}",
+            }
+        )
+        base = call.activity_id.split("~r", 1)[0]
+        return dataclasses.replace(call, request=request, activity_id=f"{base}~r{redrives}")
+
+    async def _park(
+        self, step: TaskStep, path: str, call: ActionCall, failure: ActionFailedError, record: StepRecord
+    ) -> DeadLetterDecision:
+        """Records a dead letter and waits for an operator's decision or the park timeout."""
+        count = self._parks[path] = self._parks.get(path, 0) + 1
+        park_id = call.activity_id if count == 1 else f"{call.activity_id}~p{count}"
+        now = self.runtime.now()
+        timeout = parse_duration(step.park_timeout or self.definition.defaults.park_timeout)
+        view = ParkedStep(
+            park_id=park_id,
+            step_id=step.id,
+            path=path,
+            action=step.action,
+            input=dict(call.request.input),
+            error=failure.message,
+            error_type=failure.error_type,
+            attempts=failure.attempts,
+            parked_at=now,
+            deadline=now + timeout,
+        )
+        view.dead_letter_id = await self.runtime.record_dead_letter(
+            DeadLetterRecord(
+                tenant=self.info.tenant,
+                workflow_id=self.info.workflow_id,
+                run_id=self.info.run_id,
+                definition=self.definition.name,
+                version=self.definition.version,
+                park_id=park_id,
+                step_id=step.id,
+                path=path,
+                action=step.action,
+                input=view.input,
+                error=view.error,
+                error_type=view.error_type,
+                attempts=view.attempts,
+                parked_at=now,
+            )
+        )
+        park = _Park(view=view)
+        self._parked[park_id] = park
+        record.status = StepStatus.WAITING
+        self._set_state(self._waiting_state())
+        try:
+            decided = await self.runtime.wait_condition(
+                lambda: park.decision is not None,
+                timeout.total_seconds(),
+                f"{step.label}: parked (dead letter)",
+            )
+        finally:
+            self._parked.pop(park_id, None)
+            self._set_state(self._waiting_state())
+        decision = (
+            park.decision
+            if decided and park.decision is not None
+            else DeadLetterDecision(
+                action=DeadLetterAction.TIMEOUT,
+                actor="timeout",
+                reason=f"no decision within {format_duration(timeout)}",
+            )
+        )
+        await self.runtime.resolve_dead_letter(
+            DeadLetterResolution(
+                dead_letter_id=view.dead_letter_id,
+                action=decision.action,
+                actor=decision.actor,
+                reason=decision.reason,
+                input=decision.input,
+                output=decision.output,
+                resolved_at=self.runtime.now(),
+            )
+        )
+        record.status = StepStatus.FAILED
+        return decision
+
+    def _waiting_state(self) -> RunState:
+        if self._parked:
+            return RunState.PARKED
+        return RunState.AWAITING_APPROVAL if self.awaiting_approval else RunState.RUNNING
+
+    def check_dead_letter(self, decision: DeadLetterDecision) -> _Park:
+        """Checks that a dead letter decision can be accepted now.
+
+        Raises:
+            DeadLetterError: Naming why not.
+        """
+        if decision.action == DeadLetterAction.TIMEOUT:
+            raise DeadLetterError("'timeout' is decided by the park timeout, not by an operator")
+        parked = [p for p in self._parked.values() if p.decision is None]
+        if not parked:
+            raise DeadLetterError("no step of this run is parked")
+        if decision.park_id is None:
+            if len(parked) > 1:
+                names = ", ".join(p.view.park_id for p in parked)
+                raise DeadLetterError(f"several steps are parked ({names}): name the park id")
+            return parked[0]
+        for park in parked:
+            if decision.park_id in (park.view.park_id, park.view.path):
+                return park
+        names = ", ".join(p.view.park_id for p in parked)
+        raise DeadLetterError(f"no step is parked as {decision.park_id!r} (parked: {names})")
+
+    def resolve(self, decision: DeadLetterDecision) -> ParkedStep:
+        """Accepts an operator's decision on a parked step.
+
+        Raises:
+            DeadLetterError: When it cannot be accepted.
+        """
+        park = self.check_dead_letter(decision)
+        park.decision = decision
+        return park.view
 
     async def _join(
         self, factories: Sequence[Callable[[], Coroutine[Any, Any, Any]]], mode: JoinStrategy, summary: str
@@ -747,7 +923,7 @@ class Engine:
         )
         self._approvals[path] = approval
         record.status = StepStatus.WAITING
-        self._set_state(RunState.AWAITING_APPROVAL)
+        self._set_state(self._waiting_state())
         try:
             while True:
                 now = self.runtime.now()
@@ -776,7 +952,7 @@ class Engine:
                 )
         finally:
             self._approvals.pop(path, None)
-            self._set_state(RunState.AWAITING_APPROVAL if self.awaiting_approval else RunState.RUNNING)
+            self._set_state(self._waiting_state())
         assert approval.decision is not None
         kind, decision = approval.decision
         data = dict(decision.data)

@@ -160,6 +160,7 @@ class Defaults(StrictModel):
 
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts(start_to_close="30s")
+    park_timeout: Duration = "7d"
 
 
 class Limits(StrictModel):
@@ -215,7 +216,8 @@ class StepBase(StrictModel):
         return self.name or self.id
 
 
-OnFailure = Literal["fail", "continue", "compensate"] | Goto
+OnFailure = Literal["fail", "continue", "compensate", "dead_letter"] | Goto
+OnParkTimeout = Literal["fail", "continue", "compensate"] | Goto
 
 
 class TaskStep(StepBase):
@@ -224,7 +226,10 @@ class TaskStep(StepBase):
     ``on_failure`` once the retry policy is exhausted: ``fail`` ends the run as failed after
     running the compensations of completed tasks; ``continue`` records the error and goes on;
     ``compensate`` runs the compensations and ends the run as ``compensated`` (a handled failure);
-    ``{"goto": id}`` records the error and jumps.
+    ``{"goto": id}`` records the error and jumps; ``dead_letter`` records a dead letter and parks
+    the run until an operator redrives the step (optionally with corrected input), skips it (with
+    an output) or aborts the run; without a decision within ``park_timeout`` (default
+    ``defaults.park_timeout``), ``on_park_timeout`` applies as ``on_failure`` would.
     """
 
     type: Literal["task"]
@@ -233,7 +238,19 @@ class TaskStep(StepBase):
     retry: RetryPolicy | None = None
     timeouts: Timeouts | None = None
     on_failure: OnFailure = "fail"
+    park_timeout: Duration | None = None
+    on_park_timeout: OnParkTimeout = "fail"
     compensate: list[Step] | None = None
+
+    @model_validator(mode="after")
+    def _parking(self) -> TaskStep:
+        if self.on_failure != "dead_letter" and (
+            self.park_timeout is not None or self.on_park_timeout != "fail"
+        ):
+            raise ValueError("park_timeout and on_park_timeout apply only with on_failure 'dead_letter'")
+        if self.park_timeout is not None and parse_duration(self.park_timeout) <= timedelta(0):
+            raise ValueError("park_timeout must be greater than zero")
+        return self
 
 
 class ConditionStep(StepBase):
@@ -515,6 +532,8 @@ def jump_targets(step: Any) -> list[tuple[str, str]]:
         out.append((".next", step.next))
     if isinstance(step, TaskStep) and isinstance(step.on_failure, Goto):
         out.append((".on_failure.goto", step.on_failure.goto))
+    if isinstance(step, TaskStep) and isinstance(step.on_park_timeout, Goto):
+        out.append((".on_park_timeout.goto", step.on_park_timeout.goto))
     elif isinstance(step, ConditionStep):
         if step.then.goto:
             out.append((".then.goto", step.then.goto))

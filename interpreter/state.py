@@ -136,6 +136,7 @@ class RunStatus(BaseModel):
     current_steps: list[str]
     steps: list[StepRecord]
     pending_approvals: list[PendingApproval]
+    parked: list[ParkedStep] = Field(default_factory=list)
     decisions: list[DecisionRecord]
     vars: dict[str, Any]
     output: Any = None
@@ -260,3 +261,6 @@ class DeadLetterResolution(BaseModel):
     input: dict[str, Any] | None = None
     output: Any = None
     resolved_at: datetime
+
+
+RunStatus.model_rebuild()

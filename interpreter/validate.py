@@ -157,9 +157,18 @@ def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
             seen.add((path, message))
             problems.append(Problem(path, message))
     return [
-        Problem(p.path, " or ".join(alternatives[p.path])) if p.path in alternatives and not p.message else p
+        Problem(p.path, _either(alternatives[p.path])) if p.path in alternatives and not p.message else p
         for p in problems
     ]
+
+
+def _either(messages: list[str]) -> str:
+    """One message for a value that matched no member of a union (e.g. ``"fail"`` or a goto)."""
+    wanted = [m.removeprefix("Input should be ") for m in messages]
+    if len(wanted) == len(messages) and all(m.startswith("Input should be ") for m in messages):
+        shapes = [w.replace("a valid dictionary or instance of Goto", '{"goto": "<step id>"}') for w in wanted]
+        return "should be " + " or ".join(shapes)
+    return " or ".join(messages)
 
 
 @dataclass

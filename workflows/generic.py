@@ -21,14 +21,25 @@ from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 with workflow.unsafe.imports_passed_through():
     from interpreter.actions import ActionResult
     from interpreter.durations import parse_duration
-    from interpreter.engine import ActionCall, ActionFailedError, DecisionError, Engine, RunInfo
+    from interpreter.engine import (
+        ActionCall,
+        ActionFailedError,
+        DeadLetterError,
+        DecisionError,
+        Engine,
+        RunInfo,
+    )
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
+        DeadLetterDecision,
+        DeadLetterRecord,
+        DeadLetterResolution,
         Decision,
         DecisionKind,
         DecisionRecord,
         DecisionRequest,
+        ParkedStep,
         RunInput,
         RunResult,
         RunState,
@@ -45,6 +56,12 @@ with workflow.unsafe.imports_passed_through():
     )
 
 WORKFLOW_NAME = "RunDefinition"
+DEAD_LETTER_PARK = "dead_letter_park"
+DEAD_LETTER_RESOLVE = "dead_letter_resolve"
+
+# Recording a dead letter must not be lost to a database outage: retry until it is back (capped
+# backoff); the run stays parked meanwhile and the pending activity shows the error in the Web UI.
+_STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
 
 def _td(duration: str | None) -> timedelta | None:
@@ -116,6 +133,28 @@ class _TemporalRuntime:
     def state_changed(self) -> None:
         self._on_change()
 
+    async def record_dead_letter(self, record: DeadLetterRecord) -> int:
+        row_id: int = await workflow.execute_activity(
+            DEAD_LETTER_PARK,
+            record,
+            result_type=int,
+            activity_id=f"{record.park_id}/dead-letter",
+            summary=f"{record.step_id}: record dead letter",
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_STORE_RETRY,
+        )
+        return row_id
+
+    async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
+        await workflow.execute_activity(
+            DEAD_LETTER_RESOLVE,
+            resolution,
+            activity_id=f"dead-letter-{resolution.dead_letter_id}/{resolution.action.value}",
+            summary=f"dead letter {resolution.dead_letter_id}: {resolution.action.value} by {resolution.actor}",
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_STORE_RETRY,
+        )
+
     def patched(self, patch_id: str) -> bool:
         return workflow.patched(patch_id)
 
@@ -131,7 +170,12 @@ class RunDefinitionWorkflow:
             run.definition,
             run.input,
             _TemporalRuntime(self._publish),
-            RunInfo(workflow_id=info.workflow_id, run_id=info.run_id, started_at=info.start_time),
+            RunInfo(
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                started_at=info.start_time,
+                tenant=run.options.tenant,
+            ),
         )
         self._track_step = run.options.track_current_step
         self._published: dict[str, Any] = {}
@@ -201,6 +245,21 @@ class RunDefinitionWorkflow:
             self._engine.check_decision(request.decision, request)
         except DecisionError as err:
             raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
+
+    @workflow.update(name="resolve_dead_letter")
+    def resolve_dead_letter(self, decision: DeadLetterDecision) -> ParkedStep:
+        """Redrives, skips or aborts a parked step; refused before history if nothing is parked there."""
+        try:
+            return self._engine.resolve(decision)
+        except DeadLetterError as err:  # the state changed between validation and handling
+            raise ApplicationError(str(err), type="DeadLetterRefused", non_retryable=True) from None
+
+    @resolve_dead_letter.validator
+    def _validate_resolve_dead_letter(self, decision: DeadLetterDecision) -> None:
+        try:
+            self._engine.check_dead_letter(decision)
+        except DeadLetterError as err:
+            raise ApplicationError(str(err), type="DeadLetterRefused", non_retryable=True) from None
 
     @workflow.query
     def status(self) -> RunStatus:

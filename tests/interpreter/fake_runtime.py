@@ -31,6 +31,7 @@ from interpreter.actions import ActionResult, RetryMode, linear_delay_s
 from interpreter.durations import parse_duration
 from interpreter.engine import ActionCall, ActionFailedError
 from interpreter.model import RetryPolicy
+from interpreter.state import DeadLetterRecord, DeadLetterResolution
 
 DEFAULT_START = datetime(2024, 1, 1, 9, 0, tzinfo=UTC)
 """Monday 2024-01-01 09:00 UTC: where the virtual clock starts unless told otherwise."""
@@ -182,6 +183,8 @@ class FakeRuntime:
         self._background: set[asyncio.Future[Any]] = set()
         self.handlers: dict[str, Handler] = {"echo": _echo}
         self.calls: list[CallRecord] = []
+        self.dead_letters: list[DeadLetterRecord] = []
+        self.resolutions: list[DeadLetterResolution] = []
         self.sleeps: list[SleepRecord] = []
         self.retries: list[RetryRecord] = []
         self.waits: list[WaitRecord] = []
@@ -198,6 +201,18 @@ class FakeRuntime:
     def elapsed(self) -> float:
         """Virtual seconds since ``start``."""
         return (self._now - self.start).total_seconds()
+
+    async def record_dead_letter(self, record: DeadLetterRecord) -> int:
+        """Keeps the dead letter row in memory; idempotent on the park id like the real store."""
+        for row_id, existing in enumerate(self.dead_letters, start=1):
+            if existing.park_id == record.park_id:
+                return row_id
+        self.dead_letters.append(record)
+        return len(self.dead_letters)
+
+    async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
+        """Keeps the resolution in memory."""
+        self.resolutions.append(resolution)
 
     def patched(self, patch_id: str) -> bool:
         """Every patch applies: the fake only runs new code, it never replays."""

@@ -284,7 +284,7 @@ def test_bad_on_failure_names_both_alternatives() -> None:
     path, message = only_problem(doc(task(on_failure="explode")))
     assert path == "$.steps[0].on_failure"
     assert message == (
-        "Input should be 'fail', 'continue' or 'compensate' or Input should be a valid dictionary or instance of Goto"
+        "should be 'fail', 'continue', 'compensate' or 'dead_letter' or {\"goto\": \"<step id>\"}"
     )
 
 
