@@ -160,12 +160,13 @@ class WorkerProcess:
     """A :mod:`bench.bench_worker` subprocess polling its own task queue."""
 
     def __init__(
-        self, address: str, task_queue: str, cprofile_out: Path | None, pycache: Path | None
+        self, address: str, task_queue: str, cprofile_out: Path | None, pycache: Path | None, log_dir: Path
     ) -> None:
         self.address = address
         self.task_queue = task_queue
         self.cprofile_out = cprofile_out
         self.pycache = pycache
+        self.log_path = log_dir / f"worker-{task_queue}.log"
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -189,15 +190,28 @@ class WorkerProcess:
             env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-        self.proc = await asyncio.create_subprocess_exec(
-            *args, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE
-        )
+        log = open(self.log_path, "ab")  # noqa: ASYNC230, SIM115 - the child writes to it
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *args, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
+            )
+        finally:
+            log.close()  # the child has its own descriptor
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout=60)
         if line.strip() != b"READY":
             raise RuntimeError(
-                f"bench worker did not start (said {line!r}, exit code {self.proc.returncode})"
+                f"bench worker did not start (said {line!r}, exit code {self.proc.returncode}):\n"
+                f"{self.log_tail()}"
             )
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The end of the worker's stderr (SDK errors such as failing workflow tasks land there)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no worker log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(the worker log is empty)"
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -389,16 +403,19 @@ class Bench:
     client: Client
     server: Server
     workload: Workload
+    tmp: Path  # server state, worker logs, bytecode cache
     pycache: Path | None  # bytecode cache for the workers (None: inherit the environment)
     profile_dir: Path | None  # --cprofile
     spy_dir: Path | None  # --py-spy
 
 
 async def run_batch(
-    bench: Bench, variant: Variant, tq: str, runs: int, tag: str
+    bench: Bench, variant: Variant, worker: WorkerProcess, runs: int, tag: str
 ) -> tuple[float, list[float], list[str]]:
-    """``runs`` runs, at most ``--concurrency`` in flight. Returns (wall seconds, latencies, ids)."""
-    client, workload = bench.client, bench.workload
+    """``runs`` runs on ``worker``, at most ``--concurrency`` in flight. Returns (wall seconds,
+    latencies, ids). Fails after ``--batch-timeout`` seconds, showing the worker's log: a workflow
+    task that keeps failing (e.g. an import error in a file being edited) otherwise hangs forever."""
+    client, workload, tq = bench.client, bench.workload, worker.task_queue
     gate = asyncio.Semaphore(bench.args.concurrency)
     latencies: list[float] = []
     ids: list[str] = []
@@ -414,7 +431,13 @@ async def run_batch(
             ids.append(wf_id)
 
     t_start = time.perf_counter()
-    await asyncio.gather(*(one(n) for n in range(runs)))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(runs))), bench.args.batch_timeout)
+    except TimeoutError:
+        raise RuntimeError(
+            f"{variant.key}: {runs - len(ids)} of {runs} runs unfinished after {bench.args.batch_timeout:g}s;"
+            f" last lines of the worker log:\n{worker.log_tail()}"
+        ) from None
     return time.perf_counter() - t_start, latencies, ids
 
 
@@ -423,18 +446,18 @@ async def measure(bench: Bench, variant: Variant, rep: int) -> tuple[Measurement
     args, server, profile_dir, spy_dir = bench.args, bench.server, bench.profile_dir, bench.spy_dir
     tq = f"bench-{variant.key}-{rep}-{uuid.uuid4().hex[:8]}"
     cprofile_out = profile_dir / f"worker-{variant.key}-rep{rep}.pstats" if profile_dir else None
-    worker = WorkerProcess(server.address, tq, cprofile_out, bench.pycache)
+    worker = WorkerProcess(server.address, tq, cprofile_out, bench.pycache, bench.tmp)
     await worker.start()
     spy: PySpy | None = None
     try:
         if args.warmup:
-            await run_batch(bench, variant, tq, args.warmup, f"{tq}-warm")
+            await run_batch(bench, variant, worker, args.warmup, f"{tq}-warm")
         if spy_dir is not None:
             spy = PySpy(worker.pid, spy_dir / f"worker-{variant.key}-rep{rep}.txt", args.py_spy_rate)
             await spy.start()
         await asyncio.sleep(args.settle)
         w0, s0 = proc_cpu_s(worker.pid), proc_cpu_s(server.pid)
-        wall, latencies, ids = await run_batch(bench, variant, tq, args.runs, tq)
+        wall, latencies, ids = await run_batch(bench, variant, worker, args.runs, tq)
         w1, s1 = proc_cpu_s(worker.pid), proc_cpu_s(server.pid)
     finally:
         if spy is not None:
@@ -581,11 +604,11 @@ async def warm_up_server(bench: Bench, variants: list[Variant]) -> None:
     """One uncounted round of every variant, so the first measured batch does not pay for the
     server's own warm-up (namespace caches, SQLite pages, ...)."""
     tq = f"bench-warmup-{uuid.uuid4().hex[:8]}"
-    worker = WorkerProcess(bench.server.address, tq, None, bench.pycache)
+    worker = WorkerProcess(bench.server.address, tq, None, bench.pycache, bench.tmp)
     await worker.start()
     try:
         for v in variants:
-            await run_batch(bench, v, tq, bench.args.warmup, f"{tq}-{v.key}")
+            await run_batch(bench, v, worker, bench.args.warmup, f"{tq}-{v.key}")
     finally:
         await worker.stop()
 
@@ -604,6 +627,7 @@ async def amain(args: argparse.Namespace) -> int:
                 client=client,
                 server=server,
                 workload=Workload(),
+                tmp=Path(tmp),
                 pycache=None if args.no_bytecode_cache else Path(tmp) / "pycache",
                 profile_dir=profile_dir,
                 spy_dir=spy_dir,
@@ -652,6 +676,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50, help="runs in flight at once (default 50)")
     p.add_argument("--repeat", type=int, default=3, help="batches per variant, interleaved (default 3)")
     p.add_argument("--warmup", type=int, default=20, help="uncounted runs per worker first (default 20)")
+    p.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=300,
+        help="seconds before a batch is declared stuck (default 300)",
+    )
     p.add_argument("--settle", type=float, default=0.5, help="seconds of idle between warm-up and batch")
     p.add_argument(
         "--no-track-step",
