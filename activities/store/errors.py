@@ -1,0 +1,219 @@
+"""Errors of the definition registry and the dead letter store.
+
+Every error raised on purpose subclasses :class:`StoreError`. Messages name the problem: the URL of
+the database (never its password), the tenant and name of a definition, the version asked for.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActiveVersionError",
+    "DatabaseNotFoundError",
+    "DatabaseUnavailableError",
+    "DeadLetterNotFoundError",
+    "DeadLetterResolvedError",
+    "DefinitionNotFoundError",
+    "EmbeddedPostgresError",
+    "InvalidReferenceError",
+    "InvalidTenantError",
+    "MigrationsNotAppliedError",
+    "NothingToRollBackError",
+    "StoreError",
+    "VersionArchivedError",
+    "VersionNotFoundError",
+]
+
+
+class StoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+# ------------------------------------------------------------------------------------ the database
+
+
+class DatabaseUnavailableError(StoreError):
+    """The PostgreSQL server cannot be reached or refused the connection.
+
+    Attributes:
+        url: The database URL, password hidden.
+    """
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class DatabaseNotFoundError(DatabaseUnavailableError):
+    """The server is up but the database named in the URL does not exist."""
+
+
+class EmbeddedPostgresError(DatabaseUnavailableError):
+    """The embedded PostgreSQL server (the default without ``DATABASE_URL``) could not start."""
+
+
+class MigrationsNotAppliedError(StoreError):
+    """The database schema is missing or older than this code (or newer than it knows).
+
+    Attributes:
+        url: The database URL, password hidden.
+        current: The schema revision found (None: no schema at all).
+        head: The revision this code needs.
+    """
+
+    def __init__(self, url: str, current: str | None, head: str) -> None:
+        if current is None:
+            what = "has no schema (migrations were never applied)"
+        else:
+            what = f"is at schema revision {current!r}, not {head!r} which this code needs"
+        super().__init__(f"the database {url} {what}; run `wfa db upgrade` (with the same DATABASE_URL)")
+        self.url = url
+        self.current = current
+        self.head = head
+
+
+# ----------------------------------------------------------------------------------- definitions
+
+
+class InvalidReferenceError(StoreError, ValueError):
+    """A definition reference is neither ``name`` nor ``name@<version>``.
+
+    Attributes:
+        ref: What was given.
+    """
+
+    def __init__(self, ref: str, why: str = "") -> None:
+        detail = f": {why}" if why else ""
+        super().__init__(
+            f"invalid definition reference {ref!r}{detail} (expected NAME or NAME@VERSION, e.g. intervention@3)"
+        )
+        self.ref = ref
+
+
+class InvalidTenantError(StoreError, ValueError):
+    """A tenant name that is empty, too long or has characters other than letters, digits, ``_.:-``."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(
+            f"invalid tenant {tenant!r}: 1 to 100 letters, digits, '_', '.', ':' or '-', starting with a"
+            " letter or digit"
+        )
+        self.tenant = tenant
+
+
+class DefinitionNotFoundError(StoreError, LookupError):
+    """No definition with this name in the tenant (another tenant's definitions are invisible).
+
+    Attributes:
+        tenant: The tenant that asked.
+        name: The definition name.
+    """
+
+    def __init__(self, tenant: str, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"no definition named {name!r} in tenant {tenant!r}")
+        self.tenant = tenant
+        self.name = name
+
+
+class VersionNotFoundError(DefinitionNotFoundError):
+    """The definition exists in the tenant but has no such version.
+
+    Attributes:
+        version: The version asked for.
+        latest: The highest version there is.
+    """
+
+    def __init__(self, tenant: str, name: str, version: int, latest: int) -> None:
+        super().__init__(
+            tenant,
+            name,
+            f"definition {name!r} in tenant {tenant!r} has no version {version} (versions 1 to {latest})",
+        )
+        self.version = version
+        self.latest = latest
+
+
+class VersionArchivedError(StoreError):
+    """An archived version cannot be activated or started.
+
+    Attributes:
+        tenant, name, version: Which version.
+    """
+
+    def __init__(self, tenant: str, name: str, version: int, doing: str) -> None:
+        super().__init__(
+            f"{name}@{version} (tenant {tenant!r}) is archived: it cannot be {doing};"
+            " register it again as a new version to use it"
+        )
+        self.tenant = tenant
+        self.name = name
+        self.version = version
+
+
+class ActiveVersionError(StoreError):
+    """The active version of a definition cannot be archived.
+
+    Attributes:
+        tenant, name, version: Which version.
+    """
+
+    def __init__(self, tenant: str, name: str, version: int) -> None:
+        super().__init__(
+            f"{name}@{version} is the active version of {name!r} in tenant {tenant!r} and cannot be"
+            f" archived; activate another version (or roll back) first"
+        )
+        self.tenant = tenant
+        self.name = name
+        self.version = version
+
+
+class NothingToRollBackError(StoreError):
+    """No earlier active version (that is not archived) to roll back to.
+
+    Attributes:
+        tenant, name: Which definition.
+        active: Its active version, which stays active.
+    """
+
+    def __init__(self, tenant: str, name: str, active: int, skipped: list[int] | None = None) -> None:
+        extra = f" (earlier active versions {', '.join(map(str, skipped))} are archived)" if skipped else ""
+        super().__init__(
+            f"cannot roll back {name!r} in tenant {tenant!r}: v{active} is active and no earlier"
+            f" version was active before it{extra}"
+        )
+        self.tenant = tenant
+        self.name = name
+        self.active = active
+
+
+# ----------------------------------------------------------------------------------- dead letters
+
+
+class DeadLetterNotFoundError(StoreError, LookupError):
+    """No dead letter with this id in the tenant.
+
+    Attributes:
+        tenant: The tenant that asked.
+        dead_letter_id: The id asked for.
+    """
+
+    def __init__(self, tenant: str | None, dead_letter_id: int) -> None:
+        where = f" in tenant {tenant!r}" if tenant is not None else ""
+        super().__init__(f"no dead letter with id {dead_letter_id}{where}")
+        self.tenant = tenant
+        self.dead_letter_id = dead_letter_id
+
+
+class DeadLetterResolvedError(StoreError):
+    """The dead letter was already resolved (redriven, skipped, aborted or timed out).
+
+    Attributes:
+        dead_letter_id: The row.
+        status: Its status.
+    """
+
+    def __init__(self, dead_letter_id: int, status: str, by: str | None, at: object) -> None:
+        who = f" by {by}" if by else ""
+        when = f" at {at}" if at else ""
+        super().__init__(f"dead letter {dead_letter_id} is already {status}{who}{when}; nothing to decide")
+        self.dead_letter_id = dead_letter_id
+        self.status = status

@@ -1,0 +1,181 @@
+"""The tables of the definition registry and the dead letters (SQLAlchemy 2.0 declarative).
+
+The schema itself is created by the alembic migrations in ``migrations/`` (a test checks that these
+models and the migrations agree). Every table has a ``tenant`` column and every query filters on it.
+
+* ``definitions``: immutable versions. ``(tenant, name, version)`` and ``(tenant, name,
+  content_hash)`` are unique: the same body is never stored twice under one name.
+* ``definition_heads``: the active version of each name.
+* ``activations``: the audit log (register, activate, rollback, archive) with actor and time; a
+  rollback goes back through it.
+* ``dead_letters``: parked steps and the operator's decision on each.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "ActivationKind",
+    "ActivationRow",
+    "Base",
+    "DeadLetterRow",
+    "DeadLetterStatus",
+    "DefinitionHeadRow",
+    "DefinitionRow",
+]
+
+TENANT_LENGTH = 100
+NAME_LENGTH = 100
+ACTOR_LENGTH = 200
+
+# Named constraints, so migrations can refer to them and autogenerate compares them reliably.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class ActivationKind(StrEnum):
+    """What an entry of the activations log records."""
+
+    REGISTER = "register"
+    ACTIVATE = "activate"
+    ROLLBACK = "rollback"
+    ARCHIVE = "archive"
+
+
+class DeadLetterStatus(StrEnum):
+    """Where a dead letter is: open until an operator (or the park timeout) decides."""
+
+    OPEN = "open"
+    REDRIVEN = "redriven"
+    SKIPPED = "skipped"
+    ABORTED = "aborted"
+    TIMED_OUT = "timed_out"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
+
+
+class DefinitionRow(Base):
+    """One immutable version of a definition."""
+
+    __tablename__ = "definitions"
+    __table_args__ = (
+        UniqueConstraint("tenant", "name", "version"),
+        UniqueConstraint("tenant", "name", "content_hash"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    author: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DefinitionHeadRow(Base):
+    """The active version of one name."""
+
+    __tablename__ = "definition_heads"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant", "name", "active_version"],
+            ["definitions.tenant", "definitions.name", "definitions.version"],
+            name="fk_definition_heads_definitions",
+        ),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    active_version: Mapped[int] = mapped_column(Integer)
+    updated_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ActivationRow(Base):
+    """One entry of the audit log of a name."""
+
+    __tablename__ = "activations"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant", "name", "version"],
+            ["definitions.tenant", "definitions.name", "definitions.version"],
+            name="fk_activations_definitions",
+        ),
+        CheckConstraint("kind IN ('register', 'activate', 'rollback', 'archive')", name="kind_known"),
+        Index("ix_activations_tenant_name_id", "tenant", "name", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DeadLetterRow(Base):
+    """A parked step: what failed, and what an operator decided."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "run_id", "park_id"),
+        CheckConstraint(
+            "status IN ('open', 'redriven', 'skipped', 'aborted', 'timed_out')", name="status_known"
+        ),
+        Index("ix_dead_letters_tenant_status_parked_at", "tenant", "status", "parked_at"),
+        Index("ix_dead_letters_tenant_workflow_id", "tenant", "workflow_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    workflow_id: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str] = mapped_column(Text)
+    definition: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    version: Mapped[int] = mapped_column(Integer)
+    park_id: Mapped[str] = mapped_column(Text)
+    step_id: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    input: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    error: Mapped[str] = mapped_column(Text)
+    error_type: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20), server_default=DeadLetterStatus.OPEN.value)
+    resolved_by: Mapped[str | None] = mapped_column(String(ACTOR_LENGTH))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
