@@ -8,9 +8,18 @@
     wfa approve expense-4711 --actor manager --reason "within budget"
     wfa result expense-4711 --timeout 60
 
+    wfa definitions register examples/intervention.json --author ann [--activate]
+    wfa definitions list [NAME]  |  show NAME[@V]  |  diff NAME V1 V2
+    wfa definitions activate NAME V  |  rollback NAME  |  archive NAME V
+    wfa start intervention@2 --input '{...}'       # a registry reference instead of a file
+    wfa dead-letters list  |  show ID  |  redrive ID [--input JSON]  |  skip ID --output JSON  |  abort ID
+    wfa db upgrade
+
 Global options (before or after the command): ``--address`` (``$TEMPORAL_ADDRESS``, default
-``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``) and
-``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default ``workflow-automation``).
+``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``),
+``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default ``workflow-automation``), ``--tenant``
+(``$WFA_TENANT``, default ``default``) and ``--database-url`` (``$DATABASE_URL``, default the embedded
+PostgreSQL server under ``.state/``).
 
 Output is for people by default; ``--json`` prints one JSON document for scripts.
 
@@ -22,11 +31,13 @@ Exit codes:
    ``start --wait``)
 2  bad input: invalid definition (its problems are printed with JSON paths), bad JSON, missing
    file, bad arguments
-3  the Temporal server is unreachable or unusable (unknown namespace, search attributes not
-   registered), or no worker answered
-4  no run with that id
+3  the Temporal server or the database is unreachable or unusable (unknown namespace, search
+   attributes not registered, missing database, migrations not applied), or no worker answered
+4  no run with that id, no such definition, version or dead letter (in the tenant)
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
-   already ended, or the business key was already used by a completed run
+   already ended, the business key was already used by a completed run, an archived version
+   activated or started, the active version archived, nothing to roll back, a dead letter
+   already resolved
 6  ``--timeout`` passed before the run ended (it is still running)
 == ==========================================================================================
 """
@@ -36,14 +47,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from activities.store.database import DATABASE_URL_ENV, Database, open_database, safe_url, upgrade_database
+from activities.store.embedded import data_dir, start_embedded
+from activities.store.errors import (
+    ActiveVersionError,
+    DatabaseUnavailableError,
+    DeadLetterNotFoundError,
+    DeadLetterResolvedError,
+    DefinitionNotFoundError,
+    InvalidReferenceError,
+    InvalidTenantError,
+    MigrationsNotAppliedError,
+    NothingToRollBackError,
+    StoreError,
+    VersionArchivedError,
+)
+from activities.store.repository import (
+    DeadLetter,
+    DeadLetterStore,
+    DefinitionInfo,
+    DefinitionStore,
+    NameSummary,
+    parse_ref,
+    pretty,
+)
 from interpreter.durations import format_duration
 from interpreter.model import Definition, children
 from interpreter.state import FINAL_STATES, RunResult, RunState, RunStatus, StepRecord
@@ -52,8 +88,11 @@ from starter.client import (
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,
     DEFAULT_TASK_QUEUE,
+    DEFAULT_TENANT,
+    TENANT_ENV,
     FlowClient,
     RunHandle,
+    is_registry_ref,
     load,
 )
 from starter.errors import (
@@ -121,15 +160,37 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         default=task_queue if defaults else suppress,
         help=f"task queue the workers poll (env TEMPORAL_TASK_QUEUE, now {task_queue})",
     )
+    tenant = os.environ.get(TENANT_ENV) or DEFAULT_TENANT
+    database_url = os.environ.get(DATABASE_URL_ENV) or None
+    parser.add_argument(
+        "--tenant",
+        default=tenant if defaults else suppress,
+        help=f"tenant of the stored definitions, dead letters and new runs (env {TENANT_ENV}, now {tenant})",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=database_url if defaults else suppress,
+        help="PostgreSQL of the definition registry and dead letters (env DATABASE_URL, now "
+        + (safe_url(database_url) if database_url else "unset: the embedded server under .state/")
+        + ")",
+    )
+
+
+def _default_actor() -> str:
+    try:
+        return os.environ.get("WFA_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no login name (some containers)
+        return "cli"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (environment defaults are read when it is built)."""
     parser = argparse.ArgumentParser(
         prog="wfa",
-        description="Run JSON workflow definitions on Temporal: validate, start, approve, inspect.",
-        epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server unreachable or no "
-        "worker, 4 unknown run, 5 refused, 6 timed out waiting.",
+        description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
+        epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
+        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting.",
     )
     _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -144,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("start", "validate a definition and start a run of it")
-    p.add_argument("file", metavar="FILE", help="definition JSON file")
+    p.add_argument(
+        "file",
+        metavar="FILE|REF",
+        help="definition JSON file, or a registry reference: NAME (the active version) or NAME@VERSION",
+    )
     p.add_argument("--input", metavar="JSON|@FILE", help="run input: a JSON object, or @path of a JSON file")
     p.add_argument(
         "--id",
@@ -183,13 +248,159 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit code 6)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    _add_definitions_commands(
+        command(
+            "definitions", "the definition registry: register, list, show, diff, activate, rollback, archive"
+        )
+    )
+    _add_dead_letter_commands(command("dead-letters", "parked steps: list, show, redrive, skip, abort"))
+    db = command("db", "the store's database: apply migrations")
+    sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser(
+        "upgrade",
+        help="apply the schema migrations (idempotent)",
+        description="apply the schema migrations (idempotent)",
+    )
+    _add_connection_options(p, defaults=False)
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Callable[[str, str], argparse.ArgumentParser]:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_connection_options(p, defaults=False)
+        return p
+
+    return action
+
+
+def _add_actor(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--actor",
+        default=None,
+        help=f"who {what} (recorded; default env WFA_ACTOR or the login name)",
+    )
+
+
+def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
+    action = _subcommands(parser)
+    p = action("register", "validate a definition file and store it as its name's next version")
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="definition JSON file (its 'version' is ignored: the registry numbers versions)",
+    )
+    p.add_argument("--author", required=True, help="who registers it (recorded)")
+    p.add_argument(
+        "--activate", action="store_true", help="make it the active version (the first version always is)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("list", "list the names with their active version, or the versions of one name")
+    p.add_argument("name", metavar="NAME", nargs="?", help="list this name's versions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("show", "show a stored version and its body")
+    p.add_argument("ref", metavar="REF", help="NAME (the active version) or NAME@VERSION")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("diff", "unified diff of two versions")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("v1", metavar="V1", type=_version)
+    p.add_argument("v2", metavar="V2", type=_version)
+
+    p = action("activate", "make a version the active one (runs already going keep theirs)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("version", metavar="V", type=_version)
+    _add_actor(p, "activates it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("rollback", "activate the version that was active before the current one")
+    p.add_argument("name", metavar="NAME")
+    _add_actor(p, "rolls back")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("archive", "archive a version: it can no longer be activated or started")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("version", metavar="V", type=_version)
+    _add_actor(p, "archives it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
+    action = _subcommands(parser)
+    p = action("list", "list dead letters (open ones by default)")
+    p.add_argument(
+        "--status",
+        default="open",
+        choices=["open", "redriven", "skipped", "aborted", "timed_out", "all"],
+        help="only this status (default open)",
+    )
+    p.add_argument("--run", metavar="ID", help="only this run's (workflow id)")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("show", "show a dead letter: the step, its input, the error, the decision")
+    p.add_argument("id", metavar="ID", type=_dead_letter_id)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("redrive", "run the parked step again in the same run")
+    p.add_argument("id", metavar="ID", type=_dead_letter_id)
+    p.add_argument("--input", metavar="JSON|@FILE", help="corrected input for the step (a JSON object)")
+    _add_actor(p, "decides")
+    p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("skip", "go on as if the parked step had succeeded with OUTPUT")
+    p.add_argument("id", metavar="ID", type=_dead_letter_id)
+    p.add_argument("--output", required=True, metavar="JSON|@FILE", help="the step's output (any JSON value)")
+    _add_actor(p, "decides")
+    p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action("abort", "fail the run at the parked step (its compensations run)")
+    p.add_argument("id", metavar="ID", type=_dead_letter_id)
+    _add_actor(p, "decides")
+    p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"versions start at 1, not {value}")
+    return value
+
+
+def _dead_letter_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a dead letter id: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a dead letter id: {text!r}")
+    return value
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any]:
     """Parses ``--input``/``--data``: inline JSON or ``@path``; must be a JSON object."""
     if text is None:
         return {}
+    value = _json_value(text, option)
+    if not isinstance(value, dict):
+        source = f"{option} file {text[1:]}" if text.startswith("@") else option
+        raise UsageError(f"{source} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _json_value(text: str, option: str) -> Any:
+    """Parses an option's inline JSON or ``@path`` (any JSON value)."""
     source = f"{option}"
     if text.startswith("@"):
         path = Path(text[1:])
@@ -201,12 +412,9 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
         except OSError as err:
             raise UsageError(f"{option}: cannot read {path}: {err.strerror or err}") from None
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{source} is not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{source} must be a JSON object, not {type(value).__name__}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -379,15 +587,44 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+_OPEN_CLIENTS: list[FlowClient] = []
+"""Clients a command connected (their store connections are closed when the command ends)."""
+
+
 async def _connect(args: argparse.Namespace) -> FlowClient:
-    return await FlowClient.connect(args.address, args.namespace, args.task_queue)
+    flows = await FlowClient.connect(
+        args.address,
+        args.namespace,
+        args.task_queue,
+        database_url=getattr(args, "database_url", None),
+        tenant=getattr(args, "tenant", None),
+    )
+    _OPEN_CLIENTS.append(flows)
+    return flows
+
+
+@contextlib.asynccontextmanager
+async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
+    database = await open_database(args.database_url or None)
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 async def _start(args: argparse.Namespace, out: TextIO) -> int:
-    definition: Definition = load(Path(args.file))  # before connecting: bad input is exit 2 offline
+    reference = is_registry_ref(args.file)
+    # Before connecting: a bad file or a malformed reference is exit 2 without a server.
+    definition: Definition | None = None
+    if reference:
+        name, pinned = parse_ref(args.file)
+    else:
+        definition = load(Path(args.file))
     run_input = _json_object(args.input, "--input")
     flows = await _connect(args)
-    run: RunHandle = await flows.start_run(definition, run_input, workflow_id=args.id)
+    run: RunHandle = await flows.start_run(
+        args.file if definition is None else definition, run_input, workflow_id=args.id
+    )
     summary = {
         "workflow_id": run.workflow_id,
         "run_id": run.run_id,
@@ -408,12 +645,14 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
                 f"{run.workflow_id} is already running: returned the existing run, started no duplicate",
                 file=out,
             )
-            if run.definition_hash != definition_hash(definition):
+            if definition is not None and run.definition_hash != definition_hash(definition):
                 print(
                     f"  note: it runs {run.definition} v{run.version} (hash {run.definition_hash[:12]}),"
                     f" not the {definition.name} v{definition.version} in {args.file}",
                     file=out,
                 )
+            elif definition is None and (run.definition != name or pinned not in (None, run.version)):
+                print(f"  note: it runs {run.definition} v{run.version}, not {args.file}", file=out)
     if not args.wait:
         if args.json:
             _print_json(summary, out)
@@ -487,6 +726,310 @@ async def _result(args: argparse.Namespace, out: TextIO) -> int:
     return _result_exit(result)
 
 
+# -------------------------------------------------------------------------- definitions registry
+
+
+def _read_definition(file: str) -> str:
+    """A definition file's text, validated (DefinitionError with JSON paths otherwise)."""
+    path = Path(file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DefinitionFileNotFoundError(file) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    load(text)
+    return text
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return args.actor or _default_actor()
+
+
+def _short_hash(digest: str) -> str:
+    return digest[:12]
+
+
+async def _definitions(args: argparse.Namespace, out: TextIO) -> int:
+    if args.action == "register":
+        # Read and validate before opening the database: bad input is exit 2 without a server.
+        args.document = _read_definition(args.file)
+    async with _database(args) as database:
+        store = DefinitionStore(database.session_factory, args.tenant)
+        handler = _DEFINITION_ACTIONS[args.action]
+        return await handler(args, store, out)
+
+
+async def _definitions_register(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    registration = await store.register(args.document, args.author, activate=args.activate)
+    info = registration.info
+    if args.json:
+        _print_json(registration.model_dump(mode="json"), out)
+        return EXIT_OK
+    if registration.created:
+        print(
+            f"Registered {info.name} v{info.version} (hash {_short_hash(info.content_hash)}) by {info.author}",
+            file=out,
+        )
+    else:
+        archived = " (archived)" if info.archived_at else ""
+        print(
+            f"{info.name} v{info.version}{archived} has the same body (hash {_short_hash(info.content_hash)});"
+            " nothing stored",
+            file=out,
+        )
+    if registration.activated:
+        print(f"  v{info.version} is now the active version of {info.name}", file=out)
+    elif registration.active_version != info.version:
+        print(
+            f"  active version: v{registration.active_version}"
+            f" (wfa definitions activate {info.name} {info.version} to use this one)",
+            file=out,
+        )
+    return EXIT_OK
+
+
+async def _definitions_list(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    if args.name is None:
+        names: list[NameSummary] = await store.list_names()
+        if args.json:
+            _print_json([n.model_dump(mode="json") for n in names], out)
+        elif not names:
+            print(f"no definitions in tenant {store.tenant!r}", file=out)
+        else:
+            rows = [
+                [
+                    n.name,
+                    f"v{n.active_version}",
+                    f"v{n.latest_version}",
+                    str(n.versions),
+                    str(n.archived),
+                    _when(n.updated_at),
+                    n.updated_by,
+                ]
+                for n in names
+            ]
+            _table(
+                ["NAME", "ACTIVE", "LATEST", "VERSIONS", "ARCHIVED", "CHANGED", "BY"], rows, out, indent=""
+            )
+        return EXIT_OK
+    versions: list[DefinitionInfo] = await store.list_versions(args.name)
+    if args.json:
+        _print_json([v.model_dump(mode="json") for v in versions], out)
+        return EXIT_OK
+    rows = [
+        [
+            f"v{v.version}",
+            "active" if v.active else ("archived" if v.archived_at else ""),
+            _short_hash(v.content_hash),
+            v.author,
+            _when(v.created_at),
+        ]
+        for v in versions
+    ]
+    _table(["VERSION", "STATE", "HASH", "AUTHOR", "REGISTERED"], rows, out, indent="")
+    return EXIT_OK
+
+
+async def _definitions_show(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    stored = await store.show(args.ref)
+    if args.json:
+        _print_json(stored.model_dump(mode="json"), out)
+        return EXIT_OK
+    state = (
+        "active"
+        if stored.active
+        else ("archived " + _when(stored.archived_at) if stored.archived_at else "inactive")
+    )
+    _fields(
+        [
+            ("Definition", f"{stored.name} v{stored.version}"),
+            ("Tenant", stored.tenant),
+            ("State", state),
+            ("Hash", stored.content_hash),
+            ("Author", stored.author),
+            ("Registered", _when(stored.created_at)),
+        ],
+        out,
+    )
+    print(file=out)
+    out.write(pretty({**stored.body, "version": stored.version}))
+    return EXIT_OK
+
+
+async def _definitions_diff(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    diff = await store.diff(args.name, args.v1, args.v2)
+    if diff:
+        out.write(diff)
+    else:
+        print(f"no differences between {args.name}@{args.v1} and {args.name}@{args.v2}", file=out)
+    return EXIT_OK
+
+
+async def _definitions_activate(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    result = await store.activate(args.name, args.version, _actor(args))
+    if args.json:
+        _print_json(result.model_dump(mode="json"), out)
+    elif result.changed:
+        print(
+            f"Activated {result.name} v{result.version} (was v{result.previous}); runs already going keep their version",
+            file=out,
+        )
+    else:
+        print(f"{result.name} v{result.version} was already active", file=out)
+    return EXIT_OK
+
+
+async def _definitions_rollback(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    result = await store.rollback(args.name, _actor(args))
+    if args.json:
+        _print_json(result.model_dump(mode="json"), out)
+        return EXIT_OK
+    skipped = (
+        f"; passed over archived {', '.join(f'v{v}' for v in result.skipped_archived)}"
+        if result.skipped_archived
+        else ""
+    )
+    print(f"Rolled back {result.name} to v{result.version} (was v{result.previous}){skipped}", file=out)
+    return EXIT_OK
+
+
+async def _definitions_archive(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    info = await store.archive(args.name, args.version, _actor(args))
+    if args.json:
+        _print_json(info.model_dump(mode="json"), out)
+    else:
+        print(f"Archived {info.name} v{info.version}: it can no longer be activated or started", file=out)
+    return EXIT_OK
+
+
+_DEFINITION_ACTIONS: dict[
+    str, Callable[[argparse.Namespace, DefinitionStore, TextIO], Coroutine[Any, Any, int]]
+] = {
+    "register": _definitions_register,
+    "list": _definitions_list,
+    "show": _definitions_show,
+    "diff": _definitions_diff,
+    "activate": _definitions_activate,
+    "rollback": _definitions_rollback,
+    "archive": _definitions_archive,
+}
+
+
+# ----------------------------------------------------------------------------------- dead letters
+
+
+def print_dead_letter(row: DeadLetter, out: TextIO) -> None:
+    """Prints one dead letter for people."""
+    pairs = [
+        ("Dead letter", str(row.id)),
+        ("Status", str(row.status)),
+        ("Run", f"{row.workflow_id} ({row.run_id})"),
+        ("Definition", f"{row.definition} v{row.version}"),
+        ("Step", f"{row.path} (action {row.action})"),
+        ("Error", f"{row.error_type}: {row.error}"),
+        ("Attempts", str(row.attempts)),
+        ("Parked", _when(row.parked_at)),
+        ("Input", _compact(row.input, 1000)),
+    ]
+    if row.resolved_by:
+        resolution = row.resolution or {}
+        pairs.append(("Resolved", f"{row.status} by {row.resolved_by} at {_when(row.resolved_at)}"))
+        if resolution.get("reason"):
+            pairs.append(("Reason", str(resolution["reason"])))
+        if "input" in resolution:
+            pairs.append(("New input", _compact(resolution["input"], 1000)))
+        if "output" in resolution:
+            pairs.append(("Output", _compact(resolution["output"], 1000)))
+    _fields(pairs, out)
+    if row.status == "open":
+        print(
+            f"\n  decide with: wfa dead-letters redrive {row.id} [--input JSON] | skip {row.id} --output JSON"
+            f" | abort {row.id}",
+            file=out,
+        )
+
+
+async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
+    if args.action in ("list", "show"):
+        async with _database(args) as database:
+            store = DeadLetterStore(database.session_factory, args.tenant)
+            if args.action == "show":
+                row = await store.get(args.id)
+                if args.json:
+                    _print_json(row.model_dump(mode="json"), out)
+                else:
+                    print_dead_letter(row, out)
+                return EXIT_OK
+            rows = await store.list(args.status, workflow_id=args.run, limit=args.limit)
+        if args.json:
+            _print_json([r.model_dump(mode="json") for r in rows], out)
+        elif not rows:
+            print(
+                f"no {'' if args.status == 'all' else args.status + ' '}dead letters in tenant {args.tenant!r}",
+                file=out,
+            )
+        else:
+            table = [
+                [
+                    str(r.id),
+                    r.workflow_id,
+                    r.path,
+                    str(r.status),
+                    str(r.attempts),
+                    _when(r.parked_at),
+                    _clip(f"{r.error_type}: {r.error}", 60),
+                ]
+                for r in rows
+            ]
+            _table(["ID", "RUN", "STEP", "STATUS", "ATTEMPTS", "PARKED", "ERROR"], table, out, indent="")
+        return EXIT_OK
+    new_input = (
+        _json_object(args.input, "--input") if args.action == "redrive" and args.input is not None else None
+    )
+    output = _json_value(args.output, "--output") if args.action == "skip" else None
+    flows = await _connect(args)
+    actor = _actor(args)
+    if args.action == "redrive":
+        parked = await flows.redrive(args.id, actor, new_input, reason=args.reason)
+    elif args.action == "skip":
+        parked = await flows.skip(args.id, actor, output, reason=args.reason)
+    else:
+        parked = await flows.abort(args.id, actor, reason=args.reason)
+    if args.json:
+        _print_json(
+            {
+                "dead_letter_id": args.id,
+                "action": args.action,
+                "actor": actor,
+                "step": parked.model_dump(mode="json"),
+            },
+            out,
+        )
+    else:
+        done = {"redrive": "Redriving", "skip": "Skipped", "abort": "Aborting the run at"}[args.action]
+        print(
+            f"{done} step {parked.path} (dead letter {args.id}) as {actor}; the run records the decision",
+            file=out,
+        )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- db
+
+
+async def _db(args: argparse.Namespace, out: TextIO) -> int:
+    url = args.database_url or None
+    if url is None:
+        url = await asyncio.to_thread(start_embedded, None)
+        where = f"the embedded server in {data_dir()}"
+    else:
+        where = safe_url(url)
+    revision = await upgrade_database(url)
+    print(f"Schema of {where} is at revision {revision} (up to date)", file=out)
+    return EXIT_OK
+
+
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]] = {
     "start": _start,
     "approve": _decide,
@@ -494,7 +1037,19 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "cancel": _cancel,
     "status": _status,
     "result": _result,
+    "definitions": _definitions,
+    "dead-letters": _dead_letters,
+    "db": _db,
 }
+
+
+async def _run_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Runs an async command and closes the store connections it opened."""
+    try:
+        return await _ASYNC_COMMANDS[args.command](args, out)
+    finally:
+        while _OPEN_CLIENTS:
+            await _OPEN_CLIENTS.pop().close()
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -525,25 +1080,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse exits on --help and on usage errors
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
 
+    label = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
+
     def fail(code: int, message: str) -> int:
-        print(f"wfa {args.command}: {message}", file=err_out)
+        print(f"wfa {label}: {message}", file=err_out)
         return code
 
     try:
         if args.command == "validate":
             return _validate(args, out)
-        return asyncio.run(_ASYNC_COMMANDS[args.command](args, out))
+        return asyncio.run(_run_command(args, out))
     except DefinitionError as err:
         _print_definition_error(getattr(args, "file", "definition"), err, err_out)
         return EXIT_BAD_INPUT
-    except (DefinitionFileNotFoundError, UsageError) as err:
+    except (DefinitionFileNotFoundError, UsageError, InvalidReferenceError, InvalidTenantError) as err:
         return fail(EXIT_BAD_INPUT, str(err))
-    except (ServerUnavailableError, NoWorkerError) as err:
+    except (
+        ServerUnavailableError,
+        NoWorkerError,
+        DatabaseUnavailableError,
+        MigrationsNotAppliedError,
+    ) as err:
         return fail(EXIT_UNAVAILABLE, str(err))
-    except RunNotFoundError as err:
+    except (RunNotFoundError, DefinitionNotFoundError, DeadLetterNotFoundError) as err:
         return fail(EXIT_NOT_FOUND, str(err))
-    except (DecisionRefusedError, RunClosedError, RunAlreadyExistsError) as err:
+    except (
+        DecisionRefusedError,
+        RunClosedError,
+        RunAlreadyExistsError,
+        VersionArchivedError,
+        ActiveVersionError,
+        NothingToRollBackError,
+        DeadLetterResolvedError,
+    ) as err:
         return fail(EXIT_REFUSED, str(err))
+    except StoreError as err:
+        return fail(EXIT_RUN_FAILED, str(err))
     except ResultTimeoutError as err:
         return fail(EXIT_TIMEOUT, str(err))
     except StarterError as err:

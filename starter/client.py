@@ -10,7 +10,18 @@
 
 Every call names the run by its workflow id, which is the business key when one was given. Errors
 are :class:`~starter.errors.StarterError` subclasses (see :mod:`starter.errors`), except an invalid
-definition, which raises :class:`~interpreter.validate.DefinitionError` listing JSON paths.
+definition, which raises :class:`~interpreter.validate.DefinitionError` listing JSON paths, and the
+store's errors (registry and dead letters), which are :class:`~activities.store.errors.StoreError`
+subclasses.
+
+Stored definitions and dead letters live in PostgreSQL (``DATABASE_URL``, else the embedded server
+under ``.state/``), opened on first use and scoped to the client's tenant (``WFA_TENANT``)::
+
+    flows = await FlowClient.connect(tenant="acme")
+    await flows.register("examples/intervention.json", author="ann")   # v1, active
+    run = await flows.start_run("intervention", {...})                  # the active version
+    run = await flows.start_run("intervention@1", {...})                # pinned
+    await flows.close()
 """
 
 from __future__ import annotations
@@ -52,14 +63,36 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.store.database import DATABASE_URL_ENV, Database, open_database
+from activities.store.errors import DeadLetterResolvedError
+from activities.store.models import DeadLetterStatus
+from activities.store.repository import (
+    DEFAULT_TENANT,
+    Activation,
+    ActivationEntry,
+    DeadLetter,
+    DeadLetterStore,
+    DefinitionInfo,
+    DefinitionStore,
+    NameSummary,
+    Registration,
+    ResolvedDefinition,
+    StoredDefinition,
+    check_tenant,
+    looks_like_ref,
+)
 from interpreter.model import Definition
 from interpreter.state import (
     CancelRequest,
+    DeadLetterAction,
+    DeadLetterDecision,
     Decision,
     DecisionKind,
     DecisionRecord,
     DecisionRequest,
+    ParkedStep,
     RunInput,
+    RunOptions,
     RunResult,
     RunState,
     RunStatus,
@@ -86,11 +119,23 @@ from workflows.search_attributes import (
     RUN_STATE,
 )
 
-__all__ = ["DEFAULT_ADDRESS", "DEFAULT_NAMESPACE", "DEFAULT_TASK_QUEUE", "FlowClient", "RunHandle", "load"]
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TASK_QUEUE",
+    "DEFAULT_TENANT",
+    "TENANT_ENV",
+    "FlowClient",
+    "RunHandle",
+    "is_registry_ref",
+    "load",
+]
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TASK_QUEUE = "workflow-automation"
+TENANT_ENV = "WFA_TENANT"
+RESOLVE_DEAD_LETTER_UPDATE = "resolve_dead_letter"
 
 QUERY_TIMEOUT = timedelta(seconds=10)
 """How long a status query of a running run may wait for a worker to answer."""
@@ -139,6 +184,39 @@ def load(definition: DefinitionSource) -> Definition:
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
     return load_definition(text)
+
+
+def is_registry_ref(definition: object) -> bool:
+    """Whether :meth:`FlowClient.start_run` takes ``definition`` as a registry reference.
+
+    A ``str`` is a reference (``name`` or ``name@3``) when it is not JSON text, not the path of an
+    existing file, and has the shape of a name: no ``/``, and not ending in ``.json`` (which is
+    taken as a file path, so a mistyped file name still says "file not found").
+    """
+    if not isinstance(definition, str):
+        return False
+    text = definition.strip()
+    if text.startswith("{") or text.endswith(".json") or os.sep in text or "/" in text:
+        return False
+    if not looks_like_ref(text):
+        return False
+    return not Path(definition).is_file()
+
+
+def _document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | str:
+    """The document to register: a Definition or mapping as is, JSON text as is, a file's text."""
+    if isinstance(definition, Definition | Mapping):
+        return definition
+    if isinstance(definition, str) and definition.lstrip().startswith("{"):
+        return definition
+    path = Path(definition)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DefinitionFileNotFoundError(str(definition)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
 
 
 def _is_pydantic(client: Client) -> bool:
@@ -196,15 +274,32 @@ class FlowClient:
         client: A connected Temporal client. If it was not created with
             ``pydantic_data_converter``, a copy using it is made (the workflow's models need it).
         task_queue: Where new runs are scheduled (the queue the workers poll).
+        database: The store (definition registry, dead letters): an open
+            :class:`~activities.store.database.Database` (the caller closes it), or a URL; default
+            ``$DATABASE_URL``, else the embedded server. Opened on first use, closed by :meth:`close`.
+        tenant: The tenant every registry and dead letter call is scoped to, and the runs belong
+            to; default ``$WFA_TENANT`` or ``default``.
     """
 
-    def __init__(self, client: Client, *, task_queue: str = DEFAULT_TASK_QUEUE) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str = DEFAULT_TASK_QUEUE,
+        database: Database | str | None = None,
+        tenant: str | None = None,
+    ) -> None:
         if not _is_pydantic(client):
             config = client.config()
             config["data_converter"] = pydantic_data_converter
             client = Client(**config)
         self.client = client
         self.task_queue = task_queue
+        self.tenant = check_tenant(tenant or os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
+        self._database: Database | None = database if isinstance(database, Database) else None
+        self._database_url = database if isinstance(database, str) else None
+        self._owns_database = not isinstance(database, Database)
+        self._database_lock = asyncio.Lock()
 
     @classmethod
     async def connect(
@@ -212,23 +307,31 @@ class FlowClient:
         address: str | None = None,
         namespace: str | None = None,
         task_queue: str | None = None,
+        *,
+        database_url: str | None = None,
+        tenant: str | None = None,
     ) -> FlowClient:
-        """Connects to a Temporal server.
+        """Connects to a Temporal server (the store is opened on first use).
 
         Args:
             address: ``host:port``; default ``$TEMPORAL_ADDRESS`` or ``127.0.0.1:7233``.
             namespace: Default ``$TEMPORAL_NAMESPACE`` or ``default``.
             task_queue: Default ``$TEMPORAL_TASK_QUEUE`` or ``workflow-automation``.
+            database_url: The store's PostgreSQL; default ``$DATABASE_URL``, else the embedded
+                server under the local state folder.
+            tenant: Default ``$WFA_TENANT`` or ``default``.
 
         Returns:
             A client that always uses ``pydantic_data_converter``.
 
         Raises:
             ServerUnavailableError: The server cannot be reached; the message names the address.
+            InvalidTenantError: The tenant name is malformed.
         """
         address = address or os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
         namespace = namespace or os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
         task_queue = task_queue or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
+        tenant = check_tenant(tenant or os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
         try:
             client = await Client.connect(
                 address, namespace=namespace, data_converter=pydantic_data_converter
@@ -237,7 +340,44 @@ class FlowClient:
             raise ServerUnavailableError(
                 f"cannot reach the Temporal server at {address}: {_short(err)}", address
             ) from None
-        return cls(client, task_queue=task_queue)
+        return cls(client, task_queue=task_queue, database=database_url, tenant=tenant)
+
+    # ------------------------------------------------------------------------------------ store
+
+    async def database(self) -> Database:
+        """The store's database, opened (and checked) on first use.
+
+        Raises:
+            DatabaseUnavailableError: The server cannot be reached or the database does not exist.
+            MigrationsNotAppliedError: Its schema is not at this code's revision (``wfa db upgrade``).
+        """
+        async with self._database_lock:
+            if self._database is None:
+                url = self._database_url or os.environ.get(DATABASE_URL_ENV) or None
+                self._database = await open_database(url)
+            return self._database
+
+    async def definitions(self) -> DefinitionStore:
+        """The definition registry of the client's tenant."""
+        return DefinitionStore((await self.database()).session_factory, self.tenant)
+
+    async def dead_letter_store(self) -> DeadLetterStore:
+        """The dead letters of the client's tenant."""
+        return DeadLetterStore((await self.database()).session_factory, self.tenant)
+
+    async def close(self) -> None:
+        """Closes the store's connections (when the client opened them)."""
+        database, self._database = self._database, None
+        if database is not None and self._owns_database:
+            await database.close()
+        elif database is not None:
+            self._database = database
+
+    async def __aenter__(self) -> FlowClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @property
     def address(self) -> str:
@@ -267,6 +407,83 @@ class FlowClient:
         """
         return load(definition)
 
+    async def register(
+        self, definition: DefinitionSource, author: str, *, activate: bool = False
+    ) -> Registration:
+        """Validates a definition and stores it in the registry as its name's next version.
+
+        The registry assigns the version (a ``version`` in the document is ignored). The same body
+        registered again is not stored twice: its existing version is returned (``created``
+        False). The first version of a name becomes active; later ones only with ``activate``.
+
+        Args:
+            definition: Path of a JSON file, JSON text, a dict, or a :class:`Definition`.
+            author: Who registers it (recorded).
+            activate: Make this version the active one.
+
+        Raises:
+            DefinitionError: The definition is invalid (JSON paths); nothing is stored.
+            DefinitionFileNotFoundError: The path does not exist.
+        """
+        document = _document(definition)
+        return await (await self.definitions()).register(document, author, activate=activate)
+
+    async def list_definitions(self, name: str | None = None) -> list[NameSummary] | list[DefinitionInfo]:
+        """Without ``name``: every name with its active version; with it: its versions.
+
+        Raises:
+            DefinitionNotFoundError: ``name`` is not in the tenant.
+        """
+        store = await self.definitions()
+        return await store.list_versions(name) if name is not None else await store.list_names()
+
+    async def show_definition(self, ref: str) -> StoredDefinition:
+        """One version with its body: ``name`` (the active one) or ``name@3`` (archived ones too).
+
+        Raises:
+            InvalidReferenceError: Not ``name`` or ``name@N``.
+            DefinitionNotFoundError / VersionNotFoundError: Not in the tenant.
+        """
+        return await (await self.definitions()).show(ref)
+
+    async def resolve(self, ref: str) -> ResolvedDefinition:
+        """The definition a run of ``ref`` would start from (see :meth:`DefinitionStore.resolve`)."""
+        return await (await self.definitions()).resolve(ref)
+
+    async def diff(self, name: str, v1: int, v2: int) -> str:
+        """A unified diff of two versions (indented JSON, sorted keys); "" when they are equal."""
+        return await (await self.definitions()).diff(name, v1, v2)
+
+    async def activate(self, name: str, version: int, actor: str) -> Activation:
+        """Makes ``version`` the active one: runs started by ``name`` from now on use it; runs
+        already going keep the version they started with.
+
+        Raises:
+            DefinitionNotFoundError / VersionNotFoundError: Not in the tenant.
+            VersionArchivedError: The version is archived.
+        """
+        return await (await self.definitions()).activate(name, version, actor)
+
+    async def rollback(self, name: str, actor: str) -> Activation:
+        """Activates the version that was active before the current one.
+
+        Raises:
+            NothingToRollBackError: There was none (or all earlier ones are archived).
+        """
+        return await (await self.definitions()).rollback(name, actor)
+
+    async def archive(self, name: str, version: int, actor: str) -> DefinitionInfo:
+        """Archives a version: it cannot be activated or started any more.
+
+        Raises:
+            ActiveVersionError: It is the active version.
+        """
+        return await (await self.definitions()).archive(name, version, actor)
+
+    async def history(self, name: str) -> list[ActivationEntry]:
+        """The audit log of a name: registrations, activations, rollbacks, archivals."""
+        return await (await self.definitions()).history(name)
+
     # --------------------------------------------------------------------------------- starting
 
     async def start_run(
@@ -281,6 +498,12 @@ class FlowClient:
 
         The definition is validated first: an invalid one is refused before anything starts.
 
+        A ``str`` that is not JSON text nor the path of an existing file is a registry reference
+        (see :func:`is_registry_ref`): ``name`` starts the active version, ``name@3`` version 3, of
+        the client's tenant. The run is pinned to that version: it keeps running it whatever
+        becomes active later. Its name, version and content hash are in its search attributes
+        (``DefinitionName``, ``DefinitionVersion``, ``DefinitionHash``) and memo.
+
         Idempotency by business key: pass ``workflow_id`` (e.g. ``intervention-family-123``).
 
         * While a run with that id is **running**, starting again does not start a duplicate: the
@@ -293,7 +516,8 @@ class FlowClient:
         Without ``workflow_id`` the id is ``"<definition name>-<uuid4>"``: always a new run.
 
         Args:
-            definition: Path of a JSON file, JSON text, a dict, or a :class:`Definition`.
+            definition: A registry reference, path of a JSON file, JSON text, a dict, or a
+                :class:`Definition`.
             input: The run's input data (``input.*`` in templates).
             workflow_id: The business key.
             task_queue: Overrides the client's task queue.
@@ -304,14 +528,21 @@ class FlowClient:
         Raises:
             DefinitionError: The definition is invalid (nothing was started).
             DefinitionFileNotFoundError: The definition path does not exist.
+            DefinitionNotFoundError / VersionNotFoundError: No such name or version in the tenant.
+            VersionArchivedError: A pinned version that is archived.
             RunAlreadyExistsError: A run with this id already completed.
             ServerUnavailableError: The server cannot be reached or refused the namespace or the
                 search attributes.
         """
-        parsed = load(definition)
         if input is not None and not isinstance(input, Mapping):
             raise TypeError(f"run input must be a JSON object (a mapping), not {type(input).__name__}")
-        digest = definition_hash(parsed)
+        source = "file"
+        if is_registry_ref(definition):
+            resolved = await self.resolve(str(definition))
+            parsed, digest, source = resolved.definition, resolved.content_hash, "registry"
+        else:
+            parsed = load(definition)
+            digest = definition_hash(parsed)
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
         attributes = TypedSearchAttributes(
             [
@@ -326,14 +557,20 @@ class FlowClient:
         try:
             handle = await self.client.start_workflow(
                 RunDefinitionWorkflow.run,
-                RunInput(definition=parsed, input=dict(input or {})),
+                RunInput(definition=parsed, input=dict(input or {}), options=RunOptions(tenant=self.tenant)),
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attributes,
                 static_summary=f"{parsed.name} v{parsed.version}",
-                memo={"definition": parsed.name, "version": parsed.version, "hash": digest},
+                memo={
+                    "definition": parsed.name,
+                    "version": parsed.version,
+                    "hash": digest,
+                    "tenant": self.tenant,
+                    "source": source,
+                },
             )
         except WorkflowAlreadyStartedError as err:
             raise RunAlreadyExistsError(wf_id, err.run_id) from None
@@ -476,6 +713,110 @@ class FlowClient:
             ) from None
         except RPCError as err:
             raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
+
+    # ----------------------------------------------------------------------------- dead letters
+
+    async def list_dead_letters(
+        self,
+        status: DeadLetterStatus | str | None = "open",
+        *,
+        workflow_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """The tenant's dead letters (parked steps), oldest first.
+
+        Args:
+            status: ``open`` (default), ``redriven``, ``skipped``, ``aborted``, ``timed_out``, or
+                None / ``all``.
+            workflow_id: Only this run's.
+            limit: At most this many.
+        """
+        return await (await self.dead_letter_store()).list(status, workflow_id=workflow_id, limit=limit)
+
+    async def show_dead_letter(self, dead_letter_id: int) -> DeadLetter:
+        """One dead letter of the tenant.
+
+        Raises:
+            DeadLetterNotFoundError: No such id in the tenant.
+        """
+        return await (await self.dead_letter_store()).get(dead_letter_id)
+
+    async def redrive(
+        self,
+        dead_letter_id: int,
+        actor: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        reason: str = "",
+    ) -> ParkedStep:
+        """Runs the parked step again in the same run, with ``input`` instead of its input if given.
+
+        The run records the decision (actor, time, input) in the dead letter row.
+
+        Returns:
+            The parked step the run resolved.
+
+        Raises:
+            DeadLetterNotFoundError: No such id in the tenant.
+            DeadLetterResolvedError: It was already resolved.
+            DecisionRefusedError: The run refused (the step is no longer parked).
+            RunClosedError: The run has ended.
+            NoWorkerError: No worker took the decision within 30 s.
+        """
+        return await self._resolve_dead_letter(
+            dead_letter_id,
+            DeadLetterAction.REDRIVE,
+            actor,
+            reason=reason,
+            input=dict(input) if input is not None else None,
+        )
+
+    async def skip(self, dead_letter_id: int, actor: str, output: Any, *, reason: str = "") -> ParkedStep:
+        """Goes on as if the parked step had succeeded with ``output``. Errors as for :meth:`redrive`."""
+        return await self._resolve_dead_letter(
+            dead_letter_id, DeadLetterAction.SKIP, actor, reason=reason, output=output
+        )
+
+    async def abort(self, dead_letter_id: int, actor: str, reason: str = "") -> ParkedStep:
+        """Fails the run at the parked step (its compensations run). Errors as for :meth:`redrive`."""
+        return await self._resolve_dead_letter(dead_letter_id, DeadLetterAction.ABORT, actor, reason=reason)
+
+    async def _resolve_dead_letter(
+        self,
+        dead_letter_id: int,
+        action: DeadLetterAction,
+        actor: str,
+        *,
+        reason: str,
+        input: dict[str, Any] | None = None,
+        output: Any = None,
+    ) -> ParkedStep:
+        row = await self.show_dead_letter(dead_letter_id)
+        if row.status != DeadLetterStatus.OPEN:
+            raise DeadLetterResolvedError(row.id, str(row.status), row.resolved_by, row.resolved_at)
+        decision = DeadLetterDecision(
+            action=action, actor=actor, park_id=row.park_id, reason=reason, input=input, output=output
+        )
+        handle = self.client.get_workflow_handle(row.workflow_id, run_id=row.run_id)
+        try:
+            async with asyncio.timeout(UPDATE_TIMEOUT_S):
+                result: ParkedStep = await handle.execute_update(
+                    RESOLVE_DEAD_LETTER_UPDATE, decision, result_type=ParkedStep
+                )
+                return result
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            raise DecisionRefusedError(row.workflow_id, message) from None
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise NoWorkerError(
+                f"no worker took the decision on dead letter {row.id} (run {row.workflow_id!r}) within"
+                f" {UPDATE_TIMEOUT_S:g}s; is a worker polling its task queue?"
+                f" {await self._task_queue_hint(row.workflow_id)}",
+                row.workflow_id,
+            ) from None
+        except RPCError as err:
+            raise await self._closed_or_missing(err, row.workflow_id, f"{action.value} it") from None
 
     async def cancel(self, workflow_id: str, actor: str, reason: str = "") -> None:
         """Asks the run to cancel: compensations run, then it ends as ``cancelled``.
