@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import re
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -23,9 +24,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from activities.store.database import db_errors
 from activities.store.errors import (
@@ -267,17 +268,33 @@ class DeadLetter(BaseModel):
 # ------------------------------------------------------------------------------- parsed definitions
 
 _PARSED: OrderedDict[tuple[str, int], Definition] = OrderedDict()
-_PARSED_MAX = 2048
+_PARSED_MAX = 1024
+"""Parsed definitions kept (about 20 KiB each for a definition like examples/intervention.json)."""
+
+_CHECKED: set[str] = set()
+"""Content hashes whose body passed the whole-tree checks in this process (a few bytes each)."""
 
 
 def _parse(digest: str, version: int, body: Mapping[str, Any]) -> Definition:
-    """The parsed definition of a stored body; versions are immutable, so parsing is cached."""
+    """The parsed definition of a stored body, validated as on registration.
+
+    Versions are immutable, so the parsed definitions of recent look-ups are kept, and a body that
+    passed the whole-tree checks once is only parsed again (its hash is remembered).
+    """
     key = (digest, version)
     found = _PARSED.get(key)
     if found is not None:
         _PARSED.move_to_end(key)
         return found
-    definition = load_definition({**body, "version": version})
+    document = {**body, "version": version}
+    if digest in _CHECKED:
+        try:
+            definition = Definition.model_validate(document)
+        except ValueError:
+            definition = load_definition(document)  # raises with JSON paths
+    else:
+        definition = load_definition(document)
+        _CHECKED.add(digest)
     _PARSED[key] = definition
     if len(_PARSED) > _PARSED_MAX:
         _PARSED.popitem(last=False)
@@ -285,6 +302,25 @@ def _parse(digest: str, version: int, body: Mapping[str, Any]) -> Definition:
 
 
 # ------------------------------------------------------------------------------------- the registry
+
+
+# The look-ups of resolve, built once (building a statement costs more than running it here).
+_RESOLVED = (DefinitionRow.version, DefinitionRow.body, DefinitionRow.content_hash, DefinitionRow.archived_at)
+_ACTIVE = (
+    select(*_RESOLVED)
+    .join(
+        DefinitionHeadRow,
+        (DefinitionHeadRow.tenant == DefinitionRow.tenant)
+        & (DefinitionHeadRow.name == DefinitionRow.name)
+        & (DefinitionHeadRow.active_version == DefinitionRow.version),
+    )
+    .where(DefinitionHeadRow.tenant == bindparam("tenant"), DefinitionHeadRow.name == bindparam("name"))
+)
+_PINNED = select(*_RESOLVED).where(
+    DefinitionRow.tenant == bindparam("tenant"),
+    DefinitionRow.name == bindparam("name"),
+    DefinitionRow.version == bindparam("version"),
+)
 
 
 class DefinitionStore:
@@ -299,6 +335,7 @@ class DefinitionStore:
     def __init__(self, session_factory: SessionFactory, tenant: str = DEFAULT_TENANT) -> None:
         self.session_factory = session_factory
         self.tenant = check_tenant(tenant)
+        self._reader = _reader(session_factory)
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -341,7 +378,9 @@ class DefinitionStore:
             raise await self._missing(session, name, version)
         return row
 
-    async def _missing(self, session: AsyncSession, name: str, version: int | None) -> StoreError:
+    async def _missing(
+        self, session: AsyncSession | AsyncConnection, name: str, version: int | None
+    ) -> StoreError:
         latest = await session.scalar(select(func.max(DefinitionRow.version)).where(self._where(name)))
         if latest is None or version is None:
             return DefinitionNotFoundError(self.tenant, name)
@@ -542,30 +581,15 @@ class DefinitionStore:
             VersionArchivedError: A pinned version that is archived.
         """
         name, version = parse_ref(ref)
-        columns = (
-            DefinitionRow.version,
-            DefinitionRow.body,
-            DefinitionRow.content_hash,
-            DefinitionRow.archived_at,
-        )
-        query: Select[Any]
         if version is None:
-            query = (
-                select(*columns)
-                .join(
-                    DefinitionHeadRow,
-                    (DefinitionHeadRow.tenant == DefinitionRow.tenant)
-                    & (DefinitionHeadRow.name == DefinitionRow.name)
-                    & (DefinitionHeadRow.active_version == DefinitionRow.version),
-                )
-                .where(DefinitionHeadRow.tenant == self.tenant, DefinitionHeadRow.name == name)
-            )
+            query, params = _ACTIVE, {"tenant": self.tenant, "name": name}
         else:
-            query = select(*columns).where(self._where(name), DefinitionRow.version == version)
-        async with self._session() as session:
-            found = (await session.execute(query)).first()
+            query, params = _PINNED, {"tenant": self.tenant, "name": name, "version": version}
+        # One statement outside a transaction (no BEGIN/ROLLBACK round trips): the hot path of starts.
+        async with db_errors(_url_of(self.session_factory)), self._reader.connect() as conn:
+            found = (await conn.execute(query, params)).first()
             if found is None:
-                raise await self._missing(session, name, version)
+                raise await self._missing(conn, name, version)
         stored_version, body, digest, archived_at = found
         if archived_at is not None:
             raise VersionArchivedError(self.tenant, name, stored_version, "started")
@@ -689,6 +713,23 @@ class DefinitionStore:
                 tofile=f"{name}@{v2}",
             )
         )
+
+
+_READERS: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def _reader(session_factory: SessionFactory) -> AsyncEngine:
+    """The session factory's engine in autocommit mode (same pool), for single-statement reads."""
+    bind = session_factory.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError(
+            "the store needs a session factory bound to an AsyncEngine (async_sessionmaker(engine))"
+        )
+    reader = _READERS.get(bind)
+    if reader is None:
+        reader = bind.execution_options(isolation_level="AUTOCOMMIT")
+        _READERS[bind] = reader
+    return reader
 
 
 def _url_of(session_factory: SessionFactory) -> Any:
