@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: venv test demo bench lint fmt schema histories clean
+.PHONY: venv test demo bench bench-registry lint fmt schema histories clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+# Registry look-up latency (embedded PostgreSQL, or DATABASE_URL's server).
+bench-registry: venv
+	$(PY) -m bench.registry
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -295,7 +295,9 @@ class FlowClient:
             client = Client(**config)
         self.client = client
         self.task_queue = task_queue
-        self.tenant = check_tenant(tenant or os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
+        self.tenant = check_tenant(
+            tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT
+        )
         self._database: Database | None = database if isinstance(database, Database) else None
         self._database_url = database if isinstance(database, str) else None
         self._owns_database = not isinstance(database, Database)
@@ -331,7 +333,7 @@ class FlowClient:
         address = address or os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
         namespace = namespace or os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
         task_queue = task_queue or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
-        tenant = check_tenant(tenant or os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
+        tenant = check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
         try:
             client = await Client.connect(
                 address, namespace=namespace, data_converter=pydantic_data_converter

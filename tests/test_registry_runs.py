@@ -410,6 +410,10 @@ async def test_cli_errors_and_exit_codes(wfa: Wfa, tmp_path: Path, tenant: str) 
     assert "invalid definition reference" in err
     code, _, err = await wfa("definitions", "diff", name, "1", "x")
     assert code == EXIT_BAD_INPUT
+    for command in (["definitions", "list"], ["start", name], ["dead-letters", "list"]):
+        code, _, err = await wfa("--tenant", "", *command)
+        assert code == EXIT_BAD_INPUT
+        assert "invalid tenant ''" in err
 
     code, _, err = await wfa("definitions", "show", "nope")
     assert (code, err.strip()) == (
