@@ -5,6 +5,9 @@ Configuration comes from the environment:
 - ``TEMPORAL_ADDRESS`` (default ``127.0.0.1:7233``)
 - ``TEMPORAL_NAMESPACE`` (default ``default``)
 - ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
+- ``DATABASE_URL``: the PostgreSQL store where dead letters are recorded. Without it the worker
+  serves every action but not the dead-letter activities: a run that parks waits (retrying, shown
+  in the Web UI) until a worker with a database records its dead letter; nothing is lost.
 
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 ``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
@@ -27,6 +30,9 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from activities.dead_letters import build_store_activities
+from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
+from activities.store.errors import StoreError
 from workflows.generic import RunDefinitionWorkflow
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -53,6 +59,7 @@ def build_worker(
     task_queue: str,
     http_client: httpx.AsyncClient,
     *,
+    session_factory: SessionFactory | None = None,
     extra_workflows: Sequence[type] = (),
     extra_activities: Sequence[object] = (),
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
@@ -63,6 +70,7 @@ def build_worker(
         client: A client created with ``pydantic_data_converter``.
         task_queue: The task queue to poll.
         http_client: Shared by the ``http`` action.
+        session_factory: The store's sessions; when given, the dead-letter activities are served.
         extra_workflows: More workflows on the same worker (benchmarks, tests).
         extra_activities: More activities on the same worker.
         graceful_shutdown_timeout: How long in-flight activities may finish on shutdown.
@@ -71,7 +79,11 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[RunDefinitionWorkflow, *extra_workflows],
-        activities=[*build_activities(http_client), *extra_activities],  # type: ignore[list-item]
+        activities=[
+            *build_activities(http_client),
+            *(build_store_activities(session_factory) if session_factory is not None else []),
+            *extra_activities,
+        ],  # type: ignore[list-item]
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
     )
@@ -101,12 +113,27 @@ async def main() -> int:
     except ConnectionError as err:
         log.error("%s", err)
         return 2
+    database = None
+    if os.environ.get(DATABASE_URL_ENV):
+        try:
+            database = await open_database(os.environ[DATABASE_URL_ENV])
+        except StoreError as err:
+            log.error("%s", err)
+            return 2
+    else:
+        log.warning("no %s: dead letters cannot be recorded by this worker", DATABASE_URL_ENV)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with httpx.AsyncClient() as http_client:
-        worker = build_worker(client, task_queue, http_client, graceful_shutdown_timeout=grace)
+        worker = build_worker(
+            client,
+            task_queue,
+            http_client,
+            session_factory=database.session_factory if database else None,
+            graceful_shutdown_timeout=grace,
+        )
         log.info("worker polling %s on %s (namespace %s)", task_queue, address, namespace)
         run = asyncio.create_task(worker.run())
         stopped = asyncio.create_task(stop.wait())
@@ -115,6 +142,8 @@ async def main() -> int:
             log.info("shutting down: finishing in-flight activities (up to %s)", grace)
             await worker.shutdown()
         await run
+    if database is not None:
+        await database.close()
     log.info("worker stopped")
     return 0
 
