@@ -1,0 +1,163 @@
+"""Dead letters end to end: a real run parks, its dead letter row is in PostgreSQL, and an operator's
+redrive, skip or abort (through the client API) resolves it in the same run; a park without a
+decision times out as the definition says."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+from activities.store.database import Database
+from activities.store.errors import DeadLetterResolvedError
+from activities.store.models import DeadLetterStatus
+from interpreter.state import RunState, StepStatus
+from starter.client import FlowClient
+from tests.helpers.http_server import RecordingServer
+from tests.workflows.support import eventually, record, unique
+from worker import build_worker
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def flows(client: Client, database: Database, task_queue: str) -> AsyncIterator[FlowClient]:
+    """A client with the store, and a worker serving the dead-letter activities."""
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(client, task_queue, http_client, session_factory=database.session_factory),
+    ):
+        yield FlowClient(client, task_queue=task_queue, database=database, tenant="acme")
+
+
+def payment_flow(api: str, **charge: Any) -> dict[str, Any]:
+    return {
+        "name": unique("payment"),
+        "steps": [
+            {
+                "id": "reserve",
+                "type": "task",
+                "action": "http",
+                "input": {"method": "POST", "url": f"{api}/reserve"},
+                "compensate": [
+                    {
+                        "id": "release",
+                        "type": "task",
+                        "action": "http",
+                        "input": {"method": "POST", "url": f"{api}/release"},
+                    }
+                ],
+            },
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "http",
+                "input": {"method": "POST", "url": f"{api}/charge", "json": {"card": "{{ input.card }}"}},
+                "retry": {"maximum_attempts": 2, "preset": "constant", "initial_interval": "1s"},
+                "on_failure": "dead_letter",
+                **charge,
+            },
+            {"id": "done", "type": "succeed", "output": {"charge": "{{ steps.charge.output }}"}},
+        ],
+    }
+
+
+def card_service(http_server: RecordingServer) -> None:
+    """/charge declines any card but 'good' (a non-retryable 402), like a real payment service."""
+
+    def charge(request: Any) -> tuple[int, dict[str, str], Any]:
+        card = (request.json or {}).get("card")
+        if card == "good":
+            return 200, {}, {"charge_id": "ch-1"}
+        return 402, {}, {"error": f"card {card} declined"}
+
+    http_server.route("POST", "/charge", charge)
+
+
+async def parked_row(flows: FlowClient, workflow_id: str) -> Any:
+    rows = await eventually(
+        lambda: flows.list_dead_letters(workflow_id=workflow_id),
+        lambda found: len(found) == 1,
+        timeout=30,
+        what="the dead letter row",
+    )
+    return rows[0]
+
+
+async def test_a_failed_step_parks_and_redrive_with_corrected_input_finishes_the_run(
+    flows: FlowClient, http_server: RecordingServer
+) -> None:
+    card_service(http_server)
+    run = await flows.start_run(payment_flow(http_server.url), {"card": "expired"})
+    row = await parked_row(flows, run.workflow_id)
+    assert (row.tenant, row.step_id, row.error_type, row.attempts, row.status) == (
+        "acme",
+        "charge",
+        "HttpClientError",
+        1,  # a 402 is not retried
+        DeadLetterStatus.OPEN,
+    )
+    assert row.input["json"] == {"card": "expired"}
+    status = await flows.status(run.workflow_id)
+    assert status.state == RunState.PARKED
+    assert [p.dead_letter_id for p in status.parked] == [row.id]
+
+    corrected = {**row.input, "json": {"card": "good"}}
+    await flows.redrive(row.id, "ops-alice", corrected, reason="customer updated the card")
+    result = await flows.result(run.workflow_id, timeout=30)
+    assert result.state == RunState.COMPLETED
+    assert (result.output["charge"]["status_code"], result.output["charge"]["body"]) == (
+        200,
+        {"charge_id": "ch-1"},
+    )
+    charges = http_server.requests("POST", "/charge")
+    assert [c.json for c in charges] == [{"card": "expired"}, {"card": "good"}]
+    assert charges[1].idempotency_key == f"{charges[0].idempotency_key}~r1"
+    resolved = await flows.show_dead_letter(row.id)
+    assert (resolved.status, resolved.resolved_by) == (DeadLetterStatus.REDRIVEN, "ops-alice")
+    assert resolved.resolved_at is not None
+    assert resolved.resolution is not None
+    assert resolved.resolution["reason"] == "customer updated the card"
+
+
+async def test_skip_supplies_the_output(flows: FlowClient, http_server: RecordingServer) -> None:
+    card_service(http_server)
+    run = await flows.start_run(payment_flow(http_server.url), {"card": "expired"})
+    row = await parked_row(flows, run.workflow_id)
+    await flows.skip(row.id, "ops-bob", {"charge_id": "paid-by-phone"})
+    result = await flows.result(run.workflow_id, timeout=30)
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"charge": {"charge_id": "paid-by-phone"}}
+    assert record(result, "charge").status == StepStatus.COMPLETED
+    assert (await flows.show_dead_letter(row.id)).status == DeadLetterStatus.SKIPPED
+
+
+async def test_abort_fails_the_run_with_compensation(flows: FlowClient, http_server: RecordingServer) -> None:
+    card_service(http_server)
+    run = await flows.start_run(payment_flow(http_server.url), {"card": "expired"})
+    row = await parked_row(flows, run.workflow_id)
+    await flows.abort(row.id, "ops-carol", "fraud suspected")
+    result = await flows.result(run.workflow_id, timeout=30)
+    assert (result.state, result.error_type) == (RunState.FAILED, "DeadLetterAborted")
+    assert len(http_server.requests("POST", "/release")) == 1
+    aborted = await flows.show_dead_letter(row.id)
+    assert (aborted.status, aborted.resolved_by) == (DeadLetterStatus.ABORTED, "ops-carol")
+    with pytest.raises(
+        DeadLetterResolvedError, match=f"dead letter {row.id} is already aborted by ops-carol"
+    ):
+        await flows.redrive(row.id, "ops-alice")
+
+
+async def test_a_park_without_decision_times_out_as_the_definition_says(
+    flows: FlowClient, http_server: RecordingServer
+) -> None:
+    card_service(http_server)
+    doc = payment_flow(http_server.url, park_timeout="2s", on_park_timeout="compensate")
+    run = await flows.start_run(doc, {"card": "expired"})
+    result = await flows.result(run.workflow_id, timeout=60)
+    assert (result.state, result.error_type) == (RunState.COMPENSATED, "HttpClientError")
+    assert len(http_server.requests("POST", "/release")) == 1
+    rows = await flows.list_dead_letters(status=None, workflow_id=run.workflow_id)
+    assert [(r.status, r.resolved_by) for r in rows] == [(DeadLetterStatus.TIMED_OUT, "timeout")]
