@@ -1,6 +1,7 @@
 """One benchmark worker process: ``python -m bench.bench_worker ADDRESS TASK_QUEUE [--cprofile OUT]``.
 
-Serves the generic workflow, the baseline workflow and every action activity (through
+Serves the generic workflow, the baseline workflow, the A-co prototype (:mod:`bench.proto_coalesce`)
+and every action activity (through
 :func:`worker.build_worker`, i.e. the product's sandbox configuration) on ``TASK_QUEUE``. Prints
 ``READY`` once polling, runs until SIGTERM/SIGINT, then shuts down cleanly.
 
@@ -32,6 +33,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.baseline import BaselineWorkflow
+from bench.proto_coalesce import CoalescedRunDefinitionWorkflow
 from worker import build_worker
 
 _profiles: list[cProfile.Profile] = []
@@ -68,7 +70,12 @@ async def serve(address: str, namespace: str, task_queue: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with httpx.AsyncClient() as http_client:
-        worker = build_worker(client, task_queue, http_client, extra_workflows=[BaselineWorkflow])
+        worker = build_worker(
+            client,
+            task_queue,
+            http_client,
+            extra_workflows=[BaselineWorkflow, CoalescedRunDefinitionWorkflow],
+        )
         async with worker:
             print("READY", flush=True)
             await stop.wait()

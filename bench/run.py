@@ -51,6 +51,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
 from bench.baseline import BaselineWorkflow, definition_data, expected_output  # noqa: E402
+from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from interpreter.state import RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from workflows.generic import RunDefinitionWorkflow  # noqa: E402
@@ -313,10 +314,12 @@ class Variant:
     key: str
     label: str
     track_step: bool | None  # None: the baseline
+    coalesced: bool = False  # bench.proto_coalesce instead of the product workflow
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
 A_NT = Variant("A-nt", "generic, track_current_step=False", False)
+A_CO = Variant("A-co", "generic, PROTOTYPE: upserts coalesced per activation", True, coalesced=True)
 B = Variant("B", "hand-written baseline", None)
 
 
@@ -345,8 +348,9 @@ class Workload:
             input={"n": n},
             options=RunOptions(track_current_step=variant.track_step),
         )
+        workflow_run = CoalescedRunDefinitionWorkflow.run if variant.coalesced else RunDefinitionWorkflow.run
         return await client.start_workflow(
-            RunDefinitionWorkflow.run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
+            workflow_run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
         )
 
     @staticmethod
@@ -614,7 +618,7 @@ async def warm_up_server(bench: Bench, variants: list[Variant]) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    variants = [A, A_NT, B] if args.no_track_step else [A, B]
+    variants = [A, *([A_NT] if args.no_track_step else []), *([A_CO] if args.coalesce_proto else []), B]
     t_begin = time.monotonic()
     profile_dir, spy_dir = _output_dir(args.cprofile), _output_dir(args.py_spy)
     with tempfile.TemporaryDirectory(prefix="wfa-bench-") as tmp:
@@ -687,6 +691,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-track-step",
         action="store_true",
         help="also run A with RunOptions(track_current_step=False) as variant A-nt (A, A-nt, B interleaved)",
+    )
+    p.add_argument(
+        "--coalesce-proto",
+        action="store_true",
+        help="also run A-co: bench/proto_coalesce.py, a PROTOTYPE of the generic workflow with one search "
+        "attribute upsert per activation (measures a proposed fix; not product code)",
     )
     p.add_argument(
         "--in-memory",
