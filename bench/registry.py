@@ -42,6 +42,7 @@ from activities.store.database import Database, create_engine, normalize_url, sa
 from activities.store.embedded import start_embedded, stop_embedded
 from activities.store.models import ActivationRow, DefinitionHeadRow, DefinitionRow
 from activities.store.repository import DefinitionStore, content_hash, stored_body
+from interpreter.validate import load_definition
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "intervention.json"
 
@@ -79,7 +80,7 @@ async def fill(
                         "name": name,
                         "version": version,
                         "body": body,
-                        "content_hash": content_hash(body),
+                        "content_hash": content_hash(load_definition(body)),
                         "author": "bench",
                     }
                 )

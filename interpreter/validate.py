@@ -102,8 +102,10 @@ def load_definition(
 
 
 def definition_hash(definition: Definition) -> str:
-    """A content hash of a definition: sha256 of its canonical JSON (sorted keys)."""
-    body = definition.model_dump(mode="json", by_alias=True)
+    """The content hash of a definition: sha256 of its canonical JSON (sorted keys, every default
+    filled in), without ``version``: the registry numbers versions, and the same content registered
+    again, or started from a file, has the same hash."""
+    body = definition.model_dump(mode="json", by_alias=True, exclude={"version"})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -13,7 +13,6 @@ version that was active before the current one (repeatedly, like undo), from the
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import re
 import weakref
@@ -50,7 +49,7 @@ from activities.store.models import (
 )
 from interpreter.model import Definition
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
-from interpreter.validate import DefinitionError, check_definition, load_definition
+from interpreter.validate import DefinitionError, check_definition, definition_hash, load_definition
 
 __all__ = [
     "Activation",
@@ -137,11 +136,11 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
     return definition, body
 
 
-def content_hash(body: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a body (sorted keys, compact), without its ``version``."""
-    document = {k: v for k, v in body.items() if k != "version"}
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def content_hash(definition: Definition) -> str:
+    """The content hash the registry keys bodies by: :func:`interpreter.validate.definition_hash`
+    (canonical JSON with defaults filled in, without ``version``), the same hash a run started from
+    a file carries."""
+    return definition_hash(definition)
 
 
 def pretty(body: Mapping[str, Any]) -> str:
@@ -423,7 +422,7 @@ class DefinitionStore:
         """
         _require_actor(author, "author")
         definition, body = stored_body(document)
-        name, digest = definition.name, content_hash(body)
+        name, digest = definition.name, content_hash(definition)
         async with self._session() as session, session.begin():
             await self._lock(session, name)
             row = await session.scalar(

@@ -23,7 +23,7 @@ from activities.store.errors import (
 )
 from activities.store.models import ActivationKind, DefinitionRow
 from activities.store.repository import DefinitionStore, content_hash, parse_ref
-from interpreter.validate import DefinitionError
+from interpreter.validate import DefinitionError, load_definition
 
 
 def unique(prefix: str = "flow") -> str:
@@ -60,11 +60,16 @@ def test_parse_ref() -> None:
             parse_ref(bad)
 
 
-def test_content_hash_ignores_version_and_key_order() -> None:
-    a = {"name": "x", "version": 1, "steps": [{"id": "a", "type": "set"}]}
-    b = {"steps": [{"type": "set", "id": "a"}], "version": 9, "name": "x"}
-    assert content_hash(a) == content_hash(b)
-    assert content_hash(a) != content_hash({**a, "description": "changed"})
+def test_content_hash_ignores_version_key_order_and_spelled_out_defaults() -> None:
+    a = {"name": "x", "version": 1, "steps": [{"id": "a", "type": "set", "vars": {"v": 1}}]}
+    b = {
+        "steps": [{"vars": {"v": 1}, "type": "set", "id": "a"}],
+        "version": 9,
+        "name": "x",
+        "description": "",
+    }
+    assert content_hash(load_definition(a)) == content_hash(load_definition(b))
+    assert content_hash(load_definition(a)) != content_hash(load_definition({**a, "description": "changed"}))
 
 
 def test_tenant_names_are_checked(database: Database) -> None:
