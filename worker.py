@@ -149,4 +149,10 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    code = asyncio.run(main())
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: the SDK's native runtime threads can abort it (SIGABRT,
+    # temporalio/sdk-python#300), which would turn a clean exit code into -6.
+    os._exit(code)

@@ -703,7 +703,7 @@ class Engine:
             parked_at=now,
             deadline=now + timeout,
         )
-        view.dead_letter_id = await self.runtime.record_dead_letter(
+        row_id = view.dead_letter_id = await self.runtime.record_dead_letter(
             DeadLetterRecord(
                 tenant=self.info.tenant,
                 workflow_id=self.info.workflow_id,
@@ -745,7 +745,8 @@ class Engine:
         )
         await self.runtime.resolve_dead_letter(
             DeadLetterResolution(
-                dead_letter_id=view.dead_letter_id,
+                dead_letter_id=row_id,
+                tenant=self.info.tenant,
                 action=decision.action,
                 actor=decision.actor,
                 reason=decision.reason,

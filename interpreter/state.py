@@ -255,6 +255,7 @@ class DeadLetterResolution(BaseModel):
     """Input of the ``dead_letter_resolve`` activity: the decision taken on a row."""
 
     dead_letter_id: int
+    tenant: str = "default"
     action: DeadLetterAction
     actor: str
     reason: str = ""

@@ -168,7 +168,9 @@ def _either(messages: list[str]) -> str:
     """One message for a value that matched no member of a union (e.g. ``"fail"`` or a goto)."""
     wanted = [m.removeprefix("Input should be ") for m in messages]
     if len(wanted) == len(messages) and all(m.startswith("Input should be ") for m in messages):
-        shapes = [w.replace("a valid dictionary or instance of Goto", '{"goto": "<step id>"}') for w in wanted]
+        shapes = [
+            w.replace("a valid dictionary or instance of Goto", '{"goto": "<step id>"}') for w in wanted
+        ]
         return "should be " + " or ".join(shapes)
     return " or ".join(messages)
 

@@ -799,16 +799,14 @@ async def resolve_dead_letter(
     Raises:
         DeadLetterNotFoundError: No such row.
     """
-    tenant = getattr(resolution, "tenant", None)
+    tenant = resolution.tenant
     decision = {"action": resolution.action.value, "reason": resolution.reason}
     if resolution.input is not None:
         decision["input"] = resolution.input
     if resolution.output is not None or resolution.action == DeadLetterAction.SKIP:
         decision["output"] = resolution.output
     decision = json.loads(json.dumps(decision, default=str))
-    scope = [DeadLetterRow.id == resolution.dead_letter_id]
-    if tenant is not None:
-        scope.append(DeadLetterRow.tenant == tenant)
+    scope = [DeadLetterRow.id == resolution.dead_letter_id, DeadLetterRow.tenant == tenant]
     async with db_errors(_url_of(session_factory)), session_factory() as session, session.begin():
         await session.execute(
             update(DeadLetterRow)

@@ -47,10 +47,11 @@ def record(tenant: str, **changes: Any) -> DeadLetterRecord:
 
 
 def resolution(
-    row_id: int, action: DeadLetterAction, actor: str = "ops", **changes: Any
+    row_id: int, action: DeadLetterAction, actor: str = "ops", tenant: str = "default", **changes: Any
 ) -> DeadLetterResolution:
     return DeadLetterResolution(
         dead_letter_id=row_id,
+        tenant=tenant,
         action=action,
         actor=actor,
         resolved_at=PARKED_AT + timedelta(hours=1),
@@ -140,12 +141,13 @@ async def test_resolve_records_the_decision_once(
     recorded: dict[str, Any],
 ) -> None:
     row_id = await env.run(activities.park, record(tenant))
-    decision = resolution(row_id, action, **changes)
+    decision = resolution(row_id, action, tenant=tenant, **changes)
     assert await env.run(activities.resolve, decision) is None
     await env.run(activities.resolve, decision)  # a retried activity changes nothing
     # A later, different decision does not overwrite the first.
     await env.run(
-        activities.resolve, resolution(row_id, DeadLetterAction.ABORT, actor="late", reason="too late")
+        activities.resolve,
+        resolution(row_id, DeadLetterAction.ABORT, actor="late", tenant=tenant, reason="too late"),
     )
 
     row = await DeadLetterStore(database.session_factory, tenant).get(row_id)
@@ -183,3 +185,7 @@ async def test_dead_letters_are_scoped_by_tenant(
         await other.get(row_id)
     with pytest.raises(ValueError, match="given to the store of"):
         await other.park(record(tenant))
+    # The run's resolution names its tenant: another tenant's id is not found, the row stays open.
+    with pytest.raises(ApplicationError, match=f"no dead letter with id {row_id} in tenant '{tenant}-other'"):
+        await env.run(activities.resolve, resolution(row_id, DeadLetterAction.SKIP, tenant=f"{tenant}-other"))
+    assert [r.id for r in await DeadLetterStore(database.session_factory, tenant).list()] == [row_id]
