@@ -275,7 +275,11 @@ async def test_deciding_a_resolved_or_orphaned_dead_letter(flows: FlowClient, da
         await flows.skip(row_id, "ops", {"charged": False})
     await activities.resolve(
         DeadLetterResolution(
-            dead_letter_id=row_id, action=DeadLetterAction.ABORT, actor="ops", resolved_at=datetime.now(UTC)
+            dead_letter_id=row_id,
+            tenant=flows.tenant,
+            action=DeadLetterAction.ABORT,
+            actor="ops",
+            resolved_at=datetime.now(UTC),
         )
     )
     with pytest.raises(DeadLetterResolvedError, match=f"dead letter {row_id} is already aborted by ops"):
