@@ -44,7 +44,15 @@ log = logging.getLogger("worker")
 # Deterministic, side-effect-free modules the workflow uses: imported once, outside the sandbox, so
 # the interpreter's compiled-template cache survives across runs and jinja2's internals (which take
 # locks) are not re-imported into every workflow's sandbox.
-PASSTHROUGH_MODULES = ("interpreter", "jinja2", "markupsafe", "pydantic", "pydantic_core", "zoneinfo")
+PASSTHROUGH_MODULES = (
+    "interpreter",
+    "jinja2",
+    "markupsafe",
+    "pydantic",
+    "pydantic_core",
+    "zoneinfo",
+    "workflows.search_attributes",
+)
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:

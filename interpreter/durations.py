@@ -11,6 +11,7 @@ Years and months are rejected because their length depends on the calendar.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -117,6 +118,7 @@ def _parse_compact(text: str, lower: str) -> timedelta:
     return _make_timedelta(text, micros)
 
 
+@functools.lru_cache(maxsize=4096)  # definitions repeat the same few durations in every run
 def parse_duration(text: str) -> timedelta:
     """Parse a compact or ISO 8601 duration.
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -119,6 +119,10 @@ class Runtime(Protocol):
 
     def state_changed(self) -> None:
         """Called whenever the run's state, current steps or pending approvals change."""
+        ...
+
+    def waiting_changed(self) -> None:
+        """Called when the run starts or stops waiting durably at a step (``Engine.waiting``)."""
         ...
 
     async def record_dead_letter(self, record: DeadLetterRecord) -> int:
@@ -274,8 +278,11 @@ class Engine:
         self.error: str | None = None
         self.error_type: str | None = None
         self._root = _Scope(steps={})
+        self.waiting: dict[str, str] = {}
+        """Steps where the run waits durably now (timers, approvals, parks): path -> label."""
         self._approvals: dict[str, _Approval] = {}
         self._parked: dict[str, _Park] = {}
+        self._timeouts: dict[str, Timeouts] = {}
         self._parks: dict[str, int] = {}
         self._compensations: list[_Compensation] = []
         self._visits: dict[str, int] = {}
@@ -566,7 +573,7 @@ class Engine:
         if isinstance(step, ForeachStep):
             return await self._foreach(step, scope, path)
         if isinstance(step, DelayStep):
-            return await self._delay(step, scope)
+            return await self._delay(step, scope, path)
         if isinstance(step, ApprovalStep):
             return await self._approval(step, scope, path, record)
         if isinstance(step, SetStep):
@@ -619,7 +626,7 @@ class Engine:
             summary=f"{step.label} ({step.action})",
             request=request,
             retry=retry,
-            timeouts=resolve_timeouts(self.definition, step),
+            timeouts=self._step_timeouts(step),
         )
         redrives = 0
         while True:
@@ -726,11 +733,12 @@ class Engine:
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
         try:
-            decided = await self.runtime.wait_condition(
-                lambda: park.decision is not None,
-                timeout.total_seconds(),
-                f"{step.label}: parked (dead letter)",
-            )
+            with self._waiting_at(path, step.label):
+                decided = await self.runtime.wait_condition(
+                    lambda: park.decision is not None,
+                    timeout.total_seconds(),
+                    f"{step.label}: parked (dead letter)",
+                )
         finally:
             self._parked.pop(park_id, None)
             self._set_state(self._waiting_state())
@@ -757,6 +765,23 @@ class Engine:
         )
         record.status = StepStatus.FAILED
         return decision
+
+    def _step_timeouts(self, step: TaskStep) -> Timeouts:
+        timeouts = self._timeouts.get(step.id)
+        if timeouts is None:
+            timeouts = self._timeouts[step.id] = resolve_timeouts(self.definition, step)
+        return timeouts
+
+    @contextlib.contextmanager
+    def _waiting_at(self, path: str, label: str) -> Iterator[None]:
+        """Marks a durable wait at a step (for the ``CurrentStep`` search attribute)."""
+        self.waiting[path] = label
+        self.runtime.waiting_changed()
+        try:
+            yield
+        finally:
+            self.waiting.pop(path, None)
+            self.runtime.waiting_changed()
 
     def _waiting_state(self) -> RunState:
         if self._parked:
@@ -878,7 +903,7 @@ class Engine:
         _, results = await self._join(factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items")
         return results
 
-    async def _delay(self, step: DelayStep, scope: _Scope) -> Any:
+    async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()
         if step.duration is not None:
             text = render(step.duration, self._context(scope))
@@ -904,7 +929,8 @@ class Engine:
             assert step.business_hours is not None
             wait = delay_until_open(now, step.business_hours)
         if wait > timedelta(0):
-            await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
+            with self._waiting_at(path, step.label):
+                await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
         return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
 
     async def _approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
@@ -936,9 +962,10 @@ class Engine:
                     )
                     wake = next_escalation if wake is None else min(wake, next_escalation)
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
-                decided = await self.runtime.wait_condition(
-                    lambda: approval.decision is not None, timeout_s, f"{step.label}: awaiting approval"
-                )
+                with self._waiting_at(path, step.label):
+                    decided = await self.runtime.wait_condition(
+                        lambda: approval.decision is not None, timeout_s, f"{step.label}: awaiting approval"
+                    )
                 if decided:
                     break
                 if wake == deadline:

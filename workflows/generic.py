@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
+        CurrentStepTracking,
         DeadLetterDecision,
         DeadLetterRecord,
         DeadLetterResolution,
@@ -56,6 +57,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 WORKFLOW_NAME = "RunDefinition"
+PATCH_CURRENT_STEP_ON_WAITS = "current-step-on-waits"
+"""Patch id: CurrentStep is upserted where the run waits (RunOptions.current_step), not every step."""
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
 
@@ -85,8 +88,9 @@ def _describe_failure(err: ActivityError, call: ActionCall) -> ActionFailedError
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
-    def __init__(self, on_change: Callable[[], None]) -> None:
+    def __init__(self, on_change: Callable[[], None], on_wait_change: Callable[[], None]) -> None:
         self._on_change = on_change
+        self._on_wait_change = on_wait_change
 
     def now(self) -> Any:
         return workflow.now()
@@ -133,6 +137,9 @@ class _TemporalRuntime:
     def state_changed(self) -> None:
         self._on_change()
 
+    def waiting_changed(self) -> None:
+        self._on_wait_change()
+
     async def record_dead_letter(self, record: DeadLetterRecord) -> int:
         row_id: int = await workflow.execute_activity(
             DEAD_LETTER_PARK,
@@ -169,7 +176,7 @@ class RunDefinitionWorkflow:
         self._engine = Engine(
             run.definition,
             run.input,
-            _TemporalRuntime(self._publish),
+            _TemporalRuntime(self._publish, self._publish_wait),
             RunInfo(
                 workflow_id=info.workflow_id,
                 run_id=info.run_id,
@@ -178,6 +185,8 @@ class RunDefinitionWorkflow:
             ),
         )
         self._track_step = run.options.track_current_step
+        self._step_mode = run.options.current_step
+        self._every_step: bool | None = None  # decided on first publish (a patch marker)
         self._published: dict[str, Any] = {}
         self._details = ""
         self._main: asyncio.Task[Any] | None = None
@@ -284,6 +293,20 @@ class RunDefinitionWorkflow:
                 ]
             )
 
+    def _every_step_mode(self) -> bool:
+        if self._every_step is None:
+            # Runs recorded before the patch upserted CurrentStep on every step; replay keeps that.
+            self._every_step = (
+                not workflow.patched(PATCH_CURRENT_STEP_ON_WAITS)
+                or self._step_mode == CurrentStepTracking.EVERY_STEP
+            )
+        return self._every_step
+
+    def _publish_wait(self) -> None:
+        """A durable wait began or ended: only CurrentStep in ``waits`` mode cares."""
+        if self._track_step and workflow.in_workflow() and not self._every_step_mode():
+            self._publish()
+
     def _publish(self) -> None:
         """Keeps search attributes and the Web UI's current details in step with the engine.
 
@@ -294,7 +317,10 @@ class RunDefinitionWorkflow:
         engine = self._engine
         values: dict[str, Any] = {"state": engine.state.value, "approval": engine.awaiting_approval}
         if self._track_step:
-            values["step"] = next(iter(engine.active), "")
+            every_step = self._every_step_mode()
+            if not every_step:
+                self._published.setdefault("step", "")  # no wait yet: nothing to publish
+            values["step"] = next(iter(engine.active if every_step else engine.waiting), "")
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, key in (("state", RUN_STATE), ("approval", AWAITING_APPROVAL), ("step", CURRENT_STEP)):
             if name in values and self._published.get(name) != values[name]:

@@ -184,6 +184,7 @@ class FakeRuntime:
         self.handlers: dict[str, Handler] = {"echo": _echo}
         self.calls: list[CallRecord] = []
         self.dead_letters: list[DeadLetterRecord] = []
+        self.wait_changes = 0
         self.resolutions: list[DeadLetterResolution] = []
         self.sleeps: list[SleepRecord] = []
         self.retries: list[RetryRecord] = []
@@ -201,6 +202,10 @@ class FakeRuntime:
     def elapsed(self) -> float:
         """Virtual seconds since ``start``."""
         return (self._now - self.start).total_seconds()
+
+    def waiting_changed(self) -> None:
+        """Counts durable waits beginning or ending (the engine's ``waiting`` says where)."""
+        self.wait_changes += 1
 
     async def record_dead_letter(self, record: DeadLetterRecord) -> int:
         """Keeps the dead letter row in memory; idempotent on the park id like the real store."""

@@ -15,7 +15,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from interpreter.state import RunInput, RunOptions, RunResult, RunState, RunStatus
+from interpreter.state import CurrentStepTracking, RunInput, RunOptions, RunResult, RunState, RunStatus
 from interpreter.validate import load_definition
 from workflows.generic import RunDefinitionWorkflow
 
@@ -42,13 +42,14 @@ async def start(
     *,
     workflow_id: str | None = None,
     track_current_step: bool = True,
+    current_step: CurrentStepTracking = CurrentStepTracking.WAITS,
     **kwargs: Any,
 ) -> Handle:
     """Validates ``document`` and starts a run of it on ``task_queue``."""
     run = RunInput(
         definition=load_definition(dict(document)),
         input=dict(run_input or {}),
-        options=RunOptions(track_current_step=track_current_step),
+        options=RunOptions(track_current_step=track_current_step, current_step=current_step),
     )
     return await client.start_workflow(
         RunDefinitionWorkflow.run,

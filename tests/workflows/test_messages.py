@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from interpreter.state import (
     CancelRequest,
+    CurrentStepTracking,
     Decision,
     DecisionKind,
     DecisionRequest,
@@ -176,3 +177,38 @@ async def test_next_jumps_and_current_step_tracking_off(
         for h in (tracked, untracked)
     ]
     assert upserts[1] < upserts[0]
+
+
+async def test_current_step_is_published_where_runs_wait_unless_every_step_is_asked(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    doc = definition(
+        unique("waits"),
+        [
+            *({"id": f"t{i}", "type": "task", "action": "echo", "input": {"value": i}} for i in range(4)),
+            {"id": "hold", "type": "approval", "approvers": ["alice"]},
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "done"}},
+        ],
+    )
+    waits, every = await asyncio.gather(
+        start(client, task_queue, doc),
+        start(client, task_queue, doc, current_step=CurrentStepTracking.EVERY_STEP),
+    )
+    await asyncio.gather(
+        wait_state(waits, RunState.AWAITING_APPROVAL), wait_state(every, RunState.AWAITING_APPROVAL)
+    )
+    for handle in (waits, every):  # both find the run waiting at its approval
+        assert (await handle.describe()).typed_search_attributes.get(CURRENT_STEP) == "hold"
+        await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
+    await asyncio.gather(waits.result(), every.result())
+    upserted = []
+    for handle in (waits, every):
+        steps = []
+        for event in await events(handle, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            if "CurrentStep" in fields:
+                steps.append(fields["CurrentStep"].data.decode())
+        upserted.append(steps)
+    # waits: only the approval (and clearing it); every_step: every task step too.
+    assert upserted[0] == ['"hold"', '""']
+    assert [s for s in upserted[1] if s != '""'] == ['"t0"', '"t1"', '"t2"', '"t3"', '"hold"', '"after"']
