@@ -1,15 +1,28 @@
 """``python -m starter.demo`` (``make demo``): every example definition, end to end, on a local server.
 
 It starts the Temporal dev server (state in ``.state/``, so the runs stay browsable after a
-restart), a small local HTTP endpoint that plays the notification, CRM, inventory, payment,
-shipping and sentiment services, and a worker in this process. Then it runs the examples from
-``examples/`` with short delays (``wait: 2s`` instead of days, office hours off), approves the
-runs that wait for a person through the client API (an unlisted actor first, to show the refusal),
-and prints how each run ended with its Web UI link.
+restart), opens the store (``open_database``: ``$DATABASE_URL``'s PostgreSQL, else the embedded
+server with its data in ``.state/postgres``), a small local HTTP endpoint that plays the
+notification, CRM, inventory, payment, shipping and sentiment services, and a worker in this
+process that also serves the dead-letter activities. Then, as tenant ``demo``, it:
 
-The server, the worker and the fake services stay up until Ctrl-C, so the runs can be explored in
-the Web UI and more can be started with ``wfa``; ``--exit`` (or a stdin that is not a terminal,
-as in CI) stops at once.
+* registers every example from ``examples/`` in the definition registry (idempotent: a second demo
+  registers nothing new) and prints the registry;
+* starts the example runs by name, so each is pinned to the registered version (its memo and
+  search attributes carry name, version and content hash), with short delays (``wait: 2s``
+  instead of days, office hours off);
+* registers a changed copy of ``expense-approval`` as the next version, shows the diff, activates
+  it and rolls back, while the v1 run waits for its approval;
+* registers a variant of ``order-fulfilment`` whose payment step has ``on_failure: dead_letter``
+  and starts it pinned with a card the fake payment service declines: the run parks, its dead
+  letter row is printed, then redriven with another card, and the run completes;
+* approves the runs that wait for a person through the client API (an unlisted actor first, to
+  show the refusal), and prints how each run ended, its pinned version and its Web UI link.
+
+The server, the store, the worker and the fake services stay up until Ctrl-C, so the runs can be
+explored in the Web UI and more can be started with ``wfa``; ``--exit`` (or a stdin that is not a
+terminal, as in CI) stops at once. The store is closed on the way out (the embedded server stops
+unless another process still uses it).
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -34,18 +48,34 @@ from urllib.parse import urlsplit
 import httpx
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.store.database import DATABASE_URL_ENV, Database, open_database
+from activities.store.embedded import data_dir, stop_embedded
+from activities.store.errors import StoreError
+from activities.store.repository import DeadLetter, Registration
 from interpreter.state import RunResult, RunState
+from interpreter.validate import DefinitionError
 from starter.cli import print_result
 from starter.client import DEFAULT_TASK_QUEUE, FlowClient, RunHandle
 from starter.devserver import DEFAULT_PORT, DevServer, DevServerError
 from starter.errors import DecisionRefusedError, StarterError
 from worker import build_worker
+from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
 
 __all__ = ["FakeServices", "main"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESULT_TIMEOUT_S = 90.0
 APPROVAL_TIMEOUT_S = 30.0
+DEAD_LETTER_TIMEOUT_S = 30.0
+TENANT = "demo"
+AUTHOR = "demo"
+OPERATOR = "ops"
+VERSIONED_EXAMPLE = "expense-approval"
+"""The example the demo registers a changed copy of, activates and rolls back."""
+DEAD_LETTER_EXAMPLE = "order-fulfilment"
+DEAD_LETTER_STEP = "charge_payment"
+HASH_SHOWN = 12
+"""Characters of a content hash printed (the Web UI and ``wfa definitions show`` have all 64)."""
 
 log = logging.getLogger("starter.demo")
 
@@ -185,6 +215,11 @@ class DemoRun:
     example: str
     workflow_id: str
     input: dict[str, Any]
+    expect: RunState = RunState.COMPLETED
+    ref: str = ""
+    """The registry reference it starts from (``name`` or ``name@N``); default the example's name."""
+    dead_letter: bool = False
+    """Its payment step parks as a dead letter, which the demo redrives."""
     handle: RunHandle | None = None
     result: RunResult | None = None
     notes: list[str] = field(default_factory=list)
@@ -251,6 +286,7 @@ def plan(api: str, suffix: str) -> list[DemoRun]:
             "order-fulfilment",
             f"order-SO-1002-{suffix}",
             {"api": api, "order": {"id": "SO-1002", "payment_token": "tok_declined", **order}},
+            expect=RunState.COMPENSATED,
         ),
         DemoRun(
             "Expense approval by the manager (seed 003)",
@@ -292,8 +328,10 @@ async def _wait_for_approval(flows: FlowClient, workflow_id: str) -> list[str]:
 
 
 async def _decide(flows: FlowClient, run: DemoRun) -> None:
-    """Plays the people: the expense manager (after a refused outsider) and the sales rep."""
-    if run.example == "expense-approval":
+    """Plays the people: the expense manager (after a refused outsider), the sales rep, the operator."""
+    if run.dead_letter:
+        await _redrive(flows, run)
+    elif run.example == "expense-approval":
         approvers = await _wait_for_approval(flows, run.workflow_id)
         print(f"  {run.workflow_id}: waiting for {', '.join(approvers)}")
         try:
@@ -315,6 +353,197 @@ async def _decide(flows: FlowClient, run: DemoRun) -> None:
         run.notes.append("qualified by sales-rep with a form")
 
 
+def dead_letter_run(api: str, suffix: str, ref: str) -> DemoRun:
+    """The extra run of the order-fulfilment variant whose declined payment becomes a dead letter."""
+    order = {
+        "id": "SO-1003",
+        "payment_token": "tok_declined",
+        "email": "buyer@example.org",
+        "currency": "EUR",
+        "address": {"street": "2 Main St", "city": "Springfield"},
+        "items": [{"sku": "MUG", "qty": 1, "unit_price": 9.99}],
+    }
+    return DemoRun(
+        "Order fulfilment with a dead letter: card declined, parked, redriven with another card (seed 003)",
+        DEAD_LETTER_EXAMPLE,
+        f"order-SO-1003-{suffix}",
+        {"api": api, "order": order},
+        ref=ref,
+        dead_letter=True,
+    )
+
+
+def _example(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((EXAMPLES / f"{name}.json").read_text(encoding="utf-8"))
+    return document
+
+
+def changed_copy(name: str) -> dict[str, Any]:
+    """The example with another description: the same steps, a new body (so a new version)."""
+    document = _example(name)
+    document["description"] = (
+        "Expense approval (reworded by the demo): the manager approves expenses over the policy"
+        " limit, the director is asked after 2 days, the expense is rejected after 5."
+    )
+    return document
+
+
+def dead_letter_variant(name: str = DEAD_LETTER_EXAMPLE, step_id: str = DEAD_LETTER_STEP) -> dict[str, Any]:
+    """The example with ``on_failure: dead_letter`` on its payment step (examples/ stays as it is)."""
+    document = _example(name)
+    steps = [s for s in document["steps"] if s.get("id") == step_id]
+    assert len(steps) == 1, f"{name} has no step {step_id!r}"
+    steps[0]["on_failure"] = "dead_letter"
+    document["description"] = (
+        "Order fulfilment whose declined payment is parked as a dead letter for an operator to"
+        " redrive, skip or abort, instead of releasing the reservation at once."
+    )
+    return document
+
+
+def _short_hash(digest: str) -> str:
+    return digest[:HASH_SHOWN]
+
+
+def _registered(registration: Registration, label: str) -> str:
+    info = registration.info
+    what = "registered" if registration.created else "already registered (same content hash)"
+    active = "active" if info.active else f"not active (v{registration.active_version} is)"
+    return f"  {label:<22} v{info.version}  {_short_hash(info.content_hash)}  {what}, {active}"
+
+
+async def register_examples(flows: FlowClient) -> None:
+    """Registers every example; the same body again is the same version (nothing new is stored)."""
+    print(
+        f"Registering the examples in the definition registry (tenant {flows.tenant!r}, author {AUTHOR!r}):"
+    )
+    for path in sorted(EXAMPLES.glob("*.json")):
+        registration = await flows.register(path, author=AUTHOR)
+        print(_registered(registration, registration.info.name))
+
+
+async def print_registry(flows: FlowClient) -> None:
+    """The registry listing: every name with its active version and that version's content hash."""
+    store = await flows.definitions()
+    print(f"\nRegistry of tenant {flows.tenant!r}  (wfa --tenant {flows.tenant} definitions list)")
+    print(f"  {'NAME':<22} {'ACTIVE':<7} {'VERSIONS':<9} {'HASH':<{HASH_SHOWN}}  UPDATED BY")
+    for summary in await store.list_names():
+        active = await store.get(summary.name, summary.active_version)
+        print(
+            f"  {summary.name:<22} v{summary.active_version:<6} {summary.versions:<9}"
+            f" {_short_hash(active.content_hash)}  {summary.updated_by}"
+        )
+
+
+async def show_versioning(flows: FlowClient, waiting: DemoRun | None) -> None:
+    """A changed copy of an example as the next version: diff, activate, roll back."""
+    name = VERSIONED_EXAMPLE
+    print(f"\nVersioning {name} (runs already started keep the version they were started with):")
+    registration = await flows.register(changed_copy(name), author=AUTHOR)
+    print(_registered(registration, f"{name} (changed copy)"))
+    new = registration.info.version
+    old = registration.active_version
+    if new == old:
+        print(f"  v{new} is already active; nothing to show")
+        return
+    diff = await flows.diff(name, old, new)
+    print(f"  wfa definitions diff {name} {old} {new}:")
+    for line in diff.splitlines():
+        print(f"    {line if len(line) <= 110 else line[:109] + '…'}")
+    if waiting is not None:
+        await _wait_for_approval(flows, waiting.workflow_id)  # so the activation happens mid-run
+    activation = await flows.activate(name, new, actor=OPERATOR)
+    print(
+        f"  activate {name} v{activation.version} by {OPERATOR}: new runs by name now use v{activation.version} (was v{activation.previous})"
+    )
+    if waiting is not None:
+        status = await flows.status(waiting.workflow_id)
+        print(
+            f"  {waiting.workflow_id} is still {status.state} on {status.definition} v{status.version} (pinned)"
+        )
+    rollback = await flows.rollback(name, actor=OPERATOR)
+    print(f"  rollback {name} by {OPERATOR}: v{rollback.version} is active again (was v{rollback.previous})")
+
+
+async def register_dead_letter_variant(flows: FlowClient) -> str:
+    """Registers the order-fulfilment variant (not activated); returns its pinned reference."""
+    print(
+        f"\nDead letters: a variant of {DEAD_LETTER_EXAMPLE} with {DEAD_LETTER_STEP}.on_failure = dead_letter"
+    )
+    registration = await flows.register(dead_letter_variant(), author=AUTHOR)
+    print(_registered(registration, f"{DEAD_LETTER_EXAMPLE} (variant)"))
+    return f"{registration.info.name}@{registration.info.version}"
+
+
+def _dead_letter_rows(rows: list[DeadLetter]) -> list[str]:
+    """Dead letter rows as a small table (id, step, attempts, status, resolved by, error)."""
+    lines = [f"{'ID':<4} {'STEP':<16} {'ATTEMPTS':<9} {'STATUS':<9} {'RESOLVED BY':<12} ERROR"]
+    for row in rows:
+        error = f"{row.error_type}: {row.error}"
+        error = error if len(error) <= 110 else error[:109] + "…"
+        lines.append(
+            f"{row.id:<4} {row.step_id:<16} {row.attempts:<9} {row.status!s:<9} {row.resolved_by or '-':<12} {error}"
+        )
+    return lines
+
+
+async def _parked_row(flows: FlowClient, workflow_id: str) -> DeadLetter | None:
+    """Waits for the run's open dead letter; None if the run ended without parking."""
+    try:
+        async with asyncio.timeout(DEAD_LETTER_TIMEOUT_S):
+            while True:
+                rows = await flows.list_dead_letters(workflow_id=workflow_id)
+                if rows:
+                    return rows[0]
+                description = await flows.describe(workflow_id)
+                if description.status is not None and description.status.name != "RUNNING":
+                    return None
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        return None
+
+
+async def _redrive(flows: FlowClient, run: DemoRun) -> None:
+    """Plays the operator: finds the parked payment, redrives it with another card, checks the row."""
+    row = await _parked_row(flows, run.workflow_id)
+    if row is None:
+        print(
+            f"  {run.workflow_id}: no dead letter (the run ended, or none within {DEAD_LETTER_TIMEOUT_S:g}s)"
+        )
+        run.notes.append("no dead letter was parked")
+        return
+    status = await flows.status(run.workflow_id)
+    print(f"  {run.workflow_id}: {status.state}; its row in list_dead_letters():")
+    for line in _dead_letter_rows([row]):
+        print(f"    {line}")
+    corrected = {**row.input, "json": {**row.input.get("json", {}), "token": "tok_visa"}}
+    await flows.redrive(row.id, OPERATOR, corrected, reason="the customer gave another card")
+    print(f"  {run.workflow_id}: {OPERATOR} redrives dead letter #{row.id} with the input's token tok_visa")
+    result = await flows.result(run.workflow_id, timeout=RESULT_TIMEOUT_S)
+    rows = await flows.list_dead_letters(status=None, workflow_id=run.workflow_id)
+    print(f"  {run.workflow_id}: {result.state}; list_dead_letters(status=None) now:")
+    for line in _dead_letter_rows(rows):
+        print(f"    {line}")
+    resolved = next((r for r in rows if r.id == row.id), row)
+    run.notes.append(
+        f"dead letter #{row.id} parked at {row.step_id} ({row.error_type}, {row.attempts} attempt(s));"
+        f" redriven by {OPERATOR} with token tok_visa; row {resolved.status}"
+        + (f" by {resolved.resolved_by}" if resolved.resolved_by else "")
+    )
+
+
+async def _pinned(flows: FlowClient, workflow_id: str) -> str:
+    """What the run's search attributes and memo say it runs (as the Web UI shows them)."""
+    description = await flows.describe(workflow_id)
+    attributes = description.typed_search_attributes
+    memo = await description.memo()
+    name = attributes.get(DEFINITION_NAME)
+    version = attributes.get(DEFINITION_VERSION)
+    digest = attributes.get(DEFINITION_HASH) or ""
+    source = f"{memo.get('source', '?')}, tenant {memo.get('tenant', '?')}"
+    return f"{name} v{version}, hash {_short_hash(digest)} ({source})"
+
+
 def ui_link(ui_url: str, namespace: str, workflow_id: str) -> str:
     """The Web UI page of a run."""
     return f"{ui_url}/namespaces/{namespace}/workflows/{workflow_id}"
@@ -330,29 +559,63 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     services = FakeServices().start()
+    database: Database | None = None
     try:
-        return await _with_server(args, server, services)
+        database = await _open_store(server.state_dir)
+        return await _with_server(args, server, services, database)
+    except (StoreError, DefinitionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
+        if database is not None:
+            await database.close()
+            if database.embedded:
+                await asyncio.to_thread(stop_embedded, server.state_dir)
+            print("Closed the store.")
         services.stop()
         await server.astop()
         print("Stopped the dev server.")
 
 
-async def _with_server(args: argparse.Namespace, server: DevServer, services: FakeServices) -> int:
+async def _open_store(state_dir: Path) -> Database:
+    """``open_database()``: ``$DATABASE_URL``'s server, else the embedded one under ``state_dir``."""
+    if os.environ.get(DATABASE_URL_ENV):
+        database = await open_database()
+        print(f"Store: PostgreSQL from {DATABASE_URL_ENV}, {database.safe_url}")
+    else:
+        print(f"Starting the embedded PostgreSQL (data in {data_dir(state_dir)}) ...")
+        database = await open_database(state_dir=state_dir)
+        print(f"Store: embedded PostgreSQL, {database.safe_url}")
+    return database
+
+
+async def _with_server(
+    args: argparse.Namespace, server: DevServer, services: FakeServices, database: Database
+) -> int:
     print(f"Temporal {server.address}, Web UI {server.ui_url}")
     print(f"Fake services (notifications, CRM, inventory, payments, shipping, sentiment) at {services.url}")
     client = await server.connect(data_converter=pydantic_data_converter)
-    flows = FlowClient(client, task_queue=args.task_queue)
+    flows = FlowClient(client, task_queue=args.task_queue, database=database, tenant=TENANT)
     suffix = datetime.now().strftime("%m%d-%H%M%S")  # noqa: DTZ005 - a local, human-readable key
     runs = plan(services.url, suffix)
     failed = 0
-    async with httpx.AsyncClient() as http_client, build_worker(client, flows.task_queue, http_client):
-        print(f"Worker polling task queue {flows.task_queue!r}\n")
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(client, flows.task_queue, http_client, session_factory=database.session_factory),
+    ):
+        print(f"Worker polling task queue {flows.task_queue!r} (with the dead-letter activities)\n")
+        await register_examples(flows)
+        await print_registry(flows)
+        print(
+            f"\nStarting the runs by name (tenant {flows.tenant!r}); each is pinned to the version it starts with:"
+        )
         for run in runs:
-            run.handle = await flows.start_run(
-                EXAMPLES / f"{run.example}.json", run.input, workflow_id=run.workflow_id
-            )
-            print(f"started {run.workflow_id}  ({run.title})")
+            await _start(flows, run)
+        await show_versioning(flows, next((r for r in runs if r.example == VERSIONED_EXAMPLE), None))
+        ref = await register_dead_letter_variant(flows)
+        extra = dead_letter_run(services.url, suffix, ref)
+        await _start(flows, extra)
+        runs.append(extra)
         print()
         await asyncio.gather(*(_decide(flows, run) for run in runs))
         print("\nWaiting for every run to end ...\n")
@@ -361,16 +624,18 @@ async def _with_server(args: argparse.Namespace, server: DevServer, services: Fa
             run.result = await flows.result(run.workflow_id, timeout=RESULT_TIMEOUT_S)
 
         await asyncio.gather(*(finish(run) for run in runs))
+        pinned = await asyncio.gather(*(_pinned(flows, run.workflow_id) for run in runs))
         print("=" * 100)
-        for run in runs:
+        for run, definition in zip(runs, pinned, strict=True):
             assert run.result is not None
             print(f"\n{run.title}")
             print_result(run.workflow_id, run.result, sys.stdout)
+            print(f"{'Pinned to'.ljust(12)}  {definition}")
             for note in run.notes:
                 print(f"  note: {note}")
             print(f"Web UI  {ui_link(server.ui_url, server.namespace, run.workflow_id)}")
-            expected_failure = run.input.get("order", {}).get("payment_token") == "tok_declined"
-            if run.result.state != RunState.COMPLETED and not expected_failure:
+            if run.result.state != run.expect:
+                print(f"  UNEXPECTED: expected {run.expect}")
                 failed += 1
         print("\n" + "=" * 100)
         print(
@@ -378,16 +643,38 @@ async def _with_server(args: argparse.Namespace, server: DevServer, services: Fa
         )
         print(f"\nWeb UI: {server.ui_url}  (runs are listed under namespace {server.namespace!r})")
         print(
-            f"Try:    wfa --address {server.address} status {runs[0].workflow_id}"
+            "        runs of one version, as a query in its list:"
+            f' DefinitionName = "{DEAD_LETTER_EXAMPLE}" AND DefinitionVersion = {extra.ref.rpartition("@")[2]}'
+        )
+        env = (
+            ""
+            if os.environ.get(DATABASE_URL_ENV) or server.state_dir == (Path.cwd() / ".state").absolute()
+            else f"WFA_STATE_DIR={server.state_dir} "
+        )
+        wfa = f"{env}wfa --address {server.address} --tenant {flows.tenant}"
+        print(
+            f"Try:    {wfa} status {runs[0].workflow_id}"
             "    (wfa is `python -m starter` without the installed script)\n"
-            f"        wfa --address {server.address} start examples/uptime-check.json"
+            f"        {wfa} definitions list {VERSIONED_EXAMPLE}\n"
+            f"        {wfa} dead-letters list --status all\n"
+            f"        {wfa} start uptime-check"
             f' --input \'{{"api": "{services.url}"}}\' --wait'
         )
         if args.exit or not sys.stdin.isatty():
             return 1 if failed else 0
-        print("\nThe server, the worker and the fake services stay up; Ctrl-C to stop.")
+        print("\nThe server, the store, the worker and the fake services stay up; Ctrl-C to stop.")
         await _until_interrupted()
     return 1 if failed else 0
+
+
+async def _start(flows: FlowClient, run: DemoRun) -> None:
+    """Starts a run through the registry and says which version it is pinned to."""
+    run.handle = await flows.start_run(run.ref or run.example, run.input, workflow_id=run.workflow_id)
+    handle = run.handle
+    print(
+        f"  started {run.workflow_id:<36} {handle.definition} v{handle.version}"
+        f" {_short_hash(handle.definition_hash)}  ({run.title})"
+    )
 
 
 async def _until_interrupted() -> None:

@@ -9,7 +9,10 @@ time-skipping test server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +33,7 @@ from interpreter.model import TaskStep, children
 from interpreter.state import RunResult, RunState, RunStatus, StepStatus
 from starter.client import FlowClient
 from starter.errors import DecisionRefusedError
+from tests.conftest import fresh_database
 from tests.helpers.http_server import RecordedRequest, RecordingServer, Response
 from worker import build_worker
 
@@ -691,17 +695,65 @@ async def test_review_analysis_of_no_reviews(
 # ------------------------------------------------------------------------------ the demo (make demo)
 
 
-async def test_demo_runs_every_example_and_exits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_demo_runs_every_example_and_exits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make demo`` twice on one fresh state folder: its own dev server and (without DATABASE_URL)
+    its own embedded PostgreSQL; every example registered, started by name and pinned; a version
+    activated and rolled back; a dead letter parked and redriven; the second launch registers
+    nothing new."""
     from starter import demo
 
-    code = await asyncio.to_thread(
-        demo.main,
-        ["--exit", "--port", "0", "--state-dir", str(tmp_path / "state"), "--task-queue", f"demo-{uuid4()}"],
-    )
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "8/8 runs ended as expected" in out
-    assert "mallory tries to approve -> refused: 'mallory' may not decide step 'manager_approval'" in out
-    assert out.count("/namespaces/default/workflows/") == 8
-    assert "State         compensated" in out  # the declined card
-    assert (tmp_path / "state" / "temporal.db").exists()
+    state = tmp_path / "state"
+    monkeypatch.setenv("WFA_STATE_DIR", str(state))
+    configured = os.environ.get("DATABASE_URL")
+    async with contextlib.AsyncExitStack() as stack:
+        if configured:  # that server, with a database of this test's own
+            monkeypatch.setenv(
+                "DATABASE_URL", await stack.enter_async_context(fresh_database(configured, "wfa_demo"))
+            )
+        argv = ["--exit", "--port", "0", "--task-queue", f"demo-{uuid4()}"]
+        outputs = []
+        for _launch in range(2):
+            code = await asyncio.to_thread(demo.main, argv)
+            out = capsys.readouterr().out
+            assert code == 0, out
+            outputs.append(out)
+    first, second = outputs
+    names = [path.stem for path in EXAMPLE_FILES]
+    for out in outputs:
+        assert "9/9 runs ended as expected" in out
+        assert ("Store: PostgreSQL from DATABASE_URL" if configured else "Store: embedded PostgreSQL") in out
+        assert "mallory tries to approve -> refused: 'mallory' may not decide step 'manager_approval'" in out
+        assert out.count("/namespaces/default/workflows/") == 9
+        assert "State         compensated" in out  # the declined card of the example itself
+        # The registry listing: every example, v1 active, with a hash prefix.
+        listing = out.split("Registry of tenant 'demo'", 1)[1].split("\n\n", 1)[0]
+        for name in names:
+            assert re.search(rf"^  {re.escape(name)} +v1 +\d+ +[0-9a-f]{{12}}  ", listing, re.M), listing
+        # Every run started by name from the registry and pinned to that version.
+        assert out.count("(registry, tenant demo)") == 9
+        assert out.count("Pinned to     order-fulfilment v1, hash ") == 2
+        assert out.count("Pinned to     order-fulfilment v2, hash ") == 1  # the dead-letter variant
+        assert "Pinned to     expense-approval v1, hash " in out
+        # Versioning while the v1 expense run waits for its approval.
+        assert "activate expense-approval v2 by ops: new runs by name now use v2 (was v1)" in out
+        assert "is still awaiting_approval on expense-approval v1 (pinned)" in out
+        assert "rollback expense-approval by ops: v1 is active again (was v2)" in out
+        # The dead letter: parked (open), redriven with another card, resolved by the operator.
+        parked = re.search(r"^ +(\d+) +charge_payment +1 +open +- +HttpClientError: .*402", out, re.M)
+        assert parked, out
+        row = parked.group(1)
+        assert re.search(rf"^ +{row} +charge_payment +1 +redriven +ops +HttpClientError", out, re.M), out
+        assert f"ops redrives dead letter #{row} with the input's token tok_visa" in out
+        assert f"note: dead letter #{row} parked at charge_payment" in out
+        assert "Closed the store." in out
+    assert first.count("registered, active") == len(names)
+    assert "expense-approval (changed copy) v2  " in first
+    assert "order-fulfilment (variant) v2  " in first
+    # The second launch stores nothing new: the same versions, found by their content hash.
+    assert second.count("already registered (same content hash), active") == len(names)
+    assert "expense-approval (changed copy) v2  " in second
+    assert second.count("already registered (same content hash), not active (v1 is)") == 2
+    assert (state / "temporal.db").exists()
+    assert (state / "postgres").is_dir() != bool(configured)
