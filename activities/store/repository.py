@@ -240,24 +240,10 @@ class ActivationEntry(BaseModel):
     at: datetime
 
 
-class DeadLetter(BaseModel):
-    """A dead letter row: a parked step, and the decision taken on it."""
+class DeadLetter(DeadLetterRecord):
+    """A dead letter row: the parked step as the run recorded it, and the decision taken on it."""
 
     id: int
-    tenant: str
-    workflow_id: str
-    run_id: str
-    definition: str
-    version: int
-    park_id: str
-    step_id: str
-    path: str
-    action: str
-    input: dict[str, Any]
-    error: str
-    error_type: str
-    attempts: int
-    parked_at: datetime
     status: DeadLetterStatus
     resolved_by: str | None = None
     resolved_at: datetime | None = None
