@@ -55,7 +55,15 @@ from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from interpreter.state import RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from workflows.generic import RunDefinitionWorkflow  # noqa: E402
-from workflows.search_attributes import CLI_TYPES, DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION  # noqa: E402
+from workflows.search_attributes import (  # noqa: E402
+    AWAITING_APPROVAL,
+    CLI_TYPES,
+    CURRENT_STEP,
+    DEFINITION_HASH,
+    DEFINITION_NAME,
+    DEFINITION_VERSION,
+    RUN_STATE,
+)
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -329,12 +337,16 @@ class Workload:
     def __init__(self) -> None:
         self.definition = load_definition(definition_data())
         self.hash = definition_hash(self.definition)
-        # What a product starter sets at start (so the workflow does not upsert them itself).
+        # What the product's starter (FlowClient.start_run) sets at start, so the workflow does not
+        # upsert them itself.
         self.identity = TypedSearchAttributes(
             [
                 SearchAttributePair(DEFINITION_NAME, self.definition.name),
                 SearchAttributePair(DEFINITION_VERSION, self.definition.version),
                 SearchAttributePair(DEFINITION_HASH, self.hash),
+                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+                SearchAttributePair(AWAITING_APPROVAL, False),
+                SearchAttributePair(CURRENT_STEP, ""),
             ]
         )
 

@@ -295,11 +295,21 @@ class RunDefinitionWorkflow:
 
     def _every_step_mode(self) -> bool:
         if self._every_step is None:
-            # Runs recorded before the patch upserted CurrentStep on every step; replay keeps that.
-            self._every_step = (
-                not workflow.patched(PATCH_CURRENT_STEP_ON_WAITS)
-                or self._step_mode == CurrentStepTracking.EVERY_STEP
-            )
+            # Runs recorded before the patch upserted CurrentStep on every step and every attribute
+            # on first publish; replay keeps that.
+            patched = workflow.patched(PATCH_CURRENT_STEP_ON_WAITS)
+            self._every_step = not patched or self._step_mode == CurrentStepTracking.EVERY_STEP
+            if patched:
+                # What the starter set at start is already published: do not upsert it again.
+                attrs = workflow.info().typed_search_attributes
+                for name, key in (
+                    ("state", RUN_STATE),
+                    ("approval", AWAITING_APPROVAL),
+                    ("step", CURRENT_STEP),
+                ):
+                    value = attrs.get(key)
+                    if value is not None:
+                        self._published.setdefault(name, value)
         return self._every_step
 
     def _publish_wait(self) -> None:
@@ -315,9 +325,9 @@ class RunDefinitionWorkflow:
         if not workflow.in_workflow():
             return  # the worker is tearing the run down (eviction): nothing to publish
         engine = self._engine
+        every_step = self._every_step_mode()
         values: dict[str, Any] = {"state": engine.state.value, "approval": engine.awaiting_approval}
         if self._track_step:
-            every_step = self._every_step_mode()
             if not every_step:
                 self._published.setdefault("step", "")  # no wait yet: nothing to publish
             values["step"] = next(iter(engine.active if every_step else engine.waiting), "")
