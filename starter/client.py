@@ -117,6 +117,7 @@ from workflows.search_attributes import (
     DEFINITION_NAME,
     DEFINITION_VERSION,
     RUN_STATE,
+    TENANT,
 )
 
 __all__ = [
@@ -554,6 +555,7 @@ class FlowClient:
                 SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
                 SearchAttributePair(AWAITING_APPROVAL, False),
                 SearchAttributePair(CURRENT_STEP, ""),
+                SearchAttributePair(TENANT, self.tenant),
             ]
         )
         try:

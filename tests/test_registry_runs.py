@@ -36,7 +36,7 @@ from starter.client import FlowClient, is_registry_ref
 from starter.errors import DefinitionFileNotFoundError, RunNotFoundError
 from tests.conftest import fresh_database
 from worker import build_worker
-from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
+from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -145,9 +145,10 @@ async def test_start_by_name_and_by_pinned_version(
     assert attributes.get(DEFINITION_NAME) == name
     assert attributes.get(DEFINITION_VERSION) == 2
     assert attributes.get(DEFINITION_HASH) == second.info.content_hash
+    assert attributes.get(TENANT) == tenant
 
     # Operators find the runs of a version in the Web UI (visibility is eventually consistent).
-    query = f'DefinitionName = "{name}" AND DefinitionVersion = 2'
+    query = f'DefinitionName = "{name}" AND DefinitionVersion = 2 AND Tenant = "{tenant}"'
     deadline = time.monotonic() + 15
     while not (found := [w.id async for w in client.list_workflows(query)]):
         assert time.monotonic() < deadline, f"no run found for {query}"

@@ -24,6 +24,7 @@ from workflows.search_attributes import (
     DEFINITION_NAME,
     DEFINITION_VERSION,
     RUN_STATE,
+    TENANT,
 )
 
 AT_START: dict[str, Any] = {
@@ -33,6 +34,7 @@ AT_START: dict[str, Any] = {
     CURRENT_STEP.name: "first",
     RUN_STATE.name: "starting",
     AWAITING_APPROVAL.name: False,
+    TENANT.name: "acme",
 }
 UPSERTED: dict[str, Any] = {
     DEFINITION_NAME.name: "upserted",
@@ -41,6 +43,7 @@ UPSERTED: dict[str, Any] = {
     CURRENT_STEP.name: "approve",
     RUN_STATE.name: "waiting",
     AWAITING_APPROVAL.name: True,
+    TENANT.name: "globex",
 }
 
 

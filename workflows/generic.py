@@ -54,9 +54,12 @@ with workflow.unsafe.imports_passed_through():
         DEFINITION_NAME,
         DEFINITION_VERSION,
         RUN_STATE,
+        TENANT,
     )
 
 WORKFLOW_NAME = "RunDefinition"
+PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
+"""Patch id: a run started without search attributes also gets ``Tenant``."""
 PATCH_CURRENT_STEP_ON_WAITS = "current-step-on-waits"
 """Patch id: CurrentStep is upserted where the run waits (RunOptions.current_step), not every step."""
 DEAD_LETTER_PARK = "dead_letter_park"
@@ -285,13 +288,14 @@ class RunDefinitionWorkflow:
         """Sets the definition search attributes when the starter did not (e.g. a raw client)."""
         attrs = workflow.info().typed_search_attributes
         if attrs.get(DEFINITION_NAME) is None:
-            workflow.upsert_search_attributes(
-                [
-                    DEFINITION_NAME.value_set(run.definition.name),
-                    DEFINITION_VERSION.value_set(run.definition.version),
-                    DEFINITION_HASH.value_set(definition_hash(run.definition)),
-                ]
-            )
+            identity: list[SearchAttributeUpdate[Any]] = [
+                DEFINITION_NAME.value_set(run.definition.name),
+                DEFINITION_VERSION.value_set(run.definition.version),
+                DEFINITION_HASH.value_set(definition_hash(run.definition)),
+            ]
+            if workflow.patched(PATCH_TENANT_ATTRIBUTE):
+                identity.append(TENANT.value_set(run.options.tenant))
+            workflow.upsert_search_attributes(identity)
 
     def _every_step_mode(self) -> bool:
         if self._every_step is None:

@@ -14,8 +14,17 @@ DEFINITION_HASH = SearchAttributeKey.for_keyword("DefinitionHash")
 CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
 RUN_STATE = SearchAttributeKey.for_keyword("RunState")
 AWAITING_APPROVAL = SearchAttributeKey.for_bool("AwaitingApproval")
+TENANT = SearchAttributeKey.for_keyword("Tenant")
 
-ALL_KEYS = (DEFINITION_NAME, DEFINITION_VERSION, DEFINITION_HASH, CURRENT_STEP, RUN_STATE, AWAITING_APPROVAL)
+ALL_KEYS = (
+    DEFINITION_NAME,
+    DEFINITION_VERSION,
+    DEFINITION_HASH,
+    CURRENT_STEP,
+    RUN_STATE,
+    AWAITING_APPROVAL,
+    TENANT,
+)
 
 # name -> the type word `temporal server start-dev --search-attribute NAME=TYPE` expects.
 CLI_TYPES: dict[str, str] = {
@@ -25,4 +34,5 @@ CLI_TYPES: dict[str, str] = {
     "CurrentStep": "Keyword",
     "RunState": "Keyword",
     "AwaitingApproval": "Bool",
+    "Tenant": "Keyword",
 }
