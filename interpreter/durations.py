@@ -69,11 +69,18 @@ def _to_micros(text: str, number: str, unit: str) -> int:
     return int(micros)
 
 
+MAX_DURATION = timedelta(days=36600)
+"""The longest duration accepted (about 100 years): longer ones overflow datetime arithmetic."""
+
+
 def _make_timedelta(text: str, micros: int) -> timedelta:
     try:
-        return timedelta(microseconds=micros)
+        value = timedelta(microseconds=micros)
     except OverflowError as exc:
         raise _invalid(text, "too large") from exc
+    if value > MAX_DURATION:
+        raise _invalid(text, f"too large (at most {MAX_DURATION.days} days)")
+    return value
 
 
 def _parse_iso(text: str, upper: str) -> timedelta:

@@ -184,6 +184,11 @@ class _CompensateAndEnd(_RunFailed):
     pass
 
 
+class StoreFailedError(_RunFailed):
+    """Raised by a runtime when recording or resolving a dead letter failed for good (the run then
+    fails, and its compensations run)."""
+
+
 @dataclass
 class _Scope:
     """Results visible to templates, and where step paths are rooted."""
@@ -403,6 +408,11 @@ class Engine:
             if not matches:
                 names = ", ".join(a.view.path for a in waiting)
                 raise DecisionError(f"no approval is pending at step {decision.step_id!r} (pending: {names})")
+            if len(matches) > 1:  # the same step in several foreach items: the path says which
+                names = ", ".join(a.view.path for a in matches)
+                raise DecisionError(
+                    f"step {decision.step_id!r} is pending in several places ({names}): name the path"
+                )
             approval = matches[0]
         elif len(waiting) > 1:
             names = ", ".join(a.view.path for a in waiting)
@@ -739,6 +749,17 @@ class Engine:
                     timeout.total_seconds(),
                     f"{step.label}: parked (dead letter)",
                 )
+        except asyncio.CancelledError:
+            # The run (or this branch) was cancelled while parked: close the row, or it would stay
+            # open for a run that can no longer take a decision.
+            who = self.cancel_request
+            closing = DeadLetterDecision(
+                action=DeadLetterAction.CANCELLED,
+                actor=who.actor if who else "cancellation",
+                reason=(who.reason if who else "") or "the run was cancelled while parked",
+            )
+            await self._finally(self._resolve_row(row_id, closing))
+            raise
         finally:
             self._parked.pop(park_id, None)
             self._set_state(self._waiting_state())
@@ -751,6 +772,11 @@ class Engine:
                 reason=f"no decision within {format_duration(timeout)}",
             )
         )
+        await self._resolve_row(row_id, decision)
+        record.status = StepStatus.FAILED
+        return decision
+
+    async def _resolve_row(self, row_id: int, decision: DeadLetterDecision) -> None:
         await self.runtime.resolve_dead_letter(
             DeadLetterResolution(
                 dead_letter_id=row_id,
@@ -763,8 +789,15 @@ class Engine:
                 resolved_at=self.runtime.now(),
             )
         )
-        record.status = StepStatus.FAILED
-        return decision
+
+    @staticmethod
+    async def _finally(work: Coroutine[Any, Any, Any]) -> None:
+        """Runs ``work`` to its end even if the caller is cancelled again meanwhile (clean-up that
+        must not be left half done); its failures are swallowed (they are in the history)."""
+        task = asyncio.create_task(work)
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError, _RunFailed):
+                await asyncio.shield(task)
 
     def _step_timeouts(self, step: TaskStep) -> Timeouts:
         timeouts = self._timeouts.get(step.id)
@@ -794,8 +827,8 @@ class Engine:
         Raises:
             DeadLetterError: Naming why not.
         """
-        if decision.action == DeadLetterAction.TIMEOUT:
-            raise DeadLetterError("'timeout' is decided by the park timeout, not by an operator")
+        if decision.action in (DeadLetterAction.TIMEOUT, DeadLetterAction.CANCELLED):
+            raise DeadLetterError(f"{decision.action.value!r} is decided by the run, not by an operator")
         parked = [p for p in self._parked.values() if p.decision is None]
         if not parked:
             raise DeadLetterError("no step of this run is parked")
@@ -951,6 +984,7 @@ class Engine:
         self._approvals[path] = approval
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
+        self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
         try:
             while True:
                 now = self.runtime.now()
@@ -981,6 +1015,7 @@ class Engine:
         finally:
             self._approvals.pop(path, None)
             self._set_state(self._waiting_state())
+            self.runtime.state_changed()
         assert approval.decision is not None
         kind, decision = approval.decision
         data = dict(decision.data)

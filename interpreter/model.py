@@ -36,6 +36,16 @@ def _check_duration_or_template(text: str) -> str:
     return text
 
 
+RESERVED_NAMES = ("input", "vars", "steps", "run", "index")
+"""Names templates already see; a foreach's ``as`` may not hide them."""
+
+
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_NAMES:
+        raise ValueError(f"{name!r} would hide the template variable of that name; pick another name")
+    return name
+
+
 def _check_expression(text: str) -> str:
     check_expression(text)
     return text
@@ -316,7 +326,9 @@ class ForeachStep(StepBase):
 
     type: Literal["foreach"]
     items: Expression
-    as_: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(default="item", alias="as")
+    as_: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), AfterValidator(_not_reserved)] = Field(
+        default="item", alias="as"
+    )
     steps: list[Step] = Field(min_length=1)
     concurrency: int = Field(default=1, ge=1, le=100)
     max_items: int | None = Field(default=None, ge=1, le=10000)

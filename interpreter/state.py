@@ -203,6 +203,7 @@ class DeadLetterAction(StrEnum):
     SKIP = "skip"
     ABORT = "abort"
     TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
 
 
 class ParkedStep(BaseModel):

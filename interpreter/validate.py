@@ -18,6 +18,7 @@ from typing import Any
 import pydantic
 
 from interpreter.action_names import KNOWN_ACTIONS
+from interpreter.engine import resolve_timeouts
 from interpreter.model import (
     STEP_TYPES,
     ApprovalStep,
@@ -275,6 +276,15 @@ def _check_step(
         problems.append(
             Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
         )
+    if isinstance(step, TaskStep):
+        timeouts = resolve_timeouts(definition, step)
+        if timeouts.start_to_close is None and timeouts.schedule_to_close is None:
+            problems.append(
+                Problem(
+                    f"{path}.timeouts",
+                    "no start_to_close or schedule_to_close timeout (set one here or in defaults.timeouts)",
+                )
+            )
     if isinstance(step, ForeachStep):
         limit = definition.limits.max_foreach_items
         if step.max_items is not None and step.max_items > limit:

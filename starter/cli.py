@@ -336,7 +336,7 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--status",
         default="open",
-        choices=["open", "redriven", "skipped", "aborted", "timed_out", "all"],
+        choices=["open", "redriven", "skipped", "aborted", "timed_out", "cancelled", "all"],
         help="only this status (default open)",
     )
     p.add_argument("--run", metavar="ID", help="only this run's (workflow id)")

@@ -730,7 +730,7 @@ class FlowClient:
         """The tenant's dead letters (parked steps), oldest first.
 
         Args:
-            status: ``open`` (default), ``redriven``, ``skipped``, ``aborted``, ``timed_out``, or
+            status: ``open`` (default), ``redriven``, ``skipped``, ``aborted``, ``timed_out``, ``cancelled``, or
                 None / ``all``.
             workflow_id: Only this run's.
             limit: At most this many.

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionError,
         Engine,
         RunInfo,
+        StoreFailedError,
     )
     from interpreter.state import (
         FINAL_STATES,
@@ -88,6 +89,16 @@ def _describe_failure(err: ActivityError, call: ActionCall) -> ActionFailedError
     return ActionFailedError(str(cause or err), type(cause or err).__name__, attempts)
 
 
+def _store_failure(err: ActivityError) -> BaseException:
+    """What the engine understands of a failed store activity: a cancellation, or a run failure."""
+    if isinstance(err.cause, CancelledError):
+        return asyncio.CancelledError()
+    cause = err.cause
+    message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+    error_type = (cause.type if isinstance(cause, ApplicationError) else None) or "DeadLetterStoreError"
+    return StoreFailedError(f"recording the dead letter failed: {message}", error_type)
+
+
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
@@ -144,26 +155,32 @@ class _TemporalRuntime:
         self._on_wait_change()
 
     async def record_dead_letter(self, record: DeadLetterRecord) -> int:
-        row_id: int = await workflow.execute_activity(
-            DEAD_LETTER_PARK,
-            record,
-            result_type=int,
-            activity_id=f"{record.park_id}/dead-letter",
-            summary=f"{record.step_id}: record dead letter",
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_STORE_RETRY,
-        )
+        try:
+            row_id: int = await workflow.execute_activity(
+                DEAD_LETTER_PARK,
+                record,
+                result_type=int,
+                activity_id=f"{record.park_id}/dead-letter",
+                summary=f"{record.step_id}: record dead letter",
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_STORE_RETRY,
+            )
+        except ActivityError as err:
+            raise _store_failure(err) from None
         return row_id
 
     async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
-        await workflow.execute_activity(
-            DEAD_LETTER_RESOLVE,
-            resolution,
-            activity_id=f"dead-letter-{resolution.dead_letter_id}/{resolution.action.value}",
-            summary=f"dead letter {resolution.dead_letter_id}: {resolution.action.value} by {resolution.actor}",
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_STORE_RETRY,
-        )
+        try:
+            await workflow.execute_activity(
+                DEAD_LETTER_RESOLVE,
+                resolution,
+                activity_id=f"dead-letter-{resolution.dead_letter_id}/{resolution.action.value}",
+                summary=f"dead letter {resolution.dead_letter_id}: {resolution.action.value} by {resolution.actor}",
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_STORE_RETRY,
+            )
+        except ActivityError as err:
+            raise _store_failure(err) from None
 
     def patched(self, patch_id: str) -> bool:
         return workflow.patched(patch_id)

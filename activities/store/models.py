@@ -75,6 +75,7 @@ class DeadLetterStatus(StrEnum):
     SKIPPED = "skipped"
     ABORTED = "aborted"
     TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
 
 
 class Base(DeclarativeBase):
@@ -154,7 +155,8 @@ class DeadLetterRow(Base):
     __table_args__ = (
         UniqueConstraint("workflow_id", "run_id", "park_id"),
         CheckConstraint(
-            "status IN ('open', 'redriven', 'skipped', 'aborted', 'timed_out')", name="status_known"
+            "status IN ('open', 'redriven', 'skipped', 'aborted', 'timed_out', 'cancelled')",
+            name="status_known",
         ),
         Index("ix_dead_letters_tenant_status_parked_at", "tenant", "status", "parked_at"),
         Index("ix_dead_letters_tenant_workflow_id", "tenant", "workflow_id"),

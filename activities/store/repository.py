@@ -736,6 +736,7 @@ _STATUS_OF = {
     DeadLetterAction.SKIP: DeadLetterStatus.SKIPPED,
     DeadLetterAction.ABORT: DeadLetterStatus.ABORTED,
     DeadLetterAction.TIMEOUT: DeadLetterStatus.TIMED_OUT,
+    DeadLetterAction.CANCELLED: DeadLetterStatus.CANCELLED,
 }
 
 

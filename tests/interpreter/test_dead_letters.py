@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from interpreter.engine import ActionCall, DeadLetterError, Engine
-from interpreter.state import DeadLetterAction, DeadLetterDecision, RunState, StepStatus
+from interpreter.state import CancelRequest, DeadLetterAction, DeadLetterDecision, RunState, StepStatus
 from tests.interpreter.fake_runtime import ActionError, FakeRuntime
 from tests.interpreter.test_engine import new_engine, paths, rec, task
 
@@ -150,8 +150,28 @@ async def test_decisions_that_cannot_apply_are_refused() -> None:
     await rt.run_until(lambda: engine.state == RunState.PARKED)
     with pytest.raises(DeadLetterError, match=r"no step is parked as 'ship' \(parked: charge\)"):
         engine.check_dead_letter(DeadLetterDecision(action="skip", actor="ops", park_id="ship"))
-    with pytest.raises(DeadLetterError, match="decided by the park timeout"):
+    with pytest.raises(DeadLetterError, match="decided by the run"):
         engine.check_dead_letter(DeadLetterDecision(action="timeout", actor="ops"))
     main.cancel()
     result = await rt.run(main)
     assert result.state == RunState.CANCELLED
+
+
+async def test_cancelling_a_parked_run_closes_its_dead_letter_and_compensates() -> None:
+    engine, rt = new_engine(parked_flow(), runtime())
+    main = rt.spawn(engine.run())
+
+    def cancel() -> None:
+        engine.cancel_request = CancelRequest(actor="ops", reason="order withdrawn")
+        main.cancel()
+
+    rt.at(3600, cancel)
+    result = await rt.run(main)
+    assert result.state == RunState.CANCELLED
+    assert [(r.action, r.actor, r.reason) for r in rt.resolutions] == [
+        (DeadLetterAction.CANCELLED, "ops", "order withdrawn")
+    ]
+    assert paths(rt)[-1] == "compensate/reserve/release"
+    assert engine.status().parked == []
+    with pytest.raises(DeadLetterError, match="decided by the run"):
+        engine.check_dead_letter(DeadLetterDecision(action="cancelled", actor="ops"))

@@ -1320,6 +1320,27 @@ async def test_several_pending_approvals_need_a_step_id() -> None:
     }
 
 
+async def test_the_same_approval_in_several_foreach_items_needs_its_path() -> None:
+    step = {
+        "id": "each",
+        "type": "foreach",
+        "items": "['a', 'b']",
+        "concurrency": 2,
+        "steps": [approval("ok", ["bob"])],
+    }
+    engine, rt = new_engine([step])
+    main = rt.spawn(engine.run())
+    await rt.run_until(lambda: len(engine.status().pending_approvals) == 2)
+    with pytest.raises(
+        DecisionError, match=r"step 'ok' is pending in several places \(each\[0\]\.ok, each\[1\]\.ok\)"
+    ):
+        engine.decide(APPROVE, Decision(actor="bob", step_id="ok"))
+    engine.decide(APPROVE, Decision(actor="bob", step_id="each[1].ok"))
+    engine.decide(APPROVE, Decision(actor="bob", step_id="each[0].ok"))
+    result = await rt.run(main)
+    assert result.state == RunState.COMPLETED
+
+
 async def test_approval_fields_restrict_the_form_data() -> None:
     engine, rt = new_engine(
         [

@@ -936,3 +936,24 @@ def test_several_problems_in_nested_steps_are_all_reported() -> None:
         ),
         ("$.steps[0].branches[1].steps[1].next", "jump to unknown step 'gone'"),
     ]
+
+
+def test_a_task_without_any_close_timeout_is_refused() -> None:
+    path, message = only_problem(doc(task("a"), defaults={"timeouts": {"heartbeat": "5s"}}))
+    assert path == "$.steps[0].timeouts"
+    assert "no start_to_close or schedule_to_close timeout" in message
+    load_definition(doc(task("a", timeouts={"schedule_to_close": "1m"}), defaults={"timeouts": {}}))
+
+
+def test_durations_beyond_a_century_are_refused() -> None:
+    path, message = only_problem(doc({"id": "d", "type": "delay", "duration": "999999999d"}))
+    assert path == "$.steps[0].duration"
+    assert "too large (at most 36600 days)" in message
+
+
+@pytest.mark.parametrize("name", ["input", "vars", "steps", "run", "index"])
+def test_foreach_as_may_not_hide_a_template_variable(name: str) -> None:
+    step = {"id": "f", "type": "foreach", "items": "[1]", "as": name, "steps": [task("x")]}
+    path, message = only_problem(doc(step))
+    assert path == "$.steps[0].as"
+    assert f"'{name}' would hide the template variable" in message

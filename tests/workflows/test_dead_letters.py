@@ -161,3 +161,25 @@ async def test_a_park_without_decision_times_out_as_the_definition_says(
     assert len(http_server.requests("POST", "/release")) == 1
     rows = await flows.list_dead_letters(status=None, workflow_id=run.workflow_id)
     assert [(r.status, r.resolved_by) for r in rows] == [(DeadLetterStatus.TIMED_OUT, "timeout")]
+
+
+async def test_cancel_while_the_dead_letter_cannot_be_recorded_still_compensates(
+    client: Client, http_server: RecordingServer
+) -> None:
+    """A worker without a database cannot record the dead letter (the activity is retried); a
+    cancel then ends the run as cancelled, with its compensations, instead of an unhandled error."""
+    card_service(http_server)
+    task_queue = unique("tq-no-store")
+    async with httpx.AsyncClient() as http_client, build_worker(client, task_queue, http_client):
+        flows = FlowClient(client, task_queue=task_queue)
+        run = await flows.start_run(payment_flow(http_server.url), {"card": "expired"})
+
+        async def recording_retried() -> int:
+            pending = (await flows.describe(run.workflow_id)).raw_description.pending_activities
+            return max((p.attempt for p in pending if p.activity_type.name == "dead_letter_park"), default=0)
+
+        await eventually(recording_retried, lambda attempt: attempt >= 2, timeout=30, what="park retried")
+        await flows.cancel(run.workflow_id, "ops", "no database today")
+        result = await flows.result(run.workflow_id, timeout=30)
+    assert (result.state, result.error_type) == (RunState.CANCELLED, "RunCancelled")
+    assert len(http_server.requests("POST", "/release")) == 1

@@ -98,7 +98,7 @@ def upgrade() -> None:
             "workflow_id", "run_id", "park_id", name="uq_dead_letters_workflow_id_run_id_park_id"
         ),
         sa.CheckConstraint(
-            "status IN ('open', 'redriven', 'skipped', 'aborted', 'timed_out')",
+            "status IN ('open', 'redriven', 'skipped', 'aborted', 'timed_out', 'cancelled')",
             name="ck_dead_letters_status_known",
         ),
     )
