@@ -587,8 +587,15 @@ class FlowClient:
         name, version = parsed.name, parsed.version
         if not started:
             # The running execution may run another definition (or another version of this one):
-            # report what it runs, from the memo it was started with.
-            memo = await (await self.describe(wf_id)).memo()
+            # report what it runs, from the memo it was started with. Another tenant's run with
+            # that id is refused without saying whose it is.
+            try:
+                existing = await self.describe(wf_id)
+            except RunNotFoundError:
+                raise RunAlreadyExistsError(
+                    wf_id, None, reason=f"the workflow id {wf_id!r} is in use; choose another business key"
+                ) from None
+            memo = await existing.memo()
             name = str(memo.get("definition", name))
             version = int(memo.get("version", version))
             digest = str(memo.get("hash", digest))
@@ -686,6 +693,7 @@ class FlowClient:
         data: Mapping[str, Any] | None,
         wait: bool,
     ) -> DecisionRecord | None:
+        await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
         if not wait:
             decision = Decision(actor=actor, step_id=step_id, reason=reason, data=dict(data or {}))
@@ -829,9 +837,10 @@ class FlowClient:
         :meth:`result` to wait for the end.
 
         Raises:
-            RunNotFoundError: No such run.
+            RunNotFoundError: No such run (in this client's tenant).
             RunClosedError: The run has already ended.
         """
+        await self.describe(workflow_id)
         try:
             await self._handle(workflow_id).signal(
                 RunDefinitionWorkflow.cancel, CancelRequest(actor=actor, reason=reason)
@@ -848,9 +857,13 @@ class FlowClient:
             RunNotFoundError: No such run.
         """
         try:
-            return await self._handle(workflow_id).describe()
+            description = await self._handle(workflow_id).describe()
         except RPCError as err:
             raise self._rpc_error(err, workflow_id, "describe the run") from None
+        if await _tenant_of(description) != self.tenant:
+            # Another tenant's run does not exist for this client (like its definitions).
+            raise RunNotFoundError(workflow_id, self.namespace)
+        return description
 
     async def status(self, workflow_id: str) -> RunStatus:
         """The run's state, current steps, every step so far, pending approvals, decisions, vars.
@@ -927,6 +940,7 @@ class FlowClient:
             RunNotFoundError: No such run.
             ResultTimeoutError: The run had not ended after ``timeout`` seconds.
         """
+        await self.describe(workflow_id)  # in this client's tenant
         handle: WorkflowHandle[Any, RunResult] = self.client.get_workflow_handle_for(
             RunDefinitionWorkflow.run, workflow_id
         )
@@ -994,6 +1008,14 @@ class FlowClient:
         except RPCError:
             return ""
         return f"(task queue {description.task_queue!r})"
+
+
+async def _tenant_of(description: WorkflowExecutionDescription) -> str:
+    """The tenant a run belongs to: its ``Tenant`` search attribute, else its memo, else the default."""
+    tenant = description.typed_search_attributes.get(TENANT)
+    if tenant is None:
+        tenant = (await description.memo()).get("tenant", DEFAULT_TENANT)
+    return str(tenant)
 
 
 def _short(err: BaseException) -> str:

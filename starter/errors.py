@@ -90,9 +90,10 @@ class RunAlreadyExistsError(StarterError):
         run_id: The existing run.
     """
 
-    def __init__(self, workflow_id: str, run_id: str | None = None) -> None:
+    def __init__(self, workflow_id: str, run_id: str | None = None, *, reason: str | None = None) -> None:
         super().__init__(
-            f"a run with id {workflow_id!r} already completed; its business key cannot be reused"
+            reason
+            or f"a run with id {workflow_id!r} already completed; its business key cannot be reused"
             " (runs that failed or were cancelled may be started again)"
         )
         self.workflow_id = workflow_id

@@ -33,7 +33,7 @@ from activities.store.errors import (
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution, RunState
 from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient, is_registry_ref
-from starter.errors import DefinitionFileNotFoundError, RunNotFoundError
+from starter.errors import DefinitionFileNotFoundError, RunAlreadyExistsError, RunNotFoundError
 from tests.conftest import fresh_database
 from worker import build_worker
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION, TENANT
@@ -205,6 +205,33 @@ async def test_a_tenant_can_neither_read_nor_start_another_tenants_definitions(
     run = await a.start_run(name)
     assert (await run.result(timeout=30)).output["marker"] == "a's"
     assert (await (await a.describe(run.workflow_id)).memo())["tenant"] == a.tenant
+
+
+async def test_a_tenant_cannot_see_or_touch_another_tenants_runs(
+    client: Client, task_queue: str, database: Database, worker: Worker
+) -> None:
+    a = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("a"))
+    b = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("b"))
+    name = unique()
+    await a.register(marked(name, "a's", approval=True), author="ann")
+    await b.register(marked(name, "b's", approval=True), author="bob")
+    key = unique("order")
+    run = await a.start_run(name, workflow_id=key)
+    for operation in (
+        b.describe(key),
+        b.status(key),
+        b.result(key, timeout=5),
+        b.approve(key, "manager"),
+        b.reject(key, "manager", wait=False),
+        b.cancel(key, "mallory"),
+    ):
+        with pytest.raises(RunNotFoundError):
+            await operation
+    # The same business key in another tenant is refused, not handed a's run.
+    with pytest.raises(RunAlreadyExistsError, match=f"the workflow id '{key}' is in use"):
+        await b.start_run(name, workflow_id=key)
+    await a.approve(key, "manager")
+    assert (await run.result(timeout=30)).output["marker"] == "a's"
 
 
 async def test_start_errors_name_the_problem(flows: FlowClient, tmp_path: Path) -> None:
