@@ -119,6 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client went away mid-request (a worker killed while sending): like any real
+            # server, do not act on a truncated request.
+            self.close_connection = True
+            return
         try:
             parsed: Any = json.loads(body) if body else None
         except ValueError:
