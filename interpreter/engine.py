@@ -793,10 +793,11 @@ class Engine:
     @staticmethod
     async def _finally(work: Coroutine[Any, Any, Any]) -> None:
         """Runs ``work`` to its end even if the caller is cancelled again meanwhile (clean-up that
-        must not be left half done); its failures are swallowed (they are in the history)."""
+        must not be left half done); its failures are swallowed (they are in the step records and
+        the history)."""
         task = asyncio.create_task(work)
         while not task.done():
-            with contextlib.suppress(asyncio.CancelledError, _RunFailed):
+            with contextlib.suppress(asyncio.CancelledError, _RunFailed, _Succeed, _Jump, TemplateError):
                 await asyncio.shield(task)
 
     def _step_timeouts(self, step: TaskStep) -> Timeouts:
@@ -1084,13 +1085,10 @@ class Engine:
         self._executions = 0
         while self._compensations:
             comp = self._compensations.pop()
-            undo = asyncio.create_task(
+            # A compensation always finishes: a further cancellation (Temporal's cancel after the
+            # cancel signal, say) must not leave work half undone. Its failures are in the step
+            # records; the others still run.
+            await self._finally(
                 self._sequence(comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/"))
             )
-            # A compensation always finishes: a further cancellation (Temporal's cancel after the
-            # cancel signal, say) must not leave work half undone.
-            while not undo.done():
-                # Failures are in the step records; keep compensating the rest.
-                with contextlib.suppress(asyncio.CancelledError, _RunFailed, _Succeed, _Jump, TemplateError):
-                    await asyncio.shield(undo)
         self.state = previous
