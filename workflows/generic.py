@@ -385,15 +385,15 @@ class RunDefinitionWorkflow:
 
     @decide.validator
     def _validate_decide(self, request: DecisionRequest) -> None:
+        try:
+            self._engine.check_decision(request.decision, request)
+        except DecisionError as err:
+            raise ApplicationError(clip(str(err)), type="DecisionRefused", non_retryable=True) from None
         problem = decision_size_problem(request)
         if problem is not None:
             raise ApplicationError(
                 f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
             )
-        try:
-            self._engine.check_decision(request.decision, request)
-        except DecisionError as err:
-            raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
 
     @workflow.update(name="resolve_dead_letter")
     def resolve_dead_letter(self, decision: DeadLetterDecision) -> ParkedStep:
@@ -415,6 +415,13 @@ class RunDefinitionWorkflow:
         """The run's state, current steps, every step so far, pending approvals and variables."""
         return self._engine.status()
 
+    def _acceptable(self, kind: DecisionKind, decision: Decision) -> bool:
+        try:
+            self._engine.check_decision(kind, decision)
+        except DecisionError:
+            return False
+        return True
+
     def _read(self, name: str, args: tuple[Any, ...], model: type[M]) -> M | None:
         """The signal's one argument as ``model``, or None after recording why it is malformed."""
         if len(args) != 1:
@@ -434,12 +441,13 @@ class RunDefinitionWorkflow:
             return None
 
     def _signal(self, kind: DecisionKind, decision: Decision) -> None:
-        # Checked before the merits only when it matters, so the patch marker is recorded only then;
-        # runs recorded before the patch accepted such decisions and replay keeps that.
         problem = decision_size_problem(decision)
-        if problem is not None and workflow.patched(PATCH_BOUNDED_DECISIONS):
-            self._engine.refuse_decision(kind, decision, f"decision too large: {problem}")
-            return
+        if problem is not None and self._acceptable(kind, decision):
+            # Asked only when it matters, so the patch marker is recorded only then; runs recorded
+            # before the patch accepted such a decision, and replay keeps that.
+            if workflow.patched(PATCH_BOUNDED_DECISIONS):
+                self._engine.refuse_decision(kind, decision, f"decision too large: {problem}")
+                return
         try:
             self._engine.decide(kind, decision)
         except DecisionError as err:
