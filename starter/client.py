@@ -854,6 +854,10 @@ class FlowClient:
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            if "'cancel_run' expected but not found" in message:
+                # A worker older than the update (a rolling deploy): the signal still cancels.
+                await self._cancel_by_signal(handle, workflow_id, actor, reason)
+                return
             raise DecisionRefusedError(workflow_id, message) from None
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             raise NoWorkerError(
@@ -861,6 +865,14 @@ class FlowClient:
                 f" is a worker polling its task queue? {await self._task_queue_hint(workflow_id)}",
                 workflow_id,
             ) from None
+        except RPCError as err:
+            raise await self._closed_or_missing(err, workflow_id, "cancel it") from None
+
+    async def _cancel_by_signal(
+        self, handle: WorkflowHandle[Any, Any], workflow_id: str, actor: str, reason: str
+    ) -> None:
+        try:
+            await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor=actor, reason=reason))
         except RPCError as err:
             raise await self._closed_or_missing(err, workflow_id, "cancel it") from None
 

@@ -10,12 +10,13 @@ import time
 from typing import Any
 
 import pytest
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from interpreter.state import CancelRequest, RunState, StepStatus
+from interpreter.state import CancelRequest, RunInput, RunResult, RunState, StepStatus
 from starter.client import FlowClient
 from starter.errors import DecisionRefusedError, RunClosedError
 from tests.helpers.http_server import RecordedRequest, RecordingServer
@@ -31,7 +32,7 @@ from tests.workflows.support import (
     status,
     unique,
 )
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
 
 
 def _doc(name: str, base: str) -> dict[str, Any]:
@@ -305,3 +306,30 @@ async def test_cancel_run_without_temporal_cancellation_cancels_the_run_itself(
     assert result is not None
     assert result.state == RunState.CANCELLED
     assert record(result, "wait").status == StepStatus.CANCELLED
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
+class _WorkflowBeforeCancelRun:
+    """The generic workflow as a worker deployed before ``cancel_run`` knows it: a cancel signal."""
+
+    def __init__(self) -> None:
+        self.cancelled_by: str | None = None
+
+    @workflow.run
+    async def run(self, run: RunInput) -> RunResult:
+        await workflow.wait_condition(lambda: self.cancelled_by is not None)
+        return RunResult(state=RunState.CANCELLED, error=f"cancelled by {self.cancelled_by}")
+
+    @workflow.signal
+    def cancel(self, request: CancelRequest) -> None:
+        self.cancelled_by = request.actor
+
+
+async def test_flow_client_cancel_falls_back_to_the_signal_on_a_worker_without_cancel_run(
+    client: Client, task_queue: str
+) -> None:
+    doc = definition(unique("cancel-old-worker"), [{"id": "wait", "type": "delay", "duration": "3d"}])
+    async with Worker(client, task_queue=task_queue, workflows=[_WorkflowBeforeCancelRun]):
+        handle = await start(client, task_queue, doc)
+        await FlowClient(client, task_queue=task_queue).cancel(handle.id, "ops", "rolling deploy")
+        assert (await handle.result()).error == "cancelled by ops"
