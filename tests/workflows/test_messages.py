@@ -5,6 +5,7 @@ never breaking the status query); plus ``next`` jumps and the CurrentStep option
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -26,6 +27,7 @@ from interpreter.state import (
     StepStatus,
 )
 from interpreter.validate import load_definition
+from starter.cli import print_status
 from tests.workflows.support import (
     Handle,
     definition,
@@ -261,6 +263,14 @@ async def test_malformed_signals_are_recorded_with_the_reason(
         ("cancel", "ops", "malformed cancel signal: reason: Input should be a valid string"),
         ("aprove", None, "unknown signal 'aprove': this run accepts approve, reject and cancel"),
     ]
+
+    shown = io.StringIO()
+    print_status(handle.id, seen, shown)
+    assert "\nRefused messages\n" in shown.getvalue()
+    assert (
+        "cancel from ops: malformed cancel signal: reason: Input should be a valid string\n"
+        in shown.getvalue()
+    )
 
     await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
     result = await handle.result()
