@@ -442,12 +442,16 @@ class RunDefinitionWorkflow:
 
     def _signal(self, kind: DecisionKind, decision: Decision) -> None:
         problem = decision_size_problem(decision)
-        if problem is not None and self._acceptable(kind, decision):
-            # Asked only when it matters, so the patch marker is recorded only then; runs recorded
-            # before the patch accepted such a decision, and replay keeps that.
-            if workflow.patched(PATCH_BOUNDED_DECISIONS):
-                self._engine.refuse_decision(kind, decision, f"decision too large: {problem}")
-                return
+        # The patch is asked only when it matters (a decision too large that would otherwise be
+        # accepted), so its marker is recorded only then; runs recorded before the patch accepted
+        # such a decision, and replay keeps that.
+        if (
+            problem is not None
+            and self._acceptable(kind, decision)
+            and workflow.patched(PATCH_BOUNDED_DECISIONS)
+        ):
+            self._engine.refuse_decision(kind, decision, f"decision too large: {problem}")
+            return
         try:
             self._engine.decide(kind, decision)
         except DecisionError as err:
