@@ -26,7 +26,7 @@ from tests.property.support import at, checks, example_documents, steps_of, stri
 
 DOCUMENTS = example_documents()
 
-Draw = Callable[..., Any]
+Draw = st.DrawFn
 # A fault puts one mistake into a document (in place) and returns the JSON paths where a refusal
 # may name it: the field it changed, or (for a value that is itself a structure) a place inside it.
 Fault = Callable[[Draw, dict[str, Any]], set[str]]
@@ -50,8 +50,11 @@ def _fresh_id(draw: Draw, document: dict[str, Any], prefix: str) -> str:
 
 
 def _step(draw: Draw, document: dict[str, Any], kind: str | None = None) -> tuple[str, dict[str, Any]]:
-    found = [(path, seq[i]) for path, seq, i in steps_of(document) if kind in (None, seq[i]["type"])]
-    return draw(st.sampled_from(found), label="step")
+    found: list[tuple[str, dict[str, Any]]] = [
+        (path, seq[i]) for path, seq, i in steps_of(document) if kind in (None, seq[i]["type"])
+    ]
+    chosen: tuple[str, dict[str, Any]] = draw(st.sampled_from(found), label="step")
+    return chosen
 
 
 def _bad_duration(draw: Draw) -> str:
