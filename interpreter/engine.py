@@ -294,6 +294,9 @@ class Engine:
         """Steps where the run waits durably now (timers, approvals, parks): path -> label."""
         self._approvals: dict[str, _Approval] = {}
         self._parked: dict[str, _Park] = {}
+        self._recording: dict[str, _Park] = {}
+        """Parks whose dead letter row is being written: decisions are accepted already (an
+        operator may see the row before the run hears back), applied once the row id is known."""
         self._timeouts: dict[str, Timeouts] = {}
         self._parks: dict[str, int] = {}
         self._compensations: list[_Compensation] = []
@@ -753,25 +756,47 @@ class Engine:
             parked_at=now,
             deadline=now + timeout,
         )
-        row_id = view.dead_letter_id = await self.runtime.record_dead_letter(
-            DeadLetterRecord(
-                tenant=self.info.tenant,
-                workflow_id=self.info.workflow_id,
-                run_id=self.info.run_id,
-                definition=self.definition.name,
-                version=self.definition.version,
-                park_id=park_id,
-                step_id=step.id,
-                path=path,
-                action=step.action,
-                input=view.input,
-                error=view.error,
-                error_type=view.error_type,
-                attempts=view.attempts,
-                parked_at=now,
-            )
-        )
         park = _Park(view=view)
+        # Accepts a decision from before the row is written: the row is visible to operators as
+        # soon as the recording activity commits, a workflow task before the run learns its id.
+        # (Only the decision bookkeeping moves: state and search attributes change, as before,
+        # once the row is recorded, so the commands of runs that did not decide early are unchanged.)
+        self._recording[park_id] = park
+        try:
+            row_id = view.dead_letter_id = await self.runtime.record_dead_letter(
+                DeadLetterRecord(
+                    tenant=self.info.tenant,
+                    workflow_id=self.info.workflow_id,
+                    run_id=self.info.run_id,
+                    definition=self.definition.name,
+                    version=self.definition.version,
+                    park_id=park_id,
+                    step_id=step.id,
+                    path=path,
+                    action=step.action,
+                    input=view.input,
+                    error=view.error,
+                    error_type=view.error_type,
+                    attempts=view.attempts,
+                    parked_at=now,
+                )
+            )
+        finally:
+            del self._recording[park_id]
+        if park.decision is None:
+            decision = await self._wait_for_decision(step, park, row_id, timeout, record)
+        else:  # decided while the row was being written: no wait, nothing shown as parked
+            decision = park.decision
+        await self._resolve_row(row_id, decision)
+        record.status = StepStatus.FAILED
+        return decision
+
+    async def _wait_for_decision(
+        self, step: TaskStep, park: _Park, row_id: int, timeout: timedelta, record: StepRecord
+    ) -> DeadLetterDecision:
+        """Shows the recorded park and waits for a decision or the park timeout; closes the row
+        if the run (or this branch) is cancelled meanwhile."""
+        park_id, path = park.view.park_id, park.view.path
         self._parked[park_id] = park
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
@@ -796,18 +821,13 @@ class Engine:
         finally:
             self._parked.pop(park_id, None)
             self._set_state(self._waiting_state())
-        decision = (
-            park.decision
-            if decided and park.decision is not None
-            else DeadLetterDecision(
-                action=DeadLetterAction.TIMEOUT,
-                actor="timeout",
-                reason=f"no decision within {format_duration(timeout)}",
-            )
+        if decided and park.decision is not None:
+            return park.decision
+        return DeadLetterDecision(
+            action=DeadLetterAction.TIMEOUT,
+            actor="timeout",
+            reason=f"no decision within {format_duration(timeout)}",
         )
-        await self._resolve_row(row_id, decision)
-        record.status = StepStatus.FAILED
-        return decision
 
     async def _resolve_row(self, row_id: int, decision: DeadLetterDecision) -> None:
         await self.runtime.resolve_dead_letter(
@@ -863,7 +883,7 @@ class Engine:
         """
         if decision.action in (DeadLetterAction.TIMEOUT, DeadLetterAction.CANCELLED):
             raise DeadLetterError(f"{decision.action.value!r} is decided by the run, not by an operator")
-        parked = [p for p in self._parked.values() if p.decision is None]
+        parked = [p for p in (*self._parked.values(), *self._recording.values()) if p.decision is None]
         if not parked:
             raise DeadLetterError("no step of this run is parked")
         if decision.park_id is None:
@@ -878,7 +898,9 @@ class Engine:
         raise DeadLetterError(f"no step is parked as {decision.park_id!r} (parked: {names})")
 
     def resolve(self, decision: DeadLetterDecision) -> ParkedStep:
-        """Accepts an operator's decision on a parked step.
+        """Accepts an operator's decision on a parked step (also while its row is being written:
+        the returned view's ``dead_letter_id`` is then still None; the run records the decision
+        in the row once it knows the id).
 
         Raises:
             DeadLetterError: When it cannot be accepted.

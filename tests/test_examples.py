@@ -696,7 +696,7 @@ async def test_review_analysis_of_no_reviews(
 
 
 async def test_demo_runs_every_example_and_exits(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    state_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``make demo`` twice on one fresh state folder: its own dev server and (without DATABASE_URL)
     its own embedded PostgreSQL; every example registered, started by name and pinned; a version
@@ -704,7 +704,7 @@ async def test_demo_runs_every_example_and_exits(
     nothing new."""
     from starter import demo
 
-    state = tmp_path / "state"
+    state = state_dir / "state"  # not under tmp_path: see the fixture
     monkeypatch.setenv("WFA_STATE_DIR", str(state))
     configured = os.environ.get("DATABASE_URL")
     async with contextlib.AsyncExitStack() as stack:

@@ -3,12 +3,20 @@ redrives it, skips it or aborts the run, or its park timeout decides."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from interpreter.engine import ActionCall, DeadLetterError, Engine
-from interpreter.state import CancelRequest, DeadLetterAction, DeadLetterDecision, RunState, StepStatus
+from interpreter.state import (
+    CancelRequest,
+    DeadLetterAction,
+    DeadLetterDecision,
+    DeadLetterRecord,
+    RunState,
+    StepStatus,
+)
 from tests.interpreter.fake_runtime import ActionError, FakeRuntime
 from tests.interpreter.test_engine import new_engine, paths, rec, task
 
@@ -175,3 +183,109 @@ async def test_cancelling_a_parked_run_closes_its_dead_letter_and_compensates() 
     assert engine.status().parked == []
     with pytest.raises(DeadLetterError, match="decided by the run"):
         engine.check_dead_letter(DeadLetterDecision(action="cancelled", actor="ops"))
+
+
+class OperatorAtOnce(FakeRuntime):
+    """The dead letter row is written a moment before the run hears back from the recording (the
+    activity still has to report, and the run's next workflow task to be processed); an operator
+    who acts as soon as the row is visible decides in between.
+
+    Args:
+        decide: What the operator does, given the row (as recorded); returns what the run answered.
+    """
+
+    def __init__(self, decide: Callable[[DeadLetterRecord], Any]) -> None:
+        super().__init__()
+        self.decide = decide
+        self.answers: list[Any] = []
+
+    async def record_dead_letter(self, record: DeadLetterRecord) -> int:
+        row_id = await super().record_dead_letter(record)
+        self.answers.append(self.decide(record))
+        await self.sleep(1, "reporting the recorded dead letter")
+        return row_id
+
+
+def at_once(decide: Callable[[Engine, DeadLetterRecord], Any]) -> tuple[Engine, OperatorAtOnce]:
+    holder: list[Engine] = []
+    rt = OperatorAtOnce(lambda row: decide(holder[0], row))
+    rt.returning("reserve", "R1")
+    rt.returning("release", "released")
+    rt.returning("crm", "shipped")
+    rt.on("charge", charge_needs_card)
+    engine, rt = new_engine(parked_flow(), rt)
+    holder.append(engine)
+    return engine, rt
+
+
+def refusal_or_view(engine: Engine, decision: DeadLetterDecision) -> Any:
+    try:
+        return engine.resolve(decision)
+    except DeadLetterError as err:
+        return err
+
+
+async def test_a_decision_taken_as_soon_as_the_row_is_written_is_accepted_and_recorded() -> None:
+    engine, rt = at_once(
+        lambda engine, row: refusal_or_view(
+            engine,
+            DeadLetterDecision(action="skip", actor="ops", park_id=row.park_id, output={"charged": "phone"}),
+        )
+    )
+    result = await rt.run(engine.run())
+    [answer] = rt.answers
+    assert not isinstance(answer, DeadLetterError), answer
+    assert (answer.park_id, answer.path) == ("charge", "charge")
+    assert result.state == RunState.COMPLETED
+    assert rec(result, "charge").output == {"charged": "phone"}
+    assert [c.input for c in rt.calls if c.path == "ship"] == [{"charge": {"charged": "phone"}}]
+    # The decision reaches the row once the run knows its id; the run never waits for one.
+    assert [(r.action, r.actor, r.dead_letter_id) for r in rt.resolutions] == [
+        (DeadLetterAction.SKIP, "ops", 1)
+    ]
+    assert not [w for w in rt.waits if "parked" in w.summary]
+    assert engine.status().parked == []
+
+
+async def test_a_redrive_taken_while_recording_runs_the_step_again() -> None:
+    engine, rt = at_once(
+        lambda engine, row: refusal_or_view(
+            engine, DeadLetterDecision(action="redrive", actor="ops", input={**row.input, "card": "visa"})
+        )
+    )
+    result = await rt.run(engine.run())
+    assert not isinstance(rt.answers[0], DeadLetterError), rt.answers[0]
+    assert result.state == RunState.COMPLETED
+    assert [c.input for c in rt.calls if c.path == "charge"][-1] == {"amount": 5, "card": "visa"}
+    assert [(r.action, r.dead_letter_id) for r in rt.resolutions] == [(DeadLetterAction.REDRIVE, 1)]
+
+
+async def test_while_recording_a_park_takes_one_decision_and_refuses_the_rest() -> None:
+    def twice(engine: Engine, row: DeadLetterRecord) -> Any:
+        first = refusal_or_view(engine, DeadLetterDecision(action="abort", actor="ops", park_id=row.path))
+        second = refusal_or_view(engine, DeadLetterDecision(action="skip", actor="bob", output=1))
+        wrong = refusal_or_view(engine, DeadLetterDecision(action="skip", actor="eve", park_id="ship"))
+        return first, second, wrong
+
+    engine, rt = at_once(twice)
+    result = await rt.run(engine.run())
+    [(first, second, wrong)] = rt.answers
+    assert not isinstance(first, DeadLetterError), first
+    assert isinstance(second, DeadLetterError)
+    assert str(second) == "no step of this run is parked"
+    assert isinstance(wrong, DeadLetterError)
+    assert result.state == RunState.FAILED
+    assert result.error_type == "DeadLetterAborted"
+    assert [r.action for r in rt.resolutions] == [DeadLetterAction.ABORT]
+
+
+async def test_a_run_cancelled_while_recording_takes_no_decision_afterwards() -> None:
+    engine, rt = at_once(lambda engine, row: None)
+    main = rt.spawn(engine.run())
+    rt.at(10.5, main.cancel)  # after the 10 s backoff, while the row is being reported
+    result = await rt.run(main)
+    assert result.state == RunState.CANCELLED
+    assert paths(rt)[-1] == "compensate/reserve/release"
+    assert engine.status().parked == []
+    with pytest.raises(DeadLetterError, match="no step of this run is parked"):
+        engine.check_dead_letter(DeadLetterDecision(action="skip", actor="ops"))

@@ -139,15 +139,15 @@ async def test_open_database_uses_database_url_from_the_environment(
 
 
 async def test_without_database_url_the_embedded_server_starts_with_its_schema(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path
 ) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("WFA_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("WFA_STATE_DIR", str(state_dir))
     db = await open_database()
     try:
         assert db.embedded
         assert db.url.database == embedded.DATABASE_NAME
-        assert (tmp_path / "postgres" / "PG_VERSION").is_file()
+        assert (state_dir / "postgres" / "PG_VERSION").is_file()
         assert await current_revision(db.engine) == head_revision()  # upgraded on open
         store = DefinitionStore(db.session_factory, "t")
         await store.register(
@@ -156,4 +156,4 @@ async def test_without_database_url_the_embedded_server_starts_with_its_schema(
         assert (await store.resolve("hello")).version == 1
     finally:
         await db.close()
-        embedded.stop_embedded(tmp_path)
+        embedded.stop_embedded(state_dir)

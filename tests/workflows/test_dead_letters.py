@@ -4,22 +4,29 @@ decision times out as the definition says."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
+from temporalio.worker import Worker
 
+from activities import build_activities
+from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from activities.store.errors import DeadLetterResolvedError
 from activities.store.models import DeadLetterStatus
 from interpreter.state import RunState, StepStatus
 from starter.client import FlowClient
+from starter.errors import DecisionRefusedError
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually, record, unique
-from worker import build_worker
+from worker import build_worker, workflow_runner
+from workflows.generic import RunDefinitionWorkflow
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -148,6 +155,64 @@ async def test_abort_fails_the_run_with_compensation(flows: FlowClient, http_ser
         DeadLetterResolvedError, match=f"dead letter {row.id} is already aborted by ops-carol"
     ):
         await flows.redrive(row.id, "ops-alice")
+
+
+RACING_RUNS = 20
+
+
+async def test_a_decision_taken_the_moment_the_row_appears_is_accepted(
+    client: Client, database: Database, http_server: RecordingServer
+) -> None:
+    """An operator's script that polls the table without pause and acts on a row the moment it
+    appears is never refused. The row is written by an activity; the run hears of it only in its
+    next workflow task, which waits for a free slot on a busy worker (here: one that runs one
+    workflow task at a time, with twenty runs parking at once). The run must accept the decision
+    from the moment its row is visible, and still record it in that row."""
+    card_service(http_server)
+    task_queue = unique("tq-busy")
+    async with (
+        httpx.AsyncClient() as http_client,
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[RunDefinitionWorkflow],
+            activities=[*build_activities(http_client), *build_store_activities(database.session_factory)],
+            workflow_runner=workflow_runner(),
+            max_concurrent_workflow_tasks=1,
+            max_cached_workflows=0,  # no sticky queue: one poller would stall on it between tasks
+            graceful_shutdown_timeout=timedelta(0),
+        ),
+    ):
+        flows = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("racing"))
+        runs = await asyncio.gather(
+            *(flows.start_run(payment_flow(http_server.url), {"card": "expired"}) for _ in range(RACING_RUNS))
+        )
+        unseen = {run.workflow_id for run in runs}
+        refused: list[str] = []
+
+        async def act(row: Any) -> None:
+            try:
+                await flows.skip(row.id, "ops-script", {"charge_id": f"manual-{row.id}"})
+            except DecisionRefusedError as err:
+                refused.append(err.reason)
+
+        acting: list[asyncio.Task[None]] = []
+        async with asyncio.timeout(120):  # a hang guard only: the loop has no pause by design
+            while unseen:
+                for row in await flows.list_dead_letters(limit=1000):
+                    if row.workflow_id in unseen:
+                        unseen.discard(row.workflow_id)
+                        acting.append(asyncio.create_task(act(row)))
+            await asyncio.gather(*acting)
+        assert refused == []
+
+        for run in runs:
+            result = await flows.result(run.workflow_id, timeout=60)
+            assert result.state == RunState.COMPLETED, result
+            [row] = await flows.list_dead_letters(status=None, workflow_id=run.workflow_id)
+            assert result.output == {"charge": {"charge_id": f"manual-{row.id}"}}
+            # Recorded in the row, although the run may have taken it before it knew the row's id.
+            assert (row.status, row.resolved_by) == (DeadLetterStatus.SKIPPED, "ops-script")
 
 
 async def test_a_park_without_decision_times_out_as_the_definition_says(
