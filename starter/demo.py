@@ -753,19 +753,21 @@ async def _leave_waiting(
     flows: FlowClient, run: DemoRun, server: DevServer, task_queue: str, api: str
 ) -> None:
     """Starts the run left for the person who ran the demo and prints how to decide it with ``wfa``."""
+    print("\nOne more expense run, left waiting for you:")
     await _start(flows, run)
     approvers = await _wait_for_approval(flows, run.workflow_id)
     status = await flows.status(run.workflow_id)
     wfa = cli_prefix(server, task_queue, flows.tenant)
     key = shlex.quote(run.workflow_id)
     uptime = shlex.quote(json.dumps({"api": api}))
+    activate = shlex.quote(_from_cwd(Path(sys.executable).parent / "activate"))
     print(
-        f"\nOne run is left waiting for you: {run.workflow_id}"
-        f" ({status.definition} v{status.version}, {status.state}, approvers: {', '.join(approvers)})."
+        f"{run.workflow_id} is {status.state} on {status.definition} v{status.version}"
+        f" (approvers: {', '.join(approvers) or '-'})."
     )
     print(f"Web UI  {ui_link(server.ui_url, server.namespace, run.workflow_id)}")
     print(
-        "In a new shell in this folder, while the demo runs (`. .venv/bin/activate` puts wfa on the PATH):\n"
+        f"In a new shell in this folder, while the demo runs (`. {activate}` puts wfa on the PATH):\n"
         "  # see it wait for the manager\n"
         f"  {wfa} status {key}\n"
         "  # approve it as the manager\n"
