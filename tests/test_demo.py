@@ -227,6 +227,8 @@ def _run_the_readme_example(demo: Demo, state: Path, task_queue: str, database: 
             continue
         done = sh(command, env)
         assert done.returncode == 0, f"{line}\n{_explain(done)}"
+        if line.split()[1] == "validate":  # its comment is its output
+            assert done.stdout.strip() == line.split("# ", 1)[1].strip(), done.stdout
         if line.split()[1] == "result":
             outcome = json.loads(done.stdout)
             assert outcome["state"] == "completed", outcome

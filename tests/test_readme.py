@@ -149,3 +149,12 @@ def test_the_search_attribute_table_lists_every_state() -> None:
     rows = _table_after(README.read_text(), "### Web UI")
     (row,) = [row for row in rows if row[0] == "`RunState`"]
     assert re.findall(r"`([a-z_]+)`", row[2]) == [state.value for state in RunState]
+
+
+def test_every_make_target_the_readme_names_exists() -> None:
+    text = README.read_text()
+    named = set(re.findall(r"`make ([a-z][a-z-]*)`", text))
+    named |= {m for b in code_blocks(text, "sh") for m in re.findall(r"^make ([a-z][a-z-]*)", b, re.M)}
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M))
+    assert {"demo", "test"} <= named
+    assert named <= targets, named - targets
