@@ -730,19 +730,19 @@ def _from_cwd(path: Path) -> str:
     return str(relative) if len(relative.parts) > 1 else f"./{relative}"
 
 
-def cli_prefix(server: DevServer, task_queue: str, tenant: str) -> str:
+def cli_prefix(address: str, namespace: str, state_dir: Path, task_queue: str, tenant: str) -> str:
     """The start of a ``wfa`` command that reaches the demo's server, store and tenant from a new
     shell in the current folder (options only where they differ from ``wfa``'s defaults)."""
     env = (
         ""
-        if os.environ.get(DATABASE_URL_ENV) or server.state_dir == (Path.cwd() / ".state").absolute()
-        else f"{STATE_DIR_ENV}={shlex.quote(str(server.state_dir))} "
+        if os.environ.get(DATABASE_URL_ENV) or state_dir.absolute() == (Path.cwd() / ".state").absolute()
+        else f"{STATE_DIR_ENV}={shlex.quote(str(state_dir.absolute()))} "
     )
     argv = wfa_command()
-    if server.address != DEFAULT_ADDRESS:
-        argv += ["--address", server.address]
-    if server.namespace != DEFAULT_NAMESPACE:
-        argv += ["--namespace", server.namespace]
+    if address != DEFAULT_ADDRESS:
+        argv += ["--address", address]
+    if namespace != DEFAULT_NAMESPACE:
+        argv += ["--namespace", namespace]
     if task_queue != DEFAULT_TASK_QUEUE:
         argv += ["--task-queue", task_queue]
     argv += ["--tenant", tenant]
@@ -757,7 +757,7 @@ async def _leave_waiting(
     await _start(flows, run)
     approvers = await _wait_for_approval(flows, run.workflow_id)
     status = await flows.status(run.workflow_id)
-    wfa = cli_prefix(server, task_queue, flows.tenant)
+    wfa = cli_prefix(server.address, server.namespace, server.state_dir, task_queue, flows.tenant)
     key = shlex.quote(run.workflow_id)
     uptime = shlex.quote(json.dumps({"api": api}))
     activate = shlex.quote(_from_cwd(Path(sys.executable).parent / "activate"))

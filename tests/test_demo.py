@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
+
 from tests.conftest import fresh_database
 from tests.test_readme import README, code_blocks, shell_lines
 
@@ -233,3 +235,31 @@ def _run_the_readme_example(demo: Demo, state: Path, task_queue: str, database: 
             outcome = json.loads(done.stdout)
             assert outcome["state"] == "completed", outcome
             assert outcome["output"]["status"] == "approved", outcome
+
+
+def test_the_printed_wfa_is_the_repository_venv_relative_to_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``make demo`` runs it (``.venv/bin/python`` in the repository folder, default server and
+    state): ``.venv/bin/wfa --tenant demo``, a path a new shell there can run, nothing else needed."""
+    from starter import demo
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").touch()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    assert demo.wfa_command() == [".venv/bin/python", "-m", "starter"]  # no script installed
+    (bin_dir / "wfa").touch()
+    assert demo.wfa_command() == [".venv/bin/wfa"]
+    default = ("127.0.0.1:7233", "default", Path(".state"), "workflow-automation", "demo")
+    assert demo.cli_prefix(*default) == ".venv/bin/wfa --tenant demo"
+    elsewhere = ("127.0.0.1:7300", "default", tmp_path / "other state", "q", "demo")
+    assert demo.cli_prefix(*elsewhere) == (
+        f"WFA_STATE_DIR='{tmp_path}/other state' .venv/bin/wfa --address 127.0.0.1:7300"
+        " --task-queue q --tenant demo"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a venv outside the folder: its absolute path
+    assert demo.wfa_command() == [str(bin_dir / "wfa")]
