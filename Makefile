@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
+	@echo "wfa is $(VENV)/bin/wfa; '. $(VENV)/bin/activate' puts it on this shell's PATH"
 
 # pytest exits 5 when it collected no tests; that is a failure here too (we want tests).
 test: venv

@@ -17,12 +17,16 @@ process that also serves the dead-letter activities. Then, as tenant ``demo``, i
   and starts it pinned with a card the fake payment service declines: the run parks, its dead
   letter row is printed, then redriven with another card, and the run completes;
 * approves the runs that wait for a person through the client API (an unlisted actor first, to
-  show the refusal), and prints how each run ended, its pinned version and its Web UI link.
+  show the refusal), and prints how each run ended, its pinned version and its Web UI link;
+* starts one more expense run and leaves it waiting for its manager, printing the ``wfa`` commands
+  (with a path to ``wfa`` that works from a new shell in this folder) to see it, approve it and
+  watch it finish.
 
-The server, the store, the worker and the fake services stay up until Ctrl-C, so the runs can be
-explored in the Web UI and more can be started with ``wfa``; ``--exit`` (or a stdin that is not a
-terminal, as in CI) stops at once. The store is closed on the way out (the embedded server stops
-unless another process still uses it).
+The fake services listen on ``127.0.0.1:8700`` (``--services-port``), the address the README's
+examples use. The server, the store, the worker and the fake services stay up until Ctrl-C (or, when
+stdin is not a terminal, until stdin ends), so the runs can be explored in the Web UI and decided
+with ``wfa``; ``--exit`` (or an empty stdin such as ``< /dev/null``, as in CI) stops at once. The
+store is closed on the way out (the embedded server stops unless another process still uses it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import itertools
 import json
 import logging
 import os
+import select
+import shlex
 import signal
 import sys
 import threading
@@ -55,8 +61,8 @@ from activities.store.repository import DeadLetter, Registration
 from interpreter.state import RunResult, RunState
 from interpreter.validate import DefinitionError
 from starter.cli import print_result
-from starter.client import DEFAULT_TASK_QUEUE, FlowClient, RunHandle
-from starter.devserver import DEFAULT_PORT, DevServer, DevServerError
+from starter.client import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, FlowClient, RunHandle
+from starter.devserver import DEFAULT_PORT, STATE_DIR_ENV, DevServer, DevServerError
 from starter.errors import DecisionRefusedError, StarterError
 from worker import build_worker
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
@@ -74,6 +80,10 @@ VERSIONED_EXAMPLE = "expense-approval"
 """The example the demo registers a changed copy of, activates and rolls back."""
 DEAD_LETTER_EXAMPLE = "order-fulfilment"
 DEAD_LETTER_STEP = "charge_payment"
+SERVICES_PORT = 8700
+"""Where the fake services listen while the demo runs (the README's examples use it as ``api``)."""
+WAITING_APPROVER = "manager"
+"""Who may approve the expense run the demo leaves waiting for the person who ran it."""
 HASH_SHOWN = 12
 """Characters of a content hash printed (the Web UI and ``wfa definitions show`` have all 64)."""
 
@@ -99,6 +109,8 @@ class FakeServices:
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
+        self.taken_port: int | None = None
+        """The fixed port asked for when it was in use (the services then listen elsewhere)."""
 
     @property
     def url(self) -> str:
@@ -107,8 +119,12 @@ class FakeServices:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def start(self) -> FakeServices:
-        """Binds an ephemeral port and serves in a daemon thread."""
+    def start(self, port: int = 0) -> FakeServices:
+        """Binds ``127.0.0.1:port`` (0: an ephemeral one) and serves in a daemon thread.
+
+        A fixed port that is taken falls back to an ephemeral one; :attr:`taken_port` then says which
+        port was wanted, so the caller can tell the person reading.
+        """
         services = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -133,7 +149,13 @@ class FakeServices:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError:
+            if port == 0:
+                raise
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.taken_port = port
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, name="fake-services", daemon=True).start()
@@ -353,6 +375,23 @@ async def _decide(flows: FlowClient, run: DemoRun) -> None:
         run.notes.append("qualified by sales-rep with a form")
 
 
+def waiting_run(api: str, suffix: str) -> DemoRun:
+    """The expense run the demo starts last and leaves waiting for the person who ran it."""
+    expense = {
+        "id": "EXP-8",
+        "employee": "kim",
+        "email": "kim@example.org",
+        "amount": 980,
+        "description": "team offsite catering",
+    }
+    return DemoRun(
+        "Expense approval left waiting for you (seed 003)",
+        "expense-approval",
+        f"expense-EXP-8-{suffix}",
+        {"api": api, "expense": expense},
+    )
+
+
 def dead_letter_run(api: str, suffix: str, ref: str) -> DemoRun:
     """The extra run of the order-fulfilment variant whose declined payment becomes a dead letter."""
     order = {
@@ -558,7 +597,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     except DevServerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    services = FakeServices().start()
+    services = FakeServices().start(args.services_port)
     database: Database | None = None
     try:
         database = await _open_store(server.state_dir)
@@ -594,6 +633,11 @@ async def _with_server(
 ) -> int:
     print(f"Temporal {server.address}, Web UI {server.ui_url}")
     print(f"Fake services (notifications, CRM, inventory, payments, shipping, sentiment) at {services.url}")
+    if services.taken_port is not None:
+        print(
+            f"  (port {services.taken_port} is in use, so they listen on another one: use {services.url}"
+            ' as "api" in the README\'s examples while the demo runs)'
+        )
     client = await server.connect(data_converter=pydantic_data_converter)
     flows = FlowClient(client, task_queue=args.task_queue, database=database, tenant=TENANT)
     suffix = datetime.now().strftime("%m%d-%H%M%S")  # noqa: DTZ005 - a local, human-readable key
@@ -646,25 +690,97 @@ async def _with_server(
             "        runs of one version, as a query in its list:"
             f' DefinitionName = "{DEAD_LETTER_EXAMPLE}" AND DefinitionVersion = {extra.ref.rpartition("@")[2]}'
         )
-        env = (
-            ""
-            if os.environ.get(DATABASE_URL_ENV) or server.state_dir == (Path.cwd() / ".state").absolute()
-            else f"WFA_STATE_DIR={server.state_dir} "
-        )
-        wfa = f"{env}wfa --address {server.address} --tenant {flows.tenant}"
-        print(
-            f"Try:    {wfa} status {runs[0].workflow_id}"
-            "    (wfa is `python -m starter` without the installed script)\n"
-            f"        {wfa} definitions list {VERSIONED_EXAMPLE}\n"
-            f"        {wfa} dead-letters list --status all\n"
-            f"        {wfa} start uptime-check"
-            f' --input \'{{"api": "{services.url}"}}\' --wait'
-        )
-        if args.exit or not sys.stdin.isatty():
+        waiting = waiting_run(services.url, suffix)
+        await _leave_waiting(flows, waiting, server, args.task_queue, services.url)
+        stay = not args.exit and sys.stdin is not None and (sys.stdin.isatty() or not _stdin_at_end())
+        if not stay:
+            print(
+                f"\nStopping now (--exit, or stdin ended); {waiting.workflow_id} stays waiting in"
+                f" {server.state_dir} and the commands above work while `make demo` runs again."
+            )
             return 1 if failed else 0
-        print("\nThe server, the store, the worker and the fake services stay up; Ctrl-C to stop.")
-        await _until_interrupted()
+        watch_stdin = not sys.stdin.isatty()
+        print(
+            "\nThe server, the store, the worker and the fake services stay up until Ctrl-C"
+            + (" or the end of stdin." if watch_stdin else ".")
+        )
+        await _until_stopped(watch_stdin)
     return 1 if failed else 0
+
+
+def wfa_command() -> list[str]:
+    """How to run ``wfa`` from a new shell in the current folder, where ``wfa`` need not be on the PATH.
+
+    The ``wfa`` script next to this Python (``.venv/bin/wfa`` for ``make demo``), relative to the
+    current folder when it is inside it; else ``python -m starter`` with this Python.
+    """
+    python = Path(sys.executable)  # not resolved: a venv's python is a symlink to the base one
+    script = python.parent / "wfa"
+    if script.is_file():
+        return [_from_cwd(script)]
+    return [_from_cwd(python), "-m", "starter"]
+
+
+def _from_cwd(path: Path) -> str:
+    path = path.absolute()
+    try:
+        relative = path.relative_to(Path.cwd())
+    except ValueError:
+        return str(path)
+    return str(relative) if len(relative.parts) > 1 else f"./{relative}"
+
+
+def cli_prefix(address: str, namespace: str, state_dir: Path, task_queue: str, tenant: str) -> str:
+    """The start of a ``wfa`` command that reaches the demo's server, store and tenant from a new
+    shell in the current folder (options only where they differ from ``wfa``'s defaults)."""
+    env = (
+        ""
+        if os.environ.get(DATABASE_URL_ENV) or state_dir.absolute() == (Path.cwd() / ".state").absolute()
+        else f"{STATE_DIR_ENV}={shlex.quote(str(state_dir.absolute()))} "
+    )
+    argv = wfa_command()
+    if address != DEFAULT_ADDRESS:
+        argv += ["--address", address]
+    if namespace != DEFAULT_NAMESPACE:
+        argv += ["--namespace", namespace]
+    if task_queue != DEFAULT_TASK_QUEUE:
+        argv += ["--task-queue", task_queue]
+    argv += ["--tenant", tenant]
+    return env + shlex.join(argv)
+
+
+async def _leave_waiting(
+    flows: FlowClient, run: DemoRun, server: DevServer, task_queue: str, api: str
+) -> None:
+    """Starts the run left for the person who ran the demo and prints how to decide it with ``wfa``."""
+    print("\nOne more expense run, left waiting for you:")
+    await _start(flows, run)
+    approvers = await _wait_for_approval(flows, run.workflow_id)
+    status = await flows.status(run.workflow_id)
+    wfa = cli_prefix(server.address, server.namespace, server.state_dir, task_queue, flows.tenant)
+    key = shlex.quote(run.workflow_id)
+    uptime = shlex.quote(json.dumps({"api": api}))
+    activate = shlex.quote(_from_cwd(Path(sys.executable).parent / "activate"))
+    print(
+        f"{run.workflow_id} is {status.state} on {status.definition} v{status.version}"
+        f" (approvers: {', '.join(approvers) or '-'})."
+    )
+    print(f"Web UI  {ui_link(server.ui_url, server.namespace, run.workflow_id)}")
+    print(
+        f"In a new shell in this folder, while the demo runs (`. {activate}` puts wfa on the PATH):\n"
+        "  # see it wait for the manager\n"
+        f"  {wfa} status {key}\n"
+        "  # approve it as the manager\n"
+        f"  {wfa} approve {key} --actor {WAITING_APPROVER} --reason 'within budget'\n"
+        "  # watch it finish (exit code 0 once it completed)\n"
+        f"  {wfa} result {key} --timeout 60\n"
+        "  # more to try\n"
+        f"  {wfa} definitions list {VERSIONED_EXAMPLE}\n"
+        f"  {wfa} dead-letters list --status all\n"
+        f"  {wfa} start uptime-check --input {uptime} --wait"
+    )
+    if os.environ.get(DATABASE_URL_ENV):
+        print(f"  (with {DATABASE_URL_ENV} exported as for the demo, for the definitions and dead letters)")
 
 
 async def _start(flows: FlowClient, run: DemoRun) -> None:
@@ -677,12 +793,33 @@ async def _start(flows: FlowClient, run: DemoRun) -> None:
     )
 
 
-async def _until_interrupted() -> None:
+def _stdin_at_end() -> bool:
+    """True when a stdin that is not a terminal has nothing more to give (``< /dev/null``)."""
+    try:
+        ready, _, _ = select.select([sys.stdin], [], [], 0)
+        return bool(ready) and not sys.stdin.buffer.peek(1)
+    except (OSError, ValueError):  # closed, or not selectable
+        return True
+
+
+async def _until_stopped(watch_stdin: bool) -> None:
+    """Returns on SIGINT/SIGTERM, or (``watch_stdin``) once stdin ends."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
+
+    def drain_stdin() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while sys.stdin.buffer.read1(4096):
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(stop.set)
+
+    if watch_stdin:
+        # A daemon thread, not to_thread: a read that never returns must not hold up the exit.
+        threading.Thread(target=drain_stdin, name="demo-stdin", daemon=True).start()
     try:
         await stop.wait()
     finally:
@@ -711,6 +848,12 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=DEFAULT_PORT, help="Temporal port (default %(default)s; Web UI +1000)"
     )
     parser.add_argument("--task-queue", default=DEFAULT_TASK_QUEUE, help="task queue of the demo worker")
+    parser.add_argument(
+        "--services-port",
+        type=int,
+        default=SERVICES_PORT,
+        help="port of the fake services on 127.0.0.1 (default %(default)s; 0: any free one)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Steps that fail on purpose (a declined card, a site that is down) are logged by the SDK with

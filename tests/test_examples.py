@@ -725,7 +725,16 @@ async def test_demo_runs_every_example_and_exits(
         assert "9/9 runs ended as expected" in out
         assert ("Store: PostgreSQL from DATABASE_URL" if configured else "Store: embedded PostgreSQL") in out
         assert "mallory tries to approve -> refused: 'mallory' may not decide step 'manager_approval'" in out
-        assert out.count("/namespaces/default/workflows/") == 9
+        assert out.count("/namespaces/default/workflows/") == 10  # the 9 runs and the one left waiting
+        # One expense run is left waiting, with the commands to decide it (run in tests/test_demo.py).
+        waiting = re.search(
+            r"^(expense-EXP-8-\S+) is awaiting_approval on expense-approval v1 \(approvers: manager\)\.$",
+            out,
+            re.M,
+        )
+        assert waiting, out
+        assert f"--tenant demo approve {waiting.group(1)} --actor manager --reason 'within budget'" in out
+        assert f"Stopping now (--exit, or stdin ended); {waiting.group(1)} stays waiting" in out
         assert "State         compensated" in out  # the declined card of the example itself
         # The registry listing: every example, v1 active, with a hash prefix.
         listing = out.split("Registry of tenant 'demo'", 1)[1].split("\n\n", 1)[0]
