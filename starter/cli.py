@@ -54,58 +54,36 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
-from activities.store.database import DATABASE_URL_ENV, Database, open_database, safe_url, upgrade_database
-from activities.store.embedded import data_dir, start_embedded
-from activities.store.errors import (
-    ActiveVersionError,
-    DatabaseUnavailableError,
-    DeadLetterNotFoundError,
-    DeadLetterResolvedError,
-    DefinitionNotFoundError,
-    InvalidReferenceError,
-    InvalidTenantError,
-    MigrationsNotAppliedError,
-    NothingToRollBackError,
-    StoreError,
-    VersionArchivedError,
-)
-from activities.store.repository import (
-    DeadLetter,
-    DeadLetterStore,
-    DefinitionInfo,
-    DefinitionStore,
-    NameSummary,
-    parse_ref,
-    pretty,
-)
-from interpreter.durations import format_duration
-from interpreter.model import Definition, children
-from interpreter.state import FINAL_STATES, RunResult, RunState, RunStatus, StepRecord
-from interpreter.validate import DefinitionError, definition_hash
-from starter.client import (
+# Only light modules at import time: `wfa --help` and `wfa validate` must not load the Temporal SDK
+# or the database driver (every command is a new process; scripts call it in loops).
+from starter.config import (
+    ADDRESS_ENV,
+    DATABASE_URL_ENV,
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,
     DEFAULT_TASK_QUEUE,
     DEFAULT_TENANT,
+    NAMESPACE_ENV,
+    TASK_QUEUE_ENV,
     TENANT_ENV,
-    FlowClient,
-    RunHandle,
-    is_registry_ref,
-    load,
 )
-from starter.errors import (
-    DecisionRefusedError,
-    DefinitionFileNotFoundError,
-    NoWorkerError,
-    ResultTimeoutError,
-    RunAlreadyExistsError,
-    RunClosedError,
-    RunNotFoundError,
-    ServerUnavailableError,
-    StarterError,
-)
+from starter.errors import DefinitionFileNotFoundError
+
+if TYPE_CHECKING:
+    from activities.store.database import Database
+    from activities.store.repository import (
+        DeadLetter,
+        DefinitionInfo,
+        DefinitionStore,
+        NameSummary,
+    )
+    from interpreter.model import Definition
+    from interpreter.state import RunResult, RunStatus, StepRecord
+    from interpreter.validate import DefinitionError
+    from starter.client import FlowClient, RunHandle
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -126,6 +104,7 @@ EXIT_NOT_FOUND = 4
 EXIT_REFUSED = 5
 EXIT_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
 
 _ERROR_WIDTH = 90
 _KEY_WIDTH = 12
@@ -141,9 +120,9 @@ class UsageError(Exception):
 def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     # On subcommands the defaults are SUPPRESS, so `wfa status X --address A` and
     # `wfa --address A status X` both work and neither overrides the other with a default.
-    address = os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
-    namespace = os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
-    task_queue = os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
+    address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    namespace = os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+    task_queue = os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
     suppress = argparse.SUPPRESS
     parser.add_argument(
         "--address",
@@ -172,9 +151,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         metavar="URL",
         default=database_url if defaults else suppress,
         help="PostgreSQL of the definition registry and dead letters (env DATABASE_URL, now "
-        + (safe_url(database_url) if database_url else "unset: the embedded server under .state/")
+        + (_hide_password(database_url) if database_url else "unset: the embedded server under .state/")
         + ")",
     )
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for help texts; no driver needed)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _default_actor() -> str:
@@ -429,6 +418,8 @@ def _duration(seconds: float | None) -> str:
         return "-"
     if seconds < 60:
         return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    from interpreter.durations import format_duration
+
     return format_duration(timedelta(seconds=round(seconds)))
 
 
@@ -504,6 +495,8 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
         pairs.append(
             ("Cancelled by", f"{status.cancelled_by.actor} ({status.cancelled_by.reason or 'no reason'})")
         )
+    from interpreter.state import FINAL_STATES
+
     if status.state in FINAL_STATES and status.output is not None:
         pairs.append(("Output", _compact(status.output)))
     _fields(pairs, out)
@@ -549,6 +542,8 @@ def print_result(workflow_id: str, result: RunResult, out: TextIO) -> None:
 
 
 def _count_steps(steps: Sequence[Any]) -> int:
+    from interpreter.model import children
+
     total = 0
     for step in steps:
         total += 1
@@ -558,13 +553,16 @@ def _count_steps(steps: Sequence[Any]) -> int:
 
 
 def _result_exit(result: RunResult) -> int:
-    return EXIT_OK if result.state == RunState.COMPLETED else EXIT_RUN_FAILED
+    return EXIT_OK if result.state == "completed" else EXIT_RUN_FAILED
 
 
 # -------------------------------------------------------------------------------------- commands
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    from interpreter.validate import definition_hash
+    from starter.definitions import load
+
     definition = load(Path(args.file))
     if args.json:
         _print_json(
@@ -592,6 +590,8 @@ _OPEN_CLIENTS: list[FlowClient] = []
 
 
 async def _connect(args: argparse.Namespace) -> FlowClient:
+    from starter.client import FlowClient
+
     flows = await FlowClient.connect(
         args.address,
         args.namespace,
@@ -605,6 +605,8 @@ async def _connect(args: argparse.Namespace) -> FlowClient:
 
 @contextlib.asynccontextmanager
 async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
+    from activities.store.database import open_database
+
     database = await open_database(args.database_url or None)
     try:
         yield database
@@ -613,6 +615,11 @@ async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
 
 
 async def _start(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.repository import parse_ref
+    from interpreter.validate import definition_hash
+    from starter.client import is_registry_ref
+    from starter.definitions import load
+
     reference = is_registry_ref(args.file)
     # Before connecting: a bad file or a malformed reference is exit 2 without a server.
     definition: Definition | None = None
@@ -738,6 +745,8 @@ def _read_definition(file: str) -> str:
         raise DefinitionFileNotFoundError(file) from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    from starter.definitions import load
+
     load(text)
     return text
 
@@ -751,6 +760,8 @@ def _short_hash(digest: str) -> str:
 
 
 async def _definitions(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.repository import DefinitionStore
+
     if args.action == "register":
         # Read and validate before opening the database: bad input is exit 2 without a server.
         args.document = _read_definition(args.file)
@@ -853,6 +864,8 @@ async def _definitions_show(args: argparse.Namespace, store: DefinitionStore, ou
         out,
     )
     print(file=out)
+    from activities.store.repository import pretty
+
     out.write(pretty({**stored.body, "version": stored.version}))
     return EXIT_OK
 
@@ -951,6 +964,8 @@ def print_dead_letter(row: DeadLetter, out: TextIO) -> None:
 
 
 async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.repository import DeadLetterStore
+
     if args.action in ("list", "show"):
         async with _database(args) as database:
             store = DeadLetterStore(database.session_factory, args.tenant)
@@ -1019,6 +1034,9 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _db(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.database import safe_url, upgrade_database
+    from activities.store.embedded import data_dir, start_embedded
+
     url = args.database_url or None
     if url is None:
         url = await asyncio.to_thread(start_embedded, None)
@@ -1064,14 +1082,55 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
         print(f"  {problem.path}: {problem.message}", file=err_out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI.
+# Exit code of each error type, by module and class name, most specific first. Looked up in
+# sys.modules: an error of a module that was never imported cannot have been raised, and importing
+# the store or the SDK only to classify an error would slow every command down.
+_EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("starter.errors", ("DefinitionFileNotFoundError",), EXIT_BAD_INPUT),
+    ("activities.store.errors", ("InvalidReferenceError", "InvalidTenantError"), EXIT_BAD_INPUT),
+    ("starter.errors", ("ServerUnavailableError", "NoWorkerError"), EXIT_UNAVAILABLE),
+    ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
+    ("starter.errors", ("RunNotFoundError",), EXIT_NOT_FOUND),
+    ("activities.store.errors", ("DefinitionNotFoundError", "DeadLetterNotFoundError"), EXIT_NOT_FOUND),
+    ("starter.errors", ("DecisionRefusedError", "RunClosedError", "RunAlreadyExistsError"), EXIT_REFUSED),
+    (
+        "activities.store.errors",
+        ("VersionArchivedError", "ActiveVersionError", "NothingToRollBackError", "DeadLetterResolvedError"),
+        EXIT_REFUSED,
+    ),
+    ("starter.errors", ("ResultTimeoutError",), EXIT_TIMEOUT),
+    ("activities.store.errors", ("StoreError",), EXIT_RUN_FAILED),
+    ("starter.errors", ("StarterError",), EXIT_RUN_FAILED),
+)
 
-    Args:
-        argv: Arguments without the program name; default ``sys.argv[1:]``.
 
-    Returns:
-        The exit code (see the module docstring).
+def _exit_code_of(err: BaseException) -> int | None:
+    """The documented exit code of an error the client or the store raises on purpose, else None."""
+    if isinstance(err, UsageError):
+        return EXIT_BAD_INPUT
+    for module_name, class_names, code in _EXIT_CODES:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        classes = tuple(getattr(module, name) for name in class_names)
+        if isinstance(err, classes):
+            return code
+    return None
+
+
+def _definition_error(err: BaseException) -> DefinitionError | None:
+    validate = sys.modules.get("interpreter.validate")
+    if validate is not None and isinstance(err, validate.DefinitionError):
+        return err
+    return None
+
+
+def run(argv: Sequence[str]) -> int:
+    """Runs the CLI in this process and returns its exit code (see the module docstring).
+
+    Every error becomes a one-line message on stderr (an invalid definition: one line per problem)
+    and its documented exit code; an unexpected one (a bug) exits 70 without a traceback unless
+    ``WFA_DEBUG`` is set.
     """
     out, err_out = sys.stdout, sys.stderr
     parser = build_parser()
@@ -1083,43 +1142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
 
     def fail(code: int, message: str) -> int:
-        print(f"wfa {label}: {message}", file=err_out)
+        print(f"wfa {label}: {_clip_message(message)}", file=err_out)
         return code
 
     try:
         if args.command == "validate":
             return _validate(args, out)
         return asyncio.run(_run_command(args, out))
-    except DefinitionError as err:
-        _print_definition_error(getattr(args, "file", "definition"), err, err_out)
-        return EXIT_BAD_INPUT
-    except (DefinitionFileNotFoundError, UsageError, InvalidReferenceError, InvalidTenantError) as err:
-        return fail(EXIT_BAD_INPUT, str(err))
-    except (
-        ServerUnavailableError,
-        NoWorkerError,
-        DatabaseUnavailableError,
-        MigrationsNotAppliedError,
-    ) as err:
-        return fail(EXIT_UNAVAILABLE, str(err))
-    except (RunNotFoundError, DefinitionNotFoundError, DeadLetterNotFoundError) as err:
-        return fail(EXIT_NOT_FOUND, str(err))
-    except (
-        DecisionRefusedError,
-        RunClosedError,
-        RunAlreadyExistsError,
-        VersionArchivedError,
-        ActiveVersionError,
-        NothingToRollBackError,
-        DeadLetterResolvedError,
-    ) as err:
-        return fail(EXIT_REFUSED, str(err))
-    except StoreError as err:
-        return fail(EXIT_RUN_FAILED, str(err))
-    except ResultTimeoutError as err:
-        return fail(EXIT_TIMEOUT, str(err))
-    except StarterError as err:
-        return fail(EXIT_RUN_FAILED, str(err))
     except BrokenPipeError:  # `wfa status X | head`: the reader left, nothing more to say
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1129,7 +1158,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"; the run goes on (wfa status {args.workflow_id})" if getattr(args, "workflow_id", None) else ""
         )
         return fail(EXIT_INTERRUPTED, f"interrupted{hint}")
+    except Exception as err:
+        definition_error = _definition_error(err)
+        if definition_error is not None:
+            _print_definition_error(getattr(args, "file", "definition"), definition_error, err_out)
+            return EXIT_BAD_INPUT
+        code = _exit_code_of(err)
+        if code is not None:
+            return fail(code, str(err))
+        if os.environ.get("WFA_DEBUG"):
+            raise
+        return fail(
+            EXIT_INTERNAL,
+            f"internal error ({type(err).__name__}: {err}); this is a bug, please report it"
+            " (WFA_DEBUG=1 shows the traceback)",
+        )
+
+
+def _clip_message(message: str, limit: int = 2000) -> str:
+    """An error message bounded in size (it may quote a huge argument back)."""
+    return (
+        message if len(message) <= limit else f"{message[:limit]}… ({len(message) - limit} more characters)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``wfa`` program.
+
+    Args:
+        argv: Arguments without the program name. Given (tests, embedding): runs :func:`run` and
+            returns its exit code. Omitted (the console script, ``python -m starter``): runs with
+            ``sys.argv[1:]``, flushes stdout and stderr and leaves the process with
+            ``os._exit(code)``, never returning.
+
+    Returns:
+        The exit code (see the module docstring), when ``argv`` is given.
+
+    Why ``os._exit``: a process that used a Temporal client can abort ("Fatal Python error:
+    PyGILState_Release", exit 134) or hang for good while the interpreter finalises, when the SDK's
+    native threads still hold work (temporalio/sdk-python#300; ``result --timeout`` leaves its
+    cancelled long poll there). Nothing is left to clean up once the command has returned:
+    the command closed its clients and its store connections itself.
+    """
+    if argv is None:
+        _flush_and_exit(run(sys.argv[1:]))
+    return run(argv)
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

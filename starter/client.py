@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from temporalio.client import (
@@ -63,24 +63,6 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.store.database import DATABASE_URL_ENV, Database, open_database
-from activities.store.errors import DeadLetterResolvedError
-from activities.store.models import DeadLetterStatus
-from activities.store.repository import (
-    DEFAULT_TENANT,
-    Activation,
-    ActivationEntry,
-    DeadLetter,
-    DeadLetterStore,
-    DefinitionInfo,
-    DefinitionStore,
-    NameSummary,
-    Registration,
-    ResolvedDefinition,
-    StoredDefinition,
-    check_tenant,
-    looks_like_ref,
-)
 from interpreter.model import Definition
 from interpreter.state import (
     CancelRequest,
@@ -97,10 +79,22 @@ from interpreter.state import (
     RunState,
     RunStatus,
 )
-from interpreter.validate import DefinitionError, Problem, check_definition, definition_hash, load_definition
+from interpreter.validate import definition_hash
+from starter.config import (
+    ADDRESS_ENV,
+    DATABASE_URL_ENV,
+    DEFAULT_ADDRESS,
+    DEFAULT_NAMESPACE,
+    DEFAULT_TASK_QUEUE,
+    DEFAULT_TENANT,
+    NAMESPACE_ENV,
+    TASK_QUEUE_ENV,
+    TENANT_ENV,
+)
+from starter.definitions import DefinitionSource, load
+from starter.definitions import document as _document
 from starter.errors import (
     DecisionRefusedError,
-    DefinitionFileNotFoundError,
     NoWorkerError,
     ResultTimeoutError,
     RunAlreadyExistsError,
@@ -120,6 +114,23 @@ from workflows.search_attributes import (
     TENANT,
 )
 
+if TYPE_CHECKING:
+    # The store (SQLAlchemy, asyncpg) is imported on first use: most commands never touch it.
+    from activities.store.database import Database
+    from activities.store.models import DeadLetterStatus
+    from activities.store.repository import (
+        Activation,
+        ActivationEntry,
+        DeadLetter,
+        DeadLetterStore,
+        DefinitionInfo,
+        DefinitionStore,
+        NameSummary,
+        Registration,
+        ResolvedDefinition,
+        StoredDefinition,
+    )
+
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_NAMESPACE",
@@ -132,10 +143,6 @@ __all__ = [
     "load",
 ]
 
-DEFAULT_ADDRESS = "127.0.0.1:7233"
-DEFAULT_NAMESPACE = "default"
-DEFAULT_TASK_QUEUE = "workflow-automation"
-TENANT_ENV = "WFA_TENANT"
 RESOLVE_DEAD_LETTER_UPDATE = "resolve_dead_letter"
 
 QUERY_TIMEOUT = timedelta(seconds=10)
@@ -146,45 +153,6 @@ CLOSED_QUERY_TIMEOUT = timedelta(seconds=3)
 
 UPDATE_TIMEOUT_S = 30.0
 """How long a validated decision (the ``decide`` update) may wait for a worker to accept it."""
-
-DefinitionSource = Definition | Mapping[str, Any] | str | os.PathLike[str]
-"""A definition: a parsed one, a dict, JSON text, or the path of a JSON file."""
-
-
-def load(definition: DefinitionSource) -> Definition:
-    """Loads and validates a definition from any :data:`DefinitionSource`.
-
-    A ``str`` whose first non-blank character is ``{`` is JSON text; any other ``str`` is a path.
-
-    Args:
-        definition: A :class:`Definition` (returned as is), a mapping, JSON text or a file path.
-
-    Returns:
-        The validated definition.
-
-    Raises:
-        DefinitionError: Listing every problem with its JSON path.
-        DefinitionFileNotFoundError: A path was given and there is no such file.
-    """
-    if isinstance(definition, Definition):
-        # A model built in code has passed parsing but not the whole-tree rules.
-        problems = check_definition(definition)
-        if problems:
-            raise DefinitionError(problems, definition.name)
-        return definition
-    if isinstance(definition, Mapping):
-        return load_definition(definition)
-    if isinstance(definition, str) and definition.lstrip().startswith("{"):
-        return load_definition(definition)
-    path = Path(definition)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
-    return load_definition(text)
 
 
 def is_registry_ref(definition: object) -> bool:
@@ -199,25 +167,11 @@ def is_registry_ref(definition: object) -> bool:
     text = definition.strip()
     if text.startswith("{") or text.endswith(".json") or os.sep in text or "/" in text:
         return False
+    from activities.store.repository import looks_like_ref
+
     if not looks_like_ref(text):
         return False
     return not Path(definition).is_file()
-
-
-def _document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | str:
-    """The document to register: a Definition or mapping as is, JSON text as is, a file's text."""
-    if isinstance(definition, Definition | Mapping):
-        return definition
-    if isinstance(definition, str) and definition.lstrip().startswith("{"):
-        return definition
-    path = Path(definition)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
 
 
 def _is_pydantic(client: Client) -> bool:
@@ -296,12 +250,12 @@ class FlowClient:
             client = Client(**config)
         self.client = client
         self.task_queue = task_queue
-        self.tenant = check_tenant(
+        self.tenant = _check_tenant(
             tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT
         )
-        self._database: Database | None = database if isinstance(database, Database) else None
+        self._database: Database | None = None if database is None or isinstance(database, str) else database
         self._database_url = database if isinstance(database, str) else None
-        self._owns_database = not isinstance(database, Database)
+        self._owns_database = self._database is None
         self._database_lock = asyncio.Lock()
 
     @classmethod
@@ -331,10 +285,10 @@ class FlowClient:
             ServerUnavailableError: The server cannot be reached; the message names the address.
             InvalidTenantError: The tenant name is malformed.
         """
-        address = address or os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
-        namespace = namespace or os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
-        task_queue = task_queue or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
-        tenant = check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
+        address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+        namespace = namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+        task_queue = task_queue or os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
+        tenant = _check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
         try:
             client = await Client.connect(
                 address, namespace=namespace, data_converter=pydantic_data_converter
@@ -356,16 +310,22 @@ class FlowClient:
         """
         async with self._database_lock:
             if self._database is None:
+                from activities.store.database import open_database
+
                 url = self._database_url or os.environ.get(DATABASE_URL_ENV) or None
                 self._database = await open_database(url)
             return self._database
 
     async def definitions(self) -> DefinitionStore:
         """The definition registry of the client's tenant."""
+        from activities.store.repository import DefinitionStore
+
         return DefinitionStore((await self.database()).session_factory, self.tenant)
 
     async def dead_letter_store(self) -> DeadLetterStore:
         """The dead letters of the client's tenant."""
+        from activities.store.repository import DeadLetterStore
+
         return DeadLetterStore((await self.database()).session_factory, self.tenant)
 
     async def close(self) -> None:
@@ -804,6 +764,9 @@ class FlowClient:
         output: Any = None,
     ) -> ParkedStep:
         row = await self.show_dead_letter(dead_letter_id)
+        from activities.store.errors import DeadLetterResolvedError
+        from activities.store.models import DeadLetterStatus
+
         if row.status != DeadLetterStatus.OPEN:
             raise DeadLetterResolvedError(row.id, str(row.status), row.resolved_by, row.resolved_at)
         decision = DeadLetterDecision(
@@ -1008,6 +971,15 @@ class FlowClient:
         except RPCError:
             return ""
         return f"(task queue {description.task_queue!r})"
+
+
+def _check_tenant(tenant: str) -> str:
+    """``tenant`` if it is a valid tenant name (the default is, without loading the store)."""
+    if tenant == DEFAULT_TENANT:
+        return tenant
+    from activities.store.repository import check_tenant
+
+    return check_tenant(tenant)
 
 
 async def _tenant_of(description: WorkflowExecutionDescription) -> str:
