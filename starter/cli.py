@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import getpass
 import json
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -71,6 +72,7 @@ from starter.config import (
     TENANT_ENV,
 )
 from starter.errors import DefinitionFileNotFoundError
+from starter.inputs import brief, check_json
 
 if TYPE_CHECKING:
     from activities.store.database import Database
@@ -105,6 +107,12 @@ EXIT_REFUSED = 5
 EXIT_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
+
+MAX_VERSION = 2**31 - 1  # the registry's integer column
+MAX_DEAD_LETTER_ID = 2**63 - 1  # a bigint identity
+MAX_LIST_LIMIT = 10_000
+MAX_ACTOR_LENGTH = 200  # the store's column width
+MAX_TIMEOUT_S = 10**9
 
 _ERROR_WIDTH = 90
 _KEY_WIDTH = 12
@@ -207,13 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
         "duplicate; once it completed the key cannot start another run",
     )
     p.add_argument("--wait", action="store_true", help="wait for the run to end and print its result")
-    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
         p = command(name, f"{verb} a run's pending approval")
         p.add_argument("workflow_id", metavar="ID", help="the run's workflow id")
-        p.add_argument("--actor", required=True, help="who decides (must be one of the step's approvers)")
+        p.add_argument(
+            "--actor", required=True, type=_name, help="who decides (must be one of the step's approvers)"
+        )
         p.add_argument("--step", metavar="S", help="approval step id (needed when several are pending)")
         p.add_argument("--reason", default="", metavar="R", help="free text, recorded")
         p.add_argument("--data", metavar="JSON|@FILE", help="form fields as a JSON object, or @path")
@@ -226,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("cancel", "cancel a run: compensations run, then it ends as cancelled")
     p.add_argument("workflow_id", metavar="ID")
-    p.add_argument("--actor", required=True, help="who cancels (recorded)")
+    p.add_argument("--actor", required=True, type=_name, help="who cancels (recorded)")
     p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
 
     p = command("status", "show a run's state, steps, pending approvals and decisions")
@@ -235,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("result", "wait for a run to end and show how it ended")
     p.add_argument("workflow_id", metavar="ID")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit code 6)")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit code 6)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_definitions_commands(
@@ -270,6 +280,7 @@ def _add_actor(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--actor",
         default=None,
+        type=_name,
         help=f"who {what} (recorded; default env WFA_ACTOR or the login name)",
     )
 
@@ -282,7 +293,7 @@ def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="definition JSON file (its 'version' is ignored: the registry numbers versions)",
     )
-    p.add_argument("--author", required=True, help="who registers it (recorded)")
+    p.add_argument("--author", required=True, type=_name, help="who registers it (recorded)")
     p.add_argument(
         "--activate", action="store_true", help="make it the active version (the first version always is)"
     )
@@ -329,7 +340,7 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
         help="only this status (default open)",
     )
     p.add_argument("--run", metavar="ID", help="only this run's (workflow id)")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--limit", type=_limit, default=100, metavar="N", help="at most N (default 100)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = action("show", "show a dead letter: the step, its input, the error, the decision")
@@ -357,24 +368,45 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _version(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"versions start at 1, not {value}")
+def _whole_number(text: str, what: str, low: int, high: int) -> int:
+    # Range-checked here: a number the database column cannot hold must not reach the driver.
+    if not text.strip().isdigit() or len(text.strip()) > 20:
+        raise argparse.ArgumentTypeError(f"not {what}: {brief(text)} (a whole number from {low} to {high})")
+    value = int(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what} must be from {low} to {high}, not {brief(text)}")
     return value
+
+
+def _version(text: str) -> int:
+    return _whole_number(text, "a version number", 1, MAX_VERSION)
 
 
 def _dead_letter_id(text: str) -> int:
+    return _whole_number(text, "a dead letter id", 1, MAX_DEAD_LETTER_ID)
+
+
+def _limit(text: str) -> int:
+    return _whole_number(text, "a limit", 1, MAX_LIST_LIMIT)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a dead letter id: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a dead letter id: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {brief(text)}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"seconds must be from 0 to {MAX_TIMEOUT_S:g}, not {brief(text)}")
     return value
+
+
+def _name(text: str) -> str:
+    """An actor or author: recorded in the store, so non-empty and at most 200 characters."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty name (it is recorded)")
+    if len(text) > MAX_ACTOR_LENGTH:
+        raise argparse.ArgumentTypeError(f"is longer than {MAX_ACTOR_LENGTH} characters: {brief(text)}")
+    return text
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any]:
@@ -388,8 +420,19 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
     return value
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {brief(text)} is too large")
+    return value
+
+
 def _json_value(text: str, option: str) -> Any:
-    """Parses an option's inline JSON or ``@path`` (any JSON value)."""
+    """Parses an option's inline JSON or ``@path`` (any JSON value the server and store can keep)."""
     source = f"{option}"
     if text.startswith("@"):
         path = Path(text[1:])
@@ -401,9 +444,13 @@ def _json_value(text: str, option: str) -> Any:
         except OSError as err:
             raise UsageError(f"{option}: cannot read {path}: {err.strerror or err}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as err:  # JSONDecodeError, NaN/Infinity, an integer of over 4300 digits
         raise UsageError(f"{source} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise UsageError(f"{source} is nested too deeply") from None
+    check_json(value, source)
+    return value
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -747,7 +794,8 @@ def _read_definition(file: str) -> str:
         raise UsageError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
     from starter.definitions import load
 
-    load(text)
+    definition = load(text)
+    check_json(definition.model_dump(mode="json"), f"definition {file}")
     return text
 
 
@@ -1075,6 +1123,7 @@ async def _run_command(args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) -> None:
     count = len(err.problems)
+    source = _clip_message(source, 300)
     print(
         f"{source}: invalid workflow definition ({count} problem{'s' if count != 1 else ''}):", file=err_out
     )
@@ -1086,7 +1135,7 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 # sys.modules: an error of a module that was never imported cannot have been raised, and importing
 # the store or the SDK only to classify an error would slow every command down.
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
-    ("starter.errors", ("DefinitionFileNotFoundError",), EXIT_BAD_INPUT),
+    ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
     ("activities.store.errors", ("InvalidReferenceError", "InvalidTenantError"), EXIT_BAD_INPUT),
     ("starter.errors", ("ServerUnavailableError", "NoWorkerError"), EXIT_UNAVAILABLE),
     ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
@@ -1133,6 +1182,12 @@ def run(argv: Sequence[str]) -> int:
     ``WFA_DEBUG`` is set.
     """
     out, err_out = sys.stdout, sys.stderr
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as lone surrogates
+            print(f"wfa: argument {index} is not valid UTF-8: {brief(arg)}", file=err_out)
+            return EXIT_BAD_INPUT
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

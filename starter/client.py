@@ -27,6 +27,7 @@ under ``.state/``), opened on first use and scoped to the client's tenant (``WFA
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ from starter.definitions import DefinitionSource, load
 from starter.definitions import document as _document
 from starter.errors import (
     DecisionRefusedError,
+    InvalidInputError,
     NoWorkerError,
     ResultTimeoutError,
     RunAlreadyExistsError,
@@ -103,6 +105,9 @@ from starter.errors import (
     ServerUnavailableError,
     StarterError,
 )
+from starter.inputs import brief as _brief
+from starter.inputs import check_json, check_json_object
+from starter.inputs import json_type as _json_type
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
@@ -293,6 +298,10 @@ class FlowClient:
             client = await Client.connect(
                 address, namespace=namespace, data_converter=pydantic_data_converter
             )
+        except ValueError as err:  # e.g. "invalid target URL: invalid port number"
+            raise InvalidInputError(
+                f"invalid Temporal server address {_brief(address, 200)}: {err}"
+            ) from None
         except RuntimeError as err:
             raise ServerUnavailableError(
                 f"cannot reach the Temporal server at {address}: {_short(err)}", address
@@ -389,6 +398,8 @@ class FlowClient:
             DefinitionFileNotFoundError: The path does not exist.
         """
         document = _document(definition)
+        _check_document(document)
+        _check_actor(author, "author")
         return await (await self.definitions()).register(document, author, activate=activate)
 
     async def list_definitions(self, name: str | None = None) -> list[NameSummary] | list[DefinitionInfo]:
@@ -415,7 +426,7 @@ class FlowClient:
 
     async def diff(self, name: str, v1: int, v2: int) -> str:
         """A unified diff of two versions (indented JSON, sorted keys); "" when they are equal."""
-        return await (await self.definitions()).diff(name, v1, v2)
+        return await (await self.definitions()).diff(name, check_version(v1), check_version(v2))
 
     async def activate(self, name: str, version: int, actor: str) -> Activation:
         """Makes ``version`` the active one: runs started by ``name`` from now on use it; runs
@@ -425,7 +436,8 @@ class FlowClient:
             DefinitionNotFoundError / VersionNotFoundError: Not in the tenant.
             VersionArchivedError: The version is archived.
         """
-        return await (await self.definitions()).activate(name, version, actor)
+        _check_actor(actor, "actor")
+        return await (await self.definitions()).activate(name, check_version(version), actor)
 
     async def rollback(self, name: str, actor: str) -> Activation:
         """Activates the version that was active before the current one.
@@ -441,7 +453,8 @@ class FlowClient:
         Raises:
             ActiveVersionError: It is the active version.
         """
-        return await (await self.definitions()).archive(name, version, actor)
+        _check_actor(actor, "actor")
+        return await (await self.definitions()).archive(name, check_version(version), actor)
 
     async def history(self, name: str) -> list[ActivationEntry]:
         """The audit log of a name: registrations, activations, rollbacks, archivals."""
@@ -497,8 +510,7 @@ class FlowClient:
             ServerUnavailableError: The server cannot be reached or refused the namespace or the
                 search attributes.
         """
-        if input is not None and not isinstance(input, Mapping):
-            raise TypeError(f"run input must be a JSON object (a mapping), not {type(input).__name__}")
+        run_input = check_json_object(input, "the run input")
         source = "file"
         if is_registry_ref(definition):
             resolved = await self.resolve(str(definition))
@@ -506,6 +518,8 @@ class FlowClient:
         else:
             parsed = load(definition)
             digest = definition_hash(parsed)
+        if not -(2**63) <= parsed.version < 2**63:  # the DefinitionVersion search attribute is an Int
+            raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
         attributes = TypedSearchAttributes(
             [
@@ -521,7 +535,7 @@ class FlowClient:
         try:
             handle = await self.client.start_workflow(
                 RunDefinitionWorkflow.run,
-                RunInput(definition=parsed, input=dict(input or {}), options=RunOptions(tenant=self.tenant)),
+                RunInput(definition=parsed, input=run_input, options=RunOptions(tenant=self.tenant)),
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -653,10 +667,15 @@ class FlowClient:
         data: Mapping[str, Any] | None,
         wait: bool,
     ) -> DecisionRecord | None:
+        _check_actor(actor, "actor")
+        _check_text(reason, "reason")
+        if step_id is not None:
+            _check_text(step_id, "step id")
+        form = check_json_object(data, "the form data")
         await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
         if not wait:
-            decision = Decision(actor=actor, step_id=step_id, reason=reason, data=dict(data or {}))
+            decision = Decision(actor=actor, step_id=step_id, reason=reason, data=form)
             signal = (
                 RunDefinitionWorkflow.approve
                 if kind == DecisionKind.APPROVE
@@ -667,9 +686,7 @@ class FlowClient:
             except RPCError as err:
                 raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
             return None
-        request = DecisionRequest(
-            decision=kind, actor=actor, step_id=step_id, reason=reason, data=dict(data or {})
-        )
+        request = DecisionRequest(decision=kind, actor=actor, step_id=step_id, reason=reason, data=form)
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):
                 return await handle.execute_update(RunDefinitionWorkflow.decide, request)
@@ -703,6 +720,8 @@ class FlowClient:
             workflow_id: Only this run's.
             limit: At most this many.
         """
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
         return await (await self.dead_letter_store()).list(status, workflow_id=workflow_id, limit=limit)
 
     async def show_dead_letter(self, dead_letter_id: int) -> DeadLetter:
@@ -711,7 +730,7 @@ class FlowClient:
         Raises:
             DeadLetterNotFoundError: No such id in the tenant.
         """
-        return await (await self.dead_letter_store()).get(dead_letter_id)
+        return await (await self.dead_letter_store()).get(check_dead_letter_id(dead_letter_id))
 
     async def redrive(
         self,
@@ -763,6 +782,12 @@ class FlowClient:
         input: dict[str, Any] | None = None,
         output: Any = None,
     ) -> ParkedStep:
+        _check_actor(actor, "actor")
+        _check_text(reason, "reason")
+        if input is not None:
+            input = check_json_object(input, "the step input")
+        if action == DeadLetterAction.SKIP:
+            check_json(output, "the step output")
         row = await self.show_dead_letter(dead_letter_id)
         from activities.store.errors import DeadLetterResolvedError
         from activities.store.models import DeadLetterStatus
@@ -803,6 +828,8 @@ class FlowClient:
             RunNotFoundError: No such run (in this client's tenant).
             RunClosedError: The run has already ended.
         """
+        _check_actor(actor, "actor")
+        _check_text(reason, "reason")
         await self.describe(workflow_id)
         try:
             await self._handle(workflow_id).signal(
@@ -939,6 +966,9 @@ class FlowClient:
             )
         if err.status == RPCStatusCode.NOT_FOUND and workflow_id is not None:
             return RunNotFoundError(workflow_id, self.namespace)
+        if err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" not in message.lower():
+            # An id, namespace or task queue the server refuses (too long, malformed, ...).
+            return InvalidInputError(f"the Temporal server refused to {doing}: {message}")
         if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return ServerUnavailableError(
                 f"the Temporal server at {self.address} is unavailable ({message})", self.address
@@ -971,6 +1001,77 @@ class FlowClient:
         except RPCError:
             return ""
         return f"(task queue {description.task_queue!r})"
+
+
+MAX_VERSION = 2**31 - 1
+"""Versions are PostgreSQL ``integer`` columns."""
+
+MAX_DEAD_LETTER_ID = 2**63 - 1
+"""Dead letter ids are PostgreSQL ``bigint`` identities."""
+
+MAX_LIST_LIMIT = 10_000
+"""The most rows or runs one list call returns."""
+
+MAX_ACTOR_LENGTH = 200
+"""Actors and authors recorded in the store (its column width)."""
+
+
+def check_version(version: object) -> int:
+    """``version`` if it is a version number the registry can hold (1 to 2**31-1).
+
+    Raises:
+        InvalidInputError: Not an int, or out of range.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise InvalidInputError(f"a version is a whole number from 1 to {MAX_VERSION}, not {_brief(version)}")
+    return version
+
+
+def check_dead_letter_id(dead_letter_id: object) -> int:
+    """``dead_letter_id`` if it can be a dead letter id (1 to 2**63-1).
+
+    Raises:
+        InvalidInputError: Not an int, or out of range.
+    """
+    if (
+        isinstance(dead_letter_id, bool)
+        or not isinstance(dead_letter_id, int)
+        or not 1 <= dead_letter_id <= MAX_DEAD_LETTER_ID
+    ):
+        raise InvalidInputError(
+            f"a dead letter id is a whole number from 1 to {MAX_DEAD_LETTER_ID}, not {_brief(dead_letter_id)}"
+        )
+    return dead_letter_id
+
+
+def _check_actor(actor: object, what: str) -> str:
+    if not isinstance(actor, str) or not actor.strip():
+        raise InvalidInputError(f"{what} must be a non-empty name (it is recorded)")
+    if len(actor) > MAX_ACTOR_LENGTH:
+        raise InvalidInputError(f"{what} is longer than {MAX_ACTOR_LENGTH} characters")
+    if "\x00" in actor:
+        raise InvalidInputError(f"{what} has a NUL character")
+    return actor
+
+
+def _check_text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{what} must be a string, not {_json_type(text)}")
+    if "\x00" in text:
+        raise InvalidInputError(f"{what} has a NUL character")
+    return text
+
+
+def _check_document(document: object) -> None:
+    """A definition to register: no NUL anywhere (other problems are the validator's to name)."""
+    if isinstance(document, str):
+        try:
+            document = json.loads(document)
+        except (ValueError, RecursionError):
+            return  # not JSON: validation names the problem
+    elif isinstance(document, Definition):
+        document = document.model_dump(mode="json")
+    check_json(document, "the definition")
 
 
 def _check_tenant(tenant: str) -> str:

@@ -42,9 +42,9 @@ def load(definition: DefinitionSource) -> Definition:
             raise DefinitionError(problems, definition.name)
         return definition
     if isinstance(definition, Mapping):
-        return load_definition(definition)
+        return _parse(definition)
     if isinstance(definition, str) and definition.lstrip().startswith("{"):
-        return load_definition(definition)
+        return _parse(definition)
     path = Path(definition)
     try:
         text = path.read_text(encoding="utf-8")
@@ -53,7 +53,19 @@ def load(definition: DefinitionSource) -> Definition:
     except (OSError, UnicodeDecodeError) as err:
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
-    return load_definition(text)
+    return _parse(text)
+
+
+def _parse(document: Mapping[str, Any] | str) -> Definition:
+    """:func:`load_definition`, with JSON the parser cannot take reported as a problem too."""
+    try:
+        return load_definition(document)
+    except DefinitionError:
+        raise
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
+    except RecursionError:
+        raise DefinitionError([Problem("$", "nested too deeply")]) from None
 
 
 def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | str:
