@@ -243,6 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = command("list", "list the tenant's runs, newest first (from Temporal's visibility store)")
+    p.add_argument("--definition", metavar="NAME", help="only runs of this definition")
+    p.add_argument("--version", type=_version, metavar="V", help="only runs pinned to this version")
+    p.add_argument(
+        "--state",
+        choices=[
+            "running",
+            "awaiting_approval",
+            "parked",
+            "compensating",
+            "completed",
+            "compensated",
+            "failed",
+            "cancelled",
+        ],
+        help="only runs in this state",
+    )
+    p.add_argument("--awaiting-approval", action="store_true", help="only runs waiting for a person")
+    p.add_argument("--limit", type=_limit, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = command("result", "wait for a run to end and show how it ended")
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit code 6)")
@@ -607,10 +628,21 @@ def _result_exit(result: RunResult) -> int:
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
-    from interpreter.validate import definition_hash
+    from interpreter.validate import DefinitionError, definition_hash
     from starter.definitions import load
 
-    definition = load(Path(args.file))
+    try:
+        definition = load(Path(args.file))
+    except (DefinitionError, DefinitionFileNotFoundError) as err:
+        if not args.json:
+            raise
+        problems = (
+            [{"path": problem.path, "message": problem.message} for problem in err.problems]
+            if isinstance(err, DefinitionError)
+            else [{"path": "$", "message": str(err)}]
+        )
+        _print_json({"valid": False, "file": args.file, "problems": problems}, out)
+        return EXIT_BAD_INPUT
     if args.json:
         _print_json(
             {
@@ -767,6 +799,36 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
         _print_json(status.model_dump(mode="json"), out)
     else:
         print_status(args.workflow_id, status, out)
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, out: TextIO) -> int:
+    flows = await _connect(args)
+    runs = await flows.list_runs(
+        definition=args.definition,
+        version=args.version,
+        state=args.state,
+        awaiting_approval=True if args.awaiting_approval else None,
+        limit=args.limit,
+    )
+    if args.json:
+        _print_json([run.model_dump(mode="json") for run in runs], out)
+    elif not runs:
+        print(f"no runs in tenant {flows.tenant!r} match", file=out)
+    else:
+        rows = [
+            [
+                run.workflow_id,
+                f"{run.definition} v{run.version}" if run.definition else "-",
+                run.state
+                + (" (approval)" if run.awaiting_approval and run.state != "awaiting_approval" else ""),
+                run.current_step or "-",
+                _when(run.started_at),
+                _when(run.closed_at),
+            ]
+            for run in runs
+        ]
+        _table(["RUN", "DEFINITION", "STATE", "WAITING AT", "STARTED", "ENDED"], rows, out, indent="")
     return EXIT_OK
 
 
@@ -1102,6 +1164,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "reject": _decide,
     "cancel": _cancel,
     "status": _status,
+    "list": _list,
     "result": _result,
     "definitions": _definitions,
     "dead-letters": _dead_letters,

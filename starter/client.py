@@ -29,15 +29,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from pydantic import BaseModel
 from temporalio.client import (
     Client,
+    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -181,6 +184,114 @@ def is_registry_ref(definition: object) -> bool:
 
 def _is_pydantic(client: Client) -> bool:
     return client.data_converter.payload_converter_class is PydanticPayloadConverter
+
+
+class RunSummary(BaseModel):
+    """One run as listed by :meth:`FlowClient.list_runs` (from its search attributes).
+
+    Attributes:
+        workflow_id: The run's workflow id (business key).
+        run_id: Temporal's id of the execution.
+        definition: The definition's name, ``version`` its version.
+        state: The run's state (:class:`RunState` value); for a run that Temporal closed without
+            the workflow recording a final state (cancelled or terminated through Temporal, timed
+            out), the state that close means.
+        temporal_status: Temporal's execution status (``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
+        awaiting_approval: Whether it waits for a person.
+        current_step: The step where it waits durably, "" if none.
+        tenant: The tenant it belongs to.
+        started_at: When it started; ``closed_at`` when it ended (None while it runs).
+    """
+
+    workflow_id: str
+    run_id: str
+    definition: str
+    version: int | None
+    state: str
+    temporal_status: str
+    awaiting_approval: bool
+    current_step: str
+    tenant: str
+    started_at: datetime
+    closed_at: datetime | None
+
+
+_OPEN_STATES = (RunState.RUNNING, RunState.AWAITING_APPROVAL, RunState.PARKED, RunState.COMPENSATING)
+_CLOSED_MEANING = {
+    WorkflowExecutionStatus.COMPLETED: RunState.COMPLETED,
+    WorkflowExecutionStatus.FAILED: RunState.FAILED,
+    WorkflowExecutionStatus.TIMED_OUT: RunState.FAILED,
+    WorkflowExecutionStatus.CANCELED: RunState.CANCELLED,
+    WorkflowExecutionStatus.TERMINATED: RunState.CANCELLED,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: RunState.RUNNING,
+}
+
+
+def runs_query(
+    tenant: str,
+    *,
+    definition: str | None = None,
+    version: int | None = None,
+    state: RunState | str | None = None,
+    awaiting_approval: bool | None = None,
+) -> str:
+    """The visibility query of :meth:`FlowClient.list_runs` (values are checked, not escaped).
+
+    Raises:
+        InvalidInputError: A value is malformed.
+    """
+    clauses = [
+        # Runs of the default tenant started before runs carried the attribute have none.
+        f"(Tenant = '{tenant}' OR Tenant IS NULL)" if tenant == DEFAULT_TENANT else f"Tenant = '{tenant}'"
+    ]
+    if definition is not None:
+        if not isinstance(definition, str) or not _SA_VALUE.fullmatch(definition):
+            raise InvalidInputError(f"not a definition name: {_brief(definition)}")
+        clauses.append(f"DefinitionName = '{definition}'")
+    if version is not None:
+        clauses.append(f"DefinitionVersion = {check_version(version)}")
+    if state is not None:
+        try:
+            wanted = RunState(state)
+        except ValueError:
+            raise InvalidInputError(
+                f"not a run state: {_brief(state)} (one of {', '.join(s.value for s in RunState)})"
+            ) from None
+        if wanted in _OPEN_STATES:
+            clauses.append(f"RunState = '{wanted.value}' AND ExecutionStatus = 'Running'")
+        elif wanted == RunState.CANCELLED:
+            clauses.append("(RunState = 'cancelled' OR ExecutionStatus IN ('Canceled', 'Terminated'))")
+        elif wanted == RunState.FAILED:
+            clauses.append("(RunState = 'failed' OR ExecutionStatus = 'TimedOut')")
+        else:
+            clauses.append(f"RunState = '{wanted.value}'")
+    if awaiting_approval is not None:
+        clauses.append(f"AwaitingApproval = {'true' if awaiting_approval else 'false'}")
+    return " AND ".join(clauses)
+
+
+_SA_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}")
+
+
+def _run_summary(execution: WorkflowExecution, default_tenant: str) -> RunSummary:
+    attributes = execution.typed_search_attributes
+    status = execution.status or WorkflowExecutionStatus.RUNNING
+    state = attributes.get(RUN_STATE) or RunState.RUNNING.value
+    if status != WorkflowExecutionStatus.RUNNING and state in {s.value for s in _OPEN_STATES}:
+        state = _CLOSED_MEANING.get(status, RunState.FAILED).value
+    return RunSummary(
+        workflow_id=execution.id,
+        run_id=execution.run_id,
+        definition=attributes.get(DEFINITION_NAME) or "",
+        version=attributes.get(DEFINITION_VERSION),
+        state=state,
+        temporal_status=status.name,
+        awaiting_approval=bool(attributes.get(AWAITING_APPROVAL)),
+        current_step=attributes.get(CURRENT_STEP) or "",
+        tenant=attributes.get(TENANT) or default_tenant,
+        started_at=execution.start_time,
+        closed_at=execution.close_time,
+    )
 
 
 @dataclass(frozen=True)
@@ -950,6 +1061,51 @@ class FlowClient:
             return _result_from_failure(err)
         except RPCError as err:
             raise self._rpc_error(err, workflow_id, "wait for the run") from None
+
+    async def list_runs(
+        self,
+        *,
+        definition: str | None = None,
+        version: int | None = None,
+        state: RunState | str | None = None,
+        awaiting_approval: bool | None = None,
+        limit: int = 100,
+    ) -> list[RunSummary]:
+        """The client's tenant's runs, newest first, from Temporal's visibility store.
+
+        Filters on the search attributes the workflow maintains (see
+        :mod:`workflows.search_attributes`); each given filter must match. Visibility is
+        eventually consistent: a run started or changed a moment ago may show its previous state.
+
+        Args:
+            definition: Only runs of this definition name.
+            version: Only runs pinned to this version (with or without ``definition``).
+            state: Only runs in this state (see :class:`RunState`). ``cancelled`` includes runs
+                cancelled or terminated through Temporal, ``failed`` runs that timed out.
+            awaiting_approval: Only runs waiting for a person (True) or not (False).
+            limit: At most this many (1 to 10,000).
+
+        Raises:
+            InvalidInputError: A filter value is malformed.
+            ServerUnavailableError: The server is unreachable, or the search attributes are not
+                registered on the namespace.
+        """
+        query = runs_query(
+            self.tenant,
+            definition=definition,
+            version=version,
+            state=state,
+            awaiting_approval=awaiting_approval,
+        )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
+        runs: list[RunSummary] = []
+        try:
+            async for execution in self.client.list_workflows(query, limit=limit, page_size=min(limit, 1000)):
+                runs.append(_run_summary(execution, self.tenant))
+        except RPCError as err:
+            raise self._rpc_error(err, None, "list runs") from None
+        return runs
 
     # -------------------------------------------------------------------------------- internals
 
