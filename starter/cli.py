@@ -745,7 +745,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         else:
             print(f"  wfa status {run.workflow_id}    wfa result {run.workflow_id}", file=out)
         return EXIT_OK
-    result = await flows.result(run.workflow_id, timeout=args.timeout)
+    result = await _result_watching(flows, run.workflow_id, args.timeout)
     if args.json:
         _print_json({**summary, "result": result.model_dump(mode="json")}, out)
     else:
@@ -802,6 +802,70 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+WATCH_INTERVAL_S = 1.0
+"""How often ``result`` and ``start --wait`` look at what a waiting run waits on."""
+
+
+async def _result_watching(flows: FlowClient, workflow_id: str, timeout: float | None) -> RunResult:
+    """The run's result; meanwhile, each change in what it waits on is printed to stderr."""
+    watcher = asyncio.create_task(_watch(flows, workflow_id, sys.stderr))
+    try:
+        return await flows.result(workflow_id, timeout=timeout)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch(flows: FlowClient, workflow_id: str, err_out: TextIO) -> None:
+    shown: set[str] = set()
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        try:
+            lines = await waiting_on(flows, workflow_id)
+        except Exception:
+            continue
+        for line in lines:
+            if line not in shown:
+                print(f"wfa: {workflow_id}: {line}", file=err_out, flush=True)
+        shown = set(lines)
+
+
+async def waiting_on(flows: FlowClient, workflow_id: str) -> list[str]:
+    """What a run waits on now, one line each: approvals, parked dead letters, retrying steps, timers."""
+    status = await flows.status(workflow_id)
+    lines = []
+    for approval in status.pending_approvals:
+        deadline = f", deadline {_when(approval.deadline)}" if approval.deadline else ""
+        lines.append(
+            f"waiting for approval at {approval.path} from {', '.join(approval.approvers)}{deadline}"
+            f" (wfa approve {workflow_id} --actor NAME)"
+        )
+    for parked in status.parked:
+        letter = (
+            f"dead letter {parked.dead_letter_id}" if parked.dead_letter_id is not None else "a dead letter"
+        )
+        lines.append(
+            f"parked at {parked.path} as {letter} after {parked.attempts} attempt(s):"
+            f" {parked.error_type}: {_clip(parked.error, 200)}"
+            + (
+                f" (wfa dead-letters show {parked.dead_letter_id})"
+                if parked.dead_letter_id is not None
+                else ""
+            )
+        )
+    for step in status.steps:
+        if step.type == "task" and step.status == "running" and step.error:
+            lines.append(
+                f"step {step.path} is retrying: attempt {step.attempts},"
+                f" last error {step.error_type}: {_clip(step.error, 200)}"
+            )
+    if any(step.type == "delay" and step.status in ("running", "waiting") for step in status.steps):
+        for timer in await flows.pending_timers(workflow_id):
+            lines.append(f"timer {timer.summary or '(unnamed)'} until {_when(timer.fires_at)}")
+    return lines
+
+
 async def _list(args: argparse.Namespace, out: TextIO) -> int:
     flows = await _connect(args)
     runs = await flows.list_runs(
@@ -834,7 +898,7 @@ async def _list(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _result(args: argparse.Namespace, out: TextIO) -> int:
     flows = await _connect(args)
-    result = await flows.result(args.workflow_id, timeout=args.timeout)
+    result = await _result_watching(flows, args.workflow_id, args.timeout)
     if args.json:
         _print_json(result.model_dump(mode="json"), out)
     else:

@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -82,6 +82,7 @@ from interpreter.state import (
     RunResult,
     RunState,
     RunStatus,
+    StepStatus,
 )
 from interpreter.validate import definition_hash
 from starter.config import (
@@ -184,6 +185,68 @@ def is_registry_ref(definition: object) -> bool:
 
 def _is_pydantic(client: Client) -> bool:
     return client.data_converter.payload_converter_class is PydanticPayloadConverter
+
+
+@dataclass(frozen=True)
+class PendingTimer:
+    """A durable timer of a run that has not fired (see :meth:`FlowClient.pending_timers`).
+
+    Attributes:
+        summary: What it waits for, as the Web UI shows it (the delay's or approval's name).
+        fires_at: When it fires.
+    """
+
+    summary: str
+    fires_at: datetime
+
+
+def _summary_of(event: Any) -> str:
+    """The user metadata summary of a history event (a JSON string payload), "" without one."""
+    if not event.HasField("user_metadata") or not event.user_metadata.HasField("summary"):
+        return ""
+    data = event.user_metadata.summary.data
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _step_path(activity_id: str) -> str:
+    """The step path of an action's activity id (``path``, ``path#2`` on a revisit, ``path~r1``
+    once redriven)."""
+    return activity_id.split("#", 1)[0].split("~", 1)[0]
+
+
+def _with_pending_activities(status: RunStatus, description: WorkflowExecutionDescription) -> RunStatus:
+    """``status`` with each running task's attempt and last error from Temporal's pending activity.
+
+    The workflow learns of an action's attempts and errors only when the activity finally
+    completes or fails; meanwhile the server knows which attempt runs and why the last one failed.
+    """
+    pending = {
+        _step_path(activity.activity_id): activity
+        for activity in description.raw_description.pending_activities
+    }
+    if not pending:
+        return status
+    steps = []
+    for step in status.steps:
+        activity = pending.get(step.path)
+        if activity is not None and step.type == "task" and step.status == StepStatus.RUNNING:
+            update: dict[str, Any] = {"attempts": max(step.attempts, activity.attempt)}
+            if activity.HasField("last_failure"):
+                failure = activity.last_failure
+                update["error"] = failure.message
+                update["error_type"] = (
+                    failure.application_failure_info.type
+                    if failure.HasField("application_failure_info")
+                    else "ActivityFailure"
+                ) or None
+            steps.append(step.model_copy(update=update))
+        else:
+            steps.append(step)
+    return status.model_copy(update={"steps": steps})
 
 
 class RunSummary(BaseModel):
@@ -980,9 +1043,10 @@ class FlowClient:
         description = await self.describe(workflow_id)
         running = description.status in (None, WorkflowExecutionStatus.RUNNING)
         try:
-            return await self._handle(workflow_id).query(
+            status: RunStatus = await self._handle(workflow_id).query(
                 RunDefinitionWorkflow.status, rpc_timeout=QUERY_TIMEOUT if running else CLOSED_QUERY_TIMEOUT
             )
+            return _with_pending_activities(status, description) if running else status
         except WorkflowQueryFailedError as err:
             raise StarterError(f"run {workflow_id!r} could not answer the status query: {err}") from None
         except RPCError as err:
@@ -1000,6 +1064,32 @@ class FlowClient:
                 description.task_queue,
             )
         return await self._status_from_result(workflow_id, description)
+
+    async def pending_timers(self, workflow_id: str) -> list[PendingTimer]:
+        """The run's durable timers that have not fired yet (delays, approval deadlines), from its
+        history: what each waits for (its summary) and when it fires.
+
+        Reads the run's whole history: meant for a run known to wait on a timer.
+
+        Raises:
+            RunNotFoundError: No such run.
+        """
+        timers: dict[str, PendingTimer] = {}
+        try:
+            async for event in self._handle(workflow_id).fetch_history_events():
+                if event.HasField("timer_started_event_attributes"):
+                    started = event.timer_started_event_attributes
+                    fires_at = (
+                        event.event_time.ToDatetime(tzinfo=UTC) + started.start_to_fire_timeout.ToTimedelta()
+                    )
+                    timers[started.timer_id] = PendingTimer(_summary_of(event), fires_at)
+                elif event.HasField("timer_fired_event_attributes"):
+                    timers.pop(event.timer_fired_event_attributes.timer_id, None)
+                elif event.HasField("timer_canceled_event_attributes"):
+                    timers.pop(event.timer_canceled_event_attributes.timer_id, None)
+        except RPCError as err:
+            raise self._rpc_error(err, workflow_id, "read the run's history") from None
+        return list(timers.values())
 
     async def _status_from_result(
         self, workflow_id: str, description: WorkflowExecutionDescription
