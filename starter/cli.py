@@ -6,7 +6,8 @@
     wfa start examples/expense-approval.json --input '{"amount": 250}' --id expense-4711
     wfa status expense-4711
     wfa approve expense-4711 --actor manager --reason "within budget"
-    wfa result expense-4711 --timeout 60
+    wfa result expense-4711 --timeout 60          # meanwhile prints what the run waits on (stderr)
+    wfa list --definition expense-approval --state awaiting_approval [--json]
 
     wfa definitions register examples/intervention.json --author ann [--activate]
     wfa definitions list [NAME]  |  show NAME[@V]  |  diff NAME V1 V2
@@ -39,7 +40,11 @@ Exit codes:
    activated or started, the active version archived, nothing to roll back, a dead letter
    already resolved
 6  ``--timeout`` passed before the run ended (it is still running)
+70 internal error: a bug (one line; ``WFA_DEBUG=1`` shows the traceback)
 == ==========================================================================================
+
+As a program (no ``argv`` given to :func:`main`), ``wfa`` flushes its output and leaves with
+``os._exit``: the Temporal SDK's native threads can otherwise abort or hang the interpreter at exit.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_REFUSED",
@@ -96,6 +102,7 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_UNAVAILABLE",
     "main",
+    "run",
 ]
 
 EXIT_OK = 0
@@ -187,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wfa",
         description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
         epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
-        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting.",
+        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting,"
+        " 70 internal error (a bug).",
     )
     _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -370,7 +378,17 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
 
     p = action("redrive", "run the parked step again in the same run")
     p.add_argument("id", metavar="ID", type=_dead_letter_id)
-    p.add_argument("--input", metavar="JSON|@FILE", help="corrected input for the step (a JSON object)")
+    p.add_argument(
+        "--input",
+        metavar="JSON|@FILE",
+        help="corrections to the step's recorded input (a JSON object): its top-level keys replace those"
+        " of the recorded input, the others are kept",
+    )
+    p.add_argument(
+        "--replace-input",
+        action="store_true",
+        help="with --input: run the step with exactly this input instead of merging it",
+    )
     _add_actor(p, "decides")
     p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -1176,11 +1194,15 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
     new_input = (
         _json_object(args.input, "--input") if args.action == "redrive" and args.input is not None else None
     )
+    if args.action == "redrive" and args.replace_input and new_input is None:
+        raise UsageError("--replace-input needs --input")
     output = _json_value(args.output, "--output") if args.action == "skip" else None
     flows = await _connect(args)
     actor = _actor(args)
     if args.action == "redrive":
-        parked = await flows.redrive(args.id, actor, new_input, reason=args.reason)
+        parked = await flows.redrive(
+            args.id, actor, new_input, reason=args.reason, replace_input=args.replace_input
+        )
     elif args.action == "skip":
         parked = await flows.skip(args.id, actor, output, reason=args.reason)
     else:

@@ -913,10 +913,16 @@ class FlowClient:
         input: Mapping[str, Any] | None = None,
         *,
         reason: str = "",
+        replace_input: bool = False,
     ) -> ParkedStep:
-        """Runs the parked step again in the same run, with ``input`` instead of its input if given.
+        """Runs the parked step again in the same run, with its input corrected by ``input``.
 
-        The run records the decision (actor, time, input) in the dead letter row.
+        ``input`` is merged into the step's recorded input (the dead letter row's), top-level keys
+        replacing those of the same name: ``{"url": ...}`` changes the URL and keeps the method,
+        headers and body. With ``replace_input`` it replaces the whole input instead. Without
+        ``input`` the step runs again with its recorded input.
+
+        The run records the decision (actor, time, the input it runs with) in the dead letter row.
 
         Returns:
             The parked step the run resolved.
@@ -933,7 +939,8 @@ class FlowClient:
             DeadLetterAction.REDRIVE,
             actor,
             reason=reason,
-            input=dict(input) if input is not None else None,
+            input=check_json_object(input, "the step input") if input is not None else None,
+            merge_input=not replace_input,
         )
 
     async def skip(self, dead_letter_id: int, actor: str, output: Any, *, reason: str = "") -> ParkedStep:
@@ -954,15 +961,16 @@ class FlowClient:
         *,
         reason: str,
         input: dict[str, Any] | None = None,
+        merge_input: bool = False,
         output: Any = None,
     ) -> ParkedStep:
         _check_actor(actor, "actor")
         _check_text(reason, "reason")
-        if input is not None:
-            input = check_json_object(input, "the step input")
         if action == DeadLetterAction.SKIP:
             check_json(output, "the step output")
         row = await self.show_dead_letter(dead_letter_id)
+        if input is not None and merge_input:
+            input = {**row.input, **input}
         from activities.store.errors import DeadLetterResolvedError
         from activities.store.models import DeadLetterStatus
 
