@@ -129,6 +129,14 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error messages bounded (they quote the offending argument)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_clip_message(message, 500)}\n")
+
+
 # ------------------------------------------------------------------------------------- arguments
 
 
@@ -190,7 +198,7 @@ def _default_actor() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (environment defaults are read when it is built)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wfa",
         description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
         epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
@@ -1277,7 +1285,7 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
         f"{source}: invalid workflow definition ({count} problem{'s' if count != 1 else ''}):", file=err_out
     )
     for problem in err.problems:
-        print(f"  {problem.path}: {problem.message}", file=err_out)
+        print(f"  {_clip_message(problem.path, 300)}: {_clip_message(problem.message, 1000)}", file=err_out)
 
 
 # Exit code of each error type, by module and class name, most specific first. Looked up in

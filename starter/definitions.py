@@ -13,6 +13,7 @@ from typing import Any
 from interpreter.model import Definition
 from interpreter.validate import DefinitionError, Problem, check_definition, load_definition
 from starter.errors import DefinitionFileNotFoundError
+from starter.inputs import brief
 
 __all__ = ["DefinitionSource", "document", "load"]
 
@@ -52,7 +53,7 @@ def load(definition: DefinitionSource) -> Definition:
         raise DefinitionFileNotFoundError(str(definition)) from None
     except (OSError, UnicodeDecodeError) as err:
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
+        raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None
     return _parse(text)
 
 
@@ -81,4 +82,4 @@ def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | s
         raise DefinitionFileNotFoundError(str(definition)) from None
     except (OSError, UnicodeDecodeError) as err:
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
+        raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None
