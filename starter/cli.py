@@ -1241,7 +1241,7 @@ async def _db(args: argparse.Namespace, out: TextIO) -> int:
     from activities.store.database import safe_url, upgrade_database
     from activities.store.embedded import data_dir, start_embedded
 
-    url = args.database_url or None
+    url: str | None = args.database_url or None
     if url is None:
         url = await asyncio.to_thread(start_embedded, None)
         where = f"the embedded server in {data_dir()}"
@@ -1327,7 +1327,8 @@ def _exit_code_of(err: BaseException) -> int | None:
 def _definition_error(err: BaseException) -> DefinitionError | None:
     validate = sys.modules.get("interpreter.validate")
     if validate is not None and isinstance(err, validate.DefinitionError):
-        return err
+        found: DefinitionError = err
+        return found
     return None
 
 

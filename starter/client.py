@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from pydantic import BaseModel
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -200,11 +201,11 @@ class PendingTimer:
     fires_at: datetime
 
 
-def _summary_of(event: Any) -> str:
+def _summary_of(event: HistoryEvent) -> str:
     """The user metadata summary of a history event (a JSON string payload), "" without one."""
     if not event.HasField("user_metadata") or not event.user_metadata.HasField("summary"):
         return ""
-    data = event.user_metadata.summary.data
+    data: bytes = event.user_metadata.summary.data
     try:
         value = json.loads(data)
     except ValueError:
