@@ -148,7 +148,9 @@ __all__ = [
     "DEFAULT_TENANT",
     "TENANT_ENV",
     "FlowClient",
+    "PendingTimer",
     "RunHandle",
+    "RunSummary",
     "is_registry_ref",
     "load",
 ]
