@@ -829,7 +829,11 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 WATCH_INTERVAL_S = 1.0
-"""How often ``result`` and ``start --wait`` look at what a waiting run waits on."""
+"""How soon ``result`` and ``start --wait`` look at what a waiting run waits on, and again after
+each change; while nothing changes the interval doubles up to :data:`WATCH_MAX_INTERVAL_S` (a run
+may wait for days: its server is not asked every second meanwhile)."""
+
+WATCH_MAX_INTERVAL_S = 10.0
 
 
 async def _result_watching(flows: FlowClient, workflow_id: str, timeout: float | None) -> RunResult:
@@ -845,20 +849,34 @@ async def _result_watching(flows: FlowClient, workflow_id: str, timeout: float |
 
 async def _watch(flows: FlowClient, workflow_id: str, err_out: TextIO) -> None:
     shown: set[str] = set()
+    timers: dict[tuple[str, ...], list[str]] = {}
+    interval = WATCH_INTERVAL_S
     while True:
-        await asyncio.sleep(WATCH_INTERVAL_S)
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, WATCH_MAX_INTERVAL_S)
         try:
-            lines = await waiting_on(flows, workflow_id)
-        except Exception:
+            lines = await waiting_on(flows, workflow_id, timers)
+        except Exception:  # a courtesy: the result, awaited beside it, reports the errors that matter
             continue
         for line in lines:
             if line not in shown:
                 print(f"wfa: {workflow_id}: {line}", file=err_out, flush=True)
+        if set(lines) != shown:
+            interval = WATCH_INTERVAL_S
         shown = set(lines)
 
 
-async def waiting_on(flows: FlowClient, workflow_id: str) -> list[str]:
-    """What a run waits on now, one line each: approvals, parked dead letters, retrying steps, timers."""
+async def waiting_on(
+    flows: FlowClient, workflow_id: str, timers: dict[tuple[str, ...], list[str]] | None = None
+) -> list[str]:
+    """What a run waits on now, one line each: approvals, parked dead letters, retrying steps, timers.
+
+    Args:
+        flows: The client.
+        workflow_id: The run.
+        timers: A cache of the timer lines per set of running delay steps: the run's history is
+            read again only when that set changes.
+    """
     status = await flows.status(workflow_id)
     lines = []
     for approval in status.pending_approvals:
@@ -886,9 +904,20 @@ async def waiting_on(flows: FlowClient, workflow_id: str) -> list[str]:
                 f"step {step.path} is retrying: attempt {step.attempts},"
                 f" last error {step.error_type}: {_clip(step.error, 200)}"
             )
-    if any(step.type == "delay" and step.status in ("running", "waiting") for step in status.steps):
-        for timer in await flows.pending_timers(workflow_id):
-            lines.append(f"timer {timer.summary or '(unnamed)'} until {_when(timer.fires_at)}")
+    delays = tuple(
+        f"{step.path}@{step.started_at.isoformat()}"
+        for step in status.steps
+        if step.type == "delay" and step.status in ("running", "waiting")
+    )
+    if delays:
+        cache = {} if timers is None else timers
+        if delays not in cache:
+            cache.clear()
+            cache[delays] = [
+                f"timer {timer.summary or '(unnamed)'} until {_when(timer.fires_at)}"
+                for timer in await flows.pending_timers(workflow_id)
+            ]
+        lines.extend(cache[delays])
     return lines
 
 
