@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Coroutine
@@ -25,8 +26,12 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, linear_delay_s
 
 __all__ = [
+    "MAX_FAILURE_DETAILS_BYTES",
+    "MAX_FAILURE_MESSAGE_BYTES",
     "SECRET_ENV_PREFIX",
     "action",
+    "bound_details",
+    "bound_text",
     "redact_secrets",
     "resolve_secrets",
 ]
@@ -35,6 +40,19 @@ P = ParamSpec("P")
 
 SECRET_ENV_PREFIX = "WFA_SECRET_"
 """Environment variable prefix: ``${secret:TOKEN}`` resolves to ``$WFA_SECRET_TOKEN``."""
+
+# The server keeps a retrying activity's last failure (message, details, stack trace and cause chain)
+# only up to 4 KiB ("limit.mutableStateActivityFailureSize.error"); beyond it stores "Failure exceeds
+# size limit" instead, which is all the Web UI and `wfa status` could then show. These bounds keep an
+# action's failure well inside it, stack trace included.
+MAX_FAILURE_MESSAGE_BYTES = 2048
+"""The most an action failure's message takes (UTF-8); the rest is cut, saying how much."""
+
+MAX_FAILURE_DETAILS_BYTES = 768
+"""The most an action failure's details take (as JSON); larger entries are replaced by a preview."""
+
+MAX_CAUSE_MESSAGE_BYTES = 256
+"""The most the cause's message takes (the cause is kept as its type and message, without a trace)."""
 
 _SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
 _SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -140,6 +158,68 @@ def _chain_leaks(error: BaseException | None, secrets: dict[str, str]) -> bool:
     return False
 
 
+def bound_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, saying how many characters were left out."""
+    if len(text) <= limit // 4 or len(text.encode("utf-8")) <= limit:
+        return text
+    kept = text.encode("utf-8")[: max(limit - 40, 0)].decode("utf-8", errors="ignore")
+    return f"{kept}… ({len(text) - len(kept)} more characters)"
+
+
+def bound_details(details: tuple[Any, ...], limit: int) -> tuple[Any, ...]:
+    """Failure details within about ``limit`` bytes of JSON.
+
+    An entry that does not fit in what is left has its long strings cut first (an object keeps its
+    keys: an HTTP error keeps its status and headers, its body shortened); if that is not enough it
+    is replaced by ``{"truncated": true, "bytes": n, "preview": "..."}``.
+    """
+    bounded: list[Any] = []
+    left = limit
+    for entry in details:
+        kept, size = _fit(entry, left)
+        bounded.append(kept)
+        left = max(left - size, 0)
+    return tuple(bounded)
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, default=str, ensure_ascii=False).encode("utf-8"))
+
+
+def _fit(entry: Any, budget: int) -> tuple[Any, int]:
+    try:
+        size = _json_size(entry)
+    except (TypeError, ValueError, RecursionError):
+        entry = {"unserialisable": bound_text(repr(entry), 128)}
+        size = _json_size(entry)
+    if size <= budget:
+        return entry, size
+    if isinstance(entry, dict) and all(isinstance(key, str) for key in entry):
+        overhead = _json_size({key: "" if isinstance(value, str) else value for key, value in entry.items()})
+        strings = [key for key, value in entry.items() if isinstance(value, str)]
+        if strings and overhead < budget:
+            share = (budget - overhead) // len(strings)
+            shrunk = {
+                key: bound_text(value, share) if isinstance(value, str) else value
+                for key, value in entry.items()
+            }
+            shrunk_size = _json_size(shrunk)
+            if shrunk_size <= budget:
+                return shrunk, shrunk_size
+    preview = bound_text(json.dumps(entry, default=str, ensure_ascii=False), max(min(128, budget - 60), 0))
+    truncated = {"truncated": True, "bytes": size, "preview": preview}
+    return truncated, _json_size(truncated)
+
+
+def _cause_summary(cause: BaseException | None) -> ApplicationError | None:
+    """The cause as its type and bounded message only: its stack trace and its own causes (an
+    HTTP library's chain of a few exceptions) would push the failure past the server's limit."""
+    if cause is None:
+        return None
+    message = bound_text(str(cause) or type(cause).__name__, MAX_CAUSE_MESSAGE_BYTES)
+    return ApplicationError(message, type=type(cause).__name__)
+
+
 def _coerce_request(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], ActionRequest]:
     if not args:
         raise ApplicationError(
@@ -183,8 +263,8 @@ def _to_application_error(
             seconds=linear_delay_s(attempt, request.initial_interval_s, request.maximum_interval_s)
         )
     return ApplicationError(
-        _redact_str(message, secrets) if secrets else message,
-        *redact_secrets(details, secrets),
+        bound_text(_redact_str(message, secrets) if secrets else message, MAX_FAILURE_MESSAGE_BYTES),
+        *bound_details(redact_secrets(details, secrets), MAX_FAILURE_DETAILS_BYTES),
         {"attempt": attempt},
         type=error_type,
         non_retryable=non_retryable,
@@ -235,7 +315,7 @@ def action(
                     if _chain_leaks(cause, secrets):
                         # The failure converter serialises the cause chain into history too.
                         raise converted from None
-                    raise converted from cause
+                    raise converted from _cause_summary(cause)
                 return ActionResult(output=redact_secrets(output), attempt=attempt)
             finally:
                 _resolved_secrets.reset(token)

@@ -6,7 +6,8 @@
     wfa start examples/expense-approval.json --input '{"amount": 250}' --id expense-4711
     wfa status expense-4711
     wfa approve expense-4711 --actor manager --reason "within budget"
-    wfa result expense-4711 --timeout 60
+    wfa result expense-4711 --timeout 60          # meanwhile prints what the run waits on (stderr)
+    wfa list --definition expense-approval --state awaiting_approval [--json]
 
     wfa definitions register examples/intervention.json --author ann [--activate]
     wfa definitions list [NAME]  |  show NAME[@V]  |  diff NAME V1 V2
@@ -39,7 +40,11 @@ Exit codes:
    activated or started, the active version archived, nothing to roll back, a dead letter
    already resolved
 6  ``--timeout`` passed before the run ended (it is still running)
+70 internal error: a bug (one line; ``WFA_DEBUG=1`` shows the traceback)
 == ==========================================================================================
+
+As a program (no ``argv`` given to :func:`main`), ``wfa`` flushes its output and leaves with
+``os._exit``: the Temporal SDK's native threads can otherwise abort or hang the interpreter at exit.
 """
 
 from __future__ import annotations
@@ -49,66 +54,47 @@ import asyncio
 import contextlib
 import getpass
 import json
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
-from activities.store.database import DATABASE_URL_ENV, Database, open_database, safe_url, upgrade_database
-from activities.store.embedded import data_dir, start_embedded
-from activities.store.errors import (
-    ActiveVersionError,
-    DatabaseUnavailableError,
-    DeadLetterNotFoundError,
-    DeadLetterResolvedError,
-    DefinitionNotFoundError,
-    InvalidReferenceError,
-    InvalidTenantError,
-    MigrationsNotAppliedError,
-    NothingToRollBackError,
-    StoreError,
-    VersionArchivedError,
-)
-from activities.store.repository import (
-    DeadLetter,
-    DeadLetterStore,
-    DefinitionInfo,
-    DefinitionStore,
-    NameSummary,
-    parse_ref,
-    pretty,
-)
-from interpreter.durations import format_duration
-from interpreter.model import Definition, children
-from interpreter.state import FINAL_STATES, RunResult, RunState, RunStatus, StepRecord
-from interpreter.validate import DefinitionError, definition_hash
-from starter.client import (
+# Only light modules at import time: `wfa --help` and `wfa validate` must not load the Temporal SDK
+# or the database driver (every command is a new process; scripts call it in loops).
+from starter.config import (
+    ADDRESS_ENV,
+    DATABASE_URL_ENV,
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,
     DEFAULT_TASK_QUEUE,
     DEFAULT_TENANT,
+    NAMESPACE_ENV,
+    TASK_QUEUE_ENV,
     TENANT_ENV,
-    FlowClient,
-    RunHandle,
-    is_registry_ref,
-    load,
 )
-from starter.errors import (
-    DecisionRefusedError,
-    DefinitionFileNotFoundError,
-    NoWorkerError,
-    ResultTimeoutError,
-    RunAlreadyExistsError,
-    RunClosedError,
-    RunNotFoundError,
-    ServerUnavailableError,
-    StarterError,
-)
+from starter.errors import DefinitionFileNotFoundError
+from starter.inputs import brief, check_json
+
+if TYPE_CHECKING:
+    from activities.store.database import Database
+    from activities.store.repository import (
+        DeadLetter,
+        DefinitionInfo,
+        DefinitionStore,
+        NameSummary,
+    )
+    from interpreter.model import Definition
+    from interpreter.state import RunResult, RunStatus, StepRecord
+    from interpreter.validate import DefinitionError
+    from starter.client import FlowClient, RunHandle
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_REFUSED",
@@ -116,6 +102,7 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_UNAVAILABLE",
     "main",
+    "run",
 ]
 
 EXIT_OK = 0
@@ -126,6 +113,13 @@ EXIT_NOT_FOUND = 4
 EXIT_REFUSED = 5
 EXIT_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+MAX_VERSION = 2**31 - 1  # the registry's integer column
+MAX_DEAD_LETTER_ID = 2**63 - 1  # a bigint identity
+MAX_LIST_LIMIT = 10_000
+MAX_ACTOR_LENGTH = 200  # the store's column width
+MAX_TIMEOUT_S = 10**9
 
 _ERROR_WIDTH = 90
 _KEY_WIDTH = 12
@@ -135,15 +129,23 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error messages bounded (they quote the offending argument)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_clip_message(message, 500)}\n")
+
+
 # ------------------------------------------------------------------------------------- arguments
 
 
 def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     # On subcommands the defaults are SUPPRESS, so `wfa status X --address A` and
     # `wfa --address A status X` both work and neither overrides the other with a default.
-    address = os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
-    namespace = os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
-    task_queue = os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
+    address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    namespace = os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+    task_queue = os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
     suppress = argparse.SUPPRESS
     parser.add_argument(
         "--address",
@@ -172,9 +174,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         metavar="URL",
         default=database_url if defaults else suppress,
         help="PostgreSQL of the definition registry and dead letters (env DATABASE_URL, now "
-        + (safe_url(database_url) if database_url else "unset: the embedded server under .state/")
+        + (_hide_password(database_url) if database_url else "unset: the embedded server under .state/")
         + ")",
     )
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for help texts; no driver needed)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _default_actor() -> str:
@@ -186,11 +198,12 @@ def _default_actor() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (environment defaults are read when it is built)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wfa",
         description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
         epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
-        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting.",
+        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting,"
+        " 70 internal error (a bug).",
     )
     _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -218,13 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
         "duplicate; once it completed the key cannot start another run",
     )
     p.add_argument("--wait", action="store_true", help="wait for the run to end and print its result")
-    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
         p = command(name, f"{verb} a run's pending approval")
         p.add_argument("workflow_id", metavar="ID", help="the run's workflow id")
-        p.add_argument("--actor", required=True, help="who decides (must be one of the step's approvers)")
+        p.add_argument(
+            "--actor", required=True, type=_name, help="who decides (must be one of the step's approvers)"
+        )
         p.add_argument("--step", metavar="S", help="approval step id (needed when several are pending)")
         p.add_argument("--reason", default="", metavar="R", help="free text, recorded")
         p.add_argument("--data", metavar="JSON|@FILE", help="form fields as a JSON object, or @path")
@@ -237,16 +252,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("cancel", "cancel a run: compensations run, then it ends as cancelled")
     p.add_argument("workflow_id", metavar="ID")
-    p.add_argument("--actor", required=True, help="who cancels (recorded)")
+    p.add_argument("--actor", required=True, type=_name, help="who cancels (recorded)")
     p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
 
     p = command("status", "show a run's state, steps, pending approvals and decisions")
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = command("list", "list the tenant's runs, newest first (from Temporal's visibility store)")
+    p.add_argument("--definition", metavar="NAME", help="only runs of this definition")
+    p.add_argument("--version", type=_version, metavar="V", help="only runs pinned to this version")
+    p.add_argument(
+        "--state",
+        choices=[
+            "running",
+            "awaiting_approval",
+            "parked",
+            "compensating",
+            "completed",
+            "compensated",
+            "failed",
+            "cancelled",
+        ],
+        help="only runs in this state",
+    )
+    p.add_argument("--awaiting-approval", action="store_true", help="only runs waiting for a person")
+    p.add_argument("--limit", type=_limit, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = command("result", "wait for a run to end and show how it ended")
     p.add_argument("workflow_id", metavar="ID")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit code 6)")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit code 6)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_definitions_commands(
@@ -281,6 +317,7 @@ def _add_actor(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--actor",
         default=None,
+        type=_name,
         help=f"who {what} (recorded; default env WFA_ACTOR or the login name)",
     )
 
@@ -293,7 +330,7 @@ def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="definition JSON file (its 'version' is ignored: the registry numbers versions)",
     )
-    p.add_argument("--author", required=True, help="who registers it (recorded)")
+    p.add_argument("--author", required=True, type=_name, help="who registers it (recorded)")
     p.add_argument(
         "--activate", action="store_true", help="make it the active version (the first version always is)"
     )
@@ -340,7 +377,7 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
         help="only this status (default open)",
     )
     p.add_argument("--run", metavar="ID", help="only this run's (workflow id)")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    p.add_argument("--limit", type=_limit, default=100, metavar="N", help="at most N (default 100)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = action("show", "show a dead letter: the step, its input, the error, the decision")
@@ -349,7 +386,17 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
 
     p = action("redrive", "run the parked step again in the same run")
     p.add_argument("id", metavar="ID", type=_dead_letter_id)
-    p.add_argument("--input", metavar="JSON|@FILE", help="corrected input for the step (a JSON object)")
+    p.add_argument(
+        "--input",
+        metavar="JSON|@FILE",
+        help="corrections to the step's recorded input (a JSON object): its top-level keys replace those"
+        " of the recorded input, the others are kept",
+    )
+    p.add_argument(
+        "--replace-input",
+        action="store_true",
+        help="with --input: run the step with exactly this input instead of merging it",
+    )
     _add_actor(p, "decides")
     p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -368,24 +415,45 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _version(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"versions start at 1, not {value}")
+def _whole_number(text: str, what: str, low: int, high: int) -> int:
+    # Range-checked here: a number the database column cannot hold must not reach the driver.
+    if not text.strip().isdigit() or len(text.strip()) > 20:
+        raise argparse.ArgumentTypeError(f"not {what}: {brief(text)} (a whole number from {low} to {high})")
+    value = int(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what} must be from {low} to {high}, not {brief(text)}")
     return value
+
+
+def _version(text: str) -> int:
+    return _whole_number(text, "a version number", 1, MAX_VERSION)
 
 
 def _dead_letter_id(text: str) -> int:
+    return _whole_number(text, "a dead letter id", 1, MAX_DEAD_LETTER_ID)
+
+
+def _limit(text: str) -> int:
+    return _whole_number(text, "a limit", 1, MAX_LIST_LIMIT)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a dead letter id: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a dead letter id: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {brief(text)}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"seconds must be from 0 to {MAX_TIMEOUT_S:g}, not {brief(text)}")
     return value
+
+
+def _name(text: str) -> str:
+    """An actor or author: recorded in the store, so non-empty and at most 200 characters."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty name (it is recorded)")
+    if len(text) > MAX_ACTOR_LENGTH:
+        raise argparse.ArgumentTypeError(f"is longer than {MAX_ACTOR_LENGTH} characters: {brief(text)}")
+    return text
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any]:
@@ -399,8 +467,19 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
     return value
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {brief(text)} is too large")
+    return value
+
+
 def _json_value(text: str, option: str) -> Any:
-    """Parses an option's inline JSON or ``@path`` (any JSON value)."""
+    """Parses an option's inline JSON or ``@path`` (any JSON value the server and store can keep)."""
     source = f"{option}"
     if text.startswith("@"):
         path = Path(text[1:])
@@ -412,9 +491,13 @@ def _json_value(text: str, option: str) -> Any:
         except OSError as err:
             raise UsageError(f"{option}: cannot read {path}: {err.strerror or err}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as err:  # JSONDecodeError, NaN/Infinity, an integer of over 4300 digits
         raise UsageError(f"{source} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise UsageError(f"{source} is nested too deeply") from None
+    check_json(value, source)
+    return value
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -429,6 +512,8 @@ def _duration(seconds: float | None) -> str:
         return "-"
     if seconds < 60:
         return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    from interpreter.durations import format_duration
+
     return format_duration(timedelta(seconds=round(seconds)))
 
 
@@ -504,6 +589,8 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
         pairs.append(
             ("Cancelled by", f"{status.cancelled_by.actor} ({status.cancelled_by.reason or 'no reason'})")
         )
+    from interpreter.state import FINAL_STATES
+
     if status.state in FINAL_STATES and status.output is not None:
         pairs.append(("Output", _compact(status.output)))
     _fields(pairs, out)
@@ -558,6 +645,8 @@ def print_result(workflow_id: str, result: RunResult, out: TextIO) -> None:
 
 
 def _count_steps(steps: Sequence[Any]) -> int:
+    from interpreter.model import children
+
     total = 0
     for step in steps:
         total += 1
@@ -567,14 +656,28 @@ def _count_steps(steps: Sequence[Any]) -> int:
 
 
 def _result_exit(result: RunResult) -> int:
-    return EXIT_OK if result.state == RunState.COMPLETED else EXIT_RUN_FAILED
+    return EXIT_OK if result.state == "completed" else EXIT_RUN_FAILED
 
 
 # -------------------------------------------------------------------------------------- commands
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
-    definition = load(Path(args.file))
+    from interpreter.validate import DefinitionError, definition_hash
+    from starter.definitions import load
+
+    try:
+        definition = load(Path(args.file))
+    except (DefinitionError, DefinitionFileNotFoundError) as err:
+        if not args.json:
+            raise
+        problems = (
+            [{"path": problem.path, "message": problem.message} for problem in err.problems]
+            if isinstance(err, DefinitionError)
+            else [{"path": "$", "message": str(err)}]
+        )
+        _print_json({"valid": False, "file": args.file, "problems": problems}, out)
+        return EXIT_BAD_INPUT
     if args.json:
         _print_json(
             {
@@ -601,6 +704,8 @@ _OPEN_CLIENTS: list[FlowClient] = []
 
 
 async def _connect(args: argparse.Namespace) -> FlowClient:
+    from starter.client import FlowClient
+
     flows = await FlowClient.connect(
         args.address,
         args.namespace,
@@ -614,6 +719,8 @@ async def _connect(args: argparse.Namespace) -> FlowClient:
 
 @contextlib.asynccontextmanager
 async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
+    from activities.store.database import open_database
+
     database = await open_database(args.database_url or None)
     try:
         yield database
@@ -622,6 +729,11 @@ async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
 
 
 async def _start(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.repository import parse_ref
+    from interpreter.validate import definition_hash
+    from starter.client import is_registry_ref
+    from starter.definitions import load
+
     reference = is_registry_ref(args.file)
     # Before connecting: a bad file or a malformed reference is exit 2 without a server.
     definition: Definition | None = None
@@ -668,7 +780,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         else:
             print(f"  wfa status {run.workflow_id}    wfa result {run.workflow_id}", file=out)
         return EXIT_OK
-    result = await flows.result(run.workflow_id, timeout=args.timeout)
+    result = await _result_watching(flows, run.workflow_id, args.timeout)
     if args.json:
         _print_json({**summary, "result": result.model_dump(mode="json")}, out)
     else:
@@ -725,9 +837,132 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+WATCH_INTERVAL_S = 1.0
+"""How soon ``result`` and ``start --wait`` look at what a waiting run waits on, and again after
+each change; while nothing changes the interval doubles up to :data:`WATCH_MAX_INTERVAL_S` (a run
+may wait for days: its server is not asked every second meanwhile)."""
+
+WATCH_MAX_INTERVAL_S = 10.0
+
+
+async def _result_watching(flows: FlowClient, workflow_id: str, timeout: float | None) -> RunResult:
+    """The run's result; meanwhile, each change in what it waits on is printed to stderr."""
+    watcher = asyncio.create_task(_watch(flows, workflow_id, sys.stderr))
+    try:
+        return await flows.result(workflow_id, timeout=timeout)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch(flows: FlowClient, workflow_id: str, err_out: TextIO) -> None:
+    shown: set[str] = set()
+    timers: dict[tuple[str, ...], list[str]] = {}
+    interval = WATCH_INTERVAL_S
+    while True:
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, WATCH_MAX_INTERVAL_S)
+        try:
+            lines = await waiting_on(flows, workflow_id, timers)
+        except Exception:  # a courtesy: the result, awaited beside it, reports the errors that matter
+            continue
+        for line in lines:
+            if line not in shown:
+                print(f"wfa: {workflow_id}: {line}", file=err_out, flush=True)
+        if set(lines) != shown:
+            interval = WATCH_INTERVAL_S
+        shown = set(lines)
+
+
+async def waiting_on(
+    flows: FlowClient, workflow_id: str, timers: dict[tuple[str, ...], list[str]] | None = None
+) -> list[str]:
+    """What a run waits on now, one line each: approvals, parked dead letters, retrying steps, timers.
+
+    Args:
+        flows: The client.
+        workflow_id: The run.
+        timers: A cache of the timer lines per set of running delay steps: the run's history is
+            read again only when that set changes.
+    """
+    status = await flows.status(workflow_id)
+    lines = []
+    for approval in status.pending_approvals:
+        deadline = f", deadline {_when(approval.deadline)}" if approval.deadline else ""
+        lines.append(
+            f"waiting for approval at {approval.path} from {', '.join(approval.approvers)}{deadline}"
+            f" (wfa approve {workflow_id} --actor NAME)"
+        )
+    for parked in status.parked:
+        letter = (
+            f"dead letter {parked.dead_letter_id}" if parked.dead_letter_id is not None else "a dead letter"
+        )
+        lines.append(
+            f"parked at {parked.path} as {letter} after {parked.attempts} attempt(s):"
+            f" {parked.error_type}: {_clip(parked.error, 200)}"
+            + (
+                f" (wfa dead-letters show {parked.dead_letter_id})"
+                if parked.dead_letter_id is not None
+                else ""
+            )
+        )
+    for step in status.steps:
+        if step.type == "task" and step.status == "running" and step.error:
+            lines.append(
+                f"step {step.path} is retrying: attempt {step.attempts},"
+                f" last error {step.error_type}: {_clip(step.error, 200)}"
+            )
+    delays = tuple(
+        f"{step.path}@{step.started_at.isoformat()}"
+        for step in status.steps
+        if step.type == "delay" and step.status in ("running", "waiting")
+    )
+    if delays:
+        cache = {} if timers is None else timers
+        if delays not in cache:
+            cache.clear()
+            cache[delays] = [
+                f"timer {timer.summary or '(unnamed)'} until {_when(timer.fires_at)}"
+                for timer in await flows.pending_timers(workflow_id)
+            ]
+        lines.extend(cache[delays])
+    return lines
+
+
+async def _list(args: argparse.Namespace, out: TextIO) -> int:
+    flows = await _connect(args)
+    runs = await flows.list_runs(
+        definition=args.definition,
+        version=args.version,
+        state=args.state,
+        awaiting_approval=True if args.awaiting_approval else None,
+        limit=args.limit,
+    )
+    if args.json:
+        _print_json([run.model_dump(mode="json") for run in runs], out)
+    elif not runs:
+        print(f"no runs in tenant {flows.tenant!r} match", file=out)
+    else:
+        rows = [
+            [
+                run.workflow_id,
+                f"{run.definition} v{run.version}" if run.definition else "-",
+                run.state
+                + (" (approval)" if run.awaiting_approval and run.state != "awaiting_approval" else ""),
+                run.current_step or "-",
+                _when(run.started_at),
+                _when(run.closed_at),
+            ]
+            for run in runs
+        ]
+        _table(["RUN", "DEFINITION", "STATE", "WAITING AT", "STARTED", "ENDED"], rows, out, indent="")
+    return EXIT_OK
+
+
 async def _result(args: argparse.Namespace, out: TextIO) -> int:
     flows = await _connect(args)
-    result = await flows.result(args.workflow_id, timeout=args.timeout)
+    result = await _result_watching(flows, args.workflow_id, args.timeout)
     if args.json:
         _print_json(result.model_dump(mode="json"), out)
     else:
@@ -747,7 +982,10 @@ def _read_definition(file: str) -> str:
         raise DefinitionFileNotFoundError(file) from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
-    load(text)
+    from starter.definitions import load
+
+    definition = load(text)
+    check_json(definition.model_dump(mode="json"), f"definition {file}")
     return text
 
 
@@ -760,6 +998,8 @@ def _short_hash(digest: str) -> str:
 
 
 async def _definitions(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.repository import DefinitionStore
+
     if args.action == "register":
         # Read and validate before opening the database: bad input is exit 2 without a server.
         args.document = _read_definition(args.file)
@@ -862,6 +1102,8 @@ async def _definitions_show(args: argparse.Namespace, store: DefinitionStore, ou
         out,
     )
     print(file=out)
+    from activities.store.repository import pretty
+
     out.write(pretty({**stored.body, "version": stored.version}))
     return EXIT_OK
 
@@ -960,6 +1202,8 @@ def print_dead_letter(row: DeadLetter, out: TextIO) -> None:
 
 
 async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.store.repository import DeadLetterStore
+
     if args.action in ("list", "show"):
         async with _database(args) as database:
             store = DeadLetterStore(database.session_factory, args.tenant)
@@ -996,11 +1240,15 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
     new_input = (
         _json_object(args.input, "--input") if args.action == "redrive" and args.input is not None else None
     )
+    if args.action == "redrive" and args.replace_input and new_input is None:
+        raise UsageError("--replace-input needs --input")
     output = _json_value(args.output, "--output") if args.action == "skip" else None
     flows = await _connect(args)
     actor = _actor(args)
     if args.action == "redrive":
-        parked = await flows.redrive(args.id, actor, new_input, reason=args.reason)
+        parked = await flows.redrive(
+            args.id, actor, new_input, reason=args.reason, replace_input=args.replace_input
+        )
     elif args.action == "skip":
         parked = await flows.skip(args.id, actor, output, reason=args.reason)
     else:
@@ -1028,7 +1276,10 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _db(args: argparse.Namespace, out: TextIO) -> int:
-    url = args.database_url or None
+    from activities.store.database import safe_url, upgrade_database
+    from activities.store.embedded import data_dir, start_embedded
+
+    url: str | None = args.database_url or None
     if url is None:
         url = await asyncio.to_thread(start_embedded, None)
         where = f"the embedded server in {data_dir()}"
@@ -1045,6 +1296,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "reject": _decide,
     "cancel": _cancel,
     "status": _status,
+    "list": _list,
     "result": _result,
     "definitions": _definitions,
     "dead-letters": _dead_letters,
@@ -1066,23 +1318,72 @@ async def _run_command(args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) -> None:
     count = len(err.problems)
+    source = _clip_message(source, 300)
     print(
         f"{source}: invalid workflow definition ({count} problem{'s' if count != 1 else ''}):", file=err_out
     )
     for problem in err.problems:
-        print(f"  {problem.path}: {problem.message}", file=err_out)
+        print(f"  {_clip_message(problem.path, 300)}: {_clip_message(problem.message, 1000)}", file=err_out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI.
+# Exit code of each error type, by module and class name, most specific first. Looked up in
+# sys.modules: an error of a module that was never imported cannot have been raised, and importing
+# the store or the SDK only to classify an error would slow every command down.
+_EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
+    ("activities.store.errors", ("InvalidReferenceError", "InvalidTenantError"), EXIT_BAD_INPUT),
+    ("starter.errors", ("ServerUnavailableError", "NoWorkerError"), EXIT_UNAVAILABLE),
+    ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
+    ("starter.errors", ("RunNotFoundError",), EXIT_NOT_FOUND),
+    ("activities.store.errors", ("DefinitionNotFoundError", "DeadLetterNotFoundError"), EXIT_NOT_FOUND),
+    ("starter.errors", ("DecisionRefusedError", "RunClosedError", "RunAlreadyExistsError"), EXIT_REFUSED),
+    (
+        "activities.store.errors",
+        ("VersionArchivedError", "ActiveVersionError", "NothingToRollBackError", "DeadLetterResolvedError"),
+        EXIT_REFUSED,
+    ),
+    ("starter.errors", ("ResultTimeoutError",), EXIT_TIMEOUT),
+    ("activities.store.errors", ("StoreError",), EXIT_RUN_FAILED),
+    ("starter.errors", ("StarterError",), EXIT_RUN_FAILED),
+)
 
-    Args:
-        argv: Arguments without the program name; default ``sys.argv[1:]``.
 
-    Returns:
-        The exit code (see the module docstring).
+def _exit_code_of(err: BaseException) -> int | None:
+    """The documented exit code of an error the client or the store raises on purpose, else None."""
+    if isinstance(err, UsageError):
+        return EXIT_BAD_INPUT
+    for module_name, class_names, code in _EXIT_CODES:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        classes = tuple(getattr(module, name) for name in class_names)
+        if isinstance(err, classes):
+            return code
+    return None
+
+
+def _definition_error(err: BaseException) -> DefinitionError | None:
+    validate = sys.modules.get("interpreter.validate")
+    if validate is not None and isinstance(err, validate.DefinitionError):
+        found: DefinitionError = err
+        return found
+    return None
+
+
+def run(argv: Sequence[str]) -> int:
+    """Runs the CLI in this process and returns its exit code (see the module docstring).
+
+    Every error becomes a one-line message on stderr (an invalid definition: one line per problem)
+    and its documented exit code; an unexpected one (a bug) exits 70 without a traceback unless
+    ``WFA_DEBUG`` is set.
     """
     out, err_out = sys.stdout, sys.stderr
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as lone surrogates
+            print(f"wfa: argument {index} is not valid UTF-8: {brief(arg)}", file=err_out)
+            return EXIT_BAD_INPUT
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -1092,43 +1393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
 
     def fail(code: int, message: str) -> int:
-        print(f"wfa {label}: {message}", file=err_out)
+        print(f"wfa {label}: {_clip_message(message)}", file=err_out)
         return code
 
     try:
         if args.command == "validate":
             return _validate(args, out)
         return asyncio.run(_run_command(args, out))
-    except DefinitionError as err:
-        _print_definition_error(getattr(args, "file", "definition"), err, err_out)
-        return EXIT_BAD_INPUT
-    except (DefinitionFileNotFoundError, UsageError, InvalidReferenceError, InvalidTenantError) as err:
-        return fail(EXIT_BAD_INPUT, str(err))
-    except (
-        ServerUnavailableError,
-        NoWorkerError,
-        DatabaseUnavailableError,
-        MigrationsNotAppliedError,
-    ) as err:
-        return fail(EXIT_UNAVAILABLE, str(err))
-    except (RunNotFoundError, DefinitionNotFoundError, DeadLetterNotFoundError) as err:
-        return fail(EXIT_NOT_FOUND, str(err))
-    except (
-        DecisionRefusedError,
-        RunClosedError,
-        RunAlreadyExistsError,
-        VersionArchivedError,
-        ActiveVersionError,
-        NothingToRollBackError,
-        DeadLetterResolvedError,
-    ) as err:
-        return fail(EXIT_REFUSED, str(err))
-    except StoreError as err:
-        return fail(EXIT_RUN_FAILED, str(err))
-    except ResultTimeoutError as err:
-        return fail(EXIT_TIMEOUT, str(err))
-    except StarterError as err:
-        return fail(EXIT_RUN_FAILED, str(err))
     except BrokenPipeError:  # `wfa status X | head`: the reader left, nothing more to say
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1138,7 +1409,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"; the run goes on (wfa status {args.workflow_id})" if getattr(args, "workflow_id", None) else ""
         )
         return fail(EXIT_INTERRUPTED, f"interrupted{hint}")
+    except Exception as err:
+        definition_error = _definition_error(err)
+        if definition_error is not None:
+            _print_definition_error(getattr(args, "file", "definition"), definition_error, err_out)
+            return EXIT_BAD_INPUT
+        code = _exit_code_of(err)
+        if code is not None:
+            return fail(code, str(err))
+        if os.environ.get("WFA_DEBUG"):
+            raise
+        return fail(
+            EXIT_INTERNAL,
+            f"internal error ({type(err).__name__}: {err}); this is a bug, please report it"
+            " (WFA_DEBUG=1 shows the traceback)",
+        )
+
+
+def _clip_message(message: str, limit: int = 2000) -> str:
+    """An error message bounded in size (it may quote a huge argument back)."""
+    return (
+        message if len(message) <= limit else f"{message[:limit]}… ({len(message) - limit} more characters)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``wfa`` program.
+
+    Args:
+        argv: Arguments without the program name. Given (tests, embedding): runs :func:`run` and
+            returns its exit code. Omitted (the console script, ``python -m starter``): runs with
+            ``sys.argv[1:]``, flushes stdout and stderr and leaves the process with
+            ``os._exit(code)``, never returning.
+
+    Returns:
+        The exit code (see the module docstring), when ``argv`` is given.
+
+    Why ``os._exit``: a process that used a Temporal client can abort ("Fatal Python error:
+    PyGILState_Release", exit 134) or hang for good while the interpreter finalises, when the SDK's
+    native threads still hold work (temporalio/sdk-python#300; ``result --timeout`` leaves its
+    cancelled long poll there). Nothing is left to clean up once the command has returned:
+    the command closed its clients and its store connections itself.
+    """
+    if argv is None:
+        _flush_and_exit(run(sys.argv[1:]))
+    return run(argv)
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

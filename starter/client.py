@@ -27,16 +27,21 @@ under ``.state/``), opened on first use and scoped to the client's tenant (``WFA
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from pydantic import BaseModel
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
+    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -63,24 +68,6 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.store.database import DATABASE_URL_ENV, Database, open_database
-from activities.store.errors import DeadLetterResolvedError
-from activities.store.models import DeadLetterStatus
-from activities.store.repository import (
-    DEFAULT_TENANT,
-    Activation,
-    ActivationEntry,
-    DeadLetter,
-    DeadLetterStore,
-    DefinitionInfo,
-    DefinitionStore,
-    NameSummary,
-    Registration,
-    ResolvedDefinition,
-    StoredDefinition,
-    check_tenant,
-    looks_like_ref,
-)
 from interpreter.model import Definition
 from interpreter.state import (
     CancelRequest,
@@ -96,11 +83,25 @@ from interpreter.state import (
     RunResult,
     RunState,
     RunStatus,
+    StepStatus,
 )
-from interpreter.validate import DefinitionError, Problem, check_definition, definition_hash, load_definition
+from interpreter.validate import definition_hash
+from starter.config import (
+    ADDRESS_ENV,
+    DATABASE_URL_ENV,
+    DEFAULT_ADDRESS,
+    DEFAULT_NAMESPACE,
+    DEFAULT_TASK_QUEUE,
+    DEFAULT_TENANT,
+    NAMESPACE_ENV,
+    TASK_QUEUE_ENV,
+    TENANT_ENV,
+)
+from starter.definitions import DefinitionSource, load
+from starter.definitions import document as _document
 from starter.errors import (
     DecisionRefusedError,
-    DefinitionFileNotFoundError,
+    InvalidInputError,
     NoWorkerError,
     ResultTimeoutError,
     RunAlreadyExistsError,
@@ -109,6 +110,9 @@ from starter.errors import (
     ServerUnavailableError,
     StarterError,
 )
+from starter.inputs import brief as _brief
+from starter.inputs import check_json, check_json_object
+from starter.inputs import json_type as _json_type
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
@@ -120,6 +124,23 @@ from workflows.search_attributes import (
     TENANT,
 )
 
+if TYPE_CHECKING:
+    # The store (SQLAlchemy, asyncpg) is imported on first use: most commands never touch it.
+    from activities.store.database import Database
+    from activities.store.models import DeadLetterStatus
+    from activities.store.repository import (
+        Activation,
+        ActivationEntry,
+        DeadLetter,
+        DeadLetterStore,
+        DefinitionInfo,
+        DefinitionStore,
+        NameSummary,
+        Registration,
+        ResolvedDefinition,
+        StoredDefinition,
+    )
+
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_NAMESPACE",
@@ -127,15 +148,13 @@ __all__ = [
     "DEFAULT_TENANT",
     "TENANT_ENV",
     "FlowClient",
+    "PendingTimer",
     "RunHandle",
+    "RunSummary",
     "is_registry_ref",
     "load",
 ]
 
-DEFAULT_ADDRESS = "127.0.0.1:7233"
-DEFAULT_NAMESPACE = "default"
-DEFAULT_TASK_QUEUE = "workflow-automation"
-TENANT_ENV = "WFA_TENANT"
 RESOLVE_DEAD_LETTER_UPDATE = "resolve_dead_letter"
 
 QUERY_TIMEOUT = timedelta(seconds=10)
@@ -146,45 +165,6 @@ CLOSED_QUERY_TIMEOUT = timedelta(seconds=3)
 
 UPDATE_TIMEOUT_S = 30.0
 """How long a validated decision (the ``decide`` update) may wait for a worker to accept it."""
-
-DefinitionSource = Definition | Mapping[str, Any] | str | os.PathLike[str]
-"""A definition: a parsed one, a dict, JSON text, or the path of a JSON file."""
-
-
-def load(definition: DefinitionSource) -> Definition:
-    """Loads and validates a definition from any :data:`DefinitionSource`.
-
-    A ``str`` whose first non-blank character is ``{`` is JSON text; any other ``str`` is a path.
-
-    Args:
-        definition: A :class:`Definition` (returned as is), a mapping, JSON text or a file path.
-
-    Returns:
-        The validated definition.
-
-    Raises:
-        DefinitionError: Listing every problem with its JSON path.
-        DefinitionFileNotFoundError: A path was given and there is no such file.
-    """
-    if isinstance(definition, Definition):
-        # A model built in code has passed parsing but not the whole-tree rules.
-        problems = check_definition(definition)
-        if problems:
-            raise DefinitionError(problems, definition.name)
-        return definition
-    if isinstance(definition, Mapping):
-        return load_definition(definition)
-    if isinstance(definition, str) and definition.lstrip().startswith("{"):
-        return load_definition(definition)
-    path = Path(definition)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
-    return load_definition(text)
 
 
 def is_registry_ref(definition: object) -> bool:
@@ -199,29 +179,185 @@ def is_registry_ref(definition: object) -> bool:
     text = definition.strip()
     if text.startswith("{") or text.endswith(".json") or os.sep in text or "/" in text:
         return False
+    from activities.store.repository import looks_like_ref
+
     if not looks_like_ref(text):
         return False
     return not Path(definition).is_file()
 
 
-def _document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | str:
-    """The document to register: a Definition or mapping as is, JSON text as is, a file's text."""
-    if isinstance(definition, Definition | Mapping):
-        return definition
-    if isinstance(definition, str) and definition.lstrip().startswith("{"):
-        return definition
-    path = Path(definition)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {path}: {detail}")]) from None
-
-
 def _is_pydantic(client: Client) -> bool:
     return client.data_converter.payload_converter_class is PydanticPayloadConverter
+
+
+@dataclass(frozen=True)
+class PendingTimer:
+    """A durable timer of a run that has not fired (see :meth:`FlowClient.pending_timers`).
+
+    Attributes:
+        summary: What it waits for, as the Web UI shows it (the delay's or approval's name).
+        fires_at: When it fires.
+    """
+
+    summary: str
+    fires_at: datetime
+
+
+def _summary_of(event: HistoryEvent) -> str:
+    """The user metadata summary of a history event (a JSON string payload), "" without one."""
+    if not event.HasField("user_metadata") or not event.user_metadata.HasField("summary"):
+        return ""
+    data: bytes = event.user_metadata.summary.data
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _step_path(activity_id: str) -> str:
+    """The step path of an action's activity id (``path``, ``path#2`` on a revisit, ``path~r1``
+    once redriven)."""
+    return activity_id.split("#", 1)[0].split("~", 1)[0]
+
+
+def _with_pending_activities(status: RunStatus, description: WorkflowExecutionDescription) -> RunStatus:
+    """``status`` with each running task's attempt and last error from Temporal's pending activity.
+
+    The workflow learns of an action's attempts and errors only when the activity finally
+    completes or fails; meanwhile the server knows which attempt runs and why the last one failed.
+    """
+    pending = {
+        _step_path(activity.activity_id): activity
+        for activity in description.raw_description.pending_activities
+    }
+    if not pending:
+        return status
+    steps = []
+    for step in status.steps:
+        activity = pending.get(step.path)
+        if activity is not None and step.type == "task" and step.status == StepStatus.RUNNING:
+            update: dict[str, Any] = {"attempts": max(step.attempts, activity.attempt)}
+            if activity.HasField("last_failure"):
+                failure = activity.last_failure
+                update["error"] = failure.message
+                update["error_type"] = (
+                    failure.application_failure_info.type
+                    if failure.HasField("application_failure_info")
+                    else "ActivityFailure"
+                ) or None
+            steps.append(step.model_copy(update=update))
+        else:
+            steps.append(step)
+    return status.model_copy(update={"steps": steps})
+
+
+class RunSummary(BaseModel):
+    """One run as listed by :meth:`FlowClient.list_runs` (from its search attributes).
+
+    Attributes:
+        workflow_id: The run's workflow id (business key).
+        run_id: Temporal's id of the execution.
+        definition: The definition's name, ``version`` its version.
+        state: The run's state (:class:`RunState` value); for a run that Temporal closed without
+            the workflow recording a final state (cancelled or terminated through Temporal, timed
+            out), the state that close means.
+        temporal_status: Temporal's execution status (``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
+        awaiting_approval: Whether it waits for a person.
+        current_step: The step where it waits durably, "" if none.
+        tenant: The tenant it belongs to.
+        started_at: When it started; ``closed_at`` when it ended (None while it runs).
+    """
+
+    workflow_id: str
+    run_id: str
+    definition: str
+    version: int | None
+    state: str
+    temporal_status: str
+    awaiting_approval: bool
+    current_step: str
+    tenant: str
+    started_at: datetime
+    closed_at: datetime | None
+
+
+_OPEN_STATES = (RunState.RUNNING, RunState.AWAITING_APPROVAL, RunState.PARKED, RunState.COMPENSATING)
+_CLOSED_MEANING = {
+    WorkflowExecutionStatus.COMPLETED: RunState.COMPLETED,
+    WorkflowExecutionStatus.FAILED: RunState.FAILED,
+    WorkflowExecutionStatus.TIMED_OUT: RunState.FAILED,
+    WorkflowExecutionStatus.CANCELED: RunState.CANCELLED,
+    WorkflowExecutionStatus.TERMINATED: RunState.CANCELLED,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: RunState.RUNNING,
+}
+
+
+def runs_query(
+    tenant: str,
+    *,
+    definition: str | None = None,
+    version: int | None = None,
+    state: RunState | str | None = None,
+    awaiting_approval: bool | None = None,
+) -> str:
+    """The visibility query of :meth:`FlowClient.list_runs` (values are checked, not escaped).
+
+    Raises:
+        InvalidInputError: A value is malformed.
+    """
+    clauses = [
+        # Runs of the default tenant started before runs carried the attribute have none.
+        f"(Tenant = '{tenant}' OR Tenant IS NULL)" if tenant == DEFAULT_TENANT else f"Tenant = '{tenant}'"
+    ]
+    if definition is not None:
+        if not isinstance(definition, str) or not _SA_VALUE.fullmatch(definition):
+            raise InvalidInputError(f"not a definition name: {_brief(definition)}")
+        clauses.append(f"DefinitionName = '{definition}'")
+    if version is not None:
+        clauses.append(f"DefinitionVersion = {check_version(version)}")
+    if state is not None:
+        try:
+            wanted = RunState(state)
+        except ValueError:
+            raise InvalidInputError(
+                f"not a run state: {_brief(state)} (one of {', '.join(s.value for s in RunState)})"
+            ) from None
+        if wanted in _OPEN_STATES:
+            clauses.append(f"RunState = '{wanted.value}' AND ExecutionStatus = 'Running'")
+        elif wanted == RunState.CANCELLED:
+            clauses.append("(RunState = 'cancelled' OR ExecutionStatus IN ('Canceled', 'Terminated'))")
+        elif wanted == RunState.FAILED:
+            clauses.append("(RunState = 'failed' OR ExecutionStatus = 'TimedOut')")
+        else:
+            clauses.append(f"RunState = '{wanted.value}'")
+    if awaiting_approval is not None:
+        clauses.append(f"AwaitingApproval = {'true' if awaiting_approval else 'false'}")
+    return " AND ".join(clauses)
+
+
+_SA_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}")
+
+
+def _run_summary(execution: WorkflowExecution, default_tenant: str) -> RunSummary:
+    attributes = execution.typed_search_attributes
+    status = execution.status or WorkflowExecutionStatus.RUNNING
+    state = attributes.get(RUN_STATE) or RunState.RUNNING.value
+    if status != WorkflowExecutionStatus.RUNNING and state in {s.value for s in _OPEN_STATES}:
+        state = _CLOSED_MEANING.get(status, RunState.FAILED).value
+    return RunSummary(
+        workflow_id=execution.id,
+        run_id=execution.run_id,
+        definition=attributes.get(DEFINITION_NAME) or "",
+        version=attributes.get(DEFINITION_VERSION),
+        state=state,
+        temporal_status=status.name,
+        awaiting_approval=bool(attributes.get(AWAITING_APPROVAL)),
+        current_step=attributes.get(CURRENT_STEP) or "",
+        tenant=attributes.get(TENANT) or default_tenant,
+        started_at=execution.start_time,
+        closed_at=execution.close_time,
+    )
 
 
 @dataclass(frozen=True)
@@ -296,12 +432,12 @@ class FlowClient:
             client = Client(**config)
         self.client = client
         self.task_queue = task_queue
-        self.tenant = check_tenant(
+        self.tenant = _check_tenant(
             tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT
         )
-        self._database: Database | None = database if isinstance(database, Database) else None
+        self._database: Database | None = None if database is None or isinstance(database, str) else database
         self._database_url = database if isinstance(database, str) else None
-        self._owns_database = not isinstance(database, Database)
+        self._owns_database = self._database is None
         self._database_lock = asyncio.Lock()
 
     @classmethod
@@ -331,14 +467,18 @@ class FlowClient:
             ServerUnavailableError: The server cannot be reached; the message names the address.
             InvalidTenantError: The tenant name is malformed.
         """
-        address = address or os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
-        namespace = namespace or os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
-        task_queue = task_queue or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
-        tenant = check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
+        address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+        namespace = namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+        task_queue = task_queue or os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
+        tenant = _check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
         try:
             client = await Client.connect(
                 address, namespace=namespace, data_converter=pydantic_data_converter
             )
+        except ValueError as err:  # e.g. "invalid target URL: invalid port number"
+            raise InvalidInputError(
+                f"invalid Temporal server address {_brief(address, 200)}: {err}"
+            ) from None
         except RuntimeError as err:
             raise ServerUnavailableError(
                 f"cannot reach the Temporal server at {address}: {_short(err)}", address
@@ -356,16 +496,22 @@ class FlowClient:
         """
         async with self._database_lock:
             if self._database is None:
+                from activities.store.database import open_database
+
                 url = self._database_url or os.environ.get(DATABASE_URL_ENV) or None
                 self._database = await open_database(url)
             return self._database
 
     async def definitions(self) -> DefinitionStore:
         """The definition registry of the client's tenant."""
+        from activities.store.repository import DefinitionStore
+
         return DefinitionStore((await self.database()).session_factory, self.tenant)
 
     async def dead_letter_store(self) -> DeadLetterStore:
         """The dead letters of the client's tenant."""
+        from activities.store.repository import DeadLetterStore
+
         return DeadLetterStore((await self.database()).session_factory, self.tenant)
 
     async def close(self) -> None:
@@ -429,6 +575,8 @@ class FlowClient:
             DefinitionFileNotFoundError: The path does not exist.
         """
         document = _document(definition)
+        _check_document(document)
+        _check_actor(author, "author")
         return await (await self.definitions()).register(document, author, activate=activate)
 
     async def list_definitions(self, name: str | None = None) -> list[NameSummary] | list[DefinitionInfo]:
@@ -455,7 +603,7 @@ class FlowClient:
 
     async def diff(self, name: str, v1: int, v2: int) -> str:
         """A unified diff of two versions (indented JSON, sorted keys); "" when they are equal."""
-        return await (await self.definitions()).diff(name, v1, v2)
+        return await (await self.definitions()).diff(name, check_version(v1), check_version(v2))
 
     async def activate(self, name: str, version: int, actor: str) -> Activation:
         """Makes ``version`` the active one: runs started by ``name`` from now on use it; runs
@@ -465,7 +613,8 @@ class FlowClient:
             DefinitionNotFoundError / VersionNotFoundError: Not in the tenant.
             VersionArchivedError: The version is archived.
         """
-        return await (await self.definitions()).activate(name, version, actor)
+        _check_actor(actor, "actor")
+        return await (await self.definitions()).activate(name, check_version(version), actor)
 
     async def rollback(self, name: str, actor: str) -> Activation:
         """Activates the version that was active before the current one.
@@ -481,7 +630,8 @@ class FlowClient:
         Raises:
             ActiveVersionError: It is the active version.
         """
-        return await (await self.definitions()).archive(name, version, actor)
+        _check_actor(actor, "actor")
+        return await (await self.definitions()).archive(name, check_version(version), actor)
 
     async def history(self, name: str) -> list[ActivationEntry]:
         """The audit log of a name: registrations, activations, rollbacks, archivals."""
@@ -537,8 +687,7 @@ class FlowClient:
             ServerUnavailableError: The server cannot be reached or refused the namespace or the
                 search attributes.
         """
-        if input is not None and not isinstance(input, Mapping):
-            raise TypeError(f"run input must be a JSON object (a mapping), not {type(input).__name__}")
+        run_input = check_json_object(input, "the run input")
         source = "file"
         if is_registry_ref(definition):
             resolved = await self.resolve(str(definition))
@@ -546,6 +695,8 @@ class FlowClient:
         else:
             parsed = load(definition)
             digest = definition_hash(parsed)
+        if not -(2**63) <= parsed.version < 2**63:  # the DefinitionVersion search attribute is an Int
+            raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
         attributes = TypedSearchAttributes(
             [
@@ -561,7 +712,7 @@ class FlowClient:
         try:
             handle = await self.client.start_workflow(
                 RunDefinitionWorkflow.run,
-                RunInput(definition=parsed, input=dict(input or {}), options=RunOptions(tenant=self.tenant)),
+                RunInput(definition=parsed, input=run_input, options=RunOptions(tenant=self.tenant)),
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -693,10 +844,15 @@ class FlowClient:
         data: Mapping[str, Any] | None,
         wait: bool,
     ) -> DecisionRecord | None:
+        _check_actor(actor, "actor")
+        _check_text(reason, "reason")
+        if step_id is not None:
+            _check_text(step_id, "step id")
+        form = check_json_object(data, "the form data")
         await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
         if not wait:
-            decision = Decision(actor=actor, step_id=step_id, reason=reason, data=dict(data or {}))
+            decision = Decision(actor=actor, step_id=step_id, reason=reason, data=form)
             signal = (
                 RunDefinitionWorkflow.approve
                 if kind == DecisionKind.APPROVE
@@ -707,9 +863,7 @@ class FlowClient:
             except RPCError as err:
                 raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
             return None
-        request = DecisionRequest(
-            decision=kind, actor=actor, step_id=step_id, reason=reason, data=dict(data or {})
-        )
+        request = DecisionRequest(decision=kind, actor=actor, step_id=step_id, reason=reason, data=form)
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):
                 return await handle.execute_update(RunDefinitionWorkflow.decide, request)
@@ -743,6 +897,8 @@ class FlowClient:
             workflow_id: Only this run's.
             limit: At most this many.
         """
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
         return await (await self.dead_letter_store()).list(status, workflow_id=workflow_id, limit=limit)
 
     async def show_dead_letter(self, dead_letter_id: int) -> DeadLetter:
@@ -751,7 +907,7 @@ class FlowClient:
         Raises:
             DeadLetterNotFoundError: No such id in the tenant.
         """
-        return await (await self.dead_letter_store()).get(dead_letter_id)
+        return await (await self.dead_letter_store()).get(check_dead_letter_id(dead_letter_id))
 
     async def redrive(
         self,
@@ -760,10 +916,16 @@ class FlowClient:
         input: Mapping[str, Any] | None = None,
         *,
         reason: str = "",
+        replace_input: bool = False,
     ) -> ParkedStep:
-        """Runs the parked step again in the same run, with ``input`` instead of its input if given.
+        """Runs the parked step again in the same run, with its input corrected by ``input``.
 
-        The run records the decision (actor, time, input) in the dead letter row.
+        ``input`` is merged into the step's recorded input (the dead letter row's), top-level keys
+        replacing those of the same name: ``{"url": ...}`` changes the URL and keeps the method,
+        headers and body. With ``replace_input`` it replaces the whole input instead. Without
+        ``input`` the step runs again with its recorded input.
+
+        The run records the decision (actor, time, the input it runs with) in the dead letter row.
 
         Returns:
             The parked step the run resolved.
@@ -780,7 +942,8 @@ class FlowClient:
             DeadLetterAction.REDRIVE,
             actor,
             reason=reason,
-            input=dict(input) if input is not None else None,
+            input=check_json_object(input, "the step input") if input is not None else None,
+            merge_input=not replace_input,
         )
 
     async def skip(self, dead_letter_id: int, actor: str, output: Any, *, reason: str = "") -> ParkedStep:
@@ -801,9 +964,19 @@ class FlowClient:
         *,
         reason: str,
         input: dict[str, Any] | None = None,
+        merge_input: bool = False,
         output: Any = None,
     ) -> ParkedStep:
+        _check_actor(actor, "actor")
+        _check_text(reason, "reason")
+        if action == DeadLetterAction.SKIP:
+            check_json(output, "the step output")
         row = await self.show_dead_letter(dead_letter_id)
+        if input is not None and merge_input:
+            input = {**row.input, **input}
+        from activities.store.errors import DeadLetterResolvedError
+        from activities.store.models import DeadLetterStatus
+
         if row.status != DeadLetterStatus.OPEN:
             raise DeadLetterResolvedError(row.id, str(row.status), row.resolved_by, row.resolved_at)
         decision = DeadLetterDecision(
@@ -843,6 +1016,8 @@ class FlowClient:
             DecisionRefusedError: The run refused: it is already cancelling or ending.
             NoWorkerError: No worker took the request within 30 s.
         """
+        _check_actor(actor, "actor")
+        _check_text(reason, "reason")
         description = await self.describe(workflow_id)
         handle = self.client.get_workflow_handle(workflow_id, run_id=description.run_id)
         try:
@@ -907,9 +1082,10 @@ class FlowClient:
         description = await self.describe(workflow_id)
         running = description.status in (None, WorkflowExecutionStatus.RUNNING)
         try:
-            return await self._handle(workflow_id).query(
+            status: RunStatus = await self._handle(workflow_id).query(
                 RunDefinitionWorkflow.status, rpc_timeout=QUERY_TIMEOUT if running else CLOSED_QUERY_TIMEOUT
             )
+            return _with_pending_activities(status, description) if running else status
         except WorkflowQueryFailedError as err:
             raise StarterError(f"run {workflow_id!r} could not answer the status query: {err}") from None
         except RPCError as err:
@@ -927,6 +1103,32 @@ class FlowClient:
                 description.task_queue,
             )
         return await self._status_from_result(workflow_id, description)
+
+    async def pending_timers(self, workflow_id: str) -> list[PendingTimer]:
+        """The run's durable timers that have not fired yet (delays, approval deadlines), from its
+        history: what each waits for (its summary) and when it fires.
+
+        Reads the run's whole history: meant for a run known to wait on a timer.
+
+        Raises:
+            RunNotFoundError: No such run.
+        """
+        timers: dict[str, PendingTimer] = {}
+        try:
+            async for event in self._handle(workflow_id).fetch_history_events():
+                if event.HasField("timer_started_event_attributes"):
+                    started = event.timer_started_event_attributes
+                    fires_at = (
+                        event.event_time.ToDatetime(tzinfo=UTC) + started.start_to_fire_timeout.ToTimedelta()
+                    )
+                    timers[started.timer_id] = PendingTimer(_summary_of(event), fires_at)
+                elif event.HasField("timer_fired_event_attributes"):
+                    timers.pop(event.timer_fired_event_attributes.timer_id, None)
+                elif event.HasField("timer_canceled_event_attributes"):
+                    timers.pop(event.timer_canceled_event_attributes.timer_id, None)
+        except RPCError as err:
+            raise self._rpc_error(err, workflow_id, "read the run's history") from None
+        return list(timers.values())
 
     async def _status_from_result(
         self, workflow_id: str, description: WorkflowExecutionDescription
@@ -1008,6 +1210,51 @@ class FlowClient:
             steps=status.steps,
         )
 
+    async def list_runs(
+        self,
+        *,
+        definition: str | None = None,
+        version: int | None = None,
+        state: RunState | str | None = None,
+        awaiting_approval: bool | None = None,
+        limit: int = 100,
+    ) -> list[RunSummary]:
+        """The client's tenant's runs, newest first, from Temporal's visibility store.
+
+        Filters on the search attributes the workflow maintains (see
+        :mod:`workflows.search_attributes`); each given filter must match. Visibility is
+        eventually consistent: a run started or changed a moment ago may show its previous state.
+
+        Args:
+            definition: Only runs of this definition name.
+            version: Only runs pinned to this version (with or without ``definition``).
+            state: Only runs in this state (see :class:`RunState`). ``cancelled`` includes runs
+                cancelled or terminated through Temporal, ``failed`` runs that timed out.
+            awaiting_approval: Only runs waiting for a person (True) or not (False).
+            limit: At most this many (1 to 10,000).
+
+        Raises:
+            InvalidInputError: A filter value is malformed.
+            ServerUnavailableError: The server is unreachable, or the search attributes are not
+                registered on the namespace.
+        """
+        query = runs_query(
+            self.tenant,
+            definition=definition,
+            version=version,
+            state=state,
+            awaiting_approval=awaiting_approval,
+        )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
+        runs: list[RunSummary] = []
+        try:
+            async for execution in self.client.list_workflows(query, limit=limit, page_size=min(limit, 1000)):
+                runs.append(_run_summary(execution, self.tenant))
+        except RPCError as err:
+            raise self._rpc_error(err, None, "list runs") from None
+        return runs
+
     # -------------------------------------------------------------------------------- internals
 
     def _handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
@@ -1023,6 +1270,9 @@ class FlowClient:
             )
         if err.status == RPCStatusCode.NOT_FOUND and workflow_id is not None:
             return RunNotFoundError(workflow_id, self.namespace)
+        if err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" not in message.lower():
+            # An id, namespace or task queue the server refuses (too long, malformed, ...).
+            return InvalidInputError(f"the Temporal server refused to {doing}: {message}")
         if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return ServerUnavailableError(
                 f"the Temporal server at {self.address} is unavailable ({message})", self.address
@@ -1055,6 +1305,86 @@ class FlowClient:
         except RPCError:
             return ""
         return f"(task queue {description.task_queue!r})"
+
+
+MAX_VERSION = 2**31 - 1
+"""Versions are PostgreSQL ``integer`` columns."""
+
+MAX_DEAD_LETTER_ID = 2**63 - 1
+"""Dead letter ids are PostgreSQL ``bigint`` identities."""
+
+MAX_LIST_LIMIT = 10_000
+"""The most rows or runs one list call returns."""
+
+MAX_ACTOR_LENGTH = 200
+"""Actors and authors recorded in the store (its column width)."""
+
+
+def check_version(version: object) -> int:
+    """``version`` if it is a version number the registry can hold (1 to 2**31-1).
+
+    Raises:
+        InvalidInputError: Not an int, or out of range.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise InvalidInputError(f"a version is a whole number from 1 to {MAX_VERSION}, not {_brief(version)}")
+    return version
+
+
+def check_dead_letter_id(dead_letter_id: object) -> int:
+    """``dead_letter_id`` if it can be a dead letter id (1 to 2**63-1).
+
+    Raises:
+        InvalidInputError: Not an int, or out of range.
+    """
+    if (
+        isinstance(dead_letter_id, bool)
+        or not isinstance(dead_letter_id, int)
+        or not 1 <= dead_letter_id <= MAX_DEAD_LETTER_ID
+    ):
+        raise InvalidInputError(
+            f"a dead letter id is a whole number from 1 to {MAX_DEAD_LETTER_ID}, not {_brief(dead_letter_id)}"
+        )
+    return dead_letter_id
+
+
+def _check_actor(actor: object, what: str) -> str:
+    if not isinstance(actor, str) or not actor.strip():
+        raise InvalidInputError(f"{what} must be a non-empty name (it is recorded)")
+    if len(actor) > MAX_ACTOR_LENGTH:
+        raise InvalidInputError(f"{what} is longer than {MAX_ACTOR_LENGTH} characters")
+    if "\x00" in actor:
+        raise InvalidInputError(f"{what} has a NUL character")
+    return actor
+
+
+def _check_text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{what} must be a string, not {_json_type(text)}")
+    if "\x00" in text:
+        raise InvalidInputError(f"{what} has a NUL character")
+    return text
+
+
+def _check_document(document: object) -> None:
+    """A definition to register: no NUL anywhere (other problems are the validator's to name)."""
+    if isinstance(document, str):
+        try:
+            document = json.loads(document)
+        except (ValueError, RecursionError):
+            return  # not JSON: validation names the problem
+    elif isinstance(document, Definition):
+        document = document.model_dump(mode="json")
+    check_json(document, "the definition")
+
+
+def _check_tenant(tenant: str) -> str:
+    """``tenant`` if it is a valid tenant name (the default is, without loading the store)."""
+    if tenant == DEFAULT_TENANT:
+        return tenant
+    from activities.store.repository import check_tenant
+
+    return check_tenant(tenant)
 
 
 async def _tenant_of(description: WorkflowExecutionDescription) -> str:

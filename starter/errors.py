@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "DecisionRefusedError",
     "DefinitionFileNotFoundError",
+    "InvalidInputError",
     "NoWorkerError",
     "ResultTimeoutError",
     "RunAlreadyExistsError",
@@ -24,6 +25,14 @@ __all__ = [
 
 class StarterError(Exception):
     """Base of every error the client API raises on purpose."""
+
+
+class InvalidInputError(StarterError, ValueError):
+    """An argument the service cannot take: wrong type, out of range, too long, a NUL character.
+
+    Refused by the client before it reaches the server or the database (or refused by the server
+    as an invalid argument), with a message naming the argument.
+    """
 
 
 class ServerUnavailableError(StarterError):

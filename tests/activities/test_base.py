@@ -144,7 +144,12 @@ async def test_plain_exception_keeps_class_name_and_is_retryable() -> None:
     assert not err.non_retryable
     assert err.next_retry_delay is None
     assert list(err.details) == [{"attempt": 2}]
-    assert isinstance(err.__cause__, ValueError)
+    # The cause is kept as its type and message only: its trace and chain could push the failure
+    # past the server's 4 KiB limit for a retrying activity's last failure.
+    assert isinstance(err.__cause__, ApplicationError)
+    assert (err.__cause__.type, err.__cause__.message) == ("ValueError", "bad value 42")
+    assert err.__cause__.__traceback__ is None
+    assert err.__cause__.__cause__ is None
 
 
 async def test_application_error_fields_are_preserved() -> None:

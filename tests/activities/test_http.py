@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities import build_activities
+    from activities.base import MAX_FAILURE_DETAILS_BYTES
     from activities.http import ERROR_BODY_LIMIT_BYTES, MAX_RESPONSE_BYTES, HttpActions
     from interpreter.actions import ActionRequest, ActionResult, RetryMode
     from tests.helpers.http_server import RecordedRequest, RecordingServer, Response, http_server
@@ -226,7 +227,13 @@ async def test_500_is_retryable_with_body_in_details(
     assert err.next_retry_delay is None
     status_details, attempt_details = err.details
     assert status_details["status_code"] == 503
-    assert status_details["body"] == "x" * ERROR_BODY_LIMIT_BYTES
+    # The body is cut to keep the failure's details within MAX_FAILURE_DETAILS_BYTES (the status
+    # and headers stay whole), saying how much was left out.
+    body = status_details["body"]
+    assert body.startswith("x" * 500)
+    assert body.endswith("more characters)")
+    assert len(body) < ERROR_BODY_LIMIT_BYTES
+    assert len(json.dumps(status_details)) <= MAX_FAILURE_DETAILS_BYTES
     assert attempt_details == {"attempt": 2}
     assert "POST" in err.message
     assert "503" in err.message

@@ -1,0 +1,85 @@
+"""Loading definitions from files, JSON text or mappings (no Temporal SDK, no database driver).
+
+:func:`load` is what ``wfa validate`` needs, so it lives apart from the client.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from interpreter.model import Definition
+from interpreter.validate import DefinitionError, Problem, check_definition, load_definition
+from starter.errors import DefinitionFileNotFoundError
+from starter.inputs import brief
+
+__all__ = ["DefinitionSource", "document", "load"]
+
+DefinitionSource = Definition | Mapping[str, Any] | str | os.PathLike[str]
+"""A definition: a parsed one, a dict, JSON text, or the path of a JSON file."""
+
+
+def load(definition: DefinitionSource) -> Definition:
+    """Loads and validates a definition from any :data:`DefinitionSource`.
+
+    A ``str`` whose first non-blank character is ``{`` is JSON text; any other ``str`` is a path.
+
+    Args:
+        definition: A :class:`Definition` (returned as is), a mapping, JSON text or a file path.
+
+    Returns:
+        The validated definition.
+
+    Raises:
+        DefinitionError: Listing every problem with its JSON path.
+        DefinitionFileNotFoundError: A path was given and there is no such file.
+    """
+    if isinstance(definition, Definition):
+        # A model built in code has passed parsing but not the whole-tree rules.
+        problems = check_definition(definition)
+        if problems:
+            raise DefinitionError(problems, definition.name)
+        return definition
+    if isinstance(definition, Mapping):
+        return _parse(definition)
+    if isinstance(definition, str) and definition.lstrip().startswith("{"):
+        return _parse(definition)
+    path = Path(definition)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DefinitionFileNotFoundError(str(definition)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None
+    return _parse(text)
+
+
+def _parse(document: Mapping[str, Any] | str) -> Definition:
+    """:func:`load_definition`, with JSON the parser cannot take reported as a problem too."""
+    try:
+        return load_definition(document)
+    except DefinitionError:
+        raise
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
+    except RecursionError:
+        raise DefinitionError([Problem("$", "nested too deeply")]) from None
+
+
+def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | str:
+    """The document to register: a Definition or mapping as is, JSON text as is, a file's text."""
+    if isinstance(definition, Definition | Mapping):
+        return definition
+    if isinstance(definition, str) and definition.lstrip().startswith("{"):
+        return definition
+    path = Path(definition)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DefinitionFileNotFoundError(str(definition)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None

@@ -1,0 +1,203 @@
+"""Hostile input to every ``wfa`` command, as real processes: NUL characters, numbers too large for
+any column, wrong JSON types, 100,000-character strings, bytes that are not UTF-8. Each must end
+with a documented exit code (nearly all: 2, bad input) and a message, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.store.database import Database
+from starter.client import FlowClient
+from tests.helpers.wfa_process import run_many, wfa_env
+from worker import build_worker
+
+HUGE = "9" * 30  # beyond int8
+INT4_PLUS = "9999999999"  # beyond int4 (versions), within int8
+LONG = "x" * 100_000
+NOT_UTF8 = os.fsdecode(b"run-\xff\xfe")  # what a shell passes for bytes that are not UTF-8
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def flows(client: Client, database: Database, task_queue: str) -> AsyncIterator[FlowClient]:
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(
+            client,
+            task_queue,
+            http_client,
+            session_factory=database.session_factory,
+            graceful_shutdown_timeout=timedelta(0),
+        ),
+    ):
+        yield FlowClient(client, task_queue=task_queue, database=database)
+
+
+def write(path: Path, text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+async def test_hostile_arguments_get_a_message_and_a_documented_exit_code(
+    temporal_env: WorkflowEnvironment, flows: FlowClient, database_url: str, tmp_path: Path
+) -> None:
+    step = {"id": "s", "type": "set", "vars": {"x": 1}}
+    ok = write(tmp_path / "ok.json", json.dumps({"name": "hostile-ok", "steps": [step]}))
+    await flows.register(ok, author="setup")
+    waiting = {"name": "hostile-wait", "steps": [{"id": "ok", "type": "approval", "approvers": ["boss"]}]}
+    run_id = f"hostile-{uuid4()}"
+    await flows.start_run(waiting, workflow_id=run_id)
+    files = {
+        "raw_nul": write(tmp_path / "raw-nul.json", b'{"name": "a\x00b", "steps": []}'),
+        "escaped_nul": write(
+            tmp_path / "nul.json",
+            json.dumps({"name": "hostile-nul", "steps": [{**step, "name": "a\u0000b"}]}),
+        ),
+        "digits": write(
+            tmp_path / "digits.json",
+            '{"name": "d", "steps": [{"id": "s", "type": "set", "vars": {"x": ' + "9" * 5000 + "}}]}",
+        ),
+        "deep": write(
+            tmp_path / "deep.json",
+            '{"name": "d", "steps": [{"id": "s", "type": "set", "vars": {"x": '
+            + "[" * 100_000
+            + "]" * 100_000
+            + "}}]}",
+        ),
+        "huge_version": write(
+            tmp_path / "version.json", json.dumps({"name": "hostile-v", "version": 10**30, "steps": [step]})
+        ),
+        "array": write(tmp_path / "array.json", "[1, 2]"),
+        "nul_input": write(tmp_path / "input.json", '{"a": "\\u0000"}'),
+    }
+    nul_json = '{"a": "\\u0000"}'
+    digits_json = '{"a": ' + "9" * 5000 + "}"
+    # One argument may not exceed 128 KiB (the kernel's limit): the deep document goes in a file.
+    deep_json = "@" + write(tmp_path / "deep-input.json", "[" * 100_000 + "]" * 100_000)
+
+    def expected_for(kind: str, name: str) -> set[int]:
+        # A NUL in a step's name and a version of 10**30 pass the definition model today (the store
+        # refuses the first, starting refuses the second); a stricter model refuses both (2).
+        if name == "escaped_nul" or (name == "huge_version" and kind == "validate"):
+            return {0, 2}
+        return {2}
+
+    # (exit codes it may end with, arguments)
+    cases: list[tuple[set[int], tuple[str, ...]]] = [
+        # validate / start: files
+        *((expected_for(kind, name), (kind, path)) for name, path in files.items() for kind in ["validate"]),
+        *((expected_for(kind, name), (kind, path)) for name, path in files.items() for kind in ["start"]),
+        ({2}, ("validate", LONG)),
+        ({2}, ("validate", "--json", files["array"])),
+        ({2}, ("start", LONG)),
+        ({2}, ("start", "hostile-ok@" + HUGE)),
+        ({4}, ("start", "hostile-ok@999999999")),
+        # start: inputs and options
+        ({2}, ("start", ok, "--input", "[1]")),
+        ({2}, ("start", ok, "--input", '"x"')),
+        ({2}, ("start", ok, "--input", nul_json)),
+        ({2}, ("start", ok, "--input", digits_json)),
+        ({2}, ("start", ok, "--input", deep_json)),
+        ({2}, ("start", ok, "--input", '{"a": 1e999}')),
+        ({2}, ("start", ok, "--input", '{"a": NaN}')),
+        ({2}, ("start", ok, "--input", "@" + files["nul_input"])),
+        ({2}, ("start", ok, "--input", "@" + files["raw_nul"])),
+        ({2}, ("start", ok, "--input", "@" + LONG)),
+        ({2}, ("start", ok, "--id", LONG)),
+        ({2}, ("start", ok, "--wait", "--timeout", HUGE)),
+        ({2}, ("start", ok, "--wait", "--timeout", "1e400")),
+        ({2}, ("start", ok, "--wait", "--timeout", "nan")),
+        ({2}, ("start", ok, "--wait", "--timeout", "-1")),
+        # runs
+        ({4}, ("status", LONG)),
+        ({2}, ("status", NOT_UTF8)),
+        ({2}, ("status", run_id, "--json", "--address", "a:b:c")),
+        ({2}, ("result", run_id, "--timeout", HUGE)),
+        ({2}, ("result", run_id, "--timeout", "inf")),
+        ({4}, ("result", LONG, "--timeout", "1")),
+        ({2}, ("list", "--definition", LONG)),
+        ({2}, ("list", "--definition", "a'b OR 1=1")),
+        ({2}, ("list", "--version", HUGE)),
+        ({2}, ("list", "--limit", HUGE)),
+        ({2}, ("list", "--limit", "-1")),
+        ({2}, ("list", "--state", LONG)),
+        ({2}, ("approve", run_id, "--actor", "")),
+        ({2}, ("approve", run_id, "--actor", LONG)),
+        ({2}, ("approve", run_id, "--actor", "boss", "--data", '"x"')),
+        ({2}, ("approve", run_id, "--actor", "boss", "--data", "[1]")),
+        ({2}, ("approve", run_id, "--actor", "boss", "--data", nul_json)),
+        ({2}, ("approve", run_id, "--actor", "boss", "--data", digits_json)),
+        ({2}, ("approve", run_id, "--actor", "boss", "--data", deep_json)),
+        ({5}, ("approve", run_id, "--actor", "boss", "--step", LONG)),
+        ({5}, ("reject", run_id, "--actor", "boss", "--reason", LONG, "--step", "nope")),
+        ({2}, ("reject", run_id, "--actor", "boss", "--no-wait", "--data", "1")),
+        ({4}, ("cancel", LONG, "--actor", "ops")),
+        ({2}, ("cancel", run_id, "--actor", "")),
+        # registry
+        ({2}, ("definitions", "register", files["escaped_nul"], "--author", "ann")),
+        ({2}, ("definitions", "register", files["digits"], "--author", "ann")),
+        ({2}, ("definitions", "register", ok, "--author", LONG)),
+        ({2}, ("definitions", "register", ok, "--author", "")),
+        ({2}, ("definitions", "show", "hostile-ok@" + HUGE)),
+        ({2}, ("definitions", "show", LONG)),
+        ({4}, ("definitions", "list", LONG)),
+        ({2}, ("definitions", "diff", "hostile-ok", "1", HUGE)),
+        ({2}, ("definitions", "diff", "hostile-ok", "1", INT4_PLUS)),
+        ({2}, ("definitions", "diff", "hostile-ok", "-1", "0")),
+        ({2}, ("definitions", "activate", "hostile-ok", INT4_PLUS)),
+        ({2}, ("definitions", "activate", "hostile-ok", "1", "--actor", LONG)),
+        ({2}, ("definitions", "archive", "hostile-ok", HUGE)),
+        ({4}, ("definitions", "rollback", LONG)),
+        # dead letters
+        ({2}, ("dead-letters", "show", HUGE)),
+        ({2}, ("dead-letters", "show", "-5")),
+        ({2}, ("dead-letters", "list", "--limit", HUGE)),
+        ({2}, ("dead-letters", "list", "--limit", "-1")),
+        ({0}, ("dead-letters", "list", "--run", LONG)),
+        ({2}, ("dead-letters", "redrive", HUGE)),
+        ({2}, ("dead-letters", "redrive", "1", "--input", "[1]")),
+        ({2}, ("dead-letters", "redrive", "1", "--input", nul_json)),
+        ({2}, ("dead-letters", "redrive", "1", "--replace-input")),
+        ({2}, ("dead-letters", "skip", "1", "--output", nul_json)),
+        ({2}, ("dead-letters", "skip", "1", "--output", digits_json)),
+        ({2}, ("dead-letters", "abort", INT4_PLUS, "--actor", LONG)),
+        # global options
+        ({2}, ("--tenant", LONG, "status", run_id)),
+        ({2}, ("--tenant", "a\u0000b".replace("\u0000", "\\u0000"), "definitions", "list")),
+        ({2}, ("--namespace", LONG, "status", run_id)),
+        ({2}, ("--task-queue", LONG, "start", ok)),
+        ({3}, ("--address", LONG, "status", run_id)),
+    ]
+    env = wfa_env(
+        temporal_env.client.service_client.config.target_host,
+        flows.task_queue,
+        DATABASE_URL=database_url,
+    )
+    outcomes = await run_many([args for _, args in cases], env, concurrency=3)
+    broken = [outcome for outcome in outcomes if not outcome.clean]
+    assert broken == [], "\n".join(outcome.describe() for outcome in broken)
+    wrong = [
+        outcome
+        for (allowed, _), outcome in zip(cases, outcomes, strict=True)
+        # A refusal says why: on stderr, or in the JSON document `validate --json` prints.
+        if outcome.code not in allowed
+        or (outcome.code != 0 and not (outcome.err.strip() or '"problems"' in outcome.out))
+    ]
+    assert wrong == [], "\n".join(outcome.describe() for outcome in wrong)
+    for outcome in outcomes:
+        assert len(outcome.err) < 4000, outcome.describe()  # a 100k argument is not echoed whole
+    # The run that all of this was thrown at still waits, unharmed.
+    status = await flows.status(run_id)
+    assert [a.step_id for a in status.pending_approvals] == ["ok"]

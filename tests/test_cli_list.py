@@ -1,0 +1,130 @@
+"""``wfa list`` / ``FlowClient.list_runs`` against the dev server's visibility store, and
+``wfa validate --json`` on an invalid file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+from starter.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from starter.client import FlowClient
+from starter.errors import InvalidInputError
+from worker import build_worker
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        yield
+
+
+async def eventually(probe: Callable[[], Any], accept: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        assert time.monotonic() < deadline, f"not reached: {value}"
+        await asyncio.sleep(0.2)
+
+
+def wfa(capsys: pytest.CaptureFixture[str], flows: FlowClient, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    address = flows.client.service_client.config.target_host
+    code = main(["--address", address, "--task-queue", flows.task_queue, "--tenant", flows.tenant, *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def test_list_filters_runs_of_the_tenant(
+    client: Client, task_queue: str, worker: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = uuid4().hex[:8]
+    acme = FlowClient(client, task_queue=task_queue, tenant=f"acme-{marker}")
+    other = FlowClient(client, task_queue=task_queue, tenant=f"other-{marker}")
+    waits = {"name": f"wait-{marker}", "steps": [{"id": "ok", "type": "approval", "approvers": ["boss"]}]}
+    quick = {"name": f"quick-{marker}", "steps": [{"id": "s", "type": "set", "vars": {"x": 1}}]}
+    waiting = await acme.start_run(waits, workflow_id=f"wait-{marker}")
+    done = await acme.execute_run(quick, workflow_id=f"quick-{marker}", timeout=60)
+    assert done.state == "completed"
+    await other.start_run(waits, workflow_id=f"other-wait-{marker}")
+
+    runs = await eventually(
+        lambda: acme.list_runs(awaiting_approval=True),
+        lambda found: [r.workflow_id for r in found] == [waiting.workflow_id],
+    )
+    assert (runs[0].definition, runs[0].version, runs[0].state, runs[0].tenant) == (
+        f"wait-{marker}",
+        1,
+        "awaiting_approval",
+        acme.tenant,
+    )
+    await eventually(
+        lambda: acme.list_runs(state="completed"),
+        lambda found: [r.workflow_id for r in found] == [f"quick-{marker}"],
+    )
+    assert [r.workflow_id for r in await acme.list_runs(definition=f"quick-{marker}", version=1)] == [
+        f"quick-{marker}"
+    ]
+    assert await acme.list_runs(definition=f"quick-{marker}", version=2) == []
+    assert {r.workflow_id for r in await acme.list_runs()} == {waiting.workflow_id, f"quick-{marker}"}
+    assert [r.workflow_id for r in await other.list_runs()] == [f"other-wait-{marker}"]
+
+    code, out, err = await asyncio.to_thread(
+        wfa, capsys, acme, "list", "--state", "awaiting_approval", "--json"
+    )
+    assert code == EXIT_OK, err
+    assert [r["workflow_id"] for r in json.loads(out)] == [waiting.workflow_id]
+    code, out, _ = await asyncio.to_thread(wfa, capsys, acme, "list", "--definition", f"quick-{marker}")
+    assert code == EXIT_OK
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["RUN", "DEFINITION", "STATE"]
+    assert row.split()[:4] == [f"quick-{marker}", f"quick-{marker}", "v1", "completed"]
+    code, out, _ = await asyncio.to_thread(wfa, capsys, other, "list", "--definition", f"quick-{marker}")
+    assert (code, out.strip()) == (EXIT_OK, f"no runs in tenant {other.tenant!r} match")
+
+    # Cancelled through Temporal: the workflow never recorded a final state; the list says cancelled.
+    await client.get_workflow_handle(waiting.workflow_id).terminate("test")
+    await eventually(
+        lambda: acme.list_runs(state="cancelled"),
+        lambda found: [r.workflow_id for r in found] == [waiting.workflow_id],
+    )
+    with pytest.raises(InvalidInputError):
+        await acme.list_runs(definition="x' OR DefinitionName != '")
+    with pytest.raises(InvalidInputError):
+        await acme.list_runs(state="sleeping")
+
+
+def test_validate_json_prints_the_problems_of_an_invalid_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({"name": "bad", "steps": [{"id": "p", "type": "delay", "duration": "3 fortnights"}]})
+    )
+    code = main(["validate", str(bad), "--json"])
+    out = capsys.readouterr().out
+    assert code == EXIT_BAD_INPUT
+    document = json.loads(out)
+    assert (document["valid"], document["file"]) == (False, str(bad))
+    assert [p["path"] for p in document["problems"]] == ["$.steps[0].duration"]
+    code = main(["validate", str(tmp_path / "missing.json"), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == EXIT_BAD_INPUT
+    assert document["problems"] == [
+        {"path": "$", "message": f"definition file not found: {tmp_path / 'missing.json'}"}
+    ]
