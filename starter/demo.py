@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -797,7 +798,8 @@ def _stdin_at_end() -> bool:
     """True when a stdin that is not a terminal has nothing more to give (``< /dev/null``)."""
     try:
         ready, _, _ = select.select([sys.stdin], [], [], 0)
-        return bool(ready) and not sys.stdin.buffer.peek(1)
+        stream = cast(io.BufferedReader, sys.stdin.buffer)
+        return bool(ready) and not stream.peek(1)
     except (OSError, ValueError):  # closed, or not selectable
         return True
 
@@ -812,7 +814,7 @@ async def _until_stopped(watch_stdin: bool) -> None:
 
     def drain_stdin() -> None:
         with contextlib.suppress(OSError, ValueError):
-            while sys.stdin.buffer.read1(4096):
+            while cast(io.BufferedReader, sys.stdin.buffer).read1(4096):
                 pass
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             loop.call_soon_threadsafe(stop.set)
