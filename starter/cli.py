@@ -13,7 +13,7 @@
     wfa definitions activate NAME V  |  rollback NAME  |  archive NAME V
     wfa start intervention@2 --input '{...}'       # a registry reference instead of a file
     wfa dead-letters list  |  show ID  |  redrive ID [--input JSON]  |  skip ID --output JSON  |  abort ID
-    wfa db upgrade
+    wfa db upgrade  |  grant-tenant TENANT --role ROLE  |  grant-platform --role ROLE  |  revoke-tenant --role ROLE  |  roles
 
 Global options (before or after the command): ``--address`` (``$TEMPORAL_ADDRESS``, default
 ``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``),
@@ -37,7 +37,8 @@ Exit codes:
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
    already ended, the business key was already used by a completed run, an archived version
    activated or started, the active version archived, nothing to roll back, a dead letter
-   already resolved
+   already resolved, a write the database refused to this role (another tenant's rows under
+   row-level security), a role that cannot be a tenant's
 6  ``--timeout`` passed before the run ended (it is still running)
 == ==========================================================================================
 """
@@ -59,15 +60,18 @@ from typing import Any, TextIO
 from activities.store.database import DATABASE_URL_ENV, Database, open_database, safe_url, upgrade_database
 from activities.store.embedded import data_dir, start_embedded
 from activities.store.errors import (
+    AccessDeniedError,
     ActiveVersionError,
     DatabaseUnavailableError,
     DeadLetterNotFoundError,
     DeadLetterResolvedError,
     DefinitionNotFoundError,
     InvalidReferenceError,
+    InvalidRoleError,
     InvalidTenantError,
     MigrationsNotAppliedError,
     NothingToRollBackError,
+    RoleConflictError,
     StoreError,
     VersionArchivedError,
 )
@@ -255,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_dead_letter_commands(command("dead-letters", "parked steps: list, show, redrive, skip, abort"))
-    db = command("db", "the store's database: apply migrations")
+    db = command("db", "the store's database: apply migrations, the database roles of tenants")
     sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser(
         "upgrade",
@@ -263,7 +267,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="apply the schema migrations (idempotent)",
     )
     _add_connection_options(p, defaults=False)
+    _add_db_role_commands(sub)
     return parser
+
+
+def _add_db_role_commands(sub: Any) -> None:
+    """``wfa db grant-tenant | grant-platform | revoke-tenant | roles`` (row-level security)."""
+    password = "read the role's password from this environment variable (never from the command line)"
+    text_ = "make ROLE the database login of TENANT's services: it sees and writes only TENANT's rows"
+    p = sub.add_parser("grant-tenant", help=text_, description=text_)
+    p.add_argument("grant_tenant", metavar="TENANT")
+    p.add_argument("--role", required=True, help="the login (created when missing)")
+    p.add_argument("--password-env", metavar="VAR", help=password)
+    _add_connection_options(p, defaults=False)
+    text_ = "make ROLE a platform login (member of wfa_platform): it sees every tenant (the worker)"
+    p = sub.add_parser("grant-platform", help=text_, description=text_)
+    p.add_argument("--role", required=True, help="the login (created when missing)")
+    p.add_argument("--password-env", metavar="VAR", help=password)
+    _add_connection_options(p, defaults=False)
+    text_ = "take ROLE's tenant away (the login is kept, it sees nothing)"
+    p = sub.add_parser("revoke-tenant", help=text_, description=text_)
+    p.add_argument("--role", required=True)
+    _add_connection_options(p, defaults=False)
+    text_ = "list the tenants' database roles (all for the platform, its own for a tenant's role)"
+    p = sub.add_parser("roles", help=text_, description=text_)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_connection_options(p, defaults=False)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Callable[[str, str], argparse.ArgumentParser]:
@@ -1028,14 +1057,56 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _db(args: argparse.Namespace, out: TextIO) -> int:
-    url = args.database_url or None
+    url: str | None = args.database_url or None
     if url is None:
         url = await asyncio.to_thread(start_embedded, None)
         where = f"the embedded server in {data_dir()}"
     else:
         where = safe_url(url)
+    if args.action != "upgrade":
+        return await _db_roles(args, url, out)
     revision = await upgrade_database(url)
     print(f"Schema of {where} is at revision {revision} (up to date)", file=out)
+    return EXIT_OK
+
+
+async def _db_roles(args: argparse.Namespace, url: str, out: TextIO) -> int:
+    from sqlalchemy.engine import make_url
+
+    from activities.store import roles
+
+    secret: str | None = None
+    if getattr(args, "password_env", None):
+        secret = os.environ.get(args.password_env)
+        if not secret:
+            raise UsageError(f"--password-env {args.password_env}: that environment variable is not set")
+    if args.action == "grant-tenant":
+        grant = await roles.grant_tenant(url, args.grant_tenant, args.role, password=secret)
+    elif args.action == "grant-platform":
+        grant = await roles.grant_platform(url, args.role, password=secret)
+    elif args.action == "revoke-tenant":
+        tenant = await roles.revoke_tenant(url, args.role)
+        print(
+            f"Role {args.role} " + (f"no longer belongs to tenant {tenant}" if tenant else "had no tenant"),
+            file=out,
+        )
+        return EXIT_OK
+    else:
+        rows = await roles.list_tenant_roles(url)
+        if args.json:
+            print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2), file=out)
+        for row in [] if args.json else rows:
+            print(
+                f"{row.tenant}\t{row.role}\tgranted by {row.granted_by} at {row.granted_at:%Y-%m-%d %H:%M}",
+                file=out,
+            )
+        return EXIT_OK
+    whose = f"tenant {grant.tenant}'s" if grant.tenant else "a platform (every tenant)"
+    done = "created" if grant.created else "existing"
+    login = make_url(url).set(username=grant.role, password=None).render_as_string(hide_password=True)
+    print(
+        f"Role {grant.role} ({done}) is {whose} database login; its services connect with {login}", file=out
+    )
     return EXIT_OK
 
 
@@ -1102,7 +1173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefinitionError as err:
         _print_definition_error(getattr(args, "file", "definition"), err, err_out)
         return EXIT_BAD_INPUT
-    except (DefinitionFileNotFoundError, UsageError, InvalidReferenceError, InvalidTenantError) as err:
+    except (
+        DefinitionFileNotFoundError,
+        UsageError,
+        InvalidReferenceError,
+        InvalidTenantError,
+        InvalidRoleError,
+    ) as err:
         return fail(EXIT_BAD_INPUT, str(err))
     except (
         ServerUnavailableError,
@@ -1117,6 +1194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         DecisionRefusedError,
         RunClosedError,
         RunAlreadyExistsError,
+        AccessDeniedError,
+        RoleConflictError,
         VersionArchivedError,
         ActiveVersionError,
         NothingToRollBackError,
