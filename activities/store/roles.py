@@ -23,7 +23,11 @@ kinds of role connect:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -105,6 +109,27 @@ def _literal(value: str) -> str:
     return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def _password(password: str) -> str:
+    """What ``PASSWORD`` is given: a SCRAM-SHA-256 verifier computed here (as psql's ``\\password``
+    does), so the password itself never reaches the server nor its statement log.
+
+    A password outside printable ASCII is sent as it is (the server would SASLprep-normalise it,
+    which this module does not reimplement); it is then stored as a verifier all the same.
+    """
+    if not all(" " <= char <= "~" for char in password):
+        return _literal(password)
+    salt, iterations = secrets.token_bytes(16), 4096
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"'SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}'"
+
+
 async def _role_flags(conn: AsyncConnection, role: str) -> Any:
     return (
         await conn.execute(
@@ -121,17 +146,15 @@ async def _ensure_login(conn: AsyncConnection, role: str, password: str | None) 
     """Creates ``role`` (LOGIN, no special attributes) when missing, sets its password if given;
     returns whether it was created."""
     exists = await _role_flags(conn, role)
-    secret = f" PASSWORD {_literal(password)}" if password is not None else ""
+    secret = f" PASSWORD {_password(password)}" if password is not None else ""
     if exists is None:
-        await conn.execute(
-            text(
-                f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION'
-                f" NOBYPASSRLS{secret}"
-            )
+        # exec_driver_sql: no bind-parameter parsing of the ":" in a password or a verifier.
+        await conn.exec_driver_sql(
+            f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS{secret}'
         )
         return True
     if password is not None:
-        await conn.execute(text(f'ALTER ROLE "{role}"{secret}'))
+        await conn.exec_driver_sql(f'ALTER ROLE "{role}"{secret}')
     return False
 
 

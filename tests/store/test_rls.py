@@ -7,17 +7,19 @@ The same credentials through the product's repository, with ``tenant`` set to A,
 write nothing. The platform role sees both tenants; tenant B's own work goes on.
 
 The embedded server authenticates Unix-socket logins by ``trust`` (initdb ``--auth-local=trust``),
-so these tests log in as the tenant roles without their passwords. That is authentication, which a
-production server does with passwords or certificates; what is tested here is what PostgreSQL
-enforces once a role is connected, whatever it authenticated with.
+so most tests log in as the tenant roles without their passwords: what they test is what PostgreSQL
+enforces once a role is connected, whatever it authenticated with. The last test starts a server of
+its own that requires passwords (SCRAM) and checks that a role logs in with its own password only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -28,9 +30,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from activities.store.database import Database, create_engine, normalize_url
+from activities.store.database import Database, create_engine, normalize_url, upgrade_database
+from activities.store.embedded import data_dir, start_embedded, stop_embedded
 from activities.store.errors import (
     AccessDeniedError,
+    DatabaseUnavailableError,
     DeadLetterNotFoundError,
     DefinitionNotFoundError,
     InvalidRoleError,
@@ -473,3 +477,65 @@ async def test_cli_tenant_flag_grants_nothing(
     async with drop.connect() as conn:
         await conn.execute(text(f'DROP ROLE "{role}"'))
     await drop.dispose()
+
+
+# ----------------------------------------------------------------------------- the credentials
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("DATABASE_URL")),
+    reason="needs an embedded server of its own whose pg_hba.conf this test rewrites to require passwords",
+)
+async def test_a_tenant_role_logs_in_with_its_own_password_only(tmp_path: Path) -> None:
+    """On a server that asks Unix-socket logins for a password (SCRAM), a tenant's role logs in
+    only with the password ``grant_tenant`` set (computed into a SCRAM verifier client-side, or
+    sent for the server to hash), and then reaches only its tenant's rows."""
+    state = tmp_path / "auth"
+    url = await asyncio.to_thread(start_embedded, state, "workflow_automation")
+    try:
+        await upgrade_database(url)
+        passwords = {"acme_app": "acme's p@ss:word\\1", "bravo_app": "bräv0 :pass wörd"}  # ASCII, and not
+        await grant_tenant(url, "acme", "acme_app", password=passwords["acme_app"])
+        await grant_tenant(url, "bravo", "bravo_app", password=passwords["bravo_app"])
+        admin = Database(url)
+        try:
+            for tenant in ("acme", "bravo"):
+                await DefinitionStore(admin.session_factory, tenant).register(
+                    doc(f"{tenant}-flow"), author="owner"
+                )
+        finally:
+            await admin.close()
+        # The superuser keeps its trusted socket login; every other role must give its password.
+        (data_dir(state) / "pg_hba.conf").write_text(
+            "local all postgres trust\nlocal all all scram-sha-256\n"
+        )
+        await asyncio.to_thread(stop_embedded, state)
+        url = await asyncio.to_thread(start_embedded, state, "workflow_automation")
+
+        def login(role: str, password: str | None) -> Database:
+            return Database(normalize_url(url).set(username=role, password=password))
+
+        for role, password in [
+            ("acme_app", None),
+            ("acme_app", passwords["bravo_app"]),
+            ("acme_app", passwords["acme_app"] + "x"),
+            ("bravo_app", passwords["acme_app"]),
+        ]:
+            db = login(role, password)
+            try:
+                with pytest.raises(DatabaseUnavailableError, match=f"refused the login.*{role}") as caught:
+                    await db.check()
+                assert all(secret not in str(caught.value) for secret in passwords.values())
+            finally:
+                await db.close()
+        for role, tenant, other in [("acme_app", "acme", "bravo"), ("bravo_app", "bravo", "acme")]:
+            db = login(role, passwords[role])
+            try:
+                await db.check()
+                own = await DefinitionStore(db.session_factory, tenant).list_names()
+                assert [summary.name for summary in own] == [f"{tenant}-flow"]
+                assert await DefinitionStore(db.session_factory, other).list_names() == []
+            finally:
+                await db.close()
+    finally:
+        await asyncio.to_thread(stop_embedded, state)
