@@ -15,6 +15,7 @@ its own that requires passwords (SCRAM) and checks that a role logs in with its 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -471,8 +472,37 @@ async def test_cli_tenant_flag_grants_nothing(
     )
     assert code == EXIT_REFUSED
     assert "already belongs to tenant" in err
+    code, out, err = await wfa("db", "roles", "--json", "--database-url", tenants.admin_url)
+    assert code == EXIT_OK, err
+    assert {(row["role"], row["tenant"]) for row in json.loads(out)} >= {
+        (role, tenants.a),
+        (tenants.role_b, tenants.b),
+    }
+    code, out, err = await wfa(
+        "db", "roles", "--json", "--database-url", b_url
+    )  # B sees its own mapping only
+    assert code == EXIT_OK, err
+    assert [(row["role"], row["tenant"]) for row in json.loads(out)] == [(tenants.role_b, tenants.b)]
+    code, out, err = await wfa("db", "roles", "--database-url", tenants.admin_url)
+    assert f"{tenants.a}\t{role}\tgranted by postgres" in out
+    code, _, err = await wfa(
+        "db",
+        "grant-platform",
+        "--role",
+        role,
+        "--password-env",
+        f"UNSET_{uuid4().hex}",
+        "--database-url",
+        tenants.admin_url,
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "that environment variable is not set" in err
     code, out, err = await wfa("db", "revoke-tenant", "--role", role, "--database-url", tenants.admin_url)
     assert code == EXIT_OK, err
+    assert f"no longer belongs to tenant {tenants.a}" in out
+    code, out, err = await wfa("db", "grant-platform", "--role", role, "--database-url", tenants.admin_url)
+    assert code == EXIT_OK, err
+    assert "a platform (every tenant) database login" in out
     drop = create_engine(tenants.admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     async with drop.connect() as conn:
         await conn.execute(text(f'DROP ROLE "{role}"'))
