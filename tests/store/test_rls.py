@@ -569,3 +569,75 @@ async def test_a_tenant_role_logs_in_with_its_own_password_only(tmp_path: Path) 
                 await db.close()
     finally:
         await asyncio.to_thread(stop_embedded, state)
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("DATABASE_URL")),
+    reason="needs a server of its own on which the product's roles do not exist yet",
+)
+async def test_a_non_superuser_owner_runs_the_migrations_and_administers_tenants(tmp_path: Path) -> None:
+    """Production: the schema's owner is not a superuser (it has CREATEROLE). The migration creates
+    the product's roles and makes the owner a platform member (the tables force row security on
+    their owner too); it can grant tenants' roles, and it sees every tenant. The downgrade undoes
+    the policies and the upgrade redoes them. A second owner, without the right to the platform
+    role that now exists, is told what to ask an administrator for."""
+    state = tmp_path / "owner"
+    server = await asyncio.to_thread(start_embedded, state, "postgres")
+    superuser = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with superuser.connect() as conn:
+            for owner in ("owner_one", "owner_two"):
+                await conn.execute(text(f"CREATE ROLE {owner} LOGIN CREATEROLE"))
+                await conn.execute(text(f"CREATE DATABASE {owner}_db OWNER {owner}"))
+        url = normalize_url(server).set(username="owner_one", database="owner_one_db")
+        await upgrade_database(url)
+        await grant_tenant(url, "acme", "acme_owned")
+        owner = Database(url)
+        try:
+            for tenant in ("acme", "bravo"):
+                await DefinitionStore(owner.session_factory, tenant).register(
+                    doc(f"{tenant}-flow"), author="owner"
+                )
+            assert [s.name for s in await DefinitionStore(owner.session_factory, "bravo").list_names()] == [
+                "bravo-flow"
+            ]
+        finally:
+            await owner.close()
+        tenant_db = Database(url.set(username="acme_owned"))
+        try:
+            assert await DefinitionStore(tenant_db.session_factory, "bravo").list_names() == []
+            assert len(await DefinitionStore(tenant_db.session_factory, "acme").list_names()) == 1
+        finally:
+            await tenant_db.close()
+
+        def migrate(connection: Any, revision: str, down: bool) -> None:
+            from alembic import command
+
+            from activities.store.database import alembic_config
+
+            (command.downgrade if down else command.upgrade)(alembic_config(connection), revision)
+
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(migrate, "0001", True)
+            async with engine.connect() as conn:
+                forced = await conn.scalar(
+                    text("SELECT count(*) FROM pg_class WHERE relrowsecurity AND relname = 'definitions'")
+                )
+            assert forced == 0
+            async with engine.begin() as conn:
+                await conn.run_sync(migrate, "head", False)
+        finally:
+            await engine.dispose()
+        tenant_db = Database(url.set(username="acme_owned"))
+        try:  # the role map went with the downgrade: the role sees nothing until granted again
+            assert await DefinitionStore(tenant_db.session_factory, "acme").list_names() == []
+        finally:
+            await tenant_db.close()
+
+        with pytest.raises(AccessDeniedError, match="GRANT wfa_platform TO owner_two"):
+            await upgrade_database(normalize_url(server).set(username="owner_two", database="owner_two_db"))
+    finally:
+        await superuser.dispose()
+        await asyncio.to_thread(stop_embedded, state)

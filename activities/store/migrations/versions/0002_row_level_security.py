@@ -54,9 +54,10 @@ BEGIN
 EXCEPTION
     WHEN duplicate_object THEN NULL;  -- created meanwhile by a migration of another database
     WHEN insufficient_privilege THEN
-        RAISE EXCEPTION 'the role % does not exist and % may not create it', '{role}', current_user
-            USING HINT = 'run `wfa db upgrade` once as a role with CREATEROLE, or have an administrator'
-                         ' run CREATE ROLE {role} NOLOGIN';
+        RAISE EXCEPTION 'permission denied: the role {role} does not exist and % may not create it;'
+            ' run `wfa db upgrade` once as a role with CREATEROLE, or have an administrator run'
+            ' CREATE ROLE {role} NOLOGIN', current_user
+            USING ERRCODE = 'insufficient_privilege';
 END
 $$
 """
@@ -67,6 +68,12 @@ BEGIN
     IF NOT pg_has_role(current_user, '{PLATFORM_ROLE}', 'MEMBER') THEN
         EXECUTE format('GRANT {PLATFORM_ROLE} TO %I', current_user);
     END IF;
+EXCEPTION
+    WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'permission denied: % runs the migrations, so it must be a member of {PLATFORM_ROLE}'
+            ' (the tables force row-level security on their owner too); have an administrator run'
+            ' GRANT {PLATFORM_ROLE} TO %', current_user, current_user
+            USING ERRCODE = 'insufficient_privilege';
 END
 $$
 """
