@@ -1095,6 +1095,8 @@ async def _db_roles(args: argparse.Namespace, url: str, out: TextIO) -> int:
         rows = await roles.list_tenant_roles(url)
         if args.json:
             print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2), file=out)
+        elif not rows:
+            print("no tenant roles (that this login may see)", file=out)
         for row in [] if args.json else rows:
             print(
                 f"{row.tenant}\t{row.role}\tgranted by {row.granted_by} at {row.granted_at:%Y-%m-%d %H:%M}",
