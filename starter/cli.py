@@ -14,7 +14,7 @@
     wfa definitions activate NAME V  |  rollback NAME  |  archive NAME V
     wfa start intervention@2 --input '{...}'       # a registry reference instead of a file
     wfa dead-letters list  |  show ID  |  redrive ID [--input JSON]  |  skip ID --output JSON  |  abort ID
-    wfa db upgrade
+    wfa db upgrade  |  grant-tenant TENANT --role ROLE  |  grant-platform --role ROLE  |  revoke-tenant --role ROLE  |  roles
 
 Global options (before or after the command): ``--address`` (``$TEMPORAL_ADDRESS``, default
 ``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``),
@@ -38,7 +38,8 @@ Exit codes:
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
    already ended, the business key was already used by a completed run, an archived version
    activated or started, the active version archived, nothing to roll back, a dead letter
-   already resolved
+   already resolved, a write the database refused to this role (another tenant's rows under
+   row-level security), a role that cannot be a tenant's
 6  ``--timeout`` passed before the run ended (it is still running)
 70 internal error: a bug (one line; ``WFA_DEBUG=1`` shows the traceback)
 == ==========================================================================================
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_dead_letter_commands(command("dead-letters", "parked steps: list, show, redrive, skip, abort"))
-    db = command("db", "the store's database: apply migrations")
+    db = command("db", "the store's database: apply migrations, the database roles of tenants")
     sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser(
         "upgrade",
@@ -299,7 +300,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="apply the schema migrations (idempotent)",
     )
     _add_connection_options(p, defaults=False)
+    _add_db_role_commands(sub)
     return parser
+
+
+def _add_db_role_commands(sub: Any) -> None:
+    """``wfa db grant-tenant | grant-platform | revoke-tenant | roles`` (row-level security)."""
+    password = "read the role's password from this environment variable (never from the command line)"
+    text_ = "make ROLE the database login of TENANT's services: it sees and writes only TENANT's rows"
+    p = sub.add_parser("grant-tenant", help=text_, description=text_)
+    p.add_argument("grant_tenant", metavar="TENANT")
+    p.add_argument("--role", required=True, help="the login (created when missing)")
+    p.add_argument("--password-env", metavar="VAR", help=password)
+    _add_connection_options(p, defaults=False)
+    text_ = "make ROLE a platform login (member of wfa_platform): it sees every tenant (the worker)"
+    p = sub.add_parser("grant-platform", help=text_, description=text_)
+    p.add_argument("--role", required=True, help="the login (created when missing)")
+    p.add_argument("--password-env", metavar="VAR", help=password)
+    _add_connection_options(p, defaults=False)
+    text_ = "take ROLE's tenant away (the login is kept, it sees nothing)"
+    p = sub.add_parser("revoke-tenant", help=text_, description=text_)
+    p.add_argument("--role", required=True)
+    _add_connection_options(p, defaults=False)
+    text_ = "list the tenants' database roles (all for the platform, its own for a tenant's role)"
+    p = sub.add_parser("roles", help=text_, description=text_)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_connection_options(p, defaults=False)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Callable[[str, str], argparse.ArgumentParser]:
@@ -1285,8 +1311,52 @@ async def _db(args: argparse.Namespace, out: TextIO) -> int:
         where = f"the embedded server in {data_dir()}"
     else:
         where = safe_url(url)
+    if args.action != "upgrade":
+        return await _db_roles(args, url, out)
     revision = await upgrade_database(url)
     print(f"Schema of {where} is at revision {revision} (up to date)", file=out)
+    return EXIT_OK
+
+
+async def _db_roles(args: argparse.Namespace, url: str, out: TextIO) -> int:
+    from sqlalchemy.engine import make_url
+
+    from activities.store import roles
+
+    secret: str | None = None
+    if getattr(args, "password_env", None):
+        secret = os.environ.get(args.password_env)
+        if not secret:
+            raise UsageError(f"--password-env {args.password_env}: that environment variable is not set")
+    if args.action == "grant-tenant":
+        grant = await roles.grant_tenant(url, args.grant_tenant, args.role, password=secret)
+    elif args.action == "grant-platform":
+        grant = await roles.grant_platform(url, args.role, password=secret)
+    elif args.action == "revoke-tenant":
+        tenant = await roles.revoke_tenant(url, args.role)
+        print(
+            f"Role {args.role} " + (f"no longer belongs to tenant {tenant}" if tenant else "had no tenant"),
+            file=out,
+        )
+        return EXIT_OK
+    else:
+        rows = await roles.list_tenant_roles(url)
+        if args.json:
+            print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2), file=out)
+        elif not rows:
+            print("no tenant roles (that this login may see)", file=out)
+        for row in [] if args.json else rows:
+            print(
+                f"{row.tenant}\t{row.role}\tgranted by {row.granted_by} at {row.granted_at:%Y-%m-%d %H:%M}",
+                file=out,
+            )
+        return EXIT_OK
+    whose = f"tenant {grant.tenant}'s" if grant.tenant else "a platform (every tenant)"
+    done = "created" if grant.created else "existing"
+    login = make_url(url).set(username=grant.role, password=None).render_as_string(hide_password=True)
+    print(
+        f"Role {grant.role} ({done}) is {whose} database login; its services connect with {login}", file=out
+    )
     return EXIT_OK
 
 
@@ -1331,7 +1401,11 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 # the store or the SDK only to classify an error would slow every command down.
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
-    ("activities.store.errors", ("InvalidReferenceError", "InvalidTenantError"), EXIT_BAD_INPUT),
+    (
+        "activities.store.errors",
+        ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError"),
+        EXIT_BAD_INPUT,
+    ),
     ("starter.errors", ("ServerUnavailableError", "NoWorkerError"), EXIT_UNAVAILABLE),
     ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
     ("starter.errors", ("RunNotFoundError",), EXIT_NOT_FOUND),
@@ -1339,7 +1413,14 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("starter.errors", ("DecisionRefusedError", "RunClosedError", "RunAlreadyExistsError"), EXIT_REFUSED),
     (
         "activities.store.errors",
-        ("VersionArchivedError", "ActiveVersionError", "NothingToRollBackError", "DeadLetterResolvedError"),
+        (
+            "VersionArchivedError",
+            "ActiveVersionError",
+            "NothingToRollBackError",
+            "DeadLetterResolvedError",
+            "AccessDeniedError",
+            "RoleConflictError",
+        ),
         EXIT_REFUSED,
     ),
     ("starter.errors", ("ResultTimeoutError",), EXIT_TIMEOUT),

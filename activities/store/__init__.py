@@ -3,7 +3,8 @@
 A side-effect family like the actions: the worker uses it for the dead letter activities
 (:mod:`activities.dead_letters`), the starter for the registry. See :mod:`.database` (connecting,
 migrations), :mod:`.embedded` (the default server), :mod:`.repository` (the operations), :mod:`.models`
-(the tables) and :mod:`.errors`.
+(the tables), :mod:`.roles` (which database login sees which tenant: row-level security) and
+:mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from activities.store.database import (
     upgrade_database,
 )
 from activities.store.errors import (
+    AccessDeniedError,
     ActiveVersionError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,
@@ -49,6 +51,7 @@ from activities.store.repository import (
 
 __all__ = [
     "DATABASE_URL_ENV",
+    "AccessDeniedError",
     "Activation",
     "ActivationEntry",
     "ActiveVersionError",

@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from activities.store.errors import (
+    AccessDeniedError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,
     MigrationsNotAppliedError,
@@ -136,10 +137,26 @@ def _sqlstate(err: BaseException) -> str | None:
     return None
 
 
-def translate_error(err: BaseException, url: str | URL) -> StoreError | None:
-    """A :class:`StoreError` naming the problem for a driver/connection error, else None."""
+def translate_error(err: BaseException, url: str | URL, tenant: str | None = None) -> StoreError | None:
+    """A :class:`StoreError` naming the problem for a driver/connection error, else None.
+
+    ``tenant`` (the tenant the store acts for) is named when PostgreSQL refuses a write.
+    """
     shown = safe_url(url)
     state = _sqlstate(err)
+    if state == "42501":  # insufficient_privilege: a missing grant, or row-level security
+        role = (make_url(url) if not isinstance(url, URL) else url).username or "the connecting role"
+        detail = _describe(err)
+        if "row-level security" in detail:
+            whose = f"tenant {tenant!r}" if tenant is not None else "another tenant"
+            message = (
+                f"PostgreSQL refused to write a row of {whose} as the database role {role!r} ({detail}):"
+                f" this role's credentials are not {whose}'s; use that tenant's DATABASE_URL"
+                f" (--tenant selects the tenant, it grants nothing)"
+            )
+        else:
+            message = f"PostgreSQL refused it to the database role {role!r} at {shown}: {detail}"
+        return AccessDeniedError(message, shown, tenant)
     if state == "3D000":  # invalid_catalog_name
         database = make_url(url).database if not isinstance(url, URL) else url.database
         return DatabaseNotFoundError(
@@ -169,14 +186,15 @@ def translate_error(err: BaseException, url: str | URL) -> StoreError | None:
 
 
 @asynccontextmanager
-async def db_errors(url: str | URL) -> AsyncIterator[None]:
-    """Turns connection and schema errors inside the block into :class:`StoreError` subclasses."""
+async def db_errors(url: str | URL, tenant: str | None = None) -> AsyncIterator[None]:
+    """Turns connection, schema and privilege errors inside the block into :class:`StoreError`
+    subclasses (``tenant``: the tenant acted for, named in a refusal)."""
     try:
         yield
     except StoreError:
         raise
     except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as err:
-        translated = translate_error(err, url)
+        translated = translate_error(err, url, tenant)
         if translated is None:
             raise
         raise translated from None

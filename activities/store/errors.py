@@ -7,6 +7,7 @@ the database (never its password), the tenant and name of a definition, the vers
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "ActiveVersionError",
     "DatabaseNotFoundError",
     "DatabaseUnavailableError",
@@ -15,9 +16,11 @@ __all__ = [
     "DefinitionNotFoundError",
     "EmbeddedPostgresError",
     "InvalidReferenceError",
+    "InvalidRoleError",
     "InvalidTenantError",
     "MigrationsNotAppliedError",
     "NothingToRollBackError",
+    "RoleConflictError",
     "StoreError",
     "VersionArchivedError",
     "VersionNotFoundError",
@@ -49,6 +52,21 @@ class DatabaseNotFoundError(DatabaseUnavailableError):
 
 class EmbeddedPostgresError(DatabaseUnavailableError):
     """The embedded PostgreSQL server (the default without ``DATABASE_URL``) could not start."""
+
+
+class AccessDeniedError(StoreError, PermissionError):
+    """PostgreSQL refused the statement: the connecting role lacks the privilege, or row-level
+    security refused to write a row of another tenant.
+
+    Attributes:
+        url: The database URL, password hidden (its user is the role that was refused).
+        tenant: The tenant the store was asked to act for, when known.
+    """
+
+    def __init__(self, message: str, url: str, tenant: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.tenant = tenant
 
 
 class MigrationsNotAppliedError(StoreError):
@@ -217,3 +235,26 @@ class DeadLetterResolvedError(StoreError):
         super().__init__(f"dead letter {dead_letter_id} is already {status}{who}{when}; nothing to decide")
         self.dead_letter_id = dead_letter_id
         self.status = status
+
+
+# ---------------------------------------------------------------------------------- database roles
+
+
+class InvalidRoleError(StoreError, ValueError):
+    """A database role name is not a plain lower-case identifier."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__(
+            f"invalid database role name {role!r}: 1 to 63 characters [a-z0-9_], starting with a letter"
+            " or _; not pg_*, wfa_platform nor wfa_tenant"
+        )
+        self.role = role
+
+
+class RoleConflictError(StoreError):
+    """A role cannot be made a tenant's role: it belongs to another tenant, or it already sees
+    every tenant (superuser, BYPASSRLS, member of the platform role)."""
+
+    def __init__(self, role: str, reason: str) -> None:
+        super().__init__(f"the database role {role!r} {reason}")
+        self.role = role

@@ -9,6 +9,9 @@ models and the migrations agree). Every table has a ``tenant`` column and every 
 * ``activations``: the audit log (register, activate, rollback, archive) with actor and time; a
   rollback goes back through it.
 * ``dead_letters``: parked steps and the operator's decision on each.
+* ``tenant_roles``: which database role belongs to which tenant. PostgreSQL's row-level security
+  (migration 0002) lets a tenant's role see and write only its tenant's rows of the four tables
+  above, whatever SQL it sends; members of ``wfa_platform`` see every tenant (see ``roles.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -42,11 +46,14 @@ __all__ = [
     "DeadLetterStatus",
     "DefinitionHeadRow",
     "DefinitionRow",
+    "TenantRoleRow",
 ]
 
 TENANT_LENGTH = 100
 NAME_LENGTH = 100
 ACTOR_LENGTH = 200
+ROLE_LENGTH = 63
+"""PostgreSQL's limit on identifiers (NAMEDATALEN - 1)."""
 
 # Named constraints, so migrations can refer to them and autogenerate compares them reliably.
 NAMING = {
@@ -153,7 +160,7 @@ class DeadLetterRow(Base):
 
     __tablename__ = "dead_letters"
     __table_args__ = (
-        UniqueConstraint("workflow_id", "run_id", "park_id"),
+        UniqueConstraint("tenant", "workflow_id", "run_id", "park_id"),
         CheckConstraint(
             "status IN ('open', 'redriven', 'skipped', 'aborted', 'timed_out', 'cancelled')",
             name="status_known",
@@ -181,3 +188,15 @@ class DeadLetterRow(Base):
     resolved_by: Mapped[str | None] = mapped_column(String(ACTOR_LENGTH))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolution: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class TenantRoleRow(Base):
+    """A database role of one tenant's services (written by the platform, read by row security)."""
+
+    __tablename__ = "tenant_roles"
+    __table_args__ = (Index("ix_tenant_roles_tenant", "tenant"),)
+
+    role: Mapped[str] = mapped_column(String(ROLE_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    granted_by: Mapped[str] = mapped_column(String(ROLE_LENGTH), server_default=text("CURRENT_USER"))
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

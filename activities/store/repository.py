@@ -325,7 +325,7 @@ class DefinitionStore:
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
-        async with db_errors(_url_of(self.session_factory)), self.session_factory() as session:
+        async with db_errors(_url_of(self.session_factory), self.tenant), self.session_factory() as session:
             yield session
 
     async def _lock(self, session: AsyncSession, name: str) -> None:
@@ -573,7 +573,7 @@ class DefinitionStore:
         else:
             query, params = _PINNED, {"tenant": self.tenant, "name": name, "version": version}
         # One statement outside a transaction (no BEGIN/ROLLBACK round trips): the hot path of starts.
-        async with db_errors(_url_of(self.session_factory)), self._reader.connect() as conn:
+        async with db_errors(_url_of(self.session_factory), self.tenant), self._reader.connect() as conn:
             found = (await conn.execute(query, params)).first()
             if found is None:
                 raise await self._missing(conn, name, version)
@@ -747,8 +747,8 @@ def _dead_letter(row: DeadLetterRow) -> DeadLetter:
 
 
 async def park_dead_letter(session_factory: SessionFactory, record: DeadLetterRecord) -> int:
-    """Records a parked step; idempotent on ``(workflow_id, run_id, park_id)`` (a retried activity
-    gets the same row id).
+    """Records a parked step; idempotent on ``(tenant, workflow_id, run_id, park_id)`` (a retried
+    activity gets the same row id).
 
     Returns:
         The row id.
@@ -756,17 +756,22 @@ async def park_dead_letter(session_factory: SessionFactory, record: DeadLetterRe
     check_tenant(record.tenant)
     values = record.model_dump(mode="python")
     values["input"] = json.loads(json.dumps(values["input"], default=str))
-    async with db_errors(_url_of(session_factory)), session_factory() as session, session.begin():
+    async with (
+        db_errors(_url_of(session_factory), record.tenant),
+        session_factory() as session,
+        session.begin(),
+    ):
         inserted = await session.scalar(
             insert(DeadLetterRow)
             .values(**values, status=DeadLetterStatus.OPEN.value)
-            .on_conflict_do_nothing(index_elements=["workflow_id", "run_id", "park_id"])
+            .on_conflict_do_nothing(index_elements=["tenant", "workflow_id", "run_id", "park_id"])
             .returning(DeadLetterRow.id)
         )
         if inserted is not None:
             return int(inserted)
         existing = await session.scalar(
             select(DeadLetterRow.id).where(
+                DeadLetterRow.tenant == record.tenant,
                 DeadLetterRow.workflow_id == record.workflow_id,
                 DeadLetterRow.run_id == record.run_id,
                 DeadLetterRow.park_id == record.park_id,
@@ -796,7 +801,7 @@ async def resolve_dead_letter(
         decision["output"] = resolution.output
     decision = json.loads(json.dumps(decision, default=str))
     scope = [DeadLetterRow.id == resolution.dead_letter_id, DeadLetterRow.tenant == tenant]
-    async with db_errors(_url_of(session_factory)), session_factory() as session, session.begin():
+    async with db_errors(_url_of(session_factory), tenant), session_factory() as session, session.begin():
         await session.execute(
             update(DeadLetterRow)
             .where(*scope, DeadLetterRow.status == DeadLetterStatus.OPEN.value)
@@ -829,7 +834,7 @@ class DeadLetterStore:
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
-        async with db_errors(_url_of(self.session_factory)), self.session_factory() as session:
+        async with db_errors(_url_of(self.session_factory), self.tenant), self.session_factory() as session:
             yield session
 
     async def park(self, record: DeadLetterRecord) -> int:
