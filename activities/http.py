@@ -14,6 +14,7 @@ other 4xx                     no            ``HttpClientError``
 status not in accept_status   no            ``HttpUnexpectedStatus``
 request timed out             yes           ``HttpTimeout``
 could not connect             yes           ``HttpConnectError``
+outbound policy refuses host  no            ``OutboundRefused``
 other transport failure       yes           ``HttpTransportError``
 success body over 256 KiB     no            ``HttpResponseTooLarge``
 ============================  ============  ==============================================
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action, resolve_secrets
+from activities.outbound import OutboundRefusedError
 from interpreter.actions import ActionRequest
 
 __all__ = [
@@ -316,6 +318,13 @@ class HttpActions:
                     if not _is_success(response.status_code, spec.accept_status):
                         raise await _status_error(response, what, spec.accept_status)
                     raw = await _read_success_body(response, what)
+        except OutboundRefusedError as exc:
+            raise ApplicationError(
+                f"{what} refused: {exc}",
+                {"rule": exc.rule, "host": exc.host},
+                type="OutboundRefused",
+                non_retryable=True,
+            ) from None
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="HttpTimeout") from exc
         except httpx.ConnectError as exc:
