@@ -7,6 +7,7 @@ Situation                     Retryable     Type
 ============================  ============  ==============================================
 input fails validation        no            ``InvalidActionInput``
 referenced secret missing     no            ``SecretNotFound``
+secret not for this host      no            ``SecretHostRefused``
 5xx                           yes           ``HttpServerError``
 408                           yes           ``HttpRequestTimeout``
 429                           yes           ``HttpRateLimited`` (delay from ``Retry-After``)
@@ -33,7 +34,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, resolve_secrets
+from activities.base import action, check_secret_hosts, resolve_secrets
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import ActionRequest
 
@@ -298,6 +299,17 @@ class HttpActions:
         headers: dict[str, str] = resolve_secrets(spec.headers)
         params: dict[str, Any] = resolve_secrets(spec.params)
         body: Any = resolve_secrets(spec.json_body)
+        check_secret_hosts(urlsplit(url).hostname or "")
+        for name, header_value in headers.items():
+            try:
+                header_value.encode("ascii")
+            except UnicodeEncodeError:
+                raise ApplicationError(
+                    f"invalid http input: headers.{name}: has characters an HTTP header cannot carry"
+                    " (only ASCII; encode the value, e.g. base64)",
+                    type="InvalidActionInput",
+                    non_retryable=True,
+                ) from None
         if not any(name.lower() == "idempotency-key" for name in headers):
             headers["Idempotency-Key"] = request.idempotency_key
 

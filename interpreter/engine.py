@@ -622,6 +622,7 @@ class Engine:
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
             input=render(dict(step.input), self._context(scope)),
+            tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
             maximum_interval_s=(
