@@ -369,13 +369,13 @@ def _guard_tree(tree: nodes.Node) -> None:
     """Routes the work the sandbox does not intercept through the budget: each ``{% for %}``
     iteration, and the operands of comparisons (``in`` scans a whole string) and of ``~``."""
     for loop in tree.find_all(nodes.For):
-        loop.iter = _guarded(_LOOP_GUARD, loop.iter)
+        loop.iter = _guarded(_LOOP_GUARD, cast(nodes.Expr, loop.iter))
     for compare in tree.find_all(nodes.Compare):
         compare.expr = _guarded(_READ_GUARD, compare.expr)
         for operand in compare.ops:
             operand.expr = _guarded(_READ_GUARD, operand.expr)
     for concat in tree.find_all(nodes.Concat):
-        concat.nodes = [_guarded(_READ_GUARD, cast(nodes.Expr, node)) for node in concat.nodes]
+        concat.nodes = [_guarded(_READ_GUARD, node) for node in concat.nodes]
 
 
 class _Environment(ImmutableSandboxedEnvironment):
