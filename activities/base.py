@@ -29,6 +29,7 @@ from activities.secrets import (
     secret_store,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, linear_delay_s
+from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
 
 __all__ = [
     "SECRET_ENV_PREFIX",
@@ -284,7 +285,17 @@ def action(
                         # The failure converter serialises the cause chain into history too.
                         raise converted from None
                     raise converted from cause
-                return ActionResult(output=redact_secrets(output), attempt=attempt)
+                output = redact_secrets(output)
+                size = json_size(output, ACTION_OUTPUT_BUDGET)
+                if size > ACTION_OUTPUT_BUDGET:
+                    raise ApplicationError(
+                        f"the output of {name!r} is over {size} bytes, more than the budget of"
+                        f" {ACTION_OUTPUT_BUDGET} bytes for one action's output",
+                        {"attempt": attempt},
+                        type="ActionOutputTooLarge",
+                        non_retryable=True,
+                    )
+                return ActionResult(output=output, attempt=attempt)
             finally:
                 if tenant_token is not None:
                     _tenant.reset(tenant_token)

@@ -39,6 +39,7 @@ from interpreter.model import (
     TaskStep,
     Timeouts,
 )
+from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
     CancelRequest,
     DeadLetterAction,
@@ -57,6 +58,11 @@ from interpreter.state import (
     StepStatus,
 )
 from interpreter.templates import TemplateError, evaluate, render
+
+PATCH_PAYLOAD_BUDGETS = "payload-budgets"
+"""Patch id: an output that would bring the run's state over its budget fails its step. Asked only
+when the budget would be exceeded, so runs within it carry no marker; a history recorded before the
+change, where such a run went on (and later got stuck), replays as it was."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
@@ -292,6 +298,8 @@ class Engine:
         self._compensations: list[_Compensation] = []
         self._visits: dict[str, int] = {}
         self._executions = 0
+        self._state_size = 0
+        """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
         self._run_ctx = {
             "workflow_id": info.workflow_id,
             "run_id": info.run_id,
@@ -504,6 +512,8 @@ class Engine:
             self.active[path] = step.label
             self.runtime.state_changed()
             output = await self._dispatch(step, scope, path, record, visits)
+            if not isinstance(step, TaskStep):  # a task's output was admitted before its handling
+                self._admit(path, output, copies=2 if isinstance(step, SetStep | ApprovalStep) else 1)
         except TemplateError as err:
             self._finish_open(record, StepStatus.FAILED, error=str(err), error_type="TemplateError")
             raise _RunFailed(f"step {path!r}: {err}", "TemplateError") from None
@@ -531,6 +541,33 @@ class Engine:
         scope.last_output = record.output
         if step.next is not None:
             raise _Jump(step.next)
+
+    def _admit(
+        self,
+        path: str,
+        output: Any,
+        *,
+        copies: int = 1,
+        failure: type[Exception] = Exception,
+        attempts: int = 1,
+    ) -> None:
+        """Counts an output into the run's state, or fails the step when it would not fit.
+
+        ``copies``: how often the run keeps it (a ``set`` step's values are its output and also
+        the variables). A task's excess is raised as :class:`ActionFailedError`, so its
+        ``on_failure`` handles it like any failure; other steps fail the run.
+        """
+        size = json_size(output, RUN_STATE_BUDGET) * copies
+        total = self._state_size + size
+        if total > RUN_STATE_BUDGET and self.runtime.patched(PATCH_PAYLOAD_BUDGETS):
+            message = (
+                f"step {path!r}: its output of {size} bytes would bring the run's state to {total} bytes,"
+                f" over its budget of {RUN_STATE_BUDGET} bytes (Temporal refuses payloads over 2 MiB)"
+            )
+            if failure is ActionFailedError:
+                raise ActionFailedError(message, "StateBudgetExceeded", attempts)
+            raise _RunFailed(message, "StateBudgetExceeded")
+        self._state_size = total
 
     def _finish_open(
         self,
@@ -643,6 +680,7 @@ class Engine:
         while True:
             try:
                 result = await self.runtime.execute_action(call)
+                self._admit(path, result.output, failure=ActionFailedError, attempts=result.attempt)
                 break
             except asyncio.CancelledError:
                 # Cancelled in flight: the request may still take effect at the receiver, so the step
