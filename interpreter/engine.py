@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from interpreter.actions import ActionRequest, ActionResult
 from interpreter.business_hours import delay_until_open
 from interpreter.durations import format_duration, parse_duration
+from interpreter.inert import make_inert
 from interpreter.model import (
     ApprovalStep,
     Branch,
@@ -276,7 +277,8 @@ class Engine:
         self, definition: Definition, run_input: Mapping[str, Any], runtime: Runtime, info: RunInfo
     ) -> None:
         self.definition = definition
-        self.input = dict(run_input)
+        # Data is inert from where it enters: a secret reference in it is text (interpreter/inert.py).
+        self.input = make_inert(dict(run_input))
         self.runtime = runtime
         self.info = info
         self.state = RunState.RUNNING
@@ -705,8 +707,9 @@ class Engine:
                         )
                         continue
                     if decision.action == DeadLetterAction.SKIP:
-                        self._finish(record, StepStatus.COMPLETED, output=decision.output)
-                        return decision.output
+                        output = make_inert(decision.output)
+                        self._finish(record, StepStatus.COMPLETED, output=output)
+                        return output
                     if decision.action == DeadLetterAction.ABORT:
                         raise _RunFailed(
                             f"step {path!r} aborted by {decision.actor}: {decision.reason or failure.message}",
@@ -724,7 +727,7 @@ class Engine:
         record.attempts = result.attempt
         if step.compensate:
             self._compensations.append(_Compensation(step, scope, path))
-        return result.output
+        return make_inert(result.output)
 
     @staticmethod
     def _redrive_call(call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:
@@ -732,7 +735,7 @@ class Engine:
         been corrected, and a receiver may have remembered the failed request under the old key)."""
         request = call.request.model_copy(
             update={
-                "input": decision.input if decision.input is not None else call.request.input,
+                "input": make_inert(decision.input) if decision.input is not None else call.request.input,
                 "idempotency_key": f"{call.request.idempotency_key}~r{redrives}",
             }
         )
@@ -1058,7 +1061,7 @@ class Engine:
             self.runtime.state_changed()
         assert approval.decision is not None
         kind, decision = approval.decision
-        data = dict(decision.data)
+        data = make_inert(dict(decision.data))
         self.vars.update(data)
         output = {
             "decision": "approved" if kind == DecisionKind.APPROVE else "rejected",

@@ -70,6 +70,8 @@ _CACHE_SIZE = 4096
 _SHOWN_SOURCE_CHARS = 200
 
 _TEMPLATE_MARKERS = ("{{", "{%")
+_DOLLAR_BEFORE_TAG = re.compile(r"\$\{[{%]")
+_TEMPLATED_SECRET = re.compile(r"\$\{secret:[^}]*\{[{%]")
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _BRACE_FIELD = re.compile(r"\{([^{}]*)\}")
@@ -524,6 +526,14 @@ def check_template(src: str) -> None:
     Raises:
         TemplateError: On a syntax error.
     """
+    if _DOLLAR_BEFORE_TAG.search(src):
+        raise TemplateError(
+            src,
+            "a '$' directly before '{{' or '{%' could let the rendered value complete a secret"
+            " reference; write \"{{ '$' ~ expr }}\" or put a space between",
+        )
+    if _TEMPLATED_SECRET.search(src):
+        raise TemplateError(src, "a secret reference must name its secret literally, not with a template")
     try:
         _compile_template(src)
     except Exception as exc:
