@@ -42,6 +42,8 @@ from interpreter.model import (
 )
 from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
+    MAX_ACTOR_CHARS,
+    MAX_REFUSALS,
     CancelRequest,
     DeadLetterAction,
     DeadLetterDecision,
@@ -52,11 +54,13 @@ from interpreter.state import (
     DecisionRecord,
     ParkedStep,
     PendingApproval,
+    RefusedMessage,
     RunResult,
     RunState,
     RunStatus,
     StepRecord,
     StepStatus,
+    clip,
 )
 from interpreter.templates import TemplateError, evaluate, render
 
@@ -286,6 +290,9 @@ class Engine:
         self.records: list[StepRecord] = []
         self.active: dict[str, str] = {}
         self.decisions: list[DecisionRecord] = []
+        self.decisions_dropped = 0
+        self.refused_messages: list[RefusedMessage] = []
+        self.refused_messages_dropped = 0
         self.cancel_request: CancelRequest | None = None
         self.output: Any = None
         self.error: str | None = None
@@ -372,6 +379,9 @@ class Engine:
             pending_approvals=[a.view for a in self._approvals.values()],
             parked=[p.view for p in self._parked.values()],
             decisions=list(self.decisions),
+            decisions_dropped=self.decisions_dropped,
+            refused_messages=list(self.refused_messages),
+            refused_messages_dropped=self.refused_messages_dropped,
             vars=dict(self.vars),
             output=self.output,
             error=self.error,
@@ -452,20 +462,43 @@ class Engine:
         try:
             approval = self.check_decision(kind, decision)
         except DecisionError as err:
-            self.decisions.append(self._decision_record(kind, decision, refusal=str(err)))
+            self.refuse_decision(kind, decision, str(err))
             raise
         approval.decision = (kind, decision)
         self.decisions.append(self._decision_record(kind, decision, refusal=None))
 
+    def refuse_decision(self, kind: DecisionKind, decision: Decision, refusal: str) -> None:
+        """Records a well-formed decision that is refused; keeps the last :data:`MAX_REFUSALS`."""
+        self.decisions.append(self._decision_record(kind, decision, refusal=refusal))
+        refused = [i for i, d in enumerate(self.decisions) if not d.accepted]
+        if len(refused) > MAX_REFUSALS:
+            del self.decisions[refused[0]]
+            self.decisions_dropped += 1
+
+    def refuse_message(self, name: str, actor: str | None, reason: str) -> None:
+        """Records a message the run could not read or refused; keeps the last :data:`MAX_REFUSALS`."""
+        self.refused_messages.append(
+            RefusedMessage(
+                name=clip(name, MAX_ACTOR_CHARS),
+                actor=None if actor is None else clip(actor, MAX_ACTOR_CHARS),
+                at=self.runtime.now(),
+                reason=clip(reason),
+            )
+        )
+        if len(self.refused_messages) > MAX_REFUSALS:
+            del self.refused_messages[0]
+            self.refused_messages_dropped += 1
+
     def _decision_record(self, kind: DecisionKind, decision: Decision, refusal: str | None) -> DecisionRecord:
+        # Clipped: a message's texts must not be able to grow the status beyond the payload limit.
         return DecisionRecord(
             decision=kind,
-            actor=decision.actor,
-            step_id=decision.step_id,
-            reason=decision.reason,
+            actor=clip(decision.actor, MAX_ACTOR_CHARS),
+            step_id=None if decision.step_id is None else clip(decision.step_id, MAX_ACTOR_CHARS),
+            reason=clip(decision.reason),
             at=self.runtime.now(),
             accepted=refusal is None,
-            refusal=refusal,
+            refusal=None if refusal is None else clip(refusal),
         )
 
     # ------------------------------------------------------------------------------ sequencing

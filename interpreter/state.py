@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -11,6 +12,28 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.model import Definition
+
+MAX_ACTOR_CHARS = 200
+"""Longest actor (or step id) a message record keeps; longer ones are cut (see :func:`clip`)."""
+MAX_TEXT_CHARS = 500
+"""Longest reason or refusal text a message record keeps."""
+MAX_REFUSALS = 50
+"""Refused messages (and refused decisions) a run keeps; older ones are dropped and counted."""
+MAX_DECISION_REASON_CHARS = 1000
+"""Longest ``reason`` an accepted decision may carry (it goes into the approval step's output)."""
+MAX_DECISION_DATA_BYTES = 16 * 1024
+"""Largest form ``data`` (as JSON) an accepted decision may carry (it goes into ``vars``)."""
+
+
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` cut to at most about ``limit`` characters, saying how long it was.
+
+    Whatever a message brings is clipped before the run keeps it, so no message can make the
+    ``status`` query exceed the payload size limit.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
 
 
 class RunState(StrEnum):
@@ -106,8 +129,26 @@ class DecisionRequest(Decision):
     decision: DecisionKind
 
 
+def decision_size_problem(decision: Decision) -> str | None:
+    """Why an otherwise valid decision is too large to accept, or None.
+
+    An accepted decision's reason and data become run data (the approval step's output, ``vars``)
+    that every ``status`` answer carries, so they are bounded; the refusal is recorded instead.
+    """
+    if len(decision.actor) > MAX_ACTOR_CHARS:
+        return f"actor is {len(decision.actor)} characters long (at most {MAX_ACTOR_CHARS})"
+    if decision.step_id is not None and len(decision.step_id) > MAX_ACTOR_CHARS:
+        return f"step_id is {len(decision.step_id)} characters long (at most {MAX_ACTOR_CHARS})"
+    if len(decision.reason) > MAX_DECISION_REASON_CHARS:
+        return f"reason is {len(decision.reason)} characters long (at most {MAX_DECISION_REASON_CHARS})"
+    size = len(json.dumps(decision.data, separators=(",", ":"), default=str).encode())
+    if size > MAX_DECISION_DATA_BYTES:
+        return f"data is {size} bytes as JSON (at most {MAX_DECISION_DATA_BYTES})"
+    return None
+
+
 class DecisionRecord(BaseModel):
-    """A decision that arrived, accepted or refused (and why)."""
+    """A decision that arrived, accepted or refused (and why); its texts are clipped."""
 
     decision: DecisionKind
     actor: str
@@ -119,16 +160,47 @@ class DecisionRecord(BaseModel):
 
 
 class CancelRequest(BaseModel):
-    """Argument of the ``cancel`` signal."""
+    """Argument of the ``cancel`` signal and the ``cancel_run`` update."""
 
     model_config = ConfigDict(extra="forbid")
 
     actor: str = Field(min_length=1)
     reason: str = ""
 
+    def clipped(self) -> CancelRequest:
+        """The request as the run keeps it (actor and reason clipped)."""
+        return CancelRequest(actor=clip(self.actor, MAX_ACTOR_CHARS), reason=clip(self.reason))
+
+
+class RefusedMessage(BaseModel):
+    """A signal the run could not read or refused (a decision refused on its merits is in
+    ``decisions`` instead). Texts are clipped.
+
+    Attributes:
+        name: The signal's name (``approve``, ``reject``, ``cancel``, or an unknown one).
+        actor: The actor the message named, when it named one.
+        reason: Why it was refused.
+    """
+
+    name: str
+    actor: str | None = None
+    at: datetime
+    reason: str
+
 
 class RunStatus(BaseModel):
-    """Answer of the ``status`` query."""
+    """Answer of the ``status`` query.
+
+    Everything in it that a message brought is bounded (clipped texts, the last
+    :data:`MAX_REFUSALS` refusals), so no message can make it exceed the payload size limit.
+
+    Attributes:
+        decisions: Accepted decisions, and the last refused ones (older refused ones are counted
+            in ``decisions_dropped``).
+        refused_messages: The last signals that could not be read or were refused (malformed,
+            unknown, a cancel too late); older ones are counted in ``refused_messages_dropped``.
+        cancelled_by: Who asked the run to cancel, and why.
+    """
 
     definition: str
     version: int
@@ -138,6 +210,9 @@ class RunStatus(BaseModel):
     pending_approvals: list[PendingApproval]
     parked: list[ParkedStep] = Field(default_factory=list)
     decisions: list[DecisionRecord]
+    decisions_dropped: int = 0
+    refused_messages: list[RefusedMessage] = Field(default_factory=list)
+    refused_messages_dropped: int = 0
     vars: dict[str, Any]
     output: Any = None
     error: str | None = None

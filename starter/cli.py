@@ -525,12 +525,21 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
                     print(f"    {label:<14}{value}", file=out)
         print(f"  decide with: wfa approve {workflow_id} --actor NAME  (or reject)", file=out)
     if status.decisions:
-        print("\nDecisions", file=out)
+        older = f" ({status.decisions_dropped} older refusals not kept)" if status.decisions_dropped else ""
+        print(f"\nDecisions{older}", file=out)
         for d in status.decisions:
             verdict = "accepted" if d.accepted else f"REFUSED: {d.refusal}"
             step = f" at {d.step_id}" if d.step_id else ""
             reason = f" ({d.reason})" if d.reason else ""
             print(f"  {_when(d.at)}  {d.decision} by {d.actor}{step}{reason}: {verdict}", file=out)
+    if status.refused_messages:
+        older = (
+            f" ({status.refused_messages_dropped} older not kept)" if status.refused_messages_dropped else ""
+        )
+        print(f"\nRefused messages{older}", file=out)
+        for m in status.refused_messages:
+            sender = f" from {m.actor}" if m.actor else ""
+            print(f"  {_when(m.at)}  {m.name}{sender}: {m.reason}", file=out)
     if status.vars:
         print(f"\nVars  {_compact(status.vars)}", file=out)
 

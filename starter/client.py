@@ -833,18 +833,46 @@ class FlowClient:
     async def cancel(self, workflow_id: str, actor: str, reason: str = "") -> None:
         """Asks the run to cancel: compensations run, then it ends as ``cancelled``.
 
-        Sends the ``cancel`` signal (recorded in history with who and why); returns at once. Use
-        :meth:`result` to wait for the end.
+        The ``cancel_run`` update checks and records who and why (a refusal raises here at once),
+        then Temporal's cancellation is requested, so the run closes as Canceled in the Web UI.
+        Returns once both are accepted; use :meth:`result` to wait for the end.
 
         Raises:
             RunNotFoundError: No such run (in this client's tenant).
             RunClosedError: The run has already ended.
+            DecisionRefusedError: The run refused: it is already cancelling or ending.
+            NoWorkerError: No worker took the request within 30 s.
         """
-        await self.describe(workflow_id)
+        description = await self.describe(workflow_id)
+        handle = self.client.get_workflow_handle(workflow_id, run_id=description.run_id)
         try:
-            await self._handle(workflow_id).signal(
-                RunDefinitionWorkflow.cancel, CancelRequest(actor=actor, reason=reason)
-            )
+            async with asyncio.timeout(UPDATE_TIMEOUT_S):
+                await handle.execute_update(
+                    RunDefinitionWorkflow.cancel_run, CancelRequest(actor=actor, reason=reason)
+                )
+            await handle.cancel(reason=f"cancel requested by {actor}" + (f": {reason}" if reason else ""))
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            if "'cancel_run' expected but not found" in message:
+                # A worker older than the update (a rolling deploy): the signal still cancels.
+                await self._cancel_by_signal(handle, workflow_id, actor, reason)
+                return
+            raise DecisionRefusedError(workflow_id, message) from None
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise NoWorkerError(
+                f"no worker took the cancel request for run {workflow_id!r} within {UPDATE_TIMEOUT_S:g}s;"
+                f" is a worker polling its task queue? {await self._task_queue_hint(workflow_id)}",
+                workflow_id,
+            ) from None
+        except RPCError as err:
+            raise await self._closed_or_missing(err, workflow_id, "cancel it") from None
+
+    async def _cancel_by_signal(
+        self, handle: WorkflowHandle[Any, Any], workflow_id: str, actor: str, reason: str
+    ) -> None:
+        try:
+            await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor=actor, reason=reason))
         except RPCError as err:
             raise await self._closed_or_missing(err, workflow_id, "cancel it") from None
 
@@ -927,8 +955,9 @@ class FlowClient:
         * completed / compensated: the workflow's result.
         * failed, or cancelled by the ``cancel`` signal: the :class:`RunResult` the workflow put in
           its error's details (state ``failed`` / ``cancelled``, error, every step).
-        * cancelled through Temporal (Web UI, ``temporal workflow cancel``): state ``cancelled``,
-          error type ``WorkflowCancelled``.
+        * cancelled by :meth:`cancel` or through Temporal (Web UI, ``temporal workflow cancel``):
+          the run's status as it closed (state ``cancelled``, error type ``RunCancelled``, every
+          step); without a worker to answer, error type ``WorkflowCancelled`` and no steps.
         * terminated: state ``cancelled``, error type ``WorkflowTerminated`` (no compensation ran).
         * timed out (a workflow execution timeout): state ``failed``, error type ``WorkflowTimedOut``.
 
@@ -957,9 +986,27 @@ class FlowClient:
         except TimeoutError:  # asyncio's, not Temporal's
             raise ResultTimeoutError(workflow_id, timeout or 0.0) from None
         except WorkflowFailureError as err:
+            if isinstance(err.cause, CancelledError):
+                return await self._cancelled_result(workflow_id, err)
             return _result_from_failure(err)
         except RPCError as err:
             raise self._rpc_error(err, workflow_id, "wait for the run") from None
+
+    async def _cancelled_result(self, workflow_id: str, err: WorkflowFailureError) -> RunResult:
+        """A run closed as Canceled carries no result: ask its status (who, why, every step)."""
+        try:
+            status: RunStatus = await self._handle(workflow_id).query(
+                RunDefinitionWorkflow.status, rpc_timeout=CLOSED_QUERY_TIMEOUT
+            )
+        except (RPCError, WorkflowQueryFailedError):  # no worker to answer: what Temporal knows
+            return _result_from_failure(err)
+        return RunResult(
+            state=status.state,
+            output=status.output,
+            error=status.error,
+            error_type=status.error_type,
+            steps=status.steps,
+        )
 
     # -------------------------------------------------------------------------------- internals
 

@@ -312,6 +312,32 @@ async def _drive_cancel_temporal(handle: WorkflowHandle[Any, Any]) -> None:
     await handle.cancel()
 
 
+def _single_approval(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-messages",
+        "steps": [_echo("prep", "ready"), {"id": "review", "type": "approval", "approvers": ["bob"]}],
+    }
+
+
+async def _drive_messages(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: bool(s.pending_approvals))
+    await handle.signal("approve", {"actor": 5})  # malformed: recorded as refused
+    await handle.signal("reject")  # no argument: recorded as refused
+    await handle.signal("aprove", {"actor": "bob"})  # unknown name: recorded as refused
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", reason="x" * 2000))  # too large
+    await handle.signal("cancel", {"actor": ["ops"]})  # malformed cancel
+    await _until(handle, lambda s: len(s.refused_messages) == 4 and len(s.decisions) == 1)
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", reason="fine"))
+
+
+async def _drive_cancel_run(handle: WorkflowHandle[Any, Any]) -> None:
+    await _in_delay(handle)
+    await handle.execute_update(
+        RunDefinitionWorkflow.cancel_run, CancelRequest(actor="ops", reason="recording")
+    )
+    await handle.cancel()
+
+
 def scenarios() -> list[Scenario]:
     soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     return [
@@ -362,6 +388,22 @@ def scenarios() -> list[Scenario]:
             _long_delay("replay-cancel-temporal"),
             {},
             _drive_cancel_temporal,
+        ),
+        Scenario(
+            "messages",
+            "malformed, unknown and oversized signals recorded as refused (bounded-decisions patch), "
+            "then approved by signal",
+            _single_approval,
+            {},
+            _drive_messages,
+        ),
+        Scenario(
+            "cancel_run",
+            "the cancel_run update then Temporal cancellation during a 3-day delay: compensation, "
+            "run closed as Canceled",
+            _long_delay("replay-cancel-run"),
+            {},
+            _drive_cancel_run,
         ),
     ]
 

@@ -2,23 +2,31 @@
 
 It is the only place that calls ``workflow.*``: steps become activities named after their action,
 with the step's retry policy, timeouts and a summary naming the step; delays become durable timers;
-approvals wait on signals or the ``decide`` update; the ``cancel`` signal and Temporal's own
-cancellation both cancel the engine, which runs the compensations.
+approvals wait on signals or the ``decide`` update; the ``cancel`` signal, the ``cancel_run``
+update and Temporal's own cancellation all cancel the engine, which runs the compensations.
+
+Signals are read here, not by the SDK: a handler typed with a model makes the SDK drop a payload it
+cannot convert (with only a worker log line) and fail the workflow task, again on every retry, on a
+signal sent with no argument or with two. So ``approve``, ``reject`` and ``cancel`` take their
+arguments untyped and validate them with the models themselves: a malformed message is recorded in
+the status with the reason (``refused_messages``), as is a signal of an unknown name.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
     from interpreter.actions import ActionResult
     from interpreter.durations import parse_duration
     from interpreter.engine import (
@@ -46,6 +54,8 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         RunStatus,
+        clip,
+        decision_size_problem,
     )
     from interpreter.validate import definition_hash
     from workflows.search_attributes import (
@@ -63,12 +73,28 @@ PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
 """Patch id: a run started without search attributes also gets ``Tenant``."""
 PATCH_CURRENT_STEP_ON_WAITS = "current-step-on-waits"
 """Patch id: CurrentStep is upserted where the run waits (RunOptions.current_step), not every step."""
+PATCH_BOUNDED_DECISIONS = "bounded-decisions"
+"""Patch id: a signalled decision whose actor, reason or data is too large is refused (recorded)."""
+CANCEL_HANDOFF_S = 60.0
+"""After ``cancel_run`` is accepted, how long the run waits for the caller's Temporal cancellation
+request before it cancels itself."""
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
 
 # Recording a dead letter must not be lost to a database outage: retry until it is back (capped
 # backoff); the run stays parked meanwhile and the pending activity shows the error in the Web UI.
 _STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def _problems(err: ValidationError) -> str:
+    """A validation error in one line: ``field: problem; ...`` (without the input values)."""
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'argument'}: {e['msg']}" for e in errors[:5]]
+    more = len(errors) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _td(duration: str | None) -> timedelta | None:
@@ -210,20 +236,28 @@ class RunDefinitionWorkflow:
         self._published: dict[str, Any] = {}
         self._details = ""
         self._main: asyncio.Task[Any] | None = None
-        self._cancel_signal: CancelRequest | None = None
+        self._self_cancelled: CancelRequest | None = None
+        """Set when the run cancelled itself (the ``cancel`` signal, or no Temporal cancellation
+        followed ``cancel_run``): it then closes as failed with type ``RunCancelled``."""
+        self._cancel_update: CancelRequest | None = None
+        self._handoff: asyncio.Task[None] | None = None
 
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
         self._ensure_identity(run)
-        if self._cancel_signal is not None and self._main is not None:
+        if self._self_cancelled is not None and self._main is not None:
             self._main.cancel()
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if result.state == RunState.CANCELLED:
-            if self._cancel_signal is None:
-                raise asyncio.CancelledError(result.error)  # Temporal's own cancellation
+            if self._self_cancelled is None:
+                # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
+                # A workflow cannot close as Canceled without a cancel request from the server (the
+                # SDK fails it instead), nor request its own cancellation (the server answers
+                # "not found"), so the run that cancelled itself closes as failed below.
+                raise asyncio.CancelledError(result.error)
             raise ApplicationError(
                 result.error or "cancelled",
                 result.model_dump(mode="json"),
@@ -239,22 +273,103 @@ class RunDefinitionWorkflow:
             )
         return result
 
-    @workflow.signal
-    def approve(self, decision: Decision) -> None:
-        """Approves the pending approval (refusals are recorded in the status)."""
-        self._signal(DecisionKind.APPROVE, decision)
+    @workflow.signal(name="approve")
+    def approve(self, *args: Any) -> None:
+        """Approves the pending approval; the argument is a :class:`Decision`.
 
-    @workflow.signal
-    def reject(self, decision: Decision) -> None:
-        """Rejects the pending approval (refusals are recorded in the status)."""
-        self._signal(DecisionKind.REJECT, decision)
+        A refused or malformed decision is recorded in the status (see the module docstring).
+        """
+        decision = self._read("approve", args, Decision)
+        if decision is not None:
+            self._signal(DecisionKind.APPROVE, decision)
 
-    @workflow.signal
-    def cancel(self, request: CancelRequest) -> None:
-        """Cancels the run: compensations run, then the run ends as cancelled."""
-        if self._cancel_signal is not None or self._engine.state in FINAL_STATES:
+    @workflow.signal(name="reject")
+    def reject(self, *args: Any) -> None:
+        """Rejects the pending approval; the argument is a :class:`Decision` (refusals recorded)."""
+        decision = self._read("reject", args, Decision)
+        if decision is not None:
+            self._signal(DecisionKind.REJECT, decision)
+
+    @workflow.signal(name="cancel")
+    def cancel(self, *args: Any) -> None:
+        """Cancels the run (argument: a :class:`CancelRequest`): compensations run, then the run
+        ends as cancelled and closes as failed with type ``RunCancelled``. A cancel that comes
+        too late (the run ended or is already cancelling) is recorded as refused."""
+        request = self._read("cancel", args, CancelRequest)
+        if request is None:
             return
-        self._cancel_signal = request
+        if self._engine.state in FINAL_STATES:
+            self._engine.refuse_message(
+                "cancel", request.actor, f"the run has already ended ({self._engine.state})"
+            )
+            return
+        earlier = self._self_cancelled or self._cancel_update
+        if earlier is not None:
+            self._engine.refuse_message(
+                "cancel", request.actor, f"the run is already cancelling (requested by {earlier.actor!r})"
+            )
+            return
+        self._cancel_self(request.clipped())
+
+    @workflow.signal(dynamic=True)
+    def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        """Records a signal this workflow does not know (a typo would otherwise wait unseen)."""
+        self._engine.refuse_message(
+            name, None, f"unknown signal {name!r}: this run accepts approve, reject and cancel"
+        )
+
+    @workflow.update(name="cancel_run")
+    def cancel_run(self, request: CancelRequest) -> CancelRequest:
+        """Validates and records a cancel request, answering the caller; refused before history
+        when the run has ended or is already cancelling.
+
+        The caller then requests Temporal's cancellation of the run (``FlowClient.cancel`` does),
+        so the run closes as Canceled with who and why in its status. If no such request arrives
+        within :data:`CANCEL_HANDOFF_S` seconds, the run cancels itself (closing as failed with type
+        ``RunCancelled``, as with the ``cancel`` signal). Asking again while it waits is accepted.
+
+        Returns:
+            The recorded request (actor and reason clipped).
+        """
+        refusal = self._cancel_run_refusal()
+        if refusal is not None:  # the state changed between validation and handling
+            raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
+        if self._cancel_update is None:
+            self._cancel_update = request.clipped()
+            self._engine.cancel_request = self._cancel_update
+            self._handoff = asyncio.create_task(self._await_temporal_cancel(self._cancel_update))
+        return self._cancel_update
+
+    @cancel_run.validator
+    def _validate_cancel_run(self, request: CancelRequest) -> None:
+        refusal = self._cancel_run_refusal()
+        if refusal is not None:
+            raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
+
+    def _cancel_run_refusal(self) -> str | None:
+        engine = self._engine
+        if engine.state in FINAL_STATES:
+            return f"the run has already ended ({engine.state})"
+        if self._self_cancelled is not None:
+            return f"the run is already cancelling (requested by {self._self_cancelled.actor!r})"
+        if engine.error is not None:
+            # Temporal's cancellation took effect, or the run is failing and compensating.
+            return f"the run is already ending ({engine.error_type}: {engine.error})"
+        return None
+
+    async def _await_temporal_cancel(self, request: CancelRequest) -> None:
+        try:
+            await workflow.wait_condition(
+                lambda: self._engine.error is not None or self._engine.state in FINAL_STATES,
+                timeout=CANCEL_HANDOFF_S,
+                timeout_summary=f"cancel requested by {request.actor}: awaiting Temporal's cancellation",
+            )
+        except TimeoutError:
+            workflow.logger.warning("no Temporal cancellation followed cancel_run; cancelling the run itself")
+            self._cancel_self(request)
+
+    def _cancel_self(self, request: CancelRequest) -> None:
+        self._self_cancelled = request
         self._engine.cancel_request = request
         if self._main is not None:
             self._main.cancel()
@@ -273,7 +388,12 @@ class RunDefinitionWorkflow:
         try:
             self._engine.check_decision(request.decision, request)
         except DecisionError as err:
-            raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
+            raise ApplicationError(clip(str(err)), type="DecisionRefused", non_retryable=True) from None
+        problem = decision_size_problem(request)
+        if problem is not None:
+            raise ApplicationError(
+                f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
+            )
 
     @workflow.update(name="resolve_dead_letter")
     def resolve_dead_letter(self, decision: DeadLetterDecision) -> ParkedStep:
@@ -295,11 +415,49 @@ class RunDefinitionWorkflow:
         """The run's state, current steps, every step so far, pending approvals and variables."""
         return self._engine.status()
 
+    def _acceptable(self, kind: DecisionKind, decision: Decision) -> bool:
+        try:
+            self._engine.check_decision(kind, decision)
+        except DecisionError:
+            return False
+        return True
+
+    def _read(self, name: str, args: tuple[Any, ...], model: type[M]) -> M | None:
+        """The signal's one argument as ``model``, or None after recording why it is malformed."""
+        if len(args) != 1:
+            got = "none" if not args else str(len(args))
+            self._engine.refuse_message(
+                name, None, f"malformed {name} signal: it takes one argument (an object), got {got}"
+            )
+            return None
+        payload = args[0]
+        actor = payload.get("actor") if isinstance(payload, dict) else None
+        try:
+            return model.model_validate(payload)
+        except ValidationError as err:
+            self._engine.refuse_message(
+                name, actor if isinstance(actor, str) else None, f"malformed {name} signal: {_problems(err)}"
+            )
+            return None
+
     def _signal(self, kind: DecisionKind, decision: Decision) -> None:
+        problem = decision_size_problem(decision)
+        # The patch is asked only when it matters (a decision too large that would otherwise be
+        # accepted), so its marker is recorded only then; runs recorded before the patch accepted
+        # such a decision, and replay keeps that.
+        if (
+            problem is not None
+            and self._acceptable(kind, decision)
+            and workflow.patched(PATCH_BOUNDED_DECISIONS)
+        ):
+            self._engine.refuse_decision(kind, decision, f"decision too large: {problem}")
+            return
         try:
             self._engine.decide(kind, decision)
         except DecisionError as err:
-            workflow.logger.warning("refused %s from %r: %s", kind.value, decision.actor, err)
+            workflow.logger.warning(
+                "refused %s from %r: %s", kind.value, clip(decision.actor, 200), clip(str(err))
+            )
 
     def _ensure_identity(self, run: RunInput) -> None:
         """Sets the definition search attributes when the starter did not (e.g. a raw client)."""

@@ -1,5 +1,6 @@
-"""Cancelling a run during a 3-day delay runs its compensations: the ``cancel`` signal and
-Temporal's own cancellation."""
+"""Cancelling a run during a 3-day delay runs its compensations: the ``cancel`` signal, Temporal's
+own cancellation, and ``FlowClient.cancel`` (the validating ``cancel_run`` update followed by
+Temporal's cancellation, so the run closes as Canceled)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,30 @@ import threading
 import time
 from typing import Any
 
-from temporalio.client import Client
+import pytest
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
-from interpreter.state import CancelRequest, RunState, StepStatus
+from interpreter.state import CancelRequest, RunInput, RunResult, RunState, StepStatus
+from starter.client import FlowClient
+from starter.errors import DecisionRefusedError, RunClosedError
 from tests.helpers.http_server import RecordedRequest, RecordingServer
-from tests.workflows.support import Handle, definition, eventually, failure_of, record, start, status, unique
-from workflows.generic import RunDefinitionWorkflow
+from tests.workflows.support import (
+    Handle,
+    definition,
+    events,
+    eventually,
+    failure_of,
+    record,
+    settled,
+    start,
+    status,
+    unique,
+)
+from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
 
 
 def _doc(name: str, base: str) -> dict[str, Any]:
@@ -189,3 +206,130 @@ async def test_a_step_in_flight_at_cancel_time_is_compensated(
     await asyncio.sleep(1.5)  # the charge completes at the receiver
     assert http_server.requests("POST", "/charge"), "the charge was applied"
     assert http_server.requests("POST", "/refund"), "so it must be refunded"
+
+
+async def test_flow_client_cancel_closes_as_canceled_with_who_and_why(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    http_server.route("POST", "/reserve", [(200, {}, {"id": "R-10"})])
+    handle = await start(client, task_queue, _doc(unique("cancel-client"), http_server.url))
+    await _in_delay(handle)
+    flows = FlowClient(client, task_queue=task_queue)
+
+    await flows.cancel(handle.id, "ops", "customer changed mind")
+
+    with pytest.raises(WorkflowFailureError) as closed:
+        await handle.result()
+    assert isinstance(closed.value.cause, CancelledError)  # Temporal's own: Canceled in the Web UI
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    result = await flows.result(handle.id)
+    assert (result.state, result.error_type) == (RunState.CANCELLED, "RunCancelled")
+    assert result.error == "cancelled by ops: customer changed mind"
+    assert record(result, "compensate/reserve/release").status == StepStatus.COMPLETED
+    assert [r.path for r in http_server.requests("POST")] == ["/reserve", "/release"]
+    final = await status(handle)
+    assert final.cancelled_by == CancelRequest(actor="ops", reason="customer changed mind")
+    cancel_requested = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
+    assert len(cancel_requested) == 1
+
+    with pytest.raises(RunClosedError):  # the server refuses an update to a closed run
+        await flows.cancel(handle.id, "ops")
+
+
+async def test_cancel_is_refused_at_once_while_the_run_is_cancelling(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    doc = definition(
+        unique("cancel-twice"),
+        [
+            {
+                "id": "reserve",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "compensate": [
+                    {"id": "undo", "type": "approval", "approvers": ["ops"], "timeout": "1h"},
+                ],
+            },
+            {"id": "wait", "type": "delay", "duration": "3d"},
+        ],
+    )
+    handle = await start(client, task_queue, doc)
+    await _in_delay(handle)
+    flows = FlowClient(client, task_queue=task_queue)
+    await flows.cancel(handle.id, "ops", "first")
+    # The compensation waits for a person: the run stays cancelling until then.
+    await eventually(
+        lambda: status(handle),
+        lambda s: s.error_type == "RunCancelled" and bool(s.pending_approvals),
+        what="the run compensating",
+    )
+
+    with pytest.raises(DecisionRefusedError) as again:
+        await flows.cancel(handle.id, "bob", "second")
+    assert again.value.reason == "the run is already ending (RunCancelled: cancelled by ops: first)"
+    await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor="carol"))
+    refused = await eventually(
+        lambda: status(handle), lambda s: bool(s.refused_messages), what="the late cancel signal refused"
+    )
+    assert [(m.name, m.actor, m.reason) for m in refused.refused_messages] == [
+        ("cancel", "carol", "the run is already cancelling (requested by 'ops')")
+    ]
+    assert refused.cancelled_by == CancelRequest(actor="ops", reason="first")
+
+    await flows.approve(handle.id, "ops")
+    assert (await flows.result(handle.id)).state == RunState.CANCELLED
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+
+
+async def test_cancel_run_without_temporal_cancellation_cancels_the_run_itself(
+    ts_client: Client, task_queue: str, ts_worker: Worker
+) -> None:
+    # A caller that dies between the update and the cancellation request must not leave the run
+    # going: after CANCEL_HANDOFF_S (virtual time here) it cancels itself, as the signal does.
+    doc = definition(
+        unique("cancel-handoff"),
+        [
+            {"id": "prep", "type": "task", "action": "echo", "input": {"value": 1}},
+            {"id": "wait", "type": "delay", "duration": "3d"},
+        ],
+    )
+    handle = await start(ts_client, task_queue, doc)
+    await settled(handle, step="wait")
+    accepted = await handle.execute_update(
+        RunDefinitionWorkflow.cancel_run, CancelRequest(actor="ops", reason="x" * 2000)
+    )
+    assert accepted.reason == f"{'x' * 500}… (2000 characters)"
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunCancelled"
+    assert result is not None
+    assert result.state == RunState.CANCELLED
+    assert record(result, "wait").status == StepStatus.CANCELLED
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
+class _WorkflowBeforeCancelRun:
+    """The generic workflow as a worker deployed before ``cancel_run`` knows it: a cancel signal."""
+
+    def __init__(self) -> None:
+        self.cancelled_by: str | None = None
+
+    @workflow.run
+    async def run(self, run: RunInput) -> RunResult:
+        await workflow.wait_condition(lambda: self.cancelled_by is not None)
+        return RunResult(state=RunState.CANCELLED, error=f"cancelled by {self.cancelled_by}")
+
+    @workflow.signal
+    def cancel(self, request: CancelRequest) -> None:
+        self.cancelled_by = request.actor
+
+
+async def test_flow_client_cancel_falls_back_to_the_signal_on_a_worker_without_cancel_run(
+    client: Client, task_queue: str
+) -> None:
+    doc = definition(unique("cancel-old-worker"), [{"id": "wait", "type": "delay", "duration": "3d"}])
+    async with Worker(client, task_queue=task_queue, workflows=[_WorkflowBeforeCancelRun]):
+        handle = await start(client, task_queue, doc)
+        await FlowClient(client, task_queue=task_queue).cancel(handle.id, "ops", "rolling deploy")
+        assert (await handle.result()).error == "cancelled by ops"

@@ -1,9 +1,11 @@
 """Messages at awkward moments: parallel approvals, cancel before the run starts or while waiting for
-an approval, a cancel after the end; plus ``next`` jumps and the CurrentStep option."""
+an approval, a cancel after the end; malformed, unknown, huge and flooding signals (recorded, bounded,
+never breaking the status query); plus ``next`` jumps and the CurrentStep option."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -13,6 +15,8 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from interpreter.state import (
+    MAX_DECISION_DATA_BYTES,
+    MAX_REFUSALS,
     CancelRequest,
     CurrentStepTracking,
     Decision,
@@ -23,7 +27,9 @@ from interpreter.state import (
     StepStatus,
 )
 from interpreter.validate import load_definition
+from starter.cli import print_status
 from tests.workflows.support import (
+    Handle,
     definition,
     events,
     eventually,
@@ -34,7 +40,7 @@ from tests.workflows.support import (
     unique,
     wait_state,
 )
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import PATCH_BOUNDED_DECISIONS, RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE
 
 
@@ -212,3 +218,144 @@ async def test_current_step_is_published_where_runs_wait_unless_every_step_is_as
     # waits: only the approval (and clearing it); every_step: every task step too.
     assert upserted[0] == ['"hold"', '""']
     assert [s for s in upserted[1] if s != '""'] == ['"t0"', '"t1"', '"t2"', '"t3"', '"hold"', '"after"']
+
+
+async def _approval_run(client: Client, task_queue: str, name: str) -> Handle:
+    doc = definition(unique(name), [{"id": "review", "type": "approval", "approvers": ["alice"]}])
+    handle = await start(client, task_queue, doc)
+    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    return handle
+
+
+async def test_malformed_signals_are_recorded_with_the_reason(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    handle = await _approval_run(client, task_queue, "malformed")
+    # What a raw client can send: wrong types, missing and extra fields, no object, no or two
+    # arguments (which used to fail the workflow task forever), and a misspelt signal name.
+    await handle.signal("approve", {"actor": 5})
+    await handle.signal("approve", {"actor": "alice", "verdict": "yes"})
+    await handle.signal("reject", "no")
+    await handle.signal("reject")
+    await handle.signal("approve", args=[{"actor": "alice"}, {"actor": "alice"}])
+    await handle.signal("cancel", {"reason": "who am I"})
+    await handle.signal("cancel", {"actor": "ops", "reason": ["not", "text"]})
+    await handle.signal("aprove", {"actor": "alice"})
+
+    seen = await eventually(
+        lambda: status(handle), lambda s: len(s.refused_messages) == 8, what="eight refused messages"
+    )
+    assert seen.state == RunState.AWAITING_APPROVAL
+    assert seen.decisions == []
+    assert seen.cancelled_by is None
+    refused = [(m.name, m.actor, m.reason) for m in seen.refused_messages]
+    assert refused == [
+        ("approve", None, "malformed approve signal: actor: Input should be a valid string"),
+        ("approve", "alice", "malformed approve signal: verdict: Extra inputs are not permitted"),
+        (
+            "reject",
+            None,
+            "malformed reject signal: argument: Input should be a valid dictionary or instance of Decision",
+        ),
+        ("reject", None, "malformed reject signal: it takes one argument (an object), got none"),
+        ("approve", None, "malformed approve signal: it takes one argument (an object), got 2"),
+        ("cancel", None, "malformed cancel signal: actor: Field required"),
+        ("cancel", "ops", "malformed cancel signal: reason: Input should be a valid string"),
+        ("aprove", None, "unknown signal 'aprove': this run accepts approve, reject and cancel"),
+    ]
+
+    shown = io.StringIO()
+    print_status(handle.id, seen, shown)
+    assert "\nRefused messages\n" in shown.getvalue()
+    assert (
+        "cancel from ops: malformed cancel signal: reason: Input should be a valid string\n"
+        in shown.getvalue()
+    )
+
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert record(result, "review").output["actor"] == "alice"
+
+
+async def test_huge_signals_cannot_break_the_status_query(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    handle = await _approval_run(client, task_queue, "huge")
+    huge = "x" * 1_500_000  # under the server's 2 MiB payload limit; two used to break `status`
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="mallory", reason=huge))
+    await handle.signal(RunDefinitionWorkflow.reject, Decision(actor=huge))
+    await handle.signal("approve", {"actor": "alice", huge: 1})
+    await handle.signal("cancel", {"actor": huge, "reason": 1})
+    await handle.signal(huge[:900], {})  # the server bounds names (1000 characters)
+    # From a listed approver, but too large to become run data: refused (the patched behaviour).
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice", reason=huge))
+    await handle.signal(
+        RunDefinitionWorkflow.approve, Decision(actor="alice", data={"blob": "y" * (MAX_DECISION_DATA_BYTES)})
+    )
+
+    seen = await eventually(
+        lambda: status(handle),
+        lambda s: len(s.decisions) == 4 and len(s.refused_messages) == 3,
+        what="every huge message recorded",
+    )
+    assert seen.state == RunState.AWAITING_APPROVAL
+    assert len(seen.model_dump_json()) < 20_000
+    mallory, long_actor, long_reason, big_data = seen.decisions
+    assert not any(d.accepted for d in seen.decisions)
+    assert mallory.reason == f"{'x' * 500}… (1500000 characters)"
+    assert "may not decide" in (mallory.refusal or "")
+    assert long_actor.actor == f"{'x' * 200}… (1500000 characters)"
+    assert long_reason.refusal == "decision too large: reason is 1500000 characters long (at most 1000)"
+    assert (big_data.refusal or "").startswith("decision too large: data is ")
+    assert all(len(m.reason) < 600 and len(m.name) < 300 for m in seen.refused_messages)
+    assert (seen.refused_messages[1].actor or "").endswith("… (1500000 characters)")
+    markers = await events(handle, EventType.EVENT_TYPE_MARKER_RECORDED)
+    patch_markers = [m for m in markers if PATCH_BOUNDED_DECISIONS.encode() in m.SerializeToString()]
+    assert len(patch_markers) == 1  # recorded once, where it mattered
+
+    # The decide update refuses the same at once, before anything is written.
+    with pytest.raises(WorkflowUpdateFailedError) as too_large:
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide,
+            DecisionRequest(decision=DecisionKind.APPROVE, actor="alice", reason=huge),
+        )
+    assert isinstance(too_large.value.cause, ApplicationError)
+    assert too_large.value.cause.message == (
+        "decision too large: reason is 1500000 characters long (at most 1000)"
+    )
+
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice", reason="fine"))
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    final = await status(handle)
+    assert [d.accepted for d in final.decisions] == [False, False, False, False, True]
+
+
+async def test_only_the_last_refusals_are_kept_and_the_rest_counted(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    handle = await _approval_run(client, task_queue, "flood")
+    extra = 7
+    for i in range(MAX_REFUSALS + extra):
+        await handle.signal(RunDefinitionWorkflow.approve, Decision(actor=f"mallory-{i}"))
+        await handle.signal("reject", {"actor": i})
+
+    seen = await eventually(
+        lambda: status(handle),
+        lambda s: (
+            s.decisions_dropped + len(s.decisions) == MAX_REFUSALS + extra
+            and s.refused_messages_dropped + len(s.refused_messages) == MAX_REFUSALS + extra
+        ),
+        what="every refusal kept or counted",
+    )
+    assert (seen.decisions_dropped, seen.refused_messages_dropped) == (extra, extra)
+    assert [d.actor for d in seen.decisions] == [f"mallory-{i}" for i in range(extra, MAX_REFUSALS + extra)]
+    assert len(seen.refused_messages) == MAX_REFUSALS
+
+    # Accepted decisions are never dropped to make room.
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
+    await handle.result()
+    final = await status(handle)
+    assert final.decisions[-1].accepted
+    assert final.decisions_dropped == extra

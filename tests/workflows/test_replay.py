@@ -33,6 +33,8 @@ EXPECTED = {
     "compensation",
     "cancel_signal",
     "cancel_temporal",
+    "messages",
+    "cancel_run",
 }
 
 
