@@ -25,8 +25,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from temporalio.client import Client
@@ -76,7 +77,7 @@ def build_worker(
     *,
     session_factory: SessionFactory | None = None,
     extra_workflows: Sequence[type] = (),
-    extra_activities: Sequence[object] = (),
+    extra_activities: Sequence[Callable[..., Any]] = (),
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
@@ -98,7 +99,7 @@ def build_worker(
             *build_activities(http_client),
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
-        ],  # type: ignore[list-item]
+        ],
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
     )

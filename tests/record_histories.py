@@ -298,6 +298,26 @@ def _long_delay(name: str) -> Callable[[str], dict[str, Any]]:
     return build
 
 
+def _cancel_in_flight(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-cancel-in-flight",
+        "steps": [
+            _echo(
+                "reserve",
+                input={"value": "R-1", "sleep_s": 60},
+                timeouts={"start_to_close": "2m", "heartbeat": "2s"},
+                compensate=[_echo("release", {"reservation": "R-1"})],
+            ),
+            _echo("ship", "S-1"),
+        ],
+    }
+
+
+async def _drive_cancel_in_flight(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: s.current_steps == ["reserve"])
+    await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor="ops", reason="recording"))
+
+
 async def _in_delay(handle: WorkflowHandle[Any, Any]) -> None:
     await _until(handle, lambda s: s.current_steps == ["wait"])
 
@@ -404,6 +424,14 @@ def scenarios() -> list[Scenario]:
             _long_delay("replay-cancel-run"),
             {},
             _drive_cancel_run,
+        ),
+        Scenario(
+            "cancel_in_flight",
+            "the cancel signal while a task with a compensation is in flight: the activity is "
+            "cancelled, its compensation runs (patch compensate-in-flight-on-cancel), run cancelled",
+            _cancel_in_flight,
+            {},
+            _drive_cancel_in_flight,
         ),
     ]
 

@@ -218,7 +218,8 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         exists = await conn.scalar(text("SELECT to_regclass(:table) IS NOT NULL"), {"table": VERSION_TABLE})
         if not exists:
             return None
-        return await conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE} LIMIT 1"))
+        revision: str | None = await conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE} LIMIT 1"))
+        return revision
 
 
 def _upgrade(connection: Connection, revision: str) -> None:

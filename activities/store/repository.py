@@ -125,14 +125,15 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
         definition = document
         body = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
     else:
-        if isinstance(document, str | bytes):
+        data: Mapping[str, Any] | str | bytes = document
+        if isinstance(data, str | bytes):
             try:
-                document = json.loads(document)
+                data = json.loads(data)
             except json.JSONDecodeError:
-                load_definition(document)  # raises with the JSON error at "$"
+                load_definition(data)  # raises with the JSON error at "$"
                 raise
-        definition = load_definition(document)  # type: ignore[arg-type]
-        body = json.loads(json.dumps(document))  # a plain JSON copy (tuples, non-str keys, ...)
+        definition = load_definition(data)
+        body = json.loads(json.dumps(data))  # a plain JSON copy (tuples, non-str keys, ...)
     body.pop("version", None)
     return definition, body
 
@@ -567,6 +568,7 @@ class DefinitionStore:
             VersionArchivedError: A pinned version that is archived.
         """
         name, version = parse_ref(ref)
+        params: dict[str, str | int]
         if version is None:
             query, params = _ACTIVE, {"tenant": self.tenant, "name": name}
         else:
@@ -814,7 +816,7 @@ async def resolve_dead_letter(
         DeadLetterNotFoundError: No such row.
     """
     tenant = resolution.tenant
-    decision = {"action": resolution.action.value, "reason": resolution.reason}
+    decision: dict[str, Any] = {"action": resolution.action.value, "reason": resolution.reason}
     if resolution.input is not None:
         decision["input"] = resolution.input
     if resolution.output is not None or resolution.action == DeadLetterAction.SKIP:
