@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -68,10 +68,11 @@ class BusinessHours(BaseModel):
         holidays: Local dates that are closed even if their weekday is open.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     timezone: str
-    days: list[Weekday] = Field(
+    # Lax for the weekday names only, so code can write ``days=["mon"]``; JSON accepts them anyway.
+    days: list[Annotated[Weekday, Field(strict=False)]] = Field(
         default_factory=lambda: [Weekday.MON, Weekday.TUE, Weekday.WED, Weekday.THU, Weekday.FRI],
         min_length=1,
     )

@@ -9,6 +9,8 @@ actions) live in :mod:`interpreter.validate`.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -98,9 +100,16 @@ def seconds(duration: str) -> float:
 
 
 class StrictModel(BaseModel):
-    """Base of every definition model: unknown fields are errors, instances are immutable."""
+    """Base of every definition model: unknown fields are errors, instances are immutable, and
+    values are not coerced (``"3"`` is not an integer), as the JSON Schema says.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict mode refuses a plain string for an enum or a date in Python mode, where JSON has no
+    other way to write them: definitions are therefore always validated from JSON text
+    (:func:`parse_definition`, the pydantic data converter), where strict mode accepts exactly
+    what the JSON Schema does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RetryPolicy(StrictModel):
@@ -271,7 +280,9 @@ class ConditionStep(StepBase):
     then: Branch
     else_: Branch | None = Field(default=None, alias="else")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class SwitchCase(StrictModel):
@@ -334,7 +345,9 @@ class ForeachStep(StepBase):
     max_items: int | None = Field(default=None, ge=1, le=10000)
     output: TemplatedValue = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class DelayStep(StepBase):
@@ -487,6 +500,21 @@ class Definition(StrictModel):
     limits: Limits = Limits()
     steps: list[Step] = Field(min_length=1)
     output: TemplatedValue = None
+
+
+def parse_definition(data: Mapping[str, Any] | str | bytes) -> Definition:
+    """Parses a definition's structure from JSON text, or from a mapping decoded from JSON.
+
+    A mapping is validated as the JSON it stands for, so strict mode accepts a string for an enum
+    or a date there exactly as the JSON Schema does. The whole-tree checks are
+    :func:`interpreter.validate.load_definition`'s.
+
+    Raises:
+        pydantic.ValidationError: On a structural problem.
+        TypeError, ValueError: When the mapping holds a value JSON cannot represent.
+    """
+    text = data if isinstance(data, str | bytes) else json.dumps(data, allow_nan=False)
+    return Definition.model_validate_json(text)
 
 
 _RECURSIVE: tuple[type[BaseModel], ...] = (

@@ -34,6 +34,7 @@ from interpreter.model import (
     TaskStep,
     children,
     jump_targets,
+    parse_definition,
 )
 from interpreter.templates import template_strings
 
@@ -93,9 +94,11 @@ def load_definition(
         raise DefinitionError([Problem("$", "a definition is a JSON object")])
     name = data.get("name") if isinstance(data.get("name"), str) else None
     try:
-        definition = Definition.model_validate(data)
+        definition = parse_definition(data)
     except pydantic.ValidationError as err:
         raise DefinitionError(_from_pydantic(err), name) from None
+    except (TypeError, ValueError) as err:
+        raise DefinitionError([Problem("$", f"not representable as JSON: {err}")], name) from None
     problems = check_definition(definition, known_actions=known_actions)
     if problems:
         raise DefinitionError(problems, definition.name)
@@ -165,12 +168,16 @@ def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
     ]
 
 
+GOTO_SHAPE = '{"goto": "<step id>"}'
+
+
 def _either(messages: list[str]) -> str:
     """One message for a value that matched no member of a union (e.g. ``"fail"`` or a goto)."""
     wanted = [m.removeprefix("Input should be ") for m in messages]
     if len(wanted) == len(messages) and all(m.startswith("Input should be ") for m in messages):
         shapes = [
-            w.replace("a valid dictionary or instance of Goto", '{"goto": "<step id>"}') for w in wanted
+            w.replace("a valid dictionary or instance of Goto", GOTO_SHAPE).replace("an object", GOTO_SHAPE)
+            for w in wanted
         ]
         return "should be " + " or ".join(shapes)
     return " or ".join(messages)

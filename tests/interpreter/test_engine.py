@@ -7,6 +7,7 @@ input, at which virtual time, how the run and each step ended.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -186,7 +187,7 @@ async def test_fake_runtime_reports_a_run_that_cannot_progress() -> None:
 def test_retry_delay_formula(retry: dict[str, Any], delays: list[float]) -> None:
     from interpreter.model import RetryPolicy
 
-    policy = RetryPolicy.model_validate({"maximum_attempts": 10, **retry})
+    policy = RetryPolicy.model_validate_json(json.dumps({"maximum_attempts": 10, **retry}))
     assert [retry_delay_s(policy, attempt) for attempt in range(1, 5)] == delays
 
 
