@@ -417,7 +417,9 @@ class SetStep(StepBase):
 
     type: Literal["set"]
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], TemplatedValue] = Field(
-        min_length=1
+        # Without it the schema's patternProperties would let any other key through.
+        min_length=1,
+        json_schema_extra={"additionalProperties": False},
     )
 
 
