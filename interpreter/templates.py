@@ -510,7 +510,8 @@ def contains_template(value: Any) -> bool:
     return next(template_strings(value), None) is not None
 
 
-def _key_path(key: Any) -> str:
+def key_path(key: Any) -> str:
+    """A dict key as a JSON path step: ``.name``, or ``["a b"]`` when it is not a simple name."""
     if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key):
         return f".{key}"
     return f"[{json.dumps(key if isinstance(key, str) else str(key))}]"
@@ -532,7 +533,7 @@ def template_strings(value: Any) -> Iterator[tuple[str, str]]:
             yield "", value
     elif isinstance(value, dict):
         for key, item in value.items():
-            prefix = _key_path(key)
+            prefix = key_path(key)
             for path, text in template_strings(item):
                 yield prefix + path, text
     elif isinstance(value, (list, tuple)):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic
 
-from interpreter.action_names import KNOWN_ACTIONS
+from interpreter.actions import ACTION_INPUTS, KNOWN_ACTIONS, action_input_errors
 from interpreter.engine import resolve_timeouts
 from interpreter.model import (
     STEP_TYPES,
@@ -36,6 +36,7 @@ from interpreter.model import (
     jump_targets,
     parse_definition,
 )
+from interpreter.templates import key_path as _key_path
 from interpreter.templates import template_strings
 
 # Not preceded by a name or a dot: ``input.steps.x`` is a key of the input, not a step reference.
@@ -130,6 +131,10 @@ def _json_path(loc: tuple[int | str, ...]) -> tuple[str, bool]:
             path += f".{part}"
         previous = part
     return path, union
+
+
+def _loc_path(loc: Sequence[int | str]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else _key_path(part) for part in loc)
 
 
 def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
@@ -283,6 +288,9 @@ def _check_step(
         problems.append(
             Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
         )
+    elif isinstance(step, TaskStep) and step.action in ACTION_INPUTS:
+        for loc, message in action_input_errors(step.action, step.input):
+            problems.append(Problem(f"{path}.input{_loc_path(loc)}", message))
     if isinstance(step, TaskStep):
         timeouts = resolve_timeouts(definition, step)
         if timeouts.start_to_close is None and timeouts.schedule_to_close is None:
