@@ -26,7 +26,8 @@ from typing import Any
 
 import jinja2
 import jinja2.exceptions
-from jinja2 import StrictUndefined, Undefined, pass_eval_context
+import jinja2.filters
+from jinja2 import StrictUndefined, Undefined, pass_environment, pass_eval_context
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
@@ -216,8 +217,11 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     indent = filters["indent"]
     fmt = filters["format"]
     batch = filters["batch"]
-    slice_ = filters["slice"]
+    # The registered "slice" is jinja's async-aware variant, which expects the context that jinja
+    # passes only to filters marked for it: calling it from a plain wrapper failed for every use.
+    slice_ = jinja2.filters.sync_do_slice
     replace = filters["replace"]
+    attr = filters["attr"]
 
     def do_center(value: str, width: int = 80) -> str:
         _check_width(width, "center width")
@@ -248,7 +252,15 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         result: str = replace(eval_ctx, s, old, new, count)
         return result
 
+    @pass_environment
+    def do_attr(environment: jinja2.Environment, obj: Any, name: str) -> Any:
+        # Definition data are JSON objects: ``x | attr('key')`` reads a key, as ``x.key`` does.
+        if isinstance(obj, Mapping) and name in obj:
+            return obj[name]
+        return attr(environment, obj, name)
+
     filters.update(
+        attr=do_attr,
         center=do_center,
         indent=do_indent,
         format=do_format,
