@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from interpreter.actions import ActionRequest, ActionResult
-from interpreter.business_hours import delay_until_open
+from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
 from interpreter.durations import format_duration, parse_duration
 from interpreter.model import (
     ApprovalStep,
@@ -234,7 +234,7 @@ class _Park:
 
 @dataclass
 class _Compensation:
-    step: TaskStep
+    step: TaskStep | ApprovalStep
     scope: _Scope
     path: str
 
@@ -961,13 +961,43 @@ class Engine:
             wait = max(until - now, timedelta(0))
         else:
             assert step.business_hours is not None
-            wait = delay_until_open(now, step.business_hours)
+            wait = delay_until_open(now, self._business_hours(step, step.business_hours, scope))
         if wait > timedelta(0):
             with self._waiting_at(path, step.label):
                 await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
         return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
 
+    def _business_hours(self, step: DelayStep, hours: BusinessHours, scope: _Scope) -> BusinessHours:
+        """The step's business hours, with a templated ``timezone`` rendered and checked."""
+        if not hours.templated:
+            return hours
+        zone = render(hours.timezone, self._context(scope))
+        try:
+            if not isinstance(zone, str):
+                raise ValueError(f"{zone!r} is not a time zone name")
+            check_timezone(zone)
+        except ValueError as err:
+            raise _RunFailed(
+                f"step {step.id!r}: business_hours.timezone rendered to an invalid zone: {err}",
+                "InvalidTimeZone",
+            ) from None
+        return hours.model_copy(update={"timezone": zone})
+
     async def _approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
+        # An approval that completed (approved, or rejected with "continue" or a goto) is undone by
+        # its compensation like a task. No patch guards this: only a definition that declares
+        # compensate on an approval gets it, and no definition could before this change.
+        try:
+            output = await self._await_approval(step, scope, path, record)
+        except _Jump:
+            if step.compensate:
+                self._compensations.append(_Compensation(step, scope, path))
+            raise
+        if step.compensate:
+            self._compensations.append(_Compensation(step, scope, path))
+        return output
+
+    async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         start = self.runtime.now()
         deadline = start + parse_duration(step.timeout) if step.timeout else None
         approval = _Approval(

@@ -389,7 +389,9 @@ class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
     The decision's form ``data`` (only the keys in ``fields`` when given) is merged into ``vars``.
-    ``timeout`` counts from the start of the step; ``on_timeout`` then decides.
+    ``timeout`` counts from the start of the step; ``on_timeout`` then decides. ``compensate``
+    steps run in the saga, like a task's, when the run fails or is cancelled after the approval
+    completed (approved, or rejected with ``on_reject`` ``continue`` or a goto).
     """
 
     type: Literal["approval"]
@@ -400,6 +402,9 @@ class ApprovalStep(StepBase):
     timeout: Duration | None = None
     on_timeout: Literal["approve", "reject", "fail"] | Goto = "fail"
     on_reject: Literal["fail", "continue"] | Goto = "fail"
+    # Left out of dumps when absent, so the content hash of every definition written before
+    # approvals could declare it stays the same.
+    compensate: list[Step] | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _coherent(self) -> ApprovalStep:
@@ -562,8 +567,11 @@ def children(step: Any) -> list[tuple[str, list[Any], str]]:
             out.append((f".branches[{i}].steps", branch.steps, "parallel"))
     elif isinstance(step, ForeachStep):
         out.append((".steps", step.steps, "foreach"))
-    elif isinstance(step, ApprovalStep) and step.escalation is not None and step.escalation.steps:
-        out.append((".escalation.steps", step.escalation.steps, "escalation"))
+    elif isinstance(step, ApprovalStep):
+        if step.escalation is not None and step.escalation.steps:
+            out.append((".escalation.steps", step.escalation.steps, "escalation"))
+        if step.compensate:
+            out.append((".compensate", step.compensate, "compensate"))
     return out
 
 
