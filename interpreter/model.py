@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -540,7 +540,7 @@ for _model in _RECURSIVE:
     _model.model_rebuild()
 
 
-def children(step: Any) -> list[tuple[str, list[Any], str]]:
+def children(step: Step) -> list[tuple[str, list[Step], str]]:
     """The nested step sequences of a step.
 
     Returns:
@@ -548,9 +548,10 @@ def children(step: Any) -> list[tuple[str, list[Any], str]]:
         from the nested sequence to the enclosing one (condition branches), or the kind of
         boundary that they may not cross (``parallel``, ``foreach``, ``compensate``, ``escalation``).
     """
-    out: list[tuple[str, list[Any], str]] = []
-    if isinstance(step, TaskStep) and step.compensate:
-        out.append((".compensate", step.compensate, "compensate"))
+    out: list[tuple[str, list[Step], str]] = []
+    if isinstance(step, TaskStep):
+        if step.compensate:
+            out.append((".compensate", step.compensate, "compensate"))
     elif isinstance(step, ConditionStep):
         if step.then.steps:
             out.append((".then.steps", step.then.steps, ""))
@@ -572,18 +573,23 @@ def children(step: Any) -> list[tuple[str, list[Any], str]]:
             out.append((".escalation.steps", step.escalation.steps, "escalation"))
         if step.compensate:
             out.append((".compensate", step.compensate, "compensate"))
+    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep):
+        pass  # no nested steps
+    else:
+        assert_never(step)
     return out
 
 
-def jump_targets(step: Any) -> list[tuple[str, str]]:
+def jump_targets(step: Step) -> list[tuple[str, str]]:
     """Every jump a step can make, as ``(json_path_suffix, target_id)``; nested steps excluded."""
     out: list[tuple[str, str]] = []
     if step.next is not None:
         out.append((".next", step.next))
-    if isinstance(step, TaskStep) and isinstance(step.on_failure, Goto):
-        out.append((".on_failure.goto", step.on_failure.goto))
-    if isinstance(step, TaskStep) and isinstance(step.on_park_timeout, Goto):
-        out.append((".on_park_timeout.goto", step.on_park_timeout.goto))
+    if isinstance(step, TaskStep):
+        if isinstance(step.on_failure, Goto):
+            out.append((".on_failure.goto", step.on_failure.goto))
+        if isinstance(step.on_park_timeout, Goto):
+            out.append((".on_park_timeout.goto", step.on_park_timeout.goto))
     elif isinstance(step, ConditionStep):
         if step.then.goto:
             out.append((".then.goto", step.then.goto))
@@ -600,4 +606,8 @@ def jump_targets(step: Any) -> list[tuple[str, str]]:
             out.append((".on_timeout.goto", step.on_timeout.goto))
         if isinstance(step.on_reject, Goto):
             out.append((".on_reject.goto", step.on_reject.goto))
+    elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
+        pass  # no jumps besides next
+    else:
+        assert_never(step)
     return out

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import pydantic
 
@@ -28,7 +28,9 @@ from interpreter.model import (
     FailStep,
     ForeachStep,
     NestedTemplateError,
+    ParallelStep,
     SetStep,
+    Step,
     SucceedStep,
     SwitchStep,
     TaskStep,
@@ -190,7 +192,7 @@ def _either(messages: list[str]) -> str:
 
 @dataclass
 class _Placed:
-    step: Any
+    step: Step
     path: str
     seq_id: int
     index: int
@@ -213,7 +215,7 @@ def check_definition(
     seq_parent: list[tuple[int, int] | None] = []
     jumps: list[tuple[str, str, int, int]] = []  # (path, target, seq, index)
 
-    def walk(steps: list[Any], path: str, depth: int, parent: tuple[int, int] | None) -> None:
+    def walk(steps: list[Step], path: str, depth: int, parent: tuple[int, int] | None) -> None:
         seq = len(seq_ids)
         seq_ids.append([s.id for s in steps])
         seq_parent.append(parent)
@@ -282,16 +284,16 @@ def check_definition(
 
 
 def _check_step(
-    step: Any, path: str, definition: Definition, actions: list[str], problems: list[Problem]
+    step: Step, path: str, definition: Definition, actions: list[str], problems: list[Problem]
 ) -> None:
-    if isinstance(step, TaskStep) and step.action not in actions:
-        problems.append(
-            Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
-        )
-    elif isinstance(step, TaskStep) and step.action in ACTION_INPUTS:
-        for loc, message in action_input_errors(step.action, step.input):
-            problems.append(Problem(f"{path}.input{_loc_path(loc)}", message))
     if isinstance(step, TaskStep):
+        if step.action not in actions:
+            problems.append(
+                Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
+            )
+        elif step.action in ACTION_INPUTS:
+            for loc, message in action_input_errors(step.action, step.input):
+                problems.append(Problem(f"{path}.input{_loc_path(loc)}", message))
         timeouts = resolve_timeouts(definition, step)
         if timeouts.start_to_close is None and timeouts.schedule_to_close is None:
             problems.append(
@@ -300,7 +302,7 @@ def _check_step(
                     "no start_to_close or schedule_to_close timeout (set one here or in defaults.timeouts)",
                 )
             )
-    if isinstance(step, ForeachStep):
+    elif isinstance(step, ForeachStep):
         limit = definition.limits.max_foreach_items
         if step.max_items is not None and step.max_items > limit:
             problems.append(
@@ -309,9 +311,23 @@ def _check_step(
                     f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}",
                 )
             )
+    elif isinstance(
+        step,
+        ConditionStep
+        | SwitchStep
+        | ParallelStep
+        | DelayStep
+        | ApprovalStep
+        | SetStep
+        | SucceedStep
+        | FailStep,
+    ):
+        pass  # their rules are the model's and the tree's
+    else:
+        assert_never(step)
 
 
-def _texts(step: Any) -> list[tuple[str, str]]:
+def _texts(step: Step) -> list[tuple[str, str]]:
     """Template and expression strings that belong to the step itself (not nested steps)."""
     out: list[tuple[str, str]] = []
     if step.when:
@@ -335,6 +351,14 @@ def _texts(step: Any) -> list[tuple[str, str]]:
     elif isinstance(step, DelayStep):
         out.extend((".duration", t) for _, t in template_strings(step.duration))
         out.extend((".until", t) for _, t in template_strings(step.until))
+        if step.business_hours is not None:
+            out.extend(
+                (".business_hours.timezone", t) for _, t in template_strings(step.business_hours.timezone)
+            )
     elif isinstance(step, ApprovalStep):
         out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, ParallelStep):
+        pass  # only nested steps
+    else:
+        assert_never(step)
     return out
