@@ -3,12 +3,16 @@ compensation."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from interpreter.engine import ActionCall, Engine, RunInfo
 from interpreter.state import RunState, StepStatus
+from interpreter.validate import load_definition
 from tests.interpreter.test_engine import (
     APPROVE,
     REJECT,
@@ -98,3 +102,23 @@ async def test_a_cancelled_run_compensates_a_completed_approval() -> None:
     result = await rt.run(main)
     assert result.state == RunState.CANCELLED
     assert paths(rt)[-1] == "compensate/gate/undo_gate"
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize(("status", "taken"), [(404, "found/create"), (200, "found/update")])
+async def test_the_readmes_branching_on_a_status_works(status: int, taken: str) -> None:
+    text = README.read_text(encoding="utf-8")
+    block = text.split("### The `http` action", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    definition = load_definition(json.loads(block))
+    rt = new_runtime()
+
+    async def http(call: ActionCall, attempt: int) -> Any:
+        return {"status_code": status if call.step_id == "lookup" else 200, "headers": {}, "body": None}
+
+    rt.on("http", http)
+    engine = Engine(definition, {"api": "http://crm", "family": "f-1"}, rt, RunInfo("wf", "run", rt.now()))
+    result = await rt.run(engine.run())
+    assert result.state == RunState.COMPLETED
+    assert [c.step_id for c in rt.calls] == ["lookup", taken.split("/")[1]]

@@ -122,7 +122,7 @@ def type_errors(errors: list[Any]) -> list[Any]:
 
 
 _SETTINGS = settings(
-    max_examples=100,
+    max_examples=75,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
