@@ -1,5 +1,5 @@
 """Engine behaviour of format features: a business-hours zone from the run input, an approval's
-compensation."""
+compensation, the README's branching on an HTTP status."""
 
 from __future__ import annotations
 
