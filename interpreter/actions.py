@@ -261,8 +261,9 @@ def _either(messages: list[str]) -> str:
 
 def _errors_by_place(
     data: Any, err: pydantic.ValidationError, *, skip_templates: bool
-) -> list[tuple[tuple[int | str, ...], str]]:
-    found: dict[tuple[int | str, ...], list[str]] = {}
+) -> list[tuple[tuple[int | str, ...], str, frozenset[str]]]:
+    """``(location, message, pydantic error types)``, one per place in ``data``."""
+    found: dict[tuple[int | str, ...], tuple[list[str], set[str]]] = {}
     for error in err.errors(include_url=False, include_input=False):
         loc, templated = _in_document(data, tuple(error["loc"]))
         if skip_templates and templated and error["type"] not in ("extra_forbidden", "missing"):
@@ -270,10 +271,11 @@ def _errors_by_place(
         message = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(
             error["type"], str(error["msg"]).removeprefix("Value error, ")
         )
-        messages = found.setdefault(loc, [])
+        messages, kinds = found.setdefault(loc, ([], set()))
+        kinds.add(error["type"])
         if message not in messages:
             messages.append(message)
-    return [(loc, _either(messages)) for loc, messages in found.items()]
+    return [(loc, _either(messages), frozenset(kinds)) for loc, (messages, kinds) in found.items()]
 
 
 def field_name(loc: tuple[int | str, ...]) -> str:
@@ -287,7 +289,7 @@ def input_problems(data: Mapping[str, Any], err: pydantic.ValidationError) -> li
     values: they may be large or secret), one per field."""
     return [
         {"field": field_name(loc), "error": message}
-        for loc, message in _errors_by_place(data, err, skip_templates=False)
+        for loc, message, _ in _errors_by_place(data, err, skip_templates=False)
     ]
 
 
@@ -302,11 +304,19 @@ def action_input_errors(action: str, data: Mapping[str, Any]) -> list[tuple[tupl
         ``(location, message)`` pairs, one per place; the location is the path of keys and indexes
         inside the input.
     """
+    return [(loc, message) for loc, message, _ in action_input_error_kinds(action, data)]
+
+
+def action_input_error_kinds(
+    action: str, data: Mapping[str, Any]
+) -> list[tuple[tuple[int | str, ...], str, frozenset[str]]]:
+    """As :func:`action_input_errors`, with the pydantic error types found at each place
+    (``value_error`` for a custom rule, ``int_type`` for a wrong type, ...)."""
     model = ACTION_INPUTS[action]
     try:
         parse_action_input(model, data)
     except pydantic.ValidationError as err:
         return _errors_by_place(data, err, skip_templates=True)
     except ValueError as err:  # NaN or infinity: not JSON
-        return [((), f"not representable as JSON: {err}")]
+        return [((), f"not representable as JSON: {err}", frozenset({"value_error"}))]
     return []

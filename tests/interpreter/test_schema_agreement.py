@@ -2,7 +2,8 @@
 
 Two directions:
 
-* what the schema accepts, the model accepts, or refuses only for a rule the schema cannot express
+* what the schema accepts, the models accept (the definition's, and each task input's by its
+  action's model), or refuses only for a rule the schema cannot express
   (a custom validator: duration and template syntax, time zones, cross-field rules), never for a
   type, a missing or unknown field, an enum or a bound;
 * a schema-valid case with one value replaced by a value of another JSON type: when the schema
@@ -35,7 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import validators
 
-from interpreter.model import STEP_TYPES, parse_definition
+from interpreter.actions import ACTION_INPUTS, action_input_error_kinds
+from interpreter.model import STEP_TYPES, Step, TaskStep, children, parse_definition
 from interpreter.schema import definition_schema
 from tests.helpers.hypothesis_jsonschema_compat import from_schema
 
@@ -110,11 +112,22 @@ def schema_accepts(document: Any) -> bool:
 
 
 def model_errors(document: Any) -> list[Any]:
+    """The models' refusals: the definition's, then each task input's (by its action's model)."""
     try:
-        parse_definition(json.dumps(document))
+        definition = parse_definition(json.dumps(document))
     except pydantic.ValidationError as err:
         return list(err.errors(include_url=False))
-    return []
+    errors: list[Any] = []
+    pending: list[Step] = list(definition.steps)
+    while pending:
+        step = pending.pop()
+        pending.extend(nested for _, steps, _ in children(step) for nested in steps)
+        if isinstance(step, TaskStep) and step.action in ACTION_INPUTS:
+            for loc, message, kinds in action_input_error_kinds(step.action, step.input):
+                errors.extend(
+                    {"type": kind, "loc": (step.id, "input", *loc), "msg": message} for kind in kinds
+                )
+    return errors
 
 
 def type_errors(errors: list[Any]) -> list[Any]:
