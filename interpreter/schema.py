@@ -54,11 +54,11 @@ def definition_schema() -> dict[str, Any]:
         inner = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(inner.pop("$defs", {}))
         defs[title] = _templatable(inner)
+        then: dict[str, Any] = {"properties": {"input": {"$ref": f"#/$defs/{title}"}}}
+        if inner.get("required"):
+            then["required"] = ["input"]  # an absent input is {}, which lacks the required fields
         task["allOf"].append(
-            {
-                "if": {"properties": {"action": {"const": name}}, "required": ["action"]},
-                "then": {"properties": {"input": {"$ref": f"#/$defs/{title}"}}},
-            }
+            {"if": {"properties": {"action": {"const": name}}, "required": ["action"]}, "then": then}
         )
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}
 

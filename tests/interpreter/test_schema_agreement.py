@@ -224,3 +224,14 @@ def test_the_issue_cases_are_refused_by_both(where: tuple[str, ...], value: Any)
 def test_generation_covers_every_step_kind() -> None:
     """The cut recursion still leaves every step kind to generate (each must appear in the union)."""
     assert {kind["properties"]["type"]["const"] for kind in STEP_KINDS} == set(STEP_TYPES)
+
+
+def test_an_http_task_without_input_is_refused_by_both() -> None:
+    """Found by the generated cases: the schema let an absent input through, the model (input {}
+    without a url) did not."""
+    document = {"name": "n", "steps": [{"id": "a", "type": "task", "action": "http"}]}
+    assert not schema_accepts(document)
+    assert model_errors(document)
+    echo = {"name": "n", "steps": [{"id": "a", "type": "task", "action": "echo"}]}
+    assert schema_accepts(echo)
+    assert not model_errors(echo)
