@@ -9,11 +9,13 @@ import httpx
 
 from activities.echo import echo
 from activities.http import HttpActions
+from interpreter.actions import KNOWN_ACTIONS
 
 __all__ = ["ACTION_NAMES", "build_activities"]
 
-ACTION_NAMES: tuple[str, ...] = ("http", "echo")
-"""Every action name a worker built with :func:`build_activities` serves."""
+ACTION_NAMES: tuple[str, ...] = KNOWN_ACTIONS
+"""Every action name a worker built with :func:`build_activities` serves: the registry's
+(:data:`interpreter.actions.ACTION_INPUTS`)."""
 
 
 def build_activities(http_client: httpx.AsyncClient) -> list[Callable[..., Any]]:
@@ -25,4 +27,5 @@ def build_activities(http_client: httpx.AsyncClient) -> list[Callable[..., Any]]
     Returns:
         The activity callables, one per name in :data:`ACTION_NAMES`, in the same order.
     """
-    return [HttpActions(http_client).http, echo]
+    implementations: dict[str, Callable[..., Any]] = {"http": HttpActions(http_client).http, "echo": echo}
+    return [implementations[name] for name in ACTION_NAMES]

@@ -3,7 +3,7 @@
 Meant for tests, benchmarks and examples: it exercises the whole dispatch, retry and cancellation
 path without any external system.
 
-Input keys (all optional):
+Input keys (all optional; :class:`interpreter.actions.EchoInput`, other keys are data to echo):
     value: What to return; without it the whole input is returned.
     sleep_s: Seconds to wait first, heartbeating every second so cancellation reaches the activity
         when the step has a heartbeat timeout.
@@ -15,29 +15,19 @@ Input keys (all optional):
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action
-from interpreter.actions import ActionRequest
+from interpreter.actions import ActionRequest, EchoInput, input_problems, parse_action_input
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "echo"]
 
 HEARTBEAT_INTERVAL_S = 1.0
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ApplicationError(
-            f"invalid echo input: {key}: must be a non-negative number",
-            type="InvalidActionInput",
-            non_retryable=True,
-        )
-    return float(value)
 
 
 async def _sleep_with_heartbeats(seconds: float) -> None:
@@ -62,22 +52,22 @@ async def echo(request: ActionRequest) -> Any:
             ``succeed_on_attempt``; ``InvalidActionInput`` for malformed keys.
     """
     data = request.input
-    if "sleep_s" in data:
-        await _sleep_with_heartbeats(_number(data["sleep_s"], "sleep_s"))
-    fail = data.get("fail")
-    if fail is not None:
-        if not isinstance(fail, str) or not fail:
-            raise ApplicationError(
-                "invalid echo input: fail: must be a non-empty error type name",
-                type="InvalidActionInput",
-                non_retryable=True,
-            )
-        succeed_on = _number(data.get("succeed_on_attempt", math.inf), "succeed_on_attempt")
+    try:
+        spec = parse_action_input(EchoInput, data)
+    except ValidationError as exc:
+        problems = input_problems(data, exc)
+        summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+        raise ApplicationError(
+            f"invalid echo input: {summary}", problems, type="InvalidActionInput", non_retryable=True
+        ) from None
+    if spec.sleep_s:
+        await _sleep_with_heartbeats(spec.sleep_s)
+    if spec.fail is not None:
         attempt = activity.info().attempt
-        if attempt < succeed_on:
+        if spec.succeed_on_attempt is None or attempt < spec.succeed_on_attempt:
             raise ApplicationError(
-                f"echo failing on purpose with {fail} on attempt {attempt}",
-                type=fail,
-                non_retryable=bool(data.get("non_retryable", False)),
+                f"echo failing on purpose with {spec.fail} on attempt {attempt}",
+                type=spec.fail,
+                non_retryable=spec.non_retryable,
             )
     return data.get("value", data)

@@ -27,16 +27,23 @@ import asyncio
 import email.utils
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action, check_secret_hosts, resolve_secrets
 from activities.outbound import OutboundRefusedError
-from interpreter.actions import ActionRequest
+from interpreter.actions import (
+    ActionRequest,
+    HttpInput,
+    StatusRange,
+    input_problems,
+    parse_action_input,
+    status_accepted,
+)
 
 __all__ = [
     "ERROR_BODY_LIMIT_BYTES",
@@ -54,83 +61,10 @@ ERROR_BODY_LIMIT_BYTES = 2 * 1024
 _OUTPUT_HEADERS = ("content-type", "location", "etag", "retry-after")
 _TRANSIENT_STATUSES = frozenset({408, 429})
 
-HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
 
-
-class HttpInput(BaseModel):
-    """Input of the ``http`` action (the step's ``input`` object).
-
-    String values may contain ``${secret:NAME}`` references; they are resolved on the worker just
-    before sending and never appear in the output or in errors.
-
-    Attributes:
-        method: HTTP method, case-insensitive on input.
-        url: Absolute ``http``/``https`` URL.
-        headers: Request headers. ``Idempotency-Key`` defaults to the step's idempotency key.
-        params: Query parameters added to the URL.
-        json_body: JSON request body, given as ``json`` in the input; omitted or null sends none.
-        timeout_s: Total time allowed for the request, response included, in seconds.
-        accept_status: Statuses counted as success; empty means any 2xx.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: HttpMethod = "GET"
-    url: str
-    headers: dict[str, str] = Field(default_factory=dict)
-    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    json_body: Any = Field(default=None, alias="json")
-    timeout_s: float = Field(default=10.0, gt=0, le=300)
-    accept_status: list[int] = Field(default_factory=list)
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper_method(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme.lower() not in ("http", "https"):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        if not parts.netloc:
-            raise ValueError("must include a host")
-        return value.strip()
-
-    @field_validator("headers")
-    @classmethod
-    def _no_header_injection(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, header_value in value.items():
-            if not name or any(c in name for c in " \t\r\n:") or any(c in header_value for c in "\r\n"):
-                raise ValueError(f"header {name!r} has an invalid name or a line break in its value")
-        return value
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _scalar_params(cls, value: Any) -> Any:
-        # Checked here so the error names the parameter instead of listing every union member.
-        if isinstance(value, dict):
-            for name, param in value.items():
-                if not isinstance(param, str | int | float | bool):
-                    raise ValueError(f"parameter {name!r} must be a string, number or boolean")
-        return value
-
-    @field_validator("accept_status")
-    @classmethod
-    def _valid_statuses(cls, value: list[int]) -> list[int]:
-        for status in value:
-            if not 100 <= status <= 599:
-                raise ValueError(f"{status} is not an HTTP status code")
-        return value
-
-
-def _invalid_input(exc: ValidationError) -> ApplicationError:
+def _invalid_input(data: dict[str, Any], exc: ValidationError) -> ApplicationError:
     # Only field paths and messages: input values may be large or sensitive.
-    problems = [
-        {"field": ".".join(str(part) for part in err["loc"]) or "<input>", "error": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
+    problems = input_problems(data, exc)
     summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
     return ApplicationError(
         f"invalid http input: {summary}", problems, type="InvalidActionInput", non_retryable=True
@@ -223,7 +157,9 @@ async def _read_success_body(response: httpx.Response, what: str) -> bytes:
     return b"".join(chunks)
 
 
-async def _status_error(response: httpx.Response, what: str, accept_status: list[int]) -> ApplicationError:
+async def _status_error(
+    response: httpx.Response, what: str, accept_status: list[int | StatusRange]
+) -> ApplicationError:
     status = response.status_code
     snippet = _decode_text(await _read_prefix(response, ERROR_BODY_LIMIT_BYTES), response)
     details = {"status_code": status, "headers": _selected_headers(response), "body": snippet}
@@ -250,10 +186,6 @@ async def _status_error(response: httpx.Response, what: str, accept_status: list
     return ApplicationError(
         f"{message}, expected {expected}", details, type="HttpUnexpectedStatus", non_retryable=True
     )
-
-
-def _is_success(status: int, accept_status: list[int]) -> bool:
-    return status in accept_status if accept_status else 200 <= status < 300
 
 
 class HttpActions:
@@ -283,9 +215,9 @@ class HttpActions:
             ApplicationError: Classified as in the module docstring.
         """
         try:
-            spec = HttpInput.model_validate(request.input)
+            spec = parse_action_input(HttpInput, request.input)
         except ValidationError as exc:
-            raise _invalid_input(exc) from None
+            raise _invalid_input(request.input, exc) from None
         method = spec.method
         what = f"{method} {_display_url(spec.url)}"
 
@@ -327,7 +259,7 @@ class HttpActions:
                     json=body,
                     timeout=httpx.Timeout(spec.timeout_s),
                 ) as response:
-                    if not _is_success(response.status_code, spec.accept_status):
+                    if not status_accepted(response.status_code, spec.accept_status):
                         raise await _status_error(response, what, spec.accept_status)
                     raw = await _read_success_body(response, what)
         except OutboundRefusedError as exc:

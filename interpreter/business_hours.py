@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["BusinessHours", "Weekday", "delay_until_open", "next_open"]
+from interpreter.templates import check_template, contains_template
+
+__all__ = ["BusinessHours", "Weekday", "check_timezone", "delay_until_open", "next_open"]
 
 _MAX_SEARCH_DAYS = 3700
 _HHMM = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d|24:00")
@@ -43,6 +45,20 @@ class Weekday(StrEnum):
 _WEEKDAYS: tuple[Weekday, ...] = tuple(Weekday)
 
 
+def check_timezone(name: str) -> ZoneInfo:
+    """The zone of an IANA name.
+
+    Raises:
+        ValueError: Naming the zone, when it is not a portable IANA name known to the tz database.
+    """
+    if name in _NON_PORTABLE_ZONES:
+        raise ValueError(f"unknown time zone {name!r}: use an IANA name like 'America/Chicago'")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}: use an IANA name like 'America/Chicago'") from exc
+
+
 def _parse_hhmm(value: str) -> time | None:
     """Parse ``HH:MM``; ``None`` stands for ``24:00`` (end of the day)."""
     if value == "24:00":
@@ -60,7 +76,8 @@ class BusinessHours(BaseModel):
     """Weekly opening hours in one IANA time zone.
 
     Attributes:
-        timezone: IANA zone name, e.g. ``America/Chicago``.
+        timezone: IANA zone name, e.g. ``America/Chicago``, or a template giving one at run time
+            (``{{ input.family.timezone }}``).
         days: Open weekdays, no duplicates, at least one.
         start: Local opening time ``HH:MM``.
         end: Local closing time ``HH:MM`` (exclusive), later than ``start``; ``24:00`` means
@@ -68,10 +85,11 @@ class BusinessHours(BaseModel):
         holidays: Local dates that are closed even if their weekday is open.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     timezone: str
-    days: list[Weekday] = Field(
+    # Lax for the weekday names only, so code can write ``days=["mon"]``; JSON accepts them anyway.
+    days: list[Annotated[Weekday, Field(strict=False)]] = Field(
         default_factory=lambda: [Weekday.MON, Weekday.TUE, Weekday.WED, Weekday.THU, Weekday.FRI],
         min_length=1,
     )
@@ -82,13 +100,16 @@ class BusinessHours(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
-        if value in _NON_PORTABLE_ZONES:
-            raise ValueError(f"unknown time zone {value!r}: use an IANA name like 'America/Chicago'")
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}: use an IANA name like 'America/Chicago'") from exc
+        if contains_template(value):
+            check_template(value)  # the zone is known only at run time (e.g. the family's zone)
+            return value
+        check_timezone(value)
         return value
+
+    @property
+    def templated(self) -> bool:
+        """Whether ``timezone`` is a template, to render before :func:`next_open` can use it."""
+        return contains_template(self.timezone)
 
     @field_validator("days", mode="before")
     @classmethod
@@ -168,7 +189,7 @@ def next_open(now: datetime, hours: BusinessHours) -> datetime:
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    zone = ZoneInfo(hours.timezone)
+    zone = check_timezone(hours.timezone)
     now_utc = now.astimezone(UTC)
     open_days = frozenset(hours.days)
     holidays = frozenset(hours.holidays)

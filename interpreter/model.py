@@ -9,9 +9,11 @@ actions) live in :mod:`interpreter.validate`.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -98,9 +100,16 @@ def seconds(duration: str) -> float:
 
 
 class StrictModel(BaseModel):
-    """Base of every definition model: unknown fields are errors, instances are immutable."""
+    """Base of every definition model: unknown fields are errors, instances are immutable, and
+    values are not coerced (``"3"`` is not an integer), as the JSON Schema says.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict mode refuses a plain string for an enum or a date in Python mode, where JSON has no
+    other way to write them: definitions are therefore always validated from JSON text
+    (:func:`parse_definition`, the pydantic data converter), where strict mode accepts exactly
+    what the JSON Schema does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RetryPolicy(StrictModel):
@@ -271,7 +280,9 @@ class ConditionStep(StepBase):
     then: Branch
     else_: Branch | None = Field(default=None, alias="else")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class SwitchCase(StrictModel):
@@ -334,7 +345,9 @@ class ForeachStep(StepBase):
     max_items: int | None = Field(default=None, ge=1, le=10000)
     output: TemplatedValue = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class DelayStep(StepBase):
@@ -376,7 +389,9 @@ class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
     The decision's form ``data`` (only the keys in ``fields`` when given) is merged into ``vars``.
-    ``timeout`` counts from the start of the step; ``on_timeout`` then decides.
+    ``timeout`` counts from the start of the step; ``on_timeout`` then decides. ``compensate``
+    steps run in the saga, like a task's, when the run fails or is cancelled after the approval
+    completed (approved, or rejected with ``on_reject`` ``continue`` or a goto).
     """
 
     type: Literal["approval"]
@@ -387,6 +402,9 @@ class ApprovalStep(StepBase):
     timeout: Duration | None = None
     on_timeout: Literal["approve", "reject", "fail"] | Goto = "fail"
     on_reject: Literal["fail", "continue"] | Goto = "fail"
+    # Left out of dumps when absent, so the content hash of every definition written before
+    # approvals could declare it stays the same.
+    compensate: list[Step] | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _coherent(self) -> ApprovalStep:
@@ -404,7 +422,9 @@ class SetStep(StepBase):
 
     type: Literal["set"]
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], TemplatedValue] = Field(
-        min_length=1
+        # Without it the schema's patternProperties would let any other key through.
+        min_length=1,
+        json_schema_extra={"additionalProperties": False},
     )
 
 
@@ -489,6 +509,21 @@ class Definition(StrictModel):
     output: TemplatedValue = None
 
 
+def parse_definition(data: Mapping[str, Any] | str | bytes) -> Definition:
+    """Parses a definition's structure from JSON text, or from a mapping decoded from JSON.
+
+    A mapping is validated as the JSON it stands for, so strict mode accepts a string for an enum
+    or a date there exactly as the JSON Schema does. The whole-tree checks are
+    :func:`interpreter.validate.load_definition`'s.
+
+    Raises:
+        pydantic.ValidationError: On a structural problem.
+        TypeError, ValueError: When the mapping holds a value JSON cannot represent.
+    """
+    text = data if isinstance(data, str | bytes) else json.dumps(data, allow_nan=False)
+    return Definition.model_validate_json(text)
+
+
 _RECURSIVE: tuple[type[BaseModel], ...] = (
     Branch,
     TaskStep,
@@ -505,7 +540,7 @@ for _model in _RECURSIVE:
     _model.model_rebuild()
 
 
-def children(step: Any) -> list[tuple[str, list[Any], str]]:
+def children(step: Step) -> list[tuple[str, list[Step], str]]:
     """The nested step sequences of a step.
 
     Returns:
@@ -513,9 +548,10 @@ def children(step: Any) -> list[tuple[str, list[Any], str]]:
         from the nested sequence to the enclosing one (condition branches), or the kind of
         boundary that they may not cross (``parallel``, ``foreach``, ``compensate``, ``escalation``).
     """
-    out: list[tuple[str, list[Any], str]] = []
-    if isinstance(step, TaskStep) and step.compensate:
-        out.append((".compensate", step.compensate, "compensate"))
+    out: list[tuple[str, list[Step], str]] = []
+    if isinstance(step, TaskStep):
+        if step.compensate:
+            out.append((".compensate", step.compensate, "compensate"))
     elif isinstance(step, ConditionStep):
         if step.then.steps:
             out.append((".then.steps", step.then.steps, ""))
@@ -532,20 +568,28 @@ def children(step: Any) -> list[tuple[str, list[Any], str]]:
             out.append((f".branches[{i}].steps", branch.steps, "parallel"))
     elif isinstance(step, ForeachStep):
         out.append((".steps", step.steps, "foreach"))
-    elif isinstance(step, ApprovalStep) and step.escalation is not None and step.escalation.steps:
-        out.append((".escalation.steps", step.escalation.steps, "escalation"))
+    elif isinstance(step, ApprovalStep):
+        if step.escalation is not None and step.escalation.steps:
+            out.append((".escalation.steps", step.escalation.steps, "escalation"))
+        if step.compensate:
+            out.append((".compensate", step.compensate, "compensate"))
+    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep):
+        pass  # no nested steps
+    else:
+        assert_never(step)
     return out
 
 
-def jump_targets(step: Any) -> list[tuple[str, str]]:
+def jump_targets(step: Step) -> list[tuple[str, str]]:
     """Every jump a step can make, as ``(json_path_suffix, target_id)``; nested steps excluded."""
     out: list[tuple[str, str]] = []
     if step.next is not None:
         out.append((".next", step.next))
-    if isinstance(step, TaskStep) and isinstance(step.on_failure, Goto):
-        out.append((".on_failure.goto", step.on_failure.goto))
-    if isinstance(step, TaskStep) and isinstance(step.on_park_timeout, Goto):
-        out.append((".on_park_timeout.goto", step.on_park_timeout.goto))
+    if isinstance(step, TaskStep):
+        if isinstance(step.on_failure, Goto):
+            out.append((".on_failure.goto", step.on_failure.goto))
+        if isinstance(step.on_park_timeout, Goto):
+            out.append((".on_park_timeout.goto", step.on_park_timeout.goto))
     elif isinstance(step, ConditionStep):
         if step.then.goto:
             out.append((".then.goto", step.then.goto))
@@ -562,4 +606,8 @@ def jump_targets(step: Any) -> list[tuple[str, str]]:
             out.append((".on_timeout.goto", step.on_timeout.goto))
         if isinstance(step.on_reject, Goto):
             out.append((".on_reject.goto", step.on_reject.goto))
+    elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
+        pass  # no jumps besides next
+    else:
+        assert_never(step)
     return out

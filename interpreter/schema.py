@@ -7,9 +7,12 @@ Regenerate it after changing a model::
     python -m interpreter.schema            # or: make schema
     python -m interpreter.schema --check    # exit 1 if the checked-in file is stale (CI)
 
-The schema covers structure only (types, fields, patterns, bounds). The rules that need the whole
-definition (jump targets, loops, nesting depth, known actions, template syntax) are checked by
-:func:`interpreter.validate.load_definition`, which remains the authority.
+The schema covers structure only (types, fields, patterns, bounds), including each action's input
+(from the registry :data:`interpreter.actions.ACTION_INPUTS`: a task's ``action`` is one of its
+names, and its ``input`` is that action's model, where any value may instead be a template string,
+checked at run time). The rules that need the whole definition (jump targets, loops, nesting depth,
+template syntax) are checked by :func:`interpreter.validate.load_definition`, which remains the
+authority.
 
 Generation is pure; only :func:`main` touches the file system.
 """
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from interpreter.actions import ACTION_INPUTS
 from interpreter.model import Definition
 
 __all__ = ["JSON_SCHEMA_DIALECT", "SCHEMA_PATH", "definition_schema", "main", "render_schema"]
@@ -41,7 +45,52 @@ def definition_schema() -> dict[str, Any]:
         ``Definition.model_json_schema(by_alias=True)`` with the ``$schema`` dialect added.
     """
     schema = Definition.model_json_schema(by_alias=True)
+    defs = schema["$defs"]
+    task = defs["TaskStep"]
+    task["properties"]["action"]["enum"] = list(ACTION_INPUTS)
+    task["allOf"] = []
+    for name, model in ACTION_INPUTS.items():
+        title = f"{model.__name__}"
+        inner = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+        defs.update(inner.pop("$defs", {}))
+        defs[title] = _templatable(inner)
+        then: dict[str, Any] = {"properties": {"input": {"$ref": f"#/$defs/{title}"}}}
+        if inner.get("required"):
+            then["required"] = ["input"]  # an absent input is {}, which lacks the required fields
+        task["allOf"].append(
+            {"if": {"properties": {"action": {"const": name}}, "required": ["action"]}, "then": then}
+        )
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}
+
+
+TEMPLATE_STRING: dict[str, Any] = {
+    "type": "string",
+    "pattern": "\\{\\{|\\{%",
+    "description": "a template, rendered at run time to a value of the expected type",
+}
+"""A string with template syntax, allowed wherever an action input holds a typed value."""
+
+
+def _templatable(schema: dict[str, Any]) -> dict[str, Any]:
+    """An action input's object schema where each field's value (and each item or value inside
+    it) may instead be a template string."""
+
+    def value(node: dict[str, Any]) -> dict[str, Any]:
+        node = dict(node)
+        if isinstance(node.get("items"), dict):
+            node["items"] = value(node["items"])
+        if isinstance(node.get("additionalProperties"), dict):
+            node["additionalProperties"] = value(node["additionalProperties"])
+        annotations: dict[str, Any] = {
+            k: node.pop(k) for k in ("title", "description", "default") if k in node
+        }
+        if not node or node == {"type": "string"}:
+            return {**annotations, **node}  # any value, or any string already
+        return {**annotations, "anyOf": [node, TEMPLATE_STRING]}
+
+    out = dict(schema)
+    out["properties"] = {name: value(field) for name, field in schema.get("properties", {}).items()}
+    return out
 
 
 def render_schema() -> str:

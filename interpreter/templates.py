@@ -27,7 +27,8 @@ from typing import Any, cast
 
 import jinja2
 import jinja2.exceptions
-from jinja2 import StrictUndefined, Undefined, nodes, pass_eval_context
+import jinja2.filters
+from jinja2 import StrictUndefined, Undefined, nodes, pass_environment, pass_eval_context
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
@@ -316,8 +317,11 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     indent = filters["indent"]
     fmt = filters["format"]
     batch = filters["batch"]
-    slice_ = filters["slice"]
+    # The registered "slice" is jinja's async-aware variant, which expects the context that jinja
+    # passes only to filters marked for it: calling it from a plain wrapper failed for every use.
+    slice_ = jinja2.filters.sync_do_slice
     replace = filters["replace"]
+    attr = filters["attr"]
 
     def do_center(value: str, width: int = 80) -> str:
         _check_width(width, "center width")
@@ -348,7 +352,15 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         result: str = replace(eval_ctx, s, old, new, count)
         return result
 
+    @pass_environment
+    def do_attr(environment: jinja2.Environment, obj: Any, name: str) -> Any:
+        # Definition data are JSON objects: ``x | attr('key')`` reads a key, as ``x.key`` does.
+        if isinstance(obj, Mapping) and name in obj:
+            return obj[name]
+        return attr(environment, obj, name)
+
     filters.update(
+        attr=do_attr,
         center=do_center,
         indent=do_indent,
         format=do_format,
@@ -663,7 +675,8 @@ def contains_template(value: Any) -> bool:
     return next(template_strings(value), None) is not None
 
 
-def _key_path(key: Any) -> str:
+def key_path(key: Any) -> str:
+    """A dict key as a JSON path step: ``.name``, or ``["a b"]`` when it is not a simple name."""
     if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key):
         return f".{key}"
     return f"[{json.dumps(key if isinstance(key, str) else str(key))}]"
@@ -685,7 +698,7 @@ def template_strings(value: Any) -> Iterator[tuple[str, str]]:
             yield "", value
     elif isinstance(value, dict):
         for key, item in value.items():
-            prefix = _key_path(key)
+            prefix = key_path(key)
             for path, text in template_strings(item):
                 yield prefix + path, text
     elif isinstance(value, (list, tuple)):

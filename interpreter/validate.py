@@ -13,11 +13,11 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import pydantic
 
-from interpreter.action_names import KNOWN_ACTIONS
+from interpreter.actions import ACTION_INPUTS, KNOWN_ACTIONS, action_input_errors
 from interpreter.engine import resolve_timeouts
 from interpreter.model import (
     STEP_TYPES,
@@ -28,13 +28,17 @@ from interpreter.model import (
     FailStep,
     ForeachStep,
     NestedTemplateError,
+    ParallelStep,
     SetStep,
+    Step,
     SucceedStep,
     SwitchStep,
     TaskStep,
     children,
     jump_targets,
+    parse_definition,
 )
+from interpreter.templates import key_path as _key_path
 from interpreter.templates import template_strings
 
 # Not preceded by a name or a dot: ``input.steps.x`` is a key of the input, not a step reference.
@@ -93,9 +97,11 @@ def load_definition(
         raise DefinitionError([Problem("$", "a definition is a JSON object")])
     name = data.get("name") if isinstance(data.get("name"), str) else None
     try:
-        definition = Definition.model_validate(data)
+        definition = parse_definition(data)
     except pydantic.ValidationError as err:
         raise DefinitionError(_from_pydantic(err), name) from None
+    except (TypeError, ValueError) as err:
+        raise DefinitionError([Problem("$", f"not representable as JSON: {err}")], name) from None
     problems = check_definition(definition, known_actions=known_actions)
     if problems:
         raise DefinitionError(problems, definition.name)
@@ -127,6 +133,10 @@ def _json_path(loc: tuple[int | str, ...]) -> tuple[str, bool]:
             path += f".{part}"
         previous = part
     return path, union
+
+
+def _loc_path(loc: Sequence[int | str]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else _key_path(part) for part in loc)
 
 
 def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
@@ -165,12 +175,16 @@ def _from_pydantic(err: pydantic.ValidationError) -> list[Problem]:
     ]
 
 
+GOTO_SHAPE = '{"goto": "<step id>"}'
+
+
 def _either(messages: list[str]) -> str:
     """One message for a value that matched no member of a union (e.g. ``"fail"`` or a goto)."""
     wanted = [m.removeprefix("Input should be ") for m in messages]
     if len(wanted) == len(messages) and all(m.startswith("Input should be ") for m in messages):
         shapes = [
-            w.replace("a valid dictionary or instance of Goto", '{"goto": "<step id>"}') for w in wanted
+            w.replace("a valid dictionary or instance of Goto", GOTO_SHAPE).replace("an object", GOTO_SHAPE)
+            for w in wanted
         ]
         return "should be " + " or ".join(shapes)
     return " or ".join(messages)
@@ -178,7 +192,7 @@ def _either(messages: list[str]) -> str:
 
 @dataclass
 class _Placed:
-    step: Any
+    step: Step
     path: str
     seq_id: int
     index: int
@@ -201,7 +215,7 @@ def check_definition(
     seq_parent: list[tuple[int, int] | None] = []
     jumps: list[tuple[str, str, int, int]] = []  # (path, target, seq, index)
 
-    def walk(steps: list[Any], path: str, depth: int, parent: tuple[int, int] | None) -> None:
+    def walk(steps: list[Step], path: str, depth: int, parent: tuple[int, int] | None) -> None:
         seq = len(seq_ids)
         seq_ids.append([s.id for s in steps])
         seq_parent.append(parent)
@@ -270,13 +284,16 @@ def check_definition(
 
 
 def _check_step(
-    step: Any, path: str, definition: Definition, actions: list[str], problems: list[Problem]
+    step: Step, path: str, definition: Definition, actions: list[str], problems: list[Problem]
 ) -> None:
-    if isinstance(step, TaskStep) and step.action not in actions:
-        problems.append(
-            Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
-        )
     if isinstance(step, TaskStep):
+        if step.action not in actions:
+            problems.append(
+                Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
+            )
+        elif step.action in ACTION_INPUTS:
+            for loc, message in action_input_errors(step.action, step.input):
+                problems.append(Problem(f"{path}.input{_loc_path(loc)}", message))
         timeouts = resolve_timeouts(definition, step)
         if timeouts.start_to_close is None and timeouts.schedule_to_close is None:
             problems.append(
@@ -285,7 +302,7 @@ def _check_step(
                     "no start_to_close or schedule_to_close timeout (set one here or in defaults.timeouts)",
                 )
             )
-    if isinstance(step, ForeachStep):
+    elif isinstance(step, ForeachStep):
         limit = definition.limits.max_foreach_items
         if step.max_items is not None and step.max_items > limit:
             problems.append(
@@ -294,9 +311,23 @@ def _check_step(
                     f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}",
                 )
             )
+    elif isinstance(
+        step,
+        ConditionStep
+        | SwitchStep
+        | ParallelStep
+        | DelayStep
+        | ApprovalStep
+        | SetStep
+        | SucceedStep
+        | FailStep,
+    ):
+        pass  # their rules are the model's and the tree's
+    else:
+        assert_never(step)
 
 
-def _texts(step: Any) -> list[tuple[str, str]]:
+def _texts(step: Step) -> list[tuple[str, str]]:
     """Template and expression strings that belong to the step itself (not nested steps)."""
     out: list[tuple[str, str]] = []
     if step.when:
@@ -320,6 +351,14 @@ def _texts(step: Any) -> list[tuple[str, str]]:
     elif isinstance(step, DelayStep):
         out.extend((".duration", t) for _, t in template_strings(step.duration))
         out.extend((".until", t) for _, t in template_strings(step.until))
+        if step.business_hours is not None:
+            out.extend(
+                (".business_hours.timezone", t) for _, t in template_strings(step.business_hours.timezone)
+            )
     elif isinstance(step, ApprovalStep):
         out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, ParallelStep):
+        pass  # only nested steps
+    else:
+        assert_never(step)
     return out

@@ -48,7 +48,7 @@ from activities.store.models import (
     DefinitionHeadRow,
     DefinitionRow,
 )
-from interpreter.model import Definition
+from interpreter.model import Definition, parse_definition
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
 from interpreter.validate import DefinitionError, check_definition, definition_hash, load_definition
 
@@ -276,7 +276,7 @@ def _parse(digest: str, version: int, body: Mapping[str, Any]) -> Definition:
     document = {**body, "version": version}
     if digest in _CHECKED:
         try:
-            definition = Definition.model_validate(document)
+            definition = parse_definition(document)
         except ValueError:
             definition = load_definition(document)  # raises with JSON paths
     else:

@@ -15,8 +15,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import ACTION_NAMES, build_activities
 from activities.base import action, redact_secrets, resolve_secrets
-from interpreter.action_names import KNOWN_ACTIONS
-from interpreter.actions import ActionRequest, ActionResult, RetryMode
+from interpreter.actions import KNOWN_ACTIONS, ActionRequest, ActionResult, RetryMode
 
 
 def make_env(attempt: int = 1) -> ActivityEnvironment:

@@ -311,6 +311,46 @@ async def test_accept_status(http_client: httpx.AsyncClient, http_server: Record
     assert not transient.non_retryable
 
 
+async def test_accept_status_classes(http_client: httpx.AsyncClient, http_server: RecordingServer) -> None:
+    http_server.route("GET", "/gone", [(404, {}, {"gone": True})] * 2)
+    http_server.route("GET", "/down", [(503, {}, None)] * 3)
+    four = await call(http_client, {"url": f"{http_server.url}/gone", "accept_status": ["2xx", "4xx"]})
+    assert four.output["status_code"] == 404
+    # "any": every status is the step's output, for a switch on steps.<id>.output.status_code
+    down = await call(http_client, {"url": f"{http_server.url}/down", "accept_status": ["any"]})
+    assert down.output["status_code"] == 503
+    five = await call(http_client, {"url": f"{http_server.url}/down", "accept_status": ["5xx"]})
+    assert five.output["status_code"] == 503
+    still_retried = await call_error(
+        http_client, {"url": f"{http_server.url}/down", "accept_status": ["4xx"]}
+    )
+    assert still_retried.type == "HttpServerError"
+    assert "expected 4xx" not in still_retried.message
+    unexpected = await call_error(http_client, {"url": f"{http_server.url}/gone", "accept_status": ["2xx"]})
+    assert unexpected.type == "HttpUnexpectedStatus"
+    assert "expected 2xx" in unexpected.message
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"url": "http://x", "timeout_s": "30"}, "timeout_s"),
+        ({"url": "http://x", "method": "TRACE"}, "method"),
+        ({"url": "http://x", "accept_status": [200, "6xx"]}, "accept_status[1]"),
+        ({"url": "http://x", "headers": {"X": 1}}, "headers.X"),
+    ],
+)
+async def test_a_bad_rendered_value_is_a_non_retryable_error_naming_the_field(
+    http_client: httpx.AsyncClient, data: dict[str, Any], field: str
+) -> None:
+    # What a template such as "timeout_s": "{{ input.t }}" rendered to: the same model refuses it.
+    err = await call_error(http_client, data)
+    assert err.type == "InvalidActionInput"
+    assert err.non_retryable
+    assert err.message.startswith(f"invalid http input: {field}: ")
+    assert err.details[0] == [{"field": field, "error": err.message.split(": ", 2)[2]}]
+
+
 async def test_redirect_is_unexpected_by_default(
     http_client: httpx.AsyncClient, http_server: RecordingServer
 ) -> None:

@@ -27,9 +27,9 @@ def test_defaults() -> None:
     assert (hours.start, hours.end, hours.holidays) == ("09:00", "17:00", [])
 
 
-def test_parses_json_like_input() -> None:
-    hours = BusinessHours.model_validate(
-        {"timezone": "UTC", "days": ["Mon", "sat"], "holidays": ["2026-12-25"], "start": "08:30"}
+def test_parses_json_input() -> None:
+    hours = BusinessHours.model_validate_json(
+        '{"timezone": "UTC", "days": ["Mon", "sat"], "holidays": ["2026-12-25"], "start": "08:30"}'
     )
     assert hours.days == [Weekday.MON, Weekday.SAT]
     assert hours.holidays == [date(2026, 12, 25)]

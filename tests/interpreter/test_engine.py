@@ -7,6 +7,7 @@ input, at which virtual time, how the run and each step ended.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from tests.interpreter.fake_runtime import ActionError, FakeRuntime, StuckError,
 
 ACTIONS = (
     "echo",
-    "http",
+    "fetch",
     "work",
     "charge",
     "refund",
@@ -186,7 +187,7 @@ async def test_fake_runtime_reports_a_run_that_cannot_progress() -> None:
 def test_retry_delay_formula(retry: dict[str, Any], delays: list[float]) -> None:
     from interpreter.model import RetryPolicy
 
-    policy = RetryPolicy.model_validate({"maximum_attempts": 10, **retry})
+    policy = RetryPolicy.model_validate_json(json.dumps({"maximum_attempts": 10, **retry}))
     assert [retry_delay_s(policy, attempt) for attempt in range(1, 5)] == delays
 
 
@@ -198,8 +199,8 @@ async def test_fake_runtime_honours_an_explicit_next_retry_delay() -> None:
             raise ActionError("rate limited", "TooManyRequests", next_retry_delay_s=42)
         return "ok"
 
-    rt.on("http", handler)
-    result, _, rt = await run([task("call", "http")], rt)
+    rt.on("fetch", handler)
+    result, _, rt = await run([task("call", "fetch")], rt)
     assert result.state == RunState.COMPLETED
     assert [c.elapsed for c in rt.calls] == [0.0, 42.0]
 
@@ -259,8 +260,8 @@ async def test_next_jumps_forward_over_steps() -> None:
 
 async def test_exponential_retry_backoff_and_attempt_count() -> None:
     rt = new_runtime()
-    rt.failing("http", times=3, output={"ok": True})
-    result, _, rt = await run([task("call", "http", retry={"maximum_attempts": 5})], rt)
+    rt.failing("fetch", times=3, output={"ok": True})
+    result, _, rt = await run([task("call", "fetch", retry={"maximum_attempts": 5})], rt)
     assert result.state == RunState.COMPLETED
     assert [(c.attempt, c.elapsed, c.outcome) for c in rt.calls] == [
         (1, 0.0, "Boom"),
@@ -278,9 +279,10 @@ async def test_exponential_retry_backoff_and_attempt_count() -> None:
 
 async def test_exhausted_exponential_retry_fails_the_run_with_attempt_count() -> None:
     rt = new_runtime()
-    rt.failing("http", times=99, error_type="Upstream503")
+    rt.failing("fetch", times=99, error_type="Upstream503")
     result, _, rt = await run(
-        [task("call", "http", retry={"maximum_attempts": 3, "maximum_interval": "1500ms"}), task("after")], rt
+        [task("call", "fetch", retry={"maximum_attempts": 3, "maximum_interval": "1500ms"}), task("after")],
+        rt,
     )
     assert result.state == RunState.FAILED
     assert [c.elapsed for c in rt.calls] == [0.0, 1.0, 2.5]  # 1s, then 2s capped to 1.5s
@@ -293,11 +295,13 @@ async def test_exhausted_exponential_retry_fails_the_run_with_attempt_count() ->
 
 async def test_constant_retry_keeps_the_same_delay() -> None:
     rt = new_runtime()
-    rt.failing("http", times=3)
+    rt.failing("fetch", times=3)
     result, _, rt = await run(
         [
             task(
-                "call", "http", retry={"preset": "constant", "initial_interval": "30s", "maximum_attempts": 4}
+                "call",
+                "fetch",
+                retry={"preset": "constant", "initial_interval": "30s", "maximum_attempts": 4},
             )
         ],
         rt,
@@ -325,8 +329,8 @@ async def test_linear_retry_grows_by_initial_interval_capped(
     retry: dict[str, Any], times: list[float]
 ) -> None:
     rt = new_runtime()
-    rt.failing("http", times=99)
-    result, _, rt = await run([task("call", "http", retry=retry)], rt)
+    rt.failing("fetch", times=99)
+    result, _, rt = await run([task("call", "fetch", retry=retry)], rt)
     assert result.state == RunState.FAILED
     assert [c.elapsed for c in rt.calls] == times
     assert rec(result, "call").attempts == len(times)
@@ -334,9 +338,10 @@ async def test_linear_retry_grows_by_initial_interval_capped(
 
 async def test_non_retryable_error_types_stop_retrying_at_once() -> None:
     rt = new_runtime()
-    rt.failing("http", times=99, error_type="BadRequest")
+    rt.failing("fetch", times=99, error_type="BadRequest")
     result, _, rt = await run(
-        [task("call", "http", retry={"maximum_attempts": 5, "non_retryable_error_types": ["BadRequest"]})], rt
+        [task("call", "fetch", retry={"maximum_attempts": 5, "non_retryable_error_types": ["BadRequest"]})],
+        rt,
     )
     assert (result.state, result.error_type) == (RunState.FAILED, "BadRequest")
     assert len(rt.calls) == 1
@@ -349,8 +354,8 @@ async def test_non_retryable_flag_of_the_action_wins_over_the_policy() -> None:
     def handler(call: ActionCall, attempt: int) -> Any:
         raise ActionError("invalid input", "InvalidActionInput", non_retryable=True)
 
-    rt.on("http", handler)
-    result, _, rt = await run([task("call", "http", retry={"maximum_attempts": 5})], rt)
+    rt.on("fetch", handler)
+    result, _, rt = await run([task("call", "fetch", retry={"maximum_attempts": 5})], rt)
     assert (result.error_type, len(rt.calls)) == ("InvalidActionInput", 1)
 
 
@@ -364,13 +369,13 @@ async def test_definition_defaults_apply_to_tasks_without_their_own_policy() -> 
             raise ActionError("once", "Flaky")
         return "ok"
 
-    rt.on("http", handler)
+    rt.on("fetch", handler)
     result, _, rt = await run(
         [
-            task("a", "http"),
+            task("a", "fetch"),
             task(
                 "b",
-                "http",
+                "fetch",
                 retry={"maximum_attempts": 2, "initial_interval": "1s"},
                 timeouts={"heartbeat": "5s"},
             ),
@@ -588,9 +593,9 @@ async def test_cancellation_during_a_parallel_step_cancels_every_branch_and_comp
 
 async def test_cancellation_during_a_retry_backoff_stops_retrying() -> None:
     rt = new_runtime()
-    rt.failing("http", times=99)
+    rt.failing("fetch", times=99)
     engine, rt = new_engine(
-        [task("call", "http", retry={"maximum_attempts": 10, "initial_interval": "1m"})], rt
+        [task("call", "fetch", retry={"maximum_attempts": 10, "initial_interval": "1m"})], rt
     )
     main = rt.spawn(engine.run())
     rt.at(90, main.cancel)
@@ -753,16 +758,16 @@ async def test_switch_without_default_and_no_match_does_nothing() -> None:
 
 def polling_loop(max_visits: int) -> list[dict[str, Any]]:
     return [
-        task("submit", "http"),
+        task("submit", "fetch"),
         delay("wait", "10s", max_visits=max_visits),
-        task("poll", "http", input={"job": "{{ steps.submit.output.job }}"}, max_visits=max_visits),
+        task("poll", "fetch", input={"job": "{{ steps.submit.output.job }}"}, max_visits=max_visits),
         {
             "id": "check",
             "type": "condition",
             "if": "steps.poll.output.state != 'done'",
             "then": {"goto": "wait"},
         },
-        task("finish", "http", input={"result": "{{ steps.poll.output.state }}"}),
+        task("finish", "fetch", input={"result": "{{ steps.poll.output.state }}"}),
     ]
 
 
@@ -776,7 +781,7 @@ def polling_runtime(states: list[str]) -> FakeRuntime:
             return {"state": states.pop(0)}
         return call.request.input
 
-    rt.on("http", http)
+    rt.on("fetch", http)
     return rt
 
 
@@ -974,7 +979,7 @@ async def test_foreach_respects_concurrency_and_keeps_item_order() -> None:
         await rt.elapse(call.request.input["seconds"])
         return {"score": call.request.input["name"].upper()}
 
-    rt.on("http", score)
+    rt.on("fetch", score)
     items = [
         {"name": "a", "t": 5},
         {"name": "b", "t": 1},
@@ -990,7 +995,7 @@ async def test_foreach_respects_concurrency_and_keeps_item_order() -> None:
                 [
                     task(
                         "score",
-                        "http",
+                        "fetch",
                         input={"name": "{{ review.name }}", "seconds": "{{ review.t }}", "i": "{{ index }}"},
                     )
                 ],
@@ -1089,13 +1094,13 @@ async def test_foreach_failure_of_one_item_cancels_the_rest() -> None:
             raise ActionError("bad item", "BadItem")
         return "ok"
 
-    rt.on("http", handler)
+    rt.on("fetch", handler)
     result, _, rt = await run(
         [
             foreach(
                 "each",
                 "input.xs",
-                [task("h", "http", input={"t": "{{ item }}"}, retry={"maximum_attempts": 1})],
+                [task("h", "fetch", input={"t": "{{ item }}"}, retry={"maximum_attempts": 1})],
                 concurrency=2,
             )
         ],
@@ -1562,7 +1567,7 @@ async def test_when_false_skips_the_step() -> None:
 
 async def test_idempotency_keys_are_stable_per_step_and_distinct_per_visit_and_iteration() -> None:
     steps = [
-        task("once", "http"),
+        task("once", "fetch"),
         foreach("each", "input.xs", [task("inner")], concurrency=2),
         set_vars("tick", {"n": "{{ (vars.n | default(0)) + 1 }}"}, max_visits=3),
         task("again", max_visits=3),
@@ -1571,7 +1576,7 @@ async def test_idempotency_keys_are_stable_per_step_and_distinct_per_visit_and_i
     runs = []
     for _ in range(2):
         rt = new_runtime()
-        rt.failing("http", times=1)
+        rt.failing("fetch", times=1)
         result, _, rt = await run(steps, rt, {"xs": ["a", "b"]})
         assert result.state == RunState.COMPLETED
         runs.append([(c.path, c.attempt, c.activity_id, c.idempotency_key) for c in rt.calls])

@@ -957,3 +957,35 @@ def test_foreach_as_may_not_hide_a_template_variable(name: str) -> None:
     path, message = only_problem(doc(step))
     assert path == "$.steps[0].as"
     assert f"'{name}' would hide the template variable" in message
+
+
+# ---------------------------------------------------------- zones from templates, approval saga
+
+
+def test_a_business_hours_zone_may_be_a_template_checked_for_syntax_only() -> None:
+    hours = {"timezone": "{{ input.family.timezone }}"}
+    load_definition(doc({"id": "office", "type": "delay", "business_hours": hours}))
+    path, message = only_problem(
+        doc({"id": "office", "type": "delay", "business_hours": {"timezone": "{{ x"}})
+    )
+    assert path == "$.steps[0].business_hours.timezone"
+    assert "template error" in message
+    path, message = only_problem(doc({"id": "o", "type": "delay", "business_hours": {"timezone": "Mars/X"}}))
+    assert "unknown time zone 'Mars/X'" in message
+
+
+def test_an_approval_compensation_is_a_boundary_like_a_tasks() -> None:
+    gate = {
+        "id": "gate",
+        "type": "approval",
+        "approvers": ["a"],
+        "compensate": [task("undo", next="after")],
+    }
+    path, message = only_problem(doc(gate, task("after")))
+    assert path == "$.steps[0].compensate[0].next"
+    assert "never leave" in message
+    ok = {**gate, "compensate": [task("undo")]}
+    definition = load_definition(doc(ok, task("after")))
+    without = load_definition(doc({k: v for k, v in ok.items() if k != "compensate"}, task("after")))
+    assert definition_hash(definition) != definition_hash(without)
+    assert "compensate" not in without.model_dump(by_alias=True)["steps"][0]  # old hashes unchanged
