@@ -131,6 +131,14 @@ def port_is_free(port: int, host: str = DEFAULT_HOST) -> bool:
     return True
 
 
+_PORT_RACE_ATTEMPTS = 3
+"""How often the server is started on fresh ports when one it was given was taken meanwhile."""
+
+
+class _PortTakenError(DevServerError):
+    """The server could not bind a port that was free a moment before (another process took it)."""
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A port the OS currently considers free on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -336,22 +344,36 @@ class DevServer:
             DevServerError: The binary is missing, the state dir is in use by another dev server,
                 the process died, or it did not become ready within ``startup_timeout``.
         """
-        self._spawn()
-        try:
-            _run_coroutine_blocking(self._wait_ready())
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, _PORT_RACE_ATTEMPTS + 1):
+            self._spawn()
+            try:
+                _run_coroutine_blocking(self._wait_ready())
+            except _PortTakenError:
+                self.stop()
+                if attempt == _PORT_RACE_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            break
         return self
 
     async def astart(self) -> Self:
         """Asynchronous :meth:`start`."""
-        self._spawn()
-        try:
-            await self._wait_ready()
-        except BaseException:
-            await asyncio.shield(asyncio.to_thread(self.stop))
-            raise
+        for attempt in range(1, _PORT_RACE_ATTEMPTS + 1):
+            self._spawn()
+            try:
+                await self._wait_ready()
+            except _PortTakenError:
+                await asyncio.shield(asyncio.to_thread(self.stop))
+                if attempt == _PORT_RACE_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(self.stop))
+                raise
+            break
         return self
 
     def stop(self) -> None:
@@ -495,10 +517,13 @@ class DevServer:
         last_error: BaseException | None = None
         while True:
             if proc.poll() is not None:
-                raise DevServerError(
+                tail = _tail(self.log_path, self._log_offset)
+                # Ports are checked free, then bound by the server: on a busy machine another
+                # process can take one in between. Start again on fresh ports.
+                error = _PortTakenError if "address already in use" in tail else DevServerError
+                raise error(
                     f"the Temporal dev server exited with code {proc.returncode} during startup "
-                    f"(port {self.port}, db {self.db_path}). Last lines of {self.log_path}:\n"
-                    f"{_tail(self.log_path, self._log_offset)}"
+                    f"(port {self.port}, db {self.db_path}). Last lines of {self.log_path}:\n{tail}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -77,3 +77,32 @@ def test_state_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_missing_binary_error() -> None:
     with pytest.raises(DevServerError, match="install no-such-package"):
         find_binary("no-such-binary-xyz", "no-such-package")
+
+
+async def test_a_port_taken_between_the_check_and_the_bind_is_retried_on_fresh_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy machine another process can bind a port after it was found free: the launcher
+    starts the server again on fresh ports instead of failing (the race, made certain here)."""
+    import starter.devserver as devserver
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        real_is_free = devserver.port_is_free
+        lied = []
+
+        def first_check_lies(port: int, host: str = devserver.DEFAULT_HOST) -> bool:
+            if port == busy and not lied:
+                lied.append(port)
+                return True  # as if the port was taken just after this check
+            return real_is_free(port, host)
+
+        monkeypatch.setattr(devserver, "port_is_free", first_check_lies)
+        server = DevServer(tmp_path, port=0, ui_port=busy)
+        async with server:
+            assert server.running
+            assert lied == [busy]
+            assert server.ui_port != busy
+            assert "address already in use" in server.log_path.read_text()
