@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-
 # Only light modules at import time: `wfa --help` and `wfa validate` must not load the Temporal SDK
 # or the database driver (every command is a new process; scripts call it in loops).
 from starter.config import (
