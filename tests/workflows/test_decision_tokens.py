@@ -13,9 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -38,17 +35,18 @@ from interpreter.state import (
     RunInput,
     RunOptions,
     RunState,
+    RunStatus,
 )
 from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.errors import DecisionRefusedError
 from starter.tokens import generate_keys, merge_jwks, mint
-from tests.workflows.support import definition, status, unique, wait_state
+from tests.helpers.wfa_process import run_wfa, wfa_env
+from tests.workflows.support import definition, eventually, status, unique, wait_state
 from workflows import decision_tokens
 from workflows.generic import PROOF_REQUIRED, RunDefinitionWorkflow
 
 TENANT = "acme"
-ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_TASK_EVENTS = {
     EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
     EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
@@ -217,29 +215,29 @@ def _attempts(keys: Keys, run: str) -> list[Attempt]:
 
 
 async def _via_client(flows: FlowClient, handle: Handle, attempt: Attempt) -> str:
-    with pytest.raises(DecisionRefusedError) as refused:
+    async def send() -> Any:
         if attempt.kind == "cancel":
-            await flows.cancel(handle.id, attempt.actor, token=attempt.token)
-        else:
-            decide = flows.approve if attempt.kind == "approve" else flows.reject
-            await decide(handle.id, attempt.actor, step_id="review", token=attempt.token)
+            return await flows.cancel(handle.id, attempt.actor, token=attempt.token)
+        decide = flows.approve if attempt.kind == "approve" else flows.reject
+        return await decide(handle.id, attempt.actor, step_id="review", token=attempt.token)
+
+    with pytest.raises(DecisionRefusedError) as refused:
+        await send()
     return str(refused.value)
 
 
 async def _via_update(handle: Handle, attempt: Attempt) -> str:
-    with pytest.raises(WorkflowUpdateFailedError) as refused:
+    async def send() -> Any:
         if attempt.kind == "cancel":
-            await handle.execute_update(
-                RunDefinitionWorkflow.cancel_run, CancelRunRequest(actor=attempt.actor, token=attempt.token)
-            )
-        else:
-            request = DecisionRequest(
-                decision=DecisionKind(attempt.kind),
-                actor=attempt.actor,
-                step_id="review",
-                token=attempt.token,
-            )
-            await handle.execute_update(RunDefinitionWorkflow.decide, request)
+            request = CancelRunRequest(actor=attempt.actor, token=attempt.token)
+            return await handle.execute_update(RunDefinitionWorkflow.cancel_run, request)
+        decision = DecisionRequest(
+            decision=DecisionKind(attempt.kind), actor=attempt.actor, step_id="review", token=attempt.token
+        )
+        return await handle.execute_update(RunDefinitionWorkflow.decide, decision)
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await send()
     return str(getattr(refused.value.cause, "message", refused.value))
 
 
@@ -259,7 +257,7 @@ async def test_forged_decisions_refused_over_client_and_update_with_nothing_in_h
     flows = FlowClient(client, task_queue=task_queue, tenant=TENANT)
     attempts = _attempts(keys, handle.id)
     refused = 0
-    for _ in range(3):
+    for _ in range(4):
         for attempt in attempts:
             message = await _refused_without_history(
                 handle, lambda a=attempt: _via_client(flows, handle, a), attempt
@@ -298,7 +296,7 @@ async def test_forged_decisions_refused_over_client_and_update_with_nothing_in_h
     assert [d for d in now.decisions if d.accepted] == []
     assert now.cancelled_by is None
     print(f"forged decisions refused (client + raw update): {refused}")
-    assert refused >= 3 * 2 * 19 + 19
+    assert refused >= 4 * 2 * 19 + 19
 
     # A valid token is accepted, once: the same token again is refused.
     token = mint(
@@ -311,6 +309,11 @@ async def test_forged_decisions_refused_over_client_and_update_with_nothing_in_h
     assert result.state == RunState.COMPLETED
 
 
+def _refusals(now: RunStatus) -> int:
+    refused = [d for d in now.decisions if not d.accepted]
+    return len(refused) + now.decisions_dropped + len(now.refused_messages) + now.refused_messages_dropped
+
+
 async def test_signals_refused_when_the_run_requires_proof(
     client: Client, task_queue: str, worker: Worker, keys: Keys
 ) -> None:
@@ -319,7 +322,7 @@ async def test_signals_refused_when_the_run_requires_proof(
         keys.new_private, tenant=TENANT, run=handle.id, actor="alice", decisions=["approve"], step="review"
     )
     sent = 0
-    for index in range(40):
+    for index in range(60):
         before = await _history(handle)
         if index % 4 == 0:
             await handle.signal("approve", {"actor": "alice", "step_id": "review"})
@@ -330,12 +333,7 @@ async def test_signals_refused_when_the_run_requires_proof(
         else:
             await handle.signal("cancel", {"actor": "alice"})
         sent += 1
-
-        async def seen(count: int = len(before)) -> bool:
-            return len(await _history(handle)) > count
-
-        while not await seen():
-            await asyncio.sleep(0.05)
+        await eventually(lambda: status(handle), lambda now, n=sent: _refusals(now) == n, what="the refusal")
         # Temporal records a signal before the workflow sees it; the run records only the refusal:
         # no update, no activity, no timer, no search attribute changes.
         await wait_state(handle, RunState.AWAITING_APPROVAL)
@@ -353,29 +351,16 @@ async def test_signals_refused_when_the_run_requires_proof(
     await handle.terminate("test over")
 
 
-def _wfa(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "starter", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 async def test_wfa_refuses_forged_tokens_and_accepts_a_minted_one(
     client: Client, task_queue: str, worker: Worker, keys: Keys, tmp_path: Path
 ) -> None:
     handle = await _start(client, task_queue)
-    env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "TEMPORAL_TASK_QUEUE": task_queue,
-        "WFA_TENANT": TENANT,
-        "WFA_DECISION_SIGNING_KEY": str(keys.private_path),
-    }
+    env = wfa_env(
+        client.service_client.config.target_host,
+        task_queue,
+        WFA_TENANT=TENANT,
+        WFA_DECISION_SIGNING_KEY=str(keys.private_path),
+    )
     refused = 0
     for attempt in _attempts(keys, handle.id):
         verb = attempt.kind
@@ -385,23 +370,23 @@ async def test_wfa_refuses_forged_tokens_and_accepts_a_minted_one(
         if attempt.token is not None and len(attempt.token) < 100_000:  # argv has a size limit
             args += ["--token", attempt.token]
         before = len(await _history(handle))
-        done = await asyncio.to_thread(_wfa, *args, env=env)
-        assert done.returncode == 5, (attempt.name, done.returncode, done.stderr)
-        assert "Traceback" not in done.stderr
+        done = await run_wfa(*args, env=env)
+        assert done.clean, done.describe()
+        assert done.code == 5, (attempt.name, done.describe())
         assert len(await _history(handle)) == before, attempt.name
         refused += 1
     print(f"forged decisions refused (wfa): {refused}")
 
-    minted = await asyncio.to_thread(
-        _wfa, "token", "mint", "--run", handle.id, "--step", "review", "--actor", "alice",
+    minted = await run_wfa(
+        "token", "mint", "--run", handle.id, "--step", "review", "--actor", "alice",
         "--decisions", "approve,reject", "--ttl", "10m", env=env,
     )  # fmt: skip
-    assert minted.returncode == 0, minted.stderr
-    token = minted.stdout.strip()
-    done = await asyncio.to_thread(
-        _wfa, "approve", handle.id, "--actor", "alice", "--step", "review", "--token", token, env=env
+    assert minted.code == 0, minted.describe()
+    token = minted.out.strip()
+    done = await run_wfa(
+        "approve", handle.id, "--actor", "alice", "--step", "review", "--token", token, env=env
     )
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.describe()
     assert (await handle.result()).state == RunState.COMPLETED
 
 
