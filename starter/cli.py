@@ -906,7 +906,8 @@ async def _token(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as err:
         raise InvalidInputError(f"--ttl: {err}") from None
     decisions = [d.strip() for d in args.decisions.split(",") if d.strip()]
-    tokens.load_signing_key(args.signing_key)  # a missing key is named before connecting
+    tokens.check_request(decisions, args.step, ttl)  # bad arguments are named before connecting
+    tokens.load_signing_key(args.signing_key)
     flows = await _connect(args)
     token = await flows.mint_decision_token(
         args.run, args.actor, decisions, step_id=args.step, ttl_s=ttl, signing_key=args.signing_key

@@ -117,6 +117,24 @@ def load_signing_key(path: str | Path | None = None) -> dict[str, Any]:
     return jwk
 
 
+def check_request(decisions: Iterable[str], step: str | None, ttl_s: float) -> list[str]:
+    """The decisions a token is asked for, checked with its step and lifetime.
+
+    Raises:
+        TokenError: Naming what cannot be minted.
+    """
+    allowed = list(dict.fromkeys(decisions))
+    unknown = [d for d in allowed if d not in DECISIONS]
+    if not allowed or unknown:
+        got = ", ".join(d[:40] for d in allowed[:5]) or "none"
+        raise TokenError(f"decisions must be some of {', '.join(DECISIONS)} (got {got})")
+    if step is None and any(d != "cancel" for d in allowed):
+        raise TokenError("a token to approve or reject names the approval step (--step)")
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise TokenError(f"ttl must be between 1 second and {MAX_TTL_S // 86400} days")
+    return allowed
+
+
 def mint(
     signing_key: dict[str, Any],
     *,
@@ -145,19 +163,10 @@ def mint(
     Raises:
         TokenError: Naming the bad argument.
     """
-    allowed = list(dict.fromkeys(decisions))
-    unknown = [d for d in allowed if d not in DECISIONS]
-    if not allowed or unknown:
-        raise TokenError(
-            f"decisions must be some of {', '.join(DECISIONS)} (got {', '.join(allowed) or 'none'})"
-        )
-    if step is None and any(d != "cancel" for d in allowed):
-        raise TokenError("a token to approve or reject names the approval step (--step)")
+    allowed = check_request(decisions, step, ttl_s)
     for name, value in (("run", run), ("actor", actor), ("tenant", tenant)):
         if not value:
             raise TokenError(f"{name} must not be empty")
-    if not 0 < ttl_s <= MAX_TTL_S:
-        raise TokenError(f"ttl must be between 1 second and {MAX_TTL_S // 86400} days")
     try:
         key = jwt.PyJWK.from_dict(signing_key)
     except jwt.PyJWTError as err:
