@@ -655,6 +655,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
+        decision_tokens.configure(None)  # the in-process worker's keys go with it
         if database is not None:
             await database.close()
             if database.embedded:

@@ -10,6 +10,11 @@ cannot convert (with only a worker log line) and fail the workflow task, again o
 signal sent with no argument or with two. So ``approve``, ``reject`` and ``cancel`` take their
 arguments untyped and validate them with the models themselves: a malformed message is recorded in
 the status with the reason (``refused_messages``), as is a signal of an unknown name.
+
+Decisions can be required to carry proof (``RunOptions.decision_proof``, or the worker's own
+setting): the ``decide`` and ``cancel_run`` validators then verify a signed token with the keys
+the worker holds (``workflows/decision_tokens.py``), and the signals, which cannot carry one, are
+recorded as refused.
 """
 
 from __future__ import annotations
