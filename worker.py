@@ -13,6 +13,10 @@ Configuration comes from the environment:
 - ``DATABASE_URL``: the PostgreSQL store where dead letters are recorded. Without it the worker
   serves every action but not the dead-letter activities: a run that parks waits (retrying, shown
   in the Web UI) until a worker with a database records its dead letter; nothing is lost.
+- ``WFA_DECISION_KEYS``: a JWKS file of the public keys decision tokens are verified with (several
+  keys: rotation keeps tokens of the older key valid while it stays listed); ``WFA_DECISION_ISSUER``
+  the issuer they must name (default ``wfa``); ``WFA_REQUIRE_DECISION_PROOF=1`` makes this worker
+  require a token on every decide and cancel_run update, whatever the run's options say.
 
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 ``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
@@ -21,11 +25,12 @@ SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -41,6 +46,7 @@ from activities.outbound import OutboundPolicy, build_http_client
 from activities.secrets import SecretsConfigError, configure_secret_store, store_from_env
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
+from workflows import decision_tokens
 from workflows.generic import RunDefinitionWorkflow
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -60,7 +66,40 @@ PASSTHROUGH_MODULES = (
     "pydantic_core",
     "zoneinfo",
     "workflows.search_attributes",
+    # The decision verifier the worker configures (keys stay in this process, never in history).
+    "workflows.decision_tokens",
+    "jwt",
+    "cryptography",
 )
+
+DECISION_KEYS_ENV = "WFA_DECISION_KEYS"
+DECISION_ISSUER_ENV = "WFA_DECISION_ISSUER"
+REQUIRE_PROOF_ENV = "WFA_REQUIRE_DECISION_PROOF"
+
+
+def load_decision_verifier(environ: Mapping[str, str]) -> decision_tokens.DecisionVerifier | None:
+    """The decision verifier the environment configures, or None without ``WFA_DECISION_KEYS``.
+
+    Raises:
+        ValueError: The key file cannot be read or holds no usable key; or proof is required
+            without keys.
+    """
+    required = environ.get(REQUIRE_PROOF_ENV, "").strip().lower() in ("1", "true", "yes")
+    path = environ.get(DECISION_KEYS_ENV)
+    if not path:
+        if required:
+            raise ValueError(f"{REQUIRE_PROOF_ENV} is set but {DECISION_KEYS_ENV} names no key set")
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            jwks = json.load(file)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{DECISION_KEYS_ENV}: cannot read the key set {path}: {err}") from None
+    issuer = environ.get(DECISION_ISSUER_ENV) or decision_tokens.DEFAULT_ISSUER
+    try:
+        return decision_tokens.DecisionVerifier.from_jwks(jwks, issuer, required=required)
+    except decision_tokens.KeySetError as err:
+        raise ValueError(f"{DECISION_KEYS_ENV}: {path}: {err}") from None
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -124,6 +163,19 @@ async def main() -> int:
     namespace = os.environ.get("TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE)
     task_queue = os.environ.get("TEMPORAL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
     grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
+    try:
+        verifier = load_decision_verifier(os.environ)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    decision_tokens.configure(verifier)
+    if verifier is not None:
+        log.info(
+            "decision tokens: %d key(s), issuer %s, proof required: %s",
+            len(verifier.keys),
+            verifier.issuer,
+            verifier.required,
+        )
     try:
         client = await connect(address, namespace)
     except ConnectionError as err:

@@ -124,9 +124,15 @@ class Decision(BaseModel):
 
 
 class DecisionRequest(Decision):
-    """Argument of the ``decide`` update: a decision plus which one."""
+    """Argument of the ``decide`` update: a decision plus which one.
+
+    Attributes:
+        token: The signed decision token proving who decides (see ``workflows/decision_tokens``);
+            required when the run or the worker requires proof. Signals cannot carry one.
+    """
 
     decision: DecisionKind
+    token: str | None = None
 
 
 def decision_size_problem(decision: Decision) -> str | None:
@@ -170,6 +176,13 @@ class CancelRequest(BaseModel):
     def clipped(self) -> CancelRequest:
         """The request as the run keeps it (actor and reason clipped)."""
         return CancelRequest(actor=clip(self.actor, MAX_ACTOR_CHARS), reason=clip(self.reason))
+
+
+class CancelRunRequest(CancelRequest):
+    """Argument of the ``cancel_run`` update: a cancel request plus, when proof is required, its
+    signed token (kept out of the status: :meth:`clipped` drops it)."""
+
+    token: str | None = None
 
 
 class RefusedMessage(BaseModel):
@@ -241,6 +254,9 @@ class RunOptions(BaseModel):
             attributes are always kept); ``current_step`` says when.
         current_step: When ``CurrentStep`` is upserted.
         tenant: The tenant the run belongs to (its dead letters are recorded under it).
+        decision_proof: Decisions and cancels must carry a signed token: the ``approve``, ``reject``
+            and ``cancel`` signals (which cannot carry one) are refused, and the ``decide`` and
+            ``cancel_run`` updates are verified against the worker's keys.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -248,6 +264,7 @@ class RunOptions(BaseModel):
     track_current_step: bool = True
     current_step: CurrentStepTracking = CurrentStepTracking.WAITS
     tenant: str = Field(default="default", min_length=1, max_length=100)
+    decision_proof: bool = False
 
 
 class RunInput(BaseModel):

@@ -15,6 +15,9 @@
     wfa start intervention@2 --input '{...}'       # a registry reference instead of a file
     wfa dead-letters list  |  show ID  |  redrive ID [--input JSON]  |  skip ID --output JSON  |  abort ID
     wfa db upgrade  |  grant-tenant TENANT --role ROLE  |  grant-platform --role ROLE  |  revoke-tenant --role ROLE  |  roles
+    wfa keys generate --private FILE --jwks FILE [--kid K]
+    wfa token mint --run ID [--step S] --actor A --decisions approve,reject [--ttl 1h]
+    wfa approve ID --actor A --token T            # proof, when the run or the worker requires it
 
 Global options (before or after the command): ``--address`` (``$TEMPORAL_ADDRESS``, default
 ``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``),
@@ -77,7 +80,7 @@ from starter.config import (
     TASK_QUEUE_ENV,
     TENANT_ENV,
 )
-from starter.errors import DefinitionFileNotFoundError
+from starter.errors import DefinitionFileNotFoundError, InvalidInputError
 from starter.inputs import brief, check_json
 
 if TYPE_CHECKING:
@@ -249,12 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="send a signal and return at once (a refusal is then only visible in `status`)",
         )
+        p.add_argument(
+            "--token", metavar="T", help="signed decision token (wfa token mint), when proof is required"
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("cancel", "cancel a run: compensations run, then it ends as cancelled")
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--actor", required=True, type=_name, help="who cancels (recorded)")
     p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
+    p.add_argument(
+        "--token", metavar="T", help="signed decision token (wfa token mint), when proof is required"
+    )
 
     p = command("status", "show a run's state, steps, pending approvals and decisions")
     p.add_argument("workflow_id", metavar="ID")
@@ -301,7 +310,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_connection_options(p, defaults=False)
     _add_db_role_commands(sub)
+    _add_token_commands(command)
     return parser
+
+
+def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``wfa keys generate`` and ``wfa token mint`` (decision tokens without an identity provider)."""
+    keys = command("keys", "decision token keys: generate a signing key and its public key set")
+    sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    text_ = "write a new private signing key (JWK) and add its public key to a key set (JWKS) for workers"
+    p = sub.add_parser("generate", help=text_, description=text_)
+    p.add_argument(
+        "--private", required=True, metavar="FILE", help="the private JWK to write (never overwritten)"
+    )
+    p.add_argument(
+        "--jwks", required=True, metavar="FILE", help="the public key set: created, or the key added"
+    )
+    p.add_argument("--kid", metavar="K", help="the key's id (default: generated)")
+    token = command("token", "decision tokens: mint one for a person (needs the signing key)")
+    sub = token.add_subparsers(dest="action", metavar="ACTION", required=True)
+    text_ = "print a signed token letting ACTOR take DECISIONS on one run (and step) until it expires"
+    p = sub.add_parser("mint", help=text_, description=text_)
+    _add_connection_options(p, defaults=False)
+    p.add_argument("--run", required=True, metavar="ID", help="the run's workflow id")
+    p.add_argument("--step", metavar="S", help="the approval step id or path (for approve and reject)")
+    p.add_argument("--actor", required=True, type=_name, help="who decides (one of the step's approvers)")
+    p.add_argument(
+        "--decisions", required=True, metavar="LIST", help="comma-separated: approve, reject, cancel"
+    )
+    p.add_argument("--ttl", default="1h", metavar="DURATION", help="how long it is valid (default 1h)")
+    p.add_argument("--signing-key", metavar="FILE", help="private JWK (default $WFA_DECISION_SIGNING_KEY)")
 
 
 def _add_db_role_commands(sub: Any) -> None:
@@ -820,7 +858,13 @@ async def _decide(args: argparse.Namespace, out: TextIO) -> int:
     flows = await _connect(args)
     decide = flows.approve if args.command == "approve" else flows.reject
     record = await decide(
-        args.workflow_id, args.actor, step_id=args.step, reason=args.reason, data=data, wait=not args.no_wait
+        args.workflow_id,
+        args.actor,
+        step_id=args.step,
+        reason=args.reason,
+        data=data,
+        wait=not args.no_wait,
+        token=args.token,
     )
     if args.json:
         _print_json(
@@ -844,10 +888,41 @@ async def _decide(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _cancel(args: argparse.Namespace, out: TextIO) -> int:
     flows = await _connect(args)
-    await flows.cancel(args.workflow_id, args.actor, args.reason)
+    await flows.cancel(args.workflow_id, args.actor, args.reason, token=args.token)
     print(
         f"Cancel requested for {args.workflow_id} by {args.actor}; compensations run before it ends"
         f" (wfa result {args.workflow_id} waits for that)",
+        file=out,
+    )
+    return EXIT_OK
+
+
+async def _token(args: argparse.Namespace, out: TextIO) -> int:
+    from interpreter.durations import parse_duration
+    from starter import tokens
+
+    try:
+        ttl = parse_duration(args.ttl).total_seconds()
+    except ValueError as err:
+        raise InvalidInputError(f"--ttl: {err}") from None
+    decisions = [d.strip() for d in args.decisions.split(",") if d.strip()]
+    tokens.check_request(decisions, args.step, ttl)  # bad arguments are named before connecting
+    tokens.load_signing_key(args.signing_key)
+    flows = await _connect(args)
+    token = await flows.mint_decision_token(
+        args.run, args.actor, decisions, step_id=args.step, ttl_s=ttl, signing_key=args.signing_key
+    )
+    print(token, file=out)
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace, out: TextIO) -> int:
+    from starter import tokens
+
+    kid = tokens.write_keys(args.private, args.jwks, args.kid)
+    print(
+        f"Key {kid}: private signing key in {args.private} (keep it secret: WFA_DECISION_SIGNING_KEY),"
+        f" public key added to {args.jwks} (the workers' WFA_DECISION_KEYS)",
         file=out,
     )
     return EXIT_OK
@@ -1371,6 +1446,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "definitions": _definitions,
     "dead-letters": _dead_letters,
     "db": _db,
+    "token": _token,
 }
 
 
@@ -1480,6 +1556,8 @@ def run(argv: Sequence[str]) -> int:
     try:
         if args.command == "validate":
             return _validate(args, out)
+        if args.command == "keys":
+            return _keys(args, out)
         return asyncio.run(_run_command(args, out))
     except BrokenPipeError:  # `wfa status X | head`: the reader left, nothing more to say
         with contextlib.suppress(OSError):

@@ -30,7 +30,7 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +71,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from interpreter.model import Definition
 from interpreter.state import (
     CancelRequest,
+    CancelRunRequest,
     DeadLetterAction,
     DeadLetterDecision,
     Decision,
@@ -86,6 +87,7 @@ from interpreter.state import (
     StepStatus,
 )
 from interpreter.validate import definition_hash
+from starter import tokens
 from starter.config import (
     ADDRESS_ENV,
     DATABASE_URL_ENV,
@@ -439,6 +441,8 @@ class FlowClient:
         self._database_url = database if isinstance(database, str) else None
         self._owns_database = self._database is None
         self._database_lock = asyncio.Lock()
+        self.decision_proof = tokens.proof_required_by_default()
+        """Runs started here require signed decision tokens (default ``$WFA_REQUIRE_DECISION_PROOF``)."""
 
     @classmethod
     async def connect(
@@ -712,7 +716,11 @@ class FlowClient:
         try:
             handle = await self.client.start_workflow(
                 RunDefinitionWorkflow.run,
-                RunInput(definition=parsed, input=run_input, options=RunOptions(tenant=self.tenant)),
+                RunInput(
+                    definition=parsed,
+                    input=run_input,
+                    options=RunOptions(tenant=self.tenant, decision_proof=self.decision_proof),
+                ),
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -788,6 +796,7 @@ class FlowClient:
         reason: str = "",
         data: Mapping[str, Any] | None = None,
         wait: bool = True,
+        token: str | None = None,
     ) -> DecisionRecord | None:
         """Approves the run's pending approval.
 
@@ -800,6 +809,9 @@ class FlowClient:
             wait: True: use the ``decide`` update, which the workflow validates and answers, so a
                 refusal raises here. False: send the ``approve`` signal and return at once; a
                 refusal is then only recorded in the run's status (``decisions``).
+            token: The signed decision token (:meth:`mint_decision_token`, or an identity
+                provider's), required when the run or the worker requires proof; only the
+                update can carry it (``wait=False`` with a token is refused here).
 
         Returns:
             The accepted decision's record with ``wait=True``; None with ``wait=False``.
@@ -812,7 +824,14 @@ class FlowClient:
             NoWorkerError: No worker took the decision within 30 s.
         """
         return await self._decide(
-            DecisionKind.APPROVE, workflow_id, actor, step_id=step_id, reason=reason, data=data, wait=wait
+            DecisionKind.APPROVE,
+            workflow_id,
+            actor,
+            step_id=step_id,
+            reason=reason,
+            data=data,
+            wait=wait,
+            token=token,
         )
 
     async def reject(
@@ -824,13 +843,21 @@ class FlowClient:
         reason: str = "",
         data: Mapping[str, Any] | None = None,
         wait: bool = True,
+        token: str | None = None,
     ) -> DecisionRecord | None:
         """Rejects the run's pending approval; the step's ``on_reject`` decides what follows.
 
         Arguments, result and errors as for :meth:`approve`.
         """
         return await self._decide(
-            DecisionKind.REJECT, workflow_id, actor, step_id=step_id, reason=reason, data=data, wait=wait
+            DecisionKind.REJECT,
+            workflow_id,
+            actor,
+            step_id=step_id,
+            reason=reason,
+            data=data,
+            wait=wait,
+            token=token,
         )
 
     async def _decide(
@@ -843,8 +870,11 @@ class FlowClient:
         reason: str,
         data: Mapping[str, Any] | None,
         wait: bool,
+        token: str | None = None,
     ) -> DecisionRecord | None:
         _check_actor(actor, "actor")
+        if token is not None and not wait:
+            raise InvalidInputError("a decision token travels only in the decide update: use wait=True")
         _check_text(reason, "reason")
         if step_id is not None:
             _check_text(step_id, "step id")
@@ -863,7 +893,9 @@ class FlowClient:
             except RPCError as err:
                 raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
             return None
-        request = DecisionRequest(decision=kind, actor=actor, step_id=step_id, reason=reason, data=form)
+        request = DecisionRequest(
+            decision=kind, actor=actor, step_id=step_id, reason=reason, data=form, token=token
+        )
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):
                 return await handle.execute_update(RunDefinitionWorkflow.decide, request)
@@ -1003,7 +1035,9 @@ class FlowClient:
         except RPCError as err:
             raise await self._closed_or_missing(err, row.workflow_id, f"{action.value} it") from None
 
-    async def cancel(self, workflow_id: str, actor: str, reason: str = "") -> None:
+    async def cancel(
+        self, workflow_id: str, actor: str, reason: str = "", *, token: str | None = None
+    ) -> None:
         """Asks the run to cancel: compensations run, then it ends as ``cancelled``.
 
         The ``cancel_run`` update checks and records who and why (a refusal raises here at once),
@@ -1013,7 +1047,9 @@ class FlowClient:
         Raises:
             RunNotFoundError: No such run (in this client's tenant).
             RunClosedError: The run has already ended.
-            DecisionRefusedError: The run refused: it is already cancelling or ending.
+            DecisionRefusedError: The run refused: it is already cancelling or ending, or the
+                decision token (``token``, required when the run or worker requires proof) does
+                not prove the cancel.
             NoWorkerError: No worker took the request within 30 s.
         """
         _check_actor(actor, "actor")
@@ -1023,7 +1059,8 @@ class FlowClient:
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):
                 await handle.execute_update(
-                    RunDefinitionWorkflow.cancel_run, CancelRequest(actor=actor, reason=reason)
+                    RunDefinitionWorkflow.cancel_run,
+                    CancelRunRequest(actor=actor, reason=reason, token=token),
                 )
             await handle.cancel(reason=f"cancel requested by {actor}" + (f": {reason}" if reason else ""))
         except WorkflowUpdateFailedError as err:
@@ -1050,6 +1087,38 @@ class FlowClient:
             await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor=actor, reason=reason))
         except RPCError as err:
             raise await self._closed_or_missing(err, workflow_id, "cancel it") from None
+
+    async def mint_decision_token(
+        self,
+        workflow_id: str,
+        actor: str,
+        decisions: Sequence[str],
+        *,
+        step_id: str | None = None,
+        ttl_s: float = tokens.DEFAULT_TTL_S,
+        signing_key: str | None = None,
+    ) -> str:
+        """A signed token letting ``actor`` take ``decisions`` on this run (and step) for ``ttl_s``.
+
+        For a holder of the signing key (``signing_key``: path of a private JWK; default
+        ``$WFA_DECISION_SIGNING_KEY``). The token names this client's tenant; the run must be
+        one of the tenant's.
+
+        Raises:
+            TokenError: No usable signing key, or a bad argument (named).
+            RunNotFoundError: No such run in this client's tenant.
+        """
+        key = tokens.load_signing_key(signing_key)
+        await self.describe(workflow_id)  # in this client's tenant
+        return tokens.mint(
+            key,
+            tenant=self.tenant,
+            run=workflow_id,
+            actor=actor,
+            decisions=decisions,
+            step=step_id,
+            ttl_s=ttl_s,
+        )
 
     # ------------------------------------------------------------------------------- inspecting
 

@@ -16,9 +16,13 @@ process that also serves the dead-letter activities. Then, as tenant ``demo``, i
 * registers a variant of ``order-fulfilment`` whose payment step has ``on_failure: dead_letter``
   and starts it pinned with a card the fake payment service declines: the run parks, its dead
   letter row is printed, then redriven with another card, and the run completes;
-* approves the runs that wait for a person through the client API (an unlisted actor first, to
-  show the refusal), and prints how each run ended, its pinned version and its Web UI link;
-* starts one more expense run and leaves it waiting for its manager, printing the ``wfa`` commands
+* approves the runs that wait for a person through the client API, with decision proof on: the
+  runs require a signed token (a local signing key in ``.state/decision-keys``, which the in-process
+  worker verifies with); mallory's forged token and an unlisted actor are refused first, then the
+  manager's minted token is accepted; it prints how each run ended, its pinned version and its
+  Web UI link;
+* starts one more expense run (without proof, so the printed commands need no token) and leaves it
+  waiting for its manager, printing the ``wfa`` commands
   (with a path to ``wfa`` that works from a new shell in this folder) to see it, approve it and
   watch it finish.
 
@@ -61,11 +65,13 @@ from activities.store.errors import StoreError
 from activities.store.repository import DeadLetter, Registration
 from interpreter.state import RunResult, RunState
 from interpreter.validate import DefinitionError
+from starter import tokens
 from starter.cli import print_result
 from starter.client import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, FlowClient, RunHandle
 from starter.devserver import DEFAULT_PORT, STATE_DIR_ENV, DevServer, DevServerError
 from starter.errors import DecisionRefusedError, StarterError
 from worker import build_worker
+from workflows import decision_tokens
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
 
 __all__ = ["FakeServices", "main"]
@@ -350,20 +356,61 @@ async def _wait_for_approval(flows: FlowClient, workflow_id: str) -> list[str]:
             await asyncio.sleep(0.2)
 
 
-async def _decide(flows: FlowClient, run: DemoRun) -> None:
+def _decision_keys(state_dir: Path) -> Path:
+    """The demo's signing key (made on first use) and, configured for the in-process worker, the
+    key set it verifies decision tokens with. Returns the signing key's path."""
+    folder = state_dir / "decision-keys"
+    private, jwks = folder / "signing.jwk", folder / "jwks.json"
+    if not private.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tokens.write_keys(private, jwks, "demo-key")
+    keys = json.loads(jwks.read_text(encoding="utf-8"))
+    decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(keys))
+    return private
+
+
+async def _minted(flows: FlowClient, workflow_id: str, actor: str, signing_key: Path) -> str:
+    """A token for ``actor`` to approve the run's pending approval (as a link for a person would carry)."""
+    status = await flows.status(workflow_id)
+    step = status.pending_approvals[0].step_id
+    return await flows.mint_decision_token(
+        workflow_id, actor, ["approve"], step_id=step, signing_key=str(signing_key)
+    )
+
+
+async def _decide(flows: FlowClient, run: DemoRun, signing_key: Path) -> None:
     """Plays the people: the expense manager (after a refused outsider), the sales rep, the operator."""
     if run.dead_letter:
         await _redrive(flows, run)
     elif run.example == "expense-approval":
         approvers = await _wait_for_approval(flows, run.workflow_id)
         print(f"  {run.workflow_id}: waiting for {', '.join(approvers)}")
-        try:
-            await flows.approve(run.workflow_id, "mallory", reason="looks fine to me")
-        except DecisionRefusedError as err:
-            print(f"  {run.workflow_id}: mallory tries to approve -> refused: {err.reason}")
-            run.notes.append(f"refused: mallory ({err.reason})")
+        # mallory signs a token for the manager with a key of her own, under the demo key's id.
+        forger, _ = tokens.generate_keys("demo-key")
+        status = await flows.status(run.workflow_id)
+        forged = tokens.mint(
+            forger,
+            tenant=flows.tenant,
+            run=run.workflow_id,
+            actor="manager",
+            decisions=["approve"],
+            step=status.pending_approvals[0].step_id,
+        )
+        for actor, token in (("manager", forged), ("mallory", None)):
+            try:
+                await flows.approve(run.workflow_id, actor, reason="looks fine to me", token=token)
+            except DecisionRefusedError as err:
+                what = "a forged token" if token else "no token"
+                print(
+                    f"  {run.workflow_id}: mallory approves as {actor} with {what} -> refused: {err.reason}"
+                )
+                run.notes.append(f"refused: mallory as {actor} ({err.reason})")
         record = await flows.approve(
-            run.workflow_id, "manager", reason="within budget", data={"comment": "enjoy"}
+            run.workflow_id,
+            "manager",
+            reason="within budget",
+            data={"comment": "enjoy"},
+            token=await _minted(flows, run.workflow_id, "manager", signing_key),
         )
         print(f"  {run.workflow_id}: approved by {record.actor if record else 'manager'}")
         run.notes.append("approved by manager through the client API")
@@ -371,7 +418,8 @@ async def _decide(flows: FlowClient, run: DemoRun) -> None:
         approvers = await _wait_for_approval(flows, run.workflow_id)
         print(f"  {run.workflow_id}: waiting for {', '.join(approvers)} to qualify the lead")
         data = {"next_action": "demo", "call_date": "2030-01-07T15:00:00Z", "notes": "budget confirmed"}
-        await flows.approve(run.workflow_id, "sales-rep", reason="qualified", data=data)
+        token = await _minted(flows, run.workflow_id, "sales-rep", signing_key)
+        await flows.approve(run.workflow_id, "sales-rep", reason="qualified", data=data, token=token)
         print(f"  {run.workflow_id}: qualified by sales-rep with form {json.dumps(data)}")
         run.notes.append("qualified by sales-rep with a form")
 
@@ -607,6 +655,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
+        decision_tokens.configure(None)  # the in-process worker's keys go with it
         if database is not None:
             await database.close()
             if database.embedded:
@@ -641,6 +690,8 @@ async def _with_server(
         )
     client = await server.connect(data_converter=pydantic_data_converter)
     flows = FlowClient(client, task_queue=args.task_queue, database=database, tenant=TENANT)
+    signing_key = _decision_keys(server.state_dir)
+    flows.decision_proof = True  # the demo's runs require signed decision tokens
     suffix = datetime.now().strftime("%m%d-%H%M%S")  # noqa: DTZ005 - a local, human-readable key
     runs = plan(services.url, suffix)
     failed = 0
@@ -662,7 +713,7 @@ async def _with_server(
         await _start(flows, extra)
         runs.append(extra)
         print()
-        await asyncio.gather(*(_decide(flows, run) for run in runs))
+        await asyncio.gather(*(_decide(flows, run, signing_key) for run in runs))
         print("\nWaiting for every run to end ...\n")
 
         async def finish(run: DemoRun) -> None:
@@ -692,6 +743,7 @@ async def _with_server(
             f' DefinitionName = "{DEAD_LETTER_EXAMPLE}" AND DefinitionVersion = {extra.ref.rpartition("@")[2]}'
         )
         waiting = waiting_run(services.url, suffix)
+        flows.decision_proof = False  # decided with the printed commands, which carry no token
         await _leave_waiting(flows, waiting, server, args.task_queue, services.url)
         stay = not args.exit and sys.stdin is not None and (sys.stdin.isatty() or not _stdin_at_end())
         if not stay:

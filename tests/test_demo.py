@@ -158,6 +158,11 @@ async def test_the_demo_leaves_an_approval_its_printed_commands_decide(tmp_path:
         finally:
             code = await asyncio.to_thread(demo.stop)
     assert code == 0, demo.output
+    # Decision proof is on for the demo's own runs: a forged token is refused, a minted one accepted.
+    assert (
+        "mallory approves as manager with a forged token -> refused: decision token refused: token signature is not valid"
+        in demo.output
+    )
     assert "Closed the store." in demo.output
     assert LAST_LINE in demo.output
 

@@ -724,7 +724,11 @@ async def test_demo_runs_every_example_and_exits(
     for out in outputs:
         assert "9/9 runs ended as expected" in out
         assert ("Store: PostgreSQL from DATABASE_URL" if configured else "Store: embedded PostgreSQL") in out
-        assert "mallory tries to approve -> refused: 'mallory' may not decide step 'manager_approval'" in out
+        assert (
+            "mallory approves as mallory with no token -> refused: 'mallory' may not decide step 'manager_approval'"
+            in out
+        )
+        assert "mallory approves as manager with a forged token -> refused: decision token refused" in out
         assert out.count("/namespaces/default/workflows/") == 10  # the 9 runs and the one left waiting
         # One expense run is left waiting, with the commands to decide it (run in tests/test_demo.py).
         waiting = re.search(

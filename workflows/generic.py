@@ -10,6 +10,11 @@ cannot convert (with only a worker log line) and fail the workflow task, again o
 signal sent with no argument or with two. So ``approve``, ``reject`` and ``cancel`` take their
 arguments untyped and validate them with the models themselves: a malformed message is recorded in
 the status with the reason (``refused_messages``), as is a signal of an unknown name.
+
+Decisions can be required to carry proof (``RunOptions.decision_proof``, or the worker's own
+setting): the ``decide`` and ``cancel_run`` validators then verify a signed token with the keys
+the worker holds (``workflows/decision_tokens.py``), and the signals, which cannot carry one, are
+recorded as refused.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
+        CancelRunRequest,
         CurrentStepTracking,
         DeadLetterDecision,
         DeadLetterRecord,
@@ -58,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         decision_size_problem,
     )
     from interpreter.validate import definition_hash
+    from workflows import decision_tokens
     from workflows.search_attributes import (
         AWAITING_APPROVAL,
         CURRENT_STEP,
@@ -78,6 +85,9 @@ PATCH_BOUNDED_DECISIONS = "bounded-decisions"
 CANCEL_HANDOFF_S = 60.0
 """After ``cancel_run`` is accepted, how long the run waits for the caller's Temporal cancellation
 request before it cancels itself."""
+PROOF_REQUIRED = "proof required: use the decide/cancel_run update with a token"
+"""Why a signalled decision or cancel is refused in a run that requires proof (signals cannot
+carry a token: they would write it into history, where anyone reading it could replay it)."""
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
 
@@ -241,6 +251,10 @@ class RunDefinitionWorkflow:
         followed ``cancel_run``): it then closes as failed with type ``RunCancelled``."""
         self._cancel_update: CancelRequest | None = None
         self._handoff: asyncio.Task[None] | None = None
+        self._tenant = run.options.tenant
+        self._proof_required = run.options.decision_proof
+        self._used_tokens: dict[str, None] = {}
+        """The ``jti`` of every token an accepted update carried: a token proves one decision."""
 
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
@@ -298,6 +312,9 @@ class RunDefinitionWorkflow:
         request = self._read("cancel", args, CancelRequest)
         if request is None:
             return
+        if self._proof_required:
+            self._engine.refuse_message("cancel", request.actor, PROOF_REQUIRED)
+            return
         if self._engine.state in FINAL_STATES:
             self._engine.refuse_message(
                 "cancel", request.actor, f"the run has already ended ({self._engine.state})"
@@ -319,7 +336,7 @@ class RunDefinitionWorkflow:
         )
 
     @workflow.update(name="cancel_run")
-    def cancel_run(self, request: CancelRequest) -> CancelRequest:
+    def cancel_run(self, request: CancelRunRequest) -> CancelRequest:
         """Validates and records a cancel request, answering the caller; refused before history
         when the run has ended or is already cancelling.
 
@@ -334,6 +351,7 @@ class RunDefinitionWorkflow:
         refusal = self._cancel_run_refusal()
         if refusal is not None:  # the state changed between validation and handling
             raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
+        self._spend(request.token)
         if self._cancel_update is None:
             self._cancel_update = request.clipped()
             self._engine.cancel_request = self._cancel_update
@@ -341,8 +359,11 @@ class RunDefinitionWorkflow:
         return self._cancel_update
 
     @cancel_run.validator
-    def _validate_cancel_run(self, request: CancelRequest) -> None:
+    def _validate_cancel_run(self, request: CancelRunRequest) -> None:
         refusal = self._cancel_run_refusal()
+        if refusal is not None:
+            raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
+        refusal = self._proof_refusal("cancel", request.actor, request.token, None)
         if refusal is not None:
             raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
 
@@ -381,12 +402,13 @@ class RunDefinitionWorkflow:
             self._engine.decide(request.decision, request)
         except DecisionError as err:  # the state changed between validation and handling
             raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
+        self._spend(request.token)
         return self._engine.decisions[-1]
 
     @decide.validator
     def _validate_decide(self, request: DecisionRequest) -> None:
         try:
-            self._engine.check_decision(request.decision, request)
+            approval = self._engine.check_decision(request.decision, request)
         except DecisionError as err:
             raise ApplicationError(clip(str(err)), type="DecisionRefused", non_retryable=True) from None
         problem = decision_size_problem(request)
@@ -394,6 +416,46 @@ class RunDefinitionWorkflow:
             raise ApplicationError(
                 f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
             )
+        steps = (approval.view.step_id, approval.view.path)
+        refusal = self._proof_refusal(request.decision.value, request.actor, request.token, steps)
+        if refusal is not None:
+            raise ApplicationError(refusal, type="DecisionRefused", non_retryable=True)
+
+    def _proof_refusal(
+        self, decision: str, actor: str, token: str | None, steps: tuple[str, str] | None
+    ) -> str | None:
+        """Why the update's token does not prove it (None: proven, or no proof required).
+
+        Called from update validators only: they run when an update is first handled, never on
+        replay, so the keys the worker holds now and the check's outcome never reach the replay.
+        The actor being a listed approver (the current list, escalations included) is the
+        engine's check; here the token must name that actor.
+        """
+        verifier = decision_tokens.verifier()
+        if not (self._proof_required or (verifier is not None and verifier.required)):
+            return None
+        if token is None:
+            return f"proof required: this {decision} must carry a decision token"
+        if verifier is None:
+            return "proof required, but this worker holds no decision keys to check it"
+        try:
+            claims = verifier.verify(
+                token,
+                now=workflow.now(),
+                tenant=self._tenant,
+                run=workflow.info().workflow_id,
+                decision=decision,
+            )
+            decision_tokens.check_target(claims, actor, steps, self._used_tokens)
+        except decision_tokens.TokenRefusedError as err:
+            return f"decision token refused: {clip(str(err))}"
+        return None
+
+    def _spend(self, token: str | None) -> None:
+        """Records an accepted token's ``jti`` (deterministic: also on replay)."""
+        jti = None if token is None else decision_tokens.unverified_jti(token)
+        if jti is not None:
+            self._used_tokens[jti] = None
 
     @workflow.update(name="resolve_dead_letter")
     def resolve_dead_letter(self, decision: DeadLetterDecision) -> ParkedStep:
@@ -441,6 +503,9 @@ class RunDefinitionWorkflow:
             return None
 
     def _signal(self, kind: DecisionKind, decision: Decision) -> None:
+        if self._proof_required:
+            self._engine.refuse_decision(kind, decision, PROOF_REQUIRED)
+            return
         problem = decision_size_problem(decision)
         # The patch is asked only when it matters (a decision too large that would otherwise be
         # accepted), so its marker is recorded only then; runs recorded before the patch accepted

@@ -1,0 +1,191 @@
+"""Decision tokens for people without an identity provider: keys and minting.
+
+A holder of the signing key (``WFA_DECISION_SIGNING_KEY``: the path of a private JWK) mints a token
+that lets one actor take the named decisions on one run (and step) until it expires; the workers
+verify it with the public key set (``WFA_DECISION_KEYS``). See ``workflows/decision_tokens.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+
+from starter.errors import InvalidInputError
+from workflows.decision_tokens import ALGORITHMS, DECISIONS, DEFAULT_ISSUER
+
+SIGNING_KEY_ENV = "WFA_DECISION_SIGNING_KEY"
+ISSUER_ENV = "WFA_DECISION_ISSUER"
+REQUIRE_PROOF_ENV = "WFA_REQUIRE_DECISION_PROOF"
+DEFAULT_TTL_S = 3600
+MAX_TTL_S = 90 * 24 * 3600
+
+
+class TokenError(InvalidInputError):
+    """A key or minting request that cannot be honoured; the message names why."""
+
+
+def proof_required_by_default() -> bool:
+    """Whether ``WFA_REQUIRE_DECISION_PROOF`` asks runs started here to require proof."""
+    return os.environ.get(REQUIRE_PROOF_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def generate_keys(kid: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new Ed25519 key pair: the private JWK (for minting) and the public JWKS (for workers).
+
+    To rotate, generate a new pair and list both public keys in the workers' JWKS until the tokens
+    of the old key have expired (:func:`merge_jwks`).
+    """
+    kid = kid or f"wfa-{uuid4().hex[:12]}"
+    private = Ed25519PrivateKey.generate()
+    private_jwk: dict[str, Any] = json.loads(OKPAlgorithm.to_jwk(private))
+    public_jwk: dict[str, Any] = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+    for jwk in (private_jwk, public_jwk):
+        jwk.update(kid=kid, alg="EdDSA", use="sig")
+    return private_jwk, {"keys": [public_jwk]}
+
+
+def merge_jwks(*sets: dict[str, Any]) -> dict[str, Any]:
+    """One key set holding every key of ``sets`` (the first of a kid wins)."""
+    keys: dict[str, Any] = {}
+    for jwks in sets:
+        for key in jwks.get("keys", []):
+            keys.setdefault(key.get("kid"), key)
+    return {"keys": list(keys.values())}
+
+
+def write_keys(private_path: str | Path, jwks_path: str | Path, kid: str | None = None) -> str:
+    """Generates a key pair: writes the private JWK (owner-only, never over an existing file) and
+    adds the public key to the JWKS at ``jwks_path`` (created, or kept with its keys: rotation).
+
+    Returns:
+        The new key's kid.
+
+    Raises:
+        TokenError: The private file exists, or the JWKS cannot be read or written.
+    """
+    private_path, jwks_path = Path(private_path), Path(jwks_path)
+    existing: dict[str, Any] = {"keys": []}
+    if jwks_path.exists():
+        try:
+            existing = json.loads(jwks_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise TokenError(f"cannot read the key set {jwks_path}: {err}") from None
+        if not isinstance(existing, dict) or not isinstance(existing.get("keys"), list):
+            raise TokenError(f'{jwks_path} is not a key set ({{"keys": [...]}})')
+    private, public = generate_keys(kid)
+    if any(k.get("kid") == private["kid"] for k in existing["keys"] if isinstance(k, dict)):
+        raise TokenError(f"{jwks_path} already holds a key {private['kid']!r}")
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise TokenError(f"{private_path} exists: a signing key is never overwritten") from None
+    except OSError as err:
+        raise TokenError(f"cannot write {private_path}: {err}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump(private, file, indent=2)
+    try:
+        jwks_path.write_text(json.dumps(merge_jwks(existing, public), indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise TokenError(f"cannot write {jwks_path}: {err}") from None
+    return str(private["kid"])
+
+
+def load_signing_key(path: str | Path | None = None) -> dict[str, Any]:
+    """The private JWK at ``path`` (default ``$WFA_DECISION_SIGNING_KEY``).
+
+    Raises:
+        TokenError: No path, unreadable, or not a private Ed25519/P-256 JWK with a kid.
+    """
+    path = path or os.environ.get(SIGNING_KEY_ENV)
+    if not path:
+        raise TokenError(f"no signing key: set {SIGNING_KEY_ENV} to the path of a private JWK")
+    try:
+        jwk = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TokenError(f"cannot read the signing key {path}: {err}") from None
+    if not isinstance(jwk, dict) or "d" not in jwk or not jwk.get("kid"):
+        raise TokenError(f"the signing key {path} is not a private JWK with a kid")
+    return jwk
+
+
+def check_request(decisions: Iterable[str], step: str | None, ttl_s: float) -> list[str]:
+    """The decisions a token is asked for, checked with its step and lifetime.
+
+    Raises:
+        TokenError: Naming what cannot be minted.
+    """
+    allowed = list(dict.fromkeys(decisions))
+    unknown = [d for d in allowed if d not in DECISIONS]
+    if not allowed or unknown:
+        got = ", ".join(d[:40] for d in allowed[:5]) or "none"
+        raise TokenError(f"decisions must be some of {', '.join(DECISIONS)} (got {got})")
+    if step is None and any(d != "cancel" for d in allowed):
+        raise TokenError("a token to approve or reject names the approval step (--step)")
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise TokenError(f"ttl must be between 1 second and {MAX_TTL_S // 86400} days")
+    return allowed
+
+
+def mint(
+    signing_key: dict[str, Any],
+    *,
+    tenant: str,
+    run: str,
+    actor: str,
+    decisions: Iterable[str],
+    step: str | None = None,
+    ttl_s: float = DEFAULT_TTL_S,
+    issuer: str | None = None,
+    now: float | None = None,
+) -> str:
+    """A signed decision token.
+
+    Args:
+        signing_key: A private JWK (:func:`load_signing_key`).
+        tenant: The run's tenant.
+        run: The run's workflow id.
+        actor: Who decides (the token's ``sub``); must be one of the step's approvers.
+        decisions: What the token allows: approve, reject, cancel.
+        step: The approval step id or path (required for approve and reject).
+        ttl_s: How long the token is valid.
+        issuer: Default ``$WFA_DECISION_ISSUER`` or ``wfa``.
+        now: Unix time of issue (tests); default the clock.
+
+    Raises:
+        TokenError: Naming the bad argument.
+    """
+    allowed = check_request(decisions, step, ttl_s)
+    for name, value in (("run", run), ("actor", actor), ("tenant", tenant)):
+        if not value:
+            raise TokenError(f"{name} must not be empty")
+    try:
+        key = jwt.PyJWK.from_dict(signing_key)
+    except jwt.PyJWTError as err:
+        raise TokenError(f"the signing key cannot be used: {err}") from None
+    if key.algorithm_name not in ALGORITHMS:
+        raise TokenError(
+            f"the signing key's algorithm {key.algorithm_name} is not one of {', '.join(ALGORITHMS)}"
+        )
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "iss": issuer or os.environ.get(ISSUER_ENV) or DEFAULT_ISSUER,
+        "sub": actor,
+        "tenant": tenant,
+        "run": run,
+        "decisions": allowed,
+        "iat": issued,
+        "exp": issued + int(ttl_s),
+        "jti": uuid4().hex,
+    }
+    if step is not None:
+        claims["step"] = step
+    return jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": signing_key["kid"]})

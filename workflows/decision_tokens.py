@@ -1,0 +1,235 @@
+"""Decision tokens: the proof an approve, reject or cancel carries, checked by the workflow.
+
+A decision token is a JWT signed with an asymmetric key (Ed25519 ``EdDSA`` or P-256 ``ES256``) by the
+product's own signing key (``wfa token mint``) or a company's identity provider. Its claims: ``iss``,
+``sub`` (the actor), ``tenant``, ``run`` (the workflow id), ``step`` (the approval step id or path;
+absent for a cancel), ``decisions`` (a subset of approve, reject, cancel), ``exp``, ``iat``, ``jti``;
+its header names the key (``kid``).
+
+The worker holds the verification keys (a JWKS): it builds a :class:`DecisionVerifier` at start and
+:func:`configure` places it here; the workflow only calls :func:`verifier`. Keys never enter history.
+The workflow verifies only in its update validators, which run when an update is first handled and
+never on replay, so verification (and the keys a worker holds at that moment) cannot make a run
+nondeterministic. Time comes in as an argument (``workflow.now()``): PyJWT's own clock checks are off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+
+ALGORITHMS = ("EdDSA", "ES256")
+"""The only algorithms a token may be signed with: asymmetric ones (never ``none``, never HMAC)."""
+DECISIONS = ("approve", "reject", "cancel")
+MAX_TOKEN_CHARS = 8192
+"""Longest token read; a longer one is refused before it is parsed."""
+LEEWAY_S = 30
+"""Clock skew allowed between the minter and the run for ``iat``/``nbf`` (not for ``exp``)."""
+DEFAULT_ISSUER = "wfa"
+"""The issuer of tokens the product mints itself."""
+_REQUIRED_CLAIMS = ("iss", "sub", "tenant", "run", "decisions", "exp", "iat", "jti")
+
+
+class TokenRefusedError(Exception):
+    """A token that does not prove the decision; the message names why (never the token)."""
+
+
+class KeySetError(ValueError):
+    """A key set that cannot serve for verification (malformed, symmetric, no kid, ...)."""
+
+
+@dataclass(frozen=True)
+class DecisionClaims:
+    """What a verified token proves."""
+
+    actor: str
+    tenant: str
+    run: str
+    step: str | None
+    decisions: tuple[str, ...]
+    jti: str
+    kid: str
+
+
+class DecisionVerifier:
+    """Verifies decision tokens against the public keys the worker holds.
+
+    Args:
+        keys: Verification keys by ``kid``.
+        issuer: The ``iss`` every token must carry.
+        required: The worker's own setting: every decision and cancel update must carry a token,
+            whatever the run's options say.
+    """
+
+    def __init__(
+        self, keys: Mapping[str, jwt.PyJWK], issuer: str = DEFAULT_ISSUER, *, required: bool = False
+    ) -> None:
+        if not keys:
+            raise KeySetError("the key set holds no key")
+        self.keys = dict(keys)
+        self.issuer = issuer
+        self.required = required
+
+    @classmethod
+    def from_jwks(
+        cls, jwks: Any, issuer: str = DEFAULT_ISSUER, *, required: bool = False
+    ) -> DecisionVerifier:
+        """A verifier for a JWKS document (``{"keys": [...]}``); every key needs a ``kid``.
+
+        Raises:
+            KeySetError: Naming the first key that cannot serve (symmetric, unknown type, private
+                parts are accepted but only the public key is used).
+        """
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise KeySetError('a key set is a JSON object {"keys": [...]}')
+        keys: dict[str, jwt.PyJWK] = {}
+        for index, data in enumerate(jwks["keys"]):
+            if not isinstance(data, dict):
+                raise KeySetError(f"key {index} is not a JSON object")
+            kid = data.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise KeySetError(f"key {index} has no kid")
+            if data.get("kty") not in ("OKP", "EC"):
+                raise KeySetError(f"key {kid!r}: only OKP (Ed25519) and EC (P-256) keys verify decisions")
+            try:
+                key = jwt.PyJWK.from_dict(data)
+            except jwt.PyJWTError as err:
+                raise KeySetError(f"key {kid!r}: {err}") from None
+            if key.algorithm_name not in ALGORITHMS:
+                raise KeySetError(
+                    f"key {kid!r}: algorithm {key.algorithm_name} is not one of {', '.join(ALGORITHMS)}"
+                )
+            if kid in keys:
+                raise KeySetError(f"two keys have the kid {kid!r}")
+            keys[kid] = key
+        return cls(keys, issuer, required=required)
+
+    def verify(self, token: str, *, now: datetime, tenant: str, run: str, decision: str) -> DecisionClaims:
+        """The claims of ``token`` if it proves ``decision`` on run ``run`` of ``tenant`` at ``now``.
+
+        The step and the actor are the caller's to check against what is pending (:func:`check_step`).
+
+        Raises:
+            TokenRefusedError: Naming why the token proves nothing.
+        """
+        if len(token) > MAX_TOKEN_CHARS:
+            raise TokenRefusedError(f"token is {len(token)} characters long (at most {MAX_TOKEN_CHARS})")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenRefusedError("token is not a JWT") from None
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise TokenRefusedError(
+                f"token algorithm {str(alg)[:20]!r} is not accepted ({', '.join(ALGORITHMS)})"
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or kid not in self.keys:
+            raise TokenRefusedError(f"token key {str(kid)[:40]!r} is not known to this worker")
+        key = self.keys[kid]
+        if alg != key.algorithm_name:
+            raise TokenRefusedError(
+                f"token algorithm {alg} does not match key {kid!r} ({key.algorithm_name})"
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[key.algorithm_name],
+                options={
+                    "verify_exp": False,  # checked below against the run's clock
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_iss": False,
+                    "verify_aud": False,
+                    "require": list(_REQUIRED_CLAIMS),
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise TokenRefusedError("token signature is not valid") from None
+        except jwt.MissingRequiredClaimError as err:
+            raise TokenRefusedError(f"token lacks the {err.claim!r} claim") from None
+        except jwt.PyJWTError:
+            raise TokenRefusedError("token cannot be read") from None
+        if claims["iss"] != self.issuer:
+            raise TokenRefusedError(f"token issuer {str(claims['iss'])[:80]!r} is not {self.issuer!r}")
+        at = now.timestamp()
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not isinstance(claims[name], int | float):
+                raise TokenRefusedError(f"token claim {name!r} is not a number")
+        if claims["exp"] <= at:
+            expired = datetime.fromtimestamp(claims["exp"], UTC).isoformat()
+            raise TokenRefusedError(f"token expired at {expired}")
+        if claims["iat"] > at + LEEWAY_S or claims.get("nbf", 0) > at + LEEWAY_S:
+            raise TokenRefusedError("token is not valid yet")
+        actor, step, jti = claims["sub"], claims.get("step"), claims["jti"]
+        decisions = claims["decisions"]
+        if (
+            not isinstance(actor, str)
+            or not isinstance(jti, str)
+            or (step is not None and not isinstance(step, str))
+        ):
+            raise TokenRefusedError("token claims sub, jti and step must be strings")
+        if not isinstance(decisions, list) or not all(isinstance(d, str) for d in decisions):
+            raise TokenRefusedError("token claim 'decisions' must be a list of strings")
+        if claims["tenant"] != tenant:
+            raise TokenRefusedError("token is for another tenant")
+        if claims["run"] != run:
+            raise TokenRefusedError("token is for another run")
+        if decision not in decisions:
+            allowed = ", ".join(d for d in decisions if d in DECISIONS) or "nothing"
+            raise TokenRefusedError(f"token does not allow {decision} (it allows {allowed})")
+        return DecisionClaims(
+            actor=actor, tenant=tenant, run=run, step=step, decisions=tuple(decisions), jti=jti, kid=kid
+        )
+
+
+def check_target(
+    claims: DecisionClaims, actor: str, step_names: Sequence[str] | None, used: Iterable[str]
+) -> None:
+    """Checks that verified claims name this actor and pending step and were not used before.
+
+    Args:
+        claims: What the token proves.
+        actor: The actor the request names.
+        step_names: The pending approval's step id and path (None for a cancel).
+        used: The ``jti`` of tokens this run has accepted already.
+
+    Raises:
+        TokenRefusedError: Naming the mismatch.
+    """
+    if claims.actor != actor:
+        raise TokenRefusedError(f"token is for the actor {claims.actor[:200]!r}, not {actor[:200]!r}")
+    if step_names is not None and claims.step not in step_names:
+        step = "no step" if claims.step is None else f"step {claims.step[:200]!r}"
+        raise TokenRefusedError(f"token is for {step}, not the pending {step_names[-1]!r}")
+    if claims.jti in used:
+        raise TokenRefusedError("token was used already in this run")
+
+
+def unverified_jti(token: str) -> str | None:
+    """The ``jti`` of a token already verified by the validator (the update handler, which runs
+    again on replay, records it without verifying again)."""
+    try:
+        jti = jwt.decode(token, options={"verify_signature": False}).get("jti")
+    except jwt.PyJWTError:
+        return None
+    return jti if isinstance(jti, str) else None
+
+
+_verifier: DecisionVerifier | None = None
+
+
+def configure(verifier: DecisionVerifier | None) -> None:
+    """Sets the verifier of this worker process (``None``: no keys; proof cannot be checked)."""
+    global _verifier
+    _verifier = verifier
+
+
+def verifier() -> DecisionVerifier | None:
+    """The verifier the worker configured, if any."""
+    return _verifier
