@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import httpx
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.outbound import OutboundPolicy, build_http_client
 from activities.store.database import DATABASE_URL_ENV, Database, open_database
 from activities.store.embedded import data_dir, stop_embedded
 from activities.store.errors import StoreError
@@ -695,8 +695,9 @@ async def _with_server(
     suffix = datetime.now().strftime("%m%d-%H%M%S")  # noqa: DTZ005 - a local, human-readable key
     runs = plan(services.url, suffix)
     failed = 0
+    # The worker's outbound policy as in production, allowing loopback: the demo's services listen there.
     async with (
-        httpx.AsyncClient() as http_client,
+        build_http_client(OutboundPolicy.loopback()) as http_client,
         build_worker(client, flows.task_queue, http_client, session_factory=database.session_factory),
     ):
         print(f"Worker polling task queue {flows.task_queue!r} (with the dead-letter activities)\n")
