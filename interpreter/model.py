@@ -15,7 +15,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, assert_never
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from interpreter.actions import RetryMode
 from interpreter.business_hours import BusinessHours
@@ -465,6 +465,17 @@ FieldName = Annotated[str, Field(pattern=FIELD_NAME_PATTERN)]
 """A bare field name: shorthand for an optional ``string`` field of that name."""
 
 
+def _field_kind(value: Any) -> str:
+    return "FieldName" if isinstance(value, str) else "FormField"
+
+
+FieldDeclaration = Annotated[
+    Annotated[FieldName, Tag("FieldName")] | Annotated[FormField, Tag("FormField")],
+    Discriminator(_field_kind),
+]
+"""A form field: its declaration, or a bare name (an error then names the one that applies)."""
+
+
 class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
@@ -481,7 +492,7 @@ class ApprovalStep(StepBase):
     type: Literal["approval"]
     approvers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     message: Template = ""
-    fields: list[FieldName | FormField] | None = Field(default=None, max_length=100)
+    fields: list[FieldDeclaration] | None = Field(default=None, max_length=100)
     escalation: Escalation | None = None
     timeout: Duration | None = None
     on_timeout: Literal["approve", "reject", "fail"] | Goto = "fail"
