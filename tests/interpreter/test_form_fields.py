@@ -172,7 +172,8 @@ def test_bad_declarations_are_refused_in_words(fields: list[Any], message: str) 
 def test_field_names_are_identifiers(name: str) -> None:
     for declared in (name, {"name": name}):
         found = problems(doc(approval(fields=[declared])))
-        assert found and all(path.startswith("$.steps[0].fields[0]") for path, _ in found), found
+        assert found
+        assert all(path.startswith("$.steps[0].fields[0]") for path, _ in found), found
 
 
 def test_a_bare_name_is_an_optional_string_field_and_keeps_the_content_hash() -> None:
