@@ -209,7 +209,7 @@ def _field_value_problem(field: FormField, value: Any) -> str | None:
     elif kind == FieldType.NUMBER:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"must be a number, got {_json_type(value)}"
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite, however long
             return "must be a finite number"
     elif kind == FieldType.BOOLEAN:
         if not isinstance(value, bool):

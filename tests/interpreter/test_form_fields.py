@@ -266,6 +266,15 @@ async def test_data_that_fits_is_merged_under_the_declared_names() -> None:
     assert engine.vars == data
 
 
+async def test_any_json_number_fits_a_number_field() -> None:
+    engine, rt, main = await waiting_engine(doc(approval(fields=[{"name": "n", "type": "number"}])))
+    engine.check_decision(APPROVE, Decision(actor="alice", data={"n": 10**400}))  # no overflow
+    engine.check_decision(APPROVE, Decision(actor="alice", data={"n": -0.5}))
+    engine.decide(APPROVE, Decision(actor="alice", data={"n": 0}))
+    await rt.run(main)
+    assert engine.vars == {"n": 0}
+
+
 async def test_a_rejection_may_leave_out_required_fields_but_not_break_types() -> None:
     definition = doc(approval(fields=FORM, on_reject="continue"))
     engine, rt, main = await waiting_engine(definition)
