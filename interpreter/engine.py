@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
+import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
 from interpreter.actions import ActionRequest, ActionResult
@@ -29,7 +31,9 @@ from interpreter.model import (
     Definition,
     DelayStep,
     FailStep,
+    FieldType,
     ForeachStep,
+    FormField,
     Goto,
     JoinStrategy,
     ParallelStep,
@@ -69,6 +73,13 @@ PATCH_PAYLOAD_BUDGETS = "payload-budgets"
 """Patch id: an output that would bring the run's state over its budget fails its step. Asked only
 when the budget would be exceeded, so runs within it carry no marker; a history recorded before the
 change, where such a run went on (and later got stuck), replays as it was."""
+
+PATCH_DECLARED_FORM_FIELDS = "declared-form-fields"
+"""Patch id: a decision's data must match the approval's declared form (no data without ``fields``,
+required fields, types, lengths, enum values). Before it, only the names were checked, and only
+when ``fields`` was given. Asked only where a decision the old rule accepted is now refused (a
+signal, or the update's handler, both run again on replay), so a history recorded before the
+change, where such a decision was accepted, replays as it was."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
@@ -153,6 +164,89 @@ class Runtime(Protocol):
         runs must branch on it (see the README).
         """
         ...
+
+
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def form_problem(step: ApprovalStep, path: str, kind: DecisionKind, data: Mapping[str, Any]) -> str | None:
+    """Why a decision's form data does not fit the step's declared fields, or None.
+
+    Refused: any data when the step declares no fields; an undeclared field (naming them and the
+    declared ones); a required field missing from an approval (a rejection may leave it out); a
+    value of the wrong type; a string longer than its ``max_length``; an enum value not listed; a
+    date that is not ISO 8601 ``YYYY-MM-DD``. The message names the step and the field.
+    """
+    form = step.form
+    declared = [f.name for f in form]
+    unknown = sorted(k for k in data if k not in declared)
+    if unknown:
+        if step.fields is None:
+            return (
+                f"unknown form fields {unknown} for step {path!r} (allowed: none; the step declares"
+                " no fields, so a decision carries no data)"
+            )
+        return f"unknown form fields {unknown} for step {path!r} (allowed: {declared})"
+    for declared_field in form:
+        name = declared_field.name
+        if name not in data:
+            if declared_field.required and kind == DecisionKind.APPROVE:
+                return f"form field {name!r} of step {path!r} is required"
+            continue
+        wrong = _field_value_problem(declared_field, data[name])
+        if wrong is not None:
+            return f"form field {name!r} of step {path!r} {wrong}"
+    return None
+
+
+def _field_value_problem(field: FormField, value: Any) -> str | None:
+    kind = field.type
+    if kind == FieldType.STRING:
+        if not isinstance(value, str):
+            return f"must be a string, got {_json_type(value)}"
+        if len(value) > field.limit:
+            return f"is {len(value)} characters long (at most {field.limit})"
+    elif kind == FieldType.NUMBER:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number, got {_json_type(value)}"
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite, however long
+            return "must be a finite number"
+    elif kind == FieldType.BOOLEAN:
+        if not isinstance(value, bool):
+            return f"must be true or false, got {_json_type(value)}"
+    elif kind == FieldType.ENUM:
+        values = field.values or []
+        if not isinstance(value, str) or value not in values:
+            shown = repr(clip(value, 50)) if isinstance(value, str) else _json_type(value)
+            return f"must be one of {values}, got {shown}"
+    elif kind == FieldType.DATE:
+        if not isinstance(value, str):
+            return f"must be a date (YYYY-MM-DD), got {_json_type(value)}"
+        try:
+            if not _ISO_DATE.match(value):
+                raise ValueError(value)
+            date.fromisoformat(value)
+        except ValueError:
+            return f"must be a date as YYYY-MM-DD, got {clip(value, 50)!r}"
+    else:
+        assert_never(kind)
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -448,13 +542,14 @@ class Engine:
                 f"{decision.actor!r} may not decide step {approval.view.path!r}"
                 f" (approvers: {', '.join(approval.view.approvers)})"
             )
-        allowed = approval.view.fields
-        if allowed is not None:
-            unknown = sorted(k for k in decision.data if k not in allowed)
-            if unknown:
-                raise DecisionError(
-                    f"unknown form fields {unknown} for step {approval.view.path!r} (allowed: {allowed})"
-                )
+        problem = form_problem(approval.step, approval.view.path, kind, decision.data)
+        if problem is not None:
+            allowed = approval.view.fields
+            refused_before = allowed is not None and any(k not in allowed for k in decision.data)
+            # In an update validator (read-only, never replayed) the runtime applies the new rule
+            # without asking; a signal or the update's handler asks, and replays keep what was.
+            if refused_before or self.runtime.patched(PATCH_DECLARED_FORM_FIELDS):
+                raise DecisionError(problem)
         return approval
 
     def decide(self, kind: DecisionKind, decision: Decision) -> None:
@@ -1106,7 +1201,8 @@ class Engine:
                 path=path,
                 approvers=list(step.approvers),
                 message=str(render(step.message, self._context(scope))),
-                fields=step.fields,
+                fields=None if step.fields is None else [f.name for f in step.form],
+                form=step.form,
                 since=start,
                 deadline=deadline,
             ),
@@ -1149,6 +1245,8 @@ class Engine:
             self.runtime.state_changed()
         assert approval.decision is not None
         kind, decision = approval.decision
+        # The decision was checked against the declared form (check_decision): its data holds
+        # only declared fields, each handed to the variable of its name.
         data = make_inert(dict(decision.data))
         self.vars.update(data)
         output = {

@@ -15,7 +15,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, assert_never
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from interpreter.actions import RetryMode
 from interpreter.business_hours import BusinessHours
@@ -385,10 +385,105 @@ class Escalation(StrictModel):
         return self
 
 
+FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+DEFAULT_FIELD_MAX_LENGTH = 1000
+"""The longest text a string field takes when its declaration gives no ``max_length``."""
+
+
+class FieldType(StrEnum):
+    """The type of a form field: what a decision's ``data`` must hold under its name.
+
+    ``string`` (at most ``max_length`` characters), ``number`` (a JSON number, not a boolean),
+    ``boolean``, ``enum`` (one of ``values``), ``date`` (ISO 8601 ``YYYY-MM-DD``, a real date).
+    """
+
+    STRING = "string"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    ENUM = "enum"
+    DATE = "date"
+
+
+class FormField(StrictModel):
+    """One field of an approval's form; the decision's value lands in ``vars.<name>``.
+
+    Attributes:
+        name: An identifier; the variable the field is handed.
+        type: What the value must be (:class:`FieldType`).
+        required: An approval without the field is refused (a rejection may leave it out).
+        max_length: The longest text a ``string`` field takes (default
+            :data:`DEFAULT_FIELD_MAX_LENGTH`); only for strings.
+        values: The allowed values of an ``enum`` field (and only of one).
+    """
+
+    # The cross-field rules, as the schema can say them (the validator below says them in words).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"type": {"const": "enum"}}, "required": ["type"]},
+                    "then": {"required": ["values"]},
+                    "else": {"properties": {"values": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"max_length": {"type": "integer"}}, "required": ["max_length"]},
+                    "then": {"properties": {"type": {"const": "string"}}},
+                },
+            ]
+        }
+    )
+
+    name: Annotated[str, Field(pattern=FIELD_NAME_PATTERN)]
+    type: FieldType = FieldType.STRING
+    required: bool = False
+    max_length: int | None = Field(default=None, ge=1, le=100_000, exclude_if=lambda value: value is None)
+    values: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, min_length=1, max_length=100, exclude_if=lambda value: value is None
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> FormField:
+        if self.type == FieldType.ENUM:
+            if self.values is None:
+                raise ValueError(f"enum field {self.name!r} needs 'values' (the allowed values)")
+            duplicates = sorted({v for v in self.values if self.values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"enum field {self.name!r} lists {duplicates} more than once")
+        elif self.values is not None:
+            raise ValueError(f"field {self.name!r}: 'values' applies only to type 'enum'")
+        if self.max_length is not None and self.type != FieldType.STRING:
+            raise ValueError(f"field {self.name!r}: 'max_length' applies only to type 'string'")
+        return self
+
+    @property
+    def limit(self) -> int:
+        """The longest text a string field takes."""
+        return DEFAULT_FIELD_MAX_LENGTH if self.max_length is None else self.max_length
+
+
+FieldName = Annotated[str, Field(pattern=FIELD_NAME_PATTERN)]
+"""A bare field name: shorthand for an optional ``string`` field of that name."""
+
+
+def _field_kind(value: Any) -> str:
+    return "FieldName" if isinstance(value, str) else "FormField"
+
+
+FieldDeclaration = Annotated[
+    Annotated[FieldName, Tag("FieldName")] | Annotated[FormField, Tag("FormField")],
+    Discriminator(_field_kind),
+]
+"""A form field: its declaration, or a bare name (an error then names the one that applies)."""
+
+
 class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
-    The decision's form ``data`` (only the keys in ``fields`` when given) is merged into ``vars``.
+    ``fields`` declares the decision's form: only the declared fields are accepted, each checked
+    against its declaration, and each lands in ``vars`` under its own name (a bare name is an
+    optional string field). Without ``fields`` a decision carries no data. No two steps hand the
+    same variable: a field name is neither another approval's field nor a ``set`` step's variable
+    (:mod:`interpreter.validate`), so a form never overwrites a value the definition set.
     ``timeout`` counts from the start of the step; ``on_timeout`` then decides. ``compensate``
     steps run in the saga, like a task's, when the run fails or is cancelled after the approval
     completed (approved, or rejected with ``on_reject`` ``continue`` or a goto).
@@ -397,7 +492,7 @@ class ApprovalStep(StepBase):
     type: Literal["approval"]
     approvers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     message: Template = ""
-    fields: list[str] | None = None
+    fields: list[FieldDeclaration] | None = Field(default=None, max_length=100)
     escalation: Escalation | None = None
     timeout: Duration | None = None
     on_timeout: Literal["approve", "reject", "fail"] | Goto = "fail"
@@ -414,7 +509,16 @@ class ApprovalStep(StepBase):
                 raise ValueError("timeout must be greater than zero")
             if self.escalation is not None and parse_duration(self.escalation.after) >= timeout:
                 raise ValueError("escalation 'after' must be shorter than the approval timeout")
+        names = [f.name for f in self.form]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"form fields {duplicates} are declared more than once")
         return self
+
+    @property
+    def form(self) -> list[FormField]:
+        """The declared form fields, a bare name read as an optional string field."""
+        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
 
 
 class SetStep(StepBase):

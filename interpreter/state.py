@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from interpreter.model import Definition
+from interpreter.model import Definition, FormField
 
 MAX_ACTOR_CHARS = 200
 """Longest actor (or step id) a message record keeps; longer ones are cut (see :func:`clip`)."""
@@ -93,6 +93,9 @@ class PendingApproval(BaseModel):
     approvers: list[str]
     message: str = ""
     fields: list[str] | None = None
+    """The names of the declared form fields (None when the step declares none)."""
+    form: list[FormField] = Field(default_factory=list)
+    """The declared form fields in full: type, required, max_length, enum values."""
     since: datetime
     deadline: datetime | None = None
     escalations: int = 0

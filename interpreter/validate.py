@@ -214,6 +214,7 @@ def check_definition(
     seq_ids: list[list[str]] = []
     seq_parent: list[tuple[int, int] | None] = []
     jumps: list[tuple[str, str, int, int]] = []  # (path, target, seq, index)
+    writers: list[_Writer] = []  # every step that writes a variable, for the form rule
 
     def walk(steps: list[Step], path: str, depth: int, parent: tuple[int, int] | None) -> None:
         seq = len(seq_ids)
@@ -240,6 +241,7 @@ def check_definition(
             for suffix, target in jump_targets(step):
                 jumps.append((step_path + suffix, target, seq, i))
             _check_step(step, step_path, definition, actions, problems)
+            writers.extend(_writers(step, step_path))
             for suffix, nested, boundary in children(step):
                 walk(nested, step_path + suffix, depth + 1, None if boundary else (seq, i))
 
@@ -274,12 +276,62 @@ def check_definition(
                 )
             )
 
+    problems.extend(_form_overwrites(writers))
+
     texts = [(where.path + suffix, text) for where in placed.values() for suffix, text in _texts(where.step)]
     texts.extend((f"$.output{p}", t) for p, t in template_strings(definition.output))
     for path, text in texts:
         for ref in _STEP_REF.findall(text):
             if ref not in placed:
                 problems.append(Problem(path, f"refers to unknown step 'steps.{ref}'"))
+    return problems
+
+
+@dataclass(frozen=True)
+class _Writer:
+    """A place in the definition that writes ``vars.<name>``: a ``set`` step or a form field."""
+
+    name: str
+    path: str
+    step_path: str
+    step_id: str
+    form: bool
+
+
+def _writers(step: Step, path: str) -> list[_Writer]:
+    if isinstance(step, SetStep):
+        return [_Writer(name, f"{path}.vars.{name}", path, step.id, form=False) for name in step.vars]
+    if isinstance(step, ApprovalStep):
+        return [
+            _Writer(field.name, f"{path}.fields[{i}]", path, step.id, form=True)
+            for i, field in enumerate(step.form)
+        ]
+    return []
+
+
+def _form_overwrites(writers: list[_Writer]) -> list[Problem]:
+    """A form field hands its approvers one variable of their own: no other step may write it.
+
+    Otherwise a decision could replace a value the definition set (a ``set`` step's URL, say) or
+    another approval's answer. The same step met again (a loop, a foreach item) is its own writer.
+    """
+    problems: list[Problem] = []
+    for field in (w for w in writers if w.form):
+        other = next((w for w in writers if w.name == field.name and w.step_path != field.step_path), None)
+        if other is None:
+            continue
+        what = (
+            f"another approval's form field (step {other.step_id!r})"
+            if other.form
+            else f"set by step {other.step_id!r}"
+        )
+        problems.append(
+            Problem(
+                field.path,
+                f"form field {field.name!r} would overwrite vars.{field.name}, {what} at {other.path}:"
+                " a form field may only hand a variable that no other step writes; rename one of them",
+            )
+        )
     return problems
 
 

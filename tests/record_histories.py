@@ -350,6 +350,35 @@ async def _drive_messages(handle: WorkflowHandle[Any, Any]) -> None:
     await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", reason="fine"))
 
 
+def _form_data(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-form-data",
+        "steps": [
+            {"id": "review", "type": "approval", "approvers": ["bob"]},
+            {"id": "second", "type": "approval", "approvers": ["bob"]},
+            _http("notify", f"{base}/notify", {"note": "{{ vars.note | default('none') }}"}),
+        ],
+    }
+
+
+async def _drive_form_data(handle: WorkflowHandle[Any, Any]) -> None:
+    # Data for approvals that declare no fields: accepted before patch declared-form-fields (and
+    # merged into vars), refused after it (recorded for the signal, no trace for the update).
+    await _until(handle, lambda s: any(p.step_id == "review" for p in s.pending_approvals))
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", data={"note": "by signal"}))
+    await _until(handle, lambda s: len(s.decisions) == 1)
+    if not (await _status(handle)).decisions[0].accepted:
+        await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", reason="no data"))
+    await _until(handle, lambda s: any(p.step_id == "second" for p in s.pending_approvals))
+    with contextlib.suppress(WorkflowUpdateFailedError):
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide,
+            DecisionRequest(decision=DecisionKind.APPROVE, actor="bob", data={"note": "by update"}),
+        )
+    if sum(d.accepted for d in (await _status(handle)).decisions) < 2:
+        await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="bob", reason="no data"))
+
+
 async def _drive_cancel_run(handle: WorkflowHandle[Any, Any]) -> None:
     await _in_delay(handle)
     await handle.execute_update(
@@ -424,6 +453,14 @@ def scenarios() -> list[Scenario]:
             _long_delay("replay-cancel-run"),
             {},
             _drive_cancel_run,
+        ),
+        Scenario(
+            "form_data",
+            "form data sent to approvals that declare no fields, by signal and by update: accepted "
+            "and merged before patch declared-form-fields, refused after it",
+            _form_data,
+            {},
+            _drive_form_data,
         ),
         Scenario(
             "cancel_in_flight",

@@ -305,6 +305,8 @@ async def test_lead_nurture_routes_by_score_after_qualification(
         decide = flows.approve if decision == "approve" else flows.reject
         with pytest.raises(DecisionRefusedError, match="unknown form fields"):
             await decide(run.workflow_id, "sales-rep", data={"discount": 50})
+        with pytest.raises(DecisionRefusedError, match=r"must be one of \['demo', 'nurture'\], got 'call'"):
+            await decide(run.workflow_id, "sales-rep", data={"next_action": "call"})
         await decide(run.workflow_id, "sales-rep", reason="checked", data=data)
         result = await run.result(timeout=RUN_TIMEOUT_S)
 

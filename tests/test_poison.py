@@ -304,7 +304,7 @@ def build_cases(internal: str, port: int, public: str, temporal: str) -> list[Ca
         Case(
             "a reference in approval form data",
             [
-                {"id": "ok", "type": "approval", "approvers": ["manager"]},
+                {"id": "ok", "type": "approval", "approvers": ["manager"], "fields": ["t"]},
                 http("send", f"{public}/inert", input={"json": {"t": "{{ vars.t }}"}}),
             ],
             expect=RunState.AWAITING_APPROVAL,

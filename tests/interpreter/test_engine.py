@@ -1201,7 +1201,13 @@ async def test_delay_business_hours_when_already_open_does_not_sleep() -> None:
 async def test_approval_approve_merges_data_into_vars() -> None:
     engine, rt = new_engine(
         [
-            approval("sign_off", ["alice", "bob"], message="Approve {{ input.amount }} EUR?", timeout="1d"),
+            approval(
+                "sign_off",
+                ["alice", "bob"],
+                message="Approve {{ input.amount }} EUR?",
+                timeout="1d",
+                fields=["note"],
+            ),
             task(
                 "pay", input={"approved_by": "{{ steps.sign_off.output.actor }}", "note": "{{ vars.note }}"}
             ),
@@ -1349,7 +1355,7 @@ async def test_the_same_approval_in_several_foreach_items_needs_its_path() -> No
 async def test_approval_fields_restrict_the_form_data() -> None:
     engine, rt = new_engine(
         [
-            approval("gate", ["alice"], fields=["amount", "comment"]),
+            approval("gate", ["alice"], fields=[{"name": "amount", "type": "number"}, "comment"]),
             set_vars("s", {"seen": "{{ vars.amount }}"}),
         ]
     )

@@ -221,7 +221,11 @@ async def test_current_step_is_published_where_runs_wait_unless_every_step_is_as
 
 
 async def _approval_run(client: Client, task_queue: str, name: str) -> Handle:
-    doc = definition(unique(name), [{"id": "review", "type": "approval", "approvers": ["alice"]}])
+    # "blob" is declared long enough for the huge-data case to be refused for its size.
+    fields = [{"name": "blob", "max_length": 100_000}]
+    doc = definition(
+        unique(name), [{"id": "review", "type": "approval", "approvers": ["alice"], "fields": fields}]
+    )
     handle = await start(client, task_queue, doc)
     await wait_state(handle, RunState.AWAITING_APPROVAL)
     return handle
