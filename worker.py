@@ -5,6 +5,11 @@ Configuration comes from the environment:
 - ``TEMPORAL_ADDRESS`` (default ``127.0.0.1:7233``)
 - ``TEMPORAL_NAMESPACE`` (default ``default``)
 - ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
+- ``WFA_SECRETS_FILE``: per-tenant secrets (with the hosts each may be sent to); ``WFA_SECRET_<NAME>``
+  are the tenant ``default``'s (:mod:`activities.secrets`).
+- ``WFA_OUTBOUND_ALLOW``: networks (CIDR) and host names actions may reach although they are
+  internal (loopback, private, link-local, ...); unset, nothing internal is reachable
+  (:mod:`activities.outbound`).
 - ``DATABASE_URL``: the PostgreSQL store where dead letters are recorded. Without it the worker
   serves every action but not the dead-letter activities: a run that parks waits (retrying, shown
   in the Web UI) until a worker with a database records its dead letter; nothing is lost.
@@ -32,6 +37,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import build_activities
 from activities.dead_letters import build_store_activities
+from activities.outbound import OutboundPolicy, build_http_client
+from activities.secrets import SecretsConfigError, configure_secret_store, store_from_env
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
 from workflows.generic import RunDefinitionWorkflow
@@ -122,6 +129,19 @@ async def main() -> int:
     except ConnectionError as err:
         log.error("%s", err)
         return 2
+    # httpx logs every request URL at INFO, after secrets are filled in: never log them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    try:
+        policy = OutboundPolicy.from_env()
+    except ValueError as err:
+        log.error("WFA_OUTBOUND_ALLOW: %s", err)
+        return 2
+    try:
+        configure_secret_store(store_from_env())
+    except SecretsConfigError as err:
+        log.error("%s", err)
+        return 2
     database = None
     if os.environ.get(DATABASE_URL_ENV):
         try:
@@ -135,7 +155,7 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with httpx.AsyncClient() as http_client:
+    async with build_http_client(policy) as http_client:
         worker = build_worker(
             client,
             task_queue,

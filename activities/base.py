@@ -13,7 +13,6 @@ import contextvars
 import functools
 import inspect
 import json
-import os
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
@@ -23,7 +22,15 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities.secrets import (
+    SECRET_ENV_PREFIX,
+    SECRETS_FILE_ENV,
+    Secret,
+    encoded_forms,
+    secret_store,
+)
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, linear_delay_s
+from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
 
 __all__ = [
     "MAX_FAILURE_DETAILS_BYTES",
@@ -32,14 +39,12 @@ __all__ = [
     "action",
     "bound_details",
     "bound_text",
+    "check_secret_hosts",
     "redact_secrets",
     "resolve_secrets",
 ]
 
 P = ParamSpec("P")
-
-SECRET_ENV_PREFIX = "WFA_SECRET_"
-"""Environment variable prefix: ``${secret:TOKEN}`` resolves to ``$WFA_SECRET_TOKEN``."""
 
 # The server keeps a retrying activity's last failure (message, details, stack trace and cause chain)
 # only up to 4 KiB ("limit.mutableStateActivityFailureSize.error"); beyond it stores "Failure exceeds
@@ -54,43 +59,58 @@ MAX_FAILURE_DETAILS_BYTES = 768
 MAX_CAUSE_MESSAGE_BYTES = 256
 """The most the cause's message takes (the cause is kept as its type and message, without a trace)."""
 
-_SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
+_SECRET_REF = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
+"""``${secret:NAME}``; ``$${secret:NAME}`` is the escaped, literal text (what data becomes when a
+template writes it into a step's input: data never names a secret)."""
 _SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-# Secret values resolved during the current action execution (name -> value), so the wrapper can
-# scrub them from whatever the action returns or raises. None outside an action execution.
-_resolved_secrets: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+# Secrets resolved during the current action execution (name -> secret), so the wrapper can scrub
+# them from whatever the action returns or raises and the action can check where they may go. None
+# outside an action execution.
+_resolved_secrets: contextvars.ContextVar[dict[str, Secret] | None] = contextvars.ContextVar(
     "wfa_resolved_secrets", default=None
 )
+# The tenant of the run whose action executes now: the only tenant whose secrets it may resolve.
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("wfa_action_tenant", default="default")
 
 
 def _lookup_secret(name: str) -> str:
     if not _SECRET_NAME.fullmatch(name):
         raise ApplicationError(
-            f"invalid secret reference {name!r}: names must match [A-Za-z_][A-Za-z0-9_]*",
+            f"invalid secret reference {name[:100]!r}: names must match [A-Za-z_][A-Za-z0-9_]*",
             type="SecretNotFound",
             non_retryable=True,
         )
-    value = os.environ.get(SECRET_ENV_PREFIX + name)
-    if value is None:
+    tenant = _tenant.get()
+    secret = secret_store().get(tenant, name)
+    if secret is None:
+        # The same words whether another tenant has a secret of that name or not.
         raise ApplicationError(
-            f"secret {name!r} is not configured on the worker "
-            f"(environment variable {SECRET_ENV_PREFIX}{name} is not set)",
+            f"secret {name!r} of tenant {tenant!r} is not configured on the worker "
+            f"({SECRETS_FILE_ENV}, or {SECRET_ENV_PREFIX}{name} for tenant 'default')",
             type="SecretNotFound",
             non_retryable=True,
         )
     registry = _resolved_secrets.get()
-    if registry is not None and value:
-        registry[name] = value
-    return value
+    if registry is not None and secret.value:
+        registry[name] = secret
+    return secret.value
+
+
+def _substitute(match: re.Match[str]) -> str:
+    if match.group(1):  # escaped: literal text
+        return match.group(0)[1:]
+    return _lookup_secret(match.group(2))
 
 
 def resolve_secrets(value: Any) -> Any:
-    """Replace every ``${secret:NAME}`` reference with the worker's ``WFA_SECRET_NAME`` variable.
+    """Replace every ``${secret:NAME}`` reference with the run's tenant's secret ``NAME``.
 
     References may appear anywhere inside any string of nested dicts, lists and tuples (dict keys are
-    left alone). Resolved values are remembered for the current action execution so the
-    :func:`action` wrapper can redact them from the result and from errors.
+    left alone); ``$${secret:NAME}`` stands for the literal text ``${secret:NAME}`` and is not
+    resolved. Resolved secrets are remembered for the current action execution so the
+    :func:`action` wrapper can redact them from the result and from errors, and the action can check
+    where they may be sent (:func:`check_secret_hosts`).
 
     Args:
         value: A JSON-like value, typically an action's input or part of it.
@@ -99,13 +119,14 @@ def resolve_secrets(value: Any) -> Any:
         A copy of ``value`` with all references substituted; non-string leaves are returned as is.
 
     Raises:
-        ApplicationError: Non-retryable, type ``SecretNotFound``, when a referenced secret is not set
-            or its name is malformed. The message names the secret, never a value.
+        ApplicationError: Non-retryable, type ``SecretNotFound``, when a referenced secret is not
+            configured for the run's tenant or its name is malformed. The message names the secret,
+            never a value.
     """
     if isinstance(value, str):
-        if "${secret:" not in value:
+        if "{secret:" not in value:
             return value
-        return _SECRET_REF.sub(lambda m: _lookup_secret(m.group(1)), value)
+        return _SECRET_REF.sub(_substitute, value)
     if isinstance(value, dict):
         return {k: resolve_secrets(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -115,16 +136,41 @@ def resolve_secrets(value: Any) -> Any:
     return value
 
 
+def check_secret_hosts(host: str) -> None:
+    """Refuses to send the secrets resolved so far in this action to a host they do not name.
+
+    Raises:
+        ApplicationError: Non-retryable, type ``SecretHostRefused``, naming the secret and the host.
+    """
+    for name, secret in sorted((_resolved_secrets.get() or {}).items()):
+        if not secret.allows_host(host):
+            raise ApplicationError(
+                f"secret {name!r} may not be sent to {host!r} (allowed: {', '.join(secret.hosts)})",
+                type="SecretHostRefused",
+                non_retryable=True,
+            )
+
+
+def _resolved_values() -> dict[str, str]:
+    return {name: secret.value for name, secret in (_resolved_secrets.get() or {}).items()}
+
+
 def _redact_str(text: str, secrets: dict[str, str]) -> str:
-    # Longest first so a secret that contains another is replaced whole.
-    for name, secret in sorted(secrets.items(), key=lambda item: len(item[1]), reverse=True):
-        if secret in text:
-            text = text.replace(secret, f"[REDACTED:{name}]")
+    # Every encoded form a server may echo back, longest first so a form that contains another is
+    # replaced whole.
+    forms = sorted(
+        ((form, name) for name, value in secrets.items() for form in encoded_forms(value)),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+    for form, name in forms:
+        if form in text:
+            text = text.replace(form, f"[REDACTED:{name}]")
     return text
 
 
 def redact_secrets(value: Any, secrets: dict[str, str] | None = None) -> Any:
-    """Replace resolved secret values with ``[REDACTED:NAME]`` inside a JSON-like value.
+    """Replace resolved secret values, in every encoded form, with ``[REDACTED:NAME]``.
 
     Args:
         value: Any value; strings inside dicts (keys and values), lists and tuples are scrubbed.
@@ -134,7 +180,7 @@ def redact_secrets(value: Any, secrets: dict[str, str] | None = None) -> Any:
         A scrubbed copy of ``value`` (``value`` itself when there is nothing to scrub).
     """
     if secrets is None:
-        secrets = _resolved_secrets.get() or {}
+        secrets = _resolved_values()
     if not secrets:
         return value
     if isinstance(value, str):
@@ -152,7 +198,8 @@ def _chain_leaks(error: BaseException | None, secrets: dict[str, str]) -> bool:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if any(secret in str(error) for secret in secrets.values()):
+        text = str(error)
+        if any(form in text for value in secrets.values() for form in encoded_forms(value)):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -301,23 +348,37 @@ def action(
         @functools.wraps(impl)
         async def run_action(*args: P.args, **kwargs: P.kwargs) -> ActionResult:
             token = _resolved_secrets.set({})
+            tenant_token = None
             try:
                 attempt = activity.info().attempt
                 call_args, request = _coerce_request(tuple(args))
+                tenant_token = _tenant.set(request.tenant)
                 try:
                     output = await impl(*call_args, **kwargs)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    secrets = _resolved_secrets.get() or {}
+                    secrets = _resolved_values()
                     converted = _to_application_error(exc, request, attempt, secrets)
                     cause = exc.__cause__ if isinstance(exc, ApplicationError) else exc
                     if _chain_leaks(cause, secrets):
                         # The failure converter serialises the cause chain into history too.
                         raise converted from None
                     raise converted from _cause_summary(cause)
-                return ActionResult(output=redact_secrets(output), attempt=attempt)
+                output = redact_secrets(output)
+                size = json_size(output, ACTION_OUTPUT_BUDGET)
+                if size > ACTION_OUTPUT_BUDGET:
+                    raise ApplicationError(
+                        f"the output of {name!r} is over {size} bytes, more than the budget of"
+                        f" {ACTION_OUTPUT_BUDGET} bytes for one action's output",
+                        {"attempt": attempt},
+                        type="ActionOutputTooLarge",
+                        non_retryable=True,
+                    )
+                return ActionResult(output=output, attempt=attempt)
             finally:
+                if tenant_token is not None:
+                    _tenant.reset(tenant_token)
                 _resolved_secrets.reset(token)
 
         # Temporal reads the result type from the hints and the parameters from the signature.

@@ -7,6 +7,7 @@ Situation                     Retryable     Type
 ============================  ============  ==============================================
 input fails validation        no            ``InvalidActionInput``
 referenced secret missing     no            ``SecretNotFound``
+secret not for this host      no            ``SecretHostRefused``
 5xx                           yes           ``HttpServerError``
 408                           yes           ``HttpRequestTimeout``
 429                           yes           ``HttpRateLimited`` (delay from ``Retry-After``)
@@ -14,6 +15,7 @@ other 4xx                     no            ``HttpClientError``
 status not in accept_status   no            ``HttpUnexpectedStatus``
 request timed out             yes           ``HttpTimeout``
 could not connect             yes           ``HttpConnectError``
+outbound policy refuses host  no            ``OutboundRefused``
 other transport failure       yes           ``HttpTransportError``
 success body over 256 KiB     no            ``HttpResponseTooLarge``
 ============================  ============  ==============================================
@@ -32,7 +34,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, resolve_secrets
+from activities.base import action, check_secret_hosts, resolve_secrets
+from activities.outbound import OutboundRefusedError
 from interpreter.actions import ActionRequest
 
 __all__ = [
@@ -296,6 +299,17 @@ class HttpActions:
         headers: dict[str, str] = resolve_secrets(spec.headers)
         params: dict[str, Any] = resolve_secrets(spec.params)
         body: Any = resolve_secrets(spec.json_body)
+        check_secret_hosts(urlsplit(url).hostname or "")
+        for name, header_value in headers.items():
+            try:
+                header_value.encode("ascii")
+            except UnicodeEncodeError:
+                raise ApplicationError(
+                    f"invalid http input: headers.{name}: has characters an HTTP header cannot carry"
+                    " (only ASCII; encode the value, e.g. base64)",
+                    type="InvalidActionInput",
+                    non_retryable=True,
+                ) from None
         if not any(name.lower() == "idempotency-key" for name in headers):
             headers["Idempotency-Key"] = request.idempotency_key
 
@@ -316,6 +330,13 @@ class HttpActions:
                     if not _is_success(response.status_code, spec.accept_status):
                         raise await _status_error(response, what, spec.accept_status)
                     raw = await _read_success_body(response, what)
+        except OutboundRefusedError as exc:
+            raise ApplicationError(
+                f"{what} refused: {exc}",
+                {"rule": exc.rule, "host": exc.host},
+                type="OutboundRefused",
+                non_retryable=True,
+            ) from None
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="HttpTimeout") from exc
         except httpx.ConnectError as exc:

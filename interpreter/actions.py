@@ -34,6 +34,7 @@ class ActionRequest(BaseModel):
             itself (Temporal's server-side policy is exponential only).
         initial_interval_s: First retry delay in seconds (the linear increment).
         maximum_interval_s: Cap on any retry delay in seconds.
+        tenant: The run's tenant: the only tenant whose secrets the action may resolve.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,6 +45,7 @@ class ActionRequest(BaseModel):
     retry_mode: RetryMode = RetryMode.EXPONENTIAL
     initial_interval_s: float = 1.0
     maximum_interval_s: float | None = None
+    tenant: str = "default"
 
 
 class ActionResult(BaseModel):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from interpreter.actions import ActionRequest, ActionResult
 from interpreter.business_hours import delay_until_open
 from interpreter.durations import format_duration, parse_duration
+from interpreter.inert import make_inert
 from interpreter.model import (
     ApprovalStep,
     Branch,
@@ -39,6 +40,7 @@ from interpreter.model import (
     TaskStep,
     Timeouts,
 )
+from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
     MAX_ACTOR_CHARS,
     MAX_REFUSALS,
@@ -61,6 +63,11 @@ from interpreter.state import (
     clip,
 )
 from interpreter.templates import TemplateError, evaluate, render
+
+PATCH_PAYLOAD_BUDGETS = "payload-budgets"
+"""Patch id: an output that would bring the run's state over its budget fails its step. Asked only
+when the budget would be exceeded, so runs within it carry no marker; a history recorded before the
+change, where such a run went on (and later got stuck), replays as it was."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
@@ -274,7 +281,8 @@ class Engine:
         self, definition: Definition, run_input: Mapping[str, Any], runtime: Runtime, info: RunInfo
     ) -> None:
         self.definition = definition
-        self.input = dict(run_input)
+        # Data is inert from where it enters: a secret reference in it is text (interpreter/inert.py).
+        self.input = make_inert(dict(run_input))
         self.runtime = runtime
         self.info = info
         self.state = RunState.RUNNING
@@ -302,6 +310,8 @@ class Engine:
         self._compensations: list[_Compensation] = []
         self._visits: dict[str, int] = {}
         self._executions = 0
+        self._state_size = 0
+        """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
         self._run_ctx = {
             "workflow_id": info.workflow_id,
             "run_id": info.run_id,
@@ -540,6 +550,8 @@ class Engine:
             self.active[path] = step.label
             self.runtime.state_changed()
             output = await self._dispatch(step, scope, path, record, visits)
+            if not isinstance(step, TaskStep):  # a task's output was admitted before its handling
+                self._admit(path, output, copies=2 if isinstance(step, SetStep | ApprovalStep) else 1)
         except TemplateError as err:
             self._finish_open(record, StepStatus.FAILED, error=str(err), error_type="TemplateError")
             raise _RunFailed(f"step {path!r}: {err}", "TemplateError") from None
@@ -567,6 +579,33 @@ class Engine:
         scope.last_output = record.output
         if step.next is not None:
             raise _Jump(step.next)
+
+    def _admit(
+        self,
+        path: str,
+        output: Any,
+        *,
+        copies: int = 1,
+        failure: type[Exception] = Exception,
+        attempts: int = 1,
+    ) -> None:
+        """Counts an output into the run's state, or fails the step when it would not fit.
+
+        ``copies``: how often the run keeps it (a ``set`` step's values are its output and also
+        the variables). A task's excess is raised as :class:`ActionFailedError`, so its
+        ``on_failure`` handles it like any failure; other steps fail the run.
+        """
+        size = json_size(output, RUN_STATE_BUDGET) * copies
+        total = self._state_size + size
+        if total > RUN_STATE_BUDGET and self.runtime.patched(PATCH_PAYLOAD_BUDGETS):
+            message = (
+                f"step {path!r}: its output of {size} bytes would bring the run's state to {total} bytes,"
+                f" over its budget of {RUN_STATE_BUDGET} bytes (Temporal refuses payloads over 2 MiB)"
+            )
+            if failure is ActionFailedError:
+                raise ActionFailedError(message, "StateBudgetExceeded", attempts)
+            raise _RunFailed(message, "StateBudgetExceeded")
+        self._state_size = total
 
     def _finish_open(
         self,
@@ -658,6 +697,7 @@ class Engine:
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
             input=render(dict(step.input), self._context(scope)),
+            tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
             maximum_interval_s=(
@@ -678,6 +718,7 @@ class Engine:
         while True:
             try:
                 result = await self.runtime.execute_action(call)
+                self._admit(path, result.output, failure=ActionFailedError, attempts=result.attempt)
                 break
             except asyncio.CancelledError:
                 # Cancelled in flight: the request may still take effect at the receiver, so the step
@@ -702,8 +743,9 @@ class Engine:
                         )
                         continue
                     if decision.action == DeadLetterAction.SKIP:
-                        self._finish(record, StepStatus.COMPLETED, output=decision.output)
-                        return decision.output
+                        output = make_inert(decision.output)
+                        self._finish(record, StepStatus.COMPLETED, output=output)
+                        return output
                     if decision.action == DeadLetterAction.ABORT:
                         raise _RunFailed(
                             f"step {path!r} aborted by {decision.actor}: {decision.reason or failure.message}",
@@ -721,7 +763,7 @@ class Engine:
         record.attempts = result.attempt
         if step.compensate:
             self._compensations.append(_Compensation(step, scope, path))
-        return result.output
+        return make_inert(result.output)
 
     @staticmethod
     def _redrive_call(call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:
@@ -729,7 +771,7 @@ class Engine:
         been corrected, and a receiver may have remembered the failed request under the old key)."""
         request = call.request.model_copy(
             update={
-                "input": decision.input if decision.input is not None else call.request.input,
+                "input": make_inert(decision.input) if decision.input is not None else call.request.input,
                 "idempotency_key": f"{call.request.idempotency_key}~r{redrives}",
             }
         )
@@ -1074,7 +1116,7 @@ class Engine:
             self.runtime.state_changed()
         assert approval.decision is not None
         kind, decision = approval.decision
-        data = dict(decision.data)
+        data = make_inert(dict(decision.data))
         self.vars.update(data)
         output = {
             "decision": "approved" if kind == DecisionKind.APPROVE else "rejected",

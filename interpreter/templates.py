@@ -16,17 +16,18 @@ untouched, to be resolved only inside activities.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import math
 import re
 import types
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import jinja2.exceptions
-from jinja2 import StrictUndefined, Undefined, pass_eval_context
+from jinja2 import StrictUndefined, Undefined, nodes, pass_eval_context
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
@@ -49,6 +50,18 @@ __all__ = [
 MAX_RENDERED_BYTES = 256 * 1024
 """Largest rendered string (UTF-8 bytes) accepted from a template."""
 
+MAX_RESULT_CHARS = 1024 * 1024
+"""Largest result of one render or evaluation, measured on its structure: the characters of every
+string plus one per other value, a string referenced many times counted every time (that is how
+often it would be serialised)."""
+
+WORK_BUDGET = 100_000
+"""Operations one render or evaluation may spend: each loop iteration, call, filter or test
+application, comparison, output and arithmetic, plus the length of what it reads or builds (strings
+per 16 characters). On this project's 2-core machines, busy, the costliest operations found
+(``map``/``join`` chains) spent the whole budget in about 0.3 s, well under the workflow task's
+2-second deadlock limit."""
+
 _MAX_ITEMS = 100_000
 _MAX_RANGE = 10_000
 _MAX_EXPONENT = 100
@@ -57,6 +70,8 @@ _CACHE_SIZE = 4096
 _SHOWN_SOURCE_CHARS = 200
 
 _TEMPLATE_MARKERS = ("{{", "{%")
+_DOLLAR_BEFORE_TAG = re.compile(r"\$\{[{%]")
+_TEMPLATED_SECRET = re.compile(r"\$\{secret:[^}]*\{[{%]")
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _BRACE_FIELD = re.compile(r"\{([^{}]*)\}")
@@ -100,6 +115,74 @@ class _Undefined(StrictUndefined):
             return f"{name!r} is undefined (available: {listed})"
         message: str = super()._undefined_message
         return message
+
+
+class _Budget:
+    """The work left for the evaluation in progress. Evaluation is synchronous; workflows run on
+    several threads of one worker process, so the counter lives in a context variable (each thread
+    has its own) and is reset at the start of every top-level call."""
+
+    _remaining: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_budget")
+
+    @classmethod
+    def reset(cls) -> None:
+        cls._remaining.set([WORK_BUDGET])
+
+    @classmethod
+    def charge(cls, units: int) -> None:
+        left = cls._remaining.get(None)
+        if left is None:
+            left = [WORK_BUDGET]
+            cls._remaining.set(left)
+        left[0] -= units
+        if left[0] < 0:
+            left[0] = 0
+            raise SecurityError(f"the template needs more work than its budget of {WORK_BUDGET} operations")
+
+
+_CHARS_PER_OPERATION = 16
+"""Scanning or copying characters is cheap: this many cost one operation."""
+
+
+def _cost(value: Any) -> int:
+    """What reading ``value`` costs: one operation, plus its length (strings: per 16 characters)."""
+    if isinstance(value, str):
+        return 1 + len(value) // _CHARS_PER_OPERATION
+    if isinstance(value, (list, tuple, dict, range)):
+        return 1 + len(value)
+    return 1
+
+
+def _read(value: Any) -> Any:
+    """Charges for reading an operand of a comparison or a ``~`` concatenation, and returns it."""
+    _Budget.charge(_cost(value))
+    return value
+
+
+def _counted(iterable: Any) -> Iterator[Any]:
+    """Iterates ``iterable``, charging one operation per item."""
+    for item in iterable:
+        _Budget.charge(1)
+        yield item
+
+
+def _charging(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter or test that charges for what it reads (iterators are charged as consumed)."""
+    pass_arg = getattr(function, "jinja_pass_arg", None)
+    offset = 1 if pass_arg is not None else 0
+
+    @functools.wraps(function)
+    def charged(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > offset:
+            value = args[offset]
+            if isinstance(value, Iterator):
+                args = (*args[:offset], _counted(value), *args[offset + 1 :])
+            _Budget.charge(_cost(value))
+        else:
+            _Budget.charge(1)
+        return function(*args, **kwargs)
+
+    return charged
 
 
 def _too_large(what: str, size: int, limit: int) -> SecurityError:
@@ -161,15 +244,29 @@ def _to_json(value: Any) -> Any:
     Raises:
         jinja2.exceptions.UndefinedError: If the value is or contains an undefined value.
         TypeError: If the value is or contains something without a JSON representation.
+        SecurityError: If the result is larger than :data:`MAX_RESULT_CHARS` (on its structure).
     """
+    size = [0]
+    return _json_value(value, size)
+
+
+def _grow(size: list[int], by: int) -> None:
+    size[0] += by
+    if size[0] > MAX_RESULT_CHARS:
+        raise SecurityError(f"the result is larger than {MAX_RESULT_CHARS} characters")
+
+
+def _json_value(value: Any, size: list[int]) -> Any:
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
-    if value is None or type(value) in (bool, int, str):
+    if isinstance(value, str):
+        _grow(size, 2 + len(value))
+        return value if type(value) is str else str(value)
+    _grow(size, 1)
+    if value is None or type(value) in (bool, int):
         return value
     if isinstance(value, bool):
         return bool(value)
-    if isinstance(value, str):
-        return str(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -181,20 +278,23 @@ def _to_json(value: Any) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"object keys must be strings, got {type(key).__name__} {key!r}")
-            result[str(key)] = _to_json(item)
+            _grow(size, len(key))
+            result[str(key)] = _json_value(item, size)
         return result
     if isinstance(value, (list, tuple, range, Iterator, KeysView, ValuesView, ItemsView)):
         items: list[Any] = []
         for item in value:
             if len(items) >= _MAX_ITEMS:
                 raise _too_large("result", len(items) + 1, _MAX_ITEMS)
-            items.append(_to_json(item))
+            items.append(_json_value(item, size))
         return items
     raise TypeError(f"a {type(value).__name__} value cannot be converted to JSON")
 
 
 def _finalize(value: Any) -> Any:
-    """Print containers as JSON inside string templates, and refuse non-JSON objects."""
+    """Print containers as JSON inside string templates, and refuse non-JSON objects; every output
+    is charged to the budget (a loop printing a large value many times would exhaust memory)."""
+    _Budget.charge(_cost(value))
     if isinstance(value, Undefined) or value is None or isinstance(value, (str, int, float)):
         return value
     return json.dumps(_to_json(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
@@ -259,6 +359,25 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
 
 
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+_LOOP_GUARD = "__wfa_loop__"
+_READ_GUARD = "__wfa_read__"
+
+
+def _guarded(name: str, node: nodes.Expr) -> nodes.Expr:
+    return nodes.Call(nodes.Name(name, "load"), [node], [], None, None)
+
+
+def _guard_tree(tree: nodes.Node) -> None:
+    """Routes the work the sandbox does not intercept through the budget: each ``{% for %}``
+    iteration, and the operands of comparisons (``in`` scans a whole string) and of ``~``."""
+    for loop in tree.find_all(nodes.For):
+        loop.iter = _guarded(_LOOP_GUARD, cast(nodes.Expr, loop.iter))
+    for compare in tree.find_all(nodes.Compare):
+        compare.expr = _guarded(_READ_GUARD, compare.expr)
+        for operand in compare.ops:
+            operand.expr = _guarded(_READ_GUARD, operand.expr)
+    for concat in tree.find_all(nodes.Concat):
+        concat.nodes = [_guarded(_READ_GUARD, node) for node in concat.nodes]
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -275,6 +394,20 @@ class _Environment(ImmutableSandboxedEnvironment):
         _guard_filters(self.filters)
         self.filters["tojson"] = _tojson
         self.filters["duration_seconds"] = _duration_seconds
+        for name, function in list(self.filters.items()):
+            self.filters[name] = _charging(function)
+        for name, test in list(self.tests.items()):
+            self.tests[name] = _charging(cast(Callable[..., Any], test))
+        self.globals[_LOOP_GUARD] = _counted
+        self.globals[_READ_GUARD] = _read
+
+    def _generate(
+        self, source: nodes.Template, name: str | None, filename: str | None, defer_init: bool = False
+    ) -> str:
+        """Templates and expressions alike are compiled with their work routed through the budget."""
+        _guard_tree(source)
+        generated: str = super()._generate(source, name, filename, defer_init=defer_init)
+        return generated
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """Prefer keys over methods for dicts, so ``input.items`` means the ``items`` key."""
@@ -284,6 +417,7 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """Refuse operations whose result would be huge before computing them."""
+        _Budget.charge(1)
         if operator == "**":
             if isinstance(right, (int, float)) and right > _MAX_EXPONENT:
                 raise SecurityError(f"exponent {right} is larger than the limit of {_MAX_EXPONENT}")
@@ -300,17 +434,22 @@ class _Environment(ImmutableSandboxedEnvironment):
                     size = len(sequence) * count
                     if size > _MAX_ITEMS:
                         raise _too_large("repetition", size, _MAX_ITEMS)
+                    _Budget.charge(max(size, 0))
         elif operator == "+":
             if _sized(left) and _sized(right):
                 size = len(left) + len(right)
                 if size > _MAX_ITEMS:
                     raise _too_large("concatenation", size, _MAX_ITEMS)
+                _Budget.charge(size)
         elif operator == "%" and isinstance(left, str):
             _check_percent_format(left)
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        """Bound string methods that pad or replace before calling them."""
+        """Bound string methods that pad or replace before calling them; charge every call."""
+        _Budget.charge(1 + sum(_cost(argument) for argument in (*args, *kwargs.values())))
+        if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, (str, list, dict)):
+            _Budget.charge(_cost(__obj.__self__))
         if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, str):
             name = __obj.__name__
             if name in _WIDTH_METHODS:
@@ -387,6 +526,14 @@ def check_template(src: str) -> None:
     Raises:
         TemplateError: On a syntax error.
     """
+    if _DOLLAR_BEFORE_TAG.search(src):
+        raise TemplateError(
+            src,
+            "a '$' directly before '{{' or '{%' could let the rendered value complete a secret"
+            " reference; write \"{{ '$' ~ expr }}\" or put a space between",
+        )
+    if _TEMPLATED_SECRET.search(src):
+        raise TemplateError(src, "a secret reference must name its secret literally, not with a template")
     try:
         _compile_template(src)
     except Exception as exc:
@@ -431,6 +578,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
         compiled = _compile_expression(expression)
     except Exception as exc:
         raise TemplateError(expression, _detail(exc)) from exc
+    _Budget.reset()
     return _evaluate_compiled(expression, compiled, context)
 
 
@@ -489,12 +637,17 @@ def render(value: Any, context: Mapping[str, Any]) -> Any:
         TemplateError: If any template fails, yields a non-JSON value, or renders a string
             larger than :data:`MAX_RENDERED_BYTES`.
     """
+    _Budget.reset()
+    return _render(value, context)
+
+
+def _render(value: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return _render_string(value, context)
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        return {key: _render(item, context) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [render(item, context) for item in value]
+        return [_render(item, context) for item in value]
     return value
 
 

@@ -24,6 +24,7 @@ def _worker(address: str, task_queue: str, log: Path, grace_s: str = "30") -> su
         "TEMPORAL_TASK_QUEUE": task_queue,
         "WORKER_SHUTDOWN_GRACE_S": grace_s,
         "PYTHONUNBUFFERED": "1",
+        "WFA_OUTBOUND_ALLOW": "127.0.0.0/8",  # the test's HTTP services listen on loopback
     }
     return subprocess.Popen(
         [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT

@@ -40,6 +40,7 @@ from activities.store.errors import (
     VersionNotFoundError,
 )
 from activities.store.models import (
+    ACTOR_LENGTH,
     ActivationKind,
     ActivationRow,
     DeadLetterRow,
@@ -746,6 +747,29 @@ def _dead_letter(row: DeadLetterRow) -> DeadLetter:
     return DeadLetter.model_validate(row, from_attributes=True)
 
 
+def _storable(value: Any) -> Any:
+    """``value`` as PostgreSQL can store it: JSON-compatible, and no NUL character in any string
+    (text and jsonb refuse it; it becomes U+FFFD). A row that cannot be written would leave the
+    run's recording activity retrying for ever."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_storable(str(key)): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _storable(str(value))
+
+
+def _storable_text(value: str | None, limit: int | None = None) -> str | None:
+    """A text column's value: no NUL, and cut to the column's length."""
+    if value is None:
+        return None
+    text: str = _storable(value)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 async def park_dead_letter(session_factory: SessionFactory, record: DeadLetterRecord) -> int:
     """Records a parked step; idempotent on ``(tenant, workflow_id, run_id, park_id)`` (a retried
     activity gets the same row id).
@@ -754,7 +778,10 @@ async def park_dead_letter(session_factory: SessionFactory, record: DeadLetterRe
         The row id.
     """
     check_tenant(record.tenant)
-    values = record.model_dump(mode="python")
+    values = {
+        key: _storable(value) if isinstance(value, str | dict | list) else value
+        for key, value in record.model_dump(mode="python").items()
+    }
     values["input"] = json.loads(json.dumps(values["input"], default=str))
     async with (
         db_errors(_url_of(session_factory), record.tenant),
@@ -799,7 +826,7 @@ async def resolve_dead_letter(
         decision["input"] = resolution.input
     if resolution.output is not None or resolution.action == DeadLetterAction.SKIP:
         decision["output"] = resolution.output
-    decision = json.loads(json.dumps(decision, default=str))
+    decision = _storable(json.loads(json.dumps(decision, default=str)))
     scope = [DeadLetterRow.id == resolution.dead_letter_id, DeadLetterRow.tenant == tenant]
     async with db_errors(_url_of(session_factory), tenant), session_factory() as session, session.begin():
         await session.execute(
@@ -807,7 +834,7 @@ async def resolve_dead_letter(
             .where(*scope, DeadLetterRow.status == DeadLetterStatus.OPEN.value)
             .values(
                 status=_STATUS_OF[resolution.action].value,
-                resolved_by=resolution.actor,
+                resolved_by=_storable_text(resolution.actor, ACTOR_LENGTH),
                 resolved_at=resolution.resolved_at,
                 resolution=decision,
             )

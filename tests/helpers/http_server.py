@@ -166,12 +166,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class RecordingServer:
-    """Threaded HTTP server on ``127.0.0.1`` with an ephemeral port.
+    """Threaded HTTP server on ``127.0.0.1`` (or another loopback ``host``) with an ephemeral port.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. All methods are thread-safe.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._host = host
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._routes: dict[tuple[str, str], _Route] = {}
@@ -194,7 +195,7 @@ class RecordingServer:
         """
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server((self._host, 0), _Handler)
         server.owner = self
         self._server = server
         self._thread = threading.Thread(

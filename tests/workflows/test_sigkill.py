@@ -60,6 +60,7 @@ class _WorkerProcess:
             "TEMPORAL_TASK_QUEUE": task_queue,
             "WORKER_SHUTDOWN_GRACE_S": "0",
             "PYTHONUNBUFFERED": "1",
+            "WFA_OUTBOUND_ALLOW": "127.0.0.0/8",  # the test's HTTP services listen on loopback
         }
         self.log = log
         self._out = log.open("ab")

@@ -1,0 +1,56 @@
+"""Data is inert: a secret reference that arrives as data is text, never a reference.
+
+Secrets are written ``${secret:NAME}`` in a definition's own text and resolved only inside the
+action's activity. Everything else a run handles is data (its input, action outputs, approval form
+data, an operator's redrive input or skip output); data may come from anyone, so the engine makes
+it inert where it enters the run: every ``${secret:`` inside a string becomes ``$${secret:``, the
+escaped form the activity turns back into the literal text ``${secret:`` without resolving it. A
+template that writes data into a step's input therefore sends exactly the text the data held.
+
+Definition text keeps its references (that is where a tenant's author names the secrets the step
+uses); validation refuses a ``$`` written directly before a template tag (``${{ ... }}``), since the
+value rendered there could complete a reference (``{secret:NAME}``) that neither side wrote whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SECRET_REF_START", "make_inert"]
+
+SECRET_REF_START = "${secret:"
+_ESCAPED = "$" + SECRET_REF_START
+
+
+def make_inert(value: Any) -> Any:
+    """A copy of a JSON-like value with every secret reference in its strings escaped.
+
+    Dict keys are escaped too (a key can be rendered into a string). Values without a reference
+    are returned as they are (no copy), so the common case costs one scan.
+    """
+    if isinstance(value, str):
+        return value.replace(SECRET_REF_START, _ESCAPED) if SECRET_REF_START in value else value
+    if isinstance(value, dict):
+        if not _holds_reference(value):
+            return value
+        return {make_inert(key): make_inert(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        if not _holds_reference(value):
+            return value
+        return [make_inert(item) for item in value]
+    return value
+
+
+def _holds_reference(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if SECRET_REF_START in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False

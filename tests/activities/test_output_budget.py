@@ -1,0 +1,27 @@
+"""An action whose output is over the budget fails as a non-retryable step error naming the sizes,
+before Temporal would refuse the payload."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.echo import echo
+from interpreter.actions import ActionRequest
+from interpreter.sizes import ACTION_OUTPUT_BUDGET
+
+
+async def test_an_output_over_the_budget_is_refused_naming_it() -> None:
+    request = ActionRequest(step_id="big", idempotency_key="k", input={"value": "x" * ACTION_OUTPUT_BUDGET})
+    with pytest.raises(ApplicationError) as info:
+        await ActivityEnvironment().run(echo, request)
+    assert info.value.type == "ActionOutputTooLarge"
+    assert info.value.non_retryable
+    assert f"budget of {ACTION_OUTPUT_BUDGET} bytes" in info.value.message
+
+
+async def test_an_output_within_the_budget_passes() -> None:
+    request = ActionRequest(step_id="ok", idempotency_key="k", input={"value": "x" * 1000})
+    result = await ActivityEnvironment().run(echo, request)
+    assert result.output == "x" * 1000
