@@ -148,15 +148,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     namespace = os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
     task_queue = os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
     suppress = argparse.SUPPRESS
+    # Address and namespace default to the tenant's (its Temporal configuration profile, its
+    # namespace in WFA_TENANT_NAMESPACES): only an explicit value is passed on.
     parser.add_argument(
         "--address",
-        default=address if defaults else suppress,
-        help=f"Temporal frontend host:port (env TEMPORAL_ADDRESS, now {address})",
+        default=None if defaults else suppress,
+        help=f"Temporal frontend host:port (default: the tenant's configuration profile, else env"
+        f" TEMPORAL_ADDRESS, now {address})",
     )
     parser.add_argument(
         "--namespace",
-        default=namespace if defaults else suppress,
-        help=f"namespace (env TEMPORAL_NAMESPACE, now {namespace})",
+        default=None if defaults else suppress,
+        help=f"namespace (default: the tenant's, WFA_TENANT_NAMESPACES / WFA_NAMESPACE_PER_TENANT,"
+        f" else env TEMPORAL_NAMESPACE, now {namespace})",
     )
     parser.add_argument(
         "--task-queue",
@@ -168,7 +172,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     parser.add_argument(
         "--tenant",
         default=tenant if defaults else suppress,
-        help=f"tenant of the stored definitions, dead letters and new runs (env {TENANT_ENV}, now {tenant})",
+        help=f"tenant of the stored definitions, dead letters and runs; selects its namespace and"
+        f" credentials, grants nothing (env {TENANT_ENV}, now {tenant})",
     )
     parser.add_argument(
         "--database-url",
