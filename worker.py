@@ -12,6 +12,9 @@ Configuration comes from the environment:
   come from Temporal's configuration profile named after the namespace, if any
   (``TEMPORAL_CONFIG_FILE``), else the default profile and ``TEMPORAL_ADDRESS``/``TEMPORAL_API_KEY``/
   ``TEMPORAL_TLS_*``.
+- ``WFA_TENANT_OUTBOUND_ALLOW``: allowances of single tenants (``acme=10.1.0.0/16,crm.acme.internal;
+  globex=...``), added to ``WFA_OUTBOUND_ALLOW`` for the runs of that tenant's namespace only (each
+  namespace has its own HTTP client); a tenant sharing its namespace with another cannot have any.
 - ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
 - ``WFA_SECRETS_FILE``: per-tenant secrets (with the hosts each may be sent to); ``WFA_SECRET_<NAME>``
   are the tenant ``default``'s (:mod:`activities.secrets`).
@@ -29,6 +32,7 @@ SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -171,9 +175,16 @@ async def main() -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
-        policy = OutboundPolicy.from_env()
+        base = OutboundPolicy.from_env()
+        policies = {
+            namespace: OutboundPolicy.parse([*map(str, base.allow_networks), *base.allow_hosts, *extra])
+            for namespace, extra in scope.allowances().items()
+        }
+    except TenancyConfigError as err:
+        log.error("%s", err)
+        return 2
     except ValueError as err:
-        log.error("WFA_OUTBOUND_ALLOW: %s", err)
+        log.error("outbound allowances: %s", err)
         return 2
     try:
         configure_secret_store(store_from_env())
@@ -193,17 +204,21 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with build_http_client(policy) as http_client:
-        workers = [
-            build_worker(
-                client,
-                task_queue,
-                http_client,
-                session_factory=database.session_factory if database else None,
-                graceful_shutdown_timeout=grace,
+    async with contextlib.AsyncExitStack() as stack:
+        # One HTTP client per namespace: a tenant's allowances (and pooled connections) serve only
+        # the runs of its namespace.
+        workers = []
+        for namespace, client in clients.items():
+            http_client = await stack.enter_async_context(build_http_client(policies[namespace]))
+            workers.append(
+                build_worker(
+                    client,
+                    task_queue,
+                    http_client,
+                    session_factory=database.session_factory if database else None,
+                    graceful_shutdown_timeout=grace,
+                )
             )
-            for client in clients.values()
-        ]
         for namespace, client in clients.items():
             tenants = scope.tenants_of(namespace)
             log.info(

@@ -34,6 +34,7 @@ from starter.config import DEFAULT_NAMESPACE, DEFAULT_TENANT, NAMESPACE_ENV
 __all__ = [
     "NAMESPACE_PER_TENANT_ENV",
     "TENANT_NAMESPACES_ENV",
+    "TENANT_OUTBOUND_ALLOW_ENV",
     "WORKER_TENANTS_ENV",
     "Tenancy",
     "TenancyConfigError",
@@ -51,6 +52,9 @@ NAMESPACE_PER_TENANT_ENV = "WFA_NAMESPACE_PER_TENANT"
 WORKER_TENANTS_ENV = "WFA_WORKER_TENANTS"
 """The tenants a worker serves (comma-separated): it polls their namespaces, resolves only their
 secrets."""
+
+TENANT_OUTBOUND_ALLOW_ENV = "WFA_TENANT_OUTBOUND_ALLOW"
+"""Per-tenant outbound allowances: ``acme=10.1.0.0/16,crm.acme.internal;globex=10.2.0.0/16``."""
 
 PROFILE_FILE_ENV = "TEMPORAL_CONFIG_FILE"
 """Temporal's environment configuration file (TOML, profiles of address, namespace, API key, TLS)."""
@@ -198,6 +202,45 @@ class WorkerScope:
         if self.tenants is None:
             return None
         return sorted(t for t in self.tenants if self.tenancy.belongs(t, namespace))
+
+    def allowances(self, env: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+        """Per namespace served, the extra outbound allowances of its tenants (``WFA_TENANT_OUTBOUND_ALLOW``).
+
+        The worker gives each namespace its own HTTP client, so a tenant's allowances are
+        reachable only from runs in its namespace; a tenant that shares its namespace with other
+        tenants this worker may serve cannot have allowances of its own.
+
+        Raises:
+            TenancyConfigError: Malformed, a tenant this worker does not serve, or one sharing its
+                namespace.
+        """
+        source = os.environ if env is None else env
+        extra: dict[str, list[str]] = {namespace: [] for namespace in self.namespaces}
+        for raw in source.get(TENANT_OUTBOUND_ALLOW_ENV, "").split(";"):
+            item = raw.strip()
+            if not item:
+                continue
+            tenant, sep, allowed = item.partition("=")
+            if not sep:
+                raise TenancyConfigError(
+                    f"{TENANT_OUTBOUND_ALLOW_ENV}: {item[:120]!r} is not tenant=allowances"
+                )
+            tenant = _tenant(tenant.strip(), TENANT_OUTBOUND_ALLOW_ENV)
+            namespace = self.tenancy.namespace_of(tenant)
+            if self.tenants is None or tenant not in self.tenants:
+                raise TenancyConfigError(
+                    f"{TENANT_OUTBOUND_ALLOW_ENV}: tenant {tenant!r} is not one of this worker's tenants"
+                    f" ({WORKER_TENANTS_ENV})"
+                )
+            sharing = [t for t in self.tenants_of(namespace) or [] if t != tenant]
+            if sharing:
+                raise TenancyConfigError(
+                    f"{TENANT_OUTBOUND_ALLOW_ENV}: tenant {tenant!r} shares namespace {namespace!r} with"
+                    f" {', '.join(sharing)}, who would reach its allowances too: give it a namespace of"
+                    f" its own ({TENANT_NAMESPACES_ENV})"
+                )
+            extra[namespace].extend(a.strip() for a in allowed.split(",") if a.strip())
+        return extra
 
     def refusal(self, tenant: str, namespace: str) -> str | None:
         """Why an action of a ``tenant`` run in ``namespace`` may not run here (None: it may)."""

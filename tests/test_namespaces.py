@@ -111,6 +111,24 @@ def test_worker_scope_refuses_a_tenant_outside_its_namespace_or_its_tenants() ->
     assert WorkerScope.from_env({}).refusal("anyone", "default") is None
 
 
+def test_per_tenant_allowances_need_a_namespace_of_the_tenants_own() -> None:
+    env = {
+        "WFA_TENANT_NAMESPACES": "acme=ns-a,globex=ns-b",
+        "WFA_WORKER_TENANTS": "acme,globex",
+        "WFA_TENANT_OUTBOUND_ALLOW": "acme=10.1.0.0/16, crm.acme.internal",
+    }
+    assert WorkerScope.from_env(env).allowances(env) == {
+        "ns-a": ["10.1.0.0/16", "crm.acme.internal"],
+        "ns-b": [],
+    }
+    shared = {**env, "WFA_TENANT_NAMESPACES": ""}
+    with pytest.raises(TenancyConfigError, match="shares namespace 'default' with globex"):
+        WorkerScope.from_env(shared).allowances(shared)
+    foreign = {**env, "WFA_WORKER_TENANTS": "globex"}
+    with pytest.raises(TenancyConfigError, match="not one of this worker's tenants"):
+        WorkerScope.from_env(foreign).allowances(foreign)
+
+
 def test_a_tenants_profile_selects_its_credentials(tmp_path: Path) -> None:
     config = tmp_path / "temporal.toml"
     config.write_text(
@@ -196,7 +214,9 @@ def tenancy_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     return stack
 
 
-def _worker(stack: Stack, task_queue: str, tenants: str, secrets: Path, log: Path) -> subprocess.Popen[bytes]:
+def _worker(
+    stack: Stack, task_queue: str, tenants: str, secrets: Path, log: Path, **extra: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **stack.env,
@@ -204,8 +224,8 @@ def _worker(stack: Stack, task_queue: str, tenants: str, secrets: Path, log: Pat
         "TEMPORAL_TASK_QUEUE": task_queue,
         "WFA_WORKER_TENANTS": tenants,
         "WFA_SECRETS_FILE": str(secrets),
-        "WFA_OUTBOUND_ALLOW": "127.0.0.0/8",
         "PYTHONUNBUFFERED": "1",
+        **extra,
     }
     env.pop("TEMPORAL_NAMESPACE", None)
     env.pop("DATABASE_URL", None)
@@ -221,8 +241,8 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     # Both tenants' secrets in the file: what keeps a run of one from the other's is the scope.
     secrets.write_text(json.dumps({"acme": {"ACME_TOKEN": ACME_CANARY}, "globex": {"GLOBEX_TOKEN": "g"}}))
 
-    def start(stack: Stack, task_queue: str, tenants: str) -> subprocess.Popen[bytes]:
-        proc = _worker(stack, task_queue, tenants, secrets, tmp_path / f"worker-{len(started)}.log")
+    def start(stack: Stack, task_queue: str, tenants: str, **extra: str) -> subprocess.Popen[bytes]:
+        proc = _worker(stack, task_queue, tenants, secrets, tmp_path / f"worker-{len(started)}.log", **extra)
         started.append(proc)
         return proc
 
@@ -356,8 +376,9 @@ async def test_tenant_b_cannot_reach_tenant_a(
         assert outcome.clean, outcome.describe()
         attempts.append((f"wfa --tenant globex {args[0]}", outcome.code != 4))
 
-    # A run in globex's namespace claiming to be acme, on a worker holding both tenants' secrets.
-    workers(stack, task_queue, "acme,globex")
+    # A run in globex's namespace claiming to be acme, on a worker holding both tenants' secrets
+    # and serving both namespaces; loopback is an allowance of acme's alone.
+    workers(stack, task_queue, "acme,globex", WFA_TENANT_OUTBOUND_ALLOW="acme=127.0.0.0/8")
     server_url = http_server.url
     claim = RunInput(
         definition=load_definition(
@@ -403,6 +424,28 @@ async def test_tenant_b_cannot_reach_tenant_a(
     attempts.append(("... and reaches the network", bool(http_server.requests())))
     history = await claimed.fetch_history()
     assert ACME_CANARY not in json.dumps([str(e) for e in history.events])
+
+    # Globex's own run cannot reach acme's allowance; acme's run, on the same worker, can.
+    http_server.route("POST", "/internal", [(200, {}, {"ok": True})])
+    reach = {
+        "name": unique("reach"),
+        "steps": [
+            {
+                "id": "call",
+                "type": "task",
+                "action": "http",
+                "input": {"method": "POST", "url": f"{server_url}/internal", "json": {}},
+                "retry": {"maximum_attempts": 1},
+            }
+        ],
+    }
+    from_b = await (await globex.start_run(reach)).result(timeout=60)
+    attempts.append(("globex's run reaches acme's allowance", from_b.state != RunState.FAILED))
+    assert "OutboundRefused" in json.dumps(from_b.model_dump(mode="json")), from_b
+    assert not http_server.requests("POST", "/internal")
+    from_a = await (await acme.start_run(reach)).result(timeout=60)
+    assert from_a.state == RunState.COMPLETED, from_a
+    assert len(http_server.requests("POST", "/internal")) == 1
 
     # A's run, meanwhile, reached acme's side of the worker and waits as it should.
     await wait_state(stack.client_a.get_workflow_handle(a_id), RunState.AWAITING_APPROVAL, timeout=60)
