@@ -16,11 +16,13 @@
     wfa dead-letters list  |  show ID  |  redrive ID [--input JSON]  |  skip ID --output JSON  |  abort ID
     wfa db upgrade  |  grant-tenant TENANT --role ROLE  |  grant-platform --role ROLE  |  revoke-tenant --role ROLE  |  roles
 
-Global options (before or after the command): ``--address`` (``$TEMPORAL_ADDRESS``, default
-``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``),
-``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default ``workflow-automation``), ``--tenant``
-(``$WFA_TENANT``, default ``default``) and ``--database-url`` (``$DATABASE_URL``, default the embedded
-PostgreSQL server under ``.state/``).
+Global options (before or after the command): ``--tenant`` (``$WFA_TENANT``, default ``default``),
+which selects the tenant's namespace and Temporal credentials (:mod:`starter.tenancy`) and grants
+nothing; ``--address`` (default the tenant's configuration profile, ``$TEMPORAL_ADDRESS`` or
+``127.0.0.1:7233``), ``--namespace`` (default the tenant's; another is refused when tenants have
+namespaces of their own), ``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default
+``workflow-automation``) and ``--database-url`` (``$DATABASE_URL``, default the embedded PostgreSQL
+server under ``.state/``).
 
 Output is for people by default; ``--json`` prints one JSON document for scripts.
 
