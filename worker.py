@@ -163,6 +163,7 @@ async def main() -> int:
     grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
     try:
         scope = WorkerScope.from_env()
+        allowances = scope.allowances()
         clients = await connect_namespaces(scope)
     except TenancyConfigError as err:
         log.error("%s", err)
@@ -178,11 +179,8 @@ async def main() -> int:
         base = OutboundPolicy.from_env()
         policies = {
             namespace: OutboundPolicy.parse([*map(str, base.allow_networks), *base.allow_hosts, *extra])
-            for namespace, extra in scope.allowances().items()
+            for namespace, extra in allowances.items()
         }
-    except TenancyConfigError as err:
-        log.error("%s", err)
-        return 2
     except ValueError as err:
         log.error("outbound allowances: %s", err)
         return 2

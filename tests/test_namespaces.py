@@ -152,6 +152,34 @@ def test_a_tenants_profile_selects_its_credentials(tmp_path: Path) -> None:
         connect_config("acme", tenancy, {"TEMPORAL_CONFIG_FILE": str(tmp_path / "missing.toml")})
 
 
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"WFA_NAMESPACE_PER_TENANT": "maybe"}, "WFA_NAMESPACE_PER_TENANT: 'maybe' is neither 1 nor 0"),
+        (
+            {"WFA_WORKER_TENANTS": "acme,globex", "WFA_TENANT_OUTBOUND_ALLOW": "acme=10.0.0.0/8"},
+            "shares namespace 'default' with globex",
+        ),
+        ({"TEMPORAL_CONFIG_FILE": "/nonexistent/temporal.toml"}, "no such file"),
+    ],
+)
+def test_worker_refuses_a_tenancy_it_cannot_honour(env: dict[str, str], words: str) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WFA_", "TEMPORAL_"))}
+    # Nothing listens there: the configuration is refused before any connection is tried.
+    done = subprocess.run(
+        [sys.executable, "worker.py"],
+        cwd=ROOT,
+        env={**base, "TEMPORAL_ADDRESS": "127.0.0.1:9", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --------------------------------------------------------------------------- on the dev server
 
 
