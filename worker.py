@@ -4,6 +4,17 @@ Configuration comes from the environment:
 
 - ``TEMPORAL_ADDRESS`` (default ``127.0.0.1:7233``)
 - ``TEMPORAL_NAMESPACE`` (default ``default``)
+- ``WFA_WORKER_TENANTS``: the tenants this worker serves (comma-separated). It polls each of their
+  namespaces (``WFA_TENANT_NAMESPACES``, ``WFA_NAMESPACE_PER_TENANT``: :mod:`starter.tenancy`), one
+  Temporal worker per namespace in this process, and runs an action only for a run of one of its
+  tenants in that tenant's own namespace (before any secret is resolved). Unset: the namespace
+  ``TEMPORAL_NAMESPACE`` alone, for every tenant living there. Connection settings per namespace
+  come from Temporal's configuration profile named after the namespace, if any
+  (``TEMPORAL_CONFIG_FILE``), else the default profile and ``TEMPORAL_ADDRESS``/``TEMPORAL_API_KEY``/
+  ``TEMPORAL_TLS_*``.
+- ``WFA_TENANT_OUTBOUND_ALLOW``: allowances of single tenants (``acme=10.1.0.0/16,crm.acme.internal;
+  globex=...``), added to ``WFA_OUTBOUND_ALLOW`` for the runs of that tenant's namespace only (each
+  namespace has its own HTTP client); a tenant sharing its namespace with another cannot have any.
 - ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
 - ``WFA_SECRETS_FILE``: per-tenant secrets (with the hosts each may be sent to); ``WFA_SECRET_<NAME>``
   are the tenant ``default``'s (:mod:`activities.secrets`).
@@ -25,6 +36,7 @@ SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,9 +55,15 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import build_activities
 from activities.dead_letters import build_store_activities
 from activities.outbound import OutboundPolicy, build_http_client
-from activities.secrets import SecretsConfigError, configure_secret_store, store_from_env
+from activities.secrets import (
+    SecretsConfigError,
+    configure_secret_store,
+    configure_tenant_scope,
+    store_from_env,
+)
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
+from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import RunDefinitionWorkflow
 
@@ -144,14 +162,35 @@ def build_worker(
     )
 
 
-async def connect(address: str, namespace: str) -> Client:
-    """Connects a client with the pydantic data converter, naming the server on failure."""
+async def connect(address: str, namespace: str, **options: Any) -> Client:
+    """Connects a client with the pydantic data converter, naming the server on failure.
+
+    ``options`` go to ``Client.connect`` (an API key, TLS, gRPC metadata).
+    """
     try:
-        return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+        return await Client.connect(
+            address, namespace=namespace, data_converter=pydantic_data_converter, **options
+        )
     except RuntimeError as err:
         raise ConnectionError(
             f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}"
         ) from None
+
+
+async def connect_namespaces(scope: WorkerScope) -> dict[str, Client]:
+    """A client per namespace the worker serves (each with that namespace's profile, if any).
+
+    Raises:
+        ConnectionError: A server cannot be reached.
+        TenancyConfigError: A configuration profile is unusable.
+    """
+    clients: dict[str, Client] = {}
+    for namespace in scope.namespaces:
+        options = namespace_connect_config(namespace, namespace)
+        address = options.pop("target_host", None) or DEFAULT_ADDRESS
+        options.pop("namespace")
+        clients[namespace] = await connect(address, namespace, **options)
+    return clients
 
 
 async def main() -> int:
@@ -159,8 +198,6 @@ async def main() -> int:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    address = os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS)
-    namespace = os.environ.get("TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE)
     task_queue = os.environ.get("TEMPORAL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
     grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
     try:
@@ -177,17 +214,27 @@ async def main() -> int:
             verifier.required,
         )
     try:
-        client = await connect(address, namespace)
+        scope = WorkerScope.from_env()
+        allowances = scope.allowances()
+        clients = await connect_namespaces(scope)
+    except TenancyConfigError as err:
+        log.error("%s", err)
+        return 2
     except ConnectionError as err:
         log.error("%s", err)
         return 2
+    configure_tenant_scope(scope)
     # httpx logs every request URL at INFO, after secrets are filled in: never log them.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
-        policy = OutboundPolicy.from_env()
+        base = OutboundPolicy.from_env()
+        policies = {
+            namespace: OutboundPolicy.parse([*map(str, base.allow_networks), *base.allow_hosts, *extra])
+            for namespace, extra in allowances.items()
+        }
     except ValueError as err:
-        log.error("WFA_OUTBOUND_ALLOW: %s", err)
+        log.error("outbound allowances: %s", err)
         return 2
     try:
         configure_secret_store(store_from_env())
@@ -207,22 +254,41 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with build_http_client(policy) as http_client:
-        worker = build_worker(
-            client,
-            task_queue,
-            http_client,
-            session_factory=database.session_factory if database else None,
-            graceful_shutdown_timeout=grace,
-        )
-        log.info("worker polling %s on %s (namespace %s)", task_queue, address, namespace)
-        run = asyncio.create_task(worker.run())
+    async with contextlib.AsyncExitStack() as stack:
+        # One HTTP client per namespace: a tenant's allowances (and pooled connections) serve only
+        # the runs of its namespace.
+        workers = []
+        for namespace, client in clients.items():
+            http_client = await stack.enter_async_context(build_http_client(policies[namespace]))
+            workers.append(
+                build_worker(
+                    client,
+                    task_queue,
+                    http_client,
+                    session_factory=database.session_factory if database else None,
+                    graceful_shutdown_timeout=grace,
+                )
+            )
+        for namespace, client in clients.items():
+            tenants = scope.tenants_of(namespace)
+            log.info(
+                "worker polling %s on %s (namespace %s, tenants %s)",
+                task_queue,
+                client.service_client.config.target_host,
+                namespace,
+                "any" if tenants is None else ", ".join(tenants),
+            )
+        runs = [asyncio.create_task(worker.run()) for worker in workers]
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not run.done():
+        await asyncio.wait({*runs, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not all(run.done() for run in runs):
             log.info("shutting down: finishing in-flight activities (up to %s)", grace)
-            await worker.shutdown()
-        await run
+            await asyncio.gather(
+                *(w.shutdown() for w, run in zip(workers, runs, strict=True) if not run.done())
+            )
+        stopped.cancel()
+        for run in runs:
+            await run
     if database is not None:
         await database.close()
     log.info("worker stopped")

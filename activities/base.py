@@ -28,6 +28,7 @@ from activities.secrets import (
     Secret,
     encoded_forms,
     secret_store,
+    tenant_scope,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, linear_delay_s
 from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
@@ -40,6 +41,7 @@ __all__ = [
     "bound_details",
     "bound_text",
     "check_secret_hosts",
+    "check_tenant_scope",
     "redact_secrets",
     "resolve_secrets",
 ]
@@ -149,6 +151,24 @@ def check_secret_hosts(host: str) -> None:
                 type="SecretHostRefused",
                 non_retryable=True,
             )
+
+
+def check_tenant_scope(tenant: str) -> None:
+    """Refuses to act for ``tenant`` unless it belongs to the namespace this activity runs in and
+    this worker serves it (the worker's :class:`~activities.secrets.TenantScope`).
+
+    A run's tenant is whatever its starter claimed; the namespace is where the server's
+    authorization let the starter act. Checked before anything is resolved or sent.
+
+    Raises:
+        ApplicationError: Non-retryable, type ``TenantRefused``, naming the tenant and the namespace.
+    """
+    scope = tenant_scope()
+    if scope is None:
+        return
+    reason = scope.refusal(tenant, activity.info().namespace)
+    if reason is not None:
+        raise ApplicationError(f"refused: {reason}", type="TenantRefused", non_retryable=True)
 
 
 def _resolved_values() -> dict[str, str]:
@@ -352,6 +372,7 @@ def action(
             try:
                 attempt = activity.info().attempt
                 call_args, request = _coerce_request(tuple(args))
+                check_tenant_scope(request.tenant)
                 tenant_token = _tenant.set(request.tenant)
                 try:
                     output = await impl(*call_args, **kwargs)

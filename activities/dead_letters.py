@@ -18,6 +18,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.base import check_tenant_scope
 from activities.store.database import SessionFactory
 from activities.store.errors import DeadLetterNotFoundError, InvalidTenantError
 from activities.store.repository import park_dead_letter, resolve_dead_letter
@@ -47,6 +48,7 @@ class DeadLetterActivities:
             ApplicationError: Non-retryable ``InvalidTenant`` for a malformed tenant. Database
                 errors are retryable (the workflow retries until the database is back).
         """
+        check_tenant_scope(record.tenant)  # a run may not write another tenant's dead letters
         try:
             row_id = await park_dead_letter(self.session_factory, record)
         except InvalidTenantError as err:
@@ -70,6 +72,7 @@ class DeadLetterActivities:
         Raises:
             ApplicationError: Non-retryable ``DeadLetterNotFound`` when the row does not exist.
         """
+        check_tenant_scope(resolution.tenant)
         try:
             row = await resolve_dead_letter(self.session_factory, resolution)
         except DeadLetterNotFoundError as err:

@@ -42,10 +42,13 @@ __all__ = [
     "Secret",
     "SecretStore",
     "SecretsConfigError",
+    "TenantScope",
     "configure_secret_store",
+    "configure_tenant_scope",
     "encoded_forms",
     "secret_store",
     "store_from_env",
+    "tenant_scope",
 ]
 
 SECRET_ENV_PREFIX = "WFA_SECRET_"
@@ -232,3 +235,30 @@ def configure_secret_store(store: SecretStore | None) -> None:
 def secret_store() -> SecretStore:
     """The configured store, or the environment's (read at each call, so tests may set variables)."""
     return _configured if _configured is not None else store_from_env()
+
+
+class TenantScope(Protocol):
+    """Which tenants' actions a worker runs, in which namespace (``starter.tenancy.WorkerScope``).
+
+    A run's tenant is a claim of whoever started it; the namespace an activity runs in is not (the
+    server's authorization decides who may start runs there). A worker therefore resolves a
+    tenant's secrets only for runs in that tenant's namespace, and only for tenants it serves.
+    """
+
+    def refusal(self, tenant: str, namespace: str) -> str | None:
+        """Why an action of a ``tenant`` run in ``namespace`` may not run here (None: it may)."""
+        ...
+
+
+_scope: TenantScope | None = None
+
+
+def configure_tenant_scope(scope: TenantScope | None) -> None:
+    """Sets the worker's tenant scope (None: every tenant in every namespace, as before tenancy)."""
+    global _scope
+    _scope = scope
+
+
+def tenant_scope() -> TenantScope | None:
+    """The configured scope (None: no restriction)."""
+    return _scope

@@ -19,11 +19,13 @@
     wfa token mint --run ID [--step S] --actor A --decisions approve,reject [--ttl 1h]
     wfa approve ID --actor A --token T            # proof, when the run or the worker requires it
 
-Global options (before or after the command): ``--address`` (``$TEMPORAL_ADDRESS``, default
-``127.0.0.1:7233``), ``--namespace`` (``$TEMPORAL_NAMESPACE``, default ``default``),
-``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default ``workflow-automation``), ``--tenant``
-(``$WFA_TENANT``, default ``default``) and ``--database-url`` (``$DATABASE_URL``, default the embedded
-PostgreSQL server under ``.state/``).
+Global options (before or after the command): ``--tenant`` (``$WFA_TENANT``, default ``default``),
+which selects the tenant's namespace and Temporal credentials (:mod:`starter.tenancy`) and grants
+nothing; ``--address`` (default the tenant's configuration profile, ``$TEMPORAL_ADDRESS`` or
+``127.0.0.1:7233``), ``--namespace`` (default the tenant's; another is refused when tenants have
+namespaces of their own), ``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default
+``workflow-automation``) and ``--database-url`` (``$DATABASE_URL``, default the embedded PostgreSQL
+server under ``.state/``).
 
 Output is for people by default; ``--json`` prints one JSON document for scripts.
 
@@ -151,15 +153,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     namespace = os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
     task_queue = os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
     suppress = argparse.SUPPRESS
+    # Address and namespace default to the tenant's (its Temporal configuration profile, its
+    # namespace in WFA_TENANT_NAMESPACES): only an explicit value is passed on.
     parser.add_argument(
         "--address",
-        default=address if defaults else suppress,
-        help=f"Temporal frontend host:port (env TEMPORAL_ADDRESS, now {address})",
+        default=None if defaults else suppress,
+        help=f"Temporal frontend host:port (default: the tenant's configuration profile, else env"
+        f" TEMPORAL_ADDRESS, now {address})",
     )
     parser.add_argument(
         "--namespace",
-        default=namespace if defaults else suppress,
-        help=f"namespace (env TEMPORAL_NAMESPACE, now {namespace})",
+        default=None if defaults else suppress,
+        help=f"namespace (default: the tenant's, WFA_TENANT_NAMESPACES / WFA_NAMESPACE_PER_TENANT,"
+        f" else env TEMPORAL_NAMESPACE, now {namespace})",
     )
     parser.add_argument(
         "--task-queue",
@@ -171,7 +177,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     parser.add_argument(
         "--tenant",
         default=tenant if defaults else suppress,
-        help=f"tenant of the stored definitions, dead letters and new runs (env {TENANT_ENV}, now {tenant})",
+        help=f"tenant of the stored definitions, dead letters and runs; selects its namespace and"
+        f" credentials, grants nothing (env {TENANT_ENV}, now {tenant})",
     )
     parser.add_argument(
         "--database-url",

@@ -89,13 +89,11 @@ from interpreter.state import (
 from interpreter.validate import definition_hash
 from starter import tokens
 from starter.config import (
-    ADDRESS_ENV,
     DATABASE_URL_ENV,
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,
     DEFAULT_TASK_QUEUE,
     DEFAULT_TENANT,
-    NAMESPACE_ENV,
     TASK_QUEUE_ENV,
     TENANT_ENV,
 )
@@ -437,6 +435,7 @@ class FlowClient:
         self.tenant = _check_tenant(
             tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT
         )
+        _check_namespace(self.tenant, client.namespace)
         self._database: Database | None = None if database is None or isinstance(database, str) else database
         self._database_url = database if isinstance(database, str) else None
         self._owns_database = self._database is None
@@ -454,11 +453,20 @@ class FlowClient:
         database_url: str | None = None,
         tenant: str | None = None,
     ) -> FlowClient:
-        """Connects to a Temporal server (the store is opened on first use).
+        """Connects to the tenant's namespace on a Temporal server (the store is opened on first use).
+
+        The namespace is the tenant's (:mod:`starter.tenancy`: ``WFA_TENANT_NAMESPACES``,
+        ``WFA_NAMESPACE_PER_TENANT``, else ``TEMPORAL_NAMESPACE``), and so are the credentials: the
+        Temporal configuration profile named after the tenant (``TEMPORAL_CONFIG_FILE``) if there
+        is one, else the default profile, ``TEMPORAL_API_KEY`` and ``TEMPORAL_TLS_*``. The tenant
+        selects credentials; it grants nothing the server would not grant them.
 
         Args:
-            address: ``host:port``; default ``$TEMPORAL_ADDRESS`` or ``127.0.0.1:7233``.
-            namespace: Default ``$TEMPORAL_NAMESPACE`` or ``default``.
+            address: ``host:port``; default the tenant's profile's, ``$TEMPORAL_ADDRESS`` or
+                ``127.0.0.1:7233``.
+            namespace: Default the tenant's namespace. In a deployment with namespaces per tenant,
+                another namespace than the tenant's is refused; otherwise it is the namespace of
+                every tenant (default ``$TEMPORAL_NAMESPACE`` or ``default``).
             task_queue: Default ``$TEMPORAL_TASK_QUEUE`` or ``workflow-automation``.
             database_url: The store's PostgreSQL; default ``$DATABASE_URL``, else the embedded
                 server under the local state folder.
@@ -470,15 +478,28 @@ class FlowClient:
         Raises:
             ServerUnavailableError: The server cannot be reached; the message names the address.
             InvalidTenantError: The tenant name is malformed.
+            InvalidInputError: A namespace not the tenant's, or an unusable tenancy configuration.
         """
-        address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-        namespace = namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+        from starter.tenancy import Tenancy, TenancyConfigError, connect_config
+
         task_queue = task_queue or os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
         tenant = _check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
         try:
-            client = await Client.connect(
-                address, namespace=namespace, data_converter=pydantic_data_converter
+            tenancy = Tenancy.from_env()
+            if namespace and not tenancy.isolated:
+                tenancy = Tenancy.from_env(default_namespace=namespace)
+            options = connect_config(tenant, tenancy)
+        except TenancyConfigError as err:
+            raise InvalidInputError(str(err)) from None
+        if namespace and namespace != options["namespace"]:
+            raise InvalidInputError(
+                f"tenant {tenant!r} lives in namespace {options['namespace']!r}, not {_brief(namespace, 200)}"
+                " (WFA_TENANT_NAMESPACES, WFA_NAMESPACE_PER_TENANT)"
             )
+        address = address or options.pop("target_host", None) or DEFAULT_ADDRESS
+        options.pop("target_host", None)
+        try:
+            client = await Client.connect(address, data_converter=pydantic_data_converter, **options)
         except ValueError as err:  # e.g. "invalid target URL: invalid port number"
             raise InvalidInputError(
                 f"invalid Temporal server address {_brief(address, 200)}: {err}"
@@ -1454,6 +1475,22 @@ def _check_tenant(tenant: str) -> str:
     from activities.store.repository import check_tenant
 
     return check_tenant(tenant)
+
+
+def _check_namespace(tenant: str, namespace: str) -> None:
+    """Refuses a client of ``tenant`` on another namespace than the tenant's (when tenants have
+    namespaces of their own): its runs would live where the tenant's credentials do not reach."""
+    from starter.tenancy import Tenancy, TenancyConfigError
+
+    try:
+        tenancy = Tenancy.from_env()
+    except TenancyConfigError as err:
+        raise InvalidInputError(str(err)) from None
+    if tenancy.isolated and not tenancy.belongs(tenant, namespace):
+        raise InvalidInputError(
+            f"tenant {tenant!r} lives in namespace {tenancy.namespace_of(tenant)!r}, not {namespace!r}"
+            " (WFA_TENANT_NAMESPACES, WFA_NAMESPACE_PER_TENANT)"
+        )
 
 
 async def _tenant_of(description: WorkflowExecutionDescription) -> str:
