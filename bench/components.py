@@ -84,6 +84,12 @@ class _FakeRuntime:
     def state_changed(self) -> None:
         pass
 
+    def task_key(self) -> int:
+        return len(self.calls)  # each action's result arrives in a workflow task of its own
+
+    def patched(self, patch_id: str) -> bool:
+        return True
+
 
 def _run_engine(definition: Any, loop: asyncio.AbstractEventLoop) -> None:
     info = RunInfo(workflow_id="wf", run_id="run", started_at=datetime(2026, 1, 1, tzinfo=UTC))

@@ -67,7 +67,7 @@ from interpreter.state import (
     StepStatus,
     clip,
 )
-from interpreter.templates import TemplateError, evaluate, render
+from interpreter.templates import WORK_BUDGET, TemplateError, evaluate, last_work, render
 
 PATCH_PAYLOAD_BUDGETS = "payload-budgets"
 """Patch id: an output that would bring the run's state over its budget fails its step. Asked only
@@ -80,6 +80,16 @@ required fields, types, lengths, enum values). Before it, only the names were ch
 when ``fields`` was given. Asked only where a decision the old rule accepted is now refused (a
 signal, or the update's handler, both run again on replay), so a history recorded before the
 change, where such a decision was accepted, replays as it was."""
+
+PATCH_TASK_WORK_BUDGET = "task-work-budget"
+"""Patch id: template work in one workflow task is bounded in total (see ``TASK_WORK_BUDGET``);
+asked only when the bound is passed, so runs within it carry no marker."""
+
+TASK_WORK_BUDGET = 2 * WORK_BUDGET
+"""Template work all of a run's evaluations may spend in one workflow task together. Each evaluation
+has its own budget, but concurrent foreach items or parallel branches evaluate in the same workflow
+task, which Temporal fails (and retries for ever) when it runs over 2 seconds; past this total the
+step that evaluates fails instead, with a message that says so."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
@@ -154,6 +164,11 @@ class Runtime(Protocol):
 
     async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
         """Records the decision taken on a dead letter row (idempotent)."""
+        ...
+
+    def task_key(self) -> int:
+        """Identifies the workflow task the engine runs in now (on Temporal, the history length at
+        its start): the same for all the engine does in one task, and the same again on replay."""
         ...
 
     def patched(self, patch_id: str) -> bool:
@@ -406,6 +421,8 @@ class Engine:
         self._visits: dict[str, int] = {}
         self._executions = 0
         self._state_size = 0
+        self._task_key: int | None = None
+        self._task_work = 0
         """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
         self._run_ctx = {
             "workflow_id": info.workflow_id,
@@ -429,7 +446,9 @@ class Engine:
             try:
                 await self._sequence(self.definition.steps, self._root)
                 output = self.definition.output
-                self.output = dict(self.vars) if output is None else render(output, self._context(self._root))
+                self.output = (
+                    dict(self.vars) if output is None else self._render(output, self._context(self._root))
+                )
             except _Succeed as done:
                 self.output = done.output
             self._set_state(RunState.COMPLETED)
@@ -640,7 +659,7 @@ class Engine:
         )
         self.records.append(record)
         try:
-            if step.when is not None and not evaluate(step.when, self._context(scope)):
+            if step.when is not None and not self._evaluate(step.when, self._context(scope)):
                 self._finish(record, StepStatus.SKIPPED)
                 return
             self.active[path] = step.label
@@ -675,6 +694,34 @@ class Engine:
         scope.last_output = record.output
         if step.next is not None:
             raise _Jump(step.next)
+
+    def _render(self, value: Any, context: Mapping[str, Any]) -> Any:
+        self._check_task_work()
+        try:
+            return render(value, context)
+        finally:
+            self._task_work += last_work()
+
+    def _evaluate(self, expression: str, context: Mapping[str, Any]) -> Any:
+        self._check_task_work()
+        try:
+            return evaluate(expression, context)
+        finally:
+            self._task_work += last_work()
+
+    def _check_task_work(self) -> None:
+        """Refuses to start an evaluation once this workflow task's evaluations together spent
+        ``TASK_WORK_BUDGET`` (so a task spends at most that plus one evaluation's budget)."""
+        key = self.runtime.task_key()
+        if key != self._task_key:
+            self._task_key, self._task_work = key, 0
+        if self._task_work >= TASK_WORK_BUDGET and self.runtime.patched(PATCH_TASK_WORK_BUDGET):
+            raise TemplateError(
+                "(templates evaluated together)",
+                f"the run's templates need more than {TASK_WORK_BUDGET} operations in one workflow task"
+                " (concurrent foreach items or parallel branches each evaluating heavy templates);"
+                " lower the concurrency or the work per template",
+            )
 
     def _admit(
         self,
@@ -737,7 +784,7 @@ class Engine:
         if isinstance(step, TaskStep):
             return await self._task(step, scope, path, record, visit)
         if isinstance(step, ConditionStep):
-            truth = bool(evaluate(step.if_, self._context(scope)))
+            truth = bool(self._evaluate(step.if_, self._context(scope)))
             chosen = step.then if truth else step.else_
             taken = {"branch": "then" if truth else ("else" if chosen else None)}
             await self._branch(chosen, scope, record, taken)
@@ -745,7 +792,7 @@ class Engine:
         if isinstance(step, SwitchStep):
             ctx = self._context(scope)
             for i, case in enumerate(step.cases):
-                if evaluate(case.when, ctx):
+                if self._evaluate(case.when, ctx):
                     await self._branch(case.then, scope, record, {"case": i})
                     return {"case": i}
             taken = {"case": "default" if step.default else None}
@@ -760,15 +807,15 @@ class Engine:
         if isinstance(step, ApprovalStep):
             return await self._approval(step, scope, path, record)
         if isinstance(step, SetStep):
-            values = render(dict(step.vars), self._context(scope))
+            values = self._render(dict(step.vars), self._context(scope))
             self.vars.update(values)
             return values
         if isinstance(step, SucceedStep):
-            output = render(step.output, self._context(scope))
+            output = self._render(step.output, self._context(scope))
             self._finish(record, StepStatus.COMPLETED, output=output)
             raise _Succeed(output)
         if isinstance(step, FailStep):
-            message = render(step.message, self._context(scope))
+            message = self._render(step.message, self._context(scope))
             raise _RunFailed(str(message), step.error_type)
         assert_never(step)
 
@@ -794,7 +841,7 @@ class Engine:
         request = ActionRequest(
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
-            input=render(dict(step.input), self._context(scope)),
+            input=self._render(dict(step.input), self._context(scope)),
             tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
@@ -1106,7 +1153,7 @@ class Engine:
         return {"winner": step.branches[winner].id, "output": results[0]}
 
     async def _foreach(self, step: ForeachStep, scope: _Scope, path: str) -> Any:
-        items = evaluate(step.items, self._context(scope))
+        items = self._evaluate(step.items, self._context(scope))
         if isinstance(items, Mapping) or not isinstance(items, list | tuple):
             raise _RunFailed(
                 f"step {path!r}: 'items' evaluated to {type(items).__name__}, not a list", "InvalidItems"
@@ -1123,7 +1170,7 @@ class Engine:
                 )
                 await self._sequence(step.steps, it)
                 if step.output is not None:
-                    return render(step.output, self._context(it))
+                    return self._render(step.output, self._context(it))
                 return it.last_output
 
         factories = [functools.partial(one, i, item) for i, item in enumerate(items)]
@@ -1135,13 +1182,13 @@ class Engine:
     async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()
         if step.duration is not None:
-            text = render(step.duration, self._context(scope))
+            text = self._render(step.duration, self._context(scope))
             try:
                 wait = parse_duration(str(text))
             except ValueError as err:
                 raise _RunFailed(f"step {step.id!r}: {err}", "InvalidDuration") from None
         elif step.until is not None:
-            text = str(render(step.until, self._context(scope)))
+            text = str(self._render(step.until, self._context(scope)))
             try:
                 until = datetime.fromisoformat(text)
             except ValueError:
@@ -1166,7 +1213,7 @@ class Engine:
         """The step's business hours, with a templated ``timezone`` rendered and checked."""
         if not hours.templated:
             return hours
-        zone = render(hours.timezone, self._context(scope))
+        zone = self._render(hours.timezone, self._context(scope))
         try:
             if not isinstance(zone, str):
                 raise ValueError(f"{zone!r} is not a time zone name")
@@ -1200,7 +1247,7 @@ class Engine:
                 step_id=step.id,
                 path=path,
                 approvers=list(step.approvers),
-                message=str(render(step.message, self._context(scope))),
+                message=str(self._render(step.message, self._context(scope))),
                 fields=None if step.fields is None else [f.name for f in step.form],
                 form=step.form,
                 since=start,

@@ -44,6 +44,7 @@ __all__ = [
     "check_template",
     "contains_template",
     "evaluate",
+    "last_work",
     "render",
     "template_strings",
 ]
@@ -130,6 +131,12 @@ class _Budget:
         cls._remaining.set([WORK_BUDGET])
 
     @classmethod
+    def spent(cls) -> int:
+        """The work spent since the last reset (by the evaluation that just ended)."""
+        left = cls._remaining.get(None)
+        return 0 if left is None else WORK_BUDGET - left[0]
+
+    @classmethod
     def charge(cls, units: int) -> None:
         left = cls._remaining.get(None)
         if left is None:
@@ -143,6 +150,12 @@ class _Budget:
 
 _CHARS_PER_OPERATION = 16
 """Scanning or copying characters is cheap: this many cost one operation."""
+
+
+def last_work() -> int:
+    """Operations the most recent :func:`render` or :func:`evaluate` in this context spent (also when
+    it failed), so a host can bound the total of many evaluations (see the engine's task budget)."""
+    return _Budget.spent()
 
 
 def _cost(value: Any) -> int:

@@ -172,6 +172,26 @@ def build_cases(internal: str, port: int, public: str, temporal: str) -> list[Ca
             error_type="TemplateError",
         ),
         Case(
+            "heavy templates in 100 concurrent items (one workflow task)",
+            [
+                {
+                    "id": "each",
+                    "type": "foreach",
+                    "items": "range(100) | list",
+                    "concurrency": 100,
+                    "steps": [
+                        setvar(
+                            "heavy",
+                            "{% for a in range(1000) %}{% set y = input['items']|map('string')|join(',') %}{% endfor %}",
+                        ),
+                        {"id": "pause", "type": "delay", "duration": "1s"},
+                    ],
+                }
+            ],
+            {"items": list(range(30))},
+            error_type="TemplateError",
+        ),
+        Case(
             "bomb in a parallel branch",
             [
                 {

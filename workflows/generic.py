@@ -218,6 +218,9 @@ class _TemporalRuntime:
         except ActivityError as err:
             raise _store_failure(err) from None
 
+    def task_key(self) -> int:
+        return workflow.info().get_current_history_length()
+
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
         # change applies there, with no marker to record (a refusal writes nothing to history).

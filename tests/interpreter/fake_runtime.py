@@ -219,6 +219,11 @@ class FakeRuntime:
         """Keeps the resolution in memory."""
         self.resolutions.append(resolution)
 
+    def task_key(self) -> int:
+        """A new workflow task begins when an action is called or virtual time moves (on Temporal an
+        action's result or a timer arrives in a task of its own); work in between is one task."""
+        return hash((len(self.calls), self._now))
+
     def patched(self, patch_id: str) -> bool:
         """Every patch applies: the fake only runs new code, it never replays."""
         del patch_id
