@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -20,7 +18,11 @@ from temporalio.client import Client
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from starter.client import FlowClient
 from starter.errors import InvalidInputError
+from tests.workflows.support import eventually
 from worker import build_worker
+
+LIST_WAIT_S = 60.0
+"""How long visibility may take to show a change (eventually consistent; a hang detector)."""
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -30,16 +32,6 @@ async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
         build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
     ):
         yield
-
-
-async def eventually(probe: Callable[[], Any], accept: Callable[[Any], bool], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        assert time.monotonic() < deadline, f"not reached: {value}"
-        await asyncio.sleep(0.2)
 
 
 def wfa(capsys: pytest.CaptureFixture[str], flows: FlowClient, *args: str) -> tuple[int, str, str]:
@@ -66,6 +58,8 @@ async def test_list_filters_runs_of_the_tenant(
     runs = await eventually(
         lambda: acme.list_runs(awaiting_approval=True),
         lambda found: [r.workflow_id for r in found] == [waiting.workflow_id],
+        timeout=LIST_WAIT_S,
+        interval=0.2,
     )
     assert (runs[0].definition, runs[0].version, runs[0].state, runs[0].tenant) == (
         f"wait-{marker}",
@@ -76,6 +70,8 @@ async def test_list_filters_runs_of_the_tenant(
     await eventually(
         lambda: acme.list_runs(state="completed"),
         lambda found: [r.workflow_id for r in found] == [f"quick-{marker}"],
+        timeout=LIST_WAIT_S,
+        interval=0.2,
     )
     assert [r.workflow_id for r in await acme.list_runs(definition=f"quick-{marker}", version=1)] == [
         f"quick-{marker}"
@@ -102,6 +98,8 @@ async def test_list_filters_runs_of_the_tenant(
     await eventually(
         lambda: acme.list_runs(state="cancelled"),
         lambda found: [r.workflow_id for r in found] == [waiting.workflow_id],
+        timeout=LIST_WAIT_S,
+        interval=0.2,
     )
     with pytest.raises(InvalidInputError):
         await acme.list_runs(definition="x' OR DefinitionName != '")

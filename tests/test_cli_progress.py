@@ -15,8 +15,7 @@ import asyncio
 import json
 import sys
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -33,6 +32,7 @@ from starter.cli import EXIT_OK, EXIT_RUN_FAILED, main
 from starter.client import FlowClient
 from tests.helpers.http_server import RecordedRequest, RecordingServer
 from tests.helpers.wfa_process import ROOT, wfa_env
+from tests.workflows.support import eventually
 from worker import build_worker
 
 LINE_WAIT_S = 120.0
@@ -52,16 +52,6 @@ async def flows(client: Client, database: Database, task_queue: str) -> AsyncIte
         ),
     ):
         yield FlowClient(client, task_queue=task_queue, database=database)
-
-
-async def eventually(probe: Callable[[], Any], accept: Callable[[Any], bool]) -> Any:
-    deadline = time.monotonic() + LINE_WAIT_S
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        assert time.monotonic() < deadline, f"not reached: {value}"
-        await asyncio.sleep(0.2)
 
 
 def wfa_in_process(capsys: pytest.CaptureFixture[str], flows: FlowClient, *args: str) -> tuple[int, str, str]:
@@ -94,6 +84,8 @@ async def test_status_shows_a_retrying_steps_attempt_and_its_bounded_error(
         described = await eventually(
             lambda: flows.describe(run.workflow_id),
             lambda d: any(p.attempt >= 2 for p in d.raw_description.pending_activities),
+            timeout=LINE_WAIT_S,
+            interval=0.2,
         )
         (pending,) = described.raw_description.pending_activities
         failure = pending.last_failure
@@ -272,7 +264,10 @@ async def test_redrive_replace_input_replaces_it(
     }
     run = await flows.start_run(definition, workflow_id=f"cli-replace-{uuid4()}")
     (row,) = await eventually(
-        lambda: flows.list_dead_letters(workflow_id=run.workflow_id), lambda rows: len(rows) == 1
+        lambda: flows.list_dead_letters(workflow_id=run.workflow_id),
+        lambda rows: len(rows) == 1,
+        timeout=LINE_WAIT_S,
+        interval=0.2,
     )
     code, _, err = await asyncio.to_thread(
         wfa_in_process,
