@@ -13,9 +13,20 @@ import json
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, assert_never
+from typing import Annotated, Any, ClassVar, Literal, assert_never
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    Tag,
+    model_serializer,
+    model_validator,
+)
 
 from interpreter.actions import RetryMode
 from interpreter.business_hours import BusinessHours
@@ -110,6 +121,22 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # Fields added after definitions were first stored: the content hash leaves each out while it
+    # holds its default, so a stored body keeps its hash when the model grows (see
+    # :func:`interpreter.validate.definition_hash`). Every field added from now on is listed here.
+    LATER_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _without_later_defaults(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        later = type(self).LATER_FIELDS
+        if later and isinstance(data, dict) and info.context and info.context.get("content_hash"):
+            fields = type(self).model_fields
+            for name in later:
+                if getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                    data.pop(name, None)
+        return data
 
 
 class RetryPolicy(StrictModel):
@@ -577,7 +604,8 @@ STEP_TYPES = (
 
 
 class TriggerType(StrEnum):
-    """How runs of a definition are meant to start (informational; starting is the caller's)."""
+    """The legacy, informational ``trigger`` field's kinds (kept so stored definitions and recorded
+    histories still parse; :data:`Definition.triggers` is what starts runs)."""
 
     MANUAL = "manual"
     EVENT = "event"
@@ -586,11 +614,104 @@ class TriggerType(StrEnum):
 
 
 class Trigger(StrictModel):
-    """The trigger a definition declares (seed 000: record-created, schedule, webhook)."""
+    """Legacy: the informational trigger of early definitions. It starts nothing; ``wfa validate``
+    refuses it in new definitions and names :class:`Definition`'s ``triggers`` instead."""
 
     type: TriggerType = TriggerType.MANUAL
     event: str | None = None
     schedule: str | None = None
+
+
+TRIGGER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+TriggerId = Annotated[str, Field(pattern=TRIGGER_ID_PATTERN)]
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+EventType = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN)]
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
+
+
+class OverlapPolicy(StrEnum):
+    """What a schedule does when a fire comes while the previous run is still open (Temporal's
+    ``ScheduleOverlapPolicy``)."""
+
+    SKIP = "skip"
+    BUFFER_ONE = "buffer_one"
+    BUFFER_ALL = "buffer_all"
+    CANCEL_OTHER = "cancel_other"
+    TERMINATE_OTHER = "terminate_other"
+    ALLOW_ALL = "allow_all"
+
+
+class ScheduleTrigger(StrictModel):
+    """Start a run on a calendar (``cron``) or every ``every``, as a Temporal Schedule."""
+
+    type: Literal["schedule"]
+    id: TriggerId = "schedule"
+    cron: str | None = None
+    every: Duration | None = None
+    timezone: str = "UTC"
+    overlap: OverlapPolicy = OverlapPolicy.SKIP
+    catchup_window: Duration = "1m"
+    jitter: Duration | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> ScheduleTrigger:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("a schedule trigger needs exactly one of 'cron' and 'every'")
+        return self
+
+
+class WebhookSignature(StrEnum):
+    """How an incoming webhook proves its sender."""
+
+    STANDARD_WEBHOOKS = "standard_webhooks"  # webhook-id, webhook-timestamp, webhook-signature
+    HMAC_SHA256 = "hmac_sha256"  # hex HMAC-SHA256 of the body in one header (GitHub-style)
+
+
+class WebhookTrigger(StrictModel):
+    """Start a run when a signed HTTP delivery reaches the gateway at
+    ``/hooks/{tenant}/{definition}/{id}``; the body (inert data) is the run input."""
+
+    type: Literal["webhook"]
+    id: TriggerId = "webhook"
+    signature: WebhookSignature = WebhookSignature.STANDARD_WEBHOOKS
+    secret: Annotated[str, Field(pattern=SECRET_NAME_PATTERN)]
+    header: str = "X-Signature-256"
+    replay_window: Duration = "5m"
+
+
+class EventTrigger(StrictModel):
+    """Start a run when an event of this type is published for the tenant; the event's data is
+    the run input."""
+
+    type: Literal["event"]
+    id: TriggerId = "event"
+    event: EventType
+
+
+class RowOperation(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class RowChangeTrigger(StrictModel):
+    """Start one run per changed row of a PostgreSQL table (installed with ``wfa triggers
+    install``); the change (operation, old and new row) is the run input."""
+
+    type: Literal["row_change"]
+    id: TriggerId = "row-change"
+    connection: Annotated[str, Field(pattern=SECRET_NAME_PATTERN)]
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")]
+    operations: list[RowOperation] = Field(
+        default_factory=lambda: [RowOperation.INSERT], min_length=1, max_length=3
+    )
+
+
+DefinitionTrigger = Annotated[
+    ScheduleTrigger | WebhookTrigger | EventTrigger | RowChangeTrigger,
+    Field(discriminator="type"),
+]
 
 
 class Definition(StrictModel):
@@ -606,7 +727,10 @@ class Definition(StrictModel):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
     version: int = Field(default=1, ge=1)
     description: str = ""
-    trigger: Trigger = Trigger()
+    LATER_FIELDS = frozenset({"triggers"})
+
+    trigger: Trigger = Trigger()  # legacy, informational; see ``triggers``
+    triggers: list[DefinitionTrigger] = Field(default_factory=list, max_length=20)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     steps: list[Step] = Field(min_length=1)

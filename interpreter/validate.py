@@ -111,8 +111,12 @@ def load_definition(
 def definition_hash(definition: Definition) -> str:
     """The content hash of a definition: sha256 of its canonical JSON (sorted keys, every default
     filled in), without ``version``: the registry numbers versions, and the same content registered
-    again, or started from a file, has the same hash."""
-    body = definition.model_dump(mode="json", by_alias=True, exclude={"version"})
+    again, or started from a file, has the same hash. Fields added to the model later
+    (``LATER_FIELDS`` of each model) are left out while they hold their default, so a stored body
+    keeps its hash when the model grows."""
+    body = definition.model_dump(
+        mode="json", by_alias=True, exclude={"version"}, context={"content_hash": True}
+    )
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
