@@ -55,6 +55,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import build_activities
 from activities.dead_letters import build_store_activities
 from activities.outbound import OutboundPolicy, build_http_client
+from activities.run_control import request_cancel
 from activities.secrets import (
     SecretsConfigError,
     configure_secret_store,
@@ -65,7 +66,7 @@ from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_dat
 from activities.store.errors import StoreError
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOWS
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
@@ -151,9 +152,10 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RunDefinitionWorkflow, *extra_workflows],
+        workflows=[*WORKFLOWS, *extra_workflows],
         activities=[
             *build_activities(http_client),
+            request_cancel,
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
         ],

@@ -735,8 +735,10 @@ class FlowClient:
             ]
         )
         try:
-            handle = await self.client.start_workflow(
-                RunDefinitionWorkflow.run,
+            handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
+                # The workflow type is the definition's name (the Web UI lists runs by it); the
+                # worker's dynamic workflow serves it (workflows.generic.DefinitionNamedWorkflow).
+                parsed.name,
                 RunInput(
                     definition=parsed,
                     input=run_input,
@@ -747,7 +749,13 @@ class FlowClient:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attributes,
-                static_summary=f"{parsed.name} v{parsed.version}",
+                static_summary=_clip(
+                    f"{parsed.name} v{parsed.version} · tenant {self.tenant} · {wf_id}", 200
+                ),
+                static_details=(
+                    f"**Definition** {parsed.name} v{parsed.version} ({source})\n\n"
+                    f"**Tenant** {self.tenant}\n\n**Business key** {wf_id}\n\n**Hash** `{digest}`"
+                ),
                 memo={
                     "definition": parsed.name,
                     "version": parsed.version,
@@ -1539,3 +1547,8 @@ def _result_from_failure(err: WorkflowFailureError) -> RunResult:
     if isinstance(cause, TemporalTimeoutError):
         return RunResult(state=RunState.FAILED, error="the run timed out", error_type="WorkflowTimedOut")
     return RunResult(state=RunState.FAILED, error=str(cause or err), error_type=type(cause or err).__name__)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -44,7 +44,7 @@ from interpreter.validate import load_definition
 from starter.devserver import ensure_search_attributes, find_temporal_cli
 from tests.helpers.http_server import RecordingServer
 from worker import build_worker
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
 from workflows.search_attributes import ALL_KEYS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -59,6 +59,7 @@ class Scenario:
     definition: Callable[[str], dict[str, Any]]  # base URL of the HTTP server -> definition
     input: dict[str, Any]
     drive: Driver | None = None  # what a user does while the run is open
+    named: bool = False  # started under the definition's name (the dynamic workflow), not RunDefinition
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -279,6 +280,13 @@ def _order(base: str) -> dict[str, Any]:
     }
 
 
+def _compensated_order(base: str) -> dict[str, Any]:
+    document = _order(base)
+    document["name"] = "replay-named-compensated"
+    document["steps"][-1]["on_failure"] = "compensate"
+    return document
+
+
 def _long_delay(name: str) -> Callable[[str], dict[str, Any]]:
     def build(base: str) -> dict[str, Any]:
         return {
@@ -470,6 +478,25 @@ def scenarios() -> list[Scenario]:
             {},
             _drive_cancel_in_flight,
         ),
+        Scenario(
+            "named_compensated",
+            "started under the definition's name (dynamic workflow); ship fails with on_failure "
+            "compensate: refund and release, the execution closes as failed with type RunCompensated "
+            "(patch compensated-closes-failed)",
+            _compensated_order,
+            {"sku": "X"},
+            named=True,
+        ),
+        Scenario(
+            "named_cancel_signal",
+            "started under the definition's name; the cancel signal during a 3-day delay asks Temporal "
+            "to cancel the run through an activity (patch cancel-signal-canceled): compensation, closed "
+            "as Canceled",
+            _long_delay("replay-named-cancel-signal"),
+            {},
+            _drive_cancel_signal,
+            named=True,
+        ),
     ]
 
 
@@ -485,8 +512,8 @@ def without_stack_traces(value: Any) -> Any:
 async def record(scenario: Scenario, client: Client, task_queue: str, base: str, out: Path) -> str:
     document = scenario.definition(base)
     workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
-    handle = await client.start_workflow(
-        RunDefinitionWorkflow.run,
+    handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+        document["name"] if scenario.named else WORKFLOW_NAME,
         RunInput(definition=load_definition(document), input=scenario.input),
         id=workflow_id,
         task_queue=task_queue,

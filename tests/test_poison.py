@@ -468,7 +468,10 @@ async def test_the_poison_corpus_leaves_no_run_stuck_and_the_worker_alive(
             handle = handles[case.name]
             assert isinstance(case.expect, RunState)
             # The expected state, or any final one (a wrong final state is reported, not waited out).
-            status = await _settle(handle, {case.expect} | FINAL, deadline)
+            try:
+                status = await _settle(handle, {case.expect} | FINAL, deadline)
+            except AssertionError as err:
+                raise AssertionError(f"case {case.name}: {err}") from None
             if case.then is not None and status.state == case.expect:
                 await case.then(handle)
                 assert case.then_expect is not None

@@ -20,6 +20,7 @@ recorded as refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -80,6 +81,14 @@ PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
 """Patch id: a run started without search attributes also gets ``Tenant``."""
 PATCH_CURRENT_STEP_ON_WAITS = "current-step-on-waits"
 """Patch id: CurrentStep is upserted where the run waits (RunOptions.current_step), not every step."""
+PATCH_CANCEL_SIGNAL_CANCELED = "cancel-signal-canceled"
+"""Patch id: the ``cancel`` signal asks Temporal to cancel the run (an activity), so it closes as
+Canceled; before, it cancelled itself and closed as failed (``RunCancelled``)."""
+PATCH_COMPENSATED_FAILS = "compensated-closes-failed"
+"""Patch id: a compensated run closes as failed with type ``RunCompensated`` (its result in the
+failure's details), not as a completed (green) execution."""
+REQUEST_CANCEL_ACTIVITY = "request_cancel"
+"""The activity through which the ``cancel`` signal asks Temporal to cancel the run."""
 PATCH_BOUNDED_DECISIONS = "bounded-decisions"
 """Patch id: a signalled decision whose actor, reason or data is too large is refused (recorded)."""
 CANCEL_HANDOFF_S = 60.0
@@ -268,6 +277,17 @@ class RunDefinitionWorkflow:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
         self._ensure_identity(run)
+        if (
+            self._cancel_update is not None
+            and self._self_cancelled is None
+            and workflow.patched(PATCH_CANCEL_SIGNAL_CANCELED)
+        ):
+            # Cancelled before the first step (signal- or update-with-start): no step starts while
+            # Temporal's cancellation is on its way; it (or the fallback) cancels this wait.
+            with contextlib.suppress(asyncio.CancelledError):
+                await workflow.wait_condition(lambda: self._self_cancelled is not None)
+            if self._main is not None:
+                self._main.cancel()
         if self._self_cancelled is not None and self._main is not None:
             self._main.cancel()
         result = await self._engine.run()
@@ -283,6 +303,14 @@ class RunDefinitionWorkflow:
                 result.error or "cancelled",
                 result.model_dump(mode="json"),
                 type="RunCancelled",
+                non_retryable=True,
+            )
+        if result.state == RunState.COMPENSATED and workflow.patched(PATCH_COMPENSATED_FAILS):
+            # Not a success: closes as failed (red in the Web UI), the error type saying why.
+            raise ApplicationError(
+                f"compensated: {result.error or 'a step failed'}",
+                result.model_dump(mode="json"),
+                type="RunCompensated",
                 non_retryable=True,
             )
         if result.state == RunState.FAILED:
@@ -333,7 +361,32 @@ class RunDefinitionWorkflow:
                 "cancel", request.actor, f"the run is already cancelling (requested by {earlier.actor!r})"
             )
             return
+        if workflow.patched(PATCH_CANCEL_SIGNAL_CANCELED):
+            # Temporal's own cancellation, asked for through an activity (a workflow cannot request
+            # its own): the run closes as Canceled. Without it within the hand-off time, as before.
+            self._cancel_update = request.clipped()
+            self._engine.cancel_request = self._cancel_update
+            self._handoff = asyncio.create_task(self._request_temporal_cancel(self._cancel_update))
+            return
         self._cancel_self(request.clipped())
+
+    async def _request_temporal_cancel(self, request: CancelRequest) -> None:
+        info = workflow.info()
+        try:
+            await workflow.execute_activity(
+                REQUEST_CANCEL_ACTIVITY,
+                args=[info.workflow_id, info.run_id],
+                # Bounded even when no worker serves it: the run then cancels itself.
+                schedule_to_close_timeout=timedelta(seconds=CANCEL_HANDOFF_S),
+                start_to_close_timeout=timedelta(seconds=15),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                summary=f"cancel requested by {request.actor}: asking Temporal to cancel the run",
+            )
+        except ActivityError:
+            workflow.logger.warning("could not request Temporal's cancellation; cancelling the run itself")
+            self._cancel_self(request)
+            return
+        await self._await_temporal_cancel(request)
 
     @workflow.signal(dynamic=True)
     def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
@@ -594,3 +647,47 @@ class RunDefinitionWorkflow:
         if details != self._details:
             self._details = details
             workflow.set_current_details(details)
+
+
+@workflow.defn(dynamic=True)
+class DefinitionNamedWorkflow(RunDefinitionWorkflow):
+    """The generic workflow under the definition's name: runs started with the definition's name as
+    their workflow type (what the Web UI lists) are served by this dynamic workflow, which is
+    :class:`RunDefinitionWorkflow` with its input decoded by hand. Runs started as
+    ``RunDefinition`` (before, or by older clients) keep being served, and replayed, by that one.
+
+    A worker serving this takes every workflow type it has no other workflow for: the other
+    workflows of this product are registered under names with capitals, which definition names
+    (lowercase) cannot take.
+    """
+
+    @workflow.init
+    def __init__(self, args: Sequence[RawValue]) -> None:
+        super().__init__(self._run_input(args))
+
+    @workflow.run
+    async def run(self, args: Sequence[RawValue]) -> RunResult:  # type: ignore[override]
+        return await super().run(self._run_input(args))
+
+    @staticmethod
+    def _run_input(args: Sequence[RawValue]) -> RunInput:
+        if len(args) != 1:
+            raise ApplicationError(
+                f"a run takes one argument (the run input), not {len(args)}",
+                type="InvalidRunInput",
+                non_retryable=True,
+            )
+        try:
+            decoded = workflow.payload_converter().from_payload(args[0].payload, RunInput)
+        except Exception as err:
+            raise ApplicationError(
+                f"the run input is not a run input: {clip(str(err))}",
+                type="InvalidRunInput",
+                non_retryable=True,
+            ) from None
+        assert isinstance(decoded, RunInput)
+        return decoded
+
+
+WORKFLOWS: tuple[type, ...] = (RunDefinitionWorkflow, DefinitionNamedWorkflow)
+"""The product's run workflows, for ``Worker(workflows=...)`` and the replayer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -100,8 +100,14 @@ async def test_on_failure_compensate_ends_the_run_as_compensated(
 ) -> None:
     _program(http_server)
     doc = order_definition(unique("order-comp"), http_server.url, ship_on_failure="compensate")
-    result = await (await start(client, task_queue, doc, {"sku": "X", "amount": 5})).result()
+    handle = await start(client, task_queue, doc, {"sku": "X", "amount": 5})
+    cause, result = await failure_of(handle)
 
+    # Not a green success in the Web UI: the execution failed, its type saying it was compensated.
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunCompensated"
+    assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+    assert result is not None
     assert result.state == RunState.COMPENSATED
     assert result.error_type == "HttpClientError"
     assert [r.path for r in http_server.requests("POST")] == [

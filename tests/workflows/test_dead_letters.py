@@ -26,7 +26,7 @@ from starter.errors import DecisionRefusedError
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually, record, unique
 from worker import build_worker, workflow_runner
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOWS
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -175,7 +175,7 @@ async def test_a_decision_taken_the_moment_the_row_appears_is_accepted(
         Worker(
             client,
             task_queue=task_queue,
-            workflows=[RunDefinitionWorkflow],
+            workflows=list(WORKFLOWS),
             activities=[*build_activities(http_client), *build_store_activities(database.session_factory)],
             workflow_runner=workflow_runner(),
             max_concurrent_workflow_tasks=1,

@@ -22,7 +22,7 @@ from interpreter.state import Decision, DecisionKind, DecisionRequest, RunState
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import definition, events, eventually, start, status, unique, wait_state
 from worker import workflow_runner
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOWS, RunDefinitionWorkflow
 
 UPDATE_EVENTS = (
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ADMITTED,
@@ -100,7 +100,7 @@ async def test_form_data_cannot_redirect_the_payout(
     patch_markers = [m for m in markers if PATCH_DECLARED_FORM_FIELDS.encode() in m.SerializeToString()]
     assert len(patch_markers) == (1 if declared is None else 0)
     replayer = Replayer(
-        workflows=[RunDefinitionWorkflow],
+        workflows=list(WORKFLOWS),
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )

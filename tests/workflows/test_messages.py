@@ -10,7 +10,7 @@ import io
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
@@ -108,12 +108,16 @@ async def test_cancel_signal_with_start_cancels_before_any_step(
         start_signal="cancel",
         start_signal_args=[CancelRequest(actor="ops", reason="never mind")],
     )
-    cause, result = await failure_of(handle)
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "RunCancelled"
-    assert result is not None
-    assert result.state == RunState.CANCELLED
-    assert await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == []
+    cause, _ = await failure_of(handle)
+    assert isinstance(cause, CancelledError)  # closed as Canceled, through Temporal's cancellation
+    final = await status(handle)
+    assert final.state == RunState.CANCELLED
+    assert final.error == "cancelled by ops: never mind"
+    # No step ran: the only activity is the one asking Temporal for the cancellation.
+    scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == [
+        "request_cancel"
+    ]
 
 
 async def test_cancel_while_awaiting_approval_clears_the_approval(
@@ -137,14 +141,12 @@ async def test_cancel_while_awaiting_approval_clears_the_approval(
     handle = await start(client, task_queue, doc)
     await wait_state(handle, RunState.AWAITING_APPROVAL)
     await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor="ops"))
-    cause, result = await failure_of(handle)
+    cause, _ = await failure_of(handle)
 
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "RunCancelled"
-    assert result is not None
-    assert record(result, "review").status == StepStatus.CANCELLED
-    assert record(result, "compensate/prep/undo").output == "undone"
+    assert isinstance(cause, CancelledError)
     final = await status(handle)
+    assert record(final, "review").status == StepStatus.CANCELLED
+    assert record(final, "compensate/prep/undo").output == "undone"
     assert final.pending_approvals == []
     attrs = (await handle.describe()).typed_search_attributes
     assert attrs.get(AWAITING_APPROVAL) is False

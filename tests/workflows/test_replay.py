@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
 
     from interpreter.state import RunInput, RunResult
     from worker import workflow_runner
-    from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
+    from workflows.generic import WORKFLOW_NAME, WORKFLOWS, RunDefinitionWorkflow
 
 HISTORIES = Path(__file__).parent.parent / "histories"  # no resolve(): no I/O when the sandbox imports this
 # Listed when pytest imports the module; the sandbox's re-import lists nothing (and runs no test).
@@ -46,7 +46,7 @@ def test_every_scenario_has_a_recorded_history() -> None:
 async def test_recorded_history_replays(file_name: str) -> None:
     data, history = _load(file_name)
     replayer = Replayer(
-        workflows=[RunDefinitionWorkflow],
+        workflows=list(WORKFLOWS),
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )
