@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wfa",
         description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
         epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
-        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting,"
+        "or no worker (or schedules not written after a registry change), 4 unknown run, definition, version,"
+        " dead letter or schedule, 5 refused, 6 timed out waiting,"
         " 70 internal error (a bug).",
     )
     _add_connection_options(parser, defaults=True)
