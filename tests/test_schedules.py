@@ -33,7 +33,7 @@ from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABL
 from starter.client import FlowClient, RunSummary
 from starter.errors import InvalidRunInputError, ScheduleSyncError
 from starter.schedules import ScheduleInfo, schedule_id
-from starter.triggers import live_triggers
+from starter.triggers import live_triggers, live_triggers_of_every_tenant
 from tests.workflows.support import eventually
 from worker import build_worker
 from workflows.search_attributes import DEFINITION_VERSION
@@ -351,6 +351,11 @@ async def test_live_triggers_are_those_of_the_active_versions(flows: FlowClient,
     assert await live_triggers(flows, "webhook") == []
     await flows.rollback(name, actor="ops")
     assert [t.trigger.id for t in await live_triggers(flows, "webhook")] == ["shop"]
+    # A service of every tenant (a platform login) reads them all at once.
+    everyone = await live_triggers_of_every_tenant((await flows.database()).session_factory, "webhook", name)
+    assert [(t.tenant, t.definition, t.version, t.trigger.id) for t in everyone] == [
+        (tenant, name, 1, "shop")
+    ]
     other = FlowClient(
         flows.client, task_queue=flows.task_queue, database=await flows.database(), tenant=unique("other")
     )

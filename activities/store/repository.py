@@ -795,6 +795,40 @@ class DefinitionStore:
         )
 
 
+async def active_definitions_of_every_tenant(
+    session_factory: SessionFactory, name: str | None = None
+) -> list[tuple[str, ResolvedDefinition]]:
+    """``(tenant, active version)`` of every name of every tenant the connecting login may see
+    (a platform login: all; a tenant's login: its own, by row-level security), sorted by tenant
+    and name. For services that serve every tenant (the gateway's listeners)."""
+    query = (
+        select(DefinitionRow.tenant, DefinitionRow.name, *_RESOLVED)
+        .join(
+            DefinitionHeadRow,
+            (DefinitionHeadRow.tenant == DefinitionRow.tenant)
+            & (DefinitionHeadRow.name == DefinitionRow.name)
+            & (DefinitionHeadRow.active_version == DefinitionRow.version),
+        )
+        .order_by(DefinitionRow.tenant, DefinitionRow.name)
+    )
+    if name is not None:
+        query = query.where(DefinitionHeadRow.name == name)
+    async with (
+        db_errors(_url_of(session_factory), "every tenant"),
+        _reader(session_factory).connect() as conn,
+    ):
+        rows = (await conn.execute(query)).all()
+    return [
+        (
+            tenant,
+            ResolvedDefinition(
+                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+            ),
+        )
+        for tenant, row_name, version, body, digest, _archived in rows
+    ]
+
+
 _READERS: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
