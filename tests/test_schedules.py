@@ -249,6 +249,12 @@ async def test_pause_unpause_trigger_and_backfill(
 
     sid = await flows.trigger_schedule(name)
     assert sid == first.id
+
+    async def listed_ids() -> list[str]:
+        return [item.id async for item in await client.list_schedules()]
+
+    # What the Web UI's Schedules page and `temporal schedule list` read (ListSchedules).
+    await eventually(listed_ids, lambda ids: sid in ids, timeout=60, what=f"{sid} in ListSchedules")
     await eventually(
         lambda: runs_of(flows, name), lambda rs: len(rs) == 1, timeout=60, what="the triggered run"
     )
