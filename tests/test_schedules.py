@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from activities.store.errors import NoActiveVersionError
 from activities.store.models import DefinitionHeadRow, DefinitionRow
 from activities.store.repository import DefinitionStore
 from interpreter.validate import definition_hash, load_definition
-from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, main
+from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient, RunSummary
 from starter.errors import InvalidRunInputError, ScheduleSyncError
 from starter.schedules import ScheduleInfo, schedule_id
@@ -429,7 +430,7 @@ async def test_every_start_checks_the_input_schema(
     assert (await run.result(timeout=30)).state == "completed"
 
     file = tmp_path / "typed.json"
-    file.write_text(__import__("json").dumps({**plain(unique(), "typed"), "input_schema": schema}))
+    file.write_text(json.dumps({**plain(unique(), "typed"), "input_schema": schema}))
     args = ["--address", flows.address, "--namespace", flows.namespace, "--task-queue", flows.task_queue]
     code = await cli(["start", str(file), "--input", '{"order": {"id": 7, "items": []}}', *args])
     err = capsys.readouterr().err
@@ -445,3 +446,71 @@ async def test_every_start_checks_the_input_schema(
     )
     with pytest.raises(ValueError, match=r"\$\.triggers\[0\]\.input\.who"):
         await flows.register(bad, author="ann")
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+async def test_the_schedules_cli(
+    flows: FlowClient,
+    client: Client,
+    tenant: str,
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = unique()
+    sid = schedule_id(tenant, name, "tick")
+    file = tmp_path / "hourly.json"
+    file.write_text(json.dumps(scheduled(name, "cli", every="1h")))
+    conn = ["--tenant", tenant, "--address", flows.address, "--namespace", flows.namespace]
+    conn += ["--task-queue", flows.task_queue, "--database-url", database_url]
+
+    async def wfa(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await cli([*args, *conn])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = await wfa("definitions", "register", str(file), "--author", "ann")
+    assert code == EXIT_OK, err
+    assert f"schedule {sid} starts {name} v1" in out
+    await version_becomes(client, sid, 1)
+    code, out, _ = await wfa("schedules", "list")
+    assert code == EXIT_OK
+    [row] = [line for line in out.splitlines() if line.startswith(sid)]
+    assert "every 1h (UTC)" in row
+    assert "active" in row
+    code, out, _ = await wfa("schedules", "list", name, "--json")
+    [item] = json.loads(out)
+    assert item["id"] == sid
+    assert item["version"] == 1
+    assert item["in_sync"] is True
+
+    code, _, err = await wfa(
+        "schedules", "backfill", name, "--start", "yesterday", "--end", "2026-12-01T00:00:00Z"
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "not an ISO 8601 time" in err
+    code, _, err = await wfa("schedules", "pause", f"{name}:nope")
+    assert code == EXIT_NOT_FOUND
+    assert "no schedule" in err
+
+    code, out, err = await wfa("definitions", "deactivate", name, "--actor", "ops")
+    assert code == EXIT_OK, err
+    assert f"schedule {sid} deleted" in out
+    await version_becomes(client, sid, None)
+    code, _, err = await wfa("start", name)
+    assert code == EXIT_REFUSED
+    assert "has no active version" in err
+    code, _, _ = await wfa("schedules", "trigger", name)
+    assert code == EXIT_NOT_FOUND
+    code, out, _ = await wfa("schedules", "list")
+    assert "no schedule triggers" in out
+    code, out, _ = await wfa("definitions", "list")
+    [listed_name] = [line for line in out.splitlines() if line.startswith(name)]
+    assert listed_name.split()[1] == "deactivated"
+    code, out, _ = await wfa("definitions", "activate", name, "1", "--actor", "ops")
+    assert code == EXIT_OK
+    assert "(was deactivated)" in out
+    await version_becomes(client, sid, 1)
