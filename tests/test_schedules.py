@@ -492,6 +492,8 @@ async def test_the_schedules_cli(
     )
     assert code == EXIT_BAD_INPUT
     assert "not an ISO 8601 time" in err
+    code, _, err = await wfa("schedules", "sync", unique("missing"))
+    assert code == EXIT_NOT_FOUND
     code, _, err = await wfa("schedules", "pause", f"{name}:nope")
     assert code == EXIT_NOT_FOUND
     assert "no schedule" in err
