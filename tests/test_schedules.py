@@ -516,3 +516,17 @@ async def test_the_schedules_cli(
     assert code == EXIT_OK
     assert "(was deactivated)" in out
     await version_becomes(client, sid, 1)
+
+
+async def test_concurrent_activations_leave_the_schedule_of_the_last_one(
+    flows: FlowClient, client: Client, tenant: str
+) -> None:
+    name = unique()
+    sid = schedule_id(tenant, name, "tick")
+    for marker in ("one", "two", "three"):
+        await flows.register(scheduled(name, marker, every="1h"), author="ann")
+    await asyncio.gather(*(flows.activate(name, 2 + i % 2, actor=f"op{i}") for i in range(8)))
+    active = (await flows.resolve(name)).version
+    await version_becomes(client, sid, active)
+    [item] = await flows.list_schedules(name)
+    assert item.in_sync

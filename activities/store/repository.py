@@ -661,6 +661,19 @@ class DefinitionStore:
             for row_name, version, body, digest, _archived in rows
         ]
 
+    @asynccontextmanager
+    async def sync_lock(self, name: str) -> AsyncIterator[None]:
+        """Serialises the writers of one name's triggers elsewhere (its Temporal Schedules): held
+        while reading the active version and writing what follows from it, so two activations'
+        syncs cannot leave the older version's schedule behind (the later sync reads the later
+        version). A separate lock from the registry's writes, which it never delays."""
+        async with self._session() as session, session.begin():
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"wfa-trigger-sync/{self.tenant}/{name}"},
+            )
+            yield
+
     async def trigger_ids(self, name: str, kind: str) -> list[str]:
         """The ids of the triggers of one kind that any version of ``name`` declares (archived ones
         too), sorted: everything a sync may have to remove."""
