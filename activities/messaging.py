@@ -214,7 +214,7 @@ def _provider(account: str) -> _Provider:
             type="ActionNotConfigured",
             non_retryable=True,
         )
-    sid = require_setting(f"{account}_ACCOUNT_SID", "sms")
+    sid = require_setting(f"{account}_ACCOUNT_SID", "messaging")
     if not _SID.fullmatch(sid):
         raise ApplicationError(
             f"setting {account}_ACCOUNT_SID is not an account id",
@@ -259,9 +259,13 @@ class MessagingActions:
         self._client = client
 
     async def _send(
-        self, request: ActionRequest, spec: ActionInput, resource: str, form: dict[str, str], account: str
+        self,
+        request: ActionRequest,
+        spec: ActionInput,
+        resource: str,
+        form: dict[str, str],
+        provider: _Provider,
     ) -> dict[str, Any]:
-        provider = _provider(account)
         url = f"{provider.base_url}/{API_VERSION}/Accounts/{quote(provider.account_sid)}/{resource}.json"
         token = idempotency_token(request.idempotency_key)
         what = f"POST {resource} at {urlsplit(provider.base_url).netloc}"
@@ -290,7 +294,8 @@ class MessagingActions:
             ApplicationError: Classified as in the module docstring.
         """
         spec: SmsInput = _parse(SmsInput, "sms", request)
-        sender = spec.from_ or tenant_setting(f"{spec.account}_FROM")
+        provider = _provider(spec.account)
+        sender = spec.from_ or provider.sender
         if not sender:
             raise ApplicationError(
                 f"invalid sms input: from: no sender given and the tenant has no setting {spec.account}_FROM",
@@ -300,7 +305,7 @@ class MessagingActions:
         form = {"To": spec.to, "From": sender, "Body": spec.body}
         if spec.status_callback:
             form["StatusCallback"] = spec.status_callback
-        return await self._send(request, spec, "Messages", form, spec.account)
+        return await self._send(request, spec, "Messages", form, provider)
 
     @action("call")
     async def call(self, request: ActionRequest) -> dict[str, Any]:
@@ -310,7 +315,8 @@ class MessagingActions:
             ApplicationError: Classified as in the module docstring.
         """
         spec: CallInput = _parse(CallInput, "call", request)
-        sender = spec.from_ or tenant_setting(f"{spec.account}_FROM")
+        provider = _provider(spec.account)
+        sender = spec.from_ or provider.sender
         if not sender:
             raise ApplicationError(
                 f"invalid call input: from: no caller number given and the tenant has no setting {spec.account}_FROM",
@@ -324,7 +330,7 @@ class MessagingActions:
             form["Url"] = spec.url
         if spec.status_callback:
             form["StatusCallback"] = spec.status_callback
-        return await self._send(request, spec, "Calls", form, spec.account)
+        return await self._send(request, spec, "Calls", form, provider)
 
     @action("sms_status")
     async def sms_status(self, request: ActionRequest) -> dict[str, Any]:

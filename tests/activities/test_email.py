@@ -17,7 +17,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.email import MAX_ATTACHMENTS_BYTES, EmailActions, html_to_text, message_id_for
 from activities.outbound import OutboundPolicy
-from activities.secrets import FileSecretStore, Secret, configure_secret_store
+from activities.secrets import Secret, configure_secret_store
 from interpreter.actions import ActionRequest, ActionResult
 from interpreter.state import RunState, StepStatus
 from starter.mailbox import LocalMailbox
@@ -130,7 +130,9 @@ async def test_the_server_receives_headers_both_parts_and_attachments(
     ]
 
 
-async def test_html_only_gets_a_derived_text_part(mailbox: LocalMailbox, tenant_settings: dict[str, Any]) -> None:
+async def test_html_only_gets_a_derived_text_part(
+    mailbox: LocalMailbox, tenant_settings: dict[str, Any]
+) -> None:
     tenant_settings["default"] = settings(mailbox)
     html = (
         "<html><head><style>p{color:red}</style></head><body><h1>Check-in</h1><p>Hello &amp; welcome,"
@@ -188,7 +190,8 @@ async def test_login_with_the_tenants_credentials_never_shows_the_password(
     assert error.type == "EmailAuthenticationFailed"
     assert error.non_retryable
     assert "535" in error.message
-    assert PASSWORD not in error.message and PASSWORD not in str(error.details)
+    assert PASSWORD not in error.message
+    assert PASSWORD not in str(error.details)
 
     # The password may go only to the hosts its secret names.
     tenant_settings["default"]["SMTP_PASSWORD"] = Secret(PASSWORD, ("smtp.provider.example",))
@@ -331,7 +334,8 @@ async def test_a_run_escapes_hostile_data_in_html_and_retries_a_4xx(
     first, second = mailbox.received
     assert first.message_id == second.message_id == step.output["message_id"]
     html = second.part("text/html")
-    assert "<script>" not in html and "<img" not in html
+    assert "<script>" not in html
+    assert "<img" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=steal()&gt;" in html
     assert "<p>Hello Martinez &amp; Sons,</p>" in html
     # The text part shows the data as the text it is.
