@@ -168,7 +168,9 @@ async def provider_request(
         return status, body
     code = body.get("code") if isinstance(body, dict) else None
     text = body.get("message") if isinstance(body, dict) else None
-    shown = str(text if text is not None else (body if isinstance(body, str) else ""))[:500]
+    if text is None:  # not the provider's error shape: show what the receiver said
+        text = body if isinstance(body, str) else json.dumps(body) if body is not None else ""
+    shown = str(text)[:500]
     details = {"status_code": status, "code": code, "message": shown}
     if isinstance(body, dict) and isinstance(body.get("more_info"), str):
         details["more_info"] = body["more_info"][:200]
