@@ -22,7 +22,15 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 class RetryMode(StrEnum):
@@ -242,6 +250,19 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+Addresses = Annotated[
+    list[EmailAddress], BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])
+]
+"""One address or a list of them (a list once validated)."""
+
+Recipients = Annotated[
+    list[EmailAddress],
+    BeforeValidator(_one_or_many, json_schema_input_type=str | Annotated[list[str], Field(min_length=1)]),
+    Field(min_length=1),
+]
+"""One address or a non-empty list of them."""
+
+
 def _phone(value: str) -> str:
     if not re.fullmatch(r"(?:whatsapp:)?\+[1-9][0-9]{6,14}", value.strip()):
         raise ValueError("must be a phone number in E.164 form, e.g. +13125550100 (or whatsapp:+1...)")
@@ -317,9 +338,9 @@ class EmailInput(ActionInput):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
-    to: list[EmailAddress] = Field(min_length=1)
-    cc: list[EmailAddress] = Field(default_factory=list)
-    bcc: list[EmailAddress] = Field(default_factory=list)
+    to: Recipients
+    cc: Addresses = Field(default_factory=list)
+    bcc: Addresses = Field(default_factory=list)
     from_: EmailAddress | None = Field(default=None, alias="from")
     reply_to: EmailAddress | None = None
     subject: str = Field(max_length=998)
@@ -328,8 +349,6 @@ class EmailInput(ActionInput):
     attachments: list[EmailAttachment] = Field(default_factory=list, max_length=20)
     account: str = Field(default="SMTP", pattern=ACCOUNT_PATTERN)
     timeout_s: float = Field(default=30.0, gt=0, le=300)
-
-    _to = field_validator("to", "cc", "bcc", mode="before")(_one_or_many)
 
     @model_validator(mode="after")
     def _has_body(self) -> EmailInput:
