@@ -262,8 +262,26 @@ def _reply(code: int, text: str) -> str:
     return f"{code} {' '.join(text.split())}"[:_REPLY_LIMIT]
 
 
+def _tls_failure(exc: BaseException) -> BaseException | None:
+    """The TLS error behind ``exc`` (aiosmtplib wraps a failed handshake in a connect error), or
+    ``exc`` itself when the server does not offer the STARTTLS the settings require."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+            return current
+        current = current.__cause__ or current.__context__
+    if type(exc) is aiosmtplib.SMTPException and "STARTTLS" in str(exc):
+        return exc
+    return None
+
+
 def _classify(exc: Exception, where: str) -> ApplicationError:
     """An SMTP failure as a step failure: 4xx and lost connections retry, 5xx are permanent."""
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return ApplicationError(f"{where}: TLS failed: {tls}", type="EmailTlsError", non_retryable=True)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         replies = {r.recipient: _reply(r.code, r.message) for r in exc.recipients}
         temporary = any(400 <= r.code < 500 for r in exc.recipients)
@@ -301,8 +319,8 @@ def _classify(exc: Exception, where: str) -> ApplicationError:
         return ApplicationError(f"{where} replied {reply}", details, type="EmailConnectError")
     if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
         return ApplicationError(f"{where} did not answer in time", type="EmailTimeout")
-    if isinstance(exc, aiosmtplib.SMTPNotSupported | ssl.SSLError):
-        return ApplicationError(f"{where}: TLS failed: {exc}", type="EmailTlsError", non_retryable=True)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return ApplicationError(f"{where}: {exc}", type="EmailTlsError", non_retryable=True)
     if isinstance(exc, ConnectionError | OSError | aiosmtplib.SMTPException):
         return ApplicationError(f"{where}: connection failed: {exc}", type="EmailConnectError")
     raise exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Self, cast
@@ -27,6 +28,7 @@ class ReceivedMail:
         raw: The message as sent.
         message: It parsed (``email.policy.default``).
         login: The user name the sender logged in as, if it did.
+        tls: Whether the message came over TLS (implicit, or after STARTTLS).
     """
 
     mail_from: str
@@ -34,6 +36,7 @@ class ReceivedMail:
     raw: bytes
     message: EmailMessage
     login: str | None = None
+    tls: bool = False
 
     @property
     def message_id(self) -> str:
@@ -78,6 +81,7 @@ class _Handler:
             raw=raw,
             message=email.message_from_bytes(raw, policy=email.policy.default),
             login=login,
+            tls=server.transport is not None and server.transport.get_extra_info("ssl_object") is not None,
         )
         self.owner.received.append(mail)
         self.owner.arrived.set()
@@ -101,6 +105,9 @@ class LocalMailbox:
         refuse: Replies to RCPT for these addresses (``{"x@y": "550 5.1.1 no such user"}``).
         hold_next: Hold the reply to this many next messages until :attr:`release` is set.
         credentials: When set, a login is required and must match ``(user, password)``.
+        security: ``none``, ``starttls`` (offered and required before MAIL) or ``tls`` (implicit
+            TLS), with ``ssl_context`` (the server's certificate).
+        ssl_context: The server side's TLS context, for ``starttls`` and ``tls``.
     """
 
     received: list[ReceivedMail] = field(default_factory=list)
@@ -108,6 +115,8 @@ class LocalMailbox:
     refuse: dict[str, str] = field(default_factory=dict)
     hold_next: int = 0
     credentials: tuple[str, str] | None = None
+    security: str = "none"
+    ssl_context: ssl.SSLContext | None = None
     release: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.base_events.Server | None = None
@@ -140,9 +149,12 @@ class LocalMailbox:
                 authenticator=authenticate if wanted else None,
                 auth_required=wanted is not None,
                 auth_require_tls=False,  # loopback only
+                tls_context=self.ssl_context if self.security == "starttls" else None,
+                require_starttls=self.security == "starttls",
             )
 
-        self._server = await loop.create_server(protocol, "127.0.0.1", port)
+        implicit = self.ssl_context if self.security == "tls" else None
+        self._server = await loop.create_server(protocol, "127.0.0.1", port, ssl=implicit)
         return self
 
     async def stop(self) -> None:

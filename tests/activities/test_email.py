@@ -4,13 +4,20 @@ failures are classified, and end-to-end runs on the Temporal dev server (autoesc
 from __future__ import annotations
 
 import base64
+import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -367,3 +374,72 @@ async def test_a_run_fails_the_step_on_a_5xx_with_the_servers_reply(
     assert step.attempts == 1
     assert "550 5.7.1 Relaying denied" in (step.error or "")
     assert len(mailbox.received) == 1
+
+
+# ------------------------------------------------------------------------------------------- TLS
+
+
+def _certificate(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1 and localhost: the server's context and a client
+    context that trusts it (as a worker would trust its mail server's CA)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_starttls_and_implicit_tls_verify_the_servers_certificate(
+    security: str, tenant_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    server_context, client_context = _certificate(tmp_path)
+    data = {"to": "a@b.example", "subject": "s", "text": "t"}
+    async with LocalMailbox(security=security, ssl_context=server_context) as box:
+        tenant_settings["default"] = settings(box, SMTP_SECURITY=security)
+        request = ActionRequest(step_id="send_email", idempotency_key=KEY, input=data)
+        actions = EmailActions(OutboundPolicy.loopback(), tls_context=client_context)
+        await ActivityEnvironment().run(actions.email, request)
+        (mail,) = box.received
+        assert mail.tls
+
+        # A certificate the worker does not trust: refused, permanently.
+        error = await send_error(data)
+        assert (error.type, error.non_retryable) == ("EmailTlsError", True)
+        assert len(box.received) == 1
+
+
+async def test_starttls_required_but_not_offered_is_refused(
+    mailbox: LocalMailbox, tenant_settings: dict[str, Any]
+) -> None:
+    tenant_settings["default"] = settings(mailbox, SMTP_SECURITY="starttls")
+    error = await send_error({"to": "a@b.example", "subject": "s", "text": "t"})
+    assert (error.type, error.non_retryable) == ("EmailTlsError", True)
+    assert "STARTTLS" in error.message
+    assert mailbox.received == []

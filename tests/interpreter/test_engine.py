@@ -657,7 +657,9 @@ def seed_001_intervention() -> list[dict[str, Any]]:
     """Seed 001's high-risk intervention: a state machine whose condition has if_true_step /
     if_false_step, written as jumps."""
     return [
-        task("send_email", "mail_fake", input={"template": "concern_outreach", "family": "{{ input.family }}"}),
+        task(
+            "send_email", "mail_fake", input={"template": "concern_outreach", "family": "{{ input.family }}"}
+        ),
         delay("wait_for_response", "3d"),
         task("check_response", "crm", input={"family": "{{ input.family }}"}),
         {
