@@ -67,7 +67,14 @@ import aiosmtplib
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, require_setting, tenant_secret, tenant_setting
+from activities.base import (
+    action,
+    check_secret_hosts,
+    require_setting,
+    resolve_secrets,
+    tenant_secret,
+    tenant_setting,
+)
 from activities.outbound import OutboundPolicy, OutboundRefusedError, Resolver, numeric_host, system_resolver
 from interpreter.actions import (
     ActionRequest,
@@ -392,7 +399,9 @@ class EmailActions:
             ApplicationError: Classified as in the module docstring.
         """
         try:
-            spec = parse_action_input(EmailInput, request.input)
+            # ``${secret:NAME}`` in the definition's own text is resolved (and checked against the
+            # server's host below); data's escaped ``$${secret:`` becomes the literal text.
+            spec = parse_action_input(EmailInput, resolve_secrets(request.input))
         except ValidationError as exc:
             problems = input_problems(request.input, exc)
             summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
@@ -411,8 +420,7 @@ class EmailActions:
         message = build_message(spec, sender, message_id)
         recipients = [parseaddr(a)[1] for a in (*spec.to, *spec.cc, *spec.bcc)]
         recipients = list(dict.fromkeys(recipients))  # one delivery per address
-        if server.password is not None:
-            check_secret_hosts(server.host)
+        check_secret_hosts(server.host)
         where = f"SMTP server {server.host}:{server.port}"
         try:
             async with asyncio.timeout(spec.timeout_s):

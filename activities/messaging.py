@@ -48,7 +48,14 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, require_setting, tenant_secret, tenant_setting
+from activities.base import (
+    action,
+    check_secret_hosts,
+    require_setting,
+    resolve_secrets,
+    tenant_secret,
+    tenant_setting,
+)
 from activities.http import _retry_after
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import (
@@ -98,7 +105,9 @@ def invalid_input(action_name: str, data: dict[str, Any], exc: ValidationError) 
 
 def _parse(model: type[Any], action_name: str, request: ActionRequest) -> Any:
     try:
-        return parse_action_input(model, request.input)
+        # Secret references in the definition's text are resolved (their hosts checked against the
+        # provider's); data's escaped ``$${secret:`` becomes the literal text.
+        return parse_action_input(model, resolve_secrets(request.input))
     except ValidationError as exc:
         raise invalid_input(action_name, request.input, exc) from None
 

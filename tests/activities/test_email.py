@@ -443,3 +443,19 @@ async def test_starttls_required_but_not_offered_is_refused(
     assert (error.type, error.non_retryable) == ("EmailTlsError", True)
     assert "STARTTLS" in error.message
     assert mailbox.received == []
+
+
+async def test_data_stays_inert_and_definition_secrets_resolve(
+    mailbox: LocalMailbox, tenant_settings: dict[str, Any]
+) -> None:
+    tenant_settings["default"] = settings(mailbox, CODE=Secret("s3cr3t-code-4411", ("127.0.0.1",)))
+    # What data becomes when it enters a run (escaped), next to a reference the author wrote.
+    data = {"to": "a@b.example", "subject": "s", "text": "data: $${secret:CODE} / author: ${secret:CODE}"}
+    result = await send(data)
+    (mail,) = mailbox.received
+    assert mail.part("text/plain") == "data: ${secret:CODE} / author: s3cr3t-code-4411\n"
+    assert "s3cr3t-code-4411" not in str(result.output)
+
+    tenant_settings["default"]["CODE"] = Secret("s3cr3t-code-4411", ("smtp.elsewhere.example",))
+    error = await send_error(data)
+    assert error.type == "SecretHostRefused"
