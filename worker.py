@@ -17,7 +17,9 @@ Configuration comes from the environment:
   namespace has its own HTTP client); a tenant sharing its namespace with another cannot have any.
 - ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
 - ``WFA_SECRETS_FILE``: per-tenant secrets (with the hosts each may be sent to); ``WFA_SECRET_<NAME>``
-  are the tenant ``default``'s (:mod:`activities.secrets`).
+  are the tenant ``default``'s (:mod:`activities.secrets`). The ``email``, ``sms``/``call`` and
+  ``webhook`` actions read each tenant's mail server, SMS provider and signing secret from them
+  (``SMTP_HOST``, ``TWILIO_ACCOUNT_SID``, ``WEBHOOK_SECRET``, ...: see the README).
 - ``WFA_OUTBOUND_ALLOW``: networks (CIDR) and host names actions may reach although they are
   internal (loopback, private, link-local, ...); unset, nothing internal is reachable
   (:mod:`activities.outbound`).
