@@ -3,6 +3,7 @@ failures are classified, and end-to-end runs on the Temporal dev server (autoesc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import ssl
@@ -459,3 +460,24 @@ async def test_data_stays_inert_and_definition_secrets_resolve(
     tenant_settings["default"]["CODE"] = Secret("s3cr3t-code-4411", ("smtp.elsewhere.example",))
     error = await send_error(data)
     assert error.type == "SecretHostRefused"
+
+
+async def test_a_server_that_does_not_answer_is_a_retryable_timeout(tenant_settings: dict[str, Any]) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never greets; waits for the client to hang up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        tenant_settings["default"] = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(port),
+            "SMTP_SECURITY": "none",
+        }
+        error = await send_error(
+            {"to": "a@b.example", "from": "x@y.example", "subject": "s", "text": "t", "timeout_s": 1}
+        )
+    finally:
+        server.close()
+    assert (error.type, error.non_retryable) == ("EmailTimeout", False)

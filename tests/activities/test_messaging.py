@@ -5,6 +5,7 @@ idempotency key."""
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
@@ -239,3 +240,22 @@ async def test_a_run_retries_a_429_with_the_same_idempotency_key_then_reads_the_
     assert form(sends[1])["Body"] == "Hello Martinez family, please call us back."
     assert record(result, "delivery").output["status"] == "delivered"
     assert record(result, "delivery").output["sid"] == record(result, "send_sms").output["sid"]
+
+
+async def test_a_provider_that_does_not_answer_in_time_or_answers_without_a_sid(
+    twilio: FakeTwilio, tenant_settings: dict[str, Any], http_client: httpx.AsyncClient
+) -> None:
+    released = threading.Event()
+    twilio.server.route(
+        "POST",
+        f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+        lambda request: (released.wait(30), (201, {}, {"status": "queued"}))[1],
+    )
+    try:
+        error = await run_error(http_client, "sms", {"to": "+13125550100", "body": "x", "timeout_s": 0.5})
+    finally:
+        released.set()
+    assert (error.type, error.non_retryable) == ("MessagingTimeout", False)
+    # Answered, but not with a message record: not retried (the message may exist).
+    error = await run_error(http_client, "sms", {"to": "+13125550100", "body": "x"})
+    assert (error.type, error.non_retryable) == ("MessagingBadResponse", True)

@@ -205,3 +205,13 @@ async def test_a_run_delivers_a_verified_webhook_and_retries_with_the_same_id(
     assert step.output["webhook_id"] == expected_id
     assert [r.headers["webhook-id"] for r in server.requests("POST")] == [expected_id, expected_id]
     assert receiver.verified == [{"type": "order.shipped", "order_id": "SO-9"}] * 2
+
+
+async def test_a_rate_limited_receiver_is_retried_after_retry_after(
+    server: RecordingServer, tenant_secrets: dict[str, Any], http_client: httpx.AsyncClient
+) -> None:
+    receiver = Receiver(server)
+    receiver.fail_next[:] = [(429, {"Retry-After": "12"}, {"error": "slow down"})]
+    error = await post_error(http_client, {"url": f"{server.url}/hooks/orders", "payload": PAYLOAD})
+    assert (error.type, error.non_retryable) == ("WebhookRateLimited", False)
+    assert error.next_retry_delay == timedelta(seconds=12)
