@@ -17,7 +17,9 @@ Configuration comes from the environment:
   namespace has its own HTTP client); a tenant sharing its namespace with another cannot have any.
 - ``TEMPORAL_TASK_QUEUE`` (default ``workflow-automation``)
 - ``WFA_SECRETS_FILE``: per-tenant secrets (with the hosts each may be sent to); ``WFA_SECRET_<NAME>``
-  are the tenant ``default``'s (:mod:`activities.secrets`).
+  are the tenant ``default``'s (:mod:`activities.secrets`). The ``email``, ``sms``/``call`` and
+  ``webhook`` actions read each tenant's mail server, SMS provider and signing secret from them
+  (``SMTP_HOST``, ``TWILIO_ACCOUNT_SID``, ``WEBHOOK_SECRET``, ...: see the README).
 - ``WFA_OUTBOUND_ALLOW``: networks (CIDR) and host names actions may reach although they are
   internal (loopback, private, link-local, ...); unset, nothing internal is reachable
   (:mod:`activities.outbound`).
@@ -137,6 +139,7 @@ def build_worker(
     extra_workflows: Sequence[type] = (),
     extra_activities: Sequence[Callable[..., Any]] = (),
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
+    outbound_policy: OutboundPolicy | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -148,13 +151,15 @@ def build_worker(
         extra_workflows: More workflows on the same worker (benchmarks, tests).
         extra_activities: More activities on the same worker.
         graceful_shutdown_timeout: How long in-flight activities may finish on shutdown.
+        outbound_policy: What the ``email`` action may connect to (the policy ``http_client`` was
+            built with); default ``WFA_OUTBOUND_ALLOW``'s.
     """
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[*WORKFLOWS, *extra_workflows],
         activities=[
-            *build_activities(http_client),
+            *build_activities(http_client, outbound_policy=outbound_policy),
             request_cancel,
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
@@ -269,6 +274,7 @@ async def main() -> int:
                     http_client,
                     session_factory=database.session_factory if database else None,
                     graceful_shutdown_timeout=grace,
+                    outbound_policy=policies[namespace],
                 )
             )
         for namespace, client in clients.items():

@@ -3,8 +3,9 @@
 It starts the Temporal dev server (state in ``.state/``, so the runs stay browsable after a
 restart), opens the store (``open_database``: ``$DATABASE_URL``'s PostgreSQL, else the embedded
 server with its data in ``.state/postgres``), a small local HTTP endpoint that plays the
-notification, CRM, inventory, payment, shipping and sentiment services, and a worker in this
-process that also serves the dead-letter activities. Then, as tenant ``demo``, it:
+notification, CRM, inventory, payment, shipping and sentiment services and a Twilio-shaped SMS
+provider, a local SMTP server (aiosmtpd) as the tenant's mail server, and a worker in this process
+that also serves the dead-letter activities. Then, as tenant ``demo``, it:
 
 * registers every example from ``examples/`` in the definition registry (idempotent: a second demo
   registers nothing new) and prints the registry;
@@ -21,6 +22,8 @@ process that also serves the dead-letter activities. Then, as tenant ``demo``, i
   worker verifies with); mallory's forged token and an unlisted actor are refused first, then the
   manager's minted token is accepted; it prints how each run ended, its pinned version and its
   Web UI link;
+* prints the emails the local SMTP server received (the intervention's ``email`` step) and the text
+  messages the fake provider received (its ``sms`` step);
 * starts one more expense run (without proof, so the printed commands need no token) and leaves it
   waiting for its manager, printing the ``wfa`` commands
   (with a path to ``wfa`` that works from a new shell in this folder) to see it, approve it and
@@ -54,11 +57,12 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.outbound import OutboundPolicy, build_http_client
+from activities.secrets import ChainSecretStore, Secret, configure_secret_store, store_from_env
 from activities.store.database import DATABASE_URL_ENV, Database, open_database
 from activities.store.embedded import data_dir, stop_embedded
 from activities.store.errors import StoreError
@@ -70,6 +74,7 @@ from starter.cli import print_result
 from starter.client import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, FlowClient, RunHandle
 from starter.devserver import DEFAULT_PORT, STATE_DIR_ENV, DevServer, DevServerError
 from starter.errors import DecisionRefusedError, StarterError
+from starter.mailbox import LocalMailbox
 from worker import build_worker
 from workflows import decision_tokens
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
@@ -115,6 +120,8 @@ class FakeServices:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
+        self.texts: list[dict[str, str]] = []
+        """Text messages and calls the Twilio-shaped endpoint received (its form fields)."""
         self._server: ThreadingHTTPServer | None = None
         self.taken_port: int | None = None
         """The fixed port asked for when it was in use (the services then listen elsewhere)."""
@@ -142,6 +149,8 @@ class FakeServices:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = None
+                if self.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+                    body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
                 path = urlsplit(self.path).path
                 status, payload = services.answer(self.command, path, body)
                 data = json.dumps(payload).encode()
@@ -205,6 +214,10 @@ class FakeServices:
         route = routes.get((method, path))
         if route is not None:
             return route()
+        if len(parts) == 4 and parts[:2] == ["2010-04-01", "Accounts"] and parts[3:] == ["Messages.json"]:
+            return self._twilio(parts[2], "SM", body)
+        if len(parts) == 4 and parts[:2] == ["2010-04-01", "Accounts"] and parts[3:] == ["Calls.json"]:
+            return self._twilio(parts[2], "CA", body)
         if method == "POST" and path == "/payments/charges":
             if body.get("token") == "tok_declined":
                 return 402, {"error": "card_declined"}
@@ -221,6 +234,70 @@ class FakeServices:
         if method == "POST" and len(parts) == 4 and parts[:2] == ["inventory", "reservations"]:
             return 200, {"reservation_id": parts[2], "status": "released"}
         return 404, {"error": f"no such endpoint: {method} {path}"}
+
+    def _twilio(self, account: str, prefix: str, form: dict[str, Any]) -> Reply:
+        """Twilio's answer to a new message or call (the shape the ``sms``/``call`` actions read)."""
+        if not form.get("To") or not form.get("From"):
+            return 400, {"code": 21604, "message": "A 'To' and a 'From' are required.", "status": 400}
+        with self._lock:
+            self.texts.append({k: str(v) for k, v in form.items()})
+        sid = f"{prefix}{next(self._counter):032x}"
+        return 201, {
+            "sid": sid,
+            "account_sid": account,
+            "to": form["To"],
+            "from": form["From"],
+            "status": "queued",
+        }
+
+
+DEMO_ACCOUNT_SID = "AC" + "d" * 32
+"""The fake provider's account (any id of Twilio's shape will do)."""
+
+
+def demo_settings(mailbox_port: int, services_url: str) -> dict[str, str]:
+    """The demo tenant's email and SMS settings: its mail server is the local mailbox, its SMS
+    provider the fake services (in production these are the tenant's scoped secrets)."""
+    return {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(mailbox_port),
+        "SMTP_SECURITY": "none",
+        "SMTP_FROM": "Family outreach <outreach@school.example>",
+        "TWILIO_BASE_URL": services_url,
+        "TWILIO_ACCOUNT_SID": DEMO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": "demo-auth-token",
+        "TWILIO_FROM": "+13125550199",
+    }
+
+
+@dataclass(frozen=True)
+class _TenantSettings:
+    """One tenant's settings as a secret store (the rest come from the usual sources)."""
+
+    tenant: str
+    values: dict[str, str]
+
+    def get(self, tenant: str, name: str) -> Secret | None:
+        value = self.values.get(name) if tenant == self.tenant else None
+        return None if value is None else Secret(value)
+
+
+def print_mailbox(mailbox: LocalMailbox, services: FakeServices) -> None:
+    """What the local SMTP server and the fake SMS provider received."""
+    print(f"\nThe local SMTP server (127.0.0.1:{mailbox.port}) received {len(mailbox.received)} email(s):")
+    for mail in mailbox.received:
+        message = mail.message
+        print(f"  From {message['From']}  To {', '.join(mail.rcpt_tos)}")
+        print(f"    Subject     {message['Subject']}")
+        print(f"    Message-ID  {message['Message-ID']}")
+        try:
+            text = " / ".join(line.strip() for line in mail.part("text/plain").splitlines() if line.strip())
+        except KeyError:
+            text = "(no text part)"
+        print(f"    Text        {text if len(text) <= 100 else text[:99] + '…'}")
+    print(f"The fake SMS provider received {len(services.texts)} text message(s) or call(s):")
+    for sent in services.texts:
+        print(f"  To {sent.get('To')} from {sent.get('From')}: {sent.get('Body', sent.get('Twiml', ''))}")
 
 
 def _sentiment(text: str) -> dict[str, Any]:
@@ -647,10 +724,16 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     services = FakeServices().start(args.services_port)
+    mailbox = await LocalMailbox().start()
+    configure_secret_store(
+        ChainSecretStore(
+            (_TenantSettings(TENANT, demo_settings(mailbox.port, services.url)), store_from_env())
+        )
+    )
     database: Database | None = None
     try:
         database = await _open_store(server.state_dir)
-        return await _with_server(args, server, services, database)
+        return await _with_server(args, server, services, database, mailbox)
     except (StoreError, DefinitionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -662,6 +745,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(stop_embedded, server.state_dir)
             print("Closed the store.")
         services.stop()
+        await mailbox.stop()
+        configure_secret_store(None)
         await server.astop()
         print("Stopped the dev server.")
 
@@ -679,10 +764,15 @@ async def _open_store(state_dir: Path) -> Database:
 
 
 async def _with_server(
-    args: argparse.Namespace, server: DevServer, services: FakeServices, database: Database
+    args: argparse.Namespace,
+    server: DevServer,
+    services: FakeServices,
+    database: Database,
+    mailbox: LocalMailbox,
 ) -> int:
     print(f"Temporal {server.address}, Web UI {server.ui_url}")
     print(f"Fake services (notifications, CRM, inventory, payments, shipping, sentiment) at {services.url}")
+    print(f"Local SMTP server (the demo tenant's mail server) at 127.0.0.1:{mailbox.port}")
     if services.taken_port is not None:
         print(
             f"  (port {services.taken_port} is in use, so they listen on another one: use {services.url}"
@@ -698,7 +788,13 @@ async def _with_server(
     # The worker's outbound policy as in production, allowing loopback: the demo's services listen there.
     async with (
         build_http_client(OutboundPolicy.loopback()) as http_client,
-        build_worker(client, flows.task_queue, http_client, session_factory=database.session_factory),
+        build_worker(
+            client,
+            flows.task_queue,
+            http_client,
+            session_factory=database.session_factory,
+            outbound_policy=OutboundPolicy.loopback(),
+        ),
     ):
         print(f"Worker polling task queue {flows.task_queue!r} (with the dead-letter activities)\n")
         await register_examples(flows)
@@ -738,6 +834,7 @@ async def _with_server(
         print(
             f"{len(runs) - failed}/{len(runs)} runs ended as expected; the fake services answered {len(services.requests)} requests."
         )
+        print_mailbox(mailbox, services)
         print(f"\nWeb UI: {server.ui_url}  (runs are listed under namespace {server.namespace!r})")
         print(
             "        runs of one version, as a query in its list:"

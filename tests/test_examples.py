@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,16 @@ from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSki
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.outbound import OutboundPolicy
+from activities.secrets import Secret, configure_secret_store
 from interpreter.model import TaskStep, children
 from interpreter.state import RunResult, RunState, RunStatus, StepStatus
 from starter.client import FlowClient
 from starter.errors import DecisionRefusedError
+from starter.mailbox import LocalMailbox
 from tests.conftest import fresh_database
 from tests.helpers.http_server import RecordedRequest, RecordingServer, Response
+from tests.helpers.twilio_server import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, form
 from worker import build_worker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -56,9 +61,54 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
 async def running_worker(
     client: Client, task_queue: str, http_client: httpx.AsyncClient
 ) -> AsyncIterator[None]:
-    """An in-process worker without a shutdown grace period (nothing should be left running)."""
-    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+    """An in-process worker without a shutdown grace period (nothing should be left running); the
+    ``email`` action may reach the test's SMTP server on loopback."""
+    async with build_worker(
+        client,
+        task_queue,
+        http_client,
+        graceful_shutdown_timeout=timedelta(0),
+        outbound_policy=OutboundPolicy.loopback(),
+    ):
         yield
+
+
+@dataclass
+class Messaging:
+    """The SMTP server and the Twilio-shaped provider the examples' email and sms steps reach."""
+
+    mailbox: LocalMailbox
+    twilio: FakeTwilio
+
+
+@pytest_asyncio.fixture
+async def messaging() -> AsyncIterator[Messaging]:
+    """A local SMTP server and a Twilio-shaped loopback server, configured as the settings of the
+    tenant ``default`` (the tenant FlowClient starts runs for)."""
+    with RecordingServer() as provider:
+        async with LocalMailbox() as mailbox:
+            twilio = FakeTwilio(provider)
+            settings = {
+                "SMTP_HOST": "127.0.0.1",
+                "SMTP_PORT": str(mailbox.port),
+                "SMTP_SECURITY": "none",
+                "SMTP_FROM": "Outreach <outreach@school.example>",
+                "TWILIO_BASE_URL": twilio.url,
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "TWILIO_FROM": "+13125550199",
+            }
+
+            class _Store:
+                def get(self, tenant: str, name: str) -> Secret | None:
+                    value = settings.get(name) if tenant == "default" else None
+                    return None if value is None else Secret(value)
+
+            configure_secret_store(_Store())
+            try:
+                yield Messaging(mailbox, twilio)
+            finally:
+                configure_secret_store(None)
 
 
 @asynccontextmanager
@@ -166,6 +216,7 @@ async def test_intervention_without_reply_texts_then_schedules_a_call(
     task_queue: str,
     http_client: httpx.AsyncClient,
     http_server: RecordingServer,
+    messaging: Messaging,
 ) -> None:
     http_server.route("GET", "/families/F17/responses", [(200, {}, {"responded": False})])
     http_server.route("POST", "/tasks", [(201, {}, {"id": "T-1"})])
@@ -173,7 +224,7 @@ async def test_intervention_without_reply_texts_then_schedules_a_call(
     async with running_worker(time_skipping_env.client, task_queue, http_client):
         run = await flows.start_run(
             example("intervention"),
-            {"api": http_server.url, "family": FAMILY},
+            {"api": http_server.url, "family": FAMILY, "office_phone": "+1 312 555 0123"},
             workflow_id=key("intervention-f17"),
         )
         async with time_skipping(time_skipping_env):
@@ -187,12 +238,18 @@ async def test_intervention_without_reply_texts_then_schedules_a_call(
     # The default waits: 3 days after the email, 4 days after the text, plus office hours.
     assert step(result, "wait_for_email_reply").output["waited_s"] == 3 * 86400
     assert step(result, "wait_for_sms_reply").output["waited_s"] == 4 * 86400
-    assert [r.path for r in http_server.requests("POST")] == [
-        "/notifications/email",
-        "/notifications/sms",
-        "/tasks",
-    ]
-    assert bodies(http_server, "POST", "/notifications/sms")[0]["to"] == FAMILY["phone"]
+    # The email went to the SMTP server, the text to the provider, the call task to the API.
+    (mail,) = messaging.mailbox.received
+    assert mail.rcpt_tos == [FAMILY["email"]]
+    assert mail.message["Subject"] == "Checking in with the Martinez family"
+    assert mail.message_id == step(result, "send_email").output["message_id"]
+    assert "Dear Martinez family," in mail.part("text/plain")
+    assert "+1 312 555 0123" in mail.part("text/html")
+    (text,) = messaging.twilio.server.requests("POST")
+    assert form(text)["To"] == FAMILY["phone"]
+    assert form(text)["Body"].startswith("Hello Martinez family, we emailed you")
+    assert step(result, "send_sms").output["sid"] in messaging.twilio.messages
+    assert [r.path for r in http_server.requests("POST")] == ["/tasks"]
     assert bodies(http_server, "POST", "/tasks")[0]["priority"] == "high"
     assert len(http_server.requests("GET", "/families/F17/responses")) == 2
 
@@ -202,6 +259,7 @@ async def test_intervention_stops_when_the_family_replies_to_the_email(
     task_queue: str,
     http_client: httpx.AsyncClient,
     http_server: RecordingServer,
+    messaging: Messaging,
 ) -> None:
     http_server.route("GET", "/families/F17/responses", [(200, {}, {"responded": True})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
@@ -217,7 +275,9 @@ async def test_intervention_stops_when_the_family_replies_to_the_email(
     assert result.state == RunState.COMPLETED, result
     assert result.output == {"family_id": "F17", "outcome": "responded", "after": "email"}
     assert step(result, "wait_for_email_reply").output["waited_s"] == 86400
-    assert [r.path for r in http_server.requests("POST")] == ["/notifications/email"]
+    assert len(messaging.mailbox.received) == 1
+    assert http_server.requests("POST") == []
+    assert messaging.twilio.server.requests() == []
 
 
 async def test_intervention_bounced_email_goes_straight_to_sms(
@@ -225,8 +285,9 @@ async def test_intervention_bounced_email_goes_straight_to_sms(
     task_queue: str,
     http_client: httpx.AsyncClient,
     http_server: RecordingServer,
+    messaging: Messaging,
 ) -> None:
-    http_server.route("POST", "/notifications/email", [(422, {}, {"error": "mailbox does not exist"})])
+    messaging.mailbox.refuse[FAMILY["email"]] = "550 5.1.1 <martinez@example.org>: mailbox does not exist"
     http_server.route("GET", "/families/F17/responses", [(200, {}, {"responded": True})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
     async with running_worker(time_skipping_env.client, task_queue, http_client):
@@ -241,10 +302,13 @@ async def test_intervention_bounced_email_goes_straight_to_sms(
     assert result.state == RunState.COMPLETED, result
     assert result.output["after"] == "sms"
     assert step(result, "send_email").status == StepStatus.FAILED
-    assert step(result, "send_email").error_type == "HttpClientError"
+    assert step(result, "send_email").error_type == "EmailRecipientsRefused"
+    assert "550 5.1.1" in step(result, "send_email").error
+    assert step(result, "send_email").attempts == 1  # permanent: not retried
     assert "wait_for_email_reply" not in paths(result)
     assert step(result, "office_hours_again").status == StepStatus.SKIPPED  # business_hours: false
-    assert [r.path for r in http_server.requests("POST")] == ["/notifications/email", "/notifications/sms"]
+    assert messaging.mailbox.received == []
+    assert [form(r)["To"] for r in messaging.twilio.server.requests("POST")] == [FAMILY["phone"]]
 
 
 # ------------------------------------------------------------------------------ lead nurture (dev)
@@ -270,6 +334,7 @@ async def test_lead_nurture_routes_by_score_after_qualification(
     task_queue: str,
     http_client: httpx.AsyncClient,
     http_server: RecordingServer,
+    messaging: Messaging,
     score: int,
     decision: str,
     data: dict[str, Any],
@@ -290,7 +355,9 @@ async def test_lead_nurture_routes_by_score_after_qualification(
     }
     flows = FlowClient(client, task_queue=task_queue)
     async with running_worker(client, task_queue, http_client):
-        run = await flows.start_run(example("lead-nurture"), {"api": http_server.url, "lead": lead})
+        run = await flows.start_run(
+            example("lead-nurture"), {"api": http_server.url, "lead": lead, "nurture_gap": "1s"}
+        )
         status = await wait_for_approval(flows, run.workflow_id)
         (pending,) = status.pending_approvals
         assert pending.step_id == "qualify"
@@ -322,6 +389,21 @@ async def test_lead_nurture_routes_by_score_after_qualification(
         assert bodies(http_server, "PATCH", "/crm/leads/L9") == [
             {"status": "disqualified", "reason": "checked"}
         ]
+    if outcome == "nurturing":  # the three-email sequence, days apart (1s here)
+        mails = messaging.mailbox.received
+        assert [m.rcpt_tos for m in mails] == [["dana@acme.test"]] * 3
+        assert [str(m.message["Subject"]) for m in mails] == [
+            "Dana Lee, three ways teams like Acme get started",
+            "How a company like Acme saved ten hours a week",
+            "Shall we show Acme a demo?",
+        ]
+        assert len({m.message_id for m in mails}) == 3
+        assert [m.message_id for m in mails] == [
+            step(result, f"nurture_email_{n}").output["message_id"] for n in (1, 2, 3)
+        ]
+        assert step(result, "nurture_gap_1").output["waited_s"] == 1
+    else:
+        assert messaging.mailbox.received == []
 
 
 async def test_lead_nurture_goes_on_without_enrichment(

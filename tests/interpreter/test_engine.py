@@ -36,9 +36,10 @@ ACTIONS = (
     "reserve",
     "release",
     "notify",
-    "email",
-    "sms",
-    "call",
+    # Fake channels with free-form inputs (the real email, sms and call actions check theirs).
+    "mail_fake",
+    "sms_fake",
+    "call_fake",
     "crm",
 )
 
@@ -656,7 +657,9 @@ def seed_001_intervention() -> list[dict[str, Any]]:
     """Seed 001's high-risk intervention: a state machine whose condition has if_true_step /
     if_false_step, written as jumps."""
     return [
-        task("send_email", "email", input={"template": "concern_outreach", "family": "{{ input.family }}"}),
+        task(
+            "send_email", "mail_fake", input={"template": "concern_outreach", "family": "{{ input.family }}"}
+        ),
         delay("wait_for_response", "3d"),
         task("check_response", "crm", input={"family": "{{ input.family }}"}),
         {
@@ -666,9 +669,9 @@ def seed_001_intervention() -> list[dict[str, Any]]:
             "then": {"goto": "mark_complete"},  # if_true_step: skip to completion
             "else": {"goto": "send_sms"},  # if_false_step: continue to SMS
         },
-        task("send_sms", "sms", input={"text": "Hi {{ input.family }}, checking in"}),
+        task("send_sms", "sms_fake", input={"text": "Hi {{ input.family }}, checking in"}),
         delay("before_call", "2d"),
-        task("schedule_call", "call", input={"reason": "no email/SMS response"}),
+        task("schedule_call", "call_fake", input={"reason": "no email/SMS response"}),
         task("mark_complete", "crm", input={"task_type": "workflow_complete"}),
     ]
 
@@ -691,7 +694,7 @@ def seed_001_intervention() -> list[dict[str, Any]]:
 )
 async def test_seed_001_state_machine_with_jumps(responded: bool, expected: list[tuple[str, int]]) -> None:
     rt = new_runtime()
-    for name in ("email", "sms", "call"):
+    for name in ("mail_fake", "sms_fake", "call_fake"):
         rt.returning(name, {"sent": True})
 
     def crm(call: ActionCall, attempt: int) -> Any:
