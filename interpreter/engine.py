@@ -103,6 +103,7 @@ class ActionCall:
         activity_id: Unique among the run's activities: the step path, plus ``#n`` on the n-th
             visit of a step reached again by a jump.
         summary: What the Web UI shows for the activity: the step's name.
+        task_queue: The task queue the step names (a team's own workers); None: the run's own.
     """
 
     step_id: str
@@ -113,6 +114,7 @@ class ActionCall:
     request: ActionRequest
     retry: RetryPolicy
     timeouts: Timeouts
+    task_queue: str | None = None
 
 
 class ActionFailedError(Exception):
@@ -858,6 +860,7 @@ class Engine:
             request=request,
             retry=retry,
             timeouts=self._step_timeouts(step),
+            task_queue=step.task_queue,
         )
         redrives = 0
         while True:

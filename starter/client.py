@@ -146,6 +146,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_TASK_QUEUE",
     "DEFAULT_TENANT",
+    "DRY_RUN_PREFIX",
     "TENANT_ENV",
     "FlowClient",
     "PendingTimer",
@@ -156,6 +157,8 @@ __all__ = [
 ]
 
 RESOLVE_DEAD_LETTER_UPDATE = "resolve_dead_letter"
+DRY_RUN_PREFIX = "dry-run-"
+"""Workflow id prefix of every dry run (``start_run(..., dry_run=True)``)."""
 
 QUERY_TIMEOUT = timedelta(seconds=10)
 """How long a status query of a running run may wait for a worker to answer."""
@@ -671,6 +674,8 @@ class FlowClient:
         *,
         workflow_id: str | None = None,
         task_queue: str | None = None,
+        dry_run: bool = False,
+        canned_outputs: Mapping[str, Any] | None = None,
     ) -> RunHandle:
         """Validates a definition and starts a run of it.
 
@@ -699,6 +704,12 @@ class FlowClient:
             input: The run's input data (``input.*`` in templates).
             workflow_id: The business key.
             task_queue: Overrides the client's task queue.
+            dry_run: Run the whole definition without any action: each task's output is what it
+                would have sent (its rendered input, secret references unresolved) or its canned
+                output; delays do not wait. The workflow id starts with ``dry-run-``, the summary
+                says ``DRY RUN`` and the memo holds ``dry_run: true``.
+            canned_outputs: With ``dry_run``: task outputs by step path (or step id), so a dry
+                run can take the branches real outputs would.
 
         Returns:
             A handle on the run.
@@ -723,6 +734,11 @@ class FlowClient:
         if not -(2**63) <= parsed.version < 2**63:  # the DefinitionVersion search attribute is an Int
             raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
+        canned = check_json_object(canned_outputs, "the canned outputs")
+        if canned and not dry_run:
+            raise InvalidInputError("canned outputs apply to dry runs only (dry_run=True)")
+        if dry_run and not wf_id.startswith(DRY_RUN_PREFIX):
+            wf_id = DRY_RUN_PREFIX + wf_id  # a dry run never takes a business key
         attributes = TypedSearchAttributes(
             [
                 SearchAttributePair(DEFINITION_NAME, parsed.name),
@@ -740,20 +756,26 @@ class FlowClient:
                 RunInput(
                     definition=parsed,
                     input=run_input,
-                    options=RunOptions(tenant=self.tenant, decision_proof=self.decision_proof),
+                    options=RunOptions(
+                        tenant=self.tenant,
+                        decision_proof=self.decision_proof,
+                        dry_run=dry_run,
+                        canned_outputs=canned,
+                    ),
                 ),
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attributes,
-                static_summary=f"{parsed.name} v{parsed.version}",
+                static_summary=f"{'DRY RUN: ' if dry_run else ''}{parsed.name} v{parsed.version}",
                 memo={
                     "definition": parsed.name,
                     "version": parsed.version,
                     "hash": digest,
                     "tenant": self.tenant,
                     "source": source,
+                    **({"dry_run": True} if dry_run else {}),
                 },
             )
         except WorkflowAlreadyStartedError as err:
