@@ -9,6 +9,8 @@ import httpx
 
 from activities.echo import echo
 from activities.http import HttpActions
+from activities.llm import LlmActions
+from activities.sql import SqlActions
 from interpreter.actions import KNOWN_ACTIONS
 
 __all__ = ["ACTION_NAMES", "build_activities"]
@@ -18,14 +20,24 @@ ACTION_NAMES: tuple[str, ...] = KNOWN_ACTIONS
 (:data:`interpreter.actions.ACTION_INPUTS`)."""
 
 
-def build_activities(http_client: httpx.AsyncClient) -> list[Callable[..., Any]]:
+def build_activities(
+    http_client: httpx.AsyncClient, *, sql: SqlActions | None = None
+) -> list[Callable[..., Any]]:
     """All action activities, ready for ``Worker(activities=...)``.
 
     Args:
-        http_client: Shared client used by the ``http`` action; the caller owns and closes it.
+        http_client: Shared client used by the ``http`` and ``llm`` actions; the caller owns and
+            closes it.
+        sql: The ``sql`` action's holder of database pools (the caller closes it); without it a
+            new one, whose pools live as long as the process.
 
     Returns:
         The activity callables, one per name in :data:`ACTION_NAMES`, in the same order.
     """
-    implementations: dict[str, Callable[..., Any]] = {"http": HttpActions(http_client).http, "echo": echo}
+    implementations: dict[str, Callable[..., Any]] = {
+        "http": HttpActions(http_client).http,
+        "echo": echo,
+        "sql": (sql or SqlActions()).sql,
+        "llm": LlmActions(http_client).llm,
+    }
     return [implementations[name] for name in ACTION_NAMES]
