@@ -1,5 +1,5 @@
-"""The ``llm`` action against a loopback server speaking the chat-completions API; a schema-checked
-answer retried end to end on the dev server."""
+"""The ``llm`` action against a loopback server speaking the chat-completions API (end to end on
+the dev server: tests/workflows/test_action_library.py)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,15 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
-from temporalio.worker import Worker
 
 from activities.connections import Connections, configure_connections
 from activities.llm import LlmActions
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.secrets import FileSecretStore, Secret, configure_secret_store
 from interpreter.actions import ActionRequest, ActionResult
-from interpreter.state import StepStatus
 from tests.helpers.http_server import RecordingServer, http_server
-from tests.workflows.conftest import http_client as http_client  # noqa: F401 (fixture)
-from tests.workflows.conftest import worker as worker  # noqa: F401 (fixture)
-from tests.workflows.support import definition, record, start, unique
 
 __all__ = ["http_server"]
 
@@ -167,77 +161,3 @@ async def test_the_outbound_policy_applies(http_server: RecordingServer) -> None
 async def test_an_unconfigured_connection_is_permanent(loopback_client: httpx.AsyncClient) -> None:
     error = await ask_error(loopback_client, {"prompt": "hi", "connection": "nope"})
     assert (error.type, error.non_retryable) == ("LlmConnectionNotConfigured", True)
-
-
-@pytest.mark.usefixtures("configured")
-async def test_invalid_then_valid_on_the_dev_server(
-    client: Client,
-    task_queue: str,
-    worker: Worker,
-    http_server: RecordingServer,  # noqa: F811
-) -> None:
-    valid = {"sentiment": "negative", "score": 0.2}
-    http_server.route(
-        "POST",
-        PATH,
-        [
-            (200, {}, completion("I think it is negative")),
-            (500, {}, {"error": "overloaded"}),
-            (200, {}, completion(json.dumps(valid))),
-        ],
-    )
-    doc = definition(
-        unique("llm-retry"),
-        [
-            {
-                "id": "classify",
-                "type": "task",
-                "action": "llm",
-                "input": {"prompt": "Review: {{ input.review }}", "json_schema": SCHEMA},
-                "retry": {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 4},
-                "timeouts": {"start_to_close": "30s"},
-            },
-            {
-                "id": "route",
-                "type": "condition",
-                "if": "steps.classify.output.json.sentiment == 'negative'",
-                "then": {"steps": [{"id": "escalate", "type": "set", "vars": {"escalated": True}}]},
-            },
-        ],
-    )
-    result = await (await start(client, task_queue, doc, {"review": "It broke. {{ 7 * 7 }}"})).result()
-    step = record(result, "classify")
-    assert (step.status, step.attempts) == (StepStatus.COMPLETED, 3)
-    assert step.output["json"] == valid
-    assert record(result, "escalate").status == StepStatus.COMPLETED
-    prompts = [r.json["messages"][-1]["content"] for r in http_server.requests(path=PATH)]
-    # The run's data is inert: the template in the review reached the model as text.
-    assert prompts == ["Review: It broke. {{ 7 * 7 }}"] * 3
-
-
-@pytest.mark.usefixtures("configured")
-async def test_answers_that_stay_invalid_fail_the_step_with_the_reason(
-    client: Client,
-    task_queue: str,
-    worker: Worker,
-    http_server: RecordingServer,  # noqa: F811
-) -> None:
-    http_server.route("POST", PATH, [(200, {}, completion('{"sentiment": "unsure", "score": 1}'))])
-    doc = definition(
-        unique("llm-invalid"),
-        [
-            {
-                "id": "classify",
-                "type": "task",
-                "action": "llm",
-                "input": {"prompt": "x", "json_schema": SCHEMA},
-                "retry": {"preset": "constant", "initial_interval": "100ms", "maximum_attempts": 2},
-                "timeouts": {"start_to_close": "30s"},
-                "on_failure": "continue",
-            }
-        ],
-    )
-    result = await (await start(client, task_queue, doc)).result()
-    step = record(result, "classify")
-    assert (step.status, step.attempts, step.error_type) == (StepStatus.FAILED, 2, "LlmAnswerInvalid")
-    assert "sentiment" in (step.error or "")
