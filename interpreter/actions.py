@@ -541,7 +541,8 @@ def known_actions() -> tuple[str, ...]:
     return tuple(action_inputs())
 
 
-def _load_object(reference: str) -> Any:
+def load_object(reference: str) -> Any:
+    """The object ``"module:attribute.path"`` names (the module itself without an attribute)."""
     module_name, _, attribute = reference.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in attribute.split(".") if attribute else ():
@@ -589,7 +590,7 @@ def load_action_plugins(
     for module in modules:
         if module.strip():
             reference = module.strip()
-            sources.append((f"module {reference!r}", functools.partial(_load_object, reference)))
+            sources.append((f"module {reference!r}", functools.partial(load_object, reference)))
     for where, load in sources:
         try:
             obj = load()
