@@ -1,0 +1,160 @@
+"""Dry runs: the whole definition on the generic workflow with no action executed; canned outputs
+steer the branches; the loopback servers prove that nothing was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from interpreter.state import RunResult, StepStatus
+from starter.cli import main
+from starter.client import DRY_RUN_PREFIX, FlowClient
+from tests.helpers.http_server import RecordingServer
+from tests.workflows.support import record, unique
+
+
+def document(api: str) -> dict[str, Any]:
+    return {
+        "name": unique("dry-run"),
+        "defaults": {"timeouts": {"start_to_close": "30s"}},
+        "steps": [
+            {
+                "id": "check",
+                "type": "task",
+                "action": "http",
+                "input": {
+                    "method": "POST",
+                    "url": f"{api}/orders",
+                    "headers": {"Authorization": "Bearer ${secret:API_TOKEN}"},
+                    "json": {"order": "{{ input.order }}"},
+                },
+            },
+            {"id": "cool-off", "type": "delay", "duration": "3d"},
+            {
+                "id": "route",
+                "type": "condition",
+                # A dry run's description has no status_code: without a canned output, 503.
+                "if": "(steps.check.output.status_code | default(503)) == 200",
+                "then": {
+                    "steps": [
+                        {
+                            "id": "record",
+                            "type": "task",
+                            "action": "sql",
+                            "input": {
+                                "connection": "crm",
+                                "statement": "INSERT INTO orders (id) VALUES (:id)",
+                                "parameters": {"id": "{{ input.order }}"},
+                            },
+                        }
+                    ]
+                },
+                "else": {
+                    "steps": [
+                        {
+                            "id": "classify",
+                            "type": "task",
+                            "action": "llm",
+                            "input": {"prompt": "Why did order {{ input.order }} fail?"},
+                        }
+                    ]
+                },
+            },
+        ],
+    }
+
+
+def path_taken(result: RunResult) -> list[str]:
+    return [step.path for step in result.steps if step.status != StepStatus.SKIPPED]
+
+
+async def test_a_dry_run_sends_nothing_and_describes_every_action(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    flows = FlowClient(client, task_queue=task_queue)
+    handle = await flows.start_run(document(http_server.url), {"order": "A-1"}, dry_run=True)
+    assert handle.workflow_id.startswith(DRY_RUN_PREFIX)
+    result = await handle.result()
+    assert result.state == "completed", result.error
+    assert path_taken(result) == ["check", "cool-off", "route", "classify"]
+    check = record(result, "check").output
+    assert check["dry_run"] is True
+    assert check["action"] == "http"
+    assert check["would_send"]["url"] == f"{http_server.url}/orders"
+    assert check["would_send"]["json"] == {"order": "A-1"}
+    # The secret reference stays a reference, nothing was resolved (escaped, as in every output:
+    # outputs are inert data).
+    assert check["would_send"]["headers"]["Authorization"] == "Bearer $${secret:API_TOKEN}"
+    assert record(result, "classify").output["would_send"]["prompt"] == "Why did order A-1 fail?"
+    assert http_server.requests() == []
+    memo = await client.get_workflow_handle(handle.workflow_id).describe()
+    assert (await memo.memo())["dry_run"] is True
+
+
+async def test_canned_outputs_take_the_other_branch(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    flows = FlowClient(client, task_queue=task_queue)
+    canned = {"check": {"status_code": 200, "headers": {}, "body": {"ok": True}}}
+    handle = await flows.start_run(
+        document(http_server.url), {"order": "B-2"}, dry_run=True, canned_outputs=canned
+    )
+    result = await handle.result()
+    assert path_taken(result) == ["check", "cool-off", "route", "record"]
+    assert record(result, "check").output == canned["check"]
+    sql = record(result, "record").output["would_send"]
+    assert sql["statement"] == "INSERT INTO orders (id) VALUES (:id)"
+    assert sql["parameters"] == {"id": "B-2"}
+    assert http_server.requests() == []
+
+
+async def test_wfa_start_dry_run_with_outputs_prints_the_path(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    worker: Worker,
+    http_server: RecordingServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    definition = tmp_path / "flow.json"
+    definition.write_text(json.dumps(document(http_server.url)))
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"check": {"status_code": 200}}))
+    address = temporal_env.client.service_client.config.target_host
+    args = [
+        "--address",
+        address,
+        "--task-queue",
+        task_queue,
+        "start",
+        str(definition),
+        "--input",
+        '{"order": "C-3"}',
+    ]
+
+    def wfa(*extra: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([*args, *extra])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = await asyncio.to_thread(wfa, "--dry-run", "--outputs", str(outputs), "--wait", "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["dry_run"] is True
+    assert printed["workflow_id"].startswith(DRY_RUN_PREFIX)
+    assert printed["path"] == ["check", "cool-off", "route", "record"]
+    code, out, err = await asyncio.to_thread(wfa, "--dry-run", "--wait")
+    assert code == 0, err
+    assert "DRY RUN: no action ran. Path taken: check -> cool-off -> route -> classify" in out
+    code, _, err = await asyncio.to_thread(wfa, "--outputs", str(outputs))
+    assert code == 2
+    assert "--outputs applies to dry runs only" in err
+    assert http_server.requests() == []
