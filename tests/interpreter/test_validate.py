@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from interpreter.actions import KNOWN_ACTIONS
 from interpreter.model import STEP_TYPES, Definition
 from interpreter.validate import DefinitionError, Problem, check_definition, definition_hash, load_definition
+
+KNOWN = ", ".join(sorted(KNOWN_ACTIONS))
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -303,7 +306,7 @@ def test_branch_has_exactly_one_of_steps_or_goto(branch: dict[str, Any]) -> None
 def test_unknown_action() -> None:
     assert only_problem(doc(task(action="smtp"))) == (
         "$.steps[0].action",
-        "unknown action 'smtp' (known: echo, http)",
+        f"unknown action 'smtp' (known: {KNOWN})",
     )
 
 
@@ -929,7 +932,7 @@ def test_several_problems_in_nested_steps_are_all_reported() -> None:
         }
     )
     assert problems(data) == [
-        ("$.steps[0].branches[0].steps[0].action", "unknown action 'smtp' (known: echo, http)"),
+        ("$.steps[0].branches[0].steps[0].action", f"unknown action 'smtp' (known: {KNOWN})"),
         (
             "$.steps[0].branches[1].steps[0].id",
             "duplicate step id 'x' (first at $.steps[0].branches[0].steps[0])",
