@@ -12,22 +12,22 @@ asks again, and once its attempts are spent the step fails with the reason.
 
 Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`):
 
-==================================  ==========  ============================================
-Situation                           Retryable   Type
-==================================  ==========  ============================================
-input fails validation              no          ``InvalidActionInput``
-connection not configured           no          ``LlmConnectionNotConfigured``
-secret missing / not for this host  no          ``SecretNotFound`` / ``SecretHostRefused``
-outbound policy refuses the host    no          ``OutboundRefused``
-429                                 yes         ``LlmRateLimited`` (delay from ``Retry-After``)
-5xx, 408                            yes         ``LlmServerError``
-other 4xx (bad key, bad model, ...) no          ``LlmRequestRefused``
-timed out                           yes         ``LlmTimeout``
-could not connect / transport       yes         ``LlmConnectError``
-response not a chat completion      yes         ``LlmBadResponse``
-answer not JSON / not the schema    yes         ``LlmAnswerInvalid``
-response body over 256 KiB          no          ``HttpResponseTooLarge``
-==================================  ==========  ============================================
+===================================  =========  ===============================================
+Situation                            Retryable  Type
+===================================  =========  ===============================================
+input fails validation               no         ``InvalidActionInput``
+connection not configured            no         ``LlmConnectionNotConfigured``
+secret missing / not for this host   no         ``SecretNotFound`` / ``SecretHostRefused``
+outbound policy refuses the host     no         ``OutboundRefused``
+429                                  yes        ``LlmRateLimited`` (delay from ``Retry-After``)
+5xx, 408                             yes        ``LlmServerError``
+other 4xx (bad key, bad model, ...)  no         ``LlmRequestRefused``
+timed out                            yes        ``LlmTimeout``
+could not connect / transport        yes        ``LlmConnectError``
+response not a chat completion       yes        ``LlmBadResponse``
+answer not JSON / not the schema     yes        ``LlmAnswerInvalid``
+response body over 256 KiB           no         ``HttpResponseTooLarge``
+===================================  =========  ===============================================
 """
 
 from __future__ import annotations

@@ -9,22 +9,22 @@ PostgreSQL (asyncpg) is the supported database.
 Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`; SQLSTATE
 classes as PostgreSQL reports them):
 
-==========================================  ==========  ===============================
-Situation                                   Retryable   Type
-==========================================  ==========  ===============================
-input fails validation                      no          ``InvalidActionInput``
-connection not configured for the tenant    no          ``SqlConnectionNotConfigured``
-cannot connect, connection lost (08, none)  yes         ``SqlConnectionError``
-statement timeout (57014)                   yes         ``SqlStatementTimeout``
-serialization failure, deadlock (40)        yes         ``SqlTransientError``
-resources, shutdown, system (53, 57, 58)    yes         ``SqlTransientError``
-write on a read-only connection (25006)     no          ``SqlReadOnlyViolation``
-syntax error, unknown object, privilege (42) no         ``SqlStatementError``
-constraint violation (23)                   no          ``SqlConstraintViolation``
-bad value for a type (22)                   no          ``SqlDataError``
-a placeholder without a parameter           no          ``SqlParameterError``
-any other SQLSTATE                          no          ``SqlError``
-==========================================  ==========  ===============================
+============================================  =========  ==============================
+Situation                                     Retryable  Type
+============================================  =========  ==============================
+input fails validation                        no         ``InvalidActionInput``
+connection not configured for the tenant      no         ``SqlConnectionNotConfigured``
+cannot connect, connection lost (08, none)    yes        ``SqlConnectionError``
+statement timeout (57014)                     yes        ``SqlStatementTimeout``
+serialization failure, deadlock (40)          yes        ``SqlTransientError``
+resources, shutdown, system (53, 57, 58)      yes        ``SqlTransientError``
+write on a read-only connection (25006)       no         ``SqlReadOnlyViolation``
+syntax error, unknown object, privilege (42)  no         ``SqlStatementError``
+constraint violation (23)                     no         ``SqlConstraintViolation``
+bad value for a type (22)                     no         ``SqlDataError``
+a placeholder without a parameter             no         ``SqlParameterError``
+any other SQLSTATE                            no         ``SqlError``
+============================================  =========  ==============================
 """
 
 from __future__ import annotations

@@ -136,13 +136,30 @@ def _store_failure(err: ActivityError) -> BaseException:
     return StoreFailedError(f"recording the dead letter failed: {message}", error_type)
 
 
+DRY_RUN_ERROR_KEY = "$error"
+"""A canned output ``{"$error": {"type": "...", "message": "..."}}`` makes the task fail, so a dry
+run can exercise ``on_failure`` and compensations."""
+
+
 def dry_run_result(call: ActionCall, canned: Mapping[str, Any]) -> ActionResult:
     """What a task returns in a dry run: its canned output (by step path, else step id), or a
     description of what it would have done. No activity runs, so nothing reaches any server, and
-    secret references stay unresolved text."""
+    secret references stay unresolved text.
+
+    Raises:
+        ActionFailedError: The canned output is a ``{"$error": {...}}`` failure.
+    """
     for key in (call.path, call.step_id):
         if key in canned:
-            return ActionResult(output=canned[key], attempt=1)
+            output = canned[key]
+            if isinstance(output, dict) and set(output) == {DRY_RUN_ERROR_KEY}:
+                failure = output[DRY_RUN_ERROR_KEY] if isinstance(output[DRY_RUN_ERROR_KEY], dict) else {}
+                raise ActionFailedError(
+                    str(failure.get("message") or "canned failure (dry run)"),
+                    str(failure.get("type") or "DryRunFailure"),
+                    1,
+                )
+            return ActionResult(output=output, attempt=1)
     return ActionResult(
         output={
             "dry_run": True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -161,3 +162,30 @@ async def test_the_outbound_policy_applies(http_server: RecordingServer) -> None
 async def test_an_unconfigured_connection_is_permanent(loopback_client: httpx.AsyncClient) -> None:
     error = await ask_error(loopback_client, {"prompt": "hi", "connection": "nope"})
     assert (error.type, error.non_retryable) == ("LlmConnectionNotConfigured", True)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_slow_model_times_out_retryably(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    release = threading.Event()
+
+    def slow(_request: Any) -> tuple[int, dict[str, str], Any]:
+        release.wait(10)
+        return 200, {}, completion("late")
+
+    http_server.route("POST", PATH, slow)
+    try:
+        error = await ask_error(loopback_client, {"prompt": "hi", "timeout_s": 0.3})
+    finally:
+        release.set()
+    assert (error.type, error.non_retryable) == ("LlmTimeout", False)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_response_that_is_not_a_completion_is_retryable(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    http_server.route("POST", PATH, [(200, {}, {"unexpected": True})])
+    error = await ask_error(loopback_client, {"prompt": "hi"})
+    assert (error.type, error.non_retryable) == ("LlmBadResponse", False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -214,3 +215,33 @@ def test_validation_refuses_a_template_in_the_statement() -> None:
         "parameters": {"name": "{{ input.name }}"},
     }
     load_definition(document)
+
+
+def test_wfa_validate_names_the_templated_statement(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from starter.cli import run as wfa
+
+    path = tmp_path / "flow.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "sql-template",
+                "defaults": {"timeouts": {"start_to_close": "30s"}},
+                "steps": [
+                    {
+                        "id": "q",
+                        "type": "task",
+                        "action": "sql",
+                        "input": {
+                            "connection": "main",
+                            "statement": "DELETE FROM t WHERE id = {{ input.id }}",
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    assert wfa(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "$.steps[0].input.statement: statement must be static text" in err

@@ -158,3 +158,49 @@ async def test_wfa_start_dry_run_with_outputs_prints_the_path(
     assert code == 2
     assert "--outputs applies to dry runs only" in err
     assert http_server.requests() == []
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "order-fulfilment.json"
+ORDER = {
+    "id": "SO-1",
+    "email": "buyer@example.org",
+    "payment_token": "tok_visa",
+    "address": {"city": "Springfield"},
+    "items": [{"sku": "MUG", "qty": 2, "unit_price": 10}],
+}
+
+
+async def test_the_order_example_with_canned_outputs_and_a_canned_failure(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    flows = FlowClient(client, task_queue=task_queue)
+    run_input = {"api": http_server.url, "order": ORDER}
+    happy = {
+        "reserve_inventory": {"body": {"reservation_id": "R-1"}},
+        "charge_payment": {"body": {"charge_id": "ch_1"}},
+        "create_shipment": {"body": {"tracking": "1Z"}},
+    }
+    result = await (
+        await flows.start_run(str(EXAMPLE), run_input, dry_run=True, canned_outputs=happy)
+    ).result()
+    assert result.state == "completed", result.error
+    assert result.output["tracking"] == "1Z"
+    assert record(result, "send_confirmation").output["would_send"]["json"]["to"] == "buyer@example.org"
+    declined = {
+        **happy,
+        "charge_payment": {"$error": {"type": "HttpClientError", "message": "402 card declined"}},
+    }
+    handle = await flows.start_run(str(EXAMPLE), run_input, dry_run=True, canned_outputs=declined)
+    result = await handle.result()
+    assert result.state == "compensated"
+    assert result.error_type == "HttpClientError"
+    release = record(result, "compensate/reserve_inventory/release_inventory").output["would_send"]
+    assert release["url"] == f"{http_server.url}/inventory/reservations/R-1/release"
+    assert path_taken(result) == [
+        "validate_order",
+        "price_order",
+        "reserve_inventory",
+        "charge_payment",
+        "compensate/reserve_inventory/release_inventory",
+    ]
+    assert http_server.requests() == []
