@@ -58,6 +58,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from activities.connections import ConnectionsConfigError, connections
 from activities.dead_letters import build_store_activities
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.plugins import plugin_activities
@@ -253,6 +254,11 @@ async def main() -> int:
     try:
         configure_secret_store(store_from_env())
     except SecretsConfigError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        connections()  # a broken connections file stops the start, not the first sql or llm step
+    except ConnectionsConfigError as err:
         log.error("%s", err)
         return 2
     try:

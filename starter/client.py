@@ -819,9 +819,18 @@ class FlowClient:
         workflow_id: str | None = None,
         task_queue: str | None = None,
         timeout: float | None = None,
+        dry_run: bool = False,
+        canned_outputs: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Starts a run (see :meth:`start_run`) and waits for its result (see :meth:`result`)."""
-        run = await self.start_run(definition, input, workflow_id=workflow_id, task_queue=task_queue)
+        run = await self.start_run(
+            definition,
+            input,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            dry_run=dry_run,
+            canned_outputs=canned_outputs,
+        )
         return await run.result(timeout=timeout)
 
     def get_run(self, workflow_id: str) -> RunHandle:

@@ -113,3 +113,66 @@ async def test_answers_that_stay_invalid_fail_the_step_with_the_reason(
     step = record(result, "classify")
     assert (step.status, step.attempts, step.error_type) == (StepStatus.FAILED, 2, "LlmAnswerInvalid")
     assert "sentiment" in (step.error or "")
+
+
+async def test_sql_steps_bind_the_runs_data_and_a_switch_reads_their_rows(
+    client: Client, task_queue: str, worker: Worker, postgres_server_url: str
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.pool import NullPool
+
+    from activities.store.database import create_engine
+    from tests.conftest import fresh_database
+
+    async with fresh_database(postgres_server_url, "wfa_sqlrun", migrate=False) as url:
+        engine = create_engine(url, poolclass=NullPool)
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE contacts (email text PRIMARY KEY, note text)"))
+        configure_connections(Connections.parse({"default": {"sql": {"crm": {"url": url}}}}))
+        try:
+            doc = definition(
+                unique("sql-run"),
+                [
+                    {
+                        "id": "save",
+                        "type": "task",
+                        "action": "sql",
+                        "input": {
+                            "connection": "crm",
+                            "statement": "INSERT INTO contacts (email, note) VALUES (:email, :note)"
+                            " ON CONFLICT (email) DO NOTHING",
+                            "parameters": {"email": "{{ input.email }}", "note": "{{ input.note }}"},
+                        },
+                        "timeouts": {"start_to_close": "30s"},
+                    },
+                    {
+                        "id": "count",
+                        "type": "task",
+                        "action": "sql",
+                        "input": {"connection": "crm", "statement": "SELECT count(*) AS n FROM contacts"},
+                        "timeouts": {"start_to_close": "30s"},
+                    },
+                    {
+                        "id": "check",
+                        "type": "switch",
+                        "cases": [
+                            {
+                                "when": "steps.count.output.rows[0].n == 1",
+                                "then": {"steps": [{"id": "one", "type": "set", "vars": {"saved": True}}]},
+                            }
+                        ],
+                    },
+                ],
+            )
+            note = "x'); DROP TABLE contacts; -- {{ 6 * 7 }}"
+            result = await (
+                await start(client, task_queue, doc, {"email": "a@example.org", "note": note})
+            ).result()
+        finally:
+            configure_connections(None)
+        assert record(result, "save").output["rows_affected"] == 1
+        assert record(result, "one").status == StepStatus.COMPLETED
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT note FROM contacts"))).scalar_one()
+        await engine.dispose()
+    assert stored == note  # bound as data: neither SQL nor a template
