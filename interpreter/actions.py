@@ -338,6 +338,23 @@ entry here plus its activity (see the README's contributing section)."""
 KNOWN_ACTIONS: tuple[str, ...] = tuple(ACTION_INPUTS)
 """The action names, in registry order."""
 
+
+@functools.cache
+def static_input_fields(action: str) -> frozenset[str]:
+    """The input fields of a built-in action that are static text (``x-static``: the SQL
+    statement): validation refuses templates there and the engine never renders them, so even a
+    run started without validation cannot splice data into them. Plugins' models are not
+    consulted: what the engine renders must not depend on which plugins a worker loaded."""
+    model = ACTION_INPUTS.get(action)
+    if model is None:
+        return frozenset()
+    return frozenset(
+        name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("x-static")
+    )
+
+
 _M = TypeVar("_M", bound=ActionInput)
 
 

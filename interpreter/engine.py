@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
-from interpreter.actions import ActionRequest, ActionResult
+from interpreter.actions import ActionRequest, ActionResult, static_input_fields
 from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
 from interpreter.durations import format_duration, parse_duration
 from interpreter.inert import make_inert
@@ -843,7 +843,7 @@ class Engine:
         request = ActionRequest(
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
-            input=self._render(dict(step.input), self._context(scope)),
+            input=self._render_input(step, scope),
             tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
@@ -912,6 +912,17 @@ class Engine:
         if step.compensate:
             self._compensations.append(_Compensation(step, scope, path))
         return make_inert(result.output)
+
+    def _render_input(self, step: TaskStep, scope: _Scope) -> dict[str, Any]:
+        """The task's input rendered, except its action's static fields (an SQL statement), which
+        are passed as written: run data never becomes part of them."""
+        static = static_input_fields(step.action)
+        if not static:
+            return dict(self._render(dict(step.input), self._context(scope)))
+        rendered = self._render(
+            {k: v for k, v in step.input.items() if k not in static}, self._context(scope)
+        )
+        return {k: step.input[k] if k in static else rendered[k] for k in step.input}
 
     @staticmethod
     def _redrive_call(call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:

@@ -354,6 +354,14 @@ def _check_step(
                     "no start_to_close or schedule_to_close timeout (set one here or in defaults.timeouts)",
                 )
             )
+        if step.task_queue is not None and timeouts.schedule_to_close is None:
+            problems.append(
+                Problem(
+                    f"{path}.timeouts",
+                    f"the step runs on task queue {step.task_queue!r}: give it a schedule_to_close timeout"
+                    " (here or in defaults.timeouts), or it waits for ever when no worker polls that queue",
+                )
+            )
     elif isinstance(step, ForeachStep):
         limit = definition.limits.max_foreach_items
         if step.max_items is not None and step.max_items > limit:

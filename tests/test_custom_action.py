@@ -133,3 +133,15 @@ async def test_the_custom_action_runs_on_the_runs_worker_and_on_its_own_task_que
     assert greet.output == {"text": "Bonjour, Ada!", "task_queue": team_queue}
     assert again.output == {"text": "Hello, Ada! Hello, Ada!", "task_queue": task_queue}
     assert result.output == {"text": "Bonjour, Ada!"}
+
+
+@pytest.mark.usefixtures("installed")
+def test_a_step_on_another_queue_needs_a_schedule_to_close_timeout() -> None:
+    load_action_plugins()
+    data = document()
+    data["defaults"] = {"timeouts": {"start_to_close": "30s"}}
+    with pytest.raises(DefinitionError) as info:
+        load_definition(data)
+    [problem] = info.value.problems
+    assert problem.path == "$.steps[0].timeouts"
+    assert "schedule_to_close" in problem.message
