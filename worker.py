@@ -229,6 +229,19 @@ async def main() -> int:
             verifier.required,
         )
     try:
+        connections()  # a broken connections file stops the start, not the first sql or llm step
+    except ConnectionsConfigError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        plugins = load_configured_action_plugins()
+        plugin_activities()  # imports every plugin's function now: a broken one stops the start
+    except ActionPluginError as err:
+        log.error("%s", err)
+        return 2
+    if plugins:
+        log.info("action plugins: %s", ", ".join(f"{p.name} ({p.function})" for p in plugins))
+    try:
         scope = WorkerScope.from_env()
         allowances = scope.allowances()
         clients = await connect_namespaces(scope)
@@ -256,19 +269,6 @@ async def main() -> int:
     except SecretsConfigError as err:
         log.error("%s", err)
         return 2
-    try:
-        connections()  # a broken connections file stops the start, not the first sql or llm step
-    except ConnectionsConfigError as err:
-        log.error("%s", err)
-        return 2
-    try:
-        plugins = load_configured_action_plugins()
-        plugin_activities()  # imports every plugin's function now: a broken one stops the start
-    except ActionPluginError as err:
-        log.error("%s", err)
-        return 2
-    if plugins:
-        log.info("action plugins: %s", ", ".join(f"{p.name} ({p.function})" for p in plugins))
     database = None
     if os.environ.get(DATABASE_URL_ENV):
         try:

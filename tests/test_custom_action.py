@@ -4,8 +4,12 @@ action, and run end to end on the dev server, also on a second worker of its own
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
@@ -145,3 +149,65 @@ def test_a_step_on_another_queue_needs_a_schedule_to_close_timeout() -> None:
     [problem] = info.value.problems
     assert problem.path == "$.steps[0].timeouts"
     assert "schedule_to_close" in problem.message
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _worker_process(address: str, task_queue: str, log: Path, modules: str) -> subprocess.Popen[bytes]:
+    """worker.py as a team runs it: its own queue, its package on the path, named by WFA_ACTION_MODULES."""
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_TASK_QUEUE": task_queue,
+        "WORKER_SHUTDOWN_GRACE_S": "0",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(EXAMPLE / "src"), str(ROOT)]),
+        ACTION_MODULES_ENV: modules,
+    }
+    return subprocess.Popen(
+        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    for _ in range(int(timeout * 10)):
+        code = proc.poll()
+        if code is not None:
+            return code
+        await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"worker did not exit within {timeout}s")
+
+
+@pytest.mark.usefixtures("package_on_path")
+async def test_the_teams_worker_py_serves_its_action_on_its_own_queue(
+    client: Client, task_queue: str, tmp_path: Path
+) -> None:
+    team_queue = f"team-greetings-{uuid4().hex[:8]}"
+    log = tmp_path / "team-worker.log"
+    proc = _worker_process(client.service_client.config.target_host, team_queue, log, "wfa_greeting.spec")
+    try:
+        async with (
+            httpx.AsyncClient() as http_client,
+            # The run's own worker, built before the plugin is known: it does not serve `greeting`.
+            build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+        ):
+            load_configured_action_plugins({ACTION_MODULES_ENV: "wfa_greeting.spec"})  # the starter's view
+            assert "wfa_greeting.impl" not in sys.modules
+            definition = {**document(task_queue=team_queue), "name": unique("custom-greeting")}
+            handle = await start(client, task_queue, definition, {"name": "Grace"})
+            result = await asyncio.wait_for(handle.result(), timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await _exit_code(proc, timeout=60)
+    assert record(result, "greet").output == {"text": "Bonjour, Grace!", "task_queue": team_queue}
+    assert code == 0
+    assert "action plugins: greeting (wfa_greeting.impl:greet)" in log.read_text()
+
+
+async def test_worker_py_refuses_to_start_with_a_broken_plugin(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    proc = _worker_process("127.0.0.1:1", "tq-none", log, "wfa_greeting.nowhere")
+    assert await _exit_code(proc, timeout=60) == 2
+    assert "action plugin module 'wfa_greeting.nowhere' cannot be loaded" in log.read_text()

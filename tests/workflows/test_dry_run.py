@@ -94,8 +94,9 @@ async def test_a_dry_run_sends_nothing_and_describes_every_action(
     assert check["would_send"]["headers"]["Authorization"] == "Bearer $${secret:API_TOKEN}"
     assert record(result, "classify").output["would_send"]["prompt"] == "Why did order A-1 fail?"
     assert http_server.requests() == []
-    memo = await client.get_workflow_handle(handle.workflow_id).describe()
-    assert (await memo.memo())["dry_run"] is True
+    described = await client.get_workflow_handle(handle.workflow_id).describe()
+    assert (await described.memo())["dry_run"] is True
+    assert (await described.static_summary() or "").startswith("DRY RUN: ")
 
 
 async def test_canned_outputs_take_the_other_branch(
