@@ -67,6 +67,8 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)  # NaN and infinities are not JSON numbers
         return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()

@@ -121,6 +121,17 @@ async def test_rows_are_limited_and_the_output_says_so(actions: SqlActions) -> N
     assert whole.output["rows"][0]["one"] == 1
     assert whole.output["rows"][0]["x"] == 2.5
     assert isinstance(whole.output["rows"][0]["at"], str)
+    types = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "SELECT 'NaN'::numeric AS nan, gen_random_uuid() AS id, '\\x0102'::bytea AS raw,"
+            """ ARRAY[1, 2] AS list, '{"a": 1}'::jsonb AS doc""",
+        },
+    )
+    row = types.output["rows"][0]
+    assert (row["nan"], row["raw"], row["list"], row["doc"]) == ("NaN", "AQI=", [1, 2], {"a": 1})
+    assert len(row["id"]) == 36
 
 
 @pytest.mark.usefixtures("configured")
