@@ -136,6 +136,9 @@ def _store_failure(err: ActivityError) -> BaseException:
     return StoreFailedError(f"recording the dead letter failed: {message}", error_type)
 
 
+DRY_RUN_PAUSE_S = 0.001
+"""The timer a dry run's task waits instead of its activity."""
+
 DRY_RUN_ERROR_KEY = "$error"
 """A canned output ``{"$error": {"type": "...", "message": "..."}}`` makes the task fail, so a dry
 run can exercise ``on_failure`` and compensations."""
@@ -192,6 +195,10 @@ class _TemporalRuntime:
 
     async def execute_action(self, call: ActionCall) -> ActionResult:
         if self._dry_run:
+            # A short timer per task ends the workflow task, as an activity would: a long dry run
+            # (loops, large foreach) does not run all of its templates in one workflow task, where
+            # the deadlock detector or the template work budget would stop it.
+            await workflow.sleep(DRY_RUN_PAUSE_S, summary=f"dry run: {call.summary}")
             return dry_run_result(call, self._canned)
         retry = call.retry
         policy = RetryPolicy(

@@ -205,3 +205,38 @@ async def test_the_order_example_with_canned_outputs_and_a_canned_failure(
         "compensate/reserve_inventory/release_inventory",
     ]
     assert http_server.requests() == []
+
+
+async def test_a_long_dry_run_spreads_over_workflow_tasks(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    # 40 tasks with heavy templates: in one workflow task they would pass the task's template
+    # work budget (or the deadlock detector); each task's timer ends the workflow task instead.
+    heavy = "{% for i in range(3000) %}{{ i }}{% endfor %}"
+    doc = {
+        "name": unique("dry-run-long"),
+        "defaults": {"timeouts": {"start_to_close": "30s"}},
+        "steps": [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(40) | list",
+                "concurrency": 1,
+                "steps": [
+                    {
+                        "id": "call",
+                        "type": "task",
+                        "action": "http",
+                        "input": {"url": f"{http_server.url}/x", "json": heavy},
+                    }
+                ],
+            }
+        ],
+    }
+    flows = FlowClient(client, task_queue=task_queue)
+    # Without the per-task timers this dry run failed at each[23] (the template work budget of one
+    # workflow task, 200,000 operations).
+    result = await (await flows.start_run(doc, {}, dry_run=True)).result(timeout=240)
+    assert result.state == "completed", result.error
+    assert len([s for s in result.steps if s.id == "call"]) == 40
+    assert http_server.requests() == []
