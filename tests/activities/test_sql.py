@@ -256,3 +256,27 @@ def test_wfa_validate_names_the_templated_statement(
     assert wfa(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "$.steps[0].input.statement: statement must be static text" in err
+
+
+def test_the_published_schema_refuses_a_templated_statement_too() -> None:
+    import jsonschema
+
+    from interpreter.schema import definition_schema
+
+    def step(statement: str) -> dict[str, Any]:
+        return {
+            "name": "s",
+            "defaults": {"timeouts": {"start_to_close": "30s"}},
+            "steps": [
+                {
+                    "id": "q",
+                    "type": "task",
+                    "action": "sql",
+                    "input": {"connection": "c", "statement": statement},
+                }
+            ],
+        }
+
+    validator = jsonschema.Draft202012Validator(definition_schema())
+    assert validator.is_valid(step("SELECT * FROM t WHERE id = :id"))
+    assert not validator.is_valid(step("SELECT * FROM t WHERE id = {{ input.id }}"))
