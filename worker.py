@@ -23,6 +23,11 @@ Configuration comes from the environment:
 - ``WFA_OUTBOUND_ALLOW``: networks (CIDR) and host names actions may reach although they are
   internal (loopback, private, link-local, ...); unset, nothing internal is reachable
   (:mod:`activities.outbound`).
+- ``WFA_CONNECTIONS_FILE``: the tenants' named connections of the ``sql`` and ``llm`` actions
+  (:mod:`activities.connections`).
+- ``WFA_ACTION_MODULES``: modules holding teams' own actions, besides the installed packages' entry
+  points (group ``wfa.actions``; :mod:`starter.plugins`). A team runs its actions on its own task
+  queue by starting this worker with its own ``TEMPORAL_TASK_QUEUE`` (steps name it in ``task_queue``).
 - ``DATABASE_URL``: the PostgreSQL store where dead letters are recorded. Without it the worker
   serves every action but not the dead-letter activities: a run that parks waits (retrying, shown
   in the Web UI) until a worker with a database records its dead letter; nothing is lost.
@@ -55,8 +60,10 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from activities.connections import ConnectionsConfigError, connections
 from activities.dead_letters import build_store_activities
 from activities.outbound import OutboundPolicy, build_http_client
+from activities.plugins import plugin_activities
 from activities.run_control import request_cancel
 from activities.secrets import (
     SecretsConfigError,
@@ -64,8 +71,11 @@ from activities.secrets import (
     configure_tenant_scope,
     store_from_env,
 )
+from activities.sql import SqlActions
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
+from interpreter.actions import ActionPluginError
+from starter.plugins import load_configured_action_plugins
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import WORKFLOWS
@@ -140,6 +150,7 @@ def build_worker(
     extra_activities: Sequence[Callable[..., Any]] = (),
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
     outbound_policy: OutboundPolicy | None = None,
+    sql: SqlActions | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -153,14 +164,18 @@ def build_worker(
         graceful_shutdown_timeout: How long in-flight activities may finish on shutdown.
         outbound_policy: What the ``email`` action may connect to (the policy ``http_client`` was
             built with); default ``WFA_OUTBOUND_ALLOW``'s.
+        sql: The ``sql`` action's database pools (closed by the caller).
+
+    The registered action plugins (:func:`interpreter.actions.action_plugins`) are served too.
     """
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[*WORKFLOWS, *extra_workflows],
         activities=[
-            *build_activities(http_client, outbound_policy=outbound_policy),
+            *build_activities(http_client, outbound_policy=outbound_policy, sql=sql),
             request_cancel,
+            *plugin_activities(),
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
         ],
@@ -221,6 +236,19 @@ async def main() -> int:
             verifier.required,
         )
     try:
+        connections()  # a broken connections file stops the start, not the first sql or llm step
+    except ConnectionsConfigError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        plugins = load_configured_action_plugins()
+        plugin_activities()  # imports every plugin's function now: a broken one stops the start
+    except ActionPluginError as err:
+        log.error("%s", err)
+        return 2
+    if plugins:
+        log.info("action plugins: %s", ", ".join(f"{p.name} ({p.function})" for p in plugins))
+    try:
         scope = WorkerScope.from_env()
         allowances = scope.allowances()
         clients = await connect_namespaces(scope)
@@ -265,6 +293,8 @@ async def main() -> int:
         # One HTTP client per namespace: a tenant's allowances (and pooled connections) serve only
         # the runs of its namespace.
         workers = []
+        sql = SqlActions()
+        stack.push_async_callback(sql.close)
         for namespace, client in clients.items():
             http_client = await stack.enter_async_context(build_http_client(policies[namespace]))
             workers.append(
@@ -275,6 +305,7 @@ async def main() -> int:
                     session_factory=database.session_factory if database else None,
                     graceful_shutdown_timeout=grace,
                     outbound_policy=policies[namespace],
+                    sql=sql,
                 )
             )
         for namespace, client in clients.items():

@@ -10,8 +10,10 @@ import httpx
 from activities.echo import echo
 from activities.email import EmailActions
 from activities.http import HttpActions
+from activities.llm import LlmActions
 from activities.messaging import MessagingActions
 from activities.outbound import OutboundPolicy
+from activities.sql import SqlActions
 from activities.webhook import WebhookActions
 from interpreter.actions import KNOWN_ACTIONS
 
@@ -23,16 +25,21 @@ ACTION_NAMES: tuple[str, ...] = KNOWN_ACTIONS
 
 
 def build_activities(
-    http_client: httpx.AsyncClient, *, outbound_policy: OutboundPolicy | None = None
+    http_client: httpx.AsyncClient,
+    *,
+    outbound_policy: OutboundPolicy | None = None,
+    sql: SqlActions | None = None,
 ) -> list[Callable[..., Any]]:
     """All action activities, ready for ``Worker(activities=...)``.
 
     Args:
-        http_client: Shared client used by the ``http``, ``sms``, ``call``, ``sms_status`` and
-            ``webhook`` actions; the caller owns and closes it (built with the outbound policy by
+        http_client: Shared client used by the ``http``, ``sms``, ``call``, ``sms_status``,
+            ``webhook`` and ``llm`` actions; the caller owns and closes it (built with the outbound policy by
             :func:`activities.outbound.build_http_client`).
         outbound_policy: The policy the ``email`` action's SMTP connections are checked against
             (the one ``http_client`` was built with); default ``WFA_OUTBOUND_ALLOW``'s.
+        sql: The ``sql`` action's holder of database pools (the caller closes it); without it a
+            new one, whose pools live as long as the process.
 
     Returns:
         The activity callables, one per name in :data:`ACTION_NAMES`, in the same order.
@@ -46,5 +53,7 @@ def build_activities(
         "call": messaging.call,
         "sms_status": messaging.sms_status,
         "webhook": WebhookActions(http_client).webhook,
+        "sql": (sql or SqlActions()).sql,
+        "llm": LlmActions(http_client).llm,
     }
     return [implementations[name] for name in ACTION_NAMES]

@@ -13,14 +13,19 @@ its rendered input with the same model (:func:`parse_action_input`).
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.metadata
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import jsonschema
 import pydantic
 from pydantic import (
     AfterValidator,
@@ -31,6 +36,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 class RetryMode(StrEnum):
@@ -521,6 +527,117 @@ ACTION_OUTPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
 """The output model of the actions that declare one (the step's ``output`` has its fields)."""
 
 
+STATIC_TEXT_ERROR = "static_text"
+"""The pydantic error type of a field that must be literal text: reported by ``wfa validate``
+whether or not the value is a template (every other rule is checked at run time for templates)."""
+
+_TEMPLATE_SYNTAX = ("{{", "{%", "{#")
+
+
+def _static_text(field: str, value: str) -> str:
+    """Refuses template syntax in a field that must be static text (SQL statements)."""
+    if any(marker in value for marker in _TEMPLATE_SYNTAX):
+        raise PydanticCustomError(
+            STATIC_TEXT_ERROR,
+            "{field} must be static text: templates are refused here (pass run data as parameters,"
+            " which are bound, never spliced into the text)",
+            {"field": field},
+        )
+    return value
+
+
+SqlScalar = str | int | float | bool | None
+"""A value bound to a SQL parameter (lists bind as PostgreSQL arrays)."""
+
+
+class SqlInput(ActionInput):
+    """Input of the ``sql`` action: one statement against a connection named in the worker's
+    configuration (``WFA_SQL_CONNECTIONS``, per tenant).
+
+    Attributes:
+        connection: Name of the tenant's configured connection (its URL, read-only flag and
+            statement timeout are configuration, never the definition's).
+        statement: The SQL text, static: templates are refused at validation. Values are named
+            ``:name`` placeholders filled from ``parameters``.
+        parameters: Values bound to the placeholders (templated; bound by the driver, never
+            spliced into the text).
+        max_rows: Rows returned at most; more set ``truncated`` in the output.
+        timeout_s: Statement timeout in seconds (the database cancels the statement); at most
+            the connection's own timeout when it has one.
+    """
+
+    connection: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    statement: str = Field(min_length=1, max_length=100_000, json_schema_extra={"x-static": True})
+    parameters: dict[str, SqlScalar | list[SqlScalar]] = Field(default_factory=dict)
+    max_rows: int = Field(default=1000, ge=1, le=10_000)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("statement")
+    @classmethod
+    def _static_statement(cls, value: str) -> str:
+        return _static_text("statement", value)
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"parameter name {name!r} must be an identifier (used as :{name})")
+        return value
+
+
+class LlmMessage(ActionInput):
+    """One chat message of the ``llm`` action's prompt."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class LlmInput(ActionInput):
+    """Input of the ``llm`` action: an OpenAI-compatible chat completion.
+
+    Attributes:
+        connection: Name of the tenant's configured model endpoint (``WFA_LLM_CONNECTIONS``:
+            base URL, default model, API key as a secret reference).
+        model: Overrides the connection's model.
+        system: A system message, put first.
+        prompt: The user message (templated).
+        messages: More messages, after ``system`` and before ``prompt``.
+        json_schema: A JSON Schema the answer must satisfy: the answer's content is parsed as
+            JSON and validated; an invalid answer fails the attempt (``LlmAnswerInvalid``, retried
+            by the step's policy).
+        temperature: Sampling temperature.
+        max_tokens: Most tokens the answer may use.
+        timeout_s: Total time allowed for the request, in seconds.
+    """
+
+    connection: str = Field(default="default", min_length=1, max_length=100)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    system: str | None = Field(default=None, max_length=200_000)
+    prompt: str | None = Field(default=None, max_length=200_000)
+    messages: list[LlmMessage] = Field(default_factory=list, max_length=100)
+    json_schema: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and not _has_template(value):
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as err:
+                raise ValueError(f"not a valid JSON Schema: {err.message}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_message(self) -> LlmInput:
+        if self.prompt is None and not self.messages:
+            raise ValueError("give a prompt or messages")
+        return self
+
+
 ACTION_INPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
     {
         "http": HttpInput,
@@ -530,6 +647,8 @@ ACTION_INPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
         "call": CallInput,
         "sms_status": SmsStatusInput,
         "webhook": WebhookInput,
+        "sql": SqlInput,
+        "llm": LlmInput,
     }
 )
 """Every action, by the name definitions use, with the model of its input. A new action is one
@@ -537,6 +656,23 @@ entry here plus its activity (see the README's contributing section)."""
 
 KNOWN_ACTIONS: tuple[str, ...] = tuple(ACTION_INPUTS)
 """The action names, in registry order."""
+
+
+@functools.cache
+def static_input_fields(action: str) -> frozenset[str]:
+    """The input fields of a built-in action that are static text (``x-static``: the SQL
+    statement): validation refuses templates there and the engine never renders them, so even a
+    run started without validation cannot splice data into them. Plugins' models are not
+    consulted: what the engine renders must not depend on which plugins a worker loaded."""
+    model = ACTION_INPUTS.get(action)
+    if model is None:
+        return frozenset()
+    return frozenset(
+        name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("x-static")
+    )
+
 
 _M = TypeVar("_M", bound=ActionInput)
 
@@ -552,6 +688,14 @@ def parse_action_input(model: type[_M], data: Mapping[str, Any]) -> _M:
 
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_template(k) or _has_template(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return _is_template(value)
 
 
 def _in_document(data: Any, loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], bool]:
@@ -588,7 +732,11 @@ def _errors_by_place(
     found: dict[tuple[int | str, ...], tuple[list[str], set[str]]] = {}
     for error in err.errors(include_url=False, include_input=False):
         loc, templated = _in_document(data, tuple(error["loc"]))
-        if skip_templates and templated and error["type"] not in ("extra_forbidden", "missing"):
+        if (
+            skip_templates
+            and templated
+            and error["type"] not in ("extra_forbidden", "missing", STATIC_TEXT_ERROR)
+        ):
             continue  # checked once rendered, at run time
         message = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(
             error["type"], str(error["msg"]).removeprefix("Value error, ")
@@ -634,7 +782,7 @@ def action_input_error_kinds(
 ) -> list[tuple[tuple[int | str, ...], str, frozenset[str]]]:
     """As :func:`action_input_errors`, with the pydantic error types found at each place
     (``value_error`` for a custom rule, ``int_type`` for a wrong type, ...)."""
-    model = ACTION_INPUTS[action]
+    model = action_inputs()[action]
     try:
         parse_action_input(model, data)
     except pydantic.ValidationError as err:
@@ -642,3 +790,150 @@ def action_input_error_kinds(
     except ValueError as err:  # NaN or infinity: not JSON
         return [((), f"not representable as JSON: {err}", frozenset({"value_error"}))]
     return []
+
+
+# ------------------------------------------------------------------------------ your own actions
+
+ACTION_ENTRY_POINT_GROUP = "wfa.actions"
+"""The entry point group a package registers its actions in: each entry point names an
+:class:`ActionPlugin` (``greet = "team_actions.spec:GREET"``)."""
+
+
+@dataclass(frozen=True)
+class ActionPlugin:
+    """An action a team ships as a Python package (see the README, "Your own actions").
+
+    The object lives in a module that imports only the models, so validation (``wfa validate``,
+    the client) loads it without importing the implementation; only a worker imports
+    ``function``.
+
+    Attributes:
+        name: The action name definitions use; may not shadow a built-in action.
+        input_model: The input model (a subclass of :class:`ActionInput`), checked at validation
+            like a built-in action's and at run time before the function is called.
+        function: ``"module:attribute"`` of ``async def f(input: InputModel, context: ActionContext)
+            -> OutputModel``, imported by the worker only.
+        output_model: The output model (the function's result is validated and dumped with it).
+    """
+
+    name: str
+    input_model: type[ActionInput]
+    function: str
+    output_model: type[BaseModel] | None = None
+
+    def __post_init__(self) -> None:
+        if not _ACTION_NAME.fullmatch(self.name):
+            raise ValueError(f"action plugin name {self.name!r} must match {_ACTION_NAME.pattern}")
+        if not (isinstance(self.input_model, type) and issubclass(self.input_model, ActionInput)):
+            raise ValueError(f"action plugin {self.name!r}: input_model must subclass ActionInput")
+        if ":" not in self.function:
+            raise ValueError(f"action plugin {self.name!r}: function must be 'module:attribute'")
+
+
+_ACTION_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,99}")
+
+_plugins: dict[str, ActionPlugin] = {}
+
+
+class ActionPluginError(ValueError):
+    """A plugin cannot be loaded or registered (names the plugin and the problem)."""
+
+
+def register_action_plugin(plugin: ActionPlugin) -> None:
+    """Adds ``plugin`` to the actions this process knows (validation, schema of inputs, worker).
+
+    Registering the same plugin again is a no-op.
+
+    Raises:
+        ActionPluginError: The name is a built-in action's or another plugin's.
+    """
+    if plugin.name in ACTION_INPUTS:
+        raise ActionPluginError(f"action plugin {plugin.name!r} would shadow the built-in action")
+    existing = _plugins.get(plugin.name)
+    if existing is not None and existing != plugin:
+        raise ActionPluginError(
+            f"two action plugins are named {plugin.name!r} ({existing.function}, {plugin.function})"
+        )
+    _plugins[plugin.name] = plugin
+
+
+def unregister_action_plugins() -> None:
+    """Forgets every registered plugin (tests)."""
+    _plugins.clear()
+
+
+def action_plugins() -> tuple[ActionPlugin, ...]:
+    """The registered plugins, by name."""
+    return tuple(_plugins[name] for name in sorted(_plugins))
+
+
+def action_inputs() -> Mapping[str, type[ActionInput]]:
+    """Every action this process knows with its input model: the built-in ones, then plugins."""
+    return MappingProxyType({**ACTION_INPUTS, **{p.name: p.input_model for p in action_plugins()}})
+
+
+def known_actions() -> tuple[str, ...]:
+    """The names of :func:`action_inputs`."""
+    return tuple(action_inputs())
+
+
+def load_object(reference: str) -> Any:
+    """The object ``"module:attribute.path"`` names (the module itself without an attribute)."""
+    module_name, _, attribute = reference.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split(".") if attribute else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _plugins_in(obj: Any, where: str) -> list[ActionPlugin]:
+    if isinstance(obj, ActionPlugin):
+        return [obj]
+    if isinstance(obj, list | tuple) and all(isinstance(item, ActionPlugin) for item in obj):
+        return list(obj)
+    found = (
+        [value for value in vars(obj).values() if isinstance(value, ActionPlugin)]
+        if hasattr(obj, "__dict__")
+        else []
+    )
+    if not found:
+        raise ActionPluginError(f"{where} holds no ActionPlugin")
+    return found
+
+
+def load_action_plugins(
+    modules: Sequence[str] = (), *, entry_points: bool = True
+) -> tuple[ActionPlugin, ...]:
+    """Finds and registers the action plugins: entry points of the group
+    :data:`ACTION_ENTRY_POINT_GROUP` and the given ``module`` (or ``module:attribute``) names.
+
+    Only the plugin objects are imported (a module of models); the functions are not.
+
+    Args:
+        modules: Module paths (the worker's and CLI's ``WFA_ACTION_MODULES``).
+        entry_points: Look at installed packages' entry points too.
+
+    Returns:
+        Every registered plugin.
+
+    Raises:
+        ActionPluginError: A plugin cannot be imported, holds no plugin, or clashes by name.
+    """
+    sources: list[tuple[str, Callable[[], Any]]] = []
+    if entry_points:
+        for entry in importlib.metadata.entry_points(group=ACTION_ENTRY_POINT_GROUP):
+            sources.append((f"entry point {entry.name!r} ({entry.value})", entry.load))
+    for module in modules:
+        if module.strip():
+            reference = module.strip()
+            sources.append((f"module {reference!r}", functools.partial(load_object, reference)))
+    for where, load in sources:
+        try:
+            obj = load()
+        except Exception as err:  # an import error of any kind in a team's package
+            raise ActionPluginError(
+                f"action plugin {where} cannot be loaded: {type(err).__name__}: {err}"
+            ) from None
+        for plugin in _plugins_in(obj, where):
+            register_action_plugin(plugin)
+    return action_plugins()

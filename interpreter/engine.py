@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
-from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult
+from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult, static_input_fields
 from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
 from interpreter.durations import format_duration, parse_duration
 from interpreter.inert import make_inert
@@ -103,6 +103,7 @@ class ActionCall:
         activity_id: Unique among the run's activities: the step path, plus ``#n`` on the n-th
             visit of a step reached again by a jump.
         summary: What the Web UI shows for the activity: the step's name.
+        task_queue: The task queue the step names (a team's own workers); None: the run's own.
     """
 
     step_id: str
@@ -113,6 +114,7 @@ class ActionCall:
     request: ActionRequest
     retry: RetryPolicy
     timeouts: Timeouts
+    task_queue: str | None = None
 
 
 class ActionFailedError(Exception):
@@ -702,21 +704,6 @@ class Engine:
         finally:
             self._task_work += last_work()
 
-    def _render_input(self, action: str, value: dict[str, Any], context: Mapping[str, Any]) -> Any:
-        """A task's input rendered; the action's HTML fields (``AUTOESCAPED_INPUTS``) with
-        autoescaping. Only new actions have such fields, so existing runs render as before."""
-        escaped = [key for key in AUTOESCAPED_INPUTS.get(action, ()) if key in value]
-        if not escaped:
-            return self._render(value, context)
-        rendered = self._render({k: v for k, v in value.items() if k not in escaped}, context)
-        for key in escaped:
-            self._check_task_work()
-            try:
-                rendered[key] = render_html(value[key], context)
-            finally:
-                self._task_work += last_work()
-        return {key: rendered[key] for key in value}
-
     def _evaluate(self, expression: str, context: Mapping[str, Any]) -> Any:
         self._check_task_work()
         try:
@@ -856,7 +843,7 @@ class Engine:
         request = ActionRequest(
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
-            input=self._render_input(step.action, dict(step.input), self._context(scope)),
+            input=self._render_input(step, scope),
             tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
@@ -873,6 +860,7 @@ class Engine:
             request=request,
             retry=retry,
             timeouts=self._step_timeouts(step),
+            task_queue=step.task_queue,
         )
         redrives = 0
         while True:
@@ -924,6 +912,28 @@ class Engine:
         if step.compensate:
             self._compensations.append(_Compensation(step, scope, path))
         return make_inert(result.output)
+
+    def _render_input(self, step: TaskStep, scope: _Scope) -> dict[str, Any]:
+        """The task's input rendered, except its action's static fields (an SQL statement), which
+        are passed as written: run data never becomes part of them; its HTML fields
+        (``AUTOESCAPED_INPUTS``) are rendered with autoescaping. Only new actions have such
+        fields, so existing runs render as before."""
+        value = dict(step.input)
+        context = self._context(scope)
+        static = static_input_fields(step.action)
+        escaped = [k for k in AUTOESCAPED_INPUTS.get(step.action, ()) if k in value and k not in static]
+        if not static and not escaped:
+            return dict(self._render(value, context))
+        rendered = self._render(
+            {k: v for k, v in value.items() if k not in static and k not in escaped}, context
+        )
+        for key in escaped:
+            self._check_task_work()
+            try:
+                rendered[key] = render_html(value[key], context)
+            finally:
+                self._task_work += last_work()
+        return {k: value[k] if k in static else rendered[k] for k in value}
 
     @staticmethod
     def _redrive_call(call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:

@@ -287,6 +287,15 @@ class TaskStep(StepBase):
     park_timeout: Duration | None = None
     on_park_timeout: OnParkTimeout = "fail"
     compensate: list[Step] | None = None
+    task_queue: (
+        Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")] | None
+    ) = Field(
+        default=None,
+        # Left out when unset, so the content hash of every definition written before the field
+        # existed stays the same.
+        exclude_if=lambda value: value is None,
+        description="Run this step's activity on another task queue (a team's own workers)",
+    )
 
     @model_validator(mode="after")
     def _parking(self) -> TaskStep:

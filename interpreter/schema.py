@@ -88,9 +88,21 @@ def _templatable(schema: dict[str, Any]) -> dict[str, Any]:
             return {**annotations, **node}  # any value, or any string already
         return {**annotations, "anyOf": [node, TEMPLATE_STRING]}
 
+    def static(node: dict[str, Any]) -> dict[str, Any]:
+        # A field that must be literal text (an SQL statement): no template, and none inside it.
+        node = {k: v for k, v in node.items() if k != "x-static"}
+        return {**node, "not": {"pattern": STATIC_REFUSED_PATTERN}}
+
     out = dict(schema)
-    out["properties"] = {name: value(field) for name, field in schema.get("properties", {}).items()}
+    out["properties"] = {
+        name: static(field) if field.get("x-static") else value(field)
+        for name, field in schema.get("properties", {}).items()
+    }
     return out
+
+
+STATIC_REFUSED_PATTERN = "\\{\\{|\\{%|\\{#"
+"""Template syntax, refused in fields that must be static text."""
 
 
 def render_schema() -> str:

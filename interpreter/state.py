@@ -260,6 +260,10 @@ class RunOptions(BaseModel):
         decision_proof: Decisions and cancels must carry a signed token: the ``approve``, ``reject``
             and ``cancel`` signals (which cannot carry one) are refused, and the ``decide`` and
             ``cancel_run`` updates are verified against the worker's keys.
+        dry_run: No action runs: each task's output is a description of what it would have done
+            (its rendered input), or its canned output; delays do not wait.
+        canned_outputs: In a dry run, the output of a task by its step path (or step id), so
+            branches can be exercised.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -268,6 +272,9 @@ class RunOptions(BaseModel):
     current_step: CurrentStepTracking = CurrentStepTracking.WAITS
     tenant: str = Field(default="default", min_length=1, max_length=100)
     decision_proof: bool = False
+    # Both left out of the payload when unset: a normal run's input is as it was before them.
+    dry_run: bool = Field(default=False, exclude_if=lambda value: not value)
+    canned_outputs: dict[str, Any] = Field(default_factory=dict, exclude_if=lambda value: not value)
 
 
 class RunInput(BaseModel):

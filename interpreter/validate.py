@@ -17,7 +17,8 @@ from typing import Any, assert_never
 
 import pydantic
 
-from interpreter.actions import ACTION_INPUTS, KNOWN_ACTIONS, action_input_errors
+from interpreter.actions import action_input_errors, action_inputs
+from interpreter.actions import known_actions as registered_actions
 from interpreter.durations import parse_duration
 from interpreter.engine import resolve_timeouts
 from interpreter.model import (
@@ -75,13 +76,14 @@ class DefinitionError(ValueError):
 
 
 def load_definition(
-    data: Mapping[str, Any] | str | bytes, *, known_actions: Iterable[str] = KNOWN_ACTIONS
+    data: Mapping[str, Any] | str | bytes, *, known_actions: Iterable[str] | None = None
 ) -> Definition:
     """Parses and validates a definition.
 
     Args:
         data: The definition as a mapping or JSON text.
-        known_actions: Action names a task step may call.
+        known_actions: Action names a task step may call (default: the built-in actions and the
+            registered plugins, :func:`interpreter.actions.known_actions`).
 
     Returns:
         The validated definition.
@@ -203,15 +205,13 @@ class _Placed:
     index: int
 
 
-def check_definition(
-    definition: Definition, *, known_actions: Iterable[str] = KNOWN_ACTIONS
-) -> list[Problem]:
+def check_definition(definition: Definition, *, known_actions: Iterable[str] | None = None) -> list[Problem]:
     """Checks the whole-tree rules of an already parsed definition.
 
     Returns:
         Every problem found (empty when the definition is valid).
     """
-    actions = sorted(set(known_actions))
+    actions = sorted(set(registered_actions() if known_actions is None else known_actions))
     problems: list[Problem] = []
     placed: dict[str, _Placed] = {}
     # For each sequence: its step ids and (parent sequence, index of the containing step) when a
@@ -349,7 +349,7 @@ def _check_step(
             problems.append(
                 Problem(f"{path}.action", f"unknown action {step.action!r} (known: {', '.join(actions)})")
             )
-        elif step.action in ACTION_INPUTS:
+        elif step.action in action_inputs():
             for loc, message in action_input_errors(step.action, step.input):
                 problems.append(Problem(f"{path}.input{_loc_path(loc)}", message))
         timeouts = resolve_timeouts(definition, step)
@@ -358,6 +358,14 @@ def _check_step(
                 Problem(
                     f"{path}.timeouts",
                     "no start_to_close or schedule_to_close timeout (set one here or in defaults.timeouts)",
+                )
+            )
+        if step.task_queue is not None and timeouts.schedule_to_close is None:
+            problems.append(
+                Problem(
+                    f"{path}.timeouts",
+                    f"the step runs on task queue {step.task_queue!r}: give it a schedule_to_close timeout"
+                    " (here or in defaults.timeouts), or it waits for ever when no worker polls that queue",
                 )
             )
     elif isinstance(step, ForeachStep):

@@ -249,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the run to end and print its result")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the definition without any action: each task returns what it would have sent"
+        " (or its --outputs entry); the workflow id starts with dry-run-",
+    )
+    p.add_argument(
+        "--outputs",
+        metavar="FILE",
+        help="with --dry-run: a JSON object of task outputs by step path (or id), to exercise branches",
+    )
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
         p = command(name, f"{verb} a run's pending approval")
@@ -937,9 +948,16 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
     else:
         definition = load(Path(args.file))
     run_input = _json_object(args.input, "--input")
+    if args.outputs is not None and not args.dry_run:
+        raise UsageError("--outputs applies to dry runs only (add --dry-run)")
+    canned = _json_object(f"@{args.outputs}", "--outputs") if args.outputs is not None else None
     flows = await _connect(args)
     run: RunHandle = await flows.start_run(
-        args.file if definition is None else definition, run_input, workflow_id=args.id
+        args.file if definition is None else definition,
+        run_input,
+        workflow_id=args.id,
+        dry_run=args.dry_run,
+        canned_outputs=canned,
     )
     summary = {
         "workflow_id": run.workflow_id,
@@ -950,10 +968,13 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         "hash": run.definition_hash,
         "task_queue": flows.task_queue,
     }
+    if args.dry_run:
+        summary["dry_run"] = True
     if not args.json:
         if run.started:
             print(
-                f"Started {run.workflow_id} ({run.definition} v{run.version}, task queue {flows.task_queue})",
+                f"Started {'a DRY RUN ' if args.dry_run else ''}{run.workflow_id} ({run.definition}"
+                f" v{run.version}, task queue {flows.task_queue})",
                 file=out,
             )
         else:
@@ -976,11 +997,15 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
             print(f"  wfa status {run.workflow_id}    wfa result {run.workflow_id}", file=out)
         return EXIT_OK
     result = await _result_watching(flows, run.workflow_id, args.timeout)
+    path_taken = [step.path for step in result.steps if step.status != "skipped"]
     if args.json:
-        _print_json({**summary, "result": result.model_dump(mode="json")}, out)
+        extra = {"path": path_taken} if args.dry_run else {}
+        _print_json({**summary, **extra, "result": result.model_dump(mode="json")}, out)
     else:
         print(file=out)
         print_result(run.workflow_id, result, out)
+        if args.dry_run:
+            print(f"DRY RUN: no action ran. Path taken: {' -> '.join(path_taken) or '(no step)'}", file=out)
     return _result_exit(result)
 
 
@@ -1830,6 +1855,7 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 # the store or the SDK only to classify an error would slow every command down.
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
+    ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),
     (
         "activities.store.errors",
         ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError"),
@@ -1908,6 +1934,11 @@ def run(argv: Sequence[str]) -> int:
         return code
 
     try:
+        if args.command in ("validate", "start", "definitions"):
+            # Teams' own actions: validation checks their inputs like the built-in ones'.
+            from starter.plugins import load_configured_action_plugins
+
+            load_configured_action_plugins()
         if args.command == "validate":
             return _validate(args, out)
         if args.command == "keys":

@@ -149,6 +149,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_TASK_QUEUE",
     "DEFAULT_TENANT",
+    "DRY_RUN_PREFIX",
     "TENANT_ENV",
     "FlowClient",
     "PendingTimer",
@@ -159,6 +160,8 @@ __all__ = [
 ]
 
 RESOLVE_DEAD_LETTER_UPDATE = "resolve_dead_letter"
+DRY_RUN_PREFIX = "dry-run-"
+"""Workflow id prefix of every dry run (``start_run(..., dry_run=True)``)."""
 
 QUERY_TIMEOUT = timedelta(seconds=10)
 """How long a status query of a running run may wait for a worker to answer."""
@@ -785,6 +788,8 @@ class FlowClient:
         *,
         workflow_id: str | None = None,
         task_queue: str | None = None,
+        dry_run: bool = False,
+        canned_outputs: Mapping[str, Any] | None = None,
     ) -> RunHandle:
         """Validates a definition and starts a run of it.
 
@@ -813,6 +818,12 @@ class FlowClient:
             input: The run's input data (``input.*`` in templates).
             workflow_id: The business key.
             task_queue: Overrides the client's task queue.
+            dry_run: Run the whole definition without any action: each task's output is what it
+                would have sent (its rendered input, secret references unresolved) or its canned
+                output; delays do not wait. The workflow id starts with ``dry-run-``, the summary
+                says ``DRY RUN`` and the memo holds ``dry_run: true``.
+            canned_outputs: With ``dry_run``: task outputs by step path (or step id), so a dry
+                run can take the branches real outputs would.
 
         Returns:
             A handle on the run.
@@ -838,7 +849,14 @@ class FlowClient:
             raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
         check_run_input(parsed, run_input)
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
-        start = self.run_start(parsed, digest, source, run_input, workflow_id=wf_id)
+        canned = check_json_object(canned_outputs, "the canned outputs")
+        if canned and not dry_run:
+            raise InvalidInputError("canned outputs apply to dry runs only (dry_run=True)")
+        if dry_run and not wf_id.startswith(DRY_RUN_PREFIX):
+            wf_id = DRY_RUN_PREFIX + wf_id  # a dry run never takes a business key
+        start = self.run_start(
+            parsed, digest, source, run_input, workflow_id=wf_id, dry_run=dry_run, canned_outputs=canned
+        )
         try:
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
                 start.workflow_type,
@@ -893,6 +911,8 @@ class FlowClient:
         run_input: dict[str, Any],
         *,
         workflow_id: str | None = None,
+        dry_run: bool = False,
+        canned_outputs: dict[str, Any] | None = None,
     ) -> RunStart:
         """What a run of ``parsed`` is started with: its input (definition, data, options), search
         attributes, summary and memo. :meth:`start_run` and the schedules
@@ -913,14 +933,19 @@ class FlowClient:
             input=RunInput(
                 definition=parsed,
                 input=run_input,
-                options=RunOptions(tenant=self.tenant, decision_proof=self.decision_proof),
+                options=RunOptions(
+                    tenant=self.tenant,
+                    decision_proof=self.decision_proof,
+                    dry_run=dry_run,
+                    canned_outputs=canned_outputs or {},
+                ),
             ),
             search_attributes=attributes,
             # The workflow type is the definition's name (the Web UI lists runs by it); the
             # worker's dynamic workflow serves it (workflows.generic.DefinitionNamedWorkflow).
             workflow_type=parsed.name,
             static_summary=_clip(
-                f"{parsed.name} v{parsed.version} · tenant {self.tenant}"
+                f"{'DRY RUN: ' if dry_run else ''}{parsed.name} v{parsed.version} · tenant {self.tenant}"
                 + (f" · {workflow_id}" if workflow_id else ""),
                 200,
             ),
@@ -935,6 +960,7 @@ class FlowClient:
                 "hash": digest,
                 "tenant": self.tenant,
                 "source": source,
+                **({"dry_run": True} if dry_run else {}),
             },
         )
 
@@ -946,9 +972,18 @@ class FlowClient:
         workflow_id: str | None = None,
         task_queue: str | None = None,
         timeout: float | None = None,
+        dry_run: bool = False,
+        canned_outputs: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Starts a run (see :meth:`start_run`) and waits for its result (see :meth:`result`)."""
-        run = await self.start_run(definition, input, workflow_id=workflow_id, task_queue=task_queue)
+        run = await self.start_run(
+            definition,
+            input,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            dry_run=dry_run,
+            canned_outputs=canned_outputs,
+        )
         return await run.result(timeout=timeout)
 
     def get_run(self, workflow_id: str) -> RunHandle:

@@ -38,6 +38,7 @@ from interpreter.state import (
     DecisionKind,
     DecisionRequest,
     RunInput,
+    RunOptions,
     RunStatus,
 )
 from interpreter.validate import load_definition
@@ -60,6 +61,7 @@ class Scenario:
     input: dict[str, Any]
     drive: Driver | None = None  # what a user does while the run is open
     named: bool = False  # started under the definition's name (the dynamic workflow), not RunDefinition
+    options: dict[str, Any] | None = None  # RunOptions fields (a dry run)
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -395,6 +397,23 @@ async def _drive_cancel_run(handle: WorkflowHandle[Any, Any]) -> None:
     await handle.cancel()
 
 
+def _dry_run(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-dry-run",
+        "steps": [
+            _http("check", f"{base}/orders", {"who": "{{ input.who }}"}),
+            {"id": "wait", "type": "delay", "duration": "3d"},
+            {
+                "id": "route",
+                "type": "condition",
+                "if": "steps.check.output.status_code == 200",
+                "then": {"steps": [_echo("ok", "{{ steps.check.output.body.id }}")]},
+            },
+            _echo("charge", "never", on_failure="continue"),
+        ],
+    }
+
+
 def scenarios() -> list[Scenario]:
     soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     return [
@@ -497,6 +516,20 @@ def scenarios() -> list[Scenario]:
             _drive_cancel_signal,
             named=True,
         ),
+        Scenario(
+            "dry_run",
+            "a dry run: no activity, a canned output steering a condition, a canned failure handled by"
+            " on_failure continue, a delay that does not wait",
+            _dry_run,
+            {"who": "ada"},
+            options={
+                "dry_run": True,
+                "canned_outputs": {
+                    "check": {"status_code": 200, "body": {"id": "o-1"}},
+                    "charge": {"$error": {"type": "HttpClientError", "message": "402"}},
+                },
+            },
+        ),
     ]
 
 
@@ -514,7 +547,11 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
     workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         document["name"] if scenario.named else WORKFLOW_NAME,
-        RunInput(definition=load_definition(document), input=scenario.input),
+        RunInput(
+            definition=load_definition(document),
+            input=scenario.input,
+            options=RunOptions(**(scenario.options or {})),
+        ),
         id=workflow_id,
         task_queue=task_queue,
         execution_timeout=timedelta(minutes=5),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionRequest,
         ParkedStep,
         RunInput,
+        RunOptions,
         RunResult,
         RunState,
         RunStatus,
@@ -144,17 +145,70 @@ def _store_failure(err: ActivityError) -> BaseException:
     return StoreFailedError(f"recording the dead letter failed: {message}", error_type)
 
 
+DRY_RUN_PAUSE_S = 0.001
+"""The timer a dry run's task waits instead of its activity."""
+
+DRY_RUN_ERROR_KEY = "$error"
+"""A canned output ``{"$error": {"type": "...", "message": "..."}}`` makes the task fail, so a dry
+run can exercise ``on_failure`` and compensations."""
+
+
+def dry_run_result(call: ActionCall, canned: Mapping[str, Any]) -> ActionResult:
+    """What a task returns in a dry run: its canned output (by step path, else step id), or a
+    description of what it would have done. No activity runs, so nothing reaches any server, and
+    secret references stay unresolved text.
+
+    Raises:
+        ActionFailedError: The canned output is a ``{"$error": {...}}`` failure.
+    """
+    for key in (call.path, call.step_id):
+        if key in canned:
+            output = canned[key]
+            if isinstance(output, dict) and set(output) == {DRY_RUN_ERROR_KEY}:
+                failure = output[DRY_RUN_ERROR_KEY] if isinstance(output[DRY_RUN_ERROR_KEY], dict) else {}
+                raise ActionFailedError(
+                    str(failure.get("message") or "canned failure (dry run)"),
+                    str(failure.get("type") or "DryRunFailure"),
+                    1,
+                )
+            return ActionResult(output=output, attempt=1)
+    return ActionResult(
+        output={
+            "dry_run": True,
+            "action": call.action,
+            "step": call.path,
+            "would_send": call.request.input,
+            "idempotency_key": call.request.idempotency_key,
+            "task_queue": call.task_queue,
+        },
+        attempt=1,
+    )
+
+
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
-    def __init__(self, on_change: Callable[[], None], on_wait_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[], None],
+        on_wait_change: Callable[[], None],
+        options: RunOptions | None = None,
+    ) -> None:
         self._on_change = on_change
         self._on_wait_change = on_wait_change
+        self._dry_run = options is not None and options.dry_run
+        self._canned: dict[str, Any] = dict(options.canned_outputs) if options is not None else {}
 
     def now(self) -> Any:
         return workflow.now()
 
     async def execute_action(self, call: ActionCall) -> ActionResult:
+        if self._dry_run:
+            # A short timer per task ends the workflow task, as an activity would: a long dry run
+            # (loops, large foreach) does not run all of its templates in one workflow task, where
+            # the deadlock detector or the template work budget would stop it.
+            await workflow.sleep(DRY_RUN_PAUSE_S, summary=f"dry run: {call.summary}")
+            return dry_run_result(call, self._canned)
         retry = call.retry
         policy = RetryPolicy(
             initial_interval=parse_duration(retry.initial_interval),
@@ -174,6 +228,8 @@ class _TemporalRuntime:
                 schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
                 heartbeat_timeout=_td(call.timeouts.heartbeat),
                 retry_policy=policy,
+                # Unset (None) is the run's own queue: the command is the same as before the field.
+                task_queue=call.task_queue,
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -182,6 +238,8 @@ class _TemporalRuntime:
         return result
 
     async def sleep(self, seconds: float, summary: str) -> None:
+        if self._dry_run:
+            return  # a dry run walks the path; it does not wait out delays
         await workflow.sleep(seconds, summary=summary)
 
     async def wait_condition(
@@ -248,7 +306,7 @@ class RunDefinitionWorkflow:
         self._engine = Engine(
             run.definition,
             run.input,
-            _TemporalRuntime(self._publish, self._publish_wait),
+            _TemporalRuntime(self._publish, self._publish_wait, run.options),
             RunInfo(
                 workflow_id=info.workflow_id,
                 run_id=info.run_id,

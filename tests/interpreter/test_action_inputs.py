@@ -23,7 +23,7 @@ def problems(data: Any) -> list[tuple[str, str]]:
 
 def test_the_registry_is_the_one_list_of_actions() -> None:
     assert KNOWN_ACTIONS[:2] == ("http", "echo")
-    assert {"email", "sms", "call", "sms_status", "webhook"} <= set(KNOWN_ACTIONS)
+    assert {"email", "sms", "call", "sms_status", "webhook", "sql", "llm"} <= set(KNOWN_ACTIONS)
     assert ACTION_INPUTS["http"] is HttpInput
     assert ACTION_INPUTS["echo"] is EchoInput
     schema = definition_schema()

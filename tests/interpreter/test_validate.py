@@ -12,6 +12,8 @@ from interpreter.actions import KNOWN_ACTIONS
 from interpreter.model import STEP_TYPES, Definition
 from interpreter.validate import DefinitionError, Problem, check_definition, definition_hash, load_definition
 
+KNOWN = ", ".join(sorted(KNOWN_ACTIONS))
+
 # ------------------------------------------------------------------------------------ helpers
 
 

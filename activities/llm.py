@@ -1,0 +1,217 @@
+"""The ``llm`` action: one OpenAI-compatible chat completion, optionally held to a JSON Schema.
+
+The endpoint (base URL, default model, API key) is the tenant's named connection in the worker's
+configuration (:mod:`activities.connections`); the request goes through the worker's HTTP client, so
+the outbound policy checks every connection, and the API key is a secret redacted from outputs and
+errors. The model's answer is data: it is never rendered as a template (the engine makes every
+output inert).
+
+With ``json_schema`` the answer's content must be JSON satisfying the schema (it is also asked for
+with ``response_format``); an answer that is not is a retryable failure, so the step's retry policy
+asks again, and once its attempts are spent the step fails with the reason.
+
+Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`):
+
+===================================  =========  ===============================================
+Situation                            Retryable  Type
+===================================  =========  ===============================================
+input fails validation               no         ``InvalidActionInput``
+connection not configured            no         ``LlmConnectionNotConfigured``
+secret missing / not for this host   no         ``SecretNotFound`` / ``SecretHostRefused``
+outbound policy refuses the host     no         ``OutboundRefused``
+429                                  yes        ``LlmRateLimited`` (delay from ``Retry-After``)
+5xx, 408                             yes        ``LlmServerError``
+other 4xx (bad key, bad model, ...)  no         ``LlmRequestRefused``
+timed out                            yes        ``LlmTimeout``
+could not connect / transport        yes        ``LlmConnectError``
+response not a chat completion       yes        ``LlmBadResponse``
+answer not JSON / not the schema     yes        ``LlmAnswerInvalid``
+response body over 256 KiB           no         ``HttpResponseTooLarge``
+===================================  =========  ===============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import jsonschema
+from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
+
+from activities.base import action, check_secret_hosts, resolve_secrets
+from activities.connections import ConnectionsConfigError, connections
+from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after
+from activities.outbound import OutboundRefusedError
+from interpreter.actions import ActionRequest, LlmInput, input_problems, parse_action_input
+
+__all__ = ["ERROR_BODY_LIMIT_BYTES", "LlmActions", "chat_messages"]
+
+ERROR_BODY_LIMIT_BYTES = 2 * 1024
+"""How much of an error response's body is kept in the failure details."""
+
+
+def chat_messages(spec: LlmInput) -> list[dict[str, str]]:
+    """The request's messages: ``system``, then ``messages``, then ``prompt`` as the user's."""
+    messages: list[dict[str, str]] = []
+    if spec.system is not None:
+        messages.append({"role": "system", "content": spec.system})
+    messages.extend({"role": m.role, "content": m.content} for m in spec.messages)
+    if spec.prompt is not None:
+        messages.append({"role": "user", "content": spec.prompt})
+    return messages
+
+
+def _answer_problem(content: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
+    """The answer parsed as JSON and why it does not satisfy ``schema`` (None: it does)."""
+    try:
+        answer = json.loads(content)
+    except ValueError as err:
+        return None, f"the answer is not JSON ({err})"
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(answer))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "(the whole answer)"
+        return answer, f"the answer does not satisfy the schema at {where}: {error.message}"
+    return answer, None
+
+
+class LlmActions:
+    """Holder of the shared HTTP client; ``LlmActions(client).llm`` is the activity to register.
+
+    Args:
+        client: The worker's policy-checked client (:func:`activities.outbound.build_http_client`).
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    @action("llm")
+    async def llm(self, request: ActionRequest) -> dict[str, Any]:
+        """Asks the model described by ``request.input`` (an :class:`LlmInput`).
+
+        Returns:
+            ``{"content": text, "json": the parsed answer (with json_schema) or None, "model":
+            the model that answered, "usage": {"prompt_tokens", "completion_tokens",
+            "total_tokens"}, "finish_reason": ...}``.
+
+        Raises:
+            ApplicationError: Classified as in the module docstring.
+        """
+        try:
+            spec = parse_action_input(LlmInput, request.input)
+        except ValidationError as exc:
+            problems = input_problems(request.input, exc)
+            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+            raise ApplicationError(
+                f"invalid llm input: {summary}", problems, type="InvalidActionInput", non_retryable=True
+            ) from None
+        try:
+            config = connections().llm_connection(request.tenant, spec.connection)
+        except ConnectionsConfigError as err:
+            raise ApplicationError(str(err), type="LlmConnectionNotConfigured", non_retryable=True) from None
+        if config is None:
+            raise ApplicationError(
+                f"llm connection {spec.connection!r} of tenant {request.tenant!r} is not configured on the"
+                " worker (WFA_CONNECTIONS_FILE)",
+                type="LlmConnectionNotConfigured",
+                non_retryable=True,
+            )
+        base_url: str = resolve_secrets(config.base_url).rstrip("/")
+        url = f"{base_url}/chat/completions"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ApplicationError(
+                f"llm connection {spec.connection!r}: base_url is not an http(s) URL",
+                type="LlmConnectionNotConfigured",
+                non_retryable=True,
+            )
+        headers = {"Idempotency-Key": request.idempotency_key}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {resolve_secrets(config.api_key)}"
+        check_secret_hosts(parts.hostname)
+        model = spec.model or config.model
+        body: dict[str, Any] = {"model": model, "messages": chat_messages(spec)}
+        if spec.temperature is not None:
+            body["temperature"] = spec.temperature
+        if spec.max_tokens is not None:
+            body["max_tokens"] = spec.max_tokens
+        if spec.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": spec.json_schema},
+            }
+        what = f"llm {model} at {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        try:
+            async with (
+                asyncio.timeout(spec.timeout_s),
+                self._client.stream(
+                    "POST", url, headers=headers, json=body, timeout=httpx.Timeout(spec.timeout_s)
+                ) as response,
+            ):
+                if not 200 <= response.status_code < 300:
+                    raise await _status_error(response, what)
+                raw = await _read_success_body(response, what)
+        except OutboundRefusedError as exc:
+            raise ApplicationError(
+                f"{what} refused: {exc}",
+                {"rule": exc.rule, "host": exc.host},
+                type="OutboundRefused",
+                non_retryable=True,
+            ) from None
+        except (TimeoutError, httpx.TimeoutException):
+            raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="LlmTimeout") from None
+        except httpx.TransportError as exc:
+            raise ApplicationError(
+                f"{what} failed: {type(exc).__name__}: {exc}", type="LlmConnectError"
+            ) from None
+        return _completion(raw, what, spec)
+
+
+async def _status_error(response: httpx.Response, what: str) -> ApplicationError:
+    status = response.status_code
+    snippet = _decode_text(await _read_prefix(response, ERROR_BODY_LIMIT_BYTES), response)
+    details = {"status_code": status, "body": snippet}
+    message = f"{what} returned {status} {response.reason_phrase}".rstrip()
+    delay = _retry_after(response.headers.get("retry-after"))
+    if status == 429:
+        return ApplicationError(message, details, type="LlmRateLimited", next_retry_delay=delay)
+    if status >= 500 or status == 408:
+        return ApplicationError(message, details, type="LlmServerError", next_retry_delay=delay)
+    return ApplicationError(message, details, type="LlmRequestRefused", non_retryable=True)
+
+
+def _completion(raw: bytes, what: str, spec: LlmInput) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+        choice = data["choices"][0]
+        content = choice["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError("content is not text")
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise ApplicationError(
+            f"{what} did not answer with a chat completion ({type(err).__name__}: {err})",
+            type="LlmBadResponse",
+        ) from None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    answer: Any = None
+    if spec.json_schema is not None:
+        answer, problem = _answer_problem(content, spec.json_schema)
+        if problem is not None:
+            raise ApplicationError(
+                f"{what}: {problem}", {"content": content[:ERROR_BODY_LIMIT_BYTES]}, type="LlmAnswerInvalid"
+            )
+    return {
+        "content": content,
+        "json": answer,
+        "model": data.get("model") if isinstance(data.get("model"), str) else spec.model,
+        "usage": {
+            key: usage.get(key)
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+            if key in usage
+        },
+        "finish_reason": choice.get("finish_reason"),
+    }

@@ -1,0 +1,225 @@
+"""The ``sql`` action: one statement against a connection the worker's configuration names.
+
+The statement text is static (``wfa validate`` refuses a template in it); run data reaches the
+database only as bound parameters (``:name`` placeholders), never spliced into the text. Read-only
+connections and statement timeouts are enforced by the database itself: the transaction is opened
+with ``SET TRANSACTION READ ONLY`` and ``SET LOCAL statement_timeout``, not by parsing the SQL.
+PostgreSQL (asyncpg) is the supported database.
+
+Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`; SQLSTATE
+classes as PostgreSQL reports them):
+
+============================================  =========  ==============================
+Situation                                     Retryable  Type
+============================================  =========  ==============================
+input fails validation                        no         ``InvalidActionInput``
+connection not configured for the tenant      no         ``SqlConnectionNotConfigured``
+cannot connect, connection lost (08, none)    yes        ``SqlConnectionError``
+statement timeout (57014)                     yes        ``SqlStatementTimeout``
+serialization failure, deadlock (40)          yes        ``SqlTransientError``
+resources, shutdown, system (53, 57, 58)      yes        ``SqlTransientError``
+write on a read-only connection (25006)       no         ``SqlReadOnlyViolation``
+syntax error, unknown object, privilege (42)  no         ``SqlStatementError``
+constraint violation (23)                     no         ``SqlConstraintViolation``
+bad value for a type (22)                     no         ``SqlDataError``
+a placeholder without a parameter             no         ``SqlParameterError``
+any other SQLSTATE                            no         ``SqlError``
+============================================  =========  ==============================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.exceptions import ApplicationError
+
+from activities.base import action, resolve_secrets
+from activities.connections import ConnectionsConfigError, connections
+from activities.store.database import create_engine, safe_url
+from activities.store.errors import StoreError
+from interpreter.actions import ActionRequest, SqlInput, input_problems, parse_action_input
+
+__all__ = ["CONNECT_GRACE_S", "SqlActions"]
+
+CONNECT_GRACE_S = 15.0
+"""Time allowed on top of the statement timeout for connecting and committing."""
+
+_RETRYABLE_CLASSES = {"08": "SqlConnectionError", "40": "SqlTransientError", "53": "SqlTransientError"}
+_RETRYABLE_CLASSES |= {"57": "SqlTransientError", "58": "SqlTransientError"}
+_PERMANENT_CLASSES = {"42": "SqlStatementError", "23": "SqlConstraintViolation", "22": "SqlDataError"}
+
+
+def _jsonable(value: Any) -> Any:
+    """A column value as JSON: numbers, strings, booleans, null, lists and objects as they are;
+    timestamps as ISO 8601, numerics as numbers, UUIDs as text, bytes as base64."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)  # NaN and infinities are not JSON numbers
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    original = getattr(err, "orig", None)
+    for candidate in (original, getattr(original, "__cause__", None), err):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def _message(err: BaseException) -> str:
+    original = getattr(err, "orig", None) or err
+    cause = getattr(original, "__cause__", None)
+    text_ = str(cause if cause is not None else original) or type(original).__name__
+    return text_.split("\n", 1)[0].strip()
+
+
+def _classify(err: sa_exc.DBAPIError, what: str) -> ApplicationError:
+    state = _sqlstate(err)
+    message = f"{what}: {_message(err)}"
+    details = {"sqlstate": state}
+    if state is None:
+        # No SQLSTATE: the driver lost or never had the connection.
+        return ApplicationError(message, details, type="SqlConnectionError")
+    if state == "57014":
+        return ApplicationError(message, details, type="SqlStatementTimeout")
+    if state == "25006":
+        return ApplicationError(message, details, type="SqlReadOnlyViolation", non_retryable=True)
+    if state[:2] in _RETRYABLE_CLASSES:
+        return ApplicationError(message, details, type=_RETRYABLE_CLASSES[state[:2]])
+    error_type = _PERMANENT_CLASSES.get(state[:2], "SqlError")
+    return ApplicationError(message, details, type=error_type, non_retryable=True)
+
+
+class SqlActions:
+    """Holder of the database engines (one pool per connection URL); ``SqlActions().sql`` is the
+    activity to register, :meth:`close` disposes the pools."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, AsyncEngine] = {}
+
+    async def close(self) -> None:
+        """Closes every pool."""
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            await engine.dispose()
+
+    def _engine(self, url: str) -> AsyncEngine:
+        engine = self._engines.get(url)
+        if engine is None:
+            engine = self._engines[url] = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        return engine
+
+    @action("sql")
+    async def sql(self, request: ActionRequest) -> dict[str, Any]:
+        """Runs one statement described by ``request.input`` (an :class:`SqlInput`) in its own
+        transaction, committed when it succeeds.
+
+        Returns:
+            ``{"rows": [{column: value}], "row_count": n, "truncated": bool, "columns": [...],
+            "rows_affected": n | None}``; ``rows`` holds at most ``max_rows`` rows and
+            ``truncated`` says whether there were more.
+
+        Raises:
+            ApplicationError: Classified as in the module docstring.
+        """
+        try:
+            spec = parse_action_input(SqlInput, request.input)
+        except ValidationError as exc:
+            problems = input_problems(request.input, exc)
+            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+            raise ApplicationError(
+                f"invalid sql input: {summary}", problems, type="InvalidActionInput", non_retryable=True
+            ) from None
+        try:
+            config = connections().sql_connection(request.tenant, spec.connection)
+        except ConnectionsConfigError as err:
+            raise ApplicationError(str(err), type="SqlConnectionNotConfigured", non_retryable=True) from None
+        if config is None:
+            raise ApplicationError(
+                f"sql connection {spec.connection!r} of tenant {request.tenant!r} is not configured on the"
+                " worker (WFA_CONNECTIONS_FILE)",
+                type="SqlConnectionNotConfigured",
+                non_retryable=True,
+            )
+        url: str = resolve_secrets(config.url)
+        try:
+            engine = self._engine(url)
+        except (StoreError, sa_exc.ArgumentError) as err:
+            raise ApplicationError(
+                f"sql connection {spec.connection!r}: unusable URL: {err}",
+                type="SqlConnectionNotConfigured",
+                non_retryable=True,
+            ) from None
+        timeout_s = spec.timeout_s
+        if config.statement_timeout_s is not None:
+            timeout_s = min(timeout_s, config.statement_timeout_s)
+        what = f"sql on {spec.connection!r} ({safe_url(engine.url)})"
+        try:
+            async with (
+                asyncio.timeout(timeout_s + CONNECT_GRACE_S),
+                engine.connect() as conn,
+                conn.begin(),
+            ):
+                # Enforced by the database for everything that follows in this transaction.
+                if config.read_only:
+                    await conn.execute(text("SET TRANSACTION READ ONLY"))
+                milliseconds = max(1, math.ceil(timeout_s * 1000))
+                await conn.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
+                result = await conn.execute(text(spec.statement), dict(spec.parameters))
+                if result.returns_rows:
+                    columns = list(result.keys())
+                    fetched = result.fetchmany(spec.max_rows + 1)
+                    result.close()
+                    rows = [dict(zip(columns, map(_jsonable, row), strict=True)) for row in fetched]
+                    affected = None
+                else:
+                    columns, rows = [], []
+                    affected = result.rowcount if result.rowcount >= 0 else None
+        except sa_exc.DBAPIError as err:
+            raise _classify(err, what) from None
+        except sa_exc.StatementError as err:
+            # Raised before anything reached the database: a placeholder with no parameter.
+            raise ApplicationError(
+                f"{what}: {_message(err)}", type="SqlParameterError", non_retryable=True
+            ) from None
+        except (OSError, TimeoutError) as err:
+            raise ApplicationError(
+                f"{what}: cannot connect or no answer: {type(err).__name__}: {err}", type="SqlConnectionError"
+            ) from None
+        truncated = len(rows) > spec.max_rows
+        rows = rows[: spec.max_rows]
+        return {
+            "rows": rows,
+            "row_count": len(rows),
+            "truncated": truncated,
+            "columns": columns,
+            "rows_affected": affected,
+        }

@@ -1,0 +1,191 @@
+"""The ``llm`` action against a loopback server speaking the chat-completions API (end to end on
+the dev server: tests/workflows/test_action_library.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.connections import Connections, configure_connections
+from activities.llm import LlmActions
+from activities.outbound import OutboundPolicy, build_http_client
+from activities.secrets import FileSecretStore, Secret, configure_secret_store
+from interpreter.actions import ActionRequest, ActionResult
+from tests.helpers.http_server import RecordingServer, http_server
+
+__all__ = ["http_server"]
+
+API_KEY = "sk-test-0123456789abcdef"
+PATH = "/v1/chat/completions"
+SCHEMA = {
+    "type": "object",
+    "properties": {"sentiment": {"enum": ["positive", "negative"]}, "score": {"type": "number"}},
+    "required": ["sentiment", "score"],
+}
+
+
+def completion(content: str, model: str = "test-model-1") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+    }
+
+
+@pytest.fixture
+def configured(http_server: RecordingServer) -> Iterator[None]:
+    configure_connections(
+        Connections.parse(
+            {
+                "default": {
+                    "llm": {
+                        "default": {
+                            "base_url": f"{http_server.url}/v1",
+                            "model": "test-model",
+                            "api_key": "${secret:LLM_KEY}",
+                        }
+                    }
+                }
+            }
+        )
+    )
+    configure_secret_store(FileSecretStore({"default": {"LLM_KEY": Secret(API_KEY)}}))
+    yield
+    configure_connections(None)
+    configure_secret_store(None)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def loopback_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with build_http_client(OutboundPolicy.loopback()) as client:
+        yield client
+
+
+async def ask(client: httpx.AsyncClient, data: dict[str, Any], attempt: int = 1) -> ActionResult:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=attempt)
+    request = ActionRequest(step_id="classify", idempotency_key="run/classify", input=data)
+    return await env.run(LlmActions(client).llm, request)
+
+
+async def ask_error(client: httpx.AsyncClient, data: dict[str, Any]) -> ApplicationError:
+    with pytest.raises(ApplicationError) as info:
+        await ask(client, data)
+    return info.value
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_valid_answer_with_usage_and_model(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    answer = {"sentiment": "positive", "score": 0.9}
+    http_server.route("POST", PATH, [(200, {}, completion(json.dumps(answer)))])
+    result = await ask(
+        loopback_client,
+        {
+            "system": "You classify reviews.",
+            "prompt": "Great product!",
+            "json_schema": SCHEMA,
+            "temperature": 0,
+        },
+    )
+    assert result.output["json"] == answer
+    assert result.output["model"] == "test-model-1"
+    assert result.output["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    [sent] = http_server.requests(path=PATH)
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+    assert sent.idempotency_key == "run/classify"
+    assert sent.json["model"] == "test-model"
+    assert sent.json["messages"] == [
+        {"role": "system", "content": "You classify reviews."},
+        {"role": "user", "content": "Great product!"},
+    ]
+    assert sent.json["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert API_KEY not in json.dumps(result.output)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_an_invalid_answer_is_a_retryable_failure(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    http_server.route("POST", PATH, [(200, {}, completion('{"sentiment": "meh"}'))])
+    error = await ask_error(loopback_client, {"prompt": "Hm.", "json_schema": SCHEMA})
+    assert error.type == "LlmAnswerInvalid"
+    assert not error.non_retryable
+    assert "does not satisfy the schema" in error.message
+    http_server.route("POST", PATH, [(200, {}, completion("not json at all"))])
+    error = await ask_error(loopback_client, {"prompt": "Hm.", "json_schema": SCHEMA})
+    assert error.type == "LlmAnswerInvalid"
+    assert "not JSON" in error.message
+
+
+@pytest.mark.usefixtures("configured")
+async def test_429_carries_retry_after_and_5xx_retries_4xx_does_not(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    http_server.route("POST", PATH, [(429, {"Retry-After": "7"}, {"error": {"message": "slow down"}})])
+    error = await ask_error(loopback_client, {"prompt": "hi"})
+    assert error.type == "LlmRateLimited"
+    assert not error.non_retryable
+    assert error.next_retry_delay is not None
+    assert error.next_retry_delay.total_seconds() == 7
+    http_server.route("POST", PATH, [(500, {}, {"error": "boom"})])
+    error = await ask_error(loopback_client, {"prompt": "hi"})
+    assert (error.type, error.non_retryable) == ("LlmServerError", False)
+    http_server.route("POST", PATH, [(401, {}, {"error": f"bad key {API_KEY}"})])
+    error = await ask_error(loopback_client, {"prompt": "hi"})
+    assert (error.type, error.non_retryable) == ("LlmRequestRefused", True)
+    assert API_KEY not in json.dumps([error.message, *error.details])
+
+
+@pytest.mark.usefixtures("configured")
+async def test_the_outbound_policy_applies(http_server: RecordingServer) -> None:
+    async with build_http_client(OutboundPolicy()) as strict:
+        error = await ask_error(strict, {"prompt": "hi"})
+    assert (error.type, error.non_retryable) == ("OutboundRefused", True)
+    assert http_server.requests(path=PATH) == []
+
+
+async def test_an_unconfigured_connection_is_permanent(loopback_client: httpx.AsyncClient) -> None:
+    error = await ask_error(loopback_client, {"prompt": "hi", "connection": "nope"})
+    assert (error.type, error.non_retryable) == ("LlmConnectionNotConfigured", True)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_slow_model_times_out_retryably(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    release = threading.Event()
+
+    def slow(_request: Any) -> tuple[int, dict[str, str], Any]:
+        release.wait(10)
+        return 200, {}, completion("late")
+
+    http_server.route("POST", PATH, slow)
+    try:
+        error = await ask_error(loopback_client, {"prompt": "hi", "timeout_s": 0.3})
+    finally:
+        release.set()
+    assert (error.type, error.non_retryable) == ("LlmTimeout", False)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_response_that_is_not_a_completion_is_retryable(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    http_server.route("POST", PATH, [(200, {}, {"unexpected": True})])
+    error = await ask_error(loopback_client, {"prompt": "hi"})
+    assert (error.type, error.non_retryable) == ("LlmBadResponse", False)

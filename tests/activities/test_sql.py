@@ -1,0 +1,282 @@
+"""The ``sql`` action against the embedded PostgreSQL: bound parameters, read-only, timeout, rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.pool import NullPool
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.connections import Connections, configure_connections
+from activities.sql import SqlActions
+from activities.store.database import create_engine
+from interpreter.actions import ActionRequest, ActionResult
+from interpreter.validate import DefinitionError, load_definition
+from tests.conftest import fresh_database
+
+INJECTION = "x'); DROP TABLE notes; --"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def sql_url(postgres_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(postgres_server_url, "wfa_sql", migrate=False) as url:
+        engine = create_engine(url, poolclass=NullPool)
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL UNIQUE)"))
+            await conn.execute(
+                text("INSERT INTO notes (body) SELECT 'seed ' || n FROM generate_series(1, 30) n")
+            )
+        await engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def configured(sql_url: str) -> Iterator[None]:
+    configure_connections(
+        Connections.parse(
+            {
+                "default": {
+                    "sql": {
+                        "main": {"url": sql_url},
+                        "reports": {"url": sql_url, "read_only": True},
+                        "quick": {"url": sql_url, "statement_timeout_s": 0.3},
+                    }
+                },
+                "other": {"sql": {"theirs": {"url": sql_url}}},
+            }
+        )
+    )
+    yield
+    configure_connections(None)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def actions() -> AsyncIterator[SqlActions]:
+    holder = SqlActions()
+    yield holder
+    await holder.close()
+
+
+async def run(actions: SqlActions, data: dict[str, Any], tenant: str = "default") -> ActionResult:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=1)
+    request = ActionRequest(step_id="q", idempotency_key="run/q", input=data, tenant=tenant)
+    return await env.run(actions.sql, request)
+
+
+async def fails(actions: SqlActions, data: dict[str, Any], tenant: str = "default") -> ApplicationError:
+    with pytest.raises(ApplicationError) as info:
+        await run(actions, data, tenant)
+    return info.value
+
+
+@pytest.mark.usefixtures("configured")
+async def test_an_injection_attempt_in_a_value_is_stored_as_data(actions: SqlActions) -> None:
+    inserted = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "INSERT INTO notes (body) VALUES (:body) RETURNING id, body",
+            "parameters": {"body": INJECTION},
+        },
+    )
+    assert inserted.output["rows"][0]["body"] == INJECTION
+    found = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "SELECT body FROM notes WHERE body = :body",
+            "parameters": {"body": INJECTION},
+        },
+    )
+    assert found.output["rows"] == [{"body": INJECTION}]
+    count = await run(actions, {"connection": "main", "statement": "SELECT count(*) AS n FROM notes"})
+    assert count.output["rows"] == [{"n": 31}]  # the table survived, with the value as one more row
+
+
+@pytest.mark.usefixtures("configured")
+async def test_rows_are_limited_and_the_output_says_so(actions: SqlActions) -> None:
+    result = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "SELECT id, body FROM notes WHERE body LIKE 'seed %' ORDER BY id",
+            "max_rows": 5,
+        },
+    )
+    assert result.output["row_count"] == 5
+    assert result.output["truncated"] is True
+    assert result.output["columns"] == ["id", "body"]
+    whole = await run(
+        actions, {"connection": "main", "statement": "SELECT 1 AS one, now() AS at, 2.5::numeric AS x"}
+    )
+    assert whole.output["truncated"] is False
+    assert whole.output["rows"][0]["one"] == 1
+    assert whole.output["rows"][0]["x"] == 2.5
+    assert isinstance(whole.output["rows"][0]["at"], str)
+    types = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "SELECT 'NaN'::numeric AS nan, gen_random_uuid() AS id, '\\x0102'::bytea AS raw,"
+            """ ARRAY[1, 2] AS list, '{"a": 1}'::jsonb AS doc""",
+        },
+    )
+    row = types.output["rows"][0]
+    assert (row["nan"], row["raw"], row["list"], row["doc"]) == ("NaN", "AQI=", [1, 2], {"a": 1})
+    assert len(row["id"]) == 36
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_read_only_connection_refuses_a_write_in_the_database(actions: SqlActions) -> None:
+    error = await fails(
+        actions,
+        {"connection": "reports", "statement": "DELETE FROM notes WHERE id = :id", "parameters": {"id": 1}},
+    )
+    assert error.type == "SqlReadOnlyViolation"
+    assert error.non_retryable
+    assert "read-only" in error.message
+    # Reading works there, and the row is still present.
+    row = await run(actions, {"connection": "reports", "statement": "SELECT id FROM notes WHERE id = 1"})
+    assert row.output["rows"] == [{"id": 1}]
+
+
+@pytest.mark.usefixtures("configured")
+async def test_the_statement_timeout_fires_in_the_database(actions: SqlActions) -> None:
+    error = await fails(actions, {"connection": "quick", "statement": "SELECT pg_sleep(30)"})
+    assert error.type == "SqlStatementTimeout"
+    assert not error.non_retryable
+    error = await fails(actions, {"connection": "main", "statement": "SELECT pg_sleep(30)", "timeout_s": 0.2})
+    assert error.type == "SqlStatementTimeout"
+
+
+@pytest.mark.usefixtures("configured")
+async def test_errors_are_classified_by_sqlstate(actions: SqlActions) -> None:
+    error = await fails(actions, {"connection": "main", "statement": "SELEC 1"})
+    assert (error.type, error.non_retryable) == ("SqlStatementError", True)
+    error = await fails(
+        actions,
+        {
+            "connection": "main",
+            "statement": "INSERT INTO notes (body) VALUES (:b)",
+            "parameters": {"b": "seed 1"},
+        },
+    )
+    assert (error.type, error.non_retryable) == ("SqlConstraintViolation", True)
+    error = await fails(
+        actions, {"connection": "main", "statement": "SELECT :n::int", "parameters": {"n": "x"}}
+    )
+    assert error.non_retryable
+    error = await fails(actions, {"connection": "main", "statement": "SELECT :missing"})
+    assert (error.type, error.non_retryable) == ("SqlParameterError", True)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_connections_are_the_tenants_own(actions: SqlActions) -> None:
+    error = await fails(actions, {"connection": "theirs", "statement": "SELECT 1"})
+    assert (error.type, error.non_retryable) == ("SqlConnectionNotConfigured", True)
+    assert (
+        await run(actions, {"connection": "theirs", "statement": "SELECT 1 AS x"}, tenant="other")
+    ).output["rows"]
+
+
+async def test_a_server_that_is_down_is_a_retryable_connection_error(actions: SqlActions) -> None:
+    configure_connections(
+        Connections.parse({"default": {"sql": {"gone": {"url": "postgresql://u:p@127.0.0.1:1/db"}}}})
+    )
+    try:
+        error = await fails(actions, {"connection": "gone", "statement": "SELECT 1"})
+    finally:
+        configure_connections(None)
+    assert error.type == "SqlConnectionError"
+    assert not error.non_retryable
+
+
+def test_validation_refuses_a_template_in_the_statement() -> None:
+    document = {
+        "name": "sql-template",
+        "defaults": {"timeouts": {"start_to_close": "30s"}},
+        "steps": [
+            {
+                "id": "q",
+                "type": "task",
+                "action": "sql",
+                "input": {
+                    "connection": "main",
+                    "statement": "SELECT * FROM t WHERE name = '{{ input.name }}'",
+                },
+            }
+        ],
+    }
+    with pytest.raises(DefinitionError) as info:
+        load_definition(document)
+    problem = info.value.problems[0]
+    assert problem.path == "$.steps[0].input.statement"
+    assert "static" in problem.message
+    document["steps"][0]["input"] = {
+        "connection": "main",
+        "statement": "SELECT * FROM t WHERE name = :name",
+        "parameters": {"name": "{{ input.name }}"},
+    }
+    load_definition(document)
+
+
+def test_wfa_validate_names_the_templated_statement(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from starter.cli import run as wfa
+
+    path = tmp_path / "flow.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "sql-template",
+                "defaults": {"timeouts": {"start_to_close": "30s"}},
+                "steps": [
+                    {
+                        "id": "q",
+                        "type": "task",
+                        "action": "sql",
+                        "input": {
+                            "connection": "main",
+                            "statement": "DELETE FROM t WHERE id = {{ input.id }}",
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    assert wfa(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "$.steps[0].input.statement: statement must be static text" in err
+
+
+def test_the_published_schema_refuses_a_templated_statement_too() -> None:
+    import jsonschema
+
+    from interpreter.schema import definition_schema
+
+    def step(statement: str) -> dict[str, Any]:
+        return {
+            "name": "s",
+            "defaults": {"timeouts": {"start_to_close": "30s"}},
+            "steps": [
+                {
+                    "id": "q",
+                    "type": "task",
+                    "action": "sql",
+                    "input": {"connection": "c", "statement": statement},
+                }
+            ],
+        }
+
+    validator = jsonschema.Draft202012Validator(definition_schema())
+    assert validator.is_valid(step("SELECT * FROM t WHERE id = :id"))
+    assert not validator.is_valid(step("SELECT * FROM t WHERE id = {{ input.id }}"))
