@@ -1532,6 +1532,8 @@ class Engine:
         try:
             with self._waiting_at(path, step.label):
                 buffered = await self._subscribe(subscription, f"step {path!r}")
+                wait.view.subscribed = True
+                self.runtime.state_changed()
                 # Strictly inside the window: the clock-skew tolerance is for signalled events only.
                 for event in buffered:
                     if wait.event is None and event.published_at is not None and event.published_at >= since:
@@ -1547,11 +1549,14 @@ class Engine:
                         remaining,
                         f"{step.label}: awaiting event {step.event}",
                     )
+        except asyncio.CancelledError:
+            if wait.view.subscribed:  # the mailbox stops signalling a wait that is over
+                await self._finally(self.runtime.unsubscribe_events(subscription))
+            raise
         finally:
             self._event_waits.pop(path, None)
             self.runtime.state_changed()
-            # Also when cancelled: the mailbox stops signalling a wait that is over.
-            await self._finally(self.runtime.unsubscribe_events(subscription))
+        await self.runtime.unsubscribe_events(subscription)
         got = wait.event
         if got is None:
             return self._event_timeout(step, path, key)

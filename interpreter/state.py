@@ -109,6 +109,8 @@ class PendingEvent(BaseModel):
         key: Its rendered correlation key.
         since: When the wait started; events published from ``since - lookback`` on are taken.
         deadline: When ``on_timeout`` applies (None: no timeout).
+        subscribed: The mailbox knows of the wait (from then on every new event is signalled;
+            before, it is in the buffered events the subscription returns).
     """
 
     step_id: str
@@ -118,6 +120,7 @@ class PendingEvent(BaseModel):
     since: datetime
     lookback_s: float = 0.0
     deadline: datetime | None = None
+    subscribed: bool = False
 
 
 class DecisionKind(StrEnum):
