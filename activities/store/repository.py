@@ -34,6 +34,7 @@ from activities.store.errors import (
     DefinitionNotFoundError,
     InvalidReferenceError,
     InvalidTenantError,
+    NoActiveVersionError,
     NothingToRollBackError,
     StoreError,
     VersionArchivedError,
@@ -50,7 +51,13 @@ from activities.store.models import (
 )
 from interpreter.model import Definition, parse_definition
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
-from interpreter.validate import DefinitionError, check_definition, definition_hash, load_definition
+from interpreter.validate import (
+    DefinitionError,
+    check_definition,
+    definition_hash,
+    legacy_trigger_problems,
+    load_definition,
+)
 
 __all__ = [
     "Activation",
@@ -113,7 +120,8 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
     """Validates a definition and returns it with the body the registry stores.
 
     The body is the document as written (a :class:`Definition` built in code: the fields that were
-    set), without ``version``.
+    set), without ``version``. A new body may not use the legacy ``trigger`` field (bodies stored
+    with it still load: :func:`_parse`).
 
     Raises:
         DefinitionError: Listing every problem with its JSON path.
@@ -134,6 +142,9 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
                 raise
         definition = load_definition(data)
         body = json.loads(json.dumps(data))  # a plain JSON copy (tuples, non-str keys, ...)
+    legacy = legacy_trigger_problems(definition)
+    if legacy:
+        raise DefinitionError(legacy, definition.name)
     body.pop("version", None)
     return definition, body
 
@@ -194,7 +205,7 @@ class NameSummary(BaseModel):
     """One definition name: its active version and how many versions it has."""
 
     name: str
-    active_version: int
+    active_version: int | None
     latest_version: int
     versions: int
     archived: int
@@ -208,26 +219,26 @@ class Registration(BaseModel):
     Attributes:
         created: False when the same body was already registered (that version is returned).
         activated: Whether this call made the version active.
-        active_version: The name's active version after the call.
+        active_version: The name's active version after the call (None: deactivated).
     """
 
     info: DefinitionInfo
     created: bool
     activated: bool
-    active_version: int
+    active_version: int | None
 
 
 class Activation(BaseModel):
     """The answer of activate and rollback.
 
     Attributes:
-        previous: The version that was active before.
+        previous: The version that was active before (None: the name was deactivated).
         changed: False when the version was already active.
     """
 
     name: str
     version: int
-    previous: int
+    previous: int | None
     changed: bool
     skipped_archived: list[int] = []
 
@@ -373,12 +384,24 @@ class DefinitionStore:
             return DefinitionNotFoundError(self.tenant, name)
         return VersionNotFoundError(self.tenant, name, version, latest)
 
+    async def _deactivated(self, conn: AsyncConnection, name: str) -> bool:
+        found = await conn.scalar(
+            select(func.count()).where(
+                DefinitionHeadRow.tenant == self.tenant,
+                DefinitionHeadRow.name == name,
+                DefinitionHeadRow.active_version.is_(None),
+            )
+        )
+        return bool(found)
+
     def _log(self, session: AsyncSession, name: str, version: int, kind: ActivationKind, actor: str) -> None:
         session.add(
             ActivationRow(tenant=self.tenant, name=name, version=version, kind=kind.value, actor=actor)
         )
 
-    def _set_head(self, session: AsyncSession, head: DefinitionHeadRow, version: int, actor: str) -> None:
+    def _set_head(
+        self, session: AsyncSession, head: DefinitionHeadRow, version: int | None, actor: str
+    ) -> None:
         head.active_version = version
         head.updated_by = actor
         head.updated_at = func.now()
@@ -556,6 +579,29 @@ class DefinitionStore:
                 await session.flush()
             return self._info(row, head.active_version)
 
+    async def deactivate(self, name: str, actor: str) -> Activation | None:
+        """Leaves ``name`` without an active version: its triggers stop and it cannot be started
+        by name (``name@N`` still can) until a version is activated; a rollback activates the
+        version that was active last.
+
+        Returns:
+            None when it was already deactivated, else the version that was active (``version``
+            and ``previous``; ``changed`` True).
+
+        Raises:
+            DefinitionNotFoundError: Unknown name in this tenant.
+        """
+        _require_actor(actor, "actor")
+        async with self._session() as session, session.begin():
+            await self._lock(session, name)
+            head = await self._head(session, name)
+            previous = head.active_version
+            if previous is None:
+                return None
+            self._set_head(session, head, None, actor)
+            self._log(session, name, previous, ActivationKind.DEACTIVATE, actor)
+        return Activation(name=name, version=previous, previous=previous, changed=True)
+
     # ------------------------------------------------------------------------------------- reads
 
     async def resolve(self, ref: str) -> ResolvedDefinition:
@@ -577,6 +623,8 @@ class DefinitionStore:
         async with db_errors(_url_of(self.session_factory), self.tenant), self._reader.connect() as conn:
             found = (await conn.execute(query, params)).first()
             if found is None:
+                if version is None and await self._deactivated(conn, name):
+                    raise NoActiveVersionError(self.tenant, name)
                 raise await self._missing(conn, name, version)
         stored_version, body, digest, archived_at = found
         if archived_at is not None:
@@ -588,6 +636,47 @@ class DefinitionStore:
             content_hash=digest,
         )
 
+    async def active_definitions(self, name: str | None = None) -> list[ResolvedDefinition]:
+        """The active version of every name of the tenant (or of ``name`` only), sorted by name:
+        what the live triggers are read from (one query; bodies parsed once per process)."""
+        query = (
+            select(DefinitionRow.name, *_RESOLVED)
+            .join(
+                DefinitionHeadRow,
+                (DefinitionHeadRow.tenant == DefinitionRow.tenant)
+                & (DefinitionHeadRow.name == DefinitionRow.name)
+                & (DefinitionHeadRow.active_version == DefinitionRow.version),
+            )
+            .where(DefinitionHeadRow.tenant == self.tenant)
+            .order_by(DefinitionRow.name)
+        )
+        if name is not None:
+            query = query.where(DefinitionHeadRow.name == name)
+        async with db_errors(_url_of(self.session_factory), self.tenant), self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            ResolvedDefinition(
+                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+            )
+            for row_name, version, body, digest, _archived in rows
+        ]
+
+    async def trigger_ids(self, name: str, kind: str) -> list[str]:
+        """The ids of the triggers of one kind that any version of ``name`` declares (archived ones
+        too), sorted: everything a sync may have to remove."""
+        from interpreter.model import ScheduleTrigger
+
+        async with self._session() as session:
+            bodies = (await session.scalars(select(DefinitionRow.body).where(self._where(name)))).all()
+        defaults = {"schedule": ScheduleTrigger.model_fields["id"].default}
+        ids: set[str] = set()
+        for body in bodies:
+            triggers = body.get("triggers") if isinstance(body, dict) else None
+            for trigger in triggers if isinstance(triggers, list) else []:
+                if isinstance(trigger, dict) and trigger.get("type") == kind:
+                    ids.add(str(trigger.get("id", defaults.get(kind, kind))))
+        return sorted(ids)
+
     async def get(self, name: str, version: int | None = None) -> StoredDefinition:
         """One version with its body (archived ones too); ``None``: the active version.
 
@@ -596,7 +685,10 @@ class DefinitionStore:
         """
         async with self._session() as session:
             head = await self._head(session, name)
-            row = await self._version(session, name, head.active_version if version is None else version)
+            wanted = head.active_version if version is None else version
+            if wanted is None:
+                raise NoActiveVersionError(self.tenant, name)
+            row = await self._version(session, name, wanted)
             info = self._info(row, head.active_version)
             return StoredDefinition(**info.model_dump(), body=row.body)
 
@@ -701,6 +793,40 @@ class DefinitionStore:
                 tofile=f"{name}@{v2}",
             )
         )
+
+
+async def active_definitions_of_every_tenant(
+    session_factory: SessionFactory, name: str | None = None
+) -> list[tuple[str, ResolvedDefinition]]:
+    """``(tenant, active version)`` of every name of every tenant the connecting login may see
+    (a platform login: all; a tenant's login: its own, by row-level security), sorted by tenant
+    and name. For services that serve every tenant (the gateway's listeners)."""
+    query = (
+        select(DefinitionRow.tenant, DefinitionRow.name, *_RESOLVED)
+        .join(
+            DefinitionHeadRow,
+            (DefinitionHeadRow.tenant == DefinitionRow.tenant)
+            & (DefinitionHeadRow.name == DefinitionRow.name)
+            & (DefinitionHeadRow.active_version == DefinitionRow.version),
+        )
+        .order_by(DefinitionRow.tenant, DefinitionRow.name)
+    )
+    if name is not None:
+        query = query.where(DefinitionHeadRow.name == name)
+    async with (
+        db_errors(_url_of(session_factory), "every tenant"),
+        _reader(session_factory).connect() as conn,
+    ):
+        rows = (await conn.execute(query)).all()
+    return [
+        (
+            tenant,
+            ResolvedDefinition(
+                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+            ),
+        )
+        for tenant, row_name, version, body, digest, _archived in rows
+    ]
 
 
 _READERS: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
