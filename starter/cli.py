@@ -1787,7 +1787,7 @@ async def _events(args: argparse.Namespace, out: TextIO) -> int:
     )
     if args.json:
         print(json.dumps(published.model_dump(mode="json"), indent=2), file=out)
-        return EXIT_OK
+        return EXIT_REFUSED if published.refused else EXIT_OK
     if published.duplicate:
         print(f"Event {published.event_id} was published before: nothing delivered again", file=out)
     else:
@@ -1802,7 +1802,10 @@ async def _events(args: argparse.Namespace, out: TextIO) -> int:
         print(f"  started {workflow_id}", file=out)
     for workflow_id in published.existing:
         print(f"  already started for this event: {workflow_id}", file=out)
-    return EXIT_OK
+    for workflow_id, reason in published.refused.items():
+        print(f"  not started {workflow_id}: {_clip(reason, 500)}", file=out)
+    # The event was delivered either way; a trigger's refusal is the publisher's to fix.
+    return EXIT_REFUSED if published.refused else EXIT_OK
 
 
 async def _schedules(args: argparse.Namespace, out: TextIO) -> int:

@@ -276,6 +276,27 @@ async def test_an_event_trigger_starts_exactly_one_run_per_event_id(
     assert unrelated.started == []
 
 
+async def test_an_event_trigger_refuses_data_its_input_schema_refuses_and_starts_the_others(
+    registry_flows: FlowClient, worker: Worker
+) -> None:
+    flows = registry_flows
+    strict, lenient = unique("strict"), unique("lenient")
+    for name, schema in ((strict, {"type": "object", "required": ["email"]}), (lenient, None)):
+        document: dict[str, Any] = {
+            "name": name,
+            "triggers": [{"type": "event", "event": "signup.done"}],
+            "steps": [{"id": "done", "type": "succeed"}],
+        }
+        if schema is not None:
+            document["input_schema"] = schema
+        await flows.register(document, author="test")
+    published = await flows.publish_event("signup.done", "u-1", {"name": "no email"}, event_id="s-1")
+    refused_id = event_run_id(flows.tenant, strict, "signup.done", "s-1")
+    assert published.started == [event_run_id(flows.tenant, lenient, "signup.done", "s-1")]
+    assert list(published.refused) == [refused_id]
+    assert "email" in published.refused[refused_id]
+
+
 async def test_the_mailbox_keeps_an_event_once_and_its_history_replays(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
