@@ -311,6 +311,9 @@ class RunInfo:
     run_id: str
     started_at: datetime
     tenant: str = "default"
+    created_at: datetime | None = None
+    """When the run was started (its start request), which may be well before ``started_at``, its
+    first workflow task: a ``cancel_on`` event published in between must count."""
 
 
 class DecisionError(ValueError):
@@ -1443,18 +1446,26 @@ class Engine:
                     key=key,
                     workflow_id=self.info.workflow_id,
                     path=f"cancel_on[{i}]",
-                    since=self.info.started_at,
+                    since=self.info.created_at or self.info.started_at,
                 ),
                 f"cancel_on[{i}]",
             )
             for event in buffered:
                 request = self.deliver_event(event)
                 if request is not None:
-                    self.cancel_request = request
-                    if self.cancel_hook is not None:
-                        self.cancel_hook(request)
-                        await asyncio.sleep(0)  # the host's cancellation lands here
-                    raise asyncio.CancelledError()
+                    await self._cancel_by_event(request)
+
+    async def _cancel_by_event(self, request: CancelRequest) -> None:
+        """Cancels the run for a ``cancel_on`` event found in a subscription's answer (a signalled
+        one is the host's to act on: :meth:`deliver_event` returns its request)."""
+        if self.cancel_hook is not None:
+            # The host cancels the run as for its cancel signal (unless it is ending already);
+            # the cancellation lands at this await or the next one.
+            self.cancel_hook(request)
+            await asyncio.sleep(0)
+            return
+        self.cancel_request = request
+        raise asyncio.CancelledError()
 
     def deliver_event(self, event: Event) -> CancelRequest | None:
         """Takes an event a mailbox handed to the run.
@@ -1537,7 +1548,9 @@ class Engine:
                 # Strictly inside the window: the clock-skew tolerance is for signalled events only.
                 for event in buffered:
                     if wait.event is None and event.published_at is not None and event.published_at >= since:
-                        self.deliver_event(event)
+                        request = self.deliver_event(event)
+                        if request is not None:  # a cancel_on of the same type and key
+                            await self._cancel_by_event(request)
                 if wait.event is None:
                     remaining = (
                         None

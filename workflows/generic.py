@@ -289,6 +289,7 @@ class RunDefinitionWorkflow:
                 run_id=info.run_id,
                 started_at=info.start_time,
                 tenant=run.options.tenant,
+                created_at=info.workflow_start_time,
             ),
         )
         self._track_step = run.options.track_current_step

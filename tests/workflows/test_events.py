@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest_asyncio
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 from temporalio.client import Client
@@ -22,7 +23,7 @@ from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.events import event_run_id
 from tests.workflows.support import Handle, definition, eventually, failure_of, record, status, unique
-from worker import workflow_runner
+from worker import build_worker, workflow_runner
 from workflows.generic import RunDefinitionWorkflow
 from workflows.mailbox import EventMailboxWorkflow
 
@@ -341,3 +342,52 @@ async def test_the_mailbox_ends_when_its_events_are_older_than_any_lookback(
     assert started is not None
     assert closed is not None
     assert closed - started >= MAX_EVENT_LOOKBACK
+
+
+async def test_a_cancel_on_event_published_as_the_run_starts_cancels_it_whichever_comes_first(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # The event may reach the mailbox before the run subscribes (it is then in the subscription's
+    # answer) or after (it is signalled): either way the run is cancelled.
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    handle = await start(
+        client,
+        task_queue,
+        [{"id": "pause", "type": "delay", "duration": "1m"}],
+        family,
+        cancel_on=[{"event": "family.withdrawn", "key": "{{ input.family_id }}"}],
+    )
+    await flows.publish_event("family.withdrawn", family, event_id="early-w", start_triggers=False)
+    cause, result = await failure_of(handle)
+    assert getattr(cause, "type", None) == "RunCancelled"
+    assert result is not None
+    assert result.state == RunState.CANCELLED
+
+
+async def test_a_cancel_on_event_published_before_the_run_subscribed_is_in_the_answer_and_cancels(
+    client: Client, task_queue: str, worker: Worker, http_client: httpx.AsyncClient
+) -> None:
+    # The run's queue has no worker until the event is in the mailbox: its subscription, made
+    # later, answers with the event (published after the run started), which cancels it.
+    flows = flows_of(client, task_queue)
+    family, run_queue = unique("fam"), unique("tq-late")
+    handle = await start(
+        client,
+        run_queue,
+        [{"id": "pause", "type": "delay", "duration": "1m"}],
+        family,
+        cancel_on=[{"event": "family.withdrawn", "key": "{{ input.family_id }}"}],
+    )
+    published = await flows.publish_event(
+        "family.withdrawn", family, event_id="w-early", start_triggers=False
+    )
+    assert published.delivered_to == []
+    async with build_worker(client, run_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        cause, result = await failure_of(handle)
+        final = await status(handle)
+    assert getattr(cause, "type", None) == "RunCancelled"
+    assert result is not None
+    assert result.steps == []  # cancelled before its first step
+    assert final.cancelled_by is not None
+    assert final.cancelled_by.actor == "event:family.withdrawn:w-early"
