@@ -171,7 +171,18 @@ async def publish_event(
         delivered_to=result.delivered_to,
     )
     if start_triggers:
-        for name, version in await event_trigger_definitions(flows, event_type):
+        from activities.store.errors import DatabaseUnavailableError
+
+        try:
+            triggered = await event_trigger_definitions(flows, event_type)
+        except DatabaseUnavailableError as err:
+            raise DatabaseUnavailableError(
+                f"event {event_id!r} was delivered to {len(result.delivered_to)} waiting run(s), but its"
+                f" triggers could not be read: {err}; publish it again with the same id once the"
+                " registry is reachable (nothing is delivered twice)",
+                err.url,
+            ) from None
+        for name, version in triggered:
             workflow_id = event_run_id(flows.tenant, name, event_type, event_id)
             try:
                 run = await flows.start_run(f"{name}@{version}", payload, workflow_id=workflow_id)

@@ -120,3 +120,15 @@ def test_events_send_to_an_unreachable_server_exits_3(capsys: pytest.CaptureFixt
     assert (
         main(["--address", "127.0.0.1:1", "events", "send", "a.b", "k", "--no-triggers"]) == EXIT_UNAVAILABLE
     )
+
+
+async def test_events_send_says_the_event_was_delivered_when_the_registry_is_down(
+    wfa: Wfa, worker: None
+) -> None:
+    code, _, err = await wfa(
+        "events", "send", "family.answered", unique("fam"), "--database-url", "postgresql://u:p@127.0.0.1:1/x"
+    )
+    assert code == EXIT_UNAVAILABLE
+    assert "was delivered to 0 waiting run(s)" in err
+    assert "publish it again with the same id" in err
+    assert "Traceback" not in err
