@@ -11,6 +11,11 @@ signal sent with no argument or with two. So ``approve``, ``reject`` and ``cance
 arguments untyped and validate them with the models themselves: a malformed message is recorded in
 the status with the reason (``refused_messages``), as is a signal of an unknown name.
 
+A ``wait_for_event`` step or a ``cancel_on`` subscribes the run to an event mailbox
+(``workflows/mailbox.py``) through the ``event_subscribe`` activity; the mailbox hands it later
+events with the ``event`` signal (read like the others, refusals recorded) and the run signals
+``unsubscribe`` back when a wait ends.
+
 Decisions can be required to carry proof (``RunOptions.decision_proof``, or the worker's own
 setting): the ``decide`` and ``cancel_run`` validators then verify a signed token with the keys
 the worker holds (``workflows/decision_tokens.py``), and the signals, which cannot carry one, are
