@@ -27,8 +27,10 @@ import pytest
 import pytest_asyncio
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from interpreter.events import mailbox_id
 from interpreter.model import TaskStep, children
 from interpreter.state import RunResult, RunState, RunStatus, StepStatus
 from starter.client import FlowClient
@@ -166,6 +168,19 @@ def family() -> dict[str, str]:
     return {**FAMILY, "id": key("F17")}
 
 
+@asynccontextmanager
+async def mailbox_ended(env: WorkflowEnvironment, family_id: str) -> AsyncIterator[None]:
+    """Ends the family's event mailbox after the block: it would keep an answer for 7 (virtual)
+    days on this test's task queue, whose worker is gone then, and a timer of a workflow nobody
+    polls for stops the test server from skipping time in the tests that follow."""
+    try:
+        yield
+    finally:
+        handle = env.client.get_workflow_handle(mailbox_id("default", "family.answered", family_id))
+        with contextlib.suppress(RPCError):  # it has ended already
+            await handle.terminate(reason="test over")
+
+
 async def answer_when_waiting(flows: FlowClient, workflow_id: str, step_path: str, family_id: str) -> None:
     """Publishes the family's answer once the run waits at ``step_path`` (subscribed to its mailbox)."""
     await wait_until(
@@ -186,7 +201,10 @@ async def test_intervention_without_reply_texts_then_schedules_a_call(
     http_server.route("POST", "/tasks", [(201, {}, {"id": "T-1"})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
     who = family()
-    async with running_worker(time_skipping_env.client, task_queue, http_client):
+    async with (
+        mailbox_ended(time_skipping_env, who["id"]),
+        running_worker(time_skipping_env.client, task_queue, http_client),
+    ):
         run = await flows.start_run(
             example("intervention"),
             {"api": http_server.url, "family": who},
@@ -222,7 +240,10 @@ async def test_intervention_stops_when_the_family_answers_the_email(
 ) -> None:
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
     who = family()
-    async with running_worker(time_skipping_env.client, task_queue, http_client):
+    async with (
+        mailbox_ended(time_skipping_env, who["id"]),
+        running_worker(time_skipping_env.client, task_queue, http_client),
+    ):
         run = await flows.start_run(
             example("intervention"),
             {"api": http_server.url, "family": who},
@@ -252,7 +273,10 @@ async def test_intervention_bounced_email_goes_straight_to_sms(
     http_server.route("POST", "/notifications/email", [(422, {}, {"error": "mailbox does not exist"})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
     who = family()
-    async with running_worker(time_skipping_env.client, task_queue, http_client):
+    async with (
+        mailbox_ended(time_skipping_env, who["id"]),
+        running_worker(time_skipping_env.client, task_queue, http_client),
+    ):
         run = await flows.start_run(
             example("intervention"),
             {"api": http_server.url, "family": who, "business_hours": False},
