@@ -62,6 +62,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import build_activities
 from activities.connections import ConnectionsConfigError, connections
 from activities.dead_letters import build_store_activities
+from activities.events import build_event_activities
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.plugins import plugin_activities
 from activities.run_control import request_cancel
@@ -79,6 +80,7 @@ from starter.plugins import load_configured_action_plugins
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import WORKFLOWS
+from workflows.mailbox import EventMailboxWorkflow
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
@@ -171,9 +173,10 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[*WORKFLOWS, *extra_workflows],
+        workflows=[*WORKFLOWS, EventMailboxWorkflow, *extra_workflows],
         activities=[
             *build_activities(http_client, outbound_policy=outbound_policy, sql=sql),
+            *build_event_activities(client),
             request_cancel,
             *plugin_activities(),
             *(build_store_activities(session_factory) if session_factory is not None else []),

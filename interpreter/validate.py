@@ -36,6 +36,7 @@ from interpreter.model import (
     SucceedStep,
     SwitchStep,
     TaskStep,
+    WaitForEventStep,
     children,
     jump_targets,
     parse_definition,
@@ -45,6 +46,7 @@ from interpreter.templates import template_strings
 
 # Not preceded by a name or a dot: ``input.steps.x`` is a key of the input, not a step reference.
 _STEP_REF = re.compile(r"(?<![\w.])steps\.([A-Za-z_][A-Za-z0-9_]*)")
+_VARS_REF = re.compile(r"(?<![\w.])vars\b")
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,16 @@ def check_definition(definition: Definition, *, known_actions: Iterable[str] | N
 
     texts = [(where.path + suffix, text) for where in placed.values() for suffix, text in _texts(where.step)]
     texts.extend((f"$.output{p}", t) for p, t in template_strings(definition.output))
+    for i, cancel in enumerate(definition.cancel_on):
+        # Rendered when the run starts, before any step: only input and run exist then.
+        if _STEP_REF.search(cancel.key) or _VARS_REF.search(cancel.key):
+            problems.append(
+                Problem(
+                    f"$.cancel_on[{i}].key",
+                    "a cancel_on key is rendered when the run starts: it may use input and run,"
+                    " not steps or vars",
+                )
+            )
     for path, text in texts:
         for ref in _STEP_REF.findall(text):
             if ref not in placed:
@@ -386,7 +398,8 @@ def _check_step(
         | ApprovalStep
         | SetStep
         | SucceedStep
-        | FailStep,
+        | FailStep
+        | WaitForEventStep,
     ):
         pass  # their rules are the model's and the tree's
     else:
@@ -423,6 +436,8 @@ def _texts(step: Step) -> list[tuple[str, str]]:
             )
     elif isinstance(step, ApprovalStep):
         out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, WaitForEventStep):
+        out.extend((".key", t) for _, t in template_strings(step.key))
     elif isinstance(step, ParallelStep):
         pass  # only nested steps
     else:
