@@ -671,6 +671,7 @@ class FlowClient:
         *,
         workflow_id: str | None = None,
         task_queue: str | None = None,
+        id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
     ) -> RunHandle:
         """Validates a definition and starts a run of it.
 
@@ -699,6 +700,9 @@ class FlowClient:
             input: The run's input data (``input.*`` in templates).
             workflow_id: The business key.
             task_queue: Overrides the client's task queue.
+            id_reuse_policy: When a closed run had this id: the default starts again only after a
+                failure; ``REJECT_DUPLICATE`` never (a redelivered webhook, a row change already
+                started), raising :class:`RunAlreadyExistsError`.
 
         Returns:
             A handle on the run.
@@ -745,7 +749,7 @@ class FlowClient:
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                id_reuse_policy=id_reuse_policy,
                 search_attributes=attributes,
                 static_summary=f"{parsed.name} v{parsed.version}",
                 memo={
