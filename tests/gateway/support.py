@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
-
-from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.serve import running
 
 
 @asynccontextmanager
 async def running_gateway(config: GatewayConfig) -> AsyncIterator[str]:
-    """Serves the gateway until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), log_level="warning", lifespan="on", server_header=False)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise AssertionError("the gateway stopped before it started")
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    """Serves the gateway with uvicorn until the block ends; yields its base URL."""
+    async with running(config) as url:
+        yield url
 
 
 def standard_headers(
