@@ -1,4 +1,5 @@
-# Worker image: runs `python worker.py` against the Temporal cluster of docker-compose.yml.
+# Worker and gateway image: `python worker.py` (default) or `wfa serve`, against the Temporal cluster
+# and PostgreSQL of docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,12 +9,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Only what the package needs (no .venv/.state/tests from the build context).
+# Only what the package needs (no .venv/.state/tests from the build context), and only its runtime
+# dependencies: the dev server, the test server and the embedded PostgreSQL are the `local` extra,
+# which `make demo` and `make test` install and this image does not.
 COPY pyproject.toml README.md worker.py ./
 COPY interpreter/ interpreter/
 COPY workflows/ workflows/
 COPY activities/ activities/
 COPY starter/ starter/
+COPY gateway/ gateway/
 # Bytecode compiled at build time: the workflow sandbox re-imports workflows/generic.py for every
 # run, and with PYTHONDONTWRITEBYTECODE nothing would cache the compilation (bench/README.md).
 RUN pip install . \

@@ -302,6 +302,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit code 6)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = command("stats", "a definition's runs over a window: outcomes, durations, failing steps, decisions")
+    p.add_argument("definition", metavar="NAME", help="the definition's name")
+    p.add_argument(
+        "--since",
+        type=_window,
+        default=timedelta(days=7),
+        metavar="DUR",
+        help="runs started this long ago or less (default 7d)",
+    )
+    p.add_argument("--limit", type=_limit, default=1000, metavar="N", help="at most N runs (default 1000)")
+    p.add_argument(
+        "--details",
+        type=_detail_limit,
+        default=200,
+        metavar="N",
+        help="read the status of at most N runs for the step figures (default 200)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("watch", "follow a run live: steps, waits and decisions as they happen, until it ends")
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument(
+        "--interval", type=_seconds, default=1.0, metavar="S", help="poll every S seconds (default 1)"
+    )
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit code 6)")
+
+    p = command("diagram", "a Mermaid flowchart of a definition, or of a run with the path it took")
+    p.add_argument(
+        "definition",
+        nargs="?",
+        metavar="FILE|REF",
+        help="definition JSON file, or a registry reference NAME or NAME@VERSION (omit with --run)",
+    )
+    p.add_argument("--run", metavar="ID", help="highlight the path this run took (its definition is drawn)")
+
     _add_definitions_commands(
         command(
             "definitions", "the definition registry: register, list, show, diff, activate, rollback, archive"
@@ -491,6 +526,18 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = action("bulk", "decide many open dead letters at once, by filter: counts them and asks first")
+    p.add_argument("decision", choices=["redrive", "skip", "abort"], help="what to do with each")
+    p.add_argument("--definition", metavar="NAME", help="only this definition's")
+    p.add_argument("--step", metavar="S", help="only this step's (id or path)")
+    p.add_argument("--error-type", metavar="T", help="only those that failed with this error type")
+    p.add_argument("--older-than", type=_window, metavar="DUR", help="only those parked longer ago than DUR")
+    p.add_argument("--output", metavar="JSON|@FILE", help="with skip: the output each skipped step gets")
+    _add_actor(p, "decides")
+    p.add_argument("--reason", default="", metavar="R", help="why (recorded)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--dry-run", action="store_true", help="only count and list what would be decided")
+
 
 def _whole_number(text: str, what: str, low: int, high: int) -> int:
     # Range-checked here: a number the database column cannot hold must not reach the driver.
@@ -522,6 +569,23 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or not 0 <= value <= MAX_TIMEOUT_S:
         raise argparse.ArgumentTypeError(f"seconds must be from 0 to {MAX_TIMEOUT_S:g}, not {brief(text)}")
     return value
+
+
+def _window(text: str) -> timedelta:
+    """A duration option (``7d``, ``12h``, ``PT30M``), at least a second and at most ten years."""
+    from interpreter.durations import DurationError, parse_duration
+
+    try:
+        value = parse_duration(text)
+    except DurationError as err:
+        raise argparse.ArgumentTypeError(f"not a duration: {brief(text)} ({err})") from None
+    if not timedelta(seconds=1) <= value <= timedelta(days=3650):
+        raise argparse.ArgumentTypeError(f"must be from 1s to 3650d, not {brief(text)}")
+    return value
+
+
+def _detail_limit(text: str) -> int:
+    return _whole_number(text, "a number of runs", 0, 1000)
 
 
 def _name(text: str) -> str:
@@ -1088,6 +1152,60 @@ async def _result(args: argparse.Namespace, out: TextIO) -> int:
     return _result_exit(result)
 
 
+async def _stats(args: argparse.Namespace, out: TextIO) -> int:
+    from starter.operations import print_stats, run_stats
+
+    flows = await _connect(args)
+    stats = await run_stats(flows, args.definition, args.since, limit=args.limit, detail_limit=args.details)
+    if args.json:
+        _print_json(stats.model_dump(mode="json"), out)
+    else:
+        print_stats(stats, out)
+    return EXIT_OK
+
+
+async def _watch_run(args: argparse.Namespace, out: TextIO) -> int:
+    from starter.errors import ResultTimeoutError
+    from starter.operations import watch
+
+    flows = await _connect(args)
+    try:
+        status = await watch(
+            flows, args.workflow_id, out, interval=max(args.interval, 0.2), timeout=args.timeout
+        )
+    except TimeoutError:
+        raise ResultTimeoutError(args.workflow_id, args.timeout or 0.0) from None
+    return EXIT_OK if status.state == "completed" else EXIT_RUN_FAILED
+
+
+async def _diagram(args: argparse.Namespace, out: TextIO) -> int:
+    from starter.operations import mermaid, run_path
+
+    if args.definition is None and args.run is None:
+        raise InvalidInputError("give a definition (FILE or NAME[@VERSION]) or --run ID")
+    taken: list[str] = []
+    failed: list[str] = []
+    definition = None
+    if args.run is not None:
+        flows = await _connect(args)
+        status = await flows.status(args.run)
+        taken, failed = run_path(status)
+        if args.definition is None:
+            definition = (await flows.resolve(f"{status.definition}@{status.version}")).definition
+    if definition is None:
+        from starter.client import is_registry_ref
+
+        if is_registry_ref(args.definition) and not await asyncio.to_thread(Path(args.definition).exists):
+            flows = await _connect(args)
+            definition = (await flows.resolve(args.definition)).definition
+        else:
+            from starter.definitions import load
+
+            definition = load(Path(args.definition))
+    print(mermaid(definition, taken=taken, failed=failed), end="", file=out)
+    return EXIT_OK
+
+
 # -------------------------------------------------------------------------- definitions registry
 
 
@@ -1319,6 +1437,65 @@ def print_dead_letter(row: DeadLetter, out: TextIO) -> None:
         )
 
 
+async def _dead_letters_bulk(args: argparse.Namespace, out: TextIO) -> int:
+    """``wfa dead-letters bulk``: the open dead letters a filter selects, counted and listed, then
+    (after ``--yes`` or a typed confirmation on a terminal) decided one by one."""
+    from starter.errors import StarterError
+    from starter.operations import DeadLetterFilter, select_dead_letters
+
+    if args.decision == "skip" and args.output is None:
+        raise UsageError("bulk skip needs --output (the output each skipped step gets)")
+    if args.decision != "skip" and args.output is not None:
+        raise UsageError("--output is only for bulk skip")
+    output = _json_value(args.output, "--output") if args.output is not None else None
+    where = DeadLetterFilter(
+        definition=args.definition, step=args.step, error_type=args.error_type, older_than=args.older_than
+    )
+    flows = await _connect(args)
+    rows = select_dead_letters(
+        await flows.list_dead_letters("open", limit=MAX_LIST_LIMIT), where, datetime.now(UTC)
+    )
+    print(f"{len(rows)} open dead letters in tenant {flows.tenant!r} match ({where.describe()})", file=out)
+    for row in rows[:20]:
+        print(
+            f"  {row.id}  {row.workflow_id}  {row.path}  {_clip(f'{row.error_type}: {row.error}', 60)}",
+            file=out,
+        )
+    if len(rows) > 20:
+        print(f"  ... and {len(rows) - 20} more", file=out)
+    if not rows or args.dry_run:
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"{args.decision} {len(rows)} dead letters: confirm with --yes (no terminal to ask)"
+            )
+        answer = await asyncio.to_thread(
+            input, f"{args.decision} these {len(rows)} dead letters? type {len(rows)} to confirm: "
+        )
+        if answer.strip() != str(len(rows)):
+            print("nothing decided", file=out)
+            return EXIT_REFUSED
+    actor = _actor(args)
+    done = 0
+    refused: list[str] = []
+    for row in rows:
+        try:
+            if args.decision == "redrive":
+                await flows.redrive(row.id, actor, None, reason=args.reason)
+            elif args.decision == "skip":
+                await flows.skip(row.id, actor, output, reason=args.reason)
+            else:
+                await flows.abort(row.id, actor, reason=args.reason)
+            done += 1
+        except StarterError as err:
+            refused.append(f"{row.id}: {err}")
+    print(f"{args.decision}: {done} decided, {len(refused)} refused", file=out)
+    for line in refused[:20]:
+        print(f"  {_clip(line, 200)}", file=out)
+    return EXIT_OK if not refused else EXIT_REFUSED
+
+
 async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
     from activities.store.repository import DeadLetterStore
 
@@ -1355,6 +1532,8 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
             ]
             _table(["ID", "RUN", "STEP", "STATUS", "ATTEMPTS", "PARKED", "ERROR"], table, out, indent="")
         return EXIT_OK
+    if args.action == "bulk":
+        return await _dead_letters_bulk(args, out)
     new_input = (
         _json_object(args.input, "--input") if args.action == "redrive" and args.input is not None else None
     )
@@ -1464,6 +1643,9 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "dead-letters": _dead_letters,
     "db": _db,
     "token": _token,
+    "stats": _stats,
+    "watch": _watch_run,
+    "diagram": _diagram,
 }
 
 
