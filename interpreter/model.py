@@ -722,15 +722,20 @@ class Definition(StrictModel):
         version: Version number (search attribute ``DefinitionVersion``).
         steps: The top-level sequence.
         output: Template for the run's output (defaults to the run's ``vars``).
+        triggers: What starts runs of the active version (schedules, webhooks, events, row changes).
+        input_schema: JSON Schema (draft 2020-12) of the run input; every start is checked.
     """
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
     version: int = Field(default=1, ge=1)
     description: str = ""
-    LATER_FIELDS = frozenset({"triggers"})
+    LATER_FIELDS = frozenset({"triggers", "input_schema"})
 
     trigger: Trigger = Trigger()  # legacy, informational; see ``triggers``
     triggers: list[DefinitionTrigger] = Field(default_factory=list, max_length=20)
+    # A JSON Schema (draft 2020-12) every run's input must satisfy, checked before a run starts
+    # (:mod:`interpreter.input_schema`); the schema itself is checked by ``wfa validate``.
+    input_schema: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     steps: list[Step] = Field(min_length=1)

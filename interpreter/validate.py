@@ -18,6 +18,7 @@ from typing import Any, assert_never
 import pydantic
 
 from interpreter.actions import ACTION_INPUTS, KNOWN_ACTIONS, action_input_errors
+from interpreter.durations import parse_duration
 from interpreter.engine import resolve_timeouts
 from interpreter.model import (
     STEP_TYPES,
@@ -281,6 +282,7 @@ def check_definition(
             )
 
     problems.extend(_form_overwrites(writers))
+    problems.extend(trigger_problems(definition))
 
     texts = [(where.path + suffix, text) for where in placed.values() for suffix, text in _texts(where.step)]
     texts.extend((f"$.output{p}", t) for p, t in template_strings(definition.output))
@@ -418,3 +420,92 @@ def _texts(step: Step) -> list[tuple[str, str]]:
     else:
         assert_never(step)
     return out
+
+
+# ---------------------------------------------------------------------------- triggers and input
+
+LEGACY_TRIGGER_MESSAGE = (
+    "the legacy 'trigger' field starts nothing and is refused in new definitions: declare 'triggers'"
+    " instead, a list of schedule, webhook, event or row_change triggers (see the README, Triggers),"
+    " or remove it"
+)
+
+
+def legacy_trigger_problems(document: Definition | Mapping[str, Any] | Any) -> list[Problem]:
+    """The legacy ``trigger`` field in a *new* definition (a file, text or mapping being validated,
+    started or registered). Stored definitions and recorded runs that have it still load: they
+    are parsed with :func:`load_definition`, which accepts it."""
+    if isinstance(document, Definition):
+        present = "trigger" in document.model_fields_set
+    else:
+        present = isinstance(document, Mapping) and "trigger" in document
+    return [Problem("$.trigger", LEGACY_TRIGGER_MESSAGE)] if present else []
+
+
+def _cron_problem(cron: str) -> str | None:
+    text = cron.strip()
+    if not text or len(text) > 200:
+        return "a cron expression is 1 to 200 characters"
+    if text.startswith("@"):
+        known = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+        if text not in known:
+            return (
+                f"unknown cron shorthand {text[:50]!r} (known: {', '.join(known)}; for intervals use 'every')"
+            )
+        return None
+    fields = text.split()
+    if fields and fields[0].startswith(("CRON_TZ=", "TZ=")):
+        return "set the time zone with the trigger's 'timezone', not in the cron expression"
+    if not 5 <= len(fields) <= 7:
+        return (
+            f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), not {len(fields)}"
+        )
+    if any(not re.fullmatch(r"[A-Za-z0-9*/,?#LW-]+", field) for field in fields):
+        return "a cron field holds only digits, names, '*', '/', ',', '-', '?', 'L', 'W' and '#'"
+    return None
+
+
+def trigger_problems(definition: Definition) -> list[Problem]:
+    """The whole-definition rules of ``triggers`` and ``input_schema``: trigger ids unique per
+    definition (a schedule's id is derived from it), cron expressions well formed, time zones known,
+    the schema usable, and each schedule's fixed input valid against it."""
+    from interpreter.business_hours import check_timezone
+    from interpreter.input_schema import input_problems, schema_problems
+    from interpreter.model import ScheduleTrigger
+
+    problems: list[Problem] = []
+    schema_ok = True
+    if definition.input_schema is not None:
+        found = schema_problems(definition.input_schema)
+        problems.extend(found)
+        schema_ok = not found
+    seen: dict[str, int] = {}
+    for index, trigger in enumerate(definition.triggers):
+        path = f"$.triggers[{index}]"
+        if trigger.id in seen:
+            problems.append(
+                Problem(
+                    f"{path}.id",
+                    f"duplicate trigger id {trigger.id!r} (first at $.triggers[{seen[trigger.id]}])",
+                )
+            )
+        else:
+            seen[trigger.id] = index
+        if not isinstance(trigger, ScheduleTrigger):
+            continue
+        if trigger.cron is not None:
+            message = _cron_problem(trigger.cron)
+            if message:
+                problems.append(Problem(f"{path}.cron", message))
+        if trigger.every is not None and parse_duration(trigger.every).total_seconds() < 1:
+            problems.append(Problem(f"{path}.every", "a schedule fires at most every second"))
+        try:
+            check_timezone(trigger.timezone)
+        except ValueError as err:
+            problems.append(Problem(f"{path}.timezone", str(err)))
+        if schema_ok:
+            problems.extend(
+                Problem(f"{path}.input{p.path[1:]}", f"does not match input_schema: {p.message}")
+                for p in input_problems(definition, trigger.input)
+            )
+    return problems

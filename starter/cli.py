@@ -343,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_dead_letter_commands(command("dead-letters", "parked steps: list, show, redrive, skip, abort"))
+    _add_schedule_commands(
+        command(
+            "schedules",
+            "schedule triggers as Temporal Schedules: list, pause, unpause, trigger, backfill, sync",
+        )
+    )
     db = command("db", "the store's database: apply migrations, the database roles of tenants")
     sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser(
@@ -477,6 +483,45 @@ def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("version", metavar="V", type=_version)
     _add_actor(p, "archives it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_schedule_commands(parser: argparse.ArgumentParser) -> None:
+    action = _subcommands(parser)
+    ref_help = "DEFINITION (its only schedule), DEFINITION:TRIGGER, or the schedule id"
+    p = action("list", "the schedule triggers of the active versions and their Temporal Schedules")
+    p.add_argument("definition", metavar="DEFINITION", nargs="?", help="only this definition's")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text_ in (
+        ("pause", "pause a schedule: no fires until it is unpaused (a new active version keeps it paused)"),
+        ("unpause", "unpause a schedule"),
+    ):
+        p = action(name, text_)
+        p.add_argument("schedule", metavar="SCHEDULE", help=ref_help)
+        p.add_argument("--note", default="", metavar="TEXT", help="why (shown in the Web UI)")
+    p = action("trigger", "start one run of a schedule now (its overlap policy applies)")
+    p.add_argument("schedule", metavar="SCHEDULE", help=ref_help)
+    p = action("backfill", "run now the fires a schedule would have made between two times")
+    p.add_argument("schedule", metavar="SCHEDULE", help=ref_help)
+    p.add_argument(
+        "--start", required=True, type=_moment, metavar="TIME", help="ISO 8601 with offset (exclusive)"
+    )
+    p.add_argument("--end", required=True, type=_moment, metavar="TIME", help="ISO 8601 with offset")
+    p = action(
+        "sync",
+        "write the Temporal Schedules from the registry's active versions, delete the others (idempotent)",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="only this definition (default: every one)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {brief(text)}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time with its offset (e.g. Z or +01:00): {brief(text)}")
+    return moment
 
 
 def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
@@ -1250,6 +1295,10 @@ async def _definitions_register(args: argparse.Namespace, store: DefinitionStore
     info = registration.info
     if args.json:
         _print_json(registration.model_dump(mode="json"), out)
+        if registration.activated:
+            await _sync_after(
+                args, store, info.name, f"{info.name} v{info.version} is registered and active", out
+            )
         return EXIT_OK
     if registration.created:
         print(
@@ -1265,6 +1314,9 @@ async def _definitions_register(args: argparse.Namespace, store: DefinitionStore
         )
     if registration.activated:
         print(f"  v{info.version} is now the active version of {info.name}", file=out)
+        await _sync_after(
+            args, store, info.name, f"{info.name} v{info.version} is registered and active", out
+        )
     elif registration.active_version != info.version:
         print(
             f"  active version: v{registration.active_version}"
@@ -1364,13 +1416,16 @@ async def _definitions_activate(args: argparse.Namespace, store: DefinitionStore
         )
     else:
         print(f"{result.name} v{result.version} was already active", file=out)
+    await _sync_after(args, store, result.name, f"{result.name} v{result.version} is active", out)
     return EXIT_OK
 
 
 async def _definitions_rollback(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
     result = await store.rollback(args.name, _actor(args))
+    done = f"{result.name} is rolled back to v{result.version}"
     if args.json:
         _print_json(result.model_dump(mode="json"), out)
+        await _sync_after(args, store, result.name, done, out)
         return EXIT_OK
     skipped = (
         f"; passed over archived {', '.join(f'v{v}' for v in result.skipped_archived)}"
@@ -1378,6 +1433,7 @@ async def _definitions_rollback(args: argparse.Namespace, store: DefinitionStore
         else ""
     )
     print(f"Rolled back {result.name} to v{result.version} (was v{result.previous}){skipped}", file=out)
+    await _sync_after(args, store, result.name, done, out)
     return EXIT_OK
 
 
@@ -1387,7 +1443,28 @@ async def _definitions_archive(args: argparse.Namespace, store: DefinitionStore,
         _print_json(info.model_dump(mode="json"), out)
     else:
         print(f"Archived {info.name} v{info.version}: it can no longer be activated or started", file=out)
+    await _sync_after(args, store, info.name, f"{info.name} v{info.version} is archived", out)
     return EXIT_OK
+
+
+async def _sync_after(
+    args: argparse.Namespace, store: DefinitionStore, name: str, done: str, out: TextIO
+) -> None:
+    """After a registry change: the name's schedules follow its active version. Temporal is only
+    contacted when some version of the name declares a schedule."""
+    from starter.errors import ScheduleSyncError, ServerUnavailableError
+    from starter.schedules import describe_sync
+
+    if not await store.trigger_ids(name, "schedule"):
+        return
+    try:
+        flows = await _connect(args)
+    except ServerUnavailableError as err:
+        raise ScheduleSyncError(name, done, str(err)) from None
+    result = await flows._sync_triggers(name, done)
+    if not getattr(args, "json", False):
+        for line in describe_sync([result]):
+            print(f"  {line}", file=out)
 
 
 _DEFINITION_ACTIONS: dict[
@@ -1631,6 +1708,56 @@ async def _db_roles(args: argparse.Namespace, url: str, out: TextIO) -> int:
     return EXIT_OK
 
 
+async def _schedules(args: argparse.Namespace, out: TextIO) -> int:
+    from starter.schedules import describe_sync
+
+    flows = await _connect(args)
+    if args.action == "list":
+        schedules = await flows.list_schedules(args.definition)
+        if args.json:
+            _print_json([item.model_dump(mode="json") for item in schedules], out)
+        elif not schedules:
+            print(f"no schedule triggers in the active versions of tenant {flows.tenant!r}", file=out)
+        else:
+            rows = [
+                [
+                    item.id,
+                    f"v{item.version}" if item.version is not None else "-",
+                    item.spec,
+                    "paused" if item.paused else ("active" if item.in_sync else "OUT OF SYNC"),
+                    _when(item.next_fires[0]) if item.next_fires and not item.paused else "-",
+                    str(item.actions),
+                ]
+                for item in schedules
+            ]
+            _table(["SCHEDULE", "RUNS", "SPEC", "STATE", "NEXT", "FIRED"], rows, out, indent="")
+            if any(not item.in_sync for item in schedules):
+                print("some schedules do not follow the active version: wfa schedules sync", file=out)
+        return EXIT_OK
+    if args.action == "sync":
+        results = await flows.sync_schedules(args.name)
+        if args.json:
+            _print_json([result.model_dump(mode="json") for result in results], out)
+        else:
+            lines = describe_sync(results)
+            for line in lines or ["no schedule triggers: nothing to write"]:
+                print(line, file=out)
+        return EXIT_OK
+    if args.action == "pause":
+        sid = await flows.pause_schedule(args.schedule, args.note)
+        print(f"Paused schedule {sid}", file=out)
+    elif args.action == "unpause":
+        sid = await flows.unpause_schedule(args.schedule, args.note)
+        print(f"Unpaused schedule {sid}", file=out)
+    elif args.action == "trigger":
+        sid = await flows.trigger_schedule(args.schedule)
+        print(f"Triggered schedule {sid}: one run starts now (wfa list --definition ...)", file=out)
+    else:
+        sid = await flows.backfill_schedule(args.schedule, args.start, args.end)
+        print(f"Backfilled schedule {sid} from {args.start.isoformat()} to {args.end.isoformat()}", file=out)
+    return EXIT_OK
+
+
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]] = {
     "start": _start,
     "approve": _decide,
@@ -1641,6 +1768,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "result": _result,
     "definitions": _definitions,
     "dead-letters": _dead_letters,
+    "schedules": _schedules,
     "db": _db,
     "token": _token,
     "stats": _stats,
@@ -1681,9 +1809,9 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError"),
         EXIT_BAD_INPUT,
     ),
-    ("starter.errors", ("ServerUnavailableError", "NoWorkerError"), EXIT_UNAVAILABLE),
+    ("starter.errors", ("ServerUnavailableError", "NoWorkerError", "ScheduleSyncError"), EXIT_UNAVAILABLE),
     ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
-    ("starter.errors", ("RunNotFoundError",), EXIT_NOT_FOUND),
+    ("starter.errors", ("RunNotFoundError", "ScheduleNotFoundError"), EXIT_NOT_FOUND),
     ("activities.store.errors", ("DefinitionNotFoundError", "DeadLetterNotFoundError"), EXIT_NOT_FOUND),
     ("starter.errors", ("DecisionRefusedError", "RunClosedError", "RunAlreadyExistsError"), EXIT_REFUSED),
     (

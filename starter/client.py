@@ -102,11 +102,13 @@ from starter.definitions import document as _document
 from starter.errors import (
     DecisionRefusedError,
     InvalidInputError,
+    InvalidRunInputError,
     NoWorkerError,
     ResultTimeoutError,
     RunAlreadyExistsError,
     RunClosedError,
     RunNotFoundError,
+    ScheduleSyncError,
     ServerUnavailableError,
     StarterError,
 )
@@ -140,6 +142,7 @@ if TYPE_CHECKING:
         ResolvedDefinition,
         StoredDefinition,
     )
+    from starter.schedules import ScheduleInfo, SyncResult
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -188,6 +191,29 @@ def is_registry_ref(definition: object) -> bool:
 
 def _is_pydantic(client: Client) -> bool:
     return client.data_converter.payload_converter_class is PydanticPayloadConverter
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """How a run is started (see :meth:`FlowClient.run_start`)."""
+
+    input: RunInput
+    search_attributes: TypedSearchAttributes
+    static_summary: str
+    memo: dict[str, Any]
+
+
+def check_run_input(definition: Definition, run_input: Mapping[str, Any]) -> None:
+    """Refuses an input that does not match the definition's ``input_schema``.
+
+    Raises:
+        InvalidRunInputError: Naming the JSON path of each problem (nothing was started).
+    """
+    from interpreter.input_schema import input_problems
+
+    problems = input_problems(definition, run_input)
+    if problems:
+        raise InvalidRunInputError(definition.name, definition.version, problems)
 
 
 @dataclass(frozen=True)
@@ -602,7 +628,11 @@ class FlowClient:
         document = _document(definition)
         _check_document(document)
         _check_actor(author, "author")
-        return await (await self.definitions()).register(document, author, activate=activate)
+        registration = await (await self.definitions()).register(document, author, activate=activate)
+        if registration.activated:
+            info = registration.info
+            await self._sync_triggers(info.name, f"{info.name} v{info.version} is registered and active")
+        return registration
 
     async def list_definitions(self, name: str | None = None) -> list[NameSummary] | list[DefinitionInfo]:
         """Without ``name``: every name with its active version; with it: its versions.
@@ -639,7 +669,9 @@ class FlowClient:
             VersionArchivedError: The version is archived.
         """
         _check_actor(actor, "actor")
-        return await (await self.definitions()).activate(name, check_version(version), actor)
+        activation = await (await self.definitions()).activate(name, check_version(version), actor)
+        await self._sync_triggers(name, f"{name} v{activation.version} is active")
+        return activation
 
     async def rollback(self, name: str, actor: str) -> Activation:
         """Activates the version that was active before the current one.
@@ -647,7 +679,9 @@ class FlowClient:
         Raises:
             NothingToRollBackError: There was none (or all earlier ones are archived).
         """
-        return await (await self.definitions()).rollback(name, actor)
+        activation = await (await self.definitions()).rollback(name, actor)
+        await self._sync_triggers(name, f"{name} is rolled back to v{activation.version}")
+        return activation
 
     async def archive(self, name: str, version: int, actor: str) -> DefinitionInfo:
         """Archives a version: it cannot be activated or started any more.
@@ -656,7 +690,66 @@ class FlowClient:
             ActiveVersionError: It is the active version.
         """
         _check_actor(actor, "actor")
-        return await (await self.definitions()).archive(name, check_version(version), actor)
+        info = await (await self.definitions()).archive(name, check_version(version), actor)
+        await self._sync_triggers(name, f"{name} v{info.version} is archived")
+        return info
+
+    # ---------------------------------------------------------------------------- triggers
+
+    async def _sync_triggers(self, name: str, done: str) -> SyncResult:
+        """Brings the live triggers of ``name`` in line with its active version after a registry
+        change: its Temporal Schedules (webhook, event and row-change triggers are read from the
+        registry when they fire, so nothing else has to change).
+
+        Raises:
+            ScheduleSyncError: The registry change stands; the schedules could not be written.
+        """
+        from starter.schedules import sync_schedules
+
+        try:
+            return await sync_schedules(self, name)
+        except (ServerUnavailableError, InvalidInputError) as err:
+            raise ScheduleSyncError(name, done, str(err)) from None
+
+    async def sync_schedules(self, name: str | None = None) -> list[SyncResult]:
+        """Writes the Temporal Schedules of ``name`` (or of every name of the tenant) from the
+        registry's active versions, deleting those no active version declares (idempotent; the
+        repair after an activation whose schedule sync failed)."""
+        from starter.schedules import sync_all_schedules, sync_schedules
+
+        if name is None:
+            return await sync_all_schedules(self)
+        return [await sync_schedules(self, name)]
+
+    async def list_schedules(self, definition: str | None = None) -> list[ScheduleInfo]:
+        """The schedule triggers of the tenant's active versions and their Temporal Schedules."""
+        from starter.schedules import list_schedules
+
+        return await list_schedules(self, definition)
+
+    async def pause_schedule(self, schedule: str, note: str = "") -> str:
+        """Pauses a schedule (``definition``, ``definition:trigger`` or its id); returns its id."""
+        from starter.schedules import pause_schedule
+
+        return await pause_schedule(self, schedule, note)
+
+    async def unpause_schedule(self, schedule: str, note: str = "") -> str:
+        """Unpauses a schedule; returns its id."""
+        from starter.schedules import unpause_schedule
+
+        return await unpause_schedule(self, schedule, note)
+
+    async def trigger_schedule(self, schedule: str) -> str:
+        """Starts one run of a schedule now; returns its id."""
+        from starter.schedules import trigger_schedule
+
+        return await trigger_schedule(self, schedule)
+
+    async def backfill_schedule(self, schedule: str, start: datetime, end: datetime) -> str:
+        """Runs the fires a schedule would have made between ``start`` and ``end``; returns its id."""
+        from starter.schedules import backfill_schedule
+
+        return await backfill_schedule(self, schedule, start, end)
 
     async def history(self, name: str) -> list[ActivationEntry]:
         """The audit log of a name: registrations, activations, rollbacks, archivals."""
@@ -726,39 +819,20 @@ class FlowClient:
             digest = definition_hash(parsed)
         if not -(2**63) <= parsed.version < 2**63:  # the DefinitionVersion search attribute is an Int
             raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
+        check_run_input(parsed, run_input)
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(DEFINITION_NAME, parsed.name),
-                SearchAttributePair(DEFINITION_VERSION, parsed.version),
-                SearchAttributePair(DEFINITION_HASH, digest),
-                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-                SearchAttributePair(AWAITING_APPROVAL, False),
-                SearchAttributePair(CURRENT_STEP, ""),
-                SearchAttributePair(TENANT, self.tenant),
-            ]
-        )
+        start = self.run_start(parsed, digest, source, run_input)
         try:
             handle = await self.client.start_workflow(
                 RunDefinitionWorkflow.run,
-                RunInput(
-                    definition=parsed,
-                    input=run_input,
-                    options=RunOptions(tenant=self.tenant, decision_proof=self.decision_proof),
-                ),
+                start.input,
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=id_reuse_policy,
-                search_attributes=attributes,
-                static_summary=f"{parsed.name} v{parsed.version}",
-                memo={
-                    "definition": parsed.name,
-                    "version": parsed.version,
-                    "hash": digest,
-                    "tenant": self.tenant,
-                    "source": source,
-                },
+                search_attributes=start.search_attributes,
+                static_summary=start.static_summary,
+                memo=start.memo,
             )
         except WorkflowAlreadyStartedError as err:
             raise RunAlreadyExistsError(wf_id, err.run_id) from None
@@ -791,6 +865,39 @@ class FlowClient:
             definition=name,
             version=version,
             definition_hash=digest,
+        )
+
+    def run_start(self, parsed: Definition, digest: str, source: str, run_input: dict[str, Any]) -> RunStart:
+        """What a run of ``parsed`` is started with: its input (definition, data, options), search
+        attributes, summary and memo. :meth:`start_run` and the schedules
+        (:mod:`starter.schedules`) both start runs from it, so a scheduled run looks exactly like
+        one started by hand."""
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(DEFINITION_NAME, parsed.name),
+                SearchAttributePair(DEFINITION_VERSION, parsed.version),
+                SearchAttributePair(DEFINITION_HASH, digest),
+                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+                SearchAttributePair(AWAITING_APPROVAL, False),
+                SearchAttributePair(CURRENT_STEP, ""),
+                SearchAttributePair(TENANT, self.tenant),
+            ]
+        )
+        return RunStart(
+            input=RunInput(
+                definition=parsed,
+                input=run_input,
+                options=RunOptions(tenant=self.tenant, decision_proof=self.decision_proof),
+            ),
+            search_attributes=attributes,
+            static_summary=f"{parsed.name} v{parsed.version}",
+            memo={
+                "definition": parsed.name,
+                "version": parsed.version,
+                "hash": digest,
+                "tenant": self.tenant,
+                "source": source,
+            },
         )
 
     async def execute_run(

@@ -5,13 +5,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from interpreter.model import Definition
-from interpreter.validate import DefinitionError, Problem, check_definition, load_definition
+from interpreter.validate import (
+    DefinitionError,
+    Problem,
+    check_definition,
+    legacy_trigger_problems,
+    load_definition,
+)
 from starter.errors import DefinitionFileNotFoundError
 from starter.inputs import brief
 
@@ -38,7 +45,7 @@ def load(definition: DefinitionSource) -> Definition:
     """
     if isinstance(definition, Definition):
         # A model built in code has passed parsing but not the whole-tree rules.
-        problems = check_definition(definition)
+        problems = legacy_trigger_problems(definition) + check_definition(definition)
         if problems:
             raise DefinitionError(problems, definition.name)
         return definition
@@ -60,13 +67,30 @@ def load(definition: DefinitionSource) -> Definition:
 def _parse(document: Mapping[str, Any] | str) -> Definition:
     """:func:`load_definition`, with JSON the parser cannot take reported as a problem too."""
     try:
-        return load_definition(document)
-    except DefinitionError:
+        definition = load_definition(document)
+    except DefinitionError as err:
+        legacy = _legacy_in(document)
+        if legacy and not any(problem.path == "$.trigger" for problem in err.problems):
+            raise DefinitionError(legacy + err.problems, err.name) from None
         raise
     except ValueError as err:  # e.g. an integer of more than 4300 digits
         raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
     except RecursionError:
         raise DefinitionError([Problem("$", "nested too deeply")]) from None
+    legacy = legacy_trigger_problems(definition)
+    if legacy:
+        raise DefinitionError(legacy, definition.name)
+    return definition
+
+
+def _legacy_in(document: Mapping[str, Any] | str) -> list[Problem]:
+    """The legacy ``trigger`` problem of a document that failed validation for other reasons too."""
+    if isinstance(document, str):
+        try:
+            document = json.loads(document)
+        except ValueError:
+            return []
+    return legacy_trigger_problems(document)
 
 
 def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | str:

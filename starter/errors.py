@@ -9,15 +9,24 @@ that does not exist raises :class:`DefinitionFileNotFoundError`, which is both a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from interpreter.validate import Problem
+
 __all__ = [
     "DecisionRefusedError",
     "DefinitionFileNotFoundError",
     "InvalidInputError",
+    "InvalidRunInputError",
     "NoWorkerError",
     "ResultTimeoutError",
     "RunAlreadyExistsError",
     "RunClosedError",
     "RunNotFoundError",
+    "ScheduleNotFoundError",
+    "ScheduleSyncError",
     "ServerUnavailableError",
     "StarterError",
 ]
@@ -151,3 +160,44 @@ class DefinitionFileNotFoundError(StarterError, FileNotFoundError):
 
     def __str__(self) -> str:
         return f"definition file not found: {self.path}"
+
+
+class InvalidRunInputError(InvalidInputError):
+    """A run's input does not match its definition's ``input_schema``; nothing was started.
+
+    Attributes:
+        problems: Each with the JSON path inside the input (``$.order.id``) and what is wrong.
+    """
+
+    def __init__(self, definition: str, version: int, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        self.definition = definition
+        self.version = version
+        lines = "; ".join(f"{p.path}: {p.message}" for p in self.problems)
+        super().__init__(f"the input does not match the input_schema of {definition} v{version}: {lines}")
+
+
+class ScheduleSyncError(StarterError):
+    """The registry change was made, but the Temporal Schedules of the name could not be brought in
+    line with it; ``wfa schedules sync NAME`` (or the same command again) repairs it.
+
+    Attributes:
+        name: The definition name.
+        done: What the registry did (e.g. ``"v2 is active"``).
+    """
+
+    def __init__(self, name: str, done: str, cause: str) -> None:
+        self.name = name
+        self.done = done
+        super().__init__(
+            f"{done} in the registry, but its schedules could not be updated: {cause};"
+            f" run `wfa schedules sync {name}` once Temporal is reachable (or repeat the command)"
+        )
+
+
+class ScheduleNotFoundError(StarterError):
+    """No live schedule with that id in the tenant (it may belong to another tenant)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        self.schedule_id = schedule_id
+        super().__init__(f"no schedule {schedule_id!r} in this tenant (wfa schedules list)")

@@ -50,7 +50,13 @@ from activities.store.models import (
 )
 from interpreter.model import Definition, parse_definition
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
-from interpreter.validate import DefinitionError, check_definition, definition_hash, load_definition
+from interpreter.validate import (
+    DefinitionError,
+    check_definition,
+    definition_hash,
+    legacy_trigger_problems,
+    load_definition,
+)
 
 __all__ = [
     "Activation",
@@ -113,7 +119,8 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
     """Validates a definition and returns it with the body the registry stores.
 
     The body is the document as written (a :class:`Definition` built in code: the fields that were
-    set), without ``version``.
+    set), without ``version``. A new body may not use the legacy ``trigger`` field (bodies stored
+    with it still load: :func:`_parse`).
 
     Raises:
         DefinitionError: Listing every problem with its JSON path.
@@ -134,6 +141,9 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
                 raise
         definition = load_definition(data)
         body = json.loads(json.dumps(data))  # a plain JSON copy (tuples, non-str keys, ...)
+    legacy = legacy_trigger_problems(definition)
+    if legacy:
+        raise DefinitionError(legacy, definition.name)
     body.pop("version", None)
     return definition, body
 
@@ -587,6 +597,47 @@ class DefinitionStore:
             version=stored_version,
             content_hash=digest,
         )
+
+    async def active_definitions(self, name: str | None = None) -> list[ResolvedDefinition]:
+        """The active version of every name of the tenant (or of ``name`` only), sorted by name:
+        what the live triggers are read from (one query; bodies parsed once per process)."""
+        query = (
+            select(DefinitionRow.name, *_RESOLVED)
+            .join(
+                DefinitionHeadRow,
+                (DefinitionHeadRow.tenant == DefinitionRow.tenant)
+                & (DefinitionHeadRow.name == DefinitionRow.name)
+                & (DefinitionHeadRow.active_version == DefinitionRow.version),
+            )
+            .where(DefinitionHeadRow.tenant == self.tenant)
+            .order_by(DefinitionRow.name)
+        )
+        if name is not None:
+            query = query.where(DefinitionHeadRow.name == name)
+        async with db_errors(_url_of(self.session_factory), self.tenant), self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            ResolvedDefinition(
+                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+            )
+            for row_name, version, body, digest, _archived in rows
+        ]
+
+    async def trigger_ids(self, name: str, kind: str) -> list[str]:
+        """The ids of the triggers of one kind that any version of ``name`` declares (archived ones
+        too), sorted: everything a sync may have to remove."""
+        from interpreter.model import ScheduleTrigger
+
+        async with self._session() as session:
+            bodies = (await session.scalars(select(DefinitionRow.body).where(self._where(name)))).all()
+        defaults = {"schedule": ScheduleTrigger.model_fields["id"].default}
+        ids: set[str] = set()
+        for body in bodies:
+            triggers = body.get("triggers") if isinstance(body, dict) else None
+            for trigger in triggers if isinstance(triggers, list) else []:
+                if isinstance(trigger, dict) and trigger.get("type") == kind:
+                    ids.add(str(trigger.get("id", defaults.get(kind, kind))))
+        return sorted(ids)
 
     async def get(self, name: str, version: int | None = None) -> StoredDefinition:
         """One version with its body (archived ones too); ``None``: the active version.

@@ -1,0 +1,165 @@
+"""Typed run input: a definition's ``input_schema`` (JSON Schema, draft 2020-12).
+
+Two checks, both before anything starts (never in workflow code):
+
+* :func:`schema_problems`: the schema itself, at ``wfa validate`` and registration: a valid draft
+  2020-12 schema, at most :data:`MAX_SCHEMA_BYTES` of JSON, references only inside itself (a
+  definition is untrusted: no ``$ref`` may make the validator fetch a URL), and no ``pattern`` with
+  a quantified group that itself holds a quantifier (the classic catastrophic-backtracking shape;
+  Python's ``re`` has no time limit, and the input comes from outside).
+* :func:`input_problems`: a run's input against the schema, for every way a run starts (the
+  client and ``wfa start``, schedules, webhooks, events, row changes). Each problem names the JSON
+  path inside the input (``$.customer.email``).
+
+``jsonschema`` is imported on first use, so workflow code importing the model never loads it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+    from interpreter.model import Definition
+    from interpreter.validate import Problem
+
+__all__ = ["MAX_INPUT_PROBLEMS", "MAX_SCHEMA_BYTES", "input_problems", "schema_problems"]
+
+MAX_SCHEMA_BYTES = 64 * 1024
+"""The largest ``input_schema`` (as compact JSON) a definition may declare."""
+
+MAX_INPUT_PROBLEMS = 20
+"""At most this many problems are reported for one input (the first ones by path)."""
+
+# A group holding a quantifier, itself quantified: (a+)+, (\w*)*, (x{2,})+ ...
+_NESTED_QUANTIFIER = re.compile(
+    r"\((?:[^()\\]|\\.)*(?:[*+]|\{\d*,?\d*\})(?:[^()\\]|\\.)*\)(?:[*+]|\{\d*,?\d*\})"
+)
+
+
+def _path(base: str, parts: Iterator[Any] | Any) -> str:
+    path = base
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            path += f".{part}"
+        else:
+            path += f"[{json.dumps(str(part))}]"
+    return path
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every (path, object) of a JSON value: the objects a schema keyword can sit in."""
+    stack = [(path, value)]
+    while stack:
+        here, item = stack.pop()
+        if isinstance(item, dict):
+            yield here, item
+            stack.extend((_path(here, [key]), sub) for key, sub in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{here}[{i}]", sub) for i, sub in enumerate(item))
+
+
+def schema_problems(schema: Mapping[str, Any], path: str = "$.input_schema") -> list[Problem]:
+    """What is wrong with a declared ``input_schema`` (empty when it is usable).
+
+    Args:
+        schema: The declared schema.
+        path: The JSON path of the schema in the definition (problems are placed under it).
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    from interpreter.validate import Problem
+
+    try:
+        size = len(json.dumps(schema, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        return [Problem(path, f"not representable as JSON: {err}")]
+    if size > MAX_SCHEMA_BYTES:
+        return [Problem(path, f"the schema is {size} bytes of JSON; at most {MAX_SCHEMA_BYTES} are allowed")]
+    problems: list[Problem] = []
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as err:
+        problems.append(
+            Problem(_path(path, err.absolute_path), f"not a valid JSON Schema (draft 2020-12): {err.message}")
+        )
+    except RecursionError:
+        return [Problem(path, "nested too deeply")]
+    for here, node in sorted(_walk(schema, path)):
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            if isinstance(ref, str) and not ref.startswith("#"):
+                problems.append(
+                    Problem(
+                        f"{here}.{keyword}",
+                        f"{ref[:200]!r} refers outside the schema: only references inside it (#/$defs/...)"
+                        " are allowed (nothing is fetched)",
+                    )
+                )
+        patterns: list[tuple[str, Any]] = [(f"{here}.pattern", node.get("pattern"))]
+        if isinstance(node.get("patternProperties"), dict):
+            patterns.extend((f"{here}.patternProperties", key) for key in node["patternProperties"])
+        for where, pattern in patterns:
+            if isinstance(pattern, str) and _NESTED_QUANTIFIER.search(pattern):
+                problems.append(
+                    Problem(
+                        where,
+                        f"pattern {pattern[:200]!r} repeats a group that repeats itself (like (a+)+):"
+                        " such patterns can take exponential time on hostile input; rewrite it",
+                    )
+                )
+    return problems
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(canonical: str) -> Validator:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(canonical), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def input_problems(definition: Definition, input: Any) -> list[Problem]:
+    """The problems of a run input against the definition's ``input_schema`` (empty: acceptable).
+
+    Without a schema every JSON object is acceptable (the input must still be an object). Paths
+    are inside the input, rooted at ``$`` (``$.order.items[2].sku``); at most
+    :data:`MAX_INPUT_PROBLEMS` are returned, sorted by path.
+
+    Args:
+        definition: The definition the run would start from.
+        input: The run input, as decoded from JSON.
+    """
+    from jsonschema.exceptions import ValidationError
+
+    from interpreter.validate import Problem
+
+    if not isinstance(input, Mapping):
+        return [Problem("$", f"the run input must be a JSON object, not {type(input).__name__}")]
+    schema = definition.input_schema
+    if schema is None:
+        return []
+    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    found: list[Problem] = []
+    try:
+        errors: list[ValidationError] = list(validator.iter_errors(dict(input)))
+    except RecursionError:
+        return [Problem("$", "the input is nested too deeply")]
+    except Exception as err:  # a schema that cannot be applied (e.g. an unresolvable reference)
+        return [Problem("$", f"the definition's input_schema cannot be applied: {type(err).__name__}: {err}")]
+    for error in errors:
+        found.append(Problem(_path("$", error.absolute_path), _message(error)))
+    found.sort(key=lambda problem: (problem.path, problem.message))
+    return found[:MAX_INPUT_PROBLEMS]
+
+
+def _message(error: Any) -> str:
+    message = str(error.message)
+    return message if len(message) <= 500 else message[:499] + "…"

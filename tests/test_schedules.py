@@ -1,0 +1,424 @@
+"""Triggers that are real, on the dev server and the store: schedule triggers become Temporal
+Schedules that fire runs of the active version and follow activate and rollback; a version without
+the schedule removes it; pause, unpause, trigger and backfill work; a failed schedule sync leaves a
+clear error and ``wfa schedules sync`` repairs it; the live triggers are read from the active
+versions; every start checks the input against ``input_schema``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import insert
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from activities.dead_letters import build_store_activities
+from activities.store.database import Database
+from activities.store.models import DefinitionHeadRow, DefinitionRow
+from activities.store.repository import DefinitionStore
+from interpreter.validate import definition_hash, load_definition
+from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, main
+from starter.client import FlowClient, RunSummary
+from starter.errors import InvalidRunInputError, ScheduleSyncError
+from starter.schedules import ScheduleInfo, schedule_id
+from starter.triggers import live_triggers
+from tests.workflows.support import eventually
+from worker import build_worker
+from workflows.search_attributes import DEFINITION_VERSION
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def unique(prefix: str = "sched") -> str:
+    return f"{prefix}-{uuid4().hex[:8]}"
+
+
+def scheduled(
+    name: str, marker: str, *, every: str = "1s", overlap: str = "allow_all", **extra: Any
+) -> dict[str, Any]:
+    """A definition with one schedule trigger whose runs end at once, saying which body ran."""
+    return {
+        "name": name,
+        "triggers": [
+            {
+                "type": "schedule",
+                "id": "tick",
+                "every": every,
+                "overlap": overlap,
+                "input": {"who": "schedule"},
+            }
+        ],
+        "steps": [
+            {"id": "done", "type": "succeed", "output": {"marker": marker, "who": "{{ input.who }}"}},
+        ],
+        **extra,
+    }
+
+
+def plain(name: str, marker: str) -> dict[str, Any]:
+    return {"name": name, "steps": [{"id": "done", "type": "succeed", "output": {"marker": marker}}]}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
+) -> AsyncIterator[Worker]:
+    async with build_worker(
+        client,
+        task_queue,
+        http_client,
+        extra_activities=build_store_activities(database.session_factory),
+        graceful_shutdown_timeout=timedelta(0),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def tenant() -> str:
+    return unique("tenant")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def flows(
+    client: Client, task_queue: str, database: Database, tenant: str
+) -> AsyncIterator[FlowClient]:
+    flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+    yield flows
+    # Nothing left firing for the rest of the session, whatever the test did.
+    async for listed in await client.list_schedules():
+        if listed.id.endswith(f"@{tenant}"):
+            with contextlib.suppress(RPCError):
+                await client.get_schedule_handle(listed.id).delete()
+
+
+async def runs_of(flows: FlowClient, name: str) -> list[RunSummary]:
+    """The runs of ``name``, oldest first."""
+    return list(reversed(await flows.list_runs(definition=name, limit=1000)))
+
+
+async def schedule_version(client: Client, sid: str) -> int | None:
+    try:
+        description = await client.get_schedule_handle(sid).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return description.typed_search_attributes.get(DEFINITION_VERSION)
+
+
+async def cli(argv: list[str]) -> int:
+    """``wfa`` in-process, in a thread (it runs its own event loop)."""
+    return await asyncio.to_thread(main, argv)
+
+
+async def listed(flows: FlowClient, name: str, accept: Any) -> ScheduleInfo:
+    """The one schedule of ``name`` once ``accept(it)`` holds (pause, unpause and updates are
+    applied by the server's scheduler shortly after the call returns)."""
+    found = await eventually(
+        lambda: flows.list_schedules(name),
+        lambda items: len(items) == 1 and accept(items[0]),
+        timeout=30,
+        what=f"the schedule of {name}",
+    )
+    return found[0]
+
+
+async def version_becomes(client: Client, sid: str, version: int | None) -> None:
+    """Waits until the schedule starts ``version`` (None: until it is gone). A schedule update is
+    applied by the server's scheduler shortly after the call returns."""
+    await eventually(
+        lambda: schedule_version(client, sid),
+        lambda found: found == version,
+        timeout=30,
+        what=f"schedule {sid} at version {version}",
+    )
+
+
+# --------------------------------------------------------------------- following the registry
+
+
+async def test_a_schedule_fires_the_active_version_and_follows_activate_and_rollback(
+    flows: FlowClient, client: Client, worker: Worker, tenant: str
+) -> None:
+    name = unique()
+    sid = schedule_id(tenant, name, "tick")
+    first = await flows.register(scheduled(name, "one"), author="ann")
+    assert first.activated
+    await version_becomes(client, sid, 1)
+    runs = await eventually(
+        lambda: runs_of(flows, name),
+        lambda rs: sum(r.state == "completed" for r in rs) >= 2,
+        timeout=60,
+        what="two completed scheduled runs of v1",
+    )
+    assert {r.version for r in runs} == {1}
+    assert all(r.tenant == tenant for r in runs)
+    # Each fire is a run like one started by hand: pinned version, tenant, memo, output.
+    handle = client.get_workflow_handle(runs[0].workflow_id)
+    memo = await (await handle.describe()).memo()
+    assert memo["definition"] == name
+    assert memo["version"] == 1
+    assert memo["source"] == "schedule"
+    result = await flows.result(runs[0].workflow_id, timeout=30)
+    assert result.output == {"marker": "one", "who": "schedule"}
+
+    await flows.register(scheduled(name, "two"), author="bob")  # v2, not active: nothing changes
+    await version_becomes(client, sid, 1)
+    await flows.activate(name, 2, actor="ops")
+    await version_becomes(client, sid, 2)
+    runs = await eventually(
+        lambda: runs_of(flows, name),
+        lambda rs: any(r.version == 2 for r in rs),
+        timeout=60,
+        what="a scheduled run of v2",
+    )
+    switched = next(i for i, r in enumerate(runs) if r.version == 2)
+    runs = await eventually(
+        lambda: runs_of(flows, name),
+        lambda rs: len(rs) >= switched + 3,
+        timeout=60,
+        what="more fires after the activation",
+    )
+    # Once the schedule runs v2, every later fire does.
+    assert {r.version for r in runs[switched:]} == {2}
+    assert (await flows.result(runs[-1].workflow_id, timeout=30)).output["marker"] == "two"
+
+    await flows.rollback(name, actor="ops")
+    await version_becomes(client, sid, 1)
+    seen = len(runs)
+    runs = await eventually(
+        lambda: runs_of(flows, name),
+        lambda rs: len(rs) > seen + 2 and rs[-1].version == 1,
+        timeout=60,
+        what="fires of v1 again after the rollback",
+    )
+
+    # A version without the schedule trigger removes it; nothing else is left behind.
+    await flows.register(plain(name, "three"), author="ann", activate=True)
+    await version_becomes(client, sid, None)
+    assert await flows.list_schedules() == []
+    await flows.archive(name, 2, actor="ops")  # archiving an old version leaves nothing either
+    await version_becomes(client, sid, None)
+    # Rolling back to a version with the schedule brings it back (v1, since v2 is archived).
+    rolled = await flows.rollback(name, actor="ops")
+    assert rolled.version == 1
+    await version_becomes(client, sid, 1)
+    await flows.activate(name, 3, actor="ops")
+    await version_becomes(client, sid, None)
+
+
+async def test_pause_unpause_trigger_and_backfill(
+    flows: FlowClient, client: Client, worker: Worker, tenant: str, database_url: str
+) -> None:
+    name = unique()
+    await flows.register(scheduled(name, "hourly", every="1h"), author="ann")
+    first = await listed(flows, name, lambda item: item.in_sync)
+    assert first.id == schedule_id(tenant, name, "tick")
+    assert not first.paused
+    assert first.version == 1
+    assert first.next_fires  # the Web UI and `temporal schedule list` show the same schedule
+
+    sid = await flows.trigger_schedule(name)
+    assert sid == first.id
+    await eventually(
+        lambda: runs_of(flows, name), lambda rs: len(rs) == 1, timeout=60, what="the triggered run"
+    )
+
+    assert await flows.pause_schedule(f"{name}:tick", note="maintenance") == sid
+    paused = await listed(flows, name, lambda item: item.paused)
+    assert paused.note == "maintenance"
+    # A new active version keeps an operator's pause.
+    await flows.register(scheduled(name, "hourly-2", every="1h"), author="ann", activate=True)
+    await listed(flows, name, lambda item: item.version == 2 and item.in_sync)
+    assert (await listed(flows, name, lambda item: True)).paused
+    await flows.unpause_schedule(sid)
+    await listed(flows, name, lambda item: not item.paused)
+
+    now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+    await flows.backfill_schedule(sid, now - timedelta(hours=3), now)  # three hour marks
+    runs = await eventually(
+        lambda: runs_of(flows, name), lambda rs: len(rs) >= 4, timeout=60, what="three backfilled runs"
+    )
+    assert [r.version for r in runs] == [1, 2, 2, 2]
+
+    # Another tenant's client cannot operate this schedule.
+    conn = ["--address", flows.address, "--namespace", flows.namespace, "--database-url", database_url]
+    for ref in (name, sid, f"{name}:tick"):
+        assert await cli(["--tenant", unique("other"), "schedules", "pause", ref, *conn]) == EXIT_NOT_FOUND
+    assert await cli(["--tenant", tenant, "schedules", "pause", name, *conn]) == EXIT_OK
+    await listed(flows, name, lambda item: item.paused)
+
+
+async def test_a_failed_schedule_sync_is_reported_and_repaired(
+    flows: FlowClient, client: Client, tenant: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = unique()
+    sid = schedule_id(tenant, name, "tick")
+    await flows.register(scheduled(name, "one", every="1h"), author="ann")
+    await flows.register(scheduled(name, "two", every="1h"), author="ann")
+    # Temporal unreachable during the activation: the registry change stands, the error says so.
+    dead = await Client.connect("127.0.0.1:1", lazy=True, namespace=client.namespace)
+    offline = FlowClient(dead, task_queue=flows.task_queue, database=await flows.database(), tenant=tenant)
+    with pytest.raises(ScheduleSyncError) as caught:
+        await offline.activate(name, 2, actor="ops")
+    assert f"{name} v2 is active in the registry, but its schedules could not be updated" in str(caught.value)
+    assert f"wfa schedules sync {name}" in str(caught.value)
+    assert (await flows.resolve(name)).version == 2
+    await version_becomes(client, sid, 1)
+    stale = await listed(flows, name, lambda item: True)
+    assert not stale.in_sync
+    assert stale.version == 1
+    assert stale.active_version == 2
+
+    # `wfa schedules sync NAME` repairs it (and is idempotent).
+    args = ["--tenant", tenant, "--address", flows.address, "--namespace", flows.namespace]
+    args += ["--task-queue", flows.task_queue, "--database-url", database_url]
+    assert await cli(["schedules", "sync", name, *args]) == EXIT_OK
+    assert f"schedule {sid} starts {name} v2" in capsys.readouterr().out
+    await version_becomes(client, sid, 2)
+    assert await cli(["schedules", "sync", *args]) == EXIT_OK
+    await listed(flows, name, lambda item: item.in_sync)
+
+    # The CLI with Temporal unreachable: exit code 3, one clear line, the registry change stands.
+    offline_args = [*args[:2], "--address", "127.0.0.1:1", "--database-url", database_url]
+    code = await cli(["definitions", "rollback", name, "--actor", "ops", *offline_args])
+    err = capsys.readouterr().err
+    assert code == EXIT_UNAVAILABLE, err
+    assert f"{name} is rolled back to v1 in the registry, but its schedules could not be updated" in err
+    assert "Traceback" not in err
+    assert (await flows.resolve(name)).version == 1
+    await version_becomes(client, sid, 2)
+    # Re-running the registry command once Temporal is back repairs it too.
+    assert await cli(["definitions", "activate", name, "1", "--actor", "ops", *args]) == EXIT_OK
+    await version_becomes(client, sid, 1)
+
+
+# ------------------------------------------------------------------------------- live triggers
+
+
+async def test_live_triggers_are_those_of_the_active_versions(flows: FlowClient, tenant: str) -> None:
+    name = unique()
+    v1 = {
+        "name": name,
+        "triggers": [
+            {"type": "webhook", "id": "shop", "secret": "SHOP_SECRET"},
+            {"type": "event", "id": "paid", "event": "order.paid"},
+        ],
+        "steps": [{"id": "done", "type": "succeed"}],
+    }
+    v2 = {**v1, "triggers": [{"type": "event", "id": "paid", "event": "order.paid.v2"}]}
+    await flows.register(v1, author="ann")
+    await flows.register(plain(unique(), "no triggers"), author="ann")
+    live = await live_triggers(flows)
+    assert [(t.definition, t.version, t.trigger.type, t.trigger.id) for t in live] == [
+        (name, 1, "webhook", "shop"),
+        (name, 1, "event", "paid"),
+    ]
+    assert all(t.tenant == tenant and t.ref == f"{name}@1" for t in live)
+    await flows.register(v2, author="ann", activate=True)
+    [event] = await live_triggers(flows, "event", name)
+    assert event.version == 2
+    assert event.trigger.event == "order.paid.v2"
+    assert await live_triggers(flows, "webhook") == []
+    await flows.rollback(name, actor="ops")
+    assert [t.trigger.id for t in await live_triggers(flows, "webhook")] == ["shop"]
+    other = FlowClient(
+        flows.client, task_queue=flows.task_queue, database=await flows.database(), tenant=unique("other")
+    )
+    assert await live_triggers(other) == []
+    with pytest.raises(ValueError, match="unknown trigger kind"):
+        await live_triggers(flows, "cron")
+
+
+async def test_stored_bodies_with_the_legacy_trigger_still_load(
+    flows: FlowClient, database: Database, tenant: str
+) -> None:
+    name = unique()
+    body = {"name": name, "trigger": {"type": "manual"}, "steps": [{"id": "done", "type": "succeed"}]}
+    digest = definition_hash(load_definition(body))
+    async with database.session_factory() as session, session.begin():
+        await session.execute(
+            insert(DefinitionRow).values(
+                tenant=tenant, name=name, version=1, body=body, content_hash=digest, author="old"
+            )
+        )
+        await session.execute(
+            insert(DefinitionHeadRow).values(tenant=tenant, name=name, active_version=1, updated_by="old")
+        )
+    store = DefinitionStore(database.session_factory, tenant)
+    resolved = await store.resolve(name)
+    assert resolved.definition.trigger.type == "manual"
+    assert await live_triggers(flows) == []
+    # ... while a new body with it is refused, naming `triggers`.
+    with pytest.raises(ValueError, match="triggers"):
+        await flows.register({**body, "description": "new"}, author="ann")
+
+
+# -------------------------------------------------------------------------------- typed input
+
+
+async def test_every_start_checks_the_input_schema(
+    flows: FlowClient, worker: Worker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = unique()
+    schema = {
+        "type": "object",
+        "required": ["order"],
+        "properties": {
+            "order": {
+                "type": "object",
+                "required": ["id", "items"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "items": {"type": "array", "items": {"type": "integer"}},
+                },
+            }
+        },
+    }
+    await flows.register({**plain(name, "typed"), "input_schema": schema}, author="ann")
+    with pytest.raises(InvalidRunInputError) as caught:
+        await flows.start_run(name, {"order": {"id": "o-1", "items": [1, "two"]}})
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("$.order.items[1]", "'two' is not of type 'integer'")
+    ]
+    with pytest.raises(InvalidRunInputError) as caught:
+        await flows.start_run(name, {})
+    assert caught.value.problems[0].path == "$"
+    assert "'order' is a required property" in caught.value.problems[0].message
+    run = await flows.start_run(name, {"order": {"id": "o-1", "items": [1, 2]}})
+    assert (await run.result(timeout=30)).state == "completed"
+
+    file = tmp_path / "typed.json"
+    file.write_text(__import__("json").dumps({**plain(unique(), "typed"), "input_schema": schema}))
+    args = ["--address", flows.address, "--namespace", flows.namespace, "--task-queue", flows.task_queue]
+    code = await cli(["start", str(file), "--input", '{"order": {"id": 7, "items": []}}', *args])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert "$.order.id: 7 is not of type 'string'" in err
+    assert "Traceback" not in err
+
+    # A schedule whose fixed input breaks the schema is refused before anything is stored.
+    bad = scheduled(
+        unique(),
+        "x",
+        input_schema={"type": "object", "required": ["who"], "properties": {"who": {"type": "integer"}}},
+    )
+    with pytest.raises(ValueError, match=r"\$\.triggers\[0\]\.input\.who"):
+        await flows.register(bad, author="ann")
