@@ -23,11 +23,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +51,7 @@ router = APIRouter(tags=["webhooks"])
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _NOT_FOUND = "no webhook trigger at this address"
+_DEFINITION_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
 def delivery_workflow_id(tenant: str, definition: str, trigger_id: str, delivery_id: str) -> str:
@@ -67,25 +67,21 @@ def delivery_workflow_id(tenant: str, definition: str, trigger_id: str, delivery
 async def find_webhook_trigger(
     state: GatewayState, tenant: str, name: str, trigger_id: str
 ) -> tuple[Definition, WebhookTrigger] | None:
-    """The active version of ``name`` in ``tenant`` and its webhook trigger ``trigger_id``, if any.
+    """The active version of ``name`` in ``tenant`` and its live webhook trigger ``trigger_id``.
 
-    Reads the registry's active version (the version whose triggers are live). Unknown names,
-    malformed names and versions without that trigger are all None: the caller answers 404
-    without telling which.
+    The live triggers are those the active version declares (:func:`starter.triggers.live_triggers`).
+    Unknown and malformed names and versions without that trigger are all None: the caller answers
+    404 without telling which.
     """
-    from activities.store.errors import DefinitionNotFoundError, InvalidReferenceError
     from activities.store.repository import DefinitionStore
+    from starter.triggers import live_triggers_in
 
-    if "@" in name:  # only the active version has live triggers
+    if not _DEFINITION_NAME.match(name):
         return None
     store = DefinitionStore((await state.database()).session_factory, tenant)
-    try:
-        resolved = await store.resolve(name)
-    except (InvalidReferenceError, DefinitionNotFoundError):
-        return None
-    for trigger in resolved.definition.triggers:
-        if isinstance(trigger, WebhookTrigger) and trigger.id == trigger_id:
-            return resolved.definition, trigger
+    for live in await live_triggers_in(store, "webhook", name):
+        if isinstance(live.trigger, WebhookTrigger) and live.trigger.id == trigger_id:
+            return live.resolved.definition, live.trigger
     return None
 
 
@@ -188,30 +184,23 @@ def _verify_hmac(
     return "body-" + hashlib.sha256(body).hexdigest()
 
 
-def _input_problems() -> Callable[[Definition, Any], list[Any]] | None:
-    """``interpreter.input_schema.input_problems`` when that module is present (typed run input)."""
-    try:
-        module = importlib.import_module("interpreter.input_schema")
-    except ModuleNotFoundError:
-        return None
-    found: Callable[[Definition, Any], list[Any]] | None = getattr(module, "input_problems", None)
-    return found
-
-
 def check_input(definition: Definition, data: dict[str, Any]) -> None:
     """Refuses (422, with the JSON path of each problem) an input its ``input_schema`` rejects."""
-    problems_of = _input_problems()
-    if problems_of is None:
-        return
-    problems = problems_of(definition, data)
+    from interpreter.input_schema import input_problems
+
+    problems = input_problems(definition, data)
     if problems:
-        listed = [{"path": p.path, "message": p.message} for p in problems]
-        raise ApiError(
-            422,
-            "invalid_input",
-            "; ".join(f"{p['path']}: {p['message']}" for p in listed[:5]),
-            problems=listed,
-        )
+        raise _invalid_input(problems)
+
+
+def _invalid_input(problems: Sequence[Any]) -> ApiError:
+    listed = [{"path": p.path, "message": p.message} for p in problems]
+    return ApiError(
+        422,
+        "invalid_input",
+        "; ".join(f"{p['path']}: {p['message']}" for p in listed[:5]),
+        problems=listed,
+    )
 
 
 @router.post(
@@ -236,7 +225,7 @@ def check_input(definition: Definition, data: dict[str, Any]) -> None:
 async def deliver(tenant: str, definition: str, trigger_id: str, request: Request) -> JSONResponse:
     """Verifies a delivery and starts a run of the definition's active version with its body."""
     from activities.secrets import secret_store
-    from starter.errors import RunAlreadyExistsError
+    from starter.errors import InvalidRunInputError, RunAlreadyExistsError
 
     state: GatewayState = request.app.state.gateway
     config = state.config
@@ -273,6 +262,8 @@ async def deliver(tenant: str, definition: str, trigger_id: str, request: Reques
         )
     except RunAlreadyExistsError:
         return JSONResponse({"workflow_id": workflow_id, "duplicate": True}, status_code=200)
+    except InvalidRunInputError as err:  # checked above; the client checks again
+        raise _invalid_input(err.problems) from None
     if not run.started:
         return JSONResponse(
             {"workflow_id": workflow_id, "run_id": run.run_id, "duplicate": True}, status_code=200
