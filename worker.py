@@ -54,6 +54,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import build_activities
 from activities.dead_letters import build_store_activities
+from activities.events import build_event_activities
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.secrets import (
     SecretsConfigError,
@@ -66,6 +67,7 @@ from activities.store.errors import StoreError
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import RunDefinitionWorkflow
+from workflows.mailbox import EventMailboxWorkflow
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
@@ -151,9 +153,10 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RunDefinitionWorkflow, *extra_workflows],
+        workflows=[RunDefinitionWorkflow, EventMailboxWorkflow, *extra_workflows],
         activities=[
             *build_activities(http_client),
+            *build_event_activities(client),
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
         ],

@@ -23,6 +23,7 @@ from typing import Any, Protocol, assert_never
 from interpreter.actions import ActionRequest, ActionResult
 from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
 from interpreter.durations import format_duration, parse_duration
+from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription
 from interpreter.inert import make_inert
 from interpreter.model import (
     ApprovalStep,
@@ -44,9 +45,11 @@ from interpreter.model import (
     SwitchStep,
     TaskStep,
     Timeouts,
+    WaitForEventStep,
 )
 from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
+    FINAL_STATES,
     MAX_ACTOR_CHARS,
     MAX_REFUSALS,
     CancelRequest,
@@ -59,6 +62,7 @@ from interpreter.state import (
     DecisionRecord,
     ParkedStep,
     PendingApproval,
+    PendingEvent,
     RefusedMessage,
     RunResult,
     RunState,
@@ -166,6 +170,20 @@ class Runtime(Protocol):
         """Records the decision taken on a dead letter row (idempotent)."""
         ...
 
+    async def subscribe_events(self, subscription: EventSubscription) -> list[Event]:
+        """Subscribes the run to the mailbox of the subscription's type and key (starting it if
+        need be); returns the buffered events published since ``subscription.since``. Events
+        published from then on are handed to :meth:`Engine.deliver_event` by the host.
+
+        Raises:
+            ActionFailedError: When subscribing failed for good.
+        """
+        ...
+
+    async def unsubscribe_events(self, subscription: EventSubscription) -> None:
+        """Ends a subscription (best effort: a lapsed mailbox has nothing to end)."""
+        ...
+
     def task_key(self) -> int:
         """Identifies the workflow task the engine runs in now (on Temporal, the history length at
         its start): the same for all the engine does in one task, and the same again on replay."""
@@ -211,6 +229,27 @@ def form_problem(step: ApprovalStep, path: str, kind: DecisionKind, data: Mappin
         wrong = _field_value_problem(declared_field, data[name])
         if wrong is not None:
             return f"form field {name!r} of step {path!r} {wrong}"
+    return None
+
+
+def event_fields_problem(step: WaitForEventStep, path: str, data: Mapping[str, Any]) -> str | None:
+    """Why an event's data does not fit the wait's declared fields, or None (the rules of
+    :func:`form_problem`: nothing undeclared, required fields present, each value of its type)."""
+    form = step.form
+    declared = [f.name for f in form]
+    unknown = sorted(k for k in data if k not in declared)
+    if unknown:
+        allowed = declared or "none; the step declares no fields, so an event carries no data"
+        return f"unknown event fields {unknown} for step {path!r} (allowed: {allowed})"
+    for declared_field in form:
+        name = declared_field.name
+        if name not in data:
+            if declared_field.required:
+                return f"event field {name!r} of step {path!r} is required"
+            continue
+        wrong = _field_value_problem(declared_field, data[name])
+        if wrong is not None:
+            return f"event field {name!r} of step {path!r} {wrong}"
     return None
 
 
@@ -348,6 +387,14 @@ class _Approval:
 
 
 @dataclass
+class _EventWait:
+    view: PendingEvent
+    step: WaitForEventStep
+    since: datetime
+    event: Event | None = None
+
+
+@dataclass
 class _Park:
     view: ParkedStep
     decision: DeadLetterDecision | None = None
@@ -418,6 +465,14 @@ class Engine:
         self._timeouts: dict[str, Timeouts] = {}
         self._parks: dict[str, int] = {}
         self._compensations: list[_Compensation] = []
+        self._event_waits: dict[str, _EventWait] = {}
+        self._consumed_events: dict[str, None] = {}
+        """Ids of the events this run consumed: each is consumed at most once."""
+        self._cancel_keys: list[tuple[str, str]] = []
+        """``cancel_on`` as rendered at the start: (event type, key)."""
+        self.cancel_hook: Callable[[CancelRequest], None] | None = None
+        """Called when a ``cancel_on`` event arrives (the host cancels the run, as for its cancel
+        signal); without one the engine cancels the run itself."""
         self._visits: dict[str, int] = {}
         self._executions = 0
         self._state_size = 0
@@ -444,6 +499,8 @@ class Engine:
         """
         try:
             try:
+                if self.definition.cancel_on:
+                    await self._subscribe_cancel_on()
                 await self._sequence(self.definition.steps, self._root)
                 output = self.definition.output
                 self.output = (
@@ -504,6 +561,7 @@ class Engine:
             error=self.error,
             error_type=self.error_type,
             cancelled_by=self.cancel_request,
+            waiting_events=[w.view for w in self._event_waits.values()],
         )
 
     @property
@@ -806,6 +864,8 @@ class Engine:
             return await self._delay(step, scope, path)
         if isinstance(step, ApprovalStep):
             return await self._approval(step, scope, path, record)
+        if isinstance(step, WaitForEventStep):
+            return await self._wait_for_event(step, scope, path, record)
         if isinstance(step, SetStep):
             values = self._render(dict(step.vars), self._context(scope))
             self.vars.update(values)
@@ -1345,6 +1405,186 @@ class Engine:
         raise _RunFailed(
             f"step {approval.view.path!r}: no decision within {step.timeout}", "ApprovalTimedOut"
         )
+
+    # ------------------------------------------------------------------------------------ events
+
+    def _event_key(self, template: str, context: Mapping[str, Any], where: str) -> str:
+        key = self._render(template, context)
+        text = key if isinstance(key, str) else str(key)
+        if not text or len(text) > MAX_EVENT_KEY_CHARS:
+            raise _RunFailed(
+                f"{where}: the event key rendered to {len(text)} characters"
+                f" (1 to {MAX_EVENT_KEY_CHARS} are allowed)",
+                "InvalidEventKey",
+            )
+        return text
+
+    async def _subscribe(self, subscription: EventSubscription, where: str) -> list[Event]:
+        try:
+            return await self.runtime.subscribe_events(subscription)
+        except ActionFailedError as failure:
+            raise _RunFailed(
+                f"{where}: subscribing to events {subscription.type!r} failed: {failure.message}",
+                "EventSubscribeFailed",
+            ) from None
+
+    async def _subscribe_cancel_on(self) -> None:
+        """Subscribes to the ``cancel_on`` events (from the run's start on) before the first step;
+        one published since the start cancels the run at once."""
+        context = self._context(self._root)
+        for i, cancel in enumerate(self.definition.cancel_on):
+            key = self._event_key(cancel.key, context, f"cancel_on[{i}]")
+            self._cancel_keys.append((cancel.event, key))
+        for i, (event_type, key) in enumerate(self._cancel_keys):
+            buffered = await self._subscribe(
+                EventSubscription(
+                    tenant=self.info.tenant,
+                    type=event_type,
+                    key=key,
+                    workflow_id=self.info.workflow_id,
+                    path=f"cancel_on[{i}]",
+                    since=self.info.started_at,
+                ),
+                f"cancel_on[{i}]",
+            )
+            for event in buffered:
+                request = self.deliver_event(event)
+                if request is not None:
+                    self.cancel_request = request
+                    if self.cancel_hook is not None:
+                        self.cancel_hook(request)
+                        await asyncio.sleep(0)  # the host's cancellation lands here
+                    raise asyncio.CancelledError()
+
+    def deliver_event(self, event: Event) -> CancelRequest | None:
+        """Takes an event a mailbox handed to the run.
+
+        Another tenant's event, or one this run consumed already, is refused (recorded). An event
+        matching a ``cancel_on`` entry returns the cancel request the host must carry out (the
+        actor names the event). Otherwise the first waiting step whose type and key match, whose
+        lookback window holds it and whose declared fields it fits consumes it; data that does
+        not fit is refused (recorded) and the step waits on. An event no step waits for (a
+        subscription lapsing) is dropped.
+        """
+        if event.tenant != self.info.tenant:
+            self.refuse_message(
+                "event", event.source or None, f"event {clip(event.id, 100)!r} is another tenant's"
+            )
+            return None
+        for event_type, key in self._cancel_keys:
+            if event.type == event_type and event.key == key and self.state not in FINAL_STATES:
+                return CancelRequest(
+                    actor=clip(f"event:{event.type}:{event.id}", MAX_ACTOR_CHARS),
+                    reason=clip(f"cancel_on event {event.type!r} published by {event.source or 'unknown'}"),
+                )
+        if event.id in self._consumed_events:
+            return None  # at most once per event id (a lookback returns it again, say)
+        for wait in self._event_waits.values():
+            if wait.event is not None or event.type != wait.view.event or event.key != wait.view.key:
+                continue
+            published = event.published_at
+            if published is None or published < wait.since - timedelta(seconds=EVENT_CLOCK_SKEW_S):
+                continue
+            problem = event_fields_problem(wait.step, wait.view.path, event.data)
+            if problem is not None:
+                self.refuse_message(
+                    "event", event.source or None, f"event {clip(event.id, 100)!r}: {problem}"
+                )
+                continue
+            wait.event = event
+            self._consumed_events[event.id] = None
+            return None
+        return None
+
+    async def _wait_for_event(
+        self, step: WaitForEventStep, scope: _Scope, path: str, record: StepRecord
+    ) -> Any:
+        start = self.runtime.now()
+        key = self._event_key(step.key, self._context(scope), f"step {path!r}")
+        lookback = parse_duration(step.lookback)
+        deadline = start + parse_duration(step.timeout) if step.timeout else None
+        since = start - lookback
+        wait = _EventWait(
+            view=PendingEvent(
+                step_id=step.id,
+                path=path,
+                event=step.event,
+                key=key,
+                since=start,
+                lookback_s=lookback.total_seconds(),
+                deadline=deadline,
+            ),
+            step=step,
+            since=since,
+        )
+        subscription = EventSubscription(
+            tenant=self.info.tenant,
+            type=step.event,
+            key=key,
+            workflow_id=self.info.workflow_id,
+            path=path,
+            since=since,
+            until=deadline,
+        )
+        self._event_waits[path] = wait
+        record.status = StepStatus.WAITING
+        self.runtime.state_changed()
+        try:
+            with self._waiting_at(path, step.label):
+                buffered = await self._subscribe(subscription, f"step {path!r}")
+                wait.view.subscribed = True
+                self.runtime.state_changed()
+                # Strictly inside the window: the clock-skew tolerance is for signalled events only.
+                for event in buffered:
+                    if wait.event is None and event.published_at is not None and event.published_at >= since:
+                        self.deliver_event(event)
+                if wait.event is None:
+                    remaining = (
+                        None
+                        if deadline is None
+                        else max((deadline - self.runtime.now()).total_seconds(), 0.0)
+                    )
+                    await self.runtime.wait_condition(
+                        lambda: wait.event is not None,
+                        remaining,
+                        f"{step.label}: awaiting event {step.event}",
+                    )
+        except asyncio.CancelledError:
+            if wait.view.subscribed:  # the mailbox stops signalling a wait that is over
+                await self._finally(self.runtime.unsubscribe_events(subscription))
+            raise
+        finally:
+            self._event_waits.pop(path, None)
+            self.runtime.state_changed()
+        await self.runtime.unsubscribe_events(subscription)
+        got = wait.event
+        if got is None:
+            return self._event_timeout(step, path, key)
+        return {
+            "event_id": got.id,
+            "type": got.type,
+            "key": got.key,
+            "published_at": None if got.published_at is None else got.published_at.isoformat(),
+            "source": got.source,
+            "data": make_inert(dict(got.data)),
+            "timed_out": False,
+        }
+
+    def _event_timeout(self, step: WaitForEventStep, path: str, key: str) -> Any:
+        policy = step.on_timeout
+        if policy == "continue":
+            return {
+                "event_id": None,
+                "type": step.event,
+                "key": key,
+                "published_at": None,
+                "source": None,
+                "data": {},
+                "timed_out": True,
+            }
+        if isinstance(policy, Goto):
+            raise _Jump(policy.goto)
+        raise _RunFailed(f"step {path!r}: no event {step.event!r} within {step.timeout}", "EventTimedOut")
 
     # ---------------------------------------------------------------------------- compensation
 

@@ -104,6 +104,10 @@ TemplatedValue = Annotated[Any, AfterValidator(_check_templates_in)]
 
 StepId = Annotated[str, Field(pattern=STEP_ID_PATTERN)]
 
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+EventType = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN)]
+"""An event type, e.g. ``family.answered``."""
+
 
 def seconds(duration: str) -> float:
     """Converts a validated duration string to seconds."""
@@ -548,6 +552,58 @@ class ApprovalStep(StepBase):
         return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
 
 
+MAX_EVENT_LOOKBACK = timedelta(days=7)
+"""The longest ``lookback`` a ``wait_for_event`` step may declare: how long an event mailbox keeps
+an event that no run has consumed yet (see :mod:`workflows.mailbox`)."""
+
+
+class WaitForEventStep(StepBase):
+    """Pause until an event of type ``event`` is published with the correlation key ``key``.
+
+    ``key`` is a template rendered when the step starts (e.g. ``"{{ input.family_id }}"``); an
+    event matches when its type and key are equal to the step's. An event published up to
+    ``lookback`` before the step started is consumed too (default ``0s``: only events published
+    while the step waits; at most :data:`MAX_EVENT_LOOKBACK`). A run consumes an event at most once
+    (by event id), and one event resumes every run waiting on its type and key.
+
+    ``fields`` declares the event's data like an approval's form: only declared fields are
+    accepted, each checked against its declaration (a bare name is an optional string field);
+    an event whose data does not fit is refused (recorded in the status) and the step waits on.
+    Without ``fields`` an event carries no data. The step's output is ``{"event_id", "type",
+    "key", "published_at", "data", "timed_out"}``; the data is inert.
+
+    ``timeout`` counts from the start of the step; ``on_timeout`` then decides: ``fail`` (the run
+    fails, type ``EventTimedOut``), ``continue`` (the output has ``timed_out`` true) or a goto.
+    """
+
+    type: Literal["wait_for_event"]
+    event: EventType
+    key: Annotated[Template, Field(min_length=1, max_length=1000)]
+    fields: list[FieldDeclaration] | None = Field(default=None, max_length=100)
+    timeout: Duration | None = None
+    on_timeout: Literal["fail", "continue"] | Goto = "fail"
+    lookback: Duration = "0s"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> WaitForEventStep:
+        if self.timeout is not None and parse_duration(self.timeout) <= timedelta(0):
+            raise ValueError("timeout must be greater than zero")
+        if parse_duration(self.lookback) > MAX_EVENT_LOOKBACK:
+            raise ValueError(
+                f"lookback {self.lookback} is longer than events are kept ({MAX_EVENT_LOOKBACK.days}d)"
+            )
+        names = [f.name for f in self.form]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"event fields {duplicates} are declared more than once")
+        return self
+
+    @property
+    def form(self) -> list[FormField]:
+        """The declared event fields, a bare name read as an optional string field."""
+        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
+
+
 class SetStep(StepBase):
     """Set variables from templates; later steps read them as ``vars.<name>``."""
 
@@ -585,7 +641,8 @@ Step = Annotated[
     | ApprovalStep
     | SetStep
     | SucceedStep
-    | FailStep,
+    | FailStep
+    | WaitForEventStep,
     Field(discriminator="type"),
 ]
 
@@ -600,6 +657,7 @@ STEP_TYPES = (
     "set",
     "succeed",
     "fail",
+    "wait_for_event",
 )
 
 
@@ -624,8 +682,6 @@ class Trigger(StrictModel):
 
 TRIGGER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 TriggerId = Annotated[str, Field(pattern=TRIGGER_ID_PATTERN)]
-EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
-EventType = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN)]
 SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
 
 
@@ -714,6 +770,14 @@ DefinitionTrigger = Annotated[
 ]
 
 
+class CancelOn(StrictModel):
+    """Cancel the run (its compensations run) when an event of type ``event`` with the
+    correlation key ``key`` (a template rendered when the run starts) is published while it runs."""
+
+    event: EventType
+    key: Annotated[Template, Field(min_length=1, max_length=1000)]
+
+
 class Definition(StrictModel):
     """A workflow definition.
 
@@ -729,13 +793,14 @@ class Definition(StrictModel):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
     version: int = Field(default=1, ge=1)
     description: str = ""
-    LATER_FIELDS = frozenset({"triggers", "input_schema"})
+    LATER_FIELDS = frozenset({"triggers", "input_schema", "cancel_on"})
 
     trigger: Trigger = Trigger()  # legacy, informational; see ``triggers``
     triggers: list[DefinitionTrigger] = Field(default_factory=list, max_length=20)
     # A JSON Schema (draft 2020-12) every run's input must satisfy, checked before a run starts
     # (:mod:`interpreter.input_schema`); the schema itself is checked by ``wfa validate``.
     input_schema: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
+    cancel_on: list[CancelOn] = Field(default_factory=list, max_length=10)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     steps: list[Step] = Field(min_length=1)
@@ -806,7 +871,7 @@ def children(step: Step) -> list[tuple[str, list[Step], str]]:
             out.append((".escalation.steps", step.escalation.steps, "escalation"))
         if step.compensate:
             out.append((".compensate", step.compensate, "compensate"))
-    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep):
+    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep | WaitForEventStep):
         pass  # no nested steps
     else:
         assert_never(step)
@@ -839,6 +904,9 @@ def jump_targets(step: Step) -> list[tuple[str, str]]:
             out.append((".on_timeout.goto", step.on_timeout.goto))
         if isinstance(step.on_reject, Goto):
             out.append((".on_reject.goto", step.on_reject.goto))
+    elif isinstance(step, WaitForEventStep):
+        if isinstance(step.on_timeout, Goto):
+            out.append((".on_timeout.goto", step.on_timeout.goto))
     elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
         pass  # no jumps besides next
     else:

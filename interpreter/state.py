@@ -101,6 +101,28 @@ class PendingApproval(BaseModel):
     escalations: int = 0
 
 
+class PendingEvent(BaseModel):
+    """A ``wait_for_event`` step that waits now (shown in the status).
+
+    Attributes:
+        event: The event type it waits for.
+        key: Its rendered correlation key.
+        since: When the wait started; events published from ``since - lookback`` on are taken.
+        deadline: When ``on_timeout`` applies (None: no timeout).
+        subscribed: The mailbox knows of the wait (from then on every new event is signalled;
+            before, it is in the buffered events the subscription returns).
+    """
+
+    step_id: str
+    path: str
+    event: str
+    key: str
+    since: datetime
+    lookback_s: float = 0.0
+    deadline: datetime | None = None
+    subscribed: bool = False
+
+
 class DecisionKind(StrEnum):
     """What an approver decides."""
 
@@ -234,6 +256,7 @@ class RunStatus(BaseModel):
     error: str | None = None
     error_type: str | None = None
     cancelled_by: CancelRequest | None = None
+    waiting_events: list[PendingEvent] = Field(default_factory=list)
 
 
 class CurrentStepTracking(StrEnum):

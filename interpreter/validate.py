@@ -35,6 +35,7 @@ from interpreter.model import (
     SucceedStep,
     SwitchStep,
     TaskStep,
+    WaitForEventStep,
     children,
     jump_targets,
     parse_definition,
@@ -286,6 +287,7 @@ def check_definition(
 
     texts = [(where.path + suffix, text) for where in placed.values() for suffix, text in _texts(where.step)]
     texts.extend((f"$.output{p}", t) for p, t in template_strings(definition.output))
+    texts.extend((f"$.cancel_on[{i}].key", c.key) for i, c in enumerate(definition.cancel_on))
     for path, text in texts:
         for ref in _STEP_REF.findall(text):
             if ref not in placed:
@@ -378,7 +380,8 @@ def _check_step(
         | ApprovalStep
         | SetStep
         | SucceedStep
-        | FailStep,
+        | FailStep
+        | WaitForEventStep,
     ):
         pass  # their rules are the model's and the tree's
     else:
@@ -415,6 +418,8 @@ def _texts(step: Step) -> list[tuple[str, str]]:
             )
     elif isinstance(step, ApprovalStep):
         out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, WaitForEventStep):
+        out.extend((".key", t) for _, t in template_strings(step.key))
     elif isinstance(step, ParallelStep):
         pass  # only nested steps
     else:

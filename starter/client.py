@@ -142,6 +142,7 @@ if TYPE_CHECKING:
         ResolvedDefinition,
         StoredDefinition,
     )
+    from starter.events import EventPublication
     from starter.schedules import ScheduleInfo, SyncResult
 
 __all__ = [
@@ -912,6 +913,52 @@ class FlowClient:
         """Starts a run (see :meth:`start_run`) and waits for its result (see :meth:`result`)."""
         run = await self.start_run(definition, input, workflow_id=workflow_id, task_queue=task_queue)
         return await run.result(timeout=timeout)
+
+    async def publish_event(
+        self,
+        event_type: str,
+        key: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        source: str = "client",
+        start_triggers: bool = True,
+    ) -> EventPublication:
+        """Publishes a business event of the client's tenant (see :mod:`starter.events`).
+
+        Every run of the tenant waiting in a ``wait_for_event`` step on this type and key is
+        resumed (each consumes an event id at most once), a run declaring a matching ``cancel_on``
+        is cancelled, the event is kept for waits that start later within their ``lookback``,
+        and each active definition with an ``event`` trigger of this type starts one run (the
+        data as its input). Idempotent on ``event_id``: publish again with the same id after a
+        failure or a doubt; nothing is delivered or started twice.
+
+        Args:
+            event_type: E.g. ``family.answered``.
+            key: The correlation key (what a wait's ``key`` template renders to).
+            data: A JSON object (at most 64 KiB); inert in every run that gets it.
+            event_id: Unique per event; default a new UUID.
+            source: Who publishes (recorded with the event).
+            start_triggers: Also start the runs of event triggers (needs the registry).
+
+        Raises:
+            InvalidInputError: A malformed type, key, id or data (naming the problem).
+            NoWorkerError: No worker ran the mailbox in time.
+            ServerUnavailableError: The server cannot be reached.
+            DatabaseUnavailableError: The registry (for triggers) cannot be reached; the event
+                was delivered: publish it again with the same id to start the triggers' runs.
+        """
+        from starter.events import publish_event
+
+        return await publish_event(
+            self,
+            event_type,
+            key,
+            data,
+            event_id=event_id,
+            source=source,
+            start_triggers=start_triggers,
+        )
 
     def get_run(self, workflow_id: str) -> RunHandle:
         """A handle on an existing run (not checked until used)."""

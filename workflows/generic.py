@@ -20,13 +20,14 @@ recorded as refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, RetryState
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -42,6 +43,13 @@ with workflow.unsafe.imports_passed_through():
         Engine,
         RunInfo,
         StoreFailedError,
+    )
+    from interpreter.events import (
+        SUBSCRIBE_ACTIVITY,
+        UNSUBSCRIBE_SIGNAL,
+        Event,
+        EventSubscription,
+        mailbox_id,
     )
     from interpreter.state import (
         FINAL_STATES,
@@ -90,6 +98,11 @@ PROOF_REQUIRED = "proof required: use the decide/cancel_run update with a token"
 carry a token: they would write it into history, where anyone reading it could replay it)."""
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
+
+# Subscribing to a mailbox is one Update-With-Start: retried while the server is away, for at most
+# ten minutes; then the waiting step fails (EventSubscribeFailed) instead of hanging unseen.
+_SUBSCRIBE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+_SUBSCRIBE_DEADLINE = timedelta(minutes=10)
 
 # Recording a dead letter must not be lost to a database outage: retry until it is back (capped
 # backoff); the run stays parked meanwhile and the pending activity shows the error in the Web UI.
@@ -141,6 +154,7 @@ class _TemporalRuntime:
     def __init__(self, on_change: Callable[[], None], on_wait_change: Callable[[], None]) -> None:
         self._on_change = on_change
         self._on_wait_change = on_wait_change
+        self._subscriptions: dict[str, int] = {}
 
     def now(self) -> Any:
         return workflow.now()
@@ -218,6 +232,36 @@ class _TemporalRuntime:
         except ActivityError as err:
             raise _store_failure(err) from None
 
+    async def subscribe_events(self, subscription: EventSubscription) -> list[Event]:
+        # The n-th subscription of a path (a wait reached again) is its own activity and update.
+        count = self._subscriptions[subscription.path] = self._subscriptions.get(subscription.path, 0) + 1
+        try:
+            events: list[Event] = await workflow.execute_activity(
+                SUBSCRIBE_ACTIVITY,
+                subscription,
+                result_type=list[Event],
+                activity_id=f"{subscription.path}/events#{count}",
+                summary=f"{subscription.path}: subscribe to {subscription.type}",
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=_SUBSCRIBE_DEADLINE,
+                retry_policy=_SUBSCRIBE_RETRY,
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            raise ActionFailedError(message, type(cause or err).__name__, 1) from None
+        return events
+
+    async def unsubscribe_events(self, subscription: EventSubscription) -> None:
+        mailbox = mailbox_id(subscription.tenant, subscription.type, subscription.key)
+        # A mailbox that has ended holds no subscription any more: nothing to do then.
+        with contextlib.suppress(FailureError):
+            await workflow.get_external_workflow_handle(mailbox).signal(
+                UNSUBSCRIBE_SIGNAL, subscription.subscriber
+            )
+
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
@@ -262,6 +306,7 @@ class RunDefinitionWorkflow:
         self._proof_required = run.options.decision_proof
         self._used_tokens: dict[str, None] = {}
         """The ``jti`` of every token an accepted update carried: a token proves one decision."""
+        self._engine.cancel_hook = self._cancel_from_event
 
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
@@ -335,11 +380,29 @@ class RunDefinitionWorkflow:
             return
         self._cancel_self(request.clipped())
 
+    @workflow.signal(name="event")
+    def event(self, *args: Any) -> None:
+        """An event from a mailbox this run subscribed to (argument: an :class:`Event`): a waiting
+        ``wait_for_event`` step consumes it (at most once per event id), a ``cancel_on`` match
+        cancels the run as the ``cancel`` signal does, with the event as the actor."""
+        event = self._read("event", args, Event)
+        if event is None:
+            return
+        request = self._engine.deliver_event(event)
+        if request is not None:
+            self._cancel_from_event(request)
+
+    def _cancel_from_event(self, request: CancelRequest) -> None:
+        engine = self._engine
+        if engine.state in FINAL_STATES or self._self_cancelled is not None or engine.error is not None:
+            return  # ending already: nothing more to cancel
+        self._cancel_self(request)
+
     @workflow.signal(dynamic=True)
     def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
         """Records a signal this workflow does not know (a typo would otherwise wait unseen)."""
         self._engine.refuse_message(
-            name, None, f"unknown signal {name!r}: this run accepts approve, reject and cancel"
+            name, None, f"unknown signal {name!r}: this run accepts approve, reject, cancel and event"
         )
 
     @workflow.update(name="cancel_run")

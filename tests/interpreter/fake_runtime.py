@@ -30,6 +30,7 @@ from typing import Any
 from interpreter.actions import ActionResult, RetryMode, linear_delay_s
 from interpreter.durations import parse_duration
 from interpreter.engine import ActionCall, ActionFailedError
+from interpreter.events import Event, EventSubscription
 from interpreter.model import RetryPolicy
 from interpreter.state import DeadLetterRecord, DeadLetterResolution
 
@@ -195,6 +196,12 @@ class FakeRuntime:
         self.max_in_flight = 0
         self._in_flight_by_action: dict[str, int] = {}
         self.max_in_flight_by_action: dict[str, int] = {}
+        self.published: list[Event] = []
+        """Events published with :meth:`publish` (the fake's one mailbox for every key)."""
+        self.subscriptions: list[EventSubscription] = []
+        self.unsubscriptions: list[EventSubscription] = []
+        self.engine: Any = None
+        """The engine :meth:`publish` hands events to (as the generic workflow's signal does)."""
 
     # ------------------------------------------------------------------------------ test API
 
@@ -218,6 +225,38 @@ class FakeRuntime:
     async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
         """Keeps the resolution in memory."""
         self.resolutions.append(resolution)
+
+    async def subscribe_events(self, subscription: EventSubscription) -> list[Event]:
+        """Records the subscription; returns the published events of its type and key since ``since``."""
+        self.subscriptions.append(subscription)
+        return [
+            e
+            for e in self.published
+            if (e.tenant, e.type, e.key) == (subscription.tenant, subscription.type, subscription.key)
+            and e.published_at is not None
+            and e.published_at >= subscription.since
+        ]
+
+    async def unsubscribe_events(self, subscription: EventSubscription) -> None:
+        """Records that the subscription ended."""
+        self.unsubscriptions.append(subscription)
+        self.subscriptions = [s for s in self.subscriptions if s.subscriber != subscription.subscriber]
+
+    def publish(self, event: Event) -> Any:
+        """Publishes ``event`` now (virtual clock) and hands it to :attr:`engine` when a live
+        subscription matches, as a mailbox signals a subscribed run; returns what the engine
+        answered (a cancel request for a ``cancel_on`` match)."""
+        stamped = event.model_copy(update={"published_at": self._now})
+        self.published.append(stamped)
+        live = [
+            s
+            for s in self.subscriptions
+            if (s.tenant, s.type, s.key) == (event.tenant, event.type, event.key)
+            and (s.until is None or s.until > self._now)
+        ]
+        if live and self.engine is not None:
+            return self.engine.deliver_event(stamped)
+        return None
 
     def task_key(self) -> int:
         """A new workflow task begins when an action is called or virtual time moves (on Temporal an

@@ -265,7 +265,7 @@ async def test_malformed_signals_are_recorded_with_the_reason(
         ("approve", None, "malformed approve signal: it takes one argument (an object), got 2"),
         ("cancel", None, "malformed cancel signal: actor: Field required"),
         ("cancel", "ops", "malformed cancel signal: reason: Input should be a valid string"),
-        ("aprove", None, "unknown signal 'aprove': this run accepts approve, reject and cancel"),
+        ("aprove", None, "unknown signal 'aprove': this run accepts approve, reject, cancel and event"),
     ]
 
     shown = io.StringIO()

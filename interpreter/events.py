@@ -1,0 +1,144 @@
+"""Business events: what is published, how it is addressed, and how runs subscribe to it.
+
+An event has a type (``family.answered``), a correlation key (the family's id), an id (unique per
+publisher: publishing the same id again delivers nothing new) and data (inert, bounded). Events of
+one tenant, type and key meet the runs waiting for them in one *event mailbox* workflow
+(:mod:`workflows.mailbox`) whose workflow id is :func:`mailbox_id`. Everything here is pure and
+deterministic: the generic workflow, the mailbox, the activities and the client share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from interpreter.model import EVENT_TYPE_PATTERN
+
+MAILBOX_WORKFLOW = "EventMailbox"
+"""Workflow type of the event mailbox."""
+EVENT_SIGNAL = "event"
+"""Signal by which a mailbox hands an event to a subscribed run."""
+SUBSCRIBE_ACTIVITY = "event_subscribe"
+"""Activity a run calls to subscribe to a mailbox (Update-With-Start: the mailbox may not exist yet)."""
+PUBLISH_UPDATE = "publish"
+SUBSCRIBE_UPDATE = "subscribe"
+UNSUBSCRIBE_SIGNAL = "unsubscribe"
+
+MAX_EVENT_ID_CHARS = 200
+MAX_EVENT_KEY_CHARS = 1000
+MAX_EVENT_DATA_BYTES = 64 * 1024
+"""Largest event data (as JSON): it is kept in the mailbox and lands in a step's output."""
+MAX_BUFFERED_EVENTS = 100
+"""Events a mailbox keeps for late waiters; older ones are dropped first."""
+MAX_SUBSCRIBERS = 1000
+"""Runs (waits) one mailbox serves at once; a subscription beyond is refused (the step fails)."""
+MAX_REMEMBERED_IDS = 1000
+"""Event ids a mailbox remembers to refuse a republished event, besides the buffered ones."""
+EVENT_CLOCK_SKEW_S = 5.0
+"""Tolerance between the mailbox's clock (which stamps ``published_at``) and the run's (which
+starts the wait): a signalled event stamped up to this long before the wait's lookback window is
+still taken, so an event published just after the subscription is never lost to clock skew."""
+
+
+class Event(BaseModel):
+    """One published event, as a mailbox keeps it and hands it to runs.
+
+    Attributes:
+        id: Unique per event: publishing the same id again is a duplicate (nothing is delivered
+            or started again).
+        type: The event type (same pattern as in definitions).
+        key: The correlation key a wait renders from its ``key`` template.
+        tenant: Whose event it is; a run of another tenant refuses it.
+        data: The event's data: inert (never a template nor a secret reference).
+        published_at: When the mailbox accepted it (its clock); set by the mailbox.
+        source: Who published it (``cli``, ``gateway:<key id>``, ...), recorded.
+    """
+
+    id: str = Field(min_length=1, max_length=MAX_EVENT_ID_CHARS)
+    type: str = Field(pattern=EVENT_TYPE_PATTERN)
+    key: str = Field(min_length=1, max_length=MAX_EVENT_KEY_CHARS)
+    tenant: str = Field(min_length=1, max_length=100)
+    data: dict[str, Any] = Field(default_factory=dict)
+    published_at: datetime | None = None
+    source: str = Field(default="", max_length=200)
+
+
+class EventSubscription(BaseModel):
+    """A run's subscription to a mailbox: what a wait (or a ``cancel_on``) listens for.
+
+    Attributes:
+        workflow_id: The subscribing run, signalled with each new event.
+        path: The waiting step's path (``cancel_on[0]`` for a cancel_on entry); with the workflow
+            id it names the subscription.
+        since: Buffered events published at or after this time are returned at once (the wait's
+            start minus its lookback).
+        until: The subscription lapses at this time (the wait's deadline); None: until the run
+            unsubscribes or can no longer be signalled.
+    """
+
+    tenant: str = Field(min_length=1, max_length=100)
+    type: str = Field(pattern=EVENT_TYPE_PATTERN)
+    key: str = Field(min_length=1, max_length=MAX_EVENT_KEY_CHARS)
+    workflow_id: str = Field(min_length=1, max_length=1000)
+    path: str = Field(min_length=1, max_length=1000)
+    since: datetime
+    until: datetime | None = None
+
+    @property
+    def subscriber(self) -> str:
+        """Names the subscription in its mailbox."""
+        return f"{self.workflow_id}\n{self.path}"
+
+
+class PublishResult(BaseModel):
+    """What the mailbox answers to a publication.
+
+    Attributes:
+        duplicate: The mailbox had already accepted an event with this id (nothing delivered).
+        delivered_to: Workflow ids of the runs signalled with it.
+        published_at: When the mailbox accepted it (the first time, for a duplicate it still holds).
+    """
+
+    event_id: str
+    mailbox: str
+    duplicate: bool
+    delivered_to: list[str] = Field(default_factory=list)
+    published_at: datetime | None = None
+
+
+class MailboxState(BaseModel):
+    """What a mailbox carries across continue-as-new."""
+
+    tenant: str
+    type: str
+    key: str
+    events: list[Event] = Field(default_factory=list)
+    subscriptions: list[EventSubscription] = Field(default_factory=list)
+    seen_ids: list[str] = Field(default_factory=list)
+
+
+def mailbox_id(tenant: str, event_type: str, key: str) -> str:
+    """The workflow id of the mailbox of one tenant, event type and correlation key.
+
+    The key is hashed: it may be long or hold characters a workflow id should not, and it is
+    business data that search and the Web UI show in ids.
+    """
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"evt-{tenant}-{event_type}-{digest}"
+
+
+def event_data_problem(data: Any) -> str | None:
+    """Why ``data`` cannot be an event's data (not a JSON object, or too large), or None."""
+    if not isinstance(data, dict):
+        return f"event data must be a JSON object, got {type(data).__name__}"
+    try:
+        size = len(json.dumps(data, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as err:
+        return f"event data is not JSON: {err}"
+    if size > MAX_EVENT_DATA_BYTES:
+        return f"event data is {size} bytes (at most {MAX_EVENT_DATA_BYTES})"
+    return None

@@ -1,0 +1,180 @@
+"""Publishing business events: :meth:`starter.client.FlowClient.publish_event` and ``wfa events send``.
+
+Publishing one event does two things, each idempotent on the event id, so a publisher that is not
+sure its call went through publishes again with the same id:
+
+1. It delivers the event to the mailbox of its tenant, type and correlation key (Update-With-Start:
+   the mailbox starts if need be, see :mod:`workflows.mailbox`), which signals every run waiting on
+   that key and keeps the event for waits that start later within their lookback. The mailbox
+   refuses an id it has seen (``duplicate``).
+2. It starts a run of every definition whose active version declares an ``event`` trigger of that
+   type, with the event's data as the run input (inert). The workflow id is derived from the
+   tenant, the definition, the type and the event id (:func:`event_run_id`): publishing the event
+   again finds that run and starts nothing new (a run that *failed* is started again, as
+   :meth:`~starter.client.FlowClient.start_run` does for any business key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+from pydantic import BaseModel, Field
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from activities.events import mailbox_update
+from interpreter.events import (
+    MAX_EVENT_ID_CHARS,
+    MAX_EVENT_KEY_CHARS,
+    PUBLISH_UPDATE,
+    Event,
+    PublishResult,
+    event_data_problem,
+    mailbox_id,
+)
+from interpreter.model import EVENT_TYPE_PATTERN, EventTrigger
+from starter.errors import InvalidInputError, NoWorkerError, RunAlreadyExistsError
+from starter.inputs import brief, check_json_object
+
+if TYPE_CHECKING:
+    from starter.client import FlowClient
+
+PUBLISH_TIMEOUT_S = 30.0
+"""How long a publication may wait for a worker to run the mailbox (it needs one, as runs do)."""
+
+
+class EventPublication(BaseModel):
+    """What publishing an event did.
+
+    Attributes:
+        event_id: The event's id (generated when none was given).
+        mailbox: The workflow id of the mailbox it went to.
+        duplicate: The mailbox had this id already: nothing was delivered again.
+        delivered_to: Workflow ids of the waiting runs the mailbox signalled.
+        started: Workflow ids of the runs its event triggers started.
+        existing: Workflow ids of trigger runs that already existed for this event id.
+    """
+
+    event_id: str
+    type: str
+    key: str
+    mailbox: str
+    duplicate: bool
+    delivered_to: list[str] = Field(default_factory=list)
+    started: list[str] = Field(default_factory=list)
+    existing: list[str] = Field(default_factory=list)
+
+
+def event_run_id(tenant: str, definition: str, event_type: str, event_id: str) -> str:
+    """The workflow id of the run an ``event`` trigger starts for one event: the same for every
+    publication of that event id, so a republished event starts nothing new."""
+    digest = hashlib.sha256(f"{tenant}\n{event_type}\n{event_id}".encode()).hexdigest()[:32]
+    return f"{definition}-event-{digest}"
+
+
+def check_event(event_type: object, key: object, event_id: object, data: object) -> dict[str, Any]:
+    """Checks what a publisher gives; returns the data as a JSON object.
+
+    Raises:
+        InvalidInputError: Naming the problem (a type not matching the pattern, an empty or too long
+            key or id, data that is not a JSON object or is too large).
+    """
+    if not isinstance(event_type, str) or not re.match(EVENT_TYPE_PATTERN, event_type):
+        raise InvalidInputError(
+            f"event type {brief(event_type)} must match {EVENT_TYPE_PATTERN} (e.g. family.answered)"
+        )
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_EVENT_KEY_CHARS:
+        raise InvalidInputError(f"event key must be text of 1 to {MAX_EVENT_KEY_CHARS} characters")
+    if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
+        raise InvalidInputError(f"event id must be text of 1 to {MAX_EVENT_ID_CHARS} characters")
+    payload = check_json_object(data if data is not None else {}, "the event data")
+    problem = event_data_problem(payload)
+    if problem is not None:
+        raise InvalidInputError(problem)
+    return payload
+
+
+async def event_trigger_definitions(flows: FlowClient, event_type: str) -> list[tuple[str, int]]:
+    """``(name, version)`` of the tenant's active versions with a live ``event`` trigger of this type.
+
+    Reads every active version from the registry (one query per name, parsed bodies cached). The
+    schedules work's ``starter.triggers.live_triggers(client, kind="event")`` answers the same
+    question for every trigger kind; this stays small until the two meet.
+    """
+    store = await flows.definitions()
+    found: list[tuple[str, int]] = []
+    for summary in await store.list_names():
+        resolved = await store.resolve(f"{summary.name}@{summary.active_version}")
+        if any(isinstance(t, EventTrigger) and t.event == event_type for t in resolved.definition.triggers):
+            found.append((resolved.name, resolved.version))
+    return found
+
+
+async def publish_event(
+    flows: FlowClient,
+    event_type: str,
+    key: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    event_id: str | None = None,
+    source: str = "client",
+    start_triggers: bool = True,
+) -> EventPublication:
+    """See :meth:`starter.client.FlowClient.publish_event`."""
+    event_id = event_id if event_id is not None else str(uuid4())
+    payload = check_event(event_type, key, event_id, data)
+    event = Event(
+        id=event_id, type=event_type, key=key, tenant=flows.tenant, data=payload, source=source[:200]
+    )
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            result = await mailbox_update(
+                flows.client,
+                flows.task_queue,
+                tenant=flows.tenant,
+                event_type=event_type,
+                key=key,
+                update=PUBLISH_UPDATE,
+                arg=event,
+                # Not the event id: the server would answer a republication with the first one's
+                # result; the mailbox itself refuses the id again and says so (``duplicate``).
+                update_id=f"publish/{event_id}/{uuid4()}",
+                result_type=PublishResult,
+            )
+    except TimeoutError:
+        raise NoWorkerError(
+            f"no worker ran the event mailbox within {PUBLISH_TIMEOUT_S:g}s; is a worker polling"
+            f" task queue {flows.task_queue!r}?",
+            mailbox_id(flows.tenant, event_type, key),
+            flows.task_queue,
+        ) from None
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        raise InvalidInputError(f"the event was refused: {message}") from None
+    except RPCError as err:
+        raise flows._rpc_error(err, None, "publish the event") from None
+    publication = EventPublication(
+        event_id=event_id,
+        type=event_type,
+        key=key,
+        mailbox=result.mailbox,
+        duplicate=result.duplicate,
+        delivered_to=result.delivered_to,
+    )
+    if start_triggers:
+        for name, version in await event_trigger_definitions(flows, event_type):
+            workflow_id = event_run_id(flows.tenant, name, event_type, event_id)
+            try:
+                run = await flows.start_run(f"{name}@{version}", payload, workflow_id=workflow_id)
+            except RunAlreadyExistsError:
+                publication.existing.append(workflow_id)
+                continue
+            (publication.started if run.started else publication.existing).append(workflow_id)
+    return publication

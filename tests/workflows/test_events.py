@@ -1,0 +1,270 @@
+"""Events on the dev server: ``wait_for_event`` (lookback, timeout, at most once per event id, one
+event for every waiting run), ``cancel_on``, event triggers and tenant isolation, through
+:meth:`FlowClient.publish_event` and the event mailbox workflow (Update-With-Start)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from interpreter.events import mailbox_id
+from interpreter.state import RunInput, RunOptions, RunState, StepStatus
+from interpreter.validate import load_definition
+from starter.client import FlowClient
+from starter.events import event_run_id
+from tests.workflows.support import Handle, definition, eventually, failure_of, record, status, unique
+from workflows.generic import RunDefinitionWorkflow
+
+EVENT = "family.answered"
+
+
+def wait_step(step_id: str = "answer", **fields: Any) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "type": "wait_for_event",
+        "event": EVENT,
+        "key": "{{ input.family_id }}",
+        "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+        "timeout": "1m",
+        **fields,
+    }
+
+
+def flows_of(client: Client, task_queue: str, tenant: str = "default", **kwargs: Any) -> FlowClient:
+    return FlowClient(client, task_queue=task_queue, tenant=tenant, **kwargs)
+
+
+async def start(
+    client: Client,
+    task_queue: str,
+    steps: list[dict[str, Any]],
+    family: str,
+    tenant: str = "default",
+    **extra: Any,
+) -> Handle:
+    document = definition(unique("events"), steps, **extra)
+    return await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(document),
+            input={"family_id": family},
+            options=RunOptions(tenant=tenant),
+        ),
+        id=unique("evt-run"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=3),
+    )
+
+
+async def waiting(handle: Handle, path: str = "answer") -> None:
+    await eventually(
+        lambda: status(handle),
+        lambda s: any(w.path == path and w.subscribed for w in s.waiting_events),
+        timeout=30,
+        what=f"a wait at {path!r}",
+    )
+
+
+async def test_an_event_published_before_the_run_reaches_the_wait_is_consumed_within_the_lookback(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    published = await flows.publish_event(
+        EVENT, family, {"answer": "yes"}, event_id="early-1", start_triggers=False
+    )
+    assert (published.duplicate, published.delivered_to) == (False, [])
+    handle = await start(client, task_queue, [wait_step(lookback="1h")], family)
+    result = await handle.result()
+    output = record(result, "answer").output
+    assert (output["event_id"], output["data"], output["timed_out"]) == ("early-1", {"answer": "yes"}, False)
+    # Without a lookback, the same early event is not this wait's.
+    late_starter = await start(client, task_queue, [wait_step(timeout="2s", on_timeout="continue")], family)
+    assert record(await late_starter.result(), "answer").output["timed_out"] is True
+
+
+async def test_a_late_event_finds_the_wait_timed_out_as_declared(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    handle = await start(client, task_queue, [wait_step(timeout="2s")], family)
+    cause, result = await failure_of(handle)
+    assert getattr(cause, "type", None) == "EventTimedOut"
+    assert result is not None
+    assert record(result, "answer").status == StepStatus.FAILED
+    late = await flows.publish_event(EVENT, family, {"answer": "no"}, start_triggers=False)
+    assert late.delivered_to == []  # the wait unsubscribed when it timed out
+    jumped = await start(
+        client,
+        task_queue,
+        [
+            wait_step(timeout="2s", on_timeout={"goto": "sms"}),
+            {"id": "skipped", "type": "set", "vars": {"x": 1}},
+            {"id": "sms", "type": "set", "vars": {"sms": True}},
+        ],
+        family + "-2",
+    )
+    result = await jumped.result()
+    assert result.output == {"sms": True}
+
+
+async def test_the_same_event_id_published_twice_resumes_once(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    handle = await start(
+        client,
+        task_queue,
+        [wait_step("first"), wait_step("second", lookback="1h", timeout="3s", on_timeout="continue")],
+        family,
+    )
+    await waiting(handle, "first")
+    first = await flows.publish_event(
+        EVENT, family, {"answer": "yes"}, event_id="dup-1", start_triggers=False
+    )
+    assert first.delivered_to == [handle.id]
+    await waiting(handle, "second")
+    again = await flows.publish_event(
+        EVENT, family, {"answer": "yes"}, event_id="dup-1", start_triggers=False
+    )
+    assert (again.duplicate, again.delivered_to) == (True, [])
+    result = await handle.result()
+    assert record(result, "first").output["event_id"] == "dup-1"
+    # dup-1 was inside the second wait's lookback, and this run had consumed it already.
+    assert record(result, "second").output["timed_out"] is True
+
+
+async def test_one_event_resumes_every_run_waiting_on_its_key_and_no_other(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    flows = flows_of(client, task_queue)
+    family, other = unique("fam"), unique("fam")
+    same = [await start(client, task_queue, [wait_step()], family) for _ in range(3)]
+    different = await start(client, task_queue, [wait_step(timeout="5s", on_timeout="continue")], other)
+    for handle in (*same, different):
+        await waiting(handle)
+    published = await flows.publish_event(
+        EVENT, family, {"answer": "no"}, event_id="many-1", start_triggers=False
+    )
+    assert sorted(published.delivered_to) == sorted(h.id for h in same)
+    for handle in same:
+        result = await handle.result()
+        assert record(result, "answer").output["event_id"] == "many-1"
+    assert record(await different.result(), "answer").output["timed_out"] is True
+
+
+async def test_an_event_whose_data_does_not_fit_is_refused_and_the_wait_goes_on(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    handle = await start(client, task_queue, [wait_step()], family)
+    await waiting(handle)
+    await flows.publish_event(EVENT, family, {"answer": "yes", "iban": "DE00"}, start_triggers=False)
+    refused = await eventually(
+        lambda: status(handle), lambda s: bool(s.refused_messages), what="the refused event"
+    )
+    assert "unknown event fields ['iban']" in refused.refused_messages[0].reason
+    await flows.publish_event(EVENT, family, {"answer": "yes"}, event_id="fits", start_triggers=False)
+    assert record(await handle.result(), "answer").output["event_id"] == "fits"
+
+
+async def test_cancel_on_cancels_the_run_with_its_compensations(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    steps = [
+        {
+            "id": "book",
+            "type": "task",
+            "action": "echo",
+            "input": {"v": 1},
+            "compensate": [{"id": "unbook", "type": "task", "action": "echo", "input": {"v": 2}}],
+        },
+        wait_step(),
+    ]
+    handle = await start(
+        client,
+        task_queue,
+        steps,
+        family,
+        cancel_on=[{"event": "family.withdrawn", "key": "{{ input.family_id }}"}],
+    )
+    await waiting(handle)
+    published = await flows.publish_event(
+        "family.withdrawn", family, event_id="w-1", source="crm", start_triggers=False
+    )
+    assert published.delivered_to == [handle.id]
+    cause, result = await failure_of(handle)
+    assert getattr(cause, "type", None) == "RunCancelled"
+    assert result is not None
+    assert result.state == RunState.CANCELLED
+    assert record(result, "compensate/book/unbook").status == StepStatus.COMPLETED
+    final = await status(handle)
+    assert final.cancelled_by is not None
+    assert final.cancelled_by.actor == "event:family.withdrawn:w-1"
+
+
+async def test_tenant_isolation_another_tenants_event_never_reaches_the_run(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    acme, globex = flows_of(client, task_queue, "acme"), flows_of(client, task_queue, "globex")
+    family = unique("fam")
+    handle = await start(client, task_queue, [wait_step()], family, tenant="acme")
+    await waiting(handle)
+    foreign = await globex.publish_event(
+        EVENT, family, {"answer": "yes"}, event_id="g-1", start_triggers=False
+    )
+    assert foreign.delivered_to == []
+    assert foreign.mailbox == mailbox_id("globex", EVENT, family) != mailbox_id("acme", EVENT, family)
+    own = await acme.publish_event(EVENT, family, {"answer": "no"}, event_id="a-1", start_triggers=False)
+    assert own.delivered_to == [handle.id]
+    assert record(await handle.result(), "answer").output["event_id"] == "a-1"
+
+
+# ----------------------------------------------------------------------------- event triggers
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def registry_flows(client: Client, task_queue: str, database: Any) -> AsyncIterator[FlowClient]:
+    flows = FlowClient(client, task_queue=task_queue, tenant=unique("t"), database=database)
+    yield flows
+    await flows.close()
+
+
+async def test_an_event_trigger_starts_exactly_one_run_per_event_id(
+    registry_flows: FlowClient, worker: Worker
+) -> None:
+    flows = registry_flows
+    name = unique("on-answer")
+    await flows.register(
+        {
+            "name": name,
+            "triggers": [{"type": "event", "event": "lead.created"}],
+            "steps": [{"id": "done", "type": "succeed", "output": {"email": "{{ input.email }}"}}],
+        },
+        author="test",
+    )
+    first = await flows.publish_event(
+        "lead.created", "lead-7", {"email": "{{ secret.x }}"}, event_id="lead-7-1"
+    )
+    expected = event_run_id(flows.tenant, name, "lead.created", "lead-7-1")
+    assert (first.started, first.existing) == ([expected], [])
+    again = await flows.publish_event("lead.created", "lead-7", {"email": "x"}, event_id="lead-7-1")
+    assert (again.started, again.existing, again.duplicate) == ([], [expected], True)
+    result = await flows.result(expected, timeout=60)
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"email": "{{ secret.x }}"}  # the event's data is inert text
+    other = await flows.publish_event("lead.created", "lead-8", {"email": "y"}, event_id="lead-8-1")
+    assert len(other.started) == 1
+    assert other.started != first.started
+    unrelated = await flows.publish_event("lead.deleted", "lead-7", {}, event_id="lead-7-x")
+    assert unrelated.started == []

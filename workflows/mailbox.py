@@ -1,0 +1,197 @@
+"""The event mailbox: one entity workflow per tenant, event type and correlation key.
+
+Publishers and waiting runs meet here, and the mailbox serialises them, so no event and no wait
+can slip between a check and an act:
+
+* ``publish`` (an update, reached by Update-With-Start: the mailbox starts if it does not exist)
+  stamps the event, refuses an id it has seen (a duplicate delivers nothing), keeps it for
+  :data:`~interpreter.model.MAX_EVENT_LOOKBACK` (at most :data:`~interpreter.events.MAX_BUFFERED_EVENTS`
+  of them) and signals every subscribed run once.
+* ``subscribe`` (an update, also by Update-With-Start, from the run's ``event_subscribe``
+  activity) records the run's wait and returns the buffered events published since the wait's
+  lookback began. Whatever is published after the subscription is signalled to the run; what
+  came before is in the answer. Either way the run's engine consumes an event at most once.
+* ``unsubscribe`` (a signal from the run when its wait ends) forgets the wait; a wait also lapses
+  at its deadline, and a run that can no longer be signalled (it ended) is forgotten.
+
+The mailbox ends when nobody waits and it holds no event young enough for a lookback, and it
+continues as new (carrying events, subscriptions and the ids it has seen) when Temporal suggests
+it. Its clock stamps ``published_at``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from interpreter.events import (
+        EVENT_SIGNAL,
+        MAILBOX_WORKFLOW,
+        MAX_BUFFERED_EVENTS,
+        MAX_REMEMBERED_IDS,
+        MAX_SUBSCRIBERS,
+        PUBLISH_UPDATE,
+        SUBSCRIBE_UPDATE,
+        UNSUBSCRIBE_SIGNAL,
+        Event,
+        EventSubscription,
+        MailboxState,
+        PublishResult,
+        event_data_problem,
+    )
+    from interpreter.inert import make_inert
+    from interpreter.model import MAX_EVENT_LOOKBACK
+
+
+@workflow.defn(name=MAILBOX_WORKFLOW)
+class EventMailboxWorkflow:
+    """Buffers the events of one (tenant, type, key) and hands each to every run waiting for it."""
+
+    @workflow.init
+    def __init__(self, state: MailboxState) -> None:
+        self._tenant, self._type, self._key = state.tenant, state.type, state.key
+        self._events: list[Event] = list(state.events)
+        self._subscriptions: dict[str, EventSubscription] = {s.subscriber: s for s in state.subscriptions}
+        self._seen: dict[str, None] = dict.fromkeys(state.seen_ids)
+        self._changed = False
+
+    @workflow.run
+    async def run(self, state: MailboxState) -> None:
+        """Lives while someone waits or an event may still be looked back on."""
+        while True:
+            self._prune()
+            if not self._subscriptions and not self._events:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                self._prune()
+                if not self._subscriptions and not self._events:
+                    return
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._state())
+            wake = self._next_expiry()
+            self._changed = False
+            timeout = None if wake is None else max((wake - workflow.now()).total_seconds(), 0.001)
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._changed, timeout=timeout, timeout_summary="expiry"
+                )
+
+    @workflow.update(name=PUBLISH_UPDATE)
+    async def publish(self, event: Event) -> PublishResult:
+        """Accepts an event (once per id) and signals every subscribed run with it."""
+        mailbox = workflow.info().workflow_id
+        if event.id in self._seen:
+            first = next((e for e in self._events if e.id == event.id), None)
+            return PublishResult(
+                event_id=event.id,
+                mailbox=mailbox,
+                duplicate=True,
+                published_at=None if first is None else first.published_at,
+            )
+        stamped = event.model_copy(update={"published_at": workflow.now(), "data": make_inert(event.data)})
+        self._events.append(stamped)
+        self._remember(event.id)
+        del self._events[:-MAX_BUFFERED_EVENTS]
+        self._changed = True
+        targets = sorted({s.workflow_id for s in self._live()})
+        outcomes = await asyncio.gather(*(self._signal(target, stamped) for target in targets))
+        return PublishResult(
+            event_id=event.id,
+            mailbox=mailbox,
+            duplicate=False,
+            delivered_to=[t for t, ok in zip(targets, outcomes, strict=True) if ok],
+            published_at=stamped.published_at,
+        )
+
+    @publish.validator
+    def _validate_publish(self, event: Event) -> None:
+        self._check_address(event.tenant, event.type, event.key)
+        problem = event_data_problem(event.data)
+        if problem is not None:
+            raise ApplicationError(problem, type="EventRefused", non_retryable=True)
+
+    @workflow.update(name=SUBSCRIBE_UPDATE)
+    def subscribe(self, subscription: EventSubscription) -> list[Event]:
+        """Records a run's wait; returns the buffered events published since its ``since``."""
+        self._subscriptions[subscription.subscriber] = subscription
+        self._changed = True
+        return [
+            e for e in self._events if e.published_at is not None and e.published_at >= subscription.since
+        ]
+
+    @subscribe.validator
+    def _validate_subscribe(self, subscription: EventSubscription) -> None:
+        self._check_address(subscription.tenant, subscription.type, subscription.key)
+        if subscription.subscriber not in self._subscriptions and len(self._subscriptions) >= MAX_SUBSCRIBERS:
+            raise ApplicationError(
+                f"the mailbox already serves {MAX_SUBSCRIBERS} waits", type="EventRefused", non_retryable=True
+            )
+
+    @workflow.signal(name=UNSUBSCRIBE_SIGNAL)
+    def unsubscribe(self, subscriber: str) -> None:
+        """Forgets a wait (its run took an event, timed out or moved on)."""
+        if self._subscriptions.pop(subscriber, None) is not None:
+            self._changed = True
+
+    @workflow.query
+    def state(self) -> MailboxState:
+        """The buffered events, the waits and the remembered ids."""
+        return self._state()
+
+    def _check_address(self, tenant: str, event_type: str, key: str) -> None:
+        if (tenant, event_type, key) != (self._tenant, self._type, self._key):
+            raise ApplicationError(
+                "this mailbox holds another tenant's, type's or key's events",
+                type="EventRefused",
+                non_retryable=True,
+            )
+
+    async def _signal(self, workflow_id: str, event: Event) -> bool:
+        try:
+            await workflow.get_external_workflow_handle(workflow_id).signal(EVENT_SIGNAL, event)
+        except FailureError:
+            # The run ended (or never was): it waits for nothing any more.
+            for name in [n for n, s in self._subscriptions.items() if s.workflow_id == workflow_id]:
+                del self._subscriptions[name]
+            self._changed = True
+            return False
+        return True
+
+    def _live(self) -> list[EventSubscription]:
+        now = workflow.now()
+        return [s for s in self._subscriptions.values() if s.until is None or s.until > now]
+
+    def _prune(self) -> None:
+        now = workflow.now()
+        self._events = [
+            e for e in self._events if e.published_at is None or e.published_at + MAX_EVENT_LOOKBACK > now
+        ]
+        self._subscriptions = {s.subscriber: s for s in self._live()}
+
+    def _next_expiry(self) -> datetime | None:
+        times = [e.published_at + MAX_EVENT_LOOKBACK for e in self._events if e.published_at is not None]
+        times.extend(s.until for s in self._subscriptions.values() if s.until is not None)
+        # A lapsed wait (until passed) is pruned on the next turn; one second of slack for ties.
+        return min(times) + timedelta(seconds=1) if times else None
+
+    def _remember(self, event_id: str) -> None:
+        self._seen[event_id] = None
+        buffered = {e.id for e in self._events}
+        while len(self._seen) > MAX_REMEMBERED_IDS + len(buffered):
+            oldest = next(iter(self._seen))
+            del self._seen[oldest]
+
+    def _state(self) -> MailboxState:
+        return MailboxState(
+            tenant=self._tenant,
+            type=self._type,
+            key=self._key,
+            events=list(self._events),
+            subscriptions=list(self._subscriptions.values()),
+            seen_ids=list(self._seen),
+        )
