@@ -8,7 +8,7 @@ The tenant comes from the credentials, never from the body: ``Authorization: Bea
 ``type`` is an event type (as in definitions), ``key`` the correlation key, ``data`` a JSON object
 (inert data: it is never a template or a secret reference), ``id`` the event's id, which makes a
 resent event a duplicate (a run receives each event id at most once). It is handed to
-``FlowClient.publish_event``, which delivers it to the runs waiting on it and starts the runs of
+``FlowClient.publish_event`` (:mod:`starter.events`), which delivers it to the runs waiting on it and starts the runs of
 event triggers.
 """
 
@@ -79,6 +79,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 async def publish(request: Request) -> JSONResponse:
     """Authenticates the caller, validates the event and publishes it in the caller's tenant."""
     from gateway.apikeys import authenticate
+    from starter.errors import InvalidInputError, NoWorkerError
 
     state: GatewayState = request.app.state.gateway
     config = state.config
@@ -104,14 +105,16 @@ async def publish(request: Request) -> JSONResponse:
         flows = await state.client(tenant)
     except UnknownTenantError:
         raise ApiError(403, "forbidden", f"tenant {tenant} is not served by this gateway") from None
-    publish_event = getattr(flows, "publish_event", None)
-    if publish_event is None:  # the events feature is not in this build
-        raise ApiError(404, "not_found", "events are not supported by this deployment")
-    result = await publish_event(event.type, event.key, make_inert(event.data), event_id=event.id)
+    try:
+        published = await flows.publish_event(
+            event.type, event.key, make_inert(event.data), event_id=event.id, source="gateway"
+        )
+    except InvalidInputError as err:  # e.g. data over the event size limit
+        raise ApiError(422, "invalid_event", str(err)[:1000]) from None
+    except NoWorkerError:
+        raise ApiError(503, "unavailable", "no worker took the event in time; send it again") from None
     log.info("tenant %s published %s key=%s id=%s", tenant, event.type, event.key, event.id)
     answer: dict[str, Any] = {"accepted": True, "tenant": tenant, "id": event.id}
-    if isinstance(result, BaseModel):
-        answer["result"] = result.model_dump(mode="json")
-    elif isinstance(result, dict | list | str | int | bool):
-        answer["result"] = result
+    if isinstance(published, BaseModel):
+        answer["result"] = published.model_dump(mode="json")
     return JSONResponse(answer, status_code=202)

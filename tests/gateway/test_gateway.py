@@ -16,6 +16,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -31,6 +32,7 @@ from gateway.apikeys import create_key, revoke_key
 from gateway.config import GatewayConfig
 from tests.gateway.support import dumps, hmac_headers, hook_definition, running_gateway, standard_headers
 from tests.workflows.support import eventually
+from worker import build_worker
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 ACME_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -39,7 +41,10 @@ MAX_BODY = 64 * 1024
 
 
 class Setup:
-    def __init__(self, url: str, name: str, database: Database, client: Client, key: str) -> None:
+    def __init__(
+        self, url: str, name: str, database: Database, client: Client, key: str, task_queue: str
+    ) -> None:
+        self.task_queue = task_queue
         self.url = url
         self.name = name
         self.database = database
@@ -85,7 +90,7 @@ async def setup(
             max_body_bytes=MAX_BODY,
         )
         async with running_gateway(config) as url:
-            yield Setup(url, name, database, temporal_env.client, key)
+            yield Setup(url, name, database, temporal_env.client, key, config.task_queue or "")
     finally:
         await database.close()
         for k, v in saved.items():
@@ -484,14 +489,34 @@ async def test_signed_delivery_starts_one_run_and_redelivery_none(setup: Setup) 
     assert len(await runs()) == 2
 
 
-async def test_events_require_a_valid_api_key(setup: Setup) -> None:
-    event = dumps({"type": "order.paid", "key": "o-1", "data": {"x": 1}, "id": "e-1"})
+async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Setup) -> None:
+    name = f"{setup.name}-ev"
+    event_type = f"order.paid.{uuid4().hex[:6]}"
+    await DefinitionStore(setup.database.session_factory, "default").register(
+        {
+            "name": name,
+            "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
+            "triggers": [{"type": "event", "event": event_type}],
+        },
+        "test",
+    )
+    event = dumps({"type": event_type, "key": "o-1", "data": {"x": "${secret:HOOK_KEY}"}, "id": "e-1"})
     headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
-    async with httpx.AsyncClient(timeout=60) as http:
+    # The event mailbox is a workflow: a worker on the gateway's queue runs it.
+    async with (
+        httpx.AsyncClient() as action_http,
+        build_worker(setup.client, setup.task_queue, action_http, graceful_shutdown_timeout=timedelta(0)),
+        httpx.AsyncClient(timeout=120) as http,
+    ):
         accepted = await http.post(f"{setup.url}/events", content=event, headers=headers)
-        # Authenticated and valid: published (202), or refused as unsupported where the events
-        # feature is not part of the build (404); never a 401.
-        assert accepted.status_code in {202, 404}, accepted.text
+        assert accepted.status_code == 202, accepted.text
+        result = accepted.json()["result"]
+        assert accepted.json()["tenant"] == "default"
+        assert len(result["started"]) == 1
+        again = await http.post(f"{setup.url}/events", content=event, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.json()["result"]["started"] == []  # the same event id starts nothing new
+
         key, info = await create_key(setup.database.session_factory, "acme", "tmp", "test")
         acme = {"content-type": "application/json", "authorization": f"Bearer {key}"}
         bad = await http.post(f"{setup.url}/events", content=b"{}", headers=acme)
@@ -500,6 +525,14 @@ async def test_events_require_a_valid_api_key(setup: Setup) -> None:
         assert await revoke_key(setup.database.session_factory, "acme", info.id)
         revoked = await http.post(f"{setup.url}/events", content=b"{}", headers=acme)
         assert revoked.status_code == 401
+
+    async def runs() -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    assert (
+        await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the trigger's run")
+        == result["started"]
+    )
 
 
 async def test_keys_are_stored_hashed(setup: Setup) -> None:
@@ -511,3 +544,34 @@ async def test_keys_are_stored_hashed(setup: Setup) -> None:
         stored = [tuple(row) for row in await conn.execute(text("SELECT key_hash, tenant FROM api_keys"))]
     assert (hash_key(setup.key), "default") in stored
     assert not any(setup.key in str(row) for row in stored)
+
+
+async def test_input_its_schema_refuses_is_a_422_with_the_path(setup: Setup) -> None:
+    name = f"{setup.name}-typed"
+    definition = hook_definition(name, "HOOK_KEY", "GH_KEY")
+    definition["input_schema"] = {
+        "type": "object",
+        "required": ["email"],
+        "properties": {"email": {"type": "string"}, "items": {"type": "array", "items": {"type": "integer"}}},
+    }
+    await DefinitionStore(setup.database.session_factory, "default").register(definition, "test")
+    body = dumps({"email": "ann@example.com", "items": [1, "two"]})
+    async with httpx.AsyncClient(timeout=60) as http:
+        refused = await http.post(
+            setup.hook(name=name), content=body, headers=standard_headers(SECRET, body, "t-1")
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"] == "invalid_input"
+        assert [p["path"] for p in refused.json()["problems"]] == ["$.items[1]"]
+        good = dumps({"email": "ann@example.com", "items": [1, 2]})
+        accepted = await http.post(
+            setup.hook(name=name), content=good, headers=standard_headers(SECRET, good, "t-2")
+        )
+        assert accepted.status_code == 202, accepted.text
+
+    async def runs() -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    assert await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the valid run") == [
+        accepted.json()["workflow_id"]
+    ]
