@@ -116,15 +116,22 @@ async def _check_database(state: GatewayState) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-def _install_optional_routers(app: FastAPI, config: GatewayConfig) -> None:
-    """Routers of other features, when their modules are present: the approvals inbox and the
-    payload codec server."""
+def _install_optional_routers(app: FastAPI, state: GatewayState) -> None:
+    """Routers of other features, when their modules are present and the environment configures
+    them: the approvals inbox (``gateway.inbox``) and the payload codec server (``gateway.codec``).
+
+    Raises:
+        ValueError: Their configuration is set but unusable (``InboxConfigError``,
+            ``CodecServerConfigError``).
+    """
     try:
         inbox = importlib.import_module("gateway.inbox")
     except ModuleNotFoundError:
         inbox = None
-    if inbox is not None and hasattr(inbox, "install_inbox"):
-        inbox.install_inbox(app, config)
+    if inbox is not None and hasattr(inbox, "inbox_config_from_env"):
+        inbox_config = inbox.inbox_config_from_env(state.client)
+        if inbox_config is not None:
+            inbox.install_inbox(app, inbox_config)
     try:
         codec = importlib.import_module("gateway.codec")
     except ModuleNotFoundError:
@@ -206,7 +213,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
 
     app.include_router(webhooks_router)
     app.include_router(events_router)
-    _install_optional_routers(app, config)
+    _install_optional_routers(app, state)
     # Outermost: the body limit applies before routing, to every route (including 404s).
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

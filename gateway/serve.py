@@ -31,7 +31,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, config: GatewayCon
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(config)
-    except GatewayConfigError as err:
+    except (GatewayConfigError, ValueError) as err:  # also the inbox's and codec server's settings
         sys.stderr.write(f"gateway: {err}\n")
         return 2
     uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False, log_level="info")
