@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wfa",
         description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
         epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
-        "or no worker, 4 unknown run, definition, version or dead letter, 5 refused, 6 timed out waiting,"
+        "or no worker (or schedules not written after a registry change), 4 unknown run, definition, version,"
+        " dead letter or schedule, 5 refused, 6 timed out waiting,"
         " 70 internal error (a bug).",
     )
     _add_connection_options(parser, defaults=True)
@@ -339,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_definitions_commands(
         command(
-            "definitions", "the definition registry: register, list, show, diff, activate, rollback, archive"
+            "definitions",
+            "the definition registry: register, list, show, diff, activate, rollback, deactivate, archive",
         )
     )
     _add_dead_letter_commands(command("dead-letters", "parked steps: list, show, redrive, skip, abort"))
@@ -476,6 +478,15 @@ def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
     p = action("rollback", "activate the version that was active before the current one")
     p.add_argument("name", metavar="NAME")
     _add_actor(p, "rolls back")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = action(
+        "deactivate",
+        "leave a name without an active version: its triggers stop, starts by name are refused"
+        " (activate or rollback brings one back)",
+    )
+    p.add_argument("name", metavar="NAME")
+    _add_actor(p, "deactivates it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = action("archive", "archive a version: it can no longer be activated or started")
@@ -1319,7 +1330,7 @@ async def _definitions_register(args: argparse.Namespace, store: DefinitionStore
         )
     elif registration.active_version != info.version:
         print(
-            f"  active version: v{registration.active_version}"
+            f"  active version: {_was(registration.active_version)}"
             f" (wfa definitions activate {info.name} {info.version} to use this one)",
             file=out,
         )
@@ -1337,7 +1348,7 @@ async def _definitions_list(args: argparse.Namespace, store: DefinitionStore, ou
             rows = [
                 [
                     n.name,
-                    f"v{n.active_version}",
+                    _was(n.active_version) if n.active_version is None else f"v{n.active_version}",
                     f"v{n.latest_version}",
                     str(n.versions),
                     str(n.archived),
@@ -1411,7 +1422,7 @@ async def _definitions_activate(args: argparse.Namespace, store: DefinitionStore
         _print_json(result.model_dump(mode="json"), out)
     elif result.changed:
         print(
-            f"Activated {result.name} v{result.version} (was v{result.previous}); runs already going keep their version",
+            f"Activated {result.name} v{result.version} (was {_was(result.previous)}); runs already going keep their version",
             file=out,
         )
     else:
@@ -1432,7 +1443,7 @@ async def _definitions_rollback(args: argparse.Namespace, store: DefinitionStore
         if result.skipped_archived
         else ""
     )
-    print(f"Rolled back {result.name} to v{result.version} (was v{result.previous}){skipped}", file=out)
+    print(f"Rolled back {result.name} to v{result.version} (was {_was(result.previous)}){skipped}", file=out)
     await _sync_after(args, store, result.name, done, out)
     return EXIT_OK
 
@@ -1445,6 +1456,10 @@ async def _definitions_archive(args: argparse.Namespace, store: DefinitionStore,
         print(f"Archived {info.name} v{info.version}: it can no longer be activated or started", file=out)
     await _sync_after(args, store, info.name, f"{info.name} v{info.version} is archived", out)
     return EXIT_OK
+
+
+def _was(version: int | None) -> str:
+    return f"v{version}" if version is not None else "deactivated"
 
 
 async def _sync_after(
@@ -1467,6 +1482,22 @@ async def _sync_after(
             print(f"  {line}", file=out)
 
 
+async def _definitions_deactivate(args: argparse.Namespace, store: DefinitionStore, out: TextIO) -> int:
+    result = await store.deactivate(args.name, _actor(args))
+    if args.json:
+        _print_json(result.model_dump(mode="json") if result is not None else None, out)
+    elif result is None:
+        print(f"{args.name} was already deactivated", file=out)
+    else:
+        print(
+            f"Deactivated {args.name} (was v{result.previous}): its triggers stop and starts by name are"
+            " refused; runs already going keep their version",
+            file=out,
+        )
+    await _sync_after(args, store, args.name, f"{args.name} is deactivated", out)
+    return EXIT_OK
+
+
 _DEFINITION_ACTIONS: dict[
     str, Callable[[argparse.Namespace, DefinitionStore, TextIO], Coroutine[Any, Any, int]]
 ] = {
@@ -1477,6 +1508,7 @@ _DEFINITION_ACTIONS: dict[
     "activate": _definitions_activate,
     "rollback": _definitions_rollback,
     "archive": _definitions_archive,
+    "deactivate": _definitions_deactivate,
 }
 
 
@@ -1819,6 +1851,7 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         (
             "VersionArchivedError",
             "ActiveVersionError",
+            "NoActiveVersionError",
             "NothingToRollBackError",
             "DeadLetterResolvedError",
             "AccessDeniedError",

@@ -695,6 +695,20 @@ class FlowClient:
         await self._sync_triggers(name, f"{name} v{info.version} is archived")
         return info
 
+    async def deactivate(self, name: str, actor: str) -> Activation | None:
+        """Leaves ``name`` without an active version: its triggers stop (its schedules are
+        deleted) and it cannot be started by name until a version is activated (or rolled back
+        to). Returns None when it was already deactivated.
+
+        Raises:
+            DefinitionNotFoundError: Not in the tenant.
+            ScheduleSyncError: Deactivated in the registry, but its schedules could not be deleted.
+        """
+        _check_actor(actor, "actor")
+        deactivation = await (await self.definitions()).deactivate(name, actor)
+        await self._sync_triggers(name, f"{name} is deactivated")
+        return deactivation
+
     # ---------------------------------------------------------------------------- triggers
 
     async def _sync_triggers(self, name: str, done: str) -> SyncResult:

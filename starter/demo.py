@@ -536,7 +536,7 @@ async def show_versioning(flows: FlowClient, waiting: DemoRun | None) -> None:
     print(_registered(registration, f"{name} (changed copy)"))
     new = registration.info.version
     old = registration.active_version
-    if new == old:
+    if new == old or old is None:
         print(f"  v{new} is already active; nothing to show")
         return
     diff = await flows.diff(name, old, new)

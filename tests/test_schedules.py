@@ -25,6 +25,7 @@ from temporalio.worker import Worker
 
 from activities.dead_letters import build_store_activities
 from activities.store.database import Database
+from activities.store.errors import NoActiveVersionError
 from activities.store.models import DefinitionHeadRow, DefinitionRow
 from activities.store.repository import DefinitionStore
 from interpreter.validate import definition_hash, load_definition
@@ -219,6 +220,17 @@ async def test_a_schedule_fires_the_active_version_and_follows_activate_and_roll
     # Rolling back to a version with the schedule brings it back (v1, since v2 is archived).
     rolled = await flows.rollback(name, actor="ops")
     assert rolled.version == 1
+    await version_becomes(client, sid, 1)
+    # Deactivating the name stops its triggers; a rollback brings the last active version back.
+    deactivated = await flows.deactivate(name, actor="ops")
+    assert deactivated is not None
+    assert deactivated.previous == 1
+    await version_becomes(client, sid, None)
+    assert await live_triggers(flows, definition=name) == []
+    with pytest.raises(NoActiveVersionError):
+        await flows.start_run(name, {})
+    assert await flows.deactivate(name, actor="ops") is None  # idempotent
+    assert (await flows.rollback(name, actor="ops")).version == 1
     await version_becomes(client, sid, 1)
     await flows.activate(name, 3, actor="ops")
     await version_becomes(client, sid, None)

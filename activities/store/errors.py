@@ -19,6 +19,7 @@ __all__ = [
     "InvalidRoleError",
     "InvalidTenantError",
     "MigrationsNotAppliedError",
+    "NoActiveVersionError",
     "NothingToRollBackError",
     "RoleConflictError",
     "StoreError",
@@ -192,15 +193,33 @@ class NothingToRollBackError(StoreError):
         active: Its active version, which stays active.
     """
 
-    def __init__(self, tenant: str, name: str, active: int, skipped: list[int] | None = None) -> None:
+    def __init__(self, tenant: str, name: str, active: int | None, skipped: list[int] | None = None) -> None:
         extra = f" (earlier active versions {', '.join(map(str, skipped))} are archived)" if skipped else ""
+        now = f"v{active} is active" if active is not None else "it is deactivated"
         super().__init__(
-            f"cannot roll back {name!r} in tenant {tenant!r}: v{active} is active and no earlier"
+            f"cannot roll back {name!r} in tenant {tenant!r}: {now} and no earlier"
             f" version was active before it{extra}"
         )
         self.tenant = tenant
         self.name = name
         self.active = active
+
+
+class NoActiveVersionError(StoreError):
+    """The name is deactivated: no version is active, so it cannot be started by name (nor do its
+    triggers fire) until a version is activated.
+
+    Attributes:
+        tenant, name: Which definition.
+    """
+
+    def __init__(self, tenant: str, name: str) -> None:
+        super().__init__(
+            f"{name!r} in tenant {tenant!r} has no active version (deactivated): activate one"
+            f" (wfa definitions activate {name} VERSION) or start a version (NAME@VERSION)"
+        )
+        self.tenant = tenant
+        self.name = name
 
 
 # ----------------------------------------------------------------------------------- dead letters

@@ -72,6 +72,7 @@ class ActivationKind(StrEnum):
     ACTIVATE = "activate"
     ROLLBACK = "rollback"
     ARCHIVE = "archive"
+    DEACTIVATE = "deactivate"
 
 
 class DeadLetterStatus(StrEnum):
@@ -114,7 +115,7 @@ class DefinitionRow(Base):
 
 
 class DefinitionHeadRow(Base):
-    """The active version of one name."""
+    """The active version of one name (None: deactivated, no version is active)."""
 
     __tablename__ = "definition_heads"
     __table_args__ = (
@@ -127,7 +128,7 @@ class DefinitionHeadRow(Base):
 
     tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
-    active_version: Mapped[int] = mapped_column(Integer)
+    active_version: Mapped[int | None] = mapped_column(Integer)
     updated_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -142,7 +143,9 @@ class ActivationRow(Base):
             ["definitions.tenant", "definitions.name", "definitions.version"],
             name="fk_activations_definitions",
         ),
-        CheckConstraint("kind IN ('register', 'activate', 'rollback', 'archive')", name="kind_known"),
+        CheckConstraint(
+            "kind IN ('register', 'activate', 'rollback', 'archive', 'deactivate')", name="kind_known"
+        ),
         Index("ix_activations_tenant_name_id", "tenant", "name", "id"),
     )
 

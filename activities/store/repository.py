@@ -34,6 +34,7 @@ from activities.store.errors import (
     DefinitionNotFoundError,
     InvalidReferenceError,
     InvalidTenantError,
+    NoActiveVersionError,
     NothingToRollBackError,
     StoreError,
     VersionArchivedError,
@@ -204,7 +205,7 @@ class NameSummary(BaseModel):
     """One definition name: its active version and how many versions it has."""
 
     name: str
-    active_version: int
+    active_version: int | None
     latest_version: int
     versions: int
     archived: int
@@ -218,26 +219,26 @@ class Registration(BaseModel):
     Attributes:
         created: False when the same body was already registered (that version is returned).
         activated: Whether this call made the version active.
-        active_version: The name's active version after the call.
+        active_version: The name's active version after the call (None: deactivated).
     """
 
     info: DefinitionInfo
     created: bool
     activated: bool
-    active_version: int
+    active_version: int | None
 
 
 class Activation(BaseModel):
     """The answer of activate and rollback.
 
     Attributes:
-        previous: The version that was active before.
+        previous: The version that was active before (None: the name was deactivated).
         changed: False when the version was already active.
     """
 
     name: str
     version: int
-    previous: int
+    previous: int | None
     changed: bool
     skipped_archived: list[int] = []
 
@@ -383,12 +384,24 @@ class DefinitionStore:
             return DefinitionNotFoundError(self.tenant, name)
         return VersionNotFoundError(self.tenant, name, version, latest)
 
+    async def _deactivated(self, conn: AsyncConnection, name: str) -> bool:
+        found = await conn.scalar(
+            select(func.count()).where(
+                DefinitionHeadRow.tenant == self.tenant,
+                DefinitionHeadRow.name == name,
+                DefinitionHeadRow.active_version.is_(None),
+            )
+        )
+        return bool(found)
+
     def _log(self, session: AsyncSession, name: str, version: int, kind: ActivationKind, actor: str) -> None:
         session.add(
             ActivationRow(tenant=self.tenant, name=name, version=version, kind=kind.value, actor=actor)
         )
 
-    def _set_head(self, session: AsyncSession, head: DefinitionHeadRow, version: int, actor: str) -> None:
+    def _set_head(
+        self, session: AsyncSession, head: DefinitionHeadRow, version: int | None, actor: str
+    ) -> None:
         head.active_version = version
         head.updated_by = actor
         head.updated_at = func.now()
@@ -566,6 +579,29 @@ class DefinitionStore:
                 await session.flush()
             return self._info(row, head.active_version)
 
+    async def deactivate(self, name: str, actor: str) -> Activation | None:
+        """Leaves ``name`` without an active version: its triggers stop and it cannot be started
+        by name (``name@N`` still can) until a version is activated; a rollback activates the
+        version that was active last.
+
+        Returns:
+            None when it was already deactivated, else the version that was active (``version``
+            and ``previous``; ``changed`` True).
+
+        Raises:
+            DefinitionNotFoundError: Unknown name in this tenant.
+        """
+        _require_actor(actor, "actor")
+        async with self._session() as session, session.begin():
+            await self._lock(session, name)
+            head = await self._head(session, name)
+            previous = head.active_version
+            if previous is None:
+                return None
+            self._set_head(session, head, None, actor)
+            self._log(session, name, previous, ActivationKind.DEACTIVATE, actor)
+        return Activation(name=name, version=previous, previous=previous, changed=True)
+
     # ------------------------------------------------------------------------------------- reads
 
     async def resolve(self, ref: str) -> ResolvedDefinition:
@@ -587,6 +623,8 @@ class DefinitionStore:
         async with db_errors(_url_of(self.session_factory), self.tenant), self._reader.connect() as conn:
             found = (await conn.execute(query, params)).first()
             if found is None:
+                if version is None and await self._deactivated(conn, name):
+                    raise NoActiveVersionError(self.tenant, name)
                 raise await self._missing(conn, name, version)
         stored_version, body, digest, archived_at = found
         if archived_at is not None:
@@ -647,7 +685,10 @@ class DefinitionStore:
         """
         async with self._session() as session:
             head = await self._head(session, name)
-            row = await self._version(session, name, head.active_version if version is None else version)
+            wanted = head.active_version if version is None else version
+            if wanted is None:
+                raise NoActiveVersionError(self.tenant, name)
+            row = await self._version(session, name, wanted)
             info = self._info(row, head.active_version)
             return StoredDefinition(**info.model_dump(), body=row.body)
 
