@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", metavar="ID", help="highlight the path this run took (its definition is drawn)")
 
+    _add_event_commands(
+        command("events", "business events: send one to the tenant's waiting runs and triggers")
+    )
+
     _add_definitions_commands(
         command(
             "definitions",
@@ -533,6 +537,26 @@ def _moment(text: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"give the time with its offset (e.g. Z or +01:00): {brief(text)}")
     return moment
+
+
+def _add_event_commands(parser: argparse.ArgumentParser) -> None:
+    action = _subcommands(parser)
+    p = action(
+        "send",
+        "publish an event: runs waiting on its type and key resume, cancel_on matches cancel,"
+        " event triggers start a run; the same --id again delivers and starts nothing new",
+    )
+    p.add_argument("type", metavar="TYPE", help="event type, e.g. family.answered")
+    p.add_argument("key", metavar="KEY", help="correlation key, e.g. the family's id")
+    p.add_argument("--data", metavar="JSON|@FILE", help="event data: a JSON object, or @path")
+    p.add_argument(
+        "--id", dest="event_id", metavar="ID", help="event id (default a new UUID): idempotency key"
+    )
+    p.add_argument("--source", default="cli", metavar="S", help="who publishes (recorded; default cli)")
+    p.add_argument(
+        "--no-triggers", action="store_true", help="deliver to waiting runs only (no registry needed)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
@@ -808,6 +832,16 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
                 if value:
                     print(f"    {label:<14}{value}", file=out)
         print(f"  decide with: wfa approve {workflow_id} --actor NAME  (or reject)", file=out)
+    if status.waiting_events:
+        print("\nWaiting for events", file=out)
+        for waiting in status.waiting_events:
+            deadline = f", deadline {_when(waiting.deadline)}" if waiting.deadline else ""
+            print(
+                f"  {waiting.path}: {waiting.event} with key {_clip(waiting.key, 100)}"
+                f" since {_when(waiting.since)}{deadline}",
+                file=out,
+            )
+        print("  send with: wfa events send TYPE KEY --data JSON", file=out)
     if status.decisions:
         older = f" ({status.decisions_dropped} older refusals not kept)" if status.decisions_dropped else ""
         print(f"\nDecisions{older}", file=out)
@@ -1131,6 +1165,12 @@ async def waiting_on(
         lines.append(
             f"waiting for approval at {approval.path} from {', '.join(approval.approvers)}{deadline}"
             f" (wfa approve {workflow_id} --actor NAME)"
+        )
+    for waiting in status.waiting_events:
+        deadline = f", deadline {_when(waiting.deadline)}" if waiting.deadline else ""
+        lines.append(
+            f"waiting for event {waiting.event} with key {_clip(waiting.key, 100)} at {waiting.path}{deadline}"
+            f" (wfa events send {waiting.event} KEY)"
         )
     for parked in status.parked:
         letter = (
@@ -1790,6 +1830,37 @@ async def _schedules(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+async def _events(args: argparse.Namespace, out: TextIO) -> int:
+    data = _json_object(args.data, "--data")
+    flows = await _connect(args)
+    published = await flows.publish_event(
+        args.type,
+        args.key,
+        data,
+        event_id=args.event_id,
+        source=args.source,
+        start_triggers=not args.no_triggers,
+    )
+    if args.json:
+        print(json.dumps(published.model_dump(mode="json"), indent=2), file=out)
+        return EXIT_OK
+    if published.duplicate:
+        print(f"Event {published.event_id} was published before: nothing delivered again", file=out)
+    else:
+        print(
+            f"Published event {published.event_id} ({published.type}, key {_clip(published.key, 100)});"
+            f" resumed {len(published.delivered_to)} waiting run(s)",
+            file=out,
+        )
+    for workflow_id in published.delivered_to:
+        print(f"  delivered to {workflow_id}", file=out)
+    for workflow_id in published.started:
+        print(f"  started {workflow_id}", file=out)
+    for workflow_id in published.existing:
+        print(f"  already started for this event: {workflow_id}", file=out)
+    return EXIT_OK
+
+
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]] = {
     "start": _start,
     "approve": _decide,
@@ -1801,6 +1872,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "definitions": _definitions,
     "dead-letters": _dead_letters,
     "schedules": _schedules,
+    "events": _events,
     "db": _db,
     "token": _token,
     "stats": _stats,

@@ -298,10 +298,12 @@ def plan(api: str, suffix: str) -> list[DemoRun]:
     }
     return [
         DemoRun(
-            "Intervention: email, wait, text, wait, call (seed 001)",
+            "Intervention: email, then the family's answer arrives as an event (seed 001)",
             "intervention",
             f"intervention-family-F17-{suffix}",
-            {"api": api, "family": family, "wait": "2s", "business_hours": False},
+            # The family id is the events' correlation key: unique to this launch, so an answer
+            # published by an earlier launch (kept for lookbacks) is not this run's.
+            {"api": api, "family": {**family, "id": f"F17-{suffix}"}, "business_hours": False},
         ),
         DemoRun(
             "Lead nurture: CRM task, parallel scoring, human qualification, switch (seed 002)",
@@ -358,6 +360,18 @@ async def _wait_for_approval(flows: FlowClient, workflow_id: str) -> list[str]:
                 return status.pending_approvals[0].approvers
             if status.state not in (RunState.RUNNING, RunState.AWAITING_APPROVAL):
                 return []
+            await asyncio.sleep(0.2)
+
+
+async def _wait_for_event_wait(flows: FlowClient, workflow_id: str) -> bool:
+    """Waits until the run waits for an event (subscribed to its mailbox); False if it ended."""
+    async with asyncio.timeout(APPROVAL_TIMEOUT_S):
+        while True:
+            status = await flows.status(workflow_id)
+            if any(w.subscribed for w in status.waiting_events):
+                return True
+            if status.state != RunState.RUNNING:
+                return False
             await asyncio.sleep(0.2)
 
 
@@ -419,6 +433,22 @@ async def _decide(flows: FlowClient, run: DemoRun, signing_key: Path) -> None:
         )
         print(f"  {run.workflow_id}: approved by {record.actor if record else 'manager'}")
         run.notes.append("approved by manager through the client API")
+    elif run.example == "intervention":
+        if await _wait_for_event_wait(flows, run.workflow_id):
+            family_id = str(run.input["family"]["id"])
+            published = await flows.publish_event(
+                "family.answered",
+                family_id,
+                {"channel": "sms", "message": "We are fine, thanks for checking in"},
+                event_id=f"answer-{family_id}",
+                source="demo",
+                start_triggers=False,
+            )
+            print(
+                f"  {run.workflow_id}: the family answers: event family.answered (key {family_id})"
+                f" resumed {len(published.delivered_to)} waiting run(s)"
+            )
+            run.notes.append("answered by a family.answered event")
     elif run.example == "lead-nurture":
         approvers = await _wait_for_approval(flows, run.workflow_id)
         print(f"  {run.workflow_id}: waiting for {', '.join(approvers)} to qualify the lead")

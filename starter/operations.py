@@ -296,6 +296,7 @@ async def watch(
         now_waits = tuple(
             [f"approval {p.path} by {', '.join(p.approvers)}" for p in status.pending_approvals]
             + [f"dead letter {p.path} (id {p.dead_letter_id})" for p in status.parked]
+            + [f"event {w.event} with key {w.key[:100]} at {w.path}" for w in status.waiting_events]
         )
         if now_waits != waits:
             waits = now_waits

@@ -161,32 +161,50 @@ def test_every_http_step_uses_the_api_base_url(path: Path) -> None:
 FAMILY = {"id": "F17", "name": "Martinez family", "email": "martinez@example.org", "phone": "+13125550100"}
 
 
+def family() -> dict[str, str]:
+    """FAMILY with an id of its own: an event mailbox (one per family id) outlives a test."""
+    return {**FAMILY, "id": key("F17")}
+
+
+async def answer_when_waiting(flows: FlowClient, workflow_id: str, step_path: str, family_id: str) -> None:
+    """Publishes the family's answer once the run waits at ``step_path`` (subscribed to its mailbox)."""
+    await wait_until(
+        lambda: flows.status(workflow_id),
+        lambda s: any(w.path == step_path and w.subscribed for w in s.waiting_events),
+    )
+    await flows.publish_event(
+        "family.answered", family_id, {"channel": "sms", "message": "All fine, thanks"}, start_triggers=False
+    )
+
+
 async def test_intervention_without_reply_texts_then_schedules_a_call(
     time_skipping_env: WorkflowEnvironment,
     task_queue: str,
     http_client: httpx.AsyncClient,
     http_server: RecordingServer,
 ) -> None:
-    http_server.route("GET", "/families/F17/responses", [(200, {}, {"responded": False})])
     http_server.route("POST", "/tasks", [(201, {}, {"id": "T-1"})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
+    who = family()
     async with running_worker(time_skipping_env.client, task_queue, http_client):
         run = await flows.start_run(
             example("intervention"),
-            {"api": http_server.url, "family": FAMILY},
+            {"api": http_server.url, "family": who},
             workflow_id=key("intervention-f17"),
         )
         async with time_skipping(time_skipping_env):
             result = await run.result(timeout=RUN_TIMEOUT_S)
 
     assert result.state == RunState.COMPLETED, result
-    assert result.output == {"family_id": "F17", "outcome": "call_scheduled", "task": {"id": "T-1"}}
-    assert paths(result)[:3] == ["send_email", "wait_for_email_reply", "office_hours"]
+    assert result.output == {"family_id": who["id"], "outcome": "call_scheduled", "task": {"id": "T-1"}}
+    assert paths(result)[:3] == ["send_email", "wait_for_email_reply", "replied_to_email"]
     assert "send_sms" in paths(result)
     assert paths(result)[-2:] == ["schedule_call", "call_scheduled"]
-    # The default waits: 3 days after the email, 4 days after the text, plus office hours.
-    assert step(result, "wait_for_email_reply").output["waited_s"] == 3 * 86400
-    assert step(result, "wait_for_sms_reply").output["waited_s"] == 4 * 86400
+    # No answer: the waits time out after 3 days (after the email) and 4 days (after the text).
+    for path, days in (("wait_for_email_reply", 3), ("wait_for_sms_reply", 4)):
+        waited = step(result, path)
+        assert waited.output["timed_out"] is True
+        assert waited.duration_s >= days * 86400
     assert [r.path for r in http_server.requests("POST")] == [
         "/notifications/email",
         "/notifications/sms",
@@ -194,29 +212,34 @@ async def test_intervention_without_reply_texts_then_schedules_a_call(
     ]
     assert bodies(http_server, "POST", "/notifications/sms")[0]["to"] == FAMILY["phone"]
     assert bodies(http_server, "POST", "/tasks")[0]["priority"] == "high"
-    assert len(http_server.requests("GET", "/families/F17/responses")) == 2
 
 
-async def test_intervention_stops_when_the_family_replies_to_the_email(
+async def test_intervention_stops_when_the_family_answers_the_email(
     time_skipping_env: WorkflowEnvironment,
     task_queue: str,
     http_client: httpx.AsyncClient,
     http_server: RecordingServer,
 ) -> None:
-    http_server.route("GET", "/families/F17/responses", [(200, {}, {"responded": True})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
+    who = family()
     async with running_worker(time_skipping_env.client, task_queue, http_client):
         run = await flows.start_run(
             example("intervention"),
-            {"api": http_server.url, "family": FAMILY, "wait": "1d"},
+            {"api": http_server.url, "family": who},
             workflow_id=key("intervention-f17"),
         )
+        await answer_when_waiting(flows, run.workflow_id, "wait_for_email_reply", who["id"])
         async with time_skipping(time_skipping_env):
             result = await run.result(timeout=RUN_TIMEOUT_S)
 
     assert result.state == RunState.COMPLETED, result
-    assert result.output == {"family_id": "F17", "outcome": "responded", "after": "email"}
-    assert step(result, "wait_for_email_reply").output["waited_s"] == 86400
+    assert result.output == {
+        "family_id": who["id"],
+        "outcome": "responded",
+        "after": "email",
+        "answer": {"channel": "sms", "message": "All fine, thanks"},
+    }
+    assert step(result, "wait_for_email_reply").duration_s < 86400
     assert [r.path for r in http_server.requests("POST")] == ["/notifications/email"]
 
 
@@ -227,14 +250,15 @@ async def test_intervention_bounced_email_goes_straight_to_sms(
     http_server: RecordingServer,
 ) -> None:
     http_server.route("POST", "/notifications/email", [(422, {}, {"error": "mailbox does not exist"})])
-    http_server.route("GET", "/families/F17/responses", [(200, {}, {"responded": True})])
     flows = FlowClient(time_skipping_env.client, task_queue=task_queue)
+    who = family()
     async with running_worker(time_skipping_env.client, task_queue, http_client):
         run = await flows.start_run(
             example("intervention"),
-            {"api": http_server.url, "family": FAMILY, "business_hours": False},
+            {"api": http_server.url, "family": who, "business_hours": False},
             workflow_id=key("intervention-f17"),
         )
+        await answer_when_waiting(flows, run.workflow_id, "wait_for_sms_reply", who["id"])
         async with time_skipping(time_skipping_env):
             result = await run.result(timeout=RUN_TIMEOUT_S)
 
@@ -243,7 +267,6 @@ async def test_intervention_bounced_email_goes_straight_to_sms(
     assert step(result, "send_email").status == StepStatus.FAILED
     assert step(result, "send_email").error_type == "HttpClientError"
     assert "wait_for_email_reply" not in paths(result)
-    assert step(result, "office_hours_again").status == StepStatus.SKIPPED  # business_hours: false
     assert [r.path for r in http_server.requests("POST")] == ["/notifications/email", "/notifications/sms"]
 
 

@@ -79,3 +79,13 @@ def test_new_fields_at_their_defaults_are_left_out_but_count_once_set() -> None:
         {**EVERY_KIND, "triggers": [{"type": "event", "event": "thing.happened"}]}, known_actions=["echo"]
     )
     assert definition_hash(with_trigger) != definition_hash(definition)
+
+
+def test_cancel_on_at_its_default_is_left_out_but_counts_once_set() -> None:
+    definition = load_definition(EVERY_KIND, known_actions=["echo"])
+    cancelling = load_definition(
+        {**EVERY_KIND, "cancel_on": [{"event": "thing.withdrawn", "key": "{{ input.id }}"}]},
+        known_actions=["echo"],
+    )
+    assert definition_hash(definition) == PINNED
+    assert definition_hash(cancelling) != PINNED

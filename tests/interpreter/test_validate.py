@@ -76,6 +76,16 @@ EVERY_KIND: dict[str, Any] = {
         },
         {"id": "remember", "type": "set", "vars": {"total": "{{ steps.fetch.output.body.total }}"}},
         {
+            "id": "answer",
+            "type": "wait_for_event",
+            "event": "family.answered",
+            "key": "{{ input.family_id }}",
+            "fields": ["note", {"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+            "timeout": "3d",
+            "lookback": "1d",
+            "on_timeout": "continue",
+        },
+        {
             "id": "big",
             "type": "condition",
             "if": "vars.total > 1000",
