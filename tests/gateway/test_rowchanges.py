@@ -14,14 +14,18 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store.database import Database
 from activities.store.repository import DefinitionStore
-from gateway.rowchanges import change_workflow_id
+from gateway.config import GatewayConfig, RowChangeSource
+from gateway.rowchanges import change_workflow_id, install
+from gateway.serve import running
 from tests.conftest import fresh_database
 from tests.workflows.support import eventually
 
@@ -30,7 +34,7 @@ ROUNDS = 4
 ROWS_PER_ROUND = 15
 
 
-def _definition(name: str) -> dict[str, object]:
+def _definition(name: str) -> dict[str, Any]:
     return {
         "name": name,
         "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
@@ -147,3 +151,78 @@ async def test_row_changes_start_one_run_each_across_listener_sigkills(
     assert set(ids) == {change_workflow_id("default", "CRM", change_id) for change_id in change_ids}
     assert len(ids) == total
     print(f"row changes: {total} rows, {kills} SIGKILLs of the listener, {len(ids)} runs, none twice")
+
+
+async def test_the_gateway_drains_the_outbox_and_refuses_undeclared_rows(
+    temporal_env: WorkflowEnvironment,
+    postgres_server_url: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"orders-{uuid4().hex[:8]}"
+    other = f"other-{uuid4().hex[:8]}"
+    database = Database(database_url)
+    try:
+        store = DefinitionStore(database.session_factory, "default")
+        definition = _definition(name)
+        definition["triggers"] = [{"type": "row_change", "connection": "SHOP", "table": "orders"}]
+        await store.register(definition, "test")
+        await store.register({**_definition(other), "triggers": []}, "test")
+    finally:
+        await database.close()
+    async with fresh_database(postgres_server_url, "wfa_shop", migrate=False) as user_url:
+        monkeypatch.setenv("WFA_SECRET_SHOP", user_url)
+        plain_url = user_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        conn = await asyncpg.connect(plain_url)
+        try:
+            await conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
+            await install(plain_url, "orders", "default", name, ["insert"])
+            config = GatewayConfig(
+                tenants=("default",),
+                address=temporal_env.client.service_client.config.target_host,
+                database_url=database_url,
+                task_queue=f"tq-{uuid4()}",
+                row_changes=(RowChangeSource(tenant="default", connection="SHOP"),),
+            )
+            async with running(config):
+                await conn.execute(
+                    "INSERT INTO orders (item) SELECT 'item-' || g FROM generate_series(1, 3) g"
+                )
+                # A row written into the outbox by hand, naming a definition without such a trigger.
+                await conn.execute(
+                    "INSERT INTO wfa_outbox (tenant, definition, table_name, operation, new_row)"
+                    " VALUES ('default', $1, 'public.orders', 'insert', '{}')",
+                    other,
+                )
+
+                async def settled() -> int:
+                    return int(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM wfa_outbox WHERE started_at IS NOT NULL OR error IS NOT NULL"
+                        )
+                    )
+
+                await eventually(settled, lambda n: n == 4, timeout=120, what="every outbox row settled")
+            refused = await conn.fetchrow(
+                "SELECT error, started_at FROM wfa_outbox WHERE definition = $1", other
+            )
+            assert refused["started_at"] is None
+            assert "declares no row_change trigger" in refused["error"]
+            first = await conn.fetchrow(
+                "SELECT change_id, new_row FROM wfa_outbox ORDER BY change_id LIMIT 1"
+            )
+        finally:
+            await conn.close()
+
+    async def runs(definition: str) -> list[str]:
+        query = f"DefinitionName = '{definition}'"
+        return [e.id async for e in temporal_env.client.list_workflows(query)]
+
+    ids = await eventually(lambda: runs(name), lambda ids: len(ids) >= 3, timeout=60, what="three runs")
+    assert len(ids) == 3
+    assert await runs(other) == []
+    handle = temporal_env.client.get_workflow_handle(
+        change_workflow_id("default", "SHOP", first["change_id"])
+    )
+    started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
+    assert b'"operation":"insert"' in started.input.payloads[0].data.replace(b" ", b"")
