@@ -137,15 +137,15 @@ def input_problems(definition: Definition, input: Any) -> list[Problem]:
         definition: The definition the run would start from.
         input: The run input, as decoded from JSON.
     """
-    from jsonschema.exceptions import ValidationError
-
     from interpreter.validate import Problem
 
     if not isinstance(input, Mapping):
         return [Problem("$", f"the run input must be a JSON object, not {type(input).__name__}")]
     schema = definition.input_schema
     if schema is None:
-        return []
+        return []  # without loading jsonschema: most definitions declare no schema
+    from jsonschema.exceptions import ValidationError
+
     validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
     found: list[Problem] = []
     try:

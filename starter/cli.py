@@ -11,7 +11,8 @@
 
     wfa definitions register examples/intervention.json --author ann [--activate]
     wfa definitions list [NAME]  |  show NAME[@V]  |  diff NAME V1 V2
-    wfa definitions activate NAME V  |  rollback NAME  |  archive NAME V
+    wfa definitions activate NAME V  |  rollback NAME  |  deactivate NAME  |  archive NAME V
+    wfa schedules list [NAME]  |  pause S  |  unpause S  |  trigger S  |  backfill S --start T --end T  |  sync [NAME]
     wfa start intervention@2 --input '{...}'       # a registry reference instead of a file
     wfa dead-letters list  |  show ID  |  redrive ID [--input JSON]  |  skip ID --output JSON  |  abort ID
     wfa db upgrade  |  grant-tenant TENANT --role ROLE  |  grant-platform --role ROLE  |  revoke-tenant --role ROLE  |  roles
@@ -35,14 +36,17 @@ Exit codes:
 0  ok
 1  the run did not complete: failed, compensated (a handled failure) or cancelled (``result``,
    ``start --wait``)
-2  bad input: invalid definition (its problems are printed with JSON paths), bad JSON, missing
-   file, bad arguments
+2  bad input: invalid definition (its problems are printed with JSON paths), a run input that
+   does not match the definition's input_schema (JSON paths too), bad JSON, missing file, bad
+   arguments
 3  the Temporal server or the database is unreachable or unusable (unknown namespace, search
-   attributes not registered, missing database, migrations not applied), or no worker answered
-4  no run with that id, no such definition, version or dead letter (in the tenant)
+   attributes not registered, missing database, migrations not applied), or no worker answered;
+   also a registry change made whose schedules could not be written (``wfa schedules sync``)
+4  no run with that id, no such definition, version, dead letter or schedule (in the tenant)
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
    already ended, the business key was already used by a completed run, an archived version
-   activated or started, the active version archived, nothing to roll back, a dead letter
+   activated or started, the active version archived, a deactivated name started, nothing to
+   roll back, a dead letter
    already resolved, a write the database refused to this role (another tenant's rows under
    row-level security), a role that cannot be a tenant's
 6  ``--timeout`` passed before the run ended (it is still running)

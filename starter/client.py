@@ -729,11 +729,16 @@ class FlowClient:
     async def sync_schedules(self, name: str | None = None) -> list[SyncResult]:
         """Writes the Temporal Schedules of ``name`` (or of every name of the tenant) from the
         registry's active versions, deleting those no active version declares (idempotent; the
-        repair after an activation whose schedule sync failed)."""
+        repair after an activation whose schedule sync failed).
+
+        Raises:
+            DefinitionNotFoundError: ``name`` is not in the tenant.
+        """
         from starter.schedules import sync_all_schedules, sync_schedules
 
         if name is None:
             return await sync_all_schedules(self)
+        await (await self.definitions()).history(name)  # DefinitionNotFoundError for a name not in the tenant
         return [await sync_schedules(self, name)]
 
     async def list_schedules(self, definition: str | None = None) -> list[ScheduleInfo]:

@@ -49,7 +49,7 @@ from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
 if TYPE_CHECKING:
-    from activities.store.repository import ResolvedDefinition
+    from activities.store.repository import DefinitionStore, ResolvedDefinition
     from starter.client import FlowClient
 
 __all__ = [
@@ -211,12 +211,18 @@ async def sync_schedules(flows: FlowClient, name: str) -> SyncResult:
         InvalidRunInputError: A trigger's input does not match the definition's input_schema.
     """
     store = await flows.definitions()
+    if not await store.trigger_ids(name, "schedule"):
+        active = await store.active_definitions(name)
+        return SyncResult(name=name, version=active[0].version if active else None)
+    async with store.sync_lock(name):
+        return await _sync_locked(flows, store, name)
+
+
+async def _sync_locked(flows: FlowClient, store: DefinitionStore, name: str) -> SyncResult:
     candidates = await store.trigger_ids(name, "schedule")
     active = await store.active_definitions(name)
     resolved = active[0] if active else None
     result = SyncResult(name=name, version=resolved.version if resolved else None)
-    if not candidates:
-        return result
     desired = {
         trigger.id: trigger
         for trigger in (resolved.definition.triggers if resolved else [])

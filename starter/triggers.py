@@ -18,10 +18,16 @@ from typing import TYPE_CHECKING
 from interpreter.model import EventTrigger, RowChangeTrigger, ScheduleTrigger, WebhookTrigger
 
 if TYPE_CHECKING:
-    from activities.store.repository import DefinitionStore, ResolvedDefinition
+    from activities.store.repository import DefinitionStore, ResolvedDefinition, SessionFactory
     from starter.client import FlowClient
 
-__all__ = ["TRIGGER_KINDS", "LiveTrigger", "live_triggers", "live_triggers_in"]
+__all__ = [
+    "TRIGGER_KINDS",
+    "LiveTrigger",
+    "live_triggers",
+    "live_triggers_in",
+    "live_triggers_of_every_tenant",
+]
 
 AnyTrigger = ScheduleTrigger | WebhookTrigger | EventTrigger | RowChangeTrigger
 
@@ -55,6 +61,45 @@ class LiveTrigger:
         return f"{self.definition}@{self.version}"
 
 
+def _check_kind(kind: str | None) -> None:
+    if kind is not None and kind not in TRIGGER_KINDS:
+        raise ValueError(f"unknown trigger kind {kind!r} (known: {', '.join(TRIGGER_KINDS)})")
+
+
+def _lives(tenant: str, resolved: ResolvedDefinition, kind: str | None) -> list[LiveTrigger]:
+    return [
+        LiveTrigger(
+            tenant=tenant,
+            definition=resolved.name,
+            version=resolved.version,
+            content_hash=resolved.content_hash,
+            trigger=trigger,
+            resolved=resolved,
+        )
+        for trigger in resolved.definition.triggers
+        if kind is None or trigger.type == kind
+    ]
+
+
+async def live_triggers_of_every_tenant(
+    session_factory: SessionFactory, kind: str | None = None, definition: str | None = None
+) -> list[LiveTrigger]:
+    """The live triggers of every tenant the store's login may see (a platform login: all), sorted
+    by tenant and definition: for a service that serves every tenant, such as a row-change
+    listener. Pass the session factory of :class:`activities.store.database.Database`.
+
+    Raises:
+        ValueError: ``kind`` is not a trigger kind.
+    """
+    from activities.store.repository import active_definitions_of_every_tenant
+
+    _check_kind(kind)
+    found: list[LiveTrigger] = []
+    for tenant, resolved in await active_definitions_of_every_tenant(session_factory, definition):
+        found.extend(_lives(tenant, resolved, kind))
+    return found
+
+
 async def live_triggers_in(
     store: DefinitionStore, kind: str | None = None, definition: str | None = None
 ) -> list[LiveTrigger]:
@@ -63,22 +108,10 @@ async def live_triggers_in(
     Raises:
         ValueError: ``kind`` is not one of :data:`TRIGGER_KINDS`.
     """
-    if kind is not None and kind not in TRIGGER_KINDS:
-        raise ValueError(f"unknown trigger kind {kind!r} (known: {', '.join(TRIGGER_KINDS)})")
+    _check_kind(kind)
     found: list[LiveTrigger] = []
     for resolved in await store.active_definitions(definition):
-        for trigger in resolved.definition.triggers:
-            if kind is None or trigger.type == kind:
-                found.append(
-                    LiveTrigger(
-                        tenant=store.tenant,
-                        definition=resolved.name,
-                        version=resolved.version,
-                        content_hash=resolved.content_hash,
-                        trigger=trigger,
-                        resolved=resolved,
-                    )
-                )
+        found.extend(_lives(store.tenant, resolved, kind))
     return found
 
 

@@ -296,7 +296,9 @@ async def test_start_approve_status_result(wfa: Run, worker: None, http_server: 
 
     # Even with another definition: the running one is returned, and the CLI says so.
     other = EXAMPLES / "uptime-check.json"
-    code, out, _ = await wfa("start", str(other), "--input", "{}", "--id", business_key)
+    code, out, _ = await wfa(
+        "start", str(other), "--input", '{"api": "http://127.0.0.1:1"}', "--id", business_key
+    )
     assert code == EXIT_OK
     assert f"{business_key} is already running" in out
     assert "note: it runs expense-approval v1" in out

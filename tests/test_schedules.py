@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,11 +30,11 @@ from activities.store.errors import NoActiveVersionError
 from activities.store.models import DefinitionHeadRow, DefinitionRow
 from activities.store.repository import DefinitionStore
 from interpreter.validate import definition_hash, load_definition
-from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, main
+from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient, RunSummary
 from starter.errors import InvalidRunInputError, ScheduleSyncError
 from starter.schedules import ScheduleInfo, schedule_id
-from starter.triggers import live_triggers
+from starter.triggers import live_triggers, live_triggers_of_every_tenant
 from tests.workflows.support import eventually
 from worker import build_worker
 from workflows.search_attributes import DEFINITION_VERSION
@@ -249,6 +250,12 @@ async def test_pause_unpause_trigger_and_backfill(
 
     sid = await flows.trigger_schedule(name)
     assert sid == first.id
+
+    async def listed_ids() -> list[str]:
+        return [item.id async for item in await client.list_schedules()]
+
+    # What the Web UI's Schedules page and `temporal schedule list` read (ListSchedules).
+    await eventually(listed_ids, lambda ids: sid in ids, timeout=60, what=f"{sid} in ListSchedules")
     await eventually(
         lambda: runs_of(flows, name), lambda rs: len(rs) == 1, timeout=60, what="the triggered run"
     )
@@ -351,6 +358,11 @@ async def test_live_triggers_are_those_of_the_active_versions(flows: FlowClient,
     assert await live_triggers(flows, "webhook") == []
     await flows.rollback(name, actor="ops")
     assert [t.trigger.id for t in await live_triggers(flows, "webhook")] == ["shop"]
+    # A service of every tenant (a platform login) reads them all at once.
+    everyone = await live_triggers_of_every_tenant((await flows.database()).session_factory, "webhook", name)
+    assert [(t.tenant, t.definition, t.version, t.trigger.id) for t in everyone] == [
+        (tenant, name, 1, "shop")
+    ]
     other = FlowClient(
         flows.client, task_queue=flows.task_queue, database=await flows.database(), tenant=unique("other")
     )
@@ -418,7 +430,7 @@ async def test_every_start_checks_the_input_schema(
     assert (await run.result(timeout=30)).state == "completed"
 
     file = tmp_path / "typed.json"
-    file.write_text(__import__("json").dumps({**plain(unique(), "typed"), "input_schema": schema}))
+    file.write_text(json.dumps({**plain(unique(), "typed"), "input_schema": schema}))
     args = ["--address", flows.address, "--namespace", flows.namespace, "--task-queue", flows.task_queue]
     code = await cli(["start", str(file), "--input", '{"order": {"id": 7, "items": []}}', *args])
     err = capsys.readouterr().err
@@ -434,3 +446,87 @@ async def test_every_start_checks_the_input_schema(
     )
     with pytest.raises(ValueError, match=r"\$\.triggers\[0\]\.input\.who"):
         await flows.register(bad, author="ann")
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+async def test_the_schedules_cli(
+    flows: FlowClient,
+    client: Client,
+    tenant: str,
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = unique()
+    sid = schedule_id(tenant, name, "tick")
+    file = tmp_path / "hourly.json"
+    file.write_text(json.dumps(scheduled(name, "cli", every="1h")))
+    conn = ["--tenant", tenant, "--address", flows.address, "--namespace", flows.namespace]
+    conn += ["--task-queue", flows.task_queue, "--database-url", database_url]
+
+    async def wfa(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await cli([*args, *conn])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = await wfa("definitions", "register", str(file), "--author", "ann")
+    assert code == EXIT_OK, err
+    assert f"schedule {sid} starts {name} v1" in out
+    await version_becomes(client, sid, 1)
+    code, out, _ = await wfa("schedules", "list")
+    assert code == EXIT_OK
+    [row] = [line for line in out.splitlines() if line.startswith(sid)]
+    assert "every 1h (UTC)" in row
+    assert "active" in row
+    code, out, _ = await wfa("schedules", "list", name, "--json")
+    [item] = json.loads(out)
+    assert item["id"] == sid
+    assert item["version"] == 1
+    assert item["in_sync"] is True
+
+    code, _, err = await wfa(
+        "schedules", "backfill", name, "--start", "yesterday", "--end", "2026-12-01T00:00:00Z"
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "not an ISO 8601 time" in err
+    code, _, err = await wfa("schedules", "sync", unique("missing"))
+    assert code == EXIT_NOT_FOUND
+    code, _, err = await wfa("schedules", "pause", f"{name}:nope")
+    assert code == EXIT_NOT_FOUND
+    assert "no schedule" in err
+
+    code, out, err = await wfa("definitions", "deactivate", name, "--actor", "ops")
+    assert code == EXIT_OK, err
+    assert f"schedule {sid} deleted" in out
+    await version_becomes(client, sid, None)
+    code, _, err = await wfa("start", name)
+    assert code == EXIT_REFUSED
+    assert "has no active version" in err
+    code, _, _ = await wfa("schedules", "trigger", name)
+    assert code == EXIT_NOT_FOUND
+    code, out, _ = await wfa("schedules", "list")
+    assert "no schedule triggers" in out
+    code, out, _ = await wfa("definitions", "list")
+    [listed_name] = [line for line in out.splitlines() if line.startswith(name)]
+    assert listed_name.split()[1] == "deactivated"
+    code, out, _ = await wfa("definitions", "activate", name, "1", "--actor", "ops")
+    assert code == EXIT_OK
+    assert "(was deactivated)" in out
+    await version_becomes(client, sid, 1)
+
+
+async def test_concurrent_activations_leave_the_schedule_of_the_last_one(
+    flows: FlowClient, client: Client, tenant: str
+) -> None:
+    name = unique()
+    sid = schedule_id(tenant, name, "tick")
+    for marker in ("one", "two", "three"):
+        await flows.register(scheduled(name, marker, every="1h"), author="ann")
+    await asyncio.gather(*(flows.activate(name, 2 + i % 2, actor=f"op{i}") for i in range(8)))
+    active = (await flows.resolve(name)).version
+    await version_becomes(client, sid, active)
+    [item] = await flows.list_schedules(name)
+    assert item.in_sync

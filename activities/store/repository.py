@@ -661,6 +661,19 @@ class DefinitionStore:
             for row_name, version, body, digest, _archived in rows
         ]
 
+    @asynccontextmanager
+    async def sync_lock(self, name: str) -> AsyncIterator[None]:
+        """Serialises the writers of one name's triggers elsewhere (its Temporal Schedules): held
+        while reading the active version and writing what follows from it, so two activations'
+        syncs cannot leave the older version's schedule behind (the later sync reads the later
+        version). A separate lock from the registry's writes, which it never delays."""
+        async with self._session() as session, session.begin():
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"wfa-trigger-sync/{self.tenant}/{name}"},
+            )
+            yield
+
     async def trigger_ids(self, name: str, kind: str) -> list[str]:
         """The ids of the triggers of one kind that any version of ``name`` declares (archived ones
         too), sorted: everything a sync may have to remove."""
@@ -793,6 +806,40 @@ class DefinitionStore:
                 tofile=f"{name}@{v2}",
             )
         )
+
+
+async def active_definitions_of_every_tenant(
+    session_factory: SessionFactory, name: str | None = None
+) -> list[tuple[str, ResolvedDefinition]]:
+    """``(tenant, active version)`` of every name of every tenant the connecting login may see
+    (a platform login: all; a tenant's login: its own, by row-level security), sorted by tenant
+    and name. For services that serve every tenant (the gateway's listeners)."""
+    query = (
+        select(DefinitionRow.tenant, DefinitionRow.name, *_RESOLVED)
+        .join(
+            DefinitionHeadRow,
+            (DefinitionHeadRow.tenant == DefinitionRow.tenant)
+            & (DefinitionHeadRow.name == DefinitionRow.name)
+            & (DefinitionHeadRow.active_version == DefinitionRow.version),
+        )
+        .order_by(DefinitionRow.tenant, DefinitionRow.name)
+    )
+    if name is not None:
+        query = query.where(DefinitionHeadRow.name == name)
+    async with (
+        db_errors(_url_of(session_factory), "every tenant"),
+        _reader(session_factory).connect() as conn,
+    ):
+        rows = (await conn.execute(query)).all()
+    return [
+        (
+            tenant,
+            ResolvedDefinition(
+                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+            ),
+        )
+        for tenant, row_name, version, body, digest, _archived in rows
+    ]
 
 
 _READERS: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
