@@ -797,10 +797,10 @@ class Definition(StrictModel):
 
     trigger: Trigger = Trigger()  # legacy, informational; see ``triggers``
     triggers: list[DefinitionTrigger] = Field(default_factory=list, max_length=20)
+    cancel_on: list[CancelOn] = Field(default_factory=list, max_length=10)
     # A JSON Schema (draft 2020-12) every run's input must satisfy, checked before a run starts
     # (:mod:`interpreter.input_schema`); the schema itself is checked by ``wfa validate``.
     input_schema: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
-    cancel_on: list[CancelOn] = Field(default_factory=list, max_length=10)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     steps: list[Step] = Field(min_length=1)

@@ -45,6 +45,7 @@ from interpreter.templates import template_strings
 
 # Not preceded by a name or a dot: ``input.steps.x`` is a key of the input, not a step reference.
 _STEP_REF = re.compile(r"(?<![\w.])steps\.([A-Za-z_][A-Za-z0-9_]*)")
+_VARS_REF = re.compile(r"(?<![\w.])vars\b")
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,16 @@ def check_definition(
 
     texts = [(where.path + suffix, text) for where in placed.values() for suffix, text in _texts(where.step)]
     texts.extend((f"$.output{p}", t) for p, t in template_strings(definition.output))
-    texts.extend((f"$.cancel_on[{i}].key", c.key) for i, c in enumerate(definition.cancel_on))
+    for i, cancel in enumerate(definition.cancel_on):
+        # Rendered when the run starts, before any step: only input and run exist then.
+        if _STEP_REF.search(cancel.key) or _VARS_REF.search(cancel.key):
+            problems.append(
+                Problem(
+                    f"$.cancel_on[{i}].key",
+                    "a cancel_on key is rendered when the run starts: it may use input and run,"
+                    " not steps or vars",
+                )
+            )
     for path, text in texts:
         for ref in _STEP_REF.findall(text):
             if ref not in placed:

@@ -504,6 +504,26 @@ def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_event_commands(parser: argparse.ArgumentParser) -> None:
+    action = _subcommands(parser)
+    p = action(
+        "send",
+        "publish an event: runs waiting on its type and key resume, cancel_on matches cancel,"
+        " event triggers start a run; the same --id again delivers and starts nothing new",
+    )
+    p.add_argument("type", metavar="TYPE", help="event type, e.g. family.answered")
+    p.add_argument("key", metavar="KEY", help="correlation key, e.g. the family's id")
+    p.add_argument("--data", metavar="JSON|@FILE", help="event data: a JSON object, or @path")
+    p.add_argument(
+        "--id", dest="event_id", metavar="ID", help="event id (default a new UUID): idempotency key"
+    )
+    p.add_argument("--source", default="cli", metavar="S", help="who publishes (recorded; default cli)")
+    p.add_argument(
+        "--no-triggers", action="store_true", help="deliver to waiting runs only (no registry needed)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _add_schedule_commands(parser: argparse.ArgumentParser) -> None:
     action = _subcommands(parser)
     ref_help = "DEFINITION (its only schedule), DEFINITION:TRIGGER, or the schedule id"
@@ -541,26 +561,6 @@ def _moment(text: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"give the time with its offset (e.g. Z or +01:00): {brief(text)}")
     return moment
-
-
-def _add_event_commands(parser: argparse.ArgumentParser) -> None:
-    action = _subcommands(parser)
-    p = action(
-        "send",
-        "publish an event: runs waiting on its type and key resume, cancel_on matches cancel,"
-        " event triggers start a run; the same --id again delivers and starts nothing new",
-    )
-    p.add_argument("type", metavar="TYPE", help="event type, e.g. family.answered")
-    p.add_argument("key", metavar="KEY", help="correlation key, e.g. the family's id")
-    p.add_argument("--data", metavar="JSON|@FILE", help="event data: a JSON object, or @path")
-    p.add_argument(
-        "--id", dest="event_id", metavar="ID", help="event id (default a new UUID): idempotency key"
-    )
-    p.add_argument("--source", default="cli", metavar="S", help="who publishes (recorded; default cli)")
-    p.add_argument(
-        "--no-triggers", action="store_true", help="deliver to waiting runs only (no registry needed)"
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
@@ -1784,6 +1784,40 @@ async def _db_roles(args: argparse.Namespace, url: str, out: TextIO) -> int:
     return EXIT_OK
 
 
+async def _events(args: argparse.Namespace, out: TextIO) -> int:
+    data = _json_object(args.data, "--data")
+    flows = await _connect(args)
+    published = await flows.publish_event(
+        args.type,
+        args.key,
+        data,
+        event_id=args.event_id,
+        source=args.source,
+        start_triggers=not args.no_triggers,
+    )
+    if args.json:
+        print(json.dumps(published.model_dump(mode="json"), indent=2), file=out)
+        return EXIT_REFUSED if published.refused else EXIT_OK
+    if published.duplicate:
+        print(f"Event {published.event_id} was published before: nothing delivered again", file=out)
+    else:
+        print(
+            f"Published event {published.event_id} ({published.type}, key {_clip(published.key, 100)});"
+            f" resumed {len(published.delivered_to)} waiting run(s)",
+            file=out,
+        )
+    for workflow_id in published.delivered_to:
+        print(f"  delivered to {workflow_id}", file=out)
+    for workflow_id in published.started:
+        print(f"  started {workflow_id}", file=out)
+    for workflow_id in published.existing:
+        print(f"  already started for this event: {workflow_id}", file=out)
+    for workflow_id, reason in published.refused.items():
+        print(f"  not started {workflow_id}: {_clip(reason, 500)}", file=out)
+    # The event was delivered either way; a trigger's refusal is the publisher's to fix.
+    return EXIT_REFUSED if published.refused else EXIT_OK
+
+
 async def _schedules(args: argparse.Namespace, out: TextIO) -> int:
     from starter.schedules import describe_sync
 
@@ -1834,37 +1868,6 @@ async def _schedules(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-async def _events(args: argparse.Namespace, out: TextIO) -> int:
-    data = _json_object(args.data, "--data")
-    flows = await _connect(args)
-    published = await flows.publish_event(
-        args.type,
-        args.key,
-        data,
-        event_id=args.event_id,
-        source=args.source,
-        start_triggers=not args.no_triggers,
-    )
-    if args.json:
-        print(json.dumps(published.model_dump(mode="json"), indent=2), file=out)
-        return EXIT_OK
-    if published.duplicate:
-        print(f"Event {published.event_id} was published before: nothing delivered again", file=out)
-    else:
-        print(
-            f"Published event {published.event_id} ({published.type}, key {_clip(published.key, 100)});"
-            f" resumed {len(published.delivered_to)} waiting run(s)",
-            file=out,
-        )
-    for workflow_id in published.delivered_to:
-        print(f"  delivered to {workflow_id}", file=out)
-    for workflow_id in published.started:
-        print(f"  started {workflow_id}", file=out)
-    for workflow_id in published.existing:
-        print(f"  already started for this event: {workflow_id}", file=out)
-    return EXIT_OK
-
-
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]] = {
     "start": _start,
     "approve": _decide,
@@ -1875,8 +1878,8 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "result": _result,
     "definitions": _definitions,
     "dead-letters": _dead_letters,
-    "schedules": _schedules,
     "events": _events,
+    "schedules": _schedules,
     "db": _db,
     "token": _token,
     "stats": _stats,

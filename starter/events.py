@@ -11,7 +11,8 @@ sure its call went through publishes again with the same id:
    type, with the event's data as the run input (inert). The workflow id is derived from the
    tenant, the definition, the type and the event id (:func:`event_run_id`): publishing the event
    again finds that run and starts nothing new (a run that *failed* is started again, as
-   :meth:`~starter.client.FlowClient.start_run` does for any business key).
+   :meth:`~starter.client.FlowClient.start_run` does for any business key). Data that the
+   definition's ``input_schema`` refuses starts nothing for it (``refused`` says why).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from interpreter.events import (
     mailbox_id,
 )
 from interpreter.model import EVENT_TYPE_PATTERN, EventTrigger
-from starter.errors import InvalidInputError, NoWorkerError, RunAlreadyExistsError
+from starter.errors import InvalidInputError, InvalidRunInputError, NoWorkerError, RunAlreadyExistsError
 from starter.inputs import brief, check_json_object
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class EventPublication(BaseModel):
         delivered_to: Workflow ids of the waiting runs the mailbox signalled.
         started: Workflow ids of the runs its event triggers started.
         existing: Workflow ids of trigger runs that already existed for this event id.
+        refused: Workflow id -> why a trigger's run was not started (its definition's
+            ``input_schema`` refuses the event's data, naming the JSON paths).
     """
 
     event_id: str
@@ -69,6 +72,7 @@ class EventPublication(BaseModel):
     delivered_to: list[str] = Field(default_factory=list)
     started: list[str] = Field(default_factory=list)
     existing: list[str] = Field(default_factory=list)
+    refused: dict[str, str] = Field(default_factory=dict)
 
 
 def event_run_id(tenant: str, definition: str, event_type: str, event_id: str) -> str:
@@ -101,18 +105,16 @@ def check_event(event_type: object, key: object, event_id: object, data: object)
 
 
 async def event_trigger_definitions(flows: FlowClient, event_type: str) -> list[tuple[str, int]]:
-    """``(name, version)`` of the tenant's active versions with a live ``event`` trigger of this type.
+    """``(name, version)`` of the tenant's active versions with a live ``event`` trigger of this type
+    (:func:`starter.triggers.live_triggers`), each once even if it declares several."""
+    from starter.triggers import live_triggers
 
-    Reads every active version from the registry (one query per name, parsed bodies cached). The
-    schedules work's ``starter.triggers.live_triggers(client, kind="event")`` answers the same
-    question for every trigger kind; this stays small until the two meet.
-    """
-    store = await flows.definitions()
     found: list[tuple[str, int]] = []
-    for summary in await store.list_names():
-        resolved = await store.resolve(f"{summary.name}@{summary.active_version}")
-        if any(isinstance(t, EventTrigger) and t.event == event_type for t in resolved.definition.triggers):
-            found.append((resolved.name, resolved.version))
+    for live in await live_triggers(flows, "event"):
+        trigger = live.trigger
+        matches = isinstance(trigger, EventTrigger) and trigger.event == event_type
+        if matches and (live.definition, live.version) not in found:
+            found.append((live.definition, live.version))
     return found
 
 
@@ -175,6 +177,9 @@ async def publish_event(
                 run = await flows.start_run(f"{name}@{version}", payload, workflow_id=workflow_id)
             except RunAlreadyExistsError:
                 publication.existing.append(workflow_id)
+                continue
+            except InvalidRunInputError as err:  # the other triggers still start
+                publication.refused[workflow_id] = str(err)
                 continue
             (publication.started if run.started else publication.existing).append(workflow_id)
     return publication

@@ -41,6 +41,7 @@ from interpreter.state import (
     RunStatus,
 )
 from interpreter.validate import load_definition
+from starter.client import FlowClient
 from starter.devserver import ensure_search_attributes, find_temporal_cli
 from tests.helpers.http_server import RecordingServer
 from worker import build_worker
@@ -50,6 +51,7 @@ from workflows.search_attributes import ALL_KEYS
 HISTORIES = Path(__file__).resolve().parent / "histories"
 
 Driver = Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
+Publisher = Callable[[WorkflowHandle[Any, Any], FlowClient], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Scenario:
     definition: Callable[[str], dict[str, Any]]  # base URL of the HTTP server -> definition
     input: dict[str, Any]
     drive: Driver | None = None  # what a user does while the run is open
+    publish: Publisher | None = None  # what a publisher of events does while the run is open
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -387,6 +390,48 @@ async def _drive_cancel_run(handle: WorkflowHandle[Any, Any]) -> None:
     await handle.cancel()
 
 
+def _events(base: str) -> dict[str, Any]:
+    def wait(step_id: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": step_id,
+            "type": "wait_for_event",
+            "event": "family.answered",
+            "key": "{{ input.family }}",
+            "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+            **extra,
+        }
+
+    return {
+        "name": "replay-events",
+        "cancel_on": [{"event": "family.withdrawn", "key": "{{ input.family }}"}],
+        "steps": [
+            wait("answer", timeout="1m"),
+            wait("again", timeout="2s", lookback="1h", on_timeout="continue"),
+            _echo("book", "booked", compensate=[_echo("unbook", "unbooked")]),
+            wait("forever"),
+        ],
+    }
+
+
+async def _publish_events(handle: WorkflowHandle[Any, Any], flows: FlowClient) -> None:
+    family = str((await handle.describe()).id)
+
+    def subscribed(path: str) -> Callable[[RunStatus], bool]:
+        return lambda s: any(w.path == path and w.subscribed for w in s.waiting_events)
+
+    await _until(handle, subscribed("answer"))
+    await flows.publish_event("family.answered", family, {"answer": "yes", "iban": "X"}, start_triggers=False)
+    await flows.publish_event(
+        "family.answered", family, {"answer": "yes"}, event_id="e1", start_triggers=False
+    )
+    await _until(handle, subscribed("again"))
+    await flows.publish_event(
+        "family.answered", family, {"answer": "no"}, event_id="e1", start_triggers=False
+    )
+    await _until(handle, subscribed("forever"))
+    await flows.publish_event("family.withdrawn", family, event_id="w1", start_triggers=False)
+
+
 def scenarios() -> list[Scenario]:
     soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     return [
@@ -470,6 +515,15 @@ def scenarios() -> list[Scenario]:
             {},
             _drive_cancel_in_flight,
         ),
+        Scenario(
+            "events",
+            "wait_for_event: an event with an undeclared field refused, one consumed, republished "
+            "(duplicate), not taken again through a lookback (timeout, continue); then cancel_on: "
+            "the compensation runs, run cancelled",
+            _events,
+            {},
+            publish=_publish_events,
+        ),
     ]
 
 
@@ -485,15 +539,18 @@ def without_stack_traces(value: Any) -> Any:
 async def record(scenario: Scenario, client: Client, task_queue: str, base: str, out: Path) -> str:
     document = scenario.definition(base)
     workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
+    run_input = {"family": workflow_id, **scenario.input} if scenario.publish is not None else scenario.input
     handle = await client.start_workflow(
         RunDefinitionWorkflow.run,
-        RunInput(definition=load_definition(document), input=scenario.input),
+        RunInput(definition=load_definition(document), input=run_input),
         id=workflow_id,
         task_queue=task_queue,
         execution_timeout=timedelta(minutes=5),
     )
     if scenario.drive is not None:
         await scenario.drive(handle)
+    if scenario.publish is not None:
+        await scenario.publish(handle, FlowClient(client, task_queue=task_queue))
     with contextlib.suppress(WorkflowFailureError):  # failed or cancelled runs are recorded as they are
         await handle.result()
     outcome = (await _status(handle)).state
@@ -503,7 +560,7 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
         "description": scenario.description,
         "workflow_id": workflow_id,
         "definition": document,
-        "input": scenario.input,
+        "input": run_input,
         "outcome": str(outcome),
         "history": without_stack_traces(json.loads(history.to_json())),
     }

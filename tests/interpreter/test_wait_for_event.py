@@ -172,3 +172,9 @@ def test_the_model_refuses_a_lookback_beyond_what_mailboxes_keep_and_bad_types()
         load_definition({"name": "x", "steps": [wait(on_timeout={"goto": "nowhere"})]})
     with pytest.raises((DefinitionError, pydantic.ValidationError)):
         load_definition({"name": "x", "steps": [wait()], "cancel_on": [{"event": "a"}]})
+
+
+def test_a_cancel_on_key_may_not_use_steps_or_vars() -> None:
+    for key in ("{{ steps.answer.output.key }}", "{{ vars.family }}"):
+        with pytest.raises(DefinitionError, match=r"\$\.cancel_on\[0\]\.key.*rendered when the run starts"):
+            load_definition({"name": "x", "steps": [wait()], "cancel_on": [{"event": "a.b", "key": key}]})
