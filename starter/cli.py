@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(p, defaults=False)
     _add_db_role_commands(sub)
     _add_token_commands(command)
+    from gateway.cli import add_commands as add_gateway_commands
+
+    add_gateway_commands(command, _add_connection_options)
     return parser
 
 
@@ -396,6 +399,9 @@ def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) 
         "--jwks", required=True, metavar="FILE", help="the public key set: created, or the key added"
     )
     p.add_argument("--kid", metavar="K", help="the key's id (default: generated)")
+    from gateway.cli import add_api_key_commands
+
+    add_api_key_commands(sub, _add_connection_options)
     token = command("token", "decision tokens: mint one for a person (needs the signing key)")
     sub = token.add_subparsers(dest="action", metavar="ACTION", required=True)
     text_ = "print a signed token letting ACTOR take DECISIONS on one run (and step) until it expires"
@@ -1107,6 +1113,10 @@ async def _token(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _keys(args: argparse.Namespace, out: TextIO) -> int:
+    if args.action == "api":  # the gateway's API keys (in the store)
+        from gateway.cli import api_keys
+
+        return asyncio.run(api_keys(args, out, UsageError))
     from starter import tokens
 
     kid = tokens.write_keys(args.private, args.jwks, args.kid)
@@ -2018,6 +2028,14 @@ def run(argv: Sequence[str]) -> int:
             return _validate(args, out)
         if args.command == "keys":
             return _keys(args, out)
+        if args.command == "serve":
+            from gateway.cli import run_serve
+
+            return run_serve(args)
+        if args.command == "triggers":
+            from gateway.cli import triggers
+
+            return asyncio.run(triggers(args, out, UsageError))
         return asyncio.run(_run_command(args, out))
     except BrokenPipeError:  # `wfa status X | head`: the reader left, nothing more to say
         with contextlib.suppress(OSError):

@@ -791,6 +791,7 @@ class FlowClient:
         task_queue: str | None = None,
         dry_run: bool = False,
         canned_outputs: Mapping[str, Any] | None = None,
+        id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
     ) -> RunHandle:
         """Validates a definition and starts a run of it.
 
@@ -825,6 +826,9 @@ class FlowClient:
                 says ``DRY RUN`` and the memo holds ``dry_run: true``.
             canned_outputs: With ``dry_run``: task outputs by step path (or step id), so a dry
                 run can take the branches real outputs would.
+            id_reuse_policy: When a closed run had this id: the default starts again only after a
+                failure; ``REJECT_DUPLICATE`` never (a redelivered webhook, a row change already
+                started), raising :class:`RunAlreadyExistsError`.
 
         Returns:
             A handle on the run.
@@ -865,7 +869,7 @@ class FlowClient:
                 id=wf_id,
                 task_queue=task_queue or self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                id_reuse_policy=id_reuse_policy,
                 search_attributes=start.search_attributes,
                 static_summary=start.static_summary,
                 static_details=start.static_details,

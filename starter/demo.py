@@ -29,6 +29,9 @@ that also serves the dead-letter activities. Then, as tenant ``demo``, it:
   (with a path to ``wfa`` that works from a new shell in this folder) to see it, approve it and
   watch it finish.
 
+The gateway (webhooks, events, health; :mod:`gateway.app`) serves tenant ``demo`` on
+``127.0.0.1:8600`` (``--gateway-port``; any free port when taken) and its URL is printed.
+
 The fake services listen on ``127.0.0.1:8700`` (``--services-port``), the address the README's
 examples use. The server, the store, the worker and the fake services stay up until Ctrl-C (or, when
 stdin is not a terminal, until stdin ends), so the runs can be explored in the Web UI and decided
@@ -51,7 +54,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,6 +99,8 @@ SERVICES_PORT = 8700
 """Where the fake services listen while the demo runs (the README's examples use it as ``api``)."""
 WAITING_APPROVER = "manager"
 """Who may approve the expense run the demo leaves waiting for the person who ran it."""
+GATEWAY_PORT = 8600
+"""Where the demo's gateway listens (any free port when taken)."""
 HASH_SHOWN = 12
 """Characters of a content hash printed (the Web UI and ``wfa definitions show`` have all 64)."""
 
@@ -763,7 +768,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     database: Database | None = None
     try:
         database = await _open_store(server.state_dir)
-        return await _with_server(args, server, services, database, mailbox)
+        async with _gateway(args, server, database):
+            return await _with_server(args, server, services, database, mailbox)
     except (StoreError, DefinitionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -779,6 +785,25 @@ async def run_demo(args: argparse.Namespace) -> int:
         configure_secret_store(None)
         await server.astop()
         print("Stopped the dev server.")
+
+
+@contextlib.asynccontextmanager
+async def _gateway(args: argparse.Namespace, server: DevServer, database: Database) -> AsyncIterator[None]:
+    """The gateway (webhooks, events, health) for the demo's tenant, in this process."""
+    from gateway.config import GatewayConfig
+    from gateway.serve import running
+
+    config = GatewayConfig(
+        tenants=(TENANT,),
+        address=server.address,
+        task_queue=args.task_queue,
+        database_url=database.url.render_as_string(hide_password=False),
+    )
+    async with running(config, port=args.gateway_port) as url:
+        print(
+            f"Gateway {url}  (webhooks /hooks/{TENANT}/..., POST /events, /readyz; OpenAPI docs {url}/docs)"
+        )
+        yield
 
 
 async def _open_store(state_dir: Path) -> Database:
@@ -1035,6 +1060,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=SERVICES_PORT,
         help="port of the fake services on 127.0.0.1 (default %(default)s; 0: any free one)",
+    )
+    parser.add_argument(
+        "--gateway-port",
+        type=int,
+        default=GATEWAY_PORT,
+        help="port of the gateway on 127.0.0.1 (default %(default)s; taken: any free one)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -203,3 +203,19 @@ class TenantRoleRow(Base):
     tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
     granted_by: Mapped[str] = mapped_column(String(ROLE_LENGTH), server_default=text("CURRENT_USER"))
     granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKeyRow(Base):
+    """A tenant's API key for the gateway's ``/events`` endpoint, stored as the SHA-256 of the key
+    (the key itself is printed once, when it is created, and never stored)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant", "tenant"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

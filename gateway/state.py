@@ -1,0 +1,84 @@
+"""What the gateway holds while it runs: the store, and one client per tenant, opened lazily."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from activities.store.database import Database
+    from starter.client import FlowClient
+
+__all__ = ["GatewayState", "UnknownTenantError"]
+
+log = logging.getLogger("gateway")
+
+
+class UnknownTenantError(LookupError):
+    """The tenant is not one the gateway serves."""
+
+
+class GatewayState:
+    """The store's database and the tenants' clients, shared by every request.
+
+    Both are opened on first use (a gateway whose Temporal or database is down still starts, and
+    says so on ``/readyz``), under a lock so concurrent requests open them once.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._database: Database | None = None
+        self._clients: dict[str, FlowClient] = {}
+        self._lock = asyncio.Lock()
+
+    async def database(self) -> Database:
+        """The store (opened and its schema revision checked on first use).
+
+        Raises:
+            DatabaseUnavailableError, MigrationsNotAppliedError: See ``open_database``.
+        """
+        async with self._lock:
+            if self._database is None:
+                from activities.store.database import open_database
+
+                self._database = await open_database(self.config.database_url)
+            return self._database
+
+    async def client(self, tenant: str) -> FlowClient:
+        """The tenant's client (its namespace and credentials), connected on first use.
+
+        Raises:
+            UnknownTenantError: Not a tenant of :attr:`GatewayConfig.tenants`.
+            ServerUnavailableError: Temporal cannot be reached.
+        """
+        if tenant not in self.config.tenants:
+            raise UnknownTenantError(tenant)
+        found = self._clients.get(tenant)
+        if found is not None:
+            return found
+        database = await self.database()
+        async with self._lock:
+            found = self._clients.get(tenant)
+            if found is None:
+                from starter.client import FlowClient
+
+                connected = await FlowClient.connect(
+                    self.config.address, task_queue=self.config.task_queue, tenant=tenant
+                )
+                # One store for every tenant (its rows are scoped by the client's tenant).
+                found = FlowClient(
+                    connected.client, task_queue=connected.task_queue, database=database, tenant=tenant
+                )
+                self._clients[tenant] = found
+                log.info("connected tenant %s to namespace %s at %s", tenant, found.namespace, found.address)
+            return found
+
+    async def close(self) -> None:
+        """Closes the store (the clients hold no connections of their own to close)."""
+        self._clients.clear()
+        database, self._database = self._database, None
+        if database is not None:
+            await database.close()

@@ -1,0 +1,577 @@
+"""The gateway against a real uvicorn on loopback, a real Temporal dev server and real PostgreSQL.
+
+* The hostile test sends 200+ malformed, unsigned, forged, replayed, oversized, wrong-method and
+  wrong-content-type requests: every answer is a 4xx JSON error, none is a 5xx, and no run starts.
+* A valid signed delivery starts exactly one run; its redelivery starts nothing (``duplicate``).
+* ``/events`` authenticates tenants by hashed API keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.store.database import Database
+from activities.store.repository import DefinitionStore
+from gateway.apikeys import create_key, revoke_key
+from gateway.config import GatewayConfig
+from tests.gateway.support import dumps, hmac_headers, hook_definition, running_gateway, standard_headers
+from tests.workflows.support import eventually
+from worker import build_worker
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+ACME_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+HMAC_SECRET = secrets.token_hex(20)
+MAX_BODY = 64 * 1024
+
+
+class Setup:
+    def __init__(
+        self, url: str, name: str, database: Database, client: Client, key: str, task_queue: str
+    ) -> None:
+        self.task_queue = task_queue
+        self.url = url
+        self.name = name
+        self.database = database
+        self.client = client
+        self.key = key
+
+    def hook(self, trigger: str = "in", tenant: str = "default", name: str | None = None) -> str:
+        return f"{self.url}/hooks/{tenant}/{name or self.name}/{trigger}"
+
+    async def runs(self) -> list[str]:
+        return [
+            execution.id async for execution in self.client.list_workflows(f"DefinitionName = '{self.name}'")
+        ]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def setup(
+    temporal_env: WorkflowEnvironment, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Setup]:
+    name = f"hooks-{uuid4().hex[:8]}"
+    secrets_file = tmp_path_factory.mktemp("secrets") / "secrets.json"
+    secrets_file.write_text(json.dumps({"acme": {"HOOK_KEY": ACME_SECRET, "GH_KEY": HMAC_SECRET + "x"}}))
+    saved = {k: os.environ.get(k) for k in ("WFA_SECRET_HOOK_KEY", "WFA_SECRET_GH_KEY", "WFA_SECRETS_FILE")}
+    os.environ.update(
+        {
+            "WFA_SECRET_HOOK_KEY": SECRET,
+            "WFA_SECRET_GH_KEY": HMAC_SECRET,
+            "WFA_SECRETS_FILE": str(secrets_file),
+        }
+    )
+    database = Database(database_url)
+    try:
+        for tenant in ("default", "acme"):
+            await DefinitionStore(database.session_factory, tenant).register(
+                hook_definition(name, "HOOK_KEY", "GH_KEY"), "test"
+            )
+        key, _ = await create_key(database.session_factory, "default", "ci", "test")
+        config = GatewayConfig(
+            tenants=("default", "acme"),
+            address=temporal_env.client.service_client.config.target_host,
+            database_url=database_url,
+            task_queue=f"tq-{uuid4()}",
+            max_body_bytes=MAX_BODY,
+        )
+        async with running_gateway(config) as url:
+            yield Setup(url, name, database, temporal_env.client, key, config.task_queue or "")
+    finally:
+        await database.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+async def test_health_readiness_and_docs(setup: Setup) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"{setup.url}/healthz")).json() == {"status": "ok"}
+        ready = await http.get(f"{setup.url}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"temporal": "ok", "database": "ok"}
+        spec = (await http.get(f"{setup.url}/openapi.json")).json()
+        assert "/hooks/{tenant}/{definition}/{trigger_id}" in spec["paths"]
+        assert "/events" in spec["paths"]
+        assert (await http.get(f"{setup.url}/docs")).status_code == 200
+
+
+def _hostile_requests(setup: Setup) -> list[tuple[str, str, str, dict[str, Any], set[int]]]:
+    """(category, method, url, httpx keyword arguments, accepted statuses)."""
+    cases: list[tuple[str, str, str, dict[str, Any], set[int]]] = []
+    body = dumps({"order": 1})
+    hook, gh = setup.hook(), setup.hook("gh")
+
+    def add(
+        category: str,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        expect: set[int],
+        method: str = "POST",
+    ) -> None:
+        cases.append((category, method, url, {"content": content, "headers": headers}, expect))
+
+    for i in range(20):  # unsigned
+        add("unsigned", hook, dumps({"i": i}), {"content-type": "application/json"}, {401})
+    for i in range(10):
+        add("unsigned-hmac", gh, dumps({"i": i}), {"content-type": "application/json"}, {401})
+    for i in range(20):  # signed with a secret that is not the tenant's
+        wrong = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        add("wrong-secret", hook, body, standard_headers(wrong, body, f"forged-{i}"), {401})
+    for _ in range(10):
+        add("wrong-secret-hmac", gh, body, hmac_headers(secrets.token_hex(20), body), {401})
+    for i in range(10):  # the default tenant's signature sent to another tenant's trigger
+        add("wrong-tenant", setup.hook(tenant="acme"), body, standard_headers(SECRET, body, f"wt-{i}"), {401})
+    for _ in range(5):
+        add(
+            "wrong-tenant-hmac", setup.hook("gh", tenant="acme"), body, hmac_headers(HMAC_SECRET, body), {401}
+        )
+    for tenant in ("globex", "nope", "..", "a b", "%00"):  # tenants the gateway does not serve
+        add(
+            "unknown-tenant", setup.hook(tenant=tenant), body, standard_headers(SECRET, body, "x"), {400, 404}
+        )
+    for i in range(20):  # signature over another body
+        signed = dumps({"amount": i})
+        add(
+            "tampered",
+            hook,
+            dumps({"amount": i + 1000}),
+            standard_headers(SECRET, signed, f"tamper-{i}"),
+            {401},
+        )
+    for i in range(10):
+        add(
+            "tampered-hmac",
+            gh,
+            dumps({"amount": i + 1000}),
+            hmac_headers(HMAC_SECRET, dumps({"amount": i})),
+            {401},
+        )
+    now = int(time.time())
+    for i in range(10):  # outside the replay window (5 minutes)
+        add(
+            "old-timestamp",
+            hook,
+            body,
+            standard_headers(SECRET, body, f"old-{i}", timestamp=now - 600 - i),
+            {401},
+        )
+    for i in range(5):
+        add(
+            "future-timestamp",
+            hook,
+            body,
+            standard_headers(SECRET, body, f"fut-{i}", timestamp=now + 600 + i),
+            {401},
+        )
+    good = standard_headers(SECRET, body, "replay-me", timestamp=now - 3600)
+    for _ in range(5):  # a captured delivery replayed an hour later
+        add("replayed", hook, body, good, {401})
+    bad_signatures = [
+        "v1",
+        "v1,",
+        "v1,@@@",
+        "v2," + base64.b64encode(b"x" * 32).decode(),
+        "v1," + "A" * 5000,
+        "v1,AAAA v1,BBBB",
+        "v1,=",
+        "v1,AAAA,BBBB",
+        "v1 ,AAAA",
+    ]
+    for i, signature in enumerate(bad_signatures):
+        headers = standard_headers(SECRET, body, f"badsig-{i}")
+        headers["webhook-signature"] = signature
+        add("malformed-signature", hook, body, headers, {400, 401})
+    for i, stamp in enumerate(["abc", "1.5e9", "-1", "99999999999999999999", "", "0x10"]):
+        headers = standard_headers(SECRET, body, f"badts-{i}")
+        headers["webhook-timestamp"] = stamp
+        add("malformed-timestamp", hook, body, headers, {401})
+    for value in ["", "zz", "sha256=" + "g" * 64, "sha1=" + "a" * 40, "a" * 63, "sha256=" + "0" * 64]:
+        headers = {"content-type": "application/json", "X-Signature-256": value}
+        add("malformed-hmac", gh, body, headers, {401})
+    headers = standard_headers(SECRET, body, "long-id-" + "x" * 300)
+    add("malformed-id", hook, body, headers, {401})
+
+    # Correctly signed bodies that are not acceptable JSON (the signature holds, the parser refuses).
+    deep = b"[" * 200 + b"]" * 200
+    deep_object = b'{"a":' * 100 + b"1" + b"}" * 100
+    malformed = {
+        "nan": (b'{"x": NaN}', {400}),
+        "infinity": (b'{"x": Infinity}', {400}),
+        "minus-infinity": (b'{"x": -Infinity}', {400}),
+        "duplicate-keys": (b'{"a": 1, "a": 2}', {400}),
+        "array": (b"[1, 2, 3]", {400}),
+        "string": (b'"hello"', {400}),
+        "number": (b"42", {400}),
+        "null": (b"null", {400}),
+        "truncated": (b'{"a": [1, 2', {400}),
+        "trailing": (b'{"a": 1} {"b": 2}', {400}),
+        "empty": (b"", {400}),
+        "not-utf8": (b'{"a": "\xff\xfe"}', {400}),
+        "single-quotes": (b"{'a': 1}", {400}),
+        "comment": (b'{"a": 1 /* x */}', {400}),
+        "deep-array": (deep, {413}),
+        "deep-object": (deep_object, {413}),
+        "huge-int": (b'{"n": ' + b"9" * 5000 + b"}", {413}),
+        "huge-float": (b'{"n": 1e999}', {413}),
+        "huge-negative-float": (b'{"n": -1e999}', {413}),
+        "long-fraction": (b'{"n": 0.' + b"1" * 500 + b"}", {413}),
+        "bare-word": (b"hello", {400}),
+        "control-char": (b'{"a": "\x01"}', {400}),
+        "lone-surrogate-ok-but-dup": (b'{"\\ud800": 1, "\\ud800": 2}', {400}),
+        "bom": (b'\xef\xbb\xbf{"a": 1}', {400}),
+    }
+    for label, (content, expect) in malformed.items():
+        add(f"json-{label}", hook, content, standard_headers(SECRET, content, f"json-{label}"), expect)
+        add(f"json-hmac-{label}", gh, content, hmac_headers(HMAC_SECRET, content), expect)
+
+    big = dumps({"blob": "x" * (MAX_BODY + 10)})
+    for i in range(5):  # declared too long
+        add("oversized", hook, big, standard_headers(SECRET, big, f"big-{i}"), {413})
+    for method in ("GET", "PUT", "DELETE", "PATCH"):
+        for url in (hook, gh):
+            add("wrong-method", url, body, standard_headers(SECRET, body, "m"), {405}, method=method)
+    add("wrong-method", f"{setup.url}/events", b"", {}, {405}, method="GET")
+    add("wrong-method", f"{setup.url}/healthz", b"", {}, {405}, method="POST")
+    for i, ctype in enumerate(
+        [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=latin-1",
+            "application/xml",
+            "application/jsonx",
+            "json",
+            "*/*",
+        ]
+    ):
+        headers = standard_headers(SECRET, body, f"ct-{i}")
+        headers["content-type"] = ctype
+        add("wrong-content-type", hook, body, headers, {415})
+    headers = standard_headers(SECRET, body, "ct-none")
+    del headers["content-type"]
+    add("wrong-content-type", hook, body, headers, {415})
+    for path in (
+        "/hooks/default",
+        f"/hooks/default/{setup.name}",
+        f"/hooks/default/{setup.name}/in/extra",
+        f"/hooks/default/{setup.name}/nope",
+        "/hooks/default/no-such-definition/in",
+        f"/hooks/default/{setup.name}@1/in",
+        "/hooks/default/UPPER/in",
+        "/hooks/default/%2e%2e/in",
+        "/admin",
+        "/hooks/default/" + "a" * 300 + "/in",
+    ):
+        add("unknown-path", setup.url + path, body, standard_headers(SECRET, body, "p"), {400, 404, 405})
+
+    # /events: credentials and bodies
+    event = dumps({"type": "order.paid", "key": "o-1", "data": {}, "id": "e-1"})
+    for auth in [
+        "",
+        "Bearer",
+        "Bearer  x",
+        "Basic dXNlcjpwYXNz",
+        "Bearer wfa_short",
+        "Bearer " + "wfa_" + "A" * 43,
+        "Bearer " + setup.key + "x",
+        "Bearer " + setup.key[:-1] + ("A" if setup.key[-1] != "A" else "B"),
+        "bearer" + setup.key,
+        "Token " + setup.key,
+    ]:
+        headers = {"content-type": "application/json"}
+        if auth:
+            headers["authorization"] = auth
+        add("events-auth", f"{setup.url}/events", event, headers, {401})
+    auth = {"authorization": f"Bearer {setup.key}"}
+    bad_events = [
+        ({"type": "order.paid", "key": "o-1", "data": {}}, 422),
+        ({"type": "bad type!", "key": "o-1", "data": {}, "id": "e"}, 422),
+        ({"type": "order.paid", "key": "", "data": {}, "id": "e"}, 422),
+        ({"type": "order.paid", "key": "o-1", "data": [], "id": "e"}, 422),
+        ({"type": "order.paid", "key": 5, "data": {}, "id": "e"}, 422),
+        ({"type": "order.paid", "key": "o", "data": {}, "id": "e", "tenant": "acme"}, 422),
+        ({"type": "order.paid", "key": "o", "data": {}, "id": "has space"}, 422),
+        ([1], 400),
+    ]
+    for payload, status in bad_events:
+        add(
+            "events-invalid",
+            f"{setup.url}/events",
+            dumps(payload),
+            {"content-type": "application/json", **auth},
+            {status},
+        )
+    add(
+        "events-nan",
+        f"{setup.url}/events",
+        b'{"type": NaN}',
+        {"content-type": "application/json", **auth},
+        {400},
+    )
+    add("events-content-type", f"{setup.url}/events", event, {"content-type": "text/plain", **auth}, {415})
+    return cases
+
+
+async def _raw(url: str, request: bytes) -> int | None:
+    """Sends raw bytes over HTTP/1.1; the status of the answer, None if the server just closed."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout=30)
+    except (ConnectionError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+    parts = line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+async def _streamed(url: str, path: str, chunks: int, msg_id: str) -> int | None:
+    """POSTs ``chunks`` chunks of 4 KiB (Transfer-Encoding: chunked) while reading the answer; the
+    status, as soon as the server answers (it need not read the rest)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    headers = standard_headers(SECRET, b"", msg_id)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    answer = asyncio.create_task(asyncio.wait_for(reader.readline(), timeout=60))
+    try:
+        writer.write(head.encode())
+        for _ in range(chunks):
+            if answer.done():
+                break
+            writer.write(b"1000\r\n" + b" " * 4096 + b"\r\n")
+            await writer.drain()
+        else:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except ConnectionError:
+        pass
+    try:
+        line = await answer
+    except (ConnectionError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+    parts = line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+async def test_hostile_requests_give_no_5xx_and_start_no_run(setup: Setup) -> None:
+    cases = _hostile_requests(setup)
+    statuses: Counter[int] = Counter()
+    wrong: list[str] = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        for category, method, url, kwargs, expect in cases:
+            response = await http.request(method, url, **kwargs)
+            statuses[response.status_code] += 1
+            if response.status_code not in expect:
+                wrong.append(f"{category} {method} {url}: {response.status_code} {response.text[:200]}")
+            body = response.json()
+            assert set(body) >= {"error", "detail"}, (category, body)
+            assert "Traceback" not in response.text
+
+    for i in range(5):  # 160 KiB streamed in chunks without a Content-Length
+        status = await _streamed(setup.url, f"/hooks/default/{setup.name}/in", 40, f"stream-{i}")
+        statuses[status or 0] += 1
+        if status != 413:
+            wrong.append(f"streamed oversized: {status}")
+
+    raw = [
+        b"GARBAGE\r\n\r\n",
+        b"POST /hooks/default/x/in HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /hooks/default/x/in HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /hooks/default/x/in HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"POST /hooks/default/x/in HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nabcde",
+        b"POST /hooks/default/x/in HTTP/9.9\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+    ]
+    raw_statuses = [await _raw(setup.url, request) for request in raw]
+    for status in raw_statuses:
+        if status is not None:
+            statuses[status] += 1
+
+    total = len(cases) + 5 + len(raw)
+    assert total >= 200
+    assert not wrong, "\n".join(wrong)
+    assert not [s for s in statuses if s >= 500], statuses
+    assert not [s for s in statuses if s < 400], statuses
+    print(f"hostile: {total} requests, statuses {dict(sorted(statuses.items()))}, raw {raw_statuses}")
+
+    # A valid delivery after the hostile ones: once it is visible, so would any earlier run be.
+    body = dumps({"after": "hostile"})
+    async with httpx.AsyncClient(timeout=60) as http:
+        response = await http.post(
+            setup.hook(), content=body, headers=standard_headers(SECRET, body, "after-hostile")
+        )
+    assert response.status_code == 202, response.text
+    expected = response.json()["workflow_id"]
+    runs = await eventually(setup.runs, lambda ids: expected in ids, timeout=60, what="the valid run listed")
+    assert runs == [expected], f"runs other than the valid delivery's: {runs}"
+
+
+async def test_signed_delivery_starts_one_run_and_redelivery_none(setup: Setup) -> None:
+    name = f"{setup.name}-pos"
+    store = DefinitionStore(setup.database.session_factory, "default")
+    await store.register(hook_definition(name, "HOOK_KEY", "GH_KEY"), "test")
+
+    async def runs() -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    body = dumps({"customer": "ann", "note": "${secret:HOOK_KEY}"})
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(
+            setup.hook(name=name), content=body, headers=standard_headers(SECRET, body, "msg_2Yx")
+        )
+        assert first.status_code == 202, first.text
+        assert first.json()["duplicate"] is False
+        workflow_id = first.json()["workflow_id"]
+        assert workflow_id == f"hook-default-{name}-in-msg_2Yx"
+        # Redelivered (a fresh timestamp and signature, the same webhook-id): nothing new.
+        again = await http.post(
+            setup.hook(name=name), content=body, headers=standard_headers(SECRET, body, "msg_2Yx")
+        )
+        assert again.status_code == 200, again.text
+        assert again.json() == {
+            "workflow_id": workflow_id,
+            "run_id": first.json()["run_id"],
+            "duplicate": True,
+        }
+        # Plain HMAC: the same signed body is the same delivery.
+        gh_body = dumps({"ref": "main"})
+        hmac_first = await http.post(
+            setup.hook("gh", name=name), content=gh_body, headers=hmac_headers(HMAC_SECRET, gh_body)
+        )
+        assert hmac_first.status_code == 202, hmac_first.text
+        hmac_again = await http.post(
+            setup.hook("gh", name=name), content=gh_body, headers=hmac_headers(HMAC_SECRET, gh_body)
+        )
+        assert hmac_again.status_code == 200
+        assert hmac_again.json()["duplicate"] is True
+
+    # The first run's input is inert data: the secret reference arrived as text.
+    handle = setup.client.get_workflow_handle(workflow_id)
+    history = await handle.fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert b"$${secret:HOOK_KEY}" in started.input.payloads[0].data
+    ids = await eventually(runs, lambda ids: len(ids) >= 2, timeout=60, what="both runs listed")
+    assert sorted(ids) == sorted([workflow_id, hmac_first.json()["workflow_id"]])
+
+    # Terminated, then redelivered: still no new run (REJECT_DUPLICATE).
+    await handle.terminate("test")
+    async with httpx.AsyncClient(timeout=60) as http:
+        late = await http.post(
+            setup.hook(name=name), content=body, headers=standard_headers(SECRET, body, "msg_2Yx")
+        )
+    assert late.status_code == 200
+    assert late.json()["duplicate"] is True
+    assert len(await runs()) == 2
+
+
+async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Setup) -> None:
+    name = f"{setup.name}-ev"
+    event_type = f"order.paid.{uuid4().hex[:6]}"
+    await DefinitionStore(setup.database.session_factory, "default").register(
+        {
+            "name": name,
+            "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
+            "triggers": [{"type": "event", "event": event_type}],
+        },
+        "test",
+    )
+    event = dumps({"type": event_type, "key": "o-1", "data": {"x": "${secret:HOOK_KEY}"}, "id": "e-1"})
+    headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
+    # The event mailbox is a workflow: a worker on the gateway's queue runs it.
+    async with (
+        httpx.AsyncClient() as action_http,
+        build_worker(setup.client, setup.task_queue, action_http, graceful_shutdown_timeout=timedelta(0)),
+        httpx.AsyncClient(timeout=120) as http,
+    ):
+        accepted = await http.post(f"{setup.url}/events", content=event, headers=headers)
+        assert accepted.status_code == 202, accepted.text
+        result = accepted.json()["result"]
+        assert accepted.json()["tenant"] == "default"
+        assert len(result["started"]) == 1
+        again = await http.post(f"{setup.url}/events", content=event, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.json()["result"]["started"] == []  # the same event id starts nothing new
+
+        key, info = await create_key(setup.database.session_factory, "acme", "tmp", "test")
+        acme = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+        bad = await http.post(f"{setup.url}/events", content=b"{}", headers=acme)
+        assert bad.status_code == 422  # authenticated as acme, then validated
+        assert {p["path"] for p in bad.json()["problems"]} == {"$.type", "$.key", "$.id"}
+        assert await revoke_key(setup.database.session_factory, "acme", info.id)
+        revoked = await http.post(f"{setup.url}/events", content=b"{}", headers=acme)
+        assert revoked.status_code == 401
+
+    async def runs() -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    assert (
+        await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the trigger's run")
+        == result["started"]
+    )
+
+
+async def test_keys_are_stored_hashed(setup: Setup) -> None:
+    from sqlalchemy import text
+
+    from gateway.apikeys import hash_key
+
+    async with setup.database.engine.connect() as conn:
+        stored = [tuple(row) for row in await conn.execute(text("SELECT key_hash, tenant FROM api_keys"))]
+    assert (hash_key(setup.key), "default") in stored
+    assert not any(setup.key in str(row) for row in stored)
+
+
+async def test_input_its_schema_refuses_is_a_422_with_the_path(setup: Setup) -> None:
+    name = f"{setup.name}-typed"
+    definition = hook_definition(name, "HOOK_KEY", "GH_KEY")
+    definition["input_schema"] = {
+        "type": "object",
+        "required": ["email"],
+        "properties": {"email": {"type": "string"}, "items": {"type": "array", "items": {"type": "integer"}}},
+    }
+    await DefinitionStore(setup.database.session_factory, "default").register(definition, "test")
+    body = dumps({"email": "ann@example.com", "items": [1, "two"]})
+    async with httpx.AsyncClient(timeout=60) as http:
+        refused = await http.post(
+            setup.hook(name=name), content=body, headers=standard_headers(SECRET, body, "t-1")
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"] == "invalid_input"
+        assert [p["path"] for p in refused.json()["problems"]] == ["$.items[1]"]
+        good = dumps({"email": "ann@example.com", "items": [1, 2]})
+        accepted = await http.post(
+            setup.hook(name=name), content=good, headers=standard_headers(SECRET, good, "t-2")
+        )
+        assert accepted.status_code == 202, accepted.text
+
+    async def runs() -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    assert await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the valid run") == [
+        accepted.json()["workflow_id"]
+    ]

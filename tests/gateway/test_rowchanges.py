@@ -1,0 +1,228 @@
+"""Row-change triggers: every committed change starts exactly one run, across SIGKILLs of the listener.
+
+Real servers: the embedded PostgreSQL (the store, and a user's database with an ``orders`` table),
+the Temporal dev server, and the listener as a separate process (``python -m gateway.rowchanges``)
+that the test SIGKILLs while rows are being inserted and starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from activities.store.database import Database
+from activities.store.repository import DefinitionStore
+from gateway.config import GatewayConfig, RowChangeSource
+from gateway.rowchanges import change_workflow_id, install
+from gateway.serve import running
+from tests.conftest import fresh_database
+from tests.workflows.support import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUNDS = 4
+ROWS_PER_ROUND = 15
+
+
+def _definition(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
+        "triggers": [
+            {"type": "row_change", "connection": "CRM", "table": "orders", "operations": ["insert"]}
+        ],
+    }
+
+
+def _env(temporal_env: WorkflowEnvironment, store_url: str, user_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WFA_", "TEMPORAL_"))}
+    env.update(
+        {
+            "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+            "TEMPORAL_TASK_QUEUE": f"tq-{uuid4()}",
+            "DATABASE_URL": store_url,
+            "WFA_SECRET_CRM": user_url,
+            "WFA_GATEWAY_ROW_CHANGES": "default:CRM",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    return env
+
+
+def _listener(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.rowchanges"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_row_changes_start_one_run_each_across_listener_sigkills(
+    temporal_env: WorkflowEnvironment, postgres_server_url: str, database_url: str
+) -> None:
+    name = f"orders-{uuid4().hex[:8]}"
+    database = Database(database_url)
+    try:
+        await DefinitionStore(database.session_factory, "default").register(_definition(name), "test")
+    finally:
+        await database.close()
+
+    async with fresh_database(postgres_server_url, "wfa_user", migrate=False) as user_url:
+        plain_url = user_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        conn = await asyncpg.connect(plain_url)
+        try:
+            await conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
+        finally:
+            await conn.close()
+        env = _env(temporal_env, database_url, user_url)
+
+        install = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "starter", "triggers", "install", "--connection", "CRM",
+             "--table", "orders", "--definition", name],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert install.returncode == 0, install.stderr
+        assert "wfa_outbox" in install.stdout
+
+        conn = await asyncpg.connect(plain_url)
+
+        async def started() -> int:
+            return int(await conn.fetchval("SELECT count(*) FROM wfa_outbox WHERE started_at IS NOT NULL"))
+
+        pool = await asyncpg.create_pool(plain_url, min_size=1, max_size=5)
+        kills = 0
+        listener = _listener(env)
+        try:
+            for round_ in range(ROUNDS):
+                before = await started()
+
+                # Concurrent transactions, one row each (change ids commit out of order).
+                await asyncio.gather(
+                    *(
+                        pool.execute("INSERT INTO orders (item) VALUES ($1)", f"r{round_}-{i}")
+                        for i in range(ROWS_PER_ROUND)
+                    )
+                )
+                # Kill the listener mid-stream: once it has started some of this round's changes.
+                await eventually(started, lambda n, before=before: n > before, timeout=120, what="a start")
+                listener.send_signal(signal.SIGKILL)
+                listener.wait(timeout=30)
+                kills += 1
+                if round_ % 2 == 0:  # rows committed while no listener runs
+                    await conn.execute(
+                        "INSERT INTO orders (item) SELECT 'offline-' || g FROM generate_series(1, 5) g"
+                    )
+                listener = _listener(env)
+
+            total = int(await conn.fetchval("SELECT count(*) FROM orders"))
+            assert total == ROUNDS * ROWS_PER_ROUND + 5 * ((ROUNDS + 1) // 2)
+            await eventually(started, lambda n: n == total, timeout=180, what="every change started")
+            change_ids = [row["change_id"] for row in await conn.fetch("SELECT change_id FROM wfa_outbox")]
+            errors = await conn.fetchval("SELECT count(*) FROM wfa_outbox WHERE error IS NOT NULL")
+        finally:
+            listener.send_signal(signal.SIGKILL)
+            listener.wait(timeout=30)
+            await pool.close()
+            await conn.close()
+
+    assert kills == ROUNDS
+    assert errors == 0
+    assert len(change_ids) == total
+
+    async def runs() -> list[str]:
+        return [e.id async for e in temporal_env.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    ids = await eventually(runs, lambda ids: len(ids) >= total, timeout=120, what="every run listed")
+    counts = Counter(ids)
+    assert [i for i, n in counts.items() if n > 1] == [], "a change started twice"
+    assert set(ids) == {change_workflow_id("default", "CRM", change_id) for change_id in change_ids}
+    assert len(ids) == total
+    print(f"row changes: {total} rows, {kills} SIGKILLs of the listener, {len(ids)} runs, none twice")
+
+
+async def test_the_gateway_drains_the_outbox_and_refuses_undeclared_rows(
+    temporal_env: WorkflowEnvironment,
+    postgres_server_url: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"orders-{uuid4().hex[:8]}"
+    other = f"other-{uuid4().hex[:8]}"
+    database = Database(database_url)
+    try:
+        store = DefinitionStore(database.session_factory, "default")
+        definition = _definition(name)
+        definition["triggers"] = [{"type": "row_change", "connection": "SHOP", "table": "orders"}]
+        await store.register(definition, "test")
+        await store.register({**_definition(other), "triggers": []}, "test")
+    finally:
+        await database.close()
+    async with fresh_database(postgres_server_url, "wfa_shop", migrate=False) as user_url:
+        monkeypatch.setenv("WFA_SECRET_SHOP", user_url)
+        plain_url = user_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        conn = await asyncpg.connect(plain_url)
+        try:
+            await conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
+            await install(plain_url, "orders", "default", name, ["insert"])
+            config = GatewayConfig(
+                tenants=("default",),
+                address=temporal_env.client.service_client.config.target_host,
+                database_url=database_url,
+                task_queue=f"tq-{uuid4()}",
+                row_changes=(RowChangeSource(tenant="default", connection="SHOP"),),
+            )
+            async with running(config):
+                await conn.execute(
+                    "INSERT INTO orders (item) SELECT 'item-' || g FROM generate_series(1, 3) g"
+                )
+                # A row written into the outbox by hand, naming a definition without such a trigger.
+                await conn.execute(
+                    "INSERT INTO wfa_outbox (tenant, definition, table_name, operation, new_row)"
+                    " VALUES ('default', $1, 'public.orders', 'insert', '{}')",
+                    other,
+                )
+
+                async def settled() -> int:
+                    return int(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM wfa_outbox WHERE started_at IS NOT NULL OR error IS NOT NULL"
+                        )
+                    )
+
+                await eventually(settled, lambda n: n == 4, timeout=120, what="every outbox row settled")
+            refused = await conn.fetchrow(
+                "SELECT error, started_at FROM wfa_outbox WHERE definition = $1", other
+            )
+            assert refused["started_at"] is None
+            assert "declares no row_change trigger" in refused["error"]
+            first = await conn.fetchrow(
+                "SELECT change_id, new_row FROM wfa_outbox ORDER BY change_id LIMIT 1"
+            )
+        finally:
+            await conn.close()
+
+    async def runs(definition: str) -> list[str]:
+        query = f"DefinitionName = '{definition}'"
+        return [e.id async for e in temporal_env.client.list_workflows(query)]
+
+    ids = await eventually(lambda: runs(name), lambda ids: len(ids) >= 3, timeout=60, what="three runs")
+    assert len(ids) == 3
+    assert await runs(other) == []
+    handle = temporal_env.client.get_workflow_handle(
+        change_workflow_id("default", "SHOP", first["change_id"])
+    )
+    started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
+    assert b'"operation":"insert"' in started.input.payloads[0].data.replace(b" ", b"")
