@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -20,8 +21,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
+from pydantic import TypeAdapter
+
 from interpreter.actions import ActionRequest, ActionResult
 from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
+from interpreter.continuation import (
+    MAX_CARRIED_RECORDS,
+    CarriedApproval,
+    CarriedCompensation,
+    CarriedScope,
+    Continuation,
+)
 from interpreter.durations import format_duration, parse_duration
 from interpreter.inert import make_inert
 from interpreter.model import (
@@ -93,6 +103,11 @@ step that evaluates fails instead, with a message that says so."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
+
+PATCH_CONTINUE_AS_NEW = "continue-as-new"
+"""Patch id: the run continues as new at a safe point when its host asks (history budget, or
+Temporal's suggestion). Asked only at the moment it would continue, so runs that never reach that
+point carry no marker, and a history recorded before the change replays as it went on."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +195,9 @@ class Runtime(Protocol):
         """
         ...
 
+
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
+"""Reads a carried compensation's step back (see :meth:`Engine.continuation`)."""
 
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -305,6 +323,13 @@ class _CompensateAndEnd(_RunFailed):
     pass
 
 
+class _ContinueAsNew(Exception):  # control flow: the run stops at a safe point and continues as new
+    def __init__(self, position: int, approval: _Approval | None = None) -> None:
+        super().__init__("continue as new")
+        self.position = position
+        self.approval = approval
+
+
 class StoreFailedError(_RunFailed):
     """Raised by a runtime when recording or resolving a dead letter failed for good (the run then
     fails, and its compensations run)."""
@@ -388,8 +413,24 @@ class Engine:
     """Runs one definition against one runtime. Create one per run."""
 
     def __init__(
-        self, definition: Definition, run_input: Mapping[str, Any], runtime: Runtime, info: RunInfo
+        self,
+        definition: Definition,
+        run_input: Mapping[str, Any],
+        runtime: Runtime,
+        info: RunInfo,
+        *,
+        continue_as_new: Callable[[], bool] | None = None,
+        resume: Continuation | None = None,
     ) -> None:
+        """Prepares a run (or the continuation of one).
+
+        Args:
+            continue_as_new: Asked at safe points (between top-level steps, and while a top-level
+                approval waits) whether the run should continue as new now; it must be cheap and
+                deterministic. None: the run never continues as new.
+            resume: The snapshot a previous run of the chain carried (see
+                :mod:`interpreter.continuation`).
+        """
         self.definition = definition
         # Data is inert from where it enters: a secret reference in it is text (interpreter/inert.py).
         self.input = make_inert(dict(run_input))
@@ -431,6 +472,17 @@ class Engine:
             "version": definition.version,
             "started_at": info.started_at.isoformat(),
         }
+        self._continue_as_new = continue_as_new
+        self._continue_declined = False
+        self._top_step: Step | None = None
+        self._start_position = 0
+        self._carried_approval: _Approval | None = None
+        self._continuing: _ContinueAsNew | None = None
+        self._generation = 0
+        self._steps_dropped = 0
+        self._started_at = info.started_at
+        if resume is not None:
+            self._restore(resume)
 
     # ----------------------------------------------------------------------------------- the run
 
@@ -444,7 +496,7 @@ class Engine:
         """
         try:
             try:
-                await self._sequence(self.definition.steps, self._root)
+                await self._sequence(self.definition.steps, self._root, top=True)
                 output = self.definition.output
                 self.output = (
                     dict(self.vars) if output is None else self._render(output, self._context(self._root))
@@ -473,7 +525,15 @@ class Engine:
             self._fail(f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled")
             await self._compensate()
             self._set_state(RunState.CANCELLED)
+        except _ContinueAsNew as point:
+            self._continuing = point  # the state stays as it is: the host continues the run as new
         return self.result()
+
+    @property
+    def continuing(self) -> bool:
+        """True when :meth:`run` returned at a safe point to continue as new (see
+        :meth:`continuation`)."""
+        return self._continuing is not None
 
     def result(self) -> RunResult:
         """The run's result as it stands."""
@@ -504,6 +564,8 @@ class Engine:
             error=self.error,
             error_type=self.error_type,
             cancelled_by=self.cancel_request,
+            continued=self._generation,
+            steps_dropped=self._steps_dropped,
         )
 
     @property
@@ -621,10 +683,17 @@ class Engine:
 
     # ------------------------------------------------------------------------------ sequencing
 
-    async def _sequence(self, steps: list[Step], scope: _Scope) -> None:
+    async def _sequence(self, steps: list[Step], scope: _Scope, *, top: bool = False) -> None:
         index = {step.id: i for i, step in enumerate(steps)}
-        i = 0
+        i = self._start_position if top else 0
+        first = top
         while i < len(steps):
+            if top:
+                # A safe point: nothing else of the run is in flight between two top-level steps.
+                if not first and self._should_continue():
+                    raise _ContinueAsNew(i)
+                first = False
+                self._top_step = steps[i]
             try:
                 await self._step(steps[i], scope)
             except _Jump as jump:
@@ -636,6 +705,10 @@ class Engine:
 
     async def _step(self, step: Step, scope: _Scope) -> None:
         path = scope.prefix + step.id
+        carried = self._carried_approval
+        if carried is not None and step is self._top_step and carried.view.path == path:
+            await self._resume_step(step, scope, path)
+            return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -658,8 +731,33 @@ class Engine:
             started_at=self.runtime.now(),
         )
         self.records.append(record)
+        await self._run_step(step, scope, path, record, visits, resumed=False)
+
+    async def _resume_step(self, step: Step, scope: _Scope, path: str) -> None:
+        """Goes on with the top-level step a previous run of the chain stopped in (continued as
+        new while it waited): its visit is counted and its record kept already."""
+        record = next(
+            (r for r in reversed(self.records) if r.path == path and r.status == StepStatus.WAITING), None
+        )
+        if record is None:  # dropped from the carried records: show the step again
+            assert self._carried_approval is not None
+            record = StepRecord(
+                id=step.id,
+                path=path,
+                type=step.type,
+                name=step.label,
+                status=StepStatus.WAITING,
+                started_at=self._carried_approval.view.since,
+            )
+            self.records.append(record)
+        await self._run_step(step, scope, path, record, self._visits.get(path, 1), resumed=True)
+
+    async def _run_step(
+        self, step: Step, scope: _Scope, path: str, record: StepRecord, visits: int, *, resumed: bool
+    ) -> None:
+        continuing = False
         try:
-            if step.when is not None and not self._evaluate(step.when, self._context(scope)):
+            if not resumed and step.when is not None and not self._evaluate(step.when, self._context(scope)):
                 self._finish(record, StepStatus.SKIPPED)
                 return
             self.active[path] = step.label
@@ -679,16 +777,20 @@ class Engine:
         except _RunFailed as failure:
             self._finish_open(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
             raise
+        except _ContinueAsNew:
+            continuing = True  # the step goes on in the next run: its record stays open
+            raise
         else:
             self._finish_open(record, StepStatus.COMPLETED, output=output)
         finally:
-            scope.steps[step.id] = {
-                "status": str(record.status),
-                "output": record.output,
-                "error": record.error,
-                "error_type": record.error_type,
-                "attempts": record.attempts,
-            }
+            if not continuing:
+                scope.steps[step.id] = {
+                    "status": str(record.status),
+                    "output": record.output,
+                    "error": record.error,
+                    "error_type": record.error_type,
+                    "attempts": record.attempts,
+                }
             if self.active.pop(path, None) is not None:
                 self.runtime.state_changed()
         scope.last_output = record.output
@@ -1240,25 +1342,35 @@ class Engine:
         return output
 
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
-        start = self.runtime.now()
-        deadline = start + parse_duration(step.timeout) if step.timeout else None
-        approval = _Approval(
-            view=PendingApproval(
-                step_id=step.id,
-                path=path,
-                approvers=list(step.approvers),
-                message=str(self._render(step.message, self._context(scope))),
-                fields=None if step.fields is None else [f.name for f in step.form],
-                form=step.form,
-                since=start,
-                deadline=deadline,
-            ),
-            step=step,
-        )
+        carried = self._carried_approval
+        if carried is not None and carried.view.path == path and step is self._top_step:
+            # Continued as new while it waited: same view, deadline and escalations; a decision
+            # taken while the run switched is already in it.
+            self._carried_approval = None
+            approval = carried
+            start, deadline = approval.view.since, approval.view.deadline
+        else:
+            start = self.runtime.now()
+            deadline = start + parse_duration(step.timeout) if step.timeout else None
+            approval = _Approval(
+                view=PendingApproval(
+                    step_id=step.id,
+                    path=path,
+                    approvers=list(step.approvers),
+                    message=str(self._render(step.message, self._context(scope))),
+                    fields=None if step.fields is None else [f.name for f in step.form],
+                    form=step.form,
+                    since=start,
+                    deadline=deadline,
+                ),
+                step=step,
+            )
+        top = step is self._top_step and scope is self._root
         self._approvals[path] = approval
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
         self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
+        continuing = False
         try:
             while True:
                 now = self.runtime.now()
@@ -1272,8 +1384,15 @@ class Engine:
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
                 with self._waiting_at(path, step.label):
                     decided = await self.runtime.wait_condition(
-                        lambda: approval.decision is not None, timeout_s, f"{step.label}: awaiting approval"
+                        lambda: approval.decision is not None or (top and self._continue_wanted()),
+                        timeout_s,
+                        f"{step.label}: awaiting approval",
                     )
+                if decided and approval.decision is None:
+                    if self._should_continue():  # a safe point: nothing else of the run is in flight
+                        continuing = True
+                        raise _ContinueAsNew(self._position_of(step), approval)
+                    continue
                 if decided:
                     break
                 if wake == deadline:
@@ -1287,9 +1406,10 @@ class Engine:
                     escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/")
                 )
         finally:
-            self._approvals.pop(path, None)
-            self._set_state(self._waiting_state())
-            self.runtime.state_changed()
+            if not continuing:  # a continued approval stays pending (and decidable) until the switch
+                self._approvals.pop(path, None)
+                self._set_state(self._waiting_state())
+                self.runtime.state_changed()
         assert approval.decision is not None
         kind, decision = approval.decision
         # The decision was checked against the declared form (check_decision): its data holds
@@ -1345,6 +1465,131 @@ class Engine:
         raise _RunFailed(
             f"step {approval.view.path!r}: no decision within {step.timeout}", "ApprovalTimedOut"
         )
+
+    # ------------------------------------------------------------------------- continue-as-new
+
+    def _continue_wanted(self) -> bool:
+        """Whether the host asks to continue as new (read-only: safe inside a wait predicate)."""
+        return (
+            self._continue_as_new is not None
+            and not self._continue_declined
+            and not self._parked
+            and not self._recording
+            and self.cancel_request is None
+            and self._continue_as_new()
+        )
+
+    def _should_continue(self) -> bool:
+        """Whether to continue as new at this safe point (asks the patch only then)."""
+        if not self._continue_wanted():
+            return False
+        if not self.runtime.patched(PATCH_CONTINUE_AS_NEW):
+            self._continue_declined = True  # replaying a run recorded before continue-as-new
+            return False
+        return True
+
+    def _position_of(self, step: Step) -> int:
+        return next(i for i, s in enumerate(self.definition.steps) if s is step)
+
+    def continuation(self) -> Continuation:
+        """The snapshot the next run of the chain starts from (call once :attr:`continuing`, after
+        the host let every message handler finish: a decision taken meanwhile is in it)."""
+        point = self._continuing
+        assert point is not None, "the run is not continuing as new"
+        carried = None
+        if point.approval is not None:
+            kind, decision = point.approval.decision or (None, None)
+            carried = CarriedApproval(
+                position=point.position, view=point.approval.view, decided=kind, decision=decision
+            )
+        records = self.records[-MAX_CARRIED_RECORDS:]
+        return Continuation(
+            generation=self._generation + 1,
+            started_at=self._started_at,
+            position=point.position,
+            approval=carried,
+            vars=dict(self.vars),
+            steps=dict(self._root.steps),
+            last_output=self._root.last_output,
+            records=records,
+            steps_dropped=self._steps_dropped + len(self.records) - len(records),
+            visits=dict(self._visits),
+            parks=dict(self._parks),
+            executions=self._executions,
+            state_size=self._state_size,
+            compensations=[
+                CarriedCompensation(
+                    step=c.step.model_dump(mode="json", by_alias=True),
+                    path=c.path,
+                    scope=self._carry(c.scope),
+                )
+                for c in self._compensations
+            ],
+            decisions=list(self.decisions),
+            decisions_dropped=self.decisions_dropped,
+            refused_messages=list(self.refused_messages),
+            refused_messages_dropped=self.refused_messages_dropped,
+            cancel_request=self.cancel_request,
+        )
+
+    def _carry(self, scope: _Scope) -> CarriedScope:
+        root = scope.steps is self._root.steps
+        return CarriedScope(
+            root=root,
+            prefix=scope.prefix,
+            steps={} if root else dict(scope.steps),
+            local=dict(scope.local),
+            parent=None if scope.parent is None else self._carry(scope.parent),
+        )
+
+    def _uncarry(self, carried: CarriedScope) -> _Scope:
+        return _Scope(
+            steps=self._root.steps if carried.root else dict(carried.steps),
+            prefix=carried.prefix,
+            local=dict(carried.local),
+            parent=None if carried.parent is None else self._uncarry(carried.parent),
+        )
+
+    def _restore(self, snapshot: Continuation) -> None:
+        """Takes over the state a previous run of the chain carried (see :meth:`continuation`)."""
+        self._generation = snapshot.generation
+        self._started_at = snapshot.started_at
+        self._run_ctx["started_at"] = snapshot.started_at.isoformat()
+        self._start_position = snapshot.position
+        self.vars = dict(snapshot.vars)
+        self._root.steps.update(snapshot.steps)
+        self._root.last_output = snapshot.last_output
+        self.records = list(snapshot.records)
+        self._steps_dropped = snapshot.steps_dropped
+        self._visits = dict(snapshot.visits)
+        self._parks = dict(snapshot.parks)
+        self._executions = snapshot.executions
+        self._state_size = snapshot.state_size
+        for comp in snapshot.compensations:
+            step = _STEP.validate_json(json.dumps(comp.step))
+            if not isinstance(step, TaskStep | ApprovalStep):
+                raise ValueError(f"carried compensation at {comp.path!r} is a {step.type} step")
+            self._compensations.append(_Compensation(step, self._uncarry(comp.scope), comp.path))
+        self.decisions = list(snapshot.decisions)
+        self.decisions_dropped = snapshot.decisions_dropped
+        self.refused_messages = list(snapshot.refused_messages)
+        self.refused_messages_dropped = snapshot.refused_messages_dropped
+        self.cancel_request = snapshot.cancel_request
+        carried = snapshot.approval
+        if carried is not None:
+            steps = self.definition.steps
+            waiting = steps[carried.position] if carried.position < len(steps) else None
+            if not isinstance(waiting, ApprovalStep) or waiting.id != carried.view.step_id:
+                raise ValueError(
+                    f"carried approval {carried.view.path!r} is not at top-level step {carried.position}"
+                )
+            approval = _Approval(view=carried.view, step=waiting)
+            if carried.decided is not None and carried.decision is not None:
+                approval.decision = (carried.decided, carried.decision)
+            # Pending from the first moment, so a decision delivered with the run's first task counts.
+            self._approvals[carried.view.path] = approval
+            self._carried_approval = approval
+            self.state = self._waiting_state()
 
     # ---------------------------------------------------------------------------- compensation
 

@@ -186,8 +186,16 @@ class Limits(StrictModel):
     """Bounds that keep a run inside Temporal's history limits."""
 
     max_depth: int = Field(default=5, ge=1, le=20)
-    max_step_executions: int = Field(default=500, ge=1, le=5000)
+    max_step_executions: int = Field(default=500, ge=1, le=10_000_000)
+    """A guard against runaway loops, counted across continue-as-new (history no longer bounds a
+    run: raise it for a long loop; ``max_visits`` bounds each loop)."""
     max_foreach_items: int = Field(default=1000, ge=1, le=10000)
+    # Left out of a dump when unset, so the content hash of every definition that does not set it
+    # stays what it was (as for every field added after definitions were stored).
+    history_budget: int | None = Field(default=None, ge=100, le=50_000, exclude_if=lambda v: v is None)
+    """Continue as new once the run's history has this many events (at the next safe point);
+    Temporal's own suggestion (about 4,096 events or 4 MiB) applies either way, so a run that
+    loops or waits long needs no setting: it continues as new by itself."""
 
 
 class Goto(StrictModel):

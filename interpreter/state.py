@@ -234,6 +234,11 @@ class RunStatus(BaseModel):
     error: str | None = None
     error_type: str | None = None
     cancelled_by: CancelRequest | None = None
+    continued: int = 0
+    """How many times the run has continued as new (the same workflow id, a chain of runs)."""
+    steps_dropped: int = 0
+    """Step records of earlier runs of the chain no longer listed in ``steps`` (the most recent
+    ones are carried)."""
 
 
 class CurrentStepTracking(StrEnum):
@@ -279,6 +284,9 @@ class RunInput(BaseModel):
     definition: Definition
     input: dict[str, Any] = Field(default_factory=dict)
     options: RunOptions = Field(default_factory=RunOptions)
+    continuation: dict[str, Any] | None = None
+    """Set when a run continued as new: the interpreter state it carried (validated as
+    :class:`interpreter.continuation.Continuation`, which imports this module)."""
 
 
 class RunResult(BaseModel):

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
     from interpreter.actions import ActionResult
+    from interpreter.continuation import Continuation, ContinuationVersionError, read_continuation
     from interpreter.durations import parse_duration
     from interpreter.engine import (
         ActionCall,
@@ -236,17 +237,33 @@ class RunDefinitionWorkflow:
     @workflow.init
     def __init__(self, run: RunInput) -> None:
         info = workflow.info()
-        self._engine = Engine(
-            run.definition,
-            run.input,
-            _TemporalRuntime(self._publish, self._publish_wait),
-            RunInfo(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                started_at=info.start_time,
-                tenant=run.options.tenant,
-            ),
+        self._history_budget = run.definition.limits.history_budget
+        self._resume_problem: str | None = None
+        resume: Continuation | None = None
+        if run.continuation is not None:
+            try:
+                resume = read_continuation(run.continuation)
+            except (ContinuationVersionError, ValidationError, ValueError) as err:
+                self._resume_problem = clip(str(err))
+        runtime = _TemporalRuntime(self._publish, self._publish_wait)
+        run_info = RunInfo(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            started_at=info.start_time,
+            tenant=run.options.tenant,
         )
+        try:
+            self._engine = Engine(
+                run.definition,
+                run.input,
+                runtime,
+                run_info,
+                continue_as_new=self._wants_new_run,
+                resume=resume,
+            )
+        except ValueError as err:  # a snapshot that does not fit the definition: fail the run, clearly
+            self._resume_problem = clip(str(err))
+            self._engine = Engine(run.definition, run.input, runtime, run_info)
         self._track_step = run.options.track_current_step
         self._step_mode = run.options.current_step
         self._every_step: bool | None = None  # decided on first publish (a patch marker)
@@ -267,11 +284,19 @@ class RunDefinitionWorkflow:
     async def run(self, run: RunInput) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
+        if self._resume_problem is not None:
+            raise ApplicationError(
+                f"cannot continue the run: {self._resume_problem}",
+                type="ContinuationError",
+                non_retryable=True,
+            )
         self._ensure_identity(run)
         if self._self_cancelled is not None and self._main is not None:
             self._main.cancel()
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._engine.continuing:
+            self._continue_as_new(run)
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
@@ -293,6 +318,35 @@ class RunDefinitionWorkflow:
                 non_retryable=True,
             )
         return result
+
+    def _wants_new_run(self) -> bool:
+        """The engine asks at its safe points: Temporal suggests continuing as new, or the
+        definition's history budget is spent, and no cancellation is under way."""
+        if self._self_cancelled is not None or self._cancel_update is not None:
+            return False
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        budget = self._history_budget
+        return budget is not None and info.get_current_history_length() >= budget
+
+    def _continue_as_new(self, run: RunInput) -> None:
+        """Continues the run as new with the engine's snapshot (taken after every handler
+        finished, so a decision accepted during the switch travels in it). Same workflow id; the
+        search attributes travel explicitly, as published."""
+        snapshot = self._engine.continuation()
+        workflow.logger.info(
+            "continuing as new at step %d (generation %d)", snapshot.position, snapshot.generation
+        )
+        workflow.continue_as_new(
+            RunInput(
+                definition=run.definition,
+                input=run.input,
+                options=run.options,
+                continuation=snapshot.model_dump(mode="json"),
+            ),
+            search_attributes=workflow.info().typed_search_attributes,
+        )
 
     @workflow.signal(name="approve")
     def approve(self, *args: Any) -> None:
