@@ -1,0 +1,235 @@
+"""Continue-as-new on a real dev server whose history limits are lowered (``limited_server``): a
+loop far longer than the server lets one run be completes by a chain of runs, an approval stays
+pending across the switch with its deadline, a decision sent around the switch is not lost, the
+status query and search attributes stay right, and the chain's histories replay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
+
+from interpreter.state import RunState, StepStatus
+from tests.workflows.limited_server import HISTORY_ERROR, limited_env  # noqa: F401
+from tests.workflows.support import Handle, definition, eventually, start, status, unique
+from worker import build_worker, workflow_runner
+from workflows.generic import RunDefinitionWorkflow
+from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE, TENANT
+
+LOOP_ITERATIONS = 600
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def limited_client(limited_env: WorkflowEnvironment) -> Client:  # noqa: F811
+    return limited_env.client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def limited_worker(
+    limited_client: Client, task_queue: str, http_client: httpx.AsyncClient
+) -> AsyncIterator[Worker]:
+    async with build_worker(
+        limited_client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+    ) as running:
+        yield running
+
+
+async def _chain(client: Client, workflow_id: str) -> list[tuple[str, WorkflowExecutionStatus | None]]:
+    """Every run of the workflow id, oldest first, as (run id, status)."""
+    runs = [
+        (e.run_id, e.status, e.start_time)
+        async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")
+    ]
+    return [(run_id, state) for run_id, state, _ in sorted(runs, key=lambda r: r[2])]
+
+
+async def _replay_chain(client: Client, workflow_id: str) -> int:
+    """Replays every run's history of the chain with the current workflow code; returns how many."""
+    replayer = Replayer(
+        workflows=[RunDefinitionWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    runs = await _chain(client, workflow_id)
+    for run_id, _ in runs:
+        history: WorkflowHistory = await client.get_workflow_handle(
+            workflow_id, run_id=run_id
+        ).fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"run {run_id}: {result.replay_failure!r}"
+    return len(runs)
+
+
+def _loop(name: str, iterations: int) -> dict[str, Any]:
+    return definition(
+        name,
+        [
+            {"id": "init", "type": "set", "vars": {"n": 0, "total": 0}},
+            {
+                "id": "work",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ vars.n }}"},
+                "max_visits": iterations,
+            },
+            {
+                "id": "bump",
+                "type": "set",
+                "vars": {"n": "{{ vars.n + 1 }}", "total": "{{ vars.total + steps.work.output }}"},
+                "max_visits": iterations,
+            },
+            {
+                "id": "again",
+                "type": "condition",
+                "if": f"vars.n < {iterations}",
+                "then": {"goto": "work"},
+                "max_visits": iterations,
+            },
+        ],
+        limits={"max_step_executions": 10 * iterations},
+        output={"n": "{{ vars.n }}", "total": "{{ vars.total }}", "first": "{{ steps.init.status }}"},
+    )
+
+
+async def test_a_loop_longer_than_one_run_may_be_completes_by_continuing_as_new(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    # 600 activities are about 3,600 events: over twice what the server lets one run hold. No
+    # history budget is set: the server's own suggestion (lowered to 400 events) drives it.
+    handle = await start(
+        limited_client,
+        task_queue,
+        _loop(unique("loop"), LOOP_ITERATIONS),
+        execution_timeout=timedelta(minutes=15),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {
+        "n": LOOP_ITERATIONS,
+        "total": sum(range(LOOP_ITERATIONS)),
+        "first": "completed",
+    }
+    runs = await _chain(limited_client, handle.id)
+    statuses = [s for _, s in runs]
+    assert WorkflowExecutionStatus.TERMINATED not in statuses
+    assert statuses[-1] == WorkflowExecutionStatus.COMPLETED
+    assert statuses[:-1] == [WorkflowExecutionStatus.CONTINUED_AS_NEW] * (len(runs) - 1)
+    # At least 3,600 events over runs of at most 1,500: at least three runs.
+    assert len(runs) >= (LOOP_ITERATIONS * 6) // HISTORY_ERROR + 1, statuses
+    last = await handle.query(RunDefinitionWorkflow.status)
+    assert last.continued == len(runs) - 1
+    # The visit counts went on across runs: the last visit of ``work`` is the 600th.
+    work = [r for r in last.steps if r.id == "work"]
+    assert work
+    assert all(r.status == StepStatus.COMPLETED for r in work)
+    assert last.steps_dropped + len(last.steps) == 1 + 3 * LOOP_ITERATIONS
+    print(f"\nloop of {LOOP_ITERATIONS} iterations: {len(runs)} runs, 0 terminated")
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+def _reminders(name: str) -> dict[str, Any]:
+    return definition(
+        name,
+        [
+            {"id": "prep", "type": "task", "action": "echo", "input": {"value": "ready"}},
+            {"id": "init", "type": "set", "vars": {"asked": "{{ steps.prep.output }}"}},
+            {
+                "id": "gate",
+                "type": "approval",
+                "approvers": ["alice"],
+                "message": "Approve?",
+                "timeout": "1h",
+                "escalation": {
+                    "after": "1s",
+                    "max_escalations": 20,
+                    "add_approvers": ["bob"],
+                    "steps": [
+                        {"id": "remind", "type": "task", "action": "echo", "input": {"value": "reminder"}}
+                    ],
+                },
+            },
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "{{ vars.asked }}"}},
+        ],
+        limits={"history_budget": 100},
+        output={"asked": "{{ vars.asked }}", "decision": "{{ steps.gate.output.decision }}"},
+    )
+
+
+async def _history_length(handle: Handle) -> int:
+    described = await handle.describe()
+    return int(described.raw_description.workflow_execution_info.history_length)
+
+
+async def test_an_approval_stays_pending_across_continue_as_new_and_a_decision_at_the_switch_counts(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    # Reminders every second grow the history while the approval waits; past the definition's
+    # history budget (100 events) the run continues as new, the approval still pending.
+    handle = await start(
+        limited_client, task_queue, _reminders(unique("reminders")), execution_timeout=timedelta(minutes=5)
+    )
+    first = await eventually(
+        lambda: status(handle), lambda s: bool(s.pending_approvals), what="approval pending", timeout=60
+    )
+    deadline = first.pending_approvals[0].deadline
+    assert deadline is not None
+
+    after = await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= 1 and bool(s.pending_approvals),
+        timeout=120,
+        what="the run continued as new with the approval pending",
+    )
+    pending = after.pending_approvals[0]
+    assert pending.deadline == deadline  # the deadline travelled, it did not restart
+    assert pending.since == first.pending_approvals[0].since
+    assert pending.escalations >= 1  # escalation progress travelled
+    assert "bob" in pending.approvers
+    assert after.state == RunState.AWAITING_APPROVAL
+    assert after.vars["asked"] == "ready"
+    described = await handle.describe()  # the latest run of the chain
+    attrs = described.typed_search_attributes
+    assert attrs.get(AWAITING_APPROVAL) is True
+    assert attrs.get(RUN_STATE) == RunState.AWAITING_APPROVAL.value
+    assert attrs.get(CURRENT_STEP) == "gate"
+    assert attrs.get(TENANT) == "default"
+
+    # Decide when the current run is about to switch again: within one reminder of its budget.
+    generation = after.continued
+    await eventually(
+        lambda: _history_length(handle),
+        lambda n: n >= 90,
+        timeout=120,
+        interval=0.05,
+        what="history near the budget",
+    )
+    await handle.signal("approve", {"actor": "bob", "reason": "at the switch"})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"asked": "ready", "decision": "approved"}
+    final = await handle.query(RunDefinitionWorkflow.status)
+    accepted = [d for d in final.decisions if d.accepted]
+    assert [(d.actor, d.reason) for d in accepted] == [("bob", "at the switch")]
+    assert not final.refused_messages
+    print(f"\napproval across continue-as-new: decided in generation {final.continued} (was {generation})")
+
+    runs = await _chain(limited_client, handle.id)
+    assert len(runs) >= 2
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+async def test_a_run_within_its_budget_does_not_continue_as_new(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    handle = await start(limited_client, task_queue, _loop(unique("short"), 5))
+    result = await handle.result()
+    assert result.output == {"n": 5, "total": 10, "first": "completed"}
+    assert [s for _, s in await _chain(limited_client, handle.id)] == [WorkflowExecutionStatus.COMPLETED]
