@@ -617,6 +617,10 @@ class Definition(StrictModel):
     trigger: Trigger = Trigger()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
+    # Left out of a dump when unset, so the content hash of a definition without it stays the same.
+    priority: int | None = Field(default=None, ge=1, le=5, exclude_if=lambda v: v is None)
+    """Temporal priority of the runs and their steps: 1 (first) to 5 (last); unset is 3. Within a
+    tenant's fair share of the workers (the tenant is the fairness key) higher priority goes first."""
     steps: list[Step] = Field(min_length=1)
     output: TemplatedValue = None
 

@@ -114,6 +114,7 @@ from starter.inputs import brief as _brief
 from starter.inputs import check_json, check_json_object
 from starter.inputs import json_type as _json_type
 from workflows.generic import RunDefinitionWorkflow
+from workflows.priority import run_priority
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
     CURRENT_STEP,
@@ -747,6 +748,7 @@ class FlowClient:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attributes,
+                priority=run_priority(self.tenant, parsed.priority),
                 static_summary=f"{parsed.name} v{parsed.version}",
                 memo={
                     "definition": parsed.name,

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
+from temporalio.common import Priority, RawValue, RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
+    from workflows.priority import run_priority
     from workflows.search_attributes import (
         AWAITING_APPROVAL,
         CURRENT_STEP,
@@ -139,9 +140,15 @@ def _store_failure(err: ActivityError) -> BaseException:
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
-    def __init__(self, on_change: Callable[[], None], on_wait_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[], None],
+        on_wait_change: Callable[[], None],
+        priority: Priority = Priority.default,
+    ) -> None:
         self._on_change = on_change
         self._on_wait_change = on_wait_change
+        self._priority = priority
 
     def now(self) -> Any:
         return workflow.now()
@@ -166,6 +173,7 @@ class _TemporalRuntime:
                 schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
                 heartbeat_timeout=_td(call.timeouts.heartbeat),
                 retry_policy=policy,
+                priority=self._priority,
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -201,6 +209,7 @@ class _TemporalRuntime:
                 summary=f"{record.step_id}: record dead letter",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
+                priority=self._priority,
             )
         except ActivityError as err:
             raise _store_failure(err) from None
@@ -215,6 +224,7 @@ class _TemporalRuntime:
                 summary=f"dead letter {resolution.dead_letter_id}: {resolution.action.value} by {resolution.actor}",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
+                priority=self._priority,
             )
         except ActivityError as err:
             raise _store_failure(err) from None
@@ -245,7 +255,9 @@ class RunDefinitionWorkflow:
                 resume = read_continuation(run.continuation)
             except (ContinuationVersionError, ValidationError, ValueError) as err:
                 self._resume_problem = clip(str(err))
-        runtime = _TemporalRuntime(self._publish, self._publish_wait)
+        runtime = _TemporalRuntime(
+            self._publish, self._publish_wait, run_priority(run.options.tenant, run.definition.priority)
+        )
         run_info = RunInfo(
             workflow_id=info.workflow_id,
             run_id=info.run_id,
