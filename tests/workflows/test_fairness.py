@@ -105,9 +105,7 @@ async def _flood_done(handles: list[Handle]) -> int:
 async def _probe_during_flood(client: Client, task_queue: str, probe_tenant: str) -> tuple[float, int]:
     """Starts the flood (tenant ``bulk``), then the probe as ``probe_tenant``; returns the probe's
     latency and how many flood activities were done when it finished."""
-    floods = [
-        await _start(client, task_queue, _flood(unique("flood")), "bulk") for _ in range(FLOOD_RUNS)
-    ]
+    floods = [await _start(client, task_queue, _flood(unique("flood")), "bulk") for _ in range(FLOOD_RUNS)]
     # The flood is queued in the server once every item is scheduled and a few have run.
     await eventually(lambda: _flood_done(floods), lambda n: n >= 4, timeout=60, what="flood under way")
     began = time.monotonic()
