@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, assert_never, runtime_checkable
 
 from pydantic import TypeAdapter
 
@@ -35,6 +35,7 @@ from interpreter.continuation import (
 from interpreter.durations import format_duration, parse_duration
 from interpreter.inert import make_inert
 from interpreter.model import (
+    MAX_SUBFLOW_DEPTH,
     ApprovalStep,
     Branch,
     ConditionStep,
@@ -50,6 +51,7 @@ from interpreter.model import (
     RetryPolicy,
     SetStep,
     Step,
+    SubflowStep,
     SucceedStep,
     SwitchStep,
     TaskStep,
@@ -196,6 +198,53 @@ class Runtime(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SubflowCall:
+    """A child run the engine asks the runtime to start (a ``subflow`` step).
+
+    Attributes:
+        workflow_id: The child's workflow id: the parent's, ``/`` and the step path (plus ``#n`` on
+            the n-th visit), so a retried start finds the same child.
+        depth: The child's subflow depth (see :data:`interpreter.model.MAX_SUBFLOW_DEPTH`).
+    """
+
+    step_id: str
+    path: str
+    definition: str
+    version: int | None
+    input: dict[str, Any]
+    wait: bool
+    workflow_id: str
+    activity_id: str
+    depth: int
+    summary: str
+
+
+class SubflowFailedError(Exception):
+    """Raised by a runtime when a subflow could not start (unknown definition...) or its child
+    run failed; ``error_type`` names which."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+
+
+@runtime_checkable
+class SubflowRuntime(Protocol):
+    """A runtime that can run sub-workflows (the Temporal host can; a runtime without it fails a
+    ``subflow`` step with ``SubflowUnsupported``)."""
+
+    async def run_subflow(self, call: SubflowCall) -> dict[str, Any]:
+        """Starts the child run (resolving its definition in the run's tenant) and, when
+        ``call.wait``, waits for it; returns the step's output.
+
+        Raises:
+            SubflowFailedError: When it cannot start, or the waited-for child failed.
+        """
+        ...
+
+
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
 """Reads a carried compensation's step back (see :meth:`Engine.continuation`)."""
 
@@ -290,6 +339,8 @@ class RunInfo:
     run_id: str
     started_at: datetime
     tenant: str = "default"
+    subflow_depth: int = 0
+    """0 for a run started by a client; n for a run started by a subflow step at depth n - 1."""
 
 
 class DecisionError(ValueError):
@@ -919,7 +970,47 @@ class Engine:
         if isinstance(step, FailStep):
             message = self._render(step.message, self._context(scope))
             raise _RunFailed(str(message), step.error_type)
+        if isinstance(step, SubflowStep):
+            return await self._subflow(step, scope, path, record, visit)
         assert_never(step)
+
+    async def _subflow(
+        self, step: SubflowStep, scope: _Scope, path: str, record: StepRecord, visit: int
+    ) -> Any:
+        depth = self.info.subflow_depth + 1
+        if depth > MAX_SUBFLOW_DEPTH:
+            raise _RunFailed(
+                f"step {path!r}: subflow {step.definition!r} would run at depth {depth},"
+                f" deeper than {MAX_SUBFLOW_DEPTH} sub-workflows",
+                "SubflowDepthExceeded",
+            )
+        runtime = self.runtime
+        if not isinstance(runtime, SubflowRuntime):
+            raise _RunFailed(f"step {path!r}: this runtime cannot run sub-workflows", "SubflowUnsupported")
+        suffix = f"#{visit}" if visit > 1 else ""
+        call = SubflowCall(
+            step_id=step.id,
+            path=path,
+            definition=step.definition,
+            version=step.version,
+            input=self._render(dict(step.input), self._context(scope)),
+            wait=step.wait,
+            workflow_id=f"{self.info.workflow_id}/{path}{suffix}",
+            activity_id=f"{path}{suffix}/subflow",
+            depth=depth,
+            summary=f"{step.label} (subflow {step.definition}{'' if step.version is None else f'@{step.version}'})",
+        )
+        try:
+            output = await runtime.run_subflow(call)
+        except SubflowFailedError as failure:
+            self._finish(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
+            message = f"step {path!r}: {failure.message}"
+            if step.on_failure == "continue":
+                return None
+            if isinstance(step.on_failure, Goto):
+                raise _Jump(step.on_failure.goto) from None
+            raise _RunFailed(message, failure.error_type) from None
+        return make_inert(output)
 
     async def _branch(
         self, branch: Branch | None, scope: _Scope, record: StepRecord, taken: dict[str, Any]

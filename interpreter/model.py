@@ -556,6 +556,35 @@ class FailStep(StepBase):
     error_type: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")] = "WorkflowFailed"
 
 
+OnSubflowFailure = Literal["fail", "continue"] | Goto
+
+MAX_SUBFLOW_DEPTH = 5
+"""How deep sub-workflows may nest: a run started by a ``subflow`` step is at depth 1, its own
+subflow at depth 2, and so on; a subflow step that would start a run deeper fails its step with
+``SubflowDepthExceeded`` (a definition that calls itself ends there, not in a runaway)."""
+
+
+class SubflowStep(StepBase):
+    """Run another definition of the same tenant's registry as a child workflow.
+
+    ``definition`` names it; ``version`` pins a version (else the active version when the step
+    starts, recorded in history). ``input`` is the child's run input (templated, like a task's).
+    With ``wait`` (the default) the step waits for the child and its output is
+    ``{"workflow_id", "run_id", "state", "output"}``; a child that fails fails the step, and
+    ``on_failure`` applies (``fail``, ``continue`` or a ``goto``). With ``wait: false`` the child
+    is started detached (it outlives the parent) and the output is ``{"workflow_id", "run_id",
+    "state": "started"}``. Cancelling the parent cancels a waited-for child: the child runs its own
+    compensations, then the parent runs its own.
+    """
+
+    type: Literal["subflow"]
+    definition: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
+    version: int | None = Field(default=None, ge=1)
+    input: dict[str, TemplatedValue] = Field(default_factory=dict)
+    wait: bool = True
+    on_failure: OnSubflowFailure = "fail"
+
+
 Step = Annotated[
     TaskStep
     | ConditionStep
@@ -566,7 +595,8 @@ Step = Annotated[
     | ApprovalStep
     | SetStep
     | SucceedStep
-    | FailStep,
+    | FailStep
+    | SubflowStep,
     Field(discriminator="type"),
 ]
 
@@ -581,6 +611,7 @@ STEP_TYPES = (
     "set",
     "succeed",
     "fail",
+    "subflow",
 )
 
 
@@ -689,7 +720,7 @@ def children(step: Step) -> list[tuple[str, list[Step], str]]:
             out.append((".escalation.steps", step.escalation.steps, "escalation"))
         if step.compensate:
             out.append((".compensate", step.compensate, "compensate"))
-    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep):
+    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep | SubflowStep):
         pass  # no nested steps
     else:
         assert_never(step)
@@ -722,6 +753,9 @@ def jump_targets(step: Step) -> list[tuple[str, str]]:
             out.append((".on_timeout.goto", step.on_timeout.goto))
         if isinstance(step.on_reject, Goto):
             out.append((".on_reject.goto", step.on_reject.goto))
+    elif isinstance(step, SubflowStep):
+        if isinstance(step.on_failure, Goto):
+            out.append((".on_failure.goto", step.on_failure.goto))
     elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
         pass  # no jumps besides next
     else:

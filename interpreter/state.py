@@ -273,6 +273,8 @@ class RunOptions(BaseModel):
     current_step: CurrentStepTracking = CurrentStepTracking.WAITS
     tenant: str = Field(default="default", min_length=1, max_length=100)
     decision_proof: bool = False
+    subflow_depth: int = Field(default=0, ge=0, le=100)
+    """0 for a run a client started; n for a run a ``subflow`` step started at depth n - 1."""
 
 
 class RunInput(BaseModel):
@@ -384,3 +386,20 @@ class DeadLetterResolution(BaseModel):
 
 
 RunStatus.model_rebuild()
+
+
+class SubflowLookup(BaseModel):
+    """Input of the ``subflow_resolve`` activity: which definition a ``subflow`` step starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    definition: str
+    version: int | None = None
+
+
+class SubflowDefinition(BaseModel):
+    """Output of ``subflow_resolve``: the definition (``version`` = the registry's) and its hash."""
+
+    definition: Definition
+    content_hash: str

@@ -31,6 +31,7 @@ from interpreter.model import (
     ParallelStep,
     SetStep,
     Step,
+    SubflowStep,
     SucceedStep,
     SwitchStep,
     TaskStep,
@@ -372,7 +373,8 @@ def _check_step(
         | ApprovalStep
         | SetStep
         | SucceedStep
-        | FailStep,
+        | FailStep
+        | SubflowStep,
     ):
         pass  # their rules are the model's and the tree's
     else:
@@ -409,6 +411,8 @@ def _texts(step: Step) -> list[tuple[str, str]]:
             )
     elif isinstance(step, ApprovalStep):
         out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, SubflowStep):
+        out.extend((f".input{p}", t) for p, t in template_strings(step.input))
     elif isinstance(step, ParallelStep):
         pass  # only nested steps
     else:

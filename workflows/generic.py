@@ -25,8 +25,23 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import Priority, RawValue, RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.common import (
+    Priority,
+    RawValue,
+    RetryPolicy,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    RetryState,
+    WorkflowAlreadyStartedError,
+)
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -43,6 +58,8 @@ with workflow.unsafe.imports_passed_through():
         Engine,
         RunInfo,
         StoreFailedError,
+        SubflowCall,
+        SubflowFailedError,
     )
     from interpreter.state import (
         FINAL_STATES,
@@ -58,9 +75,12 @@ with workflow.unsafe.imports_passed_through():
         DecisionRequest,
         ParkedStep,
         RunInput,
+        RunOptions,
         RunResult,
         RunState,
         RunStatus,
+        SubflowDefinition,
+        SubflowLookup,
         clip,
         decision_size_problem,
     )
@@ -92,6 +112,7 @@ PROOF_REQUIRED = "proof required: use the decide/cancel_run update with a token"
 carry a token: they would write it into history, where anyone reading it could replay it)."""
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
+SUBFLOW_RESOLVE = "subflow_resolve"
 
 # Recording a dead letter must not be lost to a database outage: retry until it is back (capped
 # backoff); the run stays parked meanwhile and the pending activity shows the error in the Web UI.
@@ -145,10 +166,12 @@ class _TemporalRuntime:
         on_change: Callable[[], None],
         on_wait_change: Callable[[], None],
         priority: Priority = Priority.default,
+        options: RunOptions | None = None,
     ) -> None:
         self._on_change = on_change
         self._on_wait_change = on_wait_change
         self._priority = priority
+        self._options = options or RunOptions()
 
     def now(self) -> Any:
         return workflow.now()
@@ -232,6 +255,99 @@ class _TemporalRuntime:
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
+    async def run_subflow(self, call: SubflowCall) -> dict[str, Any]:
+        """Resolves the child's definition in this run's tenant (a recorded activity), starts it
+        as a child workflow (same task queue, tenant and proof setting; one depth deeper) and,
+        when the step waits, awaits its result.
+
+        A waited-for child is cancelled with its parent (the parent waits until the child has run
+        its compensations) and cancelled if the parent closes first; a detached child is
+        abandoned: it outlives the parent.
+        """
+        tenant = self._options.tenant
+        try:
+            resolved: SubflowDefinition = await workflow.execute_activity(
+                SUBFLOW_RESOLVE,
+                SubflowLookup(tenant=tenant, definition=call.definition, version=call.version),
+                result_type=SubflowDefinition,
+                activity_id=call.activity_id,
+                summary=f"{call.summary}: resolve",
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_STORE_RETRY,
+                priority=self._priority,
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            kind = (cause.type if isinstance(cause, ApplicationError) else None) or "SubflowResolveError"
+            raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
+        child = resolved.definition
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(DEFINITION_NAME, child.name),
+                SearchAttributePair(DEFINITION_VERSION, child.version),
+                SearchAttributePair(DEFINITION_HASH, resolved.content_hash),
+                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+                SearchAttributePair(AWAITING_APPROVAL, False),
+                SearchAttributePair(CURRENT_STEP, ""),
+                SearchAttributePair(TENANT, tenant),
+            ]
+        )
+        try:
+            handle = await workflow.start_child_workflow(
+                RunDefinitionWorkflow.run,
+                RunInput(
+                    definition=child,
+                    input=call.input,
+                    options=self._options.model_copy(update={"subflow_depth": call.depth}),
+                ),
+                id=call.workflow_id,
+                task_queue=workflow.info().task_queue,
+                search_attributes=attributes,
+                memo={
+                    "definition": child.name,
+                    "version": child.version,
+                    "hash": resolved.content_hash,
+                    "tenant": tenant,
+                    "source": "subflow",
+                },
+                static_summary=f"{child.name} v{child.version} (subflow of {workflow.info().workflow_id})",
+                parent_close_policy=(
+                    workflow.ParentClosePolicy.REQUEST_CANCEL
+                    if call.wait
+                    else workflow.ParentClosePolicy.ABANDON
+                ),
+                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                priority=run_priority(tenant, child.priority),
+            )
+        except WorkflowAlreadyStartedError:
+            raise SubflowFailedError(
+                f"subflow {call.definition!r}: a run with id {call.workflow_id!r} already exists",
+                "SubflowAlreadyStarted",
+            ) from None
+        ids = {"workflow_id": handle.id, "run_id": handle.first_execution_run_id}
+        if not call.wait:
+            return {**ids, "state": "started"}
+        try:
+            result: RunResult = await handle
+        except ChildWorkflowError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            kind = (cause.type if isinstance(cause, ApplicationError) else None) or type(
+                cause or err
+            ).__name__
+            # A nested subflow's failure keeps its own type (SubflowDepthExceeded, Subflow.X).
+            raise SubflowFailedError(
+                f"subflow {child.name!r} ({handle.id}) failed: {message}",
+                kind if kind.startswith("Subflow") else f"Subflow.{kind}",
+            ) from None
+        return {**ids, "state": result.state.value, "output": result.output}
+
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
         # change applies there, with no marker to record (a refusal writes nothing to history).
@@ -256,13 +372,17 @@ class RunDefinitionWorkflow:
             except (ContinuationVersionError, ValidationError, ValueError) as err:
                 self._resume_problem = clip(str(err))
         runtime = _TemporalRuntime(
-            self._publish, self._publish_wait, run_priority(run.options.tenant, run.definition.priority)
+            self._publish,
+            self._publish_wait,
+            run_priority(run.options.tenant, run.definition.priority),
+            run.options,
         )
         run_info = RunInfo(
             workflow_id=info.workflow_id,
             run_id=info.run_id,
             started_at=info.start_time,
             tenant=run.options.tenant,
+            subflow_depth=run.options.subflow_depth,
         )
         try:
             self._engine = Engine(
