@@ -29,6 +29,9 @@ Configuration comes from the environment:
   the issuer they must name (default ``wfa``); ``WFA_REQUIRE_DECISION_PROOF=1`` makes this worker
   require a token on every decide and cancel_run update, whatever the run's options say.
 
+- ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID``: poll as this Worker Deployment Version (Temporal's
+  Worker Versioning; runs are auto-upgrade). Unset: an unversioned worker.
+
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 ``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
 """
@@ -48,8 +51,9 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
@@ -127,6 +131,28 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+DEPLOYMENT_NAME_ENV = "WFA_DEPLOYMENT_NAME"
+"""Worker Deployment Versioning: the deployment this worker belongs to (with ``WFA_BUILD_ID``)."""
+BUILD_ID_ENV = "WFA_BUILD_ID"
+"""Worker Deployment Versioning: this worker's build id (the version of the interpreter it runs)."""
+
+
+def deployment_from_env(environ: Mapping[str, str]) -> WorkerDeploymentVersion | None:
+    """The worker's deployment version from ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID`` (both or
+    neither; None: an unversioned worker).
+
+    Raises:
+        ValueError: Only one of the two is set.
+    """
+    name = environ.get(DEPLOYMENT_NAME_ENV, "").strip()
+    build = environ.get(BUILD_ID_ENV, "").strip()
+    if not name and not build:
+        return None
+    if not name or not build:
+        raise ValueError(f"set both {DEPLOYMENT_NAME_ENV} and {BUILD_ID_ENV} (or neither)")
+    return WorkerDeploymentVersion(deployment_name=name, build_id=build)
+
+
 def build_worker(
     client: Client,
     task_queue: str,
@@ -136,6 +162,7 @@ def build_worker(
     extra_workflows: Sequence[type] = (),
     extra_activities: Sequence[Callable[..., Any]] = (),
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
+    deployment: WorkerDeploymentVersion | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -147,7 +174,19 @@ def build_worker(
         extra_workflows: More workflows on the same worker (benchmarks, tests).
         extra_activities: More activities on the same worker.
         graceful_shutdown_timeout: How long in-flight activities may finish on shutdown.
+        deployment: Poll as this Worker Deployment Version (see the README's *Evolving the
+            interpreter*): runs are auto-upgrade, so a waiting run moves to the deployment's
+            current version at its next workflow task. None: an unversioned worker.
     """
+    versioning = (
+        None
+        if deployment is None
+        else WorkerDeploymentConfig(
+            version=deployment,
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+        )
+    )
     return Worker(
         client,
         task_queue=task_queue,
@@ -159,6 +198,7 @@ def build_worker(
         ],
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
+        deployment_config=versioning,
     )
 
 
@@ -202,6 +242,7 @@ async def main() -> int:
     grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
     try:
         verifier = load_decision_verifier(os.environ)
+        deployment = deployment_from_env(os.environ)
     except ValueError as err:
         log.error("%s", err)
         return 2
@@ -267,16 +308,18 @@ async def main() -> int:
                     http_client,
                     session_factory=database.session_factory if database else None,
                     graceful_shutdown_timeout=grace,
+                    deployment=deployment,
                 )
             )
         for namespace, client in clients.items():
             tenants = scope.tenants_of(namespace)
             log.info(
-                "worker polling %s on %s (namespace %s, tenants %s)",
+                "worker polling %s on %s (namespace %s, tenants %s, deployment %s)",
                 task_queue,
                 client.service_client.config.target_host,
                 namespace,
                 "any" if tenants is None else ", ".join(tenants),
+                "none" if deployment is None else f"{deployment.deployment_name}@{deployment.build_id}",
             )
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         stopped = asyncio.create_task(stop.wait())
