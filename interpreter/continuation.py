@@ -23,6 +23,7 @@ of guessing.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -141,4 +142,6 @@ def read_continuation(data: dict[str, Any]) -> Continuation:
             f"the run was continued with a snapshot of version {version!r}; this interpreter reads"
             f" version {SNAPSHOT_VERSION} (deploy the newer worker)"
         )
-    return Continuation.model_validate(data)
+    # Validated as the JSON it came as: the definition models are strict, so an enum (a form
+    # field's type) is accepted from its JSON string only this way.
+    return Continuation.model_validate_json(json.dumps(data))

@@ -112,6 +112,10 @@ async def test_a_pending_approval_resumes_with_its_deadline_and_a_decision_taken
             "gate",
             ["alice"],
             timeout="10h",
+            fields=[
+                {"name": "note", "type": "string"},
+                {"name": "level", "type": "enum", "values": ["a", "b"]},
+            ],
             escalation={
                 "after": "1h",
                 "max_escalations": 5,
