@@ -29,6 +29,11 @@ LIMITS = {
     "limit.historyCount.suggestContinueAsNew": SUGGEST_CONTINUE_AS_NEW,
     # Fairness keys are honoured by matching only when this is on (server 1.29+).
     "matching.enableFairness": "true",
+    # One partition per task queue: fairness orders each partition's backlog, and a poller takes
+    # from one partition at a time, so with several the measured order depends on the partition a
+    # task lands in.
+    "matching.numTaskqueueReadPartitions": 1,
+    "matching.numTaskqueueWritePartitions": 1,
 }
 
 
