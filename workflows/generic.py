@@ -113,6 +113,8 @@ carry a token: they would write it into history, where anyone reading it could r
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
 SUBFLOW_RESOLVE = "subflow_resolve"
+USED_TOKENS_KIND = "used_decision_tokens"
+"""Key of the spent decision tokens' ids in a continue-as-new snapshot (``Continuation.kinds``)."""
 
 # Recording a dead letter must not be lost to a database outage: retry until it is back (capped
 # backoff); the run stays parked meanwhile and the pending activity shows the error in the Web UI.
@@ -409,7 +411,9 @@ class RunDefinitionWorkflow:
         self._handoff: asyncio.Task[None] | None = None
         self._tenant = run.options.tenant
         self._proof_required = run.options.decision_proof
-        self._used_tokens: dict[str, None] = {}
+        self._used_tokens: dict[str, None] = dict.fromkeys(
+            [] if resume is None else [str(j) for j in resume.kinds.get(USED_TOKENS_KIND, [])]
+        )
         """The ``jti`` of every token an accepted update carried: a token proves one decision."""
 
     @workflow.run
@@ -467,6 +471,8 @@ class RunDefinitionWorkflow:
         finished, so a decision accepted during the switch travels in it). Same workflow id; the
         search attributes travel explicitly, as published."""
         snapshot = self._engine.continuation()
+        # The host's own state travels too: a token spent in an earlier run stays spent.
+        snapshot.kinds[USED_TOKENS_KIND] = list(self._used_tokens)
         workflow.logger.info(
             "continuing as new at step %d (generation %d)", snapshot.position, snapshot.generation
         )
