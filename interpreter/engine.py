@@ -525,6 +525,8 @@ class Engine:
         }
         self._continue_as_new = continue_as_new
         self._continue_declined = False
+        self._keep_waits = False
+        """Set when the run continues as new while waiting: the wait is not unmarked."""
         self._top_step: Step | None = None
         self._start_position = 0
         self._carried_approval: _Approval | None = None
@@ -1247,8 +1249,9 @@ class Engine:
         try:
             yield
         finally:
-            self.waiting.pop(path, None)
-            self.runtime.waiting_changed()
+            if not self._keep_waits:
+                self.waiting.pop(path, None)
+                self.runtime.waiting_changed()
 
     def _waiting_state(self) -> RunState:
         if self._parked:
@@ -1479,10 +1482,12 @@ class Engine:
                         timeout_s,
                         f"{step.label}: awaiting approval",
                     )
-                if decided and approval.decision is None:
-                    if self._should_continue():  # a safe point: nothing else of the run is in flight
-                        continuing = True
+                    # A safe point: nothing else of the run is in flight. The wait stays marked
+                    # (CurrentStep does not flap): the next run waits here again.
+                    if decided and approval.decision is None and self._should_continue():
+                        continuing = self._keep_waits = True
                         raise _ContinueAsNew(self._position_of(step), approval)
+                if decided and approval.decision is None:
                     continue
                 if decided:
                     break

@@ -5,12 +5,14 @@ status query and search attributes stay right, and the chain's histories replay.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -223,6 +225,18 @@ async def test_an_approval_stays_pending_across_continue_as_new_and_a_decision_a
     runs = await _chain(limited_client, handle.id)
     assert len(runs) >= 2
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    # CurrentStep does not flap at the switch: the first run (which continued while the approval
+    # waited, before any decision was sent) did not unset it last.
+    first_run, first_state = runs[0]
+    assert first_state == WorkflowExecutionStatus.CONTINUED_AS_NEW
+    history = await limited_client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
+    upserts = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    steps = [json.loads(f["CurrentStep"].data) for f in upserts if "CurrentStep" in f]
+    assert steps[-1] == "gate", steps
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
 
