@@ -322,7 +322,9 @@ class _TemporalRuntime:
                     else workflow.ParentClosePolicy.ABANDON
                 ),
                 cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                # A parent re-run under its business key (after a failure) reuses the ids of its
+                # earlier children once they closed; one still running is reported, not joined.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 priority=run_priority(tenant, child.priority),
             )
         except WorkflowAlreadyStartedError:

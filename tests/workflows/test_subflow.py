@@ -216,3 +216,20 @@ async def test_cancelling_the_parent_cancels_the_child_and_both_compensate(
     assert parent_undo[0].started_at >= child_undo[0].finished_at
     child_desc = await client.get_workflow_handle(child_run.workflow_id).describe()
     assert child_desc.status == WorkflowExecutionStatus.CANCELED
+
+
+async def test_a_parent_run_again_under_its_business_key_starts_its_subflow_again(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    child = unique("child")
+    await flows.register(_child(child, "one"), author="ann")
+    doc = _parent(unique("parent"), child)
+    doc["steps"].append({"id": "maybe", "type": "fail", "message": "asked to fail", "when": "input.fail"})
+    key = unique("order")
+    first = await flows.start_run(doc, {"n": 1, "fail": True}, workflow_id=key)
+    assert (await first.result(timeout=60)).state == RunState.FAILED  # after its child completed
+    again = await flows.start_run(doc, {"n": 2, "fail": False}, workflow_id=key)
+    result = await again.result(timeout=60)
+    assert result.state == RunState.COMPLETED
+    assert result.output["child"]["output"]["doubled"] == 4
+    assert result.output["child"]["workflow_id"] == f"{key}/sub"
