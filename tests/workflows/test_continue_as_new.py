@@ -20,7 +20,7 @@ from temporalio.worker import Replayer, Worker
 
 from interpreter.state import RunState, StepStatus
 from tests.workflows.limited_server import HISTORY_ERROR, limited_env  # noqa: F401
-from tests.workflows.support import Handle, definition, eventually, start, status, unique
+from tests.workflows.support import Handle, definition, eventually, failure_of, start, status, unique
 from worker import build_worker, workflow_runner
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE, TENANT
@@ -247,3 +247,25 @@ async def test_a_run_within_its_budget_does_not_continue_as_new(
     result = await handle.result()
     assert result.output == {"n": 5, "total": 10, "first": "completed"}
     assert [s for _, s in await _chain(limited_client, handle.id)] == [WorkflowExecutionStatus.COMPLETED]
+
+
+async def test_a_compensation_registered_before_the_switch_runs_when_a_later_run_is_cancelled(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    document = _reminders(unique("undo"))
+    document["steps"][0]["compensate"] = [
+        {"id": "unbook", "type": "task", "action": "echo", "input": {"value": "{{ steps.prep.output }}"}}
+    ]
+    handle = await start(limited_client, task_queue, document, execution_timeout=timedelta(minutes=5))
+    await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= 1 and bool(s.pending_approvals),
+        timeout=120,
+        what="the run continued as new with the approval pending",
+    )
+    await handle.signal("cancel", {"actor": "ops", "reason": "no longer needed"})
+    _, result = await failure_of(handle)
+    assert result is not None
+    assert result.state == RunState.CANCELLED
+    undo = [r for r in result.steps if r.id == "unbook"]
+    assert [(r.status, r.output) for r in undo] == [(StepStatus.COMPLETED, "ready")]
