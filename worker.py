@@ -36,6 +36,9 @@ Configuration comes from the environment:
   the issuer they must name (default ``wfa``); ``WFA_REQUIRE_DECISION_PROOF=1`` makes this worker
   require a token on every decide and cancel_run update, whatever the run's options say.
 
+- ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID``: poll as this Worker Deployment Version (Temporal's
+  Worker Versioning; runs are auto-upgrade). Unset: an unversioned worker.
+
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 ``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
 """
@@ -55,8 +58,9 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
@@ -142,6 +146,28 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+DEPLOYMENT_NAME_ENV = "WFA_DEPLOYMENT_NAME"
+"""Worker Deployment Versioning: the deployment this worker belongs to (with ``WFA_BUILD_ID``)."""
+BUILD_ID_ENV = "WFA_BUILD_ID"
+"""Worker Deployment Versioning: this worker's build id (the version of the interpreter it runs)."""
+
+
+def deployment_from_env(environ: Mapping[str, str]) -> WorkerDeploymentVersion | None:
+    """The worker's deployment version from ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID`` (both or
+    neither; None: an unversioned worker).
+
+    Raises:
+        ValueError: Only one of the two is set.
+    """
+    name = environ.get(DEPLOYMENT_NAME_ENV, "").strip()
+    build = environ.get(BUILD_ID_ENV, "").strip()
+    if not name and not build:
+        return None
+    if not name or not build:
+        raise ValueError(f"set both {DEPLOYMENT_NAME_ENV} and {BUILD_ID_ENV} (or neither)")
+    return WorkerDeploymentVersion(deployment_name=name, build_id=build)
+
+
 def build_worker(
     client: Client,
     task_queue: str,
@@ -153,6 +179,7 @@ def build_worker(
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
     outbound_policy: OutboundPolicy | None = None,
     sql: SqlActions | None = None,
+    deployment: WorkerDeploymentVersion | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -169,7 +196,19 @@ def build_worker(
         sql: The ``sql`` action's database pools (closed by the caller).
 
     The registered action plugins (:func:`interpreter.actions.action_plugins`) are served too.
+        deployment: Poll as this Worker Deployment Version (see the README's *Evolving the
+            interpreter*): runs are auto-upgrade, so a waiting run moves to the deployment's
+            current version at its next workflow task. None: an unversioned worker.
     """
+    versioning = (
+        None
+        if deployment is None
+        else WorkerDeploymentConfig(
+            version=deployment,
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+        )
+    )
     return Worker(
         client,
         task_queue=task_queue,
@@ -184,6 +223,7 @@ def build_worker(
         ],
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
+        deployment_config=versioning,
     )
 
 
@@ -227,6 +267,7 @@ async def main() -> int:
     grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
     try:
         verifier = load_decision_verifier(os.environ)
+        deployment = deployment_from_env(os.environ)
     except ValueError as err:
         log.error("%s", err)
         return 2
@@ -309,16 +350,18 @@ async def main() -> int:
                     graceful_shutdown_timeout=grace,
                     outbound_policy=policies[namespace],
                     sql=sql,
+                    deployment=deployment,
                 )
             )
         for namespace, client in clients.items():
             tenants = scope.tenants_of(namespace)
             log.info(
-                "worker polling %s on %s (namespace %s, tenants %s)",
+                "worker polling %s on %s (namespace %s, tenants %s, deployment %s)",
                 task_queue,
                 client.service_client.config.target_host,
                 namespace,
                 "any" if tenants is None else ", ".join(tenants),
+                "none" if deployment is None else f"{deployment.deployment_name}@{deployment.build_id}",
             )
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         stopped = asyncio.create_task(stop.wait())

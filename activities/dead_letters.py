@@ -22,6 +22,7 @@ from activities.base import check_tenant_scope
 from activities.store.database import SessionFactory
 from activities.store.errors import DeadLetterNotFoundError, InvalidTenantError
 from activities.store.repository import park_dead_letter, resolve_dead_letter
+from activities.subflows import build_subflow_activities
 from interpreter.state import DeadLetterRecord, DeadLetterResolution
 
 __all__ = ["DEAD_LETTER_PARK", "DEAD_LETTER_RESOLVE", "DeadLetterActivities", "build_store_activities"]
@@ -93,6 +94,7 @@ class DeadLetterActivities:
 
 def build_store_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:
     """The store's activities, ready for ``Worker(activities=...)`` (or ``build_worker(...,
-    extra_activities=...)``): ``dead_letter_park`` and ``dead_letter_resolve``."""
+    extra_activities=...)``): ``dead_letter_park``, ``dead_letter_resolve`` and ``subflow_resolve``."""
     activities = DeadLetterActivities(session_factory)
-    return [activities.park, activities.resolve]
+    # The subflow step's definition lookup reads the same store (see activities/subflows.py).
+    return [activities.park, activities.resolve, *build_subflow_activities(session_factory)]

@@ -13,19 +13,30 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, assert_never, runtime_checkable
+
+from pydantic import TypeAdapter
 
 from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult, static_input_fields
 from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
+from interpreter.continuation import (
+    MAX_CARRIED_RECORDS,
+    CarriedApproval,
+    CarriedCompensation,
+    CarriedScope,
+    Continuation,
+)
 from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription
 from interpreter.inert import make_inert
 from interpreter.model import (
+    MAX_SUBFLOW_DEPTH,
     ApprovalStep,
     Branch,
     ConditionStep,
@@ -41,6 +52,7 @@ from interpreter.model import (
     RetryPolicy,
     SetStep,
     Step,
+    SubflowStep,
     SucceedStep,
     SwitchStep,
     TaskStep,
@@ -97,6 +109,17 @@ step that evaluates fails instead, with a message that says so."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
+
+PATCH_CONTINUE_AS_NEW = "continue-as-new"
+"""Patch id: the run continues as new at a safe point when its host asks (history budget, or
+Temporal's suggestion). Asked only at the moment it would continue, so runs that never reach that
+point carry no marker, and a history recorded before the change replays as it went on."""
+
+
+CONSUMED_EVENTS_KIND = "consumed_events"
+"""Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
+MAX_CARRIED_EVENT_IDS = 1000
+"""Most consumed event ids a run carries across continue-as-new (the most recent)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +223,56 @@ class Runtime(Protocol):
         """
         ...
 
+
+@dataclass(frozen=True)
+class SubflowCall:
+    """A child run the engine asks the runtime to start (a ``subflow`` step).
+
+    Attributes:
+        workflow_id: The child's workflow id: the parent's, ``/`` and the step path (plus ``#n`` on
+            the n-th visit), so a retried start finds the same child.
+        depth: The child's subflow depth (see :data:`interpreter.model.MAX_SUBFLOW_DEPTH`).
+    """
+
+    step_id: str
+    path: str
+    definition: str
+    version: int | None
+    input: dict[str, Any]
+    wait: bool
+    workflow_id: str
+    activity_id: str
+    depth: int
+    summary: str
+
+
+class SubflowFailedError(Exception):
+    """Raised by a runtime when a subflow could not start (unknown definition...) or its child
+    run failed; ``error_type`` names which."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+
+
+@runtime_checkable
+class SubflowRuntime(Protocol):
+    """A runtime that can run sub-workflows (the Temporal host can; a runtime without it fails a
+    ``subflow`` step with ``SubflowUnsupported``)."""
+
+    async def run_subflow(self, call: SubflowCall) -> dict[str, Any]:
+        """Starts the child run (resolving its definition in the run's tenant) and, when
+        ``call.wait``, waits for it; returns the step's output.
+
+        Raises:
+            SubflowFailedError: When it cannot start, or the waited-for child failed.
+        """
+        ...
+
+
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
+"""Reads a carried compensation's step back (see :meth:`Engine.continuation`)."""
 
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -316,6 +389,8 @@ class RunInfo:
     created_at: datetime | None = None
     """When the run was started (its start request), which may be well before ``started_at``, its
     first workflow task: a ``cancel_on`` event published in between must count."""
+    subflow_depth: int = 0
+    """0 for a run started by a client; n for a run started by a subflow step at depth n - 1."""
 
 
 class DecisionError(ValueError):
@@ -347,6 +422,13 @@ class _RunFailed(Exception):
 
 class _CompensateAndEnd(_RunFailed):
     pass
+
+
+class _ContinueAsNew(Exception):  # control flow: the run stops at a safe point and continues as new
+    def __init__(self, position: int, approval: _Approval | None = None) -> None:
+        super().__init__("continue as new")
+        self.position = position
+        self.approval = approval
 
 
 class StoreFailedError(_RunFailed):
@@ -440,8 +522,24 @@ class Engine:
     """Runs one definition against one runtime. Create one per run."""
 
     def __init__(
-        self, definition: Definition, run_input: Mapping[str, Any], runtime: Runtime, info: RunInfo
+        self,
+        definition: Definition,
+        run_input: Mapping[str, Any],
+        runtime: Runtime,
+        info: RunInfo,
+        *,
+        continue_as_new: Callable[[], bool] | None = None,
+        resume: Continuation | None = None,
     ) -> None:
+        """Prepares a run (or the continuation of one).
+
+        Args:
+            continue_as_new: Asked at safe points (between top-level steps, and while a top-level
+                approval waits) whether the run should continue as new now; it must be cheap and
+                deterministic. None: the run never continues as new.
+            resume: The snapshot a previous run of the chain carried (see
+                :mod:`interpreter.continuation`).
+        """
         self.definition = definition
         # Data is inert from where it enters: a secret reference in it is text (interpreter/inert.py).
         self.input = make_inert(dict(run_input))
@@ -493,6 +591,19 @@ class Engine:
             "version": definition.version,
             "started_at": info.started_at.isoformat(),
         }
+        self._continue_as_new = continue_as_new
+        self._continue_declined = False
+        self._keep_waits = False
+        """Set when the run continues as new while waiting: the wait is not unmarked."""
+        self._top_step: Step | None = None
+        self._start_position = 0
+        self._carried_approval: _Approval | None = None
+        self._continuing: _ContinueAsNew | None = None
+        self._generation = 0
+        self._steps_dropped = 0
+        self._started_at = info.started_at
+        if resume is not None:
+            self._restore(resume)
 
     # ----------------------------------------------------------------------------------- the run
 
@@ -508,7 +619,7 @@ class Engine:
             try:
                 if self.definition.cancel_on:
                     await self._subscribe_cancel_on()
-                await self._sequence(self.definition.steps, self._root)
+                await self._sequence(self.definition.steps, self._root, top=True)
                 output = self.definition.output
                 self.output = (
                     dict(self.vars) if output is None else self._render(output, self._context(self._root))
@@ -537,7 +648,15 @@ class Engine:
             self._fail(f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled")
             await self._compensate()
             self._set_state(RunState.CANCELLED)
+        except _ContinueAsNew as point:
+            self._continuing = point  # the state stays as it is: the host continues the run as new
         return self.result()
+
+    @property
+    def continuing(self) -> bool:
+        """True when :meth:`run` returned at a safe point to continue as new (see
+        :meth:`continuation`)."""
+        return self._continuing is not None
 
     def result(self) -> RunResult:
         """The run's result as it stands."""
@@ -569,6 +688,8 @@ class Engine:
             error_type=self.error_type,
             cancelled_by=self.cancel_request,
             waiting_events=[w.view for w in self._event_waits.values()],
+            continued=self._generation,
+            steps_dropped=self._steps_dropped,
         )
 
     @property
@@ -686,10 +807,17 @@ class Engine:
 
     # ------------------------------------------------------------------------------ sequencing
 
-    async def _sequence(self, steps: list[Step], scope: _Scope) -> None:
+    async def _sequence(self, steps: list[Step], scope: _Scope, *, top: bool = False) -> None:
         index = {step.id: i for i, step in enumerate(steps)}
-        i = 0
+        i = self._start_position if top else 0
+        first = top
         while i < len(steps):
+            if top:
+                # A safe point: nothing else of the run is in flight between two top-level steps.
+                if not first and self._should_continue():
+                    raise _ContinueAsNew(i)
+                first = False
+                self._top_step = steps[i]
             try:
                 await self._step(steps[i], scope)
             except _Jump as jump:
@@ -705,6 +833,10 @@ class Engine:
             # the cancellation ends this wait (asyncio.CancelledError).
             await self.runtime.wait_condition(lambda: not self.hold_steps, None, "cancelling")
         path = scope.prefix + step.id
+        carried = self._carried_approval
+        if carried is not None and step is self._top_step and carried.view.path == path:
+            await self._resume_step(step, scope, path)
+            return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -727,8 +859,33 @@ class Engine:
             started_at=self.runtime.now(),
         )
         self.records.append(record)
+        await self._run_step(step, scope, path, record, visits, resumed=False)
+
+    async def _resume_step(self, step: Step, scope: _Scope, path: str) -> None:
+        """Goes on with the top-level step a previous run of the chain stopped in (continued as
+        new while it waited): its visit is counted and its record kept already."""
+        record = next(
+            (r for r in reversed(self.records) if r.path == path and r.status == StepStatus.WAITING), None
+        )
+        if record is None:  # dropped from the carried records: show the step again
+            assert self._carried_approval is not None
+            record = StepRecord(
+                id=step.id,
+                path=path,
+                type=step.type,
+                name=step.label,
+                status=StepStatus.WAITING,
+                started_at=self._carried_approval.view.since,
+            )
+            self.records.append(record)
+        await self._run_step(step, scope, path, record, self._visits.get(path, 1), resumed=True)
+
+    async def _run_step(
+        self, step: Step, scope: _Scope, path: str, record: StepRecord, visits: int, *, resumed: bool
+    ) -> None:
+        continuing = False
         try:
-            if step.when is not None and not self._evaluate(step.when, self._context(scope)):
+            if not resumed and step.when is not None and not self._evaluate(step.when, self._context(scope)):
                 self._finish(record, StepStatus.SKIPPED)
                 return
             self.active[path] = step.label
@@ -748,16 +905,20 @@ class Engine:
         except _RunFailed as failure:
             self._finish_open(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
             raise
+        except _ContinueAsNew:
+            continuing = True  # the step goes on in the next run: its record stays open
+            raise
         else:
             self._finish_open(record, StepStatus.COMPLETED, output=output)
         finally:
-            scope.steps[step.id] = {
-                "status": str(record.status),
-                "output": record.output,
-                "error": record.error,
-                "error_type": record.error_type,
-                "attempts": record.attempts,
-            }
+            if not continuing:
+                scope.steps[step.id] = {
+                    "status": str(record.status),
+                    "output": record.output,
+                    "error": record.error,
+                    "error_type": record.error_type,
+                    "attempts": record.attempts,
+                }
             if self.active.pop(path, None) is not None:
                 self.runtime.state_changed()
         scope.last_output = record.output
@@ -888,7 +1049,47 @@ class Engine:
         if isinstance(step, FailStep):
             message = self._render(step.message, self._context(scope))
             raise _RunFailed(str(message), step.error_type)
+        if isinstance(step, SubflowStep):
+            return await self._subflow(step, scope, path, record, visit)
         assert_never(step)
+
+    async def _subflow(
+        self, step: SubflowStep, scope: _Scope, path: str, record: StepRecord, visit: int
+    ) -> Any:
+        depth = self.info.subflow_depth + 1
+        if depth > MAX_SUBFLOW_DEPTH:
+            raise _RunFailed(
+                f"step {path!r}: subflow {step.definition!r} would run at depth {depth},"
+                f" deeper than {MAX_SUBFLOW_DEPTH} sub-workflows",
+                "SubflowDepthExceeded",
+            )
+        runtime = self.runtime
+        if not isinstance(runtime, SubflowRuntime):
+            raise _RunFailed(f"step {path!r}: this runtime cannot run sub-workflows", "SubflowUnsupported")
+        suffix = f"#{visit}" if visit > 1 else ""
+        call = SubflowCall(
+            step_id=step.id,
+            path=path,
+            definition=step.definition,
+            version=step.version,
+            input=self._render(dict(step.input), self._context(scope)),
+            wait=step.wait,
+            workflow_id=f"{self.info.workflow_id}/{path}{suffix}",
+            activity_id=f"{path}{suffix}/subflow",
+            depth=depth,
+            summary=f"{step.label} (subflow {step.definition}{'' if step.version is None else f'@{step.version}'})",
+        )
+        try:
+            output = await runtime.run_subflow(call)
+        except SubflowFailedError as failure:
+            self._finish(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
+            message = f"step {path!r}: {failure.message}"
+            if step.on_failure == "continue":
+                return None
+            if isinstance(step.on_failure, Goto):
+                raise _Jump(step.on_failure.goto) from None
+            raise _RunFailed(message, failure.error_type) from None
+        return make_inert(output)
 
     async def _branch(
         self, branch: Branch | None, scope: _Scope, record: StepRecord, taken: dict[str, Any]
@@ -1148,8 +1349,9 @@ class Engine:
         try:
             yield
         finally:
-            self.waiting.pop(path, None)
-            self.runtime.waiting_changed()
+            if not self._keep_waits:
+                self.waiting.pop(path, None)
+                self.runtime.waiting_changed()
 
     def _waiting_state(self) -> RunState:
         if self._parked:
@@ -1334,25 +1536,35 @@ class Engine:
         return output
 
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
-        start = self.runtime.now()
-        deadline = start + parse_duration(step.timeout) if step.timeout else None
-        approval = _Approval(
-            view=PendingApproval(
-                step_id=step.id,
-                path=path,
-                approvers=list(step.approvers),
-                message=str(self._render(step.message, self._context(scope))),
-                fields=None if step.fields is None else [f.name for f in step.form],
-                form=step.form,
-                since=start,
-                deadline=deadline,
-            ),
-            step=step,
-        )
+        carried = self._carried_approval
+        if carried is not None and carried.view.path == path and step is self._top_step:
+            # Continued as new while it waited: same view, deadline and escalations; a decision
+            # taken while the run switched is already in it.
+            self._carried_approval = None
+            approval = carried
+            start, deadline = approval.view.since, approval.view.deadline
+        else:
+            start = self.runtime.now()
+            deadline = start + parse_duration(step.timeout) if step.timeout else None
+            approval = _Approval(
+                view=PendingApproval(
+                    step_id=step.id,
+                    path=path,
+                    approvers=list(step.approvers),
+                    message=str(self._render(step.message, self._context(scope))),
+                    fields=None if step.fields is None else [f.name for f in step.form],
+                    form=step.form,
+                    since=start,
+                    deadline=deadline,
+                ),
+                step=step,
+            )
+        top = step is self._top_step and scope is self._root
         self._approvals[path] = approval
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
         self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
+        continuing = False
         try:
             while True:
                 now = self.runtime.now()
@@ -1366,8 +1578,17 @@ class Engine:
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
                 with self._waiting_at(path, step.label):
                     decided = await self.runtime.wait_condition(
-                        lambda: approval.decision is not None, timeout_s, f"{step.label}: awaiting approval"
+                        lambda: approval.decision is not None or (top and self._continue_wanted()),
+                        timeout_s,
+                        f"{step.label}: awaiting approval",
                     )
+                    # A safe point: nothing else of the run is in flight. The wait stays marked
+                    # (CurrentStep does not flap): the next run waits here again.
+                    if decided and approval.decision is None and self._should_continue():
+                        continuing = self._keep_waits = True
+                        raise _ContinueAsNew(self._position_of(step), approval)
+                if decided and approval.decision is None:
+                    continue
                 if decided:
                     break
                 if wake == deadline:
@@ -1381,9 +1602,10 @@ class Engine:
                     escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/")
                 )
         finally:
-            self._approvals.pop(path, None)
-            self._set_state(self._waiting_state())
-            self.runtime.state_changed()
+            if not continuing:  # a continued approval stays pending (and decidable) until the switch
+                self._approvals.pop(path, None)
+                self._set_state(self._waiting_state())
+                self.runtime.state_changed()
         assert approval.decision is not None
         kind, decision = approval.decision
         # The decision was checked against the declared form (check_decision): its data holds
@@ -1629,6 +1851,137 @@ class Engine:
         if isinstance(policy, Goto):
             raise _Jump(policy.goto)
         raise _RunFailed(f"step {path!r}: no event {step.event!r} within {step.timeout}", "EventTimedOut")
+
+    # ------------------------------------------------------------------------- continue-as-new
+
+    def _continue_wanted(self) -> bool:
+        """Whether the host asks to continue as new (read-only: safe inside a wait predicate)."""
+        return (
+            self._continue_as_new is not None
+            and not self._continue_declined
+            and not self._parked
+            and not self._recording
+            and self.cancel_request is None
+            and not self._event_waits  # a wait_for_event keeps its mailbox subscription: not now
+            and self._continue_as_new()
+        )
+
+    def _should_continue(self) -> bool:
+        """Whether to continue as new at this safe point (asks the patch only then)."""
+        if not self._continue_wanted():
+            return False
+        if not self.runtime.patched(PATCH_CONTINUE_AS_NEW):
+            self._continue_declined = True  # replaying a run recorded before continue-as-new
+            return False
+        return True
+
+    def _position_of(self, step: Step) -> int:
+        return next(i for i, s in enumerate(self.definition.steps) if s is step)
+
+    def continuation(self) -> Continuation:
+        """The snapshot the next run of the chain starts from (call once :attr:`continuing`, after
+        the host let every message handler finish: a decision taken meanwhile is in it)."""
+        point = self._continuing
+        assert point is not None, "the run is not continuing as new"
+        carried = None
+        if point.approval is not None:
+            kind, decision = point.approval.decision or (None, None)
+            carried = CarriedApproval(
+                position=point.position, view=point.approval.view, decided=kind, decision=decision
+            )
+        records = self.records[-MAX_CARRIED_RECORDS:]
+        return Continuation(
+            generation=self._generation + 1,
+            started_at=self._started_at,
+            position=point.position,
+            approval=carried,
+            vars=dict(self.vars),
+            steps=dict(self._root.steps),
+            last_output=self._root.last_output,
+            records=records,
+            steps_dropped=self._steps_dropped + len(self.records) - len(records),
+            visits=dict(self._visits),
+            parks=dict(self._parks),
+            executions=self._executions,
+            state_size=self._state_size,
+            compensations=[
+                CarriedCompensation(
+                    step=c.step.model_dump(mode="json", by_alias=True),
+                    path=c.path,
+                    scope=self._carry(c.scope),
+                )
+                for c in self._compensations
+            ],
+            decisions=list(self.decisions),
+            decisions_dropped=self.decisions_dropped,
+            refused_messages=list(self.refused_messages),
+            refused_messages_dropped=self.refused_messages_dropped,
+            cancel_request=self.cancel_request,
+            # The events this run consumed: a later wait's lookback must not take one again.
+            kinds={CONSUMED_EVENTS_KIND: list(self._consumed_events)[-MAX_CARRIED_EVENT_IDS:]},
+        )
+
+    def _carry(self, scope: _Scope) -> CarriedScope:
+        root = scope.steps is self._root.steps
+        return CarriedScope(
+            root=root,
+            prefix=scope.prefix,
+            steps={} if root else dict(scope.steps),
+            local=dict(scope.local),
+            parent=None if scope.parent is None else self._carry(scope.parent),
+        )
+
+    def _uncarry(self, carried: CarriedScope) -> _Scope:
+        return _Scope(
+            steps=self._root.steps if carried.root else dict(carried.steps),
+            prefix=carried.prefix,
+            local=dict(carried.local),
+            parent=None if carried.parent is None else self._uncarry(carried.parent),
+        )
+
+    def _restore(self, snapshot: Continuation) -> None:
+        """Takes over the state a previous run of the chain carried (see :meth:`continuation`)."""
+        self._consumed_events.update(
+            dict.fromkeys(str(i) for i in snapshot.kinds.get(CONSUMED_EVENTS_KIND, []))
+        )
+        self._generation = snapshot.generation
+        self._started_at = snapshot.started_at
+        self._run_ctx["started_at"] = snapshot.started_at.isoformat()
+        self._start_position = snapshot.position
+        self.vars = dict(snapshot.vars)
+        self._root.steps.update(snapshot.steps)
+        self._root.last_output = snapshot.last_output
+        self.records = list(snapshot.records)
+        self._steps_dropped = snapshot.steps_dropped
+        self._visits = dict(snapshot.visits)
+        self._parks = dict(snapshot.parks)
+        self._executions = snapshot.executions
+        self._state_size = snapshot.state_size
+        for comp in snapshot.compensations:
+            step = _STEP.validate_json(json.dumps(comp.step))
+            if not isinstance(step, TaskStep | ApprovalStep):
+                raise ValueError(f"carried compensation at {comp.path!r} is a {step.type} step")
+            self._compensations.append(_Compensation(step, self._uncarry(comp.scope), comp.path))
+        self.decisions = list(snapshot.decisions)
+        self.decisions_dropped = snapshot.decisions_dropped
+        self.refused_messages = list(snapshot.refused_messages)
+        self.refused_messages_dropped = snapshot.refused_messages_dropped
+        self.cancel_request = snapshot.cancel_request
+        carried = snapshot.approval
+        if carried is not None:
+            steps = self.definition.steps
+            waiting = steps[carried.position] if carried.position < len(steps) else None
+            if not isinstance(waiting, ApprovalStep) or waiting.id != carried.view.step_id:
+                raise ValueError(
+                    f"carried approval {carried.view.path!r} is not at top-level step {carried.position}"
+                )
+            approval = _Approval(view=carried.view, step=waiting)
+            if carried.decided is not None and carried.decision is not None:
+                approval.decision = (carried.decided, carried.decision)
+            # Pending from the first moment, so a decision delivered with the run's first task counts.
+            self._approvals[carried.view.path] = approval
+            self._carried_approval = approval
+            self.state = self._waiting_state()
 
     # ---------------------------------------------------------------------------- compensation
 

@@ -217,8 +217,16 @@ class Limits(StrictModel):
     """Bounds that keep a run inside Temporal's history limits."""
 
     max_depth: int = Field(default=5, ge=1, le=20)
-    max_step_executions: int = Field(default=500, ge=1, le=5000)
+    max_step_executions: int = Field(default=500, ge=1, le=10_000_000)
+    """A guard against runaway loops, counted across continue-as-new (history no longer bounds a
+    run: raise it for a long loop; ``max_visits`` bounds each loop)."""
     max_foreach_items: int = Field(default=1000, ge=1, le=10000)
+    # Left out of a dump when unset, so the content hash of every definition that does not set it
+    # stays what it was (as for every field added after definitions were stored).
+    history_budget: int | None = Field(default=None, ge=100, le=50_000, exclude_if=lambda v: v is None)
+    """Continue as new once the run's history has this many events (at the next safe point);
+    Temporal's own suggestion (about 4,096 events or 4 MiB) applies either way, so a run that
+    loops or waits long needs no setting: it continues as new by itself."""
 
 
 class Goto(StrictModel):
@@ -640,6 +648,35 @@ class FailStep(StepBase):
     error_type: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")] = "WorkflowFailed"
 
 
+OnSubflowFailure = Literal["fail", "continue"] | Goto
+
+MAX_SUBFLOW_DEPTH = 5
+"""How deep sub-workflows may nest: a run started by a ``subflow`` step is at depth 1, its own
+subflow at depth 2, and so on; a subflow step that would start a run deeper fails its step with
+``SubflowDepthExceeded`` (a definition that calls itself ends there, not in a runaway)."""
+
+
+class SubflowStep(StepBase):
+    """Run another definition of the same tenant's registry as a child workflow.
+
+    ``definition`` names it; ``version`` pins a version (else the active version when the step
+    starts, recorded in history). ``input`` is the child's run input (templated, like a task's).
+    With ``wait`` (the default) the step waits for the child and its output is
+    ``{"workflow_id", "run_id", "state", "output"}``; a child that fails fails the step, and
+    ``on_failure`` applies (``fail``, ``continue`` or a ``goto``). With ``wait: false`` the child
+    is started detached (it outlives the parent) and the output is ``{"workflow_id", "run_id",
+    "state": "started"}``. Cancelling the parent cancels a waited-for child: the child runs its own
+    compensations, then the parent runs its own.
+    """
+
+    type: Literal["subflow"]
+    definition: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
+    version: int | None = Field(default=None, ge=1)
+    input: dict[str, TemplatedValue] = Field(default_factory=dict)
+    wait: bool = True
+    on_failure: OnSubflowFailure = "fail"
+
+
 Step = Annotated[
     TaskStep
     | ConditionStep
@@ -651,7 +688,8 @@ Step = Annotated[
     | SetStep
     | SucceedStep
     | FailStep
-    | WaitForEventStep,
+    | WaitForEventStep
+    | SubflowStep,
     Field(discriminator="type"),
 ]
 
@@ -667,6 +705,7 @@ STEP_TYPES = (
     "succeed",
     "fail",
     "wait_for_event",
+    "subflow",
 )
 
 
@@ -812,6 +851,10 @@ class Definition(StrictModel):
     input_schema: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
+    # Left out of a dump when unset, so the content hash of a definition without it stays the same.
+    priority: int | None = Field(default=None, ge=1, le=5, exclude_if=lambda v: v is None)
+    """Temporal priority of the runs and their steps: 1 (first) to 5 (last); unset is 3. Within a
+    tenant's fair share of the workers (the tenant is the fairness key) higher priority goes first."""
     steps: list[Step] = Field(min_length=1)
     output: TemplatedValue = None
 
@@ -880,7 +923,7 @@ def children(step: Step) -> list[tuple[str, list[Step], str]]:
             out.append((".escalation.steps", step.escalation.steps, "escalation"))
         if step.compensate:
             out.append((".compensate", step.compensate, "compensate"))
-    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep | WaitForEventStep):
+    elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep | WaitForEventStep | SubflowStep):
         pass  # no nested steps
     else:
         assert_never(step)
@@ -916,6 +959,9 @@ def jump_targets(step: Step) -> list[tuple[str, str]]:
     elif isinstance(step, WaitForEventStep):
         if isinstance(step.on_timeout, Goto):
             out.append((".on_timeout.goto", step.on_timeout.goto))
+    elif isinstance(step, SubflowStep):
+        if isinstance(step.on_failure, Goto):
+            out.append((".on_failure.goto", step.on_failure.goto))
     elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
         pass  # no jumps besides next
     else:

@@ -257,6 +257,11 @@ class RunStatus(BaseModel):
     error_type: str | None = None
     cancelled_by: CancelRequest | None = None
     waiting_events: list[PendingEvent] = Field(default_factory=list)
+    continued: int = 0
+    """How many times the run has continued as new (the same workflow id, a chain of runs)."""
+    steps_dropped: int = 0
+    """Step records of earlier runs of the chain no longer listed in ``steps`` (the most recent
+    ones are carried)."""
 
 
 class CurrentStepTracking(StrEnum):
@@ -298,6 +303,8 @@ class RunOptions(BaseModel):
     # Both left out of the payload when unset: a normal run's input is as it was before them.
     dry_run: bool = Field(default=False, exclude_if=lambda value: not value)
     canned_outputs: dict[str, Any] = Field(default_factory=dict, exclude_if=lambda value: not value)
+    subflow_depth: int = Field(default=0, ge=0, le=100)
+    """0 for a run a client started; n for a run a ``subflow`` step started at depth n - 1."""
 
 
 class RunInput(BaseModel):
@@ -309,6 +316,9 @@ class RunInput(BaseModel):
     definition: Definition
     input: dict[str, Any] = Field(default_factory=dict)
     options: RunOptions = Field(default_factory=RunOptions)
+    continuation: dict[str, Any] | None = None
+    """Set when a run continued as new: the interpreter state it carried (validated as
+    :class:`interpreter.continuation.Continuation`, which imports this module)."""
 
 
 class RunResult(BaseModel):
@@ -406,3 +416,20 @@ class DeadLetterResolution(BaseModel):
 
 
 RunStatus.model_rebuild()
+
+
+class SubflowLookup(BaseModel):
+    """Input of the ``subflow_resolve`` activity: which definition a ``subflow`` step starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    definition: str
+    version: int | None = None
+
+
+class SubflowDefinition(BaseModel):
+    """Output of ``subflow_resolve``: the definition (``version`` = the registry's) and its hash."""
+
+    definition: Definition
+    content_hash: str

@@ -33,6 +33,7 @@ from interpreter.model import (
     ParallelStep,
     SetStep,
     Step,
+    SubflowStep,
     SucceedStep,
     SwitchStep,
     TaskStep,
@@ -399,7 +400,8 @@ def _check_step(
         | SetStep
         | SucceedStep
         | FailStep
-        | WaitForEventStep,
+        | WaitForEventStep
+        | SubflowStep,
     ):
         pass  # their rules are the model's and the tree's
     else:
@@ -438,6 +440,8 @@ def _texts(step: Step) -> list[tuple[str, str]]:
         out.extend((".message", t) for _, t in template_strings(step.message))
     elif isinstance(step, WaitForEventStep):
         out.extend((".key", t) for _, t in template_strings(step.key))
+    elif isinstance(step, SubflowStep):
+        out.extend((f".input{p}", t) for p, t in template_strings(step.input))
     elif isinstance(step, ParallelStep):
         pass  # only nested steps
     else:

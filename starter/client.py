@@ -51,6 +51,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
+    Priority,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -116,6 +117,7 @@ from starter.inputs import brief as _brief
 from starter.inputs import check_json, check_json_object
 from starter.inputs import json_type as _json_type
 from workflows.generic import RunDefinitionWorkflow
+from workflows.priority import run_priority
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
     CURRENT_STEP,
@@ -207,6 +209,7 @@ class RunStart:
     static_summary: str
     static_details: str
     memo: dict[str, Any]
+    priority: Priority
 
 
 def check_run_input(definition: Definition, run_input: Mapping[str, Any]) -> None:
@@ -874,6 +877,7 @@ class FlowClient:
                 static_summary=start.static_summary,
                 static_details=start.static_details,
                 memo=start.memo,
+                priority=start.priority,
             )
         except WorkflowAlreadyStartedError as err:
             raise RunAlreadyExistsError(wf_id, err.run_id) from None
@@ -949,6 +953,8 @@ class FlowClient:
             # The workflow type is the definition's name (the Web UI lists runs by it); the
             # worker's dynamic workflow serves it (workflows.generic.DefinitionNamedWorkflow).
             workflow_type=parsed.name,
+            # The tenant is the fairness key: one tenant's flood does not delay another's steps.
+            priority=run_priority(self.tenant, parsed.priority),
             static_summary=_clip(
                 f"{'DRY RUN: ' if dry_run else ''}{parsed.name} v{parsed.version} · tenant {self.tenant}"
                 + (f" · {workflow_id}" if workflow_id else ""),

@@ -165,6 +165,7 @@ def _schedule(
         static_summary=f"{start.static_summary} (schedule {trigger.id})",
         static_details=start.static_details,
         memo=start.memo,
+        priority=start.priority,
     )
     note = f"{resolved.name} v{resolved.version}, trigger {trigger.id!r}; written by wfa from the registry"
     return Schedule(

@@ -417,6 +417,40 @@ def _dry_run(base: str) -> dict[str, Any]:
     }
 
 
+def _continued_approval(base: str) -> dict[str, Any]:
+    del base
+    echo = {"type": "task", "action": "echo"}
+    return {
+        "name": "replay-continued",
+        "limits": {"history_budget": 100},
+        "steps": [
+            {
+                "id": "book",
+                **echo,
+                "input": {"value": "booked"},
+                "compensate": [{"id": "unbook", **echo, "input": {"value": "unbooked"}}],
+            },
+            {
+                "id": "gate",
+                "type": "approval",
+                "approvers": ["alice"],
+                "timeout": "1h",
+                "escalation": {
+                    "after": "1s",
+                    "max_escalations": 20,
+                    "add_approvers": ["bob"],
+                    "steps": [{"id": "remind", **echo, "input": {"value": "reminder"}}],
+                },
+            },
+            {
+                "id": "after",
+                **echo,
+                "input": {"value": "{{ steps.book.output }} {{ steps.gate.output.actor }}"},
+            },
+        ],
+    }
+
+
 def _events(base: str) -> dict[str, Any]:
     def wait(step_id: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -457,6 +491,13 @@ async def _publish_events(handle: WorkflowHandle[Any, Any], flows: FlowClient) -
     )
     await _until(handle, subscribed("forever"))
     await flows.publish_event("family.withdrawn", family, event_id="w1", start_triggers=False)
+
+
+async def _drive_continued(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: s.continued >= 1 and bool(s.pending_approvals), timeout=120)
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="bob")
+    )
 
 
 def scenarios() -> list[Scenario]:
@@ -533,6 +574,15 @@ def scenarios() -> list[Scenario]:
             _form_data,
             {},
             _drive_form_data,
+        ),
+        Scenario(
+            "continued_approval",
+            "the last run of a chain that continued as new (history_budget 100) while an approval "
+            "with a reminder every second waited: it resumes the approval (deadline, escalations, "
+            "the compensation of the first run's step), approved by update, completes",
+            _continued_approval,
+            {},
+            _drive_continued,
         ),
         Scenario(
             "cancel_in_flight",

@@ -31,14 +31,31 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, RetryState
+from temporalio.common import (
+    Priority,
+    RawValue,
+    RetryPolicy,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    FailureError,
+    RetryState,
+    WorkflowAlreadyStartedError,
+)
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
     from interpreter.actions import ActionResult
+    from interpreter.continuation import Continuation, ContinuationVersionError, read_continuation
     from interpreter.durations import parse_duration
     from interpreter.engine import (
         ActionCall,
@@ -48,6 +65,8 @@ with workflow.unsafe.imports_passed_through():
         Engine,
         RunInfo,
         StoreFailedError,
+        SubflowCall,
+        SubflowFailedError,
     )
     from interpreter.events import (
         SUBSCRIBE_ACTIVITY,
@@ -74,11 +93,14 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         RunStatus,
+        SubflowDefinition,
+        SubflowLookup,
         clip,
         decision_size_problem,
     )
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
+    from workflows.priority import run_priority
     from workflows.search_attributes import (
         AWAITING_APPROVAL,
         CURRENT_STEP,
@@ -112,6 +134,9 @@ PROOF_REQUIRED = "proof required: use the decide/cancel_run update with a token"
 carry a token: they would write it into history, where anyone reading it could replay it)."""
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
+SUBFLOW_RESOLVE = "subflow_resolve"
+USED_TOKENS_KIND = "used_decision_tokens"
+"""Key of the spent decision tokens' ids in a continue-as-new snapshot (``Continuation.kinds``)."""
 
 # Subscribing to a mailbox is one Update-With-Start: retried while the server is away, for at most
 # ten minutes; then the waiting step fails (EventSubscribeFailed) instead of hanging unseen.
@@ -209,6 +234,7 @@ class _TemporalRuntime:
         self,
         on_change: Callable[[], None],
         on_wait_change: Callable[[], None],
+        priority: Priority = Priority.default,
         options: RunOptions | None = None,
     ) -> None:
         self._on_change = on_change
@@ -216,6 +242,8 @@ class _TemporalRuntime:
         self._dry_run = options is not None and options.dry_run
         self._canned: dict[str, Any] = dict(options.canned_outputs) if options is not None else {}
         self._subscriptions: dict[str, int] = {}
+        self._priority = priority
+        self._options = options or RunOptions()
 
     def now(self) -> Any:
         return workflow.now()
@@ -248,6 +276,7 @@ class _TemporalRuntime:
                 retry_policy=policy,
                 # Unset (None) is the run's own queue: the command is the same as before the field.
                 task_queue=call.task_queue,
+                priority=self._priority,
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -285,6 +314,7 @@ class _TemporalRuntime:
                 summary=f"{record.step_id}: record dead letter",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
+                priority=self._priority,
             )
         except ActivityError as err:
             raise _store_failure(err) from None
@@ -299,6 +329,7 @@ class _TemporalRuntime:
                 summary=f"dead letter {resolution.dead_letter_id}: {resolution.action.value} by {resolution.actor}",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
+                priority=self._priority,
             )
         except ActivityError as err:
             raise _store_failure(err) from None
@@ -336,6 +367,102 @@ class _TemporalRuntime:
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
+    async def run_subflow(self, call: SubflowCall) -> dict[str, Any]:
+        """Resolves the child's definition in this run's tenant (a recorded activity), starts it
+        as a child workflow (same task queue, tenant and proof setting; one depth deeper) and,
+        when the step waits, awaits its result.
+
+        A waited-for child is cancelled with its parent (the parent waits until the child has run
+        its compensations) and cancelled if the parent closes first; a detached child is
+        abandoned: it outlives the parent.
+        """
+        tenant = self._options.tenant
+        try:
+            resolved: SubflowDefinition = await workflow.execute_activity(
+                SUBFLOW_RESOLVE,
+                SubflowLookup(tenant=tenant, definition=call.definition, version=call.version),
+                result_type=SubflowDefinition,
+                activity_id=call.activity_id,
+                summary=f"{call.summary}: resolve",
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_STORE_RETRY,
+                priority=self._priority,
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            kind = (cause.type if isinstance(cause, ApplicationError) else None) or "SubflowResolveError"
+            raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
+        child = resolved.definition
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(DEFINITION_NAME, child.name),
+                SearchAttributePair(DEFINITION_VERSION, child.version),
+                SearchAttributePair(DEFINITION_HASH, resolved.content_hash),
+                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+                SearchAttributePair(AWAITING_APPROVAL, False),
+                SearchAttributePair(CURRENT_STEP, ""),
+                SearchAttributePair(TENANT, tenant),
+            ]
+        )
+        try:
+            handle = await workflow.start_child_workflow(
+                child.name,  # listed under its definition's name, like a run a client started
+                RunInput(
+                    definition=child,
+                    input=call.input,
+                    options=self._options.model_copy(update={"subflow_depth": call.depth}),
+                ),
+                id=call.workflow_id,
+                result_type=RunResult,
+                task_queue=workflow.info().task_queue,
+                search_attributes=attributes,
+                memo={
+                    "definition": child.name,
+                    "version": child.version,
+                    "hash": resolved.content_hash,
+                    "tenant": tenant,
+                    "source": "subflow",
+                },
+                static_summary=f"{child.name} v{child.version} (subflow of {workflow.info().workflow_id})",
+                parent_close_policy=(
+                    workflow.ParentClosePolicy.REQUEST_CANCEL
+                    if call.wait
+                    else workflow.ParentClosePolicy.ABANDON
+                ),
+                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                # A parent re-run under its business key (after a failure) reuses the ids of its
+                # earlier children once they closed; one still running is reported, not joined.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                priority=run_priority(tenant, child.priority),
+            )
+        except WorkflowAlreadyStartedError:
+            raise SubflowFailedError(
+                f"subflow {call.definition!r}: a run with id {call.workflow_id!r} already exists",
+                "SubflowAlreadyStarted",
+            ) from None
+        ids = {"workflow_id": handle.id, "run_id": handle.first_execution_run_id}
+        if not call.wait:
+            return {**ids, "state": "started"}
+        try:
+            result: RunResult = await handle
+        except ChildWorkflowError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            kind = (cause.type if isinstance(cause, ApplicationError) else None) or type(
+                cause or err
+            ).__name__
+            # A nested subflow's failure keeps its own type (SubflowDepthExceeded, Subflow.X).
+            raise SubflowFailedError(
+                f"subflow {child.name!r} ({handle.id}) failed: {message}",
+                kind if kind.startswith("Subflow") else f"Subflow.{kind}",
+            ) from None
+        return {**ids, "state": result.state.value, "output": result.output}
+
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
         # change applies there, with no marker to record (a refusal writes nothing to history).
@@ -351,18 +478,40 @@ class RunDefinitionWorkflow:
     @workflow.init
     def __init__(self, run: RunInput) -> None:
         info = workflow.info()
-        self._engine = Engine(
-            run.definition,
-            run.input,
-            _TemporalRuntime(self._publish, self._publish_wait, run.options),
-            RunInfo(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                started_at=info.start_time,
-                tenant=run.options.tenant,
-                created_at=info.workflow_start_time,
-            ),
+        self._history_budget = run.definition.limits.history_budget
+        self._resume_problem: str | None = None
+        resume: Continuation | None = None
+        if run.continuation is not None:
+            try:
+                resume = read_continuation(run.continuation)
+            except (ContinuationVersionError, ValidationError, ValueError) as err:
+                self._resume_problem = clip(str(err))
+        runtime = _TemporalRuntime(
+            self._publish,
+            self._publish_wait,
+            run_priority(run.options.tenant, run.definition.priority),
+            run.options,
         )
+        run_info = RunInfo(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            started_at=info.start_time,
+            tenant=run.options.tenant,
+            created_at=info.workflow_start_time,
+            subflow_depth=run.options.subflow_depth,
+        )
+        try:
+            self._engine = Engine(
+                run.definition,
+                run.input,
+                runtime,
+                run_info,
+                continue_as_new=self._wants_new_run,
+                resume=resume,
+            )
+        except ValueError as err:  # a snapshot that does not fit the definition: fail the run, clearly
+            self._resume_problem = clip(str(err))
+            self._engine = Engine(run.definition, run.input, runtime, run_info)
         self._track_step = run.options.track_current_step
         self._step_mode = run.options.current_step
         self._every_step: bool | None = None  # decided on first publish (a patch marker)
@@ -376,7 +525,9 @@ class RunDefinitionWorkflow:
         self._handoff: asyncio.Task[None] | None = None
         self._tenant = run.options.tenant
         self._proof_required = run.options.decision_proof
-        self._used_tokens: dict[str, None] = {}
+        self._used_tokens: dict[str, None] = dict.fromkeys(
+            [] if resume is None else [str(j) for j in resume.kinds.get(USED_TOKENS_KIND, [])]
+        )
         """The ``jti`` of every token an accepted update carried: a token proves one decision."""
         self._engine.cancel_hook = self._cancel_from_event
 
@@ -384,6 +535,12 @@ class RunDefinitionWorkflow:
     async def run(self, run: RunInput) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
+        if self._resume_problem is not None:
+            raise ApplicationError(
+                f"cannot continue the run: {self._resume_problem}",
+                type="ContinuationError",
+                non_retryable=True,
+            )
         self._ensure_identity(run)
         if (
             self._cancel_update is not None
@@ -400,6 +557,8 @@ class RunDefinitionWorkflow:
             self._main.cancel()
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._engine.continuing:
+            self._continue_as_new(run)
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
@@ -429,6 +588,37 @@ class RunDefinitionWorkflow:
                 non_retryable=True,
             )
         return result
+
+    def _wants_new_run(self) -> bool:
+        """The engine asks at its safe points: Temporal suggests continuing as new, or the
+        definition's history budget is spent, and no cancellation is under way."""
+        if self._self_cancelled is not None or self._cancel_update is not None:
+            return False
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        budget = self._history_budget
+        return budget is not None and info.get_current_history_length() >= budget
+
+    def _continue_as_new(self, run: RunInput) -> None:
+        """Continues the run as new with the engine's snapshot (taken after every handler
+        finished, so a decision accepted during the switch travels in it). Same workflow id; the
+        search attributes travel explicitly, as published."""
+        snapshot = self._engine.continuation()
+        # The host's own state travels too: a token spent in an earlier run stays spent.
+        snapshot.kinds[USED_TOKENS_KIND] = list(self._used_tokens)
+        workflow.logger.info(
+            "continuing as new at step %d (generation %d)", snapshot.position, snapshot.generation
+        )
+        workflow.continue_as_new(
+            RunInput(
+                definition=run.definition,
+                input=run.input,
+                options=run.options,
+                continuation=snapshot.model_dump(mode="json"),
+            ),
+            search_attributes=workflow.info().typed_search_attributes,
+        )
 
     @workflow.signal(name="approve")
     def approve(self, *args: Any) -> None:

@@ -157,6 +157,13 @@ EVERY_KIND: dict[str, Any] = {
             ],
             "output": "{{ steps.check_line.output }}",
         },
+        {
+            "id": "ship",
+            "type": "subflow",
+            "definition": "shipping",
+            "version": 2,
+            "input": {"order": "{{ input.order_id }}"},
+        },
         {"id": "poll", "type": "delay", "duration": "10s", "max_visits": 5},
         {"id": "again", "type": "condition", "if": "input.repeat", "then": {"goto": "poll"}},
         {"id": "done", "type": "succeed", "output": {"total": "{{ vars.total }}"}, "when": "vars.total > 0"},

@@ -229,7 +229,7 @@ def out_of_range(draw: Draw, document: dict[str, Any]) -> set[str]:
     choice = draw(st.sampled_from(["max_visits", "retry", "limits"]), label="bound")
     if choice == "limits":
         field = draw(st.sampled_from(["max_depth", "max_step_executions", "max_foreach_items"]))
-        document.setdefault("limits", {})[field] = draw(st.sampled_from([0, -1, 10**6]))
+        document.setdefault("limits", {})[field] = draw(st.sampled_from([0, -1, 10**8]))
         return {f"$.limits.{field}"}
     if choice == "retry" and step["type"] == "task":
         step["retry"] = {"maximum_attempts": draw(st.sampled_from([0, -3, 1001, 10**12]))}

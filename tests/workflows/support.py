@@ -127,6 +127,22 @@ async def events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEve
     return [e for e in history.events if not types or e.event_type in types]
 
 
+async def chain_events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEvent]:
+    """The history events of every run of the handle's workflow id that the latest run continued
+    from (a run continues as new when its history grows large), oldest run first."""
+    client = handle._client
+    histories = []
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        histories.append(history)
+        started = history.events[0].workflow_execution_started_event_attributes
+        if not started.continued_execution_run_id:
+            break
+        run_id = started.continued_execution_run_id
+    return [e for h in reversed(histories) for e in h.events if not types or e.event_type in types]
+
+
 def record(result: RunResult | RunStatus, path: str) -> Any:
     """The (last) step record at ``path``."""
     matches = [r for r in result.steps if r.path == path]

@@ -1,0 +1,147 @@
+"""What a run carries into its next run when it continues as new (the snapshot).
+
+A run's history is bounded (Temporal suggests continuing as new near 4,096 events and terminates a
+run at 51,200), so a long loop or a run that waits for weeks continues as new: the engine stops at a
+safe point, the host waits for every message handler to finish, and the next run of the same
+workflow id starts from this snapshot. The definition never sees it: templates read the same
+``vars`` and ``steps``, counters and visit counts go on, a pending approval stays pending with its
+deadline and escalation count, and the status query shows the same run.
+
+Safe points (see :meth:`interpreter.engine.Engine.run`): between two steps of the top-level
+sequence (which is where a ``goto`` loop at the top level jumps), and while a top-level approval
+waits for its decision. Nothing concurrent is in flight at either point, so the snapshot is the
+whole state: no activity, timer or branch has to be resumed half way.
+
+The snapshot is a versioned pydantic model (:data:`SNAPSHOT_VERSION`). A new step kind that can be
+waited on at the top level (``wait_for_event``, ``human_task``, ...) adds its carried state as an
+entry of :attr:`Continuation.kinds` (keyed by the step kind, validated by the kind's own model)
+rather than a new field here, and resumes from it in its evaluator, the way approvals resume from
+:class:`CarriedApproval`. A change to a field's meaning bumps :data:`SNAPSHOT_VERSION`; a run that
+receives a snapshot of a version it does not know fails with ``ContinuationVersionError`` instead
+of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from interpreter.state import (
+    CancelRequest,
+    Decision,
+    DecisionKind,
+    DecisionRecord,
+    PendingApproval,
+    RefusedMessage,
+    StepRecord,
+)
+
+SNAPSHOT_VERSION = 1
+"""Version of :class:`Continuation`; bumped when a field changes meaning."""
+
+MAX_CARRIED_RECORDS = 200
+"""Step records (the status query's ``steps``) a continued run keeps: the most recent ones. The
+others are counted in ``steps_dropped``; templates do not read records but ``steps``, which is
+carried whole."""
+
+
+class CarriedScope(BaseModel):
+    """A template scope a carried compensation runs in (its results, locals and path prefix).
+
+    ``root``: the scope is the run's top-level one (its results are the carried ``steps``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: bool = False
+    prefix: str = ""
+    steps: dict[str, Any] = Field(default_factory=dict)
+    local: dict[str, Any] = Field(default_factory=dict)
+    parent: CarriedScope | None = None
+
+
+class CarriedCompensation(BaseModel):
+    """One entry of the compensation stack: the step (task or approval) as JSON, and its scope."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: dict[str, Any]
+    path: str
+    scope: CarriedScope
+
+
+class CarriedApproval(BaseModel):
+    """A top-level approval that was waiting: it resumes with the same view (approvers added by
+    escalations, the escalation count, ``since`` and ``deadline``), and the decision taken while
+    the run was switching, if any."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: int
+    view: PendingApproval
+    decided: DecisionKind | None = None
+    decision: Decision | None = None
+
+
+class Continuation(BaseModel):
+    """The interpreter state a run hands to its next run (see the module docstring).
+
+    Attributes:
+        version: :data:`SNAPSHOT_VERSION` of the run that wrote it.
+        generation: How many times the run has continued as new (1 for the first continued run).
+        position: Index in the top-level steps where the next run starts.
+        approval: The top-level approval the next run resumes waiting at, if any.
+        steps: Results visible to templates as ``steps`` (the top-level scope).
+        last_output: The output of the last top-level step.
+        visits: Visit counts per step path (``max_visits`` and ``#n`` activity ids go on).
+        kinds: Carried state of step kinds added later, keyed by kind (see the module docstring).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = SNAPSHOT_VERSION
+    generation: int = 1
+    started_at: datetime
+    position: int
+    approval: CarriedApproval | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    steps: dict[str, Any] = Field(default_factory=dict)
+    last_output: Any = None
+    records: list[StepRecord] = Field(default_factory=list)
+    steps_dropped: int = 0
+    visits: dict[str, int] = Field(default_factory=dict)
+    parks: dict[str, int] = Field(default_factory=dict)
+    executions: int = 0
+    state_size: int = 0
+    compensations: list[CarriedCompensation] = Field(default_factory=list)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    decisions_dropped: int = 0
+    refused_messages: list[RefusedMessage] = Field(default_factory=list)
+    refused_messages_dropped: int = 0
+    cancel_request: CancelRequest | None = None
+    kinds: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContinuationVersionError(ValueError):
+    """A snapshot written by a newer interpreter than this one."""
+
+
+def read_continuation(data: dict[str, Any]) -> Continuation:
+    """Validates a carried snapshot.
+
+    Raises:
+        ContinuationVersionError: When its version is not one this interpreter knows.
+        pydantic.ValidationError: When it is malformed.
+    """
+    version = data.get("version")
+    if version != SNAPSHOT_VERSION:
+        raise ContinuationVersionError(
+            f"the run was continued with a snapshot of version {version!r}; this interpreter reads"
+            f" version {SNAPSHOT_VERSION} (deploy the newer worker)"
+        )
+    # Validated as the JSON it came as: the definition models are strict, so an enum (a form
+    # field's type) is accepted from its JSON string only this way.
+    return Continuation.model_validate_json(json.dumps(data))

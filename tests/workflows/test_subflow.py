@@ -1,0 +1,235 @@
+"""The ``subflow`` step on the dev server with the registry (embedded PostgreSQL): a child run of
+another stored definition, pinned or active, waited for or detached, in the parent's tenant only,
+nested at most ``MAX_SUBFLOW_DEPTH`` deep, cancelled with its parent (each running its own
+compensations), and visible as the parent's child in Temporal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.worker import Worker
+
+from activities.dead_letters import build_store_activities
+from activities.store.database import Database
+from interpreter.model import MAX_SUBFLOW_DEPTH
+from interpreter.state import RunState, StepStatus
+from starter.client import FlowClient
+from starter.errors import RunNotFoundError
+from tests.workflows.support import eventually
+from worker import build_worker
+from workflows.search_attributes import DEFINITION_NAME, DEFINITION_VERSION, TENANT
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid4().hex[:8]}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store_worker(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
+) -> AsyncIterator[Worker]:
+    async with build_worker(
+        client,
+        task_queue,
+        http_client,
+        extra_activities=build_store_activities(database.session_factory),
+        graceful_shutdown_timeout=timedelta(0),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def tenant() -> str:
+    return unique("tenant")
+
+
+@pytest.fixture
+def flows(client: Client, task_queue: str, database: Database, tenant: str) -> FlowClient:
+    return FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+
+
+def _child(name: str, marker: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": [
+            {"id": "work", "type": "task", "action": "echo", "input": {"value": "{{ input.n * 2 }}"}},
+            {
+                "id": "done",
+                "type": "succeed",
+                "output": {
+                    "marker": marker,
+                    "doubled": "{{ steps.work.output }}",
+                    "version": "{{ run.version }}",
+                },
+            },
+        ],
+    }
+
+
+def _parent(name: str, child: str, **subflow: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": [
+            {"id": "sub", "type": "subflow", "definition": child, "input": {"n": "{{ input.n }}"}, **subflow},
+        ],
+        "output": {"child": "{{ steps.sub.output }}"},
+    }
+
+
+async def test_a_subflow_runs_the_active_or_pinned_version_as_a_child_of_the_parent(
+    flows: FlowClient, client: Client, store_worker: Worker, tenant: str
+) -> None:
+    child = unique("child")
+    await flows.register(_child(child, "one"), author="ann")
+    await flows.register(_child(child, "two"), author="ann")  # version 2, not active
+
+    active = await flows.start_run(_parent(unique("parent"), child), {"n": 21})
+    result = await active.result(timeout=60)
+    assert result.state == RunState.COMPLETED
+    out = result.output["child"]
+    assert out["state"] == "completed"
+    assert out["output"] == {"marker": "one", "doubled": 42, "version": 1}
+    assert out["workflow_id"] == f"{active.workflow_id}/sub"
+
+    pinned = await flows.start_run(_parent(unique("parent"), child, version=2), {"n": 1})
+    assert (await pinned.result(timeout=60)).output["child"]["output"]["marker"] == "two"
+
+    # The child is the parent's child in Temporal (the Web UI lists it under the parent), and it
+    # is the parent's tenant's run, with the definition's identity.
+    described = await client.get_workflow_handle(out["workflow_id"]).describe()
+    assert described.parent_id == active.workflow_id
+    attrs = described.typed_search_attributes
+    assert attrs.get(TENANT) == tenant
+    assert (attrs.get(DEFINITION_NAME), attrs.get(DEFINITION_VERSION)) == (child, 1)
+    assert (await flows.status(out["workflow_id"])).state == RunState.COMPLETED  # same tenant sees it
+
+
+async def test_a_detached_subflow_outlives_its_parent(
+    flows: FlowClient, client: Client, store_worker: Worker
+) -> None:
+    child = unique("waiting")
+    await flows.register(
+        {"name": child, "steps": [{"id": "ok", "type": "approval", "approvers": ["manager"]}]}, author="ann"
+    )
+    parent = await flows.start_run(_parent(unique("parent"), child, wait=False), {"n": 1})
+    result = await parent.result(timeout=60)
+    out = result.output["child"]
+    assert out["state"] == "started"
+    child_run = flows.get_run(out["workflow_id"])
+    await eventually(child_run.status, lambda s: bool(s.pending_approvals), timeout=30, what="child waiting")
+    await child_run.approve("manager")
+    assert (await child_run.result(timeout=60)).state == RunState.COMPLETED
+
+
+async def test_another_tenants_definition_does_not_exist_for_a_subflow(
+    flows: FlowClient, client: Client, task_queue: str, database: Database, store_worker: Worker
+) -> None:
+    other = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("other"))
+    child = unique("theirs")
+    await other.register(_child(child, "theirs"), author="eve")
+    parent = await flows.start_run(_parent(unique("parent"), child), {"n": 1})
+    result = await parent.result(timeout=60)
+    assert result.state == RunState.FAILED
+    assert result.error_type == "SubflowDefinitionNotFound"
+    assert child in (result.error or "")
+
+
+async def test_a_subflow_that_calls_itself_stops_at_the_depth_limit(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    name = unique("recurse")
+    await flows.register(
+        {"name": name, "steps": [{"id": "again", "type": "subflow", "definition": name}]}, author="ann"
+    )
+    run = await flows.start_run(name)
+    result = await run.result(timeout=120)
+    assert result.state == RunState.FAILED
+    assert result.error_type == "SubflowDepthExceeded"
+    deepest = run.workflow_id + "/again" * MAX_SUBFLOW_DEPTH
+    assert (await flows.status(deepest)).error_type == "SubflowDepthExceeded"
+
+
+async def test_cancelling_the_parent_cancels_the_child_and_both_compensate(
+    flows: FlowClient, client: Client, store_worker: Worker
+) -> None:
+    def undo(step: str) -> list[dict[str, Any]]:
+        return [{"id": f"undo_{step}", "type": "task", "action": "echo", "input": {"value": f"undo {step}"}}]
+
+    child = unique("held")
+    await flows.register(
+        {
+            "name": child,
+            "steps": [
+                {
+                    "id": "book",
+                    "type": "task",
+                    "action": "echo",
+                    "input": {"value": 1},
+                    "compensate": undo("book"),
+                },
+                {"id": "ok", "type": "approval", "approvers": ["manager"]},
+            ],
+        },
+        author="ann",
+    )
+    parent_doc = {
+        "name": unique("parent"),
+        "steps": [
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "compensate": undo("charge"),
+            },
+            {"id": "sub", "type": "subflow", "definition": child},
+        ],
+    }
+    parent = await flows.start_run(parent_doc)
+    child_run = flows.get_run(f"{parent.workflow_id}/sub")
+
+    async def waiting() -> bool:
+        try:
+            return bool((await child_run.status()).pending_approvals)
+        except RunNotFoundError:  # not started yet
+            return False
+
+    await eventually(waiting, bool, timeout=30, what="child waiting for approval")
+    await parent.cancel("ops", "no longer needed")
+    parent_result = await parent.result(timeout=60)
+    child_result = await child_run.result(timeout=60)
+    assert parent_result.state == RunState.CANCELLED
+    assert child_result.state == RunState.CANCELLED
+    child_undo = [r for r in child_result.steps if r.id == "undo_book"]
+    parent_undo = [r for r in parent_result.steps if r.id == "undo_charge"]
+    assert [r.status for r in child_undo] == [StepStatus.COMPLETED]
+    assert [r.status for r in parent_undo] == [StepStatus.COMPLETED]
+    # The parent waited for the child's cancellation (and its compensation) before its own.
+    assert child_undo[0].finished_at is not None
+    assert parent_undo[0].started_at >= child_undo[0].finished_at
+    child_desc = await client.get_workflow_handle(child_run.workflow_id).describe()
+    assert child_desc.status == WorkflowExecutionStatus.CANCELED
+
+
+async def test_a_parent_run_again_under_its_business_key_starts_its_subflow_again(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    child = unique("child")
+    await flows.register(_child(child, "one"), author="ann")
+    doc = _parent(unique("parent"), child)
+    doc["steps"].append({"id": "maybe", "type": "fail", "message": "asked to fail", "when": "input.fail"})
+    key = unique("order")
+    first = await flows.start_run(doc, {"n": 1, "fail": True}, workflow_id=key)
+    assert (await first.result(timeout=60)).state == RunState.FAILED  # after its child completed
+    again = await flows.start_run(doc, {"n": 2, "fail": False}, workflow_id=key)
+    result = await again.result(timeout=60)
+    assert result.state == RunState.COMPLETED
+    assert result.output["child"]["output"]["doubled"] == 4
+    assert result.output["child"]["workflow_id"] == f"{key}/sub"
