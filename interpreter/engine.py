@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
 from interpreter.actions import ActionRequest, ActionResult
-from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
+from interpreter.business_hours import BusinessHours, add_business_time, check_timezone, delay_until_open
 from interpreter.durations import format_duration, parse_duration
 from interpreter.inert import make_inert
 from interpreter.model import (
@@ -35,6 +35,7 @@ from interpreter.model import (
     ForeachStep,
     FormField,
     Goto,
+    HumanTaskStep,
     JoinStrategy,
     ParallelStep,
     RetryPolicy,
@@ -184,7 +185,9 @@ class Runtime(Protocol):
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
-def form_problem(step: ApprovalStep, path: str, kind: DecisionKind, data: Mapping[str, Any]) -> str | None:
+def form_problem(
+    step: ApprovalStep | HumanTaskStep, path: str, kind: DecisionKind, data: Mapping[str, Any]
+) -> str | None:
     """Why a decision's form data does not fit the step's declared fields, or None.
 
     Refused: any data when the step declares no fields; an undeclared field (naming them and the
@@ -205,7 +208,7 @@ def form_problem(step: ApprovalStep, path: str, kind: DecisionKind, data: Mappin
     for declared_field in form:
         name = declared_field.name
         if name not in data:
-            if declared_field.required and kind == DecisionKind.APPROVE:
+            if declared_field.required and kind in (DecisionKind.APPROVE, DecisionKind.COMPLETE):
                 return f"form field {name!r} of step {path!r} is required"
             continue
         wrong = _field_value_problem(declared_field, data[name])
@@ -262,6 +265,20 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+GROUP_PREFIX = "group:"
+"""An approver (or candidate) written ``group:<name>`` stands for every member of the group."""
+
+
+def may_decide(approvers: Sequence[str], actor: str, groups: Sequence[str] = ()) -> bool:
+    """Whether ``actor`` (a member of ``groups``) is one of ``approvers``, by name or by group."""
+    return actor in approvers or any(GROUP_PREFIX + g in approvers for g in groups)
+
+
+def assignee_value(approver: str) -> str:
+    """The ``WfaAssignees`` value of an approver: ``group:<name>`` as is, else ``user:<name>``."""
+    return approver if approver.startswith(GROUP_PREFIX) else f"user:{approver}"
 
 
 @dataclass(frozen=True)
@@ -342,8 +359,10 @@ class _Scope:
 
 @dataclass
 class _Approval:
+    """A person's pending decision: an approval step or a human task (one mechanism for both)."""
+
     view: PendingApproval
-    step: ApprovalStep
+    step: ApprovalStep | HumanTaskStep
     decision: tuple[DecisionKind, Decision] | None = None
 
 
@@ -506,6 +525,16 @@ class Engine:
             cancelled_by=self.cancel_request,
         )
 
+    def assignees(self) -> list[str]:
+        """Who the run waits for now (``WfaAssignees`` values), sorted: the approvers of every
+        pending approval, after escalations."""
+        found: dict[str, None] = {}
+        for approval in self._approvals.values():
+            if approval.decision is None:
+                for approver in approval.view.approvers:
+                    found[assignee_value(approver)] = None
+        return sorted(found)
+
     @property
     def awaiting_approval(self) -> bool:
         """True while at least one approval step waits for a decision."""
@@ -556,7 +585,11 @@ class Engine:
             raise DecisionError(f"several approvals are pending ({names}): name the step")
         else:
             approval = waiting[0]
-        if decision.actor not in approval.view.approvers:
+        is_task = isinstance(approval.step, HumanTaskStep)
+        if is_task != (kind == DecisionKind.COMPLETE):
+            what = "a human task: complete it" if is_task else "an approval: approve or reject it"
+            raise DecisionError(f"step {approval.view.path!r} is {what}")
+        if not may_decide(approval.view.approvers, decision.actor, decision.groups):
             raise DecisionError(
                 f"{decision.actor!r} may not decide step {approval.view.path!r}"
                 f" (approvers: {', '.join(approval.view.approvers)})"
@@ -806,6 +839,8 @@ class Engine:
             return await self._delay(step, scope, path)
         if isinstance(step, ApprovalStep):
             return await self._approval(step, scope, path, record)
+        if isinstance(step, HumanTaskStep):
+            return await self._human_task(step, scope, path, record)
         if isinstance(step, SetStep):
             values = self._render(dict(step.vars), self._context(scope))
             self.vars.update(values)
@@ -1209,7 +1244,9 @@ class Engine:
                 await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
         return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
 
-    def _business_hours(self, step: DelayStep, hours: BusinessHours, scope: _Scope) -> BusinessHours:
+    def _business_hours(
+        self, step: DelayStep | HumanTaskStep, hours: BusinessHours, scope: _Scope
+    ) -> BusinessHours:
         """The step's business hours, with a templated ``timezone`` rendered and checked."""
         if not hours.templated:
             return hours
@@ -1239,6 +1276,56 @@ class Engine:
             self._compensations.append(_Compensation(step, scope, path))
         return output
 
+    async def _await_person(
+        self,
+        approval: _Approval,
+        scope: _Scope,
+        record: StepRecord,
+        waiting_for: str,
+        on_timeout: Callable[[], Any],
+    ) -> tuple[bool, Any]:
+        """The one waiting mechanism of approvals and human tasks: shows the pending step, waits
+        for an accepted decision, escalates on the step's ladder (reminder steps, more people) and
+        gives up at the view's deadline.
+
+        Returns:
+            ``(True, None)`` once decided; ``(False, on_timeout())`` at the deadline (called while
+            the step is still shown as pending, as before the mechanism was shared).
+        """
+        step, view = approval.step, approval.view
+        path, start, deadline = view.path, view.since, view.deadline
+        self._approvals[path] = approval
+        record.status = StepStatus.WAITING
+        self._set_state(self._waiting_state())
+        self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
+        try:
+            while True:
+                now = self.runtime.now()
+                escalation = step.escalation
+                wake: datetime | None = deadline
+                if escalation is not None and view.escalations < escalation.max_escalations:
+                    next_escalation = start + parse_duration(escalation.after) * (view.escalations + 1)
+                    wake = next_escalation if wake is None else min(wake, next_escalation)
+                timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
+                with self._waiting_at(path, step.label):
+                    decided = await self.runtime.wait_condition(
+                        lambda: approval.decision is not None, timeout_s, f"{step.label}: {waiting_for}"
+                    )
+                if decided:
+                    return True, None
+                if wake == deadline:
+                    return False, on_timeout()
+                assert escalation is not None
+                view.escalations += 1
+                added = [a for a in escalation.add_approvers if a not in view.approvers]
+                view.approvers.extend(added)
+                self.runtime.state_changed()
+                await self._sequence(escalation.steps, scope.sibling(f"{path}/escalation{view.escalations}/"))
+        finally:
+            self._approvals.pop(path, None)
+            self._set_state(self._waiting_state())
+            self.runtime.state_changed()
+
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         start = self.runtime.now()
         deadline = start + parse_duration(step.timeout) if step.timeout else None
@@ -1255,41 +1342,11 @@ class Engine:
             ),
             step=step,
         )
-        self._approvals[path] = approval
-        record.status = StepStatus.WAITING
-        self._set_state(self._waiting_state())
-        self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
-        try:
-            while True:
-                now = self.runtime.now()
-                escalation = step.escalation
-                wake: datetime | None = deadline
-                if escalation is not None and approval.view.escalations < escalation.max_escalations:
-                    next_escalation = start + parse_duration(escalation.after) * (
-                        approval.view.escalations + 1
-                    )
-                    wake = next_escalation if wake is None else min(wake, next_escalation)
-                timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
-                with self._waiting_at(path, step.label):
-                    decided = await self.runtime.wait_condition(
-                        lambda: approval.decision is not None, timeout_s, f"{step.label}: awaiting approval"
-                    )
-                if decided:
-                    break
-                if wake == deadline:
-                    return self._approval_timeout(step, approval)
-                assert escalation is not None
-                approval.view.escalations += 1
-                added = [a for a in escalation.add_approvers if a not in approval.view.approvers]
-                approval.view.approvers.extend(added)
-                self.runtime.state_changed()
-                await self._sequence(
-                    escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/")
-                )
-        finally:
-            self._approvals.pop(path, None)
-            self._set_state(self._waiting_state())
-            self.runtime.state_changed()
+        decided, timed_out = await self._await_person(
+            approval, scope, record, "awaiting approval", lambda: self._approval_timeout(step, approval)
+        )
+        if not decided:
+            return timed_out
         assert approval.decision is not None
         kind, decision = approval.decision
         # The decision was checked against the declared form (check_decision): its data holds
@@ -1323,6 +1380,62 @@ class Engine:
         raise _RunFailed(
             f"step {path!r} rejected by {output['actor']}: {output['reason']}", "ApprovalRejected"
         )
+
+    async def _human_task(self, step: HumanTaskStep, scope: _Scope, path: str, record: StepRecord) -> Any:
+        start = self.runtime.now()
+        deadline = None
+        if step.due is not None:
+            due = parse_duration(step.due)
+            if step.business_hours is None:
+                deadline = start + due
+            else:
+                hours = self._business_hours(step, step.business_hours, scope)
+                deadline = add_business_time(start, due, hours)
+        context = self._context(scope)
+        task = _Approval(
+            view=PendingApproval(
+                step_id=step.id,
+                path=path,
+                approvers=step.approvers,
+                message=str(self._render(step.title, context)),
+                description=str(self._render(step.description, context)),
+                fields=None if step.fields is None else [f.name for f in step.form],
+                form=step.form,
+                since=start,
+                deadline=deadline,
+                kind="task",
+            ),
+            step=step,
+        )
+        decided, timed_out = await self._await_person(
+            task, scope, record, "awaiting task", lambda: self._task_timeout(step, task)
+        )
+        if not decided:
+            return timed_out
+        assert task.decision is not None
+        _, decision = task.decision
+        return {
+            "status": "completed",
+            "completed_by": decision.actor,
+            "comment": decision.reason,
+            # Checked against the declared form (check_decision); inert like all data.
+            "data": make_inert(dict(decision.data)),
+            "escalations": task.view.escalations,
+        }
+
+    def _task_timeout(self, step: HumanTaskStep, task: _Approval) -> Any:
+        policy = step.on_timeout
+        if policy == "continue":
+            return {
+                "status": "timed_out",
+                "completed_by": None,
+                "comment": f"not completed within {step.due}",
+                "data": {},
+                "escalations": task.view.escalations,
+            }
+        if isinstance(policy, Goto):
+            raise _Jump(policy.goto)
+        raise _RunFailed(f"step {task.view.path!r}: not completed within {step.due}", "TaskTimedOut")
 
     def _approval_timeout(self, step: ApprovalStep, approval: _Approval) -> Any:
         output: dict[str, Any] = {

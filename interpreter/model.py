@@ -521,6 +521,66 @@ class ApprovalStep(StepBase):
         return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
 
 
+class HumanTaskStep(StepBase):
+    """Wait until a person completes a task (a call to make, a document to check) with a form.
+
+    The task is for ``assignee`` (a user name) or any member of ``candidate_groups`` (at least one
+    of the two). ``title`` and ``description`` are templates shown in the inbox. Completing it (the
+    inbox, a link, ``FlowClient.complete_task``, ``wfa task complete``) hands the declared form
+    data to the step's output (``steps.<id>.output.data``); required fields must be filled. It
+    waits with the same mechanism as an approval: ``escalation`` runs reminder steps and widens who
+    may complete it (``add_approvers`` takes user names and ``group:<name>``), and without a
+    completion by ``due`` (counted in ``business_hours`` when given, else wall-clock time)
+    ``on_timeout`` applies: ``fail`` the run, ``continue`` with ``status`` ``timed_out``, or a goto.
+    """
+
+    type: Literal["human_task"]
+    title: Template
+    description: Template = ""
+    assignee: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    candidate_groups: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50
+    )
+    fields: list[FieldDeclaration] | None = Field(default=None, max_length=100)
+    due: Duration | None = None
+    business_hours: BusinessHours | None = None
+    escalation: Escalation | None = None
+    on_timeout: Literal["fail", "continue"] | Goto = "fail"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> HumanTaskStep:
+        if self.assignee is None and not self.candidate_groups:
+            raise ValueError("a human task needs an 'assignee' or 'candidate_groups'")
+        if self.business_hours is not None and self.due is None:
+            raise ValueError("'business_hours' counts the 'due' time: give 'due' too")
+        if self.due is not None:
+            due = parse_duration(self.due)
+            if due <= timedelta(0):
+                raise ValueError("due must be greater than zero")
+            if (
+                self.business_hours is None
+                and self.escalation is not None
+                and parse_duration(self.escalation.after) >= due
+            ):
+                raise ValueError("escalation 'after' must be shorter than 'due'")
+        names = [f.name for f in self.form]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"form fields {duplicates} are declared more than once")
+        return self
+
+    @property
+    def form(self) -> list[FormField]:
+        """The declared form fields, a bare name read as an optional string field."""
+        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
+
+    @property
+    def approvers(self) -> list[str]:
+        """Who may complete it, as an approval lists its approvers: the assignee, then each
+        candidate group as ``group:<name>``."""
+        return [*([self.assignee] if self.assignee else []), *(f"group:{g}" for g in self.candidate_groups)]
+
+
 class SetStep(StepBase):
     """Set variables from templates; later steps read them as ``vars.<name>``."""
 
@@ -556,6 +616,7 @@ Step = Annotated[
     | ForeachStep
     | DelayStep
     | ApprovalStep
+    | HumanTaskStep
     | SetStep
     | SucceedStep
     | FailStep,
@@ -570,6 +631,7 @@ STEP_TYPES = (
     "foreach",
     "delay",
     "approval",
+    "human_task",
     "set",
     "succeed",
     "fail",
@@ -638,6 +700,7 @@ _RECURSIVE: tuple[type[BaseModel], ...] = (
     ForeachStep,
     Escalation,
     ApprovalStep,
+    HumanTaskStep,
     Definition,
 )
 for _model in _RECURSIVE:
@@ -677,6 +740,9 @@ def children(step: Step) -> list[tuple[str, list[Step], str]]:
             out.append((".escalation.steps", step.escalation.steps, "escalation"))
         if step.compensate:
             out.append((".compensate", step.compensate, "compensate"))
+    elif isinstance(step, HumanTaskStep):
+        if step.escalation is not None and step.escalation.steps:
+            out.append((".escalation.steps", step.escalation.steps, "escalation"))
     elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep):
         pass  # no nested steps
     else:
@@ -710,6 +776,9 @@ def jump_targets(step: Step) -> list[tuple[str, str]]:
             out.append((".on_timeout.goto", step.on_timeout.goto))
         if isinstance(step.on_reject, Goto):
             out.append((".on_reject.goto", step.on_reject.goto))
+    elif isinstance(step, HumanTaskStep):
+        if isinstance(step.on_timeout, Goto):
+            out.append((".on_timeout.goto", step.on_timeout.goto))
     elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
         pass  # no jumps besides next
     else:

@@ -99,6 +99,10 @@ class PendingApproval(BaseModel):
     since: datetime
     deadline: datetime | None = None
     escalations: int = 0
+    kind: str = "approval"
+    """``approval`` (approve or reject) or ``task`` (a human task: complete it)."""
+    description: str = ""
+    """A task's rendered description (its title is ``message``)."""
 
 
 class DecisionKind(StrEnum):
@@ -106,6 +110,8 @@ class DecisionKind(StrEnum):
 
     APPROVE = "approve"
     REJECT = "reject"
+    COMPLETE = "complete"
+    """Completes a human task (its form data becomes the step's output)."""
 
 
 class Decision(BaseModel):
@@ -116,6 +122,9 @@ class Decision(BaseModel):
         actor: Who decides; must be one of the step's approvers.
         reason: Free text, recorded.
         data: Form fields merged into the run's ``vars``.
+        groups: Groups the actor decides as a member of: a step listing ``group:<name>`` among its
+            approvers (or candidate groups) accepts a member. Proven by the token's ``groups`` claim
+            when proof is required; otherwise as trusted as the actor itself.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -124,6 +133,7 @@ class Decision(BaseModel):
     step_id: str | None = None
     reason: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
+    groups: list[str] = Field(default_factory=list, max_length=50)
 
 
 class DecisionRequest(Decision):
@@ -260,6 +270,12 @@ class RunOptions(BaseModel):
         decision_proof: Decisions and cancels must carry a signed token: the ``approve``, ``reject``
             and ``cancel`` signals (which cannot carry one) are refused, and the ``decide`` and
             ``cancel_run`` updates are verified against the worker's keys.
+        publish_assignees: Keep the ``WfaAssignees`` search attribute (who the run waits for; the
+            inbox's query). :meth:`starter.client.FlowClient.start_run` sets it. Off by default, so
+            the input of every run started before the attribute existed says "no" and its history
+            replays unchanged without a patch marker (a third patch marker in the first workflow
+            task makes the server persist the next rejected update's workflow task, so a refused
+            decision would no longer leave history untouched).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -268,6 +284,7 @@ class RunOptions(BaseModel):
     current_step: CurrentStepTracking = CurrentStepTracking.WAITS
     tenant: str = Field(default="default", min_length=1, max_length=100)
     decision_proof: bool = False
+    publish_assignees: bool = False
 
 
 class RunInput(BaseModel):

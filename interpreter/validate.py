@@ -27,6 +27,7 @@ from interpreter.model import (
     DelayStep,
     FailStep,
     ForeachStep,
+    HumanTaskStep,
     NestedTemplateError,
     ParallelStep,
     SetStep,
@@ -370,6 +371,7 @@ def _check_step(
         | ParallelStep
         | DelayStep
         | ApprovalStep
+        | HumanTaskStep
         | SetStep
         | SucceedStep
         | FailStep,
@@ -409,6 +411,9 @@ def _texts(step: Step) -> list[tuple[str, str]]:
             )
     elif isinstance(step, ApprovalStep):
         out.extend((".message", t) for _, t in template_strings(step.message))
+    elif isinstance(step, HumanTaskStep):
+        out.extend((".title", t) for _, t in template_strings(step.title))
+        out.extend((".description", t) for _, t in template_strings(step.description))
     elif isinstance(step, ParallelStep):
         pass  # only nested steps
     else:
