@@ -207,3 +207,56 @@ async def test_sign_in_refused_and_forms_need_the_session_token(inbox: Inbox, br
         assert session["sameSite"] == "Lax"
     finally:
         await context.close()
+
+
+async def test_a_human_task_completed_in_the_inbox(
+    client: Client, task_queue: str, inbox: Inbox, browser: Browser
+) -> None:
+    document = {
+        "name": unique("follow-up"),
+        "steps": [
+            {
+                "id": "call_family",
+                "type": "human_task",
+                "title": "Call {{ input.family }}",
+                "description": "They did not answer the reminder SMS.",
+                "candidate_groups": ["finance"],
+                "fields": [
+                    {"name": "reached", "type": "boolean", "required": True},
+                    {"name": "callback_on", "type": "date"},
+                ],
+                "due": "2d",
+            }
+        ],
+    }
+    run = RunInput(
+        definition=load_definition(document),
+        input={"family": "the Nguyen family"},
+        options=RunOptions(tenant="acme", decision_proof=True, publish_assignees=True),
+    )
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run, run, id=unique("task-run"), task_queue=task_queue
+    )
+    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await _sign_in(page, inbox, "acme", "carol")
+        await eventually(
+            lambda: _listed(page, "Call the Nguyen family"), bool, timeout=30, what="task listed"
+        )
+        await page.get_by_role("link", name="Call the Nguyen family").click()
+        await expect(page.get_by_text("They did not answer the reminder SMS.")).to_be_visible()
+        await page.get_by_role("button", name="Complete task").click()  # 'reached' left out
+        await expect(page.locator("#f-reached-error")).to_contain_text("Reached is required")
+        await page.get_by_label("Reached").select_option("true")
+        await page.get_by_label("Callback on").fill("2026-03-02")
+        await page.get_by_role("button", name="Complete task").click()
+        await expect(page.get_by_role("status")).to_contain_text("Completed")
+        result: RunResult = await handle.result()
+        output = result.steps[0].output
+        assert output["status"] == "completed"
+        assert output["completed_by"] == "carol"
+        assert output["data"] == {"reached": True, "callback_on": "2026-03-02"}
+    finally:
+        await context.close()
