@@ -136,6 +136,7 @@ def build_worker(
     extra_workflows: Sequence[type] = (),
     extra_activities: Sequence[Callable[..., Any]] = (),
     graceful_shutdown_timeout: timedelta = timedelta(seconds=30),
+    outbound_policy: OutboundPolicy | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -147,13 +148,15 @@ def build_worker(
         extra_workflows: More workflows on the same worker (benchmarks, tests).
         extra_activities: More activities on the same worker.
         graceful_shutdown_timeout: How long in-flight activities may finish on shutdown.
+        outbound_policy: What the ``email`` action may connect to (the policy ``http_client`` was
+            built with); default ``WFA_OUTBOUND_ALLOW``'s.
     """
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[RunDefinitionWorkflow, *extra_workflows],
         activities=[
-            *build_activities(http_client),
+            *build_activities(http_client, outbound_policy=outbound_policy),
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
         ],
@@ -267,6 +270,7 @@ async def main() -> int:
                     http_client,
                     session_factory=database.session_factory if database else None,
                     graceful_shutdown_timeout=grace,
+                    outbound_policy=policies[namespace],
                 )
             )
         for namespace, client in clients.items():

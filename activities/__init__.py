@@ -8,7 +8,11 @@ from typing import Any
 import httpx
 
 from activities.echo import echo
+from activities.email import EmailActions
 from activities.http import HttpActions
+from activities.messaging import MessagingActions
+from activities.outbound import OutboundPolicy
+from activities.webhook import WebhookActions
 from interpreter.actions import KNOWN_ACTIONS
 
 __all__ = ["ACTION_NAMES", "build_activities"]
@@ -18,14 +22,29 @@ ACTION_NAMES: tuple[str, ...] = KNOWN_ACTIONS
 (:data:`interpreter.actions.ACTION_INPUTS`)."""
 
 
-def build_activities(http_client: httpx.AsyncClient) -> list[Callable[..., Any]]:
+def build_activities(
+    http_client: httpx.AsyncClient, *, outbound_policy: OutboundPolicy | None = None
+) -> list[Callable[..., Any]]:
     """All action activities, ready for ``Worker(activities=...)``.
 
     Args:
-        http_client: Shared client used by the ``http`` action; the caller owns and closes it.
+        http_client: Shared client used by the ``http``, ``sms``, ``call``, ``sms_status`` and
+            ``webhook`` actions; the caller owns and closes it (built with the outbound policy by
+            :func:`activities.outbound.build_http_client`).
+        outbound_policy: The policy the ``email`` action's SMTP connections are checked against
+            (the one ``http_client`` was built with); default ``WFA_OUTBOUND_ALLOW``'s.
 
     Returns:
         The activity callables, one per name in :data:`ACTION_NAMES`, in the same order.
     """
-    implementations: dict[str, Callable[..., Any]] = {"http": HttpActions(http_client).http, "echo": echo}
+    messaging = MessagingActions(http_client)
+    implementations: dict[str, Callable[..., Any]] = {
+        "http": HttpActions(http_client).http,
+        "echo": echo,
+        "email": EmailActions(outbound_policy or OutboundPolicy.from_env()).email,
+        "sms": messaging.sms,
+        "call": messaging.call,
+        "sms_status": messaging.sms_status,
+        "webhook": WebhookActions(http_client).webhook,
+    }
     return [implementations[name] for name in ACTION_NAMES]

@@ -43,7 +43,10 @@ __all__ = [
     "check_secret_hosts",
     "check_tenant_scope",
     "redact_secrets",
+    "require_setting",
     "resolve_secrets",
+    "tenant_secret",
+    "tenant_setting",
 ]
 
 P = ParamSpec("P")
@@ -136,6 +139,58 @@ def resolve_secrets(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(resolve_secrets(v) for v in value)
     return value
+
+
+def tenant_setting(name: str) -> str | None:
+    """A configuration value of the run's tenant (an SMTP host, a provider's base URL), read from
+    the tenant's scoped secrets but not treated as a secret: not redacted from outputs and errors
+    (a port ``25`` would otherwise scrub every ``25``). Credentials go through :func:`tenant_secret`.
+
+    Returns:
+        The value, or None when the tenant has no such setting.
+    """
+    if not _SECRET_NAME.fullmatch(name):
+        raise ApplicationError(
+            f"invalid setting name {name[:100]!r}", type="SecretNotFound", non_retryable=True
+        )
+    secret = secret_store().get(_tenant.get(), name)
+    return None if secret is None else secret.value
+
+
+def require_setting(name: str, action_name: str) -> str:
+    """:func:`tenant_setting`, required.
+
+    Raises:
+        ApplicationError: Non-retryable, type ``ActionNotConfigured``, naming the setting and where
+            it is configured.
+    """
+    value = tenant_setting(name)
+    if value is None or not value.strip():
+        tenant = _tenant.get()
+        raise ApplicationError(
+            f"the {action_name} action needs the setting {name} of tenant {tenant!r}, which the worker does"
+            f" not have ({SECRETS_FILE_ENV}, or {SECRET_ENV_PREFIX}{name} for tenant 'default')",
+            type="ActionNotConfigured",
+            non_retryable=True,
+        )
+    return value.strip()
+
+
+def tenant_secret(name: str, *, required: bool = True) -> str | None:
+    """A credential of the run's tenant by name (as ``${secret:NAME}`` would resolve it): it is
+    redacted from the action's output and errors, and :func:`check_secret_hosts` checks where it
+    goes.
+
+    Args:
+        name: The secret's name.
+        required: Without it, a missing secret is None instead of an error.
+
+    Raises:
+        ApplicationError: Non-retryable, type ``SecretNotFound``, when required and missing.
+    """
+    if not required and _SECRET_NAME.fullmatch(name) and secret_store().get(_tenant.get(), name) is None:
+        return None
+    return _lookup_secret(name)
 
 
 def check_secret_hosts(host: str) -> None:

@@ -14,14 +14,15 @@ its rendered input with the same model (:func:`parse_action_input`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class RetryMode(StrEnum):
@@ -211,7 +212,307 @@ class EchoInput(ActionInput):
     non_retryable: bool = False
 
 
-ACTION_INPUTS: Mapping[str, type[ActionInput]] = MappingProxyType({"http": HttpInput, "echo": EchoInput})
+# ------------------------------------------------------------- messaging: email, sms, call, webhook
+
+ACCOUNT_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
+"""An ``account``: the prefix of the tenant's settings an action reads (``SMTP`` -> ``SMTP_HOST``)."""
+
+MAX_EMAIL_RECIPIENTS = 100
+"""Most addresses in to, cc and bcc together."""
+
+
+def _address(value: str) -> str:
+    """An email address as people write it: ``a@b.example`` or ``Name <a@b.example>``, one line."""
+    from email.utils import parseaddr  # stdlib, pure
+
+    text = value.strip()
+    if not text or any(c in text for c in "\r\n\0") or len(text) > 320:
+        raise ValueError("must be one email address on one line")
+    _, addr = parseaddr(text)
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in addr):
+        raise ValueError(f"{text[:80]!r} is not an email address")
+    return text
+
+
+EmailAddress = Annotated[str, AfterValidator(_address)]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _phone(value: str) -> str:
+    if not re.fullmatch(r"(?:whatsapp:)?\+[1-9][0-9]{6,14}", value.strip()):
+        raise ValueError("must be a phone number in E.164 form, e.g. +13125550100 (or whatsapp:+1...)")
+    return value.strip()
+
+
+PhoneNumber = Annotated[str, AfterValidator(_phone)]
+
+
+def _checked_http_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if not parts.netloc:
+        raise ValueError("must include a host")
+    return value.strip()
+
+
+HttpUrl = Annotated[str, AfterValidator(_checked_http_url)]
+
+
+def _filename(value: str) -> str:
+    if not value or len(value) > 255 or any(c in value for c in "/\\\r\n\0"):
+        raise ValueError("must be a file name (1-255 characters, no path, no line break)")
+    return value
+
+
+class EmailAttachment(ActionInput):
+    """One attachment of an ``email``: its content from run data, as text or base64.
+
+    Attributes:
+        filename: Name shown to the recipient (no path, no line breaks).
+        content_type: MIME type, e.g. ``application/pdf``.
+        content_text: The content as text (sent as UTF-8).
+        content_base64: The content, base64-encoded (binary files).
+    """
+
+    filename: Annotated[str, AfterValidator(_filename)]
+    content_type: str = Field(
+        default="application/octet-stream", pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$"
+    )
+    content_text: str | None = None
+    content_base64: str | None = None
+
+    @model_validator(mode="after")
+    def _one_content(self) -> EmailAttachment:
+        if (self.content_text is None) == (self.content_base64 is None):
+            raise ValueError("give exactly one of content_text and content_base64")
+        return self
+
+
+class EmailInput(ActionInput):
+    """Input of the ``email`` action: one message sent through the tenant's SMTP server.
+
+    The server, its port, TLS mode, credentials and default sender are the tenant's settings
+    ``<account>_HOST``, ``_PORT``, ``_SECURITY``, ``_USERNAME``, ``_PASSWORD``, ``_FROM`` (scoped
+    secrets), never part of a definition.
+
+    Attributes:
+        to: Recipients (one address or a list).
+        cc: Copy recipients.
+        bcc: Blind copy recipients (in the envelope only, never in a header).
+        from_: Sender, given as ``from``; default the tenant's ``<account>_FROM``.
+        reply_to: ``Reply-To`` address.
+        subject: Subject line (line breaks become spaces).
+        text: Plain-text body.
+        html: HTML body; rendered with autoescaping (data written into it is escaped). Without
+            ``text``, the text part is derived from it.
+        attachments: Files from run data.
+        account: Prefix of the tenant's SMTP settings (default ``SMTP``).
+        timeout_s: Time allowed for the whole SMTP exchange.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    to: list[EmailAddress] = Field(min_length=1)
+    cc: list[EmailAddress] = Field(default_factory=list)
+    bcc: list[EmailAddress] = Field(default_factory=list)
+    from_: EmailAddress | None = Field(default=None, alias="from")
+    reply_to: EmailAddress | None = None
+    subject: str = Field(max_length=998)
+    text: str | None = None
+    html: str | None = None
+    attachments: list[EmailAttachment] = Field(default_factory=list, max_length=20)
+    account: str = Field(default="SMTP", pattern=ACCOUNT_PATTERN)
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+    _to = field_validator("to", "cc", "bcc", mode="before")(_one_or_many)
+
+    @model_validator(mode="after")
+    def _has_body(self) -> EmailInput:
+        if self.text is None and self.html is None:
+            raise ValueError("give text, html or both")
+        if len(self.to) + len(self.cc) + len(self.bcc) > MAX_EMAIL_RECIPIENTS:
+            raise ValueError(f"at most {MAX_EMAIL_RECIPIENTS} recipients in to, cc and bcc together")
+        return self
+
+
+class EmailResult(ActionInput):
+    """Output of the ``email`` action.
+
+    Attributes:
+        message_id: The ``Message-ID`` header sent: the same for every attempt of the step, so a
+            duplicate delivery after a retry is recognisable.
+        accepted: Addresses the server accepted.
+        refused: Addresses the server refused, each with its reply (``550 5.1.1 ...``), when
+            others were accepted.
+    """
+
+    message_id: str
+    accepted: list[str]
+    refused: dict[str, str] = Field(default_factory=dict)
+
+
+class SmsInput(ActionInput):
+    """Input of the ``sms`` action: a text message through a Twilio-shaped API.
+
+    Attributes:
+        to: Recipient in E.164 form (``+13125550100``).
+        from_: Sender number, given as ``from``; default the tenant's ``<account>_FROM``.
+        body: The message text.
+        status_callback: URL the provider reports delivery status changes to.
+        account: Prefix of the tenant's provider settings (default ``TWILIO``).
+        timeout_s: Time allowed for the request.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    to: PhoneNumber
+    from_: PhoneNumber | None = Field(default=None, alias="from")
+    body: str = Field(min_length=1, max_length=1600)
+    status_callback: HttpUrl | None = None
+    account: str = Field(default="TWILIO", pattern=ACCOUNT_PATTERN)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class CallInput(ActionInput):
+    """Input of the ``call`` action: an outgoing phone call through a Twilio-shaped API.
+
+    Attributes:
+        to: Number to call, E.164.
+        from_: Caller number, given as ``from``; default the tenant's ``<account>_FROM``.
+        twiml: What the call says (TwiML, e.g. ``<Response><Say>...</Say></Response>``).
+        url: Or: where the provider fetches the TwiML from.
+        status_callback: URL the provider reports call status changes to.
+        account: Prefix of the tenant's provider settings (default ``TWILIO``).
+        timeout_s: Time allowed for the request.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    to: PhoneNumber
+    from_: PhoneNumber | None = Field(default=None, alias="from")
+    twiml: str | None = Field(default=None, min_length=1, max_length=4000)
+    url: HttpUrl | None = None
+    status_callback: HttpUrl | None = None
+    account: str = Field(default="TWILIO", pattern=ACCOUNT_PATTERN)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _one_script(self) -> CallInput:
+        if (self.twiml is None) == (self.url is None):
+            raise ValueError("give exactly one of twiml and url")
+        return self
+
+
+class SmsStatusInput(ActionInput):
+    """Input of the ``sms_status`` action: reads a sent message's delivery status.
+
+    Attributes:
+        sid: The provider's message id (the ``sid`` output of an ``sms`` step).
+        account: Prefix of the tenant's provider settings (default ``TWILIO``).
+        timeout_s: Time allowed for the request.
+    """
+
+    sid: str = Field(pattern=r"^[A-Za-z0-9]{2,64}$")
+    account: str = Field(default="TWILIO", pattern=ACCOUNT_PATTERN)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class MessageResult(ActionInput):
+    """Output of ``sms``, ``call`` and ``sms_status``: the provider's record of the message or call.
+
+    Attributes:
+        sid: The provider's id of the message or call.
+        status: Its status (``queued``, ``sent``, ``delivered``, ``failed``, ``undelivered``, ...).
+        to: Recipient.
+        from_: Sender, as ``from``.
+        error_code: The provider's error code for a failed delivery, if any.
+        error_message: Its message.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    sid: str
+    status: str | None = None
+    to: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    error_code: int | str | None = None
+    error_message: str | None = None
+
+
+class WebhookInput(ActionInput):
+    """Input of the ``webhook`` action: a JSON POST signed per Standard Webhooks.
+
+    Attributes:
+        url: Receiver, absolute ``http``/``https``.
+        payload: The JSON body.
+        secret: Name of the tenant's signing secret (``whsec_...``); default ``WEBHOOK_SECRET``.
+        headers: More request headers (the ``webhook-*`` ones are the action's).
+        timeout_s: Time allowed for the request.
+    """
+
+    url: HttpUrl
+    payload: Any = None
+    secret: str = Field(default="WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("headers")
+    @classmethod
+    def _own_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not name or any(c in name for c in " \t\r\n:") or any(c in header_value for c in "\r\n"):
+                raise ValueError(f"header {name!r} has an invalid name or a line break in its value")
+            if name.lower().startswith("webhook-") or name.lower() in ("content-type", "idempotency-key"):
+                raise ValueError(f"header {name!r} is set by the action")
+        return value
+
+
+class WebhookResult(ActionInput):
+    """Output of the ``webhook`` action.
+
+    Attributes:
+        status_code: The receiver's status (2xx).
+        webhook_id: The ``webhook-id`` sent: the same for every attempt of the step.
+        body: The receiver's answer (parsed JSON or text, at most 16 KiB of it).
+    """
+
+    status_code: int
+    webhook_id: str
+    body: Any = None
+
+
+AUTOESCAPED_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType({"email": ("html",)})
+"""Input fields rendered with HTML autoescaping, per action: data written into them by a template
+is escaped (``<`` becomes ``&lt;``), so run data cannot add markup to an email."""
+
+ACTION_OUTPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
+    {
+        "email": EmailResult,
+        "sms": MessageResult,
+        "call": MessageResult,
+        "sms_status": MessageResult,
+        "webhook": WebhookResult,
+    }
+)
+"""The output model of the actions that declare one (the step's ``output`` has its fields)."""
+
+
+ACTION_INPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
+    {
+        "http": HttpInput,
+        "echo": EchoInput,
+        "email": EmailInput,
+        "sms": SmsInput,
+        "call": CallInput,
+        "sms_status": SmsStatusInput,
+        "webhook": WebhookInput,
+    }
+)
 """Every action, by the name definitions use, with the model of its input. A new action is one
 entry here plus its activity (see the README's contributing section)."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
-from interpreter.actions import ActionRequest, ActionResult
+from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult
 from interpreter.business_hours import BusinessHours, add_business_time, check_timezone, delay_until_open
 from interpreter.durations import format_duration, parse_duration
 from interpreter.inert import make_inert
@@ -68,7 +68,7 @@ from interpreter.state import (
     StepStatus,
     clip,
 )
-from interpreter.templates import WORK_BUDGET, TemplateError, evaluate, last_work, render
+from interpreter.templates import WORK_BUDGET, TemplateError, evaluate, last_work, render, render_html
 
 PATCH_PAYLOAD_BUDGETS = "payload-budgets"
 """Patch id: an output that would bring the run's state over its budget fails its step. Asked only
@@ -735,6 +735,21 @@ class Engine:
         finally:
             self._task_work += last_work()
 
+    def _render_input(self, action: str, value: dict[str, Any], context: Mapping[str, Any]) -> Any:
+        """A task's input rendered; the action's HTML fields (``AUTOESCAPED_INPUTS``) with
+        autoescaping. Only new actions have such fields, so existing runs render as before."""
+        escaped = [key for key in AUTOESCAPED_INPUTS.get(action, ()) if key in value]
+        if not escaped:
+            return self._render(value, context)
+        rendered = self._render({k: v for k, v in value.items() if k not in escaped}, context)
+        for key in escaped:
+            self._check_task_work()
+            try:
+                rendered[key] = render_html(value[key], context)
+            finally:
+                self._task_work += last_work()
+        return {key: rendered[key] for key in value}
+
     def _evaluate(self, expression: str, context: Mapping[str, Any]) -> Any:
         self._check_task_work()
         try:
@@ -876,7 +891,7 @@ class Engine:
         request = ActionRequest(
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
-            input=self._render(dict(step.input), self._context(scope)),
+            input=self._render_input(step.action, dict(step.input), self._context(scope)),
             tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),

@@ -46,6 +46,7 @@ __all__ = [
     "evaluate",
     "last_work",
     "render",
+    "render_html",
     "template_strings",
 ]
 
@@ -508,6 +509,10 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 _ENV = _Environment()
 
+_HTML_ENV = _Environment()
+# Set before anything is compiled in it: every ``{{ ... }}`` output is HTML-escaped.
+_HTML_ENV.autoescape = True
+
 
 def _detail(exc: Exception) -> str:
     if isinstance(exc, jinja2.exceptions.TemplateSyntaxError):
@@ -674,6 +679,38 @@ def _render(value: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(value, (list, tuple)):
         return [_render(item, context) for item in value]
     return value
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile_html_template(source: str) -> jinja2.Template:
+    return _HTML_ENV.from_string(source)
+
+
+def render_html(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render an HTML template with autoescaping: every value a ``{{ ... }}`` writes is escaped
+    (``<`` becomes ``&lt;``), so data cannot add markup; ``| safe`` opts out where the author means it.
+
+    Args:
+        value: The template; anything but a string is returned as it is (the action's input model
+            then refuses it).
+        context: Top-level names, as for :func:`render`.
+
+    Returns:
+        The rendered string (always a string, even for a template that is one expression).
+
+    Raises:
+        TemplateError: As for :func:`render`.
+    """
+    _Budget.reset()
+    if not isinstance(value, str) or not _is_template(value):
+        return value
+    try:
+        rendered = str(_compile_html_template(value).render(dict(context)))
+    except TemplateError:
+        raise
+    except Exception as exc:
+        raise TemplateError(value, _detail(exc)) from exc
+    return _check_size(value, rendered)
 
 
 def contains_template(value: Any) -> bool:

@@ -1,0 +1,437 @@
+"""The ``email`` action: one message through the tenant's SMTP server (``aiosmtplib``).
+
+Configuration is the tenant's, from its scoped secrets (:mod:`activities.secrets`), never from a
+definition; ``<account>`` is the step's ``account`` input (default ``SMTP``):
+
+=====================  ========  ===========================================================
+Setting                Needed    Meaning
+=====================  ========  ===========================================================
+``<account>_HOST``     yes       SMTP server host name or address
+``<account>_PORT``     no        default 465 for ``tls``, 587 for ``starttls``, 25 for ``none``
+``<account>_SECURITY`` no        ``starttls`` (default: upgrade or fail), ``tls`` (implicit
+                                 TLS), ``none`` (plain text: local relays and tests only)
+``<account>_USERNAME`` no        login name (with ``_PASSWORD``)
+``<account>_PASSWORD`` no        a secret: redacted from outputs and errors; its ``hosts``
+                                 restriction is checked against ``_HOST``
+``<account>_FROM``     no        default sender when the step gives no ``from``
+``<account>_HELO``     no        name given in EHLO (default: the sender's domain)
+=====================  ========  ===========================================================
+
+The connection goes through the worker's :class:`~activities.outbound.OutboundPolicy` like every
+network-reaching action: the host is resolved once, every address checked, and the connection made
+to a checked address (TLS still verifies the certificate against the host name).
+
+The ``Message-ID`` is derived from the step's idempotency key (workflow id, run, step path and
+visit): every attempt of a step sends the same one, so a message delivered again after a retry (a
+worker killed after the server took the message, before it reported) is recognisable.
+
+Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`):
+
+====================================  ==========  ==============================================
+Situation                             Retryable   Type
+====================================  ==========  ==============================================
+input fails validation                no          ``InvalidActionInput``
+attachments over the size limit       no          ``EmailAttachmentTooLarge``
+setting ``<account>_HOST`` missing    no          ``ActionNotConfigured``
+password secret not for this host     no          ``SecretHostRefused``
+outbound policy refuses the host      no          ``OutboundRefused``
+could not connect / connection lost   yes         ``EmailConnectError``
+no answer in time                     yes         ``EmailTimeout``
+server replied 4xx (any command)      yes         ``EmailTemporaryFailure``
+server replied 5xx                    no          ``EmailRejected`` (the reply in the message)
+every recipient refused with 5xx      no          ``EmailRecipientsRefused``
+login refused (5xx)                   no          ``EmailAuthenticationFailed``
+STARTTLS not offered, TLS failure     no          ``EmailTlsError``
+====================================  ==========  ==============================================
+
+Some recipients refused and others accepted is a success: the refused ones are in the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, parseaddr
+from html.parser import HTMLParser
+from typing import Any
+
+import aiosmtplib
+from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
+
+from activities.base import action, check_secret_hosts, require_setting, tenant_secret, tenant_setting
+from activities.outbound import OutboundPolicy, OutboundRefusedError, Resolver, numeric_host, system_resolver
+from interpreter.actions import (
+    ActionRequest,
+    EmailInput,
+    EmailResult,
+    input_problems,
+    parse_action_input,
+)
+
+__all__ = [
+    "MAX_ATTACHMENTS_BYTES",
+    "EmailActions",
+    "build_message",
+    "html_to_text",
+    "message_id_for",
+]
+
+MAX_ATTACHMENTS_BYTES = 1024 * 1024
+"""Most bytes of attachments (decoded, all together) in one message: they travel in the step's
+input through workflow history, whose payloads are capped at 2 MiB. Link to larger files."""
+
+_DEFAULT_PORTS = {"tls": 465, "starttls": 587, "none": 25}
+_SECURITY = tuple(_DEFAULT_PORTS)
+_REPLY_LIMIT = 500
+
+
+def message_id_for(idempotency_key: str, domain: str) -> str:
+    """The ``Message-ID`` of a step's message: the same for every attempt of that step execution.
+
+    Args:
+        idempotency_key: The step's idempotency key (workflow id, run id, step path and visit).
+        domain: The right-hand side, usually the sender's domain.
+    """
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:40]
+    return f"<wfa.{digest}@{domain}>"
+
+
+class _TextFromHtml(HTMLParser):
+    """The readable text of an HTML body: blocks on their own lines, links followed by their URL."""
+
+    _BLOCKS = frozenset(
+        {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "hr"}
+    )
+    _HIDDEN = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+        self._links: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("- ")
+        if tag == "a":
+            self._links.append(dict(attrs).get("href"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN:
+            self._hidden = max(self._hidden - 1, 0)
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+        if tag == "a" and self._links:
+            href = self._links.pop()
+            if href and href.startswith(("http://", "https://", "mailto:")):
+                self.parts.append(f" ({href})")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """The plain-text part derived from an HTML body (for clients that show no HTML)."""
+    parser = _TextFromHtml()
+    parser.feed(markup)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    text = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+@dataclass(frozen=True)
+class _Server:
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: str | None
+    sender: str | None
+    helo: str | None
+
+
+def _invalid(message: str) -> ApplicationError:
+    return ApplicationError(f"invalid email input: {message}", type="InvalidActionInput", non_retryable=True)
+
+
+def _server_config(account: str) -> _Server:
+    host = require_setting(f"{account}_HOST", "email")
+    security = (tenant_setting(f"{account}_SECURITY") or "starttls").strip().lower()
+    if security not in _SECURITY:
+        raise ApplicationError(
+            f"setting {account}_SECURITY is {security[:40]!r}; use one of {', '.join(_SECURITY)}",
+            type="ActionNotConfigured",
+            non_retryable=True,
+        )
+    port_text = (tenant_setting(f"{account}_PORT") or "").strip()
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ApplicationError(
+            f"setting {account}_PORT is not a port number", type="ActionNotConfigured", non_retryable=True
+        )
+    username = tenant_setting(f"{account}_USERNAME")
+    password = tenant_secret(f"{account}_PASSWORD", required=False)
+    if (username is None) != (password is None):
+        raise ApplicationError(
+            f"settings {account}_USERNAME and {account}_PASSWORD go together",
+            type="ActionNotConfigured",
+            non_retryable=True,
+        )
+    return _Server(
+        host=host,
+        port=int(port_text) if port_text else _DEFAULT_PORTS[security],
+        security=security,
+        username=username,
+        password=password,
+        sender=tenant_setting(f"{account}_FROM"),
+        helo=tenant_setting(f"{account}_HELO"),
+    )
+
+
+def _attachment_bytes(spec: EmailInput) -> list[tuple[bytes | str, str, str]]:
+    """``(content, content_type, filename)`` per attachment, within the size limit."""
+    found: list[tuple[bytes | str, str, str]] = []
+    total = 0
+    for index, attachment in enumerate(spec.attachments):
+        content: bytes | str
+        if attachment.content_base64 is not None:
+            try:
+                content = base64.b64decode(attachment.content_base64, validate=True)
+            except (binascii.Error, ValueError):
+                raise _invalid(f"attachments[{index}].content_base64: not base64") from None
+            total += len(content)
+        else:
+            content = attachment.content_text or ""
+            total += len(content.encode("utf-8"))
+        if total > MAX_ATTACHMENTS_BYTES:
+            raise ApplicationError(
+                f"attachments are over {MAX_ATTACHMENTS_BYTES} bytes together (at attachments[{index}]"
+                f" {attachment.filename!r}); link to large files instead",
+                type="EmailAttachmentTooLarge",
+                non_retryable=True,
+            )
+        found.append((content, attachment.content_type, attachment.filename))
+    return found
+
+
+def build_message(spec: EmailInput, sender: str, message_id: str) -> EmailMessage:
+    """The MIME message: a text part always, the HTML alternative when given, then attachments.
+
+    Bcc recipients are never written into a header (they are envelope recipients only).
+    """
+    message = EmailMessage(policy=SMTP_POLICY)
+    message["From"] = sender
+    message["To"] = ", ".join(spec.to)
+    if spec.cc:
+        message["Cc"] = ", ".join(spec.cc)
+    if spec.reply_to:
+        message["Reply-To"] = spec.reply_to
+    message["Subject"] = re.sub(r"[\r\n\t]+", " ", spec.subject).strip()
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies to a robot
+    text = spec.text if spec.text is not None else html_to_text(spec.html or "")
+    message.set_content(text, charset="utf-8")
+    if spec.html is not None:
+        message.add_alternative(spec.html, subtype="html", charset="utf-8")
+    for content, content_type, filename in _attachment_bytes(spec):
+        maintype, _, subtype = content_type.partition("/")
+        if isinstance(content, str) and maintype == "text":
+            message.add_attachment(content, subtype=subtype, filename=filename, charset="utf-8")
+        else:
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return message
+
+
+def _reply(code: int, text: str) -> str:
+    return f"{code} {' '.join(text.split())}"[:_REPLY_LIMIT]
+
+
+def _classify(exc: Exception, where: str) -> ApplicationError:
+    """An SMTP failure as a step failure: 4xx and lost connections retry, 5xx are permanent."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        replies = {r.recipient: _reply(r.code, r.message) for r in exc.recipients}
+        temporary = any(400 <= r.code < 500 for r in exc.recipients)
+        summary = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in replies.items())
+        if temporary:
+            return ApplicationError(
+                f"{where} deferred every recipient: {summary}",
+                {"refused": replies},
+                type="EmailTemporaryFailure",
+            )
+        return ApplicationError(
+            f"{where} refused every recipient: {summary}",
+            {"refused": replies},
+            type="EmailRecipientsRefused",
+            non_retryable=True,
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        reply = _reply(exc.code, exc.message)
+        details = {"code": exc.code, "reply": reply}
+        if 400 <= exc.code < 500:
+            return ApplicationError(
+                f"{where} replied {reply} (temporary)", details, type="EmailTemporaryFailure"
+            )
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return ApplicationError(
+                f"{where} refused the login: {reply}",
+                details,
+                type="EmailAuthenticationFailed",
+                non_retryable=True,
+            )
+        if exc.code >= 500:
+            return ApplicationError(
+                f"{where} rejected the message: {reply}", details, type="EmailRejected", non_retryable=True
+            )
+        return ApplicationError(f"{where} replied {reply}", details, type="EmailConnectError")
+    if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
+        return ApplicationError(f"{where} did not answer in time", type="EmailTimeout")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported | ssl.SSLError):
+        return ApplicationError(f"{where}: TLS failed: {exc}", type="EmailTlsError", non_retryable=True)
+    if isinstance(exc, ConnectionError | OSError | aiosmtplib.SMTPException):
+        return ApplicationError(f"{where}: connection failed: {exc}", type="EmailConnectError")
+    raise exc
+
+
+class EmailActions:
+    """The ``email`` activity; ``EmailActions(policy).email`` is what the worker registers.
+
+    Args:
+        policy: The worker's outbound policy (the same the ``http`` action's client uses).
+        resolver: Resolves host names (default: the system's); tests inject one.
+        tls_context: TLS settings for ``tls``/``starttls`` (default: verified, system CAs).
+    """
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        resolver: Resolver | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._policy = policy
+        self._resolve = resolver or system_resolver
+        self._tls_context = tls_context
+
+    async def _connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A connected socket to an address of ``host`` the policy allows (resolved once)."""
+        literal = numeric_host(host)
+        if literal is not None:
+            addresses = [str(literal)]
+        else:
+            try:
+                addresses = await self._resolve(host, port)
+            except OSError as exc:
+                raise ConnectionError(f"cannot resolve {host!r}: {exc}") from None
+        refusal: OutboundRefusedError | None = None
+        last: Exception | None = None
+        loop = asyncio.get_running_loop()
+        for address in addresses:
+            try:
+                self._policy.check(host, address)
+            except OutboundRefusedError as exc:
+                refusal = refusal or exc
+                continue
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(timeout):
+                    await loop.sock_connect(sock, (address, port))
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                last = exc
+                continue
+            return sock
+        if last is not None:
+            raise ConnectionError(f"cannot connect to {host}:{port}: {last}")
+        if refusal is not None:
+            raise refusal
+        raise ConnectionError(f"cannot resolve {host!r}: no address")
+
+    @action("email")
+    async def email(self, request: ActionRequest) -> dict[str, Any]:
+        """Send one email described by ``request.input`` (an :class:`EmailInput`).
+
+        Returns:
+            An :class:`EmailResult` as a dict: ``message_id``, ``accepted``, ``refused``.
+
+        Raises:
+            ApplicationError: Classified as in the module docstring.
+        """
+        try:
+            spec = parse_action_input(EmailInput, request.input)
+        except ValidationError as exc:
+            problems = input_problems(request.input, exc)
+            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+            raise ApplicationError(
+                f"invalid email input: {summary}", problems, type="InvalidActionInput", non_retryable=True
+            ) from None
+        server = _server_config(spec.account)
+        sender = spec.from_ or server.sender
+        if not sender:
+            raise _invalid(f"from: no sender given and the tenant has no setting {spec.account}_FROM")
+        sender_address = parseaddr(sender)[1]
+        if "@" not in sender_address or any(c in sender for c in "\r\n"):
+            raise _invalid("from: the sender is not an email address")
+        domain = sender_address.rpartition("@")[2].strip().lower() or "localhost"
+        message_id = message_id_for(request.idempotency_key, domain)
+        message = build_message(spec, sender, message_id)
+        recipients = [parseaddr(a)[1] for a in (*spec.to, *spec.cc, *spec.bcc)]
+        recipients = list(dict.fromkeys(recipients))  # one delivery per address
+        if server.password is not None:
+            check_secret_hosts(server.host)
+        where = f"SMTP server {server.host}:{server.port}"
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                sock = await self._connect(server.host, server.port, spec.timeout_s)
+                smtp = aiosmtplib.SMTP(
+                    hostname=server.host,
+                    sock=sock,
+                    use_tls=server.security == "tls",
+                    start_tls=server.security == "starttls",
+                    username=server.username,
+                    password=server.password,
+                    local_hostname=server.helo or domain,
+                    tls_context=self._tls_context,
+                    timeout=spec.timeout_s,
+                )
+                try:
+                    await smtp.connect()
+                    refused, _ = await smtp.sendmail(sender_address, recipients, message.as_bytes())
+                finally:
+                    if smtp.is_connected:
+                        try:
+                            await smtp.quit()
+                        except (aiosmtplib.SMTPException, OSError):
+                            smtp.close()
+                    sock.close()
+        except OutboundRefusedError as exc:
+            raise ApplicationError(
+                f"{where} refused: {exc}",
+                {"rule": exc.rule, "host": exc.host},
+                type="OutboundRefused",
+                non_retryable=True,
+            ) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+            raise _classify(exc, where) from exc
+        refused_replies = {rcpt: _reply(reply.code, reply.message) for rcpt, reply in refused.items()}
+        return EmailResult(
+            message_id=message_id,
+            accepted=[r for r in recipients if r not in refused_replies],
+            refused=refused_replies,
+        ).model_dump(by_alias=True)
