@@ -54,6 +54,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import build_activities
 from activities.dead_letters import build_store_activities
+from activities.email import EmailActions
+from activities.notify import DecisionLinks
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.secrets import (
     SecretsConfigError,
@@ -157,6 +159,7 @@ def build_worker(
         workflows=[RunDefinitionWorkflow, *extra_workflows],
         activities=[
             *build_activities(http_client, outbound_policy=outbound_policy),
+            DecisionLinks(EmailActions(outbound_policy or OutboundPolicy.from_env()).email).decision_links,
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
         ],

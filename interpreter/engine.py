@@ -48,6 +48,7 @@ from interpreter.model import (
 )
 from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
+    DECISION_LINKS_ACTIVITY,
     MAX_ACTOR_CHARS,
     MAX_REFUSALS,
     CancelRequest,
@@ -57,7 +58,9 @@ from interpreter.state import (
     DeadLetterResolution,
     Decision,
     DecisionKind,
+    DecisionLinksInput,
     DecisionRecord,
+    LinkRecipient,
     ParkedStep,
     PendingApproval,
     RefusedMessage,
@@ -357,6 +360,10 @@ class _Scope:
         return {**self.parent.visible_locals(), **self.local}
 
 
+_LINKS_RETRY = RetryPolicy(initial_interval="2s", maximum_interval="1m", maximum_attempts=6)
+_LINKS_TIMEOUTS = Timeouts(start_to_close="60s")
+
+
 @dataclass
 class _Approval:
     """A person's pending decision: an approval step or a human task (one mechanism for both)."""
@@ -436,6 +443,7 @@ class Engine:
         operator may see the row before the run hears back), applied once the row id is known."""
         self._timeouts: dict[str, Timeouts] = {}
         self._parks: dict[str, int] = {}
+        self._link_sends: dict[str, int] = {}
         self._compensations: list[_Compensation] = []
         self._visits: dict[str, int] = {}
         self._executions = 0
@@ -1314,6 +1322,8 @@ class Engine:
         self._set_state(self._waiting_state())
         self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
         try:
+            if step.notify is not None:  # no patch: only steps declaring notify, new with it
+                await self._send_links(approval, scope, list(view.approvers))
             while True:
                 now = self.runtime.now()
                 escalation = step.escalation
@@ -1335,11 +1345,72 @@ class Engine:
                 added = [a for a in escalation.add_approvers if a not in view.approvers]
                 view.approvers.extend(added)
                 self.runtime.state_changed()
+                if step.notify is not None and added:
+                    await self._send_links(approval, scope, added)
                 await self._sequence(escalation.steps, scope.sibling(f"{path}/escalation{view.escalations}/"))
         finally:
             self._approvals.pop(path, None)
             self._set_state(self._waiting_state())
             self.runtime.state_changed()
+
+    async def _send_links(self, approval: _Approval, scope: _Scope, actors: list[str]) -> None:
+        """Mails decision links to the people among ``actors`` the step's ``notify`` lists.
+
+        The ``decision_links`` activity mints the tokens (they never enter history) and sends
+        through the tenant's SMTP settings. A failure is shown on the pending step and does not end
+        the wait: the inbox still serves.
+        """
+        step, view = approval.step, approval.view
+        assert step.notify is not None
+        links = step.notify.email
+        context = self._context(scope)
+        recipients = [
+            LinkRecipient(actor=actor, address=str(self._render(address, context)).strip())
+            for actor, address in links.to.items()
+            if actor in actors
+        ]
+        if not recipients:
+            return
+        subject = str(self._render(links.subject, context)) if links.subject else view.message or step.label
+        form = view.form
+        request_input = DecisionLinksInput(
+            workflow_id=self.info.workflow_id,
+            path=view.path,
+            kind=view.kind,
+            subject=subject,
+            message=view.message,
+            description=view.description,
+            recipients=recipients,
+            required_fields=any(f.required for f in form),
+            has_fields=bool(form),
+            expires_at=view.deadline,
+            account=links.account,
+        ).model_dump(mode="json")
+        visit = self._visits.get(view.path, 1)
+        sends = self._link_sends[view.path] = self._link_sends.get(view.path, 0) + 1
+        key = f"{view.path}{f'#{visit}' if visit > 1 else ''}/links{sends if sends > 1 else ''}"
+        call = ActionCall(
+            step_id=step.id,
+            path=view.path,
+            action=DECISION_LINKS_ACTIVITY,
+            activity_id=key,
+            summary=f"{step.label}: decision links to {', '.join(r.actor for r in recipients)}",
+            request=ActionRequest(
+                step_id=view.path,
+                idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{key}",
+                input=request_input,
+                tenant=self.info.tenant,
+            ),
+            retry=_LINKS_RETRY,
+            timeouts=_LINKS_TIMEOUTS,
+        )
+        try:
+            await self.runtime.execute_action(call)
+        except ActionFailedError as failure:
+            view.notify_error = clip(f"{failure.error_type}: {failure.message}")
+        else:
+            view.notified.extend(r.actor for r in recipients)
+        self.runtime.state_changed()
 
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         start = self.runtime.now()

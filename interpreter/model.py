@@ -476,6 +476,36 @@ FieldDeclaration = Annotated[
 """A form field: its declaration, or a bare name (an error then names the one that applies)."""
 
 
+class EmailLinks(StrictModel):
+    """Decision links by email: each listed person gets a message with links that decide for them.
+
+    Attributes:
+        to: Who is mailed, by the name they decide as (an approver, the assignee, or anyone an
+            escalation adds): their address, or a template giving it (``{{ input.manager_email }}``).
+        subject: The subject line (a template); default the step's message or title.
+        account: Prefix of the tenant's SMTP settings, as for the ``email`` action.
+    """
+
+    to: dict[Annotated[str, Field(min_length=1, max_length=200)], Template] = Field(
+        min_length=1, max_length=50
+    )
+    subject: Template = ""
+    account: str = Field(default="SMTP", pattern=r"^[A-Z][A-Z0-9_]{0,39}$")
+
+    @model_validator(mode="after")
+    def _people(self) -> EmailLinks:
+        groups = sorted(name for name in self.to if name.startswith("group:"))
+        if groups:
+            raise ValueError(f"links decide for one person: name the members, not {groups}")
+        return self
+
+
+class Notify(StrictModel):
+    """How a step waiting for people tells them (``email``: decision links)."""
+
+    email: EmailLinks
+
+
 class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
@@ -500,6 +530,8 @@ class ApprovalStep(StepBase):
     # Left out of dumps when absent, so the content hash of every definition written before
     # approvals could declare it stays the same.
     compensate: list[Step] | None = Field(default=None, exclude_if=lambda value: value is None)
+    notify: Notify | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Send the approvers decision links (approve, reject, and the form) by email."""
 
     @model_validator(mode="after")
     def _coherent(self) -> ApprovalStep:
@@ -546,6 +578,8 @@ class HumanTaskStep(StepBase):
     business_hours: BusinessHours | None = None
     escalation: Escalation | None = None
     on_timeout: Literal["fail", "continue"] | Goto = "fail"
+    notify: Notify | None = None
+    """Send the assignee (or listed members) a link to complete it by email."""
 
     @model_validator(mode="after")
     def _coherent(self) -> HumanTaskStep:

@@ -103,6 +103,10 @@ class PendingApproval(BaseModel):
     """``approval`` (approve or reject) or ``task`` (a human task: complete it)."""
     description: str = ""
     """A task's rendered description (its title is ``message``)."""
+    notified: list[str] = Field(default_factory=list)
+    """Who was sent decision links (``notify``)."""
+    notify_error: str | None = None
+    """Why links could not be sent (the step waits all the same: the inbox still serves)."""
 
 
 class DecisionKind(StrEnum):
@@ -393,3 +397,35 @@ class DeadLetterResolution(BaseModel):
 
 
 RunStatus.model_rebuild()
+
+
+DECISION_LINKS_ACTIVITY = "decision_links"
+"""The activity that mails decision links (``activities/notify.py``); not a definition action."""
+
+
+class LinkRecipient(BaseModel):
+    """One person a step's links go to: the name they decide as, and their address."""
+
+    actor: str
+    address: str
+
+
+class DecisionLinksInput(BaseModel):
+    """What the ``decision_links`` activity needs to mail one step's links.
+
+    The tokens in the links are minted by the activity (with the worker's signing key), so they
+    never enter the run's history.
+    """
+
+    workflow_id: str
+    path: str
+    kind: str
+    """``approval`` or ``task``."""
+    subject: str
+    message: str
+    description: str = ""
+    recipients: list[LinkRecipient]
+    required_fields: bool = False
+    has_fields: bool = False
+    expires_at: datetime | None = None
+    account: str = "SMTP"

@@ -336,6 +336,9 @@ async def _item_page(
         reason=submitted.get("reason", ""),
         history=_step_decisions(status, pending.path, pending.step_id),
         top_error=top_error,
+        allowed=("complete",) if pending.kind == "task" else ("approve", "reject"),
+        show_form=True,
+        link_token=None,
         error_count=len(errors) + (1 if top_error else 0),
     )
 
@@ -400,7 +403,7 @@ async def decide(request: Request, state: State) -> Response:
             groups=groups,
         )
     try:
-        await _send(
+        await send_decision(
             flows,
             kind,
             run,
@@ -437,7 +440,7 @@ async def decide(request: Request, state: State) -> Response:
     )
 
 
-async def _send(
+async def send_decision(
     flows: FlowClient,
     kind: DecisionKind,
     run: str,
@@ -462,6 +465,50 @@ async def _send(
 
 
 DONE = {"approve": "Approved", "reject": "Rejected", "complete": "Completed"}
+
+
+def _link_session(request: Request, state: InboxState) -> tuple[Session, bool]:
+    session = _session(request, state)
+    if session is None:
+        return state.sessions.new(None), True
+    return session, False
+
+
+@router.get("/link", response_class=HTMLResponse, name="inbox_link")
+async def link(request: Request, state: State, t: str = "") -> Response:
+    """An emailed decision link: the step and a confirmation, or why the link no longer works."""
+    from gateway.inbox.links import link_page
+
+    session, fresh = _link_session(request, state)
+    response = await link_page(request, state, session, t, _render)
+    if fresh:
+        _set_cookie(response, state, session)
+    return response
+
+
+@router.post("/link", name="inbox_link_decide")
+async def link_decide(request: Request, state: State) -> Response:
+    """Decides through a link (the token is the proof; no sign-in)."""
+    from gateway.inbox.links import decide_by_link
+
+    session, _ = _link_session(request, state)
+    return await decide_by_link(request, state, session, _render)
+
+
+@router.get("/link/done", response_class=HTMLResponse, name="inbox_link_done")
+async def link_done(request: Request, state: State, decision: str = "") -> Response:
+    """After a link decided."""
+    session, fresh = _link_session(request, state)
+    verb = DONE.get(decision, "Done")
+    return _render(
+        request,
+        state,
+        "message.html",
+        session,
+        new_cookie=fresh,
+        title=f"{verb} — thank you",
+        message=f"{verb}. The run goes on with your decision.",
+    )
 
 
 @router.get("/static/inbox.css", name="inbox_css")

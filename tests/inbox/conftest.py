@@ -25,8 +25,12 @@ from playwright.async_api import Browser, async_playwright
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import notify
+from activities.outbound import OutboundPolicy
+from activities.secrets import Secret, configure_secret_store
 from gateway.inbox import InboxConfig, LocalUsers, hash_password, install_inbox
 from starter.client import FlowClient
+from starter.mailbox import LocalMailbox
 from starter.tokens import generate_keys
 from worker import build_worker
 from workflows import decision_tokens
@@ -65,7 +69,13 @@ async def worker(client: Client, task_queue: str) -> AsyncIterator[Worker]:
     """A worker for the generic workflow on the test's queue."""
     async with (
         httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)) as running,
+        build_worker(
+            client,
+            task_queue,
+            http_client,
+            graceful_shutdown_timeout=timedelta(0),
+            outbound_policy=OutboundPolicy.loopback(),  # the tests' SMTP server is on loopback
+        ) as running,
     ):
         yield running
 
@@ -102,11 +112,14 @@ async def inbox(client: Client, task_queue: str, worker: Worker) -> AsyncIterato
                 task.result()
             await asyncio.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield Inbox(f"http://127.0.0.1:{port}/inbox", private, clients)
+        url = f"http://127.0.0.1:{port}/inbox"
+        notify.configure(private, url)  # the worker's decision_links activity mints and links here
+        yield Inbox(url, private, clients)
     finally:
         server.should_exit = True
         await task
         decision_tokens.configure(None)
+        notify.reset()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -120,6 +133,29 @@ async def browser() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def mailbox() -> AsyncIterator[LocalMailbox]:
+    """An SMTP server on loopback that keeps what it receives; acme's SMTP settings point at it."""
+    async with LocalMailbox() as box:
+        settings = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(box.port),
+            "SMTP_SECURITY": "none",
+            "SMTP_FROM": "Approvals <approvals@acme.example>",
+        }
+
+        class _Store:
+            def get(self, tenant: str, name: str) -> Secret | None:
+                value = settings.get(name) if tenant == "acme" else None
+                return None if value is None else Secret(value)
+
+        configure_secret_store(_Store())
+        try:
+            yield box
+        finally:
+            configure_secret_store(None)
 
 
 def users_json() -> str:
