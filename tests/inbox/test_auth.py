@@ -1,0 +1,106 @@
+"""The inbox's sign-in pieces without a browser: password hashes, the users file, session cookies,
+CSRF tokens and the form reader."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.inbox.auth import (
+    LocalUsers,
+    Person,
+    SessionSigner,
+    UsersFileError,
+    hash_password,
+    verify_password,
+)
+from gateway.inbox.forms import field_of_message, read_form, readable_refusal
+from interpreter.model import FieldType, FormField
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def test_password_hashes_verify_and_differ() -> None:
+    first, second = hash_password("s3cret"), hash_password("s3cret")
+    assert first != second  # salted
+    assert verify_password("s3cret", first)
+    assert not verify_password("S3cret", first)
+    assert not verify_password("s3cret", "md5$abc")
+    assert not verify_password("s3cret", "scrypt$not$a$hash")
+
+
+async def test_local_users_authenticate_within_their_tenant() -> None:
+    users = LocalUsers.from_document(
+        {
+            "users": [
+                {
+                    "tenant": "acme",
+                    "username": "alice",
+                    "password": hash_password("pw"),
+                    "groups": ["finance"],
+                }
+            ]
+        }
+    )
+    person = await users.authenticate("acme", "alice", "pw")
+    assert person == Person("acme", "alice", "alice", ("finance",))
+    assert person.assignee_values == ["user:alice", "group:finance"]
+    assert await users.authenticate("globex", "alice", "pw") is None
+    assert await users.authenticate("acme", "alice", "wrong") is None
+    assert await users.authenticate("acme", "nobody", "pw") is None
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"people": []}, "is a JSON object"),
+        (
+            {"users": [{"tenant": "acme", "username": "a'b", "password": "scrypt$x"}]},
+            "username must be a name",
+        ),
+        ({"users": [{"tenant": "acme", "username": "a", "password": "plain"}]}, "must be an scrypt hash"),
+        ({"users": [{"tenant": "acme", "username": "a", "password": "scrypt$x", "groups": "g"}]}, "groups"),
+        (
+            {"users": [{"tenant": "t", "username": "a", "password": "scrypt$x"}] * 2},
+            "listed twice",
+        ),
+    ],
+)
+def test_a_bad_users_file_names_the_entry(document: object, problem: str) -> None:
+    with pytest.raises(UsersFileError, match=problem):
+        LocalUsers.from_document(document)
+
+
+def test_sessions_are_signed_and_expire() -> None:
+    signer = SessionSigner(SECRET, ttl_s=60)
+    session = signer.new(Person("acme", "alice", "Alice", ("finance",)), now=1000)
+    cookie = signer.dump(session)
+    assert signer.load(cookie, now=1010) == session
+    assert signer.load(cookie, now=1061) is None  # expired
+    payload, mac = cookie.rsplit(".", 1)
+    assert signer.load(f"{payload}x.{mac}", now=1010) is None  # tampered
+    assert SessionSigner(b"another secret of 32 bytes!!!!!", 60).load(cookie, now=1010) is None
+    token = signer.csrf_token(session)
+    assert signer.check_csrf(session, token)
+    assert not signer.check_csrf(signer.new(None, now=1000), token)  # bound to its session
+    assert not signer.check_csrf(None, token)
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        SessionSigner(b"short", 60)
+
+
+def test_the_form_reader_types_values_and_names_fields() -> None:
+    form = [
+        FormField(name="amount", type=FieldType.NUMBER),
+        FormField(name="ok", type=FieldType.BOOLEAN),
+        FormField(name="note"),
+    ]
+    data, errors = read_form(form, {"amount": "12.5", "ok": "true", "note": ""})
+    assert (data, errors) == ({"amount": 12.5, "ok": True}, {})
+    data, errors = read_form(form, {"amount": "12", "ok": "maybe"})
+    assert data == {"amount": 12}
+    assert errors == {"ok": "Ok: choose yes or no"}
+    _, errors = read_form(form, {"amount": "nan"})
+    assert errors == {"amount": "Amount must be a finite number"}
+    message = "form field 'amount' of step 'gate' must be a number, got a string"
+    assert field_of_message(message, form) == "amount"
+    assert field_of_message("form field 'other' of step 'gate' is required", form) is None
+    assert readable_refusal(message) == "must be a number, got a string"
