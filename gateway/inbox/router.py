@@ -87,6 +87,7 @@ def _render(
     response = HTMLResponse(html, status_code=status_code)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"  # a link's token must not travel on
     response.headers["Content-Security-Policy"] = "default-src 'self'; frame-ancestors 'none'"
     if new_cookie:
         _set_cookie(response, state, session)

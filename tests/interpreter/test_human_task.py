@@ -175,3 +175,76 @@ async def test_an_approval_refuses_complete() -> None:
         engine.decide(COMPLETE, Decision(actor="alice"))
     engine.decide(DecisionKind.APPROVE, Decision(actor="alice"))
     assert (await rt.run(main)).state == RunState.COMPLETED
+
+
+async def test_links_are_sent_at_the_start_and_to_people_an_escalation_adds() -> None:
+    engine, rt = new_engine(
+        [
+            {
+                "id": "gate",
+                "type": "approval",
+                "approvers": ["alice", "group:finance"],
+                "message": "Approve {{ input.amount }}?",
+                "fields": [{"name": "amount_ok", "type": "boolean", "required": True}],
+                "timeout": "3h",
+                "escalation": {"after": "1h", "add_approvers": ["boss"]},
+                "notify": {
+                    "email": {
+                        "to": {
+                            "alice": "{{ input.alice }}",
+                            "boss": "boss@example.org",
+                            "carol": "c@example.org",
+                        }
+                    }
+                },
+            }
+        ],
+        run_input={"amount": 5, "alice": "alice@example.org"},
+    )
+    rt.returning("decision_links", {"sent": ["alice"]}, {"sent": ["boss"]})
+    main = rt.spawn(engine.run())
+    await rt.run_until(lambda: len(rt.calls) == 2)
+    first, second = rt.calls
+    assert (first.action, first.activity_id, first.elapsed) == ("decision_links", "gate/links", 0)
+    assert first.input["recipients"] == [{"actor": "alice", "address": "alice@example.org"}]
+    assert (first.input["subject"], first.input["kind"], first.input["required_fields"]) == (
+        "Approve 5?",
+        "approval",
+        True,
+    )
+    assert first.input["expires_at"] == (rt.start + timedelta(hours=3)).isoformat().replace("+00:00", "Z")
+    assert (second.activity_id, second.elapsed) == ("gate/links2", HOUR)
+    assert second.input["recipients"] == [{"actor": "boss", "address": "boss@example.org"}]
+    [pending] = engine.status().pending_approvals
+    assert (pending.notified, pending.notify_error) == (["alice", "boss"], None)
+    decide_at(rt, engine, 2 * HOUR, DecisionKind.APPROVE, actor="boss", data={"amount_ok": True})
+    assert (await rt.run(main)).state == RunState.COMPLETED
+
+
+async def test_links_that_cannot_be_sent_leave_the_step_waiting() -> None:
+    engine, rt = new_engine(
+        [human_task("call", assignee="carol", notify={"email": {"to": {"carol": "carol@example.org"}}})]
+    )
+    rt.failing("decision_links", times=99, error_type="DecisionLinksNotConfigured")
+    main = rt.spawn(engine.run())
+    await rt.run_until(
+        lambda: engine.awaiting_approval and bool(engine.status().pending_approvals[0].notify_error)
+    )
+    [pending] = engine.status().pending_approvals
+    assert pending.notify_error is not None
+    assert pending.notify_error.startswith("DecisionLinksNotConfigured")
+    assert pending.notified == []
+    decide_at(rt, engine, HOUR, COMPLETE, actor="carol")
+    assert (await rt.run(main)).state == RunState.COMPLETED
+
+
+def test_links_go_to_people_not_groups() -> None:
+    step = {
+        "id": "t",
+        "type": "human_task",
+        "title": "x",
+        "assignee": "a",
+        "notify": {"email": {"to": {"group:ops": "ops@example.org"}}},
+    }
+    with pytest.raises(ValidationError, match="name the members"):
+        parse_definition({"name": "t", "steps": [step]})
