@@ -38,6 +38,7 @@ from interpreter.state import (
     DecisionKind,
     DecisionRequest,
     RunInput,
+    RunOptions,
     RunStatus,
 )
 from interpreter.validate import load_definition
@@ -59,6 +60,7 @@ class Scenario:
     definition: Callable[[str], dict[str, Any]]  # base URL of the HTTP server -> definition
     input: dict[str, Any]
     drive: Driver | None = None  # what a user does while the run is open
+    options: RunOptions | None = None  # the run's options (default: RunOptions())
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -251,6 +253,57 @@ async def _drive_approval(handle: WorkflowHandle[Any, Any]) -> None:
     )
     await _until(handle, lambda s: any(p.step_id == "second" for p in s.pending_approvals))
     await handle.signal(RunDefinitionWorkflow.reject, Decision(actor="bob", reason="not now"))
+
+
+def _people(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-people",
+        "steps": [
+            {
+                "id": "call",
+                "type": "human_task",
+                "title": "Call {{ input.family }}",
+                "description": "no answer to the SMS",
+                "candidate_groups": ["coordinators"],
+                "fields": [{"name": "reached", "type": "boolean", "required": True}],
+                "due": "1h",
+                "escalation": {
+                    "after": "2s",
+                    "add_approvers": ["group:supervisors"],
+                    "steps": [_echo("nudge")],
+                },
+            },
+            {
+                "id": "sign_off",
+                "type": "approval",
+                "approvers": ["alice", "group:finance"],
+                "fields": ["note"],
+            },
+        ],
+    }
+
+
+async def _drive_people(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: any(p.escalations == 1 for p in s.pending_approvals))
+    with contextlib.suppress(WorkflowUpdateFailedError):  # a required field missing: refused, no trace
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide,
+            DecisionRequest(decision=DecisionKind.COMPLETE, actor="sam", groups=["supervisors"]),
+        )
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(
+            decision=DecisionKind.COMPLETE, actor="sam", groups=["supervisors"], data={"reached": True}
+        ),
+    )
+    await _until(handle, lambda s: any(p.step_id == "sign_off" for p in s.pending_approvals))
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(
+            decision=DecisionKind.APPROVE, actor="carol", groups=["finance"], data={"note": "ok"}
+        ),
+    )
 
 
 def _order(base: str) -> dict[str, Any]:
@@ -463,6 +516,16 @@ def scenarios() -> list[Scenario]:
             _drive_form_data,
         ),
         Scenario(
+            "people",
+            "a human task for a candidate group, escalated after 2s (reminder, another group added), "
+            "completed by a member of the added group; then an approval decided by a group member; "
+            "WfaAssignees kept (publish_assignees)",
+            _people,
+            {"family": "the Nguyens"},
+            _drive_people,
+            RunOptions(publish_assignees=True),
+        ),
+        Scenario(
             "cancel_in_flight",
             "the cancel signal while a task with a compensation is in flight: the activity is "
             "cancelled, its compensation runs (patch compensate-in-flight-on-cancel), run cancelled",
@@ -487,7 +550,11 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
     workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
     handle = await client.start_workflow(
         RunDefinitionWorkflow.run,
-        RunInput(definition=load_definition(document), input=scenario.input),
+        RunInput(
+            definition=load_definition(document),
+            input=scenario.input,
+            options=scenario.options or RunOptions(),
+        ),
         id=workflow_id,
         task_queue=task_queue,
         execution_timeout=timedelta(minutes=5),
