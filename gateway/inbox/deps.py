@@ -58,6 +58,60 @@ class InboxState:
     prefix: str = "/inbox"
 
 
+USERS_FILE_ENV = "WFA_INBOX_USERS"
+SESSION_SECRET_ENV = "WFA_INBOX_SESSION_SECRET"
+INSECURE_COOKIES_ENV = "WFA_INBOX_INSECURE_COOKIES"
+
+
+class InboxConfigError(ValueError):
+    """The inbox's settings cannot be used; the message names the variable."""
+
+
+def inbox_config_from_env(
+    clients: ClientFactory, environ: Mapping[str, str] | None = None
+) -> InboxConfig | None:
+    """The inbox's configuration from the environment, or None when the inbox is not configured.
+
+    ``WFA_INBOX_USERS``: the local users file (demo and tests; not for production). Without it the
+    inbox is off (None). ``WFA_INBOX_SESSION_SECRET``: at least 16 characters (required with it).
+    ``WFA_DECISION_SIGNING_KEY``: the private JWK minting the people's tokens (for every tenant).
+    ``WFA_INBOX_URL``: the inbox's public URL. ``WFA_INBOX_INSECURE_COOKIES=1``: cookies without
+    ``Secure`` (plain HTTP on loopback only).
+
+    Raises:
+        InboxConfigError: A variable is set but unusable.
+    """
+    import os
+
+    from gateway.inbox.auth import LocalUsers, UsersFileError
+    from starter import tokens
+
+    env = os.environ if environ is None else environ
+    users_file = env.get(USERS_FILE_ENV)
+    if not users_file:
+        return None
+    secret = env.get(SESSION_SECRET_ENV, "")
+    if len(secret) < 16:
+        raise InboxConfigError(f"{SESSION_SECRET_ENV} must hold at least 16 characters (a random secret)")
+    try:
+        users = LocalUsers.from_file(users_file)
+    except UsersFileError as err:
+        raise InboxConfigError(f"{USERS_FILE_ENV}: {err}") from None
+    key_path = env.get(tokens.SIGNING_KEY_ENV)
+    try:
+        keys = {"*": tokens.load_signing_key(key_path)} if key_path else {}
+    except tokens.TokenError as err:
+        raise InboxConfigError(str(err)) from None
+    return InboxConfig(
+        clients=clients,
+        authenticator=users,
+        session_secret=secret.encode(),
+        signing_keys=keys,
+        secure_cookies=env.get(INSECURE_COOKIES_ENV, "").strip().lower() not in ("1", "true", "yes"),
+        base_url=env.get("WFA_INBOX_URL", ""),
+    )
+
+
 def install_inbox(app: FastAPI, config: InboxConfig, prefix: str = "/inbox") -> None:
     """Mounts the inbox router on ``app`` at ``prefix`` with ``config``."""
     from gateway.inbox.router import router

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
+from temporalio.service import RPCError
 
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
 from gateway.inbox.deps import InboxState, inbox_state
@@ -232,7 +233,18 @@ async def inbox(request: Request, state: State, decided: str = "", run: str = ""
         return _to_login(state, request)
     person = session.person
     flows = await state.config.clients(person.tenant)
-    items = await find_work(flows, person, state.config.list_limit)
+    try:
+        items = await find_work(flows, person, state.config.list_limit)
+    except RPCError as err:  # the server is down, or the search attributes are not registered
+        return _render(
+            request,
+            state,
+            "message.html",
+            session,
+            status_code=503,
+            title="The inbox cannot look for your work now",
+            message=f"The workflow service answered: {err.message[:300]}. Please try again later.",
+        )
     done = None
     if decided in DONE and run:
         done = f"{DONE[decided]}: {run}"

@@ -3,8 +3,13 @@ CSRF tokens and the form reader."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from gateway.inbox import InboxConfigError, inbox_config_from_env
 from gateway.inbox.auth import (
     LocalUsers,
     Person,
@@ -15,6 +20,7 @@ from gateway.inbox.auth import (
 )
 from gateway.inbox.forms import field_of_message, read_form, readable_refusal
 from interpreter.model import FieldType, FormField
+from starter.tokens import generate_keys
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -104,3 +110,35 @@ def test_the_form_reader_types_values_and_names_fields() -> None:
     assert field_of_message(message, form) == "amount"
     assert field_of_message("form field 'other' of step 'gate' is required", form) is None
     assert readable_refusal(message) == "must be a number, got a string"
+
+
+async def test_the_inbox_configuration_from_the_environment(tmp_path: Path) -> None:
+    async def clients(tenant: str) -> Any:
+        raise AssertionError(tenant)
+
+    assert inbox_config_from_env(clients, {}) is None  # not configured: no inbox
+    users = tmp_path / "users.json"
+    users.write_text(
+        json.dumps({"users": [{"tenant": "t", "username": "u", "password": hash_password("p")}]})
+    )
+    with pytest.raises(InboxConfigError, match="WFA_INBOX_SESSION_SECRET"):
+        inbox_config_from_env(clients, {"WFA_INBOX_USERS": str(users), "WFA_INBOX_SESSION_SECRET": "short"})
+    private, _ = generate_keys("k")
+    key = tmp_path / "signing.jwk"
+    key.write_text(json.dumps(private))
+    config = inbox_config_from_env(
+        clients,
+        {
+            "WFA_INBOX_USERS": str(users),
+            "WFA_INBOX_SESSION_SECRET": "x" * 32,
+            "WFA_DECISION_SIGNING_KEY": str(key),
+            "WFA_INBOX_INSECURE_COOKIES": "1",
+        },
+    )
+    assert config is not None
+    assert config.signing_key("any-tenant") == private
+    assert not config.secure_cookies
+    assert await config.authenticator.authenticate("t", "u", "p") is not None
+    users.write_text("{}")
+    with pytest.raises(InboxConfigError, match="WFA_INBOX_USERS"):
+        inbox_config_from_env(clients, {"WFA_INBOX_USERS": str(users), "WFA_INBOX_SESSION_SECRET": "x" * 32})
