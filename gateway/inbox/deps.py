@@ -112,9 +112,28 @@ def inbox_config_from_env(
     )
 
 
-def install_inbox(app: FastAPI, config: InboxConfig, prefix: str = "/inbox") -> None:
-    """Mounts the inbox router on ``app`` at ``prefix`` with ``config``."""
+def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
+    """Mounts the inbox router on ``app`` at ``prefix``.
+
+    Args:
+        app: The FastAPI app.
+        config: An :class:`InboxConfig`; anything else (the gateway's own configuration) means
+            "from the environment" (:func:`inbox_config_from_env`) with the tenants' clients of the
+            gateway's state (``app.state.gateway.client(tenant)``, looked up per request); when the
+            environment does not configure the inbox, nothing is mounted.
+    """
     from gateway.inbox.router import router
+
+    if not isinstance(config, InboxConfig):
+
+        async def gateway_client(tenant: str) -> FlowClient:
+            client: FlowClient = await app.state.gateway.client(tenant)
+            return client
+
+        built = inbox_config_from_env(gateway_client)
+        if built is None:
+            return
+        config = built
 
     app.state.inbox = InboxState(config, SessionSigner(config.session_secret, config.session_ttl_s), prefix)
     app.include_router(router, prefix=prefix)

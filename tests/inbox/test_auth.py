@@ -142,3 +142,38 @@ async def test_the_inbox_configuration_from_the_environment(tmp_path: Path) -> N
     users.write_text("{}")
     with pytest.raises(InboxConfigError, match="WFA_INBOX_USERS"):
         inbox_config_from_env(clients, {"WFA_INBOX_USERS": str(users), "WFA_INBOX_SESSION_SECRET": "x" * 32})
+
+
+async def test_installed_from_the_gateways_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi import FastAPI
+    from starlette.routing import NoMatchFound
+
+    from gateway.inbox import install_inbox
+
+    bare = FastAPI()
+    monkeypatch.delenv("WFA_INBOX_USERS", raising=False)
+    install_inbox(bare, object())  # the gateway's own configuration, no inbox configured
+    with pytest.raises(NoMatchFound):
+        bare.url_path_for("inbox_login")
+
+    users = tmp_path / "users.json"
+    users.write_text(
+        json.dumps({"users": [{"tenant": "t", "username": "u", "password": hash_password("p")}]})
+    )
+    monkeypatch.setenv("WFA_INBOX_USERS", str(users))
+    monkeypatch.setenv("WFA_INBOX_SESSION_SECRET", "y" * 32)
+    asked: list[str] = []
+
+    class _Gateway:
+        async def client(self, tenant: str) -> str:
+            asked.append(tenant)
+            return "the tenant's client"
+
+    app = FastAPI()
+    app.state.gateway = _Gateway()
+    install_inbox(app, object())
+    assert app.url_path_for("inbox_login") == "/inbox/login"
+    assert await app.state.inbox.config.clients("t") == "the tenant's client"
+    assert asked == ["t"]
