@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from interpreter.state import RunInput, RunOptions, RunResult, RunState
 from interpreter.validate import load_definition
+from starter.tokens import mint
 from tests.inbox.conftest import PASSWORD, Inbox
 from tests.workflows.support import eventually, unique, wait_state
 from workflows.generic import RunDefinitionWorkflow
@@ -258,5 +259,38 @@ async def test_a_human_task_completed_in_the_inbox(
         assert output["status"] == "completed"
         assert output["completed_by"] == "carol"
         assert output["data"] == {"reached": True, "callback_on": "2026-03-02"}
+    finally:
+        await context.close()
+
+
+async def test_decided_elsewhere_while_the_form_was_open(
+    client: Client, task_queue: str, inbox: Inbox, browser: Browser
+) -> None:
+    handle = await _start(client, task_queue, "acme", ["alice", "bob"])
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await _sign_in(page, inbox, "acme", "alice")
+        await page.goto(f"{inbox.url}/item?run={handle.id}&step=manager_approval")
+        await expect(page.get_by_role("button", name="Approve")).to_be_visible()
+        # Bob rejects meanwhile (through the client, with his own token).
+        token = mint(
+            inbox.private_key,
+            tenant="acme",
+            run=handle.id,
+            actor="bob",
+            decisions=["reject"],
+            step="manager_approval",
+        )
+        await inbox.clients["acme"].reject(
+            handle.id, "bob", step_id="manager_approval", reason="no", token=token
+        )
+        await page.get_by_label("Approved amount").fill("10")
+        await page.get_by_label("Cost center").select_option("ops")
+        await page.get_by_role("button", name="Approve").click()
+        await expect(page.get_by_role("heading", name="Already decided")).to_be_visible()
+        await expect(page.get_by_role("status")).to_contain_text("rejected by bob")
+        result: RunResult = await handle.result()
+        assert (result.steps[0].output["decision"], result.steps[0].output["actor"]) == ("rejected", "bob")
     finally:
         await context.close()
