@@ -16,6 +16,10 @@ from typing import Any
 
 from interpreter.model import FieldType, FormField
 
+FIELD_PREFIX = "f_"
+"""Declared fields travel as ``f_<name>``, so a field called ``reason`` or ``run`` never meets the
+page's own controls."""
+
 _FIELD_IN_MESSAGE = re.compile(r"form field '([A-Za-z_][A-Za-z0-9_]*)'")
 
 
@@ -48,7 +52,7 @@ def read_form(form: list[FormField], submitted: Mapping[str, str]) -> tuple[dict
     data: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for declared in form:
-        raw = submitted.get(declared.name, "")
+        raw = submitted.get(FIELD_PREFIX + declared.name, "")
         text = raw.strip() if declared.type != FieldType.STRING else raw
         if text == "":
             continue
@@ -90,4 +94,7 @@ def field_views(
     form: list[FormField], submitted: Mapping[str, str], errors: Mapping[str, str]
 ) -> list[FieldView]:
     """What the template needs for each declared field."""
-    return [FieldView(f, label_of(f.name), submitted.get(f.name, ""), errors.get(f.name)) for f in form]
+    return [
+        FieldView(f, label_of(f.name), submitted.get(FIELD_PREFIX + f.name, ""), errors.get(f.name))
+        for f in form
+    ]

@@ -99,12 +99,12 @@ def test_the_form_reader_types_values_and_names_fields() -> None:
         FormField(name="ok", type=FieldType.BOOLEAN),
         FormField(name="note"),
     ]
-    data, errors = read_form(form, {"amount": "12.5", "ok": "true", "note": ""})
+    data, errors = read_form(form, {"f_amount": "12.5", "f_ok": "true", "f_note": "", "amount": "1"})
     assert (data, errors) == ({"amount": 12.5, "ok": True}, {})
-    data, errors = read_form(form, {"amount": "12", "ok": "maybe"})
+    data, errors = read_form(form, {"f_amount": "12", "f_ok": "maybe"})
     assert data == {"amount": 12}
     assert errors == {"ok": "Ok: choose yes or no"}
-    _, errors = read_form(form, {"amount": "nan"})
+    _, errors = read_form(form, {"f_amount": "nan"})
     assert errors == {"amount": "Amount must be a finite number"}
     message = "form field 'amount' of step 'gate' must be a number, got a string"
     assert field_of_message(message, form) == "amount"
