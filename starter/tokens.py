@@ -129,7 +129,7 @@ def check_request(decisions: Iterable[str], step: str | None, ttl_s: float) -> l
         got = ", ".join(d[:40] for d in allowed[:5]) or "none"
         raise TokenError(f"decisions must be some of {', '.join(DECISIONS)} (got {got})")
     if step is None and any(d != "cancel" for d in allowed):
-        raise TokenError("a token to approve, reject or complete names the step (--step)")
+        raise TokenError("a token to approve, reject or complete names the approval step or task (--step)")
     if not 0 < ttl_s <= MAX_TTL_S:
         raise TokenError(f"ttl must be between 1 second and {MAX_TTL_S // 86400} days")
     return allowed
