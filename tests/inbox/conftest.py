@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -35,6 +35,10 @@ from starter.mailbox import LocalMailbox
 from starter.tokens import generate_keys
 from worker import build_worker
 from workflows import decision_tokens
+
+# Assertions on pages wait for their condition; on a busy machine a decision's round trip (page,
+# gateway, Temporal, worker, back) can take longer than Playwright's default of 5 seconds.
+expect.set_options(timeout=30_000)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
