@@ -66,7 +66,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import build_activities
 from activities.connections import ConnectionsConfigError, connections
 from activities.dead_letters import build_store_activities
+from activities.email import EmailActions
 from activities.events import build_event_activities
+from activities.notify import DecisionLinks
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.plugins import plugin_activities
 from activities.run_control import request_cancel
@@ -218,6 +220,7 @@ def build_worker(
             *build_event_activities(client),
             request_cancel,
             *plugin_activities(),
+            DecisionLinks(EmailActions(outbound_policy or OutboundPolicy.from_env()).email).decision_links,
             *(build_store_activities(session_factory) if session_factory is not None else []),
             *extra_activities,
         ],

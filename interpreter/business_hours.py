@@ -224,3 +224,31 @@ def delay_until_open(now: datetime, hours: BusinessHours) -> timedelta:
         ValueError: As for :func:`next_open`.
     """
     return next_open(now, hours) - now
+
+
+def add_business_time(start: datetime, duration: timedelta, hours: BusinessHours) -> datetime:
+    """The instant when ``duration`` of open business time has passed since ``start``.
+
+    Time counts only inside the windows: a task due in ``8h`` of 09:00-17:00 business hours,
+    created on Friday at 16:00, is due on Monday at 16:00.
+
+    Args:
+        start: Timezone-aware.
+        duration: Open time to add (zero or more).
+        hours: The business hours (its timezone rendered).
+
+    Raises:
+        ValueError: As for :func:`next_open`, or when the duration does not fit in about ten years.
+    """
+    zone = check_timezone(hours.timezone)
+    end = _parse_hhmm(hours.end)
+    remaining = duration
+    moment = next_open(start, hours).astimezone(UTC)
+    for _ in range(_MAX_SEARCH_DAYS):
+        closes = _resolve(moment.astimezone(zone).date(), end, zone)
+        available = closes - moment
+        if remaining <= available:
+            return moment + remaining
+        remaining -= available
+        moment = next_open(closes, hours).astimezone(UTC)
+    raise ValueError(f"{duration} of business time does not fit within {_MAX_SEARCH_DAYS} days")

@@ -24,7 +24,7 @@ from typing import Any, Protocol, assert_never, runtime_checkable
 from pydantic import TypeAdapter
 
 from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult, static_input_fields
-from interpreter.business_hours import BusinessHours, check_timezone, delay_until_open
+from interpreter.business_hours import BusinessHours, add_business_time, check_timezone, delay_until_open
 from interpreter.continuation import (
     MAX_CARRIED_RECORDS,
     CarriedApproval,
@@ -47,6 +47,7 @@ from interpreter.model import (
     ForeachStep,
     FormField,
     Goto,
+    HumanTaskStep,
     JoinStrategy,
     ParallelStep,
     RetryPolicy,
@@ -61,6 +62,7 @@ from interpreter.model import (
 )
 from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
+    DECISION_LINKS_ACTIVITY,
     FINAL_STATES,
     MAX_ACTOR_CHARS,
     MAX_REFUSALS,
@@ -71,7 +73,9 @@ from interpreter.state import (
     DeadLetterResolution,
     Decision,
     DecisionKind,
+    DecisionLinksInput,
     DecisionRecord,
+    LinkRecipient,
     ParkedStep,
     PendingApproval,
     PendingEvent,
@@ -277,7 +281,9 @@ _STEP: TypeAdapter[Step] = TypeAdapter(Step)
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
-def form_problem(step: ApprovalStep, path: str, kind: DecisionKind, data: Mapping[str, Any]) -> str | None:
+def form_problem(
+    step: ApprovalStep | HumanTaskStep, path: str, kind: DecisionKind, data: Mapping[str, Any]
+) -> str | None:
     """Why a decision's form data does not fit the step's declared fields, or None.
 
     Refused: any data when the step declares no fields; an undeclared field (naming them and the
@@ -298,7 +304,7 @@ def form_problem(step: ApprovalStep, path: str, kind: DecisionKind, data: Mappin
     for declared_field in form:
         name = declared_field.name
         if name not in data:
-            if declared_field.required and kind == DecisionKind.APPROVE:
+            if declared_field.required and kind in (DecisionKind.APPROVE, DecisionKind.COMPLETE):
                 return f"form field {name!r} of step {path!r} is required"
             continue
         wrong = _field_value_problem(declared_field, data[name])
@@ -376,6 +382,20 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+GROUP_PREFIX = "group:"
+"""An approver (or candidate) written ``group:<name>`` stands for every member of the group."""
+
+
+def may_decide(approvers: Sequence[str], actor: str, groups: Sequence[str] = ()) -> bool:
+    """Whether ``actor`` (a member of ``groups``) is one of ``approvers``, by name or by group."""
+    return actor in approvers or any(GROUP_PREFIX + g in approvers for g in groups)
+
+
+def assignee_value(approver: str) -> str:
+    """The ``WfaAssignees`` value of an approver: ``group:<name>`` as is, else ``user:<name>``."""
+    return approver if approver.startswith(GROUP_PREFIX) else f"user:{approver}"
 
 
 @dataclass(frozen=True)
@@ -466,10 +486,16 @@ class _Scope:
         return {**self.parent.visible_locals(), **self.local}
 
 
+_LINKS_RETRY = RetryPolicy(initial_interval="2s", maximum_interval="1m", maximum_attempts=6)
+_LINKS_TIMEOUTS = Timeouts(start_to_close="60s")
+
+
 @dataclass
 class _Approval:
+    """A person's pending decision: an approval step or a human task (one mechanism for both)."""
+
     view: PendingApproval
-    step: ApprovalStep
+    step: ApprovalStep | HumanTaskStep
     decision: tuple[DecisionKind, Decision] | None = None
 
 
@@ -569,6 +595,7 @@ class Engine:
         operator may see the row before the run hears back), applied once the row id is known."""
         self._timeouts: dict[str, Timeouts] = {}
         self._parks: dict[str, int] = {}
+        self._link_sends: dict[str, int] = {}
         self._compensations: list[_Compensation] = []
         self._event_waits: dict[str, _EventWait] = {}
         self._consumed_events: dict[str, None] = {}
@@ -692,6 +719,16 @@ class Engine:
             steps_dropped=self._steps_dropped,
         )
 
+    def assignees(self) -> list[str]:
+        """Who the run waits for now (``WfaAssignees`` values), sorted: the approvers of every
+        pending approval, after escalations."""
+        found: dict[str, None] = {}
+        for approval in self._approvals.values():
+            if approval.decision is None:
+                for approver in approval.view.approvers:
+                    found[assignee_value(approver)] = None
+        return sorted(found)
+
     @property
     def awaiting_approval(self) -> bool:
         """True while at least one approval step waits for a decision."""
@@ -742,7 +779,11 @@ class Engine:
             raise DecisionError(f"several approvals are pending ({names}): name the step")
         else:
             approval = waiting[0]
-        if decision.actor not in approval.view.approvers:
+        is_task = isinstance(approval.step, HumanTaskStep)
+        if is_task != (kind == DecisionKind.COMPLETE):
+            what = "a human task: complete it" if is_task else "an approval: approve or reject it"
+            raise DecisionError(f"step {approval.view.path!r} is {what}")
+        if not may_decide(approval.view.approvers, decision.actor, decision.groups):
             raise DecisionError(
                 f"{decision.actor!r} may not decide step {approval.view.path!r}"
                 f" (approvers: {', '.join(approval.view.approvers)})"
@@ -1038,6 +1079,8 @@ class Engine:
             return await self._approval(step, scope, path, record)
         if isinstance(step, WaitForEventStep):
             return await self._wait_for_event(step, scope, path, record)
+        if isinstance(step, HumanTaskStep):
+            return await self._human_task(step, scope, path, record)
         if isinstance(step, SetStep):
             values = self._render(dict(step.vars), self._context(scope))
             self.vars.update(values)
@@ -1505,7 +1548,9 @@ class Engine:
                 await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
         return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
 
-    def _business_hours(self, step: DelayStep, hours: BusinessHours, scope: _Scope) -> BusinessHours:
+    def _business_hours(
+        self, step: DelayStep | HumanTaskStep, hours: BusinessHours, scope: _Scope
+    ) -> BusinessHours:
         """The step's business hours, with a templated ``timezone`` rendered and checked."""
         if not hours.templated:
             return hours
@@ -1535,6 +1580,137 @@ class Engine:
             self._compensations.append(_Compensation(step, scope, path))
         return output
 
+    async def _await_person(
+        self,
+        approval: _Approval,
+        scope: _Scope,
+        record: StepRecord,
+        waiting_for: str,
+        on_timeout: Callable[[], Any],
+        *,
+        top: bool = False,
+        resumed: bool = False,
+    ) -> tuple[bool, Any]:
+        """The one waiting mechanism of approvals and human tasks: shows the pending step, waits
+        for an accepted decision, escalates on the step's ladder (reminder steps, more people) and
+        gives up at the view's deadline.
+
+        Returns:
+            ``(True, None)`` once decided; ``(False, on_timeout())`` at the deadline (called while
+            the step is still shown as pending, as before the mechanism was shared).
+
+        A ``top`` wait (a top-level approval) is a safe point to continue as new: the pending step
+        travels in the snapshot and a ``resumed`` one (the next run of the chain) waits on where it
+        was, its links already sent.
+        """
+        step, view = approval.step, approval.view
+        path, start, deadline = view.path, view.since, view.deadline
+        self._approvals[path] = approval
+        record.status = StepStatus.WAITING
+        self._set_state(self._waiting_state())
+        self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
+        continuing = False
+        try:
+            if step.notify is not None and not resumed:  # no patch: only steps declaring notify
+                await self._send_links(approval, scope, list(view.approvers))
+            while True:
+                now = self.runtime.now()
+                escalation = step.escalation
+                wake: datetime | None = deadline
+                if escalation is not None and view.escalations < escalation.max_escalations:
+                    next_escalation = start + parse_duration(escalation.after) * (view.escalations + 1)
+                    wake = next_escalation if wake is None else min(wake, next_escalation)
+                timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
+                with self._waiting_at(path, step.label):
+                    decided = await self.runtime.wait_condition(
+                        lambda: approval.decision is not None or (top and self._continue_wanted()),
+                        timeout_s,
+                        f"{step.label}: {waiting_for}",
+                    )
+                    # A safe point: nothing else of the run is in flight. The wait stays marked
+                    # (CurrentStep does not flap): the next run waits here again.
+                    if decided and approval.decision is None and self._should_continue():
+                        continuing = self._keep_waits = True
+                        raise _ContinueAsNew(self._position_of(step), approval)
+                if decided and approval.decision is None:
+                    continue
+                if decided:
+                    return True, None
+                if wake == deadline:
+                    return False, on_timeout()
+                assert escalation is not None
+                view.escalations += 1
+                added = [a for a in escalation.add_approvers if a not in view.approvers]
+                view.approvers.extend(added)
+                self.runtime.state_changed()
+                if step.notify is not None and added:
+                    await self._send_links(approval, scope, added)
+                await self._sequence(escalation.steps, scope.sibling(f"{path}/escalation{view.escalations}/"))
+        finally:
+            if not continuing:  # a continued approval stays pending (and decidable) until the switch
+                self._approvals.pop(path, None)
+                self._set_state(self._waiting_state())
+                self.runtime.state_changed()
+
+    async def _send_links(self, approval: _Approval, scope: _Scope, actors: list[str]) -> None:
+        """Mails decision links to the people among ``actors`` the step's ``notify`` lists.
+
+        The ``decision_links`` activity mints the tokens (they never enter history) and sends
+        through the tenant's SMTP settings. A failure is shown on the pending step and does not end
+        the wait: the inbox still serves.
+        """
+        step, view = approval.step, approval.view
+        assert step.notify is not None
+        links = step.notify.email
+        context = self._context(scope)
+        recipients = [
+            LinkRecipient(actor=actor, address=str(self._render(address, context)).strip())
+            for actor, address in links.to.items()
+            if actor in actors
+        ]
+        if not recipients:
+            return
+        subject = str(self._render(links.subject, context)) if links.subject else view.message or step.label
+        form = view.form
+        request_input = DecisionLinksInput(
+            workflow_id=self.info.workflow_id,
+            path=view.path,
+            kind=view.kind,
+            subject=subject,
+            message=view.message,
+            description=view.description,
+            recipients=recipients,
+            required_fields=any(f.required for f in form),
+            has_fields=bool(form),
+            expires_at=view.deadline,
+            account=links.account,
+        ).model_dump(mode="json")
+        visit = self._visits.get(view.path, 1)
+        sends = self._link_sends[view.path] = self._link_sends.get(view.path, 0) + 1
+        key = f"{view.path}{f'#{visit}' if visit > 1 else ''}/links{sends if sends > 1 else ''}"
+        call = ActionCall(
+            step_id=step.id,
+            path=view.path,
+            action=DECISION_LINKS_ACTIVITY,
+            activity_id=key,
+            summary=f"{step.label}: decision links to {', '.join(r.actor for r in recipients)}",
+            request=ActionRequest(
+                step_id=view.path,
+                idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{key}",
+                input=request_input,
+                tenant=self.info.tenant,
+            ),
+            retry=_LINKS_RETRY,
+            timeouts=_LINKS_TIMEOUTS,
+        )
+        try:
+            await self.runtime.execute_action(call)
+        except ActionFailedError as failure:
+            view.notify_error = clip(f"{failure.error_type}: {failure.message}")
+        else:
+            view.notified.extend(r.actor for r in recipients)
+        self.runtime.state_changed()
+
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         carried = self._carried_approval
         if carried is not None and carried.view.path == path and step is self._top_step:
@@ -1542,7 +1718,6 @@ class Engine:
             # taken while the run switched is already in it.
             self._carried_approval = None
             approval = carried
-            start, deadline = approval.view.since, approval.view.deadline
         else:
             start = self.runtime.now()
             deadline = start + parse_duration(step.timeout) if step.timeout else None
@@ -1559,53 +1734,17 @@ class Engine:
                 ),
                 step=step,
             )
-        top = step is self._top_step and scope is self._root
-        self._approvals[path] = approval
-        record.status = StepStatus.WAITING
-        self._set_state(self._waiting_state())
-        self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
-        continuing = False
-        try:
-            while True:
-                now = self.runtime.now()
-                escalation = step.escalation
-                wake: datetime | None = deadline
-                if escalation is not None and approval.view.escalations < escalation.max_escalations:
-                    next_escalation = start + parse_duration(escalation.after) * (
-                        approval.view.escalations + 1
-                    )
-                    wake = next_escalation if wake is None else min(wake, next_escalation)
-                timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
-                with self._waiting_at(path, step.label):
-                    decided = await self.runtime.wait_condition(
-                        lambda: approval.decision is not None or (top and self._continue_wanted()),
-                        timeout_s,
-                        f"{step.label}: awaiting approval",
-                    )
-                    # A safe point: nothing else of the run is in flight. The wait stays marked
-                    # (CurrentStep does not flap): the next run waits here again.
-                    if decided and approval.decision is None and self._should_continue():
-                        continuing = self._keep_waits = True
-                        raise _ContinueAsNew(self._position_of(step), approval)
-                if decided and approval.decision is None:
-                    continue
-                if decided:
-                    break
-                if wake == deadline:
-                    return self._approval_timeout(step, approval)
-                assert escalation is not None
-                approval.view.escalations += 1
-                added = [a for a in escalation.add_approvers if a not in approval.view.approvers]
-                approval.view.approvers.extend(added)
-                self.runtime.state_changed()
-                await self._sequence(
-                    escalation.steps, scope.sibling(f"{path}/escalation{approval.view.escalations}/")
-                )
-        finally:
-            if not continuing:  # a continued approval stays pending (and decidable) until the switch
-                self._approvals.pop(path, None)
-                self._set_state(self._waiting_state())
-                self.runtime.state_changed()
+        decided, timed_out = await self._await_person(
+            approval,
+            scope,
+            record,
+            "awaiting approval",
+            lambda: self._approval_timeout(step, approval),
+            top=step is self._top_step and scope is self._root,
+            resumed=approval is carried,
+        )
+        if not decided:
+            return timed_out
         assert approval.decision is not None
         kind, decision = approval.decision
         # The decision was checked against the declared form (check_decision): its data holds
@@ -1639,6 +1778,62 @@ class Engine:
         raise _RunFailed(
             f"step {path!r} rejected by {output['actor']}: {output['reason']}", "ApprovalRejected"
         )
+
+    async def _human_task(self, step: HumanTaskStep, scope: _Scope, path: str, record: StepRecord) -> Any:
+        start = self.runtime.now()
+        deadline = None
+        if step.due is not None:
+            due = parse_duration(step.due)
+            if step.business_hours is None:
+                deadline = start + due
+            else:
+                hours = self._business_hours(step, step.business_hours, scope)
+                deadline = add_business_time(start, due, hours)
+        context = self._context(scope)
+        task = _Approval(
+            view=PendingApproval(
+                step_id=step.id,
+                path=path,
+                approvers=step.approvers,
+                message=str(self._render(step.title, context)),
+                description=str(self._render(step.description, context)),
+                fields=None if step.fields is None else [f.name for f in step.form],
+                form=step.form,
+                since=start,
+                deadline=deadline,
+                kind="task",
+            ),
+            step=step,
+        )
+        decided, timed_out = await self._await_person(
+            task, scope, record, "awaiting task", lambda: self._task_timeout(step, task)
+        )
+        if not decided:
+            return timed_out
+        assert task.decision is not None
+        _, decision = task.decision
+        return {
+            "status": "completed",
+            "completed_by": decision.actor,
+            "comment": decision.reason,
+            # Checked against the declared form (check_decision); inert like all data.
+            "data": make_inert(dict(decision.data)),
+            "escalations": task.view.escalations,
+        }
+
+    def _task_timeout(self, step: HumanTaskStep, task: _Approval) -> Any:
+        policy = step.on_timeout
+        if policy == "continue":
+            return {
+                "status": "timed_out",
+                "completed_by": None,
+                "comment": f"not completed within {step.due}",
+                "data": {},
+                "escalations": task.view.escalations,
+            }
+        if isinstance(policy, Goto):
+            raise _Jump(policy.goto)
+        raise _RunFailed(f"step {task.view.path!r}: not completed within {step.due}", "TaskTimedOut")
 
     def _approval_timeout(self, step: ApprovalStep, approval: _Approval) -> Any:
         output: dict[str, Any] = {

@@ -524,6 +524,36 @@ FieldDeclaration = Annotated[
 """A form field: its declaration, or a bare name (an error then names the one that applies)."""
 
 
+class EmailLinks(StrictModel):
+    """Decision links by email: each listed person gets a message with links that decide for them.
+
+    Attributes:
+        to: Who is mailed, by the name they decide as (an approver, the assignee, or anyone an
+            escalation adds): their address, or a template giving it (``{{ input.manager_email }}``).
+        subject: The subject line (a template); default the step's message or title.
+        account: Prefix of the tenant's SMTP settings, as for the ``email`` action.
+    """
+
+    to: dict[Annotated[str, Field(min_length=1, max_length=200)], Template] = Field(
+        min_length=1, max_length=50
+    )
+    subject: Template = ""
+    account: str = Field(default="SMTP", pattern=r"^[A-Z][A-Z0-9_]{0,39}$")
+
+    @model_validator(mode="after")
+    def _people(self) -> EmailLinks:
+        groups = sorted(name for name in self.to if name.startswith("group:"))
+        if groups:
+            raise ValueError(f"links decide for one person: name the members, not {groups}")
+        return self
+
+
+class Notify(StrictModel):
+    """How a step waiting for people tells them (``email``: decision links)."""
+
+    email: EmailLinks
+
+
 class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
@@ -548,6 +578,8 @@ class ApprovalStep(StepBase):
     # Left out of dumps when absent, so the content hash of every definition written before
     # approvals could declare it stays the same.
     compensate: list[Step] | None = Field(default=None, exclude_if=lambda value: value is None)
+    notify: Notify | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Send the approvers decision links (approve, reject, and the form) by email."""
 
     @model_validator(mode="after")
     def _coherent(self) -> ApprovalStep:
@@ -621,6 +653,68 @@ class WaitForEventStep(StepBase):
         return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
 
 
+class HumanTaskStep(StepBase):
+    """Wait until a person completes a task (a call to make, a document to check) with a form.
+
+    The task is for ``assignee`` (a user name) or any member of ``candidate_groups`` (at least one
+    of the two). ``title`` and ``description`` are templates shown in the inbox. Completing it (the
+    inbox, a link, ``FlowClient.complete_task``, ``wfa task complete``) hands the declared form
+    data to the step's output (``steps.<id>.output.data``); required fields must be filled. It
+    waits with the same mechanism as an approval: ``escalation`` runs reminder steps and widens who
+    may complete it (``add_approvers`` takes user names and ``group:<name>``), and without a
+    completion by ``due`` (counted in ``business_hours`` when given, else wall-clock time)
+    ``on_timeout`` applies: ``fail`` the run, ``continue`` with ``status`` ``timed_out``, or a goto.
+    """
+
+    type: Literal["human_task"]
+    title: Template
+    description: Template = ""
+    assignee: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    candidate_groups: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50
+    )
+    fields: list[FieldDeclaration] | None = Field(default=None, max_length=100)
+    due: Duration | None = None
+    business_hours: BusinessHours | None = None
+    escalation: Escalation | None = None
+    on_timeout: Literal["fail", "continue"] | Goto = "fail"
+    notify: Notify | None = None
+    """Send the assignee (or listed members) a link to complete it by email."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> HumanTaskStep:
+        if self.assignee is None and not self.candidate_groups:
+            raise ValueError("a human task needs an 'assignee' or 'candidate_groups'")
+        if self.business_hours is not None and self.due is None:
+            raise ValueError("'business_hours' counts the 'due' time: give 'due' too")
+        if self.due is not None:
+            due = parse_duration(self.due)
+            if due <= timedelta(0):
+                raise ValueError("due must be greater than zero")
+            if (
+                self.business_hours is None
+                and self.escalation is not None
+                and parse_duration(self.escalation.after) >= due
+            ):
+                raise ValueError("escalation 'after' must be shorter than 'due'")
+        names = [f.name for f in self.form]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"form fields {duplicates} are declared more than once")
+        return self
+
+    @property
+    def form(self) -> list[FormField]:
+        """The declared form fields, a bare name read as an optional string field."""
+        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
+
+    @property
+    def approvers(self) -> list[str]:
+        """Who may complete it, as an approval lists its approvers: the assignee, then each
+        candidate group as ``group:<name>``."""
+        return [*([self.assignee] if self.assignee else []), *(f"group:{g}" for g in self.candidate_groups)]
+
+
 class SetStep(StepBase):
     """Set variables from templates; later steps read them as ``vars.<name>``."""
 
@@ -685,6 +779,7 @@ Step = Annotated[
     | ForeachStep
     | DelayStep
     | ApprovalStep
+    | HumanTaskStep
     | SetStep
     | SucceedStep
     | FailStep
@@ -701,6 +796,7 @@ STEP_TYPES = (
     "foreach",
     "delay",
     "approval",
+    "human_task",
     "set",
     "succeed",
     "fail",
@@ -884,6 +980,7 @@ _RECURSIVE: tuple[type[BaseModel], ...] = (
     ForeachStep,
     Escalation,
     ApprovalStep,
+    HumanTaskStep,
     Definition,
 )
 for _model in _RECURSIVE:
@@ -923,6 +1020,9 @@ def children(step: Step) -> list[tuple[str, list[Step], str]]:
             out.append((".escalation.steps", step.escalation.steps, "escalation"))
         if step.compensate:
             out.append((".compensate", step.compensate, "compensate"))
+    elif isinstance(step, HumanTaskStep):
+        if step.escalation is not None and step.escalation.steps:
+            out.append((".escalation.steps", step.escalation.steps, "escalation"))
     elif isinstance(step, DelayStep | SetStep | SucceedStep | FailStep | WaitForEventStep | SubflowStep):
         pass  # no nested steps
     else:
@@ -962,6 +1062,9 @@ def jump_targets(step: Step) -> list[tuple[str, str]]:
     elif isinstance(step, SubflowStep):
         if isinstance(step.on_failure, Goto):
             out.append((".on_failure.goto", step.on_failure.goto))
+    elif isinstance(step, HumanTaskStep):
+        if isinstance(step.on_timeout, Goto):
+            out.append((".on_timeout.goto", step.on_timeout.goto))
     elif isinstance(step, ParallelStep | ForeachStep | DelayStep | SetStep | SucceedStep | FailStep):
         pass  # no jumps besides next
     else:

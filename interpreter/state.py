@@ -99,6 +99,14 @@ class PendingApproval(BaseModel):
     since: datetime
     deadline: datetime | None = None
     escalations: int = 0
+    kind: str = "approval"
+    """``approval`` (approve or reject) or ``task`` (a human task: complete it)."""
+    description: str = ""
+    """A task's rendered description (its title is ``message``)."""
+    notified: list[str] = Field(default_factory=list)
+    """Who was sent decision links (``notify``)."""
+    notify_error: str | None = None
+    """Why links could not be sent (the step waits all the same: the inbox still serves)."""
 
 
 class PendingEvent(BaseModel):
@@ -128,6 +136,8 @@ class DecisionKind(StrEnum):
 
     APPROVE = "approve"
     REJECT = "reject"
+    COMPLETE = "complete"
+    """Completes a human task (its form data becomes the step's output)."""
 
 
 class Decision(BaseModel):
@@ -138,6 +148,9 @@ class Decision(BaseModel):
         actor: Who decides; must be one of the step's approvers.
         reason: Free text, recorded.
         data: Form fields merged into the run's ``vars``.
+        groups: Groups the actor decides as a member of: a step listing ``group:<name>`` among its
+            approvers (or candidate groups) accepts a member. Proven by the token's ``groups`` claim
+            when proof is required; otherwise as trusted as the actor itself.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -146,6 +159,7 @@ class Decision(BaseModel):
     step_id: str | None = None
     reason: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
+    groups: list[str] = Field(default_factory=list, max_length=50)
 
 
 class DecisionRequest(Decision):
@@ -292,6 +306,12 @@ class RunOptions(BaseModel):
             (its rendered input), or its canned output; delays do not wait.
         canned_outputs: In a dry run, the output of a task by its step path (or step id), so
             branches can be exercised.
+        publish_assignees: Keep the ``WfaAssignees`` search attribute (who the run waits for; the
+            inbox's query). :meth:`starter.client.FlowClient.start_run` sets it. Off by default, so
+            the input of every run started before the attribute existed says "no" and its history
+            replays unchanged without a patch marker (a third patch marker in the first workflow
+            task makes the server persist the next rejected update's workflow task, so a refused
+            decision would no longer leave history untouched).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -305,6 +325,7 @@ class RunOptions(BaseModel):
     canned_outputs: dict[str, Any] = Field(default_factory=dict, exclude_if=lambda value: not value)
     subflow_depth: int = Field(default=0, ge=0, le=100)
     """0 for a run a client started; n for a run a ``subflow`` step started at depth n - 1."""
+    publish_assignees: bool = False
 
 
 class RunInput(BaseModel):
@@ -433,3 +454,35 @@ class SubflowDefinition(BaseModel):
 
     definition: Definition
     content_hash: str
+
+
+DECISION_LINKS_ACTIVITY = "decision_links"
+"""The activity that mails decision links (``activities/notify.py``); not a definition action."""
+
+
+class LinkRecipient(BaseModel):
+    """One person a step's links go to: the name they decide as, and their address."""
+
+    actor: str
+    address: str
+
+
+class DecisionLinksInput(BaseModel):
+    """What the ``decision_links`` activity needs to mail one step's links.
+
+    The tokens in the links are minted by the activity (with the worker's signing key), so they
+    never enter the run's history.
+    """
+
+    workflow_id: str
+    path: str
+    kind: str
+    """``approval`` or ``task``."""
+    subject: str
+    message: str
+    description: str = ""
+    recipients: list[LinkRecipient]
+    required_fields: bool = False
+    has_fields: bool = False
+    expires_at: datetime | None = None
+    account: str = "SMTP"

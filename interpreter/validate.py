@@ -29,6 +29,7 @@ from interpreter.model import (
     DelayStep,
     FailStep,
     ForeachStep,
+    HumanTaskStep,
     NestedTemplateError,
     ParallelStep,
     SetStep,
@@ -397,6 +398,7 @@ def _check_step(
         | ParallelStep
         | DelayStep
         | ApprovalStep
+        | HumanTaskStep
         | SetStep
         | SucceedStep
         | FailStep
@@ -442,6 +444,9 @@ def _texts(step: Step) -> list[tuple[str, str]]:
         out.extend((".key", t) for _, t in template_strings(step.key))
     elif isinstance(step, SubflowStep):
         out.extend((f".input{p}", t) for p, t in template_strings(step.input))
+    elif isinstance(step, HumanTaskStep):
+        out.extend((".title", t) for _, t in template_strings(step.title))
+        out.extend((".description", t) for _, t in template_strings(step.description))
     elif isinstance(step, ParallelStep):
         pass  # only nested steps
     else:

@@ -383,7 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli import add_commands as add_gateway_commands
 
     add_gateway_commands(command, _add_connection_options)
+    _add_task_commands(command)
     return parser
+
+
+def _add_task_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``wfa task complete`` (a human task)."""
+    task = command("task", "human tasks: complete one")
+    sub = task.add_subparsers(dest="action", metavar="ACTION", required=True)
+    text_ = "complete a run's pending human task with its form data"
+    p = sub.add_parser("complete", help=text_, description=text_)
+    _add_connection_options(p, defaults=False)
+    p.add_argument("workflow_id", metavar="ID", help="the run's workflow id")
+    p.add_argument("--actor", required=True, type=_name, help="who completes it (the assignee or a member)")
+    p.add_argument("--step", metavar="S", help="task step id (needed when several are pending)")
+    p.add_argument("--comment", default="", metavar="C", help="free text, recorded")
+    p.add_argument("--data", metavar="JSON|@FILE", help="form fields as a JSON object, or @path")
+    p.add_argument("--group", action="append", default=[], metavar="G", help="complete as a member of G")
+    p.add_argument("--token", metavar="T", help="signed decision token allowing complete, when required")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -411,7 +429,10 @@ def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) 
     p.add_argument("--step", metavar="S", help="the approval step id or path (for approve and reject)")
     p.add_argument("--actor", required=True, type=_name, help="who decides (one of the step's approvers)")
     p.add_argument(
-        "--decisions", required=True, metavar="LIST", help="comma-separated: approve, reject, cancel"
+        "--decisions",
+        required=True,
+        metavar="LIST",
+        help="comma-separated: approve, reject, cancel, complete",
     )
     p.add_argument("--ttl", default="1h", metavar="DURATION", help="how long it is valid (default 1h)")
     p.add_argument("--signing-key", metavar="FILE", help="private JWK (default $WFA_DECISION_SIGNING_KEY)")
@@ -1090,6 +1111,26 @@ async def _cancel(args: argparse.Namespace, out: TextIO) -> int:
         f" (wfa result {args.workflow_id} waits for that)",
         file=out,
     )
+    return EXIT_OK
+
+
+async def _task(args: argparse.Namespace, out: TextIO) -> int:
+    data = _json_object(args.data, "--data")
+    flows = await _connect(args)
+    record = await flows.complete_task(
+        args.workflow_id,
+        args.actor,
+        step_id=args.step,
+        comment=args.comment,
+        data=data,
+        token=args.token,
+        groups=args.group,
+    )
+    if args.json:
+        _print_json(record.model_dump(mode="json"), out)
+    else:
+        step = f" step {record.step_id} of" if record.step_id else ""
+        print(f"Completed{step} {args.workflow_id} as {record.actor}", file=out)
     return EXIT_OK
 
 
@@ -1910,6 +1951,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "stats": _stats,
     "watch": _watch_run,
     "diagram": _diagram,
+    "task": _task,
 }
 
 

@@ -945,6 +945,7 @@ class FlowClient:
                 options=RunOptions(
                     tenant=self.tenant,
                     decision_proof=self.decision_proof,
+                    publish_assignees=True,  # the inbox finds the run's pending people by it
                     dry_run=dry_run,
                     canned_outputs=canned_outputs or {},
                 ),
@@ -1059,6 +1060,7 @@ class FlowClient:
         data: Mapping[str, Any] | None = None,
         wait: bool = True,
         token: str | None = None,
+        groups: Sequence[str] = (),
     ) -> DecisionRecord | None:
         """Approves the run's pending approval.
 
@@ -1074,6 +1076,8 @@ class FlowClient:
             token: The signed decision token (:meth:`mint_decision_token`, or an identity
                 provider's), required when the run or the worker requires proof; only the
                 update can carry it (``wait=False`` with a token is refused here).
+            groups: Groups the actor decides as a member of (a step may name ``group:<name>``
+                approvers); a token must prove them (its ``groups`` claim).
 
         Returns:
             The accepted decision's record with ``wait=True``; None with ``wait=False``.
@@ -1094,6 +1098,7 @@ class FlowClient:
             data=data,
             wait=wait,
             token=token,
+            groups=groups,
         )
 
     async def reject(
@@ -1106,6 +1111,7 @@ class FlowClient:
         data: Mapping[str, Any] | None = None,
         wait: bool = True,
         token: str | None = None,
+        groups: Sequence[str] = (),
     ) -> DecisionRecord | None:
         """Rejects the run's pending approval; the step's ``on_reject`` decides what follows.
 
@@ -1120,7 +1126,53 @@ class FlowClient:
             data=data,
             wait=wait,
             token=token,
+            groups=groups,
         )
+
+    async def complete_task(
+        self,
+        workflow_id: str,
+        actor: str,
+        *,
+        step_id: str | None = None,
+        comment: str = "",
+        data: Mapping[str, Any] | None = None,
+        token: str | None = None,
+        groups: Sequence[str] = (),
+    ) -> DecisionRecord:
+        """Completes the run's pending human task; ``data`` (the declared form) becomes the step's
+        output (``steps.<id>.output.data``).
+
+        Args:
+            workflow_id: The run.
+            actor: Who completes it: the assignee, or a member of a candidate group (``groups``).
+            step_id: The task step; may be omitted when exactly one task is pending.
+            comment: Free text, recorded (the output's ``comment``).
+            data: The form fields; required ones must be present.
+            token: A decision token allowing ``complete``, when the run or worker requires proof.
+            groups: Groups the actor completes it as a member of (proven by the token).
+
+        Returns:
+            The accepted completion's record.
+
+        Raises:
+            DecisionRefusedError: The workflow refused (not the assignee, nothing pending, a form
+                field missing or invalid, ...); the message is the workflow's.
+            RunNotFoundError, RunClosedError, NoWorkerError: As for :meth:`approve`.
+        """
+        record = await self._decide(
+            DecisionKind.COMPLETE,
+            workflow_id,
+            actor,
+            step_id=step_id,
+            reason=comment,
+            data=data,
+            wait=True,
+            token=token,
+            groups=groups,
+        )
+        assert record is not None  # the update answers
+        return record
 
     async def _decide(
         self,
@@ -1133,6 +1185,7 @@ class FlowClient:
         data: Mapping[str, Any] | None,
         wait: bool,
         token: str | None = None,
+        groups: Sequence[str] = (),
     ) -> DecisionRecord | None:
         _check_actor(actor, "actor")
         if token is not None and not wait:
@@ -1144,7 +1197,7 @@ class FlowClient:
         await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
         if not wait:
-            decision = Decision(actor=actor, step_id=step_id, reason=reason, data=form)
+            decision = Decision(actor=actor, step_id=step_id, reason=reason, data=form, groups=list(groups))
             signal = (
                 RunDefinitionWorkflow.approve
                 if kind == DecisionKind.APPROVE
@@ -1156,7 +1209,13 @@ class FlowClient:
                 raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
             return None
         request = DecisionRequest(
-            decision=kind, actor=actor, step_id=step_id, reason=reason, data=form, token=token
+            decision=kind,
+            actor=actor,
+            step_id=step_id,
+            reason=reason,
+            data=form,
+            token=token,
+            groups=list(groups),
         )
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):

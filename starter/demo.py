@@ -27,7 +27,10 @@ that also serves the dead-letter activities. Then, as tenant ``demo``, it:
 * starts one more expense run (without proof, so the printed commands need no token) and leaves it
   waiting for its manager, printing the ``wfa`` commands
   (with a path to ``wfa`` that works from a new shell in this folder) to see it, approve it and
-  watch it finish.
+  watch it finish;
+* serves the approvals inbox on ``127.0.0.1:8780`` (``--inbox-port``) and prints its URL and the
+  demo approver's sign-in (the local sign-in, not for production), where the same run can be
+  decided in a browser.
 
 The gateway (webhooks, events, health; :mod:`gateway.app`) serves tenant ``demo`` on
 ``127.0.0.1:8600`` (``--gateway-port``; any free port when taken) and its URL is printed.
@@ -850,6 +853,7 @@ async def _with_server(
             session_factory=database.session_factory,
             outbound_policy=OutboundPolicy.loopback(),
         ),
+        contextlib.AsyncExitStack() as stack,
     ):
         print(f"Worker polling task queue {flows.task_queue!r} (with the dead-letter activities)\n")
         await register_examples(flows)
@@ -898,6 +902,13 @@ async def _with_server(
         waiting = waiting_run(services.url, suffix)
         flows.decision_proof = False  # decided with the printed commands, which carry no token
         await _leave_waiting(flows, waiting, server, args.task_queue, services.url)
+        inbox = await start_inbox(flows, server.state_dir, signing_key, args.inbox_port)
+        stack.push_async_callback(inbox.stop)
+        print(
+            f"\nOr decide it in a browser, in the approvals inbox: {inbox.url}\n"
+            f"  sign in as organisation {TENANT!r}, user {inbox.username!r}, password {inbox.password!r}\n"
+            "  (the demo's local sign-in, not for production: production signs in with OpenID Connect)"
+        )
         stay = not args.exit and sys.stdin is not None and (sys.stdin.isatty() or not _stdin_at_end())
         if not stay:
             print(
@@ -989,6 +1000,83 @@ async def _leave_waiting(
         print(f"  (with {DATABASE_URL_ENV} exported as for the demo, for the definitions and dead letters)")
 
 
+INBOX_PORT = 8780
+"""Where the demo serves the approvals inbox (``--inbox-port``; 0: any free port)."""
+
+
+@dataclass
+class DemoInbox:
+    """The approvals inbox the demo serves, and the demo approver's sign-in."""
+
+    url: str
+    username: str
+    password: str
+    stop: Callable[[], Any]
+
+
+async def start_inbox(flows: FlowClient, state_dir: Path, signing_key: Path, port: int) -> DemoInbox:
+    """Serves the approvals inbox for the demo's tenant on ``127.0.0.1:port`` (in this process).
+
+    The demo approver (``manager``) signs in with a password made on first use and kept in
+    ``<state>/inbox/users.json`` as an scrypt hash (the local sign-in, not for production; the
+    password itself in ``<state>/inbox/password``, owner-only). The inbox mints decision tokens with
+    the demo's signing key.
+    """
+    import secrets as random_secrets
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from gateway.inbox import InboxConfig, LocalUsers, hash_password, install_inbox
+
+    folder = state_dir / "inbox"
+    folder.mkdir(parents=True, exist_ok=True)
+    password_file, users_file = folder / "password", folder / "users.json"
+    if not password_file.exists() or not users_file.exists():
+        password = random_secrets.token_urlsafe(9)
+        password_file.write_text(password + "\n", encoding="utf-8")
+        password_file.chmod(0o600)
+        user = {"tenant": TENANT, "username": WAITING_APPROVER, "name": "The manager", "groups": []}
+        users_file.write_text(
+            json.dumps({"users": [{**user, "password": hash_password(password)}]}, indent=2), encoding="utf-8"
+        )
+    password = password_file.read_text(encoding="utf-8").strip()
+
+    async def client_for(tenant: str) -> FlowClient:
+        if tenant != flows.tenant:
+            raise StarterError(f"the demo serves tenant {flows.tenant!r} only")
+        return flows
+
+    app = FastAPI(title="wfa demo inbox")
+    install_inbox(
+        app,
+        InboxConfig(
+            clients=client_for,
+            authenticator=LocalUsers.from_file(users_file),
+            session_secret=random_secrets.token_bytes(32),
+            signing_keys={TENANT: tokens.load_signing_key(signing_key)},
+            secure_cookies=False,  # plain HTTP on loopback
+        ),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():  # e.g. the port is taken: any free one instead
+            if port == 0:
+                task.result()
+            return await start_inbox(flows, state_dir, signing_key, 0)
+        await asyncio.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+
+    return DemoInbox(f"http://127.0.0.1:{bound}/inbox/", WAITING_APPROVER, password, stop)
+
+
 async def _start(flows: FlowClient, run: DemoRun) -> None:
     """Starts a run through the registry and says which version it is pinned to."""
     run.handle = await flows.start_run(run.ref or run.example, run.input, workflow_id=run.workflow_id)
@@ -1066,6 +1154,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=GATEWAY_PORT,
         help="port of the gateway on 127.0.0.1 (default %(default)s; taken: any free one)",
+    )
+    parser.add_argument(
+        "--inbox-port",
+        type=int,
+        default=INBOX_PORT,
+        help="port of the approvals inbox on 127.0.0.1 (default %(default)s; 0: any free one)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -129,7 +129,7 @@ def check_request(decisions: Iterable[str], step: str | None, ttl_s: float) -> l
         got = ", ".join(d[:40] for d in allowed[:5]) or "none"
         raise TokenError(f"decisions must be some of {', '.join(DECISIONS)} (got {got})")
     if step is None and any(d != "cancel" for d in allowed):
-        raise TokenError("a token to approve or reject names the approval step (--step)")
+        raise TokenError("a token to approve, reject or complete names the approval step or task (--step)")
     if not 0 < ttl_s <= MAX_TTL_S:
         raise TokenError(f"ttl must be between 1 second and {MAX_TTL_S // 86400} days")
     return allowed
@@ -146,6 +146,7 @@ def mint(
     ttl_s: float = DEFAULT_TTL_S,
     issuer: str | None = None,
     now: float | None = None,
+    groups: Iterable[str] = (),
 ) -> str:
     """A signed decision token.
 
@@ -159,6 +160,8 @@ def mint(
         ttl_s: How long the token is valid.
         issuer: Default ``$WFA_DECISION_ISSUER`` or ``wfa``.
         now: Unix time of issue (tests); default the clock.
+        groups: The groups the actor is a member of (claim ``groups``), for steps that name a
+            ``group:<name>`` approver or candidate group; left out when empty.
 
     Raises:
         TokenError: Naming the bad argument.
@@ -188,4 +191,7 @@ def mint(
     }
     if step is not None:
         claims["step"] = step
+    member_of = list(dict.fromkeys(groups))
+    if member_of:
+        claims["groups"] = member_of
     return jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": signing_key["kid"]})

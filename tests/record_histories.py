@@ -63,7 +63,7 @@ class Scenario:
     input: dict[str, Any]
     drive: Driver | None = None  # what a user does while the run is open
     named: bool = False  # started under the definition's name (the dynamic workflow), not RunDefinition
-    options: dict[str, Any] | None = None  # RunOptions fields (a dry run)
+    options: dict[str, Any] | RunOptions | None = None  # RunOptions (or its fields: a dry run)
     publish: Publisher | None = None  # what a publisher of events does while the run is open
 
 
@@ -257,6 +257,57 @@ async def _drive_approval(handle: WorkflowHandle[Any, Any]) -> None:
     )
     await _until(handle, lambda s: any(p.step_id == "second" for p in s.pending_approvals))
     await handle.signal(RunDefinitionWorkflow.reject, Decision(actor="bob", reason="not now"))
+
+
+def _people(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-people",
+        "steps": [
+            {
+                "id": "call",
+                "type": "human_task",
+                "title": "Call {{ input.family }}",
+                "description": "no answer to the SMS",
+                "candidate_groups": ["coordinators"],
+                "fields": [{"name": "reached", "type": "boolean", "required": True}],
+                "due": "1h",
+                "escalation": {
+                    "after": "2s",
+                    "add_approvers": ["group:supervisors"],
+                    "steps": [_echo("nudge")],
+                },
+            },
+            {
+                "id": "sign_off",
+                "type": "approval",
+                "approvers": ["alice", "group:finance"],
+                "fields": ["note"],
+            },
+        ],
+    }
+
+
+async def _drive_people(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: any(p.escalations == 1 for p in s.pending_approvals))
+    with contextlib.suppress(WorkflowUpdateFailedError):  # a required field missing: refused, no trace
+        await handle.execute_update(
+            RunDefinitionWorkflow.decide,
+            DecisionRequest(decision=DecisionKind.COMPLETE, actor="sam", groups=["supervisors"]),
+        )
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(
+            decision=DecisionKind.COMPLETE, actor="sam", groups=["supervisors"], data={"reached": True}
+        ),
+    )
+    await _until(handle, lambda s: any(p.step_id == "sign_off" for p in s.pending_approvals))
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(
+            decision=DecisionKind.APPROVE, actor="carol", groups=["finance"], data={"note": "ok"}
+        ),
+    )
 
 
 def _order(base: str) -> dict[str, Any]:
@@ -585,6 +636,16 @@ def scenarios() -> list[Scenario]:
             _drive_continued,
         ),
         Scenario(
+            "people",
+            "a human task for a candidate group, escalated after 2s (reminder, another group added), "
+            "completed by a member of the added group; then an approval decided by a group member; "
+            "WfaAssignees kept (publish_assignees)",
+            _people,
+            {"family": "the Nguyens"},
+            _drive_people,
+            RunOptions(publish_assignees=True),
+        ),
+        Scenario(
             "cancel_in_flight",
             "the cancel signal while a task with a compensation is in flight: the activity is "
             "cancelled, its compensation runs (patch compensate-in-flight-on-cancel), run cancelled",
@@ -655,7 +716,11 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
         RunInput(
             definition=load_definition(document),
             input=run_input,
-            options=RunOptions(**(scenario.options or {})),
+            options=(
+                scenario.options
+                if isinstance(scenario.options, RunOptions)
+                else RunOptions(**(scenario.options or {}))
+            ),
         ),
         id=workflow_id,
         task_queue=task_queue,

@@ -149,10 +149,12 @@ async def test_the_demo_leaves_an_approval_its_printed_commands_decide(tmp_path:
             url = await stack.enter_async_context(fresh_database(configured, "wfa_demo"))
             database = {"DATABASE_URL": url}
         env = {k: v for k, v in os.environ.items() if k not in ("WFA_STATE_DIR", "DATABASE_URL")}
-        argv = ["--port", "0", "--services-port", "0", "--state-dir", str(state), "--task-queue", task_queue]
+        argv = ["--port", "0", "--services-port", "0", "--inbox-port", "0", "--state-dir", str(state)]
+        argv += ["--task-queue", task_queue]
         demo = Demo(argv, env | database)
         try:
             await asyncio.to_thread(demo.read_until, READY)
+            await asyncio.to_thread(_see_it_in_the_inbox, demo)
             await asyncio.to_thread(_decide_as_printed, demo, new_shell_env(**database))
             await asyncio.to_thread(_run_the_readme_example, demo, state, task_queue, database)
         finally:
@@ -165,6 +167,37 @@ async def test_the_demo_leaves_an_approval_its_printed_commands_decide(tmp_path:
     )
     assert "Closed the store." in demo.output
     assert LAST_LINE in demo.output
+
+
+def _see_it_in_the_inbox(demo: Demo) -> None:
+    """The printed inbox and sign-in work: the manager sees the waiting expense in Chromium."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.inbox.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    url = re.search(r"approvals inbox: (http://\S+)$", demo.output, re.M)
+    signin = re.search(r"organisation '(\S+)', user '(\S+)', password '(\S+)'", demo.output)
+    assert url, demo.output
+    assert signin, demo.output
+    title = "kim claims 980 for team offsite catering"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url.group(1))
+            page.get_by_label("Organisation").fill(signin.group(1))
+            page.get_by_label("User name").fill(signin.group(2))
+            page.get_by_label("Password").fill(signin.group(3))
+            page.get_by_role("button", name="Sign in").click()
+            guard = time.monotonic() + COMMAND_GUARD_S  # against a hang, not a timed assertion
+            while page.get_by_role("link", name=title).count() == 0:  # visibility catches up
+                assert time.monotonic() < guard, page.content()
+                page.reload()
+            page.get_by_role("link", name=title).click()
+            expect(page.get_by_role("heading", name=title)).to_be_visible()
+            expect(page.get_by_role("button", name="Approve")).to_be_visible()
+        finally:
+            browser.close()
 
 
 def _decide_as_printed(demo: Demo, env: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -17,7 +18,9 @@ EXPECTED_TYPES = {key.name: int(key.indexed_value_type) for key in ALL_KEYS}
 
 def test_cli_types_match_keys() -> None:
     """CLI_TYPES (for --search-attribute) and ALL_KEYS (for the SDK) describe the same attributes."""
-    assert {name: SearchAttributeIndexedValueType[t.upper()] for name, t in CLI_TYPES.items()} == {
+    # The CLI's words are CamelCase (KeywordList), the enum's names SNAKE_CASE (KEYWORD_LIST).
+    enum_name = {t: re.sub(r"(?<!^)(?=[A-Z])", "_", t).upper() for t in CLI_TYPES.values()}
+    assert {name: SearchAttributeIndexedValueType[enum_name[t]] for name, t in CLI_TYPES.items()} == {
         key.name: key.indexed_value_type for key in ALL_KEYS
     }
 

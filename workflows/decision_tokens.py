@@ -3,7 +3,8 @@
 A decision token is a JWT signed with an asymmetric key (Ed25519 ``EdDSA`` or P-256 ``ES256``) by the
 product's own signing key (``wfa token mint``) or a company's identity provider. Its claims: ``iss``,
 ``sub`` (the actor), ``tenant``, ``run`` (the workflow id), ``step`` (the approval step id or path;
-absent for a cancel), ``decisions`` (a subset of approve, reject, cancel), ``exp``, ``iat``, ``jti``;
+absent for a cancel), ``decisions`` (a subset of approve, reject, cancel, complete), ``groups``
+(optional: groups the actor decides as a member of), ``exp``, ``iat``, ``jti``;
 its header names the key (``kid``).
 
 The worker holds the verification keys (a JWKS): it builds a :class:`DecisionVerifier` at start and
@@ -24,7 +25,8 @@ import jwt
 
 ALGORITHMS = ("EdDSA", "ES256")
 """The only algorithms a token may be signed with: asymmetric ones (never ``none``, never HMAC)."""
-DECISIONS = ("approve", "reject", "cancel")
+DECISIONS = ("approve", "reject", "cancel", "complete")
+"""``complete`` completes a human task."""
 MAX_TOKEN_CHARS = 8192
 """Longest token read; a longer one is refused before it is parsed."""
 LEEWAY_S = 30
@@ -53,6 +55,7 @@ class DecisionClaims:
     decisions: tuple[str, ...]
     jti: str
     kid: str
+    groups: tuple[str, ...] = ()
 
 
 class DecisionVerifier:
@@ -176,6 +179,9 @@ class DecisionVerifier:
             raise TokenRefusedError("token claims sub, jti and step must be strings")
         if not isinstance(decisions, list) or not all(isinstance(d, str) for d in decisions):
             raise TokenRefusedError("token claim 'decisions' must be a list of strings")
+        groups = claims.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise TokenRefusedError("token claim 'groups' must be a list of strings")
         if claims["tenant"] != tenant:
             raise TokenRefusedError("token is for another tenant")
         if claims["run"] != run:
@@ -184,12 +190,23 @@ class DecisionVerifier:
             allowed = ", ".join(d for d in decisions if d in DECISIONS) or "nothing"
             raise TokenRefusedError(f"token does not allow {decision} (it allows {allowed})")
         return DecisionClaims(
-            actor=actor, tenant=tenant, run=run, step=step, decisions=tuple(decisions), jti=jti, kid=kid
+            actor=actor,
+            tenant=tenant,
+            run=run,
+            step=step,
+            decisions=tuple(decisions),
+            jti=jti,
+            kid=kid,
+            groups=tuple(groups),
         )
 
 
 def check_target(
-    claims: DecisionClaims, actor: str, step_names: Sequence[str] | None, used: Iterable[str]
+    claims: DecisionClaims,
+    actor: str,
+    step_names: Sequence[str] | None,
+    used: Iterable[str],
+    groups: Sequence[str] = (),
 ) -> None:
     """Checks that verified claims name this actor and pending step and were not used before.
 
@@ -198,6 +215,8 @@ def check_target(
         actor: The actor the request names.
         step_names: The pending approval's step id and path (None for a cancel).
         used: The ``jti`` of tokens this run has accepted already.
+        groups: The groups the request says the actor decides as a member of: each must be in
+            the token's ``groups`` claim.
 
     Raises:
         TokenRefusedError: Naming the mismatch.
@@ -207,8 +226,17 @@ def check_target(
     if step_names is not None and claims.step not in step_names:
         step = "no step" if claims.step is None else f"step {claims.step[:200]!r}"
         raise TokenRefusedError(f"token is for {step}, not the pending {step_names[-1]!r}")
+    unproven = [g for g in groups if g not in claims.groups]
+    if unproven:
+        raise TokenRefusedError(f"token does not prove membership of {clip_names(unproven)}")
     if claims.jti in used:
         raise TokenRefusedError("token was used already in this run")
+
+
+def clip_names(names: Sequence[str]) -> str:
+    """A few names for a message, each clipped."""
+    shown = ", ".join(repr(n[:60]) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def unverified_jti(token: str) -> str | None:

@@ -102,6 +102,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import decision_tokens
     from workflows.priority import run_priority
     from workflows.search_attributes import (
+        ASSIGNEES,
         AWAITING_APPROVAL,
         CURRENT_STEP,
         DEFINITION_HASH,
@@ -525,6 +526,7 @@ class RunDefinitionWorkflow:
         self._handoff: asyncio.Task[None] | None = None
         self._tenant = run.options.tenant
         self._proof_required = run.options.decision_proof
+        self._publish_assignees = run.options.publish_assignees
         self._used_tokens: dict[str, None] = dict.fromkeys(
             [] if resume is None else [str(j) for j in resume.kinds.get(USED_TOKENS_KIND, [])]
         )
@@ -803,12 +805,19 @@ class RunDefinitionWorkflow:
                 f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
             )
         steps = (approval.view.step_id, approval.view.path)
-        refusal = self._proof_refusal(request.decision.value, request.actor, request.token, steps)
+        refusal = self._proof_refusal(
+            request.decision.value, request.actor, request.token, steps, request.groups
+        )
         if refusal is not None:
             raise ApplicationError(refusal, type="DecisionRefused", non_retryable=True)
 
     def _proof_refusal(
-        self, decision: str, actor: str, token: str | None, steps: tuple[str, str] | None
+        self,
+        decision: str,
+        actor: str,
+        token: str | None,
+        steps: tuple[str, str] | None,
+        groups: Sequence[str] = (),
     ) -> str | None:
         """Why the update's token does not prove it (None: proven, or no proof required).
 
@@ -832,7 +841,7 @@ class RunDefinitionWorkflow:
                 run=workflow.info().workflow_id,
                 decision=decision,
             )
-            decision_tokens.check_target(claims, actor, steps, self._used_tokens)
+            decision_tokens.check_target(claims, actor, steps, self._used_tokens, groups)
         except decision_tokens.TokenRefusedError as err:
             return f"decision token refused: {clip(str(err))}"
         return None
@@ -966,6 +975,12 @@ class RunDefinitionWorkflow:
             if name in values and self._published.get(name) != values[name]:
                 updates.append(key.value_set(values[name]))
                 self._published[name] = values[name]
+        # WfaAssignees only for runs whose options ask (RunOptions.publish_assignees): the input
+        # of a run started before it existed says no, so its history replays without a patch.
+        assignees = engine.assignees() if self._publish_assignees else []
+        if assignees != self._published.get("assignees", []):
+            updates.append(ASSIGNEES.value_set(assignees) if assignees else ASSIGNEES.value_unset())
+            self._published["assignees"] = assignees
         if updates:
             workflow.upsert_search_attributes(updates)
         current = ", ".join(f"{path} ({label})" for path, label in engine.active.items()) or "-"

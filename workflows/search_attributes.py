@@ -15,6 +15,10 @@ CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
 RUN_STATE = SearchAttributeKey.for_keyword("RunState")
 AWAITING_APPROVAL = SearchAttributeKey.for_bool("AwaitingApproval")
 TENANT = SearchAttributeKey.for_keyword("Tenant")
+ASSIGNEES = SearchAttributeKey.for_keyword_list("WfaAssignees")
+"""Who the run waits for now: ``user:<name>`` for each approver or assignee, ``group:<name>`` for
+each candidate group, of every pending approval and human task (empty when none is pending). The
+inbox finds a person's work with it. Not personal data beyond the user names the definition names."""
 
 ALL_KEYS = (
     DEFINITION_NAME,
@@ -24,6 +28,7 @@ ALL_KEYS = (
     RUN_STATE,
     AWAITING_APPROVAL,
     TENANT,
+    ASSIGNEES,
 )
 
 # name -> the type word `temporal server start-dev --search-attribute NAME=TYPE` expects.
@@ -35,4 +40,5 @@ CLI_TYPES: dict[str, str] = {
     "RunState": "Keyword",
     "AwaitingApproval": "Bool",
     "Tenant": "Keyword",
+    "WfaAssignees": "KeywordList",
 }

@@ -1,0 +1,100 @@
+"""From an HTML form to a decision's data, by the step's declared fields (and back, for messages).
+
+Browsers send text; each declared field's type says how to read it. A value that cannot be read
+(a number that is not one) is reported next to its field without asking the run; everything else
+(required fields, lengths, enum values, dates) is the run's own check (``form_problem`` in the
+engine), whose message the inbox places next to the field it names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from interpreter.model import FieldType, FormField
+
+FIELD_PREFIX = "f_"
+"""Declared fields travel as ``f_<name>``, so a field called ``reason`` or ``run`` never meets the
+page's own controls."""
+
+_FIELD_IN_MESSAGE = re.compile(r"form field '([A-Za-z_][A-Za-z0-9_]*)'")
+
+
+@dataclass(frozen=True)
+class FieldView:
+    """A declared field as the template renders it."""
+
+    field: FormField
+    label: str
+    value: str
+    error: str | None
+
+    @property
+    def input_id(self) -> str:
+        """The input's HTML id."""
+        return f"f-{self.field.name}"
+
+
+def label_of(name: str) -> str:
+    """A readable label from a field name (``cost_center`` -> ``Cost center``)."""
+    words = name.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def read_form(form: list[FormField], submitted: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The decision data of a submitted form, and the fields that could not be read.
+
+    An empty input is left out (the run then says whether the field was required).
+    """
+    data: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for declared in form:
+        raw = submitted.get(FIELD_PREFIX + declared.name, "")
+        text = raw.strip() if declared.type != FieldType.STRING else raw
+        if text == "":
+            continue
+        if declared.type == FieldType.NUMBER:
+            try:
+                number = float(text.replace(",", "")) if not re.fullmatch(r"-?[0-9]+", text) else int(text)
+            except ValueError:
+                errors[declared.name] = f"{label_of(declared.name)}: {text[:40]!r} is not a number"
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                errors[declared.name] = f"{label_of(declared.name)} must be a finite number"
+                continue
+            data[declared.name] = number
+        elif declared.type == FieldType.BOOLEAN:
+            if text not in ("true", "false"):
+                errors[declared.name] = f"{label_of(declared.name)}: choose yes or no"
+                continue
+            data[declared.name] = text == "true"
+        else:
+            data[declared.name] = text
+    return data, errors
+
+
+def field_of_message(message: str, form: list[FormField]) -> str | None:
+    """The declared field a refusal names, if any."""
+    match = _FIELD_IN_MESSAGE.search(message)
+    if match and any(f.name == match.group(1) for f in form):
+        return match.group(1)
+    return None
+
+
+def readable_refusal(message: str) -> str:
+    """A refusal for a person: the run's message without the step path noise."""
+    text = re.sub(r"^decision token refused: ", "", message)
+    return re.sub(r"form field '([^']+)' of step '[^']+' ", "", text)
+
+
+def field_views(
+    form: list[FormField], submitted: Mapping[str, str], errors: Mapping[str, str]
+) -> list[FieldView]:
+    """What the template needs for each declared field."""
+    return [
+        FieldView(f, label_of(f.name), submitted.get(FIELD_PREFIX + f.name, ""), errors.get(f.name))
+        for f in form
+    ]

@@ -1,0 +1,262 @@
+"""Decision links: a page per emailed link, that decides for the person it was sent to.
+
+A link carries a decision token (minted by the ``decision_links`` activity) bound to the run, the
+step, the person and one decision, valid until the step's deadline; the run accepts it once. The
+page checks the token (signature with the tenant's key, expiry), shows the step and asks to confirm
+(with the step's form when it declares fields); an expired, used or otherwise spent link explains
+what happened and offers the inbox. No sign-in is needed: the token is the proof.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from gateway.inbox.auth import Person, Session
+from gateway.inbox.deps import InboxState
+from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
+from interpreter.engine import may_decide
+from interpreter.state import DecisionKind, PendingApproval, RunStatus
+from starter.errors import DecisionRefusedError, RunClosedError, StarterError
+from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError
+
+Renderer = Callable[..., HTMLResponse]
+"""The router's page renderer."""
+
+
+@dataclass(frozen=True)
+class LinkProblem:
+    """Why a link cannot decide, for the page."""
+
+    title: str
+    message: str
+    status_code: int
+
+
+def public_jwk(private: dict[str, Any]) -> dict[str, Any]:
+    """The public half of a private JWK (the private parts dropped)."""
+    return {k: v for k, v in private.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+
+
+def check_link(state: InboxState, token: str, now: datetime | None = None) -> DecisionClaims | LinkProblem:
+    """The claims of a link's token, or why it cannot be used (expired, forged, unknown tenant)."""
+    invalid = LinkProblem(
+        "This link is not valid", "The link is damaged or was not issued by this service.", 400
+    )
+    if not token or len(token) > 8192:
+        return invalid
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return invalid
+    tenant, run, decisions = unverified.get("tenant"), unverified.get("run"), unverified.get("decisions")
+    if (
+        not isinstance(tenant, str)
+        or not isinstance(run, str)
+        or not isinstance(decisions, list)
+        or len(decisions) != 1
+    ):
+        return invalid
+    key = state.config.signing_key(tenant)
+    if key is None:
+        return invalid
+    verifier = DecisionVerifier.from_jwks({"keys": [public_jwk(key)]})
+    try:
+        return verifier.verify(
+            token, now=now or datetime.now(UTC), tenant=tenant, run=run, decision=str(decisions[0])
+        )
+    except TokenRefusedError as err:
+        if "expired" in str(err):
+            when = datetime.fromtimestamp(float(unverified.get("exp", 0)), UTC).strftime("%Y-%m-%d %H:%M UTC")
+            return LinkProblem(
+                "This link has expired",
+                f"The link stopped working at {when}. If the step still waits for you, decide it"
+                " in your inbox.",
+                410,
+            )
+        return invalid
+
+
+async def link_page(
+    request: Request,
+    state: InboxState,
+    session: Session,
+    token: str,
+    render: Renderer,
+    *,
+    submitted: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    top_error: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """The page of a link: the step and a confirmation, or why the link no longer works."""
+    claims = check_link(state, token)
+    if isinstance(claims, LinkProblem):
+        return problem_page(request, state, session, render, claims)
+    found = await _pending(state, claims)
+    if isinstance(found, LinkProblem):
+        return problem_page(request, state, session, render, found)
+    status, pending = found
+    show_form = claims.decisions[0] in ("approve", "complete")
+    return render(
+        request,
+        state,
+        "item.html",
+        session,
+        status_code=status_code,
+        run=claims.run,
+        definition=status.definition,
+        approval=pending,
+        fields=field_views(pending.form, submitted or {}, errors or {}),
+        reason=(submitted or {}).get("reason", ""),
+        history=[d for d in status.decisions if d.step_id in (pending.path, pending.step_id)],
+        top_error=top_error,
+        error_count=len(errors or {}) + (1 if top_error else 0),
+        allowed=claims.decisions,
+        show_form=show_form,
+        link_token=token,
+        link_actor=claims.actor,
+    )
+
+
+def problem_page(
+    request: Request, state: InboxState, session: Session, render: Renderer, problem: LinkProblem
+) -> HTMLResponse:
+    """Explains why a link does not work and offers the inbox."""
+    return render(
+        request,
+        state,
+        "message.html",
+        session,
+        status_code=problem.status_code,
+        title=problem.title,
+        message=problem.message,
+    )
+
+
+async def _pending(
+    state: InboxState, claims: DecisionClaims
+) -> tuple[RunStatus, PendingApproval] | LinkProblem:
+    flows = await state.config.clients(claims.tenant)
+    try:
+        status = await flows.status(claims.run)
+    except StarterError:
+        return LinkProblem("Nothing to decide", "The run this link was for no longer exists.", 404)
+    pending = next((p for p in status.pending_approvals if p.path == claims.step), None)
+    if pending is None:
+        decided = [d for d in status.decisions if d.accepted and d.step_id in (claims.step, None)]
+        done = ""
+        if decided:
+            last = decided[-1]
+            done = (
+                f" It was {_past(last.decision)} by {last.actor} on {last.at.strftime('%Y-%m-%d %H:%M UTC')}."
+            )
+        return LinkProblem(
+            "Already decided",
+            f"This step no longer waits for a decision, so the link has no use any more.{done}",
+            409,
+        )
+    if not may_decide(pending.approvers, claims.actor):
+        return LinkProblem("Not yours to decide", "The step is no longer assigned to you.", 403)
+    return status, pending
+
+
+def _past(kind: DecisionKind) -> str:
+    return {"approve": "approved", "reject": "rejected", "complete": "completed"}[kind.value]
+
+
+async def decide_by_link(request: Request, state: InboxState, session: Session, render: Renderer) -> Response:
+    """Sends the link's decision (with the form's data) as the run's ``decide`` update."""
+    form = await request.form()
+    token = form.get("t")
+    token = token if isinstance(token, str) else ""
+    csrf = form.get("csrf")
+    if not state.sessions.check_csrf(session, csrf if isinstance(csrf, str) else None):
+        return problem_page(
+            request,
+            state,
+            session,
+            render,
+            LinkProblem("Form expired", "Open the link from your email again.", 400),
+        )
+    claims = check_link(state, token)
+    if isinstance(claims, LinkProblem):
+        return problem_page(request, state, session, render, claims)
+    found = await _pending(state, claims)
+    if isinstance(found, LinkProblem):
+        return problem_page(request, state, session, render, found)
+    _, pending = found
+    submitted = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    kind = DecisionKind(claims.decisions[0])
+    data, errors = read_form(pending.form, submitted) if kind != DecisionKind.REJECT else ({}, {})
+    if errors:
+        return await link_page(
+            request, state, session, token, render, submitted=submitted, errors=errors, status_code=422
+        )
+    flows = await state.config.clients(claims.tenant)
+    person = Person(claims.tenant, claims.actor)
+    from gateway.inbox.router import send_decision
+
+    try:
+        await send_decision(
+            flows,
+            kind,
+            claims.run,
+            person,
+            pending=pending,
+            reason=submitted.get("reason", "")[:2000],
+            data=data,
+            token=token,
+            groups=[],
+        )
+    except DecisionRefusedError as err:
+        readable = readable_refusal(err.reason)
+        if "used already" in err.reason:
+            return problem_page(
+                request,
+                state,
+                session,
+                render,
+                LinkProblem(
+                    "This link was used already",
+                    "Each link decides once. Open your inbox to see what waits for you.",
+                    409,
+                ),
+            )
+        field = field_of_message(err.reason, pending.form)
+        if field is not None:
+            return await link_page(
+                request,
+                state,
+                session,
+                token,
+                render,
+                submitted=submitted,
+                errors={field: f"{label_of(field)} {readable}"},
+                status_code=422,
+            )
+        return await link_page(
+            request,
+            state,
+            session,
+            token,
+            render,
+            submitted=submitted,
+            top_error=f"The run refused: {readable}",
+            status_code=409,
+        )
+    except RunClosedError:
+        return problem_page(
+            request, state, session, render, LinkProblem("Already decided", "The run has ended.", 409)
+        )
+    return RedirectResponse(f"{state.prefix}/link/done?{_done_query(kind)}", status_code=303)
+
+
+def _done_query(kind: DecisionKind) -> str:
+    return f"decision={kind.value}"

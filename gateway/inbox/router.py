@@ -1,0 +1,534 @@
+"""The approvals inbox: sign in, see what waits for you, open it, decide.
+
+Server-rendered HTML (jinja2, autoescaped). The signed-in person's tenant comes from the session and
+selects the client (its namespace, its runs): nothing of another tenant is listed or opened. Work is
+found through the ``WfaAssignees`` search attribute, then each run's ``status`` query says which of
+its pending steps the person may decide. A decision is minted a token for the person (the tenant's
+signing key, held by the gateway) and sent as the run's validated ``decide`` update; a refusal is
+shown with the run's reason, next to the field it names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import FormData
+from temporalio.service import RPCError
+
+from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
+from gateway.inbox.deps import InboxState, inbox_state
+from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
+from interpreter.engine import may_decide
+from interpreter.state import DecisionKind, DecisionRecord, PendingApproval, RunStatus
+from starter import tokens
+from starter.client import FlowClient, runs_query
+from starter.errors import DecisionRefusedError, RunClosedError, RunNotFoundError, StarterError
+
+COOKIE = "wfa_inbox"
+_HERE = Path(__file__).parent
+_templates = Environment(
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+router = APIRouter()
+State = Annotated[InboxState, Depends(inbox_state)]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One pending step the person may decide."""
+
+    run: str
+    definition: str
+    approval: PendingApproval
+
+    @property
+    def title(self) -> str:
+        """What the list shows first."""
+        return self.approval.message.splitlines()[0] if self.approval.message else self.approval.step_id
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+_templates.filters["when"] = _when
+
+
+def _session(request: Request, state: InboxState) -> Session | None:
+    return state.sessions.load(request.cookies.get(COOKIE))
+
+
+def _render(
+    request: Request,
+    state: InboxState,
+    name: str,
+    session: Session,
+    *,
+    status_code: int = 200,
+    new_cookie: bool = False,
+    **context: Any,
+) -> HTMLResponse:
+    html = _templates.get_template(name).render(
+        base=state.prefix,
+        person=session.person,
+        csrf=state.sessions.csrf_token(session),
+        **context,
+    )
+    response = HTMLResponse(html, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"  # a link's token must not travel on
+    response.headers["Content-Security-Policy"] = "default-src 'self'; frame-ancestors 'none'"
+    if new_cookie:
+        _set_cookie(response, state, session)
+    return response
+
+
+def _set_cookie(response: Response, state: InboxState, session: Session) -> None:
+    response.set_cookie(
+        COOKIE,
+        state.sessions.dump(session),
+        max_age=int(state.sessions.ttl_s),
+        path=state.prefix or "/",
+        httponly=True,
+        samesite="lax",
+        secure=state.config.secure_cookies,
+    )
+
+
+def _to_login(state: InboxState, request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"{state.prefix}/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _safe_next(state: InboxState, target: str | None) -> str:
+    """Only a path inside the inbox (never another site)."""
+    if (
+        target
+        and target.startswith(state.prefix + "/")
+        and not target.startswith("//")
+        and "\\" not in target
+    ):
+        return target
+    return state.prefix + "/"
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+# ------------------------------------------------------------------------------------- sign-in
+
+
+@router.get("/login", response_class=HTMLResponse, name="inbox_login")
+async def login_page(request: Request, state: State, next: str = "") -> HTMLResponse:
+    """The sign-in form."""
+    session = _session(request, state)
+    fresh = session is None
+    if session is None:
+        session = state.sessions.new(None)
+    return _render(
+        request, state, "login.html", session, new_cookie=fresh, next=_safe_next(state, next), error=None
+    )
+
+
+@router.post("/login", name="inbox_login_post")
+async def login(request: Request, state: State) -> Response:
+    """Checks the credentials; on success a new session (new CSRF secret) for the person."""
+    form = await request.form()
+    session = _session(request, state)
+    if not state.sessions.check_csrf(session, _text(form, "csrf")):
+        anonymous = state.sessions.new(None)
+        return _render(
+            request,
+            state,
+            "login.html",
+            anonymous,
+            status_code=400,
+            new_cookie=True,
+            next=_safe_next(state, _text(form, "next")),
+            error="Your sign-in form had expired. Please sign in again.",
+        )
+    assert session is not None
+    tenant, username = _text(form, "tenant").strip(), _text(form, "username").strip()
+    person = await state.config.authenticator.authenticate(tenant, username, _text(form, "password"))
+    if person is None:
+        return _render(
+            request,
+            state,
+            "login.html",
+            session,
+            status_code=401,
+            next=_safe_next(state, _text(form, "next")),
+            error="The organisation, user name or password is not right.",
+            tenant=tenant,
+            username=username,
+        )
+    response = RedirectResponse(_safe_next(state, _text(form, "next")), status_code=303)
+    _set_cookie(response, state, state.sessions.new(person))
+    return response
+
+
+@router.post("/logout", name="inbox_logout")
+async def logout(request: Request, state: State) -> Response:
+    """Ends the session."""
+    form = await request.form()
+    session = _session(request, state)
+    response = RedirectResponse(f"{state.prefix}/login", status_code=303)
+    if state.sessions.check_csrf(session, _text(form, "csrf")):
+        response.delete_cookie(COOKIE, path=state.prefix or "/")
+    return response
+
+
+# ------------------------------------------------------------------------------------ the list
+
+
+def _assignee_clause(person: Person) -> str | None:
+    values = [v for v in person.assignee_values if USERNAME_PATTERN.match(v.split(":", 1)[1])]
+    if not values:
+        return None
+    return "(" + " OR ".join(f"WfaAssignees = '{v}'" for v in values) + ")"
+
+
+async def find_work(flows: FlowClient, person: Person, limit: int) -> list[WorkItem]:
+    """The pending steps ``person`` may decide, across the tenant's running runs.
+
+    Found through the ``WfaAssignees`` search attribute (visibility is eventually consistent: a
+    step decided a moment ago may still be listed, so each run's status confirms what is pending).
+    """
+    clause = _assignee_clause(person)
+    if clause is None:
+        return []
+    query = f"{runs_query(person.tenant)} AND ExecutionStatus = 'Running' AND {clause}"
+    items: list[WorkItem] = []
+    async for execution in flows.client.list_workflows(query, limit=limit):
+        try:
+            status = await flows.status(execution.id)
+        except StarterError:
+            continue  # ended or unanswerable meanwhile: not work any more
+        for approval in status.pending_approvals:
+            if may_decide(approval.approvers, person.username, person.groups):
+                items.append(WorkItem(execution.id, status.definition, approval))
+    items.sort(key=lambda item: (item.approval.deadline is None, item.approval.deadline, item.approval.since))
+    return items
+
+
+@router.get("/", response_class=HTMLResponse, name="inbox_list")
+async def inbox(request: Request, state: State, decided: str = "", run: str = "") -> Response:
+    """What waits for the signed-in person."""
+    session = _session(request, state)
+    if session is None or session.person is None:
+        return _to_login(state, request)
+    person = session.person
+    flows = await state.config.clients(person.tenant)
+    try:
+        items = await find_work(flows, person, state.config.list_limit)
+    except RPCError as err:  # the server is down, or the search attributes are not registered
+        return _render(
+            request,
+            state,
+            "message.html",
+            session,
+            status_code=503,
+            title="The inbox cannot look for your work now",
+            message=f"The workflow service answered: {err.message[:300]}. Please try again later.",
+        )
+    done = None
+    if decided in DONE and run:
+        done = f"{DONE[decided]}: {run}"
+    return _render(request, state, "inbox.html", session, items=items, done=done)
+
+
+# ------------------------------------------------------------------------------------- one item
+
+
+def _step_decisions(status: RunStatus, approval_path: str, step_id: str) -> list[DecisionRecord]:
+    return [d for d in status.decisions if d.step_id in (approval_path, step_id)]
+
+
+async def _item_context(flows: FlowClient, run: str, step: str) -> tuple[RunStatus, PendingApproval | None]:
+    status = await flows.status(run)
+    pending = next((p for p in status.pending_approvals if p.path == step), None)
+    return status, pending
+
+
+def _not_found(request: Request, state: InboxState, session: Session) -> HTMLResponse:
+    return _render(
+        request,
+        state,
+        "message.html",
+        session,
+        status_code=404,
+        title="Nothing here",
+        message="There is no such step waiting in your organisation.",
+    )
+
+
+@router.get("/item", response_class=HTMLResponse, name="inbox_item")
+async def item(request: Request, state: State, run: str = "", step: str = "") -> Response:
+    """One pending step: its context, its history of escalations and decisions, the form."""
+    session = _session(request, state)
+    if session is None or session.person is None:
+        return _to_login(state, request)
+    return await _item_page(request, state, session, run, step)
+
+
+async def _item_page(
+    request: Request,
+    state: InboxState,
+    session: Session,
+    run: str,
+    step: str,
+    *,
+    submitted: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    top_error: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    submitted = submitted or {}
+    errors = errors or {}
+    person = session.person
+    assert person is not None
+    flows = await state.config.clients(person.tenant)
+    try:
+        status, pending = await _item_context(flows, run, step)
+    except (RunNotFoundError, StarterError):
+        return _not_found(request, state, session)
+    if pending is None:
+        decisions = [
+            d for d in status.decisions if d.accepted and d.step_id in (step, step.rsplit(".", 1)[-1])
+        ]
+        ever = any(r.path == step for r in status.steps)
+        if not ever:
+            return _not_found(request, state, session)
+        last = decisions[-1] if decisions else None
+        message = "This step is no longer waiting for a decision."
+        if last is not None:
+            message += f" It was {DONE[last.decision.value].lower()} by {last.actor}."
+        return _render(
+            request,
+            state,
+            "message.html",
+            session,
+            status_code=409 if status_code != 200 else 200,
+            title="Already decided",
+            message=message,
+        )
+    if not may_decide(pending.approvers, person.username, person.groups):
+        return _render(
+            request,
+            state,
+            "message.html",
+            session,
+            status_code=403,
+            title="Not yours to decide",
+            message="You are not among the approvers of this step.",
+        )
+    return _render(
+        request,
+        state,
+        "item.html",
+        session,
+        status_code=status_code,
+        run=run,
+        definition=status.definition,
+        approval=pending,
+        fields=field_views(pending.form, submitted, errors),
+        reason=submitted.get("reason", ""),
+        history=_step_decisions(status, pending.path, pending.step_id),
+        top_error=top_error,
+        allowed=("complete",) if pending.kind == "task" else ("approve", "reject"),
+        show_form=True,
+        link_token=None,
+        error_count=len(errors) + (1 if top_error else 0),
+    )
+
+
+@router.post("/item", name="inbox_decide")
+async def decide(request: Request, state: State) -> Response:
+    """Sends the person's decision as the run's validated ``decide`` update, with a token."""
+    form = await request.form()
+    session = _session(request, state)
+    if session is None or session.person is None:
+        return _to_login(state, request)
+    if not state.sessions.check_csrf(session, _text(form, "csrf")):
+        return _render(
+            request,
+            state,
+            "message.html",
+            session,
+            status_code=400,
+            title="Form expired",
+            message="This form is no longer valid. Open the step again from your inbox.",
+        )
+    person = session.person
+    run, step = _text(form, "run"), _text(form, "step")
+    submitted = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    choice = _text(form, "decision")
+    if choice not in ("approve", "reject", "complete"):
+        return await _item_page(
+            request,
+            state,
+            session,
+            run,
+            step,
+            submitted=submitted,
+            top_error="Choose what you decide.",
+            status_code=422,
+        )
+    kind = DecisionKind(choice)
+    flows = await state.config.clients(person.tenant)
+    try:
+        _, pending = await _item_context(flows, run, step)
+    except StarterError:
+        return _not_found(request, state, session)
+    if pending is None or not may_decide(pending.approvers, person.username, person.groups):
+        return await _item_page(request, state, session, run, step, submitted=submitted, status_code=409)
+    data, errors = read_form(pending.form, submitted)
+    if errors:
+        return await _item_page(
+            request, state, session, run, step, submitted=submitted, errors=errors, status_code=422
+        )
+    key = state.config.signing_key(person.tenant)
+    groups = [g for g in person.groups if f"group:{g}" in pending.approvers]
+    token = None
+    if key is not None:
+        token = tokens.mint(
+            key,
+            tenant=person.tenant,
+            run=run,
+            actor=person.username,
+            decisions=[kind.value],
+            step=pending.path,
+            ttl_s=state.config.decision_ttl_s,
+            groups=groups,
+        )
+    try:
+        await send_decision(
+            flows,
+            kind,
+            run,
+            person,
+            pending=pending,
+            reason=submitted.get("reason", "")[:2000],
+            data=data,
+            token=token,
+            groups=groups,
+        )
+    except DecisionRefusedError as err:
+        message = err.reason
+        field = field_of_message(message, pending.form)
+        readable = readable_refusal(message)
+        if field is not None:
+            at_field = {field: f"{label_of(field)} {readable}"}
+            return await _item_page(
+                request, state, session, run, step, submitted=submitted, errors=at_field, status_code=422
+            )
+        return await _item_page(
+            request,
+            state,
+            session,
+            run,
+            step,
+            submitted=submitted,
+            top_error=f"The run refused: {readable}",
+            status_code=409,
+        )
+    except (RunClosedError, RunNotFoundError):
+        return await _item_page(request, state, session, run, step, submitted=submitted, status_code=409)
+    return RedirectResponse(
+        f"{state.prefix}/?{urlencode({'decided': kind.value, 'run': run})}", status_code=303
+    )
+
+
+async def send_decision(
+    flows: FlowClient,
+    kind: DecisionKind,
+    run: str,
+    person: Person,
+    *,
+    pending: PendingApproval,
+    reason: str,
+    data: dict[str, Any],
+    token: str | None,
+    groups: list[str],
+) -> None:
+    """The decision as the run's ``decide`` update (approve, reject, or complete a task)."""
+    if kind == DecisionKind.COMPLETE:
+        await flows.complete_task(
+            run, person.username, step_id=pending.path, comment=reason, data=data, token=token, groups=groups
+        )
+        return
+    decide_ = flows.approve if kind == DecisionKind.APPROVE else flows.reject
+    await decide_(
+        run, person.username, step_id=pending.path, reason=reason, data=data, token=token, groups=groups
+    )
+
+
+DONE = {"approve": "Approved", "reject": "Rejected", "complete": "Completed"}
+
+
+def _link_session(request: Request, state: InboxState) -> tuple[Session, bool]:
+    session = _session(request, state)
+    if session is None:
+        return state.sessions.new(None), True
+    return session, False
+
+
+@router.get("/link", response_class=HTMLResponse, name="inbox_link")
+async def link(request: Request, state: State, t: str = "") -> Response:
+    """An emailed decision link: the step and a confirmation, or why the link no longer works."""
+    from gateway.inbox.links import link_page
+
+    session, fresh = _link_session(request, state)
+    response = await link_page(request, state, session, t, _render)
+    if fresh:
+        _set_cookie(response, state, session)
+    return response
+
+
+@router.post("/link", name="inbox_link_decide")
+async def link_decide(request: Request, state: State) -> Response:
+    """Decides through a link (the token is the proof; no sign-in)."""
+    from gateway.inbox.links import decide_by_link
+
+    session, _ = _link_session(request, state)
+    return await decide_by_link(request, state, session, _render)
+
+
+@router.get("/link/done", response_class=HTMLResponse, name="inbox_link_done")
+async def link_done(request: Request, state: State, decision: str = "") -> Response:
+    """After a link decided."""
+    session, fresh = _link_session(request, state)
+    verb = DONE.get(decision, "Done")
+    return _render(
+        request,
+        state,
+        "message.html",
+        session,
+        new_cookie=fresh,
+        title=f"{verb} — thank you",
+        message=f"{verb}. The run goes on with your decision.",
+    )
+
+
+@router.get("/static/inbox.css", name="inbox_css")
+async def css() -> Response:
+    """The inbox's stylesheet."""
+    return Response(
+        (_HERE / "static" / "inbox.css").read_text(encoding="utf-8"),
+        media_type="text/css",
+        headers={"Cache-Control": "max-age=3600"},
+    )

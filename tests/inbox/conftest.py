@@ -1,0 +1,168 @@
+"""Fixtures of the inbox tests: a worker, decision keys, users, the inbox served on loopback, Chromium.
+
+The inbox app runs under uvicorn as a task on the session's event loop (the Temporal client lives
+there), on a free loopback port; Chromium is the operating system's (/usr/bin/chromium), driven by
+Playwright without its own browser download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from fastapi import FastAPI
+from playwright.async_api import Browser, async_playwright, expect
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import notify
+from activities.outbound import OutboundPolicy
+from activities.secrets import Secret, configure_secret_store
+from gateway.inbox import InboxConfig, LocalUsers, hash_password, install_inbox
+from starter.client import FlowClient
+from starter.mailbox import LocalMailbox
+from starter.tokens import generate_keys
+from worker import build_worker
+from workflows import decision_tokens
+
+# Assertions on pages wait for their condition; on a busy machine a decision's round trip (page,
+# gateway, Temporal, worker, back) can take longer than Playwright's default of 5 seconds.
+expect.set_options(timeout=30_000)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+_HAVE_CHROMIUM = Path(CHROMIUM).exists()
+PASSWORD = "correct horse battery staple"
+USERS = [
+    {"tenant": "acme", "username": "alice", "name": "Alice Martin", "groups": []},
+    {"tenant": "acme", "username": "carol", "name": "Carol Diaz", "groups": ["finance"]},
+    {"tenant": "globex", "username": "alice", "name": "Alice of Globex", "groups": ["finance"]},
+]
+
+
+@dataclass
+class Inbox:
+    """The served inbox: its URL, the keys it mints with, the tenants' clients."""
+
+    url: str
+    private_key: dict[str, Any]
+    clients: dict[str, FlowClient]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(client: Client, task_queue: str) -> AsyncIterator[Worker]:
+    """A worker for the generic workflow on the test's queue."""
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(
+            client,
+            task_queue,
+            http_client,
+            graceful_shutdown_timeout=timedelta(0),
+            outbound_policy=OutboundPolicy.loopback(),  # the tests' SMTP server is on loopback
+        ) as running,
+    ):
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def inbox(client: Client, task_queue: str, worker: Worker) -> AsyncIterator[Inbox]:
+    """The inbox on a loopback port; the worker verifies the decision tokens it mints."""
+    private, public = generate_keys("inbox-test")
+    decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
+    users = LocalUsers.from_document({"users": [{**u, "password": hash_password(PASSWORD)} for u in USERS]})
+    clients = {t: FlowClient(client, task_queue=task_queue, tenant=t) for t in ("acme", "globex")}
+
+    async def client_for(tenant: str) -> FlowClient:
+        return clients[tenant]
+
+    app = FastAPI()
+    install_inbox(
+        app,
+        InboxConfig(
+            clients=client_for,
+            authenticator=users,
+            session_secret=secrets.token_bytes(32),
+            signing_keys={"acme": private, "globex": private},
+            secure_cookies=False,  # plain HTTP on loopback
+        ),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/inbox"
+        notify.configure(private, url)  # the worker's decision_links activity mints and links here
+        yield Inbox(url, private, clients)
+    finally:
+        server.should_exit = True
+        await task
+        decision_tokens.configure(None)
+        notify.reset()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium from the operating system."""
+    if not _HAVE_CHROMIUM:
+        pytest.fail(f"{CHROMIUM} is missing: install the OS package chromium (.ci/run does)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def mailbox() -> AsyncIterator[LocalMailbox]:
+    """An SMTP server on loopback that keeps what it receives; acme's SMTP settings point at it."""
+    async with LocalMailbox() as box:
+        settings = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(box.port),
+            "SMTP_SECURITY": "none",
+            "SMTP_FROM": "Approvals <approvals@acme.example>",
+        }
+
+        class _Store:
+            def get(self, tenant: str, name: str) -> Secret | None:
+                value = settings.get(name) if tenant == "acme" else None
+                return None if value is None else Secret(value)
+
+        configure_secret_store(_Store())
+        try:
+            yield box
+        finally:
+            configure_secret_store(None)
+
+
+def users_json() -> str:
+    """The users file of the tests (for documentation tests)."""
+    return json.dumps({"users": USERS})
