@@ -48,7 +48,6 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -63,6 +62,7 @@ from activities.secrets import (
 )
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
+from starter.codec import PayloadKeysError, data_converter
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import RunDefinitionWorkflow
@@ -163,22 +163,29 @@ def build_worker(
 
 
 async def connect(address: str, namespace: str, **options: Any) -> Client:
-    """Connects a client with the pydantic data converter, naming the server on failure.
+    """Connects a client with the product's data converter, naming the server on failure.
 
-    ``options`` go to ``Client.connect`` (an API key, TLS, gRPC metadata).
+    ``options`` go to ``Client.connect`` (an API key, TLS, gRPC metadata, a runtime, plugins).
+    The data converter is pydantic's, with the payload codec when keys are configured
+    (:func:`starter.codec.data_converter`).
+
+    Raises:
+        ConnectionError: The server cannot be reached.
+        PayloadKeysError: The payload keys are unusable.
     """
+    options.setdefault("data_converter", data_converter())
     try:
-        return await Client.connect(
-            address, namespace=namespace, data_converter=pydantic_data_converter, **options
-        )
+        return await Client.connect(address, namespace=namespace, **options)
     except RuntimeError as err:
         raise ConnectionError(
             f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}"
         ) from None
 
 
-async def connect_namespaces(scope: WorkerScope) -> dict[str, Client]:
+async def connect_namespaces(scope: WorkerScope, **extra: Any) -> dict[str, Client]:
     """A client per namespace the worker serves (each with that namespace's profile, if any).
+
+    ``extra`` goes to every ``Client.connect`` (a runtime with metrics, tracing plugins).
 
     Raises:
         ConnectionError: A server cannot be reached.
@@ -189,7 +196,7 @@ async def connect_namespaces(scope: WorkerScope) -> dict[str, Client]:
         options = namespace_connect_config(namespace, namespace)
         address = options.pop("target_host", None) or DEFAULT_ADDRESS
         options.pop("namespace")
-        clients[namespace] = await connect(address, namespace, **options)
+        clients[namespace] = await connect(address, namespace, **options, **extra)
     return clients
 
 
@@ -222,6 +229,9 @@ async def main() -> int:
         return 2
     except ConnectionError as err:
         log.error("%s", err)
+        return 2
+    except PayloadKeysError as err:
+        log.error("payload encryption: %s", err)
         return 2
     configure_tenant_scope(scope)
     # httpx logs every request URL at INFO, after secrets are filled in: never log them.
