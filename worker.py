@@ -29,6 +29,11 @@ Configuration comes from the environment:
   the issuer they must name (default ``wfa``); ``WFA_REQUIRE_DECISION_PROOF=1`` makes this worker
   require a token on every decide and cancel_run update, whatever the run's options say.
 
+- ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``: payload encryption keys (:mod:`starter.codec`).
+- ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
+  metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
+  ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP/HTTP traces (:mod:`starter.telemetry`).
+
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 ``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
 """
@@ -63,6 +68,14 @@ from activities.secrets import (
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
 from starter.codec import PayloadKeysError, data_converter
+from starter.telemetry import (
+    METRICS_ADDRESS_ENV,
+    GaugeSampler,
+    build_runtime,
+    configure_tracing,
+    sample_settings,
+    sampling,
+)
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import RunDefinitionWorkflow
@@ -88,6 +101,8 @@ PASSTHROUGH_MODULES = (
     "workflows.decision_tokens",
     "jwt",
     "cryptography",
+    # Step spans (workflows/telemetry.py); the SDK's replay-safe tracer provider lives outside.
+    "opentelemetry",
 )
 
 DECISION_KEYS_ENV = "WFA_DECISION_KEYS"
@@ -221,9 +236,23 @@ async def main() -> int:
             verifier.required,
         )
     try:
+        runtime = build_runtime()
+        sample_interval, sample_limit = sample_settings()
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    telemetry: dict[str, Any] = {}
+    if runtime is not None:
+        telemetry["runtime"] = runtime
+        log.info("metrics on http://%s/metrics", os.environ[METRICS_ADDRESS_ENV])
+    plugins = configure_tracing()
+    if plugins:
+        telemetry["plugins"] = plugins
+        log.info("traces exported by OTLP")
+    try:
         scope = WorkerScope.from_env()
         allowances = scope.allowances()
-        clients = await connect_namespaces(scope)
+        clients = await connect_namespaces(scope, **telemetry)
     except TenancyConfigError as err:
         log.error("%s", err)
         return 2
@@ -288,6 +317,12 @@ async def main() -> int:
                 namespace,
                 "any" if tenants is None else ", ".join(tenants),
             )
+        sampler = (
+            GaugeSampler(runtime.metric_meter, list(clients.values()), task_queue, sample_limit)
+            if runtime is not None
+            else None
+        )
+        await stack.enter_async_context(sampling(sampler, sample_interval))
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({*runs, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         RUN_STATE,
         TENANT,
     )
+    from workflows.telemetry import RunTelemetry
 
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
@@ -138,9 +139,15 @@ def _store_failure(err: ActivityError) -> BaseException:
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
-    def __init__(self, on_change: Callable[[], None], on_wait_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[], None],
+        on_wait_change: Callable[[], None],
+        telemetry: RunTelemetry | None = None,
+    ) -> None:
         self._on_change = on_change
         self._on_wait_change = on_wait_change
+        self._telemetry = telemetry or RunTelemetry("?", 0, "?")
 
     def now(self) -> Any:
         return workflow.now()
@@ -154,22 +161,40 @@ class _TemporalRuntime:
             maximum_attempts=retry.maximum_attempts,
             non_retryable_error_types=list(retry.non_retryable_error_types) or None,
         )
-        try:
-            result: ActionResult = await workflow.execute_activity(
-                call.action,
-                call.request,
-                result_type=ActionResult,
-                activity_id=call.activity_id,
-                summary=call.summary,
-                start_to_close_timeout=_td(call.timeouts.start_to_close),
-                schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
-                heartbeat_timeout=_td(call.timeouts.heartbeat),
-                retry_policy=policy,
-            )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from None
-            raise _describe_failure(err, call) from None
+        # Metrics and the step's span leave the worker, not the workflow: no command, no patch.
+        telemetry = self._telemetry
+        started = workflow.now()
+        failure: BaseException | None = None
+        with telemetry.step_span(call.path, call.step_id, call.action) as span:
+            try:
+                result: ActionResult = await workflow.execute_activity(
+                    call.action,
+                    call.request,
+                    result_type=ActionResult,
+                    activity_id=call.activity_id,
+                    summary=call.summary,
+                    start_to_close_timeout=_td(call.timeouts.start_to_close),
+                    schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
+                    heartbeat_timeout=_td(call.timeouts.heartbeat),
+                    retry_policy=policy,
+                )
+            except ActivityError as err:
+                if isinstance(err.cause, CancelledError):
+                    telemetry.step_ended(call.step_id, call.action, "cancelled", started, 1)
+                    failure = asyncio.CancelledError()
+                else:
+                    described = _describe_failure(err, call)
+                    telemetry.step_ended(call.step_id, call.action, "failed", started, described.attempts)
+                    span.set_attribute("wfa.attempts", described.attempts)
+                    span.set_attribute("wfa.error_type", described.error_type)
+                    failure = described
+            else:
+                telemetry.step_ended(call.step_id, call.action, "completed", started, result.attempt)
+                span.set_attribute("wfa.attempts", result.attempt)
+        # Raised outside the span, which ends normally (a span ended by a non-Temporal exception
+        # is dropped by the SDK's replay-safe tracer as a workflow task failure).
+        if failure is not None:
+            raise failure from None
         return result
 
     async def sleep(self, seconds: float, summary: str) -> None:
@@ -203,6 +228,7 @@ class _TemporalRuntime:
             )
         except ActivityError as err:
             raise _store_failure(err) from None
+        self._telemetry.dead_letter_parked(record.step_id)
         return row_id
 
     async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
@@ -217,6 +243,7 @@ class _TemporalRuntime:
             )
         except ActivityError as err:
             raise _store_failure(err) from None
+        self._telemetry.dead_letter_resolved(resolution.action.value)
 
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
@@ -236,10 +263,11 @@ class RunDefinitionWorkflow:
     @workflow.init
     def __init__(self, run: RunInput) -> None:
         info = workflow.info()
+        self._telemetry = RunTelemetry(run.definition.name, run.definition.version, run.options.tenant)
         self._engine = Engine(
             run.definition,
             run.input,
-            _TemporalRuntime(self._publish, self._publish_wait),
+            _TemporalRuntime(self._publish, self._publish_wait, self._telemetry),
             RunInfo(
                 workflow_id=info.workflow_id,
                 run_id=info.run_id,
@@ -268,10 +296,12 @@ class RunDefinitionWorkflow:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
         self._ensure_identity(run)
+        self._telemetry.run_started()
         if self._self_cancelled is not None and self._main is not None:
             self._main.cancel()
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._telemetry.run_ended(result.state.value, workflow.info().start_time)
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
@@ -576,6 +606,7 @@ class RunDefinitionWorkflow:
         if not workflow.in_workflow():
             return  # the worker is tearing the run down (eviction): nothing to publish
         engine = self._engine
+        self._telemetry.waiting_for_approval(engine.awaiting_approval)
         every_step = self._every_step_mode()
         values: dict[str, Any] = {"state": engine.state.value, "approval": engine.awaiting_approval}
         if self._track_step:
