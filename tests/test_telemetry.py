@@ -7,10 +7,12 @@ when an OTLP endpoint is configured).
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +32,9 @@ from worker import build_worker
 from workflows.generic import RunDefinitionWorkflow
 
 Sample = tuple[str, dict[str, str], float]
+DASHBOARD = Path(__file__).resolve().parents[1] / "ops" / "grafana" / "dashboard.json"
+ONLY_ON_FAILURE = {"temporal_workflow_task_execution_failed"}
+"""SDK series the dashboard shows that exist only once a workflow task has failed."""
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -163,6 +168,17 @@ async def test_metrics_after_real_runs(
     assert value(samples, "wfa_step_duration_seconds_count", outcome="failed", **boom) == 1
     assert value(samples, "wfa_step_retries", **boom) == 0
     assert value(samples, "wfa_approval_wait_seconds_count", definition=waiting) == 1
+    # Every series the Grafana dashboard draws exists under that name.
+    exported = {n for n, _, _ in samples}
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b((?:wfa|temporal)_[a-z_]+)\b", target["expr"])
+    }
+    assert queried - exported <= ONLY_ON_FAILURE, queried - exported
+    assert {"wfa_runs_ended", "wfa_approvals_waiting", "wfa_dead_letters_open"} <= queried
     # The SDK's own metrics are on the same endpoint.
     assert value(samples, "temporal_workflow_completed", task_queue=task_queue) == 3
     assert value(samples, "temporal_workflow_failed", task_queue=task_queue) == 1
