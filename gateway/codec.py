@@ -12,7 +12,7 @@ Configuration (:func:`codec_router_from_env`):
 
 - ``WFA_CODEC_TOKENS``: accepted bearer tokens, comma-separated (required when keys are set).
 - ``WFA_CODEC_CORS_ORIGINS``: the Web UI origins, comma-separated (default
-  ``http://localhost:8233``, the dev server's UI).
+  ``http://localhost:8233`` and ``http://127.0.0.1:8233``, the dev server's UI).
 - the payload keys: ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``.
 
 Mount it in an app with ``app.include_router(build_codec_router(codec, tokens=[...]))``.
@@ -44,7 +44,7 @@ __all__ = [
 
 CODEC_TOKENS_ENV = "WFA_CODEC_TOKENS"
 CODEC_ORIGINS_ENV = "WFA_CODEC_CORS_ORIGINS"
-DEFAULT_ORIGINS = ("http://localhost:8233",)
+DEFAULT_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """A request body larger than this is refused (a payload is at most 2 MiB, x4/3 in base64)."""
 

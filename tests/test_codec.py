@@ -8,6 +8,7 @@ canary: the search works, so its silence about the encrypted runs means somethin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
 from fastapi import FastAPI
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowFailureError
@@ -374,3 +376,61 @@ async def test_status_shows_the_decrypted_error_of_a_retrying_step(
         assert "Encoded failure" not in step.error
         assert "Flaky" in step.error
         await handle.terminate("test over")
+
+
+async def test_temporal_cli_reads_the_history_through_the_codec_server(
+    file_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The ``temporal`` CLI as a codec-server client: its own request shape, headers and auth."""
+    client = await keyed_client(file_env, f"a={KEY_A}")
+    workflow_id, _ = await run_order(client, task_queue, CANARY)
+    app = FastAPI()
+    codec = codec_from_env({"WFA_PAYLOAD_KEYS": f"a={KEY_A}"})
+    assert codec is not None
+    app.include_router(build_codec_router(codec, tokens=[TOKEN]))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: _async(server.started), bool, what="the codec server")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        show = [
+            find_temporal_cli(),
+            "workflow",
+            "show",
+            "--address",
+            file_env.client.service_client.config.target_host,
+            "--workflow-id",
+            workflow_id,
+            "--output",
+            "json",
+            "--codec-endpoint",
+            f"http://127.0.0.1:{port}/codec",
+        ]
+
+        async def run(*extra: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                *show, *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            out, _ = await proc.communicate()
+            return proc.returncode or 0, out.decode(errors="replace")
+
+        def started_input(out: str) -> Any:
+            events = json.loads(out)["events"]
+            payload = events[0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
+            return base64.b64decode(payload["metadata"]["encoding"]), base64.b64decode(payload["data"])
+
+        code, out = await run("--codec-auth", f"Bearer {TOKEN}")
+        assert code == 0, out[-2000:]
+        encoding, data = started_input(out)
+        assert encoding == b"json/plain"
+        assert json.loads(data)["input"]["order"]["card"] == CANARY
+        code, out = await run("--codec-auth", "Bearer not-the-token-at-all")
+        assert code != 0 or started_input(out)[0] == ENCODING, out[-2000:]
+        assert CANARY not in out
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def _async(value: Any) -> Any:
+    return value
