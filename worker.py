@@ -75,6 +75,7 @@ from starter.telemetry import (
     configure_tracing,
     sample_settings,
     sampling,
+    shutdown_tracing,
 )
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
@@ -336,6 +337,8 @@ async def main() -> int:
             await run
     if database is not None:
         await database.close()
+    if plugins:
+        await asyncio.to_thread(shutdown_tracing)
     log.info("worker stopped")
     return 0
 

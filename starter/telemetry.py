@@ -41,6 +41,7 @@ __all__ = [
     "GaugeSampler",
     "build_runtime",
     "configure_tracing",
+    "shutdown_tracing",
     "tracing_enabled",
 ]
 
@@ -114,6 +115,17 @@ def configure_tracing(
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return [OpenTelemetryPlugin(add_temporal_spans=True)]
+
+
+def shutdown_tracing() -> None:
+    """Exports the spans still buffered and stops the exporter (before the process leaves with
+    ``os._exit``, which skips OpenTelemetry's own exit hook)."""
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
 
 
 @dataclass

@@ -19,12 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from interpreter.state import RunState
 from starter.codec import KEY_ID_METADATA
 from starter.connection import connect_client
+from tests.helpers.http_server import RecordingServer
 from tests.helpers.tls import Pki, TlsProxy, make_pki, tls_proxy
 from tests.test_telemetry import free_port, parse, value
 from tests.workflows.support import definition, eventually, start, unique
@@ -74,8 +76,11 @@ async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
     raise AssertionError(f"worker did not exit within {timeout}s")
 
 
-async def test_worker_with_profile_keys_and_metrics(proxy: tuple[TlsProxy, Pki], tmp_path: Path) -> None:
+async def test_worker_with_profile_keys_metrics_and_traces(
+    proxy: tuple[TlsProxy, Pki], tmp_path: Path, http_server: RecordingServer
+) -> None:
     running, pki = proxy
+    http_server.route("POST", "/v1/traces", [(200, {"Content-Type": "application/x-protobuf"}, b"")] * 100)
     config = tmp_path / "temporal.toml"
     config.write_text(
         f"""[profile.secure]
@@ -90,7 +95,14 @@ client_key_path = "{pki.client.key}"
     )
     task_queue = unique("tq-ops")
     metrics = f"127.0.0.1:{free_port()}"
-    env = _env(config, task_queue, WFA_METRICS_ADDRESS=metrics, WFA_METRICS_SAMPLE_S="0.5")
+    env = _env(
+        config,
+        task_queue,
+        WFA_METRICS_ADDRESS=metrics,
+        WFA_METRICS_SAMPLE_S="0.5",
+        OTEL_EXPORTER_OTLP_ENDPOINT=http_server.url,
+        OTEL_SERVICE_NAME="wfa-worker-test",
+    )
     log = tmp_path / "worker.log"
     worker = _spawn(env, log)
     try:
@@ -129,6 +141,18 @@ client_key_path = "{pki.client.key}"
         code = await _exit_code(worker, timeout=30)
     assert code == 0, log.read_text()[-2000:]
     assert f"metrics on http://{metrics}/metrics" in log.read_text()
+    # The spans reached the OTLP/HTTP endpoint (flushed at shutdown at the latest).
+    names = set()
+    services = set()
+    for request in http_server.requests("POST", "/v1/traces"):
+        export = ExportTraceServiceRequest.FromString(request.body)
+        for resource_spans in export.resource_spans:
+            services |= {
+                a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
+            }
+            names |= {span.name for scope in resource_spans.scope_spans for span in scope.spans}
+    assert {"RunWorkflow:RunDefinition", "step hello", "RunActivity:echo"} <= names, names
+    assert services == {"wfa-worker-test"}
 
 
 @pytest.mark.parametrize(
