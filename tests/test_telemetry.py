@@ -24,7 +24,9 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.runtime import Runtime
 from temporalio.testing import WorkflowEnvironment
 
+from activities.store.database import Database
 from interpreter.state import Decision, RunState
+from starter.client import FlowClient
 from starter.connection import connect_client
 from starter.telemetry import GaugeSampler, build_runtime, configure_tracing
 from tests.workflows.support import definition, eventually, start, status, unique
@@ -272,3 +274,66 @@ async def _finished(exporter: InMemorySpanExporter) -> list[Any]:
 
 def _in_run(span: Any, workflow_id: str) -> bool:
     return bool(span.attributes) and span.attributes.get("temporalWorkflowID") == workflow_id
+
+
+async def test_dead_letter_metrics(
+    metered_client: Client, metrics_runtime: tuple[Runtime, str], database: Database, task_queue: str
+) -> None:
+    runtime, address = metrics_runtime
+    client = metered_client
+    name = unique("m-park")
+    document = definition(
+        name,
+        [
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "echo",
+                "input": {"fail": "Declined", "non_retryable": True},
+                "on_failure": "dead_letter",
+            }
+        ],
+    )
+    sampler = GaugeSampler(runtime.metric_meter, [client], task_queue)
+
+    async def sampled() -> list[Sample]:
+        await sampler.sample()
+        return await scrape(address)
+
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, task_queue, http, session_factory=database.session_factory),
+    ):
+        flows = FlowClient(client, task_queue=task_queue, database=database, tenant="default")
+        run = await flows.start_run(document, {})
+        rows = await eventually(
+            lambda: flows.list_dead_letters(workflow_id=run.workflow_id),
+            lambda found: len(found) == 1,
+            timeout=30,
+            what="the dead letter row",
+        )
+        await eventually(
+            sampled,
+            lambda s: value(s, "wfa_dead_letters_open", definition=name, tenant="default") == 1,
+            timeout=30,
+            what="the open dead letter in the gauge",
+        )
+        await flows.redrive(rows[0].id, "ops", {"value": "paid"}, reason="new card", replace_input=True)
+        assert (await flows.result(run.workflow_id, timeout=30)).state == RunState.COMPLETED
+        samples = await eventually(
+            sampled,
+            lambda s: value(s, "wfa_dead_letters_open", definition=name) == 0,
+            timeout=30,
+            what="the resolved dead letter gone from the gauge",
+        )
+    assert value(samples, "wfa_dead_letters_parked", definition=name, step="charge") == 1
+    assert value(samples, "wfa_dead_letters_resolved", definition=name, action="redrive") == 1
+    assert (
+        value(samples, "wfa_step_duration_seconds_count", definition=name, step="charge", outcome="failed")
+        == 1
+    )
+    assert (
+        value(samples, "wfa_step_duration_seconds_count", definition=name, step="charge", outcome="completed")
+        == 1
+    )
+    assert value(samples, "wfa_runs_ended", definition=name, outcome="completed") == 1
