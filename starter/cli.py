@@ -38,7 +38,8 @@ Exit codes:
 1  the run did not complete: failed, compensated (a handled failure) or cancelled (``result``,
    ``start --wait``)
 2  bad input: invalid definition (its problems are printed with JSON paths), bad JSON, missing
-   file, bad arguments
+   file, bad arguments, an unusable connection profile or payload keys, a payload encrypted with
+   a key not configured here
 3  the Temporal server or the database is unreachable or unusable (unknown namespace, search
    attributes not registered, missing database, migrations not applied), or no worker answered
 4  no run with that id, no such definition, version or dead letter (in the tenant)
@@ -1500,6 +1501,8 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 # sys.modules: an error of a module that was never imported cannot have been raised, and importing
 # the store or the SDK only to classify an error would slow every command down.
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    # Payload encryption (starter.codec): keys unusable, or a payload of a key not configured here.
+    ("starter.codec", ("PayloadKeysError", "PayloadDecryptError"), EXIT_BAD_INPUT),
     ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
     (
         "activities.store.errors",

@@ -47,6 +47,7 @@ __all__ = [
     "KEYS_FILE_ENV",
     "KEY_ID_METADATA",
     "EncryptionCodec",
+    "PayloadDecryptError",
     "PayloadKeys",
     "PayloadKeysError",
     "codec_from_env",

@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from gateway.codec import build_codec_router, codec_router_from_env
 from interpreter.state import Decision, RunState
+from starter.cli import EXIT_BAD_INPUT, EXIT_RUN_FAILED, main
 from starter.client import FlowClient
 from starter.codec import (
     ENCODING,
@@ -434,3 +435,32 @@ async def test_temporal_cli_reads_the_history_through_the_codec_server(
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_wfa_reads_encrypted_runs_with_the_keys_only(
+    file_env: WorkflowEnvironment,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = await keyed_client(file_env, f"a={KEY_A}")
+    workflow_id, _ = await run_order(client, task_queue, CANARY)
+    address = file_env.client.service_client.config.target_host
+    monkeypatch.delenv("WFA_PAYLOAD_KEYS_FILE", raising=False)
+    monkeypatch.setenv("WFA_PAYLOAD_KEYS", f"a={KEY_A}")
+    code = await asyncio.to_thread(main, ["--address", address, "result", workflow_id, "--json"])
+    out = capsys.readouterr().out
+    assert code == EXIT_RUN_FAILED, out
+    assert f"card {CANARY} declined" in out
+    monkeypatch.setenv("WFA_PAYLOAD_KEYS", f"b={KEY_B}")
+    code = await asyncio.to_thread(main, ["--address", address, "result", workflow_id, "--json"])
+    captured = capsys.readouterr()
+    assert CANARY not in captured.out + captured.err
+    assert code == EXIT_BAD_INPUT
+    assert "payload encrypted with key 'a', which is not configured" in captured.err
+    assert "internal error" not in captured.err
+    monkeypatch.setenv("WFA_PAYLOAD_KEYS", "a=nope")
+    code = await asyncio.to_thread(main, ["--address", address, "result", workflow_id])
+    captured = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT
+    assert "WFA_PAYLOAD_KEYS" in captured.err
