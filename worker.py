@@ -38,6 +38,10 @@ Configuration comes from the environment:
 
 - ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID``: poll as this Worker Deployment Version (Temporal's
   Worker Versioning; runs are auto-upgrade). Unset: an unversioned worker.
+- ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``: payload encryption keys (:mod:`starter.codec`).
+- ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
+  metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
+  ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP/HTTP traces (:mod:`starter.telemetry`).
 
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
 ``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
@@ -59,7 +63,6 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -82,7 +85,17 @@ from activities.sql import SqlActions
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
 from interpreter.actions import ActionPluginError
+from starter.codec import PayloadKeysError, data_converter
 from starter.plugins import load_configured_action_plugins
+from starter.telemetry import (
+    METRICS_ADDRESS_ENV,
+    GaugeSampler,
+    build_runtime,
+    configure_tracing,
+    sample_settings,
+    sampling,
+    shutdown_tracing,
+)
 from starter.tenancy import TenancyConfigError, WorkerScope, namespace_connect_config
 from workflows import decision_tokens
 from workflows.generic import WORKFLOWS
@@ -109,6 +122,8 @@ PASSTHROUGH_MODULES = (
     "workflows.decision_tokens",
     "jwt",
     "cryptography",
+    # Step spans (workflows/telemetry.py); the SDK's replay-safe tracer provider lives outside.
+    "opentelemetry",
 )
 
 DECISION_KEYS_ENV = "WFA_DECISION_KEYS"
@@ -231,22 +246,29 @@ def build_worker(
 
 
 async def connect(address: str, namespace: str, **options: Any) -> Client:
-    """Connects a client with the pydantic data converter, naming the server on failure.
+    """Connects a client with the product's data converter, naming the server on failure.
 
-    ``options`` go to ``Client.connect`` (an API key, TLS, gRPC metadata).
+    ``options`` go to ``Client.connect`` (an API key, TLS, gRPC metadata, a runtime, plugins).
+    The data converter is pydantic's, with the payload codec when keys are configured
+    (:func:`starter.codec.data_converter`).
+
+    Raises:
+        ConnectionError: The server cannot be reached.
+        PayloadKeysError: The payload keys are unusable.
     """
+    options.setdefault("data_converter", data_converter())
     try:
-        return await Client.connect(
-            address, namespace=namespace, data_converter=pydantic_data_converter, **options
-        )
+        return await Client.connect(address, namespace=namespace, **options)
     except RuntimeError as err:
         raise ConnectionError(
             f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}"
         ) from None
 
 
-async def connect_namespaces(scope: WorkerScope) -> dict[str, Client]:
+async def connect_namespaces(scope: WorkerScope, **extra: Any) -> dict[str, Client]:
     """A client per namespace the worker serves (each with that namespace's profile, if any).
+
+    ``extra`` goes to every ``Client.connect`` (a runtime with metrics, tracing plugins).
 
     Raises:
         ConnectionError: A server cannot be reached.
@@ -257,7 +279,7 @@ async def connect_namespaces(scope: WorkerScope) -> dict[str, Client]:
         options = namespace_connect_config(namespace, namespace)
         address = options.pop("target_host", None) or DEFAULT_ADDRESS
         options.pop("namespace")
-        clients[namespace] = await connect(address, namespace, **options)
+        clients[namespace] = await connect(address, namespace, **options, **extra)
     return clients
 
 
@@ -296,14 +318,31 @@ async def main() -> int:
     if plugins:
         log.info("action plugins: %s", ", ".join(f"{p.name} ({p.function})" for p in plugins))
     try:
+        runtime = build_runtime()
+        sample_interval, sample_limit = sample_settings()
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    telemetry: dict[str, Any] = {}
+    if runtime is not None:
+        telemetry["runtime"] = runtime
+        log.info("metrics on http://%s/metrics", os.environ[METRICS_ADDRESS_ENV])
+    tracing = configure_tracing()
+    if tracing:
+        telemetry["plugins"] = tracing
+        log.info("traces exported by OTLP")
+    try:
         scope = WorkerScope.from_env()
         allowances = scope.allowances()
-        clients = await connect_namespaces(scope)
+        clients = await connect_namespaces(scope, **telemetry)
     except TenancyConfigError as err:
         log.error("%s", err)
         return 2
     except ConnectionError as err:
         log.error("%s", err)
+        return 2
+    except PayloadKeysError as err:
+        log.error("payload encryption: %s", err)
         return 2
     configure_tenant_scope(scope)
     # httpx logs every request URL at INFO, after secrets are filled in: never log them.
@@ -366,6 +405,12 @@ async def main() -> int:
                 "any" if tenants is None else ", ".join(tenants),
                 "none" if deployment is None else f"{deployment.deployment_name}@{deployment.build_id}",
             )
+        sampler = (
+            GaugeSampler(runtime.metric_meter, list(clients.values()), task_queue, sample_limit)
+            if runtime is not None
+            else None
+        )
+        await stack.enter_async_context(sampling(sampler, sample_interval))
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({*runs, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -379,6 +424,8 @@ async def main() -> int:
             await run
     if database is not None:
         await database.close()
+    if tracing:
+        await asyncio.to_thread(shutdown_tracing)
     log.info("worker stopped")
     return 0
 

@@ -24,7 +24,9 @@ Global options (before or after the command): ``--tenant`` (``$WFA_TENANT``, def
 which selects the tenant's namespace and Temporal credentials (:mod:`starter.tenancy`) and grants
 nothing; ``--address`` (default the tenant's configuration profile, ``$TEMPORAL_ADDRESS`` or
 ``127.0.0.1:7233``), ``--namespace`` (default the tenant's; another is refused when tenants have
-namespaces of their own), ``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default
+namespaces of their own), ``--profile`` and ``--config-file`` (Temporal's environment configuration:
+``$TEMPORAL_PROFILE``, ``$TEMPORAL_CONFIG_FILE``; address, namespace, API key, TLS and mTLS, with
+``TEMPORAL_*`` overrides: :mod:`starter.connection`), ``--task-queue`` (``$TEMPORAL_TASK_QUEUE``, default
 ``workflow-automation``) and ``--database-url`` (``$DATABASE_URL``, default the embedded PostgreSQL
 server under ``.state/``).
 
@@ -38,7 +40,8 @@ Exit codes:
    ``start --wait``)
 2  bad input: invalid definition (its problems are printed with JSON paths), a run input that
    does not match the definition's input_schema (JSON paths too), bad JSON, missing file, bad
-   arguments
+   arguments, an unusable connection profile or payload keys, a payload encrypted with a key not
+   configured here
 3  the Temporal server or the database is unreachable or unusable (unknown namespace, search
    attributes not registered, missing database, migrations not applied), or no worker answered;
    also a registry change made whose schedules could not be written (``wfa schedules sync``)
@@ -170,6 +173,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         default=None if defaults else suppress,
         help=f"namespace (default: the tenant's, WFA_TENANT_NAMESPACES / WFA_NAMESPACE_PER_TENANT,"
         f" else env TEMPORAL_NAMESPACE, now {namespace})",
+    )
+    parser.add_argument(
+        "--profile",
+        default=None if defaults else suppress,
+        help="Temporal configuration profile: address, namespace, API key, TLS/mTLS (default env"
+        " TEMPORAL_PROFILE, else the tenant's profile or 'default'); TEMPORAL_* variables override it",
+    )
+    parser.add_argument(
+        "--config-file",
+        metavar="FILE",
+        default=None if defaults else suppress,
+        help="Temporal configuration file (TOML profiles; default env TEMPORAL_CONFIG_FILE, else"
+        " ~/.config/temporalio/temporal.toml)",
     )
     parser.add_argument(
         "--task-queue",
@@ -979,6 +995,8 @@ async def _connect(args: argparse.Namespace) -> FlowClient:
         args.task_queue,
         database_url=getattr(args, "database_url", None),
         tenant=getattr(args, "tenant", None),
+        profile=getattr(args, "profile", None),
+        config_file=getattr(args, "config_file", None),
     )
     _OPEN_CLIENTS.append(flows)
     return flows
@@ -1981,6 +1999,8 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 # sys.modules: an error of a module that was never imported cannot have been raised, and importing
 # the store or the SDK only to classify an error would slow every command down.
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    # Payload encryption (starter.codec): keys unusable, or a payload of a key not configured here.
+    ("starter.codec", ("PayloadKeysError", "PayloadDecryptError"), EXIT_BAD_INPUT),
     ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
     ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),
     (

@@ -256,6 +256,23 @@ def _step_path(activity_id: str) -> str:
     return activity_id.split("#", 1)[0].split("~", 1)[0]
 
 
+async def _decode_pending_failures(client: Client, description: WorkflowExecutionDescription) -> None:
+    """Decrypts the last failure of each pending activity in place (with payload encryption on,
+    its message reads "Encoded failure" and the real one is an encrypted attribute)."""
+    codec = client.data_converter.payload_codec
+    if codec is None:
+        return
+    for activity in description.raw_description.pending_activities:
+        if not activity.HasField("last_failure"):
+            continue
+        failure = activity.last_failure
+        await codec.decode_failure(failure)
+        if failure.HasField("encoded_attributes"):
+            attributes = client.data_converter.payload_converter.from_payload(failure.encoded_attributes)
+            if isinstance(attributes, dict) and isinstance(attributes.get("message"), str):
+                failure.message = attributes["message"]
+
+
 def _with_pending_activities(status: RunStatus, description: WorkflowExecutionDescription) -> RunStatus:
     """``status`` with each running task's attempt and last error from Temporal's pending activity.
 
@@ -487,6 +504,8 @@ class FlowClient:
         *,
         database_url: str | None = None,
         tenant: str | None = None,
+        profile: str | None = None,
+        config_file: str | None = None,
     ) -> FlowClient:
         """Connects to the tenant's namespace on a Temporal server (the store is opened on first use).
 
@@ -506,35 +525,35 @@ class FlowClient:
             database_url: The store's PostgreSQL; default ``$DATABASE_URL``, else the embedded
                 server under the local state folder.
             tenant: Default ``$WFA_TENANT`` or ``default``.
+            profile: Temporal configuration profile (default ``$TEMPORAL_PROFILE``; a profile
+                named after the tenant otherwise wins): :mod:`starter.connection`.
+            config_file: Temporal configuration file (default ``$TEMPORAL_CONFIG_FILE``).
 
         Returns:
-            A client that always uses ``pydantic_data_converter``.
+            A client that always uses ``pydantic_data_converter`` (with the payload codec when
+            ``WFA_PAYLOAD_KEYS``/``WFA_PAYLOAD_KEYS_FILE`` configure keys: :mod:`starter.codec`).
 
         Raises:
             ServerUnavailableError: The server cannot be reached; the message names the address.
             InvalidTenantError: The tenant name is malformed.
             InvalidInputError: A namespace not the tenant's, or an unusable tenancy configuration.
         """
-        from starter.tenancy import Tenancy, TenancyConfigError, connect_config
+        from starter.codec import PayloadKeysError
+        from starter.codec import data_converter as product_converter
+        from starter.connection import ConnectionConfigError, connect_options
 
         task_queue = task_queue or os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
         tenant = _check_tenant(tenant if tenant is not None else os.environ.get(TENANT_ENV) or DEFAULT_TENANT)
         try:
-            tenancy = Tenancy.from_env()
-            if namespace and not tenancy.isolated:
-                tenancy = Tenancy.from_env(default_namespace=namespace)
-            options = connect_config(tenant, tenancy)
-        except TenancyConfigError as err:
-            raise InvalidInputError(str(err)) from None
-        if namespace and namespace != options["namespace"]:
-            raise InvalidInputError(
-                f"tenant {tenant!r} lives in namespace {options['namespace']!r}, not {_brief(namespace, 200)}"
-                " (WFA_TENANT_NAMESPACES, WFA_NAMESPACE_PER_TENANT)"
+            options = connect_options(
+                tenant=tenant, namespace=namespace, profile=profile, config_file=config_file, address=address
             )
-        address = address or options.pop("target_host", None) or DEFAULT_ADDRESS
-        options.pop("target_host", None)
+            converter = product_converter()
+        except (ConnectionConfigError, PayloadKeysError) as err:
+            raise InvalidInputError(str(err)) from None
+        address = options.pop("target_host")
         try:
-            client = await Client.connect(address, data_converter=pydantic_data_converter, **options)
+            client = await Client.connect(address, data_converter=converter, **options)
         except ValueError as err:  # e.g. "invalid target URL: invalid port number"
             raise InvalidInputError(
                 f"invalid Temporal server address {_brief(address, 200)}: {err}"
@@ -1475,6 +1494,8 @@ class FlowClient:
             status: RunStatus = await self._handle(workflow_id).query(
                 RunDefinitionWorkflow.status, rpc_timeout=QUERY_TIMEOUT if running else CLOSED_QUERY_TIMEOUT
             )
+            if running:
+                await _decode_pending_failures(self.client, description)
             return _with_pending_activities(status, description) if running else status
         except WorkflowQueryFailedError as err:
             raise StarterError(f"run {workflow_id!r} could not answer the status query: {err}") from None

@@ -264,6 +264,8 @@ def connect_config(
     tenant: str,
     tenancy: Tenancy,
     env: Mapping[str, str] | None = None,
+    *,
+    explicit_profile: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``Client.connect`` for ``tenant``: its credentials and its namespace.
 
@@ -276,6 +278,9 @@ def connect_config(
     profile that names another namespace is a configuration error (its credentials are scoped to a
     namespace where the tenant's runs do not live).
 
+    An ``explicit_profile`` (``--profile``) is used instead of the tenant's and
+    ``TEMPORAL_PROFILE``; with namespaces per tenant it must not name another namespace either.
+
     Returns:
         ``target_host`` (when configured), ``namespace``, and any ``api_key``, ``tls``,
         ``rpc_metadata``.
@@ -283,17 +288,29 @@ def connect_config(
     Raises:
         TenancyConfigError: An unreadable configuration file, or a profile naming another namespace.
     """
-    return namespace_connect_config(tenancy.namespace_of(tenant), tenant, env)
+    return namespace_connect_config(
+        tenancy.namespace_of(tenant),
+        tenant,
+        env,
+        explicit_profile=explicit_profile,
+        strict=tenancy.isolated,
+    )
 
 
 def namespace_connect_config(
-    namespace: str, profile: str, env: Mapping[str, str] | None = None
+    namespace: str,
+    profile: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    explicit_profile: str | None = None,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """``Client.connect`` arguments for ``namespace`` with the profile ``profile`` if configured.
 
     The worker connects to each namespace it serves with the profile named after the namespace
     (on Temporal Cloud with mTLS each namespace has its own endpoint and certificate authority);
-    see :func:`connect_config` for the rest.
+    see :func:`connect_config` for the rest. ``explicit_profile`` replaces both; it must name
+    ``namespace`` (or none) when ``strict``.
 
     Raises:
         TenancyConfigError: An unreadable configuration file, or the profile names another namespace.
@@ -309,7 +326,14 @@ def namespace_connect_config(
         profiles = ClientConfig.load(config_source=config_source, override_env_vars=source).profiles
     except (RuntimeError, ValueError, OSError) as err:
         raise TenancyConfigError(f"Temporal configuration {config_file or '(default file)'}: {err}") from None
-    chosen = profile if profile in profiles else source.get("TEMPORAL_PROFILE") or None
+    if explicit_profile:
+        if explicit_profile not in profiles:
+            raise TenancyConfigError(
+                f"Temporal configuration {config_file or '(default file)'}: no profile {explicit_profile[:100]!r}"
+            )
+        chosen: str | None = explicit_profile
+    else:
+        chosen = profile if profile in profiles else source.get("TEMPORAL_PROFILE") or None
     # TEMPORAL_NAMESPACE is the mapping's default namespace, not an override of the namespace.
     source.pop(NAMESPACE_ENV, None)
     try:
@@ -318,12 +342,19 @@ def namespace_connect_config(
         )
     except (RuntimeError, ValueError, OSError) as err:
         raise TenancyConfigError(f"Temporal configuration profile {chosen or 'default'!r}: {err}") from None
-    if chosen == profile and loaded.namespace and loaded.namespace != namespace:
+    checked = chosen == profile or (explicit_profile is not None and strict)
+    if checked and loaded.namespace and loaded.namespace != namespace:
         raise TenancyConfigError(
-            f"Temporal configuration profile {profile!r} names namespace {loaded.namespace!r}, but"
+            f"Temporal configuration profile {chosen!r} names namespace {loaded.namespace!r}, but"
             f" it is used for namespace {namespace!r} ({TENANT_NAMESPACES_ENV},"
             f" {NAMESPACE_PER_TENANT_ENV}, {NAMESPACE_ENV})"
         )
-    connect: dict[str, Any] = dict(loaded.to_client_connect_config())
+    try:
+        connect: dict[str, Any] = dict(loaded.to_client_connect_config())
+    except OSError as err:  # a certificate or key file named by the profile or TEMPORAL_TLS_*
+        raise TenancyConfigError(
+            f"Temporal configuration profile {chosen or 'default'!r}: cannot read"
+            f" {str(err.filename or '')[:200]!r}: {err.strerror}"
+        ) from None
     connect["namespace"] = namespace
     return connect

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 
 from workflows.search_attributes import (
     ALL_KEYS,
+    ASSIGNEES,
     AWAITING_APPROVAL,
     CLI_TYPES,
     CURRENT_STEP,
@@ -35,6 +36,7 @@ AT_START: dict[str, Any] = {
     RUN_STATE.name: "starting",
     AWAITING_APPROVAL.name: False,
     TENANT.name: "acme",
+    ASSIGNEES.name: ["user:alice", "group:finance"],
 }
 UPSERTED: dict[str, Any] = {
     DEFINITION_NAME.name: "upserted",
@@ -44,6 +46,7 @@ UPSERTED: dict[str, Any] = {
     RUN_STATE.name: "waiting",
     AWAITING_APPROVAL.name: True,
     TENANT.name: "globex",
+    ASSIGNEES.name: ["user:bob"],
 }
 
 

@@ -111,6 +111,7 @@ with workflow.unsafe.imports_passed_through():
         RUN_STATE,
         TENANT,
     )
+    from workflows.telemetry import RunTelemetry
 
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
@@ -237,6 +238,7 @@ class _TemporalRuntime:
         on_wait_change: Callable[[], None],
         priority: Priority = Priority.default,
         options: RunOptions | None = None,
+        telemetry: RunTelemetry | None = None,
     ) -> None:
         self._on_change = on_change
         self._on_wait_change = on_wait_change
@@ -245,6 +247,7 @@ class _TemporalRuntime:
         self._subscriptions: dict[str, int] = {}
         self._priority = priority
         self._options = options or RunOptions()
+        self._telemetry = telemetry or RunTelemetry("?", 0, "?")
 
     def now(self) -> Any:
         return workflow.now()
@@ -264,25 +267,43 @@ class _TemporalRuntime:
             maximum_attempts=retry.maximum_attempts,
             non_retryable_error_types=list(retry.non_retryable_error_types) or None,
         )
-        try:
-            result: ActionResult = await workflow.execute_activity(
-                call.action,
-                call.request,
-                result_type=ActionResult,
-                activity_id=call.activity_id,
-                summary=call.summary,
-                start_to_close_timeout=_td(call.timeouts.start_to_close),
-                schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
-                heartbeat_timeout=_td(call.timeouts.heartbeat),
-                retry_policy=policy,
-                # Unset (None) is the run's own queue: the command is the same as before the field.
-                task_queue=call.task_queue,
-                priority=self._priority,
-            )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from None
-            raise _describe_failure(err, call) from None
+        # Metrics and the step's span leave the worker, not the workflow: no command, no patch.
+        telemetry = self._telemetry
+        started = workflow.now()
+        failure: BaseException | None = None
+        with telemetry.step_span(call.path, call.step_id, call.action) as span:
+            try:
+                result: ActionResult = await workflow.execute_activity(
+                    call.action,
+                    call.request,
+                    result_type=ActionResult,
+                    activity_id=call.activity_id,
+                    summary=call.summary,
+                    start_to_close_timeout=_td(call.timeouts.start_to_close),
+                    schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
+                    heartbeat_timeout=_td(call.timeouts.heartbeat),
+                    retry_policy=policy,
+                    # Unset (None) is the run's own queue: the command is the same as before.
+                    task_queue=call.task_queue,
+                    priority=self._priority,
+                )
+            except ActivityError as err:
+                if isinstance(err.cause, CancelledError):
+                    telemetry.step_ended(call.step_id, call.action, "cancelled", started, 1)
+                    failure = asyncio.CancelledError()
+                else:
+                    described = _describe_failure(err, call)
+                    telemetry.step_ended(call.step_id, call.action, "failed", started, described.attempts)
+                    span.set_attribute("wfa.attempts", described.attempts)
+                    span.set_attribute("wfa.error_type", described.error_type)
+                    failure = described
+            else:
+                telemetry.step_ended(call.step_id, call.action, "completed", started, result.attempt)
+                span.set_attribute("wfa.attempts", result.attempt)
+        # Raised outside the span, which ends normally (a span ended by a non-Temporal exception
+        # is dropped by the SDK's replay-safe tracer as a workflow task failure).
+        if failure is not None:
+            raise failure from None
         return result
 
     async def sleep(self, seconds: float, summary: str) -> None:
@@ -319,6 +340,7 @@ class _TemporalRuntime:
             )
         except ActivityError as err:
             raise _store_failure(err) from None
+        self._telemetry.dead_letter_parked(record.step_id)
         return row_id
 
     async def resolve_dead_letter(self, resolution: DeadLetterResolution) -> None:
@@ -334,6 +356,7 @@ class _TemporalRuntime:
             )
         except ActivityError as err:
             raise _store_failure(err) from None
+        self._telemetry.dead_letter_resolved(resolution.action.value)
 
     async def subscribe_events(self, subscription: EventSubscription) -> list[Event]:
         # The n-th subscription of a path (a wait reached again) is its own activity and update.
@@ -479,6 +502,7 @@ class RunDefinitionWorkflow:
     @workflow.init
     def __init__(self, run: RunInput) -> None:
         info = workflow.info()
+        self._telemetry = RunTelemetry(run.definition.name, run.definition.version, run.options.tenant)
         self._history_budget = run.definition.limits.history_budget
         self._resume_problem: str | None = None
         resume: Continuation | None = None
@@ -492,6 +516,7 @@ class RunDefinitionWorkflow:
             self._publish_wait,
             run_priority(run.options.tenant, run.definition.priority),
             run.options,
+            self._telemetry,
         )
         run_info = RunInfo(
             workflow_id=info.workflow_id,
@@ -544,6 +569,8 @@ class RunDefinitionWorkflow:
                 non_retryable=True,
             )
         self._ensure_identity(run)
+        if run.continuation is None:  # a chain counts as one run
+            self._telemetry.run_started()
         if (
             self._cancel_update is not None
             and self._self_cancelled is None
@@ -561,6 +588,8 @@ class RunDefinitionWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._engine.continuing:
             self._continue_as_new(run)
+        else:
+            self._telemetry.run_ended(result.state.value, workflow.info().start_time)
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
@@ -964,6 +993,7 @@ class RunDefinitionWorkflow:
         if not workflow.in_workflow():
             return  # the worker is tearing the run down (eviction): nothing to publish
         engine = self._engine
+        self._telemetry.waiting_for_approval(engine.awaiting_approval)
         every_step = self._every_step_mode()
         values: dict[str, Any] = {"state": engine.state.value, "approval": engine.awaiting_approval}
         if self._track_step:

@@ -134,8 +134,11 @@ def type_errors(errors: list[Any]) -> list[Any]:
     return [e for e in errors if e["type"] not in _RULES_BEYOND_THE_SCHEMA]
 
 
+# Generation from the inlined schema costs more with every step kind and action added (about 12
+# minutes for 75 examples once the action library and the new step kinds were in, on a busy
+# machine): 25 examples per run keep the check in the suite's budget; each CI run draws new ones.
 _SETTINGS = settings(
-    max_examples=75,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
