@@ -75,10 +75,11 @@ def env() -> ActivityEnvironment:
 
 
 def test_activity_names(database: Database) -> None:
-    park, resolve = build_store_activities(database.session_factory)
+    park, resolve, subflow_resolve = build_store_activities(database.session_factory)
     assert park.__temporal_activity_definition.name == DEAD_LETTER_PARK  # type: ignore[attr-defined]
     assert resolve.__temporal_activity_definition.name == DEAD_LETTER_RESOLVE  # type: ignore[attr-defined]
     assert (DEAD_LETTER_PARK, DEAD_LETTER_RESOLVE) == ("dead_letter_park", "dead_letter_resolve")
+    assert subflow_resolve.__temporal_activity_definition.name == "subflow_resolve"  # type: ignore[attr-defined]
 
 
 async def test_park_is_idempotent_and_the_row_is_open(
