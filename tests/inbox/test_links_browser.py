@@ -73,8 +73,14 @@ async def test_approve_link_from_the_mailbox_completes_the_run_once(
     text = mail.part("text/plain")
     approve, reject = _link(text, "Approve"), _link(text, "Reject")
     assert approve.startswith(f"{inbox.url}/link?t=")
-    pending = (await status(handle)).pending_approvals[0]
-    assert pending.notified == ["alice"]
+    # The message reaches the SMTP server before the activity reports back to the run.
+    seen = await eventually(
+        lambda: status(handle),
+        lambda s: bool(s.pending_approvals) and s.pending_approvals[0].notified == ["alice"],
+        timeout=60,
+        what="the run recording that alice was notified",
+    )
+    pending = seen.pending_approvals[0]
     assert pending.notify_error is None
     history = await handle.fetch_history()
     assert approve.split("t=", 1)[1] not in history.to_json(), "a link's token entered the history"
