@@ -30,7 +30,7 @@ from activities.secrets import (
     secret_store,
     tenant_scope,
 )
-from interpreter.actions import ActionRequest, ActionResult, RetryMode, linear_delay_s
+from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
 from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
 
 __all__ = [
@@ -466,3 +466,13 @@ def action(
         return activity.defn(name=name)(run_action)
 
     return decorate
+
+
+def invalid_input(action_name: str, data: dict[str, Any], exc: ValidationError) -> ApplicationError:
+    """The refusal of an action's rendered input (``InvalidActionInput``, permanent), naming each
+    field and its problem, never the values (they may be large or sensitive)."""
+    problems = input_problems(data, exc)
+    summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+    return ApplicationError(
+        f"invalid {action_name} input: {summary}", problems, type="InvalidActionInput", non_retryable=True
+    )

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action
-from interpreter.actions import ActionRequest, EchoInput, input_problems, parse_action_input
+from activities.base import action, invalid_input
+from interpreter.actions import ActionRequest, EchoInput, parse_action_input
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "echo"]
 
@@ -55,11 +55,7 @@ async def echo(request: ActionRequest) -> Any:
     try:
         spec = parse_action_input(EchoInput, data)
     except ValidationError as exc:
-        problems = input_problems(data, exc)
-        summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-        raise ApplicationError(
-            f"invalid echo input: {summary}", problems, type="InvalidActionInput", non_retryable=True
-        ) from None
+        raise invalid_input("echo", data, exc) from None
     if spec.sleep_s:
         await _sleep_with_heartbeats(spec.sleep_s)
     if spec.fail is not None:

@@ -70,6 +70,7 @@ from temporalio.exceptions import ApplicationError
 from activities.base import (
     action,
     check_secret_hosts,
+    invalid_input,
     require_setting,
     resolve_secrets,
     tenant_secret,
@@ -80,7 +81,6 @@ from interpreter.actions import (
     ActionRequest,
     EmailInput,
     EmailResult,
-    input_problems,
     parse_action_input,
 )
 
@@ -403,11 +403,7 @@ class EmailActions:
             # server's host below); data's escaped ``$${secret:`` becomes the literal text.
             spec = parse_action_input(EmailInput, resolve_secrets(request.input))
         except ValidationError as exc:
-            problems = input_problems(request.input, exc)
-            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-            raise ApplicationError(
-                f"invalid email input: {summary}", problems, type="InvalidActionInput", non_retryable=True
-            ) from None
+            raise invalid_input("email", request.input, exc) from None
         server = _server_config(spec.account)
         sender = spec.from_ or server.sender
         if not sender:

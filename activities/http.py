@@ -34,13 +34,12 @@ import httpx
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, resolve_secrets
+from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import (
     ActionRequest,
     HttpInput,
     StatusRange,
-    input_problems,
     parse_action_input,
     status_accepted,
 )
@@ -60,15 +59,6 @@ ERROR_BODY_LIMIT_BYTES = 2 * 1024
 
 _OUTPUT_HEADERS = ("content-type", "location", "etag", "retry-after")
 _TRANSIENT_STATUSES = frozenset({408, 429})
-
-
-def _invalid_input(data: dict[str, Any], exc: ValidationError) -> ApplicationError:
-    # Only field paths and messages: input values may be large or sensitive.
-    problems = input_problems(data, exc)
-    summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-    return ApplicationError(
-        f"invalid http input: {summary}", problems, type="InvalidActionInput", non_retryable=True
-    )
 
 
 def _display_url(url: str) -> str:
@@ -217,7 +207,7 @@ class HttpActions:
         try:
             spec = parse_action_input(HttpInput, request.input)
         except ValidationError as exc:
-            raise _invalid_input(request.input, exc) from None
+            raise invalid_input("http", request.input, exc) from None
         method = spec.method
         what = f"{method} {_display_url(spec.url)}"
 

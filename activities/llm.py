@@ -42,11 +42,11 @@ import jsonschema
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, resolve_secrets
+from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets
 from activities.connections import ConnectionsConfigError, connections
 from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after
 from activities.outbound import OutboundRefusedError
-from interpreter.actions import ActionRequest, LlmInput, input_problems, parse_action_input
+from interpreter.actions import ActionRequest, LlmInput, parse_action_input
 
 __all__ = ["ERROR_BODY_LIMIT_BYTES", "LlmActions", "chat_messages"]
 
@@ -104,11 +104,7 @@ class LlmActions:
         try:
             spec = parse_action_input(LlmInput, request.input)
         except ValidationError as exc:
-            problems = input_problems(request.input, exc)
-            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-            raise ApplicationError(
-                f"invalid llm input: {summary}", problems, type="InvalidActionInput", non_retryable=True
-            ) from None
+            raise invalid_input("llm", request.input, exc) from None
         try:
             config = connections().llm_connection(request.tenant, spec.connection)
         except ConnectionsConfigError as err:

@@ -51,6 +51,7 @@ from temporalio.exceptions import ApplicationError
 from activities.base import (
     action,
     check_secret_hosts,
+    invalid_input,
     require_setting,
     resolve_secrets,
     tenant_secret,
@@ -65,7 +66,6 @@ from interpreter.actions import (
     MessageResult,
     SmsInput,
     SmsStatusInput,
-    input_problems,
     parse_action_input,
 )
 
@@ -92,15 +92,6 @@ def idempotency_token(idempotency_key: str) -> str:
     if len(idempotency_key) <= 200 and all(32 < ord(c) < 127 for c in idempotency_key):
         return idempotency_key
     return "sha256:" + hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-
-
-def invalid_input(action_name: str, data: dict[str, Any], exc: ValidationError) -> ApplicationError:
-    """The refusal of a rendered input, naming each field (never the values)."""
-    problems = input_problems(data, exc)
-    summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-    return ApplicationError(
-        f"invalid {action_name} input: {summary}", problems, type="InvalidActionInput", non_retryable=True
-    )
 
 
 def _parse(model: type[Any], action_name: str, request: ActionRequest) -> Any:

@@ -19,14 +19,13 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action
+from activities.base import action, invalid_input
 from interpreter.actions import (
     ActionPlugin,
     ActionPluginError,
     ActionRequest,
     ActionResult,
     action_plugins,
-    input_problems,
     load_object,
     parse_action_input,
 )
@@ -53,14 +52,7 @@ def plugin_activity(plugin: ActionPlugin) -> Callable[..., Coroutine[Any, Any, A
         try:
             spec = parse_action_input(plugin.input_model, request.input)
         except ValidationError as exc:
-            problems = input_problems(request.input, exc)
-            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-            raise ApplicationError(
-                f"invalid {plugin.name} input: {summary}",
-                problems,
-                type="InvalidActionInput",
-                non_retryable=True,
-            ) from None
+            raise invalid_input(plugin.name, request.input, exc) from None
         result = await function(spec, request)
         if plugin.output_model is None:
             return result

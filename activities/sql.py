@@ -43,11 +43,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, resolve_secrets
+from activities.base import action, invalid_input, resolve_secrets
 from activities.connections import ConnectionsConfigError, connections
 from activities.store.database import create_engine, safe_url
 from activities.store.errors import StoreError
-from interpreter.actions import ActionRequest, SqlInput, input_problems, parse_action_input
+from interpreter.actions import ActionRequest, SqlInput, parse_action_input
 
 __all__ = ["CONNECT_GRACE_S", "SqlActions"]
 
@@ -153,11 +153,7 @@ class SqlActions:
         try:
             spec = parse_action_input(SqlInput, request.input)
         except ValidationError as exc:
-            problems = input_problems(request.input, exc)
-            summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
-            raise ApplicationError(
-                f"invalid sql input: {summary}", problems, type="InvalidActionInput", non_retryable=True
-            ) from None
+            raise invalid_input("sql", request.input, exc) from None
         try:
             config = connections().sql_connection(request.tenant, spec.connection)
         except ConnectionsConfigError as err:

@@ -31,8 +31,8 @@ import httpx
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, resolve_secrets, tenant_secret
-from activities.messaging import idempotency_token, invalid_input, provider_request
+from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets, tenant_secret
+from activities.messaging import idempotency_token, provider_request
 from interpreter.actions import ActionRequest, WebhookInput, WebhookResult, parse_action_input
 
 __all__ = ["SECRET_PREFIX", "WebhookActions", "sign"]
