@@ -172,6 +172,44 @@ QUERY_TIMEOUT = timedelta(seconds=10)
 CLOSED_QUERY_TIMEOUT = timedelta(seconds=3)
 """The same for a run that has ended: its status can be rebuilt from history without a worker."""
 
+QUERY_REPLAY_ATTEMPTS = 4
+"""How often a status query is asked when a worker's replay for it failed (see :func:`query_status`)."""
+
+_TRANSIENT_QUERY_FAILURES = ("[TMPRL1100]", "[TMPRL1101]", "Workflow Task in failed state")
+
+
+def _transient_query_failure(err: Exception) -> bool:
+    """A query that failed in the worker's replay of the run, not because of the run.
+
+    A worker answers a query on a run it no longer holds in its cache (a "legacy query") by
+    replaying the run's history first. On an overloaded machine that replay can take longer than
+    the SDK's two-second deadlock limit (TMPRL1101), and a replay started while the interrupted one
+    is still being evicted can report a nondeterminism error (TMPRL1100) although the run's own
+    workflow tasks complete; while a workflow task is being retried the server refuses queries
+    ("Workflow Task in failed state"). Asking again answers once the worker has caught up.
+    """
+    if isinstance(err, WorkflowQueryFailedError):
+        return any(marker in str(err) for marker in _TRANSIENT_QUERY_FAILURES)
+    if isinstance(err, RPCError):
+        return "Workflow Task in failed state" in err.message
+    return False
+
+
+async def query_status(handle: WorkflowHandle[Any, Any], rpc_timeout: timedelta | None = None) -> RunStatus:
+    """The run's ``status`` query, asked again (up to :data:`QUERY_REPLAY_ATTEMPTS` times, 0.5 s,
+    1 s, 2 s apart) when the worker's replay for it failed (:func:`_transient_query_failure`);
+    any other failure, or the last one, is raised as it came."""
+    for attempt in range(QUERY_REPLAY_ATTEMPTS):
+        try:
+            status: RunStatus = await handle.query(RunDefinitionWorkflow.status, rpc_timeout=rpc_timeout)
+            return status
+        except (WorkflowQueryFailedError, RPCError) as err:
+            if attempt == QUERY_REPLAY_ATTEMPTS - 1 or not _transient_query_failure(err):
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 UPDATE_TIMEOUT_S = 30.0
 """How long a validated decision (the ``decide`` update) may wait for a worker to accept it."""
 
@@ -1491,8 +1529,8 @@ class FlowClient:
         description = await self.describe(workflow_id)
         running = description.status in (None, WorkflowExecutionStatus.RUNNING)
         try:
-            status: RunStatus = await self._handle(workflow_id).query(
-                RunDefinitionWorkflow.status, rpc_timeout=QUERY_TIMEOUT if running else CLOSED_QUERY_TIMEOUT
+            status = await query_status(
+                self._handle(workflow_id), QUERY_TIMEOUT if running else CLOSED_QUERY_TIMEOUT
             )
             if running:
                 await _decode_pending_failures(self.client, description)
@@ -1608,9 +1646,7 @@ class FlowClient:
     async def _cancelled_result(self, workflow_id: str, err: WorkflowFailureError) -> RunResult:
         """A run closed as Canceled carries no result: ask its status (who, why, every step)."""
         try:
-            status: RunStatus = await self._handle(workflow_id).query(
-                RunDefinitionWorkflow.status, rpc_timeout=CLOSED_QUERY_TIMEOUT
-            )
+            status = await query_status(self._handle(workflow_id), CLOSED_QUERY_TIMEOUT)
         except (RPCError, WorkflowQueryFailedError):  # no worker to answer: what Temporal knows
             return _result_from_failure(err)
         return RunResult(

@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+# Imported now, in the main thread before any worker runs: hypothesis's pytest plugin imports it
+# at the end of a session otherwise, while workers' sandboxes may still compile modules on other
+# threads, and CPython 3.11's AST compiler is not thread-safe there ("SystemError: AST constructor
+# recursion depth mismatch", python/cpython#106905).
+import hypothesis  # noqa: F401
 import pytest
 import pytest_asyncio
 from temporalio.client import Client

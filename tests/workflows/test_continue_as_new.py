@@ -21,7 +21,7 @@ from temporalio.worker import Replayer, Worker
 
 from interpreter.state import RunState, StepStatus
 from tests.workflows.limited_server import HISTORY_ERROR, limited_env  # noqa: F401
-from tests.workflows.support import Handle, definition, eventually, failure_of, start, status, unique
+from tests.workflows.support import Handle, definition, eventually, failure_of, replay, start, status, unique
 from worker import build_worker, workflow_runner
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE, TENANT
@@ -65,7 +65,7 @@ async def _replay_chain(client: Client, workflow_id: str) -> int:
         history: WorkflowHistory = await client.get_workflow_handle(
             workflow_id, run_id=run_id
         ).fetch_history()
-        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        result = await replay(replayer, history)
         assert result.replay_failure is None, f"run {run_id}: {result.replay_failure!r}"
     return len(runs)
 

@@ -23,7 +23,7 @@ from interpreter.state import RunInput, RunOptions, RunState, StepStatus
 from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.events import event_run_id
-from tests.workflows.support import Handle, definition, eventually, failure_of, record, status, unique
+from tests.workflows.support import Handle, definition, eventually, failure_of, record, replay, status, unique
 from worker import build_worker, workflow_runner
 from workflows.generic import RunDefinitionWorkflow
 from workflows.mailbox import EventMailboxWorkflow
@@ -320,7 +320,7 @@ async def test_the_mailbox_keeps_an_event_once_and_its_history_replays(
         workflow_runner=workflow_runner(),
     )
     for history in (await mailbox.fetch_history(), await handle.fetch_history()):
-        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        result = await replay(replayer, history)
         assert result.replay_failure is None, result.replay_failure
 
 

@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -120,12 +119,6 @@ async def _probe_during_flood(client: Client, task_queue: str, probe_tenant: str
     return latency, done
 
 
-@pytest.mark.xfail(
-    reason="known bug, open on issue 12: on two busy CI runs a status query replaying a flooded run hit"
-    " a nondeterminism error (UpsertWorkflowSearchAttributes vs ActivityTaskScheduled); it passed on"
-    " the earlier run and on the helper's branch. Kept running so its outcome stays visible",
-    strict=False,
-)
 async def test_another_tenants_step_is_not_queued_behind_a_flood(
     fair_client: Client, slow_worker: Worker, task_queue: str
 ) -> None:

@@ -20,7 +20,7 @@ from temporalio.worker import Replayer, Worker
 from interpreter.engine import PATCH_DECLARED_FORM_FIELDS
 from interpreter.state import Decision, DecisionKind, DecisionRequest, RunState
 from tests.helpers.http_server import RecordingServer
-from tests.workflows.support import definition, events, eventually, start, status, unique, wait_state
+from tests.workflows.support import definition, events, eventually, replay, start, status, unique, wait_state
 from worker import workflow_runner
 from workflows.generic import WORKFLOWS, RunDefinitionWorkflow
 
@@ -104,7 +104,7 @@ async def test_form_data_cannot_redirect_the_payout(
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )
-    replayed = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+    replayed = await replay(replayer, await handle.fetch_history())
     assert replayed.replay_failure is None
 
 

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Replayer
 
     from interpreter.state import RunInput, RunResult
+    from tests.workflows.support import replay
     from worker import workflow_runner
     from workflows.generic import WORKFLOW_NAME, WORKFLOWS, RunDefinitionWorkflow
 
@@ -50,7 +51,7 @@ async def test_recorded_history_replays(file_name: str) -> None:
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    result = await replay(replayer, history)
     assert result.replay_failure is None, f"{file_name}: {result.replay_failure!r}"
     assert data["outcome"] in {"completed", "failed", "cancelled", "compensated"}
 
