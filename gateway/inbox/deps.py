@@ -29,7 +29,7 @@ class InboxConfig:
         session_secret: Signs session cookies (at least 16 random bytes; keep it secret).
         signing_keys: The private JWK that mints decision tokens, per tenant: in production one
             key per tenant, the workers verifying each tenant's tokens with that tenant's public
-            key only (``WFA_DECISION_KEYS`` with ``"tenants"`` per key), so a key of one tenant
+            key only (``WFA_DECISION_KEYS`` with ``"tenants"`` per key: ``wfa keys generate --tenant``), so a key of one tenant
             cannot decide for another. ``"*"`` (any tenant) is the demo's convenience. Without a
             key for the tenant, decisions go without a token (accepted only by runs and workers
             that do not require proof).
@@ -69,7 +69,6 @@ class InboxState:
 USERS_FILE_ENV = "WFA_INBOX_USERS"
 SESSION_SECRET_ENV = "WFA_INBOX_SESSION_SECRET"
 INSECURE_COOKIES_ENV = "WFA_INBOX_INSECURE_COOKIES"
-SIGNING_KEYS_ENV = "WFA_INBOX_SIGNING_KEYS"
 
 
 class InboxConfigError(ValueError):
@@ -87,7 +86,7 @@ def inbox_config_from_env(
     provider per tenant with ``WFA_INBOX_OIDC_PROVIDERS``). ``WFA_INBOX_USERS``: the local users
     file (demo and tests; not for production). With neither, the inbox is off (None).
     ``WFA_INBOX_SESSION_SECRET``: at least 16 characters (required).
-    ``WFA_INBOX_SIGNING_KEYS``: per-tenant private JWKs minting the people's tokens
+    ``WFA_DECISION_SIGNING_KEYS``: per-tenant private JWKs minting the people's tokens
     (``acme=/keys/acme.jwk,globex=/keys/globex.jwk``; production); ``WFA_DECISION_SIGNING_KEY``:
     one private JWK for every tenant (the demo's convenience). ``WFA_INBOX_URL``: the inbox's public
     URL (the OpenID Connect redirect URI is ``<it>/oidc/callback``).
@@ -119,18 +118,8 @@ def inbox_config_from_env(
             users = LocalUsers.from_file(users_file)
         except UsersFileError as err:
             raise InboxConfigError(f"{USERS_FILE_ENV}: {err}") from None
-    keys: dict[str, dict[str, Any]] = {}
     try:
-        for entry in (e.strip() for e in env.get(SIGNING_KEYS_ENV, "").split(",")):
-            if not entry:
-                continue
-            tenant, sep, path = entry.partition("=")
-            if not sep or not tenant.strip() or not path.strip():
-                raise InboxConfigError(f"{SIGNING_KEYS_ENV}: {entry[:80]!r} is not tenant=path")
-            keys[tenant.strip()] = tokens.load_signing_key(path.strip())
-        key_path = env.get(tokens.SIGNING_KEY_ENV)
-        if key_path:
-            keys.setdefault("*", tokens.load_signing_key(key_path))
+        keys = tokens.load_signing_keys(env)
     except tokens.TokenError as err:
         raise InboxConfigError(str(err)) from None
     return InboxConfig(
