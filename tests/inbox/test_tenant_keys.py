@@ -129,3 +129,53 @@ async def test_a_link_of_another_tenants_key_is_refused_by_the_inbox(
         assert own.status_code == 200
         assert "Approve" in own.text
     await handle.terminate("test over")
+
+
+def test_the_gateway_and_the_workers_links_mint_with_the_tenants_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporalio.exceptions import ApplicationError
+
+    from activities import notify
+    from gateway.inbox import InboxConfigError, inbox_config_from_env
+
+    paths = {}
+    for tenant in ("acme", "globex"):
+        private, _ = generate_keys(f"{tenant}-1", tenants=[tenant])
+        paths[tenant] = tmp_path / f"{tenant}.jwk"
+        paths[tenant].write_text(json.dumps(private))
+    keys = f"acme={paths['acme']}, globex={paths['globex']}"
+
+    async def no_client(tenant: str) -> FlowClient:
+        raise AssertionError
+
+    env = {
+        "WFA_INBOX_USERS": "",
+        "WFA_INBOX_OIDC_ISSUER": "https://login.example",
+        "WFA_INBOX_OIDC_CLIENT_ID": "c",
+    }
+    env |= {
+        "WFA_INBOX_OIDC_CLIENT_SECRET": "s",
+        "WFA_INBOX_OIDC_TENANT": "acme",
+        "WFA_INBOX_SESSION_SECRET": "x" * 32,
+    }
+    config = inbox_config_from_env(no_client, {**env, "WFA_DECISION_SIGNING_KEYS": keys})
+    assert config is not None
+    assert config.signing_key("acme")["kid"] == "acme-1"
+    assert config.signing_key("globex")["kid"] == "globex-1"
+    assert config.signing_key("initech") is None  # no "*": another tenant's key is never used
+    with pytest.raises(InboxConfigError, match="'acme' is not tenant=path"):
+        inbox_config_from_env(no_client, {**env, "WFA_DECISION_SIGNING_KEYS": "acme"})
+
+    # The worker's decision_links activity, configured by the environment.
+    notify.reset()
+    monkeypatch.delenv("WFA_DECISION_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("WFA_DECISION_SIGNING_KEYS", keys)
+    monkeypatch.setenv("WFA_INBOX_URL", "https://flows.example/inbox/")
+    assert notify._settings("globex") == (
+        json.loads(paths["globex"].read_text()),
+        "https://flows.example/inbox",
+    )
+    with pytest.raises(ApplicationError, match="the tenant's signing key") as caught:
+        notify._settings("initech")
+    assert caught.value.type == "DecisionLinksNotConfigured"
