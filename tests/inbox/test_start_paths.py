@@ -5,28 +5,35 @@ options say so (``RunOptions.publish_assignees``). Every start path of the produ
 ``FlowClient.run_start`` (which sets it) or inherits the options of a run that did: ``start_run``
 (CLI, gateway webhooks, events and row-change triggers, the demo), the registry's Temporal Schedules,
 a ``subflow`` step's child (the parent's options) and continue-as-new (the run's own options). Here,
-on a real server and store: a scheduled run and a subflow's child, each waiting for an approval,
-are listed by the inbox's own query for the approver.
+on a real server and store: a scheduled run, a run started by a signed webhook delivery to the
+gateway and a subflow's child, each waiting for an approval, are listed by the inbox's own query
+for the approver.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.dead_letters import build_store_activities
 from activities.store.database import Database
+from gateway.config import GatewayConfig
 from gateway.inbox.auth import Person
 from gateway.inbox.router import find_work
 from interpreter.state import RunState
 from starter.client import FlowClient
+from tests.gateway.support import running_gateway, standard_headers
 from tests.workflows.support import eventually
 from worker import build_worker
 from workflows.search_attributes import ASSIGNEES
@@ -128,3 +135,44 @@ async def test_a_subflows_child_waiting_for_a_person_is_in_the_inbox(
     await flows.approve(child_id, "bob", groups=["hr"])
     result = await started.result(timeout=60)
     assert result.state == RunState.COMPLETED
+
+
+async def test_a_webhook_started_run_waiting_for_a_person_is_in_the_inbox(
+    client: Client,
+    task_queue: str,
+    database: Database,
+    database_url: str,
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    monkeypatch.setenv("WFA_SECRET_INBOX_HOOK_KEY", secret)
+    flows = FlowClient(client, task_queue=task_queue, database=database, tenant="default")
+    name = _unique("purchase-request")
+    await flows.register(
+        {
+            "name": name,
+            "triggers": [{"type": "webhook", "id": "in", "secret": "INBOX_HOOK_KEY"}],
+            "steps": [_approval("alice")],
+        },
+        author="ann",
+    )
+    config = GatewayConfig(
+        tenants=("default",),
+        address=client.service_client.config.target_host,
+        database_url=database_url,
+        task_queue=task_queue,
+    )
+    body = json.dumps({"item": "laptop"}).encode()
+    async with running_gateway(config) as url, httpx.AsyncClient(timeout=60) as http:
+        answer = await http.post(
+            f"{url}/hooks/default/{name}/in",
+            content=body,
+            headers=standard_headers(secret, body, _unique("msg")),
+        )
+    assert answer.status_code == 202, answer.text
+    run_id = answer.json()["workflow_id"]
+    assert await _waiting(flows, name) == run_id
+    alice = Person("default", "alice")
+    await eventually(lambda: _listed_for(flows, alice, run_id), bool, timeout=30, what="in alice's inbox")
+    await client.get_workflow_handle(run_id).terminate("test over")
