@@ -1,6 +1,7 @@
 """The ``decision_links`` activity: mails people the links that decide a pending step for them.
 
-For each recipient it mints decision tokens (the worker's signing key, ``WFA_DECISION_SIGNING_KEY``)
+For each recipient it mints decision tokens (the run's tenant's signing key, ``WFA_DECISION_SIGNING_KEYS``;
+else the one key of ``WFA_DECISION_SIGNING_KEY``)
 bound to the run, the step, the person and one decision each (approve, reject; complete for a
 task), valid until the step's deadline (else :data:`DEFAULT_LINK_TTL_S`), and sends one message
 through the ``email`` action (the tenant's SMTP settings, the outbound policy) with links to the
@@ -49,15 +50,17 @@ def reset() -> None:
     _configured = None
 
 
-def _settings() -> tuple[dict[str, Any], str]:
+def _settings(tenant: str) -> tuple[dict[str, Any], str]:
     if _configured is not None:
         key, url = _configured
     else:
-        key = tokens.load_signing_key() if os.environ.get(tokens.SIGNING_KEY_ENV) else None
+        keys = tokens.load_signing_keys()
+        key = keys.get(tenant) or keys.get("*")
         url = os.environ.get(INBOX_URL_ENV)
     if key is None or not url:
         raise ApplicationError(
-            f"decision links need the signing key ({tokens.SIGNING_KEY_ENV}) and the inbox's URL"
+            f"decision links need the tenant's signing key ({tokens.SIGNING_KEYS_ENV} or"
+            f" {tokens.SIGNING_KEY_ENV}) and the inbox's URL"
             f" ({INBOX_URL_ENV}) on the worker",
             type="DecisionLinksNotConfigured",
             non_retryable=True,
@@ -98,7 +101,7 @@ class DecisionLinks:
             ``{"sent": [actor, ...]}`` (never the tokens).
         """
         spec = DecisionLinksInput.model_validate(request.input)
-        key, inbox = _settings()
+        key, inbox = _settings(request.tenant)
         now = time.time()
         ttl = link_ttl(spec.expires_at, now)
         decisions = (

@@ -433,6 +433,14 @@ def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) 
         "--jwks", required=True, metavar="FILE", help="the public key set: created, or the key added"
     )
     p.add_argument("--kid", metavar="K", help="the key's id (default: generated)")
+    p.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        metavar="T",
+        help="the tenant this key signs for (repeatable); workers refuse its tokens for any other"
+        " tenant. Production: one key per tenant. Without: any tenant (a demo's single key)",
+    )
     from gateway.cli import add_api_key_commands
 
     add_api_key_commands(sub, _add_connection_options)
@@ -1178,7 +1186,7 @@ def _keys(args: argparse.Namespace, out: TextIO) -> int:
         return asyncio.run(api_keys(args, out, UsageError))
     from starter import tokens
 
-    kid = tokens.write_keys(args.private, args.jwks, args.kid)
+    kid = tokens.write_keys(args.private, args.jwks, args.kid, tenants=args.tenant)
     print(
         f"Key {kid}: private signing key in {args.private} (keep it secret: WFA_DECISION_SIGNING_KEY),"
         f" public key added to {args.jwks} (the workers' WFA_DECISION_KEYS)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -23,6 +23,7 @@ from starter.errors import InvalidInputError
 from workflows.decision_tokens import ALGORITHMS, DECISIONS, DEFAULT_ISSUER
 
 SIGNING_KEY_ENV = "WFA_DECISION_SIGNING_KEY"
+SIGNING_KEYS_ENV = "WFA_DECISION_SIGNING_KEYS"
 ISSUER_ENV = "WFA_DECISION_ISSUER"
 REQUIRE_PROOF_ENV = "WFA_REQUIRE_DECISION_PROOF"
 DEFAULT_TTL_S = 3600
@@ -38,8 +39,14 @@ def proof_required_by_default() -> bool:
     return os.environ.get(REQUIRE_PROOF_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def generate_keys(kid: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def generate_keys(
+    kid: str | None = None, tenants: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A new Ed25519 key pair: the private JWK (for minting) and the public JWKS (for workers).
+
+    With ``tenants`` the public key says so (``"tenants": [...]``): workers verify with it only
+    tokens of those tenants, so one tenant's key cannot decide for another (production: one key
+    per tenant). Without, it verifies tokens of any tenant (the demo's single key).
 
     To rotate, generate a new pair and list both public keys in the workers' JWKS until the tokens
     of the old key have expired (:func:`merge_jwks`).
@@ -50,6 +57,8 @@ def generate_keys(kid: str | None = None) -> tuple[dict[str, Any], dict[str, Any
     public_jwk: dict[str, Any] = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
     for jwk in (private_jwk, public_jwk):
         jwk.update(kid=kid, alg="EdDSA", use="sig")
+    if tenants:
+        public_jwk["tenants"] = list(dict.fromkeys(tenants))
     return private_jwk, {"keys": [public_jwk]}
 
 
@@ -62,7 +71,9 @@ def merge_jwks(*sets: dict[str, Any]) -> dict[str, Any]:
     return {"keys": list(keys.values())}
 
 
-def write_keys(private_path: str | Path, jwks_path: str | Path, kid: str | None = None) -> str:
+def write_keys(
+    private_path: str | Path, jwks_path: str | Path, kid: str | None = None, *, tenants: Sequence[str] = ()
+) -> str:
     """Generates a key pair: writes the private JWK (owner-only, never over an existing file) and
     adds the public key to the JWKS at ``jwks_path`` (created, or kept with its keys: rotation).
 
@@ -81,7 +92,7 @@ def write_keys(private_path: str | Path, jwks_path: str | Path, kid: str | None 
             raise TokenError(f"cannot read the key set {jwks_path}: {err}") from None
         if not isinstance(existing, dict) or not isinstance(existing.get("keys"), list):
             raise TokenError(f'{jwks_path} is not a key set ({{"keys": [...]}})')
-    private, public = generate_keys(kid)
+    private, public = generate_keys(kid, tenants)
     if any(k.get("kid") == private["kid"] for k in existing["keys"] if isinstance(k, dict)):
         raise TokenError(f"{jwks_path} already holds a key {private['kid']!r}")
     try:
@@ -115,6 +126,30 @@ def load_signing_key(path: str | Path | None = None) -> dict[str, Any]:
     if not isinstance(jwk, dict) or "d" not in jwk or not jwk.get("kid"):
         raise TokenError(f"the signing key {path} is not a private JWK with a kid")
     return jwk
+
+
+def load_signing_keys(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """The private JWKs minting decision tokens, by tenant (``"*"``: every tenant).
+
+    ``WFA_DECISION_SIGNING_KEYS=acme=/keys/acme.jwk,globex=/keys/globex.jwk``: one key per tenant
+    (production; the workers' key set tags each public key with its tenant). ``WFA_DECISION_SIGNING_KEY``:
+    one key for every tenant not listed (the demo's convenience).
+
+    Raises:
+        TokenError: An entry that is not ``tenant=path``, or a key that cannot be read.
+    """
+    env = os.environ if environ is None else environ
+    keys: dict[str, dict[str, Any]] = {}
+    for entry in (e.strip() for e in env.get(SIGNING_KEYS_ENV, "").split(",")):
+        if not entry:
+            continue
+        tenant, sep, path = entry.partition("=")
+        if not sep or not tenant.strip() or not path.strip():
+            raise TokenError(f"{SIGNING_KEYS_ENV}: {entry[:80]!r} is not tenant=path")
+        keys[tenant.strip()] = load_signing_key(path.strip())
+    if env.get(SIGNING_KEY_ENV):
+        keys["*"] = load_signing_key(env[SIGNING_KEY_ENV])
+    return keys
 
 
 def check_request(decisions: Iterable[str], step: str | None, ttl_s: float) -> list[str]:

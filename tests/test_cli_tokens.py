@@ -102,3 +102,26 @@ def test_the_worker_loads_its_key_set_or_names_the_problem(tmp_path: Path) -> No
     token = mint(private, tenant="t", run="r", actor="x", decisions=["cancel"])  # issuer wfa
     with pytest.raises(TokenRefusedError, match="issuer"):
         verifier.verify(token, now=datetime.now(UTC), tenant="t", run="r", decision="cancel")
+
+
+async def test_keys_generate_per_tenant_keys_verify_their_tenant_only(tmp_path: Path) -> None:
+    env = wfa_env(ADDRESS, "tq")
+    jwks_path = tmp_path / "k.json"
+    for tenant in ("acme", "globex"):
+        made = await run_wfa("keys", "generate", "--private", str(tmp_path / f"{tenant}.jwk"), "--jwks", str(jwks_path), "--kid", tenant, "--tenant", tenant, env=env)  # fmt: skip
+        assert made.code == 0, made.describe()
+    jwks = json.loads(jwks_path.read_text())
+    assert [k["tenants"] for k in jwks["keys"]] == [["acme"], ["globex"]]
+    verifier = load_decision_verifier({"WFA_DECISION_KEYS": str(jwks_path)})
+    assert verifier is not None
+    acme = json.loads((tmp_path / "acme.jwk").read_text())
+    now = datetime.now(UTC)
+    own = mint(acme, tenant="acme", run="r", actor="x", decisions=["cancel"])
+    assert verifier.verify(own, now=now, tenant="acme", run="r", decision="cancel").actor == "x"
+    other = mint(acme, tenant="globex", run="r", actor="x", decisions=["cancel"])
+    with pytest.raises(TokenRefusedError, match="does not sign for tenant 'globex'"):
+        verifier.verify(other, now=now, tenant="globex", run="r", decision="cancel")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"keys": [{**jwks["keys"][0], "tenants": "acme"}]}))
+    with pytest.raises(ValueError, match="tenants must be a non-empty list"):
+        load_decision_verifier({"WFA_DECISION_KEYS": str(bad)})

@@ -1,8 +1,12 @@
 """``make demo`` as a person arriving runs it: in a subprocess whose stdin stays open (so it stays
-up), it leaves an expense run waiting and prints the ``wfa`` commands to see, approve and watch it;
-those commands, run exactly as printed from a new shell in the repository folder (the venv not on
-the PATH), decide the run and see it complete. The README's shell example runs against the same
-demo, as the README says it does. Closing stdin stops the demo cleanly.
+up), it leaves an expense run waiting and prints the ``wfa`` commands to see, approve and watch it,
+and the approvals inbox's URL with the demo approver's sign-in. The printed ``status`` shows it
+waiting; in Chromium the manager signs in with the printed sign-in, sees the expense, approves it
+and sees it decided; the printed ``result`` then shows the run completed and the printed ``approve``
+explains that the step no longer waits. The commands run exactly as printed from a new shell in the
+repository folder (the venv not on the PATH). The README's shell example (which approves with
+``wfa``) runs against the same demo, as the README says it does. Closing stdin stops the demo
+cleanly. The screenshots of the demo's inbox in the README are taken here.
 """
 
 from __future__ import annotations
@@ -154,8 +158,10 @@ async def test_the_demo_leaves_an_approval_its_printed_commands_decide(tmp_path:
         demo = Demo(argv, env | database)
         try:
             await asyncio.to_thread(demo.read_until, READY)
-            await asyncio.to_thread(_see_it_in_the_inbox, demo)
-            await asyncio.to_thread(_decide_as_printed, demo, new_shell_env(**database))
+            shell = new_shell_env(**database)
+            await asyncio.to_thread(_printed_status_shows_it_waiting, demo, shell)
+            await asyncio.to_thread(_approve_it_in_the_inbox, demo)
+            await asyncio.to_thread(_printed_commands_after_the_browser, demo, shell)
             await asyncio.to_thread(_run_the_readme_example, demo, state, task_queue, database)
         finally:
             code = await asyncio.to_thread(demo.stop)
@@ -169,38 +175,12 @@ async def test_the_demo_leaves_an_approval_its_printed_commands_decide(tmp_path:
     assert LAST_LINE in demo.output
 
 
-def _see_it_in_the_inbox(demo: Demo) -> None:
-    """The printed inbox and sign-in work: the manager sees the waiting expense in Chromium."""
-    from playwright.sync_api import expect, sync_playwright
-
-    from tests.inbox.conftest import CHROMIUM, CHROMIUM_ARGS
-
-    url = re.search(r"approvals inbox: (http://\S+)$", demo.output, re.M)
-    signin = re.search(r"organisation '(\S+)', user '(\S+)', password '(\S+)'", demo.output)
-    assert url, demo.output
-    assert signin, demo.output
-    title = "kim claims 980 for team offsite catering"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url.group(1))
-            page.get_by_label("Organisation").fill(signin.group(1))
-            page.get_by_label("User name").fill(signin.group(2))
-            page.get_by_label("Password").fill(signin.group(3))
-            page.get_by_role("button", name="Sign in").click()
-            guard = time.monotonic() + COMMAND_GUARD_S  # against a hang, not a timed assertion
-            while page.get_by_role("link", name=title).count() == 0:  # visibility catches up
-                assert time.monotonic() < guard, page.content()
-                page.reload()
-            page.get_by_role("link", name=title).click()
-            expect(page.get_by_role("heading", name=title)).to_be_visible()
-            expect(page.get_by_role("button", name="Approve")).to_be_visible()
-        finally:
-            browser.close()
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+TITLE = "kim claims 980 for team offsite catering"
 
 
-def _decide_as_printed(demo: Demo, env: dict[str, str]) -> None:
+def _printed(demo: Demo) -> tuple[str, str, str, str]:
+    """The waiting run's key and the printed status, approve and result commands."""
     waiting = re.search(
         r"^(expense-EXP-8-\S+) is awaiting_approval on expense-approval v1", demo.output, re.M
     )
@@ -216,25 +196,79 @@ def _decide_as_printed(demo: Demo, env: dict[str, str]) -> None:
     )
     # The path to wfa is one a new shell can run; the tenant is the demo's.
     assert all(" --tenant demo " in command and key in command for command in (status, approve, result))
+    return key, status, approve, result
 
+
+def _printed_status_shows_it_waiting(demo: Demo, env: dict[str, str]) -> None:
+    _, status, _, _ = _printed(demo)
     seen = sh(status, env)
     assert seen.returncode == 0, _explain(seen)
     assert re.search(r"^State +awaiting_approval$", seen.stdout, re.M), seen.stdout
     assert "manager_approval: approvers manager" in seen.stdout
 
-    approved = sh(approve, env)
-    assert approved.returncode == 0, _explain(approved)
-    assert f"Approved {key} as manager" in approved.stdout
 
+def _approve_it_in_the_inbox(demo: Demo) -> None:
+    """The printed inbox and sign-in: the manager sees the waiting expense in Chromium, approves it
+    and sees it decided."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.inbox.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    key = _printed(demo)[0]
+    url = re.search(r"approvals inbox: (http://\S+)$", demo.output, re.M)
+    signin = re.search(r"organisation '(\S+)', user '(\S+)', password '(\S+)'", demo.output)
+    assert url, demo.output
+    assert signin, demo.output
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.set_default_timeout(COMMAND_GUARD_S * 1000)  # a busy machine; not a timed assertion
+            page.goto(url.group(1))
+            page.get_by_label("Organisation").fill(signin.group(1))
+            page.get_by_label("User name").fill(signin.group(2))
+            page.get_by_label("Password").fill(signin.group(3))
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Waiting for you")).to_be_visible()
+            guard = time.monotonic() + COMMAND_GUARD_S  # against a hang, not a timed assertion
+            while page.get_by_role("link", name=TITLE).count() == 0:  # visibility catches up
+                assert time.monotonic() < guard, page.content()
+                page.reload()
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "demo-inbox.png"), full_page=True)
+            page.get_by_role("link", name=TITLE).click()
+            expect(page.get_by_role("heading", name=TITLE)).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "demo-expense.png"), full_page=True)
+            page.get_by_label("Comment (optional)").fill("Fine for the offsite")
+            page.get_by_role("button", name="Approve").click()
+            expect(page.get_by_role("status")).to_contain_text(f"Approved: {key}")
+            page.screenshot(path=str(SCREENSHOTS / "demo-approved.png"), full_page=True)
+            # Opened again, the step says who decided it.
+            page.goto(f"{url.group(1).rstrip('/')}/item?run={key}&step=manager_approval")
+            expect(page.get_by_role("heading", name="Already decided")).to_be_visible()
+            expect(page.get_by_role("status")).to_contain_text("approved by manager")
+        finally:
+            browser.close()
+
+
+def _printed_commands_after_the_browser(demo: Demo, env: dict[str, str]) -> None:
+    key, _, approve, result = _printed(demo)
     finished = sh(result, env)
     assert finished.returncode == 0, _explain(finished)
     assert re.search(r"^State +completed$", finished.stdout, re.M), finished.stdout
     assert '"status": "approved"' in finished.stdout
+    assert '"approved_by": "manager"' in finished.stdout  # the person who signed in to the inbox
+
+    late = sh(approve, env)
+    assert late.returncode != 0, _explain(late)
+    assert "Traceback" not in late.stdout + late.stderr
+    assert key in late.stdout + late.stderr, _explain(late)
 
     # What the README shows of this output is what the demo prints (ids and connection options aside).
     def shape(command: str) -> str:
         return re.sub(r"expense-EXP-8-\S+", "ID", command.split(" --tenant demo ", 1)[1])
 
+    printed = _printed(demo)[1:]
     shown = [
         shape(line.strip())
         for block in code_blocks(README.read_text(), "text")
@@ -242,7 +276,7 @@ def _decide_as_printed(demo: Demo, env: dict[str, str]) -> None:
         if line.strip().startswith(".venv/bin/wfa ")
     ]
     assert shown, "the README shows no demo output"
-    assert set(shown) <= {shape(c) for c in (status, approve, result)}, shown
+    assert set(shown) <= {shape(c) for c in printed}, shown
 
 
 def _run_the_readme_example(demo: Demo, state: Path, task_queue: str, database: dict[str, str]) -> None:

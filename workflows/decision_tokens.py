@@ -7,6 +7,10 @@ absent for a cancel), ``decisions`` (a subset of approve, reject, cancel, comple
 (optional: groups the actor decides as a member of), ``exp``, ``iat``, ``jti``;
 its header names the key (``kid``).
 
+A key of the set may carry ``"tenants": [...]``: it then verifies only tokens of those tenants, so
+the key of one tenant cannot decide in another (the production setup: one signing key per tenant).
+A key without ``tenants`` verifies tokens of any tenant (the demo's single key).
+
 The worker holds the verification keys (a JWKS): it builds a :class:`DecisionVerifier` at start and
 :func:`configure` places it here; the workflow only calls :func:`verifier`. Keys never enter history.
 The workflow verifies only in its update validators, which run when an update is first handled and
@@ -69,13 +73,20 @@ class DecisionVerifier:
     """
 
     def __init__(
-        self, keys: Mapping[str, jwt.PyJWK], issuer: str = DEFAULT_ISSUER, *, required: bool = False
+        self,
+        keys: Mapping[str, jwt.PyJWK],
+        issuer: str = DEFAULT_ISSUER,
+        *,
+        required: bool = False,
+        tenants: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if not keys:
             raise KeySetError("the key set holds no key")
         self.keys = dict(keys)
         self.issuer = issuer
         self.required = required
+        self.tenants = {kid: tuple(names) for kid, names in (tenants or {}).items()}
+        """The tenants a key signs for, by kid (a kid not listed: any tenant)."""
 
     @classmethod
     def from_jwks(
@@ -90,6 +101,7 @@ class DecisionVerifier:
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
             raise KeySetError('a key set is a JSON object {"keys": [...]}')
         keys: dict[str, jwt.PyJWK] = {}
+        tenants: dict[str, list[str]] = {}
         for index, data in enumerate(jwks["keys"]):
             if not isinstance(data, dict):
                 raise KeySetError(f"key {index} is not a JSON object")
@@ -109,7 +121,16 @@ class DecisionVerifier:
             if kid in keys:
                 raise KeySetError(f"two keys have the kid {kid!r}")
             keys[kid] = key
-        return cls(keys, issuer, required=required)
+            if "tenants" in data:
+                names = data["tenants"]
+                if (
+                    not isinstance(names, list)
+                    or not names
+                    or not all(isinstance(n, str) and n for n in names)
+                ):
+                    raise KeySetError(f"key {kid!r}: tenants must be a non-empty list of tenant names")
+                tenants[kid] = names
+        return cls(keys, issuer, required=required, tenants=tenants)
 
     def verify(self, token: str, *, now: datetime, tenant: str, run: str, decision: str) -> DecisionClaims:
         """The claims of ``token`` if it proves ``decision`` on run ``run`` of ``tenant`` at ``now``.
@@ -184,6 +205,8 @@ class DecisionVerifier:
             raise TokenRefusedError("token claim 'groups' must be a list of strings")
         if claims["tenant"] != tenant:
             raise TokenRefusedError("token is for another tenant")
+        if kid in self.tenants and tenant not in self.tenants[kid]:
+            raise TokenRefusedError(f"token key {kid[:40]!r} does not sign for tenant {tenant[:60]!r}")
         if claims["run"] != run:
             raise TokenRefusedError("token is for another run")
         if decision not in decisions:

@@ -1,7 +1,7 @@
 """Who is signed in: authenticators, the local users file, signed session cookies and CSRF tokens.
 
-Production signs people in with an OpenID Connect provider (see the README's *Approvals inbox*
-section: the gateway is a confidential client, the provider's ``groups`` claim gives the groups);
+Production signs people in with an OpenID Connect provider (:mod:`gateway.inbox.oidc`: the gateway
+is a confidential client, the provider's claims give the user name, groups and tenant);
 :class:`LocalUsers` is the authenticator of the demo and the tests, a JSON file of users with
 scrypt password hashes, and is not meant for production.
 
@@ -224,8 +224,28 @@ class SessionSigner:
             return None
         return Session(person, expires, csrf)
 
-    def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._secret, b"session:" + payload.encode(), hashlib.sha256).digest())
+    def _mac(self, payload: str, purpose: str = "session") -> str:
+        return _b64(
+            hmac.new(self._secret, f"{purpose}:".encode() + payload.encode(), hashlib.sha256).digest()
+        )
+
+    def seal(self, purpose: str, body: dict[str, Any]) -> str:
+        """A signed cookie value holding ``body`` for ``purpose`` (e.g. a sign-in under way)."""
+        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+        return f"{payload}.{self._mac(payload, purpose)}"
+
+    def unseal(self, purpose: str, value: str | None) -> dict[str, Any] | None:
+        """The body of a :meth:`seal` value for ``purpose``, or None when absent or forged."""
+        if not value or len(value) > 4096 or "." not in value:
+            return None
+        payload, mac = value.rsplit(".", 1)
+        if not hmac.compare_digest(mac, self._mac(payload, purpose)):
+            return None
+        try:
+            body = json.loads(_unb64(payload))
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
 
     def csrf_token(self, session: Session) -> str:
         """The token forms carry: derived from the session's CSRF secret."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 
 from gateway.inbox.auth import Authenticator, SessionSigner
+from gateway.inbox.oidc import OidcClient, OidcProvider
 from starter.client import FlowClient
 
 ClientFactory = Callable[[str], Awaitable[FlowClient]]
@@ -21,12 +22,17 @@ class InboxConfig:
 
     Attributes:
         clients: The tenant's :class:`FlowClient` (a factory: the app may cache clients per tenant).
-        authenticator: Checks sign-ins (:class:`gateway.inbox.auth.LocalUsers` for the demo and
-            tests; an OpenID Connect client in production).
+        authenticator: Checks the local sign-in form (:class:`gateway.inbox.auth.LocalUsers`: the
+            demo and tests only); None: no local sign-in.
+        oidc_providers: OpenID Connect providers people sign in with (production); the sign-in
+            page offers "Sign in with <name>" for each.
         session_secret: Signs session cookies (at least 16 random bytes; keep it secret).
-        signing_keys: The private JWK that mints decision tokens, per tenant (``"*"``: any tenant).
-            Without a key for the tenant, decisions go without a token (accepted only by runs and
-            workers that do not require proof).
+        signing_keys: The private JWK that mints decision tokens, per tenant: in production one
+            key per tenant, the workers verifying each tenant's tokens with that tenant's public
+            key only (``WFA_DECISION_KEYS`` with ``"tenants"`` per key: ``wfa keys generate --tenant``), so a key of one tenant
+            cannot decide for another. ``"*"`` (any tenant) is the demo's convenience. Without a
+            key for the tenant, decisions go without a token (accepted only by runs and workers
+            that do not require proof).
         secure_cookies: Send the session cookie only over HTTPS (turn off only on loopback).
         session_ttl_s: How long a sign-in lasts.
         decision_ttl_s: Lifetime of the token minted for one decision (it is spent at once).
@@ -35,8 +41,9 @@ class InboxConfig:
     """
 
     clients: ClientFactory
-    authenticator: Authenticator
+    authenticator: Authenticator | None
     session_secret: bytes
+    oidc_providers: Sequence[OidcProvider] = ()
     signing_keys: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     secure_cookies: bool = True
     session_ttl_s: float = 8 * 3600
@@ -56,6 +63,7 @@ class InboxState:
     config: InboxConfig
     sessions: SessionSigner
     prefix: str = "/inbox"
+    oidc: dict[str, OidcClient] = field(default_factory=dict)
 
 
 USERS_FILE_ENV = "WFA_INBOX_USERS"
@@ -72,11 +80,17 @@ def inbox_config_from_env(
 ) -> InboxConfig | None:
     """The inbox's configuration from the environment, or None when the inbox is not configured.
 
-    ``WFA_INBOX_USERS``: the local users file (demo and tests; not for production). Without it the
-    inbox is off (None). ``WFA_INBOX_SESSION_SECRET``: at least 16 characters (required with it).
-    ``WFA_DECISION_SIGNING_KEY``: the private JWK minting the people's tokens (for every tenant).
-    ``WFA_INBOX_URL``: the inbox's public URL. ``WFA_INBOX_INSECURE_COOKIES=1``: cookies without
-    ``Secure`` (plain HTTP on loopback only).
+    Sign-in (at least one): ``WFA_INBOX_OIDC_ISSUER`` with ``WFA_INBOX_OIDC_CLIENT_ID`` and
+    ``WFA_INBOX_OIDC_CLIENT_SECRET`` (or ``..._CLIENT_SECRET_FILE``): an OpenID Connect provider,
+    the production way (more variables: :func:`gateway.inbox.oidc.providers_from_env`; one
+    provider per tenant with ``WFA_INBOX_OIDC_PROVIDERS``). ``WFA_INBOX_USERS``: the local users
+    file (demo and tests; not for production). With neither, the inbox is off (None).
+    ``WFA_INBOX_SESSION_SECRET``: at least 16 characters (required).
+    ``WFA_DECISION_SIGNING_KEYS``: per-tenant private JWKs minting the people's tokens
+    (``acme=/keys/acme.jwk,globex=/keys/globex.jwk``; production); ``WFA_DECISION_SIGNING_KEY``:
+    one private JWK for every tenant (the demo's convenience). ``WFA_INBOX_URL``: the inbox's public
+    URL (the OpenID Connect redirect URI is ``<it>/oidc/callback``).
+    ``WFA_INBOX_INSECURE_COOKIES=1``: cookies without ``Secure`` (plain HTTP on loopback only).
 
     Raises:
         InboxConfigError: A variable is set but unusable.
@@ -84,28 +98,35 @@ def inbox_config_from_env(
     import os
 
     from gateway.inbox.auth import LocalUsers, UsersFileError
+    from gateway.inbox.oidc import OidcConfigError, providers_from_env
     from starter import tokens
 
     env = os.environ if environ is None else environ
     users_file = env.get(USERS_FILE_ENV)
-    if not users_file:
+    try:
+        providers = providers_from_env(env)
+    except OidcConfigError as err:
+        raise InboxConfigError(str(err)) from None
+    if not users_file and not providers:
         return None
     secret = env.get(SESSION_SECRET_ENV, "")
     if len(secret) < 16:
         raise InboxConfigError(f"{SESSION_SECRET_ENV} must hold at least 16 characters (a random secret)")
+    users = None
+    if users_file:
+        try:
+            users = LocalUsers.from_file(users_file)
+        except UsersFileError as err:
+            raise InboxConfigError(f"{USERS_FILE_ENV}: {err}") from None
     try:
-        users = LocalUsers.from_file(users_file)
-    except UsersFileError as err:
-        raise InboxConfigError(f"{USERS_FILE_ENV}: {err}") from None
-    key_path = env.get(tokens.SIGNING_KEY_ENV)
-    try:
-        keys = {"*": tokens.load_signing_key(key_path)} if key_path else {}
+        keys = tokens.load_signing_keys(env)
     except tokens.TokenError as err:
         raise InboxConfigError(str(err)) from None
     return InboxConfig(
         clients=clients,
         authenticator=users,
         session_secret=secret.encode(),
+        oidc_providers=providers,
         signing_keys=keys,
         secure_cookies=env.get(INSECURE_COOKIES_ENV, "").strip().lower() not in ("1", "true", "yes"),
         base_url=env.get("WFA_INBOX_URL", ""),
@@ -135,7 +156,12 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
             return
         config = built
 
-    app.state.inbox = InboxState(config, SessionSigner(config.session_secret, config.session_ttl_s), prefix)
+    app.state.inbox = InboxState(
+        config,
+        SessionSigner(config.session_secret, config.session_ttl_s),
+        prefix,
+        {p.key: OidcClient(p) for p in config.oidc_providers},
+    )
     app.include_router(router, prefix=prefix)
 
 

@@ -10,7 +10,8 @@ shown with the run's reason, next to the field it names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from temporalio.service import RPCError
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
 from gateway.inbox.deps import InboxState, inbox_state
 from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
+from gateway.inbox.oidc import PendingSignIn, SignInRefused
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, DecisionRecord, PendingApproval, RunStatus
 from starter import tokens
@@ -140,8 +142,22 @@ async def login_page(request: Request, state: State, next: str = "") -> HTMLResp
     if session is None:
         session = state.sessions.new(None)
     return _render(
-        request, state, "login.html", session, new_cookie=fresh, next=_safe_next(state, next), error=None
+        request,
+        state,
+        "login.html",
+        session,
+        new_cookie=fresh,
+        next=_safe_next(state, next),
+        error=None,
+        **_sign_in_options(state),
     )
+
+
+def _sign_in_options(state: InboxState) -> dict[str, Any]:
+    return {
+        "providers": [client.provider for client in state.oidc.values()],
+        "local": state.config.authenticator is not None,
+    }
 
 
 @router.post("/login", name="inbox_login_post")
@@ -160,10 +176,23 @@ async def login(request: Request, state: State) -> Response:
             new_cookie=True,
             next=_safe_next(state, _text(form, "next")),
             error="Your sign-in form had expired. Please sign in again.",
+            **_sign_in_options(state),
         )
     assert session is not None
+    authenticator = state.config.authenticator
+    if authenticator is None:
+        return _render(
+            request,
+            state,
+            "login.html",
+            session,
+            status_code=404,
+            next=_safe_next(state, _text(form, "next")),
+            error="Sign-in with a password is off here. Use your organisation's sign-in.",
+            **_sign_in_options(state),
+        )
     tenant, username = _text(form, "tenant").strip(), _text(form, "username").strip()
-    person = await state.config.authenticator.authenticate(tenant, username, _text(form, "password"))
+    person = await authenticator.authenticate(tenant, username, _text(form, "password"))
     if person is None:
         return _render(
             request,
@@ -175,10 +204,88 @@ async def login(request: Request, state: State) -> Response:
             error="The organisation, user name or password is not right.",
             tenant=tenant,
             username=username,
+            **_sign_in_options(state),
         )
     response = RedirectResponse(_safe_next(state, _text(form, "next")), status_code=303)
     _set_cookie(response, state, state.sessions.new(person))
     return response
+
+
+OIDC_COOKIE = "wfa_inbox_oidc"
+
+
+def _redirect_uri(request: Request, state: InboxState) -> str:
+    base = state.config.base_url.rstrip("/") or str(request.base_url).rstrip("/") + state.prefix
+    return f"{base}/oidc/callback"
+
+
+def _problem(request: Request, state: InboxState, title: str, message: str, status_code: int) -> HTMLResponse:
+    session = _session(request, state)
+    fresh = session is None
+    return _render(
+        request,
+        state,
+        "message.html",
+        session or state.sessions.new(None),
+        status_code=status_code,
+        new_cookie=fresh,
+        title=title,
+        message=message,
+        offer_sign_in=True,
+    )
+
+
+@router.get("/oidc/login", name="inbox_oidc_login")
+async def oidc_login(request: Request, state: State, provider: str = "", next: str = "") -> Response:
+    """Sends the browser to the provider (authorization code flow, PKCE, state and nonce)."""
+    clients = list(state.oidc.values())
+    client = state.oidc.get(provider) or (clients[0] if len(clients) == 1 and not provider else None)
+    if client is None:
+        return _problem(request, state, "Unknown sign-in", "There is no such sign-in service here.", 404)
+    try:
+        url, pending = await client.begin(_redirect_uri(request, state), _safe_next(state, next))
+    except SignInRefused as err:
+        return _problem(request, state, "Sign-in is not available", err.message, err.status_code)
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(
+        OIDC_COOKIE,
+        state.sessions.seal("oidc", asdict(pending)),
+        max_age=int(pending.expires - time.time()),
+        path=state.prefix or "/",
+        httponly=True,
+        samesite="lax",  # the provider's redirect back is a top-level GET: the cookie comes along
+        secure=state.config.secure_cookies,
+    )
+    return response
+
+
+@router.get("/oidc/callback", name="inbox_oidc_callback")
+async def oidc_callback(request: Request, state: State) -> Response:
+    """Where the provider sends the browser back: checks everything, then signs the person in."""
+    sealed = state.sessions.unseal("oidc", request.cookies.get(OIDC_COOKIE))
+    pending = None
+    if sealed is not None:
+        try:
+            pending = PendingSignIn(**sealed)
+        except TypeError:
+            pending = None
+    client = state.oidc.get(pending.provider) if pending is not None else None
+    params = dict(request.query_params.items())
+    try:
+        if client is None:
+            raise SignInRefused(
+                "This sign-in was not started here, or took too long. Please sign in again.", 400
+            )
+        person = await client.finish(params, pending, _redirect_uri(request, state))
+    except SignInRefused as err:
+        response = _problem(request, state, "You are not signed in", err.message, err.status_code)
+        response.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")
+        return response
+    assert pending is not None
+    signed_in = RedirectResponse(_safe_next(state, pending.next), status_code=303)
+    signed_in.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")  # a sign-in is finished once
+    _set_cookie(signed_in, state, state.sessions.new(person))
+    return signed_in
 
 
 @router.post("/logout", name="inbox_logout")

@@ -8,6 +8,7 @@ Playwright without its own browser download.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import shutil
@@ -107,6 +108,19 @@ async def inbox(client: Client, task_queue: str, worker: Worker) -> AsyncIterato
             secure_cookies=False,  # plain HTTP on loopback
         ),
     )
+    try:
+        async with serve(app) as base:
+            url = f"{base}/inbox"
+            notify.configure(private, url)  # the worker's decision_links activity mints and links here
+            yield Inbox(url, private, clients)
+    finally:
+        decision_tokens.configure(None)
+        notify.reset()
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """Serves ``app`` under uvicorn on a free loopback port; yields its base URL."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     )
@@ -117,14 +131,10 @@ async def inbox(client: Client, task_queue: str, worker: Worker) -> AsyncIterato
                 task.result()
             await asyncio.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}/inbox"
-        notify.configure(private, url)  # the worker's decision_links activity mints and links here
-        yield Inbox(url, private, clients)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
-        decision_tokens.configure(None)
-        notify.reset()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

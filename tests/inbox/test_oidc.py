@@ -1,0 +1,325 @@
+"""OpenID Connect sign-in against a real provider (``oidc-provider-mock``) served on loopback.
+
+The browser test goes the whole way: the inbox, the provider's authorization page, back to the inbox,
+the tenant's pending approval, a decision, the run completed. The attacker's tests come first: a
+tampered or expired ID token, a wrong nonce or state, a token for another application or from
+another provider, a tenant the provider may not sign in to; each is refused with a page that says
+why (never a traceback), and leaves nobody signed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from oidc_provider_mock import run_server_in_thread
+from playwright.async_api import Browser, expect
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from gateway.inbox import InboxConfig, install_inbox
+from gateway.inbox.oidc import LEEWAY_S, OidcClient, OidcProvider, SignInRefused
+from interpreter.state import RunResult, RunState
+from starter.client import FlowClient
+from starter.tokens import generate_keys
+from tests.inbox.conftest import serve
+from tests.inbox.test_inbox_browser import SCREENSHOTS, _listed, _start
+from tests.workflows.support import eventually
+from workflows import decision_tokens
+
+CLIENT_ID = "wfa-inbox"
+CLIENT_SECRET = "s3cret-of-the-gateway"
+PEOPLE = {
+    "alice-1": {"preferred_username": "alice", "name": "Alice Martin", "tenant": "acme", "groups": []},
+    "carol-2": {"preferred_username": "carol", "name": "Carol Diaz", "tenant": "acme", "groups": ["finance"]},
+    # Globex's user at acme's provider: the provider may sign people in to acme only.
+    "mallory-3": {"preferred_username": "mallory", "name": "Mallory", "tenant": "globex", "groups": []},
+}
+
+
+def _provider_server() -> Iterator[str]:
+    with run_server_in_thread() as server:
+        issuer = f"http://localhost:{server.server_port}"
+        for sub, claims in PEOPLE.items():
+            httpx.put(f"{issuer}/users/{sub}", json=claims).raise_for_status()
+        yield issuer
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[str]:
+    """Acme's OpenID Connect provider."""
+    yield from _provider_server()
+
+
+@pytest.fixture(scope="module")
+def other_issuer() -> Iterator[str]:
+    """Another provider (its own keys and issuer)."""
+    yield from _provider_server()
+
+
+def _acme(issuer: str) -> OidcProvider:
+    return OidcProvider(
+        key="acme",
+        name="Acme SSO",
+        issuer=issuer,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        tenant_claim="tenant",
+        tenants=("acme",),
+    )
+
+
+@dataclass
+class OidcInbox:
+    url: str
+    clients: dict[str, FlowClient]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def oidc_inbox(
+    client: Client, task_queue: str, worker: Worker, issuer: str
+) -> AsyncIterator[OidcInbox]:
+    """The inbox with OpenID Connect sign-in only (no local users), on a loopback port."""
+    private, public = generate_keys("oidc-test")
+    decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
+    clients = {t: FlowClient(client, task_queue=task_queue, tenant=t) for t in ("acme", "globex")}
+
+    async def client_for(tenant: str) -> FlowClient:
+        return clients[tenant]
+
+    app = FastAPI()
+    install_inbox(
+        app,
+        InboxConfig(
+            clients=client_for,
+            authenticator=None,
+            session_secret=secrets.token_bytes(32),
+            oidc_providers=[_acme(issuer)],
+            signing_keys={"acme": private},
+            secure_cookies=False,
+        ),
+    )
+    try:
+        async with serve(app) as base:
+            yield OidcInbox(f"{base}/inbox", clients)
+    finally:
+        decision_tokens.configure(None)
+
+
+async def _id_token(issuer: str, sub: str, *, client_id: str = CLIENT_ID, nonce: str = "n-1") -> str:
+    """A real ID token of the provider: its authorization endpoint, then its token endpoint."""
+    redirect = "http://127.0.0.1:9/inbox/oidc/callback"
+    async with httpx.AsyncClient() as http:
+        query = {
+            "client_id": client_id,
+            "response_type": "code",
+            "redirect_uri": redirect,
+            "scope": "openid profile",
+            "state": "st",
+            "nonce": nonce,
+        }
+        answer = await http.post(f"{issuer}/oauth2/authorize", params=query, data={"sub": sub})
+        code = parse_qs(urlparse(answer.headers["location"]).query)["code"][0]
+        token = await http.post(
+            f"{issuer}/oauth2/token",
+            data={"grant_type": "authorization_code", "code": code, "redirect_uri": redirect},
+            auth=(client_id, "whatever"),
+        )
+        id_token: str = token.json()["id_token"]
+        return id_token
+
+
+def _tampered(token: str, **changes: Any) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+async def _refused(check: Any, expected: str) -> None:
+    with pytest.raises(SignInRefused) as caught:
+        await check
+    assert expected in caught.value.message, caught.value.message
+
+
+async def test_id_tokens_that_prove_nothing_are_refused(issuer: str, other_issuer: str) -> None:
+    oidc = OidcClient(_acme(issuer))
+    good = await _id_token(issuer, "alice-1")
+    claims = await oidc.verify_id_token(good, "n-1")
+    assert oidc.person(claims).username == "alice"
+
+    # Tampered: carol's name in alice's token; the signature no longer matches.
+    await _refused(oidc.verify_id_token(_tampered(good, preferred_username="carol"), "n-1"), "signature")
+    # Expired: the same token once its lifetime (and the allowed clock skew) has passed.
+    expires = json.loads(base64.urlsafe_b64decode(good.split(".")[1] + "=="))["exp"]
+    await _refused(oidc.verify_id_token(good, "n-1", now=expires + LEEWAY_S + 1), "has expired")
+    # Another sign-in's nonce: a token replayed into this one.
+    await _refused(oidc.verify_id_token(good, "n-other"), "belongs to another sign-in")
+    # Issued by the same provider for another application.
+    elsewhere = await _id_token(issuer, "alice-1", client_id="another-app")
+    await _refused(oidc.verify_id_token(elsewhere, "n-1"), "another application")
+    # Issued by another provider (its own keys).
+    foreign = await _id_token(other_issuer, "alice-1")
+    await _refused(oidc.verify_id_token(foreign, "n-1"), "signature is not valid")
+    # Not a JWT at all.
+    await _refused(oidc.verify_id_token("not.a-token", "n-1"), "cannot be read")
+    # A tenant the provider may not sign people in to.
+    mallory = await oidc.verify_id_token(await _id_token(issuer, "mallory-3"), "n-1")
+    with pytest.raises(SignInRefused, match="may not sign people in to the organisation 'globex'"):
+        oidc.person(mallory)
+
+
+async def _start_sign_in(http: httpx.AsyncClient, inbox: OidcInbox) -> str:
+    """Follows the inbox to the provider; returns the provider's authorization URL."""
+    answer = await http.get(f"{inbox.url}/oidc/login?provider=acme")
+    assert answer.status_code == 303
+    location = answer.headers["location"]
+    query = parse_qs(urlparse(location).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert query["code_challenge"][0]
+    assert query["nonce"][0]
+    assert query["state"][0]
+    assert query["redirect_uri"] == [f"{inbox.url}/oidc/callback"]
+    return location
+
+
+async def _authorize(http: httpx.AsyncClient, location: str, sub: str) -> str:
+    """The provider's answer for ``sub``: the callback URL with the code and state."""
+    answer = await http.post(location, data={"sub": sub})
+    assert answer.status_code == 302, answer.text[:300]
+    callback: str = answer.headers["location"]
+    return callback
+
+
+def _assert_page(answer: httpx.Response, status: int, text: str) -> None:
+    assert answer.status_code == status, answer.text[:500]
+    assert answer.headers["content-type"].startswith("text/html")
+    assert text in answer.text, answer.text[:800]
+    assert "Traceback" not in answer.text
+
+
+async def test_callbacks_that_prove_nothing_sign_nobody_in(oidc_inbox: OidcInbox) -> None:
+    async with httpx.AsyncClient() as http:
+        # A state that is not the one this browser's sign-in started with (a forged callback).
+        location = await _start_sign_in(http, oidc_inbox)
+        callback = await _authorize(http, location, "alice-1")
+        forged = callback.replace("state=", "state=x")
+        _assert_page(await http.get(forged), 400, "does not match the one started here")
+
+        # A callback without a sign-in started in this browser.
+        async with httpx.AsyncClient() as stranger:
+            _assert_page(await stranger.get(callback), 400, "was not started here")
+
+        # The provider signs in Globex's mallory: acme's provider may not speak for Globex.
+        location = await _start_sign_in(http, oidc_inbox)
+        callback = await _authorize(http, location, "mallory-3")
+        page = await http.get(callback)
+        _assert_page(page, 403, "may not sign people in to the organisation")
+        assert (await http.get(f"{oidc_inbox.url}/")).status_code == 303  # still not signed in
+
+        # The provider's own refusal (the person pressed Deny).
+        location = await _start_sign_in(http, oidc_inbox)
+        state = parse_qs(urlparse(location).query)["state"][0]
+        denied = f"{oidc_inbox.url}/oidc/callback?error=access_denied&state={state}"
+        _assert_page(await http.get(denied), 401, "did not sign you in: access_denied")
+
+        # A callback replayed after its sign-in finished: the sign-in cookie went with the first use.
+        location = await _start_sign_in(http, oidc_inbox)
+        callback = await _authorize(http, location, "alice-1")
+        assert (await http.get(callback)).headers["location"] == f"{urlparse(oidc_inbox.url).path}/"
+        _assert_page(await http.get(callback), 400, "was not started here")
+
+        # An unknown provider.
+        _assert_page(await http.get(f"{oidc_inbox.url}/oidc/login?provider=nope"), 404, "no such sign-in")
+
+
+async def test_sign_in_with_the_provider_and_decide(
+    client: Client, task_queue: str, oidc_inbox: OidcInbox, browser: Browser
+) -> None:
+    handle = await _start(client, task_queue, "acme", ["group:finance"])
+    context = await browser.new_context(viewport={"width": 1100, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{oidc_inbox.url}/")
+        await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        assert await page.get_by_label("Password").count() == 0  # no local sign-in here
+        await page.screenshot(path=str(SCREENSHOTS / "inbox-sign-in-oidc.png"), full_page=True)
+        await page.get_by_role("link", name="Sign in with Acme SSO").click()
+
+        # The provider's authorization page (its own sign-in), then back to the inbox.
+        await expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
+        await page.get_by_placeholder("sub").fill("carol-2")
+        await page.get_by_role("button", name="Authorize").click()
+        await expect(page.get_by_role("heading", name="Waiting for you")).to_be_visible()
+        await expect(page.get_by_text("Signed in as")).to_contain_text("Carol Diaz")
+
+        title = "Expense of 1250 EUR by Sam Lee: Client visit in Lyon"
+        await eventually(lambda: _listed(page, title), bool, timeout=30, what="the approval listed")
+        await page.get_by_role("link", name=title).click()
+        await page.get_by_label("Approved amount").fill("1250")
+        await page.get_by_label("Cost center").select_option("sales")
+        await page.get_by_role("button", name="Approve").click()
+        await expect(page.get_by_role("status")).to_contain_text("Approved")
+
+        result: RunResult = await asyncio.wait_for(handle.result(), timeout=60)
+        assert result.state == RunState.COMPLETED
+        output = result.steps[0].output
+        assert (output["decision"], output["actor"]) == ("approved", "carol")
+        assert output["data"] == {"approved_amount": 1250, "cost_center": "sales"}
+    finally:
+        await context.close()
+
+
+def test_settings_from_the_environment(tmp_path: Any) -> None:
+    from gateway.inbox import InboxConfigError, inbox_config_from_env
+
+    async def no_client(tenant: str) -> FlowClient:
+        raise AssertionError
+
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    env = {
+        "WFA_INBOX_SESSION_SECRET": "x" * 32,
+        "WFA_INBOX_OIDC_PROVIDERS": "acme,globex",
+        "WFA_INBOX_OIDC_ACME_ISSUER": "https://login.acme.example",
+        "WFA_INBOX_OIDC_ACME_CLIENT_ID": "wfa",
+        "WFA_INBOX_OIDC_ACME_CLIENT_SECRET_FILE": str(secret),
+        "WFA_INBOX_OIDC_ACME_TENANT": "acme",
+        "WFA_INBOX_OIDC_ACME_NAME": "Acme SSO",
+        "WFA_INBOX_OIDC_GLOBEX_ISSUER": "https://idp.globex.example/realms/x",
+        "WFA_INBOX_OIDC_GLOBEX_CLIENT_ID": "wfa",
+        "WFA_INBOX_OIDC_GLOBEX_CLIENT_SECRET": "s",
+        "WFA_INBOX_OIDC_GLOBEX_TENANTS": "globex",
+        "WFA_INBOX_OIDC_GLOBEX_GROUPS_CLAIM": "roles",
+    }
+    config = inbox_config_from_env(no_client, env)
+    assert config is not None
+    assert config.authenticator is None
+    acme, globex = config.oidc_providers
+    assert (acme.name, acme.client_secret, acme.tenants, acme.tenant_claim) == (
+        "Acme SSO",
+        "from-a-file",
+        ("acme",),
+        None,
+    )
+    assert (globex.tenant_claim, globex.tenants, globex.groups_claim) == ("tenant", ("globex",), "roles")
+
+    for change, message in (
+        ({"WFA_INBOX_OIDC_ACME_ISSUER": "http://login.acme.example"}, "must be https"),
+        ({"WFA_INBOX_OIDC_GLOBEX_CLIENT_SECRET": ""}, "client id and client secret are required"),
+        ({"WFA_INBOX_OIDC_ACME_CLIENT_SECRET_FILE": str(tmp_path / "none")}, "cannot read"),
+        ({"WFA_INBOX_OIDC_PROVIDERS": "acme,initech"}, "WFA_INBOX_OIDC_INITECH_ISSUER is required"),
+    ):
+        with pytest.raises(InboxConfigError, match=message):
+            inbox_config_from_env(no_client, {**env, **change})
