@@ -20,6 +20,7 @@ from uuid import uuid4
 import httpx
 import pytest
 import pytest_asyncio
+from hypothesis import given
 from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
@@ -34,6 +35,8 @@ from activities.store.errors import DefinitionNotFoundError
 from interpreter.state import Decision, RunInput, RunResult, RunState
 from interpreter.validate import definition_hash, load_definition
 from starter.client import FlowClient
+from tests.property.support import checks
+from tests.property.test_definitions import valid
 from worker import build_worker
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
@@ -219,3 +222,19 @@ def test_the_compact_input_reads_back_to_the_same_definition(path: Path) -> None
     assert definition_hash(back.definition) == definition_hash(definition)
     full = len(json.dumps(definition.model_dump(mode="json"), separators=(",", ":")))
     assert len(payload.data) < full  # the defaults do not travel
+
+
+@checks(150)
+@given(valid())
+def test_the_compact_input_reads_back_for_generated_definitions(
+    case: tuple[str, list[str], dict[str, Any]],
+) -> None:
+    """Examples changed at random (labels, loops, set steps, retries, delays, guards): the compact
+    form always reads back to the same definition, hash included."""
+    _, _, document = case
+    definition = load_definition(document)
+    converter = pydantic_data_converter.payload_converter
+    [back] = converter.from_payloads(converter.to_payloads([RunInput(definition=definition)]), [RunInput])
+    assert isinstance(back, RunInput)
+    assert back.definition == definition
+    assert definition_hash(back.definition) == definition_hash(definition)
