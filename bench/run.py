@@ -266,6 +266,11 @@ class PySpy:
 SPY_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sandbox: new instance per run (module re-import, @workflow.defn)", ("_create_instance (",)),
     ("workflow code: search attribute upserts (SDK call)", ("upsert_search_attributes (",)),
+    (
+        "telemetry: step metrics and spans (workflows/telemetry.py)",
+        ("workflows/telemetry.py", "opentelemetry/"),
+    ),
+    ("pinning: definition hash check", ("interpreter/pinning.py",)),
     ("workflow code: other SDK calls (execute_activity, now, ...)", ("temporalio/workflow/",)),
     ("generic: _publish (besides the upsert call)", ("_publish (",)),
     ("interpreter: templates (jinja)", ("interpreter/templates.py",)),
