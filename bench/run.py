@@ -8,6 +8,8 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
   ``echo`` tasks (:func:`bench.baseline.definition_data`), default ``RunOptions``;
 * ``A-nt`` - only with ``--no-track-step``: the same with ``RunOptions(track_current_step=False)``
   (fewer ``CurrentStep`` search attribute upserts), interleaved as A, A-nt, B;
+* ``A-full`` - only with ``--full-definition``: A started with the run input as starters sent it
+  before the compact form (the definition with every default written out);
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
@@ -15,7 +17,10 @@ warmed up with ``--warmup`` uncounted runs. Then ``--runs`` runs are started wit
 ``--concurrency`` in flight (closed loop) and timed from the first ``start_workflow`` to the last
 result. Worker CPU is utime+stime of the worker process from ``/proc/<pid>/stat``, read right before
 and after the batch (all its threads, Python and the SDK's Rust core). The dev server's CPU is read
-the same way, for context: it shares the machine's cores with the worker.
+the same way, for context: it shares the machine's cores with the worker. After each batch, the
+histories of ``--history-sample`` of its runs are fetched: history bytes per run is the serialized
+size of the ``History`` message (every event and payload as the server stores it), median over the
+sample. The machine's load average is printed with every batch.
 
 Only binds 127.0.0.1; the dev server keeps its SQLite file in a temporary directory removed at the
 end. Never run by the test suite.
