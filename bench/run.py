@@ -8,6 +8,8 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
   ``echo`` tasks (:func:`bench.baseline.definition_data`), default ``RunOptions``;
 * ``A-nt`` - only with ``--no-track-step``: the same with ``RunOptions(track_current_step=False)``
   (fewer ``CurrentStep`` search attribute upserts), interleaved as A, A-nt, B;
+* ``A-full`` - only with ``--full-definition``: A started with the run input as starters sent it
+  before the compact form (the definition with every default written out);
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
@@ -15,7 +17,10 @@ warmed up with ``--warmup`` uncounted runs. Then ``--runs`` runs are started wit
 ``--concurrency`` in flight (closed loop) and timed from the first ``start_workflow`` to the last
 result. Worker CPU is utime+stime of the worker process from ``/proc/<pid>/stat``, read right before
 and after the batch (all its threads, Python and the SDK's Rust core). The dev server's CPU is read
-the same way, for context: it shares the machine's cores with the worker.
+the same way, for context: it shares the machine's cores with the worker. After each batch, the
+histories of ``--history-sample`` of its runs are fetched: history bytes per run is the serialized
+size of the ``History`` message (every event and payload as the server stores it), median over the
+sample. The machine's load average is printed with every batch.
 
 Only binds 127.0.0.1; the dev server keeps its SQLite file in a temporary directory removed at the
 end. Never run by the test suite.
@@ -46,6 +51,7 @@ if __package__ in (None, ""):  # `python bench/run.py` (the Makefile's `make ben
     sys.path.insert(0, str(REPO))
 
 from temporalio.api.enums.v1 import EventType  # noqa: E402
+from temporalio.api.history.v1 import History  # noqa: E402
 from temporalio.client import Client, WorkflowHandle  # noqa: E402
 from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
@@ -54,7 +60,7 @@ from bench.baseline import BaselineWorkflow, definition_data, expected_output  #
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from interpreter.state import RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
-from workflows.generic import RunDefinitionWorkflow  # noqa: E402
+from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
 from workflows.search_attributes import (  # noqa: E402
     AWAITING_APPROVAL,
     CLI_TYPES,
@@ -67,8 +73,9 @@ from workflows.search_attributes import (  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGET_THROUGHPUT_RATIO = 0.95
-TARGET_CPU_RATIO = 1.15
+TARGET_THROUGHPUT_RATIO = 1.00
+TARGET_CPU_RATIO = 1.05
+TARGET_HISTORY_RATIO = 1.2
 
 
 # ----------------------------------------------------------------------------------------- processes
@@ -264,6 +271,11 @@ class PySpy:
 SPY_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sandbox: new instance per run (module re-import, @workflow.defn)", ("_create_instance (",)),
     ("workflow code: search attribute upserts (SDK call)", ("upsert_search_attributes (",)),
+    (
+        "telemetry: step metrics and spans (workflows/telemetry.py)",
+        ("workflows/telemetry.py", "opentelemetry/"),
+    ),
+    ("pinning: definition hash check", ("interpreter/pinning.py",)),
     ("workflow code: other SDK calls (execute_activity, now, ...)", ("temporalio/workflow/",)),
     ("generic: _publish (besides the upsert call)", ("_publish (",)),
     ("interpreter: templates (jinja)", ("interpreter/templates.py",)),
@@ -323,11 +335,13 @@ class Variant:
     label: str
     track_step: bool | None  # None: the baseline
     coalesced: bool = False  # bench.proto_coalesce instead of the product workflow
+    full_definition: bool = False  # the run input as starters sent it before the compact form
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
 A_NT = Variant("A-nt", "generic, track_current_step=False", False)
 A_CO = Variant("A-co", "generic, PROTOTYPE: upserts coalesced per activation", True, coalesced=True)
+A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
 B = Variant("B", "hand-written baseline", None)
 
 
@@ -360,6 +374,21 @@ class Workload:
             input={"n": n},
             options=RunOptions(track_current_step=variant.track_step),
         )
+        if variant.full_definition:
+            # The shape starters sent before RunInput serialized its definition compactly: every
+            # field, defaults included (a plain dict, so the model's serializer does not apply).
+            full = {
+                **run_input.model_dump(mode="json"),
+                "definition": self.definition.model_dump(mode="json"),
+            }
+            return await client.start_workflow(
+                WORKFLOW_NAME,
+                full,
+                id=wf_id,
+                task_queue=tq,
+                search_attributes=self.identity,
+                result_type=RunResult,
+            )
         workflow_run = CoalescedRunDefinitionWorkflow.run if variant.coalesced else RunDefinitionWorkflow.run
         return await client.start_workflow(
             workflow_run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
@@ -386,6 +415,12 @@ class Measurement:
     worker_cpu_s: float
     server_cpu_s: float
     latencies_s: list[float] = field(repr=False)
+    history_bytes: list[int] = field(default_factory=list, repr=False)
+    """Serialized size of the history of each sampled run (--history-sample of the batch)."""
+
+    @property
+    def history_bytes_per_run(self) -> float:
+        return statistics.median(self.history_bytes) if self.history_bytes else 0.0
 
     @property
     def worker_cpu_ms_per_run(self) -> float:
@@ -479,8 +514,19 @@ async def measure(bench: Bench, variant: Variant, rep: int) -> tuple[Measurement
         if spy is not None:
             await spy.stop()
         await worker.stop()
-    m = Measurement(variant.key, rep, args.runs, wall, args.runs / wall, w1 - w0, s1 - s0, latencies)
+    # After the CPU readings: fetching histories is not part of the measured batch.
+    sample = sorted(ids)[: args.history_sample]
+    sizes = [await history_bytes(bench.client, wf_id) for wf_id in sample]
+    m = Measurement(variant.key, rep, args.runs, wall, args.runs / wall, w1 - w0, s1 - s0, latencies, sizes)
     return m, ids[0]
+
+
+async def history_bytes(client: Client, wf_id: str) -> int:
+    """Bytes of a closed run's history: the serialized size of the ``History`` message the server
+    returns (every event, with its payloads as stored, i.e. after any codec; this benchmark has
+    none), which is what the server stores and a worker fetches to replay the run."""
+    history = await client.get_workflow_handle(wf_id).fetch_history()
+    return History(events=history.events).ByteSize()
 
 
 async def history_shape(client: Client, wf_id: str) -> dict[str, int]:
@@ -491,7 +537,17 @@ async def history_shape(client: Client, wf_id: str) -> dict[str, int]:
     )
     wft = sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
     size = sum(e.ByteSize() for e in history.events)
-    return {"events": len(history.events), "upserts": upserts, "workflow_tasks": wft, "bytes": size}
+    by_type: dict[str, int] = {}
+    for e in history.events:
+        name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_").lower()
+        by_type[name] = by_type.get(name, 0) + e.ByteSize()
+    return {
+        "events": len(history.events),
+        "upserts": upserts,
+        "workflow_tasks": wft,
+        "bytes": size,
+        "bytes_by_event_type": by_type,
+    }
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -516,6 +572,7 @@ def report(
     header = (
         f"{'variant':<6} {'runs/s med':>10} {'runs/s min-max':>22} {'wCPU ms/run':>11} "
         f"{'wCPU min-max':>24} {'sCPU ms/run':>11} {'p50 ms':>7} {'p95 ms':>7} {'events':>6} {'upserts':>7}"
+        f" {'hist B/run':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -531,7 +588,7 @@ def report(
         print(
             f"{v.key:<6} {med(thr):>10.1f} {spread(thr):>22} {med(cpu):>11.2f} {spread(cpu):>24} "
             f"{med(scpu):>11.2f} {med(p50):>7.0f} {med(p95):>7.0f} {shape.get('events', 0):>6} "
-            f"{shape.get('upserts', 0):>7}"
+            f"{shape.get('upserts', 0):>7} {med([m.history_bytes_per_run for m in ms]):>10.0f}"
         )
         summary[v.key] = {
             "label": v.label,
@@ -540,6 +597,7 @@ def report(
             "server_cpu_ms_per_run": scpu,
             "latency_p50_ms": p50,
             "latency_p95_ms": p95,
+            "history_bytes_per_run": [m.history_bytes_per_run for m in ms],
             "history": shape,
         }
     print()
@@ -555,6 +613,12 @@ def report(
         cpu_of_meds = med([m.worker_cpu_ms_per_run for m in ms]) / med(
             [m.worker_cpu_ms_per_run for m in base]
         )
+        hist_pairs = [
+            a.history_bytes_per_run / b.history_bytes_per_run
+            for a, b in zip(ms, base, strict=True)
+            if b.history_bytes_per_run
+        ]
+        hist_ratio = med(hist_pairs) if hist_pairs else float("nan")
         ok_thr = "ok" if thr_of_meds >= TARGET_THROUGHPUT_RATIO else "MISSED"
         ok_cpu = "ok" if cpu_of_meds <= TARGET_CPU_RATIO else "MISSED"
         print(
@@ -567,11 +631,19 @@ def report(
             f"per-repetition pairs median {med(cpu_pairs):.3f}, range {min(cpu_pairs):.3f}-{max(cpu_pairs):.3f})"
             f"  target <= {TARGET_CPU_RATIO}: {ok_cpu}"
         )
+        if hist_pairs:
+            ok_hist = "ok" if hist_ratio <= TARGET_HISTORY_RATIO else "MISSED"
+            print(
+                f"history bytes per run ({v.key})/(B): {hist_ratio:.3f} (median of per-repetition pairs; "
+                f"range {min(hist_pairs):.3f}-{max(hist_pairs):.3f})  target <= {TARGET_HISTORY_RATIO}: {ok_hist}"
+            )
         ratios[v.key] = {
             "throughput_ratio_of_medians": thr_of_meds,
             "throughput_ratio_pairs": thr_pairs,
             "cpu_ratio_of_medians": cpu_of_meds,
             "cpu_ratio_pairs": cpu_pairs,
+            "history_bytes_ratio": hist_ratio,
+            "history_bytes_ratio_pairs": hist_pairs,
         }
     return {"variants": summary, "ratios_vs_B": ratios}
 
@@ -593,6 +665,11 @@ def print_profiles(profile_dir: Path, variants: list[Variant], top: int) -> None
 
 
 # ------------------------------------------------------------------------------------------------ main
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _output_dir(path: str | None) -> Path | None:
@@ -630,7 +707,13 @@ async def warm_up_server(bench: Bench, variants: list[Variant]) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    variants = [A, *([A_NT] if args.no_track_step else []), *([A_CO] if args.coalesce_proto else []), B]
+    variants = [
+        A,
+        *([A_FULL] if args.full_definition else []),
+        *([A_NT] if args.no_track_step else []),
+        *([A_CO] if args.coalesce_proto else []),
+        B,
+    ]
     t_begin = time.monotonic()
     profile_dir, spy_dir = _output_dir(args.cprofile), _output_dir(args.py_spy)
     with tempfile.TemporaryDirectory(prefix="wfa-bench-") as tmp:
@@ -648,7 +731,7 @@ async def amain(args: argparse.Namespace) -> int:
                 profile_dir=profile_dir,
                 spy_dir=spy_dir,
             )
-            print(f"server {server.address} via {server.how}")
+            print(f"server {server.address} via {server.how}; load average {_load()}")
             print(f"{os.cpu_count()} CPUs, python {platform.python_version()}, {platform.platform()}")
             print(
                 f"runs={args.runs} concurrency={args.concurrency} repeat={args.repeat} warmup={args.warmup}"
@@ -667,7 +750,8 @@ async def amain(args: argparse.Namespace) -> int:
                     print(
                         f"  rep {rep} {v.key:<5} {m.throughput:7.1f} runs/s  wall {m.wall_s:6.2f}s  "
                         f"worker CPU {m.worker_cpu_ms_per_run:6.2f} ms/run  server CPU "
-                        f"{m.server_cpu_ms_per_run:6.2f} ms/run  p50 {m.p50_ms:5.0f} ms  p95 {m.p95_ms:5.0f} ms",
+                        f"{m.server_cpu_ms_per_run:6.2f} ms/run  p50 {m.p50_ms:5.0f} ms  p95 {m.p95_ms:5.0f} ms  "
+                        f"history {m.history_bytes_per_run:6.0f} B/run  load {_load()}",
                         flush=True,
                     )
             shapes = {k: await history_shape(client, wf_id) for k, wf_id in sample_ids.items()}
@@ -676,7 +760,7 @@ async def amain(args: argparse.Namespace) -> int:
                 print(f"history of one {k} run: {shape}")
             if spy_dir:
                 print_spy(spy_dir, variants, results, args.py_spy_rate)
-            print(f"total time {time.monotonic() - t_begin:.0f}s")
+            print(f"total time {time.monotonic() - t_begin:.0f}s; load average {_load()}")
             if args.json:
                 _write_json(args.json, bench, results, summary)
         finally:
@@ -703,6 +787,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-track-step",
         action="store_true",
         help="also run A with RunOptions(track_current_step=False) as variant A-nt (A, A-nt, B interleaved)",
+    )
+    p.add_argument(
+        "--full-definition",
+        action="store_true",
+        help="also run A-full: A started with the run input as starters sent it before the compact "
+        "form (the definition with every default), to compare history bytes and CPU",
+    )
+    p.add_argument(
+        "--history-sample",
+        type=int,
+        default=50,
+        help="runs per batch whose history is fetched to measure history bytes per run (default 50)",
     )
     p.add_argument(
         "--coalesce-proto",

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from interpreter.model import Definition, FormField
 
@@ -340,6 +340,16 @@ class RunInput(BaseModel):
     continuation: dict[str, Any] | None = None
     """Set when a run continued as new: the interpreter state it carried (validated as
     :class:`interpreter.continuation.Continuation`, which imports this module)."""
+
+    @field_serializer("definition", when_used="json")
+    def _compact_definition(self, definition: Definition) -> dict[str, Any]:
+        """The definition as it travels in a payload (and so in history): without the fields that
+        hold their default, about a quarter of the full dump (544 instead of 2,034 bytes for the
+        benchmark's 5-step definition). Reading it back fills the same defaults in; the generic
+        workflow checks the result against the run's ``DefinitionHash`` (canonical JSON with every
+        default), so a worker whose defaults differed would refuse the run rather than reinterpret
+        it. An input with the full dump (older starters) reads the same."""
+        return definition.model_dump(mode="json", by_alias=True, exclude_defaults=True)
 
 
 class RunResult(BaseModel):
