@@ -16,7 +16,6 @@ directory, so an ordinary test run leaves the repository as it was.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,8 +26,9 @@ from urllib.parse import quote
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 
 from activities.outbound import OutboundPolicy, build_http_client
 from interpreter.state import RunState
@@ -152,6 +152,10 @@ async def webui(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WebUI
             run = await acme.start_run(orders, {"order": "1003"}, workflow_id="order-1003")
             result = await acme.result(run.workflow_id, timeout=120)
             assert (result.state, result.error_type) == (RunState.COMPENSATED, "HttpClientError")
+            with pytest.raises(WorkflowFailureError) as closed:
+                await client.get_workflow_handle(run.workflow_id).result()
+            assert isinstance(closed.value.cause, ApplicationError)
+            assert closed.value.cause.type == "RunCompensated"
 
             onboarding = await globex.start_run(
                 EMPLOYEE_ONBOARDING, {"login": "jdoe"}, workflow_id="onboarding-jdoe"
@@ -219,7 +223,7 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1600, "height": 800}, color_scheme="light")
+    context = await browser.new_context(viewport={"width": 1700, "height": 760}, color_scheme="light")
     try:
         yield await context.new_page()
     finally:
@@ -231,22 +235,50 @@ def list_url(ui: WebUI, query: str | None = None) -> str:
     return url if query is None else f"{url}?query={quote(query)}"
 
 
+async def _show_columns(page: Page) -> None:
+    """The columns an operator would pick (the UI keeps them per browser): the product's search
+    attributes Tenant, RunState and CurrentStep instead of the run id and the end time."""
+    await page.get_by_role("button", name="Configure Columns").click()
+    for name in ("Run ID", "End"):
+        await page.get_by_role("button", name=f"Remove {name} column").click()
+    for name in ("Tenant", "RunState", "CurrentStep"):
+        await page.get_by_role("button", name=f"Add {name} column").click()
+    await page.get_by_role("button", name="Close Workflows Table configuration").click()
+    await expect(page.locator("table thead")).to_contain_text("CurrentStep")
+
+
+async def _rows(page: Page) -> dict[str, dict[str, str]]:
+    """The list's rows by workflow id, each as ``{column: text}``."""
+    table = page.locator("table")
+    headers = [h.strip() for h in await table.locator("thead th").all_inner_texts()]
+    rows = {}
+    for row in await table.locator("tbody tr").all():
+        cells = dict(
+            zip(headers, (c.strip() for c in await row.locator("td").all_inner_texts()), strict=True)
+        )
+        rows[cells["Workflow ID"]] = cells
+    return rows
+
+
 async def test_the_list_shows_definitions_as_types_and_outcomes_as_statuses(
     webui: WebUI, page: Page, screenshots: Path
 ) -> None:
     await page.goto(list_url(webui))
+    await _show_columns(page)
     table = page.locator("table")
     await expect(table.get_by_role("link", name="expense-sam-0412")).to_be_visible()
     await expect(table.locator("tbody tr")).to_have_count(6)
-    rows = {_row(text)["id"]: _row(text) for text in await table.locator("tbody tr").all_inner_texts()}
-    assert {k: (v["status"], v["type"]) for k, v in rows.items()} == {
-        "order-1001": ("COMPLETED", "order-fulfilment"),
-        "order-1002": ("COMPLETED", "order-fulfilment"),
-        "order-2001": ("COMPLETED", "order-fulfilment"),
-        "order-1003": ("FAILED", "order-fulfilment"),
-        "onboarding-jdoe": ("CANCELED", "employee-onboarding"),
-        "expense-sam-0412": ("RUNNING", "expense-approval"),
+    rows = await _rows(page)
+    shown = {k: (v["Status"], v["Type"], v["Tenant"], v["RunState"]) for k, v in rows.items()}
+    assert shown == {
+        "order-1001": ("COMPLETED", "order-fulfilment", "acme", "completed"),
+        "order-1002": ("COMPLETED", "order-fulfilment", "acme", "completed"),
+        "order-2001": ("COMPLETED", "order-fulfilment", "globex", "completed"),
+        "order-1003": ("FAILED", "order-fulfilment", "acme", "compensated"),
+        "onboarding-jdoe": ("CANCELED", "employee-onboarding", "globex", "cancelled"),
+        "expense-sam-0412": ("RUNNING", "expense-approval", "acme", "awaiting_approval"),
     }
+    assert rows["expense-sam-0412"]["CurrentStep"] == "manager_approval"
     await page.screenshot(path=str(screenshots / "webui-list.png"))
 
 
@@ -255,14 +287,15 @@ async def test_a_list_filtered_by_definition_and_tenant_shows_only_those_runs(
 ) -> None:
     query = 'DefinitionName = "order-fulfilment" AND Tenant = "acme"'
     await page.goto(list_url(webui, query))
+    await _show_columns(page)
     table = page.locator("table")
     await expect(table.get_by_role("link", name="order-1003")).to_be_visible()
     await expect(table.locator("tbody tr")).to_have_count(3)
-    rows = {_row(text)["id"]: _row(text) for text in await table.locator("tbody tr").all_inner_texts()}
-    assert {k: v["status"] for k, v in rows.items()} == {
-        "order-1001": "COMPLETED",
-        "order-1002": "COMPLETED",
-        "order-1003": "FAILED",
+    rows = await _rows(page)
+    assert {k: (v["Status"], v["Tenant"]) for k, v in rows.items()} == {
+        "order-1001": ("COMPLETED", "acme"),
+        "order-1002": ("COMPLETED", "acme"),
+        "order-1003": ("FAILED", "acme"),
     }
     await expect(page.get_by_text('DefinitionName = "order-fulfilment"')).to_be_visible()
     await page.screenshot(path=str(screenshots / "webui-filtered.png"))
@@ -293,10 +326,3 @@ async def test_a_run_page_shows_its_steps_by_name_and_its_summary(
     ).to_be_visible()
     await expect(details.locator("body")).to_contain_text("Tenant globex")
     await page.screenshot(path=str(screenshots / "webui-run-summary.png"))
-
-
-def _row(text: str) -> dict[str, str]:
-    """A list row's cells: status, workflow id, run id, type, start, end."""
-    cells = [cell.strip() for cell in re.split(r"[\t\n]+", text) if cell.strip()]
-    cells = [c for c in cells if not c.startswith("Select Workflow")]
-    return {"status": cells[0], "id": cells[1], "type": cells[3]}
