@@ -33,7 +33,7 @@ def build_activities(
     """All action activities, ready for ``Worker(activities=...)``.
 
     Args:
-        http_client: Shared client used by the ``http``, ``sms``, ``call``, ``sms_status``,
+        http_client: Shared client used by the ``http``, ``sms``, ``call``, ``sms_status``, ``call_status``,
             ``webhook`` and ``llm`` actions; the caller owns and closes it (built with the outbound policy by
             :func:`activities.outbound.build_http_client`).
         outbound_policy: The policy the ``email`` action's SMTP connections are checked against
@@ -52,6 +52,7 @@ def build_activities(
         "sms": messaging.sms,
         "call": messaging.call,
         "sms_status": messaging.sms_status,
+        "call_status": messaging.call_status,
         "webhook": WebhookActions(http_client).webhook,
         "sql": (sql or SqlActions()).sql,
         "llm": LlmActions(http_client).llm,

@@ -1,9 +1,11 @@
-"""The ``sms``, ``call`` and ``sms_status`` actions: a Twilio-shaped messaging API over HTTP.
+"""The ``sms``, ``call``, ``sms_status`` and ``call_status`` actions: a Twilio-shaped messaging API
+over HTTP.
 
 The request shapes are Twilio's (API version 2010-04-01), so pointing the actions at Twilio is
 configuration: ``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json`` (form fields ``To``,
 ``From``, ``Body``, ``StatusCallback``), ``.../Calls.json`` (``To``, ``From``, ``Twiml`` or
-``Url``), ``GET .../Messages/{sid}.json``, with HTTP basic auth ``AccountSid:AuthToken``.
+``Url``), ``GET .../Messages/{sid}.json`` and ``GET .../Calls/{sid}.json``, with HTTP basic auth
+``AccountSid:AuthToken``.
 
 Configuration is the tenant's, from its scoped secrets (``<account>`` is the step's ``account``
 input, default ``TWILIO``): ``<account>_BASE_URL`` (default ``https://api.twilio.com``),
@@ -63,6 +65,8 @@ from interpreter.actions import (
     ActionInput,
     ActionRequest,
     CallInput,
+    CallStatusInput,
+    CallStatusResult,
     MessageResult,
     SmsInput,
     SmsStatusInput,
@@ -250,8 +254,27 @@ def _result(body: Any, what: str) -> dict[str, Any]:
     return MessageResult.model_validate(shaped).model_dump(by_alias=True)
 
 
+def _call_result(body: Any, what: str) -> dict[str, Any]:
+    _result(body, what)  # the same refusal of an answer without a sid
+    duration = body.get("duration")  # Twilio sends the seconds as a string ("37"), null until the end
+    try:
+        seconds = None if duration is None else int(duration)
+    except (TypeError, ValueError):
+        seconds = None
+    fields = {
+        "sid": body["sid"],
+        "status": body.get("status"),
+        "to": body.get("to"),
+        "from": body.get("from"),
+        "answered_by": body.get("answered_by"),
+    }
+    shaped = {k: v if v is None or isinstance(v, str) else str(v) for k, v in fields.items()}
+    return CallStatusResult.model_validate({**shaped, "duration": seconds}).model_dump(by_alias=True)
+
+
 class MessagingActions:
-    """The ``sms``, ``call`` and ``sms_status`` activities over the worker's shared HTTP client.
+    """The ``sms``, ``call``, ``sms_status`` and ``call_status`` activities over the worker's shared
+    HTTP client.
 
     Args:
         client: The worker's client (built with the outbound policy), owned by the worker.
@@ -334,18 +357,15 @@ class MessagingActions:
             form["StatusCallback"] = spec.status_callback
         return await self._send(request, spec, "Calls", form, provider)
 
-    @action("sms_status")
-    async def sms_status(self, request: ActionRequest) -> dict[str, Any]:
-        """Read a sent message's delivery status (:class:`SmsStatusInput`).
-
-        Raises:
-            ApplicationError: Classified as in the module docstring (``MessagingRejected`` with
-                the provider's 404 for an unknown sid).
-        """
-        spec: SmsStatusInput = _parse(SmsStatusInput, "sms_status", request)
+    async def _read(
+        self, request: ActionRequest, spec: SmsStatusInput | CallStatusInput, resource: str
+    ) -> tuple[Any, str]:
         provider = _provider(spec.account)
-        url = f"{provider.base_url}/{API_VERSION}/Accounts/{quote(provider.account_sid)}/Messages/{quote(spec.sid)}.json"
-        what = f"GET Messages/{spec.sid} at {urlsplit(provider.base_url).netloc}"
+        url = (
+            f"{provider.base_url}/{API_VERSION}/Accounts/{quote(provider.account_sid)}"
+            f"/{resource}/{quote(spec.sid)}.json"
+        )
+        what = f"GET {resource}/{spec.sid} at {urlsplit(provider.base_url).netloc}"
         _, body = await provider_request(
             self._client,
             "GET",
@@ -359,4 +379,29 @@ class MessagingActions:
                 "Accept": "application/json",
             },
         )
+        return body, what
+
+    @action("sms_status")
+    async def sms_status(self, request: ActionRequest) -> dict[str, Any]:
+        """Read a sent message's delivery status (:class:`SmsStatusInput`).
+
+        Raises:
+            ApplicationError: Classified as in the module docstring (``MessagingRejected`` with
+                the provider's 404 for an unknown sid).
+        """
+        spec: SmsStatusInput = _parse(SmsStatusInput, "sms_status", request)
+        body, what = await self._read(request, spec, "Messages")
         return _result(body, what)
+
+    @action("call_status")
+    async def call_status(self, request: ActionRequest) -> dict[str, Any]:
+        """Read a placed call's status (:class:`CallStatusInput`): ``status``, and ``duration`` in
+        seconds once the call ended.
+
+        Raises:
+            ApplicationError: Classified as in the module docstring (``MessagingRejected`` with
+                the provider's 404 for an unknown sid).
+        """
+        spec: CallStatusInput = _parse(CallStatusInput, "call_status", request)
+        body, what = await self._read(request, spec, "Calls")
+        return _call_result(body, what)

@@ -447,6 +447,20 @@ class SmsStatusInput(ActionInput):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
+class CallStatusInput(ActionInput):
+    """Input of the ``call_status`` action: reads a placed call's status.
+
+    Attributes:
+        sid: The provider's call id (the ``sid`` output of a ``call`` step).
+        account: Prefix of the tenant's provider settings (default ``TWILIO``).
+        timeout_s: Time allowed for the request.
+    """
+
+    sid: str = Field(pattern=r"^[A-Za-z0-9]{2,64}$")
+    account: str = Field(default="TWILIO", pattern=ACCOUNT_PATTERN)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
 class MessageResult(ActionInput):
     """Output of ``sms``, ``call`` and ``sms_status``: the provider's record of the message or call.
 
@@ -497,6 +511,29 @@ class WebhookInput(ActionInput):
         return value
 
 
+class CallStatusResult(ActionInput):
+    """Output of ``call_status``: the provider's record of the call.
+
+    Attributes:
+        sid: The provider's id of the call.
+        status: Its status (``queued``, ``ringing``, ``in-progress``, ``completed``, ``busy``,
+            ``no-answer``, ``failed``, ``canceled``).
+        to: The number called.
+        from_: The caller number, as ``from``.
+        duration: Length of the call in seconds once it ended, else ``None``.
+        answered_by: Who answered (``human``, ``machine_start``, ...) when the provider detects it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    sid: str
+    status: str | None = None
+    to: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    duration: int | None = None
+    answered_by: str | None = None
+
+
 class WebhookResult(ActionInput):
     """Output of the ``webhook`` action.
 
@@ -521,6 +558,7 @@ ACTION_OUTPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
         "sms": MessageResult,
         "call": MessageResult,
         "sms_status": MessageResult,
+        "call_status": CallStatusResult,
         "webhook": WebhookResult,
     }
 )
@@ -646,6 +684,7 @@ ACTION_INPUTS: Mapping[str, type[ActionInput]] = MappingProxyType(
         "sms": SmsInput,
         "call": CallInput,
         "sms_status": SmsStatusInput,
+        "call_status": CallStatusInput,
         "webhook": WebhookInput,
         "sql": SqlInput,
         "llm": LlmInput,

@@ -1,4 +1,4 @@
-"""The ``sms``, ``call`` and ``sms_status`` actions against a loopback server speaking Twilio's API,
+"""The ``sms``, ``call``, ``sms_status`` and ``call_status`` actions against a loopback server speaking Twilio's API,
 through the worker's policy-checked HTTP client; a run on the dev server retries a 429 with the same
 idempotency key."""
 
@@ -67,7 +67,12 @@ async def run(
     client: httpx.AsyncClient, name: str, data: dict[str, Any], *, key: str = KEY, tenant: str = "default"
 ) -> ActionResult:
     actions = MessagingActions(client)
-    activity = {"sms": actions.sms, "call": actions.call, "sms_status": actions.sms_status}[name]
+    activity = {
+        "sms": actions.sms,
+        "call": actions.call,
+        "sms_status": actions.sms_status,
+        "call_status": actions.call_status,
+    }[name]
     request = ActionRequest(step_id=name, idempotency_key=key, input=data, tenant=tenant)
     return await ActivityEnvironment().run(activity, request)
 
@@ -124,6 +129,55 @@ async def test_call_posts_twiml_or_a_url(
 
     await run(http_client, "call", {"to": "+13125550100", "url": "https://school.example/twiml/checkin.xml"})
     assert form(twilio.server.requests("POST")[-1])["Url"] == "https://school.example/twiml/checkin.xml"
+
+
+async def test_call_status_reads_the_calls_record_with_its_duration(
+    twilio: FakeTwilio, tenant_settings: dict[str, Any], http_client: httpx.AsyncClient
+) -> None:
+    placed = await run(http_client, "call", {"to": "+13125550100", "url": "https://school.example/t.xml"})
+    sid = placed.output["sid"]
+    assert placed.output["status"] == "queued"
+
+    status = await run(http_client, "call_status", {"sid": sid}, key=KEY + "/call-status")
+    assert status.output == {
+        "sid": sid,
+        "status": "completed",
+        "to": "+13125550100",
+        "from": "+13125550199",
+        "duration": 42,
+        "answered_by": "human",
+    }
+    (read,) = twilio.server.requests("GET")
+    assert read.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json"
+    basic = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+    assert read.headers["authorization"] == f"Basic {basic}"
+    assert read.headers["i-twilio-idempotency-token"] == KEY + "/call-status"
+
+    # A call still ringing has no duration yet (Twilio sends null).
+    base = f"/2010-04-01/Accounts/{ACCOUNT_SID}"
+    ringing = {"sid": "CAringing1", "status": "ringing", "to": "+13125550100", "duration": None}
+    twilio.server.route("GET", f"{base}/Calls/CAringing1.json", [(200, {}, ringing)])
+    status = await run(http_client, "call_status", {"sid": "CAringing1"})
+    assert (status.output["status"], status.output["duration"]) == ("ringing", None)
+
+    # Failures are classified as for the other messaging actions.
+    not_found = {"code": 20404, "message": "The requested resource was not found", "status": 404}
+    twilio.server.route("GET", f"{base}/Calls/CAdeadbeef.json", [(404, {}, not_found)])
+    error = await run_error(http_client, "call_status", {"sid": "CAdeadbeef"})
+    assert (error.type, error.non_retryable) == ("MessagingRejected", True)
+    assert "GET Calls/CAdeadbeef" in error.message
+    assert "code 20404" in error.message
+    twilio.server.route("GET", f"{base}/Calls/CAbusy1.json", [(503, {"Retry-After": "3"}, {"code": 20503})])
+    error = await run_error(http_client, "call_status", {"sid": "CAbusy1"})
+    assert (error.type, error.non_retryable) == ("MessagingServerError", False)
+    twilio.server.route("GET", f"{base}/Calls/CAodd1.json", [(200, {}, {"status": "completed"})])
+    error = await run_error(http_client, "call_status", {"sid": "CAodd1"})
+    assert (error.type, error.non_retryable) == ("MessagingBadResponse", True)
+    error = await run_error(http_client, "call_status", {"sid": "CA 1"})
+    assert error.type == "InvalidActionInput"
+    assert "sid" in error.message
+    error = await run_error(http_client, "call_status", {"sid": sid}, tenant="acme")
+    assert (error.type, error.non_retryable) == ("ActionNotConfigured", True)
 
 
 async def test_a_4xx_is_permanent_with_the_providers_code_and_message(
@@ -240,6 +294,47 @@ async def test_a_run_retries_a_429_with_the_same_idempotency_key_then_reads_the_
     assert form(sends[1])["Body"] == "Hello Martinez family, please call us back."
     assert record(result, "delivery").output["status"] == "delivered"
     assert record(result, "delivery").output["sid"] == record(result, "send_sms").output["sid"]
+
+
+async def test_a_run_places_a_call_and_branches_on_its_status(
+    client: Client,
+    task_queue: str,
+    worker_with_policy: None,
+    twilio: FakeTwilio,
+    tenant_settings: dict[str, Any],
+) -> None:
+    doc = definition(
+        unique("call"),
+        [
+            {
+                "id": "place",
+                "type": "task",
+                "action": "call",
+                "input": {"to": "{{ input.phone }}", "twiml": "<Response><Say>Hello</Say></Response>"},
+            },
+            {
+                "id": "check",
+                "type": "task",
+                "action": "call_status",
+                "input": {"sid": "{{ steps.place.output.sid }}"},
+            },
+            {
+                "id": "text_if_unanswered",
+                "type": "task",
+                "action": "sms",
+                "when": "steps.check.output.status != 'completed'",
+                "input": {"to": "{{ input.phone }}", "body": "We tried to call you."},
+            },
+        ],
+    )
+    handle = await start(client, task_queue, doc, {"phone": "+13125550100"})
+    result = await handle.result()
+
+    assert result.state == RunState.COMPLETED, result
+    assert record(result, "check").output["sid"] == record(result, "place").output["sid"]
+    assert record(result, "check").output["status"] == "completed"
+    assert record(result, "check").output["duration"] == 42
+    assert [r.path.rsplit("/", 1)[-1] for r in twilio.server.requests("POST")] == ["Calls.json"]
 
 
 async def test_a_provider_that_does_not_answer_in_time_or_answers_without_a_sid(

@@ -1,9 +1,11 @@
 """A loopback server that speaks the part of Twilio's REST API the ``sms``, ``call`` and
-``sms_status`` actions use (API 2010-04-01), on a :class:`RecordingServer` that records every request.
+``sms_status`` and ``call_status`` actions use (API 2010-04-01), on a :class:`RecordingServer` that records every request.
 
 Behaviour (as Twilio's, in shape): basic auth ``AccountSid:AuthToken`` checked (401, code 20003);
 ``To`` checked for E.164 (400, code 21211); a message is created ``queued`` with a ``SM...`` sid and
-reads back as ``delivered``; an unknown sid is 404 (code 20404). ``fail_next`` serves scripted
+reads back as ``delivered``; a call is created ``queued`` with a ``CA...`` sid and reads back as
+``completed`` with a ``duration`` of ``"42"`` (seconds, a string as Twilio sends it); an unknown sid
+is 404 (code 20404). ``fail_next`` serves scripted
 failures (429, 503, ...) before the normal answer.
 """
 
@@ -96,15 +98,21 @@ class FakeTwilio:
             }
             with self._lock:
                 self.messages[sid] = record
-            self.server.route("GET", f"{self._base}/Messages/{sid}.json", self._read(sid))
+            if prefix == "SM":
+                self.server.route("GET", f"{self._base}/Messages/{sid}.json", self._read(sid, "delivered"))
+            else:
+                ended = {"duration": "42", "answered_by": "human"}
+                self.server.route(
+                    "GET", f"{self._base}/Calls/{sid}.json", self._read(sid, "completed", ended)
+                )
             return 201, {}, record
 
         return respond
 
-    def _read(self, sid: str) -> Any:
+    def _read(self, sid: str, status: str, extra: dict[str, Any] | None = None) -> Any:
         def respond(request: RecordedRequest) -> Response:
             if not self._authorised(request):
                 return 401, {}, {"code": 20003, "message": "Authenticate", "status": 401}
-            return 200, {}, {**self.messages[sid], "status": "delivered"}
+            return 200, {}, {**self.messages[sid], **(extra or {}), "status": status}
 
         return respond

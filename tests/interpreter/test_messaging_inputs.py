@@ -57,6 +57,7 @@ EMAIL = {"to": "a@b.example", "subject": "Hi", "text": "Hello"}
         ("call", {"to": "+13125550100"}, "$.steps[0].input", "exactly one of twiml and url"),
         ("call", {"to": "+13125550100", "url": "ftp://x"}, "$.steps[0].input.url", "http:// or https://"),
         ("sms_status", {"sid": "SM 1"}, "$.steps[0].input.sid", "should match pattern"),
+        ("call_status", {"sid": "CA 1"}, "$.steps[0].input.sid", "should match pattern"),
         (
             "webhook",
             {"url": "http://x", "headers": {"webhook-id": "mine"}},
@@ -95,6 +96,7 @@ def test_a_bad_input_is_refused_at_validation_with_its_path(
         ("sms", {"to": "{{ input.phone }}", "body": "Hello {{ input.name }}", "from": "+13125550199"}),
         ("call", {"to": "+13125550100", "twiml": "<Response><Say>Hi</Say></Response>"}),
         ("sms_status", {"sid": "{{ input.sid }}"}),
+        ("call_status", {"sid": "{{ input.call_sid }}"}),
         (
             "webhook",
             {"url": "{{ input.hook }}", "payload": {"id": "{{ input.id }}"}, "secret": "PARTNER_SECRET"},
@@ -108,7 +110,7 @@ def test_good_and_templated_inputs_pass(action: str, fields: dict[str, Any]) -> 
 def test_the_actions_are_registered_with_their_models_and_in_the_schema() -> None:
     schema = definition_schema()
     enum = schema["$defs"]["TaskStep"]["properties"]["action"]["enum"]
-    for name in ("email", "sms", "call", "sms_status", "webhook"):
+    for name in ("email", "sms", "call", "sms_status", "call_status", "webhook"):
         assert name in enum
         assert name in ACTION_OUTPUTS
         model = ACTION_INPUTS[name].__name__
