@@ -28,6 +28,7 @@ from uuid import uuid4
 import pytest
 
 from tests.conftest import fresh_database
+from tests.helpers.screenshots import screenshot_dir
 from tests.test_readme import README, code_blocks, shell_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +176,8 @@ async def test_the_demo_leaves_an_approval_its_printed_commands_decide(tmp_path:
     assert LAST_LINE in demo.output
 
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+SCREENSHOTS = screenshot_dir()
+"""docs/screenshots with WFA_UPDATE_SCREENSHOTS=1 (the README's), else a temporary directory."""
 TITLE = "kim claims 980 for team offsite catering"
 
 

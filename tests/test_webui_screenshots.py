@@ -15,7 +15,6 @@ directory, so an ordinary test run leaves the repository as it was.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,12 +34,11 @@ from interpreter.state import RunState
 from starter.client import FlowClient
 from starter.devserver import DevServer
 from tests.helpers.http_server import RecordingServer
+from tests.helpers.screenshots import screenshot_dir
 from tests.inbox.conftest import _HAVE_CHROMIUM, CHROMIUM, CHROMIUM_ARGS
 from tests.workflows.support import eventually
 from worker import build_worker
 
-REPO_SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-UPDATE_ENV = "WFA_UPDATE_SCREENSHOTS"
 TASK_QUEUE = "webui-screenshots"
 # The UI polls and renders client-side; on a busy machine a page can take a while to settle.
 expect.set_options(timeout=60_000)
@@ -213,12 +211,9 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def screenshots() -> Path:
     """Where the screenshots go: the repository's docs when asked for, else a temporary directory."""
-    if os.environ.get(UPDATE_ENV) == "1":
-        REPO_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return REPO_SCREENSHOTS
-    return tmp_path_factory.mktemp("screenshots")
+    return screenshot_dir()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -5,7 +5,6 @@ a group member deciding, and another tenant's user who sees nothing of this tena
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Browser, Page, expect
@@ -14,11 +13,13 @@ from temporalio.client import Client, WorkflowHandle
 from interpreter.state import RunInput, RunOptions, RunResult, RunState
 from interpreter.validate import load_definition
 from starter.tokens import mint
+from tests.helpers.screenshots import screenshot_dir
 from tests.inbox.conftest import PASSWORD, Inbox
 from tests.workflows.support import eventually, unique, wait_state
 from workflows.generic import RunDefinitionWorkflow
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = screenshot_dir()
+"""docs/screenshots with WFA_UPDATE_SCREENSHOTS=1 (the README's), else a temporary directory."""
 
 
 def _expense(name: str, approvers: list[str]) -> dict[str, Any]:
