@@ -241,3 +241,33 @@ async def test_cancelling_the_parent_cancels_its_children(
 
     statuses = await running()
     assert statuses == [WorkflowExecutionStatus.CANCELED] * 4
+
+
+async def test_an_item_that_compensates_or_succeeds_ends_the_run_as_in_the_run(
+    client: Client, task_queue: str, probe_worker: Worker
+) -> None:
+    doc = _foreach(
+        unique("fanout-compensate"), [_probe(on_failure="compensate")], concurrency=2, fan_out_above=5
+    )
+    handle = await _start(client, task_queue, doc, {"items": list(range(12)), "fail_on": 7, "hold": False})
+    cause, run_result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunCompensated"
+    assert run_result is not None
+    assert run_result.state == RunState.COMPENSATED
+    assert run_result.error_type == "ItemRefused"
+
+    doc = _foreach(
+        unique("fanout-succeed"),
+        [
+            _probe(),
+            {"id": "stop", "type": "succeed", "when": "index == 9", "output": {"stopped_at": "{{ index }}"}},
+        ],
+        concurrency=1,
+        fan_out_above=5,
+        batch_size=4,
+    )
+    handle = await _start(client, task_queue, doc, {"items": list(range(12)), "fail_on": -1, "hold": False})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"stopped_at": 9}
