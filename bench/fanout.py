@@ -29,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -112,6 +113,11 @@ async def run_b(
 
 
 async def main(args: argparse.Namespace) -> int:
+    if not args.no_bytecode_cache:
+        # The sandbox re-imports the workflow modules for every run (here every child): give them a
+        # bytecode cache, as bench.run gives its workers (this machine sets PYTHONDONTWRITEBYTECODE).
+        sys.dont_write_bytecode = False
+        sys.pycache_prefix = tempfile.mkdtemp(prefix="p6-pycache-")
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_temporal_cli(),
         data_converter=pydantic_data_converter,
@@ -192,6 +198,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup-items", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-bytecode-cache", action="store_true", help="keep the inherited environment")
     return parser.parse_args(argv)
 
 

@@ -341,6 +341,19 @@ def _declares_compensation(steps: Sequence[Step]) -> bool:
     return False
 
 
+_CONTEXT_NAME = re.compile(r'\b(input|vars|steps)\b(?!":)')
+"""A context name read in a definition's JSON (not a JSON key: ``"input": {...}`` of a task)."""
+
+
+def _body_reads(step: ForeachStep) -> set[str]:
+    """Which of ``input``, ``vars`` and ``steps`` a foreach's body and ``output`` may read (a
+    superset: a word in a name counts too); a fanned-out child is sent only those."""
+    text = json.dumps(
+        [[s.model_dump(mode="json", by_alias=True) for s in step.steps], step.output], ensure_ascii=False
+    )
+    return {match.group(1) for match in _CONTEXT_NAME.finditer(text)}
+
+
 def _find_foreach(steps: Sequence[Step], step_id: str) -> ForeachStep | None:
     stack = list(steps)
     while stack:
@@ -1641,11 +1654,13 @@ class Engine:
         per_child = step.concurrency // running
         gate = asyncio.Semaphore(running)
         suffix = f"#{visit}" if visit > 1 else ""
+        # Each child gets the context its body may read, not (say) the whole input holding the list.
+        reads = _body_reads(step)
         context = {
-            "steps": dict(scope.visible_steps()),
+            "steps": dict(scope.visible_steps()) if "steps" in reads else {},
             "locals": scope.visible_locals(),
-            "vars": dict(self.vars),
-            "input": dict(self.input),
+            "vars": dict(self.vars) if "vars" in reads else {},
+            "input": dict(self.input) if "input" in reads else {},
             "run": dict(self._run_ctx),
         }
 

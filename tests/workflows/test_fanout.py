@@ -7,6 +7,7 @@ cancelling its children. Small lists keep running in the run (no child, no patch
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -148,6 +149,12 @@ async def test_two_thousand_items_run_in_children_with_outputs_in_order(
     assert child_result.output == {"results": [i * 2 for i in range(700, 800)]}
     # Items keep their paths (and so their activity ids and idempotency keys) in the child.
     assert [r.path for r in child_result.steps][:2] == ["loop[700].e", "loop[701].e"]
+    # The child gets its slice and the context its body reads (here none): not the run's input.
+    started = (await client.get_workflow_handle(f"{handle.id}/loop/batch-7").fetch_history()).events[0]
+    payload = started.workflow_execution_started_event_attributes.input.payloads[0]
+    batch = json.loads(payload.data)["batch"]
+    assert batch["items"] == list(range(700, 800))
+    assert batch["input"] == {}
 
 
 async def test_concurrency_bounds_items_in_flight_across_children(
