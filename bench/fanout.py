@@ -1,11 +1,12 @@
 """P6: a 10,000-item foreach of activity calls through the product vs a hand-written fan-out.
 
-    python -m bench.fanout                                  # 10,000 items, 3 rounds (A B A B A B)
+    python -m bench.fanout                                  # 10,000 items, 3 rounds (A B, B A, A B)
     python -m bench.fanout --items 2000 --repeat 2          # smaller
     python -m bench.fanout --json out.json                  # raw figures too
 
 Starts its own dev server (in memory) and one worker in this process serving the product and the
-baseline. Each round runs, one after the other on the same server and worker:
+baseline. Each round runs, one after the other on the same server and worker (A first in odd
+rounds, B first in even ones, so a drift in the machine's load favours neither):
 
 * **A**: the product's generic workflow on a definition with one ``foreach`` over ``input.items``
   (one ``echo`` task per item, its output the item), ``batch_size`` items per child workflow
@@ -155,7 +156,9 @@ async def main(args: argparse.Namespace) -> int:
             items = list(range(args.items))
             for r in range(args.repeat):
                 row: dict[str, Any] = {}
-                for name, runner in runners.items():
+                # A B, then B A, ...: a drift in the machine's load favours neither variant.
+                order = list(runners.items()) if r % 2 == 0 else list(reversed(runners.items()))
+                for name, runner in order:
                     cpu = _cpu()
                     seconds = await runner(env.client, task_queue, items, args.batch_size, args.concurrency)
                     cpu = _cpu() - cpu
