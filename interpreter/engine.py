@@ -36,6 +36,8 @@ from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription
 from interpreter.inert import make_inert
 from interpreter.model import (
+    FAN_OUT_ABOVE,
+    FAN_OUT_BATCH_SIZE,
     MAX_SUBFLOW_DEPTH,
     ApprovalStep,
     Branch,
@@ -59,6 +61,7 @@ from interpreter.model import (
     TaskStep,
     Timeouts,
     WaitForEventStep,
+    children,
 )
 from interpreter.sizes import RUN_STATE_BUDGET, json_size
 from interpreter.state import (
@@ -75,6 +78,7 @@ from interpreter.state import (
     DecisionKind,
     DecisionLinksInput,
     DecisionRecord,
+    ForeachBatch,
     LinkRecipient,
     ParkedStep,
     PendingApproval,
@@ -113,6 +117,11 @@ step that evaluates fails instead, with a message that says so."""
 
 PATCH_COMPENSATE_IN_FLIGHT = "compensate-in-flight-on-cancel"
 """Patch id: a task cancelled while its action is in flight registers its compensation."""
+
+PATCH_FOREACH_CHILDREN = "foreach-children"
+"""Patch id: a foreach over more items than its ``fan_out_above`` runs them in child workflows.
+Asked only for such a list, so runs of smaller lists carry no marker, and a history recorded before
+the change (a long list run in the run itself) replays as it went on."""
 
 PATCH_CONTINUE_AS_NEW = "continue-as-new"
 """Patch id: the run continues as new at a safe point when its host asks (history budget, or
@@ -273,6 +282,87 @@ class SubflowRuntime(Protocol):
             SubflowFailedError: When it cannot start, or the waited-for child failed.
         """
         ...
+
+
+@dataclass(frozen=True)
+class BatchCall:
+    """A child workflow of a fanned-out foreach the engine asks the runtime to run and wait for.
+
+    Attributes:
+        workflow_id: The parent's id, ``/``, the foreach's path (plus ``#n`` on the n-th visit) and
+            ``/batch-k``: the k-th slice, from 0.
+        definition: The parent's definition (the child runs the foreach's body from it).
+        batch: The slice and the template context it runs with.
+    """
+
+    step_id: str
+    path: str
+    workflow_id: str
+    definition: Definition
+    batch: ForeachBatch
+    summary: str
+
+
+class BatchFailedError(Exception):
+    """Raised by a runtime when a fanned-out foreach's child run failed (``compensated`` when it
+    ended by a compensating failure) or could not start."""
+
+    def __init__(self, message: str, error_type: str, *, compensated: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.compensated = compensated
+
+
+@runtime_checkable
+class FanoutRuntime(Protocol):
+    """A runtime that can run a foreach's items in child workflows (the Temporal host can; others
+    run every foreach in the run itself)."""
+
+    async def run_foreach_batch(self, call: BatchCall) -> dict[str, Any]:
+        """Runs the child and returns its output: ``{"results": [...]}`` (one per item, in order) or
+        ``{"succeeded": output}`` when a ``succeed`` step of an item ended the run.
+
+        Raises:
+            BatchFailedError: When the child failed (it ran its own compensations first).
+        """
+        ...
+
+
+def _declares_compensation(steps: Sequence[Step]) -> bool:
+    """Whether any step here, or nested, declares a ``compensate`` list."""
+    stack = list(steps)
+    while stack:
+        step = stack.pop()
+        if isinstance(step, TaskStep | ApprovalStep) and step.compensate:
+            return True
+        for _suffix, nested, _boundary in children(step):
+            stack.extend(nested)
+    return False
+
+
+_CONTEXT_NAME = re.compile(r'\b(input|vars|steps)\b(?!":)')
+"""A context name read in a definition's JSON (not a JSON key: ``"input": {...}`` of a task)."""
+
+
+def _body_reads(step: ForeachStep) -> set[str]:
+    """Which of ``input``, ``vars`` and ``steps`` a foreach's body and ``output`` may read (a
+    superset: a word in a name counts too); a fanned-out child is sent only those."""
+    text = json.dumps(
+        [[s.model_dump(mode="json", by_alias=True) for s in step.steps], step.output], ensure_ascii=False
+    )
+    return {match.group(1) for match in _CONTEXT_NAME.finditer(text)}
+
+
+def _find_foreach(steps: Sequence[Step], step_id: str) -> ForeachStep | None:
+    stack = list(steps)
+    while stack:
+        step = stack.pop()
+        if isinstance(step, ForeachStep) and step.id == step_id:
+            return step
+        for _suffix, nested, _boundary in children(step):
+            stack.extend(nested)
+    return None
 
 
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
@@ -556,6 +646,7 @@ class Engine:
         *,
         continue_as_new: Callable[[], bool] | None = None,
         resume: Continuation | None = None,
+        batch: ForeachBatch | None = None,
     ) -> None:
         """Prepares a run (or the continuation of one).
 
@@ -565,6 +656,9 @@ class Engine:
                 deterministic. None: the run never continues as new.
             resume: The snapshot a previous run of the chain carried (see
                 :mod:`interpreter.continuation`).
+            batch: Set for a child workflow of a fanned-out foreach: the run is that slice of
+                items through the foreach's body (its output ``{"results": [...]}``), not the
+                definition's steps.
         """
         self.definition = definition
         # Data is inert from where it enters: a secret reference in it is text (interpreter/inert.py).
@@ -629,6 +723,12 @@ class Engine:
         self._generation = 0
         self._steps_dropped = 0
         self._started_at = info.started_at
+        self._batch = batch
+        if batch is not None:
+            # The parent's context at the foreach, inert already (not escaped a second time).
+            self.input = dict(batch.input)
+            self.vars = dict(batch.vars)
+            self._run_ctx = dict(batch.run)
         if resume is not None:
             self._restore(resume)
 
@@ -644,15 +744,18 @@ class Engine:
         """
         try:
             try:
-                if self.definition.cancel_on:
-                    await self._subscribe_cancel_on()
-                await self._sequence(self.definition.steps, self._root, top=True)
-                output = self.definition.output
-                self.output = (
-                    dict(self.vars) if output is None else self._render(output, self._context(self._root))
-                )
+                if self._batch is not None:
+                    self.output = await self._run_batch(self._batch)
+                else:
+                    if self.definition.cancel_on:
+                        await self._subscribe_cancel_on()
+                    await self._sequence(self.definition.steps, self._root, top=True)
+                    output = self.definition.output
+                    self.output = (
+                        dict(self.vars) if output is None else self._render(output, self._context(self._root))
+                    )
             except _Succeed as done:
-                self.output = done.output
+                self.output = done.output if self._batch is None else {"succeeded": done.output}
             self._set_state(RunState.COMPLETED)
         except _CompensateAndEnd as failure:
             self._fail(failure.message, failure.error_type)
@@ -1072,7 +1175,7 @@ class Engine:
         if isinstance(step, ParallelStep):
             return await self._parallel(step, scope, path)
         if isinstance(step, ForeachStep):
-            return await self._foreach(step, scope, path)
+            return await self._foreach(step, scope, path, visit)
         if isinstance(step, DelayStep):
             return await self._delay(step, scope, path)
         if isinstance(step, ApprovalStep):
@@ -1491,7 +1594,7 @@ class Engine:
             return {b.id: r for b, r in zip(step.branches, results, strict=True)}
         return {"winner": step.branches[winner].id, "output": results[0]}
 
-    async def _foreach(self, step: ForeachStep, scope: _Scope, path: str) -> Any:
+    async def _foreach(self, step: ForeachStep, scope: _Scope, path: str, visit: int = 1) -> Any:
         items = self._evaluate(step.items, self._context(scope))
         if isinstance(items, Mapping) or not isinstance(items, list | tuple):
             raise _RunFailed(
@@ -1500,7 +1603,24 @@ class Engine:
         limit = step.max_items or self.definition.limits.max_foreach_items
         if len(items) > limit:
             raise _RunFailed(f"step {path!r}: {len(items)} items exceed the limit of {limit}", "TooManyItems")
-        gate = asyncio.Semaphore(step.concurrency)
+        above = FAN_OUT_ABOVE if step.fan_out_above is None else step.fan_out_above
+        if (
+            len(items) > above
+            and isinstance(self.runtime, FanoutRuntime)
+            and not _declares_compensation(step.steps)
+            and self.runtime.patched(PATCH_FOREACH_CHILDREN)
+        ):
+            return await self._fan_out(step, scope, path, visit, list(items))
+        return await self._foreach_items(
+            step, scope, path, list(items), offset=0, concurrency=step.concurrency
+        )
+
+    async def _foreach_items(
+        self, step: ForeachStep, scope: _Scope, path: str, items: list[Any], *, offset: int, concurrency: int
+    ) -> list[Any]:
+        """Runs the body once per item in this run, at most ``concurrency`` at a time; item ``i`` of
+        ``items`` is item ``offset + i`` of the foreach (its index and step paths)."""
+        gate = asyncio.Semaphore(concurrency)
 
         async def one(i: int, item: Any) -> Any:
             async with gate:
@@ -1512,11 +1632,83 @@ class Engine:
                     return self._render(step.output, self._context(it))
                 return it.last_output
 
-        factories = [functools.partial(one, i, item) for i, item in enumerate(items)]
+        factories = [functools.partial(one, offset + i, item) for i, item in enumerate(items)]
         if not factories:
             return []
         _, results = await self._join(factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items")
         return results
+
+    async def _fan_out(
+        self, step: ForeachStep, scope: _Scope, path: str, visit: int, items: list[Any]
+    ) -> list[Any]:
+        """Runs the items in child workflows of ``batch_size`` items each. At most ``concurrency``
+        items run at once across children: ``min(children, concurrency)`` children run at a time,
+        each running ``concurrency // that`` of its items at once. The run keeps only the
+        children's outputs (joined in item order); a failed child (after its own compensations)
+        fails the step as the failed item would have, and the other children are cancelled."""
+        runtime = self.runtime
+        assert isinstance(runtime, FanoutRuntime)
+        size = step.batch_size or FAN_OUT_BATCH_SIZE
+        slices = [(offset, items[offset : offset + size]) for offset in range(0, len(items), size)]
+        running = min(len(slices), step.concurrency)
+        per_child = step.concurrency // running
+        gate = asyncio.Semaphore(running)
+        suffix = f"#{visit}" if visit > 1 else ""
+        # Each child gets the context its body may read, not (say) the whole input holding the list.
+        reads = _body_reads(step)
+        context = {
+            "steps": dict(scope.visible_steps()) if "steps" in reads else {},
+            "locals": scope.visible_locals(),
+            "vars": dict(self.vars) if "vars" in reads else {},
+            "input": dict(self.input) if "input" in reads else {},
+            "run": dict(self._run_ctx),
+        }
+
+        async def child(k: int, offset: int, part: list[Any]) -> list[Any]:
+            async with gate:
+                call = BatchCall(
+                    step_id=step.id,
+                    path=path,
+                    workflow_id=f"{self.info.workflow_id}/{path}{suffix}/batch-{k}",
+                    definition=self.definition,
+                    batch=ForeachBatch(
+                        step_id=step.id,
+                        path=path,
+                        offset=offset,
+                        items=part,
+                        concurrency=per_child,
+                        **context,
+                    ),
+                    summary=f"{step.label}: items {offset}-{offset + len(part) - 1} of {len(items)}",
+                )
+                try:
+                    output = await runtime.run_foreach_batch(call)
+                except BatchFailedError as failure:
+                    message = f"step {path!r} ({call.workflow_id}): {failure.message}"
+                    if failure.compensated:
+                        raise _CompensateAndEnd(message, failure.error_type) from None
+                    raise _RunFailed(message, failure.error_type) from None
+                if "succeeded" in output:
+                    raise _Succeed(output["succeeded"])
+                results: list[Any] = output["results"]
+                return results
+
+        factories = [functools.partial(child, k, offset, part) for k, (offset, part) in enumerate(slices)]
+        _, parts = await self._join(
+            factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items in {len(slices)} child runs"
+        )
+        return [result for part in parts for result in part]
+
+    async def _run_batch(self, batch: ForeachBatch) -> dict[str, Any]:
+        """A fanned-out foreach's child: the slice through the body, in this run."""
+        step = _find_foreach(self.definition.steps, batch.step_id)
+        if step is None:
+            raise _RunFailed(f"no foreach step {batch.step_id!r} in the definition", "InvalidBatch")
+        scope = _Scope(steps=dict(batch.steps), local=dict(batch.locals))
+        results = await self._foreach_items(
+            step, scope, batch.path, batch.items, offset=batch.offset, concurrency=batch.concurrency
+        )
+        return {"results": results}
 
     async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()

@@ -376,11 +376,22 @@ class ParallelStep(StepBase):
     join: JoinStrategy = JoinStrategy.ALL
 
 
+FAN_OUT_ABOVE = 200
+"""A foreach over more items than this runs them in child workflows (``fan_out_above``)."""
+FAN_OUT_BATCH_SIZE = 100
+"""Items per child workflow of a fanned-out foreach (``batch_size``)."""
+
+
 class ForeachStep(StepBase):
     """Run ``steps`` once per item of a list, at most ``concurrency`` at a time.
 
     The step's output is the list of each iteration's result (``output`` rendered per item, else
     the output of the iteration's last step), in item order.
+
+    A list longer than ``fan_out_above`` (default :data:`FAN_OUT_ABOVE`) runs in child workflows,
+    ``batch_size`` items each (default :data:`FAN_OUT_BATCH_SIZE`), ``concurrency`` bounding the
+    items running at once across children (see the README's *Fan-out* section); a body that
+    declares a compensation always runs in the run itself.
     """
 
     type: Literal["foreach"]
@@ -392,6 +403,26 @@ class ForeachStep(StepBase):
     concurrency: int = Field(default=1, ge=1, le=100)
     max_items: int | None = Field(default=None, ge=1, le=10000)
     output: TemplatedValue = None
+    # Fields added later are left out of a dump while unset: stored definitions keep their hash.
+    fan_out_above: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        exclude_if=lambda value: value is None,
+        description=(
+            "Above this many items the foreach runs its items in child workflows, batch_size items"
+            " per child (default 200; 10000 keeps every list in the run)"
+        ),
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        exclude_if=lambda value: value is None,
+        description="Items per child workflow when the foreach fans out (default 100)",
+    )
+
+    LATER_FIELDS = frozenset({"fan_out_above", "batch_size"})
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, strict=True, populate_by_name=True, serialize_by_alias=True

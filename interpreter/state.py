@@ -328,6 +328,27 @@ class RunOptions(BaseModel):
     publish_assignees: bool = False
 
 
+class ForeachBatch(BaseModel):
+    """What a child workflow of a fanned-out foreach runs: a slice of the parent's items through
+    the foreach's body, with the parent's template context at the foreach (already inert data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_id: str
+    path: str
+    """The foreach's path in the parent: items keep their paths (``path[index].step``)."""
+    offset: int = Field(ge=0)
+    """The index of the slice's first item in the parent's list."""
+    items: list[Any]
+    concurrency: int = Field(ge=1)
+    steps: dict[str, Any] = Field(default_factory=dict)
+    locals: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    input: dict[str, Any] = Field(default_factory=dict)
+    run: dict[str, Any] = Field(default_factory=dict)
+    """The parent's ``run`` template variable: items see the run they belong to."""
+
+
 class RunInput(BaseModel):
     """Input of the generic workflow: the definition to run (recorded in history, so a run is pinned
     to it), the run's input data and options."""
@@ -340,6 +361,8 @@ class RunInput(BaseModel):
     continuation: dict[str, Any] | None = None
     """Set when a run continued as new: the interpreter state it carried (validated as
     :class:`interpreter.continuation.Continuation`, which imports this module)."""
+    batch: ForeachBatch | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Set for a child workflow of a fanned-out foreach: the run is that slice, not the steps."""
 
     @field_serializer("definition", when_used="json")
     def _compact_definition(self, definition: Definition) -> dict[str, Any]:

@@ -193,6 +193,26 @@ def _concurrent_kinds(base: str) -> dict[str, Any]:
     }
 
 
+def _fan_out(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-fan-out",
+        "steps": [
+            _echo("before", "{{ input.label }}"),
+            {
+                "id": "loop",
+                "type": "foreach",
+                "items": "input.items",
+                "concurrency": 2,
+                "fan_out_above": 3,
+                "batch_size": 3,
+                "steps": [_echo("double", "{{ item * 2 }}")],
+                "output": "{{ steps.double.output + index }}",
+            },
+            _echo("after", "{{ steps.loop.output }}"),
+        ],
+    }
+
+
 def _delays(base: str) -> dict[str, Any]:
     return {
         "name": "replay-delays",
@@ -685,6 +705,13 @@ def scenarios() -> list[Scenario]:
                     "charge": {"$error": {"type": "HttpClientError", "message": "402"}},
                 },
             },
+        ),
+        Scenario(
+            "foreach_fan_out",
+            "a foreach of 7 items over fan_out_above 3 (patch foreach-children): 3 child workflows of"
+            " at most 3 items, 2 items in flight across them, outputs joined in item order",
+            _fan_out,
+            {"label": "x", "items": [1, 2, 3, 4, 5, 6, 7]},
         ),
         Scenario(
             "events",

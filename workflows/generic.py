@@ -60,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.engine import (
         ActionCall,
         ActionFailedError,
+        BatchCall,
+        BatchFailedError,
         DeadLetterError,
         DecisionError,
         Engine,
@@ -488,12 +490,85 @@ class _TemporalRuntime:
             ) from None
         return {**ids, "state": result.state.value, "output": result.output}
 
+    async def run_foreach_batch(self, call: BatchCall) -> dict[str, Any]:
+        """Runs a slice of a fanned-out foreach as a child workflow of the same definition (same
+        task queue, tenant, options and depth; listed under the definition's name) and waits for
+        its output. The child is cancelled with its parent (which waits until the child has run
+        its compensations) and if the parent closes first."""
+        tenant = self._options.tenant
+        definition = call.definition
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(DEFINITION_NAME, definition.name),
+                SearchAttributePair(DEFINITION_VERSION, definition.version),
+                SearchAttributePair(DEFINITION_HASH, definition_hash(definition)),
+                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+                SearchAttributePair(AWAITING_APPROVAL, False),
+                SearchAttributePair(CURRENT_STEP, ""),
+                SearchAttributePair(TENANT, tenant),
+            ]
+        )
+        parent = workflow.info().workflow_id
+        try:
+            handle = await workflow.start_child_workflow(
+                definition.name,
+                RunInput(definition=definition, options=self._options, batch=call.batch),
+                id=call.workflow_id,
+                result_type=RunResult,
+                task_queue=workflow.info().task_queue,
+                search_attributes=attributes,
+                memo={
+                    "definition": definition.name,
+                    "version": definition.version,
+                    "tenant": tenant,
+                    "source": "foreach",
+                    "parent": parent,
+                },
+                static_summary=f"{call.summary} (foreach {call.path} of {parent})",
+                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                priority=self._priority,
+            )
+        except WorkflowAlreadyStartedError:
+            raise BatchFailedError(
+                f"a run with id {call.workflow_id!r} already exists", "FanOutAlreadyStarted"
+            ) from None
+        try:
+            result: RunResult = await handle
+        except ChildWorkflowError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                # The child's own failure (its RunResult in the details): the item's error and type.
+                failed = _child_result(cause)
+                if failed is not None and failed.error:
+                    return_type = failed.error_type or cause.type or "WorkflowFailed"
+                    raise BatchFailedError(
+                        failed.error, return_type, compensated=failed.state == RunState.COMPENSATED
+                    ) from None
+                raise BatchFailedError(cause.message, cause.type or "WorkflowFailed") from None
+            raise BatchFailedError(str(cause or err), type(cause or err).__name__) from None
+        output: dict[str, Any] = result.output
+        return output
+
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
         # change applies there, with no marker to record (a refusal writes nothing to history).
         if workflow.unsafe.is_read_only():
             return True
         return workflow.patched(patch_id)
+
+
+def _child_result(failure: ApplicationError) -> RunResult | None:
+    """The RunResult a failed run carries in its failure's details, or None."""
+    if not failure.details:
+        return None
+    try:
+        return RunResult.model_validate(failure.details[0])
+    except ValidationError:
+        return None
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -533,8 +608,10 @@ class RunDefinitionWorkflow:
                 run.input,
                 runtime,
                 run_info,
-                continue_as_new=self._wants_new_run,
+                # A foreach's child runs one slice: it never continues as new.
+                continue_as_new=self._wants_new_run if run.batch is None else None,
                 resume=resume,
+                batch=run.batch,
             )
         except ValueError as err:  # a snapshot that does not fit the definition: fail the run, clearly
             self._resume_problem = clip(str(err))
