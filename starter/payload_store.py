@@ -438,3 +438,59 @@ def describe(config: PayloadStoreConfig) -> dict[str, Any]:
         "threshold": config.threshold,
         "state_budget": config.state_budget,
     }
+
+
+RESOLVE_LIMIT = 4 * 1024 * 1024
+"""Largest stored payload the codec server hands the Web UI in place of its reference."""
+
+
+class ReferenceResolver:
+    """Replaces references by the stored payloads, for the codec server: the Web UI then shows a
+    stored input or output (decrypted by the codec after this) instead of its reference.
+
+    References of another namespace than the request's, of another driver, missing blobs and blobs
+    over :data:`RESOLVE_LIMIT` are left as they are (the UI shows the reference).
+    """
+
+    def __init__(self, config: PayloadStoreConfig, limit: int = RESOLVE_LIMIT) -> None:
+        self.config = config
+        self.limit = limit
+        self._drivers: dict[str, FilesystemDriver | PostgresDriver] = {}
+
+    async def resolve(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
+        """The payloads, each reference replaced by its stored payload where it can be."""
+        from google.protobuf import json_format
+        from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
+
+        out = list(payloads)
+        for index, payload in enumerate(payloads):
+            if payload.metadata.get("messageType") != ExternalStorageReference.DESCRIPTOR.full_name.encode():
+                continue
+            try:
+                reference = json_format.Parse(payload.data, ExternalStorageReference())
+            except (json_format.ParseError, UnicodeDecodeError):
+                continue
+            driver = self._drivers.get(namespace)
+            if driver is None:
+                driver = self._drivers[namespace] = self.config.driver(namespace)
+            if reference.driver_name != driver.name():
+                continue
+            try:
+                [stored] = await driver.retrieve(
+                    StorageDriverRetrieveContext(), [StorageDriverClaim(dict(reference.claim_data))]
+                )
+            except PayloadStoreError:
+                continue
+            if stored.ByteSize() <= self.limit:
+                out[index] = stored
+        return out
+
+
+def reference_resolver_from_env(env: Mapping[str, str] | None = None) -> ReferenceResolver | None:
+    """The codec server's resolver when a payload store is configured, else None.
+
+    Raises:
+        PayloadStoreConfigError: See :meth:`PayloadStoreConfig.from_env`.
+    """
+    config = PayloadStoreConfig.from_env(env)
+    return ReferenceResolver(config) if config is not None else None

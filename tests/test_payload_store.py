@@ -26,12 +26,12 @@ from temporalio.converter import StorageDriverClaim, StorageDriverRetrieveContex
 from temporalio.converter import StorageDriverWorkflowInfo as WorkflowTarget
 from temporalio.testing import WorkflowEnvironment
 
-from gateway.codec import build_codec_router
+from gateway.codec import codec_router_from_env
 from interpreter.sizes import ACTION_OUTPUT_BUDGET, RUN_STATE_BUDGET
 from interpreter.state import RunState, StepStatus
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from starter.client import FlowClient
-from starter.codec import ENCODING, codec_from_env, data_converter
+from starter.codec import ENCODING, data_converter
 from starter.connection import connect_client
 from starter.errors import InvalidInputError
 from starter.payload_store import (
@@ -441,15 +441,17 @@ async def test_encrypted_payloads_are_stored_encrypted_and_the_codec_server_stil
     await run_with_worker(plain, task_queue + "-plain", plain_run.result(timeout=300))
     assert any(canary.encode() in p.read_bytes() for p in plain_store.rglob("*") if p.is_file())
 
-    # What the Web UI shows: references (passed through as they are) and encrypted inline payloads
-    # (decrypted) - the codec server answers both.
-    payloads = history_payloads(history)
+    # What the Web UI shows: references and encrypted inline payloads. The gateway's codec server,
+    # with the store configured, answers a reference with the stored payload decrypted (for the
+    # request's namespace only); without the store it passes references through.
+    # The outputs' history passed Temporal's suggestion (4 MiB), so the run continued as new: its
+    # first run's start holds the input; the latest run's start the snapshot (over 4 MiB).
+    first_run = history.events[0].workflow_execution_started_event_attributes.first_execution_run_id
+    first = await client.get_workflow_handle(started.workflow_id, run_id=first_run).fetch_history()
+    assert canary not in first.to_json()
+    payloads = history_payloads(first)
     shown = references(payloads)[:1] + [p for p in payloads if p.metadata.get("encoding") == ENCODING][:3]
     assert len(shown) == 4
-    codec = codec_from_env({"WFA_PAYLOAD_KEYS": f"k={KEY}"})
-    assert codec is not None
-    app = FastAPI()
-    app.include_router(build_codec_router(codec, tokens=[TOKEN]))
     body = {
         "payloads": [
             {
@@ -459,12 +461,31 @@ async def test_encrypted_payloads_are_stored_encrypted_and_the_codec_server_stil
             for p in shown
         ]
     }
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://codec") as http:
-        response = await http.post("/codec/decode", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 200, response.text
-    decoded = response.json()["payloads"]
-    reference = json.loads(base64.b64decode(decoded[0]["data"]))
-    assert reference["driverName"] == "wfa.fs"
-    assert set(reference["claimData"]) == {"namespace", "digest", "hash_algorithm"}
-    for item in decoded[1:]:
-        assert base64.b64decode(item["metadata"]["encoding"]) != ENCODING
+    keys = {"WFA_PAYLOAD_KEYS": f"k={KEY}", "WFA_CODEC_TOKENS": TOKEN}
+    with_store = codec_router_from_env({**keys, "WFA_PAYLOAD_STORE": f"fs:{store}"})
+    without_store = codec_router_from_env(keys)
+    assert with_store is not None
+    assert without_store is not None
+
+    async def decode(router: Any, namespace: str) -> list[dict[str, Any]]:
+        app = FastAPI()
+        app.include_router(router)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://codec") as http:
+            response = await http.post(
+                "/codec/decode",
+                json=body,
+                headers={"Authorization": f"Bearer {TOKEN}", "X-Namespace": namespace},
+            )
+        assert response.status_code == 200, response.text
+        decoded: list[dict[str, Any]] = response.json()["payloads"]
+        for item in decoded[1:]:
+            assert base64.b64decode(item["metadata"]["encoding"]) != ENCODING
+        return decoded
+
+    resolved = await decode(with_store, "default")
+    assert base64.b64decode(resolved[0]["metadata"]["encoding"]) == b"json/plain"
+    assert json.loads(base64.b64decode(resolved[0]["data"]))["input"]["blob"].startswith(canary)
+    for passed in (await decode(with_store, "globex"), await decode(without_store, "default")):
+        reference = json.loads(base64.b64decode(passed[0]["data"]))
+        assert reference["driverName"] == "wfa.fs"
+        assert set(reference["claimData"]) == {"namespace", "digest", "hash_algorithm"}
