@@ -39,6 +39,8 @@ Configuration comes from the environment:
 - ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID``: poll as this Worker Deployment Version (Temporal's
   Worker Versioning; runs are auto-upgrade). Unset: an unversioned worker.
 - ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``: payload encryption keys (:mod:`starter.codec`).
+- ``WFA_PAYLOAD_STORE`` (``fs:<dir>`` or ``postgres``), ``WFA_PAYLOAD_STORE_THRESHOLD``: large payloads
+  by reference (:mod:`starter.payload_store`); clients and the gateway need the same settings.
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
   metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
   ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP/HTTP traces (:mod:`starter.telemetry`).
@@ -256,7 +258,7 @@ async def connect(address: str, namespace: str, **options: Any) -> Client:
         ConnectionError: The server cannot be reached.
         PayloadKeysError: The payload keys are unusable.
     """
-    options.setdefault("data_converter", data_converter())
+    options.setdefault("data_converter", data_converter(namespace=namespace))
     try:
         return await Client.connect(address, namespace=namespace, **options)
     except RuntimeError as err:

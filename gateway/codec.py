@@ -14,6 +14,9 @@ Configuration (:func:`codec_router_from_env`):
 - ``WFA_CODEC_CORS_ORIGINS``: the Web UI origins, comma-separated (default
   ``http://localhost:8233`` and ``http://127.0.0.1:8233``, the dev server's UI).
 - the payload keys: ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``.
+- the payload store (``WFA_PAYLOAD_STORE``, :mod:`starter.payload_store`): a payload stored by
+  reference is fetched (from the namespace of the request's ``X-Namespace``) and decoded, so the Web
+  UI shows it rather than its reference.
 
 Mount it in an app with ``app.include_router(build_codec_router(codec, tokens=[...]))``.
 """
@@ -23,11 +26,11 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
 from starter.codec import codec_from_env
@@ -61,6 +64,7 @@ def build_codec_router(
     tokens: Sequence[str],
     allowed_origins: Sequence[str] = DEFAULT_ORIGINS,
     prefix: str = "/codec",
+    resolve: Callable[[Sequence[Payload], str], Awaitable[list[Payload]]] | None = None,
 ) -> APIRouter:
     """The codec endpoints as a router.
 
@@ -69,6 +73,8 @@ def build_codec_router(
         tokens: Accepted bearer tokens (at least one; each at least 16 characters).
         allowed_origins: Origins that get CORS headers (the Web UI's).
         prefix: Where the endpoints live.
+        resolve: Replaces payloads stored by reference with the stored ones before decoding
+            (given the payloads and the request's namespace).
 
     Raises:
         CodecServerConfigError: No token, or a short one.
@@ -119,7 +125,10 @@ def build_codec_router(
             if encode:
                 result = await codec.encode(payloads.payloads)
             else:
-                result = await codec.decode(payloads.payloads)
+                found: Sequence[Payload] = payloads.payloads
+                if resolve is not None:
+                    found = await resolve(found, request.headers.get("x-namespace") or "default")
+                result = await codec.decode(found)
         except ValueError as err:  # unknown key id, altered data
             return problem(request, 422, str(err)[:300])
         text = json_format.MessageToJson(Payloads(payloads=result))
@@ -162,4 +171,15 @@ def codec_router_from_env(env: Mapping[str, str] | None = None) -> APIRouter | N
     tokens = [t.strip() for t in source.get(CODEC_TOKENS_ENV, "").split(",") if t.strip()]
     origins_text = source.get(CODEC_ORIGINS_ENV)
     origins = [o.strip() for o in origins_text.split(",")] if origins_text else list(DEFAULT_ORIGINS)
-    return build_codec_router(codec, tokens=tokens, allowed_origins=origins)
+    from starter.payload_store import reference_resolver_from_env
+
+    try:
+        resolver = reference_resolver_from_env(source)
+    except PayloadKeysError as err:  # the store's settings
+        raise CodecServerConfigError(str(err)) from None
+    return build_codec_router(
+        codec,
+        tokens=tokens,
+        allowed_origins=origins,
+        resolve=resolver.resolve if resolver is not None else None,
+    )

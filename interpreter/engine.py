@@ -501,6 +501,9 @@ class RunInfo:
     first workflow task: a ``cancel_on`` event published in between must count."""
     subflow_depth: int = 0
     """0 for a run started by a client; n for a run started by a subflow step at depth n - 1."""
+    state_budget: int | None = None
+    """The run's state budget when it was started with the payload store on (its options); None:
+    :data:`interpreter.sizes.RUN_STATE_BUDGET`, which fits Temporal's 2 MiB payload limit."""
 
 
 class DecisionError(ValueError):
@@ -1112,12 +1115,18 @@ class Engine:
         the variables). A task's excess is raised as :class:`ActionFailedError`, so its
         ``on_failure`` handles it like any failure; other steps fail the run.
         """
-        size = json_size(output, RUN_STATE_BUDGET) * copies
+        budget = self.info.state_budget or RUN_STATE_BUDGET
+        size = json_size(output, budget) * copies
         total = self._state_size + size
-        if total > RUN_STATE_BUDGET and self.runtime.patched(PATCH_PAYLOAD_BUDGETS):
+        if total > budget and self.runtime.patched(PATCH_PAYLOAD_BUDGETS):
             message = (
                 f"step {path!r}: its output of {size} bytes would bring the run's state to {total} bytes,"
-                f" over its budget of {RUN_STATE_BUDGET} bytes (Temporal refuses payloads over 2 MiB)"
+                f" over its budget of {budget} bytes"
+                + (
+                    " (Temporal refuses payloads over 2 MiB; WFA_PAYLOAD_STORE stores large ones by reference)"
+                    if self.info.state_budget is None
+                    else " (the run's state budget with the payload store, WFA_PAYLOAD_STORE_STATE_BUDGET)"
+                )
             )
             if failure is ActionFailedError:
                 raise ActionFailedError(message, "StateBudgetExceeded", attempts)

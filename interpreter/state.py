@@ -326,6 +326,12 @@ class RunOptions(BaseModel):
     subflow_depth: int = Field(default=0, ge=0, le=100)
     """0 for a run a client started; n for a run a ``subflow`` step started at depth n - 1."""
     publish_assignees: bool = False
+    state_budget: int | None = Field(
+        default=None, ge=64 * 1024, le=256 * 1024 * 1024, exclude_if=lambda value: value is None
+    )
+    """Bytes of outputs and variables the run may keep, when it was started with large payloads
+    stored by reference (``WFA_PAYLOAD_STORE``); None (left out of the payload, so inputs of runs
+    started before it are unchanged): :data:`interpreter.sizes.RUN_STATE_BUDGET`."""
 
 
 class ForeachBatch(BaseModel):

@@ -2009,6 +2009,8 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     # Payload encryption (starter.codec): keys unusable, or a payload of a key not configured here.
     ("starter.codec", ("PayloadKeysError", "PayloadDecryptError"), EXIT_BAD_INPUT),
+    # Large payloads by reference (starter.payload_store): a stored payload missing or altered.
+    ("starter.payload_store", ("PayloadStoreError",), EXIT_BAD_INPUT),
     ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
     ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),
     (
@@ -2043,6 +2045,8 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
 def _exit_code_of(err: BaseException) -> int | None:
     """The documented exit code of an error the client or the store raises on purpose, else None."""
     if isinstance(err, UsageError):
+        return EXIT_BAD_INPUT
+    if isinstance(err, RuntimeError) and "[TMPRL1105]" in str(err):  # a reference, no WFA_PAYLOAD_STORE
         return EXIT_BAD_INPUT
     for module_name, class_names, code in _EXIT_CODES:
         module = sys.modules.get(module_name)

@@ -586,7 +586,7 @@ class FlowClient:
             options = connect_options(
                 tenant=tenant, namespace=namespace, profile=profile, config_file=config_file, address=address
             )
-            converter = product_converter()
+            converter = product_converter(namespace=options["namespace"])
         except (ConnectionConfigError, PayloadKeysError) as err:
             raise InvalidInputError(str(err)) from None
         address = options.pop("target_host")
@@ -603,6 +603,13 @@ class FlowClient:
         return cls(client, task_queue=task_queue, database=database_url, tenant=tenant)
 
     # ------------------------------------------------------------------------------------ store
+
+    def _state_budget(self) -> int | None:
+        """The state budget of runs started here: raised when the client stores large payloads by
+        reference (:mod:`starter.payload_store`), else the interpreter's default (None)."""
+        from starter.payload_store import state_budget_for
+
+        return state_budget_for(self.client.data_converter)
 
     async def database(self) -> Database:
         """The store's database, opened (and checked) on first use.
@@ -1005,6 +1012,7 @@ class FlowClient:
                     publish_assignees=True,  # the inbox finds the run's pending people by it
                     dry_run=dry_run,
                     canned_outputs=canned_outputs or {},
+                    state_budget=self._state_budget(),
                 ),
             ),
             search_attributes=attributes,

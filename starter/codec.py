@@ -204,27 +204,39 @@ def codec_from_env(env: Mapping[str, str] | None = None) -> EncryptionCodec | No
 
 
 def data_converter(
-    env: Mapping[str, str] | None = None, *, codec: PayloadCodec | None = None
+    env: Mapping[str, str] | None = None,
+    *,
+    codec: PayloadCodec | None = None,
+    namespace: str | None = None,
 ) -> DataConverter:
-    """The product's data converter: pydantic models, plus encryption when keys are configured.
+    """The product's data converter: pydantic models, plus encryption when keys are configured,
+    plus large payloads by reference when a payload store is (:mod:`starter.payload_store`).
 
     With a codec, failure messages and stack traces are moved into an encoded attribute (the
-    history then shows "Encoded failure"), so an error quoting its input is encrypted too.
+    history then shows "Encoded failure"), so an error quoting its input is encrypted too. The SDK
+    encodes before it stores: stored payloads are encrypted too.
 
     Args:
-        env: Default ``os.environ`` (read for the keys unless ``codec`` is given).
+        env: Default ``os.environ`` (read for the keys unless ``codec`` is given, and the store).
         codec: A codec to use instead of the configured keys.
+        namespace: The client's namespace: the payload store refuses references of another.
 
     Raises:
-        PayloadKeysError: The keys are unusable.
+        PayloadKeysError: The keys (or the payload store's settings) are unusable.
     """
     from temporalio.contrib.pydantic import pydantic_data_converter
 
+    from starter.payload_store import external_storage_from_env
+
     chosen = codec if codec is not None else codec_from_env(env)
+    storage = external_storage_from_env(env, namespace)
+    converter = pydantic_data_converter
+    if storage is not None:
+        converter = dataclasses.replace(converter, external_storage=storage)
     if chosen is None:
-        return pydantic_data_converter
+        return converter
     return dataclasses.replace(
-        pydantic_data_converter,
+        converter,
         payload_codec=chosen,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

@@ -168,7 +168,7 @@ async def connect_client(
     )
     if data_converter is None:
         try:
-            data_converter = product_converter(env)
+            data_converter = product_converter(env, namespace=options["namespace"])
         except PayloadKeysError as err:
             raise ConnectionConfigError(str(err)) from None
     options.update(overrides)

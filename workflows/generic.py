@@ -601,6 +601,7 @@ class RunDefinitionWorkflow:
             tenant=run.options.tenant,
             created_at=info.workflow_start_time,
             subflow_depth=run.options.subflow_depth,
+            state_budget=run.options.state_budget,
         )
         try:
             self._engine = Engine(

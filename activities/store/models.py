@@ -28,6 +28,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -46,6 +47,7 @@ __all__ = [
     "DeadLetterStatus",
     "DefinitionHeadRow",
     "DefinitionRow",
+    "PayloadBlobRow",
     "TenantRoleRow",
 ]
 
@@ -219,3 +221,18 @@ class ApiKeyRow(Base):
     created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PayloadBlobRow(Base):
+    """A payload Temporal's history refers to (``WFA_PAYLOAD_STORE=postgres``,
+    :mod:`starter.payload_store`): the stored bytes (encrypted when the codec is on) under the
+    run's namespace and their SHA-256."""
+
+    __tablename__ = "payload_blobs"
+    __table_args__ = (Index("ix_payload_blobs_created_at", "created_at"),)
+
+    namespace: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

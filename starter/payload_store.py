@@ -1,0 +1,496 @@
+"""Large payloads by reference: Temporal's external payload storage with this product's drivers.
+
+A payload at or over the threshold (a run's input, a step's output, the run's result, its status
+answer, the snapshot a run continues as new with) is written to a store and replaced, in Temporal's
+history, by a small reference (``json/protobuf`` ``ExternalStorageReference``: the driver's name and
+a claim). The SDK does it inside the data converter (:class:`temporalio.converter.ExternalStorage`),
+after the payload codec: with encryption on, what is stored is the *encrypted* payload, and the
+reference itself names only the driver, the namespace and a digest.
+
+Configuration (read wherever the data converter is built: :func:`starter.codec.data_converter`, so
+the worker, the client API, the ``wfa`` CLI and the gateway all read references alike):
+
+- ``WFA_PAYLOAD_STORE``: ``fs:<directory>`` (a directory every process can read, e.g. a shared
+  volume) or ``postgres`` (the store's database, ``DATABASE_URL``; ``postgres:<url>`` names
+  another one). Unset or ``off``: no external storage (payloads over Temporal's 2 MiB fail).
+- ``WFA_PAYLOAD_STORE_THRESHOLD``: bytes from which a payload is stored (default 262144, the SDK's).
+- ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
+  (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
+  options, so a run keeps the budget it started with).
+
+Blobs are content-addressed (SHA-256 of the stored bytes) per namespace: the same payload is stored
+once per namespace (without encryption: AES-GCM's random nonce makes every encryption different),
+and a blob is verified against its digest when read, so neither a changed blob nor a forged
+reference can hand a run anything else. A driver bound to a namespace (one client per namespace, as
+the worker has) refuses references of another namespace. Nothing is ever deleted by the product:
+clear blobs older than the namespace's retention yourself (a ``find -mtime`` or a ``DELETE ...
+WHERE created_at < ...``).
+
+For production, use the SDK's S3 driver (:mod:`temporalio.contrib.aws.s3driver`): see the README,
+*Large payloads*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import (
+    ExternalStorage,
+    StorageDriver,
+    StorageDriverClaim,
+    StorageDriverRetrieveContext,
+    StorageDriverStoreContext,
+)
+
+from starter.codec import PayloadKeysError
+
+if TYPE_CHECKING:
+    from temporalio.converter import DataConverter
+
+    from activities.store.database import Database
+
+__all__ = [
+    "DEFAULT_STATE_BUDGET",
+    "DEFAULT_THRESHOLD",
+    "STATE_BUDGET_ENV",
+    "STORE_ENV",
+    "THRESHOLD_ENV",
+    "FilesystemDriver",
+    "PayloadStoreConfig",
+    "PayloadStoreConfigError",
+    "PayloadStoreError",
+    "PostgresDriver",
+    "external_storage_from_env",
+    "state_budget_for",
+]
+
+STORE_ENV = "WFA_PAYLOAD_STORE"
+THRESHOLD_ENV = "WFA_PAYLOAD_STORE_THRESHOLD"
+STATE_BUDGET_ENV = "WFA_PAYLOAD_STORE_STATE_BUDGET"
+DEFAULT_THRESHOLD = 256 * 1024
+DEFAULT_STATE_BUDGET = 16 * 1024 * 1024
+MAX_THRESHOLD = 2 * 1024 * 1024 - 64 * 1024
+"""A threshold over this would let payloads through that Temporal refuses (2 MiB)."""
+MAX_STATE_BUDGET = 256 * 1024 * 1024
+MAX_BLOB_BYTES = 64 * 1024 * 1024
+"""Largest payload a driver stores (a run's state is bounded well below it)."""
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_SAFE = frozenset(string.ascii_letters + string.digits + "-_")
+
+
+class PayloadStoreConfigError(PayloadKeysError):
+    """The payload store configuration is unusable (names the variable). A :class:`PayloadKeysError`
+    so every place that reports unusable payload settings (worker, CLI, gateway) reports it too."""
+
+
+class PayloadStoreError(RuntimeError):
+    """A stored payload cannot be written or read (missing, altered, of another namespace)."""
+
+
+def _segment(namespace: str) -> str:
+    """The namespace as one safe path segment (percent-encoded, never ``.`` or ``..``)."""
+    if not namespace:
+        return "_"
+    return "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in namespace.encode("utf-8"))
+
+
+def _claim_parts(claim: StorageDriverClaim, bound: str | None, driver: str) -> tuple[str, str]:
+    data = claim.claim_data
+    namespace = data.get("namespace", "")
+    digest = data.get("digest", "")
+    if data.get("hash_algorithm", "sha256") != "sha256" or not _DIGEST.match(digest):
+        raise PayloadStoreError(f"{driver}: not a reference of this store (digest {digest[:80]!r})")
+    if len(namespace) > 1000:
+        raise PayloadStoreError(f"{driver}: not a reference of this store (namespace too long)")
+    if bound is not None and namespace != bound:
+        raise PayloadStoreError(
+            f"{driver}: a reference to namespace {namespace[:100]!r}'s payload, read in namespace {bound!r}"
+        )
+    return namespace, digest
+
+
+def _target_namespace(context: StorageDriverStoreContext, bound: str | None) -> str:
+    target = context.target
+    if target is not None and target.namespace:
+        return target.namespace
+    return bound or ""
+
+
+def _check_size(data: bytes, driver: str) -> None:
+    if len(data) > MAX_BLOB_BYTES:
+        raise PayloadStoreError(f"{driver}: a payload of {len(data)} bytes, over {MAX_BLOB_BYTES} bytes")
+
+
+def _verify(data: bytes, digest: str, where: str) -> Payload:
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise PayloadStoreError(f"{where}: the stored payload does not match its digest (altered)")
+    return Payload.FromString(data)
+
+
+class FilesystemDriver(StorageDriver):
+    """Stores payloads as files ``<root>/v1/<namespace>/<aa>/<sha256>`` (written atomically).
+
+    Args:
+        root: The directory (created on first store). Every process that reads runs (worker,
+            clients, gateway) must see the same directory.
+        namespace: Bind to one namespace: references of another are refused on read.
+    """
+
+    NAME = "wfa.fs"
+    state_budget: int = DEFAULT_STATE_BUDGET
+
+    def __init__(self, root: str | os.PathLike[str], *, namespace: str | None = None) -> None:
+        self.root = Path(root)
+        self.namespace = namespace
+
+    def name(self) -> str:
+        """The driver's name, recorded in every reference."""
+        return self.NAME
+
+    def type(self) -> str:
+        """The driver type."""
+        return "wfa.fs"
+
+    def path(self, namespace: str, digest: str) -> Path:
+        """Where the payload of this digest lives."""
+        return self.root / "v1" / _segment(namespace) / digest[:2] / digest
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+    async def store(
+        self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
+    ) -> list[StorageDriverClaim]:
+        """Writes each payload under its digest; an existing file is left alone."""
+        namespace = _target_namespace(context, self.namespace)
+        claims = []
+        for payload in payloads:
+            data = payload.SerializeToString()
+            _check_size(data, self.NAME)
+            digest = hashlib.sha256(data).hexdigest()
+            path = self.path(namespace, digest)
+            try:
+                await asyncio.to_thread(self._write, path, data)
+            except OSError as err:
+                raise PayloadStoreError(
+                    f"{self.NAME}: cannot write {path.name} under {self.root}: {type(err).__name__}: {err.strerror}"
+                ) from None
+            claims.append(
+                StorageDriverClaim({"namespace": namespace, "digest": digest, "hash_algorithm": "sha256"})
+            )
+        return claims
+
+    async def retrieve(
+        self,
+        context: StorageDriverRetrieveContext,
+        claims: Sequence[StorageDriverClaim],
+    ) -> list[Payload]:
+        """Reads and verifies each payload."""
+        out = []
+        for claim in claims:
+            namespace, digest = _claim_parts(claim, self.namespace, self.NAME)
+            path = self.path(namespace, digest)
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                raise PayloadStoreError(
+                    f"{self.NAME}: stored payload {digest[:16]}... of namespace {namespace!r} is not in"
+                    f" {self.root} (deleted, or this process has another {STORE_ENV})"
+                ) from None
+            except OSError as err:
+                raise PayloadStoreError(
+                    f"{self.NAME}: cannot read {digest[:16]}...: {err.strerror}"
+                ) from None
+            out.append(_verify(data, digest, f"{self.NAME} {digest[:16]}..."))
+        return out
+
+
+class PostgresDriver(StorageDriver):
+    """Stores payloads in the table ``payload_blobs`` of the store's database (migration 0005),
+    keyed by (namespace, sha256): the same payload is one row.
+
+    Args:
+        url: The database; default ``$DATABASE_URL``, else the embedded server.
+        namespace: Bind to one namespace: references of another are refused on read.
+        database: An open database to use instead (the caller closes it).
+
+    Connections are not pooled (a pool is bound to one event loop; a converter is shared by the
+    client's callers): each batch opens one, which costs a few milliseconds on a big payload.
+    """
+
+    NAME = "wfa.postgres"
+    state_budget: int = DEFAULT_STATE_BUDGET
+
+    def __init__(
+        self, url: str | None = None, *, namespace: str | None = None, database: Database | None = None
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self._database = database
+
+    def name(self) -> str:
+        """The driver's name, recorded in every reference."""
+        return self.NAME
+
+    def type(self) -> str:
+        """The driver type."""
+        return "wfa.postgres"
+
+    async def database(self) -> Database:
+        """The database, opened (and its schema checked) on first use."""
+        if self._database is None:
+            from sqlalchemy.pool import NullPool
+
+            from activities.store.database import open_database
+
+            self._database = await open_database(self.url, poolclass=NullPool)
+        return self._database
+
+    async def close(self) -> None:
+        """Closes the database if this driver opened it."""
+        if self._database is not None and self.url is not None:
+            await self._database.close()
+
+    async def store(
+        self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
+    ) -> list[StorageDriverClaim]:
+        """Inserts each payload (a row already there is left alone)."""
+        from sqlalchemy import text
+
+        from activities.store.database import db_errors
+
+        namespace = _target_namespace(context, self.namespace)
+        rows = []
+        claims = []
+        for payload in payloads:
+            data = payload.SerializeToString()
+            _check_size(data, self.NAME)
+            digest = hashlib.sha256(data).hexdigest()
+            rows.append({"namespace": namespace, "digest": digest, "data": data, "size": len(data)})
+            claims.append(
+                StorageDriverClaim({"namespace": namespace, "digest": digest, "hash_algorithm": "sha256"})
+            )
+        database = await self.database()
+        async with db_errors(database.url), database.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO payload_blobs (namespace, digest, data, size_bytes)"
+                    " VALUES (:namespace, :digest, :data, :size) ON CONFLICT DO NOTHING"
+                ),
+                rows,
+            )
+        return claims
+
+    async def retrieve(
+        self,
+        context: StorageDriverRetrieveContext,
+        claims: Sequence[StorageDriverClaim],
+    ) -> list[Payload]:
+        """Reads and verifies each payload."""
+        from sqlalchemy import text
+
+        from activities.store.database import db_errors
+
+        wanted = [_claim_parts(claim, self.namespace, self.NAME) for claim in claims]
+        database = await self.database()
+        found: dict[tuple[str, str], bytes] = {}
+        async with db_errors(database.url), database.engine.connect() as conn:
+            for namespace in {ns for ns, _ in wanted}:
+                digests = [d for ns, d in wanted if ns == namespace]
+                result = await conn.execute(
+                    text(
+                        "SELECT digest, data FROM payload_blobs WHERE namespace = :ns AND digest = ANY(:digests)"
+                    ),
+                    {"ns": namespace, "digests": digests},
+                )
+                for digest, data in result:
+                    found[(namespace, digest)] = bytes(data)
+        out = []
+        for namespace, digest in wanted:
+            data = found.get((namespace, digest))
+            if data is None:
+                raise PayloadStoreError(
+                    f"{self.NAME}: stored payload {digest[:16]}... of namespace {namespace!r} is not in"
+                    f" {database.safe_url} (deleted, or this process has another {STORE_ENV})"
+                )
+            out.append(_verify(data, digest, f"{self.NAME} {digest[:16]}..."))
+        return out
+
+
+@dataclass(frozen=True)
+class PayloadStoreConfig:
+    """What the environment configures (see the module docstring)."""
+
+    kind: str
+    """``fs`` or ``postgres``."""
+    location: str | None
+    """The directory (``fs``) or the database URL (``postgres``; None: ``DATABASE_URL``)."""
+    threshold: int = DEFAULT_THRESHOLD
+    state_budget: int = DEFAULT_STATE_BUDGET
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PayloadStoreConfig | None:
+        """The configuration, or None when no store is configured.
+
+        Raises:
+            PayloadStoreConfigError: A malformed value (the message names the variable).
+        """
+        source = os.environ if env is None else env
+        spec = source.get(STORE_ENV, "").strip()
+        if not spec or spec.lower() in ("off", "none"):
+            return None
+        kind, _, location = spec.partition(":")
+        kind = kind.strip().lower()
+        if kind == "fs":
+            if not location.strip():
+                raise PayloadStoreConfigError(f"{STORE_ENV}: fs needs a directory (fs:/var/lib/wfa/payloads)")
+            chosen: str | None = location.strip()
+        elif kind in ("postgres", "postgresql"):
+            kind = "postgres"
+            chosen = location.strip() or source.get("DATABASE_URL") or None
+        else:
+            raise PayloadStoreConfigError(
+                f"{STORE_ENV}: {spec[:100]!r} is not fs:<directory>, postgres or postgres:<url>"
+            )
+        threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
+        budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
+        return cls(kind=kind, location=chosen, threshold=threshold, state_budget=budget)
+
+    def driver(self, namespace: str | None = None) -> FilesystemDriver | PostgresDriver:
+        """The driver (bound to ``namespace`` when given), carrying the state budget."""
+        driver: FilesystemDriver | PostgresDriver
+        if self.kind == "fs":
+            assert self.location is not None
+            driver = FilesystemDriver(self.location, namespace=namespace)
+        else:
+            driver = PostgresDriver(self.location, namespace=namespace)
+        driver.state_budget = self.state_budget
+        return driver
+
+    def external_storage(self, namespace: str | None = None) -> ExternalStorage:
+        """The SDK's external storage configuration with this driver and threshold."""
+        return ExternalStorage(drivers=[self.driver(namespace)], payload_size_threshold=self.threshold)
+
+
+def _bytes(source: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = source.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise PayloadStoreConfigError(f"{name}: {text[:50]!r} is not a number of bytes") from None
+    if not low <= value <= high:
+        raise PayloadStoreConfigError(f"{name}: {value} is not between {low} and {high} bytes")
+    return value
+
+
+def external_storage_from_env(
+    env: Mapping[str, str] | None = None, namespace: str | None = None
+) -> ExternalStorage | None:
+    """The external storage the environment configures, or None.
+
+    Raises:
+        PayloadStoreConfigError: See :meth:`PayloadStoreConfig.from_env`.
+    """
+    config = PayloadStoreConfig.from_env(env)
+    return config.external_storage(namespace) if config is not None else None
+
+
+def state_budget_for(converter: DataConverter) -> int | None:
+    """The run-state budget of a run started through ``converter``: the configured one
+    (``WFA_PAYLOAD_STORE_STATE_BUDGET``) when it stores large payloads, else None (the
+    interpreter's default, which fits Temporal's 2 MiB)."""
+    storage = converter.external_storage
+    if storage is None or not storage.drivers:
+        return None
+    return int(getattr(storage.drivers[0], "state_budget", DEFAULT_STATE_BUDGET))
+
+
+def describe(config: PayloadStoreConfig) -> dict[str, Any]:
+    """What a log line says about the store (never a password)."""
+    where: str | None = config.location
+    if config.kind == "postgres":
+        from activities.store.database import safe_url
+
+        where = safe_url(config.location) if config.location else "the embedded server"
+    return {
+        "kind": config.kind,
+        "where": where,
+        "threshold": config.threshold,
+        "state_budget": config.state_budget,
+    }
+
+
+RESOLVE_LIMIT = 4 * 1024 * 1024
+"""Largest stored payload the codec server hands the Web UI in place of its reference."""
+
+
+class ReferenceResolver:
+    """Replaces references by the stored payloads, for the codec server: the Web UI then shows a
+    stored input or output (decrypted by the codec after this) instead of its reference.
+
+    References of another namespace than the request's, of another driver, missing blobs and blobs
+    over :data:`RESOLVE_LIMIT` are left as they are (the UI shows the reference).
+    """
+
+    def __init__(self, config: PayloadStoreConfig, limit: int = RESOLVE_LIMIT) -> None:
+        self.config = config
+        self.limit = limit
+        self._drivers: dict[str, FilesystemDriver | PostgresDriver] = {}
+
+    async def resolve(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
+        """The payloads, each reference replaced by its stored payload where it can be."""
+        from google.protobuf import json_format
+        from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
+
+        out = list(payloads)
+        for index, payload in enumerate(payloads):
+            if payload.metadata.get("messageType") != ExternalStorageReference.DESCRIPTOR.full_name.encode():
+                continue
+            try:
+                reference = json_format.Parse(payload.data, ExternalStorageReference())
+            except (json_format.ParseError, UnicodeDecodeError):
+                continue
+            driver = self._drivers.get(namespace)
+            if driver is None:
+                driver = self._drivers[namespace] = self.config.driver(namespace)
+            if reference.driver_name != driver.name():
+                continue
+            try:
+                [stored] = await driver.retrieve(
+                    StorageDriverRetrieveContext(), [StorageDriverClaim(dict(reference.claim_data))]
+                )
+            except PayloadStoreError:
+                continue
+            if stored.ByteSize() <= self.limit:
+                out[index] = stored
+        return out
+
+
+def reference_resolver_from_env(env: Mapping[str, str] | None = None) -> ReferenceResolver | None:
+    """The codec server's resolver when a payload store is configured, else None.
+
+    Raises:
+        PayloadStoreConfigError: See :meth:`PayloadStoreConfig.from_env`.
+    """
+    config = PayloadStoreConfig.from_env(env)
+    return ReferenceResolver(config) if config is not None else None
