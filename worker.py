@@ -199,6 +199,7 @@ def build_worker(
     outbound_policy: OutboundPolicy | None = None,
     sql: SqlActions | None = None,
     deployment: WorkerDeploymentVersion | None = None,
+    max_cached_workflows: int | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -218,6 +219,8 @@ def build_worker(
         deployment: Poll as this Worker Deployment Version (see the README's *Evolving the
             interpreter*): runs are auto-upgrade, so a waiting run moves to the deployment's
             current version at its next workflow task. None: an unversioned worker.
+        max_cached_workflows: Runs kept in the worker's sticky cache (the SDK's default, 1,000,
+            when None); a run not in the cache is replayed from its history at its next task.
     """
     versioning = (
         None
@@ -244,6 +247,7 @@ def build_worker(
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
         deployment_config=versioning,
+        max_cached_workflows=1000 if max_cached_workflows is None else max_cached_workflows,
     )
 
 

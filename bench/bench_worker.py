@@ -32,6 +32,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench.approval_baseline import ApprovalBaselineWorkflow
 from bench.baseline import BaselineWorkflow
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow
 from worker import build_worker
@@ -63,7 +64,7 @@ def _write_profiles(out: str) -> None:
         stats.dump_stats(out)
 
 
-async def serve(address: str, namespace: str, task_queue: str) -> None:
+async def serve(address: str, namespace: str, task_queue: str, max_cached: int | None = None) -> None:
     client = await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,7 +75,8 @@ async def serve(address: str, namespace: str, task_queue: str) -> None:
             client,
             task_queue,
             http_client,
-            extra_workflows=[BaselineWorkflow, CoalescedRunDefinitionWorkflow],
+            extra_workflows=[BaselineWorkflow, CoalescedRunDefinitionWorkflow, ApprovalBaselineWorkflow],
+            max_cached_workflows=max_cached,
         )
         async with worker:
             print("READY", flush=True)
@@ -86,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("address")
     parser.add_argument("task_queue")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument("--max-cached-workflows", type=int, help="the worker's sticky cache size")
     parser.add_argument("--cprofile", metavar="OUT", help="profile all threads with cProfile into OUT")
     args = parser.parse_args(argv)
     if args.cprofile:
         threading.setprofile(_start_thread_profiler)
         _start_thread_profiler()
     try:
-        asyncio.run(serve(args.address, args.namespace, args.task_queue))
+        asyncio.run(serve(args.address, args.namespace, args.task_queue, args.max_cached_workflows))
     finally:
         if args.cprofile:
             threading.setprofile(None)  # type: ignore[arg-type]

@@ -176,8 +176,16 @@ class WorkerProcess:
     """A :mod:`bench.bench_worker` subprocess polling its own task queue."""
 
     def __init__(
-        self, address: str, task_queue: str, cprofile_out: Path | None, pycache: Path | None, log_dir: Path
+        self,
+        address: str,
+        task_queue: str,
+        cprofile_out: Path | None,
+        pycache: Path | None,
+        log_dir: Path,
+        *,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        self.extra_args = list(extra_args)
         self.address = address
         self.task_queue = task_queue
         self.cprofile_out = cprofile_out
@@ -191,7 +199,7 @@ class WorkerProcess:
         return self.proc.pid
 
     async def start(self) -> None:
-        args = [sys.executable, "-m", "bench.bench_worker", self.address, self.task_queue]
+        args = [sys.executable, "-m", "bench.bench_worker", self.address, self.task_queue, *self.extra_args]
         if self.cprofile_out is not None:
             args += ["--cprofile", str(self.cprofile_out)]
         env = {

@@ -8,9 +8,11 @@ workflow id starts from this snapshot. The definition never sees it: templates r
 deadline and escalation count, and the status query shows the same run.
 
 Safe points (see :meth:`interpreter.engine.Engine.run`): between two steps of the top-level
-sequence (which is where a ``goto`` loop at the top level jumps), and while a top-level approval
-waits for its decision. Nothing concurrent is in flight at either point, so the snapshot is the
-whole state: no activity, timer or branch has to be resumed half way.
+sequence (which is where a ``goto`` loop at the top level jumps), while a top-level approval
+waits for its decision, while a top-level task is parked on a dead letter (:class:`CarriedPark`)
+and while a top-level ``delay`` waits (:class:`CarriedDelay`). Nothing concurrent is in flight at
+any of them, so the snapshot is the whole state: no activity or branch has to be resumed half way,
+and a timer is started again in the next run for the time that is left (the same absolute time).
 
 The snapshot is a versioned pydantic model (:data:`SNAPSHOT_VERSION`). A new step kind that can be
 waited on at the top level (``wait_for_event``, ``human_task``, ...) adds its carried state as an
@@ -29,11 +31,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from interpreter.actions import ActionRequest
 from interpreter.state import (
     CancelRequest,
+    DeadLetterDecision,
     Decision,
     DecisionKind,
     DecisionRecord,
+    ParkedStep,
     PendingApproval,
     RefusedMessage,
     StepRecord,
@@ -84,6 +89,48 @@ class CarriedApproval(BaseModel):
     view: PendingApproval
     decided: DecisionKind | None = None
     decision: Decision | None = None
+
+
+DELAY_KIND = "delay"
+"""Key of a waiting top-level ``delay`` in :attr:`Continuation.kinds` (a :class:`CarriedDelay`)."""
+
+DEAD_LETTER_KIND = "dead_letter"
+"""Key of a top-level task parked on a dead letter in :attr:`Continuation.kinds` (a
+:class:`CarriedPark`)."""
+
+
+class CarriedDelay(BaseModel):
+    """A top-level ``delay`` that was waiting: the next run waits until the same ``until``.
+
+    ``waited_s`` is the whole wait as the step computed it when it started (its output's
+    ``waited_s``), so the step's output is the one it would have had without the switch.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: int
+    path: str
+    since: datetime
+    until: datetime
+    waited_s: float
+
+
+class CarriedPark(BaseModel):
+    """A top-level task parked on a dead letter: the next run waits on the same row (its id, park
+    id and deadline in ``view``), with the decision taken while the run was switching, if any.
+
+    ``request`` and ``activity_id`` are the failed call's (a redrive derives its idempotency key and
+    activity id from them, as in the run that parked); ``redrives`` counts the redrives so far.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: int
+    view: ParkedStep
+    decision: DeadLetterDecision | None = None
+    request: ActionRequest
+    activity_id: str
+    redrives: int = 0
 
 
 class Continuation(BaseModel):

@@ -26,9 +26,13 @@ from pydantic import TypeAdapter
 from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult, static_input_fields
 from interpreter.business_hours import BusinessHours, add_business_time, check_timezone, delay_until_open
 from interpreter.continuation import (
+    DEAD_LETTER_KIND,
+    DELAY_KIND,
     MAX_CARRIED_RECORDS,
     CarriedApproval,
     CarriedCompensation,
+    CarriedDelay,
+    CarriedPark,
     CarriedScope,
     Continuation,
 )
@@ -127,6 +131,12 @@ PATCH_CONTINUE_AS_NEW = "continue-as-new"
 """Patch id: the run continues as new at a safe point when its host asks (history budget, or
 Temporal's suggestion). Asked only at the moment it would continue, so runs that never reach that
 point carry no marker, and a history recorded before the change replays as it went on."""
+
+PATCH_CONTINUE_AS_NEW_WAITS = "continue-as-new-waits"
+"""Patch id: a top-level ``delay`` and a top-level task parked on a dead letter wait so that the run
+can continue as new while they wait (the delay's timer runs beside a condition that also wakes when
+the host asks; the park's wait wakes too). Asked when such a wait starts in a run that may continue
+as new, so a history recorded before the change replays its plain waits."""
 
 
 CONSUMED_EVENTS_KIND = "consumed_events"
@@ -538,10 +548,18 @@ class _CompensateAndEnd(_RunFailed):
 
 
 class _ContinueAsNew(Exception):  # control flow: the run stops at a safe point and continues as new
-    def __init__(self, position: int, approval: _Approval | None = None) -> None:
+    def __init__(
+        self,
+        position: int,
+        approval: _Approval | None = None,
+        carry: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__("continue as new")
         self.position = position
         self.approval = approval
+        self.carry = carry
+        """Entries of ``Continuation.kinds`` for the wait the run stops in, read when the snapshot
+        is taken (after the message handlers finished: a decision taken meanwhile is in them)."""
 
 
 class StoreFailedError(_RunFailed):
@@ -722,6 +740,10 @@ class Engine:
         self._top_step: Step | None = None
         self._start_position = 0
         self._carried_approval: _Approval | None = None
+        self._carried_delay: CarriedDelay | None = None
+        self._carried_park: CarriedPark | None = None
+        self._carried_parked: _Park | None = None
+        """The park a previous run of the chain carried: shown and decidable from the first task."""
         self._continuing: _ContinueAsNew | None = None
         self._generation = 0
         self._steps_dropped = 0
@@ -980,9 +1002,9 @@ class Engine:
             # the cancellation ends this wait (asyncio.CancelledError).
             await self.runtime.wait_condition(lambda: not self.hold_steps, None, "cancelling")
         path = scope.prefix + step.id
-        carried = self._carried_approval
-        if carried is not None and step is self._top_step and carried.view.path == path:
-            await self._resume_step(step, scope, path)
+        resuming = self._resuming_at()
+        if resuming is not None and step is self._top_step and resuming[0] == path:
+            await self._resume_step(step, scope, path, resuming[1])
             return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
@@ -1008,21 +1030,30 @@ class Engine:
         self.records.append(record)
         await self._run_step(step, scope, path, record, visits, resumed=False)
 
-    async def _resume_step(self, step: Step, scope: _Scope, path: str) -> None:
+    def _resuming_at(self) -> tuple[str, datetime] | None:
+        """The path of the top-level step a previous run of the chain stopped in, and since when
+        it waits (None when this run did not start in a wait)."""
+        if self._carried_approval is not None:
+            return self._carried_approval.view.path, self._carried_approval.view.since
+        if self._carried_park is not None:
+            return self._carried_park.view.path, self._carried_park.view.parked_at
+        if self._carried_delay is not None:
+            return self._carried_delay.path, self._carried_delay.since
+        return None
+
+    async def _resume_step(self, step: Step, scope: _Scope, path: str, since: datetime) -> None:
         """Goes on with the top-level step a previous run of the chain stopped in (continued as
         new while it waited): its visit is counted and its record kept already."""
-        record = next(
-            (r for r in reversed(self.records) if r.path == path and r.status == StepStatus.WAITING), None
-        )
+        open_states = (StepStatus.WAITING, StepStatus.RUNNING)  # a delay's record stays running
+        record = next((r for r in reversed(self.records) if r.path == path and r.status in open_states), None)
         if record is None:  # dropped from the carried records: show the step again
-            assert self._carried_approval is not None
             record = StepRecord(
                 id=step.id,
                 path=path,
                 type=step.type,
                 name=step.label,
-                status=StepStatus.WAITING,
-                started_at=self._carried_approval.view.since,
+                status=StepStatus.RUNNING if isinstance(step, DelayStep) else StepStatus.WAITING,
+                started_at=since,
             )
             self.records.append(record)
         await self._run_step(step, scope, path, record, self._visits.get(path, 1), resumed=True)
@@ -1288,55 +1319,80 @@ class Engine:
             task_queue=step.task_queue,
         )
         redrives = 0
+        top = step is self._top_step and scope is self._root
+        resumed = self._carried_park
+        if resumed is not None and top and resumed.view.path == path:
+            # Continued as new while parked: the same dead letter, the failed call as it was.
+            self._carried_park = None
+            call = dataclasses.replace(call, request=resumed.request, activity_id=resumed.activity_id)
+            redrives = resumed.redrives
+        else:
+            resumed = None
         while True:
-            try:
-                result = await self.runtime.execute_action(call)
-                self._admit(path, result.output, failure=ActionFailedError, attempts=result.attempt)
-                break
-            except asyncio.CancelledError:
-                # Cancelled in flight: the request may still take effect at the receiver, so the step
-                # is undone like a completed one (compensations, like actions, must be idempotent).
-                if step.compensate and self.runtime.patched(PATCH_COMPENSATE_IN_FLIGHT):
-                    self._compensations.append(_Compensation(step, scope, path))
-                raise
-            except ActionFailedError as failure:
-                record.attempts = failure.attempts
-                self._finish(record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type)
-                policy: Any = step.on_failure
-                if policy == "dead_letter":
-                    decision = await self._park(step, path, call, failure, record)
-                    if decision.action == DeadLetterAction.REDRIVE:
-                        redrives += 1
-                        call = self._redrive_call(call, decision, redrives)
-                        record.status, record.finished_at, record.error, record.error_type = (
-                            StepStatus.RUNNING,
-                            None,
-                            None,
-                            None,
-                        )
-                        continue
-                    if decision.action == DeadLetterAction.SKIP:
-                        output = make_inert(decision.output)
-                        self._finish(record, StepStatus.COMPLETED, output=output)
-                        return output
-                    if decision.action == DeadLetterAction.ABORT:
-                        raise _RunFailed(
-                            f"step {path!r} aborted by {decision.actor}: {decision.reason or failure.message}",
-                            "DeadLetterAborted",
-                        ) from None
-                    policy = step.on_park_timeout
-                message = f"step {path!r} failed after {failure.attempts} attempt(s): {failure.message}"
-                if policy == "continue":
-                    return None
-                if isinstance(policy, Goto):
-                    raise _Jump(policy.goto) from None
-                if policy == "compensate":
-                    raise _CompensateAndEnd(message, failure.error_type) from None
-                raise _RunFailed(message, failure.error_type) from None
+            if resumed is not None:
+                failed = ActionFailedError(resumed.view.error, resumed.view.error_type, resumed.view.attempts)
+                decision = await self._park(step, path, call, failed, record, top=top, redrives=redrives)
+                resumed = None
+            else:
+                try:
+                    result = await self.runtime.execute_action(call)
+                    self._admit(path, result.output, failure=ActionFailedError, attempts=result.attempt)
+                    break
+                except asyncio.CancelledError:
+                    # Cancelled in flight: the request may still take effect at the receiver, so the
+                    # step is undone like a completed one (compensations, like actions, must be
+                    # idempotent).
+                    if step.compensate and self.runtime.patched(PATCH_COMPENSATE_IN_FLIGHT):
+                        self._compensations.append(_Compensation(step, scope, path))
+                    raise
+                except ActionFailedError as failure:
+                    failed = failure
+                    record.attempts = failure.attempts
+                    self._finish(
+                        record, StepStatus.FAILED, error=failure.message, error_type=failure.error_type
+                    )
+                    if step.on_failure != "dead_letter":
+                        self._after_failure(step.on_failure, path, failure)
+                        return None
+                    decision = await self._park(step, path, call, failure, record, top=top, redrives=redrives)
+            if decision.action == DeadLetterAction.REDRIVE:
+                redrives += 1
+                call = self._redrive_call(call, decision, redrives)
+                record.status, record.finished_at, record.error, record.error_type = (
+                    StepStatus.RUNNING,
+                    None,
+                    None,
+                    None,
+                )
+                continue
+            if decision.action == DeadLetterAction.SKIP:
+                output = make_inert(decision.output)
+                self._finish(record, StepStatus.COMPLETED, output=output)
+                return output
+            if decision.action == DeadLetterAction.ABORT:
+                raise _RunFailed(
+                    f"step {path!r} aborted by {decision.actor}: {decision.reason or failed.message}",
+                    "DeadLetterAborted",
+                )
+            self._after_failure(step.on_park_timeout, path, failed)
+            return None
         record.attempts = result.attempt
         if step.compensate:
             self._compensations.append(_Compensation(step, scope, path))
         return make_inert(result.output)
+
+    @staticmethod
+    def _after_failure(policy: Any, path: str, failure: ActionFailedError) -> None:
+        """Applies a failed task's policy (``on_failure``, or ``on_park_timeout`` after a park):
+        goes on (None), jumps, or ends the run."""
+        message = f"step {path!r} failed after {failure.attempts} attempt(s): {failure.message}"
+        if policy == "continue":
+            return
+        if isinstance(policy, Goto):
+            raise _Jump(policy.goto)
+        if policy == "compensate":
+            raise _CompensateAndEnd(message, failure.error_type)
+        raise _RunFailed(message, failure.error_type)
 
     def _render_input(self, step: TaskStep, scope: _Scope) -> dict[str, Any]:
         """The task's input rendered, except its action's static fields (an SQL statement), which
@@ -1374,13 +1430,60 @@ class Engine:
         return dataclasses.replace(call, request=request, activity_id=f"{base}~r{redrives}")
 
     async def _park(
-        self, step: TaskStep, path: str, call: ActionCall, failure: ActionFailedError, record: StepRecord
+        self,
+        step: TaskStep,
+        path: str,
+        call: ActionCall,
+        failure: ActionFailedError,
+        record: StepRecord,
+        *,
+        top: bool = False,
+        redrives: int = 0,
     ) -> DeadLetterDecision:
-        """Records a dead letter and waits for an operator's decision or the park timeout."""
+        """Records a dead letter and waits for an operator's decision or the park timeout.
+
+        A ``top`` park (a top-level task) is a safe point to continue as new while it waits; the
+        next run of the chain resumes the wait on the same dead letter (``_carried_parked``)."""
+        timeout = parse_duration(step.park_timeout or self.definition.defaults.park_timeout)
+
+        def carry(park: _Park) -> Callable[[], dict[str, Any]] | None:
+            if not top:
+                return None
+            position = self._position_of(step)
+            return lambda: {
+                DEAD_LETTER_KIND: CarriedPark(
+                    position=position,
+                    view=park.view,
+                    decision=park.decision,
+                    request=call.request,
+                    activity_id=call.activity_id,
+                    redrives=redrives,
+                ).model_dump(mode="json")
+            }
+
+        resumed = self._carried_parked
+        if resumed is not None and resumed.view.path == path:
+            self._carried_parked = None
+            row_id = resumed.view.dead_letter_id
+            assert row_id is not None  # carried only once recorded
+            deadline = resumed.view.deadline or resumed.view.parked_at + timeout
+            remaining = max(deadline - self.runtime.now(), timedelta(0))
+            decision = await self._wait_for_decision(
+                step,
+                resumed,
+                row_id,
+                timeout,
+                record,
+                remaining=remaining,
+                carry=carry(resumed),
+                resumed=True,
+            )
+            await self._resolve_row(row_id, decision)
+            record.status = StepStatus.FAILED
+            return decision
         count = self._parks[path] = self._parks.get(path, 0) + 1
         park_id = call.activity_id if count == 1 else f"{call.activity_id}~p{count}"
         now = self.runtime.now()
-        timeout = parse_duration(step.park_timeout or self.definition.defaults.park_timeout)
         view = ParkedStep(
             park_id=park_id,
             step_id=step.id,
@@ -1421,7 +1524,7 @@ class Engine:
         finally:
             del self._recording[park_id]
         if park.decision is None:
-            decision = await self._wait_for_decision(step, park, row_id, timeout, record)
+            decision = await self._wait_for_decision(step, park, row_id, timeout, record, carry=carry(park))
         else:  # decided while the row was being written: no wait, nothing shown as parked
             decision = park.decision
         await self._resolve_row(row_id, decision)
@@ -1429,21 +1532,41 @@ class Engine:
         return decision
 
     async def _wait_for_decision(
-        self, step: TaskStep, park: _Park, row_id: int, timeout: timedelta, record: StepRecord
+        self,
+        step: TaskStep,
+        park: _Park,
+        row_id: int,
+        timeout: timedelta,
+        record: StepRecord,
+        *,
+        remaining: timedelta | None = None,
+        carry: Callable[[], dict[str, Any]] | None = None,
+        resumed: bool = False,
     ) -> DeadLetterDecision:
-        """Shows the recorded park and waits for a decision or the park timeout; closes the row
-        if the run (or this branch) is cancelled meanwhile."""
+        """Shows the recorded park and waits for a decision or the park timeout (``remaining`` of
+        it when resumed in a continued run); closes the row if the run (or this branch) is
+        cancelled meanwhile. With ``carry`` (a top-level park) the run may continue as new while
+        it waits: the park stays shown and decidable until the switch, and travels in the
+        snapshot."""
         park_id, path = park.view.park_id, park.view.path
         self._parked[park_id] = park
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
+        wake = self._continue_trigger(resumed) if carry is not None and self._may_continue_waiting() else None
+        continuing = False
         try:
             with self._waiting_at(path, step.label):
                 decided = await self.runtime.wait_condition(
-                    lambda: park.decision is not None,
-                    timeout.total_seconds(),
+                    (lambda: park.decision is not None)
+                    if wake is None
+                    else (lambda: park.decision is not None or wake()),
+                    (timeout if remaining is None else remaining).total_seconds(),
                     f"{step.label}: parked (dead letter)",
                 )
+                if decided and park.decision is None:  # the host asks to continue as new
+                    assert carry is not None
+                    continuing = self._keep_waits = True
+                    raise _ContinueAsNew(self._position_of(step), carry=carry)
         except asyncio.CancelledError:
             # The run (or this branch) was cancelled while parked: close the row, or it would stay
             # open for a run that can no longer take a decision.
@@ -1456,8 +1579,9 @@ class Engine:
             await self._finally(self._resolve_row(row_id, closing))
             raise
         finally:
-            self._parked.pop(park_id, None)
-            self._set_state(self._waiting_state())
+            if not continuing:  # a carried park stays shown (and decidable) until the switch
+                self._parked.pop(park_id, None)
+                self._set_state(self._waiting_state())
         if decided and park.decision is not None:
             return park.decision
         return DeadLetterDecision(
@@ -1721,6 +1845,17 @@ class Engine:
 
     async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()
+        top = step is self._top_step and scope is self._root
+        carried = self._carried_delay
+        if carried is not None and top and carried.path == path:
+            # Continued as new while it waited: the timer fires at the same time as before.
+            self._carried_delay = None
+            until = carried.until
+            wait = max(until - now, timedelta(0))
+            if wait > timedelta(0):
+                with self._waiting_at(path, step.label):
+                    await self._sleep_at_top(step, path, carried, resumed=True)
+            return {"waited_s": carried.waited_s, "resumed_at": until.isoformat()}
         if step.duration is not None:
             text = self._render(step.duration, self._context(scope))
             try:
@@ -1746,8 +1881,41 @@ class Engine:
             wait = delay_until_open(now, self._business_hours(step, step.business_hours, scope))
         if wait > timedelta(0):
             with self._waiting_at(path, step.label):
-                await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
+                if top and self._may_continue_waiting():
+                    delay = CarriedDelay(
+                        position=self._position_of(step),
+                        path=path,
+                        since=now,
+                        until=now + wait,
+                        waited_s=wait.total_seconds(),
+                    )
+                    await self._sleep_at_top(step, path, delay, resumed=False)
+                else:
+                    await self.runtime.sleep(
+                        wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}"
+                    )
         return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
+
+    async def _sleep_at_top(self, step: DelayStep, path: str, delay: CarriedDelay, *, resumed: bool) -> None:
+        """A top-level delay's wait until ``delay.until``, a safe point to continue as new: the
+        timer runs beside a condition that also wakes when the host asks; the next run of the chain
+        waits for the time that is left (the same absolute time)."""
+        wait = max(delay.until - self.runtime.now(), timedelta(0))
+        summary = f"{step.label}: wait {format_duration(wait)}"
+        sleeper = asyncio.ensure_future(self.runtime.sleep(wait.total_seconds(), summary))
+        wake = self._continue_trigger(resumed)
+        try:
+            await self.runtime.wait_condition(lambda: sleeper.done() or wake(), None, summary)
+        except BaseException:
+            sleeper.cancel()
+            raise
+        if sleeper.done():
+            await sleeper  # its error, if it failed
+            return
+        sleeper.cancel()
+        self._keep_waits = True
+        carried = delay.model_dump(mode="json")
+        raise _ContinueAsNew(delay.position, carry=lambda: {DELAY_KIND: carried})
 
     def _business_hours(
         self, step: DelayStep | HumanTaskStep, hours: BusinessHours, scope: _Scope
@@ -2250,12 +2418,13 @@ class Engine:
 
     # ------------------------------------------------------------------------- continue-as-new
 
-    def _continue_wanted(self) -> bool:
-        """Whether the host asks to continue as new (read-only: safe inside a wait predicate)."""
+    def _continue_wanted(self, *, waiting_parked: bool = False) -> bool:
+        """Whether the host asks to continue as new (read-only: safe inside a wait predicate).
+        ``waiting_parked``: asked by the top-level wait, which may be the run's one park."""
         return (
             self._continue_as_new is not None
             and not self._continue_declined
-            and not self._parked
+            and (waiting_parked or not self._parked)
             and not self._recording
             and self.cancel_request is None
             and not self._event_waits  # a wait_for_event keeps its mailbox subscription: not now
@@ -2270,6 +2439,25 @@ class Engine:
             self._continue_declined = True  # replaying a run recorded before continue-as-new
             return False
         return True
+
+    def _may_continue_waiting(self) -> bool:
+        """Whether a top-level delay or park starting now may continue as new while it waits (asks
+        its patch: a history recorded before the change replays its plain wait)."""
+        return self._continue_as_new is not None and self.runtime.patched(PATCH_CONTINUE_AS_NEW_WAITS)
+
+    def _continue_trigger(self, resumed: bool) -> Callable[[], bool]:
+        """The part of a top-level wait's condition that wakes it to continue as new. A wait a
+        continued run resumed continues again only once it has seen the host not asking: a budget
+        smaller than what a run spends to reach the wait would otherwise continue it for ever."""
+        armed = not resumed
+
+        def wanted() -> bool:
+            nonlocal armed
+            want = self._continue_wanted(waiting_parked=True)
+            armed = armed or not want
+            return armed and want
+
+        return wanted
 
     def _position_of(self, step: Step) -> int:
         return next(i for i, s in enumerate(self.definition.steps) if s is step)
@@ -2314,7 +2502,10 @@ class Engine:
             refused_messages_dropped=self.refused_messages_dropped,
             cancel_request=self.cancel_request,
             # The events this run consumed: a later wait's lookback must not take one again.
-            kinds={CONSUMED_EVENTS_KIND: list(self._consumed_events)[-MAX_CARRIED_EVENT_IDS:]},
+            kinds={
+                CONSUMED_EVENTS_KIND: list(self._consumed_events)[-MAX_CARRIED_EVENT_IDS:],
+                **(point.carry() if point.carry is not None else {}),
+            },
         )
 
     def _carry(self, scope: _Scope) -> CarriedScope:
@@ -2377,6 +2568,36 @@ class Engine:
             # Pending from the first moment, so a decision delivered with the run's first task counts.
             self._approvals[carried.view.path] = approval
             self._carried_approval = approval
+            self.state = self._waiting_state()
+        self._restore_waits(snapshot)
+
+    def _restore_waits(self, snapshot: Continuation) -> None:
+        """Takes over a top-level delay or park the previous run stopped in (``kinds``)."""
+        steps = self.definition.steps
+        delay_data = snapshot.kinds.get(DELAY_KIND)
+        if delay_data is not None:
+            delay = CarriedDelay.model_validate_json(json.dumps(delay_data))
+            step = steps[delay.position] if delay.position < len(steps) else None
+            if not isinstance(step, DelayStep) or step.id != delay.path:
+                raise ValueError(f"carried delay {delay.path!r} is not at top-level step {delay.position}")
+            self._carried_delay = delay
+        park_data = snapshot.kinds.get(DEAD_LETTER_KIND)
+        if park_data is not None:
+            carried = CarriedPark.model_validate_json(json.dumps(park_data))
+            step = steps[carried.position] if carried.position < len(steps) else None
+            if (
+                not isinstance(step, TaskStep)
+                or step.id != carried.view.step_id
+                or carried.view.dead_letter_id is None
+            ):
+                raise ValueError(
+                    f"carried park {carried.view.path!r} is not at top-level step {carried.position}"
+                )
+            park = _Park(view=carried.view, decision=carried.decision)
+            # Shown and decidable from the first moment, so a decision delivered with the run's
+            # first task counts.
+            self._parked[carried.view.park_id] = park
+            self._carried_park, self._carried_parked = carried, park
             self.state = self._waiting_state()
 
     # ---------------------------------------------------------------------------- compensation

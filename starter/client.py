@@ -1400,13 +1400,27 @@ class FlowClient:
         decision = DeadLetterDecision(
             action=action, actor=actor, park_id=row.park_id, reason=reason, input=input, output=output
         )
-        handle = self.client.get_workflow_handle(row.workflow_id, run_id=row.run_id)
+        run_id = await self._chain_run(row.workflow_id, row.run_id)
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):
-                result: ParkedStep = await handle.execute_update(
-                    RESOLVE_DEAD_LETTER_UPDATE, decision, result_type=ParkedStep
+                for _ in range(3):
+                    handle = self.client.get_workflow_handle(row.workflow_id, run_id=run_id)
+                    try:
+                        result: ParkedStep = await handle.execute_update(
+                            RESOLVE_DEAD_LETTER_UPDATE, decision, result_type=ParkedStep
+                        )
+                        return result
+                    except RPCError:
+                        # The run may have continued as new while the update was on its way: the
+                        # parked step is now the next run's.
+                        following = await self._chain_run(row.workflow_id, run_id)
+                        if following == run_id:
+                            raise
+                        run_id = following
+                raise NoWorkerError(
+                    f"dead letter {row.id}: the run {row.workflow_id!r} kept continuing as new",
+                    row.workflow_id,
                 )
-                return result
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
@@ -1420,6 +1434,22 @@ class FlowClient:
             ) from None
         except RPCError as err:
             raise await self._closed_or_missing(err, row.workflow_id, f"{action.value} it") from None
+
+    async def _chain_run(self, workflow_id: str, run_id: str) -> str:
+        """The run of ``run_id``'s continue-as-new chain that is open now: ``run_id`` itself unless
+        it continued as new (a dead letter row names the run that parked; a parked step travels to
+        the next run of the chain)."""
+        try:
+            pinned = await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+            if pinned.status != WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                return run_id
+            latest = await self.client.get_workflow_handle(workflow_id).describe()
+        except RPCError:
+            return run_id  # the update reports what is wrong
+        first = pinned.raw_description.workflow_execution_info.first_run_id
+        if first and latest.raw_description.workflow_execution_info.first_run_id == first:
+            return latest.run_id
+        return run_id  # another chain under the same id: the row's run has ended
 
     async def cancel(
         self, workflow_id: str, actor: str, reason: str = "", *, token: str | None = None

@@ -522,6 +522,31 @@ def _continued_approval(base: str) -> dict[str, Any]:
     }
 
 
+def _continued_delay(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-continued-delay",
+        "limits": {"history_budget": 100},
+        "steps": [
+            {"id": "nap", "type": "delay", "duration": "20s"},
+            {
+                "id": "after",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ steps.nap.output.waited_s }}"},
+            },
+        ],
+    }
+
+
+async def _drive_continued_delay(handle: WorkflowHandle[Any, Any]) -> None:
+    # Refused approvals (nothing is pending) grow the history while the delay waits.
+    while (await _status(handle)).continued < 1:
+        for _ in range(5):
+            await handle.signal("approve", {"actor": "nobody"})
+        await asyncio.sleep(0.2)
+
+
 def _events(base: str) -> dict[str, Any]:
     def wait(step_id: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -654,6 +679,15 @@ def scenarios() -> list[Scenario]:
             _continued_approval,
             {},
             _drive_continued,
+        ),
+        Scenario(
+            "continued_delay",
+            "the last run of a chain that continued as new (history_budget 100, refused approve "
+            "signals growing the history) while a 20s delay waited: it waits for the time that was "
+            "left (patch continue-as-new-waits), then completes",
+            _continued_delay,
+            {},
+            _drive_continued_delay,
         ),
         Scenario(
             "people",

@@ -5,9 +5,10 @@ status query and search attributes stay right, and the chain's histories replay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,11 +20,15 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from interpreter.state import RunState, StepStatus
+from activities.store.database import Database
+from activities.store.models import DeadLetterStatus
+from interpreter.state import RunState, RunStatus, StepStatus
+from starter.client import FlowClient
+from tests.helpers.http_server import RecordingServer
 from tests.workflows.limited_server import HISTORY_ERROR, limited_env  # noqa: F401
 from tests.workflows.support import Handle, definition, eventually, failure_of, replay, start, status, unique
 from worker import build_worker, workflow_runner
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOWS, RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE, TENANT
 
 LOOP_ITERATIONS = 600
@@ -56,7 +61,7 @@ async def _chain(client: Client, workflow_id: str) -> list[tuple[str, WorkflowEx
 async def _replay_chain(client: Client, workflow_id: str) -> int:
     """Replays every run's history of the chain with the current workflow code; returns how many."""
     replayer = Replayer(
-        workflows=[RunDefinitionWorkflow],
+        workflows=list(WORKFLOWS),
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )
@@ -271,3 +276,190 @@ async def test_a_compensation_registered_before_the_switch_runs_when_a_later_run
     assert result.state == RunState.CANCELLED
     undo = [r for r in result.steps if r.id == "unbook"]
     assert [(r.status, r.output) for r in undo] == [(StepStatus.COMPLETED, "ready")]
+
+
+# ------------------------------------------------------------------ waits that continue as new
+# Nothing in these definitions grows the history while the run waits: what does is the messages
+# sent to it (here, approvals nobody asked for, each refused and recorded: four events apiece).
+# A small history budget makes the run continue as new after a few of them.
+
+
+async def _grow_until_continued(handle: Handle, *, generation: int = 1, timeout: float = 120) -> RunStatus:
+    """Sends refused ``approve`` signals until the run has continued as new ``generation`` times."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        now = await status(handle)
+        if now.continued >= generation:
+            return now
+        assert asyncio.get_running_loop().time() < deadline, f"not continued: {now.continued}"
+        for _ in range(5):
+            await handle.signal("approve", {"actor": "nobody", "reason": "noise"})
+        await asyncio.sleep(0.2)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def limited_flows(
+    limited_client: Client, database: Database, task_queue: str
+) -> AsyncIterator[FlowClient]:
+    """A client with the store, and a worker serving the dead-letter activities (own queue)."""
+    queue = f"{task_queue}-store"
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(
+            limited_client,
+            queue,
+            http_client,
+            session_factory=database.session_factory,
+            graceful_shutdown_timeout=timedelta(0),
+        ),
+    ):
+        yield FlowClient(limited_client, task_queue=queue, database=database, tenant="acme")
+
+
+def _charge(name: str, api: str) -> dict[str, Any]:
+    return definition(
+        name,
+        [
+            {"id": "prep", "type": "task", "action": "echo", "input": {"value": "ready"}},
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "http",
+                "input": {"method": "POST", "url": f"{api}/charge", "json": {"card": "{{ input.card }}"}},
+                "retry": {"maximum_attempts": 1},
+                "on_failure": "dead_letter",
+                "park_timeout": "1h",
+            },
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "{{ steps.prep.output }}"}},
+        ],
+        limits={"history_budget": 100},
+        output={"charge": "{{ steps.charge.output }}", "after": "{{ steps.after.output }}"},
+    )
+
+
+def _cards(http_server: RecordingServer) -> None:
+    def charge(request: Any) -> tuple[int, dict[str, str], Any]:
+        if (request.json or {}).get("card") == "good":
+            return 200, {}, {"charge_id": "ch-1"}
+        return 402, {}, {"error": "declined"}
+
+    http_server.route("POST", "/charge", charge)
+
+
+async def _open_row(flows: FlowClient, workflow_id: str) -> Any:
+    rows = await eventually(
+        lambda: flows.list_dead_letters(workflow_id=workflow_id),
+        lambda found: len(found) == 1,
+        timeout=60,
+        what="the dead letter row",
+    )
+    return rows[0]
+
+
+async def test_a_parked_step_continues_as_new_and_a_redrive_sent_after_the_switch_completes_it(
+    limited_flows: FlowClient, http_server: RecordingServer
+) -> None:
+    _cards(http_server)
+    run = await limited_flows.start_run(_charge(unique("park"), http_server.url), {"card": "expired"})
+    row = await _open_row(limited_flows, run.workflow_id)
+    handle = limited_flows.client.get_workflow_handle(run.workflow_id)
+    first = await eventually(lambda: status(handle), lambda s: bool(s.parked), what="parked", timeout=60)
+    assert row.run_id == (await _chain(limited_flows.client, run.workflow_id))[0][0]
+
+    after = await _grow_until_continued(handle)
+    assert after.state == RunState.PARKED
+    assert [(p.park_id, p.dead_letter_id, p.deadline) for p in after.parked] == [
+        (p.park_id, row.id, p.deadline) for p in first.parked
+    ]
+    described = await handle.describe()
+    assert described.typed_search_attributes.get(RUN_STATE) == RunState.PARKED.value
+    assert described.typed_search_attributes.get(CURRENT_STEP) == "charge"
+
+    # The row names the first run, which has ended (continued as new): the decision follows the chain.
+    await limited_flows.redrive(row.id, "ops-alice", {"json": {"card": "good"}}, reason="new card")
+    result = await limited_flows.result(run.workflow_id, timeout=60)
+    assert result.state == RunState.COMPLETED
+    assert (result.output["charge"]["body"], result.output["after"]) == ({"charge_id": "ch-1"}, "ready")
+    charges = http_server.requests("POST", "/charge")
+    assert [c.json for c in charges] == [{"card": "expired"}, {"card": "good"}]
+    assert charges[1].idempotency_key == f"{charges[0].idempotency_key}~r1"  # the same step, redriven
+    resolved = await limited_flows.show_dead_letter(row.id)
+    assert (resolved.status, resolved.resolved_by) == (DeadLetterStatus.REDRIVEN, "ops-alice")
+
+    runs = await _chain(limited_flows.client, run.workflow_id)
+    assert len(runs) >= 2
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_flows.client, run.workflow_id) == len(runs)
+
+
+async def test_a_skip_sent_at_the_switch_is_not_lost(
+    limited_flows: FlowClient, http_server: RecordingServer
+) -> None:
+    _cards(http_server)
+    run = await limited_flows.start_run(_charge(unique("park-skip"), http_server.url), {"card": "expired"})
+    row = await _open_row(limited_flows, run.workflow_id)
+    handle = limited_flows.client.get_workflow_handle(run.workflow_id)
+    await eventually(lambda: status(handle), lambda s: bool(s.parked), what="parked", timeout=60)
+    # Within one signal of the budget, one more signal and the skip go out together: the skip
+    # lands in the run that is switching (and is carried) or in the next one.
+    while await _history_length(handle) < 94:
+        await handle.signal("approve", {"actor": "nobody", "reason": "noise"})
+    await asyncio.gather(
+        handle.signal("approve", {"actor": "nobody", "reason": "the last straw"}),
+        limited_flows.skip(row.id, "ops-bob", {"charge_id": "manual"}, reason="charged by phone"),
+    )
+    result = await limited_flows.result(run.workflow_id, timeout=60)
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"charge": {"charge_id": "manual"}, "after": "ready"}
+    final = await status(handle)
+    charge = [r for r in final.steps if r.id == "charge"]
+    assert charge[-1].status == StepStatus.COMPLETED
+    assert charge[-1].output == {"charge_id": "manual"}
+    resolved = await limited_flows.show_dead_letter(row.id)
+    assert (resolved.status, resolved.resolved_by) == (DeadLetterStatus.SKIPPED, "ops-bob")
+    assert len(http_server.requests("POST", "/charge")) == 1
+    print(f"\nskip at the switch: the run finished in generation {final.continued}")
+    runs = await _chain(limited_flows.client, run.workflow_id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_flows.client, run.workflow_id) == len(runs)
+
+
+async def test_a_delay_continues_as_new_and_fires_at_the_same_time(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    document = definition(
+        unique("nap"),
+        [
+            {"id": "nap", "type": "delay", "duration": "40s"},
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "woke"}},
+        ],
+        limits={"history_budget": 100},
+        output={"nap": "{{ steps.nap.output }}", "after": "{{ steps.after.output }}"},
+    )
+    handle = await start(limited_client, task_queue, document, execution_timeout=timedelta(minutes=5))
+    flows = FlowClient(limited_client, task_queue=task_queue)
+    timers = await eventually(lambda: flows.pending_timers(handle.id), bool, timeout=60, what="the timer")
+    fires_at = timers[0].fires_at
+
+    after = await _grow_until_continued(handle)
+    assert after.state == RunState.RUNNING
+    assert [r.status for r in after.steps if r.id == "nap"] == [StepStatus.RUNNING]
+    assert (await handle.describe()).typed_search_attributes.get(CURRENT_STEP) == "nap"
+    # The next run's timer is for the time that was left: it fires when the first one would have
+    # (give or take the time a workflow task takes on a busy machine), not 40 s after the switch.
+    again = await eventually(lambda: flows.pending_timers(handle.id), bool, timeout=60, what="the new timer")
+    assert abs(again[0].fires_at - fires_at) < timedelta(seconds=5), (again[0].fires_at, fires_at)
+
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output["after"] == "woke"
+    assert result.output["nap"]["waited_s"] == 40.0  # the step's output is the one it would have had
+    resumed_at = datetime.fromisoformat(result.output["nap"]["resumed_at"])
+    assert abs(resumed_at - fires_at) < timedelta(seconds=5)
+    runs = await _chain(limited_client, handle.id)
+    assert len(runs) >= 2
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    closed = (await handle.describe()).close_time
+    assert closed is not None
+    assert closed >= resumed_at  # it did not fire early
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
