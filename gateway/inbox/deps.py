@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from gateway.inbox.auth import Authenticator, SessionSigner
-from gateway.inbox.oidc import OidcClient, OidcProvider
+from gateway.inbox.oidc import OidcClient, OidcProvider, check_providers
 from starter.client import FlowClient
 
 ClientFactory = Callable[[str], Awaitable[FlowClient]]
@@ -89,7 +89,7 @@ def inbox_config_from_env(
     ``WFA_DECISION_SIGNING_KEYS``: per-tenant private JWKs minting the people's tokens
     (``acme=/keys/acme.jwk,globex=/keys/globex.jwk``; production); ``WFA_DECISION_SIGNING_KEY``:
     one private JWK for every tenant (the demo's convenience). ``WFA_INBOX_URL``: the inbox's public
-    URL (the OpenID Connect redirect URI is ``<it>/oidc/callback``).
+    URL (each OpenID Connect provider's redirect URI is ``<it>/oidc/callback/<key>``).
     ``WFA_INBOX_INSECURE_COOKIES=1``: cookies without ``Secure`` (plain HTTP on loopback only).
 
     Raises:
@@ -156,6 +156,7 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
             return
         config = built
 
+    check_providers(config.oidc_providers)  # several providers: none may name any tenant
     app.state.inbox = InboxState(
         config,
         SessionSigner(config.session_secret, config.session_ttl_s),

@@ -4,8 +4,10 @@ The gateway is a confidential client of the company's provider (client id and se
 the authorization code flow with PKCE (S256): the sign-in page sends the browser to the provider's
 authorization endpoint (found through the issuer's discovery document) with a fresh ``state``,
 ``nonce`` and code challenge, kept in a short-lived cookie signed by the gateway; the provider sends
-the browser back to ``<inbox>/oidc/callback``; the gateway checks the state, exchanges the code (with
-the verifier and its client secret) and verifies the ID token: signature against the provider's
+the browser back to that provider's own ``<inbox>/oidc/callback/<key>`` (never a callback shared by
+providers: an answer at another provider's callback is refused, against the mix-up attack); the
+gateway checks the state and, when the provider advertises it, the ``iss`` of the answer (RFC
+9207), exchanges the code (with the verifier and its client secret) and verifies the ID token: signature against the provider's
 JWKS, issuer, audience (and ``azp``), expiry, ``iat``, nonce. The person is read from configurable
 claims: the user name (``preferred_username``), the groups (``groups``) and the tenant (a claim, or
 a provider configured for one tenant). A tenant the provider may not speak for is refused.
@@ -51,6 +53,10 @@ DISCOVERY_TTL_S = 3600
 
 class OidcConfigError(ValueError):
     """A provider's settings that cannot be used; the message names the setting."""
+
+    def __init__(self, message: str, provider: str = "") -> None:
+        super().__init__(message)
+        self.provider = provider
 
 
 class SignInRefused(Exception):
@@ -202,22 +208,41 @@ class OidcClient:
         return url, pending
 
     async def finish(
-        self, params: Mapping[str, str], pending: PendingSignIn | None, redirect_uri: str
+        self,
+        params: Mapping[str, str],
+        pending: PendingSignIn | None,
+        redirect_uri: str,
+        started_with: str = "",
     ) -> Person:
         """The person the provider vouches for, after the browser came back with ``params``.
 
+        ``params`` arrived at this provider's own callback; ``started_with`` names the provider of
+        ``pending`` for the page when it is another one.
+
         Raises:
-            SignInRefused: The state does not match, the provider refused, the code exchange
-                failed, or the ID token does not prove who the person is (named on the page).
+            SignInRefused: The sign-in was started with another provider, the state does not match,
+                the provider's answer does not carry its issuer (RFC 9207, when it says it does),
+                the provider refused, the code exchange failed, or the ID token does not prove who
+                the person is (named on the page).
         """
-        if pending is None or pending.provider != self.provider.key or pending.expires < time.time():
+        if pending is None or pending.expires < time.time():
             raise SignInRefused(
                 "This sign-in was not started here, or took too long. Please sign in again.", 400
+            )
+        if pending.provider != self.provider.key:
+            # Mix-up: the answer came to this provider's callback, the sign-in was started with
+            # another one. Its code is never sent anywhere.
+            raise SignInRefused(
+                f"This sign-in came back from {self.provider.name}, not from"
+                f" {started_with or 'the sign-in service'} where it was started. Please sign in again.",
+                400,
             )
         if params.get("state") != pending.state:
             raise SignInRefused(
                 "This sign-in does not match the one started here (state). Please sign in again.", 400
             )
+        found = await self.discovered()
+        self._check_issuer(params, found.metadata)
         if "error" in params:
             reason = str(params.get("error_description") or params["error"])[:200]
             raise SignInRefused(f"{self.provider.name} did not sign you in: {reason}", 401)
@@ -226,12 +251,29 @@ class OidcClient:
             raise SignInRefused(
                 f"{self.provider.name} sent no authorization code. Please sign in again.", 400
             )
-        found = await self.discovered()
         id_token = await self._exchange(
             found.metadata["token_endpoint"], code, pending.verifier, redirect_uri
         )
         claims = await self.verify_id_token(id_token, pending.nonce)
         return self.person(claims)
+
+    def _check_issuer(self, params: Mapping[str, str], metadata: Mapping[str, Any]) -> None:
+        """RFC 9207: an ``iss`` in the answer must be this provider's issuer; a provider whose
+        metadata says it sends ``iss`` must have sent it."""
+        iss = params.get("iss")
+        if iss is None:
+            if metadata.get("authorization_response_iss_parameter_supported") is True:
+                raise SignInRefused(
+                    f"{self.provider.name} did not name itself in its answer (iss). Please sign in again.",
+                    400,
+                )
+            return
+        if iss not in (metadata.get("issuer"), self.provider.issuer):
+            raise SignInRefused(
+                f"This sign-in was started with {self.provider.name}, but another sign-in service"
+                " answered (iss). Please sign in again.",
+                400,
+            )
 
     async def _exchange(self, endpoint: str, code: str, verifier: str, redirect_uri: str) -> str:
         http = self.http or httpx.AsyncClient(timeout=10)
@@ -386,15 +428,37 @@ def providers_from_env(env: Mapping[str, str]) -> list[OidcProvider]:
         OidcConfigError: A variable is set but unusable, named.
     """
     issuer = env.get("WFA_INBOX_OIDC_ISSUER", "").strip()
-    providers: list[OidcProvider] = []
-    if issuer:
-        providers.append(_provider(env, "WFA_INBOX_OIDC_", "sso"))
+    prefixes = {"sso": "WFA_INBOX_OIDC_"} if issuer else {}
     for key in _split(env.get("WFA_INBOX_OIDC_PROVIDERS", "")):
-        providers.append(_provider(env, f"WFA_INBOX_OIDC_{key.upper().replace('-', '_')}_", key))
-    keys = [p.key for p in providers]
-    if len(keys) != len(set(keys)):
-        raise OidcConfigError("WFA_INBOX_OIDC_PROVIDERS names a provider twice")
+        if key in prefixes:
+            raise OidcConfigError("WFA_INBOX_OIDC_PROVIDERS names a provider twice")
+        prefixes[key] = f"WFA_INBOX_OIDC_{key.upper().replace('-', '_')}_"
+    providers = [_provider(env, prefix, key) for key, prefix in prefixes.items()]
+    try:
+        check_providers(providers)
+    except OidcConfigError as err:
+        raise OidcConfigError(f"{prefixes[err.provider]}TENANTS: {err}") from None
     return providers
+
+
+def check_providers(providers: Sequence[OidcProvider]) -> None:
+    """Refuses providers that together would let one speak for another's tenants.
+
+    With several providers, each must name its tenant or the tenants it may sign people in to: a
+    provider accepting any tenant its tokens name could sign people in to the others' tenants.
+
+    Raises:
+        OidcConfigError: Naming the first provider that may name any tenant (``provider``: its key).
+    """
+    if len(providers) < 2:
+        return
+    for provider in providers:
+        if not provider.tenants:
+            raise OidcConfigError(
+                f"provider {provider.key} may sign people in to any tenant its tokens name, beside"
+                " other providers; name its tenant or the tenants it may sign people in to",
+                provider.key,
+            )
 
 
 def _split(text: str) -> list[str]:

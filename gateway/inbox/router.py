@@ -214,9 +214,10 @@ async def login(request: Request, state: State) -> Response:
 OIDC_COOKIE = "wfa_inbox_oidc"
 
 
-def _redirect_uri(request: Request, state: InboxState) -> str:
+def _redirect_uri(request: Request, state: InboxState, provider: str) -> str:
+    """The provider's own callback: an answer that comes back to another provider's is refused."""
     base = state.config.base_url.rstrip("/") or str(request.base_url).rstrip("/") + state.prefix
-    return f"{base}/oidc/callback"
+    return f"{base}/oidc/callback/{provider}"
 
 
 def _problem(request: Request, state: InboxState, title: str, message: str, status_code: int) -> HTMLResponse:
@@ -243,7 +244,9 @@ async def oidc_login(request: Request, state: State, provider: str = "", next: s
     if client is None:
         return _problem(request, state, "Unknown sign-in", "There is no such sign-in service here.", 404)
     try:
-        url, pending = await client.begin(_redirect_uri(request, state), _safe_next(state, next))
+        url, pending = await client.begin(
+            _redirect_uri(request, state, client.provider.key), _safe_next(state, next)
+        )
     except SignInRefused as err:
         return _problem(request, state, "Sign-in is not available", err.message, err.status_code)
     response = RedirectResponse(url, status_code=303)
@@ -259,9 +262,32 @@ async def oidc_login(request: Request, state: State, provider: str = "", next: s
     return response
 
 
-@router.get("/oidc/callback", name="inbox_oidc_callback")
-async def oidc_callback(request: Request, state: State) -> Response:
-    """Where the provider sends the browser back: checks everything, then signs the person in."""
+@router.get("/oidc/callback", name="inbox_oidc_callback_shared")
+async def oidc_callback_shared(request: Request, state: State) -> Response:
+    """The callback once shared by all providers: an answer here cannot say whose it is."""
+    response = _problem(
+        request,
+        state,
+        "You are not signed in",
+        "This sign-in came back to an address that does not name its sign-in service (the"
+        " administrator registers <inbox>/oidc/callback/<provider> now). Please sign in again.",
+        400,
+    )
+    response.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")
+    return response
+
+
+@router.get("/oidc/callback/{provider}", name="inbox_oidc_callback")
+async def oidc_callback(request: Request, state: State, provider: str) -> Response:
+    """Where ``provider`` sends the browser back: checks everything, then signs the person in.
+
+    The answer is taken for ``provider``'s (its code goes only to its token endpoint) and must
+    belong to a sign-in started with it: against the mix-up attack, where another provider sends
+    the browser to this one with the person's state.
+    """
+    client = state.oidc.get(provider)
+    if client is None:
+        return _problem(request, state, "Unknown sign-in", "There is no such sign-in service here.", 404)
     sealed = state.sessions.unseal("oidc", request.cookies.get(OIDC_COOKIE))
     pending = None
     if sealed is not None:
@@ -269,14 +295,15 @@ async def oidc_callback(request: Request, state: State) -> Response:
             pending = PendingSignIn(**sealed)
         except TypeError:
             pending = None
-    client = state.oidc.get(pending.provider) if pending is not None else None
+    started = state.oidc.get(pending.provider) if pending is not None else None
     params = dict(request.query_params.items())
     try:
-        if client is None:
-            raise SignInRefused(
-                "This sign-in was not started here, or took too long. Please sign in again.", 400
-            )
-        person = await client.finish(params, pending, _redirect_uri(request, state))
+        person = await client.finish(
+            params,
+            pending,
+            _redirect_uri(request, state, provider),
+            started.provider.name if started is not None else "",
+        )
     except SignInRefused as err:
         response = _problem(request, state, "You are not signed in", err.message, err.status_code)
         response.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")

@@ -13,15 +13,20 @@ import asyncio
 import base64
 import json
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
+import flask
 import httpx
 import pytest
 import pytest_asyncio
+import werkzeug.serving
 from fastapi import FastAPI
+from oidc_provider_mock import app as provider_app
 from oidc_provider_mock import run_server_in_thread
 from playwright.async_api import Browser, expect
 from temporalio.client import Client
@@ -29,6 +34,7 @@ from temporalio.worker import Worker
 
 from gateway.inbox import InboxConfig, install_inbox
 from gateway.inbox.oidc import LEEWAY_S, OidcClient, OidcProvider, SignInRefused
+from gateway.inbox.router import COOKIE
 from interpreter.state import RunResult, RunState
 from starter.client import FlowClient
 from starter.tokens import generate_keys
@@ -190,7 +196,7 @@ async def _start_sign_in(http: httpx.AsyncClient, inbox: OidcInbox) -> str:
     assert query["code_challenge"][0]
     assert query["nonce"][0]
     assert query["state"][0]
-    assert query["redirect_uri"] == [f"{inbox.url}/oidc/callback"]
+    assert query["redirect_uri"] == [f"{inbox.url}/oidc/callback/acme"]
     return location
 
 
@@ -231,7 +237,7 @@ async def test_callbacks_that_prove_nothing_sign_nobody_in(oidc_inbox: OidcInbox
         # The provider's own refusal (the person pressed Deny).
         location = await _start_sign_in(http, oidc_inbox)
         state = parse_qs(urlparse(location).query)["state"][0]
-        denied = f"{oidc_inbox.url}/oidc/callback?error=access_denied&state={state}"
+        denied = f"{oidc_inbox.url}/oidc/callback/acme?error=access_denied&state={state}"
         _assert_page(await http.get(denied), 401, "did not sign you in: access_denied")
 
         # A callback replayed after its sign-in finished: the sign-in cookie went with the first use.
@@ -320,6 +326,213 @@ def test_settings_from_the_environment(tmp_path: Any) -> None:
         ({"WFA_INBOX_OIDC_GLOBEX_CLIENT_SECRET": ""}, "client id and client secret are required"),
         ({"WFA_INBOX_OIDC_ACME_CLIENT_SECRET_FILE": str(tmp_path / "none")}, "cannot read"),
         ({"WFA_INBOX_OIDC_PROVIDERS": "acme,initech"}, "WFA_INBOX_OIDC_INITECH_ISSUER is required"),
+        # Beside other providers, one that would accept any tenant its tokens name.
+        ({"WFA_INBOX_OIDC_GLOBEX_TENANTS": ""}, "WFA_INBOX_OIDC_GLOBEX_TENANTS"),
     ):
         with pytest.raises(InboxConfigError, match=message):
             inbox_config_from_env(no_client, {**env, **change})
+
+
+# ------------------------------------------------------------------- several providers (mix-up)
+
+
+@dataclass
+class Provider:
+    """A real provider served on loopback, with what its token endpoint received."""
+
+    issuer: str
+    codes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _recording_provider(*, rfc9207: bool = False) -> Iterator[Provider]:
+    """``oidc-provider-mock`` recording the codes posted to its token endpoint.
+
+    With ``rfc9207`` it also advertises ``authorization_response_iss_parameter_supported`` and adds
+    ``iss`` to its authorization responses (RFC 9207), as Keycloak, Entra ID and others do.
+    """
+    app = provider_app()
+    server = werkzeug.serving.make_server("localhost", 0, app, threaded=True)
+    provider = Provider(f"http://localhost:{server.server_port}")
+
+    @app.after_request
+    def observe(response: flask.Response) -> flask.Response:
+        request = flask.request
+        if request.path == "/oauth2/token" and request.form.get("code"):
+            provider.codes.append(request.form["code"])
+        if not rfc9207:
+            return response
+        if request.path == "/.well-known/openid-configuration":
+            metadata = json.loads(response.get_data())
+            metadata["authorization_response_iss_parameter_supported"] = True
+            response.set_data(json.dumps(metadata))
+        elif request.path == "/oauth2/authorize" and response.status_code == 302:
+            location = response.headers["Location"]
+            joiner = "&" if "?" in location else "?"
+            response.headers["Location"] = f"{location}{joiner}{urlencode({'iss': provider.issuer})}"
+        return response
+
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True)
+    thread.start()
+    try:
+        for sub, claims in PEOPLE.items():
+            httpx.put(f"{provider.issuer}/users/{sub}", json=claims).raise_for_status()
+        yield provider
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def evil() -> Iterator[Provider]:
+    """Evil's provider: configured for the tenant evil, run by an attacker."""
+    with _recording_provider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def initech() -> Iterator[Provider]:
+    """Initech's provider: names itself in its authorization responses (RFC 9207)."""
+    with _recording_provider(rfc9207=True) as provider:
+        yield provider
+
+
+def _one_tenant(key: str, issuer: str) -> OidcProvider:
+    return OidcProvider(
+        key=key,
+        name=f"{key.title()} SSO",
+        issuer=issuer,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        tenants=(key,),
+    )
+
+
+@dataclass
+class ManyProviders:
+    url: str
+    app: FastAPI
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def many_providers(issuer: str, evil: Provider, initech: Provider) -> AsyncIterator[ManyProviders]:
+    """The inbox with three providers: acme's, evil's and initech's (no Temporal needed: nobody
+    gets past the sign-in in these tests)."""
+
+    async def no_client(tenant: str) -> FlowClient:
+        raise AssertionError(f"no run is looked at here ({tenant})")
+
+    app = FastAPI()
+    install_inbox(
+        app,
+        InboxConfig(
+            clients=no_client,
+            authenticator=None,
+            session_secret=secrets.token_bytes(32),
+            oidc_providers=[
+                _acme(issuer),
+                _one_tenant("evil", evil.issuer),
+                _one_tenant("initech", initech.issuer),
+            ],
+            signing_keys={},
+            secure_cookies=False,
+        ),
+    )
+    async with serve(app) as base:
+        yield ManyProviders(f"{base}/inbox", app)
+
+
+def _query(url: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(urlparse(url).query).items()}
+
+
+def _with_query(url: str, **changes: str | None) -> str:
+    query = {k: v for k, v in {**_query(url), **changes}.items() if v is not None}
+    return urlunparse(urlparse(url)._replace(query=urlencode(query)))
+
+
+def _signed_in_as(inbox: ManyProviders, answer: httpx.Response) -> str | None:
+    session = inbox.app.state.inbox.sessions.load(answer.cookies.get(COOKIE))
+    return None if session is None or session.person is None else str(session.person.username)
+
+
+async def test_a_code_for_one_provider_never_reaches_another(
+    many_providers: ManyProviders, evil: Provider
+) -> None:
+    """The mix-up attack: evil's provider bounces the victim to acme with the attacker's request."""
+    inbox = many_providers
+    async with httpx.AsyncClient() as attacker, httpx.AsyncClient() as victim:
+        # The attacker starts an acme sign-in in their own browser and keeps acme's URL.
+        acme_url = (await attacker.get(f"{inbox.url}/oidc/login?provider=acme")).headers["location"]
+        assert _query(acme_url)["redirect_uri"] == f"{inbox.url}/oidc/callback/acme"
+        # The victim follows a link that starts a sign-in with evil; evil's authorization endpoint
+        # sends them on to acme with the attacker's request and the victim's state.
+        evil_url = (await victim.get(f"{inbox.url}/oidc/login?provider=evil")).headers["location"]
+        assert _query(evil_url)["redirect_uri"] == f"{inbox.url}/oidc/callback/evil"
+        bounced = _with_query(acme_url, state=_query(evil_url)["state"])
+        # Acme signs the victim in and sends them back to acme's callback: not evil's sign-in.
+        callback = await _authorize(victim, bounced, "alice-1")
+        assert callback.startswith(f"{inbox.url}/oidc/callback/acme?")
+        page = await victim.get(callback)
+        _assert_page(page, 400, "came back from Acme SSO, not from Evil SSO")
+        assert _signed_in_as(inbox, page) is None
+        assert evil.codes == []  # acme's code was never posted to evil's token endpoint
+
+        # The attacker also rewrites acme's redirect URI to evil's callback (a provider that checks
+        # registered redirect URIs refuses that already; the mock does not). Evil then gets the
+        # code, but it is bound to evil's redirect URI: replayed at acme's callback, acme refuses it.
+        acme_url = (await attacker.get(f"{inbox.url}/oidc/login?provider=acme")).headers["location"]
+        evil_url = (await victim.get(f"{inbox.url}/oidc/login?provider=evil")).headers["location"]
+        bounced = _with_query(
+            acme_url, state=_query(evil_url)["state"], redirect_uri=f"{inbox.url}/oidc/callback/evil"
+        )
+        callback = await _authorize(victim, bounced, "alice-1")
+        page = await victim.get(callback)
+        assert _signed_in_as(inbox, page) is None
+        [leaked] = evil.codes
+        replayed = await attacker.get(
+            f"{inbox.url}/oidc/callback/acme?"
+            + urlencode({"code": leaked, "state": _query(acme_url)["state"]})
+        )
+        _assert_page(replayed, 401, "Acme SSO refused the sign-in code")
+        assert _signed_in_as(inbox, replayed) is None
+
+        # A callback for a provider that is not configured, and the old shared callback address.
+        _assert_page(await victim.get(f"{inbox.url}/oidc/callback/nope?code=c&state=s"), 404, "no such")
+        _assert_page(
+            await victim.get(f"{inbox.url}/oidc/callback?code=c&state=s"), 400, "Please sign in again"
+        )
+
+
+async def test_an_answer_without_the_providers_iss_is_refused(
+    many_providers: ManyProviders, evil: Provider, initech: Provider
+) -> None:
+    """RFC 9207: a provider that names itself in its answers must have named itself, correctly."""
+    inbox = many_providers
+    async with httpx.AsyncClient() as http:
+
+        async def answer(sub: str = "alice-1") -> str:
+            location = (await http.get(f"{inbox.url}/oidc/login?provider=initech")).headers["location"]
+            callback = await _authorize(http, location, sub)
+            assert _query(callback)["iss"] == initech.issuer
+            return callback
+
+        # Without iss (an answer that did not come from initech's authorization endpoint).
+        page = await http.get(_with_query(await answer(), iss=None))
+        _assert_page(page, 400, "did not name itself in its answer (iss)")
+        assert _signed_in_as(inbox, page) is None
+        # With another provider's issuer (the code came from another provider).
+        page = await http.get(_with_query(await answer(), iss=evil.issuer))
+        _assert_page(page, 400, "another sign-in service answered (iss)")
+        assert _signed_in_as(inbox, page) is None
+        assert initech.codes == []  # neither code was exchanged
+        # Its own issuer: signed in.
+        page = await http.get(await answer())
+        assert page.status_code == 303, page.text[:500]
+        assert _signed_in_as(inbox, page) == "alice"
+        # A provider that does not advertise iss may still send one: a wrong one is refused.
+        location = (await http.get(f"{inbox.url}/oidc/login?provider=acme")).headers["location"]
+        callback = await _authorize(http, location, "alice-1")
+        page = await http.get(_with_query(callback, iss=initech.issuer))
+        _assert_page(page, 400, "another sign-in service answered (iss)")
