@@ -7,8 +7,8 @@ authorization endpoint (found through the issuer's discovery document) with a fr
 the browser back to that provider's own ``<inbox>/oidc/callback/<key>`` (never a callback shared by
 providers: an answer at another provider's callback is refused, against the mix-up attack); the
 gateway checks the state and, when the provider advertises it, the ``iss`` of the answer (RFC
-9207), exchanges the code (with the verifier and its client secret) and verifies the ID token: signature against the provider's
-JWKS, issuer, audience (and ``azp``), expiry, ``iat``, nonce. The person is read from configurable
+9207), exchanges the code (with the verifier and its client secret) and verifies the ID token:
+signature against the provider's JWKS, issuer, audience (and ``azp``), expiry, ``iat``, nonce. The person is read from configurable
 claims: the user name (``preferred_username``), the groups (``groups``) and the tenant (a claim, or
 a provider configured for one tenant). A tenant the provider may not speak for is refused.
 
