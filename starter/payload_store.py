@@ -22,7 +22,9 @@ Blobs are content-addressed (SHA-256 of the stored bytes) per namespace: the sam
 once per namespace (without encryption: AES-GCM's random nonce makes every encryption different),
 and a blob is verified against its digest when read, so neither a changed blob nor a forged
 reference can hand a run anything else. A driver bound to a namespace (one client per namespace, as
-the worker has) refuses references of another namespace. Nothing is ever deleted by the product:
+the worker has) refuses references of another namespace. A store replaces bytes found under its digest that
+are not the payload's (planted in advance). ``payload_blobs`` is for platform logins only (members
+of ``wfa_platform``): tenant roles have no privilege on it (migration 0005). Nothing is ever deleted by the product:
 clear blobs older than the namespace's retention yourself (a ``find -mtime`` or a ``DELETE ...
 WHERE created_at < ...``).
 
@@ -37,6 +39,7 @@ import hashlib
 import os
 import re
 import string
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +140,24 @@ def _verify(data: bytes, digest: str, where: str) -> Payload:
     return Payload.FromString(data)
 
 
+_THREAD_FROM = 64 * 1024
+"""Payloads from this size are hashed and parsed in a thread, off the event loop."""
+
+
+async def _verify_off_loop(data: bytes, digest: str, where: str) -> Payload:
+    if len(data) < _THREAD_FROM:
+        return _verify(data, digest, where)
+    return await asyncio.to_thread(_verify, data, digest, where)
+
+
+def _matches(path: Path, digest: str) -> bool:
+    """Whether the file at ``path`` holds bytes of this digest (False when missing)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except FileNotFoundError:
+        return False
+
+
 class FilesystemDriver(StorageDriver):
     """Stores payloads as files ``<root>/v1/<namespace>/<aa>/<sha256>`` (written atomically).
 
@@ -165,8 +186,10 @@ class FilesystemDriver(StorageDriver):
         """Where the payload of this digest lives."""
         return self.root / "v1" / _segment(namespace) / digest[:2] / digest
 
-    def _write(self, path: Path, data: bytes) -> None:
-        if path.exists():
+    def _write(self, path: Path, data: bytes, digest: str) -> None:
+        # A file already there is kept only when its bytes are the digest's: one planted or
+        # altered in advance is replaced, so it cannot break the reads of the run that stores.
+        if _matches(path, digest):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
@@ -188,7 +211,7 @@ class FilesystemDriver(StorageDriver):
             digest = hashlib.sha256(data).hexdigest()
             path = self.path(namespace, digest)
             try:
-                await asyncio.to_thread(self._write, path, data)
+                await asyncio.to_thread(self._write, path, data, digest)
             except OSError as err:
                 raise PayloadStoreError(
                     f"{self.NAME}: cannot write {path.name} under {self.root}: {type(err).__name__}: {err.strerror}"
@@ -219,8 +242,47 @@ class FilesystemDriver(StorageDriver):
                 raise PayloadStoreError(
                     f"{self.NAME}: cannot read {digest[:16]}...: {err.strerror}"
                 ) from None
-            out.append(_verify(data, digest, f"{self.NAME} {digest[:16]}..."))
+            out.append(await _verify_off_loop(data, digest, f"{self.NAME} {digest[:16]}..."))
         return out
+
+    async def retrieve_within(self, claims: Sequence[StorageDriverClaim], limit: int) -> list[Payload | None]:
+        """Each payload stored in at most ``limit`` bytes, else None (over the limit, missing,
+        altered, not a reference of this store): the size is checked before the file is read."""
+
+        def read(path: Path) -> bytes | None:
+            try:
+                if path.stat().st_size > limit:
+                    return None
+                return path.read_bytes()
+            except OSError:
+                return None
+
+        out: list[Payload | None] = []
+        for claim in claims:
+            try:
+                namespace, digest = _claim_parts(claim, self.namespace, self.NAME)
+            except PayloadStoreError:
+                out.append(None)
+                continue
+            data = await asyncio.to_thread(read, self.path(namespace, digest))
+            out.append(await _checked(data, digest, limit, self.NAME))
+        return out
+
+
+async def _checked(data: bytes | None, digest: str, limit: int, driver: str) -> Payload | None:
+    if data is None or len(data) > limit:
+        return None
+    try:
+        return await _verify_off_loop(data, digest, f"{driver} {digest[:16]}...")
+    except (PayloadStoreError, ValueError):  # altered, or not a payload (protobuf DecodeError)
+        return None
+
+
+def _platform_only(err: Exception, driver: str) -> PayloadStoreError:
+    return PayloadStoreError(
+        f"{driver}: {err} (payload_blobs is read and written by platform logins only: give the"
+        f" worker, the gateway and the clients that use {STORE_ENV}=postgres a member of wfa_platform)"
+    )
 
 
 class PostgresDriver(StorageDriver):
@@ -245,6 +307,7 @@ class PostgresDriver(StorageDriver):
         self.url = url
         self.namespace = namespace
         self._database = database
+        self._owned = False
 
     def name(self) -> str:
         """The driver's name, recorded in every reference."""
@@ -262,20 +325,25 @@ class PostgresDriver(StorageDriver):
             from activities.store.database import open_database
 
             self._database = await open_database(self.url, poolclass=NullPool)
+            self._owned = True
         return self._database
 
     async def close(self) -> None:
-        """Closes the database if this driver opened it."""
-        if self._database is not None and self.url is not None:
-            await self._database.close()
+        """Closes the database (disposes its engine) if this driver opened it."""
+        if self._database is not None and self._owned:
+            database, self._database, self._owned = self._database, None, False
+            await database.close()
 
     async def store(
         self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
     ) -> list[StorageDriverClaim]:
-        """Inserts each payload (a row already there is left alone)."""
+        """Inserts each payload. A row already there is kept when its bytes are the payload's and
+        replaced when they are not (planted or altered): the digest is the SHA-256 of the new
+        bytes, so equal bytes are exactly the bytes that match the digest."""
         from sqlalchemy import text
 
         from activities.store.database import db_errors
+        from activities.store.errors import AccessDeniedError
 
         namespace = _target_namespace(context, self.namespace)
         rows = []
@@ -289,14 +357,20 @@ class PostgresDriver(StorageDriver):
                 StorageDriverClaim({"namespace": namespace, "digest": digest, "hash_algorithm": "sha256"})
             )
         database = await self.database()
-        async with db_errors(database.url), database.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO payload_blobs (namespace, digest, data, size_bytes)"
-                    " VALUES (:namespace, :digest, :data, :size) ON CONFLICT DO NOTHING"
-                ),
-                rows,
-            )
+        try:
+            async with db_errors(database.url), database.engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO payload_blobs (namespace, digest, data, size_bytes)"
+                        " VALUES (:namespace, :digest, :data, :size)"
+                        " ON CONFLICT (namespace, digest) DO UPDATE"
+                        " SET data = EXCLUDED.data, size_bytes = EXCLUDED.size_bytes, created_at = now()"
+                        " WHERE payload_blobs.data IS DISTINCT FROM EXCLUDED.data"
+                    ),
+                    rows,
+                )
+        except AccessDeniedError as err:
+            raise _platform_only(err, self.NAME) from None
         return claims
 
     async def retrieve(
@@ -305,24 +379,9 @@ class PostgresDriver(StorageDriver):
         claims: Sequence[StorageDriverClaim],
     ) -> list[Payload]:
         """Reads and verifies each payload."""
-        from sqlalchemy import text
-
-        from activities.store.database import db_errors
-
         wanted = [_claim_parts(claim, self.namespace, self.NAME) for claim in claims]
         database = await self.database()
-        found: dict[tuple[str, str], bytes] = {}
-        async with db_errors(database.url), database.engine.connect() as conn:
-            for namespace in {ns for ns, _ in wanted}:
-                digests = [d for ns, d in wanted if ns == namespace]
-                result = await conn.execute(
-                    text(
-                        "SELECT digest, data FROM payload_blobs WHERE namespace = :ns AND digest = ANY(:digests)"
-                    ),
-                    {"ns": namespace, "digests": digests},
-                )
-                for digest, data in result:
-                    found[(namespace, digest)] = bytes(data)
+        found = await self._select(wanted, None)
         out = []
         for namespace, digest in wanted:
             data = found.get((namespace, digest))
@@ -331,8 +390,54 @@ class PostgresDriver(StorageDriver):
                     f"{self.NAME}: stored payload {digest[:16]}... of namespace {namespace!r} is not in"
                     f" {database.safe_url} (deleted, or this process has another {STORE_ENV})"
                 )
-            out.append(_verify(data, digest, f"{self.NAME} {digest[:16]}..."))
+            out.append(await _verify_off_loop(data, digest, f"{self.NAME} {digest[:16]}..."))
         return out
+
+    async def _select(
+        self, wanted: Sequence[tuple[str, str]], limit: int | None
+    ) -> dict[tuple[str, str], bytes]:
+        """The stored bytes of each (namespace, digest) found; with ``limit``, only rows of at most
+        that many bytes are fetched (``octet_length`` reads the stored length, not the bytes)."""
+        from sqlalchemy import text
+
+        from activities.store.database import db_errors
+        from activities.store.errors import AccessDeniedError
+
+        database = await self.database()
+        size_check = "" if limit is None else " AND octet_length(data) <= :limit"
+        found: dict[tuple[str, str], bytes] = {}
+        try:
+            async with db_errors(database.url), database.engine.connect() as conn:
+                for namespace in {ns for ns, _ in wanted}:
+                    digests = [d for ns, d in wanted if ns == namespace]
+                    result = await conn.execute(
+                        text(
+                            "SELECT digest, data FROM payload_blobs"
+                            f" WHERE namespace = :ns AND digest = ANY(:digests){size_check}"
+                        ),
+                        {"ns": namespace, "digests": digests, "limit": limit},
+                    )
+                    for digest, data in result:
+                        found[(namespace, digest)] = bytes(data)
+        except AccessDeniedError as err:
+            raise _platform_only(err, self.NAME) from None
+        return found
+
+    async def retrieve_within(self, claims: Sequence[StorageDriverClaim], limit: int) -> list[Payload | None]:
+        """Each payload stored in at most ``limit`` bytes, else None (over the limit, missing,
+        altered, not a reference of this store): larger rows are not fetched at all.
+
+        Raises:
+            PayloadStoreError: The database refused the read.
+        """
+        parts: list[tuple[str, str] | None] = []
+        for claim in claims:
+            try:
+                parts.append(_claim_parts(claim, self.namespace, self.NAME))
+            except PayloadStoreError:
+                parts.append(None)
+        found = await self._select([p for p in parts if p is not None], limit)
+        return [None if p is None else await _checked(found.get(p), p[1], limit, self.NAME) for p in parts]
 
 
 @dataclass(frozen=True)
@@ -442,47 +547,93 @@ def describe(config: PayloadStoreConfig) -> dict[str, Any]:
 
 RESOLVE_LIMIT = 4 * 1024 * 1024
 """Largest stored payload the codec server hands the Web UI in place of its reference."""
+RESOLVE_MAX_REFERENCES = 100
+"""References resolved per codec request; the rest are left as references."""
+RESOLVE_MAX_BYTES = 16 * 1024 * 1024
+"""Stored bytes resolved per codec request; once reached, the rest are left as references."""
+RESOLVE_DRIVERS = 16
+"""Namespaces whose driver the resolver keeps (least recently used evicted, its engine disposed)."""
 
 
 class ReferenceResolver:
     """Replaces references by the stored payloads, for the codec server: the Web UI then shows a
     stored input or output (decrypted by the codec after this) instead of its reference.
 
-    References of another namespace than the request's, of another driver, missing blobs and blobs
-    over :data:`RESOLVE_LIMIT` are left as they are (the UI shows the reference).
+    References of another namespace than the request's, of another driver, missing or altered
+    blobs and blobs over :data:`RESOLVE_LIMIT` (checked on the stored size, before reading) are left
+    as they are (the UI shows the reference), and so are the references past the first
+    :data:`RESOLVE_MAX_REFERENCES` of a request or past :data:`RESOLVE_MAX_BYTES` resolved.
     """
 
-    def __init__(self, config: PayloadStoreConfig, limit: int = RESOLVE_LIMIT) -> None:
+    def __init__(
+        self,
+        config: PayloadStoreConfig,
+        limit: int = RESOLVE_LIMIT,
+        *,
+        max_references: int = RESOLVE_MAX_REFERENCES,
+        max_bytes: int = RESOLVE_MAX_BYTES,
+        max_drivers: int = RESOLVE_DRIVERS,
+    ) -> None:
         self.config = config
         self.limit = limit
-        self._drivers: dict[str, FilesystemDriver | PostgresDriver] = {}
+        self.max_references = max_references
+        self.max_bytes = max_bytes
+        self.max_drivers = max_drivers
+        self._drivers: OrderedDict[str, FilesystemDriver | PostgresDriver] = OrderedDict()
+
+    async def _driver(self, namespace: str) -> FilesystemDriver | PostgresDriver:
+        driver = self._drivers.get(namespace)
+        if driver is not None:
+            self._drivers.move_to_end(namespace)
+            return driver
+        driver = self._drivers[namespace] = self.config.driver(namespace)
+        while len(self._drivers) > self.max_drivers:
+            _, evicted = self._drivers.popitem(last=False)
+            if isinstance(evicted, PostgresDriver):
+                await evicted.close()
+        return driver
+
+    async def close(self) -> None:
+        """Closes every cached driver."""
+        while self._drivers:
+            _, driver = self._drivers.popitem()
+            if isinstance(driver, PostgresDriver):
+                await driver.close()
 
     async def resolve(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
         """The payloads, each reference replaced by its stored payload where it can be."""
         from google.protobuf import json_format
         from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
 
+        message_type = ExternalStorageReference.DESCRIPTOR.full_name.encode()
         out = list(payloads)
+        seen = 0
+        spent = 0
+        driver: FilesystemDriver | PostgresDriver | None = None
         for index, payload in enumerate(payloads):
-            if payload.metadata.get("messageType") != ExternalStorageReference.DESCRIPTOR.full_name.encode():
+            if payload.metadata.get("messageType") != message_type:
                 continue
+            seen += 1
+            if seen > self.max_references or spent >= self.max_bytes:
+                break
             try:
                 reference = json_format.Parse(payload.data, ExternalStorageReference())
             except (json_format.ParseError, UnicodeDecodeError):
                 continue
-            driver = self._drivers.get(namespace)
             if driver is None:
-                driver = self._drivers[namespace] = self.config.driver(namespace)
+                driver = await self._driver(namespace)
             if reference.driver_name != driver.name():
                 continue
+            room = min(self.limit, self.max_bytes - spent)
             try:
-                [stored] = await driver.retrieve(
-                    StorageDriverRetrieveContext(), [StorageDriverClaim(dict(reference.claim_data))]
+                [stored] = await driver.retrieve_within(
+                    [StorageDriverClaim(dict(reference.claim_data))], room
                 )
             except PayloadStoreError:
                 continue
-            if stored.ByteSize() <= self.limit:
+            if stored is not None:
                 out[index] = stored
+                spent += stored.ByteSize()
         return out
 
 

@@ -36,11 +36,14 @@ from starter.connection import connect_client
 from starter.errors import InvalidInputError
 from starter.payload_store import (
     DEFAULT_STATE_BUDGET,
+    RESOLVE_LIMIT,
+    RESOLVE_MAX_REFERENCES,
     FilesystemDriver,
     PayloadStoreConfig,
     PayloadStoreConfigError,
     PayloadStoreError,
     PostgresDriver,
+    ReferenceResolver,
     state_budget_for,
 )
 from tests.workflows.support import definition, eventually, record, unique
@@ -227,6 +230,130 @@ async def test_forged_or_altered_references_are_refused(tmp_path: Path, database
     assert FilesystemDriver(tmp_path).path("..", "a" * 64).parent.parent.name == "%2E%2E"
 
 
+# ------------------------------------------------------------------------------ attackers
+def as_role(url: str, role: str) -> str:
+    """``url`` with another user (the embedded server trusts socket logins)."""
+    from activities.store.database import normalize_url
+
+    return normalize_url(url).set(username=role).render_as_string(hide_password=False)
+
+
+def reference_to(claim: StorageDriverClaim, driver: str) -> Payload:
+    return Payload(
+        metadata={"encoding": b"json/protobuf", "messageType": REFERENCE_TYPE},
+        data=json.dumps({"driverName": driver, "claimData": claim.claim_data}).encode(),
+    )
+
+
+async def test_a_tenant_login_cannot_read_or_plant_payload_blobs(database_url: str) -> None:
+    """payload_blobs is keyed by namespace, not tenant: a tenant's database login must reach no
+    row of it (neither read another namespace's payloads nor plant a row under a digest)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import ProgrammingError
+    from sqlalchemy.pool import NullPool
+
+    from activities.store.database import create_engine
+    from activities.store.roles import grant_platform, grant_tenant
+
+    suffix = hashlib.sha256(unique("blobs").encode()).hexdigest()[:8]
+    tenant_role, platform_role = f"bravo_blobs_{suffix}", f"worker_blobs_{suffix}"
+    await grant_tenant(database_url, f"bravo-{suffix}", tenant_role)
+    await grant_platform(database_url, platform_role)
+
+    # The victim's worker (a platform login) stores a payload.
+    secret = Payload(metadata={"encoding": b"json/plain"}, data=b'{"card":"4111 1111 1111 1111"}')
+    victim = PostgresDriver(as_role(database_url, platform_role), namespace="acme-prod")
+    [claim] = await victim.store(StorageDriverStoreContext(), [secret])
+    later = Payload(metadata={"encoding": b"json/plain"}, data=b'{"approved":true}')
+    digest = hashlib.sha256(later.SerializeToString()).hexdigest()
+
+    engine = create_engine(as_role(database_url, tenant_role), poolclass=NullPool)
+    try:
+        for statement, values in (
+            ("SELECT namespace, digest, data FROM payload_blobs", {}),
+            ("INSERT INTO payload_blobs VALUES ('acme-prod', :d, 'x', 1)", {"d": digest}),
+        ):
+            async with engine.begin() as conn:
+                with pytest.raises(ProgrammingError, match="permission denied"):
+                    await conn.execute(text(statement), values)
+    finally:
+        await engine.dispose()
+    # Through the driver: a clear refusal naming the rule, not a traceback.
+    tenant_driver = PostgresDriver(as_role(database_url, tenant_role), namespace="acme-prod")
+    with pytest.raises(PayloadStoreError, match="platform logins only"):
+        await tenant_driver.retrieve(StorageDriverRetrieveContext(), [claim])
+    with pytest.raises(PayloadStoreError, match="platform logins only"):
+        await tenant_driver.store(StorageDriverStoreContext(), [later])
+    await tenant_driver.close()
+    [back] = await victim.retrieve(StorageDriverRetrieveContext(), [claim])
+    assert back == secret
+    await victim.close()
+
+
+async def test_a_planted_blob_cannot_break_a_later_store(tmp_path: Path, database_url: str) -> None:
+    """A row or file planted in advance under the digest of a payload a run will store later (by
+    anyone who could write the store) is replaced by the store, so the run reads its payload."""
+    from sqlalchemy import text
+
+    from activities.store.database import Database
+
+    later = Payload(
+        metadata={"encoding": b"json/plain"}, data=b'{"approved":"' + unique("p").encode() + b'"}'
+    )
+    digest = hashlib.sha256(later.SerializeToString()).hexdigest()
+    admin = Database(database_url)
+    try:
+        async with admin.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO payload_blobs VALUES ('acme-prod', :d, 'junk', 4)"), {"d": digest}
+            )
+        fs = FilesystemDriver(tmp_path / "store", namespace="acme-prod")
+        fs.path("acme-prod", digest).parent.mkdir(parents=True)
+        fs.path("acme-prod", digest).write_bytes(b"junk")
+        for driver in (fs, PostgresDriver(namespace="acme-prod", database=admin)):
+            [claim] = await driver.store(StorageDriverStoreContext(), [later])
+            assert claim.claim_data["digest"] == digest
+            [back] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
+            assert back == later
+        async with admin.engine.connect() as conn:
+            query = text("SELECT size_bytes FROM payload_blobs WHERE digest = :d")
+            size = (await conn.execute(query, {"d": digest})).scalar_one()
+        assert size == later.ByteSize()
+    finally:
+        await admin.close()
+
+
+async def test_the_codec_resolver_is_bounded(tmp_path: Path, database_url: str) -> None:
+    """A codec request cannot make the gateway read more than it will hand out: blobs over the
+    limit are left as references without being read, only the first references of a request are
+    resolved, and the per-namespace drivers are a small cache (evicted engines disposed)."""
+    small = Payload(metadata={"encoding": b"json/plain"}, data=b'"small"')
+    huge = Payload(metadata={"encoding": b"binary/plain"}, data=b"\0" * (RESOLVE_LIMIT + 1))
+    for kind, location in (("fs", str(tmp_path / "store")), ("postgres", database_url)):
+        config = PayloadStoreConfig(kind=kind, location=location)
+        driver = config.driver("victim")
+        [small_claim, huge_claim] = await driver.store(StorageDriverStoreContext(), [small, huge])
+        if isinstance(driver, PostgresDriver):
+            await driver.close()
+        name = driver.name()
+        resolver = ReferenceResolver(config)
+        try:
+            refs = [reference_to(huge_claim, name)] * 20 + [reference_to(small_claim, name)] * 32_000
+            out = await resolver.resolve(refs, "victim")
+            assert out[:20] == refs[:20]  # over the limit: left as references
+            assert out[20:RESOLVE_MAX_REFERENCES] == [small] * (RESOLVE_MAX_REFERENCES - 20)
+            assert out[RESOLVE_MAX_REFERENCES:] == refs[RESOLVE_MAX_REFERENCES:]  # past the cap
+            assert await resolver.resolve(refs[20:22], "elsewhere") == refs[20:22]
+            first = await resolver._driver("victim")
+            for index in range(200):
+                await resolver._driver(f"ns-{index}")
+            assert len(resolver._drivers) <= resolver.max_drivers
+            if isinstance(first, PostgresDriver):
+                assert first._database is None  # evicted: its engine disposed
+        finally:
+            await resolver.close()
+
+
 # ------------------------------------------------------------------------------ runs on a server
 
 
@@ -387,7 +514,10 @@ async def test_a_new_worker_reads_what_an_earlier_one_stored_in_postgres(
     async with Database(database_url) as db, db.engine.connect() as conn:
         rows = (
             await conn.execute(
-                text("SELECT namespace, size_bytes FROM payload_blobs WHERE namespace <> 'acme'")
+                text(  # other tests of this module store under these namespaces
+                    "SELECT namespace, size_bytes FROM payload_blobs"
+                    " WHERE namespace NOT IN ('acme', 'acme-prod', 'victim')"
+                )
             )
         ).all()
     assert rows

@@ -3,9 +3,10 @@
 
 One row per (namespace, SHA-256 of the stored bytes): the same payload is stored once per namespace.
 The bytes are what the data converter stored, i.e. encrypted when the payload codec is on. Rows are
-keyed by namespace, not tenant (the SDK gives the driver the namespace of the run), so the table has
-no row-level policy: platform members write and read it, tenant roles read it (a row is found only
-by its digest, which a reader learns from the run's history, and it is verified on read).
+keyed by namespace, not tenant (the SDK gives the driver the namespace of the run, and a namespace
+may serve several tenants), so a tenant policy cannot separate them: only platform members (the
+worker, the gateway, operators) read and write the table. Tenant roles get no privilege on it, and
+row-level security with a platform-only policy holds even a role that was granted one by hand.
 
 Revision ID: 0005
 Revises: 0004
@@ -26,6 +27,8 @@ depends_on: str | Sequence[str] | None = None
 
 PLATFORM_ROLE = "wfa_platform"
 TENANT_ROLE = "wfa_tenant"
+POLICY = "platform_only"
+_PLATFORM = f"(SELECT pg_has_role(current_user, '{PLATFORM_ROLE}', 'MEMBER'))"
 
 
 def upgrade() -> None:
@@ -39,11 +42,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("namespace", "digest", name="pk_payload_blobs"),
     )
     op.create_index("ix_payload_blobs_created_at", "payload_blobs", ["created_at"])
-    op.execute(f"GRANT SELECT, INSERT, DELETE ON payload_blobs TO {PLATFORM_ROLE}")
-    op.execute(f"GRANT SELECT, INSERT ON payload_blobs TO {TENANT_ROLE}")
+    # UPDATE: a store replaces a row whose bytes do not match its digest (ON CONFLICT DO UPDATE).
+    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON payload_blobs TO {PLATFORM_ROLE}")
+    op.execute(f"REVOKE ALL ON payload_blobs FROM {TENANT_ROLE}")
+    op.execute("ALTER TABLE payload_blobs ENABLE ROW LEVEL SECURITY")
+    op.execute("ALTER TABLE payload_blobs FORCE ROW LEVEL SECURITY")
+    op.execute(f"CREATE POLICY {POLICY} ON payload_blobs USING ({_PLATFORM}) WITH CHECK ({_PLATFORM})")
 
 
 def downgrade() -> None:
+    op.execute(f"DROP POLICY IF EXISTS {POLICY} ON payload_blobs")
     op.execute(f"REVOKE ALL ON payload_blobs FROM {PLATFORM_ROLE}, {TENANT_ROLE}")
     op.drop_index("ix_payload_blobs_created_at", table_name="payload_blobs")
     op.drop_table("payload_blobs")
