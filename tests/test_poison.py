@@ -216,10 +216,27 @@ def build_cases(internal: str, port: int, public: str, temporal: str) -> list[Ca
                     "type": "foreach",
                     "items": "range(450) | list",
                     "concurrency": 20,
+                    "fan_out_above": 10000,  # in the run: every item's step record is the run's state
                     "steps": [echo("item", "{{ input.chunk }}")],
                 }
             ],
             {"chunk": "z" * 2500},
+            error_type="StateBudgetExceeded",
+        ),
+        Case(
+            # Fanned out, the items' records stay in the children: only the joined list is the
+            # run's, and it is what goes past the budget here (450 x 4 KB).
+            "fanned-out outputs adding up past 2 MiB",
+            [
+                {
+                    "id": "each",
+                    "type": "foreach",
+                    "items": "range(450) | list",
+                    "concurrency": 20,
+                    "steps": [echo("item", "{{ input.chunk }}")],
+                }
+            ],
+            {"chunk": "z" * 4000},
             error_type="StateBudgetExceeded",
         ),
         Case(
