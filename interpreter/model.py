@@ -585,6 +585,20 @@ class Notify(StrictModel):
     email: EmailLinks
 
 
+def _declared_form(fields: list[FieldDeclaration] | None) -> list[FormField]:
+    """Declared fields (approval, wait_for_event, human_task), a bare name read as an optional
+    string field."""
+    return [FormField(name=f) if isinstance(f, str) else f for f in fields or []]
+
+
+def _refuse_repeated_fields(form: list[FormField], noun: str) -> None:
+    """Raises ValueError naming the fields declared more than once (``noun``: "form fields")."""
+    names = [f.name for f in form]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{noun} {duplicates} are declared more than once")
+
+
 class ApprovalStep(StepBase):
     """Pause until a listed approver approves or rejects (signal or update).
 
@@ -620,16 +634,13 @@ class ApprovalStep(StepBase):
                 raise ValueError("timeout must be greater than zero")
             if self.escalation is not None and parse_duration(self.escalation.after) >= timeout:
                 raise ValueError("escalation 'after' must be shorter than the approval timeout")
-        names = [f.name for f in self.form]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"form fields {duplicates} are declared more than once")
+        _refuse_repeated_fields(self.form, "form fields")
         return self
 
     @property
     def form(self) -> list[FormField]:
         """The declared form fields, a bare name read as an optional string field."""
-        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
+        return _declared_form(self.fields)
 
 
 MAX_EVENT_LOOKBACK = timedelta(days=7)
@@ -672,16 +683,13 @@ class WaitForEventStep(StepBase):
             raise ValueError(
                 f"lookback {self.lookback} is longer than events are kept ({MAX_EVENT_LOOKBACK.days}d)"
             )
-        names = [f.name for f in self.form]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"event fields {duplicates} are declared more than once")
+        _refuse_repeated_fields(self.form, "event fields")
         return self
 
     @property
     def form(self) -> list[FormField]:
         """The declared event fields, a bare name read as an optional string field."""
-        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
+        return _declared_form(self.fields)
 
 
 class HumanTaskStep(StepBase):
@@ -728,16 +736,13 @@ class HumanTaskStep(StepBase):
                 and parse_duration(self.escalation.after) >= due
             ):
                 raise ValueError("escalation 'after' must be shorter than 'due'")
-        names = [f.name for f in self.form]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"form fields {duplicates} are declared more than once")
+        _refuse_repeated_fields(self.form, "form fields")
         return self
 
     @property
     def form(self) -> list[FormField]:
         """The declared form fields, a bare name read as an optional string field."""
-        return [FormField(name=f) if isinstance(f, str) else f for f in self.fields or []]
+        return _declared_form(self.fields)
 
     @property
     def approvers(self) -> list[str]:
