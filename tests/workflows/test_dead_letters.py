@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -197,13 +198,19 @@ async def test_a_decision_taken_the_moment_the_row_appears_is_accepted(
                 refused.append(err.reason)
 
         acting: list[asyncio.Task[None]] = []
-        async with asyncio.timeout(120):  # a hang guard only: the loop has no pause by design
-            while unseen:
-                for row in await flows.list_dead_letters(limit=1000):
-                    if row.workflow_id in unseen:
-                        unseen.discard(row.workflow_id)
-                        acting.append(asyncio.create_task(act(row)))
-            await asyncio.gather(*acting)
+        try:
+            # A hang guard only (the loop has no pause by design): twenty runs through one
+            # workflow slot without a cache replay every history in full, which takes minutes
+            # on a loaded 2-core machine.
+            async with asyncio.timeout(600):
+                while unseen:
+                    for row in await flows.list_dead_letters(limit=1000):
+                        if row.workflow_id in unseen:
+                            unseen.discard(row.workflow_id)
+                            acting.append(asyncio.create_task(act(row)))
+                await asyncio.gather(*acting)
+        except TimeoutError:
+            pytest.fail(f"runs never parked: {await where_runs_are(client, sorted(unseen))}")
         assert refused == []
 
         for run in runs:
@@ -213,6 +220,21 @@ async def test_a_decision_taken_the_moment_the_row_appears_is_accepted(
             assert result.output == {"charge": {"charge_id": f"manual-{row.id}"}}
             # Recorded in the row, although the run may have taken it before it knew the row's id.
             assert (row.status, row.resolved_by) == (DeadLetterStatus.SKIPPED, "ops-script")
+
+
+async def where_runs_are(client: Client, workflow_ids: list[str]) -> dict[str, Any]:
+    """For a hang guard's message: how far each run got, and its failed workflow tasks."""
+    found: dict[str, Any] = {}
+    for workflow_id in workflow_ids:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        failures = [
+            e.workflow_task_failed_event_attributes.failure.message
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        ]
+        last = [EventType.Name(e.event_type) for e in history.events[-3:]]
+        found[workflow_id] = {"events": len(history.events), "last": last, "task_failures": failures}
+    return found
 
 
 async def test_a_park_without_decision_times_out_as_the_definition_says(
