@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import secrets
 import threading
@@ -342,11 +343,20 @@ class Provider:
 
     issuer: str
     codes: list[str] = field(default_factory=list)
+    # Code -> the PKCE challenge its authorization request carried (RFC 7636).
+    challenges: dict[str, str] = field(default_factory=dict)
+    refused_verifiers: int = 0
+
+
+def _s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 @contextmanager
 def _recording_provider(*, rfc9207: bool = False) -> Iterator[Provider]:
-    """``oidc-provider-mock`` recording the codes posted to its token endpoint.
+    """``oidc-provider-mock`` recording the codes posted to its token endpoint, and requiring
+    PKCE as a provider configured for it does (the mock alone ignores ``code_challenge``): a code
+    is exchanged only with the verifier whose S256 hash its authorization request carried.
 
     With ``rfc9207`` it also advertises ``authorization_response_iss_parameter_supported`` and adds
     ``iss`` to its authorization responses (RFC 9207), as Keycloak, Entra ID and others do.
@@ -355,11 +365,28 @@ def _recording_provider(*, rfc9207: bool = False) -> Iterator[Provider]:
     server = werkzeug.serving.make_server("localhost", 0, app, threaded=True)
     provider = Provider(f"http://localhost:{server.server_port}")
 
+    @app.before_request
+    def require_pkce() -> tuple[dict[str, str], int] | None:
+        request = flask.request
+        code = request.form.get("code") if request.path == "/oauth2/token" else None
+        if code is None:
+            return None
+        challenge = provider.challenges.get(code)
+        verifier = request.form.get("code_verifier")
+        if challenge is None or verifier is None or _s256(verifier) != challenge:
+            provider.refused_verifiers += 1
+            return {"error": "invalid_grant", "error_description": "PKCE verification failed"}, 400
+        return None
+
     @app.after_request
     def observe(response: flask.Response) -> flask.Response:
         request = flask.request
         if request.path == "/oauth2/token" and request.form.get("code"):
             provider.codes.append(request.form["code"])
+        if request.path == "/oauth2/authorize" and response.status_code == 302:
+            code = parse_qs(urlparse(response.headers["Location"]).query).get("code")
+            if code and request.args.get("code_challenge_method") == "S256":
+                provider.challenges[code[0]] = request.args.get("code_challenge", "")
         if not rfc9207:
             return response
         if request.path == "/.well-known/openid-configuration":
@@ -536,3 +563,36 @@ async def test_an_answer_without_the_providers_iss_is_refused(
         callback = await _authorize(http, location, "alice-1")
         page = await http.get(_with_query(callback, iss=initech.issuer))
         _assert_page(page, 400, "another sign-in service answered (iss)")
+
+
+async def test_a_stolen_code_is_useless_without_its_verifier(
+    many_providers: ManyProviders, initech: Provider
+) -> None:
+    """Code injection (RFC 7636, RFC 9700 4.5): the attacker has the victim's authorization code
+    (from a log, a referrer, a malicious app on the phone) and plays it into a sign-in of their own.
+    The inbox exchanges it with the attacker's session's verifier, which does not hash to the
+    victim's challenge: the provider refuses, and nobody is signed in."""
+    inbox = many_providers
+    async with httpx.AsyncClient() as attacker, httpx.AsyncClient() as victim:
+        victim_url = (await victim.get(f"{inbox.url}/oidc/login?provider=initech")).headers["location"]
+        stolen = _query(await _authorize(victim, victim_url, "alice-1"))["code"]
+
+        attacker_url = (await attacker.get(f"{inbox.url}/oidc/login?provider=initech")).headers["location"]
+        assert _query(attacker_url)["code_challenge"] != _query(victim_url)["code_challenge"]
+        own = _query(await _authorize(attacker, attacker_url, "mallory-3"))
+        refused_before = initech.refused_verifiers
+        injected = await attacker.get(
+            f"{inbox.url}/oidc/callback/initech?"
+            + urlencode({"code": stolen, "state": own["state"], "iss": initech.issuer})
+        )
+        _assert_page(injected, 401, "Initech SSO refused the sign-in code (invalid_grant)")
+        assert _signed_in_as(inbox, injected) is None
+        assert initech.refused_verifiers == refused_before + 1
+
+        # The victim's own callback, with the verifier of the sign-in that asked for the code.
+        page = await victim.get(
+            f"{inbox.url}/oidc/callback/initech?"
+            + urlencode({"code": stolen, "state": _query(victim_url)["state"], "iss": initech.issuer})
+        )
+        assert page.status_code == 303, page.text[:500]
+        assert _signed_in_as(inbox, page) == "alice"
