@@ -166,11 +166,14 @@ _DUMMY_HASH = hash_password("not a password", salt=b"\0" * 16)
 
 @dataclass(frozen=True)
 class Session:
-    """What the session cookie holds: the person (None before sign-in), its expiry, a CSRF secret."""
+    """What the session cookie holds: the person (None before sign-in), its expiry, a CSRF secret,
+    and the OpenID Connect provider that signed the person in ("" for the local sign-in), whose
+    session signing out ends too."""
 
     person: Person | None
     expires: float
     csrf: str
+    provider: str = ""
 
 
 def _b64(data: bytes) -> str:
@@ -190,9 +193,10 @@ class SessionSigner:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    def new(self, person: Person | None, now: float | None = None) -> Session:
-        """A fresh session (new CSRF secret) for ``person``."""
-        return Session(person, (time.time() if now is None else now) + self.ttl_s, secrets.token_urlsafe(24))
+    def new(self, person: Person | None, now: float | None = None, provider: str = "") -> Session:
+        """A fresh session (new CSRF secret) for ``person``, signed in by ``provider`` if any."""
+        expires = (time.time() if now is None else now) + self.ttl_s
+        return Session(person, expires, secrets.token_urlsafe(24), provider)
 
     def dump(self, session: Session) -> str:
         """The cookie value."""
@@ -204,6 +208,8 @@ class SessionSigner:
             "e": int(session.expires),
             "c": session.csrf,
         }
+        if session.provider:
+            body["o"] = session.provider
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{payload}.{self._mac(payload)}"
 
@@ -218,11 +224,12 @@ class SessionSigner:
             body = json.loads(_unb64(payload))
             expires, csrf, raw = float(body["e"]), str(body["c"]), body["p"]
             person = None if raw is None else Person(str(raw[0]), str(raw[1]), str(raw[2]), tuple(raw[3]))
+            provider = str(body.get("o", ""))
         except (ValueError, KeyError, TypeError, IndexError):
             return None
         if expires <= (time.time() if now is None else now):
             return None
-        return Session(person, expires, csrf)
+        return Session(person, expires, csrf, provider)
 
     def _mac(self, payload: str, purpose: str = "session") -> str:
         return _b64(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import httpx
 from authlib.common.security import generate_token
@@ -256,6 +256,26 @@ class OidcClient:
         )
         claims = await self.verify_id_token(id_token, pending.nonce)
         return self.person(claims)
+
+    async def end_session_url(self, post_logout_redirect_uri: str) -> str | None:
+        """Where to send the browser to end the person's session at the provider (OpenID Connect
+        RP-Initiated Logout 1.0, identified by ``client_id``), or None when the provider does not
+        advertise an ``end_session_endpoint`` (an https one, or http on loopback).
+
+        Raises:
+            SignInRefused: The provider's discovery cannot be read.
+        """
+        endpoint = (await self.discovered()).metadata.get("end_session_endpoint")
+        if not isinstance(endpoint, str):
+            return None
+        parsed = urlparse(endpoint)
+        loopback = parsed.hostname in ("localhost", "127.0.0.1", "::1")
+        if parsed.scheme != "https" and not (parsed.scheme == "http" and loopback):
+            return None
+        query = urlencode(
+            {"client_id": self.provider.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
+        )
+        return f"{endpoint}{'&' if parsed.query else '?'}{query}"
 
     def _check_issuer(self, params: Mapping[str, str], metadata: Mapping[str, Any]) -> None:
         """RFC 9207: an ``iss`` in the answer must be this provider's issuer; a provider whose

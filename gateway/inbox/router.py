@@ -10,6 +10,7 @@ shown with the run's reason, next to the field it names.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -216,8 +217,12 @@ OIDC_COOKIE = "wfa_inbox_oidc"
 
 def _redirect_uri(request: Request, state: InboxState, provider: str) -> str:
     """The provider's own callback: an answer that comes back to another provider's is refused."""
-    base = state.config.base_url.rstrip("/") or str(request.base_url).rstrip("/") + state.prefix
-    return f"{base}/oidc/callback/{provider}"
+    return f"{_inbox_url(request, state)}/oidc/callback/{provider}"
+
+
+def _inbox_url(request: Request, state: InboxState) -> str:
+    """The inbox's absolute URL, as providers are told it."""
+    return state.config.base_url.rstrip("/") or str(request.base_url).rstrip("/") + state.prefix
 
 
 def _problem(request: Request, state: InboxState, title: str, message: str, status_code: int) -> HTMLResponse:
@@ -311,18 +316,29 @@ async def oidc_callback(request: Request, state: State, provider: str) -> Respon
     assert pending is not None
     signed_in = RedirectResponse(_safe_next(state, pending.next), status_code=303)
     signed_in.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")  # a sign-in is finished once
-    _set_cookie(signed_in, state, state.sessions.new(person))
+    _set_cookie(signed_in, state, state.sessions.new(person, provider=client.provider.key))
     return signed_in
 
 
 @router.post("/logout", name="inbox_logout")
 async def logout(request: Request, state: State) -> Response:
-    """Ends the session."""
+    """Ends the session; for a person the provider signed in, also the provider's session
+    (OpenID Connect RP-Initiated Logout, when the provider advertises ``end_session_endpoint``):
+    the browser goes to the provider, which sends it back to the sign-in page."""
     form = await request.form()
     session = _session(request, state)
     response = RedirectResponse(f"{state.prefix}/login", status_code=303)
-    if state.sessions.check_csrf(session, _text(form, "csrf")):
-        response.delete_cookie(COOKIE, path=state.prefix or "/")
+    if not state.sessions.check_csrf(session, _text(form, "csrf")):
+        return response
+    assert session is not None
+    client = state.oidc.get(session.provider)
+    if client is not None:
+        login = f"{_inbox_url(request, state)}/login"
+        with contextlib.suppress(SignInRefused):  # the provider is away: the local session still ends
+            url = await client.end_session_url(login)
+            if url is not None:
+                response = RedirectResponse(url, status_code=303)
+    response.delete_cookie(COOKIE, path=state.prefix or "/")
     return response
 
 

@@ -34,6 +34,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from gateway.inbox import InboxConfig, install_inbox
+from gateway.inbox.auth import Person
 from gateway.inbox.oidc import LEEWAY_S, OidcClient, OidcProvider, SignInRefused
 from gateway.inbox.router import COOKIE
 from interpreter.state import RunResult, RunState
@@ -346,6 +347,8 @@ class Provider:
     # Code -> the PKCE challenge its authorization request carried (RFC 7636).
     challenges: dict[str, str] = field(default_factory=dict)
     refused_verifiers: int = 0
+    # The query of each request to its end_session_endpoint (RP-Initiated Logout).
+    ended_sessions: list[dict[str, str]] = field(default_factory=list)
 
 
 def _s256(verifier: str) -> str:
@@ -381,6 +384,8 @@ def _recording_provider(*, rfc9207: bool = False) -> Iterator[Provider]:
     @app.after_request
     def observe(response: flask.Response) -> flask.Response:
         request = flask.request
+        if request.path == "/oauth2/end_session":
+            provider.ended_sessions.append(dict(request.args))
         if request.path == "/oauth2/token" and request.form.get("code"):
             provider.codes.append(request.form["code"])
         if request.path == "/oauth2/authorize" and response.status_code == 302:
@@ -596,3 +601,47 @@ async def test_a_stolen_code_is_useless_without_its_verifier(
         )
         assert page.status_code == 303, page.text[:500]
         assert _signed_in_as(inbox, page) == "alice"
+
+
+async def test_signing_out_ends_the_providers_session_too(
+    many_providers: ManyProviders, initech: Provider
+) -> None:
+    """RP-Initiated Logout: signing out of the inbox also goes through the provider's
+    end_session_endpoint (else a shared computer's next user is signed straight back in)."""
+    inbox = many_providers
+    async with httpx.AsyncClient() as http:
+        location = (await http.get(f"{inbox.url}/oidc/login?provider=initech")).headers["location"]
+        page = await http.get(await _authorize(http, location, "alice-1"))
+        assert _signed_in_as(inbox, page) == "alice"
+        sessions = inbox.app.state.inbox.sessions
+        session = sessions.load(http.cookies.get(COOKIE))
+        # A sign-out without the session's CSRF token (another site's form) ends nothing.
+        forged = await http.post(f"{inbox.url}/logout", data={"csrf": "x"})
+        assert forged.headers["location"].endswith("/inbox/login")
+        assert sessions.load(http.cookies.get(COOKIE)) is not None
+        assert initech.ended_sessions == []
+
+        out = await http.post(f"{inbox.url}/logout", data={"csrf": sessions.csrf_token(session)})
+        assert out.status_code == 303
+        assert out.headers["location"].startswith(f"{initech.issuer}/oauth2/end_session?")
+        assert http.cookies.get(COOKIE) is None  # the inbox's session has ended already
+        confirm = await http.get(out.headers["location"])  # the provider asks "sign out?"
+        assert confirm.status_code == 200, confirm.text[:300]
+        assert initech.ended_sessions == [
+            {"client_id": CLIENT_ID, "post_logout_redirect_uri": f"{inbox.url}/login"}
+        ]
+        back = await http.post(
+            f"{initech.issuer}/oauth2/end_session/confirm", data={"redirect_uri": f"{inbox.url}/login"}
+        )
+        assert back.headers["location"] == f"{inbox.url}/login"
+        assert (await http.get(f"{inbox.url}/")).status_code == 303  # not signed in
+
+    # A local sign-in has no provider session: signing out goes straight to the sign-in page.
+    async with httpx.AsyncClient() as http:
+        local = sessions.new(Person("acme", "alice", "Alice"))
+        http.cookies.set(COOKIE, sessions.dump(local))
+        out = await http.post(f"{inbox.url}/logout", data={"csrf": sessions.csrf_token(local)})
+        assert out.headers["location"].endswith("/inbox/login")
+        assert out.headers["set-cookie"].startswith(f'{COOKIE}=""; ')  # deleted
+        assert "Max-Age=0" in out.headers["set-cookie"]
+        assert len(initech.ended_sessions) == 1
