@@ -165,6 +165,32 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+WORKFLOW_TASK_SLOTS_ENV = "WFA_WORKFLOW_TASK_SLOTS"
+"""Workflow tasks the worker runs at once (default :func:`default_workflow_task_slots`)."""
+
+
+def default_workflow_task_slots() -> int:
+    """Two per CPU, at least four: workflow code runs under the GIL, so more slots than the CPUs
+    can serve only lengthen every task. The SDK's default of 100 lets a burst of first tasks on a
+    small machine each take seconds, tripping the SDK's 2 s deadlock detector and the 10 s workflow
+    task timeout (measured with 10,000 runs starting on 2 cores: see the README's *Benchmarks*)."""
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+def workflow_task_slots_from_env(environ: Mapping[str, str]) -> int:
+    """``WFA_WORKFLOW_TASK_SLOTS``, or the default.
+
+    Raises:
+        ValueError: Not a whole number from 2 to 1000.
+    """
+    raw = environ.get(WORKFLOW_TASK_SLOTS_ENV, "").strip()
+    if not raw:
+        return default_workflow_task_slots()
+    if not raw.isdigit() or not 2 <= int(raw) <= 1000:
+        raise ValueError(f"{WORKFLOW_TASK_SLOTS_ENV} must be a whole number from 2 to 1000, not {raw[:40]!r}")
+    return int(raw)
+
+
 DEPLOYMENT_NAME_ENV = "WFA_DEPLOYMENT_NAME"
 """Worker Deployment Versioning: the deployment this worker belongs to (with ``WFA_BUILD_ID``)."""
 BUILD_ID_ENV = "WFA_BUILD_ID"
@@ -200,6 +226,7 @@ def build_worker(
     sql: SqlActions | None = None,
     deployment: WorkerDeploymentVersion | None = None,
     max_cached_workflows: int | None = None,
+    max_concurrent_workflow_tasks: int | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -221,6 +248,8 @@ def build_worker(
             current version at its next workflow task. None: an unversioned worker.
         max_cached_workflows: Runs kept in the worker's sticky cache (the SDK's default, 1,000,
             when None); a run not in the cache is replayed from its history at its next task.
+        max_concurrent_workflow_tasks: Workflow tasks run at once (None:
+            :func:`default_workflow_task_slots`).
     """
     versioning = (
         None
@@ -248,6 +277,7 @@ def build_worker(
         workflow_runner=workflow_runner(),
         deployment_config=versioning,
         max_cached_workflows=1000 if max_cached_workflows is None else max_cached_workflows,
+        max_concurrent_workflow_tasks=max_concurrent_workflow_tasks or default_workflow_task_slots(),
     )
 
 
@@ -299,6 +329,7 @@ async def main() -> int:
     try:
         verifier = load_decision_verifier(os.environ)
         deployment = deployment_from_env(os.environ)
+        workflow_slots = workflow_task_slots_from_env(os.environ)
     except ValueError as err:
         log.error("%s", err)
         return 2
@@ -399,17 +430,19 @@ async def main() -> int:
                     outbound_policy=policies[namespace],
                     sql=sql,
                     deployment=deployment,
+                    max_concurrent_workflow_tasks=workflow_slots,
                 )
             )
         for namespace, client in clients.items():
             tenants = scope.tenants_of(namespace)
             log.info(
-                "worker polling %s on %s (namespace %s, tenants %s, deployment %s)",
+                "worker polling %s on %s (namespace %s, tenants %s, deployment %s, workflow task slots %d)",
                 task_queue,
                 client.service_client.config.target_host,
                 namespace,
                 "any" if tenants is None else ", ".join(tenants),
                 "none" if deployment is None else f"{deployment.deployment_name}@{deployment.build_id}",
+                workflow_slots,
             )
         sampler = (
             GaugeSampler(runtime.metric_meter, list(clients.values()), task_queue, sample_limit)

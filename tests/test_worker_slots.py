@@ -1,0 +1,53 @@
+"""How many workflow tasks a worker runs at once: few, because workflow code runs under the GIL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from tests.workflows.support import unique
+from worker import build_worker, default_workflow_task_slots, workflow_task_slots_from_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_follows_the_cpus_not_the_sdks_hundred() -> None:
+    assert default_workflow_task_slots() == max(4, 2 * (os.cpu_count() or 1))
+    assert workflow_task_slots_from_env({}) == default_workflow_task_slots()
+    assert workflow_task_slots_from_env({"WFA_WORKFLOW_TASK_SLOTS": " 12 "}) == 12
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-3", "many", "2.5", "1001"])
+def test_a_slot_count_that_cannot_work_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="WFA_WORKFLOW_TASK_SLOTS must be a whole number from 2 to 1000"):
+        workflow_task_slots_from_env({"WFA_WORKFLOW_TASK_SLOTS": value})
+
+
+def test_the_worker_refuses_to_start_with_it() -> None:
+    env = {**os.environ, "WFA_WORKFLOW_TASK_SLOTS": "lots", "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "worker.py"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "WFA_WORKFLOW_TASK_SLOTS must be a whole number from 2 to 1000, not 'lots'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_build_worker_applies_it(client: Client) -> None:
+    async with httpx.AsyncClient() as http_client:
+        default = build_worker(client, unique("tq-slots"), http_client)
+        chosen = build_worker(client, unique("tq-slots"), http_client, max_concurrent_workflow_tasks=7)
+    assert default.config()["max_concurrent_workflow_tasks"] == default_workflow_task_slots()
+    assert chosen.config()["max_concurrent_workflow_tasks"] == 7
