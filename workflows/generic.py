@@ -1068,11 +1068,11 @@ class RunDefinitionWorkflow:
         """Whether the workflow instance running on this thread now is this run's own.
 
         The engine tells the host of a change from ``finally`` blocks (a step ends, a wait ends),
-        and those also run when the coroutine of a run the worker dropped is finalized: Python
-        closes a suspended coroutine when the garbage collector reaches it, on whichever thread
-        that happens. After an interrupted activation (the SDK's deadlock check, TMPRL1101) an
-        evicted run's tasks can be left suspended, and the collector may reach them while another
-        run's activation (or the replay of the same run in a new instance) runs on that thread:
+        and those also run when the coroutine of a run a worker dropped without tearing it down
+        (a worker shut down while holding it; the SDK's deadlock interruption can leave such runs
+        too) is finalized: Python closes a suspended coroutine when the garbage collector reaches
+        it, on whichever thread that happens, possibly while another run's activation (or the
+        replay of the same run in a new instance) runs on that thread:
         ``workflow.*`` calls then act on that other instance, whose commands gain a search
         attribute upsert or a patch marker its code never asked for, a nondeterminism error
         (issue 12). So the host publishes only from its own instance: in its own activations this
