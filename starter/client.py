@@ -183,10 +183,11 @@ def _transient_query_failure(err: Exception) -> bool:
 
     A worker answers a query on a run it no longer holds in its cache (a "legacy query") by
     replaying the run's history first. On an overloaded machine that replay can take longer than
-    the SDK's two-second deadlock limit (TMPRL1101), and a replay started while the interrupted one
-    is still being evicted can report a nondeterminism error (TMPRL1100) although the run's own
-    workflow tasks complete; while a workflow task is being retried the server refuses queries
-    ("Workflow Task in failed state"). Asking again answers once the worker has caught up.
+    the SDK's two-second deadlock limit (TMPRL1101); a worker without the fix of issue 12 could
+    also report a nondeterminism error (TMPRL1100) for that replay although the run's own workflow
+    tasks complete (a dropped run's clean-up publishing into it, see ``RunDefinitionWorkflow._at_home``);
+    while a workflow task is being retried the server refuses queries ("Workflow Task in failed
+    state"). Asking again answers once the worker has caught up.
     """
     if isinstance(err, WorkflowQueryFailedError):
         return any(marker in str(err) for marker in _TRANSIENT_QUERY_FAILURES)

@@ -636,6 +636,8 @@ class RunDefinitionWorkflow:
         )
         """The ``jti`` of every token an accepted update carried: a token proves one decision."""
         self._engine.cancel_hook = self._cancel_from_event
+        self._home = asyncio.get_running_loop()
+        """This run's own workflow instance (the SDK's event loop for it); see :meth:`_at_home`."""
 
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
@@ -1062,6 +1064,25 @@ class RunDefinitionWorkflow:
                 identity.append(TENANT.value_set(run.options.tenant))
             workflow.upsert_search_attributes(identity)
 
+    def _at_home(self) -> bool:
+        """Whether the workflow instance running on this thread now is this run's own.
+
+        The engine tells the host of a change from ``finally`` blocks (a step ends, a wait ends),
+        and those also run when the coroutine of a run a worker dropped without tearing it down
+        (a worker shut down while holding it; the SDK's deadlock interruption can leave such runs
+        too) is finalized: Python closes a suspended coroutine when the garbage collector reaches
+        it, on whichever thread that happens, possibly while another run's activation (or the
+        replay of the same run in a new instance) runs on that thread:
+        ``workflow.*`` calls then act on that other instance, whose commands gain a search
+        attribute upsert or a patch marker its code never asked for, a nondeterminism error
+        (issue 12). So the host publishes only from its own instance: in its own activations this
+        is always true, and the commands are those recorded before.
+        """
+        try:
+            return asyncio.get_running_loop() is self._home
+        except RuntimeError:  # no event loop running on this thread: not in any workflow
+            return False
+
     def _every_step_mode(self) -> bool:
         if self._every_step is None:
             # Runs recorded before the patch upserted CurrentStep on every step and every attribute
@@ -1083,7 +1104,7 @@ class RunDefinitionWorkflow:
 
     def _publish_wait(self) -> None:
         """A durable wait began or ended: only CurrentStep in ``waits`` mode cares."""
-        if self._track_step and workflow.in_workflow() and not self._every_step_mode():
+        if self._track_step and self._at_home() and not self._every_step_mode():
             self._publish()
 
     def _publish(self) -> None:
@@ -1091,8 +1112,8 @@ class RunDefinitionWorkflow:
 
         Upserts only values that changed: each upsert is a history event.
         """
-        if not workflow.in_workflow():
-            return  # the worker is tearing the run down (eviction): nothing to publish
+        if not self._at_home():
+            return  # not this run's instance running: an evicted run's clean-up (see _at_home)
         engine = self._engine
         self._telemetry.waiting_for_approval(engine.awaiting_approval)
         every_step = self._every_step_mode()
