@@ -165,6 +165,35 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+DEADLOCK_TIMEOUT_S = 8.0
+"""How long one activation of workflow code may run before the SDK calls it a deadlock (TMPRL1101).
+
+The SDK's 2 s is wall time, and on a small machine under load a bounded activation (the
+interpreter caps template work per task, see ``TASK_WORK_BUDGET``) takes many times its CPU time:
+at a load of 20 on 2 cores a tenth of a CPU. A false deadlock fails the task, and the SDK may then be
+unable to evict the interrupted run ("Eviction processed, but N tasks remain"), leaving it stuck on
+this worker. 8 s stays under the server's 10 s workflow task timeout. The SDK has no option for it:
+:func:`build_worker` sets its worker's attribute, and ``tests/test_worker_slots.py`` fails if an SDK
+upgrade renames it."""
+
+
+def tolerate_slow_activations(worker: Worker, seconds: float = DEADLOCK_TIMEOUT_S) -> Worker:
+    """Sets the SDK's deadlock detection limit of ``worker`` to ``seconds`` (see
+    :data:`DEADLOCK_TIMEOUT_S`).
+
+    Raises:
+        RuntimeError: The SDK no longer has the attribute (an upgrade changed it).
+    """
+    workflows = getattr(worker, "_workflow_worker", None)
+    if workflows is None or not hasattr(workflows, "_deadlock_timeout_seconds"):
+        raise RuntimeError(
+            "this temporalio version has no deadlock timeout to set: see worker.DEADLOCK_TIMEOUT_S"
+        )
+    if workflows._deadlock_timeout_seconds is not None:  # None: debug mode, no detection at all
+        workflows._deadlock_timeout_seconds = seconds
+    return worker
+
+
 WORKFLOW_TASK_SLOTS_ENV = "WFA_WORKFLOW_TASK_SLOTS"
 """Workflow tasks the worker runs at once (default :func:`default_workflow_task_slots`)."""
 
@@ -260,7 +289,7 @@ def build_worker(
             default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
         )
     )
-    return Worker(
+    worker = Worker(
         client,
         task_queue=task_queue,
         workflows=[*WORKFLOWS, EventMailboxWorkflow, *extra_workflows],
@@ -279,6 +308,7 @@ def build_worker(
         max_cached_workflows=1000 if max_cached_workflows is None else max_cached_workflows,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks or default_workflow_task_slots(),
     )
+    return tolerate_slow_activations(worker)
 
 
 async def connect(address: str, namespace: str, **options: Any) -> Client:

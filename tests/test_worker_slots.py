@@ -1,18 +1,28 @@
-"""How many workflow tasks a worker runs at once: few, because workflow code runs under the GIL."""
+"""How the worker runs workflow tasks: few at once (workflow code runs under the GIL), and a slow
+activation on a busy machine is not taken for a deadlock."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from tests.workflows.support import unique
-from worker import build_worker, default_workflow_task_slots, workflow_task_slots_from_env
+from worker import (
+    DEADLOCK_TIMEOUT_S,
+    build_worker,
+    default_workflow_task_slots,
+    workflow_task_slots_from_env,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +61,36 @@ async def test_build_worker_applies_it(client: Client) -> None:
         chosen = build_worker(client, unique("tq-slots"), http_client, max_concurrent_workflow_tasks=7)
     assert default.config()["max_concurrent_workflow_tasks"] == default_workflow_task_slots()
     assert chosen.config()["max_concurrent_workflow_tasks"] == 7
+
+
+SLOW_S = 3.0
+"""An activation this long: past the SDK's own 2 s deadlock limit, well under ours."""
+
+
+@workflow.defn(sandboxed=False)
+class SlowActivation:
+    """Holds its thread for ``SLOW_S`` in one activation, as a bounded but heavy workflow task does
+    on a machine whose CPUs are busy with other work."""
+
+    @workflow.run
+    async def run(self) -> str:
+        time.sleep(SLOW_S)  # noqa: ASYNC251 - blocking on purpose: the activation is what is slow
+        return "done"
+
+
+async def test_a_slow_activation_is_not_a_deadlock(client: Client) -> None:
+    task_queue = unique("tq-slow")
+    async with httpx.AsyncClient() as http_client:
+        worker = build_worker(client, task_queue, http_client, extra_workflows=[SlowActivation])
+        assert worker._workflow_worker._deadlock_timeout_seconds == DEADLOCK_TIMEOUT_S  # type: ignore[union-attr]
+        async with worker:
+            handle = await client.start_workflow(
+                SlowActivation.run,
+                id=unique("slow"),
+                task_queue=task_queue,
+                task_timeout=timedelta(seconds=30),
+            )
+            assert await handle.result() == "done"
+    history = await handle.fetch_history()
+    failed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert failed == []
