@@ -55,8 +55,9 @@ async def _make_current(client: Client, version: WorkerDeploymentVersion) -> Non
             == RoutingConfigUpdateState.ROUTING_CONFIG_UPDATE_STATE_COMPLETED
         )
 
-    # The task queues learn the new routing asynchronously: wait until every one has it.
-    await eventually(propagated, bool, timeout=60, interval=0.5, what=f"{version.build_id} routed")
+    # The task queues learn the new routing asynchronously (the server's own deployment workflow
+    # does it, slow on a server busy with a whole suite): wait until every one has it.
+    await eventually(propagated, bool, timeout=240, interval=0.5, what=f"{version.build_id} routed")
 
 
 async def _build_of(handle: Handle) -> str:
