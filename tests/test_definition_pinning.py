@@ -68,12 +68,6 @@ def identity(doc_hash: str, name: str, version: int = 1) -> TypedSearchAttribute
     )
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def worker(client: Client, task_queue: str, http_client: httpx.AsyncClient) -> AsyncIterator[Worker]:
     async with build_worker(

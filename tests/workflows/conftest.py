@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end workflow tests: an in-process worker on each test server.
 
-The servers themselves (``temporal_env``, ``client``, ``time_skipping_env``) and ``http_server``
-come from ``tests/conftest.py``; here each test gets a worker on its own task queue.
+The servers themselves (``temporal_env``, ``client``, ``time_skipping_env``), ``http_server`` and
+``http_client`` come from ``tests/conftest.py``; here each test gets a worker on its own task queue.
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from worker import build_worker
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The ``http`` action's client, shared by every in-process worker."""
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest_asyncio.fixture(loop_scope="session")
