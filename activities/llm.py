@@ -152,12 +152,7 @@ class LlmActions:
                     raise await _status_error(response, what)
                 raw = await _read_success_body(response, what)
         except OutboundRefusedError as exc:
-            raise ApplicationError(
-                f"{what} refused: {exc}",
-                {"rule": exc.rule, "host": exc.host},
-                type="OutboundRefused",
-                non_retryable=True,
-            ) from None
+            raise exc.application_error(what) from None
         except (TimeoutError, httpx.TimeoutException):
             raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="LlmTimeout") from None
         except httpx.TransportError as exc:

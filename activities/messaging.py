@@ -141,12 +141,7 @@ async def provider_request(
             async with client.stream(method, url, timeout=httpx.Timeout(timeout_s), **options) as response:
                 raw = await _read_prefix(response, MAX_RESPONSE_BYTES)
     except OutboundRefusedError as exc:
-        raise ApplicationError(
-            f"{what} refused: {exc}",
-            {"rule": exc.rule, "host": exc.host},
-            type="OutboundRefused",
-            non_retryable=True,
-        ) from None
+        raise exc.application_error(what) from None
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise ApplicationError(f"{what} timed out after {timeout_s:g}s", type=f"{prefix}Timeout") from exc
     except httpx.ConnectError as exc:
