@@ -5,6 +5,7 @@
 * ``postgres_server_url``: a real PostgreSQL (``$DATABASE_URL``'s server, else the embedded one);
   ``database_url`` / ``database``: a fresh migrated database per test module.
 * ``http_client``: the ``http`` action's client, shared by every in-process worker.
+* ``worker``: a worker for the generic workflow and every action, on the test's queue.
 * ``store_worker``, ``tenant``, ``flows``: a worker with the store's activities on the test's queue,
   a tenant unique to the test, and a :class:`starter.client.FlowClient` of that tenant on ``database``.
 * ``time_skipping_env``: the Java time-skipping test server. It rejects unknown search attributes
@@ -199,6 +200,18 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
     """The ``http`` action's client, shared by every in-process worker."""
     async with httpx.AsyncClient() as client:
         yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(client: Client, task_queue: str, http_client: httpx.AsyncClient) -> AsyncIterator[Worker]:
+    """A worker for the generic workflow and every action on the dev server, on the test's queue."""
+    from worker import build_worker
+
+    # No grace period: a test that leaves an activity sleeping must not wait for it at teardown.
+    async with build_worker(
+        client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+    ) as running:
+        yield running
 
 
 @pytest_asyncio.fixture(loop_scope="session")
