@@ -29,7 +29,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
+
+from temporalio.exceptions import ApplicationError
 
 __all__ = [
     "CONNECTIONS_FILE_ENV",
@@ -38,6 +40,7 @@ __all__ = [
     "LlmConnection",
     "SqlConnection",
     "configure_connections",
+    "configured_connection",
     "connections",
 ]
 
@@ -195,3 +198,34 @@ def connections(environ: Mapping[str, str] | None = None) -> Connections:
     env = os.environ if environ is None else environ
     path = env.get(CONNECTIONS_FILE_ENV)
     return Connections.load(path) if path else Connections()
+
+
+@overload
+def configured_connection(kind: Literal["sql"], tenant: str, name: str) -> SqlConnection: ...
+@overload
+def configured_connection(kind: Literal["llm"], tenant: str, name: str) -> LlmConnection: ...
+def configured_connection(
+    kind: Literal["sql", "llm"], tenant: str, name: str
+) -> SqlConnection | LlmConnection:
+    """The tenant's ``kind`` connection ``name``, for an action about to use it.
+
+    Raises:
+        ApplicationError: Non-retryable ``SqlConnectionNotConfigured`` / ``LlmConnectionNotConfigured``:
+            the connections file is unusable, or the tenant has no such connection.
+    """
+    error_type = f"{kind.capitalize()}ConnectionNotConfigured"
+    try:
+        configured = connections()
+    except ConnectionsConfigError as err:
+        raise ApplicationError(str(err), type=error_type, non_retryable=True) from None
+    found = (
+        configured.sql_connection(tenant, name) if kind == "sql" else configured.llm_connection(tenant, name)
+    )
+    if found is None:
+        raise ApplicationError(
+            f"{kind} connection {name!r} of tenant {tenant!r} is not configured on the worker"
+            " (WFA_CONNECTIONS_FILE)",
+            type=error_type,
+            non_retryable=True,
+        )
+    return found

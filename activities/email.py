@@ -443,12 +443,7 @@ class EmailActions:
                             smtp.close()
                     sock.close()
         except OutboundRefusedError as exc:
-            raise ApplicationError(
-                f"{where} refused: {exc}",
-                {"rule": exc.rule, "host": exc.host},
-                type="OutboundRefused",
-                non_retryable=True,
-            ) from None
+            raise exc.application_error(where) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
             raise _classify(exc, where) from exc
         refused_replies = {rcpt: _reply(reply.code, reply.message) for rcpt, reply in refused.items()}

@@ -253,12 +253,7 @@ class HttpActions:
                         raise await _status_error(response, what, spec.accept_status)
                     raw = await _read_success_body(response, what)
         except OutboundRefusedError as exc:
-            raise ApplicationError(
-                f"{what} refused: {exc}",
-                {"rule": exc.rule, "host": exc.host},
-                type="OutboundRefused",
-                non_retryable=True,
-            ) from None
+            raise exc.application_error(what) from None
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="HttpTimeout") from exc
         except httpx.ConnectError as exc:

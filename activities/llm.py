@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets
-from activities.connections import ConnectionsConfigError, connections
+from activities.connections import configured_connection
 from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import ActionRequest, LlmInput, parse_action_input
@@ -105,17 +105,7 @@ class LlmActions:
             spec = parse_action_input(LlmInput, request.input)
         except ValidationError as exc:
             raise invalid_input("llm", request.input, exc) from None
-        try:
-            config = connections().llm_connection(request.tenant, spec.connection)
-        except ConnectionsConfigError as err:
-            raise ApplicationError(str(err), type="LlmConnectionNotConfigured", non_retryable=True) from None
-        if config is None:
-            raise ApplicationError(
-                f"llm connection {spec.connection!r} of tenant {request.tenant!r} is not configured on the"
-                " worker (WFA_CONNECTIONS_FILE)",
-                type="LlmConnectionNotConfigured",
-                non_retryable=True,
-            )
+        config = configured_connection("llm", request.tenant, spec.connection)
         base_url: str = resolve_secrets(config.base_url).rstrip("/")
         url = f"{base_url}/chat/completions"
         parts = urlsplit(url)
@@ -152,12 +142,7 @@ class LlmActions:
                     raise await _status_error(response, what)
                 raw = await _read_success_body(response, what)
         except OutboundRefusedError as exc:
-            raise ApplicationError(
-                f"{what} refused: {exc}",
-                {"rule": exc.rule, "host": exc.host},
-                type="OutboundRefused",
-                non_retryable=True,
-            ) from None
+            raise exc.application_error(what) from None
         except (TimeoutError, httpx.TimeoutException):
             raise ApplicationError(f"{what} timed out after {spec.timeout_s:g}s", type="LlmTimeout") from None
         except httpx.TransportError as exc:

@@ -59,7 +59,7 @@ from activities.base import (
     tenant_secret,
     tenant_setting,
 )
-from activities.http import _retry_after
+from activities.http import _read_prefix, _retry_after
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import (
     ActionInput,
@@ -107,17 +107,6 @@ def _parse(model: type[Any], action_name: str, request: ActionRequest) -> Any:
         raise invalid_input(action_name, request.input, exc) from None
 
 
-async def _read_limited(response: httpx.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= MAX_RESPONSE_BYTES:
-            break
-    return b"".join(chunks)[:MAX_RESPONSE_BYTES]
-
-
 def _body(raw: bytes) -> Any:
     text = raw.decode("utf-8", errors="replace")
     try:
@@ -150,14 +139,9 @@ async def provider_request(
     try:
         async with asyncio.timeout(timeout_s):
             async with client.stream(method, url, timeout=httpx.Timeout(timeout_s), **options) as response:
-                raw = await _read_limited(response)
+                raw = await _read_prefix(response, MAX_RESPONSE_BYTES)
     except OutboundRefusedError as exc:
-        raise ApplicationError(
-            f"{what} refused: {exc}",
-            {"rule": exc.rule, "host": exc.host},
-            type="OutboundRefused",
-            non_retryable=True,
-        ) from None
+        raise exc.application_error(what) from None
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise ApplicationError(f"{what} timed out after {timeout_s:g}s", type=f"{prefix}Timeout") from exc
     except httpx.ConnectError as exc:

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpcore
 import httpx
+from temporalio.exceptions import ApplicationError
 
 __all__ = [
     "OUTBOUND_ALLOW_ENV",
@@ -95,6 +96,16 @@ class OutboundRefusedError(Exception):
         self.host = host
         self.address = address
         self.rule = rule
+
+    def application_error(self, what: str) -> ApplicationError:
+        """The action's permanent failure for this refusal: ``OutboundRefused``, naming ``what``
+        (the request) and the rule and host in its details."""
+        return ApplicationError(
+            f"{what} refused: {self}",
+            {"rule": self.rule, "host": self.host},
+            type="OutboundRefused",
+            non_retryable=True,
+        )
 
 
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action, invalid_input, resolve_secrets
-from activities.connections import ConnectionsConfigError, connections
+from activities.connections import configured_connection
 from activities.store.database import create_engine, safe_url
 from activities.store.errors import StoreError
 from interpreter.actions import ActionRequest, SqlInput, parse_action_input
@@ -154,17 +154,7 @@ class SqlActions:
             spec = parse_action_input(SqlInput, request.input)
         except ValidationError as exc:
             raise invalid_input("sql", request.input, exc) from None
-        try:
-            config = connections().sql_connection(request.tenant, spec.connection)
-        except ConnectionsConfigError as err:
-            raise ApplicationError(str(err), type="SqlConnectionNotConfigured", non_retryable=True) from None
-        if config is None:
-            raise ApplicationError(
-                f"sql connection {spec.connection!r} of tenant {request.tenant!r} is not configured on the"
-                " worker (WFA_CONNECTIONS_FILE)",
-                type="SqlConnectionNotConfigured",
-                non_retryable=True,
-            )
+        config = configured_connection("sql", request.tenant, spec.connection)
         url: str = resolve_secrets(config.url)
         try:
             engine = self._engine(url)

@@ -11,18 +11,15 @@ The module is re-imported into the sandbox for every run: it imports little on p
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from interpreter.actions import ActionRequest, ActionResult, RetryMode
+    from bench.echo_call import echo
 
 APPROVAL_BASELINE_NAME = "BenchApprovalBaseline"
 APPROVER = "bench-approver"
 _AWAITING = SearchAttributeKey.for_bool("AwaitingApproval")
-_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_attempts=3)
 
 
 @workflow.defn(name=APPROVAL_BASELINE_NAME)
@@ -37,25 +34,7 @@ class ApprovalBaselineWorkflow:
         workflow.upsert_search_attributes([_AWAITING.value_set(True)])
         await workflow.wait_condition(lambda: self._approved_by is not None)
         workflow.upsert_search_attributes([_AWAITING.value_set(False)])
-        info = workflow.info()
-        request = ActionRequest(
-            step_id="after",
-            idempotency_key=f"{info.workflow_id}/{info.run_id}/after",
-            input={"value": str(n)},
-            retry_mode=RetryMode.EXPONENTIAL,
-            initial_interval_s=1.0,
-            maximum_interval_s=None,
-        )
-        result = await workflow.execute_activity(
-            "echo",
-            request,
-            result_type=ActionResult,
-            activity_id="after",
-            summary="after (echo)",
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_RETRY,
-        )
-        return str(result.output)
+        return str(await echo("after", str(n), "after (echo)"))
 
     @workflow.update
     async def approve(self, actor: str) -> str:

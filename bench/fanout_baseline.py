@@ -4,9 +4,8 @@ product's fanned-out foreach (A, :func:`bench.fanout.definition_data`).
 The parent splits the items into slices of ``batch_size`` and runs them as child workflows, at most
 ``min(children, concurrency)`` at a time, each child running ``concurrency // that`` of its items at
 once, exactly as the product does (``interpreter.engine.Engine._fan_out``). Every item is one
-``echo`` activity with the :class:`ActionRequest` the product sends (step path ``loop[i].e``,
-idempotency key, input, retry preset), the same activity id and summary, ``start_to_close`` 30 s
-and the default retry policy; children get the ids the product gives them
+``echo`` activity call as the product makes it (:func:`bench.echo_call.echo`, step path
+``loop[i].e``); children get the ids the product gives them
 (``<parent>/loop/batch-k``), the same parent-close policy and cancellation type. The parent returns
 the outputs in item order.
 """
@@ -14,26 +13,15 @@ the outputs in item order.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from interpreter.actions import ActionRequest, ActionResult, RetryMode
+    from bench.echo_call import ACTION, echo
 
-ACTION = "echo"
 PARENT_WORKFLOW_NAME = "BenchFanoutParent"
 CHILD_WORKFLOW_NAME = "BenchFanoutChild"
-_START_TO_CLOSE = timedelta(seconds=30)
-_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=None,
-    maximum_attempts=3,
-    non_retryable_error_types=None,
-)
 
 
 @workflow.defn(name=CHILD_WORKFLOW_NAME)
@@ -43,30 +31,11 @@ class FanoutChild:
     @workflow.run
     async def run(self, args: list[Any]) -> list[Any]:
         offset, items, concurrency = int(args[0]), list(args[1]), int(args[2])
-        info = workflow.info()
         gate = asyncio.Semaphore(concurrency)
 
         async def one(index: int, item: Any) -> Any:
             async with gate:
-                path = f"loop[{index}].e"
-                request = ActionRequest(
-                    step_id=path,
-                    idempotency_key=f"{info.workflow_id}/{info.run_id}/{path}",
-                    input={"value": item},
-                    retry_mode=RetryMode.EXPONENTIAL,
-                    initial_interval_s=1.0,
-                    maximum_interval_s=None,
-                )
-                result = await workflow.execute_activity(
-                    ACTION,
-                    request,
-                    result_type=ActionResult,
-                    activity_id=path,
-                    summary=f"e ({ACTION})",
-                    start_to_close_timeout=_START_TO_CLOSE,
-                    retry_policy=_RETRY,
-                )
-                return result.output
+                return await echo(f"loop[{index}].e", item, f"e ({ACTION})")
 
         return list(await asyncio.gather(*(one(offset + i, item) for i, item in enumerate(items))))
 

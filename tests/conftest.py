@@ -4,6 +4,10 @@
   attributes registered. Full server semantics, including visibility queries (``list_workflows``).
 * ``postgres_server_url``: a real PostgreSQL (``$DATABASE_URL``'s server, else the embedded one);
   ``database_url`` / ``database``: a fresh migrated database per test module.
+* ``http_client``: the ``http`` action's client, shared by every in-process worker.
+* ``worker``: a worker for the generic workflow and every action, on the test's queue.
+* ``store_worker``, ``tenant``, ``flows``: a worker with the store's activities on the test's queue,
+  a tenant unique to the test, and a :class:`starter.client.FlowClient` of that tenant on ``database``.
 * ``time_skipping_env``: the Java time-skipping test server. It rejects unknown search attributes
   ("search attribute X is not defined") until they are added through the operator service, which
   this fixture does. It does not implement ``ListSearchAttributes`` nor ``ListWorkflowExecutions``,
@@ -19,14 +23,16 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 # Imported now, in the main thread before any worker runs: hypothesis's pytest plugin imports it
 # at the end of a session otherwise, while workers' sandboxes may still compile modules on other
 # threads, and CPython 3.11's AST compiler is not thread-safe there ("SystemError: AST constructor
 # recursion depth mismatch", python/cpython#106905).
+import httpx
 import hypothesis  # noqa: F401
 import pytest
 import pytest_asyncio
@@ -36,6 +42,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.devserver import ensure_search_attributes, find_temporal_cli, find_test_server
 from workflows.search_attributes import ALL_KEYS
+
+if TYPE_CHECKING:
+    from temporalio.worker import Worker
+
+    from activities.store.database import Database
+    from starter.client import FlowClient
 
 try:  # Written in parallel by another change; conftest must keep working until it lands.
     from tests.helpers.http_server import http_server  # noqa: F401
@@ -178,3 +190,58 @@ async def database(database_url: str) -> AsyncIterator[Any]:
         yield db
     finally:
         await db.close()
+
+
+# ------------------------------------------------------------------- workers and the registry
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    """The ``http`` action's client, shared by every in-process worker."""
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker(client: Client, task_queue: str, http_client: httpx.AsyncClient) -> AsyncIterator[Worker]:
+    """A worker for the generic workflow and every action on the dev server, on the test's queue."""
+    from worker import build_worker
+
+    # No grace period: a test that leaves an activity sleeping must not wait for it at teardown.
+    async with build_worker(
+        client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+    ) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store_worker(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
+) -> AsyncIterator[Worker]:
+    """The worker as worker.py builds it, with the store's activities, on the test's queue."""
+    from activities.dead_letters import build_store_activities
+    from worker import build_worker
+
+    # No grace period: a test that leaves an activity sleeping must not wait for it at teardown.
+    async with build_worker(
+        client,
+        task_queue,
+        http_client,
+        extra_activities=build_store_activities(database.session_factory),
+        graceful_shutdown_timeout=timedelta(0),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant unique to the test."""
+    return f"tenant-{uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def flows(client: Client, task_queue: str, database: Database, tenant: str) -> FlowClient:
+    """The product's client for ``tenant``, on ``database`` and the test's queue."""
+    from starter.client import FlowClient
+
+    return FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)

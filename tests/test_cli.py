@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from uuid import uuid4
 
 import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -73,16 +72,6 @@ def offline(capsys: pytest.CaptureFixture[str]) -> Run:
 def wfa(capsys: pytest.CaptureFixture[str], temporal_env: WorkflowEnvironment, task_queue: str) -> Run:
     """``wfa`` pointed at the session's dev server and the test's task queue."""
     return Run(capsys, temporal_env.client.service_client.config.target_host, task_queue)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
-    """An in-process worker on the test's task queue."""
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        yield
 
 
 def expense_input(api: str, amount: int = 640) -> str:

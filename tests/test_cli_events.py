@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -17,7 +14,6 @@ from interpreter.state import RunInput, RunOptions
 from interpreter.validate import load_definition
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, main
 from tests.workflows.support import eventually, record, status, unique
-from worker import build_worker
 from workflows.generic import RunDefinitionWorkflow
 
 
@@ -38,15 +34,6 @@ class Wfa:
 @pytest.fixture
 def wfa(capsys: pytest.CaptureFixture[str], temporal_env: WorkflowEnvironment, task_queue: str) -> Wfa:
     return Wfa(capsys, temporal_env.client.service_client.config.target_host, task_queue)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        yield
 
 
 async def test_events_send_resumes_the_wait_once_and_status_shows_it(

@@ -12,30 +12,16 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from uuid import uuid4
 
-import httpx
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from starter.client import FlowClient
 from tests.helpers.wfa_process import Outcome, run_many, wfa_env
-from worker import build_worker
 
 RUNS = 500
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        yield
 
 
 def write(path: Path, document: object) -> str:

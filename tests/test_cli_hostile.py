@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from uuid import uuid4
 
-import httpx
-import pytest_asyncio
+import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.store.database import Database
 from starter.client import FlowClient
 from tests.helpers.wfa_process import run_many, wfa_env
-from worker import build_worker
 
 HUGE = "9" * 30  # beyond int8
 INT4_PLUS = "9999999999"  # beyond int4 (versions), within int8
@@ -27,19 +24,10 @@ LONG = "x" * 100_000
 NOT_UTF8 = os.fsdecode(b"run-\xff\xfe")  # what a shell passes for bytes that are not UTF-8
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def flows(client: Client, database: Database, task_queue: str) -> AsyncIterator[FlowClient]:
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(
-            client,
-            task_queue,
-            http_client,
-            session_factory=database.session_factory,
-            graceful_shutdown_timeout=timedelta(0),
-        ),
-    ):
-        yield FlowClient(client, task_queue=task_queue, database=database)
+@pytest.fixture
+def flows(client: Client, database: Database, task_queue: str, store_worker: Worker) -> FlowClient:
+    """A client with the store (no tenant), and a worker with the store's activities on its queue."""
+    return FlowClient(client, task_queue=task_queue, database=database)
 
 
 def write(path: Path, text: str | bytes) -> str:

@@ -5,33 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from uuid import uuid4
 
-import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import Client
 
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from starter.client import FlowClient
 from starter.errors import InvalidInputError
 from tests.workflows.support import eventually
-from worker import build_worker
 
 LIST_WAIT_S = 60.0
 """How long visibility may take to show a change (eventually consistent; a hang detector)."""
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str) -> AsyncIterator[None]:
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        yield
 
 
 def wfa(capsys: pytest.CaptureFixture[str], flows: FlowClient, *args: str) -> tuple[int, str, str]:

@@ -15,16 +15,13 @@ import asyncio
 import json
 import sys
 import threading
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.base import MAX_FAILURE_MESSAGE_BYTES
 from activities.store.database import Database
@@ -33,25 +30,15 @@ from starter.client import FlowClient
 from tests.helpers.http_server import RecordedRequest, RecordingServer
 from tests.helpers.wfa_process import ROOT, wfa_env
 from tests.workflows.support import eventually
-from worker import build_worker
 
 LINE_WAIT_S = 120.0
 """How long a line the test waits for may take at most (never expected: it is a hang detector)."""
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def flows(client: Client, database: Database, task_queue: str) -> AsyncIterator[FlowClient]:
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(
-            client,
-            task_queue,
-            http_client,
-            session_factory=database.session_factory,
-            graceful_shutdown_timeout=timedelta(0),
-        ),
-    ):
-        yield FlowClient(client, task_queue=task_queue, database=database)
+@pytest.fixture
+def flows(client: Client, database: Database, task_queue: str, store_worker: Worker) -> FlowClient:
+    """A client with the store (no tenant), and a worker with the store's activities on its queue."""
+    return FlowClient(client, task_queue=task_queue, database=database)
 
 
 def wfa_in_process(capsys: pytest.CaptureFixture[str], flows: FlowClient, *args: str) -> tuple[int, str, str]:

@@ -28,6 +28,7 @@ from interpreter.state import StepStatus
 from interpreter.validate import DefinitionError, load_definition
 from starter.cli import run as wfa
 from starter.plugins import ACTION_MODULES_ENV, load_configured_action_plugins
+from tests.helpers.worker_process import exit_code, spawn_worker
 from tests.workflows.support import record, start, unique
 from worker import build_worker
 
@@ -165,19 +166,7 @@ def _worker_process(address: str, task_queue: str, log: Path, modules: str) -> s
         "PYTHONPATH": os.pathsep.join([str(EXAMPLE / "src"), str(ROOT)]),
         ACTION_MODULES_ENV: modules,
     }
-    return subprocess.Popen(
-        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
-async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    for _ in range(int(timeout * 10)):
-        code = proc.poll()
-        if code is not None:
-            return code
-        await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"worker did not exit within {timeout}s")
+    return spawn_worker(env, log)
 
 
 @pytest.mark.usefixtures("package_on_path")
@@ -200,7 +189,7 @@ async def test_the_teams_worker_py_serves_its_action_on_its_own_queue(
             result = await asyncio.wait_for(handle.result(), timeout=90)
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = await _exit_code(proc, timeout=60)
+        code = await exit_code(proc, timeout=60)
     assert record(result, "greet").output == {"text": "Bonjour, Grace!", "task_queue": team_queue}
     assert code == 0
     assert "action plugins: greeting (wfa_greeting.impl:greet)" in log.read_text()
@@ -209,5 +198,5 @@ async def test_the_teams_worker_py_serves_its_action_on_its_own_queue(
 async def test_worker_py_refuses_to_start_with_a_broken_plugin(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     proc = _worker_process("127.0.0.1:1", "tq-none", log, "wfa_greeting.nowhere")
-    assert await _exit_code(proc, timeout=60) == 2
+    assert await exit_code(proc, timeout=60) == 2
     assert "action plugin module 'wfa_greeting.nowhere' cannot be loaded" in log.read_text()

@@ -11,7 +11,6 @@ the compact shape reads back to the same definition for every example.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from uuid import uuid4
 
 import httpx
 import pytest
-import pytest_asyncio
 from hypothesis import given
 from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
@@ -66,20 +64,6 @@ def identity(doc_hash: str, name: str, version: int = 1) -> TypedSearchAttribute
             SearchAttributePair(DEFINITION_HASH, doc_hash),
         ]
     )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str, http_client: httpx.AsyncClient) -> AsyncIterator[Worker]:
-    async with build_worker(
-        client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
-    ) as running:
-        yield running
 
 
 # ------------------------------------------------------------------------------------ attacker

@@ -214,7 +214,7 @@ def _approve_it_in_the_inbox(demo: Demo) -> None:
     and sees it decided."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.inbox.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS
 
     key = _printed(demo)[0]
     url = re.search(r"approvals inbox: (http://\S+)$", demo.output, re.M)

@@ -47,6 +47,7 @@ from starter.tenancy import (
 )
 from tests.helpers.http_server import RecordingServer
 from tests.helpers.wfa_process import run_wfa, wfa_env
+from tests.helpers.worker_process import spawn_worker
 from tests.workflows.support import unique, wait_state
 from workflows.generic import RunDefinitionWorkflow
 
@@ -257,9 +258,7 @@ def _worker(
     }
     env.pop("TEMPORAL_NAMESPACE", None)
     env.pop("DATABASE_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
+    return spawn_worker(env, log)
 
 
 @pytest.fixture

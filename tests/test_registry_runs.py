@@ -9,20 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.dead_letters import DeadLetterActivities, build_store_activities
+from activities.dead_letters import DeadLetterActivities
 from activities.store.database import Database, head_revision
 from activities.store.errors import (
     DeadLetterResolvedError,
@@ -35,7 +32,6 @@ from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, E
 from starter.client import FlowClient, is_registry_ref
 from starter.errors import DefinitionFileNotFoundError, RunAlreadyExistsError, RunNotFoundError
 from tests.conftest import fresh_database
-from worker import build_worker
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -54,37 +50,6 @@ def marked(name: str, marker: str, *, approval: bool = False) -> dict[str, Any]:
         {"id": "done", "type": "succeed", "output": {"marker": marker, "version": "{{ run.version }}"}}
     )
     return {"name": name, "steps": steps}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(
-    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
-) -> AsyncIterator[Worker]:
-    """The worker as worker.py builds it, with the store's activities, on the test's queue."""
-    async with build_worker(
-        client,
-        task_queue,
-        http_client,
-        extra_activities=build_store_activities(database.session_factory),
-        graceful_shutdown_timeout=timedelta(0),
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def tenant() -> str:
-    return unique("tenant")
-
-
-@pytest.fixture
-def flows(client: Client, task_queue: str, database: Database, tenant: str) -> FlowClient:
-    return FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
 
 
 async def wait_for_approval(flows: FlowClient, workflow_id: str, timeout: float = 20.0) -> None:
@@ -114,7 +79,7 @@ def test_which_strings_are_registry_references(tmp_path: Path, monkeypatch: pyte
 
 
 async def test_start_by_name_and_by_pinned_version(
-    flows: FlowClient, client: Client, worker: Worker, tenant: str
+    flows: FlowClient, client: Client, store_worker: Worker, tenant: str
 ) -> None:
     name = unique()
     first = await flows.register(marked(name, "one"), author="ann")
@@ -157,7 +122,7 @@ async def test_start_by_name_and_by_pinned_version(
 
 
 async def test_a_run_keeps_its_version_when_another_is_activated_mid_run(
-    flows: FlowClient, worker: Worker
+    flows: FlowClient, store_worker: Worker
 ) -> None:
     name = unique()
     await flows.register(marked(name, "one", approval=True), author="ann")
@@ -184,7 +149,7 @@ async def test_a_run_keeps_its_version_when_another_is_activated_mid_run(
 
 
 async def test_a_tenant_can_neither_read_nor_start_another_tenants_definitions(
-    client: Client, task_queue: str, database: Database, worker: Worker
+    client: Client, task_queue: str, database: Database, store_worker: Worker
 ) -> None:
     a = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("a"))
     b = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("b"))
@@ -208,7 +173,7 @@ async def test_a_tenant_can_neither_read_nor_start_another_tenants_definitions(
 
 
 async def test_a_tenant_cannot_see_or_touch_another_tenants_runs(
-    client: Client, task_queue: str, database: Database, worker: Worker
+    client: Client, task_queue: str, database: Database, store_worker: Worker
 ) -> None:
     a = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("a"))
     b = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("b"))
@@ -353,7 +318,7 @@ def wfa(
     )
 
 
-async def test_cli_definitions(wfa: Wfa, tmp_path: Path, worker: Worker) -> None:
+async def test_cli_definitions(wfa: Wfa, tmp_path: Path, store_worker: Worker) -> None:
     name = unique()
     v1, v2 = tmp_path / "v1.json", tmp_path / "v2.json"
     v1.write_text(json.dumps(marked(name, "one")))

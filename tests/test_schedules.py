@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import insert
@@ -24,7 +23,6 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from activities.store.errors import NoActiveVersionError
 from activities.store.models import DefinitionHeadRow, DefinitionRow
@@ -36,7 +34,6 @@ from starter.errors import InvalidRunInputError, ScheduleSyncError
 from starter.schedules import ScheduleInfo, schedule_id
 from starter.triggers import live_triggers, live_triggers_of_every_tenant
 from tests.workflows.support import eventually
-from worker import build_worker
 from workflows.search_attributes import DEFINITION_VERSION
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -72,36 +69,9 @@ def plain(name: str, marker: str) -> dict[str, Any]:
     return {"name": name, "steps": [{"id": "done", "type": "succeed", "output": {"marker": marker}}]}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def worker(
-    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
-) -> AsyncIterator[Worker]:
-    async with build_worker(
-        client,
-        task_queue,
-        http_client,
-        extra_activities=build_store_activities(database.session_factory),
-        graceful_shutdown_timeout=timedelta(0),
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def tenant() -> str:
-    return unique("tenant")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def flows(
-    client: Client, task_queue: str, database: Database, tenant: str
-) -> AsyncIterator[FlowClient]:
-    flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+async def flows(flows: FlowClient, client: Client, tenant: str) -> AsyncIterator[FlowClient]:
+    """The shared ``flows`` (tests/conftest.py), with the tenant's schedules deleted after the test."""
     yield flows
     # Nothing left firing for the rest of the session, whatever the test did.
     async for listed in await client.list_schedules():
@@ -157,7 +127,7 @@ async def version_becomes(client: Client, sid: str, version: int | None) -> None
 
 
 async def test_a_schedule_fires_the_active_version_and_follows_activate_and_rollback(
-    flows: FlowClient, client: Client, worker: Worker, tenant: str
+    flows: FlowClient, client: Client, store_worker: Worker, tenant: str
 ) -> None:
     name = unique()
     sid = schedule_id(tenant, name, "tick")
@@ -238,7 +208,7 @@ async def test_a_schedule_fires_the_active_version_and_follows_activate_and_roll
 
 
 async def test_pause_unpause_trigger_and_backfill(
-    flows: FlowClient, client: Client, worker: Worker, tenant: str, database_url: str
+    flows: FlowClient, client: Client, store_worker: Worker, tenant: str, database_url: str
 ) -> None:
     name = unique()
     await flows.register(scheduled(name, "hourly", every="1h"), author="ann")
@@ -399,7 +369,7 @@ async def test_stored_bodies_with_the_legacy_trigger_still_load(
 
 
 async def test_every_start_checks_the_input_schema(
-    flows: FlowClient, worker: Worker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    flows: FlowClient, store_worker: Worker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = unique()
     schema = {

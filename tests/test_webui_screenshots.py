@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
@@ -33,9 +33,9 @@ from activities.outbound import OutboundPolicy, build_http_client
 from interpreter.state import RunState
 from starter.client import FlowClient
 from starter.devserver import DevServer
+from tests.helpers.browser import chromium
 from tests.helpers.http_server import RecordingServer
 from tests.helpers.screenshots import screenshot_dir
-from tests.inbox.conftest import _HAVE_CHROMIUM, CHROMIUM, CHROMIUM_ARGS
 from tests.workflows.support import eventually
 from worker import build_worker
 
@@ -200,14 +200,8 @@ async def _count(client: Client, query: str) -> int:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not _HAVE_CHROMIUM:
-        pytest.fail(f"{CHROMIUM} is missing: install the OS package chromium (.ci/run does)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

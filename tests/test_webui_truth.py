@@ -4,28 +4,14 @@ outcome (a compensated run is not a green Completed)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from uuid import uuid4
 
-import httpx
-import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
 from interpreter.state import RunState
 from starter.client import FlowClient
 from tests.helpers.http_server import RecordingServer
-from worker import build_worker
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str) -> AsyncIterator[Worker]:
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)) as running,
-    ):
-        yield running
 
 
 async def test_a_run_is_listed_under_its_definitions_name_with_a_summary(

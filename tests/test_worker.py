@@ -6,15 +6,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from temporalio.client import Client
 
 from interpreter.state import RunState, StepStatus
+from tests.helpers.worker_process import exit_code, spawn_worker
 from tests.workflows.support import definition, record, start, unique, wait_state
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _worker(address: str, task_queue: str, log: Path, grace_s: str = "30") -> subprocess.Popen[bytes]:
@@ -26,19 +24,7 @@ def _worker(address: str, task_queue: str, log: Path, grace_s: str = "30") -> su
         "PYTHONUNBUFFERED": "1",
         "WFA_OUTBOUND_ALLOW": "127.0.0.0/8",  # the test's HTTP services listen on loopback
     }
-    return subprocess.Popen(
-        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
-async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    for _ in range(int(timeout * 10)):
-        code = proc.poll()
-        if code is not None:
-            return code
-        await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"worker did not exit within {timeout}s")
+    return spawn_worker(env, log)
 
 
 async def test_sigterm_lets_the_in_flight_activity_finish(client: Client, tmp_path: Path) -> None:
@@ -68,7 +54,7 @@ async def test_sigterm_lets_the_in_flight_activity_finish(client: Client, tmp_pa
                 break
             await asyncio.sleep(0.1)
         first.send_signal(signal.SIGTERM)
-        assert await _exit_code(first, timeout=30) == 0
+        assert await exit_code(first, timeout=30) == 0
         assert "shutting down" in log.read_text()
     finally:
         if first.poll() is None:
@@ -80,7 +66,7 @@ async def test_sigterm_lets_the_in_flight_activity_finish(client: Client, tmp_pa
         result = await asyncio.wait_for(handle.result(), timeout=60)
     finally:
         second.send_signal(signal.SIGTERM)
-        await _exit_code(second, timeout=30)
+        await exit_code(second, timeout=30)
     assert result.state == RunState.COMPLETED
     slow = record(result, "slow")
     assert (slow.status, slow.attempts, slow.output) == (StepStatus.COMPLETED, 1, "done")
@@ -89,5 +75,5 @@ async def test_sigterm_lets_the_in_flight_activity_finish(client: Client, tmp_pa
 async def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     proc = _worker("127.0.0.1:1", "tq-none", log)
-    assert await _exit_code(proc, timeout=60) == 2
+    assert await exit_code(proc, timeout=60) == 2
     assert "cannot reach the Temporal server at 127.0.0.1:1" in log.read_text()

@@ -7,12 +7,9 @@ encrypted with the configured key, and scrapes the worker's Prometheus endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from starter.codec import KEY_ID_METADATA
 from starter.connection import connect_client
 from tests.helpers.http_server import RecordingServer
 from tests.helpers.tls import Pki, TlsProxy, make_pki, tls_proxy
+from tests.helpers.worker_process import exit_code, spawn_worker
 from tests.test_telemetry import free_port, parse, value
 from tests.workflows.support import definition, eventually, start, unique
 
@@ -60,22 +58,6 @@ def _env(config: Path, task_queue: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
-async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    for _ in range(int(timeout * 10)):
-        code = proc.poll()
-        if code is not None:
-            return code
-        await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"worker did not exit within {timeout}s")
-
-
 async def test_worker_with_profile_keys_metrics_and_traces(
     proxy: tuple[TlsProxy, Pki], tmp_path: Path, http_server: RecordingServer
 ) -> None:
@@ -104,7 +86,7 @@ client_key_path = "{pki.client.key}"
         OTEL_SERVICE_NAME="wfa-worker-test",
     )
     log = tmp_path / "worker.log"
-    worker = _spawn(env, log)
+    worker = spawn_worker(env, log)
     try:
         client = await connect_client(env=env)
         name = unique("ops")
@@ -138,7 +120,7 @@ client_key_path = "{pki.client.key}"
         assert set(running.handshakes) == {"wfa-worker"}
     finally:
         worker.send_signal(signal.SIGTERM)
-        code = await _exit_code(worker, timeout=30)
+        code = await exit_code(worker, timeout=30)
     assert code == 0, log.read_text()[-2000:]
     assert f"metrics on http://{metrics}/metrics" in log.read_text()
     # The spans reached the OTLP/HTTP endpoint (flushed at shutdown at the latest).
@@ -172,8 +154,8 @@ async def test_bad_operations_settings_are_clear_errors(
     config = tmp_path / "temporal.toml"
     config.write_text('[profile.secure]\naddress = "127.0.0.1:1"\n', encoding="utf-8")
     log = tmp_path / "worker.log"
-    worker = _spawn(_env(config, "tq-none", **extra), log)
-    assert await _exit_code(worker, timeout=60) == 2
+    worker = spawn_worker(_env(config, "tq-none", **extra), log)
+    assert await exit_code(worker, timeout=60) == 2
     text = log.read_text()
     assert message in text
     assert "Traceback" not in text

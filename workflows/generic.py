@@ -423,29 +423,15 @@ class _TemporalRuntime:
             kind = (cause.type if isinstance(cause, ApplicationError) else None) or "SubflowResolveError"
             raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
         child = resolved.definition
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(DEFINITION_NAME, child.name),
-                SearchAttributePair(DEFINITION_VERSION, child.version),
-                SearchAttributePair(DEFINITION_HASH, resolved.content_hash),
-                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-                SearchAttributePair(AWAITING_APPROVAL, False),
-                SearchAttributePair(CURRENT_STEP, ""),
-                SearchAttributePair(TENANT, tenant),
-            ]
-        )
         try:
-            handle = await workflow.start_child_workflow(
-                child.name,  # listed under its definition's name, like a run a client started
+            handle = await self._start_child(
                 RunInput(
                     definition=child,
                     input=call.input,
                     options=self._options.model_copy(update={"subflow_depth": call.depth}),
                 ),
-                id=call.workflow_id,
-                result_type=RunResult,
-                task_queue=workflow.info().task_queue,
-                search_attributes=attributes,
+                call.workflow_id,
+                resolved.content_hash,
                 memo={
                     "definition": child.name,
                     "version": child.version,
@@ -453,16 +439,12 @@ class _TemporalRuntime:
                     "tenant": tenant,
                     "source": "subflow",
                 },
-                static_summary=f"{child.name} v{child.version} (subflow of {workflow.info().workflow_id})",
+                summary=f"{child.name} v{child.version} (subflow of {workflow.info().workflow_id})",
                 parent_close_policy=(
                     workflow.ParentClosePolicy.REQUEST_CANCEL
                     if call.wait
                     else workflow.ParentClosePolicy.ABANDON
                 ),
-                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-                # A parent re-run under its business key (after a failure) reuses the ids of its
-                # earlier children once they closed; one still running is reported, not joined.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 priority=run_priority(tenant, child.priority),
             )
         except WorkflowAlreadyStartedError:
@@ -497,26 +479,12 @@ class _TemporalRuntime:
         its compensations) and if the parent closes first."""
         tenant = self._options.tenant
         definition = call.definition
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(DEFINITION_NAME, definition.name),
-                SearchAttributePair(DEFINITION_VERSION, definition.version),
-                SearchAttributePair(DEFINITION_HASH, definition_hash(definition)),
-                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-                SearchAttributePair(AWAITING_APPROVAL, False),
-                SearchAttributePair(CURRENT_STEP, ""),
-                SearchAttributePair(TENANT, tenant),
-            ]
-        )
         parent = workflow.info().workflow_id
         try:
-            handle = await workflow.start_child_workflow(
-                definition.name,
+            handle = await self._start_child(
                 RunInput(definition=definition, options=self._options, batch=call.batch),
-                id=call.workflow_id,
-                result_type=RunResult,
-                task_queue=workflow.info().task_queue,
-                search_attributes=attributes,
+                call.workflow_id,
+                definition_hash(definition),
                 memo={
                     "definition": definition.name,
                     "version": definition.version,
@@ -524,10 +492,8 @@ class _TemporalRuntime:
                     "source": "foreach",
                     "parent": parent,
                 },
-                static_summary=f"{call.summary} (foreach {call.path} of {parent})",
+                summary=f"{call.summary} (foreach {call.path} of {parent})",
                 parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
-                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 priority=self._priority,
             )
         except WorkflowAlreadyStartedError:
@@ -552,6 +518,50 @@ class _TemporalRuntime:
             raise BatchFailedError(str(cause or err), type(cause or err).__name__) from None
         output: dict[str, Any] = result.output
         return output
+
+    async def _start_child(
+        self,
+        run: RunInput,
+        workflow_id: str,
+        content_hash: str,
+        *,
+        memo: dict[str, Any],
+        summary: str,
+        parent_close_policy: workflow.ParentClosePolicy,
+        priority: Priority,
+    ) -> workflow.ChildWorkflowHandle[Any, RunResult]:
+        """Starts ``run`` as a child workflow (a subflow or a fan-out slice) on this run's task
+        queue, listed under its definition's name with the search attributes of a run a client
+        started, in this run's tenant. A child cancelled with its parent (``REQUEST_CANCEL``) runs
+        its compensations before the parent's cancellation goes on."""
+        definition = run.definition
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(DEFINITION_NAME, definition.name),
+                SearchAttributePair(DEFINITION_VERSION, definition.version),
+                SearchAttributePair(DEFINITION_HASH, content_hash),
+                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+                SearchAttributePair(AWAITING_APPROVAL, False),
+                SearchAttributePair(CURRENT_STEP, ""),
+                SearchAttributePair(TENANT, self._options.tenant),
+            ]
+        )
+        return await workflow.start_child_workflow(
+            definition.name,  # listed under its definition's name, like a run a client started
+            run,
+            id=workflow_id,
+            result_type=RunResult,
+            task_queue=workflow.info().task_queue,
+            search_attributes=attributes,
+            memo=memo,
+            static_summary=summary,
+            parent_close_policy=parent_close_policy,
+            cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+            # A parent re-run under its business key (after a failure) reuses the ids of its
+            # earlier children once they closed; one still running is reported, not joined.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            priority=priority,
+        )
 
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the

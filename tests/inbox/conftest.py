@@ -2,7 +2,7 @@
 
 The inbox app runs under uvicorn as a task on the session's event loop (the Temporal client lives
 there), on a free loopback port; Chromium is the operating system's (/usr/bin/chromium), driven by
-Playwright without its own browser download.
+Playwright without its own browser download (``tests/helpers/browser.py``).
 """
 
 from __future__ import annotations
@@ -11,19 +11,16 @@ import asyncio
 import contextlib
 import json
 import secrets
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -34,6 +31,7 @@ from gateway.inbox import InboxConfig, LocalUsers, hash_password, install_inbox
 from starter.client import FlowClient
 from starter.mailbox import LocalMailbox
 from starter.tokens import generate_keys
+from tests.helpers.browser import chromium
 from worker import build_worker
 from workflows import decision_tokens
 
@@ -41,18 +39,6 @@ from workflows import decision_tokens
 # gateway, Temporal, worker, back) can take longer than Playwright's default of 5 seconds.
 expect.set_options(timeout=30_000)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-_HAVE_CHROMIUM = Path(CHROMIUM).exists()
 PASSWORD = "correct horse battery staple"
 USERS = [
     {"tenant": "acme", "username": "alice", "name": "Alice Martin", "groups": []},
@@ -140,14 +126,8 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium from the operating system."""
-    if not _HAVE_CHROMIUM:
-        pytest.fail(f"{CHROMIUM} is missing: install the OS package chromium (.ci/run does)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -15,18 +15,14 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from gateway.config import GatewayConfig
 from gateway.inbox.auth import Person
@@ -35,7 +31,6 @@ from interpreter.state import RunState
 from starter.client import FlowClient
 from tests.gateway.support import running_gateway, standard_headers
 from tests.workflows.support import eventually
-from worker import build_worker
 from workflows.search_attributes import ASSIGNEES
 
 
@@ -51,22 +46,6 @@ def _approval(approver: str) -> dict[str, Any]:
         "message": "Sign off",
         "timeout": "1h",
     }
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str, database: Database) -> AsyncIterator[Worker]:
-    """A worker with the store's activities (subflows resolve their definition there)."""
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(
-            client,
-            task_queue,
-            http_client,
-            extra_activities=build_store_activities(database.session_factory),
-            graceful_shutdown_timeout=timedelta(0),
-        ) as running,
-    ):
-        yield running
 
 
 async def _listed_for(flows: FlowClient, person: Person, run_id: str) -> bool:
@@ -89,7 +68,7 @@ async def _waiting(flows: FlowClient, name: str) -> str:
 
 
 async def test_a_scheduled_run_waiting_for_a_person_is_in_the_inbox(
-    client: Client, task_queue: str, database: Database, worker: Worker
+    client: Client, task_queue: str, database: Database, store_worker: Worker
 ) -> None:
     tenant = _unique("tenant")
     flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
@@ -117,7 +96,7 @@ async def test_a_scheduled_run_waiting_for_a_person_is_in_the_inbox(
 
 
 async def test_a_subflows_child_waiting_for_a_person_is_in_the_inbox(
-    client: Client, task_queue: str, database: Database, worker: Worker
+    client: Client, task_queue: str, database: Database, store_worker: Worker
 ) -> None:
     tenant = _unique("tenant")
     flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
@@ -142,7 +121,7 @@ async def test_a_webhook_started_run_waiting_for_a_person_is_in_the_inbox(
     task_queue: str,
     database: Database,
     database_url: str,
-    worker: Worker,
+    store_worker: Worker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()

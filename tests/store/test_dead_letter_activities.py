@@ -60,11 +60,6 @@ def resolution(
 
 
 @pytest.fixture
-def tenant() -> str:
-    return f"tenant-{uuid4().hex[:8]}"
-
-
-@pytest.fixture
 def activities(database: Database) -> DeadLetterActivities:
     return DeadLetterActivities(database.session_factory)
 

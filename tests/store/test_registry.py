@@ -35,11 +35,6 @@ def doc(name: str, value: Any = 1, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def tenant() -> str:
-    return unique("tenant")
-
-
-@pytest.fixture
 def store(database: Database, tenant: str) -> DefinitionStore:
     return DefinitionStore(database.session_factory, tenant)
 

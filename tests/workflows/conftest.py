@@ -1,7 +1,8 @@
-"""Fixtures for the end-to-end workflow tests: an in-process worker on each test server.
+"""Fixtures for the end-to-end workflow tests on the time-skipping server.
 
-The servers themselves (``temporal_env``, ``client``, ``time_skipping_env``) and ``http_server``
-come from ``tests/conftest.py``; here each test gets a worker on its own task queue.
+The servers themselves (``temporal_env``, ``client``, ``time_skipping_env``), ``http_server``,
+``http_client`` and ``worker`` (a worker on the dev server, on the test's own task queue) come from
+``tests/conftest.py``; here are the time-skipping server's client and worker.
 """
 
 from __future__ import annotations
@@ -16,23 +17,6 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from worker import build_worker
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The ``http`` action's client, shared by every in-process worker."""
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def worker(client: Client, task_queue: str, http_client: httpx.AsyncClient) -> AsyncIterator[Worker]:
-    """A worker for the generic workflow and every action on the dev server, on the test's queue."""
-    # No grace period: a test that leaves an activity sleeping must not wait for it at teardown.
-    async with build_worker(
-        client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
-    ) as running:
-        yield running
 
 
 @pytest_asyncio.fixture(loop_scope="session")

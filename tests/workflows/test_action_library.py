@@ -4,41 +4,16 @@ that stays inert, branches on their outputs."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.connections import Connections, configure_connections
-from activities.secrets import FileSecretStore, Secret, configure_secret_store
 from interpreter.state import StepStatus
-from tests.activities.test_llm import API_KEY, PATH, SCHEMA, completion
+from tests.activities.test_llm import API_KEY, PATH, SCHEMA, completion, configured  # noqa: F401 (a fixture)
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import definition, record, start, unique
-
-
-@pytest.fixture
-def configured(http_server: RecordingServer) -> Iterator[None]:
-    configure_connections(
-        Connections.parse(
-            {
-                "default": {
-                    "llm": {
-                        "default": {
-                            "base_url": f"{http_server.url}/v1",
-                            "model": "test-model",
-                            "api_key": "${secret:LLM_KEY}",
-                        }
-                    }
-                }
-            }
-        )
-    )
-    configure_secret_store(FileSecretStore({"default": {"LLM_KEY": Secret(API_KEY)}}))
-    yield
-    configure_connections(None)
-    configure_secret_store(None)
 
 
 @pytest.mark.usefixtures("configured")

@@ -5,54 +5,23 @@ compensations), and visible as the parent's child in Temporal."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
-import httpx
-import pytest
-import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
-from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from interpreter.model import MAX_SUBFLOW_DEPTH
 from interpreter.state import RunState, StepStatus
 from starter.client import FlowClient
 from starter.errors import RunNotFoundError
 from tests.workflows.support import eventually
-from worker import build_worker
 from workflows.search_attributes import DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid4().hex[:8]}"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store_worker(
-    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
-) -> AsyncIterator[Worker]:
-    async with build_worker(
-        client,
-        task_queue,
-        http_client,
-        extra_activities=build_store_activities(database.session_factory),
-        graceful_shutdown_timeout=timedelta(0),
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def tenant() -> str:
-    return unique("tenant")
-
-
-@pytest.fixture
-def flows(client: Client, task_queue: str, database: Database, tenant: str) -> FlowClient:
-    return FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
 
 
 def _child(name: str, marker: str) -> dict[str, Any]:
