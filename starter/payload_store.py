@@ -16,7 +16,11 @@ the worker, the client API, the ``wfa`` CLI and the gateway all read references 
 - ``WFA_PAYLOAD_STORE_THRESHOLD``: bytes from which a payload is stored (default 262144, the SDK's).
 - ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
   (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
-  options, so a run keeps the budget it started with).
+  options, so a run keeps the budget it started with). It is the starting client's claim:
+- ``WFA_STATE_BUDGET_MAX`` (the worker's): the most a run gets, whatever its options ask (default
+  and lowest 16 MiB, highest 256 MiB). A run asking for more gets the maximum (read once per run by
+  the local activity :func:`state_budget_max` and recorded in its history), and a step that would
+  bring its state over it fails with ``StateBudgetExceeded`` naming the maximum and the claim.
 
 Blobs are content-addressed (SHA-256 of the stored bytes) per namespace: the same payload is stored
 once per namespace (without encryption: AES-GCM's random nonce makes every encryption different),
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     ExternalStorage,
@@ -65,6 +70,7 @@ __all__ = [
     "DEFAULT_STATE_BUDGET",
     "DEFAULT_THRESHOLD",
     "STATE_BUDGET_ENV",
+    "STATE_BUDGET_MAX_ENV",
     "STORE_ENV",
     "THRESHOLD_ENV",
     "FilesystemDriver",
@@ -74,11 +80,14 @@ __all__ = [
     "PostgresDriver",
     "external_storage_from_env",
     "state_budget_for",
+    "state_budget_max",
+    "state_budget_max_from_env",
 ]
 
 STORE_ENV = "WFA_PAYLOAD_STORE"
 THRESHOLD_ENV = "WFA_PAYLOAD_STORE_THRESHOLD"
 STATE_BUDGET_ENV = "WFA_PAYLOAD_STORE_STATE_BUDGET"
+STATE_BUDGET_MAX_ENV = "WFA_STATE_BUDGET_MAX"
 DEFAULT_THRESHOLD = 256 * 1024
 DEFAULT_STATE_BUDGET = 16 * 1024 * 1024
 MAX_THRESHOLD = 2 * 1024 * 1024 - 64 * 1024
@@ -506,6 +515,27 @@ def _bytes(source: Mapping[str, str], name: str, default: int, low: int, high: i
     if not low <= value <= high:
         raise PayloadStoreConfigError(f"{name}: {value} is not between {low} and {high} bytes")
     return value
+
+
+def state_budget_max_from_env(env: Mapping[str, str] | None = None) -> int:
+    """The worker's cap on a run's state budget (``WFA_STATE_BUDGET_MAX``).
+
+    Raises:
+        PayloadStoreConfigError: Not a number of bytes between 16 MiB and 256 MiB.
+    """
+    source = os.environ if env is None else env
+    return _bytes(source, STATE_BUDGET_MAX_ENV, DEFAULT_STATE_BUDGET, DEFAULT_STATE_BUDGET, MAX_STATE_BUDGET)
+
+
+@activity.defn(name="wfa.state_budget_max")
+async def state_budget_max() -> int:
+    """The worker's ``WFA_STATE_BUDGET_MAX`` (a local activity of the generic workflow: the value a
+    run gets is recorded in its history). The worker checks the variable at start; a value broken
+    since falls back to the default, the safe side."""
+    try:
+        return state_budget_max_from_env()
+    except PayloadStoreConfigError:
+        return DEFAULT_STATE_BUDGET
 
 
 def external_storage_from_env(
