@@ -29,9 +29,9 @@ and a blob is verified against its digest when read, so neither a changed blob n
 reference can hand a run anything else. A driver bound to a namespace (one client per namespace, as
 the worker has) refuses references of another namespace. A store replaces bytes found under its digest that
 are not the payload's (planted in advance). ``payload_blobs`` is for platform logins only (members
-of ``wfa_platform``): tenant roles have no privilege on it (migration 0005). Nothing is ever deleted by the product:
-clear blobs older than the namespace's retention yourself (a ``find -mtime`` or a ``DELETE ...
-WHERE created_at < ...``).
+of ``wfa_platform``): tenant roles have no privilege on it (migration 0005). ``wfa payloads gc``
+(:mod:`starter.payload_gc`) deletes the blobs no open run references, last stored longer ago than
+a retention.
 
 For production, ``s3://`` (see the README, *Large payloads*).
 """
@@ -200,8 +200,13 @@ class FilesystemDriver(StorageDriver):
     def _write(self, path: Path, data: bytes, digest: str) -> None:
         # A file already there is kept only when its bytes are the digest's: one planted or
         # altered in advance is replaced, so it cannot break the reads of the run that stores.
+        # Kept, its time is refreshed: `wfa payloads gc` goes by when a blob was last stored.
         if _matches(path, digest):
-            return
+            try:
+                os.utime(path)
+                return
+            except FileNotFoundError:  # removed meanwhile (a collection): written again below
+                pass
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
         with open(temporary, "wb") as file:
@@ -350,7 +355,8 @@ class PostgresDriver(StorageDriver):
     ) -> list[StorageDriverClaim]:
         """Inserts each payload. A row already there is kept when its bytes are the payload's and
         replaced when they are not (planted or altered): the digest is the SHA-256 of the new
-        bytes, so equal bytes are exactly the bytes that match the digest."""
+        bytes, so equal bytes are exactly the bytes that match the digest. Either way its
+        ``created_at`` becomes now (when it was last stored: what ``wfa payloads gc`` goes by)."""
         from sqlalchemy import text
 
         from activities.store.database import db_errors
@@ -374,9 +380,9 @@ class PostgresDriver(StorageDriver):
                     text(
                         "INSERT INTO payload_blobs (namespace, digest, data, size_bytes)"
                         " VALUES (:namespace, :digest, :data, :size)"
-                        " ON CONFLICT (namespace, digest) DO UPDATE"
-                        " SET data = EXCLUDED.data, size_bytes = EXCLUDED.size_bytes, created_at = now()"
-                        " WHERE payload_blobs.data IS DISTINCT FROM EXCLUDED.data"
+                        " ON CONFLICT (namespace, digest) DO UPDATE SET created_at = now(),"
+                        " size_bytes = EXCLUDED.size_bytes, data = CASE WHEN payload_blobs.data"
+                        " IS DISTINCT FROM EXCLUDED.data THEN EXCLUDED.data ELSE payload_blobs.data END"
                     ),
                     rows,
                 )
