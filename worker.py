@@ -39,8 +39,9 @@ Configuration comes from the environment:
 - ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID``: poll as this Worker Deployment Version (Temporal's
   Worker Versioning; runs are auto-upgrade). Unset: an unversioned worker.
 - ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``: payload encryption keys (:mod:`starter.codec`).
-- ``WFA_PAYLOAD_STORE`` (``fs:<dir>`` or ``postgres``), ``WFA_PAYLOAD_STORE_THRESHOLD``: large payloads
-  by reference (:mod:`starter.payload_store`); clients and the gateway need the same settings.
+- ``WFA_PAYLOAD_STORE`` (``fs:<dir>``, ``postgres`` or ``s3://<bucket>/<prefix>``),
+  ``WFA_PAYLOAD_STORE_THRESHOLD``: large payloads by reference (:mod:`starter.payload_store`);
+  clients and the gateway need the same settings.
   ``WFA_STATE_BUDGET_MAX``: the most state a run may keep whatever its starter asks (default 16 MiB).
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
   metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
