@@ -3,8 +3,9 @@ open run references and that were last stored longer ago than a retention.
 
 What a live run needs is in its own history: its input (with a continue-as-new snapshot), its
 activities' results, the signals and updates it received, the results of its children. So a blob
-is *referenced* when a reference to it appears in the history of a run that is still open; every
-open run of the namespace is read. A blob is *old* when it was last stored (written, or found
+is *referenced* when a reference to it appears in the history of a run that is still open (every
+open run of the namespace is read) or in a schedule of the namespace (its action holds the input of
+the runs it will start). A blob is *old* when it was last stored (written, or found
 already there by a later store: the store refreshes its time, content addressing makes the same
 blob serve many runs) longer ago than the retention; the default is the namespace's retention plus
 :data:`DEFAULT_MARGIN`, and at least :data:`MIN_AGE` always, since a payload is stored before the
@@ -133,19 +134,53 @@ def _digest_of(payload: Payload, driver: str, namespace: str) -> str | None:
 
 async def open_run_references(client: Client, driver: str) -> tuple[int, set[str]]:
     """The number of open runs of the client's namespace and the digests their histories refer to
-    (references of ``driver`` in that namespace)."""
+    (references of ``driver`` in that namespace), plus those the namespace's schedules refer to
+    (a schedule's action holds the input of the runs it will start)."""
     namespace = client.namespace
     runs = 0
     digests: set[str] = set()
+
+    def add(message: Any) -> None:
+        for payload in _payloads(message):
+            digest = _digest_of(payload, driver, namespace)
+            if digest is not None:
+                digests.add(digest)
+
     async for execution in client.list_workflows('ExecutionStatus = "Running"'):
         runs += 1
         handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
         async for event in handle.fetch_history_events():
-            for payload in _payloads(event):
-                digest = _digest_of(payload, driver, namespace)
-                if digest is not None:
-                    digests.add(digest)
+            add(event)
+    for schedule in await _schedule_ids(client):
+        from temporalio.api.workflowservice.v1 import DescribeScheduleRequest
+        from temporalio.service import RPCError, RPCStatusCode
+
+        try:
+            add(
+                await client.workflow_service.describe_schedule(
+                    DescribeScheduleRequest(namespace=namespace, schedule_id=schedule)
+                )
+            )
+        except RPCError as err:  # deleted meanwhile
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
     return runs, digests
+
+
+async def _schedule_ids(client: Client) -> list[str]:
+    """The namespace's schedules (raw calls: the SDK's would decode, so read, their payloads)."""
+    from temporalio.api.workflowservice.v1 import ListSchedulesRequest
+
+    ids: list[str] = []
+    token = b""
+    while True:
+        page = await client.workflow_service.list_schedules(
+            ListSchedulesRequest(namespace=client.namespace, maximum_page_size=1000, next_page_token=token)
+        )
+        ids.extend(entry.schedule_id for entry in page.schedules)
+        token = page.next_page_token
+        if not token:
+            return ids
 
 
 async def namespace_retention(client: Client) -> timedelta:

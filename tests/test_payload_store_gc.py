@@ -1,4 +1,4 @@
-"""``wfa payloads gc``: a blob an open (waiting) run references is kept however old, an old blob no
+"""``wfa payloads gc``: a blob an open (waiting) run or a schedule references is kept however old, an old blob no
 open run references is deleted (listed only with ``--dry-run``), a young one is kept; the waiting
 run then finishes on a new worker that reads its input from the store. With ``fs:`` and
 ``postgres``, on the session's dev server and the embedded PostgreSQL.
@@ -10,11 +10,20 @@ import asyncio
 import json
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.api.common.v1 import Payload
+from temporalio.api.workflowservice.v1 import DescribeScheduleRequest
+from temporalio.client import (
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    ScheduleState,
+)
 from temporalio.converter import StorageDriverClaim, StorageDriverRetrieveContext, StorageDriverStoreContext
 from temporalio.testing import WorkflowEnvironment
 
@@ -24,6 +33,14 @@ from starter.client import FlowClient
 from starter.payload_store import FilesystemDriver, PayloadStoreConfig, PayloadStoreError, PostgresDriver
 from tests.test_payload_store import client_of, history_payloads, references, run_with_worker
 from tests.workflows.support import definition, eventually, record, unique
+
+
+def history_payloads_of(message: Any) -> list[Payload]:
+    """Every payload in one protobuf message (a schedule's description)."""
+    from starter.payload_gc import _payloads
+
+    return list(_payloads(message))
+
 
 OLD = 400 * 86400  # seconds: far past any retention
 
@@ -116,6 +133,29 @@ async def test_gc_keeps_what_a_waiting_run_needs_and_deletes_old_garbage(
     [input_ref, *_] = references(history_payloads(history))
     needed = json.loads(input_ref.data)["claimData"]["digest"]
 
+    # A (paused) schedule whose runs' input is stored: what it will start needs it too.
+    schedule_id = unique("gcsched")
+    schedule = await first.create_schedule(
+        schedule_id,
+        Schedule(
+            action=ScheduleActionStartWorkflow(
+                "RunDefinition", {"doc": "s" * 5000 + schedule_id}, id=schedule_id, task_queue=task_queue
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=1))]),
+            state=ScheduleState(paused=True),
+        ),
+    )
+    described = await first.workflow_service.describe_schedule(
+        DescribeScheduleRequest(namespace="default", schedule_id=schedule_id)
+    )
+    [schedule_ref] = references(history_payloads_of(described))
+    scheduled = json.loads(schedule_ref.data)["claimData"]["digest"]
+
+    async def listed() -> list[str]:
+        return [s.id async for s in await first.list_schedules()]
+
+    await eventually(listed, lambda ids: schedule_id in ids, what="the schedule listed", timeout=60)
+
     # Garbage: a payload no run refers to (a status answer, a run long gone), and a young one.
     driver = config.driver("default")
     [old_claim, young_claim] = await driver.store(
@@ -128,7 +168,7 @@ async def test_gc_keeps_what_a_waiting_run_needs_and_deletes_old_garbage(
     if isinstance(driver, PostgresDriver):
         await driver.close()
     garbage, young = old_claim.claim_data["digest"], young_claim.claim_data["digest"]
-    await age(config, [needed, garbage], OLD)
+    await age(config, [needed, garbage, scheduled], OLD)
 
     # Dry run: lists the old garbage only, deletes nothing.
     code, out, err = await gc(address, capsys, "--older-than", "30d", "--dry-run", "--json")
@@ -140,7 +180,8 @@ async def test_gc_keeps_what_a_waiting_run_needs_and_deletes_old_garbage(
     assert garbage in listed
     assert needed not in listed
     assert young not in listed
-    assert needed in {b["digest"] for b in report["kept_referenced"]}
+    assert scheduled not in listed
+    assert {needed, scheduled} <= {b["digest"] for b in report["kept_referenced"]}
     assert await exists(config, garbage)
 
     # For real (text output): the garbage goes, the referenced and the young blobs stay.
@@ -151,6 +192,8 @@ async def test_gc_keeps_what_a_waiting_run_needs_and_deletes_old_garbage(
     assert not await exists(config, garbage)
     assert await exists(config, needed)
     assert await exists(config, young)
+    assert await exists(config, scheduled)
+    await schedule.delete()
 
     # A new worker and client (no cache: the run is replayed, its input read from the store).
     second = await client_of(temporal_env, env)
