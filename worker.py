@@ -39,8 +39,10 @@ Configuration comes from the environment:
 - ``WFA_DEPLOYMENT_NAME`` and ``WFA_BUILD_ID``: poll as this Worker Deployment Version (Temporal's
   Worker Versioning; runs are auto-upgrade). Unset: an unversioned worker.
 - ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``: payload encryption keys (:mod:`starter.codec`).
-- ``WFA_PAYLOAD_STORE`` (``fs:<dir>`` or ``postgres``), ``WFA_PAYLOAD_STORE_THRESHOLD``: large payloads
-  by reference (:mod:`starter.payload_store`); clients and the gateway need the same settings.
+- ``WFA_PAYLOAD_STORE`` (``fs:<dir>``, ``postgres`` or ``s3://<bucket>/<prefix>``),
+  ``WFA_PAYLOAD_STORE_THRESHOLD``: large payloads by reference (:mod:`starter.payload_store`);
+  clients and the gateway need the same settings.
+  ``WFA_STATE_BUDGET_MAX``: the most state a run may keep whatever its starter asks (default 16 MiB).
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
   metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
   ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP/HTTP traces (:mod:`starter.telemetry`).
@@ -88,6 +90,7 @@ from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_dat
 from activities.store.errors import StoreError
 from interpreter.actions import ActionPluginError
 from starter.codec import PayloadKeysError, data_converter
+from starter.payload_store import state_budget_max, state_budget_max_from_env
 from starter.plugins import load_configured_action_plugins
 from starter.telemetry import (
     METRICS_ADDRESS_ENV,
@@ -297,6 +300,7 @@ def build_worker(
             *build_activities(http_client, outbound_policy=outbound_policy, sql=sql),
             *build_event_activities(client),
             request_cancel,
+            state_budget_max,
             *plugin_activities(),
             DecisionLinks(EmailActions(outbound_policy or OutboundPolicy.from_env()).email).decision_links,
             *(build_store_activities(session_factory) if session_factory is not None else []),
@@ -360,6 +364,7 @@ async def main() -> int:
         verifier = load_decision_verifier(os.environ)
         deployment = deployment_from_env(os.environ)
         workflow_slots = workflow_task_slots_from_env(os.environ)
+        state_budget_max_from_env(os.environ)
     except ValueError as err:
         log.error("%s", err)
         return 2

@@ -23,10 +23,12 @@ Mount it in an app with ``app.include_router(build_codec_router(codec, tokens=[.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
@@ -34,6 +36,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
 from starter.codec import codec_from_env
+
+if TYPE_CHECKING:
+    from starter.payload_store import ReferenceResolver
 
 __all__ = [
     "CODEC_ORIGINS_ENV",
@@ -65,6 +70,7 @@ def build_codec_router(
     allowed_origins: Sequence[str] = DEFAULT_ORIGINS,
     prefix: str = "/codec",
     resolve: Callable[[Sequence[Payload], str], Awaitable[list[Payload]]] | None = None,
+    on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> APIRouter:
     """The codec endpoints as a router.
 
@@ -75,6 +81,8 @@ def build_codec_router(
         prefix: Where the endpoints live.
         resolve: Replaces payloads stored by reference with the stored ones before decoding
             (given the payloads and the request's namespace).
+        on_close: Awaited when the application shuts down (the router's lifespan, which FastAPI
+            runs within the app's): closes what ``resolve`` holds.
 
     Raises:
         CodecServerConfigError: No token, or a short one.
@@ -85,7 +93,16 @@ def build_codec_router(
     if any(len(t) < 16 for t in accepted):
         raise CodecServerConfigError(f"{CODEC_TOKENS_ENV}: a token is shorter than 16 characters")
     origins = frozenset(o.rstrip("/") for o in allowed_origins if o)
-    router = APIRouter(prefix=prefix, tags=["codec"])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if on_close is not None:
+                await on_close()
+
+    router = APIRouter(prefix=prefix, tags=["codec"], lifespan=lifespan)
 
     def cors(request: Request, response: Response) -> Response:
         origin = request.headers.get("origin")
@@ -154,10 +171,24 @@ def build_codec_router(
 
 
 def codec_router_from_env(env: Mapping[str, str] | None = None) -> APIRouter | None:
-    """The router the environment configures, or None when no payload keys are configured.
+    """The router the environment configures, or None when no payload keys are configured. Its
+    lifespan (run within the app's) closes the payload-store resolver at shutdown.
 
     Raises:
         CodecServerConfigError: Keys but no usable token, or unusable keys.
+    """
+    server = codec_server_from_env(env)
+    return server[0] if server is not None else None
+
+
+def codec_server_from_env(
+    env: Mapping[str, str] | None = None,
+) -> tuple[APIRouter, ReferenceResolver | None] | None:
+    """The router and the payload-store resolver it reads references with (None without
+    ``WFA_PAYLOAD_STORE``), or None when no payload keys are configured.
+
+    Raises:
+        CodecServerConfigError: See :func:`codec_router_from_env`.
     """
     from starter.codec import PayloadKeysError
 
@@ -177,9 +208,11 @@ def codec_router_from_env(env: Mapping[str, str] | None = None) -> APIRouter | N
         resolver = reference_resolver_from_env(source)
     except PayloadKeysError as err:  # the store's settings
         raise CodecServerConfigError(str(err)) from None
-    return build_codec_router(
+    router = build_codec_router(
         codec,
         tokens=tokens,
         allowed_origins=origins,
         resolve=resolver.resolve if resolver is not None else None,
+        on_close=resolver.close if resolver is not None else None,
     )
+    return router, resolver

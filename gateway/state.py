@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import TYPE_CHECKING
 
@@ -77,8 +78,16 @@ class GatewayState:
             return found
 
     async def close(self) -> None:
-        """Closes the store (the clients hold no connections of their own to close)."""
+        """Closes the store and the payload-store drivers of the clients' data converters (their
+        database engines); the Temporal connections have nothing to close."""
+        clients = list(self._clients.values())
         self._clients.clear()
+        for found in clients:
+            storage = found.client.data_converter.external_storage
+            for driver in storage.drivers if storage is not None else ():
+                close = getattr(driver, "close", None)
+                if close is not None and inspect.isawaitable(closing := close()):
+                    await closing
         database, self._database = self._database, None
         if database is not None:
             await database.close()

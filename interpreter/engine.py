@@ -514,6 +514,9 @@ class RunInfo:
     state_budget: int | None = None
     """The run's state budget when it was started with the payload store on (its options); None:
     :data:`interpreter.sizes.RUN_STATE_BUDGET`, which fits Temporal's 2 MiB payload limit."""
+    state_budget_asked: int | None = None
+    """Set when the worker capped the run's state budget (``WFA_STATE_BUDGET_MAX``): what the run's
+    options asked for (its error then names the cap)."""
 
 
 class DecisionError(ValueError):
@@ -1157,6 +1160,9 @@ class Engine:
                     " (Temporal refuses payloads over 2 MiB; WFA_PAYLOAD_STORE stores large ones by reference)"
                     if self.info.state_budget is None
                     else " (the run's state budget with the payload store, WFA_PAYLOAD_STORE_STATE_BUDGET)"
+                    if self.info.state_budget_asked is None
+                    else f" (the worker's maximum, WFA_STATE_BUDGET_MAX; the run asked for"
+                    f" {self.info.state_budget_asked} bytes)"
                 )
             )
             if failure is ActionFailedError:

@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(p, defaults=False)
     _add_db_role_commands(sub)
     _add_token_commands(command)
+    _add_payload_commands(command)
     from gateway.cli import add_commands as add_gateway_commands
 
     add_gateway_commands(command, _add_connection_options)
@@ -417,6 +418,27 @@ def _add_task_commands(command: Callable[[str, str], argparse.ArgumentParser]) -
     p.add_argument("--data", metavar="JSON|@FILE", help="form fields as a JSON object, or @path")
     p.add_argument("--group", action="append", default=[], metavar="G", help="complete as a member of G")
     p.add_argument("--token", metavar="T", help="signed decision token allowing complete, when required")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_payload_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``wfa payloads gc``: delete stored payloads (WFA_PAYLOAD_STORE) no open run needs."""
+    payloads = command("payloads", "large payloads stored by reference (WFA_PAYLOAD_STORE): collect garbage")
+    sub = payloads.add_subparsers(dest="action", metavar="ACTION", required=True)
+    text_ = (
+        "delete the namespace's stored payloads that no open run references and that were last stored"
+        " longer ago than --older-than (fs: and postgres stores; s3:// uses a bucket lifecycle rule)"
+    )
+    p = sub.add_parser("gc", help=text_, description=text_)
+    _add_connection_options(p, defaults=False)
+    p.add_argument(
+        "--older-than",
+        type=_window,
+        metavar="DURATION",
+        help="age from which an unreferenced payload is deleted (7d, 720h; at least 1h; default: the"
+        " namespace's retention plus 7 days)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -1960,6 +1982,31 @@ async def _schedules(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+async def _payloads(args: argparse.Namespace, out: TextIO) -> int:
+    from starter.payload_gc import collect
+    from starter.payload_store import STORE_ENV, PayloadStoreConfig
+
+    config = PayloadStoreConfig.from_env()
+    if config is None:
+        raise UsageError(f"{STORE_ENV} is not set: there is no payload store to collect")
+    flows = await _connect(args)
+    report = await collect(flows.client, config, older_than=args.older_than, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2), file=out)
+        return EXIT_OK
+    verb = "would delete" if report.dry_run else "deleted"
+    size = sum(b.size for b in report.deleted)
+    print(
+        f"{report.store}, namespace {report.namespace}: {verb} {len(report.deleted)} payload(s), {size}"
+        f" bytes, last stored before {report.cutoff:%Y-%m-%d %H:%M} UTC ({_duration(report.older_than.total_seconds())}"
+        f" ago); kept {len(report.kept_referenced)} as old that {report.open_runs} open run(s) still reference",
+        file=out,
+    )
+    for blob in report.deleted:
+        print(f"  {blob.digest}  {blob.size:>10}  {blob.stored_at:%Y-%m-%d %H:%M:%S}", file=out)
+    return EXIT_OK
+
+
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]] = {
     "start": _start,
     "approve": _decide,
@@ -1978,6 +2025,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any,
     "watch": _watch_run,
     "diagram": _diagram,
     "task": _task,
+    "payloads": _payloads,
 }
 
 

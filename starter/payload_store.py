@@ -11,12 +11,17 @@ Configuration (read wherever the data converter is built: :func:`starter.codec.d
 the worker, the client API, the ``wfa`` CLI and the gateway all read references alike):
 
 - ``WFA_PAYLOAD_STORE``: ``fs:<directory>`` (a directory every process can read, e.g. a shared
-  volume) or ``postgres`` (the store's database, ``DATABASE_URL``; ``postgres:<url>`` names
-  another one). Unset or ``off``: no external storage (payloads over Temporal's 2 MiB fail).
+  volume), ``postgres`` (the store's database, ``DATABASE_URL``; ``postgres:<url>`` names
+  another one) or ``s3://<bucket>/<prefix>`` (the SDK's S3 driver: :class:`S3Driver`). Unset or
+  ``off``: no external storage (payloads over Temporal's 2 MiB fail).
 - ``WFA_PAYLOAD_STORE_THRESHOLD``: bytes from which a payload is stored (default 262144, the SDK's).
 - ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
   (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
-  options, so a run keeps the budget it started with).
+  options, so a run keeps the budget it started with). It is the starting client's claim:
+- ``WFA_STATE_BUDGET_MAX`` (the worker's): the most a run gets, whatever its options ask (default
+  and lowest 16 MiB, highest 256 MiB). A run asking for more gets the maximum (read once per run by
+  the local activity :func:`state_budget_max` and recorded in its history), and a step that would
+  bring its state over it fails with ``StateBudgetExceeded`` naming the maximum and the claim.
 
 Blobs are content-addressed (SHA-256 of the stored bytes) per namespace: the same payload is stored
 once per namespace (without encryption: AES-GCM's random nonce makes every encryption different),
@@ -24,27 +29,28 @@ and a blob is verified against its digest when read, so neither a changed blob n
 reference can hand a run anything else. A driver bound to a namespace (one client per namespace, as
 the worker has) refuses references of another namespace. A store replaces bytes found under its digest that
 are not the payload's (planted in advance). ``payload_blobs`` is for platform logins only (members
-of ``wfa_platform``): tenant roles have no privilege on it (migration 0005). Nothing is ever deleted by the product:
-clear blobs older than the namespace's retention yourself (a ``find -mtime`` or a ``DELETE ...
-WHERE created_at < ...``).
+of ``wfa_platform``): tenant roles have no privilege on it (migration 0005). ``wfa payloads gc``
+(:mod:`starter.payload_gc`) deletes the blobs no open run references, last stored longer ago than
+a retention.
 
-For production, use the SDK's S3 driver (:mod:`temporalio.contrib.aws.s3driver`): see the README,
-*Large payloads*.
+For production, ``s3://`` (see the README, *Large payloads*).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import string
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     ExternalStorage,
@@ -52,6 +58,7 @@ from temporalio.converter import (
     StorageDriverClaim,
     StorageDriverRetrieveContext,
     StorageDriverStoreContext,
+    StorageDriverWorkflowInfo,
 )
 
 from starter.codec import PayloadKeysError
@@ -65,6 +72,7 @@ __all__ = [
     "DEFAULT_STATE_BUDGET",
     "DEFAULT_THRESHOLD",
     "STATE_BUDGET_ENV",
+    "STATE_BUDGET_MAX_ENV",
     "STORE_ENV",
     "THRESHOLD_ENV",
     "FilesystemDriver",
@@ -74,11 +82,14 @@ __all__ = [
     "PostgresDriver",
     "external_storage_from_env",
     "state_budget_for",
+    "state_budget_max",
+    "state_budget_max_from_env",
 ]
 
 STORE_ENV = "WFA_PAYLOAD_STORE"
 THRESHOLD_ENV = "WFA_PAYLOAD_STORE_THRESHOLD"
 STATE_BUDGET_ENV = "WFA_PAYLOAD_STORE_STATE_BUDGET"
+STATE_BUDGET_MAX_ENV = "WFA_STATE_BUDGET_MAX"
 DEFAULT_THRESHOLD = 256 * 1024
 DEFAULT_STATE_BUDGET = 16 * 1024 * 1024
 MAX_THRESHOLD = 2 * 1024 * 1024 - 64 * 1024
@@ -189,8 +200,13 @@ class FilesystemDriver(StorageDriver):
     def _write(self, path: Path, data: bytes, digest: str) -> None:
         # A file already there is kept only when its bytes are the digest's: one planted or
         # altered in advance is replaced, so it cannot break the reads of the run that stores.
+        # Kept, its time is refreshed: `wfa payloads gc` goes by when a blob was last stored.
         if _matches(path, digest):
-            return
+            try:
+                os.utime(path)
+                return
+            except FileNotFoundError:  # removed meanwhile (a collection): written again below
+                pass
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
         with open(temporary, "wb") as file:
@@ -339,7 +355,8 @@ class PostgresDriver(StorageDriver):
     ) -> list[StorageDriverClaim]:
         """Inserts each payload. A row already there is kept when its bytes are the payload's and
         replaced when they are not (planted or altered): the digest is the SHA-256 of the new
-        bytes, so equal bytes are exactly the bytes that match the digest."""
+        bytes, so equal bytes are exactly the bytes that match the digest. Either way its
+        ``created_at`` becomes now (when it was last stored: what ``wfa payloads gc`` goes by)."""
         from sqlalchemy import text
 
         from activities.store.database import db_errors
@@ -363,9 +380,9 @@ class PostgresDriver(StorageDriver):
                     text(
                         "INSERT INTO payload_blobs (namespace, digest, data, size_bytes)"
                         " VALUES (:namespace, :digest, :data, :size)"
-                        " ON CONFLICT (namespace, digest) DO UPDATE"
-                        " SET data = EXCLUDED.data, size_bytes = EXCLUDED.size_bytes, created_at = now()"
-                        " WHERE payload_blobs.data IS DISTINCT FROM EXCLUDED.data"
+                        " ON CONFLICT (namespace, digest) DO UPDATE SET created_at = now(),"
+                        " size_bytes = EXCLUDED.size_bytes, data = CASE WHEN payload_blobs.data"
+                        " IS DISTINCT FROM EXCLUDED.data THEN EXCLUDED.data ELSE payload_blobs.data END"
                     ),
                     rows,
                 )
@@ -440,16 +457,215 @@ class PostgresDriver(StorageDriver):
         return [None if p is None else await _checked(found.get(p), p[1], limit, self.NAME) for p in parts]
 
 
+_S3_SAFE = frozenset(string.ascii_letters + string.digits + "!-_.*'()")
+_S3_KEY = re.compile(r"^v0/(?:ns/(?P<ns>[^/]+)/)?(?:(?!\.\.?/)[^/]+/)*d/sha256/(?P<digest>[0-9a-f]{64})$")
+"""The SDK driver's keys (no ``.`` or ``..`` segment an HTTP stack could collapse)."""
+
+
+def _s3_segment(namespace: str) -> str:
+    """The namespace as the SDK's S3 driver writes it in a key."""
+    return "".join(chr(b) if chr(b) in _S3_SAFE else f"%{b:02X}" for b in namespace.encode("utf-8")) or "null"
+
+
+class S3Driver(StorageDriver):
+    """Stores payloads in an S3 bucket through the SDK's driver
+    (:class:`temporalio.contrib.aws.s3driver.S3StorageDriver`, extra ``temporalio[aioboto3]``),
+    under ``prefix``, with this product's read checks on top.
+
+    The SDK's keys are content-addressed per namespace and workflow
+    (``v0/ns/<ns>/wt/<type>/wi/<id>/ri/<run>/d/sha256/<hex>``), written once. Its claims name the
+    bucket and the key: read as they are, a reference forged into a run's input would read any
+    object the worker's credentials reach. This driver reads only its own bucket, only keys of the
+    SDK's shape, and (bound to a namespace) only that namespace's keys.
+
+    Args:
+        bucket: The bucket (it must exist).
+        prefix: Prepended to every key (``wfa/``), so one bucket can hold other things too.
+        namespace: Bind to one namespace: references of another are refused on read.
+        env: Where the endpoint (``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``), the region
+            (``AWS_REGION``, else ``AWS_DEFAULT_REGION``) and static credentials
+            (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) come from; unset ones are left to
+            boto3's usual chain (profile, instance role, ...).
+
+    One aioboto3 client is opened per batch (a client is bound to one event loop; a converter is
+    shared by the client's callers).
+    """
+
+    NAME = "wfa.s3"
+    state_budget: int = DEFAULT_STATE_BUDGET
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        namespace: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        source = os.environ if env is None else env
+        self.bucket = bucket
+        self.prefix = prefix
+        self.namespace = namespace
+        self.endpoint_url = source.get("AWS_ENDPOINT_URL_S3") or source.get("AWS_ENDPOINT_URL") or None
+        self._session_options = {
+            "aws_access_key_id": source.get("AWS_ACCESS_KEY_ID") or None,
+            "aws_secret_access_key": source.get("AWS_SECRET_ACCESS_KEY") or None,
+            "aws_session_token": source.get("AWS_SESSION_TOKEN") or None,
+            "region_name": source.get("AWS_REGION") or source.get("AWS_DEFAULT_REGION") or None,
+        }
+
+    def name(self) -> str:
+        """The driver's name, recorded in every reference."""
+        return self.NAME
+
+    def type(self) -> str:
+        """The driver type."""
+        return "wfa.s3"
+
+    def _where(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[Any]:
+        try:
+            import aioboto3
+        except ModuleNotFoundError:
+            raise PayloadStoreError(
+                f"{self.NAME}: {STORE_ENV}=s3://... needs aioboto3 (pip install 'temporalio[aioboto3]')"
+            ) from None
+        options: dict[str, Any] = {k: v for k, v in self._session_options.items() if v}
+        session = aioboto3.Session(**options)
+        async with session.client("s3", endpoint_url=self.endpoint_url) as client:
+            yield client
+
+    def _sdk_driver(self, client: Any) -> Any:
+        from temporalio.contrib.aws.s3driver import S3StorageDriver
+        from temporalio.contrib.aws.s3driver.aioboto3 import new_aioboto3_client
+
+        return S3StorageDriver(
+            client=cast(Any, _PrefixedClient(new_aioboto3_client(client), self.prefix)),
+            bucket=self.bucket,
+            driver_name=self.NAME,
+            max_payload_size=MAX_BLOB_BYTES,
+        )
+
+    def _key(self, claim: StorageDriverClaim) -> tuple[str, str]:
+        """The claim's key and digest, once checked against this store."""
+        data = claim.claim_data
+        key, digest = data.get("key", ""), data.get("hash_value", "")
+        if data.get("bucket") != self.bucket:
+            raise PayloadStoreError(
+                f"{self.NAME}: a reference to another bucket ({str(data.get('bucket'))[:100]!r})"
+            )
+        match = _S3_KEY.match(key) if len(key) <= 1024 else None
+        if match is None or data.get("hash_algorithm") != "sha256" or match["digest"] != digest:
+            raise PayloadStoreError(f"{self.NAME}: not a reference of this store (key {key[:120]!r})")
+        if self.namespace is not None and match["ns"] != _s3_segment(self.namespace):
+            raise PayloadStoreError(
+                f"{self.NAME}: a reference to namespace {match['ns']!r}'s payload, read in namespace {self.namespace!r}"
+            )
+        return key, digest
+
+    async def store(
+        self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
+    ) -> list[StorageDriverClaim]:
+        """Uploads each payload (the SDK's driver: an existing key is left alone)."""
+        if self.namespace is not None and context.target is None:
+            context = StorageDriverStoreContext(target=StorageDriverWorkflowInfo(namespace=self.namespace))
+        try:
+            async with self._client() as client:
+                claims: list[StorageDriverClaim] = await self._sdk_driver(client).store(context, payloads)
+        except PayloadStoreError:
+            raise
+        except Exception as err:
+            raise PayloadStoreError(f"{self.NAME}: cannot write to {self._where()}: {_cause(err)}") from None
+        return claims
+
+    async def retrieve(
+        self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
+    ) -> list[Payload]:
+        """Reads and verifies each payload (refusing references outside this store)."""
+        for claim in claims:
+            self._key(claim)
+        try:
+            async with self._client() as client:
+                payloads: list[Payload] = await self._sdk_driver(client).retrieve(context, claims)
+        except PayloadStoreError:
+            raise
+        except Exception as err:
+            raise PayloadStoreError(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
+        return payloads
+
+    async def retrieve_within(self, claims: Sequence[StorageDriverClaim], limit: int) -> list[Payload | None]:
+        """Each payload stored in at most ``limit`` bytes, else None (over the limit, missing,
+        altered, not a reference of this store): the size is asked (``HEAD``) before reading."""
+        out: list[Payload | None] = []
+        async with self._client() as client:
+            for claim in claims:
+                try:
+                    key, digest = self._key(claim)
+                except PayloadStoreError:
+                    out.append(None)
+                    continue
+                data: bytes | None = None
+                try:
+                    head = await client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+                    if int(head.get("ContentLength", limit + 1)) <= limit:
+                        response = await client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+                        data = await response["Body"].read()
+                except Exception:  # missing, denied, unreachable: the UI shows the reference
+                    data = None
+                out.append(await _checked(data, digest, limit, self.NAME))
+        return out
+
+
+class _PrefixedClient:
+    """The SDK's S3 client, with ``prefix`` in front of every key."""
+
+    def __init__(self, inner: Any, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    def describe(self) -> Mapping[str, str]:
+        described: Mapping[str, str] = self._inner.describe()
+        return described
+
+    async def put_object(self, *, bucket: str, key: str, data: bytes) -> None:
+        await self._inner.put_object(bucket=bucket, key=self._prefix + key, data=data)
+
+    async def object_exists(self, *, bucket: str, key: str) -> bool:
+        found: bool = await self._inner.object_exists(bucket=bucket, key=self._prefix + key)
+        return found
+
+    async def get_object(self, *, bucket: str, key: str) -> bytes:
+        data: bytes = await self._inner.get_object(bucket=bucket, key=self._prefix + key)
+        return data
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost cause of the SDK's wrapped error (botocore's message names the problem)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {str(err)[:300]}"
+
+
+AnyDriver = FilesystemDriver | PostgresDriver | S3Driver
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 @dataclass(frozen=True)
 class PayloadStoreConfig:
     """What the environment configures (see the module docstring)."""
 
     kind: str
-    """``fs`` or ``postgres``."""
+    """``fs``, ``postgres`` or ``s3``."""
     location: str | None
-    """The directory (``fs``) or the database URL (``postgres``; None: ``DATABASE_URL``)."""
+    """The directory (``fs``), the database URL (``postgres``; None: ``DATABASE_URL``) or
+    ``<bucket>/<prefix>`` (``s3``)."""
     threshold: int = DEFAULT_THRESHOLD
     state_budget: int = DEFAULT_STATE_BUDGET
+    aws: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """``s3``: the ``AWS_*`` settings read (endpoint, region, credentials: see :class:`S3Driver`)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PayloadStoreConfig | None:
@@ -471,20 +687,34 @@ class PayloadStoreConfig:
         elif kind in ("postgres", "postgresql"):
             kind = "postgres"
             chosen = location.strip() or source.get("DATABASE_URL") or None
+        elif kind == "s3":
+            bucket, _, prefix = location.strip().removeprefix("//").partition("/")
+            if not _S3_BUCKET.match(bucket):
+                raise PayloadStoreConfigError(
+                    f"{STORE_ENV}: {spec[:100]!r}: s3 needs a bucket name (s3://wfa-payloads or s3://bucket/prefix/)"
+                )
+            if prefix and not prefix.endswith("/"):
+                prefix += "/"
+            chosen = f"{bucket}/{prefix}"
         else:
             raise PayloadStoreConfigError(
-                f"{STORE_ENV}: {spec[:100]!r} is not fs:<directory>, postgres or postgres:<url>"
+                f"{STORE_ENV}: {spec[:100]!r} is not fs:<directory>, postgres, postgres:<url> or s3://<bucket>/<prefix>"
             )
         threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
         budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
-        return cls(kind=kind, location=chosen, threshold=threshold, state_budget=budget)
+        aws = {k: v for k, v in source.items() if k.startswith("AWS_")} if kind == "s3" else {}
+        return cls(kind=kind, location=chosen, threshold=threshold, state_budget=budget, aws=aws)
 
-    def driver(self, namespace: str | None = None) -> FilesystemDriver | PostgresDriver:
+    def driver(self, namespace: str | None = None) -> AnyDriver:
         """The driver (bound to ``namespace`` when given), carrying the state budget."""
-        driver: FilesystemDriver | PostgresDriver
+        driver: AnyDriver
         if self.kind == "fs":
             assert self.location is not None
             driver = FilesystemDriver(self.location, namespace=namespace)
+        elif self.kind == "s3":
+            assert self.location is not None
+            bucket, _, prefix = self.location.partition("/")
+            driver = S3Driver(bucket, prefix, namespace=namespace, env=self.aws)
         else:
             driver = PostgresDriver(self.location, namespace=namespace)
         driver.state_budget = self.state_budget
@@ -506,6 +736,27 @@ def _bytes(source: Mapping[str, str], name: str, default: int, low: int, high: i
     if not low <= value <= high:
         raise PayloadStoreConfigError(f"{name}: {value} is not between {low} and {high} bytes")
     return value
+
+
+def state_budget_max_from_env(env: Mapping[str, str] | None = None) -> int:
+    """The worker's cap on a run's state budget (``WFA_STATE_BUDGET_MAX``).
+
+    Raises:
+        PayloadStoreConfigError: Not a number of bytes between 16 MiB and 256 MiB.
+    """
+    source = os.environ if env is None else env
+    return _bytes(source, STATE_BUDGET_MAX_ENV, DEFAULT_STATE_BUDGET, DEFAULT_STATE_BUDGET, MAX_STATE_BUDGET)
+
+
+@activity.defn(name="wfa.state_budget_max")
+async def state_budget_max() -> int:
+    """The worker's ``WFA_STATE_BUDGET_MAX`` (a local activity of the generic workflow: the value a
+    run gets is recorded in its history). The worker checks the variable at start; a value broken
+    since falls back to the default, the safe side."""
+    try:
+        return state_budget_max_from_env()
+    except PayloadStoreConfigError:
+        return DEFAULT_STATE_BUDGET
 
 
 def external_storage_from_env(
@@ -579,9 +830,9 @@ class ReferenceResolver:
         self.max_references = max_references
         self.max_bytes = max_bytes
         self.max_drivers = max_drivers
-        self._drivers: OrderedDict[str, FilesystemDriver | PostgresDriver] = OrderedDict()
+        self._drivers: OrderedDict[str, AnyDriver] = OrderedDict()
 
-    async def _driver(self, namespace: str) -> FilesystemDriver | PostgresDriver:
+    async def _driver(self, namespace: str) -> AnyDriver:
         driver = self._drivers.get(namespace)
         if driver is not None:
             self._drivers.move_to_end(namespace)
@@ -609,7 +860,7 @@ class ReferenceResolver:
         out = list(payloads)
         seen = 0
         spent = 0
-        driver: FilesystemDriver | PostgresDriver | None = None
+        driver: AnyDriver | None = None
         for index, payload in enumerate(payloads):
             if payload.metadata.get("messageType") != message_type:
                 continue

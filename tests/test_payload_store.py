@@ -168,7 +168,7 @@ def test_configuration_and_its_errors(tmp_path: Path) -> None:
     assert pg.kind == "postgres"
     assert pg.location == "postgresql://u@h/db"
     for env, message in (
-        ({"WFA_PAYLOAD_STORE": "s3:bucket"}, "is not fs:<directory>, postgres or postgres:<url>"),
+        ({"WFA_PAYLOAD_STORE": "gcs:bucket"}, "is not fs:<directory>, postgres, postgres:<url> or s3://"),
         ({"WFA_PAYLOAD_STORE": "fs:"}, "fs needs a directory"),
         (
             {"WFA_PAYLOAD_STORE": "postgres", "WFA_PAYLOAD_STORE_THRESHOLD": "big"},

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -131,6 +132,15 @@ REQUEST_CANCEL_ACTIVITY = "request_cancel"
 """The activity through which the ``cancel`` signal asks Temporal to cancel the run."""
 PATCH_BOUNDED_DECISIONS = "bounded-decisions"
 """Patch id: a signalled decision whose actor, reason or data is too large is refused (recorded)."""
+PATCH_STATE_BUDGET_MAX = "state-budget-max"
+"""Patch id: a run whose options ask for a state budget over :data:`STATE_BUDGET_UNCHECKED` gets
+at most the worker's maximum (``WFA_STATE_BUDGET_MAX``), read once by a local activity (a marker in
+history, so replay keeps the value the run got whatever the replaying worker's setting)."""
+STATE_BUDGET_MAX_ACTIVITY = "wfa.state_budget_max"
+"""The local activity answering the worker's ``WFA_STATE_BUDGET_MAX`` (:mod:`starter.payload_store`)."""
+STATE_BUDGET_UNCHECKED = 16 * 1024 * 1024
+"""A state budget up to this (the store's default, ``starter.payload_store.DEFAULT_STATE_BUDGET``,
+also the lowest maximum a worker can set) is never capped, so such runs need no local activity."""
 CANCEL_HANDOFF_S = 60.0
 """After ``cancel_run`` is accepted, how long the run waits for the caller's Temporal cancellation
 request before it cancels itself."""
@@ -649,6 +659,20 @@ class RunDefinitionWorkflow:
         self._home = asyncio.get_running_loop()
         """This run's own workflow instance (the SDK's event loop for it); see :meth:`_at_home`."""
 
+    async def _cap_state_budget(self, asked: int | None) -> None:
+        """Caps the state budget the run's options ask for (the starting client's claim) at the
+        worker's maximum: whoever can start a run cannot make workers keep more than their
+        operator allows."""
+        if asked is None or asked <= STATE_BUDGET_UNCHECKED or not workflow.patched(PATCH_STATE_BUDGET_MAX):
+            return
+        cap: int = await workflow.execute_local_activity(
+            STATE_BUDGET_MAX_ACTIVITY, result_type=int, start_to_close_timeout=timedelta(seconds=30)
+        )
+        if cap < asked:
+            self._engine.info = dataclasses.replace(
+                self._engine.info, state_budget=max(cap, STATE_BUDGET_UNCHECKED), state_budget_asked=asked
+            )
+
     @workflow.run
     async def run(self, run: RunInput) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
@@ -661,6 +685,7 @@ class RunDefinitionWorkflow:
             )
         self._check_pinned(run)
         self._ensure_identity(run)
+        await self._cap_state_budget(run.options.state_budget)
         if run.continuation is None:  # a chain counts as one run
             self._telemetry.run_started()
         if (

@@ -1,0 +1,141 @@
+"""The worker caps the state budget a run's starter claims (``WFA_STATE_BUDGET_MAX``).
+
+``WFA_PAYLOAD_STORE_STATE_BUDGET`` is set by whoever starts runs (a client, the gateway, a service
+with start rights) and recorded in the run's options: without a worker-side cap it would decide how
+much state the workers keep per run. Runs on the session's dev server, with an ``fs:`` store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from interpreter.state import RunState
+from starter.client import FlowClient
+from starter.payload_store import (
+    DEFAULT_STATE_BUDGET,
+    MAX_STATE_BUDGET,
+    PayloadStoreConfigError,
+    state_budget_max_from_env,
+)
+from tests.test_payload_store import client_of, env_of, run_with_worker
+from tests.workflows.support import definition, record, unique
+from worker import WORKFLOWS, workflow_runner
+from workflows.generic import STATE_BUDGET_UNCHECKED
+
+CHUNK = 240_000  # two of them: under an action's 512 KiB output budget, each under a template's 256 KiB
+ITEMS = 36  # 36 outputs of 480 KB: 17.3 MB of state, over the 16 MiB default maximum
+
+
+def heavy(name: str) -> dict[str, Any]:
+    """A foreach whose collected outputs exceed 16 MiB."""
+    return definition(
+        name,
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": f"range({ITEMS}) | list",
+                "concurrency": 6,
+                "steps": [
+                    {
+                        "id": "item",
+                        "type": "task",
+                        "action": "echo",
+                        "input": {"value": {"chunk": "{{ input.chunks }}", "item": "{{ item }}"}},
+                    }
+                ],
+            },
+            {
+                "id": "count",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ steps.each.output | length }}"},
+            },
+        ],
+        limits={"max_foreach_items": 100, "max_step_executions": 200},
+    )
+
+
+def test_the_maximum_is_checked() -> None:
+    assert STATE_BUDGET_UNCHECKED == DEFAULT_STATE_BUDGET  # the workflow's copy of the floor
+    assert state_budget_max_from_env({}) == DEFAULT_STATE_BUDGET
+    assert state_budget_max_from_env({"WFA_STATE_BUDGET_MAX": str(MAX_STATE_BUDGET)}) == MAX_STATE_BUDGET
+    for value, message in (
+        ("lots", "WFA_STATE_BUDGET_MAX: 'lots' is not a number of bytes"),
+        ("1000000", "WFA_STATE_BUDGET_MAX: 1000000 is not between 16777216 and 268435456 bytes"),
+        (str(MAX_STATE_BUDGET + 1), "is not between"),
+    ):
+        with pytest.raises(PayloadStoreConfigError, match=message):
+            state_budget_max_from_env({"WFA_STATE_BUDGET_MAX": value})
+
+
+async def test_a_starter_cannot_claim_more_state_than_the_worker_allows(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attacker: a starting service that claims the largest budget the options accept (256 MiB).
+    The worker, left at its default maximum, gives the run 16 MiB: the foreach that keeps 17 MB
+    fails as a step, the error naming the maximum and the claim. The worker's answer is recorded, so
+    the history replays under another maximum. With a worker that allows 64 MiB, the same run
+    completes: the claim still counts up to the worker's maximum."""
+    store = f"fs:{tmp_path / 'payloads'}"
+    greedy = await client_of(
+        temporal_env, env_of(store=store, WFA_PAYLOAD_STORE_STATE_BUDGET=str(MAX_STATE_BUDGET))
+    )
+    flows = FlowClient(greedy, task_queue=task_queue, database=database_url)
+    monkeypatch.delenv("WFA_STATE_BUDGET_MAX", raising=False)
+    started = await flows.start_run(heavy(unique("greedy")), {"chunks": ["c" * CHUNK, "d" * CHUNK]})
+    result = await run_with_worker(greedy, task_queue, started.result(timeout=600))
+    assert result.state == RunState.FAILED
+    assert result.error_type == "StateBudgetExceeded", result.error
+    error = result.error or ""
+    assert f"over its budget of {DEFAULT_STATE_BUDGET} bytes" in error
+    assert "WFA_STATE_BUDGET_MAX" in error
+    assert f"the run asked for {MAX_STATE_BUDGET} bytes" in error
+
+    history = await greedy.get_workflow_handle(started.workflow_id).fetch_history()
+    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert any(b"wfa.state_budget_max" in e.SerializeToString() for e in markers)  # the local activity
+    assert any(b"state-budget-max" in e.SerializeToString() for e in markers)  # its patch
+    # Replayed by a worker configured otherwise: the recorded maximum applies, no nondeterminism.
+    monkeypatch.setenv("WFA_STATE_BUDGET_MAX", str(MAX_STATE_BUDGET))
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=greedy.data_converter, workflow_runner=workflow_runner()
+    )
+    await replayer.replay_workflow(history)
+
+    # An operator who allows 64 MiB: the same claim now gets 64 MiB (the items and the foreach's collected list count, 34.5 MB) and the run completes.
+    monkeypatch.setenv("WFA_STATE_BUDGET_MAX", str(64 * 1024 * 1024))
+    started = await flows.start_run(heavy(unique("allowed")), {"chunks": ["c" * CHUNK, "d" * CHUNK]})
+    result = await run_with_worker(greedy, task_queue, started.result(timeout=600))
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    assert record(result, "count").output == ITEMS
+
+
+async def test_a_default_budget_run_asks_the_worker_nothing(
+    temporal_env: WorkflowEnvironment, task_queue: str, database_url: str, tmp_path: Path
+) -> None:
+    """A run at the default budget (16 MiB) is never capped: no local activity, no marker of the cap:
+    its history is as before the cap existed."""
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    started = await flows.start_run(
+        definition(unique("plain"), [{"id": "a", "type": "task", "action": "echo", "input": {"value": 1}}]),
+        {},
+    )
+    result = await run_with_worker(client, task_queue, started.result(timeout=120))
+    assert result.state == RunState.COMPLETED
+    history = await client.get_workflow_handle(started.workflow_id).fetch_history()
+    markers = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert markers  # the run's other patch markers
+    assert not [e for e in markers if b"state-budget-max" in e.SerializeToString()]
+    assert not [e for e in markers if b"wfa.state_budget_max" in e.SerializeToString()]
