@@ -86,7 +86,7 @@ def breakdown(history: History) -> dict[str, Any]:
 
 
 async def one_run(client: Client, workload: Workload, variant: Variant, tq: str) -> History:
-    wf_id = f"breakdown-{variant.key}-{uuid.uuid4().hex[:8]}"
+    wf_id = f"breakdown-{uuid.uuid4().hex[:12]}"  # the same length for every variant (it is in each activity's input)
     handle = await workload.start(client, variant, 7, wf_id, tq)
     workload.check(variant, 7, await handle.result())
     fetched = await client.get_workflow_handle(wf_id).fetch_history()

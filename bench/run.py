@@ -10,6 +10,9 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
   (fewer ``CurrentStep`` search attribute upserts), interleaved as A, A-nt, B;
 * ``A-full`` - only with ``--full-definition``: A started with the run input as starters sent it
   before the compact form (the definition with every default written out);
+* ``A-rc`` / ``A-rn`` - only with ``--result-compact`` / ``--result-none``: A with
+  ``RunOptions(result_steps=...)`` ``compact`` / ``none`` (the result's step records compacted /
+  left out; checked: 5 records / none);
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
