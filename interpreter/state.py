@@ -307,8 +307,8 @@ class ResultSteps(StrEnum):
     input does not name the option returns). ``compact``: the same records without the fields that
     hold their default (``error: null`` and the like): reading it back gives the same
     :class:`RunResult`. ``none``: a completed run's result carries no step records (state, output);
-    they stay in the ``status`` query, and a run that did not complete keeps them (compacted) in
-    its error's details.
+    they stay in the ``status`` query (not in a status rebuilt from the result when no worker
+    answers it), and a run that did not complete keeps them (compacted) in its error's details.
     """
 
     FULL = "full"
