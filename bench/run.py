@@ -10,6 +10,9 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
   (fewer ``CurrentStep`` search attribute upserts), interleaved as A, A-nt, B;
 * ``A-full`` - only with ``--full-definition``: A started with the run input as starters sent it
   before the compact form (the definition with every default written out);
+* ``A-rc`` / ``A-rn`` - only with ``--result-compact`` / ``--result-none``: A with
+  ``RunOptions(result_steps=...)`` ``compact`` / ``none`` (the result's step records compacted /
+  left out; checked: 5 records / none);
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
@@ -56,9 +59,9 @@ from temporalio.client import Client, WorkflowHandle  # noqa: E402
 from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
-from bench.baseline import BaselineWorkflow, definition_data, expected_output  # noqa: E402
+from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
-from interpreter.state import RunInput, RunOptions, RunResult, RunState  # noqa: E402
+from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
 from workflows.search_attributes import (  # noqa: E402
@@ -344,12 +347,15 @@ class Variant:
     track_step: bool | None  # None: the baseline
     coalesced: bool = False  # bench.proto_coalesce instead of the product workflow
     full_definition: bool = False  # the run input as starters sent it before the compact form
+    result_steps: ResultSteps = ResultSteps.FULL  # RunOptions.result_steps (FULL: left out of the input)
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
 A_NT = Variant("A-nt", "generic, track_current_step=False", False)
 A_CO = Variant("A-co", "generic, PROTOTYPE: upserts coalesced per activation", True, coalesced=True)
 A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
+A_RC = Variant("A-rc", "generic, result_steps=compact", True, result_steps=ResultSteps.COMPACT)
+A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
 B = Variant("B", "hand-written baseline", None)
 
 
@@ -380,7 +386,7 @@ class Workload:
         run_input = RunInput(
             definition=self.definition,
             input={"n": n},
-            options=RunOptions(track_current_step=variant.track_step),
+            options=RunOptions(track_current_step=variant.track_step, result_steps=variant.result_steps),
         )
         if variant.full_definition:
             # The shape starters sent before RunInput serialized its definition compactly: every
@@ -409,6 +415,8 @@ class Workload:
         if variant.track_step is not None:
             assert isinstance(result, RunResult), result
             assert result.state == RunState.COMPLETED, result
+            records = 0 if variant.result_steps == ResultSteps.NONE else STEPS
+            assert len(result.steps) == records, result
         if got != want:
             raise AssertionError(f"{variant.key}: run {n} returned {got!r}, expected {want!r}")
 
@@ -720,6 +728,8 @@ async def amain(args: argparse.Namespace) -> int:
         *([A_FULL] if args.full_definition else []),
         *([A_NT] if args.no_track_step else []),
         *([A_CO] if args.coalesce_proto else []),
+        *([A_RC] if args.result_compact else []),
+        *([A_RN] if args.result_none else []),
         B,
     ]
     t_begin = time.monotonic()
@@ -824,6 +834,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run workers with the inherited environment (e.g. PYTHONDONTWRITEBYTECODE=1) instead of "
         "a bytecode cache in the temp dir",
+    )
+    p.add_argument(
+        "--result-compact",
+        action="store_true",
+        help="also run A with RunOptions(result_steps='compact') as variant A-rc",
+    )
+    p.add_argument(
+        "--result-none",
+        action="store_true",
+        help="also run A with RunOptions(result_steps='none') as variant A-rn (no step records in the result)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the raw figures as JSON")
     p.add_argument(

@@ -9,7 +9,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    model_serializer,
+)
 
 from interpreter.model import Definition, FormField
 
@@ -291,6 +299,23 @@ class CurrentStepTracking(StrEnum):
     EVERY_STEP = "every_step"
 
 
+class ResultSteps(StrEnum):
+    """How a finished run's result (its workflow result, recorded in history) carries the step
+    records.
+
+    ``full``: every field of every record (the only shape before this option; what a run whose
+    input does not name the option returns). ``compact``: the same records without the fields that
+    hold their default (``error: null`` and the like): reading it back gives the same
+    :class:`RunResult`. ``none``: a completed run's result carries no step records (state, output);
+    they stay in the ``status`` query (not in a status rebuilt from the result when no worker
+    answers it), and a run that did not complete keeps them (compacted) in its error's details.
+    """
+
+    FULL = "full"
+    COMPACT = "compact"
+    NONE = "none"
+
+
 class RunOptions(BaseModel):
     """Options of one run.
 
@@ -332,6 +357,11 @@ class RunOptions(BaseModel):
     """Bytes of outputs and variables the run may keep, when it was started with large payloads
     stored by reference (``WFA_PAYLOAD_STORE``); None (left out of the payload, so inputs of runs
     started before it are unchanged): :data:`interpreter.sizes.RUN_STATE_BUDGET`."""
+    result_steps: ResultSteps = Field(
+        default=ResultSteps.FULL, exclude_if=lambda value: value == ResultSteps.FULL
+    )
+    """How the run's result carries its step records (:class:`ResultSteps`); ``full`` is left out of
+    the payload, so the input (and the result) of a run started before the option is unchanged."""
 
 
 class ForeachBatch(BaseModel):
@@ -389,6 +419,46 @@ class RunResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     steps: list[StepRecord] = Field(default_factory=list)
+
+    def shaped(self, steps: ResultSteps) -> RunResult:
+        """This result, to be serialized in the shape ``steps`` asks for (:class:`ResultSteps`):
+        itself for ``full``, else a :class:`ShapedRunResult` with the same values."""
+        if steps == ResultSteps.FULL:
+            return self
+        shaped = ShapedRunResult.model_construct(
+            **{name: getattr(self, name) for name in RunResult.model_fields}
+        )
+        shaped._shape = steps
+        return shaped
+
+
+def _without_defaults(data: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """``data`` (a dump of ``model``) without the optional fields that hold their default."""
+    fields = model.model_fields
+    return {
+        key: value
+        for key, value in data.items()
+        if key not in fields
+        or fields[key].is_required()
+        or value != fields[key].get_default(call_default_factory=True)
+    }
+
+
+class ShapedRunResult(RunResult):
+    """A :class:`RunResult` that serializes in a compact shape (:meth:`RunResult.shaped`): the
+    fields holding their default left out (``compact``), and for ``none`` the step records too.
+    Reading the data back as a :class:`RunResult` gives the same values (``none``: no records)."""
+
+    _shape: ResultSteps = PrivateAttr(default=ResultSteps.COMPACT)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = _without_defaults(handler(self), RunResult)
+        if self._shape == ResultSteps.NONE:
+            data.pop("steps", None)
+        elif "steps" in data:
+            data["steps"] = [_without_defaults(step, StepRecord) for step in data["steps"]]
+        return data
 
 
 class DeadLetterAction(StrEnum):

@@ -92,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionRecord,
         DecisionRequest,
         ParkedStep,
+        ResultSteps,
         RunInput,
         RunOptions,
         RunResult,
@@ -240,6 +241,13 @@ def dry_run_result(call: ActionCall, canned: Mapping[str, Any]) -> ActionResult:
         },
         attempt=1,
     )
+
+
+def _details(result: RunResult, shape: ResultSteps) -> dict[str, Any]:
+    """What a run that did not complete carries in its error's details: its result, with the step
+    records whatever ``RunOptions.result_steps`` says (where one looks first), compacted unless
+    ``full`` (the only shape before the option)."""
+    return result.shaped(ResultSteps.COMPACT if shape == ResultSteps.NONE else shape).model_dump(mode="json")
 
 
 class _TemporalRuntime:
@@ -716,7 +724,7 @@ class RunDefinitionWorkflow:
                 raise asyncio.CancelledError(result.error)
             raise ApplicationError(
                 result.error or "cancelled",
-                result.model_dump(mode="json"),
+                _details(result, run.options.result_steps),
                 type="RunCancelled",
                 non_retryable=True,
             )
@@ -724,18 +732,19 @@ class RunDefinitionWorkflow:
             # Not a success: closes as failed (red in the Web UI), the error type saying why.
             raise ApplicationError(
                 f"compensated: {result.error or 'a step failed'}",
-                result.model_dump(mode="json"),
+                _details(result, run.options.result_steps),
                 type="RunCompensated",
                 non_retryable=True,
             )
         if result.state == RunState.FAILED:
             raise ApplicationError(
                 result.error or "failed",
-                result.model_dump(mode="json"),
+                _details(result, run.options.result_steps),
                 type=result.error_type or "WorkflowFailed",
                 non_retryable=True,
             )
-        return result
+        # RunOptions.result_steps: a run whose input does not name it returns the result as before.
+        return result.shaped(run.options.result_steps)
 
     def _wants_new_run(self) -> bool:
         """The engine asks at its safe points: Temporal suggests continuing as new, or the

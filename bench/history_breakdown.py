@@ -1,0 +1,148 @@
+"""Where a run's history bytes go: ``python -m bench.history_breakdown [--json out.json]``.
+
+Starts one dev server and one benchmark worker (:mod:`bench.bench_worker`, the product's sandbox
+configuration), runs one run of each of ``bench.run``'s variants A (the generic workflow on the
+5-step definition, started as a starter does), A-rc and A-rn (the same with
+``RunOptions.result_steps`` ``compact`` and ``none``) and B (the hand-written baseline), and prints, per
+run, the bytes of every event type and of every payload in the history: the run input, each
+activity's input and result, the workflow result, the search attributes set at start or upserted,
+marker details and headers. Bytes are the serialized protobuf sizes, as ``bench.run`` counts them
+(``History.ByteSize()``), so per-event figures add up to the run's total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench.run import A_RC, A_RN, A, B, Server, Variant, WorkerProcess, Workload
+
+
+def _payloads(msg: Message, path: str, out: dict[str, int]) -> None:
+    """Adds the size of every payload under ``msg`` to ``out``, keyed by where it sits."""
+    for fd, value in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        name = f"{path}.{fd.name}" if path else fd.name
+        if fd.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if isinstance(item, Payload):
+                    out[f"{name}[{key}]"] = out.get(f"{name}[{key}]", 0) + item.ByteSize()
+                elif isinstance(item, Message):
+                    _payloads(item, f"{name}[{key}]", out)
+            continue
+        repeated = not isinstance(value, Message)
+        items = list(value) if repeated else [value]
+        for i, item in enumerate(items):
+            where = f"{name}[{i}]" if repeated else name
+            if isinstance(item, Payload):
+                out[where] = out.get(where, 0) + item.ByteSize()
+            elif isinstance(item, Payloads):
+                out[where] = out.get(where, 0) + sum(p.ByteSize() for p in item.payloads)
+            else:
+                _payloads(item, where, out)
+
+
+def breakdown(history: History) -> dict[str, Any]:
+    """Bytes per event type and per payload (``event#n type: field``) of one history."""
+    by_type: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    payloads: dict[str, int] = {}
+    for e in history.events:
+        name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_").lower()
+        by_type[name] = by_type.get(name, 0) + e.ByteSize()
+        counts[name] = counts.get(name, 0) + 1
+        attrs = e.WhichOneof("attributes")
+        if attrs is None:
+            continue
+        found: dict[str, int] = {}
+        _payloads(getattr(e, attrs), "", found)
+        for where, size in found.items():
+            payloads[f"#{e.event_id} {name}: {where}"] = size
+    return {
+        "total": history.ByteSize(),
+        "events": len(history.events),
+        "bytes_by_event_type": by_type,
+        "events_by_type": counts,
+        "payload_bytes": payloads,
+    }
+
+
+async def one_run(client: Client, workload: Workload, variant: Variant, tq: str) -> History:
+    wf_id = f"breakdown-{uuid.uuid4().hex[:12]}"  # the same length for every variant (it is in each activity's input)
+    handle = await workload.start(client, variant, 7, wf_id, tq)
+    workload.check(variant, 7, await handle.result())
+    fetched = await client.get_workflow_handle(wf_id).fetch_history()
+    return History(events=fetched.events)
+
+
+def print_breakdown(results: dict[str, dict[str, Any]]) -> None:
+    keys = list(results)
+    types = sorted({t for r in results.values() for t in r["bytes_by_event_type"]})
+    print(f"{'event type':<45}" + "".join(f"{k:>16}" for k in keys))
+    for t in types:
+        cells = "".join(
+            f"{r['bytes_by_event_type'].get(t, 0):>10} ({r['events_by_type'].get(t, 0):>2})"
+            for r in results.values()
+        )
+        print(f"{t:<45}{cells}")
+    print(
+        f"{'total bytes (events)':<45}"
+        + "".join(f"{r['total']:>10} ({r['events']:>2})" for r in results.values())
+    )
+    for k, r in results.items():
+        print(f"\npayloads of {k} (bytes):")
+        for where, size in r["payload_bytes"].items():
+            print(f"  {size:>6}  {where}")
+
+
+async def amain() -> dict[str, dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="wfa-breakdown-") as tmp:
+        server = Server(Path(tmp), in_memory=True)
+        await server.start()
+        try:
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            tq = f"bench-{uuid.uuid4().hex[:8]}"  # the same length as bench.run's task queues
+            worker = WorkerProcess(server.address, tq, None, Path(tmp) / "pycache", Path(tmp))
+            await worker.start()
+            try:
+                workload = Workload()
+                variants = (A, A_RC, A_RN, B)
+                results = {v.key: breakdown(await one_run(client, workload, v, tq)) for v in variants}
+            finally:
+                await worker.stop()
+        finally:
+            await server.stop()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.history_breakdown", description=__doc__.split("\n")[0])
+    p.add_argument("--json", metavar="PATH", help="also write the breakdown as JSON")
+    args = p.parse_args(argv)
+    results = asyncio.run(amain())
+    print_breakdown(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
