@@ -1990,7 +1990,12 @@ async def _payloads(args: argparse.Namespace, out: TextIO) -> int:
     if config is None:
         raise UsageError(f"{STORE_ENV} is not set: there is no payload store to collect")
     flows = await _connect(args)
-    report = await collect(flows.client, config, older_than=args.older_than, dry_run=args.dry_run)
+    from temporalio.service import RPCError
+
+    try:
+        report = await collect(flows.client, config, older_than=args.older_than, dry_run=args.dry_run)
+    except RPCError as err:
+        raise flows._rpc_error(err, None, "collect stored payloads") from None
     if args.json:
         print(json.dumps(report.as_json(), indent=2), file=out)
         return EXIT_OK

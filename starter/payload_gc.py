@@ -17,7 +17,7 @@ run is kept. A closed run's payloads stay readable (``wfa result``, the Web UI) 
 after they were last stored; past that, a closed run whose history Temporal still keeps shows the
 reference but not the value.
 
-``s3://`` is not covered: use a bucket lifecycle rule (the README says how long).
+``s3://`` is not covered: an S3 object's age is its first write (the README says what that means for a lifecycle rule).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -146,9 +146,9 @@ async def open_run_references(client: Client, driver: str) -> tuple[int, set[str
             if digest is not None:
                 digests.add(digest)
 
-    async for execution in client.list_workflows('ExecutionStatus = "Running"'):
+    async for workflow_id, run_id in _open_executions(client):
         runs += 1
-        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         async for event in handle.fetch_history_events():
             add(event)
     for schedule in await _schedule_ids(client):
@@ -165,6 +165,31 @@ async def open_run_references(client: Client, driver: str) -> tuple[int, set[str
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
     return runs, digests
+
+
+CLOSED_STATUSES = ("Completed", "Failed", "Canceled", "Terminated", "ContinuedAsNew", "TimedOut")
+OPEN_RUNS_QUERY = " AND ".join(f'ExecutionStatus != "{status}"' for status in CLOSED_STATUSES)
+"""Every run that is not closed: running, paused (Temporal's workflow pause) and any open status
+a later server adds. A run not in a closed status keeps what it refers to."""
+
+
+async def _open_executions(client: Client) -> AsyncIterator[tuple[str, str]]:
+    """The (workflow id, run id) of every run of the namespace that is not closed (raw calls: the
+    SDK's listing decodes the status, and fails on one it does not know, such as Paused)."""
+    from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
+
+    token = b""
+    while True:
+        page = await client.workflow_service.list_workflow_executions(
+            ListWorkflowExecutionsRequest(
+                namespace=client.namespace, query=OPEN_RUNS_QUERY, page_size=1000, next_page_token=token
+            )
+        )
+        for info in page.executions:
+            yield info.execution.workflow_id, info.execution.run_id
+        token = page.next_page_token
+        if not token:
+            return
 
 
 async def _schedule_ids(client: Client) -> list[str]:
@@ -291,8 +316,8 @@ async def collect(
 
     if config.kind == "s3":
         raise PayloadStoreConfigError(
-            "s3:// stores are cleaned by a bucket lifecycle rule (expire objects after the namespace's"
-            " retention plus the longest run), not by wfa"
+            "s3:// stores are not collected by wfa: an S3 object's age is its first write, not its last"
+            " use (see the README's 'Production: S3' before adding a bucket lifecycle rule)"
         )
     if older_than is None:
         older_than = await namespace_retention(client) + DEFAULT_MARGIN

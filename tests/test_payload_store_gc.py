@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.common.v1 import Payload
-from temporalio.api.workflowservice.v1 import DescribeScheduleRequest
+from temporalio.api.common.v1 import Payload, WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeScheduleRequest, DescribeWorkflowExecutionRequest
 from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
@@ -28,8 +28,9 @@ from temporalio.converter import StorageDriverClaim, StorageDriverRetrieveContex
 from temporalio.testing import WorkflowEnvironment
 
 from interpreter.state import RunState
-from starter.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient
+from starter.devserver import find_temporal_cli
 from starter.payload_store import FilesystemDriver, PayloadStoreConfig, PayloadStoreError, PostgresDriver
 from tests.test_payload_store import client_of, history_payloads, references, run_with_worker
 from tests.workflows.support import definition, eventually, record, unique
@@ -244,3 +245,58 @@ async def test_gc_refuses_unsafe_or_impossible_requests(
     report = json.loads(out)
     assert report["older_than_s"] > 7 * 86400
     assert report["deleted"] == []
+    # A namespace the server does not have: a clear error and its exit code, not "internal error".
+    code, _, err = await gc(address, capsys, "--namespace", "nosuch-namespace", "--dry-run")
+    assert code == EXIT_UNAVAILABLE, err
+    assert "namespace 'nosuch-namespace' does not exist" in err
+
+
+async def test_gc_keeps_what_a_paused_run_needs(tmp_path: Path) -> None:
+    """A paused run (Temporal's workflow pause) is open: it is neither Running nor closed, and when
+    it is unpaused it reads its input from the store. Found by an attacker's review: gc listed only
+    Running runs and deleted a paused run's input."""
+    from temporalio.api.workflowservice.v1 import PauseWorkflowExecutionRequest
+    from temporalio.client import Client
+    from temporalio.converter import DataConverter
+
+    from starter.payload_gc import collect
+
+    env = {"WFA_PAYLOAD_STORE": f"fs:{tmp_path / 'payloads'}", "WFA_PAYLOAD_STORE_THRESHOLD": "1000"}
+    config = PayloadStoreConfig.from_env(env)
+    assert config is not None
+    server = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_cli(),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowPauseEnabled=true"],
+    )
+    try:
+        address = server.client.service_client.config.target_host
+        converter = DataConverter(external_storage=config.external_storage("default"))
+        client = await Client.connect(address, data_converter=converter)
+        # No worker: the run stays open with its stored input.
+        handle = await client.start_workflow(
+            "AnyWorkflow", "p" * 5000, id=unique("paused"), task_queue=unique("tq-nobody")
+        )
+        [reference] = references(history_payloads(await handle.fetch_history()))
+        digest = json.loads(reference.data)["claimData"]["digest"]
+        await age(config, [digest], OLD)
+        await client.workflow_service.pause_workflow_execution(
+            PauseWorkflowExecutionRequest(
+                namespace="default", workflow_id=handle.id, identity="ops", reason="maintenance"
+            )
+        )
+
+        async def status() -> int:
+            described = await client.workflow_service.describe_workflow_execution(
+                DescribeWorkflowExecutionRequest(
+                    namespace="default", execution=WorkflowExecution(workflow_id=handle.id)
+                )
+            )
+            return int(described.workflow_execution_info.status)
+
+        await eventually(status, lambda s: s == 8, what="the run paused (status 8)", timeout=60)
+        report = await collect(client, config, older_than=timedelta(hours=2))
+        assert report.open_runs == 1
+        assert report.deleted == []
+        assert await exists(config, digest)
+    finally:
+        await server.shutdown()
