@@ -50,12 +50,16 @@ async def limited_worker(
 
 
 async def _chain(client: Client, workflow_id: str) -> list[tuple[str, WorkflowExecutionStatus | None]]:
-    """Every run of the workflow id, oldest first, as (run id, status)."""
-    runs = [
-        (e.run_id, e.status, e.start_time)
-        async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")
-    ]
-    return [(run_id, state) for run_id, state, _ in sorted(runs, key=lambda r: r[2])]
+    """Every run of the workflow id, oldest first, as (run id, status).
+
+    The runs come from visibility, their statuses from each run itself: visibility may still show
+    the last run as running a moment after its result was returned."""
+    runs = [(e.run_id, e.start_time) async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    chain: list[tuple[str, WorkflowExecutionStatus | None]] = []
+    for run_id, _ in sorted(runs, key=lambda r: r[1]):
+        described = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+        chain.append((run_id, described.status))
+    return chain
 
 
 async def _replay_chain(client: Client, workflow_id: str) -> int:
