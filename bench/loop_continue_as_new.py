@@ -25,15 +25,12 @@ from uuid import uuid4
 
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from interpreter.state import RunInput, RunState
 from interpreter.validate import load_definition
-from starter.devserver import ensure_search_attributes, find_temporal_cli
+from tests.workflows.limited_server import start_limited_server
 from worker import build_worker
 from workflows.generic import RunDefinitionWorkflow
-from workflows.search_attributes import ALL_KEYS
 
 
 def loop_definition(iterations: int) -> dict[str, Any]:
@@ -73,23 +70,14 @@ async def chain(client: Client, workflow_id: str) -> list[tuple[WorkflowExecutio
 
 
 async def main(args: argparse.Namespace) -> int:
-    extra = [
-        "--dynamic-config-value",
-        f"limit.historyCount.error={args.error_limit}",
-        "--dynamic-config-value",
-        f"limit.historyCount.warn={max(args.error_limit - 200, 100)}",
-        "--dynamic-config-value",
-        f"limit.historyCount.suggestContinueAsNew={args.suggest}",
-    ]
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_cli(),
-        data_converter=pydantic_data_converter,
-        search_attributes=ALL_KEYS,
-        dev_server_log_level="error",
-        dev_server_extra_args=extra,
+    env = await start_limited_server(
+        {
+            "limit.historyCount.error": args.error_limit,
+            "limit.historyCount.warn": max(args.error_limit - 200, 100),
+            "limit.historyCount.suggestContinueAsNew": args.suggest,
+        }
     )
     try:
-        await ensure_search_attributes(env.client)
         task_queue = f"p5-{uuid4().hex[:8]}"
         async with (
             httpx.AsyncClient() as http_client,

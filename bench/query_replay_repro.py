@@ -24,17 +24,13 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from interpreter.state import RunInput, RunOptions
 from interpreter.validate import load_definition
-from starter.devserver import ensure_search_attributes, find_temporal_cli
-from tests.workflows.limited_server import LIMITS
+from tests.workflows.limited_server import start_limited_server
 from worker import build_activities, workflow_runner
 from workflows.generic import RunDefinitionWorkflow
-from workflows.search_attributes import ALL_KEYS
 
 
 class _Collect(logging.Handler):
@@ -108,19 +104,9 @@ async def main() -> int:
     live.setLevel(logging.WARNING)
     live.setFormatter(logging.Formatter("PYLOG %(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("temporalio").addHandler(live)
-    extra: list[str] = []
-    for key, value in LIMITS.items():
-        extra += ["--dynamic-config-value", f"{key}={value}"]
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_cli(),
-        data_converter=pydantic_data_converter,
-        search_attributes=ALL_KEYS,
-        dev_server_log_level="error",
-        dev_server_extra_args=extra,
-    )
+    env = await start_limited_server()
     outcomes: collections.Counter[str] = collections.Counter()
     try:
-        await ensure_search_attributes(env.client)
         client: Client = env.client
         queue = f"repro-{random.randrange(10**9)}"
         async with httpx.AsyncClient() as http_client:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import pytest
 from hypothesis import given
 from sqlalchemy import text
@@ -27,7 +26,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from activities.store.errors import DefinitionNotFoundError
 from interpreter.state import Decision, RunInput, RunResult, RunState
@@ -35,7 +33,6 @@ from interpreter.validate import definition_hash, load_definition
 from starter.client import FlowClient
 from tests.property.support import checks
 from tests.property.test_definitions import valid
-from worker import build_worker
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
 
@@ -120,7 +117,7 @@ async def test_a_full_input_whose_defaults_were_edited_is_refused(
 
 
 async def test_registry_row_altered_after_start_does_not_change_the_run(
-    client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database
+    client: Client, task_queue: str, database: Database, store_worker: Worker
 ) -> None:
     tenant, name = unique("tenant"), unique("altered")
     flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
@@ -132,33 +129,26 @@ async def test_registry_row_altered_after_start_does_not_change_the_run(
         ],
     }
     registered = await flows.register(doc, author="ann")
-    async with build_worker(
-        client,
-        task_queue,
-        http_client,
-        extra_activities=build_store_activities(database.session_factory),
-        graceful_shutdown_timeout=timedelta(0),
-    ):
-        run = await flows.start_run(name)
-        assert run.definition_hash == registered.info.content_hash
-        handle = client.get_workflow_handle(run.workflow_id, result_type=RunResult)
-        # Someone with write access to the database rewrites the stored body mid-run.
-        tampered = json.loads(json.dumps(doc))
-        tampered["steps"][1]["output"] = {"marker": "tampered"}
-        tampered.pop("name")
-        async with database.session_factory() as session, session.begin():
-            changed = await session.execute(
-                text("UPDATE definitions SET body = CAST(:body AS jsonb) WHERE tenant = :t AND name = :n"),
-                {"body": json.dumps(tampered), "t": tenant, "n": name},
-            )
-            assert changed.rowcount == 1  # type: ignore[attr-defined]
+    run = await flows.start_run(name)
+    assert run.definition_hash == registered.info.content_hash
+    handle = client.get_workflow_handle(run.workflow_id, result_type=RunResult)
+    # Someone with write access to the database rewrites the stored body mid-run.
+    tampered = json.loads(json.dumps(doc))
+    tampered["steps"][1]["output"] = {"marker": "tampered"}
+    tampered.pop("name")
+    async with database.session_factory() as session, session.begin():
+        changed = await session.execute(
+            text("UPDATE definitions SET body = CAST(:body AS jsonb) WHERE tenant = :t AND name = :n"),
+            {"body": json.dumps(tampered), "t": tenant, "n": name},
+        )
+        assert changed.rowcount == 1  # type: ignore[attr-defined]
+    status = await flows.status(run.workflow_id)
+    for _ in range(200):
+        if status.pending_approvals:
+            break
         status = await flows.status(run.workflow_id)
-        for _ in range(200):
-            if status.pending_approvals:
-                break
-            status = await flows.status(run.workflow_id)
-        await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="manager"))
-        result = await handle.result()
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="manager"))
+    result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert result.output == {"marker": "registered"}
 

@@ -8,7 +8,7 @@ rehearse it, so a run that did not continue as new would be terminated by the se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -37,11 +37,11 @@ LIMITS = {
 }
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def limited_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A dev server (in-memory) with :data:`LIMITS` and the product's search attributes."""
+async def start_limited_server(limits: Mapping[str, object] = LIMITS) -> WorkflowEnvironment:
+    """A dev server (in-memory) with ``limits`` as its dynamic configuration and the product's
+    search attributes registered; the caller shuts it down (the tests' fixture, the benchmarks)."""
     args: list[str] = []
-    for key, value in LIMITS.items():
+    for key, value in limits.items():
         args += ["--dynamic-config-value", f"{key}={value}"]
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_temporal_cli(),
@@ -52,6 +52,17 @@ async def limited_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     try:
         await ensure_search_attributes(env.client)
+    except BaseException:
+        await env.shutdown()
+        raise
+    return env
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def limited_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server (in-memory) with :data:`LIMITS` and the product's search attributes."""
+    env = await start_limited_server()
+    try:
         yield env
     finally:
         await env.shutdown()
