@@ -52,7 +52,6 @@ from temporalio.client import (
 )
 from temporalio.common import (
     Priority,
-    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -121,11 +120,11 @@ from workflows.priority import run_priority
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
     CURRENT_STEP,
-    DEFINITION_HASH,
     DEFINITION_NAME,
     DEFINITION_VERSION,
     RUN_STATE,
     TENANT,
+    start_attributes,
 )
 
 if TYPE_CHECKING:
@@ -992,17 +991,7 @@ class FlowClient:
         attributes, summary and memo. :meth:`start_run` and the schedules
         (:mod:`starter.schedules`) both start runs from it, so a scheduled run looks exactly like
         one started by hand."""
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(DEFINITION_NAME, parsed.name),
-                SearchAttributePair(DEFINITION_VERSION, parsed.version),
-                SearchAttributePair(DEFINITION_HASH, digest),
-                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-                SearchAttributePair(AWAITING_APPROVAL, False),
-                SearchAttributePair(CURRENT_STEP, ""),
-                SearchAttributePair(TENANT, self.tenant),
-            ]
-        )
+        attributes = start_attributes(parsed.name, parsed.version, digest, self.tenant)
         return RunStart(
             input=RunInput(
                 definition=parsed,

@@ -36,9 +36,7 @@ from temporalio.common import (
     Priority,
     RawValue,
     RetryPolicy,
-    SearchAttributePair,
     SearchAttributeUpdate,
-    TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import (
@@ -115,6 +113,7 @@ with workflow.unsafe.imports_passed_through():
         DEFINITION_VERSION,
         RUN_STATE,
         TENANT,
+        start_attributes,
     )
     from workflows.telemetry import RunTelemetry
 
@@ -553,17 +552,7 @@ class _TemporalRuntime:
         started, in this run's tenant. A child cancelled with its parent (``REQUEST_CANCEL``) runs
         its compensations before the parent's cancellation goes on."""
         definition = run.definition
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(DEFINITION_NAME, definition.name),
-                SearchAttributePair(DEFINITION_VERSION, definition.version),
-                SearchAttributePair(DEFINITION_HASH, content_hash),
-                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-                SearchAttributePair(AWAITING_APPROVAL, False),
-                SearchAttributePair(CURRENT_STEP, ""),
-                SearchAttributePair(TENANT, self._options.tenant),
-            ]
-        )
+        attributes = start_attributes(definition.name, definition.version, content_hash, self._options.tenant)
         return await workflow.start_child_workflow(
             definition.name,  # listed under its definition's name, like a run a client started
             run,

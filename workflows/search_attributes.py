@@ -6,7 +6,7 @@ it; production runs ``temporal operator search-attribute create`` once, see the 
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 DEFINITION_NAME = SearchAttributeKey.for_keyword("DefinitionName")
 DEFINITION_VERSION = SearchAttributeKey.for_int("DefinitionVersion")
@@ -19,6 +19,25 @@ ASSIGNEES = SearchAttributeKey.for_keyword_list("WfaAssignees")
 """Who the run waits for now: ``user:<name>`` for each approver or assignee, ``group:<name>`` for
 each candidate group, of every pending approval and human task (empty when none is pending). The
 inbox finds a person's work with it. Not personal data beyond the user names the definition names."""
+
+
+def start_attributes(name: str, version: int, content_hash: str, tenant: str) -> TypedSearchAttributes:
+    """The search attributes a run starts with, however it is started (a client, a schedule, a
+    parent's subflow or fan-out): its definition, running, nothing awaited yet, its tenant."""
+    from interpreter.state import RunState  # here: the dev server's start-up needs only the keys
+
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(DEFINITION_NAME, name),
+            SearchAttributePair(DEFINITION_VERSION, version),
+            SearchAttributePair(DEFINITION_HASH, content_hash),
+            SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+            SearchAttributePair(AWAITING_APPROVAL, False),
+            SearchAttributePair(CURRENT_STEP, ""),
+            SearchAttributePair(TENANT, tenant),
+        ]
+    )
+
 
 ALL_KEYS = (
     DEFINITION_NAME,
