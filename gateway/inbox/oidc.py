@@ -47,6 +47,8 @@ LEEWAY_S = 60
 """Clock skew allowed between the provider and the gateway."""
 FLOW_TTL_S = 600
 """How long a sign-in may take at the provider."""
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""Where a provider's URLs may be plain http (a provider on this machine: demo and tests)."""
 DISCOVERY_TTL_S = 3600
 """How long discovery and keys are kept before they are read again (an unknown kid reads at once)."""
 
@@ -104,7 +106,7 @@ class OidcProvider:
         parsed = urlparse(self.issuer)
         if parsed.scheme not in ("https", "http") or not parsed.netloc:
             raise OidcConfigError(f"provider {self.key}: the issuer must be an https URL")
-        if parsed.scheme == "http" and parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+        if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
             raise OidcConfigError(f"provider {self.key}: the issuer must be https (http only on loopback)")
         if not self.client_id or not self.client_secret:
             raise OidcConfigError(f"provider {self.key}: client id and client secret are required")
@@ -269,8 +271,7 @@ class OidcClient:
         if not isinstance(endpoint, str):
             return None
         parsed = urlparse(endpoint)
-        loopback = parsed.hostname in ("localhost", "127.0.0.1", "::1")
-        if parsed.scheme != "https" and not (parsed.scheme == "http" and loopback):
+        if parsed.scheme != "https" and not (parsed.scheme == "http" and parsed.hostname in LOOPBACK_HOSTS):
             return None
         query = urlencode(
             {"client_id": self.provider.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
