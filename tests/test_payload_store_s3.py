@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -42,13 +43,7 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
+    s3 = s3_client(endpoint)
     s3.create_bucket(Bucket=BUCKET)
     s3.create_bucket(Bucket="elsewhere")
     s3.put_object(Bucket="elsewhere", Key="secret", Body=b"not for runs")
@@ -56,6 +51,17 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client of the local S3 server (moto accepts any credentials)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
 
 
 def s3_env(endpoint: str, **more: str) -> dict[str, str]:
@@ -70,13 +76,7 @@ def s3_env(endpoint: str, **more: str) -> dict[str, str]:
 
 
 def objects(endpoint: str, prefix: str = "") -> dict[str, int]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
+    s3 = s3_client(endpoint)
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
     return {o["Key"]: o["Size"] for o in listed}
 
@@ -123,13 +123,7 @@ async def test_forged_s3_references_are_refused(s3_endpoint: str) -> None:
     with pytest.raises(PayloadStoreError, match="namespace 'acme'"):
         await config.driver("globex").retrieve(StorageDriverRetrieveContext(), [claim])
     # An object changed in the bucket is refused (the SDK's digest check, as our message).
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    ).put_object(
+    s3_client(s3_endpoint).put_object(
         Bucket=BUCKET, Key=f"wfa/{claim.claim_data['key']}", Body=Payload(data=b'"x"').SerializeToString()
     )
     with pytest.raises(PayloadStoreError, match="integrity check failed"):
@@ -181,13 +175,7 @@ async def test_a_big_run_through_s3_and_the_codec_reads_it(
     assert new
     assert all(k.startswith("wfa/v0/ns/default/") for k in new)
     assert max(new.values()) > BIG_INPUT  # the input, encrypted
-    raw = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
+    raw = s3_client(s3_endpoint)
     for key in new:
         body = raw.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         assert b"input-ends-x" not in body  # ciphertext only
