@@ -244,14 +244,10 @@ async def measure(variant: str, args: argparse.Namespace, server: Server, tmp: P
                     return
                 except NoWorkerError:
                     result.approve_errors += 1
-                except RunClosedError as err:
-                    if attempt > 0 and "(completed)" in str(err):
+                except Exception as err:  # counted and reported; the run is then counted as lost
+                    if isinstance(err, RunClosedError) and attempt > 0 and "(completed)" in str(err):
                         result.approved_on_earlier_attempt += 1
                         return
-                    result.approve_errors += 1
-                    if attempt == 4:
-                        print(f"  approve {ids[i]}: {type(err).__name__}: {err}", flush=True)
-                except Exception as err:  # counted and reported; the run is then counted as lost
                     result.approve_errors += 1
                     if attempt == 4:
                         print(f"  approve {ids[i]}: {type(err).__name__}: {err}", flush=True)
