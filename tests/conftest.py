@@ -8,10 +8,10 @@
 * ``worker``: a worker for the generic workflow and every action, on the test's queue.
 * ``store_worker``, ``tenant``, ``flows``: a worker with the store's activities on the test's queue,
   a tenant unique to the test, and a :class:`starter.client.FlowClient` of that tenant on ``database``.
-* ``time_skipping_env``: the Java time-skipping test server. It rejects unknown search attributes
-  ("search attribute X is not defined") until they are added through the operator service, which
-  this fixture does. It does not implement ``ListSearchAttributes`` nor ``ListWorkflowExecutions``,
-  so visibility queries must use ``temporal_env``.
+* ``time_skipping_env``: the Java time-skipping test server, one per test. It rejects unknown search
+  attributes ("search attribute X is not defined") until they are added through the operator
+  service, which this fixture does. It does not implement ``ListSearchAttributes`` nor
+  ``ListWorkflowExecutions``, so visibility queries must use ``temporal_env``.
 
 All async fixtures and tests share one session event loop (see ``[tool.pytest.ini_options]``).
 """
@@ -49,11 +49,8 @@ if TYPE_CHECKING:
     from activities.store.database import Database
     from starter.client import FlowClient
 
-try:  # Written in parallel by another change; conftest must keep working until it lands.
-    from tests.helpers.http_server import http_server  # noqa: F401
-except ModuleNotFoundError as exc:
-    if exc.name != "tests.helpers.http_server":
-        raise
+from tests.helpers.hang_watchdog import hang_watchdog  # noqa: F401
+from tests.helpers.http_server import http_server  # noqa: F401
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -79,9 +76,16 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(loop_scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The Java time-skipping test server with the product's search attributes added."""
+    """A Java time-skipping test server of the test's own, with the product's search attributes.
+
+    One per test (it starts in a fraction of a second), not one per session: that server stops
+    skipping time while any workflow task is scheduled and not yet completed, on any queue. A run an
+    earlier test left parked on a timer (its worker gone) gets a workflow task when the shared clock
+    passes that timer, no worker ever completes it, and from then on every later test waiting on a
+    timer waited forever (seen as an idle, hung suite).
+    """
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=find_test_server(),
         data_converter=pydantic_data_converter,

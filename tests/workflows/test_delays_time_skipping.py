@@ -1,9 +1,8 @@
 """Long delays on the time-skipping server: business hours (across a DST change) and ``until``.
 
-The server's clock cannot be set to a chosen date, and it is one clock for the whole session: it
-starts at the real date and every earlier test moves it on by the days it skipped. So the tests
-read it and build definitions relative to it, and must hold for any date it shows: holidays push
-the next opening past the zone's next DST transition, whenever that is.
+The server's clock cannot be set to a chosen date: it starts at the real date. So the tests read it
+and build definitions relative to it, and must hold for any date it shows: holidays push the next
+opening past the zone's next DST transition, whenever that is.
 """
 
 from __future__ import annotations
@@ -56,8 +55,8 @@ def _transition_after(after: datetime) -> datetime:
 
 @pytest.mark.parametrize(
     "before_transition",
-    # As the clock stands; and moved to the last days before a transition (the clock is shared and
-    # may stand anywhere): Friday inside business hours, Saturday, Sunday before the 2 a.m. change.
+    # As the clock stands; and moved to the last days before a transition (the clock starts today,
+    # anywhere before one): Friday inside business hours, Saturday, Sunday before the 2 a.m. change.
     [None, timedelta(hours=40), timedelta(hours=20), timedelta(minutes=30)],
     ids=["as-the-clock-stands", "friday-before", "saturday-before", "just-before"],
 )

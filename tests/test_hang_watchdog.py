@@ -1,0 +1,56 @@
+"""The suite's hang watchdog: a hung test fails alone, with the stack of where it waits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_hung_test_fails_with_its_stack_and_the_session_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(
+        "from tests.helpers.hang_watchdog import hang_watchdog  # noqa: F401\n"
+    )
+    (tmp_path / "test_sample.py").write_text(
+        "import asyncio\n"
+        "async def test_waits_forever():\n"
+        "    await asyncio.Event().wait()\n"
+        "async def test_after_it():\n"
+        "    await asyncio.sleep(0)\n"
+        "def test_sync():\n"
+        "    pass\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "asyncio_default_fixture_loop_scope=session",
+            "-o",
+            "asyncio_default_test_loop_scope=session",
+            "test_sample.py",
+        ],
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "WFA_TEST_HANG_S": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = done.stdout
+    assert done.returncode == 1, out
+    assert "1 failed, 2 passed" in out, out
+    assert "FAILED test_sample.py::test_waits_forever" in out, out
+    assert "hung: still running after 2 s" in out, out
+    # Where it waited, from the task stacks the watchdog printed.
+    assert "test_waits_forever still running after 2 s" in out, out
+    assert 'test_sample.py", line 3, in test_waits_forever' in out, out
