@@ -35,6 +35,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from bench.approval_baseline import ApprovalBaselineWorkflow
 from bench.baseline import BaselineWorkflow
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow
+from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow
 from worker import build_worker
 
 _profiles: list[cProfile.Profile] = []
@@ -75,7 +76,12 @@ async def serve(address: str, namespace: str, task_queue: str, max_cached: int |
             client,
             task_queue,
             http_client,
-            extra_workflows=[BaselineWorkflow, CoalescedRunDefinitionWorkflow, ApprovalBaselineWorkflow],
+            extra_workflows=[
+                BaselineWorkflow,
+                CoalescedRunDefinitionWorkflow,
+                SandboxedRunDefinitionWorkflow,
+                ApprovalBaselineWorkflow,
+            ],
             max_cached_workflows=max_cached,
         )
         async with worker:

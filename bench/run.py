@@ -61,6 +61,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
+from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
 from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
@@ -346,6 +347,7 @@ class Variant:
     label: str
     track_step: bool | None  # None: the baseline
     coalesced: bool = False  # bench.proto_coalesce instead of the product workflow
+    sandboxed: bool = False  # bench.proto_sandboxed: the product workflow inside the sandbox
     full_definition: bool = False  # the run input as starters sent it before the compact form
     result_steps: ResultSteps = ResultSteps.FULL  # RunOptions.result_steps (FULL: left out of the input)
 
@@ -353,6 +355,7 @@ class Variant:
 A = Variant("A", "generic workflow (RunDefinition)", True)
 A_NT = Variant("A-nt", "generic, track_current_step=False", False)
 A_CO = Variant("A-co", "generic, PROTOTYPE: upserts coalesced per activation", True, coalesced=True)
+A_SB = Variant("A-sb", "generic, inside the workflow sandbox (as before)", True, sandboxed=True)
 A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
 A_RC = Variant("A-rc", "generic, result_steps=compact", True, result_steps=ResultSteps.COMPACT)
 A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
@@ -403,7 +406,13 @@ class Workload:
                 search_attributes=self.identity,
                 result_type=RunResult,
             )
-        workflow_run = CoalescedRunDefinitionWorkflow.run if variant.coalesced else RunDefinitionWorkflow.run
+        workflow_run = (
+            CoalescedRunDefinitionWorkflow.run
+            if variant.coalesced
+            else SandboxedRunDefinitionWorkflow.run
+            if variant.sandboxed
+            else RunDefinitionWorkflow.run
+        )
         return await client.start_workflow(
             workflow_run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
         )
@@ -728,6 +737,7 @@ async def amain(args: argparse.Namespace) -> int:
         *([A_FULL] if args.full_definition else []),
         *([A_NT] if args.no_track_step else []),
         *([A_CO] if args.coalesce_proto else []),
+        *([A_SB] if args.sandboxed else []),
         *([A_RC] if args.result_compact else []),
         *([A_RN] if args.result_none else []),
         B,
@@ -823,6 +833,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run A-co: bench/proto_coalesce.py, a PROTOTYPE of the generic workflow with one search "
         "attribute upsert per activation (measures a proposed fix; not product code)",
+    )
+    p.add_argument(
+        "--sandboxed",
+        action="store_true",
+        help="also run A-sb: bench/proto_sandboxed.py, the generic workflow run inside the workflow "
+        "sandbox, as it was before it left it (measures what leaving it saves)",
     )
     p.add_argument(
         "--in-memory",

@@ -588,7 +588,21 @@ def _child_result(failure: ApplicationError) -> RunResult | None:
         return None
 
 
-@workflow.defn(name=WORKFLOW_NAME)
+SANDBOXED = False
+"""The generic workflow runs outside the SDK's workflow sandbox.
+
+The sandbox re-imports this module for every run (and runs ``@workflow.defn`` over both classes
+again) and wraps every activation; on the 5-step benchmark that was a fifth of the worker's CPU
+per run, about 9 ms (``bench/README.md``, "outside the sandbox"). What it guarded was only this
+module's own code: the interpreter, jinja2 and pydantic are passed through it already
+(``worker.PASSTHROUGH_MODULES``), so their calls were never checked at run time. This module and the
+interpreter are held deterministic before they ship instead: the lint contract refuses clocks,
+randomness, I/O and the environment in ``workflows/`` and ``interpreter/``
+(``tests/test_lint_contract.py``), and every recorded history is replayed (``tests/histories/``).
+The module keeps no state of its own between runs (constants only)."""
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=SANDBOXED)
 class RunDefinitionWorkflow:
     """Runs one stored workflow definition (recorded in its input, so the run is pinned to it)."""
 
@@ -1175,7 +1189,7 @@ class RunDefinitionWorkflow:
             workflow.set_current_details(details)
 
 
-@workflow.defn(dynamic=True)
+@workflow.defn(dynamic=True, sandboxed=SANDBOXED)
 class DefinitionNamedWorkflow(RunDefinitionWorkflow):
     """The generic workflow under the definition's name: runs started with the definition's name as
     their workflow type (what the Web UI lists) are served by this dynamic workflow, which is
