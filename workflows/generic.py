@@ -592,8 +592,8 @@ SANDBOXED = False
 """The generic workflow runs outside the SDK's workflow sandbox.
 
 The sandbox re-imports this module for every run (and runs ``@workflow.defn`` over both classes
-again) and wraps every activation; on the 5-step benchmark that was a fifth of the worker's CPU
-per run, about 9 ms (``bench/README.md``, "outside the sandbox"). What it guarded was only this
+again) and wraps every activation; on the 5-step benchmark that was a fifth to a third of the
+worker's CPU per run, 9-18 ms (``bench/README.md``, "outside the sandbox"). It guarded only this
 module's own code: the interpreter, jinja2 and pydantic are passed through it already
 (``worker.PASSTHROUGH_MODULES``), so their calls were never checked at run time. This module and the
 interpreter are held deterministic before they ship instead: the lint contract refuses clocks,
