@@ -112,9 +112,10 @@ DEFAULT_TASK_QUEUE = "workflow-automation"
 
 log = logging.getLogger("worker")
 
-# Deterministic, side-effect-free modules the workflow uses: imported once, outside the sandbox, so
-# the interpreter's compiled-template cache survives across runs and jinja2's internals (which take
-# locks) are not re-imported into every workflow's sandbox.
+# Deterministic, side-effect-free modules the sandboxed workflows (the event mailbox; the generic
+# workflow runs outside the sandbox, see workflows.generic.SANDBOXED) use: imported once, outside the
+# sandbox, so the interpreter's compiled-template cache survives across runs and jinja2's internals
+# (which take locks) are not re-imported into every workflow's sandbox.
 PASSTHROUGH_MODULES = (
     "interpreter",
     "jinja2",
