@@ -18,8 +18,9 @@ COPY workflows/ workflows/
 COPY activities/ activities/
 COPY starter/ starter/
 COPY gateway/ gateway/
-# Bytecode compiled at build time: the workflow sandbox re-imports workflows/generic.py for every
-# run, and with PYTHONDONTWRITEBYTECODE nothing would cache the compilation (bench/README.md).
+# Bytecode compiled at build time: the workflow sandbox re-imports the sandboxed workflows' modules
+# (the event mailbox) for every run, and with PYTHONDONTWRITEBYTECODE nothing would cache the
+# compilation (bench/README.md).
 RUN pip install . \
     && python -m compileall -q /app \
     && useradd --system --uid 10001 --home-dir /app worker

@@ -23,12 +23,12 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from interpreter.state import RunInput, RunResult
 
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import SANDBOXED, RunDefinitionWorkflow
 
 COALESCED_WORKFLOW_NAME = "BenchRunDefinitionCoalesced"
 
 
-@workflow.defn(name=COALESCED_WORKFLOW_NAME)
+@workflow.defn(name=COALESCED_WORKFLOW_NAME, sandboxed=SANDBOXED)  # as A, so only the coalescing differs
 class CoalescedRunDefinitionWorkflow(RunDefinitionWorkflow):
     """The generic workflow with search attribute upserts coalesced to one per activation."""
 

@@ -49,6 +49,10 @@ FORBIDDEN: dict[str, tuple[str, str]] = {
     "httpx": ("import httpx", "httpx.get('http://example.org')"),
     "sqlalchemy": ("import sqlalchemy", "sqlalchemy.create_engine('sqlite://')"),
     "asyncpg": ("import asyncpg", "asyncpg.connect()"),
+    "asyncio.wait": ("import asyncio", "asyncio.wait([])"),
+    "as_completed imported by name": ("from asyncio import as_completed", "as_completed([])"),
+    "platform": ("import platform", "platform.node()"),
+    "ZoneInfo.from_file": ("from zoneinfo import ZoneInfo", "ZoneInfo.from_file(None)"),
 }
 
 # Real modules of the two packages the contract covers, and one outside it.

@@ -593,11 +593,13 @@ SANDBOXED = False
 
 The sandbox re-imports this module for every run (and runs ``@workflow.defn`` over both classes
 again) and wraps every activation; on the 5-step benchmark that was a fifth to a third of the
-worker's CPU per run, 9-18 ms (``bench/README.md``, "outside the sandbox"). It guarded only this
-module's own code: the interpreter, jinja2 and pydantic are passed through it already
-(``worker.PASSTHROUGH_MODULES``), so their calls were never checked at run time. This module and the
-interpreter are held deterministic before they ship instead: the lint contract refuses clocks,
-randomness, I/O and the environment in ``workflows/`` and ``interpreter/``
+worker's CPU per run, 9-18 ms (``bench/README.md``, "outside the sandbox"). Its checks of calls
+(clocks, randomness, the environment, restricted modules) reached only this module's own code: the
+interpreter, jinja2 and pydantic are passed through it (``worker.PASSTHROUGH_MODULES``), so only
+the builtins it swaps during an activation (``open``, ``input``, imports made at run time) were
+refused to them. This module and the interpreter are held deterministic before they ship instead:
+the lint contract refuses clocks, randomness, I/O, the environment and what else the sandbox
+refused (``asyncio.wait``, ``platform``, ...) in ``workflows/`` and ``interpreter/``
 (``tests/test_lint_contract.py``), and every recorded history is replayed (``tests/histories/``).
 The module keeps no state of its own between runs (constants only)."""
 

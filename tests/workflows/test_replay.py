@@ -11,24 +11,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
-# The sandbox re-imports this module to run the altered workflow defined below: everything else it
-# imports comes from outside the sandbox.
-with workflow.unsafe.imports_passed_through():
-    import pytest
-    from temporalio.client import WorkflowHistory
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.worker import Replayer
+from interpreter.state import RunInput, RunResult
+from tests.workflows.support import replay
+from worker import workflow_runner
+from workflows.generic import SANDBOXED, WORKFLOW_NAME, WORKFLOWS, RunDefinitionWorkflow
 
-    from interpreter.state import RunInput, RunResult
-    from tests.workflows.support import replay
-    from worker import workflow_runner
-    from workflows.generic import WORKFLOW_NAME, WORKFLOWS, RunDefinitionWorkflow
-
-HISTORIES = Path(__file__).parent.parent / "histories"  # no resolve(): no I/O when the sandbox imports this
-# Listed when pytest imports the module; the sandbox's re-import lists nothing (and runs no test).
-FILES = [] if workflow.unsafe.in_sandbox() else sorted(p.name for p in HISTORIES.glob("*.json"))
+HISTORIES = Path(__file__).parent.parent / "histories"
+FILES = sorted(p.name for p in HISTORIES.glob("*.json"))
 
 
 def _load(file_name: str) -> tuple[dict[str, Any], WorkflowHistory]:
@@ -56,7 +51,7 @@ async def test_recorded_history_replays(file_name: str) -> None:
     assert data["outcome"] in {"completed", "failed", "cancelled", "compensated"}
 
 
-@workflow.defn(name=WORKFLOW_NAME)
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=SANDBOXED)  # the runner production uses
 class TimerFirstRunDefinitionWorkflow(RunDefinitionWorkflow):
     """The generic workflow, changed the way an unguarded edit would: an extra timer before anything."""
 
