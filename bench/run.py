@@ -346,16 +346,23 @@ class Variant:
     key: str
     label: str
     track_step: bool | None  # None: the baseline
-    coalesced: bool = False  # bench.proto_coalesce instead of the product workflow
-    sandboxed: bool = False  # bench.proto_sandboxed: the product workflow inside the sandbox
+    # The workflow A's variants run: the product's, or a bench.proto_* subclass of it.
+    workflow: type[RunDefinitionWorkflow] = RunDefinitionWorkflow
     full_definition: bool = False  # the run input as starters sent it before the compact form
     result_steps: ResultSteps = ResultSteps.FULL  # RunOptions.result_steps (FULL: left out of the input)
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
 A_NT = Variant("A-nt", "generic, track_current_step=False", False)
-A_CO = Variant("A-co", "generic, PROTOTYPE: upserts coalesced per activation", True, coalesced=True)
-A_SB = Variant("A-sb", "generic, inside the workflow sandbox (as before)", True, sandboxed=True)
+A_CO = Variant(
+    "A-co",
+    "generic, PROTOTYPE: upserts coalesced per activation",
+    True,
+    workflow=CoalescedRunDefinitionWorkflow,
+)
+A_SB = Variant(
+    "A-sb", "generic, inside the workflow sandbox (as before)", True, workflow=SandboxedRunDefinitionWorkflow
+)
 A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
 A_RC = Variant("A-rc", "generic, result_steps=compact", True, result_steps=ResultSteps.COMPACT)
 A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
@@ -406,15 +413,8 @@ class Workload:
                 search_attributes=self.identity,
                 result_type=RunResult,
             )
-        workflow_run = (
-            CoalescedRunDefinitionWorkflow.run
-            if variant.coalesced
-            else SandboxedRunDefinitionWorkflow.run
-            if variant.sandboxed
-            else RunDefinitionWorkflow.run
-        )
         return await client.start_workflow(
-            workflow_run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
+            variant.workflow.run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
         )
 
     @staticmethod
