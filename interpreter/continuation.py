@@ -9,8 +9,9 @@ deadline and escalation count, and the status query shows the same run.
 
 Safe points (see :meth:`interpreter.engine.Engine.run`): between two steps of the top-level
 sequence (which is where a ``goto`` loop at the top level jumps), while a top-level approval
-waits for its decision, while a top-level task is parked on a dead letter (:class:`CarriedPark`)
-and while a top-level ``delay`` waits (:class:`CarriedDelay`). Nothing concurrent is in flight at
+waits for its decision, while a top-level task is parked on a dead letter (:class:`CarriedPark`),
+while a top-level ``delay`` waits (:class:`CarriedDelay`) and while a top-level ``human_task`` waits
+(:data:`HUMAN_TASK_KIND`). Nothing concurrent is in flight at
 any of them, so the snapshot is the whole state: no activity or branch has to be resumed half way,
 and a timer is started again in the next run for the time that is left (the same absolute time).
 
@@ -79,9 +80,9 @@ class CarriedCompensation(BaseModel):
 
 
 class CarriedApproval(BaseModel):
-    """A top-level approval that was waiting: it resumes with the same view (approvers added by
-    escalations, the escalation count, ``since`` and ``deadline``), and the decision taken while
-    the run was switching, if any."""
+    """A top-level approval (or human task: :data:`HUMAN_TASK_KIND`) that was waiting: it resumes
+    with the same view (approvers added by escalations, the escalation count, ``since`` and
+    ``deadline``), and the decision (completion) taken while the run was switching, if any."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +94,10 @@ class CarriedApproval(BaseModel):
 
 DELAY_KIND = "delay"
 """Key of a waiting top-level ``delay`` in :attr:`Continuation.kinds` (a :class:`CarriedDelay`)."""
+
+HUMAN_TASK_KIND = "human_task"
+"""Key of a waiting top-level ``human_task`` in :attr:`Continuation.kinds` (a
+:class:`CarriedApproval` whose view is of kind ``task``)."""
 
 DEAD_LETTER_KIND = "dead_letter"
 """Key of a top-level task parked on a dead letter in :attr:`Continuation.kinds` (a

@@ -28,6 +28,7 @@ from interpreter.business_hours import BusinessHours, add_business_time, check_t
 from interpreter.continuation import (
     DEAD_LETTER_KIND,
     DELAY_KIND,
+    HUMAN_TASK_KIND,
     MAX_CARRIED_RECORDS,
     CarriedApproval,
     CarriedCompensation,
@@ -137,6 +138,12 @@ PATCH_CONTINUE_AS_NEW_WAITS = "continue-as-new-waits"
 can continue as new while they wait (the delay's timer runs beside a condition that also wakes when
 the host asks; the park's wait wakes too). Asked when such a wait starts in a run that may continue
 as new, so a history recorded before the change replays its plain waits."""
+
+PATCH_CONTINUE_AS_NEW_TASKS = "continue-as-new-human-tasks"
+"""Patch id: a top-level ``human_task`` waits so that the run can continue as new while it waits
+(its wait also wakes when the host asks), the task pending in the next run with the same view.
+Asked when such a wait starts in a run that may continue as new: a history recorded before the
+change replays its wait, which did not wake for the host (waking cancels the wait's timer)."""
 
 
 CONSUMED_EVENTS_KIND = "consumed_events"
@@ -744,6 +751,8 @@ class Engine:
         self._start_position = 0
         self._carried_approval: _Approval | None = None
         self._carried_delay: CarriedDelay | None = None
+        self._carried_task: _Approval | None = None
+        """The human task a previous run of the chain carried: pending and decidable from the first task."""
         self._carried_park: CarriedPark | None = None
         self._carried_parked: _Park | None = None
         """The park a previous run of the chain carried: shown and decidable from the first task."""
@@ -1042,6 +1051,8 @@ class Engine:
             return self._carried_park.view.path, self._carried_park.view.parked_at
         if self._carried_delay is not None:
             return self._carried_delay.path, self._carried_delay.since
+        if self._carried_task is not None:
+            return self._carried_task.view.path, self._carried_task.view.since
         return None
 
     async def _resume_step(self, step: Step, scope: _Scope, path: str, since: datetime) -> None:
@@ -1965,6 +1976,8 @@ class Engine:
         *,
         top: bool = False,
         resumed: bool = False,
+        continue_trigger: Callable[[], bool] | None = None,
+        carry: Callable[[], dict[str, Any]] | None = None,
     ) -> tuple[bool, Any]:
         """The one waiting mechanism of approvals and human tasks: shows the pending step, waits
         for an accepted decision, escalates on the step's ladder (reminder steps, more people) and
@@ -1976,7 +1989,10 @@ class Engine:
 
         A ``top`` wait (a top-level approval) is a safe point to continue as new: the pending step
         travels in the snapshot and a ``resumed`` one (the next run of the chain) waits on where it
-        was, its links already sent.
+        was, its links already sent. A top-level human task is one too, by its own patch:
+        ``continue_trigger`` (:meth:`_continue_trigger`) wakes its wait when the host asks, and
+        ``carry`` gives the snapshot's entry for it (read at the switch, so a completion sent
+        meanwhile is in it).
         """
         step, view = approval.step, approval.view
         path, start, deadline = view.path, view.since, view.deadline
@@ -1998,12 +2014,19 @@ class Engine:
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
                 with self._waiting_at(path, step.label):
                     decided = await self.runtime.wait_condition(
-                        lambda: approval.decision is not None or (top and self._continue_wanted()),
+                        lambda: (
+                            approval.decision is not None
+                            or (top and self._continue_wanted())
+                            or (continue_trigger is not None and continue_trigger())
+                        ),
                         timeout_s,
                         f"{step.label}: {waiting_for}",
                     )
                     # A safe point: nothing else of the run is in flight. The wait stays marked
                     # (CurrentStep does not flap): the next run waits here again.
+                    if decided and approval.decision is None and continue_trigger is not None:
+                        continuing = self._keep_waits = True
+                        raise _ContinueAsNew(self._position_of(step), carry=carry)
                     if decided and approval.decision is None and self._should_continue():
                         continuing = self._keep_waits = True
                         raise _ContinueAsNew(self._position_of(step), approval)
@@ -2155,6 +2178,54 @@ class Engine:
         )
 
     async def _human_task(self, step: HumanTaskStep, scope: _Scope, path: str, record: StepRecord) -> Any:
+        top = step is self._top_step and scope is self._root
+        carried = self._carried_task
+        resumed = carried is not None and top and carried.view.path == path
+        if resumed:
+            # Continued as new while it waited: same view, deadline and escalations; a completion
+            # sent while the run switched is already in it.
+            assert carried is not None
+            self._carried_task = None
+            task = carried
+        else:
+            task = self._new_task(step, scope, path)
+        trigger: Callable[[], bool] | None = None
+        carry: Callable[[], dict[str, Any]] | None = None
+        if top and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_TASKS):
+            trigger = self._continue_trigger(resumed)
+            position = self._position_of(step)
+
+            def carry_task() -> dict[str, Any]:
+                kind, decision = task.decision or (None, None)
+                entry = CarriedApproval(position=position, view=task.view, decided=kind, decision=decision)
+                return {HUMAN_TASK_KIND: entry.model_dump(mode="json")}
+
+            carry = carry_task
+
+        decided, timed_out = await self._await_person(
+            task,
+            scope,
+            record,
+            "awaiting task",
+            lambda: self._task_timeout(step, task),
+            resumed=resumed,
+            continue_trigger=trigger,
+            carry=carry,
+        )
+        if not decided:
+            return timed_out
+        assert task.decision is not None
+        _, decision = task.decision
+        return {
+            "status": "completed",
+            "completed_by": decision.actor,
+            "comment": decision.reason,
+            # Checked against the declared form (check_decision); inert like all data.
+            "data": make_inert(dict(decision.data)),
+            "escalations": task.view.escalations,
+        }
+
+    def _new_task(self, step: HumanTaskStep, scope: _Scope, path: str) -> _Approval:
         start = self.runtime.now()
         deadline = None
         if step.due is not None:
@@ -2165,7 +2236,7 @@ class Engine:
                 hours = self._business_hours(step, step.business_hours, scope)
                 deadline = add_business_time(start, due, hours)
         context = self._context(scope)
-        task = _Approval(
+        return _Approval(
             view=PendingApproval(
                 step_id=step.id,
                 path=path,
@@ -2180,21 +2251,6 @@ class Engine:
             ),
             step=step,
         )
-        decided, timed_out = await self._await_person(
-            task, scope, record, "awaiting task", lambda: self._task_timeout(step, task)
-        )
-        if not decided:
-            return timed_out
-        assert task.decision is not None
-        _, decision = task.decision
-        return {
-            "status": "completed",
-            "completed_by": decision.actor,
-            "comment": decision.reason,
-            # Checked against the declared form (check_decision); inert like all data.
-            "data": make_inert(dict(decision.data)),
-            "escalations": task.view.escalations,
-        }
 
     def _task_timeout(self, step: HumanTaskStep, task: _Approval) -> Any:
         policy = step.on_timeout
@@ -2446,10 +2502,11 @@ class Engine:
             return False
         return True
 
-    def _may_continue_waiting(self) -> bool:
-        """Whether a top-level delay or park starting now may continue as new while it waits (asks
-        its patch: a history recorded before the change replays its plain wait)."""
-        return self._continue_as_new is not None and self.runtime.patched(PATCH_CONTINUE_AS_NEW_WAITS)
+    def _may_continue_waiting(self, patch: str = PATCH_CONTINUE_AS_NEW_WAITS) -> bool:
+        """Whether a top-level wait starting now may continue as new while it waits (asks its
+        patch, that of delays and parks unless told: a history recorded before the change replays
+        its plain wait)."""
+        return self._continue_as_new is not None and self.runtime.patched(patch)
 
     def _continue_trigger(self, resumed: bool) -> Callable[[], bool]:
         """The part of a top-level wait's condition that wakes it to continue as new. A wait a
@@ -2578,8 +2635,24 @@ class Engine:
         self._restore_waits(snapshot)
 
     def _restore_waits(self, snapshot: Continuation) -> None:
-        """Takes over a top-level delay or park the previous run stopped in (``kinds``)."""
+        """Takes over a top-level delay, park or human task the previous run stopped in (``kinds``)."""
         steps = self.definition.steps
+        task_data = snapshot.kinds.get(HUMAN_TASK_KIND)
+        if task_data is not None:
+            carried_task = CarriedApproval.model_validate_json(json.dumps(task_data))
+            view = carried_task.view
+            waiting = steps[carried_task.position] if carried_task.position < len(steps) else None
+            if not isinstance(waiting, HumanTaskStep) or waiting.id != view.step_id or view.kind != "task":
+                raise ValueError(
+                    f"carried human task {view.path!r} is not at top-level step {carried_task.position}"
+                )
+            task = _Approval(view=view, step=waiting)
+            if carried_task.decided is not None and carried_task.decision is not None:
+                task.decision = (carried_task.decided, carried_task.decision)
+            # Pending from the first moment, so a completion delivered with the run's first task counts.
+            self._approvals[view.path] = task
+            self._carried_task = task
+            self.state = self._waiting_state()
         delay_data = snapshot.kinds.get(DELAY_KIND)
         if delay_data is not None:
             delay = CarriedDelay.model_validate_json(json.dumps(delay_data))

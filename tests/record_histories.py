@@ -522,6 +522,69 @@ def _continued_approval(base: str) -> dict[str, Any]:
     }
 
 
+def _continued_task(base: str) -> dict[str, Any]:
+    del base
+    echo = {"type": "task", "action": "echo"}
+    return {
+        "name": "replay-continued-task",
+        "limits": {"history_budget": 100},
+        "steps": [
+            {
+                "id": "call",
+                "type": "human_task",
+                "title": "Call the family",
+                "assignee": "coordinator",
+                "fields": [{"name": "reached", "type": "boolean", "required": True}],
+                "due": "1h",
+                "escalation": {
+                    "after": "1s",
+                    "max_escalations": 20,
+                    "add_approvers": ["lead"],
+                    "steps": [{"id": "remind", **echo, "input": {"value": "reminder"}}],
+                },
+            },
+            {
+                "id": "after",
+                **echo,
+                "input": {
+                    "value": "{{ steps.call.output.completed_by }} {{ steps.call.output.data.reached }}"
+                },
+            },
+        ],
+    }
+
+
+async def _drive_continued_task(handle: WorkflowHandle[Any, Any]) -> None:
+    await _until(handle, lambda s: s.continued >= 1 and bool(s.pending_approvals), timeout=120)
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.COMPLETE, actor="lead", data={"reached": True}),
+    )
+
+
+def _task_over_budget(base: str) -> dict[str, Any]:
+    definition = _continued_task(base)
+    # The task is the last step: the run ends with it (no step boundary to continue as new at).
+    definition["steps"] = definition["steps"][:1]
+    definition["output"] = {"by": "{{ steps.call.output.completed_by }}"}
+    return {**definition, "name": "replay-task-over-budget"}
+
+
+async def _drive_task_over_budget(handle: WorkflowHandle[Any, Any]) -> None:
+    # Recorded with the code before patch continue-as-new-human-tasks: the task waited on in one
+    # run past its history budget (reminders growing the history), and is completed there.
+    await _until(handle, lambda s: bool(s.pending_approvals))
+    deadline = asyncio.get_running_loop().time() + 120
+    while (await handle.describe()).raw_description.workflow_execution_info.history_length < 130:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{handle.id}: the history did not pass its budget")
+        await asyncio.sleep(0.2)
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.COMPLETE, actor="lead", data={"reached": False}),
+    )
+
+
 def _continued_delay(base: str) -> dict[str, Any]:
     del base
     return {
@@ -688,6 +751,24 @@ def scenarios() -> list[Scenario]:
             _continued_delay,
             {},
             _drive_continued_delay,
+        ),
+        Scenario(
+            "continued_human_task",
+            "the last run of a chain that continued as new (history_budget 100) while a human task "
+            "with a reminder every second waited (patch continue-as-new-human-tasks): it resumes the "
+            "task (due time, escalations, the added assignee), completed by update, completes",
+            _continued_task,
+            {},
+            _drive_continued_task,
+        ),
+        Scenario(
+            "task_over_budget",
+            "recorded before patch continue-as-new-human-tasks: a human task with a reminder every "
+            "second waited in one run past its history_budget of 100 events (no continue-as-new), "
+            "completed by update at about 130 events; replays without continuing",
+            _task_over_budget,
+            {},
+            _drive_task_over_budget,
         ),
         Scenario(
             "people",

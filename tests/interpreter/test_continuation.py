@@ -5,6 +5,7 @@ run: same variables, outputs, visit counts, activity ids, compensations and pend
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -171,3 +172,95 @@ def test_a_snapshot_of_an_unknown_version_is_refused_in_words() -> None:
     with pytest.raises(ContinuationVersionError, match="version 99"):
         read_continuation({"version": 99})
     assert SNAPSHOT_VERSION == 1
+
+
+def _human_task(step_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "type": "human_task",
+        "title": "Call the family",
+        "assignee": "coordinator",
+        **fields,
+    }
+
+
+def _task_steps() -> list[dict[str, Any]]:
+    return [
+        work("prep", value="ready"),
+        _human_task(
+            "call",
+            due="10h",
+            fields=[{"name": "reached", "type": "boolean", "required": True}],
+            escalation={
+                "after": "1h",
+                "max_escalations": 5,
+                "add_approvers": ["lead"],
+                "steps": [work("remind")],
+            },
+        ),
+        work("after", value="{{ steps.call.output.completed_by }}:{{ steps.call.output.data.reached }}"),
+    ]
+
+
+async def test_a_waiting_human_task_continues_as_new_with_its_due_time_and_a_completion_at_the_switch() -> (
+    None
+):
+    definition = make_definition(_task_steps())
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=3)  # prep + two reminders
+    result = await rt.run(first.run())
+    assert first.continuing
+    assert result.state == RunState.AWAITING_APPROVAL
+    pending = first.status().pending_approvals[0]
+    assert (pending.kind, pending.escalations) == ("task", 2)
+    assert "lead" in pending.approvers
+    # A completion accepted while the host waits for its handlers travels in the snapshot.
+    first.decide(DecisionKind.COMPLETE, Decision(actor="lead", reason="reached", data={"reached": True}))
+    snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
+    assert snapshot.approval is None
+    assert snapshot.kinds["human_task"]["view"]["deadline"] is not None
+
+    second = _engine(definition, rt, snapshot, every=100)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED
+    assert result.steps[-1].output == "lead:True"
+    call = next(r for r in result.steps if r.id == "call")
+    assert call.output["escalations"] == 2
+    assert [d.actor for d in second.status().decisions if d.accepted] == ["lead"]
+    # One visit of the task across both runs; the reminders did not start again.
+    assert [c.step_id for c in rt.calls].count("remind") == 2
+
+
+async def test_a_carried_human_task_keeps_its_deadline_and_times_out_when_the_first_would_have() -> None:
+    steps = _task_steps()
+    steps[1]["on_timeout"] = "continue"
+    steps[2] = work("after", value="{{ steps.call.output.status }}")
+    definition = make_definition(steps)
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=2)  # prep + one reminder
+    await rt.run(first.run())
+    assert first.continuing
+    pending = first.status().pending_approvals[0]
+    snapshot = first.continuation()
+    second = _engine(definition, rt, snapshot, every=100)
+    # Pending from the first moment, with the same view: a completion sent then would count.
+    [resumed] = second.status().pending_approvals
+    assert (resumed.since, resumed.deadline, resumed.escalations) == (pending.since, pending.deadline, 1)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED
+    assert result.steps[-1].output == "timed_out"
+    assert pending.deadline is not None
+    assert rt.now() >= pending.deadline  # it waited until the first run's deadline, not 10h more
+    assert rt.now() < pending.deadline + timedelta(hours=1)
+    assert [c.step_id for c in rt.calls].count("remind") == 5
+
+
+async def test_a_snapshot_whose_human_task_is_not_at_that_position_is_refused() -> None:
+    definition = make_definition(_task_steps())
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=2)
+    await rt.run(first.run())
+    data = first.continuation().model_dump(mode="json")
+    data["kinds"]["human_task"]["position"] = 0
+    with pytest.raises(ValueError, match="carried human task 'call' is not at top-level step 0"):
+        _engine(definition, rt, read_continuation(data), every=100)

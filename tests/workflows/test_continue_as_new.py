@@ -467,3 +467,96 @@ async def test_a_delay_continues_as_new_and_fires_at_the_same_time(
     assert closed is not None
     assert closed >= resumed_at  # it did not fire early
     assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+def _call_task(name: str) -> dict[str, Any]:
+    return definition(
+        name,
+        [
+            {"id": "prep", "type": "task", "action": "echo", "input": {"value": "ready"}},
+            {
+                "id": "call",
+                "type": "human_task",
+                "title": "Call the family",
+                "assignee": "coordinator",
+                "fields": [{"name": "reached", "type": "boolean", "required": True}],
+                "due": "1h",
+                "escalation": {
+                    "after": "1s",
+                    "max_escalations": 20,
+                    "add_approvers": ["lead"],
+                    "steps": [
+                        {"id": "remind", "type": "task", "action": "echo", "input": {"value": "reminder"}}
+                    ],
+                },
+            },
+            {
+                "id": "after",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ steps.prep.output }} {{ steps.call.output.data.reached }}"},
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"after": "{{ steps.after.output }}", "by": "{{ steps.call.output.completed_by }}"},
+    )
+
+
+async def test_a_human_task_stays_pending_across_continue_as_new_and_a_completion_at_the_switch_counts(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    # Reminders every second grow the history while the task waits for the coordinator; past the
+    # budget (100 events) the run continues as new with the task still pending (it used to wait on
+    # in one run until Temporal terminated it at its history limit).
+    handle = await start(
+        limited_client, task_queue, _call_task(unique("call")), execution_timeout=timedelta(minutes=5)
+    )
+    first = await eventually(
+        lambda: status(handle), lambda s: bool(s.pending_approvals), what="task pending", timeout=60
+    )
+    [task] = first.pending_approvals
+    assert task.kind == "task"
+    assert task.deadline is not None
+
+    after = await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= 1 and bool(s.pending_approvals),
+        timeout=120,
+        what="the run continued as new with the task pending",
+    )
+    [pending] = after.pending_approvals
+    assert (pending.kind, pending.since, pending.deadline) == ("task", task.since, task.deadline)
+    assert pending.escalations >= 1  # escalation progress travelled
+    assert "lead" in pending.approvers
+    assert after.state == RunState.AWAITING_APPROVAL
+    assert [r.status for r in after.steps if r.id == "call"] == [StepStatus.WAITING]
+    attrs = (await handle.describe()).typed_search_attributes
+    assert attrs.get(AWAITING_APPROVAL) is True
+    assert attrs.get(RUN_STATE) == RunState.AWAITING_APPROVAL.value
+    assert attrs.get(CURRENT_STEP) == "call"
+
+    # Complete it when the current run is about to switch again: within one reminder of its budget.
+    generation = after.continued
+    await eventually(
+        lambda: _history_length(handle),
+        lambda n: n >= 90,
+        timeout=120,
+        interval=0.05,
+        what="history near the budget",
+    )
+    flows = FlowClient(limited_client, task_queue=task_queue)
+    await flows.complete_task(handle.id, "lead", comment="at the switch", data={"reached": True})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"after": "ready True", "by": "lead"}
+    final = await handle.query(RunDefinitionWorkflow.status)
+    accepted = [d for d in final.decisions if d.accepted]
+    assert [(d.actor, d.reason) for d in accepted] == [("lead", "at the switch")]
+    print(
+        f"\nhuman task across continue-as-new: completed in generation {final.continued} (was {generation})"
+    )
+
+    runs = await _chain(limited_client, handle.id)
+    assert len(runs) >= 2
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
