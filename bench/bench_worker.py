@@ -9,6 +9,11 @@ and every action activity (through
 where workflow code runs) with cProfile, timed by each thread's CPU clock, and writes the merged stats to ``OUT`` on exit; the
 benchmark then reports CPU with the profiler's overhead included, so use it for "where", not "how
 much".
+
+``--extref-store DIR`` connects with :func:`bench.extref.start_input_converter` (the generic
+workflow's start input by reference into ``DIR``), so the worker reads the references that
+:mod:`bench.history_breakdown` ``--extref`` starts runs with; ``--extref-result`` stores the
+generic workflow's results by reference too.
 """
 
 from __future__ import annotations
@@ -65,8 +70,21 @@ def _write_profiles(out: str) -> None:
         stats.dump_stats(out)
 
 
-async def serve(address: str, namespace: str, task_queue: str, max_cached: int | None = None) -> None:
-    client = await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+async def serve(
+    address: str,
+    namespace: str,
+    task_queue: str,
+    max_cached: int | None = None,
+    *,
+    extref_store: str | None = None,
+    extref_result: bool = False,
+) -> None:
+    converter = pydantic_data_converter
+    if extref_store is not None:
+        from bench.extref import start_input_converter
+
+        converter = start_input_converter(extref_store, namespace, result=extref_result)
+    client = await Client.connect(address, namespace=namespace, data_converter=converter)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,12 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--max-cached-workflows", type=int, help="the worker's sticky cache size")
     parser.add_argument("--cprofile", metavar="OUT", help="profile all threads with cProfile into OUT")
+    parser.add_argument(
+        "--extref-store", metavar="DIR", help="read run inputs stored by reference in DIR (bench.extref)"
+    )
+    parser.add_argument(
+        "--extref-result", action="store_true", help="with --extref-store: store run results by reference too"
+    )
     args = parser.parse_args(argv)
     if args.cprofile:
         threading.setprofile(_start_thread_profiler)
         _start_thread_profiler()
     try:
-        asyncio.run(serve(args.address, args.namespace, args.task_queue, args.max_cached_workflows))
+        asyncio.run(
+            serve(
+                args.address,
+                args.namespace,
+                args.task_queue,
+                args.max_cached_workflows,
+                extref_store=args.extref_store,
+                extref_result=args.extref_result,
+            )
+        )
     finally:
         if args.cprofile:
             threading.setprofile(None)  # type: ignore[arg-type]

@@ -8,12 +8,19 @@ run, the bytes of every event type and of every payload in the history: the run 
 activity's input and result, the workflow result, the search attributes set at start or upserted,
 marker details and headers. Bytes are the serialized protobuf sizes, as ``bench.run`` counts them
 (``History.ByteSize()``), so per-event figures add up to the run's total.
+
+``--extref`` adds A-xs and A-xs-rn (A and A-rn with the run input stored by reference, the
+:mod:`bench.extref` prototype; the worker then reads references too), A-xsl-rn (A-xs-rn with the
+prototype's leaner reference), A-xsr (A-xs whose result is stored by reference too, by a second
+worker), a row of ratios to B, and what the store holds (one blob per distinct payload: A-xs runs
+twice, A-xsl-rn has A-xs-rn's input, A-xsr A-xs's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import tempfile
@@ -32,7 +39,20 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench.extref import start_input_converter
 from bench.run import A_RC, A_RN, A, B, Server, Variant, WorkerProcess, Workload
+
+A_XS = dataclasses.replace(A, key="A-xs", label="generic, PROTOTYPE: run input by external-storage reference")
+A_XS_RN = dataclasses.replace(
+    A_RN, key="A-xs-rn", label="generic, result_steps=none, PROTOTYPE: run input by reference"
+)
+A_XSL_RN = dataclasses.replace(
+    A_RN, key="A-xsl-rn", label="generic, result_steps=none, PROTOTYPE: run input by a leaner reference"
+)
+A_XSR = dataclasses.replace(
+    A, key="A-xsr", label="generic, PROTOTYPE: run input and result by external-storage reference"
+)
+EXTREF = frozenset({A_XS.key, A_XS_RN.key, A_XSL_RN.key})
 
 
 def _payloads(msg: Message, path: str, out: dict[str, int]) -> None:
@@ -107,27 +127,79 @@ def print_breakdown(results: dict[str, dict[str, Any]]) -> None:
         f"{'total bytes (events)':<45}"
         + "".join(f"{r['total']:>10} ({r['events']:>2})" for r in results.values())
     )
+    if "B" in results and any(k in EXTREF for k in keys):
+        base = results["B"]["total"]
+        print(f"{'ratio to B':<45}" + "".join(f"{r['total'] / base:>15.2f}x" for r in results.values()))
     for k, r in results.items():
         print(f"\npayloads of {k} (bytes):")
         for where, size in r["payload_bytes"].items():
             print(f"  {size:>6}  {where}")
 
 
-async def amain() -> dict[str, dict[str, Any]]:
+def store_summary(root: Path) -> dict[str, Any]:
+    """The blobs the prototype's store holds (files under ``root``) and their sizes."""
+    sizes = sorted(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {"blobs": len(sizes), "blob_bytes": sizes}
+
+
+async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="wfa-breakdown-") as tmp:
         server = Server(Path(tmp), in_memory=True)
         await server.start()
+        store = Path(tmp) / "payloads"
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            by_ref, by_lean_ref = client, client
+            if extref:
+                by_ref = await Client.connect(server.address, data_converter=start_input_converter(store))
+                by_lean_ref = await Client.connect(
+                    server.address, data_converter=start_input_converter(store, lean=True)
+                )
+            clients = {A_XS.key: by_ref, A_XS_RN.key: by_ref, A_XSL_RN.key: by_lean_ref}
             tq = f"bench-{uuid.uuid4().hex[:8]}"  # the same length as bench.run's task queues
-            worker = WorkerProcess(server.address, tq, None, Path(tmp) / "pycache", Path(tmp))
+            worker = WorkerProcess(
+                server.address,
+                tq,
+                None,
+                Path(tmp) / "pycache",
+                Path(tmp),
+                extra_args=["--extref-store", str(store)] if extref else (),
+            )
             await worker.start()
             try:
                 workload = Workload()
-                variants = (A, A_RC, A_RN, B)
-                results = {v.key: breakdown(await one_run(client, workload, v, tq)) for v in variants}
+                variants = (A, A_RC, A_RN, A_XS, A_XS_RN, A_XSL_RN, B) if extref else (A, A_RC, A_RN, B)
+                results = {
+                    v.key: breakdown(await one_run(clients.get(v.key, client), workload, v, tq))
+                    for v in variants
+                }
+                if extref:
+                    # The same input again: no new blob (A-xsl-rn's input is A-xs-rn's: no new blob either).
+                    await one_run(by_ref, workload, A_XS, tq)
             finally:
                 await worker.stop()
+            if extref:
+                # A-xsr needs a worker that stores results (its own task queue, of the same length).
+                tq = f"bench-{uuid.uuid4().hex[:8]}"
+                worker = WorkerProcess(
+                    server.address,
+                    tq,
+                    None,
+                    Path(tmp) / "pycache",
+                    Path(tmp),
+                    extra_args=["--extref-store", str(store), "--extref-result"],
+                )
+                await worker.start()
+                try:
+                    results = {
+                        **{k: v for k, v in results.items() if k != "B"},
+                        A_XSR.key: breakdown(await one_run(by_ref, workload, A_XSR, tq)),
+                        "B": results["B"],
+                    }
+                finally:
+                    await worker.stop()
+                # A-xsr's input is A-xs's: its result is the only new blob.
+                results["store"] = {**store_summary(store), "runs_by_reference": len(EXTREF) + 2}
         finally:
             await server.stop()
     return results
@@ -136,9 +208,19 @@ async def amain() -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.history_breakdown", description=__doc__.split("\n")[0])
     p.add_argument("--json", metavar="PATH", help="also write the breakdown as JSON")
+    p.add_argument(
+        "--extref", action="store_true", help="add A-xs and A-xs-rn (run input by reference, bench.extref)"
+    )
     args = p.parse_args(argv)
-    results = asyncio.run(amain())
+    results = asyncio.run(amain(args.extref))
+    store = results.pop("store", None)
     print_breakdown(results)
+    if store is not None:
+        print(
+            f"\nstore: {store['blobs']} blob(s) for {store['runs_by_reference']} runs started by reference,"
+            f" bytes {store['blob_bytes']}"
+        )
+        results["store"] = store
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -1,0 +1,157 @@
+"""PROTOTYPE (bench only): the generic workflow's run input by external-storage reference.
+
+Issue 12 (P1/P2) asks for a pinning that costs fewer history bytes than the definition travelling
+in full in the run input. This measures one: the run input (definition, input, options) is written
+to the product's payload store (:class:`starter.payload_store.FilesystemDriver`, content-addressed:
+the same definition and input are stored once per namespace) and the history holds the SDK's
+``ExternalStorageReference`` instead. Everything else (activity inputs and results, the workflow
+result, markers, search attributes) stays inline.
+
+It uses the SDK's external storage (:class:`temporalio.converter.ExternalStorage`) with threshold 0
+and a :attr:`~temporalio.converter.ExternalStorage.driver_selector` that picks the driver only for
+a workflow *start* input of the generic workflow: the store target is a
+:class:`~temporalio.converter.StorageDriverWorkflowInfo` without a run id (a client starting a run,
+or a workflow starting a child; a running workflow's own commands carry its run id) whose type is
+the generic workflow's, and the payload is a JSON object with a ``definition``. The client
+starting runs and the worker (:mod:`bench.bench_worker` ``--extref-store``) use the same converter,
+so the worker resolves the reference before the workflow sees its input.
+
+A leaner reference (``lean=True``, :class:`LeanFilesystemDriver`): the same store and blobs, but
+the driver is named ``fs`` and its claim is only the digest (the namespace is the one the driver is
+bound to), to measure how much of the reference is the product driver's claim and how much the
+SDK's reference format (its ``json/protobuf`` metadata and message type).
+
+With ``result=True`` (a worker of its own: :mod:`bench.bench_worker` ``--extref-result``), the
+result a generic workflow run completes with is stored by reference too (A-xsr: how far the
+result's step records are from 1.2x when they leave the history this way instead).
+
+Product code is unchanged; :mod:`bench.history_breakdown` ``--extref`` measures it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import (
+    DataConverter,
+    ExternalStorage,
+    StorageDriver,
+    StorageDriverClaim,
+    StorageDriverRetrieveContext,
+    StorageDriverSelectContext,
+    StorageDriverStoreContext,
+    StorageDriverWorkflowInfo,
+)
+
+from starter.payload_store import FilesystemDriver, PayloadStoreError
+from workflows.generic import WORKFLOW_NAME
+
+__all__ = [
+    "LeanFilesystemDriver",
+    "is_run_input",
+    "is_run_result",
+    "run_input_selector",
+    "start_input_converter",
+]
+
+
+class LeanFilesystemDriver(StorageDriver):
+    """:class:`FilesystemDriver`'s blobs with a shorter reference: name ``fs``, claim ``{"d": digest}``."""
+
+    NAME = "fs"
+
+    def __init__(self, inner: FilesystemDriver, namespace: str) -> None:
+        self.inner = inner
+        self.namespace = namespace
+
+    def name(self) -> str:
+        """The driver's name, recorded in every reference."""
+        return self.NAME
+
+    async def store(
+        self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
+    ) -> list[StorageDriverClaim]:
+        """Stores through the product driver; keeps only the digest of its claims."""
+        claims = await self.inner.store(context, payloads)
+        for claim in claims:
+            if claim.claim_data["namespace"] != self.namespace:
+                raise PayloadStoreError(f"{self.NAME}: bound to namespace {self.namespace!r}, not another")
+        return [StorageDriverClaim({"d": claim.claim_data["digest"]}) for claim in claims]
+
+    async def retrieve(
+        self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
+    ) -> list[Payload]:
+        """Reads (and verifies) through the product driver, in the bound namespace."""
+        full = [
+            StorageDriverClaim(
+                {
+                    "namespace": self.namespace,
+                    "digest": claim.claim_data.get("d", ""),
+                    "hash_algorithm": "sha256",
+                }
+            )
+            for claim in claims
+        ]
+        return await self.inner.retrieve(context, full)
+
+
+def _json_object(payload: Payload) -> dict[str, object] | None:
+    if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b"{"):
+        return None
+    try:
+        value = json.loads(payload.data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def is_run_input(payload: Payload) -> bool:
+    """Whether ``payload`` is a generic workflow's run input (a JSON object with a definition)."""
+    value = _json_object(payload)
+    return value is not None and isinstance(value.get("definition"), dict)
+
+
+def is_run_result(payload: Payload) -> bool:
+    """Whether ``payload`` is a generic workflow's result (a JSON object with a state and steps)."""
+    value = _json_object(payload)
+    return value is not None and isinstance(value.get("state"), str) and isinstance(value.get("steps"), list)
+
+
+def run_input_selector(
+    driver: StorageDriver, *, result: bool = False
+) -> Callable[[StorageDriverSelectContext, Payload], StorageDriver | None]:
+    """A ``driver_selector`` storing only the start input of a generic workflow run (and, with
+    ``result``, the result a run completes with: the run's own target, which has its run id)."""
+
+    def select(context: StorageDriverSelectContext, payload: Payload) -> StorageDriver | None:
+        target = context.target
+        if not isinstance(target, StorageDriverWorkflowInfo) or target.type != WORKFLOW_NAME:
+            return None
+        if target.run_id is None and is_run_input(payload):
+            return driver
+        if result and target.run_id is not None and is_run_result(payload):
+            return driver
+        return None
+
+    return select
+
+
+def start_input_converter(
+    root: str | Path, namespace: str = "default", *, lean: bool = False, result: bool = False
+) -> DataConverter:
+    """pydantic's data converter, with the generic workflow's start input stored under ``root``
+    (referenced through :class:`LeanFilesystemDriver` when ``lean``; with ``result``, a worker's
+    runs store their result too); reads both drivers' references."""
+    driver = FilesystemDriver(root, namespace=namespace)
+    lean_driver = LeanFilesystemDriver(driver, namespace)
+    storage = ExternalStorage(
+        drivers=[driver, lean_driver],
+        driver_selector=run_input_selector(lean_driver if lean else driver, result=result),
+        payload_size_threshold=0,
+    )
+    return dataclasses.replace(pydantic_data_converter, external_storage=storage)
