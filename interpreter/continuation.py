@@ -10,8 +10,8 @@ deadline and escalation count, and the status query shows the same run.
 Safe points (see :meth:`interpreter.engine.Engine.run`): between two steps of the top-level
 sequence (which is where a ``goto`` loop at the top level jumps), while a top-level approval
 waits for its decision, while a top-level task is parked on a dead letter (:class:`CarriedPark`),
-while a top-level ``delay`` waits (:class:`CarriedDelay`) and while a top-level ``human_task`` waits
-(:data:`HUMAN_TASK_KIND`). Nothing concurrent is in flight at
+while a top-level ``delay`` waits (:class:`CarriedDelay`), while a top-level ``human_task`` waits
+(:data:`HUMAN_TASK_KIND`) and while a top-level ``wait_for_event`` waits (:class:`CarriedEventWait`). Nothing concurrent is in flight at
 any of them, so the snapshot is the whole state: no activity or branch has to be resumed half way,
 and a timer is started again in the next run for the time that is left (the same absolute time).
 
@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from interpreter.actions import ActionRequest
+from interpreter.events import Event
 from interpreter.state import (
     CancelRequest,
     DeadLetterDecision,
@@ -41,6 +42,7 @@ from interpreter.state import (
     DecisionRecord,
     ParkedStep,
     PendingApproval,
+    PendingEvent,
     RefusedMessage,
     StepRecord,
 )
@@ -99,6 +101,10 @@ HUMAN_TASK_KIND = "human_task"
 """Key of a waiting top-level ``human_task`` in :attr:`Continuation.kinds` (a
 :class:`CarriedApproval` whose view is of kind ``task``)."""
 
+EVENT_WAIT_KIND = "wait_for_event"
+"""Key of a waiting top-level ``wait_for_event`` in :attr:`Continuation.kinds` (a
+:class:`CarriedEventWait`)."""
+
 DEAD_LETTER_KIND = "dead_letter"
 """Key of a top-level task parked on a dead letter in :attr:`Continuation.kinds` (a
 :class:`CarriedPark`)."""
@@ -118,6 +124,20 @@ class CarriedDelay(BaseModel):
     since: datetime
     until: datetime
     waited_s: float
+
+
+class CarriedEventWait(BaseModel):
+    """A top-level ``wait_for_event`` that was waiting: the next run waits with the same view (key,
+    ``since``, ``deadline``) and window start (``since``: the wait's start minus its lookback), and
+    subscribes again under the same name. ``event``: the one it took while the run was switching,
+    if any (its id is among the consumed ones carried too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: int
+    view: PendingEvent
+    since: datetime
+    event: Event | None = None
 
 
 class CarriedPark(BaseModel):

@@ -28,11 +28,13 @@ from interpreter.business_hours import BusinessHours, add_business_time, check_t
 from interpreter.continuation import (
     DEAD_LETTER_KIND,
     DELAY_KIND,
+    EVENT_WAIT_KIND,
     HUMAN_TASK_KIND,
     MAX_CARRIED_RECORDS,
     CarriedApproval,
     CarriedCompensation,
     CarriedDelay,
+    CarriedEventWait,
     CarriedPark,
     CarriedScope,
     Continuation,
@@ -144,6 +146,13 @@ PATCH_CONTINUE_AS_NEW_TASKS = "continue-as-new-human-tasks"
 (its wait also wakes when the host asks), the task pending in the next run with the same view.
 Asked when such a wait starts in a run that may continue as new: a history recorded before the
 change replays its wait, which did not wake for the host (waking cancels the wait's timer)."""
+
+PATCH_CONTINUE_AS_NEW_EVENTS = "continue-as-new-event-waits"
+"""Patch id: a top-level ``wait_for_event`` waits so that the run can continue as new while it waits
+(its wait also wakes when the host asks); the next run keeps the wait's window, deadline and
+mailbox subscription (it subscribes again under the same name, and gets what was published since
+the window began). Asked when such a wait starts in a run that may continue as new: a history
+recorded before the change replays its wait, which did not wake for the host."""
 
 
 CONSUMED_EVENTS_KIND = "consumed_events"
@@ -752,6 +761,9 @@ class Engine:
         self._carried_approval: _Approval | None = None
         self._carried_delay: CarriedDelay | None = None
         self._carried_task: _Approval | None = None
+        self._carried_event: _EventWait | None = None
+        """The event wait a previous run of the chain carried: it takes a signalled event from the
+        first task on."""
         """The human task a previous run of the chain carried: pending and decidable from the first task."""
         self._carried_park: CarriedPark | None = None
         self._carried_parked: _Park | None = None
@@ -1053,6 +1065,8 @@ class Engine:
             return self._carried_delay.path, self._carried_delay.since
         if self._carried_task is not None:
             return self._carried_task.view.path, self._carried_task.view.since
+        if self._carried_event is not None:
+            return self._carried_event.view.path, self._carried_event.view.since
         return None
 
     async def _resume_step(self, step: Step, scope: _Scope, path: str, since: datetime) -> None:
@@ -2389,24 +2403,35 @@ class Engine:
     async def _wait_for_event(
         self, step: WaitForEventStep, scope: _Scope, path: str, record: StepRecord
     ) -> Any:
-        start = self.runtime.now()
-        key = self._event_key(step.key, self._context(scope), f"step {path!r}")
-        lookback = parse_duration(step.lookback)
-        deadline = start + parse_duration(step.timeout) if step.timeout else None
-        since = start - lookback
-        wait = _EventWait(
-            view=PendingEvent(
-                step_id=step.id,
-                path=path,
-                event=step.event,
-                key=key,
-                since=start,
-                lookback_s=lookback.total_seconds(),
-                deadline=deadline,
-            ),
-            step=step,
-            since=since,
-        )
+        top = step is self._top_step and scope is self._root
+        carried = self._carried_event
+        resumed = carried is not None and top and carried.view.path == path
+        if resumed:
+            # Continued as new while it waited: the same window, key and deadline; an event taken
+            # while the run switched is already in it.
+            assert carried is not None
+            self._carried_event = None
+            wait = carried
+            key, since, deadline = wait.view.key, wait.since, wait.view.deadline
+        else:
+            start = self.runtime.now()
+            key = self._event_key(step.key, self._context(scope), f"step {path!r}")
+            lookback = parse_duration(step.lookback)
+            deadline = start + parse_duration(step.timeout) if step.timeout else None
+            since = start - lookback
+            wait = _EventWait(
+                view=PendingEvent(
+                    step_id=step.id,
+                    path=path,
+                    event=step.event,
+                    key=key,
+                    since=start,
+                    lookback_s=lookback.total_seconds(),
+                    deadline=deadline,
+                ),
+                step=step,
+                since=since,
+            )
         subscription = EventSubscription(
             tenant=self.info.tenant,
             type=step.event,
@@ -2416,38 +2441,66 @@ class Engine:
             since=since,
             until=deadline,
         )
+        trigger: Callable[[], bool] | None = None
+        if top and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_EVENTS):
+            trigger = self._continue_trigger(resumed, event_path=path)
         self._event_waits[path] = wait
         record.status = StepStatus.WAITING
         self.runtime.state_changed()
+        continuing = False
         try:
             with self._waiting_at(path, step.label):
-                buffered = await self._subscribe(subscription, f"step {path!r}")
-                wait.view.subscribed = True
-                self.runtime.state_changed()
-                # Strictly inside the window: the clock-skew tolerance is for signalled events only.
-                for event in buffered:
-                    if wait.event is None and event.published_at is not None and event.published_at >= since:
-                        request = self.deliver_event(event)
-                        if request is not None:  # a cancel_on of the same type and key
-                            await self._cancel_by_event(request)
+                if wait.event is None:
+                    # A resumed wait subscribes again under the same name: the mailbox's answer
+                    # holds what was published since the window began (what this chain consumed
+                    # is not taken twice).
+                    buffered = await self._subscribe(subscription, f"step {path!r}")
+                    wait.view.subscribed = True
+                    self.runtime.state_changed()
+                    # Strictly inside the window: the clock-skew tolerance is for signalled events only.
+                    for event in buffered:
+                        if (
+                            wait.event is None
+                            and event.published_at is not None
+                            and event.published_at >= since
+                        ):
+                            request = self.deliver_event(event)
+                            if request is not None:  # a cancel_on of the same type and key
+                                await self._cancel_by_event(request)
                 if wait.event is None:
                     remaining = (
                         None
                         if deadline is None
                         else max((deadline - self.runtime.now()).total_seconds(), 0.0)
                     )
-                    await self.runtime.wait_condition(
-                        lambda: wait.event is not None,
+                    woke = await self.runtime.wait_condition(
+                        (lambda: wait.event is not None)
+                        if trigger is None
+                        else (lambda: wait.event is not None or trigger()),
                         remaining,
                         f"{step.label}: awaiting event {step.event}",
                     )
+                    if woke and wait.event is None:
+                        # A safe point: the subscription stays (the next run's), and so does the
+                        # wait, to take an event signalled before the switch.
+                        continuing = self._keep_waits = True
+                        position = self._position_of(step)
+
+                        def carry_wait() -> dict[str, Any]:
+                            entry = CarriedEventWait(
+                                position=position, view=wait.view, since=wait.since, event=wait.event
+                            )
+                            return {EVENT_WAIT_KIND: entry.model_dump(mode="json")}
+
+                        raise _ContinueAsNew(position, carry=carry_wait)
         except asyncio.CancelledError:
             if wait.view.subscribed:  # the mailbox stops signalling a wait that is over
                 await self._finally(self.runtime.unsubscribe_events(subscription))
             raise
         finally:
-            self._event_waits.pop(path, None)
-            self.runtime.state_changed()
+            if not continuing:
+                self._event_waits.pop(path, None)
+                self.runtime.state_changed()
         await self.runtime.unsubscribe_events(subscription)
         got = wait.event
         if got is None:
@@ -2480,16 +2533,18 @@ class Engine:
 
     # ------------------------------------------------------------------------- continue-as-new
 
-    def _continue_wanted(self, *, waiting_parked: bool = False) -> bool:
+    def _continue_wanted(self, *, waiting_parked: bool = False, event_path: str | None = None) -> bool:
         """Whether the host asks to continue as new (read-only: safe inside a wait predicate).
-        ``waiting_parked``: asked by the top-level wait, which may be the run's one park."""
+        ``waiting_parked``: asked by the top-level wait, which may be the run's one park;
+        ``event_path``: asked by the top-level event wait of that path, which may be the run's one."""
         return (
             self._continue_as_new is not None
             and not self._continue_declined
             and (waiting_parked or not self._parked)
             and not self._recording
             and self.cancel_request is None
-            and not self._event_waits  # a wait_for_event keeps its mailbox subscription: not now
+            # Another wait_for_event (in a branch) keeps its mailbox subscription: not now.
+            and all(path == event_path for path in self._event_waits)
             and self._continue_as_new()
         )
 
@@ -2508,7 +2563,7 @@ class Engine:
         its plain wait)."""
         return self._continue_as_new is not None and self.runtime.patched(patch)
 
-    def _continue_trigger(self, resumed: bool) -> Callable[[], bool]:
+    def _continue_trigger(self, resumed: bool, event_path: str | None = None) -> Callable[[], bool]:
         """The part of a top-level wait's condition that wakes it to continue as new. A wait a
         continued run resumed continues again only once it has seen the host not asking: a budget
         smaller than what a run spends to reach the wait would otherwise continue it for ever."""
@@ -2516,7 +2571,7 @@ class Engine:
 
         def wanted() -> bool:
             nonlocal armed
-            want = self._continue_wanted(waiting_parked=True)
+            want = self._continue_wanted(waiting_parked=True, event_path=event_path)
             armed = armed or not want
             return armed and want
 
@@ -2635,8 +2690,22 @@ class Engine:
         self._restore_waits(snapshot)
 
     def _restore_waits(self, snapshot: Continuation) -> None:
-        """Takes over a top-level delay, park or human task the previous run stopped in (``kinds``)."""
+        """Takes over a top-level delay, park, human task or event wait the previous run stopped
+        in (``kinds``)."""
         steps = self.definition.steps
+        event_data = snapshot.kinds.get(EVENT_WAIT_KIND)
+        if event_data is not None:
+            carried_wait = CarriedEventWait.model_validate_json(json.dumps(event_data))
+            pending = carried_wait.view
+            at = steps[carried_wait.position] if carried_wait.position < len(steps) else None
+            if not isinstance(at, WaitForEventStep) or at.id != pending.step_id or at.event != pending.event:
+                raise ValueError(
+                    f"carried event wait {pending.path!r} is not at top-level step {carried_wait.position}"
+                )
+            wait = _EventWait(view=pending, step=at, since=carried_wait.since, event=carried_wait.event)
+            # Waiting from the first moment, so an event signalled with the run's first task counts.
+            self._event_waits[pending.path] = wait
+            self._carried_event = wait
         task_data = snapshot.kinds.get(HUMAN_TASK_KIND)
         if task_data is not None:
             carried_task = CarriedApproval.model_validate_json(json.dumps(task_data))

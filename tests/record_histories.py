@@ -652,6 +652,56 @@ async def _publish_events(handle: WorkflowHandle[Any, Any], flows: FlowClient) -
     await flows.publish_event("family.withdrawn", family, event_id="w1", start_triggers=False)
 
 
+def _event_wait_budget(base: str) -> dict[str, Any]:
+    del base
+    # One step: the run ends with the wait (no step boundary to continue as new at).
+    return {
+        "name": "replay-event-wait-budget",
+        "limits": {"history_budget": 100},
+        "steps": [
+            {
+                "id": "answer",
+                "type": "wait_for_event",
+                "event": "family.answered",
+                "key": "{{ input.family }}",
+                "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+                "timeout": "5m",
+            }
+        ],
+        "output": {"event": "{{ steps.answer.output.event_id }}"},
+    }
+
+
+async def _noise(handle: WorkflowHandle[Any, Any]) -> None:
+    """Refused approvals (nothing is pending): four events each, growing the history of a wait."""
+    for _ in range(5):
+        await handle.signal("approve", {"actor": "nobody"})
+    await asyncio.sleep(0.2)
+
+
+async def _publish_over_budget(handle: WorkflowHandle[Any, Any], flows: FlowClient) -> None:
+    # Recorded with the code before patch continue-as-new-event-waits: the wait stays in one run
+    # past its budget, and the event is taken there.
+    family = str((await handle.describe()).id)
+    await _until(handle, lambda s: any(w.subscribed for w in s.waiting_events))
+    while (await handle.describe()).raw_description.workflow_execution_info.history_length < 130:
+        await _noise(handle)
+    await flows.publish_event(
+        "family.answered", family, {"answer": "no"}, event_id="b1", start_triggers=False
+    )
+
+
+async def _publish_continued(handle: WorkflowHandle[Any, Any], flows: FlowClient) -> None:
+    family = str((await handle.describe()).id)
+    await _until(handle, lambda s: any(w.subscribed for w in s.waiting_events))
+    while (await _status(handle)).continued < 1:
+        await _noise(handle)
+    await _until(handle, lambda s: any(w.subscribed for w in s.waiting_events))
+    await flows.publish_event(
+        "family.answered", family, {"answer": "yes"}, event_id="c1", start_triggers=False
+    )
+
+
 async def _drive_continued(handle: WorkflowHandle[Any, Any]) -> None:
     await _until(handle, lambda s: s.continued >= 1 and bool(s.pending_approvals), timeout=120)
     await handle.execute_update(
@@ -836,6 +886,24 @@ def scenarios() -> list[Scenario]:
             _events,
             {},
             publish=_publish_events,
+        ),
+        Scenario(
+            "event_wait_over_budget",
+            "recorded before patch continue-as-new-event-waits: a wait_for_event waited in one run "
+            "past its history_budget of 100 events (refused approve signals growing the history), "
+            "the event taken there at about 130 events; replays without continuing",
+            _event_wait_budget,
+            {},
+            publish=_publish_over_budget,
+        ),
+        Scenario(
+            "continued_event_wait",
+            "the last run of a chain that continued as new (history_budget 100, refused approve "
+            "signals) while a wait_for_event waited (patch continue-as-new-event-waits): it "
+            "subscribes again with the same window and takes the event published then",
+            _event_wait_budget,
+            {},
+            publish=_publish_continued,
         ),
     ]
 

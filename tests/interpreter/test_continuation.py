@@ -17,10 +17,11 @@ from interpreter.continuation import (
     read_continuation,
 )
 from interpreter.engine import Engine, RunInfo
+from interpreter.events import Event
 from interpreter.model import Definition
 from interpreter.state import Decision, DecisionKind, RunResult, RunState
 from tests.interpreter.fake_runtime import FakeRuntime
-from tests.interpreter.test_engine import approval, make_definition, new_runtime, set_vars, task, work
+from tests.interpreter.test_engine import HOUR, approval, make_definition, new_runtime, set_vars, task, work
 
 
 def _loop(iterations: int) -> list[dict[str, Any]]:
@@ -264,3 +265,145 @@ async def test_a_snapshot_whose_human_task_is_not_at_that_position_is_refused() 
     data["kinds"]["human_task"]["position"] = 0
     with pytest.raises(ValueError, match="carried human task 'call' is not at top-level step 0"):
         _engine(definition, rt, read_continuation(data), every=100)
+
+
+def _event_steps() -> list[dict[str, Any]]:
+    return [
+        work("prep", value="ready"),
+        {
+            "id": "answer",
+            "type": "wait_for_event",
+            "event": "family.answered",
+            "key": "{{ input.family_id }}",
+            "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"], "required": True}],
+            "lookback": "1h",
+            "timeout": "3d",
+            "on_timeout": "continue",
+        },
+        work("after", value="{{ steps.answer.output.event_id }}:{{ steps.answer.output.timed_out }}"),
+    ]
+
+
+def _answer(event_id: str, key: str = "fam-1") -> Event:
+    return Event(id=event_id, type="family.answered", key=key, tenant="default", data={"answer": "yes"})
+
+
+def _event_engine(rt: FakeRuntime, snapshot: Continuation | None, *, continue_at: float | None) -> Engine:
+    """An engine whose host asks to continue as new from ``continue_at`` (virtual seconds) on."""
+    asked = {"now": False}
+    if continue_at is not None:
+        rt.at(continue_at, lambda: asked.__setitem__("now", True))
+    engine = Engine(
+        make_definition(_event_steps()),
+        {"family_id": "fam-1"},
+        rt,
+        RunInfo(
+            workflow_id="wf-1",
+            run_id=f"run-{0 if snapshot is None else snapshot.generation}",
+            started_at=rt.now(),
+        ),
+        continue_as_new=lambda: asked["now"],
+        resume=snapshot,
+    )
+    rt.engine = engine
+    return engine
+
+
+async def _first_event_run(rt: FakeRuntime) -> tuple[Engine, Continuation]:
+    first = _event_engine(rt, None, continue_at=HOUR)
+    result = await rt.run(first.run())
+    assert first.continuing
+    assert result.state == RunState.RUNNING
+    [waiting] = first.status().waiting_events
+    assert waiting.subscribed
+    # The subscription stays for the next run: the wait did not end.
+    assert rt.unsubscriptions == []
+    return first, first.continuation()
+
+
+async def test_an_event_wait_continues_as_new_and_an_event_at_the_switch_is_carried() -> None:
+    rt = new_runtime()
+    first, _ = await _first_event_run(rt)
+    # Signalled while the host lets the handlers finish: the switching run takes it.
+    rt.publish(_answer("e-switch"))
+    snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
+    assert snapshot.kinds["wait_for_event"]["event"]["id"] == "e-switch"
+
+    second = _event_engine(rt, snapshot, continue_at=None)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED
+    assert result.steps[-1].output == "e-switch:False"
+    assert [s.path for s in rt.subscriptions] == []  # unsubscribed once the wait ended
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+
+
+async def test_an_event_published_while_no_run_listens_is_taken_by_the_next_run() -> None:
+    rt = new_runtime()
+    first, snapshot = await _first_event_run(rt)
+    started = first.status().waiting_events[0]
+    rt.engine = None  # between the runs: nobody is signalled
+    rt.publish(_answer("e-gap"))
+    second = _event_engine(
+        rt, read_continuation(json.loads(json.dumps(snapshot.model_dump(mode="json")))), continue_at=None
+    )
+    # Waiting from the first moment, with the same window and deadline.
+    [resumed] = second.status().waiting_events
+    assert (resumed.since, resumed.deadline) == (started.since, started.deadline)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED
+    assert result.steps[-1].output == "e-gap:False"
+    # Published while no run was signalled: the next run found it in its new subscription's
+    # answer (the same name and window), then unsubscribed once.
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+
+
+async def test_a_carried_event_wait_times_out_when_the_first_would_have() -> None:
+    rt = new_runtime()
+    first, snapshot = await _first_event_run(rt)
+    deadline = first.status().waiting_events[0].deadline
+    assert deadline is not None
+    second = _event_engine(rt, snapshot, continue_at=None)
+    result = await rt.run(second.run())
+    assert result.steps[-1].output == "None:True"
+    assert rt.now() == deadline  # the first run's deadline, not 3 days after the switch
+
+
+async def test_an_event_consumed_before_the_switch_is_not_taken_again_by_a_later_wait() -> None:
+    steps = _event_steps()
+    steps.insert(1, {**steps[1], "id": "first_answer"})  # the same key, lookback 1h: both see "e-1"
+    rt = new_runtime()
+    asked = {"now": False}
+    rt.at(2 * HOUR, lambda: asked.__setitem__("now", True))
+    rt.at(HOUR, lambda: rt.publish(_answer("e-1")))
+
+    def engine(snapshot: Continuation | None) -> Engine:
+        built = Engine(
+            make_definition(steps),
+            {"family_id": "fam-1"},
+            rt,
+            RunInfo("wf-1", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
+            continue_as_new=lambda: asked["now"],
+            resume=snapshot,
+        )
+        rt.engine = built
+        return built
+
+    first = engine(None)
+    await rt.run(first.run())
+    assert first.continuing  # in the second wait, which started at once after "e-1" was taken
+    asked["now"] = False
+    second = engine(read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json")))))
+    rt.at(3 * HOUR, lambda: rt.publish(_answer("e-2")))
+    result = await rt.run(second.run())
+    outputs = {r.id: r.output for r in result.steps if r.id in ("first_answer", "answer")}
+    assert outputs["first_answer"]["event_id"] == "e-1"
+    assert outputs["answer"]["event_id"] == "e-2"
+
+
+async def test_a_snapshot_whose_event_wait_is_not_at_that_position_is_refused() -> None:
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+    data = snapshot.model_dump(mode="json")
+    data["kinds"]["wait_for_event"]["position"] = 2
+    with pytest.raises(ValueError, match="carried event wait 'answer' is not at top-level step 2"):
+        _event_engine(rt, read_continuation(data), continue_at=None)

@@ -22,6 +22,7 @@ from temporalio.worker import Replayer, Worker
 
 from activities.store.database import Database
 from activities.store.models import DeadLetterStatus
+from interpreter.events import MailboxState, mailbox_id
 from interpreter.state import RunState, RunStatus, StepStatus
 from starter.client import FlowClient
 from tests.helpers.http_server import RecordingServer
@@ -560,3 +561,81 @@ async def test_a_human_task_stays_pending_across_continue_as_new_and_a_completio
     assert len(runs) >= 2
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
     assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+async def test_an_event_wait_continues_as_new_and_an_event_published_at_the_switch_is_taken_once(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    family = unique("fam")
+    document = definition(
+        unique("answer"),
+        [
+            {
+                "id": "answer",
+                "type": "wait_for_event",
+                "event": "family.answered",
+                "key": "{{ input.family_id }}",
+                "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+                "timeout": "10m",
+            },
+            {
+                "id": "after",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ steps.answer.output.data.answer }}"},
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"event": "{{ steps.answer.output.event_id }}", "after": "{{ steps.after.output }}"},
+    )
+    handle = await start(
+        limited_client, task_queue, document, {"family_id": family}, execution_timeout=timedelta(minutes=5)
+    )
+    first = await eventually(
+        lambda: status(handle),
+        lambda s: any(w.subscribed for w in s.waiting_events),
+        timeout=60,
+        what="the wait subscribed",
+    )
+    [started] = first.waiting_events
+
+    # The wait used to block continue-as-new (its run grew until Temporal terminated it).
+    after = await _grow_until_continued(handle)
+    [resumed] = after.waiting_events
+    assert (resumed.since, resumed.deadline, resumed.key) == (started.since, started.deadline, family)
+    assert [r.status for r in after.steps if r.id == "answer"] == [StepStatus.WAITING]
+    assert (await handle.describe()).typed_search_attributes.get(CURRENT_STEP) == "answer"
+
+    # Within one signal of the next switch, the last straw and the event go out together: the
+    # event lands in the switching run (and is carried), in the next one, or in its subscription's
+    # answer; it is taken once either way.
+    flows = FlowClient(limited_client, task_queue=task_queue)
+    while await _history_length(handle) < 94:
+        await handle.signal("approve", {"actor": "nobody", "reason": "noise"})
+    published = await asyncio.gather(
+        handle.signal("approve", {"actor": "nobody", "reason": "the last straw"}),
+        flows.publish_event(
+            "family.answered", family, {"answer": "yes"}, event_id="e-1", start_triggers=False
+        ),
+    )
+    assert published[1].duplicate is False
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"event": "e-1", "after": "yes"}
+    final = await status(handle)
+    assert [r.status for r in final.steps if r.id == "answer"] == [StepStatus.COMPLETED]
+    print(f"\nevent at the switch: the run finished in generation {final.continued}")
+
+    runs = await _chain(limited_client, handle.id)
+    assert len(runs) >= 2
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+    # The subscription the chain kept is gone once the wait ended.
+    mailbox = limited_client.get_workflow_handle(mailbox_id("default", "family.answered", family))
+    state = await eventually(
+        lambda: mailbox.query("state", result_type=MailboxState),
+        lambda s: not s.subscriptions,
+        timeout=30,
+        what="the mailbox forgot the wait",
+    )
+    assert [e.id for e in state.events] == ["e-1"]
