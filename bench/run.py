@@ -56,7 +56,6 @@ if __package__ in (None, ""):  # `python bench/run.py` (the Makefile's `make ben
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.api.history.v1 import History  # noqa: E402
 from temporalio.client import Client, WorkflowHandle  # noqa: E402
-from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
@@ -65,17 +64,12 @@ from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
 from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
-from workflows.search_attributes import (  # noqa: E402
-    AWAITING_APPROVAL,
-    CLI_TYPES,
-    CURRENT_STEP,
-    DEFINITION_HASH,
-    DEFINITION_NAME,
-    DEFINITION_VERSION,
-    RUN_STATE,
-)
+from workflows.priority import run_priority  # noqa: E402
+from workflows.search_attributes import CLI_TYPES, start_attributes  # noqa: E402
 
 HOST = "127.0.0.1"
+TENANT = "default"
+"""The tenant the generic workflow's runs are started for (the starter's default)."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_THROUGHPUT_RATIO = 1.00
 TARGET_CPU_RATIO = 1.05
@@ -375,18 +369,11 @@ class Workload:
     def __init__(self) -> None:
         self.definition = load_definition(definition_data())
         self.hash = definition_hash(self.definition)
-        # What the product's starter (FlowClient.start_run) sets at start, so the workflow does not
-        # upsert them itself.
-        self.identity = TypedSearchAttributes(
-            [
-                SearchAttributePair(DEFINITION_NAME, self.definition.name),
-                SearchAttributePair(DEFINITION_VERSION, self.definition.version),
-                SearchAttributePair(DEFINITION_HASH, self.hash),
-                SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-                SearchAttributePair(AWAITING_APPROVAL, False),
-                SearchAttributePair(CURRENT_STEP, ""),
-            ]
-        )
+        # What the product's starter (FlowClient.start_run) sets at start: the search attributes
+        # (so the workflow does not upsert them itself) and the tenant's fairness key. Before
+        # 2026-12-02 the benchmark left out ``Tenant`` and the priority (about 70 bytes per run).
+        self.identity = start_attributes(self.definition.name, self.definition.version, self.hash, TENANT)
+        self.priority = run_priority(TENANT, self.definition.priority)
 
     async def start(
         self, client: Client, variant: Variant, n: int, wf_id: str, tq: str
@@ -411,10 +398,16 @@ class Workload:
                 id=wf_id,
                 task_queue=tq,
                 search_attributes=self.identity,
+                priority=self.priority,
                 result_type=RunResult,
             )
         return await client.start_workflow(
-            variant.workflow.run, run_input, id=wf_id, task_queue=tq, search_attributes=self.identity
+            variant.workflow.run,
+            run_input,
+            id=wf_id,
+            task_queue=tq,
+            search_attributes=self.identity,
+            priority=self.priority,
         )
 
     @staticmethod
