@@ -11,7 +11,10 @@ Safe points (see :meth:`interpreter.engine.Engine.run`): between two steps of th
 sequence (which is where a ``goto`` loop at the top level jumps), while a top-level approval
 waits for its decision, while a top-level task is parked on a dead letter (:class:`CarriedPark`),
 while a top-level ``delay`` waits (:class:`CarriedDelay`), while a top-level ``human_task`` waits
-(:data:`HUMAN_TASK_KIND`) and while a top-level ``wait_for_event`` waits (:class:`CarriedEventWait`). Nothing concurrent is in flight at
+(:data:`HUMAN_TASK_KIND`) and while a top-level ``wait_for_event`` waits (:class:`CarriedEventWait`);
+the branches of a top-level ``condition`` or ``switch`` count as top-level (at any depth): the
+branches a run stopped in are carried under ``kinds["branches"]``, and a carried wait's
+``position`` is its index in the innermost of them. Nothing concurrent is in flight at
 any of them, so the snapshot is the whole state: no activity or branch has to be resumed half way,
 and a timer is started again in the next run for the time that is left (the same absolute time).
 

@@ -147,6 +147,18 @@ PATCH_CONTINUE_AS_NEW_TASKS = "continue-as-new-human-tasks"
 Asked when such a wait starts in a run that may continue as new: a history recorded before the
 change replays its wait, which did not wake for the host (waking cancels the wait's timer)."""
 
+PATCH_CONTINUE_AS_NEW_BRANCHES = "continue-as-new-in-branches"
+"""Patch id: the safe points to continue as new reach into the branches of a top-level ``condition``
+or ``switch`` (and of such steps in those branches, at any depth): between two steps of such a
+branch, and while a wait in it waits. Asked at a boundary only when the run would continue there,
+and when a wait in such a branch starts in a run that may continue as new: a history recorded
+before the change replays its branches as they went on."""
+
+BRANCHES_KIND = "branches"
+"""Key of the branches a run continued in (outermost first) in ``Continuation.kinds``: for each, the
+``condition`` or ``switch`` step's id, the branch taken and the index in its steps where the next
+run goes on."""
+
 PATCH_CONTINUE_AS_NEW_EVENTS = "continue-as-new-event-waits"
 """Patch id: a top-level ``wait_for_event`` waits so that the run can continue as new while it waits
 (its wait also wakes when the host asks); the next run keeps the wait's window, deadline and
@@ -572,9 +584,15 @@ class _ContinueAsNew(Exception):  # control flow: the run stops at a safe point 
         position: int,
         approval: _Approval | None = None,
         carry: Callable[[], dict[str, Any]] | None = None,
+        branches: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__("continue as new")
         self.position = position
+        """Index in the top-level steps where the next run starts."""
+        self.branches = branches or []
+        """The branches the run stopped in, outermost first (``BRANCHES_KIND``)."""
+        self.inner = self.branches[-1]["position"] if self.branches else position
+        """Index in the innermost sequence (a branch's, or the top level's) where it stopped."""
         self.approval = approval
         self.carry = carry
         """Entries of ``Continuation.kinds`` for the wait the run stops in, read when the snapshot
@@ -635,6 +653,34 @@ class _EventWait:
     step: WaitForEventStep
     since: datetime
     event: Event | None = None
+
+
+@dataclass
+class _Frame:
+    """A sequence the run is in where it may continue as new: the top-level steps, or the branch
+    of a ``condition``/``switch`` step that is itself at such a place (``step``, ``branch``)."""
+
+    steps: list[Step]
+    index: int = 0
+    step: str | None = None
+    branch: str | None = None
+
+
+def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch | None, dict[str, Any]]:
+    """The branch ``name`` (``then``, ``else``, ``case:<i>``, ``default``) of ``step`` and the step's
+    output when it is taken."""
+    if isinstance(step, ConditionStep):
+        if name == "then":
+            return step.then, {"branch": "then"}
+        if name == "else" and step.else_ is not None:
+            return step.else_, {"branch": "else"}
+    else:
+        if name == "default" and step.default is not None:
+            return step.default, {"case": "default"}
+        prefix, _, number = name.partition(":")
+        if prefix == "case" and number.isdigit() and int(number) < len(step.cases):
+            return step.cases[int(number)].then, {"case": int(number)}
+    raise ValueError(f"step {step.id!r} has no branch {name!r}")
 
 
 @dataclass
@@ -756,7 +802,11 @@ class Engine:
         self._continue_declined = False
         self._keep_waits = False
         """Set when the run continues as new while waiting: the wait is not unmarked."""
-        self._top_step: Step | None = None
+        self._frames: list[_Frame] = []
+        """The sequences, outermost first, whose current step is a safe point to continue as new."""
+        self._resume_branches: list[dict[str, Any]] = []
+        """The branches a previous run of the chain continued in, still to enter (outermost first)."""
+        self._nested_declined = False
         self._start_position = 0
         self._carried_approval: _Approval | None = None
         self._carried_delay: CarriedDelay | None = None
@@ -1000,25 +1050,95 @@ class Engine:
 
     # ------------------------------------------------------------------------------ sequencing
 
-    async def _sequence(self, steps: list[Step], scope: _Scope, *, top: bool = False) -> None:
+    async def _sequence(
+        self, steps: list[Step], scope: _Scope, *, top: bool = False, frame: _Frame | None = None
+    ) -> None:
+        """Runs ``steps`` in order, following jumps among them. ``top``: the top-level steps;
+        ``frame``: a branch whose steps are safe points too (see :meth:`_branch`)."""
         index = {step.id: i for i, step in enumerate(steps)}
-        i = self._start_position if top else 0
-        first = top
-        while i < len(steps):
-            if top:
-                # A safe point: nothing else of the run is in flight between two top-level steps.
-                if not first and self._should_continue():
-                    raise _ContinueAsNew(i)
-                first = False
-                self._top_step = steps[i]
-            try:
-                await self._step(steps[i], scope)
-            except _Jump as jump:
-                if jump.target not in index:
-                    raise
-                i = index[jump.target]
-                continue
-            i += 1
+        if top:
+            frame = _Frame(steps, self._start_position)
+        i = 0 if frame is None else frame.index
+        first = True
+        if frame is not None:
+            self._frames.append(frame)
+        try:
+            while i < len(steps):
+                if frame is not None:
+                    # A safe point: nothing else of the run is in flight between two steps here.
+                    if not first and (self._should_continue() if top else self._should_continue_nested()):
+                        frame.index = i
+                        raise self._stop(i)
+                    first = False
+                    frame.index = i
+                try:
+                    await self._step(steps[i], scope)
+                except _Jump as jump:
+                    if jump.target not in index:
+                        raise
+                    i = index[jump.target]
+                    continue
+                i += 1
+        finally:
+            if frame is not None:
+                self._frames.pop()
+
+    def _safe_step(self) -> Step | None:
+        """The step that is a safe point to continue as new now (the current step of the innermost
+        sequence that is one), if any."""
+        if not self._frames:
+            return None
+        frame = self._frames[-1]
+        return frame.steps[frame.index] if frame.index < len(frame.steps) else None
+
+    def _at_safe_point(self, step: Step, scope: _Scope) -> bool:
+        """Whether ``step`` (in ``scope``) is where the run may continue as new while it waits: a
+        top-level step, or one in a branch that is (asking the branches' patch for the latter,
+        before any other patch: a history recorded before it replays its waits as they were)."""
+        return step is self._safe_step() and scope is self._root and self._nested_ok()
+
+    def _may_continue_nested(self) -> bool:
+        """Whether waits and boundaries inside branches are safe points in this run (asks the patch:
+        a history recorded before the change replays its branches as they went on)."""
+        if self._continue_as_new is None or self._nested_declined:
+            return False
+        if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_BRANCHES):
+            self._nested_declined = True
+            return False
+        return True
+
+    def _nested_ok(self) -> bool:
+        """For a step at the safe point: top-level, or in a branch whose patch this run has."""
+        return len(self._frames) == 1 or self._may_continue_nested()
+
+    def _branch_to_resume(self, step: ConditionStep | SwitchStep) -> tuple[str, int] | None:
+        """The branch of ``step`` the previous run of the chain continued in and where in it (taken
+        once), if ``step`` is the one it continued in."""
+        pending = self._resume_branches
+        if pending and step is self._safe_step() and pending[0]["step"] == step.id:
+            entry = pending.pop(0)
+            return str(entry["branch"]), int(entry["position"])
+        return None
+
+    def _should_continue_nested(self) -> bool:
+        """:meth:`_should_continue` between two steps of a branch (asks its own patch, only then)."""
+        return self._continue_wanted() and self._may_continue_nested()
+
+    def _stop(
+        self,
+        position: int,
+        approval: _Approval | None = None,
+        carry: Callable[[], dict[str, Any]] | None = None,
+    ) -> _ContinueAsNew:
+        """The continue-as-new at index ``position`` of the innermost safe sequence (where the next
+        run goes on, or the wait it resumes), with the branches the run is in."""
+        frames = self._frames
+        indexes = [f.index for f in frames[:-1]] + [position]
+        branches = [
+            {"step": f.step, "branch": f.branch, "position": at}
+            for f, at in zip(frames[1:], indexes[1:], strict=True)
+        ]
+        return _ContinueAsNew(indexes[0], approval, carry, branches)
 
     async def _step(self, step: Step, scope: _Scope) -> None:
         if self.hold_steps:
@@ -1027,7 +1147,7 @@ class Engine:
             await self.runtime.wait_condition(lambda: not self.hold_steps, None, "cancelling")
         path = scope.prefix + step.id
         resuming = self._resuming_at()
-        if resuming is not None and step is self._top_step and resuming[0] == path:
+        if resuming is not None and step is self._safe_step() and resuming[0] == path:
             await self._resume_step(step, scope, path, resuming[1])
             return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
@@ -1055,8 +1175,12 @@ class Engine:
         await self._run_step(step, scope, path, record, visits, resumed=False)
 
     def _resuming_at(self) -> tuple[str, datetime] | None:
-        """The path of the top-level step a previous run of the chain stopped in, and since when
-        it waits (None when this run did not start in a wait)."""
+        """The path of the step a previous run of the chain stopped in (the ``condition`` or
+        ``switch`` of a branch it continued in, then the wait), and since when it waits or runs
+        (None when this run did not start in a wait or a branch)."""
+        if self._resume_branches:
+            entry = self._resume_branches[0]
+            return str(entry["step"]), self._started_at
         if self._carried_approval is not None:
             return self._carried_approval.view.path, self._carried_approval.view.since
         if self._carried_park is not None:
@@ -1070,17 +1194,18 @@ class Engine:
         return None
 
     async def _resume_step(self, step: Step, scope: _Scope, path: str, since: datetime) -> None:
-        """Goes on with the top-level step a previous run of the chain stopped in (continued as
-        new while it waited): its visit is counted and its record kept already."""
+        """Goes on with the step a previous run of the chain stopped in (continued as new while it
+        waited, or in its branch): its visit is counted and its record kept already."""
         open_states = (StepStatus.WAITING, StepStatus.RUNNING)  # a delay's record stays running
         record = next((r for r in reversed(self.records) if r.path == path and r.status in open_states), None)
         if record is None:  # dropped from the carried records: show the step again
+            running = isinstance(step, DelayStep | ConditionStep | SwitchStep)
             record = StepRecord(
                 id=step.id,
                 path=path,
                 type=step.type,
                 name=step.label,
-                status=StepStatus.RUNNING if isinstance(step, DelayStep) else StepStatus.WAITING,
+                status=StepStatus.RUNNING if running else StepStatus.WAITING,
                 started_at=since,
             )
             self.records.append(record)
@@ -1228,20 +1353,28 @@ class Engine:
         names it, through ``assert_never``, when a new kind has no branch here)."""
         if isinstance(step, TaskStep):
             return await self._task(step, scope, path, record, visit)
+        if isinstance(step, ConditionStep | SwitchStep):
+            resume = self._branch_to_resume(step)
+            if resume is not None:
+                # The previous run of the chain continued in this branch: not chosen again.
+                name, start = resume
+                chosen, taken = _branch_named(step, name)
+                await self._branch(chosen, scope, record, taken, step=step, name=name, start=start)
+                return taken
         if isinstance(step, ConditionStep):
             truth = bool(self._evaluate(step.if_, self._context(scope)))
             chosen = step.then if truth else step.else_
             taken = {"branch": "then" if truth else ("else" if chosen else None)}
-            await self._branch(chosen, scope, record, taken)
+            await self._branch(chosen, scope, record, taken, step=step, name="then" if truth else "else")
             return taken
         if isinstance(step, SwitchStep):
             ctx = self._context(scope)
             for i, case in enumerate(step.cases):
                 if self._evaluate(case.when, ctx):
-                    await self._branch(case.then, scope, record, {"case": i})
+                    await self._branch(case.then, scope, record, {"case": i}, step=step, name=f"case:{i}")
                     return {"case": i}
             taken = {"case": "default" if step.default else None}
-            await self._branch(step.default, scope, record, taken)
+            await self._branch(step.default, scope, record, taken, step=step, name="default")
             return taken
         if isinstance(step, ParallelStep):
             return await self._parallel(step, scope, path)
@@ -1309,14 +1442,28 @@ class Engine:
         return make_inert(output)
 
     async def _branch(
-        self, branch: Branch | None, scope: _Scope, record: StepRecord, taken: dict[str, Any]
+        self,
+        branch: Branch | None,
+        scope: _Scope,
+        record: StepRecord,
+        taken: dict[str, Any],
+        *,
+        step: ConditionStep | SwitchStep,
+        name: str,
+        start: int = 0,
     ) -> None:
+        """Runs the branch ``name`` of ``step``. When ``step`` is itself a safe point (a top-level
+        step, or one in such a branch), so are the branch's steps (:data:`PATCH_CONTINUE_AS_NEW_BRANCHES`);
+        ``start``: where a branch the previous run of the chain continued in goes on."""
         if branch is None:
             return
         try:
             if branch.goto is not None:
                 raise _Jump(branch.goto)
-            await self._sequence(branch.steps or [], scope)
+            frame = None
+            if step is self._safe_step() and scope is self._root and self._continue_as_new is not None:
+                frame = _Frame(branch.steps or [], start, step.id, name)
+            await self._sequence(branch.steps or [], scope, frame=frame)
         except (_Jump, _Succeed):
             # Leaving by a jump or a succeed still records which branch was taken.
             self._finish_open(record, StepStatus.COMPLETED, output=taken)
@@ -1350,9 +1497,10 @@ class Engine:
             task_queue=step.task_queue,
         )
         redrives = 0
-        top = step is self._top_step and scope is self._root
+        # Where a park may continue as new (in a branch, by its patch: asked when it parks).
+        here = step is self._safe_step() and scope is self._root
         resumed = self._carried_park
-        if resumed is not None and top and resumed.view.path == path:
+        if resumed is not None and here and resumed.view.path == path:
             # Continued as new while parked: the same dead letter, the failed call as it was.
             self._carried_park = None
             call = dataclasses.replace(call, request=resumed.request, activity_id=resumed.activity_id)
@@ -1362,7 +1510,9 @@ class Engine:
         while True:
             if resumed is not None:
                 failed = ActionFailedError(resumed.view.error, resumed.view.error_type, resumed.view.attempts)
-                decision = await self._park(step, path, call, failed, record, top=top, redrives=redrives)
+                decision = await self._park(
+                    step, path, call, failed, record, top=here and self._nested_ok(), redrives=redrives
+                )
                 resumed = None
             else:
                 try:
@@ -1385,7 +1535,9 @@ class Engine:
                     if step.on_failure != "dead_letter":
                         self._after_failure(step.on_failure, path, failure)
                         return None
-                    decision = await self._park(step, path, call, failure, record, top=top, redrives=redrives)
+                    decision = await self._park(
+                        step, path, call, failure, record, top=here and self._nested_ok(), redrives=redrives
+                    )
             if decision.action == DeadLetterAction.REDRIVE:
                 redrives += 1
                 call = self._redrive_call(call, decision, redrives)
@@ -1597,7 +1749,7 @@ class Engine:
                 if decided and park.decision is None:  # the host asks to continue as new
                     assert carry is not None
                     continuing = self._keep_waits = True
-                    raise _ContinueAsNew(self._position_of(step), carry=carry)
+                    raise self._stop(self._position_of(step), carry=carry)
         except asyncio.CancelledError:
             # The run (or this branch) was cancelled while parked: close the row, or it would stay
             # open for a run that can no longer take a decision.
@@ -1876,7 +2028,7 @@ class Engine:
 
     async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()
-        top = step is self._top_step and scope is self._root
+        top = step is self._safe_step() and scope is self._root
         carried = self._carried_delay
         if carried is not None and top and carried.path == path:
             # Continued as new while it waited: the timer fires at the same time as before.
@@ -1912,7 +2064,7 @@ class Engine:
             wait = delay_until_open(now, self._business_hours(step, step.business_hours, scope))
         if wait > timedelta(0):
             with self._waiting_at(path, step.label):
-                if top and self._may_continue_waiting():
+                if top and self._nested_ok() and self._may_continue_waiting():
                     delay = CarriedDelay(
                         position=self._position_of(step),
                         path=path,
@@ -1946,7 +2098,7 @@ class Engine:
         sleeper.cancel()
         self._keep_waits = True
         carried = delay.model_dump(mode="json")
-        raise _ContinueAsNew(delay.position, carry=lambda: {DELAY_KIND: carried})
+        raise self._stop(delay.position, carry=lambda: {DELAY_KIND: carried})
 
     def _business_hours(
         self, step: DelayStep | HumanTaskStep, hours: BusinessHours, scope: _Scope
@@ -2040,10 +2192,10 @@ class Engine:
                     # (CurrentStep does not flap): the next run waits here again.
                     if decided and approval.decision is None and continue_trigger is not None:
                         continuing = self._keep_waits = True
-                        raise _ContinueAsNew(self._position_of(step), carry=carry)
+                        raise self._stop(self._position_of(step), carry=carry)
                     if decided and approval.decision is None and self._should_continue():
                         continuing = self._keep_waits = True
-                        raise _ContinueAsNew(self._position_of(step), approval)
+                        raise self._stop(self._position_of(step), approval)
                 if decided and approval.decision is None:
                     continue
                 if decided:
@@ -2125,7 +2277,7 @@ class Engine:
 
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         carried = self._carried_approval
-        if carried is not None and carried.view.path == path and step is self._top_step:
+        if carried is not None and carried.view.path == path and step is self._safe_step():
             # Continued as new while it waited: same view, deadline and escalations; a decision
             # taken while the run switched is already in it.
             self._carried_approval = None
@@ -2152,7 +2304,7 @@ class Engine:
             record,
             "awaiting approval",
             lambda: self._approval_timeout(step, approval),
-            top=step is self._top_step and scope is self._root,
+            top=self._at_safe_point(step, scope),
             resumed=approval is carried,
         )
         if not decided:
@@ -2192,7 +2344,7 @@ class Engine:
         )
 
     async def _human_task(self, step: HumanTaskStep, scope: _Scope, path: str, record: StepRecord) -> Any:
-        top = step is self._top_step and scope is self._root
+        top = step is self._safe_step() and scope is self._root
         carried = self._carried_task
         resumed = carried is not None and top and carried.view.path == path
         if resumed:
@@ -2205,7 +2357,7 @@ class Engine:
             task = self._new_task(step, scope, path)
         trigger: Callable[[], bool] | None = None
         carry: Callable[[], dict[str, Any]] | None = None
-        if top and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_TASKS):
+        if top and self._nested_ok() and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_TASKS):
             trigger = self._continue_trigger(resumed)
             position = self._position_of(step)
 
@@ -2403,7 +2555,7 @@ class Engine:
     async def _wait_for_event(
         self, step: WaitForEventStep, scope: _Scope, path: str, record: StepRecord
     ) -> Any:
-        top = step is self._top_step and scope is self._root
+        top = step is self._safe_step() and scope is self._root
         carried = self._carried_event
         resumed = carried is not None and top and carried.view.path == path
         if resumed:
@@ -2442,7 +2594,7 @@ class Engine:
             until=deadline,
         )
         trigger: Callable[[], bool] | None = None
-        if top and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_EVENTS):
+        if top and self._nested_ok() and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_EVENTS):
             trigger = self._continue_trigger(resumed, event_path=path)
         self._event_waits[path] = wait
         record.status = StepStatus.WAITING
@@ -2492,7 +2644,7 @@ class Engine:
                             )
                             return {EVENT_WAIT_KIND: entry.model_dump(mode="json")}
 
-                        raise _ContinueAsNew(position, carry=carry_wait)
+                        raise self._stop(position, carry=carry_wait)
         except asyncio.CancelledError:
             if wait.view.subscribed:  # the mailbox stops signalling a wait that is over
                 await self._finally(self.runtime.unsubscribe_events(subscription))
@@ -2578,7 +2730,10 @@ class Engine:
         return wanted
 
     def _position_of(self, step: Step) -> int:
-        return next(i for i, s in enumerate(self.definition.steps) if s is step)
+        """Index of ``step`` in the innermost safe sequence (it is that sequence's current step)."""
+        frame = self._frames[-1]
+        assert frame.steps[frame.index] is step, "not at the safe point"
+        return frame.index
 
     def continuation(self) -> Continuation:
         """The snapshot the next run of the chain starts from (call once :attr:`continuing`, after
@@ -2589,7 +2744,7 @@ class Engine:
         if point.approval is not None:
             kind, decision = point.approval.decision or (None, None)
             carried = CarriedApproval(
-                position=point.position, view=point.approval.view, decided=kind, decision=decision
+                position=point.inner, view=point.approval.view, decided=kind, decision=decision
             )
         records = self.records[-MAX_CARRIED_RECORDS:]
         return Continuation(
@@ -2622,6 +2777,7 @@ class Engine:
             # The events this run consumed: a later wait's lookback must not take one again.
             kinds={
                 CONSUMED_EVENTS_KIND: list(self._consumed_events)[-MAX_CARRIED_EVENT_IDS:],
+                **({BRANCHES_KIND: point.branches} if point.branches else {}),
                 **(point.carry() if point.carry is not None else {}),
             },
         )
@@ -2672,9 +2828,9 @@ class Engine:
         self.refused_messages = list(snapshot.refused_messages)
         self.refused_messages_dropped = snapshot.refused_messages_dropped
         self.cancel_request = snapshot.cancel_request
+        steps = self._restore_branches(snapshot)
         carried = snapshot.approval
         if carried is not None:
-            steps = self.definition.steps
             waiting = steps[carried.position] if carried.position < len(steps) else None
             if not isinstance(waiting, ApprovalStep) or waiting.id != carried.view.step_id:
                 raise ValueError(
@@ -2687,12 +2843,44 @@ class Engine:
             self._approvals[carried.view.path] = approval
             self._carried_approval = approval
             self.state = self._waiting_state()
-        self._restore_waits(snapshot)
+        self._restore_waits(snapshot, steps)
 
-    def _restore_waits(self, snapshot: Continuation) -> None:
-        """Takes over a top-level delay, park, human task or event wait the previous run stopped
-        in (``kinds``)."""
+    def _restore_branches(self, snapshot: Continuation) -> list[Step]:
+        """Takes over the branches the previous run continued in (``kinds``), checked against the
+        definition; returns the steps of the innermost (the top-level steps without any)."""
         steps = self.definition.steps
+        position = snapshot.position
+        entries = snapshot.kinds.get(BRANCHES_KIND) or []
+        if not isinstance(entries, list):
+            raise ValueError("carried branches are not a list")
+        for depth, entry in enumerate(entries):
+            where = f"carried branch {depth}"
+            if not isinstance(entry, dict) or set(entry) != {"step", "branch", "position"}:
+                raise ValueError(f"{where} is malformed")
+            at = steps[position] if 0 <= position < len(steps) else None
+            if not isinstance(at, ConditionStep | SwitchStep) or at.id != entry["step"]:
+                raise ValueError(
+                    f"{where}: step {entry['step']!r} is not a condition or switch at {position}"
+                )
+            try:
+                branch, _ = _branch_named(at, str(entry["branch"]))
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            inner = entry["position"]
+            if (
+                branch is None
+                or not branch.steps
+                or not isinstance(inner, int)
+                or not 0 <= inner < len(branch.steps)
+            ):
+                raise ValueError(f"{where}: no step {inner!r} in branch {entry['branch']!r} of {at.id!r}")
+            steps, position = branch.steps, inner
+        self._resume_branches = [dict(e) for e in entries]
+        return steps
+
+    def _restore_waits(self, snapshot: Continuation, steps: list[Step]) -> None:
+        """Takes over a delay, park, human task or event wait the previous run stopped in
+        (``kinds``), at ``position`` of ``steps`` (the innermost sequence it continued in)."""
         event_data = snapshot.kinds.get(EVENT_WAIT_KIND)
         if event_data is not None:
             carried_wait = CarriedEventWait.model_validate_json(json.dumps(event_data))

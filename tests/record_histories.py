@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -652,6 +653,39 @@ async def _publish_events(handle: WorkflowHandle[Any, Any], flows: FlowClient) -
     await flows.publish_event("family.withdrawn", family, event_id="w1", start_triggers=False)
 
 
+def _branch_loop(base: str) -> dict[str, Any]:
+    del base
+    echo = {"type": "task", "action": "echo"}
+    # A loop in the branch of the last top-level step: the run ends with it (no top-level step
+    # boundary after it to continue as new at).
+    return {
+        "name": "replay-branch-loop",
+        "limits": {"history_budget": 100, "max_step_executions": 1000},
+        "steps": [
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            {
+                "id": "route",
+                "type": "condition",
+                "if": "vars.n == 0",
+                "then": {
+                    "steps": [
+                        {"id": "work", **echo, "input": {"value": "{{ vars.n }}"}, "max_visits": 30},
+                        {"id": "bump", "type": "set", "vars": {"n": "{{ vars.n + 1 }}"}, "max_visits": 30},
+                        {
+                            "id": "again",
+                            "type": "condition",
+                            "if": "vars.n < 30",
+                            "then": {"goto": "work"},
+                            "max_visits": 30,
+                        },
+                    ]
+                },
+            },
+        ],
+        "output": {"n": "{{ vars.n }}", "last": "{{ steps.work.output }}"},
+    }
+
+
 def _event_wait_budget(base: str) -> dict[str, Any]:
     del base
     # One step: the run ends with the wait (no step boundary to continue as new at).
@@ -819,6 +853,22 @@ def scenarios() -> list[Scenario]:
             _task_over_budget,
             {},
             _drive_task_over_budget,
+        ),
+        Scenario(
+            "branch_loop_over_budget",
+            "recorded before patch continue-as-new-in-branches: a 30-iteration loop inside a "
+            "top-level condition's branch ran in one run past its history_budget of 100 events "
+            "(about 190); replays without continuing",
+            _branch_loop,
+            {},
+        ),
+        Scenario(
+            "continued_in_branch",
+            "the last run of a chain that continued as new (history_budget 100) between two steps "
+            "of a loop inside a top-level condition's branch (patch continue-as-new-in-branches): "
+            "it goes on in the branch, without choosing it again, and completes",
+            _branch_loop,
+            {},
         ),
         Scenario(
             "people",
@@ -992,4 +1042,9 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # As wfa does (starter.cli.main): the SDK's native threads can abort interpreter finalisation
+    # ("Fatal Python error: PyGILState_Release", exit 134) after the histories were written.
+    os._exit(code)

@@ -19,7 +19,7 @@ from interpreter.continuation import (
 from interpreter.engine import Engine, RunInfo
 from interpreter.events import Event
 from interpreter.model import Definition
-from interpreter.state import Decision, DecisionKind, RunResult, RunState
+from interpreter.state import Decision, DecisionKind, RunResult, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import HOUR, approval, make_definition, new_runtime, set_vars, task, work
 
@@ -407,3 +407,144 @@ async def test_a_snapshot_whose_event_wait_is_not_at_that_position_is_refused() 
     data["kinds"]["wait_for_event"]["position"] = 2
     with pytest.raises(ValueError, match="carried event wait 'answer' is not at top-level step 2"):
         _event_engine(rt, read_continuation(data), continue_at=None)
+
+
+def _branch_loop(iterations: int) -> list[dict[str, Any]]:
+    """A loop inside the ``then`` branch of a top-level condition, inside a switch case."""
+    return [
+        set_vars("init", {"n": 0, "mode": "loop"}),
+        {
+            "id": "route",
+            "type": "condition",
+            "if": "vars.mode == 'loop'",
+            "then": {
+                "steps": [
+                    work("charge", value="charged", compensate=[task("refund", "refund")]),
+                    {
+                        "id": "pick",
+                        "type": "switch",
+                        "cases": [
+                            {
+                                "when": "vars.n >= 0",
+                                "then": {
+                                    "steps": [
+                                        # The branch changes what chose it: a resumed run must not choose again.
+                                        set_vars("flip", {"mode": "done"}, max_visits=iterations),
+                                        work("step", value="{{ vars.n }}", max_visits=iterations),
+                                        set_vars("bump", {"n": "{{ vars.n + 1 }}"}, max_visits=iterations),
+                                        {
+                                            "id": "again",
+                                            "type": "condition",
+                                            "if": f"vars.n < {iterations}",
+                                            "then": {"goto": "flip"},
+                                            "max_visits": iterations,
+                                        },
+                                    ]
+                                },
+                            }
+                        ],
+                    },
+                    work("tail", value="{{ vars.mode }}"),
+                ]
+            },
+            "else": {"steps": [work("never", value="wrong branch")]},
+        },
+        {"id": "end", "type": "fail", "message": "stop after {{ vars.n }}"},
+    ]
+
+
+async def test_a_loop_inside_branches_continues_as_new_inside_them_and_ends_as_an_uninterrupted_run() -> None:
+    definition = make_definition(_branch_loop(9))
+    straight_rt = new_runtime()
+    straight_rt.on("refund", lambda call, attempt: "refunded")
+    straight = await straight_rt.run(
+        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
+    )
+    assert straight.error == "stop after 9"
+
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    chained, runs, engine = await _chain(definition, rt, every=2)
+    # 11 actions, a switch every 2 of them: most switches happen inside the two branches.
+    assert runs >= 5
+    assert (chained.state, chained.error) == (straight.state, straight.error)
+    assert [c.activity_id for c in rt.calls] == [c.activity_id for c in straight_rt.calls]
+    assert "never" not in [c.step_id for c in rt.calls]
+    assert rt.calls[-1].step_id == "refund"  # registered in the first run, run at the end of the last
+    # The condition and the switch each completed once, with the branch taken.
+    status = engine.status()
+    route = [r for r in status.steps if r.id == "route"]
+    assert [(r.status, r.output) for r in route] == [(StepStatus.COMPLETED, {"branch": "then"})]
+    tail = [r for r in status.steps if r.id == "tail"]
+    assert [r.output for r in tail] == ["done"]
+
+
+async def test_a_snapshot_taken_inside_a_branch_carries_where_and_is_checked() -> None:
+    definition = make_definition(_branch_loop(9))
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=3)  # charge, step, step: inside the switch case
+    await rt.run(first.run())
+    assert first.continuing
+    data = first.continuation().model_dump(mode="json")
+    assert data["position"] == 1
+    assert data["kinds"]["branches"] == [
+        {"step": "route", "branch": "then", "position": 1},
+        {"step": "pick", "branch": "case:0", "position": data["kinds"]["branches"][1]["position"]},
+    ]
+    for forged, message in (
+        ({"step": "route", "branch": "else", "position": 5}, "no step 5 in branch 'else'"),
+        ({"step": "route", "branch": "maybe", "position": 0}, "has no branch 'maybe'"),
+        ({"step": "init", "branch": "then", "position": 0}, "'init' is not a condition or switch"),
+        ({"step": "route", "branch": "then"}, "is malformed"),
+    ):
+        bad = json.loads(json.dumps(data))
+        bad["kinds"]["branches"][0] = forged
+        with pytest.raises(ValueError, match=message):
+            _engine(definition, rt, read_continuation(bad), every=100)
+
+
+async def test_an_approval_inside_a_branch_stays_pending_across_the_switch() -> None:
+    steps = [
+        work("prep", value="ready"),
+        {
+            "id": "route",
+            "type": "condition",
+            "if": "steps.prep.output == 'ready'",
+            "then": {
+                "steps": [
+                    approval(
+                        "gate",
+                        ["alice"],
+                        timeout="10h",
+                        escalation={
+                            "after": "1h",
+                            "max_escalations": 5,
+                            "add_approvers": ["bob"],
+                            "steps": [work("remind")],
+                        },
+                    ),
+                    work("after", value="{{ steps.gate.output.actor }}"),
+                ]
+            },
+        },
+    ]
+    definition = make_definition(steps)
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=3)  # prep + two reminders
+    result = await rt.run(first.run())
+    assert first.continuing
+    assert result.state == RunState.AWAITING_APPROVAL
+    pending = first.status().pending_approvals[0]
+    first.decide(DecisionKind.APPROVE, Decision(actor="bob", reason="at the switch"))
+    snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
+    assert snapshot.approval is not None
+    assert (snapshot.position, snapshot.approval.position) == (1, 0)
+    assert snapshot.kinds["branches"] == [{"step": "route", "branch": "then", "position": 0}]
+    assert snapshot.approval.view.deadline == pending.deadline
+
+    second = _engine(definition, rt, snapshot, every=100)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED
+    assert result.steps[-1].output == "bob"
+    assert [c.step_id for c in rt.calls].count("remind") == 2
+    assert [c.step_id for c in rt.calls].count("prep") == 1

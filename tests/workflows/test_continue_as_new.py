@@ -639,3 +639,96 @@ async def test_an_event_wait_continues_as_new_and_an_event_published_at_the_swit
         what="the mailbox forgot the wait",
     )
     assert [e.id for e in state.events] == ["e-1"]
+
+
+async def test_a_loop_and_an_approval_inside_branches_continue_as_new_there(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    iterations = 40
+    document = definition(
+        unique("branches"),
+        [
+            {"id": "init", "type": "set", "vars": {"n": 0, "mode": "loop"}},
+            {
+                "id": "route",
+                "type": "condition",
+                "if": "vars.mode == 'loop'",
+                "then": {
+                    "steps": [
+                        {"id": "flip", "type": "set", "vars": {"mode": "done"}, "max_visits": iterations},
+                        {
+                            "id": "work",
+                            "type": "task",
+                            "action": "echo",
+                            "input": {"value": "{{ vars.n }}"},
+                            "max_visits": iterations,
+                        },
+                        {
+                            "id": "bump",
+                            "type": "set",
+                            "vars": {"n": "{{ vars.n + 1 }}"},
+                            "max_visits": iterations,
+                        },
+                        {
+                            "id": "again",
+                            "type": "condition",
+                            "if": f"vars.n < {iterations}",
+                            "then": {"goto": "flip"},
+                            "max_visits": iterations,
+                        },
+                        {
+                            "id": "gate",
+                            "type": "approval",
+                            "approvers": ["alice"],
+                            "timeout": "1h",
+                            "escalation": {
+                                "after": "1s",
+                                "max_escalations": 20,
+                                "steps": [
+                                    {
+                                        "id": "remind",
+                                        "type": "task",
+                                        "action": "echo",
+                                        "input": {"value": "r"},
+                                    }
+                                ],
+                            },
+                        },
+                    ]
+                },
+                "else": {"steps": [{"id": "never", "type": "fail", "message": "chose the branch again"}]},
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"n": "{{ vars.n }}", "decision": "{{ steps.gate.output.decision }}"},
+    )
+    handle = await start(limited_client, task_queue, document, execution_timeout=timedelta(minutes=5))
+    # 40 activities inside the branch are about 240 events: the run continues as new inside it.
+    pending = await eventually(
+        lambda: status(handle),
+        lambda s: bool(s.pending_approvals) and s.continued >= 2,
+        timeout=120,
+        what="the loop done in a chain, the approval pending",
+    )
+    since = pending.pending_approvals[0].since
+    # The reminders grow the history while the approval waits in the branch: it continues again.
+    later = await eventually(
+        lambda: status(handle),
+        lambda s: s.continued > pending.continued and bool(s.pending_approvals),
+        timeout=120,
+        what="the run continued as new while the approval in the branch waited",
+    )
+    assert later.pending_approvals[0].since == since
+    assert (await handle.describe()).typed_search_attributes.get(CURRENT_STEP) == "gate"
+    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"n": iterations, "decision": "approved"}
+    final = await status(handle)
+    assert [(r.status, r.output) for r in final.steps if r.id == "route"] == [
+        (StepStatus.COMPLETED, {"branch": "then"})
+    ]
+    runs = await _chain(limited_client, handle.id)
+    assert len(runs) >= 3
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
