@@ -159,6 +159,11 @@ BRANCHES_KIND = "branches"
 ``condition`` or ``switch`` step's id, the branch taken and the index in its steps where the next
 run goes on."""
 
+PATCH_DROP_UNRESUMED = "drop-unresumed-waits"
+"""Patch id: a continued run that ends before it went back into the wait (or branch) the previous
+run carried (cancelled or failed at its start) ends that wait: no longer pending nor decidable, its
+record cancelled, its mailbox subscription ended, its dead letter row closed. Asked only then."""
+
 PATCH_CONTINUE_AS_NEW_EVENTS = "continue-as-new-event-waits"
 """Patch id: a top-level ``wait_for_event`` waits so that the run can continue as new while it waits
 (its wait also wakes when the host asks); the next run keeps the wait's window, deadline and
@@ -683,6 +688,24 @@ def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch |
     raise ValueError(f"step {step.id!r} has no branch {name!r}")
 
 
+def _check_carried_decision(
+    carried: CarriedApproval, step: ApprovalStep | HumanTaskStep, kinds: tuple[DecisionKind, ...]
+) -> None:
+    """Refuses a carried approval or human task that does not fit its step: another path, a
+    decision of a kind the step does not take, or form data it would not have accepted."""
+    view = carried.view
+    problem = None
+    if view.path != step.id:
+        problem = f"its path is not the step's ({step.id!r})"
+    elif carried.decided is not None and carried.decision is not None:
+        if carried.decided not in kinds:
+            problem = f"a {carried.decided.value!r} decision is not one it takes"
+        else:
+            problem = form_problem(step, view.path, carried.decided, carried.decision.data)
+    if problem is not None:
+        raise ValueError(f"carried {view.kind} {view.path!r}: {problem}")
+
+
 @dataclass
 class _Park:
     view: ParkedStep
@@ -858,24 +881,24 @@ class Engine:
             self._set_state(RunState.COMPLETED)
         except _CompensateAndEnd as failure:
             self._fail(failure.message, failure.error_type)
-            await self._compensate()
+            await self._wind_up()
             self._set_state(RunState.COMPENSATED)
         except _RunFailed as failure:
             self._fail(failure.message, failure.error_type)
-            await self._compensate()
+            await self._wind_up()
             self._set_state(RunState.FAILED)
         except TemplateError as err:
             self._fail(str(err), "TemplateError")
-            await self._compensate()
+            await self._wind_up()
             self._set_state(RunState.FAILED)
         except _Jump as jump:  # validation makes this unreachable; say so clearly if it is not
             self._fail(f"jump to {jump.target!r} has no target in scope", "InvalidDefinition")
-            await self._compensate()
+            await self._wind_up()
             self._set_state(RunState.FAILED)
         except asyncio.CancelledError:
             who = self.cancel_request
             self._fail(f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled")
-            await self._compensate()
+            await self._wind_up()
             self._set_state(RunState.CANCELLED)
         except _ContinueAsNew as point:
             self._continuing = point  # the state stays as it is: the host continues the run as new
@@ -2645,8 +2668,10 @@ class Engine:
                             return {EVENT_WAIT_KIND: entry.model_dump(mode="json")}
 
                         raise self._stop(position, carry=carry_wait)
-        except asyncio.CancelledError:
-            if wait.view.subscribed:  # the mailbox stops signalling a wait that is over
+        except (asyncio.CancelledError, _RunFailed):
+            # The mailbox stops signalling a wait that is over (a resumed wait holds the previous
+            # run's subscription even when subscribing again failed).
+            if wait.view.subscribed:
                 await self._finally(self.runtime.unsubscribe_events(subscription))
             raise
         finally:
@@ -2837,6 +2862,7 @@ class Engine:
                     f"carried approval {carried.view.path!r} is not at top-level step {carried.position}"
                 )
             approval = _Approval(view=carried.view, step=waiting)
+            _check_carried_decision(carried, waiting, (DecisionKind.APPROVE, DecisionKind.REJECT))
             if carried.decided is not None and carried.decision is not None:
                 approval.decision = (carried.decided, carried.decision)
             # Pending from the first moment, so a decision delivered with the run's first task counts.
@@ -2844,6 +2870,28 @@ class Engine:
             self._carried_approval = approval
             self.state = self._waiting_state()
         self._restore_waits(snapshot, steps)
+        carried_waits = [
+            kind
+            for kind, present in (
+                ("approval", snapshot.approval is not None),
+                *(
+                    (kind, kind in snapshot.kinds)
+                    for kind in (HUMAN_TASK_KIND, EVENT_WAIT_KIND, DELAY_KIND, DEAD_LETTER_KIND)
+                ),
+            )
+            if present
+        ]
+        if len(carried_waits) > 1:
+            raise ValueError(f"a snapshot carries one wait at most, not {', '.join(carried_waits)}")
+        inner = self._resume_branches[-1]["position"] if self._resume_branches else snapshot.position
+        for kind in carried_waits:
+            entry = (
+                snapshot.approval.position
+                if kind == "approval" and snapshot.approval
+                else snapshot.kinds[kind]["position"]
+            )
+            if entry != inner:
+                raise ValueError(f"the carried {kind} is at step {entry}, the run goes on at {inner}")
 
     def _restore_branches(self, snapshot: Continuation) -> list[Step]:
         """Takes over the branches the previous run continued in (``kinds``), checked against the
@@ -2890,7 +2938,17 @@ class Engine:
                 raise ValueError(
                     f"carried event wait {pending.path!r} is not at top-level step {carried_wait.position}"
                 )
-            wait = _EventWait(view=pending, step=at, since=carried_wait.since, event=carried_wait.event)
+            got = carried_wait.event
+            if pending.path != at.id or (
+                got is not None
+                and (
+                    (got.type, got.key, got.tenant) != (at.event, pending.key, self.info.tenant)
+                    or got.id not in self._consumed_events
+                    or event_fields_problem(at, pending.path, got.data) is not None
+                )
+            ):
+                raise ValueError(f"carried event wait {pending.path!r} does not fit step {at.id!r}")
+            wait = _EventWait(view=pending, step=at, since=carried_wait.since, event=got)
             # Waiting from the first moment, so an event signalled with the run's first task counts.
             self._event_waits[pending.path] = wait
             self._carried_event = wait
@@ -2904,6 +2962,7 @@ class Engine:
                     f"carried human task {view.path!r} is not at top-level step {carried_task.position}"
                 )
             task = _Approval(view=view, step=waiting)
+            _check_carried_decision(carried_task, waiting, (DecisionKind.COMPLETE,))
             if carried_task.decided is not None and carried_task.decision is not None:
                 task.decision = (carried_task.decided, carried_task.decision)
             # Pending from the first moment, so a completion delivered with the run's first task counts.
@@ -2937,6 +2996,69 @@ class Engine:
             self.state = self._waiting_state()
 
     # ---------------------------------------------------------------------------- compensation
+
+    async def _wind_up(self) -> None:
+        """The run ends without completing: ends a carried wait it never went back into, then
+        runs the compensations."""
+        await self._drop_unresumed()
+        await self._compensate()
+
+    async def _drop_unresumed(self) -> None:
+        """Ends the wait (and branches) a previous run of the chain carried, when this run ends
+        before going back into them (see :data:`PATCH_DROP_UNRESUMED`)."""
+        task, event, approval = self._carried_task, self._carried_event, self._carried_approval
+        delay, park, parked = self._carried_delay, self._carried_park, self._carried_parked
+        branches = self._resume_branches
+        if not (task or event or approval or delay or park or branches):
+            return
+        if not self.runtime.patched(PATCH_DROP_UNRESUMED):
+            return  # a history recorded before: the carried wait stayed as it was
+        self._carried_task = self._carried_event = self._carried_approval = None
+        self._carried_delay, self._carried_park, self._carried_parked = None, None, None
+        self._resume_branches = []
+        paths = {str(entry["step"]) for entry in branches}
+        for person in (task, approval):
+            if person is not None:
+                self._approvals.pop(person.view.path, None)
+                paths.add(person.view.path)
+        if delay is not None:
+            paths.add(delay.path)
+        if event is not None:
+            view = event.view
+            self._event_waits.pop(view.path, None)
+            paths.add(view.path)
+            subscription = EventSubscription(
+                tenant=self.info.tenant,
+                type=view.event,
+                key=view.key,
+                workflow_id=self.info.workflow_id,
+                path=view.path,
+                since=event.since,
+                until=view.deadline,
+            )
+            await self._finally(self.runtime.unsubscribe_events(subscription))
+        if park is not None and parked is not None:
+            self._parked.pop(parked.view.park_id, None)
+            paths.add(park.view.path)
+            row_id = parked.view.dead_letter_id
+            if row_id is not None:
+                who = self.cancel_request
+                closing = DeadLetterDecision(
+                    action=DeadLetterAction.CANCELLED,
+                    actor=who.actor if who else "run",
+                    reason="the run ended before it went back to the park",
+                )
+                await self._finally(self._resolve_row(row_id, closing))
+        open_states = (StepStatus.WAITING, StepStatus.RUNNING)
+        for record in self.records:
+            if record.path in paths and record.status in open_states:
+                self._finish(
+                    record,
+                    StepStatus.CANCELLED,
+                    error="the run ended before this step went on (it had continued as new)",
+                    error_type="Cancelled",
+                )
+        self.runtime.state_changed()  # no longer awaiting approval (the run's state is the end's)
 
     async def _compensate(self) -> None:
         """Runs the compensation steps of completed tasks, most recent first. A compensation that

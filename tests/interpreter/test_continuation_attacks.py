@@ -1,0 +1,175 @@
+"""Continue-as-new under attack, on the fake runtime: a continued run cancelled before it went
+back into the wait it carries ends that wait (no longer pending, subscription ended, record
+cancelled); a resumed event wait whose new subscription fails still ends the old one; and a
+forged or inconsistent snapshot (another tenant's event, a decision the step does not take, a
+wait at another path or position, two waits at once) is refused in words."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from interpreter.continuation import Continuation, read_continuation
+from interpreter.engine import ActionFailedError, Engine, RunInfo
+from interpreter.events import EventSubscription
+from interpreter.state import CancelRequest, RunState, StepStatus
+from tests.interpreter.fake_runtime import FakeRuntime
+from tests.interpreter.test_continuation import (
+    _engine,
+    _event_engine,
+    _event_steps,
+    _first_event_run,
+    _task_steps,
+)
+from tests.interpreter.test_engine import approval, make_definition, new_runtime, work
+
+
+def _through_json(snapshot: Continuation) -> Continuation:
+    return read_continuation(json.loads(json.dumps(snapshot.model_dump(mode="json"))))
+
+
+async def _cancel_before_first_step(rt: FakeRuntime, engine: Engine) -> Any:
+    """As the host does for a cancel signal in the new run's first task: steps are held, then
+    Temporal's cancellation lands."""
+    engine.hold_steps = True
+    engine.cancel_request = CancelRequest(actor="alice", reason="at the switch")
+    main = rt.spawn(engine.run())
+    rt.at(rt.elapsed + 5, main.cancel)
+    return await rt.run(main)
+
+
+async def test_a_carried_event_wait_cancelled_before_it_resumed_ends_its_subscription() -> None:
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+    second = _event_engine(rt, _through_json(snapshot), continue_at=None)
+    result = await _cancel_before_first_step(rt, second)
+    assert result.state == RunState.CANCELLED
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+    assert second.status().waiting_events == []
+    assert [r.status for r in result.steps if r.id == "answer"] == [StepStatus.CANCELLED]
+
+
+async def test_a_carried_human_task_cancelled_before_it_resumed_is_no_longer_pending() -> None:
+    definition = make_definition(_task_steps())
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=2)
+    await rt.run(first.run())
+    assert first.continuing
+    second = _engine(definition, rt, _through_json(first.continuation()), every=100)
+    result = await _cancel_before_first_step(rt, second)
+    assert result.state == RunState.CANCELLED
+    assert (second.awaiting_approval, second.assignees(), second.status().pending_approvals) == (
+        False,
+        [],
+        [],
+    )
+    assert [r.status for r in result.steps if r.id == "call"] == [StepStatus.CANCELLED]
+
+
+async def test_a_carried_approval_cancelled_before_it_resumed_is_no_longer_pending() -> None:
+    steps = [
+        work("prep"),
+        approval(
+            "gate", ["alice"], escalation={"after": "1h", "max_escalations": 3, "steps": [work("remind")]}
+        ),
+    ]
+    definition = make_definition(steps)
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=2)
+    await rt.run(first.run())
+    assert first.continuing
+    second = _engine(definition, rt, _through_json(first.continuation()), every=100)
+    result = await _cancel_before_first_step(rt, second)
+    assert result.state == RunState.CANCELLED
+    assert (second.awaiting_approval, second.status().pending_approvals) == (False, [])
+
+
+async def test_a_resumed_event_wait_whose_new_subscription_fails_ends_the_old_one() -> None:
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+
+    async def refuse(subscription: EventSubscription) -> Any:
+        raise ActionFailedError("mailbox unavailable", "TimeoutError", 3)
+
+    rt.subscribe_events = refuse  # type: ignore[method-assign]
+    second = _event_engine(rt, _through_json(snapshot), continue_at=None)
+    result = await rt.run(second.run())
+    assert result.error_type == "EventSubscribeFailed"
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+
+
+async def test_a_forged_carried_event_is_refused() -> None:
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+    data = snapshot.model_dump(mode="json")
+    data["kinds"]["wait_for_event"]["event"] = {
+        "id": "forged",
+        "type": "other.type",
+        "key": "someone-else",
+        "tenant": "other-tenant",
+        "data": {"answer": "not-an-enum-value", "extra": 1},
+    }
+    with pytest.raises(ValueError, match="carried event wait 'answer' does not fit step 'answer'"):
+        _event_engine(rt, read_continuation(data), continue_at=None)
+    # Even of the right type, key and tenant: an event this chain never consumed.
+    data["kinds"]["wait_for_event"]["event"] = {
+        "id": "never-consumed",
+        "type": "family.answered",
+        "key": "fam-1",
+        "tenant": "default",
+        "data": {"answer": "yes"},
+    }
+    with pytest.raises(ValueError, match="does not fit"):
+        _event_engine(rt, read_continuation(data), continue_at=None)
+
+
+async def test_a_forged_task_completion_is_refused() -> None:
+    definition = make_definition(_task_steps())
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=2)
+    await rt.run(first.run())
+    data = first.continuation().model_dump(mode="json")
+    data["kinds"]["human_task"]["decided"] = "approve"
+    data["kinds"]["human_task"]["decision"] = {"actor": "mallory", "data": {}}
+    with pytest.raises(ValueError, match="carried task 'call': a 'approve' decision is not one it takes"):
+        _engine(definition, rt, read_continuation(data), every=100)
+    data["kinds"]["human_task"]["decided"] = "complete"
+    data["kinds"]["human_task"]["decision"] = {"actor": "mallory", "data": {"bogus": 1}}
+    with pytest.raises(ValueError, match="carried task 'call'"):
+        _engine(definition, rt, read_continuation(data), every=100)
+
+
+async def test_a_carried_wait_at_another_path_or_position_or_beside_another_is_refused() -> None:
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+    data = snapshot.model_dump(mode="json")
+    phantom = json.loads(json.dumps(data))
+    phantom["kinds"]["wait_for_event"]["view"]["path"] = "phantom"
+    with pytest.raises(ValueError, match="carried event wait 'phantom' does not fit"):
+        _event_engine(rt, read_continuation(phantom), continue_at=None)
+    elsewhere = json.loads(json.dumps(data))
+    elsewhere["position"] = 0
+    with pytest.raises(ValueError, match="the carried wait_for_event is at step 1, the run goes on at 0"):
+        _event_engine(rt, read_continuation(elsewhere), continue_at=None)
+    # Two waits at once (each fitting its step): no run stops in two places.
+    two = json.loads(json.dumps(data))
+    two["kinds"]["delay"] = {
+        "position": 2,
+        "path": "nap",
+        "since": data["started_at"],
+        "until": data["started_at"],
+        "waited_s": 0,
+    }
+    steps = _event_steps()
+    steps[2] = {"id": "nap", "type": "delay", "duration": "1h"}
+    with pytest.raises(ValueError, match="a snapshot carries one wait at most, not wait_for_event, delay"):
+        Engine(
+            make_definition(steps),
+            {"family_id": "fam-1"},
+            rt,
+            RunInfo("wf-1", "run-1", rt.now()),
+            continue_as_new=lambda: False,
+            resume=read_continuation(two),
+        )
