@@ -91,7 +91,7 @@ class CarriedApproval(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    position: int
+    position: int = Field(ge=0)
     view: PendingApproval
     decided: DecisionKind | None = None
     decision: Decision | None = None
@@ -122,7 +122,7 @@ class CarriedDelay(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    position: int
+    position: int = Field(ge=0)
     path: str
     since: datetime
     until: datetime
@@ -137,7 +137,7 @@ class CarriedEventWait(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    position: int
+    position: int = Field(ge=0)
     view: PendingEvent
     since: datetime
     event: Event | None = None
@@ -153,7 +153,7 @@ class CarriedPark(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    position: int
+    position: int = Field(ge=0)
     view: ParkedStep
     decision: DeadLetterDecision | None = None
     request: ActionRequest
@@ -180,7 +180,7 @@ class Continuation(BaseModel):
     version: int = SNAPSHOT_VERSION
     generation: int = 1
     started_at: datetime
-    position: int
+    position: int = Field(ge=0)
     approval: CarriedApproval | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
     steps: dict[str, Any] = Field(default_factory=dict)

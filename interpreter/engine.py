@@ -691,17 +691,23 @@ def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch |
 def _check_carried_decision(
     carried: CarriedApproval, step: ApprovalStep | HumanTaskStep, kinds: tuple[DecisionKind, ...]
 ) -> None:
-    """Refuses a carried approval or human task that does not fit its step: another path, a
-    decision of a kind the step does not take, or form data it would not have accepted."""
+    """Refuses a carried approval or human task that does not fit its step: another path, people
+    neither the step nor its escalation names, or a decision of a kind the step does not take or
+    by someone who may not decide it. (Its form data is not checked again: the run that took the
+    decision checked it under the rules of its time.)"""
     view = carried.view
+    named = {*step.approvers, *(step.escalation.add_approvers if step.escalation else ())}
     problem = None
     if view.path != step.id:
         problem = f"its path is not the step's ({step.id!r})"
+    elif not set(view.approvers) <= named:
+        problem = "its approvers are not the step's"
     elif carried.decided is not None and carried.decision is not None:
+        decision = carried.decision
         if carried.decided not in kinds:
             problem = f"a {carried.decided.value!r} decision is not one it takes"
-        else:
-            problem = form_problem(step, view.path, carried.decided, carried.decision.data)
+        elif not may_decide(view.approvers, decision.actor, decision.groups):
+            problem = f"{decision.actor!r} may not decide it"
     if problem is not None:
         raise ValueError(f"carried {view.kind} {view.path!r}: {problem}")
 
@@ -2190,6 +2196,16 @@ class Engine:
         self._set_state(self._waiting_state())
         self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
         continuing = False
+        armed = not resumed
+
+        def top_wants() -> bool:
+            # As _continue_trigger: a resumed wait continues again only once it has seen the host
+            # not asking (a host asking from a run's start would otherwise continue it for ever).
+            nonlocal armed
+            want = top and self._continue_wanted()
+            armed = armed or not want
+            return armed and want
+
         try:
             if step.notify is not None and not resumed:  # no patch: only steps declaring notify
                 await self._send_links(approval, scope, list(view.approvers))
@@ -2205,7 +2221,7 @@ class Engine:
                     decided = await self.runtime.wait_condition(
                         lambda: (
                             approval.decision is not None
-                            or (top and self._continue_wanted())
+                            or top_wants()
                             or (continue_trigger is not None and continue_trigger())
                         ),
                         timeout_s,
@@ -2875,7 +2891,7 @@ class Engine:
             for kind, present in (
                 ("approval", snapshot.approval is not None),
                 *(
-                    (kind, kind in snapshot.kinds)
+                    (kind, snapshot.kinds.get(kind) is not None)
                     for kind in (HUMAN_TASK_KIND, EVENT_WAIT_KIND, DELAY_KIND, DEAD_LETTER_KIND)
                 ),
             )
@@ -2898,6 +2914,8 @@ class Engine:
         definition; returns the steps of the innermost (the top-level steps without any)."""
         steps = self.definition.steps
         position = snapshot.position
+        if position >= len(steps):
+            raise ValueError(f"the run would go on at step {position}; the definition has {len(steps)}")
         entries = snapshot.kinds.get(BRANCHES_KIND) or []
         if not isinstance(entries, list):
             raise ValueError("carried branches are not a list")

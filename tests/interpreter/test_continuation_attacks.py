@@ -14,7 +14,7 @@ import pytest
 from interpreter.continuation import Continuation, read_continuation
 from interpreter.engine import ActionFailedError, Engine, RunInfo
 from interpreter.events import EventSubscription
-from interpreter.state import CancelRequest, RunState, StepStatus
+from interpreter.state import CancelRequest, Decision, DecisionKind, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_continuation import (
     _engine,
@@ -135,9 +135,14 @@ async def test_a_forged_task_completion_is_refused() -> None:
     data["kinds"]["human_task"]["decision"] = {"actor": "mallory", "data": {}}
     with pytest.raises(ValueError, match="carried task 'call': a 'approve' decision is not one it takes"):
         _engine(definition, rt, read_continuation(data), every=100)
+    # The right kind and form, by someone the task is not for.
     data["kinds"]["human_task"]["decided"] = "complete"
-    data["kinds"]["human_task"]["decision"] = {"actor": "mallory", "data": {"bogus": 1}}
-    with pytest.raises(ValueError, match="carried task 'call'"):
+    data["kinds"]["human_task"]["decision"] = {"actor": "mallory", "data": {"reached": True}}
+    with pytest.raises(ValueError, match="carried task 'call': 'mallory' may not decide it"):
+        _engine(definition, rt, read_continuation(data), every=100)
+    # ... nor made one by adding them to the carried approvers.
+    data["kinds"]["human_task"]["view"]["approvers"].append("mallory")
+    with pytest.raises(ValueError, match="carried task 'call': its approvers are not the step's"):
         _engine(definition, rt, read_continuation(data), every=100)
 
 
@@ -173,3 +178,47 @@ async def test_a_carried_wait_at_another_path_or_position_or_beside_another_is_r
             continue_as_new=lambda: False,
             resume=read_continuation(two),
         )
+
+
+async def test_a_snapshot_with_an_empty_kind_or_a_position_out_of_range_is_refused_in_words() -> None:
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+    data = snapshot.model_dump(mode="json")
+    empty = json.loads(json.dumps(data))
+    empty["kinds"]["delay"] = None  # present but empty: not a second wait
+    second = _event_engine(rt, read_continuation(empty), continue_at=None)
+    assert [w.path for w in second.status().waiting_events] == ["answer"]
+    for position in (-1, 3):
+        out = json.loads(json.dumps(data))
+        out["position"] = position
+        out["kinds"]["wait_for_event"]["position"] = position
+        with pytest.raises(ValueError, match=r"greater than or equal to 0|the definition has 3"):
+            _event_engine(rt, read_continuation(out), continue_at=None)
+
+
+async def test_a_resumed_approval_does_not_continue_again_while_the_host_asks_from_its_start() -> None:
+    steps = [
+        work("prep"),
+        approval(
+            "gate", ["alice"], escalation={"after": "1h", "max_escalations": 3, "steps": [work("remind")]}
+        ),
+    ]
+    definition = make_definition(steps)
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=2)
+    await rt.run(first.run())
+    assert first.continuing
+    # A host that asks from the next run's very start (a budget smaller than what the run spends
+    # to reach the wait): the approval waits on instead of continuing again at once.
+    second = Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1", "run-2", rt.now()),
+        continue_as_new=lambda: True,
+        resume=_through_json(first.continuation()),
+    )
+    rt.at(rt.elapsed + 60, lambda: second.decide(DecisionKind.APPROVE, Decision(actor="alice")))
+    result = await rt.run(second.run())
+    assert not second.continuing
+    assert result.state == RunState.COMPLETED
