@@ -686,6 +686,109 @@ def _branch_loop(base: str) -> dict[str, Any]:
     }
 
 
+def _branch_waits(base: str) -> dict[str, Any]:
+    del base
+    echo = {"type": "task", "action": "echo"}
+    return {
+        "name": "replay-branch-waits",
+        "limits": {"history_budget": 100, "max_step_executions": 1000},
+        "steps": [
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            {
+                "id": "route",
+                "type": "condition",
+                "if": "vars.n == 0",
+                "then": {
+                    "steps": [
+                        {
+                            "id": "work",
+                            **echo,
+                            "input": {"value": "{{ vars.n }}"},
+                            "max_visits": 30,
+                            "compensate": [{"id": "undo", **echo, "input": {"value": "undo"}}],
+                        },
+                        {"id": "bump", "type": "set", "vars": {"n": "{{ vars.n + 1 }}"}, "max_visits": 30},
+                        {
+                            "id": "again",
+                            "type": "condition",
+                            "if": "vars.n < 25",
+                            "then": {"goto": "work"},
+                            "max_visits": 30,
+                        },
+                        {"id": "nap", "type": "delay", "duration": "2s"},
+                        {
+                            "id": "gate",
+                            "type": "approval",
+                            "approvers": ["alice"],
+                            "timeout": "1h",
+                            "escalation": {
+                                "after": "1s",
+                                "max_escalations": 3,
+                                "add_approvers": ["bob"],
+                                "steps": [{"id": "remind", **echo, "input": {"value": "r"}}],
+                            },
+                        },
+                        {
+                            "id": "call",
+                            "type": "human_task",
+                            "title": "Call",
+                            "assignee": "coordinator",
+                            "fields": [{"name": "reached", "type": "boolean", "required": True}],
+                            "due": "1h",
+                        },
+                        {
+                            "id": "answer",
+                            "type": "wait_for_event",
+                            "event": "family.answered",
+                            "key": "{{ input.family }}",
+                            "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+                            "timeout": "5m",
+                        },
+                        {
+                            "id": "pick",
+                            "type": "switch",
+                            "cases": [
+                                {
+                                    "when": "true",
+                                    "then": {
+                                        "steps": [
+                                            {"id": "nap2", "type": "delay", "duration": "1s"},
+                                            {
+                                                "id": "last",
+                                                **echo,
+                                                "input": {"value": "{{ steps.answer.output.event_id }}"},
+                                            },
+                                        ]
+                                    },
+                                }
+                            ],
+                        },
+                        {"id": "bad", "type": "fail", "message": "end"},
+                    ]
+                },
+            },
+        ],
+    }
+
+
+async def _publish_branch_waits(handle: WorkflowHandle[Any, Any], flows: FlowClient) -> None:
+    family = str((await handle.describe()).id)
+    await _until(handle, lambda s: any(a.path == "gate" for a in s.pending_approvals), timeout=120)
+    await asyncio.sleep(2.5)
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="bob")
+    )
+    await _until(handle, lambda s: any(a.path == "call" for a in s.pending_approvals), timeout=60)
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.COMPLETE, actor="coordinator", data={"reached": True}),
+    )
+    await _until(handle, lambda s: any(w.subscribed for w in s.waiting_events), timeout=60)
+    await flows.publish_event(
+        "family.answered", family, {"answer": "yes"}, event_id="bw1", start_triggers=False
+    )
+
+
 def _event_wait_budget(base: str) -> dict[str, Any]:
     del base
     # One step: the run ends with the wait (no step boundary to continue as new at).
@@ -861,6 +964,17 @@ def scenarios() -> list[Scenario]:
             "(about 190); replays without continuing",
             _branch_loop,
             {},
+        ),
+        Scenario(
+            "branch_waits_over_budget",
+            "recorded with the engine before continue-as-new reached waits and branches (af644c4): "
+            "in a top-level condition's branch, a 25-iteration loop with compensations, a delay, an "
+            "escalated approval, a human task, a wait_for_event and a nested switch's delay, all in "
+            "one run past its history_budget of 100 events (about 400), then a fail: the "
+            "compensations run; replays without continuing",
+            _branch_waits,
+            {},
+            publish=_publish_branch_waits,
         ),
         Scenario(
             "continued_in_branch",
