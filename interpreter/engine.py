@@ -840,10 +840,10 @@ class Engine:
         self._carried_approval: _Approval | None = None
         self._carried_delay: CarriedDelay | None = None
         self._carried_task: _Approval | None = None
+        """The human task a previous run of the chain carried: pending and decidable from the first task."""
         self._carried_event: _EventWait | None = None
         """The event wait a previous run of the chain carried: it takes a signalled event from the
         first task on."""
-        """The human task a previous run of the chain carried: pending and decidable from the first task."""
         self._carried_park: CarriedPark | None = None
         self._carried_parked: _Park | None = None
         """The park a previous run of the chain carried: shown and decidable from the first task."""
@@ -1096,7 +1096,6 @@ class Engine:
                 if frame is not None:
                     # A safe point: nothing else of the run is in flight between two steps here.
                     if not first and (self._should_continue() if top else self._should_continue_nested()):
-                        frame.index = i
                         raise self._stop(i)
                     first = False
                     frame.index = i
@@ -1120,11 +1119,16 @@ class Engine:
         frame = self._frames[-1]
         return frame.steps[frame.index] if frame.index < len(frame.steps) else None
 
+    def _at_safe_step(self, step: Step, scope: _Scope) -> bool:
+        """Whether ``step`` (in ``scope``) is the current step of the innermost safe sequence: where
+        a carried wait resumes (no patch asked)."""
+        return step is self._safe_step() and scope is self._root
+
     def _at_safe_point(self, step: Step, scope: _Scope) -> bool:
         """Whether ``step`` (in ``scope``) is where the run may continue as new while it waits: a
         top-level step, or one in a branch that is (asking the branches' patch for the latter,
         before any other patch: a history recorded before it replays its waits as they were)."""
-        return step is self._safe_step() and scope is self._root and self._nested_ok()
+        return self._at_safe_step(step, scope) and self._nested_ok()
 
     def _may_continue_nested(self) -> bool:
         """Whether waits and boundaries inside branches are safe points in this run (asks the patch:
@@ -1490,7 +1494,7 @@ class Engine:
             if branch.goto is not None:
                 raise _Jump(branch.goto)
             frame = None
-            if step is self._safe_step() and scope is self._root and self._continue_as_new is not None:
+            if self._continue_as_new is not None and self._at_safe_step(step, scope):
                 frame = _Frame(branch.steps or [], start, step.id, name)
             await self._sequence(branch.steps or [], scope, frame=frame)
         except (_Jump, _Succeed):
@@ -1527,7 +1531,7 @@ class Engine:
         )
         redrives = 0
         # Where a park may continue as new (in a branch, by its patch: asked when it parks).
-        here = step is self._safe_step() and scope is self._root
+        here = self._at_safe_step(step, scope)
         resumed = self._carried_park
         if resumed is not None and here and resumed.view.path == path:
             # Continued as new while parked: the same dead letter, the failed call as it was.
@@ -2057,7 +2061,7 @@ class Engine:
 
     async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()
-        top = step is self._safe_step() and scope is self._root
+        top = self._at_safe_step(step, scope)
         carried = self._carried_delay
         if carried is not None and top and carried.path == path:
             # Continued as new while it waited: the timer fires at the same time as before.
@@ -2196,15 +2200,8 @@ class Engine:
         self._set_state(self._waiting_state())
         self.runtime.state_changed()  # AwaitingApproval, even when the run state stays (e.g. parked)
         continuing = False
-        armed = not resumed
-
-        def top_wants() -> bool:
-            # As _continue_trigger: a resumed wait continues again only once it has seen the host
-            # not asking (a host asking from a run's start would otherwise continue it for ever).
-            nonlocal armed
-            want = top and self._continue_wanted()
-            armed = armed or not want
-            return armed and want
+        # A top-level approval asks as at a boundary (not while any park is open).
+        top_wants = self._continue_trigger(resumed, lambda: top and self._continue_wanted())
 
         try:
             if step.notify is not None and not resumed:  # no patch: only steps declaring notify
@@ -2383,7 +2380,7 @@ class Engine:
         )
 
     async def _human_task(self, step: HumanTaskStep, scope: _Scope, path: str, record: StepRecord) -> Any:
-        top = step is self._safe_step() and scope is self._root
+        top = self._at_safe_step(step, scope)
         carried = self._carried_task
         resumed = carried is not None and top and carried.view.path == path
         if resumed:
@@ -2594,7 +2591,7 @@ class Engine:
     async def _wait_for_event(
         self, step: WaitForEventStep, scope: _Scope, path: str, record: StepRecord
     ) -> Any:
-        top = step is self._safe_step() and scope is self._root
+        top = self._at_safe_step(step, scope)
         carried = self._carried_event
         resumed = carried is not None and top and carried.view.path == path
         if resumed:
@@ -2623,15 +2620,7 @@ class Engine:
                 step=step,
                 since=since,
             )
-        subscription = EventSubscription(
-            tenant=self.info.tenant,
-            type=step.event,
-            key=key,
-            workflow_id=self.info.workflow_id,
-            path=path,
-            since=since,
-            until=deadline,
-        )
+        subscription = self._subscription_of(wait)
         trigger: Callable[[], bool] | None = None
         if top and self._nested_ok() and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_EVENTS):
             trigger = self._continue_trigger(resumed, event_path=path)
@@ -2708,6 +2697,19 @@ class Engine:
             "timed_out": False,
         }
 
+    def _subscription_of(self, wait: _EventWait) -> EventSubscription:
+        """The mailbox subscription of an event wait (the same in every run of the chain)."""
+        view = wait.view
+        return EventSubscription(
+            tenant=self.info.tenant,
+            type=view.event,
+            key=view.key,
+            workflow_id=self.info.workflow_id,
+            path=view.path,
+            since=wait.since,
+            until=view.deadline,
+        )
+
     def _event_timeout(self, step: WaitForEventStep, path: str, key: str) -> Any:
         policy = step.on_timeout
         if policy == "continue":
@@ -2756,15 +2758,29 @@ class Engine:
         its plain wait)."""
         return self._continue_as_new is not None and self.runtime.patched(patch)
 
-    def _continue_trigger(self, resumed: bool, event_path: str | None = None) -> Callable[[], bool]:
-        """The part of a top-level wait's condition that wakes it to continue as new. A wait a
-        continued run resumed continues again only once it has seen the host not asking: a budget
-        smaller than what a run spends to reach the wait would otherwise continue it for ever."""
+    def _continue_trigger(
+        self,
+        resumed: bool,
+        asks: Callable[[], bool] | None = None,
+        *,
+        event_path: str | None = None,
+    ) -> Callable[[], bool]:
+        """The part of a top-level wait's condition that wakes it to continue as new (``asks``:
+        whether the host asks, by default as :meth:`_continue_wanted` does for the wait, which may
+        be the run's one park or the event wait at ``event_path``). A wait a continued run resumed
+        continues again only once it has seen the host not asking: a budget smaller than what a
+        run spends to reach the wait (or a host asking from a run's start) would otherwise
+        continue it for ever."""
         armed = not resumed
+
+        def asking() -> bool:
+            return self._continue_wanted(waiting_parked=True, event_path=event_path)
+
+        ask = asks or asking
 
         def wanted() -> bool:
             nonlocal armed
-            want = self._continue_wanted(waiting_parked=True, event_path=event_path)
+            want = ask()
             armed = armed or not want
             return armed and want
 
@@ -2869,7 +2885,7 @@ class Engine:
         self.refused_messages = list(snapshot.refused_messages)
         self.refused_messages_dropped = snapshot.refused_messages_dropped
         self.cancel_request = snapshot.cancel_request
-        steps = self._restore_branches(snapshot)
+        steps, inner = self._restore_branches(snapshot)
         carried = snapshot.approval
         if carried is not None:
             waiting = steps[carried.position] if carried.position < len(steps) else None
@@ -2899,7 +2915,6 @@ class Engine:
         ]
         if len(carried_waits) > 1:
             raise ValueError(f"a snapshot carries one wait at most, not {', '.join(carried_waits)}")
-        inner = self._resume_branches[-1]["position"] if self._resume_branches else snapshot.position
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position
@@ -2909,9 +2924,10 @@ class Engine:
             if entry != inner:
                 raise ValueError(f"the carried {kind} is at step {entry}, the run goes on at {inner}")
 
-    def _restore_branches(self, snapshot: Continuation) -> list[Step]:
+    def _restore_branches(self, snapshot: Continuation) -> tuple[list[Step], int]:
         """Takes over the branches the previous run continued in (``kinds``), checked against the
-        definition; returns the steps of the innermost (the top-level steps without any)."""
+        definition; returns the steps of the innermost (the top-level steps without any) and where
+        in them the run goes on."""
         steps = self.definition.steps
         position = snapshot.position
         if position >= len(steps):
@@ -2942,7 +2958,7 @@ class Engine:
                 raise ValueError(f"{where}: no step {inner!r} in branch {entry['branch']!r} of {at.id!r}")
             steps, position = branch.steps, inner
         self._resume_branches = [dict(e) for e in entries]
-        return steps
+        return steps, position
 
     def _restore_waits(self, snapshot: Continuation, steps: list[Step]) -> None:
         """Takes over a delay, park, human task or event wait the previous run stopped in
@@ -3045,16 +3061,7 @@ class Engine:
             view = event.view
             self._event_waits.pop(view.path, None)
             paths.add(view.path)
-            subscription = EventSubscription(
-                tenant=self.info.tenant,
-                type=view.event,
-                key=view.key,
-                workflow_id=self.info.workflow_id,
-                path=view.path,
-                since=event.since,
-                until=view.deadline,
-            )
-            await self._finally(self.runtime.unsubscribe_events(subscription))
+            await self._finally(self.runtime.unsubscribe_events(self._subscription_of(event)))
         if park is not None and parked is not None:
             self._parked.pop(parked.view.park_id, None)
             paths.add(park.view.path)
