@@ -148,7 +148,9 @@ async def test_a_pending_approval_resumes_with_its_deadline_and_a_decision_taken
     assert [d.actor for d in second.status().decisions if d.accepted] == ["bob"]
 
 
-async def test_a_decision_in_the_new_runs_first_task_finds_the_approval() -> None:
+async def _continued_at_gate(rt: FakeRuntime) -> tuple[Definition, Engine]:
+    """A run that continued as new while its approval ``gate`` waited (after ``prep`` and one
+    reminder): the definition and that run's engine."""
     steps = [
         work("prep"),
         approval(
@@ -156,10 +158,15 @@ async def test_a_decision_in_the_new_runs_first_task_finds_the_approval() -> Non
         ),
     ]
     definition = make_definition(steps)
-    rt = new_runtime()
     first = _engine(definition, rt, None, every=2)
     await rt.run(first.run())
     assert first.continuing
+    return definition, first
+
+
+async def test_a_decision_in_the_new_runs_first_task_finds_the_approval() -> None:
+    rt = new_runtime()
+    definition, first = await _continued_at_gate(rt)
     snapshot = first.continuation()
     second = _engine(definition, rt, snapshot, every=100)
     assert second.status().state == RunState.AWAITING_APPROVAL  # pending from the first moment

@@ -17,13 +17,14 @@ from interpreter.events import EventSubscription
 from interpreter.state import CancelRequest, Decision, DecisionKind, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_continuation import (
+    _continued_at_gate,
     _engine,
     _event_engine,
     _event_steps,
     _first_event_run,
     _task_steps,
 )
-from tests.interpreter.test_engine import approval, make_definition, new_runtime, work
+from tests.interpreter.test_engine import make_definition, new_runtime
 
 
 def _through_json(snapshot: Continuation) -> Continuation:
@@ -69,17 +70,8 @@ async def test_a_carried_human_task_cancelled_before_it_resumed_is_no_longer_pen
 
 
 async def test_a_carried_approval_cancelled_before_it_resumed_is_no_longer_pending() -> None:
-    steps = [
-        work("prep"),
-        approval(
-            "gate", ["alice"], escalation={"after": "1h", "max_escalations": 3, "steps": [work("remind")]}
-        ),
-    ]
-    definition = make_definition(steps)
     rt = new_runtime()
-    first = _engine(definition, rt, None, every=2)
-    await rt.run(first.run())
-    assert first.continuing
+    definition, first = await _continued_at_gate(rt)
     second = _engine(definition, rt, _through_json(first.continuation()), every=100)
     result = await _cancel_before_first_step(rt, second)
     assert result.state == RunState.CANCELLED
@@ -197,17 +189,8 @@ async def test_a_snapshot_with_an_empty_kind_or_a_position_out_of_range_is_refus
 
 
 async def test_a_resumed_approval_does_not_continue_again_while_the_host_asks_from_its_start() -> None:
-    steps = [
-        work("prep"),
-        approval(
-            "gate", ["alice"], escalation={"after": "1h", "max_escalations": 3, "steps": [work("remind")]}
-        ),
-    ]
-    definition = make_definition(steps)
     rt = new_runtime()
-    first = _engine(definition, rt, None, every=2)
-    await rt.run(first.run())
-    assert first.continuing
+    definition, first = await _continued_at_gate(rt)
     # A host that asks from the next run's very start (a budget smaller than what the run spends
     # to reach the wait): the approval waits on instead of continuing again at once.
     second = Engine(
