@@ -70,6 +70,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from interpreter.model import Definition
 from interpreter.state import (
+    ENGINE_LEVEL,
     CancelRequest,
     CancelRunRequest,
     DeadLetterAction,
@@ -532,6 +533,11 @@ class FlowClient:
         self._database_lock = asyncio.Lock()
         self.decision_proof = tokens.proof_required_by_default()
         """Runs started here require signed decision tokens (default ``$WFA_REQUIRE_DECISION_PROOF``)."""
+        self.engine_level = ENGINE_LEVEL
+        """The interpreter generation runs started here are started at (:attr:`RunOptions.engine_level`):
+        this build's, so they carry no patch marker for any change it has. During a rollout whose
+        new build is not yet what every worker runs, set it to the level the older workers know
+        (0: every change asked through ``workflow.patched``, as before the levels)."""
 
     @classmethod
     async def connect(
@@ -1003,6 +1009,7 @@ class FlowClient:
                     dry_run=dry_run,
                     canned_outputs=canned_outputs or {},
                     state_budget=self._state_budget(),
+                    engine_level=self.engine_level,
                 ),
             ),
             search_attributes=attributes,

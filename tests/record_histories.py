@@ -1069,6 +1069,36 @@ def scenarios() -> list[Scenario]:
             {},
             publish=_publish_continued,
         ),
+        Scenario(
+            "approval_engine_level",
+            "the approval scenario started under the definition's name at interpreter generation 1 "
+            "(RunOptions.engine_level, as FlowClient starts runs): every change applies from the "
+            "start, no patch marker, no TemporalChangeVersion upsert",
+            _approval,
+            {"amount": 42},
+            _drive_approval,
+            named=True,
+            options={"engine_level": 1},
+        ),
+        Scenario(
+            "continued_approval_engine_level",
+            "continued_approval at interpreter generation 1: the last run of the chain (it carries "
+            "the generation in its options) resumes the approval and completes, without markers",
+            _continued_approval,
+            {},
+            _drive_continued,
+            options={"engine_level": 1},
+        ),
+        Scenario(
+            "branch_waits_engine_level",
+            "branch_waits_over_budget's definition at interpreter generation 1: it continues as new "
+            "in the condition's branch (loop, delay, escalated approval, human task, wait_for_event, "
+            "nested switch), then fails and compensates, without a patch marker",
+            _branch_waits,
+            {},
+            publish=_publish_branch_waits,
+            options={"engine_level": 1},
+        ),
     ]
 
 

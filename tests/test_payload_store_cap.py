@@ -92,6 +92,7 @@ async def test_a_starter_cannot_claim_more_state_than_the_worker_allows(
         temporal_env, env_of(store=store, WFA_PAYLOAD_STORE_STATE_BUDGET=str(MAX_STATE_BUDGET))
     )
     flows = FlowClient(greedy, task_queue=task_queue, database=database_url)
+    flows.engine_level = 0  # every change asked through workflow.patched: its marker shows where
     monkeypatch.delenv("WFA_STATE_BUDGET_MAX", raising=False)
     started = await flows.start_run(heavy(unique("greedy")), {"chunks": ["c" * CHUNK, "d" * CHUNK]})
     result = await run_with_worker(greedy, task_queue, started.result(timeout=600))
@@ -128,6 +129,7 @@ async def test_a_default_budget_run_asks_the_worker_nothing(
     its history is as before the cap existed."""
     client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
     flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    flows.engine_level = 0  # every change asked through workflow.patched: markers of the others
     started = await flows.start_run(
         definition(unique("plain"), [{"id": "a", "type": "task", "action": "echo", "input": {"value": 1}}]),
         {},

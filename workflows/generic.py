@@ -57,6 +57,17 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.continuation import Continuation, ContinuationVersionError, read_continuation
     from interpreter.durations import parse_duration
     from interpreter.engine import (
+        PATCH_COMPENSATE_IN_FLIGHT,
+        PATCH_CONTINUE_AS_NEW,
+        PATCH_CONTINUE_AS_NEW_BRANCHES,
+        PATCH_CONTINUE_AS_NEW_EVENTS,
+        PATCH_CONTINUE_AS_NEW_TASKS,
+        PATCH_CONTINUE_AS_NEW_WAITS,
+        PATCH_DECLARED_FORM_FIELDS,
+        PATCH_DROP_UNRESUMED,
+        PATCH_FOREACH_CHILDREN,
+        PATCH_PAYLOAD_BUDGETS,
+        PATCH_TASK_WORK_BUDGET,
         ActionCall,
         ActionFailedError,
         BatchCall,
@@ -78,6 +89,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.pinning import matches_hash
     from interpreter.state import (
+        ENGINE_LEVEL,
         FINAL_STATES,
         CancelRequest,
         CancelRunRequest,
@@ -141,6 +153,35 @@ STATE_BUDGET_MAX_ACTIVITY = "wfa.state_budget_max"
 STATE_BUDGET_UNCHECKED = 16 * 1024 * 1024
 """A state budget up to this (the store's default, ``starter.payload_store.DEFAULT_STATE_BUDGET``,
 also the lowest maximum a worker can set) is never capped, so such runs need no local activity."""
+PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
+    (
+        PATCH_TENANT_ATTRIBUTE,
+        PATCH_CURRENT_STEP_ON_WAITS,
+        PATCH_CANCEL_SIGNAL_CANCELED,
+        PATCH_COMPENSATED_FAILS,
+        PATCH_BOUNDED_DECISIONS,
+        PATCH_STATE_BUDGET_MAX,
+        PATCH_COMPENSATE_IN_FLIGHT,
+        PATCH_PAYLOAD_BUDGETS,
+        PATCH_TASK_WORK_BUDGET,
+        PATCH_DECLARED_FORM_FIELDS,
+        PATCH_FOREACH_CHILDREN,
+        PATCH_CONTINUE_AS_NEW,
+        PATCH_CONTINUE_AS_NEW_WAITS,
+        PATCH_CONTINUE_AS_NEW_TASKS,
+        PATCH_CONTINUE_AS_NEW_BRANCHES,
+        PATCH_DROP_UNRESUMED,
+        PATCH_CONTINUE_AS_NEW_EVENTS,
+    ),
+    1,
+)
+"""The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
+at a level applies every patch of that level or below from its start, without ``workflow.patched``:
+no marker, no ``TemporalChangeVersion`` upsert (two events, ~240 bytes of history per patch a run
+meets). Runs at level 0 (every run started before the levels, and raw clients that do not name one)
+ask ``workflow.patched`` as before, so their histories replay unchanged. A new patch gets level
+:data:`ENGINE_LEVEL` + 1 here and ``ENGINE_LEVEL`` follows it: runs started at the earlier level
+ask it (a marker where it applies), runs started at the new one do not."""
 CANCEL_HANDOFF_S = 60.0
 """After ``cancel_run`` is accepted, how long the run waits for the caller's Temporal cancellation
 request before it cancels itself."""
@@ -575,7 +616,16 @@ class _TemporalRuntime:
         # change applies there, with no marker to record (a refusal writes nothing to history).
         if workflow.unsafe.is_read_only():
             return True
-        return workflow.patched(patch_id)
+        return patch_applies(self._options, patch_id)
+
+
+def patch_applies(options: RunOptions, patch_id: str) -> bool:
+    """Whether the change ``patch_id`` applies to the run with ``options``: from its start when the
+    run's generation has it (:data:`PATCH_LEVELS`), else as ``workflow.patched`` answers."""
+    level = PATCH_LEVELS.get(patch_id)
+    if level is not None and options.engine_level >= level:
+        return True
+    return workflow.patched(patch_id)
 
 
 def _child_result(failure: ApplicationError) -> RunResult | None:
@@ -611,6 +661,7 @@ class RunDefinitionWorkflow:
     @workflow.init
     def __init__(self, run: RunInput) -> None:
         info = workflow.info()
+        self._options = run.options
         self._telemetry = RunTelemetry(run.definition.name, run.definition.version, run.options.tenant)
         self._history_budget = run.definition.limits.history_budget
         self._resume_problem: str | None = None
@@ -676,7 +727,11 @@ class RunDefinitionWorkflow:
         """Caps the state budget the run's options ask for (the starting client's claim) at the
         worker's maximum: whoever can start a run cannot make workers keep more than their
         operator allows."""
-        if asked is None or asked <= STATE_BUDGET_UNCHECKED or not workflow.patched(PATCH_STATE_BUDGET_MAX):
+        if (
+            asked is None
+            or asked <= STATE_BUDGET_UNCHECKED
+            or not patch_applies(self._options, PATCH_STATE_BUDGET_MAX)
+        ):
             return
         cap: int = await workflow.execute_local_activity(
             STATE_BUDGET_MAX_ACTIVITY, result_type=int, start_to_close_timeout=timedelta(seconds=30)
@@ -690,6 +745,14 @@ class RunDefinitionWorkflow:
     async def run(self, run: RunInput) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
+        if run.options.engine_level > ENGINE_LEVEL:
+            raise ApplicationError(
+                f"the run was started for interpreter generation {run.options.engine_level}, and this"
+                f" worker's build knows generations up to {ENGINE_LEVEL}: run it on workers of a build"
+                " that knows it (or start runs at a generation these workers know: RunOptions.engine_level)",
+                type="EngineLevelUnknown",
+                non_retryable=True,
+            )
         if self._resume_problem is not None:
             raise ApplicationError(
                 f"cannot continue the run: {self._resume_problem}",
@@ -704,7 +767,7 @@ class RunDefinitionWorkflow:
         if (
             self._cancel_update is not None
             and self._self_cancelled is None
-            and workflow.patched(PATCH_CANCEL_SIGNAL_CANCELED)
+            and patch_applies(self._options, PATCH_CANCEL_SIGNAL_CANCELED)
         ):
             # Cancelled before the first step (signal- or update-with-start): no step starts while
             # Temporal's cancellation is on its way; it (or the fallback) cancels this wait.
@@ -733,7 +796,7 @@ class RunDefinitionWorkflow:
                 type="RunCancelled",
                 non_retryable=True,
             )
-        if result.state == RunState.COMPENSATED and workflow.patched(PATCH_COMPENSATED_FAILS):
+        if result.state == RunState.COMPENSATED and patch_applies(self._options, PATCH_COMPENSATED_FAILS):
             # Not a success: closes as failed (red in the Web UI), the error type saying why.
             raise ApplicationError(
                 f"compensated: {result.error or 'a step failed'}",
@@ -825,7 +888,7 @@ class RunDefinitionWorkflow:
 
     def _begin_cancel(self, request: CancelRequest) -> None:
         """Cancels the run for a ``cancel`` signal or a ``cancel_on`` event."""
-        if workflow.patched(PATCH_CANCEL_SIGNAL_CANCELED):
+        if patch_applies(self._options, PATCH_CANCEL_SIGNAL_CANCELED):
             # Temporal's own cancellation, asked for through an activity (a workflow cannot request
             # its own): the run closes as Canceled. Without it within the hand-off time, as before.
             self._cancel_update = request
@@ -1068,7 +1131,7 @@ class RunDefinitionWorkflow:
         if (
             problem is not None
             and self._acceptable(kind, decision)
-            and workflow.patched(PATCH_BOUNDED_DECISIONS)
+            and patch_applies(self._options, PATCH_BOUNDED_DECISIONS)
         ):
             self._engine.refuse_decision(kind, decision, f"decision too large: {problem}")
             return
@@ -1109,7 +1172,7 @@ class RunDefinitionWorkflow:
                 DEFINITION_VERSION.value_set(run.definition.version),
                 DEFINITION_HASH.value_set(definition_hash(run.definition)),
             ]
-            if workflow.patched(PATCH_TENANT_ATTRIBUTE):
+            if patch_applies(self._options, PATCH_TENANT_ATTRIBUTE):
                 identity.append(TENANT.value_set(run.options.tenant))
             workflow.upsert_search_attributes(identity)
 
@@ -1136,7 +1199,7 @@ class RunDefinitionWorkflow:
         if self._every_step is None:
             # Runs recorded before the patch upserted CurrentStep on every step and every attribute
             # on first publish; replay keeps that.
-            patched = workflow.patched(PATCH_CURRENT_STEP_ON_WAITS)
+            patched = patch_applies(self._options, PATCH_CURRENT_STEP_ON_WAITS)
             self._every_step = not patched or self._step_mode == CurrentStepTracking.EVERY_STEP
             if patched:
                 # What the starter set at start is already published: do not upsert it again.

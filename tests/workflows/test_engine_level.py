@@ -1,0 +1,219 @@
+"""Interpreter generations (``RunOptions.engine_level``): patches without markers for new runs.
+
+A run started at this build's generation applies every change of it from its start, without asking
+``workflow.patched``: its history has no patch marker and no ``TemporalChangeVersion`` upsert, and
+it behaves exactly as a run that asked (and got ``True`` for) each of them. A run at level 0 (every
+run started before the levels, and raw clients) asks as before. A worker refuses, in words, a run of
+a generation it does not know. Real dev server, the product's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Replayer, Worker
+
+import interpreter.engine
+import workflows.generic
+from interpreter.state import ENGINE_LEVEL, Decision, RunInput, RunOptions, RunState
+from interpreter.validate import load_definition
+from starter.client import FlowClient
+from tests.workflows.support import Handle, definition, events, replay, status, unique, wait_state
+from worker import workflow_runner
+from workflows.generic import PATCH_LEVELS, WORKFLOWS, RunDefinitionWorkflow
+from workflows.search_attributes import CURRENT_STEP
+
+PATCH_MARKER = "core_patch"
+"""The marker name the SDK records for ``workflow.patched``."""
+
+
+def _document() -> dict[str, Any]:
+    return definition(
+        unique("levels"),
+        [
+            {"id": "prep", "type": "task", "action": "echo", "input": {"value": "{{ input.n }}"}},
+            {
+                "id": "review",
+                "type": "approval",
+                "approvers": ["alice"],
+                "escalation": {"after": "1s", "add_approvers": ["boss"]},
+            },
+            {"id": "pause", "type": "delay", "duration": "1s"},
+            {
+                "id": "done",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ steps.prep.output }}-done"},
+            },
+        ],
+        output="{{ steps.done.output }}",
+    )
+
+
+async def _start(client: Client, task_queue: str, document: dict[str, Any], level: int) -> Handle:
+    run = RunInput(
+        definition=load_definition(document), input={"n": 7}, options=RunOptions(engine_level=level)
+    )
+    return await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        run,
+        id=unique("levels"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+
+
+def _patch_markers(history: list[HistoryEvent]) -> list[HistoryEvent]:
+    return [
+        e
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == PATCH_MARKER
+    ]
+
+
+def _change_version_upserts(history: list[HistoryEvent]) -> list[HistoryEvent]:
+    return [
+        e
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+        and "TemporalChangeVersion"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
+
+
+async def _current_step(handle: Handle) -> str | None:
+    return (await handle.describe()).typed_search_attributes.get(CURRENT_STEP)
+
+
+async def _drive(handle: Handle) -> tuple[str | None, Any]:
+    """Approves the run once its approval escalated; returns CurrentStep while it waited, and the
+    run's result."""
+    await wait_state(handle, RunState.AWAITING_APPROVAL, timeout=30)
+    waiting_at = None
+    for _ in range(100):
+        waiting_at = await _current_step(handle)
+        if waiting_at:
+            break
+        await asyncio.sleep(0.1)
+    for _ in range(300):
+        if any(p.escalations >= 1 for p in (await status(handle)).pending_approvals):
+            break
+        await asyncio.sleep(0.1)
+    await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="boss"))
+    return waiting_at, await handle.result()
+
+
+async def test_a_run_of_this_generation_behaves_the_same_without_a_patch_marker(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    document = _document()
+    asked = await _start(client, task_queue, document, 0)
+    levelled = await _start(client, task_queue, document, ENGINE_LEVEL)
+    (asked_at, asked_result), (levelled_at, levelled_result) = await asyncio.gather(
+        _drive(asked), _drive(levelled)
+    )
+
+    # The same behaviour: the patched branch of every change (CurrentStep is the wait, upserted only
+    # at waits: current-step-on-waits), the same steps, the same output.
+    assert asked_at == levelled_at == "review"
+    assert asked_result.state == levelled_result.state == RunState.COMPLETED
+    assert levelled_result.output == asked_result.output == "7-done"
+    assert [(s.path, s.status) for s in levelled_result.steps] == [
+        (s.path, s.status) for s in asked_result.steps
+    ]
+
+    asked_history = await events(asked)
+    levelled_history = await events(levelled)
+    # Level 0 asked (markers and their upserts: the test sees them where they are) ...
+    asked_patches = {
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in _patch_markers(asked_history)
+    }
+    assert "current-step-on-waits" in asked_patches
+    assert asked_patches <= set(PATCH_LEVELS)
+    assert _change_version_upserts(asked_history)
+    # ... this generation did not: two events fewer per change it met.
+    assert _patch_markers(levelled_history) == []
+    assert _change_version_upserts(levelled_history) == []
+    assert len(levelled_history) == len(asked_history) - 2 * len(asked_patches)
+
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
+    for handle in (asked, levelled):
+        outcome = await replay(replayer, await handle.fetch_history())
+        assert outcome.replay_failure is None, repr(outcome.replay_failure)
+
+
+async def test_a_run_of_a_generation_the_worker_does_not_know_fails_in_words(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A newer client's run on an older worker: the worker cannot tell which changes the run expects
+    (it would take old branches a newer worker's replay would not), so it runs nothing of it and
+    fails it, naming both generations; never a workflow task retried for ever."""
+    handle = await _start(
+        client,
+        task_queue,
+        definition(unique("future"), [{"id": "a", "type": "task", "action": "echo", "input": {"value": 1}}]),
+        ENGINE_LEVEL + 1,
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "EngineLevelUnknown"
+    assert f"generation {ENGINE_LEVEL + 1}" in cause.message
+    assert f"up to {ENGINE_LEVEL}" in cause.message
+    assert await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == []
+
+
+async def test_the_client_starts_runs_at_its_generation(
+    client: Client, task_queue: str, worker: Worker, flows: FlowClient
+) -> None:
+    """``FlowClient`` starts runs at this build's generation (no markers); set to 0, as before."""
+    document = definition(
+        unique("client-level"), [{"id": "a", "type": "task", "action": "echo", "input": {"value": 1}}]
+    )
+    started = await flows.start_run(document, {})
+    assert (await started.result(timeout=60)).state == RunState.COMPLETED
+    handle = client.get_workflow_handle(started.workflow_id)
+    first = (await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED))[0]
+    recorded = json.loads(first.workflow_execution_started_event_attributes.input.payloads[0].data)
+    assert recorded["options"]["engine_level"] == ENGINE_LEVEL
+    assert _patch_markers(await events(handle)) == []
+
+    flows.engine_level = 0
+    started = await flows.start_run(document, {})
+    assert (await started.result(timeout=60)).state == RunState.COMPLETED
+    handle = client.get_workflow_handle(started.workflow_id)
+    first = (await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED))[0]
+    recorded = json.loads(first.workflow_execution_started_event_attributes.input.payloads[0].data)
+    assert "engine_level" not in recorded["options"]  # an input as before the levels
+    assert _patch_markers(await events(handle))
+
+
+def test_every_patch_has_a_generation_and_the_build_is_at_the_highest() -> None:
+    """A patch missing from PATCH_LEVELS would still be asked (safe, a marker); this keeps the table
+    complete, so a new patch is placed at a level on purpose."""
+    declared = {
+        value
+        for module in (interpreter.engine, workflows.generic)
+        for name, value in vars(module).items()
+        if name.startswith("PATCH_") and isinstance(value, str)
+    }
+    assert declared == set(PATCH_LEVELS)
+    assert max(PATCH_LEVELS.values()) == ENGINE_LEVEL
+    assert all(1 <= level <= ENGINE_LEVEL for level in PATCH_LEVELS.values())
+    # Level 0 is left out of the payload: the input of a run started before the levels reads the same.
+    assert "engine_level" not in RunOptions().model_dump(mode="json")
+    assert RunOptions(engine_level=ENGINE_LEVEL).model_dump(mode="json")["engine_level"] == ENGINE_LEVEL
