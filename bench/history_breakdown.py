@@ -2,7 +2,8 @@
 
 Starts one dev server and one benchmark worker (:mod:`bench.bench_worker`, the product's sandbox
 configuration), runs one run of each of ``bench.run``'s variants A (the generic workflow on the
-5-step definition, started as a starter does), A-rc and A-rn (the same with
+5-step definition, started as a starter does, at the build's interpreter generation), A-g0 (A at
+generation 0: every patch asked, as runs were started before the generations), A-rc and A-rn (the same with
 ``RunOptions.result_steps`` ``compact`` and ``none``) and B (the hand-written baseline), and prints, per
 run, the bytes of every event type and of every payload in the history: the run input, each
 activity's input and result, the workflow result, the search attributes set at start or upserted,
@@ -40,7 +41,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.extref import start_input_converter
-from bench.run import A_RC, A_RN, A, B, Server, Variant, WorkerProcess, Workload
+from bench.run import A_G0, A_RC, A_RN, A, B, Server, Variant, WorkerProcess, Workload
 
 A_XS = dataclasses.replace(A, key="A-xs", label="generic, PROTOTYPE: run input by external-storage reference")
 A_XS_RN = dataclasses.replace(
@@ -168,7 +169,9 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
             await worker.start()
             try:
                 workload = Workload()
-                variants = (A, A_RC, A_RN, A_XS, A_XS_RN, A_XSL_RN, B) if extref else (A, A_RC, A_RN, B)
+                variants = (
+                    (A, A_G0, A_RC, A_RN, A_XS, A_XS_RN, A_XSL_RN, B) if extref else (A, A_G0, A_RC, A_RN, B)
+                )
                 results = {
                     v.key: breakdown(await one_run(clients.get(v.key, client), workload, v, tq))
                     for v in variants

@@ -13,6 +13,9 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
 * ``A-rc`` / ``A-rn`` - only with ``--result-compact`` / ``--result-none``: A with
   ``RunOptions(result_steps=...)`` ``compact`` / ``none`` (the result's step records compacted /
   left out; checked: 5 records / none);
+* ``A-g0`` - only with ``--engine-level-0``: A at ``RunOptions(engine_level=0)``, as runs were started
+  before the interpreter generations (every patch asked through ``workflow.patched``: its marker);
+  A (and its other variants) run at ``ENGINE_LEVEL``, as ``FlowClient.start_run`` starts them;
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
@@ -61,7 +64,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
-from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
+from interpreter.state import ENGINE_LEVEL, ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
 from workflows.priority import run_priority  # noqa: E402
@@ -344,6 +347,9 @@ class Variant:
     workflow: type[RunDefinitionWorkflow] = RunDefinitionWorkflow
     full_definition: bool = False  # the run input as starters sent it before the compact form
     result_steps: ResultSteps = ResultSteps.FULL  # RunOptions.result_steps (FULL: left out of the input)
+    # RunOptions.engine_level: FlowClient starts runs at the build's generation (no patch markers);
+    # 0 is how runs were started before the generations (every patch asked: markers).
+    engine_level: int = ENGINE_LEVEL
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
@@ -360,6 +366,7 @@ A_SB = Variant(
 A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
 A_RC = Variant("A-rc", "generic, result_steps=compact", True, result_steps=ResultSteps.COMPACT)
 A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
+A_G0 = Variant("A-g0", "generic, engine_level=0 (patch markers, as before)", True, engine_level=0)
 B = Variant("B", "hand-written baseline", None)
 
 
@@ -383,7 +390,11 @@ class Workload:
         run_input = RunInput(
             definition=self.definition,
             input={"n": n},
-            options=RunOptions(track_current_step=variant.track_step, result_steps=variant.result_steps),
+            options=RunOptions(
+                track_current_step=variant.track_step,
+                result_steps=variant.result_steps,
+                engine_level=variant.engine_level,
+            ),
         )
         if variant.full_definition:
             # The shape starters sent before RunInput serialized its definition compactly: every
@@ -733,6 +744,7 @@ async def amain(args: argparse.Namespace) -> int:
         *([A_SB] if args.sandboxed else []),
         *([A_RC] if args.result_compact else []),
         *([A_RN] if args.result_none else []),
+        *([A_G0] if args.engine_level_0 else []),
         B,
     ]
     t_begin = time.monotonic()
@@ -862,6 +874,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--result-none",
         action="store_true",
         help="also run A with RunOptions(result_steps='none') as variant A-rn (no step records in the result)",
+    )
+    p.add_argument(
+        "--engine-level-0",
+        action="store_true",
+        help="also run A at RunOptions(engine_level=0) as variant A-g0 (every patch asked: markers)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the raw figures as JSON")
     p.add_argument(
