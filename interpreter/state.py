@@ -374,8 +374,8 @@ class RunOptions(BaseModel):
     the run from its start, without asking ``workflow.patched``, so the run's history carries no
     patch marker (and no ``TemporalChangeVersion`` upsert) for it. 0 (left out of the payload: the
     input of a run started before the field is unchanged): every change is asked, as before. A
-    worker refuses a run of a generation it does not know (``EngineLevelUnknown``): it could not
-    tell which changes the run expects. See ``workflows.generic.PATCH_LEVELS``."""
+    worker does not run a run of a generation it does not know: the run waits for one that does
+    (``workflows.generic.EngineLevelUnknownError``). See ``workflows.generic.PATCH_LEVELS``."""
 
 
 class ForeachBatch(BaseModel):

@@ -619,6 +619,22 @@ class _TemporalRuntime:
         return patch_applies(self._options, patch_id)
 
 
+class EngineLevelUnknownError(RuntimeError):
+    """A run of an interpreter generation this build does not know (a newer client's run on older
+    workers, or a rollback below the generation of runs in flight). Not a failure of the run: it
+    fails the workflow task, which Temporal retries, so the run waits, untouched, until workers of
+    a build that knows the generation take it (a roll forward). Running it here could take branches
+    a newer worker's replay would not."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(
+            f"EngineLevelUnknown: the run was started for interpreter generation {level}, and this"
+            f" worker's build knows generations up to {ENGINE_LEVEL}: the run waits for workers of a"
+            " build that knows it (start runs at a generation these workers know with"
+            " RunOptions.engine_level / FlowClient.engine_level)"
+        )
+
+
 def patch_applies(options: RunOptions, patch_id: str) -> bool:
     """Whether the change ``patch_id`` applies to the run with ``options``: from its start when the
     run's generation has it (:data:`PATCH_LEVELS`), else as ``workflow.patched`` answers."""
@@ -746,13 +762,7 @@ class RunDefinitionWorkflow:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
         if run.options.engine_level > ENGINE_LEVEL:
-            raise ApplicationError(
-                f"the run was started for interpreter generation {run.options.engine_level}, and this"
-                f" worker's build knows generations up to {ENGINE_LEVEL}: run it on workers of a build"
-                " that knows it (or start runs at a generation these workers know: RunOptions.engine_level)",
-                type="EngineLevelUnknown",
-                non_retryable=True,
-            )
+            raise EngineLevelUnknownError(run.options.engine_level)
         if self._resume_problem is not None:
             raise ApplicationError(
                 f"cannot continue the run: {self._resume_problem}",

@@ -14,12 +14,12 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, Worker
 
 import interpreter.engine
@@ -28,7 +28,7 @@ from interpreter.state import ENGINE_LEVEL, Decision, RunInput, RunOptions, RunS
 from interpreter.validate import load_definition
 from starter.client import FlowClient
 from tests.workflows.support import Handle, definition, events, replay, status, unique, wait_state
-from worker import workflow_runner
+from worker import build_worker, workflow_runner
 from workflows.generic import PATCH_LEVELS, WORKFLOWS, RunDefinitionWorkflow
 from workflows.search_attributes import CURRENT_STEP
 
@@ -155,26 +155,43 @@ async def test_a_run_of_this_generation_behaves_the_same_without_a_patch_marker(
         assert outcome.replay_failure is None, repr(outcome.replay_failure)
 
 
-async def test_a_run_of_a_generation_the_worker_does_not_know_fails_in_words(
-    client: Client, task_queue: str, worker: Worker
+async def _task_failure(handle: Handle) -> str:
+    """The message of the run's first failed workflow task (waits for it)."""
+    for _ in range(300):
+        failed = await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+        if failed:
+            return str(failed[0].workflow_task_failed_event_attributes.failure.message)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{handle.id}: no workflow task failed")
+
+
+async def test_a_run_of_a_generation_the_worker_does_not_know_waits_for_a_worker_that_knows_it(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A newer client's run on an older worker: the worker cannot tell which changes the run expects
-    (it would take old branches a newer worker's replay would not), so it runs nothing of it and
-    fails it, naming both generations; never a workflow task retried for ever."""
+    """A newer client's run on older workers (or a rollback below the run's generation): the worker
+    cannot tell which changes the run expects (it would take old branches a newer worker's replay
+    would not), so it runs nothing of it: its workflow task fails naming both generations, and the
+    run waits, untouched, until a worker of a build that knows the generation takes it."""
     handle = await _start(
         client,
         task_queue,
         definition(unique("future"), [{"id": "a", "type": "task", "action": "echo", "input": {"value": 1}}]),
         ENGINE_LEVEL + 1,
     )
-    with pytest.raises(WorkflowFailureError) as failed:
-        await handle.result()
-    cause = failed.value.cause
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "EngineLevelUnknown"
-    assert f"generation {ENGINE_LEVEL + 1}" in cause.message
-    assert f"up to {ENGINE_LEVEL}" in cause.message
+    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        message = await _task_failure(handle)
+    assert "EngineLevelUnknown" in message
+    assert f"generation {ENGINE_LEVEL + 1}" in message
+    assert f"up to {ENGINE_LEVEL}" in message
     assert await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == []
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING  # waiting, not lost
+
+    # A build that knows the generation (this one, one generation later) takes the run.
+    monkeypatch.setattr(workflows.generic, "ENGINE_LEVEL", ENGINE_LEVEL + 1)
+    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        result = await asyncio.wait_for(handle.result(), timeout=120)
+    assert result.state == RunState.COMPLETED
+    assert [(s.path, s.output) for s in result.steps] == [("a", 1)]
 
 
 async def test_the_client_starts_runs_at_its_generation(
