@@ -19,11 +19,14 @@ the worker, the client API, the ``wfa`` CLI and the gateway all read references 
   payload, from the threshold) or ``always``: every run's *start input* (its definition, input and
   options: what a client, a schedule or a parent starting a subflow or a fan-out slice sends) is
   stored whatever its size, so the run's history holds a reference instead of the definition
-  (:func:`run_input_selector`). It costs one blob per distinct start input (per start with
-  encryption on: every encryption differs), kept while a run or schedule refers to it (``wfa
-  payloads gc`` reads the open runs' histories and the schedules), and a store read whenever a
-  worker replays the run. ``always`` needs ``WFA_PAYLOAD_STORE``. Everything else (step inputs and
-  outputs, the result, a continue-as-new snapshot) still goes by the threshold.
+  (fewer history bytes per run; :func:`run_input_selector`; encrypted start payloads are looked
+  into with the configured keys, to tell the input from the memo). It costs one blob per distinct
+  start input (per start with encryption on: every encryption differs), kept while an open run or
+  a schedule refers to it (``wfa payloads gc`` reads the open runs' histories and the schedules),
+  and a store read whenever a worker loads the run. ``always`` needs ``WFA_PAYLOAD_STORE``.
+  Everything else (step inputs and outputs, the result, a continue-as-new snapshot) still goes by
+  the threshold. Set it where runs start (clients, gateway, schedules' creators; the worker for
+  subflows and fan-out slices); readers need only the store.
 - ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
   (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
   options, so a run keeps the budget it started with). It is the starting client's claim:
