@@ -41,7 +41,9 @@ Configuration comes from the environment:
 - ``WFA_PAYLOAD_KEYS`` / ``WFA_PAYLOAD_KEYS_FILE``: payload encryption keys (:mod:`starter.codec`).
 - ``WFA_PAYLOAD_STORE`` (``fs:<dir>``, ``postgres`` or ``s3://<bucket>/<prefix>``),
   ``WFA_PAYLOAD_STORE_THRESHOLD``: large payloads by reference (:mod:`starter.payload_store`);
-  clients and the gateway need the same settings.
+  clients and the gateway need the same settings. ``WFA_PAYLOAD_STORE_RUN_INPUT=always``: every
+  run's start input by reference whatever its size (here: the subflows and fan-out slices this
+  worker starts; clients, the gateway and schedules' creators set it for the runs they start).
   ``WFA_STATE_BUDGET_MAX``: the most state a run may keep whatever its starter asks (default 16 MiB).
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
   metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
@@ -90,7 +92,7 @@ from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_dat
 from activities.store.errors import StoreError
 from interpreter.actions import ActionPluginError
 from starter.codec import PayloadKeysError, data_converter
-from starter.payload_store import state_budget_max, state_budget_max_from_env
+from starter.payload_store import PayloadStoreConfigError, state_budget_max, state_budget_max_from_env
 from starter.plugins import load_configured_action_plugins
 from starter.telemetry import (
     METRICS_ADDRESS_ENV,
@@ -414,8 +416,8 @@ async def main() -> int:
     except ConnectionError as err:
         log.error("%s", err)
         return 2
-    except PayloadKeysError as err:
-        log.error("payload encryption: %s", err)
+    except PayloadKeysError as err:  # the store's settings' errors name their variable
+        log.error("%s%s", "" if isinstance(err, PayloadStoreConfigError) else "payload encryption: ", err)
         return 2
     configure_tenant_scope(scope)
     # httpx logs every request URL at INFO, after secrets are filled in: never log them.

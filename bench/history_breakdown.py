@@ -10,11 +10,14 @@ activity's input and result, the workflow result, the search attributes set at s
 marker details and headers. Bytes are the serialized protobuf sizes, as ``bench.run`` counts them
 (``History.ByteSize()``), so per-event figures add up to the run's total.
 
-``--extref`` adds A-xs and A-xs-rn (A and A-rn with the run input stored by reference, the
-:mod:`bench.extref` prototype; the worker then reads references too), A-xsl-rn (A-xs-rn with the
-prototype's leaner reference), A-xsr (A-xs whose result is stored by reference too, by a second
-worker), a row of ratios to B, and what the store holds (one blob per distinct payload: A-xs runs
-twice, A-xsl-rn has A-xs-rn's input, A-xsr A-xs's).
+``--extref`` adds A-xs and A-xs-rn (A and A-rn with the run input stored by reference, as the
+product does with ``WFA_PAYLOAD_STORE=fs:<dir>`` and ``WFA_PAYLOAD_STORE_RUN_INPUT=always``: the
+starting client's converter is :func:`starter.payload_store.PayloadStoreConfig.external_storage`'s;
+the worker reads references through the :mod:`bench.extref` prototype's converter, whose driver
+has the product driver's name), A-xsl-rn (A-xs-rn with the prototype's leaner reference), A-xsr
+(A-xs whose result is stored by reference too, by a second worker; its input stored by the
+prototype), a row of ratios to B, and what the store holds (one blob per distinct payload: A-xs
+runs twice, A-xsl-rn has A-xs-rn's input, A-xsr A-xs's).
 """
 
 from __future__ import annotations
@@ -42,10 +45,15 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.extref import start_input_converter
 from bench.run import A_G0, A_RC, A_RN, A, B, Server, Variant, WorkerProcess, Workload
+from starter.payload_store import RUN_INPUT_ENV, STORE_ENV, PayloadStoreConfig
 
-A_XS = dataclasses.replace(A, key="A-xs", label="generic, PROTOTYPE: run input by external-storage reference")
+A_XS = dataclasses.replace(
+    A, key="A-xs", label="generic, run input by reference (WFA_PAYLOAD_STORE_RUN_INPUT)"
+)
 A_XS_RN = dataclasses.replace(
-    A_RN, key="A-xs-rn", label="generic, result_steps=none, PROTOTYPE: run input by reference"
+    A_RN,
+    key="A-xs-rn",
+    label="generic, result_steps=none, run input by reference (WFA_PAYLOAD_STORE_RUN_INPUT)",
 )
 A_XSL_RN = dataclasses.replace(
     A_RN, key="A-xsl-rn", label="generic, result_steps=none, PROTOTYPE: run input by a leaner reference"
@@ -137,6 +145,14 @@ def print_breakdown(results: dict[str, dict[str, Any]]) -> None:
             print(f"  {size:>6}  {where}")
 
 
+def run_input_converter(root: Path, namespace: str = "default") -> Any:
+    """pydantic's data converter with the product's external storage as
+    ``WFA_PAYLOAD_STORE=fs:<root>`` and ``WFA_PAYLOAD_STORE_RUN_INPUT=always`` configure it."""
+    config = PayloadStoreConfig.from_env({STORE_ENV: f"fs:{root}", RUN_INPUT_ENV: "always"})
+    assert config is not None
+    return dataclasses.replace(pydantic_data_converter, external_storage=config.external_storage(namespace))
+
+
 def store_summary(root: Path) -> dict[str, Any]:
     """The blobs the prototype's store holds (files under ``root``) and their sizes."""
     sizes = sorted(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -150,9 +166,12 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
         store = Path(tmp) / "payloads"
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            by_ref, by_lean_ref = client, client
+            by_ref, by_prototype, by_lean_ref = client, client, client
             if extref:
-                by_ref = await Client.connect(server.address, data_converter=start_input_converter(store))
+                by_ref = await Client.connect(server.address, data_converter=run_input_converter(store))
+                by_prototype = await Client.connect(
+                    server.address, data_converter=start_input_converter(store)
+                )
                 by_lean_ref = await Client.connect(
                     server.address, data_converter=start_input_converter(store, lean=True)
                 )
@@ -196,7 +215,7 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
                 try:
                     results = {
                         **{k: v for k, v in results.items() if k != "B"},
-                        A_XSR.key: breakdown(await one_run(by_ref, workload, A_XSR, tq)),
+                        A_XSR.key: breakdown(await one_run(by_prototype, workload, A_XSR, tq)),
                         "B": results["B"],
                     }
                 finally:
@@ -212,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.history_breakdown", description=__doc__.split("\n")[0])
     p.add_argument("--json", metavar="PATH", help="also write the breakdown as JSON")
     p.add_argument(
-        "--extref", action="store_true", help="add A-xs and A-xs-rn (run input by reference, bench.extref)"
+        "--extref",
+        action="store_true",
+        help="add A-xs and A-xs-rn (run input by reference, WFA_PAYLOAD_STORE_RUN_INPUT=always) and the prototypes",
     )
     args = p.parse_args(argv)
     results = asyncio.run(amain(args.extref))

@@ -15,6 +15,18 @@ the worker, the client API, the ``wfa`` CLI and the gateway all read references 
   another one) or ``s3://<bucket>/<prefix>`` (the SDK's S3 driver: :class:`S3Driver`). Unset or
   ``off``: no external storage (payloads over Temporal's 2 MiB fail).
 - ``WFA_PAYLOAD_STORE_THRESHOLD``: bytes from which a payload is stored (default 262144, the SDK's).
+- ``WFA_PAYLOAD_STORE_RUN_INPUT``: ``threshold`` (default: a run's start input is stored like any
+  payload, from the threshold) or ``always``: every run's *start input* (its definition, input and
+  options: what a client, a schedule or a parent starting a subflow or a fan-out slice sends) is
+  stored whatever its size, so the run's history holds a reference instead of the definition
+  (fewer history bytes per run; :func:`run_input_selector`; encrypted start payloads are looked
+  into with the configured keys, to tell the input from the memo). It costs one blob per distinct
+  start input (per start with encryption on: every encryption differs), kept while an open run or
+  a schedule refers to it (``wfa payloads gc`` reads the open runs' histories and the schedules),
+  and a store read whenever a worker loads the run. ``always`` needs ``WFA_PAYLOAD_STORE``.
+  Everything else (step inputs and outputs, the result, a continue-as-new snapshot) still goes by
+  the threshold. Set it where runs start (clients, gateway, schedules' creators; the worker for
+  subflows and fan-out slices); readers need only the store.
 - ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
   (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
   options, so a run keeps the budget it started with). It is the starting client's claim:
@@ -41,11 +53,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import string
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -55,12 +68,15 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     ExternalStorage,
     StorageDriver,
+    StorageDriverActivityInfo,
     StorageDriverClaim,
     StorageDriverRetrieveContext,
+    StorageDriverSelectContext,
     StorageDriverStoreContext,
     StorageDriverWorkflowInfo,
 )
 
+from starter.codec import ENCODING as ENCRYPTED
 from starter.codec import PayloadKeysError
 
 if TYPE_CHECKING:
@@ -71,6 +87,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_STATE_BUDGET",
     "DEFAULT_THRESHOLD",
+    "RUN_INPUT_ENV",
+    "RUN_INPUT_MODES",
     "STATE_BUDGET_ENV",
     "STATE_BUDGET_MAX_ENV",
     "STORE_ENV",
@@ -81,6 +99,8 @@ __all__ = [
     "PayloadStoreError",
     "PostgresDriver",
     "external_storage_from_env",
+    "is_run_start_input",
+    "run_input_selector",
     "state_budget_for",
     "state_budget_max",
     "state_budget_max_from_env",
@@ -88,6 +108,10 @@ __all__ = [
 
 STORE_ENV = "WFA_PAYLOAD_STORE"
 THRESHOLD_ENV = "WFA_PAYLOAD_STORE_THRESHOLD"
+RUN_INPUT_ENV = "WFA_PAYLOAD_STORE_RUN_INPUT"
+RUN_INPUT_MODES = ("threshold", "always")
+"""``threshold``: a run's start input is stored from the threshold, like any payload; ``always``:
+whatever its size."""
 STATE_BUDGET_ENV = "WFA_PAYLOAD_STORE_STATE_BUDGET"
 STATE_BUDGET_MAX_ENV = "WFA_STATE_BUDGET_MAX"
 DEFAULT_THRESHOLD = 256 * 1024
@@ -653,6 +677,58 @@ AnyDriver = FilesystemDriver | PostgresDriver | S3Driver
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+Peek = Callable[[Payload], Payload | None]
+"""The payload an encrypted one holds, or None (:meth:`starter.codec.EncryptionCodec.decrypted`)."""
+
+
+def is_run_start_input(
+    target: StorageDriverActivityInfo | StorageDriverWorkflowInfo | None,
+    payload: Payload,
+    *,
+    peek: Peek | None = None,
+) -> bool:
+    """Whether ``payload`` is the start input of a run: what starts a workflow (the target names a
+    workflow type and no run yet: a client's or a schedule's start, a parent starting a child;
+    signals, queries and updates name no type, a running workflow's own commands carry its run
+    id) and is a JSON object with a ``definition`` object (:class:`~workflows.generic.RunInput`,
+    whatever the workflow type: runs are listed under their definition's name). Not the start's
+    memo or summary, nor an event mailbox's start input.
+
+    An encrypted payload is looked into through ``peek``; without it, it is not a run input."""
+    if not isinstance(target, StorageDriverWorkflowInfo) or target.run_id is not None or not target.type:
+        return False
+    if payload.metadata.get("encoding") == ENCRYPTED:
+        inner = peek(payload) if peek is not None else None
+        if inner is None:
+            return False
+        payload = inner
+    if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b"{"):
+        return False
+    try:
+        value = json.loads(payload.data)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and isinstance(value.get("definition"), dict)
+
+
+def run_input_selector(
+    driver: StorageDriver, threshold: int, *, peek: Peek | None = None
+) -> Callable[[StorageDriverSelectContext, Payload], StorageDriver | None]:
+    """The ``driver_selector`` of ``WFA_PAYLOAD_STORE_RUN_INPUT=always``: ``driver`` for a payload
+    at or over ``threshold`` (as without it) and for a run's start input
+    (:func:`is_run_start_input`) whatever its size; None (inline) for anything else.
+
+    The SDK asks the selector only about payloads at or over its own ``payload_size_threshold``,
+    so the storage it serves has that set to 0 and the threshold applies here instead."""
+
+    def select(context: StorageDriverSelectContext, payload: Payload) -> StorageDriver | None:
+        if payload.ByteSize() >= threshold:
+            return driver
+        return driver if is_run_start_input(context.target, payload, peek=peek) else None
+
+    return select
+
+
 @dataclass(frozen=True)
 class PayloadStoreConfig:
     """What the environment configures (see the module docstring)."""
@@ -664,6 +740,8 @@ class PayloadStoreConfig:
     ``<bucket>/<prefix>`` (``s3``)."""
     threshold: int = DEFAULT_THRESHOLD
     state_budget: int = DEFAULT_STATE_BUDGET
+    run_input: str = "threshold"
+    """``threshold`` or ``always`` (``WFA_PAYLOAD_STORE_RUN_INPUT``: see the module docstring)."""
     aws: Mapping[str, str] = field(default_factory=dict, repr=False)
     """``s3``: the ``AWS_*`` settings read (endpoint, region, credentials: see :class:`S3Driver`)."""
 
@@ -676,7 +754,18 @@ class PayloadStoreConfig:
         """
         source = os.environ if env is None else env
         spec = source.get(STORE_ENV, "").strip()
+        run_input = source.get(RUN_INPUT_ENV, "").strip().lower() or "threshold"
+        if run_input not in RUN_INPUT_MODES:
+            raise PayloadStoreConfigError(
+                f"{RUN_INPUT_ENV}: {source[RUN_INPUT_ENV].strip()[:50]!r} is not threshold or always"
+            )
         if not spec or spec.lower() in ("off", "none"):
+            if run_input == "always":
+                raise PayloadStoreConfigError(
+                    f"{RUN_INPUT_ENV}=always stores every run's start input in the payload store, but"
+                    f" {STORE_ENV} is {'not set' if not spec else repr(spec)}: set it (fs:<directory>,"
+                    f" postgres or s3://<bucket>/<prefix>) or unset {RUN_INPUT_ENV}"
+                )
             return None
         kind, _, location = spec.partition(":")
         kind = kind.strip().lower()
@@ -703,7 +792,9 @@ class PayloadStoreConfig:
         threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
         budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
         aws = {k: v for k, v in source.items() if k.startswith("AWS_")} if kind == "s3" else {}
-        return cls(kind=kind, location=chosen, threshold=threshold, state_budget=budget, aws=aws)
+        return cls(
+            kind=kind, location=chosen, threshold=threshold, state_budget=budget, run_input=run_input, aws=aws
+        )
 
     def driver(self, namespace: str | None = None) -> AnyDriver:
         """The driver (bound to ``namespace`` when given), carrying the state budget."""
@@ -720,9 +811,18 @@ class PayloadStoreConfig:
         driver.state_budget = self.state_budget
         return driver
 
-    def external_storage(self, namespace: str | None = None) -> ExternalStorage:
-        """The SDK's external storage configuration with this driver and threshold."""
-        return ExternalStorage(drivers=[self.driver(namespace)], payload_size_threshold=self.threshold)
+    def external_storage(self, namespace: str | None = None, *, peek: Peek | None = None) -> ExternalStorage:
+        """The SDK's external storage configuration with this driver and threshold (with
+        ``run_input`` ``always``, a selector that stores runs' start inputs too, looking into
+        encrypted payloads through ``peek``)."""
+        driver = self.driver(namespace)
+        if self.run_input != "always":
+            return ExternalStorage(drivers=[driver], payload_size_threshold=self.threshold)
+        return ExternalStorage(
+            drivers=[driver],
+            driver_selector=run_input_selector(driver, self.threshold, peek=peek),
+            payload_size_threshold=0,
+        )
 
 
 def _bytes(source: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -760,15 +860,16 @@ async def state_budget_max() -> int:
 
 
 def external_storage_from_env(
-    env: Mapping[str, str] | None = None, namespace: str | None = None
+    env: Mapping[str, str] | None = None, namespace: str | None = None, *, peek: Peek | None = None
 ) -> ExternalStorage | None:
-    """The external storage the environment configures, or None.
+    """The external storage the environment configures, or None (``peek``: see
+    :meth:`PayloadStoreConfig.external_storage`).
 
     Raises:
         PayloadStoreConfigError: See :meth:`PayloadStoreConfig.from_env`.
     """
     config = PayloadStoreConfig.from_env(env)
-    return config.external_storage(namespace) if config is not None else None
+    return config.external_storage(namespace, peek=peek) if config is not None else None
 
 
 def state_budget_for(converter: DataConverter) -> int | None:
@@ -793,6 +894,7 @@ def describe(config: PayloadStoreConfig) -> dict[str, Any]:
         "where": where,
         "threshold": config.threshold,
         "state_budget": config.state_budget,
+        "run_input": config.run_input,
     }
 
 
