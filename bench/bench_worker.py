@@ -78,9 +78,15 @@ async def serve(
     *,
     extref_store: str | None = None,
     extref_result: bool = False,
+    payload_store: str | None = None,
 ) -> None:
     converter = pydantic_data_converter
-    if extref_store is not None:
+    if payload_store is not None:
+        from starter.codec import data_converter
+
+        # The product's converter, as worker.py builds it, with WFA_PAYLOAD_STORE=fs:<payload_store>.
+        converter = data_converter({"WFA_PAYLOAD_STORE": f"fs:{payload_store}"}, namespace=namespace)
+    elif extref_store is not None:
         from bench.extref import start_input_converter
 
         converter = start_input_converter(extref_store, namespace, result=extref_result)
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extref-result", action="store_true", help="with --extref-store: store run results by reference too"
     )
+    parser.add_argument(
+        "--payload-store", metavar="DIR", help="the product's converter with WFA_PAYLOAD_STORE=fs:DIR"
+    )
     args = parser.parse_args(argv)
     if args.cprofile:
         threading.setprofile(_start_thread_profiler)
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_cached_workflows,
                 extref_store=args.extref_store,
                 extref_result=args.extref_result,
+                payload_store=args.payload_store,
             )
         )
     finally:

@@ -16,6 +16,9 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
 * ``A-g0`` - only with ``--engine-level-0``: A at ``RunOptions(engine_level=0)``, as runs were started
   before the interpreter generations (every patch asked through ``workflow.patched``: its marker);
   A (and its other variants) run at ``ENGINE_LEVEL``, as ``FlowClient.start_run`` starts them;
+* ``A-xs`` / ``A-xs-rn`` - only with ``--run-input-ref``: A / A-rn started through the product's
+  converter with ``WFA_PAYLOAD_STORE=fs:<tmp>`` and ``WFA_PAYLOAD_STORE_RUN_INPUT=always`` (the run
+  input by reference); their workers use the product's converter with the same store;
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
@@ -66,6 +69,8 @@ from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
 from interpreter.state import ENGINE_LEVEL, ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
+from starter.codec import data_converter  # noqa: E402
+from starter.payload_store import RUN_INPUT_ENV, STORE_ENV  # noqa: E402
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
 from workflows.priority import run_priority  # noqa: E402
 from workflows.search_attributes import CLI_TYPES, start_attributes  # noqa: E402
@@ -350,6 +355,9 @@ class Variant:
     # RunOptions.engine_level: FlowClient starts runs at the build's generation (no patch markers);
     # 0 is how runs were started before the generations (every patch asked: markers).
     engine_level: int = ENGINE_LEVEL
+    # Started through the product's converter with WFA_PAYLOAD_STORE=fs:<dir> and
+    # WFA_PAYLOAD_STORE_RUN_INPUT=always (the run input by reference); its worker reads the store.
+    run_input_ref: bool = False
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
@@ -367,6 +375,16 @@ A_FULL = Variant("A-full", "generic, input with the full definition dump", True,
 A_RC = Variant("A-rc", "generic, result_steps=compact", True, result_steps=ResultSteps.COMPACT)
 A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
 A_G0 = Variant("A-g0", "generic, engine_level=0 (patch markers, as before)", True, engine_level=0)
+A_XS = Variant(
+    "A-xs", "generic, run input by reference (WFA_PAYLOAD_STORE_RUN_INPUT)", True, run_input_ref=True
+)
+A_XS_RN = Variant(
+    "A-xs-rn",
+    "generic, result_steps=none, run input by reference",
+    True,
+    result_steps=ResultSteps.NONE,
+    run_input_ref=True,
+)
 B = Variant("B", "hand-written baseline", None)
 
 
@@ -483,6 +501,8 @@ class Bench:
     client: Client
     server: Server
     workload: Workload
+    ref_client: Client  # the product's converter storing run inputs by reference (A-xs, A-xs-rn)
+    store: Path  # the payload store's directory (fs:)
     tmp: Path  # server state, worker logs, bytecode cache
     pycache: Path | None  # bytecode cache for the workers (None: inherit the environment)
     profile_dir: Path | None  # --cprofile
@@ -495,7 +515,11 @@ async def run_batch(
     """``runs`` runs on ``worker``, at most ``--concurrency`` in flight. Returns (wall seconds,
     latencies, ids). Fails after ``--batch-timeout`` seconds, showing the worker's log: a workflow
     task that keeps failing (e.g. an import error in a file being edited) otherwise hangs forever."""
-    client, workload, tq = bench.client, bench.workload, worker.task_queue
+    client, workload, tq = (
+        bench.ref_client if variant.run_input_ref else bench.client,
+        bench.workload,
+        worker.task_queue,
+    )
     gate = asyncio.Semaphore(bench.args.concurrency)
     latencies: list[float] = []
     ids: list[str] = []
@@ -524,9 +548,12 @@ async def run_batch(
 async def measure(bench: Bench, variant: Variant, rep: int) -> tuple[Measurement, str]:
     """One measured batch of ``variant`` on a fresh, warmed-up worker. Returns it and one run id."""
     args, server, profile_dir, spy_dir = bench.args, bench.server, bench.profile_dir, bench.spy_dir
-    tq = f"bench-{variant.key}-{rep}-{uuid.uuid4().hex[:8]}"
+    # The key padded to one width: the task queue is in every run's id and in each activity's
+    # idempotency key, so a longer variant key would add history bytes of its own (~100 per run).
+    tq = f"bench-{variant.key:-<8}-{rep}-{uuid.uuid4().hex[:8]}"
     cprofile_out = profile_dir / f"worker-{variant.key}-rep{rep}.pstats" if profile_dir else None
-    worker = WorkerProcess(server.address, tq, cprofile_out, bench.pycache, bench.tmp)
+    extra = ["--payload-store", str(bench.store)] if variant.run_input_ref else []
+    worker = WorkerProcess(server.address, tq, cprofile_out, bench.pycache, bench.tmp, extra_args=extra)
     await worker.start()
     spy: PySpy | None = None
     try:
@@ -726,7 +753,9 @@ async def warm_up_server(bench: Bench, variants: list[Variant]) -> None:
     """One uncounted round of every variant, so the first measured batch does not pay for the
     server's own warm-up (namespace caches, SQLite pages, ...)."""
     tq = f"bench-warmup-{uuid.uuid4().hex[:8]}"
-    worker = WorkerProcess(bench.server.address, tq, None, bench.pycache, bench.tmp)
+    # The product's converter reads plain payloads too: one worker warms every variant up.
+    extra = ["--payload-store", str(bench.store)] if any(v.run_input_ref for v in variants) else []
+    worker = WorkerProcess(bench.server.address, tq, None, bench.pycache, bench.tmp, extra_args=extra)
     await worker.start()
     try:
         for v in variants:
@@ -745,6 +774,7 @@ async def amain(args: argparse.Namespace) -> int:
         *([A_RC] if args.result_compact else []),
         *([A_RN] if args.result_none else []),
         *([A_G0] if args.engine_level_0 else []),
+        *([A_XS, A_XS_RN] if args.run_input_ref else []),
         B,
     ]
     t_begin = time.monotonic()
@@ -754,11 +784,20 @@ async def amain(args: argparse.Namespace) -> int:
         await server.start()
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            store = Path(tmp) / "payloads"
+            ref_client = await Client.connect(
+                server.address,
+                data_converter=data_converter(
+                    {STORE_ENV: f"fs:{store}", RUN_INPUT_ENV: "always"}, namespace=client.namespace
+                ),
+            )
             bench = Bench(
                 args=args,
                 client=client,
                 server=server,
                 workload=Workload(),
+                ref_client=ref_client,
+                store=store,
                 tmp=Path(tmp),
                 pycache=None if args.no_bytecode_cache else Path(tmp) / "pycache",
                 profile_dir=profile_dir,
@@ -879,6 +918,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--engine-level-0",
         action="store_true",
         help="also run A at RunOptions(engine_level=0) as variant A-g0 (every patch asked: markers)",
+    )
+    p.add_argument(
+        "--run-input-ref",
+        action="store_true",
+        help="also run A and A-rn with the run input by reference (WFA_PAYLOAD_STORE=fs:, "
+        "WFA_PAYLOAD_STORE_RUN_INPUT=always) as variants A-xs and A-xs-rn",
     )
     p.add_argument("--json", metavar="PATH", help="also write the raw figures as JSON")
     p.add_argument(
