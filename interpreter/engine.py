@@ -171,6 +171,22 @@ mailbox subscription (it subscribes again under the same name, and gets what was
 the window began). Asked when such a wait starts in a run that may continue as new: a history
 recorded before the change replays its wait, which did not wake for the host."""
 
+PATCH_HISTORY_GUARD = "history-guard"
+"""Patch id: a step that would start once the run's history has reached :data:`HISTORY_GUARD_EVENTS`
+events or :data:`HISTORY_GUARD_BYTES` bytes fails the run (``HistoryLimit``, compensations run)
+instead of the run going on until Temporal terminates it at its own limit (51,200 events or 50 MB by
+default), with no compensation and no message of ours. Asked only then, so runs below it carry no
+marker; a history recorded before the change replays as it went on."""
+
+HISTORY_GUARD_EVENTS = 40_000
+"""Events of history at which a step no longer starts (see :data:`PATCH_HISTORY_GUARD`): a run
+continues as new long before (Temporal suggests it near 4,096), except where it cannot (inside a
+``parallel`` or ``foreach`` branch, the steps of an escalation or a compensation) or when its
+continuing was declined; the 11,200 events left under Temporal's limit are for its compensations."""
+
+HISTORY_GUARD_BYTES = 40 * 1024 * 1024
+"""Bytes of history at which a step no longer starts (Temporal's limit: 50 MiB)."""
+
 
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -268,6 +284,11 @@ class Runtime(Protocol):
     def task_key(self) -> int:
         """Identifies the workflow task the engine runs in now (on Temporal, the history length at
         its start): the same for all the engine does in one task, and the same again on replay."""
+        ...
+
+    def history_used(self) -> tuple[int, int]:
+        """The run's history so far, in events and bytes (on Temporal, as of the start of the
+        current workflow task: the same again on replay)."""
         ...
 
     def patched(self, patch_id: str) -> bool:
@@ -1196,6 +1217,7 @@ class Engine:
                 f" ({self.definition.limits.max_step_executions}) steps",
                 "StepLimitExceeded",
             )
+        self._check_history(path)
         record = StepRecord(
             id=step.id,
             path=path,
@@ -1206,6 +1228,25 @@ class Engine:
         )
         self.records.append(record)
         await self._run_step(step, scope, path, record, visits, resumed=False)
+
+    def _check_history(self, path: str) -> None:
+        """Fails the run before a step starts once its history is near Temporal's limit (see
+        :data:`PATCH_HISTORY_GUARD`); compensations always start (they have the room left)."""
+        if self.state == RunState.COMPENSATING:
+            return
+        events, size = self.runtime.history_used()
+        if events < HISTORY_GUARD_EVENTS and size < HISTORY_GUARD_BYTES:
+            return
+        if not self.runtime.patched(PATCH_HISTORY_GUARD):
+            return
+        raise _RunFailed(
+            f"the run's history reached {events} events ({size} bytes) as step {path!r} was to start,"
+            f" where the run cannot continue as new (limits: {HISTORY_GUARD_EVENTS} events,"
+            f" {HISTORY_GUARD_BYTES} bytes): it stops before Temporal's own limit would terminate it."
+            " Keep long loops and waits at the top level or in condition/switch branches, where the"
+            " run continues as new, or move the loop into a subflow",
+            "HistoryLimit",
+        )
 
     def _resuming_at(self) -> tuple[str, datetime] | None:
         """The path of the step a previous run of the chain stopped in (the ``condition`` or

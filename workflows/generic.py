@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_DECLARED_FORM_FIELDS,
         PATCH_DROP_UNRESUMED,
         PATCH_FOREACH_CHILDREN,
+        PATCH_HISTORY_GUARD,
         PATCH_PAYLOAD_BUDGETS,
         PATCH_TASK_WORK_BUDGET,
         ActionCall,
@@ -174,7 +175,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
         PATCH_CONTINUE_AS_NEW_EVENTS,
     ),
     1,
-)
+) | {PATCH_HISTORY_GUARD: 2}
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
 no marker, no ``TemporalChangeVersion`` upsert (two events, ~240 bytes of history per patch a run
@@ -452,6 +453,10 @@ class _TemporalRuntime:
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
+    def history_used(self) -> tuple[int, int]:
+        info = workflow.info()
+        return info.get_current_history_length(), info.get_current_history_size()
+
     async def run_subflow(self, call: SubflowCall) -> dict[str, Any]:
         """Resolves the child's definition in this run's tenant (a recorded activity), starts it
         as a child workflow (same task queue, tenant and proof setting; one depth deeper) and,
@@ -676,6 +681,8 @@ class RunDefinitionWorkflow:
 
     @workflow.init
     def __init__(self, run: RunInput) -> None:
+        if run.options.engine_level > ENGINE_LEVEL:  # before any handler of the first task runs
+            raise EngineLevelUnknownError(run.options.engine_level)
         info = workflow.info()
         self._options = run.options
         self._telemetry = RunTelemetry(run.definition.name, run.definition.version, run.options.tenant)
@@ -761,8 +768,6 @@ class RunDefinitionWorkflow:
     async def run(self, run: RunInput) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
         self._main = asyncio.current_task()
-        if run.options.engine_level > ENGINE_LEVEL:
-            raise EngineLevelUnknownError(run.options.engine_level)
         if self._resume_problem is not None:
             raise ApplicationError(
                 f"cannot continue the run: {self._resume_problem}",

@@ -198,6 +198,8 @@ class FakeRuntime:
         self.max_in_flight_by_action: dict[str, int] = {}
         self.published: list[Event] = []
         """Events published with :meth:`publish` (the fake's one mailbox for every key)."""
+        self.events_per_call = 0
+        """History events each action call counts for (:meth:`history_used`): 0, no history."""
         self.subscriptions: list[EventSubscription] = []
         self.unsubscriptions: list[EventSubscription] = []
         self.engine: Any = None
@@ -262,6 +264,11 @@ class FakeRuntime:
         """A new workflow task begins when an action is called or virtual time moves (on Temporal an
         action's result or a timer arrives in a task of its own); work in between is one task."""
         return hash((len(self.calls), self._now))
+
+    def history_used(self) -> tuple[int, int]:
+        """A history of :attr:`events_per_call` events (of 100 bytes) per action called so far."""
+        events = len(self.calls) * self.events_per_call
+        return events, events * 100
 
     def patched(self, patch_id: str) -> bool:
         """Every patch applies: the fake only runs new code, it never replays."""

@@ -836,6 +836,48 @@ async def test_compensations_still_run_when_the_step_limit_stopped_the_run() -> 
 # ------------------------------------------------------------------------------------- parallel
 
 
+async def test_a_run_near_temporals_history_limit_where_it_cannot_continue_fails_and_compensates() -> None:
+    """A long foreach inside a parallel branch, where the run cannot continue as new: once its
+    history reaches the guard, the next step does not start; the run fails in words and its
+    compensations run (they have the room left under Temporal's own limit)."""
+    rt = saga_runtime()
+    rt.events_per_call = 1000  # each call counts for 1,000 events: the guard (40,000) after 40 calls
+    steps = [
+        task("charge", "charge", compensate=[task("refund", "refund")]),
+        parallel(
+            "fan",
+            "all",
+            {
+                "many": [
+                    {"id": "each", "type": "foreach", "items": "range(100) | list", "steps": [task("ping")]}
+                ],
+                "one": [task("side")],
+            },
+        ),
+        task("after"),
+    ]
+    result, _, rt = await run(steps, rt)
+    assert (result.state, result.error_type) == (RunState.FAILED, "HistoryLimit")
+    error = result.error or ""
+    assert "history reached 40000 events" in error
+    assert "cannot continue as new" in error
+    assert "ping" in error  # the step that did not start
+    pings = [p for p in paths(rt) if p.endswith(".ping")]
+    assert len(pings) == 38  # charge, side and 38 pings: 40 calls, 40,000 events
+    assert "after" not in paths(rt)
+    assert paths(rt)[-1] == "compensate/charge/refund"
+    assert rec(result, "compensate/charge/refund").status == StepStatus.COMPLETED
+
+
+async def test_a_run_below_the_history_guard_is_not_stopped() -> None:
+    rt = new_runtime()
+    rt.events_per_call = 390  # 100 calls: 39,000 events, under the guard
+    steps = [{"id": "each", "type": "foreach", "items": "range(100) | list", "steps": [task("ping")]}]
+    result, _, rt = await run(steps, rt)
+    assert result.state == RunState.COMPLETED
+    assert len([p for p in paths(rt) if p.endswith(".ping")]) == 100
+
+
 def parallel(
     step_id: str, join: str, branches: dict[str, list[dict[str, Any]]], **fields: Any
 ) -> dict[str, Any]:

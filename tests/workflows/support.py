@@ -45,13 +45,17 @@ async def start(
     workflow_id: str | None = None,
     track_current_step: bool = True,
     current_step: CurrentStepTracking = CurrentStepTracking.WAITS,
+    engine_level: int = 0,
     **kwargs: Any,
 ) -> Handle:
-    """Validates ``document`` and starts a run of it on ``task_queue``."""
+    """Validates ``document`` and starts a run of it on ``task_queue`` (at interpreter generation
+    ``engine_level``: 0, every patch asked, as a raw client's run)."""
     run = RunInput(
         definition=load_definition(dict(document)),
         input=dict(run_input or {}),
-        options=RunOptions(track_current_step=track_current_step, current_step=current_step),
+        options=RunOptions(
+            track_current_step=track_current_step, current_step=current_step, engine_level=engine_level
+        ),
     )
     return await client.start_workflow(
         RunDefinitionWorkflow.run,
