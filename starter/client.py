@@ -533,11 +533,12 @@ class FlowClient:
         self._database_lock = asyncio.Lock()
         self.decision_proof = tokens.proof_required_by_default()
         """Runs started here require signed decision tokens (default ``$WFA_REQUIRE_DECISION_PROOF``)."""
-        self.engine_level = ENGINE_LEVEL
+        self.engine_level = engine_level_from_env()
         """The interpreter generation runs started here are started at (:attr:`RunOptions.engine_level`):
-        this build's, so they carry no patch marker for any change it has. During a rollout whose
-        new build is not yet what every worker runs, set it to the level the older workers know
-        (0: every change asked through ``workflow.patched``, as before the levels)."""
+        default this build's (``$WFA_ENGINE_LEVEL`` overrides it), so they carry no patch marker for
+        any change it has. During a rollout whose new build is not yet what every worker runs, set it
+        to the generation the older workers know (0: every change asked through
+        ``workflow.patched``, as before the generations; what a build from before them can run)."""
 
     @classmethod
     async def connect(
@@ -1858,6 +1859,27 @@ def _check_document(document: object) -> None:
     elif isinstance(document, Definition):
         document = document.model_dump(mode="json")
     check_json(document, "the definition")
+
+
+ENGINE_LEVEL_ENV = "WFA_ENGINE_LEVEL"
+
+
+def engine_level_from_env() -> int:
+    """The generation runs are started at: ``$WFA_ENGINE_LEVEL`` (0 up to this build's
+    :data:`~interpreter.state.ENGINE_LEVEL`), else this build's.
+
+    Raises:
+        InvalidInputError: Not a whole number in that range (the message names the variable).
+    """
+    text = os.environ.get(ENGINE_LEVEL_ENV, "").strip()
+    if not text:
+        return ENGINE_LEVEL
+    if not text.isdigit() or int(text) > ENGINE_LEVEL:
+        raise InvalidInputError(
+            f"{ENGINE_LEVEL_ENV}: {text[:20]!r} is not an interpreter generation this build knows"
+            f" (0 to {ENGINE_LEVEL}; 0: runs every earlier build can take)"
+        )
+    return int(text)
 
 
 def _check_tenant(tenant: str) -> str:

@@ -24,9 +24,10 @@ the worker, the client API, the ``wfa`` CLI and the gateway all read references 
   start input (per start with encryption on: every encryption differs), kept while an open run or
   a schedule refers to it (``wfa payloads gc`` reads the open runs' histories and the schedules),
   and a store read whenever a worker loads the run. ``always`` needs ``WFA_PAYLOAD_STORE``.
-  Everything else (step inputs and outputs, the result, a continue-as-new snapshot) still goes by
-  the threshold. Set it where runs start (clients, gateway, schedules' creators; the worker for
-  subflows and fan-out slices); readers need only the store.
+  The input a run continues as new with counts too. Everything else (step inputs and outputs,
+  the result) still goes by the threshold. Set it where runs start (clients, gateway, schedules'
+  creators; the worker for subflows, fan-out slices and continued runs); readers need only the
+  store.
 - ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
   (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
   options, so a run keeps the budget it started with). It is the starting client's claim:
@@ -687,15 +688,17 @@ def is_run_start_input(
     *,
     peek: Peek | None = None,
 ) -> bool:
-    """Whether ``payload`` is the start input of a run: what starts a workflow (the target names a
-    workflow type and no run yet: a client's or a schedule's start, a parent starting a child;
-    signals, queries and updates name no type, a running workflow's own commands carry its run
-    id) and is a JSON object with a ``definition`` object (:class:`~workflows.generic.RunInput`,
-    whatever the workflow type: runs are listed under their definition's name). Not the start's
-    memo or summary, nor an event mailbox's start input.
+    """Whether ``payload`` is the start input of a run: a JSON object with a ``definition`` object
+    (:class:`~workflows.generic.RunInput`, whatever the workflow type: runs are listed under their
+    definition's name) that starts a workflow, either one not running yet (the target names a
+    workflow type and no run: a client's or a schedule's start, a parent starting a child) or the
+    next run of a chain (the target is the running workflow, which continues as new with a
+    ``continuation``). Not the start's memo or summary, nor an event mailbox's start input, nor a
+    signal's, query's or update's argument (their target names no type; a signal-with-start's
+    does, which this product does not send), nor any other payload of a running workflow.
 
     An encrypted payload is looked into through ``peek``; without it, it is not a run input."""
-    if not isinstance(target, StorageDriverWorkflowInfo) or target.run_id is not None or not target.type:
+    if not isinstance(target, StorageDriverWorkflowInfo) or not target.type:
         return False
     if payload.metadata.get("encoding") == ENCRYPTED:
         inner = peek(payload) if peek is not None else None
@@ -706,9 +709,11 @@ def is_run_start_input(
         return False
     try:
         value = json.loads(payload.data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
-    return isinstance(value, dict) and isinstance(value.get("definition"), dict)
+    if not isinstance(value, dict) or not isinstance(value.get("definition"), dict):
+        return False
+    return target.run_id is None or isinstance(value.get("continuation"), dict)
 
 
 def run_input_selector(

@@ -268,6 +268,20 @@ async def test_unknown_run_exits_4(wfa: Run) -> None:
         assert f"no run with id {run_id!r}" in err
 
 
+async def test_an_unknown_interpreter_generation_is_refused_naming_the_variable(
+    wfa: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``WFA_ENGINE_LEVEL`` pins the generation runs are started at; one this build does not know
+    would start runs no worker of it runs: refused before anything starts (exit 2)."""
+    for bad in ("abc", "-1", "99"):
+        monkeypatch.setenv("WFA_ENGINE_LEVEL", bad)
+        code, out, err = await wfa("start", str(EXPENSE), "--input", expense_input("http://127.0.0.1:1"))
+        assert code == EXIT_BAD_INPUT, (bad, err)
+        assert out == ""
+        assert "WFA_ENGINE_LEVEL" in err
+        assert "Traceback" not in err
+
+
 async def test_start_approve_status_result(wfa: Run, worker: None, http_server: RecordingServer) -> None:
     business_key = f"expense-{uuid4().hex[:6]}"
     code, out, err = await wfa(

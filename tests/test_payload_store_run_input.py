@@ -308,6 +308,20 @@ async def test_only_start_inputs_of_runs_are_selected(tmp_path: Path) -> None:
     assert plain.driver_selector is not None
     assert plain.driver_selector(StorageDriverSelectContext(target=None), run) is None
     assert picks(plain, big, id="w", run_id="r")
+    # The input a run continues as new with (its target is the running workflow): stored too.
+    continued = Payload(
+        metadata={"encoding": b"json/plain"},
+        data=b'{"definition":{"name":"x"},"continuation":{"position":3}}',
+    )
+    assert picks(plain, continued, id="w", type="x", run_id="r")
+    assert not picks(plain, continued, id="w", run_id="r")  # no type: not a workflow's own command
+    # Anything else goes by the threshold, exactly: from 2,000 bytes on, not below.
+    at = Payload(metadata={"encoding": b"json/plain"}, data=b"x" * 2000)
+    at.data = b"x" * (2000 - (at.ByteSize() - 2000))
+    assert at.ByteSize() == 2000
+    below = Payload(metadata=at.metadata, data=at.data[:-1])
+    assert picks(plain, at, id="w", type="x", run_id="r")
+    assert not picks(plain, below, id="w", type="x", run_id="r")
 
     # Encrypted (the codec runs before the store): looked into with the keys.
     [run_encrypted, other_encrypted] = await encrypting.payload_codec.encode([run, other])

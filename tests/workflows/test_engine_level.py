@@ -26,8 +26,18 @@ import interpreter.engine
 import workflows.generic
 from interpreter.state import ENGINE_LEVEL, Decision, RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
-from starter.client import FlowClient
-from tests.workflows.support import Handle, definition, events, replay, status, unique, wait_state
+from starter.client import ENGINE_LEVEL_ENV, FlowClient
+from starter.errors import InvalidInputError
+from tests.workflows.support import (
+    Handle,
+    chain_events,
+    definition,
+    events,
+    replay,
+    status,
+    unique,
+    wait_state,
+)
 from worker import build_worker, workflow_runner
 from workflows.generic import PATCH_LEVELS, WORKFLOWS, RunDefinitionWorkflow
 from workflows.search_attributes import CURRENT_STEP
@@ -183,7 +193,6 @@ async def test_a_run_of_a_generation_the_worker_does_not_know_waits_for_a_worker
     assert "EngineLevelUnknown" in message
     assert f"generation {ENGINE_LEVEL + 1}" in message
     assert f"up to {ENGINE_LEVEL}" in message
-    assert await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == []
     assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING  # waiting, not lost
 
     # A build that knows the generation (this one, one generation later) takes the run.
@@ -217,6 +226,78 @@ async def test_the_client_starts_runs_at_its_generation(
     recorded = json.loads(first.workflow_execution_started_event_attributes.input.payloads[0].data)
     assert "engine_level" not in recorded["options"]  # an input as before the levels
     assert _patch_markers(await events(handle))
+
+
+async def test_wfa_engine_level_pins_the_generation_a_client_starts_runs_at(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a rollout, clients keep starting runs the older workers can take."""
+    monkeypatch.delenv(ENGINE_LEVEL_ENV, raising=False)
+    assert FlowClient(client).engine_level == ENGINE_LEVEL
+    monkeypatch.setenv(ENGINE_LEVEL_ENV, "0")
+    assert FlowClient(client).engine_level == 0
+    for bad in ("one", "-1", str(ENGINE_LEVEL + 1), "1.5"):
+        monkeypatch.setenv(ENGINE_LEVEL_ENV, bad)
+        with pytest.raises(InvalidInputError, match=ENGINE_LEVEL_ENV):
+            FlowClient(client)
+
+
+async def test_children_and_continued_runs_keep_their_parents_generation(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A fanned-out foreach's slices and the next run of a chain are started at the run's own
+    generation (a worker that knows it runs them; a run of generation 0 keeps asking its patches)."""
+    for level in (0, ENGINE_LEVEL):
+        document = definition(
+            unique("levels-children"),
+            [
+                {
+                    "id": "each",
+                    "type": "foreach",
+                    "items": "range(4) | list",
+                    "fan_out_above": 2,
+                    "batch_size": 2,
+                    "steps": [
+                        {"id": "ping", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}
+                    ],
+                },
+                {
+                    "id": "count",
+                    "type": "set",
+                    "vars": {"n": "{{ (vars.n | default(0)) + 1 }}"},
+                    "max_visits": 200,
+                },
+                {
+                    "id": "beat",
+                    "type": "task",
+                    "action": "echo",
+                    "input": {"value": "{{ vars.n }}"},
+                    "max_visits": 200,
+                },
+                {"id": "loop", "type": "condition", "if": "vars.n < 30", "then": {"goto": "count"}},
+            ],
+            limits={"history_budget": 100},
+        )
+        handle = await _start(client, task_queue, document, level)
+        assert (await handle.result()).state == RunState.COMPLETED
+        history = await chain_events(handle)
+        started = [e for e in history if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED]
+        assert len(started) >= 2  # the run continued as new
+        children = [
+            e.child_workflow_execution_started_event_attributes.workflow_execution
+            for e in history
+            if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
+        ]
+        assert len(children) == 2
+        inputs = [e.workflow_execution_started_event_attributes.input.payloads[0].data for e in started]
+        for child in children:
+            child_history = await client.get_workflow_handle(
+                child.workflow_id, run_id=child.run_id
+            ).fetch_history()
+            first = child_history.events[0].workflow_execution_started_event_attributes
+            inputs.append(first.input.payloads[0].data)
+        for data in inputs:
+            assert json.loads(data)["options"].get("engine_level", 0) == level
 
 
 def test_every_patch_has_a_generation_and_the_build_is_at_the_highest() -> None:
