@@ -185,7 +185,10 @@ continues as new long before (Temporal suggests it near 4,096), except where it 
 continuing was declined; the 11,200 events left under Temporal's limit are for its compensations."""
 
 HISTORY_GUARD_BYTES = 40 * 1024 * 1024
-"""Bytes of history at which a step no longer starts (Temporal's limit: 50 MiB)."""
+"""Bytes of history at which a step no longer starts (Temporal's limit: 50 MiB).
+
+Both limits, and where the guard is checked, are part of what a run of generation 2 or later
+replays (it applies the guard without a marker): changing them takes a new patch."""
 
 
 CONSUMED_EVENTS_KIND = "consumed_events"
@@ -837,6 +840,8 @@ class Engine:
         signal); without one the engine cancels the run itself."""
         self._visits: dict[str, int] = {}
         self._executions = 0
+        self._compensating = False
+        """Compensations are running (the run's state may show a wait in one instead)."""
         self._state_size = 0
         self._task_key: int | None = None
         self._task_work = 0
@@ -1231,8 +1236,9 @@ class Engine:
 
     def _check_history(self, path: str) -> None:
         """Fails the run before a step starts once its history is near Temporal's limit (see
-        :data:`PATCH_HISTORY_GUARD`); compensations always start (they have the room left)."""
-        if self.state == RunState.COMPENSATING:
+        :data:`PATCH_HISTORY_GUARD`); compensations always start (they have the room left), also
+        after a wait in one (which shows the run's state as waiting, not compensating)."""
+        if self._compensating:
             return
         events, size = self.runtime.history_used()
         if events < HISTORY_GUARD_EVENTS and size < HISTORY_GUARD_BYTES:
@@ -1959,6 +1965,9 @@ class Engine:
                 task.cancel()
             if losers:
                 await asyncio.gather(*losers, return_exceptions=True)
+            for task in tasks:  # the failures not re-raised below are seen here, not logged as lost
+                if task.done() and not task.cancelled():
+                    task.exception()
         if mode == JoinStrategy.ALL:
             for i in order:
                 if _failed(tasks[i]):
@@ -3137,12 +3146,16 @@ class Engine:
         # Compensations get a budget of their own: a run stopped by max_step_executions must still
         # undo its work (the count is still bounded, by the same limit).
         self._executions = 0
-        while self._compensations:
-            comp = self._compensations.pop()
-            # A compensation always finishes: a further cancellation (Temporal's cancel after the
-            # cancel signal, say) must not leave work half undone. Its failures are in the step
-            # records; the others still run.
-            await self._finally(
-                self._sequence(comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/"))
-            )
+        self._compensating = True
+        try:
+            while self._compensations:
+                comp = self._compensations.pop()
+                # A compensation always finishes: a further cancellation (Temporal's cancel after the
+                # cancel signal, say) must not leave work half undone. Its failures are in the step
+                # records; the others still run.
+                await self._finally(
+                    self._sequence(comp.step.compensate or [], comp.scope.sibling(f"compensate/{comp.path}/"))
+                )
+        finally:
+            self._compensating = False
         self.state = previous

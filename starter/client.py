@@ -1874,7 +1874,7 @@ def engine_level_from_env() -> int:
     text = os.environ.get(ENGINE_LEVEL_ENV, "").strip()
     if not text:
         return ENGINE_LEVEL
-    if not text.isdigit() or int(text) > ENGINE_LEVEL:
+    if not (text.isascii() and text.isdigit()) or int(text) > ENGINE_LEVEL:
         raise InvalidInputError(
             f"{ENGINE_LEVEL_ENV}: {text[:20]!r} is not an interpreter generation this build knows"
             f" (0 to {ENGINE_LEVEL}; 0: runs every earlier build can take)"

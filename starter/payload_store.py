@@ -707,6 +707,8 @@ def is_run_start_input(
         payload = inner
     if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b"{"):
         return False
+    if target.run_id is not None and b'"continuation"' not in payload.data:
+        return False  # a running workflow's payload other than its continue-as-new input: no parse
     try:
         value = json.loads(payload.data)
     except (ValueError, RecursionError):

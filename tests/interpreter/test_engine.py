@@ -869,6 +869,35 @@ async def test_a_run_near_temporals_history_limit_where_it_cannot_continue_fails
     assert rec(result, "compensate/charge/refund").status == StepStatus.COMPLETED
 
 
+async def test_every_compensation_runs_past_the_history_guard_also_after_a_wait_in_one() -> None:
+    """A wait in a compensation shows the run as waiting (not compensating); the compensations
+    after it must still start once the guard stopped the run."""
+    rt = saga_runtime()
+    rt.events_per_call = 1000
+    steps = [
+        task("reserve", "reserve", compensate=[task("release", "release")]),
+        task(
+            "charge",
+            "charge",
+            compensate=[
+                approval("ok", ["ops"], timeout="1h", on_timeout="approve"),
+                task("refund", "refund"),
+            ],
+        ),
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "range(100) | list",
+            "concurrency": 1,
+            "steps": [task("ping")],
+        },
+    ]
+    result, _, rt = await run(steps, rt)
+    assert (result.state, result.error_type) == (RunState.FAILED, "HistoryLimit")
+    assert rec(result, "compensate/charge/ok").status == StepStatus.COMPLETED
+    assert paths(rt)[-2:] == ["compensate/charge/refund", "compensate/reserve/release"]
+
+
 async def test_a_run_below_the_history_guard_is_not_stopped() -> None:
     rt = new_runtime()
     rt.events_per_call = 390  # 100 calls: 39,000 events, under the guard
