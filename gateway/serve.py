@@ -29,7 +29,10 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, config: GatewayCon
     from gateway.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from starter.client import engine_level_from_env
+
     try:
+        engine_level_from_env()  # the generation runs are started at: refused here, not per tenant
         app = create_app(config)
     except (GatewayConfigError, ValueError) as err:  # also the inbox's and codec server's settings
         sys.stderr.write(f"gateway: {err}\n")

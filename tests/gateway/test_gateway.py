@@ -575,3 +575,23 @@ async def test_input_its_schema_refuses_is_a_422_with_the_path(setup: Setup) -> 
     assert await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the valid run") == [
         accepted.json()["workflow_id"]
     ]
+
+
+def test_an_unknown_interpreter_generation_stops_the_gateway_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``WFA_ENGINE_LEVEL`` is checked when the gateway starts (exit 2, naming it), not when a
+    tenant's first request makes its client."""
+    from gateway.config import GatewayConfig
+    from gateway.serve import serve
+
+    monkeypatch.setenv("WFA_ENGINE_LEVEL", "99")
+
+    def started(*args: object, **kwargs: object) -> None:
+        pytest.fail("the gateway started serving with an unknown WFA_ENGINE_LEVEL")
+
+    monkeypatch.setattr("uvicorn.run", started)  # a regression fails here instead of serving for ever
+    assert serve(config=GatewayConfig.from_env({})) == 2
+    err = capsys.readouterr().err
+    assert "WFA_ENGINE_LEVEL" in err
+    assert "Traceback" not in err
