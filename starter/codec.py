@@ -165,16 +165,13 @@ class EncryptionCodec(PayloadCodec):
     def decrypted(self, payload: Payload) -> Payload | None:
         """The payload an encrypted one holds, or None (not encrypted, of a key not configured
         here, altered): a look inside that never raises (the payload store's run input selector)."""
-        from cryptography.exceptions import InvalidTag
         from google.protobuf.message import DecodeError
 
-        cipher = self._ciphers.get(payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace"))
-        if payload.metadata.get("encoding") != ENCODING or cipher is None:
+        if payload.metadata.get("encoding") != ENCODING:
             return None
         try:
-            kid = payload.metadata[KEY_ID_METADATA]
-            return Payload.FromString(cipher.decrypt(payload.data[:_NONCE], payload.data[_NONCE:], kid))
-        except (InvalidTag, DecodeError, ValueError):
+            return self._open(payload)
+        except (PayloadDecryptError, DecodeError, ValueError):
             return None
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
@@ -183,29 +180,31 @@ class EncryptionCodec(PayloadCodec):
         Raises:
             PayloadDecryptError: Unknown key id, or the data does not authenticate.
         """
+        return [self._open(p) if p.metadata.get("encoding") == ENCODING else p for p in payloads]
+
+    def _open(self, payload: Payload) -> Payload:
+        """The payload an encrypted one holds.
+
+        Raises:
+            PayloadDecryptError: Unknown key id, or the data does not authenticate.
+        """
         from cryptography.exceptions import InvalidTag
 
-        out = []
-        for payload in payloads:
-            if payload.metadata.get("encoding") != ENCODING:
-                out.append(payload)
-                continue
-            kid = payload.metadata.get(KEY_ID_METADATA, b"")
-            cipher = self._ciphers.get(kid.decode(errors="replace"))
-            if cipher is None:
-                raise PayloadDecryptError(
-                    f"payload encrypted with key {kid.decode(errors='replace')[:100]!r}, which is not configured"
-                    f" ({KEYS_ENV} / {KEYS_FILE_ENV})"
-                )
-            try:
-                plain = cipher.decrypt(payload.data[:_NONCE], payload.data[_NONCE:], kid)
-            except InvalidTag:
-                raise PayloadDecryptError(
-                    f"payload encrypted with key {kid.decode(errors='replace')[:100]!r} does not decrypt"
-                    " (altered, or another key of that id)"
-                ) from None
-            out.append(Payload.FromString(plain))
-        return out
+        kid = payload.metadata.get(KEY_ID_METADATA, b"")
+        cipher = self._ciphers.get(kid.decode(errors="replace"))
+        if cipher is None:
+            raise PayloadDecryptError(
+                f"payload encrypted with key {kid.decode(errors='replace')[:100]!r}, which is not configured"
+                f" ({KEYS_ENV} / {KEYS_FILE_ENV})"
+            )
+        try:
+            plain = cipher.decrypt(payload.data[:_NONCE], payload.data[_NONCE:], kid)
+        except InvalidTag:
+            raise PayloadDecryptError(
+                f"payload encrypted with key {kid.decode(errors='replace')[:100]!r} does not decrypt"
+                " (altered, or another key of that id)"
+            ) from None
+        return Payload.FromString(plain)
 
 
 def codec_from_env(env: Mapping[str, str] | None = None) -> EncryptionCodec | None:
