@@ -25,7 +25,10 @@ With ``result=True`` (a worker of its own: :mod:`bench.bench_worker` ``--extref-
 result a generic workflow run completes with is stored by reference too (A-xsr: how far the
 result's step records are from 1.2x when they leave the history this way instead).
 
-Product code is unchanged; :mod:`bench.history_breakdown` ``--extref`` measures it.
+The product stores run inputs by reference itself since (``WFA_PAYLOAD_STORE_RUN_INPUT=always``),
+with the rule this selector uses (:func:`starter.payload_store.is_run_start_input`); what stays a
+prototype here is the leaner reference and the result by reference. :mod:`bench.history_breakdown`
+``--extref`` measures them.
 """
 
 from __future__ import annotations
@@ -48,12 +51,11 @@ from temporalio.converter import (
     StorageDriverWorkflowInfo,
 )
 
-from starter.payload_store import FilesystemDriver, PayloadStoreError
+from starter.payload_store import FilesystemDriver, PayloadStoreError, is_run_start_input
 from workflows.generic import WORKFLOW_NAME
 
 __all__ = [
     "LeanFilesystemDriver",
-    "is_run_input",
     "is_run_result",
     "run_input_selector",
     "start_input_converter",
@@ -110,12 +112,6 @@ def _json_object(payload: Payload) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def is_run_input(payload: Payload) -> bool:
-    """Whether ``payload`` is a generic workflow's run input (a JSON object with a definition)."""
-    value = _json_object(payload)
-    return value is not None and isinstance(value.get("definition"), dict)
-
-
 def is_run_result(payload: Payload) -> bool:
     """Whether ``payload`` is a generic workflow's result (a JSON object with a state and steps)."""
     value = _json_object(payload)
@@ -132,7 +128,7 @@ def run_input_selector(
         target = context.target
         if not isinstance(target, StorageDriverWorkflowInfo) or target.type != WORKFLOW_NAME:
             return None
-        if target.run_id is None and is_run_input(payload):
+        if target.run_id is None and is_run_start_input(target, payload):  # the product's rule
             return driver
         if result and target.run_id is not None and is_run_result(payload):
             return driver
