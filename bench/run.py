@@ -67,11 +67,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
-from interpreter.state import ENGINE_LEVEL, ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
+from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from starter.codec import data_converter  # noqa: E402
 from starter.payload_store import RUN_INPUT_ENV, STORE_ENV  # noqa: E402
-from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
+from workflows.generic import ENGINE_LEVEL, WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
 from workflows.priority import run_priority  # noqa: E402
 from workflows.search_attributes import CLI_TYPES, start_attributes  # noqa: E402
 

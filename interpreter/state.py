@@ -316,12 +316,6 @@ class ResultSteps(StrEnum):
     NONE = "none"
 
 
-ENGINE_LEVEL = 2
-"""This build's interpreter generation: the highest level in ``workflows.generic.PATCH_LEVELS``.
-A client of this build starts runs at it (:attr:`RunOptions.engine_level`). A new patch takes the
-next level, and this constant follows it, in the same change."""
-
-
 class RunOptions(BaseModel):
     """Options of one run.
 
@@ -369,8 +363,8 @@ class RunOptions(BaseModel):
     """How the run's result carries its step records (:class:`ResultSteps`); ``full`` is left out of
     the payload, so the input (and the result) of a run started before the option is unchanged."""
     engine_level: int = Field(default=0, ge=0, le=1000, exclude_if=lambda value: value == 0)
-    """The interpreter generation the run was started for (:data:`ENGINE_LEVEL` of the starting
-    client's build): every behaviour change (patch) of that generation or an earlier one applies to
+    """The interpreter generation the run was started for (``workflows.generic.ENGINE_LEVEL`` of the
+    starting client's build): every behaviour change (patch) of that generation or an earlier one applies to
     the run from its start, without asking ``workflow.patched``, so the run's history carries no
     patch marker (and no ``TemporalChangeVersion`` upsert) for it. 0 (left out of the payload: the
     input of a run started before the field is unchanged): every change is asked, as before. A

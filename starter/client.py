@@ -70,7 +70,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from interpreter.model import Definition
 from interpreter.state import (
-    ENGINE_LEVEL,
     CancelRequest,
     CancelRunRequest,
     DeadLetterAction,
@@ -116,7 +115,7 @@ from starter.errors import (
 from starter.inputs import brief as _brief
 from starter.inputs import check_json, check_json_object
 from starter.inputs import json_type as _json_type
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 from workflows.priority import run_priority
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
@@ -1866,7 +1865,7 @@ ENGINE_LEVEL_ENV = "WFA_ENGINE_LEVEL"
 
 def engine_level_from_env() -> int:
     """The generation runs are started at: ``$WFA_ENGINE_LEVEL`` (0 up to this build's
-    :data:`~interpreter.state.ENGINE_LEVEL`), else this build's.
+    :data:`~workflows.generic.ENGINE_LEVEL`), else this build's.
 
     Raises:
         InvalidInputError: Not a whole number in that range (the message names the variable).

@@ -90,7 +90,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.pinning import matches_hash
     from interpreter.state import (
-        ENGINE_LEVEL,
         FINAL_STATES,
         CancelRequest,
         CancelRunRequest,
@@ -183,6 +182,10 @@ meets). Runs at level 0 (every run started before the levels, and raw clients th
 ask ``workflow.patched`` as before, so their histories replay unchanged. A new patch gets level
 :data:`ENGINE_LEVEL` + 1 here and ``ENGINE_LEVEL`` follows it: runs started at the earlier level
 ask it (a marker where it applies), runs started at the new one do not."""
+ENGINE_LEVEL = max(PATCH_LEVELS.values())
+"""This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
+starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
+raises it."""
 CANCEL_HANDOFF_S = 60.0
 """After ``cancel_run`` is accepted, how long the run waits for the caller's Temporal cancellation
 request before it cancels itself."""

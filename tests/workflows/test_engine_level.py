@@ -24,7 +24,7 @@ from temporalio.worker import Replayer, Worker
 
 import interpreter.engine
 import workflows.generic
-from interpreter.state import ENGINE_LEVEL, Decision, RunInput, RunOptions, RunState
+from interpreter.state import Decision, RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
 from starter.client import ENGINE_LEVEL_ENV, FlowClient
 from starter.errors import InvalidInputError
@@ -39,7 +39,7 @@ from tests.workflows.support import (
     wait_state,
 )
 from worker import build_worker, workflow_runner
-from workflows.generic import PATCH_LEVELS, WORKFLOWS, RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS, WORKFLOWS, RunDefinitionWorkflow
 from workflows.search_attributes import CURRENT_STEP
 
 PATCH_MARKER = "core_patch"

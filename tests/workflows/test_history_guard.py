@@ -21,10 +21,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, Worker
 
 import interpreter.engine
-from interpreter.state import ENGINE_LEVEL, RunState
+from interpreter.state import RunState
 from tests.workflows.support import Handle, definition, events, replay, start, status, unique
 from worker import workflow_runner
-from workflows.generic import WORKFLOWS
+from workflows.generic import ENGINE_LEVEL, WORKFLOWS
 
 GUARD = 150
 """The lowered guard, in events."""
