@@ -24,8 +24,7 @@ from temporalio.worker import Replayer, Worker
 
 import interpreter.engine
 import workflows.generic
-from interpreter.state import Decision, RunInput, RunOptions, RunState
-from interpreter.validate import load_definition
+from interpreter.state import Decision, RunOptions, RunState
 from starter.client import ENGINE_LEVEL_ENV, FlowClient
 from starter.errors import InvalidInputError
 from tests.workflows.support import (
@@ -34,6 +33,7 @@ from tests.workflows.support import (
     definition,
     events,
     replay,
+    start,
     status,
     unique,
     wait_state,
@@ -70,16 +70,7 @@ def _document() -> dict[str, Any]:
 
 
 async def _start(client: Client, task_queue: str, document: dict[str, Any], level: int) -> Handle:
-    run = RunInput(
-        definition=load_definition(document), input={"n": 7}, options=RunOptions(engine_level=level)
-    )
-    return await client.start_workflow(
-        RunDefinitionWorkflow.run,
-        run,
-        id=unique("levels"),
-        task_queue=task_queue,
-        execution_timeout=timedelta(minutes=2),
-    )
+    return await start(client, task_queue, document, {"n": 7}, engine_level=level)
 
 
 def _patch_markers(history: list[HistoryEvent]) -> list[HistoryEvent]:
