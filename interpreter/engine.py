@@ -159,6 +159,29 @@ BRANCHES_KIND = "branches"
 ``condition`` or ``switch`` step's id, the branch taken and the index in its steps where the next
 run goes on."""
 
+PATCH_CONTINUE_AS_NEW_PARALLEL = "continue-as-new-in-parallel"
+"""Patch id: the branches of a ``parallel`` step that is itself at a safe point (top-level, or in the
+branches of such a ``condition`` or ``switch``) continue as new too. When the host asks at a
+boundary between two steps of a branch, and no branch waits (approval, task, delay, event, park),
+each branch stops at its next boundary; once every branch that has not finished stands at one, the
+run continues as new carrying each branch's position (or output, when done) and goes on with all of
+them in the next run (:data:`PARALLEL_KIND`). A branch that starts waiting meanwhile, or a stop
+that takes longer than :data:`PARALLEL_DRAIN_WAIT_S`, lets the branches go on (tried again after
+:data:`PARALLEL_DRAIN_RETRY_S`). Asked only when a branch would stop for it: a history recorded
+before the change replays its branches as they went on."""
+
+PARALLEL_KIND = "parallel"
+"""Key of the ``parallel`` step a run continued in (``Continuation.kinds``): the step's id and, per
+branch in order, its id and either ``done`` with its output or the ``position`` in its steps where
+it goes on, with its ``last_output``."""
+
+PARALLEL_DRAIN_WAIT_S = 60.0
+"""How long branches that stopped for a continue-as-new wait for the others to reach a boundary."""
+
+PARALLEL_DRAIN_RETRY_S = 600.0
+"""After a stop that took too long, how long before the branches stop again for it (a branch whose
+step runs for minutes holds the others for at most a tenth of the time)."""
+
 PATCH_DROP_UNRESUMED = "drop-unresumed-waits"
 """Patch id: a continued run that ends before it went back into the wait (or branch) the previous
 run carried (cancelled or failed at its start) ends that wait: no longer pending nor decidable, its
@@ -180,9 +203,9 @@ marker; a history recorded before the change replays as it went on."""
 
 HISTORY_GUARD_EVENTS = 40_000
 """Events of history at which a step no longer starts (see :data:`PATCH_HISTORY_GUARD`): a run
-continues as new long before (Temporal suggests it near 4,096), except where it cannot (inside a
-``parallel`` or ``foreach`` branch, the steps of an escalation or a compensation) or when its
-continuing was declined; the 11,200 events left under Temporal's limit are for its compensations."""
+continues as new long before (Temporal suggests it near 4,096), except where it cannot (while a
+step in a ``parallel`` or ``foreach`` branch waits, in one nested in another's branch, in the
+steps of an escalation or a compensation) or when its continuing was declined; the 11,200 events left under Temporal's limit are for its compensations."""
 
 HISTORY_GUARD_BYTES = 40 * 1024 * 1024
 """Bytes of history at which a step no longer starts (Temporal's limit: 50 MiB).
@@ -695,6 +718,130 @@ class _Frame:
     branch: str | None = None
 
 
+@dataclass
+class _Lane:
+    """One branch of a ``parallel`` step, or one item of a ``foreach``, that may continue as new (see
+    :data:`PATCH_CONTINUE_AS_NEW_PARALLEL`)."""
+
+    scope: _Scope | None = None
+    """Its scope (a foreach item's once it started)."""
+    index: int = 0
+    """The index in the branch's steps of the step it runs (or stands before, when stopped)."""
+    stopped: bool = False
+    done: bool = False
+    failed: bool = False
+    output: Any = None
+    """Its output, once done."""
+
+    @property
+    def started(self) -> bool:
+        return self.scope is not None
+
+
+@dataclass
+class _Drain:
+    """The branches of one ``parallel`` step stopping at boundaries so that the run continues as new."""
+
+    lanes: list[_Lane]
+    join: JoinStrategy
+    active: bool = False
+    off: bool = False
+    """Set once the run may not continue as new here (patch declined, or a branch failed)."""
+    not_before: datetime | None = None
+
+    def ready(self, quiet: bool) -> bool:
+        """Every branch still running stands at a boundary, none waits (``quiet``): carry them."""
+        return (
+            self.active
+            and quiet
+            and not self.off
+            and all(
+                lane.stopped or not lane.started or (lane.done and self.join == JoinStrategy.ALL)
+                for lane in self.lanes
+            )
+            and any(lane.stopped for lane in self.lanes)
+        )
+
+
+def _last_output(lane: _Lane) -> Any:
+    return None if lane.scope is None else lane.scope.last_output
+
+
+class _Drained(Exception):  # control flow: every branch of a parallel step stopped for continue-as-new
+    pass
+
+
+def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_limit: int) -> dict[str, Any]:
+    """The carried ``parallel`` entry (:data:`PARALLEL_KIND`), checked against the step at
+    ``position`` of the sequence the run goes on in.
+
+    Raises:
+        ValueError: Naming what does not match.
+    """
+    if isinstance(data, dict) and set(data) == {"step", "items", "lanes"}:
+        return _check_carried_foreach(data, steps, position, item_limit)
+    if not isinstance(data, dict) or set(data) != {"step", "branches"}:
+        raise ValueError("the carried parallel step is malformed")
+    step = steps[position] if 0 <= position < len(steps) else None
+    if not isinstance(step, ParallelStep) or step.id != data["step"]:
+        raise ValueError(f"carried parallel step {data['step']!r} is not at step {position}")
+    entries = data["branches"]
+    if not isinstance(entries, list) or [e.get("id") if isinstance(e, dict) else None for e in entries] != [
+        b.id for b in step.branches
+    ]:
+        raise ValueError(f"the carried branches of {step.id!r} are not its branches")
+    going = 0
+    for branch, entry in zip(step.branches, entries, strict=True):
+        where = f"carried branch {branch.id!r} of {step.id!r}"
+        if set(entry) == {"id", "done", "output"} and entry["done"] is True:
+            if step.join != JoinStrategy.ALL:
+                raise ValueError(f"{where}: a finished branch is carried only when the join is 'all'")
+            continue
+        if set(entry) != {"id", "position", "last_output"}:
+            raise ValueError(f"{where} is malformed")
+        at = entry["position"]
+        if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(branch.steps):
+            raise ValueError(f"{where}: no step {at!r} in it")
+        going += 1
+    if not going:
+        raise ValueError(f"the carried branches of {step.id!r} are all finished")
+    return {"step": step.id, "branches": [dict(e) for e in entries]}
+
+
+def _check_carried_foreach(
+    data: dict[str, Any], steps: list[Step], position: int, item_limit: int
+) -> dict[str, Any]:
+    """The carried ``foreach`` entry (items, and per item ``None`` when not started, ``done`` with
+    its output, or the ``position`` in the body, ``last_output`` and its ``steps``)."""
+    step = steps[position] if 0 <= position < len(steps) else None
+    if not isinstance(step, ForeachStep) or step.id != data["step"]:
+        raise ValueError(f"carried foreach step {data['step']!r} is not at step {position}")
+    items, lanes = data["items"], data["lanes"]
+    if not isinstance(items, list) or not isinstance(lanes, list) or len(items) != len(lanes):
+        raise ValueError(f"the carried items of {step.id!r} are malformed")
+    if len(items) > (step.max_items or item_limit):
+        raise ValueError(f"{len(items)} carried items of {step.id!r} exceed its limit")
+    going = 0
+    for i, lane in enumerate(lanes):
+        where = f"carried item {i} of {step.id!r}"
+        if lane is None:
+            going += 1
+        elif isinstance(lane, dict) and set(lane) == {"done", "output"} and lane["done"] is True:
+            continue
+        elif isinstance(lane, dict) and set(lane) == {"position", "last_output", "steps"}:
+            at = lane["position"]
+            if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(step.steps):
+                raise ValueError(f"{where}: no step {at!r} in the body")
+            if not isinstance(lane["steps"], dict):
+                raise ValueError(f"{where} is malformed")
+            going += 1
+        else:
+            raise ValueError(f"{where} is malformed")
+    if not going:
+        raise ValueError(f"the carried items of {step.id!r} are all finished")
+    return {"step": step.id, "items": list(items), "lanes": list(lanes)}
+
+
 def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch | None, dict[str, Any]]:
     """The branch ``name`` (``then``, ``else``, ``case:<i>``, ``default``) of ``step`` and the step's
     output when it is taken."""
@@ -870,6 +1017,8 @@ class Engine:
         self._carried_event: _EventWait | None = None
         """The event wait a previous run of the chain carried: it takes a signalled event from the
         first task on."""
+        self._carried_parallel: dict[str, Any] | None = None
+        """The ``parallel`` step a previous run of the chain continued in (:data:`PARALLEL_KIND`)."""
         self._carried_park: CarriedPark | None = None
         self._carried_parked: _Park | None = None
         """The park a previous run of the chain carried: shown and decidable from the first task."""
@@ -1106,14 +1255,23 @@ class Engine:
     # ------------------------------------------------------------------------------ sequencing
 
     async def _sequence(
-        self, steps: list[Step], scope: _Scope, *, top: bool = False, frame: _Frame | None = None
+        self,
+        steps: list[Step],
+        scope: _Scope,
+        *,
+        top: bool = False,
+        frame: _Frame | None = None,
+        start: int = 0,
+        boundary: Callable[[int, bool], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """Runs ``steps`` in order, following jumps among them. ``top``: the top-level steps;
-        ``frame``: a branch whose steps are safe points too (see :meth:`_branch`)."""
+        ``frame``: a branch whose steps are safe points too (see :meth:`_branch`); ``start``: where
+        to begin (without a frame); ``boundary``: awaited before each step (with whether it is the
+        first), a ``parallel`` branch's place to stop for a continue-as-new (see :meth:`_parallel`)."""
         index = {step.id: i for i, step in enumerate(steps)}
         if top:
             frame = _Frame(steps, self._start_position)
-        i = 0 if frame is None else frame.index
+        i = start if frame is None else frame.index
         first = True
         if frame is not None:
             self._frames.append(frame)
@@ -1125,6 +1283,9 @@ class Engine:
                         raise self._stop(i)
                     first = False
                     frame.index = i
+                elif boundary is not None:
+                    await boundary(i, first)
+                    first = False
                 try:
                     await self._step(steps[i], scope)
                 except _Jump as jump:
@@ -1249,8 +1410,9 @@ class Engine:
             f"the run's history reached {events} events ({size} bytes) as step {path!r} was to start,"
             f" where the run cannot continue as new (limits: {HISTORY_GUARD_EVENTS} events,"
             f" {HISTORY_GUARD_BYTES} bytes): it stops before Temporal's own limit would terminate it."
-            " Keep long loops and waits at the top level or in condition/switch branches, where the"
-            " run continues as new, or move the loop into a subflow",
+            " Keep long loops and waits at the top level, in condition/switch branches, or in the"
+            " branches of a parallel step or foreach there while none of them waits, where the run"
+            " continues as new, or move the loop into a subflow",
             "HistoryLimit",
         )
 
@@ -1261,6 +1423,8 @@ class Engine:
         if self._resume_branches:
             entry = self._resume_branches[0]
             return str(entry["step"]), self._started_at
+        if self._carried_parallel is not None:
+            return str(self._carried_parallel["step"]), self._started_at
         if self._carried_approval is not None:
             return self._carried_approval.view.path, self._carried_approval.view.since
         if self._carried_park is not None:
@@ -1279,7 +1443,7 @@ class Engine:
         open_states = (StepStatus.WAITING, StepStatus.RUNNING)  # a delay's record stays running
         record = next((r for r in reversed(self.records) if r.path == path and r.status in open_states), None)
         if record is None:  # dropped from the carried records: show the step again
-            running = isinstance(step, DelayStep | ConditionStep | SwitchStep)
+            running = isinstance(step, DelayStep | ConditionStep | SwitchStep | ParallelStep | ForeachStep)
             record = StepRecord(
                 id=step.id,
                 path=path,
@@ -1935,9 +2099,15 @@ class Engine:
         return park.view
 
     async def _join(
-        self, factories: Sequence[Callable[[], Coroutine[Any, Any, Any]]], mode: JoinStrategy, summary: str
+        self,
+        factories: Sequence[Callable[[], Coroutine[Any, Any, Any]]],
+        mode: JoinStrategy,
+        summary: str,
+        stop: Callable[[], bool] | None = None,
     ) -> tuple[int, list[Any]]:
         """Runs coroutines as concurrent tasks and joins them by ``mode``; losers are cancelled.
+        ``stop``: when it becomes true first, the tasks not done are cancelled and :class:`_Drained`
+        is raised (the branches stopped for a continue-as-new).
 
         Returns:
             ``(winner, results)``: for ``all`` the winner is -1 and ``results`` holds every result
@@ -1957,8 +2127,12 @@ class Engine:
                 )
             return bool(order)
 
+        drained = False
         try:
-            await self.runtime.wait_condition(settled, None, summary)
+            await self.runtime.wait_condition(
+                settled if stop is None else lambda: settled() or stop(), None, summary
+            )
+            drained = stop is not None and not settled() and stop()
         finally:
             losers = [t for t in tasks if not t.done()]
             for task in losers:
@@ -1968,6 +2142,8 @@ class Engine:
             for task in tasks:  # the failures not re-raised below are seen here, not logged as lost
                 if task.done() and not task.cancelled():
                     task.exception()
+        if drained:
+            raise _Drained()
         if mode == JoinStrategy.ALL:
             for i in order:
                 if _failed(tasks[i]):
@@ -1982,18 +2158,134 @@ class Engine:
         return first, [tasks[first].result()]
 
     async def _parallel(self, step: ParallelStep, scope: _Scope, path: str) -> Any:
-        async def run_branch(steps: list[Step]) -> Any:
-            branch_scope = scope.sibling()
-            await self._sequence(steps, branch_scope)
-            return branch_scope.last_output
+        """Runs the branches concurrently and joins them. At a safe point, the branches may stop at
+        boundaries for a continue-as-new (:data:`PATCH_CONTINUE_AS_NEW_PARALLEL`), and a run that
+        continued in them goes on with each where it stopped."""
+        taken = self._take_carried(step, scope)
+        carried: list[dict[str, Any]] | None = None if taken is None else taken["branches"]
+        drain = None
+        if self._continue_as_new is not None and self._at_safe_step(step, scope):
+            drain = _Drain([_Lane(scope.sibling()) for _ in step.branches], step.join)
 
-        factories = [functools.partial(run_branch, b.steps) for b in step.branches]
-        winner, results = await self._join(factories, step.join, f"{step.label}: join {step.join}")
+        async def run_branch(i: int, steps: list[Step]) -> Any:
+            lane = None if drain is None else drain.lanes[i]
+            branch_scope = scope.sibling() if lane is None or lane.scope is None else lane.scope
+            start = 0
+            if carried is not None:
+                entry = carried[i]
+                if entry.get("done"):
+                    if lane is not None:
+                        lane.done, lane.output = True, entry["output"]
+                    return entry["output"]
+                start, branch_scope.last_output = entry["position"], entry["last_output"]
+
+            async def body() -> Any:
+                await self._sequence(
+                    steps,
+                    branch_scope,
+                    start=start,
+                    boundary=None
+                    if drain is None or lane is None
+                    else functools.partial(self._lane_boundary, drain, lane, step.label),
+                )
+                return branch_scope.last_output
+
+            return await self._in_lane(drain, lane, body)
+
+        factories = [functools.partial(run_branch, i, b.steps) for i, b in enumerate(step.branches)]
+        summary = f"{step.label}: join {step.join}"
+        try:
+            winner, results = await self._join(
+                factories, step.join, summary, None if drain is None else lambda: drain.ready(self._quiet())
+            )
+        except _Drained:
+            assert drain is not None
+            entry = {
+                "step": step.id,
+                "branches": [
+                    {"id": b.id, "done": True, "output": lane.output}
+                    if lane.done
+                    else {"id": b.id, "position": lane.index, "last_output": _last_output(lane)}
+                    for b, lane in zip(step.branches, drain.lanes, strict=True)
+                ],
+            }
+            raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
         if step.join == JoinStrategy.ALL:
             return {b.id: r for b, r in zip(step.branches, results, strict=True)}
         return {"winner": step.branches[winner].id, "output": results[0]}
 
+    def _take_carried(self, step: ParallelStep | ForeachStep, scope: _Scope) -> dict[str, Any] | None:
+        """The carried entry (:data:`PARALLEL_KIND`) of ``step`` when the previous run of the chain
+        continued in it (taken once)."""
+        carried = self._carried_parallel
+        if carried is None or carried["step"] != step.id or not self._at_safe_step(step, scope):
+            return None
+        self._carried_parallel = None
+        return carried
+
+    @staticmethod
+    async def _in_lane(
+        drain: _Drain | None, lane: _Lane | None, body: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> Any:
+        """Runs a branch's (or an item's) ``body``, keeping its lane's state: done with its output, or
+        failed (then the branches stopped for a continue-as-new go on, and none stops again)."""
+        if drain is None or lane is None:
+            return await body()
+        try:
+            output = await body()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            lane.done = lane.failed = drain.off = True
+            drain.active = False  # a failed branch is not carried
+            raise
+        lane.done, lane.output = True, output
+        return output
+
+    def _quiet(self) -> bool:
+        """No step of the run waits (for a person, a timer, an event or a dead letter decision)."""
+        return not self.waiting and not self._parked
+
+    async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
+        """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
+        for a continue-as-new (starting that when the host asks and no step waits), until every
+        branch stands at a boundary (the join then carries them), a step starts waiting, a branch
+        fails, or :data:`PARALLEL_DRAIN_WAIT_S` passed."""
+        lane.index = index
+        if first:
+            return
+        timeout = None
+        if not drain.active:
+            if (
+                drain.off
+                or not self._quiet()
+                or (drain.not_before is not None and self.runtime.now() < drain.not_before)
+                or not self._continue_wanted()
+            ):
+                return
+            # This change's patch first: a history recorded before it asks nothing else here.
+            if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or not self._nested_ok():
+                drain.off = True  # replaying a run recorded before: its branches went on
+                return
+            drain.active, timeout = True, PARALLEL_DRAIN_WAIT_S
+        lane.stopped = True
+        try:
+            in_time = await self.runtime.wait_condition(
+                lambda: not drain.active or not self._quiet(), timeout, f"{label}: stop for continue-as-new"
+            )
+        finally:
+            lane.stopped = False
+        if not in_time:
+            drain.not_before = self.runtime.now() + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+        drain.active = False  # (once every branch stopped, the join cancels them here instead)
+
     async def _foreach(self, step: ForeachStep, scope: _Scope, path: str, visit: int = 1) -> Any:
+        carried = self._take_carried(step, scope)
+        if carried is not None:
+            # The previous run of the chain continued in it: the same items, each where it stood.
+            return await self._foreach_items(
+                step, scope, path, carried["items"], offset=0, concurrency=step.concurrency, carried=carried
+            )
         items = self._evaluate(step.items, self._context(scope))
         if isinstance(items, Mapping) or not isinstance(items, list | tuple):
             raise _RunFailed(
@@ -2011,30 +2303,102 @@ class Engine:
         ):
             return await self._fan_out(step, scope, path, visit, list(items))
         return await self._foreach_items(
-            step, scope, path, list(items), offset=0, concurrency=step.concurrency
+            step, scope, path, list(items), offset=0, concurrency=step.concurrency, safe=True
         )
 
     async def _foreach_items(
-        self, step: ForeachStep, scope: _Scope, path: str, items: list[Any], *, offset: int, concurrency: int
+        self,
+        step: ForeachStep,
+        scope: _Scope,
+        path: str,
+        items: list[Any],
+        *,
+        offset: int,
+        concurrency: int,
+        safe: bool = False,
+        carried: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Runs the body once per item in this run, at most ``concurrency`` at a time; item ``i`` of
-        ``items`` is item ``offset + i`` of the foreach (its index and step paths)."""
+        ``items`` is item ``offset + i`` of the foreach (its index and step paths). ``safe``: the
+        step may continue as new between two steps of its items (as a ``parallel`` step's branches
+        do, :data:`PATCH_CONTINUE_AS_NEW_PARALLEL`); ``carried``: where the previous run of the
+        chain left each item."""
         gate = asyncio.Semaphore(concurrency)
+        drain = None
+        if (
+            self._continue_as_new is not None
+            and (safe or carried is not None)
+            and self._at_safe_step(step, scope)
+        ):
+            drain = _Drain([_Lane() for _ in items], JoinStrategy.ALL)
+        entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
 
         async def one(i: int, item: Any) -> Any:
+            lane = None if drain is None else drain.lanes[i - offset]
+            entry = entries[i - offset]
+            if entry is not None and entry.get("done"):
+                if lane is not None:
+                    lane.done, lane.output = True, entry["output"]
+                return entry["output"]
             async with gate:
+                if drain is not None and drain.active:
+                    # No item starts while the others stop for a continue-as-new.
+                    await self.runtime.wait_condition(
+                        lambda: not drain.active, None, f"{step.label}: next item"
+                    )
                 it = _Scope(
-                    steps={}, prefix=f"{path}[{i}].", local={step.as_: item, "index": i}, parent=scope
+                    steps={} if entry is None else dict(entry["steps"]),
+                    prefix=f"{path}[{i}].",
+                    local={step.as_: item, "index": i},
+                    parent=scope,
                 )
-                await self._sequence(step.steps, it)
-                if step.output is not None:
-                    return self._render(step.output, self._context(it))
-                return it.last_output
+                if entry is not None:
+                    it.last_output = entry["last_output"]
+                if lane is not None:
+                    lane.scope = it
+
+                async def body() -> Any:
+                    await self._sequence(
+                        step.steps,
+                        it,
+                        start=0 if entry is None else entry["position"],
+                        boundary=None
+                        if drain is None or lane is None
+                        else functools.partial(self._lane_boundary, drain, lane, step.label),
+                    )
+                    if step.output is not None:
+                        return self._render(step.output, self._context(it))
+                    return it.last_output
+
+                return await self._in_lane(drain, lane, body)
 
         factories = [functools.partial(one, offset + i, item) for i, item in enumerate(items)]
         if not factories:
             return []
-        _, results = await self._join(factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items")
+        summary = f"{step.label}: {len(items)} items"
+        try:
+            _, results = await self._join(
+                factories,
+                JoinStrategy.ALL,
+                summary,
+                None if drain is None else lambda: drain.ready(self._quiet()),
+            )
+        except _Drained:
+            assert drain is not None
+            lanes: list[dict[str, Any] | None] = [
+                {"done": True, "output": lane.output}
+                if lane.done
+                else None
+                if lane.scope is None
+                else {
+                    "position": lane.index,
+                    "last_output": lane.scope.last_output,
+                    "steps": dict(lane.scope.steps),
+                }
+                for lane in drain.lanes
+            ]
+            entry = {"step": step.id, "items": list(items), "lanes": lanes}
+            raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
         return results
 
     async def _fan_out(
@@ -2965,6 +3329,15 @@ class Engine:
         ]
         if len(carried_waits) > 1:
             raise ValueError(f"a snapshot carries one wait at most, not {', '.join(carried_waits)}")
+        parallel = snapshot.kinds.get(PARALLEL_KIND)
+        if parallel is not None:
+            if carried_waits:
+                raise ValueError(
+                    f"a snapshot carries a parallel step or a wait, not both ({carried_waits[0]})"
+                )
+            self._carried_parallel = _check_carried_parallel(
+                parallel, steps, inner, self.definition.limits.max_foreach_items
+            )
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position
@@ -3092,15 +3465,17 @@ class Engine:
         before going back into them (see :data:`PATCH_DROP_UNRESUMED`)."""
         task, event, approval = self._carried_task, self._carried_event, self._carried_approval
         delay, park, parked = self._carried_delay, self._carried_park, self._carried_parked
-        branches = self._resume_branches
-        if not (task or event or approval or delay or park or branches):
+        branches, parallel = self._resume_branches, self._carried_parallel
+        if not (task or event or approval or delay or park or branches or parallel):
             return
         if not self.runtime.patched(PATCH_DROP_UNRESUMED):
             return  # a history recorded before: the carried wait stayed as it was
         self._carried_task = self._carried_event = self._carried_approval = None
         self._carried_delay, self._carried_park, self._carried_parked = None, None, None
-        self._resume_branches = []
+        self._resume_branches, self._carried_parallel = [], None
         paths = {str(entry["step"]) for entry in branches}
+        if parallel is not None:
+            paths.add(str(parallel["step"]))
         for person in (task, approval):
             if person is not None:
                 self._approvals.pop(person.view.path, None)

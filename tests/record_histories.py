@@ -686,6 +686,85 @@ def _branch_loop(base: str) -> dict[str, Any]:
     }
 
 
+def _parallel_loops(base: str) -> dict[str, Any]:
+    del base
+    echo = {"type": "task", "action": "echo"}
+
+    def counting(prefix: str, var: str, turns: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": f"{prefix}_work",
+                **echo,
+                "input": {"value": f"{{{{ vars.{var} }}}}"},
+                "max_visits": turns,
+            },
+            {
+                "id": f"{prefix}_bump",
+                "type": "set",
+                "vars": {var: f"{{{{ vars.{var} + 1 }}}}"},
+                "max_visits": turns,
+            },
+            {
+                "id": f"{prefix}_again",
+                "type": "condition",
+                "if": f"vars.{var} < {turns}",
+                "then": {"goto": f"{prefix}_work"},
+                "max_visits": turns,
+            },
+        ]
+
+    # Two loops in the branches of the last top-level step, and a branch that ends at once.
+    return {
+        "name": "replay-parallel-loops",
+        "limits": {"history_budget": 100, "max_step_executions": 1000},
+        "steps": [
+            {"id": "init", "type": "set", "vars": {"a": 0, "b": 0}},
+            {
+                "id": "fan",
+                "type": "parallel",
+                "branches": [
+                    {"id": "left", "steps": counting("l", "a", 30)},
+                    {"id": "right", "steps": counting("r", "b", 20)},
+                    {"id": "once", "steps": [{"id": "solo", **echo, "input": {"value": "solo"}}]},
+                ],
+            },
+        ],
+        "output": {"a": "{{ vars.a }}", "b": "{{ vars.b }}", "fan": "{{ steps.fan.output }}"},
+    }
+
+
+def _foreach_loops(base: str) -> dict[str, Any]:
+    del base
+    echo = {"type": "task", "action": "echo"}
+    tick = "{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}"
+    # 6 items, 2 at a time, each looping 5 turns (its counter in its own steps).
+    return {
+        "name": "replay-foreach-loops",
+        "limits": {"history_budget": 100, "max_step_executions": 1000},
+        "steps": [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(6) | list",
+                "concurrency": 2,
+                "output": "{{ item }}:{{ steps.tick.output }}",
+                "steps": [
+                    {"id": "seed", **echo, "input": {"value": 0}},
+                    {"id": "tick", **echo, "input": {"value": tick}, "max_visits": 5},
+                    {
+                        "id": "more",
+                        "type": "condition",
+                        "if": "steps.tick.output < 5",
+                        "then": {"goto": "tick"},
+                        "max_visits": 5,
+                    },
+                ],
+            },
+        ],
+        "output": {"each": "{{ steps.each.output }}"},
+    }
+
+
 def _branch_waits(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -983,6 +1062,43 @@ def scenarios() -> list[Scenario]:
             "it goes on in the branch, without choosing it again, and completes",
             _branch_loop,
             {},
+        ),
+        Scenario(
+            "parallel_loops_over_budget",
+            "recorded before patch continue-as-new-in-parallel, at generation 2: loops of 30 and 20 "
+            "turns in two branches of a top-level parallel step ran in one run past its "
+            "history_budget of 100 events (about 330); replays without continuing",
+            _parallel_loops,
+            {},
+            options=RunOptions(engine_level=2),
+        ),
+        Scenario(
+            "continued_in_parallel",
+            "the last run of a chain (generation 3) that continued as new (history_budget 100) "
+            "inside a top-level parallel step whose two branches loop (patch "
+            "continue-as-new-in-parallel): it goes on with each branch where it stood, the finished "
+            "branch's output carried, and completes",
+            _parallel_loops,
+            {},
+            options=RunOptions(engine_level=3),
+        ),
+        Scenario(
+            "foreach_loops_over_budget",
+            "recorded before patch continue-as-new-in-parallel, at generation 2: a foreach of 6 "
+            "items, 2 at a time, each looping 5 turns, ran in one run past its history_budget of "
+            "100 events (about 250); replays without continuing",
+            _foreach_loops,
+            {},
+            options=RunOptions(engine_level=2),
+        ),
+        Scenario(
+            "continued_in_foreach",
+            "the last run of a chain (generation 3) that continued as new (history_budget 100) "
+            "inside a top-level foreach whose items loop (patch continue-as-new-in-parallel): it "
+            "goes on with the same items, each done, where it stood or not started, and completes",
+            _foreach_loops,
+            {},
+            options=RunOptions(engine_level=3),
         ),
         Scenario(
             "people",

@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
         PATCH_CONTINUE_AS_NEW_EVENTS,
+        PATCH_CONTINUE_AS_NEW_PARALLEL,
         PATCH_CONTINUE_AS_NEW_TASKS,
         PATCH_CONTINUE_AS_NEW_WAITS,
         PATCH_DECLARED_FORM_FIELDS,
@@ -174,7 +175,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
         PATCH_CONTINUE_AS_NEW_EVENTS,
     ),
     1,
-) | {PATCH_HISTORY_GUARD: 2}
+) | {PATCH_HISTORY_GUARD: 2, PATCH_CONTINUE_AS_NEW_PARALLEL: 3}
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
 no marker, no ``TemporalChangeVersion`` upsert (two events, ~240 bytes of history per patch a run

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
@@ -29,7 +30,7 @@ from tests.helpers.http_server import RecordingServer
 from tests.workflows.limited_server import HISTORY_ERROR, limited_env  # noqa: F401
 from tests.workflows.support import Handle, definition, eventually, failure_of, replay, start, status, unique
 from worker import build_worker, workflow_runner
-from workflows.generic import WORKFLOWS, RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, WORKFLOWS, RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE, TENANT
 
 LOOP_ITERATIONS = 600
@@ -731,4 +732,155 @@ async def test_a_loop_and_an_approval_inside_branches_continue_as_new_there(
     runs = await _chain(limited_client, handle.id)
     assert len(runs) >= 3
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+def _counting_branch(prefix: str, var: str, iterations: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"{prefix}_work",
+            "type": "task",
+            "action": "echo",
+            "input": {"value": f"{{{{ vars.{var} }}}}"},
+            "max_visits": iterations,
+        },
+        {
+            "id": f"{prefix}_bump",
+            "type": "set",
+            "vars": {var: f"{{{{ vars.{var} + 1 }}}}"},
+            "max_visits": iterations,
+        },
+        {
+            "id": f"{prefix}_again",
+            "type": "condition",
+            "if": f"vars.{var} < {iterations}",
+            "then": {"goto": f"{prefix}_work"},
+            "max_visits": iterations,
+        },
+        {"id": f"{prefix}_total", "type": "set", "vars": {f"{prefix}_n": f"{{{{ vars.{var} }}}}"}},
+    ]
+
+
+@pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
+async def test_loops_in_parallel_branches_continue_as_new_inside_the_parallel_step(
+    limited_client: Client, limited_worker: Worker, task_queue: str, level: int
+) -> None:
+    """Two loops in the branches of a parallel step (about 400 events together, a history budget
+    of 100): the run continues as new with both branches where they stood, a third branch's output
+    carried once it finished; the step completes once, with every branch's output, no run of the
+    chain is terminated and every history replays (generation 0 asks the patch, the current one
+    applies it)."""
+    document = definition(
+        unique("parallel-loops"),
+        [
+            {"id": "init", "type": "set", "vars": {"a": 0, "b": 0}},
+            {
+                "id": "fan",
+                "type": "parallel",
+                "branches": [
+                    {"id": "left", "steps": _counting_branch("l", "a", 40)},
+                    {"id": "right", "steps": _counting_branch("r", "b", 25)},
+                    {
+                        "id": "once",
+                        "steps": [
+                            {"id": "solo", "type": "task", "action": "echo", "input": {"value": "solo"}}
+                        ],
+                    },
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"fan": "{{ steps.fan.output }}", "a": "{{ vars.a }}", "b": "{{ vars.b }}"},
+    )
+    handle = await start(
+        limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {
+        "fan": {"left": {"l_n": 40}, "right": {"r_n": 25}, "once": "solo"},
+        "a": 40,
+        "b": 25,
+    }
+    final = await status(handle)
+    assert final.continued >= 2
+    assert [r.status for r in final.steps if r.id == "fan"] == [StepStatus.COMPLETED]
+    runs = await _chain(limited_client, handle.id)
+    assert len(runs) == final.continued + 1
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    # Each action ran once per turn: 40 + 25 + 1 activities across the chain, none twice.
+    scheduled: list[str] = []
+    for run_id, _ in runs:
+        history = await limited_client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        scheduled += [
+            e.activity_task_scheduled_event_attributes.activity_id
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+    assert len(scheduled) == len(set(scheduled)) == 66
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+async def test_loops_in_foreach_items_continue_as_new_inside_the_foreach_step(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    """A foreach of 8 items, 3 at a time, each looping 5 turns (about 300 events, a history budget
+    of 100): the run continues as new with the items done, running (where in the body, with their
+    own steps) and not started; the step completes once with every item's output in order."""
+    document = definition(
+        unique("foreach-loops"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(8) | list",
+                "concurrency": 3,
+                "output": "{{ item }}:{{ steps.tick.output }}",
+                "steps": [
+                    {"id": "seed", "type": "task", "action": "echo", "input": {"value": 0}},
+                    {
+                        "id": "tick",
+                        "type": "task",
+                        "action": "echo",
+                        "input": {
+                            "value": "{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}"
+                        },
+                        "max_visits": 5,
+                    },
+                    {
+                        "id": "more",
+                        "type": "condition",
+                        "if": "steps.tick.output < 5",
+                        "then": {"goto": "tick"},
+                        "max_visits": 5,
+                    },
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"each": "{{ steps.each.output }}"},
+    )
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(minutes=5),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"each": [f"{i}:5" for i in range(8)]}
+    final = await status(handle)
+    assert final.continued >= 2
+    runs = await _chain(limited_client, handle.id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    scheduled: list[str] = []
+    for run_id, _ in runs:
+        history = await limited_client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        scheduled += [
+            e.activity_task_scheduled_event_attributes.activity_id
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+    assert len(scheduled) == len(set(scheduled)) == 8 * 6
     assert await _replay_chain(limited_client, handle.id) == len(runs)

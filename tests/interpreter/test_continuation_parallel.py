@@ -1,0 +1,356 @@
+"""Continue-as-new inside the branches of a ``parallel`` step (patch ``continue-as-new-in-parallel``),
+driven by the fake runtime: loops in concurrent branches stop at boundaries, the run continues as
+new carrying each branch's place (or output), and the chain ends as an uninterrupted run would."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from interpreter.continuation import Continuation, read_continuation
+from interpreter.engine import PARALLEL_DRAIN_WAIT_S, PARALLEL_KIND, Engine, RunInfo
+from interpreter.model import Definition
+from interpreter.state import RunResult, RunState, StepStatus
+from tests.interpreter.fake_runtime import FakeRuntime
+from tests.interpreter.test_engine import delay, make_definition, new_runtime, set_vars, task, work
+
+
+def _looping(prefix: str, var: str, iterations: int, seconds: float) -> list[dict[str, Any]]:
+    """A branch counting ``vars.<var>`` to ``iterations`` with a ``goto`` loop, one action a turn."""
+    return [
+        work(f"{prefix}_step", seconds, value=f"{{{{ vars.{var} }}}}", max_visits=iterations),
+        set_vars(f"{prefix}_bump", {var: f"{{{{ vars.{var} + 1 }}}}"}, max_visits=iterations),
+        {
+            "id": f"{prefix}_again",
+            "type": "condition",
+            "if": f"vars.{var} < {iterations}",
+            "then": {"goto": f"{prefix}_step"},
+            "max_visits": iterations,
+        },
+        set_vars(f"{prefix}_done", {f"{prefix}_total": f"{{{{ vars.{var} }}}}"}),
+    ]
+
+
+def _parallel_loops(left: int = 9, right: int = 5) -> list[dict[str, Any]]:
+    return [
+        set_vars("init", {"a": 0, "b": 0}),
+        work("charge", value="charged", compensate=[task("refund", "refund")]),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "left", "steps": _looping("l", "a", left, 1)},
+                {"id": "right", "steps": _looping("r", "b", right, 3)},
+                {"id": "short", "steps": [work("s_one", 2, value="short")]},
+            ],
+        },
+        work("tail", value="{{ steps.par.output.left.l_total + steps.par.output.right.r_total }}"),
+        {"id": "end", "type": "fail", "message": "stop after {{ steps.tail.output }}"},
+    ]
+
+
+def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | None, every: int) -> Engine:
+    """An engine whose host asks to continue as new once ``every`` actions were called in its run."""
+    done = len(rt.calls)
+    return Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
+        continue_as_new=lambda: len(rt.calls) - done >= every,
+        resume=snapshot,
+    )
+
+
+async def _chain(
+    definition: Definition, rt: FakeRuntime, every: int
+) -> tuple[RunResult, Engine, list[dict[str, Any]]]:
+    """Runs the chain to its end; returns the result, the last engine and each snapshot (as JSON)."""
+    snapshot: Continuation | None = None
+    snapshots: list[dict[str, Any]] = []
+    while True:
+        engine = _engine(definition, rt, snapshot, every)
+        result = await rt.run(engine.run())
+        if not engine.continuing:
+            return result, engine, snapshots
+        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+        snapshots.append(data)
+        snapshot = read_continuation(data)
+
+
+async def _straight(definition: Definition) -> tuple[RunResult, FakeRuntime]:
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    return await rt.run(Engine(definition, {}, rt, RunInfo("wf-1", "run-0", rt.now())).run()), rt
+
+
+async def test_loops_in_parallel_branches_continue_as_new_there_and_end_as_an_uninterrupted_run() -> None:
+    definition = make_definition(_parallel_loops())
+    straight, straight_rt = await _straight(definition)
+    assert straight.error == "stop after 14"
+
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    chained, engine, snapshots = await _chain(definition, rt, every=3)
+
+    inside = [s["kinds"][PARALLEL_KIND] for s in snapshots if PARALLEL_KIND in s["kinds"]]
+    assert len(inside) >= 3, snapshots  # most switches happen with both loops running
+    # The short branch finished early: later snapshots carry its output, not a place.
+    assert {"id": "short", "done": True, "output": "short"} in inside[-1]["branches"]
+    assert all(s["position"] == 2 for s in snapshots if PARALLEL_KIND in s["kinds"])
+    assert (
+        (chained.state, chained.error)
+        == (straight.state, straight.error)
+        == (RunState.FAILED, "stop after 14")
+    )
+    # Every action once, with the activity ids an uninterrupted run gives them (visits went on).
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+    assert len(rt.calls) == len(straight_rt.calls)
+    assert rt.calls[-1].step_id == "refund"  # registered in the first run, run at the end of the last
+    status = engine.status()
+    assert status.continued == len(snapshots)
+    par = [r for r in status.steps if r.id == "par"]
+    assert [(r.status, r.output) for r in par] == [
+        (
+            StepStatus.COMPLETED,
+            {"left": {"l_total": 9}, "right": {"r_total": 5}, "short": "short"},
+        )
+    ]
+
+
+async def test_max_visits_in_a_parallel_branch_counts_across_runs() -> None:
+    steps = _parallel_loops()
+    steps[2]["branches"][0]["steps"][0]["max_visits"] = 6  # the left loop wants 9 visits
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    result, _, snapshots = await _chain(make_definition(steps), rt, every=2)
+    assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    assert result.error_type == "LoopLimitExceeded"
+    assert "'l_step' would run 7 times" in (result.error or "")
+    assert rt.calls[-1].step_id == "refund"
+
+
+async def test_a_waiting_branch_keeps_the_run_from_continuing_inside_the_parallel() -> None:
+    """A delay in one branch: the other branch's loop is not stopped for a switch it could not make
+    (the delay would not be carried); the run continues as new after the parallel step."""
+    steps = [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 8, 1)},
+                {"id": "slow", "steps": [delay("nap", "1h")]},
+            ],
+        },
+        work("after", value="after"),
+        work("last", value="last"),
+    ]
+    definition = make_definition(steps)
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt, every=2)
+    assert result.state == RunState.COMPLETED
+    assert snapshots
+    assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    # The loop ran at its own pace, not held until the delay ended.
+    assert max(c.elapsed for c in rt.calls if c.step_id == "l_step") < 60
+
+
+async def test_a_branch_in_a_long_step_holds_the_others_for_a_bounded_time_only() -> None:
+    steps = [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 30, 10)},
+                {"id": "long", "steps": [work("crunch", 3600, value="crunched")]},
+            ],
+        },
+        work("after", value="after"),
+    ]
+    definition = make_definition(steps)
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt, every=2)
+    assert result.state == RunState.COMPLETED
+    assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    stops = [w for w in rt.waits if w.summary.endswith("stop for continue-as-new")]
+    assert any(w.timeout_s == PARALLEL_DRAIN_WAIT_S for w in stops)
+    # 30 turns of 10 s, held once for at most PARALLEL_DRAIN_WAIT_S (tried again only 10 min later).
+    loop_calls = [c.elapsed for c in rt.calls if c.step_id == "l_step"]
+    assert len(loop_calls) == 30
+    assert max(loop_calls) <= 290 + PARALLEL_DRAIN_WAIT_S + 1
+
+
+def _all_finished(entry: dict[str, Any]) -> None:
+    entry["branches"] = [{"id": b["id"], "done": True, "output": None} for b in entry["branches"]]
+
+
+async def test_a_carried_parallel_step_is_checked_against_the_definition() -> None:
+    definition = make_definition(_parallel_loops())
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=3)
+    await rt.run(first.run())
+    assert first.continuing
+    data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    assert data["kinds"][PARALLEL_KIND]["step"] == "par"
+    entry = data["kinds"][PARALLEL_KIND]
+    for forge, message in (
+        (lambda e: e.update(step="tail"), "carried parallel step 'tail' is not at step 2"),
+        (lambda e: e["branches"].reverse(), "are not its branches"),
+        (lambda e: e["branches"][0].update(position=7), "no step 7 in it"),
+        (lambda e: e["branches"][0].update(position=True), "no step True in it"),
+        (lambda e: e["branches"][1].pop("last_output"), "is malformed"),
+        (lambda e: e.pop("branches"), "is malformed"),
+        (_all_finished, "are all finished"),
+    ):
+        bad = json.loads(json.dumps(data))
+        forge(bad["kinds"][PARALLEL_KIND])
+        with pytest.raises(ValueError, match=message):
+            _engine(definition, rt, read_continuation(bad), every=100)
+    assert entry["branches"][0]["id"] == "left"
+
+
+async def test_a_finished_branch_is_carried_only_for_a_join_of_all() -> None:
+    steps = _parallel_loops()
+    steps[2]["join"] = "any"
+    definition = make_definition(steps)
+    rt = new_runtime()
+    first = _engine(make_definition(_parallel_loops()), rt, None, every=3)
+    await rt.run(first.run())
+    data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    data["kinds"][PARALLEL_KIND]["branches"][2] = {"id": "short", "done": True, "output": "short"}
+    with pytest.raises(ValueError, match="only when the join is 'all'"):
+        _engine(definition, rt, read_continuation(data), every=100)
+
+
+async def test_a_run_cancelled_before_it_went_back_into_the_parallel_step_closes_it() -> None:
+    definition = make_definition(_parallel_loops())
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    first = _engine(definition, rt, None, every=3)
+    await rt.run(first.run())
+    snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
+    second = _engine(definition, rt, snapshot, every=100)
+    second.hold_steps = True  # a cancellation is on its way: no step starts
+    task_ = rt.spawn(second.run())
+    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
+    task_.cancel()
+    result = await rt.run(task_)
+    assert result.state == RunState.CANCELLED
+    par = [r for r in second.status().steps if r.id == "par"]
+    assert [r.status for r in par] == [StepStatus.CANCELLED]
+    assert rt.calls[-1].step_id == "refund"
+
+
+def _foreach_loops(items: int = 6, turns: int = 4) -> list[dict[str, Any]]:
+    """A foreach whose body loops ``turns`` times per item (a counter kept in the item's own steps)."""
+    return [
+        work("charge", value="charged", compensate=[task("refund", "refund")]),
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": f"range({items}) | list",
+            "concurrency": 2,
+            "output": "{{ item }}-{{ steps.tick.output }}",
+            "steps": [
+                work("seed", 1, value=0),
+                work(
+                    "tick",
+                    2,
+                    value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
+                    max_visits=turns,
+                ),
+                {
+                    "id": "more",
+                    "type": "condition",
+                    "if": f"steps.tick.output < {turns}",
+                    "then": {"goto": "tick"},
+                    "max_visits": turns,
+                },
+            ],
+        },
+        {"id": "end", "type": "fail", "message": "{{ steps.each.output | join(',') }}"},
+    ]
+
+
+async def test_loops_in_foreach_items_continue_as_new_there_and_end_as_an_uninterrupted_run() -> None:
+    definition = make_definition(_foreach_loops())
+    straight, straight_rt = await _straight(definition)
+    assert straight.error == "0-4,1-4,2-4,3-4,4-4,5-4"
+
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    chained, engine, snapshots = await _chain(definition, rt, every=3)
+    inside = [s["kinds"][PARALLEL_KIND] for s in snapshots if PARALLEL_KIND in s["kinds"]]
+    assert len(inside) >= 4, snapshots
+    assert all(e["items"] == list(range(6)) for e in inside)
+    lanes = inside[len(inside) // 2]["lanes"]
+    # Items done (their outputs), running (where in the body, their own steps) and not started.
+    assert any(lane is not None and lane.get("done") for lane in lanes)
+    assert any(lane is not None and "position" in lane for lane in lanes)
+    assert lanes[-1] is None
+    assert (chained.state, chained.error) == (straight.state, straight.error)
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+    assert len(rt.calls) == len(straight_rt.calls)
+    assert rt.calls[-1].step_id == "refund"
+    each = [r for r in engine.status().steps if r.id == "each"]
+    assert [(r.status, r.output) for r in each] == [
+        (StepStatus.COMPLETED, ["0-4", "1-4", "2-4", "3-4", "4-4", "5-4"])
+    ]
+
+
+async def test_a_carried_foreach_step_is_checked_against_the_definition() -> None:
+    definition = make_definition(_foreach_loops())
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=3)
+    await rt.run(first.run())
+    assert first.continuing
+    data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    assert data["kinds"][PARALLEL_KIND]["step"] == "each"
+
+    def running(entry: dict[str, Any]) -> dict[str, Any]:
+        return next(lane for lane in entry["lanes"] if lane is not None and "position" in lane)
+
+    for forge, message in (
+        (lambda e: e.update(step="charge"), "carried foreach step 'charge' is not at step 1"),
+        (lambda e: e["items"].pop(), "are malformed"),
+        (lambda e: running(e).update(position=3), "no step 3 in the body"),
+        (lambda e: running(e).update(steps=[]), "is malformed"),
+        (lambda e: e["lanes"].__setitem__(0, {"done": "yes", "output": 1}), "is malformed"),
+        (lambda e: e.update(items=list(range(2000)), lanes=[None] * 2000), "exceed its limit"),
+        (lambda e: e.update(lanes=[{"done": True, "output": 1}] * 6), "are all finished"),
+    ):
+        bad = json.loads(json.dumps(data))
+        forge(bad["kinds"][PARALLEL_KIND])
+        with pytest.raises(ValueError, match=message):
+            _engine(definition, rt, read_continuation(bad), every=100)
+
+
+async def test_a_parallel_step_inside_a_condition_branch_continues_as_new_inside_both() -> None:
+    steps = _parallel_loops()
+    steps[2] = {
+        "id": "route",
+        "type": "condition",
+        "if": "vars.a == 0",
+        "then": {"steps": [work("first", value="first"), steps[2]]},
+        "else": {"steps": [work("never", value="never")]},
+    }
+    steps[3]["input"]["value"] = "{{ vars.a + vars.b }}"
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition)
+    assert straight.error == "stop after 14"
+
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    chained, engine, snapshots = await _chain(definition, rt, every=3)
+    inside = [s for s in snapshots if PARALLEL_KIND in s["kinds"]]
+    assert len(inside) >= 3
+    assert all(s["kinds"]["branches"] == [{"step": "route", "branch": "then", "position": 1}] for s in inside)
+    assert (chained.state, chained.error) == (straight.state, straight.error)
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+    assert "never" not in [c.step_id for c in rt.calls]
+    route = [r for r in engine.status().steps if r.id == "route"]
+    assert [(r.status, r.output) for r in route] == [(StepStatus.COMPLETED, {"branch": "then"})]
