@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
@@ -44,6 +45,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from interpreter.durations import parse_duration
 from interpreter.model import OverlapPolicy, ScheduleTrigger
+from interpreter.state import RunInput
 from starter.errors import InvalidInputError, ScheduleNotFoundError, ServerUnavailableError
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
@@ -96,13 +98,16 @@ class ScheduleInfo(BaseModel):
         trigger: The trigger id.
         active_version: The version active in the registry.
         version: The version the schedule starts (None: no schedule exists).
-        in_sync: The schedule exists and starts the active version with its trigger as declared.
+        in_sync: The schedule exists and starts the active version with its trigger as declared,
+            at the interpreter generation this client starts runs at (``WFA_ENGINE_LEVEL``).
         spec: ``every 5m`` or ``cron */5 * * * *``, with the time zone.
         paused: Paused by an operator (``wfa schedules pause``).
         note: The schedule's note (why it was paused).
         next_fires: The next few fire times.
         recent_runs: Workflow ids of the most recent runs it started, newest last.
         actions: How many runs it started.
+        generation: The interpreter generation its runs start at (``RunOptions.engine_level``;
+            None when its action cannot be read here, e.g. encrypted with a key this client lacks).
     """
 
     id: str
@@ -117,6 +122,7 @@ class ScheduleInfo(BaseModel):
     next_fires: list[datetime] = []
     recent_runs: list[str] = []
     actions: int = 0
+    generation: int | None = None
 
 
 def _spec_text(trigger: ScheduleTrigger) -> str:
@@ -304,10 +310,12 @@ async def list_schedules(flows: FlowClient, definition: str | None = None) -> li
         version = description.typed_search_attributes.get(DEFINITION_VERSION)
         digest = description.typed_search_attributes.get(DEFINITION_HASH)
         info.version = version
+        info.generation = await _generation(flows, description)
         info.in_sync = (
             version == live.version
             and digest == live.content_hash
             and _same(description, flows, live.resolved, trigger)
+            and info.generation in (None, flows.engine_level)
         )
         info.paused = description.schedule.state.paused
         info.note = description.schedule.state.note or ""
@@ -318,6 +326,22 @@ async def list_schedules(flows: FlowClient, definition: str | None = None) -> li
         info.actions = description.info.num_actions
         found.append(info)
     return sorted(found, key=lambda item: item.id)
+
+
+async def _generation(flows: FlowClient, description: ScheduleDescription) -> int | None:
+    """The interpreter generation the schedule's action starts runs at (decoded from its input with
+    the client's converter and codec), None when it cannot be read here."""
+    action = description.schedule.action
+    if not isinstance(action, ScheduleActionStartWorkflow) or len(action.args) != 1:
+        return None
+    payload = action.args[0]
+    if not isinstance(payload, Payload):
+        return None
+    try:
+        [run_input] = await flows.client.data_converter.decode([payload], [RunInput])
+    except (ValueError, TypeError, KeyError, RuntimeError):
+        return None
+    return run_input.options.engine_level if isinstance(run_input, RunInput) else None
 
 
 def _same(

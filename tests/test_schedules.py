@@ -207,6 +207,33 @@ async def test_a_schedule_fires_the_active_version_and_follows_activate_and_roll
     await version_becomes(client, sid, None)
 
 
+async def test_a_schedule_written_at_another_interpreter_generation_is_out_of_sync(
+    flows: FlowClient, client: Client
+) -> None:
+    """``WFA_ENGINE_LEVEL`` changed (a rollout ended) after a schedule was written: ``list`` reads
+    the generation from the schedule's action and says the schedule is out of sync; a sync writes
+    the client's generation."""
+    name = unique()
+    level = flows.engine_level
+    await flows.register(scheduled(name, "hourly", every="1h"), author="ann")
+    first = await listed(flows, name, lambda item: item.in_sync)
+    assert first.generation == level
+    try:
+        flows.engine_level = 0  # the client of a rollout that pins generation 0
+        stale = await listed(flows, name, lambda item: True)
+        assert not stale.in_sync
+        assert stale.generation == level
+        assert stale.version == stale.active_version == 1
+        await flows.sync_schedules(name)
+        pinned = await listed(flows, name, lambda item: item.generation == 0)
+        assert pinned.in_sync
+    finally:
+        flows.engine_level = level
+    assert not (await listed(flows, name, lambda item: True)).in_sync
+    await flows.sync_schedules(name)
+    assert (await listed(flows, name, lambda item: item.generation == level)).in_sync
+
+
 async def test_pause_unpause_trigger_and_backfill(
     flows: FlowClient, client: Client, store_worker: Worker, tenant: str, database_url: str
 ) -> None:
