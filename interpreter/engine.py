@@ -160,20 +160,24 @@ BRANCHES_KIND = "branches"
 run goes on."""
 
 PATCH_CONTINUE_AS_NEW_PARALLEL = "continue-as-new-in-parallel"
-"""Patch id: the branches of a ``parallel`` step that is itself at a safe point (top-level, or in the
-branches of such a ``condition`` or ``switch``) continue as new too. When the host asks at a
-boundary between two steps of a branch, and no branch waits (approval, task, delay, event, park),
-each branch stops at its next boundary; once every branch that has not finished stands at one, the
-run continues as new carrying each branch's position (or output, when done) and goes on with all of
-them in the next run (:data:`PARALLEL_KIND`). A branch that starts waiting meanwhile, or a stop
-that takes longer than :data:`PARALLEL_DRAIN_WAIT_S`, lets the branches go on (tried again after
-:data:`PARALLEL_DRAIN_RETRY_S`). Asked only when a branch would stop for it: a history recorded
-before the change replays its branches as they went on."""
+"""Patch id: the branches of a ``parallel`` step, and the items of a ``foreach`` run in the run,
+that is itself at a safe point (top-level, or in the branches of such a ``condition`` or
+``switch``) continue as new too. When the host asks at a boundary between two steps of a branch,
+and no step waits but in a ``delay`` among a branch's own steps, each branch stops at its next
+boundary (or sleeps on in that delay); once every branch that has not finished stands at one (or
+sleeps), the run continues as new carrying each branch's position (or output, when done, and the
+delay it sleeps in) and goes on with all of them in the next run (:data:`PARALLEL_KIND`). A branch
+that starts another wait meanwhile, or a stop that takes longer than :data:`PARALLEL_DRAIN_WAIT_S`,
+lets the branches go on (tried again after :data:`PARALLEL_DRAIN_RETRY_S`). Asked only when a
+branch would stop for it: a history recorded before the change replays its branches as they went
+on."""
 
 PARALLEL_KIND = "parallel"
-"""Key of the ``parallel`` step a run continued in (``Continuation.kinds``): the step's id and, per
-branch in order, its id and either ``done`` with its output or the ``position`` in its steps where
-it goes on, with its ``last_output``."""
+"""Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
+id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
+steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in, if any; for a
+``foreach``, its ``items`` and per item ``None`` (not started), ``done`` or such a place with the
+item's own ``steps``."""
 
 PARALLEL_DRAIN_WAIT_S = 60.0
 """How long branches that stopped for a continue-as-new wait for the others to reach a boundary."""
@@ -723,6 +727,7 @@ class _Lane:
     """One branch of a ``parallel`` step, or one item of a ``foreach``, that may continue as new (see
     :data:`PATCH_CONTINUE_AS_NEW_PARALLEL`)."""
 
+    steps: list[Step] = field(default_factory=list)
     scope: _Scope | None = None
     """Its scope (a foreach item's once it started)."""
     index: int = 0
@@ -732,6 +737,8 @@ class _Lane:
     failed: bool = False
     output: Any = None
     """Its output, once done."""
+    sleeping: CarriedDelay | None = None
+    """The ``delay`` among its steps (not nested deeper) it waits in: carried as it is."""
 
     @property
     def started(self) -> bool:
@@ -756,15 +763,23 @@ class _Drain:
             and quiet
             and not self.off
             and all(
-                lane.stopped or not lane.started or (lane.done and self.join == JoinStrategy.ALL)
+                lane.stopped
+                or lane.sleeping is not None
+                or not lane.started
+                or (lane.done and self.join == JoinStrategy.ALL)
                 for lane in self.lanes
             )
-            and any(lane.stopped for lane in self.lanes)
+            and any(lane.stopped or lane.sleeping is not None for lane in self.lanes)
         )
 
 
 def _last_output(lane: _Lane) -> Any:
     return None if lane.scope is None else lane.scope.last_output
+
+
+def _sleeping(lane: _Lane) -> dict[str, Any]:
+    """The carried entry's ``delay`` of a branch that waits in one."""
+    return {} if lane.sleeping is None else {"delay": lane.sleeping.model_dump(mode="json")}
 
 
 class _Drained(Exception):  # control flow: every branch of a parallel step stopped for continue-as-new
@@ -797,15 +812,26 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
             if step.join != JoinStrategy.ALL:
                 raise ValueError(f"{where}: a finished branch is carried only when the join is 'all'")
             continue
-        if set(entry) != {"id", "position", "last_output"}:
+        if set(entry) - {"delay"} != {"id", "position", "last_output"}:
             raise ValueError(f"{where} is malformed")
         at = entry["position"]
         if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(branch.steps):
             raise ValueError(f"{where}: no step {at!r} in it")
+        _check_lane_delay(entry, branch.steps[at], at, branch.steps[at].id, where)
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
     return {"step": step.id, "branches": [dict(e) for e in entries]}
+
+
+def _check_lane_delay(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
+    """A carried branch's (item's) ``delay``, if any: the delay step at its position and path."""
+    if "delay" not in entry:
+        return
+    delay = CarriedDelay.model_validate(entry["delay"])
+    if not isinstance(step, DelayStep) or delay.path != path or delay.position != position:
+        raise ValueError(f"{where}: its carried delay {delay.path!r} is not step {position} of it")
+    entry["delay"] = delay
 
 
 def _check_carried_foreach(
@@ -828,12 +854,13 @@ def _check_carried_foreach(
             going += 1
         elif isinstance(lane, dict) and set(lane) == {"done", "output"} and lane["done"] is True:
             continue
-        elif isinstance(lane, dict) and set(lane) == {"position", "last_output", "steps"}:
+        elif isinstance(lane, dict) and set(lane) - {"delay"} == {"position", "last_output", "steps"}:
             at = lane["position"]
             if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(step.steps):
                 raise ValueError(f"{where}: no step {at!r} in the body")
             if not isinstance(lane["steps"], dict):
                 raise ValueError(f"{where} is malformed")
+            _check_lane_delay(lane, step.steps[at], at, f"{step.id}[{i}].{step.steps[at].id}", where)
             going += 1
         else:
             raise ValueError(f"{where} is malformed")
@@ -1019,6 +1046,15 @@ class Engine:
         first task on."""
         self._carried_parallel: dict[str, Any] | None = None
         """The ``parallel`` step a previous run of the chain continued in (:data:`PARALLEL_KIND`)."""
+        self._carried_lane_delays: dict[str, CarriedDelay] = {}
+        """The delays its branches (items) waited in, by path: each goes on at the same time."""
+        self._drain: _Drain | None = None
+        """The branches of the ``parallel`` or ``foreach`` at the safe point, while it runs."""
+        self._lane_sleeps: set[str] = set()
+        """Paths of the delays branches wait in that a continue-as-new carries as they are."""
+        self._carrying = False
+        """Set once the branches stopped for a continue-as-new: a delay cancelled then goes on in
+        the next run (its record stays open)."""
         self._carried_park: CarriedPark | None = None
         self._carried_parked: _Park | None = None
         """The park a previous run of the chain carried: shown and decidable from the first task."""
@@ -1370,6 +1406,10 @@ class Engine:
         if resuming is not None and step is self._safe_step() and resuming[0] == path:
             await self._resume_step(step, scope, path, resuming[1])
             return
+        lane_delay = self._carried_lane_delays.get(path)
+        if lane_delay is not None and isinstance(step, DelayStep) and self._lane_at(step, scope) is not None:
+            await self._resume_step(step, scope, path, lane_delay.since)
+            return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -1475,6 +1515,9 @@ class Engine:
             self._finish_open(record, StepStatus.COMPLETED)
             raise
         except asyncio.CancelledError:
+            if self._carrying:
+                continuing = True  # a branch's delay, carried into the next run: its record stays open
+                raise
             self._finish_open(record, StepStatus.CANCELLED, error="cancelled", error_type="Cancelled")
             raise
         except _RunFailed as failure:
@@ -2133,6 +2176,8 @@ class Engine:
                 settled if stop is None else lambda: settled() or stop(), None, summary
             )
             drained = stop is not None and not settled() and stop()
+            # The delays branches wait in are cancelled to go on in the next run, not ended.
+            self._carrying = self._carrying or drained
         finally:
             losers = [t for t in tasks if not t.done()]
             for task in losers:
@@ -2165,7 +2210,7 @@ class Engine:
         carried: list[dict[str, Any]] | None = None if taken is None else taken["branches"]
         drain = None
         if self._continue_as_new is not None and self._at_safe_step(step, scope):
-            drain = _Drain([_Lane(scope.sibling()) for _ in step.branches], step.join)
+            drain = _Drain([_Lane(b.steps, scope.sibling()) for b in step.branches], step.join)
 
         async def run_branch(i: int, steps: list[Step]) -> Any:
             lane = None if drain is None else drain.lanes[i]
@@ -2194,6 +2239,7 @@ class Engine:
 
         factories = [functools.partial(run_branch, i, b.steps) for i, b in enumerate(step.branches)]
         summary = f"{step.label}: join {step.join}"
+        self._drain = drain or self._drain
         try:
             winner, results = await self._join(
                 factories, step.join, summary, None if drain is None else lambda: drain.ready(self._quiet())
@@ -2205,11 +2251,19 @@ class Engine:
                 "branches": [
                     {"id": b.id, "done": True, "output": lane.output}
                     if lane.done
-                    else {"id": b.id, "position": lane.index, "last_output": _last_output(lane)}
+                    else {
+                        "id": b.id,
+                        "position": lane.index,
+                        "last_output": _last_output(lane),
+                        **_sleeping(lane),
+                    }
                     for b, lane in zip(step.branches, drain.lanes, strict=True)
                 ],
             }
             raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
+        finally:
+            if self._drain is drain:
+                self._drain = None
         if step.join == JoinStrategy.ALL:
             return {b.id: r for b, r in zip(step.branches, results, strict=True)}
         return {"winner": step.branches[winner].id, "output": results[0]}
@@ -2242,9 +2296,34 @@ class Engine:
         lane.done, lane.output = True, output
         return output
 
+    def _lane_at(self, step: Step, scope: _Scope) -> _Lane | None:
+        """The branch (item) of the ``parallel`` or ``foreach`` at the safe point whose current step
+        is ``step`` (one of its own steps, not nested deeper), if any."""
+        drain = self._drain
+        if drain is None:
+            return None
+        for lane in drain.lanes:
+            if lane.scope is scope and lane.index < len(lane.steps) and lane.steps[lane.index] is step:
+                return lane
+        return None
+
+    async def _sleep_in_lane(self, step: DelayStep, path: str, lane: _Lane, delay: CarriedDelay) -> None:
+        """A branch's ``delay`` until ``delay.until``: the same timer as any delay's; meanwhile the
+        run may continue as new, carrying it (the next run waits for the time that is left)."""
+        wait = max(delay.until - self.runtime.now(), timedelta(0))
+        lane.sleeping = delay
+        self._lane_sleeps.add(path)
+        try:
+            await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
+        finally:
+            if not self._carrying:  # (carried: the snapshot is taken once every branch ended)
+                lane.sleeping = None
+            self._lane_sleeps.discard(path)
+
     def _quiet(self) -> bool:
-        """No step of the run waits (for a person, a timer, an event or a dead letter decision)."""
-        return not self.waiting and not self._parked
+        """No step of the run waits (for a person, an event or a dead letter decision, or a timer
+        but a branch's own ``delay``, which a continue-as-new carries)."""
+        return not self._parked and all(path in self._lane_sleeps for path in self.waiting)
 
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
         """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
@@ -2330,7 +2409,7 @@ class Engine:
             and (safe or carried is not None)
             and self._at_safe_step(step, scope)
         ):
-            drain = _Drain([_Lane() for _ in items], JoinStrategy.ALL)
+            drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL)
         entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
 
         async def one(i: int, item: Any) -> Any:
@@ -2376,6 +2455,7 @@ class Engine:
         if not factories:
             return []
         summary = f"{step.label}: {len(items)} items"
+        self._drain = drain or self._drain
         try:
             _, results = await self._join(
                 factories,
@@ -2394,11 +2474,15 @@ class Engine:
                     "position": lane.index,
                     "last_output": lane.scope.last_output,
                     "steps": dict(lane.scope.steps),
+                    **_sleeping(lane),
                 }
                 for lane in drain.lanes
             ]
             entry = {"step": step.id, "items": list(items), "lanes": lanes}
             raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
+        finally:
+            if self._drain is drain:
+                self._drain = None
         return results
 
     async def _fan_out(
@@ -2476,6 +2560,13 @@ class Engine:
     async def _delay(self, step: DelayStep, scope: _Scope, path: str) -> Any:
         now = self.runtime.now()
         top = self._at_safe_step(step, scope)
+        lane = self._lane_at(step, scope)
+        in_lane = None if lane is None else self._carried_lane_delays.pop(path, None)
+        if lane is not None and in_lane is not None:
+            # Its run continued as new while it waited in a branch: the timer fires as it would have.
+            with self._waiting_at(path, step.label):
+                await self._sleep_in_lane(step, path, lane, in_lane)
+            return {"waited_s": in_lane.waited_s, "resumed_at": in_lane.until.isoformat()}
         carried = self._carried_delay
         if carried is not None and top and carried.path == path:
             # Continued as new while it waited: the timer fires at the same time as before.
@@ -2520,6 +2611,15 @@ class Engine:
                         waited_s=wait.total_seconds(),
                     )
                     await self._sleep_at_top(step, path, delay, resumed=False)
+                elif lane is not None:
+                    delay = CarriedDelay(
+                        position=lane.index,
+                        path=path,
+                        since=now,
+                        until=now + wait,
+                        waited_s=wait.total_seconds(),
+                    )
+                    await self._sleep_in_lane(step, path, lane, delay)
                 else:
                     await self.runtime.sleep(
                         wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}"
@@ -3338,6 +3438,10 @@ class Engine:
             self._carried_parallel = _check_carried_parallel(
                 parallel, steps, inner, self.definition.limits.max_foreach_items
             )
+            for lane in self._carried_parallel.get("branches") or self._carried_parallel["lanes"]:
+                if isinstance(lane, dict) and isinstance(lane.get("delay"), CarriedDelay):
+                    delay = lane.pop("delay")
+                    self._carried_lane_delays[delay.path] = delay
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position
@@ -3465,17 +3569,18 @@ class Engine:
         before going back into them (see :data:`PATCH_DROP_UNRESUMED`)."""
         task, event, approval = self._carried_task, self._carried_event, self._carried_approval
         delay, park, parked = self._carried_delay, self._carried_park, self._carried_parked
-        branches, parallel = self._resume_branches, self._carried_parallel
-        if not (task or event or approval or delay or park or branches or parallel):
+        branches, parallel, lanes = self._resume_branches, self._carried_parallel, self._carried_lane_delays
+        if not (task or event or approval or delay or park or branches or parallel or lanes):
             return
         if not self.runtime.patched(PATCH_DROP_UNRESUMED):
             return  # a history recorded before: the carried wait stayed as it was
         self._carried_task = self._carried_event = self._carried_approval = None
         self._carried_delay, self._carried_park, self._carried_parked = None, None, None
-        self._resume_branches, self._carried_parallel = [], None
         paths = {str(entry["step"]) for entry in branches}
         if parallel is not None:
             paths.add(str(parallel["step"]))
+        paths |= set(lanes)
+        self._resume_branches, self._carried_parallel, self._carried_lane_delays = [], None, {}
         for person in (task, approval):
             if person is not None:
                 self._approvals.pop(person.view.path, None)

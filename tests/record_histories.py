@@ -733,6 +733,21 @@ def _parallel_loops(base: str) -> dict[str, Any]:
     }
 
 
+def _parallel_delay(base: str) -> dict[str, Any]:
+    document = _parallel_loops(base)
+    document["name"] = "replay-parallel-delay"
+    branches = document["steps"][1]["branches"]
+    # The second branch sleeps 3 s between its turns (3 of them): carried while it sleeps.
+    right = branches[1]["steps"]
+    right.insert(2, {"id": "nap", "type": "delay", "duration": "3s", "max_visits": 3})
+    right[3]["if"] = "vars.b < 3"
+    for step in right:
+        if "max_visits" in step:
+            step["max_visits"] = 3
+    document["output"]["nap"] = "{{ steps.nap.output }}"
+    return document
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1079,6 +1094,16 @@ def scenarios() -> list[Scenario]:
             "continue-as-new-in-parallel): it goes on with each branch where it stood, the finished "
             "branch's output carried, and completes",
             _parallel_loops,
+            {},
+            options=RunOptions(engine_level=3),
+        ),
+        Scenario(
+            "continued_in_parallel_delay",
+            "the last run of a chain (generation 3) that continued as new (history_budget 100) "
+            "inside a top-level parallel step while one branch slept in a 3 s delay between its "
+            "turns and the other looped (patch continue-as-new-in-parallel): the carried delay's "
+            "timer is for the time left, and the run completes",
+            _parallel_delay,
             {},
             options=RunOptions(engine_level=3),
         ),

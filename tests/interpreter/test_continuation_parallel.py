@@ -14,7 +14,7 @@ from interpreter.engine import PARALLEL_DRAIN_WAIT_S, PARALLEL_KIND, Engine, Run
 from interpreter.model import Definition
 from interpreter.state import RunResult, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
-from tests.interpreter.test_engine import delay, make_definition, new_runtime, set_vars, task, work
+from tests.interpreter.test_engine import approval, delay, make_definition, new_runtime, set_vars, task, work
 
 
 def _looping(prefix: str, var: str, iterations: int, seconds: float) -> list[dict[str, Any]]:
@@ -132,9 +132,9 @@ async def test_max_visits_in_a_parallel_branch_counts_across_runs() -> None:
     assert rt.calls[-1].step_id == "refund"
 
 
-async def test_a_waiting_branch_keeps_the_run_from_continuing_inside_the_parallel() -> None:
-    """A delay in one branch: the other branch's loop is not stopped for a switch it could not make
-    (the delay would not be carried); the run continues as new after the parallel step."""
+async def test_a_waiting_approval_keeps_the_run_from_continuing_inside_the_parallel() -> None:
+    """An approval in one branch: the other branch's loop is not stopped for a switch it could not
+    make (the approval is not carried); the run continues as new after the parallel step."""
     steps = [
         set_vars("init", {"a": 0}),
         {
@@ -142,7 +142,7 @@ async def test_a_waiting_branch_keeps_the_run_from_continuing_inside_the_paralle
             "type": "parallel",
             "branches": [
                 {"id": "loop", "steps": _looping("l", "a", 8, 1)},
-                {"id": "slow", "steps": [delay("nap", "1h")]},
+                {"id": "gate", "steps": [approval("ok", ["alice"], timeout="1h", on_timeout="approve")]},
             ],
         },
         work("after", value="after"),
@@ -154,8 +154,87 @@ async def test_a_waiting_branch_keeps_the_run_from_continuing_inside_the_paralle
     assert result.state == RunState.COMPLETED
     assert snapshots
     assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
-    # The loop ran at its own pace, not held until the delay ended.
+    # The loop ran at its own pace, not held until the approval timed out.
     assert max(c.elapsed for c in rt.calls if c.step_id == "l_step") < 60
+
+
+def _delayed_loops() -> list[dict[str, Any]]:
+    """Two looping branches that wait between their (instant) actions: 10 minutes and an hour."""
+    quick = _looping("q", "a", 12, 0)
+    quick.insert(2, delay("pause", "10m", max_visits=12))
+    slow = _looping("s", "b", 4, 0)
+    slow.insert(2, delay("nap", "1h", max_visits=4))
+    return [
+        set_vars("init", {"a": 0, "b": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [{"id": "quick", "steps": quick}, {"id": "slow", "steps": slow}],
+        },
+        work("tail", value="{{ steps.nap.output.waited_s }}"),
+    ]
+
+
+async def test_a_delay_in_a_branch_is_carried_and_fires_when_it_would_have() -> None:
+    definition = make_definition(_delayed_loops())
+    straight, straight_rt = await _straight(definition)
+    assert straight.state == RunState.COMPLETED
+
+    rt = new_runtime()
+    chained, engine, snapshots = await _chain(definition, rt, every=2)
+    carried = [
+        b["delay"]
+        for s in snapshots
+        if PARALLEL_KIND in s["kinds"]
+        for b in s["kinds"][PARALLEL_KIND]["branches"]
+        if "delay" in b
+    ]
+    assert carried, snapshots  # switches happened while the slow branch slept
+    assert all(
+        (d["path"], d["position"], d["waited_s"]) in {("nap", 2, 3600), ("pause", 2, 600)} for d in carried
+    )
+    assert chained.state == RunState.COMPLETED
+    assert chained.output == straight.output
+    # Every action at the same virtual time as in the uninterrupted run: the timers fired as before.
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )
+    naps = [r for r in engine.status().steps if r.id == "nap"]
+    assert [r.output["waited_s"] for r in naps if r.output] == [3600.0] * len([r for r in naps if r.output])
+
+
+async def test_a_delay_in_a_foreach_item_is_carried() -> None:
+    steps = [
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "range(4) | list",
+            "concurrency": 4,
+            "output": "{{ item }}:{{ steps.second.output }}",
+            "steps": [
+                work("first", 1, value="{{ item }}"),
+                delay("nap", "{{ (item + 1) * 10 }}m"),
+                work("second", 1, value="{{ steps.nap.output.waited_s }}"),
+            ],
+        },
+    ]
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition)
+    rt = new_runtime()
+    chained, _, snapshots = await _chain(definition, rt, every=2)
+    lanes = [
+        lane
+        for s in snapshots
+        if PARALLEL_KIND in s["kinds"]
+        for lane in s["kinds"][PARALLEL_KIND]["lanes"]
+        if lane and "delay" in lane
+    ]
+    assert lanes, snapshots
+    assert {lane["delay"]["path"] for lane in lanes} <= {f"each[{i}].nap" for i in range(4)}
+    assert chained.output == straight.output
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )
 
 
 async def test_a_branch_in_a_long_step_holds_the_others_for_a_bounded_time_only() -> None:
@@ -354,3 +433,37 @@ async def test_a_parallel_step_inside_a_condition_branch_continues_as_new_inside
     assert "never" not in [c.step_id for c in rt.calls]
     route = [r for r in engine.status().steps if r.id == "route"]
     assert [(r.status, r.output) for r in route] == [(StepStatus.COMPLETED, {"branch": "then"})]
+
+
+async def test_a_carried_delay_in_a_branch_is_checked() -> None:
+    definition = make_definition(_delayed_loops())
+    rt = new_runtime()
+    snapshot = None
+    data: dict[str, Any] = {}
+    # Run the chain until a snapshot carries a delay in a branch.
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, 2)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+        if any("delay" in b for b in data["kinds"].get(PARALLEL_KIND, {}).get("branches", [])):
+            break
+        snapshot = read_continuation(data)
+    sleeping = next(b for b in data["kinds"][PARALLEL_KIND]["branches"] if "delay" in b)
+
+    for forge, message in (
+        (lambda d: d.update(path="other"), "its carried delay 'other' is not step 2 of it"),
+        (lambda d: d.update(position=0), "is not step 2 of it"),
+        (lambda d: d.pop("until"), "until"),
+    ):
+        bad = json.loads(json.dumps(data))
+        entry = next(b for b in bad["kinds"][PARALLEL_KIND]["branches"] if b["id"] == sleeping["id"])
+        forge(entry["delay"])
+        with pytest.raises(ValueError, match=message):
+            _engine(definition, rt, read_continuation(bad), every=100)
+    bad = json.loads(json.dumps(data))
+    entry = next(b for b in bad["kinds"][PARALLEL_KIND]["branches"] if b["id"] == sleeping["id"])
+    entry["position"] = 0  # a delay carried at a step that is not one
+    entry["delay"]["position"] = 0
+    with pytest.raises(ValueError, match="is not step 0 of it"):
+        _engine(definition, rt, read_continuation(bad), every=100)

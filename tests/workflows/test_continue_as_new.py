@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -883,4 +883,63 @@ async def test_loops_in_foreach_items_continue_as_new_inside_the_foreach_step(
             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         ]
     assert len(scheduled) == len(set(scheduled)) == 8 * 6
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+async def test_a_delay_in_a_parallel_branch_is_carried_across_continue_as_new(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    """One branch loops 40 times, the other waits 4 s three times between its actions (history
+    budget 100): the run continues as new while the second branch sleeps, the next run's timer
+    fires for the time that was left, and the delays' outputs are the whole waits."""
+    slow = _counting_branch("s", "b", 3)
+    slow.insert(2, {"id": "nap", "type": "delay", "duration": "4s", "max_visits": 3})
+    document = definition(
+        unique("parallel-delay"),
+        [
+            {"id": "init", "type": "set", "vars": {"a": 0, "b": 0}},
+            {
+                "id": "fan",
+                "type": "parallel",
+                "branches": [
+                    {"id": "quick", "steps": _counting_branch("q", "a", 40)},
+                    {"id": "slow", "steps": slow},
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"fan": "{{ steps.fan.output }}", "nap": "{{ steps.nap.output.waited_s }}"},
+    )
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(minutes=5),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"fan": {"quick": {"q_n": 40}, "slow": {"s_n": 3}}, "nap": 4.0}
+    runs = await _chain(limited_client, handle.id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    carried_delays = 0
+    for run_id, _ in runs[1:]:
+        history = await limited_client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        started_event = history.events[0].workflow_execution_started_event_attributes
+        run_input = json.loads(started_event.input.payloads[0].data)
+        branches = run_input["continuation"]["kinds"].get("parallel", {}).get("branches", [])
+        for carried in [b["delay"] for b in branches if "delay" in b]:
+            carried_delays += 1
+            until, since = datetime.fromisoformat(carried["until"]), datetime.fromisoformat(carried["since"])
+            assert until - since == timedelta(seconds=4)
+            # The next run's timer is for the time that was left, not a new wait of 4 s.
+            timers = [
+                e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+                for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+            ]
+            assert timers
+            assert timers[0] < timedelta(seconds=4)
+            assert history.events[0].event_time.ToDatetime(UTC) + timers[0] <= until + timedelta(seconds=1)
+    assert carried_delays >= 1, "no run of the chain started with the slow branch's delay carried"
     assert await _replay_chain(limited_client, handle.id) == len(runs)
