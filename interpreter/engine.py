@@ -179,6 +179,12 @@ steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in,
 ``foreach``, its ``items`` and per item ``None`` (not started), ``done`` or such a place with the
 item's own ``steps``."""
 
+PARALLEL_CARRY_BUDGET = 256 * 1024
+"""Most bytes (as JSON) a carried ``parallel``/``foreach`` entry may hold beside the run's state (a
+foreach's list, finished branches' outputs, items' own steps): the snapshot travels in the next
+run's input, under Temporal's 2 MiB payload limit with the state itself. Above it the branches do
+not stop for a continue-as-new (the history guard still bounds the run)."""
+
 PARALLEL_DRAIN_WAIT_S = 60.0
 """How long branches that stopped for a continue-as-new wait for the others to reach a boundary."""
 
@@ -751,10 +757,20 @@ class _Drain:
 
     lanes: list[_Lane]
     join: JoinStrategy
+    items: list[Any] | None = None
+    """A foreach's list (carried with it)."""
     active: bool = False
     off: bool = False
     """Set once the run may not continue as new here (patch declined, or a branch failed)."""
     not_before: datetime | None = None
+
+    def carry_size(self, limit: int) -> int:
+        """What the carried entry would hold beside the run's state, counted up to ``limit``."""
+        parts: list[Any] = [self.items or []]
+        parts += [lane.output for lane in self.lanes if lane.done]
+        if self.items is not None:  # an item still running carries its own steps
+            parts += [lane.scope.steps for lane in self.lanes if lane.scope is not None and not lane.done]
+        return json_size(parts, limit)
 
     def ready(self, quiet: bool) -> bool:
         """Every branch still running stands at a boundary, none waits (``quiet``): carry them."""
@@ -2342,6 +2358,8 @@ class Engine:
                 or not self._continue_wanted()
             ):
                 return
+            if drain.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
+                return  # too much to carry now (fewer, once items finish and leave their steps)
             # This change's patch first: a history recorded before it asks nothing else here.
             if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or not self._nested_ok():
                 drain.off = True  # replaying a run recorded before: its branches went on
@@ -2409,7 +2427,7 @@ class Engine:
             and (safe or carried is not None)
             and self._at_safe_step(step, scope)
         ):
-            drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL)
+            drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL, items)
         entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
 
         async def one(i: int, item: Any) -> Any:

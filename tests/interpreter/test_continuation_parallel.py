@@ -467,3 +467,33 @@ async def test_a_carried_delay_in_a_branch_is_checked() -> None:
     entry["delay"]["position"] = 0
     with pytest.raises(ValueError, match="is not step 0 of it"):
         _engine(definition, rt, read_continuation(bad), every=100)
+
+
+async def test_a_foreach_whose_list_is_too_large_to_carry_does_not_continue_inside_it() -> None:
+    """A list of 300 KB would ride in the next run's input with the state: the items do not stop
+    for a continue-as-new (the run goes on in one run, bounded by the history guard)."""
+    steps = [
+        set_vars("init", {"blobs": "{{ range(300) | map('string') | map('center', 1000) | list }}"}),
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "vars.blobs",
+            "max_items": 300,
+            "concurrency": 2,
+            "output": "{{ index }}",
+            "steps": [work("one", 1, value="x"), work("two", 1, value="y")],
+        },
+    ]
+    definition = make_definition(steps, limits={"max_foreach_items": 300, "max_step_executions": 2000})
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt, every=3)
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output["blobs"][0].strip() == "0"
+    assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    assert len(rt.calls) == 600
+    # A small list under the same host continues inside it.
+    small = make_definition([steps[0] | {"vars": {"blobs": "{{ range(30) | list }}"}}, steps[1]])
+    rt = new_runtime()
+    result, _, snapshots = await _chain(small, rt, every=3)
+    assert result.state == RunState.COMPLETED
+    assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
