@@ -809,9 +809,9 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
     Raises:
         ValueError: Naming what does not match.
     """
-    if isinstance(data, dict) and set(data) == {"step", "items", "lanes"}:
+    if isinstance(data, dict) and set(data) - {"since"} == {"step", "items", "lanes"}:
         return _check_carried_foreach(data, steps, position, item_limit)
-    if not isinstance(data, dict) or set(data) != {"step", "branches"}:
+    if not isinstance(data, dict) or set(data) - {"since"} != {"step", "branches"}:
         raise ValueError("the carried parallel step is malformed")
     step = steps[position] if 0 <= position < len(steps) else None
     if not isinstance(step, ParallelStep) or step.id != data["step"]:
@@ -837,7 +837,20 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
-    return {"step": step.id, "branches": [dict(e) for e in entries]}
+    return {"step": step.id, "branches": [dict(e) for e in entries], **_carried_since(data)}
+
+
+def _carried_since(data: dict[str, Any]) -> dict[str, datetime]:
+    """When the carried step started (its record's ``started_at``), if carried."""
+    if "since" not in data:
+        return {}
+    try:
+        since = datetime.fromisoformat(str(data["since"]))
+    except ValueError:
+        raise ValueError(f"the carried step's start {data['since']!r} is not a timestamp") from None
+    if since.tzinfo is None:
+        raise ValueError(f"the carried step's start {data['since']!r} has no UTC offset")
+    return {"since": since}
 
 
 def _check_lane_delay(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
@@ -851,10 +864,17 @@ def _check_lane_delay(entry: dict[str, Any], step: Step, position: int, path: st
 
 
 def _check_carried_foreach(
-    data: dict[str, Any], steps: list[Step], position: int, item_limit: int
+    data: dict[str, Any],
+    steps: list[Step],
+    position: int,
+    item_limit: int,
+    *,
+    path: str | None = None,
+    offset: int = 0,
 ) -> dict[str, Any]:
     """The carried ``foreach`` entry (items, and per item ``None`` when not started, ``done`` with
-    its output, or the ``position`` in the body, ``last_output`` and its ``steps``)."""
+    its output, or the ``position`` in the body, ``last_output`` and its ``steps``); ``path`` and
+    ``offset``: of a fanned-out foreach's child, the step's path and its first item's index."""
     step = steps[position] if 0 <= position < len(steps) else None
     if not isinstance(step, ForeachStep) or step.id != data["step"]:
         raise ValueError(f"carried foreach step {data['step']!r} is not at step {position}")
@@ -876,13 +896,14 @@ def _check_carried_foreach(
                 raise ValueError(f"{where}: no step {at!r} in the body")
             if not isinstance(lane["steps"], dict):
                 raise ValueError(f"{where} is malformed")
-            _check_lane_delay(lane, step.steps[at], at, f"{step.id}[{i}].{step.steps[at].id}", where)
+            item_path = f"{path or step.id}[{offset + i}].{step.steps[at].id}"
+            _check_lane_delay(lane, step.steps[at], at, item_path, where)
             going += 1
         else:
             raise ValueError(f"{where} is malformed")
     if not going:
         raise ValueError(f"the carried items of {step.id!r} are all finished")
-    return {"step": step.id, "items": list(items), "lanes": list(lanes)}
+    return {"step": step.id, "items": list(items), "lanes": list(lanes), **_carried_since(data)}
 
 
 def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch | None, dict[str, Any]]:
@@ -1480,7 +1501,7 @@ class Engine:
             entry = self._resume_branches[0]
             return str(entry["step"]), self._started_at
         if self._carried_parallel is not None:
-            return str(self._carried_parallel["step"]), self._started_at
+            return str(self._carried_parallel["step"]), self._carried_parallel.get("since", self._started_at)
         if self._carried_approval is not None:
             return self._carried_approval.view.path, self._carried_approval.view.since
         if self._carried_park is not None:
@@ -2258,11 +2279,15 @@ class Engine:
         self._drain = drain or self._drain
         try:
             winner, results = await self._join(
-                factories, step.join, summary, None if drain is None else lambda: drain.ready(self._quiet())
+                factories,
+                step.join,
+                summary,
+                None if drain is None else lambda: drain.ready(self._carry_ok()),
             )
         except _Drained:
             assert drain is not None
             entry = {
+                **self._open_since(path),
                 "step": step.id,
                 "branches": [
                     {"id": b.id, "done": True, "output": lane.output}
@@ -2336,6 +2361,19 @@ class Engine:
                 lane.sleeping = None
             self._lane_sleeps.discard(path)
 
+    def _open_since(self, path: str) -> dict[str, str]:
+        """The start of the open record of the step at ``path`` (carried: the next run shows the
+        step with it even if the record itself is no longer among the carried ones)."""
+        for record in reversed(self.records):
+            if record.path == path and record.status == StepStatus.RUNNING:
+                return {"since": record.started_at.isoformat()}
+        return {}
+
+    def _carry_ok(self) -> bool:
+        """Whether the branches may be carried now: no step waits but in a branch's own delay, and
+        no cancellation is on its way (it goes to this run)."""
+        return self._quiet() and self.cancel_request is None and not self.hold_steps
+
     def _quiet(self) -> bool:
         """No step of the run waits (for a person, an event or a dead letter decision, or a timer
         but a branch's own ``delay``, which a continue-as-new carries)."""
@@ -2360,15 +2398,25 @@ class Engine:
                 return
             if drain.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
                 return  # too much to carry now (fewer, once items finish and leave their steps)
+            if drain.join != JoinStrategy.ALL and not all(
+                other is lane or other.stopped or other.sleeping is not None for other in drain.lanes
+            ):
+                # Which branch finishes first decides an 'any' or 'first' join: a branch never waits
+                # for another here (only when all the others sleep or stand, so the switch is at once).
+                return
             # This change's patch first: a history recorded before it asks nothing else here.
-            if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or not self._nested_ok():
+            if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or (
+                self._batch is None and not self._nested_ok()
+            ):
                 drain.off = True  # replaying a run recorded before: its branches went on
                 return
             drain.active, timeout = True, PARALLEL_DRAIN_WAIT_S
         lane.stopped = True
         try:
             in_time = await self.runtime.wait_condition(
-                lambda: not drain.active or not self._quiet(), timeout, f"{label}: stop for continue-as-new"
+                lambda: not drain.active or not self._carry_ok(),
+                timeout,
+                f"{label}: stop for continue-as-new",
             )
         finally:
             lane.stopped = False
@@ -2425,7 +2473,7 @@ class Engine:
         if (
             self._continue_as_new is not None
             and (safe or carried is not None)
-            and self._at_safe_step(step, scope)
+            and (self._batch is not None or self._at_safe_step(step, scope))
         ):
             drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL, items)
         entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
@@ -2437,20 +2485,22 @@ class Engine:
                 if lane is not None:
                     lane.done, lane.output = True, entry["output"]
                 return entry["output"]
+            it = _Scope(
+                steps={} if entry is None else dict(entry["steps"]),
+                prefix=f"{path}[{i}].",
+                local={step.as_: item, "index": i},
+                parent=scope,
+            )
+            if entry is not None:
+                it.last_output = entry["last_output"]
+                if lane is not None:  # under way already: not a new item, whatever happens meanwhile
+                    lane.scope, lane.index = it, entry["position"]
             async with gate:
-                if drain is not None and drain.active:
+                if drain is not None and drain.active and entry is None:
                     # No item starts while the others stop for a continue-as-new.
                     await self.runtime.wait_condition(
                         lambda: not drain.active, None, f"{step.label}: next item"
                     )
-                it = _Scope(
-                    steps={} if entry is None else dict(entry["steps"]),
-                    prefix=f"{path}[{i}].",
-                    local={step.as_: item, "index": i},
-                    parent=scope,
-                )
-                if entry is not None:
-                    it.last_output = entry["last_output"]
                 if lane is not None:
                     lane.scope = it
 
@@ -2479,7 +2529,7 @@ class Engine:
                 factories,
                 JoinStrategy.ALL,
                 summary,
-                None if drain is None else lambda: drain.ready(self._quiet()),
+                None if drain is None else lambda: drain.ready(self._carry_ok()),
             )
         except _Drained:
             assert drain is not None
@@ -2496,7 +2546,9 @@ class Engine:
                 }
                 for lane in drain.lanes
             ]
-            entry = {"step": step.id, "items": list(items), "lanes": lanes}
+            entry = {**self._open_since(path), "step": step.id, "items": list(items), "lanes": lanes}
+            if self._batch is not None:  # a fanned-out foreach's child: its slice is all it runs
+                raise _ContinueAsNew(0, carry=lambda: {PARALLEL_KIND: entry}) from None
             raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
         finally:
             if self._drain is drain:
@@ -2570,8 +2622,16 @@ class Engine:
         if step is None:
             raise _RunFailed(f"no foreach step {batch.step_id!r} in the definition", "InvalidBatch")
         scope = _Scope(steps=dict(batch.steps), local=dict(batch.locals))
+        carried, self._carried_parallel = self._carried_parallel, None
         results = await self._foreach_items(
-            step, scope, batch.path, batch.items, offset=batch.offset, concurrency=batch.concurrency
+            step,
+            scope,
+            batch.path,
+            batch.items,
+            offset=batch.offset,
+            concurrency=batch.concurrency,
+            safe=True,
+            carried=carried,
         )
         return {"results": results}
 
@@ -3396,7 +3456,8 @@ class Engine:
         )
         self._generation = snapshot.generation
         self._started_at = snapshot.started_at
-        self._run_ctx["started_at"] = snapshot.started_at.isoformat()
+        if self._batch is None:  # (a foreach's child reads its parent's run context)
+            self._run_ctx["started_at"] = snapshot.started_at.isoformat()
         self._start_position = snapshot.position
         self.vars = dict(snapshot.vars)
         self._root.steps.update(snapshot.steps)
@@ -3453,9 +3514,11 @@ class Engine:
                 raise ValueError(
                     f"a snapshot carries a parallel step or a wait, not both ({carried_waits[0]})"
                 )
-            self._carried_parallel = _check_carried_parallel(
-                parallel, steps, inner, self.definition.limits.max_foreach_items
-            )
+            limit = self.definition.limits.max_foreach_items
+            if self._batch is not None:
+                self._carried_parallel = self._check_carried_batch(parallel, self._batch, limit)
+            else:
+                self._carried_parallel = _check_carried_parallel(parallel, steps, inner, limit)
             for lane in self._carried_parallel.get("branches") or self._carried_parallel["lanes"]:
                 if isinstance(lane, dict) and isinstance(lane.get("delay"), CarriedDelay):
                     delay = lane.pop("delay")
@@ -3468,6 +3531,15 @@ class Engine:
             )
             if entry != inner:
                 raise ValueError(f"the carried {kind} is at step {entry}, the run goes on at {inner}")
+
+    def _check_carried_batch(self, data: Any, batch: ForeachBatch, limit: int) -> dict[str, Any]:
+        """The carried entry of a fanned-out foreach's child: its slice, each item where it stood."""
+        step = _find_foreach(self.definition.steps, batch.step_id)
+        if step is None or not isinstance(data, dict) or set(data) - {"since"} != {"step", "items", "lanes"}:
+            raise ValueError(f"the carried slice of foreach {batch.step_id!r} is malformed")
+        if data["items"] != batch.items:
+            raise ValueError(f"the carried items of {step.id!r} are not the child's slice")
+        return _check_carried_foreach(data, [step], 0, limit, path=batch.path, offset=batch.offset)
 
     def _restore_branches(self, snapshot: Continuation) -> tuple[list[Step], int]:
         """Takes over the branches the previous run continued in (``kinds``), checked against the

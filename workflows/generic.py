@@ -720,8 +720,8 @@ class RunDefinitionWorkflow:
                 run.input,
                 runtime,
                 run_info,
-                # A foreach's child runs one slice: it never continues as new.
-                continue_as_new=self._wants_new_run if run.batch is None else None,
+                # A foreach's child continues as new only between its items' steps.
+                continue_as_new=self._wants_new_run,
                 resume=resume,
                 batch=run.batch,
             )
@@ -860,6 +860,7 @@ class RunDefinitionWorkflow:
                 input=run.input,
                 options=run.options,
                 continuation=snapshot.model_dump(mode="json"),
+                batch=run.batch,
             ),
             search_attributes=workflow.info().typed_search_attributes,
         )

@@ -12,7 +12,7 @@ import pytest
 from interpreter.continuation import Continuation, read_continuation
 from interpreter.engine import PARALLEL_DRAIN_WAIT_S, PARALLEL_KIND, Engine, RunInfo
 from interpreter.model import Definition
-from interpreter.state import RunResult, RunState, StepStatus
+from interpreter.state import CancelRequest, RunResult, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import approval, delay, make_definition, new_runtime, set_vars, task, work
 
@@ -497,3 +497,86 @@ async def test_a_foreach_whose_list_is_too_large_to_carry_does_not_continue_insi
     result, _, snapshots = await _chain(small, rt, every=3)
     assert result.state == RunState.COMPLETED
     assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+
+
+async def test_items_carried_under_way_are_not_started_again_when_the_next_run_stops_at_once() -> None:
+    """The host asks from the next run's first action: items the snapshot carried mid-body are
+    not new items (they do not wait at the gate, and are carried again where they stand)."""
+    body = [work("pre", 1), work("mid", 2), set_vars("acc", {"n": 1}), work("post", 1)]
+    steps = [
+        {"id": "each", "type": "foreach", "items": "range(3) | list", "concurrency": 3, "steps": body},
+        work("tail"),
+    ]
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition)
+    rt = new_runtime()
+    chained, _, snapshots = await _chain(definition, rt, every=1)
+    assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+    assert chained.output == straight.output
+
+
+async def test_a_cancellation_while_the_branches_stop_goes_to_the_run_that_holds_them() -> None:
+    steps = [
+        set_vars("init", {"a": 0}),
+        work("charge", value="charged", compensate=[task("refund", "refund")]),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "left", "steps": _looping("l", "a", 20, 1)},
+                {"id": "right", "steps": [work("long", 30), work("long2", 30)]},
+            ],
+        },
+        work("tail"),
+    ]
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "refunded")
+    engine = _engine(make_definition(steps), rt, None, every=2)
+
+    def accept_cancel() -> None:  # what the host does when it accepts cancel_run
+        engine.cancel_request = CancelRequest(actor="alice", reason="stop")
+        engine.hold_steps = True
+
+    rt.at(10, accept_cancel)  # 'left' stands stopped, 'right' is in its 30 s action
+    main = rt.spawn(engine.run())
+    await rt.run_until(lambda: sum(w.summary == "cancelling" for w in rt.waits) >= 2)
+    assert rt.elapsed >= 30  # the branches went on (to wait for the cancellation) once 'right' stood
+    assert not main.done()
+    assert not engine.continuing  # held for the cancellation, not continued as new past it
+    main.cancel()  # Temporal's cancellation arrives
+    result = await rt.run(main)
+    assert result.state == RunState.CANCELLED
+    assert [c.step_id for c in rt.calls].count("refund") == 1
+
+
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_an_any_or_first_join_switches_only_when_no_branch_would_wait_for_another(join: str) -> None:
+    """Which branch finishes first decides these joins: a branch stops only when every other one
+    sleeps in a delay (the switch is then at once), so the chain ends as the uninterrupted run,
+    at the same virtual times."""
+    quick = _looping("q", "a", 9, 0)
+    quick.insert(2, delay("pause", "10m", max_visits=9))
+    racing = [
+        set_vars("init", {"a": 0, "b": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "join": join,
+            "branches": [
+                {"id": "quick", "steps": quick},
+                {"id": "busy", "steps": _looping("b", "b", 30, 7)},
+                {"id": "sleepy", "steps": [delay("long", "2h"), work("late", value="late")]},
+            ],
+        },
+        work("tail", value="{{ steps.par.output }}"),
+    ]
+    definition = make_definition(racing)
+    straight, straight_rt = await _straight(definition)
+    rt = new_runtime()
+    chained, _, snapshots = await _chain(definition, rt, every=2)
+    assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)  # switched inside, while the others slept
+    assert chained.output == straight.output
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )

@@ -943,3 +943,75 @@ async def test_a_delay_in_a_parallel_branch_is_carried_across_continue_as_new(
             assert history.events[0].event_time.ToDatetime(UTC) + timers[0] <= until + timedelta(seconds=1)
     assert carried_delays >= 1, "no run of the chain started with the slow branch's delay carried"
     assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
+async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_their_items_steps(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    """30 items in children of 15 (fan-out above 10), each item looping 4 turns (about 450 events
+    per child, a history budget of 100): each child continues as new with its items where they
+    stood; the parent gets every output in order, no action ran twice, every history replays."""
+    document = definition(
+        unique("fanout-loops"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(30) | list",
+                "fan_out_above": 10,
+                "batch_size": 15,
+                "concurrency": 6,
+                "output": "{{ item }}:{{ steps.tick.output }}:{{ run.workflow_id == vars.parent }}",
+                "steps": [
+                    {"id": "seed", "type": "task", "action": "echo", "input": {"value": 0}},
+                    {
+                        "id": "tick",
+                        "type": "task",
+                        "action": "echo",
+                        "input": {
+                            "value": "{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}"
+                        },
+                        "max_visits": 4,
+                    },
+                    {
+                        "id": "more",
+                        "type": "condition",
+                        "if": "steps.tick.output < 4",
+                        "then": {"goto": "tick"},
+                        "max_visits": 4,
+                    },
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"each": "{{ steps.each.output }}"},
+    )
+    document["steps"].insert(0, {"id": "who", "type": "set", "vars": {"parent": "{{ run.workflow_id }}"}})
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(minutes=5),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    # The items read the parent's run context in every run of their child's chain.
+    assert result.output == {"each": [f"{i}:4:True" for i in range(30)]}
+    scheduled: list[str] = []
+    continued = 0
+    for k in range(2):
+        child = f"{handle.id}/each/batch-{k}"
+        runs = await _chain(limited_client, child)
+        continued += len(runs) - 1
+        assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+        for run_id, _ in runs:
+            history = await limited_client.get_workflow_handle(child, run_id=run_id).fetch_history()
+            scheduled += [
+                e.activity_task_scheduled_event_attributes.activity_id
+                for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            ]
+        assert await _replay_chain(limited_client, child) == len(runs)
+    assert continued >= 2
+    assert len(scheduled) == len(set(scheduled)) == 30 * 5
