@@ -33,7 +33,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from interpreter.actions import ActionRequest
 from interpreter.events import Event
@@ -124,9 +124,9 @@ class CarriedDelay(BaseModel):
 
     position: int = Field(ge=0)
     path: str
-    since: datetime
-    until: datetime
-    waited_s: float
+    since: AwareDatetime
+    until: AwareDatetime
+    waited_s: float = Field(ge=0)
 
 
 class CarriedEventWait(BaseModel):

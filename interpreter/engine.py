@@ -763,6 +763,10 @@ class _Drain:
     off: bool = False
     """Set once the run may not continue as new here (patch declined, or a branch failed)."""
     not_before: datetime | None = None
+    deadline: datetime | None = None
+    """When the branches stopped for it go on anyway (:data:`PARALLEL_DRAIN_WAIT_S` after it began)."""
+    timed: bool = False
+    """Whether a stopped branch holds the timer of ``deadline``."""
 
     def carry_size(self, limit: int) -> int:
         """What the carried entry would hold beside the run's state, counted up to ``limit``."""
@@ -772,21 +776,28 @@ class _Drain:
             parts += [lane.scope.steps for lane in self.lanes if lane.scope is not None and not lane.done]
         return json_size(parts, limit)
 
-    def ready(self, quiet: bool) -> bool:
-        """Every branch still running stands at a boundary, none waits (``quiet``): carry them."""
+    def ready(self, quiet: bool, now: datetime) -> bool:
+        """Every branch still running stands at a boundary or sleeps, none waits (``quiet``): carry
+        them."""
         return (
             self.active
             and quiet
             and not self.off
             and all(
                 lane.stopped
-                or lane.sleeping is not None
+                or _asleep(lane, now)
                 or not lane.started
                 or (lane.done and self.join == JoinStrategy.ALL)
                 for lane in self.lanes
             )
-            and any(lane.stopped or lane.sleeping is not None for lane in self.lanes)
+            and any(lane.stopped or _asleep(lane, now) for lane in self.lanes)
         )
+
+
+def _asleep(lane: _Lane, now: datetime) -> bool:
+    """The branch sleeps in a delay among its own steps whose timer has not fired (one that fired
+    in the same workflow task as something else has not woken the branch yet: not asleep)."""
+    return lane.sleeping is not None and lane.sleeping.until > now
 
 
 def _last_output(lane: _Lane) -> Any:
@@ -2184,10 +2195,12 @@ class Engine:
         mode: JoinStrategy,
         summary: str,
         stop: Callable[[], bool] | None = None,
+        confirm: Callable[[], bool] | None = None,
     ) -> tuple[int, list[Any]]:
         """Runs coroutines as concurrent tasks and joins them by ``mode``; losers are cancelled.
-        ``stop``: when it becomes true first, the tasks not done are cancelled and :class:`_Drained`
-        is raised (the branches stopped for a continue-as-new).
+        ``stop``: when it becomes true first (and ``confirm``, asked then, agrees: else the join
+        waits on), the tasks not done are cancelled and :class:`_Drained` is raised (the branches
+        stopped for a continue-as-new).
 
         Returns:
             ``(winner, results)``: for ``all`` the winner is -1 and ``results`` holds every result
@@ -2209,10 +2222,15 @@ class Engine:
 
         drained = False
         try:
-            await self.runtime.wait_condition(
-                settled if stop is None else lambda: settled() or stop(), None, summary
-            )
-            drained = stop is not None and not settled() and stop()
+            while True:
+                await self.runtime.wait_condition(
+                    settled if stop is None else lambda: settled() or stop(), None, summary
+                )
+                if stop is None or settled() or not stop():
+                    break
+                if confirm is None or confirm():
+                    drained = True
+                    break
             # The delays branches wait in are cancelled to go on in the next run, not ended.
             self._carrying = self._carrying or drained
         finally:
@@ -2275,14 +2293,9 @@ class Engine:
             return await self._in_lane(drain, lane, body)
 
         factories = [functools.partial(run_branch, i, b.steps) for i, b in enumerate(step.branches)]
-        summary = f"{step.label}: join {step.join}"
-        self._drain = drain or self._drain
         try:
-            winner, results = await self._join(
-                factories,
-                step.join,
-                summary,
-                None if drain is None else lambda: drain.ready(self._carry_ok()),
+            winner, results = await self._join_lanes(
+                drain, factories, step.join, f"{step.label}: join {step.join}"
             )
         except _Drained:
             assert drain is not None
@@ -2302,9 +2315,6 @@ class Engine:
                 ],
             }
             raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
-        finally:
-            if self._drain is drain:
-                self._drain = None
         if step.join == JoinStrategy.ALL:
             return {b.id: r for b, r in zip(step.branches, results, strict=True)}
         return {"winner": step.branches[winner].id, "output": results[0]}
@@ -2317,6 +2327,31 @@ class Engine:
             return None
         self._carried_parallel = None
         return carried
+
+    async def _join_lanes(
+        self,
+        drain: _Drain | None,
+        factories: Sequence[Callable[[], Coroutine[Any, Any, Any]]],
+        mode: JoinStrategy,
+        summary: str,
+    ) -> tuple[int, list[Any]]:
+        """:meth:`_join` of the branches (items) of the step at the safe point, ``drain`` their
+        lanes (None where the run cannot continue as new): raises :class:`_Drained` once they all
+        stopped for a continue-as-new."""
+        self._drain = drain or self._drain
+        try:
+            if drain is None:
+                return await self._join(factories, mode, summary)
+            return await self._join(
+                factories,
+                mode,
+                summary,
+                lambda: drain.ready(self._carry_ok(), self.runtime.now()),
+                functools.partial(self._confirm_drain, drain),
+            )
+        finally:
+            if self._drain is drain:
+                self._drain = None
 
     @staticmethod
     async def _in_lane(
@@ -2369,6 +2404,15 @@ class Engine:
                 return {"since": record.started_at.isoformat()}
         return {}
 
+    def _confirm_drain(self, drain: _Drain) -> bool:
+        """Once every branch stopped: whether what the carried entry holds fits its budget (items
+        that finished meanwhile added their outputs); if not, the branches go on."""
+        if drain.carry_size(PARALLEL_CARRY_BUDGET) <= PARALLEL_CARRY_BUDGET:
+            return True
+        drain.active = False
+        drain.not_before = self.runtime.now() + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+        return False
+
     def _carry_ok(self) -> bool:
         """Whether the branches may be carried now: no step waits but in a branch's own delay, and
         no cancellation is on its way (it goes to this run)."""
@@ -2387,19 +2431,22 @@ class Engine:
         lane.index = index
         if first:
             return
-        timeout = None
+        now = self.runtime.now()
         if not drain.active:
             if (
                 drain.off
                 or not self._quiet()
-                or (drain.not_before is not None and self.runtime.now() < drain.not_before)
+                or (drain.not_before is not None and now < drain.not_before)
                 or not self._continue_wanted()
             ):
                 return
             if drain.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
-                return  # too much to carry now (fewer, once items finish and leave their steps)
+                # Too much to carry now (less once items finish and leave their steps): not every
+                # boundary counts it again.
+                drain.not_before = now + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+                return
             if drain.join != JoinStrategy.ALL and not all(
-                other is lane or other.stopped or other.sleeping is not None for other in drain.lanes
+                other is lane or other.stopped or _asleep(other, now) for other in drain.lanes
             ):
                 # Which branch finishes first decides an 'any' or 'first' join: a branch never waits
                 # for another here (only when all the others sleep or stand, so the switch is at once).
@@ -2410,7 +2457,19 @@ class Engine:
             ):
                 drain.off = True  # replaying a run recorded before: its branches went on
                 return
-            drain.active, timeout = True, PARALLEL_DRAIN_WAIT_S
+            drain.active, drain.timed = True, False
+            drain.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
+        if isinstance(lane.steps[index], DelayStep):
+            return  # it sleeps there instead of standing: a delay among its steps is carried as it is
+        timeout = None
+        if not drain.timed:  # the first branch to stand holds the timer of the deadline
+            assert drain.deadline is not None
+            left = (drain.deadline - now).total_seconds()
+            if left <= 0:
+                drain.active = False
+                drain.not_before = now + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+                return
+            drain.timed, timeout = True, left
         lane.stopped = True
         try:
             in_time = await self.runtime.wait_condition(
@@ -2522,14 +2581,9 @@ class Engine:
         factories = [functools.partial(one, offset + i, item) for i, item in enumerate(items)]
         if not factories:
             return []
-        summary = f"{step.label}: {len(items)} items"
-        self._drain = drain or self._drain
         try:
-            _, results = await self._join(
-                factories,
-                JoinStrategy.ALL,
-                summary,
-                None if drain is None else lambda: drain.ready(self._carry_ok()),
+            _, results = await self._join_lanes(
+                drain, factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items"
             )
         except _Drained:
             assert drain is not None
@@ -2550,9 +2604,6 @@ class Engine:
             if self._batch is not None:  # a fanned-out foreach's child: its slice is all it runs
                 raise _ContinueAsNew(0, carry=lambda: {PARALLEL_KIND: entry}) from None
             raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
-        finally:
-            if self._drain is drain:
-                self._drain = None
         return results
 
     async def _fan_out(

@@ -178,6 +178,9 @@ class FakeRuntime:
             raise ValueError("start must be timezone-aware")
         self.start = start
         self._now = start
+        self.together = False
+        """Fire every event due at one virtual time before the run goes on, as Temporal delivers
+        an action's result and a timer that end together in one workflow task."""
         self._seq = itertools.count()
         self._events: list[_Event] = []
         self._conditions: list[_Condition] = []
@@ -527,13 +530,20 @@ class FakeRuntime:
         return (self._events[0].when - self.start).total_seconds()
 
     def _advance(self) -> bool:
-        """Moves the clock to the earliest live event and fires it; False when there is none."""
+        """Moves the clock to the earliest live event and fires it (with :attr:`together`, every
+        live event due then); False when there is none."""
         self._drop_dead_events()
         if not self._events:
             return False
         event = heapq.heappop(self._events)
+        due = [event]
+        while self.together and self._events and self._events[0].when == event.when:
+            following = heapq.heappop(self._events)
+            if following.alive():
+                due.append(following)
         self._now = max(self._now, event.when)
-        event.fire()
+        for each in due:
+            each.fire()
         return True
 
     def _describe_blocked(self, what: str) -> str:

@@ -580,3 +580,99 @@ async def test_an_any_or_first_join_switches_only_when_no_branch_would_wait_for_
     assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
         (c.activity_id, c.elapsed) for c in straight_rt.calls
     )
+
+
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_a_branch_whose_timer_fired_with_another_result_is_not_taken_for_asleep(join: str) -> None:
+    """'a2' completes and 'bnap' fires in one workflow task: 'a' reaches its boundary while 'b'
+    has not woken yet; 'b' must not count as asleep (else 'a' stops and 'b' wins the race 'a' wins
+    without the switch)."""
+    steps = [
+        {
+            "id": "par",
+            "type": "parallel",
+            "join": join,
+            "branches": [
+                {
+                    "id": "a",
+                    "steps": [
+                        work("a1", 60, value="a1"),
+                        work("a2", 60, value="a2"),
+                        set_vars("a_done", {"won": "a"}),
+                    ],
+                },
+                {"id": "b", "steps": [work("b0", 60, value="b0"), delay("bnap", "60s")]},
+            ],
+        },
+        work("tail", value="{{ steps.par.output.winner }}"),
+    ]
+    definition = make_definition(steps)
+    straight_rt = new_runtime()
+    straight_rt.together = True
+    straight = await straight_rt.run(
+        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
+    )
+    rt = new_runtime()
+    rt.together = True
+    chained, _, _ = await _chain(definition, rt, every=1)
+    assert [c.input for c in rt.calls if c.step_id == "tail"] == [
+        c.input for c in straight_rt.calls if c.step_id == "tail"
+    ]
+    assert (chained.state, chained.output) == (straight.state, straight.output)
+
+
+async def test_items_that_finish_while_the_others_stop_cannot_bring_the_carried_entry_past_its_budget() -> (
+    None
+):
+    """Five items finish with 215 KB outputs while item 0 stands: the entry would pass 256 KiB,
+    so the items go on instead of continuing as new (and the run fails as without the switch)."""
+    body = [work("w1", "{{ 1 if index == 0 else 0 }}"), work("w2", "{{ 0 if index == 0 else 5 + index }}")]
+    steps = [
+        {"id": "each", "type": "foreach", "items": "range(6) | list", "concurrency": 6, "steps": body},
+        work("tail", value="{{ steps.each.output | length }}"),
+    ]
+    definition = make_definition(steps)
+
+    def runtime() -> FakeRuntime:
+        rt = new_runtime()
+        base = rt.handlers["work"]
+
+        async def big(call: Any, attempt: int) -> Any:
+            out = await base(call, attempt)
+            return "x" * 215_000 if call.step_id == "w2" else out
+
+        rt.on("work", big)
+        return rt
+
+    straight_rt = runtime()
+    straight = await straight_rt.run(
+        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
+    )
+    rt = runtime()
+    chained, _, snapshots = await _chain(definition, rt, every=11)
+    assert all(len(json.dumps(s["kinds"].get(PARALLEL_KIND, {}))) <= 256 * 1024 for s in snapshots)
+    assert (chained.state, chained.error_type) == (straight.state, straight.error_type)
+
+
+async def test_a_carried_delay_with_a_naive_timestamp_is_refused() -> None:
+    definition = make_definition(_delayed_loops())
+    rt = new_runtime()
+    snapshot = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, 2)
+        await rt.run(engine.run())
+        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+        branches = data["kinds"].get(PARALLEL_KIND, {}).get("branches", [])
+        if any("delay" in b for b in branches):
+            break
+        snapshot = read_continuation(data)
+    sleeping = next(b for b in data["kinds"][PARALLEL_KIND]["branches"] if "delay" in b)
+    for key, value in (
+        ("until", sleeping["delay"]["until"][:19]),
+        ("since", "2024-01-01T09:00:00"),
+        ("waited_s", -5),
+    ):
+        bad = json.loads(json.dumps(data))
+        next(b for b in bad["kinds"][PARALLEL_KIND]["branches"] if "delay" in b)["delay"][key] = value
+        with pytest.raises(ValueError, match=key):
+            _engine(definition, rt, read_continuation(bad), every=100)

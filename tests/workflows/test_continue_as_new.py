@@ -761,6 +761,43 @@ def _counting_branch(prefix: str, var: str, iterations: int) -> list[dict[str, A
     ]
 
 
+async def _scheduled(
+    client: Client, workflow_id: str, runs: list[tuple[str, WorkflowExecutionStatus | None]]
+) -> list[str]:
+    """The activity ids every run of the chain scheduled, in order."""
+    scheduled: list[str] = []
+    for run_id, _ in runs:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        scheduled += [
+            e.activity_task_scheduled_event_attributes.activity_id
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+    return scheduled
+
+
+def _counting_items(items: int, turns: int, **fields: Any) -> dict[str, Any]:
+    """A foreach over ``range(items)`` whose body counts to ``turns`` in the item's own steps."""
+    tick = "{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}"
+    return {
+        "id": "each",
+        "type": "foreach",
+        "items": f"range({items}) | list",
+        **fields,
+        "steps": [
+            {"id": "seed", "type": "task", "action": "echo", "input": {"value": 0}},
+            {"id": "tick", "type": "task", "action": "echo", "input": {"value": tick}, "max_visits": turns},
+            {
+                "id": "more",
+                "type": "condition",
+                "if": f"steps.tick.output < {turns}",
+                "then": {"goto": "tick"},
+                "max_visits": turns,
+            },
+        ],
+    }
+
+
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
 async def test_loops_in_parallel_branches_continue_as_new_inside_the_parallel_step(
     limited_client: Client, limited_worker: Worker, task_queue: str, level: int
@@ -809,14 +846,7 @@ async def test_loops_in_parallel_branches_continue_as_new_inside_the_parallel_st
     assert len(runs) == final.continued + 1
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
     # Each action ran once per turn: 40 + 25 + 1 activities across the chain, none twice.
-    scheduled: list[str] = []
-    for run_id, _ in runs:
-        history = await limited_client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
-        scheduled += [
-            e.activity_task_scheduled_event_attributes.activity_id
-            for e in history.events
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        ]
+    scheduled = await _scheduled(limited_client, handle.id, runs)
     assert len(scheduled) == len(set(scheduled)) == 66
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
@@ -829,34 +859,7 @@ async def test_loops_in_foreach_items_continue_as_new_inside_the_foreach_step(
     own steps) and not started; the step completes once with every item's output in order."""
     document = definition(
         unique("foreach-loops"),
-        [
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(8) | list",
-                "concurrency": 3,
-                "output": "{{ item }}:{{ steps.tick.output }}",
-                "steps": [
-                    {"id": "seed", "type": "task", "action": "echo", "input": {"value": 0}},
-                    {
-                        "id": "tick",
-                        "type": "task",
-                        "action": "echo",
-                        "input": {
-                            "value": "{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}"
-                        },
-                        "max_visits": 5,
-                    },
-                    {
-                        "id": "more",
-                        "type": "condition",
-                        "if": "steps.tick.output < 5",
-                        "then": {"goto": "tick"},
-                        "max_visits": 5,
-                    },
-                ],
-            },
-        ],
+        [_counting_items(8, 5, concurrency=3, output="{{ item }}:{{ steps.tick.output }}")],
         limits={"history_budget": 100},
         output={"each": "{{ steps.each.output }}"},
     )
@@ -874,14 +877,7 @@ async def test_loops_in_foreach_items_continue_as_new_inside_the_foreach_step(
     assert final.continued >= 2
     runs = await _chain(limited_client, handle.id)
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
-    scheduled: list[str] = []
-    for run_id, _ in runs:
-        history = await limited_client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
-        scheduled += [
-            e.activity_task_scheduled_event_attributes.activity_id
-            for e in history.events
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        ]
+    scheduled = await _scheduled(limited_client, handle.id, runs)
     assert len(scheduled) == len(set(scheduled)) == 8 * 6
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
@@ -954,34 +950,14 @@ async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_thei
     document = definition(
         unique("fanout-loops"),
         [
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(30) | list",
-                "fan_out_above": 10,
-                "batch_size": 15,
-                "concurrency": 6,
-                "output": "{{ item }}:{{ steps.tick.output }}:{{ run.workflow_id == vars.parent }}",
-                "steps": [
-                    {"id": "seed", "type": "task", "action": "echo", "input": {"value": 0}},
-                    {
-                        "id": "tick",
-                        "type": "task",
-                        "action": "echo",
-                        "input": {
-                            "value": "{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}"
-                        },
-                        "max_visits": 4,
-                    },
-                    {
-                        "id": "more",
-                        "type": "condition",
-                        "if": "steps.tick.output < 4",
-                        "then": {"goto": "tick"},
-                        "max_visits": 4,
-                    },
-                ],
-            },
+            _counting_items(
+                30,
+                4,
+                fan_out_above=10,
+                batch_size=15,
+                concurrency=6,
+                output="{{ item }}:{{ steps.tick.output }}:{{ run.workflow_id == vars.parent }}",
+            )
         ],
         limits={"history_budget": 100},
         output={"each": "{{ steps.each.output }}"},
@@ -1005,13 +981,7 @@ async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_thei
         runs = await _chain(limited_client, child)
         continued += len(runs) - 1
         assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
-        for run_id, _ in runs:
-            history = await limited_client.get_workflow_handle(child, run_id=run_id).fetch_history()
-            scheduled += [
-                e.activity_task_scheduled_event_attributes.activity_id
-                for e in history.events
-                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-            ]
+        scheduled += await _scheduled(limited_client, child, runs)
         assert await _replay_chain(limited_client, child) == len(runs)
     assert continued >= 2
     assert len(scheduled) == len(set(scheduled)) == 30 * 5
