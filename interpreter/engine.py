@@ -767,6 +767,18 @@ class _Drain:
     """When the branches stopped for it go on anyway (:data:`PARALLEL_DRAIN_WAIT_S` after it began)."""
     timed: bool = False
     """Whether a stopped branch holds the timer of ``deadline``."""
+    by_scope: dict[int, _Lane] = field(default_factory=dict)
+    """The lanes by their scope's identity (a delay finds its branch without a scan of them all)."""
+
+    def __post_init__(self) -> None:
+        for lane in self.lanes:
+            if lane.scope is not None:
+                self.by_scope[id(lane.scope)] = lane
+
+    def seat(self, lane: _Lane, scope: _Scope) -> None:
+        """Gives an item's lane its scope (once it starts, or is carried under way)."""
+        lane.scope = scope
+        self.by_scope[id(scope)] = lane
 
     def carry_size(self, limit: int) -> int:
         """What the carried entry would hold beside the run's state, counted up to ``limit``."""
@@ -2378,10 +2390,10 @@ class Engine:
         drain = self._drain
         if drain is None:
             return None
-        for lane in drain.lanes:
-            if lane.scope is scope and lane.index < len(lane.steps) and lane.steps[lane.index] is step:
-                return lane
-        return None
+        lane = drain.by_scope.get(id(scope))
+        if lane is None or lane.scope is not scope or lane.index >= len(lane.steps):
+            return None
+        return lane if lane.steps[lane.index] is step else None
 
     async def _sleep_in_lane(self, step: DelayStep, path: str, lane: _Lane, delay: CarriedDelay) -> None:
         """A branch's ``delay`` until ``delay.until``: the same timer as any delay's; meanwhile the
@@ -2552,16 +2564,17 @@ class Engine:
             )
             if entry is not None:
                 it.last_output = entry["last_output"]
-                if lane is not None:  # under way already: not a new item, whatever happens meanwhile
-                    lane.scope, lane.index = it, entry["position"]
+                if drain is not None and lane is not None:  # under way already: not a new item
+                    drain.seat(lane, it)
+                    lane.index = entry["position"]
             async with gate:
                 if drain is not None and drain.active and entry is None:
                     # No item starts while the others stop for a continue-as-new.
                     await self.runtime.wait_condition(
                         lambda: not drain.active, None, f"{step.label}: next item"
                     )
-                if lane is not None:
-                    lane.scope = it
+                if drain is not None and lane is not None:
+                    drain.seat(lane, it)
 
                 async def body() -> Any:
                     await self._sequence(
