@@ -215,7 +215,8 @@ HISTORY_GUARD_EVENTS = 40_000
 """Events of history at which a step no longer starts (see :data:`PATCH_HISTORY_GUARD`): a run
 continues as new long before (Temporal suggests it near 4,096), except where it cannot (while a
 step in a ``parallel`` or ``foreach`` branch waits, in one nested in another's branch, in the
-steps of an escalation or a compensation) or when its continuing was declined; the 11,200 events left under Temporal's limit are for its compensations."""
+steps of an escalation or a compensation) or when its continuing was declined; the 11,200 events
+left under Temporal's limit are for its compensations."""
 
 HISTORY_GUARD_BYTES = 40 * 1024 * 1024
 """Bytes of history at which a step no longer starts (Temporal's limit: 50 MiB).
@@ -740,7 +741,6 @@ class _Lane:
     """The index in the branch's steps of the step it runs (or stands before, when stopped)."""
     stopped: bool = False
     done: bool = False
-    failed: bool = False
     output: Any = None
     """Its output, once done."""
     sleeping: CarriedDelay | None = None
@@ -750,10 +750,25 @@ class _Lane:
     def started(self) -> bool:
         return self.scope is not None
 
+    def carried(self, *, own_steps: bool) -> dict[str, Any] | None:
+        """Its entry in the carried step: its output once done, else where it stands (with its last
+        output, an item's ``own_steps`` and the delay it sleeps in); None before it started."""
+        if self.done:
+            return {"done": True, "output": self.output}
+        if self.scope is None:
+            return None
+        place: dict[str, Any] = {"position": self.index, "last_output": self.scope.last_output}
+        if own_steps:
+            place["steps"] = dict(self.scope.steps)
+        if self.sleeping is not None:
+            place["delay"] = self.sleeping.model_dump(mode="json")
+        return place
+
 
 @dataclass
 class _Drain:
-    """The branches of one ``parallel`` step stopping at boundaries so that the run continues as new."""
+    """The branches of one ``parallel`` step (the items of one ``foreach``) stopping at boundaries so
+    that the run continues as new."""
 
     lanes: list[_Lane]
     join: JoinStrategy
@@ -779,6 +794,11 @@ class _Drain:
         """Gives an item's lane its scope (once it starts, or is carried under way)."""
         lane.scope = scope
         self.by_scope[id(scope)] = lane
+
+    def retry_later(self, now: datetime) -> None:
+        """The branches go on; none stops for a continue-as-new before :data:`PARALLEL_DRAIN_RETRY_S`."""
+        self.active = False
+        self.not_before = now + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
 
     def carry_size(self, limit: int) -> int:
         """What the carried entry would hold beside the run's state, counted up to ``limit``."""
@@ -810,15 +830,6 @@ def _asleep(lane: _Lane, now: datetime) -> bool:
     """The branch sleeps in a delay among its own steps whose timer has not fired (one that fired
     in the same workflow task as something else has not woken the branch yet: not asleep)."""
     return lane.sleeping is not None and lane.sleeping.until > now
-
-
-def _last_output(lane: _Lane) -> Any:
-    return None if lane.scope is None else lane.scope.last_output
-
-
-def _sleeping(lane: _Lane) -> dict[str, Any]:
-    """The carried entry's ``delay`` of a branch that waits in one."""
-    return {} if lane.sleeping is None else {"delay": lane.sleeping.model_dump(mode="json")}
 
 
 class _Drained(Exception):  # control flow: every branch of a parallel step stopped for continue-as-new
@@ -853,14 +864,19 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
             continue
         if set(entry) - {"delay"} != {"id", "position", "last_output"}:
             raise ValueError(f"{where} is malformed")
-        at = entry["position"]
-        if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(branch.steps):
-            raise ValueError(f"{where}: no step {at!r} in it")
+        at = _check_position(entry["position"], branch.steps, where, "it")
         _check_lane_delay(entry, branch.steps[at], at, branch.steps[at].id, where)
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
     return {"step": step.id, "branches": [dict(e) for e in entries], **_carried_since(data)}
+
+
+def _check_position(at: Any, steps: list[Step], where: str, within: str) -> int:
+    """A carried branch's (item's) position: the index of one of its ``steps``."""
+    if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(steps):
+        raise ValueError(f"{where}: no step {at!r} in {within}")
+    return at
 
 
 def _carried_since(data: dict[str, Any]) -> dict[str, datetime]:
@@ -914,9 +930,7 @@ def _check_carried_foreach(
         elif isinstance(lane, dict) and set(lane) == {"done", "output"} and lane["done"] is True:
             continue
         elif isinstance(lane, dict) and set(lane) - {"delay"} == {"position", "last_output", "steps"}:
-            at = lane["position"]
-            if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at < len(step.steps):
-                raise ValueError(f"{where}: no step {at!r} in the body")
+            at = _check_position(lane["position"], step.steps, where, "the body")
             if not isinstance(lane["steps"], dict):
                 raise ValueError(f"{where} is malformed")
             item_path = f"{path or step.id}[{offset + i}].{step.steps[at].id}"
@@ -1540,8 +1554,7 @@ class Engine:
     async def _resume_step(self, step: Step, scope: _Scope, path: str, since: datetime) -> None:
         """Goes on with the step a previous run of the chain stopped in (continued as new while it
         waited, or in its branch): its visit is counted and its record kept already."""
-        open_states = (StepStatus.WAITING, StepStatus.RUNNING)  # a delay's record stays running
-        record = next((r for r in reversed(self.records) if r.path == path and r.status in open_states), None)
+        record = self._open_record(path)
         if record is None:  # dropped from the carried records: show the step again
             running = isinstance(step, DelayStep | ConditionStep | SwitchStep | ParallelStep | ForeachStep)
             record = StepRecord(
@@ -2315,14 +2328,7 @@ class Engine:
                 **self._open_since(path),
                 "step": step.id,
                 "branches": [
-                    {"id": b.id, "done": True, "output": lane.output}
-                    if lane.done
-                    else {
-                        "id": b.id,
-                        "position": lane.index,
-                        "last_output": _last_output(lane),
-                        **_sleeping(lane),
-                    }
+                    {"id": b.id, **(lane.carried(own_steps=False) or {})}
                     for b, lane in zip(step.branches, drain.lanes, strict=True)
                 ],
             }
@@ -2378,7 +2384,7 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except BaseException:
-            lane.done = lane.failed = drain.off = True
+            lane.done = drain.off = True
             drain.active = False  # a failed branch is not carried
             raise
         lane.done, lane.output = True, output
@@ -2411,18 +2417,21 @@ class Engine:
     def _open_since(self, path: str) -> dict[str, str]:
         """The start of the open record of the step at ``path`` (carried: the next run shows the
         step with it even if the record itself is no longer among the carried ones)."""
-        for record in reversed(self.records):
-            if record.path == path and record.status == StepStatus.RUNNING:
-                return {"since": record.started_at.isoformat()}
-        return {}
+        record = self._open_record(path)
+        return {} if record is None else {"since": record.started_at.isoformat()}
+
+    def _open_record(self, path: str) -> StepRecord | None:
+        """The most recent record of the step at ``path`` still waiting or running (a delay's stays
+        running)."""
+        open_states = (StepStatus.WAITING, StepStatus.RUNNING)
+        return next((r for r in reversed(self.records) if r.path == path and r.status in open_states), None)
 
     def _confirm_drain(self, drain: _Drain) -> bool:
         """Once every branch stopped: whether what the carried entry holds fits its budget (items
         that finished meanwhile added their outputs); if not, the branches go on."""
         if drain.carry_size(PARALLEL_CARRY_BUDGET) <= PARALLEL_CARRY_BUDGET:
             return True
-        drain.active = False
-        drain.not_before = self.runtime.now() + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+        drain.retry_later(self.runtime.now())
         return False
 
     def _carry_ok(self) -> bool:
@@ -2455,7 +2464,7 @@ class Engine:
             if drain.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
                 # Too much to carry now (less once items finish and leave their steps): not every
                 # boundary counts it again.
-                drain.not_before = now + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+                drain.retry_later(now)
                 return
             if drain.join != JoinStrategy.ALL and not all(
                 other is lane or other.stopped or _asleep(other, now) for other in drain.lanes
@@ -2478,8 +2487,7 @@ class Engine:
             assert drain.deadline is not None
             left = (drain.deadline - now).total_seconds()
             if left <= 0:
-                drain.active = False
-                drain.not_before = now + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
+                drain.retry_later(now)
                 return
             drain.timed, timeout = True, left
         lane.stopped = True
@@ -2491,9 +2499,10 @@ class Engine:
             )
         finally:
             lane.stopped = False
-        if not in_time:
-            drain.not_before = self.runtime.now() + timedelta(seconds=PARALLEL_DRAIN_RETRY_S)
-        drain.active = False  # (once every branch stopped, the join cancels them here instead)
+        if in_time:
+            drain.active = False  # (once every branch stopped, the join cancels them here instead)
+        else:
+            drain.retry_later(self.runtime.now())
 
     async def _foreach(self, step: ForeachStep, scope: _Scope, path: str, visit: int = 1) -> Any:
         carried = self._take_carried(step, scope)
@@ -2600,19 +2609,7 @@ class Engine:
             )
         except _Drained:
             assert drain is not None
-            lanes: list[dict[str, Any] | None] = [
-                {"done": True, "output": lane.output}
-                if lane.done
-                else None
-                if lane.scope is None
-                else {
-                    "position": lane.index,
-                    "last_output": lane.scope.last_output,
-                    "steps": dict(lane.scope.steps),
-                    **_sleeping(lane),
-                }
-                for lane in drain.lanes
-            ]
+            lanes = [lane.carried(own_steps=True) for lane in drain.lanes]
             entry = {**self._open_since(path), "step": step.id, "items": list(items), "lanes": lanes}
             if self._batch is not None:  # a fanned-out foreach's child: its slice is all it runs
                 raise _ContinueAsNew(0, carry=lambda: {PARALLEL_KIND: entry}) from None
@@ -2744,28 +2741,24 @@ class Engine:
             wait = delay_until_open(now, self._business_hours(step, step.business_hours, scope))
         if wait > timedelta(0):
             with self._waiting_at(path, step.label):
-                if top and self._nested_ok() and self._may_continue_waiting():
-                    delay = CarriedDelay(
-                        position=self._position_of(step),
-                        path=path,
-                        since=now,
-                        until=now + wait,
-                        waited_s=wait.total_seconds(),
-                    )
-                    await self._sleep_at_top(step, path, delay, resumed=False)
-                elif lane is not None:
-                    delay = CarriedDelay(
-                        position=lane.index,
-                        path=path,
-                        since=now,
-                        until=now + wait,
-                        waited_s=wait.total_seconds(),
-                    )
-                    await self._sleep_in_lane(step, path, lane, delay)
-                else:
+                at_top = top and self._nested_ok() and self._may_continue_waiting()
+                if not at_top and lane is None:
                     await self.runtime.sleep(
                         wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}"
                     )
+                else:
+                    # A wait the run may continue as new in: carried with its absolute end.
+                    delay = CarriedDelay(
+                        position=self._position_of(step) if at_top or lane is None else lane.index,
+                        path=path,
+                        since=now,
+                        until=now + wait,
+                        waited_s=wait.total_seconds(),
+                    )
+                    if at_top or lane is None:
+                        await self._sleep_at_top(step, path, delay, resumed=False)
+                    else:
+                        await self._sleep_in_lane(step, path, lane, delay)
         return {"waited_s": wait.total_seconds(), "resumed_at": (now + wait).isoformat()}
 
     async def _sleep_at_top(self, step: DelayStep, path: str, delay: CarriedDelay, *, resumed: bool) -> None:
