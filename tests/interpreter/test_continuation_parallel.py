@@ -80,9 +80,17 @@ async def _chain(
         snapshot = read_continuation(data)
 
 
-async def _straight(definition: Definition) -> tuple[RunResult, FakeRuntime]:
+def _runtime(*, together: bool = False) -> FakeRuntime:
+    """The fake runtime with the ``refund`` action (``together``: see :attr:`FakeRuntime.together`)."""
     rt = new_runtime()
     rt.on("refund", lambda call, attempt: "refunded")
+    rt.together = together
+    return rt
+
+
+async def _straight(definition: Definition, rt: FakeRuntime | None = None) -> tuple[RunResult, FakeRuntime]:
+    """The run without any switch (on ``rt``, by default a fresh :func:`_runtime`)."""
+    rt = rt or _runtime()
     return await rt.run(Engine(definition, {}, rt, RunInfo("wf-1", "run-0", rt.now())).run()), rt
 
 
@@ -91,8 +99,7 @@ async def test_loops_in_parallel_branches_continue_as_new_there_and_end_as_an_un
     straight, straight_rt = await _straight(definition)
     assert straight.error == "stop after 14"
 
-    rt = new_runtime()
-    rt.on("refund", lambda call, attempt: "refunded")
+    rt = _runtime()
     chained, engine, snapshots = await _chain(definition, rt, every=3)
 
     inside = [s["kinds"][PARALLEL_KIND] for s in snapshots if PARALLEL_KIND in s["kinds"]]
@@ -123,8 +130,7 @@ async def test_loops_in_parallel_branches_continue_as_new_there_and_end_as_an_un
 async def test_max_visits_in_a_parallel_branch_counts_across_runs() -> None:
     steps = _parallel_loops()
     steps[2]["branches"][0]["steps"][0]["max_visits"] = 6  # the left loop wants 9 visits
-    rt = new_runtime()
-    rt.on("refund", lambda call, attempt: "refunded")
+    rt = _runtime()
     result, _, snapshots = await _chain(make_definition(steps), rt, every=2)
     assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
     assert result.error_type == "LoopLimitExceeded"
@@ -149,7 +155,7 @@ async def test_a_waiting_approval_keeps_the_run_from_continuing_inside_the_paral
         work("last", value="last"),
     ]
     definition = make_definition(steps)
-    rt = new_runtime()
+    rt = _runtime()
     result, _, snapshots = await _chain(definition, rt, every=2)
     assert result.state == RunState.COMPLETED
     assert snapshots
@@ -180,7 +186,7 @@ async def test_a_delay_in_a_branch_is_carried_and_fires_when_it_would_have() -> 
     straight, straight_rt = await _straight(definition)
     assert straight.state == RunState.COMPLETED
 
-    rt = new_runtime()
+    rt = _runtime()
     chained, engine, snapshots = await _chain(definition, rt, every=2)
     carried = [
         b["delay"]
@@ -220,7 +226,7 @@ async def test_a_delay_in_a_foreach_item_is_carried() -> None:
     ]
     definition = make_definition(steps)
     straight, straight_rt = await _straight(definition)
-    rt = new_runtime()
+    rt = _runtime()
     chained, _, snapshots = await _chain(definition, rt, every=2)
     lanes = [
         lane
@@ -251,7 +257,7 @@ async def test_a_branch_in_a_long_step_holds_the_others_for_a_bounded_time_only(
         work("after", value="after"),
     ]
     definition = make_definition(steps)
-    rt = new_runtime()
+    rt = _runtime()
     result, _, snapshots = await _chain(definition, rt, every=2)
     assert result.state == RunState.COMPLETED
     assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
@@ -269,7 +275,7 @@ def _all_finished(entry: dict[str, Any]) -> None:
 
 async def test_a_carried_parallel_step_is_checked_against_the_definition() -> None:
     definition = make_definition(_parallel_loops())
-    rt = new_runtime()
+    rt = _runtime()
     first = _engine(definition, rt, None, every=3)
     await rt.run(first.run())
     assert first.continuing
@@ -296,7 +302,7 @@ async def test_a_finished_branch_is_carried_only_for_a_join_of_all() -> None:
     steps = _parallel_loops()
     steps[2]["join"] = "any"
     definition = make_definition(steps)
-    rt = new_runtime()
+    rt = _runtime()
     first = _engine(make_definition(_parallel_loops()), rt, None, every=3)
     await rt.run(first.run())
     data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
@@ -307,8 +313,7 @@ async def test_a_finished_branch_is_carried_only_for_a_join_of_all() -> None:
 
 async def test_a_run_cancelled_before_it_went_back_into_the_parallel_step_closes_it() -> None:
     definition = make_definition(_parallel_loops())
-    rt = new_runtime()
-    rt.on("refund", lambda call, attempt: "refunded")
+    rt = _runtime()
     first = _engine(definition, rt, None, every=3)
     await rt.run(first.run())
     snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
@@ -360,8 +365,7 @@ async def test_loops_in_foreach_items_continue_as_new_there_and_end_as_an_uninte
     straight, straight_rt = await _straight(definition)
     assert straight.error == "0-4,1-4,2-4,3-4,4-4,5-4"
 
-    rt = new_runtime()
-    rt.on("refund", lambda call, attempt: "refunded")
+    rt = _runtime()
     chained, engine, snapshots = await _chain(definition, rt, every=3)
     inside = [s["kinds"][PARALLEL_KIND] for s in snapshots if PARALLEL_KIND in s["kinds"]]
     assert len(inside) >= 4, snapshots
@@ -383,7 +387,7 @@ async def test_loops_in_foreach_items_continue_as_new_there_and_end_as_an_uninte
 
 async def test_a_carried_foreach_step_is_checked_against_the_definition() -> None:
     definition = make_definition(_foreach_loops())
-    rt = new_runtime()
+    rt = _runtime()
     first = _engine(definition, rt, None, every=3)
     await rt.run(first.run())
     assert first.continuing
@@ -422,8 +426,7 @@ async def test_a_parallel_step_inside_a_condition_branch_continues_as_new_inside
     straight, straight_rt = await _straight(definition)
     assert straight.error == "stop after 14"
 
-    rt = new_runtime()
-    rt.on("refund", lambda call, attempt: "refunded")
+    rt = _runtime()
     chained, engine, snapshots = await _chain(definition, rt, every=3)
     inside = [s for s in snapshots if PARALLEL_KIND in s["kinds"]]
     assert len(inside) >= 3
@@ -437,7 +440,7 @@ async def test_a_parallel_step_inside_a_condition_branch_continues_as_new_inside
 
 async def test_a_carried_delay_in_a_branch_is_checked() -> None:
     definition = make_definition(_delayed_loops())
-    rt = new_runtime()
+    rt = _runtime()
     snapshot = None
     data: dict[str, Any] = {}
     # Run the chain until a snapshot carries a delay in a branch.
@@ -485,7 +488,7 @@ async def test_a_foreach_whose_list_is_too_large_to_carry_does_not_continue_insi
         },
     ]
     definition = make_definition(steps, limits={"max_foreach_items": 300, "max_step_executions": 2000})
-    rt = new_runtime()
+    rt = _runtime()
     result, _, snapshots = await _chain(definition, rt, every=3)
     assert result.state == RunState.COMPLETED, result.error
     assert result.output["blobs"][0].strip() == "0"
@@ -493,7 +496,7 @@ async def test_a_foreach_whose_list_is_too_large_to_carry_does_not_continue_insi
     assert len(rt.calls) == 600
     # A small list under the same host continues inside it.
     small = make_definition([steps[0] | {"vars": {"blobs": "{{ range(30) | list }}"}}, steps[1]])
-    rt = new_runtime()
+    rt = _runtime()
     result, _, snapshots = await _chain(small, rt, every=3)
     assert result.state == RunState.COMPLETED
     assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
@@ -509,7 +512,7 @@ async def test_items_carried_under_way_are_not_started_again_when_the_next_run_s
     ]
     definition = make_definition(steps)
     straight, straight_rt = await _straight(definition)
-    rt = new_runtime()
+    rt = _runtime()
     chained, _, snapshots = await _chain(definition, rt, every=1)
     assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
     assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
@@ -530,8 +533,7 @@ async def test_a_cancellation_while_the_branches_stop_goes_to_the_run_that_holds
         },
         work("tail"),
     ]
-    rt = new_runtime()
-    rt.on("refund", lambda call, attempt: "refunded")
+    rt = _runtime()
     engine = _engine(make_definition(steps), rt, None, every=2)
 
     def accept_cancel() -> None:  # what the host does when it accepts cancel_run
@@ -573,7 +575,7 @@ async def test_an_any_or_first_join_switches_only_when_no_branch_would_wait_for_
     ]
     definition = make_definition(racing)
     straight, straight_rt = await _straight(definition)
-    rt = new_runtime()
+    rt = _runtime()
     chained, _, snapshots = await _chain(definition, rt, every=2)
     assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)  # switched inside, while the others slept
     assert chained.output == straight.output
@@ -607,13 +609,8 @@ async def test_a_branch_whose_timer_fired_with_another_result_is_not_taken_for_a
         work("tail", value="{{ steps.par.output.winner }}"),
     ]
     definition = make_definition(steps)
-    straight_rt = new_runtime()
-    straight_rt.together = True
-    straight = await straight_rt.run(
-        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
-    )
-    rt = new_runtime()
-    rt.together = True
+    straight, straight_rt = await _straight(definition, _runtime(together=True))
+    rt = _runtime(together=True)
     chained, _, _ = await _chain(definition, rt, every=1)
     assert [c.input for c in rt.calls if c.step_id == "tail"] == [
         c.input for c in straight_rt.calls if c.step_id == "tail"
@@ -634,7 +631,7 @@ async def test_items_that_finish_while_the_others_stop_cannot_bring_the_carried_
     definition = make_definition(steps)
 
     def runtime() -> FakeRuntime:
-        rt = new_runtime()
+        rt = _runtime()
         base = rt.handlers["work"]
 
         async def big(call: Any, attempt: int) -> Any:
@@ -644,10 +641,7 @@ async def test_items_that_finish_while_the_others_stop_cannot_bring_the_carried_
         rt.on("work", big)
         return rt
 
-    straight_rt = runtime()
-    straight = await straight_rt.run(
-        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
-    )
+    straight, _ = await _straight(definition, runtime())
     rt = runtime()
     chained, _, snapshots = await _chain(definition, rt, every=11)
     assert all(len(json.dumps(s["kinds"].get(PARALLEL_KIND, {}))) <= 256 * 1024 for s in snapshots)
@@ -656,7 +650,7 @@ async def test_items_that_finish_while_the_others_stop_cannot_bring_the_carried_
 
 async def test_a_carried_delay_with_a_naive_timestamp_is_refused() -> None:
     definition = make_definition(_delayed_loops())
-    rt = new_runtime()
+    rt = _runtime()
     snapshot = None
     for _ in range(10):
         engine = _engine(definition, rt, snapshot, 2)
