@@ -92,6 +92,10 @@ from starter.config import (
 from starter.errors import DefinitionFileNotFoundError, InvalidInputError
 from starter.inputs import brief, check_json
 
+RESULT_STEPS = ("full", "compact", "none")
+"""``wfa start --result-steps``: the values of :class:`interpreter.state.ResultSteps` (not imported
+here: pydantic is not loaded at import time)."""
+
 if TYPE_CHECKING:
     from activities.store.database import Database
     from activities.store.repository import (
@@ -275,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--outputs",
         metavar="FILE",
         help="with --dry-run: a JSON object of task outputs by step path (or id), to exercise branches",
+    )
+    p.add_argument(
+        "--result-steps",
+        choices=RESULT_STEPS,
+        help="what the run's result keeps of its step records: every field (full), the fields"
+        " not at their default (compact), or none in a completed run (none: fewer history bytes;"
+        " `wfa status` lists them while a worker answers); default $WFA_RESULT_STEPS, else full",
     )
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
@@ -1045,6 +1056,7 @@ async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
 
 async def _start(args: argparse.Namespace, out: TextIO) -> int:
     from activities.store.repository import parse_ref
+    from interpreter.state import ResultSteps
     from interpreter.validate import definition_hash
     from starter.client import is_registry_ref
     from starter.definitions import load
@@ -1059,7 +1071,11 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
     run_input = _json_object(args.input, "--input")
     if args.outputs is not None and not args.dry_run:
         raise UsageError("--outputs applies to dry runs only (add --dry-run)")
+    if args.dry_run and args.result_steps == ResultSteps.NONE:
+        raise UsageError("--result-steps none leaves out the step records a dry run reports its path from")
     canned = _json_object(f"@{args.outputs}", "--outputs") if args.outputs is not None else None
+    # A dry run reports the path its steps took: their records, whatever $WFA_RESULT_STEPS says.
+    result_steps = args.result_steps or (ResultSteps.FULL if args.dry_run else None)
     flows = await _connect(args)
     run: RunHandle = await flows.start_run(
         args.file if definition is None else definition,
@@ -1067,6 +1083,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         workflow_id=args.id,
         dry_run=args.dry_run,
         canned_outputs=canned,
+        result_steps=None if result_steps is None else ResultSteps(result_steps),
     )
     summary = {
         "workflow_id": run.workflow_id,

@@ -79,6 +79,7 @@ from interpreter.state import (
     DecisionRecord,
     DecisionRequest,
     ParkedStep,
+    ResultSteps,
     RunInput,
     RunOptions,
     RunResult,
@@ -538,6 +539,10 @@ class FlowClient:
         any change it has. During a rollout whose new build is not yet what every worker runs, set it
         to the generation the older workers know (0: every change asked through
         ``workflow.patched``, as before the generations; what a build from before them can run)."""
+        self.result_steps = result_steps_from_env()
+        """What the results of runs started here carry of their step records
+        (:attr:`RunOptions.result_steps`; default ``$WFA_RESULT_STEPS``, else ``full``);
+        :meth:`start_run` takes another per run."""
 
     @classmethod
     async def connect(
@@ -865,6 +870,7 @@ class FlowClient:
         dry_run: bool = False,
         canned_outputs: Mapping[str, Any] | None = None,
         id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        result_steps: ResultSteps | None = None,
     ) -> RunHandle:
         """Validates a definition and starts a run of it.
 
@@ -933,7 +939,14 @@ class FlowClient:
         if dry_run and not wf_id.startswith(DRY_RUN_PREFIX):
             wf_id = DRY_RUN_PREFIX + wf_id  # a dry run never takes a business key
         start = self.run_start(
-            parsed, digest, source, run_input, workflow_id=wf_id, dry_run=dry_run, canned_outputs=canned
+            parsed,
+            digest,
+            source,
+            run_input,
+            workflow_id=wf_id,
+            dry_run=dry_run,
+            canned_outputs=canned,
+            result_steps=result_steps,
         )
         try:
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
@@ -992,6 +1005,7 @@ class FlowClient:
         workflow_id: str | None = None,
         dry_run: bool = False,
         canned_outputs: dict[str, Any] | None = None,
+        result_steps: ResultSteps | None = None,
     ) -> RunStart:
         """What a run of ``parsed`` is started with: its input (definition, data, options), search
         attributes, summary and memo. :meth:`start_run` and the schedules
@@ -1010,6 +1024,7 @@ class FlowClient:
                     canned_outputs=canned_outputs or {},
                     state_budget=self._state_budget(),
                     engine_level=self.engine_level,
+                    result_steps=self.result_steps if result_steps is None else result_steps,
                 ),
             ),
             search_attributes=attributes,
@@ -1861,6 +1876,27 @@ def _check_document(document: object) -> None:
 
 
 ENGINE_LEVEL_ENV = "WFA_ENGINE_LEVEL"
+
+
+RESULT_STEPS_ENV = "WFA_RESULT_STEPS"
+
+
+def result_steps_from_env() -> ResultSteps:
+    """What the results of a client's runs carry of their step records: ``$WFA_RESULT_STEPS``
+    (``full``, ``compact`` or ``none``), else ``full``.
+
+    Raises:
+        InvalidInputError: Another value (the message names the variable and the values).
+    """
+    text = os.environ.get(RESULT_STEPS_ENV, "").strip()
+    if not text:
+        return ResultSteps.FULL
+    try:
+        return ResultSteps(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"{RESULT_STEPS_ENV}: {text[:20]!r} is not one of {', '.join(s.value for s in ResultSteps)}"
+        ) from None
 
 
 def engine_level_from_env() -> int:

@@ -21,6 +21,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from interpreter.state import ResultSteps
 from starter.cli import (
     EXIT_BAD_INPUT,
     EXIT_NOT_FOUND,
@@ -29,6 +30,7 @@ from starter.cli import (
     EXIT_RUN_FAILED,
     EXIT_TIMEOUT,
     EXIT_UNAVAILABLE,
+    RESULT_STEPS,
     main,
 )
 from tests.helpers.http_server import RecordingServer
@@ -280,6 +282,79 @@ async def test_an_unknown_interpreter_generation_is_refused_naming_the_variable(
         assert out == ""
         assert "WFA_ENGINE_LEVEL" in err
         assert "Traceback" not in err
+
+
+def _echo_definition(path: Path) -> Path:
+    """A two-step definition of ``echo`` tasks (no service needed), written to ``path``."""
+    steps = [
+        {"id": "a", "type": "task", "action": "echo", "input": {"value": "{{ input.n }}"}},
+        {"id": "b", "type": "task", "action": "echo", "input": {"value": "{{ steps.a.output }}-b"}},
+    ]
+    path.write_text(
+        json.dumps({"name": "result-steps-cli", "steps": steps, "output": "{{ steps.b.output }}"})
+    )
+    return path
+
+
+async def _recorded_options(client: Client, workflow_id: str) -> dict[str, Any]:
+    """The options of the run's input as its history recorded them."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    options: dict[str, Any] = json.loads(started.input.payloads[0].data)["options"]
+    return options
+
+
+async def test_result_steps_from_the_command_line_or_the_environment(
+    wfa: Run, worker: None, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wfa start --result-steps`` (else ``$WFA_RESULT_STEPS``) names what the run's result keeps of
+    its step records; a dry run keeps them whatever the variable says (it reports its path from
+    them)."""
+    assert tuple(s.value for s in ResultSteps) == RESULT_STEPS
+    definition = str(_echo_definition(tmp_path / "two.json"))
+    code, out, err = await wfa(
+        "start", definition, "--input", '{"n": 4}', "--result-steps", "none", "--wait", "--json"
+    )
+    assert code == EXIT_OK, (out, err)
+    started = json.loads(out)
+    assert started["result"]["state"] == "completed"
+    assert started["result"]["output"] == "4-b"
+    assert started["result"]["steps"] == []  # none in a completed run's result
+    assert (await _recorded_options(client, started["workflow_id"]))["result_steps"] == "none"
+
+    monkeypatch.setenv("WFA_RESULT_STEPS", "compact")
+    code, out, err = await wfa("start", definition, "--input", '{"n": 5}', "--wait", "--json")
+    assert code == EXIT_OK, err
+    started = json.loads(out)
+    assert [s["path"] for s in started["result"]["steps"]] == ["a", "b"]  # compact reads back whole
+    assert (await _recorded_options(client, started["workflow_id"]))["result_steps"] == "compact"
+
+    monkeypatch.setenv("WFA_RESULT_STEPS", "none")
+    code, out, err = await wfa("start", definition, "--input", '{"n": 6}', "--dry-run", "--wait", "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["path"] == ["a", "b"]
+    assert "result_steps" not in await _recorded_options(client, json.loads(out)["workflow_id"])  # full
+
+
+async def test_result_steps_refused_before_anything_starts(
+    wfa: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown value of ``$WFA_RESULT_STEPS`` or ``--result-steps``, or ``none`` with a dry run
+    (whose path comes from the records): exit 2 naming the problem, nothing started."""
+    definition = str(_echo_definition(tmp_path / "two.json"))
+    code, out, err = await wfa("start", definition, "--result-steps", "some")
+    assert code == EXIT_BAD_INPUT
+    assert "--result-steps" in err
+    assert "'some'" in err
+    code, out, err = await wfa("start", definition, "--dry-run", "--result-steps", "none")
+    assert (code, out) == (EXIT_BAD_INPUT, "")
+    assert "dry run" in err
+    monkeypatch.setenv("WFA_RESULT_STEPS", "brief")
+    code, out, err = await wfa("start", definition)
+    assert (code, out) == (EXIT_BAD_INPUT, "")
+    assert "WFA_RESULT_STEPS" in err
+    assert "full, compact, none" in err
+    assert "Traceback" not in err
 
 
 async def test_start_approve_status_result(wfa: Run, worker: None, http_server: RecordingServer) -> None:
