@@ -36,6 +36,33 @@ def definition(name: str, steps: list[dict[str, Any]], **extra: Any) -> dict[str
     return {"name": name, "steps": steps, **extra}
 
 
+def counting_loop(prefix: str, var: str, turns: int) -> list[dict[str, Any]]:
+    """Steps that call ``echo`` ``turns`` times, counting in ``vars.<var>`` (set it to 0 first):
+    a ``goto`` loop of three steps, each bounded by ``max_visits``."""
+    return [
+        {
+            "id": f"{prefix}_work",
+            "type": "task",
+            "action": "echo",
+            "input": {"value": f"{{{{ vars.{var} }}}}"},
+            "max_visits": turns,
+        },
+        {
+            "id": f"{prefix}_bump",
+            "type": "set",
+            "vars": {var: f"{{{{ vars.{var} + 1 }}}}"},
+            "max_visits": turns,
+        },
+        {
+            "id": f"{prefix}_again",
+            "type": "condition",
+            "if": f"vars.{var} < {turns}",
+            "then": {"goto": f"{prefix}_work"},
+            "max_visits": turns,
+        },
+    ]
+
+
 async def start(
     client: Client,
     task_queue: str,
