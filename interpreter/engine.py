@@ -172,6 +172,26 @@ lets the branches go on (tried again after :data:`PARALLEL_DRAIN_RETRY_S`). Aske
 branch would stop for it: a history recorded before the change replays its branches as they went
 on."""
 
+PATCH_CONTINUE_AS_NEW_LANE_PEOPLE = "continue-as-new-lane-people"
+"""Patch id: an ``approval`` or ``human_task`` among a ``parallel`` branch's own steps (a
+``foreach`` item's) that waits for its decision no longer keeps the other branches' loops in one
+run: while it waits, the branches stop for a continue-as-new as if it slept in a delay, and the
+pending step travels in the branch's carried entry (its view: approvers added by escalations, the
+escalation count, ``since`` and ``deadline``; and a decision accepted while the run switched).
+Asked when such a wait starts in a branch that may continue as new: a history recorded before the
+change replays its branches as they went on."""
+
+PATCH_DRAIN_FIXES = "continue-as-new-in-parallel-fixes"
+"""Patch id: fixes of :data:`PATCH_CONTINUE_AS_NEW_PARALLEL`. A foreach item about to start while
+the others stop for a continue-as-new waits only until the stop ends, a step starts waiting (as the
+stopped items do), no started item is left that could stop (the one that began the stop before its
+own ``delay`` finished instead, the delay skipped or of no length: the stop could never complete),
+or the stop's :data:`PARALLEL_DRAIN_WAIT_S` pass (it holds that timer when no stopped item does);
+the carried entry's budget counts the running branches' last outputs (carried too); and a
+``foreach`` nested in the body of a fanned-out foreach's child does not stop for the child's
+continue-as-new (only the child's own items do). Asked where each applies: a history recorded
+before the change replays as it went."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
@@ -745,6 +765,10 @@ class _Lane:
     """Its output, once done."""
     sleeping: CarriedDelay | None = None
     """The ``delay`` among its steps (not nested deeper) it waits in: carried as it is."""
+    person: _Approval | None = None
+    """The ``approval`` or ``human_task`` among its steps (not nested deeper) waiting for its
+    decision (:data:`PATCH_CONTINUE_AS_NEW_LANE_PEOPLE`): carried with its view and any decision
+    taken until the switch."""
 
     @property
     def started(self) -> bool:
@@ -762,6 +786,12 @@ class _Lane:
             place["steps"] = dict(self.scope.steps)
         if self.sleeping is not None:
             place["delay"] = self.sleeping.model_dump(mode="json")
+        if self.person is not None:
+            kind, decision = self.person.decision or (None, None)
+            waiting = CarriedApproval(
+                position=self.index, view=self.person.view, decided=kind, decision=decision
+            )
+            place["person"] = waiting.model_dump(mode="json")
         return place
 
 
@@ -784,6 +814,9 @@ class _Drain:
     """Whether a stopped branch holds the timer of ``deadline``."""
     by_scope: dict[int, _Lane] = field(default_factory=dict)
     """The lanes by their scope's identity (a delay finds its branch without a scan of them all)."""
+    outputs_counted: bool = False
+    """Whether :meth:`carry_size` counts the running branches' last outputs
+    (:data:`PATCH_DRAIN_FIXES`)."""
 
     def __post_init__(self) -> None:
         for lane in self.lanes:
@@ -804,9 +837,16 @@ class _Drain:
         """What the carried entry would hold beside the run's state, counted up to ``limit``."""
         parts: list[Any] = [self.items or []]
         parts += [lane.output for lane in self.lanes if lane.done]
+        running = [lane.scope for lane in self.lanes if lane.scope is not None and not lane.done]
         if self.items is not None:  # an item still running carries its own steps
-            parts += [lane.scope.steps for lane in self.lanes if lane.scope is not None and not lane.done]
+            parts += [scope.steps for scope in running]
+        if self.outputs_counted:
+            parts += [scope.last_output for scope in running]
         return json_size(parts, limit)
+
+    def under_way(self) -> bool:
+        """Whether a branch (item) has started and not finished: one that could still stop."""
+        return any(lane.started and not lane.done for lane in self.lanes)
 
     def ready(self, quiet: bool, now: datetime) -> bool:
         """Every branch still running stands at a boundary or sleeps, none waits (``quiet``): carry
@@ -817,19 +857,20 @@ class _Drain:
             and not self.off
             and all(
                 lane.stopped
-                or _asleep(lane, now)
+                or _resting(lane, now)
                 or not lane.started
                 or (lane.done and self.join == JoinStrategy.ALL)
                 for lane in self.lanes
             )
-            and any(lane.stopped or _asleep(lane, now) for lane in self.lanes)
+            and any(lane.stopped or _resting(lane, now) for lane in self.lanes)
         )
 
 
-def _asleep(lane: _Lane, now: datetime) -> bool:
+def _resting(lane: _Lane, now: datetime) -> bool:
     """The branch sleeps in a delay among its own steps whose timer has not fired (one that fired
-    in the same workflow task as something else has not woken the branch yet: not asleep)."""
-    return lane.sleeping is not None and lane.sleeping.until > now
+    in the same workflow task as something else has not woken the branch yet: not asleep), or such
+    a step of it waits for a person (a decision taken meanwhile travels with it)."""
+    return (lane.sleeping is not None and lane.sleeping.until > now) or lane.person is not None
 
 
 class _Drained(Exception):  # control flow: every branch of a parallel step stopped for continue-as-new
@@ -862,14 +903,35 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
             if step.join != JoinStrategy.ALL:
                 raise ValueError(f"{where}: a finished branch is carried only when the join is 'all'")
             continue
-        if set(entry) - {"delay"} != {"id", "position", "last_output"}:
+        if set(entry) - _LANE_WAITS != {"id", "position", "last_output"}:
             raise ValueError(f"{where} is malformed")
         at = _check_position(entry["position"], branch.steps, where, "it")
-        _check_lane_delay(entry, branch.steps[at], at, branch.steps[at].id, where)
+        _check_lane_wait(entry, branch.steps[at], at, branch.steps[at].id, where)
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
     return {"step": step.id, "branches": [dict(e) for e in entries], **_carried_since(data)}
+
+
+_RESULT_FIELDS = frozenset({"status", "output", "error", "error_type", "attempts"})
+"""The fields of a step's result as templates read it (``steps.<id>``)."""
+
+
+def _check_item_results(results: Any, body: list[Step], where: str) -> None:
+    """A carried item's own step results: results (:data:`_RESULT_FIELDS`) of steps of its body."""
+    if not isinstance(results, dict):
+        raise ValueError(f"{where} is malformed")
+    ids: set[str] = set()
+    pending = list(body)
+    while pending:
+        step = pending.pop()
+        ids.add(step.id)
+        pending += [s for _, nested, _ in children(step) for s in nested]
+    for key, result in results.items():
+        if key not in ids:
+            raise ValueError(f"{where}: its results name {str(key)[:80]!r}, not a step of the body")
+        if not isinstance(result, dict) or set(result) != _RESULT_FIELDS:
+            raise ValueError(f"{where}: the result of {key!r} is malformed")
 
 
 def _check_position(at: Any, steps: list[Step], where: str, within: str) -> int:
@@ -892,14 +954,41 @@ def _carried_since(data: dict[str, Any]) -> dict[str, datetime]:
     return {"since": since}
 
 
-def _check_lane_delay(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
-    """A carried branch's (item's) ``delay``, if any: the delay step at its position and path."""
-    if "delay" not in entry:
-        return
-    delay = CarriedDelay.model_validate(entry["delay"])
-    if not isinstance(step, DelayStep) or delay.path != path or delay.position != position:
-        raise ValueError(f"{where}: its carried delay {delay.path!r} is not step {position} of it")
-    entry["delay"] = delay
+_LANE_WAITS = frozenset({"delay", "person"})
+"""What a carried branch (item) may wait in: one of them, at most."""
+
+
+def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
+    """A carried branch's (item's) ``delay``, or ``person`` (an approval or human task waiting for
+    its decision), if any: the step of that kind at its position and path (replaced by the carried
+    delay, or the pending step)."""
+    if "delay" in entry and "person" in entry:
+        raise ValueError(f"{where}: a carried branch waits in one step at most")
+    if "delay" in entry:
+        delay = CarriedDelay.model_validate(entry["delay"])
+        if not isinstance(step, DelayStep) or delay.path != path or delay.position != position:
+            raise ValueError(f"{where}: its carried delay {delay.path!r} is not step {position} of it")
+        entry["delay"] = delay
+    if "person" in entry:
+        carried = CarriedApproval.model_validate(entry["person"])
+        view = carried.view
+        if (
+            not isinstance(step, ApprovalStep | HumanTaskStep)
+            or carried.position != position
+            or view.step_id != step.id
+            or (view.kind == "task") != isinstance(step, HumanTaskStep)
+        ):
+            raise ValueError(f"{where}: its carried {view.kind} {view.path!r} is not step {position} of it")
+        kinds = (
+            (DecisionKind.COMPLETE,)
+            if isinstance(step, HumanTaskStep)
+            else (DecisionKind.APPROVE, DecisionKind.REJECT)
+        )
+        _check_carried_decision(carried, step, kinds, path)
+        person = _Approval(view=view, step=step)
+        if carried.decided is not None and carried.decision is not None:
+            person.decision = (carried.decided, carried.decision)
+        entry["person"] = person
 
 
 def _check_carried_foreach(
@@ -929,12 +1018,11 @@ def _check_carried_foreach(
             going += 1
         elif isinstance(lane, dict) and set(lane) == {"done", "output"} and lane["done"] is True:
             continue
-        elif isinstance(lane, dict) and set(lane) - {"delay"} == {"position", "last_output", "steps"}:
+        elif isinstance(lane, dict) and set(lane) - _LANE_WAITS == {"position", "last_output", "steps"}:
             at = _check_position(lane["position"], step.steps, where, "the body")
-            if not isinstance(lane["steps"], dict):
-                raise ValueError(f"{where} is malformed")
+            _check_item_results(lane["steps"], step.steps, where)
             item_path = f"{path or step.id}[{offset + i}].{step.steps[at].id}"
-            _check_lane_delay(lane, step.steps[at], at, item_path, where)
+            _check_lane_wait(lane, step.steps[at], at, item_path, where)
             going += 1
         else:
             raise ValueError(f"{where} is malformed")
@@ -961,7 +1049,10 @@ def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch |
 
 
 def _check_carried_decision(
-    carried: CarriedApproval, step: ApprovalStep | HumanTaskStep, kinds: tuple[DecisionKind, ...]
+    carried: CarriedApproval,
+    step: ApprovalStep | HumanTaskStep,
+    kinds: tuple[DecisionKind, ...],
+    path: str | None = None,
 ) -> None:
     """Refuses a carried approval or human task that does not fit its step: another path, people
     neither the step nor its escalation names, or a decision of a kind the step does not take or
@@ -970,8 +1061,8 @@ def _check_carried_decision(
     view = carried.view
     named = {*step.approvers, *(step.escalation.add_approvers if step.escalation else ())}
     problem = None
-    if view.path != step.id:
-        problem = f"its path is not the step's ({step.id!r})"
+    if view.path != (path or step.id):
+        problem = f"its path is not the step's ({path or step.id!r})"
     elif not set(view.approvers) <= named:
         problem = "its approvers are not the step's"
     elif carried.decided is not None and carried.decision is not None:
@@ -1122,10 +1213,14 @@ class Engine:
         """The ``parallel`` step a previous run of the chain continued in (:data:`PARALLEL_KIND`)."""
         self._carried_lane_delays: dict[str, CarriedDelay] = {}
         """The delays its branches (items) waited in, by path: each goes on at the same time."""
+        self._carried_lane_people: dict[str, _Approval] = {}
+        """The approvals and human tasks its branches (items) waited in, by path: pending (and
+        decidable) from the first task, each resumes with its view."""
         self._drain: _Drain | None = None
         """The branches of the ``parallel`` or ``foreach`` at the safe point, while it runs."""
-        self._lane_sleeps: set[str] = set()
-        """Paths of the delays branches wait in that a continue-as-new carries as they are."""
+        self._lane_waits: set[str] = set()
+        """Paths of the delays branches wait in, and of their approvals and human tasks waiting for a
+        decision, that a continue-as-new carries as they are."""
         self._carrying = False
         """Set once the branches stopped for a continue-as-new: a delay cancelled then goes on in
         the next run (its record stays open)."""
@@ -1483,6 +1578,10 @@ class Engine:
         lane_delay = self._carried_lane_delays.get(path)
         if lane_delay is not None and isinstance(step, DelayStep) and self._lane_at(step, scope) is not None:
             await self._resume_step(step, scope, path, lane_delay.since)
+            return
+        person = self._carried_lane_people.get(path)
+        if person is not None and person.step is step and self._lane_at(step, scope) is not None:
+            await self._resume_step(step, scope, path, person.view.since)
             return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
@@ -2324,15 +2423,17 @@ class Engine:
             )
         except _Drained:
             assert drain is not None
-            entry = {
-                **self._open_since(path),
-                "step": step.id,
-                "branches": [
+            since = self._open_since(path)
+
+            def entry() -> dict[str, Any]:  # read at the switch: a decision taken meanwhile is in it
+                assert drain is not None
+                branches = [
                     {"id": b.id, **(lane.carried(own_steps=False) or {})}
                     for b, lane in zip(step.branches, drain.lanes, strict=True)
-                ],
-            }
-            raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
+                ]
+                return {PARALLEL_KIND: {**since, "step": step.id, "branches": branches}}
+
+            raise self._stop(self._position_of(step), carry=entry) from None
         if step.join == JoinStrategy.ALL:
             return {b.id: r for b, r in zip(step.branches, results, strict=True)}
         return {"winner": step.branches[winner].id, "output": results[0]}
@@ -2406,13 +2507,13 @@ class Engine:
         run may continue as new, carrying it (the next run waits for the time that is left)."""
         wait = max(delay.until - self.runtime.now(), timedelta(0))
         lane.sleeping = delay
-        self._lane_sleeps.add(path)
+        self._lane_waits.add(path)
         try:
             await self.runtime.sleep(wait.total_seconds(), f"{step.label}: wait {format_duration(wait)}")
         finally:
             if not self._carrying:  # (carried: the snapshot is taken once every branch ended)
                 lane.sleeping = None
-            self._lane_sleeps.discard(path)
+            self._lane_waits.discard(path)
 
     def _open_since(self, path: str) -> dict[str, str]:
         """The start of the open record of the step at ``path`` (carried: the next run shows the
@@ -2440,9 +2541,10 @@ class Engine:
         return self._quiet() and self.cancel_request is None and not self.hold_steps
 
     def _quiet(self) -> bool:
-        """No step of the run waits (for a person, an event or a dead letter decision, or a timer
-        but a branch's own ``delay``, which a continue-as-new carries)."""
-        return not self._parked and all(path in self._lane_sleeps for path in self.waiting)
+        """No step of the run waits (for an event or a dead letter decision, a timer but a branch's
+        own ``delay``, or a person but in a branch's own ``approval`` or ``human_task``: those a
+        continue-as-new carries)."""
+        return not self._parked and all(path in self._lane_waits for path in self.waiting)
 
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
         """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
@@ -2461,13 +2563,15 @@ class Engine:
                 or not self._continue_wanted()
             ):
                 return
+            if not drain.outputs_counted and drain.carry_size(PARALLEL_CARRY_BUDGET) <= PARALLEL_CARRY_BUDGET:
+                drain.outputs_counted = self.runtime.patched(PATCH_DRAIN_FIXES)
             if drain.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
                 # Too much to carry now (less once items finish and leave their steps): not every
                 # boundary counts it again.
                 drain.retry_later(now)
                 return
             if drain.join != JoinStrategy.ALL and not all(
-                other is lane or other.stopped or _asleep(other, now) for other in drain.lanes
+                other is lane or other.stopped or _resting(other, now) for other in drain.lanes
             ):
                 # Which branch finishes first decides an 'any' or 'first' join: a branch never waits
                 # for another here (only when all the others sleep or stand, so the switch is at once).
@@ -2542,18 +2646,24 @@ class Engine:
         concurrency: int,
         safe: bool = False,
         carried: dict[str, Any] | None = None,
+        batch_slice: bool = False,
     ) -> list[Any]:
         """Runs the body once per item in this run, at most ``concurrency`` at a time; item ``i`` of
         ``items`` is item ``offset + i`` of the foreach (its index and step paths). ``safe``: the
         step may continue as new between two steps of its items (as a ``parallel`` step's branches
         do, :data:`PATCH_CONTINUE_AS_NEW_PARALLEL`); ``carried``: where the previous run of the
-        chain left each item."""
+        chain left each item; ``batch_slice``: the items are a fanned-out foreach's child's slice."""
         gate = asyncio.Semaphore(concurrency)
         drain = None
         if (
             self._continue_as_new is not None
             and (safe or carried is not None)
-            and (self._batch is not None or self._at_safe_step(step, scope))
+            and (
+                batch_slice
+                or self._at_safe_step(step, scope)
+                # Before PATCH_DRAIN_FIXES, a foreach nested in a child's body stopped too.
+                or (self._batch is not None and not self.runtime.patched(PATCH_DRAIN_FIXES))
+            )
         ):
             drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL, items)
         entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
@@ -2578,10 +2688,7 @@ class Engine:
                     lane.index = entry["position"]
             async with gate:
                 if drain is not None and drain.active and entry is None:
-                    # No item starts while the others stop for a continue-as-new.
-                    await self.runtime.wait_condition(
-                        lambda: not drain.active, None, f"{step.label}: next item"
-                    )
+                    await self._hold_item(drain, step.label)
                 if drain is not None and lane is not None:
                     drain.seat(lane, it)
 
@@ -2609,12 +2716,42 @@ class Engine:
             )
         except _Drained:
             assert drain is not None
-            lanes = [lane.carried(own_steps=True) for lane in drain.lanes]
-            entry = {**self._open_since(path), "step": step.id, "items": list(items), "lanes": lanes}
+            since = self._open_since(path)
+
+            def entry() -> dict[str, Any]:  # read at the switch: a decision taken meanwhile is in it
+                assert drain is not None
+                lanes = [lane.carried(own_steps=True) for lane in drain.lanes]
+                return {PARALLEL_KIND: {**since, "step": step.id, "items": list(items), "lanes": lanes}}
+
             if self._batch is not None:  # a fanned-out foreach's child: its slice is all it runs
-                raise _ContinueAsNew(0, carry=lambda: {PARALLEL_KIND: entry}) from None
-            raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: entry}) from None
+                raise _ContinueAsNew(0, carry=entry) from None
+            raise self._stop(self._position_of(step), carry=entry) from None
         return results
+
+    async def _hold_item(self, drain: _Drain, label: str) -> None:
+        """No item starts while the others stop for a continue-as-new: it waits until the stop
+        ends (and, since :data:`PATCH_DRAIN_FIXES`, until a step starts waiting, no started item
+        is left that could stop, or the stop's deadline passes: then the items go on)."""
+        summary = f"{label}: next item"
+        if not self.runtime.patched(PATCH_DRAIN_FIXES):
+            await self.runtime.wait_condition(lambda: not drain.active, None, summary)
+            return
+        timeout = None
+        if not drain.timed:  # no stopped item holds the timer of the deadline: this wait does
+            assert drain.deadline is not None
+            timeout = (drain.deadline - self.runtime.now()).total_seconds()
+            drain.timed = True
+        in_time = timeout is None or timeout > 0
+        if in_time:
+            in_time = await self.runtime.wait_condition(
+                lambda: not drain.active or not self._carry_ok() or not drain.under_way(), timeout, summary
+            )
+        if not drain.active:
+            return
+        if in_time:
+            drain.active = False  # a step waits, or no item is left to stop: the items go on
+        else:
+            drain.retry_later(self.runtime.now())
 
     async def _fan_out(
         self, step: ForeachStep, scope: _Scope, path: str, visit: int, items: list[Any]
@@ -2693,6 +2830,7 @@ class Engine:
             concurrency=batch.concurrency,
             safe=True,
             carried=carried,
+            batch_slice=True,
         )
         return {"results": results}
 
@@ -2826,6 +2964,7 @@ class Engine:
         resumed: bool = False,
         continue_trigger: Callable[[], bool] | None = None,
         carry: Callable[[], dict[str, Any]] | None = None,
+        lane: _Lane | None = None,
     ) -> tuple[bool, Any]:
         """The one waiting mechanism of approvals and human tasks: shows the pending step, waits
         for an accepted decision, escalates on the step's ladder (reminder steps, more people) and
@@ -2840,7 +2979,10 @@ class Engine:
         was, its links already sent. A top-level human task is one too, by its own patch:
         ``continue_trigger`` (:meth:`_continue_trigger`) wakes its wait when the host asks, and
         ``carry`` gives the snapshot's entry for it (read at the switch, so a completion sent
-        meanwhile is in it).
+        meanwhile is in it). A wait that is one of ``lane``'s own steps (a ``parallel`` branch's or
+        a ``foreach`` item's, :data:`PATCH_CONTINUE_AS_NEW_LANE_PEOPLE`) lets the branches stop for
+        a continue-as-new while it waits; cancelled for it, it stays pending (and decidable) until
+        the switch, and travels in the branch's entry.
         """
         step, view = approval.step, approval.view
         path, start, deadline = view.path, view.since, view.deadline
@@ -2864,15 +3006,24 @@ class Engine:
                     wake = next_escalation if wake is None else min(wake, next_escalation)
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
                 with self._waiting_at(path, step.label):
-                    decided = await self.runtime.wait_condition(
-                        lambda: (
-                            approval.decision is not None
-                            or top_wants()
-                            or (continue_trigger is not None and continue_trigger())
-                        ),
-                        timeout_s,
-                        f"{step.label}: {waiting_for}",
-                    )
+                    if lane is not None:
+                        lane.person = approval
+                        self._lane_waits.add(path)
+                    try:
+                        decided = await self.runtime.wait_condition(
+                            lambda: (
+                                approval.decision is not None
+                                or top_wants()
+                                or (continue_trigger is not None and continue_trigger())
+                            ),
+                            timeout_s,
+                            f"{step.label}: {waiting_for}",
+                        )
+                    finally:
+                        if lane is not None:
+                            self._lane_waits.discard(path)
+                            if not self._carrying:  # (carried: the snapshot is taken at the switch)
+                                lane.person = None
                     # A safe point: nothing else of the run is in flight. The wait stays marked
                     # (CurrentStep does not flap): the next run waits here again.
                     if decided and approval.decision is None and continue_trigger is not None:
@@ -2895,6 +3046,9 @@ class Engine:
                 if step.notify is not None and added:
                     await self._send_links(approval, scope, added)
                 await self._sequence(escalation.steps, scope.sibling(f"{path}/escalation{view.escalations}/"))
+        except asyncio.CancelledError:
+            continuing = continuing or (lane is not None and lane.person is approval and self._carrying)
+            raise
         finally:
             if not continuing:  # a continued approval stays pending (and decidable) until the switch
                 self._approvals.pop(path, None)
@@ -2962,7 +3116,10 @@ class Engine:
 
     async def _await_approval(self, step: ApprovalStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         carried = self._carried_approval
-        if carried is not None and carried.view.path == path and step is self._safe_step():
+        lane, in_lane = self._person_lane(step, scope, path)
+        if in_lane is not None:
+            approval = in_lane  # as below, in a branch
+        elif carried is not None and carried.view.path == path and step is self._safe_step():
             # Continued as new while it waited: same view, deadline and escalations; a decision
             # taken while the run switched is already in it.
             self._carried_approval = None
@@ -2990,7 +3147,8 @@ class Engine:
             "awaiting approval",
             lambda: self._approval_timeout(step, approval),
             top=self._at_safe_point(step, scope),
-            resumed=approval is carried,
+            resumed=approval is carried or approval is in_lane,
+            lane=lane,
         )
         if not decided:
             return timed_out
@@ -3031,8 +3189,11 @@ class Engine:
     async def _human_task(self, step: HumanTaskStep, scope: _Scope, path: str, record: StepRecord) -> Any:
         top = self._at_safe_step(step, scope)
         carried = self._carried_task
+        lane, in_lane = self._person_lane(step, scope, path)
         resumed = carried is not None and top and carried.view.path == path
-        if resumed:
+        if in_lane is not None:
+            resumed, task = True, in_lane  # as below, in a branch
+        elif resumed:
             # Continued as new while it waited: same view, deadline and escalations; a completion
             # sent while the run switched is already in it.
             assert carried is not None
@@ -3062,6 +3223,7 @@ class Engine:
             resumed=resumed,
             continue_trigger=trigger,
             carry=carry,
+            lane=lane,
         )
         if not decided:
             return timed_out
@@ -3075,6 +3237,21 @@ class Engine:
             "data": make_inert(dict(decision.data)),
             "escalations": task.view.escalations,
         }
+
+    def _person_lane(
+        self, step: ApprovalStep | HumanTaskStep, scope: _Scope, path: str
+    ) -> tuple[_Lane | None, _Approval | None]:
+        """For an approval or human task that is one of the own steps of a branch (item) that may
+        continue as new: its lane (None elsewhere, or in a history recorded before
+        :data:`PATCH_CONTINUE_AS_NEW_LANE_PEOPLE`), and the pending step a previous run of the chain
+        carried for it, if any (taken once)."""
+        lane = self._lane_at(step, scope)
+        if lane is None:
+            return None, None
+        carried = self._carried_lane_people.pop(path, None)
+        if carried is None and not self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_PEOPLE):
+            return None, None
+        return lane, carried
 
     def _new_task(self, step: HumanTaskStep, scope: _Scope, path: str) -> _Approval:
         start = self.runtime.now()
@@ -3580,6 +3757,13 @@ class Engine:
                 if isinstance(lane, dict) and isinstance(lane.get("delay"), CarriedDelay):
                     delay = lane.pop("delay")
                     self._carried_lane_delays[delay.path] = delay
+                if isinstance(lane, dict) and isinstance(lane.get("person"), _Approval):
+                    person = lane.pop("person")
+                    # Pending from the first moment, so a decision delivered with the run's first
+                    # task counts.
+                    self._approvals[person.view.path] = person
+                    self._carried_lane_people[person.view.path] = person
+                    self.state = self._waiting_state()
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position
@@ -3717,7 +3901,8 @@ class Engine:
         task, event, approval = self._carried_task, self._carried_event, self._carried_approval
         delay, park, parked = self._carried_delay, self._carried_park, self._carried_parked
         branches, parallel, lanes = self._resume_branches, self._carried_parallel, self._carried_lane_delays
-        if not (task or event or approval or delay or park or branches or parallel or lanes):
+        people = self._carried_lane_people
+        if not (task or event or approval or delay or park or branches or parallel or lanes or people):
             return
         if not self.runtime.patched(PATCH_DROP_UNRESUMED):
             return  # a history recorded before: the carried wait stayed as it was
@@ -3728,7 +3913,8 @@ class Engine:
             paths.add(str(parallel["step"]))
         paths |= set(lanes)
         self._resume_branches, self._carried_parallel, self._carried_lane_delays = [], None, {}
-        for person in (task, approval):
+        self._carried_lane_people = {}
+        for person in (task, approval, *people.values()):
             if person is not None:
                 self._approvals.pop(person.view.path, None)
                 paths.add(person.view.path)

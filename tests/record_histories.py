@@ -46,6 +46,7 @@ from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.devserver import ensure_search_attributes, find_temporal_cli
 from tests.helpers.http_server import RecordingServer
+from tests.workflows.support import counting_loop
 from worker import build_worker
 from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
 from workflows.search_attributes import ALL_KEYS
@@ -688,31 +689,6 @@ def _branch_loop(base: str) -> dict[str, Any]:
 
 def _parallel_loops(base: str) -> dict[str, Any]:
     del base
-    echo = {"type": "task", "action": "echo"}
-
-    def counting(prefix: str, var: str, turns: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": f"{prefix}_work",
-                **echo,
-                "input": {"value": f"{{{{ vars.{var} }}}}"},
-                "max_visits": turns,
-            },
-            {
-                "id": f"{prefix}_bump",
-                "type": "set",
-                "vars": {var: f"{{{{ vars.{var} + 1 }}}}"},
-                "max_visits": turns,
-            },
-            {
-                "id": f"{prefix}_again",
-                "type": "condition",
-                "if": f"vars.{var} < {turns}",
-                "then": {"goto": f"{prefix}_work"},
-                "max_visits": turns,
-            },
-        ]
-
     # Two loops in the branches of the last top-level step, and a branch that ends at once.
     return {
         "name": "replay-parallel-loops",
@@ -723,9 +699,9 @@ def _parallel_loops(base: str) -> dict[str, Any]:
                 "id": "fan",
                 "type": "parallel",
                 "branches": [
-                    {"id": "left", "steps": counting("l", "a", 30)},
-                    {"id": "right", "steps": counting("r", "b", 20)},
-                    {"id": "once", "steps": [{"id": "solo", **echo, "input": {"value": "solo"}}]},
+                    {"id": "left", "steps": counting_loop("l", "a", 30)},
+                    {"id": "right", "steps": counting_loop("r", "b", 20)},
+                    {"id": "once", "steps": [_echo("solo", "solo")]},
                 ],
             },
         ],
@@ -746,6 +722,42 @@ def _parallel_delay(base: str) -> dict[str, Any]:
             step["max_visits"] = 3
     document["output"]["nap"] = "{{ steps.nap.output }}"
     return document
+
+
+def _parallel_approval(base: str) -> dict[str, Any]:
+    del base
+    # A 30-turn loop in one branch, an approval waiting in the other.
+    loop = [*counting_loop("l", "a", 30), {"id": "l_total", "type": "set", "vars": {"l_n": "{{ vars.a }}"}}]
+    return {
+        "name": "replay-parallel-approval",
+        "limits": {"history_budget": 100, "max_step_executions": 1000},
+        "steps": [
+            {"id": "init", "type": "set", "vars": {"a": 0}},
+            {
+                "id": "fan",
+                "type": "parallel",
+                "branches": [
+                    {"id": "loop", "steps": loop},
+                    {
+                        "id": "gate",
+                        "steps": [
+                            _echo("ask", "asked"),
+                            {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "10m"},
+                        ],
+                    },
+                ],
+            },
+        ],
+        "output": {"n": "{{ vars.l_n }}", "decision": "{{ steps.ok.output.decision }}"},
+    }
+
+
+async def _approve_after_loop(handle: WorkflowHandle[Any, Any]) -> None:
+    """Approves once the loop is done and the approval pending (in the run the chain ends in)."""
+    await _until(handle, lambda s: s.vars.get("l_n") == 30 and bool(s.pending_approvals), timeout=120)
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide, DecisionRequest(decision=DecisionKind.APPROVE, actor="alice")
+    )
 
 
 def _foreach_loops(base: str) -> dict[str, Any]:
@@ -1106,6 +1118,28 @@ def scenarios() -> list[Scenario]:
             _parallel_delay,
             {},
             options=RunOptions(engine_level=3),
+        ),
+        Scenario(
+            "parallel_approval_over_budget",
+            "recorded before patch continue-as-new-lane-people, at generation 3: an approval waits "
+            "in one branch of a top-level parallel step while the other loops 30 turns past the "
+            "history_budget of 100 events, all in one run (the waiting approval kept the branches "
+            "from stopping); approved after the loop; replays without continuing",
+            _parallel_approval,
+            {},
+            drive=_approve_after_loop,
+            options=RunOptions(engine_level=3),
+        ),
+        Scenario(
+            "continued_in_parallel_approval",
+            "the last run of a chain (generation 4) that continued as new (history_budget 100) "
+            "inside a top-level parallel step while an approval waited in one branch and the other "
+            "looped (patch continue-as-new-lane-people): the approval is pending from the run's "
+            "start with its carried view, approved after the loop, and the run completes",
+            _parallel_approval,
+            {},
+            drive=_approve_after_loop,
+            options=RunOptions(engine_level=4),
         ),
         Scenario(
             "foreach_loops_over_budget",

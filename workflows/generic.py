@@ -61,10 +61,12 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
         PATCH_CONTINUE_AS_NEW_EVENTS,
+        PATCH_CONTINUE_AS_NEW_LANE_PEOPLE,
         PATCH_CONTINUE_AS_NEW_PARALLEL,
         PATCH_CONTINUE_AS_NEW_TASKS,
         PATCH_CONTINUE_AS_NEW_WAITS,
         PATCH_DECLARED_FORM_FIELDS,
+        PATCH_DRAIN_FIXES,
         PATCH_DROP_UNRESUMED,
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
@@ -130,6 +132,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.telemetry import RunTelemetry
 
+CONTINUE_AS_NEW_MAX_BYTES = 2 * 1024 * 1024 - 64 * 1024
+"""Largest input a run continues as new with inline (Temporal refuses a payload over 2 MiB; the
+margin is for the payload's metadata and the request around it)."""
+
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
 """Patch id: a run started without search attributes also gets ``Tenant``."""
@@ -175,7 +181,12 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
         PATCH_CONTINUE_AS_NEW_EVENTS,
     ),
     1,
-) | {PATCH_HISTORY_GUARD: 2, PATCH_CONTINUE_AS_NEW_PARALLEL: 3}
+) | {
+    PATCH_HISTORY_GUARD: 2,
+    PATCH_CONTINUE_AS_NEW_PARALLEL: 3,
+    PATCH_CONTINUE_AS_NEW_LANE_PEOPLE: 4,
+    PATCH_DRAIN_FIXES: 4,
+}
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
 no marker, no ``TemporalChangeVersion`` upsert (two events, ~240 bytes of history per patch a run
@@ -854,16 +865,27 @@ class RunDefinitionWorkflow:
         workflow.logger.info(
             "continuing as new at step %d (generation %d)", snapshot.position, snapshot.generation
         )
-        workflow.continue_as_new(
-            RunInput(
-                definition=run.definition,
-                input=run.input,
-                options=run.options,
-                continuation=snapshot.model_dump(mode="json"),
-                batch=run.batch,
-            ),
-            search_attributes=workflow.info().typed_search_attributes,
+        next_input = RunInput(
+            definition=run.definition,
+            input=run.input,
+            options=run.options,
+            continuation=snapshot.model_dump(mode="json"),
+            batch=run.batch,
         )
+        if run.options.state_budget is None:  # started without the payload store: the input goes inline
+            size = workflow.payload_converter().to_payloads([next_input])[0].ByteSize()
+            if size > CONTINUE_AS_NEW_MAX_BYTES:
+                # The SDK would refuse the payload and the workflow task would fail for ever: the
+                # run fails instead, saying why.
+                raise ApplicationError(
+                    f"the run cannot continue as new: its next run's input (definition, input and"
+                    f" state) is {size} bytes, more than Temporal's payload limit allows"
+                    f" ({CONTINUE_AS_NEW_MAX_BYTES} bytes). Keep less in variables and step outputs,"
+                    " or run with large payloads stored by reference (WFA_PAYLOAD_STORE)",
+                    type="ContinueAsNewTooLarge",
+                    non_retryable=True,
+                )
+        workflow.continue_as_new(next_input, search_attributes=workflow.info().typed_search_attributes)
 
     @workflow.signal(name="approve")
     def approve(self, *args: Any) -> None:

@@ -10,9 +10,17 @@ from typing import Any
 import pytest
 
 from interpreter.continuation import Continuation, read_continuation
-from interpreter.engine import PARALLEL_DRAIN_WAIT_S, PARALLEL_KIND, Engine, RunInfo
+from interpreter.engine import PARALLEL_CARRY_BUDGET, PARALLEL_DRAIN_WAIT_S, PARALLEL_KIND, Engine, RunInfo
 from interpreter.model import Definition
-from interpreter.state import CancelRequest, RunResult, RunState, StepStatus
+from interpreter.state import (
+    CancelRequest,
+    Decision,
+    DecisionKind,
+    ForeachBatch,
+    RunResult,
+    RunState,
+    StepStatus,
+)
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import approval, delay, make_definition, new_runtime, set_vars, task, work
 
@@ -138,30 +146,201 @@ async def test_max_visits_in_a_parallel_branch_counts_across_runs() -> None:
     assert rt.calls[-1].step_id == "refund"
 
 
-async def test_a_waiting_approval_keeps_the_run_from_continuing_inside_the_parallel() -> None:
-    """An approval in one branch: the other branch's loop is not stopped for a switch it could not
-    make (the approval is not carried); the run continues as new after the parallel step."""
-    steps = [
+def _gate_and_loop(gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """A loop in one branch, ``gate`` (an approval or human task) in the other."""
+    return [
         set_vars("init", {"a": 0}),
         {
             "id": "par",
             "type": "parallel",
             "branches": [
                 {"id": "loop", "steps": _looping("l", "a", 8, 1)},
-                {"id": "gate", "steps": [approval("ok", ["alice"], timeout="1h", on_timeout="approve")]},
+                {"id": "gate", "steps": [work("ask", 1, value="asked"), gate]},
             ],
         },
-        work("after", value="after"),
-        work("last", value="last"),
+        work("after", value="{{ steps.par.output.gate }}"),
     ]
+
+
+def _people(snapshots: list[dict[str, Any]], key: str = "branches") -> list[dict[str, Any]]:
+    """The approvals and human tasks the snapshots carry in branches (``key``: items, ``lanes``)."""
+    return [
+        lane["person"]
+        for s in snapshots
+        if PARALLEL_KIND in s["kinds"]
+        for lane in s["kinds"][PARALLEL_KIND][key]
+        if lane and "person" in lane
+    ]
+
+
+async def _until_person(definition: Definition, rt: FakeRuntime) -> tuple[Engine, dict[str, Any]]:
+    """Runs the chain (a switch every 2 actions) until a run continues as new while a branch waits
+    for a person; that run's engine, and its snapshot (as JSON)."""
+    snapshot: Continuation | None = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=2)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+        if _people([data]):
+            return engine, data
+        snapshot = read_continuation(data)
+    raise AssertionError("no run continued as new while the branch waited")
+
+
+async def test_an_approval_waiting_in_a_branch_is_carried_and_times_out_when_it_would_have() -> None:
+    """An approval in one branch waits while the other branch loops: the run continues as new
+    inside the parallel step carrying the pending approval (its view and deadline), the loop runs
+    at its own pace, and the approval times out at the time it would have without a switch."""
+    gate = approval(
+        "ok", ["alice"], timeout="1h", on_timeout="approve", message="Ship {{ steps.ask.output }}?"
+    )
+    definition = make_definition(_gate_and_loop(gate))
+    straight, straight_rt = await _straight(definition)
+    assert straight.state == RunState.COMPLETED
+
+    rt = _runtime()
+    result, engine, snapshots = await _chain(definition, rt, every=2)
+    people = _people(snapshots)
+    assert people, snapshots  # switches happened while the approval waited
+    assert {(p["position"], p["view"]["path"], p["view"]["message"]) for p in people} == {
+        (1, "ok", "Ship asked?")
+    }
+    assert len({p["view"]["deadline"] for p in people}) == 1  # the same deadline in every run
+    assert result.state == RunState.COMPLETED
+    assert result.output == straight.output
+    # Every action at the same virtual time as in the uninterrupted run: the loop was not held
+    # until the approval timed out, and 'after' ran when the approval timed out.
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )
+    assert max(c.elapsed for c in rt.calls if c.step_id == "l_step") < 60
+    ok = [r for r in engine.status().steps if r.id == "ok"]
+    assert [(r.status, r.output["decision"], r.output["actor"]) for r in ok] == [
+        (StepStatus.COMPLETED, "approved", "timeout")
+    ]
+
+
+async def test_a_decision_accepted_while_the_branches_switch_travels_with_the_approval() -> None:
+    """The branches stopped, the run is switching: the approval in a branch stays pending and
+    decidable; a decision accepted then is in the snapshot, and the next run takes it at once."""
+    gate = approval("ok", ["alice"], timeout="1h")
+    definition = make_definition(_gate_and_loop(gate))
+    rt = _runtime()
+    first, data = await _until_person(definition, rt)
+    [pending] = first.status().pending_approvals
+    assert pending.path == "ok"
+    first.decide(DecisionKind.APPROVE, Decision(actor="alice", reason="fine"))
+    data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    [person] = _people([data])
+    assert (person["decided"], person["decision"]["actor"]) == ("approve", "alice")
+
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED
+    ok = [r for r in second.status().steps if r.id == "ok"]
+    assert [(r.output["decision"], r.output["actor"], r.output["reason"]) for r in ok] == [
+        ("approved", "alice", "fine")
+    ]
+    after = next(c for c in rt.calls if c.step_id == "after")
+    # Decided during the switch: 'after' waited for the loop only, not for the deadline.
+    assert after.elapsed < 60
+    assert [d.actor for d in second.status().decisions if d.accepted] == ["alice"]
+
+
+async def test_a_human_task_waiting_in_a_foreach_item_is_carried() -> None:
+    """Human tasks in foreach items (one per item, paths ``each[i].call``) wait while other items
+    loop: carried with their due times; completed in a later run of the chain, by the person."""
+    task_step = {
+        "id": "call",
+        "type": "human_task",
+        "title": "Call {{ item }}",
+        "assignee": "nurse",
+        "due": "2h",
+        "on_timeout": "continue",
+    }
+    steps = [
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "range(3) | list",
+            "concurrency": 3,
+            "output": "{{ item }}:{{ steps.call.output.status }}:{{ steps.call.output.completed_by }}",
+            "steps": [
+                work("seed", 1, value=0),
+                work(
+                    "tick",
+                    2,
+                    value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
+                    max_visits=8,
+                ),
+                {
+                    "id": "more",
+                    "type": "condition",
+                    "if": "steps.tick.output < item * 4",
+                    "then": {"goto": "tick"},
+                    "max_visits": 8,
+                },
+                task_step,
+            ],
+        },
+    ]
+    # Item 0's task waits after one tick, item 1's after 4, item 2's after 8.
     definition = make_definition(steps)
     rt = _runtime()
-    result, _, snapshots = await _chain(definition, rt, every=2)
+    snapshot: Continuation | None = None
+    snapshots: list[dict[str, Any]] = []
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=2)
+        result = await rt.run(engine.run())
+        if not engine.continuing:
+            break
+        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+        snapshots.append(data)
+        people = _people([data], "lanes")
+        if any(p["view"]["path"] == "each[1].call" for p in people):
+            engine.decide(
+                DecisionKind.COMPLETE, Decision(actor="nurse", step_id="each[1].call", reason="done")
+            )
+            data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+            snapshots[-1] = data
+        snapshot = read_continuation(data)
+    assert not engine.continuing
+    people = _people(snapshots, "lanes")
+    assert people, snapshots
+    assert {p["view"]["kind"] for p in people} == {"task"}
+    assert {p["view"]["path"] for p in people} <= {f"each[{i}].call" for i in range(3)}
     assert result.state == RunState.COMPLETED
-    assert snapshots
-    assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
-    # The loop ran at its own pace, not held until the approval timed out.
-    assert max(c.elapsed for c in rt.calls if c.step_id == "l_step") < 60
+    each = next(r for r in engine.status().steps if r.id == "each")
+    assert each.output == ["0:timed_out:None", "1:completed:nurse", "2:timed_out:None"]
+
+
+async def test_a_carried_approval_in_a_branch_is_checked() -> None:
+    """A forged or stale snapshot: an approval carried at another step, under another path, with
+    people the step does not name, or with a decision by someone who may not decide: refused."""
+    gate = approval("ok", ["alice"], timeout="1h")
+    definition = make_definition(_gate_and_loop(gate))
+    rt = _runtime()
+    _, data = await _until_person(definition, rt)
+    decision = {"actor": "mallory", "reason": "mine", "data": {}, "groups": [], "step_id": None}
+
+    def forged(change: Any) -> Continuation:
+        bad = json.loads(json.dumps(data))
+        entry = next(b for b in bad["kinds"][PARALLEL_KIND]["branches"] if b["id"] == "gate")
+        change(entry)
+        return read_continuation(bad)
+
+    for change, message in (
+        (lambda e: e["person"].update(position=0), "is not step 1 of it"),
+        (lambda e: e["person"]["view"].update(path="other"), "its path is not the step's"),
+        (lambda e: e["person"]["view"].update(approvers=["mallory"]), "its approvers are not the step's"),
+        (lambda e: e["person"]["view"].update(kind="task"), "is not step 1 of it"),
+        (lambda e: e["person"].update(decided="approve", decision=decision), "'mallory' may not decide it"),
+        (lambda e: e.update(position=0), "is not step 0 of it"),
+        (lambda e: e.update(delay=e["person"]), "waits in one step at most"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _engine(definition, rt, forged(change), every=100)
 
 
 def _delayed_loops() -> list[dict[str, Any]]:
@@ -269,6 +448,15 @@ async def test_a_branch_in_a_long_step_holds_the_others_for_a_bounded_time_only(
     assert max(loop_calls) <= 290 + PARALLEL_DRAIN_WAIT_S + 1
 
 
+async def _first_snapshot(definition: Definition, rt: FakeRuntime) -> dict[str, Any]:
+    """The snapshot (as JSON) of the chain's first run, the host asking after 3 actions."""
+    first = _engine(definition, rt, None, every=3)
+    await rt.run(first.run())
+    assert first.continuing
+    data: dict[str, Any] = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    return data
+
+
 def _all_finished(entry: dict[str, Any]) -> None:
     entry["branches"] = [{"id": b["id"], "done": True, "output": None} for b in entry["branches"]]
 
@@ -276,10 +464,7 @@ def _all_finished(entry: dict[str, Any]) -> None:
 async def test_a_carried_parallel_step_is_checked_against_the_definition() -> None:
     definition = make_definition(_parallel_loops())
     rt = _runtime()
-    first = _engine(definition, rt, None, every=3)
-    await rt.run(first.run())
-    assert first.continuing
-    data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    data = await _first_snapshot(definition, rt)
     assert data["kinds"][PARALLEL_KIND]["step"] == "par"
     entry = data["kinds"][PARALLEL_KIND]
     for forge, message in (
@@ -388,10 +573,7 @@ async def test_loops_in_foreach_items_continue_as_new_there_and_end_as_an_uninte
 async def test_a_carried_foreach_step_is_checked_against_the_definition() -> None:
     definition = make_definition(_foreach_loops())
     rt = _runtime()
-    first = _engine(definition, rt, None, every=3)
-    await rt.run(first.run())
-    assert first.continuing
-    data = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    data = await _first_snapshot(definition, rt)
     assert data["kinds"][PARALLEL_KIND]["step"] == "each"
 
     def running(entry: dict[str, Any]) -> dict[str, Any]:
@@ -502,14 +684,17 @@ async def test_a_foreach_whose_list_is_too_large_to_carry_does_not_continue_insi
     assert any(PARALLEL_KIND in s["kinds"] for s in snapshots)
 
 
+def _items(body: list[dict[str, Any]], count: int, concurrency: int) -> list[dict[str, Any]]:
+    """A foreach ``each`` over ``range(count)`` running ``body``, then a ``tail`` action."""
+    each = {"id": "each", "type": "foreach", "items": f"range({count}) | list", "concurrency": concurrency}
+    return [{**each, "steps": body}, work("tail")]
+
+
 async def test_items_carried_under_way_are_not_started_again_when_the_next_run_stops_at_once() -> None:
     """The host asks from the next run's first action: items the snapshot carried mid-body are
     not new items (they do not wait at the gate, and are carried again where they stand)."""
     body = [work("pre", 1), work("mid", 2), set_vars("acc", {"n": 1}), work("post", 1)]
-    steps = [
-        {"id": "each", "type": "foreach", "items": "range(3) | list", "concurrency": 3, "steps": body},
-        work("tail"),
-    ]
+    steps = _items(body, 3, 3)
     definition = make_definition(steps)
     straight, straight_rt = await _straight(definition)
     rt = _runtime()
@@ -669,4 +854,222 @@ async def test_a_carried_delay_with_a_naive_timestamp_is_refused() -> None:
         bad = json.loads(json.dumps(data))
         next(b for b in bad["kinds"][PARALLEL_KIND]["branches"] if "delay" in b)["delay"][key] = value
         with pytest.raises(ValueError, match=key):
+            _engine(definition, rt, read_continuation(bad), every=100)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        delay("d", "0s"),
+        delay("d", "1h", when="false"),
+        delay("d", "{{ 0 }}s"),
+        {"id": "d", "type": "delay", "until": "2020-01-01T00:00:00Z"},
+    ],
+    ids=["zero", "skipped", "templated-zero", "until-past"],
+)
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_an_item_that_began_the_stop_before_a_delay_that_does_not_sleep_does_not_hold_the_others(
+    last: dict[str, Any], concurrency: int
+) -> None:
+    """The item that began the stop stands before its own ``delay`` (it would sleep there, carried)
+    but the delay does not sleep (no length, skipped, in the past) and the item finishes: no item
+    is left to stop, so the items not started go on instead of waiting for a stop that could never
+    complete (found by an attacker's probe: the run waited for ever, with no timer)."""
+    steps = [
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "range(4) | list",
+            "concurrency": concurrency,
+            "steps": [work("w", 1, value="{{ item }}"), last],
+        },
+        work("tail", value="done"),
+    ]
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition)
+    assert straight.state == RunState.COMPLETED
+    rt = _runtime()
+    chained, _, _ = await _chain(definition, rt, every=1)
+    assert (chained.state, chained.output) == (straight.state, straight.output)
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+
+
+async def test_a_drain_whose_running_items_all_finish_does_not_hold_the_next_item() -> None:
+    """Item 0 begins the stop before its last step, a delay it sleeps in; item 1 then finishes
+    (the same delay skipped for it), and item 0 wakes and finishes: the next item goes on."""
+    body = [work("pre", "{{ [1, 300, 1][index] }}"), delay("nap", "1m", when="index == 0")]
+    steps = _items(body, 3, 2)
+    definition = make_definition(steps)
+    straight, _ = await _straight(definition)
+    assert straight.state == RunState.COMPLETED
+    chained, _, _ = await _chain(definition, _runtime(), every=2)
+    assert (chained.state, chained.output) == (straight.state, straight.output)
+
+
+_HELD_BY_A_LONG_STEP = [
+    work("pre", "{{ [1, 3600, 2, 1][index] }}"),
+    delay("nap", "{{ ['1d', '1s', '1s', '1s'][index] }}"),
+]
+"""Item 0 sleeps a day, item 1 is in an hour-long step: no item stands while the others stop."""
+
+_HELD_BY_A_NESTED_APPROVAL = [
+    {
+        "id": "route",
+        "type": "condition",
+        "if": "index == 1",
+        "then": {"steps": [work("w", 10), approval("ok", ["alice"], timeout="1d", on_timeout="approve")]},
+    },
+    work("pre", "{{ [1, 1, 2, 1][index] }}"),
+    delay("nap", "{{ ['1d', '1s', '1s', '1s'][index] }}"),
+]
+"""Item 1 waits for a person in an approval nested in its condition (not one of its own steps:
+not carried), item 0 sleeps a day."""
+
+
+@pytest.mark.parametrize(
+    "body", [_HELD_BY_A_LONG_STEP, _HELD_BY_A_NESTED_APPROVAL], ids=["long-step", "nested-approval"]
+)
+async def test_an_item_at_the_gate_is_held_no_longer_than_the_drain_wait(body: list[dict[str, Any]]) -> None:
+    """The item about to start while the others stop holds the stop's deadline itself when no
+    stopped item does, and goes on once a step starts waiting for a person: within
+    :data:`PARALLEL_DRAIN_WAIT_S` of when it would have started, not after the hour-long step or
+    the day-long approval (found by a review)."""
+    steps = _items(body, 4, 3)
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition)
+    rt = _runtime()
+    chained, _, _ = await _chain(definition, rt, every=3)
+    assert chained.state == straight.state == RunState.COMPLETED
+    before = {c.path: c.elapsed for c in straight_rt.calls}
+    after = {c.path: c.elapsed for c in rt.calls}
+    assert after["each[3].pre"] <= before["each[3].pre"] + PARALLEL_DRAIN_WAIT_S, (before, after)
+
+
+def _big_outputs_runtime(size: int) -> FakeRuntime:
+    """:func:`_runtime` whose ``work`` action returns ``size`` bytes for a step whose id ends in ``_big``."""
+    rt = _runtime()
+    base = rt.handlers["work"]
+
+    async def big(call: Any, attempt: int) -> Any:
+        out = await base(call, attempt)
+        return "x" * size if call.step_id.endswith("_big") else out
+
+    rt.on("work", big)
+    return rt
+
+
+async def test_the_carried_entry_counts_the_branches_last_outputs_against_its_budget() -> None:
+    """Branches that sleep right after a 200 KB step carry it as their last output: the entry's
+    budget counts those (the run does not continue inside the step rather than carry 800 KB, and
+    completes as the uninterrupted run; found by a review and an attacker's probe, whose
+    snapshot passed Temporal's 2 MiB payload limit and left the run's task failing)."""
+    branches: list[dict[str, Any]] = [
+        {
+            "id": f"b{i}",
+            "steps": [work(f"b{i}_big", 0), delay(f"nap{i}", "1h"), work(f"after{i}", 0, value="ok")],
+        }
+        for i in range(4)
+    ]
+    branches.append({"id": "loop", "steps": _looping("l", "a", 20, 1)})
+    steps = [
+        set_vars("init", {"a": 0}),
+        {"id": "par", "type": "parallel", "branches": branches},
+        work("tail"),
+    ]
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition, _big_outputs_runtime(200_000))
+    rt = _big_outputs_runtime(200_000)
+    chained, _, snapshots = await _chain(definition, rt, every=6)
+    assert snapshots  # it did continue as new, outside the step
+    sizes = [len(json.dumps(s["kinds"][PARALLEL_KIND])) for s in snapshots if PARALLEL_KIND in s["kinds"]]
+    assert all(size <= PARALLEL_CARRY_BUDGET for size in sizes), sizes
+    assert (chained.state, chained.output) == (straight.state, straight.output)
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+
+    # Small outputs: the same branches are carried while they sleep.
+    small_chain, _, small = await _chain(definition, _big_outputs_runtime(10), every=6)
+    assert small_chain.state == RunState.COMPLETED
+    assert any(PARALLEL_KIND in s["kinds"] for s in small)
+
+
+def _batch_engine(
+    definition: Definition,
+    rt: FakeRuntime,
+    batch: ForeachBatch,
+    snapshot: Continuation | None,
+    every: int | None,
+) -> Engine:
+    """An engine running a fanned-out foreach's child (its ``batch``), continuing as new as
+    :func:`_engine` does (``every`` None: never)."""
+    done = len(rt.calls)
+    return Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1/each/batch-0", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
+        continue_as_new=None if every is None else (lambda: len(rt.calls) - done >= every),
+        resume=snapshot,
+        batch=batch,
+    )
+
+
+async def test_a_foreach_nested_in_a_fanned_out_childs_body_does_not_take_over_its_stop() -> None:
+    """A child's items run a foreach of their own: only the child's items stop for its
+    continue-as-new (before, the nested foreach's items stopped alone and the child carried them
+    as its slice, which the next run refused: the child failed; found by a review)."""
+    body = [
+        work("a", 1, value="a"),
+        {
+            "id": "inner",
+            "type": "foreach",
+            "items": "range(3) | list",
+            "concurrency": 3,
+            "steps": [work("x", 1, value="x"), work("y", 1, value="y")],
+        },
+        work("b", 5, value="{{ item }}"),
+    ]
+    definition = make_definition(
+        [{"id": "each", "type": "foreach", "items": "range(2) | list", "steps": body}]
+    )
+    batch = ForeachBatch(step_id="each", path="each", offset=0, items=[0, 1], concurrency=2)
+    rt = _runtime()
+    straight = await rt.run(_batch_engine(definition, rt, batch, None, None).run())
+    assert straight.state == RunState.COMPLETED, straight.error
+    straight_calls = sorted(c.activity_id for c in rt.calls)
+
+    rt = _runtime()
+    snapshot: Continuation | None = None
+    snapshots: list[dict[str, Any]] = []
+    for _ in range(20):
+        engine = _batch_engine(definition, rt, batch, snapshot, 4)
+        result = await rt.run(engine.run())
+        if not engine.continuing:
+            break
+        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+        snapshots.append(data)
+        snapshot = read_continuation(data)
+    assert snapshots
+    assert {s["kinds"][PARALLEL_KIND]["step"] for s in snapshots if PARALLEL_KIND in s["kinds"]} == {"each"}
+    assert (result.state, result.output) == (straight.state, straight.output), result.error
+    assert sorted(c.activity_id for c in rt.calls) == straight_calls
+
+
+async def test_a_carried_items_own_results_are_checked() -> None:
+    """A forged snapshot whose item results name no step of the body, or are not results: refused."""
+    definition = make_definition(_foreach_loops())
+    rt = _runtime()
+    data = await _first_snapshot(definition, rt)
+    index = next(
+        i for i, x in enumerate(data["kinds"][PARALLEL_KIND]["lanes"]) if x is not None and "position" in x
+    )
+    _engine(definition, rt, read_continuation(data), every=100)  # as carried: accepted
+    for results, message in (
+        ({"nowhere": {}}, "'nowhere', not a step of the body"),
+        ({"tick": 5}, "the result of 'tick' is malformed"),
+        ({"tick": {"output": 5}}, "the result of 'tick' is malformed"),
+        ([], "is malformed"),
+    ):
+        bad = json.loads(json.dumps(data))
+        bad["kinds"][PARALLEL_KIND]["lanes"][index]["steps"] = results
+        with pytest.raises(ValueError, match=message):
             _engine(definition, rt, read_continuation(bad), every=100)

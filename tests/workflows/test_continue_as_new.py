@@ -17,18 +17,28 @@ import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.store.database import Database
 from activities.store.models import DeadLetterStatus
 from interpreter.events import MailboxState, mailbox_id
-from interpreter.state import RunState, RunStatus, StepStatus
+from interpreter.state import RunResult, RunState, RunStatus, StepStatus
 from starter.client import FlowClient
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.limited_server import HISTORY_ERROR, limited_env  # noqa: F401
-from tests.workflows.support import Handle, definition, eventually, failure_of, replay, start, status, unique
+from tests.workflows.support import (
+    Handle,
+    counting_loop,
+    definition,
+    eventually,
+    failure_of,
+    replay,
+    start,
+    status,
+    unique,
+)
 from worker import build_worker, workflow_runner
 from workflows.generic import ENGINE_LEVEL, WORKFLOWS, RunDefinitionWorkflow
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE, TENANT
@@ -49,6 +59,18 @@ async def limited_worker(
         limited_client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
     ) as running:
         yield running
+
+
+async def _completed(
+    client: Client, task_queue: str, document: dict[str, Any], level: int = ENGINE_LEVEL
+) -> tuple[Handle, RunResult]:
+    """Starts a run of ``document`` at generation ``level`` and waits for its result, completed."""
+    handle = await start(
+        client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    return handle, result
 
 
 async def _chain(client: Client, workflow_id: str) -> list[tuple[str, WorkflowExecutionStatus | None]]:
@@ -736,27 +758,9 @@ async def test_a_loop_and_an_approval_inside_branches_continue_as_new_there(
 
 
 def _counting_branch(prefix: str, var: str, iterations: int) -> list[dict[str, Any]]:
+    """:func:`counting_loop`, then its count in ``vars.<prefix>_n``."""
     return [
-        {
-            "id": f"{prefix}_work",
-            "type": "task",
-            "action": "echo",
-            "input": {"value": f"{{{{ vars.{var} }}}}"},
-            "max_visits": iterations,
-        },
-        {
-            "id": f"{prefix}_bump",
-            "type": "set",
-            "vars": {var: f"{{{{ vars.{var} + 1 }}}}"},
-            "max_visits": iterations,
-        },
-        {
-            "id": f"{prefix}_again",
-            "type": "condition",
-            "if": f"vars.{var} < {iterations}",
-            "then": {"goto": f"{prefix}_work"},
-            "max_visits": iterations,
-        },
+        *counting_loop(prefix, var, iterations),
         {"id": f"{prefix}_total", "type": "set", "vars": {f"{prefix}_n": f"{{{{ vars.{var} }}}}"}},
     ]
 
@@ -829,11 +833,7 @@ async def test_loops_in_parallel_branches_continue_as_new_inside_the_parallel_st
         limits={"history_budget": 100},
         output={"fan": "{{ steps.fan.output }}", "a": "{{ vars.a }}", "b": "{{ vars.b }}"},
     )
-    handle = await start(
-        limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
-    )
-    result = await handle.result()
-    assert result.state == RunState.COMPLETED, result.error
+    handle, result = await _completed(limited_client, task_queue, document, level)
     assert result.output == {
         "fan": {"left": {"l_n": 40}, "right": {"r_n": 25}, "once": "solo"},
         "a": 40,
@@ -863,15 +863,7 @@ async def test_loops_in_foreach_items_continue_as_new_inside_the_foreach_step(
         limits={"history_budget": 100},
         output={"each": "{{ steps.each.output }}"},
     )
-    handle = await start(
-        limited_client,
-        task_queue,
-        document,
-        engine_level=ENGINE_LEVEL,
-        execution_timeout=timedelta(minutes=5),
-    )
-    result = await handle.result()
-    assert result.state == RunState.COMPLETED, result.error
+    handle, result = await _completed(limited_client, task_queue, document)
     assert result.output == {"each": [f"{i}:5" for i in range(8)]}
     final = await status(handle)
     assert final.continued >= 2
@@ -906,15 +898,7 @@ async def test_a_delay_in_a_parallel_branch_is_carried_across_continue_as_new(
         limits={"history_budget": 100},
         output={"fan": "{{ steps.fan.output }}", "nap": "{{ steps.nap.output.waited_s }}"},
     )
-    handle = await start(
-        limited_client,
-        task_queue,
-        document,
-        engine_level=ENGINE_LEVEL,
-        execution_timeout=timedelta(minutes=5),
-    )
-    result = await handle.result()
-    assert result.state == RunState.COMPLETED, result.error
+    handle, result = await _completed(limited_client, task_queue, document)
     assert result.output == {"fan": {"quick": {"q_n": 40}, "slow": {"s_n": 3}}, "nap": 4.0}
     runs = await _chain(limited_client, handle.id)
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
@@ -963,15 +947,7 @@ async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_thei
         output={"each": "{{ steps.each.output }}"},
     )
     document["steps"].insert(0, {"id": "who", "type": "set", "vars": {"parent": "{{ run.workflow_id }}"}})
-    handle = await start(
-        limited_client,
-        task_queue,
-        document,
-        engine_level=ENGINE_LEVEL,
-        execution_timeout=timedelta(minutes=5),
-    )
-    result = await handle.result()
-    assert result.state == RunState.COMPLETED, result.error
+    handle, result = await _completed(limited_client, task_queue, document)
     # The items read the parent's run context in every run of their child's chain.
     assert result.output == {"each": [f"{i}:4:True" for i in range(30)]}
     scheduled: list[str] = []
@@ -985,3 +961,104 @@ async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_thei
         assert await _replay_chain(limited_client, child) == len(runs)
     assert continued >= 2
     assert len(scheduled) == len(set(scheduled)) == 30 * 5
+
+
+@pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
+async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
+    limited_client: Client, limited_worker: Worker, task_queue: str, level: int
+) -> None:
+    """A 40-turn loop in one branch, an approval in the other (about 240 events, a history budget of
+    100): the run continues as new inside the parallel step while the approval waits, which stays
+    pending with its deadline through the chain; approved in a later run, the step completes with
+    the decision and the loop's count. At generation 0 the patch is asked (a marker); every run of
+    the chain replays."""
+    document = definition(
+        unique("branch-approval"),
+        [
+            {"id": "init", "type": "set", "vars": {"a": 0}},
+            {
+                "id": "fan",
+                "type": "parallel",
+                "branches": [
+                    {"id": "loop", "steps": _counting_branch("l", "a", 40)},
+                    {
+                        "id": "gate",
+                        "steps": [
+                            {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}},
+                            {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "1h"},
+                        ],
+                    },
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"n": "{{ vars.l_n }}", "decision": "{{ steps.ok.output.decision }}"},
+    )
+    handle = await start(
+        limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
+    )
+    first = await eventually(
+        lambda: status(handle),
+        lambda s: bool(s.pending_approvals),
+        timeout=60,
+        what="the approval in the branch pending",
+    )
+    [pending] = first.pending_approvals
+    later = await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= first.continued + 2 and s.vars.get("l_n") == 40,
+        timeout=120,
+        what="the loop done in a chain that continued while the approval waited",
+    )
+    [carried] = later.pending_approvals
+    assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
+    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": 40, "decision": "approved"}
+    final = await status(handle)
+    assert [r.status for r in final.steps if r.id == "ok"] == [StepStatus.COMPLETED]
+    runs = await _chain(limited_client, handle.id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+    # The echo calls ran once each across the chain: 40 turns and 'ask'.
+    scheduled = await _scheduled(limited_client, handle.id, runs)
+    assert len(scheduled) == len(set(scheduled)) == 41
+
+
+async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
+    client: Client, worker: Worker, task_queue: str
+) -> None:
+    """A run whose next run's input would pass Temporal's payload limit (a 1.2 MB input carried
+    along, 1 MB of outputs in its state) fails with ``ContinueAsNewTooLarge`` naming the sizes,
+    instead of a workflow task the SDK refuses again and again (found by an attacker's probe)."""
+    document = definition(
+        unique("too-large"),
+        [
+            *(
+                {
+                    "id": f"copy{i}",
+                    "type": "task",
+                    "action": "echo",
+                    "input": {"value": f"{{{{ input.p{i} }}}}"},
+                }
+                for i in range(5)
+            ),
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            *counting_loop("l", "n", 60),
+        ],
+        limits={"history_budget": 100},
+    )
+    handle = await start(
+        client,
+        task_queue,
+        document,
+        {f"p{i}": str(i) * 200_000 for i in range(6)},
+        execution_timeout=timedelta(minutes=2),
+    )
+    cause, _ = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "ContinueAsNewTooLarge", cause.message
+    assert "more than Temporal's payload limit" in cause.message
+    history = await handle.fetch_history()
+    assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
