@@ -999,10 +999,12 @@ def _check_carried_foreach(
     *,
     path: str | None = None,
     offset: int = 0,
+    concurrency: int | None = None,
 ) -> dict[str, Any]:
     """The carried ``foreach`` entry (items, and per item ``None`` when not started, ``done`` with
     its output, or the ``position`` in the body, ``last_output`` and its ``steps``); ``path`` and
-    ``offset``: of a fanned-out foreach's child, the step's path and its first item's index."""
+    ``offset``: of a fanned-out foreach's child, the step's path and its first item's index (and
+    ``concurrency``, how many of its items it runs at once)."""
     step = steps[position] if 0 <= position < len(steps) else None
     if not isinstance(step, ForeachStep) or step.id != data["step"]:
         raise ValueError(f"carried foreach step {data['step']!r} is not at step {position}")
@@ -1011,7 +1013,7 @@ def _check_carried_foreach(
         raise ValueError(f"the carried items of {step.id!r} are malformed")
     if len(items) > (step.max_items or item_limit):
         raise ValueError(f"{len(items)} carried items of {step.id!r} exceed its limit")
-    going = 0
+    going = under_way = 0
     for i, lane in enumerate(lanes):
         where = f"carried item {i} of {step.id!r}"
         if lane is None:
@@ -1024,10 +1026,13 @@ def _check_carried_foreach(
             item_path = f"{path or step.id}[{offset + i}].{step.steps[at].id}"
             _check_lane_wait(lane, step.steps[at], at, item_path, where)
             going += 1
+            under_way += 1
         else:
             raise ValueError(f"{where} is malformed")
     if not going:
         raise ValueError(f"the carried items of {step.id!r} are all finished")
+    if under_way > (concurrency or step.concurrency):  # each held a place: more could never stop
+        raise ValueError(f"{under_way} carried items of {step.id!r} under way, more than its concurrency")
     return {"step": step.id, "items": list(items), "lanes": list(lanes), **_carried_since(data)}
 
 
@@ -3780,7 +3785,9 @@ class Engine:
             raise ValueError(f"the carried slice of foreach {batch.step_id!r} is malformed")
         if data["items"] != batch.items:
             raise ValueError(f"the carried items of {step.id!r} are not the child's slice")
-        return _check_carried_foreach(data, [step], 0, limit, path=batch.path, offset=batch.offset)
+        return _check_carried_foreach(
+            data, [step], 0, limit, path=batch.path, offset=batch.offset, concurrency=batch.concurrency
+        )
 
     def _restore_branches(self, snapshot: Continuation) -> tuple[list[Step], int]:
         """Takes over the branches the previous run continued in (``kinds``), checked against the

@@ -1055,7 +1055,8 @@ async def test_a_foreach_nested_in_a_fanned_out_childs_body_does_not_take_over_i
 
 
 async def test_a_carried_items_own_results_are_checked() -> None:
-    """A forged snapshot whose item results name no step of the body, or are not results: refused."""
+    """A forged snapshot whose item results name no step of the body, or are not results, or with
+    more items under way than the step runs at once: refused."""
     definition = make_definition(_foreach_loops())
     rt = _runtime()
     data = await _first_snapshot(definition, rt)
@@ -1073,3 +1074,10 @@ async def test_a_carried_items_own_results_are_checked() -> None:
         bad["kinds"][PARALLEL_KIND]["lanes"][index]["steps"] = results
         with pytest.raises(ValueError, match=message):
             _engine(definition, rt, read_continuation(bad), every=100)
+    # More items under way than the step's concurrency (2): each would hold a place, so one could
+    # never start and the stop never complete.
+    bad = json.loads(json.dumps(data))
+    lanes = bad["kinds"][PARALLEL_KIND]["lanes"]
+    bad["kinds"][PARALLEL_KIND]["lanes"] = [lanes[index]] * 3 + lanes[3:]
+    with pytest.raises(ValueError, match="3 carried items of 'each' under way, more than its concurrency"):
+        _engine(definition, rt, read_continuation(bad), every=100)
