@@ -45,7 +45,7 @@ from temporalio.testing import WorkflowEnvironment
 from bench.fanout_baseline import PARENT_WORKFLOW_NAME, FanoutChild, FanoutParent
 from interpreter.state import RunInput, RunState
 from interpreter.validate import load_definition
-from starter.devserver import ensure_search_attributes, find_temporal_cli
+from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from worker import build_worker
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import ALL_KEYS
@@ -120,6 +120,7 @@ async def main(args: argparse.Namespace) -> int:
         sys.dont_write_bytecode = False
         sys.pycache_prefix = tempfile.mkdtemp(prefix="p6-pycache-")
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         data_converter=pydantic_data_converter,
         search_attributes=ALL_KEYS,

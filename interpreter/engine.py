@@ -769,6 +769,8 @@ class _Lane:
     """The ``approval`` or ``human_task`` among its steps (not nested deeper) waiting for its
     decision (:data:`PATCH_CONTINUE_AS_NEW_LANE_PEOPLE`): carried with its view and any decision
     taken until the switch."""
+    wakes: datetime | None = None
+    """When that wait times out or escalates next (None: it does not)."""
 
     @property
     def started(self) -> bool:
@@ -840,6 +842,10 @@ class _Drain:
         running = [lane.scope for lane in self.lanes if lane.scope is not None and not lane.done]
         if self.items is not None:  # an item still running carries its own steps
             parts += [scope.steps for scope in running]
+        # and the approval or human task it waits in
+        parts += [
+            lane.carried(own_steps=False) for lane in self.lanes if lane.person is not None and not lane.done
+        ]
         if self.outputs_counted:
             parts += [scope.last_output for scope in running]
         return json_size(parts, limit)
@@ -869,8 +875,13 @@ class _Drain:
 def _resting(lane: _Lane, now: datetime) -> bool:
     """The branch sleeps in a delay among its own steps whose timer has not fired (one that fired
     in the same workflow task as something else has not woken the branch yet: not asleep), or such
-    a step of it waits for a person (a decision taken meanwhile travels with it)."""
-    return (lane.sleeping is not None and lane.sleeping.until > now) or lane.person is not None
+    a step of it waits for a person (not decided yet, its deadline or next escalation not come: one
+    that came in the same workflow task as something else has not woken the branch yet)."""
+    if lane.sleeping is not None:
+        return lane.sleeping.until > now
+    return (
+        lane.person is not None and lane.person.decision is None and (lane.wakes is None or lane.wakes > now)
+    )
 
 
 class _Drained(Exception):  # control flow: every branch of a parallel step stopped for continue-as-new
@@ -1349,6 +1360,23 @@ class Engine:
     def awaiting_approval(self) -> bool:
         """True while at least one approval step waits for a decision."""
         return any(a.decision is None for a in self._approvals.values())
+
+    def abandon_continuation(self, message: str, error_type: str) -> None:
+        """The host cannot continue the run as new (its next run's input would be too large): the run
+        ends failed with ``message``, nothing it would have carried shown pending, parked, waiting
+        or running any more."""
+        self._continuing = None
+        self._approvals.clear()
+        self._parked.clear()
+        self._event_waits.clear()
+        self.active.clear()
+        self.waiting.clear()
+        self.runtime.waiting_changed()
+        for record in self.records:
+            if record.status in (StepStatus.WAITING, StepStatus.RUNNING):
+                self._finish(record, StepStatus.FAILED, error=message, error_type=error_type)
+        self._fail(message, error_type)
+        self._set_state(RunState.FAILED)
 
     def _fail(self, message: str, error_type: str) -> None:
         if self.error is None:
@@ -3012,7 +3040,7 @@ class Engine:
                 timeout_s = None if wake is None else max((wake - now).total_seconds(), 0.0)
                 with self._waiting_at(path, step.label):
                     if lane is not None:
-                        lane.person = approval
+                        lane.person, lane.wakes = approval, wake
                         self._lane_waits.add(path)
                     try:
                         decided = await self.runtime.wait_condition(

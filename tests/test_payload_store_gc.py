@@ -30,7 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 from interpreter.state import RunState
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient
-from starter.devserver import find_temporal_cli
+from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, find_temporal_cli
 from starter.payload_store import FilesystemDriver, PayloadStoreConfig, PayloadStoreError, PostgresDriver
 from tests.test_payload_store import client_of, history_payloads, references, run_with_worker
 from tests.workflows.support import definition, eventually, record, unique
@@ -265,6 +265,7 @@ async def test_gc_keeps_what_a_paused_run_needs(tmp_path: Path) -> None:
     config = PayloadStoreConfig.from_env(env)
     assert config is not None
     server = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowPauseEnabled=true"],
     )

@@ -30,7 +30,7 @@ from activities.secrets import encoded_forms
 from activities.store.database import Database
 from interpreter.state import RunInput, RunOptions, RunState, RunStatus
 from interpreter.validate import load_definition
-from starter.devserver import ensure_search_attributes, find_temporal_cli
+from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from tests.helpers.http_server import RecordedRequest, RecordingServer, Response
 from workflows.generic import RunDefinitionWorkflow
 from workflows.search_attributes import ALL_KEYS
@@ -101,6 +101,7 @@ async def test_a_canary_secret_leaves_no_copy_anywhere(
 ) -> None:
     db_file = tmp_path / "temporal.db"
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         dev_server_database_filename=str(db_file),
         data_converter=pydantic_data_converter,

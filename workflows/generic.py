@@ -132,9 +132,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.telemetry import RunTelemetry
 
-CONTINUE_AS_NEW_MAX_BYTES = 2 * 1024 * 1024 - 64 * 1024
-"""Largest input a run continues as new with inline (Temporal refuses a payload over 2 MiB; the
-margin is for the payload's metadata and the request around it)."""
+CONTINUE_AS_NEW_MAX_BYTES = 2 * 1024 * 1024
+"""Largest input a run continues as new with inline: Temporal's payload limit (the SDK refuses a
+larger one). Not less: a run that continued as new with an input under the limit must replay."""
 
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
@@ -877,11 +877,17 @@ class RunDefinitionWorkflow:
             if size > CONTINUE_AS_NEW_MAX_BYTES:
                 # The SDK would refuse the payload and the workflow task would fail for ever: the
                 # run fails instead, saying why.
-                raise ApplicationError(
+                message = (
                     f"the run cannot continue as new: its next run's input (definition, input and"
                     f" state) is {size} bytes, more than Temporal's payload limit allows"
                     f" ({CONTINUE_AS_NEW_MAX_BYTES} bytes). Keep less in variables and step outputs,"
-                    " or run with large payloads stored by reference (WFA_PAYLOAD_STORE)",
+                    " or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"
+                )
+                self._engine.abandon_continuation(message, "ContinueAsNewTooLarge")
+                self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
+                raise ApplicationError(
+                    message,
+                    _details(self._engine.result(), run.options.result_steps),
                     type="ContinueAsNewTooLarge",
                     non_retryable=True,
                 )

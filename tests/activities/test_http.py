@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.base import MAX_FAILURE_DETAILS_BYTES
     from activities.http import ERROR_BODY_LIMIT_BYTES, MAX_RESPONSE_BYTES, HttpActions
     from interpreter.actions import ActionRequest, ActionResult, RetryMode
+    from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT
     from tests.helpers.http_server import RecordedRequest, RecordingServer, Response, http_server
 
 __all__ = ["http_server"]  # re-exported fixture
@@ -485,7 +486,9 @@ def temporal_cli() -> str:
 async def run_on_temporal(request: ActionRequest) -> ActionResult:
     async with (
         await WorkflowEnvironment.start_local(
-            data_converter=pydantic_data_converter, dev_server_existing_path=temporal_cli()
+            dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=temporal_cli(),
         ) as env,
         httpx.AsyncClient() as shared,
     ):

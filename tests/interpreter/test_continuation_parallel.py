@@ -1081,3 +1081,85 @@ async def test_a_carried_items_own_results_are_checked() -> None:
     bad["kinds"][PARALLEL_KIND]["lanes"] = [lanes[index]] * 3 + lanes[3:]
     with pytest.raises(ValueError, match="3 carried items of 'each' under way, more than its concurrency"):
         _engine(definition, rt, read_continuation(bad), every=100)
+
+
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_an_approval_timing_out_with_another_result_is_not_taken_for_waiting(join: str) -> None:
+    """'a2' completes and the approval in 'b' times out (``on_timeout: approve``) in one workflow
+    task: 'b' has not woken yet, but its wait is over, so 'a' does not stop for it (as for a delay
+    whose timer fired) and wins as it does without a switch (found by a review)."""
+    steps = [
+        {
+            "id": "par",
+            "type": "parallel",
+            "join": join,
+            "branches": [
+                {
+                    "id": "a",
+                    "steps": [
+                        work("a1", 60, value="a1"),
+                        work("a2", 60, value="a2"),
+                        set_vars("a_done", {"won": "a"}),
+                    ],
+                },
+                {
+                    "id": "b",
+                    "steps": [
+                        work("b0", 60, value="b0"),
+                        approval("bok", ["alice"], timeout="60s", on_timeout="approve"),
+                    ],
+                },
+            ],
+        },
+        work("tail", value="{{ steps.par.output.winner }}"),
+    ]
+    definition = make_definition(steps)
+    straight, straight_rt = await _straight(definition, _runtime(together=True))
+    rt = _runtime(together=True)
+    chained, _, _ = await _chain(definition, rt, every=1)
+    tails = [c.input for c in rt.calls if c.step_id == "tail"]
+    assert tails == [c.input for c in straight_rt.calls if c.step_id == "tail"]
+    assert tails[0]["value"] == "a"
+    assert (chained.state, chained.output) == (straight.state, straight.output)
+
+
+@pytest.mark.parametrize("description", [2_000, 40_000])
+async def test_carried_people_count_against_the_entry_budget(description: int) -> None:
+    """Items waiting in human tasks (their rendered descriptions 2 KB or 40 KB each) beside an item
+    that loops: the carried entry holds each pending view, and its 256 KiB budget counts them (with
+    40 KB each the run does not continue inside the step; found by a review)."""
+    body = [
+        work("seed", 1, value=0),
+        {"id": "pick", "type": "condition", "if": "index > 0", "then": {"goto": "call"}},
+        work(
+            "tick",
+            2,
+            value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
+            max_visits=30,
+        ),
+        {
+            "id": "more",
+            "type": "condition",
+            "if": "steps.tick.output < 20",
+            "then": {"goto": "tick"},
+            "max_visits": 30,
+        },
+        {
+            "id": "call",
+            "type": "human_task",
+            "when": "index > 0",
+            "title": "Call {{ item }}",
+            "description": "x" * description,
+            "assignee": "nurse",
+            "due": "1h",
+            "on_timeout": "continue",
+        },
+    ]
+    definition = make_definition(_items(body, 9, 9))
+    straight, _ = await _straight(definition)
+    assert straight.state == RunState.COMPLETED, straight.error
+    chained, _, snapshots = await _chain(definition, _runtime(), every=2)
+    assert (chained.state, chained.output) == (straight.state, straight.output)
+    sizes = [len(json.dumps(s["kinds"][PARALLEL_KIND])) for s in snapshots if PARALLEL_KIND in s["kinds"]]
+    assert all(size <= PARALLEL_CARRY_BUDGET for size in sizes), sizes
+    assert bool(_people(snapshots, "lanes")) == (description < 10_000)

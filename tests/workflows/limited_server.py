@@ -14,7 +14,7 @@ import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.devserver import ensure_search_attributes, find_temporal_cli
+from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from workflows.search_attributes import ALL_KEYS
 
 HISTORY_ERROR = 1500
@@ -44,6 +44,7 @@ async def start_limited_server(limits: Mapping[str, object] = LIMITS) -> Workflo
     for key, value in limits.items():
         args += ["--dynamic-config-value", f"{key}={value}"]
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         dev_server_existing_path=find_temporal_cli(),
         data_converter=pydantic_data_converter,
         search_attributes=ALL_KEYS,

@@ -1056,9 +1056,13 @@ async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
         {f"p{i}": str(i) * 200_000 for i in range(6)},
         execution_timeout=timedelta(minutes=2),
     )
-    cause, _ = await failure_of(handle)
+    cause, result = await failure_of(handle)
     assert isinstance(cause, ApplicationError)
     assert cause.type == "ContinueAsNewTooLarge", cause.message
     assert "more than Temporal's payload limit" in cause.message
+    assert result is not None
+    assert (result.state, result.error_type) == (RunState.FAILED, "ContinueAsNewTooLarge")
+    final = await status(handle)  # answered by a worker replaying the closed run
+    assert (final.state, final.current_steps) == (RunState.FAILED, [])
     history = await handle.fetch_history()
     assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
