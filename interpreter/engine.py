@@ -987,7 +987,7 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             not isinstance(step, ApprovalStep | HumanTaskStep)
             or carried.position != position
             or view.step_id != step.id
-            or (view.kind == "task") != isinstance(step, HumanTaskStep)
+            or view.kind != ("task" if isinstance(step, HumanTaskStep) else "approval")
         ):
             raise ValueError(f"{where}: its carried {view.kind} {view.path!r} is not step {position} of it")
         kinds = (

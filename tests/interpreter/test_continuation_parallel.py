@@ -335,6 +335,7 @@ async def test_a_carried_approval_in_a_branch_is_checked() -> None:
         (lambda e: e["person"]["view"].update(path="other"), "its path is not the step's"),
         (lambda e: e["person"]["view"].update(approvers=["mallory"]), "its approvers are not the step's"),
         (lambda e: e["person"]["view"].update(kind="task"), "is not step 1 of it"),
+        (lambda e: e["person"]["view"].update(kind="form"), "is not step 1 of it"),
         (lambda e: e["person"].update(decided="approve", decision=decision), "'mallory' may not decide it"),
         (lambda e: e.update(position=0), "is not step 0 of it"),
         (lambda e: e.update(delay=e["person"]), "waits in one step at most"),
