@@ -1066,3 +1066,35 @@ async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
     assert (final.state, final.current_steps) == (RunState.FAILED, [])
     history = await handle.fetch_history()
     assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+
+
+async def test_a_foreach_whose_items_end_in_a_delay_that_does_not_sleep_completes(
+    client: Client, worker: Worker, task_queue: str
+) -> None:
+    """40 items one at a time, each an ``echo`` then a ``0s`` delay, past a history budget of 100:
+    the item that begins a stop before its delay finishes instead of sleeping, and the next item
+    goes on (before, it waited for that stop for ever: an attacker's probe saw the history frozen
+    at 102 events). The run completes with every item's output, each action once."""
+    document = definition(
+        unique("zero-delay"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(40) | list",
+                "concurrency": 1,
+                "output": "{{ steps.w.output }}",
+                "steps": [
+                    {"id": "w", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}},
+                    {"id": "d", "type": "delay", "duration": "0s"},
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"each": "{{ steps.each.output }}"},
+    )
+    handle, result = await _completed(client, task_queue, document)
+    assert result.output == {"each": list(range(40))}
+    runs = await _chain(client, handle.id)
+    scheduled = await _scheduled(client, handle.id, runs)
+    assert len(scheduled) == len(set(scheduled)) == 40
