@@ -981,7 +981,8 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             raise ValueError(f"{where}: its carried delay {delay.path!r} is not step {position} of it")
         entry["delay"] = delay
     if "person" in entry:
-        carried = CarriedApproval.model_validate(entry["person"])
+        # As JSON: the definition models are strict, a form field's type reads only from its JSON string.
+        carried = CarriedApproval.model_validate_json(json.dumps(entry["person"]))
         view = carried.view
         if (
             not isinstance(step, ApprovalStep | HumanTaskStep)

@@ -1164,3 +1164,40 @@ async def test_carried_people_count_against_the_entry_budget(description: int) -
     sizes = [len(json.dumps(s["kinds"][PARALLEL_KIND])) for s in snapshots if PARALLEL_KIND in s["kinds"]]
     assert all(size <= PARALLEL_CARRY_BUDGET for size in sizes), sizes
     assert bool(_people(snapshots, "lanes")) == (description < 10_000)
+
+
+@pytest.mark.parametrize(
+    ("gate", "kind", "data"),
+    [
+        (approval("ok", ["alice"], timeout="1h", fields=["note"]), DecisionKind.APPROVE, {"note": "n"}),
+        (
+            {
+                "id": "ok",
+                "type": "human_task",
+                "title": "t",
+                "assignee": "alice",
+                "due": "1h",
+                "fields": [{"name": "score", "type": "number"}],
+            },
+            DecisionKind.COMPLETE,
+            {"score": 3},
+        ),
+    ],
+    ids=["approval", "human-task"],
+)
+async def test_a_carried_approval_or_task_with_a_form_is_read_back(
+    gate: dict[str, Any], kind: DecisionKind, data: dict[str, Any]
+) -> None:
+    """A form's field types are read back from the carried view (before, the next run refused the
+    snapshot and the run failed; found by an attacker's probe); a decision with form data taken at
+    the switch reaches the next run."""
+    definition = make_definition(_gate_and_loop(gate))
+    rt = _runtime()
+    first, _ = await _until_person(definition, rt)
+    first.decide(kind, Decision(actor="alice", reason="r", data=data))
+    data_json = json.loads(json.dumps(first.continuation().model_dump(mode="json")))
+    second = _engine(definition, rt, read_continuation(data_json), every=100)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED, result.error
+    ok = next(r for r in second.status().steps if r.id == "ok")
+    assert ok.output["data"] == data
