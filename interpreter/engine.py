@@ -991,16 +991,7 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             or view.kind != ("task" if isinstance(step, HumanTaskStep) else "approval")
         ):
             raise ValueError(f"{where}: its carried {view.kind} {view.path!r} is not step {position} of it")
-        kinds = (
-            (DecisionKind.COMPLETE,)
-            if isinstance(step, HumanTaskStep)
-            else (DecisionKind.APPROVE, DecisionKind.REJECT)
-        )
-        _check_carried_decision(carried, step, kinds, path)
-        person = _Approval(view=view, step=step)
-        if carried.decided is not None and carried.decision is not None:
-            person.decision = (carried.decided, carried.decision)
-        entry["person"] = person
+        entry["person"] = _pending_again(carried, step, path)
 
 
 def _check_carried_foreach(
@@ -1065,16 +1056,23 @@ def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch |
     raise ValueError(f"step {step.id!r} has no branch {name!r}")
 
 
-def _check_carried_decision(
-    carried: CarriedApproval,
-    step: ApprovalStep | HumanTaskStep,
-    kinds: tuple[DecisionKind, ...],
-    path: str | None = None,
-) -> None:
-    """Refuses a carried approval or human task that does not fit its step: another path, people
-    neither the step nor its escalation names, or a decision of a kind the step does not take or
-    by someone who may not decide it. (Its form data is not checked again: the run that took the
-    decision checked it under the rules of its time.)"""
+def _pending_again(
+    carried: CarriedApproval, step: ApprovalStep | HumanTaskStep, path: str | None = None
+) -> _Approval:
+    """The pending step a carried approval or human task resumes as (with the decision taken while
+    the run switched, if any), at ``path`` (default: the step's id, a top-level step).
+
+    Raises:
+        ValueError: It does not fit its step: another path, people neither the step nor its
+            escalation names, or a decision of a kind the step does not take or by someone who may
+            not decide it. (Its form data is not checked again: the run that took the decision
+            checked it under the rules of its time.)
+    """
+    kinds = (
+        (DecisionKind.COMPLETE,)
+        if isinstance(step, HumanTaskStep)
+        else (DecisionKind.APPROVE, DecisionKind.REJECT)
+    )
     view = carried.view
     named = {*step.approvers, *(step.escalation.add_approvers if step.escalation else ())}
     problem = None
@@ -1090,6 +1088,10 @@ def _check_carried_decision(
             problem = f"{decision.actor!r} may not decide it"
     if problem is not None:
         raise ValueError(f"carried {view.kind} {view.path!r}: {problem}")
+    pending = _Approval(view=view, step=step)
+    if carried.decided is not None and carried.decision is not None:
+        pending.decision = (carried.decided, carried.decision)
+    return pending
 
 
 @dataclass
@@ -3754,10 +3756,7 @@ class Engine:
                 raise ValueError(
                     f"carried approval {carried.view.path!r} is not at top-level step {carried.position}"
                 )
-            approval = _Approval(view=carried.view, step=waiting)
-            _check_carried_decision(carried, waiting, (DecisionKind.APPROVE, DecisionKind.REJECT))
-            if carried.decided is not None and carried.decision is not None:
-                approval.decision = (carried.decided, carried.decision)
+            approval = _pending_again(carried, waiting)
             # Pending from the first moment, so a decision delivered with the run's first task counts.
             self._approvals[carried.view.path] = approval
             self._carried_approval = approval
@@ -3889,10 +3888,7 @@ class Engine:
                 raise ValueError(
                     f"carried human task {view.path!r} is not at top-level step {carried_task.position}"
                 )
-            task = _Approval(view=view, step=waiting)
-            _check_carried_decision(carried_task, waiting, (DecisionKind.COMPLETE,))
-            if carried_task.decided is not None and carried_task.decision is not None:
-                task.decision = (carried_task.decided, carried_task.decision)
+            task = _pending_again(carried_task, waiting)
             # Pending from the first moment, so a completion delivered with the run's first task counts.
             self._approvals[view.path] = task
             self._carried_task = task

@@ -770,11 +770,19 @@ async def test_an_any_or_first_join_switches_only_when_no_branch_would_wait_for_
     )
 
 
+@pytest.mark.parametrize(
+    "wait",
+    [delay("bnap", "60s"), approval("bok", ["alice"], timeout="60s", on_timeout="approve")],
+    ids=["delay", "approval"],
+)
 @pytest.mark.parametrize("join", ["any", "first"])
-async def test_a_branch_whose_timer_fired_with_another_result_is_not_taken_for_asleep(join: str) -> None:
-    """'a2' completes and 'bnap' fires in one workflow task: 'a' reaches its boundary while 'b'
-    has not woken yet; 'b' must not count as asleep (else 'a' stops and 'b' wins the race 'a' wins
-    without the switch)."""
+async def test_a_branch_whose_timer_fired_with_another_result_is_not_taken_for_asleep(
+    join: str, wait: dict[str, Any]
+) -> None:
+    """'a2' completes and the wait in 'b' ends in one workflow task ('bnap' fires, or the approval
+    'bok' times out with ``on_timeout: approve``): 'a' reaches its boundary while 'b' has not woken
+    yet; 'b' must not count as asleep or waiting (else 'a' stops and 'b' wins the race 'a' wins
+    without the switch; the approval's case found by a review)."""
     steps = [
         {
             "id": "par",
@@ -789,7 +797,7 @@ async def test_a_branch_whose_timer_fired_with_another_result_is_not_taken_for_a
                         set_vars("a_done", {"won": "a"}),
                     ],
                 },
-                {"id": "b", "steps": [work("b0", 60, value="b0"), delay("bnap", "60s")]},
+                {"id": "b", "steps": [work("b0", 60, value="b0"), wait]},
             ],
         },
         work("tail", value="{{ steps.par.output.winner }}"),
@@ -798,9 +806,9 @@ async def test_a_branch_whose_timer_fired_with_another_result_is_not_taken_for_a
     straight, straight_rt = await _straight(definition, _runtime(together=True))
     rt = _runtime(together=True)
     chained, _, _ = await _chain(definition, rt, every=1)
-    assert [c.input for c in rt.calls if c.step_id == "tail"] == [
-        c.input for c in straight_rt.calls if c.step_id == "tail"
-    ]
+    tails = [c.input for c in rt.calls if c.step_id == "tail"]
+    assert tails == [c.input for c in straight_rt.calls if c.step_id == "tail"]
+    assert tails[0]["value"] == "a"
     assert (chained.state, chained.output) == (straight.state, straight.output)
 
 
@@ -1082,46 +1090,6 @@ async def test_a_carried_items_own_results_are_checked() -> None:
     bad["kinds"][PARALLEL_KIND]["lanes"] = [lanes[index]] * 3 + lanes[3:]
     with pytest.raises(ValueError, match="3 carried items of 'each' under way, more than its concurrency"):
         _engine(definition, rt, read_continuation(bad), every=100)
-
-
-@pytest.mark.parametrize("join", ["any", "first"])
-async def test_an_approval_timing_out_with_another_result_is_not_taken_for_waiting(join: str) -> None:
-    """'a2' completes and the approval in 'b' times out (``on_timeout: approve``) in one workflow
-    task: 'b' has not woken yet, but its wait is over, so 'a' does not stop for it (as for a delay
-    whose timer fired) and wins as it does without a switch (found by a review)."""
-    steps = [
-        {
-            "id": "par",
-            "type": "parallel",
-            "join": join,
-            "branches": [
-                {
-                    "id": "a",
-                    "steps": [
-                        work("a1", 60, value="a1"),
-                        work("a2", 60, value="a2"),
-                        set_vars("a_done", {"won": "a"}),
-                    ],
-                },
-                {
-                    "id": "b",
-                    "steps": [
-                        work("b0", 60, value="b0"),
-                        approval("bok", ["alice"], timeout="60s", on_timeout="approve"),
-                    ],
-                },
-            ],
-        },
-        work("tail", value="{{ steps.par.output.winner }}"),
-    ]
-    definition = make_definition(steps)
-    straight, straight_rt = await _straight(definition, _runtime(together=True))
-    rt = _runtime(together=True)
-    chained, _, _ = await _chain(definition, rt, every=1)
-    tails = [c.input for c in rt.calls if c.step_id == "tail"]
-    assert tails == [c.input for c in straight_rt.calls if c.step_id == "tail"]
-    assert tails[0]["value"] == "a"
-    assert (chained.state, chained.output) == (straight.state, straight.output)
 
 
 @pytest.mark.parametrize("description", [2_000, 40_000])
