@@ -192,10 +192,21 @@ the carried entry's budget counts the running branches' last outputs (carried to
 continue-as-new (only the child's own items do). Asked where each applies: a history recorded
 before the change replays as it went."""
 
+PATCH_CONTINUE_AS_NEW_LANE_EVENTS = "continue-as-new-lane-events"
+"""Patch id: a ``wait_for_event`` among a ``parallel`` branch's own steps (a ``foreach`` item's)
+that waits for its event no longer keeps the other branches' loops in one run: while it waits
+(subscribed, no event taken, its timeout not come), the branches stop for a continue-as-new as if
+it slept in a delay; the wait travels in the branch's carried entry (its key, window and deadline,
+and an event taken while the run switched), its subscription stays, and the next run waits from
+its first workflow task (subscribing again under the same name: an event published between the
+runs is in the answer). Asked when such a wait starts in a branch that may continue as new: a
+history recorded before the change replays its branches as they went on."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
-steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in, if any; for a
+steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in, the ``person``
+(approval or human task) or the ``event`` wait it waits in, if any; for a
 ``foreach``, its ``items`` and per item ``None`` (not started), ``done`` or such a place with the
 item's own ``steps``."""
 
@@ -771,6 +782,10 @@ class _Lane:
     taken until the switch."""
     wakes: datetime | None = None
     """When that wait times out or escalates next (None: it does not)."""
+    event: _EventWait | None = None
+    """The ``wait_for_event`` among its steps (not nested deeper) waiting for its event
+    (:data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`): carried with its view, window and any event
+    taken until the switch; it wakes at ``wakes`` (its deadline) too."""
 
     @property
     def started(self) -> bool:
@@ -794,6 +809,10 @@ class _Lane:
                 position=self.index, view=self.person.view, decided=kind, decision=decision
             )
             place["person"] = waiting.model_dump(mode="json")
+        if self.event is not None:
+            wait = self.event
+            entry = CarriedEventWait(position=self.index, view=wait.view, since=wait.since, event=wait.event)
+            place["event"] = entry.model_dump(mode="json")
         return place
 
 
@@ -842,9 +861,11 @@ class _Drain:
         running = [lane.scope for lane in self.lanes if lane.scope is not None and not lane.done]
         if self.items is not None:  # an item still running carries its own steps
             parts += [scope.steps for scope in running]
-        # and the approval or human task it waits in
+        # and the approval, human task or event wait it waits in
         parts += [
-            lane.carried(own_steps=False) for lane in self.lanes if lane.person is not None and not lane.done
+            lane.carried(own_steps=False)
+            for lane in self.lanes
+            if (lane.person is not None or lane.event is not None) and not lane.done
         ]
         if self.outputs_counted:
             parts += [scope.last_output for scope in running]
@@ -876,9 +897,12 @@ def _resting(lane: _Lane, now: datetime) -> bool:
     """The branch sleeps in a delay among its own steps whose timer has not fired (one that fired
     in the same workflow task as something else has not woken the branch yet: not asleep), or such
     a step of it waits for a person (not decided yet, its deadline or next escalation not come: one
-    that came in the same workflow task as something else has not woken the branch yet)."""
+    that came in the same workflow task as something else has not woken the branch yet), or
+    waits for an event (none taken yet, its deadline not come)."""
     if lane.sleeping is not None:
         return lane.sleeping.until > now
+    if lane.event is not None:
+        return lane.event.event is None and (lane.wakes is None or lane.wakes > now)
     return (
         lane.person is not None and lane.person.decision is None and (lane.wakes is None or lane.wakes > now)
     )
@@ -965,16 +989,29 @@ def _carried_since(data: dict[str, Any]) -> dict[str, datetime]:
     return {"since": since}
 
 
-_LANE_WAITS = frozenset({"delay", "person"})
+_LANE_WAITS = frozenset({"delay", "person", "event"})
 """What a carried branch (item) may wait in: one of them, at most."""
 
 
 def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
-    """A carried branch's (item's) ``delay``, or ``person`` (an approval or human task waiting for
-    its decision), if any: the step of that kind at its position and path (replaced by the carried
-    delay, or the pending step)."""
-    if "delay" in entry and "person" in entry:
+    """A carried branch's (item's) ``delay``, ``person`` (an approval or human task waiting for
+    its decision) or ``event`` (a wait for an event), if any: the step of that kind at its position
+    and path (replaced by the carried delay, the pending step, or the carried event wait, whose
+    event the engine checks: :meth:`Engine._carried_event_fits`)."""
+    if len(_LANE_WAITS & set(entry)) > 1:
         raise ValueError(f"{where}: a carried branch waits in one step at most")
+    if "event" in entry:
+        wait = CarriedEventWait.model_validate_json(json.dumps(entry["event"]))
+        pending = wait.view
+        if (
+            not isinstance(step, WaitForEventStep)
+            or wait.position != position
+            or pending.step_id != step.id
+            or pending.path != path
+            or pending.event != step.event
+        ):
+            raise ValueError(f"{where}: its carried event wait {pending.path!r} is not step {position} of it")
+        entry["event"] = _EventWait(view=pending, step=step, since=wait.since, event=wait.event)
     if "delay" in entry:
         delay = CarriedDelay.model_validate(entry["delay"])
         if not isinstance(step, DelayStep) or delay.path != path or delay.position != position:
@@ -1235,6 +1272,9 @@ class Engine:
         self._carried_lane_people: dict[str, _Approval] = {}
         """The approvals and human tasks its branches (items) waited in, by path: pending (and
         decidable) from the first task, each resumes with its view."""
+        self._carried_lane_events: dict[str, _EventWait] = {}
+        """The event waits its branches (items) waited in, by path: waiting from the first task
+        (an event signalled then is taken), each resumes with its view and window."""
         self._drain: _Drain | None = None
         """The branches of the ``parallel`` or ``foreach`` at the safe point, while it runs."""
         self._lane_waits: set[str] = set()
@@ -1618,6 +1658,10 @@ class Engine:
         person = self._carried_lane_people.get(path)
         if person is not None and person.step is step and self._lane_at(step, scope) is not None:
             await self._resume_step(step, scope, path, person.view.since)
+            return
+        waiting = self._carried_lane_events.get(path)
+        if waiting is not None and waiting.step is step and self._lane_at(step, scope) is not None:
+            await self._resume_step(step, scope, path, waiting.view.since)
             return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
@@ -2577,9 +2621,9 @@ class Engine:
         return self._quiet() and self.cancel_request is None and not self.hold_steps
 
     def _quiet(self) -> bool:
-        """No step of the run waits (for an event or a dead letter decision, a timer but a branch's
-        own ``delay``, or a person but in a branch's own ``approval`` or ``human_task``: those a
-        continue-as-new carries)."""
+        """No step of the run waits (for a dead letter decision, a timer but a branch's own
+        ``delay``, a person but in a branch's own ``approval`` or ``human_task``, or an event but in
+        a branch's own ``wait_for_event``: those a continue-as-new carries)."""
         return not self._parked and all(path in self._lane_waits for path in self.waiting)
 
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
@@ -3456,7 +3500,12 @@ class Engine:
         top = self._at_safe_step(step, scope)
         carried = self._carried_event
         resumed = carried is not None and top and carried.view.path == path
-        if resumed:
+        lane, in_lane = self._event_lane(step, scope, path)
+        if in_lane is not None:
+            # As below, in a branch (or item).
+            wait = in_lane
+            key, since, deadline = wait.view.key, wait.since, wait.view.deadline
+        elif resumed:
             # Continued as new while it waited: the same window, key and deadline; an event taken
             # while the run switched is already in it.
             assert carried is not None
@@ -3492,6 +3541,10 @@ class Engine:
         continuing = False
         try:
             with self._waiting_at(path, step.label):
+                if lane is not None:
+                    # Subscribing, the branch stands as a wait a continue-as-new may carry (once
+                    # subscribed: the stopped branches wait for it).
+                    self._lane_waits.add(path)
                 if wait.event is None:
                     # A resumed wait subscribes again under the same name: the mailbox's answer
                     # holds what was published since the window began (what this chain consumed
@@ -3515,6 +3568,8 @@ class Engine:
                         if deadline is None
                         else max((deadline - self.runtime.now()).total_seconds(), 0.0)
                     )
+                    if lane is not None:
+                        lane.event, lane.wakes = wait, deadline
                     woke = await self.runtime.wait_condition(
                         (lambda: wait.event is not None)
                         if trigger is None
@@ -3535,13 +3590,25 @@ class Engine:
                             return {EVENT_WAIT_KIND: entry.model_dump(mode="json")}
 
                         raise self._stop(position, carry=carry_wait)
-        except (asyncio.CancelledError, _RunFailed):
+        except asyncio.CancelledError:
+            if lane is not None and lane.event is wait and self._carrying:
+                # Its branch stopped for a continue-as-new: the wait (and its subscription) stays,
+                # to take an event signalled before the switch; the next run waits on.
+                continuing = True
+            elif wait.view.subscribed:
+                await self._finally(self.runtime.unsubscribe_events(subscription))
+            raise
+        except _RunFailed:
             # The mailbox stops signalling a wait that is over (a resumed wait holds the previous
             # run's subscription even when subscribing again failed).
             if wait.view.subscribed:
                 await self._finally(self.runtime.unsubscribe_events(subscription))
             raise
         finally:
+            if lane is not None:
+                self._lane_waits.discard(path)
+                if not self._carrying:  # (carried: the snapshot is taken at the switch)
+                    lane.event = None
             if not continuing:
                 self._event_waits.pop(path, None)
                 self.runtime.state_changed()
@@ -3558,6 +3625,21 @@ class Engine:
             "data": make_inert(dict(got.data)),
             "timed_out": False,
         }
+
+    def _event_lane(
+        self, step: WaitForEventStep, scope: _Scope, path: str
+    ) -> tuple[_Lane | None, _EventWait | None]:
+        """For a ``wait_for_event`` that is one of the own steps of a branch (item) that may continue
+        as new: its lane (None elsewhere, or in a history recorded before
+        :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`), and the wait a previous run of the chain carried
+        for it, if any (taken once)."""
+        lane = self._lane_at(step, scope)
+        if lane is None:
+            return None, None
+        carried = self._carried_lane_events.pop(path, None)
+        if carried is None and not self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_EVENTS):
+            return None, None
+        return lane, carried
 
     def _subscription_of(self, wait: _EventWait) -> EventSubscription:
         """The mailbox subscription of an event wait (the same in every run of the chain)."""
@@ -3600,8 +3682,9 @@ class Engine:
             and (waiting_parked or not self._parked)
             and not self._recording
             and self.cancel_request is None
-            # Another wait_for_event (in a branch) keeps its mailbox subscription: not now.
-            and all(path == event_path for path in self._event_waits)
+            # Another wait_for_event (in a branch, but one a continue-as-new carries as it is)
+            # keeps its mailbox subscription: not now.
+            and all(path == event_path or path in self._lane_waits for path in self._event_waits)
             and self._continue_as_new()
         )
 
@@ -3797,6 +3880,16 @@ class Engine:
                     self._approvals[person.view.path] = person
                     self._carried_lane_people[person.view.path] = person
                     self.state = self._waiting_state()
+                if isinstance(lane, dict) and isinstance(lane.get("event"), _EventWait):
+                    wait = lane.pop("event")
+                    if not self._carried_event_fits(wait):
+                        raise ValueError(
+                            f"carried event wait {wait.view.path!r} does not fit step {wait.step.id!r}"
+                        )
+                    # Waiting from the first moment, so an event signalled with the run's first
+                    # task counts.
+                    self._event_waits[wait.view.path] = wait
+                    self._carried_lane_events[wait.view.path] = wait
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position
@@ -3865,17 +3958,9 @@ class Engine:
                 raise ValueError(
                     f"carried event wait {pending.path!r} is not at top-level step {carried_wait.position}"
                 )
-            got = carried_wait.event
-            if pending.path != at.id or (
-                got is not None
-                and (
-                    (got.type, got.key, got.tenant) != (at.event, pending.key, self.info.tenant)
-                    or got.id not in self._consumed_events
-                    or event_fields_problem(at, pending.path, got.data) is not None
-                )
-            ):
+            wait = _EventWait(view=pending, step=at, since=carried_wait.since, event=carried_wait.event)
+            if pending.path != at.id or not self._carried_event_fits(wait):
                 raise ValueError(f"carried event wait {pending.path!r} does not fit step {at.id!r}")
-            wait = _EventWait(view=pending, step=at, since=carried_wait.since, event=got)
             # Waiting from the first moment, so an event signalled with the run's first task counts.
             self._event_waits[pending.path] = wait
             self._carried_event = wait
@@ -3919,6 +4004,16 @@ class Engine:
             self._carried_park, self._carried_parked = carried, park
             self.state = self._waiting_state()
 
+    def _carried_event_fits(self, wait: _EventWait) -> bool:
+        """Whether the event a carried wait took while the run switched (if any) is one its step
+        takes: of its type and key, this tenant's, consumed by the chain, with fields it accepts."""
+        got = wait.event
+        return got is None or (
+            (got.type, got.key, got.tenant) == (wait.step.event, wait.view.key, self.info.tenant)
+            and got.id in self._consumed_events
+            and event_fields_problem(wait.step, wait.view.path, got.data) is None
+        )
+
     # ---------------------------------------------------------------------------- compensation
 
     async def _wind_up(self) -> None:
@@ -3933,8 +4028,10 @@ class Engine:
         task, event, approval = self._carried_task, self._carried_event, self._carried_approval
         delay, park, parked = self._carried_delay, self._carried_park, self._carried_parked
         branches, parallel, lanes = self._resume_branches, self._carried_parallel, self._carried_lane_delays
-        people = self._carried_lane_people
-        if not (task or event or approval or delay or park or branches or parallel or lanes or people):
+        people, events = self._carried_lane_people, self._carried_lane_events
+        if not (
+            task or event or approval or delay or park or branches or parallel or lanes or people or events
+        ):
             return
         if not self.runtime.patched(PATCH_DROP_UNRESUMED):
             return  # a history recorded before: the carried wait stayed as it was
@@ -3945,18 +4042,18 @@ class Engine:
             paths.add(str(parallel["step"]))
         paths |= set(lanes)
         self._resume_branches, self._carried_parallel, self._carried_lane_delays = [], None, {}
-        self._carried_lane_people = {}
+        self._carried_lane_people, self._carried_lane_events = {}, {}
         for person in (task, approval, *people.values()):
             if person is not None:
                 self._approvals.pop(person.view.path, None)
                 paths.add(person.view.path)
         if delay is not None:
             paths.add(delay.path)
-        if event is not None:
-            view = event.view
-            self._event_waits.pop(view.path, None)
-            paths.add(view.path)
-            await self._finally(self.runtime.unsubscribe_events(self._subscription_of(event)))
+        for wait in (event, *events.values()):
+            if wait is not None:
+                self._event_waits.pop(wait.view.path, None)
+                paths.add(wait.view.path)
+                await self._finally(self.runtime.unsubscribe_events(self._subscription_of(wait)))
         if park is not None and parked is not None:
             self._parked.pop(parked.view.park_id, None)
             paths.add(park.view.path)

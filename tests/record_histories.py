@@ -760,6 +760,41 @@ async def _approve_after_loop(handle: WorkflowHandle[Any, Any]) -> None:
     )
 
 
+def _parallel_event(base: str) -> dict[str, Any]:
+    document = _parallel_approval(base)
+    # The same 30-turn loop; the other branch waits for an event instead of a person.
+    document["name"] = "replay-parallel-event"
+    document["steps"][1]["branches"][1] = {
+        "id": "listen",
+        "steps": [
+            _echo("ask", "asked"),
+            {
+                "id": "answer",
+                "type": "wait_for_event",
+                "event": "family.answered",
+                "key": "{{ input.family }}",
+                "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+                "timeout": "10m",
+            },
+        ],
+    }
+    document["output"] = {"n": "{{ vars.l_n }}", "event": "{{ steps.answer.output.event_id }}"}
+    return document
+
+
+async def _publish_after_loop(handle: WorkflowHandle[Any, Any], flows: FlowClient) -> None:
+    """Publishes the event once the loop is done and the wait subscribed (in the run the chain ends in)."""
+    family = str((await handle.describe()).id)
+    await _until(
+        handle,
+        lambda s: s.vars.get("l_n") == 30 and any(w.subscribed for w in s.waiting_events),
+        timeout=120,
+    )
+    await flows.publish_event(
+        "family.answered", family, {"answer": "yes"}, event_id="pe1", start_triggers=False
+    )
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1140,6 +1175,29 @@ def scenarios() -> list[Scenario]:
             {},
             drive=_approve_after_loop,
             options=RunOptions(engine_level=4),
+        ),
+        Scenario(
+            "parallel_event_over_budget",
+            "recorded before patch continue-as-new-lane-events, at generation 4: a wait_for_event "
+            "waits in one branch of a top-level parallel step while the other loops 30 turns past "
+            "the history_budget of 100 events, all in one run (the waiting event kept the branches "
+            "from stopping); the event is published after the loop; replays without continuing",
+            _parallel_event,
+            {},
+            publish=_publish_after_loop,
+            options=RunOptions(engine_level=4),
+        ),
+        Scenario(
+            "continued_in_parallel_event",
+            "the last run of a chain (generation 5) that continued as new (history_budget 100) "
+            "inside a top-level parallel step while a wait_for_event waited in one branch and the "
+            "other looped (patch continue-as-new-lane-events): the wait is carried with its key, "
+            "window and deadline, subscribes again, takes the event published after the loop, and "
+            "the run completes",
+            _parallel_event,
+            {},
+            publish=_publish_after_loop,
+            options=RunOptions(engine_level=5),
         ),
         Scenario(
             "foreach_loops_over_budget",

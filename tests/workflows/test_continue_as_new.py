@@ -1026,6 +1026,106 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
     assert len(scheduled) == len(set(scheduled)) == 41
 
 
+@pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
+async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
+    limited_client: Client, limited_worker: Worker, task_queue: str, level: int
+) -> None:
+    """A 40-turn loop in one branch, a wait_for_event in the other (a history budget of 100): the
+    run continues as new inside the parallel step while the wait waits, with its key, window and
+    deadline through the chain and its mailbox subscription kept; the event published in a later
+    run completes the step once, and the mailbox forgets the wait. At generation 0 the patch is
+    asked (a marker); every run of the chain replays."""
+    family = unique("fam")
+    document = definition(
+        unique("branch-event"),
+        [
+            {"id": "init", "type": "set", "vars": {"a": 0}},
+            {
+                "id": "fan",
+                "type": "parallel",
+                "branches": [
+                    {"id": "loop", "steps": _counting_branch("l", "a", 40)},
+                    {
+                        "id": "listen",
+                        "steps": [
+                            {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}},
+                            {
+                                "id": "answer",
+                                "type": "wait_for_event",
+                                "event": "family.answered",
+                                "key": "{{ input.family_id }}",
+                                "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+                                "timeout": "1h",
+                            },
+                        ],
+                    },
+                ],
+            },
+        ],
+        limits={"history_budget": 100},
+        output={"n": "{{ vars.l_n }}", "answer": "{{ steps.answer.output.data.answer }}"},
+    )
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        {"family_id": family},
+        engine_level=level,
+        execution_timeout=timedelta(minutes=5),
+    )
+    first = await eventually(
+        lambda: status(handle),
+        lambda s: any(w.subscribed for w in s.waiting_events),
+        timeout=60,
+        what="the wait in the branch subscribed",
+    )
+    [started] = first.waiting_events
+    later = await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= first.continued + 2 and s.vars.get("l_n") == 40,
+        timeout=120,
+        what="the loop done in a chain that continued while the wait waited",
+    )
+    [carried] = later.waiting_events
+    assert (carried.path, carried.key, carried.since, carried.deadline) == (
+        "answer",
+        family,
+        started.since,
+        started.deadline,
+    )
+    flows = FlowClient(limited_client, task_queue=task_queue)
+    await flows.publish_event(
+        "family.answered", family, {"answer": "no"}, event_id="b-1", start_triggers=False
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": 40, "answer": "no"}
+    final = await status(handle)
+    assert [(r.status, r.output["event_id"]) for r in final.steps if r.id == "answer"] == [
+        (StepStatus.COMPLETED, "b-1")
+    ]
+    runs = await _chain(limited_client, handle.id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+    # The echo calls ran once each across the chain: 40 turns and 'ask'; the wait subscribed
+    # again under the same name in each run it waited in (the mailbox keeps one subscription).
+    scheduled = await _scheduled(limited_client, handle.id, runs)
+    echoes = [a for a in scheduled if not a.startswith("answer/")]
+    assert len(echoes) == len(set(echoes)) == 41
+    print(
+        f"\nlevel {level}: {len(runs)} runs; the wait's activities {[a for a in scheduled if a not in echoes]}"
+    )
+    assert scheduled.count("answer/events#1") >= 3
+    mailbox = limited_client.get_workflow_handle(mailbox_id("default", "family.answered", family))
+    state = await eventually(
+        lambda: mailbox.query("state", result_type=MailboxState),
+        lambda s: not s.subscriptions,
+        timeout=30,
+        what="the mailbox forgot the wait",
+    )
+    assert [e.id for e in state.events] == ["b-1"]
+
+
 async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
     client: Client, worker: Worker, task_queue: str
 ) -> None:

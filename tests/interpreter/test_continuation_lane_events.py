@@ -1,0 +1,318 @@
+"""Continue-as-new while a ``wait_for_event`` among a ``parallel`` branch's (a ``foreach`` item's)
+own steps waits for its event (patch ``continue-as-new-lane-events``), driven by the fake runtime:
+the other branches' loops continue as new, the wait travels in its branch's carried entry with its
+key, window and deadline, keeps its subscription, and the chain ends as an uninterrupted run would."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from interpreter.continuation import Continuation, read_continuation
+from interpreter.engine import PARALLEL_KIND, Engine, RunInfo
+from interpreter.events import Event
+from interpreter.model import Definition
+from interpreter.state import RunResult, RunState, StepStatus
+from tests.interpreter.fake_runtime import FakeRuntime
+from tests.interpreter.test_continuation_parallel import _looping
+from tests.interpreter.test_engine import make_definition, new_runtime, set_vars, work
+
+
+def _listen(timeout: str = "1h", key: str = "fam-1") -> dict[str, Any]:
+    return {
+        "id": "answer",
+        "type": "wait_for_event",
+        "event": "family.answered",
+        "key": key,
+        "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"], "required": True}],
+        "timeout": timeout,
+        "on_timeout": "continue",
+    }
+
+
+def _loop_and_listen(timeout: str = "1h") -> list[dict[str, Any]]:
+    """A loop in one branch, a wait for an event in the other."""
+    return [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 8, 1)},
+                {"id": "listen", "steps": [work("ask", 1, value="asked"), _listen(timeout)]},
+            ],
+        },
+        work(
+            "after",
+            value="{{ steps.par.output.listen.event_id }}:{{ steps.par.output.listen.timed_out }}",
+        ),
+    ]
+
+
+def _answer(event_id: str, key: str = "fam-1", answer: str = "yes", tenant: str = "default") -> Event:
+    return Event(id=event_id, type="family.answered", key=key, tenant=tenant, data={"answer": answer})
+
+
+def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | None, every: int) -> Engine:
+    """An engine whose host asks to continue as new once ``every`` actions were called in its run;
+    the runtime's published events go to it."""
+    done = len(rt.calls)
+    engine = Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
+        continue_as_new=lambda: len(rt.calls) - done >= every,
+        resume=snapshot,
+    )
+    rt.engine = engine
+    return engine
+
+
+def _snapshot(engine: Engine) -> dict[str, Any]:
+    return json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+
+
+async def _chain(
+    definition: Definition, rt: FakeRuntime, every: int = 2
+) -> tuple[RunResult, Engine, list[dict[str, Any]]]:
+    """Runs the chain to its end; returns the result, the last engine and each snapshot (as JSON)."""
+    snapshot: Continuation | None = None
+    snapshots: list[dict[str, Any]] = []
+    for _ in range(40):
+        engine = _engine(definition, rt, snapshot, every)
+        result = await rt.run(engine.run())
+        if not engine.continuing:
+            return result, engine, snapshots
+        data = _snapshot(engine)
+        snapshots.append(data)
+        snapshot = read_continuation(data)
+    raise AssertionError("the chain did not end")
+
+
+def _straight(definition: Definition, rt: FakeRuntime) -> Engine:
+    engine = Engine(definition, {}, rt, RunInfo("wf-1", "run-0", rt.now()))
+    rt.engine = engine
+    return engine
+
+
+def _after(result: RunResult) -> Any:
+    """What the step after the parallel step saw of the wait: ``<event id>:<timed out>``."""
+    return next(r.output for r in result.steps if r.id == "after")
+
+
+def _waits(snapshots: list[dict[str, Any]], key: str = "branches") -> list[dict[str, Any]]:
+    """The event waits the snapshots carry in branches (``key``: items, ``lanes``)."""
+    return [
+        lane["event"]
+        for s in snapshots
+        if PARALLEL_KIND in s["kinds"]
+        for lane in s["kinds"][PARALLEL_KIND][key]
+        if lane and "event" in lane
+    ]
+
+
+async def test_an_event_wait_in_a_branch_is_carried_and_takes_an_event_published_in_a_later_run() -> None:
+    """The wait subscribes, the other branch loops: the run continues as new inside the parallel
+    step carrying the wait (key, window, deadline) while no event came; the event published later
+    completes it in a later run, every action at the virtual time of the uninterrupted run."""
+    definition = make_definition(_loop_and_listen())
+    straight_rt = new_runtime()
+    straight_rt.at(7, lambda: straight_rt.publish(_answer("e-1")))
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert (straight.state, _after(straight)) == (RunState.COMPLETED, "e-1:False")
+
+    rt = new_runtime()
+    rt.at(7, lambda: rt.publish(_answer("e-1")))
+    result, engine, snapshots = await _chain(definition, rt)
+    waits = _waits(snapshots)
+    assert waits, snapshots  # switches happened while the wait waited
+    assert {(w["position"], w["view"]["path"], w["view"]["key"], w["event"]) for w in waits} == {
+        (1, "answer", "fam-1", None)
+    }
+    assert len({(w["view"]["since"], w["view"]["deadline"], w["since"]) for w in waits}) == 1
+    assert (result.state, _after(result)) == (RunState.COMPLETED, "e-1:False")
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )
+    # Subscribed again in every run it waited in, under one name; unsubscribed once, at its end.
+    assert {s.path for s in rt.subscriptions} == set()
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+    answer = [r for r in engine.status().steps if r.id == "answer"]
+    assert [(r.status, r.output["event_id"]) for r in answer] == [(StepStatus.COMPLETED, "e-1")]
+
+
+async def test_an_event_wait_in_a_branch_times_out_when_it_would_have() -> None:
+    definition = make_definition(_loop_and_listen(timeout="30s"))
+    straight_rt = new_runtime()
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert _after(straight) == "None:True"
+
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt)
+    assert _waits(snapshots)
+    assert _after(result) == "None:True"
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )
+    after = next(c for c in rt.calls if c.step_id == "after")
+    assert after.elapsed == 31  # 'ask' took 1 s, then the 30 s timeout: not restarted by a switch
+
+
+async def _until_wait(definition: Definition, rt: FakeRuntime) -> tuple[Engine, dict[str, Any]]:
+    """Runs the chain until a run continues as new while the branch waits for its event; that run's
+    engine and its snapshot (as JSON)."""
+    snapshot: Continuation | None = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=2)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = _snapshot(engine)
+        if _waits([data]):
+            return engine, data
+        snapshot = read_continuation(data)
+    raise AssertionError("no run continued as new while the branch waited")
+
+
+async def test_an_event_signalled_while_the_branches_switch_travels_with_the_wait() -> None:
+    definition = make_definition(_loop_and_listen())
+    rt = new_runtime()
+    first, _ = await _until_wait(definition, rt)
+    # The branches stopped; the host lets the handlers finish: the wait still takes the event.
+    [waiting] = first.status().waiting_events
+    assert waiting.path == "answer"
+    assert [s.path for s in rt.subscriptions] == ["answer"]  # kept for the next run
+    rt.publish(_answer("e-switch"))
+    data = _snapshot(first)
+    [carried] = _waits([data])
+    assert carried["event"]["id"] == "e-switch"
+
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    result = await rt.run(second.run())
+    assert (result.state, _after(result)) == (RunState.COMPLETED, "e-switch:False")
+    after = next(c for c in rt.calls if c.step_id == "after")
+    assert after.elapsed < 60  # taken at the switch: not waited for until the deadline
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+
+
+async def test_an_event_published_while_no_run_listens_is_taken_by_the_next_run() -> None:
+    definition = make_definition(_loop_and_listen())
+    rt = new_runtime()
+    first, data = await _until_wait(definition, rt)
+    started = first.status().waiting_events[0]
+    rt.engine = None  # between the runs: nobody is signalled
+    rt.publish(_answer("e-gap"))
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    # Waiting from the first moment, with the same window and deadline.
+    [resumed] = second.status().waiting_events
+    assert (resumed.path, resumed.since, resumed.deadline) == ("answer", started.since, started.deadline)
+    result = await rt.run(second.run())
+    assert _after(result) == "e-gap:False"
+
+
+async def test_event_waits_in_foreach_items_are_carried_each_with_its_key() -> None:
+    """Each item waits for its own key after a loop of its own length: items' waits travel while
+    the others loop; an event for item 1 completes it, the others time out."""
+    steps = [
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "range(3) | list",
+            "concurrency": 3,
+            "output": "{{ item }}:{{ steps.answer.output.event_id }}",
+            "steps": [
+                work("seed", 1, value=0),
+                work(
+                    "tick",
+                    2,
+                    value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
+                    max_visits=8,
+                ),
+                {
+                    "id": "more",
+                    "type": "condition",
+                    "if": "steps.tick.output < item * 4",
+                    "then": {"goto": "tick"},
+                    "max_visits": 8,
+                },
+                _listen(timeout="1m", key="fam-{{ item }}"),
+            ],
+        },
+    ]
+    definition = make_definition(steps)
+    rt = new_runtime()
+    rt.at(16, lambda: rt.publish(_answer("e-1", key="fam-1")))
+    result, engine, snapshots = await _chain(definition, rt)
+    waits = _waits(snapshots, "lanes")
+    assert waits, snapshots
+    # Item 0 waits from 3 s on, item 1 from 9 s on: both travelled, each with its own key.
+    assert {(w["view"]["path"], w["view"]["key"]) for w in waits} == {
+        ("each[0].answer", "fam-0"),
+        ("each[1].answer", "fam-1"),
+    }
+    assert result.state == RunState.COMPLETED
+    each = next(r for r in engine.status().steps if r.id == "each")
+    assert each.output == ["0:None", "1:e-1", "2:None"]
+    assert sorted(s.path for s in rt.unsubscriptions) == [f"each[{i}].answer" for i in range(3)]
+
+
+def _forge(data: dict[str, Any], change: Any) -> dict[str, Any]:
+    forged = json.loads(json.dumps(data))
+    [lane] = [b for b in forged["kinds"][PARALLEL_KIND]["branches"] if "event" in b]
+    change(lane)
+    return forged
+
+
+async def test_a_carried_event_wait_in_a_branch_is_checked() -> None:
+    """A forged or stale snapshot: a wait carried at another position, under another path, for
+    another event type, beside a delay, or with an event another tenant published, that the chain
+    never consumed, or whose data the step refuses: refused."""
+    definition = make_definition(_loop_and_listen())
+    rt = new_runtime()
+    first, data = await _until_wait(definition, rt)
+    rt.publish(_answer("e-ok"))
+    taken = _snapshot(first)
+    read_continuation(taken)  # (as it is, it reads)
+
+    def event(lane: dict[str, Any], **fields: Any) -> None:
+        lane["event"]["event"] = {**_answer("e-x").model_dump(mode="json"), **fields}
+
+    forgeries: list[tuple[dict[str, Any], str]] = [
+        (_forge(data, lambda lane: lane["event"].update(position=0)), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["event"]["view"].update(path="other")), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["event"]["view"].update(event="x.y")), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["event"]["view"].update(step_id="ask")), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane.update(position=0)), "is not step 0 of it"),
+        (
+            _forge(data, lambda lane: lane.update(delay={"position": 1, "path": "answer", "until": "x"})),
+            "waits in one step at most",
+        ),
+        (_forge(taken, lambda lane: event(lane, tenant="other")), "does not fit step 'answer'"),
+        (_forge(taken, event), "does not fit step 'answer'"),  # never consumed
+        (
+            _forge(taken, lambda lane: lane["event"]["event"]["data"].update(answer="maybe")),
+            "does not fit step 'answer'",
+        ),
+    ]
+    for forged, problem in forgeries:
+        with pytest.raises(ValueError, match=problem):
+            _engine(definition, rt, read_continuation(forged), every=100)
+
+
+async def test_a_run_cancelled_before_it_went_back_into_the_branch_ends_the_wait() -> None:
+    definition = make_definition(_loop_and_listen())
+    rt = new_runtime()
+    _, data = await _until_wait(definition, rt)
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    second.hold_steps = True  # a cancellation is on its way: no step starts, the branch is not entered
+    running = rt.spawn(second.run())
+    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
+    running.cancel()
+    result = await rt.run(running)
+    assert result.state == RunState.CANCELLED
+    assert second.status().waiting_events == []
+    answer = [r for r in second.status().steps if r.id == "answer"]
+    assert [r.status for r in answer] == [StepStatus.CANCELLED]
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]  # the mailbox stops signalling it
