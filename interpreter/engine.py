@@ -202,6 +202,17 @@ its first workflow task (subscribing again under the same name: an event publish
 runs is in the answer). Asked when such a wait starts in a branch that may continue as new: a
 history recorded before the change replays its branches as they went on."""
 
+PATCH_CONTINUE_AS_NEW_LANE_PARKS = "continue-as-new-lane-parks"
+"""Patch id: a task among a ``parallel`` branch's own steps (a ``foreach`` item's) parked on a
+dead letter no longer keeps the other branches' loops in one run: while it waits for an operator's
+decision (its park timeout not come), the branches stop for a continue-as-new as if it slept in a
+delay; the park travels in the branch's carried entry (the same dead letter row, park id and
+deadline, the failed call's request and activity id, the redrive count, and a decision accepted
+while the run switched) and stays shown and decidable until the switch; the row stays open for
+the next run, which waits on it from its first workflow task. Asked when such a park starts
+waiting in a branch that may continue as new: a history recorded before the change replays its
+branches as they went on."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
@@ -782,6 +793,10 @@ class _Lane:
     taken until the switch."""
     wakes: datetime | None = None
     """When that wait times out or escalates next (None: it does not)."""
+    park: _LanePark | None = None
+    """The task among its steps (not nested deeper) parked on a dead letter, waiting for a decision
+    (:data:`PATCH_CONTINUE_AS_NEW_LANE_PARKS`): carried with its row and the failed call; it wakes
+    at ``wakes`` (its park timeout) too."""
     event: _EventWait | None = None
     """The ``wait_for_event`` among its steps (not nested deeper) waiting for its event
     (:data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`): carried with its view, window and any event
@@ -809,6 +824,17 @@ class _Lane:
                 position=self.index, view=self.person.view, decided=kind, decision=decision
             )
             place["person"] = waiting.model_dump(mode="json")
+        if self.park is not None:
+            lane_park = self.park
+            parked = CarriedPark(
+                position=self.index,
+                view=lane_park.park.view,
+                decision=lane_park.park.decision,
+                request=lane_park.request,
+                activity_id=lane_park.activity_id,
+                redrives=lane_park.redrives,
+            )
+            place["park"] = parked.model_dump(mode="json")
         if self.event is not None:
             wait = self.event
             entry = CarriedEventWait(position=self.index, view=wait.view, since=wait.since, event=wait.event)
@@ -865,7 +891,7 @@ class _Drain:
         parts += [
             lane.carried(own_steps=False)
             for lane in self.lanes
-            if (lane.person is not None or lane.event is not None) and not lane.done
+            if (lane.person is not None or lane.event is not None or lane.park is not None) and not lane.done
         ]
         if self.outputs_counted:
             parts += [scope.last_output for scope in running]
@@ -898,11 +924,14 @@ def _resting(lane: _Lane, now: datetime) -> bool:
     in the same workflow task as something else has not woken the branch yet: not asleep), or such
     a step of it waits for a person (not decided yet, its deadline or next escalation not come: one
     that came in the same workflow task as something else has not woken the branch yet), or
-    waits for an event (none taken yet, its deadline not come)."""
+    waits for an event (none taken yet, its deadline not come), or is parked on a dead letter (not
+    decided yet, its park timeout not come)."""
     if lane.sleeping is not None:
         return lane.sleeping.until > now
     if lane.event is not None:
         return lane.event.event is None and (lane.wakes is None or lane.wakes > now)
+    if lane.park is not None:
+        return lane.park.park.decision is None and (lane.wakes is None or lane.wakes > now)
     return (
         lane.person is not None and lane.person.decision is None and (lane.wakes is None or lane.wakes > now)
     )
@@ -989,7 +1018,7 @@ def _carried_since(data: dict[str, Any]) -> dict[str, datetime]:
     return {"since": since}
 
 
-_LANE_WAITS = frozenset({"delay", "person", "event"})
+_LANE_WAITS = frozenset({"delay", "person", "event", "park"})
 """What a carried branch (item) may wait in: one of them, at most."""
 
 
@@ -997,9 +1026,24 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
     """A carried branch's (item's) ``delay``, ``person`` (an approval or human task waiting for
     its decision) or ``event`` (a wait for an event), if any: the step of that kind at its position
     and path (replaced by the carried delay, the pending step, or the carried event wait, whose
-    event the engine checks: :meth:`Engine._carried_event_fits`)."""
+    event the engine checks: :meth:`Engine._carried_event_fits`), or ``park`` (a task parked on a
+    dead letter: the carried park)."""
     if len(_LANE_WAITS & set(entry)) > 1:
         raise ValueError(f"{where}: a carried branch waits in one step at most")
+    if "park" in entry:
+        parked = CarriedPark.model_validate_json(json.dumps(entry["park"]))
+        parked_view = parked.view
+        if (
+            not isinstance(step, TaskStep)
+            or step.on_failure != "dead_letter"
+            or parked.position != position
+            or parked_view.step_id != step.id
+            or parked_view.path != path
+            or parked_view.action != step.action
+            or parked_view.dead_letter_id is None
+        ):
+            raise ValueError(f"{where}: its carried park {parked_view.path!r} is not step {position} of it")
+        entry["park"] = parked
     if "event" in entry:
         wait = CarriedEventWait.model_validate_json(json.dumps(entry["event"]))
         pending = wait.view
@@ -1138,6 +1182,16 @@ class _Park:
 
 
 @dataclass
+class _LanePark:
+    """A park among a branch's own steps, with what a continue-as-new carries of its failed call."""
+
+    park: _Park
+    request: ActionRequest
+    activity_id: str
+    redrives: int
+
+
+@dataclass
 class _Compensation:
     step: TaskStep | ApprovalStep
     scope: _Scope
@@ -1272,6 +1326,9 @@ class Engine:
         self._carried_lane_people: dict[str, _Approval] = {}
         """The approvals and human tasks its branches (items) waited in, by path: pending (and
         decidable) from the first task, each resumes with its view."""
+        self._carried_lane_parks: dict[str, tuple[CarriedPark, _Park]] = {}
+        """The parks its branches (items) waited in, by path: shown and decidable from the first
+        task, each resumes the wait on its dead letter row."""
         self._carried_lane_events: dict[str, _EventWait] = {}
         """The event waits its branches (items) waited in, by path: waiting from the first task
         (an event signalled then is taken), each resumes with its view and window."""
@@ -1663,6 +1720,10 @@ class Engine:
         if waiting is not None and waiting.step is step and self._lane_at(step, scope) is not None:
             await self._resume_step(step, scope, path, waiting.view.since)
             return
+        lane_park = self._carried_lane_parks.get(path)
+        if lane_park is not None and isinstance(step, TaskStep) and self._lane_at(step, scope) is not None:
+            await self._resume_step(step, scope, path, lane_park[0].view.parked_at)
+            return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -2038,21 +2099,35 @@ class Engine:
         redrives = 0
         # Where a park may continue as new (in a branch, by its patch: asked when it parks).
         here = self._at_safe_step(step, scope)
+        lane = self._lane_at(step, scope)
         resumed = self._carried_park
-        if resumed is not None and here and resumed.view.path == path:
+        parked: _Park | None = None
+        in_lane = self._carried_lane_parks.pop(path, None) if lane is not None else None
+        if in_lane is not None:
+            resumed, parked = in_lane  # as below, in a branch (or item)
+        elif resumed is not None and here and resumed.view.path == path:
             # Continued as new while parked: the same dead letter, the failed call as it was.
             self._carried_park = None
-            call = dataclasses.replace(call, request=resumed.request, activity_id=resumed.activity_id)
-            redrives = resumed.redrives
         else:
             resumed = None
+        if resumed is not None:
+            call = dataclasses.replace(call, request=resumed.request, activity_id=resumed.activity_id)
+            redrives = resumed.redrives
         while True:
             if resumed is not None:
                 failed = ActionFailedError(resumed.view.error, resumed.view.error_type, resumed.view.attempts)
                 decision = await self._park(
-                    step, path, call, failed, record, top=here and self._nested_ok(), redrives=redrives
+                    step,
+                    path,
+                    call,
+                    failed,
+                    record,
+                    top=here and self._nested_ok(),
+                    redrives=redrives,
+                    lane=lane,
+                    carried=parked,
                 )
-                resumed = None
+                resumed = parked = None
             else:
                 try:
                     result = await self.runtime.execute_action(call)
@@ -2075,7 +2150,14 @@ class Engine:
                         self._after_failure(step.on_failure, path, failure)
                         return None
                     decision = await self._park(
-                        step, path, call, failure, record, top=here and self._nested_ok(), redrives=redrives
+                        step,
+                        path,
+                        call,
+                        failure,
+                        record,
+                        top=here and self._nested_ok(),
+                        redrives=redrives,
+                        lane=lane,
                     )
             if decision.action == DeadLetterAction.REDRIVE:
                 redrives += 1
@@ -2161,11 +2243,16 @@ class Engine:
         *,
         top: bool = False,
         redrives: int = 0,
+        lane: _Lane | None = None,
+        carried: _Park | None = None,
     ) -> DeadLetterDecision:
         """Records a dead letter and waits for an operator's decision or the park timeout.
 
         A ``top`` park (a top-level task) is a safe point to continue as new while it waits; the
-        next run of the chain resumes the wait on the same dead letter (``_carried_parked``)."""
+        next run of the chain resumes the wait on the same dead letter (``_carried_parked``). A
+        park that is one of ``lane``'s own steps (:data:`PATCH_CONTINUE_AS_NEW_LANE_PARKS`) lets
+        the branches stop for a continue-as-new while it waits (``carried``: the park a previous
+        run of the chain carried in the branch)."""
         timeout = parse_duration(step.park_timeout or self.definition.defaults.park_timeout)
 
         def carry(park: _Park) -> Callable[[], dict[str, Any]] | None:
@@ -2183,9 +2270,10 @@ class Engine:
                 ).model_dump(mode="json")
             }
 
-        resumed = self._carried_parked
+        resumed = carried or self._carried_parked
         if resumed is not None and resumed.view.path == path:
-            self._carried_parked = None
+            if carried is None:
+                self._carried_parked = None
             row_id = resumed.view.dead_letter_id
             assert row_id is not None  # carried only once recorded
             deadline = resumed.view.deadline or resumed.view.parked_at + timeout
@@ -2199,6 +2287,9 @@ class Engine:
                 remaining=remaining,
                 carry=carry(resumed),
                 resumed=True,
+                lane=None
+                if lane is None
+                else (lane, _LanePark(resumed, call.request, call.activity_id, redrives)),
             )
             await self._resolve_row(row_id, decision)
             record.status = StepStatus.FAILED
@@ -2246,7 +2337,12 @@ class Engine:
         finally:
             del self._recording[park_id]
         if park.decision is None:
-            decision = await self._wait_for_decision(step, park, row_id, timeout, record, carry=carry(park))
+            in_lane = None
+            if lane is not None and self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_PARKS):
+                in_lane = (lane, _LanePark(park, call.request, call.activity_id, redrives))
+            decision = await self._wait_for_decision(
+                step, park, row_id, timeout, record, carry=carry(park), lane=in_lane
+            )
         else:  # decided while the row was being written: no wait, nothing shown as parked
             decision = park.decision
         await self._resolve_row(row_id, decision)
@@ -2264,25 +2360,32 @@ class Engine:
         remaining: timedelta | None = None,
         carry: Callable[[], dict[str, Any]] | None = None,
         resumed: bool = False,
+        lane: tuple[_Lane, _LanePark] | None = None,
     ) -> DeadLetterDecision:
         """Shows the recorded park and waits for a decision or the park timeout (``remaining`` of
         it when resumed in a continued run); closes the row if the run (or this branch) is
         cancelled meanwhile. With ``carry`` (a top-level park) the run may continue as new while
         it waits: the park stays shown and decidable until the switch, and travels in the
-        snapshot."""
+        snapshot. With ``lane`` (a park among a branch's own steps) the branches may stop for a
+        continue-as-new while it waits: cancelled for it, the park stays shown (and decidable)
+        and its row open until the switch, and travels in the branch's entry."""
         park_id, path = park.view.park_id, park.view.path
         self._parked[park_id] = park
         record.status = StepStatus.WAITING
         self._set_state(self._waiting_state())
         wake = self._continue_trigger(resumed) if carry is not None and self._may_continue_waiting() else None
         continuing = False
+        wait_s = (timeout if remaining is None else remaining).total_seconds()
+        if lane is not None:
+            lane[0].park, lane[0].wakes = lane[1], self.runtime.now() + timedelta(seconds=wait_s)
+            self._lane_waits.add(path)
         try:
             with self._waiting_at(path, step.label):
                 decided = await self.runtime.wait_condition(
                     (lambda: park.decision is not None)
                     if wake is None
                     else (lambda: park.decision is not None or wake()),
-                    (timeout if remaining is None else remaining).total_seconds(),
+                    wait_s,
                     f"{step.label}: parked (dead letter)",
                 )
                 if decided and park.decision is None:  # the host asks to continue as new
@@ -2290,6 +2393,10 @@ class Engine:
                     continuing = self._keep_waits = True
                     raise self._stop(self._position_of(step), carry=carry)
         except asyncio.CancelledError:
+            if lane is not None and lane[0].park is lane[1] and self._carrying:
+                # Its branch stopped for a continue-as-new: the row stays open for the next run.
+                continuing = True
+                raise
             # The run (or this branch) was cancelled while parked: close the row, or it would stay
             # open for a run that can no longer take a decision.
             who = self.cancel_request
@@ -2301,6 +2408,10 @@ class Engine:
             await self._finally(self._resolve_row(row_id, closing))
             raise
         finally:
+            if lane is not None:
+                self._lane_waits.discard(path)
+                if not self._carrying:  # (carried: the snapshot is taken at the switch)
+                    lane[0].park = None
             if not continuing:  # a carried park stays shown (and decidable) until the switch
                 self._parked.pop(park_id, None)
                 self._set_state(self._waiting_state())
@@ -2624,7 +2735,11 @@ class Engine:
         """No step of the run waits (for a dead letter decision, a timer but a branch's own
         ``delay``, a person but in a branch's own ``approval`` or ``human_task``, or an event but in
         a branch's own ``wait_for_event``: those a continue-as-new carries)."""
-        return not self._parked and all(path in self._lane_waits for path in self.waiting)
+        return self._lane_parks_only() and all(path in self._lane_waits for path in self.waiting)
+
+    def _lane_parks_only(self) -> bool:
+        """No task is parked but among a branch's own steps (a park a continue-as-new carries)."""
+        return all(park.view.path in self._lane_waits for park in self._parked.values())
 
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
         """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
@@ -2666,6 +2781,12 @@ class Engine:
             drain.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
         if isinstance(lane.steps[index], DelayStep):
             return  # it sleeps there instead of standing: a delay among its steps is carried as it is
+        if isinstance(lane.steps[index], WaitForEventStep) and self.runtime.patched(
+            PATCH_CONTINUE_AS_NEW_LANE_EVENTS
+        ):
+            # It goes into its wait (carried as it is) instead of standing: held before it, it
+            # would miss an event published meanwhile (a wait without lookback sees none before it).
+            return
         timeout = None
         if not drain.timed:  # the first branch to stand holds the timer of the deadline
             assert drain.deadline is not None
@@ -3679,7 +3800,7 @@ class Engine:
         return (
             self._continue_as_new is not None
             and not self._continue_declined
-            and (waiting_parked or not self._parked)
+            and (waiting_parked or self._lane_parks_only())
             and not self._recording
             and self.cancel_request is None
             # Another wait_for_event (in a branch, but one a continue-as-new carries as it is)
@@ -3880,8 +4001,25 @@ class Engine:
                     self._approvals[person.view.path] = person
                     self._carried_lane_people[person.view.path] = person
                     self.state = self._waiting_state()
+                if isinstance(lane, dict) and isinstance(lane.get("park"), CarriedPark):
+                    carried_park = lane.pop("park")
+                    park = _Park(view=carried_park.view, decision=carried_park.decision)
+                    # Shown and decidable from the first moment, so a decision delivered with the
+                    # run's first task counts.
+                    self._parked[carried_park.view.park_id] = park
+                    self._carried_lane_parks[carried_park.view.path] = (carried_park, park)
+                    self.state = self._waiting_state()
                 if isinstance(lane, dict) and isinstance(lane.get("event"), _EventWait):
                     wait = lane.pop("event")
+                    got = wait.event
+                    if got is not None and any(
+                        w.event is not None and w.event.id == got.id
+                        for w in self._carried_lane_events.values()
+                    ):
+                        raise ValueError(
+                            f"carried event wait {wait.view.path!r}: event {got.id!r} is carried"
+                            " for another wait too (an event is taken once)"
+                        )
                     if not self._carried_event_fits(wait):
                         raise ValueError(
                             f"carried event wait {wait.view.path!r} does not fit step {wait.step.id!r}"
@@ -4006,7 +4144,16 @@ class Engine:
 
     def _carried_event_fits(self, wait: _EventWait) -> bool:
         """Whether the event a carried wait took while the run switched (if any) is one its step
-        takes: of its type and key, this tenant's, consumed by the chain, with fields it accepts."""
+        takes: of its type and key, this tenant's, consumed by the chain, with fields it accepts; and
+        whether its window and deadline are the step's from the wait's start."""
+        step, view = wait.step, wait.view
+        lookback = parse_duration(step.lookback)
+        if (
+            view.lookback_s != lookback.total_seconds()
+            or wait.since != view.since - lookback
+            or view.deadline != (view.since + parse_duration(step.timeout) if step.timeout else None)
+        ):
+            return False
         got = wait.event
         return got is None or (
             (got.type, got.key, got.tenant) == (wait.step.event, wait.view.key, self.info.tenant)
@@ -4029,8 +4176,19 @@ class Engine:
         delay, park, parked = self._carried_delay, self._carried_park, self._carried_parked
         branches, parallel, lanes = self._resume_branches, self._carried_parallel, self._carried_lane_delays
         people, events = self._carried_lane_people, self._carried_lane_events
+        lane_parks = self._carried_lane_parks
         if not (
-            task or event or approval or delay or park or branches or parallel or lanes or people or events
+            task
+            or event
+            or approval
+            or delay
+            or park
+            or branches
+            or parallel
+            or lanes
+            or people
+            or events
+            or lane_parks
         ):
             return
         if not self.runtime.patched(PATCH_DROP_UNRESUMED):
@@ -4042,7 +4200,7 @@ class Engine:
             paths.add(str(parallel["step"]))
         paths |= set(lanes)
         self._resume_branches, self._carried_parallel, self._carried_lane_delays = [], None, {}
-        self._carried_lane_people, self._carried_lane_events = {}, {}
+        self._carried_lane_people, self._carried_lane_events, self._carried_lane_parks = {}, {}, {}
         for person in (task, approval, *people.values()):
             if person is not None:
                 self._approvals.pop(person.view.path, None)
@@ -4054,10 +4212,10 @@ class Engine:
                 self._event_waits.pop(wait.view.path, None)
                 paths.add(wait.view.path)
                 await self._finally(self.runtime.unsubscribe_events(self._subscription_of(wait)))
-        if park is not None and parked is not None:
-            self._parked.pop(parked.view.park_id, None)
-            paths.add(park.view.path)
-            row_id = parked.view.dead_letter_id
+        for parked_view in [p.view for p in (parked, *(p for _, p in lane_parks.values())) if p is not None]:
+            self._parked.pop(parked_view.park_id, None)
+            paths.add(parked_view.path)
+            row_id = parked_view.dead_letter_id
             if row_id is not None:
                 who = self.cancel_request
                 closing = DeadLetterDecision(

@@ -29,12 +29,17 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from interpreter.state import (
     CancelRequest,
+    DeadLetterAction,
+    DeadLetterDecision,
+    DeadLetterRecord,
+    DeadLetterResolution,
     Decision,
     DecisionKind,
     DecisionRequest,
@@ -48,7 +53,7 @@ from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attribute
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import counting_loop
 from worker import build_worker
-from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
+from workflows.generic import DEAD_LETTER_PARK, DEAD_LETTER_RESOLVE, WORKFLOW_NAME, RunDefinitionWorkflow
 from workflows.search_attributes import ALL_KEYS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -795,6 +800,49 @@ async def _publish_after_loop(handle: WorkflowHandle[Any, Any], flows: FlowClien
     )
 
 
+@activity.defn(name=DEAD_LETTER_PARK)
+async def _record_dead_letter(record: DeadLetterRecord) -> int:
+    """The recorder has no store: a history holds only the row id the activity answered (replay
+    runs no activity); tests/workflows/test_continue_as_new.py parks against the real store."""
+    del record
+    return 1
+
+
+@activity.defn(name=DEAD_LETTER_RESOLVE)
+async def _resolve_dead_letter(resolution: DeadLetterResolution) -> None:
+    del resolution
+
+
+def _parallel_park(base: str) -> dict[str, Any]:
+    document = _parallel_approval(base)
+    # The same 30-turn loop; the other branch's charge fails and parks on a dead letter.
+    document["name"] = "replay-parallel-park"
+    document["steps"][1]["branches"][1] = {
+        "id": "pay",
+        "steps": [
+            _echo("ask", "asked"),
+            _echo(
+                "charge",
+                input={"value": "paid", "fail": "Declined"},
+                retry={"maximum_attempts": 1},
+                on_failure="dead_letter",
+                park_timeout="10m",
+            ),
+        ],
+    }
+    document["output"] = {"n": "{{ vars.l_n }}", "charge": "{{ steps.charge.output }}"}
+    return document
+
+
+async def _redrive_after_loop(handle: WorkflowHandle[Any, Any]) -> None:
+    """Redrives the charge (without the failure) once the loop is done and the charge parked."""
+    await _until(handle, lambda s: s.vars.get("l_n") == 30 and bool(s.parked), timeout=120)
+    await handle.execute_update(
+        RunDefinitionWorkflow.resolve_dead_letter,
+        DeadLetterDecision(action=DeadLetterAction.REDRIVE, actor="ops", input={"value": "paid"}),
+    )
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1200,6 +1248,29 @@ def scenarios() -> list[Scenario]:
             options=RunOptions(engine_level=5),
         ),
         Scenario(
+            "parallel_park_over_budget",
+            "recorded before patch continue-as-new-lane-parks, at generation 4: a task parks on a "
+            "dead letter in one branch of a top-level parallel step while the other loops 30 turns "
+            "past the history_budget of 100 events, all in one run (the park kept the branches "
+            "from stopping); redriven after the loop; replays without continuing",
+            _parallel_park,
+            {},
+            drive=_redrive_after_loop,
+            options=RunOptions(engine_level=4),
+        ),
+        Scenario(
+            "continued_in_parallel_park",
+            "the last run of a chain (generation 5) that continued as new (history_budget 100) "
+            "inside a top-level parallel step while a task was parked on a dead letter in one "
+            "branch and the other looped (patch continue-as-new-lane-parks): the park is shown "
+            "from the run's start with its carried row, redriven after the loop, and the run "
+            "completes",
+            _parallel_park,
+            {},
+            drive=_redrive_after_loop,
+            options=RunOptions(engine_level=5),
+        ),
+        Scenario(
             "foreach_loops_over_budget",
             "recorded before patch continue-as-new-in-parallel, at generation 2: a foreach of 6 "
             "items, 2 at a time, each looping 5 turns, ran in one run past its history_budget of "
@@ -1407,7 +1478,13 @@ async def main(argv: list[str] | None = None) -> int:
             server.route("POST", "/ship", [(422, {}, {"error": "no stock"})])
             async with (
                 httpx.AsyncClient() as http_client,
-                build_worker(env.client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+                build_worker(
+                    env.client,
+                    task_queue,
+                    http_client,
+                    graceful_shutdown_timeout=timedelta(0),
+                    extra_activities=[_record_dead_letter, _resolve_dead_letter],
+                ),
             ):
                 outcomes = await asyncio.gather(
                     *(record(s, env.client, task_queue, server.url, args.out) for s in chosen)

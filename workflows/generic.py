@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW_BRANCHES,
         PATCH_CONTINUE_AS_NEW_EVENTS,
         PATCH_CONTINUE_AS_NEW_LANE_EVENTS,
+        PATCH_CONTINUE_AS_NEW_LANE_PARKS,
         PATCH_CONTINUE_AS_NEW_LANE_PEOPLE,
         PATCH_CONTINUE_AS_NEW_PARALLEL,
         PATCH_CONTINUE_AS_NEW_TASKS,
@@ -188,6 +189,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CONTINUE_AS_NEW_LANE_PEOPLE: 4,
     PATCH_DRAIN_FIXES: 4,
     PATCH_CONTINUE_AS_NEW_LANE_EVENTS: 5,
+    PATCH_CONTINUE_AS_NEW_LANE_PARKS: 5,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

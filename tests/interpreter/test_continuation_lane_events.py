@@ -267,8 +267,9 @@ def _forge(data: dict[str, Any], change: Any) -> dict[str, Any]:
 
 async def test_a_carried_event_wait_in_a_branch_is_checked() -> None:
     """A forged or stale snapshot: a wait carried at another position, under another path, for
-    another event type, beside a delay, or with an event another tenant published, that the chain
-    never consumed, or whose data the step refuses: refused."""
+    another event type, beside a delay, with a deadline or window that are not the step's, or with
+    an event another tenant published, that the chain never consumed, or whose data the step
+    refuses: refused."""
     definition = make_definition(_loop_and_listen())
     rt = new_runtime()
     first, data = await _until_wait(definition, rt)
@@ -289,6 +290,11 @@ async def test_a_carried_event_wait_in_a_branch_is_checked() -> None:
             _forge(data, lambda lane: lane.update(delay={"position": 1, "path": "answer", "until": "x"})),
             "waits in one step at most",
         ),
+        (
+            _forge(data, lambda lane: lane["event"]["view"].update(deadline="2030-01-01T00:00:00Z")),
+            "does not fit step 'answer'",
+        ),
+        (_forge(data, lambda lane: lane["event"].update(since="2023-01-01T00:00:00Z")), "does not fit step"),
         (_forge(taken, lambda lane: event(lane, tenant="other")), "does not fit step 'answer'"),
         (_forge(taken, event), "does not fit step 'answer'"),  # never consumed
         (
@@ -316,3 +322,84 @@ async def test_a_run_cancelled_before_it_went_back_into_the_branch_ends_the_wait
     answer = [r for r in second.status().steps if r.id == "answer"]
     assert [r.status for r in answer] == [StepStatus.CANCELLED]
     assert [s.path for s in rt.unsubscriptions] == ["answer"]  # the mailbox stops signalling it
+
+
+def _held_listener(loop_seconds: float, listen: dict[str, Any]) -> list[dict[str, Any]]:
+    """A loop of long actions in one branch; 'ask' then ``listen`` in the other."""
+    return [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 2, loop_seconds)},
+                {"id": "listen", "steps": [work("ask", 1, value="asked"), listen]},
+            ],
+        },
+        work("after", value="{{ steps.par.output.listen.event_id }}:{{ steps.par.output.listen.timed_out }}"),
+    ]
+
+
+@pytest.mark.parametrize("timeout", [None, "1h"])
+async def test_a_branch_about_to_wait_for_an_event_goes_into_the_wait_instead_of_standing(
+    timeout: str | None,
+) -> None:
+    """The other branch is in a 50 s action when the host asks; the listening branch, done with
+    'ask', goes into its wait (subscribing) as it would into a delay, instead of standing before it
+    until the switch: the callback published 2 s later (the wait has no lookback) is taken as in the
+    uninterrupted run. Held before it (found by an attacker's probe), the wait began at 50 s and
+    missed it: without a timeout the run waited for ever, with one it timed out."""
+    listen = (
+        _listen() if timeout else {k: v for k, v in _listen().items() if k not in ("timeout", "on_timeout")}
+    )
+    definition = make_definition(_held_listener(50, listen))
+    straight_rt = new_runtime()
+    straight_rt.at(3, lambda: straight_rt.publish(_answer("e-cb")))
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert (straight.state, _after(straight)) == (RunState.COMPLETED, "e-cb:False")
+
+    rt = new_runtime()
+    rt.at(3, lambda: rt.publish(_answer("e-cb")))
+    result, _, snapshots = await _chain(definition, rt)
+    assert snapshots
+    assert (result.state, _after(result)) == (RunState.COMPLETED, "e-cb:False")
+    assert sorted((c.activity_id, c.elapsed) for c in rt.calls) == sorted(
+        (c.activity_id, c.elapsed) for c in straight_rt.calls
+    )
+
+
+async def test_one_event_carried_for_two_items_is_refused() -> None:
+    """Items waiting for the same type and key: an event taken during the switch by one of them,
+    forged into another's carried wait too, would be taken twice: refused (found by an attacker's
+    probe)."""
+    definition = make_definition(
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(3) | list",
+                "concurrency": 3,
+                "output": "{{ item }}:{{ steps.answer.output.event_id }}",
+                "steps": [work("seed", 1, value=0), work("tick", 1, value=1), _listen(timeout="1m")],
+            },
+        ]
+    )
+    rt = new_runtime()
+    snapshot: Continuation | None = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=1)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = _snapshot(engine)
+        if len(_waits([data], "lanes")) >= 2:
+            break
+        snapshot = read_continuation(data)
+    rt.publish(_answer("e-x"))  # during the switch: one item takes it
+    data = _snapshot(engine)
+    carrying = [lane for lane in data["kinds"][PARALLEL_KIND]["lanes"] if lane and "event" in lane]
+    [taken] = [lane for lane in carrying if lane["event"]["event"] is not None]
+    other = next(lane for lane in carrying if lane["event"]["event"] is None)
+    read_continuation(data)  # as it is, it reads
+    other["event"]["event"] = taken["event"]["event"]
+    with pytest.raises(ValueError, match="'e-x' is carried for another wait too"):
+        _engine(definition, rt, read_continuation(data), every=100)

@@ -1126,6 +1126,61 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
     assert [e.id for e in state.events] == ["b-1"]
 
 
+async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
+    limited_flows: FlowClient, http_server: RecordingServer
+) -> None:
+    """A 40-turn loop in one branch, a charge parked on a dead letter in the other (a history
+    budget of 100): the run continues as new inside the parallel step while the task is parked,
+    which stays parked on the same row with its deadline through the chain; the redrive sent after
+    the loop (the row names the run that parked) runs the charge again with the key it would have
+    had, and the run completes. Every run of the chain replays."""
+    _cards(http_server)
+    document = _charge(unique("branch-park"), http_server.url)
+    prep, charge, after = document["steps"]
+    document["steps"] = [
+        {"id": "init", "type": "set", "vars": {"a": 0}},
+        {
+            "id": "fan",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _counting_branch("l", "a", 40)},
+                {"id": "pay", "steps": [prep, charge]},
+            ],
+        },
+        after,
+    ]
+    document["output"] = {"n": "{{ vars.l_n }}", "charge": "{{ steps.charge.output }}"}
+    run = await limited_flows.start_run(document, {"card": "expired"})
+    row = await _open_row(limited_flows, run.workflow_id)
+    handle = limited_flows.client.get_workflow_handle(run.workflow_id)
+    first = await eventually(lambda: status(handle), lambda s: bool(s.parked), what="parked", timeout=60)
+    later = await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= first.continued + 2 and s.vars.get("l_n") == 40,
+        timeout=120,
+        what="the loop done in a chain that continued while the task was parked",
+    )
+    assert later.state == RunState.PARKED
+    assert [(p.park_id, p.dead_letter_id, p.deadline) for p in later.parked] == [
+        (p.park_id, row.id, p.deadline) for p in first.parked
+    ]
+    await limited_flows.redrive(row.id, "ops-alice", {"json": {"card": "good"}}, reason="new card")
+    result = await limited_flows.result(run.workflow_id, timeout=60)
+    assert result.state == RunState.COMPLETED, result.error
+    assert (result.output["n"], result.output["charge"]["body"]) == (40, {"charge_id": "ch-1"})
+    charges = http_server.requests("POST", "/charge")
+    assert [c.json for c in charges] == [{"card": "expired"}, {"card": "good"}]
+    assert charges[1].idempotency_key == f"{charges[0].idempotency_key}~r1"  # the same step, redriven
+    resolved = await limited_flows.show_dead_letter(row.id)
+    assert (resolved.status, resolved.resolved_by) == (DeadLetterStatus.REDRIVEN, "ops-alice")
+    runs = await _chain(limited_flows.client, run.workflow_id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(limited_flows.client, run.workflow_id) == len(runs)
+    scheduled = await _scheduled(limited_flows.client, run.workflow_id, runs)
+    echoes = [a for a in scheduled if a.startswith(("l_", "prep"))]
+    assert len(echoes) == len(set(echoes)) == 41
+
+
 async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
     client: Client, worker: Worker, task_queue: str
 ) -> None:

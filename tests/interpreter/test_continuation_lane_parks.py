@@ -1,0 +1,273 @@
+"""Continue-as-new while a task among a ``parallel`` branch's (a ``foreach`` item's) own steps is
+parked on a dead letter (patch ``continue-as-new-lane-parks``), driven by the fake runtime: the
+other branches' loops continue as new, the park travels in its branch's carried entry (the same
+row, park id and deadline, the failed call), stays decidable, and the chain ends as an
+uninterrupted run would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from interpreter.continuation import Continuation, read_continuation
+from interpreter.engine import PARALLEL_KIND, Engine, RunInfo
+from interpreter.model import Definition
+from interpreter.state import DeadLetterAction, DeadLetterDecision, RunResult, RunState, StepStatus
+from tests.interpreter.fake_runtime import FakeRuntime
+from tests.interpreter.test_continuation_parallel import _looping
+from tests.interpreter.test_dead_letters import charge_needs_card
+from tests.interpreter.test_engine import make_definition, new_runtime, set_vars, task, work
+
+
+def _loop_and_park(park_timeout: str = "1h", items: bool = False) -> list[dict[str, Any]]:
+    """A loop in one branch; in the other, 'ask', then 'charge' that fails without a card and
+    parks on a dead letter, then 'done'."""
+    pay = [
+        work("ask", 1, value="asked"),
+        task(
+            "charge",
+            "charge",
+            input={"amount": 5},
+            retry={"maximum_attempts": 1},
+            on_failure="dead_letter",
+            park_timeout=park_timeout,
+            on_park_timeout="continue",
+        ),
+        work("done", 1, value="{{ steps.charge.output }}"),
+    ]
+    return [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 8, 1)},
+                {"id": "pay", "steps": pay},
+            ],
+        },
+        work("after", value="{{ steps.par.output.pay }}"),
+    ]
+
+
+def _runtime() -> FakeRuntime:
+    rt = new_runtime()
+    rt.on("charge", charge_needs_card)
+    return rt
+
+
+def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | None, every: int) -> Engine:
+    """An engine whose host asks to continue as new once ``every`` actions were called in its run
+    (the runtime's ``engine``: the one decisions go to)."""
+    done = len(rt.calls)
+    engine = Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
+        continue_as_new=lambda: len(rt.calls) - done >= every,
+        resume=snapshot,
+    )
+    rt.engine = engine
+    return engine
+
+
+def _snapshot(engine: Engine) -> dict[str, Any]:
+    return json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
+
+
+async def _chain(
+    definition: Definition, rt: FakeRuntime, every: int = 2
+) -> tuple[RunResult, Engine, list[dict[str, Any]]]:
+    snapshot: Continuation | None = None
+    snapshots: list[dict[str, Any]] = []
+    for _ in range(40):
+        engine = _engine(definition, rt, snapshot, every)
+        result = await rt.run(engine.run())
+        if not engine.continuing:
+            return result, engine, snapshots
+        data = _snapshot(engine)
+        snapshots.append(data)
+        snapshot = read_continuation(data)
+    raise AssertionError("the chain did not end")
+
+
+def _straight(definition: Definition, rt: FakeRuntime) -> Engine:
+    engine = Engine(definition, {}, rt, RunInfo("wf-1", "run-0", rt.now()))
+    rt.engine = engine
+    return engine
+
+
+def _parks(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        lane["park"]
+        for s in snapshots
+        if PARALLEL_KIND in s["kinds"]
+        for lane in s["kinds"][PARALLEL_KIND]["branches"]
+        if "park" in lane
+    ]
+
+
+def _decide_at(rt: FakeRuntime, at: float, **decision: Any) -> None:
+    """An operator's decision at ``at`` (virtual seconds), to whichever run is open then."""
+    rt.at(at, lambda: rt.engine.resolve(DeadLetterDecision(**decision)))
+
+
+def _calls(rt: FakeRuntime) -> list[tuple[str, float]]:
+    return sorted((c.activity_id, c.elapsed) for c in rt.calls)
+
+
+async def test_a_park_in_a_branch_is_carried_and_redriven_in_a_later_run() -> None:
+    """The park waits while the other branch loops: the run continues as new inside the parallel
+    step carrying it (the same row and deadline, the failed call); the redrive sent in a later run
+    runs the call again with the key it would have had, at the virtual time of the uninterrupted
+    run, and the row is resolved once."""
+    definition = make_definition(_loop_and_park())
+    redrive = {"action": "redrive", "actor": "ops", "input": {"amount": 5, "card": "visa"}}
+    straight_rt = _runtime()
+    _decide_at(straight_rt, 7, **redrive)
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert straight.state == RunState.COMPLETED, straight.error
+
+    rt = _runtime()
+    _decide_at(rt, 7, **redrive)
+    result, engine, snapshots = await _chain(definition, rt)
+    parks = _parks(snapshots)
+    assert parks, snapshots  # switches happened while the task was parked
+    assert {
+        (p["position"], p["view"]["park_id"], p["view"]["dead_letter_id"], p["activity_id"]) for p in parks
+    } == {(1, "charge", 1, "charge")}
+    assert len({(p["view"]["deadline"], p["request"]["idempotency_key"]) for p in parks}) == 1
+    assert result.state == RunState.COMPLETED, result.error
+    assert _calls(rt) == _calls(straight_rt)
+    # The redrive runs with the key it would have had: the parking run's, with '~r1' (in a later run).
+    first, again = (c for c in rt.calls if c.step_id == "charge")
+    parked_in = first.idempotency_key.split("/")[1]
+    assert (again.activity_id, again.idempotency_key) == ("charge~r1", f"{first.idempotency_key}~r1")
+    assert [(d.park_id, d.run_id) for d in rt.dead_letters] == [("charge", parked_in)]
+    assert max(s["generation"] for s in snapshots if _parks([s])) > int(parked_in.removeprefix("run-")) + 1
+    assert [(r.action, r.actor, r.dead_letter_id) for r in rt.resolutions] == [
+        (DeadLetterAction.REDRIVE, "ops", 1)
+    ]
+    after = next(r for r in result.steps if r.id == "after")
+    assert after.output == {"charged": "visa"}
+    assert engine.status().parked == []
+
+
+async def test_a_park_in_a_branch_times_out_when_it_would_have() -> None:
+    definition = make_definition(_loop_and_park(park_timeout="30s"))
+    straight_rt = _runtime()
+    await straight_rt.run(_straight(definition, straight_rt).run())
+
+    rt = _runtime()
+    result, _, snapshots = await _chain(definition, rt)
+    assert _parks(snapshots)
+    assert result.state == RunState.COMPLETED
+    assert _calls(rt) == _calls(straight_rt)
+    done = next(c for c in rt.calls if c.step_id == "done")
+    assert done.elapsed == 31  # 'ask' took 1 s, then the 30 s park timeout: not restarted by a switch
+    assert [(r.action, r.actor) for r in rt.resolutions] == [(DeadLetterAction.TIMEOUT, "timeout")]
+
+
+async def _until_parked(definition: Definition, rt: FakeRuntime) -> tuple[Engine, dict[str, Any]]:
+    snapshot: Continuation | None = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=2)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = _snapshot(engine)
+        if _parks([data]):
+            return engine, data
+        snapshot = read_continuation(data)
+    raise AssertionError("no run continued as new while the task was parked")
+
+
+async def test_a_decision_accepted_while_the_branches_switch_travels_with_the_park() -> None:
+    definition = make_definition(_loop_and_park())
+    rt = _runtime()
+    first, _ = await _until_parked(definition, rt)
+    [parked] = first.status().parked
+    assert (parked.park_id, first.state) == ("charge", RunState.PARKED)
+    first.resolve(DeadLetterDecision(action="skip", actor="ops", output={"charged": "by hand"}))
+    data = _snapshot(first)
+    [carried] = _parks([data])
+    assert (carried["decision"]["action"], carried["decision"]["actor"]) == ("skip", "ops")
+    assert rt.resolutions == []  # the row stays open for the next run
+
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    result = await rt.run(second.run())
+    assert result.state == RunState.COMPLETED, result.error
+    assert next(r for r in result.steps if r.id == "after").output == {"charged": "by hand"}
+    done = next(c for c in rt.calls if c.step_id == "done")
+    assert done.elapsed < 60  # decided at the switch: not waited for until the park timeout
+    assert [(r.action, r.dead_letter_id) for r in rt.resolutions] == [(DeadLetterAction.SKIP, 1)]
+
+
+async def test_a_carried_park_is_pending_and_decidable_from_the_next_runs_first_task() -> None:
+    definition = make_definition(_loop_and_park())
+    rt = _runtime()
+    first, data = await _until_parked(definition, rt)
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    [parked] = second.status().parked
+    assert (parked.park_id, parked.deadline) == ("charge", first.status().parked[0].deadline)
+    assert second.state == RunState.PARKED
+    second.resolve(DeadLetterDecision(action="abort", actor="ops", reason="no card"))
+    result = await rt.run(second.run())
+    assert (result.state, result.error_type) == (RunState.FAILED, "DeadLetterAborted")
+    assert [(r.action, r.dead_letter_id) for r in rt.resolutions] == [(DeadLetterAction.ABORT, 1)]
+
+
+def _forge(data: dict[str, Any], change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    forged = json.loads(json.dumps(data))
+    [lane] = [b for b in forged["kinds"][PARALLEL_KIND]["branches"] if "park" in b]
+    change(lane)
+    return forged
+
+
+async def test_a_carried_park_in_a_branch_is_checked() -> None:
+    """A forged or stale snapshot: a park carried at another position, under another path or
+    step, for another action, without its row, or beside another wait: refused."""
+    definition = make_definition(_loop_and_park())
+    rt = _runtime()
+    _, data = await _until_parked(definition, rt)
+    forgeries: list[tuple[dict[str, Any], str]] = [
+        (_forge(data, lambda lane: lane["park"].update(position=0)), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["park"]["view"].update(path="other")), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["park"]["view"].update(step_id="ask")), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["park"]["view"].update(action="work")), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane["park"]["view"].update(dead_letter_id=None)), "is not step 1 of it"),
+        (_forge(data, lambda lane: lane.update(position=2)), "is not step 2 of it"),
+        (
+            _forge(data, lambda lane: lane.update(delay={"position": 1, "path": "charge", "until": "x"})),
+            "waits in one step at most",
+        ),
+    ]
+    for forged, problem in forgeries:
+        with pytest.raises(ValueError, match=problem):
+            _engine(definition, rt, read_continuation(forged), every=100)
+    # A task that does not park on a dead letter cannot have a carried park.
+    steps = _loop_and_park()
+    steps[1]["branches"][1]["steps"][1]["on_failure"] = "fail"
+    steps[1]["branches"][1]["steps"][1].pop("park_timeout")
+    steps[1]["branches"][1]["steps"][1].pop("on_park_timeout")
+    with pytest.raises(ValueError, match="is not step 1 of it"):
+        _engine(make_definition(steps), rt, read_continuation(data), every=100)
+
+
+async def test_a_run_cancelled_before_it_went_back_into_the_branch_closes_the_row() -> None:
+    definition = make_definition(_loop_and_park())
+    rt = _runtime()
+    _, data = await _until_parked(definition, rt)
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    second.hold_steps = True  # a cancellation is on its way: no step starts, the branch is not entered
+    running = rt.spawn(second.run())
+    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
+    running.cancel()
+    result = await rt.run(running)
+    assert result.state == RunState.CANCELLED
+    assert second.status().parked == []
+    charge = [r for r in second.status().steps if r.id == "charge"]
+    assert [r.status for r in charge][-1] == StepStatus.CANCELLED
+    assert [(r.action, r.dead_letter_id) for r in rt.resolutions] == [(DeadLetterAction.CANCELLED, 1)]
