@@ -141,6 +141,9 @@ class CarriedEventWait(BaseModel):
     view: PendingEvent
     since: datetime
     event: Event | None = None
+    rank: int | None = Field(default=None, ge=0)
+    """A wait carried in a branch (item): its place among the run's event waits in the order they
+    began (the first matching wait takes an event), kept by the next run."""
 
 
 class CarriedPark(BaseModel):

@@ -758,6 +758,8 @@ class _EventWait:
     step: WaitForEventStep
     since: datetime
     event: Event | None = None
+    rank: int = 0
+    """Its place among the run's event waits in the order they began (carried for a branch's)."""
 
 
 @dataclass
@@ -837,7 +839,9 @@ class _Lane:
             place["park"] = parked.model_dump(mode="json")
         if self.event is not None:
             wait = self.event
-            entry = CarriedEventWait(position=self.index, view=wait.view, since=wait.since, event=wait.event)
+            entry = CarriedEventWait(
+                position=self.index, view=wait.view, since=wait.since, event=wait.event, rank=wait.rank
+            )
             place["event"] = entry.model_dump(mode="json")
         return place
 
@@ -1055,7 +1059,9 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             or pending.event != step.event
         ):
             raise ValueError(f"{where}: its carried event wait {pending.path!r} is not step {position} of it")
-        entry["event"] = _EventWait(view=pending, step=step, since=wait.since, event=wait.event)
+        entry["event"] = _EventWait(
+            view=pending, step=step, since=wait.since, event=wait.event, rank=wait.rank or 0
+        )
     if "delay" in entry:
         delay = CarriedDelay.model_validate(entry["delay"])
         if not isinstance(step, DelayStep) or delay.path != path or delay.position != position:
@@ -3656,6 +3662,8 @@ class Engine:
         trigger: Callable[[], bool] | None = None
         if top and self._nested_ok() and self._may_continue_waiting(PATCH_CONTINUE_AS_NEW_EVENTS):
             trigger = self._continue_trigger(resumed, event_path=path)
+        if path not in self._event_waits:  # (a carried one holds its place)
+            wait.rank = len(self._event_waits) and max(w.rank for w in self._event_waits.values()) + 1
         self._event_waits[path] = wait
         record.status = StepStatus.WAITING
         self.runtime.state_changed()
@@ -3679,6 +3687,9 @@ class Engine:
                             wait.event is None
                             and event.published_at is not None
                             and event.published_at >= since
+                            # A branch's wait resumed after its deadline passed between the runs
+                            # times out, as it would have, rather than take a later event.
+                            and (lane is None or deadline is None or event.published_at < deadline)
                         ):
                             request = self.deliver_event(event)
                             if request is not None:  # a cancel_on of the same type and key
@@ -4024,10 +4035,11 @@ class Engine:
                         raise ValueError(
                             f"carried event wait {wait.view.path!r} does not fit step {wait.step.id!r}"
                         )
-                    # Waiting from the first moment, so an event signalled with the run's first
-                    # task counts.
-                    self._event_waits[wait.view.path] = wait
                     self._carried_lane_events[wait.view.path] = wait
+            # Waiting from the first moment, so an event signalled with the run's first task counts;
+            # in the order they began, as the first matching wait takes an event.
+            for wait in sorted(self._carried_lane_events.values(), key=lambda w: w.rank):
+                self._event_waits[wait.view.path] = wait
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position

@@ -403,3 +403,60 @@ async def test_one_event_carried_for_two_items_is_refused() -> None:
     other["event"]["event"] = taken["event"]["event"]
     with pytest.raises(ValueError, match="'e-x' is carried for another wait too"):
         _engine(definition, rt, read_continuation(data), every=100)
+
+
+def _two_waits_same_key() -> list[dict[str, Any]]:
+    """Two branches wait for the same type and key: 'early' from 1 s on, 'late' from 5 s on; the
+    branch listed first in the definition is 'late'."""
+    return [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 12, 1)},
+                {"id": "late", "steps": [work("late_work", 5), {**_listen("30s"), "id": "late_answer"}]},
+                {"id": "early", "steps": [work("early_work", 1), {**_listen("30s"), "id": "early_answer"}]},
+            ],
+        },
+        work(
+            "after",
+            value="early={{ steps.par.output.early.event_id }} late={{ steps.par.output.late.event_id }}",
+        ),
+    ]
+
+
+async def test_the_wait_that_began_first_takes_the_event_after_a_switch_too() -> None:
+    """The first matching wait takes an event: uninterrupted, the one that began first ('early');
+    carried, the waits keep that order (before, they were restored in branch order and 'late'
+    took it: found by a review)."""
+    definition = make_definition(_two_waits_same_key())
+    straight_rt = new_runtime()
+    straight_rt.at(9, lambda: straight_rt.publish(_answer("e-1")))
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert _after(straight) == "early=e-1 late=None"
+
+    rt = new_runtime()
+    rt.at(9, lambda: rt.publish(_answer("e-1")))
+    result, _, snapshots = await _chain(definition, rt)
+    carried = {w["view"]["path"]: w["rank"] for w in _waits(snapshots)}
+    assert carried.keys() == {"early_answer", "late_answer"}
+    assert carried["early_answer"] < carried["late_answer"]
+    assert (result.state, _after(result)) == (RunState.COMPLETED, "early=e-1 late=None")
+
+
+async def test_a_wait_whose_deadline_passed_between_the_runs_times_out_rather_than_take_a_later_event() -> (
+    None
+):
+    definition = make_definition(_loop_and_listen())
+    rt = new_runtime()
+    first, data = await _until_wait(definition, rt)
+    [started] = first.status().waiting_events
+    rt.engine = None
+    await rt.run(rt.elapse(2 * 3600))  # no run's task for two hours: the deadline passes meanwhile
+    assert started.deadline is not None
+    assert rt.now() > started.deadline
+    rt.publish(_answer("e-late"))
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    result = await rt.run(second.run())
+    assert _after(result) == "None:True"  # as the uninterrupted run, which timed out at the deadline
