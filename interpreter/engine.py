@@ -213,6 +213,12 @@ the next run, which waits on it from its first workflow task. Asked when such a 
 waiting in a branch that may continue as new: a history recorded before the change replays its
 branches as they went on."""
 
+PATCH_ABANDON_CLOSES_WAITS = "abandon-closes-waits"
+"""Patch id: a run that cannot continue as new after all (its next run's input too large:
+:meth:`Engine.abandon_continuation`) closes what it kept open for that run: the mailbox
+subscriptions of its event waits, and the dead letter rows of its parks (resolved ``cancelled``).
+Asked only when there is one to close: a history recorded before ended without."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
@@ -1047,7 +1053,7 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             or parked_view.dead_letter_id is None
         ):
             raise ValueError(f"{where}: its carried park {parked_view.path!r} is not step {position} of it")
-        entry["park"] = parked
+        entry["park"] = (parked, step)  # the engine checks the rest (:meth:`Engine._carried_park_problem`)
     if "event" in entry:
         wait = CarriedEventWait.model_validate_json(json.dumps(entry["event"]))
         pending = wait.view
@@ -1467,10 +1473,21 @@ class Engine:
         """True while at least one approval step waits for a decision."""
         return any(a.decision is None for a in self._approvals.values())
 
-    def abandon_continuation(self, message: str, error_type: str) -> None:
+    async def abandon_continuation(self, message: str, error_type: str) -> None:
         """The host cannot continue the run as new (its next run's input would be too large): the run
         ends failed with ``message``, nothing it would have carried shown pending, parked, waiting
-        or running any more."""
+        or running any more, and (:data:`PATCH_ABANDON_CLOSES_WAITS`) the subscriptions and dead
+        letter rows it kept open for the next run closed."""
+        waits = [wait for wait in self._event_waits.values() if wait.view.subscribed]
+        rows = [
+            park.view.dead_letter_id for park in self._parked.values() if park.view.dead_letter_id is not None
+        ]
+        if (waits or rows) and self.runtime.patched(PATCH_ABANDON_CLOSES_WAITS):
+            for wait in waits:
+                await self._finally(self.runtime.unsubscribe_events(self._subscription_of(wait)))
+            closing = DeadLetterDecision(action=DeadLetterAction.CANCELLED, actor="run", reason=clip(message))
+            for row_id in rows:
+                await self._finally(self._resolve_row(row_id, closing))
         self._continuing = None
         self._approvals.clear()
         self._parked.clear()
@@ -4012,8 +4029,11 @@ class Engine:
                     self._approvals[person.view.path] = person
                     self._carried_lane_people[person.view.path] = person
                     self.state = self._waiting_state()
-                if isinstance(lane, dict) and isinstance(lane.get("park"), CarriedPark):
-                    carried_park = lane.pop("park")
+                if isinstance(lane, dict) and isinstance(lane.get("park"), tuple):
+                    carried_park, parked_step = lane.pop("park")
+                    problem = self._carried_park_problem(carried_park, parked_step)
+                    if problem is not None:
+                        raise ValueError(f"carried park {carried_park.view.path!r}: {problem}")
                     park = _Park(view=carried_park.view, decision=carried_park.decision)
                     # Shown and decidable from the first moment, so a decision delivered with the
                     # run's first task counts.
@@ -4153,6 +4173,45 @@ class Engine:
             self._parked[carried.view.park_id] = park
             self._carried_park, self._carried_parked = carried, park
             self.state = self._waiting_state()
+
+    def _carried_park_problem(self, carried: CarriedPark, step: TaskStep) -> str | None:
+        """What does not fit in a park a branch (item) carried, if anything: its deadline must be
+        the step's park timeout after it parked, a carried decision one an operator takes, its ids
+        and idempotency key the ones its call and redrives gave it (this workflow's, this
+        tenant's), and its dead letter row not carried for another branch."""
+        view, request, redrives = carried.view, carried.request, carried.redrives
+        timeout = parse_duration(step.park_timeout or self.definition.defaults.park_timeout)
+        if view.deadline != view.parked_at + timeout:
+            return "its deadline is not its step's park timeout after it parked"
+        operator = (DeadLetterAction.REDRIVE, DeadLetterAction.SKIP, DeadLetterAction.ABORT)
+        if carried.decision is not None and carried.decision.action not in operator:
+            return f"a carried {carried.decision.action.value!r} decision is the run's to take"
+        base = carried.activity_id.split("~r", 1)[0]
+        path, _, visit = base.partition("#")
+        chain = "".join(f"~r{i}" for i in range(1, redrives + 1))
+        if (
+            redrives < 0
+            or path != view.path
+            or (visit and not (visit.isdigit() and int(visit) > 1))
+            or carried.activity_id != (base if not redrives else f"{base}~r{redrives}")
+            or not (
+                view.park_id == carried.activity_id
+                or re.fullmatch(re.escape(carried.activity_id) + r"~p[2-9][0-9]*", view.park_id)
+            )
+        ):
+            return f"its activity id {carried.activity_id!r} or park id {view.park_id!r} is not its step's"
+        key = request.idempotency_key
+        prefix = f"{self.info.workflow_id}/"
+        if (
+            not key.startswith(prefix)
+            or key[len(prefix) :].partition("/")[2] != base + chain
+            or request.tenant != self.info.tenant
+            or request.step_id != view.path
+        ):
+            return "its request is not its step's call in this run's workflow"
+        if any(p.view.dead_letter_id == view.dead_letter_id for _, p in self._carried_lane_parks.values()):
+            return f"its dead letter row {view.dead_letter_id} is carried for another park too"
+        return None
 
     def _carried_event_fits(self, wait: _EventWait) -> bool:
         """Whether the event a carried wait took while the run switched (if any) is one its step

@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.continuation import Continuation, ContinuationVersionError, read_continuation
     from interpreter.durations import parse_duration
     from interpreter.engine import (
+        PATCH_ABANDON_CLOSES_WAITS,
         PATCH_COMPENSATE_IN_FLIGHT,
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
@@ -190,6 +191,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_DRAIN_FIXES: 4,
     PATCH_CONTINUE_AS_NEW_LANE_EVENTS: 5,
     PATCH_CONTINUE_AS_NEW_LANE_PARKS: 5,
+    PATCH_ABANDON_CLOSES_WAITS: 5,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -814,7 +816,7 @@ class RunDefinitionWorkflow:
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._engine.continuing:
-            self._continue_as_new(run)
+            await self._continue_as_new(run)
         else:
             self._telemetry.run_ended(result.state.value, workflow.info().start_time)
         if result.state == RunState.CANCELLED:
@@ -859,7 +861,7 @@ class RunDefinitionWorkflow:
         budget = self._history_budget
         return budget is not None and info.get_current_history_length() >= budget
 
-    def _continue_as_new(self, run: RunInput) -> None:
+    async def _continue_as_new(self, run: RunInput) -> None:
         """Continues the run as new with the engine's snapshot (taken after every handler
         finished, so a decision accepted during the switch travels in it). Same workflow id; the
         search attributes travel explicitly, as published."""
@@ -887,7 +889,7 @@ class RunDefinitionWorkflow:
                     f" ({CONTINUE_AS_NEW_MAX_BYTES} bytes). Keep less in variables and step outputs,"
                     " or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"
                 )
-                self._engine.abandon_continuation(message, "ContinueAsNewTooLarge")
+                await self._engine.abandon_continuation(message, "ContinueAsNewTooLarge")
                 self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
                 raise ApplicationError(
                     message,

@@ -460,3 +460,19 @@ async def test_a_wait_whose_deadline_passed_between_the_runs_times_out_rather_th
     second = _engine(definition, rt, read_continuation(data), every=100)
     result = await rt.run(second.run())
     assert _after(result) == "None:True"  # as the uninterrupted run, which timed out at the deadline
+
+
+async def test_a_run_that_cannot_continue_as_new_after_all_ends_the_kept_subscription() -> None:
+    """The branches stopped with the wait carried (its subscription kept for the next run); the host
+    then finds the next run's input too large and fails the run: the mailbox is told to forget the
+    wait (found by a review)."""
+    definition = make_definition(_loop_and_listen())
+    rt = new_runtime()
+    first, _ = await _until_wait(definition, rt)
+    assert [s.path for s in rt.subscriptions] == ["answer"]
+    await rt.run(
+        first.abandon_continuation("the run cannot continue as new: too large", "ContinueAsNewTooLarge")
+    )
+    assert rt.subscriptions == []
+    assert [s.path for s in rt.unsubscriptions] == ["answer"]
+    assert first.status().waiting_events == []

@@ -228,7 +228,8 @@ def _forge(data: dict[str, Any], change: Callable[[dict[str, Any]], Any]) -> dic
 
 async def test_a_carried_park_in_a_branch_is_checked() -> None:
     """A forged or stale snapshot: a park carried at another position, under another path or
-    step, for another action, without its row, or beside another wait: refused."""
+    step, for another action, without its row, beside another wait, with a deadline, decision,
+    ids, key or tenant that are not its step's: refused."""
     definition = make_definition(_loop_and_park())
     rt = _runtime()
     _, data = await _until_parked(definition, rt)
@@ -242,6 +243,29 @@ async def test_a_carried_park_in_a_branch_is_checked() -> None:
         (
             _forge(data, lambda lane: lane.update(delay={"position": 1, "path": "charge", "until": "x"})),
             "waits in one step at most",
+        ),
+        # Found by an attacker's probe: a deadline moved, a decision only the run takes, ids and a
+        # key its call did not have, another tenant's request.
+        (
+            _forge(data, lambda lane: lane["park"]["view"].update(deadline="2099-01-01T00:00:00Z")),
+            "its deadline is not its step's park timeout",
+        ),
+        (
+            _forge(data, lambda lane: lane["park"].update(decision={"action": "timeout", "actor": "x"})),
+            "a carried 'timeout' decision is the run's to take",
+        ),
+        (_forge(data, lambda lane: lane["park"]["view"].update(park_id="other")), "or park id 'other'"),
+        (_forge(data, lambda lane: lane["park"].update(activity_id="charge~r9")), "its activity id"),
+        (_forge(data, lambda lane: lane["park"].update(redrives=-4)), "its activity id"),
+        (
+            _forge(
+                data, lambda lane: lane["park"]["request"].update(idempotency_key="wf-1/run-0/charge~r-4")
+            ),
+            "its request is not its step's call",
+        ),
+        (
+            _forge(data, lambda lane: lane["park"]["request"].update(tenant="other")),
+            "its request is not its step's call",
         ),
     ]
     for forged, problem in forgeries:
@@ -271,3 +295,76 @@ async def test_a_run_cancelled_before_it_went_back_into_the_branch_closes_the_ro
     charge = [r for r in second.status().steps if r.id == "charge"]
     assert [r.status for r in charge][-1] == StepStatus.CANCELLED
     assert [(r.action, r.dead_letter_id) for r in rt.resolutions] == [(DeadLetterAction.CANCELLED, 1)]
+
+
+async def test_one_dead_letter_row_carried_for_two_items_is_refused() -> None:
+    """Items parked at once (item 2 still looping), each on its own row: a snapshot giving two of
+    them one row (it would be resolved twice) is refused (found by an attacker's probe)."""
+    definition = make_definition(
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(3) | list",
+                "concurrency": 3,
+                "steps": [
+                    work("seed", 1, value=0),
+                    work(
+                        "tick",
+                        1,
+                        value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
+                        max_visits=9,
+                    ),
+                    {
+                        "id": "more",
+                        "type": "condition",
+                        "if": "steps.tick.output < item * 4",
+                        "then": {"goto": "tick"},
+                        "max_visits": 9,
+                    },
+                    task(
+                        "charge",
+                        "charge",
+                        input={"amount": "{{ item }}"},
+                        retry={"maximum_attempts": 1},
+                        on_failure="dead_letter",
+                    ),
+                ],
+            },
+        ]
+    )
+    rt = _runtime()
+    snapshot: Continuation | None = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=1)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = _snapshot(engine)
+        parked = [lane for lane in data["kinds"][PARALLEL_KIND]["lanes"] if lane and "park" in lane]
+        if len(parked) >= 2:
+            break
+        snapshot = read_continuation(data)
+    assert len({lane["park"]["view"]["dead_letter_id"] for lane in parked}) == len(parked)
+    _engine(definition, rt, read_continuation(data), every=100)  # as it is, it reads
+    parked[1]["park"]["view"]["dead_letter_id"] = parked[0]["park"]["view"]["dead_letter_id"]
+    with pytest.raises(ValueError, match="is carried for another park too"):
+        _engine(definition, rt, read_continuation(data), every=100)
+
+
+async def test_a_run_that_cannot_continue_as_new_after_all_closes_the_row_it_kept_open() -> None:
+    """The branches stopped with the park carried (its row open for the next run); the host then
+    finds the next run's input too large and fails the run (``ContinueAsNewTooLarge``): the row is
+    resolved ``cancelled`` once, not left open for a run that will never come (found by an
+    attacker's probe)."""
+    definition = make_definition(_loop_and_park())
+    rt = _runtime()
+    first, _ = await _until_parked(definition, rt)
+    assert rt.resolutions == []
+    await rt.run(
+        first.abandon_continuation("the run cannot continue as new: too large", "ContinueAsNewTooLarge")
+    )
+    assert [(r.action, r.actor, r.dead_letter_id) for r in rt.resolutions] == [
+        (DeadLetterAction.CANCELLED, "run", 1)
+    ]
+    assert first.status().parked == []
+    assert first.result().error_type == "ContinueAsNewTooLarge"
