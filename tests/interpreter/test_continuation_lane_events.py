@@ -16,7 +16,16 @@ from interpreter.events import Event
 from interpreter.model import Definition
 from interpreter.state import RunResult, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
-from tests.interpreter.test_continuation_parallel import _looping
+from tests.interpreter.test_continuation_parallel import (
+    _cancelled_on_resume,
+    _carried,
+    _engine,
+    _gate_and_loop,
+    _looping,
+    _snapshot,
+    _ticking_items,
+    _until_carried,
+)
 from tests.interpreter.test_engine import make_definition, new_runtime, set_vars, work
 
 
@@ -33,46 +42,14 @@ def _listen(timeout: str = "1h", key: str = "fam-1") -> dict[str, Any]:
 
 
 def _loop_and_listen(timeout: str = "1h") -> list[dict[str, Any]]:
-    """A loop in one branch, a wait for an event in the other."""
-    return [
-        set_vars("init", {"a": 0}),
-        {
-            "id": "par",
-            "type": "parallel",
-            "branches": [
-                {"id": "loop", "steps": _looping("l", "a", 8, 1)},
-                {"id": "listen", "steps": [work("ask", 1, value="asked"), _listen(timeout)]},
-            ],
-        },
-        work(
-            "after",
-            value="{{ steps.par.output.listen.event_id }}:{{ steps.par.output.listen.timed_out }}",
-        ),
-    ]
+    """A loop in one branch, a wait for an event in the other ('after': ``<event id>:<timed out>``)."""
+    return _gate_and_loop(
+        _listen(timeout), after="{{ steps.par.output.gate.event_id }}:{{ steps.par.output.gate.timed_out }}"
+    )
 
 
 def _answer(event_id: str, key: str = "fam-1", answer: str = "yes", tenant: str = "default") -> Event:
     return Event(id=event_id, type="family.answered", key=key, tenant=tenant, data={"answer": answer})
-
-
-def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | None, every: int) -> Engine:
-    """An engine whose host asks to continue as new once ``every`` actions were called in its run;
-    the runtime's published events go to it."""
-    done = len(rt.calls)
-    engine = Engine(
-        definition,
-        {},
-        rt,
-        RunInfo("wf-1", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
-        continue_as_new=lambda: len(rt.calls) - done >= every,
-        resume=snapshot,
-    )
-    rt.engine = engine
-    return engine
-
-
-def _snapshot(engine: Engine) -> dict[str, Any]:
-    return json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
 
 
 async def _chain(
@@ -105,13 +82,7 @@ def _after(result: RunResult) -> Any:
 
 def _waits(snapshots: list[dict[str, Any]], key: str = "branches") -> list[dict[str, Any]]:
     """The event waits the snapshots carry in branches (``key``: items, ``lanes``)."""
-    return [
-        lane["event"]
-        for s in snapshots
-        if PARALLEL_KIND in s["kinds"]
-        for lane in s["kinds"][PARALLEL_KIND][key]
-        if lane and "event" in lane
-    ]
+    return _carried(snapshots, "event", key)
 
 
 async def test_an_event_wait_in_a_branch_is_carried_and_takes_an_event_published_in_a_later_run() -> None:
@@ -162,18 +133,8 @@ async def test_an_event_wait_in_a_branch_times_out_when_it_would_have() -> None:
 
 
 async def _until_wait(definition: Definition, rt: FakeRuntime) -> tuple[Engine, dict[str, Any]]:
-    """Runs the chain until a run continues as new while the branch waits for its event; that run's
-    engine and its snapshot (as JSON)."""
-    snapshot: Continuation | None = None
-    for _ in range(10):
-        engine = _engine(definition, rt, snapshot, every=2)
-        await rt.run(engine.run())
-        assert engine.continuing
-        data = _snapshot(engine)
-        if _waits([data]):
-            return engine, data
-        snapshot = read_continuation(data)
-    raise AssertionError("no run continued as new while the branch waited")
+    """:func:`_until_carried` a branch waiting for its event."""
+    return await _until_carried(definition, rt, "event")
 
 
 async def test_an_event_signalled_while_the_branches_switch_travels_with_the_wait() -> None:
@@ -216,30 +177,9 @@ async def test_event_waits_in_foreach_items_are_carried_each_with_its_key() -> N
     """Each item waits for its own key after a loop of its own length: items' waits travel while
     the others loop; an event for item 1 completes it, the others time out."""
     steps = [
-        {
-            "id": "each",
-            "type": "foreach",
-            "items": "range(3) | list",
-            "concurrency": 3,
-            "output": "{{ item }}:{{ steps.answer.output.event_id }}",
-            "steps": [
-                work("seed", 1, value=0),
-                work(
-                    "tick",
-                    2,
-                    value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
-                    max_visits=8,
-                ),
-                {
-                    "id": "more",
-                    "type": "condition",
-                    "if": "steps.tick.output < item * 4",
-                    "then": {"goto": "tick"},
-                    "max_visits": 8,
-                },
-                _listen(timeout="1m", key="fam-{{ item }}"),
-            ],
-        },
+        _ticking_items(
+            _listen(timeout="1m", key="fam-{{ item }}"), "{{ item }}:{{ steps.answer.output.event_id }}"
+        )
     ]
     definition = make_definition(steps)
     rt = new_runtime()
@@ -311,13 +251,7 @@ async def test_a_run_cancelled_before_it_went_back_into_the_branch_ends_the_wait
     definition = make_definition(_loop_and_listen())
     rt = new_runtime()
     _, data = await _until_wait(definition, rt)
-    second = _engine(definition, rt, read_continuation(data), every=100)
-    second.hold_steps = True  # a cancellation is on its way: no step starts, the branch is not entered
-    running = rt.spawn(second.run())
-    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
-    running.cancel()
-    result = await rt.run(running)
-    assert result.state == RunState.CANCELLED
+    second = await _cancelled_on_resume(definition, rt, data)
     assert second.status().waiting_events == []
     answer = [r for r in second.status().steps if r.id == "answer"]
     assert [r.status for r in answer] == [StepStatus.CANCELLED]
@@ -385,15 +319,7 @@ async def test_one_event_carried_for_two_items_is_refused() -> None:
         ]
     )
     rt = new_runtime()
-    snapshot: Continuation | None = None
-    for _ in range(10):
-        engine = _engine(definition, rt, snapshot, every=1)
-        await rt.run(engine.run())
-        assert engine.continuing
-        data = _snapshot(engine)
-        if len(_waits([data], "lanes")) >= 2:
-            break
-        snapshot = read_continuation(data)
+    engine, _ = await _until_carried(definition, rt, "event", "lanes", every=1, count=2)
     rt.publish(_answer("e-x"))  # during the switch: one item takes it
     data = _snapshot(engine)
     carrying = [lane for lane in data["kinds"][PARALLEL_KIND]["lanes"] if lane and "event" in lane]

@@ -12,44 +12,38 @@ from typing import Any
 
 import pytest
 
-from interpreter.continuation import Continuation, read_continuation
-from interpreter.engine import PARALLEL_KIND, Engine, RunInfo
+from interpreter.continuation import read_continuation
+from interpreter.engine import PARALLEL_KIND, Engine
 from interpreter.model import Definition
-from interpreter.state import DeadLetterAction, DeadLetterDecision, RunResult, RunState, StepStatus
+from interpreter.state import DeadLetterAction, DeadLetterDecision, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
-from tests.interpreter.test_continuation_parallel import _looping
+from tests.interpreter.test_continuation_lane_events import _chain, _straight
+from tests.interpreter.test_continuation_parallel import (
+    _cancelled_on_resume,
+    _carried,
+    _engine,
+    _gate_and_loop,
+    _snapshot,
+    _ticking_items,
+    _until_carried,
+)
 from tests.interpreter.test_dead_letters import charge_needs_card
-from tests.interpreter.test_engine import make_definition, new_runtime, set_vars, task, work
+from tests.interpreter.test_engine import make_definition, new_runtime, task, work
 
 
-def _loop_and_park(park_timeout: str = "1h", items: bool = False) -> list[dict[str, Any]]:
+def _loop_and_park(park_timeout: str = "1h") -> list[dict[str, Any]]:
     """A loop in one branch; in the other, 'ask', then 'charge' that fails without a card and
-    parks on a dead letter, then 'done'."""
-    pay = [
-        work("ask", 1, value="asked"),
-        task(
-            "charge",
-            "charge",
-            input={"amount": 5},
-            retry={"maximum_attempts": 1},
-            on_failure="dead_letter",
-            park_timeout=park_timeout,
-            on_park_timeout="continue",
-        ),
-        work("done", 1, value="{{ steps.charge.output }}"),
-    ]
-    return [
-        set_vars("init", {"a": 0}),
-        {
-            "id": "par",
-            "type": "parallel",
-            "branches": [
-                {"id": "loop", "steps": _looping("l", "a", 8, 1)},
-                {"id": "pay", "steps": pay},
-            ],
-        },
-        work("after", value="{{ steps.par.output.pay }}"),
-    ]
+    parks on a dead letter, then 'done'; 'after' shows 'done''s output."""
+    charge = task(
+        "charge",
+        "charge",
+        input={"amount": 5},
+        retry={"maximum_attempts": 1},
+        on_failure="dead_letter",
+        park_timeout=park_timeout,
+        on_park_timeout="continue",
+    )
+    return _gate_and_loop(charge, work("done", 1, value="{{ steps.charge.output }}"))
 
 
 def _runtime() -> FakeRuntime:
@@ -58,56 +52,9 @@ def _runtime() -> FakeRuntime:
     return rt
 
 
-def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | None, every: int) -> Engine:
-    """An engine whose host asks to continue as new once ``every`` actions were called in its run
-    (the runtime's ``engine``: the one decisions go to)."""
-    done = len(rt.calls)
-    engine = Engine(
-        definition,
-        {},
-        rt,
-        RunInfo("wf-1", f"run-{0 if snapshot is None else snapshot.generation}", rt.now()),
-        continue_as_new=lambda: len(rt.calls) - done >= every,
-        resume=snapshot,
-    )
-    rt.engine = engine
-    return engine
-
-
-def _snapshot(engine: Engine) -> dict[str, Any]:
-    return json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
-
-
-async def _chain(
-    definition: Definition, rt: FakeRuntime, every: int = 2
-) -> tuple[RunResult, Engine, list[dict[str, Any]]]:
-    snapshot: Continuation | None = None
-    snapshots: list[dict[str, Any]] = []
-    for _ in range(40):
-        engine = _engine(definition, rt, snapshot, every)
-        result = await rt.run(engine.run())
-        if not engine.continuing:
-            return result, engine, snapshots
-        data = _snapshot(engine)
-        snapshots.append(data)
-        snapshot = read_continuation(data)
-    raise AssertionError("the chain did not end")
-
-
-def _straight(definition: Definition, rt: FakeRuntime) -> Engine:
-    engine = Engine(definition, {}, rt, RunInfo("wf-1", "run-0", rt.now()))
-    rt.engine = engine
-    return engine
-
-
 def _parks(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        lane["park"]
-        for s in snapshots
-        if PARALLEL_KIND in s["kinds"]
-        for lane in s["kinds"][PARALLEL_KIND]["branches"]
-        if "park" in lane
-    ]
+    """The parks the snapshots carry in branches."""
+    return _carried(snapshots, "park")
 
 
 def _decide_at(rt: FakeRuntime, at: float, **decision: Any) -> None:
@@ -172,16 +119,8 @@ async def test_a_park_in_a_branch_times_out_when_it_would_have() -> None:
 
 
 async def _until_parked(definition: Definition, rt: FakeRuntime) -> tuple[Engine, dict[str, Any]]:
-    snapshot: Continuation | None = None
-    for _ in range(10):
-        engine = _engine(definition, rt, snapshot, every=2)
-        await rt.run(engine.run())
-        assert engine.continuing
-        data = _snapshot(engine)
-        if _parks([data]):
-            return engine, data
-        snapshot = read_continuation(data)
-    raise AssertionError("no run continued as new while the task was parked")
+    """:func:`_until_carried` a branch parked on a dead letter."""
+    return await _until_carried(definition, rt, "park")
 
 
 async def test_a_decision_accepted_while_the_branches_switch_travels_with_the_park() -> None:
@@ -284,13 +223,7 @@ async def test_a_run_cancelled_before_it_went_back_into_the_branch_closes_the_ro
     definition = make_definition(_loop_and_park())
     rt = _runtime()
     _, data = await _until_parked(definition, rt)
-    second = _engine(definition, rt, read_continuation(data), every=100)
-    second.hold_steps = True  # a cancellation is on its way: no step starts, the branch is not entered
-    running = rt.spawn(second.run())
-    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
-    running.cancel()
-    result = await rt.run(running)
-    assert result.state == RunState.CANCELLED
+    second = await _cancelled_on_resume(definition, rt, data)
     assert second.status().parked == []
     charge = [r for r in second.status().steps if r.id == "charge"]
     assert [r.status for r in charge][-1] == StepStatus.CANCELLED
@@ -300,50 +233,17 @@ async def test_a_run_cancelled_before_it_went_back_into_the_branch_closes_the_ro
 async def test_one_dead_letter_row_carried_for_two_items_is_refused() -> None:
     """Items parked at once (item 2 still looping), each on its own row: a snapshot giving two of
     them one row (it would be resolved twice) is refused (found by an attacker's probe)."""
-    definition = make_definition(
-        [
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(3) | list",
-                "concurrency": 3,
-                "steps": [
-                    work("seed", 1, value=0),
-                    work(
-                        "tick",
-                        1,
-                        value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
-                        max_visits=9,
-                    ),
-                    {
-                        "id": "more",
-                        "type": "condition",
-                        "if": "steps.tick.output < item * 4",
-                        "then": {"goto": "tick"},
-                        "max_visits": 9,
-                    },
-                    task(
-                        "charge",
-                        "charge",
-                        input={"amount": "{{ item }}"},
-                        retry={"maximum_attempts": 1},
-                        on_failure="dead_letter",
-                    ),
-                ],
-            },
-        ]
+    charge = task(
+        "charge",
+        "charge",
+        input={"amount": "{{ item }}"},
+        retry={"maximum_attempts": 1},
+        on_failure="dead_letter",
     )
+    definition = make_definition([_ticking_items(charge)])
     rt = _runtime()
-    snapshot: Continuation | None = None
-    for _ in range(10):
-        engine = _engine(definition, rt, snapshot, every=1)
-        await rt.run(engine.run())
-        assert engine.continuing
-        data = _snapshot(engine)
-        parked = [lane for lane in data["kinds"][PARALLEL_KIND]["lanes"] if lane and "park" in lane]
-        if len(parked) >= 2:
-            break
-        snapshot = read_continuation(data)
+    _, data = await _until_carried(definition, rt, "park", "lanes", every=1, count=2)
+    parked = [lane for lane in data["kinds"][PARALLEL_KIND]["lanes"] if lane and "park" in lane]
     assert len({lane["park"]["view"]["dead_letter_id"] for lane in parked}) == len(parked)
     _engine(definition, rt, read_continuation(data), every=100)  # as it is, it reads
     parked[1]["park"]["view"]["dead_letter_id"] = parked[0]["park"]["view"]["dead_letter_id"]

@@ -60,9 +60,10 @@ def _parallel_loops(left: int = 9, right: int = 5) -> list[dict[str, Any]]:
 
 
 def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | None, every: int) -> Engine:
-    """An engine whose host asks to continue as new once ``every`` actions were called in its run."""
+    """An engine whose host asks to continue as new once ``every`` actions were called in its run
+    (the runtime's ``engine``: the one published events and decisions go to)."""
     done = len(rt.calls)
-    return Engine(
+    engine = Engine(
         definition,
         {},
         rt,
@@ -70,6 +71,13 @@ def _engine(definition: Definition, rt: FakeRuntime, snapshot: Continuation | No
         continue_as_new=lambda: len(rt.calls) - done >= every,
         resume=snapshot,
     )
+    rt.engine = engine
+    return engine
+
+
+def _snapshot(engine: Engine) -> dict[str, Any]:
+    """The engine's continuation, as JSON (as the next run's input carries it)."""
+    return json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
 
 
 async def _chain(
@@ -146,8 +154,9 @@ async def test_max_visits_in_a_parallel_branch_counts_across_runs() -> None:
     assert rt.calls[-1].step_id == "refund"
 
 
-def _gate_and_loop(gate: dict[str, Any]) -> list[dict[str, Any]]:
-    """A loop in one branch, ``gate`` (an approval or human task) in the other."""
+def _gate_and_loop(*gate: dict[str, Any], after: str = "{{ steps.par.output.gate }}") -> list[dict[str, Any]]:
+    """A loop in one branch; in the other, 'ask', then the ``gate`` steps (an approval or human
+    task, ...); then 'after' (its value ``after``)."""
     return [
         set_vars("init", {"a": 0}),
         {
@@ -155,37 +164,64 @@ def _gate_and_loop(gate: dict[str, Any]) -> list[dict[str, Any]]:
             "type": "parallel",
             "branches": [
                 {"id": "loop", "steps": _looping("l", "a", 8, 1)},
-                {"id": "gate", "steps": [work("ask", 1, value="asked"), gate]},
+                {"id": "gate", "steps": [work("ask", 1, value="asked"), *gate]},
             ],
         },
-        work("after", value="{{ steps.par.output.gate }}"),
+        work("after", value=after),
+    ]
+
+
+async def _cancelled_on_resume(definition: Definition, rt: FakeRuntime, data: dict[str, Any]) -> Engine:
+    """The next run from snapshot ``data``, cancelled before it went back into the branches (a
+    cancellation on its way: no step starts); its engine (the run ended ``cancelled``)."""
+    second = _engine(definition, rt, read_continuation(data), every=100)
+    second.hold_steps = True
+    running = rt.spawn(second.run())
+    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
+    running.cancel()
+    result = await rt.run(running)
+    assert result.state == RunState.CANCELLED
+    return second
+
+
+def _carried(snapshots: list[dict[str, Any]], wait: str, key: str = "branches") -> list[dict[str, Any]]:
+    """The waits of kind ``wait`` (``person``, ``event``, ``park``, ``delay``) the snapshots carry
+    in branches (``key``: items, ``lanes``)."""
+    return [
+        lane[wait]
+        for s in snapshots
+        if PARALLEL_KIND in s["kinds"]
+        for lane in s["kinds"][PARALLEL_KIND][key]
+        if lane and wait in lane
     ]
 
 
 def _people(snapshots: list[dict[str, Any]], key: str = "branches") -> list[dict[str, Any]]:
     """The approvals and human tasks the snapshots carry in branches (``key``: items, ``lanes``)."""
-    return [
-        lane["person"]
-        for s in snapshots
-        if PARALLEL_KIND in s["kinds"]
-        for lane in s["kinds"][PARALLEL_KIND][key]
-        if lane and "person" in lane
-    ]
+    return _carried(snapshots, "person", key)
+
+
+async def _until_carried(
+    definition: Definition, rt: FakeRuntime, wait: str, key: str = "branches", every: int = 2, count: int = 1
+) -> tuple[Engine, dict[str, Any]]:
+    """Runs the chain (a switch every ``every`` actions) until a run continues as new while
+    ``count`` branches (items, ``key``) wait in a ``wait`` (see :func:`_carried`); that run's
+    engine, and its snapshot (as JSON)."""
+    snapshot: Continuation | None = None
+    for _ in range(10):
+        engine = _engine(definition, rt, snapshot, every=every)
+        await rt.run(engine.run())
+        assert engine.continuing
+        data = _snapshot(engine)
+        if len(_carried([data], wait, key)) >= count:
+            return engine, data
+        snapshot = read_continuation(data)
+    raise AssertionError(f"no run continued as new while {count} branches waited in a {wait}")
 
 
 async def _until_person(definition: Definition, rt: FakeRuntime) -> tuple[Engine, dict[str, Any]]:
-    """Runs the chain (a switch every 2 actions) until a run continues as new while a branch waits
-    for a person; that run's engine, and its snapshot (as JSON)."""
-    snapshot: Continuation | None = None
-    for _ in range(10):
-        engine = _engine(definition, rt, snapshot, every=2)
-        await rt.run(engine.run())
-        assert engine.continuing
-        data = json.loads(json.dumps(engine.continuation().model_dump(mode="json")))
-        if _people([data]):
-            return engine, data
-        snapshot = read_continuation(data)
-    raise AssertionError("no run continued as new while the branch waited")
+    """:func:`_until_carried` a branch waiting for a person."""
+    return await _until_carried(definition, rt, "person")
 
 
 async def test_an_approval_waiting_in_a_branch_is_carried_and_times_out_when_it_would_have() -> None:
@@ -248,6 +284,36 @@ async def test_a_decision_accepted_while_the_branches_switch_travels_with_the_ap
     assert [d.actor for d in second.status().decisions if d.accepted] == ["alice"]
 
 
+def _ticking_items(last: dict[str, Any], output: str | None = None) -> dict[str, Any]:
+    """A foreach of 3 items, all at once: each item 'seed' (1 s), then 'tick' (2 s) ``item * 4``
+    times (at least once) in a goto loop, then ``last``: item 0 reaches it after one tick, item 1
+    after 4, item 2 after 8."""
+    return {
+        "id": "each",
+        "type": "foreach",
+        "items": "range(3) | list",
+        "concurrency": 3,
+        **({} if output is None else {"output": output}),
+        "steps": [
+            work("seed", 1, value=0),
+            work(
+                "tick",
+                2,
+                value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
+                max_visits=8,
+            ),
+            {
+                "id": "more",
+                "type": "condition",
+                "if": "steps.tick.output < item * 4",
+                "then": {"goto": "tick"},
+                "max_visits": 8,
+            },
+            last,
+        ],
+    }
+
+
 async def test_a_human_task_waiting_in_a_foreach_item_is_carried() -> None:
     """Human tasks in foreach items (one per item, paths ``each[i].call``) wait while other items
     loop: carried with their due times; completed in a later run of the chain, by the person."""
@@ -260,30 +326,9 @@ async def test_a_human_task_waiting_in_a_foreach_item_is_carried() -> None:
         "on_timeout": "continue",
     }
     steps = [
-        {
-            "id": "each",
-            "type": "foreach",
-            "items": "range(3) | list",
-            "concurrency": 3,
-            "output": "{{ item }}:{{ steps.call.output.status }}:{{ steps.call.output.completed_by }}",
-            "steps": [
-                work("seed", 1, value=0),
-                work(
-                    "tick",
-                    2,
-                    value="{{ (steps.tick.output if steps.tick is defined else steps.seed.output) + 1 }}",
-                    max_visits=8,
-                ),
-                {
-                    "id": "more",
-                    "type": "condition",
-                    "if": "steps.tick.output < item * 4",
-                    "then": {"goto": "tick"},
-                    "max_visits": 8,
-                },
-                task_step,
-            ],
-        },
+        _ticking_items(
+            task_step, "{{ item }}:{{ steps.call.output.status }}:{{ steps.call.output.completed_by }}"
+        )
     ]
     # Item 0's task waits after one tick, item 1's after 4, item 2's after 8.
     definition = make_definition(steps)
@@ -503,13 +548,7 @@ async def test_a_run_cancelled_before_it_went_back_into_the_parallel_step_closes
     first = _engine(definition, rt, None, every=3)
     await rt.run(first.run())
     snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
-    second = _engine(definition, rt, snapshot, every=100)
-    second.hold_steps = True  # a cancellation is on its way: no step starts
-    task_ = rt.spawn(second.run())
-    await rt.run_until(lambda: any(w.summary == "cancelling" for w in rt.waits))
-    task_.cancel()
-    result = await rt.run(task_)
-    assert result.state == RunState.CANCELLED
+    second = await _cancelled_on_resume(definition, rt, snapshot.model_dump(mode="json"))
     par = [r for r in second.status().steps if r.id == "par"]
     assert [r.status for r in par] == [StepStatus.CANCELLED]
     assert rt.calls[-1].step_id == "refund"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -586,6 +586,19 @@ async def test_a_human_task_stays_pending_across_continue_as_new_and_a_completio
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
 
+async def _mailbox_forgot_the_wait(client: Client, key: str, events: list[str]) -> None:
+    """The mailbox of ``family.answered`` events of ``key`` holds no subscription any more (the wait
+    ended) and holds ``events``."""
+    mailbox = client.get_workflow_handle(mailbox_id("default", "family.answered", key))
+    state = await eventually(
+        lambda: mailbox.query("state", result_type=MailboxState),
+        lambda s: not s.subscriptions,
+        timeout=30,
+        what="the mailbox forgot the wait",
+    )
+    assert [e.id for e in state.events] == events
+
+
 async def test_an_event_wait_continues_as_new_and_an_event_published_at_the_switch_is_taken_once(
     limited_client: Client, limited_worker: Worker, task_queue: str
 ) -> None:
@@ -654,14 +667,7 @@ async def test_an_event_wait_continues_as_new_and_an_event_published_at_the_swit
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
     assert await _replay_chain(limited_client, handle.id) == len(runs)
     # The subscription the chain kept is gone once the wait ended.
-    mailbox = limited_client.get_workflow_handle(mailbox_id("default", "family.answered", family))
-    state = await eventually(
-        lambda: mailbox.query("state", result_type=MailboxState),
-        lambda s: not s.subscriptions,
-        timeout=30,
-        what="the mailbox forgot the wait",
-    )
-    assert [e.id for e in state.events] == ["e-1"]
+    await _mailbox_forgot_the_wait(limited_client, family, ["e-1"])
 
 
 async def test_a_loop_and_an_approval_inside_branches_continue_as_new_there(
@@ -963,6 +969,44 @@ async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_thei
     assert len(scheduled) == len(set(scheduled)) == 30 * 5
 
 
+def _loop_beside(gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps: a 40-turn loop (about 240 events) in one branch of a top-level parallel step,
+    ``gate`` (a branch that waits) in the other."""
+    return [
+        {"id": "init", "type": "set", "vars": {"a": 0}},
+        {
+            "id": "fan",
+            "type": "parallel",
+            "branches": [{"id": "loop", "steps": _counting_branch("l", "a", 40)}, gate],
+        },
+    ]
+
+
+async def _waited_through_the_chain(
+    handle: WorkflowHandle[Any, Any], started: RunStatus, what: str
+) -> RunStatus:
+    """The status once the loop is done in a chain that continued at least twice since ``started``."""
+    return await eventually(
+        lambda: status(handle),
+        lambda s: s.continued >= started.continued + 2 and s.vars.get("l_n") == 40,
+        timeout=120,
+        what=f"the loop done in a chain that continued while {what}",
+    )
+
+
+async def _ran_once(client: Client, workflow_id: str, echo: Callable[[str], bool]) -> list[str]:
+    """Checks the chain: none terminated, every run replays, the 41 echo calls (``echo`` picks their
+    activity ids: the loop's 40 turns and the waiting branch's first step) scheduled once each;
+    returns every activity id scheduled."""
+    runs = await _chain(client, workflow_id)
+    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
+    assert await _replay_chain(client, workflow_id) == len(runs)
+    scheduled = await _scheduled(client, workflow_id, runs)
+    echoes = [a for a in scheduled if echo(a)]
+    assert len(echoes) == len(set(echoes)) == 41
+    return scheduled
+
+
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
 async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
     limited_client: Client, limited_worker: Worker, task_queue: str, level: int
@@ -972,25 +1016,15 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
     pending with its deadline through the chain; approved in a later run, the step completes with
     the decision and the loop's count. At generation 0 the patch is asked (a marker); every run of
     the chain replays."""
+    ask = {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}}
     document = definition(
         unique("branch-approval"),
-        [
-            {"id": "init", "type": "set", "vars": {"a": 0}},
+        _loop_beside(
             {
-                "id": "fan",
-                "type": "parallel",
-                "branches": [
-                    {"id": "loop", "steps": _counting_branch("l", "a", 40)},
-                    {
-                        "id": "gate",
-                        "steps": [
-                            {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}},
-                            {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "1h"},
-                        ],
-                    },
-                ],
-            },
-        ],
+                "id": "gate",
+                "steps": [ask, {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "1h"}],
+            }
+        ),
         limits={"history_budget": 100},
         output={"n": "{{ vars.l_n }}", "decision": "{{ steps.ok.output.decision }}"},
     )
@@ -1004,12 +1038,7 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
         what="the approval in the branch pending",
     )
     [pending] = first.pending_approvals
-    later = await eventually(
-        lambda: status(handle),
-        lambda s: s.continued >= first.continued + 2 and s.vars.get("l_n") == 40,
-        timeout=120,
-        what="the loop done in a chain that continued while the approval waited",
-    )
+    later = await _waited_through_the_chain(handle, first, "the approval waited")
     [carried] = later.pending_approvals
     assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
     await handle.signal("approve", {"actor": "alice", "reason": "ok"})
@@ -1018,12 +1047,7 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
     assert result.output == {"n": 40, "decision": "approved"}
     final = await status(handle)
     assert [r.status for r in final.steps if r.id == "ok"] == [StepStatus.COMPLETED]
-    runs = await _chain(limited_client, handle.id)
-    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
-    assert await _replay_chain(limited_client, handle.id) == len(runs)
-    # The echo calls ran once each across the chain: 40 turns and 'ask'.
-    scheduled = await _scheduled(limited_client, handle.id, runs)
-    assert len(scheduled) == len(set(scheduled)) == 41
+    await _ran_once(limited_client, handle.id, lambda activity_id: True)
 
 
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
@@ -1036,32 +1060,18 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
     run completes the step once, and the mailbox forgets the wait. At generation 0 the patch is
     asked (a marker); every run of the chain replays."""
     family = unique("fam")
+    answer = {
+        "id": "answer",
+        "type": "wait_for_event",
+        "event": "family.answered",
+        "key": "{{ input.family_id }}",
+        "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
+        "timeout": "1h",
+    }
+    ask = {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}}
     document = definition(
         unique("branch-event"),
-        [
-            {"id": "init", "type": "set", "vars": {"a": 0}},
-            {
-                "id": "fan",
-                "type": "parallel",
-                "branches": [
-                    {"id": "loop", "steps": _counting_branch("l", "a", 40)},
-                    {
-                        "id": "listen",
-                        "steps": [
-                            {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}},
-                            {
-                                "id": "answer",
-                                "type": "wait_for_event",
-                                "event": "family.answered",
-                                "key": "{{ input.family_id }}",
-                                "fields": [{"name": "answer", "type": "enum", "values": ["yes", "no"]}],
-                                "timeout": "1h",
-                            },
-                        ],
-                    },
-                ],
-            },
-        ],
+        _loop_beside({"id": "listen", "steps": [ask, answer]}),
         limits={"history_budget": 100},
         output={"n": "{{ vars.l_n }}", "answer": "{{ steps.answer.output.data.answer }}"},
     )
@@ -1080,12 +1090,7 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
         what="the wait in the branch subscribed",
     )
     [started] = first.waiting_events
-    later = await eventually(
-        lambda: status(handle),
-        lambda s: s.continued >= first.continued + 2 and s.vars.get("l_n") == 40,
-        timeout=120,
-        what="the loop done in a chain that continued while the wait waited",
-    )
+    later = await _waited_through_the_chain(handle, first, "the wait waited")
     [carried] = later.waiting_events
     assert (carried.path, carried.key, carried.since, carried.deadline) == (
         "answer",
@@ -1104,26 +1109,13 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
     assert [(r.status, r.output["event_id"]) for r in final.steps if r.id == "answer"] == [
         (StepStatus.COMPLETED, "b-1")
     ]
-    runs = await _chain(limited_client, handle.id)
-    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
-    assert await _replay_chain(limited_client, handle.id) == len(runs)
-    # The echo calls ran once each across the chain: 40 turns and 'ask'; the wait subscribed
-    # again under the same name in each run it waited in (the mailbox keeps one subscription).
-    scheduled = await _scheduled(limited_client, handle.id, runs)
-    echoes = [a for a in scheduled if not a.startswith("answer/")]
-    assert len(echoes) == len(set(echoes)) == 41
-    print(
-        f"\nlevel {level}: {len(runs)} runs; the wait's activities {[a for a in scheduled if a not in echoes]}"
+    # The wait subscribed again under the same name in each run it waited in (the mailbox keeps
+    # one subscription).
+    scheduled = await _ran_once(
+        limited_client, handle.id, lambda activity_id: not activity_id.startswith("answer/")
     )
     assert scheduled.count("answer/events#1") >= 3
-    mailbox = limited_client.get_workflow_handle(mailbox_id("default", "family.answered", family))
-    state = await eventually(
-        lambda: mailbox.query("state", result_type=MailboxState),
-        lambda s: not s.subscriptions,
-        timeout=30,
-        what="the mailbox forgot the wait",
-    )
-    assert [e.id for e in state.events] == ["b-1"]
+    await _mailbox_forgot_the_wait(limited_client, family, ["b-1"])
 
 
 async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
@@ -1137,29 +1129,13 @@ async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loo
     _cards(http_server)
     document = _charge(unique("branch-park"), http_server.url)
     prep, charge, after = document["steps"]
-    document["steps"] = [
-        {"id": "init", "type": "set", "vars": {"a": 0}},
-        {
-            "id": "fan",
-            "type": "parallel",
-            "branches": [
-                {"id": "loop", "steps": _counting_branch("l", "a", 40)},
-                {"id": "pay", "steps": [prep, charge]},
-            ],
-        },
-        after,
-    ]
+    document["steps"] = [*_loop_beside({"id": "pay", "steps": [prep, charge]}), after]
     document["output"] = {"n": "{{ vars.l_n }}", "charge": "{{ steps.charge.output }}"}
     run = await limited_flows.start_run(document, {"card": "expired"})
     row = await _open_row(limited_flows, run.workflow_id)
     handle = limited_flows.client.get_workflow_handle(run.workflow_id)
     first = await eventually(lambda: status(handle), lambda s: bool(s.parked), what="parked", timeout=60)
-    later = await eventually(
-        lambda: status(handle),
-        lambda s: s.continued >= first.continued + 2 and s.vars.get("l_n") == 40,
-        timeout=120,
-        what="the loop done in a chain that continued while the task was parked",
-    )
+    later = await _waited_through_the_chain(handle, first, "the task was parked")
     assert later.state == RunState.PARKED
     assert [(p.park_id, p.dead_letter_id, p.deadline) for p in later.parked] == [
         (p.park_id, row.id, p.deadline) for p in first.parked
@@ -1173,12 +1149,9 @@ async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loo
     assert charges[1].idempotency_key == f"{charges[0].idempotency_key}~r1"  # the same step, redriven
     resolved = await limited_flows.show_dead_letter(row.id)
     assert (resolved.status, resolved.resolved_by) == (DeadLetterStatus.REDRIVEN, "ops-alice")
-    runs = await _chain(limited_flows.client, run.workflow_id)
-    assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
-    assert await _replay_chain(limited_flows.client, run.workflow_id) == len(runs)
-    scheduled = await _scheduled(limited_flows.client, run.workflow_id, runs)
-    echoes = [a for a in scheduled if a.startswith(("l_", "prep"))]
-    assert len(echoes) == len(set(echoes)) == 41
+    await _ran_once(
+        limited_flows.client, run.workflow_id, lambda activity_id: activity_id.startswith(("l_", "prep"))
+    )
 
 
 async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
