@@ -199,8 +199,10 @@ that waits for its event no longer keeps the other branches' loops in one run: w
 it slept in a delay; the wait travels in the branch's carried entry (its key, window and deadline,
 and an event taken while the run switched), its subscription stays, and the next run waits from
 its first workflow task (subscribing again under the same name: an event published between the
-runs is in the answer). Asked when such a wait starts in a branch that may continue as new: a
-history recorded before the change replays its branches as they went on."""
+runs is in the answer); a branch whose next step is such a wait goes into it while the others stop.
+Applies only to runs started at its generation or above (the host never asks ``workflow.patched``
+for it: ``workflows.generic.CARRIED_FORMAT_PATCHES``), so a run recorded before replays its
+branches as they went on, and an older build can read any snapshot of an older run."""
 
 PATCH_CONTINUE_AS_NEW_LANE_PARKS = "continue-as-new-lane-parks"
 """Patch id: a task among a ``parallel`` branch's own steps (a ``foreach`` item's) parked on a
@@ -209,9 +211,8 @@ decision (its park timeout not come), the branches stop for a continue-as-new as
 delay; the park travels in the branch's carried entry (the same dead letter row, park id and
 deadline, the failed call's request and activity id, the redrive count, and a decision accepted
 while the run switched) and stays shown and decidable until the switch; the row stays open for
-the next run, which waits on it from its first workflow task. Asked when such a park starts
-waiting in a branch that may continue as new: a history recorded before the change replays its
-branches as they went on."""
+the next run, which waits on it from its first workflow task. Applies only to runs started at its
+generation or above (as :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
 
 PATCH_ABANDON_CLOSES_WAITS = "abandon-closes-waits"
 """Patch id: a run that cannot continue as new after all (its next run's input too large:

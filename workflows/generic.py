@@ -200,6 +200,12 @@ meets). Runs at level 0 (every run started before the levels, and raw clients th
 ask ``workflow.patched`` as before, so their histories replay unchanged. A new patch gets level
 :data:`ENGINE_LEVEL` + 1 here and ``ENGINE_LEVEL`` follows it: runs started at the earlier level
 ask it (a marker where it applies), runs started at the new one do not."""
+CARRIED_FORMAT_PATCHES = frozenset({PATCH_CONTINUE_AS_NEW_LANE_EVENTS, PATCH_CONTINUE_AS_NEW_LANE_PARKS})
+"""Patches that put into a continue-as-new snapshot what a build of an earlier generation cannot
+read (a wait carried in a branch): they apply only to runs started at their generation or above,
+never asked through ``workflow.patched``. A run started at an earlier generation (by a client that
+older workers may still serve, during a rollout) keeps its branches as before whichever worker
+runs it, so an older worker can always take its next run."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -663,10 +669,14 @@ class EngineLevelUnknownError(RuntimeError):
 
 def patch_applies(options: RunOptions, patch_id: str) -> bool:
     """Whether the change ``patch_id`` applies to the run with ``options``: from its start when the
-    run's generation has it (:data:`PATCH_LEVELS`), else as ``workflow.patched`` answers."""
+    run's generation has it (:data:`PATCH_LEVELS`), never for a run of an earlier generation when it
+    changes what a snapshot carries (:data:`CARRIED_FORMAT_PATCHES`), else as ``workflow.patched``
+    answers."""
     level = PATCH_LEVELS.get(patch_id)
     if level is not None and options.engine_level >= level:
         return True
+    if patch_id in CARRIED_FORMAT_PATCHES:
+        return False
     return workflow.patched(patch_id)
 
 
