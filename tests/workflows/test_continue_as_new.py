@@ -982,16 +982,28 @@ def _loop_beside(gate: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def _waited_through_the_chain(
-    handle: WorkflowHandle[Any, Any], started: RunStatus, what: str
-) -> RunStatus:
-    """The status once the loop is done in a chain that continued at least twice since ``started``."""
+async def _waited_through_the_chain(handle: WorkflowHandle[Any, Any], what: str) -> RunStatus:
+    """The status once the loop is done in a chain that continued at least twice."""
     return await eventually(
         lambda: status(handle),
-        lambda s: s.continued >= started.continued + 2 and s.vars.get("l_n") == 40,
+        lambda s: s.continued >= 2 and s.vars.get("l_n") == 40,
         timeout=120,
         what=f"the loop done in a chain that continued while {what}",
     )
+
+
+async def _runs_carrying(client: Client, workflow_id: str, wait: str) -> int:
+    """How many runs of the chain started with a branch carrying a ``wait`` (``person``, ``event``,
+    ``park``) in their input's snapshot: the switches that wait was carried through (counted from
+    the histories, not from when a test first saw the wait)."""
+    carrying = 0
+    for run_id, _ in await _chain(client, workflow_id):
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_input = json.loads(started.input.payloads[0].data)
+        parallel = ((run_input.get("continuation") or {}).get("kinds") or {}).get("parallel") or {}
+        carrying += any(wait in lane for lane in parallel.get("branches", []))
+    return carrying
 
 
 async def _ran_once(client: Client, workflow_id: str, echo: Callable[[str], bool]) -> list[str]:
@@ -1038,7 +1050,7 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
         what="the approval in the branch pending",
     )
     [pending] = first.pending_approvals
-    later = await _waited_through_the_chain(handle, first, "the approval waited")
+    later = await _waited_through_the_chain(handle, "the approval waited")
     [carried] = later.pending_approvals
     assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
     await handle.signal("approve", {"actor": "alice", "reason": "ok"})
@@ -1048,6 +1060,7 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
     final = await status(handle)
     assert [r.status for r in final.steps if r.id == "ok"] == [StepStatus.COMPLETED]
     await _ran_once(limited_client, handle.id, lambda activity_id: True)
+    assert await _runs_carrying(limited_client, handle.id, "person") >= 2
 
 
 @pytest.mark.parametrize("level", [4, ENGINE_LEVEL])
@@ -1092,7 +1105,7 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
     )
     [started] = first.waiting_events
     if level >= 5:
-        later = await _waited_through_the_chain(handle, first, "the wait waited")
+        later = await _waited_through_the_chain(handle, "the wait waited")
     else:
         later = await eventually(
             lambda: status(handle), lambda s: s.vars.get("l_n") == 40, timeout=120, what="the loop done"
@@ -1122,6 +1135,8 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
         limited_client, handle.id, lambda activity_id: not activity_id.startswith("answer/")
     )
     assert scheduled.count("answer/events#1") >= (3 if level >= 5 else 1)
+    carried_in = await _runs_carrying(limited_client, handle.id, "event")
+    assert carried_in >= 2 if level >= 5 else carried_in == 0
     await _mailbox_forgot_the_wait(limited_client, family, ["b-1"])
 
 
@@ -1142,7 +1157,7 @@ async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loo
     row = await _open_row(limited_flows, run.workflow_id)
     handle = limited_flows.client.get_workflow_handle(run.workflow_id)
     first = await eventually(lambda: status(handle), lambda s: bool(s.parked), what="parked", timeout=60)
-    later = await _waited_through_the_chain(handle, first, "the task was parked")
+    later = await _waited_through_the_chain(handle, "the task was parked")
     assert later.state == RunState.PARKED
     assert [(p.park_id, p.dead_letter_id, p.deadline) for p in later.parked] == [
         (p.park_id, row.id, p.deadline) for p in first.parked
@@ -1159,6 +1174,8 @@ async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loo
     await _ran_once(
         limited_flows.client, run.workflow_id, lambda activity_id: activity_id.startswith(("l_", "prep"))
     )
+    assert await _runs_carrying(limited_flows.client, run.workflow_id, "park") >= 2
+    assert row.run_id == (await _chain(limited_flows.client, run.workflow_id))[0][0]  # parked in the first
 
 
 async def test_a_run_too_large_to_continue_as_new_fails_saying_why(
