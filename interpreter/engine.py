@@ -898,7 +898,7 @@ class _Drain:
         running = [lane.scope for lane in self.lanes if lane.scope is not None and not lane.done]
         if self.items is not None:  # an item still running carries its own steps
             parts += [scope.steps for scope in running]
-        # and the approval, human task or event wait it waits in
+        # and the approval, human task, event wait or park it waits in
         parts += [
             lane.carried(own_steps=False)
             for lane in self.lanes
