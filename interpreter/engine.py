@@ -220,6 +220,12 @@ PATCH_ABANDON_CLOSES_WAITS = "abandon-closes-waits"
 subscriptions of its event waits, and the dead letter rows of its parks (resolved ``cancelled``).
 Asked only when there is one to close: a history recorded before ended without."""
 
+PATCH_LATE_EVENTS_REFUSED = "late-events-refused"
+"""Patch id: a top-level ``wait_for_event`` resumed by the next run of a chain after its deadline
+passed between the runs times out, as an uninterrupted run would have, instead of taking an event
+the mailbox's answer holds that was published after the deadline (a branch's wait does so from
+:data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS` on). Asked only when the answer holds such an event."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
@@ -3705,9 +3711,13 @@ class Engine:
                             wait.event is None
                             and event.published_at is not None
                             and event.published_at >= since
-                            # A branch's wait resumed after its deadline passed between the runs
-                            # times out, as it would have, rather than take a later event.
-                            and (lane is None or deadline is None or event.published_at < deadline)
+                            # A wait resumed after its deadline passed between the runs times out,
+                            # as it would have, rather than take a later event.
+                            and (
+                                deadline is None
+                                or event.published_at < deadline
+                                or (lane is None and not self.runtime.patched(PATCH_LATE_EVENTS_REFUSED))
+                            )
                         ):
                             request = self.deliver_event(event)
                             if request is not None:  # a cancel_on of the same type and key

@@ -73,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_DROP_UNRESUMED,
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
+        PATCH_LATE_EVENTS_REFUSED,
         PATCH_PAYLOAD_BUDGETS,
         PATCH_TASK_WORK_BUDGET,
         ActionCall,
@@ -192,6 +193,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CONTINUE_AS_NEW_LANE_EVENTS: 5,
     PATCH_CONTINUE_AS_NEW_LANE_PARKS: 5,
     PATCH_ABANDON_CLOSES_WAITS: 5,
+    PATCH_LATE_EVENTS_REFUSED: 5,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

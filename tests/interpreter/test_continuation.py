@@ -375,6 +375,26 @@ async def test_a_carried_event_wait_times_out_when_the_first_would_have() -> Non
     assert rt.now() == deadline  # the first run's deadline, not 3 days after the switch
 
 
+async def test_a_carried_event_wait_whose_deadline_passed_between_the_runs_does_not_take_a_later_event() -> (
+    None
+):
+    """No run's task for four days (workers down): the wait's 3-day deadline passes, then an event
+    is published; the next run subscribes again, and its answer holds that event: the wait times
+    out, as the uninterrupted run did at the deadline (before, it took the late event: found by a
+    review)."""
+    rt = new_runtime()
+    first, snapshot = await _first_event_run(rt)
+    deadline = first.status().waiting_events[0].deadline
+    assert deadline is not None
+    rt.engine = None
+    await rt.run(rt.elapse(4 * 24 * HOUR))
+    assert rt.now() > deadline
+    rt.publish(_answer("e-late"))
+    second = _event_engine(rt, snapshot, continue_at=None)
+    result = await rt.run(second.run())
+    assert result.steps[-1].output == "None:True"
+
+
 async def test_an_event_consumed_before_the_switch_is_not_taken_again_by_a_later_wait() -> None:
     steps = _event_steps()
     steps.insert(1, {**steps[1], "id": "first_answer"})  # the same key, lookback 1h: both see "e-1"
