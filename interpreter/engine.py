@@ -226,11 +226,24 @@ passed between the runs times out, as an uninterrupted run would have, instead o
 the mailbox's answer holds that was published after the deadline (a branch's wait does so from
 :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS` on). Asked only when the answer holds such an event."""
 
+PATCH_CONTINUE_AS_NEW_LANE_BRANCHES = "continue-as-new-lane-branches"
+"""Patch id: a wait (a ``delay``, an ``approval`` or ``human_task`` waiting for its decision, a
+``wait_for_event`` waiting for its event, a task parked on a dead letter) inside the branch of a
+``condition`` or ``switch`` among a ``parallel`` branch's own steps (a ``foreach`` item's), at any
+depth of such steps, no longer keeps the other branches' loops in one run: it is carried as one
+among the branch's own steps is, with the ``condition``/``switch`` branches it sits in (for each,
+outermost first, the step's id, the branch taken and the index in its steps); and the branch may
+stop for a continue-as-new between two steps of such a branch as between two of its own. The next
+run goes back into the same branches without evaluating their conditions again, and waits on from
+its first task (or runs the step it stood before). Applies only to runs started at its generation or above (as
+:data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
 steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in, the ``person``
-(approval or human task) or the ``event`` wait it waits in, if any; for a
+(approval or human task), the ``event`` wait or the ``park`` it waits in, if any, and ``within``:
+the ``condition``/``switch`` branches that wait is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`); for a
 ``foreach``, its ``items`` and per item ``None`` (not started), ``done`` or such a place with the
 item's own ``steps``."""
 
@@ -816,10 +829,24 @@ class _Lane:
     """The ``wait_for_event`` among its steps (not nested deeper) waiting for its event
     (:data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`): carried with its view, window and any event
     taken until the switch; it wakes at ``wakes`` (its deadline) too."""
+    nest: list[_Frame] = field(default_factory=list)
+    """The ``condition``/``switch`` branches it is in (outermost first), each with the index of the
+    step it runs in it (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`): a wait in the innermost is
+    carried as one among its own steps, with these."""
+    resume: list[dict[str, Any]] = field(default_factory=list)
+    """The branches a previous run of the chain carried it in, not yet gone back into (outermost
+    first: ``step``, ``branch``, ``position``)."""
 
     @property
     def started(self) -> bool:
         return self.scope is not None
+
+    def here(self) -> tuple[list[Step], int]:
+        """The sequence it runs in (its own steps, or the innermost branch it is in) and the index
+        in it of the step it runs (or stands before)."""
+        if self.nest:
+            return self.nest[-1].steps, self.nest[-1].index
+        return self.steps, self.index
 
     def carried(self, *, own_steps: bool) -> dict[str, Any] | None:
         """Its entry in the carried step: its output once done, else where it stands (with its last
@@ -831,18 +858,21 @@ class _Lane:
         place: dict[str, Any] = {"position": self.index, "last_output": self.scope.last_output}
         if own_steps:
             place["steps"] = dict(self.scope.steps)
+        if self.nest:
+            place["within"] = [
+                {"step": frame.step, "branch": frame.branch, "position": frame.index} for frame in self.nest
+            ]
+        _, at = self.here()
         if self.sleeping is not None:
             place["delay"] = self.sleeping.model_dump(mode="json")
         if self.person is not None:
             kind, decision = self.person.decision or (None, None)
-            waiting = CarriedApproval(
-                position=self.index, view=self.person.view, decided=kind, decision=decision
-            )
+            waiting = CarriedApproval(position=at, view=self.person.view, decided=kind, decision=decision)
             place["person"] = waiting.model_dump(mode="json")
         if self.park is not None:
             lane_park = self.park
             parked = CarriedPark(
-                position=self.index,
+                position=at,
                 view=lane_park.park.view,
                 decision=lane_park.park.decision,
                 request=lane_park.request,
@@ -853,7 +883,7 @@ class _Lane:
         if self.event is not None:
             wait = self.event
             entry = CarriedEventWait(
-                position=self.index, view=wait.view, since=wait.since, event=wait.event, rank=wait.rank
+                position=at, view=wait.view, since=wait.since, event=wait.event, rank=wait.rank
             )
             place["event"] = entry.model_dump(mode="json")
         return place
@@ -868,6 +898,8 @@ class _Drain:
     join: JoinStrategy
     items: list[Any] | None = None
     """A foreach's list (carried with it)."""
+    label: str = ""
+    """The step's label (in the summary of a branch's stop)."""
     active: bool = False
     off: bool = False
     """Set once the run may not continue as new here (patch declined, or a branch failed)."""
@@ -984,10 +1016,11 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
             if step.join != JoinStrategy.ALL:
                 raise ValueError(f"{where}: a finished branch is carried only when the join is 'all'")
             continue
-        if set(entry) - _LANE_WAITS != {"id", "position", "last_output"}:
+        if set(entry) - _LANE_WAITS - {"within"} != {"id", "position", "last_output"}:
             raise ValueError(f"{where} is malformed")
         at = _check_position(entry["position"], branch.steps, where, "it")
-        _check_lane_wait(entry, branch.steps[at], at, branch.steps[at].id, where)
+        waiting, inner = _check_lane_branches(entry, branch.steps, at, where)
+        _check_lane_wait(entry, waiting, inner, waiting.id, where)
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
@@ -1037,6 +1070,36 @@ def _carried_since(data: dict[str, Any]) -> dict[str, datetime]:
 
 _LANE_WAITS = frozenset({"delay", "person", "event", "park"})
 """What a carried branch (item) may wait in: one of them, at most."""
+
+
+def _check_lane_branches(entry: dict[str, Any], steps: list[Step], at: int, where: str) -> tuple[Step, int]:
+    """The step a carried branch (item) stands before or waits in: step ``at`` of its ``steps`` or,
+    when it carries ``within`` (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), the step at the
+    innermost one's position, each branch checked against the ``condition``/``switch`` step it
+    names; and that step's index in its sequence."""
+    nested = entry.get("within")
+    if nested is None:
+        return steps[at], at
+    if not isinstance(nested, list) or not nested:
+        raise ValueError(f"{where}: its carried branches are malformed")
+    for depth, frame in enumerate(nested):
+        if not isinstance(frame, dict) or set(frame) != {"step", "branch", "position"}:
+            raise ValueError(f"{where}: its carried branch {depth} is malformed")
+        step = steps[at]
+        if not isinstance(step, ConditionStep | SwitchStep) or step.id != frame["step"]:
+            raise ValueError(
+                f"{where}: step {str(frame['step'])[:80]!r} is not a condition or switch at {at}"
+            )
+        try:
+            branch, _ = _branch_named(step, str(frame["branch"]))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        name = f"branch {str(frame['branch'])!r} of {step.id!r}"
+        if branch is None or not branch.steps:
+            raise ValueError(f"{where}: {name} has no steps")
+        at = _check_position(frame["position"], branch.steps, where, name)
+        steps = branch.steps
+    return steps[at], at
 
 
 def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
@@ -1123,11 +1186,16 @@ def _check_carried_foreach(
             going += 1
         elif isinstance(lane, dict) and set(lane) == {"done", "output"} and lane["done"] is True:
             continue
-        elif isinstance(lane, dict) and set(lane) - _LANE_WAITS == {"position", "last_output", "steps"}:
+        elif isinstance(lane, dict) and set(lane) - _LANE_WAITS - {"within"} == {
+            "position",
+            "last_output",
+            "steps",
+        }:
             at = _check_position(lane["position"], step.steps, where, "the body")
             _check_item_results(lane["steps"], step.steps, where)
-            item_path = f"{path or step.id}[{offset + i}].{step.steps[at].id}"
-            _check_lane_wait(lane, step.steps[at], at, item_path, where)
+            waiting, inner = _check_lane_branches(lane, step.steps, at, where)
+            item_path = f"{path or step.id}[{offset + i}].{waiting.id}"
+            _check_lane_wait(lane, waiting, inner, item_path, where)
             going += 1
             under_way += 1
         else:
@@ -1708,6 +1776,17 @@ class Engine:
             return str(entry["branch"]), int(entry["position"])
         return None
 
+    def _lane_branch_to_resume(
+        self, step: ConditionStep | SwitchStep, scope: _Scope
+    ) -> tuple[str, int] | None:
+        """The branch of ``step`` (the step a parallel branch or foreach item runs) the previous run
+        of the chain carried that branch (item) in, and where in it (taken once), if any."""
+        lane = self._lane_at(step, scope)
+        if lane is None or not lane.resume or lane.resume[0]["step"] != step.id:
+            return None
+        entry = lane.resume.pop(0)
+        return str(entry["branch"]), int(entry["position"])
+
     def _should_continue_nested(self) -> bool:
         """:meth:`_should_continue` between two steps of a branch (asks its own patch, only then)."""
         return self._continue_wanted() and self._may_continue_nested()
@@ -1754,6 +1833,12 @@ class Engine:
         if lane_park is not None and isinstance(step, TaskStep) and self._lane_at(step, scope) is not None:
             await self._resume_step(step, scope, path, lane_park[0].view.parked_at)
             return
+        if isinstance(step, ConditionStep | SwitchStep):
+            lane = self._lane_at(step, scope)
+            if lane is not None and lane.resume and lane.resume[0]["step"] == step.id:
+                # A wait in its branch was carried: its visit is counted and its record kept already.
+                await self._resume_step(step, scope, path, self._started_at)
+                return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -1984,7 +2069,7 @@ class Engine:
         if isinstance(step, TaskStep):
             return await self._task(step, scope, path, record, visit)
         if isinstance(step, ConditionStep | SwitchStep):
-            resume = self._branch_to_resume(step)
+            resume = self._branch_to_resume(step) or self._lane_branch_to_resume(step, scope)
             if resume is not None:
                 # The previous run of the chain continued in this branch: not chosen again.
                 name, start = resume
@@ -2093,6 +2178,26 @@ class Engine:
             frame = None
             if self._continue_as_new is not None and self._at_safe_step(step, scope):
                 frame = _Frame(branch.steps or [], start, step.id, name)
+            lane = None if frame is not None else self._lane_at(step, scope)
+            if lane is not None and self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_BRANCHES):
+                # In a parallel branch (a foreach item) that may continue as new: a wait in this
+                # branch is carried as one among its own steps (with the branches it is in).
+                inner = _Frame(branch.steps or [], start, step.id, name)
+                lane.nest.append(inner)
+                drain = self._drain
+                assert drain is not None
+                try:
+                    # It may stop for a continue-as-new between two of the branch's steps too.
+                    await self._sequence(
+                        branch.steps or [],
+                        scope,
+                        start=start,
+                        boundary=functools.partial(self._lane_boundary, drain, lane, drain.label),
+                    )
+                finally:
+                    if not self._carrying and lane.nest and lane.nest[-1] is inner:
+                        lane.nest.pop()  # (carried: the snapshot is taken once every branch ended)
+                return
             await self._sequence(branch.steps or [], scope, frame=frame)
         except (_Jump, _Succeed):
             # Leaving by a jump or a succeed still records which branch was taken.
@@ -2610,7 +2715,9 @@ class Engine:
         carried: list[dict[str, Any]] | None = None if taken is None else taken["branches"]
         drain = None
         if self._continue_as_new is not None and self._at_safe_step(step, scope):
-            drain = _Drain([_Lane(b.steps, scope.sibling()) for b in step.branches], step.join)
+            drain = _Drain(
+                [_Lane(b.steps, scope.sibling()) for b in step.branches], step.join, label=step.label
+            )
 
         async def run_branch(i: int, steps: list[Step]) -> Any:
             lane = None if drain is None else drain.lanes[i]
@@ -2623,6 +2730,8 @@ class Engine:
                         lane.done, lane.output = True, entry["output"]
                     return entry["output"]
                 start, branch_scope.last_output = entry["position"], entry["last_output"]
+                if lane is not None:
+                    lane.resume = list(entry.get("within") or [])
 
             async def body() -> Any:
                 await self._sequence(
@@ -2714,14 +2823,16 @@ class Engine:
 
     def _lane_at(self, step: Step, scope: _Scope) -> _Lane | None:
         """The branch (item) of the ``parallel`` or ``foreach`` at the safe point whose current step
-        is ``step`` (one of its own steps, not nested deeper), if any."""
+        is ``step`` (one of its own steps, or one of the innermost ``condition``/``switch`` branch
+        it is in: :data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), if any."""
         drain = self._drain
         if drain is None:
             return None
         lane = drain.by_scope.get(id(scope))
-        if lane is None or lane.scope is not scope or lane.index >= len(lane.steps):
+        if lane is None or lane.scope is not scope:
             return None
-        return lane if lane.steps[lane.index] is step else None
+        steps, at = lane.here()
+        return lane if at < len(steps) and steps[at] is step else None
 
     async def _sleep_in_lane(self, step: DelayStep, path: str, lane: _Lane, delay: CarriedDelay) -> None:
         """A branch's ``delay`` until ``delay.until``: the same timer as any delay's; meanwhile the
@@ -2775,10 +2886,15 @@ class Engine:
         """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
         for a continue-as-new (starting that when the host asks and no step waits), until every
         branch stands at a boundary (the join then carries them), a step starts waiting, a branch
-        fails, or :data:`PARALLEL_DRAIN_WAIT_S` passed."""
-        lane.index = index
+        fails, or :data:`PARALLEL_DRAIN_WAIT_S` passed. In a ``condition``/``switch`` branch the
+        branch is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), ``index`` is of that branch's steps."""
+        if lane.nest:
+            lane.nest[-1].index = index
+        else:
+            lane.index = index
         if first:
             return
+        steps, _ = lane.here()
         now = self.runtime.now()
         if not drain.active:
             if (
@@ -2809,9 +2925,9 @@ class Engine:
                 return
             drain.active, drain.timed = True, False
             drain.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
-        if isinstance(lane.steps[index], DelayStep):
+        if isinstance(steps[index], DelayStep):
             return  # it sleeps there instead of standing: a delay among its steps is carried as it is
-        if isinstance(lane.steps[index], WaitForEventStep) and self.runtime.patched(
+        if isinstance(steps[index], WaitForEventStep) and self.runtime.patched(
             PATCH_CONTINUE_AS_NEW_LANE_EVENTS
         ):
             # It goes into its wait (carried as it is) instead of standing: held before it, it
@@ -2896,7 +3012,7 @@ class Engine:
                 or (self._batch is not None and not self.runtime.patched(PATCH_DRAIN_FIXES))
             )
         ):
-            drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL, items)
+            drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL, items, label=step.label)
         entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
 
         async def one(i: int, item: Any) -> Any:
@@ -2917,6 +3033,7 @@ class Engine:
                 if drain is not None and lane is not None:  # under way already: not a new item
                     drain.seat(lane, it)
                     lane.index = entry["position"]
+                    lane.resume = list(entry.get("within") or [])
             async with gate:
                 if drain is not None and drain.active and entry is None:
                     await self._hold_item(drain, step.label)
@@ -3118,7 +3235,7 @@ class Engine:
                 else:
                     # A wait the run may continue as new in: carried with its absolute end.
                     delay = CarriedDelay(
-                        position=self._position_of(step) if at_top or lane is None else lane.index,
+                        position=self._position_of(step) if at_top or lane is None else lane.here()[1],
                         path=path,
                         since=now,
                         until=now + wait,
@@ -4029,7 +4146,15 @@ class Engine:
                 self._carried_parallel = self._check_carried_batch(parallel, self._batch, limit)
             else:
                 self._carried_parallel = _check_carried_parallel(parallel, steps, inner, limit)
-            for lane in self._carried_parallel.get("branches") or self._carried_parallel["lanes"]:
+            lanes = self._carried_parallel.get("branches") or self._carried_parallel["lanes"]
+            if any(
+                isinstance(lane, dict) and "within" in lane for lane in lanes
+            ) and not self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_BRANCHES):
+                raise ValueError(
+                    "a branch is carried inside a condition or switch, which a run of this generation"
+                    " does not do"
+                )
+            for lane in lanes:
                 if isinstance(lane, dict) and isinstance(lane.get("delay"), CarriedDelay):
                     delay = lane.pop("delay")
                     self._carried_lane_delays[delay.path] = delay

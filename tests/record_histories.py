@@ -765,6 +765,28 @@ async def _approve_after_loop(handle: WorkflowHandle[Any, Any]) -> None:
     )
 
 
+def _parallel_nested_approval(base: str) -> dict[str, Any]:
+    document = _parallel_approval(base)
+    # The same 30-turn loop; the approval waits inside a condition of the other branch.
+    document["name"] = "replay-parallel-nested-approval"
+    document["steps"][1]["branches"][1]["steps"] = [
+        _echo("ask", "asked"),
+        {
+            "id": "check",
+            "type": "condition",
+            "if": "vars.a < 5",
+            "then": {
+                "steps": [
+                    {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "10m"},
+                    _echo("shipped", "shipped"),
+                ]
+            },
+            "else": {"steps": [_echo("skipped", "skipped")]},
+        },
+    ]
+    return document
+
+
 def _parallel_event(base: str) -> dict[str, Any]:
     document = _parallel_approval(base)
     # The same 30-turn loop; the other branch waits for an event instead of a person.
@@ -1223,6 +1245,30 @@ def scenarios() -> list[Scenario]:
             {},
             drive=_approve_after_loop,
             options=RunOptions(engine_level=4),
+        ),
+        Scenario(
+            "parallel_nested_approval_over_budget",
+            "a run of generation 5 (before patch continue-as-new-lane-branches): an approval waits "
+            "inside a condition's branch in one branch of a top-level parallel step while the other "
+            "loops 30 turns past the history_budget of 100 events, all in one run (the nested "
+            "approval kept the branches from stopping); approved after the loop; replays without "
+            "continuing",
+            _parallel_nested_approval,
+            {},
+            drive=_approve_after_loop,
+            options=RunOptions(engine_level=5),
+        ),
+        Scenario(
+            "continued_in_parallel_nested_approval",
+            "the last run of a chain (generation 6) that continued as new (history_budget 100) "
+            "inside a top-level parallel step while an approval waited inside a condition's branch "
+            "in one branch and the other looped (patch continue-as-new-lane-branches): the next run "
+            "goes back into that branch without evaluating the condition again (false by then), the "
+            "approval pending from its start, approved after the loop, and the run completes",
+            _parallel_nested_approval,
+            {},
+            drive=_approve_after_loop,
+            options=RunOptions(engine_level=6),
         ),
         Scenario(
             "parallel_event_over_budget",

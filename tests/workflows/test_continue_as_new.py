@@ -1063,6 +1063,72 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
     assert await _runs_carrying(limited_client, handle.id, "person") >= 2
 
 
+@pytest.mark.parametrize("level", [5, ENGINE_LEVEL])
+async def test_an_approval_inside_a_condition_in_a_parallel_branch_is_carried_while_the_other_loops(
+    limited_client: Client, limited_worker: Worker, task_queue: str, level: int
+) -> None:
+    """A 40-turn loop in one branch; in the other, an approval inside the 'then' of a condition
+    true when the branch reaches it and false once the loop is done (a history budget of 100): the
+    run continues as new while the approval waits, carried with the condition branch it is in; the
+    runs go back into 'then' without evaluating the condition again; approved after the loop, the
+    step after it in that branch runs once. A run started at generation 5 keeps the branches in one
+    run while the nested approval waits, as before; every run of the chain replays."""
+    ask = {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}}
+    check = {
+        "id": "check",
+        "type": "condition",
+        "if": "vars.a < 40",
+        "then": {
+            "steps": [
+                {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "1h"},
+                {"id": "shipped", "type": "task", "action": "echo", "input": {"value": "shipped"}},
+            ]
+        },
+        "else": {"steps": [{"id": "skipped", "type": "task", "action": "echo", "input": {"value": "no"}}]},
+    }
+    document = definition(
+        unique("nested-approval"),
+        _loop_beside({"id": "gate", "steps": [ask, check]}),
+        limits={"history_budget": 100},
+        output={
+            "n": "{{ vars.l_n }}",
+            "decision": "{{ steps.ok.output.decision }}",
+            "branch": "{{ steps.check.output.branch }}",
+            "shipped": "{{ steps.shipped.output }}",
+        },
+    )
+    handle = await start(
+        limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
+    )
+    first = await eventually(
+        lambda: status(handle),
+        lambda s: bool(s.pending_approvals),
+        timeout=60,
+        what="the approval inside the condition pending",
+    )
+    [pending] = first.pending_approvals
+    if level >= 6:
+        later = await _waited_through_the_chain(handle, "the nested approval waited")
+    else:
+        later = await eventually(
+            lambda: status(handle), lambda s: s.vars.get("l_n") == 40, timeout=120, what="the loop done"
+        )
+        assert later.continued == first.continued
+    [carried] = later.pending_approvals
+    assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
+    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": 40, "decision": "approved", "branch": "then", "shipped": "shipped"}
+    final = await status(handle)
+    assert [r.status for r in final.steps if r.id in ("check", "ok")] == [StepStatus.COMPLETED] * 2
+    scheduled = await _ran_once(limited_client, handle.id, lambda activity_id: activity_id != "shipped")
+    assert scheduled.count("shipped") == 1
+    assert "skipped" not in scheduled
+    carried_in = await _runs_carrying(limited_client, handle.id, "person")
+    assert carried_in >= 2 if level >= 6 else carried_in == 0
+
+
 @pytest.mark.parametrize("level", [4, ENGINE_LEVEL])
 async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
     limited_client: Client, limited_worker: Worker, task_queue: str, level: int
