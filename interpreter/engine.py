@@ -238,9 +238,19 @@ run goes back into the same branches without evaluating their conditions again, 
 its first task (or runs the step it stood before). Applies only to runs started at its generation or above (as
 :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
 
+PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES = "continue-as-new-failed-branches"
+"""Patch id: once a branch of a ``join: any`` ``parallel`` step failed, the others may still stop
+for a continue-as-new (before, not at all: a failed branch was not carried, so the others' loops
+stayed in one run): the failed branch is carried as failed (its error's message and type, whether
+it compensates and ends the run, and its place among the branch failures), and in the next run it
+fails again at once, so the step ends as it would have: with the first branch to succeed, or, when
+every branch failed, with the first failure. Applies only to runs started at its generation or
+above (as :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
-id and, per branch in order, its id and either ``done`` with its output or the ``position`` in its
+id and, per branch in order, its id and either ``done`` with its output, ``failed`` with its error
+(:data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`), or the ``position`` in its
 steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in, the ``person``
 (approval or human task), the ``event`` wait or the ``park`` it waits in, if any, and ``within``:
 the ``condition``/``switch`` branches that wait is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`); for a
@@ -703,6 +713,9 @@ class _RunFailed(Exception):
         super().__init__(message)
         self.message = message
         self.error_type = error_type
+        self.rank: int | None = None
+        """Its place among the failed branches of a ``join: any`` step that may continue as new
+        (:data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`; carried with it)."""
 
 
 class _CompensateAndEnd(_RunFailed):
@@ -836,6 +849,9 @@ class _Lane:
     resume: list[dict[str, Any]] = field(default_factory=list)
     """The branches a previous run of the chain carried it in, not yet gone back into (outermost
     first: ``step``, ``branch``, ``position``)."""
+    failure: _RunFailed | None = None
+    """How it failed, in a ``join: any`` step (:data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`): done,
+    carried as failed."""
 
     @property
     def started(self) -> bool:
@@ -851,6 +867,16 @@ class _Lane:
     def carried(self, *, own_steps: bool) -> dict[str, Any] | None:
         """Its entry in the carried step: its output once done, else where it stands (with its last
         output, an item's ``own_steps`` and the delay it sleeps in); None before it started."""
+        if self.failure is not None:
+            failure = self.failure
+            return {
+                "failed": {
+                    "message": failure.message,
+                    "error_type": failure.error_type,
+                    "compensate": isinstance(failure, _CompensateAndEnd),
+                    "rank": failure.rank,
+                }
+            }
         if self.done:
             return {"done": True, "output": self.output}
         if self.scope is None:
@@ -910,6 +936,8 @@ class _Drain:
     """Whether a stopped branch holds the timer of ``deadline``."""
     by_scope: dict[int, _Lane] = field(default_factory=dict)
     """The lanes by their scope's identity (a delay finds its branch without a scan of them all)."""
+    failures: int = 0
+    """How many of its branches failed (a ``join: any`` step's, carried as failed)."""
     outputs_counted: bool = False
     """Whether :meth:`carry_size` counts the running branches' last outputs
     (:data:`PATCH_DRAIN_FIXES`)."""
@@ -933,6 +961,7 @@ class _Drain:
         """What the carried entry would hold beside the run's state, counted up to ``limit``."""
         parts: list[Any] = [self.items or []]
         parts += [lane.output for lane in self.lanes if lane.done]
+        parts += [lane.failure.message for lane in self.lanes if lane.failure is not None]
         running = [lane.scope for lane in self.lanes if lane.scope is not None and not lane.done]
         if self.items is not None:  # an item still running carries its own steps
             parts += [scope.steps for scope in running]
@@ -962,6 +991,7 @@ class _Drain:
                 or _resting(lane, now)
                 or not lane.started
                 or (lane.done and self.join == JoinStrategy.ALL)
+                or lane.failure is not None
                 for lane in self.lanes
             )
             and any(lane.stopped or _resting(lane, now) for lane in self.lanes)
@@ -1010,11 +1040,17 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
     ]:
         raise ValueError(f"the carried branches of {step.id!r} are not its branches")
     going = 0
+    ranks: list[int] = []
     for branch, entry in zip(step.branches, entries, strict=True):
         where = f"carried branch {branch.id!r} of {step.id!r}"
         if set(entry) == {"id", "done", "output"} and entry["done"] is True:
             if step.join != JoinStrategy.ALL:
                 raise ValueError(f"{where}: a finished branch is carried only when the join is 'all'")
+            continue
+        if set(entry) == {"id", "failed"}:
+            if step.join != JoinStrategy.ANY:
+                raise ValueError(f"{where}: a failed branch is carried only when the join is 'any'")
+            ranks.append(_check_failed_branch(entry["failed"], where))
             continue
         if set(entry) - _LANE_WAITS - {"within"} != {"id", "position", "last_output"}:
             raise ValueError(f"{where} is malformed")
@@ -1024,7 +1060,25 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
+    if sorted(ranks) != list(range(len(ranks))):
+        raise ValueError(f"the carried failed branches of {step.id!r} are not ranked 0 to {len(ranks) - 1}")
     return {"step": step.id, "branches": [dict(e) for e in entries], **_carried_since(data)}
+
+
+def _check_failed_branch(failed: Any, where: str) -> int:
+    """A carried failed branch's error (:data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`); its rank."""
+    if (
+        not isinstance(failed, dict)
+        or set(failed) != {"message", "error_type", "compensate", "rank"}
+        or not isinstance(failed["message"], str)
+        or not isinstance(failed["error_type"], str)
+        or not isinstance(failed["compensate"], bool)
+        or not isinstance(failed["rank"], int)
+        or isinstance(failed["rank"], bool)
+    ):
+        raise ValueError(f"{where}: its carried failure is malformed")
+    rank: int = failed["rank"]
+    return rank
 
 
 _RESULT_FIELDS = frozenset({"status", "output", "error", "error_type", "attempts"})
@@ -1302,6 +1356,12 @@ def _mark_done(order: list[int], index: int, _task: asyncio.Future[Any]) -> None
 
 def _failed(task: asyncio.Future[Any]) -> bool:
     return task.cancelled() or task.exception() is not None
+
+
+def _rank(task: asyncio.Future[Any]) -> int | None:
+    """A failed branch's place among the failures of its ``join: any`` step, when carried."""
+    error = None if task.cancelled() else task.exception()
+    return error.rank if isinstance(error, _RunFailed) else None
 
 
 def _succeeded_run(task: asyncio.Future[Any]) -> bool:
@@ -2703,7 +2763,10 @@ class Engine:
             for i in order:
                 if not _failed(tasks[i]) or _succeeded_run(tasks[i]):
                     return i, [tasks[i].result()]  # re-raises a succeed step's _Succeed
-            tasks[order[0]].result()  # every branch failed: report the first failure
+            # Every branch failed: report the first failure (by its rank when a previous run of the
+            # chain carried branches that failed: they fail again in this run's first task).
+            ranked = [i for i in order if _failed(tasks[i]) and _rank(tasks[i]) is not None]
+            tasks[min(ranked, key=lambda i: _rank(tasks[i]) or 0) if ranked else order[0]].result()
         first = order[0]
         return first, [tasks[first].result()]
 
@@ -2725,6 +2788,17 @@ class Engine:
             start = 0
             if carried is not None:
                 entry = carried[i]
+                if entry.get("failed"):
+                    # It failed in a previous run of the chain: it fails again, at once, as it did.
+                    failed = entry["failed"]
+                    kind = _CompensateAndEnd if failed["compensate"] else _RunFailed
+                    failure = kind(failed["message"], failed["error_type"])
+                    failure.rank = failed["rank"]
+
+                    async def fail_again() -> Any:
+                        raise failure
+
+                    return await self._in_lane(drain, lane, fail_again)
                 if entry.get("done"):
                     if lane is not None:
                         lane.done, lane.output = True, entry["output"]
@@ -2802,17 +2876,33 @@ class Engine:
             if self._drain is drain:
                 self._drain = None
 
-    @staticmethod
     async def _in_lane(
-        drain: _Drain | None, lane: _Lane | None, body: Callable[[], Coroutine[Any, Any, Any]]
+        self, drain: _Drain | None, lane: _Lane | None, body: Callable[[], Coroutine[Any, Any, Any]]
     ) -> Any:
         """Runs a branch's (or an item's) ``body``, keeping its lane's state: done with its output, or
-        failed (then the branches stopped for a continue-as-new go on, and none stops again)."""
+        failed (then the branches stopped for a continue-as-new go on, and none stops again; but a
+        branch of a ``join: any`` step failing with an error, which the step outlives when another
+        branch succeeds, is carried as failed: :data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`)."""
         if drain is None or lane is None:
             return await body()
         try:
             output = await body()
         except asyncio.CancelledError:
+            raise
+        except _RunFailed as failure:
+            lane.done = True
+            if (
+                failure.rank is None
+                and drain.join == JoinStrategy.ANY
+                and self.runtime.patched(PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES)
+            ):
+                failure.rank = drain.failures
+            if failure.rank is None:
+                drain.off = True
+                drain.active = False  # a failed branch is not carried
+            else:  # (one a previous run of the chain carried has its rank already)
+                lane.failure = failure
+                drain.failures = max(drain.failures, failure.rank + 1)
             raise
         except BaseException:
             lane.done = drain.off = True
@@ -2912,7 +3002,8 @@ class Engine:
                 drain.retry_later(now)
                 return
             if drain.join != JoinStrategy.ALL and not all(
-                other is lane or other.stopped or _resting(other, now) for other in drain.lanes
+                other is lane or other.stopped or _resting(other, now) or other.failure is not None
+                for other in drain.lanes
             ):
                 # Which branch finishes first decides an 'any' or 'first' join: a branch never waits
                 # for another here (only when all the others sleep or stand, so the switch is at once).
@@ -4154,6 +4245,10 @@ class Engine:
                     "a branch is carried inside a condition or switch, which a run of this generation"
                     " does not do"
                 )
+            if any(
+                isinstance(lane, dict) and "failed" in lane for lane in lanes
+            ) and not self.runtime.patched(PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES):
+                raise ValueError("a failed branch is carried, which a run of this generation does not do")
             for lane in lanes:
                 if isinstance(lane, dict) and isinstance(lane.get("delay"), CarriedDelay):
                     delay = lane.pop("delay")

@@ -714,6 +714,25 @@ def _parallel_loops(base: str) -> dict[str, Any]:
     }
 
 
+def _parallel_any_failed(base: str) -> dict[str, Any]:
+    document = _parallel_loops(base)
+    document["name"] = "replay-parallel-any-failed"
+    fan = document["steps"][1]
+    # A 'join: any' step: a branch fails at once, the 30-turn loop goes on and wins.
+    fan["join"] = "any"
+    fan["branches"][1:] = [
+        {
+            "id": "once",
+            "steps": [
+                _echo("stock", "none"),
+                {"id": "no_stock", "type": "fail", "message": "no stock", "error_type": "OutOfStock"},
+            ],
+        }
+    ]
+    document["output"] = {"a": "{{ vars.a }}", "fan": "{{ steps.fan.output.winner }}"}
+    return document
+
+
 def _parallel_delay(base: str) -> dict[str, Any]:
     document = _parallel_loops(base)
     document["name"] = "replay-parallel-delay"
@@ -1223,6 +1242,26 @@ def scenarios() -> list[Scenario]:
             _parallel_delay,
             {},
             options=RunOptions(engine_level=3),
+        ),
+        Scenario(
+            "parallel_any_failed_over_budget",
+            "a run of generation 5 (before patch continue-as-new-failed-branches): in a top-level "
+            "'join: any' parallel step a branch fails at once while a 30-turn loop goes on past the "
+            "history_budget of 100 events, all in one run (the failed branch kept the loop from "
+            "stopping); the loop wins; replays without continuing",
+            _parallel_any_failed,
+            {},
+            options=RunOptions(engine_level=5),
+        ),
+        Scenario(
+            "continued_after_failed_branch",
+            "the last run of a chain (generation 6) that continued as new (history_budget 100) "
+            "inside a top-level 'join: any' parallel step after one of its branches failed (patch "
+            "continue-as-new-failed-branches): the failed branch, carried as failed, fails again at "
+            "once, the loop goes on and wins, and the run completes",
+            _parallel_any_failed,
+            {},
+            options=RunOptions(engine_level=6),
         ),
         Scenario(
             "parallel_approval_over_budget",

@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
         PATCH_CONTINUE_AS_NEW_EVENTS,
+        PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES,
         PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
         PATCH_CONTINUE_AS_NEW_LANE_EVENTS,
         PATCH_CONTINUE_AS_NEW_LANE_PARKS,
@@ -196,6 +197,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_ABANDON_CLOSES_WAITS: 5,
     PATCH_LATE_EVENTS_REFUSED: 5,
     PATCH_CONTINUE_AS_NEW_LANE_BRANCHES: 6,
+    PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES: 6,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -205,7 +207,12 @@ ask ``workflow.patched`` as before, so their histories replay unchanged. A new p
 :data:`ENGINE_LEVEL` + 1 here and ``ENGINE_LEVEL`` follows it: runs started at the earlier level
 ask it (a marker where it applies), runs started at the new one do not."""
 CARRIED_FORMAT_PATCHES = frozenset(
-    {PATCH_CONTINUE_AS_NEW_LANE_EVENTS, PATCH_CONTINUE_AS_NEW_LANE_PARKS, PATCH_CONTINUE_AS_NEW_LANE_BRANCHES}
+    {
+        PATCH_CONTINUE_AS_NEW_LANE_EVENTS,
+        PATCH_CONTINUE_AS_NEW_LANE_PARKS,
+        PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
+        PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES,
+    }
 )
 """Patches that put into a continue-as-new snapshot what a build of an earlier generation cannot
 read (a wait carried in a branch): they apply only to runs started at their generation or above,
