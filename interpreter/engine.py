@@ -4471,6 +4471,21 @@ class Engine:
         await self._drop_unresumed()
         await self._compensate()
 
+    def _carried_within_paths(self, parallel: dict[str, Any]) -> set[str]:
+        """The paths of the ``condition``/``switch`` steps the carried branches (items) are in
+        (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`): their records stay open across a switch."""
+        paths: set[str] = set()
+        if "lanes" in parallel:  # a foreach: each item's steps under its index
+            base = self._batch.path if self._batch is not None else str(parallel["step"])
+            offset = self._batch.offset if self._batch is not None else 0
+            for i, lane in enumerate(parallel["lanes"]):
+                if isinstance(lane, dict):
+                    paths |= {f"{base}[{offset + i}].{frame['step']}" for frame in lane.get("within") or []}
+        else:
+            for lane in parallel["branches"]:
+                paths |= {str(frame["step"]) for frame in lane.get("within") or []}
+        return paths
+
     async def _drop_unresumed(self) -> None:
         """Ends the wait (and branches) a previous run of the chain carried, when this run ends
         before going back into them (see :data:`PATCH_DROP_UNRESUMED`)."""
@@ -4500,6 +4515,7 @@ class Engine:
         paths = {str(entry["step"]) for entry in branches}
         if parallel is not None:
             paths.add(str(parallel["step"]))
+            paths |= self._carried_within_paths(parallel)
         paths |= set(lanes)
         self._resume_branches, self._carried_parallel, self._carried_lane_delays = [], None, {}
         self._carried_lane_people, self._carried_lane_events, self._carried_lane_parks = {}, {}, {}

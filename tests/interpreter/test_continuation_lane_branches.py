@@ -27,6 +27,7 @@ from interpreter.state import (
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_continuation_lane_events import _chain, _straight
 from tests.interpreter.test_continuation_parallel import (
+    _cancelled_on_resume,
     _engine,
     _gate_and_loop,
     _looping,
@@ -300,6 +301,36 @@ async def test_a_loop_inside_a_condition_in_a_branch_stops_between_its_steps() -
     assert _calls(rt) == _calls(straight_rt)
     assert not any(c.step_id == "skipped" for c in rt.calls)
     assert _records(engine, "check") == [(StepStatus.COMPLETED, {"branch": "then"})]
+
+
+async def test_a_run_cancelled_before_it_went_back_into_the_carried_branch_closes_the_condition() -> None:
+    """The next run is cancelled before it went back into the branches: the approval and the
+    condition it was carried in end cancelled, none left running (found by an attacker's probe)."""
+    definition = _nested_definition()
+    rt = new_runtime()
+    _, data = await _until_carried(definition, rt, "person")
+    second = await _cancelled_on_resume(definition, rt, data)
+    steps = {r.path: r.status for r in second.status().steps if r.path in ("par", "check", "ok")}
+    assert steps == {"par": StepStatus.CANCELLED, "check": StepStatus.CANCELLED, "ok": StepStatus.CANCELLED}
+    assert second.status().pending_approvals == []
+
+
+async def test_a_run_cancelled_before_it_went_back_into_an_items_carried_switch_closes_it() -> None:
+    last = {
+        "id": "route",
+        "type": "switch",
+        "cases": [{"when": "item == 0", "then": {"steps": [delay("nap", "30s")]}}],
+        "default": {"steps": [work("plain", 1)]},
+    }
+    definition = make_definition([_ticking_items(last), work("after")])
+    rt = new_runtime()
+    _, data = await _until_carried(definition, rt, "delay", key="lanes")
+    second = await _cancelled_on_resume(definition, rt, data)
+    open_ones = [
+        r.path for r in second.status().steps if r.status in (StepStatus.RUNNING, StepStatus.WAITING)
+    ]
+    assert open_ones == []
+    assert [r.status for r in second.status().steps if r.path == "each[0].route"] == [StepStatus.CANCELLED]
 
 
 class _Generation5(FakeRuntime):
