@@ -1137,23 +1137,30 @@ def _check_lane_branches(entry: dict[str, Any], steps: list[Step], at: int, wher
     if not isinstance(nested, list) or not nested:
         raise ValueError(f"{where}: its carried branches are malformed")
     for depth, frame in enumerate(nested):
-        if not isinstance(frame, dict) or set(frame) != {"step", "branch", "position"}:
-            raise ValueError(f"{where}: its carried branch {depth} is malformed")
-        step = steps[at]
-        if not isinstance(step, ConditionStep | SwitchStep) or step.id != frame["step"]:
-            raise ValueError(
-                f"{where}: step {str(frame['step'])[:80]!r} is not a condition or switch at {at}"
-            )
-        try:
-            branch, _ = _branch_named(step, str(frame["branch"]))
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        name = f"branch {str(frame['branch'])!r} of {step.id!r}"
-        if branch is None or not branch.steps:
-            raise ValueError(f"{where}: {name} has no steps")
-        at = _check_position(frame["position"], branch.steps, where, name)
-        steps = branch.steps
+        steps, at = _enter_branch(frame, steps, at, f"{where}: its carried branch {depth}")
     return steps[at], at
+
+
+def _enter_branch(frame: Any, steps: list[Step], at: int, where: str) -> tuple[list[Step], int]:
+    """A carried ``condition``/``switch`` branch (``step``, ``branch``, ``position``) checked
+    against step ``at`` of ``steps``: the branch's steps and the position in them.
+
+    Raises:
+        ValueError: Naming what does not match.
+    """
+    if not isinstance(frame, dict) or set(frame) != {"step", "branch", "position"}:
+        raise ValueError(f"{where} is malformed")
+    step = steps[at] if 0 <= at < len(steps) else None
+    if not isinstance(step, ConditionStep | SwitchStep) or step.id != frame["step"]:
+        raise ValueError(f"{where}: step {str(frame['step'])[:80]!r} is not a condition or switch at {at}")
+    try:
+        branch, _ = _branch_named(step, str(frame["branch"]))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    name = f"branch {str(frame['branch'])[:80]!r} of {step.id!r}"
+    if branch is None or not branch.steps:
+        raise ValueError(f"{where}: no step {frame['position']!r} in {name}")
+    return branch.steps, _check_position(frame["position"], branch.steps, where, name)
 
 
 def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str, where: str) -> None:
@@ -1275,7 +1282,7 @@ def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch |
         prefix, _, number = name.partition(":")
         if prefix == "case" and number.isdigit() and int(number) < len(step.cases):
             return step.cases[int(number)].then, {"case": int(number)}
-    raise ValueError(f"step {step.id!r} has no branch {name!r}")
+    raise ValueError(f"step {step.id!r} has no branch {name[:80]!r}")
 
 
 def _pending_again(
@@ -4323,27 +4330,7 @@ class Engine:
         if not isinstance(entries, list):
             raise ValueError("carried branches are not a list")
         for depth, entry in enumerate(entries):
-            where = f"carried branch {depth}"
-            if not isinstance(entry, dict) or set(entry) != {"step", "branch", "position"}:
-                raise ValueError(f"{where} is malformed")
-            at = steps[position] if 0 <= position < len(steps) else None
-            if not isinstance(at, ConditionStep | SwitchStep) or at.id != entry["step"]:
-                raise ValueError(
-                    f"{where}: step {entry['step']!r} is not a condition or switch at {position}"
-                )
-            try:
-                branch, _ = _branch_named(at, str(entry["branch"]))
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            inner = entry["position"]
-            if (
-                branch is None
-                or not branch.steps
-                or not isinstance(inner, int)
-                or not 0 <= inner < len(branch.steps)
-            ):
-                raise ValueError(f"{where}: no step {inner!r} in branch {entry['branch']!r} of {at.id!r}")
-            steps, position = branch.steps, inner
+            steps, position = _enter_branch(entry, steps, position, f"carried branch {depth}")
         self._resume_branches = [dict(e) for e in entries]
         return steps, position
 

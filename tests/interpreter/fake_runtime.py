@@ -186,6 +186,8 @@ class FakeRuntime:
         self._conditions: list[_Condition] = []
         self._background: set[asyncio.Future[Any]] = set()
         self.handlers: dict[str, Handler] = {"echo": _echo}
+        self.declined: set[str] = set()
+        """Patches that do not apply (a run of an earlier generation): :meth:`patched` says False."""
         self.calls: list[CallRecord] = []
         self.dead_letters: list[DeadLetterRecord] = []
         self.wait_changes = 0
@@ -274,9 +276,8 @@ class FakeRuntime:
         return events, events * 100
 
     def patched(self, patch_id: str) -> bool:
-        """Every patch applies: the fake only runs new code, it never replays."""
-        del patch_id
-        return True
+        """Every patch applies but :attr:`declined`: the fake only runs new code, it never replays."""
+        return patch_id not in self.declined
 
     def on(self, action: str, handler: Handler) -> None:
         """Routes calls of ``action`` to ``handler(call, attempt)``."""

@@ -98,18 +98,11 @@ async def test_when_every_branch_failed_the_first_failure_is_the_steps_across_th
     assert _calls(rt) == _calls(straight_rt)
 
 
-class _Generation5(FakeRuntime):
-    """A run started at generation 5: the patch does not apply."""
-
-    def patched(self, patch_id: str) -> bool:
-        return patch_id != PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES
-
-
 def _generation5() -> FakeRuntime:
+    """A runtime for a run started at generation 5: the patch does not apply."""
     rt = new_runtime()
-    five = _Generation5()
-    five.__dict__.update(rt.__dict__)
-    return five
+    rt.declined.add(PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES)
+    return rt
 
 
 async def test_a_run_of_an_earlier_generation_keeps_the_branches_in_one_run_after_a_failure() -> None:

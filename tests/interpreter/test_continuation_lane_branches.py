@@ -26,6 +26,7 @@ from interpreter.state import (
 )
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_continuation_lane_events import _chain, _straight
+from tests.interpreter.test_continuation_lane_parks import charge_parking
 from tests.interpreter.test_continuation_parallel import (
     _cancelled_on_resume,
     _engine,
@@ -35,7 +36,7 @@ from tests.interpreter.test_continuation_parallel import (
     _until_carried,
 )
 from tests.interpreter.test_dead_letters import charge_needs_card
-from tests.interpreter.test_engine import approval, delay, make_definition, new_runtime, task, work
+from tests.interpreter.test_engine import approval, delay, make_definition, new_runtime, work
 
 
 def _check(*gate: dict[str, Any], if_: str = "vars.a < 5") -> dict[str, Any]:
@@ -209,15 +210,7 @@ async def test_an_event_wait_two_conditions_deep_in_a_branch_takes_an_event_publ
 
 
 async def test_a_park_inside_a_condition_in_a_branch_is_carried_and_redriven_in_a_later_run() -> None:
-    charge = task(
-        "charge",
-        "charge",
-        input={"amount": 5},
-        retry={"maximum_attempts": 1},
-        on_failure="dead_letter",
-        park_timeout="1h",
-    )
-    definition = make_definition(_gate_and_loop(_check(charge)))
+    definition = make_definition(_gate_and_loop(_check(charge_parking())))
     redrive = DeadLetterDecision(
         action=DeadLetterAction.REDRIVE, actor="ops", input={"amount": 5, "card": "visa"}
     )
@@ -333,18 +326,11 @@ async def test_a_run_cancelled_before_it_went_back_into_an_items_carried_switch_
     assert [r.status for r in second.status().steps if r.path == "each[0].route"] == [StepStatus.CANCELLED]
 
 
-class _Generation5(FakeRuntime):
-    """A run started at generation 5: the patch does not apply."""
-
-    def patched(self, patch_id: str) -> bool:
-        return patch_id != PATCH_CONTINUE_AS_NEW_LANE_BRANCHES
-
-
 def _generation5() -> FakeRuntime:
+    """A runtime for a run started at generation 5: the patch does not apply."""
     rt = new_runtime()
-    five = _Generation5()
-    five.__dict__.update(rt.__dict__)
-    return five
+    rt.declined.add(PATCH_CONTINUE_AS_NEW_LANE_BRANCHES)
+    return rt
 
 
 async def test_a_run_of_an_earlier_generation_keeps_its_branches_in_one_run_while_the_nested_wait_waits() -> (

@@ -31,18 +31,23 @@ from tests.interpreter.test_dead_letters import charge_needs_card
 from tests.interpreter.test_engine import make_definition, new_runtime, task, work
 
 
-def _loop_and_park(park_timeout: str = "1h") -> list[dict[str, Any]]:
-    """A loop in one branch; in the other, 'ask', then 'charge' that fails without a card and
-    parks on a dead letter, then 'done'; 'after' shows 'done''s output."""
-    charge = task(
+def charge_parking(park_timeout: str = "1h", **fields: Any) -> dict[str, Any]:
+    """'charge': fails without a card (:func:`charge_needs_card`) and parks on a dead letter."""
+    return task(
         "charge",
         "charge",
         input={"amount": 5},
         retry={"maximum_attempts": 1},
         on_failure="dead_letter",
         park_timeout=park_timeout,
-        on_park_timeout="continue",
+        **fields,
     )
+
+
+def _loop_and_park(park_timeout: str = "1h") -> list[dict[str, Any]]:
+    """A loop in one branch; in the other, 'ask', then 'charge' that fails without a card and
+    parks on a dead letter, then 'done'; 'after' shows 'done''s output."""
+    charge = charge_parking(park_timeout, on_park_timeout="continue")
     return _gate_and_loop(charge, work("done", 1, value="{{ steps.charge.output }}"))
 
 

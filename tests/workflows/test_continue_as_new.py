@@ -992,6 +992,27 @@ async def _waited_through_the_chain(handle: WorkflowHandle[Any, Any], what: str)
     )
 
 
+async def _pending(handle: WorkflowHandle[Any, Any], what: str) -> RunStatus:
+    """The status once an approval is pending."""
+    return await eventually(
+        lambda: status(handle), lambda s: bool(s.pending_approvals), timeout=60, what=what
+    )
+
+
+async def _loop_done(
+    handle: WorkflowHandle[Any, Any], first: RunStatus, carried: bool, what: str
+) -> RunStatus:
+    """The status once the loop is done: in a chain that continued at least twice while ``what``
+    (``carried``), or else in the run ``first`` was seen in (the wait kept the branches in it)."""
+    if carried:
+        return await _waited_through_the_chain(handle, what)
+    later = await eventually(
+        lambda: status(handle), lambda s: s.vars.get("l_n") == 40, timeout=120, what="the loop done"
+    )
+    assert later.continued == first.continued
+    return later
+
+
 async def _runs_carrying(client: Client, workflow_id: str, wait: str) -> int:
     """How many runs of the chain started with a branch carrying a ``wait`` (``person``, ``event``,
     ``park``) in their input's snapshot: the switches that wait was carried through (counted from
@@ -1043,12 +1064,7 @@ async def test_an_approval_waiting_in_a_parallel_branch_is_carried_while_the_oth
     handle = await start(
         limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
     )
-    first = await eventually(
-        lambda: status(handle),
-        lambda s: bool(s.pending_approvals),
-        timeout=60,
-        what="the approval in the branch pending",
-    )
+    first = await _pending(handle, "the approval in the branch pending")
     [pending] = first.pending_approvals
     later = await _waited_through_the_chain(handle, "the approval waited")
     [carried] = later.pending_approvals
@@ -1100,20 +1116,9 @@ async def test_an_approval_inside_a_condition_in_a_parallel_branch_is_carried_wh
     handle = await start(
         limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
     )
-    first = await eventually(
-        lambda: status(handle),
-        lambda s: bool(s.pending_approvals),
-        timeout=60,
-        what="the approval inside the condition pending",
-    )
+    first = await _pending(handle, "the approval inside the condition pending")
     [pending] = first.pending_approvals
-    if level >= 6:
-        later = await _waited_through_the_chain(handle, "the nested approval waited")
-    else:
-        later = await eventually(
-            lambda: status(handle), lambda s: s.vars.get("l_n") == 40, timeout=120, what="the loop done"
-        )
-        assert later.continued == first.continued
+    later = await _loop_done(handle, first, level >= 6, "the nested approval waited")
     [carried] = later.pending_approvals
     assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
     await handle.signal("approve", {"actor": "alice", "reason": "ok"})
@@ -1170,13 +1175,7 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
         what="the wait in the branch subscribed",
     )
     [started] = first.waiting_events
-    if level >= 5:
-        later = await _waited_through_the_chain(handle, "the wait waited")
-    else:
-        later = await eventually(
-            lambda: status(handle), lambda s: s.vars.get("l_n") == 40, timeout=120, what="the loop done"
-        )
-        assert later.continued == first.continued
+    later = await _loop_done(handle, first, level >= 5, "the wait waited")
     [carried] = later.waiting_events
     assert (carried.path, carried.key, carried.since, carried.deadline) == (
         "answer",
