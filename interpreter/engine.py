@@ -961,7 +961,9 @@ class _Drain:
         """What the carried entry would hold beside the run's state, counted up to ``limit``."""
         parts: list[Any] = [self.items or []]
         parts += [lane.output for lane in self.lanes if lane.done]
-        parts += [lane.failure.message for lane in self.lanes if lane.failure is not None]
+        parts += [
+            (lane.failure.message, lane.failure.error_type) for lane in self.lanes if lane.failure is not None
+        ]
         running = [lane.scope for lane in self.lanes if lane.scope is not None and not lane.done]
         if self.items is not None:  # an item still running carries its own steps
             parts += [scope.steps for scope in running]
@@ -2788,6 +2790,11 @@ class Engine:
             drain = _Drain(
                 [_Lane(b.steps, scope.sibling()) for b in step.branches], step.join, label=step.label
             )
+            if carried is not None:
+                # A branch failing in this run ranks after those that failed before (a branch
+                # listed earlier may fail before a carried one failed again; found by a probe).
+                ranks = [entry["failed"]["rank"] for entry in carried if "failed" in entry]
+                drain.failures = 1 + max(ranks, default=-1)
 
         async def run_branch(i: int, steps: list[Step]) -> Any:
             lane = None if drain is None else drain.lanes[i]

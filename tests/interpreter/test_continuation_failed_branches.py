@@ -17,7 +17,7 @@ from interpreter.state import RunState
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_continuation_lane_events import _chain, _straight
 from tests.interpreter.test_continuation_parallel import _engine, _looping
-from tests.interpreter.test_engine import make_definition, new_runtime, set_vars, work
+from tests.interpreter.test_engine import delay, make_definition, new_runtime, set_vars, work
 
 
 def _any(*branches: dict[str, Any], join: str = "any") -> Definition:
@@ -94,6 +94,62 @@ async def test_when_every_branch_failed_the_first_failure_is_the_steps_across_th
         straight.state,
         straight.error,
         straight.error_type,
+    )
+    assert _calls(rt) == _calls(straight_rt)
+
+
+@pytest.mark.parametrize("long_fails", [True, False])
+async def test_a_branch_failing_at_once_in_the_next_run_ranks_after_the_carried_failure(
+    long_fails: bool,
+) -> None:
+    """'first' resumes right at a ``fail`` step in the next run and fails there before the carried
+    'quick' failed again: it ranks after 'quick' (which failed first), so the step still reports
+    'quick''s error when every branch failed, and the next snapshot's ranks stay 0 and 1 (before,
+    both ranked 0: the wrong error, or the chain refused its own snapshot; found by a probe)."""
+    last = work("long_fail", fail="Long") if long_fails else work("long_ok", value="ok")
+    definition = _any(
+        {"id": "first", "steps": [work("x", 2), {"id": "boom", "type": "fail", "message": "Boom"}]},
+        _failing("quick", 1, "Quick"),
+        {"id": "long", "steps": [delay("nap", "100s"), last]},
+    )
+    straight_rt = new_runtime()
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert straight.state == (RunState.FAILED if long_fails else RunState.COMPLETED)
+
+    rt = new_runtime()
+    result, _, _ = await _chain(definition, rt, every=1)
+    assert (result.state, result.error, result.error_type, result.output) == (
+        straight.state,
+        straight.error,
+        straight.error_type,
+        straight.output,
+    )
+    if long_fails:
+        assert result.error_type == "Quick"
+
+
+async def test_the_chain_reads_the_ranks_it_carried_after_a_branch_failed_at_once() -> None:
+    """As above, with a fourth branch that keeps the chain switching: the snapshot after 'first'
+    failed carries ranks 0 and 1 and the next run reads it (before: ranks 0 and 0, which the next
+    run refused as forged)."""
+    definition = _any(
+        {"id": "first", "steps": [work("x", 2), {"id": "boom", "type": "fail", "message": "Boom"}]},
+        _failing("quick", 1, "Quick"),
+        {"id": "long", "steps": [delay("nap", "100s"), work("long_ok", value="ok")]},
+        {
+            "id": "looper",
+            "steps": [delay("wait3", "3s"), *(work(f"w{i}", 1) for i in range(3)), work("w3", 1, fail="L")],
+        },
+    )
+    straight_rt = new_runtime()
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt, every=1)
+    assert {("quick", "Quick", 0), ("first", "WorkflowFailed", 1)} <= set(_failed_entries(snapshots))
+    assert (
+        (result.state, result.output)
+        == (straight.state, straight.output)
+        == (RunState.COMPLETED, result.output)
     )
     assert _calls(rt) == _calls(straight_rt)
 
