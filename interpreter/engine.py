@@ -1845,13 +1845,19 @@ class Engine:
             return str(entry["branch"]), int(entry["position"])
         return None
 
+    def _lane_resuming(self, step: Step, scope: _Scope) -> _Lane | None:
+        """The branch (item) whose current step is ``step``, when the previous run of the chain
+        carried it inside ``step``'s branch (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`)."""
+        lane = self._lane_at(step, scope)
+        return lane if lane is not None and lane.resume and lane.resume[0]["step"] == step.id else None
+
     def _lane_branch_to_resume(
         self, step: ConditionStep | SwitchStep, scope: _Scope
     ) -> tuple[str, int] | None:
         """The branch of ``step`` (the step a parallel branch or foreach item runs) the previous run
         of the chain carried that branch (item) in, and where in it (taken once), if any."""
-        lane = self._lane_at(step, scope)
-        if lane is None or not lane.resume or lane.resume[0]["step"] != step.id:
+        lane = self._lane_resuming(step, scope)
+        if lane is None:
             return None
         entry = lane.resume.pop(0)
         return str(entry["branch"]), int(entry["position"])
@@ -1902,12 +1908,10 @@ class Engine:
         if lane_park is not None and isinstance(step, TaskStep) and self._lane_at(step, scope) is not None:
             await self._resume_step(step, scope, path, lane_park[0].view.parked_at)
             return
-        if isinstance(step, ConditionStep | SwitchStep):
-            lane = self._lane_at(step, scope)
-            if lane is not None and lane.resume and lane.resume[0]["step"] == step.id:
-                # A wait in its branch was carried: its visit is counted and its record kept already.
-                await self._resume_step(step, scope, path, self._started_at)
-                return
+        if isinstance(step, ConditionStep | SwitchStep) and self._lane_resuming(step, scope) is not None:
+            # Its branch was carried inside it: its visit is counted and its record kept already.
+            await self._resume_step(step, scope, path, self._started_at)
+            return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -2910,13 +2914,14 @@ class Engine:
                 and drain.join == JoinStrategy.ANY
                 and self.runtime.patched(PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES)
             ):
+                # (one a previous run of the chain carried has its rank already, below the count)
                 failure.rank = drain.failures
+                drain.failures += 1
             if failure.rank is None:
                 drain.off = True
                 drain.active = False  # a failed branch is not carried
-            else:  # (one a previous run of the chain carried has its rank already)
+            else:
                 lane.failure = failure
-                drain.failures = max(drain.failures, failure.rank + 1)
             raise
         except BaseException:
             lane.done = drain.off = True
@@ -4252,17 +4257,18 @@ class Engine:
             else:
                 self._carried_parallel = _check_carried_parallel(parallel, steps, inner, limit)
             lanes = self._carried_parallel.get("branches") or self._carried_parallel["lanes"]
-            if any(
-                isinstance(lane, dict) and "within" in lane for lane in lanes
-            ) and not self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_BRANCHES):
-                raise ValueError(
-                    "a branch is carried inside a condition or switch, which a run of this generation"
-                    " does not do"
-                )
-            if any(
-                isinstance(lane, dict) and "failed" in lane for lane in lanes
-            ) and not self.runtime.patched(PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES):
-                raise ValueError("a failed branch is carried, which a run of this generation does not do")
+            for key, patch, what in (
+                (
+                    "within",
+                    PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
+                    "a branch is carried inside a condition or switch",
+                ),
+                ("failed", PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES, "a failed branch is carried"),
+            ):
+                if any(isinstance(lane, dict) and key in lane for lane in lanes) and not self.runtime.patched(
+                    patch
+                ):
+                    raise ValueError(f"{what}, which a run of this generation does not do")
             for lane in lanes:
                 if isinstance(lane, dict) and isinstance(lane.get("delay"), CarriedDelay):
                     delay = lane.pop("delay")

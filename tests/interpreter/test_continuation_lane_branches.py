@@ -21,6 +21,7 @@ from interpreter.state import (
     DeadLetterDecision,
     Decision,
     DecisionKind,
+    RunResult,
     RunState,
     StepStatus,
 )
@@ -56,6 +57,19 @@ THEN = {"branch": "then"}
 """The gate branch's output ('check''s, the branch's last step) when 'check' took 'then'."""
 
 
+async def _uninterrupted(definition: Definition, rt: FakeRuntime) -> tuple[RunResult, Engine]:
+    """The run without any switch, on ``rt``: its result and engine."""
+    engine = _straight(definition, rt)
+    return await rt.run(engine.run()), engine
+
+
+def _in_gate(gate: list[dict[str, Any]], after: str) -> list[dict[str, Any]]:
+    """:func:`_gate_and_loop` whose gate branch runs ``gate`` (instead of 'ask' and a gate)."""
+    steps = _gate_and_loop(after=after)
+    steps[1]["branches"][1]["steps"] = gate
+    return steps
+
+
 def _calls(rt: FakeRuntime) -> list[tuple[str, float]]:
     return sorted((c.activity_id, c.elapsed) for c in rt.calls)
 
@@ -81,8 +95,7 @@ async def test_an_approval_inside_a_condition_in_a_branch_is_carried_with_the_br
 
     straight_rt = new_runtime()
     decide_at(straight_rt)
-    straight_engine = _straight(definition, straight_rt)
-    straight = await straight_rt.run(straight_engine.run())
+    straight, straight_engine = await _uninterrupted(definition, straight_rt)
     assert (straight.state, _after(straight_engine)) == (RunState.COMPLETED, THEN)
 
     rt = new_runtime()
@@ -130,8 +143,7 @@ async def test_a_delay_inside_a_switch_in_a_foreach_item_is_carried_and_fires_wh
     }
     definition = make_definition([_ticking_items(last, output="{{ steps.route.output }}"), work("after")])
     straight_rt = new_runtime()
-    straight_engine = _straight(definition, straight_rt)
-    straight = await straight_rt.run(straight_engine.run())
+    straight, _ = await _uninterrupted(definition, straight_rt)
     assert straight.state == RunState.COMPLETED
 
     rt = new_runtime()
@@ -178,8 +190,7 @@ async def test_an_event_wait_two_conditions_deep_in_a_branch_takes_an_event_publ
 
     straight_rt = new_runtime()
     publish_at(straight_rt)
-    straight_engine = _straight(definition, straight_rt)
-    await straight_rt.run(straight_engine.run())
+    _, straight_engine = await _uninterrupted(definition, straight_rt)
 
     rt = new_runtime()
     publish_at(rt)
@@ -248,12 +259,9 @@ async def test_a_goto_out_of_the_carried_branch_goes_on_in_the_branchs_own_steps
         work("not_run", value="wrong"),
         work("landed", 1, value="landed"),
     ]
-    steps = _gate_and_loop(after="{{ steps.par.output.gate }}")
-    steps[1]["branches"][1]["steps"] = gate
-    definition = make_definition(steps)
+    definition = make_definition(_in_gate(gate, after="{{ steps.par.output.gate }}"))
     straight_rt = new_runtime()
-    straight_engine = _straight(definition, straight_rt)
-    await straight_rt.run(straight_engine.run())
+    _, straight_engine = await _uninterrupted(definition, straight_rt)
     assert _after(straight_engine) == "landed"
 
     rt = new_runtime()
@@ -275,13 +283,13 @@ async def test_a_loop_inside_a_condition_in_a_branch_stops_between_its_steps() -
         "then": {"steps": _looping("g", "b", 6, 1)},
         "else": {"steps": [work("skipped", value="else")]},
     }
-    steps = _gate_and_loop(after="{{ steps.par.output.gate }}:{{ vars.b }}")
+    steps = _in_gate(
+        [work("ask", 1, value="asked"), inner_loop], after="{{ steps.par.output.gate }}:{{ vars.b }}"
+    )
     steps[0]["vars"]["b"] = 0
-    steps[1]["branches"][1]["steps"] = [work("ask", 1, value="asked"), inner_loop]
     definition = make_definition(steps)
     straight_rt = new_runtime()
-    straight_engine = _straight(definition, straight_rt)
-    await straight_rt.run(straight_engine.run())
+    _, straight_engine = await _uninterrupted(definition, straight_rt)
     assert _after(straight_engine) == '{"branch": "then"}:6'
 
     rt = new_runtime()
