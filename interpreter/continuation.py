@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -222,4 +222,58 @@ def read_continuation(data: dict[str, Any]) -> Continuation:
         )
     # Validated as the JSON it came as: the definition models are strict, so an enum (a form
     # field's type) is accepted from its JSON string only this way.
-    return Continuation.model_validate_json(json.dumps(data))
+    return aware(Continuation.model_validate_json(json.dumps(data)))
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def aware(model: _Model) -> _Model:
+    """``model`` (a snapshot, or an entry of it read later), when every time in it has a UTC offset.
+
+    Raises:
+        ValueError: Naming the first that has none: every time a run writes is UTC, and a forged
+            naive one would fail a comparison with the clock later (a workflow task failing for
+            ever instead of the run failing in words).
+    """
+    naive = _naive_time(model, type(model).__name__)
+    if naive is not None:
+        raise ValueError(f"the carried time {naive} has no UTC offset")
+    return model
+
+
+def _naive_time(value: Any, where: str) -> str | None:
+    """Where in ``value`` (a model, or a list or dict of models) a time without a UTC offset is,
+    if anywhere. Data a model holds as ``Any`` is JSON, never a time: it is not walked."""
+    if isinstance(value, datetime):
+        return None if value.tzinfo is not None else f"{where} ({value.isoformat()})"
+    if isinstance(value, BaseModel):
+        items: Any = ((name, getattr(value, name)) for name in type(value).model_fields)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(item, datetime | BaseModel) or (
+            isinstance(value, BaseModel) and isinstance(item, list | tuple | dict)
+        ):
+            found = _naive_time(item, f"{where}.{key}")
+            if found is not None:
+                return found
+    return None
+
+
+def carried_ids(snapshot: Continuation, kind: str) -> list[str]:
+    """The ids a snapshot carries under ``kind`` in :attr:`Continuation.kinds` (the event ids the
+    chain consumed, the decision tokens it spent), none when it carries none.
+
+    Raises:
+        ValueError: When they are not a list of strings (a forged snapshot: the run fails in
+            words, rather than its workflow task failing for ever).
+    """
+    ids = snapshot.kinds.get(kind, [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"the carried {kind!r} are not a list of ids")
+    return ids

@@ -38,6 +38,8 @@ from interpreter.continuation import (
     CarriedPark,
     CarriedScope,
     Continuation,
+    aware,
+    carried_ids,
 )
 from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription
@@ -1174,7 +1176,7 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
     if len(_LANE_WAITS & set(entry)) > 1:
         raise ValueError(f"{where}: a carried branch waits in one step at most")
     if "park" in entry:
-        parked = CarriedPark.model_validate_json(json.dumps(entry["park"]))
+        parked = aware(CarriedPark.model_validate_json(json.dumps(entry["park"])))
         parked_view = parked.view
         if (
             not isinstance(step, TaskStep)
@@ -1188,7 +1190,7 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             raise ValueError(f"{where}: its carried park {parked_view.path!r} is not step {position} of it")
         entry["park"] = (parked, step)  # the engine checks the rest (:meth:`Engine._carried_park_problem`)
     if "event" in entry:
-        wait = CarriedEventWait.model_validate_json(json.dumps(entry["event"]))
+        wait = aware(CarriedEventWait.model_validate_json(json.dumps(entry["event"])))
         pending = wait.view
         if (
             not isinstance(step, WaitForEventStep)
@@ -1202,13 +1204,13 @@ def _check_lane_wait(entry: dict[str, Any], step: Step, position: int, path: str
             view=pending, step=step, since=wait.since, event=wait.event, rank=wait.rank or 0
         )
     if "delay" in entry:
-        delay = CarriedDelay.model_validate(entry["delay"])
+        delay = aware(CarriedDelay.model_validate(entry["delay"]))
         if not isinstance(step, DelayStep) or delay.path != path or delay.position != position:
             raise ValueError(f"{where}: its carried delay {delay.path!r} is not step {position} of it")
         entry["delay"] = delay
     if "person" in entry:
         # As JSON: the definition models are strict, a form field's type reads only from its JSON string.
-        carried = CarriedApproval.model_validate_json(json.dumps(entry["person"]))
+        carried = aware(CarriedApproval.model_validate_json(json.dumps(entry["person"])))
         view = carried.view
         if (
             not isinstance(step, ApprovalStep | HumanTaskStep)
@@ -4191,9 +4193,7 @@ class Engine:
 
     def _restore(self, snapshot: Continuation) -> None:
         """Takes over the state a previous run of the chain carried (see :meth:`continuation`)."""
-        self._consumed_events.update(
-            dict.fromkeys(str(i) for i in snapshot.kinds.get(CONSUMED_EVENTS_KIND, []))
-        )
+        self._consumed_events.update(dict.fromkeys(carried_ids(snapshot, CONSUMED_EVENTS_KIND)))
         self._generation = snapshot.generation
         self._started_at = snapshot.started_at
         if self._batch is None:  # (a foreach's child reads its parent's run context)
@@ -4352,7 +4352,7 @@ class Engine:
         (``kinds``), at ``position`` of ``steps`` (the innermost sequence it continued in)."""
         event_data = snapshot.kinds.get(EVENT_WAIT_KIND)
         if event_data is not None:
-            carried_wait = CarriedEventWait.model_validate_json(json.dumps(event_data))
+            carried_wait = aware(CarriedEventWait.model_validate_json(json.dumps(event_data)))
             pending = carried_wait.view
             at = steps[carried_wait.position] if carried_wait.position < len(steps) else None
             if not isinstance(at, WaitForEventStep) or at.id != pending.step_id or at.event != pending.event:
@@ -4367,7 +4367,7 @@ class Engine:
             self._carried_event = wait
         task_data = snapshot.kinds.get(HUMAN_TASK_KIND)
         if task_data is not None:
-            carried_task = CarriedApproval.model_validate_json(json.dumps(task_data))
+            carried_task = aware(CarriedApproval.model_validate_json(json.dumps(task_data)))
             view = carried_task.view
             waiting = steps[carried_task.position] if carried_task.position < len(steps) else None
             if not isinstance(waiting, HumanTaskStep) or waiting.id != view.step_id or view.kind != "task":
@@ -4381,14 +4381,14 @@ class Engine:
             self.state = self._waiting_state()
         delay_data = snapshot.kinds.get(DELAY_KIND)
         if delay_data is not None:
-            delay = CarriedDelay.model_validate_json(json.dumps(delay_data))
+            delay = aware(CarriedDelay.model_validate_json(json.dumps(delay_data)))
             step = steps[delay.position] if delay.position < len(steps) else None
             if not isinstance(step, DelayStep) or step.id != delay.path:
                 raise ValueError(f"carried delay {delay.path!r} is not at top-level step {delay.position}")
             self._carried_delay = delay
         park_data = snapshot.kinds.get(DEAD_LETTER_KIND)
         if park_data is not None:
-            carried = CarriedPark.model_validate_json(json.dumps(park_data))
+            carried = aware(CarriedPark.model_validate_json(json.dumps(park_data)))
             step = steps[carried.position] if carried.position < len(steps) else None
             if (
                 not isinstance(step, TaskStep)

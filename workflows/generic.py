@@ -54,7 +54,12 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
     from interpreter.actions import ActionResult
-    from interpreter.continuation import Continuation, ContinuationVersionError, read_continuation
+    from interpreter.continuation import (
+        Continuation,
+        ContinuationVersionError,
+        carried_ids,
+        read_continuation,
+    )
     from interpreter.durations import parse_duration
     from interpreter.engine import (
         PATCH_ABANDON_CLOSES_WAITS,
@@ -782,10 +787,13 @@ class RunDefinitionWorkflow:
         self._tenant = run.options.tenant
         self._proof_required = run.options.decision_proof
         self._publish_assignees = run.options.publish_assignees
-        self._used_tokens: dict[str, None] = dict.fromkeys(
-            [] if resume is None else [str(j) for j in resume.kinds.get(USED_TOKENS_KIND, [])]
-        )
+        self._used_tokens: dict[str, None] = {}
         """The ``jti`` of every token an accepted update carried: a token proves one decision."""
+        if resume is not None:
+            try:
+                self._used_tokens = dict.fromkeys(carried_ids(resume, USED_TOKENS_KIND))
+            except ValueError as err:  # forged: the run fails in words (its task would fail for ever)
+                self._resume_problem = self._resume_problem or clip(str(err))
         self._engine.cancel_hook = self._cancel_from_event
         self._home = asyncio.get_running_loop()
         """This run's own workflow instance (the SDK's event loop for it); see :meth:`_at_home`."""

@@ -395,6 +395,18 @@ async def test_a_forged_carried_branch_is_refused(forge: Any, problem: str) -> N
         _engine(_nested_definition(), new_runtime(), read_continuation(data), every=100)
 
 
+@pytest.mark.parametrize("field", ["since", "deadline"])
+async def test_a_carried_approvals_time_without_a_utc_offset_is_refused_in_words(field: str) -> None:
+    """Forged: the approval a branch carries waits since (or until) a time without an offset.
+    Before, the run raised a TypeError comparing it with the clock (on a worker, a workflow task
+    failing for ever); now the snapshot is refused as any other forged entry is."""
+    data = copy.deepcopy(await _nested_snapshot())
+    view = _gate_entry(data)["person"]["view"]
+    view[field] = view[field].replace("Z", "").replace("+00:00", "")
+    with pytest.raises(ValueError, match=f"CarriedApproval.view.{field} .* has no UTC offset"):
+        _engine(_nested_definition(), new_runtime(), read_continuation(data), every=100)
+
+
 async def test_a_carried_branch_is_refused_by_a_run_of_an_earlier_generation() -> None:
     data = await _nested_snapshot()
     definition = _nested_definition()

@@ -1,0 +1,133 @@
+"""A forged continue-as-new snapshot, on a real dev server: whoever can start the generic workflow
+can hand it any ``continuation``. Before, a snapshot with ids that were not a list (the consumed
+event ids, the spent decision tokens) or a time without a UTC offset (a step record's start, a
+carried approval's deadline) raised a ``TypeError`` in the workflow: its task failed and was
+retried for ever, the run stuck. Now each fails the run in words (``ContinuationError``, naming
+what is wrong); a snapshot the interpreter wrote itself is accepted as before.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from interpreter.continuation import SNAPSHOT_VERSION
+from interpreter.state import RunInput, RunOptions, RunState
+from interpreter.validate import load_definition
+from tests.workflows.support import failure_of, unique
+from workflows.generic import RunDefinitionWorkflow
+
+STARTED = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def _document() -> dict[str, Any]:
+    return {
+        "name": unique("forged"),
+        "version": 1,
+        "steps": [
+            {
+                "id": "gate",
+                "type": "approval",
+                "approvers": ["alice"],
+                "timeout": "1h",
+                "on_timeout": "approve",
+            },
+            {"id": "after", "type": "set", "vars": {"done": True}},
+        ],
+    }
+
+
+def _waiting_at_gate(deadline: str) -> dict[str, Any]:
+    """A snapshot of a run waiting at ``gate`` (as the interpreter writes one), deadline as given."""
+    return {
+        "version": SNAPSHOT_VERSION,
+        "generation": 1,
+        "started_at": STARTED.isoformat(),
+        "position": 0,
+        "approval": {
+            "position": 0,
+            "view": {
+                "step_id": "gate",
+                "path": "gate",
+                "approvers": ["alice"],
+                "since": STARTED.isoformat(),
+                "deadline": deadline,
+            },
+        },
+        "kinds": {"consumed_events": []},
+    }
+
+
+def _forge(change: str) -> dict[str, Any]:
+    deadline = (STARTED + timedelta(hours=1)).isoformat()
+    if change == "deadline without offset":
+        return _waiting_at_gate(deadline.removesuffix("+00:00"))
+    snapshot = _waiting_at_gate(deadline)
+    if change == "consumed events not a list":
+        snapshot["kinds"]["consumed_events"] = 5
+    elif change == "spent tokens not a list":
+        snapshot["kinds"]["used_decision_tokens"] = True
+    elif change == "record start without offset":
+        snapshot["records"] = [
+            {
+                "id": "gate",
+                "path": "gate",
+                "type": "approval",
+                "name": "gate",
+                "status": "waiting",
+                "started_at": "2026-12-01T09:00:00",
+            }
+        ]
+    return snapshot
+
+
+async def _start(client: Client, task_queue: str, continuation: dict[str, Any]) -> Any:
+    run = RunInput(
+        definition=load_definition(_document()),
+        options=RunOptions(engine_level=6),
+        continuation=continuation,
+    )
+    return await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        run,
+        id=unique("forged"),
+        task_queue=task_queue,
+        # Before the fix the run did not fail: its task failed again and again until this ended it.
+        execution_timeout=timedelta(seconds=60),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("consumed events not a list", "'consumed_events' are not a list of ids"),
+        ("spent tokens not a list", "'used_decision_tokens' are not a list of ids"),
+        ("record start without offset", "Continuation.records.0.started_at (2026-12-01T09:00:00) has no UTC"),
+        ("deadline without offset", "Continuation.approval.view.deadline (2026-12-01T10:00:00) has no UTC"),
+    ],
+)
+async def test_a_forged_snapshot_fails_the_run_in_words_instead_of_failing_its_task_for_ever(
+    client: Client, task_queue: str, worker: Worker, change: str, named: str
+) -> None:
+    handle = await _start(client, task_queue, _forge(change))
+    cause, _ = await failure_of(handle)
+    assert isinstance(cause, ApplicationError), cause
+    assert cause.type == "ContinuationError"
+    assert named in cause.message
+    assert cause.message.startswith("cannot continue the run: ")
+
+
+async def test_a_snapshot_as_the_interpreter_writes_it_goes_on_at_the_carried_approval(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """The control: the same snapshot unforged resumes the wait (and times out into ``approve``
+    an hour after it began, long past: at once)."""
+    handle = await _start(client, task_queue, _forge("none"))
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"done": True}
