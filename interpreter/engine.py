@@ -1284,7 +1284,8 @@ def _branch_named(step: ConditionStep | SwitchStep, name: str) -> tuple[Branch |
         if name == "default" and step.default is not None:
             return step.default, {"case": "default"}
         prefix, _, number = name.partition(":")
-        if prefix == "case" and number.isdigit() and int(number) < len(step.cases):
+        # (as the run writes it: "case:01" or "case:¹" is not "case:1")
+        if prefix == "case" and re.fullmatch(r"0|[1-9][0-9]*", number) and int(number) < len(step.cases):
             return step.cases[int(number)].then, {"case": int(number)}
     raise ValueError(f"step {step.id!r} has no branch {name[:80]!r}")
 

@@ -128,10 +128,8 @@ def _lanes(snapshots: list[dict[str, Any]], key: str = "branches") -> list[dict[
     ]
 
 
-async def test_a_delay_inside_a_switch_in_a_foreach_item_is_carried_and_fires_when_it_would_have() -> None:
-    """Item 0 reaches a switch whose first case sleeps 30 s, while items 1 and 2 still tick: the
-    item is carried asleep in the case (path ``each[0].nap``), the timer fires at the time it would
-    have; the others take the default."""
+def _switch_in_items() -> Definition:
+    """Items ticking beside a switch whose case 1 (item 0) sleeps 30 s."""
     last = {
         "id": "route",
         "type": "switch",
@@ -141,7 +139,14 @@ async def test_a_delay_inside_a_switch_in_a_foreach_item_is_carried_and_fires_wh
         ],
         "default": {"steps": [work("plain", 1, value="plain")]},
     }
-    definition = make_definition([_ticking_items(last, output="{{ steps.route.output }}"), work("after")])
+    return make_definition([_ticking_items(last, output="{{ steps.route.output }}"), work("after")])
+
+
+async def test_a_delay_inside_a_switch_in_a_foreach_item_is_carried_and_fires_when_it_would_have() -> None:
+    """Item 0 reaches a switch whose first case sleeps 30 s, while items 1 and 2 still tick: the
+    item is carried asleep in the case (path ``each[0].nap``), the timer fires at the time it would
+    have; the others take the default."""
+    definition = _switch_in_items()
     straight_rt = new_runtime()
     straight, _ = await _uninterrupted(definition, straight_rt)
     assert straight.state == RunState.COMPLETED
@@ -405,6 +410,18 @@ async def test_a_carried_approvals_time_without_a_utc_offset_is_refused_in_words
     view[field] = view[field].replace("Z", "").replace("+00:00", "")
     with pytest.raises(ValueError, match=f"CarriedApproval.view.{field} .* has no UTC offset"):
         _engine(_nested_definition(), new_runtime(), read_continuation(data), every=100)
+
+
+@pytest.mark.parametrize("case", ["case:01", "case:+1", "case:¹", "case: 1", "case:1 "])
+async def test_a_carried_switch_case_not_written_as_the_run_writes_it_is_refused(case: str) -> None:
+    """``case:1`` is the only way a run writes the second case: a forged spelling of it is refused
+    (before, ``case:01`` was taken as ``case:1``)."""
+    _, data = await _until_carried(_switch_in_items(), new_runtime(), "delay", "lanes")
+    [entry] = [lane for lane in data["kinds"]["parallel"]["lanes"] if lane and "delay" in lane]
+    assert entry["within"][0]["branch"] == "case:1"
+    entry["within"][0]["branch"] = case
+    with pytest.raises(ValueError, match="has no branch"):
+        _engine(_switch_in_items(), new_runtime(), read_continuation(data), every=100)
 
 
 async def test_a_carried_branch_is_refused_by_a_run_of_an_earlier_generation() -> None:
