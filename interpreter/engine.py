@@ -249,15 +249,27 @@ fails again at once, so the step ends as it would have: with the first branch to
 every branch failed, with the first failure. Applies only to runs started at its generation or
 above (as :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
 
+PATCH_CONTINUE_AS_NEW_LANE_NESTED = "continue-as-new-lane-nested"
+"""Patch id: a ``parallel`` or ``foreach`` step among a branch's (an item's) own steps, at any depth
+of such steps (and of the ``condition``/``switch`` branches of
+:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), no longer keeps the other branches' loops in one run:
+its own branches (items) stop at their boundaries, or wait in their own delays, approvals, human
+tasks, event waits or parks, as the outer ones do, and the branch running it is carried with the
+nested step's entry (``nested``: the same shape as :data:`PARALLEL_KIND`'s, its waits at their
+paths). The next run goes back into the nested step without evaluating it again (a ``foreach``'s
+list as it was), each of its branches where it stood. Applies only to runs started at its
+generation or above (as :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output, ``failed`` with its error
 (:data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`), or the ``position`` in its
 steps where it goes on, with its ``last_output`` and the ``delay`` it sleeps in, the ``person``
 (approval or human task), the ``event`` wait or the ``park`` it waits in, if any, and ``within``:
-the ``condition``/``switch`` branches that wait is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`); for a
-``foreach``, its ``items`` and per item ``None`` (not started), ``done`` or such a place with the
-item's own ``steps``."""
+the ``condition``/``switch`` branches that wait is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), or
+``nested``: the entry, of this shape, of the ``parallel``/``foreach`` step at its position
+(:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`); for a ``foreach``, its ``items`` and per item ``None``
+(not started), ``done`` or such a place with the item's own ``steps``."""
 
 PARALLEL_CARRY_BUDGET = 256 * 1024
 """Most bytes (as JSON) a carried ``parallel``/``foreach`` entry may hold beside the run's state (a
@@ -293,9 +305,9 @@ marker; a history recorded before the change replays as it went on."""
 
 HISTORY_GUARD_EVENTS = 40_000
 """Events of history at which a step no longer starts (see :data:`PATCH_HISTORY_GUARD`): a run
-continues as new long before (Temporal suggests it near 4,096), except where it cannot (while a
-step in a ``parallel`` or ``foreach`` branch waits, in one nested in another's branch, in the
-steps of an escalation or a compensation) or when its continuing was declined; the 11,200 events
+continues as new long before (Temporal suggests it near 4,096), except where it cannot (in the
+steps of an escalation or a compensation; in runs of earlier generations, while a step waits inside
+a step nested in a ``parallel`` or ``foreach`` branch) or when its continuing was declined; the 11,200 events
 left under Temporal's limit are for its compensations."""
 
 HISTORY_GUARD_BYTES = 40 * 1024 * 1024
@@ -854,6 +866,13 @@ class _Lane:
     failure: _RunFailed | None = None
     """How it failed, in a ``join: any`` step (:data:`PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES`): done,
     carried as failed."""
+    inner: _Drain | None = None
+    """The branches (items) of the ``parallel``/``foreach`` step it runs now, among its own steps
+    (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`): carried with it, as ``nested``."""
+    nested: dict[str, Any] | None = None
+    """The entry of that step a previous run of the chain carried it in, not yet gone back into."""
+    owner: _Drain | None = field(default=None, repr=False, compare=False)
+    """The branches (items) it is one of."""
 
     @property
     def started(self) -> bool:
@@ -890,6 +909,8 @@ class _Lane:
             place["within"] = [
                 {"step": frame.step, "branch": frame.branch, "position": frame.index} for frame in self.nest
             ]
+        if self.inner is not None and self.inner.describe is not None:
+            place["nested"] = self.inner.describe()
         _, at = self.here()
         if self.sleeping is not None:
             place["delay"] = self.sleeping.model_dump(mode="json")
@@ -943,11 +964,47 @@ class _Drain:
     outputs_counted: bool = False
     """Whether :meth:`carry_size` counts the running branches' last outputs
     (:data:`PATCH_DRAIN_FIXES`)."""
+    outer: _Lane | None = None
+    """The branch (item) whose own step this one is (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`): the
+    stop is its outermost step's (:meth:`root`), and it is carried in that branch's entry."""
+    describe: Callable[[], dict[str, Any]] | None = None
+    """Its carried entry (:data:`PARALLEL_KIND`'s shape), read at the switch."""
 
     def __post_init__(self) -> None:
         for lane in self.lanes:
+            lane.owner = self
             if lane.scope is not None:
                 self.by_scope[id(lane.scope)] = lane
+
+    def root(self) -> _Drain:
+        """The outermost step's branches: whose stop every nested one follows."""
+        drain = self
+        while drain.outer is not None and drain.outer.owner is not None:
+            drain = drain.outer.owner
+        return drain
+
+    def settled(self, now: datetime) -> bool:
+        """Every branch still running stands at a boundary, sleeps or waits (:func:`_settled`), or
+        has not started, or finished in a ``join: all`` step, or failed and is carried as failed;
+        and one has not finished (when all have, the step is ending: nothing of it is carried)."""
+        return (
+            not self.off
+            and any(not lane.done for lane in self.lanes)
+            and all(
+                _settled(lane, now)
+                or not lane.started
+                or (lane.done and self.join == JoinStrategy.ALL)
+                or lane.failure is not None
+                for lane in self.lanes
+            )
+        )
+
+    def stopping(self, now: datetime) -> bool:
+        """Whether a branch (of a nested step too) stands at a boundary or sleeps or waits."""
+        return any(
+            lane.stopped or _resting(lane, now) or (lane.inner is not None and lane.inner.stopping(now))
+            for lane in self.lanes
+        )
 
     def seat(self, lane: _Lane, scope: _Scope) -> None:
         """Gives an item's lane its scope (once it starts, or is carried under way)."""
@@ -977,7 +1034,11 @@ class _Drain:
         ]
         if self.outputs_counted:
             parts += [scope.last_output for scope in running]
-        return json_size(parts, limit)
+        size = json_size(parts, limit)
+        for lane in self.lanes:  # and the nested steps its branches run (their own entries)
+            if lane.inner is not None and not lane.done and size <= limit:
+                size += lane.inner.carry_size(limit)
+        return size
 
     def under_way(self) -> bool:
         """Whether a branch (item) has started and not finished: one that could still stop."""
@@ -986,20 +1047,7 @@ class _Drain:
     def ready(self, quiet: bool, now: datetime) -> bool:
         """Every branch still running stands at a boundary or sleeps, none waits (``quiet``): carry
         them."""
-        return (
-            self.active
-            and quiet
-            and not self.off
-            and all(
-                lane.stopped
-                or _resting(lane, now)
-                or not lane.started
-                or (lane.done and self.join == JoinStrategy.ALL)
-                or lane.failure is not None
-                for lane in self.lanes
-            )
-            and any(lane.stopped or _resting(lane, now) for lane in self.lanes)
-        )
+        return self.active and quiet and self.settled(now) and self.stopping(now)
 
 
 def _resting(lane: _Lane, now: datetime) -> bool:
@@ -1020,19 +1068,31 @@ def _resting(lane: _Lane, now: datetime) -> bool:
     )
 
 
+def _settled(lane: _Lane, now: datetime) -> bool:
+    """The branch stands at a boundary, sleeps or waits (:func:`_resting`), or runs a nested
+    ``parallel``/``foreach`` step whose own branches are all settled
+    (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`)."""
+    return lane.stopped or _resting(lane, now) or (lane.inner is not None and lane.inner.settled(now))
+
+
 class _Drained(Exception):  # control flow: every branch of a parallel step stopped for continue-as-new
     pass
 
 
-def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_limit: int) -> dict[str, Any]:
+def _check_carried_parallel(
+    data: Any, steps: list[Step], position: int, item_limit: int, prefix: str = ""
+) -> dict[str, Any]:
     """The carried ``parallel`` entry (:data:`PARALLEL_KIND`), checked against the step at
-    ``position`` of the sequence the run goes on in.
+    ``position`` of the sequence the run goes on in; ``prefix``: of its steps' paths (a nested
+    step's, :data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`).
 
     Raises:
         ValueError: Naming what does not match.
     """
     if isinstance(data, dict) and set(data) - {"since"} == {"step", "items", "lanes"}:
-        return _check_carried_foreach(data, steps, position, item_limit)
+        return _check_carried_foreach(
+            data, steps, position, item_limit, path=f"{prefix}{data['step']}" if prefix else None
+        )
     if not isinstance(data, dict) or set(data) - {"since"} != {"step", "branches"}:
         raise ValueError("the carried parallel step is malformed")
     step = steps[position] if 0 <= position < len(steps) else None
@@ -1056,17 +1116,28 @@ def _check_carried_parallel(data: Any, steps: list[Step], position: int, item_li
                 raise ValueError(f"{where}: a failed branch is carried only when the join is 'any'")
             ranks.append(_check_failed_branch(entry["failed"], where))
             continue
-        if set(entry) - _LANE_WAITS - {"within"} != {"id", "position", "last_output"}:
+        if set(entry) - _LANE_WAITS - {"within", "nested"} != {"id", "position", "last_output"}:
             raise ValueError(f"{where} is malformed")
         at = _check_position(entry["position"], branch.steps, where, "it")
-        waiting, inner = _check_lane_branches(entry, branch.steps, at, where)
-        _check_lane_wait(entry, waiting, inner, waiting.id, where)
+        sequence, inner = _check_lane_branches(entry, branch.steps, at, where)
+        _check_lane_wait(entry, sequence[inner], inner, prefix + sequence[inner].id, where)
+        _check_lane_nested(entry, sequence, inner, item_limit, prefix=prefix, where=where)
         going += 1
     if not going:
         raise ValueError(f"the carried branches of {step.id!r} are all finished")
     if sorted(ranks) != list(range(len(ranks))):
         raise ValueError(f"the carried failed branches of {step.id!r} are not ranked 0 to {len(ranks) - 1}")
     return {"step": step.id, "branches": [dict(e) for e in entries], **_carried_since(data)}
+
+
+def _carried_lanes(entry: dict[str, Any]) -> list[Any]:
+    """The branches (items) of a checked carried entry, and those of the nested steps they are
+    carried in (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`), outermost first."""
+    lanes: list[Any] = list(entry.get("branches") or entry["lanes"])
+    for lane in list(lanes):
+        if isinstance(lane, dict) and isinstance(lane.get("nested"), dict):
+            lanes += _carried_lanes(lane["nested"])
+    return lanes
 
 
 def _check_failed_branch(failed: Any, where: str) -> int:
@@ -1130,19 +1201,37 @@ _LANE_WAITS = frozenset({"delay", "person", "event", "park"})
 """What a carried branch (item) may wait in: one of them, at most."""
 
 
-def _check_lane_branches(entry: dict[str, Any], steps: list[Step], at: int, where: str) -> tuple[Step, int]:
-    """The step a carried branch (item) stands before or waits in: step ``at`` of its ``steps`` or,
-    when it carries ``within`` (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), the step at the
-    innermost one's position, each branch checked against the ``condition``/``switch`` step it
-    names; and that step's index in its sequence."""
+def _check_lane_branches(
+    entry: dict[str, Any], steps: list[Step], at: int, where: str
+) -> tuple[list[Step], int]:
+    """The sequence a carried branch (item) goes on in and the index in it of the step it stands
+    before or waits in: its ``steps`` and ``at``, or, when it carries ``within``
+    (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), the innermost branch's steps and position, each
+    branch checked against the ``condition``/``switch`` step it names."""
     nested = entry.get("within")
     if nested is None:
-        return steps[at], at
+        return steps, at
     if not isinstance(nested, list) or not nested:
         raise ValueError(f"{where}: its carried branches are malformed")
     for depth, frame in enumerate(nested):
         steps, at = _enter_branch(frame, steps, at, f"{where}: its carried branch {depth}")
-    return steps[at], at
+    return steps, at
+
+
+def _check_lane_nested(
+    entry: dict[str, Any], steps: list[Step], at: int, item_limit: int, *, prefix: str, where: str
+) -> None:
+    """A carried branch's (item's) ``nested`` entry, if any (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`):
+    the ``parallel``/``foreach`` step at ``at`` of ``steps`` (the sequence it goes on in), its own
+    branches' steps under ``prefix``; replaced by the checked entry."""
+    if "nested" not in entry:
+        return
+    if _LANE_WAITS & set(entry):
+        raise ValueError(f"{where}: a carried branch waits in one step at most")
+    step = steps[at]
+    if not isinstance(step, ParallelStep | ForeachStep) or not isinstance(entry["nested"], dict):
+        raise ValueError(f"{where}: its nested step is not a parallel or foreach step at {at}")
+    entry["nested"] = _check_carried_parallel(entry["nested"], steps, at, item_limit, prefix)
 
 
 def _enter_branch(frame: Any, steps: list[Step], at: int, where: str) -> tuple[list[Step], int]:
@@ -1251,16 +1340,17 @@ def _check_carried_foreach(
             going += 1
         elif isinstance(lane, dict) and set(lane) == {"done", "output"} and lane["done"] is True:
             continue
-        elif isinstance(lane, dict) and set(lane) - _LANE_WAITS - {"within"} == {
+        elif isinstance(lane, dict) and set(lane) - _LANE_WAITS - {"within", "nested"} == {
             "position",
             "last_output",
             "steps",
         }:
             at = _check_position(lane["position"], step.steps, where, "the body")
             _check_item_results(lane["steps"], step.steps, where)
-            waiting, inner = _check_lane_branches(lane, step.steps, at, where)
-            item_path = f"{path or step.id}[{offset + i}].{waiting.id}"
-            _check_lane_wait(lane, waiting, inner, item_path, where)
+            sequence, inner = _check_lane_branches(lane, step.steps, at, where)
+            item = f"{path or step.id}[{offset + i}]."
+            _check_lane_wait(lane, sequence[inner], inner, item + sequence[inner].id, where)
+            _check_lane_nested(lane, sequence, inner, item_limit, prefix=item, where=where)
             going += 1
             under_way += 1
         else:
@@ -1493,6 +1583,9 @@ class Engine:
         (an event signalled then is taken), each resumes with its view and window."""
         self._drain: _Drain | None = None
         """The branches of the ``parallel`` or ``foreach`` at the safe point, while it runs."""
+        self._inner_drains: list[_Drain] = []
+        """The branches of the ``parallel``/``foreach`` steps among those branches' own steps, while
+        they run (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`)."""
         self._lane_waits: set[str] = set()
         """Paths of the delays branches wait in, and of their approvals and human tasks waiting for a
         decision, that a continue-as-new carries as they are."""
@@ -1915,6 +2008,16 @@ class Engine:
             # Its branch was carried inside it: its visit is counted and its record kept already.
             await self._resume_step(step, scope, path, self._started_at)
             return
+        nesting = self._lane_nested_resuming(step, scope)
+        if (
+            isinstance(step, ParallelStep | ForeachStep)
+            and nesting is not None
+            and nesting.nested is not None
+        ):
+            # The branch was carried inside it: its visit is counted and its record kept already.
+            since = nesting.nested.get("since") or self._started_at
+            await self._resume_step(step, scope, path, since)
+            return
         visits = self._visits[path] = self._visits.get(path, 0) + 1
         if step.max_visits is not None and visits > step.max_visits:
             raise _RunFailed(
@@ -2260,7 +2363,7 @@ class Engine:
                 # branch is carried as one among its own steps (with the branches it is in).
                 inner = _Frame(branch.steps or [], start, step.id, name)
                 lane.nest.append(inner)
-                drain = self._drain
+                drain = lane.owner
                 assert drain is not None
                 try:
                     # It may stop for a continue-as-new between two of the branch's steps too.
@@ -2793,9 +2896,15 @@ class Engine:
         taken = self._take_carried(step, scope)
         carried: list[dict[str, Any]] | None = None if taken is None else taken["branches"]
         drain = None
-        if self._continue_as_new is not None and self._at_safe_step(step, scope):
+        outer = None
+        if self._continue_as_new is not None and not self._at_safe_step(step, scope):
+            outer = self._nesting_lane(step, scope)
+        if self._continue_as_new is not None and (outer is not None or self._at_safe_step(step, scope)):
             drain = _Drain(
-                [_Lane(b.steps, scope.sibling()) for b in step.branches], step.join, label=step.label
+                [_Lane(b.steps, scope.sibling()) for b in step.branches],
+                step.join,
+                label=step.label,
+                outer=outer,
             )
             if carried is not None:
                 # A branch failing in this run ranks after those that failed before (a branch
@@ -2827,6 +2936,7 @@ class Engine:
                 start, branch_scope.last_output = entry["position"], entry["last_output"]
                 if lane is not None:
                     lane.resume = list(entry.get("within") or [])
+                    lane.nested = entry.get("nested")
 
             async def body() -> Any:
                 await self._sequence(
@@ -2842,23 +2952,29 @@ class Engine:
             return await self._in_lane(drain, lane, body)
 
         factories = [functools.partial(run_branch, i, b.steps) for i, b in enumerate(step.branches)]
+        since = self._open_since(path)
+
+        def describe() -> dict[str, Any]:  # read at the switch: a decision taken meanwhile is in it
+            assert drain is not None
+            branches = [
+                {"id": b.id, **(lane.carried(own_steps=False) or {})}
+                for b, lane in zip(step.branches, drain.lanes, strict=True)
+            ]
+            return {**since, "step": step.id, "branches": branches}
+
+        if drain is not None:
+            drain.describe = describe
+        if outer is not None:
+            outer.inner = drain
         try:
             winner, results = await self._join_lanes(
                 drain, factories, step.join, f"{step.label}: join {step.join}"
             )
         except _Drained:
-            assert drain is not None
-            since = self._open_since(path)
-
-            def entry() -> dict[str, Any]:  # read at the switch: a decision taken meanwhile is in it
-                assert drain is not None
-                branches = [
-                    {"id": b.id, **(lane.carried(own_steps=False) or {})}
-                    for b, lane in zip(step.branches, drain.lanes, strict=True)
-                ]
-                return {PARALLEL_KIND: {**since, "step": step.id, "branches": branches}}
-
-            raise self._stop(self._position_of(step), carry=entry) from None
+            raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: describe()}) from None
+        finally:
+            if outer is not None and not self._carrying:  # (carried: read once every branch ended)
+                outer.inner = None
         if step.join == JoinStrategy.ALL:
             return {b.id: r for b, r in zip(step.branches, results, strict=True)}
         return {"winner": step.branches[winner].id, "output": results[0]}
@@ -2866,6 +2982,10 @@ class Engine:
     def _take_carried(self, step: ParallelStep | ForeachStep, scope: _Scope) -> dict[str, Any] | None:
         """The carried entry (:data:`PARALLEL_KIND`) of ``step`` when the previous run of the chain
         continued in it (taken once)."""
+        lane = self._lane_nested_resuming(step, scope)
+        if lane is not None:  # a branch's own step, carried in that branch's entry
+            nested, lane.nested = lane.nested, None
+            return nested
         carried = self._carried_parallel
         if carried is None or carried["step"] != step.id or not self._at_safe_step(step, scope):
             return None
@@ -2882,6 +3002,13 @@ class Engine:
         """:meth:`_join` of the branches (items) of the step at the safe point, ``drain`` their
         lanes (None where the run cannot continue as new): raises :class:`_Drained` once they all
         stopped for a continue-as-new."""
+        if drain is not None and drain.outer is not None:
+            # A nested step's branches: they stop as the outermost's do, which carries them all.
+            self._inner_drains.append(drain)
+            try:
+                return await self._join(factories, mode, summary)
+            finally:
+                self._inner_drains.remove(drain)
         self._drain = drain or self._drain
         try:
             if drain is None:
@@ -2922,13 +3049,13 @@ class Engine:
                 drain.failures += 1
             if failure.rank is None:
                 drain.off = True
-                drain.active = False  # a failed branch is not carried
+                drain.root().active = False  # a failed branch is not carried
             else:
                 lane.failure = failure
             raise
         except BaseException:
             lane.done = drain.off = True
-            drain.active = False  # a failed branch is not carried
+            drain.root().active = False  # a failed branch is not carried
             raise
         lane.done, lane.output = True, output
         return output
@@ -2941,10 +3068,30 @@ class Engine:
         if drain is None:
             return None
         lane = drain.by_scope.get(id(scope))
+        for inner in self._inner_drains if lane is None else ():
+            lane = inner.by_scope.get(id(scope))
+            if lane is not None:
+                break
         if lane is None or lane.scope is not scope:
             return None
         steps, at = lane.here()
         return lane if at < len(steps) and steps[at] is step else None
+
+    def _nesting_lane(self, step: ParallelStep | ForeachStep, scope: _Scope) -> _Lane | None:
+        """The branch (item) whose own step ``step`` is, when its branches may stop for a
+        continue-as-new as that branch's do (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`)."""
+        lane = self._lane_at(step, scope)
+        if lane is None or not self.runtime.patched(PATCH_CONTINUE_AS_NEW_LANE_NESTED):
+            return None
+        return lane
+
+    def _lane_nested_resuming(self, step: Step, scope: _Scope) -> _Lane | None:
+        """The branch (item) whose current step is ``step``, when the previous run of the chain
+        carried it inside that ``parallel``/``foreach`` step (and it is back in the branches it was in)."""
+        lane = self._lane_at(step, scope)
+        if lane is None or lane.resume or lane.nested is None or lane.nested["step"] != step.id:
+            return None
+        return lane
 
     async def _sleep_in_lane(self, step: DelayStep, path: str, lane: _Lane, delay: CarriedDelay) -> None:
         """A branch's ``delay`` until ``delay.until``: the same timer as any delay's; meanwhile the
@@ -2999,7 +3146,9 @@ class Engine:
         for a continue-as-new (starting that when the host asks and no step waits), until every
         branch stands at a boundary (the join then carries them), a step starts waiting, a branch
         fails, or :data:`PARALLEL_DRAIN_WAIT_S` passed. In a ``condition``/``switch`` branch the
-        branch is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), ``index`` is of that branch's steps."""
+        branch is in (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), ``index`` is of that branch's steps.
+        A nested step's branches (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`) stop as the outermost
+        step's do (its :meth:`_Drain.root` holds the stop)."""
         if lane.nest:
             lane.nest[-1].index = index
         else:
@@ -3008,36 +3157,45 @@ class Engine:
             return
         steps, _ = lane.here()
         now = self.runtime.now()
-        if not drain.active:
+        root = drain.root()
+        if not root.active:
             if (
-                drain.off
+                root.off
+                or drain.off
                 or not self._quiet()
-                or (drain.not_before is not None and now < drain.not_before)
+                or (root.not_before is not None and now < root.not_before)
                 or not self._continue_wanted()
             ):
                 return
-            if not drain.outputs_counted and drain.carry_size(PARALLEL_CARRY_BUDGET) <= PARALLEL_CARRY_BUDGET:
-                drain.outputs_counted = self.runtime.patched(PATCH_DRAIN_FIXES)
-            if drain.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
+            if not root.outputs_counted and root.carry_size(PARALLEL_CARRY_BUDGET) <= PARALLEL_CARRY_BUDGET:
+                root.outputs_counted = self.runtime.patched(PATCH_DRAIN_FIXES)
+            if root.carry_size(PARALLEL_CARRY_BUDGET) > PARALLEL_CARRY_BUDGET:
                 # Too much to carry now (less once items finish and leave their steps): not every
                 # boundary counts it again.
-                drain.retry_later(now)
+                root.retry_later(now)
                 return
-            if drain.join != JoinStrategy.ALL and not all(
-                other is lane or other.stopped or _resting(other, now) or other.failure is not None
-                for other in drain.lanes
-            ):
-                # Which branch finishes first decides an 'any' or 'first' join: a branch never waits
-                # for another here (only when all the others sleep or stand, so the switch is at once).
-                return
+            level: _Drain | None = drain
+            mine = lane
+            while level is not None:
+                if level.join != JoinStrategy.ALL and not all(
+                    other is mine or _settled(other, now) or other.failure is not None
+                    for other in level.lanes
+                ):
+                    # Which branch finishes first decides an 'any' or 'first' join: a branch never
+                    # waits for another here (only when all the others sleep or stand, so the
+                    # switch is at once).
+                    return
+                if level.outer is None:
+                    break
+                mine, level = level.outer, level.outer.owner
             # This change's patch first: a history recorded before it asks nothing else here.
             if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or (
                 self._batch is None and not self._nested_ok()
             ):
-                drain.off = True  # replaying a run recorded before: its branches went on
+                root.off = True  # replaying a run recorded before: its branches went on
                 return
-            drain.active, drain.timed = True, False
-            drain.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
+            root.active, root.timed = True, False
+            root.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
         if isinstance(steps[index], DelayStep):
             return  # it sleeps there instead of standing: a delay among its steps is carried as it is
         if isinstance(steps[index], WaitForEventStep) and self.runtime.patched(
@@ -3047,26 +3205,26 @@ class Engine:
             # would miss an event published meanwhile (a wait without lookback sees none before it).
             return
         timeout = None
-        if not drain.timed:  # the first branch to stand holds the timer of the deadline
-            assert drain.deadline is not None
-            left = (drain.deadline - now).total_seconds()
+        if not root.timed:  # the first branch to stand holds the timer of the deadline
+            assert root.deadline is not None
+            left = (root.deadline - now).total_seconds()
             if left <= 0:
-                drain.retry_later(now)
+                root.retry_later(now)
                 return
-            drain.timed, timeout = True, left
+            root.timed, timeout = True, left
         lane.stopped = True
         try:
             in_time = await self.runtime.wait_condition(
-                lambda: not drain.active or not self._carry_ok(),
+                lambda: not root.active or not self._carry_ok(),
                 timeout,
                 f"{label}: stop for continue-as-new",
             )
         finally:
             lane.stopped = False
         if in_time:
-            drain.active = False  # (once every branch stopped, the join cancels them here instead)
+            root.active = False  # (once every branch stopped, the join cancels them here instead)
         else:
-            drain.retry_later(self.runtime.now())
+            root.retry_later(self.runtime.now())
 
     async def _foreach(self, step: ForeachStep, scope: _Scope, path: str, visit: int = 1) -> Any:
         carried = self._take_carried(step, scope)
@@ -3115,17 +3273,28 @@ class Engine:
         chain left each item; ``batch_slice``: the items are a fanned-out foreach's child's slice."""
         gate = asyncio.Semaphore(concurrency)
         drain = None
+        outer = None
+        if (
+            self._continue_as_new is not None
+            and (safe or carried is not None)
+            and not batch_slice
+            and not self._at_safe_step(step, scope)
+        ):
+            outer = self._nesting_lane(step, scope)
         if (
             self._continue_as_new is not None
             and (safe or carried is not None)
             and (
                 batch_slice
                 or self._at_safe_step(step, scope)
+                or outer is not None
                 # Before PATCH_DRAIN_FIXES, a foreach nested in a child's body stopped too.
                 or (self._batch is not None and not self.runtime.patched(PATCH_DRAIN_FIXES))
             )
         ):
-            drain = _Drain([_Lane(step.steps) for _ in items], JoinStrategy.ALL, items, label=step.label)
+            drain = _Drain(
+                [_Lane(step.steps) for _ in items], JoinStrategy.ALL, items, label=step.label, outer=outer
+            )
         entries: list[dict[str, Any] | None] = [None] * len(items) if carried is None else carried["lanes"]
 
         async def one(i: int, item: Any) -> Any:
@@ -3147,8 +3316,9 @@ class Engine:
                     drain.seat(lane, it)
                     lane.index = entry["position"]
                     lane.resume = list(entry.get("within") or [])
+                    lane.nested = entry.get("nested")
             async with gate:
-                if drain is not None and drain.active and entry is None:
+                if drain is not None and drain.root().active and entry is None:
                     await self._hold_item(drain, step.label)
                 if drain is not None and lane is not None:
                     drain.seat(lane, it)
@@ -3171,22 +3341,28 @@ class Engine:
         factories = [functools.partial(one, offset + i, item) for i, item in enumerate(items)]
         if not factories:
             return []
+        since = self._open_since(path)
+
+        def describe() -> dict[str, Any]:  # read at the switch: a decision taken meanwhile is in it
+            assert drain is not None
+            lanes = [lane.carried(own_steps=True) for lane in drain.lanes]
+            return {**since, "step": step.id, "items": list(items), "lanes": lanes}
+
+        if drain is not None:
+            drain.describe = describe
+        if outer is not None:
+            outer.inner = drain
         try:
             _, results = await self._join_lanes(
                 drain, factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items"
             )
         except _Drained:
-            assert drain is not None
-            since = self._open_since(path)
-
-            def entry() -> dict[str, Any]:  # read at the switch: a decision taken meanwhile is in it
-                assert drain is not None
-                lanes = [lane.carried(own_steps=True) for lane in drain.lanes]
-                return {PARALLEL_KIND: {**since, "step": step.id, "items": list(items), "lanes": lanes}}
-
             if self._batch is not None:  # a fanned-out foreach's child: its slice is all it runs
-                raise _ContinueAsNew(0, carry=entry) from None
-            raise self._stop(self._position_of(step), carry=entry) from None
+                raise _ContinueAsNew(0, carry=lambda: {PARALLEL_KIND: describe()}) from None
+            raise self._stop(self._position_of(step), carry=lambda: {PARALLEL_KIND: describe()}) from None
+        finally:
+            if outer is not None and not self._carrying:  # (carried: read once every branch ended)
+                outer.inner = None
         return results
 
     async def _hold_item(self, drain: _Drain, label: str) -> None:
@@ -3194,25 +3370,30 @@ class Engine:
         ends (and, since :data:`PATCH_DRAIN_FIXES`, until a step starts waiting, no started item
         is left that could stop, or the stop's deadline passes: then the items go on)."""
         summary = f"{label}: next item"
+        root = drain.root()
         if not self.runtime.patched(PATCH_DRAIN_FIXES):
-            await self.runtime.wait_condition(lambda: not drain.active, None, summary)
+            await self.runtime.wait_condition(lambda: not root.active, None, summary)
             return
         timeout = None
-        if not drain.timed:  # no stopped item holds the timer of the deadline: this wait does
-            assert drain.deadline is not None
-            timeout = (drain.deadline - self.runtime.now()).total_seconds()
-            drain.timed = True
+        if not root.timed:  # no stopped item holds the timer of the deadline: this wait does
+            assert root.deadline is not None
+            timeout = (root.deadline - self.runtime.now()).total_seconds()
+            root.timed = True
         in_time = timeout is None or timeout > 0
         if in_time:
             in_time = await self.runtime.wait_condition(
-                lambda: not drain.active or not self._carry_ok() or not drain.under_way(), timeout, summary
+                # (a nested step's item waits while its branch, started, could stop: the outermost
+                # step carries the item not started; PATCH_CONTINUE_AS_NEW_LANE_NESTED)
+                lambda: not root.active or not self._carry_ok() or not root.under_way(),
+                timeout,
+                summary,
             )
-        if not drain.active:
+        if not root.active:
             return
         if in_time:
-            drain.active = False  # a step waits, or no item is left to stop: the items go on
+            root.active = False  # a step waits, or no item is left to stop: the items go on
         else:
-            drain.retry_later(self.runtime.now())
+            root.retry_later(self.runtime.now())
 
     async def _fan_out(
         self, step: ForeachStep, scope: _Scope, path: str, visit: int, items: list[Any]
@@ -4257,7 +4438,7 @@ class Engine:
                 self._carried_parallel = self._check_carried_batch(parallel, self._batch, limit)
             else:
                 self._carried_parallel = _check_carried_parallel(parallel, steps, inner, limit)
-            lanes = self._carried_parallel.get("branches") or self._carried_parallel["lanes"]
+            lanes = _carried_lanes(self._carried_parallel)
             for key, patch, what in (
                 (
                     "within",
@@ -4265,6 +4446,11 @@ class Engine:
                     "a branch is carried inside a condition or switch",
                 ),
                 ("failed", PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES, "a failed branch is carried"),
+                (
+                    "nested",
+                    PATCH_CONTINUE_AS_NEW_LANE_NESTED,
+                    "a branch is carried inside a parallel or foreach step among its own steps",
+                ),
             ):
                 if any(isinstance(lane, dict) and key in lane for lane in lanes) and not self.runtime.patched(
                     patch
@@ -4472,19 +4658,27 @@ class Engine:
         await self._drop_unresumed()
         await self._compensate()
 
-    def _carried_within_paths(self, parallel: dict[str, Any]) -> set[str]:
+    def _carried_within_paths(self, parallel: dict[str, Any], prefix: str = "") -> set[str]:
         """The paths of the ``condition``/``switch`` steps the carried branches (items) are in
-        (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`): their records stay open across a switch."""
+        (:data:`PATCH_CONTINUE_AS_NEW_LANE_BRANCHES`), and of the nested steps they are carried in
+        (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`), with theirs: their records stay open across a
+        switch. ``prefix``: of a nested step's paths."""
         paths: set[str] = set()
         if "lanes" in parallel:  # a foreach: each item's steps under its index
-            base = self._batch.path if self._batch is not None else str(parallel["step"])
-            offset = self._batch.offset if self._batch is not None else 0
-            for i, lane in enumerate(parallel["lanes"]):
-                if isinstance(lane, dict):
-                    paths |= {f"{base}[{offset + i}].{frame['step']}" for frame in lane.get("within") or []}
+            batch = self._batch if not prefix else None
+            base = batch.path if batch is not None else prefix + str(parallel["step"])
+            offset = batch.offset if batch is not None else 0
+            places = [(f"{base}[{offset + i}].", lane) for i, lane in enumerate(parallel["lanes"])]
         else:
-            for lane in parallel["branches"]:
-                paths |= {str(frame["step"]) for frame in lane.get("within") or []}
+            places = [(prefix, lane) for lane in parallel["branches"]]
+        for at, lane in places:
+            if not isinstance(lane, dict):
+                continue
+            paths |= {f"{at}{frame['step']}" for frame in lane.get("within") or []}
+            nested = lane.get("nested")
+            if isinstance(nested, dict):
+                paths.add(f"{at}{nested['step']}")
+                paths |= self._carried_within_paths(nested, at)
         return paths
 
     async def _drop_unresumed(self) -> None:

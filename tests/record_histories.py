@@ -806,6 +806,30 @@ def _parallel_nested_approval(base: str) -> dict[str, Any]:
     return document
 
 
+def _parallel_inner_approval(base: str) -> dict[str, Any]:
+    document = _parallel_approval(base)
+    # The same 30-turn loop; the approval waits in a branch of a parallel step of the other branch.
+    document["name"] = "replay-parallel-inner-approval"
+    document["steps"][1]["branches"][1]["steps"] = [
+        _echo("ask", "asked"),
+        {
+            "id": "inner",
+            "type": "parallel",
+            "branches": [
+                {
+                    "id": "person",
+                    "steps": [
+                        {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "10m"},
+                        _echo("shipped", "shipped"),
+                    ],
+                },
+                {"id": "note", "steps": [_echo("noted", "noted")]},
+            ],
+        },
+    ]
+    return document
+
+
 def _parallel_event(base: str) -> dict[str, Any]:
     document = _parallel_approval(base)
     # The same 30-turn loop; the other branch waits for an event instead of a person.
@@ -1308,6 +1332,30 @@ def scenarios() -> list[Scenario]:
             {},
             drive=_approve_after_loop,
             options=RunOptions(engine_level=6),
+        ),
+        Scenario(
+            "parallel_inner_approval_over_budget",
+            "a run of generation 6 (before patch continue-as-new-lane-nested): an approval waits in "
+            "a branch of a parallel step inside one branch of a top-level parallel step while the "
+            "other loops 30 turns past the history_budget of 100 events, all in one run (the nested "
+            "approval kept the branches from stopping); approved after the loop; replays without "
+            "continuing",
+            _parallel_inner_approval,
+            {},
+            drive=_approve_after_loop,
+            options=RunOptions(engine_level=6),
+        ),
+        Scenario(
+            "continued_in_parallel_inner_approval",
+            "the last run of a chain (generation 7) that continued as new (history_budget 100) "
+            "inside a top-level parallel step while an approval waited in a branch of a parallel "
+            "step inside one of its branches and the other looped (patch "
+            "continue-as-new-lane-nested): the next run goes back into the nested step, the "
+            "approval pending from its start, approved after the loop, and the run completes",
+            _parallel_inner_approval,
+            {},
+            drive=_approve_after_loop,
+            options=RunOptions(engine_level=7),
         ),
         Scenario(
             "parallel_event_over_budget",

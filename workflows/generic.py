@@ -70,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES,
         PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
         PATCH_CONTINUE_AS_NEW_LANE_EVENTS,
+        PATCH_CONTINUE_AS_NEW_LANE_NESTED,
         PATCH_CONTINUE_AS_NEW_LANE_PARKS,
         PATCH_CONTINUE_AS_NEW_LANE_PEOPLE,
         PATCH_CONTINUE_AS_NEW_PARALLEL,
@@ -203,6 +204,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_LATE_EVENTS_REFUSED: 5,
     PATCH_CONTINUE_AS_NEW_LANE_BRANCHES: 6,
     PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES: 6,
+    PATCH_CONTINUE_AS_NEW_LANE_NESTED: 7,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -217,6 +219,7 @@ CARRIED_FORMAT_PATCHES = frozenset(
         PATCH_CONTINUE_AS_NEW_LANE_PARKS,
         PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
         PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES,
+        PATCH_CONTINUE_AS_NEW_LANE_NESTED,
     }
 )
 """Patches that put into a continue-as-new snapshot what a build of an earlier generation cannot

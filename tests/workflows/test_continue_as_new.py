@@ -1013,17 +1013,21 @@ async def _loop_done(
     return later
 
 
-async def _runs_carrying(client: Client, workflow_id: str, wait: str) -> int:
+async def _runs_carrying(client: Client, workflow_id: str, wait: str, *, nested: bool = False) -> int:
     """How many runs of the chain started with a branch carrying a ``wait`` (``person``, ``event``,
-    ``park``) in their input's snapshot: the switches that wait was carried through (counted from
-    the histories, not from when a test first saw the wait)."""
+    ``park``) in their input's snapshot (``nested``: in a branch of the nested step a branch is
+    carried in): the switches that wait was carried through (counted from the histories, not from
+    when a test first saw the wait)."""
     carrying = 0
     for run_id, _ in await _chain(client, workflow_id):
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         started = history.events[0].workflow_execution_started_event_attributes
         run_input = json.loads(started.input.payloads[0].data)
         parallel = ((run_input.get("continuation") or {}).get("kinds") or {}).get("parallel") or {}
-        carrying += any(wait in lane for lane in parallel.get("branches", []))
+        lanes = parallel.get("branches", [])
+        if nested:
+            lanes = [inner for lane in lanes for inner in (lane.get("nested") or {}).get("branches", [])]
+        carrying += any(wait in lane for lane in lanes)
     return carrying
 
 
@@ -1132,6 +1136,62 @@ async def test_an_approval_inside_a_condition_in_a_parallel_branch_is_carried_wh
     assert "skipped" not in scheduled
     carried_in = await _runs_carrying(limited_client, handle.id, "person")
     assert carried_in >= 2 if level >= 6 else carried_in == 0
+
+
+@pytest.mark.parametrize("level", [6, ENGINE_LEVEL])
+async def test_an_approval_in_a_parallel_step_inside_a_branch_is_carried_while_the_other_loops(
+    limited_client: Client, limited_worker: Worker, task_queue: str, level: int
+) -> None:
+    """A 40-turn loop in one branch; in the other, a parallel step ('inner') whose one branch waits
+    for an approval and the other notes something (a history budget of 100): the run continues as
+    new while the approval waits, the branch carried inside 'inner' with its branches' places; the
+    runs go back into 'inner' without starting it again; approved after the loop, the step after
+    the approval runs once and 'inner' completes once. A run started at generation 6 keeps the
+    branches in one run while the nested approval waits, as before; every run of the chain replays."""
+    ask = {"id": "ask", "type": "task", "action": "echo", "input": {"value": "asked"}}
+    inner = {
+        "id": "inner",
+        "type": "parallel",
+        "branches": [
+            {
+                "id": "person",
+                "steps": [
+                    {"id": "ok", "type": "approval", "approvers": ["alice"], "timeout": "1h"},
+                    {"id": "shipped", "type": "task", "action": "echo", "input": {"value": "shipped"}},
+                ],
+            },
+            {"id": "note", "steps": [{"id": "noted", "type": "set", "vars": {"noted": True}}]},
+        ],
+    }
+    document = definition(
+        unique("inner-approval"),
+        _loop_beside({"id": "gate", "steps": [ask, inner]}),
+        limits={"history_budget": 100},
+        output={
+            "n": "{{ vars.l_n }}",
+            "decision": "{{ steps.ok.output.decision }}",
+            "noted": "{{ vars.noted }}",
+            "shipped": "{{ steps.shipped.output }}",
+        },
+    )
+    handle = await start(
+        limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
+    )
+    first = await _pending(handle, "the approval inside the nested parallel step pending")
+    [pending] = first.pending_approvals
+    later = await _loop_done(handle, first, level >= 7, "the nested approval waited")
+    [carried] = later.pending_approvals
+    assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
+    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": 40, "decision": "approved", "noted": True, "shipped": "shipped"}
+    final = await status(handle)
+    assert [r.status for r in final.steps if r.id in ("inner", "ok")] == [StepStatus.COMPLETED] * 2
+    scheduled = await _ran_once(limited_client, handle.id, lambda activity_id: activity_id != "shipped")
+    assert scheduled.count("shipped") == 1
+    carried_in = await _runs_carrying(limited_client, handle.id, "person", nested=True)
+    assert carried_in >= 2 if level >= 7 else carried_in == 0
 
 
 @pytest.mark.parametrize("level", [4, ENGINE_LEVEL])
