@@ -4039,6 +4039,15 @@ class Engine:
                 )
         if event.id in self._consumed_events:
             return None  # at most once per event id (a lookback returns it again, say)
+        if event.published_at is not None and event.published_at.tzinfo is None:
+            # A mailbox stamps UTC: a time without an offset was forged (and would fail the
+            # comparison below, a workflow task failing for ever).
+            self.refuse_message(
+                "event",
+                event.source or None,
+                f"event {clip(event.id, 100)!r}: its published_at has no UTC offset",
+            )
+            return None
         for wait in self._event_waits.values():
             if wait.event is not None or event.type != wait.view.event or event.key != wait.view.key:
                 continue
@@ -4642,6 +4651,10 @@ class Engine:
             or wait.since != view.since - lookback
             or view.deadline != (view.since + parse_duration(step.timeout) if step.timeout else None)
         ):
+            return False
+        try:  # its key and path make the subscription it goes on under (a forged empty key does not)
+            self._subscription_of(wait)
+        except ValueError:
             return False
         got = wait.event
         return got is None or (

@@ -13,7 +13,7 @@ import pytest
 
 from interpreter.continuation import Continuation, read_continuation
 from interpreter.engine import ActionFailedError, Engine, RunInfo
-from interpreter.events import EventSubscription
+from interpreter.events import Event, EventSubscription
 from interpreter.state import CancelRequest, Decision, DecisionKind, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_continuation import (
@@ -115,6 +115,45 @@ async def test_a_forged_carried_event_is_refused() -> None:
     }
     with pytest.raises(ValueError, match="does not fit"):
         _event_engine(rt, read_continuation(data), continue_at=None)
+
+
+async def test_a_carried_event_wait_with_an_empty_key_is_refused_when_the_run_starts() -> None:
+    """Forged: the carried wait's key is empty. Before, the snapshot was taken and the run raised a
+    ValidationError making the wait's subscription (a workflow task failing for ever, found by an
+    attacker's probe); now it does not fit its step."""
+    rt = new_runtime()
+    _, snapshot = await _first_event_run(rt)
+    data = snapshot.model_dump(mode="json")
+    data["kinds"]["wait_for_event"]["view"]["key"] = ""
+    with pytest.raises(ValueError, match="carried event wait 'answer' does not fit step 'answer'"):
+        _event_engine(rt, read_continuation(data), continue_at=None)
+
+
+async def test_an_event_published_at_a_time_without_an_offset_is_refused_not_raised() -> None:
+    """Forged (a mailbox stamps UTC): an event signalled with a naive ``published_at`` while the
+    wait waits. Before, comparing it with the wait's window raised a TypeError in the signal
+    handler (a workflow task failing for ever, found by an attacker's probe); now it is refused
+    in words, and the wait takes the next, proper event."""
+    rt = new_runtime()
+    engine = _event_engine(rt, None, continue_at=None)
+    running = rt.spawn(engine.run())
+    await rt.run_until(lambda: bool(engine.status().waiting_events))
+    naive = Event(
+        id="naive",
+        type="family.answered",
+        key="fam-1",
+        tenant="default",
+        data={"answer": "yes"},
+        published_at=rt.now().replace(tzinfo=None),
+    )
+    assert engine.deliver_event(naive) is None
+    [refused] = engine.status().refused_messages
+    assert refused.reason == "event 'naive': its published_at has no UTC offset"
+    proper = naive.model_copy(update={"id": "proper", "published_at": rt.now()})
+    assert engine.deliver_event(proper) is None
+    result = await rt.run(running)
+    assert result.state == RunState.COMPLETED
+    assert next(r.output for r in result.steps if r.id == "after") == "proper:False"
 
 
 async def test_a_forged_task_completion_is_refused() -> None:
