@@ -339,6 +339,15 @@ def _details(result: RunResult, shape: ResultSteps) -> dict[str, Any]:
     return result.shaped(ResultSteps.COMPACT if shape == ResultSteps.NONE else shape).model_dump(mode="json")
 
 
+MAX_PENDING_ACTIVITIES = 2000
+"""Most step calls a run has as activities scheduled and not finished at once: Temporal's default
+``limit.numPendingActivities.error``. A valid definition can ask for more (25 branches, each a
+``foreach`` of concurrency 100): the server then refuses the workflow task's commands, and the task
+fails again and again. The calls over it wait their turn, in the order they came. At the server's
+limit, no run that completed before this ever waited, so their histories replay unchanged; a
+cluster configured with a lower limit needs a build with this lowered."""
+
+
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
@@ -358,9 +367,27 @@ class _TemporalRuntime:
         self._priority = priority
         self._options = options or RunOptions()
         self._telemetry = telemetry or RunTelemetry("?", 0, "?")
+        self._activity_slots = asyncio.Semaphore(MAX_PENDING_ACTIVITIES)
 
     def now(self) -> Any:
         return workflow.now()
+
+    async def _execute_activity(self, call: ActionCall, policy: RetryPolicy) -> ActionResult:
+        result: ActionResult = await workflow.execute_activity(
+            call.action,
+            call.request,
+            result_type=ActionResult,
+            activity_id=call.activity_id,
+            summary=call.summary,
+            start_to_close_timeout=_td(call.timeouts.start_to_close),
+            schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
+            heartbeat_timeout=_td(call.timeouts.heartbeat),
+            retry_policy=policy,
+            # Unset (None) is the run's own queue: the command is the same as before.
+            task_queue=call.task_queue,
+            priority=self._priority,
+        )
+        return result
 
     async def execute_action(self, call: ActionCall) -> ActionResult:
         if self._dry_run:
@@ -383,20 +410,8 @@ class _TemporalRuntime:
         failure: BaseException | None = None
         with telemetry.step_span(call.path, call.step_id, call.action) as span:
             try:
-                result: ActionResult = await workflow.execute_activity(
-                    call.action,
-                    call.request,
-                    result_type=ActionResult,
-                    activity_id=call.activity_id,
-                    summary=call.summary,
-                    start_to_close_timeout=_td(call.timeouts.start_to_close),
-                    schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
-                    heartbeat_timeout=_td(call.timeouts.heartbeat),
-                    retry_policy=policy,
-                    # Unset (None) is the run's own queue: the command is the same as before.
-                    task_queue=call.task_queue,
-                    priority=self._priority,
-                )
+                async with self._activity_slots:
+                    result: ActionResult = await self._execute_activity(call, policy)
             except ActivityError as err:
                 if isinstance(err.cause, CancelledError):
                     telemetry.step_ended(call.step_id, call.action, "cancelled", started, 1)
