@@ -1037,6 +1037,7 @@ class _Drain:
         size = json_size(parts, limit)
         for lane in self.lanes:  # and the nested steps its branches run (their own entries)
             if lane.inner is not None and not lane.done and size <= limit:
+                lane.inner.outputs_counted = self.outputs_counted
                 size += lane.inner.carry_size(limit)
         return size
 
@@ -3141,6 +3142,24 @@ class Engine:
         """No task is parked but among a branch's own steps (a park a continue-as-new carries)."""
         return all(park.view.path in self._lane_waits for park in self._parked.values())
 
+    @staticmethod
+    def _races(drain: _Drain, lane: _Lane, now: datetime) -> bool:
+        """Whether ``lane`` may not stand now: which branch finishes first decides an ``any`` or
+        ``first`` join, so a branch never waits for another there (it stands only when all the
+        others sleep or stand, so the switch is at once), in its own step and in each step around
+        it (:data:`PATCH_CONTINUE_AS_NEW_LANE_NESTED`)."""
+        level: _Drain | None = drain
+        mine = lane
+        while level is not None:
+            if level.join != JoinStrategy.ALL and not all(
+                other is mine or _settled(other, now) or other.failure is not None for other in level.lanes
+            ):
+                return True
+            if level.outer is None:
+                break
+            mine, level = level.outer, level.outer.owner
+        return False
+
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
         """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
         for a continue-as-new (starting that when the host asks and no step waits), until every
@@ -3174,20 +3193,8 @@ class Engine:
                 # boundary counts it again.
                 root.retry_later(now)
                 return
-            level: _Drain | None = drain
-            mine = lane
-            while level is not None:
-                if level.join != JoinStrategy.ALL and not all(
-                    other is mine or _settled(other, now) or other.failure is not None
-                    for other in level.lanes
-                ):
-                    # Which branch finishes first decides an 'any' or 'first' join: a branch never
-                    # waits for another here (only when all the others sleep or stand, so the
-                    # switch is at once).
-                    return
-                if level.outer is None:
-                    break
-                mine, level = level.outer, level.outer.owner
+            if self._races(drain, lane, now):
+                return
             # This change's patch first: a history recorded before it asks nothing else here.
             if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or (
                 self._batch is None and not self._nested_ok()
@@ -3196,6 +3203,8 @@ class Engine:
                 return
             root.active, root.timed = True, False
             root.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
+        elif drain.outer is not None and self._races(drain, lane, now):
+            return  # (a nested step's branch, while a stop another began is under way)
         if isinstance(steps[index], DelayStep):
             return  # it sleeps there instead of standing: a delay among its steps is carried as it is
         if isinstance(steps[index], WaitForEventStep) and self.runtime.patched(
@@ -3219,6 +3228,12 @@ class Engine:
                 timeout,
                 f"{label}: stop for continue-as-new",
             )
+        except asyncio.CancelledError:
+            if timeout is not None:
+                # It held the stop's timer: cancelled (its nested 'any' step decided), the next
+                # branch to stand takes the deadline over, or the stop would have none.
+                root.timed = False
+            raise
         finally:
             lane.stopped = False
         if in_time:
@@ -3381,13 +3396,18 @@ class Engine:
             root.timed = True
         in_time = timeout is None or timeout > 0
         if in_time:
-            in_time = await self.runtime.wait_condition(
-                # (a nested step's item waits while its branch, started, could stop: the outermost
-                # step carries the item not started; PATCH_CONTINUE_AS_NEW_LANE_NESTED)
-                lambda: not root.active or not self._carry_ok() or not root.under_way(),
-                timeout,
-                summary,
-            )
+            try:
+                in_time = await self.runtime.wait_condition(
+                    # (a nested step's item waits while its branch, started, could stop: the
+                    # outermost step carries the item not started; PATCH_CONTINUE_AS_NEW_LANE_NESTED)
+                    lambda: not root.active or not self._carry_ok() or not root.under_way(),
+                    timeout,
+                    summary,
+                )
+            except asyncio.CancelledError:
+                if timeout is not None:  # it held the stop's timer: the next to wait takes it over
+                    root.timed = False
+                raise
         if not root.active:
             return
         if in_time:

@@ -262,3 +262,88 @@ async def test_a_run_cancelled_before_it_went_back_into_the_nested_step_closes_i
     steps = {r.path: r.status for r in second.status().steps if r.path in ("par", "inner", "ok")}
     assert steps == {"par": StepStatus.CANCELLED, "inner": StepStatus.CANCELLED, "ok": StepStatus.CANCELLED}
     assert second.status().pending_approvals == []
+
+
+def _race_in_gate(join: str) -> Definition:
+    """A loop in the outer 'loop' branch; in 'gate', 'inner' (``join``): a 3-turn loop against a
+    3.5 s step (the loop wins)."""
+    gate = _inner(
+        [{"id": "mz", "type": "set", "vars": {"m": 0}}, *_looping("m", "m", 3, 1)],
+        [work("slow", 3.5, value="slow")],
+        join=join,
+    )
+    return make_definition(_gate_and_loop(gate, after="{{ steps.par.output.gate | tojson }}"))
+
+
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_a_nested_any_step_keeps_its_winner_while_a_stop_another_branch_began_is_under_way(
+    join: str,
+) -> None:
+    """The outer loop begins a stop at each boundary; the nested step's loop must not stand while
+    its rival runs (the first to finish wins): before, it stood, and the 3.5 s step won (found by a
+    review)."""
+    definition = _race_in_gate(join)
+    straight_rt = new_runtime()
+    straight, straight_engine = await _uninterrupted(definition, straight_rt)
+    rt = new_runtime()
+    result, engine, snapshots = await _chain(definition, rt, every=1)
+    assert snapshots
+    winner = {"winner": "b0", "output": {"m_total": 3}}
+    assert _records(engine, "inner") == _records(straight_engine, "inner") == [(StepStatus.COMPLETED, winner)]
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
+    assert result.state == straight.state == RunState.COMPLETED
+
+
+async def test_the_carry_budget_counts_the_nested_branches_last_outputs() -> None:
+    """Three nested branches each hold a 95 KB output while they sleep: together over the 256 KiB a
+    carried entry may hold, so the run does not switch while they hold them (as with the same
+    branches at the top); before, the nested ones' outputs were not counted (found by a review)."""
+    big = "{{ 'x' * 95000 }}"
+    inner = _inner(
+        *[
+            [work(f"big{i}", 1, value=big), delay(f"nap{i}", "20s"), work(f"end{i}", 1, value="e")]
+            for i in range(3)
+        ]
+    )
+    steps = _gate_and_loop(inner, after="done")
+    steps[1]["branches"][0]["steps"] = _looping("l", "a", 15, 1)
+    rt = new_runtime()
+    result, _, snapshots = await _chain(make_definition(steps), rt, every=1)
+    assert result.state == RunState.COMPLETED
+    assert snapshots
+    assert max(len(json.dumps(s["kinds"].get("parallel"))) for s in snapshots) <= 256 * 1024
+
+
+async def test_a_stop_still_ends_within_its_deadline_when_the_branch_holding_its_timer_is_cancelled() -> None:
+    """The nested loop stands first (holding the stop's 60 s timer) while the outer 'slow' branch
+    runs a 300 s call; its rival wins the nested 'any' at 5 s and it is cancelled. The branch then
+    stands before 'next': it goes on when the stop's deadline passes (61 s), not when the 300 s call
+    ends (before, the timer was lost with the cancelled branch; found by a review)."""
+    inner = _inner(
+        [{"id": "mz", "type": "set", "vars": {"m": 0}}, *_looping("m", "m", 20, 1)],
+        [delay("nap", "5s")],
+        join="any",
+    )
+    definition = make_definition(
+        [
+            {"id": "init", "type": "set", "vars": {"a": 0}},
+            {
+                "id": "par",
+                "type": "parallel",
+                "branches": [
+                    {
+                        "id": "slow",
+                        "steps": [work("long", 300, value="long"), work("long_after", 0, value=1)],
+                    },
+                    {"id": "gate", "steps": [inner, work("next", 1, value="next")]},
+                ],
+            },
+            work("after", 0, value="done"),
+        ]
+    )
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt, every=1)
+    assert result.state == RunState.COMPLETED
+    assert snapshots
+    [next_call] = [c for c in rt.calls if c.step_id == "next"]
+    assert next_call.elapsed <= 1 + 60  # the stop began at 1 s
