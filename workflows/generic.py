@@ -147,6 +147,8 @@ with workflow.unsafe.imports_passed_through():
 CONTINUE_AS_NEW_MAX_BYTES = 2 * 1024 * 1024
 """Largest input a run continues as new with inline: Temporal's payload limit (the SDK refuses a
 larger one). Not less: a run that continued as new with an input under the limit must replay."""
+RESULT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
+"""Largest result (or failure details) a run returns with its step records: the same limit."""
 
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
@@ -332,11 +334,35 @@ def dry_run_result(call: ActionCall, canned: Mapping[str, Any]) -> ActionResult:
     )
 
 
-def _details(result: RunResult, shape: ResultSteps) -> dict[str, Any]:
+def _details(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> dict[str, Any]:
     """What a run that did not complete carries in its error's details: its result, with the step
     records whatever ``RunOptions.result_steps`` says (where one looks first), compacted unless
-    ``full`` (the only shape before the option)."""
-    return result.shaped(ResultSteps.COMPACT if shape == ResultSteps.NONE else shape).model_dump(mode="json")
+    ``full`` (the only shape before the option); without them when they would not fit in
+    Temporal's payload limit (:func:`_fitted`)."""
+    shaped = _fitted(result, ResultSteps.COMPACT if shape == ResultSteps.NONE else shape, inline=inline)
+    details: dict[str, Any] = shaped.model_dump(mode="json")
+    return details
+
+
+def _fitted(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> RunResult:
+    """``result`` in ``shape``, or without its step records (the status query has them, while its
+    answer fits in the limit too) when they would take it past Temporal's payload limit: the SDK would refuse it, and the workflow
+    task would fail again and again (a valid definition can record that much: 100 branches of a
+    200-item foreach; found by an attacker's probe). No result that fitted is changed; ``inline``
+    false: the run stores large payloads by reference (the payload store), which takes any size."""
+    shaped = result.shaped(shape)
+    if not inline or shape == ResultSteps.NONE or not result.steps:
+        return shaped
+    size = workflow.payload_converter().to_payloads([shaped])[0].ByteSize()
+    if size <= RESULT_MAX_BYTES:
+        return shaped
+    workflow.logger.warning(
+        "the run's result with its %d step records is %d bytes, more than Temporal's payload limit"
+        " allows: returned without them",
+        len(result.steps),
+        size,
+    )
+    return result.shaped(ResultSteps.NONE)
 
 
 MAX_PENDING_ACTIVITIES = 2000
@@ -877,7 +903,7 @@ class RunDefinitionWorkflow:
                 raise asyncio.CancelledError(result.error)
             raise ApplicationError(
                 result.error or "cancelled",
-                _details(result, run.options.result_steps),
+                _details(result, run.options.result_steps, inline=run.options.state_budget is None),
                 type="RunCancelled",
                 non_retryable=True,
             )
@@ -885,19 +911,19 @@ class RunDefinitionWorkflow:
             # Not a success: closes as failed (red in the Web UI), the error type saying why.
             raise ApplicationError(
                 f"compensated: {result.error or 'a step failed'}",
-                _details(result, run.options.result_steps),
+                _details(result, run.options.result_steps, inline=run.options.state_budget is None),
                 type="RunCompensated",
                 non_retryable=True,
             )
         if result.state == RunState.FAILED:
             raise ApplicationError(
                 result.error or "failed",
-                _details(result, run.options.result_steps),
+                _details(result, run.options.result_steps, inline=run.options.state_budget is None),
                 type=result.error_type or "WorkflowFailed",
                 non_retryable=True,
             )
         # RunOptions.result_steps: a run whose input does not name it returns the result as before.
-        return result.shaped(run.options.result_steps)
+        return _fitted(result, run.options.result_steps, inline=run.options.state_budget is None)
 
     def _wants_new_run(self) -> bool:
         """The engine asks at its safe points: Temporal suggests continuing as new, or the
@@ -942,7 +968,11 @@ class RunDefinitionWorkflow:
                 self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
                 raise ApplicationError(
                     message,
-                    _details(self._engine.result(), run.options.result_steps),
+                    _details(
+                        self._engine.result(),
+                        run.options.result_steps,
+                        inline=run.options.state_budget is None,
+                    ),
                     type="ContinueAsNewTooLarge",
                     non_retryable=True,
                 )
