@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -372,6 +373,32 @@ MAX_PENDING_ACTIVITIES = 2000
 fails again and again. The calls over it wait their turn, in the order they came. At the server's
 limit, no run that completed before this ever waited, so their histories replay unchanged; a
 cluster configured with a lower limit needs a build with this lowered."""
+
+
+SEARCH_ATTRIBUTE_MAX_BYTES = 2048
+"""Largest value Temporal takes for a search attribute (its default ``limit.searchAttributeSizeLimit``
+per value, the JSON of a keyword list's whole list): a larger upsert makes the server terminate
+the run, with no message of ours and no compensation."""
+
+
+def _fitting_keywords(values: list[str]) -> list[str]:
+    """``values`` (sorted) as far as their JSON list fits in :data:`SEARCH_ATTRIBUTE_MAX_BYTES`: the
+    values after the first that does not fit are left out (an approver's name thousands of
+    characters long; found by an attacker's probe), with a warning. A list that fits is unchanged."""
+    kept: list[str] = []
+    size = 2  # the brackets
+    for value in values:
+        size += len(json.dumps(value)) + (1 if kept else 0)  # (escaped as the SDK sends it)
+        if size > SEARCH_ATTRIBUTE_MAX_BYTES:
+            workflow.logger.warning(
+                "WfaAssignees: %d of %d values left out (over Temporal's %d bytes for a search attribute)",
+                len(values) - len(kept),
+                len(values),
+                SEARCH_ATTRIBUTE_MAX_BYTES,
+            )
+            break
+        kept.append(value)
+    return kept
 
 
 class _TemporalRuntime:
@@ -1374,7 +1401,7 @@ class RunDefinitionWorkflow:
                 self._published[name] = values[name]
         # WfaAssignees only for runs whose options ask (RunOptions.publish_assignees): the input
         # of a run started before it existed says no, so its history replays without a patch.
-        assignees = engine.assignees() if self._publish_assignees else []
+        assignees = _fitting_keywords(engine.assignees()) if self._publish_assignees else []
         if assignees != self._published.get("assignees", []):
             updates.append(ASSIGNEES.value_set(assignees) if assignees else ASSIGNEES.value_unset())
             self._published["assignees"] = assignees

@@ -5,6 +5,7 @@ none. Human tasks completed through the client with group proof, and through ``w
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -132,3 +133,20 @@ async def test_wfa_task_complete(client: Client, task_queue: str, worker: Worker
     assert json.loads(done.out)["decision"] == "complete"
     result: RunResult = await handle.result()
     assert result.steps[0].output["data"] == {"reached": True}
+
+
+async def test_assignees_past_temporals_search_attribute_limit_are_left_out_not_fatal(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """An approver's name of 3,000 characters: its ``user:`` value would take WfaAssignees past the
+    2 KB Temporal takes for a search attribute, and the server terminated the run (no message, no
+    compensation; found by an attacker's probe). Now the values that do not fit are left out (the
+    ones before it kept), and the run goes on waiting, to be approved."""
+    long_name = "l" * 3000
+    step = {"id": "gate", "type": "approval", "approvers": ["alice", long_name]}
+    handle = await _start(client, task_queue, step)
+    assert await _assignees(handle) == ["user:alice"]
+    await handle.signal("approve", {"actor": "alice", "reason": "fine"})
+    result = RunResult.model_validate(await asyncio.wait_for(handle.result(), 60))
+    assert result.state == RunState.COMPLETED
+    assert await _assignees(handle) is None
