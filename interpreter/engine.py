@@ -260,6 +260,11 @@ paths). The next run goes back into the nested step without evaluating it again 
 list as it was), each of its branches where it stood. Applies only to runs started at its
 generation or above (as :data:`PATCH_CONTINUE_AS_NEW_LANE_EVENTS`)."""
 
+PATCH_PARK_IDS_PAST_NINE = "park-ids-past-nine"
+"""Patch id: a park a branch (item) carried whose park number is 10-19, 100-199, ... (``~p10``: the
+step's tenth park in the chain) is read as its step's; before, the next run refused the genuine
+snapshot and the chain failed (found by a differential probe). Asked only for such a number."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output, ``failed`` with its error
@@ -4642,8 +4647,7 @@ class Engine:
             or (visit and not (visit.isdigit() and int(visit) > 1))
             or carried.activity_id != (base if not redrives else f"{base}~r{redrives}")
             or not (
-                view.park_id == carried.activity_id
-                or re.fullmatch(re.escape(carried.activity_id) + r"~p[2-9][0-9]*", view.park_id)
+                view.park_id == carried.activity_id or self._park_number_ok(carried.activity_id, view.park_id)
             )
         ):
             return f"its activity id {carried.activity_id!r} or park id {view.park_id!r} is not its step's"
@@ -4659,6 +4663,15 @@ class Engine:
         if any(p.view.dead_letter_id == view.dead_letter_id for _, p in self._carried_lane_parks.values()):
             return f"its dead letter row {view.dead_letter_id} is carried for another park too"
         return None
+
+    def _park_number_ok(self, activity_id: str, park_id: str) -> bool:
+        """Whether ``park_id`` is ``activity_id``'s park number 2 or above (``~p<n>``). Before
+        :data:`PATCH_PARK_IDS_PAST_NINE` only 2-9 and 20-99, ... were read (a genuine ``~p10`` was
+        refused and the chain failed); the patch is asked only for such a number."""
+        number = park_id.removeprefix(f"{activity_id}~p") if park_id.startswith(f"{activity_id}~p") else ""
+        if re.fullmatch(r"[2-9][0-9]*", number):
+            return True
+        return bool(re.fullmatch(r"1[0-9]+", number)) and self.runtime.patched(PATCH_PARK_IDS_PAST_NINE)
 
     def _carried_event_fits(self, wait: _EventWait) -> bool:
         """Whether the event a carried wait took while the run switched (if any) is one its step

@@ -83,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
         PATCH_LATE_EVENTS_REFUSED,
+        PATCH_PARK_IDS_PAST_NINE,
         PATCH_PAYLOAD_BUDGETS,
         PATCH_TASK_WORK_BUDGET,
         ActionCall,
@@ -208,6 +209,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CONTINUE_AS_NEW_LANE_BRANCHES: 6,
     PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES: 6,
     PATCH_CONTINUE_AS_NEW_LANE_NESTED: 7,
+    PATCH_PARK_IDS_PAST_NINE: 7,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

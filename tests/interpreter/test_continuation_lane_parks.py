@@ -273,3 +273,93 @@ async def test_a_run_that_cannot_continue_as_new_after_all_closes_the_row_it_kep
     ]
     assert first.status().parked == []
     assert first.result().error_type == "ContinueAsNewTooLarge"
+
+
+def _parking_again_and_again() -> Definition:
+    """A branch whose task parks 12 times in a loop (each park timing out after a minute, the loop
+    going on) while the other branch ticks every 31 s: a switch carries the step's tenth park."""
+    pk = {
+        "id": "pk",
+        "type": "task",
+        "action": "work",
+        "input": {"seconds": 0, "fail": "Broke"},
+        "retry": {"maximum_attempts": 1},
+        "on_failure": "dead_letter",
+        "park_timeout": "1m",
+        "on_park_timeout": "continue",
+        "max_visits": 20,
+    }
+    tick = {
+        "id": "tick",
+        "type": "task",
+        "action": "work",
+        "input": {"seconds": 1, "value": "{{ (steps.tick.output if steps.tick is defined else 0) + 1 }}"},
+        "retry": {"maximum_attempts": 1},
+        "max_visits": 100,
+    }
+    return make_definition(
+        [
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            {
+                "id": "par",
+                "type": "parallel",
+                "branches": [
+                    {
+                        "id": "parks",
+                        "steps": [
+                            pk,
+                            {
+                                "id": "n_up",
+                                "type": "set",
+                                "vars": {"n": "{{ vars.n + 1 }}"},
+                                "max_visits": 20,
+                            },
+                            {
+                                "id": "more",
+                                "type": "condition",
+                                "if": "vars.n < 12",
+                                "then": {"goto": "pk"},
+                                "max_visits": 20,
+                            },
+                        ],
+                    },
+                    {
+                        "id": "loop",
+                        "steps": [
+                            tick,
+                            {"id": "nap", "type": "delay", "duration": "30s", "max_visits": 100},
+                            {
+                                "id": "again",
+                                "type": "condition",
+                                "if": "steps.tick.output < 40",
+                                "then": {"goto": "tick"},
+                                "max_visits": 100,
+                            },
+                        ],
+                    },
+                ],
+            },
+            work("tail", value="done"),
+        ]
+    )
+
+
+async def test_a_branchs_tenth_park_of_a_step_is_carried_and_read_back() -> None:
+    """Park ids go ``pk``, ``pk#2~p2`` ... ``pk#10~p10``: before, the next run read 2-9 only and
+    refused the genuine snapshot carrying ``~p10`` (the chain failed; found by a differential
+    probe). Now the chain ends as the uninterrupted run, every call once."""
+    definition = _parking_again_and_again()
+    straight_rt = new_runtime()
+    straight = await straight_rt.run(_straight(definition, straight_rt).run())
+    assert straight.state == RunState.COMPLETED
+    rt = new_runtime()
+    result, _, snapshots = await _chain(definition, rt)
+    carried = [
+        lane["park"]["view"]["park_id"]
+        for s in snapshots
+        for lane in s["kinds"].get(PARALLEL_KIND, {}).get("branches", [])
+        if "park" in lane
+    ]
+    assert any(park_id.endswith(("~p10", "~p11", "~p12")) for park_id in carried), carried
+    assert result.state == RunState.COMPLETED
+    assert sorted(c.activity_id for c in rt.calls) == sorted(c.activity_id for c in straight_rt.calls)
