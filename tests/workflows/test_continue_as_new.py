@@ -1013,6 +1013,21 @@ async def _loop_done(
     return later
 
 
+async def _approved_after_the_loop(handle: WorkflowHandle[Any, Any], carried: bool, what: str) -> RunResult:
+    """Waits for the approval ``ok`` (``what``) to be pending, and for the loop to be done (in a
+    chain that continued while it waited, ``carried``, else in the same run), the approval with the
+    same ``since`` and deadline; approves it; the run's result, completed."""
+    first = await _pending(handle, f"{what} pending")
+    [pending] = first.pending_approvals
+    later = await _loop_done(handle, first, carried, f"{what} waited")
+    [kept] = later.pending_approvals
+    assert (kept.path, kept.since, kept.deadline) == ("ok", pending.since, pending.deadline)
+    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
+    result: RunResult = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    return result
+
+
 async def _runs_carrying(client: Client, workflow_id: str, wait: str, *, nested: bool = False) -> int:
     """How many runs of the chain started with a branch carrying a ``wait`` (``person``, ``event``,
     ``park``) in their input's snapshot (``nested``: in a branch of the nested step a branch is
@@ -1120,14 +1135,7 @@ async def test_an_approval_inside_a_condition_in_a_parallel_branch_is_carried_wh
     handle = await start(
         limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
     )
-    first = await _pending(handle, "the approval inside the condition pending")
-    [pending] = first.pending_approvals
-    later = await _loop_done(handle, first, level >= 6, "the nested approval waited")
-    [carried] = later.pending_approvals
-    assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
-    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
-    result = await handle.result()
-    assert result.state == RunState.COMPLETED, result.error
+    result = await _approved_after_the_loop(handle, level >= 6, "the approval inside the condition")
     assert result.output == {"n": 40, "decision": "approved", "branch": "then", "shipped": "shipped"}
     final = await status(handle)
     assert [r.status for r in final.steps if r.id in ("check", "ok")] == [StepStatus.COMPLETED] * 2
@@ -1177,14 +1185,9 @@ async def test_an_approval_in_a_parallel_step_inside_a_branch_is_carried_while_t
     handle = await start(
         limited_client, task_queue, document, engine_level=level, execution_timeout=timedelta(minutes=5)
     )
-    first = await _pending(handle, "the approval inside the nested parallel step pending")
-    [pending] = first.pending_approvals
-    later = await _loop_done(handle, first, level >= 7, "the nested approval waited")
-    [carried] = later.pending_approvals
-    assert (carried.path, carried.since, carried.deadline) == ("ok", pending.since, pending.deadline)
-    await handle.signal("approve", {"actor": "alice", "reason": "ok"})
-    result = await handle.result()
-    assert result.state == RunState.COMPLETED, result.error
+    result = await _approved_after_the_loop(
+        handle, level >= 7, "the approval inside the nested parallel step"
+    )
     assert result.output == {"n": 40, "decision": "approved", "noted": True, "shipped": "shipped"}
     final = await status(handle)
     assert [r.status for r in final.steps if r.id in ("inner", "ok")] == [StepStatus.COMPLETED] * 2
