@@ -1037,12 +1037,11 @@ class _Drain:
             for lane in self.lanes
             if (lane.person is not None or lane.event is not None or lane.park is not None) and not lane.done
         ]
-        if self.outputs_counted:
+        if self.root().outputs_counted:  # (a nested step's as the outermost's)
             parts += [scope.last_output for scope in running]
         size = json_size(parts, limit)
         for lane in self.lanes:  # and the nested steps its branches run (their own entries)
             if lane.inner is not None and not lane.done and size <= limit:
-                lane.inner.outputs_counted = self.outputs_counted
                 size += lane.inner.carry_size(limit)
         return size
 
@@ -1232,9 +1231,7 @@ def _check_lane_nested(
     branches' steps under ``prefix``; replaced by the checked entry."""
     if "nested" not in entry:
         return
-    if _LANE_WAITS & set(entry):
-        raise ValueError(f"{where}: a carried branch waits in one step at most")
-    step = steps[at]
+    step = steps[at]  # (a wait beside it is refused already: its step would be this one)
     if not isinstance(step, ParallelStep | ForeachStep) or not isinstance(entry["nested"], dict):
         raise ValueError(f"{where}: its nested step is not a parallel or foreach step at {at}")
     entry["nested"] = _check_carried_parallel(entry["nested"], steps, at, item_limit, prefix)
