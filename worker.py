@@ -80,7 +80,7 @@ from activities.events import build_event_activities
 from activities.notify import DecisionLinks
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.plugins import plugin_activities
-from activities.run_control import request_cancel
+from activities.run_control import end_task, request_cancel
 from activities.secrets import (
     SecretsConfigError,
     configure_secret_store,
@@ -303,6 +303,7 @@ def build_worker(
             *build_activities(http_client, outbound_policy=outbound_policy, sql=sql),
             *build_event_activities(client),
             request_cancel,
+            end_task,
             state_budget_max,
             *plugin_activities(),
             DecisionLinks(EmailActions(outbound_policy or OutboundPolicy.from_env()).email).decision_links,

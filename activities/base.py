@@ -31,7 +31,7 @@ from activities.secrets import (
     tenant_scope,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
-from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
+from interpreter.sizes import ACTION_OUTPUT_BUDGET, VALUE_MAX_DEPTH, json_depth, json_size
 
 __all__ = [
     "MAX_FAILURE_DETAILS_BYTES",
@@ -449,6 +449,16 @@ def action(
                         f" {ACTION_OUTPUT_BUDGET} bytes for one action's output",
                         {"attempt": attempt},
                         type="ActionOutputTooLarge",
+                        non_retryable=True,
+                    )
+                if json_depth(output) > VALUE_MAX_DEPTH:
+                    # Nested past what the run can read back (an HTTP answer like [[[[...]]]]): the
+                    # workflow failed to decode the result, its task again on every retry.
+                    raise ApplicationError(
+                        f"the output of {name!r} nests lists and objects more than {VALUE_MAX_DEPTH}"
+                        " levels deep, more than a run keeps",
+                        {"attempt": attempt},
+                        type="ActionOutputTooDeep",
                         non_retryable=True,
                     )
                 return ActionResult(output=output, attempt=attempt)

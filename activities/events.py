@@ -32,6 +32,7 @@ from interpreter.events import (
     MailboxState,
     mailbox_id,
 )
+from interpreter.sizes import temporal_id
 
 __all__ = ["EventActivities", "build_event_activities", "mailbox_update"]
 
@@ -122,7 +123,9 @@ class EventActivities:
                 update=SUBSCRIBE_UPDATE,
                 arg=subscription,
                 # One update per wait: a retried attempt is the same subscription.
-                update_id=f"subscribe/{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}",
+                update_id=temporal_id(
+                    f"subscribe/{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+                ),
                 result_type=list[Event],
             )
         except WorkflowUpdateFailedError as err:

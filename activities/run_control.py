@@ -24,3 +24,14 @@ async def request_cancel(workflow_id: str, run_id: str) -> bool:
             return False
         raise
     return True
+
+
+END_TASK = "wfa.end_task"  # workflows.generic.END_TASK_ACTIVITY
+
+
+@activity.defn(name=END_TASK)
+async def end_task() -> None:
+    """Does nothing, as a local activity of the generic workflow: a run that executed many steps
+    without a call ends its activation here, so no activation runs past the SDK's deadlock limit
+    (``interpreter.engine.TASK_STEP_BUDGET``). A timer would do it too, but fires a second later on
+    the server's timer queue; this answers in milliseconds."""

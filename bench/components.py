@@ -83,6 +83,9 @@ class _FakeRuntime:
     ) -> bool:
         raise AssertionError("no waits in this workload")
 
+    async def end_task(self, summary: str) -> None:
+        raise AssertionError("no long loops in this workload")
+
     def state_changed(self) -> None:
         pass
 

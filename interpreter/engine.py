@@ -72,7 +72,7 @@ from interpreter.model import (
     WaitForEventStep,
     children,
 )
-from interpreter.sizes import RUN_STATE_BUDGET, json_size
+from interpreter.sizes import RUN_STATE_BUDGET, VALUE_MAX_DEPTH, json_depth, json_size
 from interpreter.state import (
     DECISION_LINKS_ACTIVITY,
     FINAL_STATES,
@@ -265,6 +265,24 @@ PATCH_PARK_IDS_PAST_NINE = "park-ids-past-nine"
 step's tenth park in the chain) is read as its step's; before, the next run refused the genuine
 snapshot and the chain failed (found by a differential probe). Asked only for such a number."""
 
+PATCH_TASK_STEP_BUDGET = "task-step-budget"
+"""Patch id: a run that executed :data:`TASK_STEP_BUDGET` steps in one activation ends it (a no-op
+local activity, :meth:`Runtime.end_task`) before its next step. A long loop of steps that call nothing (``set``,
+``condition``, ...), valid at up to 5,000 visits a step, ran in one task for seconds, past the SDK's
+deadlock limit (8 s here, 2 s by default) on a busy machine: the task failed, and failed again on
+every retry. Asked only when the bound is passed, so runs within it carry no marker."""
+
+PATCH_VALUE_DEPTH = "value-depth"
+"""Patch id: an output or variable nested more than :data:`interpreter.sizes.VALUE_MAX_DEPTH`
+levels deep fails its step (``ValueTooDeep``), as one over the state budget does. A template could
+build one (``[vars.x]`` in a loop); nested near 200 levels, the run's result, status or next run's
+input could be written but not read back, and the workflow task failed for ever. Asked only for
+such a value."""
+
+TASK_STEP_BUDGET = 1000
+"""Steps one activation may execute before the run ends it (about 25 ms of engine work on this
+machine, at 25 µs a step; see :data:`PATCH_TASK_STEP_BUDGET`)."""
+
 PARALLEL_KIND = "parallel"
 """Key of the ``parallel`` or ``foreach`` step a run continued in (``Continuation.kinds``): the step's
 id and, per branch in order, its id and either ``done`` with its output, ``failed`` with its error
@@ -413,6 +431,12 @@ class Runtime(Protocol):
 
     async def unsubscribe_events(self, subscription: EventSubscription) -> None:
         """Ends a subscription (best effort: a lapsed mailbox has nothing to end)."""
+        ...
+
+    async def end_task(self, summary: str) -> None:
+        """Hands control back to the host and resumes (on Temporal, a no-op local activity, also
+        in a dry run: the activation ends, so none runs past the SDK's deadlock limit): the
+        engine's way to split work no command would split."""
         ...
 
     def task_key(self) -> int:
@@ -1546,6 +1570,9 @@ class Engine:
         self._state_size = 0
         self._task_key: int | None = None
         self._task_work = 0
+        self._steps_task_key: int | None = None
+        self._task_steps = 0
+        """Steps executed in the current workflow task (see :data:`TASK_STEP_BUDGET`)."""
         """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
         self._run_ctx = {
             "workflow_id": info.workflow_id,
@@ -2034,6 +2061,7 @@ class Engine:
                 f" ({self.definition.limits.max_step_executions}) steps",
                 "StepLimitExceeded",
             )
+        await self._pace(path)
         self._check_history(path)
         record = StepRecord(
             id=step.id,
@@ -2045,6 +2073,20 @@ class Engine:
         )
         self.records.append(record)
         await self._run_step(step, scope, path, record, visits, resumed=False)
+
+    async def _pace(self, path: str) -> None:
+        """Ends the activation before a step once it executed :data:`TASK_STEP_BUDGET` steps
+        (:data:`PATCH_TASK_STEP_BUDGET`); the steps after it run in the next. Steps are counted
+        from the start of a workflow task (an action's result or a timer begins a new one) or from
+        the last :meth:`Runtime.end_task`."""
+        key = self.runtime.task_key()
+        if key != self._steps_task_key:
+            self._steps_task_key, self._task_steps = key, 0
+        self._task_steps += 1
+        if self._task_steps <= TASK_STEP_BUDGET or not self.runtime.patched(PATCH_TASK_STEP_BUDGET):
+            return
+        await self.runtime.end_task(f"{path}: {TASK_STEP_BUDGET} steps ran without a pause")
+        self._steps_task_key, self._task_steps = self.runtime.task_key(), 1
 
     def _check_history(self, path: str) -> None:
         """Fails the run before a step starts once its history is near Temporal's limit (see
@@ -2196,6 +2238,14 @@ class Engine:
         the variables). A task's excess is raised as :class:`ActionFailedError`, so its
         ``on_failure`` handles it like any failure; other steps fail the run.
         """
+        if json_depth(output) > VALUE_MAX_DEPTH and self.runtime.patched(PATCH_VALUE_DEPTH):
+            message = (
+                f"step {path!r}: its output nests lists and objects more than {VALUE_MAX_DEPTH} levels"
+                " deep, more than a run keeps"
+            )
+            if failure is ActionFailedError:
+                raise ActionFailedError(message, "ValueTooDeep", attempts)
+            raise _RunFailed(message, "ValueTooDeep")
         budget = self.info.state_budget or RUN_STATE_BUDGET
         size = json_size(output, budget) * copies
         total = self._state_size + size

@@ -67,6 +67,13 @@ class Event(BaseModel):
     source: str = Field(default="", max_length=200)
 
 
+MAX_PATH_CHARS = 8000
+"""Longest step path a subscription names: a valid definition's paths stay well under it (at most
+``limits.max_depth`` 20 levels of a 64-character id and an item index, inside a compensation or
+escalation), and may pass Temporal's 1,000-byte id limit, which only the ids made from them meet
+(:func:`interpreter.sizes.temporal_id`)."""
+
+
 class EventSubscription(BaseModel):
     """A run's subscription to a mailbox: what a wait (or a ``cancel_on``) listens for.
 
@@ -84,7 +91,7 @@ class EventSubscription(BaseModel):
     type: str = Field(pattern=EVENT_TYPE_PATTERN)
     key: str = Field(min_length=1, max_length=MAX_EVENT_KEY_CHARS)
     workflow_id: str = Field(min_length=1, max_length=1000)
-    path: str = Field(min_length=1, max_length=1000)
+    path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
     since: datetime
     until: datetime | None = None
 

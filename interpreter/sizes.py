@@ -9,11 +9,20 @@ budget fails as a step, which the definition's ``on_failure`` handles.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ACTION_OUTPUT_BUDGET", "RUN_STATE_BUDGET", "json_size"]
+__all__ = [
+    "ACTION_OUTPUT_BUDGET",
+    "ID_MAX_BYTES",
+    "RUN_STATE_BUDGET",
+    "VALUE_MAX_DEPTH",
+    "json_depth",
+    "json_size",
+    "temporal_id",
+]
 
 ACTION_OUTPUT_BUDGET = 512 * 1024
 """Largest output one action may return (Temporal warns about payloads from 512 KiB on)."""
@@ -21,6 +30,53 @@ ACTION_OUTPUT_BUDGET = 512 * 1024
 RUN_STATE_BUDGET = 1536 * 1024
 """Largest total of the outputs and variables a run keeps (its result and status carry them, and
 must stay under Temporal's 2 MiB payload limit with room for the rest)."""
+
+VALUE_MAX_DEPTH = 64
+"""Deepest nesting of lists and objects a value the run keeps may have (an action's output, a
+variable, the run's input). Temporal's payloads are read with pydantic, which refuses JSON nested
+past about 200 levels: a value nested near that inside the run's result, status or next run's
+input could be written but not read back, and the workflow task reading it failed for ever. 64
+leaves the run's own structure (records, snapshots, nested steps) the rest."""
+
+ID_MAX_BYTES = 1000
+"""Temporal's default limit on an id (activity, workflow, update): longer ones are refused, and a
+workflow task whose command carries one fails for ever."""
+
+
+def temporal_id(value: str) -> str:
+    """``value`` as an id Temporal takes: itself when it fits in :data:`ID_MAX_BYTES` (every id
+    of a run whose paths are not that long, so histories keep their ids), else its first 600 and
+    last 300 bytes around a digest of the whole (the same value gives the same id, two values
+    differing anywhere give two ids, and the Web UI still shows where the step is)."""
+    raw = value.encode()
+    if len(raw) <= ID_MAX_BYTES:
+        return value
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    head = raw[:600].decode(errors="ignore")
+    tail = raw[-300:].decode(errors="ignore")
+    return f"{head}~{digest}~{tail}"
+
+
+def json_depth(value: Any, limit: int = VALUE_MAX_DEPTH) -> int:
+    """How deep lists and objects nest in ``value`` (0 for a scalar, 1 for ``[1]``), counting no
+    further than one past ``limit`` (so a hostile value costs at most its size to measure)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children if isinstance(child, Mapping | list | tuple))
+    return deepest
 
 
 def json_size(value: Any, limit: int | None = None) -> int:

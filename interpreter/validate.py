@@ -43,6 +43,7 @@ from interpreter.model import (
     jump_targets,
     parse_definition,
 )
+from interpreter.sizes import json_depth
 from interpreter.templates import key_path as _key_path
 from interpreter.templates import template_strings
 
@@ -79,6 +80,19 @@ class DefinitionError(ValueError):
         super().__init__(f"{head} ({count} problem{'s' if count != 1 else ''}):\n{lines}")
 
 
+DEFINITION_MAX_DEPTH = 160
+"""Deepest nesting of lists and objects a definition document may have. A run's input carries the
+definition, and Temporal's payloads are read with pydantic, which refuses JSON nested past about
+200 levels: a deeper definition was registered, then its run could not start (its workflow task
+failed for ever; now ``InvalidRunInput``). 20 levels of nested steps (``limits.max_depth`` at its
+maximum) take about 80, leaving values (a task's input, a ``set`` step's) room."""
+
+_TOO_DEEP = (
+    f"the definition nests lists and objects more than {DEFINITION_MAX_DEPTH} levels deep, more than a"
+    " run's input can carry"
+)
+
+
 def load_definition(
     data: Mapping[str, Any] | str | bytes, *, known_actions: Iterable[str] | None = None
 ) -> Definition:
@@ -100,9 +114,13 @@ def load_definition(
             data = json.loads(data)
         except json.JSONDecodeError as err:
             raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
+        except RecursionError:
+            raise DefinitionError([Problem("$", _TOO_DEEP)]) from None
     if not isinstance(data, Mapping):
         raise DefinitionError([Problem("$", "a definition is a JSON object")])
     name = data.get("name") if isinstance(data.get("name"), str) else None
+    if json_depth(data, DEFINITION_MAX_DEPTH) > DEFINITION_MAX_DEPTH:
+        raise DefinitionError([Problem("$", _TOO_DEEP)], name)
     try:
         definition = parse_definition(data)
     except pydantic.ValidationError as err:

@@ -1449,10 +1449,11 @@ def _read_definition(file: str) -> str:
         raise DefinitionFileNotFoundError(file) from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    from interpreter.validate import DEFINITION_MAX_DEPTH
     from starter.definitions import load
 
     definition = load(text)
-    check_json(definition.model_dump(mode="json"), f"definition {file}")
+    check_json(definition.model_dump(mode="json"), f"definition {file}", max_depth=DEFINITION_MAX_DEPTH)
     return text
 
 

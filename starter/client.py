@@ -87,7 +87,7 @@ from interpreter.state import (
     RunStatus,
     StepStatus,
 )
-from interpreter.validate import definition_hash
+from interpreter.validate import DEFINITION_MAX_DEPTH, definition_hash
 from starter import tokens
 from starter.config import (
     DATABASE_URL_ENV,
@@ -1872,7 +1872,7 @@ def _check_document(document: object) -> None:
             return  # not JSON: validation names the problem
     elif isinstance(document, Definition):
         document = document.model_dump(mode="json")
-    check_json(document, "the definition")
+    check_json(document, "the definition", max_depth=DEFINITION_MAX_DEPTH)
 
 
 ENGINE_LEVEL_ENV = "WFA_ENGINE_LEVEL"

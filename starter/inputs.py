@@ -9,22 +9,29 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from interpreter.sizes import VALUE_MAX_DEPTH
 from starter.errors import InvalidInputError
 
 __all__ = ["brief", "check_json", "check_json_object", "json_type"]
 
 
-def check_json(value: Any, what: str, *, _path: str = "$", _depth: int = 0) -> None:
+def check_json(
+    value: Any, what: str, *, max_depth: int = VALUE_MAX_DEPTH, _path: str = "$", _depth: int = 0
+) -> None:
     """Checks that ``value`` is plain JSON the server and the store can both keep.
 
     Refuses what PostgreSQL cannot store (a NUL character in a string or key), what JSON cannot
-    express (NaN, infinities, non-string keys, other types) and nesting deeper than 200 levels.
+    express (NaN, infinities, non-string keys, other types) and nesting deeper than ``max_depth``
+    levels (default :data:`interpreter.sizes.VALUE_MAX_DEPTH`, 64: what a run keeps of a value; a
+    definition document takes :data:`interpreter.validate.DEFINITION_MAX_DEPTH`).
 
     Raises:
         InvalidInputError: Naming ``what`` and the JSON path of the first problem.
     """
-    if _depth > 200:
-        raise InvalidInputError(f"{what} is nested more than 200 levels deep (at {_path[:200]})")
+    if _depth > VALUE_MAX_DEPTH:
+        raise InvalidInputError(
+            f"{what} is nested more than {VALUE_MAX_DEPTH} levels deep (at {_path[:200]})"
+        )
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
@@ -43,11 +50,11 @@ def check_json(value: Any, what: str, *, _path: str = "$", _depth: int = 0) -> N
                 raise InvalidInputError(f"{what} has a key that is not a string at {_path}: {brief(key)}")
             if "\x00" in key:
                 raise InvalidInputError(f"{what} has a NUL character (\\u0000) in a key at {_path}")
-            check_json(item, what, _path=f"{_path}.{key[:50]}", _depth=_depth + 1)
+            check_json(item, what, max_depth=max_depth, _path=f"{_path}.{key[:50]}", _depth=_depth + 1)
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            check_json(item, what, _path=f"{_path}[{index}]", _depth=_depth + 1)
+            check_json(item, what, max_depth=max_depth, _path=f"{_path}[{index}]", _depth=_depth + 1)
         return
     raise InvalidInputError(f"{what} has a {type(value).__name__} at {_path}, which is not JSON")
 

@@ -30,7 +30,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import (
@@ -85,7 +85,9 @@ with workflow.unsafe.imports_passed_through():
         PATCH_LATE_EVENTS_REFUSED,
         PATCH_PARK_IDS_PAST_NINE,
         PATCH_PAYLOAD_BUDGETS,
+        PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
+        PATCH_VALUE_DEPTH,
         ActionCall,
         ActionFailedError,
         BatchCall,
@@ -105,7 +107,9 @@ with workflow.unsafe.imports_passed_through():
         EventSubscription,
         mailbox_id,
     )
+    from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
+    from interpreter.sizes import temporal_id
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
@@ -172,6 +176,8 @@ PATCH_STATE_BUDGET_MAX = "state-budget-max"
 at most the worker's maximum (``WFA_STATE_BUDGET_MAX``), read once by a local activity (a marker in
 history, so replay keeps the value the run got whatever the replaying worker's setting)."""
 STATE_BUDGET_MAX_ACTIVITY = "wfa.state_budget_max"
+END_TASK_ACTIVITY = "wfa.end_task"
+"""The no-op local activity that ends a long run of steps' activation (``activities.run_control``)."""
 """The local activity answering the worker's ``WFA_STATE_BUDGET_MAX`` (:mod:`starter.payload_store`)."""
 STATE_BUDGET_UNCHECKED = 16 * 1024 * 1024
 """A state budget up to this (the store's default, ``starter.payload_store.DEFAULT_STATE_BUDGET``,
@@ -210,6 +216,8 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES: 6,
     PATCH_CONTINUE_AS_NEW_LANE_NESTED: 7,
     PATCH_PARK_IDS_PAST_NINE: 7,
+    PATCH_TASK_STEP_BUDGET: 8,
+    PATCH_VALUE_DEPTH: 8,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -432,7 +440,7 @@ class _TemporalRuntime:
             call.action,
             call.request,
             result_type=ActionResult,
-            activity_id=call.activity_id,
+            activity_id=temporal_id(call.activity_id),
             summary=call.summary,
             start_to_close_timeout=_td(call.timeouts.start_to_close),
             schedule_to_close_timeout=_td(call.timeouts.schedule_to_close),
@@ -451,6 +459,16 @@ class _TemporalRuntime:
             # the deadlock detector or the template work budget would stop it.
             await workflow.sleep(DRY_RUN_PAUSE_S, summary=f"dry run: {call.summary}")
             return dry_run_result(call, self._canned)
+        if call.timeouts.start_to_close is None and call.timeouts.schedule_to_close is None:
+            # The registry refuses such a definition; one started by a raw client (its checks
+            # skipped) fails here as a step, where the SDK's refusal to schedule the activity
+            # would fail the workflow task for ever. No command was ever sent for it: no patch.
+            raise ActionFailedError(
+                f"step {call.path!r} has no start_to_close or schedule_to_close timeout (set one on"
+                " the step or in defaults.timeouts): Temporal runs no activity without one",
+                "MissingTimeout",
+                0,
+            )
         retry = call.retry
         policy = RetryPolicy(
             initial_interval=parse_duration(retry.initial_interval),
@@ -491,6 +509,14 @@ class _TemporalRuntime:
             return  # a dry run walks the path; it does not wait out delays
         await workflow.sleep(seconds, summary=summary)
 
+    async def end_task(self, summary: str) -> None:
+        # Ends the activation, not the workflow task: the SDK's deadlock limit is per activation,
+        # and the local activity answers in milliseconds (a timer fires a second later). Also in a
+        # dry run, whose long loops of steps need it as much.
+        await workflow.execute_local_activity(
+            END_TASK_ACTIVITY, start_to_close_timeout=timedelta(seconds=30), summary=summary
+        )
+
     async def wait_condition(
         self, predicate: Callable[[], bool], timeout_s: float | None, summary: str
     ) -> bool:
@@ -512,7 +538,7 @@ class _TemporalRuntime:
                 DEAD_LETTER_PARK,
                 record,
                 result_type=int,
-                activity_id=f"{record.park_id}/dead-letter",
+                activity_id=temporal_id(f"{record.park_id}/dead-letter"),
                 summary=f"{record.step_id}: record dead letter",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
@@ -546,7 +572,7 @@ class _TemporalRuntime:
                 SUBSCRIBE_ACTIVITY,
                 subscription,
                 result_type=list[Event],
-                activity_id=f"{subscription.path}/events#{count}",
+                activity_id=temporal_id(f"{subscription.path}/events#{count}"),
                 summary=f"{subscription.path}: subscribe to {subscription.type}",
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=_SUBSCRIBE_DEADLINE,
@@ -590,7 +616,7 @@ class _TemporalRuntime:
                 SUBFLOW_RESOLVE,
                 SubflowLookup(tenant=tenant, definition=call.definition, version=call.version),
                 result_type=SubflowDefinition,
-                activity_id=call.activity_id,
+                activity_id=temporal_id(call.activity_id),
                 summary=f"{call.summary}: resolve",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
@@ -720,7 +746,7 @@ class _TemporalRuntime:
         return await workflow.start_child_workflow(
             definition.name,  # listed under its definition's name, like a run a client started
             run,
-            id=workflow_id,
+            id=temporal_id(workflow_id),
             result_type=RunResult,
             task_queue=workflow.info().task_queue,
             search_attributes=attributes,
@@ -797,12 +823,53 @@ refused (``asyncio.wait``, ``platform``, ...) in ``workflows/`` and ``interprete
 The module keeps no state of its own between runs (constants only)."""
 
 
+if TYPE_CHECKING:
+    RunArgument = RunInput
+else:
+    RunArgument = RawValue
+"""The run's argument: a :class:`RunInput` to whoever starts a run (clients type their calls with
+it), read by the worker as the raw payload and decoded here (:func:`_read_run_input`). Decoded by
+the SDK, an input that is not a run input (a raw client's mistake or probe) failed the workflow task
+on every retry ("Failed decoding arguments"); read here, it fails the run, saying why. The payload
+is the same either way: nothing changes in history."""
+
+
+def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
+    """The run input in a run's arguments, or a placeholder with the reason it is not one (the run
+    then fails with ``InvalidRunInput`` before its first step; the placeholder only lets the
+    handlers of the first task answer)."""
+    problem: str
+    if len(args) != 1:
+        problem = f"a run takes one argument (the run input), not {len(args)}"
+    elif isinstance(args[0], RunInput):
+        return args[0], None
+    else:
+        try:
+            decoded: object = workflow.payload_converter().from_payload(args[0].payload, RunInput)
+        except Exception as err:
+            problem = f"the run input is not a run input: {clip(str(err))}"
+        else:
+            if isinstance(decoded, RunInput):
+                return decoded, None
+            # A payload not in JSON (bytes, null) comes back as itself, whatever the type asked.
+            problem = f"the run input is not a run input: it is {type(decoded).__name__}, not JSON"
+    placeholder = RunInput(
+        definition=Definition(name="invalid-run-input", steps=[SucceedStep(id="unread", type="succeed")])
+    )
+    return placeholder, problem
+
+
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=SANDBOXED)
 class RunDefinitionWorkflow:
     """Runs one stored workflow definition (recorded in its input, so the run is pinned to it)."""
 
     @workflow.init
-    def __init__(self, run: RunInput) -> None:
+    def __init__(self, run: RunArgument) -> None:
+        self._init([run])
+
+    def _init(self, args: Sequence[Any]) -> None:
+        run, self._input_problem = _read_run_input(args)
+        self._input = run
         if run.options.engine_level > ENGINE_LEVEL:  # before any handler of the first task runs
             raise EngineLevelUnknownError(run.options.engine_level)
         info = workflow.info()
@@ -890,9 +957,14 @@ class RunDefinitionWorkflow:
             )
 
     @workflow.run
-    async def run(self, run: RunInput) -> RunResult:
+    async def run(self, run: RunArgument) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
+        return await self._run(self._input)
+
+    async def _run(self, run: RunInput) -> RunResult:
         self._main = asyncio.current_task()
+        if self._input_problem is not None:
+            raise ApplicationError(self._input_problem, type="InvalidRunInput", non_retryable=True)
         if self._resume_problem is not None:
             raise ApplicationError(
                 f"cannot continue the run: {self._resume_problem}",
@@ -1430,31 +1502,11 @@ class DefinitionNamedWorkflow(RunDefinitionWorkflow):
 
     @workflow.init
     def __init__(self, args: Sequence[RawValue]) -> None:
-        self._decoded = self._run_input(args)  # decoded once (about 0.1 ms), not again in run()
-        super().__init__(self._decoded)
+        self._init(args)
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> RunResult:  # type: ignore[override]
-        return await super().run(self._decoded)
-
-    @staticmethod
-    def _run_input(args: Sequence[RawValue]) -> RunInput:
-        if len(args) != 1:
-            raise ApplicationError(
-                f"a run takes one argument (the run input), not {len(args)}",
-                type="InvalidRunInput",
-                non_retryable=True,
-            )
-        try:
-            decoded = workflow.payload_converter().from_payload(args[0].payload, RunInput)
-        except Exception as err:
-            raise ApplicationError(
-                f"the run input is not a run input: {clip(str(err))}",
-                type="InvalidRunInput",
-                non_retryable=True,
-            ) from None
-        assert isinstance(decoded, RunInput)
-        return decoded
+        return await self._run(self._input)
 
 
 WORKFLOWS: tuple[type, ...] = (RunDefinitionWorkflow, DefinitionNamedWorkflow)

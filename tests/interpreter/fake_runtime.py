@@ -431,6 +431,10 @@ class FakeRuntime:
             self.retries.append(RetryRecord(call.path, attempt, delay))
             await self._wait_until(self._now + timedelta(seconds=delay), f"retry {call.activity_id}")
 
+    async def end_task(self, summary: str) -> None:
+        """A 1 ms timer, as on Temporal (recorded in :attr:`sleeps`)."""
+        await self.sleep(0.001, summary)
+
     async def sleep(self, seconds: float, summary: str) -> None:
         """A durable timer on the virtual clock (recorded in :attr:`sleeps`)."""
         self.sleeps.append(SleepRecord(self._now, self.elapsed, seconds, summary))

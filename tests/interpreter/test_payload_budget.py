@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from interpreter.sizes import RUN_STATE_BUDGET, json_size
+from interpreter.engine import PATCH_VALUE_DEPTH
+from interpreter.sizes import ID_MAX_BYTES, RUN_STATE_BUDGET, VALUE_MAX_DEPTH, json_size, temporal_id
 from interpreter.state import RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import rec, run, task
@@ -58,3 +59,46 @@ async def test_within_the_budget_nothing_changes() -> None:
     rt.returning("echo", "z" * 10_000)
     result, _, _ = await run([task(f"s{i}") for i in range(20)], rt)
     assert result.state == RunState.COMPLETED
+
+
+def test_an_id_past_temporals_limit_is_fitted_uniquely_and_stably() -> None:
+    short = "each[3].call"
+    assert temporal_id(short) == short  # ids that fit are kept, as in every recorded history
+    exact = "x" * ID_MAX_BYTES
+    assert temporal_id(exact) == exact
+    long_a = "a" * 700 + "[1]." + "é" * 400 + ".call"
+    long_b = "a" * 700 + "[2]." + "é" * 400 + ".call"  # differs only in the part left out
+    fitted = temporal_id(long_a)
+    assert len(fitted.encode()) <= ID_MAX_BYTES
+    assert fitted == temporal_id(long_a)  # the same path gives the same id on replay
+    assert fitted != temporal_id(long_b)  # two paths differing only near the middle stay two ids
+    assert fitted.startswith("a" * 600)  # readable in the Web UI
+    assert fitted.endswith("é.call")
+    assert "\ufffd" not in fitted  # no character cut in half
+
+
+async def test_a_value_nested_past_what_a_run_keeps_fails_its_step_from_the_patch_on() -> None:
+    """A template may nest a variable one level deeper each turn; past VALUE_MAX_DEPTH the step
+    fails (patch value-depth), as an output over the state budget does."""
+    steps: list[dict[str, Any]] = [
+        {"id": "init", "type": "set", "vars": {"x": 1}},
+        {"id": "wrap", "type": "set", "vars": {"x": "{{ [vars.x] }}"}, "max_visits": 100},
+        {"id": "again", "type": "condition", "if": "true", "then": {"goto": "wrap"}, "max_visits": 100},
+    ]
+    result, _, _ = await run(steps)
+    assert (result.state, result.error_type) == (RunState.FAILED, "ValueTooDeep")
+    assert [r.path for r in result.steps].count("wrap") == VALUE_MAX_DEPTH  # {"x": [...64 deep]} is 65
+    old = FakeRuntime()
+    old.declined.add(PATCH_VALUE_DEPTH)  # a run recorded before the patch goes on as it did
+    result, _, _ = await run(steps, old)
+    assert (result.state, result.error_type) == (RunState.FAILED, "LoopLimitExceeded")
+    task_steps = [task("get", on_failure="continue"), task("after")]
+    rt = FakeRuntime()
+    deep: Any = 1
+    for _ in range(VALUE_MAX_DEPTH + 1):
+        deep = [deep]
+    rt.returning("echo", deep, "fine")
+    result, _, _ = await run(task_steps, rt)
+    assert result.state == RunState.COMPLETED  # a task's excess is its own failure, on_failure handles it
+    assert (rec(result, "get").status, rec(result, "get").error_type) == (StepStatus.FAILED, "ValueTooDeep")
+    assert rec(result, "after").output == "fine"

@@ -1022,3 +1022,41 @@ def test_an_approval_compensation_is_a_boundary_like_a_tasks() -> None:
     without = load_definition(doc({k: v for k, v in ok.items() if k != "compensate"}, task("after")))
     assert definition_hash(definition) != definition_hash(without)
     assert "compensate" not in without.model_dump(by_alias=True)["steps"][0]  # old hashes unchanged
+
+
+def _deep_value(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _nested_parallels(levels: int, innermost: dict[str, Any]) -> list[dict[str, Any]]:
+    steps = [innermost]
+    for level in range(levels):
+        steps = [{"id": f"p{level}", "type": "parallel", "branches": [{"id": f"b{level}", "steps": steps}]}]
+    return steps
+
+
+def test_the_deepest_valid_definition_fits_a_run_input_and_a_deeper_one_is_refused() -> None:
+    """Temporal's payloads are read with pydantic, which refuses JSON nested past about 200 levels:
+    a definition the registry accepted must be readable in its run's input."""
+    from interpreter.sizes import VALUE_MAX_DEPTH
+    from interpreter.state import RunInput
+
+    task = {"id": "t", "type": "task", "action": "echo", "input": {"value": _deep_value(VALUE_MAX_DEPTH - 1)}}
+    # 20 levels of nesting, each a parallel step (the most JSON levels per level of steps).
+    deepest = doc(*_nested_parallels(19, task), limits={"max_depth": 20})
+    definition = load_definition(deepest)
+    payload = RunInput(definition=definition).model_dump_json()
+    assert RunInput.model_validate_json(payload).definition == definition
+    # A value past what a run keeps, or JSON text past what Python's parser takes: a problem, not
+    # a crash or a definition whose runs cannot start.
+    deep = doc({"id": "s", "type": "set", "vars": {"x": _deep_value(196)}})
+    too_deep = (
+        "the definition nests lists and objects more than 160 levels deep, more than a run's input can carry"
+    )
+    assert only_problem(deep) == ("$", too_deep)
+    text = '{"name": "x", "steps": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(DefinitionError, match="more than 160 levels deep"):
+        load_definition(text)

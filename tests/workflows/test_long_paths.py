@@ -1,0 +1,86 @@
+"""A valid definition whose step paths run past Temporal's id limit (1,000 bytes for an activity
+id, a workflow id, ...): up to 20 levels of nesting of 64-character step ids are valid, and such a
+run must not stick on a workflow task Temporal refuses for ever."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from interpreter.state import RunState, StepStatus
+from tests.workflows.support import definition, record, start, unique
+
+DEPTH = 16  # 16 levels of a foreach with a 64-character id: past 1,000 bytes of path
+
+
+def _nested(leaf: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``leaf`` inside ``DEPTH`` nested one-item foreach steps (a path of ``level00_xxx[0].``...)."""
+    steps = leaf
+    for level in range(DEPTH):
+        steps = [{"id": f"level{level:02d}_" + "x" * 56, "type": "foreach", "items": "[1]", "steps": steps}]
+    return steps
+
+
+LEAF: list[dict[str, Any]] = [
+    {"id": "call_" + "c" * 59, "type": "task", "action": "echo", "input": {"value": "deep"}},
+    {"id": "nap_" + "n" * 60, "type": "delay", "duration": "1s"},
+    {
+        "id": "hear_" + "h" * 59,
+        "type": "wait_for_event",
+        "event": "deep.heard",
+        "key": "k",
+        "timeout": "1s",
+        "on_timeout": "continue",
+    },
+    {
+        "id": "each_" + "e" * 59,
+        "type": "foreach",
+        "items": "[1, 2]",
+        "steps": [
+            {"id": "item_" + "i" * 59, "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}
+        ],
+    },
+]
+
+
+async def test_a_run_whose_step_paths_pass_temporals_id_limit_completes(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    document = definition(unique("deep"), _nested(LEAF), limits={"max_depth": 20})
+    handle = await start(client, task_queue, document)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    calls = [r for r in result.steps if r.id.startswith(("call_", "item_"))]
+
+    assert [r.status for r in calls] == [StepStatus.COMPLETED] * 3
+    assert all(len(r.path.encode()) > 1000 for r in calls)
+    assert [r.output for r in calls] == ["deep", 1, 2]
+
+
+async def test_a_run_with_a_long_workflow_id_starts_its_children_and_waits_for_events(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """The workflow id (a business key: up to 1,000 bytes) is part of the ids of the run's fan-out
+    children and of its event subscriptions."""
+    name = unique("long-id")
+    steps: list[dict[str, Any]] = [
+        LEAF[2],
+        {
+            "id": "each",
+            "type": "foreach",
+            "items": "[1, 2]",
+            "fan_out_above": 1,
+            "batch_size": 1,
+            "steps": [{"id": "item", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}],
+        },
+    ]
+    workflow_id = name + "-" + "k" * (995 - len(name))
+    handle = await start(client, task_queue, definition(name, steps), workflow_id=workflow_id)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert record(result, "each").output == [1, 2]
+    heard = [r for r in result.steps if r.id == LEAF[2]["id"]]
+    assert heard[0].status == StepStatus.COMPLETED
+    assert heard[0].output["timed_out"] is True

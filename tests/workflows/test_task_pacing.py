@@ -1,0 +1,63 @@
+"""A valid long loop of steps that call nothing (a ``set`` step may run 5,000 times) on the dev
+server: its workflow tasks stay short (patch ``task-step-budget``), so a worker with a tight
+deadlock limit runs it to the end; in one task it took seconds, and the task failed for ever."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from interpreter.engine import TASK_STEP_BUDGET
+from interpreter.state import RunState
+from tests.workflows.support import definition, events, start, unique
+from worker import build_worker, tolerate_slow_activations
+from workflows.generic import END_TASK_ACTIVITY
+
+SETS = 12
+TURNS = 5000  # the most visits a step may declare: 12 x 5,000 = 60,000 steps, no call among them
+
+
+def _long_loop() -> list[dict[str, Any]]:
+    body = [
+        {"id": f"set{k:02d}", "type": "set", "vars": {f"v{k}": "{{ vars.i }}"}, "max_visits": TURNS}
+        for k in range(SETS - 2)
+    ]
+    return [
+        {"id": "init", "type": "set", "vars": {"i": 0}},
+        {"id": "bump", "type": "set", "vars": {"i": "{{ vars.i + 1 }}"}, "max_visits": TURNS},
+        *body,
+        {
+            "id": "again",
+            "type": "condition",
+            "if": f"vars.i < {TURNS}",
+            "then": {"goto": "bump"},
+            "max_visits": TURNS,
+        },
+        {"id": "done", "type": "succeed", "output": {"turns": "{{ vars.i }}"}},
+    ]
+
+
+async def test_a_long_loop_runs_in_short_workflow_tasks_under_a_tight_deadlock_limit(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient
+) -> None:
+    steps = SETS * TURNS + 2
+    document = definition(unique("long-loop"), _long_loop(), limits={"max_step_executions": steps})
+    async with build_worker(
+        client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
+    ) as running:
+        # 1.5 s instead of 8: the whole loop takes longer than that in one task, even on an idle
+        # machine; a task of TASK_STEP_BUDGET steps takes a fraction of it even on a busy one.
+        tolerate_slow_activations(running, 1.5)
+        handle = await start(client, task_queue, document, execution_timeout=timedelta(minutes=4))
+        result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"turns": TURNS}
+    failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED, EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+    assert not await events(handle, *failed)
+    markers = await events(handle, EventType.EVENT_TYPE_MARKER_RECORDED)
+    pauses = [m for m in markers if END_TASK_ACTIVITY.encode() in m.SerializeToString()]
+    assert len(pauses) == (steps - 1) // TASK_STEP_BUDGET

@@ -1,0 +1,86 @@
+"""Runs started by a raw Temporal client with a definition the registry would refuse (its structure
+parses, its whole-tree checks were skipped): the worker must end them in words, never leave a
+workflow task failing for ever."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from interpreter.model import parse_definition
+from interpreter.state import RunInput, RunOptions, StepStatus
+from tests.workflows.support import failure_of, record, unique
+from workflows.generic import RunDefinitionWorkflow
+
+
+async def _start_unchecked(client: Client, task_queue: str, document: dict[str, Any]) -> Any:
+    return await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(definition=parse_definition(document), options=RunOptions()),
+        id=unique("unchecked"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=2),  # a stuck run fails the test rather than hang it
+    )
+
+
+async def test_a_task_without_any_timeout_fails_as_a_step_the_definition_handles(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """Temporal needs start_to_close or schedule_to_close on every activity; the SDK refuses to
+    schedule one without, which failed the workflow task for ever."""
+    document = {
+        "name": unique("no-timeouts"),
+        "defaults": {"timeouts": {}},
+        "steps": [
+            {
+                "id": "tolerated",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "on_failure": "continue",
+            },
+            {
+                "id": "timed",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 2},
+                "timeouts": {"start_to_close": "10s"},
+            },
+            {"id": "fatal", "type": "task", "action": "echo", "input": {"value": 3}},
+        ],
+    }
+    handle = await _start_unchecked(client, task_queue, document)
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "MissingTimeout"
+    assert "'fatal'" in cause.message
+    assert "start_to_close" in cause.message
+    assert result is not None
+    tolerated = record(result, "tolerated")
+    assert (tolerated.status, tolerated.error_type) == (StepStatus.FAILED, "MissingTimeout")
+    assert record(result, "timed").output == 2
+
+
+async def test_a_run_input_that_is_not_one_fails_the_run_in_words(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """Under either workflow type (``RunDefinition``, or the definition's name), an input the
+    worker cannot read as a run input fails the run, saying so; the SDK's own decoding failed the
+    workflow task for ever."""
+    for workflow_type in ("RunDefinition", unique("named")):
+        for bad in ({"definition": {"name": "x"}}, "not a run input", [1, 2]):
+            handle = await client.start_workflow(
+                workflow_type,
+                bad,
+                id=unique("bad-input"),
+                task_queue=task_queue,
+                execution_timeout=timedelta(minutes=2),
+            )
+            cause, _ = await failure_of(handle)
+            assert isinstance(cause, ApplicationError), (workflow_type, bad, cause)
+            assert (cause.type, cause.non_retryable) == ("InvalidRunInput", True)
+            assert cause.message.startswith("the run input is not a run input: ")
