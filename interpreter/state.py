@@ -282,8 +282,9 @@ class RunStatus(BaseModel):
     continued: int = 0
     """How many times the run has continued as new (the same workflow id, a chain of runs)."""
     steps_dropped: int = 0
-    """Step records of earlier runs of the chain no longer listed in ``steps`` (the most recent
-    ones are carried)."""
+    """Step records no longer listed in ``steps``: of earlier runs of the chain (the most recent
+    ones are carried), and the oldest when all of them would take the status past Temporal's
+    payload limit (the most recent that fit are listed)."""
 
 
 class CurrentStepTracking(StrEnum):

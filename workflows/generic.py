@@ -376,6 +376,36 @@ def _fitted(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> Ru
     return result.shaped(ResultSteps.NONE)
 
 
+def _fitted_status(status: RunStatus, *, inline: bool) -> RunStatus:
+    """``status``, or with only its most recent step records when all of them would take the query's
+    answer past Temporal's payload limit (the server refused the answer, and the query failed for
+    as long as the run kept them); the others are counted in ``steps_dropped``, as a chain's
+    earlier records are. A query writes nothing to history: no patch."""
+    if not inline or not status.steps:
+        return status
+    convert = workflow.payload_converter()
+    size = convert.to_payloads([status])[0].ByteSize()
+    if size <= RESULT_MAX_BYTES:
+        return status
+    records = status.steps
+    sizes = [len(record.model_dump_json()) + 1 for record in records]
+    room = RESULT_MAX_BYTES - (size - sum(sizes)) - 1024  # what the rest of the answer leaves
+    keep, used = 0, 0
+    while keep < len(records) and used + sizes[-1 - keep] <= room:
+        used += sizes[-1 - keep]
+        keep += 1
+    while True:
+        fitted = status.model_copy(
+            update={
+                "steps": records[len(records) - keep :] if keep else [],
+                "steps_dropped": status.steps_dropped + len(records) - keep,
+            }
+        )
+        if keep == 0 or convert.to_payloads([fitted])[0].ByteSize() <= RESULT_MAX_BYTES:
+            return fitted
+        keep //= 2
+
+
 MAX_PENDING_ACTIVITIES = 2000
 """Most step calls a run has as activities scheduled and not finished at once: Temporal's default
 ``limit.numPendingActivities.error``. A valid definition can ask for more (25 branches, each a
@@ -1327,7 +1357,7 @@ class RunDefinitionWorkflow:
     @workflow.query
     def status(self) -> RunStatus:
         """The run's state, current steps, every step so far, pending approvals and variables."""
-        return self._engine.status()
+        return _fitted_status(self._engine.status(), inline=self._options.state_budget is None)
 
     def _acceptable(self, kind: DecisionKind, decision: Decision) -> bool:
         try:

@@ -23,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 import workflows.generic
 from interpreter.state import RunState
 from tests.workflows.limited_server import start_limited_server
-from tests.workflows.support import events, failure_of, start, unique
+from tests.workflows.support import events, eventually, failure_of, start, status, unique
 from worker import build_worker
 
 LIMIT = 64 * 1024
@@ -88,3 +88,30 @@ async def test_a_result_whose_records_pass_the_payload_limit_is_returned_without
     for handle in (done, failed):
         history = await events(handle)
         assert not [e for e in history if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+
+
+async def test_a_status_whose_records_pass_the_payload_limit_answers_with_the_latest_that_fit(
+    blob_limited_env: WorkflowEnvironment, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status query of a run with that many records: answered with the most recent records that
+    fit, the others counted in ``steps_dropped`` (before, the query failed for as long as the run
+    kept them)."""
+    monkeypatch.setattr(workflows.generic, "RESULT_MAX_BYTES", LIMIT)
+    client = blob_limited_env.client
+    document = _many_records(fail=False)
+    document["steps"].append({"id": "review", "type": "approval", "approvers": ["alice"]})
+    async with httpx.AsyncClient() as http_client, build_worker(client, task_queue, http_client):
+        handle = await start(client, task_queue, document, execution_timeout=timedelta(seconds=60))
+        waiting = await eventually(
+            lambda: status(handle),
+            lambda s: s.state == RunState.AWAITING_APPROVAL,
+            timeout=30,
+            what="the approval",
+        )
+        assert waiting.steps_dropped > 0
+        kept = len(waiting.steps)
+        assert kept + waiting.steps_dropped == 400 + 2  # the items, the foreach and the approval
+        assert waiting.steps[-1].path == "review"  # the latest are kept
+        assert waiting.model_dump_json().encode().__len__() <= LIMIT
+        await handle.signal("approve", {"actor": "alice"})
+        assert (await handle.result()).state == RunState.COMPLETED
