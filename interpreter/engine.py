@@ -72,7 +72,7 @@ from interpreter.model import (
     WaitForEventStep,
     children,
 )
-from interpreter.sizes import RUN_STATE_BUDGET, VALUE_MAX_DEPTH, json_depth, json_size
+from interpreter.sizes import RUN_STATE_BUDGET, VALUE_MAX_DEPTH, json_depth, json_size, temporal_id
 from interpreter.state import (
     DECISION_LINKS_ACTIVITY,
     FINAL_STATES,
@@ -1568,12 +1568,12 @@ class Engine:
         self._compensating = False
         """Compensations are running (the run's state may show a wait in one instead)."""
         self._state_size = 0
+        """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
         self._task_key: int | None = None
         self._task_work = 0
         self._steps_task_key: int | None = None
         self._task_steps = 0
-        """Steps executed in the current workflow task (see :data:`TASK_STEP_BUDGET`)."""
-        """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
+        """Steps executed in the current activation (see :data:`TASK_STEP_BUDGET`)."""
         self._run_ctx = {
             "workflow_id": info.workflow_id,
             "run_id": info.run_id,
@@ -1660,6 +1660,7 @@ class Engine:
                     self.output = (
                         dict(self.vars) if output is None else self._render(output, self._context(self._root))
                     )
+                    self._check_depth(self.output, "the run's output")
             except _Succeed as done:
                 self.output = done.output if self._batch is None else {"succeeded": done.output}
             self._set_state(RunState.COMPLETED)
@@ -2009,6 +2010,8 @@ class Engine:
         return _ContinueAsNew(indexes[0], approval, carry, branches)
 
     async def _step(self, step: Step, scope: _Scope) -> None:
+        # First: a cancellation that arrives while the activation ends is held below like any.
+        await self._pace(scope.prefix + step.id)
         if self.hold_steps:
             # A cancellation is on its way (the host asked Temporal for it): no step starts meanwhile;
             # the cancellation ends this wait (asyncio.CancelledError).
@@ -2061,7 +2064,6 @@ class Engine:
                 f" ({self.definition.limits.max_step_executions}) steps",
                 "StepLimitExceeded",
             )
-        await self._pace(path)
         self._check_history(path)
         record = StepRecord(
             id=step.id,
@@ -2073,6 +2075,18 @@ class Engine:
         )
         self.records.append(record)
         await self._run_step(step, scope, path, record, visits, resumed=False)
+
+    def _check_depth(self, value: Any, what: str) -> Any:
+        """``value``, unless it nests deeper than :data:`VALUE_MAX_DEPTH`: then the run fails with
+        ``ValueTooDeep`` (:data:`PATCH_VALUE_DEPTH`), before the value reaches a payload nobody could
+        read back (a task's input, a ``succeed`` step's or the run's output, which a template may
+        nest from literals and variables)."""
+        if json_depth(value) > VALUE_MAX_DEPTH and self.runtime.patched(PATCH_VALUE_DEPTH):
+            raise _RunFailed(
+                f"{what} nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more than a run keeps",
+                "ValueTooDeep",
+            )
+        return value
 
     async def _pace(self, path: str) -> None:
         """Ends the activation before a step once it executed :data:`TASK_STEP_BUDGET` steps
@@ -2341,6 +2355,7 @@ class Engine:
             return values
         if isinstance(step, SucceedStep):
             output = self._render(step.output, self._context(scope))
+            self._check_depth(output, f"step {path!r}: its output")
             self._finish(record, StepStatus.COMPLETED, output=output)
             raise _Succeed(output)
         if isinstance(step, FailStep):
@@ -2444,7 +2459,7 @@ class Engine:
         request = ActionRequest(
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
-            input=self._render_input(step, scope),
+            input=self._check_depth(self._render_input(step, scope), f"step {path!r}: its input"),
             tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
@@ -3513,7 +3528,7 @@ class Engine:
                 try:
                     output = await runtime.run_foreach_batch(call)
                 except BatchFailedError as failure:
-                    message = f"step {path!r} ({call.workflow_id}): {failure.message}"
+                    message = f"step {path!r} ({temporal_id(call.workflow_id)}): {failure.message}"
                     if failure.compensated:
                         raise _CompensateAndEnd(message, failure.error_type) from None
                     raise _RunFailed(message, failure.error_type) from None

@@ -312,21 +312,42 @@ async def _decode_pending_failures(client: Client, description: WorkflowExecutio
                 failure.message = attributes["message"]
 
 
+_FITTED_ID = re.compile(r"^(?P<head>.*)~[0-9a-f]{32}~(?P<tail>.*)$", re.DOTALL)
+"""An activity id past Temporal's limit, as the worker fits it (:func:`interpreter.sizes.temporal_id`):
+the path's first bytes, a digest, its last bytes."""
+
+
+def _pending_for(path: str, pending: dict[str, Any], fitted: list[tuple[str, str, Any]]) -> Any:
+    """The pending activity of the step at ``path``: by its path, or for a path too long for an
+    id, by the fitted id's first and last bytes (a path holds no ``#`` or ``~``: the tail's suffix
+    is cut at the first)."""
+    found = pending.get(path)
+    if found is None:
+        for head, tail, activity in fitted:
+            if path.startswith(head) and path.endswith(tail):
+                return activity
+    return found
+
+
 def _with_pending_activities(status: RunStatus, description: WorkflowExecutionDescription) -> RunStatus:
     """``status`` with each running task's attempt and last error from Temporal's pending activity.
 
     The workflow learns of an action's attempts and errors only when the activity finally
     completes or fails; meanwhile the server knows which attempt runs and why the last one failed.
     """
-    pending = {
-        _step_path(activity.activity_id): activity
-        for activity in description.raw_description.pending_activities
-    }
-    if not pending:
+    pending: dict[str, Any] = {}
+    fitted: list[tuple[str, str, Any]] = []
+    for activity in description.raw_description.pending_activities:
+        match = _FITTED_ID.match(activity.activity_id)
+        if match is None:
+            pending[_step_path(activity.activity_id)] = activity
+        else:
+            fitted.append((match["head"], _step_path(match["tail"]), activity))
+    if not pending and not fitted:
         return status
     steps = []
     for step in status.steps:
-        activity = pending.get(step.path)
+        activity = _pending_for(step.path, pending, fitted)
         if activity is not None and step.type == "task" and step.status == StepStatus.RUNNING:
             update: dict[str, Any] = {"attempts": max(step.attempts, activity.attempt)}
             if activity.HasField("last_failure"):

@@ -88,7 +88,7 @@ def _legacy_in(document: Mapping[str, Any] | str) -> list[Problem]:
     if isinstance(document, str):
         try:
             document = json.loads(document)
-        except ValueError:
+        except (ValueError, RecursionError):
             return []
     return legacy_trigger_problems(document)
 

@@ -28,10 +28,8 @@ def check_json(
     Raises:
         InvalidInputError: Naming ``what`` and the JSON path of the first problem.
     """
-    if _depth > VALUE_MAX_DEPTH:
-        raise InvalidInputError(
-            f"{what} is nested more than {VALUE_MAX_DEPTH} levels deep (at {_path[:200]})"
-        )
+    if _depth > max_depth:
+        raise InvalidInputError(f"{what} is nested more than {max_depth} levels deep (at {_path[:200]})")
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):

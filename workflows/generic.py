@@ -30,7 +30,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.common import (
@@ -176,9 +176,9 @@ PATCH_STATE_BUDGET_MAX = "state-budget-max"
 at most the worker's maximum (``WFA_STATE_BUDGET_MAX``), read once by a local activity (a marker in
 history, so replay keeps the value the run got whatever the replaying worker's setting)."""
 STATE_BUDGET_MAX_ACTIVITY = "wfa.state_budget_max"
+"""The local activity answering the worker's ``WFA_STATE_BUDGET_MAX`` (:mod:`starter.payload_store`)."""
 END_TASK_ACTIVITY = "wfa.end_task"
 """The no-op local activity that ends a long run of steps' activation (``activities.run_control``)."""
-"""The local activity answering the worker's ``WFA_STATE_BUDGET_MAX`` (:mod:`starter.payload_store`)."""
 STATE_BUDGET_UNCHECKED = 16 * 1024 * 1024
 """A state budget up to this (the store's default, ``starter.payload_store.DEFAULT_STATE_BUDGET``,
 also the lowest maximum a worker can set) is never capped, so such runs need no local activity."""
@@ -543,9 +543,21 @@ class _TemporalRuntime:
         # Ends the activation, not the workflow task: the SDK's deadlock limit is per activation,
         # and the local activity answers in milliseconds (a timer fires a second later). Also in a
         # dry run, whose long loops of steps need it as much.
-        await workflow.execute_local_activity(
-            END_TASK_ACTIVITY, start_to_close_timeout=timedelta(seconds=30), summary=summary
-        )
+        try:
+            await workflow.execute_local_activity(
+                END_TASK_ACTIVITY,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=summary,
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            await workflow.sleep(timedelta(milliseconds=1), summary=summary)
+        except ValueError:
+            # A worker not built by build_worker may not have it (the SDK refuses to schedule a
+            # local activity it does not know): a timer ends the activation too, a second later.
+            await workflow.sleep(timedelta(milliseconds=1), summary=summary)
 
     async def wait_condition(
         self, predicate: Callable[[], bool], timeout_s: float | None, summary: str
@@ -686,7 +698,7 @@ class _TemporalRuntime:
             )
         except WorkflowAlreadyStartedError:
             raise SubflowFailedError(
-                f"subflow {call.definition!r}: a run with id {call.workflow_id!r} already exists",
+                f"subflow {call.definition!r}: a run with id {temporal_id(call.workflow_id)!r} already exists",
                 "SubflowAlreadyStarted",
             ) from None
         ids = {"workflow_id": handle.id, "run_id": handle.first_execution_run_id}
@@ -735,7 +747,7 @@ class _TemporalRuntime:
             )
         except WorkflowAlreadyStartedError:
             raise BatchFailedError(
-                f"a run with id {call.workflow_id!r} already exists", "FanOutAlreadyStarted"
+                f"a run with id {temporal_id(call.workflow_id)!r} already exists", "FanOutAlreadyStarted"
             ) from None
         try:
             result: RunResult = await handle
@@ -864,6 +876,11 @@ on every retry ("Failed decoding arguments"); read here, it fails the run, sayin
 is the same either way: nothing changes in history."""
 
 
+NO_RUN_ARGUMENT = cast("RunArgument", None)
+"""The run argument's default: a run started with none gets ``InvalidRunInput`` too, where the
+SDK, calling the class without an argument, failed the workflow task for ever."""
+
+
 def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
     """The run input in a run's arguments, or a placeholder with the reason it is not one (the run
     then fails with ``InvalidRunInput`` before its first step; the placeholder only lets the
@@ -894,8 +911,8 @@ class RunDefinitionWorkflow:
     """Runs one stored workflow definition (recorded in its input, so the run is pinned to it)."""
 
     @workflow.init
-    def __init__(self, run: RunArgument) -> None:
-        self._init([run])
+    def __init__(self, run: RunArgument = NO_RUN_ARGUMENT) -> None:
+        self._init([] if run is None else [run])
 
     def _init(self, args: Sequence[Any]) -> None:
         run, self._input_problem = _read_run_input(args)
@@ -987,7 +1004,7 @@ class RunDefinitionWorkflow:
             )
 
     @workflow.run
-    async def run(self, run: RunArgument) -> RunResult:
+    async def run(self, run: RunArgument = NO_RUN_ARGUMENT) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
         return await self._run(self._input)
 

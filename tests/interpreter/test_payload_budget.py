@@ -102,3 +102,30 @@ async def test_a_value_nested_past_what_a_run_keeps_fails_its_step_from_the_patc
     assert result.state == RunState.COMPLETED  # a task's excess is its own failure, on_failure handles it
     assert (rec(result, "get").status, rec(result, "get").error_type) == (StepStatus.FAILED, "ValueTooDeep")
     assert rec(result, "after").output == "fine"
+
+
+async def test_a_task_input_or_an_output_a_template_nests_too_deep_fails_the_run_before_it_leaves() -> None:
+    """Values that never pass through the state budget (a task's input, a succeed step's output, the
+    run's output) are held to the same depth before they reach a payload."""
+    deep: Any = "x"
+    for _ in range(VALUE_MAX_DEPTH - 4):
+        deep = [deep]
+    wrapped = {"a": {"b": {"c": {"d": {"e": "{{ input.deep }}"}}}}}  # 5 levels around it: 65
+    cases: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
+        "step 'call': its input": ([task("call", input=wrapped)], {}),
+        "step 'done': its output": ([{"id": "done", "type": "succeed", "output": wrapped}], {}),
+        "the run's output": ([{"id": "s", "type": "set", "vars": {"k": 1}}], {"output": wrapped}),
+    }
+    for what, (steps, extra) in cases.items():
+        rt = FakeRuntime()
+        result, _, _ = await run(steps, rt, {"deep": deep}, **extra)
+        assert (result.state, result.error_type) == (RunState.FAILED, "ValueTooDeep"), what
+        assert (
+            result.error
+            == f"{what} nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more than a run keeps"
+        )
+        assert rt.calls == []
+        old = FakeRuntime()
+        old.declined.add(PATCH_VALUE_DEPTH)
+        result, _, _ = await run(steps, old, {"deep": deep}, **extra)
+        assert result.state == RunState.COMPLETED, what

@@ -1043,6 +1043,9 @@ def test_the_deepest_valid_definition_fits_a_run_input_and_a_deeper_one_is_refus
     a definition the registry accepted must be readable in its run's input."""
     from interpreter.sizes import VALUE_MAX_DEPTH
     from interpreter.state import RunInput
+    from starter.client import _check_document
+    from starter.errors import InvalidInputError
+    from starter.inputs import check_json
 
     task = {"id": "t", "type": "task", "action": "echo", "input": {"value": _deep_value(VALUE_MAX_DEPTH - 1)}}
     # 20 levels of nesting, each a parallel step (the most JSON levels per level of steps).
@@ -1050,6 +1053,14 @@ def test_the_deepest_valid_definition_fits_a_run_input_and_a_deeper_one_is_refus
     definition = load_definition(deepest)
     payload = RunInput(definition=definition).model_dump_json()
     assert RunInput.model_validate_json(payload).definition == definition
+    _check_document(deepest)  # what the client checks before registering or starting it
+    _check_document(json.dumps(deepest))
+    # A value (run input, event data, decision data) is held to what a run keeps of one.
+    check_json(_deep_value(VALUE_MAX_DEPTH - 1), "the run input")
+    with pytest.raises(
+        InvalidInputError, match=f"the run input is nested more than {VALUE_MAX_DEPTH} levels"
+    ):
+        check_json(_deep_value(VALUE_MAX_DEPTH + 1), "the run input")
     # A value past what a run keeps, or JSON text past what Python's parser takes: a problem, not
     # a crash or a definition whose runs cannot start.
     deep = doc({"id": "s", "type": "set", "vars": {"x": _deep_value(196)}})

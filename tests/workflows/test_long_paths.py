@@ -10,7 +10,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from interpreter.state import RunState, StepStatus
-from tests.workflows.support import definition, record, start, unique
+from starter.client import FlowClient
+from tests.helpers.http_server import RecordingServer
+from tests.workflows.support import definition, eventually, record, start, unique
 
 DEPTH = 16  # 16 levels of a foreach with a 64-character id: past 1,000 bytes of path
 
@@ -84,3 +86,33 @@ async def test_a_run_with_a_long_workflow_id_starts_its_children_and_waits_for_e
     heard = [r for r in result.steps if r.id == LEAF[2]["id"]]
     assert heard[0].status == StepStatus.COMPLETED
     assert heard[0].output["timed_out"] is True
+
+
+async def test_the_status_of_a_step_whose_id_was_fitted_shows_its_attempts_and_last_error(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    """``FlowClient.status`` reads a running task's attempt and last error from its pending activity,
+    found by the step's path: for a fitted id, by its first and last bytes."""
+    http_server.route("GET", "/down", [(503, {}, "down")] * 3 + [(200, {}, {"up": True})])
+    flaky = {
+        "id": "call_" + "c" * 59,
+        "type": "task",
+        "action": "http",
+        "input": {"method": "GET", "url": f"{http_server.url}/down"},
+        "retry": {"maximum_attempts": 5, "initial_interval": "2s", "preset": "constant"},
+    }
+    document = definition(unique("deep-status"), _nested([flaky]), limits={"max_depth": 20})
+    handle = await start(client, task_queue, document)
+    flows = FlowClient(client, task_queue=task_queue)
+    seen = await eventually(
+        lambda: flows.status(handle.id),
+        lambda s: any(r.id == flaky["id"] and r.attempts >= 2 for r in s.steps),
+        timeout=30,
+        what="the deep step's second attempt in its status",
+    )
+    running = next(r for r in seen.steps if r.id == flaky["id"])
+    assert len(running.path.encode()) > 1000
+    assert running.status == StepStatus.RUNNING
+    assert running.error_type == "HttpServerError"
+    result = await handle.result()
+    assert record(result, running.path).attempts == 4

@@ -20,7 +20,14 @@ from temporalio.worker import Replayer
 from interpreter.state import RunResult
 from tests.workflows.support import replay
 from worker import workflow_runner
-from workflows.generic import SANDBOXED, WORKFLOW_NAME, WORKFLOWS, RunArgument, RunDefinitionWorkflow
+from workflows.generic import (
+    NO_RUN_ARGUMENT,
+    SANDBOXED,
+    WORKFLOW_NAME,
+    WORKFLOWS,
+    RunArgument,
+    RunDefinitionWorkflow,
+)
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 FILES = sorted(p.name for p in HISTORIES.glob("*.json"))
@@ -56,7 +63,7 @@ class TimerFirstRunDefinitionWorkflow(RunDefinitionWorkflow):
     """The generic workflow, changed the way an unguarded edit would: an extra timer before anything."""
 
     @workflow.run
-    async def run(self, run: RunArgument) -> RunResult:
+    async def run(self, run: RunArgument = NO_RUN_ARGUMENT) -> RunResult:
         await workflow.sleep(0.001)
         return await super().run(run)
 
