@@ -69,6 +69,7 @@ from temporalio.exceptions import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from interpreter.model import Definition
+from interpreter.sizes import temporal_id
 from interpreter.state import (
     CancelRequest,
     CancelRunRequest,
@@ -317,14 +318,15 @@ _FITTED_ID = re.compile(r"^(?P<head>.*)~[0-9a-f]{32}~(?P<tail>.*)$", re.DOTALL)
 the path's first bytes, a digest, its last bytes."""
 
 
-def _pending_for(path: str, pending: dict[str, Any], fitted: list[tuple[str, str, Any]]) -> Any:
+def _pending_for(path: str, pending: dict[str, Any], fitted: list[tuple[str, Any]]) -> Any:
     """The pending activity of the step at ``path``: by its path, or for a path too long for an
-    id, by the fitted id's first and last bytes (a path holds no ``#`` or ``~``: the tail's suffix
-    is cut at the first)."""
+    id, the one whose fitted id is this path's, with the suffix the id ends with (``#2``, ``~r1``:
+    a path holds no ``#`` or ``~``), fitted again: exact, even for two items whose paths differ
+    only in the bytes the digest stands for."""
     found = pending.get(path)
     if found is None:
-        for head, tail, activity in fitted:
-            if path.startswith(head) and path.endswith(tail):
+        for suffix, activity in fitted:
+            if temporal_id(path + suffix) == activity.activity_id:
                 return activity
     return found
 
@@ -336,13 +338,14 @@ def _with_pending_activities(status: RunStatus, description: WorkflowExecutionDe
     completes or fails; meanwhile the server knows which attempt runs and why the last one failed.
     """
     pending: dict[str, Any] = {}
-    fitted: list[tuple[str, str, Any]] = []
+    fitted: list[tuple[str, Any]] = []
     for activity in description.raw_description.pending_activities:
         match = _FITTED_ID.match(activity.activity_id)
         if match is None:
             pending[_step_path(activity.activity_id)] = activity
         else:
-            fitted.append((match["head"], _step_path(match["tail"]), activity))
+            tail = match["tail"]
+            fitted.append((tail[len(_step_path(tail)) :], activity))
     if not pending and not fitted:
         return status
     steps = []

@@ -4,13 +4,18 @@ run must not stick on a workflow task Temporal refuses for ever."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, cast
 
-from temporalio.client import Client
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionResponse
+from temporalio.client import Client, WorkflowExecutionDescription
 from temporalio.worker import Worker
 
-from interpreter.state import RunState, StepStatus
-from starter.client import FlowClient
+from interpreter.sizes import temporal_id
+from interpreter.state import RunState, RunStatus, StepRecord, StepStatus
+from starter.client import FlowClient, _with_pending_activities
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import definition, eventually, record, start, unique
 
@@ -116,3 +121,36 @@ async def test_the_status_of_a_step_whose_id_was_fitted_shows_its_attempts_and_l
     assert running.error_type == "HttpServerError"
     result = await handle.result()
     assert record(result, running.path).attempts == 4
+
+
+def test_two_items_whose_long_paths_differ_only_where_the_digest_stands_get_their_own_attempts() -> None:
+    """Fitted ids keep the first 600 and last 300 bytes: two foreach items deep in a long path
+    differ only in the bytes the digest stands for; each step still gets its own activity."""
+    prefix = "level_" + "x" * 700
+    paths = [f"{prefix}[{i}].{'y' * 400}.call" for i in (1, 2)]
+    ids = [temporal_id(paths[0] + "#2"), temporal_id(paths[1])]
+    assert ids[0][:600] == ids[1][:600]
+    now = datetime.now(UTC)
+    steps = [
+        StepRecord(id="call", path=path, type="task", name="call", status=StepStatus.RUNNING, started_at=now)
+        for path in paths
+    ]
+    status = RunStatus(
+        definition="d",
+        version=1,
+        state=RunState.RUNNING,
+        current_steps=paths,
+        steps=steps,
+        pending_approvals=[],
+        decisions=[],
+        vars={},
+    )
+    pending = [
+        PendingActivityInfo(activity_id=ids[0], attempt=3),
+        PendingActivityInfo(activity_id=ids[1], attempt=7),
+    ]
+    description = SimpleNamespace(
+        raw_description=DescribeWorkflowExecutionResponse(pending_activities=pending)
+    )
+    shown = _with_pending_activities(status, cast(WorkflowExecutionDescription, description))
+    assert [r.attempts for r in shown.steps] == [3, 7]
