@@ -1657,10 +1657,11 @@ class Engine:
                         await self._subscribe_cancel_on()
                     await self._sequence(self.definition.steps, self._root, top=True)
                     output = self.definition.output
-                    self.output = (
+                    rendered = (
                         dict(self.vars) if output is None else self._render(output, self._context(self._root))
                     )
-                    self._check_depth(self.output, "the run's output")
+                    # Checked before it becomes the output: a failed run's result carries its output.
+                    self.output = self._check_depth(rendered, "the run's output")
             except _Succeed as done:
                 self.output = done.output if self._batch is None else {"succeeded": done.output}
             self._set_state(RunState.COMPLETED)
@@ -2459,7 +2460,7 @@ class Engine:
         request = ActionRequest(
             step_id=path,
             idempotency_key=f"{self.info.workflow_id}/{self.info.run_id}/{path}{suffix}",
-            input=self._check_depth(self._render_input(step, scope), f"step {path!r}: its input"),
+            input=self._render_input(step, scope),
             tenant=self.info.tenant,
             retry_mode=retry.preset,
             initial_interval_s=parse_duration(retry.initial_interval).total_seconds(),
@@ -2495,6 +2496,8 @@ class Engine:
         if resumed is not None:
             call = dataclasses.replace(call, request=resumed.request, activity_id=resumed.activity_id)
             redrives = resumed.redrives
+        else:  # a park carried in goes on with the request it failed with, rendered then
+            self._check_depth(request.input, f"step {path!r}: its input")
         while True:
             if resumed is not None:
                 failed = ActionFailedError(resumed.view.error, resumed.view.error_type, resumed.view.attempts)

@@ -120,6 +120,7 @@ async def test_a_task_input_or_an_output_a_template_nests_too_deep_fails_the_run
         rt = FakeRuntime()
         result, _, _ = await run(steps, rt, {"deep": deep}, **extra)
         assert (result.state, result.error_type) == (RunState.FAILED, "ValueTooDeep"), what
+        assert result.output is None  # the failed run's result does not carry it either
         assert (
             result.error
             == f"{what} nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more than a run keeps"
