@@ -2077,16 +2077,20 @@ class Engine:
         self.records.append(record)
         await self._run_step(step, scope, path, record, visits, resumed=False)
 
-    def _check_depth(self, value: Any, what: str) -> Any:
-        """``value``, unless it nests deeper than :data:`VALUE_MAX_DEPTH`: then the run fails with
+    def _check_depth(
+        self, value: Any, what: str, *, failure: type[Exception] = Exception, attempts: int = 1
+    ) -> Any:
+        """``value``, unless it nests deeper than :data:`VALUE_MAX_DEPTH`: then it fails with
         ``ValueTooDeep`` (:data:`PATCH_VALUE_DEPTH`), before the value reaches a payload nobody could
-        read back (a task's input, a ``succeed`` step's or the run's output, which a template may
-        nest from literals and variables)."""
+        read back (an output or variable the run keeps, a task's input, a ``succeed`` step's or the
+        run's output, which a template may nest from literals and variables). ``failure``
+        :class:`ActionFailedError`: a task's own failure, which its ``on_failure`` handles (see
+        :meth:`_admit`); otherwise the run fails."""
         if json_depth(value) > VALUE_MAX_DEPTH and self.runtime.patched(PATCH_VALUE_DEPTH):
-            raise _RunFailed(
-                f"{what} nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more than a run keeps",
-                "ValueTooDeep",
-            )
+            message = f"{what} nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more than a run keeps"
+            if failure is ActionFailedError:
+                raise ActionFailedError(message, "ValueTooDeep", attempts)
+            raise _RunFailed(message, "ValueTooDeep")
         return value
 
     async def _pace(self, path: str) -> None:
@@ -2253,14 +2257,7 @@ class Engine:
         the variables). A task's excess is raised as :class:`ActionFailedError`, so its
         ``on_failure`` handles it like any failure; other steps fail the run.
         """
-        if json_depth(output) > VALUE_MAX_DEPTH and self.runtime.patched(PATCH_VALUE_DEPTH):
-            message = (
-                f"step {path!r}: its output nests lists and objects more than {VALUE_MAX_DEPTH} levels"
-                " deep, more than a run keeps"
-            )
-            if failure is ActionFailedError:
-                raise ActionFailedError(message, "ValueTooDeep", attempts)
-            raise _RunFailed(message, "ValueTooDeep")
+        self._check_depth(output, f"step {path!r}: its output", failure=failure, attempts=attempts)
         budget = self.info.state_budget or RUN_STATE_BUDGET
         size = json_size(output, budget) * copies
         total = self._state_size + size

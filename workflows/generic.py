@@ -1006,9 +1006,10 @@ class RunDefinitionWorkflow:
     @workflow.run
     async def run(self, run: RunArgument = NO_RUN_ARGUMENT) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
-        return await self._run(self._input)
+        return await self._run()
 
-    async def _run(self, run: RunInput) -> RunResult:
+    async def _run(self) -> RunResult:
+        run = self._input  # the argument as _init read it (the SDK's is the raw payload)
         self._main = asyncio.current_task()
         if self._input_problem is not None:
             raise ApplicationError(self._input_problem, type="InvalidRunInput", non_retryable=True)
@@ -1553,7 +1554,7 @@ class DefinitionNamedWorkflow(RunDefinitionWorkflow):
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> RunResult:  # type: ignore[override]
-        return await self._run(self._input)
+        return await self._run()
 
 
 WORKFLOWS: tuple[type, ...] = (RunDefinitionWorkflow, DefinitionNamedWorkflow)
