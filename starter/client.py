@@ -186,7 +186,7 @@ def _transient_query_failure(err: Exception) -> bool:
     replaying the run's history first. On an overloaded machine that replay can take longer than
     the SDK's two-second deadlock limit (TMPRL1101); a worker without the fix of issue 12 could
     also report a nondeterminism error (TMPRL1100) for that replay although the run's own workflow
-    tasks complete (a dropped run's clean-up publishing into it, see ``RunDefinitionWorkflow._at_home``);
+    tasks complete (a dropped run's clean-up publishing into it, see ``GenericRun._at_home``);
     while a workflow task is being retried the server refuses queries ("Workflow Task in failed
     state"). Asking again answers once the worker has caught up.
     """

@@ -30,7 +30,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.common import (
@@ -906,13 +906,10 @@ def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
     return placeholder, problem
 
 
-@workflow.defn(name=WORKFLOW_NAME, sandboxed=SANDBOXED)
-class RunDefinitionWorkflow:
-    """Runs one stored workflow definition (recorded in its input, so the run is pinned to it)."""
-
-    @workflow.init
-    def __init__(self, run: RunArgument = NO_RUN_ARGUMENT) -> None:
-        self._init([] if run is None else [run])
+class GenericRun:
+    """Runs one stored workflow definition (recorded in its input, so the run is pinned to it): the
+    workflow's whole behaviour, served under both workflow types by :class:`DefinitionNamedWorkflow`
+    (the worker's one run workflow); :class:`RunDefinitionWorkflow` names it for clients."""
 
     def _init(self, args: Sequence[Any]) -> None:
         run, self._input_problem = _read_run_input(args)
@@ -1003,12 +1000,8 @@ class RunDefinitionWorkflow:
                 self._engine.info, state_budget=max(cap, STATE_BUDGET_UNCHECKED), state_budget_asked=asked
             )
 
-    @workflow.run
-    async def run(self, run: RunArgument = NO_RUN_ARGUMENT) -> RunResult:
-        """Executes the definition; fails the workflow when the run fails."""
-        return await self._run()
-
     async def _run(self) -> RunResult:
+        """Executes the definition; fails the workflow when the run fails."""
         run = self._input  # the argument as _init read it (the SDK's is the raw payload)
         self._main = asyncio.current_task()
         if self._input_problem is not None:
@@ -1127,8 +1120,35 @@ class RunDefinitionWorkflow:
                 )
         workflow.continue_as_new(next_input, search_attributes=workflow.info().typed_search_attributes)
 
-    @workflow.signal(name="approve")
-    def approve(self, *args: Any) -> None:
+    @workflow.signal(dynamic=True)
+    def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        """Every signal: ``approve``, ``reject``, ``cancel`` and ``event`` (see
+        :class:`RunDefinitionWorkflow` for their arguments), and any other name, recorded as
+        unknown (a typo would otherwise wait unseen).
+
+        The arguments are decoded here rather than by the SDK, which drops a signal it cannot
+        decode (a number past Python's 4,300 digits, JSON nested past what pydantic reads, an
+        unknown encoding: a raw client's doing) with a worker log line only: here it is recorded
+        as a refused message naming the problem, as a malformed one is. Decoding is otherwise the
+        SDK's own (its payload converter, no type hint), so replaying a run changes nothing.
+        """
+        handler = self._signal_handlers.get(name)
+        if handler is None:
+            self._engine.refuse_message(
+                name, None, f"unknown signal {name!r}: this run accepts approve, reject, cancel and event"
+            )
+            return
+        try:
+            values = workflow.payload_converter().from_payloads([arg.payload for arg in args]) if args else []
+        except Exception as err:
+            problem = _problems(err) if isinstance(err, ValidationError) else str(err)
+            self._engine.refuse_message(
+                name, None, f"malformed {name} signal: its argument could not be read: {clip(problem)}"
+            )
+            return
+        handler(self, tuple(values))
+
+    def _approve(self, args: tuple[Any, ...]) -> None:
         """Approves the pending approval; the argument is a :class:`Decision`.
 
         A refused or malformed decision is recorded in the status (see the module docstring).
@@ -1137,15 +1157,13 @@ class RunDefinitionWorkflow:
         if decision is not None:
             self._signal(DecisionKind.APPROVE, decision)
 
-    @workflow.signal(name="reject")
-    def reject(self, *args: Any) -> None:
+    def _reject(self, args: tuple[Any, ...]) -> None:
         """Rejects the pending approval; the argument is a :class:`Decision` (refusals recorded)."""
         decision = self._read("reject", args, Decision)
         if decision is not None:
             self._signal(DecisionKind.REJECT, decision)
 
-    @workflow.signal(name="cancel")
-    def cancel(self, *args: Any) -> None:
+    def _cancel(self, args: tuple[Any, ...]) -> None:
         """Cancels the run (argument: a :class:`CancelRequest`): compensations run, then the run
         ends as cancelled and closes as failed with type ``RunCancelled``. A cancel that comes
         too late (the run ended or is already cancelling) is recorded as refused."""
@@ -1198,8 +1216,7 @@ class RunDefinitionWorkflow:
             return
         await self._await_temporal_cancel(request)
 
-    @workflow.signal(name="event")
-    def event(self, *args: Any) -> None:
+    def _event(self, args: tuple[Any, ...]) -> None:
         """An event from a mailbox this run subscribed to (argument: an :class:`Event`): a waiting
         ``wait_for_event`` step consumes it (at most once per event id), a ``cancel_on`` match
         cancels the run as the ``cancel`` signal does, with the event as the actor."""
@@ -1221,12 +1238,12 @@ class RunDefinitionWorkflow:
             return  # ending already: nothing more to cancel
         self._begin_cancel(request)
 
-    @workflow.signal(dynamic=True)
-    def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
-        """Records a signal this workflow does not know (a typo would otherwise wait unseen)."""
-        self._engine.refuse_message(
-            name, None, f"unknown signal {name!r}: this run accepts approve, reject, cancel and event"
-        )
+    _signal_handlers: ClassVar[dict[str, Callable[[GenericRun, tuple[Any, ...]], None]]] = {
+        "approve": _approve,
+        "reject": _reject,
+        "cancel": _cancel,
+        "event": _event,
+    }
 
     @workflow.update(name="cancel_run")
     def cancel_run(self, request: CancelRunRequest) -> CancelRequest:
@@ -1536,16 +1553,60 @@ class RunDefinitionWorkflow:
             workflow.set_current_details(details)
 
 
-@workflow.defn(dynamic=True, sandboxed=SANDBOXED)
-class DefinitionNamedWorkflow(RunDefinitionWorkflow):
-    """The generic workflow under the definition's name: runs started with the definition's name as
-    their workflow type (what the Web UI lists) are served by this dynamic workflow, which is
-    :class:`RunDefinitionWorkflow` with its input decoded by hand. Runs started as
-    ``RunDefinition`` (before, or by older clients) keep being served, and replayed, by that one.
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=SANDBOXED)
+class RunDefinitionWorkflow(GenericRun):
+    """The generic workflow as clients name it: ``RunDefinition``, its argument a :class:`RunInput`,
+    its signals ``approve``, ``reject`` (a :class:`Decision`), ``cancel`` (a :class:`CancelRequest`)
+    and ``event`` (an :class:`Event`), plus the updates and the ``status`` query of
+    :class:`GenericRun`.
 
-    A worker serving this takes every workflow type it has no other workflow for: the other
-    workflows of this product are registered under names with capitals, which definition names
-    (lowercase) cannot take.
+    Clients type their calls with it (``RunDefinitionWorkflow.run``, ``RunDefinitionWorkflow.approve``);
+    the product's worker does not register it: :class:`DefinitionNamedWorkflow` serves runs of this
+    type too, because this class's fixed signature made the SDK fail the workflow task for ever on a
+    start with two arguments, and its typed signals made the SDK drop one it could not decode.
+    Registered alone (some tests do) it runs the same, with those two weaknesses."""
+
+    @workflow.init
+    def __init__(self, run: RunArgument = NO_RUN_ARGUMENT) -> None:
+        self._init([] if run is None else [run])
+
+    @workflow.run
+    async def run(self, run: RunArgument = NO_RUN_ARGUMENT) -> RunResult:
+        """Executes the definition; fails the workflow when the run fails."""
+        return await self._run()
+
+    @workflow.signal(name="approve")
+    def approve(self, *args: Any) -> None:
+        """Approves the pending approval; the argument is a :class:`Decision`."""
+        self._approve(args)
+
+    @workflow.signal(name="reject")
+    def reject(self, *args: Any) -> None:
+        """Rejects the pending approval; the argument is a :class:`Decision`."""
+        self._reject(args)
+
+    @workflow.signal(name="cancel")
+    def cancel(self, *args: Any) -> None:
+        """Cancels the run; the argument is a :class:`CancelRequest`."""
+        self._cancel(args)
+
+    @workflow.signal(name="event")
+    def event(self, *args: Any) -> None:
+        """An event from a mailbox this run subscribed to; the argument is an :class:`Event`."""
+        self._event(args)
+
+
+@workflow.defn(dynamic=True, sandboxed=SANDBOXED)
+class DefinitionNamedWorkflow(GenericRun):
+    """The generic workflow as the worker serves it, under every workflow type it has no other
+    workflow for: the definition's name (what the Web UI lists) and ``RunDefinition`` (runs started
+    as :class:`RunDefinitionWorkflow` names it, and their replays). Its arguments arrive raw, any
+    number of them, and are decoded by hand (:func:`_read_run_input`), so a start with none or two
+    fails the run with ``InvalidRunInput``; its signals arrive through the one dynamic handler
+    (:meth:`GenericRun.on_signal`), so one the SDK could not decode is recorded, not dropped.
+
+    The other workflows of this product are registered under names of their own
+    (``EventMailbox``...), which take precedence.
     """
 
     @workflow.init
@@ -1553,9 +1614,10 @@ class DefinitionNamedWorkflow(RunDefinitionWorkflow):
         self._init(args)
 
     @workflow.run
-    async def run(self, args: Sequence[RawValue]) -> RunResult:  # type: ignore[override]
+    async def run(self, args: Sequence[RawValue]) -> RunResult:
         return await self._run()
 
 
-WORKFLOWS: tuple[type, ...] = (RunDefinitionWorkflow, DefinitionNamedWorkflow)
-"""The product's run workflows, for ``Worker(workflows=...)`` and the replayer."""
+WORKFLOWS: tuple[type, ...] = (DefinitionNamedWorkflow,)
+"""The product's run workflows, for ``Worker(workflows=...)`` and the replayer: the dynamic
+workflow serves both workflow types (see :class:`DefinitionNamedWorkflow`)."""

@@ -8,8 +8,10 @@ import asyncio
 import io
 
 import pytest
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -280,6 +282,46 @@ async def test_malformed_signals_are_recorded_with_the_reason(
     )
 
     await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert record(result, "review").output["actor"] == "alice"
+
+
+async def test_signals_the_worker_cannot_decode_are_recorded_not_dropped(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A raw client can send a signal whose payload the SDK cannot decode: a 5,000-digit number
+    (past Python's 4,300-digit limit), JSON nested 300 deep (past what pydantic reads), text that is
+    not JSON, an encoding no converter knows. Decoded by the SDK, each was dropped with a worker log
+    line only: the run's status never said a decision had been sent. Each is now recorded as a
+    refused message naming the problem, and the run goes on."""
+    handle = await _approval_run(client, task_queue, "undecodable")
+
+    def raw(data: bytes, encoding: bytes = b"json/plain") -> RawValue:
+        return RawValue(Payload(metadata={"encoding": encoding}, data=data))
+
+    await handle.signal("approve", raw(b"9" * 5000))
+    await handle.signal("reject", raw(b"[" * 300 + b"]" * 300))
+    await handle.signal("cancel", raw(b'{"actor": "ops", '))
+    await handle.signal("event", raw(b"\x00\x01", b"binary/unheard-of"))
+    await handle.signal("approve", args=[{"actor": "alice"}, raw(b"9" * 5000)])
+
+    seen = await eventually(
+        lambda: status(handle), lambda s: len(s.refused_messages) == 5, what="five refused messages"
+    )
+    assert seen.state == RunState.AWAITING_APPROVAL
+    assert seen.decisions == []
+    assert seen.cancelled_by is None
+    names = [m.name for m in seen.refused_messages]
+    assert names == ["approve", "reject", "cancel", "event", "approve"]
+    for message in seen.refused_messages:
+        assert message.actor is None
+        assert message.reason.startswith(f"malformed {message.name} signal: its argument could not be read: ")
+    reasons = [m.reason for m in seen.refused_messages]
+    assert "number out of range" in reasons[0]
+    assert "binary/unheard-of" in reasons[3]
+
+    await handle.signal("approve", {"actor": "alice"})
     result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert record(result, "review").output["actor"] == "alice"
