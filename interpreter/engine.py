@@ -47,6 +47,7 @@ from interpreter.inert import make_inert
 from interpreter.model import (
     FAN_OUT_ABOVE,
     FAN_OUT_BATCH_SIZE,
+    FAN_OUT_MAX_BATCH_SIZE,
     MAX_SUBFLOW_DEPTH,
     ApprovalStep,
     Branch,
@@ -278,6 +279,14 @@ levels deep fails its step (``ValueTooDeep``), as one over the state budget does
 build one (``[vars.x]`` in a loop); nested near 200 levels, the run's result, status or next run's
 input could be written but not read back, and the workflow task failed for ever. Asked only for
 such a value."""
+
+PATCH_BATCH_BOUNDS = "batch-bounds"
+"""Patch id: a fanned-out foreach's child whose slice holds more than
+:data:`interpreter.model.FAN_OUT_MAX_BATCH_SIZE` items, or runs more of them at once than its step's
+``concurrency``, fails (``InvalidBatch``) before any item runs. No parent sends such a slice; a raw
+client's forged one (50,000 items, all at once) scheduled every item in one workflow task, past the
+server's limit of pending activities, and the task failed on every retry. Asked only for such a
+slice."""
 
 TASK_STEP_BUDGET = 1000
 """Steps one activation may execute before the run ends it (about 25 ms of engine work on this
@@ -3548,6 +3557,19 @@ class Engine:
         step = _find_foreach(self.definition.steps, batch.step_id)
         if step is None:
             raise _RunFailed(f"no foreach step {batch.step_id!r} in the definition", "InvalidBatch")
+        problem = None
+        if len(batch.items) > FAN_OUT_MAX_BATCH_SIZE:
+            problem = (
+                f"has {len(batch.items)} items; a fanned-out foreach's child runs at most"
+                f" {FAN_OUT_MAX_BATCH_SIZE}"
+            )
+        elif batch.concurrency > step.concurrency:
+            problem = (
+                f"runs {batch.concurrency} items at once; its step runs at most {step.concurrency}"
+                " (concurrency)"
+            )
+        if problem is not None and self.runtime.patched(PATCH_BATCH_BOUNDS):
+            raise _RunFailed(f"the foreach {step.id!r} slice {problem}", "InvalidBatch")
         scope = _Scope(steps=dict(batch.steps), local=dict(batch.locals))
         carried, self._carried_parallel = self._carried_parallel, None
         results = await self._foreach_items(

@@ -380,6 +380,8 @@ FAN_OUT_ABOVE = 200
 """A foreach over more items than this runs them in child workflows (``fan_out_above``)."""
 FAN_OUT_BATCH_SIZE = 100
 """Items per child workflow of a fanned-out foreach (``batch_size``)."""
+FAN_OUT_MAX_BATCH_SIZE = 1000
+"""The largest ``batch_size``: no child of a fanned-out foreach runs more items."""
 
 
 class ForeachStep(StepBase):
@@ -417,7 +419,7 @@ class ForeachStep(StepBase):
     batch_size: int | None = Field(
         default=None,
         ge=1,
-        le=1000,
+        le=FAN_OUT_MAX_BATCH_SIZE,
         exclude_if=lambda value: value is None,
         description="Items per child workflow when the foreach fans out (default 100)",
     )

@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.durations import parse_duration
     from interpreter.engine import (
         PATCH_ABANDON_CLOSES_WAITS,
+        PATCH_BATCH_BOUNDS,
         PATCH_COMPENSATE_IN_FLIGHT,
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
@@ -218,6 +219,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_PARK_IDS_PAST_NINE: 7,
     PATCH_TASK_STEP_BUDGET: 8,
     PATCH_VALUE_DEPTH: 8,
+    PATCH_BATCH_BOUNDS: 9,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

@@ -1077,7 +1077,7 @@ async def test_a_foreach_nested_in_a_fanned_out_childs_body_does_not_take_over_i
         work("b", 5, value="{{ item }}"),
     ]
     definition = make_definition(
-        [{"id": "each", "type": "foreach", "items": "range(2) | list", "steps": body}]
+        [{"id": "each", "type": "foreach", "items": "range(2) | list", "concurrency": 2, "steps": body}]
     )
     batch = ForeachBatch(step_id="each", path="each", offset=0, items=[0, 1], concurrency=2)
     rt = _runtime()

@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from interpreter.model import parse_definition
-from interpreter.state import RunInput, RunOptions, StepStatus
+from interpreter.state import ForeachBatch, RunInput, RunOptions, StepStatus
 from tests.workflows.support import failure_of, record, unique
 from workflows.generic import RunDefinitionWorkflow
 
@@ -104,3 +104,45 @@ async def test_a_run_input_that_is_not_one_fails_the_run_in_words(
         assert cause.type == "InvalidRunInput"
         assert cause.message == f"a run takes one argument (the run input), not {len(args)}"
 
+
+async def test_a_forged_fan_out_slice_fails_the_run_before_any_item(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A run started as if it were a fanned-out foreach's child, with a slice no parent sends:
+    5,000 items, all at once. It scheduled 5,000 activities in one workflow task, past the server's
+    limit of pending activities per run, and the task failed on every retry."""
+    document = {
+        "name": unique("forged-slice"),
+        "limits": {"max_step_executions": 20_000},
+        "steps": [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "input.numbers",
+                "concurrency": 10,
+                "steps": [{"id": "say", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}],
+            }
+        ],
+    }
+    for items, concurrency, problem in (
+        (5000, 5000, "has 5000 items; a fanned-out foreach's child runs at most 1000"),
+        (100, 100, "runs 100 items at once; its step runs at most 10 (concurrency)"),
+    ):
+        handle = await client.start_workflow(
+            RunDefinitionWorkflow.run,
+            RunInput(
+                definition=parse_definition(document),
+                options=RunOptions(),
+                batch=ForeachBatch(
+                    step_id="each", path="each", offset=0, items=list(range(items)), concurrency=concurrency
+                ),
+            ),
+            id=unique("forged-slice"),
+            task_queue=task_queue,
+            execution_timeout=timedelta(minutes=2),
+        )
+        cause, result = await failure_of(handle)
+        assert isinstance(cause, ApplicationError), cause
+        assert (cause.type, cause.message) == ("InvalidBatch", f"the foreach 'each' slice {problem}")
+        assert result is not None
+        assert result.steps == []
