@@ -283,10 +283,10 @@ such a value."""
 PATCH_BATCH_BOUNDS = "batch-bounds"
 """Patch id: a fanned-out foreach's child whose slice holds more than
 :data:`interpreter.model.FAN_OUT_MAX_BATCH_SIZE` items, or runs more of them at once than its step's
-``concurrency``, fails (``InvalidBatch``) before any item runs. No parent sends such a slice; a raw
-client's forged one (50,000 items, all at once) scheduled every item in one workflow task, past the
-server's limit of pending activities, and the task failed on every retry. Asked only for such a
-slice."""
+``concurrency`` (the highest of the steps of that id, should a raw client's definition repeat it),
+fails (``InvalidBatch``) before any item runs. No parent sends such a slice; a raw client's forged
+one (5,000 items, all at once) scheduled every item in one workflow task, past the server's limit
+of pending activities, and the task failed on every retry. Asked only for such a slice."""
 
 TASK_STEP_BUDGET = 1000
 """Steps one activation may execute before the run ends it (about 25 ms of engine work on this
@@ -586,14 +586,22 @@ def _body_reads(step: ForeachStep) -> set[str]:
 
 
 def _find_foreach(steps: Sequence[Step], step_id: str) -> ForeachStep | None:
+    found = _foreach_steps(steps, step_id)
+    return found[0] if found else None
+
+
+def _foreach_steps(steps: Sequence[Step], step_id: str) -> list[ForeachStep]:
+    """Every ``foreach`` step of that id (one, unless a raw client skipped the check of duplicate
+    ids), the one :func:`_find_foreach` takes first."""
+    found = []
     stack = list(steps)
     while stack:
         step = stack.pop()
         if isinstance(step, ForeachStep) and step.id == step_id:
-            return step
+            found.append(step)
         for _suffix, nested, _boundary in children(step):
             stack.extend(nested)
-    return None
+    return found
 
 
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
@@ -3563,11 +3571,11 @@ class Engine:
                 f"has {len(batch.items)} items; a fanned-out foreach's child runs at most"
                 f" {FAN_OUT_MAX_BATCH_SIZE}"
             )
-        elif batch.concurrency > step.concurrency:
-            problem = (
-                f"runs {batch.concurrency} items at once; its step runs at most {step.concurrency}"
-                " (concurrency)"
-            )
+        elif batch.concurrency > (
+            most := max(s.concurrency for s in _foreach_steps(self.definition.steps, step.id))
+        ):
+            # (any foreach of that id: with duplicate ids the parent's may not be the one found)
+            problem = f"runs {batch.concurrency} items at once; its step runs at most {most} (concurrency)"
         if problem is not None and self.runtime.patched(PATCH_BATCH_BOUNDS):
             raise _RunFailed(f"the foreach {step.id!r} slice {problem}", "InvalidBatch")
         scope = _Scope(steps=dict(batch.steps), local=dict(batch.locals))

@@ -30,7 +30,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.common import (
@@ -908,6 +908,15 @@ def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
     return placeholder, problem
 
 
+_SIGNAL_METHODS: Mapping[str, str] = {
+    "approve": "_approve",
+    "reject": "_reject",
+    "cancel": "_cancel",
+    "event": "_event",
+}
+"""The signals the generic workflow reads, and the method of :class:`GenericRun` that reads each."""
+
+
 class GenericRun:
     """Runs one stored workflow definition (recorded in its input, so the run is pinned to it): the
     workflow's whole behaviour, served under both workflow types by :class:`DefinitionNamedWorkflow`
@@ -1134,8 +1143,8 @@ class GenericRun:
         as a refused message naming the problem, as a malformed one is. Decoding is otherwise the
         SDK's own (its payload converter, no type hint), so replaying a run changes nothing.
         """
-        handler = self._signal_handlers.get(name)
-        if handler is None:
+        method = _SIGNAL_METHODS.get(name)
+        if method is None:
             self._engine.refuse_message(
                 name, None, f"unknown signal {name!r}: this run accepts approve, reject, cancel and event"
             )
@@ -1148,7 +1157,7 @@ class GenericRun:
                 name, None, f"malformed {name} signal: its argument could not be read: {clip(problem)}"
             )
             return
-        handler(self, tuple(values))
+        getattr(self, method)(tuple(values))
 
     def _approve(self, args: tuple[Any, ...]) -> None:
         """Approves the pending approval; the argument is a :class:`Decision`.
@@ -1239,13 +1248,6 @@ class GenericRun:
         ):
             return  # ending already: nothing more to cancel
         self._begin_cancel(request)
-
-    _signal_handlers: ClassVar[dict[str, Callable[[GenericRun, tuple[Any, ...]], None]]] = {
-        "approve": _approve,
-        "reject": _reject,
-        "cancel": _cancel,
-        "event": _event,
-    }
 
     @workflow.update(name="cancel_run")
     def cancel_run(self, request: CancelRunRequest) -> CancelRequest:
