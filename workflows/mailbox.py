@@ -24,8 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
+from pydantic import ValidationError
 from temporalio import workflow
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -46,6 +49,38 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.inert import make_inert
     from interpreter.model import MAX_EVENT_LOOKBACK
+    from interpreter.state import clip
+
+if TYPE_CHECKING:
+    MailboxArgument = MailboxState
+else:
+    MailboxArgument = RawValue
+"""The mailbox's argument: a :class:`MailboxState` to whoever starts one, read by the worker as the
+raw payload and decoded here, so an input that is not a state (a raw client's) fails the mailbox in
+words instead of failing its workflow task on every retry. Same payload, same history."""
+
+NO_MAILBOX_ARGUMENT = cast("MailboxArgument", None)
+
+
+def _read_state(raw: Any) -> tuple[MailboxState, str | None]:
+    """The mailbox's state, or a placeholder and why the input is not one."""
+    problem = "the mailbox's input is not a mailbox's state: "
+    if raw is None:
+        return MailboxState(tenant="", type="", key=""), problem + "there is none"
+    try:
+        state: object = workflow.payload_converter().from_payload(raw.payload, MailboxState)
+    except Exception as err:
+        if isinstance(err, ValidationError):
+            errors = err.errors(include_url=False, include_input=False, include_context=False)
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'argument'}: {e['msg']}" for e in errors[:5]
+            )
+        else:
+            reason = str(err)
+        return MailboxState(tenant="", type="", key=""), problem + clip(reason)
+    if not isinstance(state, MailboxState):  # a payload not in JSON comes back as itself
+        return MailboxState(tenant="", type="", key=""), problem + f"it is {type(state).__name__}"
+    return state, None
 
 
 @workflow.defn(name=MAILBOX_WORKFLOW)
@@ -53,7 +88,8 @@ class EventMailboxWorkflow:
     """Buffers the events of one (tenant, type, key) and hands each to every run waiting for it."""
 
     @workflow.init
-    def __init__(self, state: MailboxState) -> None:
+    def __init__(self, raw: MailboxArgument = NO_MAILBOX_ARGUMENT) -> None:
+        state, self._problem = _read_state(raw)
         self._tenant, self._type, self._key = state.tenant, state.type, state.key
         self._events: list[Event] = list(state.events)
         self._subscriptions: dict[str, EventSubscription] = {s.subscriber: s for s in state.subscriptions}
@@ -61,8 +97,10 @@ class EventMailboxWorkflow:
         self._changed = False
 
     @workflow.run
-    async def run(self, state: MailboxState) -> None:
+    async def run(self, raw: MailboxArgument = NO_MAILBOX_ARGUMENT) -> None:
         """Lives while someone waits or an event may still be looked back on."""
+        if self._problem is not None:
+            raise ApplicationError(self._problem, type="InvalidMailboxState", non_retryable=True)
         while True:
             self._prune()
             if not self._subscriptions and not self._events:
@@ -133,9 +171,15 @@ class EventMailboxWorkflow:
             )
 
     @workflow.signal(name=UNSUBSCRIBE_SIGNAL)
-    def unsubscribe(self, subscriber: str) -> None:
-        """Forgets a wait (its run took an event, timed out or moved on)."""
-        if self._subscriptions.pop(subscriber, None) is not None:
+    def unsubscribe(self, *args: Any) -> None:
+        """Forgets a wait (its run took an event, timed out or moved on); the argument is the wait's
+        subscriber name. Taken as any arguments: with a typed one, a raw client's signal with two
+        made the SDK call the handler with both, and the workflow task failed on every retry. One
+        that is not a single name is ignored (nobody waits under it), with a worker log line."""
+        if len(args) != 1 or not isinstance(args[0], str):
+            workflow.logger.warning("ignored a malformed unsubscribe signal (%d arguments)", len(args))
+            return
+        if self._subscriptions.pop(args[0], None) is not None:
             self._changed = True
 
     @workflow.query

@@ -14,7 +14,7 @@ import pytest_asyncio
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Replayer, Worker
 
 from interpreter.events import MailboxState, mailbox_id
@@ -25,7 +25,7 @@ from starter.client import FlowClient
 from starter.events import event_run_id
 from tests.workflows.support import Handle, definition, eventually, failure_of, record, replay, status, unique
 from worker import build_worker, workflow_runner
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import WORKFLOWS, RunDefinitionWorkflow
 from workflows.mailbox import EventMailboxWorkflow
 
 EVENT = "family.answered"
@@ -315,13 +315,56 @@ async def test_the_mailbox_keeps_an_event_once_and_its_history_replays(
     assert [e.id for e in state.events] == ["r-1"]  # kept for later lookbacks, once
     assert state.subscriptions == []  # the run unsubscribed when its wait ended
     replayer = Replayer(
-        workflows=[RunDefinitionWorkflow, EventMailboxWorkflow],
+        workflows=[*WORKFLOWS, EventMailboxWorkflow],
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )
     for history in (await mailbox.fetch_history(), await handle.fetch_history()):
         result = await replay(replayer, history)
         assert result.replay_failure is None, result.replay_failure
+
+
+async def test_a_raw_clients_malformed_messages_cannot_stick_a_mailbox(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A raw client in the namespace can reach a mailbox by its id. An ``unsubscribe`` with two
+    arguments (the SDK called the one-argument handler with both: the workflow task failed on every
+    retry, and no event reached any run of that key again), with none, or not a name, is ignored;
+    a mailbox started with an input that is not a mailbox's state fails, saying so, and the next
+    publish starts a new one."""
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    handle = await start(client, task_queue, [wait_step()], family)
+    await waiting(handle)
+    mailbox = client.get_workflow_handle(mailbox_id("default", EVENT, family))
+    await mailbox.signal("unsubscribe", args=["someone", "else"])
+    await mailbox.signal("unsubscribe")
+    await mailbox.signal("unsubscribe", {"not": "a name"})
+    async with asyncio.timeout(60):  # a stuck mailbox would never answer the publish
+        await flows.publish_event(EVENT, family, {"answer": "yes"}, event_id="m-1", start_triggers=False)
+        result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert record(result, "answer").output["data"] == {"answer": "yes"}
+
+    squatted = unique("fam")
+    for bad in ("not a state", {"tenant": "default"}):
+        forged = await client.start_workflow(
+            "EventMailbox",
+            bad,
+            id=mailbox_id("default", EVENT, squatted),
+            task_queue=task_queue,
+            execution_timeout=timedelta(minutes=2),
+        )
+        cause, _ = await failure_of(forged)
+        assert isinstance(cause, ApplicationError), cause
+        assert (cause.type, cause.non_retryable) == ("InvalidMailboxState", True)
+        assert cause.message.startswith("the mailbox's input is not a mailbox's state: ")
+    handle = await start(client, task_queue, [wait_step()], squatted)
+    await waiting(handle)
+    async with asyncio.timeout(60):
+        await flows.publish_event(EVENT, squatted, {"answer": "no"}, event_id="m-2", start_triggers=False)
+        result = await handle.result()
+    assert record(result, "answer").output["data"] == {"answer": "no"}
 
 
 async def test_the_mailbox_ends_when_its_events_are_older_than_any_lookback(
