@@ -443,6 +443,24 @@ def _fitting_keywords(values: list[str]) -> list[str]:
     return kept
 
 
+def _fitting_keyword(value: str) -> str:
+    """``value`` as far as it fits in :data:`SEARCH_ATTRIBUTE_MAX_BYTES` (as the SDK sends it,
+    JSON-escaped), ending in ``…`` when cut. A value that fits is unchanged. ``CurrentStep`` holds a
+    step's path, which deep nesting (or a raw client's forged slice) can make longer than Temporal
+    allows: its upsert then failed the workflow task and the server terminated the run."""
+    size = len(json.dumps(value))
+    if size <= SEARCH_ATTRIBUTE_MAX_BYTES:
+        return value
+    low, high = 0, len(value)  # the longest prefix that fits, with the mark: at least low, below high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if len(json.dumps(value[:middle] + "…")) <= SEARCH_ATTRIBUTE_MAX_BYTES:
+            low = middle
+        else:
+            high = middle
+    return value[:low] + "…"
+
+
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
@@ -1536,7 +1554,7 @@ class GenericRun:
         if self._track_step:
             if not every_step:
                 self._published.setdefault("step", "")  # no wait yet: nothing to publish
-            values["step"] = next(iter(engine.active if every_step else engine.waiting), "")
+            values["step"] = _fitting_keyword(next(iter(engine.active if every_step else engine.waiting), ""))
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, key in (("state", RUN_STATE), ("approval", AWAITING_APPROVAL), ("step", CURRENT_STEP)):
             if name in values and self._published.get(name) != values[name]:

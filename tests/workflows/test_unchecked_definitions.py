@@ -4,6 +4,7 @@ workflow task failing for ever."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -12,9 +13,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from interpreter.model import parse_definition
-from interpreter.state import ForeachBatch, RunInput, RunOptions, StepStatus
-from tests.workflows.support import failure_of, record, unique
+from interpreter.state import ForeachBatch, RunInput, RunOptions, RunState, StepStatus
+from tests.workflows.support import failure_of, record, unique, wait_state
 from workflows.generic import RunDefinitionWorkflow
+from workflows.search_attributes import CURRENT_STEP
 
 
 async def _start_unchecked(client: Client, task_queue: str, document: dict[str, Any]) -> Any:
@@ -146,3 +148,45 @@ async def test_a_forged_fan_out_slice_fails_the_run_before_any_item(
         assert (cause.type, cause.message) == ("InvalidBatch", f"the foreach 'each' slice {problem}")
         assert result is not None
         assert result.steps == []
+
+
+async def test_a_current_step_past_the_search_attribute_limit_is_fitted_not_fatal(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A step path longer than Temporal's 2,048 bytes for a search attribute value (a forged slice's
+    path here; deep nesting in a valid definition, or ``every_step`` tracking, reaches it too) made
+    the ``CurrentStep`` upsert fail the workflow task (``BadSearchAttributes``) and the server
+    terminate the run: no compensation, no message of ours. The value is now fitted."""
+    path = "p" * 5000
+    document = {
+        "name": unique("long-current-step"),
+        "steps": [
+            {
+                "id": "f",
+                "type": "foreach",
+                "items": "[1, 2]",
+                "steps": [{"id": "a", "type": "approval", "approvers": ["alice"], "timeout": "1h"}],
+            }
+        ],
+    }
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=parse_definition(document),
+            options=RunOptions(),
+            batch=ForeachBatch(step_id="f", path=path, offset=0, items=[1], concurrency=1),
+        ),
+        id=unique("long-current-step"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+    seen = await wait_state(handle, RunState.AWAITING_APPROVAL, timeout=60)
+    assert [p.path for p in seen.pending_approvals] == [f"{path}[0].a"]
+    published = (await handle.describe()).typed_search_attributes.get(CURRENT_STEP)
+    assert published is not None
+    assert published.startswith("p" * 1000)
+    assert published.endswith("…")
+    assert len(json.dumps(published)) <= 2048
+    await handle.signal("approve", {"actor": "alice"})
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
