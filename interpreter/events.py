@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from interpreter.model import EVENT_TYPE_PATTERN
 
@@ -44,6 +44,22 @@ starts the wait): a signalled event stamped up to this long before the wait's lo
 still taken, so an event published just after the subscription is never lost to clock skew."""
 
 
+def _instant(value: datetime) -> datetime:
+    """A time the mailbox and runs compare with their clocks and add lookbacks and tolerances to:
+    with a zone (a naive one raised TypeError in the comparison, failing the workflow task on
+    every retry) and between the years 1900 and 9000 (near the calendar's ends, the arithmetic
+    overflowed the same way). Only a raw client sends others: the product's come from a clock."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError("a time must have a time zone (e.g. ending in Z or +00:00)")
+    if not 1900 <= value.year <= 9000:
+        raise ValueError("a time must be between the years 1900 and 9000")
+    return value
+
+
+Instant = Annotated[datetime, AfterValidator(_instant)]
+"""A :class:`datetime` with a zone, in the years 1900-9000 (:func:`_instant`)."""
+
+
 class Event(BaseModel):
     """One published event, as a mailbox keeps it and hands it to runs.
 
@@ -63,7 +79,7 @@ class Event(BaseModel):
     key: str = Field(min_length=1, max_length=MAX_EVENT_KEY_CHARS)
     tenant: str = Field(min_length=1, max_length=100)
     data: dict[str, Any] = Field(default_factory=dict)
-    published_at: datetime | None = None
+    published_at: Instant | None = None
     source: str = Field(default="", max_length=200)
 
 
@@ -92,8 +108,8 @@ class EventSubscription(BaseModel):
     key: str = Field(min_length=1, max_length=MAX_EVENT_KEY_CHARS)
     workflow_id: str = Field(min_length=1, max_length=1000)
     path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
-    since: datetime
-    until: datetime | None = None
+    since: Instant
+    until: Instant | None = None
 
     @property
     def subscriber(self) -> str:

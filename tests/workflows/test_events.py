@@ -10,9 +10,10 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Replayer, Worker
@@ -340,6 +341,22 @@ async def test_a_raw_clients_malformed_messages_cannot_stick_a_mailbox(
     await mailbox.signal("unsubscribe", args=["someone", "else"])
     await mailbox.signal("unsubscribe")
     await mailbox.signal("unsubscribe", {"not": "a name"})
+    # Times without a zone (the mailbox's clock compared them with its own: TypeError on every
+    # retry) and at the end of the calendar (its deadline arithmetic overflowed): refused.
+    subscription = {"tenant": "default", "type": EVENT, "key": family, "workflow_id": "x", "path": "w"}
+    for since, until in (
+        ("2026-12-03T13:00:00+00:00", "2026-12-03T13:20:00"),
+        ("2026-12-03T13:00:00", None),
+        ("2026-12-03T13:00:00+00:00", "9999-12-31T23:59:59Z"),
+    ):
+        with pytest.raises(WorkflowUpdateFailedError):
+            await mailbox.execute_update("subscribe", {**subscription, "since": since, "until": until})
+    # The run itself, sent such an event by a raw client, refuses it and waits on.
+    naive = {"id": "n-1", "type": EVENT, "key": family, "tenant": "default", "data": {"answer": "no"}}
+    await handle.signal("event", {**naive, "published_at": "2026-12-03T13:00:00"})
+    seen = await eventually(lambda: status(handle), lambda s: len(s.refused_messages) == 1, what="refused")
+    assert seen.refused_messages[0].reason.startswith("malformed event signal: published_at: ")
+    assert seen.state == RunState.RUNNING
     async with asyncio.timeout(60):  # a stuck mailbox would never answer the publish
         await flows.publish_event(EVENT, family, {"answer": "yes"}, event_id="m-1", start_triggers=False)
         result = await handle.result()
@@ -347,7 +364,14 @@ async def test_a_raw_clients_malformed_messages_cannot_stick_a_mailbox(
     assert record(result, "answer").output["data"] == {"answer": "yes"}
 
     squatted = unique("fam")
-    for bad in ("not a state", {"tenant": "default"}):
+    naive_event = {**naive, "key": squatted, "published_at": "2026-12-03T13:00:00"}
+    late_event = {**naive, "key": squatted, "published_at": "9999-12-31T23:59:59Z"}
+    for bad in (
+        "not a state",
+        {"tenant": "default"},
+        {"tenant": "default", "type": EVENT, "key": squatted, "events": [naive_event]},
+        {"tenant": "default", "type": EVENT, "key": squatted, "events": [late_event]},
+    ):
         forged = await client.start_workflow(
             "EventMailbox",
             bad,
