@@ -14,7 +14,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from interpreter.model import EVENT_TYPE_PATTERN
 
@@ -79,7 +79,11 @@ class Event(BaseModel):
     key: str = Field(min_length=1, max_length=MAX_EVENT_KEY_CHARS)
     tenant: str = Field(min_length=1, max_length=100)
     data: dict[str, Any] = Field(default_factory=dict)
-    published_at: Instant | None = None
+    published_at: datetime | None = None
+    """Not an :data:`Instant` here: a run handed an event signal with such a time refuses it itself
+    (``Engine.deliver_event``, in words) or, at the calendar's ends, compares it harmlessly, and
+    runs recorded before took it that way (a ``cancel_on`` match cancelled). The mailbox's own
+    state requires an :data:`Instant` (:class:`MailboxState`); it stamps what it is published."""
     source: str = Field(default="", max_length=200)
 
 
@@ -142,6 +146,15 @@ class MailboxState(BaseModel):
     events: list[Event] = Field(default_factory=list)
     subscriptions: list[EventSubscription] = Field(default_factory=list)
     seen_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("events")
+    @classmethod
+    def _stamped(cls, events: list[Event]) -> list[Event]:
+        """The mailbox compares and adds to its events' times: each is an :data:`Instant`."""
+        for event in events:
+            if event.published_at is not None:
+                _instant(event.published_at)
+        return events
 
 
 def mailbox_id(tenant: str, event_type: str, key: str) -> str:

@@ -162,6 +162,13 @@ PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
 """Patch id: a run started without search attributes also gets ``Tenant``."""
 PATCH_CURRENT_STEP_ON_WAITS = "current-step-on-waits"
 """Patch id: CurrentStep is upserted where the run waits (RunOptions.current_step), not every step."""
+PATCH_CURRENT_STEP_SHORT = "current-step-short"
+"""Patch id: ``CurrentStep`` holds at most :data:`KEYWORD_MAX_CHARS` characters (cut, ending in
+``…``): the PostgreSQL (and MySQL) visibility schemas keep a custom keyword in a 255-character
+column, so a longer path (deep nesting) left the run's visibility row stale there, while the server
+accepted it. Asked only for such a path."""
+KEYWORD_MAX_CHARS = 255
+"""The longest keyword search attribute value the SQL visibility stores keep (``VARCHAR(255)``)."""
 PATCH_CANCEL_SIGNAL_CANCELED = "cancel-signal-canceled"
 """Patch id: the ``cancel`` signal asks Temporal to cancel the run (an activity), so it closes as
 Canceled; before, it cancelled itself and closed as failed (``RunCancelled``)."""
@@ -220,6 +227,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_TASK_STEP_BUDGET: 8,
     PATCH_VALUE_DEPTH: 8,
     PATCH_BATCH_BOUNDS: 9,
+    PATCH_CURRENT_STEP_SHORT: 9,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -443,15 +451,18 @@ def _fitting_keywords(values: list[str]) -> list[str]:
     return kept
 
 
-def _fitting_keyword(value: str) -> str:
+def _fitting_keyword(value: str, max_chars: int | None = None) -> str:
     """``value`` as far as it fits in :data:`SEARCH_ATTRIBUTE_MAX_BYTES` (as the SDK sends it,
-    JSON-escaped), ending in ``…`` when cut. A value that fits is unchanged. ``CurrentStep`` holds a
-    step's path, which deep nesting (or a raw client's forged slice) can make longer than Temporal
-    allows: its upsert then failed the workflow task and the server terminated the run."""
-    size = len(json.dumps(value))
-    if size <= SEARCH_ATTRIBUTE_MAX_BYTES:
+    JSON-escaped) and in ``max_chars`` characters, ending in ``…`` when cut. A value that fits is
+    unchanged. ``CurrentStep`` holds a step's path, which deep nesting (or a raw client's forged
+    slice) can make longer than Temporal allows: its upsert then failed the workflow task and the
+    server terminated the run (:data:`PATCH_CURRENT_STEP_SHORT` for ``max_chars``)."""
+    if len(json.dumps(value)) <= SEARCH_ATTRIBUTE_MAX_BYTES and (
+        max_chars is None or len(value) <= max_chars
+    ):
         return value
-    low, high = 0, len(value)  # the longest prefix that fits, with the mark: at least low, below high
+    # The longest prefix that fits with the mark: at least low, below high.
+    low, high = 0, len(value) if max_chars is None else min(len(value), max_chars)
     while high - low > 1:
         middle = (low + high) // 2
         if len(json.dumps(value[:middle] + "…")) <= SEARCH_ATTRIBUTE_MAX_BYTES:
@@ -1554,7 +1565,9 @@ class GenericRun:
         if self._track_step:
             if not every_step:
                 self._published.setdefault("step", "")  # no wait yet: nothing to publish
-            values["step"] = _fitting_keyword(next(iter(engine.active if every_step else engine.waiting), ""))
+            step = next(iter(engine.active if every_step else engine.waiting), "")
+            short = len(step) > KEYWORD_MAX_CHARS and patch_applies(self._options, PATCH_CURRENT_STEP_SHORT)
+            values["step"] = _fitting_keyword(step, KEYWORD_MAX_CHARS if short else None)
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, key in (("state", RUN_STATE), ("approval", AWAITING_APPROVAL), ("step", CURRENT_STEP)):
             if name in values and self._published.get(name) != values[name]:

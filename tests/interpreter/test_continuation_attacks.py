@@ -138,9 +138,7 @@ async def test_an_event_published_at_a_time_without_an_offset_is_refused_not_rai
     engine = _event_engine(rt, None, continue_at=None)
     running = rt.spawn(engine.run())
     await rt.run_until(lambda: bool(engine.status().waiting_events))
-    # (Event refuses such a time since it is read from a signal; built unchecked here, the engine's
-    # own guard is what is tested.)
-    naive = Event.model_construct(
+    naive = Event(
         id="naive",
         type="family.answered",
         key="fam-1",

@@ -21,3 +21,16 @@ def test_a_longer_value_is_cut_to_fit_and_says_so(value: str) -> None:
     assert fitted.endswith("…")
     assert value.startswith(fitted[:-1])
     assert len(json.dumps(fitted)) > SEARCH_ATTRIBUTE_MAX_BYTES - 64  # cut near the limit, not far below
+
+
+@pytest.mark.parametrize("value", ["p" * 256, "é" * 300, "😀" * 300, "p" * 5000])
+def test_a_value_past_the_characters_asked_is_cut_to_them(value: str) -> None:
+    fitted = _fitting_keyword(value, 255)
+    assert len(fitted) <= 255
+    assert len(json.dumps(fitted)) <= SEARCH_ATTRIBUTE_MAX_BYTES
+    assert fitted.endswith("…")
+    assert value.startswith(fitted[:-1])
+
+
+def test_a_value_within_the_characters_asked_is_unchanged() -> None:
+    assert _fitting_keyword("p" * 255, 255) == "p" * 255

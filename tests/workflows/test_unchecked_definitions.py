@@ -184,8 +184,8 @@ async def test_a_current_step_past_the_search_attribute_limit_is_fitted_not_fata
     assert [p.path for p in seen.pending_approvals] == [f"{path}[0].a"]
     published = (await handle.describe()).typed_search_attributes.get(CURRENT_STEP)
     assert published is not None
-    assert published.startswith("p" * 1000)
-    assert published.endswith("…")
+    # Cut to the 255 characters the SQL visibility stores keep (patch current-step-short).
+    assert published == "p" * 254 + "…"
     assert len(json.dumps(published)) <= 2048
     await handle.signal("approve", {"actor": "alice"})
     result = await handle.result()
