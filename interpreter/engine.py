@@ -3562,18 +3562,17 @@ class Engine:
 
     async def _run_batch(self, batch: ForeachBatch) -> dict[str, Any]:
         """A fanned-out foreach's child: the slice through the body, in this run."""
-        step = _find_foreach(self.definition.steps, batch.step_id)
-        if step is None:
+        found = _foreach_steps(self.definition.steps, batch.step_id)
+        if not found:
             raise _RunFailed(f"no foreach step {batch.step_id!r} in the definition", "InvalidBatch")
+        step = found[0]  # (the one _find_foreach takes)
         problem = None
         if len(batch.items) > FAN_OUT_MAX_BATCH_SIZE:
             problem = (
                 f"has {len(batch.items)} items; a fanned-out foreach's child runs at most"
                 f" {FAN_OUT_MAX_BATCH_SIZE}"
             )
-        elif batch.concurrency > (
-            most := max(s.concurrency for s in _foreach_steps(self.definition.steps, step.id))
-        ):
+        elif batch.concurrency > (most := max(s.concurrency for s in found)):
             # (any foreach of that id: with duplicate ids the parent's may not be the one found)
             problem = f"runs {batch.concurrency} items at once; its step runs at most {most} (concurrency)"
         if problem is not None and self.runtime.patched(PATCH_BATCH_BOUNDS):

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    ValidationError,
     field_serializer,
     model_serializer,
 )
@@ -42,6 +43,20 @@ def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def validation_problems(err: ValidationError) -> str:
+    """A validation error in one line: ``field: problem; ...`` (without the input values)."""
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'argument'}: {e['msg']}" for e in errors[:5]]
+    more = len(errors) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def decoding_problem(err: Exception) -> str:
+    """Why a payload could not be read: a validation error in one line
+    (:func:`validation_problems`), else the error's text."""
+    return validation_problems(err) if isinstance(err, ValidationError) else str(err)
 
 
 class RunState(StrEnum):

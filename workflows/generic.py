@@ -134,6 +134,8 @@ with workflow.unsafe.imports_passed_through():
         SubflowLookup,
         clip,
         decision_size_problem,
+        decoding_problem,
+        validation_problems,
     )
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
@@ -277,14 +279,6 @@ _STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 
 
 M = TypeVar("M", bound="BaseModel")
-
-
-def _problems(err: ValidationError) -> str:
-    """A validation error in one line: ``field: problem; ...`` (without the input values)."""
-    errors = err.errors(include_url=False, include_input=False, include_context=False)
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'argument'}: {e['msg']}" for e in errors[:5]]
-    more = len(errors) - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _td(duration: str | None) -> timedelta | None:
@@ -1181,9 +1175,10 @@ class GenericRun:
         try:
             values = workflow.payload_converter().from_payloads([arg.payload for arg in args]) if args else []
         except Exception as err:
-            problem = _problems(err) if isinstance(err, ValidationError) else str(err)
             self._engine.refuse_message(
-                name, None, f"malformed {name} signal: its argument could not be read: {clip(problem)}"
+                name,
+                None,
+                f"malformed {name} signal: its argument could not be read: {clip(decoding_problem(err))}",
             )
             return
         getattr(self, method)(tuple(values))
@@ -1448,7 +1443,9 @@ class GenericRun:
             return model.model_validate(payload)
         except ValidationError as err:
             self._engine.refuse_message(
-                name, actor if isinstance(actor, str) else None, f"malformed {name} signal: {_problems(err)}"
+                name,
+                actor if isinstance(actor, str) else None,
+                f"malformed {name} signal: {validation_problems(err)}",
             )
             return None
 

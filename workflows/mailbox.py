@@ -26,7 +26,6 @@ import contextlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, FailureError
@@ -49,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.inert import make_inert
     from interpreter.model import MAX_EVENT_LOOKBACK
-    from interpreter.state import clip
+    from interpreter.state import clip, decoding_problem
 
 if TYPE_CHECKING:
     MailboxArgument = MailboxState
@@ -70,14 +69,7 @@ def _read_state(raw: Any) -> tuple[MailboxState, str | None]:
     try:
         state: object = workflow.payload_converter().from_payload(raw.payload, MailboxState)
     except Exception as err:
-        if isinstance(err, ValidationError):
-            errors = err.errors(include_url=False, include_input=False, include_context=False)
-            reason = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'argument'}: {e['msg']}" for e in errors[:5]
-            )
-        else:
-            reason = str(err)
-        return MailboxState(tenant="", type="", key=""), problem + clip(reason)
+        return MailboxState(tenant="", type="", key=""), problem + clip(decoding_problem(err))
     if not isinstance(state, MailboxState):  # a payload not in JSON comes back as itself
         return MailboxState(tenant="", type="", key=""), problem + f"it is {type(state).__name__}"
     return state, None
