@@ -45,6 +45,8 @@ Configuration comes from the environment:
   run's start input by reference whatever its size (here: the subflows and fan-out slices this
   worker starts; clients, the gateway and schedules' creators set it for the runs they start).
   ``WFA_STATE_BUDGET_MAX``: the most state a run may keep whatever its starter asks (default 16 MiB).
+- ``WFA_PRIORITY_TENANTS``: the tenants whose definitions may ask priority 1 or 2 for what their
+  runs schedule (comma-separated, ``*`` all; unset: none; :mod:`workflows.priority`).
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
   metrics; ``WFA_METRICS_SAMPLE_S``/``WFA_METRICS_SAMPLE_LIMIT`` the sampled gauges;
   ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP/HTTP traces (:mod:`starter.telemetry`).
@@ -80,7 +82,7 @@ from activities.events import build_event_activities
 from activities.notify import DecisionLinks
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.plugins import plugin_activities
-from activities.run_control import end_task, request_cancel
+from activities.run_control import end_task, priority_granted, request_cancel
 from activities.secrets import (
     SecretsConfigError,
     configure_secret_store,
@@ -304,6 +306,7 @@ def build_worker(
             *build_event_activities(client),
             request_cancel,
             end_task,
+            priority_granted,
             state_budget_max,
             *plugin_activities(),
             DecisionLinks(EmailActions(outbound_policy or OutboundPolicy.from_env()).email).decision_links,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.priority import PRIORITY_GRANTED_ACTIVITY, priority_grants
 
 REQUEST_CANCEL = "request_cancel"  # workflows.generic.REQUEST_CANCEL_ACTIVITY
 
@@ -27,6 +31,15 @@ async def request_cancel(workflow_id: str, run_id: str) -> bool:
 
 
 END_TASK = "wfa.end_task"  # workflows.generic.END_TASK_ACTIVITY
+
+
+@activity.defn(name=PRIORITY_GRANTED_ACTIVITY)
+async def priority_granted(tenant: str) -> bool:
+    """Whether this worker's ``WFA_PRIORITY_TENANTS`` grants ``tenant`` priorities above the
+    default, as a local activity of the generic workflow (asked only by a run whose definition
+    declares priority 1 or 2; the answer is recorded in its history)."""
+    grants = priority_grants(os.environ)
+    return "*" in grants or tenant in grants
 
 
 @activity.defn(name=END_TASK)

@@ -72,7 +72,7 @@ from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from starter.codec import data_converter  # noqa: E402
 from starter.payload_store import RUN_INPUT_ENV, STORE_ENV  # noqa: E402
 from workflows.generic import ENGINE_LEVEL, WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
-from workflows.priority import run_priority  # noqa: E402
+from workflows.priority import NO_TENANT, run_priority  # noqa: E402
 from workflows.search_attributes import CLI_TYPES, start_attributes  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -398,7 +398,7 @@ class Workload:
         # (so the workflow does not upsert them itself) and the tenant's fairness key. Before
         # 2026-12-02 the benchmark left out ``Tenant`` and the priority (about 70 bytes per run).
         self.identity = start_attributes(self.definition.name, self.definition.version, self.hash, TENANT)
-        self.priority = run_priority(TENANT, self.definition.priority)
+        self.priority = run_priority(TENANT, self.definition.priority, grants=NO_TENANT)
 
     async def start(
         self, client: Client, variant: Variant, n: int, wf_id: str, tq: str

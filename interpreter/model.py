@@ -987,8 +987,10 @@ class Definition(StrictModel):
     limits: Limits = Limits()
     # Left out of a dump when unset, so the content hash of a definition without it stays the same.
     priority: int | None = Field(default=None, ge=1, le=5, exclude_if=lambda v: v is None)
-    """Temporal priority of the runs and their steps: 1 (first) to 5 (last); unset is 3. Within a
-    tenant's fair share of the workers (the tenant is the fairness key) higher priority goes first."""
+    """Temporal priority of the runs and their steps: 1 (first) to 5 (last); unset is 3. Temporal
+    dispatches by priority before it shares between tenants (the tenant is the fairness key), so 1
+    and 2 apply only to the tenants the platform grants them (``WFA_PRIORITY_TENANTS``,
+    :mod:`workflows.priority`); others run such a definition at 3."""
     steps: list[Step] = Field(min_length=1)
     output: TemplatedValue = None
 

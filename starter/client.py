@@ -118,7 +118,7 @@ from starter.inputs import brief as _brief
 from starter.inputs import check_json, check_json_object
 from starter.inputs import json_type as _json_type
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
-from workflows.priority import run_priority
+from workflows.priority import priority_grants, run_priority
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
     CURRENT_STEP,
@@ -1056,7 +1056,7 @@ class FlowClient:
             # worker's dynamic workflow serves it (workflows.generic.DefinitionNamedWorkflow).
             workflow_type=parsed.name,
             # The tenant is the fairness key: one tenant's flood does not delay another's steps.
-            priority=run_priority(self.tenant, parsed.priority),
+            priority=run_priority(self.tenant, parsed.priority, grants=priority_grants(os.environ)),
             static_summary=_clip(
                 f"{'DRY RUN: ' if dry_run else ''}{parsed.name} v{parsed.version} · tenant {self.tenant}"
                 + (f" · {workflow_id}" if workflow_id else ""),

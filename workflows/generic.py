@@ -139,7 +139,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
-    from workflows.priority import run_priority
+    from workflows.priority import (
+        DEFAULT_PRIORITY,
+        EVERY_TENANT,
+        NO_TENANT,
+        PRIORITY_GRANTED_ACTIVITY,
+        above_default,
+        fairness_key,
+        run_priority,
+    )
     from workflows.search_attributes import (
         ASSIGNEES,
         AWAITING_APPROVAL,
@@ -169,6 +177,11 @@ PATCH_CURRENT_STEP_SHORT = "current-step-short"
 ``…``): the PostgreSQL (and MySQL) visibility schemas keep a custom keyword in a 255-character
 column, so a longer path (deep nesting) left the run's visibility row stale there, while the server
 accepted it. Asked only for such a path."""
+PATCH_PRIORITY_GRANTS = "priority-grants"
+"""Patch id: a definition's priority above the default (1 or 2) applies only to the tenants the
+platform grants it (``WFA_PRIORITY_TENANTS``), since Temporal dispatches by priority before it
+shares between tenants; before, any definition's priority 1 went before every other tenant's work.
+Asked only where it changes a priority."""
 KEYWORD_MAX_CHARS = 255
 """The longest keyword search attribute value the SQL visibility stores keep (``VARCHAR(255)``)."""
 PATCH_CANCEL_SIGNAL_CANCELED = "cancel-signal-canceled"
@@ -230,6 +243,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_VALUE_DEPTH: 8,
     PATCH_BATCH_BOUNDS: 9,
     PATCH_CURRENT_STEP_SHORT: 9,
+    PATCH_PRIORITY_GRANTS: 10,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -473,7 +487,7 @@ class _TemporalRuntime:
         self,
         on_change: Callable[[], None],
         on_wait_change: Callable[[], None],
-        priority: Priority = Priority.default,
+        priority: int | None = None,
         options: RunOptions | None = None,
         telemetry: RunTelemetry | None = None,
     ) -> None:
@@ -482,10 +496,80 @@ class _TemporalRuntime:
         self._dry_run = options is not None and options.dry_run
         self._canned: dict[str, Any] = dict(options.canned_outputs) if options is not None else {}
         self._subscriptions: dict[str, int] = {}
-        self._priority = priority
         self._options = options or RunOptions()
+        self._declared_priority = priority
+        self._run_priority: Priority | None = None
+        self._tenant_granted: bool | None = None
         self._telemetry = telemetry or RunTelemetry("?", 0, "?")
         self._activity_slots = asyncio.Semaphore(MAX_PENDING_ACTIVITIES)
+
+    @property
+    def priority(self) -> Priority:
+        """The priority of what this run schedules: its definition's, as the platform grants it
+        (:meth:`decide_priority`; until then, and if never decided, as granted to nobody)."""
+        if self._run_priority is None:
+            return self._ungranted(self._declared_priority)
+        return self._run_priority
+
+    async def decide_priority(self) -> None:
+        """Decides the priority of what the run schedules (at its start)."""
+        self._run_priority = await self.granted_priority(self._declared_priority)
+
+    def _asked(self, priority: int | None) -> int | None:
+        """What a command with ``priority`` asks for: itself, or when unset (None), the run's own
+        priority, which Temporal gives an activity or child that names none."""
+        if priority is not None:
+            return priority
+        return workflow.info().priority.priority_key or None
+
+    def _ungranted(self, priority: int | None) -> Priority:
+        """The priority for ``priority`` in a tenant granted nothing above the default: an explicit
+        default where the command would ask for more (declared, or inherited from a run a raw client
+        started at 1 or 2)."""
+        tenant = self._options.tenant
+        if above_default(self._asked(priority)):
+            return Priority(priority_key=DEFAULT_PRIORITY, fairness_key=fairness_key(tenant))
+        return run_priority(tenant, priority, grants=NO_TENANT)
+
+    async def granted_priority(self, priority: int | None) -> Priority:
+        """The priority for a definition declaring ``priority`` (None: none), in this run's tenant:
+        above the default, declared or inherited from the run's own, only if the worker grants the
+        tenant it (:mod:`workflows.priority`; the local activity that answers is asked at most once
+        per run, only for such a priority). A run that scheduled with the priority it asked before
+        that change goes on with it (until it continues as new)."""
+        tenant = self._options.tenant
+        if not above_default(self._asked(priority)) or not self.patched(PATCH_PRIORITY_GRANTS):
+            return run_priority(tenant, priority, grants=EVERY_TENANT)
+        if self._tenant_granted is None:
+            self._tenant_granted = await self._ask_grant(tenant)
+        if self._tenant_granted:
+            return run_priority(tenant, priority, grants=EVERY_TENANT)
+        return self._ungranted(priority)
+
+    @staticmethod
+    async def _ask_grant(tenant: str) -> bool:
+        """The worker's answer (a recorded local activity): is ``tenant`` granted priorities above
+        the default? No answer (a worker without the activity, a failure) grants nothing."""
+        try:
+            granted: bool = await workflow.execute_local_activity(
+                PRIORITY_GRANTED_ACTIVITY,
+                tenant,
+                result_type=bool,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                summary=f"is tenant {tenant!r} granted a priority above the default",
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            workflow.logger.warning("could not read the worker's priority grants: %s; granting nothing", err)
+            return False
+        except ValueError:  # a worker not built by build_worker lacks it
+            workflow.logger.warning(
+                "this worker has no %s activity; granting nothing", PRIORITY_GRANTED_ACTIVITY
+            )
+            return False
+        return bool(granted)
 
     def now(self) -> Any:
         return workflow.now()
@@ -503,7 +587,7 @@ class _TemporalRuntime:
             retry_policy=policy,
             # Unset (None) is the run's own queue: the command is the same as before.
             task_queue=call.task_queue,
-            priority=self._priority,
+            priority=self.priority,
         )
         return result
 
@@ -609,7 +693,7 @@ class _TemporalRuntime:
                 summary=f"{record.step_id}: record dead letter",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
-                priority=self._priority,
+                priority=self.priority,
             )
         except ActivityError as err:
             raise _store_failure(err) from None
@@ -625,7 +709,7 @@ class _TemporalRuntime:
                 summary=f"dead letter {resolution.dead_letter_id}: {resolution.action.value} by {resolution.actor}",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
-                priority=self._priority,
+                priority=self.priority,
             )
         except ActivityError as err:
             raise _store_failure(err) from None
@@ -644,6 +728,7 @@ class _TemporalRuntime:
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=_SUBSCRIBE_DEADLINE,
                 retry_policy=_SUBSCRIBE_RETRY,
+                priority=self.priority,
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -687,7 +772,7 @@ class _TemporalRuntime:
                 summary=f"{call.summary}: resolve",
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
-                priority=self._priority,
+                priority=self.priority,
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -719,7 +804,7 @@ class _TemporalRuntime:
                     if call.wait
                     else workflow.ParentClosePolicy.ABANDON
                 ),
-                priority=run_priority(tenant, child.priority),
+                priority=await self.granted_priority(child.priority),
             )
         except WorkflowAlreadyStartedError:
             raise SubflowFailedError(
@@ -768,7 +853,7 @@ class _TemporalRuntime:
                 },
                 summary=f"{call.summary} (foreach {call.path} of {parent})",
                 parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
-                priority=self._priority,
+                priority=self.priority,
             )
         except WorkflowAlreadyStartedError:
             raise BatchFailedError(
@@ -961,10 +1046,10 @@ class GenericRun:
                 resume = read_continuation(run.continuation)
             except (ContinuationVersionError, ValidationError, ValueError) as err:
                 self._resume_problem = clip(str(err))
-        runtime = _TemporalRuntime(
+        runtime = self._runtime = _TemporalRuntime(
             self._publish,
             self._publish_wait,
-            run_priority(run.options.tenant, run.definition.priority),
+            run.definition.priority,
             run.options,
             self._telemetry,
         )
@@ -1049,6 +1134,7 @@ class GenericRun:
         self._check_pinned(run)
         self._ensure_identity(run)
         await self._cap_state_budget(run.options.state_budget)
+        await self._runtime.decide_priority()
         if run.continuation is None:  # a chain counts as one run
             self._telemetry.run_started()
         if (
@@ -1244,6 +1330,7 @@ class GenericRun:
                 start_to_close_timeout=timedelta(seconds=15),
                 retry_policy=RetryPolicy(maximum_attempts=3),
                 summary=f"cancel requested by {request.actor}: asking Temporal to cancel the run",
+                priority=self._runtime.priority,
             )
         except ActivityError:
             workflow.logger.warning("could not request Temporal's cancellation; cancelling the run itself")

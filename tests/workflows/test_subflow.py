@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import uuid4
 
+import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
@@ -17,6 +18,7 @@ from interpreter.state import RunState, StepStatus
 from starter.client import FlowClient
 from starter.errors import RunNotFoundError
 from tests.workflows.support import eventually
+from workflows.priority import DEFAULT_PRIORITY, PRIORITY_TENANTS_ENV
 from workflows.search_attributes import DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
 
@@ -202,3 +204,25 @@ async def test_a_parent_run_again_under_its_business_key_starts_its_subflow_agai
     assert result.state == RunState.COMPLETED
     assert result.output["child"]["output"]["doubled"] == 4
     assert result.output["child"]["workflow_id"] == f"{key}/sub"
+
+
+async def test_a_subflows_priority_above_the_default_is_the_platforms_to_grant(
+    flows: FlowClient, client: Client, store_worker: Worker, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child's definition declares priority 1: its run and its steps get it only when the
+    worker grants the tenant priorities above the default (``WFA_PRIORITY_TENANTS``)."""
+    child = unique("urgent")
+    await flows.register({**_child(child, "urgent"), "priority": 1}, author="ann")
+    for grants, expected in (("someone-else", DEFAULT_PRIORITY), (tenant, 1)):
+        monkeypatch.setenv(PRIORITY_TENANTS_ENV, grants)
+        parent = await flows.start_run(_parent(unique("parent"), child), {"n": 1})
+        out = (await parent.result(timeout=60)).output["child"]
+        assert out["state"] == "completed"
+        history = await client.get_workflow_handle(out["workflow_id"]).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes.priority.priority_key
+        scheduled = [
+            e.activity_task_scheduled_event_attributes.priority.priority_key
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+        assert (started, scheduled) == (expected, [expected]), grants
