@@ -7,6 +7,7 @@ import os
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.secrets import tenant_scope
 from workflows.priority import PRIORITY_GRANTED_ACTIVITY, priority_grants
 
 REQUEST_CANCEL = "request_cancel"  # workflows.generic.REQUEST_CANCEL_ACTIVITY
@@ -36,8 +37,13 @@ END_TASK = "wfa.end_task"  # workflows.generic.END_TASK_ACTIVITY
 @activity.defn(name=PRIORITY_GRANTED_ACTIVITY)
 async def priority_granted(tenant: str) -> bool:
     """Whether this worker's ``WFA_PRIORITY_TENANTS`` grants ``tenant`` priorities above the
-    default, as a local activity of the generic workflow (asked only by a run whose definition
-    declares priority 1 or 2; the answer is recorded in its history)."""
+    default, as a local activity of the generic workflow (asked only by a run that would ask for
+    priority 1 or 2; the answer is recorded in its history). A run's tenant is its starter's claim:
+    where the worker has a tenant scope, a run outside the tenant's namespace (or of a tenant this
+    worker does not serve) is granted nothing, as its actions are refused."""
+    scope = tenant_scope()
+    if scope is not None and scope.refusal(tenant, activity.info().namespace) is not None:
+        return False
     grants = priority_grants(os.environ)
     return "*" in grants or tenant in grants
 

@@ -140,6 +140,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
     from workflows.priority import (
+        DEFAULT_FAIRNESS_WEIGHT,
         DEFAULT_PRIORITY,
         EVERY_TENANT,
         NO_TENANT,
@@ -522,14 +523,29 @@ class _TemporalRuntime:
             return priority
         return workflow.info().priority.priority_key or None
 
+    @staticmethod
+    def _weighted() -> bool:
+        """Whether the run itself carries a fairness weight (only a raw client sets one), which an
+        activity or child that names none would inherit: a weight of 1,000 takes a tenant's tasks
+        ahead of everyone else's as surely as priority 1."""
+        return workflow.info().priority.fairness_weight not in (None, DEFAULT_FAIRNESS_WEIGHT)
+
     def _ungranted(self, priority: int | None) -> Priority:
         """The priority for ``priority`` in a tenant granted nothing above the default: an explicit
         default where the command would ask for more (declared, or inherited from a run a raw client
-        started at 1 or 2)."""
+        started at 1 or 2), and the default weight where it would inherit the run's."""
         tenant = self._options.tenant
         if above_default(self._asked(priority)):
-            return Priority(priority_key=DEFAULT_PRIORITY, fairness_key=fairness_key(tenant))
-        return run_priority(tenant, priority, grants=NO_TENANT)
+            ungranted = Priority(priority_key=DEFAULT_PRIORITY, fairness_key=fairness_key(tenant))
+        else:
+            ungranted = run_priority(tenant, priority, grants=NO_TENANT)
+        return self._unweighted(ungranted)
+
+    def _unweighted(self, priority: Priority) -> Priority:
+        """``priority`` with the default fairness weight named where it would inherit the run's."""
+        if self._weighted():
+            return dataclasses.replace(priority, fairness_weight=DEFAULT_FAIRNESS_WEIGHT)
+        return priority
 
     async def granted_priority(self, priority: int | None) -> Priority:
         """The priority for a definition declaring ``priority`` (None: none), in this run's tenant:
@@ -538,12 +554,13 @@ class _TemporalRuntime:
         per run, only for such a priority). A run that scheduled with the priority it asked before
         that change goes on with it (until it continues as new)."""
         tenant = self._options.tenant
-        if not above_default(self._asked(priority)) or not self.patched(PATCH_PRIORITY_GRANTS):
+        above = above_default(self._asked(priority))
+        if not (above or self._weighted()) or not self.patched(PATCH_PRIORITY_GRANTS):
             return run_priority(tenant, priority, grants=EVERY_TENANT)
-        if self._tenant_granted is None:
+        if above and self._tenant_granted is None:
             self._tenant_granted = await self._ask_grant(tenant)
-        if self._tenant_granted:
-            return run_priority(tenant, priority, grants=EVERY_TENANT)
+        if above and self._tenant_granted:
+            return self._unweighted(run_priority(tenant, priority, grants=EVERY_TENANT))
         return self._ungranted(priority)
 
     @staticmethod

@@ -26,6 +26,9 @@ MAX_FAIRNESS_KEY_BYTES = 64
 """Temporal's limit on a fairness key."""
 DEFAULT_PRIORITY = 3
 """Temporal's default priority key (of 1-5): what a run or activity without one gets."""
+DEFAULT_FAIRNESS_WEIGHT = 1.0
+"""Temporal's default fairness weight: every tenant's key gets an equal share. The worker never
+lets a run's activities or children inherit another weight from the run (a raw client's)."""
 PRIORITY_TENANTS_ENV = "WFA_PRIORITY_TENANTS"
 """Comma-separated tenants whose definitions may ask a priority above the default (1 or 2); ``*``
 grants every tenant (a deployment with one tenant, or tenants that trust each other). Unset: none."""

@@ -22,11 +22,13 @@ from activities.dead_letters import DeadLetterActivities
 from activities.echo import echo
 from activities.http import HttpActions
 from activities.outbound import OutboundPolicy, build_http_client
+from activities.run_control import priority_granted
 from activities.secrets import FileSecretStore, Secret, configure_secret_store, configure_tenant_scope
 from interpreter.actions import ActionRequest
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
 from starter.tenancy import WorkerScope
 from tests.helpers.http_server import RecordingServer
+from workflows.priority import PRIORITY_TENANTS_ENV
 
 ENV = {"WFA_TENANT_NAMESPACES": "acme=ns-a,globex=ns-b", "WFA_WORKER_TENANTS": "acme,globex"}
 
@@ -120,3 +122,17 @@ async def test_dead_letters_of_another_tenant_are_neither_recorded_nor_resolved(
         dead_letter_id=1, tenant="acme", action=DeadLetterAction.ABORT, actor="ops", resolved_at=now
     )
     await _refused(_in("ns-b"), store.resolve, resolution)
+
+
+async def test_a_run_claiming_a_granted_tenant_outside_its_namespace_gets_no_priority(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``acme`` is granted priorities above the default; a run in ``ns-b`` that claims to be
+    ``acme`` (its starter's claim) is not, nor is a tenant the worker does not serve."""
+    monkeypatch.setenv(PRIORITY_TENANTS_ENV, "acme,initech")
+    assert await _in("ns-a").run(priority_granted, "acme") is True
+    assert await _in("ns-b").run(priority_granted, "acme") is False
+    assert await _in("ns-b").run(priority_granted, "globex") is False  # in its namespace, not granted
+    assert await _in("ns-c").run(priority_granted, "initech") is False  # granted, not served here
+    configure_tenant_scope(None)  # no scope (one namespace, tenants not named): the list alone
+    assert await _in("default").run(priority_granted, "acme") is True

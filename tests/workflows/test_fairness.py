@@ -80,18 +80,21 @@ async def _start(
     tenant: str,
     *,
     raw_priority: int | None = None,
+    raw_weight: float | None = None,
     engine_level: int = 0,
     **kwargs: Any,
 ) -> Handle:
     """Starts a run as ``FlowClient`` does (the run's priority as granted), or, with
-    ``raw_priority``, as a raw client that puts that priority on the run itself."""
+    ``raw_priority`` or ``raw_weight``, as a raw client that puts them on the run itself."""
     run = RunInput(
         definition=load_definition(document), options=RunOptions(tenant=tenant, engine_level=engine_level)
     )
     priority = (
         run_priority(tenant, run.definition.priority, grants=priority_grants(os.environ))
-        if raw_priority is None
-        else Priority(priority_key=raw_priority, fairness_key=fairness_key(tenant))
+        if raw_priority is None and raw_weight is None
+        else Priority(
+            priority_key=raw_priority, fairness_key=fairness_key(tenant), fairness_weight=raw_weight
+        )
     )
     return await client.start_workflow(
         RunDefinitionWorkflow.run,
@@ -145,13 +148,21 @@ async def _probe_during_flood(
     probe_tenant: str,
     declared: int | None = None,
     raw_priority: int | None = None,
+    raw_weight: float | None = None,
 ) -> tuple[float, int]:
     """Starts the flood (tenant ``bulk``; its definition declaring ``declared``, its runs started
     by a raw client at ``raw_priority`` if given), then the probe as ``probe_tenant``; returns the
     probe's latency and how many flood activities were done when it finished."""
     extra = {} if declared is None else {"priority": declared}
     floods = [
-        await _start(client, task_queue, _flood(unique("flood"), **extra), "bulk", raw_priority=raw_priority)
+        await _start(
+            client,
+            task_queue,
+            _flood(unique("flood"), **extra),
+            "bulk",
+            raw_priority=raw_priority,
+            raw_weight=raw_weight,
+        )
         for _ in range(FLOOD_RUNS)
     ]
     # The flood is queued in the server once every item is scheduled and a few have run.
@@ -189,26 +200,35 @@ async def test_another_tenants_step_is_not_queued_behind_a_flood(
     assert other_done < same_done
 
 
-@pytest.mark.parametrize("declared", [1, None], ids=["declared", "inherited"])
+@pytest.mark.parametrize(
+    ("declared", "raw_priority", "raw_weight"),
+    [(1, 1, None), (None, 1, None), (None, None, 1000.0)],
+    ids=["declared", "inherited", "weighted"],
+)
 async def test_a_tenant_cannot_put_its_flood_before_another_tenants_steps(
     fair_client: Client,
     slow_worker: Worker,
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
     declared: int | None,
+    raw_priority: int | None,
+    raw_weight: float | None,
 ) -> None:
     """The attacker: tenant ``bulk``'s client starts its flood's runs at priority 1, their
     definition declaring priority 1 or nothing (an activity that names no priority gets its run's
-    from the server). Had the flood's activities run at 1, the other tenant's step (the default
-    priority, 3) would have waited for all 300 of them (priority goes before fairness); ``bulk``
-    has no grant, so the worker schedules them at the default and they share."""
+    from the server), or at the default priority with a fairness weight of 1,000 (inherited the
+    same way). Had the flood's activities run at 1, or with that weight, the other tenant's step
+    (the default priority, 3) would have waited for all 300 of them (priority goes before
+    fairness; the weight gives ``bulk`` 1,000 shares to the other's one); ``bulk`` has no grant, so
+    the worker schedules them at the default priority and weight and they share."""
     monkeypatch.setenv(PRIORITY_TENANTS_ENV, "someone-else")
     latency, done = await _probe_during_flood(
-        fair_client, task_queue, "small", declared=declared, raw_priority=1
+        fair_client, task_queue, "small", declared=declared, raw_priority=raw_priority, raw_weight=raw_weight
     )
     total = FLOOD_RUNS * FLOOD_ITEMS
     print(
-        f"\nprobe step latency during a priority-1 flood of another tenant: {latency:.2f}s ({done}/{total} done)"
+        f"\nprobe step latency during a flood of another tenant at priority {raw_priority} (declared {declared},"
+        f" weight {raw_weight}): {latency:.2f}s ({done}/{total} done)"
     )
     assert done < total // 2
 
@@ -266,6 +286,26 @@ async def test_a_priority_above_the_default_is_the_platforms_to_grant(
         assert started == run_key, case
         assert scheduled == [activity_key], case
         assert (PATCH_PRIORITY_GRANTS in " ".join(markers)) is asked, (case, markers)
+
+    # A raw client's fairness weight on the run: its activities name the default weight instead
+    # of inheriting it, granted or not (a run without one leaves the weight unset: 0 here).
+    for tenant, weight, activity_weight in (("bulk", 1000.0, 1.0), ("vip", 1000.0, 1.0), ("bulk", None, 0.0)):
+        handle = await _start(
+            fair_client,
+            task_queue,
+            _probe(unique("weight")),
+            tenant,
+            raw_weight=weight,
+            engine_level=ENGINE_LEVEL,
+        )
+        assert (await handle.result()).state == RunState.COMPLETED
+        history = await handle.fetch_history()
+        weights = [
+            e.activity_task_scheduled_event_attributes.priority.fairness_weight
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+        assert weights == [activity_weight], (tenant, weight)
 
 
 def test_priority_grants_are_read_from_the_environment() -> None:
