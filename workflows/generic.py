@@ -550,8 +550,8 @@ class _TemporalRuntime:
     async def granted_priority(self, priority: int | None) -> Priority:
         """The priority for a definition declaring ``priority`` (None: none), in this run's tenant:
         above the default, declared or inherited from the run's own, only if the worker grants the
-        tenant it (:mod:`workflows.priority`; the local activity that answers is asked at most once
-        per run, only for such a priority). A run that scheduled with the priority it asked before
+        tenant it (:mod:`workflows.priority`; the local activity that answers is asked once
+        per run and remembered, only for such a priority). A run that scheduled with the priority it asked before
         that change goes on with it (until it continues as new)."""
         tenant = self._options.tenant
         above = above_default(self._asked(priority))
