@@ -8,7 +8,7 @@ from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.secrets import tenant_scope
-from workflows.priority import PRIORITY_GRANTED_ACTIVITY, priority_grants
+from workflows.priority import PRIORITY_GRANTED_ACTIVITY, is_granted, priority_grants
 
 REQUEST_CANCEL = "request_cancel"  # workflows.generic.REQUEST_CANCEL_ACTIVITY
 
@@ -44,8 +44,7 @@ async def priority_granted(tenant: str) -> bool:
     scope = tenant_scope()
     if scope is not None and scope.refusal(tenant, activity.info().namespace) is not None:
         return False
-    grants = priority_grants(os.environ)
-    return "*" in grants or tenant in grants
+    return is_granted(tenant, priority_grants(os.environ))
 
 
 @activity.defn(name=END_TASK)

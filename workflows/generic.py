@@ -146,7 +146,6 @@ with workflow.unsafe.imports_passed_through():
         NO_TENANT,
         PRIORITY_GRANTED_ACTIVITY,
         above_default,
-        fairness_key,
         run_priority,
     )
     from workflows.search_attributes import (
@@ -534,12 +533,9 @@ class _TemporalRuntime:
         """The priority for ``priority`` in a tenant granted nothing above the default: an explicit
         default where the command would ask for more (declared, or inherited from a run a raw client
         started at 1 or 2), and the default weight where it would inherit the run's."""
-        tenant = self._options.tenant
         if above_default(self._asked(priority)):
-            ungranted = Priority(priority_key=DEFAULT_PRIORITY, fairness_key=fairness_key(tenant))
-        else:
-            ungranted = run_priority(tenant, priority, grants=NO_TENANT)
-        return self._unweighted(ungranted)
+            priority = DEFAULT_PRIORITY
+        return self._unweighted(run_priority(self._options.tenant, priority, grants=NO_TENANT))
 
     def _unweighted(self, priority: Priority) -> Priority:
         """``priority`` with the default fairness weight named where it would inherit the run's."""
@@ -550,18 +546,22 @@ class _TemporalRuntime:
     async def granted_priority(self, priority: int | None) -> Priority:
         """The priority for a definition declaring ``priority`` (None: none), in this run's tenant:
         above the default, declared or inherited from the run's own, only if the worker grants the
-        tenant it (:mod:`workflows.priority`; the local activity that answers is asked once
-        per run and remembered, only for such a priority). A run that scheduled with the priority it asked before
-        that change goes on with it (until it continues as new)."""
+        tenant it (:mod:`workflows.priority`; the local activity that answers is asked once per run
+        and remembered, only for such a priority). A run that scheduled with the priority it asked
+        before that change goes on with it (until it continues as new)."""
         tenant = self._options.tenant
         above = above_default(self._asked(priority))
         if not (above or self._weighted()) or not self.patched(PATCH_PRIORITY_GRANTS):
             return run_priority(tenant, priority, grants=EVERY_TENANT)
-        if above and self._tenant_granted is None:
-            self._tenant_granted = await self._ask_grant(tenant)
-        if above and self._tenant_granted:
+        if above and await self._granted(tenant):
             return self._unweighted(run_priority(tenant, priority, grants=EVERY_TENANT))
         return self._ungranted(priority)
+
+    async def _granted(self, tenant: str) -> bool:
+        """The worker's answer for this run's tenant, asked the first time it is needed."""
+        if self._tenant_granted is None:
+            self._tenant_granted = await self._ask_grant(tenant)
+        return self._tenant_granted
 
     @staticmethod
     async def _ask_grant(tenant: str) -> bool:

@@ -52,10 +52,15 @@ def above_default(priority: int | None) -> bool:
     return priority is not None and priority < DEFAULT_PRIORITY
 
 
+def is_granted(tenant: str, grants: frozenset[str]) -> bool:
+    """Whether ``grants`` grant ``tenant`` priorities above the default (``*`` grants everyone)."""
+    return "*" in grants or tenant in grants
+
+
 def granted_priority(tenant: str, priority: int | None, grants: frozenset[str]) -> int | None:
     """The priority key a run of ``tenant`` gets for a definition declaring ``priority``: as
     declared, but a priority above the default only for a tenant in ``grants`` (else the default)."""
-    if not above_default(priority) or "*" in grants or tenant in grants:
+    if not above_default(priority) or is_granted(tenant, grants):
         return priority
     return DEFAULT_PRIORITY
 
