@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -111,6 +111,25 @@ EVENT_WAIT_KIND = "wait_for_event"
 DEAD_LETTER_KIND = "dead_letter"
 """Key of a top-level task parked on a dead letter in :attr:`Continuation.kinds` (a
 :class:`CarriedPark`)."""
+
+
+COMPENSATING_KIND = "compensating"
+"""Key of a run that continued as new while it compensated (a :class:`CarriedEnding`): the next run
+runs the compensations left (:attr:`Continuation.compensations`) and ends as this says."""
+
+
+class CarriedEnding(BaseModel):
+    """How a run that continued as new in the middle of its compensations ends once they are done:
+    ``failed`` or ``compensated``, with the error (and output) the failure gave it. A cancelled run
+    never continues while it compensates: only the run the cancellation reached can close as
+    Canceled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ending: Literal["failed", "compensated"]
+    error: str | None = None
+    error_type: str | None = None
+    output: Any = None
 
 
 class CarriedDelay(BaseModel):

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter
 from interpreter.actions import AUTOESCAPED_INPUTS, ActionRequest, ActionResult, static_input_fields
 from interpreter.business_hours import BusinessHours, add_business_time, check_timezone, delay_until_open
 from interpreter.continuation import (
+    COMPENSATING_KIND,
     DEAD_LETTER_KIND,
     DELAY_KIND,
     EVENT_WAIT_KIND,
@@ -34,6 +35,7 @@ from interpreter.continuation import (
     CarriedApproval,
     CarriedCompensation,
     CarriedDelay,
+    CarriedEnding,
     CarriedEventWait,
     CarriedPark,
     CarriedScope,
@@ -338,7 +340,8 @@ marker; a history recorded before the change replays as it went on."""
 HISTORY_GUARD_EVENTS = 40_000
 """Events of history at which a step no longer starts (see :data:`PATCH_HISTORY_GUARD`): a run
 continues as new long before (Temporal suggests it near 4,096), except where it cannot (in the
-steps of an escalation or a compensation; in runs of earlier generations, while a step waits inside
+steps of an escalation or of one compensation, between the compensations of a cancelled run or of a
+run of a generation before 11; in runs of earlier generations, while a step waits inside
 a step nested in a ``parallel`` or ``foreach`` branch) or when its continuing was declined; the 11,200 events
 left under Temporal's limit are for its compensations."""
 
@@ -348,6 +351,16 @@ HISTORY_GUARD_BYTES = 40 * 1024 * 1024
 Both limits, and where the guard is checked, are part of what a run of generation 2 or later
 replays (it applies the guard without a marker): changing them takes a new patch."""
 
+
+PATCH_CONTINUE_AS_NEW_COMPENSATING = "continue-as-new-compensating"
+"""Patch id: a run that fails (or ends by ``on_failure: compensate``) continues as new between two of
+its compensations when the host asks (Temporal suggests it, or the history budget is spent), carrying
+the compensations left and how the run ends (:data:`interpreter.continuation.COMPENSATING_KIND`):
+a saga longer than one run's history runs every compensation and ends in words, where before the
+server terminated the run part way through, with compensations never run and no message. Not while
+a cancellation ends the run (only the run the cancellation reached can close as Canceled), nor in a
+fan-out child (a slice holds at most 1,000 items). It changes what a snapshot carries, so it applies
+only to runs started at its generation."""
 
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -1643,6 +1656,9 @@ class Engine:
         self._carried_parked: _Park | None = None
         """The park a previous run of the chain carried: shown and decidable from the first task."""
         self._continuing: _ContinueAsNew | None = None
+        self._ending: RunState | None = None
+        """Set in a run that a run compensating continued: how it ends once its compensations are
+        done (:data:`PATCH_CONTINUE_AS_NEW_COMPENSATING`)."""
         self._generation = 0
         self._steps_dropped = 0
         self._started_at = info.started_at
@@ -1666,6 +1682,19 @@ class Engine:
             report it.
         """
         try:
+            if self._ending is not None:  # continued as new while it compensated: the rest, then its end
+                await self._compensate(self._ending)
+                self._set_state(self._ending)
+            else:
+                await self._run_to_end()
+        except _ContinueAsNew as point:
+            self._continuing = point  # the state stays as it is: the host continues the run as new
+        return self.result()
+
+    async def _run_to_end(self) -> None:
+        """The definition's steps (or the batch's items), then the end: completed, or the
+        compensations and the failed, compensated or cancelled end."""
+        try:
             try:
                 if self._batch is not None:
                     self.output = await self._run_batch(self._batch)
@@ -1684,28 +1713,25 @@ class Engine:
             self._set_state(RunState.COMPLETED)
         except _CompensateAndEnd as failure:
             self._fail(failure.message, failure.error_type)
-            await self._wind_up()
+            await self._wind_up(RunState.COMPENSATED)
             self._set_state(RunState.COMPENSATED)
         except _RunFailed as failure:
             self._fail(failure.message, failure.error_type)
-            await self._wind_up()
+            await self._wind_up(RunState.FAILED)
             self._set_state(RunState.FAILED)
         except TemplateError as err:
             self._fail(str(err), "TemplateError")
-            await self._wind_up()
+            await self._wind_up(RunState.FAILED)
             self._set_state(RunState.FAILED)
         except _Jump as jump:  # validation makes this unreachable; say so clearly if it is not
             self._fail(f"jump to {jump.target!r} has no target in scope", "InvalidDefinition")
-            await self._wind_up()
+            await self._wind_up(RunState.FAILED)
             self._set_state(RunState.FAILED)
         except asyncio.CancelledError:
             who = self.cancel_request
             self._fail(f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled")
-            await self._wind_up()
+            await self._wind_up(RunState.CANCELLED)
             self._set_state(RunState.CANCELLED)
-        except _ContinueAsNew as point:
-            self._continuing = point  # the state stays as it is: the host continues the run as new
-        return self.result()
 
     @property
     def continuing(self) -> bool:
@@ -4098,7 +4124,11 @@ class Engine:
 
     async def _subscribe_cancel_on(self) -> None:
         """Subscribes to the ``cancel_on`` events (from the run's start on) before the first step;
-        one published since the start cancels the run at once."""
+        one published since the start cancels the run at once. A continued run asks from its
+        chain's start: an event published while the previous run closed, or signalled to this one
+        before its first step subscribed (when there is nothing yet to match it), reached no run.
+        Replay-safe: what the mailbox answered is in the history."""
+        since = self._started_at if self._generation else (self.info.created_at or self.info.started_at)
         context = self._context(self._root)
         for i, cancel in enumerate(self.definition.cancel_on):
             key = self._event_key(cancel.key, context, f"cancel_on[{i}]")
@@ -4111,7 +4141,7 @@ class Engine:
                     key=key,
                     workflow_id=self.info.workflow_id,
                     path=f"cancel_on[{i}]",
-                    since=self.info.created_at or self.info.started_at,
+                    since=since,
                 ),
                 f"cancel_on[{i}]",
             )
@@ -4623,6 +4653,9 @@ class Engine:
             # in the order they began, as the first matching wait takes an event.
             for wait in sorted(self._carried_lane_events.values(), key=lambda w: w.rank):
                 self._event_waits[wait.view.path] = wait
+        ending = snapshot.kinds.get(COMPENSATING_KIND)
+        if ending is not None:
+            self._restore_ending(ending, snapshot, bool(carried_waits) or parallel is not None)
         for kind in carried_waits:
             entry = (
                 snapshot.approval.position
@@ -4631,6 +4664,20 @@ class Engine:
             )
             if entry != inner:
                 raise ValueError(f"the carried {kind} is at step {entry}, the run goes on at {inner}")
+
+    def _restore_ending(self, data: Any, snapshot: Continuation, waits: bool) -> None:
+        """Takes over a run that continued as new while it compensated: the compensations left are
+        carried already (``snapshot.compensations``); this run runs them and ends as it says."""
+        if waits or snapshot.kinds.get(BRANCHES_KIND) or snapshot.approval is not None:
+            raise ValueError("a run carried while it compensates carries no wait or branch besides")
+        if snapshot.position != len(self.definition.steps):
+            raise ValueError("a run carried while it compensates goes on after its last step")
+        if self._batch is not None or not self.runtime.patched(PATCH_CONTINUE_AS_NEW_COMPENSATING):
+            raise ValueError("a run carried while it compensates, which a run of this generation does not do")
+        carried = CarriedEnding.model_validate(data)
+        self._ending = RunState.COMPENSATED if carried.ending == "compensated" else RunState.FAILED
+        self.error, self.error_type, self.output = carried.error, carried.error_type, carried.output
+        self.state = RunState.COMPENSATING
 
     def _check_carried_batch(self, data: Any, batch: ForeachBatch, limit: int) -> dict[str, Any]:
         """The carried entry of a fanned-out foreach's child: its slice, each item where it stood."""
@@ -4649,7 +4696,9 @@ class Engine:
         in them the run goes on."""
         steps = self.definition.steps
         position = snapshot.position
-        if position >= len(steps):
+        # A run carried while it compensates goes on after the last step (it runs none again).
+        past_end = COMPENSATING_KIND in snapshot.kinds and position == len(steps)
+        if position >= len(steps) and not past_end:
             raise ValueError(f"the run would go on at step {position}; the definition has {len(steps)}")
         entries = snapshot.kinds.get(BRANCHES_KIND) or []
         if not isinstance(entries, list):
@@ -4789,11 +4838,11 @@ class Engine:
 
     # ---------------------------------------------------------------------------- compensation
 
-    async def _wind_up(self) -> None:
-        """The run ends without completing: ends a carried wait it never went back into, then
-        runs the compensations."""
+    async def _wind_up(self, ending: RunState) -> None:
+        """The run ends without completing (as ``ending``): ends a carried wait it never went back
+        into, then runs the compensations."""
         await self._drop_unresumed()
-        await self._compensate()
+        await self._compensate(ending)
 
     def _carried_within_paths(self, parallel: dict[str, Any], prefix: str = "") -> set[str]:
         """The paths of the ``condition``/``switch`` steps the carried branches (items) are in
@@ -4885,20 +4934,31 @@ class Engine:
                 )
         self.runtime.state_changed()  # no longer awaiting approval (the run's state is the end's)
 
-    async def _compensate(self) -> None:
-        """Runs the compensation steps of completed tasks, most recent first. A compensation that
-        fails is recorded and the others still run."""
+    async def _compensate(self, ending: RunState) -> None:
+        """Runs the compensation steps of completed tasks, most recent first, for a run that ends
+        as ``ending``. A compensation that fails is recorded and the others still run. Between two
+        of them, a failed or compensated run continues as new when the host asks
+        (:data:`PATCH_CONTINUE_AS_NEW_COMPENSATING`), after one at least: the next run runs the
+        rest."""
         self.hold_steps = False  # the cancellation (if one was on its way) has come: compensations run
         if not self._compensations:
             return
         previous = self.state
         self._set_state(RunState.COMPENSATING)
-        # Compensations get a budget of their own: a run stopped by max_step_executions must still
-        # undo its work (the count is still bounded, by the same limit).
-        self._executions = 0
+        if self._ending is None:
+            # Compensations get a budget of their own: a run stopped by max_step_executions must
+            # still undo its work (the count is still bounded, by the same limit, across the runs
+            # of a chain: a continued run's compensations go on counting).
+            self._executions = 0
         self._compensating = True
+        ran = 0
         try:
             while self._compensations:
+                if ran and self._continue_compensating(ending):
+                    raise _ContinueAsNew(
+                        len(self.definition.steps), carry=lambda: self._carried_ending(ending)
+                    )
+                ran += 1
                 comp = self._compensations.pop()
                 # A compensation always finishes: a further cancellation (Temporal's cancel after the
                 # cancel signal, say) must not leave work half undone. Its failures are in the step
@@ -4909,3 +4969,25 @@ class Engine:
         finally:
             self._compensating = False
         self.state = previous
+
+    def _continue_compensating(self, ending: RunState) -> bool:
+        """Whether a run compensating to end as ``ending`` continues as new before its next
+        compensation (see :data:`PATCH_CONTINUE_AS_NEW_COMPENSATING`)."""
+        return (
+            ending in (RunState.FAILED, RunState.COMPENSATED)
+            and self._batch is None
+            and self._continue_as_new is not None
+            and self.cancel_request is None
+            and self._continue_as_new()
+            and self.runtime.patched(PATCH_CONTINUE_AS_NEW_COMPENSATING)
+        )
+
+    def _carried_ending(self, ending: RunState) -> dict[str, Any]:
+        """The snapshot's entry of a run continuing as new while it compensates."""
+        carried = CarriedEnding(
+            ending="compensated" if ending == RunState.COMPENSATED else "failed",
+            error=self.error,
+            error_type=self.error_type,
+            output=self.output,
+        )
+        return {COMPENSATING_KIND: carried.model_dump(mode="json")}

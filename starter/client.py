@@ -214,6 +214,11 @@ async def query_status(handle: WorkflowHandle[Any, Any], rpc_timeout: timedelta 
 
 UPDATE_TIMEOUT_S = 30.0
 """How long a validated decision (the ``decide`` update) may wait for a worker to accept it."""
+CHAIN_TRIES = 5
+"""How many runs of a continue-as-new chain a cancel follows (each refused it: it had continued)."""
+CHAIN_CLOSING_WAIT_S = 0.2
+"""How long a cancel waits (times the try) for the next run of a chain whose run refused it while
+it closed."""
 
 
 def is_registry_ref(definition: object) -> bool:
@@ -1471,6 +1476,17 @@ class FlowClient:
         except RPCError as err:
             raise await self._closed_or_missing(err, row.workflow_id, f"{action.value} it") from None
 
+    async def _following_run(self, err: RPCError, workflow_id: str, run_id: str, attempt: int) -> str | None:
+        """After ``run_id`` refused a request with ``err``: the run of its chain to send it to now,
+        when ``run_id`` continued as new (or is closing to), or None (``err`` stands)."""
+        closing = err.status == RPCStatusCode.RESOURCE_EXHAUSTED and "closing" in err.message.lower()
+        if attempt + 1 >= CHAIN_TRIES or not (closing or err.status == RPCStatusCode.NOT_FOUND):
+            return None
+        if closing:
+            await asyncio.sleep(CHAIN_CLOSING_WAIT_S * (attempt + 1))  # until its next run has started
+        following = await self._chain_run(workflow_id, run_id)
+        return following if following != run_id or closing else None
+
     async def _chain_run(self, workflow_id: str, run_id: str) -> str:
         """The run of ``run_id``'s continue-as-new chain that is open now: ``run_id`` itself unless
         it continued as new (a dead letter row names the run that parked; a parked step travels to
@@ -1507,14 +1523,34 @@ class FlowClient:
         _check_actor(actor, "actor")
         _check_text(reason, "reason")
         description = await self.describe(workflow_id)
-        handle = self.client.get_workflow_handle(workflow_id, run_id=description.run_id)
+        run_id = description.run_id
+        handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
+        accepted = False
         try:
-            async with asyncio.timeout(UPDATE_TIMEOUT_S):
-                await handle.execute_update(
-                    RunDefinitionWorkflow.cancel_run,
-                    CancelRunRequest(actor=actor, reason=reason, token=token),
-                )
-            await handle.cancel(reason=f"cancel requested by {actor}" + (f": {reason}" if reason else ""))
+            for attempt in range(CHAIN_TRIES):
+                handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
+                try:
+                    if not accepted:
+                        async with asyncio.timeout(UPDATE_TIMEOUT_S):
+                            await handle.execute_update(
+                                RunDefinitionWorkflow.cancel_run,
+                                CancelRunRequest(actor=actor, reason=reason, token=token),
+                            )
+                        accepted = True  # recorded: the next run of the chain carries it
+                    await handle.cancel(
+                        reason=f"cancel requested by {actor}" + (f": {reason}" if reason else "")
+                    )
+                    return
+                except RPCError as err:
+                    # The run may have continued as new since it was described (refused: not
+                    # found, or closing): the cancel goes to the chain's next run.
+                    following = await self._following_run(err, workflow_id, run_id, attempt)
+                    if following is None:
+                        raise
+                    run_id = following
+            raise NoWorkerError(
+                f"could not cancel run {workflow_id!r}: it kept continuing as new", workflow_id
+            )
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)

@@ -68,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_COMPENSATE_IN_FLIGHT,
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
+        PATCH_CONTINUE_AS_NEW_COMPENSATING,
         PATCH_CONTINUE_AS_NEW_EVENTS,
         PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES,
         PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
@@ -110,7 +111,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
-    from interpreter.sizes import temporal_id
+    from interpreter.sizes import json_size, temporal_id
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
@@ -166,6 +167,20 @@ CONTINUE_AS_NEW_MAX_BYTES = 2 * 1024 * 1024
 larger one). Not less: a run that continued as new with an input under the limit must replay."""
 RESULT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
 """Largest result (or failure details) a run returns with its step records: the same limit."""
+INLINE_INPUT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
+"""Largest serialized input a run without the payload store gives a child run (a ``subflow``, a
+fanned-out foreach's slice) or an activity (a ``task``): over it the step fails with
+``PayloadTooLarge`` (:meth:`_TemporalRuntime._payload_problem`), where the SDK would refuse the
+payload and fail the workflow task again and again, the run stuck running. Temporal's limit itself,
+no less: an input under it went through before this check and must replay (with the encryption
+codec, whose framing adds under 200 bytes, an input within that of the limit still fails its
+task as before)."""
+PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+"""Error type of a step whose child run's or activity's input is over :data:`INLINE_INPUT_MAX_BYTES`."""
+_QUICK_BOUND_EXPANSION = 6
+"""JSON escapes a character in at most 6 bytes (``\\u001f``) where :func:`json_size` counts one
+(and counts every other value at least as long as it is written, within the same factor): an
+activity input whose ``json_size`` times this fits under the limit needs no measuring."""
 
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
@@ -182,6 +197,11 @@ PATCH_PRIORITY_GRANTS = "priority-grants"
 platform grants it (``WFA_PRIORITY_TENANTS``), since Temporal dispatches by priority before it
 shares between tenants; before, any definition's priority 1 went before every other tenant's work.
 Asked only where it changes a priority."""
+PATCH_CHILD_CANCEL_FAILS_STEP = "child-cancel-fails-step"
+"""Patch id: a child run (a ``subflow``'s, a fanned-out foreach's slice) that ends cancelled while
+its parent is not cancelling (someone cancelled the child itself) fails its step, as a terminated
+child does (``Subflow.CancelledError``; the foreach's failure rules), instead of the parent ending as
+cancelled, and closing as failed, with nobody having cancelled it. Asked only then."""
 KEYWORD_MAX_CHARS = 255
 """The longest keyword search attribute value the SQL visibility stores keep (``VARCHAR(255)``)."""
 PATCH_CANCEL_SIGNAL_CANCELED = "cancel-signal-canceled"
@@ -244,6 +264,8 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_BATCH_BOUNDS: 9,
     PATCH_CURRENT_STEP_SHORT: 9,
     PATCH_PRIORITY_GRANTS: 10,
+    PATCH_CONTINUE_AS_NEW_COMPENSATING: 11,
+    PATCH_CHILD_CANCEL_FAILS_STEP: 11,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -259,6 +281,7 @@ CARRIED_FORMAT_PATCHES = frozenset(
         PATCH_CONTINUE_AS_NEW_LANE_BRANCHES,
         PATCH_CONTINUE_AS_NEW_FAILED_BRANCHES,
         PATCH_CONTINUE_AS_NEW_LANE_NESTED,
+        PATCH_CONTINUE_AS_NEW_COMPENSATING,
     }
 )
 """Patches that put into a continue-as-new snapshot what a build of an earlier generation cannot
@@ -311,6 +334,14 @@ def _describe_failure(err: ActivityError, call: ActionCall) -> ActionFailedError
         kind = cause.type.name if cause.type is not None else "UNKNOWN"
         return ActionFailedError(f"activity timed out ({kind})", f"ActivityTimeout.{kind}", attempts)
     return ActionFailedError(str(cause or err), type(cause or err).__name__, attempts)
+
+
+def _cancelling() -> bool:
+    """Whether the task running this code is being cancelled (the run, or the branch that awaits a
+    child): a child that ended cancelled then did so by this cancellation (the SDK cancels the
+    child and waits for it, clearing only its own task's count)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _store_failure(err: ActivityError) -> BaseException:
@@ -625,6 +656,11 @@ class _TemporalRuntime:
                 "MissingTimeout",
                 0,
             )
+        if self._options.state_budget is None:  # started without the payload store: inline
+            problem = self._activity_input_problem(call)
+            if problem is not None:
+                # No command was sent for it: the SDK's refusal failed the workflow task for ever.
+                raise ActionFailedError(problem, PAYLOAD_TOO_LARGE, 0)
         retry = call.retry
         policy = RetryPolicy(
             initial_interval=parse_duration(retry.initial_interval),
@@ -701,6 +737,11 @@ class _TemporalRuntime:
         self._on_wait_change()
 
     async def record_dead_letter(self, record: DeadLetterRecord) -> int:
+        # A task failed with PayloadTooLarge parks with that input: the row's activity would be
+        # refused as well (the workflow task failing for ever), so the run fails, saying why.
+        problem = self._payload_problem(record, f"the dead letter of step {record.path!r}")
+        if problem is not None:
+            raise StoreFailedError(f"recording the dead letter failed: {problem}", PAYLOAD_TOO_LARGE)
         try:
             row_id: int = await workflow.execute_activity(
                 DEAD_LETTER_PARK,
@@ -799,13 +840,19 @@ class _TemporalRuntime:
             kind = (cause.type if isinstance(cause, ApplicationError) else None) or "SubflowResolveError"
             raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
         child = resolved.definition
+        child_input = RunInput(
+            definition=child,
+            input=call.input,
+            options=self._options.model_copy(update={"subflow_depth": call.depth}),
+        )
+        problem = self._payload_problem(
+            child_input, f"the input of its child run {temporal_id(call.workflow_id)!r}"
+        )
+        if problem is not None:
+            raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", PAYLOAD_TOO_LARGE)
         try:
             handle = await self._start_child(
-                RunInput(
-                    definition=child,
-                    input=call.input,
-                    options=self._options.model_copy(update={"subflow_depth": call.depth}),
-                ),
+                child_input,
                 call.workflow_id,
                 resolved.content_hash,
                 memo={
@@ -835,7 +882,12 @@ class _TemporalRuntime:
             result: RunResult = await handle
         except ChildWorkflowError as err:
             if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from None
+                if _cancelling() or not self.patched(PATCH_CHILD_CANCEL_FAILS_STEP):
+                    raise asyncio.CancelledError() from None
+                raise SubflowFailedError(
+                    f"subflow {child.name!r} ({handle.id}) was cancelled: {err.cause.message}",
+                    "Subflow.CancelledError",
+                ) from None
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             kind = (cause.type if isinstance(cause, ApplicationError) else None) or type(
@@ -856,9 +908,17 @@ class _TemporalRuntime:
         tenant = self._options.tenant
         definition = call.definition
         parent = workflow.info().workflow_id
+        child_input = RunInput(definition=definition, options=self._options, batch=call.batch)
+        problem = self._payload_problem(
+            child_input,
+            f"the child run's input (the definition, its {len(call.batch.items)} items and the"
+            " context the foreach's body reads)",
+        )
+        if problem is not None:
+            raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
         try:
             handle = await self._start_child(
-                RunInput(definition=definition, options=self._options, batch=call.batch),
+                child_input,
                 call.workflow_id,
                 definition_hash(definition),
                 memo={
@@ -880,7 +940,11 @@ class _TemporalRuntime:
             result: RunResult = await handle
         except ChildWorkflowError as err:
             if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from None
+                if _cancelling() or not self.patched(PATCH_CHILD_CANCEL_FAILS_STEP):
+                    raise asyncio.CancelledError() from None
+                raise BatchFailedError(
+                    f"{handle.id} was cancelled: {err.cause.message}", "CancelledError"
+                ) from None
             cause = err.cause
             if isinstance(cause, ApplicationError):
                 # The child's own failure (its RunResult in the details): the item's error and type.
@@ -894,6 +958,47 @@ class _TemporalRuntime:
             raise BatchFailedError(str(cause or err), type(cause or err).__name__) from None
         output: dict[str, Any] = result.output
         return output
+
+    def _payload_problem(self, value: BaseModel, what: str) -> str | None:
+        """Why ``value`` (a child run's or an activity's input) cannot go to Temporal inline, or
+        None: without the payload store it goes in history as one payload, which Temporal refuses
+        over 2 MiB, and the SDK's refusal ("TMPRL1103 ... exceeded the error limit") fails the
+        workflow task on every retry, the run stuck running, its ``on_failure`` never applied. Its
+        step fails instead (``PayloadTooLarge``), as a continue-as-new too large fails the run
+        (:meth:`GenericRun._continue_as_new`). With the store the payload goes by
+        reference: nothing to check.
+
+        Costs one serialization of ``value`` (the SDK serializes it again to send it): a
+        definition and an input; a child run starts in milliseconds at best, so it is not
+        noticeable there.
+
+        No patch: a recorded history has no command whose input was over Temporal's limit (its
+        task never completed), so a step failed here could only have stuck the old code.
+        """
+        if self._options.state_budget is not None:
+            return None
+        size = workflow.payload_converter().to_payloads([value])[0].ByteSize()
+        if size <= INLINE_INPUT_MAX_BYTES:
+            return None
+        return (
+            f"{what} is {size} bytes serialized, more than Temporal takes in one payload"
+            f" ({INLINE_INPUT_MAX_BYTES} bytes). Keep less in the input (pass an id or a reference"
+            " instead of the data), or run with large payloads stored by reference"
+            " (WFA_PAYLOAD_STORE)"
+        )
+
+    def _activity_input_problem(self, call: ActionCall) -> str | None:
+        """:meth:`_payload_problem` for a task's activity input, measured only when a quick upper
+        bound cannot rule it out: ``json_size`` of the rendered input (which stops counting at the
+        bound) times the most a character's escape expands, plus the request's other fields.
+        The 5-step benchmark's inputs are far under it, so they are walked once, never
+        serialized here."""
+        request = call.request
+        ids = len(request.step_id) + len(request.idempotency_key) + len(request.tenant)
+        room = INLINE_INPUT_MAX_BYTES // _QUICK_BOUND_EXPANSION - ids - 1024
+        if room > 0 and json_size(request.input, room) <= room:
+            return None
+        return self._payload_problem(request, f"the input of its action {call.action!r}")
 
     async def _start_child(
         self,

@@ -11,17 +11,27 @@ from typing import Any
 import pytest
 
 from interpreter.continuation import (
+    COMPENSATING_KIND,
     SNAPSHOT_VERSION,
     Continuation,
     ContinuationVersionError,
     read_continuation,
 )
-from interpreter.engine import Engine, RunInfo
+from interpreter.engine import PATCH_CONTINUE_AS_NEW_COMPENSATING, Engine, RunInfo
 from interpreter.events import Event
 from interpreter.model import Definition
-from interpreter.state import Decision, DecisionKind, RunResult, RunState, StepStatus
+from interpreter.state import CancelRequest, Decision, DecisionKind, RunResult, RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
-from tests.interpreter.test_engine import HOUR, approval, make_definition, new_runtime, set_vars, task, work
+from tests.interpreter.test_engine import (
+    HOUR,
+    approval,
+    delay,
+    make_definition,
+    new_runtime,
+    set_vars,
+    task,
+    work,
+)
 
 
 def _loop(iterations: int) -> list[dict[str, Any]]:
@@ -575,3 +585,171 @@ async def test_an_approval_inside_a_branch_stays_pending_across_the_switch() -> 
     assert result.steps[-1].output == "bob"
     assert [c.step_id for c in rt.calls].count("remind") == 2
     assert [c.step_id for c in rt.calls].count("prep") == 1
+
+
+# ------------------------------------------------------------ a saga longer than one run's history
+
+
+def _saga(turns: int, on_failure: str = "fail", last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A loop that books ``turns`` times (each booking registers its ``unbook``), then ``last``
+    (by default a shipment that fails with ``on_failure``)."""
+    return [
+        set_vars("init", {"n": 0}),
+        work(
+            "book",
+            value="{{ vars.n }}",
+            max_visits=turns,
+            compensate=[task("unbook", "refund")],
+        ),
+        set_vars("bump", {"n": "{{ vars.n + 1 }}"}, max_visits=turns),
+        {
+            "id": "again",
+            "type": "condition",
+            "if": f"vars.n < {turns}",
+            "then": {"goto": "book"},
+            "max_visits": turns,
+        },
+        last or work("ship", fail="Carrier", on_failure=on_failure),
+    ]
+
+
+def _saga_runtime() -> FakeRuntime:
+    rt = new_runtime()
+    rt.on("refund", lambda call, attempt: "unbooked")
+    return rt
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "ending"), [("fail", RunState.FAILED), ("compensate", RunState.COMPENSATED)]
+)
+async def test_a_saga_continues_as_new_between_its_compensations_and_ends_as_an_uninterrupted_run(
+    on_failure: str, ending: RunState
+) -> None:
+    definition = make_definition(_saga(8, on_failure))
+    straight_rt = _saga_runtime()
+    straight = await straight_rt.run(
+        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
+    )
+    assert straight.state == ending
+
+    rt = _saga_runtime()
+    snapshot: Continuation | None = None
+    compensating: list[int] = []  # the generations that continued while compensating
+    runs = 0
+    while True:
+        runs += 1
+        engine = _engine(definition, rt, snapshot, every=3)
+        result = await rt.run(engine.run())
+        if not engine.continuing:
+            break
+        snapshot = read_continuation(json.loads(json.dumps(engine.continuation().model_dump(mode="json"))))
+        if COMPENSATING_KIND in snapshot.kinds:
+            assert result.state == RunState.COMPENSATING
+            assert snapshot.position == len(definition.steps)
+            compensating.append(snapshot.generation)
+
+    assert len(compensating) >= 2  # eight compensations, a switch every three actions
+    assert (result.state, result.error_type, result.error) == (ending, straight.error_type, straight.error)
+    # Every compensation ran once, in the same order, with the same activity ids and inputs.
+    assert [(c.activity_id, c.input) for c in rt.calls] == [
+        (c.activity_id, c.input) for c in straight_rt.calls
+    ]
+    assert [(c.activity_id, c.outcome) for c in rt.calls if c.action == "refund"] == [
+        (f"compensate/book/unbook{'' if n == 1 else f'#{n}'}", "ok") for n in range(1, 9)
+    ]
+    assert engine.status().continued == runs - 1
+    assert [r.output for r in result.steps if r.id == "unbook"] == ["unbooked"] * 8
+
+
+@pytest.mark.parametrize("signalled", [True, False], ids=["cancel-signal", "temporal-cancel"])
+async def test_a_cancelled_run_runs_its_compensations_in_the_run_the_cancellation_reached(
+    signalled: bool,
+) -> None:
+    # Only that run can close as Canceled: it does not continue as new while it compensates.
+    definition = make_definition(_saga(6, last=delay("cool_off", "1h")))
+    rt = _saga_runtime()
+    asked = False
+    engine = Engine(definition, {}, rt, RunInfo("wf-1", "run-0", rt.now()), continue_as_new=lambda: asked)
+    main = rt.spawn(engine.run())
+
+    def cancel() -> None:
+        nonlocal asked
+        asked = True  # the host asks to continue as new from now on
+        if signalled:
+            engine.cancel_request = CancelRequest(actor="alice", reason="customer called")
+        main.cancel()
+
+    rt.at(600, cancel)
+    result = await rt.run(main)
+    assert not engine.continuing
+    assert result.state == RunState.CANCELLED
+    assert [c.outcome for c in rt.calls if c.action == "refund"] == ["ok"] * 6
+
+
+async def _compensating_snapshot() -> tuple[Definition, Continuation]:
+    definition = make_definition(_saga(4))
+    rt = _saga_runtime()
+    snapshot: Continuation | None = None
+    while True:
+        engine = _engine(definition, rt, snapshot, every=2)
+        await rt.run(engine.run())
+        assert engine.continuing
+        snapshot = read_continuation(json.loads(json.dumps(engine.continuation().model_dump(mode="json"))))
+        if COMPENSATING_KIND in snapshot.kinds:
+            return definition, snapshot
+
+
+async def test_a_snapshot_of_a_run_compensating_is_refused_where_it_cannot_be_and_otherwise_resumes() -> None:
+    definition, snapshot = await _compensating_snapshot()
+    rt = _saga_runtime()
+    rt.declined.add(PATCH_CONTINUE_AS_NEW_COMPENSATING)  # a run of an earlier generation
+    with pytest.raises(ValueError, match="which a run of this generation does not do"):
+        _engine(definition, rt, snapshot, every=100)
+    forged = snapshot.model_copy(update={"position": 2})
+    with pytest.raises(ValueError, match="goes on after its last step"):
+        _engine(definition, _saga_runtime(), forged, every=100)
+    forged = snapshot.model_copy(
+        update={"kinds": {**snapshot.kinds, COMPENSATING_KIND: {"ending": "cancelled"}}}
+    )
+    with pytest.raises(ValueError, match="ending"):
+        _engine(definition, _saga_runtime(), forged, every=100)
+
+    rt = _saga_runtime()
+    result = await rt.run(_engine(definition, rt, snapshot, every=100).run())
+    assert (result.state, result.error_type) == (RunState.FAILED, "Carrier")
+    assert [c.action for c in rt.calls] == ["refund"] * len(snapshot.compensations)
+
+
+async def test_a_cancel_on_event_published_while_the_run_switched_cancels_the_next_run() -> None:
+    # The next run subscribes again from the chain's start: an event published after the previous
+    # run's last task (or signalled to this run before it subscribed, when nothing matches it yet)
+    # would otherwise reach no run. Before, it asked from its own start and ran on.
+    steps = [
+        set_vars("init", {"n": 0}),
+        work("step", value="{{ vars.n }}", max_visits=50),
+        set_vars("bump", {"n": "{{ vars.n + 1 }}"}, max_visits=50),
+        {"id": "again", "type": "condition", "if": "vars.n < 50", "then": {"goto": "step"}, "max_visits": 50},
+    ]
+    definition = make_definition(steps, cancel_on=[{"event": "order.cancelled", "key": "o-1"}])
+    rt = new_runtime()
+    first = _engine(definition, rt, None, every=3)
+    await rt.run(first.run())
+    assert first.continuing
+    snapshot = read_continuation(json.loads(json.dumps(first.continuation().model_dump(mode="json"))))
+    withdrawn = Event(id="w1", type="order.cancelled", key="o-1", tenant="default")
+    rt.published.append(withdrawn.model_copy(update={"published_at": rt.now()}))  # between the runs
+    later = rt.now() + timedelta(seconds=2)  # the next run's start
+    second = Engine(
+        definition,
+        {},
+        rt,
+        RunInfo(workflow_id="wf-1", run_id="run-1", started_at=later, created_at=later),
+        continue_as_new=lambda: False,
+        resume=snapshot,
+    )
+    assert second.deliver_event(rt.published[-1]) is None  # its first task: nothing subscribed yet
+    result = await rt.run(second.run())
+    assert result.state == RunState.CANCELLED
+    assert second.status().cancelled_by is not None
+    assert second.status().cancelled_by.actor == "event:order.cancelled:w1"
+    assert [s.since for s in rt.subscriptions if s.path == "cancel_on[0]"][-1] == snapshot.started_at

@@ -306,6 +306,71 @@ async def test_a_compensation_registered_before_the_switch_runs_when_a_later_run
     assert [(r.status, r.output) for r in undo] == [(StepStatus.COMPLETED, "ready")]
 
 
+SAGA_TURNS = 300
+
+
+async def test_a_saga_longer_than_one_run_may_be_runs_every_compensation_once_and_fails_in_words(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    # 300 bookings, then a failure: 300 compensations are about 1,800 events, more than the server
+    # lets one run hold (1,500). Before, the run compensating was terminated by the server part way
+    # through (214 of 300 here), no message; now it continues as new between compensations.
+    steps: list[dict[str, Any]] = [
+        {"id": "init", "type": "set", "vars": {"n": 0}},
+        *counting_loop("book", "n", SAGA_TURNS),
+        {
+            "id": "boom",
+            "type": "fail",
+            "message": "no stock after {{ vars.n }} bookings",
+            "error_type": "NoStock",
+        },
+    ]
+    steps[1]["compensate"] = [
+        {"id": "unbook", "type": "task", "action": "echo", "input": {"value": "undone"}}
+    ]
+    document = definition(unique("saga"), steps, limits={"max_step_executions": 10 * SAGA_TURNS})
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(minutes=10),
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.message) == ("NoStock", f"no stock after {SAGA_TURNS} bookings")
+    assert result is not None
+    assert result.state == RunState.FAILED
+
+    runs = await _chain(limited_client, handle.id)
+    statuses = [s for _, s in runs]
+    assert statuses[-1] == WorkflowExecutionStatus.FAILED
+    assert statuses[:-1] == [WorkflowExecutionStatus.CONTINUED_AS_NEW] * (len(runs) - 1)
+    compensations: list[str] = []
+    switched_compensating = 0
+    for run_id, _ in runs:
+        history = await limited_client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        ids = [
+            e.activity_task_scheduled_event_attributes.activity_id
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_id.startswith("compensate/")
+        ]
+        assert len(history.events) < HISTORY_ERROR
+        compensations += ids
+        last = history.events[-1]
+        if ids and last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            switched_compensating += 1
+    # Every compensation ran, once (each attempt's activity is scheduled once), across two runs at least.
+    assert len(compensations) == len(set(compensations)) == SAGA_TURNS
+    assert switched_compensating >= 1
+    final = await status(handle)
+    assert final.state == RunState.FAILED
+    assert final.continued == len(runs) - 1
+    assert all(r.status == StepStatus.COMPLETED for r in final.steps if r.id == "unbook")
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
 # ------------------------------------------------------------------ waits that continue as new
 # Nothing in these definitions grows the history while the run waits: what does is the messages
 # sent to it (here, approvals nobody asked for, each refused and recorded: four events apiece).
@@ -1378,3 +1443,30 @@ async def test_a_foreach_whose_items_end_in_a_delay_that_does_not_sleep_complete
     runs = await _chain(client, handle.id)
     scheduled = await _scheduled(client, handle.id, runs)
     assert len(scheduled) == len(set(scheduled)) == 40
+
+
+async def test_a_cancel_whose_run_continued_as_new_meanwhile_reaches_the_next_run(
+    limited_flows: FlowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: ``cancel`` describes the run, then the run continues as new before the update
+    # reaches it; the update (and Temporal's cancellation) sent to the run described is refused.
+    # Held in place by handing ``cancel`` the description of the chain's first run.
+    run = await limited_flows.start_run(_reminders(unique("cancel-chain")), {})
+    first = await limited_flows.describe(run.workflow_id)
+    handle = limited_flows.client.get_workflow_handle(run.workflow_id)
+    await eventually(
+        lambda: status(handle), lambda s: s.continued >= 1, timeout=120, what="the run continued as new"
+    )
+
+    async def described(workflow_id: str) -> Any:
+        return first
+
+    monkeypatch.setattr(limited_flows, "describe", described)
+    await limited_flows.cancel(run.workflow_id, "ops-carol", "no longer needed")
+    cause, _ = await failure_of(handle)
+    assert isinstance(cause, CancelledError)
+    final = await status(handle)
+    assert final.state == RunState.CANCELLED
+    assert final.cancelled_by is not None
+    assert final.cancelled_by.actor == "ops-carol"
+    assert final.continued >= 1

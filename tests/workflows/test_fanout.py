@@ -250,6 +250,39 @@ async def test_cancelling_the_parent_cancels_its_children(
     assert statuses == [WorkflowExecutionStatus.CANCELED] * 4
 
 
+async def test_a_child_cancelled_by_someone_else_fails_the_step_not_the_parent(
+    client: Client, task_queue: str, probe_worker: Worker
+) -> None:
+    # Nobody cancelled the parent: the foreach fails as for a terminated child, naming the child.
+    # Before, the parent ended as cancelled (closing as failed with a cancellation), unnamed.
+    doc = _foreach(unique("fanout-child-cancel"), [_probe()], concurrency=4, batch_size=100)
+    handle = await _start(client, task_queue, doc, {"items": list(range(400)), "fail_on": -1, "hold": True})
+    ids = [f"{handle.id}/loop/batch-{k}" for k in range(4)]
+
+    async def running() -> list[WorkflowExecutionStatus | None]:
+        found = []
+        for child_id in ids:
+            try:
+                found.append((await client.get_workflow_handle(child_id).describe()).status)
+            except Exception:  # not started yet
+                found.append(None)
+        return found
+
+    await eventually(
+        running, lambda s: all(x == WorkflowExecutionStatus.RUNNING for x in s), timeout=60, what="4 children"
+    )
+    await client.get_workflow_handle(ids[1]).cancel()
+    cause, run_result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "CancelledError"
+    assert ids[1] in cause.message
+    assert run_result is not None
+    assert run_result.state == RunState.FAILED
+    # The failed step cancelled the other children, as for any failing item.
+    assert await running() == [WorkflowExecutionStatus.CANCELED] * 4
+    assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+
+
 async def test_an_item_that_compensates_or_succeeds_ends_the_run_as_in_the_run(
     client: Client, task_queue: str, probe_worker: Worker
 ) -> None:

@@ -189,6 +189,66 @@ async def test_cancelling_the_parent_cancels_the_child_and_both_compensate(
     assert child_desc.status == WorkflowExecutionStatus.CANCELED
 
 
+@pytest.mark.parametrize("on_failure", ["continue", "fail"])
+async def test_a_child_cancelled_by_someone_else_fails_the_step_not_the_parent(
+    flows: FlowClient, client: Client, store_worker: Worker, on_failure: str
+) -> None:
+    # Nobody cancelled the parent: its step fails as for a terminated child, and on_failure applies.
+    # Before, the parent ended as cancelled (closing as failed with a cancellation), next step unrun.
+    child = unique("held")
+    await flows.register(
+        {"name": child, "steps": [{"id": "ok", "type": "approval", "approvers": ["manager"]}]}, author="ann"
+    )
+    parent_doc = {
+        "name": unique("parent"),
+        "steps": [
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "compensate": [{"id": "refund", "type": "task", "action": "echo", "input": {"value": 2}}],
+            },
+            {"id": "sub", "type": "subflow", "definition": child, "on_failure": on_failure},
+            {
+                "id": "after",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "{{ steps.sub.error_type }}"},
+            },
+        ],
+    }
+    parent = await flows.start_run(parent_doc)
+    child_run = flows.get_run(f"{parent.workflow_id}/sub")
+
+    async def waiting() -> bool:
+        try:
+            return bool((await child_run.status()).pending_approvals)
+        except RunNotFoundError:  # not started yet
+            return False
+
+    await eventually(waiting, bool, timeout=30, what="child waiting for approval")
+    await client.get_workflow_handle(child_run.workflow_id).cancel()  # Temporal's cancel, of the child only
+    result = await parent.result(timeout=60)
+    sub = next(r for r in result.steps if r.id == "sub")
+    assert sub.status == StepStatus.FAILED
+    assert sub.error_type == "Subflow.CancelledError"
+    assert sub.error is not None
+    assert child_run.workflow_id in sub.error
+    refunds = [r for r in result.steps if r.id == "refund"]
+    if on_failure == "continue":
+        assert result.state == RunState.COMPLETED
+        assert next(r for r in result.steps if r.id == "after").output == "Subflow.CancelledError"
+        assert refunds == []
+    else:
+        assert (result.state, result.error_type) == (RunState.FAILED, "Subflow.CancelledError")
+        assert [r.status for r in refunds] == [StepStatus.COMPLETED]  # a failure's compensations
+    described = await client.get_workflow_handle(parent.workflow_id).describe()
+    assert described.status == (
+        WorkflowExecutionStatus.COMPLETED if on_failure == "continue" else WorkflowExecutionStatus.FAILED
+    )
+
+
 async def test_a_parent_run_again_under_its_business_key_starts_its_subflow_again(
     flows: FlowClient, store_worker: Worker
 ) -> None:
