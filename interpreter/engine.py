@@ -362,6 +362,11 @@ a cancellation ends the run (only the run the cancellation reached can close as 
 fan-out child (a slice holds at most 1,000 items). It changes what a snapshot carries, so it applies
 only to runs started at its generation."""
 
+PATCH_CANCEL_ON_FROM_CHAIN_START = "cancel-on-from-chain-start"
+"""Patch id: a continued run subscribes to its ``cancel_on`` events from its chain's start, not its
+own: one published while the previous run closed (or signalled before this run's first step
+subscribed) cancels it. Asked only by a continued run that has ``cancel_on``."""
+
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
 MAX_CARRIED_EVENT_IDS = 1000
@@ -1656,6 +1661,10 @@ class Engine:
         self._carried_parked: _Park | None = None
         """The park a previous run of the chain carried: shown and decidable from the first task."""
         self._continuing: _ContinueAsNew | None = None
+        self._switching_ending: RunState | None = None
+        """Set when the run stopped between two compensations to continue as new: how it ends."""
+        self._switch_declined = False
+        """The host could not continue that run as new: it compensates to its end here."""
         self._ending: RunState | None = None
         """Set in a run that a run compensating continued: how it ends once its compensations are
         done (:data:`PATCH_CONTINUE_AS_NEW_COMPENSATING`)."""
@@ -4128,7 +4137,9 @@ class Engine:
         chain's start: an event published while the previous run closed, or signalled to this one
         before its first step subscribed (when there is nothing yet to match it), reached no run.
         Replay-safe: what the mailbox answered is in the history."""
-        since = self._started_at if self._generation else (self.info.created_at or self.info.started_at)
+        since = self.info.created_at or self.info.started_at
+        if self._generation and self.runtime.patched(PATCH_CANCEL_ON_FROM_CHAIN_START):
+            since = self._started_at
         context = self._context(self._root)
         for i, cancel in enumerate(self.definition.cancel_on):
             key = self._event_key(cancel.key, context, f"cancel_on[{i}]")
@@ -4955,6 +4966,7 @@ class Engine:
         try:
             while self._compensations:
                 if ran and self._continue_compensating(ending):
+                    self._switching_ending = ending
                     raise _ContinueAsNew(
                         len(self.definition.steps), carry=lambda: self._carried_ending(ending)
                     )
@@ -4970,11 +4982,30 @@ class Engine:
             self._compensating = False
         self.state = previous
 
+    @property
+    def compensating_switch(self) -> bool:
+        """True when :meth:`run` returned to continue as new between two compensations."""
+        return self._continuing is not None and self._switching_ending is not None
+
+    async def compensate_here(self) -> RunResult:
+        """The host cannot continue as new a run that stopped between two compensations (its next
+        run's input would be too large): the compensations left run in this run, which then ends
+        as it would have (no further switch)."""
+        ending = self._switching_ending
+        assert ending is not None, "not stopped between compensations"
+        assert self._continuing is not None, "not stopped to continue as new"
+        self._continuing = None
+        self._switch_declined = True
+        await self._compensate(ending)
+        self._set_state(ending)
+        return self.result()
+
     def _continue_compensating(self, ending: RunState) -> bool:
         """Whether a run compensating to end as ``ending`` continues as new before its next
         compensation (see :data:`PATCH_CONTINUE_AS_NEW_COMPENSATING`)."""
         return (
             ending in (RunState.FAILED, RunState.COMPENSATED)
+            and not self._switch_declined
             and self._batch is None
             and self._continue_as_new is not None
             and self.cancel_request is None

@@ -1527,7 +1527,8 @@ class FlowClient:
         handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
         accepted = False
         try:
-            for attempt in range(CHAIN_TRIES):
+            attempt = 0
+            while True:  # at most CHAIN_TRIES runs: _following_run answers None after that
                 handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
                 try:
                     if not accepted:
@@ -1547,10 +1548,7 @@ class FlowClient:
                     following = await self._following_run(err, workflow_id, run_id, attempt)
                     if following is None:
                         raise
-                    run_id = following
-            raise NoWorkerError(
-                f"could not cancel run {workflow_id!r}: it kept continuing as new", workflow_id
-            )
+                    run_id, attempt = following, attempt + 1
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)

@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.engine import (
         PATCH_ABANDON_CLOSES_WAITS,
         PATCH_BATCH_BOUNDS,
+        PATCH_CANCEL_ON_FROM_CHAIN_START,
         PATCH_COMPENSATE_IN_FLIGHT,
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
@@ -201,7 +202,17 @@ PATCH_CHILD_CANCEL_FAILS_STEP = "child-cancel-fails-step"
 """Patch id: a child run (a ``subflow``'s, a fanned-out foreach's slice) that ends cancelled while
 its parent is not cancelling (someone cancelled the child itself) fails its step, as a terminated
 child does (``Subflow.CancelledError``; the foreach's failure rules), instead of the parent ending as
-cancelled, and closing as failed, with nobody having cancelled it. Asked only then."""
+cancelled, and closing as failed, with nobody having cancelled it. Only in runs started at its
+generation (:data:`NEVER_ASKED_PATCHES`)."""
+PATCH_PAYLOAD_TOO_LARGE = "payload-too-large"
+"""Patch id: without the payload store, a child run's or an activity's input over 2 MiB fails its
+step (``PayloadTooLarge``) before the SDK refuses it and fails the workflow task for ever. Asked
+only for such an input (a server whose blob limit is raised may have taken one)."""
+PATCH_CANCEL_WHILE_ENDING = "cancel-signal-while-ending"
+"""Patch id: a ``cancel`` signal that comes while the run is failing and compensating is refused
+(recorded), as ``cancel_run`` and a ``cancel_on`` event are; before, it held the compensations
+left for a Temporal cancellation that its compensations absorb, and the run never ended. Asked
+only then."""
 KEYWORD_MAX_CHARS = 255
 """The longest keyword search attribute value the SQL visibility stores keep (``VARCHAR(255)``)."""
 PATCH_CANCEL_SIGNAL_CANCELED = "cancel-signal-canceled"
@@ -266,6 +277,9 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_PRIORITY_GRANTS: 10,
     PATCH_CONTINUE_AS_NEW_COMPENSATING: 11,
     PATCH_CHILD_CANCEL_FAILS_STEP: 11,
+    PATCH_CANCEL_WHILE_ENDING: 11,
+    PATCH_PAYLOAD_TOO_LARGE: 11,
+    PATCH_CANCEL_ON_FROM_CHAIN_START: 11,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -289,6 +303,11 @@ read (a wait carried in a branch): they apply only to runs started at their gene
 never asked through ``workflow.patched``. A run started at an earlier generation (by a client that
 older workers may still serve, during a rollout) keeps its branches as before whichever worker
 runs it, so an older worker can always take its next run."""
+NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {PATCH_CHILD_CANCEL_FAILS_STEP}
+"""Patches that apply only to runs started at their generation or above, never asked through
+``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, and ``child-cancel-fails-step``,
+which starts a child from a task of its own (the start command may go out later in its activation
+than a recorded run's did)."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -972,13 +991,13 @@ class _TemporalRuntime:
         definition and an input; a child run starts in milliseconds at best, so it is not
         noticeable there.
 
-        No patch: a recorded history has no command whose input was over Temporal's limit (its
-        task never completed), so a step failed here could only have stuck the old code.
+        Patch ``payload-too-large``, asked only for such an input: on a server whose
+        ``limit.blobSize.error`` is raised above 2 MiB, a recorded run may have sent one.
         """
         if self._options.state_budget is not None:
             return None
         size = workflow.payload_converter().to_payloads([value])[0].ByteSize()
-        if size <= INLINE_INPUT_MAX_BYTES:
+        if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
             return None
         return (
             f"{what} is {size} bytes serialized, more than Temporal takes in one payload"
@@ -1017,7 +1036,7 @@ class _TemporalRuntime:
         its compensations before the parent's cancellation goes on."""
         definition = run.definition
         attributes = start_attributes(definition.name, definition.version, content_hash, self._options.tenant)
-        return await workflow.start_child_workflow(
+        start = workflow.start_child_workflow(
             definition.name,  # listed under its definition's name, like a run a client started
             run,
             id=temporal_id(workflow_id),
@@ -1033,6 +1052,15 @@ class _TemporalRuntime:
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             priority=priority,
         )
+        if patch_applies(self._options, PATCH_CHILD_CANCEL_FAILS_STEP):
+            # Awaited in a task of its own: a cancellation of this task (a branch a parallel
+            # step cancels, the run cancelling itself) while the start is pending is absorbed by
+            # the SDK in the task awaiting the start, which cancels the child and clears that
+            # task's count; so this task still reads as cancelling (_cancelling) when the child's
+            # cancellation comes back, and is not taken for someone else's. Only in runs started
+            # at its generation: the start command may go out later in the activation.
+            return await asyncio.create_task(start)
+        return await start
 
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
@@ -1061,12 +1089,12 @@ class EngineLevelUnknownError(RuntimeError):
 def patch_applies(options: RunOptions, patch_id: str) -> bool:
     """Whether the change ``patch_id`` applies to the run with ``options``: from its start when the
     run's generation has it (:data:`PATCH_LEVELS`), never for a run of an earlier generation when it
-    changes what a snapshot carries (:data:`CARRIED_FORMAT_PATCHES`), else as ``workflow.patched``
-    answers."""
+    changes what a snapshot carries or when commands go out (:data:`NEVER_ASKED_PATCHES`), else as
+    ``workflow.patched`` answers."""
     level = PATCH_LEVELS.get(patch_id)
     if level is not None and options.engine_level >= level:
         return True
-    if patch_id in CARRIED_FORMAT_PATCHES:
+    if patch_id in NEVER_ASKED_PATCHES:
         return False
     return workflow.patched(patch_id)
 
@@ -1275,9 +1303,10 @@ class GenericRun:
         result = await self._engine.run()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._engine.continuing:
-            await self._continue_as_new(run)
-        else:
-            self._telemetry.run_ended(result.state.value, workflow.info().start_time)
+            # Returns only for a run stopped between two compensations whose next run's input
+            # would be too large: it compensated to its end here instead.
+            result = await self._continue_as_new(run)
+        self._telemetry.run_ended(result.state.value, workflow.info().start_time)
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
@@ -1320,7 +1349,7 @@ class GenericRun:
         budget = self._history_budget
         return budget is not None and info.get_current_history_length() >= budget
 
-    async def _continue_as_new(self, run: RunInput) -> None:
+    async def _continue_as_new(self, run: RunInput) -> RunResult:
         """Continues the run as new with the engine's snapshot (taken after every handler
         finished, so a decision accepted during the switch travels in it). Same workflow id; the
         search attributes travel explicitly, as published."""
@@ -1339,6 +1368,11 @@ class GenericRun:
         )
         if run.options.state_budget is None:  # started without the payload store: the input goes inline
             size = workflow.payload_converter().to_payloads([next_input])[0].ByteSize()
+            if size > CONTINUE_AS_NEW_MAX_BYTES and self._engine.compensating_switch:
+                # A failed run between two compensations: the rest run here, as they did before
+                # runs could switch while compensating (the history guard left them the room).
+                workflow.logger.info("compensating in this run: its next run's input would be %d bytes", size)
+                return await self._engine.compensate_here()
             if size > CONTINUE_AS_NEW_MAX_BYTES:
                 # The SDK would refuse the payload and the workflow task would fail for ever: the
                 # run fails instead, saying why.
@@ -1360,7 +1394,7 @@ class GenericRun:
                     type="ContinueAsNewTooLarge",
                     non_retryable=True,
                 )
-        workflow.continue_as_new(next_input, search_attributes=workflow.info().typed_search_attributes)
+        return workflow.continue_as_new(next_input, search_attributes=workflow.info().typed_search_attributes)
 
     @workflow.signal(dynamic=True)
     def on_signal(self, name: str, args: Sequence[RawValue]) -> None:
@@ -1425,6 +1459,12 @@ class GenericRun:
         if earlier is not None:
             self._engine.refuse_message(
                 "cancel", request.actor, f"the run is already cancelling (requested by {earlier.actor!r})"
+            )
+            return
+        engine = self._engine
+        if engine.error is not None and patch_applies(self._options, PATCH_CANCEL_WHILE_ENDING):
+            engine.refuse_message(
+                "cancel", request.actor, f"the run is already ending ({engine.error_type}: {engine.error})"
             )
             return
         self._begin_cancel(request.clipped())

@@ -32,7 +32,7 @@ from tests.workflows.support import (
     status,
     unique,
 )
-from workflows.generic import WORKFLOW_NAME, RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, WORKFLOW_NAME, RunDefinitionWorkflow
 
 
 def _doc(name: str, base: str) -> dict[str, Any]:
@@ -331,3 +331,45 @@ async def test_flow_client_cancel_falls_back_to_the_signal_on_a_worker_without_c
         handle = await start(client, task_queue, doc)
         await FlowClient(client, task_queue=task_queue).cancel(handle.id, "ops", "rolling deploy")
         assert (await handle.result()).error == "cancelled by ops"
+
+
+@pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
+async def test_a_cancel_signal_while_the_run_fails_and_compensates_is_refused_and_the_run_ends(
+    client: Client, task_queue: str, worker: Worker, level: int
+) -> None:
+    # Before, the signal held the compensations left for a Temporal cancellation that the running
+    # compensation absorbed: the run stayed `compensating` for ever.
+    document = definition(
+        unique("cancel-while-ending"),
+        [
+            {
+                "id": "book",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "compensate": [
+                    {"id": "cool_off", "type": "delay", "duration": "8s"},
+                    {"id": "unbook", "type": "task", "action": "echo", "input": {"value": "undone"}},
+                ],
+            },
+            {"id": "boom", "type": "fail", "message": "out of stock", "error_type": "NoStock"},
+        ],
+    )
+    handle = await start(client, task_queue, document, engine_level=level)
+    await eventually(
+        lambda: status(handle),
+        lambda s: s.state == RunState.COMPENSATING and "compensate/book/cool_off" in s.current_steps,
+        timeout=30,
+        what="the compensation waiting in its delay",
+    )
+    await handle.signal(RunDefinitionWorkflow.cancel, CancelRequest(actor="ops", reason="stop it"))
+    async with asyncio.timeout(60):
+        cause, _ = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.message) == ("NoStock", "out of stock")
+    final = await status(handle)
+    assert final.state == RunState.FAILED
+    assert record(final, "compensate/book/unbook").output == "undone"
+    assert [(m.name, m.actor, m.reason) for m in final.refused_messages] == [
+        ("cancel", "ops", "the run is already ending (NoStock: out of stock)")
+    ]

@@ -371,6 +371,41 @@ async def test_a_saga_longer_than_one_run_may_be_runs_every_compensation_once_an
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
 
+async def test_a_saga_whose_next_run_would_be_too_large_compensates_to_its_end_in_its_run(
+    limited_client: Client, limited_worker: Worker, task_queue: str
+) -> None:
+    # The history budget is reached only during the compensations, and the next run's input (the
+    # 1.5 MB input and a 0.7 MB variable) would be over Temporal's 2 MiB: the rest run here, as
+    # before runs switched while compensating. Before this, 13 of 20 ran, then ContinueAsNewTooLarge.
+    turns = 20
+    steps: list[dict[str, Any]] = [
+        {"id": "init", "type": "set", "vars": {"n": 0, "copy": "{{ input.part }}"}},
+        *counting_loop("book", "n", turns),
+        {"id": "boom", "type": "fail", "message": "no stock", "error_type": "NoStock"},
+    ]
+    steps[1]["compensate"] = [
+        {"id": "unbook", "type": "task", "action": "echo", "input": {"value": "undone"}}
+    ]
+    document = definition(unique("saga-big"), steps, limits={"history_budget": 200})
+    run_input = {"big": ["x" * 1000 for _ in range(800)], "part": ["y" * 1000 for _ in range(700)]}
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        run_input,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(minutes=5),
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.message) == ("NoStock", "no stock")
+    assert result is not None
+    assert [r.status for r in result.steps if r.id == "unbook"] == [StepStatus.COMPLETED] * turns
+    runs = await _chain(limited_client, handle.id)
+    assert [s for _, s in runs] == [WorkflowExecutionStatus.FAILED]  # one run: it never switched
+    assert await _replay_chain(limited_client, handle.id) == 1
+
+
 # ------------------------------------------------------------------ waits that continue as new
 # Nothing in these definitions grows the history while the run waits: what does is the messages
 # sent to it (here, approvals nobody asked for, each refused and recorded: four events apiece).

@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.base import action
@@ -28,7 +29,7 @@ from interpreter.state import RunInput, RunOptions, RunResult, RunState
 from interpreter.validate import load_definition
 from tests.workflows.support import Handle, events, eventually, failure_of, unique
 from worker import build_worker
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 
 PROBE = "fanout_probe"
 
@@ -97,11 +98,13 @@ def _probe(**extra: Any) -> dict[str, Any]:
     }
 
 
-async def _start(client: Client, task_queue: str, doc: dict[str, Any], run_input: dict[str, Any]) -> Handle:
+async def _start(
+    client: Client, task_queue: str, doc: dict[str, Any], run_input: dict[str, Any], engine_level: int = 0
+) -> Handle:
     definition = load_definition(doc, known_actions=[*known_actions(), PROBE])
     return await client.start_workflow(
         RunDefinitionWorkflow.run,
-        RunInput(definition=definition, input=run_input, options=RunOptions()),
+        RunInput(definition=definition, input=run_input, options=RunOptions(engine_level=engine_level)),
         id=unique(doc["name"]),
         task_queue=task_queue,
         execution_timeout=timedelta(minutes=15),
@@ -111,6 +114,35 @@ async def _start(client: Client, task_queue: str, doc: dict[str, Any], run_input
 async def _children(handle: Handle) -> list[str]:
     started = await events(handle, EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
     return [e.start_child_workflow_execution_initiated_event_attributes.workflow_id for e in started]
+
+
+async def _statuses(client: Client, ids: list[str]) -> list[WorkflowExecutionStatus | None]:
+    """Each child's status (None: not started yet)."""
+    found: list[WorkflowExecutionStatus | None] = []
+    for child_id in ids:
+        try:
+            found.append((await client.get_workflow_handle(child_id).describe()).status)
+        except RPCError:  # not started yet
+            found.append(None)
+    return found
+
+
+async def _four_children_running(
+    client: Client, task_queue: str, name: str, engine_level: int = 0
+) -> tuple[Handle, list[str]]:
+    """A 400-item fan-out of held items, 4 children of 100 at once, once all 4 run: its handle and
+    the children's ids."""
+    doc = _foreach(unique(name), [_probe()], concurrency=4, batch_size=100)
+    run_input = {"items": list(range(400)), "fail_on": -1, "hold": True}
+    handle = await _start(client, task_queue, doc, run_input, engine_level)
+    ids = [f"{handle.id}/loop/batch-{k}" for k in range(4)]
+    await eventually(
+        lambda: _statuses(client, ids),
+        lambda s: all(x == WorkflowExecutionStatus.RUNNING for x in s),
+        timeout=60,
+        what="4 children",
+    )
+    return handle, ids
 
 
 async def _patched(handle: Handle) -> bool:
@@ -225,29 +257,13 @@ async def test_a_failing_item_fails_the_run_and_cancels_the_other_children(
 async def test_cancelling_the_parent_cancels_its_children(
     client: Client, task_queue: str, probe_worker: Worker
 ) -> None:
-    doc = _foreach(unique("fanout-cancel"), [_probe()], concurrency=4, batch_size=100)
-    handle = await _start(client, task_queue, doc, {"items": list(range(400)), "fail_on": -1, "hold": True})
-    ids = [f"{handle.id}/loop/batch-{k}" for k in range(4)]
-
-    async def running() -> list[WorkflowExecutionStatus | None]:
-        found = []
-        for child_id in ids:
-            try:
-                found.append((await client.get_workflow_handle(child_id).describe()).status)
-            except Exception:  # not started yet
-                found.append(None)
-        return found
-
-    await eventually(
-        running, lambda s: all(x == WorkflowExecutionStatus.RUNNING for x in s), timeout=60, what="4 children"
-    )
+    handle, ids = await _four_children_running(client, task_queue, "fanout-cancel")
     await handle.cancel()
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
     assert isinstance(failed.value.cause, CancelledError)
 
-    statuses = await running()
-    assert statuses == [WorkflowExecutionStatus.CANCELED] * 4
+    assert await _statuses(client, ids) == [WorkflowExecutionStatus.CANCELED] * 4
 
 
 async def test_a_child_cancelled_by_someone_else_fails_the_step_not_the_parent(
@@ -255,22 +271,7 @@ async def test_a_child_cancelled_by_someone_else_fails_the_step_not_the_parent(
 ) -> None:
     # Nobody cancelled the parent: the foreach fails as for a terminated child, naming the child.
     # Before, the parent ended as cancelled (closing as failed with a cancellation), unnamed.
-    doc = _foreach(unique("fanout-child-cancel"), [_probe()], concurrency=4, batch_size=100)
-    handle = await _start(client, task_queue, doc, {"items": list(range(400)), "fail_on": -1, "hold": True})
-    ids = [f"{handle.id}/loop/batch-{k}" for k in range(4)]
-
-    async def running() -> list[WorkflowExecutionStatus | None]:
-        found = []
-        for child_id in ids:
-            try:
-                found.append((await client.get_workflow_handle(child_id).describe()).status)
-            except Exception:  # not started yet
-                found.append(None)
-        return found
-
-    await eventually(
-        running, lambda s: all(x == WorkflowExecutionStatus.RUNNING for x in s), timeout=60, what="4 children"
-    )
+    handle, ids = await _four_children_running(client, task_queue, "fanout-child-cancel", ENGINE_LEVEL)
     await client.get_workflow_handle(ids[1]).cancel()
     cause, run_result = await failure_of(handle)
     assert isinstance(cause, ApplicationError)
@@ -279,7 +280,7 @@ async def test_a_child_cancelled_by_someone_else_fails_the_step_not_the_parent(
     assert run_result is not None
     assert run_result.state == RunState.FAILED
     # The failed step cancelled the other children, as for any failing item.
-    assert await running() == [WorkflowExecutionStatus.CANCELED] * 4
+    assert await _statuses(client, ids) == [WorkflowExecutionStatus.CANCELED] * 4
     assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
 
 

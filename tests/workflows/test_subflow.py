@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 from activities.store.database import Database
 from interpreter.model import MAX_SUBFLOW_DEPTH
 from interpreter.state import RunState, StepStatus
-from starter.client import FlowClient
+from starter.client import FlowClient, RunHandle
 from starter.errors import RunNotFoundError
 from tests.workflows.support import eventually
 from workflows.priority import DEFAULT_PRIORITY, PRIORITY_TENANTS_ENV
@@ -52,6 +52,14 @@ def _parent(name: str, child: str, **subflow: Any) -> dict[str, Any]:
         ],
         "output": {"child": "{{ steps.sub.output }}"},
     }
+
+
+async def _waiting(run: RunHandle) -> bool:
+    """Whether the run waits for an approval (False: not started yet)."""
+    try:
+        return bool((await run.status()).pending_approvals)
+    except RunNotFoundError:
+        return False
 
 
 async def test_a_subflow_runs_the_active_or_pinned_version_as_a_child_of_the_parent(
@@ -166,13 +174,7 @@ async def test_cancelling_the_parent_cancels_the_child_and_both_compensate(
     parent = await flows.start_run(parent_doc)
     child_run = flows.get_run(f"{parent.workflow_id}/sub")
 
-    async def waiting() -> bool:
-        try:
-            return bool((await child_run.status()).pending_approvals)
-        except RunNotFoundError:  # not started yet
-            return False
-
-    await eventually(waiting, bool, timeout=30, what="child waiting for approval")
+    await eventually(lambda: _waiting(child_run), bool, timeout=30, what="child waiting for approval")
     await parent.cancel("ops", "no longer needed")
     parent_result = await parent.result(timeout=60)
     child_result = await child_run.result(timeout=60)
@@ -221,13 +223,7 @@ async def test_a_child_cancelled_by_someone_else_fails_the_step_not_the_parent(
     parent = await flows.start_run(parent_doc)
     child_run = flows.get_run(f"{parent.workflow_id}/sub")
 
-    async def waiting() -> bool:
-        try:
-            return bool((await child_run.status()).pending_approvals)
-        except RunNotFoundError:  # not started yet
-            return False
-
-    await eventually(waiting, bool, timeout=30, what="child waiting for approval")
+    await eventually(lambda: _waiting(child_run), bool, timeout=30, what="child waiting for approval")
     await client.get_workflow_handle(child_run.workflow_id).cancel()  # Temporal's cancel, of the child only
     result = await parent.result(timeout=60)
     sub = next(r for r in result.steps if r.id == "sub")
