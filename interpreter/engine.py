@@ -4996,6 +4996,7 @@ class Engine:
         assert self._continuing is not None, "not stopped to continue as new"
         self._continuing = None
         self._switch_declined = True
+        self._ending = ending  # resumed compensating: the budget they began with goes on counting
         await self._compensate(ending)
         self._set_state(ending)
         return self.result()

@@ -1524,7 +1524,6 @@ class FlowClient:
         _check_text(reason, "reason")
         description = await self.describe(workflow_id)
         run_id = description.run_id
-        handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
         accepted = False
         try:
             attempt = 0
@@ -1554,7 +1553,9 @@ class FlowClient:
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             if "'cancel_run' expected but not found" in message:
                 # A worker older than the update (a rolling deploy): the signal still cancels.
-                await self._cancel_by_signal(handle, workflow_id, actor, reason)
+                await self._cancel_by_signal(
+                    self.client.get_workflow_handle(workflow_id, run_id=run_id), workflow_id, actor, reason
+                )
                 return
             raise DecisionRefusedError(workflow_id, message) from None
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):

@@ -686,6 +686,39 @@ async def test_a_cancelled_run_runs_its_compensations_in_the_run_the_cancellatio
     assert [c.outcome for c in rt.calls if c.action == "refund"] == ["ok"] * 6
 
 
+async def test_a_saga_that_cannot_switch_compensates_here_within_the_same_step_budget() -> None:
+    # The host declines the switch (the next run's input would be too large): the compensations left
+    # run in this run, still counted against the budget they started with, not a fresh one.
+    units = [task(f"undo{n}", "refund") for n in range(1, 7)]
+    definition = make_definition(
+        [{**step, "compensate": units} if step["id"] == "book" else step for step in _saga(4)],
+        limits={"max_step_executions": 20},
+    )
+    straight_rt = _saga_runtime()
+    straight = await straight_rt.run(
+        Engine(definition, {}, straight_rt, RunInfo("wf-1", "run-0", straight_rt.now())).run()
+    )
+    # Four bookings of six undo steps each: 24 past the budget of 20, so four are refused.
+    assert [c.action for c in straight_rt.calls].count("refund") == 20
+
+    rt = _saga_runtime()
+    engine = Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1", "run-0", rt.now()),
+        continue_as_new=lambda: any(c.action == "refund" for c in rt.calls),
+    )
+    await rt.run(engine.run())
+    assert engine.compensating_switch
+    result = await rt.run(engine.compensate_here())
+    assert not engine.continuing
+    assert (result.state, result.error_type) == (straight.state, straight.error_type)
+    assert [(c.activity_id, c.outcome) for c in rt.calls] == [
+        (c.activity_id, c.outcome) for c in straight_rt.calls
+    ]
+
+
 async def _compensating_snapshot() -> tuple[Definition, Continuation]:
     definition = make_definition(_saga(4))
     rt = _saga_runtime()
