@@ -208,6 +208,12 @@ PATCH_PAYLOAD_TOO_LARGE = "payload-too-large"
 """Patch id: without the payload store, a child run's or an activity's input over 2 MiB fails its
 step (``PayloadTooLarge``) before the SDK refuses it and fails the workflow task for ever. Asked
 only for such an input (a server whose blob limit is raised may have taken one)."""
+PATCH_CARRIED_CANCEL = "carried-cancel-requests-itself"
+"""Patch id: a continued run that carries an accepted cancel request (a ``cancel_run`` update, a
+``cancel`` signal or a ``cancel_on`` event accepted while the previous run switched) asks Temporal
+to cancel it, as a ``cancel`` signal does (falling back to cancelling itself), before any step;
+before, it counted on the caller following the chain with Temporal's cancellation and, if the
+caller had gone, went on with the request recorded. Asked only by such a run."""
 PATCH_CANCEL_WHILE_ENDING = "cancel-signal-while-ending"
 """Patch id: a ``cancel`` signal that comes while the run is failing and compensating is refused
 (recorded), as ``cancel_run`` and a ``cancel_on`` event are; before, it held the compensations
@@ -280,6 +286,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CANCEL_WHILE_ENDING: 11,
     PATCH_PAYLOAD_TOO_LARGE: 11,
     PATCH_CANCEL_ON_FROM_CHAIN_START: 11,
+    PATCH_CARRIED_CANCEL: 12,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -413,6 +420,12 @@ def dry_run_result(call: ActionCall, canned: Mapping[str, Any]) -> ActionResult:
     )
 
 
+def _payload_bytes(value: Any) -> int:
+    """The bytes ``value`` takes as one Temporal payload (this worker's converter), as the SDK and
+    the server measure it against the payload limit."""
+    return workflow.payload_converter().to_payloads([value])[0].ByteSize()
+
+
 def _details(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> dict[str, Any]:
     """What a run that did not complete carries in its error's details: its result, with the step
     records whatever ``RunOptions.result_steps`` says (where one looks first), compacted unless
@@ -432,7 +445,7 @@ def _fitted(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> Ru
     shaped = result.shaped(shape)
     if not inline or shape == ResultSteps.NONE or not result.steps:
         return shaped
-    size = workflow.payload_converter().to_payloads([shaped])[0].ByteSize()
+    size = _payload_bytes(shaped)
     if size <= RESULT_MAX_BYTES:
         return shaped
     workflow.logger.warning(
@@ -451,8 +464,7 @@ def _fitted_status(status: RunStatus, *, inline: bool) -> RunStatus:
     earlier records are. A query writes nothing to history: no patch."""
     if not inline or not status.steps:
         return status
-    convert = workflow.payload_converter()
-    size = convert.to_payloads([status])[0].ByteSize()
+    size = _payload_bytes(status)
     if size <= RESULT_MAX_BYTES:
         return status
     records = status.steps
@@ -469,7 +481,7 @@ def _fitted_status(status: RunStatus, *, inline: bool) -> RunStatus:
                 "steps_dropped": status.steps_dropped + len(records) - keep,
             }
         )
-        if keep == 0 or convert.to_payloads([fitted])[0].ByteSize() <= RESULT_MAX_BYTES:
+        if keep == 0 or _payload_bytes(fitted) <= RESULT_MAX_BYTES:
             return fitted
         keep //= 2
 
@@ -996,7 +1008,7 @@ class _TemporalRuntime:
         """
         if self._options.state_budget is not None:
             return None
-        size = workflow.payload_converter().to_payloads([value])[0].ByteSize()
+        size = _payload_bytes(value)
         if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
             return None
         return (
@@ -1287,6 +1299,17 @@ class GenericRun:
         await self._runtime.decide_priority()
         if run.continuation is None:  # a chain counts as one run
             self._telemetry.run_started()
+        carried = self._engine.cancel_request
+        if (
+            run.continuation is not None
+            and carried is not None
+            and self._cancel_update is None
+            and self._self_cancelled is None
+            and self._runtime.patched(PATCH_CARRIED_CANCEL)
+        ):
+            # Accepted while the previous run switched: whoever asked may not follow the chain
+            # with Temporal's cancellation (FlowClient.cancel does; a client that died does not).
+            self._begin_cancel(carried)
         if (
             self._cancel_update is not None
             and self._self_cancelled is None
@@ -1367,7 +1390,7 @@ class GenericRun:
             batch=run.batch,
         )
         if run.options.state_budget is None:  # started without the payload store: the input goes inline
-            size = workflow.payload_converter().to_payloads([next_input])[0].ByteSize()
+            size = _payload_bytes(next_input)
             if size > CONTINUE_AS_NEW_MAX_BYTES and self._engine.compensating_switch:
                 # A failed run between two compensations: the rest run here, as they did before
                 # runs could switch while compensating (the history guard left them the room).

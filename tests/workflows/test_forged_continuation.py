@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
 from interpreter.continuation import SNAPSHOT_VERSION
 from interpreter.state import RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
-from tests.workflows.support import failure_of, unique
+from tests.workflows.support import failure_of, status, unique
 from workflows.generic import RunDefinitionWorkflow
 
 STARTED = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -131,3 +131,22 @@ async def test_a_snapshot_as_the_interpreter_writes_it_goes_on_at_the_carried_ap
     result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert result.output == {"done": True}
+
+
+async def test_a_cancel_accepted_while_the_run_switched_cancels_the_next_run_on_its_own(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """A ``cancel_run`` accepted while the run continued as new travels in the snapshot; whoever
+    sent it may not follow with Temporal's cancellation of the next run (its client died), so that
+    run asks for it itself, as a ``cancel`` signal does. Before, it went on with the request
+    recorded: here it passed the gate (timed out into ``approve``) and completed."""
+    snapshot = _forge("none")
+    snapshot["cancel_request"] = {"actor": "ops-carol", "reason": "no longer needed"}
+    handle = await _start(client, task_queue, snapshot)
+    cause, _ = await failure_of(handle)
+    assert isinstance(cause, CancelledError), cause
+    final = await status(handle)
+    assert final.state == RunState.CANCELLED
+    assert final.cancelled_by is not None
+    assert (final.cancelled_by.actor, final.cancelled_by.reason) == ("ops-carol", "no longer needed")
+    assert final.output is None or final.output.get("done") is None
