@@ -150,3 +150,4 @@ async def test_a_cancel_accepted_while_the_run_switched_cancels_the_next_run_on_
     assert final.cancelled_by is not None
     assert (final.cancelled_by.actor, final.cancelled_by.reason) == ("ops-carol", "no longer needed")
     assert final.output is None or final.output.get("done") is None
+    assert (final.pending_approvals, final.current_steps) == ([], [])  # the carried gate is over too
