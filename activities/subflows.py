@@ -20,6 +20,7 @@ from activities.store.errors import (
     DefinitionNotFoundError,
     InvalidReferenceError,
     InvalidTenantError,
+    NoActiveVersionError,
     VersionArchivedError,
 )
 from activities.store.repository import DefinitionStore
@@ -46,7 +47,9 @@ class SubflowActivities:
 
         Raises:
             ApplicationError: Non-retryable: ``SubflowDefinitionNotFound`` (no such name or
-                version in the tenant), ``SubflowVersionArchived``, ``InvalidTenant``,
+                version in the tenant), ``SubflowVersionArchived``, ``SubflowNoActiveVersion`` (the
+                name is deactivated), ``SubflowDefinitionInvalid`` (its stored body does not pass this
+                build's checks), ``InvalidTenant``,
                 ``TenantRefused`` (the worker does not serve the tenant). Database errors are
                 retryable (the step waits until the database is back).
         """
@@ -58,8 +61,16 @@ class SubflowActivities:
             raise ApplicationError(str(err), type="SubflowDefinitionNotFound", non_retryable=True) from None
         except VersionArchivedError as err:
             raise ApplicationError(str(err), type="SubflowVersionArchived", non_retryable=True) from None
+        except NoActiveVersionError as err:  # deactivated: retrying would wait for someone to activate one
+            raise ApplicationError(str(err), type="SubflowNoActiveVersion", non_retryable=True) from None
         except (InvalidTenantError, InvalidReferenceError) as err:
             raise ApplicationError(str(err), type="InvalidTenant", non_retryable=True) from None
+        except ValueError as err:  # a stored body this build no longer accepts (an action it lacks)
+            raise ApplicationError(
+                f"{ref!r} in tenant {lookup.tenant!r} is not a valid definition for this worker: {err}",
+                type="SubflowDefinitionInvalid",
+                non_retryable=True,
+            ) from None
         return SubflowDefinition(definition=resolved.definition, content_hash=resolved.content_hash)
 
 

@@ -120,6 +120,25 @@ async def test_another_tenants_definition_does_not_exist_for_a_subflow(
     assert child in (result.error or "")
 
 
+async def test_a_subflow_of_a_deactivated_definition_fails_its_step_at_once(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    # Found by an attacker's probe: the lookup's "no active version" was retried for ever (a minute
+    # apart), the step waiting and its on_failure never applied, for every parent of the child.
+    child = unique("gone")
+    await flows.register(_child(child, "gone"), author="ann")
+    await flows.deactivate(child, "ann")
+    document = _parent(unique("parent"), child)
+    document["steps"][0]["on_failure"] = "continue"
+    document["output"] = {"error": "{{ steps.sub.error_type }}"}
+    result = await (await flows.start_run(document, {"n": 1})).result(timeout=60)
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"error": "SubflowNoActiveVersion"}
+    failed = next(r for r in result.steps if r.id == "sub")
+    assert child in (failed.error or "")
+    assert "no active version" in (failed.error or "")
+
+
 async def test_a_subflow_that_calls_itself_stops_at_the_depth_limit(
     flows: FlowClient, store_worker: Worker
 ) -> None:
