@@ -15,10 +15,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+import starter.payload_store
+import workflows.generic
 from interpreter.state import RunState
 from starter.client import FlowClient
 from starter.payload_store import (
     DEFAULT_STATE_BUDGET,
+    MAX_BLOB_BYTES,
     MAX_STATE_BUDGET,
     PayloadStoreConfigError,
     state_budget_max_from_env,
@@ -26,7 +29,7 @@ from starter.payload_store import (
 from tests.test_payload_store import client_of, env_of, run_with_worker
 from tests.workflows.support import definition, record, unique
 from worker import WORKFLOWS, workflow_runner
-from workflows.generic import STATE_BUDGET_UNCHECKED
+from workflows.generic import STATE_BUDGET_UNCHECKED, STORED_PAYLOAD_MAX_BYTES
 
 CHUNK = 240_000  # two of them: under an action's 512 KiB output budget, each under a template's 256 KiB
 ITEMS = 36  # 36 outputs of 480 KB: 17.3 MB of state, over the 16 MiB default maximum
@@ -141,3 +144,85 @@ async def test_a_default_budget_run_asks_the_worker_nothing(
     assert markers  # the run's other patch markers
     assert not [e for e in markers if b"state-budget-max" in e.SerializeToString()]
     assert not [e for e in markers if b"wfa.state_budget_max" in e.SerializeToString()]
+
+
+# ------------------------------------------- what the store takes: its own cap (found by a probe)
+
+
+def test_the_workflow_knows_the_stores_cap() -> None:
+    assert STORED_PAYLOAD_MAX_BYTES == MAX_BLOB_BYTES
+
+
+async def test_an_input_a_definition_amplifies_past_the_state_budget_fails_its_step(
+    temporal_env: WorkflowEnvironment, task_queue: str, database_url: str, tmp_path: Path
+) -> None:
+    """The attacker: a definition alone (an empty run input) renders a task's input of 69 MB, a
+    90 KB string repeated 770 times, past what the store takes (64 MiB): its workflow task failed on
+    every retry, the run stuck, the worker serializing it each time. Now an input over the run's
+    state budget fails its step (``PayloadTooLarge``), which ``on_failure`` handles."""
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    document = definition(
+        unique("amplified"),
+        [
+            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
+            {
+                "id": "huge",
+                "type": "task",
+                "action": "echo",
+                "on_failure": "continue",
+                "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(70)}},
+            },
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "done"}},
+        ],
+    )
+    started = await flows.start_run(document, {})
+    result = await run_with_worker(client, task_queue, started.result(timeout=120))
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    failed = record(result, "huge")
+    assert failed.error_type == "PayloadTooLarge"
+    assert f"more than the run's state budget ({DEFAULT_STATE_BUDGET} bytes)" in (failed.error or "")
+    assert record(result, "after").output == "done"
+
+
+async def test_a_result_over_what_the_store_takes_is_returned_without_its_records(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker may allow a state budget (up to 256 MiB) above what the store takes in one payload
+    (64 MiB): a run whose result with its step records passed the store's cap failed its last
+    workflow task on every retry (found by a probe: 90 items of 480 KB). Here the store's cap is
+    lowered to 4 MiB and the run's records hold 5 MB: the result comes back without them (the
+    output is all there), as one over Temporal's limit does without the store."""
+    cap = 4 * 1024 * 1024
+    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", cap)
+    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    document = definition(
+        unique("records"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(10) | list",
+                "steps": [
+                    {
+                        "id": "item",
+                        "type": "task",
+                        "action": "echo",
+                        "input": {"value": ["{{ input.chunk }}"] * 3},
+                    }
+                ],
+            }
+        ],
+        output={"items": "{{ steps.each.output | length }}"},
+    )
+    started = await flows.start_run(document, {"chunk": "y" * 85_000})
+    result = await run_with_worker(client, task_queue, started.result(timeout=120))
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    assert result.output == {"items": 10}
+    assert result.steps == []

@@ -168,6 +168,10 @@ CONTINUE_AS_NEW_MAX_BYTES = 2 * 1024 * 1024
 larger one). Not less: a run that continued as new with an input under the limit must replay."""
 RESULT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
 """Largest result (or failure details) a run returns with its step records: the same limit."""
+STORED_PAYLOAD_MAX_BYTES = 64 * 1024 * 1024
+"""Largest payload the payload store takes (``starter.payload_store.MAX_BLOB_BYTES``): with the store
+on, a result, a query's answer or a next run's input over it would fail its workflow task on every
+retry (the store refusing it), as one over Temporal's limit does without the store."""
 INLINE_INPUT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
 """Largest serialized input a run without the payload store gives a child run (a ``subflow``, a
 fanned-out foreach's slice) or an activity (a ``task``): over it the step fails with
@@ -214,6 +218,12 @@ PATCH_CARRIED_CANCEL = "carried-cancel-requests-itself"
 to cancel it, as a ``cancel`` signal does (falling back to cancelling itself), before any step;
 before, it counted on the caller following the chain with Temporal's cancellation and, if the
 caller had gone, went on with the request recorded. Asked only by such a run."""
+PATCH_STORE_INPUT_BUDGET = "store-input-budget"
+"""Patch id: with the payload store, a child run's or a task's input larger than the run's state
+budget fails its step (``PayloadTooLarge``); before, nothing bounded it, and an input a definition
+amplified past what the store takes (a list of a 90 KB string repeated 770 times) failed the workflow
+task on every retry, the run stuck, the worker holding it in memory each time (found by an
+attacker's probe). Asked only for such an input (one under the store's own cap went through)."""
 PATCH_CANCEL_WHILE_ENDING = "cancel-signal-while-ending"
 """Patch id: a ``cancel`` signal that comes while the run is failing and compensating is refused
 (recorded), as ``cancel_run`` and a ``cancel_on`` event are; before, it held the compensations
@@ -287,6 +297,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_PAYLOAD_TOO_LARGE: 11,
     PATCH_CANCEL_ON_FROM_CHAIN_START: 11,
     PATCH_CARRIED_CANCEL: 12,
+    PATCH_STORE_INPUT_BUDGET: 12,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -441,18 +452,21 @@ def _fitted(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> Ru
     answer fits in the limit too) when they would take it past Temporal's payload limit: the SDK would refuse it, and the workflow
     task would fail again and again (a valid definition can record that much: 100 branches of a
     200-item foreach; found by an attacker's probe). No result that fitted is changed; ``inline``
-    false: the run stores large payloads by reference (the payload store), which takes any size."""
+    false: the run stores large payloads by reference (the payload store), up to the store's own
+    cap (:data:`STORED_PAYLOAD_MAX_BYTES`; a worker may allow a state budget above it)."""
     shaped = result.shaped(shape)
-    if not inline or shape == ResultSteps.NONE or not result.steps:
+    if shape == ResultSteps.NONE or not result.steps:
         return shaped
+    limit = RESULT_MAX_BYTES if inline else STORED_PAYLOAD_MAX_BYTES
     size = _payload_bytes(shaped)
-    if size <= RESULT_MAX_BYTES:
+    if size <= limit:
         return shaped
     workflow.logger.warning(
-        "the run's result with its %d step records is %d bytes, more than Temporal's payload limit"
-        " allows: returned without them",
+        "the run's result with its %d step records is %d bytes, more than a payload may take"
+        " (%d): returned without them",
         len(result.steps),
         size,
+        limit,
     )
     return result.shaped(ResultSteps.NONE)
 
@@ -461,15 +475,17 @@ def _fitted_status(status: RunStatus, *, inline: bool) -> RunStatus:
     """``status``, or with only its most recent step records when all of them would take the query's
     answer past Temporal's payload limit (the server refused the answer, and the query failed for
     as long as the run kept them); the others are counted in ``steps_dropped``, as a chain's
-    earlier records are. A query writes nothing to history: no patch."""
-    if not inline or not status.steps:
+    earlier records are; with the payload store, past the store's cap. A query writes nothing to
+    history: no patch."""
+    if not status.steps:
         return status
+    limit = RESULT_MAX_BYTES if inline else STORED_PAYLOAD_MAX_BYTES
     size = _payload_bytes(status)
-    if size <= RESULT_MAX_BYTES:
+    if size <= limit:
         return status
     records = status.steps
     sizes = [len(record.model_dump_json()) + 1 for record in records]
-    room = RESULT_MAX_BYTES - (size - sum(sizes)) - 1024  # what the rest of the answer leaves
+    room = limit - (size - sum(sizes)) - 1024  # what the rest of the answer leaves
     keep, used = 0, 0
     while keep < len(records) and used + sizes[-1 - keep] <= room:
         used += sizes[-1 - keep]
@@ -481,7 +497,7 @@ def _fitted_status(status: RunStatus, *, inline: bool) -> RunStatus:
                 "steps_dropped": status.steps_dropped + len(records) - keep,
             }
         )
-        if keep == 0 or _payload_bytes(fitted) <= RESULT_MAX_BYTES:
+        if keep == 0 or _payload_bytes(fitted) <= limit:
             return fitted
         keep //= 2
 
@@ -493,6 +509,18 @@ MAX_PENDING_ACTIVITIES = 2000
 fails again and again. The calls over it wait their turn, in the order they came. At the server's
 limit, no run that completed before this ever waited, so their histories replay unchanged; a
 cluster configured with a lower limit needs a build with this lowered."""
+
+MAX_PENDING_CHILDREN = 2000
+"""Most child runs (``subflow`` children, fan-out slices) a run has started and not seen close at
+once: Temporal's default ``limit.numPendingChildExecutions.error``. A valid definition can ask for
+more (a foreach of detached subflows whose children wait for people, 100 branches each fanning out
+100 slices): the server then refuses the workflow task's commands, and the task fails again and
+again, the run stuck (found by an attacker's probe). A child the run waits for waits its turn over
+it; a detached one, which may stay open for days, fails its step (``SubflowLimitExceeded``) instead
+of holding the run. At the server's limit no run that completed before this ever waited, so their
+histories replay unchanged; a cluster configured with a lower limit needs a build with this
+lowered."""
+SUBFLOW_LIMIT_EXCEEDED = "SubflowLimitExceeded"
 
 
 SEARCH_ATTRIBUTE_MAX_BYTES = 2048
@@ -564,6 +592,11 @@ class _TemporalRuntime:
         self._tenant_granted: bool | None = None
         self._telemetry = telemetry or RunTelemetry("?", 0, "?")
         self._activity_slots = asyncio.Semaphore(MAX_PENDING_ACTIVITIES)
+        self._child_slots = asyncio.Semaphore(MAX_PENDING_CHILDREN)
+        self.input_budget: int | None = None if options is None else options.state_budget
+        """With the payload store: the most a child run's or a task's input may take (the run's
+        state budget as the worker capped it); None without the store (Temporal's 2 MiB then)."""
+        self._detached: set[asyncio.Task[None]] = set()
 
     @property
     def priority(self) -> Priority:
@@ -687,11 +720,11 @@ class _TemporalRuntime:
                 "MissingTimeout",
                 0,
             )
-        if self._options.state_budget is None:  # started without the payload store: inline
-            problem = self._activity_input_problem(call)
-            if problem is not None:
-                # No command was sent for it: the SDK's refusal failed the workflow task for ever.
-                raise ActionFailedError(problem, PAYLOAD_TOO_LARGE, 0)
+        problem = self._activity_input_problem(call)
+        if problem is not None:
+            # No command was sent for it: the SDK's (or the store's) refusal failed the workflow
+            # task for ever.
+            raise ActionFailedError(problem, PAYLOAD_TOO_LARGE, 0)
         retry = call.retry
         policy = RetryPolicy(
             initial_interval=parse_duration(retry.initial_interval),
@@ -881,6 +914,14 @@ class _TemporalRuntime:
         )
         if problem is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", PAYLOAD_TOO_LARGE)
+        if not call.wait and self._child_slots.locked():
+            raise SubflowFailedError(
+                f"subflow {call.definition!r}: this run has {MAX_PENDING_CHILDREN} child runs open, the"
+                " most Temporal lets one run have; a detached child does not wait for one to close."
+                " Start fewer per run (a loop that continues as new starts afresh), or wait for them",
+                SUBFLOW_LIMIT_EXCEEDED,
+            )
+        await self._child_slots.acquire()  # waits only over the cap; otherwise no yield, no reorder
         try:
             handle = await self._start_child(
                 child_input,
@@ -902,12 +943,20 @@ class _TemporalRuntime:
                 priority=await self.granted_priority(child.priority),
             )
         except WorkflowAlreadyStartedError:
+            self._child_slots.release()
             raise SubflowFailedError(
                 f"subflow {call.definition!r}: a run with id {temporal_id(call.workflow_id)!r} already exists",
                 "SubflowAlreadyStarted",
             ) from None
+        except BaseException:
+            self._child_slots.release()
+            raise
         ids = {"workflow_id": handle.id, "run_id": handle.first_execution_run_id}
         if not call.wait:
+            # Open until it closes, which this run hears of while it runs: its slot is held till then.
+            watch = asyncio.create_task(self._release_when_closed(handle))
+            self._detached.add(watch)
+            watch.add_done_callback(self._detached.discard)
             return {**ids, "state": "started"}
         try:
             result: RunResult = await handle
@@ -929,17 +978,25 @@ class _TemporalRuntime:
                 f"subflow {child.name!r} ({handle.id}) failed: {message}",
                 kind if kind.startswith("Subflow") else f"Subflow.{kind}",
             ) from None
+        finally:
+            self._child_slots.release()
         return {**ids, "state": result.state.value, "output": result.output}
+
+    async def _release_when_closed(self, handle: workflow.ChildWorkflowHandle[Any, RunResult]) -> None:
+        """Holds a detached child's slot (:data:`MAX_PENDING_CHILDREN`) until it closes, however."""
+        try:
+            with contextlib.suppress(Exception):
+                await handle
+        finally:
+            self._child_slots.release()
 
     async def run_foreach_batch(self, call: BatchCall) -> dict[str, Any]:
         """Runs a slice of a fanned-out foreach as a child workflow of the same definition (same
         task queue, tenant, options and depth; listed under the definition's name) and waits for
         its output. The child is cancelled with its parent (which waits until the child has run
         its compensations) and if the parent closes first."""
-        tenant = self._options.tenant
-        definition = call.definition
         parent = workflow.info().workflow_id
-        child_input = RunInput(definition=definition, options=self._options, batch=call.batch)
+        child_input = RunInput(definition=call.definition, options=self._options, batch=call.batch)
         problem = self._payload_problem(
             child_input,
             f"the child run's input (the definition, its {len(call.batch.items)} items and the"
@@ -947,6 +1004,12 @@ class _TemporalRuntime:
         )
         if problem is not None:
             raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
+        async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
+            return await self._run_batch(call, child_input, parent)
+
+    async def _run_batch(self, call: BatchCall, child_input: RunInput, parent: str) -> dict[str, Any]:
+        definition = call.definition
+        tenant = self._options.tenant
         try:
             handle = await self._start_child(
                 child_input,
@@ -1006,8 +1069,16 @@ class _TemporalRuntime:
         Patch ``payload-too-large``, asked only for such an input: on a server whose
         ``limit.blobSize.error`` is raised above 2 MiB, a recorded run may have sent one.
         """
-        if self._options.state_budget is not None:
-            return None
+        budget = self.input_budget
+        if budget is not None:  # with the store: bounded by the run's state budget
+            size = _payload_bytes(value)
+            if size <= budget or not self.patched(PATCH_STORE_INPUT_BUDGET):
+                return None
+            return (
+                f"{what} is {size} bytes serialized, more than the run's state budget ({budget}"
+                " bytes) allows for one input. Keep less in the input (pass an id or a reference"
+                " instead of the data)"
+            )
         size = _payload_bytes(value)
         if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
             return None
@@ -1026,7 +1097,8 @@ class _TemporalRuntime:
         serialized here."""
         request = call.request
         ids = len(request.step_id) + len(request.idempotency_key) + len(request.tenant)
-        room = INLINE_INPUT_MAX_BYTES // _QUICK_BOUND_EXPANSION - ids - 1024
+        limit = INLINE_INPUT_MAX_BYTES if self.input_budget is None else self.input_budget
+        room = limit // _QUICK_BOUND_EXPANSION - ids - 1024
         if room > 0 and json_size(request.input, room) <= room:
             return None
         return self._payload_problem(request, f"the input of its action {call.action!r}")
@@ -1280,6 +1352,7 @@ class GenericRun:
             self._engine.info = dataclasses.replace(
                 self._engine.info, state_budget=max(cap, STATE_BUDGET_UNCHECKED), state_budget_asked=asked
             )
+            self._runtime.input_budget = self._engine.info.state_budget
 
     async def _run(self) -> RunResult:
         """Executes the definition; fails the workflow when the run fails."""
@@ -1389,34 +1462,45 @@ class GenericRun:
             continuation=snapshot.model_dump(mode="json"),
             batch=run.batch,
         )
-        if run.options.state_budget is None:  # started without the payload store: the input goes inline
-            size = _payload_bytes(next_input)
-            if size > CONTINUE_AS_NEW_MAX_BYTES and self._engine.compensating_switch:
-                # A failed run between two compensations: the rest run here, as they did before
-                # runs could switch while compensating (the history guard left them the room).
-                workflow.logger.info("compensating in this run: its next run's input would be %d bytes", size)
-                return await self._engine.compensate_here()
-            if size > CONTINUE_AS_NEW_MAX_BYTES:
-                # The SDK would refuse the payload and the workflow task would fail for ever: the
-                # run fails instead, saying why.
-                message = (
-                    f"the run cannot continue as new: its next run's input (definition, input and"
-                    f" state) is {size} bytes, more than Temporal's payload limit allows"
-                    f" ({CONTINUE_AS_NEW_MAX_BYTES} bytes). Keep less in variables and step outputs,"
-                    " or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"
+        # Without the payload store the input goes inline (Temporal's limit); with it, by reference
+        # up to the store's cap.
+        limit = CONTINUE_AS_NEW_MAX_BYTES if run.options.state_budget is None else STORED_PAYLOAD_MAX_BYTES
+        size = _payload_bytes(next_input)
+        if size > limit and self._engine.compensating_switch:
+            # A failed run between two compensations: the rest run here, as they did before
+            # runs could switch while compensating (the history guard left them the room).
+            workflow.logger.info("compensating in this run: its next run's input would be %d bytes", size)
+            return await self._engine.compensate_here()
+        if size > limit:
+            # The SDK (or the store) would refuse the payload and the workflow task would fail for
+            # ever: the run fails instead, saying why.
+            where = (
+                "Temporal's payload limit allows"
+                if run.options.state_budget is None
+                else "the payload store takes"
+            )
+            message = (
+                f"the run cannot continue as new: its next run's input (definition, input and"
+                f" state) is {size} bytes, more than {where} ({limit} bytes). Keep less in"
+                " variables and step outputs"
+                + (
+                    ", or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"
+                    if run.options.state_budget is None
+                    else ""
                 )
-                await self._engine.abandon_continuation(message, "ContinueAsNewTooLarge")
-                self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
-                raise ApplicationError(
-                    message,
-                    _details(
-                        self._engine.result(),
-                        run.options.result_steps,
-                        inline=run.options.state_budget is None,
-                    ),
-                    type="ContinueAsNewTooLarge",
-                    non_retryable=True,
-                )
+            )
+            await self._engine.abandon_continuation(message, "ContinueAsNewTooLarge")
+            self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
+            raise ApplicationError(
+                message,
+                _details(
+                    self._engine.result(),
+                    run.options.result_steps,
+                    inline=run.options.state_budget is None,
+                ),
+                type="ContinueAsNewTooLarge",
+                non_retryable=True,
+            )
         return workflow.continue_as_new(next_input, search_attributes=workflow.info().typed_search_attributes)
 
     @workflow.signal(dynamic=True)
