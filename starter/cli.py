@@ -2022,7 +2022,7 @@ async def _payloads(args: argparse.Namespace, out: TextIO) -> int:
     print(
         f"{report.store}, namespace {report.namespace}: {verb} {len(report.deleted)} payload(s), {size}"
         f" bytes, last stored before {report.cutoff:%Y-%m-%d %H:%M} UTC ({_duration(report.older_than.total_seconds())}"
-        f" ago); kept {len(report.kept_referenced)} as old that {report.open_runs} open run(s) still reference",
+        f" ago); kept {len(report.kept_referenced)} as old that {report.open_runs} open or recently closed run(s) still reference",
         file=out,
     )
     for blob in report.deleted:

@@ -132,10 +132,13 @@ def _digest_of(payload: Payload, driver: str, namespace: str) -> str | None:
     return digest if isinstance(digest, str) and _DIGEST.match(digest) else None
 
 
-async def open_run_references(client: Client, driver: str) -> tuple[int, set[str]]:
-    """The number of open runs of the client's namespace and the digests their histories refer to
-    (references of ``driver`` in that namespace), plus those the namespace's schedules refer to
-    (a schedule's action holds the input of the runs it will start)."""
+async def open_run_references(
+    client: Client, driver: str, closed_since: datetime | None = None
+) -> tuple[int, set[str]]:
+    """The number of open runs of the client's namespace (and, with ``closed_since``, of the runs
+    closed since then) and the digests their histories refer to (references of ``driver`` in that
+    namespace), plus those the namespace's schedules refer to (a schedule's action holds the input
+    of the runs it will start)."""
     namespace = client.namespace
     runs = 0
     digests: set[str] = set()
@@ -146,7 +149,7 @@ async def open_run_references(client: Client, driver: str) -> tuple[int, set[str
             if digest is not None:
                 digests.add(digest)
 
-    async for workflow_id, run_id in _open_executions(client):
+    async for workflow_id, run_id in _open_executions(client, closed_since):
         runs += 1
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         async for event in handle.fetch_history_events():
@@ -173,16 +176,23 @@ OPEN_RUNS_QUERY = " AND ".join(f'ExecutionStatus != "{status}"' for status in CL
 a later server adds. A run not in a closed status keeps what it refers to."""
 
 
-async def _open_executions(client: Client) -> AsyncIterator[tuple[str, str]]:
-    """The (workflow id, run id) of every run of the namespace that is not closed (raw calls: the
-    SDK's listing decodes the status, and fails on one it does not know, such as Paused)."""
+async def _open_executions(
+    client: Client, closed_since: datetime | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """The (workflow id, run id) of every run of the namespace that is not closed, or closed after
+    ``closed_since`` (raw calls: the SDK's listing decodes the status, and fails on one it does not
+    know, such as Paused)."""
     from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 
+    query = OPEN_RUNS_QUERY
+    if closed_since is not None:
+        since = closed_since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        query = f'({OPEN_RUNS_QUERY}) OR CloseTime > "{since}"'
     token = b""
     while True:
         page = await client.workflow_service.list_workflow_executions(
             ListWorkflowExecutionsRequest(
-                namespace=client.namespace, query=OPEN_RUNS_QUERY, page_size=1000, next_page_token=token
+                namespace=client.namespace, query=query, page_size=1000, next_page_token=token
             )
         )
         for info in page.executions:
@@ -339,7 +349,9 @@ async def collect(
             old = await _pg_blobs(driver, namespace, cutoff)
         # The open runs are read after the old blobs are listed: a run that starts in between
         # refers only to blobs it stored (young) or found (refreshed, so young at the delete).
-        report.open_runs, referenced = await open_run_references(client, driver.name())
+        # A run closed since the cutoff keeps its blobs too: its history is still readable (the
+        # status of a run that waited for weeks, closed a minute ago; found by a probe).
+        report.open_runs, referenced = await open_run_references(client, driver.name(), cutoff)
         report.referenced = len(referenced)
         report.kept_referenced = [b for b in old if b.digest in referenced]
         candidates = [b for b in old if b.digest not in referenced]

@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from interpreter.state import RunState
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient
 from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, find_temporal_cli
+from starter.payload_gc import collect
 from starter.payload_store import FilesystemDriver, PayloadStoreConfig, PayloadStoreError, PostgresDriver
 from tests.test_payload_store import client_of, history_payloads, references, run_with_worker
 from tests.workflows.support import definition, eventually, record, unique
@@ -208,12 +209,23 @@ async def test_gc_keeps_what_a_waiting_run_needs_and_deletes_old_garbage(
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
     assert record(result, "after").output == tail
 
-    # Closed, the run protects nothing: its old input goes with the next collection (this is what
-    # kept it above). Stored again by the run's end? The result is under the threshold.
+    # Closed a moment ago, the run still protects its input for the age given (its status is read
+    # by replaying its history from the store: found by a probe, the default age deleted the input
+    # of a run that had waited longer than it, at its first collection after it closed).
     await age(config, [needed], OLD)
     code, out, err = await gc(address, capsys, "--older-than", "30d", "--json")
     assert code == EXIT_OK, err
-    assert needed in {b["digest"] for b in json.loads(out)["deleted"]}
+    assert needed not in {b["digest"] for b in json.loads(out)["deleted"]}
+    assert (await flows2.status(started.workflow_id)).state == RunState.COMPLETED
+    # Closed longer ago than the age (a collection 31 days on), it protects nothing: the input goes.
+    later = await collect(
+        second,
+        config,
+        older_than=timedelta(days=30),
+        dry_run=True,
+        now=datetime.now(UTC) + timedelta(days=31),
+    )
+    assert needed in {b.digest for b in later.deleted}
 
 
 async def test_gc_refuses_unsafe_or_impossible_requests(
