@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -224,6 +225,12 @@ budget fails its step (``PayloadTooLarge``); before, nothing bounded it, and an 
 amplified past what the store takes (a list of a 90 KB string repeated 770 times) failed the workflow
 task on every retry, the run stuck, the worker holding it in memory each time (found by an
 attacker's probe). Asked only for such an input (one under the store's own cap went through)."""
+PATCH_TASK_SEND_PACING = "task-send-pacing"
+"""Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
+:data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
+one); before, a foreach of 12 items each sending a 0.9 MB input put 11 MB in one workflow task
+completion, past the server's 4 MiB gRPC limit: the SDK failed the whole run
+(``GrpcMessageTooLarge``), no compensation, no ``on_failure``. Asked only when a step would wait."""
 PATCH_CANCEL_WHILE_ENDING = "cancel-signal-while-ending"
 """Patch id: a ``cancel`` signal that comes while the run is failing and compensating is refused
 (recorded), as ``cancel_run`` and a ``cancel_on`` event are; before, it held the compensations
@@ -298,6 +305,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CANCEL_ON_FROM_CHAIN_START: 11,
     PATCH_CARRIED_CANCEL: 12,
     PATCH_STORE_INPUT_BUDGET: 12,
+    PATCH_TASK_SEND_PACING: 12,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -521,6 +529,11 @@ of holding the run. At the server's limit no run that completed before this ever
 histories replay unchanged; a cluster configured with a lower limit needs a build with this
 lowered."""
 SUBFLOW_LIMIT_EXCEEDED = "SubflowLimitExceeded"
+TASK_SEND_BUDGET = 1536 * 1024
+"""Most bytes of activity and child run inputs one workflow task sends before the next input waits
+for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
+most 4 MiB (its gRPC limit), and one input may add up to 2 MiB more. Counted as ``json_size`` (an
+input stored by reference is counted whole: the safe side)."""
 
 
 SEARCH_ATTRIBUTE_MAX_BYTES = 2048
@@ -593,6 +606,9 @@ class _TemporalRuntime:
         self._telemetry = telemetry or RunTelemetry("?", 0, "?")
         self._activity_slots = asyncio.Semaphore(MAX_PENDING_ACTIVITIES)
         self._child_slots = asyncio.Semaphore(MAX_PENDING_CHILDREN)
+        self._send_key = -1  # the workflow task (its history length) the inputs are counted in
+        self._sent = 0
+        self._send_pause: asyncio.Task[None] | None = None
         self.input_budget: int | None = None if options is None else options.state_budget
         """With the payload store: the most a child run's or a task's input may take (the run's
         state budget as the worker capped it); None without the store (Temporal's 2 MiB then)."""
@@ -725,6 +741,7 @@ class _TemporalRuntime:
             # No command was sent for it: the SDK's (or the store's) refusal failed the workflow
             # task for ever.
             raise ActionFailedError(problem, PAYLOAD_TOO_LARGE, 0)
+        await self._pace_send(json_size(call.request.input, TASK_SEND_BUDGET), call.summary)
         retry = call.retry
         policy = RetryPolicy(
             initial_interval=parse_duration(retry.initial_interval),
@@ -871,6 +888,30 @@ class _TemporalRuntime:
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
+    async def _pace_send(self, size: int, summary: str) -> None:
+        """Counts an input of ``size`` bytes into this workflow task's; past
+        :data:`TASK_SEND_BUDGET` (and not the first), it waits for the next workflow task, which one
+        1 ms timer begins for every input waiting. Below the budget it returns without yielding."""
+        while True:
+            key = self.task_key()
+            if key != self._send_key:
+                self._send_key, self._sent = key, 0
+            if (
+                not self._sent
+                or self._sent + size <= TASK_SEND_BUDGET
+                or not self.patched(PATCH_TASK_SEND_PACING)
+            ):
+                self._sent += size
+                return
+            if self._send_pause is None or self._send_pause.done():
+                self._send_pause = asyncio.create_task(
+                    workflow.sleep(timedelta(milliseconds=1), summary=f"{summary}: pacing large inputs")
+                )
+            await workflow.wait_condition(functools.partial(self._task_moved_on, key))
+
+    def _task_moved_on(self, key: int) -> bool:
+        return self.task_key() != key
+
     def history_used(self) -> tuple[int, int]:
         info = workflow.info()
         return info.get_current_history_length(), info.get_current_history_size()
@@ -914,6 +955,7 @@ class _TemporalRuntime:
         )
         if problem is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", PAYLOAD_TOO_LARGE)
+        await self._pace_send(json_size(child_input.input, TASK_SEND_BUDGET), call.summary)
         if not call.wait and self._child_slots.locked():
             raise SubflowFailedError(
                 f"subflow {call.definition!r}: this run has {MAX_PENDING_CHILDREN} child runs open, the"
@@ -1004,6 +1046,7 @@ class _TemporalRuntime:
         )
         if problem is not None:
             raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
+        await self._pace_send(json_size(call.batch.model_dump(mode="json"), TASK_SEND_BUDGET), call.summary)
         async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
             return await self._run_batch(call, child_input, parent)
 

@@ -1,0 +1,77 @@
+"""What one workflow task sends, on a real dev server: the server takes a workflow task completion
+of at most 4 MiB (its gRPC limit). Found by a probe of this session: a foreach of 12 items, each
+task's input a 0.9 MB list (under Temporal's 2 MiB per payload), scheduled 11 MB in one completion;
+the SDK failed the whole run (``GrpcMessageTooLarge``): no compensation, no ``on_failure``. Now once
+the inputs a workflow task sends add up to ``TASK_SEND_BUDGET`` (1.5 MiB) the next waits for the
+next workflow task, and the run goes on as the definition says.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from interpreter.state import RunState
+from tests.workflows.support import definition, events, start, unique
+from workflows.generic import ENGINE_LEVEL
+
+
+@pytest.mark.parametrize("level", [0, ENGINE_LEVEL], ids=["asked", "generation"])
+async def test_large_inputs_of_one_workflow_task_are_sent_over_several(
+    client: Client, task_queue: str, worker: Worker, level: int
+) -> None:
+    document = definition(
+        unique("sends"),
+        [
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "ok"},
+                "compensate": [
+                    {"id": "refund", "type": "task", "action": "echo", "input": {"value": "refunded"}}
+                ],
+            },
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(12) | list",
+                "concurrency": 12,
+                "steps": [
+                    {
+                        "id": "call",
+                        "type": "task",
+                        "action": "echo",
+                        # The echo's 0.9 MB answer is over an action's output budget: the step
+                        # fails, and goes on (what matters here is that each call was sent).
+                        "on_failure": "continue",
+                        "input": {"value": "{{ input.big }}", "item": "{{ item }}"},
+                    }
+                ],
+            },
+        ],
+        output={"n": "{{ steps.each.output | length }}"},
+    )
+    handle = await start(
+        client,
+        task_queue,
+        document,
+        {"big": ["x" * 1000] * 900},
+        engine_level=level,
+        execution_timeout=timedelta(seconds=90),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": 12}
+    calls = [r for r in result.steps if r.id == "call"]
+    assert [r.error_type for r in calls] == ["ActionOutputTooLarge"] * 12  # every one was sent, once
+    assert len(await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)) == 0
+    scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    assert len(scheduled) == 13
+    # Sent over several workflow tasks, each completion under the server's 4 MiB.
+    tasks = {e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id for e in scheduled}
+    assert len(tasks) >= 7  # at most one 0.9 MB input past the first 1.5 MiB: two per task
