@@ -352,6 +352,11 @@ Both limits, and where the guard is checked, are part of what a run of generatio
 replays (it applies the guard without a marker): changing them takes a new patch."""
 
 
+PATCH_COMPENSATE_HERE_BUDGET = "compensate-here-budget"
+"""Patch id: a failed run whose switch between two compensations was declined (its next run's input
+too large) goes on counting its compensations' step budget where it was; before, the budget was
+reset a second time, so up to twice ``max_step_executions`` compensation steps ran. Asked only on
+that path."""
 PATCH_CONTINUE_AS_NEW_COMPENSATING = "continue-as-new-compensating"
 """Patch id: a run that fails (or ends by ``on_failure: compensate``) continues as new between two of
 its compensations when the host asks (Temporal suggests it, or the history budget is spent), carrying
@@ -4996,7 +5001,8 @@ class Engine:
         assert self._continuing is not None, "not stopped to continue as new"
         self._continuing = None
         self._switch_declined = True
-        self._ending = ending  # resumed compensating: the budget they began with goes on counting
+        if self.runtime.patched(PATCH_COMPENSATE_HERE_BUDGET):
+            self._ending = ending  # resumed compensating: the budget they began with goes on counting
         await self._compensate(ending)
         self._set_state(ending)
         return self.result()

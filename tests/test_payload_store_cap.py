@@ -29,7 +29,7 @@ from starter.payload_store import (
 from tests.test_payload_store import client_of, env_of, run_with_worker
 from tests.workflows.support import definition, record, unique
 from worker import WORKFLOWS, workflow_runner
-from workflows.generic import STATE_BUDGET_UNCHECKED, STORED_PAYLOAD_MAX_BYTES
+from workflows.generic import STATE_BUDGET_UNCHECKED, STORE_CODEC_MARGIN, STORED_PAYLOAD_MAX_BYTES
 
 CHUNK = 240_000  # two of them: under an action's 512 KiB output budget, each under a template's 256 KiB
 ITEMS = 36  # 36 outputs of 480 KB: 17.3 MB of state, over the 16 MiB default maximum
@@ -181,7 +181,9 @@ async def test_an_input_a_definition_amplifies_past_the_state_budget_fails_its_s
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
     failed = record(result, "huge")
     assert failed.error_type == "PayloadTooLarge"
-    assert f"more than the run's state budget ({DEFAULT_STATE_BUDGET} bytes)" in (failed.error or "")
+    assert f"more than one input may take ({DEFAULT_STATE_BUDGET} bytes: the run's state budget" in (
+        failed.error or ""
+    )
     assert record(result, "after").output == "done"
 
 
@@ -226,3 +228,41 @@ async def test_a_result_over_what_the_store_takes_is_returned_without_its_record
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
     assert result.output == {"items": 10}
     assert result.steps == []
+
+
+async def test_an_input_over_what_the_store_takes_fails_its_step_whatever_the_budget(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A budget above the store's cap (here the cap lowered to 4 MiB under the default 16 MiB, as a
+    worker allowing 256 MiB has it above 64 MiB): an input between the two fails its step too,
+    bounded by the store's cap less the codec's margin (found by a review: it went to the store,
+    which refused it, and the workflow task failed for ever)."""
+    cap = 4 * 1024 * 1024
+    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", cap)
+    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    document = definition(
+        unique("between"),
+        [
+            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
+            {
+                "id": "big",
+                "type": "task",
+                "action": "echo",
+                "on_failure": "continue",
+                "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(6)}},  # 6 MB
+            },
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "done"}},
+        ],
+    )
+    started = await flows.start_run(document, {})
+    result = await run_with_worker(client, task_queue, started.result(timeout=120))
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    assert record(result, "big").error_type == "PayloadTooLarge"
+    assert f"({cap - STORE_CODEC_MARGIN} bytes" in (record(result, "big").error or "")
+    assert record(result, "after").output == "done"

@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_ABANDON_CLOSES_WAITS,
         PATCH_BATCH_BOUNDS,
         PATCH_CANCEL_ON_FROM_CHAIN_START,
+        PATCH_COMPENSATE_HERE_BUDGET,
         PATCH_COMPENSATE_IN_FLIGHT,
         PATCH_CONTINUE_AS_NEW,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
@@ -173,6 +174,9 @@ STORED_PAYLOAD_MAX_BYTES = 64 * 1024 * 1024
 """Largest payload the payload store takes (``starter.payload_store.MAX_BLOB_BYTES``): with the store
 on, a result, a query's answer or a next run's input over it would fail its workflow task on every
 retry (the store refusing it), as one over Temporal's limit does without the store."""
+STORE_CODEC_MARGIN = 64 * 1024
+"""Kept under :data:`STORED_PAYLOAD_MAX_BYTES` when a payload is measured before it is encoded: the
+store checks the encoded bytes, which the encryption codec's framing makes slightly larger."""
 INLINE_INPUT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
 """Largest serialized input a run without the payload store gives a child run (a ``subflow``, a
 fanned-out foreach's slice) or an activity (a ``task``): over it the step fails with
@@ -306,6 +310,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CARRIED_CANCEL: 12,
     PATCH_STORE_INPUT_BUDGET: 12,
     PATCH_TASK_SEND_PACING: 12,
+    PATCH_COMPENSATE_HERE_BUDGET: 12,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -445,27 +450,25 @@ def _payload_bytes(value: Any) -> int:
     return workflow.payload_converter().to_payloads([value])[0].ByteSize()
 
 
-def _details(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> dict[str, Any]:
+def _details(result: RunResult, shape: ResultSteps, *, limit: int | None) -> dict[str, Any]:
     """What a run that did not complete carries in its error's details: its result, with the step
     records whatever ``RunOptions.result_steps`` says (where one looks first), compacted unless
     ``full`` (the only shape before the option); without them when they would not fit in
     Temporal's payload limit (:func:`_fitted`)."""
-    shaped = _fitted(result, ResultSteps.COMPACT if shape == ResultSteps.NONE else shape, inline=inline)
+    shaped = _fitted(result, ResultSteps.COMPACT if shape == ResultSteps.NONE else shape, limit=limit)
     details: dict[str, Any] = shaped.model_dump(mode="json")
     return details
 
 
-def _fitted(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> RunResult:
+def _fitted(result: RunResult, shape: ResultSteps, *, limit: int | None) -> RunResult:
     """``result`` in ``shape``, or without its step records (the status query has them, while its
     answer fits in the limit too) when they would take it past Temporal's payload limit: the SDK would refuse it, and the workflow
     task would fail again and again (a valid definition can record that much: 100 branches of a
-    200-item foreach; found by an attacker's probe). No result that fitted is changed; ``inline``
-    false: the run stores large payloads by reference (the payload store), up to the store's own
-    cap (:data:`STORED_PAYLOAD_MAX_BYTES`; a worker may allow a state budget above it)."""
+    200-item foreach; found by an attacker's probe). No result that fitted is changed. ``limit``:
+    :meth:`_TemporalRuntime.payload_limit` (None: the run cannot reach it, nothing measured)."""
     shaped = result.shaped(shape)
-    if shape == ResultSteps.NONE or not result.steps:
+    if limit is None or shape == ResultSteps.NONE or not result.steps:
         return shaped
-    limit = RESULT_MAX_BYTES if inline else STORED_PAYLOAD_MAX_BYTES
     size = _payload_bytes(shaped)
     if size <= limit:
         return shaped
@@ -479,15 +482,14 @@ def _fitted(result: RunResult, shape: ResultSteps, *, inline: bool = True) -> Ru
     return result.shaped(ResultSteps.NONE)
 
 
-def _fitted_status(status: RunStatus, *, inline: bool) -> RunStatus:
+def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     """``status``, or with only its most recent step records when all of them would take the query's
     answer past Temporal's payload limit (the server refused the answer, and the query failed for
     as long as the run kept them); the others are counted in ``steps_dropped``, as a chain's
     earlier records are; with the payload store, past the store's cap. A query writes nothing to
     history: no patch."""
-    if not status.steps:
+    if limit is None or not status.steps:
         return status
-    limit = RESULT_MAX_BYTES if inline else STORED_PAYLOAD_MAX_BYTES
     size = _payload_bytes(status)
     if size <= limit:
         return status
@@ -888,6 +890,26 @@ class _TemporalRuntime:
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
+    def payload_limit(self) -> int | None:
+        """The most the run's result (or failure details), status answer or next run's input may
+        take serialized: Temporal's 2 MiB without the payload store; with it, what the store takes
+        (less :data:`STORE_CODEC_MARGIN`), and None when the run's state budget is at most half
+        of that (what the run holds, with its step records, cannot reach it: nothing measured)."""
+        budget = self.input_budget
+        if budget is None:
+            return RESULT_MAX_BYTES
+        if budget <= STORED_PAYLOAD_MAX_BYTES // 2:
+            return None
+        return STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN
+
+    def input_limit(self) -> int:
+        """The most a task's or child run's input may take serialized: Temporal's 2 MiB without
+        the store; with it, the run's state budget, at most what the store takes."""
+        budget = self.input_budget
+        if budget is None:
+            return INLINE_INPUT_MAX_BYTES
+        return min(budget, STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN)
+
     async def _pace_send(self, size: int, summary: str) -> None:
         """Counts an input of ``size`` bytes into this workflow task's; past
         :data:`TASK_SEND_BUDGET` (and not the first), it waits for the next workflow task, which one
@@ -1112,15 +1134,15 @@ class _TemporalRuntime:
         Patch ``payload-too-large``, asked only for such an input: on a server whose
         ``limit.blobSize.error`` is raised above 2 MiB, a recorded run may have sent one.
         """
-        budget = self.input_budget
-        if budget is not None:  # with the store: bounded by the run's state budget
+        if self.input_budget is not None:  # with the store: the state budget, what the store takes
+            limit = self.input_limit()
             size = _payload_bytes(value)
-            if size <= budget or not self.patched(PATCH_STORE_INPUT_BUDGET):
+            if size <= limit or not self.patched(PATCH_STORE_INPUT_BUDGET):
                 return None
             return (
-                f"{what} is {size} bytes serialized, more than the run's state budget ({budget}"
-                " bytes) allows for one input. Keep less in the input (pass an id or a reference"
-                " instead of the data)"
+                f"{what} is {size} bytes serialized, more than one input may take ({limit} bytes:"
+                " the run's state budget, at most what the payload store takes). Keep less in the"
+                " input (pass an id or a reference instead of the data)"
             )
         size = _payload_bytes(value)
         if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
@@ -1140,8 +1162,7 @@ class _TemporalRuntime:
         serialized here."""
         request = call.request
         ids = len(request.step_id) + len(request.idempotency_key) + len(request.tenant)
-        limit = INLINE_INPUT_MAX_BYTES if self.input_budget is None else self.input_budget
-        room = limit // _QUICK_BOUND_EXPANSION - ids - 1024
+        room = self.input_limit() // _QUICK_BOUND_EXPANSION - ids - 1024
         if room > 0 and json_size(request.input, room) <= room:
             return None
         return self._payload_problem(request, f"the input of its action {call.action!r}")
@@ -1455,7 +1476,7 @@ class GenericRun:
                 raise asyncio.CancelledError(result.error)
             raise ApplicationError(
                 result.error or "cancelled",
-                _details(result, run.options.result_steps, inline=run.options.state_budget is None),
+                _details(result, run.options.result_steps, limit=self._runtime.payload_limit()),
                 type="RunCancelled",
                 non_retryable=True,
             )
@@ -1463,19 +1484,19 @@ class GenericRun:
             # Not a success: closes as failed (red in the Web UI), the error type saying why.
             raise ApplicationError(
                 f"compensated: {result.error or 'a step failed'}",
-                _details(result, run.options.result_steps, inline=run.options.state_budget is None),
+                _details(result, run.options.result_steps, limit=self._runtime.payload_limit()),
                 type="RunCompensated",
                 non_retryable=True,
             )
         if result.state == RunState.FAILED:
             raise ApplicationError(
                 result.error or "failed",
-                _details(result, run.options.result_steps, inline=run.options.state_budget is None),
+                _details(result, run.options.result_steps, limit=self._runtime.payload_limit()),
                 type=result.error_type or "WorkflowFailed",
                 non_retryable=True,
             )
         # RunOptions.result_steps: a run whose input does not name it returns the result as before.
-        return _fitted(result, run.options.result_steps, inline=run.options.state_budget is None)
+        return _fitted(result, run.options.result_steps, limit=self._runtime.payload_limit())
 
     def _wants_new_run(self) -> bool:
         """The engine asks at its safe points: Temporal suggests continuing as new, or the
@@ -1506,15 +1527,15 @@ class GenericRun:
             batch=run.batch,
         )
         # Without the payload store the input goes inline (Temporal's limit); with it, by reference
-        # up to the store's cap.
-        limit = CONTINUE_AS_NEW_MAX_BYTES if run.options.state_budget is None else STORED_PAYLOAD_MAX_BYTES
-        size = _payload_bytes(next_input)
-        if size > limit and self._engine.compensating_switch:
+        # up to the store's cap (measured only when the run's state budget could reach it).
+        limit = self._runtime.payload_limit()
+        size = 0 if limit is None else _payload_bytes(next_input)
+        if limit is not None and size > limit and self._engine.compensating_switch:
             # A failed run between two compensations: the rest run here, as they did before
             # runs could switch while compensating (the history guard left them the room).
             workflow.logger.info("compensating in this run: its next run's input would be %d bytes", size)
             return await self._engine.compensate_here()
-        if size > limit:
+        if limit is not None and size > limit:
             # The SDK (or the store) would refuse the payload and the workflow task would fail for
             # ever: the run fails instead, saying why.
             where = (
@@ -1539,7 +1560,7 @@ class GenericRun:
                 _details(
                     self._engine.result(),
                     run.options.result_steps,
-                    inline=run.options.state_budget is None,
+                    limit=self._runtime.payload_limit(),
                 ),
                 type="ContinueAsNewTooLarge",
                 non_retryable=True,
@@ -1819,7 +1840,7 @@ class GenericRun:
     @workflow.query
     def status(self) -> RunStatus:
         """The run's state, current steps, every step so far, pending approvals and variables."""
-        return _fitted_status(self._engine.status(), inline=self._options.state_budget is None)
+        return _fitted_status(self._engine.status(), limit=self._runtime.payload_limit())
 
     def _acceptable(self, kind: DecisionKind, decision: Decision) -> bool:
         try:

@@ -17,7 +17,12 @@ from interpreter.continuation import (
     ContinuationVersionError,
     read_continuation,
 )
-from interpreter.engine import PATCH_CONTINUE_AS_NEW_COMPENSATING, Engine, RunInfo
+from interpreter.engine import (
+    PATCH_COMPENSATE_HERE_BUDGET,
+    PATCH_CONTINUE_AS_NEW_COMPENSATING,
+    Engine,
+    RunInfo,
+)
 from interpreter.events import Event
 from interpreter.model import Definition
 from interpreter.state import CancelRequest, Decision, DecisionKind, RunResult, RunState, StepStatus
@@ -717,6 +722,20 @@ async def test_a_saga_that_cannot_switch_compensates_here_within_the_same_step_b
     assert [(c.activity_id, c.outcome) for c in rt.calls] == [
         (c.activity_id, c.outcome) for c in straight_rt.calls
     ]
+
+    # A run recorded before the patch (it answers False on replay) keeps its second budget.
+    rt = _saga_runtime()
+    rt.declined.add(PATCH_COMPENSATE_HERE_BUDGET)
+    engine = Engine(
+        definition,
+        {},
+        rt,
+        RunInfo("wf-1", "run-0", rt.now()),
+        continue_as_new=lambda: any(c.action == "refund" for c in rt.calls),
+    )
+    await rt.run(engine.run())
+    await rt.run(engine.compensate_here())
+    assert [c.action for c in rt.calls].count("refund") == 24
 
 
 async def _compensating_snapshot() -> tuple[Definition, Continuation]:
