@@ -266,3 +266,42 @@ async def test_an_input_over_what_the_store_takes_fails_its_step_whatever_the_bu
     assert record(result, "big").error_type == "PayloadTooLarge"
     assert f"({cap - STORE_CODEC_MARGIN} bytes" in (record(result, "big").error or "")
     assert record(result, "after").output == "done"
+
+
+async def test_many_amplified_inputs_fail_their_steps_without_being_serialized(
+    temporal_env: WorkflowEnvironment, task_queue: str, database_url: str, tmp_path: Path
+) -> None:
+    """The probe's second shape: a foreach of 24 items at once, each rendering a 55 MB input. Each
+    fails its step on its quick count, none serialized (before: 1.3 GB per attempt, past the
+    workflow task's timeout, retried for ever); no workflow task fails."""
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    document = definition(
+        unique("many"),
+        [
+            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(24) | list",
+                "concurrency": 24,
+                "steps": [
+                    {
+                        "id": "item",
+                        "type": "task",
+                        "action": "echo",
+                        "on_failure": "continue",
+                        "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(55)}},
+                    }
+                ],
+            },
+        ],
+    )
+    started = await flows.start_run(document, {})
+    result = await run_with_worker(client, task_queue, started.result(timeout=120))
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    items = [r for r in result.steps if r.id == "item"]
+    assert [r.error_type for r in items] == ["PayloadTooLarge"] * 24
+    assert all("is over " in (r.error or "") for r in items)
+    history = await client.get_workflow_handle(started.workflow_id).fetch_history()
+    assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]

@@ -127,6 +127,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionKind,
         DecisionRecord,
         DecisionRequest,
+        ForeachBatch,
         ParkedStep,
         ResultSteps,
         RunInput,
@@ -444,6 +445,17 @@ def dry_run_result(call: ActionCall, canned: Mapping[str, Any]) -> ActionResult:
     )
 
 
+def _batch_json_size(batch: ForeachBatch) -> int:
+    """What a fan-out slice's input takes as JSON, about (its items and the context its body reads),
+    counted up to :data:`TASK_SEND_BUDGET` without serializing it."""
+    total = 0
+    for part in (batch.items, batch.steps, batch.locals, batch.vars, batch.input, batch.run):
+        total += json_size(part, TASK_SEND_BUDGET)
+        if total > TASK_SEND_BUDGET:
+            break
+    return total
+
+
 def _payload_bytes(value: Any) -> int:
     """The bytes ``value`` takes as one Temporal payload (this worker's converter), as the SDK and
     the server measure it against the payload limit."""
@@ -738,12 +750,13 @@ class _TemporalRuntime:
                 "MissingTimeout",
                 0,
             )
+        # Paced first: a large input measured (serialized) below waits for a workflow task of its own.
+        await self._pace_send(json_size(call.request.input, TASK_SEND_BUDGET), call.summary)
         problem = self._activity_input_problem(call)
         if problem is not None:
             # No command was sent for it: the SDK's (or the store's) refusal failed the workflow
             # task for ever.
             raise ActionFailedError(problem, PAYLOAD_TOO_LARGE, 0)
-        await self._pace_send(json_size(call.request.input, TASK_SEND_BUDGET), call.summary)
         retry = call.retry
         policy = RetryPolicy(
             initial_interval=parse_duration(retry.initial_interval),
@@ -972,12 +985,12 @@ class _TemporalRuntime:
             input=call.input,
             options=self._options.model_copy(update={"subflow_depth": call.depth}),
         )
+        await self._pace_send(json_size(child_input.input, TASK_SEND_BUDGET), call.summary)
         problem = self._payload_problem(
             child_input, f"the input of its child run {temporal_id(call.workflow_id)!r}"
         )
         if problem is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", PAYLOAD_TOO_LARGE)
-        await self._pace_send(json_size(child_input.input, TASK_SEND_BUDGET), call.summary)
         if not call.wait and self._child_slots.locked():
             raise SubflowFailedError(
                 f"subflow {call.definition!r}: this run has {MAX_PENDING_CHILDREN} child runs open, the"
@@ -1061,6 +1074,7 @@ class _TemporalRuntime:
         its compensations) and if the parent closes first."""
         parent = workflow.info().workflow_id
         child_input = RunInput(definition=call.definition, options=self._options, batch=call.batch)
+        await self._pace_send(_batch_json_size(call.batch), call.summary)
         problem = self._payload_problem(
             child_input,
             f"the child run's input (the definition, its {len(call.batch.items)} items and the"
@@ -1068,7 +1082,6 @@ class _TemporalRuntime:
         )
         if problem is not None:
             raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
-        await self._pace_send(json_size(call.batch.model_dump(mode="json"), TASK_SEND_BUDGET), call.summary)
         async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
             return await self._run_batch(call, child_input, parent)
 
@@ -1139,11 +1152,7 @@ class _TemporalRuntime:
             size = _payload_bytes(value)
             if size <= limit or not self.patched(PATCH_STORE_INPUT_BUDGET):
                 return None
-            return (
-                f"{what} is {size} bytes serialized, more than one input may take ({limit} bytes:"
-                " the run's state budget, at most what the payload store takes). Keep less in the"
-                " input (pass an id or a reference instead of the data)"
-            )
+            return self._store_input_message(what, str(size), limit)
         size = _payload_bytes(value)
         if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
             return None
@@ -1154,6 +1163,14 @@ class _TemporalRuntime:
             " (WFA_PAYLOAD_STORE)"
         )
 
+    @staticmethod
+    def _store_input_message(what: str, size: str, limit: int) -> str:
+        return (
+            f"{what} is {size} bytes serialized, more than one input may take ({limit} bytes:"
+            " the run's state budget, at most what the payload store takes). Keep less in the"
+            " input (pass an id or a reference instead of the data)"
+        )
+
     def _activity_input_problem(self, call: ActionCall) -> str | None:
         """:meth:`_payload_problem` for a task's activity input, measured only when a quick upper
         bound cannot rule it out: ``json_size`` of the rendered input (which stops counting at the
@@ -1162,10 +1179,25 @@ class _TemporalRuntime:
         serialized here."""
         request = call.request
         ids = len(request.step_id) + len(request.idempotency_key) + len(request.tenant)
-        room = self.input_limit() // _QUICK_BOUND_EXPANSION - ids - 1024
-        if room > 0 and json_size(request.input, room) <= room:
+        limit = self.input_limit()
+        room = limit // _QUICK_BOUND_EXPANSION - ids - 1024
+        what = f"the input of its action {call.action!r}"
+        if self.input_budget is None:
+            if room > 0 and json_size(request.input, room) <= room:
+                return None
+            return self._payload_problem(request, what)
+        # With the store an input may be far larger: one clearly over the bound (its size before
+        # any escape, with a margin for how json_size counts numbers) fails without serializing it
+        # (24 inputs of 55 MB took a workflow task 5.5 s to serialize; found by a probe).
+        over = limit + limit // 64
+        counted = json_size(request.input, over)
+        if room > 0 and counted <= room:
             return None
-        return self._payload_problem(request, f"the input of its action {call.action!r}")
+        if counted <= over:
+            return self._payload_problem(request, what)
+        if not self.patched(PATCH_STORE_INPUT_BUDGET):
+            return None
+        return self._store_input_message(what, f"over {over}", limit)
 
     async def _start_child(
         self,
