@@ -146,6 +146,36 @@ async def test_a_default_budget_run_asks_the_worker_nothing(
     assert not [e for e in markers if b"wfa.state_budget_max" in e.SerializeToString()]
 
 
+def _amplified(name: str, keys: int, items: int = 0) -> dict[str, Any]:
+    """A definition that renders, from an empty run input, a task input of ``keys`` x 1 MB (a 90 KB
+    string repeated 11 times per key): in a ``foreach`` of ``items`` at once when given, then a
+    last task."""
+    call = {
+        "id": "item" if items else "huge",
+        "type": "task",
+        "action": "echo",
+        "on_failure": "continue",
+        "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(keys)}},
+    }
+    body: dict[str, Any] = call
+    if items:
+        body = {
+            "id": "each",
+            "type": "foreach",
+            "items": f"range({items}) | list",
+            "concurrency": items,
+            "steps": [call],
+        }
+    return definition(
+        unique(name),
+        [
+            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
+            body,
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "done"}},
+        ],
+    )
+
+
 # ------------------------------------------- what the store takes: its own cap (found by a probe)
 
 
@@ -162,20 +192,7 @@ async def test_an_input_a_definition_amplifies_past_the_state_budget_fails_its_s
     state budget fails its step (``PayloadTooLarge``), which ``on_failure`` handles."""
     client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
     flows = FlowClient(client, task_queue=task_queue, database=database_url)
-    document = definition(
-        unique("amplified"),
-        [
-            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
-            {
-                "id": "huge",
-                "type": "task",
-                "action": "echo",
-                "on_failure": "continue",
-                "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(70)}},
-            },
-            {"id": "after", "type": "task", "action": "echo", "input": {"value": "done"}},
-        ],
-    )
+    document = _amplified("amplified", 70)
     started = await flows.start_run(document, {})
     result = await run_with_worker(client, task_queue, started.result(timeout=120))
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
@@ -246,25 +263,12 @@ async def test_an_input_over_what_the_store_takes_fails_its_step_whatever_the_bu
     monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
     client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
     flows = FlowClient(client, task_queue=task_queue, database=database_url)
-    document = definition(
-        unique("between"),
-        [
-            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
-            {
-                "id": "big",
-                "type": "task",
-                "action": "echo",
-                "on_failure": "continue",
-                "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(6)}},  # 6 MB
-            },
-            {"id": "after", "type": "task", "action": "echo", "input": {"value": "done"}},
-        ],
-    )
+    document = _amplified("between", 6)  # 6 MB
     started = await flows.start_run(document, {})
     result = await run_with_worker(client, task_queue, started.result(timeout=120))
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
-    assert record(result, "big").error_type == "PayloadTooLarge"
-    assert f"({cap - STORE_CODEC_MARGIN} bytes" in (record(result, "big").error or "")
+    assert record(result, "huge").error_type == "PayloadTooLarge"
+    assert f"({cap - STORE_CODEC_MARGIN} bytes" in (record(result, "huge").error or "")
     assert record(result, "after").output == "done"
 
 
@@ -276,27 +280,7 @@ async def test_many_amplified_inputs_fail_their_steps_without_being_serialized(
     workflow task's timeout, retried for ever); no workflow task fails."""
     client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
     flows = FlowClient(client, task_queue=task_queue, database=database_url)
-    document = definition(
-        unique("many"),
-        [
-            {"id": "mk", "type": "set", "vars": {"s": "{{ 'x' * 90000 }}"}},
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(24) | list",
-                "concurrency": 24,
-                "steps": [
-                    {
-                        "id": "item",
-                        "type": "task",
-                        "action": "echo",
-                        "on_failure": "continue",
-                        "input": {"value": {f"k{i}": "{{ [vars.s] * 11 }}" for i in range(55)}},
-                    }
-                ],
-            },
-        ],
-    )
+    document = _amplified("many", 55, items=24)
     started = await flows.start_run(document, {})
     result = await run_with_worker(client, task_queue, started.result(timeout=120))
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)

@@ -706,18 +706,23 @@ async def test_a_saga_that_cannot_switch_compensates_here_within_the_same_step_b
     # Four bookings of six undo steps each: 24 past the budget of 20, so four are refused.
     assert [c.action for c in straight_rt.calls].count("refund") == 20
 
+    async def declined(rt: FakeRuntime) -> RunResult:
+        """The run, asking to switch from its first compensation on, then compensating here."""
+        engine = Engine(
+            definition,
+            {},
+            rt,
+            RunInfo("wf-1", "run-0", rt.now()),
+            continue_as_new=lambda: any(c.action == "refund" for c in rt.calls),
+        )
+        await rt.run(engine.run())
+        assert engine.compensating_switch
+        result = await rt.run(engine.compensate_here())
+        assert not engine.continuing
+        return result
+
     rt = _saga_runtime()
-    engine = Engine(
-        definition,
-        {},
-        rt,
-        RunInfo("wf-1", "run-0", rt.now()),
-        continue_as_new=lambda: any(c.action == "refund" for c in rt.calls),
-    )
-    await rt.run(engine.run())
-    assert engine.compensating_switch
-    result = await rt.run(engine.compensate_here())
-    assert not engine.continuing
+    result = await declined(rt)
     assert (result.state, result.error_type) == (straight.state, straight.error_type)
     assert [(c.activity_id, c.outcome) for c in rt.calls] == [
         (c.activity_id, c.outcome) for c in straight_rt.calls
@@ -726,15 +731,7 @@ async def test_a_saga_that_cannot_switch_compensates_here_within_the_same_step_b
     # A run recorded before the patch (it answers False on replay) keeps its second budget.
     rt = _saga_runtime()
     rt.declined.add(PATCH_COMPENSATE_HERE_BUDGET)
-    engine = Engine(
-        definition,
-        {},
-        rt,
-        RunInfo("wf-1", "run-0", rt.now()),
-        continue_as_new=lambda: any(c.action == "refund" for c in rt.calls),
-    )
-    await rt.run(engine.run())
-    await rt.run(engine.compensate_here())
+    await declined(rt)
     assert [c.action for c in rt.calls].count("refund") == 24
 
 
