@@ -750,9 +750,11 @@ class _TemporalRuntime:
                 "MissingTimeout",
                 0,
             )
-        # Paced first: a large input measured (serialized) below waits for a workflow task of its own.
-        await self._pace_send(json_size(call.request.input, TASK_SEND_BUDGET), call.summary)
-        problem = self._activity_input_problem(call)
+        # One walk of the input serves both. Paced first: a large input measured (serialized) below
+        # waits for a workflow task of its own.
+        counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
+        await self._pace_send(counted, call.summary)
+        problem = self._activity_input_problem(call, counted)
         if problem is not None:
             # No command was sent for it: the SDK's (or the store's) refusal failed the workflow
             # task for ever.
@@ -1147,13 +1149,12 @@ class _TemporalRuntime:
         Patch ``payload-too-large``, asked only for such an input: on a server whose
         ``limit.blobSize.error`` is raised above 2 MiB, a recorded run may have sent one.
         """
+        size = _payload_bytes(value)
         if self.input_budget is not None:  # with the store: the state budget, what the store takes
             limit = self.input_limit()
-            size = _payload_bytes(value)
             if size <= limit or not self.patched(PATCH_STORE_INPUT_BUDGET):
                 return None
             return self._store_input_message(what, str(size), limit)
-        size = _payload_bytes(value)
         if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
             return None
         return (
@@ -1171,33 +1172,34 @@ class _TemporalRuntime:
             " input (pass an id or a reference instead of the data)"
         )
 
-    def _activity_input_problem(self, call: ActionCall) -> str | None:
+    def _input_count_bound(self) -> int:
+        """How far :meth:`_activity_input_problem` needs a task input's ``json_size`` counted:
+        without the store, to what rules it out; with it, past the bound (plus 1/64, a margin for
+        how ``json_size`` counts numbers), where it is over before any escape."""
+        limit = self.input_limit()
+        return limit // _QUICK_BOUND_EXPANSION if self.input_budget is None else limit + limit // 64
+
+    def _activity_input_problem(self, call: ActionCall, counted: int) -> str | None:
         """:meth:`_payload_problem` for a task's activity input, measured only when a quick upper
-        bound cannot rule it out: ``json_size`` of the rendered input (which stops counting at the
-        bound) times the most a character's escape expands, plus the request's other fields.
-        The 5-step benchmark's inputs are far under it, so they are walked once, never
-        serialized here."""
+        bound cannot rule it out: ``counted``, the rendered input's ``json_size`` counted at least
+        to :meth:`_input_count_bound`, times the most a character's escape expands, plus the
+        request's other fields. The 5-step benchmark's inputs are far under it, so they are walked
+        once, never serialized here."""
         request = call.request
         ids = len(request.step_id) + len(request.idempotency_key) + len(request.tenant)
-        limit = self.input_limit()
-        room = limit // _QUICK_BOUND_EXPANSION - ids - 1024
-        what = f"the input of its action {call.action!r}"
-        if self.input_budget is None:
-            if room > 0 and json_size(request.input, room) <= room:
-                return None
-            return self._payload_problem(request, what)
-        # With the store an input may be far larger: one clearly over the bound (its size before
-        # any escape, with a margin for how json_size counts numbers) fails without serializing it
-        # (24 inputs of 55 MB took a workflow task 5.5 s to serialize; found by a probe).
-        over = limit + limit // 64
-        counted = json_size(request.input, over)
+        room = self.input_limit() // _QUICK_BOUND_EXPANSION - ids - 1024
         if room > 0 and counted <= room:
             return None
-        if counted <= over:
+        what = f"the input of its action {call.action!r}"
+        # With the store an input may be far larger: one clearly over the bound (its size before
+        # any escape) fails without serializing it (24 inputs of 55 MB took a workflow task 5.5 s
+        # to serialize; found by a probe).
+        over = self._input_count_bound()
+        if self.input_budget is None or counted <= over:
             return self._payload_problem(request, what)
         if not self.patched(PATCH_STORE_INPUT_BUDGET):
             return None
-        return self._store_input_message(what, f"over {over}", limit)
+        return self._store_input_message(what, f"over {over}", self.input_limit())
 
     async def _start_child(
         self,
@@ -1562,38 +1564,31 @@ class GenericRun:
         # up to the store's cap (measured only when the run's state budget could reach it).
         limit = self._runtime.payload_limit()
         size = 0 if limit is None else _payload_bytes(next_input)
-        if limit is not None and size > limit and self._engine.compensating_switch:
-            # A failed run between two compensations: the rest run here, as they did before
-            # runs could switch while compensating (the history guard left them the room).
-            workflow.logger.info("compensating in this run: its next run's input would be %d bytes", size)
-            return await self._engine.compensate_here()
         if limit is not None and size > limit:
+            if self._engine.compensating_switch:
+                # A failed run between two compensations: the rest run here, as they did before
+                # runs could switch while compensating (the history guard left them the room).
+                workflow.logger.info("compensating in this run: its next run's input would be %d bytes", size)
+                return await self._engine.compensate_here()
             # The SDK (or the store) would refuse the payload and the workflow task would fail for
             # ever: the run fails instead, saying why.
-            where = (
-                "Temporal's payload limit allows"
-                if run.options.state_budget is None
-                else "the payload store takes"
-            )
+            if run.options.state_budget is None:
+                where, advice = (
+                    "Temporal's payload limit allows",
+                    (", or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"),
+                )
+            else:
+                where, advice = "the payload store takes", ""
             message = (
                 f"the run cannot continue as new: its next run's input (definition, input and"
                 f" state) is {size} bytes, more than {where} ({limit} bytes). Keep less in"
-                " variables and step outputs"
-                + (
-                    ", or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"
-                    if run.options.state_budget is None
-                    else ""
-                )
+                f" variables and step outputs{advice}"
             )
             await self._engine.abandon_continuation(message, "ContinueAsNewTooLarge")
             self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
             raise ApplicationError(
                 message,
-                _details(
-                    self._engine.result(),
-                    run.options.result_steps,
-                    limit=self._runtime.payload_limit(),
-                ),
+                _details(self._engine.result(), run.options.result_steps, limit=limit),
                 type="ContinueAsNewTooLarge",
                 non_retryable=True,
             )
