@@ -182,10 +182,15 @@ INLINE_INPUT_MAX_BYTES = CONTINUE_AS_NEW_MAX_BYTES
 """Largest serialized input a run without the payload store gives a child run (a ``subflow``, a
 fanned-out foreach's slice) or an activity (a ``task``): over it the step fails with
 ``PayloadTooLarge`` (:meth:`_TemporalRuntime._payload_problem`), where the SDK would refuse the
-payload and fail the workflow task again and again, the run stuck running. Temporal's limit itself,
-no less: an input under it went through before this check and must replay (with the encryption
-codec, whose framing adds under 200 bytes, an input within that of the limit still fails its
-task as before)."""
+payload and fail the workflow task again and again, the run stuck running. Temporal's limit itself;
+runs of generation 13 keep :data:`CODEC_FRAMING_MARGIN` under it."""
+CODEC_FRAMING_MARGIN = 1024
+"""Kept under Temporal's payload limit by what a run without the payload store sends inline (a
+task's or child run's input, a next run's input, its result and status answer), measured before
+the data converter's codec: the encryption codec's framing (nonce, tag, key id: 86 bytes with a
+one-letter key id) made a payload within that of the limit in clear pass it encrypted, and the SDK
+refused it on every retry of the workflow task (patch ``codec-framing-margin``, generation 13,
+asked only for a payload in that margin: without the codec such a payload went through)."""
 PAYLOAD_TOO_LARGE = "PayloadTooLarge"
 """Error type of a step whose child run's or activity's input is over :data:`INLINE_INPUT_MAX_BYTES`."""
 _QUICK_BOUND_EXPANSION = 6
@@ -230,6 +235,10 @@ budget fails its step (``PayloadTooLarge``); before, nothing bounded it, and an 
 amplified past what the store takes (a list of a 90 KB string repeated 770 times) failed the workflow
 task on every retry, the run stuck, the worker holding it in memory each time (found by an
 attacker's probe). Asked only for such an input (one under the store's own cap went through)."""
+PATCH_CODEC_FRAMING_MARGIN = "codec-framing-margin"
+"""Patch id: a payload within :data:`CODEC_FRAMING_MARGIN` under Temporal's limit (a task's or
+child run's input, a next run's input, without the payload store) is refused as one over it: with
+the encryption codec it was over it once encrypted, and its workflow task failed for ever."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -312,6 +321,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_STORE_INPUT_BUDGET: 12,
     PATCH_TASK_SEND_PACING: 12,
     PATCH_COMPENSATE_HERE_BUDGET: 12,
+    PATCH_CODEC_FRAMING_MARGIN: 13,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -912,10 +922,21 @@ class _TemporalRuntime:
         of that (what the run holds, with its step records, cannot reach it: nothing measured)."""
         budget = self.input_budget
         if budget is None:
-            return RESULT_MAX_BYTES
+            # A result or status answer needs no patch (neither is compared on replay); a next
+            # run's input in the margin asks one (:meth:`refuses`).
+            return RESULT_MAX_BYTES - CODEC_FRAMING_MARGIN
         if budget <= STORED_PAYLOAD_MAX_BYTES // 2:
             return None
         return STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN
+
+    def refuses(self, size: int, limit: int) -> bool:
+        """Whether a next run's input of ``size`` bytes, over :meth:`payload_limit`'s ``limit``,
+        is refused: always over Temporal's own limit (or the store's cap); within
+        :data:`CODEC_FRAMING_MARGIN` under Temporal's, where such a run continued as new before
+        the margin, only where patch ``codec-framing-margin`` applies."""
+        if self.input_budget is not None or size > CONTINUE_AS_NEW_MAX_BYTES:
+            return True
+        return self.patched(PATCH_CODEC_FRAMING_MARGIN)
 
     def input_limit(self) -> int:
         """The most a task's or child run's input may take serialized: Temporal's 2 MiB without
@@ -1155,13 +1176,22 @@ class _TemporalRuntime:
             if size <= limit or not self.patched(PATCH_STORE_INPUT_BUDGET):
                 return None
             return self._store_input_message(what, str(size), limit)
-        if size <= INLINE_INPUT_MAX_BYTES or not self.patched(PATCH_PAYLOAD_TOO_LARGE):
+        if size <= INLINE_INPUT_MAX_BYTES - CODEC_FRAMING_MARGIN:
             return None
+        if size <= INLINE_INPUT_MAX_BYTES:  # over it once an encryption codec frames it
+            if not self.patched(PATCH_CODEC_FRAMING_MARGIN):
+                return None
+            room = (
+                f" ({INLINE_INPUT_MAX_BYTES} bytes, less {CODEC_FRAMING_MARGIN} kept for a codec's framing)"
+            )
+        elif not self.patched(PATCH_PAYLOAD_TOO_LARGE):
+            return None
+        else:
+            room = f" ({INLINE_INPUT_MAX_BYTES} bytes)"
         return (
-            f"{what} is {size} bytes serialized, more than Temporal takes in one payload"
-            f" ({INLINE_INPUT_MAX_BYTES} bytes). Keep less in the input (pass an id or a reference"
-            " instead of the data), or run with large payloads stored by reference"
-            " (WFA_PAYLOAD_STORE)"
+            f"{what} is {size} bytes serialized, more than Temporal takes in one payload{room}."
+            " Keep less in the input (pass an id or a reference instead of the data), or run with"
+            " large payloads stored by reference (WFA_PAYLOAD_STORE)"
         )
 
     @staticmethod
@@ -1564,7 +1594,7 @@ class GenericRun:
         # up to the store's cap (measured only when the run's state budget could reach it).
         limit = self._runtime.payload_limit()
         size = 0 if limit is None else _payload_bytes(next_input)
-        if limit is not None and size > limit:
+        if limit is not None and size > limit and self._runtime.refuses(size, limit):
             if self._engine.compensating_switch:
                 # A failed run between two compensations: the rest run here, as they did before
                 # runs could switch while compensating (the history guard left them the room).
@@ -1574,7 +1604,7 @@ class GenericRun:
             # ever: the run fails instead, saying why.
             if run.options.state_budget is None:
                 where, advice = (
-                    "Temporal's payload limit allows",
+                    "Temporal's payload limit allows, less a codec's framing",
                     (", or run with large payloads stored by reference (WFA_PAYLOAD_STORE)"),
                 )
             else:
