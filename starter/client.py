@@ -1628,8 +1628,8 @@ class FlowClient:
         """The run's state, current steps, every step so far, pending approvals, decisions, vars.
 
         Asks the workflow (the ``status`` query, answered by a worker). For a run that has ended
-        while no worker answers, the status is rebuilt from its result instead (``vars`` and
-        ``decisions`` are then empty).
+        while no worker answers, or that a worker cannot replay, the status is rebuilt from its
+        result instead (``vars`` and ``decisions`` are then empty).
 
         Raises:
             RunNotFoundError: No such run.
@@ -1645,7 +1645,9 @@ class FlowClient:
                 await _decode_pending_failures(self.client, description)
             return _with_pending_activities(status, description) if running else status
         except WorkflowQueryFailedError as err:
-            raise StarterError(f"run {workflow_id!r} could not answer the status query: {err}") from None
+            if running:
+                raise StarterError(f"run {workflow_id!r} could not answer the status query: {err}") from None
+            # An ended run a worker cannot replay (e.g. it failed reading an altered stored input).
         except RPCError as err:
             # The query's own deadline surfaces as CANCELLED ("Timeout expired") or DEADLINE_EXCEEDED.
             no_worker = err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED) or (

@@ -76,6 +76,7 @@ from temporalio.converter import (
     StorageDriverStoreContext,
     StorageDriverWorkflowInfo,
 )
+from temporalio.exceptions import ApplicationError
 
 from starter.codec import ENCODING as ENCRYPTED
 from starter.codec import PayloadKeysError
@@ -95,6 +96,7 @@ __all__ = [
     "STORE_ENV",
     "THRESHOLD_ENV",
     "FilesystemDriver",
+    "PayloadStoreAltered",
     "PayloadStoreConfig",
     "PayloadStoreConfigError",
     "PayloadStoreError",
@@ -136,6 +138,24 @@ class PayloadStoreError(RuntimeError):
     """A stored payload cannot be written or read (missing, altered, of another namespace)."""
 
 
+class PayloadStoreAltered(PayloadStoreError, ApplicationError):
+    """A reference this store will never honour: the bytes under its digest are not the ones
+    stored (altered), or it is not a reference of this store (malformed, another namespace's).
+
+    Also a non-retryable :class:`ApplicationError` (type ``PayloadStoreAltered``): raised while a
+    worker decodes a workflow activation, the SDK fails the run with this message instead of failing
+    the workflow task on every retry (the run would be stuck for ever). A *missing* blob stays a
+    plain :class:`PayloadStoreError`: the task is retried, so the run goes on once the blob is
+    restored (or the worker's misconfigured store is fixed)."""
+
+    def __init__(self, message: str) -> None:
+        ApplicationError.__init__(self, message, type="PayloadStoreAltered", non_retryable=True)
+
+    def __str__(self) -> str:
+        """The message alone, as every other store error reads (no ``type:`` prefix)."""
+        return self.message
+
+
 def _segment(namespace: str) -> str:
     """The namespace as one safe path segment (percent-encoded, never ``.`` or ``..``)."""
     if not namespace:
@@ -148,11 +168,11 @@ def _claim_parts(claim: StorageDriverClaim, bound: str | None, driver: str) -> t
     namespace = data.get("namespace", "")
     digest = data.get("digest", "")
     if data.get("hash_algorithm", "sha256") != "sha256" or not _DIGEST.match(digest):
-        raise PayloadStoreError(f"{driver}: not a reference of this store (digest {digest[:80]!r})")
+        raise PayloadStoreAltered(f"{driver}: not a reference of this store (digest {digest[:80]!r})")
     if len(namespace) > 1000:
-        raise PayloadStoreError(f"{driver}: not a reference of this store (namespace too long)")
+        raise PayloadStoreAltered(f"{driver}: not a reference of this store (namespace too long)")
     if bound is not None and namespace != bound:
-        raise PayloadStoreError(
+        raise PayloadStoreAltered(
             f"{driver}: a reference to namespace {namespace[:100]!r}'s payload, read in namespace {bound!r}"
         )
     return namespace, digest
@@ -172,7 +192,7 @@ def _check_size(data: bytes, driver: str) -> None:
 
 def _verify(data: bytes, digest: str, where: str) -> Payload:
     if hashlib.sha256(data).hexdigest() != digest:
-        raise PayloadStoreError(f"{where}: the stored payload does not match its digest (altered)")
+        raise PayloadStoreAltered(f"{where}: the stored payload does not match its digest (altered)")
     return Payload.FromString(data)
 
 
@@ -579,14 +599,14 @@ class S3Driver(StorageDriver):
         data = claim.claim_data
         key, digest = data.get("key", ""), data.get("hash_value", "")
         if data.get("bucket") != self.bucket:
-            raise PayloadStoreError(
+            raise PayloadStoreAltered(
                 f"{self.NAME}: a reference to another bucket ({str(data.get('bucket'))[:100]!r})"
             )
         match = _S3_KEY.match(key) if len(key) <= 1024 else None
         if match is None or data.get("hash_algorithm") != "sha256" or match["digest"] != digest:
-            raise PayloadStoreError(f"{self.NAME}: not a reference of this store (key {key[:120]!r})")
+            raise PayloadStoreAltered(f"{self.NAME}: not a reference of this store (key {key[:120]!r})")
         if self.namespace is not None and match["ns"] != _s3_segment(self.namespace):
-            raise PayloadStoreError(
+            raise PayloadStoreAltered(
                 f"{self.NAME}: a reference to namespace {match['ns']!r}'s payload, read in namespace {self.namespace!r}"
             )
         return key, digest
@@ -617,6 +637,14 @@ class S3Driver(StorageDriver):
                 payloads: list[Payload] = await self._sdk_driver(client).retrieve(context, claims)
         except PayloadStoreError:
             raise
+        except (
+            ValueError
+        ) as err:  # the SDK driver's digest check (its other ValueErrors: claims _key refused)
+            if "integrity check failed" in str(err):
+                raise PayloadStoreAltered(
+                    f"{self.NAME}: the stored payload does not match its digest (altered): {str(err)[:300]}"
+                ) from None
+            raise PayloadStoreError(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
         except Exception as err:
             raise PayloadStoreError(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
         return payloads

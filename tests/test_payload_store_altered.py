@@ -1,0 +1,149 @@
+"""A run whose stored payload was altered, or whose history holds a reference that is not one of
+this store's, fails with a message naming the problem; it does not stick with its workflow task
+failing on every retry (the trust model: nothing gets stuck).
+
+The adversary: someone with write access to the store who swaps a run's stored input for another
+valid payload (the digest check refuses it), and a raw client that starts a run whose input is a
+forged reference to another namespace's blob. On the session's dev server, a directory store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.common import RawValue
+from temporalio.converter import StorageDriverStoreContext, StorageDriverWorkflowInfo
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from interpreter.state import RunState
+from starter.client import FlowClient
+from starter.payload_store import FilesystemDriver, PayloadStoreAltered, PayloadStoreError
+from tests.test_payload_store import REFERENCE_TYPE, client_of, env_of, run_with_worker
+from tests.test_payload_store_run_input import digest_of, started_input
+from tests.workflows.support import definition, eventually, unique
+from workflows.generic import WORKFLOW_NAME
+
+FAILS_WITHIN = 60.0
+"""Seconds: a run that has not failed by then is stuck (its workflow task retried for ever)."""
+
+
+async def failure_of(
+    client: Client, task_queue: str, handle: WorkflowHandle[object, object]
+) -> ApplicationError:
+    """The application error the run failed with, a worker running; fails the test if the run
+    does not fail within :data:`FAILS_WITHIN` (stuck)."""
+    with pytest.raises(WorkflowFailureError) as failed:
+        await run_with_worker(client, task_queue, asyncio.wait_for(handle.result(), FAILS_WITHIN))
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError), repr(cause)
+    return cause
+
+
+async def test_a_run_whose_stored_input_was_swapped_fails_naming_it(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "payloads"
+    env = env_of(store=f"fs:{store}", WFA_PAYLOAD_STORE_RUN_INPUT="always")
+    client = await client_of(temporal_env, env)
+    flows = FlowClient(client, task_queue=task_queue)
+    doc = definition(
+        unique("altered"), [{"id": "greet", "type": "task", "action": "echo", "input": {"v": 1}}]
+    )
+    run = await flows.start_run(doc, {})  # no worker yet: the run waits for its first task
+    handle = client.get_workflow_handle(run.workflow_id)
+    digest = digest_of(started_input(await handle.fetch_history()))
+    blob = FilesystemDriver(store).path(temporal_env.client.namespace, digest)
+    assert blob.is_file()
+    # Another valid payload under the run's digest: without the check, the run would run it.
+    blob.write_bytes(Payload(metadata={"encoding": b"json/plain"}, data=b'{"x": 1}').SerializeToString())
+
+    cause = await failure_of(client, task_queue, handle)
+    assert cause.type == "PayloadStoreAltered"
+    assert cause.non_retryable
+    assert f"{digest[:16]}..." in cause.message
+    assert "does not match its digest (altered)" in cause.message
+    described = await handle.describe()
+    assert described.status is not None
+    assert described.status.name == "FAILED"
+    # The client reads the ended run as failed, naming the problem, with or without a worker.
+    result = await flows.result(run.workflow_id, timeout=30)
+    assert (result.state, result.error_type) == (RunState.FAILED, "PayloadStoreAltered")
+    assert "does not match its digest (altered)" in (result.error or "")
+    status = await run_with_worker(client, task_queue, flows.status(run.workflow_id))
+    assert (status.state, status.error_type, status.error) == (result.state, result.error_type, result.error)
+
+
+def first_task_completed(history: WorkflowHistory) -> bool:
+    return any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in history.events)
+
+
+async def forged_reference(store: Path) -> Payload:
+    """A reference to a real blob of another namespace (``globex``), as a raw client can write it."""
+    elsewhere = FilesystemDriver(store, namespace="globex")
+    [claim] = await elsewhere.store(
+        StorageDriverStoreContext(target=StorageDriverWorkflowInfo(namespace="globex", id="w")),
+        [Payload(metadata={"encoding": b"json/plain"}, data=b'{"secret": "of globex"}')],
+    )
+    return Payload(
+        metadata={"encoding": b"json/protobuf", "messageType": REFERENCE_TYPE},
+        data=json.dumps({"driverName": FilesystemDriver.NAME, "claimData": claim.claim_data}).encode(),
+    )
+
+
+async def test_a_run_started_with_a_forged_reference_fails_naming_it(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "payloads"
+    client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
+    forged = await forged_reference(store)
+    handle = await client.start_workflow(
+        WORKFLOW_NAME, RawValue(forged), id=unique("forged"), task_queue=task_queue
+    )
+    cause = await failure_of(client, task_queue, handle)
+    assert cause.type == "PayloadStoreAltered"
+    assert "a reference to namespace 'globex'" in cause.message
+
+
+async def test_a_signal_carrying_a_forged_reference_fails_the_run_as_it_arrives(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    """A running run (waiting at an approval, a worker holding it in its cache) that a raw client
+    signals with a forged reference fails naming it, instead of failing every later task."""
+    store = tmp_path / "payloads"
+    client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
+    flows = FlowClient(client, task_queue=task_queue)
+    doc = definition(
+        unique("signalled"), [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}]
+    )
+    run = await flows.start_run(doc, {})
+    handle = client.get_workflow_handle(run.workflow_id)
+    forged = await forged_reference(store)
+
+    async def signal_once_waiting() -> ApplicationError:
+        # The run is in the worker's cache once its first workflow task completed.
+        await eventually(handle.fetch_history, first_task_completed, timeout=FAILS_WITHIN, what="first task")
+        await handle.signal("approve", RawValue(forged))
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), FAILS_WITHIN)
+        assert isinstance(failed.value.cause, ApplicationError)
+        return failed.value.cause
+
+    cause = await run_with_worker(client, task_queue, signal_once_waiting())
+    assert cause.type == "PayloadStoreAltered"
+    assert "a reference to namespace 'globex'" in cause.message
+
+
+def test_the_error_is_both_a_store_error_and_a_non_retryable_application_error() -> None:
+    err = PayloadStoreAltered("fs: the stored payload does not match its digest (altered)")
+    assert isinstance(err, PayloadStoreError)  # every caller that reports store errors reports it
+    assert isinstance(err, ApplicationError)
+    assert err.non_retryable
+    assert err.type == "PayloadStoreAltered"
+    assert str(err) == err.message == "fs: the stored payload does not match its digest (altered)"
