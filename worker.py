@@ -92,6 +92,7 @@ from activities.secrets import (
 from activities.sql import SqlActions
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
+from activities.subflows import max_runs_per_tree_from_env
 from interpreter.actions import ActionPluginError
 from starter.codec import PayloadKeysError, data_converter
 from starter.payload_store import PayloadStoreConfigError, state_budget_max, state_budget_max_from_env
@@ -372,6 +373,7 @@ async def main() -> int:
         deployment = deployment_from_env(os.environ)
         workflow_slots = workflow_task_slots_from_env(os.environ)
         state_budget_max_from_env(os.environ)
+        max_runs_per_tree_from_env(os.environ)
     except ValueError as err:
         log.error("%s", err)
         return 2

@@ -580,6 +580,10 @@ class SubflowLookup(BaseModel):
     tenant: str
     definition: str
     version: int | None = None
+    root_run_id: str | None = Field(default=None, pattern=r"^[0-9a-fA-F-]{1,64}$")
+    """The run id of the run tree's root (Temporal's ``RootRunId``): the activity counts the tree's
+    runs against the worker's ``WFA_MAX_RUNS_PER_TREE``. None (scheduled by a build before the
+    bound): not counted."""
 
 
 class SubflowDefinition(BaseModel):

@@ -379,6 +379,12 @@ _STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 M = TypeVar("M", bound="BaseModel")
 
 
+def _root_run_id() -> str:
+    """The run id of this run's tree root (Temporal's ``RootRunId``; this run's own at the root)."""
+    info = workflow.info()
+    return info.root.run_id if info.root is not None else info.run_id
+
+
 def _td(duration: str | None) -> timedelta | None:
     return parse_duration(duration) if duration else None
 
@@ -987,7 +993,12 @@ class _TemporalRuntime:
         try:
             resolved: SubflowDefinition = await workflow.execute_activity(
                 SUBFLOW_RESOLVE,
-                SubflowLookup(tenant=tenant, definition=call.definition, version=call.version),
+                SubflowLookup(
+                    tenant=tenant,
+                    definition=call.definition,
+                    version=call.version,
+                    root_run_id=_root_run_id(),
+                ),
                 result_type=SubflowDefinition,
                 activity_id=temporal_id(call.activity_id),
                 summary=f"{call.summary}: resolve",

@@ -1,0 +1,105 @@
+"""One run tree (a run and every run started under it) counts at most ``WFA_MAX_RUNS_PER_TREE`` runs.
+
+The adversary: a tenant's definition that starts itself detached from a foreach. The depth limit
+(5) and the open-children cap (2,000 per run) bound each run, not the tree: three items per level
+make 363 runs under one root, 2,000 would make 3.2e16. The ``subflow_resolve`` activity counts the
+tree by Temporal's ``RootRunId`` and refuses a subflow once the tree holds the worker's bound
+(``SubflowTreeLimitExceeded``), which the step's ``on_failure`` handles. On the session's dev
+server and the embedded PostgreSQL (the registry).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.dead_letters import build_store_activities
+from activities.store.database import Database
+from activities.subflows import DEFAULT_MAX_RUNS_PER_TREE, MAX_RUNS_PER_TREE_ENV, max_runs_per_tree_from_env
+from interpreter.state import RunState
+from starter.client import FlowClient
+from tests.helpers.worker_process import exit_code, spawn_worker
+from tests.workflows.support import eventually, unique
+from worker import build_worker
+
+LIMIT = 20
+ITEMS = 3
+UNBOUNDED = sum(ITEMS**level for level in range(6))
+"""The root and five levels of three: what the definition starts without the tree bound (364)."""
+
+
+async def count(client: Client, query: str) -> int:
+    return (await client.count_workflows(query)).count
+
+
+async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database: Database,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(MAX_RUNS_PER_TREE_ENV, str(LIMIT))
+    client = temporal_env.client
+    flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+    name = unique("bomb")
+    itself = {"id": "again", "type": "subflow", "definition": name, "wait": False, "on_failure": "continue"}
+    foreach = {"id": "each", "type": "foreach", "items": f"range({ITEMS}) | list", "concurrency": ITEMS}
+    await flows.register({"name": name, "steps": [{**foreach, "steps": [itself]}]}, author="mallory")
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(
+            client,
+            task_queue,
+            http_client,
+            extra_activities=build_store_activities(database.session_factory),
+            graceful_shutdown_timeout=timedelta(0),
+        ),
+    ):
+        run = await flows.start_run(name)
+        assert (await run.result(timeout=60)).state == RunState.COMPLETED
+        tree = f"RootRunId = '{run.run_id}'"
+        await eventually(
+            lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
+            lambda n: n == 0,
+            timeout=180,
+            what="every run of the tree closed",
+        )
+    total = await count(client, tree)
+    # Past the bound only by starts that raced the visibility store's lag (siblings resolving at once:
+    # 29-34 runs in three runs here, the worst case under a long lag about 5x LIMIT).
+    assert LIMIT <= total <= 5 * LIMIT < UNBOUNDED, total
+    refused = []
+    async for execution in client.list_workflows(tree):
+        result = await flows.result(execution.id, timeout=30)
+        assert result.state == RunState.COMPLETED, result.error  # on_failure: continue held
+        refused += [r for r in result.steps if r.error_type == "SubflowTreeLimitExceeded"]
+    assert refused
+    assert "already counts" in (refused[0].error or "")
+    assert f"({MAX_RUNS_PER_TREE_ENV}={LIMIT})" in (refused[0].error or "")
+
+
+async def test_the_bound_is_read_from_the_environment_and_a_bad_value_stops_the_worker(
+    tmp_path: Path,
+) -> None:
+    assert max_runs_per_tree_from_env({}) == DEFAULT_MAX_RUNS_PER_TREE == 20_000
+    assert max_runs_per_tree_from_env({MAX_RUNS_PER_TREE_ENV: " 50_000 "}) == 50_000
+    for bad in ("9", "1000001", "lots", "-5"):
+        with pytest.raises(
+            ValueError, match=rf"^{MAX_RUNS_PER_TREE_ENV}: '{bad}' is not a whole number of runs"
+        ):
+            max_runs_per_tree_from_env({MAX_RUNS_PER_TREE_ENV: bad})
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "WFA_", "OTEL_"))}
+    env |= {"TEMPORAL_ADDRESS": "127.0.0.1:1", "PYTHONUNBUFFERED": "1", MAX_RUNS_PER_TREE_ENV: "lots"}
+    log = tmp_path / "worker.log"
+    assert await exit_code(spawn_worker(env, log), timeout=60) == 2
+    text = log.read_text()
+    assert f"{MAX_RUNS_PER_TREE_ENV}: 'lots' is not a whole number of runs from 10 to 1,000,000" in text
+    assert "Traceback" not in text
