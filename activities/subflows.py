@@ -9,6 +9,7 @@ the parent run's tenant only: a definition of another tenant does not exist for 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,17 +33,22 @@ __all__ = [
     "DEFAULT_MAX_RUNS_PER_TREE",
     "MAX_RUNS_PER_TREE_ENV",
     "SUBFLOW_RESOLVE",
+    "TREE_RUNS",
     "SubflowActivities",
     "build_subflow_activities",
     "max_runs_per_tree_from_env",
+    "tree_runs",
 ]
 
 SUBFLOW_RESOLVE = "subflow_resolve"
+TREE_RUNS = "wfa.tree_runs"
+"""The local activity a fanned-out ``foreach`` counts its run tree with (every worker serves it)."""
 MAX_RUNS_PER_TREE_ENV = "WFA_MAX_RUNS_PER_TREE"
 DEFAULT_MAX_RUNS_PER_TREE = 20_000
 """Runs one tree may count (its root, every subflow and fan-out slice under it, open or closed
 within the namespace's retention): a 10,000-item fan-out whose every item starts a subflow fits."""
 _TREE_RANGE = (10, 1_000_000)
+_RUN_ID = re.compile(r"[0-9a-fA-F-]{1,64}")
 
 
 def max_runs_per_tree_from_env(env: Mapping[str, str] | None = None) -> int:
@@ -123,35 +129,67 @@ class SubflowActivities:
         return SubflowDefinition(definition=resolved.definition, content_hash=resolved.content_hash)
 
     async def _check_tree(self, root_run_id: str, ref: str) -> None:
-        """Refuses a subflow once the run's tree counts :attr:`max_runs_per_tree` runs.
-
-        A definition is not trusted to exhaust the cluster: one that starts itself detached from a
-        foreach would otherwise multiply its runs at every level (2,000 open children per run, 5
-        levels deep). Temporal records every child's root run (``RootRunId``, a UUID: no quoting),
-        so the count covers subflows and fan-out slices started anywhere under the root, by any
-        worker. Visibility is eventually consistent: starts racing within its lag can pass the
-        bound by the runs that start in that moment, not more.
-        """
+        """Refuses a subflow once the run's tree counts :attr:`max_runs_per_tree` runs (see
+        :func:`count_tree`)."""
         try:
-            counted = await activity.client().count_workflows(f"RootRunId = '{root_run_id}'")
-        except RPCError as err:
-            if err.status == RPCStatusCode.INVALID_ARGUMENT:
-                raise ApplicationError(
-                    f"subflow {ref!r}: the server cannot count the run tree's runs by RootRunId"
-                    f" (Temporal 1.23 or later with its visibility store): {err.message}",
-                    type="SubflowTreeUncounted",
-                    non_retryable=True,
-                ) from None
-            raise
-        if counted.count >= self.max_runs_per_tree:
+            counted = await count_tree(root_run_id)
+        except ApplicationError as err:
+            raise ApplicationError(
+                f"subflow {ref!r}: {err.message}", type=err.type, non_retryable=True
+            ) from None
+        if counted >= self.max_runs_per_tree:
             raise ApplicationError(
                 f"subflow {ref!r}: this run's tree (root run {root_run_id}) already counts"
-                f" {counted.count:,} runs, the most this worker lets one tree start"
+                f" {counted:,} runs, the most this worker lets one tree start"
                 f" ({MAX_RUNS_PER_TREE_ENV}={self.max_runs_per_tree:,}); a definition that starts"
                 " itself stops here",
                 type="SubflowTreeLimitExceeded",
                 non_retryable=True,
             )
+
+
+async def count_tree(root_run_id: str) -> int:
+    """The runs of the tree under ``root_run_id`` (open, or closed within the namespace's retention).
+
+    A definition is not trusted to exhaust the cluster: one that starts itself detached from a
+    foreach would otherwise multiply its runs at every level (2,000 open children per run, 5 levels
+    deep), and nested fanned-out foreach steps multiply their slices. Temporal records every child's
+    root run (``RootRunId``, a UUID: no quoting), so the count covers subflows and fan-out slices
+    started anywhere under the root, by any worker. Visibility is eventually consistent: starts
+    racing within its lag can pass the bound by the runs that start in that moment, not more.
+
+    Raises:
+        ApplicationError: Non-retryable ``SubflowTreeUncounted``: the server cannot count by
+            ``RootRunId``, or ``root_run_id`` is not a run id. Other server errors are retryable.
+    """
+    if not _RUN_ID.fullmatch(root_run_id):
+        raise ApplicationError(
+            f"{root_run_id[:80]!r} is not a run id", type="SubflowTreeUncounted", non_retryable=True
+        )
+    try:
+        counted = await activity.client().count_workflows(f"RootRunId = '{root_run_id}'")
+    except RPCError as err:
+        if err.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise ApplicationError(
+                "the server cannot count the run tree's runs by RootRunId"
+                f" (Temporal 1.23 or later with its visibility store): {err.message}",
+                type="SubflowTreeUncounted",
+                non_retryable=True,
+            ) from None
+        raise
+    return counted.count
+
+
+@activity.defn(name=TREE_RUNS)
+async def tree_runs(root_run_id: str) -> list[int]:
+    """``[runs the tree under root_run_id counts, this worker's WFA_MAX_RUNS_PER_TREE]``: a local
+    activity of a fanned-out foreach (its answer recorded, so replay keeps it). The worker checks
+    the variable at start; a value broken since falls back to the default."""
+    try:
+        bound = max_runs_per_tree_from_env()
+    except ValueError:
+        bound = DEFAULT_MAX_RUNS_PER_TREE
+    return [await count_tree(root_run_id), bound]
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

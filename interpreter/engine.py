@@ -372,6 +372,12 @@ PATCH_CANCEL_ON_FROM_CHAIN_START = "cancel-on-from-chain-start"
 own: one published while the previous run closed (or signalled before this run's first step
 subscribed) cancels it. Asked only by a continued run that has ``cancel_on``."""
 
+PATCH_FAN_OUT_TREE_BOUND = "fan-out-tree-bound"
+"""Patch id: a fanned-out ``foreach`` first counts its run tree (the local activity
+``wfa.tree_runs``) and fails the run with ``FanOutTreeLimitExceeded`` when its child runs would
+bring the tree past the worker's ``WFA_MAX_RUNS_PER_TREE``; before, nested fanned-out steps
+multiplied their slices unbounded (each child has its own step budget). Asked only by a fan-out."""
+
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
 MAX_CARRIED_EVENT_IDS = 1000
@@ -580,6 +586,11 @@ class FanoutRuntime(Protocol):
         Raises:
             BatchFailedError: When the child failed (it ran its own compensations first).
         """
+        ...
+
+    async def tree_problem(self, starts: int, what: str) -> str | None:
+        """Why ``starts`` more child runs would bring this run's tree past the worker's bound
+        (``WFA_MAX_RUNS_PER_TREE``), or None when they fit."""
         ...
 
 
@@ -3551,6 +3562,10 @@ class Engine:
         assert isinstance(runtime, FanoutRuntime)
         size = step.batch_size or FAN_OUT_BATCH_SIZE
         slices = [(offset, items[offset : offset + size]) for offset in range(0, len(items), size)]
+        if self.runtime.patched(PATCH_FAN_OUT_TREE_BOUND):
+            problem = await runtime.tree_problem(len(slices), f"step {path!r}")
+            if problem is not None:
+                raise _RunFailed(problem, "FanOutTreeLimitExceeded")
         running = min(len(slices), step.concurrency)
         per_child = step.concurrency // running
         gate = asyncio.Semaphore(running)

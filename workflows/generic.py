@@ -85,6 +85,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_DECLARED_FORM_FIELDS,
         PATCH_DRAIN_FIXES,
         PATCH_DROP_UNRESUMED,
+        PATCH_FAN_OUT_TREE_BOUND,
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
         PATCH_LATE_EVENTS_REFUSED,
@@ -322,6 +323,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_TASK_SEND_PACING: 12,
     PATCH_COMPENSATE_HERE_BUDGET: 12,
     PATCH_CODEC_FRAMING_MARGIN: 13,
+    PATCH_FAN_OUT_TREE_BOUND: 14,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -363,6 +365,9 @@ carry a token: they would write it into history, where anyone reading it could r
 DEAD_LETTER_PARK = "dead_letter_park"
 DEAD_LETTER_RESOLVE = "dead_letter_resolve"
 SUBFLOW_RESOLVE = "subflow_resolve"
+TREE_RUNS = "wfa.tree_runs"
+"""The local activity counting a run tree (``activities.subflows.tree_runs``; served by every worker)."""
+MAX_RUNS_PER_TREE_ENV = "WFA_MAX_RUNS_PER_TREE"
 USED_TOKENS_KIND = "used_decision_tokens"
 """Key of the spent decision tokens' ids in a continue-as-new snapshot (``Continuation.kinds``)."""
 
@@ -1100,6 +1105,32 @@ class _TemporalRuntime:
                 await handle
         finally:
             self._child_slots.release()
+
+    async def tree_problem(self, starts: int, what: str) -> str | None:
+        """Asks the worker (the local activity ``wfa.tree_runs``, recorded) how many runs this run's
+        tree counts and its bound; the problem when ``starts`` more would pass it."""
+        root = _root_run_id()
+        try:
+            counted, bound = await workflow.execute_local_activity(
+                TREE_RUNS,
+                root,
+                result_type=list[int],
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_STORE_RETRY,
+                summary=f"{what}: count the run tree",
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            return f"{what}: {cause.message if isinstance(cause, ApplicationError) else cause or err}"
+        if counted + starts > bound:
+            return (
+                f"{what}: {starts:,} child runs would bring this run's tree (root run {root}), which"
+                f" already counts {counted:,} runs, past the most this worker lets one tree start"
+                f" ({MAX_RUNS_PER_TREE_ENV}={bound:,})"
+            )
+        return None
 
     async def run_foreach_batch(self, call: BatchCall) -> dict[str, Any]:
         """Runs a slice of a fanned-out foreach as a child workflow of the same definition (same

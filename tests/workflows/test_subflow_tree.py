@@ -85,6 +85,50 @@ async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
     assert f"({MAX_RUNS_PER_TREE_ENV}={LIMIT})" in (refused[0].error or "")
 
 
+async def test_nested_fanned_out_steps_stop_at_the_tree_bound(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database: Database,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nested fanned-out foreach steps (4 outer slices, each item fanning out 8 more) would make 37
+    runs; each fan-out first counts the tree, so with a bound of 20 the third inner fan-out is
+    refused and the run fails naming it (patch ``fan-out-tree-bound``)."""
+    monkeypatch.setenv(MAX_RUNS_PER_TREE_ENV, str(LIMIT))
+    client = temporal_env.client
+    flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+    call = {"id": "call", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}
+    inner = {"id": "inner", "type": "foreach", "items": "range(8) | list", "concurrency": 8}
+    outer = {"id": "outer", "type": "foreach", "items": "range(4) | list", "concurrency": 1}
+    fan_out = {"fan_out_above": 0, "batch_size": 1}
+    document = {
+        "name": unique("nested"),
+        "steps": [{**outer, **fan_out, "steps": [{**inner, **fan_out, "steps": [call]}]}],
+    }
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        run = await flows.start_run(document)
+        result = await run.result(timeout=120)
+        tree = f"RootRunId = '{run.run_id}'"
+        await eventually(
+            lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
+            lambda n: n == 0,
+            timeout=120,
+            what="every run of the tree closed",
+        )
+    assert (result.state, result.error_type) == (RunState.FAILED, "FanOutTreeLimitExceeded"), result.error
+    assert f"past the most this worker lets one tree start ({MAX_RUNS_PER_TREE_ENV}={LIMIT})" in (
+        result.error or ""
+    )
+    total = await count(client, tree)
+    # 20 when the third inner fan-out sees the 19 runs before it; a visibility lag lets it through
+    # and the fourth is refused: 29. Without the bound: 1 + 4 + 4 x 8 = 37.
+    assert LIMIT <= total <= 29 < 1 + 4 + 4 * 8, total
+
+
 async def test_the_bound_is_read_from_the_environment_and_a_bad_value_stops_the_worker(
     tmp_path: Path,
 ) -> None:
