@@ -8,8 +8,11 @@ the parent run's tenant only: a definition of another tenant does not exist for 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -130,14 +133,14 @@ class SubflowActivities:
 
     async def _check_tree(self, root_run_id: str, ref: str) -> None:
         """Refuses a subflow once the run's tree counts :attr:`max_runs_per_tree` runs (see
-        :func:`count_tree`)."""
+        :class:`TreeCounts`)."""
         try:
-            counted = await count_tree(root_run_id)
+            granted, counted = await TREE_COUNTS.grant(root_run_id, 1, self.max_runs_per_tree)
         except ApplicationError as err:
             raise ApplicationError(
                 f"subflow {ref!r}: {err.message}", type=err.type, non_retryable=True
             ) from None
-        if counted >= self.max_runs_per_tree:
+        if not granted:
             raise ApplicationError(
                 f"subflow {ref!r}: this run's tree (root run {root_run_id}) already counts"
                 f" {counted:,} runs, the most this worker lets one tree start"
@@ -148,19 +151,20 @@ class SubflowActivities:
             )
 
 
-async def count_tree(root_run_id: str) -> int:
-    """The runs of the tree under ``root_run_id`` (open, or closed within the namespace's retention).
+_PERMANENT = frozenset(
+    {RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED}
+)
+"""Server answers a retry would not change: the step fails (``SubflowTreeUncounted``)."""
 
-    A definition is not trusted to exhaust the cluster: one that starts itself detached from a
-    foreach would otherwise multiply its runs at every level (2,000 open children per run, 5 levels
-    deep), and nested fanned-out foreach steps multiply their slices. Temporal records every child's
-    root run (``RootRunId``, a UUID: no quoting), so the count covers subflows and fan-out slices
-    started anywhere under the root, by any worker. Visibility is eventually consistent: starts
-    racing within its lag can pass the bound by the runs that start in that moment, not more.
+
+async def count_tree(root_run_id: str) -> int:
+    """The runs of the tree under ``root_run_id`` (open, or closed within the namespace's
+    retention), as Temporal's visibility store counts them (``RootRunId``, a UUID: no quoting).
 
     Raises:
         ApplicationError: Non-retryable ``SubflowTreeUncounted``: the server cannot count by
-            ``RootRunId``, or ``root_run_id`` is not a run id. Other server errors are retryable.
+            ``RootRunId`` (or this worker may not), or ``root_run_id`` is not a run id. Other
+            server errors (unavailable, throttled) are retryable.
     """
     if not _RUN_ID.fullmatch(root_run_id):
         raise ApplicationError(
@@ -169,10 +173,10 @@ async def count_tree(root_run_id: str) -> int:
     try:
         counted = await activity.client().count_workflows(f"RootRunId = '{root_run_id}'")
     except RPCError as err:
-        if err.status == RPCStatusCode.INVALID_ARGUMENT:
+        if err.status in _PERMANENT:
             raise ApplicationError(
-                "the server cannot count the run tree's runs by RootRunId"
-                f" (Temporal 1.23 or later with its visibility store): {err.message}",
+                "the server cannot count the run tree's runs by RootRunId (Temporal 1.24 or later,"
+                f" with visibility access for the worker): {err.status.name}: {err.message}",
                 type="SubflowTreeUncounted",
                 non_retryable=True,
             ) from None
@@ -180,16 +184,66 @@ async def count_tree(root_run_id: str) -> int:
     return counted.count
 
 
+class TreeCounts:
+    """Each run tree's count, per worker process: as visibility last counted it, plus the starts
+    this process granted since; counted again at most every :attr:`refresh_s` per tree.
+
+    A definition is not trusted to exhaust the cluster: one that starts itself detached from a
+    foreach multiplies its runs at every level (2,000 open children per run, 5 levels deep), and
+    nested fanned-out foreach steps multiply their children (each child has its own step budget).
+    Temporal records every child's root run, so visibility's count covers subflows and fan-out
+    slices started anywhere under the root, by any worker; counting once per tree and interval
+    keeps a 10,000-subflow fan-out from spending the namespace's visibility rate (10 requests/s per
+    frontend by default), and the starts granted here count at once (a wide foreach on this worker
+    cannot race past the bound). What can pass it: starts granted by other workers within
+    :attr:`refresh_s` plus visibility's lag."""
+
+    def __init__(self, refresh_s: float = 2.0, most_trees: int = 10_000) -> None:
+        self.refresh_s = refresh_s
+        self.most_trees = most_trees
+        self._trees: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def grant(self, root_run_id: str, starts: int, bound: int) -> tuple[bool, int]:
+        """Whether ``starts`` more runs fit the tree under ``bound`` (then counted as started), and
+        the tree's count before them.
+
+        Raises:
+            ApplicationError: From :func:`count_tree`.
+        """
+        lock = self._locks.setdefault(root_run_id, asyncio.Lock())
+        async with lock:
+            now = time.monotonic()
+            entry = self._trees.get(root_run_id)
+            if entry is None or now - entry[0] > self.refresh_s:
+                entry = (now, await count_tree(root_run_id))
+            fetched, counted = entry
+            granted = counted + starts <= bound
+            self._trees[root_run_id] = (fetched, counted + starts) if granted else entry
+            self._trees.move_to_end(root_run_id)
+            while len(self._trees) > self.most_trees:
+                old, _ = self._trees.popitem(last=False)
+                if old != root_run_id:
+                    self._locks.pop(old, None)
+            return granted, counted
+
+
+TREE_COUNTS = TreeCounts()
+"""This worker process's tree counts (shared by ``subflow_resolve`` and ``wfa.tree_runs``)."""
+
+
 @activity.defn(name=TREE_RUNS)
-async def tree_runs(root_run_id: str) -> list[int]:
-    """``[runs the tree under root_run_id counts, this worker's WFA_MAX_RUNS_PER_TREE]``: a local
-    activity of a fanned-out foreach (its answer recorded, so replay keeps it). The worker checks
-    the variable at start; a value broken since falls back to the default."""
+async def tree_runs(root_run_id: str, starts: int) -> list[int]:
+    """``[runs the tree under root_run_id counts, this worker's WFA_MAX_RUNS_PER_TREE]``, the
+    ``starts`` counted as started when they fit: a local activity of a fanned-out foreach (its
+    answer recorded, so replay keeps it). The worker checks the variable at start; a value broken
+    since falls back to the default."""
     try:
         bound = max_runs_per_tree_from_env()
     except ValueError:
         bound = DEFAULT_MAX_RUNS_PER_TREE
-    return [await count_tree(root_run_id), bound]
+    _, counted = await TREE_COUNTS.grant(root_run_id, starts, bound)
+    return [counted, bound]
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

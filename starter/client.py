@@ -402,6 +402,9 @@ class RunSummary(BaseModel):
     closed_at: datetime | None
 
 
+ALTERED_PAYLOAD = "PayloadStoreAltered"
+"""The error type of a run that failed reading an altered stored payload
+(:class:`starter.payload_store.PayloadStoreAltered`)."""
 _OPEN_STATES = (RunState.RUNNING, RunState.AWAITING_APPROVAL, RunState.PARKED, RunState.COMPENSATING)
 _CLOSED_MEANING = {
     WorkflowExecutionStatus.COMPLETED: RunState.COMPLETED,
@@ -1628,8 +1631,9 @@ class FlowClient:
         """The run's state, current steps, every step so far, pending approvals, decisions, vars.
 
         Asks the workflow (the ``status`` query, answered by a worker). For a run that has ended
-        while no worker answers, or that a worker cannot replay, the status is rebuilt from its
-        result instead (``vars`` and ``decisions`` are then empty).
+        while no worker answers, or that failed reading an altered stored payload (no worker can
+        replay it), the status is rebuilt from its result instead (``vars`` and ``decisions`` are
+        then empty).
 
         Raises:
             RunNotFoundError: No such run.
@@ -1645,9 +1649,15 @@ class FlowClient:
                 await _decode_pending_failures(self.client, description)
             return _with_pending_activities(status, description) if running else status
         except WorkflowQueryFailedError as err:
+            failure = StarterError(f"run {workflow_id!r} could not answer the status query: {err}")
             if running:
-                raise StarterError(f"run {workflow_id!r} could not answer the status query: {err}") from None
-            # An ended run a worker cannot replay (e.g. it failed reading an altered stored input).
+                raise failure from None
+            # A run that failed reading an altered stored payload cannot be replayed to answer: its
+            # result says why. Any other query failure of an ended run is reported as it is.
+            status = await self._status_from_result(workflow_id, description)
+            if status.error_type != ALTERED_PAYLOAD:
+                raise failure from None
+            return status
         except RPCError as err:
             # The query's own deadline surfaces as CANCELLED ("Timeout expired") or DEADLINE_EXCEEDED.
             no_worker = err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED) or (

@@ -598,8 +598,8 @@ class S3Driver(StorageDriver):
         """The claim's key and digest, once checked against this store."""
         data = claim.claim_data
         key, digest = data.get("key", ""), data.get("hash_value", "")
-        if data.get("bucket") != self.bucket:
-            raise PayloadStoreAltered(
+        if data.get("bucket") != self.bucket:  # more likely a worker's mistyped bucket: retried
+            raise PayloadStoreError(
                 f"{self.NAME}: a reference to another bucket ({str(data.get('bucket'))[:100]!r})"
             )
         match = _S3_KEY.match(key) if len(key) <= 1024 else None

@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from interpreter.state import RunState
-from starter.client import FlowClient
+from starter.client import ALTERED_PAYLOAD, FlowClient
 from starter.payload_store import FilesystemDriver, PayloadStoreAltered, PayloadStoreError
 from tests.test_payload_store import REFERENCE_TYPE, client_of, env_of, run_with_worker
 from tests.test_payload_store_run_input import digest_of, started_input
@@ -145,5 +145,5 @@ def test_the_error_is_both_a_store_error_and_a_non_retryable_application_error()
     assert isinstance(err, PayloadStoreError)  # every caller that reports store errors reports it
     assert isinstance(err, ApplicationError)
     assert err.non_retryable
-    assert err.type == "PayloadStoreAltered"
+    assert err.type == "PayloadStoreAltered" == ALTERED_PAYLOAD  # what FlowClient.status looks for
     assert str(err) == err.message == "fs: the stored payload does not match its digest (altered)"

@@ -1113,7 +1113,7 @@ class _TemporalRuntime:
         try:
             counted, bound = await workflow.execute_local_activity(
                 TREE_RUNS,
-                root,
+                args=[root, starts],
                 result_type=list[int],
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_STORE_RETRY,
