@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from activities.subflows import DEFAULT_MAX_RUNS_PER_TREE, MAX_RUNS_PER_TREE_ENV, max_runs_per_tree_from_env
-from interpreter.state import RunState
+from interpreter.state import RunResult, RunState
 from starter.client import FlowClient
 from tests.helpers.worker_process import exit_code, spawn_worker
 from tests.workflows.support import eventually, unique
@@ -36,6 +37,33 @@ UNBOUNDED = sum(ITEMS**level for level in range(6))
 
 async def count(client: Client, query: str) -> int:
     return (await client.count_workflows(query)).count
+
+
+async def run_tree(
+    client: Client, flows: FlowClient, task_queue: str, database: Database, definition: str | dict[str, Any]
+) -> tuple[RunResult, str, int]:
+    """Runs ``definition`` on a worker (with the registry's activities) until every run of its tree
+    closed: its result, the tree's visibility query, and how many runs the tree counts."""
+    async with (
+        httpx.AsyncClient() as http_client,
+        build_worker(
+            client,
+            task_queue,
+            http_client,
+            extra_activities=build_store_activities(database.session_factory),
+            graceful_shutdown_timeout=timedelta(0),
+        ),
+    ):
+        run = await flows.start_run(definition)
+        result = await run.result(timeout=120)
+        tree = f"RootRunId = '{run.run_id}'"
+        await eventually(
+            lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
+            lambda n: n == 0,
+            timeout=180,
+            what="every run of the tree closed",
+        )
+    return result, tree, await count(client, tree)
 
 
 async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
@@ -52,26 +80,8 @@ async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
     itself = {"id": "again", "type": "subflow", "definition": name, "wait": False, "on_failure": "continue"}
     foreach = {"id": "each", "type": "foreach", "items": f"range({ITEMS}) | list", "concurrency": ITEMS}
     await flows.register({"name": name, "steps": [{**foreach, "steps": [itself]}]}, author="mallory")
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(
-            client,
-            task_queue,
-            http_client,
-            extra_activities=build_store_activities(database.session_factory),
-            graceful_shutdown_timeout=timedelta(0),
-        ),
-    ):
-        run = await flows.start_run(name)
-        assert (await run.result(timeout=60)).state == RunState.COMPLETED
-        tree = f"RootRunId = '{run.run_id}'"
-        await eventually(
-            lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
-            lambda n: n == 0,
-            timeout=180,
-            what="every run of the tree closed",
-        )
-    total = await count(client, tree)
+    result, tree, total = await run_tree(client, flows, task_queue, database, name)
+    assert result.state == RunState.COMPLETED, result.error
     # This worker counts the starts it grants at once (20 here, twice); past the bound only by
     # starts made after a recount from visibility (every 2 s per tree) that its lag undercounts.
     assert LIMIT <= total <= 5 * LIMIT < UNBOUNDED, total
@@ -93,8 +103,8 @@ async def test_nested_fanned_out_steps_stop_at_the_tree_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Nested fanned-out foreach steps (4 outer slices, each item fanning out 8 more) would make 37
-    runs; each fan-out first counts the tree, so with a bound of 20 the third inner fan-out is
-    refused and the run fails naming it (patch ``fan-out-tree-bound``)."""
+    runs; each fan-out first counts the tree, so with a bound of 20 the second (or third) inner
+    fan-out is refused and the run fails naming it (patch ``fan-out-tree-bound``)."""
     monkeypatch.setenv(MAX_RUNS_PER_TREE_ENV, str(LIMIT))
     client = temporal_env.client
     flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
@@ -106,24 +116,11 @@ async def test_nested_fanned_out_steps_stop_at_the_tree_bound(
         "name": unique("nested"),
         "steps": [{**outer, **fan_out, "steps": [{**inner, **fan_out, "steps": [call]}]}],
     }
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        run = await flows.start_run(document)
-        result = await run.result(timeout=120)
-        tree = f"RootRunId = '{run.run_id}'"
-        await eventually(
-            lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
-            lambda n: n == 0,
-            timeout=120,
-            what="every run of the tree closed",
-        )
+    result, _, total = await run_tree(client, flows, task_queue, database, document)
     assert (result.state, result.error_type) == (RunState.FAILED, "FanOutTreeLimitExceeded"), result.error
     assert f"past the most this worker lets one tree start ({MAX_RUNS_PER_TREE_ENV}={LIMIT})" in (
         result.error or ""
     )
-    total = await count(client, tree)
     # The outer fan-out reserves its 4 slices (the worker counts what it grants at once): 1 + 4 + 8
     # leaves no room for the second inner fan-out, 11 runs. When the count is read again from
     # visibility (every 2 s per tree) it no longer holds the reservation: the second gets through
