@@ -75,24 +75,24 @@ def max_runs_per_tree_from_env(env: Mapping[str, str] | None = None) -> int:
     return value
 
 
+def _worker_bound() -> int:
+    """The bound a tree is held to now: ``WFA_MAX_RUNS_PER_TREE``, read at each check (the worker
+    checks the variable at start; a value broken since falls back to the default, the safe side)."""
+    try:
+        return max_runs_per_tree_from_env()
+    except ValueError:
+        return DEFAULT_MAX_RUNS_PER_TREE
+
+
 class SubflowActivities:
     """The subflow activity on one database.
 
     Args:
         session_factory: An ``async_sessionmaker`` on the store's database.
-        max_runs_per_tree: The most runs one run tree may count; default ``WFA_MAX_RUNS_PER_TREE``'s
-            (the worker checks the variable at start; a value broken since falls back to the
-            default).
     """
 
-    def __init__(self, session_factory: SessionFactory, max_runs_per_tree: int | None = None) -> None:
+    def __init__(self, session_factory: SessionFactory) -> None:
         self.session_factory = session_factory
-        if max_runs_per_tree is None:
-            try:
-                max_runs_per_tree = max_runs_per_tree_from_env()
-            except ValueError:
-                max_runs_per_tree = DEFAULT_MAX_RUNS_PER_TREE
-        self.max_runs_per_tree = max_runs_per_tree
 
     @activity.defn(name=SUBFLOW_RESOLVE)
     async def resolve(self, lookup: SubflowLookup) -> SubflowDefinition:
@@ -132,10 +132,10 @@ class SubflowActivities:
         return SubflowDefinition(definition=resolved.definition, content_hash=resolved.content_hash)
 
     async def _check_tree(self, root_run_id: str, ref: str) -> None:
-        """Refuses a subflow once the run's tree counts :attr:`max_runs_per_tree` runs (see
-        :class:`TreeCounts`)."""
+        """Refuses a subflow once the run's tree counts the worker's bound (see :class:`TreeCounts`)."""
+        bound = _worker_bound()
         try:
-            granted, counted = await TREE_COUNTS.grant(root_run_id, 1, self.max_runs_per_tree)
+            granted, counted = await TREE_COUNTS.grant(root_run_id, 1, bound)
         except ApplicationError as err:
             raise ApplicationError(
                 f"subflow {ref!r}: {err.message}", type=err.type, non_retryable=True
@@ -144,7 +144,7 @@ class SubflowActivities:
             raise ApplicationError(
                 f"subflow {ref!r}: this run's tree (root run {root_run_id}) already counts"
                 f" {counted:,} runs, the most this worker lets one tree start"
-                f" ({MAX_RUNS_PER_TREE_ENV}={self.max_runs_per_tree:,}); a definition that starts"
+                f" ({MAX_RUNS_PER_TREE_ENV}={bound:,}); a definition that starts"
                 " itself stops here",
                 type="SubflowTreeLimitExceeded",
                 non_retryable=True,
@@ -236,12 +236,8 @@ TREE_COUNTS = TreeCounts()
 async def tree_runs(root_run_id: str, starts: int) -> list[int]:
     """``[runs the tree under root_run_id counts, this worker's WFA_MAX_RUNS_PER_TREE]``, the
     ``starts`` counted as started when they fit: a local activity of a fanned-out foreach (its
-    answer recorded, so replay keeps it). The worker checks the variable at start; a value broken
-    since falls back to the default."""
-    try:
-        bound = max_runs_per_tree_from_env()
-    except ValueError:
-        bound = DEFAULT_MAX_RUNS_PER_TREE
+    answer recorded, so replay keeps it)."""
+    bound = _worker_bound()
     _, counted = await TREE_COUNTS.grant(root_run_id, starts, bound)
     return [counted, bound]
 

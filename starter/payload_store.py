@@ -637,15 +637,11 @@ class S3Driver(StorageDriver):
                 payloads: list[Payload] = await self._sdk_driver(client).retrieve(context, claims)
         except PayloadStoreError:
             raise
-        except (
-            ValueError
-        ) as err:  # the SDK driver's digest check (its other ValueErrors: claims _key refused)
-            if "integrity check failed" in str(err):
+        except Exception as err:
+            if isinstance(err, ValueError) and "integrity check failed" in str(err):  # the SDK's digest check
                 raise PayloadStoreAltered(
                     f"{self.NAME}: the stored payload does not match its digest (altered): {str(err)[:300]}"
                 ) from None
-            raise PayloadStoreError(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
-        except Exception as err:
             raise PayloadStoreError(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
         return payloads
 

@@ -11,23 +11,24 @@ server and the embedded PostgreSQL (the registry).
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from activities.dead_letters import build_store_activities
-from activities.store.database import Database
-from activities.subflows import DEFAULT_MAX_RUNS_PER_TREE, MAX_RUNS_PER_TREE_ENV, max_runs_per_tree_from_env
+from activities.subflows import (
+    DEFAULT_MAX_RUNS_PER_TREE,
+    MAX_RUNS_PER_TREE_ENV,
+    TREE_RUNS,
+    max_runs_per_tree_from_env,
+)
 from interpreter.state import RunResult, RunState
 from starter.client import FlowClient
 from tests.helpers.worker_process import exit_code, spawn_worker
 from tests.workflows.support import eventually, unique
-from worker import build_worker
+from workflows import generic
 
 LIMIT = 20
 ITEMS = 3
@@ -40,47 +41,39 @@ async def count(client: Client, query: str) -> int:
 
 
 async def run_tree(
-    client: Client, flows: FlowClient, task_queue: str, database: Database, definition: str | dict[str, Any]
+    client: Client, flows: FlowClient, definition: str | dict[str, Any]
 ) -> tuple[RunResult, str, int]:
-    """Runs ``definition`` on a worker (with the registry's activities) until every run of its tree
-    closed: its result, the tree's visibility query, and how many runs the tree counts."""
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(
-            client,
-            task_queue,
-            http_client,
-            extra_activities=build_store_activities(database.session_factory),
-            graceful_shutdown_timeout=timedelta(0),
-        ),
-    ):
-        run = await flows.start_run(definition)
-        result = await run.result(timeout=120)
-        tree = f"RootRunId = '{run.run_id}'"
-        await eventually(
-            lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
-            lambda n: n == 0,
-            timeout=180,
-            what="every run of the tree closed",
-        )
+    """Runs ``definition`` (a worker with the registry's activities polls: the ``store_worker``
+    fixture) until every run of its tree closed: its result, the tree's visibility query, and how
+    many runs the tree counts."""
+    run = await flows.start_run(definition)
+    result = await run.result(timeout=120)
+    tree = f"RootRunId = '{run.run_id}'"
+    await eventually(
+        lambda: count(client, f"{tree} AND ExecutionStatus = 'Running'"),
+        lambda n: n == 0,
+        timeout=180,
+        what="every run of the tree closed",
+    )
     return result, tree, await count(client, tree)
 
 
-async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    database: Database,
-    tenant: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def bounded(store_worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Worker:
+    """A worker with the registry's activities polling, the tree bound at :data:`LIMIT`
+    (``WFA_MAX_RUNS_PER_TREE`` is read at each check)."""
     monkeypatch.setenv(MAX_RUNS_PER_TREE_ENV, str(LIMIT))
-    client = temporal_env.client
-    flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+    return store_worker
+
+
+async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
+    client: Client, flows: FlowClient, bounded: Worker
+) -> None:
     name = unique("bomb")
     itself = {"id": "again", "type": "subflow", "definition": name, "wait": False, "on_failure": "continue"}
     foreach = {"id": "each", "type": "foreach", "items": f"range({ITEMS}) | list", "concurrency": ITEMS}
     await flows.register({"name": name, "steps": [{**foreach, "steps": [itself]}]}, author="mallory")
-    result, tree, total = await run_tree(client, flows, task_queue, database, name)
+    result, tree, total = await run_tree(client, flows, name)
     assert result.state == RunState.COMPLETED, result.error
     # This worker counts the starts it grants at once (20 here, twice); past the bound only by
     # starts made after a recount from visibility (every 2 s per tree) that its lag undercounts.
@@ -96,18 +89,11 @@ async def test_a_definition_that_starts_itself_stops_at_the_tree_bound(
 
 
 async def test_nested_fanned_out_steps_stop_at_the_tree_bound(
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    database: Database,
-    tenant: str,
-    monkeypatch: pytest.MonkeyPatch,
+    client: Client, flows: FlowClient, bounded: Worker
 ) -> None:
     """Nested fanned-out foreach steps (4 outer slices, each item fanning out 8 more) would make 37
     runs; each fan-out first counts the tree, so with a bound of 20 the second (or third) inner
     fan-out is refused and the run fails naming it (patch ``fan-out-tree-bound``)."""
-    monkeypatch.setenv(MAX_RUNS_PER_TREE_ENV, str(LIMIT))
-    client = temporal_env.client
-    flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
     call = {"id": "call", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}
     inner = {"id": "inner", "type": "foreach", "items": "range(8) | list", "concurrency": 8}
     outer = {"id": "outer", "type": "foreach", "items": "range(4) | list", "concurrency": 1}
@@ -116,7 +102,7 @@ async def test_nested_fanned_out_steps_stop_at_the_tree_bound(
         "name": unique("nested"),
         "steps": [{**outer, **fan_out, "steps": [{**inner, **fan_out, "steps": [call]}]}],
     }
-    result, _, total = await run_tree(client, flows, task_queue, database, document)
+    result, _, total = await run_tree(client, flows, document)
     assert (result.state, result.error_type) == (RunState.FAILED, "FanOutTreeLimitExceeded"), result.error
     assert f"past the most this worker lets one tree start ({MAX_RUNS_PER_TREE_ENV}={LIMIT})" in (
         result.error or ""
@@ -147,3 +133,8 @@ async def test_the_bound_is_read_from_the_environment_and_a_bad_value_stops_the_
     text = log.read_text()
     assert f"{MAX_RUNS_PER_TREE_ENV}: 'lots' is not a whole number of runs from 10 to 1,000,000" in text
     assert "Traceback" not in text
+
+
+def test_the_workflow_names_the_activity_and_variable_as_the_activities_do() -> None:
+    """The workflow module does not import the activities; its copies of their names must match."""
+    assert (generic.TREE_RUNS, generic.MAX_RUNS_PER_TREE_ENV) == (TREE_RUNS, MAX_RUNS_PER_TREE_ENV)
