@@ -146,6 +146,8 @@ async def test_group_member_rejects_on_a_phone(
         title = "Expense of 1250 EUR by Sam Lee: Client visit in Lyon"
         await eventually(lambda: _listed(page, title), bool, timeout=30, what="the approval listed")
         await page.get_by_role("link", name=title).click()
+        # The item's page has loaded (measured mid-navigation, the document can be null under load).
+        await expect(page.get_by_role("heading", name=title)).to_be_visible()
         # Readable on a phone: nothing wider than the screen.
         width = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert width <= 0, f"the page is {width}px wider than the phone's screen"
