@@ -10,8 +10,18 @@ Definitions use jinja syntax in two ways:
 
 Evaluation runs inside workflow code, so the environment is deterministic (no clock, no random)
 and bounded (ranges, repetition, exponentiation and formatting widths are limited). Python's
-``eval`` is never used. ``${secret:NAME}`` references are not jinja syntax and pass through
-untouched, to be resolved only inside activities.
+``eval`` is never used.
+
+``${secret:NAME}`` references are not jinja syntax: they are resolved only inside activities, and
+only where the definition's author wrote them, in a template's text. Data is inert
+(:mod:`interpreter.inert` escapes a reference a value holds), and so is what a template makes of
+data: two values written side by side (``${sec`` and ``ret:NAME}``), a filter that strips what
+separated the characters, a loop over them. A rendered string's references are therefore the
+author's, marked before rendering and put back after it; every other ``${secret:`` in the output is
+escaped (``$${secret:``, text). A reference an expression could take apart or rebuild (inside
+``{{ }}`` or ``{% %}``, or in the text of a ``set``, ``filter``, ``macro``, ``call`` or ``block``
+body, which an expression reads back as a value) is refused by :func:`check_template` and, in a
+definition stored before that check, rendered as text.
 """
 
 from __future__ import annotations
@@ -23,6 +33,10 @@ import math
 import re
 import types
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
+
+# The one random draw of the interpreter, made once per process: it never reaches a rendered value
+# (see _REFERENCE_OPEN), so renders stay deterministic across processes and replays.
+from secrets import token_hex  # noqa: TID251
 from typing import Any, cast
 
 import jinja2
@@ -75,6 +89,18 @@ _SHOWN_SOURCE_CHARS = 200
 _TEMPLATE_MARKERS = ("{{", "{%")
 _DOLLAR_BEFORE_TAG = re.compile(r"\$\{[{%]")
 _TEMPLATED_SECRET = re.compile(r"\$\{secret:[^}]*\{[{%]")
+_SECRET_START = "${secret:"
+_AUTHOR_REFERENCE = re.compile(r"(\$?)\$\{secret:([^}\ue000\ue001]*)\}")
+"""A reference in a template's text (``$${secret:`` is the escaped, literal form: left as it is)."""
+_UNESCAPED_START = re.compile(r"(\$?)\$\{secret:")
+_REFERENCE_OPEN = f"\ue000{token_hex(16)}:"
+"""Marks an author's reference in a compiled template: ``${secret:NAME}`` in the template's text is
+compiled as ``<open>NAME\ue001`` and put back after rendering. Data cannot write the mark (the
+process draws it at random and it is never rendered: it stands only in text that goes straight to
+the output, see :func:`_mark_references`), so a reference data forms is told from the author's."""
+_REFERENCE_MARK = re.compile(re.escape(_REFERENCE_OPEN) + r"([^\ue000\ue001]*)\ue001")
+_READ_BACK = (nodes.AssignBlock, nodes.FilterBlock, nodes.Macro, nodes.CallBlock, nodes.Block)
+"""Bodies whose output an expression can read as a value (and so take apart)."""
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _BRACE_FIELD = re.compile(r"\{([^{}]*)\}")
@@ -527,9 +553,62 @@ def _compile_expression(source: str) -> TemplateExpression:
     return _ENV.compile_expression(source, undefined_to_none=False)
 
 
+def _mark_references(tree: nodes.Node) -> list[str]:
+    """Marks the author's references in the template's text (see :data:`_REFERENCE_OPEN`); returns
+    what :func:`check_template` refuses: references an expression could take apart, left unmarked
+    (so rendered as text)."""
+    problems: list[str] = []
+
+    def mark(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(1) else f"{_REFERENCE_OPEN}{match.group(2)}\ue001"
+
+    def walk(node: nodes.Node, read_back: bool) -> None:
+        if isinstance(node, nodes.TemplateData) and _SECRET_START in node.data:
+            if read_back:
+                problems.append(
+                    "a secret reference in the body of a set, filter, macro, call or block is a value"
+                    " an expression could take apart; write it in the template's own text"
+                )
+            else:
+                node.data = _AUTHOR_REFERENCE.sub(mark, node.data)
+        elif isinstance(node, nodes.Const) and isinstance(node.value, str) and _SECRET_START in node.value:
+            problems.append(
+                "a secret reference inside {{ }} or {% %} is a value an expression could take apart;"
+                " write it in the template's text, outside the tags"
+            )
+        inner = read_back or isinstance(node, _READ_BACK)
+        for child in node.iter_child_nodes():
+            walk(child, inner)
+
+    walk(tree, False)
+    return problems
+
+
+def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
+    tree = env.parse(source)
+    problems = _mark_references(tree)
+    return env.from_string(tree), tuple(problems)
+
+
+def _inert_output(value: Any) -> Any:
+    """A rendered value with every reference that is not a marked author's escaped, and the marks
+    put back as the author's references."""
+    if isinstance(value, str):
+        if "{secret:" in value:
+            value = _UNESCAPED_START.sub(lambda m: m.group(0) if m.group(1) else "$" + _SECRET_START, value)
+        if _REFERENCE_OPEN in value:
+            value = _REFERENCE_MARK.sub(lambda m: f"{_SECRET_START}{m.group(1)}}}", value)
+        return value
+    if isinstance(value, dict):
+        return {_inert_output(key): _inert_output(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_inert_output(item) for item in value]
+    return value
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _compile_template(source: str) -> jinja2.Template:
-    return _ENV.from_string(source)
+def _compile_template(source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
+    return _compile_marked(_ENV, source)
 
 
 def check_expression(src: str) -> None:
@@ -565,9 +644,11 @@ def check_template(src: str) -> None:
     if _TEMPLATED_SECRET.search(src):
         raise TemplateError(src, "a secret reference must name its secret literally, not with a template")
     try:
-        _compile_template(src)
+        _, problems = _compile_template(src)
     except Exception as exc:
         raise TemplateError(src, _detail(exc)) from exc
+    if problems:
+        raise TemplateError(src, problems[0])
 
 
 def _check_size(source: str, text: str) -> str:
@@ -641,12 +722,12 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
         return text
     expression = _single_expression(text)
     if expression is not None:
-        return _evaluate_compiled(text, expression, context)
+        return _inert_output(_evaluate_compiled(text, expression, context))
     try:
-        rendered = _compile_template(text).render(dict(context))
+        rendered = _compile_template(text)[0].render(dict(context))
     except Exception as exc:
         raise TemplateError(text, _detail(exc)) from exc
-    return _check_size(text, rendered)
+    return _check_size(text, _inert_output(rendered))
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:
@@ -683,7 +764,7 @@ def _render(value: Any, context: Mapping[str, Any]) -> Any:
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _compile_html_template(source: str) -> jinja2.Template:
-    return _HTML_ENV.from_string(source)
+    return _compile_marked(_HTML_ENV, source)[0]
 
 
 def render_html(value: Any, context: Mapping[str, Any]) -> Any:
@@ -710,7 +791,7 @@ def render_html(value: Any, context: Mapping[str, Any]) -> Any:
         raise
     except Exception as exc:
         raise TemplateError(value, _detail(exc)) from exc
-    return _check_size(value, rendered)
+    return _check_size(value, _inert_output(rendered))
 
 
 def contains_template(value: Any) -> bool:

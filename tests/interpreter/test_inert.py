@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import pytest
 
 from activities.base import resolve_secrets
 from interpreter.inert import make_inert
-from interpreter.templates import TemplateError, check_template
+from interpreter.templates import TemplateError, check_template, render, render_html
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import run, task
 
@@ -66,3 +70,92 @@ async def test_a_reference_in_run_input_or_an_action_output_is_sent_as_text() ->
     first, second = (call.input for call in rt.calls)
     assert first == {"note": "hi $${secret:FROM_INPUT}", "own": "${secret:OWN}"}
     assert second == {"echoed": "$${secret:FROM_RESPONSE}", "whole": {"next": "$${secret:FROM_RESPONSE}"}}
+
+
+SECRET_REFERENCE = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
+"""What the activity resolves (``activities.base``): an unescaped ``${secret:NAME}``."""
+
+# The adversary: whoever writes a run's data (a webhook body, a form, an HTTP response) and knows
+# what the definition's templates do with it. Each value alone holds no reference, so make_inert
+# leaves it as it is; what the template makes of the values must not become one either.
+FORMED = [
+    # Two values written next to each other complete a reference neither holds.
+    ("Hello {{ input.first }}{{ input.last }}", {"first": "${sec", "last": "ret:API_TOKEN}"}),
+    ("{{ input.first }}{{ input.last }}", {"first": "${secret:", "last": "API_TOKEN}"}),
+    ("{{ input.first ~ input.last }}", {"first": "${sec", "last": "ret:API_TOKEN}"}),
+    ("{{ [input.first ~ input.last] }}", {"first": "${sec", "last": "ret:API_TOKEN}"}),
+    ("{{ {'k': input.first ~ input.last} }}", {"first": "${sec", "last": "ret:API_TOKEN}"}),
+    # Ordinary filters rebuild one from a value that is not one.
+    ("{{ input.comment | striptags }}", {"comment": "$<i>{secret:API_TOKEN}</i>"}),
+    ("x {{ input.comment | replace('#', '') }}", {"comment": "$#{secret:API_TOKEN}"}),
+    ("{{ input.comment | reverse }}", {"comment": "}NEKOT_IPA:terces{$"}),
+    ("{% for c in input.chars %}{{ c }}{% endfor %}", {"chars": list("${secret:API_TOKEN}")}),
+    ("{{ input.chars | join }}", {"chars": list("${secret:API_TOKEN}")}),
+    ("{% set x %}{{ input.first }}{% endset %}{{ x }}{{ input.last }}", {"first": "${sec", "last": "ret:A}"}),
+    # Data formed next to the author's own reference: only the author's is one.
+    ("${secret:OWN} {{ input.first }}{{ input.last }}", {"first": "${sec", "last": "ret:API_TOKEN}"}),
+]
+
+
+@pytest.mark.parametrize(("template", "data"), FORMED)
+def test_data_that_forms_a_reference_through_a_template_stays_text(
+    template: str, data: dict[str, Any]
+) -> None:
+    rendered = render({"v": template}, {"input": make_inert(data)})["v"]
+    assert [name for name in secret_names(rendered) if name != "OWN"] == [], rendered
+    # No secret is configured: resolving anything but the author's own reference would raise.
+    sent = resolve_secrets(json.loads(json.dumps(rendered).replace("${secret:OWN}", "own")))
+    assert "{secret:" in json.dumps(sent)  # the data's text arrives as text
+
+
+def secret_names(value: Any) -> list[str]:
+    """The names of the references the activity would resolve in a rendered value."""
+    names: list[str] = []
+    if isinstance(value, str):
+        names += [m.group(2) for m in SECRET_REFERENCE.finditer(value) if not m.group(1)]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            names += secret_names(key) + secret_names(item)
+    elif isinstance(value, list):
+        for item in value:
+            names += secret_names(item)
+    return names
+
+
+def test_the_author_references_still_resolve_where_the_author_wrote_them() -> None:
+    value = {
+        "headers": {"Authorization": "Bearer ${secret:API_TOKEN}"},
+        "body": "${secret:A} for {{ input.name }} and ${secret:B}{% for i in [1, 2] %} ${secret:C}{% endfor %}",
+        "escaped": "$${secret:D} {{ input.name }}",
+        "html": "<p>{{ input.name }}</p>${secret:E}",
+    }
+    rendered = render(value, {"input": make_inert({"name": "${secret:X}"})})
+    assert rendered == {
+        "headers": {"Authorization": "Bearer ${secret:API_TOKEN}"},
+        "body": "${secret:A} for $${secret:X} and ${secret:B} ${secret:C} ${secret:C}",
+        "escaped": "$${secret:D} $${secret:X}",
+        "html": "<p>$${secret:X}</p>${secret:E}",
+    }
+    assert render_html(
+        "<p>{{ input.a }}{{ input.b }}</p> ${secret:E}", {"input": {"a": "${sec", "b": "ret:Z}"}}
+    ) == ("<p>$${secret:Z}</p> ${secret:E}")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ '${secret:C}' }}",
+        "{{ '${secret:C}' | reverse }}",
+        "{% set x %}${secret:C}{% endset %}{{ x }}",
+        "{% filter upper %}${secret:c}{% endfilter %}",
+        "{% macro m() %}${secret:C}{% endmacro %}{{ m() }}",
+        "{% block b %}${secret:C}{% endblock %}",
+    ],
+)
+def test_a_reference_a_template_can_take_apart_is_refused(template: str) -> None:
+    """Inside a tag, or in text an expression can read back (a block, macro or set), a reference
+    would be a value the template could cut, reverse or rebuild: validation refuses it, naming it."""
+    with pytest.raises(TemplateError, match="secret reference"):
+        check_template(template)
+    # A definition stored before this check renders it as text: nothing is resolved.
+    assert secret_names(render(template, {})) == []
