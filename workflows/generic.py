@@ -240,6 +240,14 @@ PATCH_CODEC_FRAMING_MARGIN = "codec-framing-margin"
 """Patch id: a payload within :data:`CODEC_FRAMING_MARGIN` under Temporal's limit (a task's or
 child run's input, a next run's input, without the payload store) is refused as one over it: with
 the encryption codec it was over it once encrypted, and its workflow task failed for ever."""
+PATCH_HISTORY_GUARD_SENDS = "history-guard-sends"
+"""Patch id: without the payload store, an activity's or child run's input that would bring the
+run's history past :data:`HISTORY_SEND_CEILING` (counting what the workflow task sends already)
+fails its step (``HistoryLimit``) instead of being sent; before, a fanned-out ``foreach`` whose body
+reads the run's 1 MB input (every child gets it) or 60 steps at once each sending 1.9 MB passed the
+history guard (checked as a step starts, and a fan-out is one step; the concurrent steps all start
+in one task) until the server terminated the run at 50 MiB: no compensation, no message of ours
+(found by an attacker's probe). Asked only for such a send."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -324,6 +332,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_COMPENSATE_HERE_BUDGET: 12,
     PATCH_CODEC_FRAMING_MARGIN: 13,
     PATCH_FAN_OUT_TREE_BOUND: 14,
+    PATCH_HISTORY_GUARD_SENDS: 15,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -564,6 +573,14 @@ of holding the run. At the server's limit no run that completed before this ever
 histories replay unchanged; a cluster configured with a lower limit needs a build with this
 lowered."""
 SUBFLOW_LIMIT_EXCEEDED = "SubflowLimitExceeded"
+HISTORY_LIMIT = "HistoryLimit"
+"""The error type of a step or run stopped near Temporal's history limit (as the engine's guard)."""
+HISTORY_SEND_CEILING = 46 * 1024 * 1024
+"""Bytes of history past which the run sends no activity or child run input inline
+(:data:`PATCH_HISTORY_GUARD_SENDS`): 4 MiB under Temporal's 50 MiB, for the events and results of
+what is in flight and the compensations (steps stop starting at 40 MiB,
+``interpreter.engine.HISTORY_GUARD_BYTES``, so sends between the two are compensations' and those
+of steps that started before it)."""
 TASK_SEND_BUDGET = 1536 * 1024
 """Most bytes of activity and child run inputs one workflow task sends before the next input waits
 for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
@@ -775,6 +792,9 @@ class _TemporalRuntime:
         # waits for a workflow task of its own.
         counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
         await self._pace_send(counted, call.summary)
+        room = self._history_room_problem(counted, f"step {call.path!r}'s input")
+        if room is not None:
+            raise ActionFailedError(room, HISTORY_LIMIT, 0)
         problem = self._activity_input_problem(call, counted)
         if problem is not None:
             # No command was sent for it: the SDK's (or the store's) refusal failed the workflow
@@ -981,6 +1001,25 @@ class _TemporalRuntime:
     def _task_moved_on(self, key: int) -> bool:
         return self.task_key() != key
 
+    def _history_room_problem(self, size: int, what: str) -> str | None:
+        """Why an input of ``size`` bytes, counted into this task's sends by :meth:`_pace_send`, is
+        not sent (:data:`PATCH_HISTORY_GUARD_SENDS`), or None. With the payload store a large input
+        goes by reference, so nothing is counted there."""
+        if self.input_budget is not None:
+            return None
+        used = workflow.info().get_current_history_size()
+        if used + self._sent <= HISTORY_SEND_CEILING or not self.patched(PATCH_HISTORY_GUARD_SENDS):
+            return None
+        self._sent -= size  # not sent
+        return (
+            f"{what} ({size:,} bytes) would bring the run's history ({used + self._sent:,} bytes with"
+            f" what this workflow task sends) past {HISTORY_SEND_CEILING:,} bytes, near Temporal's"
+            " 50 MiB limit where the server terminates a run: keep large values out of what steps"
+            " send (a fanned-out foreach sends each child the whole run input when its body reads"
+            " `input`: pick what it needs into `vars` first), or configure the payload store"
+            " (WFA_PAYLOAD_STORE)"
+        )
+
     def history_used(self) -> tuple[int, int]:
         info = workflow.info()
         return info.get_current_history_length(), info.get_current_history_size()
@@ -1024,7 +1063,13 @@ class _TemporalRuntime:
             input=call.input,
             options=self._options.model_copy(update={"subflow_depth": call.depth}),
         )
-        await self._pace_send(json_size(child_input.input, TASK_SEND_BUDGET), call.summary)
+        counted = json_size(child_input.input, TASK_SEND_BUDGET)
+        await self._pace_send(counted, call.summary)
+        room = self._history_room_problem(
+            counted, f"the input of its child run {temporal_id(call.workflow_id)!r}"
+        )
+        if room is not None:
+            raise SubflowFailedError(f"subflow {call.definition!r}: {room}", HISTORY_LIMIT)
         problem = self._payload_problem(
             child_input, f"the input of its child run {temporal_id(call.workflow_id)!r}"
         )
@@ -1139,7 +1184,13 @@ class _TemporalRuntime:
         its compensations) and if the parent closes first."""
         parent = workflow.info().workflow_id
         child_input = RunInput(definition=call.definition, options=self._options, batch=call.batch)
-        await self._pace_send(_batch_json_size(call.batch), call.summary)
+        counted = _batch_json_size(call.batch)
+        await self._pace_send(counted, call.summary)
+        room = self._history_room_problem(
+            counted, f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context)"
+        )
+        if room is not None:
+            raise BatchFailedError(room, HISTORY_LIMIT)
         problem = self._payload_problem(
             child_input,
             f"the child run's input (the definition, its {len(call.batch.items)} items and the"
