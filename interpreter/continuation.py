@@ -246,18 +246,26 @@ def read_continuation(data: dict[str, Any]) -> Continuation:
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
+CARRIED_YEARS = (1900, 7000)
+"""The years a carried time may be in: a run's times come from its clock (or a delay's ``until``);
+from there, the longest duration a definition may name (100 years,
+``interpreter.durations.MAX_DURATION``) times the most escalations (20, plus one) keeps the
+arithmetic on them inside the calendar (year 9999)."""
+
 
 def aware(model: _Model) -> _Model:
     """``model`` (a snapshot, or an entry of it read later), when every time in it has a UTC offset.
 
     Raises:
-        ValueError: Naming the first that has none: every time a run writes is UTC, and a forged
-            naive one would fail a comparison with the clock later (a workflow task failing for
-            ever instead of the run failing in words).
+        ValueError: Naming the first that has none, or that is outside the years
+            :data:`CARRIED_YEARS`: every time a run writes is UTC and comes from a clock, and a
+            forged naive one would fail a comparison with the clock later, one at an end of the
+            calendar the arithmetic on it (a deadline, an escalation, a lookback: ``OverflowError``),
+            a workflow task failing for ever instead of the run failing in words.
     """
     naive = _naive_time(model, type(model).__name__)
     if naive is not None:
-        raise ValueError(f"the carried time {naive} has no UTC offset")
+        raise ValueError(f"the carried time {naive}")
     return model
 
 
@@ -265,7 +273,11 @@ def _naive_time(value: Any, where: str) -> str | None:
     """Where in ``value`` (a model, or a list or dict of models) a time without a UTC offset is,
     if anywhere. Data a model holds as ``Any`` is JSON, never a time: it is not walked."""
     if isinstance(value, datetime):
-        return None if value.tzinfo is not None else f"{where} ({value.isoformat()})"
+        if value.tzinfo is None:
+            return f"{where} ({value.isoformat()}) has no UTC offset"
+        if not CARRIED_YEARS[0] <= value.year <= CARRIED_YEARS[1]:
+            return f"{where} ({value.isoformat()}) is outside the years {CARRIED_YEARS[0]}-{CARRIED_YEARS[1]}"
+        return None
     if isinstance(value, BaseModel):
         items: Any = ((name, getattr(value, name)) for name in type(value).model_fields)
     elif isinstance(value, dict):

@@ -45,7 +45,7 @@ from interpreter.continuation import (
 )
 from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription
-from interpreter.inert import make_inert
+from interpreter.inert import make_inert, seal
 from interpreter.model import (
     FAN_OUT_ABOVE,
     FAN_OUT_BATCH_SIZE,
@@ -1689,10 +1689,12 @@ class Engine:
         self._started_at = info.started_at
         self._batch = batch
         if batch is not None:
-            # The parent's context at the foreach, inert already (not escaped a second time).
-            self.input = dict(batch.input)
-            self.vars = dict(batch.vars)
-            self._run_ctx = dict(batch.run)
+            # The parent's context at the foreach, inert already (not escaped a second time), unless
+            # a raw client forged the slice: sealed (a no-op on inert data), so no reference in it
+            # is live. The same for a continue-as-new snapshot's data (_restore).
+            self.input = seal(dict(batch.input))
+            self.vars = seal(dict(batch.vars))
+            self._run_ctx = seal(dict(batch.run))
         if resume is not None:
             self._restore(resume)
 
@@ -3632,13 +3634,13 @@ class Engine:
             problem = f"runs {batch.concurrency} items at once; its step runs at most {most} (concurrency)"
         if problem is not None and self.runtime.patched(PATCH_BATCH_BOUNDS):
             raise _RunFailed(f"the foreach {step.id!r} slice {problem}", "InvalidBatch")
-        scope = _Scope(steps=dict(batch.steps), local=dict(batch.locals))
+        scope = _Scope(steps=seal(dict(batch.steps)), local=seal(dict(batch.locals)))
         carried, self._carried_parallel = self._carried_parallel, None
         results = await self._foreach_items(
             step,
             scope,
             batch.path,
-            batch.items,
+            seal(batch.items),
             offset=batch.offset,
             concurrency=batch.concurrency,
             safe=True,
@@ -4553,9 +4555,9 @@ class Engine:
 
     def _uncarry(self, carried: CarriedScope) -> _Scope:
         return _Scope(
-            steps=self._root.steps if carried.root else dict(carried.steps),
+            steps=self._root.steps if carried.root else seal(dict(carried.steps)),
             prefix=carried.prefix,
-            local=dict(carried.local),
+            local=seal(dict(carried.local)),
             parent=None if carried.parent is None else self._uncarry(carried.parent),
         )
 
@@ -4567,9 +4569,9 @@ class Engine:
         if self._batch is None:  # (a foreach's child reads its parent's run context)
             self._run_ctx["started_at"] = snapshot.started_at.isoformat()
         self._start_position = snapshot.position
-        self.vars = dict(snapshot.vars)
-        self._root.steps.update(snapshot.steps)
-        self._root.last_output = snapshot.last_output
+        self.vars = seal(dict(snapshot.vars))
+        self._root.steps.update(seal(snapshot.steps))
+        self._root.last_output = seal(snapshot.last_output)
         self.records = list(snapshot.records)
         self._steps_dropped = snapshot.steps_dropped
         self._visits = dict(snapshot.visits)

@@ -14,12 +14,16 @@ value rendered there could complete a reference (``{secret:NAME}``) that neither
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["SECRET_REF_START", "make_inert"]
+__all__ = ["SECRET_REF_START", "make_inert", "seal"]
 
 SECRET_REF_START = "${secret:"
 _ESCAPED = "$" + SECRET_REF_START
+_START = re.compile(r"(\$?)\$\{secret:")
+"""Where the activity would see a reference start: ``$${secret:`` (group 1 set) is the escaped,
+literal form; ``${secret:`` alone is live."""
 
 
 def make_inert(value: Any) -> Any:
@@ -54,3 +58,28 @@ def _holds_reference(value: Any) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return False
+
+
+def seal(value: Any) -> Any:
+    """A copy of a JSON-like value (keys too) in which no reference is live: every ``${secret:``
+    that is not escaped already is escaped; escaped ones are left as they are.
+
+    Unlike :func:`make_inert` (for data entering the run, whose every ``${secret:`` is text), it
+    is idempotent, so it serves where a value is inert already unless forged, or where a template
+    made it of inert data (``interpreter.templates``): data that is inert passes unchanged.
+    """
+    if isinstance(value, str):
+        return _START.sub(_escape_live, value) if SECRET_REF_START in value else value
+    if isinstance(value, dict):
+        if not _holds_reference(value):
+            return value
+        return {seal(key): seal(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        if not _holds_reference(value):
+            return value
+        return [seal(item) for item in value]
+    return value
+
+
+def _escape_live(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(1) else _ESCAPED

@@ -121,7 +121,7 @@ class PendingApproval(BaseModel):
     """The declared form fields in full: type, required, max_length, enum values."""
     since: datetime
     deadline: datetime | None = None
-    escalations: int = 0
+    escalations: int = Field(default=0, ge=0)
     kind: str = "approval"
     """``approval`` (approve or reject) or ``task`` (a human task: complete it)."""
     description: str = ""

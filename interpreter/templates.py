@@ -50,6 +50,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from interpreter.durations import parse_duration
+from interpreter.inert import seal
 
 __all__ = [
     "MAX_RENDERED_BYTES",
@@ -92,7 +93,6 @@ _TEMPLATED_SECRET = re.compile(r"\$\{secret:[^}]*\{[{%]")
 _SECRET_START = "${secret:"
 _AUTHOR_REFERENCE = re.compile(r"(\$?)\$\{secret:([^}\ue000\ue001]*)\}")
 """A reference in a template's text (``$${secret:`` is the escaped, literal form: left as it is)."""
-_UNESCAPED_START = re.compile(r"(\$?)\$\{secret:")
 _REFERENCE_OPEN = f"\ue000{token_hex(16)}:"
 """Marks an author's reference in a compiled template: ``${secret:NAME}`` in the template's text is
 compiled as ``<open>NAME\ue001`` and put back after rendering. Data cannot write the mark (the
@@ -591,18 +591,11 @@ def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Templa
 
 
 def _inert_output(value: Any) -> Any:
-    """A rendered value with every reference that is not a marked author's escaped, and the marks
-    put back as the author's references."""
-    if isinstance(value, str):
-        if "{secret:" in value:
-            value = _UNESCAPED_START.sub(lambda m: m.group(0) if m.group(1) else "$" + _SECRET_START, value)
-        if _REFERENCE_OPEN in value:
-            value = _REFERENCE_MARK.sub(lambda m: f"{_SECRET_START}{m.group(1)}}}", value)
-        return value
-    if isinstance(value, dict):
-        return {_inert_output(key): _inert_output(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_inert_output(item) for item in value]
+    """A rendered value with every reference that is not a marked author's escaped (what data
+    formed), and the marks put back as the author's references."""
+    value = seal(value)
+    if isinstance(value, str) and _REFERENCE_OPEN in value:
+        value = _REFERENCE_MARK.sub(lambda m: f"{_SECRET_START}{m.group(1)}}}", value)
     return value
 
 

@@ -1528,7 +1528,8 @@ class GenericRun:
                 resume=resume,
                 batch=run.batch,
             )
-        except ValueError as err:  # a snapshot that does not fit the definition: fail the run, clearly
+        except (ValueError, ArithmeticError) as err:  # a snapshot that does not fit the definition
+            # (or a forged one whose times overflow): fail the run, clearly
             self._resume_problem = clip(str(err))
             self._engine = Engine(run.definition, run.input, runtime, run_info)
         self._track_step = run.options.track_current_step

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from activities.base import resolve_secrets
-from interpreter.inert import make_inert
+from interpreter.inert import make_inert, seal
 from interpreter.templates import TemplateError, check_template, render, render_html
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import run, task
@@ -29,6 +29,26 @@ from tests.interpreter.test_engine import run, task
 def test_escaped_data_resolves_to_exactly_the_text_it_held(data: str) -> None:
     # No secret is configured: if anything were resolved, resolve_secrets would raise SecretNotFound.
     assert resolve_secrets(make_inert(data)) == data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "${secret:DB_PASSWORD}",
+        "prefix ${secret:A} and ${secret:B} suffix",
+        "$${secret:ALREADY_ESCAPED}",
+        "$$${secret:X}",
+        {"${secret:K}": ["${secret:V}", ("$${secret:W}",)]},
+    ],
+)
+def test_seal_leaves_inert_data_as_it_is_and_makes_any_other_inert(data: Any) -> None:
+    """``seal`` guards values that are inert unless forged (a fan-out slice, a snapshot): a no-op
+    on inert data (escaping it again would change its text), and nothing it returns resolves."""
+    inert = make_inert(data)
+    assert seal(inert) == inert
+    sealed = seal(data)
+    assert seal(sealed) == sealed
+    resolve_secrets(sealed)  # no secret is configured: a live reference would raise SecretNotFound
 
 
 def test_every_depth_and_keys_are_escaped() -> None:

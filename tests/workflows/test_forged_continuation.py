@@ -17,8 +17,9 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
 from interpreter.continuation import SNAPSHOT_VERSION
-from interpreter.state import RunInput, RunOptions, RunState
+from interpreter.state import ForeachBatch, RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
+from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import failure_of, status, unique
 from workflows.generic import RunDefinitionWorkflow
 
@@ -36,6 +37,7 @@ def _document() -> dict[str, Any]:
                 "approvers": ["alice"],
                 "timeout": "1h",
                 "on_timeout": "approve",
+                "escalation": {"after": "30m", "add_approvers": ["bob"]},
             },
             {"id": "after", "type": "set", "vars": {"done": True}},
         ],
@@ -72,6 +74,12 @@ def _forge(change: str) -> dict[str, Any]:
         snapshot["kinds"]["consumed_events"] = 5
     elif change == "spent tokens not a list":
         snapshot["kinds"]["used_decision_tokens"] = True
+    elif change == "since at the end of the calendar":
+        # start + after * (escalations + 1) overflowed: OverflowError, the task failed for ever.
+        snapshot["approval"]["view"]["since"] = "9999-12-31T23:59:00+00:00"
+        snapshot["approval"]["view"].pop("deadline")
+    elif change == "escalations negative":
+        snapshot["approval"]["view"]["escalations"] = -1_000_000_000
     elif change == "record start without offset":
         snapshot["records"] = [
             {
@@ -109,6 +117,11 @@ async def _start(client: Client, task_queue: str, continuation: dict[str, Any]) 
         ("spent tokens not a list", "'used_decision_tokens' are not a list of ids"),
         ("record start without offset", "Continuation.records.0.started_at (2026-12-01T09:00:00) has no UTC"),
         ("deadline without offset", "Continuation.approval.view.deadline (2026-12-01T10:00:00) has no UTC"),
+        (
+            "since at the end of the calendar",
+            "Continuation.approval.view.since (9999-12-31T23:59:00+00:00) is outside the years 1900-7000",
+        ),
+        ("escalations negative", "escalations\n  Input should be greater than or equal to 0"),
     ],
 )
 async def test_a_forged_snapshot_fails_the_run_in_words_instead_of_failing_its_task_for_ever(
@@ -151,3 +164,91 @@ async def test_a_cancel_accepted_while_the_run_switched_cancels_the_next_run_on_
     assert (final.cancelled_by.actor, final.cancelled_by.reason) == ("ops-carol", "no longer needed")
     assert final.output is None or final.output.get("done") is None
     assert (final.pending_approvals, final.current_steps) == ([], [])  # the carried gate is over too
+
+
+# Data a raw client forges into a snapshot or a fan-out slice is data: inert, whatever the
+# definition's templates do with it. The definition below is a reviewed, pinned one; only the data
+# is forged. No secret is configured on the worker: a live reference fails its step with
+# SecretNotFound, an inert one reaches the receiver as text.
+FORGED_REFERENCE = "${secret:FORGED_NOT_CONFIGURED}"
+
+
+def _posting(url: str, body: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": "post",
+        "type": "task",
+        "action": "http",
+        "input": {"url": url, "method": "POST", "json": body},
+    }
+
+
+async def test_data_forged_into_a_snapshot_is_inert(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    http_server.route("POST", "/hook", lambda request: (200, {}, {"ok": True}))
+    doc = _document()
+    doc["steps"][1] = _posting(
+        f"{http_server.url}/hook", {"note": "{{ vars.note }}", "last": "{{ vars.deep }}"}
+    )
+    snapshot = _forge("none")
+    snapshot["vars"] = {"note": FORGED_REFERENCE, "deep": {"a": [FORGED_REFERENCE]}}
+    run = RunInput(definition=load_definition(doc), options=RunOptions(engine_level=6), continuation=snapshot)
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        run,
+        id=unique("forged"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(seconds=60),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    [request] = http_server.requests(path="/hook")
+    assert request.json == {"note": FORGED_REFERENCE, "last": {"a": [FORGED_REFERENCE]}}
+
+
+async def test_data_forged_into_a_fan_out_slice_is_inert(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    http_server.route("POST", "/hook", lambda request: (200, {}, {"ok": True}))
+    body = {
+        "item": "{{ item }}",
+        "n": "{{ input.n }}",
+        "v": "{{ vars.v }}",
+        "prev": "{{ steps.prev.output }}",
+    }
+    doc = {
+        "name": unique("forged-slice"),
+        "version": 1,
+        "steps": [
+            # The slice's child runs the foreach only: its earlier step's output comes with the slice.
+            {"id": "prev", "type": "task", "action": "echo", "input": {"value": 1}},
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "input.list",
+                "steps": [_posting(f"{http_server.url}/hook", body)],
+            },
+        ],
+    }
+    batch = ForeachBatch(
+        step_id="each",
+        path="each",
+        offset=0,
+        items=[FORGED_REFERENCE],
+        concurrency=1,
+        input={"n": FORGED_REFERENCE},
+        vars={"v": FORGED_REFERENCE},
+        steps={"prev": {"output": FORGED_REFERENCE}},
+    )
+    run = RunInput(definition=load_definition(doc), options=RunOptions(engine_level=6), batch=batch)
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        run,
+        id=unique("forged-slice"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(seconds=60),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    [request] = http_server.requests(path="/hook")
+    assert request.json == dict.fromkeys(body, FORGED_REFERENCE)
