@@ -45,6 +45,8 @@ Configuration comes from the environment:
   run's start input by reference whatever its size (here: the subflows and fan-out slices this
   worker starts; clients, the gateway and schedules' creators set it for the runs they start).
   ``WFA_STATE_BUDGET_MAX``: the most state a run may keep whatever its starter asks (default 16 MiB).
+- ``WFA_MAX_CACHED_RUNS``: runs kept in memory between their workflow tasks (default 1,000): with the
+  state budget, it bounds the worker's memory (:func:`cached_runs_from_env`).
 - ``WFA_PRIORITY_TENANTS``: the tenants whose definitions may ask priority 1 or 2 for what their
   runs schedule (comma-separated, ``*`` all; unset: none; :mod:`workflows.priority`).
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
@@ -229,6 +231,30 @@ def workflow_task_slots_from_env(environ: Mapping[str, str]) -> int:
     return int(raw)
 
 
+CACHED_RUNS_ENV = "WFA_MAX_CACHED_RUNS"
+"""How many runs the worker keeps in memory between their workflow tasks (Temporal's sticky cache)."""
+DEFAULT_CACHED_RUNS = 1000
+
+
+def cached_runs_from_env(environ: Mapping[str, str]) -> int:
+    """``WFA_MAX_CACHED_RUNS``, or :data:`DEFAULT_CACHED_RUNS` (the SDK's default).
+
+    A cached run holds its state in memory: a run that keeps its whole state budget (1.5 MiB, up
+    to ``WFA_STATE_BUDGET_MAX`` with the payload store) takes about 4 MB of the worker's memory, so
+    a thousand such runs waiting take about 4 GB. This bounds it; a run not in the cache is
+    replayed from its history at its next task.
+
+    Raises:
+        ValueError: Not a whole number from 1 to 100,000.
+    """
+    raw = environ.get(CACHED_RUNS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CACHED_RUNS
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise ValueError(f"{CACHED_RUNS_ENV} must be a whole number from 1 to 100000, not {raw[:40]!r}")
+    return int(raw)
+
+
 DEPLOYMENT_NAME_ENV = "WFA_DEPLOYMENT_NAME"
 """Worker Deployment Versioning: the deployment this worker belongs to (with ``WFA_BUILD_ID``)."""
 BUILD_ID_ENV = "WFA_BUILD_ID"
@@ -318,7 +344,7 @@ def build_worker(
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
         deployment_config=versioning,
-        max_cached_workflows=1000 if max_cached_workflows is None else max_cached_workflows,
+        max_cached_workflows=DEFAULT_CACHED_RUNS if max_cached_workflows is None else max_cached_workflows,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks or default_workflow_task_slots(),
     )
     return tolerate_slow_activations(worker)
@@ -373,6 +399,7 @@ async def main() -> int:
         verifier = load_decision_verifier(os.environ)
         deployment = deployment_from_env(os.environ)
         workflow_slots = workflow_task_slots_from_env(os.environ)
+        cached_runs = cached_runs_from_env(os.environ)
         state_budget_max_from_env(os.environ)
         max_runs_per_tree_from_env(os.environ)
     except ValueError as err:
@@ -476,18 +503,21 @@ async def main() -> int:
                     sql=sql,
                     deployment=deployment,
                     max_concurrent_workflow_tasks=workflow_slots,
+                    max_cached_workflows=cached_runs,
                 )
             )
         for namespace, client in clients.items():
             tenants = scope.tenants_of(namespace)
             log.info(
-                "worker polling %s on %s (namespace %s, tenants %s, deployment %s, workflow task slots %d)",
+                "worker polling %s on %s (namespace %s, tenants %s, deployment %s, workflow task slots %d,"
+                " cached runs %d)",
                 task_queue,
                 client.service_client.config.target_host,
                 namespace,
                 "any" if tenants is None else ", ".join(tenants),
                 "none" if deployment is None else f"{deployment.deployment_name}@{deployment.build_id}",
                 workflow_slots,
+                cached_runs,
             )
         sampler = (
             GaugeSampler(runtime.metric_meter, list(clients.values()), task_queue, sample_limit)

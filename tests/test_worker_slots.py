@@ -20,6 +20,7 @@ from tests.workflows.support import unique
 from worker import (
     DEADLOCK_TIMEOUT_S,
     build_worker,
+    cached_runs_from_env,
     default_workflow_task_slots,
     workflow_task_slots_from_env,
 )
@@ -52,6 +53,28 @@ def test_the_worker_refuses_to_start_with_it() -> None:
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "WFA_WORKFLOW_TASK_SLOTS must be a whole number from 2 to 1000, not 'lots'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("value", "cached"), [("", 1000), (" 200 ", 200), ("1", 1), ("100000", 100_000)])
+def test_the_cached_runs_bound_the_worker_memory_is_sized_by(value: str, cached: int) -> None:
+    assert cached_runs_from_env({"WFA_MAX_CACHED_RUNS": value} if value else {}) == cached
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2.5", "100001"])
+def test_the_worker_refuses_a_cache_size_that_cannot_work(value: str) -> None:
+    env = {**os.environ, "WFA_MAX_CACHED_RUNS": value, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "worker.py"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"WFA_MAX_CACHED_RUNS must be a whole number from 1 to 100000, not {value!r}" in done.stderr
     assert "Traceback" not in done.stderr
 
 
