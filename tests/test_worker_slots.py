@@ -40,8 +40,9 @@ def test_a_slot_count_that_cannot_work_is_refused(value: str) -> None:
         workflow_task_slots_from_env({"WFA_WORKFLOW_TASK_SLOTS": value})
 
 
-def test_the_worker_refuses_to_start_with_it() -> None:
-    env = {**os.environ, "WFA_WORKFLOW_TASK_SLOTS": "lots", "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+def _worker_refuses(variable: str, value: str, message: str) -> None:
+    """``worker.py`` with ``variable`` set to ``value`` stops at start: exit 2, ``message``, no trace."""
+    env = {**os.environ, variable: value, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
     done = subprocess.run(
         [sys.executable, "worker.py"],
         check=False,
@@ -52,8 +53,16 @@ def test_the_worker_refuses_to_start_with_it() -> None:
         timeout=120,
     )
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "WFA_WORKFLOW_TASK_SLOTS must be a whole number from 2 to 1000, not 'lots'" in done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_worker_refuses_to_start_with_it() -> None:
+    _worker_refuses(
+        "WFA_WORKFLOW_TASK_SLOTS",
+        "lots",
+        "WFA_WORKFLOW_TASK_SLOTS must be a whole number from 2 to 1000, not 'lots'",
+    )
 
 
 @pytest.mark.parametrize(("value", "cached"), [("", 1000), (" 200 ", 200), ("1", 1), ("100000", 100_000)])
@@ -63,19 +72,11 @@ def test_the_cached_runs_bound_the_worker_memory_is_sized_by(value: str, cached:
 
 @pytest.mark.parametrize("value", ["0", "-3", "many", "2.5", "100001"])
 def test_the_worker_refuses_a_cache_size_that_cannot_work(value: str) -> None:
-    env = {**os.environ, "WFA_MAX_CACHED_RUNS": value, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
-    done = subprocess.run(
-        [sys.executable, "worker.py"],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    _worker_refuses(
+        "WFA_MAX_CACHED_RUNS",
+        value,
+        f"WFA_MAX_CACHED_RUNS must be a whole number from 1 to 100000, not {value!r}",
     )
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert f"WFA_MAX_CACHED_RUNS must be a whole number from 1 to 100000, not {value!r}" in done.stderr
-    assert "Traceback" not in done.stderr
 
 
 async def test_build_worker_applies_it(client: Client) -> None:

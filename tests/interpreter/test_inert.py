@@ -14,33 +14,24 @@ from interpreter.templates import TemplateError, check_template, render, render_
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import run, task
 
+DATA = [
+    "${secret:DB_PASSWORD}",
+    "prefix ${secret:A} and ${secret:B} suffix",
+    "$${secret:ALREADY_ESCAPED}",
+    "$$${secret:X}",
+    "${secret:}",
+    "${secret:not a name}",
+]
+"""Data holding references, escaped ones and malformed ones."""
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        "${secret:DB_PASSWORD}",
-        "prefix ${secret:A} and ${secret:B} suffix",
-        "$${secret:ALREADY_ESCAPED}",
-        "$$${secret:X}",
-        "${secret:}",
-        "${secret:not a name}",
-    ],
-)
+
+@pytest.mark.parametrize("data", DATA)
 def test_escaped_data_resolves_to_exactly_the_text_it_held(data: str) -> None:
     # No secret is configured: if anything were resolved, resolve_secrets would raise SecretNotFound.
     assert resolve_secrets(make_inert(data)) == data
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        "${secret:DB_PASSWORD}",
-        "prefix ${secret:A} and ${secret:B} suffix",
-        "$${secret:ALREADY_ESCAPED}",
-        "$$${secret:X}",
-        {"${secret:K}": ["${secret:V}", ("$${secret:W}",)]},
-    ],
-)
+@pytest.mark.parametrize("data", [*DATA, {"${secret:K}": ["${secret:V}", ("$${secret:W}",)]}])
 def test_seal_leaves_inert_data_as_it_is_and_makes_any_other_inert(data: Any) -> None:
     """``seal`` guards values that are inert unless forged (a fan-out slice, a snapshot): a no-op
     on inert data (escaping it again would change its text), and nothing it returns resolves."""

@@ -94,11 +94,19 @@ def _forge(change: str) -> dict[str, Any]:
     return snapshot
 
 
-async def _start(client: Client, task_queue: str, continuation: dict[str, Any]) -> Any:
+async def _start(
+    client: Client,
+    task_queue: str,
+    continuation: dict[str, Any] | None,
+    document: dict[str, Any] | None = None,
+    batch: ForeachBatch | None = None,
+) -> Any:
+    """Starts a run as a raw client can: the snapshot or the fan-out slice as given."""
     run = RunInput(
-        definition=load_definition(_document()),
+        definition=load_definition(document or _document()),
         options=RunOptions(engine_level=6),
         continuation=continuation,
+        batch=batch,
     )
     return await client.start_workflow(
         RunDefinitionWorkflow.run,
@@ -192,14 +200,7 @@ async def test_data_forged_into_a_snapshot_is_inert(
     )
     snapshot = _forge("none")
     snapshot["vars"] = {"note": FORGED_REFERENCE, "deep": {"a": [FORGED_REFERENCE]}}
-    run = RunInput(definition=load_definition(doc), options=RunOptions(engine_level=6), continuation=snapshot)
-    handle = await client.start_workflow(
-        RunDefinitionWorkflow.run,
-        run,
-        id=unique("forged"),
-        task_queue=task_queue,
-        execution_timeout=timedelta(seconds=60),
-    )
+    handle = await _start(client, task_queue, snapshot, doc)
     result = await handle.result()
     assert result.state == RunState.COMPLETED, result.error
     [request] = http_server.requests(path="/hook")
@@ -240,14 +241,7 @@ async def test_data_forged_into_a_fan_out_slice_is_inert(
         vars={"v": FORGED_REFERENCE},
         steps={"prev": {"output": FORGED_REFERENCE}},
     )
-    run = RunInput(definition=load_definition(doc), options=RunOptions(engine_level=6), batch=batch)
-    handle = await client.start_workflow(
-        RunDefinitionWorkflow.run,
-        run,
-        id=unique("forged-slice"),
-        task_queue=task_queue,
-        execution_timeout=timedelta(seconds=60),
-    )
+    handle = await _start(client, task_queue, None, doc, batch)
     result = await handle.result()
     assert result.state == RunState.COMPLETED, result.error
     [request] = http_server.requests(path="/hook")
