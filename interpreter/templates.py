@@ -566,8 +566,8 @@ def _mark_references(tree: nodes.Node) -> list[str]:
         if isinstance(node, nodes.TemplateData) and _SECRET_START in node.data:
             if read_back:
                 problems.append(
-                    "a secret reference in the body of a set, filter, macro, call or block is a value"
-                    " an expression could take apart; write it in the template's own text"
+                    "a secret reference in the body of a set, filter, macro, call, block or recursive"
+                    " loop is a value an expression could take apart; write it in the template's own text"
                 )
             else:
                 node.data = _AUTHOR_REFERENCE.sub(mark, node.data)
@@ -576,7 +576,8 @@ def _mark_references(tree: nodes.Node) -> list[str]:
                 "a secret reference inside {{ }} or {% %} is a value an expression could take apart;"
                 " write it in the template's text, outside the tags"
             )
-        inner = read_back or isinstance(node, _READ_BACK)
+        # A recursive loop's body is read back too: ``loop(children)`` returns it as a value.
+        inner = read_back or isinstance(node, _READ_BACK) or (isinstance(node, nodes.For) and node.recursive)
         for child in node.iter_child_nodes():
             walk(child, inner)
 

@@ -161,6 +161,9 @@ def test_the_author_references_still_resolve_where_the_author_wrote_them() -> No
         "{% filter upper %}${secret:c}{% endfilter %}",
         "{% macro m() %}${secret:C}{% endmacro %}{{ m() }}",
         "{% block b %}${secret:C}{% endblock %}",
+        # loop() returns the body's text as a value (a review found the mark reach the output).
+        "{% for n in [[[]]] recursive %}t=${secret:C} {{ loop(n) | upper }}{% endfor %}",
+        "{% for n in [[[]]] recursive %}${secret:C}{{ loop(n) | reverse }}{% endfor %}",
     ],
 )
 def test_a_reference_a_template_can_take_apart_is_refused(template: str) -> None:
