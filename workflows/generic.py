@@ -248,6 +248,14 @@ reads the run's 1 MB input (every child gets it) or 60 steps at once each sendin
 history guard (checked as a step starts, and a fan-out is one step; the concurrent steps all start
 in one task) until the server terminated the run at 50 MiB: no compensation, no message of ours
 (found by an attacker's probe). Asked only for such a send."""
+PATCH_CHILD_CANCEL_BY_ID = "child-cancel-by-id"
+"""Patch id: a run cancelled while it waits for a child run (a waited-for subflow, a fan-out slice)
+also asks Temporal to cancel the child by its workflow id, which reaches the run of the child's
+chain that is open now; the SDK's own request names the child's first run, which is closed once
+the child continued as new, so the request reached no run: the parent waited for the child to end
+on its own (for ever at an approval), and a child that completed made the cancelled parent complete,
+its compensations not run (found by an attacker's probe). Only in runs started at its generation
+(:data:`NEVER_ASKED_PATCHES`): the wait runs in a task of its own."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -333,6 +341,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CODEC_FRAMING_MARGIN: 13,
     PATCH_FAN_OUT_TREE_BOUND: 14,
     PATCH_HISTORY_GUARD_SENDS: 15,
+    PATCH_CHILD_CANCEL_BY_ID: 16,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -356,11 +365,12 @@ read (a wait carried in a branch): they apply only to runs started at their gene
 never asked through ``workflow.patched``. A run started at an earlier generation (by a client that
 older workers may still serve, during a rollout) keeps its branches as before whichever worker
 runs it, so an older worker can always take its next run."""
-NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {PATCH_CHILD_CANCEL_FAILS_STEP}
+NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {PATCH_CHILD_CANCEL_FAILS_STEP, PATCH_CHILD_CANCEL_BY_ID}
 """Patches that apply only to runs started at their generation or above, never asked through
-``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, and ``child-cancel-fails-step``,
+``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
 which starts a child from a task of its own (the start command may go out later in its activation
-than a recorded run's did)."""
+than a recorded run's did), and ``child-cancel-by-id``, which waits for a child in a task of its own
+(its cancellation commands may go out in another order)."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -665,6 +675,7 @@ class _TemporalRuntime:
         """With the payload store: the most a child run's or a task's input may take (the run's
         state budget as the worker capped it); None without the store (Temporal's 2 MiB then)."""
         self._detached: set[asyncio.Task[None]] = set()
+        self._cancels_asked: set[asyncio.Task[None]] = set()
 
     @property
     def priority(self) -> Priority:
@@ -792,7 +803,11 @@ class _TemporalRuntime:
         # waits for a workflow task of its own.
         counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
         await self._pace_send(counted, call.summary)
-        room = self._history_room_problem(counted, f"step {call.path!r}'s input")
+        # Compensations always go (as the engine's step guard lets them start): the room between
+        # the ceiling and Temporal's limit is theirs; their paths begin "compensate/".
+        room = None
+        if not call.path.startswith("compensate/"):
+            room = self._history_room_problem(counted, f"step {call.path!r}'s input")
         if room is not None:
             raise ActionFailedError(room, HISTORY_LIMIT, 0)
         problem = self._activity_input_problem(call, counted)
@@ -1001,13 +1016,16 @@ class _TemporalRuntime:
     def _task_moved_on(self, key: int) -> bool:
         return self.task_key() != key
 
-    def _history_room_problem(self, size: int, what: str) -> str | None:
+    def _history_room_problem(self, size: int, what: str, definition: Definition | None = None) -> str | None:
         """Why an input of ``size`` bytes, counted into this task's sends by :meth:`_pace_send`, is
-        not sent (:data:`PATCH_HISTORY_GUARD_SENDS`), or None. With the payload store a large input
-        goes by reference, so nothing is counted there."""
+        not sent (:data:`PATCH_HISTORY_GUARD_SENDS`), or None. A child run's input also holds its
+        ``definition`` (not paced; measured only near the ceiling). With the payload store a large
+        input goes by reference, so nothing is counted there."""
         if self.input_budget is not None:
             return None
         used = workflow.info().get_current_history_size()
+        if definition is not None and used + self._sent > HISTORY_SEND_CEILING - INLINE_INPUT_MAX_BYTES:
+            used += _payload_bytes(definition)
         if used + self._sent <= HISTORY_SEND_CEILING or not self.patched(PATCH_HISTORY_GUARD_SENDS):
             return None
         self._sent -= size  # not sent
@@ -1066,7 +1084,7 @@ class _TemporalRuntime:
         counted = json_size(child_input.input, TASK_SEND_BUDGET)
         await self._pace_send(counted, call.summary)
         room = self._history_room_problem(
-            counted, f"the input of its child run {temporal_id(call.workflow_id)!r}"
+            counted, f"the input of its child run {temporal_id(call.workflow_id)!r}", child
         )
         if room is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {room}", HISTORY_LIMIT)
@@ -1120,7 +1138,7 @@ class _TemporalRuntime:
             watch.add_done_callback(self._detached.discard)
             return {**ids, "state": "started"}
         try:
-            result: RunResult = await handle
+            result: RunResult = await self._await_child(handle)
         except ChildWorkflowError as err:
             if isinstance(err.cause, CancelledError):
                 if _cancelling() or not self.patched(PATCH_CHILD_CANCEL_FAILS_STEP):
@@ -1187,7 +1205,9 @@ class _TemporalRuntime:
         counted = _batch_json_size(call.batch)
         await self._pace_send(counted, call.summary)
         room = self._history_room_problem(
-            counted, f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context)"
+            counted,
+            f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context)",
+            call.definition,
         )
         if room is not None:
             raise BatchFailedError(room, HISTORY_LIMIT)
@@ -1225,7 +1245,7 @@ class _TemporalRuntime:
                 f"a run with id {temporal_id(call.workflow_id)!r} already exists", "FanOutAlreadyStarted"
             ) from None
         try:
-            result: RunResult = await handle
+            result: RunResult = await self._await_child(handle)
         except ChildWorkflowError as err:
             if isinstance(err.cause, CancelledError):
                 if _cancelling() or not self.patched(PATCH_CHILD_CANCEL_FAILS_STEP):
@@ -1367,6 +1387,26 @@ class _TemporalRuntime:
             return await asyncio.create_task(start)
         return await start
 
+    async def _await_child(self, handle: workflow.ChildWorkflowHandle[Any, RunResult]) -> RunResult:
+        """The result of a child run this run waits for (:data:`PATCH_CHILD_CANCEL_BY_ID`). Awaited
+        in a task of its own, so a cancellation of this one (the run's, or its branch's) is seen
+        here: besides the SDK's request (which names the child's first run), the child's chain is
+        asked to cancel by its id, and the wait goes on until the child has ended (it runs its
+        compensations first), as before."""
+        if not patch_applies(self._options, PATCH_CHILD_CANCEL_BY_ID):
+            return await handle
+        waiting = asyncio.ensure_future(_child_outcome(handle))
+        try:
+            return await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            if waiting.done():
+                raise
+            asked = asyncio.ensure_future(_cancel_by_id(handle.id))
+            self._cancels_asked.add(asked)  # (held until done: the loop keeps only weak references)
+            asked.add_done_callback(self._cancels_asked.discard)
+            waiting.cancel()  # the SDK's own request, and its wait for the child's end
+            return await waiting
+
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
         # change applies there, with no marker to record (a refusal writes nothing to history).
@@ -1402,6 +1442,17 @@ def patch_applies(options: RunOptions, patch_id: str) -> bool:
     if patch_id in NEVER_ASKED_PATCHES:
         return False
     return workflow.patched(patch_id)
+
+
+async def _child_outcome(handle: workflow.ChildWorkflowHandle[Any, RunResult]) -> RunResult:
+    return await handle
+
+
+async def _cancel_by_id(workflow_id: str) -> None:
+    """Asks Temporal to cancel the open run of ``workflow_id``'s chain (no run id: the current one).
+    A child that already closed, or was asked already, refuses it: nothing more to do."""
+    with contextlib.suppress(Exception):
+        await workflow.get_external_workflow_handle(workflow_id).cancel()
 
 
 def _child_result(failure: ApplicationError) -> RunResult | None:

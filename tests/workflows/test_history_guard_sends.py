@@ -140,4 +140,5 @@ async def test_steps_started_at_once_stop_sending_at_the_ceiling(
     final = await status(handle)
     sent = [r for r in final.steps if r.path.endswith(".send") and r.status.value == "completed"]
     assert 0 < len(sent) < 12, len(sent)
-    assert len(http_server.requests(path="/push")) == len(sent)
+    # Steps in flight when one failed were cancelled (their calls may have arrived); none past it.
+    assert len(sent) <= len(http_server.requests(path="/push")) < 12
