@@ -239,10 +239,11 @@ DEFAULT_CACHED_RUNS = 1000
 def cached_runs_from_env(environ: Mapping[str, str]) -> int:
     """``WFA_MAX_CACHED_RUNS``, or :data:`DEFAULT_CACHED_RUNS` (the SDK's default).
 
-    A cached run holds its state in memory: a run that keeps its whole state budget (1.5 MiB, up
-    to ``WFA_STATE_BUDGET_MAX`` with the payload store) takes about 4 MB of the worker's memory, so
-    a thousand such runs waiting take about 4 GB. This bounds it; a run not in the cache is
-    replayed from its history at its next task.
+    A cached run holds its state in memory: a run that keeps its whole state budget (1.5 MiB
+    without the payload store; with it, what the run asks up to ``WFA_STATE_BUDGET_MAX``) takes
+    about 4 MB of the worker's memory at 1.5 MiB, so a thousand such runs waiting take about 4 GB.
+    This bounds it, per namespace the worker serves; a run not in the cache is replayed from its
+    history at its next task.
 
     Raises:
         ValueError: Not a whole number from 1 to 100,000.

@@ -246,6 +246,10 @@ def read_continuation(data: dict[str, Any]) -> Continuation:
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
+_ENDS = frozenset({"since", "parked_at", "deadline", "started_at", "ended_at", "due"})
+"""The carried times a deadline, an escalation or a lookback is computed from (or compared with),
+held to :data:`CARRIED_YEARS`. Not a delay's ``until`` (an author may write year 9999 for "never")
+nor an event's ``published_at`` (the mailbox's own check)."""
 CARRIED_YEARS = (1900, 7000)
 """The years a carried time may be in: a run's times come from its clock (or a delay's ``until``);
 from there, the longest duration a definition may name (100 years,
@@ -275,7 +279,7 @@ def _naive_time(value: Any, where: str) -> str | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return f"{where} ({value.isoformat()}) has no UTC offset"
-        if not CARRIED_YEARS[0] <= value.year <= CARRIED_YEARS[1]:
+        if where.rsplit(".", 1)[-1] in _ENDS and not CARRIED_YEARS[0] <= value.year <= CARRIED_YEARS[1]:
             return f"{where} ({value.isoformat()}) is outside the years {CARRIED_YEARS[0]}-{CARRIED_YEARS[1]}"
         return None
     if isinstance(value, BaseModel):

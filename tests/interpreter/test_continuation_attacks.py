@@ -244,3 +244,19 @@ async def test_a_resumed_approval_does_not_continue_again_while_the_host_asks_fr
     result = await rt.run(second.run())
     assert not second.continuing
     assert result.state == RunState.COMPLETED
+
+
+def test_carried_times_are_held_to_the_calendar_where_deadlines_are_computed_from_them() -> None:
+    """A forged ``since`` at the calendar's end overflowed the deadline arithmetic (the task failed
+    for ever); a delay's ``until`` of year 9999 is an author's "never" and still carries."""
+    from datetime import UTC, datetime
+
+    from interpreter.continuation import CarriedDelay, aware
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    never = datetime(9999, 12, 31, tzinfo=UTC)
+    assert aware(CarriedDelay(position=0, path="wait", since=now, until=never, waited_s=1.0)).until == never
+    with pytest.raises(
+        ValueError, match=r"CarriedDelay.since \(9999-12-31T00:00:00\+00:00\) is outside the years"
+    ):
+        aware(CarriedDelay(position=0, path="wait", since=never, until=never, waited_s=1.0))
