@@ -136,9 +136,11 @@ async def test_steps_started_at_once_stop_sending_at_the_ceiling(
     doc = _document(_at_once(f"{http_server.url}/push"))
     handle = await start(client, task_queue, doc, {"blobs": BLOBS})
     cause = await _fails_near_the_ceiling(handle)
-    assert "'s input" in cause.message
+    # It stopped part way: the step refused is neither the first nor past the last. (Steps in
+    # flight when it failed were cancelled, on a busy machine before their calls went out.)
+    refused = re.search(r"step 'push\[(\d+)\]\.send'", cause.message)
+    assert refused is not None, cause.message
+    assert 0 < int(refused.group(1)) < 12, cause.message
     final = await status(handle)
     sent = [r for r in final.steps if r.path.endswith(".send") and r.status.value == "completed"]
-    assert 0 < len(sent) < 12, len(sent)
-    # Steps in flight when one failed were cancelled (their calls may have arrived); none past it.
     assert len(sent) <= len(http_server.requests(path="/push")) < 12
