@@ -246,7 +246,7 @@ def read_continuation(data: dict[str, Any]) -> Continuation:
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
-_ENDS = frozenset({"since", "parked_at", "deadline", "started_at", "ended_at", "due"})
+_ENDS = frozenset({"since", "parked_at", "deadline", "started_at"})
 """The carried times a deadline, an escalation or a lookback is computed from (or compared with),
 held to :data:`CARRIED_YEARS`. Not a delay's ``until`` (an author may write year 9999 for "never")
 nor an event's ``published_at`` (the mailbox's own check)."""

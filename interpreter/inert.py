@@ -15,6 +15,7 @@ value rendered there could complete a reference (``{secret:NAME}``) that neither
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["SECRET_REF_START", "make_inert", "seal"]
@@ -32,16 +33,26 @@ def make_inert(value: Any) -> Any:
     Dict keys are escaped too (a key can be rendered into a string). Values without a reference
     are returned as they are (no copy), so the common case costs one scan.
     """
+    return _map_strings(value, _escape_all)
+
+
+def _escape_all(text: str) -> str:
+    return text.replace(SECRET_REF_START, _ESCAPED)
+
+
+def _map_strings(value: Any, escape: Callable[[str], str]) -> Any:
+    """``value`` with ``escape`` applied to every string holding ``${secret:`` (dict keys too);
+    a container holding none is returned as it is (no copy)."""
     if isinstance(value, str):
-        return value.replace(SECRET_REF_START, _ESCAPED) if SECRET_REF_START in value else value
+        return escape(value) if SECRET_REF_START in value else value
     if isinstance(value, dict):
         if not _holds_reference(value):
             return value
-        return {make_inert(key): make_inert(item) for key, item in value.items()}
+        return {_map_strings(key, escape): _map_strings(item, escape) for key, item in value.items()}
     if isinstance(value, list | tuple):
         if not _holds_reference(value):
             return value
-        return [make_inert(item) for item in value]
+        return [_map_strings(item, escape) for item in value]
     return value
 
 
@@ -68,17 +79,11 @@ def seal(value: Any) -> Any:
     is idempotent, so it serves where a value is inert already unless forged, or where a template
     made it of inert data (``interpreter.templates``): data that is inert passes unchanged.
     """
-    if isinstance(value, str):
-        return _START.sub(_escape_live, value) if SECRET_REF_START in value else value
-    if isinstance(value, dict):
-        if not _holds_reference(value):
-            return value
-        return {seal(key): seal(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        if not _holds_reference(value):
-            return value
-        return [seal(item) for item in value]
-    return value
+    return _map_strings(value, _escape_live_ones)
+
+
+def _escape_live_ones(text: str) -> str:
+    return _START.sub(_escape_live, text)
 
 
 def _escape_live(match: re.Match[str]) -> str:

@@ -50,6 +50,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from interpreter.durations import parse_duration
+from interpreter.inert import SECRET_REF_START as _SECRET_START
 from interpreter.inert import seal
 
 __all__ = [
@@ -90,7 +91,6 @@ _SHOWN_SOURCE_CHARS = 200
 _TEMPLATE_MARKERS = ("{{", "{%")
 _DOLLAR_BEFORE_TAG = re.compile(r"\$\{[{%]")
 _TEMPLATED_SECRET = re.compile(r"\$\{secret:[^}]*\{[{%]")
-_SECRET_START = "${secret:"
 _AUTHOR_REFERENCE = re.compile(r"(\$?)\$\{secret:([^}\ue000\ue001]*)\}")
 """A reference in a template's text (``$${secret:`` is the escaped, literal form: left as it is)."""
 _REFERENCE_OPEN = f"\ue000{token_hex(16)}:"
