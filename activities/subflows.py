@@ -119,7 +119,17 @@ class SubflowActivities:
             raise ApplicationError(str(err), type="SubflowVersionArchived", non_retryable=True) from None
         except NoActiveVersionError as err:  # deactivated: retrying would wait for someone to activate one
             raise ApplicationError(str(err), type="SubflowNoActiveVersion", non_retryable=True) from None
-        except (InvalidTenantError, InvalidReferenceError) as err:
+        except InvalidReferenceError as err:
+            # The step's model takes any version from 1; the registry numbers them up to
+            # 999,999,999 (nine digits), so a larger one names no stored version.
+            message = (
+                str(err)
+                if lookup.version is None
+                else f"definition {lookup.definition!r} has no version {lookup.version} in tenant"
+                f" {lookup.tenant!r} (the registry numbers versions from 1 to 999,999,999)"
+            )
+            raise ApplicationError(message, type="SubflowDefinitionNotFound", non_retryable=True) from None
+        except InvalidTenantError as err:
             raise ApplicationError(str(err), type="InvalidTenant", non_retryable=True) from None
         except ValueError as err:  # a stored body this build no longer accepts (an action it lacks)
             raise ApplicationError(

@@ -120,6 +120,23 @@ async def test_another_tenants_definition_does_not_exist_for_a_subflow(
     assert child in (result.error or "")
 
 
+async def test_a_subflow_version_past_the_registry_numbering_is_not_found(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    # Found by an attacker's probe: a version of ten digits (which the step's model accepts) failed
+    # the step with the type ``InvalidTenant``, naming a problem the run does not have.
+    child = unique("child")
+    await flows.register(_child(child, "one"), author="ann")
+    document = _parent(unique("parent"), child, version=10**12)
+    document["steps"][0]["on_failure"] = "continue"
+    document["output"] = {"error": "{{ steps.sub.error_type }}"}
+    result = await (await flows.start_run(document, {"n": 1})).result(timeout=60)
+    assert result.output == {"error": "SubflowDefinitionNotFound"}
+    failed = next(r for r in result.steps if r.id == "sub")
+    assert f"no version {10**12}" in (failed.error or "")
+    assert child in (failed.error or "")
+
+
 async def test_a_subflow_of_a_deactivated_definition_fails_its_step_at_once(
     flows: FlowClient, store_worker: Worker
 ) -> None:
