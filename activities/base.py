@@ -31,6 +31,7 @@ from activities.secrets import (
     tenant_scope,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
+from interpreter.inert import SECRET_REF
 from interpreter.sizes import ACTION_OUTPUT_BUDGET, VALUE_MAX_DEPTH, json_depth, json_size
 
 __all__ = [
@@ -64,9 +65,6 @@ MAX_FAILURE_DETAILS_BYTES = 768
 MAX_CAUSE_MESSAGE_BYTES = 256
 """The most the cause's message takes (the cause is kept as its type and message, without a trace)."""
 
-_SECRET_REF = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
-"""``${secret:NAME}``; ``$${secret:NAME}`` is the escaped, literal text (what data becomes when a
-template writes it into a step's input: data never names a secret)."""
 _SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Secrets resolved during the current action execution (name -> secret), so the wrapper can scrub
@@ -131,7 +129,7 @@ def resolve_secrets(value: Any) -> Any:
     if isinstance(value, str):
         if "{secret:" not in value:
             return value
-        return _SECRET_REF.sub(_substitute, value)
+        return SECRET_REF.sub(_substitute, value)
     if isinstance(value, dict):
         return {k: resolve_secrets(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -393,6 +393,8 @@ class ActionCall:
             visit of a step reached again by a jump.
         summary: What the Web UI shows for the activity: the step's name.
         task_queue: The task queue the step names (a team's own workers); None: the run's own.
+        compensating: The step is one of a compensation's (the run is undoing its work): a host's
+            guards that refuse new work near a limit let it go, as the engine's step guard does.
     """
 
     step_id: str
@@ -404,6 +406,7 @@ class ActionCall:
     retry: RetryPolicy
     timeouts: Timeouts
     task_queue: str | None = None
+    compensating: bool = False
 
 
 class ActionFailedError(Exception):
@@ -2545,6 +2548,7 @@ class Engine:
             retry=retry,
             timeouts=self._step_timeouts(step),
             task_queue=step.task_queue,
+            compensating=self._compensating,
         )
         redrives = 0
         # Where a park may continue as new (in a branch, by its patch: asked when it parks).

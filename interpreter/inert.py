@@ -18,9 +18,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SECRET_REF_START", "make_inert", "seal"]
+__all__ = ["SECRET_REF", "SECRET_REF_START", "make_inert", "seal"]
 
 SECRET_REF_START = "${secret:"
+SECRET_REF = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
+"""A reference as the activity resolves it: ``${secret:NAME}`` (group 2 the name);
+``$${secret:NAME}`` (group 1 set) is the escaped, literal text (what data becomes when a template
+writes it into a step's input: data never names a secret). ``interpreter.templates`` finds an
+author's references with the same pattern, less its own mark characters."""
 _ESCAPED = "$" + SECRET_REF_START
 _START = re.compile(r"(\$?)\$\{secret:")
 """Where the activity would see a reference start: ``$${secret:`` (group 1 set) is the escaped,

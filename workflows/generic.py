@@ -804,9 +804,9 @@ class _TemporalRuntime:
         counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
         await self._pace_send(counted, call.summary)
         # Compensations always go (as the engine's step guard lets them start): the room between
-        # the ceiling and Temporal's limit is theirs; their paths begin "compensate/".
+        # the ceiling and Temporal's limit is theirs.
         room = None
-        if not call.path.startswith("compensate/"):
+        if not call.compensating:
             room = self._history_room_problem(counted, f"step {call.path!r}'s input")
         if room is not None:
             raise ActionFailedError(room, HISTORY_LIMIT, 0)
