@@ -256,6 +256,13 @@ the child continued as new, so the request reached no run: the parent waited for
 on its own (for ever at an approval), and a child that completed made the cancelled parent complete,
 its compensations not run (found by an attacker's probe). Only in runs started at its generation
 (:data:`NEVER_ASKED_PATCHES`): the wait runs in a task of its own."""
+PATCH_CHILD_CANCEL_KEPT = "child-cancel-kept"
+"""Patch id: a run cancelled while it waits for a child run stays cancelled when the child ends
+otherwise (completes, or fails) before its cancellation reaches it: the step ends cancelled and the
+run's cancellation goes on. Before, the wait returned the child's outcome and the cancellation was
+lost with it: the run took its next steps (a failed child's ``on_failure: continue`` too) and
+completed (found by an attacker's probe). Within :data:`PATCH_CHILD_CANCEL_BY_ID`'s wait, so only
+in runs started at generation 16 or later; asked only in that race."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -342,6 +349,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_FAN_OUT_TREE_BOUND: 14,
     PATCH_HISTORY_GUARD_SENDS: 15,
     PATCH_CHILD_CANCEL_BY_ID: 16,
+    PATCH_CHILD_CANCEL_KEPT: 17,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -1405,7 +1413,17 @@ class _TemporalRuntime:
             self._cancels_asked.add(asked)  # (held until done: the loop keeps only weak references)
             asked.add_done_callback(self._cancels_asked.discard)
             waiting.cancel()  # the SDK's own request, and its wait for the child's end
-            return await waiting
+            try:
+                outcome = await waiting
+            except ChildWorkflowError as err:
+                if isinstance(err.cause, CancelledError) or not self.patched(PATCH_CHILD_CANCEL_KEPT):
+                    raise
+                raise asyncio.CancelledError() from None  # the child failed, the run is cancelled
+            if self.patched(PATCH_CHILD_CANCEL_KEPT):
+                # The child ended before the cancellation reached it: its outcome does not undo
+                # this wait's cancellation (the child's own run shows how it ended).
+                raise asyncio.CancelledError() from None
+            return outcome
 
     def patched(self, patch_id: str) -> bool:
         # An update validator is read-only and runs only for a new update, never on replay: the
