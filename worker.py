@@ -45,8 +45,9 @@ Configuration comes from the environment:
   run's start input by reference whatever its size (here: the subflows and fan-out slices this
   worker starts; clients, the gateway and schedules' creators set it for the runs they start).
   ``WFA_STATE_BUDGET_MAX``: the most state a run may keep whatever its starter asks (default 16 MiB).
-- ``WFA_MAX_CACHED_RUNS``: runs kept in memory between their workflow tasks (default 1,000): with the
-  state budget, it bounds the worker's memory (:func:`cached_runs_from_env`).
+- ``WFA_MAX_CACHED_RUNS``: runs kept in memory between their workflow tasks (default: what half the
+  memory the worker may use holds at 4 MB a run, 16 to 1,000): with the state budget, it bounds the
+  worker's memory (:func:`cached_runs_from_env`).
 - ``WFA_PRIORITY_TENANTS``: the tenants whose definitions may ask priority 1 or 2 for what their
   runs schedule (comma-separated, ``*`` all; unset: none; :mod:`workflows.priority`).
 - ``WFA_METRICS_ADDRESS``: a Prometheus endpoint (``host:port``) with the SDK's and the product's
@@ -68,6 +69,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -234,10 +236,45 @@ def workflow_task_slots_from_env(environ: Mapping[str, str]) -> int:
 CACHED_RUNS_ENV = "WFA_MAX_CACHED_RUNS"
 """How many runs the worker keeps in memory between their workflow tasks (Temporal's sticky cache)."""
 DEFAULT_CACHED_RUNS = 1000
+"""The most cached runs by default (the SDK's default), on a machine with the memory for them."""
+MIN_CACHED_RUNS = 16
+"""The fewest cached runs by default, however little memory: below that, most tasks would replay."""
+CACHED_RUN_BYTES = 4 * 1024 * 1024
+"""What one cached run may cost the worker: a run that keeps its whole default state budget
+(1.5 MiB) grew the worker by about 3.9 MB (an attacker's probe; the README's *Memory*)."""
 
 
-def cached_runs_from_env(environ: Mapping[str, str]) -> int:
-    """``WFA_MAX_CACHED_RUNS``, or :data:`DEFAULT_CACHED_RUNS` (the SDK's default).
+def memory_limit(cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The bytes of memory this process may use: its cgroup's limit where one is set (v2
+    ``memory.max``, v1 ``memory/memory.limit_in_bytes``), at most the machine's (``MemTotal``);
+    None when neither can be read (not Linux)."""
+    limits: list[int] = []
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = (cgroup / name).read_text().strip()
+            if text != "max":
+                limits.append(int(text))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                limits.append(int(line.split()[1]) * 1024)
+    positive = [limit for limit in limits if limit > 0]
+    return min(positive) if positive else None
+
+
+def default_cached_runs(memory: int | None) -> int:
+    """The default of ``WFA_MAX_CACHED_RUNS`` for a worker that may use ``memory`` bytes: as many
+    runs as half of it holds at :data:`CACHED_RUN_BYTES` each, from :data:`MIN_CACHED_RUNS` to
+    :data:`DEFAULT_CACHED_RUNS` (1,000 from 8 GiB up; 128 in a 1 GiB container); 1,000 when the
+    memory is not known."""
+    if memory is None:
+        return DEFAULT_CACHED_RUNS
+    return max(MIN_CACHED_RUNS, min(DEFAULT_CACHED_RUNS, memory // 2 // CACHED_RUN_BYTES))
+
+
+def cached_runs_from_env(environ: Mapping[str, str], memory: int | None = None) -> int:
+    """``WFA_MAX_CACHED_RUNS``, or :func:`default_cached_runs` of ``memory`` (default: the
+    process's :func:`memory_limit`).
 
     A cached run holds its state in memory: a run that keeps its whole state budget (1.5 MiB
     without the payload store; with it, what the run asks up to ``WFA_STATE_BUDGET_MAX``) takes
@@ -250,7 +287,7 @@ def cached_runs_from_env(environ: Mapping[str, str]) -> int:
     """
     raw = environ.get(CACHED_RUNS_ENV, "").strip()
     if not raw:
-        return DEFAULT_CACHED_RUNS
+        return default_cached_runs(memory_limit() if memory is None else memory)
     if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
         raise ValueError(f"{CACHED_RUNS_ENV} must be a whole number from 1 to 100000, not {raw[:40]!r}")
     return int(raw)
@@ -311,8 +348,9 @@ def build_worker(
         deployment: Poll as this Worker Deployment Version (see the README's *Evolving the
             interpreter*): runs are auto-upgrade, so a waiting run moves to the deployment's
             current version at its next workflow task. None: an unversioned worker.
-        max_cached_workflows: Runs kept in the worker's sticky cache (the SDK's default, 1,000,
-            when None); a run not in the cache is replayed from its history at its next task.
+        max_cached_workflows: Runs kept in the worker's sticky cache (None:
+            :func:`default_cached_runs` of the process's memory); a run not in the cache is
+            replayed from its history at its next task.
         max_concurrent_workflow_tasks: Workflow tasks run at once (None:
             :func:`default_workflow_task_slots`).
     """
@@ -345,7 +383,9 @@ def build_worker(
         graceful_shutdown_timeout=graceful_shutdown_timeout,
         workflow_runner=workflow_runner(),
         deployment_config=versioning,
-        max_cached_workflows=DEFAULT_CACHED_RUNS if max_cached_workflows is None else max_cached_workflows,
+        max_cached_workflows=(
+            default_cached_runs(memory_limit()) if max_cached_workflows is None else max_cached_workflows
+        ),
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks or default_workflow_task_slots(),
     )
     return tolerate_slow_activations(worker)

@@ -21,7 +21,9 @@ from worker import (
     DEADLOCK_TIMEOUT_S,
     build_worker,
     cached_runs_from_env,
+    default_cached_runs,
     default_workflow_task_slots,
+    memory_limit,
     workflow_task_slots_from_env,
 )
 
@@ -65,9 +67,46 @@ def test_the_worker_refuses_to_start_with_it() -> None:
     )
 
 
-@pytest.mark.parametrize(("value", "cached"), [("", 1000), (" 200 ", 200), ("1", 1), ("100000", 100_000)])
+@pytest.mark.parametrize(("value", "cached"), [(" 200 ", 200), ("1", 1), ("100000", 100_000)])
 def test_the_cached_runs_bound_the_worker_memory_is_sized_by(value: str, cached: int) -> None:
-    assert cached_runs_from_env({"WFA_MAX_CACHED_RUNS": value} if value else {}) == cached
+    assert cached_runs_from_env({"WFA_MAX_CACHED_RUNS": value}, memory=GIB) == cached
+
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize(
+    ("memory", "cached"),
+    [(None, 1000), (64 * GIB, 1000), (8 * GIB, 1000), (2 * GIB, 256), (GIB, 128), (GIB // 8, 16), (1, 16)],
+)
+def test_by_default_the_cache_holds_what_half_the_memory_does(memory: int | None, cached: int) -> None:
+    # The README's *Memory*: a run that keeps its whole state budget costs the worker about 4 MB.
+    assert default_cached_runs(memory) == cached
+    if memory is not None:
+        assert cached_runs_from_env({}, memory=memory) == cached
+
+
+def test_the_memory_is_the_cgroup_limit_at_most_the_machine(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683792 kB\nMemFree:        1000 kB\n")
+    machine = 24683792 * 1024
+    v2, v1, none = tmp_path / "v2", tmp_path / "v1", tmp_path / "none"
+    (v1 / "memory").mkdir(parents=True)
+    v2.mkdir()
+    none.mkdir()
+    (v2 / "memory.max").write_text("1073741824\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert memory_limit(v2, meminfo) == GIB
+    assert memory_limit(v1, meminfo) == machine
+    assert memory_limit(none, meminfo) == machine
+    (v2 / "memory.max").write_text("max\n")
+    assert memory_limit(v2, meminfo) == machine
+    assert memory_limit(none, tmp_path / "absent") is None
+    # This machine: a limit the worker's default follows.
+    here = memory_limit()
+    assert here is not None
+    assert here > 0
+    assert cached_runs_from_env({}) == default_cached_runs(here)
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many", "2.5", "100001"])
