@@ -115,7 +115,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
-    from interpreter.sizes import json_size, temporal_id
+    from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size, temporal_id
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
@@ -263,6 +263,16 @@ run's cancellation goes on. Before, the wait returned the child's outcome and th
 lost with it: the run took its next steps (a failed child's ``on_failure: continue`` too) and
 completed (found by an attacker's probe). Within :data:`PATCH_CHILD_CANCEL_BY_ID`'s wait, so only
 in runs started at generation 16 or later; asked only in that race."""
+PATCH_HISTORY_GUARD_RESULTS = "history-guard-results"
+"""Patch id: without the payload store, a task's activity is sent only while the results of the
+activities in flight, each counted at :data:`RESULT_ROOM` (the most an action may return), and its
+own fit under :data:`HISTORY_SEND_CEILING`; else it waits for those in flight to end, and with none
+in flight its step fails (``HistoryLimit``). Before, the guard counted what steps send, not what
+comes back (left open when :data:`PATCH_HISTORY_GUARD_SENDS` was added): two foreach steps of 100
+items at once, each answered with 261 KB, put 54 MB in one run's history, past Temporal's 50 MiB
+limit, where the server may terminate a run (measured on the dev server; now 48 MB, under the
+ceiling with the run's continue-as-new input in the room above it). Asked only when a task would
+wait or fail so."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -350,6 +360,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_HISTORY_GUARD_SENDS: 15,
     PATCH_CHILD_CANCEL_BY_ID: 16,
     PATCH_CHILD_CANCEL_KEPT: 17,
+    PATCH_HISTORY_GUARD_RESULTS: 18,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -599,6 +610,9 @@ HISTORY_SEND_CEILING = 46 * 1024 * 1024
 what is in flight and the compensations (steps stop starting at 40 MiB,
 ``interpreter.engine.HISTORY_GUARD_BYTES``, so sends between the two are compensations' and those
 of steps that started before it)."""
+RESULT_ROOM = ACTION_OUTPUT_BUDGET + 16 * 1024
+"""History a task's result may take when it lands (:data:`PATCH_HISTORY_GUARD_RESULTS`): the most an
+action may return, and the result's own fields."""
 TASK_SEND_BUDGET = 1536 * 1024
 """Most bytes of activity and child run inputs one workflow task sends before the next input waits
 for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
@@ -676,6 +690,7 @@ class _TemporalRuntime:
         self._telemetry = telemetry or RunTelemetry("?", 0, "?")
         self._activity_slots = asyncio.Semaphore(MAX_PENDING_ACTIVITIES)
         self._child_slots = asyncio.Semaphore(MAX_PENDING_CHILDREN)
+        self._results_held = 0  # tasks in flight whose result room is held (PATCH_HISTORY_GUARD_RESULTS)
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -810,6 +825,53 @@ class _TemporalRuntime:
         # One walk of the input serves both. Paced first: a large input measured (serialized) below
         # waits for a workflow task of its own.
         counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
+        held = await self._hold_result_room(call, counted)
+        try:
+            return await self._send_action(call, counted)
+        finally:
+            if held:
+                self._results_held -= 1
+
+    def _result_room(self, counted: int) -> bool:
+        """Whether an input of ``counted`` bytes and its result fit under the ceiling with the
+        results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`)."""
+        used = workflow.info().get_current_history_size()
+        sent = self._sent if self._send_key == self.task_key() else 0
+        return used + sent + counted + (self._results_held + 1) * RESULT_ROOM <= HISTORY_SEND_CEILING
+
+    async def _hold_result_room(self, call: ActionCall, counted: int) -> bool:
+        """Holds room in the history for the task's result, waiting for tasks in flight to end
+        while it does not fit (:data:`PATCH_HISTORY_GUARD_RESULTS`); True when held. Compensations
+        always go (the room past the ceiling is theirs), and with the payload store a large result
+        goes by reference.
+
+        Raises:
+            ActionFailedError: ``HistoryLimit``: it does not fit with no task in flight.
+        """
+        if call.compensating or self.input_budget is not None:
+            return False
+        if not self._result_room(counted) and not self.patched(PATCH_HISTORY_GUARD_RESULTS):
+            return False
+        while not self._result_room(counted):
+            if self._results_held:
+                # (Another waiter woken with this one may take the room first: checked again.)
+                await workflow.wait_condition(lambda: not self._results_held or self._result_room(counted))
+            else:
+                used = workflow.info().get_current_history_size()
+                raise ActionFailedError(
+                    f"step {call.path!r}: its input ({counted:,} bytes) and its result (up to"
+                    f" {RESULT_ROOM:,} bytes) would bring the run's history ({used:,} bytes, no"
+                    f" other steps in flight) past {HISTORY_SEND_CEILING:,} bytes, near Temporal's"
+                    " 50 MiB limit where the server terminates a run: keep large answers out of"
+                    " a long run's steps, or configure the payload store (WFA_PAYLOAD_STORE)",
+                    HISTORY_LIMIT,
+                    0,
+                )
+        self._results_held += 1
+        return True
+
+    async def _send_action(self, call: ActionCall, counted: int) -> ActionResult:
+        """Sends the task's activity once its result's room is held (see :meth:`execute_action`)."""
         await self._pace_send(counted, call.summary)
         # Compensations always go (as the engine's step guard lets them start): the room between
         # the ceiling and Temporal's limit is theirs.
