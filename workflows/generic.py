@@ -264,10 +264,11 @@ lost with it: the run took its next steps (a failed child's ``on_failure: contin
 completed (found by an attacker's probe). Within :data:`PATCH_CHILD_CANCEL_BY_ID`'s wait, so only
 in runs started at generation 16 or later; asked only in that race."""
 PATCH_HISTORY_GUARD_RESULTS = "history-guard-results"
-"""Patch id: without the payload store, a task's activity is sent only while the results of the
-activities in flight, each counted at :data:`RESULT_ROOM` (the most an action may return), and its
-own fit under :data:`HISTORY_SEND_CEILING`; else it waits for those in flight to end, and with none
-in flight its step fails (``HistoryLimit``). Before, the guard counted what steps send, not what
+"""Patch id: a task's activity is sent only while the results of the activities in flight, each
+counted at :data:`RESULT_ROOM` (the most an action may return), and its own fit under
+:data:`HISTORY_SEND_CEILING` (with the payload store too: a result under its threshold stays in
+the history); else it waits for those in flight to end, and with none in flight its step fails
+(``HistoryLimit``). Before, the guard counted what steps send, not what
 comes back (left open when :data:`PATCH_HISTORY_GUARD_SENDS` was added): two foreach steps of 100
 items at once, each answered with 261 KB, put 54 MB in one run's history, past Temporal's 50 MiB
 limit, where the server may terminate a run (measured on the dev server; now 48 MB, under the
@@ -842,13 +843,13 @@ class _TemporalRuntime:
     async def _hold_result_room(self, call: ActionCall, counted: int) -> bool:
         """Holds room in the history for the task's result, waiting for tasks in flight to end
         while it does not fit (:data:`PATCH_HISTORY_GUARD_RESULTS`); True when held. Compensations
-        always go (the room past the ceiling is theirs), and with the payload store a large result
-        goes by reference.
+        always go (the room past the ceiling is theirs). With the payload store too: a result under
+        the store's threshold (256 KiB by default) stays in the history.
 
         Raises:
             ActionFailedError: ``HistoryLimit``: it does not fit with no task in flight.
         """
-        if call.compensating or self.input_budget is not None:
+        if call.compensating:
             return False
         if not self._result_room(counted) and not self.patched(PATCH_HISTORY_GUARD_RESULTS):
             return False

@@ -17,19 +17,26 @@ workflow runs outside the sandbox, so the module's constant is what the worker r
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import workflows.generic
 from interpreter.state import RunState
+from starter.client import FlowClient
+from starter.connection import connect_client
 from tests.helpers.http_server import RecordingServer
-from tests.workflows.support import Handle, definition, start, status, unique
+from tests.workflows.support import Handle, definition, record, start, status, unique
+from worker import build_worker
 from workflows.generic import ENGINE_LEVEL
 
 CEILING = 3 * 1024 * 1024
@@ -260,3 +267,33 @@ async def test_at_the_real_ceiling_no_run_of_the_chain_passes_it(
         size = History(events=events[:-1]).ByteSize()
         assert size <= workflows.generic.HISTORY_SEND_CEILING, f"a run of {size:,} bytes of history"
     assert runs >= 2  # the first run's results made it continue as new
+
+
+async def test_with_the_payload_store_results_under_its_threshold_are_counted_too(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    http_server: RecordingServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the store, a result under its threshold (256 KiB by default) stays in the history as
+    # it is: sixteen 250 KB answers took the run past the lowered ceiling as without it.
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    http_server.route("GET", "/answer", lambda request: (200, {}, {"blob": ANSWER}))
+    env = {"WFA_PAYLOAD_STORE": f"fs:{tmp_path}"}
+    client = await connect_client(address=temporal_env.client.service_client.config.target_host, env=env)
+    flows = FlowClient(client, task_queue=task_queue, database="postgresql://unused.invalid/none")
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        run = await flows.start_run(_document(_answers(f"{http_server.url}/answer")))
+        result = await run.result(timeout=120)
+    assert result.state == RunState.FAILED
+    assert result.error_type == "HistoryLimit", result.error
+    assert "steps in flight" in (result.error or "")
+    events = (await client.get_workflow_handle(run.workflow_id).fetch_history()).events
+    assert events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+    size = History(events=events[:-1]).ByteSize()
+    assert size <= CEILING, f"{size:,} bytes of history, over the ceiling of {CEILING:,}"
+    assert record(result, "compensate/book/unbook").output == "unbooked"
