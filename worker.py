@@ -244,14 +244,39 @@ CACHED_RUN_BYTES = 4 * 1024 * 1024
 (1.5 MiB) grew the worker by about 3.9 MB (an attacker's probe; the README's *Memory*)."""
 
 
-def memory_limit(cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """The bytes of memory this process may use: its cgroup's limit where one is set (v2
-    ``memory.max``, v1 ``memory/memory.limit_in_bytes``), at most the machine's (``MemTotal``);
+def _cgroup_files(cgroup: Path, self_cgroup: Path) -> list[Path]:
+    """The memory limit files of this process's cgroup and of each cgroup above it (v2
+    ``memory.max``, v1 ``memory.limit_in_bytes`` in the memory hierarchy), as
+    ``/proc/self/cgroup`` names them, and those at the mount's root."""
+    places: list[tuple[Path, str]] = [(cgroup, "memory.max"), (cgroup / "memory", "memory.limit_in_bytes")]
+    with contextlib.suppress(OSError):
+        for line in self_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                base, name = cgroup, "memory.max"
+            elif "memory" in controllers.split(","):
+                base, name = cgroup / "memory", "memory.limit_in_bytes"
+            else:
+                continue
+            here = base / path.strip().lstrip("/")
+            while here != base and base in here.parents:
+                places.append((here, name))
+                here = here.parent
+    return [directory / name for directory, name in places]
+
+
+def memory_limit(
+    cgroup: Path = Path("/sys/fs/cgroup"),
+    meminfo: Path = Path("/proc/meminfo"),
+    self_cgroup: Path = Path("/proc/self/cgroup"),
+) -> int | None:
+    """The bytes of memory this process may use: the lowest limit set on its cgroup or one above
+    it (v2 ``memory.max``, v1 ``memory.limit_in_bytes``), at most the machine's (``MemTotal``);
     None when neither can be read (not Linux)."""
     limits: list[int] = []
-    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+    for path in _cgroup_files(cgroup, self_cgroup):
         with contextlib.suppress(OSError, ValueError):
-            text = (cgroup / name).read_text().strip()
+            text = path.read_text().strip()
             if text != "max":
                 limits.append(int(text))
     with contextlib.suppress(OSError, ValueError, IndexError):

@@ -378,6 +378,18 @@ PATCH_FAN_OUT_TREE_BOUND = "fan-out-tree-bound"
 bring the tree past the worker's ``WFA_MAX_RUNS_PER_TREE``; before, nested fanned-out steps
 multiplied their slices unbounded (each child has its own step budget). Asked only by a fan-out."""
 
+PATCH_CONTINUE_AS_NEW_ANY_PRESSED = "continue-as-new-any-pressed"
+"""Patch id: once the run's history is pressed (:meth:`Engine._history_pressed`: twice, and 100
+events more than, what it was when a branch of such a join first could not stop for a wanted
+continue-as-new, or half of :data:`HISTORY_GUARD_BYTES`), the branches of a ``join: any`` or ``first`` step stop at their
+boundaries for a continue-as-new as an ``all`` join's do, each waiting for the others; before (and
+below that), such a branch stopped only where every other one slept or waited, so branches that
+all loop never let the run continue as new: it went on in one run until the history guard failed
+it, though ``max_visits`` allowed the loops. Which branch wins can then differ from an
+uninterrupted run's where their ends are close (a stopped branch waits for the others). The
+snapshot is the one an ``all`` join carries, which earlier builds read. Asked only when a branch
+would stop so."""
+
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
 MAX_CARRIED_EVENT_IDS = 1000
@@ -1620,6 +1632,9 @@ class Engine:
         self._visits: dict[str, int] = {}
         self._executions = 0
         self._compensating = False
+        self._any_held_since: int | None = None
+        """The run's history events when a branch of an ``any`` join first could not stop for a
+        continue-as-new it wanted (:meth:`_history_pressed`)."""
         """Compensations are running (the run's state may show a wait in one instead)."""
         self._state_size = 0
         """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
@@ -3301,6 +3316,19 @@ class Engine:
             mine, level = level.outer, level.outer.owner
         return False
 
+    def _history_pressed(self) -> bool:
+        """Whether the run's history presses enough that the branches of an ``any`` or ``first``
+        join stop at boundaries for a continue-as-new as an ``all`` join's do
+        (:data:`PATCH_CONTINUE_AS_NEW_ANY_PRESSED`; asked only then): called where such a branch
+        may not stop, with the run wanting to continue as new; pressed once the history has
+        grown to twice (and 100 events more than) what it was the first time that happened in
+        this run, or to half of :data:`HISTORY_GUARD_BYTES`."""
+        events, size = self.runtime.history_used()
+        if self._any_held_since is None:
+            self._any_held_since = events
+        pressed = events >= 2 * self._any_held_since + 100 or size >= HISTORY_GUARD_BYTES // 2
+        return pressed and self.runtime.patched(PATCH_CONTINUE_AS_NEW_ANY_PRESSED)
+
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
         """Before step ``index`` of a ``parallel`` branch: where it stops while the branches stop
         for a continue-as-new (starting that when the host asks and no step waits), until every
@@ -3334,7 +3362,7 @@ class Engine:
                 # boundary counts it again.
                 root.retry_later(now)
                 return
-            if self._races(drain, lane, now):
+            if self._races(drain, lane, now) and not self._history_pressed():
                 return
             # This change's patch first: a history recorded before it asks nothing else here.
             if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or (
@@ -3344,7 +3372,7 @@ class Engine:
                 return
             root.active, root.timed = True, False
             root.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
-        elif drain.outer is not None and self._races(drain, lane, now):
+        elif drain.outer is not None and self._races(drain, lane, now) and not self._history_pressed():
             return  # (a nested step's branch, while a stop another began is under way)
         if isinstance(steps[index], DelayStep):
             return  # it sleeps there instead of standing: a delay among its steps is carried as it is
@@ -3924,6 +3952,7 @@ class Engine:
             ),
             retry=_LINKS_RETRY,
             timeouts=_LINKS_TIMEOUTS,
+            compensating=self._compensating,
         )
         try:
             await self.runtime.execute_action(call)

@@ -90,18 +90,37 @@ def test_the_memory_is_the_cgroup_limit_at_most_the_machine(tmp_path: Path) -> N
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24683792 kB\nMemFree:        1000 kB\n")
     machine = 24683792 * 1024
-    v2, v1, none = tmp_path / "v2", tmp_path / "v1", tmp_path / "none"
-    (v1 / "memory").mkdir(parents=True)
-    v2.mkdir()
-    none.mkdir()
-    (v2 / "memory.max").write_text("1073741824\n")
-    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
-    assert memory_limit(v2, meminfo) == GIB
-    assert memory_limit(v1, meminfo) == machine
-    assert memory_limit(none, meminfo) == machine
-    (v2 / "memory.max").write_text("max\n")
-    assert memory_limit(v2, meminfo) == machine
-    assert memory_limit(none, tmp_path / "absent") is None
+    root = tmp_path / "cgroup"
+    own = tmp_path / "self"
+
+    def limit(cgroup_line: str, files: dict[str, str]) -> int | None:
+        for relative, text in files.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_text(text + "\n")
+        own.write_text(cgroup_line + "\n")
+        found = memory_limit(root, meminfo, own)
+        for relative in files:
+            (root / relative).unlink()
+        return found
+
+    # v2, at the root of a container's cgroup namespace, or on the process's own cgroup (a
+    # systemd service's MemoryMax=) or one above it; "max" is no limit.
+    assert limit("0::/", {"memory.max": str(GIB)}) == GIB
+    assert (
+        limit("0::/system.slice/wfa.service", {"system.slice/wfa.service/memory.max": str(2 * GIB)})
+        == 2 * GIB
+    )
+    assert (
+        limit("0::/system.slice/wfa.service", {"system.slice/memory.max": str(GIB), "memory.max": "max"})
+        == GIB
+    )
+    assert limit("0::/", {"memory.max": "max"}) == machine
+    # v1, in the memory hierarchy the process's line names; its "no limit" is a huge number.
+    assert limit("4:memory:/jobs/abc", {"memory/jobs/abc/memory.limit_in_bytes": str(GIB)}) == GIB
+    assert limit("4:memory:/", {"memory/memory.limit_in_bytes": "9223372036854771712"}) == machine
+    # Another controller's path is not the memory one's.
+    assert limit("3:cpuset:/jobs/abc", {"memory/jobs/abc/memory.limit_in_bytes": str(GIB)}) == machine
+    assert memory_limit(root, tmp_path / "absent", own) is None
     # This machine: a limit the worker's default follows.
     here = memory_limit()
     assert here is not None

@@ -70,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_COMPENSATE_HERE_BUDGET,
         PATCH_COMPENSATE_IN_FLIGHT,
         PATCH_CONTINUE_AS_NEW,
+        PATCH_CONTINUE_AS_NEW_ANY_PRESSED,
         PATCH_CONTINUE_AS_NEW_BRANCHES,
         PATCH_CONTINUE_AS_NEW_COMPENSATING,
         PATCH_CONTINUE_AS_NEW_EVENTS,
@@ -362,6 +363,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CHILD_CANCEL_BY_ID: 16,
     PATCH_CHILD_CANCEL_KEPT: 17,
     PATCH_HISTORY_GUARD_RESULTS: 18,
+    PATCH_CONTINUE_AS_NEW_ANY_PRESSED: 18,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -613,7 +615,10 @@ what is in flight and the compensations (steps stop starting at 40 MiB,
 of steps that started before it)."""
 RESULT_ROOM = ACTION_OUTPUT_BUDGET + 16 * 1024
 """History a task's result may take when it lands (:data:`PATCH_HISTORY_GUARD_RESULTS`): the most an
-action may return, and the result's own fields."""
+action may return as written (``activities.base`` bounds it), and the result's own fields."""
+FOREIGN_RESULT_ROOM = 2 * 1024 * 1024 + 16 * 1024
+"""The same for a task on another task queue (a team's own workers, which may not bound their
+actions' outputs): the most Temporal takes in one payload."""
 TASK_SEND_BUDGET = 1536 * 1024
 """Most bytes of activity and child run inputs one workflow task sends before the next input waits
 for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
@@ -692,6 +697,7 @@ class _TemporalRuntime:
         self._activity_slots = asyncio.Semaphore(MAX_PENDING_ACTIVITIES)
         self._child_slots = asyncio.Semaphore(MAX_PENDING_CHILDREN)
         self._results_held = 0  # tasks in flight whose result room is held (PATCH_HISTORY_GUARD_RESULTS)
+        self._results_room = 0  # the room they hold, in bytes
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -826,21 +832,26 @@ class _TemporalRuntime:
         # One walk of the input serves both. Paced first: a large input measured (serialized) below
         # waits for a workflow task of its own.
         counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
-        held = await self._hold_result_room(call, counted)
+        room = RESULT_ROOM if call.task_queue is None else FOREIGN_RESULT_ROOM
+        held = await self._hold_result_room(call, counted, room)
         try:
             return await self._send_action(call, counted)
         finally:
             if held:
                 self._results_held -= 1
+                self._results_room -= room
 
-    def _result_room(self, counted: int) -> bool:
-        """Whether an input of ``counted`` bytes and its result fit under the ceiling with the
-        results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`)."""
+    def _result_room(self, counted: int, room: int) -> bool:
+        """Whether an input of ``counted`` bytes and a result of up to ``room`` fit under the
+        ceiling with the results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`).
+        With the payload store what is sent is not counted (as by :meth:`_history_room_problem`):
+        a large input goes by reference."""
         used = workflow.info().get_current_history_size()
-        sent = self._sent if self._send_key == self.task_key() else 0
-        return used + sent + counted + (self._results_held + 1) * RESULT_ROOM <= HISTORY_SEND_CEILING
+        if self.input_budget is None:
+            used += counted + (self._sent if self._send_key == self.task_key() else 0)
+        return used + self._results_room + room <= HISTORY_SEND_CEILING
 
-    async def _hold_result_room(self, call: ActionCall, counted: int) -> bool:
+    async def _hold_result_room(self, call: ActionCall, counted: int, room: int) -> bool:
         """Holds room in the history for the task's result, waiting for tasks in flight to end
         while it does not fit (:data:`PATCH_HISTORY_GUARD_RESULTS`); True when held. Compensations
         always go (the room past the ceiling is theirs). With the payload store too: a result under
@@ -851,24 +862,36 @@ class _TemporalRuntime:
         """
         if call.compensating:
             return False
-        if not self._result_room(counted) and not self.patched(PATCH_HISTORY_GUARD_RESULTS):
+        if not self._result_room(counted, room) and not self.patched(PATCH_HISTORY_GUARD_RESULTS):
             return False
-        while not self._result_room(counted):
+        while not self._result_room(counted, room):
             if self._results_held:
                 # (Another waiter woken with this one may take the room first: checked again.)
-                await workflow.wait_condition(lambda: not self._results_held or self._result_room(counted))
+                await workflow.wait_condition(
+                    lambda: not self._results_held or self._result_room(counted, room)
+                )
             else:
                 used = workflow.info().get_current_history_size()
+                what = (
+                    "its result"
+                    if self.input_budget is not None
+                    else f"its input ({counted:,} bytes) and its result"
+                )
                 raise ActionFailedError(
-                    f"step {call.path!r}: its input ({counted:,} bytes) and its result (up to"
-                    f" {RESULT_ROOM:,} bytes) would bring the run's history ({used:,} bytes, no"
-                    f" other steps in flight) past {HISTORY_SEND_CEILING:,} bytes, near Temporal's"
-                    " 50 MiB limit where the server terminates a run: keep large answers out of"
-                    " a long run's steps, or configure the payload store (WFA_PAYLOAD_STORE)",
+                    f"step {call.path!r}: {what} (up to {room:,} bytes) would bring the run's history"
+                    f" ({used:,} bytes, no other steps in flight) past {HISTORY_SEND_CEILING:,} bytes,"
+                    " near Temporal's 50 MiB limit where the server terminates a run: keep large"
+                    " answers out of a long run's steps"
+                    + (
+                        ""
+                        if self.input_budget is not None
+                        else ", or configure the payload store (WFA_PAYLOAD_STORE)"
+                    ),
                     HISTORY_LIMIT,
                     0,
                 )
         self._results_held += 1
+        self._results_room += room
         return True
 
     async def _send_action(self, call: ActionCall, counted: int) -> ActionResult:

@@ -25,3 +25,19 @@ async def test_an_output_within_the_budget_passes() -> None:
     request = ActionRequest(step_id="ok", idempotency_key="k", input={"value": "x" * 1000})
     result = await ActivityEnvironment().run(echo, request)
     assert result.output == "x" * 1000
+
+
+async def test_the_budget_bounds_the_output_as_written_escapes_and_all() -> None:
+    # Found by a review: 250,000 control characters counted 250,002 bytes and passed, but are
+    # written as 1.5 MB (``\u0001`` each) into the run's history, whose guard counts each result
+    # at the budget.
+    escaped = "\x01" * 250_000
+    request = ActionRequest(step_id="esc", idempotency_key="k", input={"value": escaped})
+    with pytest.raises(ApplicationError) as info:
+        await ActivityEnvironment().run(echo, request)
+    assert info.value.type == "ActionOutputTooLarge"
+    assert "over 1500002 bytes" in info.value.message
+    # Non-ASCII text is written as it is (UTF-8), quotes and backslashes take two bytes.
+    for text in ("é" * 200_000, '"\\' * 60_000):
+        request = ActionRequest(step_id="ok", idempotency_key="k", input={"value": text})
+        assert (await ActivityEnvironment().run(echo, request)).output == text

@@ -1208,3 +1208,64 @@ async def test_a_carried_approval_or_task_with_a_form_is_read_back(
     assert result.state == RunState.COMPLETED, result.error
     ok = next(r for r in second.status().steps if r.id == "ok")
     assert ok.output["data"] == data
+
+
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_an_any_join_whose_branches_all_loop_switches_once_its_history_presses(join: str) -> None:
+    """Left open by earlier sessions: in an ``any`` or ``first`` join a branch stops only when every
+    other one sleeps or waits, so branches that all loop never let the run continue as new: the
+    run went on in one run until the history guard failed it, though ``max_visits`` allowed the
+    loops. Once the history has grown to twice what it was when a branch first could not stop
+    (and 100 events more) the branches stop at boundaries as in an ``all`` join (patch
+    ``continue-as-new-any-pressed``), and the same branch wins as in the uninterrupted run."""
+    racing = [
+        set_vars("init", {"a": 0, "b": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "join": join,
+            "branches": [
+                {"id": "quick", "steps": _looping("q", "a", 40, 1)},
+                {"id": "slow", "steps": _looping("s", "b", 60, 7)},
+            ],
+        },
+        work("tail", value="{{ steps.par.output }}"),
+    ]
+    definition = make_definition(racing, limits={"max_step_executions": 10_000})
+    straight, _ = await _straight(definition)
+    assert straight.state == RunState.COMPLETED
+
+    rt = _runtime()
+    rt.events_per_call = 10  # first held at 20 events (2 actions): pressed from 140 (14 actions)
+    chained, engine, snapshots = await _chain(definition, rt, every=2)
+    inside = [s for s in snapshots if PARALLEL_KIND in s["kinds"]]
+    assert inside, "the run continued as new inside the join once pressed"
+    assert chained.state == RunState.COMPLETED
+    # The same branch wins with the same output; the loser, stopped with it, went further (its
+    # counter in the run's vars): what depends on when branches run may differ, as in an all join.
+    assert record_of(engine, "par") == record_of_result(straight, "par")
+    assert record_of(engine, "tail") == record_of_result(straight, "tail")
+    assert chained.output["q_total"] == straight.output["q_total"] == 40
+
+    # Not pressed yet: no branch waits for another, as before.
+    rt = _runtime()
+    rt.events_per_call = 1  # first held at 2 events: pressed from 104, after the quick loop's end
+    chained, _, snapshots = await _chain(definition, rt, every=2)
+    assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    assert chained.output == straight.output
+
+    # A run recorded before the patch (declined) went on in one run: it still does.
+    rt = _runtime()
+    rt.events_per_call = 10
+    rt.declined.add("continue-as-new-any-pressed")
+    chained, _, snapshots = await _chain(definition, rt, every=2)
+    assert not any(PARALLEL_KIND in s["kinds"] for s in snapshots)
+    assert chained.output == straight.output
+
+
+def record_of(engine: Engine, step_id: str) -> Any:
+    return next(r.output for r in engine.status().steps if r.id == step_id)
+
+
+def record_of_result(result: RunResult, step_id: str) -> Any:
+    return next(r.output for r in result.steps if r.id == step_id)

@@ -274,6 +274,62 @@ async def test_an_approval_stays_pending_across_continue_as_new_and_a_decision_a
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
 
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_an_any_join_whose_branches_all_loop_continues_as_new_instead_of_being_terminated(
+    limited_client: Client, limited_worker: Worker, task_queue: str, join: str
+) -> None:
+    # In an any or first join a branch stopped for a continue-as-new only where every other one
+    # slept or waited: two loops racing never did, and the server terminated the run at its limit
+    # (1,500 events here) though max_visits allowed the loops. Once the history presses, they
+    # stop as an all join's branches do (patch continue-as-new-any-pressed).
+    document = definition(
+        unique("race"),
+        [
+            {"id": "init", "type": "set", "vars": {"a": 0, "b": 0}},
+            {
+                "id": "race",
+                "type": "parallel",
+                "join": join,
+                "branches": [
+                    {
+                        "id": "quick",
+                        "steps": [
+                            *counting_loop("q", "a", 150),
+                            {"id": "q_end", "type": "set", "vars": {"won": "quick"}},
+                        ],
+                    },
+                    {
+                        "id": "slow",
+                        "steps": [
+                            *counting_loop("s", "b", 1000),
+                            {"id": "s_end", "type": "set", "vars": {"won": "slow"}},
+                        ],
+                    },
+                ],
+            },
+        ],
+        limits={"max_step_executions": 10_000},
+        output={"won": "{{ steps.race.output }}", "quick": "{{ vars.a }}"},
+    )
+    handle = await start(
+        limited_client,
+        task_queue,
+        document,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(minutes=10),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output["quick"] == 150
+    assert result.output["won"]["winner"] == "quick"
+    runs = await _chain(limited_client, handle.id)
+    statuses = [s for _, s in runs]
+    assert WorkflowExecutionStatus.TERMINATED not in statuses
+    assert len(runs) >= 2, statuses
+    assert statuses[:-1] == [WorkflowExecutionStatus.CONTINUED_AS_NEW] * (len(runs) - 1)
+    assert await _replay_chain(limited_client, handle.id) == len(runs)
+
+
 async def test_a_run_within_its_budget_does_not_continue_as_new(
     limited_client: Client, limited_worker: Worker, task_queue: str
 ) -> None:

@@ -297,3 +297,61 @@ async def test_with_the_payload_store_results_under_its_threshold_are_counted_to
     size = History(events=events[:-1]).ByteSize()
     assert size <= CEILING, f"{size:,} bytes of history, over the ceiling of {CEILING:,}"
     assert record(result, "compensate/book/unbook").output == "unbooked"
+
+
+async def test_with_the_payload_store_a_large_input_by_reference_is_not_counted(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    http_server: RecordingServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by a review: with the store counted for results, the input was counted too, and a
+    # 3.2 MB input sent by reference (about 1 KB of history) failed with HistoryLimit.
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    http_server.route("POST", "/push", lambda request: (200, {}, {"ok": True}))
+    env = {"WFA_PAYLOAD_STORE": f"fs:{tmp_path}"}
+    client = await connect_client(address=temporal_env.client.service_client.config.target_host, env=env)
+    flows = FlowClient(client, task_queue=task_queue, database="postgresql://unused.invalid/none")
+    push = {
+        "id": "push",
+        "type": "task",
+        "action": "http",
+        "input": {
+            "url": f"{http_server.url}/push",
+            "method": "POST",
+            "json": dict.fromkeys("abcd", "{{ input.blobs }}"),
+        },
+    }
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        run = await flows.start_run(_document(push), {"blobs": ["x" * 200_000] * 4})
+        result = await run.result(timeout=120)
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    assert len(http_server.requests(path="/push")) == 1
+
+
+async def test_answers_written_larger_than_counted_do_not_pass_the_ceiling(
+    client: Client,
+    task_queue: str,
+    worker: Worker,
+    http_server: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by a review: a text answer of 250,000 control characters counted 250 KB against the
+    # output budget but is written as 1.5 MB (``\u0001`` each): five such results took the history
+    # to 7.5 MB past the lowered ceiling. The budget now bounds the output as written.
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    http_server.route("GET", "/escaped", lambda request: (200, {}, "\x01" * 250_000))
+    handle = await start(
+        client, task_queue, _document(_answers(f"{http_server.url}/escaped")), engine_level=ENGINE_LEVEL
+    )
+    await handle.result()
+    final = await status(handle)
+    gets = [r for r in final.steps if r.path.endswith(".get")]
+    assert gets
+    assert {r.error_type for r in gets} == {"ActionOutputTooLarge"}
+    size = History(events=(await handle.fetch_history()).events).ByteSize()
+    assert size <= CEILING, f"{size:,} bytes of history, over the ceiling of {CEILING:,}"
