@@ -70,6 +70,18 @@ _ESCAPE_EXPANSION = 6
 """The most bytes JSON writes for one character ``json_size`` counts as one (``\u001f``)."""
 
 
+def _as_written(output: Any) -> Any:
+    """``output`` as plain JSON values, as the payload converter writes it (an ``Enum``, a
+    dataclass or a model as its JSON): what the budget measures and the secrets are redacted in
+    (found by a review: an ``Enum`` whose value is 600 KB counted as its short ``str``)."""
+    if output is None or isinstance(output, str | int | float | bool):
+        return output
+    try:
+        return pydantic_core.to_jsonable_python(output)
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
+        return output  # (the converter refuses it too: the activity fails as before)
+
+
 def _written_size(output: Any) -> int:
     """Bytes of ``output`` as the payload converter writes it (JSON with its escapes)."""
     try:
@@ -452,7 +464,7 @@ def action(
                         # The failure converter serialises the cause chain into history too.
                         raise converted from None
                     raise converted from _cause_summary(cause)
-                output = redact_secrets(output)
+                output = redact_secrets(_as_written(output))
                 size = json_size(output, ACTION_OUTPUT_BUDGET)
                 if ACTION_OUTPUT_BUDGET // _ESCAPE_EXPANSION < size <= ACTION_OUTPUT_BUDGET:
                     # What lands in history is the output as written, escapes and all (a control

@@ -314,6 +314,11 @@ not stop for a continue-as-new (the history guard still bounds the run)."""
 PARALLEL_DRAIN_WAIT_S = 60.0
 """How long branches that stopped for a continue-as-new wait for the others to reach a boundary."""
 
+PRESSED_DRAIN_WAIT_S = 5.0
+"""The same for the branches of an ``any`` or ``first`` join stopping because the history presses
+(:data:`PATCH_CONTINUE_AS_NEW_ANY_PRESSED`): which branch finishes first decides such a step, so a
+branch holds there only briefly (a branch in a long activity costs a loop racing it 5 s in 605)."""
+
 PARALLEL_DRAIN_RETRY_S = 600.0
 """After a stop that took too long, how long before the branches stop again for it (a branch whose
 step runs for minutes holds the others for at most a tenth of the time)."""
@@ -381,8 +386,9 @@ multiplied their slices unbounded (each child has its own step budget). Asked on
 PATCH_CONTINUE_AS_NEW_ANY_PRESSED = "continue-as-new-any-pressed"
 """Patch id: once the run's history is pressed (:meth:`Engine._history_pressed`: twice, and 100
 events more than, what it was when a branch of such a join first could not stop for a wanted
-continue-as-new, or half of :data:`HISTORY_GUARD_BYTES`), the branches of a ``join: any`` or ``first`` step stop at their
-boundaries for a continue-as-new as an ``all`` join's do, each waiting for the others; before (and
+continue-as-new, or half of the history guard's limits), the branches of a ``join: any`` or
+``first`` step stop at their boundaries for a continue-as-new as an ``all`` join's do, each waiting for the others (at most
+:data:`PRESSED_DRAIN_WAIT_S`, then they go on and stop again 10 minutes later); before (and
 below that), such a branch stopped only where every other one slept or waited, so branches that
 all loop never let the run continue as new: it went on in one run until the history guard failed
 it, though ``max_visits`` allowed the loops. Which branch wins can then differ from an
@@ -3322,11 +3328,15 @@ class Engine:
         (:data:`PATCH_CONTINUE_AS_NEW_ANY_PRESSED`; asked only then): called where such a branch
         may not stop, with the run wanting to continue as new; pressed once the history has
         grown to twice (and 100 events more than) what it was the first time that happened in
-        this run, or to half of :data:`HISTORY_GUARD_BYTES`."""
+        this run, or to half of :data:`HISTORY_GUARD_EVENTS` or :data:`HISTORY_GUARD_BYTES`. Such
+        a stop waits for the others at most :data:`PRESSED_DRAIN_WAIT_S`."""
         events, size = self.runtime.history_used()
         if self._any_held_since is None:
             self._any_held_since = events
-        pressed = events >= 2 * self._any_held_since + 100 or size >= HISTORY_GUARD_BYTES // 2
+        pressed = (
+            events >= min(2 * self._any_held_since + 100, HISTORY_GUARD_EVENTS // 2)
+            or size >= HISTORY_GUARD_BYTES // 2
+        )
         return pressed and self.runtime.patched(PATCH_CONTINUE_AS_NEW_ANY_PRESSED)
 
     async def _lane_boundary(self, drain: _Drain, lane: _Lane, label: str, index: int, first: bool) -> None:
@@ -3362,8 +3372,11 @@ class Engine:
                 # boundary counts it again.
                 root.retry_later(now)
                 return
-            if self._races(drain, lane, now) and not self._history_pressed():
-                return
+            pressed = False
+            if self._races(drain, lane, now):
+                if not self._history_pressed():
+                    return
+                pressed = True
             # This change's patch first: a history recorded before it asks nothing else here.
             if not self.runtime.patched(PATCH_CONTINUE_AS_NEW_PARALLEL) or (
                 self._batch is None and not self._nested_ok()
@@ -3371,7 +3384,8 @@ class Engine:
                 root.off = True  # replaying a run recorded before: its branches went on
                 return
             root.active, root.timed = True, False
-            root.deadline = now + timedelta(seconds=PARALLEL_DRAIN_WAIT_S)
+            wait = PRESSED_DRAIN_WAIT_S if pressed else PARALLEL_DRAIN_WAIT_S
+            root.deadline = now + timedelta(seconds=wait)
         elif drain.outer is not None and self._races(drain, lane, now) and not self._history_pressed():
             return  # (a nested step's branch, while a stop another began is under way)
         if isinstance(steps[index], DelayStep):

@@ -3,10 +3,14 @@ before Temporal would refuse the payload."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.base import action
 from activities.echo import echo
 from interpreter.actions import ActionRequest
 from interpreter.sizes import ACTION_OUTPUT_BUDGET
@@ -41,3 +45,26 @@ async def test_the_budget_bounds_the_output_as_written_escapes_and_all() -> None
     for text in ("é" * 200_000, '"\\' * 60_000):
         request = ActionRequest(step_id="ok", idempotency_key="k", input={"value": text})
         assert (await ActivityEnvironment().run(echo, request)).output == text
+
+
+class _Big(enum.Enum):
+    BLOB = "z" * 600_000
+
+
+@dataclasses.dataclass
+class _Hidden:
+    blob: str = dataclasses.field(repr=False)
+
+
+@pytest.mark.parametrize("output", [_Big.BLOB, _Hidden("z" * 600_000), [{"k": _Big.BLOB}]])
+async def test_an_object_is_measured_as_it_is_written(output: object) -> None:
+    # Found by a review: an Enum or a dataclass was counted as its str (9 and 3 bytes here) and
+    # written as 600 KB.
+    @action("objects")
+    async def objects(request: ActionRequest) -> object:
+        return output
+
+    request = ActionRequest(step_id="obj", idempotency_key="k", input={})
+    with pytest.raises(ApplicationError) as info:
+        await ActivityEnvironment().run(objects, request)
+    assert info.value.type == "ActionOutputTooLarge"

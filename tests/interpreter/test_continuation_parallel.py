@@ -1269,3 +1269,30 @@ def record_of(engine: Engine, step_id: str) -> Any:
 
 def record_of_result(result: RunResult, step_id: str) -> Any:
     return next(r.output for r in result.steps if r.id == step_id)
+
+
+@pytest.mark.parametrize("join", ["any", "first"])
+async def test_a_pressed_loop_racing_a_long_activity_holds_only_briefly_and_still_wins(join: str) -> None:
+    """Found by a review: a loop stopped under pressure waited 60 s at each stop for a branch in an
+    1,100 s activity (no switch could come of it), every 660 s, and lost the race it wins without
+    the patch. A pressed stop waits at most 5 s (``PRESSED_DRAIN_WAIT_S``)."""
+    racing = [
+        set_vars("init", {"a": 0}),
+        {
+            "id": "par",
+            "type": "parallel",
+            "join": join,
+            "branches": [
+                {"id": "loop", "steps": _looping("l", "a", 1000, 1)},
+                {"id": "long", "steps": [work("slow", 1100, value="slow"), set_vars("long_done", {"x": 1})]},
+            ],
+        },
+    ]
+    definition = make_definition(racing, limits={"max_step_executions": 10_000})
+    straight, _ = await _straight(definition)
+    rt = _runtime()
+    rt.events_per_call = 10
+    chained, engine, _ = await _chain(definition, rt, every=2)
+    assert record_of_result(straight, "par")["winner"] == "loop"
+    assert record_of(engine, "par") == record_of_result(straight, "par")
+    assert chained.state == straight.state
