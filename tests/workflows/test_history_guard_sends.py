@@ -31,8 +31,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import workflows.generic
-from interpreter.state import RunState
-from starter.client import FlowClient
+from interpreter.state import RunResult, RunState
+from starter.client import FlowClient, RunHandle
 from starter.connection import connect_client
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import Handle, definition, record, start, status, unique
@@ -269,6 +269,25 @@ async def test_at_the_real_ceiling_no_run_of_the_chain_passes_it(
     assert runs >= 2  # the first run's results made it continue as new
 
 
+async def _with_the_store(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    document: dict[str, Any],
+    run_input: dict[str, Any] | None = None,
+) -> tuple[Client, RunHandle, RunResult]:
+    """Runs ``document`` to its end with the payload store in ``tmp_path`` (client and worker)."""
+    env = {"WFA_PAYLOAD_STORE": f"fs:{tmp_path}"}
+    client = await connect_client(address=temporal_env.client.service_client.config.target_host, env=env)
+    flows = FlowClient(client, task_queue=task_queue, database="postgresql://unused.invalid/none")
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        run = await flows.start_run(document, run_input)
+        return client, run, await run.result(timeout=120)
+
+
 async def test_with_the_payload_store_results_under_its_threshold_are_counted_too(
     temporal_env: WorkflowEnvironment,
     task_queue: str,
@@ -280,15 +299,9 @@ async def test_with_the_payload_store_results_under_its_threshold_are_counted_to
     # it is: sixteen 250 KB answers took the run past the lowered ceiling as without it.
     monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
     http_server.route("GET", "/answer", lambda request: (200, {}, {"blob": ANSWER}))
-    env = {"WFA_PAYLOAD_STORE": f"fs:{tmp_path}"}
-    client = await connect_client(address=temporal_env.client.service_client.config.target_host, env=env)
-    flows = FlowClient(client, task_queue=task_queue, database="postgresql://unused.invalid/none")
-    async with (
-        httpx.AsyncClient() as http,
-        build_worker(client, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        run = await flows.start_run(_document(_answers(f"{http_server.url}/answer")))
-        result = await run.result(timeout=120)
+    client, run, result = await _with_the_store(
+        temporal_env, task_queue, tmp_path, _document(_answers(f"{http_server.url}/answer"))
+    )
     assert result.state == RunState.FAILED
     assert result.error_type == "HistoryLimit", result.error
     assert "steps in flight" in (result.error or "")
@@ -310,9 +323,6 @@ async def test_with_the_payload_store_a_large_input_by_reference_is_not_counted(
     # 3.2 MB input sent by reference (about 1 KB of history) failed with HistoryLimit.
     monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
     http_server.route("POST", "/push", lambda request: (200, {}, {"ok": True}))
-    env = {"WFA_PAYLOAD_STORE": f"fs:{tmp_path}"}
-    client = await connect_client(address=temporal_env.client.service_client.config.target_host, env=env)
-    flows = FlowClient(client, task_queue=task_queue, database="postgresql://unused.invalid/none")
     push = {
         "id": "push",
         "type": "task",
@@ -323,12 +333,9 @@ async def test_with_the_payload_store_a_large_input_by_reference_is_not_counted(
             "json": dict.fromkeys("abcd", "{{ input.blobs }}"),
         },
     }
-    async with (
-        httpx.AsyncClient() as http,
-        build_worker(client, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
-    ):
-        run = await flows.start_run(_document(push), {"blobs": ["x" * 200_000] * 4})
-        result = await run.result(timeout=120)
+    _, _, result = await _with_the_store(
+        temporal_env, task_queue, tmp_path, _document(push), {"blobs": ["x" * 200_000] * 4}
+    )
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
     assert len(http_server.requests(path="/push")) == 1
 
