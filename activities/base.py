@@ -33,7 +33,13 @@ from activities.secrets import (
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
 from interpreter.inert import SECRET_REF
-from interpreter.sizes import ACTION_OUTPUT_BUDGET, VALUE_MAX_DEPTH, json_depth, json_size
+from interpreter.sizes import (
+    ACTION_OUTPUT_BUDGET,
+    JSON_ESCAPE_EXPANSION,
+    VALUE_MAX_DEPTH,
+    json_depth,
+    json_size,
+)
 
 __all__ = [
     "MAX_FAILURE_DETAILS_BYTES",
@@ -65,9 +71,6 @@ MAX_FAILURE_DETAILS_BYTES = 768
 
 MAX_CAUSE_MESSAGE_BYTES = 256
 """The most the cause's message takes (the cause is kept as its type and message, without a trace)."""
-
-_ESCAPE_EXPANSION = 6
-"""The most bytes JSON writes for one character ``json_size`` counts as one (``\u001f``)."""
 
 
 def _as_written(output: Any) -> Any:
@@ -466,7 +469,7 @@ def action(
                     raise converted from _cause_summary(cause)
                 output = redact_secrets(_as_written(output))
                 size = json_size(output, ACTION_OUTPUT_BUDGET)
-                if ACTION_OUTPUT_BUDGET // _ESCAPE_EXPANSION < size <= ACTION_OUTPUT_BUDGET:
+                if ACTION_OUTPUT_BUDGET // JSON_ESCAPE_EXPANSION < size <= ACTION_OUTPUT_BUDGET:
                     # What lands in history is the output as written, escapes and all (a control
                     # character is six bytes, ``\u0001``): the budget bounds that, which the run's
                     # history guard counts on (found by a review: 250,000 such characters passed

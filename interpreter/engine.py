@@ -1638,10 +1638,10 @@ class Engine:
         self._visits: dict[str, int] = {}
         self._executions = 0
         self._compensating = False
+        """Compensations are running (the run's state may show a wait in one instead)."""
         self._any_held_since: int | None = None
         """The run's history events when a branch of an ``any`` join first could not stop for a
         continue-as-new it wanted (:meth:`_history_pressed`)."""
-        """Compensations are running (the run's state may show a wait in one instead)."""
         self._state_size = 0
         """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
         self._task_key: int | None = None

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "ACTION_OUTPUT_BUDGET",
     "ID_MAX_BYTES",
+    "JSON_ESCAPE_EXPANSION",
     "RUN_STATE_BUDGET",
     "VALUE_MAX_DEPTH",
     "json_depth",
@@ -26,6 +27,11 @@ __all__ = [
 
 ACTION_OUTPUT_BUDGET = 512 * 1024
 """Largest output one action may return (Temporal warns about payloads from 512 KiB on)."""
+
+JSON_ESCAPE_EXPANSION = 6
+"""JSON escapes a character in at most 6 bytes (``\\u001f``) where :func:`json_size` counts one
+(and counts every other value at least as long as it is written, within the same factor): a value
+whose ``json_size`` times this fits under a limit is written within it, and needs no measuring."""
 
 RUN_STATE_BUDGET = 1536 * 1024
 """Largest total of the outputs and variables a run keeps (its result and status carry them, and

@@ -116,7 +116,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
-    from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size, temporal_id
+    from interpreter.sizes import ACTION_OUTPUT_BUDGET, JSON_ESCAPE_EXPANSION, json_size, temporal_id
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
@@ -195,11 +195,6 @@ refused it on every retry of the workflow task (patch ``codec-framing-margin``, 
 asked only for a payload in that margin: without the codec such a payload went through)."""
 PAYLOAD_TOO_LARGE = "PayloadTooLarge"
 """Error type of a step whose child run's or activity's input is over :data:`INLINE_INPUT_MAX_BYTES`."""
-_QUICK_BOUND_EXPANSION = 6
-"""JSON escapes a character in at most 6 bytes (``\\u001f``) where :func:`json_size` counts one
-(and counts every other value at least as long as it is written, within the same factor): an
-activity input whose ``json_size`` times this fits under the limit needs no measuring."""
-
 WORKFLOW_NAME = "RunDefinition"
 PATCH_TENANT_ATTRIBUTE = "tenant-attribute"
 """Patch id: a run started without search attributes also gets ``Tenant``."""
@@ -613,10 +608,12 @@ HISTORY_SEND_CEILING = 46 * 1024 * 1024
 what is in flight and the compensations (steps stop starting at 40 MiB,
 ``interpreter.engine.HISTORY_GUARD_BYTES``, so sends between the two are compensations' and those
 of steps that started before it)."""
-RESULT_ROOM = ACTION_OUTPUT_BUDGET + 16 * 1024
+RESULT_FIELDS_ROOM = 16 * 1024
+"""What a task's result holds beside the action's output (its wrapper, attempt, metadata)."""
+RESULT_ROOM = ACTION_OUTPUT_BUDGET + RESULT_FIELDS_ROOM
 """History a task's result may take when it lands (:data:`PATCH_HISTORY_GUARD_RESULTS`): the most an
 action may return as written (``activities.base`` bounds it), and the result's own fields."""
-FOREIGN_RESULT_ROOM = 2 * 1024 * 1024 + 16 * 1024
+FOREIGN_RESULT_ROOM = CONTINUE_AS_NEW_MAX_BYTES + RESULT_FIELDS_ROOM
 """The same for a task on another task queue (a team's own workers, which may not bound their
 actions' outputs): the most Temporal takes in one payload."""
 TASK_SEND_BUDGET = 1536 * 1024
@@ -884,12 +881,8 @@ class _TemporalRuntime:
                 )
             elif self._landed_key == key and self._landed_room:
                 # Results landed in this workflow task, counted at their room: the next task's
-                # history size counts them as they are (a 1 ms timer begins it).
-                if self._send_pause is None or self._send_pause.done():
-                    self._send_pause = asyncio.create_task(
-                        workflow.sleep(timedelta(milliseconds=1), summary=f"{call.summary}: history room")
-                    )
-                await workflow.wait_condition(functools.partial(self._task_moved_on, key))
+                # history size counts them as they are.
+                await self._next_task(key, f"{call.summary}: history room")
             else:
                 used = workflow.info().get_current_history_size()
                 what = (
@@ -1121,11 +1114,14 @@ class _TemporalRuntime:
             ):
                 self._sent += size
                 return
-            if self._send_pause is None or self._send_pause.done():
-                self._send_pause = asyncio.create_task(
-                    workflow.sleep(timedelta(milliseconds=1), summary=f"{summary}: pacing large inputs")
-                )
-            await workflow.wait_condition(functools.partial(self._task_moved_on, key))
+            await self._next_task(key, f"{summary}: pacing large inputs")
+
+    async def _next_task(self, key: int, summary: str) -> None:
+        """Waits for the workflow task after ``key``, which one 1 ms timer begins for every caller
+        waiting in this one (``summary`` names the first's)."""
+        if self._send_pause is None or self._send_pause.done():
+            self._send_pause = asyncio.create_task(workflow.sleep(timedelta(milliseconds=1), summary=summary))
+        await workflow.wait_condition(functools.partial(self._task_moved_on, key))
 
     def _task_moved_on(self, key: int) -> bool:
         return self.task_key() != key
@@ -1434,7 +1430,7 @@ class _TemporalRuntime:
         without the store, to what rules it out; with it, past the bound (plus 1/64, a margin for
         how ``json_size`` counts numbers), where it is over before any escape."""
         limit = self.input_limit()
-        return limit // _QUICK_BOUND_EXPANSION if self.input_budget is None else limit + limit // 64
+        return limit // JSON_ESCAPE_EXPANSION if self.input_budget is None else limit + limit // 64
 
     def _activity_input_problem(self, call: ActionCall, counted: int) -> str | None:
         """:meth:`_payload_problem` for a task's activity input, measured only when a quick upper
@@ -1444,7 +1440,7 @@ class _TemporalRuntime:
         once, never serialized here."""
         request = call.request
         ids = len(request.step_id) + len(request.idempotency_key) + len(request.tenant)
-        room = self.input_limit() // _QUICK_BOUND_EXPANSION - ids - 1024
+        room = self.input_limit() // JSON_ESCAPE_EXPANSION - ids - 1024
         if room > 0 and counted <= room:
             return None
         what = f"the input of its action {call.action!r}"
