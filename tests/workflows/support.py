@@ -36,6 +36,17 @@ def definition(name: str, steps: list[dict[str, Any]], **extra: Any) -> dict[str
     return {"name": name, "steps": steps, **extra}
 
 
+def compensated_echo(step_id: str, value: Any, undo_id: str, undo_value: Any) -> dict[str, Any]:
+    """An ``echo`` task answering ``value`` whose compensation ``undo_id`` echoes ``undo_value``."""
+    return {
+        "id": step_id,
+        "type": "task",
+        "action": "echo",
+        "input": {"value": value},
+        "compensate": [{"id": undo_id, "type": "task", "action": "echo", "input": {"value": undo_value}}],
+    }
+
+
 def counting_loop(prefix: str, var: str, turns: int) -> list[dict[str, Any]]:
     """Steps that call ``echo`` ``turns`` times, counting in ``vars.<var>`` (set it to 0 first):
     a ``goto`` loop of three steps, each bounded by ``max_visits``."""

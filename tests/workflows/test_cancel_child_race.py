@@ -31,7 +31,7 @@ from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from interpreter.state import RunState, StepStatus
 from starter.client import FlowClient
-from tests.workflows.support import events, eventually, replay, unique
+from tests.workflows.support import compensated_echo, events, eventually, replay, unique
 from worker import build_worker, workflow_runner
 from workflows.generic import ENGINE_LEVEL, PATCH_CHILD_CANCEL_KEPT, PATCH_LEVELS, WORKFLOWS
 
@@ -90,15 +90,7 @@ async def test_a_parent_cancelled_as_its_child_ends_is_cancelled_and_runs_no_fur
     document = {
         "name": PARENT,
         "steps": [
-            {
-                "id": "book",
-                "type": "task",
-                "action": "echo",
-                "input": {"value": "booked"},
-                "compensate": [
-                    {"id": "unbook", "type": "task", "action": "echo", "input": {"value": "unbooked"}}
-                ],
-            },
+            compensated_echo("book", "booked", "unbook", "unbooked"),
             {"id": "sub", "type": "subflow", "definition": child, "on_failure": "continue"},
             {"id": "after", "type": "task", "action": "echo", "input": {"value": "must not run"}},
         ],

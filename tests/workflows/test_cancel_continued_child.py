@@ -21,7 +21,15 @@ from temporalio.worker import Worker
 
 from interpreter.state import RunState, RunStatus
 from starter.client import FlowClient, StarterError
-from tests.workflows.support import counting_loop, definition, eventually, start, status, unique
+from tests.workflows.support import (
+    compensated_echo,
+    counting_loop,
+    definition,
+    eventually,
+    start,
+    status,
+    unique,
+)
 from workflows.generic import ENGINE_LEVEL
 
 TURNS = 40
@@ -54,13 +62,7 @@ def _waiting_after_continuing(s: RunStatus | None) -> bool:
 
 
 def _booked(undo: str) -> dict[str, Any]:
-    return {
-        "id": f"book-{undo}",
-        "type": "task",
-        "action": "echo",
-        "input": {"value": "booked"},
-        "compensate": [{"id": undo, "type": "task", "action": "echo", "input": {"value": undo}}],
-    }
+    return compensated_echo(f"book-{undo}", "booked", undo, undo)
 
 
 async def _ends_cancelled(flows: FlowClient, workflow_id: str) -> None:

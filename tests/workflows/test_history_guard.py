@@ -22,7 +22,16 @@ from temporalio.worker import Replayer, Worker
 
 import interpreter.engine
 from interpreter.state import RunState
-from tests.workflows.support import Handle, definition, events, replay, start, status, unique
+from tests.workflows.support import (
+    Handle,
+    compensated_echo,
+    definition,
+    events,
+    replay,
+    start,
+    status,
+    unique,
+)
 from worker import workflow_runner
 from workflows.generic import ENGINE_LEVEL, WORKFLOWS
 
@@ -34,15 +43,7 @@ def _document() -> dict[str, Any]:
     return definition(
         unique("guard"),
         [
-            {
-                "id": "charge",
-                "type": "task",
-                "action": "echo",
-                "input": {"value": "charged"},
-                "compensate": [
-                    {"id": "refund", "type": "task", "action": "echo", "input": {"value": "refunded"}}
-                ],
-            },
+            compensated_echo("charge", "charged", "refund", "refunded"),
             {
                 "id": "fan",
                 "type": "parallel",

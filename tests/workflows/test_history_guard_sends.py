@@ -35,7 +35,7 @@ from interpreter.state import RunResult, RunState
 from starter.client import FlowClient, RunHandle
 from starter.connection import connect_client
 from tests.helpers.http_server import RecordingServer
-from tests.workflows.support import Handle, definition, record, start, status, unique
+from tests.workflows.support import Handle, compensated_echo, definition, record, start, status, unique
 from worker import build_worker
 from workflows.generic import ENGINE_LEVEL
 
@@ -51,15 +51,7 @@ def _document(sends: dict[str, Any]) -> dict[str, Any]:
     return definition(
         unique("sends"),
         [
-            {
-                "id": "book",
-                "type": "task",
-                "action": "echo",
-                "input": {"value": "booked"},
-                "compensate": [
-                    {"id": "unbook", "type": "task", "action": "echo", "input": {"value": "unbooked"}}
-                ],
-            },
+            compensated_echo("book", "booked", "unbook", "unbooked"),
             sends,
             {"id": "after", "type": "task", "action": "echo", "input": {"value": "after"}},
         ],

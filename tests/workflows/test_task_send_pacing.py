@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from interpreter.state import RunState
-from tests.workflows.support import definition, events, start, unique
+from tests.workflows.support import compensated_echo, definition, events, start, unique
 from workflows.generic import ENGINE_LEVEL
 
 
@@ -27,15 +27,7 @@ async def test_large_inputs_of_one_workflow_task_are_sent_over_several(
     document = definition(
         unique("sends"),
         [
-            {
-                "id": "charge",
-                "type": "task",
-                "action": "echo",
-                "input": {"value": "ok"},
-                "compensate": [
-                    {"id": "refund", "type": "task", "action": "echo", "input": {"value": "refunded"}}
-                ],
-            },
+            compensated_echo("charge", "ok", "refund", "refunded"),
             {
                 "id": "each",
                 "type": "foreach",
