@@ -350,6 +350,9 @@ run of a generation before 11; in runs of earlier generations, while a step wait
 a step nested in a ``parallel`` or ``foreach`` branch) or when its continuing was declined; the 11,200 events
 left under Temporal's limit are for its compensations."""
 
+RESULT_ROOM_BESIDE_OUTPUT = 4 * 1024
+"""What a run's result holds beside its output when its step records are left out (state, error):
+an output must fit in :attr:`RunInfo.result_limit` less this."""
 HISTORY_GUARD_BYTES = 40 * 1024 * 1024
 """Bytes of history at which a step no longer starts (Temporal's limit: 50 MiB).
 
@@ -574,6 +577,8 @@ class BatchCall:
             ``/batch-k``: the k-th slice, from 0.
         definition: The parent's definition (the child runs the foreach's body from it).
         batch: The slice and the template context it runs with.
+        share: How many children of its foreach run at once (this one included): the runtime
+            shares the room it has for their results among them.
     """
 
     step_id: str
@@ -582,6 +587,7 @@ class BatchCall:
     definition: Definition
     batch: ForeachBatch
     summary: str
+    share: int = 1
 
 
 class BatchFailedError(Exception):
@@ -801,6 +807,9 @@ class RunInfo:
     state_budget_asked: int | None = None
     """Set when the worker capped the run's state budget (``WFA_STATE_BUDGET_MAX``): what the run's
     options asked for (its error then names the cap)."""
+    result_limit: int | None = None
+    """The most the run's result may take (``RunOptions.result_limit``: the room the parent run that
+    waits for it holds in its history); an output that does not fit fails the run, which compensates."""
 
 
 class DecisionError(ValueError):
@@ -1761,6 +1770,7 @@ class Engine:
                     self.output = self._check_depth(rendered, "the run's output")
             except _Succeed as done:
                 self.output = done.output if self._batch is None else {"succeeded": done.output}
+            self._check_result_room()
             self._set_state(RunState.COMPLETED)
         except _CompensateAndEnd as failure:
             self._fail(failure.message, failure.error_type)
@@ -1783,6 +1793,28 @@ class Engine:
             self._fail(f"cancelled by {who.actor}: {who.reason}" if who else "cancelled", "RunCancelled")
             await self._wind_up(RunState.CANCELLED)
             self._set_state(RunState.CANCELLED)
+
+    def _check_result_room(self) -> None:
+        """Fails the run (it compensates) when its output would not fit in the room its parent run
+        holds for its result (:attr:`RunInfo.result_limit`); the output is dropped, as the failed
+        run's result would carry it. Counted as :func:`json_size` does (the host measures the
+        result as written too)."""
+        limit = self.info.result_limit
+        if limit is None:
+            return
+        room = limit - RESULT_ROOM_BESIDE_OUTPUT
+        size = json_size(self.output, room)
+        if size <= room:
+            return
+        self.output = None
+        raise _RunFailed(
+            f"the run's output is more than {room:,} bytes: its parent run holds {limit:,} bytes for"
+            " its result in its own history (its share of the room left under the guard near"
+            " Temporal's 50 MiB history limit). Return less from the run (a fanned-out foreach:"
+            " smaller item outputs, fewer items at once), or configure the payload store"
+            " (WFA_PAYLOAD_STORE)",
+            "HistoryLimit",
+        )
 
     @property
     def continuing(self) -> bool:
@@ -3644,6 +3676,7 @@ class Engine:
                         **context,
                     ),
                     summary=f"{step.label}: items {offset}-{offset + len(part) - 1} of {len(items)}",
+                    share=running,
                 )
                 try:
                     output = await runtime.run_foreach_batch(call)

@@ -378,6 +378,13 @@ class RunOptions(BaseModel):
     )
     """How the run's result carries its step records (:class:`ResultSteps`); ``full`` is left out of
     the payload, so the input (and the result) of a run started before the option is unchanged."""
+    result_limit: int | None = Field(
+        default=None, ge=1024, le=64 * 1024 * 1024, exclude_if=lambda value: value is None
+    )
+    """Bytes the run's result (or its failure's details) may take serialized: the room the parent run
+    that waits for it holds in its own history for it (``workflows.generic`` patch
+    ``history-guard-children``); a result over it fails the run (``HistoryLimit``). None (left out of
+    the payload: a run started before the field has none): Temporal's payload limit."""
     engine_level: int = Field(default=0, ge=0, le=1000, exclude_if=lambda value: value == 0)
     """The interpreter generation the run was started for (``workflows.generic.ENGINE_LEVEL`` of the
     starting client's build): every behaviour change (patch) of that generation or an earlier one applies to

@@ -270,6 +270,18 @@ items at once, each answered with 261 KB, put 54 MB in one run's history, past T
 limit, where the server may terminate a run (measured on the dev server; now 48 MB, under the
 ceiling with the run's continue-as-new input in the room above it). Asked only when a task would
 wait or fail so."""
+PATCH_HISTORY_GUARD_CHILDREN = "history-guard-children"
+"""Patch id: the result of a child run the run waits for (a waited-for subflow, a fan-out slice)
+is counted as a task's is (:data:`PATCH_HISTORY_GUARD_RESULTS`): without the payload store the
+child may return at most the room its parent holds for it (:attr:`RunOptions.result_limit`, its
+share of what is left under :data:`HISTORY_SEND_CEILING`, at most Temporal's payload limit), and a
+larger result fails the child (``HistoryLimit``, a small failure); with the store each is counted at
+:data:`RESULT_ROOM`. A child that does not fit waits for those in flight to end; with none in flight
+its step fails (``HistoryLimit``). Before, children's results were not counted: eight slices of a
+fan-out, each returning 500 KB, landed together and took the run past the (lowered) ceiling, where
+at Temporal's own the server terminates the run, no compensation (found by a review of the
+guard). Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): a child's input
+carries its room. A detached subflow's result is not counted (its step does not wait for it)."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -359,6 +371,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CHILD_CANCEL_KEPT: 17,
     PATCH_HISTORY_GUARD_RESULTS: 18,
     PATCH_CONTINUE_AS_NEW_ANY_PRESSED: 18,
+    PATCH_HISTORY_GUARD_CHILDREN: 19,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -382,12 +395,18 @@ read (a wait carried in a branch): they apply only to runs started at their gene
 never asked through ``workflow.patched``. A run started at an earlier generation (by a client that
 older workers may still serve, during a rollout) keeps its branches as before whichever worker
 runs it, so an older worker can always take its next run."""
-NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {PATCH_CHILD_CANCEL_FAILS_STEP, PATCH_CHILD_CANCEL_BY_ID}
+NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
+    PATCH_CHILD_CANCEL_FAILS_STEP,
+    PATCH_CHILD_CANCEL_BY_ID,
+    PATCH_HISTORY_GUARD_CHILDREN,
+}
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
 which starts a child from a task of its own (the start command may go out later in its activation
-than a recorded run's did), and ``child-cancel-by-id``, which waits for a child in a task of its own
-(its cancellation commands may go out in another order)."""
+than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a task of its own
+(its cancellation commands may go out in another order), and ``history-guard-children``, whose
+child runs carry the room held for their results (a child of an earlier build would not bound its
+result by it)."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -525,6 +544,9 @@ def _details(result: RunResult, shape: ResultSteps, *, limit: int | None) -> dic
     ``full`` (the only shape before the option); without them when they would not fit in
     Temporal's payload limit (:func:`_fitted`)."""
     shaped = _fitted(result, ResultSteps.COMPACT if shape == ResultSteps.NONE else shape, limit=limit)
+    if limit is not None and shaped.output is not None and _payload_bytes(shaped) > limit:
+        # Over the room a parent holds for it (RunOptions.result_limit): its output left out too.
+        shaped = result.model_copy(update={"output": None, "steps": []})
     details: dict[str, Any] = shaped.model_dump(mode="json")
     return details
 
@@ -616,6 +638,11 @@ action may return as written (``activities.base`` bounds it), and the result's o
 FOREIGN_RESULT_ROOM = CONTINUE_AS_NEW_MAX_BYTES + RESULT_FIELDS_ROOM
 """The same for a task on another task queue (a team's own workers, which may not bound their
 actions' outputs): the most Temporal takes in one payload."""
+CHILD_RESULT_MAX = RESULT_MAX_BYTES - CODEC_FRAMING_MARGIN
+"""The most room a child run's result gets without the payload store (:data:`PATCH_HISTORY_GUARD_CHILDREN`):
+what a run may return anyway (``_TemporalRuntime.payload_limit``)."""
+CHILD_RESULT_FLOOR = 64 * 1024
+"""The least: a child whose share of the room left is smaller waits for room (or its step fails)."""
 TASK_SEND_BUDGET = 1536 * 1024
 """Most bytes of activity and child run inputs one workflow task sends before the next input waits
 for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
@@ -670,6 +697,11 @@ def _fitting_keyword(value: str, max_chars: int | None = None) -> str:
     return value[:low] + "…"
 
 
+class _NoRoomError(Exception):
+    """No room in the run's history for a child run's result, with nothing in flight (the message
+    says so): its step fails (``HistoryLimit``)."""
+
+
 class _TemporalRuntime:
     """The engine's runtime on Temporal: deterministic time, activities, timers, conditions."""
 
@@ -697,6 +729,7 @@ class _TemporalRuntime:
         self._results_room = 0  # the room they hold, in bytes
         self._landed_key = -1  # the workflow task in which results landed (their room still counted)
         self._landed_room = 0
+        self._slices_holding: dict[str, int] = {}  # a fan-out's path: its slices holding room now
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -837,27 +870,36 @@ class _TemporalRuntime:
             return await self._send_action(call, counted)
         finally:
             if held:
-                self._results_held -= 1
-                self._results_room -= room
-                # Counted until the next workflow task: the history size this one started with
-                # may not count the results delivered with it (measured: 524 KB short at 46 MB).
-                key = self.task_key()
-                if key != self._landed_key:
-                    self._landed_key, self._landed_room = key, 0
-                self._landed_room += room
+                self._release_room(room)
 
-    def _result_room(self, counted: int, room: int) -> bool:
-        """Whether an input of ``counted`` bytes and a result of up to ``room`` fit under the
-        ceiling with the results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`).
-        With the payload store what is sent is not counted (as by :meth:`_history_room_problem`):
-        a large input goes by reference."""
+    def _release_room(self, room: int) -> None:
+        """Gives back the room a task's or child run's result held: it has landed (or never will)."""
+        self._results_held -= 1
+        self._results_room -= room
+        # Counted until the next workflow task: the history size this one started with may not
+        # count the results delivered with it (measured: 524 KB short at 46 MB).
+        key = self.task_key()
+        if key != self._landed_key:
+            self._landed_key, self._landed_room = key, 0
+        self._landed_room += room
+
+    def _history_used(self, counted: int) -> int:
+        """The run's history as the guard counts it, with an input of ``counted`` bytes about to
+        be sent and the results that landed in this workflow task, without the room held for those
+        in flight. With the payload store what is sent is not counted (as by
+        :meth:`_history_room_problem`): a large input goes by reference."""
         used = workflow.info().get_current_history_size()
         key = self.task_key()
         if self.input_budget is None:
             used += counted + (self._sent if self._send_key == key else 0)
         if self._landed_key == key:
             used += self._landed_room
-        return used + self._results_room + room <= HISTORY_SEND_CEILING
+        return used
+
+    def _result_room(self, counted: int, room: int) -> bool:
+        """Whether an input of ``counted`` bytes and a result of up to ``room`` fit under the
+        ceiling with the results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`)."""
+        return self._history_used(counted) + self._results_room + room <= HISTORY_SEND_CEILING
 
     async def _hold_result_room(self, call: ActionCall, counted: int, room: int) -> bool:
         """Holds room in the history for the task's result, waiting for tasks in flight to end
@@ -872,6 +914,17 @@ class _TemporalRuntime:
             return False
         if not self._result_room(counted, room) and not self.patched(PATCH_HISTORY_GUARD_RESULTS):
             return False
+        what = (
+            "its result" if self.input_budget is not None else f"its input ({counted:,} bytes) and its result"
+        )
+        problem = await self._wait_for_room(counted, room, call.summary, f"step {call.path!r}: {what}")
+        if problem is not None:
+            raise ActionFailedError(problem, HISTORY_LIMIT, 0)
+        return True
+
+    async def _wait_for_room(self, counted: int, room: int, summary: str, what: str) -> str | None:
+        """Holds ``room`` for a result once it fits, waiting for the tasks and child runs in flight
+        to end while it does not; the problem (``what`` would not fit) when none is in flight."""
         while not self._result_room(counted, room):
             key = self.task_key()
             if self._results_held:
@@ -882,30 +935,60 @@ class _TemporalRuntime:
             elif self._landed_key == key and self._landed_room:
                 # Results landed in this workflow task, counted at their room: the next task's
                 # history size counts them as they are.
-                await self._next_task(key, f"{call.summary}: history room")
+                await self._next_task(key, f"{summary}: history room")
             else:
                 used = workflow.info().get_current_history_size()
-                what = (
-                    "its result"
-                    if self.input_budget is not None
-                    else f"its input ({counted:,} bytes) and its result"
-                )
-                raise ActionFailedError(
-                    f"step {call.path!r}: {what} (up to {room:,} bytes) would bring the run's history"
-                    f" ({used:,} bytes, no other steps in flight) past {HISTORY_SEND_CEILING:,} bytes,"
-                    " near Temporal's 50 MiB limit where the server terminates a run: keep large"
+                return (
+                    f"{what} (up to {room:,} bytes) would bring the run's history ({used:,} bytes,"
+                    f" no other steps in flight) past {HISTORY_SEND_CEILING:,} bytes, near"
+                    " Temporal's 50 MiB limit where the server terminates a run: keep large"
                     " answers out of a long run's steps"
                     + (
                         ""
                         if self.input_budget is not None
                         else ", or configure the payload store (WFA_PAYLOAD_STORE)"
-                    ),
-                    HISTORY_LIMIT,
-                    0,
+                    )
                 )
         self._results_held += 1
         self._results_room += room
-        return True
+        return None
+
+    async def _hold_child_room(
+        self, counted: int, share: int, summary: str, child: str
+    ) -> tuple[int, int | None]:
+        """Holds room in the history for the result of a child run this run waits for
+        (:data:`PATCH_HISTORY_GUARD_CHILDREN`): the room held (0: none, a run of an earlier
+        generation) and, without the payload store, the most the child may return
+        (:attr:`RunOptions.result_limit`): its share of the room left under the ceiling (among
+        ``share`` children and one spare share), at
+        least :data:`CHILD_RESULT_FLOOR` and at most :data:`CHILD_RESULT_MAX`. With the store a
+        larger result goes by reference: it is counted at :data:`RESULT_ROOM`, as a task's.
+
+        Raises:
+            _NoRoomError: it does not fit with nothing in flight (its message says why).
+        """
+        if not patch_applies(self._options, PATCH_HISTORY_GUARD_CHILDREN):
+            return 0, None
+        grant: int | None = None
+        if self.input_budget is None:
+            free = HISTORY_SEND_CEILING - self._history_used(counted) - self._results_room
+            # One share more than asked stays free: a child started as another's result lands
+            # (counted at its room until the next workflow task) need not wait for that task.
+            grant = min(
+                CHILD_RESULT_MAX, max(CHILD_RESULT_FLOOR, free // (max(share, 1) + 1) - RESULT_FIELDS_ROOM)
+            )
+            room = grant + RESULT_FIELDS_ROOM
+        else:
+            room = RESULT_ROOM
+        what = (
+            f"the result of {child}"
+            if self.input_budget is not None
+            else f"the input of {child} ({counted:,} bytes) and its result"
+        )
+        problem = await self._wait_for_room(counted, room, summary, what)
+        if problem is not None:
+            raise _NoRoomError(problem)
+        return room, grant
 
     async def _send_action(self, call: ActionCall, counted: int) -> ActionResult:
         """Sends the task's activity once its result's room is held (see :meth:`execute_action`)."""
@@ -1185,13 +1268,36 @@ class _TemporalRuntime:
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             kind = (cause.type if isinstance(cause, ApplicationError) else None) or "SubflowResolveError"
             raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
+        counted = json_size(call.input, TASK_SEND_BUDGET)
+        held, grant = 0, None
+        if call.wait:
+            try:
+                held, grant = await self._hold_child_room(
+                    counted,
+                    1,
+                    call.summary,
+                    f"its child run {temporal_id(call.workflow_id)!r}",
+                )
+            except _NoRoomError as no_room:
+                raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
+        try:
+            return await self._run_subflow(call, resolved, counted, grant)
+        finally:
+            if held:
+                self._release_room(held)
+
+    async def _run_subflow(
+        self, call: SubflowCall, resolved: SubflowDefinition, counted: int, grant: int | None
+    ) -> dict[str, Any]:
+        """:meth:`run_subflow` once its definition is resolved (and the room for a waited-for
+        child's result held: ``grant``, the most it may return, see :meth:`_hold_child_room`)."""
+        tenant = self._options.tenant
         child = resolved.definition
         child_input = RunInput(
             definition=child,
             input=call.input,
-            options=self._options.model_copy(update={"subflow_depth": call.depth}),
+            options=self._options.model_copy(update={"subflow_depth": call.depth, "result_limit": grant}),
         )
-        counted = json_size(child_input.input, TASK_SEND_BUDGET)
         await self._pace_send(counted, call.summary)
         room = self._history_room_problem(
             counted, f"the input of its child run {temporal_id(call.workflow_id)!r}", child
@@ -1311,25 +1417,46 @@ class _TemporalRuntime:
         its output. The child is cancelled with its parent (which waits until the child has run
         its compensations) and if the parent closes first."""
         parent = workflow.info().workflow_id
-        child_input = RunInput(definition=call.definition, options=self._options, batch=call.batch)
         counted = _batch_json_size(call.batch)
-        await self._pace_send(counted, call.summary)
-        room = self._history_room_problem(
-            counted,
-            f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context)",
-            call.definition,
-        )
-        if room is not None:
-            raise BatchFailedError(room, HISTORY_LIMIT)
-        problem = self._payload_problem(
-            child_input,
-            f"the child run's input (the definition, its {len(call.batch.items)} items and the"
-            " context the foreach's body reads)",
-        )
-        if problem is not None:
-            raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
-        async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
-            return await self._run_batch(call, child_input, parent)
+        siblings = self._slices_holding.get(call.path, 0)
+        try:
+            # Shared with the slices of its foreach that hold none yet: equal shares of what is left.
+            held, grant = await self._hold_child_room(
+                counted,
+                call.share - siblings,
+                call.summary,
+                f"the child run {temporal_id(call.workflow_id)!r}",
+            )
+        except _NoRoomError as no_room:
+            raise BatchFailedError(str(no_room), HISTORY_LIMIT) from None
+        self._slices_holding[call.path] = self._slices_holding.get(call.path, 0) + 1
+        try:
+            child_input = RunInput(
+                definition=call.definition,
+                options=self._options.model_copy(update={"result_limit": grant}),
+                batch=call.batch,
+            )
+            await self._pace_send(counted, call.summary)
+            room = self._history_room_problem(
+                counted,
+                f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context)",
+                call.definition,
+            )
+            if room is not None:
+                raise BatchFailedError(room, HISTORY_LIMIT)
+            problem = self._payload_problem(
+                child_input,
+                f"the child run's input (the definition, its {len(call.batch.items)} items and the"
+                " context the foreach's body reads)",
+            )
+            if problem is not None:
+                raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
+            async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
+                return await self._run_batch(call, child_input, parent)
+        finally:
+            self._slices_holding[call.path] -= 1
+            if held:
+                self._release_room(held)
 
     async def _run_batch(self, call: BatchCall, child_input: RunInput, parent: str) -> dict[str, Any]:
         definition = call.definition
@@ -1687,6 +1814,7 @@ class GenericRun:
             created_at=info.workflow_start_time,
             subflow_depth=run.options.subflow_depth,
             state_budget=run.options.state_budget,
+            result_limit=run.options.result_limit,
         )
         try:
             self._engine = Engine(
@@ -1805,7 +1933,7 @@ class GenericRun:
                 raise asyncio.CancelledError(result.error)
             raise ApplicationError(
                 result.error or "cancelled",
-                _details(result, run.options.result_steps, limit=self._runtime.payload_limit()),
+                _details(result, run.options.result_steps, limit=self._result_limit(run)),
                 type="RunCancelled",
                 non_retryable=True,
             )
@@ -1813,19 +1941,43 @@ class GenericRun:
             # Not a success: closes as failed (red in the Web UI), the error type saying why.
             raise ApplicationError(
                 f"compensated: {result.error or 'a step failed'}",
-                _details(result, run.options.result_steps, limit=self._runtime.payload_limit()),
+                _details(result, run.options.result_steps, limit=self._result_limit(run)),
                 type="RunCompensated",
                 non_retryable=True,
             )
         if result.state == RunState.FAILED:
             raise ApplicationError(
                 result.error or "failed",
-                _details(result, run.options.result_steps, limit=self._runtime.payload_limit()),
+                _details(result, run.options.result_steps, limit=self._result_limit(run)),
                 type=result.error_type or "WorkflowFailed",
                 non_retryable=True,
             )
         # RunOptions.result_steps: a run whose input does not name it returns the result as before.
-        return _fitted(result, run.options.result_steps, limit=self._runtime.payload_limit())
+        fitted = _fitted(result, run.options.result_steps, limit=self._result_limit(run))
+        grant = run.options.result_limit
+        if grant is not None and (size := _payload_bytes(fitted)) > grant:
+            # Its output fitted as the engine counts it (RESULT_ROOM_BESIDE_OUTPUT), not as written
+            # (escapes): the run fails here, its steps done and not compensated, saying so.
+            message = (
+                f"the run's result is {size:,} bytes serialized, more than the {grant:,} bytes its"
+                " parent run holds for it in its own history (near Temporal's 50 MiB history"
+                " limit); its steps completed and were not compensated. Return less from the run,"
+                " or configure the payload store (WFA_PAYLOAD_STORE)"
+            )
+            failed = RunResult(state=RunState.FAILED, error=message, error_type=HISTORY_LIMIT)
+            raise ApplicationError(
+                message, failed.model_dump(mode="json"), type=HISTORY_LIMIT, non_retryable=True
+            )
+        return fitted
+
+    def _result_limit(self, run: RunInput) -> int | None:
+        """The most the run's result or failure details may take: Temporal's (or the store's)
+        payload limit, or less, the room its parent holds for it (:attr:`RunOptions.result_limit`)."""
+        limit = self._runtime.payload_limit()
+        grant = run.options.result_limit
+        if grant is None or (limit is not None and limit <= grant):
+            return limit
+        return grant
 
     def _wants_new_run(self) -> bool:
         """The engine asks at its safe points: Temporal suggests continuing as new, or the

@@ -14,10 +14,11 @@ from temporalio.worker import Worker
 
 from activities.store.database import Database
 from interpreter.model import MAX_SUBFLOW_DEPTH
-from interpreter.state import RunState, StepStatus
+from interpreter.state import RunInput, RunOptions, RunState, StepStatus
 from starter.client import FlowClient, RunHandle
 from starter.errors import RunNotFoundError
 from tests.workflows.support import eventually
+from workflows.generic import CHILD_RESULT_FLOOR, CHILD_RESULT_MAX
 from workflows.priority import DEFAULT_PRIORITY, PRIORITY_TENANTS_ENV
 from workflows.search_attributes import DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
@@ -105,6 +106,36 @@ async def test_a_detached_subflow_outlives_its_parent(
     await eventually(child_run.status, lambda s: bool(s.pending_approvals), timeout=30, what="child waiting")
     await child_run.approve("manager")
     assert (await child_run.result(timeout=60)).state == RunState.COMPLETED
+
+
+async def _child_options(client: Client, workflow_id: str) -> RunOptions:
+    """The options a child run was started with, read from its history's first event."""
+    events = (await client.get_workflow_handle(workflow_id).fetch_history()).events
+    payload = events[0].workflow_execution_started_event_attributes.input.payloads[0]
+    return RunInput.model_validate_json(payload.data).options
+
+
+async def test_a_waited_for_subflow_may_return_at_most_the_room_its_parent_holds(
+    flows: FlowClient, client: Client, store_worker: Worker
+) -> None:
+    # Patch history-guard-children: the parent holds room in its history for the result of a child
+    # it waits for, and the child carries it (RunOptions.result_limit, bounded by Temporal's payload
+    # limit); a detached child, whose result its step does not wait for, carries none.
+    child = unique("child")
+    await flows.register(_child(child, "one"), author="ann")
+    document = {
+        "name": unique("parent"),
+        "steps": [
+            {"id": "sub", "type": "subflow", "definition": child, "input": {"n": 1}},
+            {"id": "off", "type": "subflow", "definition": child, "input": {"n": 2}, "wait": False},
+        ],
+    }
+    run = await flows.start_run(document)
+    assert (await run.result(timeout=60)).state == RunState.COMPLETED
+    waited = await _child_options(client, f"{run.workflow_id}/sub")
+    assert waited.result_limit is not None
+    assert CHILD_RESULT_FLOOR <= waited.result_limit <= CHILD_RESULT_MAX
+    assert (await _child_options(client, f"{run.workflow_id}/off")).result_limit is None
 
 
 async def test_another_tenants_definition_does_not_exist_for_a_subflow(

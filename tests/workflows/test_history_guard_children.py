@@ -1,0 +1,163 @@
+"""The history guard counts what child runs return (patch ``history-guard-children``): the result of
+a child run the run waits for (a fan-out slice, a waited-for subflow) lands in the run's history,
+so the run holds room for it and the child may return at most that room.
+
+The adversary is a definition with nothing hostile in it: a fanned-out ``foreach`` whose slices each
+return 500 KB. Before, the guard counted tasks' results, not children's: the eight slices' results
+landed together and took the run past the (lowered) ceiling; at Temporal's own 50 MiB the server
+then terminates the run, its compensations never run. Now each slice may return its share of the
+room left; one that would return more fails (``HistoryLimit``), as its step does, and the run
+compensates and fails in words, under the ceiling.
+
+Real dev server, the product's worker, a local HTTP server answering 250 KB. The ceiling is 46 MiB;
+these tests lower it to 3 MiB (the workflow runs outside the sandbox, so the module's constant is
+what the worker reads).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+import workflows.generic
+from interpreter.state import RunState
+from tests.helpers.http_server import RecordingServer
+from tests.workflows.support import compensated_echo, definition, start, status, unique
+from workflows.generic import ENGINE_LEVEL
+
+CEILING = 3 * 1024 * 1024
+"""The lowered ceiling, in bytes of history."""
+
+ANSWER = "y" * 250_000
+"""What each item's step gets back: 250 KB, under the ``http`` action's 256 KiB body limit. A slice
+of two items returns 500 KB; eight slices 4 MB."""
+
+
+def _document(url: str, items: int, answer_path: str) -> dict[str, Any]:
+    return definition(
+        unique("children"),
+        [
+            compensated_echo("book", "booked", "unbook", "unbooked"),
+            {
+                "id": "pull",
+                "type": "foreach",
+                "items": f"range({items}) | list",
+                "fan_out_above": 1,
+                "batch_size": 2,
+                "concurrency": 8,
+                # Each item's output is the answer's body: what its slice returns to the run.
+                "output": "{{ steps.get.output.body.blob }}",
+                "steps": [
+                    {
+                        "id": "get",
+                        "type": "task",
+                        "action": "http",
+                        "input": {"url": f"{url}/{answer_path}", "method": "GET"},
+                    }
+                ],
+            },
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": "after"}},
+        ],
+    )
+
+
+def _size_before_the_end(events: Any) -> int:
+    """The run's history up to its last event (its failure, which carries its state, in the room
+    above the ceiling)."""
+    return History(events=list(events)[:-1]).ByteSize()
+
+
+async def test_slices_returning_more_than_their_room_fail_under_the_ceiling(
+    client: Client,
+    task_queue: str,
+    worker: Worker,
+    http_server: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    http_server.route("GET", "/large", lambda request: (200, {}, {"blob": ANSWER}))
+    handle = await start(
+        client, task_queue, _document(http_server.url, 16, "large"), engine_level=ENGINE_LEVEL
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError), repr(cause)
+    assert cause.type == "HistoryLimit", cause.message
+    assert "step 'pull'" in cause.message
+    assert "its parent run holds" in cause.message
+    described = await handle.describe()
+    assert described.status is not None
+    assert described.status.name == "FAILED"  # in words, not TERMINATED by the server
+    events = (await handle.fetch_history()).events
+    assert events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+    size = _size_before_the_end(events)
+    assert size <= CEILING, f"{size:,} bytes of history, over the ceiling of {CEILING:,}"
+    final = await status(handle)
+    assert final.state == RunState.FAILED
+    by_path = {r.path: r for r in final.steps}
+    assert by_path["compensate/book/unbook"].output == "unbooked"  # the run compensated
+    assert "after" not in by_path
+    # The slice that returned too much failed in words too, after its own items, its failure small.
+    refused = re.search(r"\((\S+/pull/batch-\d+)\)", cause.message)
+    assert refused is not None, cause.message
+    with pytest.raises(WorkflowFailureError) as child_failed:
+        await client.get_workflow_handle(refused.group(1)).result()
+    child_cause = child_failed.value.cause
+    assert isinstance(child_cause, ApplicationError), repr(child_cause)
+    assert child_cause.type == "HistoryLimit", child_cause.message
+    child_events = (await client.get_workflow_handle(refused.group(1)).fetch_history()).events
+    assert child_events[-1].ByteSize() < 16 * 1024
+
+
+async def test_a_run_of_the_generation_before_lets_them_pass_the_ceiling(
+    client: Client,
+    task_queue: str,
+    worker: Worker,
+    http_server: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the adversary found, kept for runs started before the patch (their children carry no
+    # room): the slices' results all land, past the lowered ceiling, before the run's state budget
+    # refuses them.
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    http_server.route("GET", "/large", lambda request: (200, {}, {"blob": ANSWER}))
+    handle = await start(
+        client, task_queue, _document(http_server.url, 16, "large"), engine_level=ENGINE_LEVEL - 1
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError), repr(cause)
+    assert cause.type == "StateBudgetExceeded", cause.message
+    size = _size_before_the_end((await handle.fetch_history()).events)
+    assert size > CEILING, f"{size:,} bytes of history"
+
+
+async def test_slices_within_their_room_complete(
+    client: Client,
+    task_queue: str,
+    worker: Worker,
+    http_server: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The same fan-out answered with 50 KB: each slice's 100 KB is within its share; nothing waits
+    # for long and the run completes with every item's output.
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    small = "s" * 50_000
+    http_server.route("GET", "/small", lambda request: (200, {}, {"blob": small}))
+    handle = await start(
+        client, task_queue, _document(http_server.url, 16, "small"), engine_level=ENGINE_LEVEL
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    pulled = next(r for r in result.steps if r.path == "pull")
+    assert pulled.output == [small] * 16
+    assert len(http_server.requests(path="/small")) == 16
