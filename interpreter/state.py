@@ -379,8 +379,8 @@ class RunOptions(BaseModel):
     """How the run's result carries its step records (:class:`ResultSteps`); ``full`` is left out of
     the payload, so the input (and the result) of a run started before the option is unchanged."""
     result_limit: int | None = Field(
-        default=None, ge=1024, le=64 * 1024 * 1024, exclude_if=lambda value: value is None
-    )
+        default=None, ge=64 * 1024, le=64 * 1024 * 1024, exclude_if=lambda value: value is None
+    )  # (at least workflows.generic.CHILD_RESULT_FLOOR, the least a parent holds)
     """Bytes the run's result (or its failure's details) may take serialized: the room the parent run
     that waits for it holds in its own history for it (``workflows.generic`` patch
     ``history-guard-children``); a result over it fails the run (``HistoryLimit``). None (left out of

@@ -17,6 +17,7 @@ what the worker reads).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from temporalio.worker import Worker
 import workflows.generic
 from interpreter.state import RunState
 from tests.helpers.http_server import RecordingServer
-from tests.workflows.support import compensated_echo, definition, start, status, unique
+from tests.workflows.support import Handle, compensated_echo, definition, start, status, unique
 from workflows.generic import ENGINE_LEVEL
 
 CEILING = 3 * 1024 * 1024
@@ -40,7 +41,8 @@ ANSWER = "y" * 250_000
 of two items returns 500 KB; eight slices 4 MB."""
 
 
-def _document(url: str, items: int, answer_path: str) -> dict[str, Any]:
+def _document(url: str) -> dict[str, Any]:
+    """Sixteen items in eight slices of two, all eight at once, each item answered over HTTP."""
     return definition(
         unique("children"),
         [
@@ -48,24 +50,49 @@ def _document(url: str, items: int, answer_path: str) -> dict[str, Any]:
             {
                 "id": "pull",
                 "type": "foreach",
-                "items": f"range({items}) | list",
+                "items": "range(16) | list",
                 "fan_out_above": 1,
                 "batch_size": 2,
                 "concurrency": 8,
                 # Each item's output is the answer's body: what its slice returns to the run.
                 "output": "{{ steps.get.output.body.blob }}",
                 "steps": [
-                    {
-                        "id": "get",
-                        "type": "task",
-                        "action": "http",
-                        "input": {"url": f"{url}/{answer_path}", "method": "GET"},
-                    }
+                    {"id": "get", "type": "task", "action": "http", "input": {"url": url, "method": "GET"}}
                 ],
             },
             {"id": "after", "type": "task", "action": "echo", "input": {"value": "after"}},
         ],
     )
+
+
+FanOut = Callable[[str, int], Awaitable[Handle]]
+
+
+@pytest.fixture
+def fan_out(
+    client: Client,
+    task_queue: str,
+    worker: Worker,
+    http_server: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> FanOut:
+    """Starts the fan-out at a generation, every item answered with ``answer``, under the lowered
+    ceiling."""
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+
+    async def run(answer: str, level: int) -> Handle:
+        http_server.route("GET", "/answer", lambda request: (200, {}, {"blob": answer}))
+        return await start(client, task_queue, _document(f"{http_server.url}/answer"), engine_level=level)
+
+    return run
+
+
+async def _failure(handle: Handle) -> ApplicationError:
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError), repr(cause)
+    return cause
 
 
 def _size_before_the_end(events: Any) -> int:
@@ -75,21 +102,10 @@ def _size_before_the_end(events: Any) -> int:
 
 
 async def test_slices_returning_more_than_their_room_fail_under_the_ceiling(
-    client: Client,
-    task_queue: str,
-    worker: Worker,
-    http_server: RecordingServer,
-    monkeypatch: pytest.MonkeyPatch,
+    client: Client, fan_out: FanOut
 ) -> None:
-    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
-    http_server.route("GET", "/large", lambda request: (200, {}, {"blob": ANSWER}))
-    handle = await start(
-        client, task_queue, _document(http_server.url, 16, "large"), engine_level=ENGINE_LEVEL
-    )
-    with pytest.raises(WorkflowFailureError) as failed:
-        await handle.result()
-    cause = failed.value.cause
-    assert isinstance(cause, ApplicationError), repr(cause)
+    handle = await fan_out(ANSWER, ENGINE_LEVEL)
+    cause = await _failure(handle)
     assert cause.type == "HistoryLimit", cause.message
     assert "step 'pull'" in cause.message
     assert "its parent run holds" in cause.message
@@ -108,56 +124,29 @@ async def test_slices_returning_more_than_their_room_fail_under_the_ceiling(
     # The slice that returned too much failed in words too, after its own items, its failure small.
     refused = re.search(r"\((\S+/pull/batch-\d+)\)", cause.message)
     assert refused is not None, cause.message
-    with pytest.raises(WorkflowFailureError) as child_failed:
-        await client.get_workflow_handle(refused.group(1)).result()
-    child_cause = child_failed.value.cause
-    assert isinstance(child_cause, ApplicationError), repr(child_cause)
+    child = client.get_workflow_handle(refused.group(1))
+    child_cause = await _failure(child)
     assert child_cause.type == "HistoryLimit", child_cause.message
-    child_events = (await client.get_workflow_handle(refused.group(1)).fetch_history()).events
-    assert child_events[-1].ByteSize() < 16 * 1024
+    assert (await child.fetch_history()).events[-1].ByteSize() < 16 * 1024
 
 
-async def test_a_run_of_the_generation_before_lets_them_pass_the_ceiling(
-    client: Client,
-    task_queue: str,
-    worker: Worker,
-    http_server: RecordingServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_run_of_the_generation_before_lets_them_pass_the_ceiling(fan_out: FanOut) -> None:
     # What the adversary found, kept for runs started before the patch (their children carry no
     # room): the slices' results all land, past the lowered ceiling, before the run's state budget
     # refuses them.
-    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
-    http_server.route("GET", "/large", lambda request: (200, {}, {"blob": ANSWER}))
-    handle = await start(
-        client, task_queue, _document(http_server.url, 16, "large"), engine_level=ENGINE_LEVEL - 1
-    )
-    with pytest.raises(WorkflowFailureError) as failed:
-        await handle.result()
-    cause = failed.value.cause
-    assert isinstance(cause, ApplicationError), repr(cause)
+    handle = await fan_out(ANSWER, ENGINE_LEVEL - 1)
+    cause = await _failure(handle)
     assert cause.type == "StateBudgetExceeded", cause.message
     size = _size_before_the_end((await handle.fetch_history()).events)
     assert size > CEILING, f"{size:,} bytes of history"
 
 
-async def test_slices_within_their_room_complete(
-    client: Client,
-    task_queue: str,
-    worker: Worker,
-    http_server: RecordingServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The same fan-out answered with 50 KB: each slice's 100 KB is within its share; nothing waits
-    # for long and the run completes with every item's output.
-    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+async def test_slices_within_their_room_complete(fan_out: FanOut, http_server: RecordingServer) -> None:
+    # The same fan-out answered with 50 KB: each slice's 100 KB is within its share, and the run
+    # completes with every item's output.
     small = "s" * 50_000
-    http_server.route("GET", "/small", lambda request: (200, {}, {"blob": small}))
-    handle = await start(
-        client, task_queue, _document(http_server.url, 16, "small"), engine_level=ENGINE_LEVEL
-    )
-    result = await handle.result()
+    result = await (await fan_out(small, ENGINE_LEVEL)).result()
     assert result.state == RunState.COMPLETED, result.error
     pulled = next(r for r in result.steps if r.path == "pull")
     assert pulled.output == [small] * 16
-    assert len(http_server.requests(path="/small")) == 16
+    assert len(http_server.requests(path="/answer")) == 16
