@@ -1480,6 +1480,15 @@ def scenarios() -> list[Scenario]:
             {"label": "x", "items": [1, 2, 3, 4, 5, 6, 7]},
         ),
         Scenario(
+            "foreach_fan_out_history_guard_children",
+            "foreach_fan_out at interpreter generation 19 (patch history-guard-children): the run"
+            " holds room in its history for each child's result, and each child's input carries it"
+            " (RunOptions.result_limit)",
+            _fan_out,
+            {"label": "x", "items": [1, 2, 3, 4, 5, 6, 7]},
+            options={"engine_level": 19},
+        ),
+        Scenario(
             "events",
             "wait_for_event: an event with an undeclared field refused, one consumed, republished "
             "(duplicate), not taken again through a lookback (timeout, continue); then cancel_on: "
