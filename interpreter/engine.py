@@ -541,6 +541,9 @@ class SubflowCall:
     activity_id: str
     depth: int
     summary: str
+    compensating: bool = False
+    """Started by a compensation (the runtime holds no history room for it: the room above the
+    history guard's ceiling is the compensations')."""
 
 
 class SubflowFailedError(Exception):
@@ -588,6 +591,8 @@ class BatchCall:
     batch: ForeachBatch
     summary: str
     share: int = 1
+    compensating: bool = False
+    """Run by a compensation (as :attr:`SubflowCall.compensating`)."""
 
 
 class BatchFailedError(Exception):
@@ -2514,6 +2519,7 @@ class Engine:
             activity_id=f"{path}{suffix}/subflow",
             depth=depth,
             summary=f"{step.label} (subflow {step.definition}{'' if step.version is None else f'@{step.version}'})",
+            compensating=self._compensating,
         )
         try:
             output = await runtime.run_subflow(call)
@@ -3677,6 +3683,7 @@ class Engine:
                     ),
                     summary=f"{step.label}: items {offset}-{offset + len(part) - 1} of {len(items)}",
                     share=running,
+                    compensating=self._compensating,
                 )
                 try:
                     output = await runtime.run_foreach_batch(call)

@@ -273,15 +273,15 @@ wait or fail so."""
 PATCH_HISTORY_GUARD_CHILDREN = "history-guard-children"
 """Patch id: the result of a child run the run waits for (a waited-for subflow, a fan-out slice)
 is counted as a task's is (:data:`PATCH_HISTORY_GUARD_RESULTS`): without the payload store the
-child may return at most the room its parent holds for it (:attr:`RunOptions.result_limit`, its
-share of what is left under :data:`HISTORY_SEND_CEILING`, at most Temporal's payload limit), and a
-larger result fails the child (``HistoryLimit``, a small failure); with the store each is counted at
-:data:`RESULT_ROOM`. A child that does not fit waits for those in flight to end; with none in flight
-its step fails (``HistoryLimit``). Before, children's results were not counted: eight slices of a
-fan-out, each returning 500 KB, landed together and took the run past the (lowered) ceiling, where
-at Temporal's own the server terminates the run, no compensation (found by a review of the
-guard). Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): a child's input
-carries its room. A detached subflow's result is not counted (its step does not wait for it)."""
+child may return at most the room its parent holds for it (:attr:`RunOptions.result_limit`: for a
+slice an equal part of the room its foreach has, for a subflow :data:`CHILD_RESULT_MAX`); a larger
+output fails the child (``HistoryLimit``), and its failure message is cut to fit. With the store
+each is counted at :data:`RESULT_ROOM`. A child that does not fit waits for those in flight to
+end; with none in flight its step fails (``HistoryLimit``). Before, children's results were not
+counted: eight slices of a fan-out, each returning 500 KB, landed together and took the run past
+the (lowered) ceiling, where at Temporal's own the server terminates the run, no compensation.
+Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): a child's input carries its
+room. A detached subflow's result is not counted (its step does not wait for it)."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -551,6 +551,16 @@ def _details(result: RunResult, shape: ResultSteps, *, limit: int | None) -> dic
     return details
 
 
+def _clipped_error(error: str, room: int) -> str:
+    """A failed child run's message cut to fit the ``room`` its parent holds for its result
+    (:attr:`RunOptions.result_limit`): at most a sixteenth of it in characters, so that both copies
+    a failure carries, JSON-escaped at the worst (six bytes a character), stay under it."""
+    most = room // 16
+    if len(error) <= most:
+        return error
+    return error[: most - 100] + " … (cut: the run's parent holds little room for its result)"
+
+
 def _fitted(result: RunResult, shape: ResultSteps, *, limit: int | None) -> RunResult:
     """``result`` in ``shape``, or without its step records (the status query has them, while its
     answer fits in the limit too) when they would take it past Temporal's payload limit: the SDK would refuse it, and the workflow
@@ -729,7 +739,7 @@ class _TemporalRuntime:
         self._results_room = 0  # the room they hold, in bytes
         self._landed_key = -1  # the workflow task in which results landed (their room still counted)
         self._landed_room = 0
-        self._slices_holding: dict[str, int] = {}  # a fan-out's path: its slices holding room now
+        self._group_room: dict[str, int] = {}  # a fan-out's path: the room its slices hold now
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -883,7 +893,7 @@ class _TemporalRuntime:
             self._landed_key, self._landed_room = key, 0
         self._landed_room += room
 
-    def _history_used(self, counted: int) -> int:
+    def _history_used(self, counted: int, *, landed: bool = True) -> int:
         """The run's history as the guard counts it, with an input of ``counted`` bytes about to
         be sent and the results that landed in this workflow task, without the room held for those
         in flight. With the payload store what is sent is not counted (as by
@@ -892,7 +902,7 @@ class _TemporalRuntime:
         key = self.task_key()
         if self.input_budget is None:
             used += counted + (self._sent if self._send_key == key else 0)
-        if self._landed_key == key:
+        if landed and self._landed_key == key:
             used += self._landed_room
         return used
 
@@ -954,15 +964,19 @@ class _TemporalRuntime:
         return None
 
     async def _hold_child_room(
-        self, counted: int, share: int, summary: str, child: str
+        self, counted: int, summary: str, child: str, *, share: int | None = None, group: str | None = None
     ) -> tuple[int, int | None]:
         """Holds room in the history for the result of a child run this run waits for
         (:data:`PATCH_HISTORY_GUARD_CHILDREN`): the room held (0: none, a run of an earlier
         generation) and, without the payload store, the most the child may return
-        (:attr:`RunOptions.result_limit`): its share of the room left under the ceiling (among
-        ``share`` children and one spare share), at
-        least :data:`CHILD_RESULT_FLOOR` and at most :data:`CHILD_RESULT_MAX`. With the store a
-        larger result goes by reference: it is counted at :data:`RESULT_ROOM`, as a task's.
+        (:attr:`RunOptions.result_limit`). A slice of a fanned-out foreach (``group``, its path,
+        with ``share`` slices at once) gets an equal part of the room its foreach has, one part
+        kept spare (what the run's other tasks and children hold and its history leave), at least
+        :data:`CHILD_RESULT_FLOOR`; computed without the results landed in this workflow task, so a
+        slice started as another's result lands gets the part the others got. A subflow gets
+        :data:`CHILD_RESULT_MAX`, what a run may return anyway. With the store a larger result
+        goes by reference: it is counted at :data:`RESULT_ROOM`, as a task's. The room is held once
+        it fits (:meth:`_wait_for_room`).
 
         Raises:
             _NoRoomError: it does not fit with nothing in flight (its message says why).
@@ -970,16 +984,16 @@ class _TemporalRuntime:
         if not patch_applies(self._options, PATCH_HISTORY_GUARD_CHILDREN):
             return 0, None
         grant: int | None = None
-        if self.input_budget is None:
-            free = HISTORY_SEND_CEILING - self._history_used(counted) - self._results_room
-            # One share more than asked stays free: a child started as another's result lands
-            # (counted at its room until the next workflow task) need not wait for that task.
-            grant = min(
-                CHILD_RESULT_MAX, max(CHILD_RESULT_FLOOR, free // (max(share, 1) + 1) - RESULT_FIELDS_ROOM)
-            )
+        if self.input_budget is not None:
+            room = RESULT_ROOM
+        elif share is None or group is None:
+            grant = CHILD_RESULT_MAX
             room = grant + RESULT_FIELDS_ROOM
         else:
-            room = RESULT_ROOM
+            others = self._results_room - self._group_room.get(group, 0)
+            free = HISTORY_SEND_CEILING - self._history_used(counted, landed=False) - others
+            grant = min(CHILD_RESULT_MAX, max(CHILD_RESULT_FLOOR, free // (share + 1) - RESULT_FIELDS_ROOM))
+            room = grant + RESULT_FIELDS_ROOM
         what = (
             f"the result of {child}"
             if self.input_budget is not None
@@ -1270,13 +1284,10 @@ class _TemporalRuntime:
             raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
         counted = json_size(call.input, TASK_SEND_BUDGET)
         held, grant = 0, None
-        if call.wait:
+        if call.wait and not call.compensating:  # (compensations always go, as tasks do)
             try:
                 held, grant = await self._hold_child_room(
-                    counted,
-                    1,
-                    call.summary,
-                    f"its child run {temporal_id(call.workflow_id)!r}",
+                    counted, call.summary, f"its child run {temporal_id(call.workflow_id)!r}"
                 )
             except _NoRoomError as no_room:
                 raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
@@ -1418,18 +1429,19 @@ class _TemporalRuntime:
         its compensations) and if the parent closes first."""
         parent = workflow.info().workflow_id
         counted = _batch_json_size(call.batch)
-        siblings = self._slices_holding.get(call.path, 0)
+        held, grant = 0, None
         try:
-            # Shared with the slices of its foreach that hold none yet: equal shares of what is left.
-            held, grant = await self._hold_child_room(
-                counted,
-                call.share - siblings,
-                call.summary,
-                f"the child run {temporal_id(call.workflow_id)!r}",
-            )
+            if not call.compensating:  # (compensations always go, as tasks do)
+                held, grant = await self._hold_child_room(
+                    counted,
+                    call.summary,
+                    f"the child run {temporal_id(call.workflow_id)!r}",
+                    share=call.share,
+                    group=call.path,
+                )
         except _NoRoomError as no_room:
             raise BatchFailedError(str(no_room), HISTORY_LIMIT) from None
-        self._slices_holding[call.path] = self._slices_holding.get(call.path, 0) + 1
+        self._group_room[call.path] = self._group_room.get(call.path, 0) + held
         try:
             child_input = RunInput(
                 definition=call.definition,
@@ -1454,7 +1466,7 @@ class _TemporalRuntime:
             async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
                 return await self._run_batch(call, child_input, parent)
         finally:
-            self._slices_holding[call.path] -= 1
+            self._group_room[call.path] -= held
             if held:
                 self._release_room(held)
 
@@ -1924,6 +1936,12 @@ class GenericRun:
             # would be too large: it compensated to its end here instead.
             result = await self._continue_as_new(run)
         self._telemetry.run_ended(result.state.value, workflow.info().start_time)
+        if run.options.result_limit is not None and result.error is not None:
+            # Its failure lands in its parent's history as its result would: its message (carried
+            # twice, in the failure and its details) cut to fit the room held for it.
+            result = result.model_copy(
+                update={"error": _clipped_error(result.error, run.options.result_limit)}
+            )
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.
@@ -2035,7 +2053,7 @@ class GenericRun:
             self._telemetry.run_ended(RunState.FAILED.value, workflow.info().start_time)
             raise ApplicationError(
                 message,
-                _details(self._engine.result(), run.options.result_steps, limit=limit),
+                _details(self._engine.result(), run.options.result_steps, limit=self._result_limit(run)),
                 type="ContinueAsNewTooLarge",
                 non_retryable=True,
             )

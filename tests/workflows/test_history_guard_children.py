@@ -28,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 import workflows.generic
-from interpreter.state import RunState
+from interpreter.state import RunInput, RunState
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import Handle, compensated_echo, definition, start, status, unique
 from workflows.generic import ENGINE_LEVEL
@@ -41,8 +41,9 @@ ANSWER = "y" * 250_000
 of two items returns 500 KB; eight slices 4 MB."""
 
 
-def _document(url: str) -> dict[str, Any]:
-    """Sixteen items in eight slices of two, all eight at once, each item answered over HTTP."""
+def _document(url: str, *, batch_size: int, concurrency: int, tail: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sixteen items in slices of ``batch_size``, ``concurrency`` at once, each item answered over
+    HTTP (then the ``tail`` steps)."""
     return definition(
         unique("children"),
         [
@@ -52,12 +53,13 @@ def _document(url: str) -> dict[str, Any]:
                 "type": "foreach",
                 "items": "range(16) | list",
                 "fan_out_above": 1,
-                "batch_size": 2,
-                "concurrency": 8,
+                "batch_size": batch_size,
+                "concurrency": concurrency,
                 # Each item's output is the answer's body: what its slice returns to the run.
                 "output": "{{ steps.get.output.body.blob }}",
                 "steps": [
-                    {"id": "get", "type": "task", "action": "http", "input": {"url": url, "method": "GET"}}
+                    {"id": "get", "type": "task", "action": "http", "input": {"url": url, "method": "GET"}},
+                    *tail,
                 ],
             },
             {"id": "after", "type": "task", "action": "echo", "input": {"value": "after"}},
@@ -65,7 +67,7 @@ def _document(url: str) -> dict[str, Any]:
     )
 
 
-FanOut = Callable[[str, int], Awaitable[Handle]]
+FanOut = Callable[..., Awaitable[Handle]]
 
 
 @pytest.fixture
@@ -76,13 +78,23 @@ def fan_out(
     http_server: RecordingServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> FanOut:
-    """Starts the fan-out at a generation, every item answered with ``answer``, under the lowered
-    ceiling."""
+    """Starts the fan-out at a generation (eight slices of two at once by default), every item
+    answered with ``answer``, under the lowered ceiling."""
     monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
 
-    async def run(answer: str, level: int) -> Handle:
+    async def run(
+        answer: str,
+        level: int,
+        *,
+        batch_size: int = 2,
+        concurrency: int = 8,
+        tail: list[dict[str, Any]] | None = None,
+    ) -> Handle:
         http_server.route("GET", "/answer", lambda request: (200, {}, {"blob": answer}))
-        return await start(client, task_queue, _document(f"{http_server.url}/answer"), engine_level=level)
+        document = _document(
+            f"{http_server.url}/answer", batch_size=batch_size, concurrency=concurrency, tail=tail or []
+        )
+        return await start(client, task_queue, document, engine_level=level)
 
     return run
 
@@ -150,3 +162,54 @@ async def test_slices_within_their_room_complete(fan_out: FanOut, http_server: R
     pulled = next(r for r in result.steps if r.path == "pull")
     assert pulled.output == [small] * 16
     assert len(http_server.requests(path="/answer")) == 16
+
+
+async def test_a_second_wave_of_slices_gets_the_room_the_first_had(fan_out: FanOut) -> None:
+    # Sixteen one-item slices, eight at once, each returning 70 KB (1.1 MB in all, within the
+    # ceiling and the run's state budget): as slices end, the next ones get the part of the room the
+    # first ones got, not what is left while the results that just landed are still counted at their
+    # room (found by a review: there the second wave's rooms halved down to 64 KiB, and a slice of
+    # 70 KB failed a run that completed at generation 18).
+    answer = "s" * 70_000
+    handle = await fan_out(answer, ENGINE_LEVEL, batch_size=1)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    pulled = next(r for r in result.steps if r.path == "pull")
+    assert pulled.output == [answer] * 16
+    limits = await _child_limits(handle)
+    assert len(limits) == 16
+    # 3 MiB in nine parts, less the result's fields: 333 KB, less as results land (about 250 KB
+    # for the last slice); none near the 64 KiB floor the review saw.
+    assert min(limits) > 150_000, limits
+
+
+async def test_failing_slices_fail_within_their_room(fan_out: FanOut) -> None:
+    # A failure lands in the run's history as a result does, and a definition writes its message:
+    # here twelve slices at once each fail with the 250 KB answer as their message (found by a
+    # review: each failure took 500 KB, message and details, against about 225 KB held, and the
+    # run's history passed the ceiling). The message is cut to fit the room.
+    fail = {"id": "boom", "type": "fail", "message": "{{ steps.get.output.body.blob }}", "error_type": "Boom"}
+    handle = await fan_out(ANSWER, ENGINE_LEVEL, batch_size=1, concurrency=12, tail=[fail])
+    cause = await _failure(handle)
+    assert cause.type == "Boom", cause.message
+    assert "(cut: the run's parent holds little room for its result)" in cause.message
+    events = (await handle.fetch_history()).events
+    size = _size_before_the_end(events)
+    assert size <= CEILING, f"{size:,} bytes of history, over the ceiling of {CEILING:,}"
+    limits = await _child_limits(handle)
+    failed = [e for e in events if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED]
+    assert failed
+    for event in failed:
+        assert event.ByteSize() <= max(limits) + workflows.generic.RESULT_FIELDS_ROOM, event.ByteSize()
+
+
+async def _child_limits(handle: Handle) -> list[int]:
+    """The room each child run of ``handle`` was started with (``RunOptions.result_limit``)."""
+    limits = []
+    for event in (await handle.fetch_history()).events:
+        if event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            payload = event.start_child_workflow_execution_initiated_event_attributes.input.payloads[0]
+            limit = RunInput.model_validate_json(payload.data).options.result_limit
+            assert limit is not None
+            limits.append(limit)
+    return limits
