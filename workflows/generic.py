@@ -274,8 +274,9 @@ PATCH_HISTORY_GUARD_CHILDREN = "history-guard-children"
 """Patch id: the result of a child run the run waits for (a waited-for subflow, a fan-out slice)
 is counted as a task's is (:data:`PATCH_HISTORY_GUARD_RESULTS`): without the payload store the
 child may return at most the room its parent holds for it (:attr:`RunOptions.result_limit`: for a
-slice an equal part of the room its foreach has, for a subflow :data:`CHILD_RESULT_MAX`); a larger
-output fails the child (``HistoryLimit``), and its failure message is cut to fit. With the store
+slice an equal part of half the room left, for a subflow :data:`ACTION_OUTPUT_BUDGET`, as an
+action); a larger output fails the child (``HistoryLimit``), and its failure is cut to fit (no
+step records, its message shortened). Children hold at most half of the room the tasks leave. With the store
 each is counted at :data:`RESULT_ROOM`. A child that does not fit waits for those in flight to
 end; with none in flight its step fails (``HistoryLimit``). Before, children's results were not
 counted: eight slices of a fan-out, each returning 500 KB, landed together and took the run past
@@ -553,9 +554,10 @@ def _details(result: RunResult, shape: ResultSteps, *, limit: int | None) -> dic
 
 def _clipped_error(error: str, room: int) -> str:
     """A failed child run's message cut to fit the ``room`` its parent holds for its result
-    (:attr:`RunOptions.result_limit`): at most a sixteenth of it in characters, so that both copies
-    a failure carries, JSON-escaped at the worst (six bytes a character), stay under it."""
-    most = room // 16
+    (:attr:`RunOptions.result_limit`): at most a 64th of it in characters, so that both copies a
+    failure carries, JSON-escaped at the worst (twelve bytes for a character past the BMP), take
+    at most 3/8 of it."""
+    most = room // 64
     if len(error) <= most:
         return error
     return error[: most - 100] + " … (cut: the run's parent holds little room for its result)"
@@ -739,7 +741,7 @@ class _TemporalRuntime:
         self._results_room = 0  # the room they hold, in bytes
         self._landed_key = -1  # the workflow task in which results landed (their room still counted)
         self._landed_room = 0
-        self._group_room: dict[str, int] = {}  # a fan-out's path: the room its slices hold now
+        self._children_room = 0  # the part of _results_room that child runs hold
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -882,10 +884,12 @@ class _TemporalRuntime:
             if held:
                 self._release_room(room)
 
-    def _release_room(self, room: int) -> None:
+    def _release_room(self, room: int, *, child: bool = False) -> None:
         """Gives back the room a task's or child run's result held: it has landed (or never will)."""
         self._results_held -= 1
         self._results_room -= room
+        if child:
+            self._children_room -= room
         # Counted until the next workflow task: the history size this one started with may not
         # count the results delivered with it (measured: 524 KB short at 46 MB).
         key = self.task_key()
@@ -906,10 +910,19 @@ class _TemporalRuntime:
             used += self._landed_room
         return used
 
-    def _result_room(self, counted: int, room: int) -> bool:
+    def _result_room(self, counted: int, room: int, *, child: bool = False) -> bool:
         """Whether an input of ``counted`` bytes and a result of up to ``room`` fit under the
-        ceiling with the results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`)."""
-        return self._history_used(counted) + self._results_room + room <= HISTORY_SEND_CEILING
+        ceiling with the results of the tasks in flight (:data:`PATCH_HISTORY_GUARD_RESULTS`). A
+        child run's (``child``) also only while the child runs in flight hold at most half of what
+        the history and the tasks in flight leave (:data:`PATCH_HISTORY_GUARD_CHILDREN`): children
+        may wait for days (for people), and the other half stays for tasks."""
+        used = self._history_used(counted)
+        if used + self._results_room + room > HISTORY_SEND_CEILING:
+            return False
+        if not child:
+            return True
+        tasks = self._results_room - self._children_room
+        return self._children_room + room <= (HISTORY_SEND_CEILING - used - tasks) // 2
 
     async def _hold_result_room(self, call: ActionCall, counted: int, room: int) -> bool:
         """Holds room in the history for the task's result, waiting for tasks in flight to end
@@ -932,15 +945,18 @@ class _TemporalRuntime:
             raise ActionFailedError(problem, HISTORY_LIMIT, 0)
         return True
 
-    async def _wait_for_room(self, counted: int, room: int, summary: str, what: str) -> str | None:
-        """Holds ``room`` for a result once it fits, waiting for the tasks and child runs in flight
-        to end while it does not; the problem (``what`` would not fit) when none is in flight."""
-        while not self._result_room(counted, room):
+    async def _wait_for_room(
+        self, counted: int, room: int, summary: str, what: str, *, child: bool = False
+    ) -> str | None:
+        """Holds ``room`` for a result once it fits (:meth:`_result_room`), waiting for the tasks
+        and child runs in flight to end while it does not; the problem (``what`` would not fit)
+        when none is in flight."""
+        while not self._result_room(counted, room, child=child):
             key = self.task_key()
             if self._results_held:
                 # (Another waiter woken with this one may take the room first: checked again.)
                 await workflow.wait_condition(
-                    lambda: not self._results_held or self._result_room(counted, room)
+                    lambda: not self._results_held or self._result_room(counted, room, child=child)
                 )
             elif self._landed_key == key and self._landed_room:
                 # Results landed in this workflow task, counted at their room: the next task's
@@ -961,22 +977,24 @@ class _TemporalRuntime:
                 )
         self._results_held += 1
         self._results_room += room
+        if child:
+            self._children_room += room
         return None
 
     async def _hold_child_room(
-        self, counted: int, summary: str, child: str, *, share: int | None = None, group: str | None = None
+        self, counted: int, summary: str, child: str, *, share: int | None = None
     ) -> tuple[int, int | None]:
         """Holds room in the history for the result of a child run this run waits for
         (:data:`PATCH_HISTORY_GUARD_CHILDREN`): the room held (0: none, a run of an earlier
         generation) and, without the payload store, the most the child may return
-        (:attr:`RunOptions.result_limit`). A slice of a fanned-out foreach (``group``, its path,
-        with ``share`` slices at once) gets an equal part of the room its foreach has, one part
-        kept spare (what the run's other tasks and children hold and its history leave), at least
-        :data:`CHILD_RESULT_FLOOR`; computed without the results landed in this workflow task, so a
-        slice started as another's result lands gets the part the others got. A subflow gets
-        :data:`CHILD_RESULT_MAX`, what a run may return anyway. With the store a larger result
-        goes by reference: it is counted at :data:`RESULT_ROOM`, as a task's. The room is held once
-        it fits (:meth:`_wait_for_room`).
+        (:attr:`RunOptions.result_limit`). A slice of a fanned-out foreach (``share`` slices at
+        once) gets an equal part of half the room the history and the tasks in flight leave, one
+        part kept spare, at least :data:`CHILD_RESULT_FLOOR` and at most :data:`CHILD_RESULT_MAX`;
+        computed without the results landed in this workflow task and what other children hold,
+        so a slice started as another's result lands gets the part the others got, and a fan-out
+        beside another gets as much. A subflow gets :data:`ACTION_OUTPUT_BUDGET`, as an action.
+        With the store a larger result goes by reference: it is counted at :data:`RESULT_ROOM`, as
+        a task's. The room is held once it fits (:meth:`_result_room`): children hold at most half.
 
         Raises:
             _NoRoomError: it does not fit with nothing in flight (its message says why).
@@ -986,20 +1004,21 @@ class _TemporalRuntime:
         grant: int | None = None
         if self.input_budget is not None:
             room = RESULT_ROOM
-        elif share is None or group is None:
-            grant = CHILD_RESULT_MAX
-            room = grant + RESULT_FIELDS_ROOM
+        elif share is None:
+            grant = ACTION_OUTPUT_BUDGET
+            room = RESULT_ROOM
         else:
-            others = self._results_room - self._group_room.get(group, 0)
-            free = HISTORY_SEND_CEILING - self._history_used(counted, landed=False) - others
-            grant = min(CHILD_RESULT_MAX, max(CHILD_RESULT_FLOOR, free // (share + 1) - RESULT_FIELDS_ROOM))
+            tasks = self._results_room - self._children_room
+            free = HISTORY_SEND_CEILING - self._history_used(counted, landed=False) - tasks
+            part = free // (2 * (share + 1)) - RESULT_FIELDS_ROOM
+            grant = min(CHILD_RESULT_MAX, max(CHILD_RESULT_FLOOR, part))
             room = grant + RESULT_FIELDS_ROOM
         what = (
             f"the result of {child}"
             if self.input_budget is not None
             else f"the input of {child} ({counted:,} bytes) and its result"
         )
-        problem = await self._wait_for_room(counted, room, summary, what)
+        problem = await self._wait_for_room(counted, room, summary, what, child=True)
         if problem is not None:
             raise _NoRoomError(problem)
         return room, grant
@@ -1295,7 +1314,7 @@ class _TemporalRuntime:
             return await self._run_subflow(call, resolved, counted, grant)
         finally:
             if held:
-                self._release_room(held)
+                self._release_room(held, child=True)
 
     async def _run_subflow(
         self, call: SubflowCall, resolved: SubflowDefinition, counted: int, grant: int | None
@@ -1437,11 +1456,9 @@ class _TemporalRuntime:
                     call.summary,
                     f"the child run {temporal_id(call.workflow_id)!r}",
                     share=call.share,
-                    group=call.path,
                 )
         except _NoRoomError as no_room:
             raise BatchFailedError(str(no_room), HISTORY_LIMIT) from None
-        self._group_room[call.path] = self._group_room.get(call.path, 0) + held
         try:
             child_input = RunInput(
                 definition=call.definition,
@@ -1466,9 +1483,8 @@ class _TemporalRuntime:
             async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
                 return await self._run_batch(call, child_input, parent)
         finally:
-            self._group_room[call.path] -= held
             if held:
-                self._release_room(held)
+                self._release_room(held, child=True)
 
     async def _run_batch(self, call: BatchCall, child_input: RunInput, parent: str) -> dict[str, Any]:
         definition = call.definition
@@ -1936,12 +1952,12 @@ class GenericRun:
             # would be too large: it compensated to its end here instead.
             result = await self._continue_as_new(run)
         self._telemetry.run_ended(result.state.value, workflow.info().start_time)
-        if run.options.result_limit is not None and result.error is not None:
-            # Its failure lands in its parent's history as its result would: its message (carried
-            # twice, in the failure and its details) cut to fit the room held for it.
-            result = result.model_copy(
-                update={"error": _clipped_error(result.error, run.options.result_limit)}
-            )
+        if run.options.result_limit is not None and result.state != RunState.COMPLETED:
+            # Its failure lands in its parent's history as its result would: its details without
+            # step records or output (the parent reads neither), its message (carried twice, in
+            # the failure and its details) cut to fit the room held for it.
+            error = None if result.error is None else _clipped_error(result.error, run.options.result_limit)
+            result = result.model_copy(update={"error": error, "steps": [], "output": None})
         if result.state == RunState.CANCELLED:
             if self._self_cancelled is None:
                 # Temporal's own cancellation (also what follows ``cancel_run``): closes as Canceled.

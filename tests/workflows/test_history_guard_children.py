@@ -31,7 +31,7 @@ import workflows.generic
 from interpreter.state import RunInput, RunState
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import Handle, compensated_echo, definition, start, status, unique
-from workflows.generic import ENGINE_LEVEL
+from workflows.generic import CHILD_RESULT_FLOOR, ENGINE_LEVEL
 
 CEILING = 3 * 1024 * 1024
 """The lowered ceiling, in bytes of history."""
@@ -71,16 +71,17 @@ FanOut = Callable[..., Awaitable[Handle]]
 
 
 @pytest.fixture
+def lowered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history guard's ceiling lowered to :data:`CEILING` for the test."""
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+
+
+@pytest.fixture
 def fan_out(
-    client: Client,
-    task_queue: str,
-    worker: Worker,
-    http_server: RecordingServer,
-    monkeypatch: pytest.MonkeyPatch,
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer, lowered: None
 ) -> FanOut:
     """Starts the fan-out at a generation (eight slices of two at once by default), every item
     answered with ``answer``, under the lowered ceiling."""
-    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
 
     async def run(
         answer: str,
@@ -178,9 +179,9 @@ async def test_a_second_wave_of_slices_gets_the_room_the_first_had(fan_out: FanO
     assert pulled.output == [answer] * 16
     limits = await _child_limits(handle)
     assert len(limits) == 16
-    # 3 MiB in nine parts, less the result's fields: 333 KB, less as results land (about 250 KB
-    # for the last slice); none near the 64 KiB floor the review saw.
-    assert min(limits) > 150_000, limits
+    # Half of 3 MiB in nine parts, less the result's fields: 158 KB, less as results (with their
+    # step records, 140 KB a slice) land: about 90 KB for the last slices; none at the floor.
+    assert min(limits) > CHILD_RESULT_FLOOR, limits
 
 
 async def test_failing_slices_fail_within_their_room(fan_out: FanOut) -> None:
@@ -213,3 +214,52 @@ async def _child_limits(handle: Handle) -> list[int]:
             assert limit is not None
             limits.append(limit)
     return limits
+
+
+async def test_a_fan_out_beside_another_gets_as_much_room(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer, lowered: None
+) -> None:
+    # Two fan-outs side by side, eight one-item slices each: the first returns a few bytes an item,
+    # the second 70 KB. The second's slices get the part the first's got, not what the first's
+    # left (found by a second review: they got 64 KiB and the run failed, where at generation 18 it
+    # completed); the run completes, the history under the ceiling.
+    http_server.route("GET", "/small", lambda request: (200, {}, {"blob": "s"}))
+    http_server.route("GET", "/large", lambda request: (200, {}, {"blob": "l" * 70_000}))
+
+    def each(name: str, path: str) -> dict[str, Any]:
+        return {
+            "id": name,
+            "type": "foreach",
+            "items": "range(8) | list",
+            "fan_out_above": 1,
+            "batch_size": 1,
+            "concurrency": 8,
+            "output": f"{{{{ steps.get_{name}.output.body.blob }}}}",
+            "steps": [
+                {
+                    "id": f"get_{name}",
+                    "type": "task",
+                    "action": "http",
+                    "input": {"url": f"{http_server.url}/{path}"},
+                }
+            ],
+        }
+
+    both = {
+        "id": "both",
+        "type": "parallel",
+        "branches": [
+            {"id": "a", "steps": [each("pa", "small")]},
+            {"id": "b", "steps": [each("pb", "large")]},
+        ],
+    }
+    handle = await start(client, task_queue, definition(unique("beside"), [both]), engine_level=ENGINE_LEVEL)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    large = next(r for r in result.steps if r.id == "pb")
+    assert large.output == ["l" * 70_000] * 8
+    limits = await _child_limits(handle)
+    assert len(limits) == 16
+    assert min(limits) > CHILD_RESULT_FLOOR, limits
+    size = _size_before_the_end((await handle.fetch_history()).events)
+    assert size <= CEILING, f"{size:,} bytes of history, over the ceiling of {CEILING:,}"

@@ -5,7 +5,6 @@ compensations), and visible as the parent's child in Temporal."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 from uuid import uuid4
 
@@ -17,12 +16,12 @@ from temporalio.worker import Worker
 import workflows.generic
 from activities.store.database import Database
 from interpreter.model import MAX_SUBFLOW_DEPTH
+from interpreter.sizes import ACTION_OUTPUT_BUDGET
 from interpreter.state import RunInput, RunOptions, RunState, StepStatus
 from starter.client import FlowClient, RunHandle
 from starter.errors import RunNotFoundError
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually
-from workflows.generic import CHILD_RESULT_MAX
 from workflows.priority import DEFAULT_PRIORITY, PRIORITY_TENANTS_ENV
 from workflows.search_attributes import DEFINITION_NAME, DEFINITION_VERSION, TENANT
 
@@ -123,8 +122,8 @@ async def test_a_waited_for_subflow_may_return_at_most_the_room_its_parent_holds
     flows: FlowClient, client: Client, store_worker: Worker
 ) -> None:
     # Patch history-guard-children: the parent holds room in its history for the result of a child
-    # it waits for, and the child carries it (RunOptions.result_limit, bounded by Temporal's payload
-    # limit); a detached child, whose result its step does not wait for, carries none.
+    # it waits for, and the child carries it (RunOptions.result_limit: 512 KiB, as an action's
+    # output); a detached child, whose result its step does not wait for, carries none.
     child = unique("child")
     await flows.register(_child(child, "one"), author="ann")
     document = {
@@ -137,8 +136,7 @@ async def test_a_waited_for_subflow_may_return_at_most_the_room_its_parent_holds
     run = await flows.start_run(document)
     assert (await run.result(timeout=60)).state == RunState.COMPLETED
     waited = await _child_options(client, f"{run.workflow_id}/sub")
-    assert waited.result_limit is not None
-    assert waited.result_limit == CHILD_RESULT_MAX
+    assert waited.result_limit == ACTION_OUTPUT_BUDGET
     assert (await _child_options(client, f"{run.workflow_id}/off")).result_limit is None
 
 
@@ -150,10 +148,11 @@ async def test_waited_for_subflows_hold_room_for_their_results(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Patch history-guard-children through subflows: a waited-for child holds room in its parent's
-    # history for the most a run may return (2 MiB). Under a ceiling lowered to 3 MiB only one such
-    # room fits: seven subflows started at once by a parallel step run one after another, each
-    # returning 100 KB (its step's output, in its step records), and all complete, the history
-    # under the ceiling (before, all seven ran at once, nothing counted).
+    # history for what it may return (512 KiB, as an action, and the result's fields), and children
+    # hold at most half of the room left. Under a ceiling lowered to 3 MiB that is two at a time:
+    # seven subflows started at once by a parallel step, each returning 100 KB (its step's output,
+    # in its step records), all complete, at most two running at once, the history under the
+    # ceiling (before, all seven ran at once, nothing counted).
     ceiling = 3 * 1024 * 1024
     monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", ceiling)
     http_server.route("GET", "/answer", lambda request: (200, {}, {"blob": "y" * 100_000}))
@@ -181,10 +180,12 @@ async def test_waited_for_subflows_hold_room_for_their_results(
         described = await client.get_workflow_handle(f"{run.workflow_id}/sub_{n}").describe()
         assert described.close_time is not None
         spans.append((described.start_time, described.close_time))
-        assert (await _child_options(client, f"{run.workflow_id}/sub_{n}")).result_limit == CHILD_RESULT_MAX
-    spans.sort()
-    for (_, closed), (started, _) in itertools.pairwise(spans):
-        assert started >= closed, spans  # one at a time
+        assert (
+            await _child_options(client, f"{run.workflow_id}/sub_{n}")
+        ).result_limit == ACTION_OUTPUT_BUDGET
+    for started, _ in spans:
+        running = sum(1 for begin, end in spans if begin <= started < end)
+        assert running <= 2, spans
     events = (await client.get_workflow_handle(run.workflow_id).fetch_history()).events
     size = History(events=events[:-1]).ByteSize()
     assert size <= ceiling, f"{size:,} bytes of history, over the ceiling of {ceiling:,}"
