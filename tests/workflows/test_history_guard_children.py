@@ -184,13 +184,16 @@ async def test_a_second_wave_of_slices_gets_the_room_the_first_had(fan_out: FanO
     assert min(limits) > CHILD_RESULT_FLOOR, limits
 
 
-async def test_failing_slices_fail_within_their_room(fan_out: FanOut) -> None:
+@pytest.mark.parametrize("message", [ANSWER, "\U0001f600" * 20_000], ids=["ascii", "emoji"])
+async def test_failing_slices_fail_within_their_room(fan_out: FanOut, message: str) -> None:
     # A failure lands in the run's history as a result does, and a definition writes its message:
-    # here twelve slices at once each fail with the 250 KB answer as their message (found by a
-    # review: each failure took 500 KB, message and details, against about 225 KB held, and the
-    # run's history passed the ceiling). The message is cut to fit the room.
+    # here twelve slices at once each fail with the answer as their message, 250 KB of ASCII or
+    # 20,000 emoji, four bytes each (found by two reviews: each failure took 500 KB, message and
+    # details, against about 225 KB held; then, with the message cut, its step records still filled
+    # the details and the emoji came on top; the run's history passed the ceiling). The failure
+    # carries no step records and its message is cut to fit the room.
     fail = {"id": "boom", "type": "fail", "message": "{{ steps.get.output.body.blob }}", "error_type": "Boom"}
-    handle = await fan_out(ANSWER, ENGINE_LEVEL, batch_size=1, concurrency=12, tail=[fail])
+    handle = await fan_out(message, ENGINE_LEVEL, batch_size=1, concurrency=12, tail=[fail])
     cause = await _failure(handle)
     assert cause.type == "Boom", cause.message
     assert "(cut: the run's parent holds little room for its result)" in cause.message
