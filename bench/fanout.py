@@ -207,4 +207,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse())))
+    code = asyncio.run(main(parse()))
+    sys.stdout.flush()
+    os._exit(code)  # the SDK's native threads can abort interpreter finalisation (seen here once)
