@@ -545,9 +545,6 @@ def _details(result: RunResult, shape: ResultSteps, *, limit: int | None) -> dic
     ``full`` (the only shape before the option); without them when they would not fit in
     Temporal's payload limit (:func:`_fitted`)."""
     shaped = _fitted(result, ResultSteps.COMPACT if shape == ResultSteps.NONE else shape, limit=limit)
-    if limit is not None and shaped.output is not None and _payload_bytes(shaped) > limit:
-        # Over the room a parent holds for it (RunOptions.result_limit): its output left out too.
-        shaped = result.model_copy(update={"output": None, "steps": []})
     details: dict[str, Any] = shaped.model_dump(mode="json")
     return details
 
@@ -569,12 +566,17 @@ def _fitted(result: RunResult, shape: ResultSteps, *, limit: int | None) -> RunR
     task would fail again and again (a valid definition can record that much: 100 branches of a
     200-item foreach; found by an attacker's probe). No result that fitted is changed. ``limit``:
     :meth:`_TemporalRuntime.payload_limit` (None: the run cannot reach it, nothing measured)."""
+    return _fit(result, shape, limit=limit)[0]
+
+
+def _fit(result: RunResult, shape: ResultSteps, *, limit: int | None) -> tuple[RunResult, int | None]:
+    """:func:`_fitted`, and the size of what it returns when it measured it (None when not)."""
     shaped = result.shaped(shape)
     if limit is None or shape == ResultSteps.NONE or not result.steps:
-        return shaped
+        return shaped, None
     size = _payload_bytes(shaped)
     if size <= limit:
-        return shaped
+        return shaped, size
     workflow.logger.warning(
         "the run's result with its %d step records is %d bytes, more than a payload may take"
         " (%d): returned without them",
@@ -582,7 +584,7 @@ def _fitted(result: RunResult, shape: ResultSteps, *, limit: int | None) -> RunR
         size,
         limit,
     )
-    return result.shaped(ResultSteps.NONE)
+    return result.shaped(ResultSteps.NONE), None
 
 
 def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
@@ -1987,9 +1989,11 @@ class GenericRun:
                 non_retryable=True,
             )
         # RunOptions.result_steps: a run whose input does not name it returns the result as before.
-        fitted = _fitted(result, run.options.result_steps, limit=self._result_limit(run))
+        fitted, size = _fit(result, run.options.result_steps, limit=self._result_limit(run))
         grant = run.options.result_limit
-        if grant is not None and (size := _payload_bytes(fitted)) > grant:
+        if grant is not None and size is None:
+            size = _payload_bytes(fitted)  # (not measured by _fit: no step records to weigh)
+        if grant is not None and size is not None and size > grant:
             # Its output fitted as the engine counts it (RESULT_ROOM_BESIDE_OUTPUT), not as written
             # (escapes): the run fails here, its steps done and not compensated, saying so.
             message = (
