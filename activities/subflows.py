@@ -106,7 +106,8 @@ class SubflowActivities:
                 ``TenantRefused`` (the worker does not serve the tenant),
                 ``SubflowTreeLimitExceeded`` (the run's tree already counts the worker's
                 ``WFA_MAX_RUNS_PER_TREE`` runs), ``SubflowTreeUncounted`` (the server cannot count
-                by ``RootRunId``). Database and server errors are retryable (the step waits until
+                by ``RootRunId``), ``HistoryLimit`` (the definition is larger than
+                ``lookup.max_bytes``). Database and server errors are retryable (the step waits until
                 they are back).
         """
         check_tenant_scope(lookup.tenant)
@@ -137,9 +138,21 @@ class SubflowActivities:
                 type="SubflowDefinitionInvalid",
                 non_retryable=True,
             ) from None
+        found = SubflowDefinition(definition=resolved.definition, content_hash=resolved.content_hash)
+        if lookup.max_bytes is not None:
+            size = activity.payload_converter().to_payloads([found])[0].ByteSize()
+            if size > lookup.max_bytes:
+                raise ApplicationError(
+                    f"{ref!r} in tenant {lookup.tenant!r} takes {size:,} bytes, more than the"
+                    f" {lookup.max_bytes:,} a subflow's definition may take in its parent run's"
+                    " history (as an action's output): split it into smaller definitions, or"
+                    " configure the payload store (WFA_PAYLOAD_STORE)",
+                    type="HistoryLimit",
+                    non_retryable=True,
+                )
         if lookup.root_run_id is not None:
             await self._check_tree(lookup.root_run_id, ref)
-        return SubflowDefinition(definition=resolved.definition, content_hash=resolved.content_hash)
+        return found
 
     async def _check_tree(self, root_run_id: str, ref: str) -> None:
         """Refuses a subflow once the run's tree counts the worker's bound (see :class:`TreeCounts`)."""

@@ -382,8 +382,10 @@ class RunOptions(BaseModel):
         default=None, ge=64 * 1024, le=64 * 1024 * 1024, exclude_if=lambda value: value is None
     )  # (at least workflows.generic.CHILD_RESULT_FLOOR, the least a parent holds)
     """Bytes the run's result (or its failure's details) may take serialized: the room the parent run
-    that waits for it holds in its own history for it (``workflows.generic`` patch
-    ``history-guard-children``); a result over it fails the run (``HistoryLimit``). None (left out of
+    holds in its own history for it (``workflows.generic`` patches ``history-guard-children``, for
+    a child it waits for, and ``history-guard-subflows``, for a detached subflow's child, whose
+    result lands there if it closes while the parent runs); a result over it fails the run
+    (``HistoryLimit``). None (left out of
     the payload: a run started before the field has none): Temporal's payload limit."""
     engine_level: int = Field(default=0, ge=0, le=1000, exclude_if=lambda value: value == 0)
     """The interpreter generation the run was started for (``workflows.generic.ENGINE_LEVEL`` of the
@@ -591,6 +593,11 @@ class SubflowLookup(BaseModel):
     """The run id of the run tree's root (Temporal's ``RootRunId``): the activity counts the tree's
     runs against the worker's ``WFA_MAX_RUNS_PER_TREE``. None (scheduled by a build before the
     bound): not counted."""
+    max_bytes: int | None = Field(default=None, ge=1, exclude_if=lambda value: value is None)
+    """The most bytes the activity's result (the definition and its hash, as one payload) may take
+    in the parent run's history, which holds that room for it (``history-guard-subflows``); a larger
+    definition fails the step (``HistoryLimit``). None (a run of an earlier generation, or with the
+    payload store, where a large result goes by reference): unbounded."""
 
 
 class SubflowDefinition(BaseModel):

@@ -282,7 +282,21 @@ end; with none in flight its step fails (``HistoryLimit``). Before, children's r
 counted: eight slices of a fan-out, each returning 500 KB, landed together and took the run past
 the (lowered) ceiling, where at Temporal's own the server terminates the run, no compensation.
 Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): a child's input carries its
-room. A detached subflow's result is not counted (its step does not wait for it)."""
+room. A detached subflow's result was not counted (its step does not wait for it): see
+:data:`PATCH_HISTORY_GUARD_SUBFLOWS`."""
+PATCH_HISTORY_GUARD_SUBFLOWS = "history-guard-subflows"
+"""Patch id: what a ``subflow`` step brings into the run's history beside a waited-for child's
+result (:data:`PATCH_HISTORY_GUARD_CHILDREN`) is counted too. A detached child's result lands in
+the run's history when it closes while the run is open: the run holds room for it as for a
+waited-for child's (it may return :data:`ACTION_OUTPUT_BUDGET`, an action's, else fails with
+``HistoryLimit``) until it closes, and a step that finds no room with only detached children
+holding it fails (``HistoryLimit``) rather than wait for them, which may take days. The definition
+the resolving activity returns is counted as a task's result (:data:`RESULT_ROOM`): without the
+payload store the activity refuses a definition larger than an action's output
+(``HistoryLimit``); with it a larger one goes by reference. Before, detached children each
+returning 500 KB took the run past the (lowered) ceiling while it waited at an approval, and
+subflows resolving a 450 KB definition at once passed it too. Only in runs started at its
+generation (:data:`NEVER_ASKED_PATCHES`): a detached child's input carries its room."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -373,6 +387,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_HISTORY_GUARD_RESULTS: 18,
     PATCH_CONTINUE_AS_NEW_ANY_PRESSED: 18,
     PATCH_HISTORY_GUARD_CHILDREN: 19,
+    PATCH_HISTORY_GUARD_SUBFLOWS: 20,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -400,6 +415,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_CHILD_CANCEL_FAILS_STEP,
     PATCH_CHILD_CANCEL_BY_ID,
     PATCH_HISTORY_GUARD_CHILDREN,
+    PATCH_HISTORY_GUARD_SUBFLOWS,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -407,7 +423,7 @@ which starts a child from a task of its own (the start command may go out later 
 than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a task of its own
 (its cancellation commands may go out in another order), and ``history-guard-children``, whose
 child runs carry the room held for their results (a child of an earlier build would not bound its
-result by it)."""
+result by it), and ``history-guard-subflows``, whose detached children carry it too."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -744,6 +760,7 @@ class _TemporalRuntime:
         self._landed_key = -1  # the workflow task in which results landed (their room still counted)
         self._landed_room = 0
         self._children_room = 0  # the part of _results_room that child runs hold
+        self._detached_held = 0  # of _results_held, detached children (PATCH_HISTORY_GUARD_SUBFLOWS)
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -886,9 +903,11 @@ class _TemporalRuntime:
             if held:
                 self._release_room(room)
 
-    def _release_room(self, room: int, *, child: bool = False) -> None:
+    def _release_room(self, room: int, *, child: bool = False, detached: bool = False) -> None:
         """Gives back the room a task's or child run's result held: it has landed (or never will)."""
         self._results_held -= 1
+        if detached:
+            self._detached_held -= 1
         self._results_room -= room
         if child:
             self._children_room -= room
@@ -952,13 +971,17 @@ class _TemporalRuntime:
     ) -> str | None:
         """Holds ``room`` for a result once it fits (:meth:`_result_room`), waiting for the tasks
         and child runs in flight to end while it does not; the problem (``what`` would not fit)
-        when none is in flight."""
+        when none is in flight. Detached children (:data:`PATCH_HISTORY_GUARD_SUBFLOWS`) are not
+        waited for: they may stay open for days."""
         while not self._result_room(counted, room, child=child):
             key = self.task_key()
-            if self._results_held:
+            if self._results_held > self._detached_held:
                 # (Another waiter woken with this one may take the room first: checked again.)
                 await workflow.wait_condition(
-                    lambda: not self._results_held or self._result_room(counted, room, child=child)
+                    lambda: (
+                        self._results_held <= self._detached_held
+                        or self._result_room(counted, room, child=child)
+                    )
                 )
             elif self._landed_key == key and self._landed_room:
                 # Results landed in this workflow task, counted at their room: the next task's
@@ -966,9 +989,15 @@ class _TemporalRuntime:
                 await self._next_task(key, f"{summary}: history room")
             else:
                 used = workflow.info().get_current_history_size()
+                detached = (
+                    f"; {self._detached_held:,} detached child runs hold {self._results_room:,} bytes"
+                    " for their results until they close"
+                    if self._detached_held
+                    else ""
+                )
                 return (
                     f"{what} (up to {room:,} bytes) would bring the run's history ({used:,} bytes,"
-                    f" no other steps in flight) past {HISTORY_SEND_CEILING:,} bytes, near"
+                    f" no other steps in flight{detached}) past {HISTORY_SEND_CEILING:,} bytes, near"
                     " Temporal's 50 MiB limit where the server terminates a run: keep large"
                     " answers out of a long run's steps"
                     + (
@@ -984,7 +1013,7 @@ class _TemporalRuntime:
         return None
 
     async def _hold_child_room(
-        self, counted: int, summary: str, child: str, *, share: int | None = None
+        self, counted: int, summary: str, child: str, *, share: int | None = None, detached: bool = False
     ) -> tuple[int, int | None]:
         """Holds room in the history for the result of a child run this run waits for
         (:data:`PATCH_HISTORY_GUARD_CHILDREN`): the room held (0: none, a run of an earlier
@@ -997,11 +1026,15 @@ class _TemporalRuntime:
         beside another gets as much. A subflow gets :data:`ACTION_OUTPUT_BUDGET`, as an action.
         With the store a larger result goes by reference: it is counted at :data:`RESULT_ROOM`, as
         a task's. The room is held once it fits (:meth:`_result_room`): children hold at most half.
+        A ``detached`` subflow's child is held for as a waited-for one's, in runs of
+        :data:`PATCH_HISTORY_GUARD_SUBFLOWS`'s generation (else none), and counted as detached.
 
         Raises:
             _NoRoomError: it does not fit with nothing in flight (its message says why).
         """
-        if not patch_applies(self._options, PATCH_HISTORY_GUARD_CHILDREN):
+        if not patch_applies(
+            self._options, PATCH_HISTORY_GUARD_SUBFLOWS if detached else PATCH_HISTORY_GUARD_CHILDREN
+        ):
             return 0, None
         grant: int | None = None
         if self.input_budget is not None:
@@ -1023,6 +1056,8 @@ class _TemporalRuntime:
         problem = await self._wait_for_room(counted, room, summary, what, child=True)
         if problem is not None:
             raise _NoRoomError(problem)
+        if detached:
+            self._detached_held += 1
         return room, grant
 
     async def _send_action(self, call: ActionCall, counted: int) -> ActionResult:
@@ -1277,8 +1312,51 @@ class _TemporalRuntime:
 
         A waited-for child is cancelled with its parent (the parent waits until the child has run
         its compensations) and cancelled if the parent closes first; a detached child is
-        abandoned: it outlives the parent.
+        abandoned: it outlives the parent. The room the definition and the child's result take in
+        this run's history is held first (:data:`PATCH_HISTORY_GUARD_CHILDREN`,
+        :data:`PATCH_HISTORY_GUARD_SUBFLOWS`).
         """
+        resolve_room, max_bytes = 0, None
+        if patch_applies(self._options, PATCH_HISTORY_GUARD_SUBFLOWS):
+            # A definition may take an action's output's room (with the store a larger one goes by
+            # reference); a compensation's too, though it holds none (compensations always go).
+            max_bytes = None if self.input_budget is not None else ACTION_OUTPUT_BUDGET
+            if not call.compensating:
+                resolve_room = RESULT_ROOM
+                problem = await self._wait_for_room(
+                    0, resolve_room, call.summary, f"step {call.path!r}: the definition its subflow resolves"
+                )
+                if problem is not None:
+                    raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", HISTORY_LIMIT)
+        try:
+            resolved = await self._resolve_subflow(call, max_bytes)
+        finally:
+            if resolve_room:
+                self._release_room(resolve_room)
+        counted = json_size(call.input, TASK_SEND_BUDGET)
+        held, grant = 0, None
+        if not call.compensating:  # (compensations always go, as tasks do)
+            try:
+                held, grant = await self._hold_child_room(
+                    counted,
+                    call.summary,
+                    f"its child run {temporal_id(call.workflow_id)!r}",
+                    detached=not call.wait,
+                )
+            except _NoRoomError as no_room:
+                raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
+        started = False  # a detached child's room is given back when it closes
+        try:
+            output = await self._run_subflow(call, resolved, counted, grant, held)
+            started = not call.wait
+            return output
+        finally:
+            if held and not started:
+                self._release_room(held, child=True, detached=not call.wait)
+
+    async def _resolve_subflow(self, call: SubflowCall, max_bytes: int | None) -> SubflowDefinition:
+        """The child's definition, resolved in this run's tenant (a recorded activity); at most
+        ``max_bytes`` as its result (:data:`PATCH_HISTORY_GUARD_SUBFLOWS`)."""
         tenant = self._options.tenant
         try:
             resolved: SubflowDefinition = await workflow.execute_activity(
@@ -1288,6 +1366,7 @@ class _TemporalRuntime:
                     definition=call.definition,
                     version=call.version,
                     root_run_id=_root_run_id(),
+                    max_bytes=max_bytes,
                 ),
                 result_type=SubflowDefinition,
                 activity_id=temporal_id(call.activity_id),
@@ -1303,26 +1382,14 @@ class _TemporalRuntime:
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             kind = (cause.type if isinstance(cause, ApplicationError) else None) or "SubflowResolveError"
             raise SubflowFailedError(f"subflow {call.definition!r}: {message}", kind) from None
-        counted = json_size(call.input, TASK_SEND_BUDGET)
-        held, grant = 0, None
-        if call.wait and not call.compensating:  # (compensations always go, as tasks do)
-            try:
-                held, grant = await self._hold_child_room(
-                    counted, call.summary, f"its child run {temporal_id(call.workflow_id)!r}"
-                )
-            except _NoRoomError as no_room:
-                raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
-        try:
-            return await self._run_subflow(call, resolved, counted, grant)
-        finally:
-            if held:
-                self._release_room(held, child=True)
+        return resolved
 
     async def _run_subflow(
-        self, call: SubflowCall, resolved: SubflowDefinition, counted: int, grant: int | None
+        self, call: SubflowCall, resolved: SubflowDefinition, counted: int, grant: int | None, held: int
     ) -> dict[str, Any]:
-        """:meth:`run_subflow` once its definition is resolved (and the room for a waited-for
-        child's result held: ``grant``, the most it may return, see :meth:`_hold_child_room`)."""
+        """:meth:`run_subflow` once its definition is resolved (and the room for the child's result
+        held: ``held``, and ``grant``, the most it may return, see :meth:`_hold_child_room`); a
+        detached child's room is given back when it closes."""
         tenant = self._options.tenant
         child = resolved.definition
         child_input = RunInput(
@@ -1381,7 +1448,7 @@ class _TemporalRuntime:
         ids = {"workflow_id": handle.id, "run_id": handle.first_execution_run_id}
         if not call.wait:
             # Open until it closes, which this run hears of while it runs: its slot is held till then.
-            watch = asyncio.create_task(self._release_when_closed(handle))
+            watch = asyncio.create_task(self._release_when_closed(handle, held))
             self._detached.add(watch)
             watch.add_done_callback(self._detached.discard)
             return {**ids, "state": "started"}
@@ -1409,13 +1476,18 @@ class _TemporalRuntime:
             self._child_slots.release()
         return {**ids, "state": result.state.value, "output": result.output}
 
-    async def _release_when_closed(self, handle: workflow.ChildWorkflowHandle[Any, RunResult]) -> None:
-        """Holds a detached child's slot (:data:`MAX_PENDING_CHILDREN`) until it closes, however."""
+    async def _release_when_closed(
+        self, handle: workflow.ChildWorkflowHandle[Any, RunResult], held: int
+    ) -> None:
+        """Holds a detached child's slot (:data:`MAX_PENDING_CHILDREN`) and the room ``held`` for
+        its result (:data:`PATCH_HISTORY_GUARD_SUBFLOWS`) until it closes, however."""
         try:
             with contextlib.suppress(Exception):
                 await handle
         finally:
             self._child_slots.release()
+            if held:
+                self._release_room(held, child=True, detached=True)
 
     async def tree_problem(self, starts: int, what: str) -> str | None:
         """Asks the worker (the local activity ``wfa.tree_runs``, recorded) how many runs this run's

@@ -31,7 +31,7 @@ import workflows.generic
 from interpreter.state import RunInput, RunState
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import Handle, compensated_echo, definition, start, status, unique
-from workflows.generic import CHILD_RESULT_FLOOR, ENGINE_LEVEL
+from workflows.generic import CHILD_RESULT_FLOOR, ENGINE_LEVEL, PATCH_HISTORY_GUARD_CHILDREN, PATCH_LEVELS
 
 CEILING = 3 * 1024 * 1024
 """The lowered ceiling, in bytes of history."""
@@ -147,7 +147,7 @@ async def test_a_run_of_the_generation_before_lets_them_pass_the_ceiling(fan_out
     # What the adversary found, kept for runs started before the patch (their children carry no
     # room): the slices' results all land, past the lowered ceiling, before the run's state budget
     # refuses them.
-    handle = await fan_out(ANSWER, ENGINE_LEVEL - 1)
+    handle = await fan_out(ANSWER, PATCH_LEVELS[PATCH_HISTORY_GUARD_CHILDREN] - 1)
     cause = await _failure(handle)
     assert cause.type == "StateBudgetExceeded", cause.message
     size = _size_before_the_end((await handle.fetch_history()).events)
