@@ -34,6 +34,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, Work
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.subflows import SUBFLOW_RESOLVE
 from interpreter.state import (
     CancelRequest,
     DeadLetterAction,
@@ -46,8 +47,10 @@ from interpreter.state import (
     RunInput,
     RunOptions,
     RunStatus,
+    SubflowDefinition,
+    SubflowLookup,
 )
-from interpreter.validate import load_definition
+from interpreter.validate import definition_hash, load_definition
 from starter.client import FlowClient
 from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from tests.helpers.http_server import RecordingServer
@@ -218,6 +221,31 @@ def _fan_out(base: str) -> dict[str, Any]:
             _echo("after", "{{ steps.loop.output }}"),
         ],
     }
+
+
+def _subflows(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-subflows",
+        "steps": [
+            {"id": "off", "type": "subflow", "definition": "replay-child", "input": {"n": 1}, "wait": False},
+            {"id": "sub", "type": "subflow", "definition": "replay-child", "input": {"n": 2}},
+            _echo("after", "{{ steps.sub.output.output }}"),
+        ],
+    }
+
+
+@activity.defn(name=SUBFLOW_RESOLVE)
+async def _resolve_subflow(lookup: SubflowLookup) -> SubflowDefinition:
+    """The recorder has no registry: a history holds only the definition the activity answered
+    (replay runs no activity); tests/workflows/test_subflow.py resolves against the real store."""
+    child = load_definition(
+        {
+            "name": lookup.definition,
+            "steps": [_echo("work", "{{ input.n * 2 }}")],
+            "output": "{{ steps.work.output }}",
+        }
+    )
+    return SubflowDefinition(definition=child, content_hash=definition_hash(child))
 
 
 def _delays(base: str) -> dict[str, Any]:
@@ -1489,6 +1517,16 @@ def scenarios() -> list[Scenario]:
             options={"engine_level": 19},
         ),
         Scenario(
+            "subflows_history_guard",
+            "a detached subflow, then a waited-for one, at interpreter generation 20 (patch"
+            " history-guard-subflows): the run holds room for each resolved definition and for both"
+            " children's results (the detached one's until it closes), both children's inputs carry"
+            " it (RunOptions.result_limit)",
+            _subflows,
+            {},
+            options={"engine_level": 20},
+        ),
+        Scenario(
             "events",
             "wait_for_event: an event with an undeclared field refused, one consumed, republished "
             "(duplicate), not taken again through a lookback (timeout, continue); then cancel_on: "
@@ -1625,7 +1663,7 @@ async def main(argv: list[str] | None = None) -> int:
                     task_queue,
                     http_client,
                     graceful_shutdown_timeout=timedelta(0),
-                    extra_activities=[_record_dead_letter, _resolve_dead_letter],
+                    extra_activities=[_record_dead_letter, _resolve_dead_letter, _resolve_subflow],
                 ),
             ):
                 outcomes = await asyncio.gather(
