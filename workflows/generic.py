@@ -297,6 +297,14 @@ payload store the activity refuses a definition larger than an action's output
 returning 500 KB took the run past the (lowered) ceiling while it waited at an approval, and
 subflows resolving a 450 KB definition at once passed it too. Only in runs started at its
 generation (:data:`NEVER_ASKED_PATCHES`): a detached child's input carries its room."""
+PATCH_CHILD_SEND_PACING = "child-send-pacing"
+"""Patch id: a child run's input is paced (:data:`PATCH_TASK_SEND_PACING`) and counted by the
+send guard (:data:`PATCH_HISTORY_GUARD_SENDS`) with the definition it carries, not only its
+items, context or input. Before, a fanned-out ``foreach`` of 60 slices at once of a 100 KB
+definition put 6 MB in one workflow task completion, past the server's 4 MiB gRPC limit: the
+server refused it and terminated the run (``GrpcMessageTooLarge``), no compensation, no
+``on_failure``. Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): it also
+changes what the send guard counts."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -388,6 +396,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CONTINUE_AS_NEW_ANY_PRESSED: 18,
     PATCH_HISTORY_GUARD_CHILDREN: 19,
     PATCH_HISTORY_GUARD_SUBFLOWS: 20,
+    PATCH_CHILD_SEND_PACING: 20,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -416,6 +425,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_CHILD_CANCEL_BY_ID,
     PATCH_HISTORY_GUARD_CHILDREN,
     PATCH_HISTORY_GUARD_SUBFLOWS,
+    PATCH_CHILD_SEND_PACING,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -423,7 +433,8 @@ which starts a child from a task of its own (the start command may go out later 
 than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a task of its own
 (its cancellation commands may go out in another order), and ``history-guard-children``, whose
 child runs carry the room held for their results (a child of an earlier build would not bound its
-result by it), and ``history-guard-subflows``, whose detached children carry it too."""
+result by it), ``history-guard-subflows``, whose detached children carry it too, and
+``child-send-pacing``, which changes what the send guard counts."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -761,6 +772,7 @@ class _TemporalRuntime:
         self._landed_room = 0
         self._children_room = 0  # the part of _results_room that child runs hold
         self._detached_held = 0  # of _results_held, detached children (PATCH_HISTORY_GUARD_SUBFLOWS)
+        self._definition_sizes: dict[int, tuple[Definition, int]] = {}  # (PATCH_CHILD_SEND_PACING)
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -1252,6 +1264,18 @@ class _TemporalRuntime:
             return INLINE_INPUT_MAX_BYTES
         return min(budget, STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN)
 
+    def _definition_send_bytes(self, definition: Definition) -> int:
+        """The bytes a child run's ``definition`` adds to its input, counted into what a workflow
+        task sends (:data:`PATCH_CHILD_SEND_PACING`); 0 in runs of an earlier generation. Measured
+        once per definition (a fan-out's slices share theirs)."""
+        if not patch_applies(self._options, PATCH_CHILD_SEND_PACING):
+            return 0
+        known = self._definition_sizes.get(id(definition))
+        if known is None:
+            # (The definition is kept with its size, so its id is not reused while it is here.)
+            known = self._definition_sizes[id(definition)] = (definition, _payload_bytes(definition))
+        return known[1]
+
     async def _pace_send(self, size: int, summary: str) -> None:
         """Counts an input of ``size`` bytes into this workflow task's; past
         :data:`TASK_SEND_BUDGET` (and not the first), it waits for the next workflow task, which one
@@ -1333,7 +1357,8 @@ class _TemporalRuntime:
         finally:
             if resolve_room:
                 self._release_room(resolve_room)
-        counted = json_size(call.input, TASK_SEND_BUDGET)
+        carried = self._definition_send_bytes(resolved.definition)
+        counted = json_size(call.input, TASK_SEND_BUDGET) + carried
         held, grant = 0, None
         if not call.compensating:  # (compensations always go, as tasks do)
             try:
@@ -1347,7 +1372,7 @@ class _TemporalRuntime:
                 raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
         started = False  # a detached child's room is given back when it closes
         try:
-            output = await self._run_subflow(call, resolved, counted, grant, held)
+            output = await self._run_subflow(call, resolved, counted, grant, held=held, carried=carried)
             started = not call.wait
             return output
         finally:
@@ -1385,11 +1410,19 @@ class _TemporalRuntime:
         return resolved
 
     async def _run_subflow(
-        self, call: SubflowCall, resolved: SubflowDefinition, counted: int, grant: int | None, held: int
+        self,
+        call: SubflowCall,
+        resolved: SubflowDefinition,
+        counted: int,
+        grant: int | None,
+        *,
+        held: int,
+        carried: int,
     ) -> dict[str, Any]:
         """:meth:`run_subflow` once its definition is resolved (and the room for the child's result
         held: ``held``, and ``grant``, the most it may return, see :meth:`_hold_child_room`); a
-        detached child's room is given back when it closes."""
+        detached child's room is given back when it closes. ``counted`` holds the definition's
+        bytes when ``carried`` does (:data:`PATCH_CHILD_SEND_PACING`)."""
         tenant = self._options.tenant
         child = resolved.definition
         child_input = RunInput(
@@ -1399,7 +1432,9 @@ class _TemporalRuntime:
         )
         await self._pace_send(counted, call.summary)
         room = self._history_room_problem(
-            counted, f"the input of its child run {temporal_id(call.workflow_id)!r}", child
+            counted,
+            f"the input of its child run {temporal_id(call.workflow_id)!r}",
+            None if carried else child,
         )
         if room is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {room}", HISTORY_LIMIT)
@@ -1521,7 +1556,8 @@ class _TemporalRuntime:
         its output. The child is cancelled with its parent (which waits until the child has run
         its compensations) and if the parent closes first."""
         parent = workflow.info().workflow_id
-        counted = _batch_json_size(call.batch)
+        carried = self._definition_send_bytes(call.definition)
+        counted = _batch_json_size(call.batch) + carried
         held, grant = 0, None
         try:
             if not call.compensating:  # (compensations always go, as tasks do)
@@ -1542,8 +1578,9 @@ class _TemporalRuntime:
             await self._pace_send(counted, call.summary)
             room = self._history_room_problem(
                 counted,
-                f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context)",
-                call.definition,
+                f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context"
+                + (", and the definition it runs)" if carried else ")"),
+                None if carried else call.definition,
             )
             if room is not None:
                 raise BatchFailedError(room, HISTORY_LIMIT)
