@@ -772,7 +772,7 @@ class _TemporalRuntime:
         self._landed_room = 0
         self._children_room = 0  # the part of _results_room that child runs hold
         self._detached_held = 0  # of _results_held, detached children (PATCH_HISTORY_GUARD_SUBFLOWS)
-        self._definition_sizes: dict[int, tuple[Definition, int]] = {}  # (PATCH_CHILD_SEND_PACING)
+        self._definition_size: tuple[Definition, int] | None = None  # (PATCH_CHILD_SEND_PACING)
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
         self._send_pause: asyncio.Task[None] | None = None
@@ -1266,14 +1266,13 @@ class _TemporalRuntime:
 
     def _definition_send_bytes(self, definition: Definition) -> int:
         """The bytes a child run's ``definition`` adds to its input, counted into what a workflow
-        task sends (:data:`PATCH_CHILD_SEND_PACING`); 0 in runs of an earlier generation. Measured
-        once per definition (a fan-out's slices share theirs)."""
+        task sends (:data:`PATCH_CHILD_SEND_PACING`); 0 in runs of an earlier generation. The last
+        one measured is remembered (a fan-out's slices all carry the run's own)."""
         if not patch_applies(self._options, PATCH_CHILD_SEND_PACING):
             return 0
-        known = self._definition_sizes.get(id(definition))
-        if known is None:
-            # (The definition is kept with its size, so its id is not reused while it is here.)
-            known = self._definition_sizes[id(definition)] = (definition, _payload_bytes(definition))
+        known = self._definition_size
+        if known is None or known[0] is not definition:
+            known = self._definition_size = (definition, _payload_bytes(definition))
         return known[1]
 
     async def _pace_send(self, size: int, summary: str) -> None:
