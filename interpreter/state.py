@@ -382,10 +382,8 @@ class RunOptions(BaseModel):
         default=None, ge=64 * 1024, le=64 * 1024 * 1024, exclude_if=lambda value: value is None
     )  # (at least workflows.generic.CHILD_RESULT_FLOOR, the least a parent holds)
     """Bytes the run's result (or its failure's details) may take serialized: the room the parent run
-    holds in its own history for it (``workflows.generic`` patches ``history-guard-children``, for
-    a child it waits for, and ``history-guard-subflows``, for a detached subflow's child, whose
-    result lands there if it closes while the parent runs); a result over it fails the run
-    (``HistoryLimit``). None (left out of
+    that waits for it holds in its own history for it (``workflows.generic`` patch
+    ``history-guard-children``); a result over it fails the run (``HistoryLimit``). None (left out of
     the payload: a run started before the field has none): Temporal's payload limit."""
     engine_level: int = Field(default=0, ge=0, le=1000, exclude_if=lambda value: value == 0)
     """The interpreter generation the run was started for (``workflows.generic.ENGINE_LEVEL`` of the

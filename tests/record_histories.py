@@ -1518,10 +1518,10 @@ def scenarios() -> list[Scenario]:
         ),
         Scenario(
             "subflows_history_guard",
-            "a detached subflow, then a waited-for one, at interpreter generation 20 (patch"
-            " history-guard-subflows): the run holds room for each resolved definition and for both"
-            " children's results (the detached one's until it closes), both children's inputs carry"
-            " it (RunOptions.result_limit)",
+            "a detached subflow, then a waited-for one, at interpreter generation 20 (patches"
+            " history-guard-subflows and child-send-pacing): the run holds room for each resolved"
+            " definition (the resolving activity bounded by SubflowLookup.max_bytes) and for the"
+            " waited-for child's result, and counts each child's definition into what it sends",
             _subflows,
             {},
             options={"engine_level": 20},

@@ -282,21 +282,17 @@ end; with none in flight its step fails (``HistoryLimit``). Before, children's r
 counted: eight slices of a fan-out, each returning 500 KB, landed together and took the run past
 the (lowered) ceiling, where at Temporal's own the server terminates the run, no compensation.
 Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): a child's input carries its
-room. A detached subflow's result was not counted (its step does not wait for it): see
-:data:`PATCH_HISTORY_GUARD_SUBFLOWS`."""
+room. A detached subflow's result is not counted (its step does not wait for it; bounding it
+would cost a detached child its output, or most of the 2,000 children a run may keep open)."""
 PATCH_HISTORY_GUARD_SUBFLOWS = "history-guard-subflows"
-"""Patch id: what a ``subflow`` step brings into the run's history beside a waited-for child's
-result (:data:`PATCH_HISTORY_GUARD_CHILDREN`) is counted too. A detached child's result lands in
-the run's history when it closes while the run is open: the run holds room for it as for a
-waited-for child's (it may return :data:`ACTION_OUTPUT_BUDGET`, an action's, else fails with
-``HistoryLimit``) until it closes, and a step that finds no room with only detached children
-holding it fails (``HistoryLimit``) rather than wait for them, which may take days. The definition
-the resolving activity returns is counted as a task's result (:data:`RESULT_ROOM`): without the
-payload store the activity refuses a definition larger than an action's output
-(``HistoryLimit``); with it a larger one goes by reference. Before, detached children each
-returning 500 KB took the run past the (lowered) ceiling while it waited at an approval, and
-subflows resolving a 450 KB definition at once passed it too. Only in runs started at its
-generation (:data:`NEVER_ASKED_PATCHES`): a detached child's input carries its room."""
+"""Patch id: the definition a ``subflow`` step's resolving activity returns into the run's history
+is counted as a task's result (:data:`RESULT_ROOM`, held while the activity runs; compensations
+hold none): without the payload store the activity refuses a definition larger than an action's
+output (``HistoryLimit``, naming its size; not a compensation's); with it a larger one goes by
+reference. Before, eight subflows of a 450 KB definition at once landed their definitions together
+past the (lowered) ceiling. Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`):
+the activity's input carries the bound (``SubflowLookup.max_bytes``), which a worker of an earlier
+build would refuse."""
 PATCH_CHILD_SEND_PACING = "child-send-pacing"
 """Patch id: a child run's input is paced (:data:`PATCH_TASK_SEND_PACING`) and counted by the
 send guard (:data:`PATCH_HISTORY_GUARD_SENDS`) with the definition it carries, not only its
@@ -433,7 +429,7 @@ which starts a child from a task of its own (the start command may go out later 
 than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a task of its own
 (its cancellation commands may go out in another order), and ``history-guard-children``, whose
 child runs carry the room held for their results (a child of an earlier build would not bound its
-result by it), ``history-guard-subflows``, whose detached children carry it too, and
+result by it), ``history-guard-subflows``, whose resolving activity carries its bound, and
 ``child-send-pacing``, which changes what the send guard counts."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
@@ -771,7 +767,6 @@ class _TemporalRuntime:
         self._landed_key = -1  # the workflow task in which results landed (their room still counted)
         self._landed_room = 0
         self._children_room = 0  # the part of _results_room that child runs hold
-        self._detached_held = 0  # of _results_held, detached children (PATCH_HISTORY_GUARD_SUBFLOWS)
         self._definition_size: tuple[Definition, int] | None = None  # (PATCH_CHILD_SEND_PACING)
         self._send_key = -1  # the workflow task (its history length) the inputs are counted in
         self._sent = 0
@@ -915,11 +910,9 @@ class _TemporalRuntime:
             if held:
                 self._release_room(room)
 
-    def _release_room(self, room: int, *, child: bool = False, detached: bool = False) -> None:
+    def _release_room(self, room: int, *, child: bool = False) -> None:
         """Gives back the room a task's or child run's result held: it has landed (or never will)."""
         self._results_held -= 1
-        if detached:
-            self._detached_held -= 1
         self._results_room -= room
         if child:
             self._children_room -= room
@@ -983,17 +976,13 @@ class _TemporalRuntime:
     ) -> str | None:
         """Holds ``room`` for a result once it fits (:meth:`_result_room`), waiting for the tasks
         and child runs in flight to end while it does not; the problem (``what`` would not fit)
-        when none is in flight. Detached children (:data:`PATCH_HISTORY_GUARD_SUBFLOWS`) are not
-        waited for: they may stay open for days."""
+        when none is in flight."""
         while not self._result_room(counted, room, child=child):
             key = self.task_key()
-            if self._results_held > self._detached_held:
+            if self._results_held:
                 # (Another waiter woken with this one may take the room first: checked again.)
                 await workflow.wait_condition(
-                    lambda: (
-                        self._results_held <= self._detached_held
-                        or self._result_room(counted, room, child=child)
-                    )
+                    lambda: not self._results_held or self._result_room(counted, room, child=child)
                 )
             elif self._landed_key == key and self._landed_room:
                 # Results landed in this workflow task, counted at their room: the next task's
@@ -1001,15 +990,20 @@ class _TemporalRuntime:
                 await self._next_task(key, f"{summary}: history room")
             else:
                 used = workflow.info().get_current_history_size()
-                detached = (
-                    f"; {self._detached_held:,} detached child runs hold {self._results_room:,} bytes"
-                    " for their results until they close"
-                    if self._detached_held
-                    else ""
-                )
+                left = HISTORY_SEND_CEILING - self._history_used(counted)
+                if child and room <= left:
+                    # Refused by the half that child runs may hold, not by the ceiling itself.
+                    return (
+                        f"{what} (up to {room:,} bytes) would take more than half of the"
+                        f" {left:,} bytes the run's history ({used:,} bytes, no other steps in"
+                        f" flight) leaves under {HISTORY_SEND_CEILING:,} bytes, near Temporal's 50"
+                        " MiB limit where the server terminates a run; child runs hold at most"
+                        " half, the other half stays for tasks: keep large answers out of a long"
+                        " run's children"
+                    )
                 return (
                     f"{what} (up to {room:,} bytes) would bring the run's history ({used:,} bytes,"
-                    f" no other steps in flight{detached}) past {HISTORY_SEND_CEILING:,} bytes, near"
+                    f" no other steps in flight) past {HISTORY_SEND_CEILING:,} bytes, near"
                     " Temporal's 50 MiB limit where the server terminates a run: keep large"
                     " answers out of a long run's steps"
                     + (
@@ -1025,7 +1019,7 @@ class _TemporalRuntime:
         return None
 
     async def _hold_child_room(
-        self, counted: int, summary: str, child: str, *, share: int | None = None, detached: bool = False
+        self, counted: int, summary: str, child: str, *, share: int | None = None
     ) -> tuple[int, int | None]:
         """Holds room in the history for the result of a child run this run waits for
         (:data:`PATCH_HISTORY_GUARD_CHILDREN`): the room held (0: none, a run of an earlier
@@ -1038,15 +1032,11 @@ class _TemporalRuntime:
         beside another gets as much. A subflow gets :data:`ACTION_OUTPUT_BUDGET`, as an action.
         With the store a larger result goes by reference: it is counted at :data:`RESULT_ROOM`, as
         a task's. The room is held once it fits (:meth:`_result_room`): children hold at most half.
-        A ``detached`` subflow's child is held for as a waited-for one's, in runs of
-        :data:`PATCH_HISTORY_GUARD_SUBFLOWS`'s generation (else none), and counted as detached.
 
         Raises:
             _NoRoomError: it does not fit with nothing in flight (its message says why).
         """
-        if not patch_applies(
-            self._options, PATCH_HISTORY_GUARD_SUBFLOWS if detached else PATCH_HISTORY_GUARD_CHILDREN
-        ):
+        if not patch_applies(self._options, PATCH_HISTORY_GUARD_CHILDREN):
             return 0, None
         grant: int | None = None
         if self.input_budget is not None:
@@ -1068,8 +1058,6 @@ class _TemporalRuntime:
         problem = await self._wait_for_room(counted, room, summary, what, child=True)
         if problem is not None:
             raise _NoRoomError(problem)
-        if detached:
-            self._detached_held += 1
         return room, grant
 
     async def _send_action(self, call: ActionCall, counted: int) -> ActionResult:
@@ -1335,22 +1323,22 @@ class _TemporalRuntime:
 
         A waited-for child is cancelled with its parent (the parent waits until the child has run
         its compensations) and cancelled if the parent closes first; a detached child is
-        abandoned: it outlives the parent. The room the definition and the child's result take in
-        this run's history is held first (:data:`PATCH_HISTORY_GUARD_CHILDREN`,
-        :data:`PATCH_HISTORY_GUARD_SUBFLOWS`).
+        abandoned: it outlives the parent. The room the definition and a waited-for child's result
+        take in this run's history is held first (:data:`PATCH_HISTORY_GUARD_SUBFLOWS`,
+        :data:`PATCH_HISTORY_GUARD_CHILDREN`).
         """
         resolve_room, max_bytes = 0, None
-        if patch_applies(self._options, PATCH_HISTORY_GUARD_SUBFLOWS):
-            # A definition may take an action's output's room (with the store a larger one goes by
-            # reference); a compensation's too, though it holds none (compensations always go).
+        # A definition may take an action's output's room (with the store a larger one goes by
+        # reference). Compensations always go: they hold no room, and their definition is not
+        # bounded (a compensation that failed on it would leave the run half undone).
+        if not call.compensating and patch_applies(self._options, PATCH_HISTORY_GUARD_SUBFLOWS):
             max_bytes = None if self.input_budget is not None else ACTION_OUTPUT_BUDGET
-            if not call.compensating:
-                resolve_room = RESULT_ROOM
-                problem = await self._wait_for_room(
-                    0, resolve_room, call.summary, f"step {call.path!r}: the definition its subflow resolves"
-                )
-                if problem is not None:
-                    raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", HISTORY_LIMIT)
+            resolve_room = RESULT_ROOM
+            problem = await self._wait_for_room(
+                0, resolve_room, call.summary, f"step {call.path!r}: the definition its subflow resolves"
+            )
+            if problem is not None:
+                raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", HISTORY_LIMIT)
         try:
             resolved = await self._resolve_subflow(call, max_bytes)
         finally:
@@ -1359,24 +1347,18 @@ class _TemporalRuntime:
         carried = self._definition_send_bytes(resolved.definition)
         counted = json_size(call.input, TASK_SEND_BUDGET) + carried
         held, grant = 0, None
-        if not call.compensating:  # (compensations always go, as tasks do)
+        if call.wait and not call.compensating:  # (compensations always go, as tasks do)
             try:
                 held, grant = await self._hold_child_room(
-                    counted,
-                    call.summary,
-                    f"its child run {temporal_id(call.workflow_id)!r}",
-                    detached=not call.wait,
+                    counted, call.summary, f"its child run {temporal_id(call.workflow_id)!r}"
                 )
             except _NoRoomError as no_room:
                 raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
-        started = False  # a detached child's room is given back when it closes
         try:
-            output = await self._run_subflow(call, resolved, counted, grant, held=held, carried=carried)
-            started = not call.wait
-            return output
+            return await self._run_subflow(call, resolved, counted, grant, carried=carried)
         finally:
-            if held and not started:
-                self._release_room(held, child=True, detached=not call.wait)
+            if held:
+                self._release_room(held, child=True)
 
     async def _resolve_subflow(self, call: SubflowCall, max_bytes: int | None) -> SubflowDefinition:
         """The child's definition, resolved in this run's tenant (a recorded activity); at most
@@ -1415,13 +1397,12 @@ class _TemporalRuntime:
         counted: int,
         grant: int | None,
         *,
-        held: int,
         carried: int,
     ) -> dict[str, Any]:
-        """:meth:`run_subflow` once its definition is resolved (and the room for the child's result
-        held: ``held``, and ``grant``, the most it may return, see :meth:`_hold_child_room`); a
-        detached child's room is given back when it closes. ``counted`` holds the definition's
-        bytes when ``carried`` does (:data:`PATCH_CHILD_SEND_PACING`)."""
+        """:meth:`run_subflow` once its definition is resolved (and the room for a waited-for
+        child's result held: ``grant``, the most it may return, see :meth:`_hold_child_room`).
+        ``counted`` holds the definition's bytes when ``carried`` does
+        (:data:`PATCH_CHILD_SEND_PACING`)."""
         tenant = self._options.tenant
         child = resolved.definition
         child_input = RunInput(
@@ -1482,7 +1463,7 @@ class _TemporalRuntime:
         ids = {"workflow_id": handle.id, "run_id": handle.first_execution_run_id}
         if not call.wait:
             # Open until it closes, which this run hears of while it runs: its slot is held till then.
-            watch = asyncio.create_task(self._release_when_closed(handle, held))
+            watch = asyncio.create_task(self._release_when_closed(handle))
             self._detached.add(watch)
             watch.add_done_callback(self._detached.discard)
             return {**ids, "state": "started"}
@@ -1510,18 +1491,13 @@ class _TemporalRuntime:
             self._child_slots.release()
         return {**ids, "state": result.state.value, "output": result.output}
 
-    async def _release_when_closed(
-        self, handle: workflow.ChildWorkflowHandle[Any, RunResult], held: int
-    ) -> None:
-        """Holds a detached child's slot (:data:`MAX_PENDING_CHILDREN`) and the room ``held`` for
-        its result (:data:`PATCH_HISTORY_GUARD_SUBFLOWS`) until it closes, however."""
+    async def _release_when_closed(self, handle: workflow.ChildWorkflowHandle[Any, RunResult]) -> None:
+        """Holds a detached child's slot (:data:`MAX_PENDING_CHILDREN`) until it closes, however."""
         try:
             with contextlib.suppress(Exception):
                 await handle
         finally:
             self._child_slots.release()
-            if held:
-                self._release_room(held, child=True, detached=True)
 
     async def tree_problem(self, starts: int, what: str) -> str | None:
         """Asks the worker (the local activity ``wfa.tree_runs``, recorded) how many runs this run's

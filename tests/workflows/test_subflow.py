@@ -123,9 +123,7 @@ async def test_a_waited_for_subflow_may_return_at_most_the_room_its_parent_holds
 ) -> None:
     # Patch history-guard-children: the parent holds room in its history for the result of a child
     # it waits for, and the child carries it (RunOptions.result_limit: 512 KiB, as an action's
-    # output); and since history-guard-subflows a detached child too, whose result lands in the
-    # parent's history when it closes while the parent is open (tests/workflows/
-    # test_history_guard_subflows.py).
+    # output); a detached child, whose result its step does not wait for, carries none.
     child = unique("child")
     await flows.register(_child(child, "one"), author="ann")
     document = {
@@ -139,7 +137,7 @@ async def test_a_waited_for_subflow_may_return_at_most_the_room_its_parent_holds
     assert (await run.result(timeout=60)).state == RunState.COMPLETED
     waited = await _child_options(client, f"{run.workflow_id}/sub")
     assert waited.result_limit == ACTION_OUTPUT_BUDGET
-    assert (await _child_options(client, f"{run.workflow_id}/off")).result_limit == ACTION_OUTPUT_BUDGET
+    assert (await _child_options(client, f"{run.workflow_id}/off")).result_limit is None
 
 
 async def test_waited_for_subflows_hold_room_for_their_results(
