@@ -295,12 +295,15 @@ the activity's input carries the bound (``SubflowLookup.max_bytes``), which a wo
 build would refuse."""
 PATCH_CHILD_SEND_PACING = "child-send-pacing"
 """Patch id: a child run's input is paced (:data:`PATCH_TASK_SEND_PACING`) and counted by the
-send guard (:data:`PATCH_HISTORY_GUARD_SENDS`) with the definition it carries, not only its
-items, context or input. Before, a fanned-out ``foreach`` of 60 slices at once of a 100 KB
-definition put 6 MB in one workflow task completion, past the server's 4 MiB gRPC limit: the
-server refused it and terminated the run (``GrpcMessageTooLarge``), no compensation, no
-``on_failure``. Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): it also
-changes what the send guard counts."""
+send guard (:data:`PATCH_HISTORY_GUARD_SENDS`) at its size as sent (one payload, measured for the
+payload check anyway: the definition it carries, its options with a dry run's canned outputs, JSON
+escapes), not an estimate of its items, context or input; and a compensation's child is not
+refused by the send guard, as a compensation's task is not. Before, a fanned-out ``foreach`` of 60
+slices at once of a 100 KB definition put 6 MB in one workflow task completion, past the server's
+4 MiB gRPC limit: the server refused it and terminated the run (``GrpcMessageTooLarge``), no
+compensation, no ``on_failure``; so did slices of a dry run's 300 KB of canned outputs, and of an
+input of control characters (six bytes each as JSON, one in the estimate). Only in runs started at
+its generation (:data:`NEVER_ASKED_PATCHES`): it also changes what the send guard counts."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -1253,15 +1256,26 @@ class _TemporalRuntime:
         return min(budget, STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN)
 
     def _definition_send_bytes(self, definition: Definition) -> int:
-        """The bytes a child run's ``definition`` adds to its input, counted into what a workflow
-        task sends (:data:`PATCH_CHILD_SEND_PACING`); 0 in runs of an earlier generation. The last
-        one measured is remembered (a fan-out's slices all carry the run's own)."""
+        """The bytes a child run's ``definition`` adds to its input (compact, as it travels), counted
+        into the room a child's input and result take before the input is built
+        (:data:`PATCH_CHILD_SEND_PACING`); 0 in runs of an earlier generation. The last one measured
+        is remembered (a fan-out's slices all carry the run's own)."""
         if not patch_applies(self._options, PATCH_CHILD_SEND_PACING):
             return 0
         known = self._definition_size
         if known is None or known[0] is not definition:
-            known = self._definition_size = (definition, _payload_bytes(definition))
+            size = len(definition.model_dump_json(by_alias=True, exclude_defaults=True))
+            known = self._definition_size = (definition, size)
         return known[1]
+
+    def _child_send_bytes(self, child_input: RunInput) -> int | None:
+        """The bytes a child run's input takes as sent (one payload: its definition, items or
+        input and options, escapes and all), paced and counted by the send guard
+        (:data:`PATCH_CHILD_SEND_PACING`); None in runs of an earlier generation, which count an
+        estimate of its items or input only."""
+        if not patch_applies(self._options, PATCH_CHILD_SEND_PACING):
+            return None
+        return _payload_bytes(child_input)
 
     async def _pace_send(self, size: int, summary: str) -> None:
         """Counts an input of ``size`` bytes into this workflow task's; past
@@ -1410,16 +1424,20 @@ class _TemporalRuntime:
             input=call.input,
             options=self._options.model_copy(update={"subflow_depth": call.depth, "result_limit": grant}),
         )
-        await self._pace_send(counted, call.summary)
-        room = self._history_room_problem(
-            counted,
-            f"the input of its child run {temporal_id(call.workflow_id)!r}",
-            None if carried else child,
-        )
+        exact = self._child_send_bytes(child_input)
+        sent = counted if exact is None else exact
+        await self._pace_send(sent, call.summary)
+        room = None
+        if exact is None or not call.compensating:  # (generation 20: compensations always go)
+            room = self._history_room_problem(
+                sent,
+                f"the input of its child run {temporal_id(call.workflow_id)!r}",
+                None if exact is not None else child,
+            )
         if room is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {room}", HISTORY_LIMIT)
         problem = self._payload_problem(
-            child_input, f"the input of its child run {temporal_id(call.workflow_id)!r}"
+            child_input, f"the input of its child run {temporal_id(call.workflow_id)!r}", exact
         )
         if problem is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {problem}", PAYLOAD_TOO_LARGE)
@@ -1550,19 +1568,24 @@ class _TemporalRuntime:
                 options=self._options.model_copy(update={"result_limit": grant}),
                 batch=call.batch,
             )
-            await self._pace_send(counted, call.summary)
-            room = self._history_room_problem(
-                counted,
-                f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and context"
-                + (", and the definition it runs)" if carried else ")"),
-                None if carried else call.definition,
-            )
+            exact = self._child_send_bytes(child_input)
+            sent = counted if exact is None else exact
+            await self._pace_send(sent, call.summary)
+            room = None
+            if exact is None or not call.compensating:  # (generation 20: compensations always go)
+                room = self._history_room_problem(
+                    sent,
+                    f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and"
+                    + (" context, and the definition it runs)" if exact is not None else " context)"),
+                    None if exact is not None else call.definition,
+                )
             if room is not None:
                 raise BatchFailedError(room, HISTORY_LIMIT)
             problem = self._payload_problem(
                 child_input,
                 f"the child run's input (the definition, its {len(call.batch.items)} items and the"
                 " context the foreach's body reads)",
+                exact,
             )
             if problem is not None:
                 raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
@@ -1618,7 +1641,7 @@ class _TemporalRuntime:
         output: dict[str, Any] = result.output
         return output
 
-    def _payload_problem(self, value: BaseModel, what: str) -> str | None:
+    def _payload_problem(self, value: BaseModel, what: str, size: int | None = None) -> str | None:
         """Why ``value`` (a child run's or an activity's input) cannot go to Temporal inline, or
         None: without the payload store it goes in history as one payload, which Temporal refuses
         over 2 MiB, and the SDK's refusal ("TMPRL1103 ... exceeded the error limit") fails the
@@ -1634,7 +1657,8 @@ class _TemporalRuntime:
         Patch ``payload-too-large``, asked only for such an input: on a server whose
         ``limit.blobSize.error`` is raised above 2 MiB, a recorded run may have sent one.
         """
-        size = _payload_bytes(value)
+        if size is None:  # (else measured already, as sent: see _child_send_bytes)
+            size = _payload_bytes(value)
         if self.input_budget is not None:  # with the store: the state budget, what the store takes
             limit = self.input_limit()
             if size <= limit or not self.patched(PATCH_STORE_INPUT_BUDGET):

@@ -95,7 +95,8 @@ async def _fails_near_the_ceiling(handle: Handle) -> ApplicationError:
     cause = failed.value.cause
     assert isinstance(cause, ApplicationError), repr(cause)
     assert cause.type == "HistoryLimit", cause.message
-    assert f"past {CEILING:,} bytes" in cause.message
+    # (Past the ceiling, or past the half of the room under it that child runs may hold.)
+    assert f"past {CEILING:,} bytes" in cause.message or f"under {CEILING:,} bytes" in cause.message
     described = await handle.describe()
     assert described.status is not None
     assert described.status.name == "FAILED"  # not TERMINATED by the server

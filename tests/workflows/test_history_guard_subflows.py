@@ -165,3 +165,61 @@ async def test_a_child_refused_by_the_half_children_may_hold_says_so(
     assert "child runs hold at most half" in result.error
     size = await _history_size(client, run.workflow_id)
     assert size <= CEILING
+
+
+async def test_a_definition_is_bounded_as_it_travels_not_as_dumped_in_full(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    # Found by a review: the bound measured the definition with every default written out, 555 KB
+    # for this 244 KB definition (2,000 small steps), and refused it. It travels compact, as a run's
+    # input carries its definition, and is measured so: the subflow runs.
+    name = unique("wide")
+    steps: list[dict[str, Any]] = [{"id": "done", "type": "succeed", "output": "ok"}]
+    steps += [
+        {
+            "id": f"step_{n}",
+            "type": "task",
+            "action": "http",
+            "input": {"url": f"https://example.com/api/{n}", "method": "POST"},
+        }
+        for n in range(2000)
+    ]
+    await flows.register({"name": name, "steps": steps}, author="ann")
+    run = await flows.start_run(
+        {"name": unique("parent"), "steps": [{"id": "sub", "type": "subflow", "definition": name}]}
+    )
+    result = await run.result(timeout=120)
+    assert result.state == RunState.COMPLETED, result.error
+
+
+async def test_a_compensations_child_is_not_refused_near_the_ceiling(
+    flows: FlowClient, store_worker: Worker, lowered: None
+) -> None:
+    # Found by a review: the send guard refused a compensation's subflow whose 2 MB input came near
+    # the (lowered) ceiling, and the run stayed half undone; a compensation's task input goes.
+    undo = await _register_literal(flows, "undo", 10)
+    document = {
+        "name": unique("parent"),
+        "steps": [
+            {
+                "id": "book",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": "booked"},
+                "compensate": [
+                    {
+                        "id": "unbook",
+                        "type": "subflow",
+                        "definition": undo,
+                        "input": {"a": "{{ input.big }}", "b": "{{ input.big }}"},
+                    }
+                ],
+            },
+            {"id": "boom", "type": "fail", "message": "no stock"},
+        ],
+    }
+    run = await flows.start_run(document, {"big": ["x" * 1000] * 990, "pad": "p" * 600_000})
+    result = await run.result(timeout=90)
+    assert result.state == RunState.FAILED
+    unbook = next(r for r in result.steps if r.id == "unbook")
+    assert unbook.status.value == "completed", unbook.error

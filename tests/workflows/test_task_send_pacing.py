@@ -9,6 +9,7 @@ next workflow task, and the run goes on as the definition says.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -16,9 +17,10 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import TerminatedError
 from temporalio.worker import Worker
 
-from interpreter.state import RunState
+from interpreter.state import RunInput, RunOptions, RunState
+from interpreter.validate import load_definition
 from tests.workflows.support import chain_events, compensated_echo, definition, events, start, unique
-from workflows.generic import ENGINE_LEVEL, PATCH_CHILD_SEND_PACING, PATCH_LEVELS
+from workflows.generic import ENGINE_LEVEL, PATCH_CHILD_SEND_PACING, PATCH_LEVELS, RunDefinitionWorkflow
 
 
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL], ids=["asked", "generation"])
@@ -120,3 +122,61 @@ async def test_the_definition_each_child_run_carries_is_paced_too(
         for e in initiated
     }
     assert len(tasks) >= 4  # 1.5 MiB a workflow task: at most 15 of these starts in each
+
+
+def _one_item_slices(count: int, value: str) -> dict[str, Any]:
+    return definition(
+        unique("slices"),
+        [
+            {
+                "id": "pull",
+                "type": "foreach",
+                "items": f"range({count}) | list",
+                "fan_out_above": 1,
+                "batch_size": 1,
+                "concurrency": count,
+                "steps": [{"id": "e", "type": "task", "action": "echo", "input": {"value": value}}],
+                "output": "{{ steps.e.output }}",
+            }
+        ],
+        output={"n": "{{ steps.pull.output | length }}"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("run_input", "options", "value"),
+    [
+        # Every slice carries the run input its body reads: 280,000 control characters, counted
+        # one byte each by the estimate, six each as sent (1.7 MB a slice).
+        ({"blob": "\x01" * 280_000}, {}, "{{ input.blob | length }}"),
+        # Every slice carries the run's options: a dry run's 300 KB of canned outputs.
+        ({}, {"dry_run": True, "canned_outputs": {"unrelated": "c" * 300_000}}, "{{ item }}"),
+    ],
+    ids=["escapes", "canned-outputs"],
+)
+async def test_a_child_run_input_is_paced_at_its_size_as_sent(
+    client: Client,
+    task_queue: str,
+    worker: Worker,
+    run_input: dict[str, Any],
+    options: dict[str, Any],
+    value: str,
+) -> None:
+    # Found by a review of child-send-pacing: it paced the definition but still estimated the
+    # rest, and both fan-outs were terminated by the server (GrpcMessageTooLarge). A child's input
+    # is now paced at its payload's size, which the payload check measures anyway.
+    count = 12 if options == {} else 30
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(_one_item_slices(count, value)),
+            input=run_input,
+            options=RunOptions(engine_level=ENGINE_LEVEL, **options),
+        ),
+        id=unique("sent"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=3),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": count}
