@@ -1256,26 +1256,41 @@ class _TemporalRuntime:
         return min(budget, STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN)
 
     def _definition_send_bytes(self, definition: Definition) -> int:
-        """The bytes a child run's ``definition`` adds to its input (compact, as it travels), counted
-        into the room a child's input and result take before the input is built
-        (:data:`PATCH_CHILD_SEND_PACING`); 0 in runs of an earlier generation. The last one measured
-        is remembered (a fan-out's slices all carry the run's own)."""
+        """What a child run's input carries beside its items or input, estimated before it is
+        built (:data:`PATCH_CHILD_SEND_PACING`): its ``definition`` (compact, as it travels) and a
+        dry run's canned outputs in its options; 0 in runs of an earlier generation. The last
+        definition measured is remembered (a fan-out's slices all carry the run's own)."""
         if not patch_applies(self._options, PATCH_CHILD_SEND_PACING):
             return 0
         known = self._definition_size
         if known is None or known[0] is not definition:
-            size = len(definition.model_dump_json(by_alias=True, exclude_defaults=True))
+            size = len(definition.model_dump_json(by_alias=True, exclude_defaults=True).encode())
             known = self._definition_size = (definition, size)
-        return known[1]
+        canned = (
+            json_size(self._options.canned_outputs, TASK_SEND_BUDGET) if self._options.canned_outputs else 0
+        )
+        return known[1] + canned
 
-    def _child_send_bytes(self, child_input: RunInput) -> int | None:
-        """The bytes a child run's input takes as sent (one payload: its definition, items or
-        input and options, escapes and all), paced and counted by the send guard
-        (:data:`PATCH_CHILD_SEND_PACING`); None in runs of an earlier generation, which count an
-        estimate of its items or input only."""
+    async def _pace_child_send(self, child_input: RunInput, counted: int, summary: str) -> int | None:
+        """Paces a child run's input (:meth:`_pace_send`): on ``counted``, its estimate, then in
+        runs of :data:`PATCH_CHILD_SEND_PACING`'s generation at its size as sent (one payload: its
+        definition, items or input and options, escapes and all), which it returns (None in runs of
+        an earlier generation). Measured only once paced on the estimate, so one workflow task
+        serializes about a task's worth of inputs, not every child waiting; when the size as sent
+        does not fit in this task's sends, the input waits for the next task, counted so there."""
+        await self._pace_send(counted, summary)
         if not patch_applies(self._options, PATCH_CHILD_SEND_PACING):
             return None
-        return _payload_bytes(child_input)
+        exact = _payload_bytes(child_input)
+        if exact > counted:
+            # (No yield since the estimate was counted: the same workflow task.)
+            alone = self._sent == counted
+            if alone or self._sent - counted + exact <= TASK_SEND_BUDGET:
+                self._sent += exact - counted
+            else:
+                self._sent -= counted
+                await self._pace_send(exact, summary)
+        return exact
 
     async def _pace_send(self, size: int, summary: str) -> None:
         """Counts an input of ``size`` bytes into this workflow task's; past
@@ -1424,9 +1439,8 @@ class _TemporalRuntime:
             input=call.input,
             options=self._options.model_copy(update={"subflow_depth": call.depth, "result_limit": grant}),
         )
-        exact = self._child_send_bytes(child_input)
+        exact = await self._pace_child_send(child_input, counted, call.summary)
         sent = counted if exact is None else exact
-        await self._pace_send(sent, call.summary)
         room = None
         if exact is None or not call.compensating:  # (generation 20: compensations always go)
             room = self._history_room_problem(
@@ -1568,9 +1582,8 @@ class _TemporalRuntime:
                 options=self._options.model_copy(update={"result_limit": grant}),
                 batch=call.batch,
             )
-            exact = self._child_send_bytes(child_input)
+            exact = await self._pace_child_send(child_input, counted, call.summary)
             sent = counted if exact is None else exact
-            await self._pace_send(sent, call.summary)
             room = None
             if exact is None or not call.compensating:  # (generation 20: compensations always go)
                 room = self._history_room_problem(

@@ -12,11 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from temporalio import workflow as temporal_workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import TerminatedError
 from temporalio.worker import Worker
 
+import workflows.generic
 from interpreter.state import RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
 from tests.workflows.support import chain_events, compensated_echo, definition, events, start, unique
@@ -180,3 +182,43 @@ async def test_a_child_run_input_is_paced_at_its_size_as_sent(
     result = await handle.result()
     assert result.state == RunState.COMPLETED, result.error
     assert result.output == {"n": count}
+
+
+async def test_child_inputs_are_measured_a_workflow_task_at_a_time(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a review: measuring each child's input as sent before pacing it serialized every
+    # slice waiting to start in one activation (100 slices of 1.6 MB: about a second; a few hundred
+    # pass the SDK's 2 s deadlock detector). Each is now paced on its estimate first, so one
+    # workflow task measures about a task's worth (1.5 MiB: five of these 300 KB inputs, and one
+    # more that waits for the next). The worker runs the workflow outside the sandbox: the
+    # measuring function seen here is the one it calls.
+    measured: dict[int, int] = {}
+    parent = unique("measured")
+    real = workflows.generic._payload_bytes
+
+    def counting(value: Any) -> int:
+        if isinstance(value, RunInput) and value.batch is not None:
+            info = temporal_workflow.info()
+            if info.workflow_id == parent:
+                length = info.get_current_history_length()
+                measured[length] = measured.get(length, 0) + 1
+        return real(value)
+
+    monkeypatch.setattr(workflows.generic, "_payload_bytes", counting)
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(_one_item_slices(30, "{{ item }}")),
+            options=RunOptions(
+                engine_level=ENGINE_LEVEL, dry_run=True, canned_outputs={"unrelated": "c" * 300_000}
+            ),
+        ),
+        id=parent,
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=3),
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert sum(measured.values()) >= 30, measured
+    assert max(measured.values()) <= 6, measured
