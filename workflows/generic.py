@@ -1271,6 +1271,21 @@ class _TemporalRuntime:
         )
         return known[1] + canned
 
+    async def _send_child(
+        self, child_input: RunInput, counted: int, call: SubflowCall | BatchCall, what: str, what_exact: str
+    ) -> tuple[int | None, str | None]:
+        """Paces a child run's input (:meth:`_pace_child_send`) and asks the send guard about it
+        (:meth:`_history_room_problem`, ``what`` it is, ``what_exact`` when measured as sent): its
+        size as sent (None in runs of an earlier generation) and why it is not sent, or None. In
+        runs of :data:`PATCH_CHILD_SEND_PACING`'s generation a compensation's child always goes, as
+        a compensation's task does."""
+        exact = await self._pace_child_send(child_input, counted, call.summary)
+        if exact is None:
+            return None, self._history_room_problem(counted, what, child_input.definition)
+        if call.compensating:
+            return exact, None
+        return exact, self._history_room_problem(exact, what_exact)
+
     async def _pace_child_send(self, child_input: RunInput, counted: int, summary: str) -> int | None:
         """Paces a child run's input (:meth:`_pace_send`): on ``counted``, its estimate, then in
         runs of :data:`PATCH_CHILD_SEND_PACING`'s generation at its size as sent (one payload: its
@@ -1439,15 +1454,8 @@ class _TemporalRuntime:
             input=call.input,
             options=self._options.model_copy(update={"subflow_depth": call.depth, "result_limit": grant}),
         )
-        exact = await self._pace_child_send(child_input, counted, call.summary)
-        sent = counted if exact is None else exact
-        room = None
-        if exact is None or not call.compensating:  # (generation 20: compensations always go)
-            room = self._history_room_problem(
-                sent,
-                f"the input of its child run {temporal_id(call.workflow_id)!r}",
-                None if exact is not None else child,
-            )
+        what = f"the input of its child run {temporal_id(call.workflow_id)!r}"
+        exact, room = await self._send_child(child_input, counted, call, what, what)
         if room is not None:
             raise SubflowFailedError(f"subflow {call.definition!r}: {room}", HISTORY_LIMIT)
         problem = self._payload_problem(
@@ -1582,16 +1590,14 @@ class _TemporalRuntime:
                 options=self._options.model_copy(update={"result_limit": grant}),
                 batch=call.batch,
             )
-            exact = await self._pace_child_send(child_input, counted, call.summary)
-            sent = counted if exact is None else exact
-            room = None
-            if exact is None or not call.compensating:  # (generation 20: compensations always go)
-                room = self._history_room_problem(
-                    sent,
-                    f"the input of the child run {temporal_id(call.workflow_id)!r} (its items and"
-                    + (" context, and the definition it runs)" if exact is not None else " context)"),
-                    None if exact is not None else call.definition,
-                )
+            what = f"the input of the child run {temporal_id(call.workflow_id)!r}"
+            exact, room = await self._send_child(
+                child_input,
+                counted,
+                call,
+                f"{what} (its items and context)",
+                f"{what} (its items, context and definition)",
+            )
             if room is not None:
                 raise BatchFailedError(room, HISTORY_LIMIT)
             problem = self._payload_problem(

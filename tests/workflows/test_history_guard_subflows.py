@@ -113,13 +113,12 @@ async def test_a_definition_larger_than_an_actions_output_is_refused_in_words(
     assert "WFA_PAYLOAD_STORE" in result.error
 
 
-async def test_a_compensation_runs_a_large_definition_all_the_same(
-    flows: FlowClient, store_worker: Worker
-) -> None:
-    # Compensations always go (found by a review: the bound refused a compensation's 600 KB
-    # definition, and the run stayed half undone). The booking is undone by a subflow of it.
-    undo = await _register_literal(flows, "undo", 600_000)
-    document = {
+def _compensated_by(undo: str, undo_input: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A booking undone by a subflow of ``undo`` (with ``undo_input``), then a failure."""
+    unbook: dict[str, Any] = {"id": "unbook", "type": "subflow", "definition": undo}
+    if undo_input is not None:
+        unbook["input"] = undo_input
+    return {
         "name": unique("parent"),
         "steps": [
             {
@@ -127,12 +126,20 @@ async def test_a_compensation_runs_a_large_definition_all_the_same(
                 "type": "task",
                 "action": "echo",
                 "input": {"value": "booked"},
-                "compensate": [{"id": "unbook", "type": "subflow", "definition": undo}],
+                "compensate": [unbook],
             },
             {"id": "boom", "type": "fail", "message": "no stock"},
         ],
     }
-    result = await (await flows.start_run(document)).result(timeout=60)
+
+
+async def test_a_compensation_runs_a_large_definition_all_the_same(
+    flows: FlowClient, store_worker: Worker
+) -> None:
+    # Compensations always go (found by a review: the bound refused a compensation's 600 KB
+    # definition, and the run stayed half undone). The booking is undone by a subflow of it.
+    undo = await _register_literal(flows, "undo", 600_000)
+    result = await (await flows.start_run(_compensated_by(undo))).result(timeout=60)
     assert result.state == RunState.FAILED
     unbook = next(r for r in result.steps if r.id == "unbook")
     assert unbook.status.value == "completed", unbook.error
@@ -198,26 +205,7 @@ async def test_a_compensations_child_is_not_refused_near_the_ceiling(
     # Found by a review: the send guard refused a compensation's subflow whose 2 MB input came near
     # the (lowered) ceiling, and the run stayed half undone; a compensation's task input goes.
     undo = await _register_literal(flows, "undo", 10)
-    document = {
-        "name": unique("parent"),
-        "steps": [
-            {
-                "id": "book",
-                "type": "task",
-                "action": "echo",
-                "input": {"value": "booked"},
-                "compensate": [
-                    {
-                        "id": "unbook",
-                        "type": "subflow",
-                        "definition": undo,
-                        "input": {"a": "{{ input.big }}", "b": "{{ input.big }}"},
-                    }
-                ],
-            },
-            {"id": "boom", "type": "fail", "message": "no stock"},
-        ],
-    }
+    document = _compensated_by(undo, {"a": "{{ input.big }}", "b": "{{ input.big }}"})
     run = await flows.start_run(document, {"big": ["x" * 1000] * 990, "pad": "p" * 600_000})
     result = await run.result(timeout=90)
     assert result.state == RunState.FAILED
