@@ -1255,7 +1255,7 @@ class _TemporalRuntime:
             return INLINE_INPUT_MAX_BYTES
         return min(budget, STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN)
 
-    def _definition_send_bytes(self, definition: Definition) -> int:
+    def _carried_send_bytes(self, definition: Definition) -> int:
         """What a child run's input carries beside its items or input, estimated before it is
         built (:data:`PATCH_CHILD_SEND_PACING`): its ``definition`` (compact, as it travels) and a
         dry run's canned outputs in its options; 0 in runs of an earlier generation. The last
@@ -1388,8 +1388,7 @@ class _TemporalRuntime:
         finally:
             if resolve_room:
                 self._release_room(resolve_room)
-        carried = self._definition_send_bytes(resolved.definition)
-        counted = json_size(call.input, TASK_SEND_BUDGET) + carried
+        counted = json_size(call.input, TASK_SEND_BUDGET) + self._carried_send_bytes(resolved.definition)
         held, grant = 0, None
         if call.wait and not call.compensating:  # (compensations always go, as tasks do)
             try:
@@ -1399,7 +1398,7 @@ class _TemporalRuntime:
             except _NoRoomError as no_room:
                 raise SubflowFailedError(f"subflow {call.definition!r}: {no_room}", HISTORY_LIMIT) from None
         try:
-            return await self._run_subflow(call, resolved, counted, grant, carried=carried)
+            return await self._run_subflow(call, resolved, counted, grant)
         finally:
             if held:
                 self._release_room(held, child=True)
@@ -1435,18 +1434,11 @@ class _TemporalRuntime:
         return resolved
 
     async def _run_subflow(
-        self,
-        call: SubflowCall,
-        resolved: SubflowDefinition,
-        counted: int,
-        grant: int | None,
-        *,
-        carried: int,
+        self, call: SubflowCall, resolved: SubflowDefinition, counted: int, grant: int | None
     ) -> dict[str, Any]:
         """:meth:`run_subflow` once its definition is resolved (and the room for a waited-for
         child's result held: ``grant``, the most it may return, see :meth:`_hold_child_room`).
-        ``counted`` holds the definition's bytes when ``carried`` does
-        (:data:`PATCH_CHILD_SEND_PACING`)."""
+        ``counted`` estimates the child's input (with what it carries: :meth:`_carried_send_bytes`)."""
         tenant = self._options.tenant
         child = resolved.definition
         child_input = RunInput(
@@ -1571,8 +1563,7 @@ class _TemporalRuntime:
         its output. The child is cancelled with its parent (which waits until the child has run
         its compensations) and if the parent closes first."""
         parent = workflow.info().workflow_id
-        carried = self._definition_send_bytes(call.definition)
-        counted = _batch_json_size(call.batch) + carried
+        counted = _batch_json_size(call.batch) + self._carried_send_bytes(call.definition)
         held, grant = 0, None
         try:
             if not call.compensating:  # (compensations always go, as tasks do)
@@ -1676,7 +1667,7 @@ class _TemporalRuntime:
         Patch ``payload-too-large``, asked only for such an input: on a server whose
         ``limit.blobSize.error`` is raised above 2 MiB, a recorded run may have sent one.
         """
-        if size is None:  # (else measured already, as sent: see _child_send_bytes)
+        if size is None:  # (else measured already, as sent: see _pace_child_send)
             size = _payload_bytes(value)
         if self.input_budget is not None:  # with the store: the state budget, what the store takes
             limit = self.input_limit()
