@@ -74,6 +74,28 @@ async def test_large_inputs_of_one_workflow_task_are_sent_over_several(
     assert len(tasks) >= 7  # at most one 0.9 MB input past the first 1.5 MiB: two per task
 
 
+def _one_item_slices(count: int, value: str, *after: dict[str, Any]) -> dict[str, Any]:
+    """A foreach of ``count`` items fanned out in one-item slices, all at once, each echoing
+    ``value`` (then the ``after`` steps); its output counts the items."""
+    return definition(
+        unique("slices"),
+        [
+            {
+                "id": "pull",
+                "type": "foreach",
+                "items": f"range({count}) | list",
+                "fan_out_above": 1,
+                "batch_size": 1,
+                "concurrency": count,
+                "steps": [{"id": "e", "type": "task", "action": "echo", "input": {"value": value}}],
+                "output": "{{ steps.e.output }}",
+            },
+            *after,
+        ],
+        output={"n": "{{ steps.pull.output | length }}"},
+    )
+
+
 @pytest.mark.parametrize("level", [PATCH_LEVELS[PATCH_CHILD_SEND_PACING] - 1, ENGINE_LEVEL])
 async def test_the_definition_each_child_run_carries_is_paced_too(
     client: Client, task_queue: str, worker: Worker, level: int
@@ -83,28 +105,13 @@ async def test_the_definition_each_child_run_carries_is_paced_too(
     # definition. Before, only the items and context were paced, and the 60 starts went out in one
     # completion of 6 MB: the server refused it and terminated the run (found by a probe of this
     # session). Now the definition counts, and the starts go out over several workflow tasks.
-    document = definition(
-        unique("carried"),
-        [
-            {
-                "id": "pull",
-                "type": "foreach",
-                "items": "range(60) | list",
-                "fan_out_above": 1,
-                "batch_size": 1,
-                "concurrency": 60,
-                "steps": [{"id": "e", "type": "task", "action": "echo", "input": {"value": "{{ item }}"}}],
-                "output": "{{ steps.e.output }}",
-            },
-            {
-                "id": "never",
-                "type": "condition",
-                "if": "false",
-                "then": {"steps": [{"id": "pad", "type": "succeed", "output": "p" * 100_000}]},
-            },
-        ],
-        output={"n": "{{ steps.pull.output | length }}"},
-    )
+    pad = {
+        "id": "never",
+        "type": "condition",
+        "if": "false",
+        "then": {"steps": [{"id": "pad", "type": "succeed", "output": "p" * 100_000}]},
+    }
+    document = _one_item_slices(60, "{{ item }}", pad)
     handle = await start(client, task_queue, document, engine_level=level)
     if level < ENGINE_LEVEL:
         # The probe's finding, kept for runs of the generation before.
@@ -124,25 +131,6 @@ async def test_the_definition_each_child_run_carries_is_paced_too(
         for e in initiated
     }
     assert len(tasks) >= 4  # 1.5 MiB a workflow task: at most 15 of these starts in each
-
-
-def _one_item_slices(count: int, value: str) -> dict[str, Any]:
-    return definition(
-        unique("slices"),
-        [
-            {
-                "id": "pull",
-                "type": "foreach",
-                "items": f"range({count}) | list",
-                "fan_out_above": 1,
-                "batch_size": 1,
-                "concurrency": count,
-                "steps": [{"id": "e", "type": "task", "action": "echo", "input": {"value": value}}],
-                "output": "{{ steps.e.output }}",
-            }
-        ],
-        output={"n": "{{ steps.pull.output | length }}"},
-    )
 
 
 @pytest.mark.parametrize(
