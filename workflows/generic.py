@@ -116,7 +116,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
-    from interpreter.sizes import ACTION_OUTPUT_BUDGET, JSON_ESCAPE_EXPANSION, json_size, temporal_id
+    from interpreter.sizes import (
+        ACTION_OUTPUT_BUDGET,
+        JSON_ESCAPE_EXPANSION,
+        json_size,
+        json_written_size,
+        temporal_id,
+    )
     from interpreter.state import (
         FINAL_STATES,
         CancelRequest,
@@ -304,6 +310,23 @@ slices at once of a 100 KB definition put 6 MB in one workflow task completion, 
 compensation, no ``on_failure``; so did slices of a dry run's 300 KB of canned outputs, and of an
 input of control characters (six bytes each as JSON, one in the estimate). Only in runs started at
 its generation (:data:`NEVER_ASKED_PATCHES`): it also changes what the send guard counts."""
+PATCH_TASK_INPUT_ESCAPES = "task-input-escapes"
+"""Patch id: a task's activity input is paced (:data:`PATCH_TASK_SEND_PACING`) and counted by the
+send guard with its strings as written, escapes and all (:func:`interpreter.sizes.json_written_size`),
+not their length. Before, five tasks at once each sending 300,000 control characters (counted one
+byte each, written six: ``\\u0001``) went out in one workflow task completion of 9 MB, past the
+server's 4 MiB gRPC limit: the server terminated the run (``GrpcMessageTooLarge``), no compensation,
+no ``on_failure``. Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`): it changes
+when commands go out."""
+PATCH_SLOT_SEND_PACING = "slot-send-pacing"
+"""Patch id: an input that waited for a free slot (over :data:`MAX_PENDING_CHILDREN` open child runs,
+or :data:`MAX_PENDING_ACTIVITIES` pending activities) is paced again (:data:`PATCH_TASK_SEND_PACING`)
+in the workflow task that starts it. Before, it was paced only in the task where it began to wait,
+so every input waiting when several slots freed in one workflow task went out together: four
+waited-for subflows of 1.3 MB each, waiting behind four detached children that closed while the
+worker was down, started in one completion of 5.2 MB, past the server's 4 MiB gRPC limit, and the
+server terminated the run (``GrpcMessageTooLarge``), no compensation, no ``on_failure``. Only in
+runs started at its generation (:data:`NEVER_ASKED_PATCHES`): it changes when commands go out."""
 PATCH_TASK_SEND_PACING = "task-send-pacing"
 """Patch id: once the inputs of the activities and child runs a workflow task schedules add up to
 :data:`TASK_SEND_BUDGET`, the next one waits for the next workflow task (a 1 ms timer ends this
@@ -396,6 +419,8 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_HISTORY_GUARD_CHILDREN: 19,
     PATCH_HISTORY_GUARD_SUBFLOWS: 20,
     PATCH_CHILD_SEND_PACING: 20,
+    PATCH_TASK_INPUT_ESCAPES: 21,
+    PATCH_SLOT_SEND_PACING: 21,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -425,6 +450,8 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_HISTORY_GUARD_CHILDREN,
     PATCH_HISTORY_GUARD_SUBFLOWS,
     PATCH_CHILD_SEND_PACING,
+    PATCH_TASK_INPUT_ESCAPES,
+    PATCH_SLOT_SEND_PACING,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -433,7 +460,8 @@ than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a
 (its cancellation commands may go out in another order), and ``history-guard-children``, whose
 child runs carry the room held for their results (a child of an earlier build would not bound its
 result by it), ``history-guard-subflows``, whose resolving activity carries its bound, and
-``child-send-pacing``, which changes what the send guard counts."""
+``child-send-pacing`` and ``task-input-escapes``, which change what the send guard counts, and
+``slot-send-pacing``, which changes when an input that waited for a slot goes out."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -686,8 +714,10 @@ CHILD_RESULT_FLOOR = 64 * 1024
 TASK_SEND_BUDGET = 1536 * 1024
 """Most bytes of activity and child run inputs one workflow task sends before the next input waits
 for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
-most 4 MiB (its gRPC limit), and one input may add up to 2 MiB more. Counted as ``json_size`` (an
-input stored by reference is counted whole: the safe side)."""
+most 4 MiB (its gRPC limit), and one input may add up to 2 MiB more. A task's input is counted as
+``json_written_size`` (:data:`PATCH_TASK_INPUT_ESCAPES`; ``json_size``, escapes not counted, in runs
+of an earlier generation), a child run's at its size as sent (:data:`PATCH_CHILD_SEND_PACING`); an
+input stored by reference is counted whole: the safe side."""
 
 
 SEARCH_ATTRIBUTE_MAX_BYTES = 2048
@@ -904,7 +934,11 @@ class _TemporalRuntime:
             )
         # One walk of the input serves both. Paced first: a large input measured (serialized) below
         # waits for a workflow task of its own.
-        counted = json_size(call.request.input, max(TASK_SEND_BUDGET, self._input_count_bound()))
+        bound = max(TASK_SEND_BUDGET, self._input_count_bound())
+        if patch_applies(self._options, PATCH_TASK_INPUT_ESCAPES):
+            counted = json_written_size(call.request.input, bound)
+        else:
+            counted = json_size(call.request.input, bound)
         room = RESULT_ROOM if call.task_queue is None else FOREIGN_RESULT_ROOM
         held = await self._hold_result_room(call, counted, room)
         try:
@@ -1090,9 +1124,11 @@ class _TemporalRuntime:
         telemetry = self._telemetry
         started = workflow.now()
         failure: BaseException | None = None
+        paced = self.task_key()
         with telemetry.step_span(call.path, call.step_id, call.action) as span:
             try:
                 async with self._activity_slots:
+                    await self._pace_after_slot(paced, counted, call.summary)
                     result: ActionResult = await self._execute_activity(call, policy)
             except ActivityError as err:
                 if isinstance(err.cause, CancelledError):
@@ -1307,6 +1343,14 @@ class _TemporalRuntime:
                 await self._pace_send(exact, summary)
         return exact
 
+    async def _pace_after_slot(self, paced: int, size: int, summary: str) -> None:
+        """Paces again an input of ``size`` bytes, paced in the workflow task ``paced``, when it
+        waited for a slot into a later one (:data:`PATCH_SLOT_SEND_PACING`): several slots freed in
+        one task would otherwise start every input waiting for them there, each counted in the task
+        where it began to wait. No yield when it did not wait."""
+        if paced != self.task_key() and patch_applies(self._options, PATCH_SLOT_SEND_PACING):
+            await self._pace_send(size, summary)
+
     async def _pace_send(self, size: int, summary: str) -> None:
         """Counts an input of ``size`` bytes into this workflow task's; past
         :data:`TASK_SEND_BUDGET` (and not the first), it waits for the next workflow task, which one
@@ -1462,8 +1506,10 @@ class _TemporalRuntime:
                 " Start fewer per run (a loop that continues as new starts afresh), or wait for them",
                 SUBFLOW_LIMIT_EXCEEDED,
             )
+        paced = self.task_key()
         await self._child_slots.acquire()  # waits only over the cap; otherwise no yield, no reorder
         try:
+            await self._pace_after_slot(paced, counted if exact is None else exact, call.summary)
             handle = await self._start_child(
                 child_input,
                 call.workflow_id,
@@ -1599,7 +1645,9 @@ class _TemporalRuntime:
             )
             if problem is not None:
                 raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
+            paced = self.task_key()
             async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
+                await self._pace_after_slot(paced, counted if exact is None else exact, call.summary)
                 return await self._run_batch(call, child_input, parent)
         finally:
             if held:

@@ -5,8 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic_core import to_json
+
 from interpreter.engine import PATCH_VALUE_DEPTH
-from interpreter.sizes import ID_MAX_BYTES, RUN_STATE_BUDGET, VALUE_MAX_DEPTH, json_size, temporal_id
+from interpreter.sizes import (
+    ID_MAX_BYTES,
+    RUN_STATE_BUDGET,
+    VALUE_MAX_DEPTH,
+    json_size,
+    json_written_size,
+    temporal_id,
+)
 from interpreter.state import RunState, StepStatus
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import rec, run, task
@@ -75,6 +85,31 @@ def test_an_id_past_temporals_limit_is_fitted_uniquely_and_stably() -> None:
     assert fitted.startswith("a" * 600)  # readable in the Web UI
     assert fitted.endswith("é.call")
     assert "\ufffd" not in fitted  # no character cut in half
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "\x01" * 1000, 'a "quoted" \\ path\n\t\r\b\f', "héllo wörld", "日本語", "emoji 😀", "\x7f", ""],
+    ids=["ascii", "control", "escapes", "latin", "cjk", "astral", "del", "empty"],
+)
+def test_a_string_is_counted_as_temporals_converter_writes_it(text: str) -> None:
+    # Patch task-input-escapes paces a task's input by json_written_size: a string counts exactly
+    # what pydantic (Temporal's converter here) writes, where json_size counted a control
+    # character one byte of six (a review's finding: an input of them passed the pacing 6x).
+    assert json_written_size(text) == len(to_json(text))
+    assert json_written_size({"k": [text, text]}) >= len(to_json({"k": [text, text]}))
+
+
+def test_the_written_count_is_never_far_short_of_what_is_written() -> None:
+    # Numbers and separators are counted as by json_size: never less than two thirds of what is
+    # written (the bound the pacing's 4 MiB arithmetic in the README rests on).
+    worst = [-1] * 1000
+    assert json_written_size(worst) * 3 >= len(to_json(worst)) * 2
+    mixed = {"": 0, "a": [None, True, 1.5, -7, 10**30], "\x02": {"\u00e9": "\x03" * 50}}
+    assert json_written_size(mixed) * 3 >= len(to_json(mixed)) * 2
+    assert json_written_size(mixed) >= json_size(mixed)
+    # The limit stops the count: a string alone past it is not escaped.
+    assert json_written_size(["\x01" * 10_000], limit=100) > 100
 
 
 async def test_a_value_nested_past_what_a_run_keeps_fails_its_step_from_the_patch_on() -> None:

@@ -22,7 +22,13 @@ import workflows.generic
 from interpreter.state import RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
 from tests.workflows.support import chain_events, compensated_echo, definition, events, start, unique
-from workflows.generic import ENGINE_LEVEL, PATCH_CHILD_SEND_PACING, PATCH_LEVELS, RunDefinitionWorkflow
+from workflows.generic import (
+    ENGINE_LEVEL,
+    PATCH_CHILD_SEND_PACING,
+    PATCH_LEVELS,
+    PATCH_TASK_INPUT_ESCAPES,
+    RunDefinitionWorkflow,
+)
 
 
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL], ids=["asked", "generation"])
@@ -72,6 +78,64 @@ async def test_large_inputs_of_one_workflow_task_are_sent_over_several(
     # Sent over several workflow tasks, each completion under the server's 4 MiB.
     tasks = {e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id for e in scheduled}
     assert len(tasks) >= 7  # at most one 0.9 MB input past the first 1.5 MiB: two per task
+
+
+@pytest.mark.parametrize("level", [PATCH_LEVELS[PATCH_TASK_INPUT_ESCAPES] - 1, ENGINE_LEVEL])
+async def test_a_task_input_is_paced_with_its_escapes(
+    client: Client, task_queue: str, worker: Worker, level: int
+) -> None:
+    # Patch task-input-escapes. Six tasks at once, each sending the run's input of 300,000 control
+    # characters: counted one byte each by json_size, written six each (1.8 MB an input). Before,
+    # five went out in one workflow task completion of 9 MB: the server refused it and terminated
+    # the run (found by a review of child-send-pacing, which fixed it for child runs only). Now the
+    # escapes count, and each input goes out in a workflow task of its own.
+    document = definition(
+        unique("escapes"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(6) | list",
+                "concurrency": 6,
+                "steps": [
+                    {
+                        "id": "call",
+                        "type": "task",
+                        "action": "echo",
+                        # The echo's answer (1.8 MB as written) is over an action's output budget:
+                        # the step fails, and goes on (what matters is that each call was sent).
+                        "on_failure": "continue",
+                        "input": {"value": "{{ input.blob }}"},
+                    }
+                ],
+            },
+        ],
+        output={"n": "{{ steps.each.output | length }}"},
+    )
+    handle = await start(
+        client,
+        task_queue,
+        document,
+        {"blob": ["\x01" * 1000] * 300},
+        engine_level=level,
+        execution_timeout=timedelta(seconds=90),
+    )
+    if level < ENGINE_LEVEL:
+        # The finding, kept for runs of the generation before.
+        with pytest.raises(WorkflowFailureError) as failed:
+            await handle.result()
+        assert isinstance(failed.value.cause, TerminatedError), repr(failed.value.cause)
+        assert "GrpcMessageTooLarge" in str(failed.value.cause)
+        return
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert result.output == {"n": 6}
+    calls = [r for r in result.steps if r.id == "call"]
+    assert [r.error_type for r in calls] == ["ActionOutputTooLarge"] * 6  # every one was sent, once
+    scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    assert len(scheduled) == 6
+    tasks = {e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id for e in scheduled}
+    assert len(tasks) == 6  # 1.8 MB each as written, over the 1.5 MiB a workflow task sends: one each
 
 
 def _one_item_slices(count: int, value: str, *after: dict[str, Any]) -> dict[str, Any]:
