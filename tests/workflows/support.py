@@ -10,10 +10,11 @@ from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import uuid4
 
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, TerminatedError
 from temporalio.worker import Replayer, WorkflowReplayResult
 
 from interpreter.state import CurrentStepTracking, RunInput, RunOptions, RunResult, RunState, RunStatus
@@ -164,6 +165,16 @@ async def failure_of(handle: Handle) -> tuple[BaseException, RunResult | None]:
         assert cause is not None
         return cause, run_result
     raise AssertionError(f"the run did not fail: {result!r}")
+
+
+async def terminated_too_large(handle: WorkflowHandle[Any, Any]) -> None:
+    """Awaits a run the server is expected to terminate for a workflow task completion over its
+    4 MiB gRPC limit (``GrpcMessageTooLarge``): no compensation, no ``on_failure``. The finding a
+    patch fixes, kept for runs of the generation before it."""
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert isinstance(failed.value.cause, TerminatedError), repr(failed.value.cause)
+    assert "GrpcMessageTooLarge" in str(failed.value.cause)
 
 
 async def events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEvent]:

@@ -19,9 +19,9 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.exceptions import TerminatedError
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 import workflows.generic
 from activities.dead_letters import build_store_activities
@@ -29,7 +29,7 @@ from activities.store.database import Database
 from interpreter.state import RunState
 from starter.client import FlowClient
 from tests.workflows.limited_server import start_limited_server
-from tests.workflows.support import events, eventually, unique
+from tests.workflows.support import events, eventually, terminated_too_large, unique
 from worker import build_worker
 from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS, PATCH_SLOT_SEND_PACING
 
@@ -85,6 +85,17 @@ async def test_fanned_out_slices_over_the_pending_child_limit_wait_their_turn(
     assert await _started(client, run.workflow_id) == 8
 
 
+def _worker(client: Client, task_queue: str, http_client: httpx.AsyncClient, database: Database) -> Worker:
+    """The product's worker with the registry's activities (subflows resolve through them)."""
+    return build_worker(
+        client,
+        task_queue,
+        http_client,
+        extra_activities=build_store_activities(database.session_factory),
+        graceful_shutdown_timeout=timedelta(0),
+    )
+
+
 async def _refused_tasks(client: Client, workflow_id: str) -> int:
     return len(
         await events(client.get_workflow_handle(workflow_id), EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
@@ -116,16 +127,7 @@ async def test_children_over_the_pending_child_limit_wait_their_turn_or_fail_the
     await flows.register({"name": child, "steps": [body]}, author="eve")
     subflow = {"id": "sub", "type": "subflow", "definition": child, "wait": wait, "on_failure": "continue"}
     document = _spawner(concurrency=8, steps=[subflow])
-    async with (
-        httpx.AsyncClient() as http_client,
-        build_worker(
-            client,
-            task_queue,
-            http_client,
-            extra_activities=build_store_activities(database.session_factory),
-            graceful_shutdown_timeout=timedelta(0),
-        ),
-    ):
+    async with httpx.AsyncClient() as http_client, _worker(client, task_queue, http_client, database):
         run = await flows.start_run(document)
         result = await run.result(timeout=90)
     assert result.state == RunState.COMPLETED, result.error
@@ -216,15 +218,8 @@ async def test_children_whose_slots_free_together_start_over_several_workflow_ta
         ],
         "output": {"rows": "{{ steps.take.output }}"},
     }
-    activities = build_store_activities(database.session_factory)
     async with httpx.AsyncClient() as http_client:
-        async with build_worker(
-            client,
-            task_queue,
-            http_client,
-            extra_activities=activities,
-            graceful_shutdown_timeout=timedelta(0),
-        ):
+        async with _worker(client, task_queue, http_client, database):
             run = await flows.start_run(document, {"a": ["x" * 1000] * 650, "b": ["y" * 1000] * 650})
             parent = client.get_workflow_handle(run.workflow_id)
             history = await eventually(
@@ -235,19 +230,10 @@ async def test_children_whose_slots_free_together_start_over_several_workflow_ta
         assert len(holders) == LIMIT
         for execution in holders:  # no worker: their closures wait for the parent's next task together
             await client.get_workflow_handle(execution.workflow_id, run_id=execution.run_id).terminate()
-        async with build_worker(
-            client,
-            task_queue,
-            http_client,
-            extra_activities=activities,
-            graceful_shutdown_timeout=timedelta(0),
-        ):
+        async with _worker(client, task_queue, http_client, database):
             if level < ENGINE_LEVEL:
                 # The finding, kept for runs of the generation before.
-                with pytest.raises(WorkflowFailureError) as failed:
-                    await parent.result()
-                assert isinstance(failed.value.cause, TerminatedError), repr(failed.value.cause)
-                assert "GrpcMessageTooLarge" in str(failed.value.cause)
+                await terminated_too_large(parent)
                 return
             result = await run.result(timeout=90)
     assert result.state == RunState.COMPLETED, result.error

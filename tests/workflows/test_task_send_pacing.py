@@ -14,14 +14,21 @@ from typing import Any
 import pytest
 from temporalio import workflow as temporal_workflow
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.exceptions import TerminatedError
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 import workflows.generic
 from interpreter.state import RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
-from tests.workflows.support import chain_events, compensated_echo, definition, events, start, unique
+from tests.workflows.support import (
+    chain_events,
+    compensated_echo,
+    definition,
+    events,
+    start,
+    terminated_too_large,
+    unique,
+)
 from workflows.generic import (
     ENGINE_LEVEL,
     PATCH_CHILD_SEND_PACING,
@@ -29,6 +36,20 @@ from workflows.generic import (
     PATCH_TASK_INPUT_ESCAPES,
     RunDefinitionWorkflow,
 )
+
+
+def _echo_each(count: int, call_input: dict[str, Any]) -> dict[str, Any]:
+    """A foreach (``each``) of ``count`` echo tasks (``call``) at once, sending ``call_input``. Its
+    large answer is over an action's output budget: the step fails and goes on (what matters here
+    is that each call was sent)."""
+    call = {"id": "call", "type": "task", "action": "echo", "on_failure": "continue", "input": call_input}
+    return {
+        "id": "each",
+        "type": "foreach",
+        "items": f"range({count}) | list",
+        "concurrency": count,
+        "steps": [call],
+    }
 
 
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL], ids=["asked", "generation"])
@@ -39,23 +60,7 @@ async def test_large_inputs_of_one_workflow_task_are_sent_over_several(
         unique("sends"),
         [
             compensated_echo("charge", "ok", "refund", "refunded"),
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(12) | list",
-                "concurrency": 12,
-                "steps": [
-                    {
-                        "id": "call",
-                        "type": "task",
-                        "action": "echo",
-                        # The echo's 0.9 MB answer is over an action's output budget: the step
-                        # fails, and goes on (what matters here is that each call was sent).
-                        "on_failure": "continue",
-                        "input": {"value": "{{ input.big }}", "item": "{{ item }}"},
-                    }
-                ],
-            },
+            _echo_each(12, {"value": "{{ input.big }}", "item": "{{ item }}"}),
         ],
         output={"n": "{{ steps.each.output | length }}"},
     )
@@ -92,23 +97,7 @@ async def test_a_task_input_is_paced_with_its_escapes(
     document = definition(
         unique("escapes"),
         [
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(6) | list",
-                "concurrency": 6,
-                "steps": [
-                    {
-                        "id": "call",
-                        "type": "task",
-                        "action": "echo",
-                        # The echo's answer (1.8 MB as written) is over an action's output budget:
-                        # the step fails, and goes on (what matters is that each call was sent).
-                        "on_failure": "continue",
-                        "input": {"value": "{{ input.blob }}"},
-                    }
-                ],
-            },
+            _echo_each(6, {"value": "{{ input.blob }}"}),
         ],
         output={"n": "{{ steps.each.output | length }}"},
     )
@@ -122,10 +111,7 @@ async def test_a_task_input_is_paced_with_its_escapes(
     )
     if level < ENGINE_LEVEL:
         # The finding, kept for runs of the generation before.
-        with pytest.raises(WorkflowFailureError) as failed:
-            await handle.result()
-        assert isinstance(failed.value.cause, TerminatedError), repr(failed.value.cause)
-        assert "GrpcMessageTooLarge" in str(failed.value.cause)
+        await terminated_too_large(handle)
         return
     result = await handle.result()
     assert result.state == RunState.COMPLETED, result.error
@@ -179,10 +165,7 @@ async def test_the_definition_each_child_run_carries_is_paced_too(
     handle = await start(client, task_queue, document, engine_level=level)
     if level < ENGINE_LEVEL:
         # The probe's finding, kept for runs of the generation before.
-        with pytest.raises(WorkflowFailureError) as failed:
-            await handle.result()
-        assert isinstance(failed.value.cause, TerminatedError), repr(failed.value.cause)
-        assert "GrpcMessageTooLarge" in str(failed.value.cause)
+        await terminated_too_large(handle)
         return
     result = await handle.result()
     assert result.state == RunState.COMPLETED, result.error
