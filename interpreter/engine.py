@@ -1904,6 +1904,14 @@ class Engine:
         self._fail(message, error_type)
         self._set_state(RunState.FAILED)
 
+    def refuse_output(self, message: str, error_type: str) -> None:
+        """The host cannot close the completed run with its output (past what Temporal or the
+        payload store takes): the run ends failed with ``message``, its output dropped, its steps
+        as they ended (completed, not compensated)."""
+        self.output = None
+        self._fail(message, error_type)
+        self._set_state(RunState.FAILED)
+
     def _fail(self, message: str, error_type: str) -> None:
         if self.error is None:
             self.error, self.error_type = message, error_type

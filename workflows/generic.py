@@ -603,15 +603,24 @@ def _details(result: RunResult, shape: ResultSteps, *, limit: int | None) -> dic
     return details
 
 
-def _clipped_error(error: str, room: int) -> str:
-    """A failed child run's message cut to fit the ``room`` its parent holds for its result
-    (:attr:`RunOptions.result_limit`): at most a 64th of it in characters, so that both copies a
-    failure carries, JSON-escaped at the worst (twelve bytes for a character past the BMP), take
-    at most 3/8 of it."""
+def _clipped_error(
+    error: str, room: int, why: str = "the run's parent holds little room for its result"
+) -> str:
+    """A failed run's message cut to fit in ``room``: the room a child run's parent holds for its
+    result (:attr:`RunOptions.result_limit`), or Temporal's payload limit (:data:`RESULT_MAX_BYTES`,
+    for any run: a ``fail`` step's message is rendered from data, and a failure over the limit
+    failed the closing workflow task for ever). At most a 64th of it in characters, so that both
+    copies a failure carries, JSON-escaped at the worst (twelve bytes for a character past the
+    BMP), take at most 3/8 of it; ``why`` says why it was cut."""
     most = room // 64
     if len(error) <= most:
         return error
-    return error[: most - 100] + " … (cut: the run's parent holds little room for its result)"
+    return error[: most - 100] + f" … (cut: {why})"
+
+
+RUN_OUTPUT_TOO_LARGE = "RunOutputTooLarge"
+"""The error type of a run whose output would take its result past what Temporal (or the payload
+store) takes: the SDK refused the closing command, and the workflow task failed for ever."""
 
 
 def _fitted(result: RunResult, shape: ResultSteps, *, limit: int | None) -> RunResult:
@@ -647,6 +656,10 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     as long as the run kept them); the others are counted in ``steps_dropped``, as a chain's
     earlier records are; with the payload store, past the store's cap. A query writes nothing to
     history: no patch."""
+    if status.error is not None:
+        error = _clipped_error(status.error, RESULT_MAX_BYTES, f"{len(status.error):,} characters in all")
+        if error is not status.error:  # (as the run closes with it: GenericRun._closable)
+            status = status.model_copy(update={"error": error})
     if limit is None or not status.steps:
         return status
     size = _payload_bytes(status)
@@ -714,7 +727,7 @@ CHILD_RESULT_FLOOR = 64 * 1024
 TASK_SEND_BUDGET = 1536 * 1024
 """Most bytes of activity and child run inputs one workflow task sends before the next input waits
 for the next workflow task (:data:`PATCH_TASK_SEND_PACING`): the server takes a completion of at
-most 4 MiB (its gRPC limit), and one input may add up to 2 MiB more. A task's input is counted as
+most 4 MiB (its gRPC limit); a larger input (up to 2 MiB) goes alone, first in its task. A task's input is counted as
 ``json_written_size`` (:data:`PATCH_TASK_INPUT_ESCAPES`; ``json_size``, escapes not counted, in runs
 of an earlier generation), a child run's at its size as sent (:data:`PATCH_CHILD_SEND_PACING`); an
 input stored by reference is counted whole: the safe side."""
@@ -936,7 +949,8 @@ class _TemporalRuntime:
         # waits for a workflow task of its own.
         bound = max(TASK_SEND_BUDGET, self._input_count_bound())
         if patch_applies(self._options, PATCH_TASK_INPUT_ESCAPES):
-            counted = json_written_size(call.request.input, bound)
+            # (Escaped as far as the pacing needs: an input past its budget goes alone anyway.)
+            counted = json_written_size(call.request.input, bound, escaped_up_to=TASK_SEND_BUDGET)
         else:
             counted = json_size(call.request.input, bound)
         room = RESULT_ROOM if call.task_queue is None else FOREIGN_RESULT_ROOM
@@ -1125,11 +1139,16 @@ class _TemporalRuntime:
         started = workflow.now()
         failure: BaseException | None = None
         paced = self.task_key()
+        late: str | None = None
+        result: ActionResult | None = None
         with telemetry.step_span(call.path, call.step_id, call.action) as span:
             try:
                 async with self._activity_slots:
-                    await self._pace_after_slot(paced, counted, call.summary)
-                    result: ActionResult = await self._execute_activity(call, policy)
+                    late = await self._pace_after_slot(
+                        paced, counted, call.summary, f"step {call.path!r}'s input", call.compensating
+                    )
+                    if late is None:
+                        result = await self._execute_activity(call, policy)
             except ActivityError as err:
                 if isinstance(err.cause, CancelledError):
                     telemetry.step_ended(call.step_id, call.action, "cancelled", started, 1)
@@ -1141,12 +1160,16 @@ class _TemporalRuntime:
                     span.set_attribute("wfa.error_type", described.error_type)
                     failure = described
             else:
-                telemetry.step_ended(call.step_id, call.action, "completed", started, result.attempt)
-                span.set_attribute("wfa.attempts", result.attempt)
+                if result is None:  # (no room left once it had its slot: never sent)
+                    failure = ActionFailedError(late or "", HISTORY_LIMIT, 0)
+                else:
+                    telemetry.step_ended(call.step_id, call.action, "completed", started, result.attempt)
+                    span.set_attribute("wfa.attempts", result.attempt)
         # Raised outside the span, which ends normally (a span ended by a non-Temporal exception
         # is dropped by the SDK's replay-safe tracer as a workflow task failure).
         if failure is not None:
             raise failure from None
+        assert result is not None
         return result
 
     async def sleep(self, seconds: float, summary: str) -> None:
@@ -1343,13 +1366,19 @@ class _TemporalRuntime:
                 await self._pace_send(exact, summary)
         return exact
 
-    async def _pace_after_slot(self, paced: int, size: int, summary: str) -> None:
-        """Paces again an input of ``size`` bytes, paced in the workflow task ``paced``, when it
-        waited for a slot into a later one (:data:`PATCH_SLOT_SEND_PACING`): several slots freed in
-        one task would otherwise start every input waiting for them there, each counted in the task
-        where it began to wait. No yield when it did not wait."""
-        if paced != self.task_key() and patch_applies(self._options, PATCH_SLOT_SEND_PACING):
-            await self._pace_send(size, summary)
+    async def _pace_after_slot(
+        self, paced: int, size: int, summary: str, what: str, compensating: bool
+    ) -> str | None:
+        """Paces again an input of ``size`` bytes (``what`` it is), paced in the workflow task
+        ``paced``, when it waited for a slot into a later one (:data:`PATCH_SLOT_SEND_PACING`):
+        several slots freed in one task would otherwise start every input waiting for them there,
+        each counted in the task where it began to wait. The send guard is asked again too (the
+        history grew while it waited; a compensation's input always goes): why it is not sent, or
+        None. No yield when it did not wait."""
+        if paced == self.task_key() or not patch_applies(self._options, PATCH_SLOT_SEND_PACING):
+            return None
+        await self._pace_send(size, summary)
+        return None if compensating else self._history_room_problem(size, what)
 
     async def _pace_send(self, size: int, summary: str) -> None:
         """Counts an input of ``size`` bytes into this workflow task's; past
@@ -1509,7 +1538,13 @@ class _TemporalRuntime:
         paced = self.task_key()
         await self._child_slots.acquire()  # waits only over the cap; otherwise no yield, no reorder
         try:
-            await self._pace_after_slot(paced, counted if exact is None else exact, call.summary)
+            # (Before the pacing: a local activity may ask for it, which may end the workflow task.)
+            priority = await self.granted_priority(child.priority)
+            late = await self._pace_after_slot(
+                paced, counted if exact is None else exact, call.summary, what, call.compensating
+            )
+            if late is not None:
+                raise SubflowFailedError(f"subflow {call.definition!r}: {late}", HISTORY_LIMIT)
             handle = await self._start_child(
                 child_input,
                 call.workflow_id,
@@ -1527,7 +1562,7 @@ class _TemporalRuntime:
                     if call.wait
                     else workflow.ParentClosePolicy.ABANDON
                 ),
-                priority=await self.granted_priority(child.priority),
+                priority=priority,
             )
         except WorkflowAlreadyStartedError:
             self._child_slots.release()
@@ -1647,7 +1682,11 @@ class _TemporalRuntime:
                 raise BatchFailedError(problem, PAYLOAD_TOO_LARGE)
             paced = self.task_key()
             async with self._child_slots:  # waits its turn only over MAX_PENDING_CHILDREN
-                await self._pace_after_slot(paced, counted if exact is None else exact, call.summary)
+                late = await self._pace_after_slot(
+                    paced, counted if exact is None else exact, call.summary, what, call.compensating
+                )
+                if late is not None:
+                    raise BatchFailedError(late, HISTORY_LIMIT)
                 return await self._run_batch(call, child_input, parent)
         finally:
             if held:
@@ -2119,6 +2158,7 @@ class GenericRun:
             # Returns only for a run stopped between two compensations whose next run's input
             # would be too large: it compensated to its end here instead.
             result = await self._continue_as_new(run)
+        result = self._closable(result, run)
         self._telemetry.run_ended(result.state.value, workflow.info().start_time)
         if run.options.result_limit is not None and result.state != RunState.COMPLETED:
             # Its failure lands in its parent's history as its result would: its details without
@@ -2173,6 +2213,50 @@ class GenericRun:
                 message, failed.model_dump(mode="json"), type=HISTORY_LIMIT, non_retryable=True
             )
         return fitted
+
+    def _closable(self, result: RunResult, run: RunInput) -> RunResult:
+        """``result`` as the run can close with it: a message too long for a failure cut
+        (:func:`_clipped_error`), and a completed run whose output would take its result past what
+        Temporal (or the payload store) takes failed instead, saying so (its steps done and not
+        compensated). Found by an attacker's probe: a definition alone rendered a million control
+        characters (6 MB as JSON) into its output or a ``fail`` step's message, the SDK refused the
+        closing command in every workflow task, and the run stayed running, with no message. Only
+        where the SDK would refuse it: no run that closed before is changed, so no patch (a run
+        within :data:`CODEC_FRAMING_MARGIN` of the limit asks ``codec-framing-margin``)."""
+        if result.error is not None and run.options.result_limit is None:
+            error = _clipped_error(result.error, RESULT_MAX_BYTES, f"{len(result.error):,} characters in all")
+            if error is not result.error:
+                result = result.model_copy(update={"error": error})
+        if result.state != RunState.COMPLETED or run.options.result_limit is not None:
+            return result  # (a child's result is bounded by the room its parent holds: run())
+        limit = self._runtime.payload_limit()
+        if limit is None:  # with the store, the run's state budget is far under its cap
+            limit = STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN
+        # Without its step records (dropped when they do not fit: _fitted); measured only when
+        # its output could be near the limit (numbers are counted at least 2/3 of their size).
+        if json_written_size(result.output, limit) * 3 // 2 + RESULT_FIELDS_ROOM <= limit:
+            return result
+        size = _payload_bytes(result.shaped(ResultSteps.NONE))
+        if size <= limit or not self._runtime.refuses(size, limit):
+            return result
+        advice = (
+            ""
+            if self._runtime.input_budget is not None
+            else ", or configure the payload store (WFA_PAYLOAD_STORE)"
+        )
+        where = (
+            "the payload store takes"
+            if self._runtime.input_budget is not None
+            else "Temporal's payload limit"
+        )
+        message = (
+            f"the run's output is {size:,} bytes serialized, more than {where} ({limit:,} bytes):"
+            f" its steps completed and were not compensated. Return less from the run (its"
+            f" `output`, or a `succeed` step's){advice}"
+        )
+        workflow.logger.warning("%s", message)
+        self._engine.refuse_output(message, RUN_OUTPUT_TOO_LARGE)  # (its state published: failed)
+        return self._engine.result()
 
     def _result_limit(self, run: RunInput) -> int | None:
         """The most the run's result or failure details may take: Temporal's (or the store's)

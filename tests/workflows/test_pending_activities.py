@@ -9,20 +9,26 @@ their turn and the run completes, every call once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio import activity
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 import workflows.generic
 from interpreter.state import RunState
 from tests.workflows.limited_server import start_limited_server
-from tests.workflows.support import definition, events, start, unique
+from tests.workflows.support import definition, events, eventually, start, terminated_too_large, unique
 from worker import build_worker
+from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS, PATCH_SLOT_SEND_PACING
 
 LIMIT = 20
 
@@ -74,3 +80,107 @@ async def test_calls_over_the_pending_activity_limit_wait_their_turn_and_the_run
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             pending -= 1
     assert peak == LIMIT
+
+
+def _settled(history: list[HistoryEvent]) -> bool:
+    """Whether the run has done all it can: four calls started on the team's queue, the four large
+    calls paced (their timers fired) and waiting for slots, its last task completed."""
+    kinds = [e.event_type for e in history]
+    fired = kinds.count(EventType.EVENT_TYPE_TIMER_FIRED)
+    return (
+        kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == SLOTS
+        and fired >= SLOTS  # the branch's delay, then a pacing timer for each large call but one
+        and fired == kinds.count(EventType.EVENT_TYPE_TIMER_STARTED)
+        and kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+
+
+SLOTS = 4
+
+
+@pytest.mark.parametrize("level", [PATCH_LEVELS[PATCH_SLOT_SEND_PACING] - 1, ENGINE_LEVEL])
+async def test_calls_whose_slots_free_together_are_sent_over_several_workflow_tasks(
+    pending_limited_env: WorkflowEnvironment, task_queue: str, monkeypatch: pytest.MonkeyPatch, level: int
+) -> None:
+    # Patch slot-send-pacing, for activities. Four calls on a team's own queue hold every slot (the
+    # worker's cap lowered to 4); four calls, each sending 1.3 MB, are paced and wait for slots.
+    # The team's worker answers the four while the product's worker is down, so they reach the
+    # run in one workflow task. Before, the four waiting calls went out in that task, 5.2 MB in
+    # one completion: the server refused it and terminated the run. Now each is paced again where
+    # it goes out.
+    monkeypatch.setattr(workflows.generic, "MAX_PENDING_ACTIVITIES", SLOTS)
+    client = pending_limited_env.client
+    team_queue = unique("team")
+    answer = asyncio.Event()
+
+    @activity.defn(name="echo")
+    async def held(request: Any) -> dict[str, Any]:
+        await answer.wait()
+        return {"output": "held", "attempt": activity.info().attempt}
+
+    def each(step_id: str, call: dict[str, Any]) -> dict[str, Any]:
+        call = {"id": f"{step_id}_call", "type": "task", "action": "echo", "on_failure": "continue", **call}
+        return {
+            "id": step_id,
+            "type": "foreach",
+            "items": f"range({SLOTS}) | list",
+            "concurrency": SLOTS,
+            "steps": [call],
+        }
+
+    held_call = {"task_queue": team_queue, "timeouts": {"schedule_to_close": "80s"}, "input": {"value": 1}}
+    # (Two templates: one renders at most 1 MiB. The echo's answer is over an action's output
+    # budget: the call fails, and the run goes on.)
+    large = {"input": {"a": "{{ input.a }}", "b": "{{ input.b }}"}}
+    document = definition(
+        unique("slots"),
+        [
+            {
+                "id": "both",
+                "type": "parallel",
+                "branches": [
+                    {
+                        "id": "hold",
+                        "steps": [each("held", held_call)],
+                    },
+                    {
+                        "id": "send",
+                        "steps": [{"id": "after", "type": "delay", "duration": "1s"}, each("sent", large)],
+                    },
+                ],
+            }
+        ],
+    )
+    async with (
+        httpx.AsyncClient() as http_client,
+        Worker(client, task_queue=team_queue, activities=[held]),
+    ):
+        async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+            handle = await start(
+                client,
+                task_queue,
+                document,
+                {"a": ["x" * 1000] * 650, "b": ["y" * 1000] * 650},
+                engine_level=level,
+                execution_timeout=timedelta(seconds=90),
+            )
+            await eventually(
+                lambda: events(handle), _settled, timeout=60, what="four calls held, four waiting"
+            )
+        answer.set()  # no product worker: the four answers wait for the run's next workflow task together
+        await eventually(
+            lambda: events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED),
+            lambda completed: len(completed) == SLOTS,
+            timeout=30,
+            what="the four held calls answered",
+        )
+        async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+            if level < ENGINE_LEVEL:
+                await terminated_too_large(handle)  # the finding, kept for runs of the generation before
+                return
+            result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    tasks = [e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id for e in scheduled]
+    assert len(tasks) == 2 * SLOTS
+    assert len(set(tasks[SLOTS:])) == SLOTS  # 1.3 MB each: one call a workflow task

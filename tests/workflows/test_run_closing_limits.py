@@ -1,0 +1,98 @@
+"""What a run closes with must fit in Temporal's payload limit (2 MiB), on a real dev server. Found
+by an attacker's probe: a definition alone (no input) can build a list of a million control
+characters (two ``set`` steps, then ``{{ [vars.b] * 4 }}``: a template keeps a list's type, and
+each string in it is under the 256 KB string bound), six bytes each as JSON. Returned as the run's
+output, or rendered into a ``fail`` step's message, it made the SDK refuse the run's closing
+command (``PayloadsTooLarge``) in every workflow task: the run stayed running, with no message,
+until its timeout. Now such a run fails, saying why, and a long message is cut.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from interpreter.state import RunState
+from tests.workflows.support import compensated_echo, definition, events, failure_of, start, status, unique
+from workflows.generic import ENGINE_LEVEL
+from workflows.search_attributes import RUN_STATE
+
+# 250,000 control characters in a variable, within the run's state budget as counted (one byte
+# each; 1.5 MB as JSON), built by the definition itself.
+BUILD = [
+    {"id": "a", "type": "set", "vars": {"a": "{{ '\u0001' * 50000 }}"}},
+    {"id": "b", "type": "set", "vars": {"b": "{{ vars.a ~ vars.a ~ vars.a ~ vars.a ~ vars.a }}"}},
+]
+HUGE = "{{ [vars.b] * 4 }}"  # a million control characters: 6 MB as JSON
+
+
+async def _no_task_failed(handle: Any) -> None:
+    assert await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) == []
+
+
+@pytest.mark.parametrize("level", [0, ENGINE_LEVEL], ids=["asked", "generation"])
+@pytest.mark.parametrize(
+    "ending",
+    [
+        [{"id": "done", "type": "succeed", "output": HUGE}],
+        [{"id": "noop", "type": "set", "vars": {"c": 1}}],  # with the definition's output below
+    ],
+    ids=["succeed", "definition-output"],
+)
+async def test_a_run_output_past_the_payload_limit_fails_the_run_in_words(
+    client: Client, task_queue: str, worker: Worker, level: int, ending: list[dict[str, Any]]
+) -> None:
+    extra = {"output": {"big": HUGE}} if ending[0]["type"] == "set" else {}
+    document = definition(unique("output"), [*BUILD, *ending], **extra)
+    handle = await start(
+        client, task_queue, document, engine_level=level, execution_timeout=timedelta(seconds=60)
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunOutputTooLarge"
+    assert "the run's output is" in cause.message
+    assert "more than Temporal's payload limit" in cause.message
+    assert result is not None
+    assert result.state == RunState.FAILED
+    assert result.output is None
+    await _no_task_failed(handle)
+    # The status and the RunState search attribute say so too (the steps as they ended).
+    answer = await status(handle)
+    assert (answer.state, answer.output, answer.error_type) == (RunState.FAILED, None, "RunOutputTooLarge")
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(RUN_STATE) == "failed"
+
+
+@pytest.mark.parametrize("compensate", [False, True], ids=["alone", "compensations"])
+async def test_a_fail_message_past_the_payload_limit_is_cut(
+    client: Client, task_queue: str, worker: Worker, compensate: bool
+) -> None:
+    before = [compensated_echo("charge", "ok", "refund", "refunded")] if compensate else []
+    document = definition(
+        unique("message"), [*before, *BUILD, {"id": "boom", "type": "fail", "message": HUGE}]
+    )
+    handle = await start(
+        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "WorkflowFailed"
+    assert len(cause.message) < 40_000
+    assert "(cut:" in cause.message
+    assert result is not None
+    assert result.state == RunState.FAILED
+    assert result.error == cause.message
+    if compensate:  # a fail step's compensations run, as before (the records, too large, left out)
+        scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        ids = [e.activity_task_scheduled_event_attributes.activity_id for e in scheduled]
+        assert any("refund" in i for i in ids), ids
+    await _no_task_failed(handle)
+    # The closed run's status answers too, its message cut the same way.
+    answer = await status(handle)
+    assert answer.error == cause.message
