@@ -103,7 +103,16 @@ from interpreter.state import (
     StepStatus,
     clip,
 )
-from interpreter.templates import WORK_BUDGET, TemplateError, evaluate, last_work, render, render_html
+from interpreter.templates import (
+    WORK_BUDGET,
+    NumberTooLargeError,
+    TemplateError,
+    evaluate,
+    last_work,
+    render,
+    render_html,
+    unbounded_integers,
+)
 
 PATCH_PAYLOAD_BUDGETS = "payload-budgets"
 """Patch id: an output that would bring the run's state over its budget fails its step. Asked only
@@ -117,6 +126,12 @@ when ``fields`` was given. Asked only where a decision the old rule accepted is 
 signal, or the update's handler, both run again on replay), so a history recorded before the
 change, where such a decision was accepted, replays as it was."""
 
+PATCH_TEMPLATE_INTEGERS = "template-integers"
+"""Patch id: a template that returns an integer over ``templates.MAX_RESULT_INT_BITS`` (about
+3,900 digits) fails (``TemplateError``). Before, a run could keep one (``{{ (10**100)**50 }}``):
+its fan-out slice's or subflow's result could not be decoded by its parent (whose workflow task
+failed for ever), nor its own result or status by a client. Asked only when a template returns
+one: a run recorded before renders it as it did."""
 PATCH_TASK_WORK_BUDGET = "task-work-budget"
 """Patch id: template work in one workflow task is bounded in total (see ``TASK_WORK_BUDGET``);
 asked only when the bound is passed, so runs within it carry no marker."""
@@ -2354,18 +2369,27 @@ class Engine:
             raise _Jump(step.next)
 
     def _render(self, value: Any, context: Mapping[str, Any]) -> Any:
-        self._check_task_work()
-        try:
-            return render(value, context)
-        finally:
-            self._task_work += last_work()
+        return self._templated(render, value, context)
 
     def _evaluate(self, expression: str, context: Mapping[str, Any]) -> Any:
+        return self._templated(evaluate, expression, context)
+
+    def _templated(
+        self, how: Callable[[Any, Mapping[str, Any]], Any], value: Any, context: Mapping[str, Any]
+    ) -> Any:
+        """``how(value, context)`` (render or evaluate), counting its work into this workflow task's;
+        again without the integer bound for a run recorded before it (:data:`PATCH_TEMPLATE_INTEGERS`)."""
         self._check_task_work()
         try:
-            return evaluate(expression, context)
+            try:
+                return how(value, context)
+            except NumberTooLargeError:
+                if self.runtime.patched(PATCH_TEMPLATE_INTEGERS):
+                    raise
+                with unbounded_integers():  # as the run rendered it when it was recorded
+                    return how(value, context)
         finally:
-            self._task_work += last_work()
+            self._task_work += last_work()  # (the last evaluation's: the one that counts)
 
     def _check_task_work(self) -> None:
         """Refuses to start an evaluation once this workflow task's evaluations together spent

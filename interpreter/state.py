@@ -300,6 +300,10 @@ class RunStatus(BaseModel):
     """Step records no longer listed in ``steps``: of earlier runs of the chain (the most recent
     ones are carried), and the oldest when all of them would take the status past Temporal's
     payload limit (the most recent that fit are listed)."""
+    left_out: list[str] = Field(default_factory=list)
+    """What this answer leaves out (``vars``, then ``output``) because with no step record it would
+    still pass Temporal's payload limit (the run keeps them; its variables are counted by the
+    state budget as written, escapes not counted, so they can take more once written)."""
 
 
 class CurrentStepTracking(StrEnum):

@@ -26,6 +26,7 @@ definition stored before that check, rendered as text.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import json
@@ -55,6 +56,8 @@ from interpreter.inert import seal
 
 __all__ = [
     "MAX_RENDERED_BYTES",
+    "MAX_RESULT_INT_BITS",
+    "NumberTooLargeError",
     "TemplateError",
     "check_expression",
     "check_template",
@@ -64,6 +67,7 @@ __all__ = [
     "render",
     "render_html",
     "template_strings",
+    "unbounded_integers",
 ]
 
 MAX_RENDERED_BYTES = 256 * 1024
@@ -85,6 +89,33 @@ _MAX_ITEMS = 100_000
 _MAX_RANGE = 10_000
 _MAX_EXPONENT = 100
 _MAX_POWER_BITS = 100_000
+MAX_RESULT_INT_BITS = 13_000
+"""Largest integer (in bits: about 3,900 digits) a template may return. JSON readers refuse longer
+numbers (pydantic, and Python's own ``int`` parsing, past 4,300 digits): a run that kept one
+(``{{ (10**100)**50 }}``) returned it in a fan-out slice's or a subflow's result that its parent
+could not decode, its workflow task failing for ever (found by an attacker's probe), and its own
+result and ``status`` could not be read. Numbers within a template are not bounded by it (a
+``%`` of a large power is fine): only what the template returns."""
+
+
+class _NumberTooLarge(Exception):
+    """Raised by :func:`_json_value` for an integer over :data:`MAX_RESULT_INT_BITS`."""
+
+
+_bounded_integers: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_bounded_integers", default=True)
+
+
+@contextlib.contextmanager
+def unbounded_integers() -> Iterator[None]:
+    """Templates evaluated in it return integers of any size, as before
+    :data:`MAX_RESULT_INT_BITS` (the engine renders so for a run recorded before the bound)."""
+    token = _bounded_integers.set(False)
+    try:
+        yield
+    finally:
+        _bounded_integers.reset(token)
+
+
 _CACHE_SIZE = 4096
 _SHOWN_SOURCE_CHARS = 200
 
@@ -125,6 +156,10 @@ class TemplateError(ValueError):
         if len(shown) > _SHOWN_SOURCE_CHARS:
             shown = shown[:_SHOWN_SOURCE_CHARS] + "..."
         return f"template error in '{shown}': {self.detail}"
+
+
+class NumberTooLargeError(TemplateError):
+    """A template returned an integer over :data:`MAX_RESULT_INT_BITS`."""
 
 
 class _Undefined(StrictUndefined):
@@ -304,12 +339,17 @@ def _json_value(value: Any, size: list[int]) -> Any:
         _grow(size, 2 + len(value))
         return value if type(value) is str else str(value)
     _grow(size, 1)
-    if value is None or type(value) in (bool, int):
+    if value is None or type(value) is bool:
         return value
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return int(value)
+        if value.bit_length() > MAX_RESULT_INT_BITS and _bounded_integers.get():
+            raise _NumberTooLarge(
+                f"a number of {value.bit_length():,} bits (over {MAX_RESULT_INT_BITS:,}, about 3,900"
+                " digits): JSON readers refuse numbers past 4,300 digits"
+            )
+        return value if type(value) is int else int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise TypeError(f"{value} is not a valid JSON number")
@@ -656,6 +696,8 @@ def _evaluate_compiled(source: str, expression: TemplateExpression, context: Map
         value = _to_json(expression(dict(context)))
     except TemplateError:
         raise
+    except _NumberTooLarge as exc:
+        raise NumberTooLargeError(source, str(exc)) from None
     except Exception as exc:
         raise TemplateError(source, _detail(exc)) from exc
     if isinstance(value, str):

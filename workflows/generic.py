@@ -94,6 +94,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_PAYLOAD_BUDGETS,
         PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
+        PATCH_TEMPLATE_INTEGERS,
         PATCH_VALUE_DEPTH,
         ActionCall,
         ActionFailedError,
@@ -421,6 +422,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CHILD_SEND_PACING: 20,
     PATCH_TASK_INPUT_ESCAPES: 21,
     PATCH_SLOT_SEND_PACING: 21,
+    PATCH_TEMPLATE_INTEGERS: 21,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -660,11 +662,13 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
         error = _clipped_error(status.error, RESULT_MAX_BYTES, f"{len(status.error):,} characters in all")
         if error is not status.error:  # (as the run closes with it: GenericRun._closable)
             status = status.model_copy(update={"error": error})
-    if limit is None or not status.steps:
+    if limit is None:
         return status
     size = _payload_bytes(status)
     if size <= limit:
         return status
+    if not status.steps:
+        return _without_values(status, limit)
     records = status.steps
     sizes = [len(record.model_dump_json()) + 1 for record in records]
     room = limit - (size - sum(sizes)) - 1024  # what the rest of the answer leaves
@@ -679,9 +683,25 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
                 "steps_dropped": status.steps_dropped + len(records) - keep,
             }
         )
-        if keep == 0 or _payload_bytes(fitted) <= limit:
+        if keep == 0:
+            return _without_values(fitted, limit)
+        if _payload_bytes(fitted) <= limit:
             return fitted
         keep //= 2
+
+
+def _without_values(status: RunStatus, limit: int) -> RunStatus:
+    """``status`` (with no step record) without its variables, then its output, as far as it
+    would still pass ``limit``: the run's variables are counted by its state budget escapes left
+    out, and 800 KB of control characters took the answer past 2 MiB, the query failing for as
+    long as the run kept them (found by an attacker's probe). Named in ``left_out``."""
+    left: list[str] = []
+    for name, empty in (("vars", {}), ("output", None)):
+        if _payload_bytes(status) <= limit:
+            break
+        left.append(name)
+        status = status.model_copy(update={name: empty, "left_out": list(left)})
+    return status
 
 
 MAX_PENDING_ACTIVITIES = 2000

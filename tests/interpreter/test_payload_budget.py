@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic_core import to_json
 
-from interpreter.engine import PATCH_VALUE_DEPTH
+from interpreter.engine import PATCH_TEMPLATE_INTEGERS, PATCH_VALUE_DEPTH
 from interpreter.sizes import (
     ID_MAX_BYTES,
     RUN_STATE_BUDGET,
@@ -110,6 +110,26 @@ def test_the_written_count_is_never_far_short_of_what_is_written() -> None:
     assert json_written_size(mixed) >= json_size(mixed)
     # The limit stops the count: a string alone past it is not escaped.
     assert json_written_size(["\x01" * 10_000], limit=100) > 100
+
+
+async def test_a_template_returning_a_number_no_reader_takes_fails_from_the_patch_on() -> None:
+    # Patch template-integers. Found by an attacker's probe: a set step kept a 5,001-digit number
+    # ({{ (10**100)**50 }}), which pydantic refuses to read back (past 4,300 digits): a fan-out
+    # slice returning it left its parent's workflow task failing for ever. Within a template a
+    # large number is fine; only what it returns is bounded.
+    steps: list[dict[str, Any]] = [
+        {"id": "fine", "type": "set", "vars": {"r": "{{ ((10**100)**50) % 7 }}", "n": "{{ (10**100)**38 }}"}},
+        {"id": "huge", "type": "set", "vars": {"n": "{{ (10**100)**50 }}"}},
+    ]
+    result, _, _ = await run(steps)
+    assert (result.state, result.error_type) == (RunState.FAILED, "TemplateError")
+    assert "a number of 16,610 bits" in (result.error or "")
+    assert rec(result, "fine").output == {"r": (10**5000) % 7, "n": 10**3800}  # 3,801 digits: kept
+    old = FakeRuntime()
+    old.declined.add(PATCH_TEMPLATE_INTEGERS)  # a run recorded before the patch goes on as it did
+    result, engine, _ = await run(steps, old)
+    assert result.state == RunState.COMPLETED
+    assert engine.vars["n"] == 10**5000
 
 
 async def test_a_value_nested_past_what_a_run_keeps_fails_its_step_from_the_patch_on() -> None:

@@ -19,7 +19,16 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from interpreter.state import RunState
-from tests.workflows.support import compensated_echo, definition, events, failure_of, start, status, unique
+from tests.workflows.support import (
+    compensated_echo,
+    definition,
+    events,
+    eventually,
+    failure_of,
+    start,
+    status,
+    unique,
+)
 from workflows.generic import ENGINE_LEVEL
 from workflows.search_attributes import RUN_STATE
 
@@ -96,3 +105,50 @@ async def test_a_fail_message_past_the_payload_limit_is_cut(
     # The closed run's status answers too, its message cut the same way.
     answer = await status(handle)
     assert answer.error == cause.message
+
+
+async def test_a_fan_out_slice_returning_a_number_no_reader_takes_fails_its_run_in_words(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # Patch template-integers. Found by an attacker's probe: each slice kept a 5,001-digit number
+    # and returned it; pydantic refuses numbers past 4,300 digits, so the parent could not read
+    # the slice's result and its workflow task failed again and again until the run timed out.
+    # Now the template fails in the slice, which fails its parent's step, in words.
+    huge = {"id": "big", "type": "set", "vars": {"n": "{{ (10**100)**50 }}"}}
+    each = {"id": "each", "type": "foreach", "items": "[1, 2]", "fan_out_above": 0, "steps": [huge]}
+    document = definition(unique("digits"), [each, {"id": "done", "type": "succeed", "output": {"ok": 1}}])
+    handle = await start(
+        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert "a number of 16,610 bits" in cause.message, cause.message
+    assert result is not None
+    assert result.state == RunState.FAILED
+    await _no_task_failed(handle)
+
+
+async def test_a_status_whose_variables_pass_the_payload_limit_answers_without_them(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # Found by an attacker's probe: 750,000 control characters in variables (counted 750 KB by
+    # the state budget, 4.5 MB as JSON) made every status query fail (the answer over 2 MiB),
+    # while the run waited for a person and after. Now the answer leaves the variables out and
+    # says so.
+    wide = {"id": "c", "type": "set", "vars": {"c": "{{ [vars.a, vars.a] }}"}}
+    wait = {"id": "ok", "type": "approval", "approvers": ["ann"], "timeout": "3s", "on_timeout": "approve"}
+    done = {"id": "done", "type": "succeed", "output": {"ok": 1}}
+    document = definition(unique("wide"), [*BUILD, wide, wait, done])
+    handle = await start(
+        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
+    )
+    waiting = await eventually(
+        lambda: status(handle), lambda s: bool(s.pending_approvals), what="the approval"
+    )
+    assert waiting.left_out == ["vars"]
+    assert waiting.vars == {}
+    assert [a.step_id for a in waiting.pending_approvals] == ["ok"]
+    result = await handle.result()
+    assert (result.state, result.output) == (RunState.COMPLETED, {"ok": 1})
+    closed = await status(handle)
+    assert (closed.state, closed.left_out) == (RunState.COMPLETED, ["vars"])
