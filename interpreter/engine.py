@@ -105,13 +105,13 @@ from interpreter.state import (
 )
 from interpreter.templates import (
     WORK_BUDGET,
-    NumberTooLargeError,
     TemplateError,
+    UnreadableValueError,
     evaluate,
     last_work,
     render,
     render_html,
-    unbounded_integers,
+    unchecked_values,
 )
 
 PATCH_PAYLOAD_BUDGETS = "payload-budgets"
@@ -126,12 +126,14 @@ when ``fields`` was given. Asked only where a decision the old rule accepted is 
 signal, or the update's handler, both run again on replay), so a history recorded before the
 change, where such a decision was accepted, replays as it was."""
 
-PATCH_TEMPLATE_INTEGERS = "template-integers"
-"""Patch id: a template that returns an integer over ``templates.MAX_RESULT_INT_BITS`` (about
-3,900 digits) fails (``TemplateError``). Before, a run could keep one (``{{ (10**100)**50 }}``):
-its fan-out slice's or subflow's result could not be decoded by its parent (whose workflow task
-failed for ever), nor its own result or status by a client. Asked only when a template returns
-one: a run recorded before renders it as it did."""
+PATCH_TEMPLATE_VALUES = "template-values"
+"""Patch id: a template that returns a value no JSON reader takes back fails
+(``TemplateError``): an integer over ``templates.MAX_RESULT_INT_BITS`` (about 3,900 digits), a
+string with a lone surrogate. Before, a run could keep a 5,001-digit number
+(``{{ (10**100)**50 }}``), which its parent (a fan-out slice's, a subflow's) could not decode, its
+workflow task failing for ever, nor a client its result or status; a lone surrogate
+(``{{ '\\ud800' }}``) in its output or a ``fail`` step's message failed its closing workflow task
+for ever. Asked only when a template returns one: a run recorded before renders it as it did."""
 PATCH_TASK_WORK_BUDGET = "task-work-budget"
 """Patch id: template work in one workflow task is bounded in total (see ``TASK_WORK_BUDGET``);
 asked only when the bound is passed, so runs within it carry no marker."""
@@ -2378,15 +2380,15 @@ class Engine:
         self, how: Callable[[Any, Mapping[str, Any]], Any], value: Any, context: Mapping[str, Any]
     ) -> Any:
         """``how(value, context)`` (render or evaluate), counting its work into this workflow task's;
-        again without the integer bound for a run recorded before it (:data:`PATCH_TEMPLATE_INTEGERS`)."""
+        again without the value check for a run recorded before it (:data:`PATCH_TEMPLATE_VALUES`)."""
         self._check_task_work()
         try:
             try:
                 return how(value, context)
-            except NumberTooLargeError:
-                if self.runtime.patched(PATCH_TEMPLATE_INTEGERS):
+            except UnreadableValueError:
+                if self.runtime.patched(PATCH_TEMPLATE_VALUES):
                     raise
-                with unbounded_integers():  # as the run rendered it when it was recorded
+                with unchecked_values():  # as the run rendered it when it was recorded
                     return how(value, context)
         finally:
             self._task_work += last_work()  # (the last evaluation's: the one that counts)

@@ -57,8 +57,8 @@ from interpreter.inert import seal
 __all__ = [
     "MAX_RENDERED_BYTES",
     "MAX_RESULT_INT_BITS",
-    "NumberTooLargeError",
     "TemplateError",
+    "UnreadableValueError",
     "check_expression",
     "check_template",
     "contains_template",
@@ -67,7 +67,7 @@ __all__ = [
     "render",
     "render_html",
     "template_strings",
-    "unbounded_integers",
+    "unchecked_values",
 ]
 
 MAX_RENDERED_BYTES = 256 * 1024
@@ -97,23 +97,32 @@ could not decode, its workflow task failing for ever (found by an attacker's pro
 result and ``status`` could not be read. Numbers within a template are not bounded by it (a
 ``%`` of a large power is fine): only what the template returns."""
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone UTF-16 surrogate (a jinja literal ``'\\ud800'`` makes one): UTF-8 cannot write it, and
+the converter refused a value holding one, the workflow task failing for ever (found by a review)."""
 
-class _NumberTooLarge(Exception):
-    """Raised by :func:`_json_value` for an integer over :data:`MAX_RESULT_INT_BITS`."""
+
+class _Unreadable(Exception):
+    """Raised for a value a template returns that JSON readers or writers refuse."""
 
 
-_bounded_integers: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_bounded_integers", default=True)
+_checked_values: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_checked_values", default=True)
 
 
 @contextlib.contextmanager
-def unbounded_integers() -> Iterator[None]:
-    """Templates evaluated in it return integers of any size, as before
-    :data:`MAX_RESULT_INT_BITS` (the engine renders so for a run recorded before the bound)."""
-    token = _bounded_integers.set(False)
+def unchecked_values() -> Iterator[None]:
+    """Templates evaluated in it return integers of any size and lone surrogates, as before
+    :class:`UnreadableValueError` (the engine renders so for a run recorded before the check)."""
+    token = _checked_values.set(False)
     try:
         yield
     finally:
-        _bounded_integers.reset(token)
+        _checked_values.reset(token)
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii() and _SURROGATE.search(text) and _checked_values.get():
+        raise _Unreadable("a lone surrogate character (UTF-8 cannot write it; a JSON reader refuses it)")
 
 
 _CACHE_SIZE = 4096
@@ -158,8 +167,9 @@ class TemplateError(ValueError):
         return f"template error in '{shown}': {self.detail}"
 
 
-class NumberTooLargeError(TemplateError):
-    """A template returned an integer over :data:`MAX_RESULT_INT_BITS`."""
+class UnreadableValueError(TemplateError):
+    """A template returned a value no JSON reader takes back: an integer over
+    :data:`MAX_RESULT_INT_BITS`, or a string with a lone surrogate."""
 
 
 class _Undefined(StrictUndefined):
@@ -337,6 +347,7 @@ def _json_value(value: Any, size: list[int]) -> Any:
         value._fail_with_undefined_error()
     if isinstance(value, str):
         _grow(size, 2 + len(value))
+        _check_text(value)
         return value if type(value) is str else str(value)
     _grow(size, 1)
     if value is None or type(value) is bool:
@@ -344,8 +355,8 @@ def _json_value(value: Any, size: list[int]) -> Any:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        if value.bit_length() > MAX_RESULT_INT_BITS and _bounded_integers.get():
-            raise _NumberTooLarge(
+        if value.bit_length() > MAX_RESULT_INT_BITS and _checked_values.get():
+            raise _Unreadable(
                 f"a number of {value.bit_length():,} bits (over {MAX_RESULT_INT_BITS:,}, about 3,900"
                 " digits): JSON readers refuse numbers past 4,300 digits"
             )
@@ -696,8 +707,8 @@ def _evaluate_compiled(source: str, expression: TemplateExpression, context: Map
         value = _to_json(expression(dict(context)))
     except TemplateError:
         raise
-    except _NumberTooLarge as exc:
-        raise NumberTooLargeError(source, str(exc)) from None
+    except _Unreadable as exc:
+        raise UnreadableValueError(source, str(exc)) from None
     except Exception as exc:
         raise TemplateError(source, _detail(exc)) from exc
     if isinstance(value, str):
@@ -761,6 +772,9 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
         return _inert_output(_evaluate_compiled(text, expression, context))
     try:
         rendered = _compile_template(text)[0].render(dict(context))
+        _check_text(rendered)
+    except _Unreadable as exc:
+        raise UnreadableValueError(text, str(exc)) from None
     except Exception as exc:
         raise TemplateError(text, _detail(exc)) from exc
     return _check_size(text, _inert_output(rendered))

@@ -94,7 +94,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_PAYLOAD_BUDGETS,
         PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
-        PATCH_TEMPLATE_INTEGERS,
+        PATCH_TEMPLATE_VALUES,
         PATCH_VALUE_DEPTH,
         ActionCall,
         ActionFailedError,
@@ -223,6 +223,14 @@ its parent is not cancelling (someone cancelled the child itself) fails its step
 child does (``Subflow.CancelledError``; the foreach's failure rules), instead of the parent ending as
 cancelled, and closing as failed, with nobody having cancelled it. Only in runs started at its
 generation (:data:`NEVER_ASKED_PATCHES`)."""
+PATCH_RUN_OUTPUT_TOO_LARGE = "run-output-too-large"
+"""Patch id: a completed run whose result, without its step records, would pass what a payload may
+take (Temporal's 2 MiB less :data:`CODEC_FRAMING_MARGIN`; with the store, its cap) fails instead
+(``RunOutputTooLarge``, its steps done and not compensated), its state published as failed.
+Before, the SDK refused the closing command in every workflow task and the run stayed running with
+no message (a definition alone can return a million control characters). Asked only for such a
+result: one within the margin, or on a server whose blob limit is raised, closed before, and its
+history replays as recorded (found by a review)."""
 PATCH_PAYLOAD_TOO_LARGE = "payload-too-large"
 """Patch id: without the payload store, a child run's or an activity's input over 2 MiB fails its
 step (``PayloadTooLarge``) before the SDK refuses it and fails the workflow task for ever. Asked
@@ -422,7 +430,8 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_CHILD_SEND_PACING: 20,
     PATCH_TASK_INPUT_ESCAPES: 21,
     PATCH_SLOT_SEND_PACING: 21,
-    PATCH_TEMPLATE_INTEGERS: 21,
+    PATCH_TEMPLATE_VALUES: 21,
+    PATCH_RUN_OUTPUT_TOO_LARGE: 21,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -1182,6 +1191,7 @@ class _TemporalRuntime:
             else:
                 if result is None:  # (no room left once it had its slot: never sent)
                     failure = ActionFailedError(late or "", HISTORY_LIMIT, 0)
+                    telemetry.step_ended(call.step_id, call.action, "failed", started, 0)
                 else:
                     telemetry.step_ended(call.step_id, call.action, "completed", started, result.attempt)
                     span.set_attribute("wfa.attempts", result.attempt)
@@ -2240,15 +2250,16 @@ class GenericRun:
         Temporal (or the payload store) takes failed instead, saying so (its steps done and not
         compensated). Found by an attacker's probe: a definition alone rendered a million control
         characters (6 MB as JSON) into its output or a ``fail`` step's message, the SDK refused the
-        closing command in every workflow task, and the run stayed running, with no message. Only
-        where the SDK would refuse it: no run that closed before is changed, so no patch (a run
-        within :data:`CODEC_FRAMING_MARGIN` of the limit asks ``codec-framing-margin``)."""
-        if result.error is not None and run.options.result_limit is None:
+        closing command in every workflow task, and the run stayed running, with no message. A
+        cut message adds no command (Temporal compares a closing command's type on replay, not its
+        failure); the refused output does (:data:`PATCH_RUN_OUTPUT_TOO_LARGE`). A child run's is
+        bounded by the room its parent holds too (:meth:`run`)."""
+        if result.error is not None:
             error = _clipped_error(result.error, RESULT_MAX_BYTES, f"{len(result.error):,} characters in all")
             if error is not result.error:
                 result = result.model_copy(update={"error": error})
-        if result.state != RunState.COMPLETED or run.options.result_limit is not None:
-            return result  # (a child's result is bounded by the room its parent holds: run())
+        if result.state != RunState.COMPLETED:
+            return result
         limit = self._runtime.payload_limit()
         if limit is None:  # with the store, the run's state budget is far under its cap
             limit = STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN
@@ -2257,7 +2268,7 @@ class GenericRun:
         if json_written_size(result.output, limit) * 3 // 2 + RESULT_FIELDS_ROOM <= limit:
             return result
         size = _payload_bytes(result.shaped(ResultSteps.NONE))
-        if size <= limit or not self._runtime.refuses(size, limit):
+        if size <= limit or not self._runtime.patched(PATCH_RUN_OUTPUT_TOO_LARGE):
             return result
         advice = (
             ""

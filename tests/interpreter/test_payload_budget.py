@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic_core import to_json
 
-from interpreter.engine import PATCH_TEMPLATE_INTEGERS, PATCH_VALUE_DEPTH
+from interpreter.engine import PATCH_TEMPLATE_VALUES, PATCH_VALUE_DEPTH
 from interpreter.sizes import (
     ID_MAX_BYTES,
     RUN_STATE_BUDGET,
@@ -113,7 +113,7 @@ def test_the_written_count_is_never_far_short_of_what_is_written() -> None:
 
 
 async def test_a_template_returning_a_number_no_reader_takes_fails_from_the_patch_on() -> None:
-    # Patch template-integers. Found by an attacker's probe: a set step kept a 5,001-digit number
+    # Patch template-values. Found by an attacker's probe: a set step kept a 5,001-digit number
     # ({{ (10**100)**50 }}), which pydantic refuses to read back (past 4,300 digits): a fan-out
     # slice returning it left its parent's workflow task failing for ever. Within a template a
     # large number is fine; only what it returns is bounded.
@@ -126,10 +126,26 @@ async def test_a_template_returning_a_number_no_reader_takes_fails_from_the_patc
     assert "a number of 16,610 bits" in (result.error or "")
     assert rec(result, "fine").output == {"r": (10**5000) % 7, "n": 10**3800}  # 3,801 digits: kept
     old = FakeRuntime()
-    old.declined.add(PATCH_TEMPLATE_INTEGERS)  # a run recorded before the patch goes on as it did
+    old.declined.add(PATCH_TEMPLATE_VALUES)  # a run recorded before the patch goes on as it did
     result, engine, _ = await run(steps, old)
     assert result.state == RunState.COMPLETED
     assert engine.vars["n"] == 10**5000
+
+
+@pytest.mark.parametrize("template", ["{{ 'a\\ud800' }}", "x {{ '\\udfff' }} y"], ids=["native", "text"])
+async def test_a_template_returning_a_lone_surrogate_fails_from_the_patch_on(template: str) -> None:
+    # Patch template-values. Found by a review: a jinja literal makes a lone surrogate, which
+    # UTF-8 cannot write; in a run's output or a fail step's message the converter refused the
+    # closing command in every workflow task.
+    steps: list[dict[str, Any]] = [{"id": "odd", "type": "set", "vars": {"s": template}}]
+    result, _, _ = await run(steps)
+    assert (result.state, result.error_type) == (RunState.FAILED, "TemplateError")
+    assert "a lone surrogate character" in (result.error or "")
+    old = FakeRuntime()
+    old.declined.add(PATCH_TEMPLATE_VALUES)  # a run recorded before the patch goes on as it did
+    result, engine, _ = await run(steps, old)
+    assert result.state == RunState.COMPLETED
+    assert any("\ud800" <= c <= "\udfff" for c in engine.vars["s"])
 
 
 async def test_a_value_nested_past_what_a_run_keeps_fails_its_step_from_the_patch_on() -> None:

@@ -4,7 +4,10 @@ characters (two ``set`` steps, then ``{{ [vars.b] * 4 }}``: a template keeps a l
 each string in it is under the 256 KB string bound), six bytes each as JSON. Returned as the run's
 output, or rendered into a ``fail`` step's message, it made the SDK refuse the run's closing
 command (``PayloadsTooLarge``) in every workflow task: the run stayed running, with no message,
-until its timeout. Now such a run fails, saying why, and a long message is cut.
+until its timeout. Now such a run fails, saying why, and a long message is cut. The same file
+holds what a run keeps that no reader could take back (a 5,001-digit number, a lone surrogate),
+a status answer whose variables pass the limit, and the replay of a run that closed within the
+codec's margin before the output check.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from interpreter.state import RunState
 from tests.workflows.support import (
@@ -25,11 +29,19 @@ from tests.workflows.support import (
     events,
     eventually,
     failure_of,
+    replay,
     start,
     status,
     unique,
 )
-from workflows.generic import ENGINE_LEVEL
+from worker import workflow_runner
+from workflows.generic import (
+    ENGINE_LEVEL,
+    PATCH_LEVELS,
+    PATCH_RUN_OUTPUT_TOO_LARGE,
+    GenericRun,
+    RunDefinitionWorkflow,
+)
 from workflows.search_attributes import RUN_STATE
 
 # 250,000 control characters in a variable, within the run's state budget as counted (one byte
@@ -110,7 +122,7 @@ async def test_a_fail_message_past_the_payload_limit_is_cut(
 async def test_a_fan_out_slice_returning_a_number_no_reader_takes_fails_its_run_in_words(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
-    # Patch template-integers. Found by an attacker's probe: each slice kept a 5,001-digit number
+    # Patch template-values. Found by an attacker's probe: each slice kept a 5,001-digit number
     # and returned it; pydantic refuses numbers past 4,300 digits, so the parent could not read
     # the slice's result and its workflow task failed again and again until the run timed out.
     # Now the template fails in the slice, which fails its parent's step, in words.
@@ -152,3 +164,72 @@ async def test_a_status_whose_variables_pass_the_payload_limit_answers_without_t
     assert (result.state, result.output) == (RunState.COMPLETED, {"ok": 1})
     closed = await status(handle)
     assert (closed.state, closed.left_out) == (RunState.COMPLETED, ["vars"])
+
+
+async def test_a_run_that_closed_within_the_codec_margin_replays_as_recorded(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Patch run-output-too-large. Found by a review: a result between 2 MiB less the codec's
+    # margin (1 KiB) and 2 MiB closed before (no codec, or a small one), and refusing it unasked
+    # made the recorded history fail to replay (a RunState upsert and a failure where the history
+    # completed). Recorded here by the build before (its closing check left out), replayed by this
+    # one; a run started now fails in words, as the codec's framing could take it past the limit.
+    document = definition(
+        unique("margin"),
+        [*BUILD, {"id": "done", "type": "succeed", "output": "{{ [vars.b, vars.a, input.c] }}"}],
+    )
+    run_input = {"c": "x" * 296_500}  # the result: 2,096,569 bytes, within the margin
+    monkeypatch.setattr(GenericRun, "_closable", lambda self, result, run: result)
+    before = await start(
+        client, task_queue, document, run_input, engine_level=PATCH_LEVELS[PATCH_RUN_OUTPUT_TOO_LARGE] - 1
+    )
+    recorded = await before.result()
+    assert recorded.state == RunState.COMPLETED
+    history = await before.fetch_history()
+    monkeypatch.undo()
+    replayer = Replayer(
+        workflows=[RunDefinitionWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    replayed = await replay(replayer, history)
+    assert replayed.replay_failure is None, repr(replayed.replay_failure)
+    now = await start(
+        client,
+        task_queue,
+        document,
+        run_input,
+        engine_level=ENGINE_LEVEL,
+        execution_timeout=timedelta(seconds=60),
+    )
+    cause, _ = await failure_of(now)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "RunOutputTooLarge"
+    assert "the run's output is 2,096,569 bytes serialized" in cause.message
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        {"id": "boom", "type": "fail", "message": "{{ 'a\\ud800' }}"},
+        {"id": "done", "type": "succeed", "output": "bad {{ '\\udfff' }}"},
+    ],
+    ids=["fail-message", "output"],
+)
+async def test_a_lone_surrogate_from_a_template_fails_the_run_in_words(
+    client: Client, task_queue: str, worker: Worker, ending: dict[str, Any]
+) -> None:
+    # Patch template-values. Found by a review: a jinja literal makes a lone surrogate, which
+    # UTF-8 cannot write: the converter refused the run's closing command in every workflow task,
+    # and the run stayed running until its timeout. Now the template fails.
+    document = definition(unique("surrogate"), [ending])
+    handle = await start(
+        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "TemplateError"
+    assert "a lone surrogate character" in cause.message
+    assert result is not None
+    assert result.state == RunState.FAILED
+    await _no_task_failed(handle)
