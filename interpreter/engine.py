@@ -2762,11 +2762,7 @@ class Engine:
             {k: v for k, v in value.items() if k not in static and k not in escaped}, context
         )
         for key in escaped:
-            self._check_task_work()
-            try:
-                rendered[key] = render_html(value[key], context)
-            finally:
-                self._task_work += last_work()
+            rendered[key] = self._templated(render_html, value[key], context)
         return {k: value[k] if k in static else rendered[k] for k in value}
 
     @staticmethod

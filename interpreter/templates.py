@@ -121,6 +121,7 @@ def unchecked_values() -> Iterator[None]:
 
 
 def _check_text(text: str) -> None:
+    """Refuses ``text`` holding a lone surrogate (:data:`_SURROGATE`), unless in :func:`unchecked_values`."""
     if not text.isascii() and _SURROGATE.search(text) and _checked_values.get():
         raise _Unreadable("a lone surrogate character (UTF-8 cannot write it; a JSON reader refuses it)")
 
@@ -324,7 +325,7 @@ def _sized(value: Any) -> bool:
     return isinstance(value, (str, list, tuple))
 
 
-def _to_json(value: Any) -> Any:
+def _to_json(value: Any, *, check: bool = False) -> Any:
     """Convert an evaluation result into plain JSON-compatible Python values.
 
     Raises:
@@ -333,7 +334,7 @@ def _to_json(value: Any) -> Any:
         SecurityError: If the result is larger than :data:`MAX_RESULT_CHARS` (on its structure).
     """
     size = [0]
-    return _json_value(value, size)
+    return _json_value(value, size, check and _checked_values.get())
 
 
 def _grow(size: list[int], by: int) -> None:
@@ -342,12 +343,17 @@ def _grow(size: list[int], by: int) -> None:
         raise SecurityError(f"the result is larger than {MAX_RESULT_CHARS} characters")
 
 
-def _json_value(value: Any, size: list[int]) -> Any:
+def _json_value(value: Any, size: list[int], check: bool = False) -> Any:
+    """``value`` as plain JSON values; with ``check``, refusing what no JSON reader takes back
+    (:class:`UnreadableValueError`): only for what an evaluation returns, never inside it (a
+    ``tojson`` or printed value is a string; jinja may also call the printing at compile time,
+    cached across runs, where a check would make the outcome depend on the cache)."""
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     if isinstance(value, str):
         _grow(size, 2 + len(value))
-        _check_text(value)
+        if check:
+            _check_text(value)
         return value if type(value) is str else str(value)
     _grow(size, 1)
     if value is None or type(value) is bool:
@@ -355,7 +361,7 @@ def _json_value(value: Any, size: list[int]) -> Any:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        if value.bit_length() > MAX_RESULT_INT_BITS and _checked_values.get():
+        if check and value.bit_length() > MAX_RESULT_INT_BITS:
             raise _Unreadable(
                 f"a number of {value.bit_length():,} bits (over {MAX_RESULT_INT_BITS:,}, about 3,900"
                 " digits): JSON readers refuse numbers past 4,300 digits"
@@ -371,14 +377,16 @@ def _json_value(value: Any, size: list[int]) -> Any:
             if not isinstance(key, str):
                 raise TypeError(f"object keys must be strings, got {type(key).__name__} {key!r}")
             _grow(size, len(key))
-            result[str(key)] = _json_value(item, size)
+            if check:
+                _check_text(key)
+            result[str(key)] = _json_value(item, size, check)
         return result
     if isinstance(value, (list, tuple, range, Iterator, KeysView, ValuesView, ItemsView)):
         items: list[Any] = []
         for item in value:
             if len(items) >= _MAX_ITEMS:
                 raise _too_large("result", len(items) + 1, _MAX_ITEMS)
-            items.append(_json_value(item, size))
+            items.append(_json_value(item, size, check))
         return items
     raise TypeError(f"a {type(value).__name__} value cannot be converted to JSON")
 
@@ -704,7 +712,7 @@ def _check_size(source: str, text: str) -> str:
 
 def _evaluate_compiled(source: str, expression: TemplateExpression, context: Mapping[str, Any]) -> Any:
     try:
-        value = _to_json(expression(dict(context)))
+        value = _to_json(expression(dict(context)), check=True)
     except TemplateError:
         raise
     except _Unreadable as exc:
@@ -837,8 +845,11 @@ def render_html(value: Any, context: Mapping[str, Any]) -> Any:
         return value
     try:
         rendered = str(_compile_html_template(value).render(dict(context)))
+        _check_text(rendered)
     except TemplateError:
         raise
+    except _Unreadable as exc:
+        raise UnreadableValueError(value, str(exc)) from None
     except Exception as exc:
         raise TemplateError(value, _detail(exc)) from exc
     return _check_size(value, _inert_output(rendered))

@@ -953,6 +953,11 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
             print(f"  {_when(m.at)}  {m.name}{sender}: {m.reason}", file=out)
     if status.vars:
         print(f"\nVars  {_compact(status.vars)}", file=out)
+    if status.left_out:
+        print(
+            f"\nLeft out of this answer (too large for Temporal's payload limit): {', '.join(status.left_out)}",
+            file=out,
+        )
 
 
 def print_result(workflow_id: str, result: RunResult, out: TextIO) -> None:

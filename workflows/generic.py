@@ -144,6 +144,7 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         RunStatus,
+        StepRecord,
         SubflowDefinition,
         SubflowLookup,
         clip,
@@ -676,8 +677,20 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     size = _payload_bytes(status)
     if size <= limit:
         return status
-    if not status.steps:
-        return _without_values(status, limit)
+    records = status.steps
+    if records:
+        bare = status.model_copy(update={"steps": []})
+        if _payload_bytes(bare) <= limit:
+            return _fitted_records(status, size, limit)
+    # The values alone pass the limit: they are left out first, the records kept as far as they fit.
+    status = _without_values(status, limit, records)
+    return _fitted_records(status, _payload_bytes(status), limit) if records else status
+
+
+def _fitted_records(status: RunStatus, size: int, limit: int) -> RunStatus:
+    """``status`` (of ``size`` bytes) with its most recent step records that fit in ``limit``."""
+    if size <= limit:
+        return status
     records = status.steps
     sizes = [len(record.model_dump_json()) + 1 for record in records]
     room = limit - (size - sum(sizes)) - 1024  # what the rest of the answer leaves
@@ -692,25 +705,27 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
                 "steps_dropped": status.steps_dropped + len(records) - keep,
             }
         )
-        if keep == 0:
-            return _without_values(fitted, limit)
-        if _payload_bytes(fitted) <= limit:
+        if keep == 0 or _payload_bytes(fitted) <= limit:
             return fitted
         keep //= 2
 
 
-def _without_values(status: RunStatus, limit: int) -> RunStatus:
-    """``status`` (with no step record) without its variables, then its output, as far as it
+def _without_values(status: RunStatus, limit: int, records: list[StepRecord]) -> RunStatus:
+    """``status`` without its variables, then its output, while without its step ``records`` it
     would still pass ``limit``: the run's variables are counted by its state budget escapes left
-    out, and 800 KB of control characters took the answer past 2 MiB, the query failing for as
-    long as the run kept them (found by an attacker's probe). Named in ``left_out``."""
+    out, and 750,000 control characters took the answer past 2 MiB, the query failing for as long
+    as the run kept them (found by an attacker's probe). Named in ``left_out``; the records are
+    fitted after (the inbox finds a run's steps in them)."""
     left: list[str] = []
+    bare = status.model_copy(update={"steps": []}) if records else status
     for name, empty in (("vars", {}), ("output", None)):
-        if _payload_bytes(status) <= limit:
+        if _payload_bytes(bare) <= limit:
             break
+        if getattr(bare, name) == empty:
+            continue
         left.append(name)
-        status = status.model_copy(update={name: empty, "left_out": list(left)})
-    return status
+        bare = bare.model_copy(update={name: empty, "left_out": list(left)})
+    return bare.model_copy(update={"steps": records}) if records else bare
 
 
 MAX_PENDING_ACTIVITIES = 2000
