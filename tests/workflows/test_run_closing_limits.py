@@ -23,9 +23,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, Worker
 
-from interpreter.state import RunState
+from interpreter.state import RunResult, RunState
 from starter.cli import print_status
 from tests.workflows.support import (
+    Handle,
     compensated_echo,
     definition,
     events,
@@ -55,8 +56,28 @@ BUILD = [
 HUGE = "{{ [vars.b] * 4 }}"  # a million control characters: 6 MB as JSON
 
 
-async def _no_task_failed(handle: Any) -> None:
+async def _fails_in_words(
+    client: Client,
+    task_queue: str,
+    document: dict[str, Any],
+    error_type: str | None,
+    run_input: dict[str, Any] | None = None,
+    level: int = ENGINE_LEVEL,
+) -> tuple[Handle, ApplicationError, RunResult]:
+    """Starts ``document`` and awaits its failure: an ApplicationError (of ``error_type``) and the
+    failed RunResult in its details, and no workflow task failed on the way (before the fixes the
+    run hung, failing its closing task, until the 60 s timeout)."""
+    handle = await start(
+        client, task_queue, document, run_input, engine_level=level, execution_timeout=timedelta(seconds=60)
+    )
+    cause, result = await failure_of(handle)
+    assert isinstance(cause, ApplicationError), repr(cause)
+    if error_type is not None:
+        assert cause.type == error_type, (cause.type, cause.message[:500])
+    assert result is not None
+    assert result.state == RunState.FAILED
     assert await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) == []
+    return handle, cause, result
 
 
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL], ids=["asked", "generation"])
@@ -73,18 +94,12 @@ async def test_a_run_output_past_the_payload_limit_fails_the_run_in_words(
 ) -> None:
     extra = {"output": {"big": HUGE}} if ending[0]["type"] == "set" else {}
     document = definition(unique("output"), [*BUILD, *ending], **extra)
-    handle = await start(
-        client, task_queue, document, engine_level=level, execution_timeout=timedelta(seconds=60)
+    handle, cause, result = await _fails_in_words(
+        client, task_queue, document, "RunOutputTooLarge", level=level
     )
-    cause, result = await failure_of(handle)
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "RunOutputTooLarge"
     assert "the run's output is" in cause.message
     assert "more than Temporal's payload limit" in cause.message
-    assert result is not None
-    assert result.state == RunState.FAILED
     assert result.output is None
-    await _no_task_failed(handle)
     # The status and the RunState search attribute say so too (the steps as they ended).
     answer = await status(handle)
     assert (answer.state, answer.output, answer.error_type) == (RunState.FAILED, None, "RunOutputTooLarge")
@@ -100,22 +115,14 @@ async def test_a_fail_message_past_the_payload_limit_is_cut(
     document = definition(
         unique("message"), [*before, *BUILD, {"id": "boom", "type": "fail", "message": HUGE}]
     )
-    handle = await start(
-        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
-    )
-    cause, result = await failure_of(handle)
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "WorkflowFailed"
+    handle, cause, result = await _fails_in_words(client, task_queue, document, "WorkflowFailed")
     assert len(cause.message) < 40_000
     assert "(cut:" in cause.message
-    assert result is not None
-    assert result.state == RunState.FAILED
     assert result.error == cause.message
     if compensate:  # a fail step's compensations run, as before (the records, too large, left out)
         scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
         ids = [e.activity_task_scheduled_event_attributes.activity_id for e in scheduled]
         assert any("refund" in i for i in ids), ids
-    await _no_task_failed(handle)
     # The closed run's status answers too, its message cut the same way.
     answer = await status(handle)
     assert answer.error == cause.message
@@ -131,15 +138,8 @@ async def test_a_fan_out_slice_returning_a_number_no_reader_takes_fails_its_run_
     huge = {"id": "big", "type": "set", "vars": {"n": "{{ (10**100)**50 }}"}}
     each = {"id": "each", "type": "foreach", "items": "[1, 2]", "fan_out_above": 0, "steps": [huge]}
     document = definition(unique("digits"), [each, {"id": "done", "type": "succeed", "output": {"ok": 1}}])
-    handle = await start(
-        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
-    )
-    cause, result = await failure_of(handle)
-    assert isinstance(cause, ApplicationError)
+    _, cause, _ = await _fails_in_words(client, task_queue, document, None)
     assert "a number of 16,610 bits" in cause.message, cause.message
-    assert result is not None
-    assert result.state == RunState.FAILED
-    await _no_task_failed(handle)
 
 
 async def test_a_status_whose_variables_pass_the_payload_limit_answers_without_them(
@@ -199,17 +199,7 @@ async def test_a_run_that_closed_within_the_codec_margin_replays_as_recorded(
     )
     replayed = await replay(replayer, history)
     assert replayed.replay_failure is None, repr(replayed.replay_failure)
-    now = await start(
-        client,
-        task_queue,
-        document,
-        run_input,
-        engine_level=ENGINE_LEVEL,
-        execution_timeout=timedelta(seconds=60),
-    )
-    cause, _ = await failure_of(now)
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "RunOutputTooLarge"
+    _, cause, _ = await _fails_in_words(client, task_queue, document, "RunOutputTooLarge", run_input)
     assert "the run's output is 2,096,569 bytes serialized" in cause.message
 
 
@@ -235,13 +225,5 @@ async def test_a_lone_surrogate_from_a_template_fails_the_run_in_words(
     # UTF-8 cannot write: the converter refused the run's closing command in every workflow task,
     # and the run stayed running until its timeout. Now the template fails.
     document = definition(unique("surrogate"), [ending])
-    handle = await start(
-        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
-    )
-    cause, result = await failure_of(handle)
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "TemplateError"
+    _, cause, _ = await _fails_in_words(client, task_queue, document, "TemplateError")
     assert "a lone surrogate character" in cause.message
-    assert result is not None
-    assert result.state == RunState.FAILED
-    await _no_task_failed(handle)
