@@ -144,7 +144,6 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         RunStatus,
-        StepRecord,
         SubflowDefinition,
         SubflowLookup,
         clip,
@@ -666,8 +665,9 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     """``status``, or with only its most recent step records when all of them would take the query's
     answer past Temporal's payload limit (the server refused the answer, and the query failed for
     as long as the run kept them); the others are counted in ``steps_dropped``, as a chain's
-    earlier records are; with the payload store, past the store's cap. A query writes nothing to
-    history: no patch."""
+    earlier records are; with the payload store, past the store's cap. When even without any
+    record it would pass the limit, its variables, then its output, are left out first
+    (:func:`_without_values`). A query writes nothing to history: no patch."""
     if status.error is not None:
         error = _clipped_error(status.error, RESULT_MAX_BYTES, f"{len(status.error):,} characters in all")
         if error is not status.error:  # (as the run closes with it: GenericRun._closable)
@@ -678,12 +678,10 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     if size <= limit:
         return status
     records = status.steps
-    if records:
-        bare = status.model_copy(update={"steps": []})
-        if _payload_bytes(bare) <= limit:
-            return _fitted_records(status, size, limit)
+    if records and _payload_bytes(_bare(status)) <= limit:
+        return _fitted_records(status, size, limit)
     # The values alone pass the limit: they are left out first, the records kept as far as they fit.
-    status = _without_values(status, limit, records)
+    status = _without_values(status, limit)
     return _fitted_records(status, _payload_bytes(status), limit) if records else status
 
 
@@ -710,22 +708,28 @@ def _fitted_records(status: RunStatus, size: int, limit: int) -> RunStatus:
         keep //= 2
 
 
-def _without_values(status: RunStatus, limit: int, records: list[StepRecord]) -> RunStatus:
-    """``status`` without its variables, then its output, while without its step ``records`` it
+def _without_values(status: RunStatus, limit: int) -> RunStatus:
+    """``status`` without its variables, then its output, while without its step records it
     would still pass ``limit``: the run's variables are counted by its state budget escapes left
     out, and 750,000 control characters took the answer past 2 MiB, the query failing for as long
     as the run kept them (found by an attacker's probe). Named in ``left_out``; the records are
     fitted after (the inbox finds a run's steps in them)."""
     left: list[str] = []
-    bare = status.model_copy(update={"steps": []}) if records else status
     for name, empty in (("vars", {}), ("output", None)):
-        if _payload_bytes(bare) <= limit:
+        if _payload_bytes(_bare(status)) <= limit:
             break
-        if getattr(bare, name) == empty:
+        if getattr(status, name) == empty:
             continue
         left.append(name)
-        bare = bare.model_copy(update={name: empty, "left_out": list(left)})
-    return bare.model_copy(update={"steps": records}) if records else bare
+        status = status.model_copy(update={name: empty, "left_out": list(left)})
+    return status
+
+
+def _bare(status: RunStatus) -> RunStatus:
+    """``status`` as :func:`_fitted_records` returns it when it keeps no step record."""
+    if not status.steps:
+        return status
+    return status.model_copy(update={"steps": [], "steps_dropped": status.steps_dropped + len(status.steps)})
 
 
 MAX_PENDING_ACTIVITIES = 2000
