@@ -126,6 +126,15 @@ def _check_text(text: str) -> None:
         raise _Unreadable("a lone surrogate character (UTF-8 cannot write it; a JSON reader refuses it)")
 
 
+def _readable_text(source: str, text: str) -> str:
+    """``text``, a template's whole rendered text, checked as :func:`_check_text` does."""
+    try:
+        _check_text(text)
+    except _Unreadable as exc:
+        raise UnreadableValueError(source, str(exc)) from None
+    return text
+
+
 _CACHE_SIZE = 4096
 _SHOWN_SOURCE_CHARS = 200
 
@@ -780,12 +789,9 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
         return _inert_output(_evaluate_compiled(text, expression, context))
     try:
         rendered = _compile_template(text)[0].render(dict(context))
-        _check_text(rendered)
-    except _Unreadable as exc:
-        raise UnreadableValueError(text, str(exc)) from None
     except Exception as exc:
         raise TemplateError(text, _detail(exc)) from exc
-    return _check_size(text, _inert_output(rendered))
+    return _check_size(text, _inert_output(_readable_text(text, rendered)))
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:
@@ -845,14 +851,11 @@ def render_html(value: Any, context: Mapping[str, Any]) -> Any:
         return value
     try:
         rendered = str(_compile_html_template(value).render(dict(context)))
-        _check_text(rendered)
     except TemplateError:
         raise
-    except _Unreadable as exc:
-        raise UnreadableValueError(value, str(exc)) from None
     except Exception as exc:
         raise TemplateError(value, _detail(exc)) from exc
-    return _check_size(value, _inert_output(rendered))
+    return _check_size(value, _inert_output(_readable_text(value, rendered)))
 
 
 def contains_template(value: Any) -> bool:

@@ -629,6 +629,12 @@ def _clipped_error(
     return error[: most - 100] + f" … (cut: {why})"
 
 
+def _closing_error(error: str) -> str:
+    """A run's message as it closes with it (and its ``status`` shows it): cut to a 64th of
+    Temporal's payload limit (:func:`_clipped_error`), saying how long it was."""
+    return _clipped_error(error, RESULT_MAX_BYTES, f"{len(error):,} characters in all")
+
+
 RUN_OUTPUT_TOO_LARGE = "RunOutputTooLarge"
 """The error type of a run whose output would take its result past what Temporal (or the payload
 store) takes: the SDK refused the closing command, and the workflow task failed for ever."""
@@ -669,8 +675,8 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     record it would pass the limit, its variables, then its output, are left out first
     (:func:`_without_values`). A query writes nothing to history: no patch."""
     if status.error is not None:
-        error = _clipped_error(status.error, RESULT_MAX_BYTES, f"{len(status.error):,} characters in all")
-        if error is not status.error:  # (as the run closes with it: GenericRun._closable)
+        error = _closing_error(status.error)
+        if error is not status.error:
             status = status.model_copy(update={"error": error})
     if limit is None:
         return status
@@ -2274,7 +2280,7 @@ class GenericRun:
         failure); the refused output does (:data:`PATCH_RUN_OUTPUT_TOO_LARGE`). A child run's is
         bounded by the room its parent holds too (:meth:`run`)."""
         if result.error is not None:
-            error = _clipped_error(result.error, RESULT_MAX_BYTES, f"{len(result.error):,} characters in all")
+            error = _closing_error(result.error)
             if error is not result.error:
                 result = result.model_copy(update={"error": error})
         if result.state != RunState.COMPLETED:
@@ -2289,16 +2295,10 @@ class GenericRun:
         size = _payload_bytes(result.shaped(ResultSteps.NONE))
         if size <= limit or not self._runtime.patched(PATCH_RUN_OUTPUT_TOO_LARGE):
             return result
-        advice = (
-            ""
-            if self._runtime.input_budget is not None
-            else ", or configure the payload store (WFA_PAYLOAD_STORE)"
-        )
-        where = (
-            "the payload store takes"
-            if self._runtime.input_budget is not None
-            else "Temporal's payload limit"
-        )
+        if self._runtime.input_budget is not None:
+            where, advice = "the payload store takes", ""
+        else:
+            where, advice = "Temporal's payload limit", ", or configure the payload store (WFA_PAYLOAD_STORE)"
         message = (
             f"the run's output is {size:,} bytes serialized, more than {where} ({limit:,} bytes):"
             f" its steps completed and were not compensated. Return less from the run (its"
