@@ -301,9 +301,12 @@ class RunStatus(BaseModel):
     ones are carried), and the oldest when all of them would take the status past Temporal's
     payload limit (the most recent that fit are listed)."""
     left_out: list[str] = Field(default_factory=list)
-    """What this answer leaves out (``vars``, then ``output``) because with no step record it would
-    still pass Temporal's payload limit (the run keeps them; its variables are counted by the
-    state budget as written, escapes not counted, so they can take more once written)."""
+    """What this answer leaves out because with no step record it would still pass Temporal's
+    payload limit, the largest first: ``vars``, ``output``, ``parked.input`` (each parked step's
+    input, kept by its dead letter row), ``pending_approvals.message`` and
+    ``pending_approvals.description`` (cut to :data:`MAX_TEXT_CHARS`). The run keeps them; its
+    variables are counted by the state budget as written, escapes not counted, and a rendered text
+    may take 256 KiB, so they can take more once written."""
 
 
 class CurrentStepTracking(StrEnum):

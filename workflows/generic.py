@@ -126,6 +126,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from interpreter.state import (
         FINAL_STATES,
+        MAX_TEXT_CHARS,
         CancelRequest,
         CancelRunRequest,
         CurrentStepTracking,
@@ -715,20 +716,59 @@ def _fitted_records(status: RunStatus, size: int, limit: int) -> RunStatus:
 
 
 def _without_values(status: RunStatus, limit: int) -> RunStatus:
-    """``status`` without its variables, then its output, while without its step records it
-    would still pass ``limit``: the run's variables are counted by its state budget escapes left
-    out, and 750,000 control characters took the answer past 2 MiB, the query failing for as long
-    as the run kept them (found by an attacker's probe). Named in ``left_out``; the records are
-    fitted after (the inbox finds a run's steps in them)."""
+    """``status`` without the parts that hold values (:func:`_leavable`), the largest first, while
+    without its step records it would still pass ``limit``: the run's variables are counted by its
+    state budget escapes left out, and 750,000 control characters took the answer past 2 MiB, the
+    query failing for as long as the run kept them (found by an attacker's probe); a human task's
+    title and description (256 KiB each as rendered) and two parked steps' inputs did the same.
+    Named in ``left_out``; the records are fitted after (the inbox finds a run's steps in them)."""
     left: list[str] = []
-    for name, empty in (("vars", {}), ("output", None)):
+    for name, _size, without in sorted(_leavable(status), key=lambda part: -part[1]):
         if _payload_bytes(_bare(status)) <= limit:
             break
-        if getattr(status, name) == empty:
-            continue
         left.append(name)
-        status = status.model_copy(update={name: empty, "left_out": list(left)})
+        status = without(status).model_copy(update={"left_out": list(left)})
     return status
+
+
+def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], RunStatus]]]:
+    """The parts of ``status`` :func:`_without_values` may leave out: name, bytes, and how (in this
+    order when they are as large): the variables, the output, the parked steps' inputs (their dead
+    letter rows keep them), and the pending approvals' and tasks' texts past
+    :data:`~interpreter.state.MAX_TEXT_CHARS` (cut, saying how long they were)."""
+    parts: list[tuple[str, int, Callable[[RunStatus], RunStatus]]] = []
+    if status.vars:
+        parts.append(("vars", _payload_bytes(status.vars), lambda s: s.model_copy(update={"vars": {}})))
+    if status.output is not None:
+        parts.append(
+            ("output", _payload_bytes(status.output), lambda s: s.model_copy(update={"output": None}))
+        )
+    inputs = [parked.input for parked in status.parked if parked.input]
+    if inputs:
+        parts.append(
+            (
+                "parked.input",
+                _payload_bytes(inputs),
+                lambda s: s.model_copy(
+                    update={"parked": [p.model_copy(update={"input": {}}) for p in s.parked]}
+                ),
+            )
+        )
+    for field in ("message", "description"):
+        texts = [
+            getattr(a, field) for a in status.pending_approvals if len(getattr(a, field)) > MAX_TEXT_CHARS
+        ]
+        if texts:
+            parts.append(
+                (f"pending_approvals.{field}", _payload_bytes(texts), functools.partial(_cut_texts, field))
+            )
+    return parts
+
+
+def _cut_texts(field: str, status: RunStatus) -> RunStatus:
+    """``status`` with its pending approvals' ``field`` (``message`` or ``description``) cut."""
+    pending = [a.model_copy(update={field: clip(getattr(a, field))}) for a in status.pending_approvals]
+    return status.model_copy(update={"pending_approvals": pending})
 
 
 def _bare(status: RunStatus) -> RunStatus:

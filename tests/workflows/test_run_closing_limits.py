@@ -171,6 +171,62 @@ async def test_a_status_whose_variables_pass_the_payload_limit_answers_without_t
     assert (closed.state, closed.left_out) == (RunState.COMPLETED, ["vars"])
 
 
+async def test_a_status_whose_human_task_texts_pass_the_payload_limit_answers_with_them_cut(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # A human task's title and description are rendered from data, each up to 256 KiB (the
+    # rendered-string bound): 250,000 control characters each are 3 MB as JSON, so every status
+    # query failed while the task waited for a person (the inbox finds tasks in that answer). Now
+    # the largest part goes first, only as far as needed: the title is cut, the description and
+    # the variables (300 KB) stay.
+    texts = "{{ vars.a ~ vars.a ~ vars.a ~ vars.a ~ vars.a }}"
+    task = {"id": "review", "type": "human_task", "assignee": "ann", "title": texts, "description": texts}
+    task |= {"due": "3s", "on_timeout": "continue"}
+    done = {"id": "done", "type": "succeed", "output": {"ok": 1}}
+    document = definition(unique("texts"), [BUILD[0], task, done])
+    handle = await start(
+        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
+    )
+    waiting = await eventually(
+        lambda: status(handle), lambda s: bool(s.pending_approvals), what="the human task"
+    )
+    assert waiting.left_out == ["pending_approvals.message"]
+    [pending] = waiting.pending_approvals
+    assert (pending.step_id, pending.kind) == ("review", "task")
+    assert pending.message.endswith("… (250000 characters)")
+    assert len(pending.description) == 250_000
+    assert len(waiting.vars["a"]) == 50_000
+    result = await handle.result()
+    assert (result.state, result.output) == (RunState.COMPLETED, {"ok": 1})
+
+
+async def test_a_status_whose_parked_inputs_pass_the_payload_limit_answers_without_them(
+    client: Client, task_queue: str, store_worker: Worker
+) -> None:
+    # Two parked steps each keep their input, 200,000 control characters (1.2 MB as JSON): every
+    # status query failed while they waited for an operator. Now the answer leaves the parked
+    # inputs out (their dead letter rows keep them) and keeps the rest.
+    value = "{{ vars.a ~ vars.a ~ vars.a ~ vars.a }}"
+    failing = {"type": "task", "action": "echo", "input": {"value": value, "fail": "Boom"}}
+    failing |= {"retry": {"maximum_attempts": 1}, "on_failure": "dead_letter", "park_timeout": "4s"}
+    failing |= {"on_park_timeout": "continue"}
+    branches = [{"id": f"b{n}", "steps": [{"id": f"call{n}", **failing}]} for n in (1, 2)]
+    both = {"id": "both", "type": "parallel", "branches": branches}
+    document = definition(
+        unique("parked"), [BUILD[0], both, {"id": "done", "type": "succeed", "output": {"ok": 1}}]
+    )
+    handle = await start(
+        client, task_queue, document, engine_level=ENGINE_LEVEL, execution_timeout=timedelta(seconds=60)
+    )
+    waiting = await eventually(lambda: status(handle), lambda s: len(s.parked) == 2, what="both parks")
+    assert waiting.left_out == ["parked.input"]
+    assert sorted((p.step_id, p.input) for p in waiting.parked) == [("call1", {}), ("call2", {})]
+    assert all(p.dead_letter_id is not None for p in waiting.parked)
+    assert len(waiting.vars["a"]) == 50_000
+    result = await handle.result()
+    assert (result.state, result.output) == (RunState.COMPLETED, {"ok": 1})
+
+
 async def test_a_run_that_closed_within_the_codec_margin_replays_as_recorded(
     client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
