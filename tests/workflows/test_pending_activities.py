@@ -20,6 +20,7 @@ import pytest_asyncio
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -98,6 +99,44 @@ def _settled(history: list[HistoryEvent]) -> bool:
 SLOTS = 4
 
 
+def _held_then_sent(team_queue: str) -> dict[str, Any]:
+    """Four calls held on ``team_queue``, and beside them, a second later, four calls of 1.3 MB (two
+    templates: one renders at most 1 MiB); both ``on_failure: continue``."""
+
+    def each(step_id: str, call: dict[str, Any]) -> dict[str, Any]:
+        call = {"id": f"{step_id}_call", "type": "task", "action": "echo", "on_failure": "continue", **call}
+        return {
+            "id": step_id,
+            "type": "foreach",
+            "items": f"range({SLOTS}) | list",
+            "concurrency": SLOTS,
+            "steps": [call],
+        }
+
+    held_call = {"task_queue": team_queue, "timeouts": {"schedule_to_close": "80s"}, "input": {"value": 1}}
+    # (The echo's answer is over an action's output budget: the call fails, and the run goes on.)
+    large = {"input": {"a": "{{ input.a }}", "b": "{{ input.b }}"}}
+    return definition(
+        unique("slots"),
+        [
+            {
+                "id": "both",
+                "type": "parallel",
+                "branches": [
+                    {
+                        "id": "hold",
+                        "steps": [each("held", held_call)],
+                    },
+                    {
+                        "id": "send",
+                        "steps": [{"id": "after", "type": "delay", "duration": "1s"}, each("sent", large)],
+                    },
+                ],
+            }
+        ],
+    )
+
+
 @pytest.mark.parametrize("level", [PATCH_LEVELS[PATCH_SLOT_SEND_PACING] - 1, ENGINE_LEVEL])
 async def test_calls_whose_slots_free_together_are_sent_over_several_workflow_tasks(
     pending_limited_env: WorkflowEnvironment, task_queue: str, monkeypatch: pytest.MonkeyPatch, level: int
@@ -118,39 +157,7 @@ async def test_calls_whose_slots_free_together_are_sent_over_several_workflow_ta
         await answer.wait()
         return {"output": "held", "attempt": activity.info().attempt}
 
-    def each(step_id: str, call: dict[str, Any]) -> dict[str, Any]:
-        call = {"id": f"{step_id}_call", "type": "task", "action": "echo", "on_failure": "continue", **call}
-        return {
-            "id": step_id,
-            "type": "foreach",
-            "items": f"range({SLOTS}) | list",
-            "concurrency": SLOTS,
-            "steps": [call],
-        }
-
-    held_call = {"task_queue": team_queue, "timeouts": {"schedule_to_close": "80s"}, "input": {"value": 1}}
-    # (Two templates: one renders at most 1 MiB. The echo's answer is over an action's output
-    # budget: the call fails, and the run goes on.)
-    large = {"input": {"a": "{{ input.a }}", "b": "{{ input.b }}"}}
-    document = definition(
-        unique("slots"),
-        [
-            {
-                "id": "both",
-                "type": "parallel",
-                "branches": [
-                    {
-                        "id": "hold",
-                        "steps": [each("held", held_call)],
-                    },
-                    {
-                        "id": "send",
-                        "steps": [{"id": "after", "type": "delay", "duration": "1s"}, each("sent", large)],
-                    },
-                ],
-            }
-        ],
-    )
+    document = _held_then_sent(team_queue)
     async with (
         httpx.AsyncClient() as http_client,
         Worker(client, task_queue=team_queue, activities=[held]),
@@ -184,3 +191,61 @@ async def test_calls_whose_slots_free_together_are_sent_over_several_workflow_ta
     tasks = [e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id for e in scheduled]
     assert len(tasks) == 2 * SLOTS
     assert len(set(tasks[SLOTS:])) == SLOTS  # 1.3 MB each: one call a workflow task
+
+
+async def test_calls_that_waited_for_slots_are_refused_when_the_history_grew_past_the_ceiling_meanwhile(
+    client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Patch slot-send-pacing, its send guard. Four calls hold every slot (the worker's cap lowered
+    # to 4); four calls of 1.3 MB pass the send guard and wait for slots. While they wait, signals
+    # nobody asked for (1.9 MB each, refused by the run, but in its history) take the history near
+    # the ceiling (lowered here to 15 MiB). Before, a call that waited was sent once its slot
+    # freed, whatever the history had become (or, several freed in one workflow task, the server
+    # terminated the run: the test above). Now the guard is asked again where it goes out, and
+    # each fails its step (HistoryLimit, on_failure continue).
+    monkeypatch.setattr(workflows.generic, "MAX_PENDING_ACTIVITIES", SLOTS)
+    monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
+    team_queue = unique("team")
+    answer = asyncio.Event()
+
+    @activity.defn(name="echo")
+    async def held(request: Any) -> dict[str, Any]:
+        await answer.wait()
+        return {"output": "held", "attempt": activity.info().attempt}
+
+    document = _held_then_sent(team_queue)
+    async with (
+        httpx.AsyncClient() as http_client,
+        Worker(client, task_queue=team_queue, activities=[held]),
+        build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        handle = await start(
+            client,
+            task_queue,
+            document,
+            {"a": ["x" * 1000] * 650, "b": ["y" * 1000] * 650},
+            engine_level=ENGINE_LEVEL,
+            execution_timeout=timedelta(seconds=90),
+        )
+        await eventually(lambda: events(handle), _settled, timeout=60, what="four calls held, four waiting")
+        for n in range(NOISE):
+            await handle.signal(f"noise{n}", "z" * 1_900_000)
+        answer.set()
+        result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    size = (await handle.describe()).raw_description.workflow_execution_info.history_size_bytes
+    assert len(scheduled) == SLOTS  # the held calls only
+    assert size < 1_500_000 + NOISE * 1_950_000, f"a run of {size:,} bytes of history"  # no call's input
+    refused = [r for r in result.steps if r.id == "sent_call"]
+    assert len(refused) == SLOTS
+    for record in refused:
+        assert record.error_type == "HistoryLimit", record.error
+        assert "would bring the run's history" in (record.error or ""), record.error
+
+
+CEILING = 15 * 1024 * 1024
+"""A send guard ceiling the four held calls' rooms (2 MiB each: a team's worker may return that
+much), the four waiting calls' rooms (528 KiB) and inputs, and the run's input fit under."""
+NOISE = 8
+"""Signals of 1.9 MB: the history, 1.4 MB before them, is then past the ceiling less a call's input."""
