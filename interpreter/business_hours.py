@@ -55,8 +55,11 @@ def check_timezone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}: use an IANA name like 'America/Chicago'")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r}: use an IANA name like 'America/Chicago'") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # (OSError: a directory of the tz database, such as 'America', or a name too long for a
+        # file name; found by an attacker's probe, it failed the workflow task again and again.)
+        shown = name if len(name) <= 100 else f"{name[:100]}… ({len(name)} characters)"
+        raise ValueError(f"unknown time zone {shown!r}: use an IANA name like 'America/Chicago'") from exc
 
 
 def _parse_hhmm(value: str) -> time | None:

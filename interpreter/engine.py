@@ -18,8 +18,8 @@ import math
 import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any, Protocol, assert_never, runtime_checkable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol, TypeVar, assert_never, runtime_checkable
 
 from pydantic import TypeAdapter
 
@@ -1580,6 +1580,20 @@ def resolve_timeouts(definition: Definition, step: TaskStep) -> Timeouts:
         schedule_to_close=own.schedule_to_close or base.schedule_to_close,
         heartbeat=own.heartbeat or base.heartbeat,
     )
+
+
+_Timed = TypeVar("_Timed", timedelta, datetime)
+
+
+def _in_business_hours(step: DelayStep | HumanTaskStep, compute: Callable[[], _Timed]) -> _Timed:
+    """``compute()``, a wait or a deadline counted in the step's business hours; the step's failure
+    (``InvalidBusinessHours``) when the hours do not open within the search (3,700 days: every open
+    day a holiday, or a ``due`` longer than that). Found by an attacker's probe: the ValueError
+    failed the workflow task again and again, the run stuck until its timeout."""
+    try:
+        return compute()
+    except ValueError as err:
+        raise _RunFailed(f"step {step.id!r}: business_hours: {err}", "InvalidBusinessHours") from None
 
 
 def _mark_done(order: list[int], index: int, _task: asyncio.Future[Any]) -> None:
@@ -3804,10 +3818,20 @@ class Engine:
                 raise _RunFailed(
                     f"step {step.id!r}: 'until' timestamp {text!r} has no UTC offset", "InvalidTimestamp"
                 )
+            try:
+                until.astimezone(UTC)
+            except OverflowError:
+                # (Found by an attacker's probe: the timer's end overflowed, failing the workflow
+                # task again and again.)
+                raise _RunFailed(
+                    f"step {step.id!r}: 'until' timestamp {text!r} is past the year 9999 in UTC",
+                    "InvalidTimestamp",
+                ) from None
             wait = max(until - now, timedelta(0))
         else:
             assert step.business_hours is not None
-            wait = delay_until_open(now, self._business_hours(step, step.business_hours, scope))
+            hours = self._business_hours(step, step.business_hours, scope)
+            wait = _in_business_hours(step, functools.partial(delay_until_open, now, hours))
         if wait > timedelta(0):
             with self._waiting_at(path, step.label):
                 at_top = top and self._nested_ok() and self._may_continue_waiting()
@@ -4194,7 +4218,7 @@ class Engine:
                 deadline = start + due
             else:
                 hours = self._business_hours(step, step.business_hours, scope)
-                deadline = add_business_time(start, due, hours)
+                deadline = _in_business_hours(step, functools.partial(add_business_time, start, due, hours))
         context = self._context(scope)
         return _Approval(
             view=PendingApproval(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -17,6 +18,11 @@ LOOP = [
     {"id": "tick", "type": "set", "vars": {"i": "{{ vars.i + 1 }}"}, "max_visits": 2},
     {"id": "again", "type": "condition", "if": "vars.i < 5", "then": {"goto": "tick"}, "max_visits": 2},
 ]
+
+TASK = {"type": "human_task", "assignee": "alice", "title": "Review"}
+_TODAY = datetime.now(UTC).date()
+MONDAYS = [d.isoformat() for d in (_TODAY + timedelta(days=n) for n in range(3800)) if d.weekday() == 0]
+"""Every Monday of the next ten years and more: business hours open on Mondays only never open."""
 
 CASES: dict[str, tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], str, str | None]] = {
     # name: (steps, extra definition fields, input, expected error type, failing step path)
@@ -65,6 +71,49 @@ CASES: dict[str, tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], str
         {"when": "2030-01-01T00:00:00"},
         "InvalidTimestamp",
         "wait",
+    ),
+    # Found by an attacker's probe: each of the next five failed the workflow task again and again
+    # (an OSError, OverflowError or ValueError out of the step), the run stuck until its timeout.
+    "until-past-9999": (
+        [{"id": "wait", "type": "delay", "until": "{{ input.when }}"}],
+        {},
+        {"when": "9999-12-31T23:59:59-12:00"},  # year 10000 in UTC
+        "InvalidTimestamp",
+        "wait",
+    ),
+    "zone-a-directory": (
+        [{"id": "office", "type": "delay", "business_hours": {"timezone": "{{ input.tz }}"}}],
+        {},
+        {"tz": "America"},  # a directory of the tz database
+        "InvalidTimeZone",
+        "office",
+    ),
+    "zone-too-long": (
+        [{"id": "review", **TASK, "due": "1d", "business_hours": {"timezone": "{{ input.tz }}"}}],
+        {},
+        {"tz": "a" * 300},
+        "InvalidTimeZone",
+        "review",
+    ),
+    "no-open-window": (
+        [
+            {
+                "id": "office",
+                "type": "delay",
+                "business_hours": {"timezone": "UTC", "days": ["mon"], "holidays": MONDAYS},
+            }
+        ],
+        {},
+        {},
+        "InvalidBusinessHours",
+        "office",
+    ),
+    "due-past-business-search": (
+        [{"id": "review", **TASK, "due": "36600d", "business_hours": {"timezone": "UTC"}}],
+        {},
+        {},
+        "InvalidBusinessHours",
+        "review",
     ),
     "duration": (
         [{"id": "wait", "type": "delay", "duration": "{{ input.pause }}"}],
