@@ -80,6 +80,7 @@ from interpreter.state import (
     DECISION_LINKS_ACTIVITY,
     FINAL_STATES,
     MAX_ACTOR_CHARS,
+    MAX_DECISIONS,
     MAX_REFUSALS,
     CancelRequest,
     DeadLetterAction,
@@ -134,6 +135,15 @@ string with a lone surrogate. Before, a run could keep a 5,001-digit number
 workflow task failing for ever, nor a client its result or status; a lone surrogate
 (``{{ '\\ud800' }}``) in its output or a ``fail`` step's message failed its closing workflow task
 for ever. Asked only when a template returns one: a run recorded before renders it as it did."""
+
+PATCH_DECISIONS_KEPT = "decisions-kept"
+"""Patch id: a run keeps its last :data:`~interpreter.state.MAX_DECISIONS` decisions, accepted or
+refused, and counts the older ones in ``decisions_dropped``. Before, it kept every accepted one, in
+its status and in what it carries when it continues as new: an approval in a loop (a reminder
+sequence that asks every day), decided 700 times with a reason of 1,000 control characters (3 KB
+each as JSON once clipped, within a decision's bounds), took the status answer past 2 MiB, every
+query failing from then on, and the carried state with it. Asked where a decision would be dropped:
+it changes the size of what a run carries on continuing as new."""
 PATCH_TASK_WORK_BUDGET = "task-work-budget"
 """Patch id: template work in one workflow task is bounded in total (see ``TASK_WORK_BUDGET``);
 asked only when the bound is passed, so runs within it carry no marker."""
@@ -2020,6 +2030,7 @@ class Engine:
             raise
         approval.decision = (kind, decision)
         self.decisions.append(self._decision_record(kind, decision, refusal=None))
+        self._keep_last_decisions()
 
     def refuse_decision(self, kind: DecisionKind, decision: Decision, refusal: str) -> None:
         """Records a well-formed decision that is refused; keeps the last :data:`MAX_REFUSALS`."""
@@ -2028,6 +2039,15 @@ class Engine:
         if len(refused) > MAX_REFUSALS:
             del self.decisions[refused[0]]
             self.decisions_dropped += 1
+        self._keep_last_decisions()
+
+    def _keep_last_decisions(self) -> None:
+        """Drops the oldest decisions past :data:`MAX_DECISIONS`, counted in ``decisions_dropped``
+        (:data:`PATCH_DECISIONS_KEPT`)."""
+        excess = len(self.decisions) - MAX_DECISIONS
+        if excess > 0 and self.runtime.patched(PATCH_DECISIONS_KEPT):
+            del self.decisions[:excess]
+            self.decisions_dropped += excess
 
     def refuse_message(self, name: str, actor: str | None, reason: str) -> None:
         """Records a message the run could not read or refused; keeps the last :data:`MAX_REFUSALS`."""

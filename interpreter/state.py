@@ -28,6 +28,9 @@ MAX_TEXT_CHARS = 500
 """Longest reason or refusal text a message record keeps."""
 MAX_REFUSALS = 50
 """Refused messages (and refused decisions) a run keeps; older ones are dropped and counted."""
+MAX_DECISIONS = 100
+"""Decisions, accepted or refused, a run keeps (at most :data:`MAX_REFUSALS` refused among them);
+older ones are dropped and counted (patch ``decisions-kept``)."""
 MAX_DECISION_REASON_CHARS = 1000
 """Longest ``reason`` an accepted decision may carry (it goes into the approval step's output)."""
 MAX_DECISION_DATA_BYTES = 16 * 1024
@@ -270,8 +273,9 @@ class RunStatus(BaseModel):
     :data:`MAX_REFUSALS` refusals), so no message can make it exceed the payload size limit.
 
     Attributes:
-        decisions: Accepted decisions, and the last refused ones (older refused ones are counted
-            in ``decisions_dropped``).
+        decisions: The last :data:`MAX_DECISIONS` decisions, accepted or refused, at most the
+            last :data:`MAX_REFUSALS` refused ones among them (older ones are counted in
+            ``decisions_dropped``).
         refused_messages: The last signals that could not be read or were refused (malformed,
             unknown, a cancel too late); older ones are counted in ``refused_messages_dropped``.
         cancelled_by: Who asked the run to cancel, and why.

@@ -278,10 +278,12 @@ async def watch(
         if status.state.value != state:
             state = status.state.value
             print(f"{_clock()} run {workflow_id}: {state}", file=out)
-        for decided in status.decisions[decisions:]:
+        # Counted with the dropped ones: the run keeps only its last decisions.
+        total = status.decisions_dropped + len(status.decisions)
+        for decided in status.decisions[max(0, len(status.decisions) - (total - decisions)) :]:
             verdict = "accepted" if decided.accepted else f"refused ({decided.refusal})"
             print(f"{_clock()}   {decided.decision.value} by {decided.actor}: {verdict}", file=out)
-        decisions = len(status.decisions)
+        decisions = total
         for record in status.steps:
             key = f"{record.path}#{record.started_at.isoformat()}"
             if seen.get(key) == record.status.value:

@@ -83,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW_PARALLEL,
         PATCH_CONTINUE_AS_NEW_TASKS,
         PATCH_CONTINUE_AS_NEW_WAITS,
+        PATCH_DECISIONS_KEPT,
         PATCH_DECLARED_FORM_FIELDS,
         PATCH_DRAIN_FIXES,
         PATCH_DROP_UNRESUMED,
@@ -433,6 +434,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_SLOT_SEND_PACING: 21,
     PATCH_TEMPLATE_VALUES: 21,
     PATCH_RUN_OUTPUT_TOO_LARGE: 21,
+    PATCH_DECISIONS_KEPT: 22,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from interpreter.state import (
     MAX_DECISION_DATA_BYTES,
+    MAX_DECISIONS,
     MAX_REFUSALS,
     CancelRequest,
     CurrentStepTracking,
@@ -43,7 +44,13 @@ from tests.workflows.support import (
     unique,
     wait_state,
 )
-from workflows.generic import PATCH_BOUNDED_DECISIONS, RunDefinitionWorkflow
+from workflows.generic import (
+    ENGINE_LEVEL,
+    PATCH_BOUNDED_DECISIONS,
+    PATCH_DECISIONS_KEPT,
+    PATCH_LEVELS,
+    RunDefinitionWorkflow,
+)
 from workflows.search_attributes import AWAITING_APPROVAL, CURRENT_STEP, RUN_STATE
 
 
@@ -412,3 +419,38 @@ async def test_only_the_last_refusals_are_kept_and_the_rest_counted(
     final = await status(handle)
     assert final.decisions[-1].accepted
     assert final.decisions_dropped == extra
+
+
+@pytest.mark.parametrize("level", [PATCH_LEVELS[PATCH_DECISIONS_KEPT] - 1, ENGINE_LEVEL])
+async def test_a_loop_of_decisions_keeps_the_last_ones_and_counts_the_others(
+    client: Client, task_queue: str, worker: Worker, level: int
+) -> None:
+    # Patch decisions-kept (tests/interpreter/test_engine_messages.py shows the 700 decisions that
+    # took the status past 2 MiB before it). A run of the generation before asks it, with a marker,
+    # where the first decision is dropped; a run of this generation applies it without one.
+    turns = MAX_DECISIONS + 5
+    loop = [
+        {"id": "zero", "type": "set", "vars": {"n": 0}},
+        {"id": "ask", "type": "approval", "approvers": ["ann"], "max_visits": turns},
+        {"id": "bump", "type": "set", "vars": {"n": "{{ vars.n + 1 }}"}, "max_visits": turns},
+        {"id": "again", "type": "condition", "if": f"vars.n < {turns}", "then": {"goto": "ask"}},
+    ]
+    loop[-1]["max_visits"] = turns
+    doc = definition(unique("decided"), loop, limits={"max_step_executions": 4 * turns})
+    handle = await start(client, task_queue, doc, engine_level=level)
+    for turn in range(turns):
+        await wait_state(handle, RunState.AWAITING_APPROVAL)
+        request = DecisionRequest(decision=DecisionKind.APPROVE, actor="ann", reason=f"turn {turn}")
+        await handle.execute_update(RunDefinitionWorkflow.decide, request)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    final = await status(handle)
+    assert [d.reason for d in final.decisions] == [f"turn {turn}" for turn in range(5, turns)]
+    assert final.decisions_dropped == 5
+    markers = [
+        e
+        for e in await events(handle, EventType.EVENT_TYPE_MARKER_RECORDED)
+        if e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.find(b"decisions-kept")
+        >= 0
+    ]
+    assert len(markers) == (1 if level < ENGINE_LEVEL else 0)
