@@ -3844,7 +3844,7 @@ class Engine:
                 # (Found by an attacker's probe: the timer's end overflowed, failing the workflow
                 # task again and again.)
                 raise _RunFailed(
-                    f"step {step.id!r}: 'until' timestamp {text!r} is past the year 9999 in UTC",
+                    f"step {step.id!r}: 'until' timestamp {text!r} is outside the years 1 to 9999 in UTC",
                     "InvalidTimestamp",
                 ) from None
             wait = max(until - now, timedelta(0))

@@ -270,7 +270,9 @@ class RunStatus(BaseModel):
     """Answer of the ``status`` query.
 
     Everything in it that a message brought is bounded (clipped texts, the last
-    :data:`MAX_REFUSALS` refusals), so no message can make it exceed the payload size limit.
+    :data:`MAX_REFUSALS` refusals, the last :data:`MAX_DECISIONS` decisions); what it would still
+    hold past the payload size limit (a run's values, hundreds of tasks waiting at once) the
+    workflow leaves out of its answer, naming it in ``left_out``.
 
     Attributes:
         decisions: The last :data:`MAX_DECISIONS` decisions, accepted or refused, at most the
@@ -308,9 +310,13 @@ class RunStatus(BaseModel):
     """What this answer leaves out because with no step record it would still pass Temporal's
     payload limit, the largest first: ``vars``, ``output``, ``parked.input`` (each parked step's
     input, kept by its dead letter row), ``pending_approvals.message`` and
-    ``pending_approvals.description`` (cut to :data:`MAX_TEXT_CHARS`). The run keeps them; its
-    variables are counted by the state budget as written, escapes not counted, and a rendered text
-    may take 256 KiB, so they can take more once written."""
+    ``pending_approvals.description`` (cut to :data:`MAX_TEXT_CHARS`), ``pending_approvals.form``
+    (the declared forms in full; ``fields`` keeps their names); then, if it would still pass it,
+    the lists cut to the entries that fit: ``pending_approvals``, ``parked``, ``waiting_events``,
+    ``current_steps`` (the first ones), ``decisions`` and ``refused_messages`` (the most recent,
+    the others counted as dropped). The run keeps them all; its variables are counted by the state
+    budget as written, escapes not counted, and a rendered text may take 256 KiB, so they can take
+    more once written."""
 
 
 class CurrentStepTracking(StrEnum):

@@ -936,7 +936,7 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
             )
         print("  send with: wfa events send TYPE KEY --data JSON", file=out)
     if status.decisions:
-        older = f" ({status.decisions_dropped} older refusals not kept)" if status.decisions_dropped else ""
+        older = f" ({status.decisions_dropped} older ones not kept)" if status.decisions_dropped else ""
         print(f"\nDecisions{older}", file=out)
         for d in status.decisions:
             verdict = "accepted" if d.accepted else f"REFUSED: {d.refusal}"

@@ -675,8 +675,8 @@ def _fitted_status(status: RunStatus, *, limit: int | None) -> RunStatus:
     answer past Temporal's payload limit (the server refused the answer, and the query failed for
     as long as the run kept them); the others are counted in ``steps_dropped``, as a chain's
     earlier records are; with the payload store, past the store's cap. When even without any
-    record it would pass the limit, its variables, then its output, are left out first
-    (:func:`_without_values`). A query writes nothing to history: no patch."""
+    record it would pass the limit, the parts that hold values are left out first, then its lists
+    cut (:func:`_without_values`). A query writes nothing to history: no patch."""
     if status.error is not None:
         error = _closing_error(status.error)
         if error is not status.error:
@@ -718,26 +718,77 @@ def _fitted_records(status: RunStatus, size: int, limit: int) -> RunStatus:
 
 
 def _without_values(status: RunStatus, limit: int) -> RunStatus:
-    """``status`` without the parts that hold values (:func:`_leavable`), the largest first, while
-    without its step records it would still pass ``limit``: the run's variables are counted by its
-    state budget escapes left out, and 750,000 control characters took the answer past 2 MiB, the
-    query failing for as long as the run kept them (found by an attacker's probe); a human task's
-    title and description (256 KiB each as rendered) and two parked steps' inputs did the same.
-    Named in ``left_out``; the records are fitted after (the inbox finds a run's steps in them)."""
+    """``status``, while without its step records it would still pass ``limit``, without the parts
+    that hold values (:func:`_leavable`), the largest first; then, if it still would, with its
+    lists cut to the entries that fit (:func:`_cut_list`), the largest list first. The run's
+    variables are counted by its state budget escapes left out, and 750,000 control characters took
+    the answer past 2 MiB, the query failing for as long as the run kept them (found by an
+    attacker's probe); a human task's title and description (256 KiB each as rendered), two parked
+    steps' inputs, 494 tasks waiting at once, and every decision of a long loop did the same (a
+    review). Named in ``left_out``; the records are fitted after (the inbox finds a run's steps in
+    them)."""
+
+    def fits(answer: RunStatus) -> bool:
+        return _payload_bytes(_bare(answer)) <= limit
+
     left: list[str] = []
     for name, _size, without in sorted(_leavable(status), key=lambda part: -part[1]):
-        if _payload_bytes(_bare(status)) <= limit:
-            break
+        if fits(status):
+            return status
         left.append(name)
         status = without(status).model_copy(update={"left_out": list(left)})
+    lists = [(name, _payload_bytes(getattr(status, name))) for name in _STATUS_LISTS if getattr(status, name)]
+    for name, _size in sorted(lists, key=lambda part: -part[1]):
+        if fits(status):
+            return status
+        left.append(name)
+        status = _cut_list(status.model_copy(update={"left_out": list(left)}), name, fits)
     return status
+
+
+_STATUS_LISTS = (
+    "pending_approvals",
+    "parked",
+    "waiting_events",
+    "current_steps",
+    "decisions",
+    "refused_messages",
+)
+"""The lists of a status answer :func:`_cut_list` may cut (its step records are fitted apart)."""
+
+
+def _cut_list(status: RunStatus, name: str, fits: Callable[[RunStatus], bool]) -> RunStatus:
+    """``status`` with as many entries of its list ``name`` as ``fits`` takes: the first ones, or
+    for ``decisions`` and ``refused_messages`` the most recent, the others counted as dropped."""
+    entries: list[Any] = getattr(status, name)
+    dropped = f"{name}_dropped" if name in ("decisions", "refused_messages") else None
+
+    def kept(count: int) -> RunStatus:
+        if dropped is None:
+            return status.model_copy(update={name: entries[:count]})
+        return status.model_copy(
+            update={
+                name: entries[len(entries) - count :],
+                dropped: getattr(status, dropped) + len(entries) - count,
+            }
+        )
+
+    low, high = 0, len(entries)  # the most that fit is in [low, high]; none may fit either
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(kept(middle)):
+            low = middle
+        else:
+            high = middle - 1
+    return kept(low)
 
 
 def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], RunStatus]]]:
     """The parts of ``status`` :func:`_without_values` may leave out: name, bytes, and how (in this
     order when they are as large): the variables, the output, the parked steps' inputs (their dead
-    letter rows keep them), and the pending approvals' and tasks' texts past
-    :data:`~interpreter.state.MAX_TEXT_CHARS` (cut, saying how long they were)."""
+    letter rows keep them), the pending approvals' and tasks' texts past
+    :data:`~interpreter.state.MAX_TEXT_CHARS` (cut, saying how long they were), and their forms in
+    full (``form``: the definition has them; ``fields`` keeps their names)."""
     parts: list[tuple[str, int, Callable[[RunStatus], RunStatus]]] = []
     if status.vars:
         parts.append(("vars", _payload_bytes(status.vars), lambda s: s.model_copy(update={"vars": {}})))
@@ -764,6 +815,19 @@ def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], R
             parts.append(
                 (f"pending_approvals.{field}", _payload_bytes(texts), functools.partial(_cut_texts, field))
             )
+    forms = [a.form for a in status.pending_approvals if a.form]
+    if forms:
+        parts.append(
+            (
+                "pending_approvals.form",
+                _payload_bytes(forms),
+                lambda s: s.model_copy(
+                    update={
+                        "pending_approvals": [a.model_copy(update={"form": []}) for a in s.pending_approvals]
+                    }
+                ),
+            )
+        )
     return parts
 
 

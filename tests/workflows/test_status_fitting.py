@@ -1,0 +1,130 @@
+"""The ``status`` answer always fits in Temporal's payload limit, whatever the run holds: a query
+writes no history, so the workflow fits what it answers (``workflows.generic._fitted_status``).
+These build statuses with the engine (``tests/interpreter``'s fake runtime) and fit them with the
+worker's payload converter; ``tests/workflows/test_run_closing_limits.py`` does the same on a dev
+server. Each case passed the limit after fitting before (found by a review): nothing in it could be
+left out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+import workflows.generic
+from interpreter.engine import PATCH_DECISIONS_KEPT, Engine
+from interpreter.state import DecisionKind, RunStatus
+from tests.interpreter.test_engine import decide_at, new_engine, new_runtime
+from tests.interpreter.test_engine_messages import REASON, TURNS, _loop
+from workflows.generic import _fitted_status
+
+LIMIT = 2 * 1024 * 1024 - 1024  # what the workflow gives it (Temporal's 2 MiB less the codec's margin)
+
+
+def _bytes(value: Any) -> int:
+    return pydantic_data_converter.payload_converter.to_payloads([value])[0].ByteSize()
+
+
+@pytest.fixture(autouse=True)
+def _converter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Outside a workflow: the worker's converter measured directly (the workflow asks its own).
+    monkeypatch.setattr(workflows.generic, "_payload_bytes", _bytes)
+
+
+async def _waiting(engine: Engine, count: int) -> tuple[RunStatus, asyncio.Future[Any]]:
+    """The engine's status once ``count`` approvals or tasks wait (its run left running)."""
+    running = asyncio.ensure_future(engine.runtime.run(engine.run()))  # type: ignore[attr-defined]
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if len(engine.status().pending_approvals) >= count:
+            return engine.status(), running
+    await _stop(running)
+    raise AssertionError(f"never {count} waiting: {len(engine.status().pending_approvals)}")
+
+
+async def _stop(running: asyncio.Future[Any]) -> None:
+    running.cancel()
+    with contextlib.suppress(BaseException):
+        await running
+
+
+async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit() -> None:
+    task = {"type": "human_task", "assignee": "ann", "title": "{{ input.t }}", "description": "{{ input.t }}"}
+    branches = [
+        {
+            "id": f"b{n}",
+            "steps": [
+                {
+                    "id": f"each{n}",
+                    "type": "foreach",
+                    "items": "input.items",
+                    "concurrency": 100,
+                    "steps": [{"id": f"review{n}", **task}],
+                }
+            ],
+        }
+        for n in range(5)
+    ]
+    run_input = {"items": list(range(100)), "t": "\u0001" * 499}  # each text under the cut, 3 KB as JSON
+    engine, _ = new_engine(
+        [{"id": "all", "type": "parallel", "branches": branches}], new_runtime(), run_input
+    )
+    status, running = await _waiting(engine, 490)  # (the rest wait on the fake clock)
+    try:
+        assert _bytes(status) > LIMIT
+        fitted = _fitted_status(status, limit=LIMIT)
+        assert _bytes(fitted) <= LIMIT
+        assert "pending_approvals" in fitted.left_out
+        kept = fitted.pending_approvals
+        assert 100 < len(kept) < len(status.pending_approvals)
+        assert [a.path for a in kept] == [a.path for a in status.pending_approvals[: len(kept)]]
+    finally:
+        await _stop(running)
+
+
+async def test_large_forms_of_waiting_tasks_are_left_out_their_names_kept() -> None:
+    values = [f"{n:03d}" + "v" * 197 for n in range(100)]
+    form = [{"name": f"f{i}", "type": "enum", "values": values} for i in range(10)]
+    task = {
+        "id": "review",
+        "type": "human_task",
+        "assignee": "ann",
+        "title": "Review {{ item }}",
+        "fields": form,
+    }
+    each = {"id": "each", "type": "foreach", "items": "input.items", "concurrency": 100, "steps": [task]}
+    engine, _ = new_engine([each], new_runtime(), {"items": list(range(100))})
+    status, running = await _waiting(engine, 100)
+    try:
+        assert _bytes(status) > LIMIT
+        fitted = _fitted_status(status, limit=LIMIT)
+        assert _bytes(fitted) <= LIMIT
+        assert fitted.left_out == ["pending_approvals.form"]
+        assert len(fitted.pending_approvals) == 100
+        assert all(
+            a.form == [] and a.fields == [f"f{i}" for i in range(10)] for a in fitted.pending_approvals
+        )
+    finally:
+        await _stop(running)
+
+
+async def test_decisions_kept_by_a_run_from_before_decisions_kept_are_listed_as_far_as_they_fit() -> None:
+    # A run of an earlier generation past 100 decisions when its worker was upgraded keeps them
+    # all (its replay answers the patch False): the answer keeps the most recent that fit.
+    rt = new_runtime()
+    rt.declined.add(PATCH_DECISIONS_KEPT)
+    engine, rt = new_engine(_loop(), rt, limits={"max_step_executions": 4 * TURNS})
+    for turn in range(TURNS):
+        decide_at(rt, engine, turn + 1, DecisionKind.APPROVE, actor="ann", reason=REASON)
+    await rt.run(engine.run())
+    status = engine.status()
+    assert len(status.decisions) == TURNS
+    fitted = _fitted_status(status, limit=LIMIT)
+    assert _bytes(fitted) <= LIMIT
+    assert "decisions" in fitted.left_out
+    assert fitted.decisions_dropped + len(fitted.decisions) == TURNS
+    assert fitted.decisions == status.decisions[TURNS - len(fitted.decisions) :]  # the most recent
+    assert len(fitted.decisions) > TURNS // 2
