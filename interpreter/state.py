@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from interpreter.model import Definition, FormField
+from interpreter.sizes import ACTION_OUTPUT_BUDGET, VALUE_MAX_DEPTH, json_depth, json_written_size
 
 MAX_ACTOR_CHARS = 200
 """Longest actor (or step id) a message record keeps; longer ones are cut (see :func:`clip`)."""
@@ -31,6 +32,8 @@ MAX_REFUSALS = 50
 MAX_DECISIONS = 100
 """Decisions, accepted or refused, a run keeps (at most :data:`MAX_REFUSALS` refused among them);
 older ones are dropped and counted (patch ``decisions-kept``)."""
+MAX_PARK_ID_CHARS = 10_000
+"""Longest park id a dead letter decision may name (a step's path, nested steps and all, and ``~n``)."""
 MAX_DECISION_REASON_CHARS = 1000
 """Longest ``reason`` an accepted decision may carry (it goes into the approval step's output)."""
 MAX_DECISION_DATA_BYTES = 16 * 1024
@@ -558,6 +561,33 @@ class DeadLetterDecision(BaseModel):
     reason: str = ""
     input: dict[str, Any] | None = None
     output: Any = None
+
+
+def dead_letter_size_problem(decision: DeadLetterDecision) -> str | None:
+    """Why an operator's dead letter decision is too large or too deep to accept, or None.
+
+    Its actor and reason are recorded, its ``output`` becomes the step's output (as an action's,
+    at most :data:`~interpreter.sizes.ACTION_OUTPUT_BUDGET` as written) and its ``input`` the
+    step's next call; values nested past :data:`~interpreter.sizes.VALUE_MAX_DEPTH` could be
+    written but not read back (the status query, a parent's read of the run's result, the next
+    run of a chain). The client API checked these; a raw client's update skipped them (found by an
+    attacker's probe)."""
+    if len(decision.actor) > MAX_ACTOR_CHARS:
+        return f"actor is {len(decision.actor)} characters long (at most {MAX_ACTOR_CHARS})"
+    if decision.park_id is not None and len(decision.park_id) > MAX_PARK_ID_CHARS:
+        return f"park_id is {len(decision.park_id)} characters long (at most {MAX_PARK_ID_CHARS})"
+    if len(decision.reason) > MAX_DECISION_REASON_CHARS:
+        return f"reason is {len(decision.reason)} characters long (at most {MAX_DECISION_REASON_CHARS})"
+    for name, value in (("input", decision.input), ("output", decision.output)):
+        if value is None:
+            continue
+        depth = json_depth(value)
+        if depth > VALUE_MAX_DEPTH:
+            return f"{name} is nested {depth} levels deep or more (at most {VALUE_MAX_DEPTH})"
+        size = json_written_size(value, ACTION_OUTPUT_BUDGET + 1)
+        if size > ACTION_OUTPUT_BUDGET:
+            return f"{name} is {size:,} bytes as JSON or more (at most {ACTION_OUTPUT_BUDGET:,}, as an action's output)"
+    return None
 
 
 class DeadLetterRecord(BaseModel):

@@ -149,6 +149,7 @@ with workflow.unsafe.imports_passed_through():
         SubflowDefinition,
         SubflowLookup,
         clip,
+        dead_letter_size_problem,
         decision_size_problem,
         decoding_problem,
         validation_problems,
@@ -599,6 +600,22 @@ def _batch_json_size(batch: ForeachBatch) -> int:
         if total > TASK_SEND_BUDGET:
             break
     return total
+
+
+UPDATE_ARGUMENT_MAX = 1024 * 1024
+"""Most bytes an update's argument may take as this worker writes it: the SDK writes an accepted
+update's argument back in the workflow task's completion, and an argument near Temporal's 2 MiB
+(a ``cancel_run`` reason, a ``resolve_dead_letter`` output from a raw client) failed the workflow
+task at every attempt until the server aborted the update (found by an attacker's probe). The
+validators refuse a larger one before history; the client API's bounds are far below it."""
+
+
+def _argument_problem(argument: BaseModel) -> str | None:
+    """Why an update's ``argument`` is refused for its size (:data:`UPDATE_ARGUMENT_MAX`), or None."""
+    size = _payload_bytes(argument)
+    if size <= UPDATE_ARGUMENT_MAX:
+        return None
+    return f"its argument is {size:,} bytes as written (at most {UPDATE_ARGUMENT_MAX:,})"
 
 
 def _payload_bytes(value: Any) -> int:
@@ -2636,6 +2653,11 @@ class GenericRun:
 
     @cancel_run.validator
     def _validate_cancel_run(self, request: CancelRunRequest) -> None:
+        refusal = _argument_problem(request)
+        if refusal is not None:
+            raise ApplicationError(
+                f"cancel request refused: {refusal}", type="CancelRefused", non_retryable=True
+            )
         refusal = self._cancel_run_refusal()
         if refusal is not None:
             raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
@@ -2683,6 +2705,11 @@ class GenericRun:
 
     @decide.validator
     def _validate_decide(self, request: DecisionRequest) -> None:
+        problem = _argument_problem(request)
+        if problem is not None:
+            raise ApplicationError(
+                f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
+            )
         try:
             approval = self._engine.check_decision(request.decision, request)
         except DecisionError as err:
@@ -2750,6 +2777,11 @@ class GenericRun:
 
     @resolve_dead_letter.validator
     def _validate_resolve_dead_letter(self, decision: DeadLetterDecision) -> None:
+        problem = dead_letter_size_problem(decision) or _argument_problem(decision)
+        if problem is not None:
+            raise ApplicationError(
+                f"dead letter decision refused: {problem}", type="DeadLetterRefused", non_retryable=True
+            )
         try:
             self._engine.check_dead_letter(decision)
         except DeadLetterError as err:
