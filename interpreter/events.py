@@ -34,6 +34,21 @@ MAX_EVENT_DATA_BYTES = 64 * 1024
 """Largest event data (as JSON): it is kept in the mailbox and lands in a step's output."""
 MAX_BUFFERED_EVENTS = 100
 """Events a mailbox keeps for late waiters; older ones are dropped first."""
+MAX_BUFFERED_BYTES = 512 * 1024
+"""Most bytes (as the worker writes them) of the events a mailbox keeps; older ones are dropped
+first, the newest always kept. A ``subscribe`` answer holds at most this (it lands in the run's
+history as an activity's result, as an action's output would), and the state a mailbox carries
+when it continues as new stays well under Temporal's 2 MiB. Before (found by an attacker's probe),
+70 events of 60 KB (each within :data:`MAX_EVENT_DATA_BYTES`) made that state 4 MB: the mailbox's
+workflow task failed at every attempt, and no event of its key could be published or waited for
+until they aged out; 40 of them made a lookback's answer 2.4 MB, with the same effect."""
+PATCH_MAILBOX_BYTES = "mailbox-bytes"
+"""Patch id (the mailbox's ``workflow.patched``): events dropped past :data:`MAX_BUFFERED_BYTES`,
+asked where one would be dropped, so a mailbox's history recorded before replays as it was."""
+PATCH_MAILBOX_CARRY = "mailbox-bytes-carry"
+"""Patch id: the same bound where the mailbox continues as new, asked apart (the SDK keeps a
+patch's first answer for the rest of a run): a mailbox that took its events before the bound, and
+whose continue-as-new failed for their size, carries only what fits when a new build takes it."""
 MAX_SUBSCRIBERS = 1000
 """Runs (waits) one mailbox serves at once; a subscription beyond is refused (the step fails)."""
 MAX_REMEMBERED_IDS = 1000

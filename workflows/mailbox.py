@@ -34,9 +34,12 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.events import (
         EVENT_SIGNAL,
         MAILBOX_WORKFLOW,
+        MAX_BUFFERED_BYTES,
         MAX_BUFFERED_EVENTS,
         MAX_REMEMBERED_IDS,
         MAX_SUBSCRIBERS,
+        PATCH_MAILBOX_BYTES,
+        PATCH_MAILBOX_CARRY,
         PUBLISH_UPDATE,
         SUBSCRIBE_UPDATE,
         UNSUBSCRIBE_SIGNAL,
@@ -86,6 +89,8 @@ class EventMailboxWorkflow:
         self._events: list[Event] = list(state.events)
         self._subscriptions: dict[str, EventSubscription] = {s.subscriber: s for s in state.subscriptions}
         self._seen: dict[str, None] = dict.fromkeys(state.seen_ids)
+        self._sizes: dict[str, int] = {}
+        """Bytes of each buffered event as written, by id (measured once)."""
         self._changed = False
 
     @workflow.run
@@ -102,6 +107,7 @@ class EventMailboxWorkflow:
                     return
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                self._trim(PATCH_MAILBOX_CARRY)
                 workflow.continue_as_new(self._state())
             wake = self._next_expiry()
             self._changed = False
@@ -127,6 +133,7 @@ class EventMailboxWorkflow:
         self._events.append(stamped)
         self._remember(event.id)
         del self._events[:-MAX_BUFFERED_EVENTS]
+        self._trim(PATCH_MAILBOX_BYTES)
         self._changed = True
         targets = sorted({s.workflow_id for s in self._live()})
         outcomes = await asyncio.gather(*(self._signal(target, stamped) for target in targets))
@@ -150,6 +157,7 @@ class EventMailboxWorkflow:
         """Records a run's wait; returns the buffered events published since its ``since``."""
         self._subscriptions[subscription.subscriber] = subscription
         self._changed = True
+        self._trim(PATCH_MAILBOX_BYTES)
         return [
             e for e in self._events if e.published_at is not None and e.published_at >= subscription.since
         ]
@@ -214,6 +222,26 @@ class EventMailboxWorkflow:
         times.extend(s.until for s in self._subscriptions.values() if s.until is not None)
         # A lapsed wait (until passed) is pruned on the next turn; one second of slack for ties.
         return min(times) + timedelta(seconds=1) if times else None
+
+    def _trim(self, patch_id: str) -> None:
+        """Drops the oldest buffered events past :data:`MAX_BUFFERED_BYTES`, the newest kept, where
+        ``patch_id`` applies (:data:`PATCH_MAILBOX_BYTES`, :data:`PATCH_MAILBOX_CARRY`); their ids
+        stay remembered, so a republished one is still a duplicate."""
+        sizes = [self._size(e) for e in self._events]
+        total, keep = sum(sizes), 0
+        while total > MAX_BUFFERED_BYTES and keep < len(sizes) - 1:
+            total -= sizes[keep]
+            keep += 1
+        if keep and workflow.patched(patch_id):
+            for event in self._events[:keep]:
+                self._sizes.pop(event.id, None)
+            del self._events[:keep]
+
+    def _size(self, event: Event) -> int:
+        size = self._sizes.get(event.id)
+        if size is None:
+            size = self._sizes[event.id] = workflow.payload_converter().to_payloads([event])[0].ByteSize()
+        return size
 
     def _remember(self, event_id: str) -> None:
         self._seen[event_id] = None

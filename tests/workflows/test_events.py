@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -458,3 +459,71 @@ async def test_a_cancel_on_event_published_before_the_run_subscribed_is_in_the_a
     assert final.steps == []  # cancelled before its first step
     assert final.cancelled_by is not None
     assert final.cancelled_by.actor == "event:family.withdrawn:w-early"
+
+
+async def _mailbox_task_failures(client: Client, workflow_id: str) -> list[str]:
+    """The failure messages of the workflow tasks of every run of ``workflow_id``'s chain so far."""
+    found: list[str] = []
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        found += [
+            e.workflow_task_failed_event_attributes.failure.message[:200]
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        ]
+        previous = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if not previous:
+            return found
+        run_id = previous
+
+
+def _large(i: int) -> dict[str, str]:
+    return {"answer": f"{i:04d}" + "x" * 59_996}  # 60 KB, within an event's 64 KiB
+
+
+async def test_a_mailbox_keeps_its_newest_large_events_within_its_bytes_for_a_lookback(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # Found by an attacker's probe: 40 events of 60 KB made a lookback's answer 2.4 MB; the
+    # mailbox's workflow task failed at every attempt (the update's answer over 2 MiB), the wait
+    # never subscribed, and no event of the key could be published while it tried.
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    for i in range(40):
+        await flows.publish_event(EVENT, family, _large(i), event_id=f"big-{i}", start_triggers=False)
+    mailbox = mailbox_id("default", EVENT, family)
+    state = await client.get_workflow_handle(mailbox).query("state", result_type=MailboxState)
+    kept = [e.id for e in state.events]
+    assert kept == [f"big-{i}" for i in range(40 - len(kept), 40)]  # the newest
+    assert 4 <= len(kept) <= 9  # 512 KiB of 60 KB events
+    string = [{"name": "answer", "type": "string", "max_length": 100_000}]
+    handle = await start(client, task_queue, [wait_step(lookback="1h", fields=string)], family)
+    result = await handle.result()
+    assert record(result, "answer").output["event_id"] == kept[0]
+    again = await flows.publish_event(EVENT, family, {"answer": "x"}, event_id="big-0", start_triggers=False)
+    assert again.duplicate  # a dropped event's id is still remembered
+    assert await _mailbox_task_failures(client, mailbox) == []
+
+
+async def test_a_mailbox_of_large_events_continues_as_new_within_the_payload_limit(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # Found by an attacker's probe: 70 events of 60 KB (the mailbox kept 100) took its history past
+    # the 4 MB where Temporal suggests continuing as new, and its next state was 4 MB: its workflow
+    # task failed at every attempt, every publish to the key refused until the events aged out.
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    for i in range(72):
+        await flows.publish_event(EVENT, family, _large(i), event_id=f"big-{i}", start_triggers=False)
+    published = await flows.publish_event(
+        EVENT, family, {"answer": "x"}, event_id="small", start_triggers=False
+    )
+    assert not published.duplicate
+    mailbox = client.get_workflow_handle(mailbox_id("default", EVENT, family))
+    described = await mailbox.describe()
+    history = await mailbox.fetch_history()
+    assert history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id, (
+        f"the mailbox did not continue as new ({described.raw_description.workflow_execution_info.history_size_bytes:,} bytes)"
+    )
+    assert await _mailbox_task_failures(client, mailbox.id) == []
