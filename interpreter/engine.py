@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import re
@@ -425,6 +426,14 @@ it, though ``max_visits`` allowed the loops. Which branch wins can then differ f
 uninterrupted run's where their ends are close (a stopped branch waits for the others). The
 snapshot is the one an ``all`` join carries, which earlier builds read. Asked only when a branch
 would stop so."""
+
+PATCH_EVENT_IDS_BY_ADDRESS = "event-ids-by-address"
+"""Patch id: a run takes an event at most once per type, key and id (a mailbox's ids are unique
+within its type and key only). Before, it remembered the ids alone, and an event whose id it had
+taken with another type or key (one tracking number as the id of ``order.shipped``, then of
+``order.delivered``) was dropped without a word: the publisher was told it was delivered, the wait
+timed out (found by an attacker's probe). Only in runs started at its generation: the ids a run
+carries on continuing as new change form (``workflows.generic.NEVER_ASKED_PATCHES``)."""
 
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -1699,6 +1708,8 @@ class Engine:
         continue-as-new it wanted (:meth:`_history_pressed`)."""
         self._state_size = 0
         """Bytes of outputs and variables the run keeps (see :mod:`interpreter.sizes`)."""
+        self._events_by_address: bool | None = None
+        """Whether :data:`PATCH_EVENT_IDS_BY_ADDRESS` applies (asked once, where first needed)."""
         self._task_key: int | None = None
         self._task_work = 0
         self._steps_task_key: int | None = None
@@ -4377,8 +4388,8 @@ class Engine:
                     actor=clip(f"event:{event.type}:{event.id}", MAX_ACTOR_CHARS),
                     reason=clip(f"cancel_on event {event.type!r} published by {event.source or 'unknown'}"),
                 )
-        if event.id in self._consumed_events:
-            return None  # at most once per event id (a lookback returns it again, say)
+        if self._consumed_key(event) in self._consumed_events:
+            return None  # at most once per event (a lookback returns it again, say)
         if event.published_at is not None and event.published_at.tzinfo is None:
             # A mailbox stamps UTC: a time without an offset was forged (and would fail the
             # comparison below, a workflow task failing for ever).
@@ -4401,7 +4412,7 @@ class Engine:
                 )
                 continue
             wait.event = event
-            self._consumed_events[event.id] = None
+            self._consumed_events[self._consumed_key(event)] = None
             return None
         return None
 
@@ -5026,7 +5037,7 @@ class Engine:
         got = wait.event
         return got is None or (
             (got.type, got.key, got.tenant) == (wait.step.event, wait.view.key, self.info.tenant)
-            and got.id in self._consumed_events
+            and self._consumed_key(got) in self._consumed_events
             and event_fields_problem(wait.step, wait.view.path, got.data) is None
         )
 
@@ -5037,6 +5048,16 @@ class Engine:
         into, then runs the compensations."""
         await self._drop_unresumed()
         await self._compensate(ending)
+
+    def _consumed_key(self, event: Event) -> str:
+        """How the run remembers ``event`` as taken: by its type, key and id
+        (:data:`PATCH_EVENT_IDS_BY_ADDRESS`; by its id alone in runs of earlier generations)."""
+        if self._events_by_address is None:
+            self._events_by_address = self.runtime.patched(PATCH_EVENT_IDS_BY_ADDRESS)
+        if not self._events_by_address:
+            return event.id
+        address = hashlib.sha256(f"{event.type}\0{event.key}".encode()).hexdigest()[:16]
+        return f"{address}:{event.id}"
 
     def _carried_within_paths(self, parallel: dict[str, Any], prefix: str = "") -> set[str]:
         """The paths of the ``condition``/``switch`` steps the carried branches (items) are in

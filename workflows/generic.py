@@ -87,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_DECLARED_FORM_FIELDS,
         PATCH_DRAIN_FIXES,
         PATCH_DROP_UNRESUMED,
+        PATCH_EVENT_IDS_BY_ADDRESS,
         PATCH_FAN_OUT_TREE_BOUND,
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
@@ -436,6 +437,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_TEMPLATE_VALUES: 21,
     PATCH_RUN_OUTPUT_TOO_LARGE: 21,
     PATCH_DECISIONS_KEPT: 22,
+    PATCH_EVENT_IDS_BY_ADDRESS: 22,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -467,6 +469,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_CHILD_SEND_PACING,
     PATCH_TASK_INPUT_ESCAPES,
     PATCH_SLOT_SEND_PACING,
+    PATCH_EVENT_IDS_BY_ADDRESS,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -475,8 +478,9 @@ than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a
 (its cancellation commands may go out in another order), and ``history-guard-children``, whose
 child runs carry the room held for their results (a child of an earlier build would not bound its
 result by it), ``history-guard-subflows``, whose resolving activity carries its bound, and
-``child-send-pacing`` and ``task-input-escapes``, which change what the send guard counts, and
-``slot-send-pacing``, which changes when an input that waited for a slot goes out."""
+``child-send-pacing`` and ``task-input-escapes``, which change what the send guard counts,
+``slot-send-pacing``, which changes when an input that waited for a slot goes out, and
+``event-ids-by-address``, which changes the form of the event ids a run carries."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
