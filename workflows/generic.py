@@ -820,13 +820,7 @@ def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], R
     inputs = [parked.input for parked in status.parked if parked.input]
     if inputs:
         parts.append(
-            (
-                "parked.input",
-                _payload_bytes(inputs),
-                lambda s: s.model_copy(
-                    update={"parked": [p.model_copy(update={"input": {}}) for p in s.parked]}
-                ),
-            )
+            ("parked.input", _payload_bytes(inputs), functools.partial(_emptied, "parked", "input", {}))
         )
     for field in ("message", "description"):
         texts = [
@@ -842,14 +836,16 @@ def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], R
             (
                 "pending_approvals.form",
                 _payload_bytes(forms),
-                lambda s: s.model_copy(
-                    update={
-                        "pending_approvals": [a.model_copy(update={"form": []}) for a in s.pending_approvals]
-                    }
-                ),
+                functools.partial(_emptied, "pending_approvals", "form", []),
             )
         )
     return parts
+
+
+def _emptied(entries: str, field: str, empty: Any, status: RunStatus) -> RunStatus:
+    """``status`` with ``field`` of each entry of its list ``entries`` set to ``empty``."""
+    emptied = [entry.model_copy(update={field: empty}) for entry in getattr(status, entries)]
+    return status.model_copy(update={entries: emptied})
 
 
 def _cut_texts(field: str, status: RunStatus) -> RunStatus:

@@ -99,6 +99,18 @@ def _settled(history: list[HistoryEvent]) -> bool:
 SLOTS = 4
 
 
+def _held_echo() -> tuple[asyncio.Event, Any]:
+    """An ``echo`` activity for a team's worker that answers once the event is set."""
+    answer = asyncio.Event()
+
+    @activity.defn(name="echo")
+    async def held(request: Any) -> dict[str, Any]:
+        await answer.wait()
+        return {"output": "held", "attempt": activity.info().attempt}
+
+    return answer, held
+
+
 def _held_then_sent(team_queue: str) -> dict[str, Any]:
     """Four calls held on ``team_queue``, and beside them, a second later, four calls of 1.3 MB (two
     templates: one renders at most 1 MiB); both ``on_failure: continue``."""
@@ -150,13 +162,7 @@ async def test_calls_whose_slots_free_together_are_sent_over_several_workflow_ta
     monkeypatch.setattr(workflows.generic, "MAX_PENDING_ACTIVITIES", SLOTS)
     client = pending_limited_env.client
     team_queue = unique("team")
-    answer = asyncio.Event()
-
-    @activity.defn(name="echo")
-    async def held(request: Any) -> dict[str, Any]:
-        await answer.wait()
-        return {"output": "held", "attempt": activity.info().attempt}
-
+    answer, held = _held_echo()
     document = _held_then_sent(team_queue)
     async with (
         httpx.AsyncClient() as http_client,
@@ -206,13 +212,7 @@ async def test_calls_that_waited_for_slots_are_refused_when_the_history_grew_pas
     monkeypatch.setattr(workflows.generic, "MAX_PENDING_ACTIVITIES", SLOTS)
     monkeypatch.setattr(workflows.generic, "HISTORY_SEND_CEILING", CEILING)
     team_queue = unique("team")
-    answer = asyncio.Event()
-
-    @activity.defn(name="echo")
-    async def held(request: Any) -> dict[str, Any]:
-        await answer.wait()
-        return {"output": "held", "attempt": activity.info().attempt}
-
+    answer, held = _held_echo()
     document = _held_then_sent(team_queue)
     async with (
         httpx.AsyncClient() as http_client,
