@@ -4842,7 +4842,7 @@ class Engine:
                     wait = lane.pop("event")
                     got = wait.event
                     if got is not None and any(
-                        w.event is not None and w.event.id == got.id
+                        w.event is not None and self._consumed_key(w.event) == self._consumed_key(got)
                         for w in self._carried_lane_events.values()
                     ):
                         raise ValueError(

@@ -563,6 +563,13 @@ class DeadLetterDecision(BaseModel):
     output: Any = None
 
 
+DEAD_LETTER_DECISION_MAX = 1024 * 1024
+"""Most bytes (as JSON) of an operator's dead letter decision: the run writes an accepted update's
+argument back, records the decision in the row (the ``dead_letter_resolve`` activity's input) and,
+for a redrive, sends its input as the step's call, all in one workflow task's completion, which
+the server takes up to 4 MiB."""
+
+
 def dead_letter_size_problem(decision: DeadLetterDecision) -> str | None:
     """Why an operator's dead letter decision is too large or too deep to accept, or None.
 
@@ -570,8 +577,9 @@ def dead_letter_size_problem(decision: DeadLetterDecision) -> str | None:
     at most :data:`~interpreter.sizes.ACTION_OUTPUT_BUDGET` as written) and its ``input`` the
     step's next call; values nested past :data:`~interpreter.sizes.VALUE_MAX_DEPTH` could be
     written but not read back (the status query, a parent's read of the run's result, the next
-    run of a chain). The client API checked these; a raw client's update skipped them (found by an
-    attacker's probe)."""
+    run of a chain); the whole is at most :data:`DEAD_LETTER_DECISION_MAX`. The run's validator
+    and the client API both ask it (a raw client's update skipped the client's checks: found by
+    an attacker's probe)."""
     if len(decision.actor) > MAX_ACTOR_CHARS:
         return f"actor is {len(decision.actor)} characters long (at most {MAX_ACTOR_CHARS})"
     if decision.park_id is not None and len(decision.park_id) > MAX_PARK_ID_CHARS:
@@ -584,9 +592,14 @@ def dead_letter_size_problem(decision: DeadLetterDecision) -> str | None:
         depth = json_depth(value)
         if depth > VALUE_MAX_DEPTH:
             return f"{name} is nested {depth} levels deep or more (at most {VALUE_MAX_DEPTH})"
-        size = json_written_size(value, ACTION_OUTPUT_BUDGET + 1)
+    if decision.output is not None:
+        size = json_written_size(decision.output, ACTION_OUTPUT_BUDGET + 1)
         if size > ACTION_OUTPUT_BUDGET:
-            return f"{name} is {size:,} bytes as JSON or more (at most {ACTION_OUTPUT_BUDGET:,}, as an action's output)"
+            return f"output is {size:,} bytes as JSON or more (at most {ACTION_OUTPUT_BUDGET:,}, as an action's output)"
+    size = json_written_size(decision.model_dump(mode="json"), DEAD_LETTER_DECISION_MAX + 1)
+    if size > DEAD_LETTER_DECISION_MAX:
+        what = "with its input " if decision.input is not None else ""
+        return f"the decision {what}is {size:,} bytes as JSON or more (at most {DEAD_LETTER_DECISION_MAX:,})"
     return None
 
 

@@ -87,6 +87,7 @@ from interpreter.state import (
     RunState,
     RunStatus,
     StepStatus,
+    dead_letter_size_problem,
 )
 from interpreter.validate import DEFINITION_MAX_DEPTH, definition_hash
 from starter import tokens
@@ -1444,6 +1445,9 @@ class FlowClient:
         decision = DeadLetterDecision(
             action=action, actor=actor, park_id=row.park_id, reason=reason, input=input, output=output
         )
+        problem = dead_letter_size_problem(decision)  # (the run's validator refuses the same)
+        if problem is not None:
+            raise InvalidInputError(f"the dead letter decision is refused: {problem}")
         run_id = await self._chain_run(row.workflow_id, row.run_id)
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT_S):

@@ -611,7 +611,9 @@ UPDATE_ARGUMENT_MAX = 1024 * 1024
 update's argument back in the workflow task's completion, and an argument near Temporal's 2 MiB
 (a ``cancel_run`` reason, a ``resolve_dead_letter`` output from a raw client) failed the workflow
 task at every attempt until the server aborted the update (found by an attacker's probe). The
-validators refuse a larger one before history; the client API's bounds are far below it."""
+validators refuse a larger one before history. The client API bounds a dead letter decision the
+same way (:func:`~interpreter.state.dead_letter_size_problem`, 1 MiB as JSON), and a decision or
+a cancel request far below it."""
 
 
 def _argument_problem(argument: BaseModel) -> str | None:
@@ -753,7 +755,12 @@ def _without_values(status: RunStatus, limit: int) -> RunStatus:
         return _payload_bytes(_bare(answer)) <= limit
 
     left: list[str] = []
-    for name, _size, without in sorted(_leavable(status), key=lambda part: -part[1]):
+    parts = sorted(_leavable(status), key=lambda part: -part[1])
+    # Small values go last, after the lists are cut (a review: 700 decisions took the answer past
+    # the limit, and a first version left out a 35-byte output before cutting them).
+    for name, size, without in parts:
+        if size < _SMALL_PART:
+            break
         if fits(status):
             return status
         left.append(name)
@@ -764,7 +771,18 @@ def _without_values(status: RunStatus, limit: int) -> RunStatus:
             return status
         left.append(name)
         status = _cut_list(status.model_copy(update={"left_out": list(left)}), name, fits)
+    for name, size, without in parts:
+        if size >= _SMALL_PART:
+            continue
+        if fits(status):
+            return status
+        left.append(name)
+        status = without(status).model_copy(update={"left_out": list(left)})
     return status
+
+
+_SMALL_PART = 64 * 1024
+"""A value part of a status answer under this is left out only after its lists are cut."""
 
 
 _STATUS_LISTS = (

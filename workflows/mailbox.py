@@ -89,8 +89,9 @@ class EventMailboxWorkflow:
         self._events: list[Event] = list(state.events)
         self._subscriptions: dict[str, EventSubscription] = {s.subscriber: s for s in state.subscriptions}
         self._seen: dict[str, None] = dict.fromkeys(state.seen_ids)
-        self._sizes: dict[str, int] = {}
-        """Bytes of each buffered event as written, by id (measured once)."""
+        self._sizes: dict[tuple[str, datetime | None], int] = {}
+        """Bytes of each buffered event as written, by id and time (measured once; an id forgotten
+        and published again is another event)."""
         self._changed = False
 
     @workflow.run
@@ -227,21 +228,23 @@ class EventMailboxWorkflow:
         """Drops the oldest buffered events past :data:`MAX_BUFFERED_BYTES`, the newest kept, where
         ``patch_id`` applies (:data:`PATCH_MAILBOX_BYTES`, :data:`PATCH_MAILBOX_CARRY`); their ids
         stay remembered, so a republished one is still a duplicate."""
-        sizes = [self._size(e) for e in self._events]
+        measured = self._sizes
+        self._sizes = {}  # (only the events kept: those pruned or past the count are gone)
+        for event in self._events:
+            at = (event.id, event.published_at)
+            size = measured.get(at)
+            if size is None:
+                size = workflow.payload_converter().to_payloads([event])[0].ByteSize()
+            self._sizes[at] = size
+        sizes = list(self._sizes.values())
         total, keep = sum(sizes), 0
         while total > MAX_BUFFERED_BYTES and keep < len(sizes) - 1:
             total -= sizes[keep]
             keep += 1
         if keep and workflow.patched(patch_id):
             for event in self._events[:keep]:
-                self._sizes.pop(event.id, None)
+                del self._sizes[(event.id, event.published_at)]
             del self._events[:keep]
-
-    def _size(self, event: Event) -> int:
-        size = self._sizes.get(event.id)
-        if size is None:
-            size = self._sizes[event.id] = workflow.payload_converter().to_payloads([event])[0].ByteSize()
-        return size
 
     def _remember(self, event_id: str) -> None:
         self._seen[event_id] = None

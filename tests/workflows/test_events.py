@@ -551,7 +551,7 @@ async def test_an_event_id_taken_on_another_type_is_taken_again_on_this_one(
         note = [{"name": "note", "type": "string", "max_length": 100}]
         key = "{{ input.family_id }}"
         return {"id": step_id, "type": "wait_for_event", "event": event, "key": key, "fields": note} | {
-            "timeout": "30s" if level == ENGINE_LEVEL else "3s",
+            "timeout": "60s" if level == ENGINE_LEVEL else "15s",  # (the old: the second wait times out)
             "on_timeout": "continue",
         }
 

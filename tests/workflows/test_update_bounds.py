@@ -30,6 +30,27 @@ def _deep(levels: int) -> Any:
     return value
 
 
+def _parking() -> dict[str, Any]:
+    """A definition whose first step parks at once (a task failing, ``on_failure: dead_letter``)."""
+    parking = {
+        "id": "charge",
+        "type": "task",
+        "action": "echo",
+        "input": {"fail": "Down", "non_retryable": True},
+        "on_failure": "dead_letter",
+    }
+    return definition(unique("bounds"), [parking, {"id": "done", "type": "succeed", "output": {"ok": 1}}])
+
+
+async def _parked(handle: Any) -> None:
+    await eventually(
+        lambda: status(handle),
+        lambda s: bool(s.parked) and s.parked[0].dead_letter_id is not None,
+        timeout=30,
+        what="the park",
+    )
+
+
 async def _refused(handle: Any, update: str, argument: dict[str, Any], error_type: str) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await handle.execute_update(update, argument)
@@ -48,27 +69,23 @@ async def _refused(handle: Any, update: str, argument: dict[str, Any], error_typ
         ({"action": "skip", "reason": "r" * 5000}, "reason is 5000 characters"),
         ({"action": "skip", "output": "x" * 600_000}, "output is 600,002 bytes"),
         ({"action": "skip", "output": ["x"] * (NEAR_LIMIT // 4)}, "output is"),
+        ({"action": "redrive", "input": {"value": "x" * 1_100_000}}, "the decision with its input is"),
     ],
-    ids=["deep-output", "deep-input", "huge-actor", "long-reason", "large-output", "near-2-mib"],
+    ids=[
+        "deep-output",
+        "deep-input",
+        "huge-actor",
+        "long-reason",
+        "large-output",
+        "near-2-mib",
+        "large-input",
+    ],
 )
 async def test_a_dead_letter_decision_out_of_bounds_is_refused_before_history(
     client: Client, task_queue: str, store_worker: Worker, argument: dict[str, Any], says: str
 ) -> None:
-    parking = {
-        "id": "charge",
-        "type": "task",
-        "action": "echo",
-        "input": {"fail": "Down", "non_retryable": True},
-        "on_failure": "dead_letter",
-    }
-    document = definition(unique("bounds"), [parking, {"id": "done", "type": "succeed", "output": {"ok": 1}}])
-    handle = await start(client, task_queue, document, execution_timeout=timedelta(seconds=90))
-    await eventually(
-        lambda: status(handle),
-        lambda s: bool(s.parked) and s.parked[0].dead_letter_id is not None,
-        timeout=30,
-        what="the park",
-    )
+    handle = await start(client, task_queue, _parking(), execution_timeout=timedelta(seconds=90))
+    await _parked(handle)
     message = await _refused(handle, "resolve_dead_letter", {"actor": "ops", **argument}, "DeadLetterRefused")
     assert says in message, message[:300]
     # Nothing was written: the step is still parked, and an operator's decision in bounds resolves it.
@@ -99,4 +116,21 @@ async def test_an_update_argument_near_the_payload_limit_is_refused_before_histo
     await handle.execute_update("decide", {"decision": "approve", "actor": "ann"})
     result = await handle.result()
     assert (result.state, result.output) == (RunState.COMPLETED, {"ok": 1})
+    assert await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) == []
+
+
+async def test_a_redrive_with_a_corrected_input_over_an_actions_output_is_accepted(
+    client: Client, task_queue: str, store_worker: Worker
+) -> None:
+    # (A review: a first version bounded a redrive's input at an action's output, 512 KiB, and
+    # refused a correction of a step whose input is larger; the decision as a whole is bounded.)
+    handle = await start(client, task_queue, _parking(), execution_timeout=timedelta(seconds=90))
+    await _parked(handle)
+    corrected = {"value": "charged", "pad": "x" * 600_000}
+    await handle.execute_update(
+        "resolve_dead_letter", {"action": "redrive", "actor": "ops", "input": corrected}
+    )
+    result = await handle.result()
+    assert (result.state, result.output) == (RunState.COMPLETED, {"ok": 1})
+    assert [r.output for r in result.steps if r.id == "charge"][-1] == "charged"
     assert await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) == []
