@@ -587,3 +587,55 @@ async def test_an_event_id_taken_on_another_type_is_taken_again_on_this_one(
         "TRK-1",
         {"note": "at the door"},
     )
+
+
+async def test_a_mailbox_stuck_before_the_byte_bound_recovers_under_this_build(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Patch mailbox-bytes-carry. A worker of the build before the bound (played here by a bound
+    # too high to matter) keeps every event; past the 4 MB where continuing as new is suggested its
+    # state is 4 MB and the mailbox's workflow task fails at every attempt. A worker of this build
+    # replays its history as it was (no event dropped where it published them) and carries only
+    # the 512 KiB of newest events on: the mailbox continues as new, and the key serves again.
+    import interpreter.events
+    import workflows.mailbox
+
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    mailbox = client.get_workflow_handle(mailbox_id("default", EVENT, family))
+    # (The mailbox runs in the workflow sandbox, which imports its module again for each run and
+    # takes interpreter.events from the host.)
+    monkeypatch.setattr(interpreter.events, "MAX_BUFFERED_BYTES", 1 << 40)
+    monkeypatch.setattr(workflows.mailbox, "MAX_BUFFERED_BYTES", 1 << 40)
+    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        for i in range(72):
+            try:
+                await flows.publish_event(EVENT, family, _large(i), event_id=f"big-{i}", start_triggers=False)
+            except Exception:  # the publishes after the mailbox got stuck are refused
+                break
+        failures = await eventually(
+            lambda: _mailbox_task_failures(client, mailbox.id), bool, timeout=30, what="the stuck mailbox"
+        )
+        assert "exceeded the error limit" in failures[0], failures[0]
+    monkeypatch.undo()
+    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        published = await eventually(
+            lambda: _publish_or_none(flows, family), lambda p: p is not None, timeout=60, what="a publish"
+        )
+        assert published is not None
+        assert not published.duplicate
+        history = await mailbox.fetch_history()
+        assert history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        state = await mailbox.query("state", result_type=MailboxState)
+    kept = [e.id for e in state.events]
+    assert kept[-1] == "after"
+    assert 4 <= len(kept) <= 10  # the newest 512 KiB carried on
+
+
+async def _publish_or_none(flows: FlowClient, family: str) -> Any:
+    try:
+        return await flows.publish_event(
+            EVENT, family, {"answer": "x"}, event_id="after", start_triggers=False
+        )
+    except Exception:
+        return None
