@@ -1730,6 +1730,7 @@ def print_dead_letter(row: DeadLetter, out: TextIO) -> None:
 async def _dead_letters_bulk(args: argparse.Namespace, out: TextIO) -> int:
     """``wfa dead-letters bulk``: the open dead letters a filter selects, counted and listed, then
     (after ``--yes`` or a typed confirmation on a terminal) decided one by one."""
+    from activities.store.errors import DeadLetterNotFoundError, DeadLetterResolvedError
     from starter.errors import StarterError
     from starter.operations import DeadLetterFilter, select_dead_letters
 
@@ -1778,7 +1779,9 @@ async def _dead_letters_bulk(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 await flows.abort(row.id, actor, reason=args.reason)
             done += 1
-        except StarterError as err:
+        except (StarterError, DeadLetterResolvedError, DeadLetterNotFoundError) as err:
+            # (A row resolved meanwhile, by another operator or its timeout, is one refusal: a
+            # review found it ending the whole command, the rows after it never decided.)
             refused.append(f"{row.id}: {err}")
     print(f"{args.decision}: {done} decided, {len(refused)} refused", file=out)
     for line in refused[:20]:

@@ -1396,6 +1396,8 @@ class FlowClient:
         Raises:
             DeadLetterNotFoundError: No such id in the tenant.
             DeadLetterResolvedError: It was already resolved.
+            InvalidInputError: The decision is out of bounds (``dead_letter_size_problem``: an
+                actor, reason, input or output too long or too deep), as the run would refuse it.
             DecisionRefusedError: The run refused (the step is no longer parked).
             RunClosedError: The run has ended.
             NoWorkerError: No worker took the decision within 30 s.

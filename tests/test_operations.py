@@ -21,7 +21,7 @@ from temporalio.client import Client
 from activities.store.database import Database
 from interpreter.model import children
 from interpreter.validate import load_definition
-from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUN_FAILED, main
+from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, EXIT_RUN_FAILED, main
 from starter.client import FlowClient
 from starter.operations import mermaid, run_stats, watch
 from tests.helpers.http_server import RecordingServer
@@ -302,3 +302,42 @@ async def test_bulk_dead_letter_decisions_count_first_then_decide_by_filter(
         assert (await flows.result(run.workflow_id, timeout=120)).state == "failed"
     open_rows = await flows.list_dead_letters("open")
     assert [row.workflow_id for row in open_rows] == [kept.workflow_id]
+
+
+async def test_bulk_dead_letter_decisions_go_on_past_a_row_resolved_meanwhile(
+    flows: FlowClient,
+    http_server: RecordingServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A review: a row resolved between the listing and its decision (another operator, its
+    # timeout) raised a store error the loop did not catch, ending the command at that row: the
+    # rows after it were never decided and no summary printed. Now it is one refusal.
+    import starter.operations
+
+    card_service(http_server)
+    name = f"park-{uuid4().hex[:8]}"
+    for i in range(2):
+        await flows.start_run(parking_flow(name, http_server.url), {"card": f"bad{i}"})
+    rows = await eventually(
+        lambda: flows.list_dead_letters("open"),
+        lambda rows: len(rows) == 2,
+        timeout=60,
+        what="2 dead letters",
+    )
+    first = sorted(rows, key=lambda row: row.id)[0]
+    await flows.abort(first.id, "another-operator")
+    listed = first.model_copy(update={"status": "open"})  # as the listing saw it, a moment before
+    selected = starter.operations.select_dead_letters
+    monkeypatch.setattr(
+        starter.operations,
+        "select_dead_letters",
+        lambda rows, where, now: [listed, *selected(rows, where, now)],
+    )
+    code, out, err = await asyncio.to_thread(
+        wfa, capsys, flows, "dead-letters", "bulk", "abort", "--definition", name, "--actor", "ops", "--yes"
+    )
+    assert code == EXIT_REFUSED, err + out
+    assert "abort: 1 decided, 1 refused" in out
+    assert f"{first.id}: " in out
+    assert await flows.list_dead_letters("open") == []

@@ -742,8 +742,9 @@ def _fitted_records(status: RunStatus, size: int, limit: int) -> RunStatus:
 
 def _without_values(status: RunStatus, limit: int) -> RunStatus:
     """``status``, while without its step records it would still pass ``limit``, without the parts
-    that hold values (:func:`_leavable`), the largest first; then, if it still would, with its
-    lists cut to the entries that fit (:func:`_cut_list`), the largest list first. The run's
+    that hold values (:func:`_leavable`) of 64 KiB or more, the largest first; then, if it still
+    would, with its lists cut to the entries that fit (:func:`_cut_list`), the largest list first;
+    then without the smaller values. The run's
     variables are counted by its state budget escapes left out, and 750,000 control characters took
     the answer past 2 MiB, the query failing for as long as the run kept them (found by an
     attacker's probe); a human task's title and description (256 KiB each as rendered), two parked

@@ -78,6 +78,16 @@ def _read_state(raw: Any) -> tuple[MailboxState, str | None]:
     return state, None
 
 
+def _oldest_past_bound(sizes: list[int]) -> int:
+    """How many of the oldest events (of these ``sizes``, oldest first) go for the rest to hold at
+    most :data:`MAX_BUFFERED_BYTES`; the newest always stays."""
+    total, past = sum(sizes), 0
+    while total > MAX_BUFFERED_BYTES and past < len(sizes) - 1:
+        total -= sizes[past]
+        past += 1
+    return past
+
+
 @workflow.defn(name=MAILBOX_WORKFLOW)
 class EventMailboxWorkflow:
     """Buffers the events of one (tenant, type, key) and hands each to every run waiting for it."""
@@ -159,9 +169,14 @@ class EventMailboxWorkflow:
         self._subscriptions[subscription.subscriber] = subscription
         self._changed = True
         self._trim(PATCH_MAILBOX_BYTES)
-        return [
+        answer = [
             e for e in self._events if e.published_at is not None and e.published_at >= subscription.since
         ]
+        # The newest 512 KiB, whatever the buffer holds: a mailbox of a build before the bound,
+        # replayed here, keeps its events (its patch answered False), and an answer over 2 MiB
+        # failed its workflow task at every attempt (a review). An update's answer is not
+        # compared on replay: no patch.
+        return answer[_oldest_past_bound(self._measure_answer(answer)) :]
 
     @subscribe.validator
     def _validate_subscribe(self, subscription: EventSubscription) -> None:
@@ -228,23 +243,33 @@ class EventMailboxWorkflow:
         """Drops the oldest buffered events past :data:`MAX_BUFFERED_BYTES`, the newest kept, where
         ``patch_id`` applies (:data:`PATCH_MAILBOX_BYTES`, :data:`PATCH_MAILBOX_CARRY`); their ids
         stay remembered, so a republished one is still a duplicate."""
-        measured = self._sizes
-        self._sizes = {}  # (only the events kept: those pruned or past the count are gone)
-        for event in self._events:
+        dropped = _oldest_past_bound(self._measure(self._events))
+        if dropped and workflow.patched(patch_id):
+            del self._events[:dropped]
+            self._measure(self._events)
+
+    def _measure(self, events: list[Event]) -> list[int]:
+        """The bytes of each of ``events`` as written, in their order; the cache then holds theirs
+        only (an event pruned, or past the count, is gone; a buffer a raw client started with the
+        same event twice is counted twice: a review found it crashing the trim)."""
+        measured, self._sizes = self._sizes, {}
+        sizes: list[int] = []
+        for event in events:
             at = (event.id, event.published_at)
-            size = measured.get(at)
+            size = measured.get(at) or self._sizes.get(at)
             if size is None:
                 size = workflow.payload_converter().to_payloads([event])[0].ByteSize()
             self._sizes[at] = size
-        sizes = list(self._sizes.values())
-        total, keep = sum(sizes), 0
-        while total > MAX_BUFFERED_BYTES and keep < len(sizes) - 1:
-            total -= sizes[keep]
-            keep += 1
-        if keep and workflow.patched(patch_id):
-            for event in self._events[:keep]:
-                del self._sizes[(event.id, event.published_at)]
-            del self._events[:keep]
+            sizes.append(size)
+        return sizes
+
+    def _measure_answer(self, answer: list[Event]) -> list[int]:
+        """The bytes of each event of ``answer`` (a part of the buffer), from the cache."""
+        return [
+            self._sizes.get((e.id, e.published_at))
+            or workflow.payload_converter().to_payloads([e])[0].ByteSize()
+            for e in answer
+        ]
 
     def _remember(self, event_id: str) -> None:
         self._seen[event_id] = None

@@ -622,8 +622,7 @@ async def test_a_mailbox_stuck_before_the_byte_bound_recovers_under_this_build(
         published = await eventually(
             lambda: _publish_or_none(flows, family), lambda p: p is not None, timeout=60, what="a publish"
         )
-        assert published is not None
-        assert not published.duplicate
+        assert published is not None  # (a duplicate if an earlier attempt timed out but landed)
         history = await mailbox.fetch_history()
         assert history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
         state = await mailbox.query("state", result_type=MailboxState)

@@ -13,7 +13,7 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 import workflows.mailbox
-from interpreter.events import MAX_BUFFERED_BYTES, Event, MailboxState
+from interpreter.events import MAX_BUFFERED_BYTES, Event, EventSubscription, MailboxState
 from workflows.mailbox import EventMailboxWorkflow
 
 CONVERTER = pydantic_data_converter.payload_converter
@@ -23,21 +23,27 @@ def _bytes(events: list[Event]) -> int:
     return sum(CONVERTER.to_payloads([event])[0].ByteSize() for event in events)
 
 
-@pytest.fixture
-def mailbox(monkeypatch: pytest.MonkeyPatch) -> tuple[EventMailboxWorkflow, list[datetime]]:
+def _mailbox(
+    monkeypatch: pytest.MonkeyPatch, *, patched: bool = True, events: list[Event] | None = None
+) -> tuple[EventMailboxWorkflow, list[datetime]]:
+    """A mailbox on a stand-in runtime whose patches answer ``patched``, started with ``events``."""
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
     runtime = types.SimpleNamespace(
         payload_converter=lambda: CONVERTER,
-        patched=lambda _patch_id: True,
+        patched=lambda _patch_id: patched,
         now=lambda: clock[0],
         info=lambda: types.SimpleNamespace(workflow_id="evt-t-e-k"),
         logger=workflows.mailbox.workflow.logger,
     )
     monkeypatch.setattr(workflows.mailbox, "workflow", runtime)
-    state = types.SimpleNamespace(
-        payload=CONVERTER.to_payloads([MailboxState(tenant="t", type="e", key="k")])[0]
-    )
+    started = MailboxState(tenant="t", type="e", key="k", events=events or [])
+    state = types.SimpleNamespace(payload=CONVERTER.to_payloads([started])[0])
     return EventMailboxWorkflow(state), clock
+
+
+@pytest.fixture
+def mailbox(monkeypatch: pytest.MonkeyPatch) -> tuple[EventMailboxWorkflow, list[datetime]]:
+    return _mailbox(monkeypatch)
 
 
 async def _publish(
@@ -69,3 +75,38 @@ async def test_the_newest_event_is_always_kept(mailbox: tuple[EventMailboxWorkfl
     kept = [e.id for e in box._events]
     assert kept == [f"big-{n}" for n in range(12 - len(kept), 12)]
     assert _bytes(box._events) <= MAX_BUFFERED_BYTES < _bytes(box._events) + 70_000
+
+
+def _big(event_id: str, at: datetime) -> Event:
+    return Event(id=event_id, type="e", key="k", tenant="t", data={"answer": "x" * 60_000}, published_at=at)
+
+
+async def test_a_buffer_started_with_one_event_twice_is_bounded_without_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (A raw client may start a mailbox with any state: a review found the same event twice
+    # crashing the trim, a KeyError failing the mailbox's workflow task at every attempt.)
+    at = datetime(2025, 12, 31, tzinfo=UTC)
+    twice = [_big("A", at), _big("A", at), *(_big(f"B{n}", at) for n in range(12))]
+    box, clock = _mailbox(monkeypatch, events=twice)
+    await _publish(box, clock, "C", {})
+    assert _bytes(box._events) <= MAX_BUFFERED_BYTES
+    assert box._events[-1].id == "C"
+
+
+async def test_a_subscribe_answer_holds_the_newest_events_within_the_bound_whatever_the_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A mailbox of a build before the bound, replayed by this one, keeps its events (its patch
+    # answered False): its answer to a lookback is still the newest 512 KiB (a review found 2.4 MB
+    # answers failing the workflow task at every attempt).
+    at = datetime(2025, 12, 31, tzinfo=UTC)
+    box, _ = _mailbox(monkeypatch, patched=False, events=[_big(f"old-{n}", at) for n in range(40)])
+    since = at - timedelta(hours=1)
+    subscription = EventSubscription(
+        tenant="t", type="e", key="k", workflow_id="run", path="answer", since=since
+    )
+    answer = box.subscribe(subscription)
+    assert len(box._events) == 40  # the buffer as its history left it
+    assert _bytes(answer) <= MAX_BUFFERED_BYTES
+    assert answer[-1].id == "old-39"
