@@ -24,7 +24,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from interpreter.state import (
     CancelRequest,
@@ -264,9 +264,19 @@ def build_cases(internal: str, port: int, public: str, temporal: str) -> list[Ca
         ]
 
     async def skip_with_a_long_actor(handle: WorkflowHandle[Any, Any]) -> None:
+        # Over 200 characters the run refuses it before history (a raw client's 1.4 MB actor got a
+        # run terminated); a NUL within the bound reaches the row, scrubbed.
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                RunDefinitionWorkflow.resolve_dead_letter,
+                DeadLetterDecision(
+                    action=DeadLetterAction.SKIP, actor="o" * 150 + "\x00" + "p" * 150, output={}
+                ),
+            )
+        assert "actor is 301 characters long" in str(refused.value.cause)
         await handle.execute_update(
             RunDefinitionWorkflow.resolve_dead_letter,
-            DeadLetterDecision(action=DeadLetterAction.SKIP, actor="o" * 150 + "\x00" + "p" * 150, output={}),
+            DeadLetterDecision(action=DeadLetterAction.SKIP, actor="o" * 90 + "\x00" + "p" * 90, output={}),
         )
 
     async def cancel_with_a_huge_actor(handle: WorkflowHandle[Any, Any]) -> None:

@@ -2724,16 +2724,11 @@ class GenericRun:
 
     @decide.validator
     def _validate_decide(self, request: DecisionRequest) -> None:
-        problem = _argument_problem(request)
-        if problem is not None:
-            raise ApplicationError(
-                f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
-            )
         try:
             approval = self._engine.check_decision(request.decision, request)
         except DecisionError as err:
             raise ApplicationError(clip(str(err)), type="DecisionRefused", non_retryable=True) from None
-        problem = decision_size_problem(request)
+        problem = decision_size_problem(request) or _argument_problem(request)
         if problem is not None:
             raise ApplicationError(
                 f"decision too large: {problem}", type="DecisionRefused", non_retryable=True
