@@ -203,18 +203,26 @@ class DecisionRequest(Decision):
     token: str | None = None
 
 
+def _too_long(name: str, text: str | None, limit: int) -> str | None:
+    """Why ``text`` (the field ``name``) is refused for its length, or None."""
+    if text is None or len(text) <= limit:
+        return None
+    return f"{name} is {len(text)} characters long (at most {limit})"
+
+
 def decision_size_problem(decision: Decision) -> str | None:
     """Why an otherwise valid decision is too large to accept, or None.
 
     An accepted decision's reason and data become run data (the approval step's output, ``vars``)
     that every ``status`` answer carries, so they are bounded; the refusal is recorded instead.
     """
-    if len(decision.actor) > MAX_ACTOR_CHARS:
-        return f"actor is {len(decision.actor)} characters long (at most {MAX_ACTOR_CHARS})"
-    if decision.step_id is not None and len(decision.step_id) > MAX_ACTOR_CHARS:
-        return f"step_id is {len(decision.step_id)} characters long (at most {MAX_ACTOR_CHARS})"
-    if len(decision.reason) > MAX_DECISION_REASON_CHARS:
-        return f"reason is {len(decision.reason)} characters long (at most {MAX_DECISION_REASON_CHARS})"
+    problem = (
+        _too_long("actor", decision.actor, MAX_ACTOR_CHARS)
+        or _too_long("step_id", decision.step_id, MAX_ACTOR_CHARS)
+        or _too_long("reason", decision.reason, MAX_DECISION_REASON_CHARS)
+    )
+    if problem is not None:
+        return problem
     size = len(json.dumps(decision.data, separators=(",", ":"), default=str).encode())
     if size > MAX_DECISION_DATA_BYTES:
         return f"data is {size} bytes as JSON (at most {MAX_DECISION_DATA_BYTES})"
@@ -580,12 +588,13 @@ def dead_letter_size_problem(decision: DeadLetterDecision) -> str | None:
     run of a chain); the whole is at most :data:`DEAD_LETTER_DECISION_MAX`. The run's validator
     and the client API both ask it (a raw client's update skipped the client's checks: found by
     an attacker's probe)."""
-    if len(decision.actor) > MAX_ACTOR_CHARS:
-        return f"actor is {len(decision.actor)} characters long (at most {MAX_ACTOR_CHARS})"
-    if decision.park_id is not None and len(decision.park_id) > MAX_PARK_ID_CHARS:
-        return f"park_id is {len(decision.park_id)} characters long (at most {MAX_PARK_ID_CHARS})"
-    if len(decision.reason) > MAX_DECISION_REASON_CHARS:
-        return f"reason is {len(decision.reason)} characters long (at most {MAX_DECISION_REASON_CHARS})"
+    problem = (
+        _too_long("actor", decision.actor, MAX_ACTOR_CHARS)
+        or _too_long("park_id", decision.park_id, MAX_PARK_ID_CHARS)
+        or _too_long("reason", decision.reason, MAX_DECISION_REASON_CHARS)
+    )
+    if problem is not None:
+        return problem
     for name, value in (("input", decision.input), ("output", decision.output)):
         if value is None:
             continue

@@ -99,6 +99,10 @@ def _settled(history: list[HistoryEvent]) -> bool:
 SLOTS = 4
 
 
+LARGE_INPUT = {"a": ["x" * 1000] * 650, "b": ["y" * 1000] * 650}
+"""The run input each of :func:`_held_then_sent`'s large calls sends (1.3 MB)."""
+
+
 def _held_echo() -> tuple[asyncio.Event, Any]:
     """An ``echo`` activity for a team's worker that answers once the event is set."""
     answer = asyncio.Event()
@@ -173,7 +177,7 @@ async def test_calls_whose_slots_free_together_are_sent_over_several_workflow_ta
                 client,
                 task_queue,
                 document,
-                {"a": ["x" * 1000] * 650, "b": ["y" * 1000] * 650},
+                LARGE_INPUT,
                 engine_level=level,
                 execution_timeout=timedelta(seconds=90),
             )
@@ -223,7 +227,7 @@ async def test_calls_that_waited_for_slots_are_refused_when_the_history_grew_pas
             client,
             task_queue,
             document,
-            {"a": ["x" * 1000] * 650, "b": ["y" * 1000] * 650},
+            LARGE_INPUT,
             engine_level=ENGINE_LEVEL,
             execution_timeout=timedelta(seconds=90),
         )
