@@ -4388,7 +4388,8 @@ class Engine:
                     actor=clip(f"event:{event.type}:{event.id}", MAX_ACTOR_CHARS),
                     reason=clip(f"cancel_on event {event.type!r} published by {event.source or 'unknown'}"),
                 )
-        if self._consumed_key(event) in self._consumed_events:
+        taken = self._consumed_key(event)
+        if taken in self._consumed_events:
             return None  # at most once per event (a lookback returns it again, say)
         if event.published_at is not None and event.published_at.tzinfo is None:
             # A mailbox stamps UTC: a time without an offset was forged (and would fail the
@@ -4412,7 +4413,7 @@ class Engine:
                 )
                 continue
             wait.event = event
-            self._consumed_events[self._consumed_key(event)] = None
+            self._consumed_events[taken] = None
             return None
         return None
 

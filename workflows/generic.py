@@ -755,30 +755,30 @@ def _without_values(status: RunStatus, limit: int) -> RunStatus:
     def fits(answer: RunStatus) -> bool:
         return _payload_bytes(_bare(answer)) <= limit
 
+    def leave_out(answer: RunStatus, left: list[str], how: Callable[[RunStatus], RunStatus]) -> RunStatus:
+        return how(answer).model_copy(update={"left_out": list(left)})
+
     left: list[str] = []
     parts = sorted(_leavable(status), key=lambda part: -part[1])
     # Small values go last, after the lists are cut (a review: 700 decisions took the answer past
     # the limit, and a first version left out a 35-byte output before cutting them).
-    for name, size, without in parts:
-        if size < _SMALL_PART:
-            break
+    large = [(name, how) for name, size, how in parts if size >= _SMALL_PART]
+    small = [(name, how) for name, size, how in parts if size < _SMALL_PART]
+    for name, how in large:
         if fits(status):
             return status
         left.append(name)
-        status = without(status).model_copy(update={"left_out": list(left)})
+        status = leave_out(status, left, how)
     lists = [(name, _payload_bytes(getattr(status, name))) for name in _STATUS_LISTS if getattr(status, name)]
-    for name, _size in sorted(lists, key=lambda part: -part[1]):
+    cuts = [
+        (name, functools.partial(_cut_list, name=name, fits=fits))
+        for name, _ in sorted(lists, key=lambda part: -part[1])
+    ]
+    for name, how in cuts + small:
         if fits(status):
             return status
         left.append(name)
-        status = _cut_list(status.model_copy(update={"left_out": list(left)}), name, fits)
-    for name, size, without in parts:
-        if size >= _SMALL_PART:
-            continue
-        if fits(status):
-            return status
-        left.append(name)
-        status = without(status).model_copy(update={"left_out": list(left)})
+        status = leave_out(status, left, how)
     return status
 
 

@@ -170,13 +170,16 @@ class EventMailboxWorkflow:
         self._changed = True
         self._trim(PATCH_MAILBOX_BYTES)
         answer = [
-            e for e in self._events if e.published_at is not None and e.published_at >= subscription.since
+            (e, size)
+            for e, size in zip(self._events, self._measure(self._events), strict=True)
+            if e.published_at is not None and e.published_at >= subscription.since
         ]
         # The newest 512 KiB, whatever the buffer holds: a mailbox of a build before the bound,
         # replayed here, keeps its events (its patch answered False), and an answer over 2 MiB
         # failed its workflow task at every attempt (a review). An update's answer is not
         # compared on replay: no patch.
-        return answer[_oldest_past_bound(self._measure_answer(answer)) :]
+        past = _oldest_past_bound([size for _, size in answer])
+        return [e for e, _ in answer[past:]]
 
     @subscribe.validator
     def _validate_subscribe(self, subscription: EventSubscription) -> None:
@@ -262,14 +265,6 @@ class EventMailboxWorkflow:
             self._sizes[at] = size
             sizes.append(size)
         return sizes
-
-    def _measure_answer(self, answer: list[Event]) -> list[int]:
-        """The bytes of each event of ``answer`` (a part of the buffer), from the cache."""
-        return [
-            self._sizes.get((e.id, e.published_at))
-            or workflow.payload_converter().to_payloads([e])[0].ByteSize()
-            for e in answer
-        ]
 
     def _remember(self, event_id: str) -> None:
         self._seen[event_id] = None
