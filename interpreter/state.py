@@ -138,6 +138,36 @@ class PendingApproval(BaseModel):
     """Why links could not be sent (the step waits all the same: the inbox still serves)."""
 
 
+class ApprovalsQuery(BaseModel):
+    """Argument of the ``pending_approvals`` query: from which pending approval on (in the order
+    they started waiting), or the one waiting at ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: int = Field(default=0, ge=0)
+    path: str | None = Field(default=None, max_length=10_000)
+
+
+class ApprovalsPage(BaseModel):
+    """Answer of the ``pending_approvals`` query: the pending approvals from ``start`` on, in full,
+    as many as fit in one answer (the ``status`` answer may have had to cut them: ``left_out``).
+
+    Attributes:
+        approvals: From ``start`` on; at least one when there is one from ``start`` on.
+        start: The position of the first of them among all pending approvals.
+        total: How many approvals are pending in all (the next page starts at ``start`` plus
+            the count of ``approvals``, while it is under ``total``).
+        left_out: What even a page of one approval had to leave out of it: ``message`` and
+            ``description`` (cut to :data:`MAX_TEXT_CHARS`), then ``form`` (``fields`` keeps the
+            names).
+    """
+
+    approvals: list[PendingApproval]
+    start: int = 0
+    total: int = 0
+    left_out: list[str] = Field(default_factory=list)
+
+
 class PendingEvent(BaseModel):
     """A ``wait_for_event`` step that waits now (shown in the status).
 
@@ -301,6 +331,9 @@ class RunStatus(BaseModel):
     steps: list[StepRecord]
     pending_approvals: list[PendingApproval]
     parked: list[ParkedStep] = Field(default_factory=list)
+    pending_approvals_dropped: int = 0
+    """Pending approvals not listed because the answer had to cut them (``left_out``); the
+    ``pending_approvals`` query lists them all, page by page (:class:`ApprovalsPage`)."""
     decisions: list[DecisionRecord]
     decisions_dropped: int = 0
     refused_messages: list[RefusedMessage] = Field(default_factory=list)
@@ -325,7 +358,8 @@ class RunStatus(BaseModel):
     (the declared forms in full; ``fields`` keeps their names); then, if it would still pass it,
     the lists cut to the entries that fit: ``pending_approvals``, ``parked``, ``waiting_events``,
     ``current_steps`` (the first ones), ``decisions`` and ``refused_messages`` (the most recent,
-    the others counted as dropped). The run keeps them all; its variables are counted by the state
+    the others counted as dropped; the pending approvals not listed are counted too). The
+    ``pending_approvals`` query answers them in full (the inbox reads it when this names them). The run keeps them all; its variables are counted by the state
     budget as written, escapes not counted, and a rendered text may take 256 KiB, so they can take
     more once written."""
 

@@ -924,6 +924,11 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
             for label, value in details:
                 if value:
                     print(f"    {label:<14}{value}", file=out)
+        if status.pending_approvals_dropped:
+            print(
+                f"  … and {status.pending_approvals_dropped} more, not listed (too many for one answer)",
+                file=out,
+            )
         print(f"  decide with: wfa approve {workflow_id} --actor NAME  (or reject)", file=out)
     if status.waiting_events:
         print("\nWaiting for events", file=out)
@@ -1300,7 +1305,7 @@ async def waiting_on(
     """
     status = await flows.status(workflow_id)
     lines = []
-    for approval in status.pending_approvals:
+    for approval in await flows.every_pending_approval(workflow_id, status):
         deadline = f", deadline {_when(approval.deadline)}" if approval.deadline else ""
         lines.append(
             f"waiting for approval at {approval.path} from {', '.join(approval.approvers)}{deadline}"

@@ -27,14 +27,16 @@ under ``.state/``), opened on first use and scoped to the client's tenant (``WFA
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 from pydantic import BaseModel
@@ -71,6 +73,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from interpreter.model import Definition
 from interpreter.sizes import temporal_id
 from interpreter.state import (
+    ApprovalsPage,
+    ApprovalsQuery,
     CancelRequest,
     CancelRunRequest,
     DeadLetterAction,
@@ -80,6 +84,7 @@ from interpreter.state import (
     DecisionRecord,
     DecisionRequest,
     ParkedStep,
+    PendingApproval,
     ResultSteps,
     RunInput,
     RunOptions,
@@ -176,6 +181,12 @@ CLOSED_QUERY_TIMEOUT = timedelta(seconds=3)
 
 QUERY_REPLAY_ATTEMPTS = 4
 """How often a status query is asked when a worker's replay for it failed (see :func:`query_status`)."""
+_CUT_APPROVAL_PARTS = {"pending_approvals.message", "pending_approvals.description", "pending_approvals.form"}
+"""What a ``status`` answer may have cut of its pending approvals (``RunStatus.left_out``)."""
+MAX_APPROVAL_PAGES = 1000
+"""Most pages :meth:`FlowClient.pending_approvals` reads (each holds at least one approval)."""
+
+T = TypeVar("T")
 
 _TRANSIENT_QUERY_FAILURES = ("[TMPRL1100]", "[TMPRL1101]", "Workflow Task in failed state")
 
@@ -202,10 +213,18 @@ async def query_status(handle: WorkflowHandle[Any, Any], rpc_timeout: timedelta 
     """The run's ``status`` query, asked again (up to :data:`QUERY_REPLAY_ATTEMPTS` times, 0.5 s,
     1 s, 2 s apart) when the worker's replay for it failed (:func:`_transient_query_failure`);
     any other failure, or the last one, is raised as it came."""
+
+    async def ask() -> RunStatus:
+        return await handle.query(RunDefinitionWorkflow.status, rpc_timeout=rpc_timeout)
+
+    return await _query(ask)
+
+
+async def _query(ask: Callable[[], Awaitable[T]]) -> T:
+    """``ask()``, a query of a run, asked again as :func:`query_status` says."""
     for attempt in range(QUERY_REPLAY_ATTEMPTS):
         try:
-            status: RunStatus = await handle.query(RunDefinitionWorkflow.status, rpc_timeout=rpc_timeout)
-            return status
+            return await ask()
         except (WorkflowQueryFailedError, RPCError) as err:
             if attempt == QUERY_REPLAY_ATTEMPTS - 1 or not _transient_query_failure(err):
                 raise
@@ -1679,6 +1698,78 @@ class FlowClient:
                 description.task_queue,
             )
         return await self._status_from_result(workflow_id, description)
+
+    async def pending_approvals(self, workflow_id: str, *, path: str | None = None) -> list[PendingApproval]:
+        """Every approval and human task the run waits on, in full: the ``pending_approvals``
+        query, page by page, what a ``status`` answer had to cut (``RunStatus.left_out``)
+        included. With ``path``, the one waiting there (none when nothing waits there). A step
+        decided between two pages may shift the ones after it to a page already read: the list is
+        as current as a ``status`` answer, no more.
+
+        Raises:
+            RunNotFoundError: No such run.
+            StarterError: The run could not answer the query (its worker is of a build before it,
+                or none answered within 10 s).
+        """
+        handle = self._handle(workflow_id)
+
+        async def page_from(start: int) -> ApprovalsPage:
+            ask = ApprovalsQuery(start=start, path=path)
+            return await handle.query(RunDefinitionWorkflow.pending_approvals, ask, rpc_timeout=QUERY_TIMEOUT)
+
+        found: dict[str, PendingApproval] = {}
+        start = 0
+        for _ in range(MAX_APPROVAL_PAGES):
+            try:
+                page = await _query(functools.partial(page_from, start))
+            except WorkflowQueryFailedError as err:
+                raise StarterError(
+                    f"run {workflow_id!r} could not answer the pending_approvals query: {err}"
+                ) from None
+            except RPCError as err:
+                raise self._rpc_error(err, workflow_id, "query the run") from None
+            for approval in page.approvals:
+                found.setdefault(approval.path, approval)
+            start = page.start + len(page.approvals)
+            if path is not None or not page.approvals or start >= page.total:
+                break
+        return list(found.values())
+
+    async def waiting_at(
+        self, workflow_id: str, path: str | None
+    ) -> tuple[RunStatus, PendingApproval | None]:
+        """The run's status, and the approval or human task waiting at ``path`` in full (None when
+        none waits there, or ``path`` is None): from the status, or, when the status answer had to cut the pending
+        approvals or their texts and forms (``RunStatus.left_out``), from the
+        ``pending_approvals`` query (a worker of a build before it: as the status has it).
+
+        Raises:
+            RunNotFoundError: No such run.
+            StarterError: The run could not answer (see :meth:`status`).
+        """
+        status = await self.status(workflow_id)
+        if path is None:
+            return status, None
+        pending = next((p for p in status.pending_approvals if p.path == path), None)
+        cut = (
+            "pending_approvals" in status.left_out
+            if pending is None
+            else bool(_CUT_APPROVAL_PARTS & set(status.left_out))
+        )
+        if cut:
+            with contextlib.suppress(StarterError):
+                found = await self.pending_approvals(workflow_id, path=path)
+                pending = found[0] if found else None
+        return status, pending
+
+    async def every_pending_approval(self, workflow_id: str, status: RunStatus) -> list[PendingApproval]:
+        """``status``'s pending approvals, or, when its answer had to cut their list, every one of
+        them (:meth:`pending_approvals`; a worker of a build before it: the ones listed)."""
+        if "pending_approvals" not in status.left_out:
+            return status.pending_approvals
+        with contextlib.suppress(StarterError):
+            return await self.pending_approvals(workflow_id)
+        return status.pending_approvals
 
     async def pending_timers(self, workflow_id: str) -> list[PendingTimer]:
         """The run's durable timers that have not fired yet (delays, approval deadlines), from its

@@ -129,6 +129,8 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.state import (
         FINAL_STATES,
         MAX_TEXT_CHARS,
+        ApprovalsPage,
+        ApprovalsQuery,
         CancelRequest,
         CancelRunRequest,
         CurrentStepTracking,
@@ -141,6 +143,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionRequest,
         ForeachBatch,
         ParkedStep,
+        PendingApproval,
         ResultSteps,
         RunInput,
         RunOptions,
@@ -799,19 +802,17 @@ _STATUS_LISTS = (
 
 def _cut_list(status: RunStatus, name: str, fits: Callable[[RunStatus], bool]) -> RunStatus:
     """``status`` with as many entries of its list ``name`` as ``fits`` takes: the first ones, or
-    for ``decisions`` and ``refused_messages`` the most recent, the others counted as dropped."""
+    for ``decisions`` and ``refused_messages`` the most recent, the others counted as dropped (the
+    pending approvals not listed are counted too)."""
     entries: list[Any] = getattr(status, name)
-    dropped = f"{name}_dropped" if name in ("decisions", "refused_messages") else None
+    recent = name in ("decisions", "refused_messages")
+    dropped = f"{name}_dropped" if recent or name == "pending_approvals" else None
 
     def kept(count: int) -> RunStatus:
-        if dropped is None:
-            return status.model_copy(update={name: entries[:count]})
-        return status.model_copy(
-            update={
-                name: entries[len(entries) - count :],
-                dropped: getattr(status, dropped) + len(entries) - count,
-            }
-        )
+        update: dict[str, Any] = {name: entries[len(entries) - count :] if recent else entries[:count]}
+        if dropped is not None:
+            update[dropped] = getattr(status, dropped) + len(entries) - count
+        return status.model_copy(update=update)
 
     low, high = 0, len(entries)  # the most that fit is in [low, high]; none may fit either
     while low < high:
@@ -859,6 +860,55 @@ def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], R
             )
         )
     return parts
+
+
+def _approvals_page(
+    approvals: list[PendingApproval], ask: ApprovalsQuery, *, limit: int | None
+) -> ApprovalsPage:
+    """The answer of the ``pending_approvals`` query: ``approvals`` from ``ask.start`` on (or the one
+    at ``ask.path``), as many as fit in ``limit`` (None: all), at least one; one that alone would
+    not fit has its texts cut, then its form left out (named in ``left_out``). The ``status``
+    answer cuts the list when a run has hundreds of tasks waiting, or their forms; the inbox reads
+    the cut ones here (before, it showed such a step as decided, or its form as empty: a review)."""
+    if ask.path is not None:
+        chosen = [a for a in approvals if a.path == ask.path]
+        start = next((i for i, a in enumerate(approvals) if a.path == ask.path), len(approvals))
+    else:
+        start = min(ask.start, len(approvals))
+        chosen = approvals[start:]
+    page = ApprovalsPage(approvals=[], start=start, total=len(approvals))
+    if limit is None or not chosen:
+        return page.model_copy(update={"approvals": chosen})
+    room = limit - _payload_bytes(page) - 1024  # what the page's own fields leave
+    left: list[str] = []
+    kept: list[PendingApproval] = []
+    used = 0
+    for approval in chosen:
+        entry, size = approval, _payload_bytes(approval) + 1
+        if kept and used + size > room:
+            break
+        if size > room:  # alone it does not fit: its texts cut, then its form left out
+            entry, left = _fitted_approval(approval, room)
+            size = _payload_bytes(entry) + 1
+        kept.append(entry)
+        used += size
+    return page.model_copy(update={"approvals": kept, "left_out": left})
+
+
+def _fitted_approval(approval: PendingApproval, room: int) -> tuple[PendingApproval, list[str]]:
+    """``approval`` within ``room`` bytes: its message and description cut to
+    :data:`MAX_TEXT_CHARS`, then without its form; and what was left out."""
+    left: list[str] = []
+    for field in ("message", "description"):
+        if _payload_bytes(approval) + 1 <= room:
+            break
+        if len(getattr(approval, field)) > MAX_TEXT_CHARS:
+            approval = approval.model_copy(update={field: clip(getattr(approval, field))})
+            left.append(field)
+    if _payload_bytes(approval) + 1 > room and approval.form:
+        approval = approval.model_copy(update={"form": []})
+        left.append("form")
+    return approval, left
 
 
 def _emptied(entries: str, field: str, empty: Any, status: RunStatus) -> RunStatus:
@@ -2805,6 +2855,13 @@ class GenericRun:
     def status(self) -> RunStatus:
         """The run's state, current steps, every step so far, pending approvals and variables."""
         return _fitted_status(self._engine.status(), limit=self._runtime.payload_limit())
+
+    @workflow.query(name="pending_approvals")
+    def pending_approvals(self, ask: ApprovalsQuery) -> ApprovalsPage:
+        """The pending approvals from ``ask.start`` on (or the one at ``ask.path``), in full, as
+        many as one answer takes (:func:`_approvals_page`): what ``status`` had to cut."""
+        pending = self._engine.status().pending_approvals
+        return _approvals_page(pending, ask, limit=self._runtime.payload_limit())
 
     def _acceptable(self, kind: DecisionKind, decision: Decision) -> bool:
         try:

@@ -145,10 +145,9 @@ async def _pending(
 ) -> tuple[RunStatus, PendingApproval] | LinkProblem:
     flows = await state.config.clients(claims.tenant)
     try:
-        status = await flows.status(claims.run)
+        status, pending = await flows.waiting_at(claims.run, claims.step)
     except StarterError:
         return LinkProblem("Nothing to decide", "The run this link was for no longer exists.", 404)
-    pending = next((p for p in status.pending_approvals if p.path == claims.step), None)
     if pending is None:
         decided = [d for d in status.decisions if d.accepted and d.step_id in (claims.step, None)]
         done = ""

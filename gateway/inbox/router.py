@@ -368,7 +368,7 @@ async def find_work(flows: FlowClient, person: Person, limit: int) -> list[WorkI
             status = await flows.status(execution.id)
         except StarterError:
             continue  # ended or unanswerable meanwhile: not work any more
-        for approval in status.pending_approvals:
+        for approval in await flows.every_pending_approval(execution.id, status):
             if may_decide(approval.approvers, person.username, person.groups):
                 items.append(WorkItem(execution.id, status.definition, approval))
     items.sort(key=lambda item: (item.approval.deadline is None, item.approval.deadline, item.approval.since))
@@ -409,9 +409,7 @@ def _step_decisions(status: RunStatus, approval_path: str, step_id: str) -> list
 
 
 async def _item_context(flows: FlowClient, run: str, step: str) -> tuple[RunStatus, PendingApproval | None]:
-    status = await flows.status(run)
-    pending = next((p for p in status.pending_approvals if p.path == step), None)
-    return status, pending
+    return await flows.waiting_at(run, step)
 
 
 def _not_found(request: Request, state: InboxState, session: Session) -> HTMLResponse:

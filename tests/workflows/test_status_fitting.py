@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 import pytest
@@ -16,10 +17,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 import workflows.generic
 from interpreter.engine import PATCH_DECISIONS_KEPT, Engine
-from interpreter.state import DecisionKind, RunStatus
+from interpreter.state import ApprovalsQuery, DecisionKind, PendingApproval, RunStatus
 from tests.interpreter.test_engine import decide_at, new_engine, new_runtime
 from tests.interpreter.test_engine_messages import REASON, TURNS, _loop
-from workflows.generic import _fitted_status
+from workflows.generic import _approvals_page, _fitted_status
 
 LIMIT = 2 * 1024 * 1024 - 1024  # what the workflow gives it (Temporal's 2 MiB less the codec's margin)
 
@@ -81,8 +82,55 @@ async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit()
         kept = fitted.pending_approvals
         assert 100 < len(kept) < len(status.pending_approvals)
         assert [a.path for a in kept] == [a.path for a in status.pending_approvals[: len(kept)]]
+        assert fitted.pending_approvals_dropped == len(status.pending_approvals) - len(kept)
+        # The pending_approvals query answers them all, in full, page by page, each within the
+        # limit (before it, the inbox showed the ones cut as decided).
+        assert _all_pages(status.pending_approvals) == status.pending_approvals
     finally:
         await _stop(running)
+
+
+def _all_pages(pending: list[PendingApproval]) -> list[PendingApproval]:
+    """What the ``pending_approvals`` query answers, page after page, each page within the limit."""
+    found: list[PendingApproval] = []
+    while True:
+        page = _approvals_page(pending, ApprovalsQuery(start=len(found)), limit=LIMIT)
+        assert _bytes(page) <= LIMIT
+        assert (page.start, page.total, page.left_out) == (len(found), len(pending), [])
+        found += page.approvals
+        if not page.approvals:
+            return found
+        assert len(page.approvals) < len(pending)  # a page each: the test pages
+
+
+def test_an_approval_too_large_for_one_answer_alone_has_its_texts_cut_first() -> None:
+    form = [
+        {"name": f"f{i}", "type": "enum", "values": [f"{n:03d}" + "v" * 197 for n in range(100)]}
+        for i in range(10)
+    ]
+    huge = PendingApproval.model_validate_json(
+        json.dumps(
+            {
+                "step_id": "review",
+                "path": "review",
+                "approvers": ["ann"],
+                "message": "\u0001" * 250_000,  # 1.5 MB as JSON, as the description
+                "description": "\u0001" * 250_000,
+                "form": form,
+                "since": "2026-12-01T00:00:00Z",
+            }
+        )
+    )
+    other = huge.model_copy(update={"path": "other", "message": "", "description": ""})
+    page = _approvals_page([other, huge], ApprovalsQuery(path="review"), limit=LIMIT)
+    assert _bytes(page) <= LIMIT
+    assert (page.start, page.total, page.left_out) == (1, 2, ["message"])
+    [answered] = page.approvals
+    assert answered.message.endswith("… (250000 characters)")
+    assert (answered.description, answered.form) == (huge.description, huge.form)  # as far as it fits
+    both = _approvals_page([other, huge], ApprovalsQuery(), limit=LIMIT)
+    assert [a.path for a in both.approvals] == ["other"]  # the next page has the large one alone
+    assert _approvals_page([other, huge], ApprovalsQuery(path="gone"), limit=LIMIT).approvals == []
 
 
 async def test_large_forms_of_waiting_tasks_are_left_out_their_names_kept() -> None:
@@ -107,6 +155,13 @@ async def test_large_forms_of_waiting_tasks_are_left_out_their_names_kept() -> N
         assert all(
             a.form == [] and a.fields == [f"f{i}" for i in range(10)] for a in fitted.pending_approvals
         )
+        # The query has each form in full (the inbox shows it; before, it showed the form empty).
+        one = _approvals_page(
+            status.pending_approvals, ApprovalsQuery(path=status.pending_approvals[42].path), limit=LIMIT
+        )
+        assert one.approvals == [status.pending_approvals[42]]
+        assert len(one.approvals[0].form) == 10
+        assert _all_pages(status.pending_approvals) == status.pending_approvals
     finally:
         await _stop(running)
 
