@@ -54,16 +54,19 @@ async def mailbox_update(
     arg: Any,
     update_id: str,
     result_type: type[R],
+    workflow_id: str | None = None,
 ) -> R:
     """Runs ``update`` on the mailbox of (tenant, type, key), starting the mailbox if need be.
 
-    ``update_id`` makes a retried call the same update (the server deduplicates it).
+    ``update_id`` makes a retried call the same update (the server deduplicates it);
+    ``workflow_id``: the mailbox's (default :func:`~interpreter.events.mailbox_id`; a subscription
+    names a legacy one, ``EventSubscription.mailbox_workflow``).
 
     Raises:
         WorkflowUpdateFailedError: The mailbox refused (its validator, e.g. ``EventRefused``).
         RPCError: The server could not be reached or refused the request.
     """
-    workflow_id = mailbox_id(tenant, event_type, key)
+    workflow_id = workflow_id or mailbox_id(tenant, event_type, key)
     for attempt in range(1, _ATTEMPTS + 1):
         start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             MAILBOX_WORKFLOW,
@@ -127,6 +130,7 @@ class EventActivities:
                     f"subscribe/{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
                 ),
                 result_type=list[Event],
+                workflow_id=subscription.mailbox_workflow,
             )
         except WorkflowUpdateFailedError as err:
             cause = err.cause

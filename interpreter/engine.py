@@ -45,7 +45,7 @@ from interpreter.continuation import (
     carried_ids,
 )
 from interpreter.durations import format_duration, parse_duration
-from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription
+from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription, mailbox_id
 from interpreter.inert import make_inert, seal
 from interpreter.model import (
     FAN_OUT_ABOVE,
@@ -434,6 +434,14 @@ taken with another type or key (one tracking number as the id of ``order.shipped
 ``order.delivered``) was dropped without a word: the publisher was told it was delivered, the wait
 timed out (found by an attacker's probe). Only in runs started at its generation: the ids a run
 carries on continuing as new change form (``workflows.generic.NEVER_ASKED_PATCHES``)."""
+
+PATCH_MAILBOX_IDS = "mailbox-ids"
+"""Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
+(``interpreter.events.mailbox_id``). Before, the id hashed the key alone, so tenants and types
+holding ``-`` could name one mailbox, and in a namespace shared by tenants one could take the
+other's first (found by an attacker's probe). Asked where a wait (or a ``cancel_on``) subscribes:
+a wait subscribed before keeps its mailbox, recorded in its view (``PendingEvent.mailbox``) and
+carried on continuing as new; publishers still publish at such a mailbox while it runs."""
 
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -4347,6 +4355,7 @@ class Engine:
                     workflow_id=self.info.workflow_id,
                     path=f"cancel_on[{i}]",
                     since=since,
+                    mailbox=self._mailbox_of(event_type, key),
                 ),
                 f"cancel_on[{i}]",
             )
@@ -4450,6 +4459,7 @@ class Engine:
                     since=start,
                     lookback_s=lookback.total_seconds(),
                     deadline=deadline,
+                    mailbox=self._mailbox_of(step.event, key),
                 ),
                 step=step,
                 since=since,
@@ -4584,7 +4594,15 @@ class Engine:
             path=view.path,
             since=wait.since,
             until=view.deadline,
+            mailbox=view.mailbox,
         )
+
+    def _mailbox_of(self, event_type: str, key: str) -> str | None:
+        """The mailbox a new subscription goes to: the one of its tenant, type and key
+        (:data:`PATCH_MAILBOX_IDS`), or None, the legacy one, in a history recorded before."""
+        if not self.runtime.patched(PATCH_MAILBOX_IDS):
+            return None
+        return mailbox_id(self.info.tenant, event_type, key)
 
     def _event_timeout(self, step: WaitForEventStep, path: str, key: str) -> Any:
         policy = step.on_timeout

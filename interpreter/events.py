@@ -14,7 +14,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from interpreter.model import EVENT_TYPE_PATTERN
 
@@ -129,11 +129,28 @@ class EventSubscription(BaseModel):
     path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
     since: Instant
     until: Instant | None = None
+    mailbox: str | None = Field(default=None, max_length=1000)
+    """The mailbox's workflow id: :func:`mailbox_id` or :func:`legacy_mailbox_id` of the tenant,
+    type and key (None: the legacy one, as builds before generation 23 subscribed)."""
+
+    @model_validator(mode="after")
+    def _mailbox_of_its_address(self) -> EventSubscription:
+        if self.mailbox is not None and self.mailbox not in (
+            mailbox_id(self.tenant, self.type, self.key),
+            legacy_mailbox_id(self.tenant, self.type, self.key),
+        ):
+            raise ValueError("the mailbox is not the one of the subscription's tenant, type and key")
+        return self
 
     @property
     def subscriber(self) -> str:
         """Names the subscription in its mailbox."""
         return f"{self.workflow_id}\n{self.path}"
+
+    @property
+    def mailbox_workflow(self) -> str:
+        """The workflow id of the mailbox it subscribes at."""
+        return self.mailbox or legacy_mailbox_id(self.tenant, self.type, self.key)
 
 
 class PublishResult(BaseModel):
@@ -175,9 +192,25 @@ class MailboxState(BaseModel):
 def mailbox_id(tenant: str, event_type: str, key: str) -> str:
     """The workflow id of the mailbox of one tenant, event type and correlation key.
 
-    The key is hashed: it may be long or hold characters a workflow id should not, and it is
-    business data that search and the Web UI show in ids.
+    ``evt-{tenant}-{type}-{digest}``, the digest of all three: the tenant and the type are there to
+    be read (the Web UI, search), the digest tells the mailboxes apart. The key is only hashed: it
+    may be long or hold characters a workflow id should not, and it is business data that search
+    and the Web UI show in ids. Before generation 23 (:func:`legacy_mailbox_id`) only the key was
+    hashed, and tenants and types that hold ``-`` could name one mailbox: in a namespace shared by
+    tenants, ``acme`` publishing ``corp-order.paid`` took the mailbox of ``acme-corp``'s
+    ``order.paid`` on the same key first, and ``acme-corp``'s publishes and waits there were
+    refused for up to 7 days (found by an attacker's probe).
     """
+    address = json.dumps([tenant, event_type, key], separators=(",", ":"))
+    digest = hashlib.sha256(address.encode()).hexdigest()[:32]
+    return f"evt-{tenant}-{event_type}-{digest}"
+
+
+def legacy_mailbox_id(tenant: str, event_type: str, key: str) -> str:
+    """The workflow id of the same mailbox as builds before generation 23 named it: the key's digest
+    alone (ambiguous, see :func:`mailbox_id`). A wait subscribed there (by a run of an earlier
+    generation before it met ``mailbox-ids``, or by a worker of such a build) is still reached:
+    publishers publish there too when such a mailbox runs (``starter.events.publish_event``)."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return f"evt-{tenant}-{event_type}-{digest}"
 

@@ -188,6 +188,9 @@ class PendingEvent(BaseModel):
     lookback_s: float = 0.0
     deadline: datetime | None = None
     subscribed: bool = False
+    mailbox: str | None = None
+    """The workflow id of the mailbox it subscribed at (None: the legacy id, as builds before
+    generation 23 subscribed: ``interpreter.events.legacy_mailbox_id``)."""
 
 
 class DecisionKind(StrEnum):

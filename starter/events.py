@@ -27,7 +27,7 @@ from uuid import uuid4
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.events import mailbox_update
 from interpreter.events import (
@@ -37,6 +37,7 @@ from interpreter.events import (
     Event,
     PublishResult,
     event_data_problem,
+    legacy_mailbox_id,
     mailbox_id,
 )
 from interpreter.model import EVENT_TYPE_PATTERN, EventTrigger
@@ -118,6 +119,26 @@ async def event_trigger_definitions(flows: FlowClient, event_type: str) -> list[
     return found
 
 
+async def _publish_at_legacy(flows: FlowClient, event: Event) -> PublishResult | None:
+    """Publishes ``event`` at its mailbox's legacy id too (``interpreter.events.legacy_mailbox_id``)
+    when a mailbox runs there: waits subscribed by builds before generation 23, or before their
+    run met patch ``mailbox-ids``, are there. Nothing is started there (a plain update, answered
+    ``NOT_FOUND`` at once where none runs). A refusal is not the publisher's: the mailbox there may
+    be another tenant's, type's or key's, which the legacy ids could not tell apart (None then)."""
+    handle = flows.client.get_workflow_handle(legacy_mailbox_id(event.tenant, event.type, event.key))
+    try:
+        result: PublishResult = await handle.execute_update(
+            PUBLISH_UPDATE, event, id=f"publish/{event.id}/{uuid4()}", result_type=PublishResult
+        )
+    except RPCError as err:
+        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            return None  # none runs there (or it has just closed)
+        raise
+    except WorkflowUpdateFailedError:
+        return None
+    return result
+
+
 async def publish_event(
     flows: FlowClient,
     event_type: str,
@@ -149,6 +170,7 @@ async def publish_event(
                 update_id=f"publish/{event_id}/{uuid4()}",
                 result_type=PublishResult,
             )
+            legacy = await _publish_at_legacy(flows, event)
     except TimeoutError:
         raise NoWorkerError(
             f"no worker ran the event mailbox within {PUBLISH_TIMEOUT_S:g}s; is a worker polling"
@@ -170,6 +192,8 @@ async def publish_event(
         duplicate=result.duplicate,
         delivered_to=result.delivered_to,
     )
+    if legacy is not None:
+        publication.delivered_to += [w for w in legacy.delivered_to if w not in publication.delivered_to]
     if start_triggers:
         from activities.store.errors import DatabaseUnavailableError
 

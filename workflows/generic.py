@@ -92,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
         PATCH_LATE_EVENTS_REFUSED,
+        PATCH_MAILBOX_IDS,
         PATCH_PARK_IDS_PAST_NINE,
         PATCH_PAYLOAD_BUDGETS,
         PATCH_TASK_STEP_BUDGET,
@@ -115,7 +116,6 @@ with workflow.unsafe.imports_passed_through():
         UNSUBSCRIBE_SIGNAL,
         Event,
         EventSubscription,
-        mailbox_id,
     )
     from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
@@ -441,6 +441,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_RUN_OUTPUT_TOO_LARGE: 21,
     PATCH_DECISIONS_KEPT: 22,
     PATCH_EVENT_IDS_BY_ADDRESS: 22,
+    PATCH_MAILBOX_IDS: 23,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -1520,7 +1521,7 @@ class _TemporalRuntime:
         return events
 
     async def unsubscribe_events(self, subscription: EventSubscription) -> None:
-        mailbox = mailbox_id(subscription.tenant, subscription.type, subscription.key)
+        mailbox = subscription.mailbox_workflow
         # A mailbox that has ended holds no subscription any more: nothing to do then.
         with contextlib.suppress(FailureError):
             await workflow.get_external_workflow_handle(mailbox).signal(

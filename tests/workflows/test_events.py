@@ -14,12 +14,13 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
-from interpreter.events import MailboxState, mailbox_id
+from interpreter.events import MailboxState, legacy_mailbox_id, mailbox_id
 from interpreter.model import MAX_EVENT_LOOKBACK
 from interpreter.state import RunInput, RunOptions, RunState, StepStatus
 from interpreter.validate import load_definition
@@ -31,6 +32,7 @@ from workflows.generic import (
     ENGINE_LEVEL,
     PATCH_EVENT_IDS_BY_ADDRESS,
     PATCH_LEVELS,
+    PATCH_MAILBOX_IDS,
     WORKFLOWS,
     RunDefinitionWorkflow,
 )
@@ -638,3 +640,72 @@ async def _publish_or_none(flows: FlowClient, family: str) -> Any:
         )
     except Exception:
         return None
+
+
+async def test_a_tenant_whose_name_and_type_end_where_anothers_begin_cannot_take_its_mailbox(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # Found by an attacker's probe: the mailbox id hashed the key alone, so ``acme`` publishing
+    # ``corp-order.paid`` and ``acme-corp`` waiting for ``order.paid`` on the same key named one
+    # mailbox. The first publish took it; the other tenant's wait failed to subscribe
+    # (EventSubscribeFailed) and its publishes were refused, for up to 7 days.
+    attacker, victim = flows_of(client, task_queue, "acme"), flows_of(client, task_queue, "acme-corp")
+    order = unique("order")
+    squat = await attacker.publish_event(
+        "corp-order.paid", order, {"x": 1}, event_id="s-1", start_triggers=False
+    )
+    handle = await start(client, task_queue, [wait_step(event="order.paid")], order, tenant="acme-corp")
+    await waiting(handle)
+    own = await victim.publish_event(
+        "order.paid", order, {"answer": "yes"}, event_id="v-1", start_triggers=False
+    )
+    assert own.delivered_to == [handle.id]
+    assert own.mailbox == mailbox_id("acme-corp", "order.paid", order) != squat.mailbox
+    assert record(await handle.result(), "answer").output["event_id"] == "v-1"
+
+
+async def test_a_wait_subscribed_at_a_legacy_mailbox_id_before_the_upgrade_gets_its_event(
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Patch mailbox-ids, in a rollout. A worker of the build before it (played by the engine
+    # naming no mailbox: the legacy id) subscribes a run of generation 22 at the legacy id; the
+    # worker of this build replays the run (it asks the patch there: False, as recorded), and the
+    # publisher of this build publishes at the new id and, as a mailbox runs there, at the legacy
+    # one: the wait gets its event. (Without the legacy publish, it timed out.)
+    from interpreter.engine import Engine
+
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    level = PATCH_LEVELS[PATCH_MAILBOX_IDS] - 1
+    document = definition(unique("events"), [wait_step(timeout="2m")])
+    monkeypatch.setattr(Engine, "_mailbox_of", lambda self, event_type, key: None)
+    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        handle = await client.start_workflow(
+            RunDefinitionWorkflow.run,
+            RunInput(
+                definition=load_definition(document),
+                input={"family_id": family},
+                options=RunOptions(tenant="default", engine_level=level),
+            ),
+            id=unique("evt-run"),
+            task_queue=task_queue,
+            execution_timeout=timedelta(minutes=3),
+        )
+        await waiting(handle)
+    monkeypatch.undo()
+    legacy = client.get_workflow_handle(legacy_mailbox_id("default", EVENT, family))
+    assert (await legacy.describe()).status == WorkflowExecutionStatus.RUNNING
+    async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
+        published = await flows.publish_event(
+            EVENT, family, {"answer": "yes"}, event_id="up-1", start_triggers=False
+        )
+        assert published.delivered_to == [handle.id]
+        assert published.mailbox == mailbox_id("default", EVENT, family)
+        result = await handle.result()
+        # Where no mailbox runs at the legacy id, nothing is started there.
+        other = unique("fam")
+        await flows.publish_event(EVENT, other, {"answer": "no"}, event_id="up-2", start_triggers=False)
+    output = record(result, "answer").output
+    assert (output["event_id"], output["timed_out"]) == ("up-1", False)
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(legacy_mailbox_id("default", EVENT, other)).describe()
