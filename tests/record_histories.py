@@ -1536,6 +1536,16 @@ def scenarios() -> list[Scenario]:
             publish=_publish_events,
         ),
         Scenario(
+            "events_mailbox_ids",
+            "events at interpreter generation 23 (patch mailbox-ids): each wait and the cancel_on "
+            "subscribe at, and unsubscribe from, the mailbox named by the digest of tenant, type "
+            "and key",
+            _events,
+            {},
+            publish=_publish_events,
+            options={"engine_level": 23},
+        ),
+        Scenario(
             "event_wait_over_budget",
             "recorded before patch continue-as-new-event-waits: a wait_for_event waited in one run "
             "past its history_budget of 100 events (refused approve signals growing the history), "
