@@ -21,6 +21,7 @@ from interpreter.state import FINAL_STATES, RunInput, RunOptions, RunStatus
 from interpreter.validate import load_definition
 from starter.client import FlowClient
 from tests.workflows.support import eventually, status, unique
+from tests.workflows.test_status_fitting import hundreds_of_tasks
 from workflows.generic import RunDefinitionWorkflow
 
 TENANT = "acme"
@@ -62,29 +63,7 @@ async def _work_in(flows: FlowClient, run_id: str) -> list[str]:
 async def test_hundreds_of_tasks_waiting_at_once_are_all_in_the_inbox(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
-    task = {
-        "type": "human_task",
-        "assignee": "alice",
-        "title": "{{ input.t }}",
-        "description": "{{ input.t }}",
-    }
-    branches = [
-        {
-            "id": f"b{n}",
-            "steps": [
-                {
-                    "id": f"each{n}",
-                    "type": "foreach",
-                    "items": "input.items",
-                    "concurrency": 100,
-                    "steps": [{"id": f"review{n}", **task}],
-                }
-            ],
-        }
-        for n in range(5)
-    ]
-    run_input = {"items": list(range(100)), "t": "\u0001" * 499}  # 6 KB a task as JSON
-    steps = [{"id": "all", "type": "parallel", "branches": branches}]
+    steps, run_input = hundreds_of_tasks("alice")
     handle, answer = await _waiting(client, task_queue, steps, run_input, 500)
     flows = FlowClient(client, task_queue=task_queue, tenant=TENANT)
     try:

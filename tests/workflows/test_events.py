@@ -63,6 +63,7 @@ async def start(
     steps: list[dict[str, Any]],
     family: str,
     tenant: str = "default",
+    level: int = 0,
     **extra: Any,
 ) -> Handle:
     document = definition(unique("events"), steps, **extra)
@@ -71,7 +72,7 @@ async def start(
         RunInput(
             definition=load_definition(document),
             input={"family_id": family},
-            options=RunOptions(tenant=tenant),
+            options=RunOptions(tenant=tenant, engine_level=level),
         ),
         id=unique("evt-run"),
         task_queue=task_queue,
@@ -557,20 +558,8 @@ async def test_an_event_id_taken_on_another_type_is_taken_again_on_this_one(
             "on_timeout": "continue",
         }
 
-    document = definition(
-        unique("ids"), [wait("shipped", "order.shipped"), wait("delivered", "order.delivered")]
-    )
-    handle = await client.start_workflow(
-        RunDefinitionWorkflow.run,
-        RunInput(
-            definition=load_definition(document),
-            input={"family_id": order},
-            options=RunOptions(tenant="default", engine_level=level),
-        ),
-        id=unique("evt-run"),
-        task_queue=task_queue,
-        execution_timeout=timedelta(minutes=2),
-    )
+    steps = [wait("shipped", "order.shipped"), wait("delivered", "order.delivered")]
+    handle = await start(client, task_queue, steps, order, level=level)
     await waiting(handle, "shipped")
     await flows.publish_event(
         "order.shipped", order, {"note": "on its way"}, event_id="TRK-1", start_triggers=False
@@ -677,20 +666,9 @@ async def test_a_wait_subscribed_at_a_legacy_mailbox_id_before_the_upgrade_gets_
     flows = flows_of(client, task_queue)
     family = unique("fam")
     level = PATCH_LEVELS[PATCH_MAILBOX_IDS] - 1
-    document = definition(unique("events"), [wait_step(timeout="2m")])
     monkeypatch.setattr(Engine, "_mailbox_of", lambda self, event_type, key: None)
     async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
-        handle = await client.start_workflow(
-            RunDefinitionWorkflow.run,
-            RunInput(
-                definition=load_definition(document),
-                input={"family_id": family},
-                options=RunOptions(tenant="default", engine_level=level),
-            ),
-            id=unique("evt-run"),
-            task_queue=task_queue,
-            execution_timeout=timedelta(minutes=3),
-        )
+        handle = await start(client, task_queue, [wait_step(timeout="2m")], family, level=level)
         await waiting(handle)
     monkeypatch.undo()
     legacy = client.get_workflow_handle(legacy_mailbox_id("default", EVENT, family))

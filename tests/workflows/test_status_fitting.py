@@ -52,8 +52,16 @@ async def _stop(running: asyncio.Future[Any]) -> None:
         await running
 
 
-async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit() -> None:
-    task = {"type": "human_task", "assignee": "ann", "title": "{{ input.t }}", "description": "{{ input.t }}"}
+def hundreds_of_tasks(assignee: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Steps and input of a run with 500 tasks for ``assignee`` waiting at once (5 branches of a
+    100-item foreach), each with a title and a description of 499 control characters: each under
+    the cut, 3 KB as JSON."""
+    task = {
+        "type": "human_task",
+        "assignee": assignee,
+        "title": "{{ input.t }}",
+        "description": "{{ input.t }}",
+    }
     branches = [
         {
             "id": f"b{n}",
@@ -69,10 +77,15 @@ async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit()
         }
         for n in range(5)
     ]
-    run_input = {"items": list(range(100)), "t": "\u0001" * 499}  # each text under the cut, 3 KB as JSON
-    engine, _ = new_engine(
-        [{"id": "all", "type": "parallel", "branches": branches}], new_runtime(), run_input
-    )
+    return [{"id": "all", "type": "parallel", "branches": branches}], {
+        "items": list(range(100)),
+        "t": "\u0001" * 499,
+    }
+
+
+async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit() -> None:
+    steps, run_input = hundreds_of_tasks("ann")
+    engine, _ = new_engine(steps, new_runtime(), run_input)
     status, running = await _waiting(engine, 490)  # (the rest wait on the fake clock)
     try:
         assert _bytes(status) > LIMIT
