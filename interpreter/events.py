@@ -51,8 +51,23 @@ patch's first answer for the rest of a run): a mailbox that took its events befo
 whose continue-as-new failed for their size, carries only what fits when a new build takes it."""
 MAX_SUBSCRIBERS = 1000
 """Runs (waits) one mailbox serves at once; a subscription beyond is refused (the step fails)."""
+MAX_SUBSCRIPTION_BYTES = 640 * 1024
+"""Most bytes (as the worker writes them) of the waits one mailbox serves; a subscription beyond is
+refused (the step fails, ``EventSubscribeFailed``). The mailbox carries them when it continues as
+new, beside its events (:data:`MAX_BUFFERED_BYTES`) and remembered ids
+(:data:`MAX_REMEMBERED_ID_BYTES`), within Temporal's 2 MiB. Before (found by a review), 1,000
+waits with 1,000-character keys of control characters took that state past 6 MB, and the mailbox's
+workflow task failed at every attempt."""
 MAX_REMEMBERED_IDS = 1000
 """Event ids a mailbox remembers to refuse a republished event, besides the buffered ones."""
+MAX_REMEMBERED_ID_BYTES = 256 * 1024
+"""Most bytes (as written) of the remembered ids a mailbox carries on continuing as new: the
+oldest not buffered are forgotten first (:data:`PATCH_MAILBOX_SEEN_BYTES`). 1,100 ids of 200
+control characters are 1.3 MB as JSON."""
+PATCH_MAILBOX_SEEN_BYTES = "mailbox-seen-bytes"
+"""Patch id: the remembered ids past :data:`MAX_REMEMBERED_ID_BYTES` are forgotten where the mailbox
+continues as new (asked only where one would be), so a mailbox whose continue-as-new failed for
+their size carries what fits when a new build takes it."""
 EVENT_CLOCK_SKEW_S = 5.0
 """Tolerance between the mailbox's clock (which stamps ``published_at``) and the run's (which
 starts the wait): a signalled event stamped up to this long before the wait's lookback window is

@@ -36,10 +36,13 @@ with workflow.unsafe.imports_passed_through():
         MAILBOX_WORKFLOW,
         MAX_BUFFERED_BYTES,
         MAX_BUFFERED_EVENTS,
+        MAX_REMEMBERED_ID_BYTES,
         MAX_REMEMBERED_IDS,
         MAX_SUBSCRIBERS,
+        MAX_SUBSCRIPTION_BYTES,
         PATCH_MAILBOX_BYTES,
         PATCH_MAILBOX_CARRY,
+        PATCH_MAILBOX_SEEN_BYTES,
         PUBLISH_UPDATE,
         SUBSCRIBE_UPDATE,
         UNSUBSCRIBE_SIGNAL,
@@ -99,6 +102,8 @@ class EventMailboxWorkflow:
         self._events: list[Event] = list(state.events)
         self._subscriptions: dict[str, EventSubscription] = {s.subscriber: s for s in state.subscriptions}
         self._seen: dict[str, None] = dict.fromkeys(state.seen_ids)
+        self._subscription_sizes: dict[str, tuple[EventSubscription, int]] = {}
+        """Bytes of each wait's subscription as written, by its subscriber name."""
         self._sizes: dict[tuple[str, datetime | None], int] = {}
         """Bytes of each buffered event as written, by id and time (measured once; an id forgotten
         and published again is another event)."""
@@ -119,6 +124,7 @@ class EventMailboxWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self._trim(PATCH_MAILBOX_CARRY)
+                self._forget_past_bound()
                 workflow.continue_as_new(self._state())
             wake = self._next_expiry()
             self._changed = False
@@ -184,10 +190,36 @@ class EventMailboxWorkflow:
     @subscribe.validator
     def _validate_subscribe(self, subscription: EventSubscription) -> None:
         self._check_address(subscription.tenant, subscription.type, subscription.key)
-        if subscription.subscriber not in self._subscriptions and len(self._subscriptions) >= MAX_SUBSCRIBERS:
+        if subscription.subscriber in self._subscriptions:
+            return  # (a retried subscription: the same wait)
+        if len(self._subscriptions) >= MAX_SUBSCRIBERS:
             raise ApplicationError(
                 f"the mailbox already serves {MAX_SUBSCRIBERS} waits", type="EventRefused", non_retryable=True
             )
+        served = sum(self._subscription_size(s) for s in self._subscriptions.values())
+        size = self._subscription_size(subscription)
+        if served + size > MAX_SUBSCRIPTION_BYTES:
+            # A validator's refusal writes no history: no patch.
+            raise ApplicationError(
+                f"the mailbox's waits take {served:,} bytes and this one {size:,}"
+                f" (at most {MAX_SUBSCRIPTION_BYTES:,} in all: shorter keys or step paths take less)",
+                type="EventRefused",
+                non_retryable=True,
+            )
+
+    def _subscription_size(self, subscription: EventSubscription) -> int:
+        """The bytes of ``subscription`` as written (measured once per wait: one subscribed again
+        with other fields, a retried activity's, is measured again)."""
+        cached = self._subscription_sizes.get(subscription.subscriber)
+        if cached is not None and cached[0] == subscription:
+            return cached[1]
+        size = workflow.payload_converter().to_payloads([subscription])[0].ByteSize()
+        self._subscription_sizes[subscription.subscriber] = (subscription, size)
+        if len(self._subscription_sizes) > 2 * MAX_SUBSCRIBERS:  # (forgotten waits' sizes go)
+            self._subscription_sizes = {
+                name: kept for name, kept in self._subscription_sizes.items() if name in self._subscriptions
+            }
+        return size
 
     @workflow.signal(name=UNSUBSCRIBE_SIGNAL)
     def unsubscribe(self, *args: Any) -> None:
@@ -272,6 +304,22 @@ class EventMailboxWorkflow:
         while len(self._seen) > MAX_REMEMBERED_IDS + len(buffered):
             oldest = next(iter(self._seen))
             del self._seen[oldest]
+
+    def _forget_past_bound(self) -> None:
+        """Forgets the oldest remembered ids not buffered while those carried would take more than
+        :data:`MAX_REMEMBERED_ID_BYTES` as written, where :data:`PATCH_MAILBOX_SEEN_BYTES` applies
+        (asked only then): a mailbox carried 1,100 ids of 200 control characters, 1.3 MB."""
+        converter = workflow.payload_converter()
+        buffered = {e.id for e in self._events}
+        sizes = {i: converter.to_payloads([i])[0].ByteSize() for i in self._seen if i not in buffered}
+        total = sum(sizes.values())
+        if total <= MAX_REMEMBERED_ID_BYTES or not workflow.patched(PATCH_MAILBOX_SEEN_BYTES):
+            return
+        for oldest, size in sizes.items():  # (in the order remembered)
+            if total <= MAX_REMEMBERED_ID_BYTES:
+                break
+            del self._seen[oldest]
+            total -= size
 
     def _state(self) -> MailboxState:
         return MailboxState(

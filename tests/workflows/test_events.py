@@ -687,3 +687,54 @@ async def test_a_wait_subscribed_at_a_legacy_mailbox_id_before_the_upgrade_gets_
     assert (output["event_id"], output["timed_out"]) == ("up-1", False)
     with pytest.raises(RPCError):
         await client.get_workflow_handle(legacy_mailbox_id("default", EVENT, other)).describe()
+
+
+async def test_waits_past_a_mailboxs_byte_bound_fail_their_run_in_words_and_the_key_serves_on(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    # Found by a review: a mailbox bounded its waits by count only, and waits on one key of 1,000
+    # control characters (6 KB each as JSON) could take the state it carries past 2 MiB (its
+    # workflow task failing at every attempt, the key dead; 1,000 such waits: 6 MB, played on the
+    # mailbox's own code in tests/workflows/test_mailbox_bytes.py). Past 640 KiB of waits the
+    # mailbox refuses the subscription: here 200 waits (before, all served, and the run timed out
+    # waiting), the run fails saying why, and the key serves on.
+    flows = flows_of(client, task_queue)
+    key = "\u0001" * 1000
+    branches = [
+        {
+            "id": f"b{n}",
+            "steps": [
+                {
+                    "id": f"each{n}",
+                    "type": "foreach",
+                    "items": "input.items",
+                    "concurrency": 100,
+                    "steps": [wait_step(f"answer{n}", key="{{ input.family_id }}", timeout="1m")],
+                }
+            ],
+        }
+        for n in range(2)
+    ]
+    each = {"id": "all", "type": "parallel", "branches": branches}
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(
+                definition(unique("events"), [each], limits={"max_step_executions": 1000})
+            ),
+            input={"family_id": key, "items": list(range(100))},
+            options=RunOptions(tenant="default"),
+        ),
+        id=unique("evt-run"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=3),
+    )
+    cause, _ = await failure_of(handle)
+    assert isinstance(cause, ApplicationError), cause
+    assert cause.type == "EventSubscribeFailed", cause.message[:300]
+    assert "the mailbox's waits take " in cause.message
+    published = await flows.publish_event(
+        EVENT, key, {"answer": "yes"}, event_id="after", start_triggers=False
+    )
+    assert published.delivered_to == []  # the failed run's waits unsubscribed
+    assert await _mailbox_task_failures(client, mailbox_id("default", EVENT, key)) == []

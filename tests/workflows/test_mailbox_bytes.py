@@ -11,9 +11,17 @@ from typing import Any
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 
 import workflows.mailbox
-from interpreter.events import MAX_BUFFERED_BYTES, Event, EventSubscription, MailboxState
+from interpreter.events import (
+    MAX_BUFFERED_BYTES,
+    MAX_REMEMBERED_ID_BYTES,
+    MAX_SUBSCRIPTION_BYTES,
+    Event,
+    EventSubscription,
+    MailboxState,
+)
 from workflows.mailbox import EventMailboxWorkflow
 
 CONVERTER = pydantic_data_converter.payload_converter
@@ -24,9 +32,14 @@ def _bytes(events: list[Event]) -> int:
 
 
 def _mailbox(
-    monkeypatch: pytest.MonkeyPatch, *, patched: bool = True, events: list[Event] | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    patched: bool = True,
+    events: list[Event] | None = None,
+    key: str = "k",
 ) -> tuple[EventMailboxWorkflow, list[datetime]]:
-    """A mailbox on a stand-in runtime whose patches answer ``patched``, started with ``events``."""
+    """A mailbox of ``key`` on a stand-in runtime whose patches answer ``patched``, started with
+    ``events``."""
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
     runtime = types.SimpleNamespace(
         payload_converter=lambda: CONVERTER,
@@ -36,7 +49,7 @@ def _mailbox(
         logger=workflows.mailbox.workflow.logger,
     )
     monkeypatch.setattr(workflows.mailbox, "workflow", runtime)
-    started = MailboxState(tenant="t", type="e", key="k", events=events or [])
+    started = MailboxState(tenant="t", type="e", key=key, events=events or [])
     state = types.SimpleNamespace(payload=CONVERTER.to_payloads([started])[0])
     return EventMailboxWorkflow(state), clock
 
@@ -110,3 +123,68 @@ async def test_a_subscribe_answer_holds_the_newest_events_within_the_bound_whate
     assert len(box._events) == 40  # the buffer as its history left it
     assert _bytes(answer) <= MAX_BUFFERED_BYTES
     assert answer[-1].id == "old-39"
+
+
+def _carried(box: EventMailboxWorkflow) -> int:
+    """The bytes of the state the mailbox carries on continuing as new (its next run's input)."""
+    return CONVERTER.to_payloads([box._state()])[0].ByteSize()
+
+
+def test_waits_past_the_mailboxs_byte_bound_are_refused_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a review: the mailbox bounded its waits by count only (1,000), and a definition's
+    # foreach of 1,000 waits on one key of 1,000 control characters (6 KB each as JSON) took the
+    # state it carries on continuing as new past 6 MB: its workflow task failed at every attempt,
+    # every wait and publish of the key with it. The waits past the bound are refused instead (the
+    # step fails, EventSubscribeFailed, which the definition handles).
+    key = "\u0001" * 1000
+    box, clock = _mailbox(monkeypatch, key=key)
+    refused: list[str] = []
+    for n in range(1000):
+        wait = EventSubscription(
+            tenant="t", type="e", key=key, workflow_id="run", path=f"each[{n}].answer", since=clock[0]
+        )
+        try:
+            box._validate_subscribe(wait)
+        except ApplicationError as err:
+            refused.append(err.message)
+            continue
+        box.subscribe(wait)
+        box._validate_subscribe(wait)  # (a retried subscription of the same wait is taken again)
+    assert 80 < len(box._subscriptions) < 120
+    assert len(refused) == 1000 - len(box._subscriptions)
+    assert refused[0].startswith("the mailbox's waits take ")
+    assert refused[0].endswith(
+        f"(at most {MAX_SUBSCRIPTION_BYTES:,} in all: shorter keys or step paths take less)"
+    )
+    assert _carried(box) < 1024 * 1024
+    # Once some waits end, others are served again.
+    for name in list(box._subscriptions)[:10]:
+        box.unsubscribe(name)
+    box._validate_subscribe(
+        EventSubscription(tenant="t", type="e", key=key, workflow_id="run", path="late", since=clock[0])
+    )
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["mailbox-seen-bytes", "recorded-before"])
+async def test_remembered_ids_are_carried_within_their_byte_bound(
+    monkeypatch: pytest.MonkeyPatch, patched: bool
+) -> None:
+    # Found by a review: 1,100 ids of 200 control characters (a publisher's own ids) are 1.3 MB as
+    # JSON, which the mailbox carried beside its events and waits on continuing as new.
+    box, clock = _mailbox(monkeypatch, patched=patched)
+    ids = [f"{n:04d}" + "\u0001" * 196 for n in range(1100)]
+    for event_id in ids:
+        await _publish(box, clock, event_id, {})
+    assert len(box._seen) == 1100  # the last 1,000 and the 100 buffered
+    box._forget_past_bound()  # where it continues as new
+    carried = [i for i in box._seen if i not in {e.id for e in box._events}]
+    if not patched:  # a mailbox's history recorded before replays as it was
+        assert len(box._seen) == 1100
+        return
+    assert sum(CONVERTER.to_payloads([i])[0].ByteSize() for i in carried) <= MAX_REMEMBERED_ID_BYTES
+    assert carried == ids[1100 - 100 - len(carried) : 1000]  # the newest not buffered
+    assert [e.id for e in box._events] == ids[1000:]  # the buffered ones, all remembered
+    assert all(i in box._seen for i in ids[1000:])
+    assert _carried(box) < 1024 * 1024
+    again = await box.publish(Event(id=ids[-1], type="e", key="k", tenant="t", data={}))
+    assert again.duplicate
