@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -25,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.base import check_tenant_scope
 from interpreter.events import (
     MAILBOX_WORKFLOW,
+    MAX_BUFFERED_BYTES,
     SUBSCRIBE_ACTIVITY,
     SUBSCRIBE_UPDATE,
     Event,
@@ -37,6 +44,9 @@ from interpreter.sizes import temporal_id
 __all__ = ["EventActivities", "build_event_activities", "mailbox_update"]
 
 R = TypeVar("R")
+
+_QUERY_TIMEOUT = timedelta(seconds=10)
+"""How long the subscription of a legacy wait waits for the address's mailbox to answer its query."""
 
 _ATTEMPTS = 3
 """Update-With-Start tries: a mailbox may close (idle) just as an update reaches it; the next try
@@ -117,7 +127,7 @@ class EventActivities:
         check_tenant_scope(subscription.tenant)
         info = activity.info()
         try:
-            return await mailbox_update(
+            answer = await mailbox_update(
                 self.client,
                 info.task_queue,
                 tenant=subscription.tenant,
@@ -136,6 +146,51 @@ class EventActivities:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             raise ApplicationError(message, type="EventRefused", non_retryable=True) from None
+        if subscription.mailbox is not None:
+            return answer
+        return self._newest(answer + await self._kept_at_new_id(subscription))
+
+    async def _kept_at_new_id(self, subscription: EventSubscription) -> list[Event]:
+        """For a wait at its address's legacy mailbox (a run of an earlier generation): the events
+        the address's mailbox of this build keeps since the wait's ``since``. Publishers of this
+        build keep events there only (the legacy mailbox is only handed them, ``deliver``), so a
+        lookback reads them there (none when no mailbox runs there)."""
+        handle = self.client.get_workflow_handle(
+            mailbox_id(subscription.tenant, subscription.type, subscription.key)
+        )
+        try:
+            state = await handle.query("state", result_type=MailboxState, rpc_timeout=_QUERY_TIMEOUT)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return []
+            raise  # (retried: the server or the mailbox's worker did not answer)
+        except WorkflowQueryFailedError as err:  # the wait is subscribed all the same
+            activity.logger.warning("the events kept at %s could not be read: %s", handle.id, err)
+            return []
+        if (state.tenant, state.type, state.key) != (
+            subscription.tenant,
+            subscription.type,
+            subscription.key,
+        ):
+            return []
+        return [
+            e for e in state.events if e.published_at is not None and e.published_at >= subscription.since
+        ]
+
+    def _newest(self, events: list[Event]) -> list[Event]:
+        """``events`` once each (by id), in the order published, the newest within
+        :data:`MAX_BUFFERED_BYTES` as written (the answer lands in the run's history)."""
+        unique = list({e.id: e for e in events}.values())
+        unique.sort(key=lambda e: (e.published_at is None, e.published_at))
+        converter = self.client.data_converter.payload_converter
+        kept: list[Event] = []
+        total = 0
+        for event in reversed(unique):
+            total += converter.to_payloads([event])[0].ByteSize()
+            if kept and total > MAX_BUFFERED_BYTES:
+                break
+            kept.append(event)
+        return kept[::-1]
 
 
 def build_event_activities(client: Client) -> list[Callable[..., Any]]:

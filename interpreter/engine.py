@@ -437,11 +437,13 @@ carries on continuing as new change form (``workflows.generic.NEVER_ASKED_PATCHE
 
 PATCH_MAILBOX_IDS = "mailbox-ids"
 """Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
-(``interpreter.events.mailbox_id``). Before, the id hashed the key alone, so tenants and types
-holding ``-`` could name one mailbox, and in a namespace shared by tenants one could take the
-other's first (found by an attacker's probe). Asked where a wait (or a ``cancel_on``) subscribes:
-a wait subscribed before keeps its mailbox, recorded in its view (``PendingEvent.mailbox``) and
-carried on continuing as new; publishers still publish at such a mailbox while it runs."""
+(``interpreter.events.mailbox_id``), recorded in each wait's view (``PendingEvent.mailbox``,
+carried on continuing as new). Before, the id hashed the key alone, so tenants and types holding
+``-`` could name one mailbox, and in a namespace shared by tenants one could take the other's
+first (found by an attacker's probe). Only in runs started at its generation
+(``workflows.generic.NEVER_ASKED_PATCHES``): publishers of an earlier build, still publishing
+during a rollout, reach only the legacy ids, where the runs of earlier generations go on waiting
+(a review); publishers of this build publish at both."""
 
 CONSUMED_EVENTS_KIND = "consumed_events"
 """Key of the consumed event ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -4599,7 +4601,7 @@ class Engine:
 
     def _mailbox_of(self, event_type: str, key: str) -> str | None:
         """The mailbox a new subscription goes to: the one of its tenant, type and key
-        (:data:`PATCH_MAILBOX_IDS`), or None, the legacy one, in a history recorded before."""
+        (:data:`PATCH_MAILBOX_IDS`), or None, the legacy one, in a run of an earlier generation."""
         if not self.runtime.patched(PATCH_MAILBOX_IDS):
             return None
         return mailbox_id(self.info.tenant, event_type, key)

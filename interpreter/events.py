@@ -25,6 +25,10 @@ EVENT_SIGNAL = "event"
 SUBSCRIBE_ACTIVITY = "event_subscribe"
 """Activity a run calls to subscribe to a mailbox (Update-With-Start: the mailbox may not exist yet)."""
 PUBLISH_UPDATE = "publish"
+DELIVER_UPDATE = "deliver"
+"""Update by which a publisher hands an event it published at a mailbox's id to the same address's
+legacy mailbox (:func:`legacy_mailbox_id`), for the waits subscribed there: signalled, its id
+remembered, not kept for lookbacks (the mailbox at the new id keeps it)."""
 SUBSCRIBE_UPDATE = "subscribe"
 UNSUBSCRIBE_SIGNAL = "unsubscribe"
 
@@ -144,9 +148,9 @@ class EventSubscription(BaseModel):
     path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
     since: Instant
     until: Instant | None = None
-    mailbox: str | None = Field(default=None, max_length=1000)
+    mailbox: str | None = Field(default=None, max_length=1000, exclude_if=lambda mailbox: mailbox is None)
     """The mailbox's workflow id: :func:`mailbox_id` or :func:`legacy_mailbox_id` of the tenant,
-    type and key (None: the legacy one, as builds before generation 23 subscribed)."""
+    type and key (None, not written: the legacy one, as runs before generation 23 subscribe)."""
 
     @model_validator(mode="after")
     def _mailbox_of_its_address(self) -> EventSubscription:
@@ -207,25 +211,27 @@ class MailboxState(BaseModel):
 def mailbox_id(tenant: str, event_type: str, key: str) -> str:
     """The workflow id of the mailbox of one tenant, event type and correlation key.
 
-    ``evt-{tenant}-{type}-{digest}``, the digest of all three: the tenant and the type are there to
-    be read (the Web UI, search), the digest tells the mailboxes apart. The key is only hashed: it
-    may be long or hold characters a workflow id should not, and it is business data that search
-    and the Web UI show in ids. Before generation 23 (:func:`legacy_mailbox_id`) only the key was
-    hashed, and tenants and types that hold ``-`` could name one mailbox: in a namespace shared by
-    tenants, ``acme`` publishing ``corp-order.paid`` took the mailbox of ``acme-corp``'s
+    ``events-{tenant}-{type}-{digest}``, the digest of all three: the tenant and the type are there
+    to be read (the Web UI, search), the digest tells the mailboxes apart. The key is only hashed:
+    it may be long or hold characters a workflow id should not, and it is business data that search
+    and the Web UI show in ids. Before generation 23 (:func:`legacy_mailbox_id`, ``evt-``) only the
+    key was hashed, and tenants and types that hold ``-`` could name one mailbox: in a namespace
+    shared by tenants, ``acme`` publishing ``corp-order.paid`` took the mailbox of ``acme-corp``'s
     ``order.paid`` on the same key first, and ``acme-corp``'s publishes and waits there were
-    refused for up to 7 days (found by an attacker's probe).
+    refused for up to 7 days (found by an attacker's probe). The prefixes differ so that no legacy
+    id, whose key an attacker chooses, is one of these (a review: the key
+    ``["acme-corp","order.paid","K"]`` made a legacy id equal to a new one).
     """
     address = json.dumps([tenant, event_type, key], separators=(",", ":"))
     digest = hashlib.sha256(address.encode()).hexdigest()[:32]
-    return f"evt-{tenant}-{event_type}-{digest}"
+    return f"events-{tenant}-{event_type}-{digest}"
 
 
 def legacy_mailbox_id(tenant: str, event_type: str, key: str) -> str:
-    """The workflow id of the same mailbox as builds before generation 23 named it: the key's digest
-    alone (ambiguous, see :func:`mailbox_id`). A wait subscribed there (by a run of an earlier
-    generation before it met ``mailbox-ids``, or by a worker of such a build) is still reached:
-    publishers publish there too when such a mailbox runs (``starter.events.publish_event``)."""
+    """The workflow id of the same mailbox as builds before generation 23 named it, and as runs
+    started before that generation still do: the key's digest alone (ambiguous, see
+    :func:`mailbox_id`). Publishers of this build reach the waits subscribed there too
+    (``starter.events.publish_event``)."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return f"evt-{tenant}-{event_type}-{digest}"
 

@@ -188,9 +188,10 @@ class PendingEvent(BaseModel):
     lookback_s: float = 0.0
     deadline: datetime | None = None
     subscribed: bool = False
-    mailbox: str | None = None
-    """The workflow id of the mailbox it subscribed at (None: the legacy id, as builds before
-    generation 23 subscribed: ``interpreter.events.legacy_mailbox_id``)."""
+    mailbox: str | None = Field(default=None, exclude_if=lambda mailbox: mailbox is None)
+    """The workflow id of the mailbox it subscribed at (None, not written: the legacy id, as runs
+    before generation 23 subscribe: ``interpreter.events.legacy_mailbox_id``; a carried wait's
+    size, measured against the carry budgets, is as before)."""
 
 
 class DecisionKind(StrEnum):

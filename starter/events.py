@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from pydantic import BaseModel, Field
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.events import mailbox_update
 from interpreter.events import (
+    DELIVER_UPDATE,
     MAX_EVENT_ID_CHARS,
     MAX_EVENT_KEY_CHARS,
     PUBLISH_UPDATE,
@@ -46,6 +48,8 @@ from starter.inputs import brief, check_json_object
 
 if TYPE_CHECKING:
     from starter.client import FlowClient
+
+log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 30.0
 """How long a publication may wait for a worker to run the mailbox (it needs one, as runs do)."""
@@ -119,22 +123,32 @@ async def event_trigger_definitions(flows: FlowClient, event_type: str) -> list[
     return found
 
 
+LEGACY_DELIVERY_TIMEOUT_S = 5.0
+"""How long a publisher waits for the legacy mailbox of an event's address to take it."""
+
+
 async def _publish_at_legacy(flows: FlowClient, event: Event) -> PublishResult | None:
-    """Publishes ``event`` at its mailbox's legacy id too (``interpreter.events.legacy_mailbox_id``)
-    when a mailbox runs there: waits subscribed by builds before generation 23, or before their
-    run met patch ``mailbox-ids``, are there. Nothing is started there (a plain update, answered
-    ``NOT_FOUND`` at once where none runs). A refusal is not the publisher's: the mailbox there may
-    be another tenant's, type's or key's, which the legacy ids could not tell apart (None then)."""
+    """Hands ``event``, published at its address's mailbox, to the address's legacy mailbox too
+    (``interpreter.events.legacy_mailbox_id``) when one runs there: runs started before generation
+    23 wait there. Its ``deliver`` update signals them without keeping the event (the mailbox at the
+    new id keeps it, and their lookbacks read it there), so a legacy mailbox ends once its waits
+    do. Nothing is started there (a plain update, answered ``NOT_FOUND`` at once where none runs).
+    Best effort, within :data:`LEGACY_DELIVERY_TIMEOUT_S`: the event is published already, so a
+    refusal there (the mailbox may be another tenant's, type's or key's, which the legacy ids
+    could not tell apart), a timeout or a server error is logged, not raised (a review: it failed
+    a publish that had succeeded)."""
     handle = flows.client.get_workflow_handle(legacy_mailbox_id(event.tenant, event.type, event.key))
     try:
-        result: PublishResult = await handle.execute_update(
-            PUBLISH_UPDATE, event, id=f"publish/{event.id}/{uuid4()}", result_type=PublishResult
-        )
+        async with asyncio.timeout(LEGACY_DELIVERY_TIMEOUT_S):
+            result: PublishResult = await handle.execute_update(
+                DELIVER_UPDATE, event, id=f"deliver/{event.id}/{uuid4()}", result_type=PublishResult
+            )
     except RPCError as err:
-        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            return None  # none runs there (or it has just closed)
-        raise
-    except WorkflowUpdateFailedError:
+        if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            log.warning("event %r: the legacy mailbox %s: %s", event.id, handle.id, err.message)
+        return None  # (NOT_FOUND: none runs there, or it has just closed)
+    except (WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as err:
+        log.warning("event %r: the legacy mailbox %s did not take it: %s", event.id, handle.id, err)
         return None
     return result
 
@@ -170,7 +184,6 @@ async def publish_event(
                 update_id=f"publish/{event_id}/{uuid4()}",
                 result_type=PublishResult,
             )
-            legacy = await _publish_at_legacy(flows, event)
     except TimeoutError:
         raise NoWorkerError(
             f"no worker ran the event mailbox within {PUBLISH_TIMEOUT_S:g}s; is a worker polling"
@@ -184,6 +197,8 @@ async def publish_event(
         raise InvalidInputError(f"the event was refused: {message}") from None
     except RPCError as err:
         raise flows._rpc_error(err, None, "publish the event") from None
+    # (A duplicate is delivered nowhere: the mailbox at the new id remembers the ids published.)
+    legacy = None if result.duplicate else await _publish_at_legacy(flows, event)
     publication = EventPublication(
         event_id=event_id,
         type=event_type,

@@ -474,6 +474,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_TASK_INPUT_ESCAPES,
     PATCH_SLOT_SEND_PACING,
     PATCH_EVENT_IDS_BY_ADDRESS,
+    PATCH_MAILBOX_IDS,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -483,8 +484,9 @@ than a recorded run's did), ``child-cancel-by-id``, which waits for a child in a
 child runs carry the room held for their results (a child of an earlier build would not bound its
 result by it), ``history-guard-subflows``, whose resolving activity carries its bound, and
 ``child-send-pacing`` and ``task-input-escapes``, which change what the send guard counts,
-``slot-send-pacing``, which changes when an input that waited for a slot goes out, and
-``event-ids-by-address``, which changes the form of the event ids a run carries."""
+``slot-send-pacing``, which changes when an input that waited for a slot goes out,
+``event-ids-by-address``, which changes the form of the event ids a run carries, and
+``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level

@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from interpreter.events import (
+        DELIVER_UPDATE,
         EVENT_SIGNAL,
         MAILBOX_WORKFLOW,
         MAX_BUFFERED_BYTES,
@@ -137,6 +138,33 @@ class EventMailboxWorkflow:
     @workflow.update(name=PUBLISH_UPDATE)
     async def publish(self, event: Event) -> PublishResult:
         """Accepts an event (once per id) and signals every subscribed run with it."""
+        return await self._accept(event, keep=True)
+
+    @publish.validator
+    def _validate_publish(self, event: Event) -> None:
+        self._check_event(event)
+
+    @workflow.update(name=DELIVER_UPDATE)
+    async def deliver(self, event: Event) -> PublishResult:
+        """Signals every subscribed run with an event published at the address's mailbox of this
+        build (once per id), without keeping it: at a legacy id, for the waits of runs of earlier
+        generations, and the mailbox ends once they do (a review: kept, every publish held it open
+        for 7 more days)."""
+        return await self._accept(event, keep=False)
+
+    @deliver.validator
+    def _validate_deliver(self, event: Event) -> None:
+        self._check_event(event)
+
+    def _check_event(self, event: Event) -> None:
+        self._check_address(event.tenant, event.type, event.key)
+        problem = event_data_problem(event.data)
+        if problem is not None:
+            raise ApplicationError(problem, type="EventRefused", non_retryable=True)
+
+    async def _accept(self, event: Event, *, keep: bool) -> PublishResult:
+        """Stamps ``event``, keeps it when ``keep``, and signals every subscribed run with it; an id
+        seen before delivers nothing (``duplicate``)."""
         mailbox = workflow.info().workflow_id
         if event.id in self._seen:
             first = next((e for e in self._events if e.id == event.id), None)
@@ -147,10 +175,12 @@ class EventMailboxWorkflow:
                 published_at=None if first is None else first.published_at,
             )
         stamped = event.model_copy(update={"published_at": workflow.now(), "data": make_inert(event.data)})
-        self._events.append(stamped)
+        if keep:
+            self._events.append(stamped)
         self._remember(event.id)
-        del self._events[:-MAX_BUFFERED_EVENTS]
-        self._trim(PATCH_MAILBOX_BYTES)
+        if keep:
+            del self._events[:-MAX_BUFFERED_EVENTS]
+            self._trim(PATCH_MAILBOX_BYTES)
         self._changed = True
         targets = sorted({s.workflow_id for s in self._live()})
         outcomes = await asyncio.gather(*(self._signal(target, stamped) for target in targets))
@@ -161,13 +191,6 @@ class EventMailboxWorkflow:
             delivered_to=[t for t, ok in zip(targets, outcomes, strict=True) if ok],
             published_at=stamped.published_at,
         )
-
-    @publish.validator
-    def _validate_publish(self, event: Event) -> None:
-        self._check_address(event.tenant, event.type, event.key)
-        problem = event_data_problem(event.data)
-        if problem is not None:
-            raise ApplicationError(problem, type="EventRefused", non_retryable=True)
 
     @workflow.update(name=SUBSCRIBE_UPDATE)
     def subscribe(self, subscription: EventSubscription) -> list[Event]:

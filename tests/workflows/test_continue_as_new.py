@@ -23,7 +23,7 @@ from temporalio.worker import Replayer, Worker
 
 from activities.store.database import Database
 from activities.store.models import DeadLetterStatus
-from interpreter.events import MailboxState, mailbox_id
+from interpreter.events import MailboxState, legacy_mailbox_id, mailbox_id
 from interpreter.state import RunResult, RunState, RunStatus, StepStatus
 from starter.client import FlowClient
 from tests.helpers.http_server import RecordingServer
@@ -742,16 +742,21 @@ async def test_a_human_task_stays_pending_across_continue_as_new_and_a_completio
     assert await _replay_chain(limited_client, handle.id) == len(runs)
 
 
-async def _mailbox_forgot_the_wait(client: Client, key: str, events: list[str]) -> None:
-    """The mailbox of ``family.answered`` events of ``key`` holds no subscription any more (the wait
-    ended) and holds ``events``."""
-    mailbox = client.get_workflow_handle(mailbox_id("default", "family.answered", key))
-    state = await eventually(
-        lambda: mailbox.query("state", result_type=MailboxState),
+async def _mailbox_forgot_the_wait(
+    client: Client, key: str, events: list[str], waited_at: str | None
+) -> None:
+    """The mailbox the wait subscribed at (``waited_at``: its view's ``mailbox``, None for the
+    legacy one of a run of an earlier generation) holds no subscription any more (the wait ended),
+    and the mailbox of ``family.answered`` events of ``key`` holds ``events``."""
+    waited = client.get_workflow_handle(waited_at or legacy_mailbox_id("default", "family.answered", key))
+    await eventually(
+        lambda: waited.query("state", result_type=MailboxState),
         lambda s: not s.subscriptions,
         timeout=30,
         what="the mailbox forgot the wait",
     )
+    mailbox = client.get_workflow_handle(mailbox_id("default", "family.answered", key))
+    state = await mailbox.query("state", result_type=MailboxState)
     assert [e.id for e in state.events] == events
 
 
@@ -823,7 +828,7 @@ async def test_an_event_wait_continues_as_new_and_an_event_published_at_the_swit
     assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
     assert await _replay_chain(limited_client, handle.id) == len(runs)
     # The subscription the chain kept is gone once the wait ended.
-    await _mailbox_forgot_the_wait(limited_client, family, ["e-1"])
+    await _mailbox_forgot_the_wait(limited_client, family, ["e-1"], started.mailbox)
 
 
 async def test_a_loop_and_an_approval_inside_branches_continue_as_new_there(
@@ -1421,7 +1426,8 @@ async def test_an_event_wait_in_a_parallel_branch_is_carried_while_the_other_bra
     assert scheduled.count("answer/events#1") >= (3 if level >= 5 else 1)
     carried_in = await _runs_carrying(limited_client, handle.id, "event")
     assert carried_in >= 2 if level >= 5 else carried_in == 0
-    await _mailbox_forgot_the_wait(limited_client, family, ["b-1"])
+    assert carried.mailbox == (mailbox_id("default", "family.answered", family) if level >= 23 else None)
+    await _mailbox_forgot_the_wait(limited_client, family, ["b-1"], carried.mailbox)
 
 
 async def test_a_park_in_a_parallel_branch_is_carried_while_the_other_branch_loops(
