@@ -139,32 +139,40 @@ class PendingApproval(BaseModel):
 
 
 class ApprovalsQuery(BaseModel):
-    """Argument of the ``pending_approvals`` query: from which pending approval on (in the order
-    they started waiting), or the one waiting at ``path``."""
+    """Argument of the ``pending_approvals`` query: the pending approvals after a cursor (in the
+    order of ``(since, path)``: one decided between two pages moves none of the others, as
+    positions did: a review), or the one waiting at ``path``.
+
+    Attributes:
+        after_since: With ``after_path``, the cursor: the last approval of the previous page.
+        brief: Texts cut to :data:`MAX_TEXT_CHARS` and forms left out (a list needs neither).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    start: int = Field(default=0, ge=0)
+    after_since: datetime | None = None
+    after_path: str | None = Field(default=None, max_length=10_000)
     path: str | None = Field(default=None, max_length=10_000)
+    brief: bool = False
 
 
 class ApprovalsPage(BaseModel):
-    """Answer of the ``pending_approvals`` query: the pending approvals from ``start`` on, in full,
-    as many as fit in one answer (the ``status`` answer may have had to cut them: ``left_out``).
+    """Answer of the ``pending_approvals`` query: the pending approvals after the query's cursor,
+    in full (the ``status`` answer may have had to cut them: ``left_out``), as many as fit in one
+    answer, in the order of ``(since, path)``.
 
     Attributes:
-        approvals: From ``start`` on; at least one when there is one from ``start`` on.
-        start: The position of the first of them among all pending approvals.
-        total: How many approvals are pending in all (the next page starts at ``start`` plus
-            the count of ``approvals``, while it is under ``total``).
+        approvals: At least one when there is one after the cursor.
+        total: How many approvals are pending in all.
+        more: Whether others follow the last of ``approvals`` (the next page's cursor).
         left_out: What even a page of one approval had to leave out of it: ``message`` and
             ``description`` (cut to :data:`MAX_TEXT_CHARS`), then ``form`` (``fields`` keeps the
-            names).
+            names), then ``approvers`` (the first 50 kept).
     """
 
     approvals: list[PendingApproval]
-    start: int = 0
     total: int = 0
+    more: bool = False
     left_out: list[str] = Field(default_factory=list)
 
 

@@ -910,7 +910,7 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
     _fields(pairs, out)
     print("\nSteps", file=out)
     _steps_table(status.steps, out)
-    if status.pending_approvals:
+    if status.pending_approvals or status.pending_approvals_dropped:
         print("\nPending approvals", file=out)
         for approval in status.pending_approvals:
             print(f"  {approval.path}: approvers {', '.join(approval.approvers)}", file=out)

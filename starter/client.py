@@ -27,9 +27,8 @@ under ``.state/``), opened on first use and scoped to the client's tenant (``WFA
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
+import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -112,6 +111,7 @@ from starter.errors import (
     InvalidInputError,
     InvalidRunInputError,
     NoWorkerError,
+    PendingApprovalsUnknownError,
     ResultTimeoutError,
     RunAlreadyExistsError,
     RunClosedError,
@@ -187,6 +187,7 @@ MAX_APPROVAL_PAGES = 1000
 """Most pages :meth:`FlowClient.pending_approvals` reads (each holds at least one approval)."""
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _TRANSIENT_QUERY_FAILURES = ("[TMPRL1100]", "[TMPRL1101]", "Workflow Task in failed state")
 
@@ -1699,52 +1700,66 @@ class FlowClient:
             )
         return await self._status_from_result(workflow_id, description)
 
-    async def pending_approvals(self, workflow_id: str, *, path: str | None = None) -> list[PendingApproval]:
-        """Every approval and human task the run waits on, in full: the ``pending_approvals``
-        query, page by page, what a ``status`` answer had to cut (``RunStatus.left_out``)
-        included. With ``path``, the one waiting there (none when nothing waits there). A step
-        decided between two pages may shift the ones after it to a page already read: the list is
-        as current as a ``status`` answer, no more.
+    async def pending_approvals(
+        self, workflow_id: str, *, path: str | None = None, brief: bool = False
+    ) -> list[PendingApproval]:
+        """Every approval and human task the run waits on, in full (``brief``: texts cut to 500
+        characters, no forms, as a list needs them), in the order they started waiting: the
+        ``pending_approvals`` query, page by page, what a ``status`` answer had to cut
+        (``RunStatus.left_out``) included. With ``path``, the one waiting there (none when nothing
+        waits there). Pages follow a cursor, so a step decided between two pages moves none of the
+        others; one decided meanwhile may still be listed, as in a ``status`` answer a moment old.
 
         Raises:
             RunNotFoundError: No such run.
-            StarterError: The run could not answer the query (its worker is of a build before it,
-                or none answered within 10 s).
+            PendingApprovalsUnknownError: The run could not answer the query (its worker is of a
+                build before it, or none answered within 10 s).
         """
         handle = self._handle(workflow_id)
+        found: list[PendingApproval] = []
+        ask = ApprovalsQuery(path=path, brief=brief)
+        for _ in range(MAX_APPROVAL_PAGES):
+            page = await self._approvals_page(handle, ask)
+            found += page.approvals
+            if path is not None or not page.approvals or not page.more:
+                return found
+            last = page.approvals[-1]
+            ask = ApprovalsQuery(after_since=last.since, after_path=last.path, brief=brief)
+        raise PendingApprovalsUnknownError(
+            f"run {workflow_id!r} waits on more approvals than {MAX_APPROVAL_PAGES} pages hold"
+        )
 
-        async def page_from(start: int) -> ApprovalsPage:
-            ask = ApprovalsQuery(start=start, path=path)
+    async def _approvals_page(self, handle: WorkflowHandle[Any, Any], ask: ApprovalsQuery) -> ApprovalsPage:
+        async def page() -> ApprovalsPage:
             return await handle.query(RunDefinitionWorkflow.pending_approvals, ask, rpc_timeout=QUERY_TIMEOUT)
 
-        found: dict[str, PendingApproval] = {}
-        start = 0
-        for _ in range(MAX_APPROVAL_PAGES):
-            try:
-                page = await _query(functools.partial(page_from, start))
-            except WorkflowQueryFailedError as err:
-                raise StarterError(
-                    f"run {workflow_id!r} could not answer the pending_approvals query: {err}"
+        try:
+            return await _query(page)
+        except WorkflowQueryFailedError as err:
+            raise PendingApprovalsUnknownError(
+                f"run {handle.id!r} could not answer the pending_approvals query: {err}"
+            ) from None
+        except RPCError as err:
+            if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                raise PendingApprovalsUnknownError(
+                    f"no worker answered the pending_approvals query of run {handle.id!r}"
                 ) from None
-            except RPCError as err:
-                raise self._rpc_error(err, workflow_id, "query the run") from None
-            for approval in page.approvals:
-                found.setdefault(approval.path, approval)
-            start = page.start + len(page.approvals)
-            if path is not None or not page.approvals or start >= page.total:
-                break
-        return list(found.values())
+            raise self._rpc_error(err, handle.id, "query the run") from None
 
     async def waiting_at(
         self, workflow_id: str, path: str | None
     ) -> tuple[RunStatus, PendingApproval | None]:
         """The run's status, and the approval or human task waiting at ``path`` in full (None when
-        none waits there, or ``path`` is None): from the status, or, when the status answer had to cut the pending
-        approvals or their texts and forms (``RunStatus.left_out``), from the
-        ``pending_approvals`` query (a worker of a build before it: as the status has it).
+        none waits there, or ``path`` is None): from the status, or, when the status answer had to
+        cut the pending approvals or their texts and forms (``RunStatus.left_out``), from the
+        ``pending_approvals`` query.
 
         Raises:
             RunNotFoundError: No such run.
+            PendingApprovalsUnknownError: The status had to cut what is asked and the run could
+                not answer the query (a worker of a build before it, or none within 10 s): whether
+                the step waits cannot be told now (a review: taken as not waiting, such a step was
+                shown as already decided).
             StarterError: The run could not answer (see :meth:`status`).
         """
         status = await self.status(workflow_id)
@@ -1757,19 +1772,25 @@ class FlowClient:
             else bool(_CUT_APPROVAL_PARTS & set(status.left_out))
         )
         if cut:
-            with contextlib.suppress(StarterError):
-                found = await self.pending_approvals(workflow_id, path=path)
-                pending = found[0] if found else None
+            found = await self.pending_approvals(workflow_id, path=path)
+            pending = found[0] if found else None
         return status, pending
 
     async def every_pending_approval(self, workflow_id: str, status: RunStatus) -> list[PendingApproval]:
         """``status``'s pending approvals, or, when its answer had to cut their list, every one of
-        them (:meth:`pending_approvals`; a worker of a build before it: the ones listed)."""
+        them, brief (:meth:`pending_approvals`; when the run cannot answer that query, the ones
+        ``status`` lists, with a log line).
+
+        Raises:
+            RunNotFoundError: No such run.
+        """
         if "pending_approvals" not in status.left_out:
             return status.pending_approvals
-        with contextlib.suppress(StarterError):
-            return await self.pending_approvals(workflow_id)
-        return status.pending_approvals
+        try:
+            return await self.pending_approvals(workflow_id, brief=True)
+        except PendingApprovalsUnknownError as err:
+            log.warning("%s: listing the %d the status holds", err, len(status.pending_approvals))
+            return status.pending_approvals
 
     async def pending_timers(self, workflow_id: str) -> list[PendingTimer]:
         """The run's durable timers that have not fired yet (delays, approval deadlines), from its

@@ -118,6 +118,12 @@ class RunAlreadyExistsError(StarterError):
         self.run_id = run_id
 
 
+class PendingApprovalsUnknownError(StarterError):
+    """A run's ``status`` answer had to cut its pending approvals (``RunStatus.left_out``), and
+    the run could not answer the ``pending_approvals`` query that lists them in full (its worker
+    is of a build before the query, or none answered): which steps wait cannot be told now."""
+
+
 class DecisionRefusedError(StarterError):
     """The workflow refused an approve/reject decision (actor not listed, nothing pending, ...).
 

@@ -182,8 +182,9 @@ class GaugeSampler:
                     log.debug("metrics sample: status of %s: %s", execution.id, err)
                     continue
                 pending = list(status.pending_approvals)
-                if pending:  # those the answer had to cut are counted in pending_approvals_dropped
+                if pending or status.pending_approvals_dropped:  # (those the answer had to cut)
                     waiting[key] = waiting.get(key, 0) + len(pending) + status.pending_approvals_dropped
+                if pending:
                     age = max((now - a.since).total_seconds() for a in pending)
                     oldest[key] = max(oldest.get(key, 0.0), age)
                 if status.parked:

@@ -868,20 +868,28 @@ def _leavable(status: RunStatus) -> list[tuple[str, int, Callable[[RunStatus], R
 def _approvals_page(
     approvals: list[PendingApproval], ask: ApprovalsQuery, *, limit: int | None
 ) -> ApprovalsPage:
-    """The answer of the ``pending_approvals`` query: ``approvals`` from ``ask.start`` on (or the one
-    at ``ask.path``), as many as fit in ``limit`` (None: all), at least one; one that alone would
-    not fit has its texts cut, then its form left out (named in ``left_out``). The ``status``
-    answer cuts the list when a run has hundreds of tasks waiting, or their forms; the inbox reads
-    the cut ones here (before, it showed such a step as decided, or its form as empty: a review)."""
+    """The answer of the ``pending_approvals`` query: ``approvals`` in the order of ``(since, path)``
+    after ``ask``'s cursor (or the one at ``ask.path``), brief if asked, as many as fit in ``limit``
+    (None: all), at least one; one that alone would not fit has its texts cut, then its form, then
+    its approvers (named in ``left_out``). The ``status`` answer cuts the list when a run has
+    hundreds of tasks waiting, or their forms; the inbox reads the cut ones here (before, it showed
+    such a step as decided, or its form as empty: a review)."""
+    ordered = sorted(approvals, key=lambda a: (a.since, a.path))
     if ask.path is not None:
-        chosen = [a for a in approvals if a.path == ask.path]
-        start = next((i for i, a in enumerate(approvals) if a.path == ask.path), len(approvals))
+        chosen = [a for a in ordered if a.path == ask.path]
+    elif ask.after_since is not None and ask.after_path is not None:
+        after = (ask.after_since, ask.after_path)
+        chosen = [a for a in ordered if (a.since, a.path) > after]
     else:
-        start = min(ask.start, len(approvals))
-        chosen = approvals[start:]
-    page = ApprovalsPage(approvals=[], start=start, total=len(approvals))
+        chosen = ordered
+    if ask.brief:
+        chosen = [
+            a.model_copy(update={"message": clip(a.message), "description": clip(a.description), "form": []})
+            for a in chosen
+        ]
+    page = ApprovalsPage(approvals=[], total=len(approvals), more=True)
     if limit is None or not chosen:
-        return page.model_copy(update={"approvals": chosen})
+        return page.model_copy(update={"approvals": chosen, "more": False})
     room = limit - _payload_bytes(page) - 1024  # what the page's own fields leave
     left: list[str] = []
     kept: list[PendingApproval] = []
@@ -890,17 +898,19 @@ def _approvals_page(
         entry, size = approval, _payload_bytes(approval) + 1
         if kept and used + size > room:
             break
-        if size > room:  # alone it does not fit: its texts cut, then its form left out
+        if size > room:  # alone it does not fit: its texts cut, then its form, then its approvers
             entry, left = _fitted_approval(approval, room)
             size = _payload_bytes(entry) + 1
         kept.append(entry)
         used += size
-    return page.model_copy(update={"approvals": kept, "left_out": left})
+    return page.model_copy(update={"approvals": kept, "more": len(kept) < len(chosen), "left_out": left})
 
 
 def _fitted_approval(approval: PendingApproval, room: int) -> tuple[PendingApproval, list[str]]:
     """``approval`` within ``room`` bytes: its message and description cut to
-    :data:`MAX_TEXT_CHARS`, then without its form; and what was left out."""
+    :data:`MAX_TEXT_CHARS`, then without its form, then with its first 50 approvers only (a
+    review: a definition's approvers are bounded by its size alone, up to the payload store's cap);
+    and what was left out."""
     left: list[str] = []
     for field in ("message", "description"):
         if _payload_bytes(approval) + 1 <= room:
@@ -911,6 +921,9 @@ def _fitted_approval(approval: PendingApproval, room: int) -> tuple[PendingAppro
     if _payload_bytes(approval) + 1 > room and approval.form:
         approval = approval.model_copy(update={"form": []})
         left.append("form")
+    if _payload_bytes(approval) + 1 > room and len(approval.approvers) > 50:
+        approval = approval.model_copy(update={"approvers": approval.approvers[:50]})
+        left.append("approvers")
     return approval, left
 
 
@@ -2861,7 +2874,7 @@ class GenericRun:
 
     @workflow.query(name="pending_approvals")
     def pending_approvals(self, ask: ApprovalsQuery) -> ApprovalsPage:
-        """The pending approvals from ``ask.start`` on (or the one at ``ask.path``), in full, as
+        """The pending approvals after ``ask``'s cursor (or the one at ``ask.path``), in full, as
         many as one answer takes (:func:`_approvals_page`): what ``status`` had to cut."""
         pending = self._engine.status().pending_approvals
         return _approvals_page(pending, ask, limit=self._runtime.payload_limit())

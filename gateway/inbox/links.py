@@ -23,7 +23,7 @@ from gateway.inbox.deps import InboxState
 from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, PendingApproval, RunStatus
-from starter.errors import DecisionRefusedError, RunClosedError, StarterError
+from starter.errors import DecisionRefusedError, PendingApprovalsUnknownError, RunClosedError, StarterError
 from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError
 
 Renderer = Callable[..., HTMLResponse]
@@ -146,6 +146,12 @@ async def _pending(
     flows = await state.config.clients(claims.tenant)
     try:
         status, pending = await flows.waiting_at(claims.run, claims.step)
+    except PendingApprovalsUnknownError:
+        return LinkProblem(
+            "Cannot tell now",
+            "The run could not say just now whether this step still waits. Please try again in a moment.",
+            503,
+        )
     except StarterError:
         return LinkProblem("Nothing to decide", "The run this link was for no longer exists.", 404)
     if pending is None:

@@ -32,7 +32,13 @@ from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, DecisionRecord, PendingApproval, RunStatus
 from starter import tokens
 from starter.client import FlowClient, runs_query
-from starter.errors import DecisionRefusedError, RunClosedError, RunNotFoundError, StarterError
+from starter.errors import (
+    DecisionRefusedError,
+    PendingApprovalsUnknownError,
+    RunClosedError,
+    RunNotFoundError,
+    StarterError,
+)
 
 COOKIE = "wfa_inbox"
 _HERE = Path(__file__).parent
@@ -452,13 +458,26 @@ async def _item_page(
     flows = await state.config.clients(person.tenant)
     try:
         status, pending = await _item_context(flows, run, step)
+    except PendingApprovalsUnknownError:
+        return _render(
+            request,
+            state,
+            "message.html",
+            session,
+            status_code=503,
+            title="The inbox cannot tell whether this step waits now",
+            message="The run has more waiting than one answer holds, and it could not list them just"
+            " now (its worker may be being upgraded). Please try again in a moment.",
+        )
     except (RunNotFoundError, StarterError):
         return _not_found(request, state, session)
     if pending is None:
         decisions = [
             d for d in status.decisions if d.accepted and d.step_id in (step, step.rsplit(".", 1)[-1])
         ]
-        ever = any(r.path == step for r in status.steps)
+        # (A status answer may list only the most recent step records: a review found a step
+        # decided in a run of 500 tasks shown as "nothing here".)
+        ever = any(r.path == step for r in status.steps) or bool(decisions) or status.steps_dropped > 0
         if not ever:
             return _not_found(request, state, session)
         last = decisions[-1] if decisions else None

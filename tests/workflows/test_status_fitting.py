@@ -97,23 +97,45 @@ async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit()
         assert [a.path for a in kept] == [a.path for a in status.pending_approvals[: len(kept)]]
         assert fitted.pending_approvals_dropped == len(status.pending_approvals) - len(kept)
         # The pending_approvals query answers them all, in full, page by page, each within the
-        # limit (before it, the inbox showed the ones cut as decided).
-        assert _all_pages(status.pending_approvals) == status.pending_approvals
+        # limit (before it, the inbox showed the ones cut as decided); brief, in fewer pages.
+        assert _all_pages(status.pending_approvals) == _in_order(status.pending_approvals)
+        brief = _all_pages(status.pending_approvals, brief=True)
+        assert [a.path for a in brief] == [a.path for a in _in_order(status.pending_approvals)]
+        # One decided between two pages moves none of the others (a review: paged by position,
+        # the one after it was never listed).
+        first = _approvals_page(status.pending_approvals, ApprovalsQuery(), limit=LIMIT)
+        decided = first.approvals[0].path
+        left = [a for a in status.pending_approvals if a.path != decided]
+        last = first.approvals[-1]
+        after = ApprovalsQuery(after_since=last.since, after_path=last.path)
+        rest = _all_pages(left, ask=after)
+        assert [a.path for a in first.approvals[1:] + rest] == [a.path for a in _in_order(left)]
     finally:
         await _stop(running)
 
 
-def _all_pages(pending: list[PendingApproval]) -> list[PendingApproval]:
-    """What the ``pending_approvals`` query answers, page after page, each page within the limit."""
+def _in_order(pending: list[PendingApproval]) -> list[PendingApproval]:
+    """``pending`` in the query's order: since, then path."""
+    return sorted(pending, key=lambda a: (a.since, a.path))
+
+
+def _all_pages(
+    pending: list[PendingApproval], *, brief: bool = False, ask: ApprovalsQuery | None = None
+) -> list[PendingApproval]:
+    """What the ``pending_approvals`` query answers, page after page (from ``ask``'s cursor), each
+    page within the limit."""
     found: list[PendingApproval] = []
+    ask = ask or ApprovalsQuery(brief=brief)
     while True:
-        page = _approvals_page(pending, ApprovalsQuery(start=len(found)), limit=LIMIT)
+        page = _approvals_page(pending, ask, limit=LIMIT)
         assert _bytes(page) <= LIMIT
-        assert (page.start, page.total, page.left_out) == (len(found), len(pending), [])
+        assert (page.total, page.left_out) == (len(pending), [])
         found += page.approvals
-        if not page.approvals:
+        if not page.more:
             return found
-        assert len(page.approvals) < len(pending)  # a page each: the test pages
+        assert len(page.approvals) < len(pending)  # (a page each: the test pages)
+        last = page.approvals[-1]
+        ask = ApprovalsQuery(after_since=last.since, after_path=last.path, brief=brief)
 
 
 def test_an_approval_too_large_for_one_answer_alone_has_its_texts_cut_first() -> None:
@@ -137,13 +159,19 @@ def test_an_approval_too_large_for_one_answer_alone_has_its_texts_cut_first() ->
     other = huge.model_copy(update={"path": "other", "message": "", "description": ""})
     page = _approvals_page([other, huge], ApprovalsQuery(path="review"), limit=LIMIT)
     assert _bytes(page) <= LIMIT
-    assert (page.start, page.total, page.left_out) == (1, 2, ["message"])
+    assert (page.total, page.more, page.left_out) == (2, False, ["message"])
     [answered] = page.approvals
     assert answered.message.endswith("… (250000 characters)")
     assert (answered.description, answered.form) == (huge.description, huge.form)  # as far as it fits
-    both = _approvals_page([other, huge], ApprovalsQuery(), limit=LIMIT)
-    assert [a.path for a in both.approvals] == ["other"]  # the next page has the large one alone
+    both = _approvals_page([huge, other], ApprovalsQuery(), limit=LIMIT)
+    assert ([a.path for a in both.approvals], both.more) == (["other"], True)  # then the large one alone
     assert _approvals_page([other, huge], ApprovalsQuery(path="gone"), limit=LIMIT).approvals == []
+    # A definition's approvers are bounded by its size alone (a review: with the payload store,
+    # past what one answer takes): the first 50 are kept, last.
+    crowd = other.model_copy(update={"approvers": [f"person-{n:06d}-" + "x" * 20 for n in range(100_000)]})
+    page = _approvals_page([crowd], ApprovalsQuery(), limit=LIMIT)
+    assert _bytes(page) <= LIMIT
+    assert (page.left_out, page.approvals[0].approvers) == (["form", "approvers"], crowd.approvers[:50])
 
 
 async def test_large_forms_of_waiting_tasks_are_left_out_their_names_kept() -> None:
@@ -174,7 +202,8 @@ async def test_large_forms_of_waiting_tasks_are_left_out_their_names_kept() -> N
         )
         assert one.approvals == [status.pending_approvals[42]]
         assert len(one.approvals[0].form) == 10
-        assert _all_pages(status.pending_approvals) == status.pending_approvals
+        assert _all_pages(status.pending_approvals) == _in_order(status.pending_approvals)
+        assert all(a.form == [] for a in _all_pages(status.pending_approvals, brief=True))
     finally:
         await _stop(running)
 
