@@ -392,14 +392,12 @@ async def inbox(request: Request, state: State, decided: str = "", run: str = ""
     try:
         items = await find_work(flows, person, state.config.list_limit)
     except RPCError as err:  # the server is down, or the search attributes are not registered
-        return _render(
+        return _unavailable(
             request,
             state,
-            "message.html",
             session,
-            status_code=503,
-            title="The inbox cannot look for your work now",
-            message=f"The workflow service answered: {err.message[:300]}. Please try again later.",
+            "The inbox cannot look for your work now",
+            f"The workflow service answered: {err.message[:300]}. Please try again later.",
         )
     done = None
     if decided in DONE and run:
@@ -416,6 +414,13 @@ def _step_decisions(status: RunStatus, approval_path: str, step_id: str) -> list
 
 async def _item_context(flows: FlowClient, run: str, step: str) -> tuple[RunStatus, PendingApproval | None]:
     return await flows.waiting_at(run, step)
+
+
+def _unavailable(
+    request: Request, state: InboxState, session: Session, title: str, message: str
+) -> HTMLResponse:
+    """A page saying the inbox cannot answer now (503), and why."""
+    return _render(request, state, "message.html", session, status_code=503, title=title, message=message)
 
 
 def _not_found(request: Request, state: InboxState, session: Session) -> HTMLResponse:
@@ -459,15 +464,13 @@ async def _item_page(
     try:
         status, pending = await _item_context(flows, run, step)
     except PendingApprovalsUnknownError:
-        return _render(
+        return _unavailable(
             request,
             state,
-            "message.html",
             session,
-            status_code=503,
-            title="The inbox cannot tell whether this step waits now",
-            message="The run has more waiting than one answer holds, and it could not list them just"
-            " now (its worker may be being upgraded). Please try again in a moment.",
+            "The inbox cannot tell whether this step waits now",
+            "The run has more waiting than one answer holds, and it could not list them just now"
+            " (its worker may be being upgraded). Please try again in a moment.",
         )
     except (RunNotFoundError, StarterError):
         return _not_found(request, state, session)

@@ -227,3 +227,24 @@ async def replay(replayer: Replayer, history: WorkflowHistory) -> WorkflowReplay
         if result.replay_failure is None or "[TMPRL1101]" not in str(result.replay_failure):
             return result
     return await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+
+def foreach_branches(count: int, step: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """A ``parallel`` step of ``count`` branches, each a 100-item-wide ``foreach`` over
+    ``input.items`` of ``step(n)``: up to ``100 * count`` of them at once."""
+    branches = [
+        {
+            "id": f"b{n}",
+            "steps": [
+                {
+                    "id": f"each{n}",
+                    "type": "foreach",
+                    "items": "input.items",
+                    "concurrency": 100,
+                    "steps": [step(n)],
+                }
+            ],
+        }
+        for n in range(count)
+    ]
+    return {"id": "all", "type": "parallel", "branches": branches}

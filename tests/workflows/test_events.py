@@ -28,7 +28,17 @@ from interpreter.state import RunInput, RunOptions, RunState, StepStatus
 from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.events import event_run_id
-from tests.workflows.support import Handle, definition, eventually, failure_of, record, replay, status, unique
+from tests.workflows.support import (
+    Handle,
+    definition,
+    eventually,
+    failure_of,
+    foreach_branches,
+    record,
+    replay,
+    status,
+    unique,
+)
 from worker import build_worker, workflow_runner
 from workflows.generic import (
     ENGINE_LEVEL,
@@ -714,22 +724,7 @@ async def test_waits_past_a_mailboxs_byte_bound_fail_their_run_in_words_and_the_
     # waiting), the run fails saying why, and the key serves on.
     flows = flows_of(client, task_queue)
     key = "\u0001" * 1000
-    branches = [
-        {
-            "id": f"b{n}",
-            "steps": [
-                {
-                    "id": f"each{n}",
-                    "type": "foreach",
-                    "items": "input.items",
-                    "concurrency": 100,
-                    "steps": [wait_step(f"answer{n}", key="{{ input.family_id }}", timeout="10m")],
-                }
-            ],
-        }
-        for n in range(2)
-    ]
-    each = {"id": "all", "type": "parallel", "branches": branches}
+    each = foreach_branches(2, lambda n: wait_step(f"answer{n}", key="{{ input.family_id }}", timeout="10m"))
     handle = await client.start_workflow(
         RunDefinitionWorkflow.run,
         RunInput(

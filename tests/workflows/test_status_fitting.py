@@ -20,6 +20,7 @@ from interpreter.engine import PATCH_DECISIONS_KEPT, Engine
 from interpreter.state import ApprovalsQuery, DecisionKind, PendingApproval, RunStatus
 from tests.interpreter.test_engine import decide_at, new_engine, new_runtime
 from tests.interpreter.test_engine_messages import REASON, TURNS, _loop
+from tests.workflows.support import foreach_branches
 from workflows.generic import _approvals_page, _fitted_status
 
 LIMIT = 2 * 1024 * 1024 - 1024  # what the workflow gives it (Temporal's 2 MiB less the codec's margin)
@@ -62,25 +63,8 @@ def hundreds_of_tasks(assignee: str) -> tuple[list[dict[str, Any]], dict[str, An
         "title": "{{ input.t }}",
         "description": "{{ input.t }}",
     }
-    branches = [
-        {
-            "id": f"b{n}",
-            "steps": [
-                {
-                    "id": f"each{n}",
-                    "type": "foreach",
-                    "items": "input.items",
-                    "concurrency": 100,
-                    "steps": [{"id": f"review{n}", **task}],
-                }
-            ],
-        }
-        for n in range(5)
-    ]
-    return [{"id": "all", "type": "parallel", "branches": branches}], {
-        "items": list(range(100)),
-        "t": "\u0001" * 499,
-    }
+    steps = [foreach_branches(5, lambda n: {"id": f"review{n}", **task})]
+    return steps, {"items": list(range(100)), "t": "\u0001" * 499}
 
 
 async def test_hundreds_of_tasks_waiting_at_once_are_listed_as_far_as_they_fit() -> None:
