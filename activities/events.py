@@ -37,6 +37,7 @@ from interpreter.events import (
     Event,
     EventSubscription,
     MailboxState,
+    legacy_mailbox_id,
     mailbox_id,
 )
 from interpreter.sizes import temporal_id
@@ -146,26 +147,32 @@ class EventActivities:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             raise ApplicationError(message, type="EventRefused", non_retryable=True) from None
-        if subscription.mailbox is not None:
-            return answer
-        return self._newest(answer + await self._kept_at_new_id(subscription))
+        return self._newest(answer + await self._kept_at_the_other_id(subscription))
 
-    async def _kept_at_new_id(self, subscription: EventSubscription) -> list[Event]:
-        """For a wait at its address's legacy mailbox (a run of an earlier generation): the events
-        the address's mailbox of this build keeps since the wait's ``since``. Publishers of this
-        build keep events there only (the legacy mailbox is only handed them, ``deliver``), so a
-        lookback reads them there (none when no mailbox runs there)."""
-        handle = self.client.get_workflow_handle(
+    async def _kept_at_the_other_id(self, subscription: EventSubscription) -> list[Event]:
+        """The events kept since the wait's ``since`` by its address's mailbox at the other id form:
+        the new id for a wait at the legacy one (a run of an earlier generation: publishers of this
+        build keep events at the new id only, handing them to the legacy mailbox without keeping
+        them), the legacy id for a wait at the new one (publishers of the build before keep events
+        there, for 7 days: a review found a lookback of a run of this generation missing them).
+        Only a mailbox of this very address counts (a legacy id may be another tenant's, type's or
+        key's mailbox). Best effort: the wait is subscribed already, so no answer (none runs there,
+        no worker answers, its query fails) is none, with a log line where unexpected (a review:
+        raised, it failed a wait whose subscription had worked)."""
+        other = (
             mailbox_id(subscription.tenant, subscription.type, subscription.key)
+            if subscription.mailbox is None
+            else legacy_mailbox_id(subscription.tenant, subscription.type, subscription.key)
         )
+        handle = self.client.get_workflow_handle(other)
         try:
             state = await handle.query("state", result_type=MailboxState, rpc_timeout=_QUERY_TIMEOUT)
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return []
-            raise  # (retried: the server or the mailbox's worker did not answer)
-        except WorkflowQueryFailedError as err:  # the wait is subscribed all the same
-            activity.logger.warning("the events kept at %s could not be read: %s", handle.id, err)
+            if err.status != RPCStatusCode.NOT_FOUND:
+                activity.logger.warning("the events kept at %s could not be read: %s", other, err.message)
+            return []
+        except WorkflowQueryFailedError as err:
+            activity.logger.warning("the events kept at %s could not be read: %s", other, err)
             return []
         if (state.tenant, state.type, state.key) != (
             subscription.tenant,

@@ -133,10 +133,11 @@ async def _publish_at_legacy(flows: FlowClient, event: Event) -> PublishResult |
     23 wait there. Its ``deliver`` update signals them without keeping the event (the mailbox at the
     new id keeps it, and their lookbacks read it there), so a legacy mailbox ends once its waits
     do. Nothing is started there (a plain update, answered ``NOT_FOUND`` at once where none runs).
-    Best effort, within :data:`LEGACY_DELIVERY_TIMEOUT_S`: the event is published already, so a
-    refusal there (the mailbox may be another tenant's, type's or key's, which the legacy ids
-    could not tell apart), a timeout or a server error is logged, not raised (a review: it failed
-    a publish that had succeeded)."""
+    Also for a republished event (``deliver`` ignores an id it has seen): publishing again
+    completes a hand-over that failed. Best effort, within :data:`LEGACY_DELIVERY_TIMEOUT_S`: the
+    event is published already, so a refusal there (the mailbox may be another tenant's, type's
+    or key's, which the legacy ids could not tell apart), a timeout or a server error is logged,
+    not raised (a review: it failed a publish that had succeeded)."""
     handle = flows.client.get_workflow_handle(legacy_mailbox_id(event.tenant, event.type, event.key))
     try:
         async with asyncio.timeout(LEGACY_DELIVERY_TIMEOUT_S):
@@ -197,8 +198,9 @@ async def publish_event(
         raise InvalidInputError(f"the event was refused: {message}") from None
     except RPCError as err:
         raise flows._rpc_error(err, None, "publish the event") from None
-    # (A duplicate is delivered nowhere: the mailbox at the new id remembers the ids published.)
-    legacy = None if result.duplicate else await _publish_at_legacy(flows, event)
+    # A duplicate too (a review): the first publication's hand-over may have failed; a legacy
+    # mailbox that saw the id delivers nothing again.
+    legacy = await _publish_at_legacy(flows, event)
     publication = EventPublication(
         event_id=event_id,
         type=event_type,
