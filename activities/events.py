@@ -31,7 +31,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.base import check_tenant_scope
 from interpreter.events import (
     MAILBOX_WORKFLOW,
-    MAX_BUFFERED_BYTES,
     SUBSCRIBE_ACTIVITY,
     SUBSCRIBE_UPDATE,
     Event,
@@ -39,6 +38,7 @@ from interpreter.events import (
     MailboxState,
     legacy_mailbox_id,
     mailbox_id,
+    oldest_past_bound,
 )
 from interpreter.sizes import temporal_id
 
@@ -190,14 +190,7 @@ class EventActivities:
         unique = list({e.id: e for e in events}.values())
         unique.sort(key=lambda e: (e.published_at is None, e.published_at))
         converter = self.client.data_converter.payload_converter
-        kept: list[Event] = []
-        total = 0
-        for event in reversed(unique):
-            total += converter.to_payloads([event])[0].ByteSize()
-            if kept and total > MAX_BUFFERED_BYTES:
-                break
-            kept.append(event)
-        return kept[::-1]
+        return unique[oldest_past_bound([converter.to_payloads([e])[0].ByteSize() for e in unique]) :]
 
 
 def build_event_activities(client: Client) -> list[Callable[..., Any]]:

@@ -1899,6 +1899,11 @@ class Engine:
             steps=list(self.records),
         )
 
+    def pending_approvals(self) -> list[PendingApproval]:
+        """The approvals and human tasks waiting now (the ``pending_approvals`` query's, without
+        the rest of :meth:`status`)."""
+        return [a.view for a in self._approvals.values()]
+
     def status(self) -> RunStatus:
         """A snapshot for the ``status`` query."""
         return RunStatus(
@@ -1907,7 +1912,7 @@ class Engine:
             state=self.state,
             current_steps=list(self.active),
             steps=list(self.records),
-            pending_approvals=[a.view for a in self._approvals.values()],
+            pending_approvals=self.pending_approvals(),
             parked=[p.view for p in self._parked.values()],
             decisions=list(self.decisions),
             decisions_dropped=self.decisions_dropped,

@@ -236,6 +236,17 @@ def legacy_mailbox_id(tenant: str, event_type: str, key: str) -> str:
     return f"evt-{tenant}-{event_type}-{digest}"
 
 
+def oldest_past_bound(sizes: list[int]) -> int:
+    """How many of the oldest events (of these ``sizes`` as written, oldest first) go for the rest
+    to hold at most :data:`MAX_BUFFERED_BYTES`; the newest always stays. The mailbox's buffer and
+    its ``subscribe`` answers, and the subscribe activity's merged answer, keep the rest."""
+    total, past = sum(sizes), 0
+    while total > MAX_BUFFERED_BYTES and past < len(sizes) - 1:
+        total -= sizes[past]
+        past += 1
+    return past
+
+
 def event_data_problem(data: Any) -> str | None:
     """Why ``data`` cannot be an event's data (not a JSON object, or too large), or None."""
     if not isinstance(data, dict):

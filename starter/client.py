@@ -221,6 +221,14 @@ async def query_status(handle: WorkflowHandle[Any, Any], rpc_timeout: timedelta 
     return await _query(ask)
 
 
+def _no_worker_answered(err: RPCError) -> bool:
+    """Whether a query failed for want of a worker: its own deadline (CANCELLED, "Timeout
+    expired", or DEADLINE_EXCEEDED), or no poller on the run's task queue."""
+    return err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED) or (
+        err.status == RPCStatusCode.FAILED_PRECONDITION and "poller" in err.message.lower()
+    )
+
+
 async def _query(ask: Callable[[], Awaitable[T]]) -> T:
     """``ask()``, a query of a run, asked again as :func:`query_status` says."""
     for attempt in range(QUERY_REPLAY_ATTEMPTS):
@@ -1685,11 +1693,7 @@ class FlowClient:
                 raise failure from None
             return status
         except RPCError as err:
-            # The query's own deadline surfaces as CANCELLED ("Timeout expired") or DEADLINE_EXCEEDED.
-            no_worker = err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED) or (
-                err.status == RPCStatusCode.FAILED_PRECONDITION and "poller" in err.message.lower()
-            )
-            if not no_worker:
+            if not _no_worker_answered(err):
                 raise self._rpc_error(err, workflow_id, "query the run") from None
         if running:
             raise NoWorkerError(
@@ -1740,7 +1744,7 @@ class FlowClient:
                 f"run {handle.id!r} could not answer the pending_approvals query: {err}"
             ) from None
         except RPCError as err:
-            if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            if _no_worker_answered(err):
                 raise PendingApprovalsUnknownError(
                     f"no worker answered the pending_approvals query of run {handle.id!r}"
                 ) from None

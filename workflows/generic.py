@@ -2876,8 +2876,7 @@ class GenericRun:
     def pending_approvals(self, ask: ApprovalsQuery) -> ApprovalsPage:
         """The pending approvals after ``ask``'s cursor (or the one at ``ask.path``), in full, as
         many as one answer takes (:func:`_approvals_page`): what ``status`` had to cut."""
-        pending = self._engine.status().pending_approvals
-        return _approvals_page(pending, ask, limit=self._runtime.payload_limit())
+        return _approvals_page(self._engine.pending_approvals(), ask, limit=self._runtime.payload_limit())
 
     def _acceptable(self, kind: DecisionKind, decision: Decision) -> bool:
         try:

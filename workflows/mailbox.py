@@ -35,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         DELIVER_UPDATE,
         EVENT_SIGNAL,
         MAILBOX_WORKFLOW,
-        MAX_BUFFERED_BYTES,
         MAX_BUFFERED_EVENTS,
         MAX_REMEMBERED_ID_BYTES,
         MAX_REMEMBERED_IDS,
@@ -52,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         MailboxState,
         PublishResult,
         event_data_problem,
+        oldest_past_bound,
     )
     from interpreter.inert import make_inert
     from interpreter.model import MAX_EVENT_LOOKBACK
@@ -80,16 +80,6 @@ def _read_state(raw: Any) -> tuple[MailboxState, str | None]:
     if not isinstance(state, MailboxState):  # a payload not in JSON comes back as itself
         return MailboxState(tenant="", type="", key=""), problem + f"it is {type(state).__name__}"
     return state, None
-
-
-def _oldest_past_bound(sizes: list[int]) -> int:
-    """How many of the oldest events (of these ``sizes``, oldest first) go for the rest to hold at
-    most :data:`MAX_BUFFERED_BYTES`; the newest always stays."""
-    total, past = sum(sizes), 0
-    while total > MAX_BUFFERED_BYTES and past < len(sizes) - 1:
-        total -= sizes[past]
-        past += 1
-    return past
 
 
 @workflow.defn(name=MAILBOX_WORKFLOW)
@@ -207,7 +197,7 @@ class EventMailboxWorkflow:
         # replayed here, keeps its events (its patch answered False), and an answer over 2 MiB
         # failed its workflow task at every attempt (a review). An update's answer is not
         # compared on replay: no patch.
-        past = _oldest_past_bound([size for _, size in answer])
+        past = oldest_past_bound([size for _, size in answer])
         return [e for e, _ in answer[past:]]
 
     @subscribe.validator
@@ -301,7 +291,7 @@ class EventMailboxWorkflow:
         """Drops the oldest buffered events past :data:`MAX_BUFFERED_BYTES`, the newest kept, where
         ``patch_id`` applies (:data:`PATCH_MAILBOX_BYTES`, :data:`PATCH_MAILBOX_CARRY`); their ids
         stay remembered, so a republished one is still a duplicate."""
-        dropped = _oldest_past_bound(self._measure(self._events))
+        dropped = oldest_past_bound(self._measure(self._events))
         if dropped and workflow.patched(patch_id):
             del self._events[:dropped]
             self._measure(self._events)

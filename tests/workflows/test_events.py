@@ -602,15 +602,13 @@ async def test_a_mailbox_stuck_before_the_byte_bound_recovers_under_this_build(
     # replays its history as it was (no event dropped where it published them) and carries only
     # the 512 KiB of newest events on: the mailbox continues as new, and the key serves again.
     import interpreter.events
-    import workflows.mailbox
 
     flows = flows_of(client, task_queue)
     family = unique("fam")
     mailbox = client.get_workflow_handle(mailbox_id("default", EVENT, family))
-    # (The mailbox runs in the workflow sandbox, which imports its module again for each run and
-    # takes interpreter.events from the host.)
+    # (The mailbox runs in the workflow sandbox, which takes interpreter.events, where the bound
+    # is read by oldest_past_bound, from the host.)
     monkeypatch.setattr(interpreter.events, "MAX_BUFFERED_BYTES", 1 << 40)
-    monkeypatch.setattr(workflows.mailbox, "MAX_BUFFERED_BYTES", 1 << 40)
     async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
         for i in range(72):
             try:
@@ -644,6 +642,27 @@ async def _publish_or_none(flows: FlowClient, family: str) -> Any:
         return None
 
 
+def _at(family: str, event_id: str, answer: str) -> Event:
+    return Event(id=event_id, type=EVENT, key=family, tenant="default", data={"answer": answer})
+
+
+async def _publish_at(client: Client, task_queue: str, event: Event, mailbox: str) -> PublishResult:
+    """Publishes ``event`` at the mailbox ``mailbox`` alone, starting it if need be: as a publisher
+    of the build before this one did at the legacy id, or as one that stopped before its hand-over."""
+    return await mailbox_update(
+        client,
+        task_queue,
+        tenant=event.tenant,
+        event_type=event.type,
+        key=event.key,
+        update="publish",
+        arg=event,
+        update_id=unique("by-hand"),
+        result_type=PublishResult,
+        workflow_id=mailbox,
+    )
+
+
 async def test_a_tenant_whose_name_and_type_end_where_anothers_begin_cannot_take_its_mailbox(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
@@ -659,18 +678,8 @@ async def test_a_tenant_whose_name_and_type_end_where_anothers_begin_cannot_take
         "corp-order.paid", order, {"x": 1}, event_id="s-1", start_triggers=False
     )
     forged_key = json.dumps(["acme-corp", "order.paid", order], separators=(",", ":"))
-    await mailbox_update(
-        client,
-        task_queue,
-        tenant="acme",
-        event_type="corp-order.paid",
-        key=forged_key,
-        update="publish",
-        arg=Event(id="s-2", type="corp-order.paid", key=forged_key, tenant="acme", data={"x": 2}),
-        update_id=unique("forged"),
-        result_type=PublishResult,
-        workflow_id=legacy_mailbox_id("acme", "corp-order.paid", forged_key),
-    )
+    forged = Event(id="s-2", type="corp-order.paid", key=forged_key, tenant="acme", data={"x": 2})
+    await _publish_at(client, task_queue, forged, legacy_mailbox_id("acme", "corp-order.paid", forged_key))
     handle = await start(client, task_queue, [wait_step(event="order.paid")], order, tenant="acme-corp")
     await waiting(handle)
     own = await victim.publish_event(
@@ -751,10 +760,6 @@ async def test_waits_past_a_mailboxs_byte_bound_fail_their_run_in_words_and_the_
     assert await _mailbox_task_failures(client, mailbox_id("default", EVENT, key)) == []
 
 
-def _at(family: str, event_id: str, answer: str) -> Event:
-    return Event(id=event_id, type=EVENT, key=family, tenant="default", data={"answer": answer})
-
-
 async def test_a_republished_event_reaches_a_legacy_wait_whose_hand_over_failed(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
@@ -767,17 +772,8 @@ async def test_a_republished_event_reaches_a_legacy_wait_whose_hand_over_failed(
         client, task_queue, [wait_step(timeout="2m")], family, level=PATCH_LEVELS[PATCH_MAILBOX_IDS] - 1
     )
     await waiting(handle)
-    await mailbox_update(
-        client,
-        task_queue,
-        tenant="default",
-        event_type=EVENT,
-        key=family,
-        update="publish",
-        arg=_at(family, "dup-1", "yes"),
-        update_id=unique("first"),
-        result_type=PublishResult,
-    )  # (the first publication, at the new id only)
+    first = _at(family, "dup-1", "yes")  # (the first publication, at the new id only)
+    await _publish_at(client, task_queue, first, mailbox_id("default", EVENT, family))
     again = await flows.publish_event(
         EVENT, family, {"answer": "yes"}, event_id="dup-1", start_triggers=False
     )
@@ -793,18 +789,8 @@ async def test_a_lookback_reads_the_events_an_earlier_publisher_kept_at_the_lega
     # this generation waiting at the new id with a lookback missed them. Only a mailbox of the
     # wait's own address is read there (the legacy id of another's may be the same).
     family = unique("fam")
-    legacy = legacy_mailbox_id("default", EVENT, family)
-    await mailbox_update(
-        client,
-        task_queue,
-        tenant="default",
-        event_type=EVENT,
-        key=family,
-        update="publish",
-        arg=_at(family, "old-1", "no"),
-        update_id=unique("old"),
-        result_type=PublishResult,
-        workflow_id=legacy,
+    await _publish_at(
+        client, task_queue, _at(family, "old-1", "no"), legacy_mailbox_id("default", EVENT, family)
     )
     handle = await start(client, task_queue, [wait_step(timeout="2m", lookback="1h")], family)
     output = record(await handle.result(), "answer").output
