@@ -3,8 +3,8 @@
 Starts one dev server and one benchmark worker (:mod:`bench.bench_worker`, the product's sandbox
 configuration), runs one run of each of ``bench.run``'s variants A (the generic workflow on the
 5-step definition, started as a starter does, at the build's interpreter generation), A-g0 (A at
-generation 0: every patch asked, as runs were started before the generations), A-rc and A-rn (the same with
-``RunOptions.result_steps`` ``compact`` and ``none``) and B (the hand-written baseline), and prints, per
+generation 0: every patch asked, as runs were started before the generations), A-rf and A-rn (the same with
+``RunOptions.result_steps`` ``full`` and ``none``) and B (the hand-written baseline), and prints, per
 run, the bytes of every event type and of every payload in the history: the run input, each
 activity's input and result, the workflow result, the search attributes set at start or upserted,
 marker details and headers. Bytes are the serialized protobuf sizes, as ``bench.run`` counts them
@@ -44,7 +44,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.extref import start_input_converter
-from bench.run import A_G0, A_RC, A_RN, A, B, Server, Variant, WorkerProcess, Workload
+from bench.run import A_G0, A_RF, A_RN, A, B, Server, Variant, WorkerProcess, Workload
 from starter.payload_store import RUN_INPUT_ENV, STORE_ENV, PayloadStoreConfig
 
 A_XS = dataclasses.replace(
@@ -189,7 +189,7 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
             try:
                 workload = Workload()
                 variants = (
-                    (A, A_G0, A_RC, A_RN, A_XS, A_XS_RN, A_XSL_RN, B) if extref else (A, A_G0, A_RC, A_RN, B)
+                    (A, A_G0, A_RF, A_RN, A_XS, A_XS_RN, A_XSL_RN, B) if extref else (A, A_G0, A_RF, A_RN, B)
                 )
                 results = {
                     v.key: breakdown(await one_run(clients.get(v.key, client), workload, v, tq))

@@ -5,14 +5,15 @@
 Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times each):
 
 * ``A``  - the generic workflow (``RunDefinitionWorkflow``) running a 5-step definition of templated
-  ``echo`` tasks (:func:`bench.baseline.definition_data`), default ``RunOptions``;
+  ``echo`` tasks (:func:`bench.baseline.definition_data`), the ``RunOptions`` ``FlowClient.start_run``
+  starts runs with by default (this build's generation; from generation 24, a compact result);
 * ``A-nt`` - only with ``--no-track-step``: the same with ``RunOptions(track_current_step=False)``
   (fewer ``CurrentStep`` search attribute upserts), interleaved as A, A-nt, B;
 * ``A-full`` - only with ``--full-definition``: A started with the run input as starters sent it
   before the compact form (the definition with every default written out);
-* ``A-rc`` / ``A-rn`` - only with ``--result-compact`` / ``--result-none``: A with
-  ``RunOptions(result_steps=...)`` ``compact`` / ``none`` (the result's step records compacted /
-  left out; checked: 5 records / none);
+* ``A-rf`` / ``A-rn`` - only with ``--result-full`` / ``--result-none``: A with
+  ``RunOptions(result_steps=...)`` ``full`` / ``none`` (every field of the result's step records,
+  the clients' default before generation 24 / no records; checked: 5 records / none);
 * ``A-g0`` - only with ``--engine-level-0``: A at ``RunOptions(engine_level=0)``, as runs were started
   before the interpreter generations (every patch asked through ``workflow.patched``: its marker);
   A (and its other variants) run at ``ENGINE_LEVEL``, as ``FlowClient.start_run`` starts them;
@@ -67,7 +68,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
-from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
+from interpreter.state import COMPACT_RUN_INPUT_LEVEL, ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
 from starter.codec import data_converter  # noqa: E402
 from starter.payload_store import RUN_INPUT_ENV, STORE_ENV  # noqa: E402
@@ -351,7 +352,11 @@ class Variant:
     # The workflow A's variants run: the product's, or a bench.proto_* subclass of it.
     workflow: type[RunDefinitionWorkflow] = RunDefinitionWorkflow
     full_definition: bool = False  # the run input as starters sent it before the compact form
-    result_steps: ResultSteps = ResultSteps.FULL  # RunOptions.result_steps (FULL: left out of the input)
+    # RunOptions.result_steps: FlowClient's default without WFA_RESULT_STEPS (compact from
+    # generation 24; FULL: left out of the input).
+    result_steps: ResultSteps = (
+        ResultSteps.COMPACT if ENGINE_LEVEL >= COMPACT_RUN_INPUT_LEVEL else ResultSteps.FULL
+    )
     # RunOptions.engine_level: FlowClient starts runs at the build's generation (no patch markers);
     # 0 is how runs were started before the generations (every patch asked: markers).
     engine_level: int = ENGINE_LEVEL
@@ -372,7 +377,7 @@ A_SB = Variant(
     "A-sb", "generic, inside the workflow sandbox (as before)", True, workflow=SandboxedRunDefinitionWorkflow
 )
 A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
-A_RC = Variant("A-rc", "generic, result_steps=compact", True, result_steps=ResultSteps.COMPACT)
+A_RF = Variant("A-rf", "generic, result_steps=full", True, result_steps=ResultSteps.FULL)
 A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
 A_G0 = Variant("A-g0", "generic, engine_level=0 (patch markers, as before)", True, engine_level=0)
 A_XS = Variant(
@@ -771,7 +776,7 @@ async def amain(args: argparse.Namespace) -> int:
         *([A_NT] if args.no_track_step else []),
         *([A_CO] if args.coalesce_proto else []),
         *([A_SB] if args.sandboxed else []),
-        *([A_RC] if args.result_compact else []),
+        *([A_RF] if args.result_full else []),
         *([A_RN] if args.result_none else []),
         *([A_G0] if args.engine_level_0 else []),
         *([A_XS, A_XS_RN] if args.run_input_ref else []),
@@ -905,9 +910,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "a bytecode cache in the temp dir",
     )
     p.add_argument(
-        "--result-compact",
+        "--result-full",
         action="store_true",
-        help="also run A with RunOptions(result_steps='compact') as variant A-rc",
+        help="also run A with RunOptions(result_steps='full') as variant A-rf (the default before generation 24)",
     )
     p.add_argument(
         "--result-none",

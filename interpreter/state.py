@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
@@ -514,6 +515,36 @@ class RunInput(BaseModel):
         default), so a worker whose defaults differed would refuse the run rather than reinterpret
         it. An input with the full dump (older starters) reads the same."""
         return definition.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+    @model_serializer(mode="wrap")
+    def _compact_options(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        """At generation :data:`COMPACT_RUN_INPUT_LEVEL` or later, the input as it travels in a
+        payload leaves out the options that hold their default and a ``continuation`` of None
+        (about 170 bytes of every run's history). Reading it back fills the same defaults in; a
+        run of an earlier generation (which a worker of an earlier build may run, or replay) keeps
+        the shape it always had, so its payload sizes, and the decisions taken on them, are the
+        same on replay. The defaults are part of the wire format from then on: changing one
+        changes what those runs' inputs mean (``tests/interpreter/test_run_input_shape.py``)."""
+        data: dict[str, Any] = handler(self)
+        if not info.mode_is_json() or self.options.engine_level < COMPACT_RUN_INPUT_LEVEL:
+            return data
+        if data.get("continuation", ...) is None:
+            del data["continuation"]
+        if isinstance(data.get("options"), dict):
+            data["options"] = _without_defaults(data["options"], RunOptions)
+        return data
+
+
+PATCH_COMPACT_RUN_INPUT = "compact-run-input"
+"""Patch id: a run's input travels without the options that hold their default and without a
+``continuation`` of None (:meth:`RunInput._compact_options`). Only in runs started at its
+generation (``workflows.generic.NEVER_ASKED_PATCHES``): the input a client sends is written before
+any worker could ask, and the inputs a run sends its next run and its children keep its shape."""
+COMPACT_RUN_INPUT_LEVEL = 24
+"""The generation of :data:`PATCH_COMPACT_RUN_INPUT` (``workflows.generic.PATCH_LEVELS`` holds it
+too; a test checks they agree)."""
 
 
 class RunResult(BaseModel):

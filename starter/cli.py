@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=RESULT_STEPS,
         help="what the run's result keeps of its step records: every field (full), the fields"
         " not at their default (compact), or none in a completed run (none: fewer history bytes;"
-        " `wfa status` lists them while a worker answers); default $WFA_RESULT_STEPS, else full",
+        " `wfa status` lists them while a worker answers); default $WFA_RESULT_STEPS, else compact"
+        " (full for runs started at a generation before 24: $WFA_ENGINE_LEVEL)",
     )
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):

@@ -1584,6 +1584,16 @@ def scenarios() -> list[Scenario]:
             options={"engine_level": 1},
         ),
         Scenario(
+            "compact_run_input",
+            "continued_approval at interpreter generation 24 (patch compact-run-input), its result "
+            "compact: every run of the chain was started by an input without the options that hold "
+            "their default; the last run resumes the approval and completes",
+            _continued_approval,
+            {},
+            _drive_continued,
+            options={"engine_level": 24, "result_steps": "compact"},
+        ),
+        Scenario(
             "branch_waits_engine_level",
             "branch_waits_over_budget's definition at interpreter generation 1: it continues as new "
             "in the condition's branch (loop, delay, escalated approval, human task, wait_for_event, "

@@ -127,8 +127,10 @@ with workflow.unsafe.imports_passed_through():
         temporal_id,
     )
     from interpreter.state import (
+        COMPACT_RUN_INPUT_LEVEL,
         FINAL_STATES,
         MAX_TEXT_CHARS,
+        PATCH_COMPACT_RUN_INPUT,
         ApprovalsPage,
         ApprovalsQuery,
         CancelRequest,
@@ -442,6 +444,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_DECISIONS_KEPT: 22,
     PATCH_EVENT_IDS_BY_ADDRESS: 22,
     PATCH_MAILBOX_IDS: 23,
+    PATCH_COMPACT_RUN_INPUT: COMPACT_RUN_INPUT_LEVEL,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -475,6 +478,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_SLOT_SEND_PACING,
     PATCH_EVENT_IDS_BY_ADDRESS,
     PATCH_MAILBOX_IDS,
+    PATCH_COMPACT_RUN_INPUT,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -486,7 +490,8 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 ``child-send-pacing`` and ``task-input-escapes``, which change what the send guard counts,
 ``slot-send-pacing``, which changes when an input that waited for a slot goes out,
 ``event-ids-by-address``, which changes the form of the event ids a run carries, and
-``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach."""
+``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach, and
+``compact-run-input``, the shape of the inputs a run sends."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
