@@ -229,6 +229,21 @@ async def replay(replayer: Replayer, history: WorkflowHistory) -> WorkflowReplay
     return await replayer.replay_workflow(history, raise_on_replay_failure=False)
 
 
+async def replays_as_recorded(*handles: WorkflowHandle[Any, Any]) -> None:
+    """Each handle's history replays on the product's workflows and runner without a failure."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from worker import workflow_runner
+    from workflows.generic import WORKFLOWS
+
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
+    for handle in handles:
+        outcome = await replay(replayer, await handle.fetch_history())
+        assert outcome.replay_failure is None, repr(outcome.replay_failure)
+
+
 def foreach_branches(count: int, step: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
     """A ``parallel`` step of ``count`` branches, each a 100-item-wide ``foreach`` over
     ``input.items`` of ``step(n)``: up to ``100 * count`` of them at once."""

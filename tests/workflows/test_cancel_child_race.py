@@ -24,16 +24,15 @@ import pytest
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from activities.dead_letters import build_store_activities
 from activities.store.database import Database
 from interpreter.state import RunState, StepStatus
 from starter.client import FlowClient
-from tests.workflows.support import compensated_echo, events, eventually, replay, unique
-from worker import build_worker, workflow_runner
-from workflows.generic import ENGINE_LEVEL, PATCH_CHILD_CANCEL_KEPT, PATCH_LEVELS, WORKFLOWS
+from tests.workflows.support import compensated_echo, events, eventually, replays_as_recorded, unique
+from worker import build_worker
+from workflows.generic import ENGINE_LEVEL, PATCH_CHILD_CANCEL_KEPT, PATCH_LEVELS
 
 PARENT = "cancel-race-parent"
 """The parent's definition name, so its workflow type (each test's queue is its own)."""
@@ -134,8 +133,4 @@ async def test_a_parent_cancelled_as_its_child_ends_is_cancelled_and_runs_no_fur
     markers = [e.SerializeToString() for e in await events(handle, EventType.EVENT_TYPE_MARKER_RECORDED)]
     asked = any(PATCH_CHILD_CANCEL_KEPT.encode() in marker for marker in markers)
     assert asked == (level < PATCH_LEVELS[PATCH_CHILD_CANCEL_KEPT]), markers
-    replayer = Replayer(
-        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
-    )
-    outcome = await replay(replayer, await handle.fetch_history())
-    assert outcome.replay_failure is None, repr(outcome.replay_failure)
+    await replays_as_recorded(handle)

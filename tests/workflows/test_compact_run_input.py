@@ -16,7 +16,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from activities.store.database import Database
 from interpreter.state import (
@@ -36,13 +36,12 @@ from tests.workflows.support import (
     counting_loop,
     definition,
     events,
-    replay,
+    replays_as_recorded,
     start,
     status,
     unique,
 )
-from worker import workflow_runner
-from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS, WORKFLOWS
+from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS
 
 EVERY_OPTION_AT_ITS_DEFAULT = {
     "track_current_step": True,
@@ -174,14 +173,6 @@ async def _recorded(handle: Handle) -> tuple[dict[str, Any], dict[str, Any]]:
     return json.loads(run_input), json.loads(result)
 
 
-async def _replays(handle: Handle) -> None:
-    replayer = Replayer(
-        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
-    )
-    outcome = await replay(replayer, await handle.fetch_history())
-    assert outcome.replay_failure is None, repr(outcome.replay_failure)
-
-
 @pytest.mark.parametrize("level", [ENGINE_LEVEL, COMPACT_RUN_INPUT_LEVEL - 1])
 async def test_a_run_a_client_starts_records_the_shape_of_its_generation(
     level: int,
@@ -223,7 +214,7 @@ async def test_a_run_a_client_starts_records_the_shape_of_its_generation(
         assert "result_steps" not in options  # full: as a client of the build before wrote it
         assert recorded["error"] is None
         assert all(step["error"] is None for step in recorded["steps"])
-    await _replays(handle)
+    await replays_as_recorded(handle)
 
 
 @pytest.mark.parametrize("level", [ENGINE_LEVEL, COMPACT_RUN_INPUT_LEVEL - 1])
@@ -256,4 +247,4 @@ async def test_a_chain_carries_the_shape_of_its_generation(
         want = {**EVERY_OPTION_AT_ITS_DEFAULT, "engine_level": level}
         assert all(i["options"] == want for i in inputs)
         assert inputs[0]["continuation"] is None
-    await _replays(handle)
+    await replays_as_recorded(handle)

@@ -19,8 +19,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 import interpreter.engine
 import workflows.generic
@@ -32,14 +31,14 @@ from tests.workflows.support import (
     chain_events,
     definition,
     events,
-    replay,
+    replays_as_recorded,
     start,
     status,
     unique,
     wait_state,
 )
-from worker import build_worker, workflow_runner
-from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS, WORKFLOWS, RunDefinitionWorkflow
+from worker import build_worker
+from workflows.generic import ENGINE_LEVEL, PATCH_LEVELS, RunDefinitionWorkflow
 from workflows.search_attributes import CURRENT_STEP
 
 PATCH_MARKER = "core_patch"
@@ -148,12 +147,7 @@ async def test_a_run_of_this_generation_behaves_the_same_without_a_patch_marker(
     assert _change_version_upserts(levelled_history) == []
     assert len(levelled_history) == len(asked_history) - 2 * len(asked_patches)
 
-    replayer = Replayer(
-        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
-    )
-    for handle in (asked, levelled):
-        outcome = await replay(replayer, await handle.fetch_history())
-        assert outcome.replay_failure is None, repr(outcome.replay_failure)
+    await replays_as_recorded(asked, levelled)
 
 
 async def _task_failure(handle: Handle) -> str:

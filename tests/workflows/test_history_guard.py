@@ -16,24 +16,21 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 import interpreter.engine
 from interpreter.state import RunState
 from tests.workflows.support import (
-    Handle,
     compensated_echo,
     definition,
     events,
-    replay,
+    replays_as_recorded,
     start,
     status,
     unique,
 )
-from worker import workflow_runner
-from workflows.generic import ENGINE_LEVEL, WORKFLOWS
+from workflows.generic import ENGINE_LEVEL
 
 GUARD = 150
 """The lowered guard, in events."""
@@ -85,14 +82,6 @@ def _guard_markers(history: list[Any]) -> list[Any]:
     ]
 
 
-async def _replays(handle: Handle) -> None:
-    replayer = Replayer(
-        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
-    )
-    outcome = await replay(replayer, await handle.fetch_history())
-    assert outcome.replay_failure is None, repr(outcome.replay_failure)
-
-
 @pytest.mark.parametrize("level", [0, ENGINE_LEVEL])
 async def test_a_loop_in_a_parallel_branch_stops_at_the_guard_and_compensates(
     client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch, level: int
@@ -121,7 +110,7 @@ async def test_a_loop_in_a_parallel_branch_stops_at_the_guard_and_compensates(
     assert len(history) < GUARD + 40  # stopped at the guard, not at Temporal's limit
     # Generation 0 asked the patch where it mattered (one marker); this build's generation did not.
     assert len(_guard_markers(history)) == (1 if level == 0 else 0)
-    await _replays(handle)
+    await replays_as_recorded(handle)
 
 
 async def test_a_run_recorded_before_the_guard_replays_as_it_went_on(
@@ -139,4 +128,4 @@ async def test_a_run_recorded_before_the_guard_replays_as_it_went_on(
     assert _guard_markers(history) == []
 
     monkeypatch.setattr(interpreter.engine, "HISTORY_GUARD_EVENTS", GUARD)
-    await _replays(handle)
+    await replays_as_recorded(handle)

@@ -16,7 +16,7 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from interpreter.state import (
     ResultSteps,
@@ -28,9 +28,8 @@ from interpreter.state import (
     StepStatus,
 )
 from interpreter.validate import load_definition
-from tests.workflows.support import Handle, events, failure_of, replay, status, unique
-from worker import workflow_runner
-from workflows.generic import WORKFLOWS, RunDefinitionWorkflow
+from tests.workflows.support import Handle, events, failure_of, replays_as_recorded, status, unique
+from workflows.generic import RunDefinitionWorkflow
 
 
 def _document(fail_last: bool = False) -> dict[str, Any]:
@@ -67,14 +66,6 @@ async def _payloads(handle: Handle) -> tuple[dict[str, Any], bytes]:
     return json.loads(run_input), result
 
 
-async def _replays(client: Client, handle: Handle) -> None:
-    replayer = Replayer(
-        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
-    )
-    outcome = await replay(replayer, await handle.fetch_history())
-    assert outcome.replay_failure is None, repr(outcome.replay_failure)
-
-
 async def test_a_run_that_does_not_name_the_option_returns_every_field_as_before(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
@@ -107,7 +98,7 @@ async def test_compact_reads_back_as_the_same_records_and_is_smaller(
     assert [r.status for r in result.steps] == [StepStatus.COMPLETED, StepStatus.COMPLETED]
     full = RunResult.model_validate_json(raw)
     assert len(raw) < len(full.model_dump_json())
-    await _replays(client, handle)
+    await replays_as_recorded(handle)
 
 
 async def test_none_returns_no_records_and_the_status_query_still_has_them(
@@ -122,7 +113,7 @@ async def test_none_returns_no_records_and_the_status_query_still_has_them(
     assert json.loads(raw) == {"state": "completed", "output": "7-one-two"}
     closed = await status(handle)  # the run is closed: the worker replays it to answer
     assert [(r.path, r.output) for r in closed.steps] == [("one", "7-one"), ("two", "7-one-two")]
-    await _replays(client, handle)
+    await replays_as_recorded(handle)
 
 
 async def test_a_failed_run_keeps_its_records_in_the_error_details_under_none(
@@ -137,7 +128,7 @@ async def test_a_failed_run_keeps_its_records_in_the_error_details_under_none(
         ("two", StepStatus.FAILED),
     ]
     assert details.steps[1].error_type == "Broken"
-    await _replays(client, handle)
+    await replays_as_recorded(handle)
 
 
 def test_shaped_results_read_back_as_the_same_values() -> None:
