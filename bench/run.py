@@ -379,7 +379,13 @@ A_SB = Variant(
 A_FULL = Variant("A-full", "generic, input with the full definition dump", True, full_definition=True)
 A_RF = Variant("A-rf", "generic, result_steps=full", True, result_steps=ResultSteps.FULL)
 A_RN = Variant("A-rn", "generic, result_steps=none", True, result_steps=ResultSteps.NONE)
-A_G0 = Variant("A-g0", "generic, engine_level=0 (patch markers, as before)", True, engine_level=0)
+A_G0 = Variant(
+    "A-g0",
+    "generic, engine_level=0 (patch markers, as before)",
+    True,
+    engine_level=0,
+    result_steps=ResultSteps.FULL,  # what a client at generation 0 asks for by default
+)
 A_XS = Variant(
     "A-xs", "generic, run input by reference (WFA_PAYLOAD_STORE_RUN_INPUT)", True, run_input_ref=True
 )

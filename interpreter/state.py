@@ -526,7 +526,7 @@ class RunInput(BaseModel):
         run of an earlier generation (which a worker of an earlier build may run, or replay) keeps
         the shape it always had, so its payload sizes, and the decisions taken on them, are the
         same on replay. The defaults are part of the wire format from then on: changing one
-        changes what those runs' inputs mean (``tests/interpreter/test_run_input_shape.py``)."""
+        changes what those runs' inputs mean (``tests/workflows/test_compact_run_input.py``)."""
         data: dict[str, Any] = handler(self)
         if not info.mode_is_json() or self.options.engine_level < COMPACT_RUN_INPUT_LEVEL:
             return data

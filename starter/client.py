@@ -601,10 +601,19 @@ class FlowClient:
         any change it has. During a rollout whose new build is not yet what every worker runs, set it
         to the generation the older workers know (0: every change asked through
         ``workflow.patched``, as before the generations; what a build from before them can run)."""
-        self.result_steps = result_steps_from_env(self.engine_level)
+        self._result_steps = result_steps_named_by_env()
+
+    @property
+    def result_steps(self) -> ResultSteps:
         """What the results of runs started here carry of their step records
-        (:attr:`RunOptions.result_steps`; default ``$WFA_RESULT_STEPS``, else ``compact`` at
-        generation 24 or above, ``full`` below); :meth:`start_run` takes another per run."""
+        (:attr:`RunOptions.result_steps`; default ``$WFA_RESULT_STEPS``, else
+        :func:`default_result_steps` of :attr:`engine_level` as it is when a run starts: ``compact``
+        at generation 24 or above, ``full`` below); :meth:`start_run` takes another per run."""
+        return self._result_steps or default_result_steps(self.engine_level)
+
+    @result_steps.setter
+    def result_steps(self, value: ResultSteps) -> None:
+        self._result_steps = value
 
     @classmethod
     async def connect(
@@ -2077,17 +2086,31 @@ RESULT_STEPS_ENV = "WFA_RESULT_STEPS"
 
 def result_steps_from_env(engine_level: int = ENGINE_LEVEL) -> ResultSteps:
     """What the results of a client's runs carry of their step records: ``$WFA_RESULT_STEPS``
-    (``full``, ``compact`` or ``none``), else ``compact`` for runs started at generation
-    :data:`interpreter.state.COMPACT_RUN_INPUT_LEVEL` or above (the same records without the fields
-    that hold their default: read back, the same result, about 190 bytes fewer in the history of
-    a 5-step run), ``full`` below (what a worker of an earlier build returned by default).
+    (``full``, ``compact`` or ``none``), else :func:`default_result_steps` of ``engine_level``.
+
+    Raises:
+        InvalidInputError: Another value (the message names the variable and the values).
+    """
+    return result_steps_named_by_env() or default_result_steps(engine_level)
+
+
+def default_result_steps(engine_level: int) -> ResultSteps:
+    """``compact`` for runs started at generation :data:`interpreter.state.COMPACT_RUN_INPUT_LEVEL`
+    or above (the same records without the fields that hold their default: read back, the same
+    result, about 190 bytes fewer in the history of a 5-step run), ``full`` below (what a client
+    of an earlier build asked for by default)."""
+    return ResultSteps.COMPACT if engine_level >= COMPACT_RUN_INPUT_LEVEL else ResultSteps.FULL
+
+
+def result_steps_named_by_env() -> ResultSteps | None:
+    """``$WFA_RESULT_STEPS``, or None when it is unset or blank.
 
     Raises:
         InvalidInputError: Another value (the message names the variable and the values).
     """
     text = os.environ.get(RESULT_STEPS_ENV, "").strip()
     if not text:
-        return ResultSteps.COMPACT if engine_level >= COMPACT_RUN_INPUT_LEVEL else ResultSteps.FULL
+        return None
     try:
         return ResultSteps(text)
     except ValueError:

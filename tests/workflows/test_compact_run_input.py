@@ -164,6 +164,24 @@ def test_clients_return_compact_results_by_default_from_the_generation_on(
     assert result_steps_from_env() == ResultSteps.FULL
 
 
+def test_a_client_s_default_follows_its_generation_as_it_is_set(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WFA_RESULT_STEPS", raising=False)
+    monkeypatch.setenv("WFA_ENGINE_LEVEL", str(COMPACT_RUN_INPUT_LEVEL - 1))
+    flows = FlowClient(client)
+    assert flows.result_steps == ResultSteps.FULL
+    flows.engine_level = COMPACT_RUN_INPUT_LEVEL
+    assert flows.result_steps == ResultSteps.COMPACT
+    flows.engine_level = 0
+    assert flows.result_steps == ResultSteps.FULL
+    flows.result_steps = ResultSteps.NONE  # named: whatever the generation
+    flows.engine_level = ENGINE_LEVEL
+    assert flows.result_steps == ResultSteps.NONE
+    monkeypatch.setenv("WFA_RESULT_STEPS", "full")
+    assert FlowClient(client).result_steps == ResultSteps.FULL
+
+
 async def _recorded(handle: Handle) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's input and its result, as their payloads hold them."""
     started = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
@@ -184,8 +202,8 @@ async def test_a_run_a_client_starts_records_the_shape_of_its_generation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("WFA_RESULT_STEPS", raising=False)
-    monkeypatch.setenv("WFA_ENGINE_LEVEL", str(level))
     flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
+    flows.engine_level = level  # as a rollout sets it on a client already made (found by a review)
     started = await flows.start_run(_document(), {"n": 7})
     handle = client.get_workflow_handle(started.workflow_id)
     result = await flows.result(started.workflow_id, timeout=60)
