@@ -522,7 +522,7 @@ class RunInput(BaseModel):
     ) -> dict[str, Any]:
         """At generation :data:`COMPACT_RUN_INPUT_LEVEL` or later, the input as it travels in a
         payload leaves out the options that hold their default and a ``continuation`` of None
-        (about 170 bytes of every run's history). Reading it back fills the same defaults in; a
+        (130 bytes of the 5-step benchmark run's history). Reading it back fills the same defaults in; a
         run of an earlier generation (which a worker of an earlier build may run, or replay) keeps
         the shape it always had, so its payload sizes, and the decisions taken on them, are the
         same on replay. The defaults are part of the wire format from then on: changing one
