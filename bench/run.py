@@ -68,8 +68,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
 from bench.proto_coalesce import CoalescedRunDefinitionWorkflow  # noqa: E402
 from bench.proto_sandboxed import SandboxedRunDefinitionWorkflow  # noqa: E402
-from interpreter.state import COMPACT_RUN_INPUT_LEVEL, ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
+from interpreter.state import ResultSteps, RunInput, RunOptions, RunResult, RunState  # noqa: E402
 from interpreter.validate import definition_hash, load_definition  # noqa: E402
+from starter.client import default_result_steps  # noqa: E402
 from starter.codec import data_converter  # noqa: E402
 from starter.payload_store import RUN_INPUT_ENV, STORE_ENV  # noqa: E402
 from workflows.generic import ENGINE_LEVEL, WORKFLOW_NAME, RunDefinitionWorkflow  # noqa: E402
@@ -344,6 +345,10 @@ def print_spy(spy_dir: Path, variants: list[Variant], results: list[Measurement]
 # ------------------------------------------------------------------------------------------ variants
 
 
+CLIENT_RESULT_STEPS = default_result_steps(ENGINE_LEVEL)
+"""What ``FlowClient`` at this build's generation asks results to carry, unless told otherwise."""
+
+
 @dataclass(frozen=True)
 class Variant:
     key: str
@@ -354,9 +359,7 @@ class Variant:
     full_definition: bool = False  # the run input as starters sent it before the compact form
     # RunOptions.result_steps: FlowClient's default without WFA_RESULT_STEPS (compact from
     # generation 24; FULL: left out of the input).
-    result_steps: ResultSteps = (
-        ResultSteps.COMPACT if ENGINE_LEVEL >= COMPACT_RUN_INPUT_LEVEL else ResultSteps.FULL
-    )
+    result_steps: ResultSteps = CLIENT_RESULT_STEPS
     # RunOptions.engine_level: FlowClient starts runs at the build's generation (no patch markers);
     # 0 is how runs were started before the generations (every patch asked: markers).
     engine_level: int = ENGINE_LEVEL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -227,6 +228,16 @@ async def replay(replayer: Replayer, history: WorkflowHistory) -> WorkflowReplay
         if result.replay_failure is None or "[TMPRL1101]" not in str(result.replay_failure):
             return result
     return await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+
+async def recorded_input_and_result(handle: Handle) -> tuple[dict[str, Any], bytes]:
+    """The run's input as its started event holds it (parsed), and its result payload as its
+    completed event holds it."""
+    started = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+    completed = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED)
+    run_input = started[0].workflow_execution_started_event_attributes.input.payloads[0].data
+    result = completed[0].workflow_execution_completed_event_attributes.result.payloads[0].data
+    return json.loads(run_input), result
 
 
 async def replays_as_recorded(*handles: WorkflowHandle[Any, Any]) -> None:

@@ -31,11 +31,10 @@ from interpreter.state import (
 from interpreter.validate import load_definition
 from starter.client import FlowClient, result_steps_from_env
 from tests.workflows.support import (
-    Handle,
     chain_events,
     counting_loop,
     definition,
-    events,
+    recorded_input_and_result,
     replays_as_recorded,
     start,
     status,
@@ -182,15 +181,6 @@ def test_a_client_s_default_follows_its_generation_as_it_is_set(
     assert FlowClient(client).result_steps == ResultSteps.FULL
 
 
-async def _recorded(handle: Handle) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run's input and its result, as their payloads hold them."""
-    started = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
-    completed = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED)
-    run_input = started[0].workflow_execution_started_event_attributes.input.payloads[0].data
-    result = completed[0].workflow_execution_completed_event_attributes.result.payloads[0].data
-    return json.loads(run_input), json.loads(result)
-
-
 @pytest.mark.parametrize("level", [ENGINE_LEVEL, COMPACT_RUN_INPUT_LEVEL - 1])
 async def test_a_run_a_client_starts_records_the_shape_of_its_generation(
     level: int,
@@ -211,7 +201,8 @@ async def test_a_run_a_client_starts_records_the_shape_of_its_generation(
     assert result.output == "7-one-two"
     assert [r.path for r in result.steps] == ["one", "two"]
     assert result.steps == (await status(handle)).steps  # the records read back whole
-    run_input, recorded = await _recorded(handle)
+    run_input, raw = await recorded_input_and_result(handle)
+    recorded = json.loads(raw)
     options = run_input["options"]
     assert options["tenant"] == tenant
     assert options["publish_assignees"] is True

@@ -13,7 +13,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -28,7 +27,14 @@ from interpreter.state import (
     StepStatus,
 )
 from interpreter.validate import load_definition
-from tests.workflows.support import Handle, events, failure_of, replays_as_recorded, status, unique
+from tests.workflows.support import (
+    Handle,
+    failure_of,
+    recorded_input_and_result,
+    replays_as_recorded,
+    status,
+    unique,
+)
 from workflows.generic import RunDefinitionWorkflow
 
 
@@ -57,15 +63,6 @@ async def _start(client: Client, task_queue: str, document: dict[str, Any], **op
     )
 
 
-async def _payloads(handle: Handle) -> tuple[dict[str, Any], bytes]:
-    """The run's input as recorded, and its completion's result payload as recorded."""
-    started = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
-    completed = await events(handle, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED)
-    run_input = started[0].workflow_execution_started_event_attributes.input.payloads[0].data
-    result = completed[0].workflow_execution_completed_event_attributes.result.payloads[0].data
-    return json.loads(run_input), result
-
-
 async def test_a_run_that_does_not_name_the_option_returns_every_field_as_before(
     client: Client, task_queue: str, worker: Worker
 ) -> None:
@@ -73,7 +70,7 @@ async def test_a_run_that_does_not_name_the_option_returns_every_field_as_before
     result = await handle.result()
     assert result.output == "7-one-two"
     assert [r.path for r in result.steps] == ["one", "two"]
-    run_input, raw = await _payloads(handle)
+    run_input, raw = await recorded_input_and_result(handle)
     assert "result_steps" not in run_input["options"]  # the input of a run started before the option
     recorded = json.loads(raw)
     assert recorded["error"] is None
@@ -88,7 +85,7 @@ async def test_compact_reads_back_as_the_same_records_and_is_smaller(
     handle = await _start(client, task_queue, _document(), result_steps=ResultSteps.COMPACT)
     result = await handle.result()
     assert result.output == "7-one-two"
-    run_input, raw = await _payloads(handle)
+    run_input, raw = await recorded_input_and_result(handle)
     assert run_input["options"]["result_steps"] == "compact"
     recorded = json.loads(raw)
     assert "error" not in recorded
@@ -109,7 +106,7 @@ async def test_none_returns_no_records_and_the_status_query_still_has_them(
     assert result.state == RunState.COMPLETED
     assert result.output == "7-one-two"
     assert result.steps == []
-    _, raw = await _payloads(handle)
+    _, raw = await recorded_input_and_result(handle)
     assert json.loads(raw) == {"state": "completed", "output": "7-one-two"}
     closed = await status(handle)  # the run is closed: the worker replays it to answer
     assert [(r.path, r.output) for r in closed.steps] == [("one", "7-one"), ("two", "7-one-two")]
