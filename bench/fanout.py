@@ -15,6 +15,13 @@ rounds, B first in even ones, so a drift in the machine's load favours neither):
 * **B**: :mod:`bench.fanout_baseline`, a hand-written parent and child workflow making the same
   activity calls in the same batches with the same concurrency split.
 
+Before every run the benchmark waits ``--settle`` seconds (default 40: the calls' 30 s
+``start_to_close`` plus the 10 s workflow task timeout), so the timers the previous run left on the
+server (one per activity and per workflow task, firing after the run has ended) have fired before
+the next run starts. The dev server handles those timers on the one connection of its in-memory
+store, and without the pause whichever variant ran second paid for the first one's (measured: the
+server's ``GetTimerTasks`` rose from 1.5 ms to 41 ms a call over three rounds without it).
+
 Before the rounds, one uncounted warm-up run of each at ``--warmup-items``. Reported per variant:
 items/s (items / wall seconds from start to result, as the client sees it) and this process's CPU
 seconds per 1,000 items (worker and client; the dev server is a separate process), medians over the
@@ -130,6 +137,7 @@ async def main(args: argparse.Namespace) -> int:
         "items": args.items,
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
+        "settle_s": args.settle,
         "load_before": os.getloadavg(),
         "rounds": [],
     }
@@ -160,6 +168,7 @@ async def main(args: argparse.Namespace) -> int:
                 # A B, then B A, ...: a drift in the machine's load favours neither variant.
                 order = list(runners.items()) if r % 2 == 0 else list(reversed(runners.items()))
                 for name, runner in order:
+                    await asyncio.sleep(args.settle)
                     cpu = _cpu()
                     seconds = await runner(env.client, task_queue, items, args.batch_size, args.concurrency)
                     cpu = _cpu() - cpu
@@ -201,6 +210,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup-items", type=int, default=1000)
+    parser.add_argument(
+        "--settle", type=float, default=40.0, help="seconds to wait before every counted run (timers fire)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-bytecode-cache", action="store_true", help="keep the inherited environment")
     return parser.parse_args(argv)
