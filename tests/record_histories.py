@@ -75,6 +75,7 @@ class Scenario:
     named: bool = False  # started under the definition's name (the dynamic workflow), not RunDefinition
     options: dict[str, Any] | RunOptions | None = None  # RunOptions (or its fields: a dry run)
     publish: Publisher | None = None  # what a publisher of events does while the run is open
+    child: str | None = None  # also record this child's history (its id after the run's and "/")
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -1517,6 +1518,23 @@ def scenarios() -> list[Scenario]:
             options={"engine_level": 19},
         ),
         Scenario(
+            "foreach_fan_out_slice_results",
+            "foreach_fan_out at interpreter generation 25 (patch slice-results-output): each child"
+            " returns its output alone, without its step records, and no marker",
+            _fan_out,
+            {"label": "x", "items": [1, 2, 3, 4, 5, 6, 7]},
+            options={"engine_level": 25},
+            child="loop/batch-1",
+        ),
+        Scenario(
+            "foreach_fan_out_slice_results_asked",
+            "foreach_fan_out started by a raw client (generation 0) on a build of generation 25: each"
+            " child asks patch slice-results-output (a marker) and returns its output alone",
+            _fan_out,
+            {"label": "x", "items": [1, 2, 3, 4, 5, 6, 7]},
+            child="loop/batch-1",
+        ),
+        Scenario(
             "subflows_history_guard",
             "a detached subflow, then a waited-for one, at interpreter generation 20 (patches"
             " history-guard-subflows and child-send-pacing): the run holds room for each resolved"
@@ -1652,6 +1670,18 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
         "history": without_stack_traces(json.loads(history.to_json())),
     }
     (out / f"{scenario.name}.json").write_text(json.dumps(body, indent=1) + "\n")
+    if scenario.child is not None:  # replayed too: tests/workflows/test_replay.py globs every file
+        child = client.get_workflow_handle(f"{workflow_id}/{scenario.child}")
+        body = {
+            "name": f"{scenario.name}_child",
+            "description": f"{scenario.description} (its child {scenario.child})",
+            "workflow_id": child.id,
+            "definition": document,
+            "input": {},
+            "outcome": str((await _status(child)).state),
+            "history": without_stack_traces(json.loads((await child.fetch_history()).to_json())),
+        }
+        (out / f"{scenario.name}_child.json").write_text(json.dumps(body, indent=1) + "\n")
     return str(outcome)
 
 
