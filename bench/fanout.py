@@ -8,7 +8,8 @@ Starts its own dev server (in memory) and one worker in this process serving the
 baseline. Each round runs, one after the other on the same server and worker (A first in odd
 rounds, B first in even ones, so a drift in the machine's load favours neither):
 
-* **A**: the product's generic workflow on a definition with one ``foreach`` over ``input.items``
+* **A**: the product's generic workflow, started as ``FlowClient`` starts a run (this build's
+  generation, its default result shape), on a definition with one ``foreach`` over ``input.items``
   (one ``echo`` task per item, its output the item), ``batch_size`` items per child workflow
   and ``concurrency`` items in flight across children (it fans out: the list is longer than
   ``fan_out_above``);
@@ -50,11 +51,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bench.fanout_baseline import PARENT_WORKFLOW_NAME, FanoutChild, FanoutParent
-from interpreter.state import RunInput, RunState
+from interpreter.state import RunInput, RunOptions, RunState
 from interpreter.validate import load_definition
+from starter.client import default_result_steps
 from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
 from worker import build_worker
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 from workflows.search_attributes import ALL_KEYS
 
 
@@ -90,6 +92,8 @@ async def run_a(
     run = RunInput(
         definition=load_definition(definition_data(len(items), batch_size, concurrency)),
         input={"items": items},
+        # As FlowClient starts a run: at this build's generation, its default result shape.
+        options=RunOptions(engine_level=ENGINE_LEVEL, result_steps=default_result_steps(ENGINE_LEVEL)),
     )
     began = time.monotonic()
     handle = await client.start_workflow(
