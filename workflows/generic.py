@@ -319,13 +319,11 @@ the activity's input carries the bound (``SubflowLookup.max_bytes``), which a wo
 build would refuse."""
 PATCH_SLICE_RESULTS_OUTPUT = "slice-results-output"
 """Patch id: a fan-out slice (a child run of a fanned-out ``foreach``) returns its output alone,
-without its step records (as ``RunOptions.result_steps`` ``none`` would; a failed slice's error still
-carries them): its parent reads only the output, and each record carried its item's output a
-second time. The slice's own history, its ``status`` query and the Web UI still show every step;
-the subflows it starts return what they did. Before, a 10,000-item fan-out of the
-``echo`` benchmark put about 2.7 MB of step records into its parent's history (1.47 MB for 5,000
-items, measured; now the outputs alone), as much again into its children's, counted against the
-room the parent holds for each child and written by the server at every completion. Decided by
+without its step records (as ``RunOptions.result_steps`` ``none`` would; a failed slice's error is
+as before): its parent reads only the output, and each record carried its item's output a second
+time, in the slice's completion and again in the parent's history, counted against the room the
+parent holds for each child. The slice's own history and its ``status`` query (answered by a
+worker) still show every step; the subflows it starts return what they did. Decided by
 the slice when it completes (its result is not compared on replay), asked in slices of runs started
 before its generation (a marker), so one recorded before replays as recorded."""
 PATCH_CHILD_SEND_PACING = "child-send-pacing"
