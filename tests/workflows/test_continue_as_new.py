@@ -34,6 +34,7 @@ from tests.workflows.support import (
     definition,
     eventually,
     failure_of,
+    recorded_input_and_result,
     replay,
     start,
     status,
@@ -1126,6 +1127,12 @@ async def test_the_children_of_a_fanned_out_foreach_continue_as_new_between_thei
         assert WorkflowExecutionStatus.TERMINATED not in [s for _, s in runs]
         scheduled += await _scheduled(limited_client, child, runs)
         assert await _replay_chain(limited_client, child) == len(runs)
+        # The chain's last run returns the slice's output alone (patch slice-results-output).
+        _, raw = await recorded_input_and_result(limited_client.get_workflow_handle(child))
+        assert json.loads(raw) == {
+            "state": "completed",
+            "output": {"results": result.output["each"][15 * k : 15 * k + 15]},
+        }
     assert continued >= 2
     assert len(scheduled) == len(set(scheduled)) == 30 * 5
 
