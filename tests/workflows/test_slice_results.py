@@ -20,9 +20,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from interpreter.state import RunResult, RunState
+from tests.record_histories import _fan_out
 from tests.workflows.support import (
-    definition,
     events,
+    record,
     recorded_input_and_result,
     replays_as_recorded,
     start,
@@ -35,24 +36,8 @@ LEVEL = PATCH_LEVELS[PATCH_SLICE_RESULTS_OUTPUT]
 
 
 def _document() -> dict[str, Any]:
-    return definition(
-        unique("slice-results"),
-        [
-            {
-                "id": "loop",
-                "type": "foreach",
-                "items": "input.items",
-                "concurrency": 2,
-                "fan_out_above": 3,
-                "batch_size": 3,
-                "steps": [
-                    {"id": "e", "type": "task", "action": "echo", "input": {"value": "{{ item * 10 }}"}}
-                ],
-                "output": "{{ steps.e.output }}",
-            }
-        ],
-        output="{{ steps.loop.output }}",
-    )
+    """The fan-out the replay histories record (7 items in slices of 3), under a name of its own."""
+    return {**_fan_out(""), "name": unique("slice-results")}
 
 
 def test_the_patch_is_of_this_generation() -> None:
@@ -63,17 +48,16 @@ def test_the_patch_is_of_this_generation() -> None:
 async def test_a_slice_returns_its_output_alone_from_generation_25(
     level: int, client: Client, task_queue: str, worker: Worker
 ) -> None:
-    handle = await start(
-        client, task_queue, _document(), {"items": [1, 2, 3, 4, 5, 6, 7]}, engine_level=level
-    )
+    run_input = {"label": "x", "items": [1, 2, 3, 4, 5, 6, 7]}
+    handle = await start(client, task_queue, _document(), run_input, engine_level=level)
     result: RunResult = await handle.result()
     assert result.state == RunState.COMPLETED
-    assert result.output == [10, 20, 30, 40, 50, 60, 70]
+    assert record(result, "loop").output == [2, 5, 8, 11, 14, 17, 20]  # 2 * item + index
 
     slice_ = client.get_workflow_handle(f"{handle.id}/loop/batch-1")
     _, raw = await recorded_input_and_result(slice_)
     recorded = json.loads(raw)
-    assert recorded["output"] == {"results": [40, 50, 60]}
+    assert recorded["output"] == {"results": [11, 14, 17]}
     markers = await events(slice_, EventType.EVENT_TYPE_MARKER_RECORDED)
     asked = any(PATCH_SLICE_RESULTS_OUTPUT.encode() in e.SerializeToString() for e in markers)
     assert "steps" not in recorded
@@ -87,5 +71,9 @@ async def test_a_slice_returns_its_output_alone_from_generation_25(
     assert len(results) == 3
     assert all(r == {"state": "completed", "output": {"results": r["output"]["results"]}} for r in results)
     # The slice still shows every step it ran.
-    assert [r.path for r in (await status(slice_)).steps] == ["loop[3].e", "loop[4].e", "loop[5].e"]
+    assert [r.path for r in (await status(slice_)).steps] == [
+        "loop[3].double",
+        "loop[4].double",
+        "loop[5].double",
+    ]
     await replays_as_recorded(handle, slice_)
