@@ -1658,31 +1658,36 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
         await scenario.publish(handle, FlowClient(client, task_queue=task_queue))
     with contextlib.suppress(WorkflowFailureError):  # failed or cancelled runs are recorded as they are
         await handle.result()
-    outcome = (await _status(handle)).state
-    history = await handle.fetch_history()
-    body = {
-        "name": scenario.name,
-        "description": scenario.description,
-        "workflow_id": workflow_id,
-        "definition": document,
-        "input": run_input,
-        "outcome": str(outcome),
-        "history": without_stack_traces(json.loads(history.to_json())),
-    }
-    (out / f"{scenario.name}.json").write_text(json.dumps(body, indent=1) + "\n")
+    outcome = await _write(out, scenario.name, scenario.description, handle, document, run_input)
     if scenario.child is not None:  # replayed too: tests/workflows/test_replay.py globs every file
         child = client.get_workflow_handle(f"{workflow_id}/{scenario.child}")
-        body = {
-            "name": f"{scenario.name}_child",
-            "description": f"{scenario.description} (its child {scenario.child})",
-            "workflow_id": child.id,
-            "definition": document,
-            "input": {},
-            "outcome": str((await _status(child)).state),
-            "history": without_stack_traces(json.loads((await child.fetch_history()).to_json())),
-        }
-        (out / f"{scenario.name}_child.json").write_text(json.dumps(body, indent=1) + "\n")
-    return str(outcome)
+        description = f"{scenario.description} (its child {scenario.child})"
+        await _write(out, f"{scenario.name}_child", description, child, document, {})
+    return outcome
+
+
+async def _write(
+    out: Path,
+    name: str,
+    description: str,
+    handle: WorkflowHandle[Any, Any],
+    document: dict[str, Any],
+    run_input: dict[str, Any],
+) -> str:
+    """Writes ``<name>.json``: the run's history as it ended, with what it ran; returns its state."""
+    outcome = str((await _status(handle)).state)
+    history = await handle.fetch_history()
+    body = {
+        "name": name,
+        "description": description,
+        "workflow_id": handle.id,
+        "definition": document,
+        "input": run_input,
+        "outcome": outcome,
+        "history": without_stack_traces(json.loads(history.to_json())),
+    }
+    (out / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+    return outcome
 
 
 async def main(argv: list[str] | None = None) -> int:
