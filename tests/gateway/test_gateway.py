@@ -595,3 +595,46 @@ def test_an_unknown_interpreter_generation_stops_the_gateway_at_start(
     err = capsys.readouterr().err
     assert "WFA_ENGINE_LEVEL" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"WFA_PAYLOAD_STORE_RUN_INPUT": "bogus"}, "WFA_PAYLOAD_STORE_RUN_INPUT"),
+        ({"WFA_PAYLOAD_STORE_RUN_INPUT": "always"}, "WFA_PAYLOAD_STORE is not set"),
+        ({"WFA_PAYLOAD_STORE": "bogus"}, "WFA_PAYLOAD_STORE"),
+        (
+            {"WFA_PAYLOAD_STORE": "fs:/tmp/x", "WFA_PAYLOAD_STORE_THRESHOLD": "abc"},
+            "WFA_PAYLOAD_STORE_THRESHOLD",
+        ),
+        ({"WFA_PAYLOAD_KEYS": "not-a-key"}, "WFA_PAYLOAD_KEYS"),
+    ],
+    ids=["run-input-unknown", "run-input-always-without-store", "store-unknown", "threshold", "keys"],
+)
+def test_bad_payload_settings_stop_the_gateway_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: dict[str, str], named: str
+) -> None:
+    """The payload store's and keys' settings are checked when the gateway starts (exit 2, naming
+    the variable), as the worker and ``wfa`` check them, not when a tenant's first request makes
+    its client (found by a review: the gateway served with any of these and failed later)."""
+    from gateway.config import GatewayConfig
+    from gateway.serve import serve
+
+    for variable in (
+        "WFA_PAYLOAD_STORE",
+        "WFA_PAYLOAD_STORE_RUN_INPUT",
+        "WFA_PAYLOAD_KEYS",
+        "WFA_CODEC_TOKENS",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
+
+    def started(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"the gateway started serving with {settings}")
+
+    monkeypatch.setattr("uvicorn.run", started)
+    assert serve(config=GatewayConfig.from_env({})) == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert "Traceback" not in err
