@@ -55,7 +55,8 @@ Configuration comes from the environment:
   ``OTEL_EXPORTER_OTLP_ENDPOINT``: OTLP/HTTP traces (:mod:`starter.telemetry`).
 
 SIGTERM or SIGINT stops polling and lets in-flight activities finish (up to
-``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits.
+``WORKER_SHUTDOWN_GRACE_S``, default 30 s) before the process exits (exit 0). A worker the server
+stops serving (its polls refused) ends the process with exit 1 (:func:`run_workers`).
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -318,10 +320,35 @@ def cached_runs_from_env(environ: Mapping[str, str], memory: int | None = None) 
     return int(raw)
 
 
+SHUTDOWN_GRACE_ENV = "WORKER_SHUTDOWN_GRACE_S"
+"""How long SIGTERM/SIGINT lets in-flight activities finish, in seconds (default 30)."""
+MAX_SHUTDOWN_GRACE_S = 86_400
+
+
+def shutdown_grace_from_env(environ: Mapping[str, str]) -> timedelta:
+    """``WORKER_SHUTDOWN_GRACE_S``: seconds, from 0 to a day (default 30).
+
+    Raises:
+        ValueError: Not a number of seconds in that range (the message names the variable).
+    """
+    raw = environ.get(SHUTDOWN_GRACE_ENV, "").strip() or "30"
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_SHUTDOWN_GRACE_S:  # also NaN
+        raise ValueError(
+            f"{SHUTDOWN_GRACE_ENV} must be a number of seconds from 0 to {MAX_SHUTDOWN_GRACE_S}, not {raw[:40]!r}"
+        )
+    return timedelta(seconds=seconds)
+
+
 DEPLOYMENT_NAME_ENV = "WFA_DEPLOYMENT_NAME"
 """Worker Deployment Versioning: the deployment this worker belongs to (with ``WFA_BUILD_ID``)."""
 BUILD_ID_ENV = "WFA_BUILD_ID"
 """Worker Deployment Versioning: this worker's build id (the version of the interpreter it runs)."""
+MAX_DEPLOYMENT_ID_LENGTH = 255
+"""The longest deployment name or build id taken (the server's bound depends on its id length limit)."""
 
 
 def deployment_from_env(environ: Mapping[str, str]) -> WorkerDeploymentVersion | None:
@@ -329,7 +356,7 @@ def deployment_from_env(environ: Mapping[str, str]) -> WorkerDeploymentVersion |
     neither; None: an unversioned worker).
 
     Raises:
-        ValueError: Only one of the two is set.
+        ValueError: Only one of the two is set, or one breaks Temporal's rules for them.
     """
     name = environ.get(DEPLOYMENT_NAME_ENV, "").strip()
     build = environ.get(BUILD_ID_ENV, "").strip()
@@ -337,6 +364,18 @@ def deployment_from_env(environ: Mapping[str, str]) -> WorkerDeploymentVersion |
         return None
     if not name or not build:
         raise ValueError(f"set both {DEPLOYMENT_NAME_ENV} and {BUILD_ID_ENV} (or neither)")
+    # Temporal's own rules, refused here rather than by the server's answer to the first poll (the
+    # SDK then stops polling, and the process would wait for a shutdown that never ends).
+    for variable, value in ((DEPLOYMENT_NAME_ENV, name), (BUILD_ID_ENV, build)):
+        if len(value) > MAX_DEPLOYMENT_ID_LENGTH or value.startswith("__"):
+            raise ValueError(
+                f"{variable} must be at most {MAX_DEPLOYMENT_ID_LENGTH} characters and not start with '__',"
+                f" not {value[:40]!r}"
+            )
+    if "." in name or ":" in name:
+        raise ValueError(
+            f"{DEPLOYMENT_NAME_ENV} cannot contain '.' or ':' (Temporal's rule), not {name[:40]!r}"
+        )
     return WorkerDeploymentVersion(deployment_name=name, build_id=build)
 
 
@@ -354,6 +393,7 @@ def build_worker(
     deployment: WorkerDeploymentVersion | None = None,
     max_cached_workflows: int | None = None,
     max_concurrent_workflow_tasks: int | None = None,
+    on_fatal_error: Callable[[BaseException], Awaitable[None]] | None = None,
 ) -> Worker:
     """Builds a worker for the generic workflow and all actions.
 
@@ -378,6 +418,8 @@ def build_worker(
             replayed from its history at its next task.
         max_concurrent_workflow_tasks: Workflow tasks run at once (None:
             :func:`default_workflow_task_slots`).
+        on_fatal_error: Called when the worker fails and stops polling (the server refuses its
+            polls): ``worker.py`` then stops the process (:func:`run_workers`).
     """
     versioning = (
         None
@@ -412,6 +454,7 @@ def build_worker(
             default_cached_runs(memory_limit()) if max_cached_workflows is None else max_cached_workflows
         ),
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks or default_workflow_task_slots(),
+        on_fatal_error=on_fatal_error,
     )
     return tolerate_slow_activations(worker)
 
@@ -460,8 +503,8 @@ async def main() -> int:
         level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     task_queue = os.environ.get("TEMPORAL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
-    grace = timedelta(seconds=float(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "30")))
     try:
+        grace = shutdown_grace_from_env(os.environ)
         verifier = load_decision_verifier(os.environ)
         deployment = deployment_from_env(os.environ)
         workflow_slots = workflow_task_slots_from_env(os.environ)
@@ -550,6 +593,12 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failures: list[BaseException] = []
+
+    async def failed(err: BaseException) -> None:  # a worker stopped polling: stop the process
+        failures.append(err)
+        stop.set()
+
     async with contextlib.AsyncExitStack() as stack:
         # One HTTP client per namespace: a tenant's allowances (and pooled connections) serve only
         # the runs of its namespace.
@@ -570,6 +619,7 @@ async def main() -> int:
                     deployment=deployment,
                     max_concurrent_workflow_tasks=workflow_slots,
                     max_cached_workflows=cached_runs,
+                    on_fatal_error=failed,
                 )
             )
         for namespace, client in clients.items():
@@ -591,23 +641,54 @@ async def main() -> int:
             else None
         )
         await stack.enter_async_context(sampling(sampler, sample_interval))
-        runs = [asyncio.create_task(worker.run()) for worker in workers]
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({*runs, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not all(run.done() for run in runs):
-            log.info("shutting down: finishing in-flight activities (up to %s)", grace)
-            await asyncio.gather(
-                *(w.shutdown() for w, run in zip(workers, runs, strict=True) if not run.done())
-            )
-        stopped.cancel()
-        for run in runs:
-            await run
+        code = await run_workers(workers, stop, grace, failures)
     if database is not None:
         await database.close()
     if tracing:
         await asyncio.to_thread(shutdown_tracing)
-    log.info("worker stopped")
-    return 0
+    log.info("worker stopped" if code == 0 else "worker stopped after a failure (exit %d)", code)
+    return code
+
+
+SHUTDOWN_MARGIN_S = 10.0
+"""How long past the grace period the workers may take to stop before the process exits anyway."""
+
+
+async def run_workers(
+    workers: Sequence[Worker], stop: asyncio.Event, grace: timedelta, failures: Sequence[BaseException]
+) -> int:
+    """Runs the workers until ``stop`` is set (SIGTERM/SIGINT, or a worker's fatal error, which
+    :func:`build_worker`'s ``on_fatal_error`` appends to ``failures``), then stops them.
+
+    Returns:
+        The process's exit code: 0, or 1 when a worker failed (the server refused its polls) or
+        the workers did not stop within ``grace`` and :data:`SHUTDOWN_MARGIN_S`. A worker whose
+        polls failed may never finish its own shutdown (the SDK waits for its poller loops), so
+        the wait is bounded: the process exits instead of staying up without polling.
+    """
+    runs = [asyncio.create_task(worker.run()) for worker in workers]
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({*runs, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopping = [
+        asyncio.create_task(worker.shutdown())
+        for worker, run in zip(workers, runs, strict=True)
+        if not run.done()
+    ]
+    if stopping:
+        log.info("shutting down: finishing in-flight activities (up to %s)", grace)
+    done, pending = await asyncio.wait({*runs, *stopping}, timeout=grace.total_seconds() + SHUTDOWN_MARGIN_S)
+    stopped.cancel()
+    for task in pending:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: not logged again
+    errors = [*failures, *(t.exception() for t in done if not t.cancelled() and t.exception() is not None)]
+    if errors:
+        log.error("worker failed: %s", errors[0])
+    if pending:
+        log.error(
+            "the worker did not stop within %s and the %.0f s margin: exiting", grace, SHUTDOWN_MARGIN_S
+        )
+    return 1 if errors or pending else 0
 
 
 if __name__ == "__main__":

@@ -2100,7 +2100,7 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),
     (
         "activities.store.errors",
-        ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError"),
+        ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError", "InvalidDatabaseUrlError"),
         EXIT_BAD_INPUT,
     ),
     ("starter.errors", ("ServerUnavailableError", "NoWorkerError", "ScheduleSyncError"), EXIT_UNAVAILABLE),

@@ -803,10 +803,22 @@ class PayloadStoreConfig:
         if kind == "fs":
             if not location.strip():
                 raise PayloadStoreConfigError(f"{STORE_ENV}: fs needs a directory (fs:/var/lib/wfa/payloads)")
-            chosen: str | None = location.strip()
+            directory = location.strip()
+            if Path(directory).exists() and not Path(directory).is_dir():
+                raise PayloadStoreConfigError(f"{STORE_ENV}: {directory[:100]!r} is not a directory")
+            chosen: str | None = directory
         elif kind in ("postgres", "postgresql"):
             kind = "postgres"
             chosen = location.strip() or source.get("DATABASE_URL") or None
+            if chosen is not None:  # refused now, not at the first payload a run stores
+                from activities.store.database import normalize_url
+                from activities.store.errors import StoreError
+
+                try:
+                    normalize_url(chosen)
+                except StoreError as err:
+                    where = STORE_ENV if location.strip() else "DATABASE_URL"
+                    raise PayloadStoreConfigError(f"{where}: {err}") from None
         elif kind == "s3":
             bucket, _, prefix = location.strip().removeprefix("//").partition("/")
             if not _S3_BUCKET.match(bucket):

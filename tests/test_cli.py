@@ -253,6 +253,35 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--address" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("args", "settings", "message"),
+    [
+        (["definitions", "list", "--database-url", "notaurl"], {}, "not a database URL: 'notaurl'"),
+        (
+            ["definitions", "list", "--database-url", "mysql://x/y"],
+            {},
+            "the store needs PostgreSQL, not 'mysql'",
+        ),
+        (
+            ["payloads", "gc", "--dry-run"],
+            {"WFA_PAYLOAD_STORE": "postgres:notaurl"},
+            "WFA_PAYLOAD_STORE: not a database URL: 'notaurl'",
+        ),
+    ],
+    ids=["definitions", "definitions-mysql", "payloads-gc"],
+)
+def test_a_database_url_that_is_not_one_exits_2(
+    offline: Run, monkeypatch: pytest.MonkeyPatch, args: list[str], settings: dict[str, str], message: str
+) -> None:
+    # A setting to correct (exit 2), not a failed run (exit 1, as it was: found by a probe).
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
+    code, _out, err = offline.sync(*args)
+    assert code == EXIT_BAD_INPUT, err
+    assert message in err
+    assert "Traceback" not in err
+
+
 # -------------------------------------------------------------------------- against a dev server
 
 

@@ -33,6 +33,7 @@ from activities.store.errors import (
     AccessDeniedError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,
+    InvalidDatabaseUrlError,
     MigrationsNotAppliedError,
     StoreError,
 )
@@ -66,19 +67,21 @@ def normalize_url(url: str | URL) -> URL:
     """The URL with the asyncpg driver (``postgres://`` and ``postgresql://`` are accepted too).
 
     Raises:
-        StoreError: Not a PostgreSQL URL, or another driver was named.
+        InvalidDatabaseUrlError: Not a PostgreSQL URL, or another driver was named.
     """
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except sa_exc.ArgumentError:
-        raise StoreError(
+        raise InvalidDatabaseUrlError(
             f"not a database URL: {_strip_password(str(url))!r} (expected postgresql://USER:PASSWORD@HOST:PORT/DB)"
         ) from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend not in ("postgresql", "postgres"):
-        raise StoreError(f"the store needs PostgreSQL, not {backend!r} ({safe_url(parsed)})")
+        raise InvalidDatabaseUrlError(f"the store needs PostgreSQL, not {backend!r} ({safe_url(parsed)})")
     if driver and driver != "asyncpg":
-        raise StoreError(f"the store uses the asyncpg driver, not {driver!r} ({safe_url(parsed)})")
+        raise InvalidDatabaseUrlError(
+            f"the store uses the asyncpg driver, not {driver!r} ({safe_url(parsed)})"
+        )
     return parsed.set(drivername="postgresql+asyncpg")
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "DeadLetterResolvedError",
     "DefinitionNotFoundError",
     "EmbeddedPostgresError",
+    "InvalidDatabaseUrlError",
     "InvalidReferenceError",
     "InvalidRoleError",
     "InvalidTenantError",
@@ -33,6 +34,11 @@ class StoreError(Exception):
 
 
 # ------------------------------------------------------------------------------------ the database
+
+
+class InvalidDatabaseUrlError(StoreError, ValueError):
+    """A database URL that is not one (or names another database or driver than PostgreSQL's
+    asyncpg): a setting to correct, not an outage."""
 
 
 class DatabaseUnavailableError(StoreError):
