@@ -752,6 +752,8 @@ def _window(text: str) -> timedelta:
     try:
         value = parse_duration(text)
     except DurationError as err:
+        if "too large" in str(err):  # the parser's own bound is ten times this option's
+            raise argparse.ArgumentTypeError(f"must be from 1s to 3650d, not {brief(text)}") from None
         raise argparse.ArgumentTypeError(f"not a duration: {brief(text)} ({err})") from None
     if not timedelta(seconds=1) <= value <= timedelta(days=3650):
         raise argparse.ArgumentTypeError(f"must be from 1s to 3650d, not {brief(text)}")

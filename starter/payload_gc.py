@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat as stat_mode
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from starter.payload_store import (
     FilesystemDriver,
     PayloadStoreConfig,
     PayloadStoreConfigError,
+    PayloadStoreError,
     PostgresDriver,
 )
 
@@ -242,9 +244,22 @@ def _fs_blobs(driver: FilesystemDriver, namespace: str, cutoff: datetime) -> Ite
             stat = path.stat()
         except FileNotFoundError:
             continue
+        if not stat_mode.S_ISREG(stat.st_mode):  # a directory or device named like a digest: not a blob
+            continue
         stored_at = datetime.fromtimestamp(stat.st_mtime, UTC)
         if stored_at < cutoff:
             yield StoredBlob(path.name, stat.st_size, stored_at)
+
+
+def _fs_listed(driver: FilesystemDriver, namespace: str, cutoff: datetime) -> list[StoredBlob]:
+    """:func:`_fs_blobs` as a list; a directory that cannot be read is the store's error."""
+    try:
+        return list(_fs_blobs(driver, namespace, cutoff))
+    except OSError as err:
+        raise PayloadStoreError(
+            f"wfa.fs: cannot read {driver.path(namespace, '0' * 64).parent.parent}"
+            f" ({type(err).__name__}: {err.strerror or err})"
+        ) from None
 
 
 def _fs_delete(driver: FilesystemDriver, namespace: str, blob: StoredBlob, cutoff: datetime) -> bool:
@@ -256,9 +271,14 @@ def _fs_delete(driver: FilesystemDriver, namespace: str, blob: StoredBlob, cutof
         os.replace(path, aside)
     except FileNotFoundError:
         return False
-    if datetime.fromtimestamp(aside.stat().st_mtime, UTC) < cutoff:
-        aside.unlink()
-        return True
+    try:
+        found = aside.stat()
+        if stat_mode.S_ISREG(found.st_mode) and datetime.fromtimestamp(found.st_mtime, UTC) < cutoff:
+            aside.unlink()
+            return True
+    except OSError:
+        os.replace(aside, path)  # put back what could not be deleted, then report it
+        raise
     os.replace(aside, path)  # the same bytes a concurrent store may have written again
     return False
 
@@ -343,7 +363,7 @@ async def collect(
     driver: AnyDriver = config.driver(namespace)
     try:
         if isinstance(driver, FilesystemDriver):
-            old = await asyncio.to_thread(lambda: list(_fs_blobs(driver, namespace, cutoff)))
+            old = await asyncio.to_thread(_fs_listed, driver, namespace, cutoff)
         else:
             assert isinstance(driver, PostgresDriver)
             old = await _pg_blobs(driver, namespace, cutoff)
@@ -358,9 +378,15 @@ async def collect(
         if dry_run:
             report.deleted = candidates
         elif isinstance(driver, FilesystemDriver):
-            report.deleted = [
-                b for b in candidates if await asyncio.to_thread(_fs_delete, driver, namespace, b, cutoff)
-            ]
+            for blob in candidates:
+                try:
+                    if await asyncio.to_thread(_fs_delete, driver, namespace, blob, cutoff):
+                        report.deleted.append(blob)
+                except OSError as err:
+                    raise PayloadStoreError(
+                        f"wfa.fs: cannot delete {blob.digest} in {where} ({type(err).__name__}: {err.strerror or err});"
+                        f" deleted {len(report.deleted)} before it"
+                    ) from None
         else:
             assert isinstance(driver, PostgresDriver)
             gone = await _pg_delete(driver, namespace, candidates, cutoff)

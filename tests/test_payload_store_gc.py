@@ -313,3 +313,35 @@ async def test_gc_keeps_what_a_paused_run_needs(tmp_path: Path) -> None:
         assert await exists(config, digest)
     finally:
         await server.shutdown()
+
+
+async def test_gc_leaves_a_stray_directory_named_like_a_blob_as_it_was(
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Something in the store that is not a blob file (a directory named like a digest) is neither
+    deleted nor moved aside; before, gc moved it to ``.<digest>.gc.<pid>``, failed to unlink it
+    and stopped with "internal error" (exit 70) (found by a probe of bad inputs)."""
+    address = temporal_env.client.service_client.config.target_host
+    monkeypatch.setenv("WFA_PAYLOAD_STORE", f"fs:{tmp_path}")
+    config = PayloadStoreConfig.from_env()
+    assert config is not None
+    driver = config.driver("default")
+    assert isinstance(driver, FilesystemDriver)
+    stray = driver.path("default", "cd" * 32)
+    stray.mkdir(parents=True)
+    (stray / "inside").write_text("not a blob")
+    when = time.time() - OLD
+    os.utime(stray, (when, when))
+    code, out, err = await gc(address, capsys, "--older-than", "2h", "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["deleted"] == []
+    assert stray.is_dir()
+    assert (stray / "inside").read_text() == "not a blob"
+    assert sorted(p.name for p in stray.parent.iterdir()) == [stray.name]  # nothing moved aside
+    # An age past the option's bound names the option's bound (not the duration parser's).
+    code, _, err = await gc(address, capsys, "--older-than", "99999999d")
+    assert code == EXIT_BAD_INPUT
+    assert "must be from 1s to 3650d" in err
