@@ -2096,7 +2096,9 @@ def _print_definition_error(source: str, err: DefinitionError, err_out: TextIO) 
 _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     # Payload encryption (starter.codec): keys unusable, or a payload of a key not configured here.
     ("starter.codec", ("PayloadKeysError", "PayloadDecryptError"), EXIT_BAD_INPUT),
-    # Large payloads by reference (starter.payload_store): a stored payload missing or altered.
+    # Large payloads by reference (starter.payload_store): the store unreachable (an S3
+    # endpoint), or a stored payload missing or altered.
+    ("starter.payload_store", ("PayloadStoreUnavailableError",), EXIT_UNAVAILABLE),
     ("starter.payload_store", ("PayloadStoreError",), EXIT_BAD_INPUT),
     ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
     ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),

@@ -138,6 +138,11 @@ class PayloadStoreError(RuntimeError):
     """A stored payload cannot be written or read (missing, altered, of another namespace)."""
 
 
+class PayloadStoreUnavailableError(PayloadStoreError):
+    """The store's server cannot be reached (an S3 endpoint refusing or timing out the connection):
+    ``wfa`` exits 3, as for an unreachable Temporal server or database; a worker's task is retried."""
+
+
 class PayloadStoreAltered(PayloadStoreError, ApplicationError):
     """A reference this store will never honour: the bytes under its digest are not the ones
     stored (altered), or it is not a reference of this store (malformed, another namespace's).
@@ -623,7 +628,7 @@ class S3Driver(StorageDriver):
         except PayloadStoreError:
             raise
         except Exception as err:
-            raise PayloadStoreError(f"{self.NAME}: cannot write to {self._where()}: {_cause(err)}") from None
+            raise _s3_error(err)(f"{self.NAME}: cannot write to {self._where()}: {_cause(err)}") from None
         return claims
 
     async def retrieve(
@@ -642,7 +647,7 @@ class S3Driver(StorageDriver):
                 raise PayloadStoreAltered(
                     f"{self.NAME}: the stored payload does not match its digest (altered): {str(err)[:300]}"
                 ) from None
-            raise PayloadStoreError(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
+            raise _s3_error(err)(f"{self.NAME}: cannot read from {self._where()}: {_cause(err)}") from None
         return payloads
 
     async def retrieve_within(self, claims: Sequence[StorageDriverClaim], limit: int) -> list[Payload | None]:
@@ -689,6 +694,20 @@ class _PrefixedClient:
     async def get_object(self, *, bucket: str, key: str) -> bytes:
         data: bytes = await self._inner.get_object(bucket=bucket, key=self._prefix + key)
         return data
+
+
+def _s3_error(err: BaseException) -> type[PayloadStoreError]:
+    """:class:`PayloadStoreUnavailableError` when botocore could not connect (somewhere in the
+    SDK's chain of causes), else :class:`PayloadStoreError`."""
+    import sys
+
+    botocore = sys.modules.get("botocore.exceptions")  # imported by whatever raised it, if it did
+    found: BaseException | None = err
+    while botocore is not None and found is not None:
+        if isinstance(found, botocore.ConnectionError):
+            return PayloadStoreUnavailableError
+        found = found.__cause__ or found.__context__
+    return PayloadStoreError
 
 
 def _cause(err: BaseException) -> str:

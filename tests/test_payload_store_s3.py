@@ -20,12 +20,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from gateway.codec import codec_server_from_env
 from interpreter.state import RunState
+from starter.cli import EXIT_UNAVAILABLE, _exit_code_of
 from starter.client import FlowClient
 from starter.payload_store import (
     PayloadStoreAltered,
     PayloadStoreConfig,
     PayloadStoreConfigError,
     PayloadStoreError,
+    PayloadStoreUnavailableError,
     S3Driver,
 )
 from tests.test_payload_store import (
@@ -141,9 +143,13 @@ async def test_forged_s3_references_are_refused(s3_endpoint: str) -> None:
     down = PayloadStoreConfig.from_env(s3_env("http://127.0.0.1:9"))
     assert down is not None
     with pytest.raises(
-        PayloadStoreError, match=r"cannot write to s3://wfa-payloads/wfa/ at http://127.0.0.1:9"
+        PayloadStoreUnavailableError, match=r"cannot write to s3://wfa-payloads/wfa/ at http://127.0.0.1:9"
     ):
         await down.driver("acme").store(StorageDriverStoreContext(), [payload])
+    # ... which wfa reports as unreachable (exit 3, as an unreachable database), not as bad input.
+    with pytest.raises(PayloadStoreUnavailableError, match="cannot read from") as unreachable:
+        await down.driver("acme").retrieve(StorageDriverRetrieveContext(), [claim])
+    assert _exit_code_of(unreachable.value) == EXIT_UNAVAILABLE
 
 
 async def test_a_big_run_through_s3_and_the_codec_reads_it(
