@@ -973,7 +973,8 @@ class Definition(StrictModel):
     """
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")]
-    version: int = Field(default=1, ge=1)
+    # At most what the DefinitionVersion search attribute (an Int) holds: a start refused it.
+    version: int = Field(default=1, ge=1, le=2**63 - 1)
     description: str = ""
     LATER_FIELDS = frozenset({"triggers", "input_schema", "cancel_on"})
 

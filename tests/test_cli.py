@@ -572,3 +572,23 @@ async def test_status_of_an_ended_run_without_a_worker(
     assert code == EXIT_OK, err
     assert fields(out)["State"] == "completed"
     assert "reimburse" in out
+
+
+def test_a_version_too_large_is_named_as_such(offline: Run, tmp_path: Path) -> None:
+    """``NAME@VERSION`` with a version of ten digits or more is a reference with a bad version, not
+    a file that does not exist; a definition file whose version no run could carry (the
+    ``DefinitionVersion`` attribute is an Int) fails ``validate`` as it fails ``start`` (both found
+    by a probe: validate said valid)."""
+    code, _out, err = offline.sync("start", "child@1000000000")
+    assert code == EXIT_BAD_INPUT
+    assert "invalid definition reference 'child@1000000000': no version has more than 9 digits" in err
+    huge = tmp_path / "huge.json"
+    huge.write_text(
+        json.dumps(
+            {"name": "huge", "version": 10**30, "steps": [{"id": "s", "type": "set", "vars": {"x": 1}}]}
+        )
+    )
+    code, _out, err = offline.sync("validate", str(huge))
+    assert code == EXIT_BAD_INPUT
+    assert "$.version: Input should be less than or equal to 9223372036854775807" in err
+    assert "Traceback" not in err

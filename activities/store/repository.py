@@ -79,7 +79,8 @@ __all__ = [
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
-_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_.-]{0,99})(?:@(?P<version>[0-9]{1,9}))?$")
+_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_.-]{0,99})(?:@(?P<version>[0-9]+))?$")
+MAX_VERSION_DIGITS = 9
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 DEFAULT_TENANT = "default"
@@ -106,6 +107,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if match is None:
         raise InvalidReferenceError(str(ref))
     version = match["version"]
+    if version is not None and len(version.lstrip("0")) > MAX_VERSION_DIGITS:
+        raise InvalidReferenceError(ref, f"no version has more than {MAX_VERSION_DIGITS} digits")
     if version is not None and int(version) < 1:
         raise InvalidReferenceError(ref, "versions start at 1")
     return match["name"], int(version) if version is not None else None
