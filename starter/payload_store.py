@@ -809,6 +809,9 @@ class PayloadStoreConfig:
             raise PayloadStoreConfigError(
                 f"{RUN_INPUT_ENV}: {source[RUN_INPUT_ENV].strip()[:50]!r} is not threshold or always"
             )
+        # Checked with or without a store: a malformed value is a mistake either way.
+        threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
+        budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
         if not spec or spec.lower() in ("off", "none"):
             if run_input == "always":
                 raise PayloadStoreConfigError(
@@ -851,8 +854,6 @@ class PayloadStoreConfig:
             raise PayloadStoreConfigError(
                 f"{STORE_ENV}: {spec[:100]!r} is not fs:<directory>, postgres, postgres:<url> or s3://<bucket>/<prefix>"
             )
-        threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
-        budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
         aws = {k: v for k, v in source.items() if k.startswith("AWS_")} if kind == "s3" else {}
         return cls(
             kind=kind, location=chosen, threshold=threshold, state_budget=budget, run_input=run_input, aws=aws

@@ -126,3 +126,22 @@ async def test_a_worker_the_server_refuses_stops_the_process(client: Client) -> 
     assert code == 1
     assert failures, "the SDK reported no fatal error"
     assert stop.is_set()
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"WFA_PAYLOAD_STORE_THRESHOLD": "abc"}, "WFA_PAYLOAD_STORE_THRESHOLD"),
+        ({"WFA_PAYLOAD_STORE_STATE_BUDGET": "-1"}, "WFA_PAYLOAD_STORE_STATE_BUDGET"),
+        ({"WFA_PAYLOAD_STORE": "off", "WFA_PAYLOAD_STORE_THRESHOLD": "1.5"}, "WFA_PAYLOAD_STORE_THRESHOLD"),
+    ],
+)
+def test_a_malformed_store_setting_is_refused_without_a_store_too(
+    settings: dict[str, str], named: str
+) -> None:
+    # Before, these were read only when a store was set: a typo waited for the day one was.
+    with pytest.raises(PayloadStoreConfigError, match=named):
+        PayloadStoreConfig.from_env(settings)
+    assert (
+        PayloadStoreConfig.from_env({"WFA_PAYLOAD_STORE_THRESHOLD": "1000"}) is None
+    )  # well formed: no store
