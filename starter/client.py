@@ -230,6 +230,15 @@ def _no_worker_answered(err: RPCError) -> bool:
     )
 
 
+def _task_failing(err: RPCError) -> bool:
+    """Whether a query was refused because the run's workflow task keeps failing (a worker without
+    the workflow, a payload it cannot decode): no worker can answer until that is fixed."""
+    return (
+        err.status == RPCStatusCode.FAILED_PRECONDITION
+        and "workflow task in failed state" in err.message.lower()
+    )
+
+
 async def _query(ask: Callable[[], Awaitable[T]]) -> T:
     """``ask()``, a query of a run, asked again as :func:`query_status` says."""
     for attempt in range(QUERY_REPLAY_ATTEMPTS):
@@ -1703,6 +1712,15 @@ class FlowClient:
                 raise failure from None
             return status
         except RPCError as err:
+            if _task_failing(err):
+                raise NoWorkerError(
+                    f"run {workflow_id!r} cannot answer its status query: its workflow task keeps failing"
+                    f" on the worker (attempt {description.raw_description.pending_workflow_task.attempt or '?'});"
+                    " the worker's log and the run's WorkflowTaskFailed events in the Web UI say why. The run"
+                    " goes on from where it was once a worker can run it",
+                    workflow_id,
+                    description.task_queue,
+                ) from None
             if not _no_worker_answered(err):
                 raise self._rpc_error(err, workflow_id, "query the run") from None
         if running:

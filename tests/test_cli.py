@@ -18,8 +18,10 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio import workflow
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from interpreter.state import ResultSteps
 from starter.cli import (
@@ -33,6 +35,7 @@ from starter.cli import (
     RESULT_STEPS,
     main,
 )
+from starter.client import FlowClient
 from tests.helpers.http_server import RecordingServer
 from worker import build_worker
 
@@ -592,3 +595,41 @@ def test_a_version_too_large_is_named_as_such(offline: Run, tmp_path: Path) -> N
     assert code == EXIT_BAD_INPUT
     assert "$.version: Input should be less than or equal to 9223372036854775807" in err
     assert "Traceback" not in err
+
+
+@workflow.defn(name="NotTheGenericWorkflow")
+class _NotTheGenericWorkflow:
+    @workflow.run
+    async def run(self) -> None:
+        return None
+
+
+async def test_status_of_a_run_whose_task_keeps_failing_says_so(
+    wfa: Run, client: Client, task_queue: str
+) -> None:
+    """A run whose workflow task fails on every attempt (here: the worker polling its queue does
+    not have the generic workflow) cannot answer a query; ``wfa status`` says so and why to look,
+    exit 3, where it said "could not query the run: FAILED_PRECONDITION" with exit 1, the code of
+    a failed run (found by a probe)."""
+    started = await FlowClient(client, task_queue=task_queue).start_run(
+        {"name": "cli-task-failing", "steps": [{"id": "s", "type": "set", "vars": {"x": 1}}]},
+        workflow_id=f"cli-task-failing-{uuid4().hex[:8]}",
+    )
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[_NotTheGenericWorkflow],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+
+        async def ask() -> tuple[int, str, str]:
+            return await wfa("status", started.workflow_id)
+
+        # The first answers may be "no worker answered" (exit 3 too) until the task has failed.
+        code, _out, err = await eventually(ask, lambda r: "keeps failing" in r[2], timeout=90)
+    assert code == EXIT_UNAVAILABLE
+    assert "its workflow task keeps failing on the worker" in err
+    assert "WorkflowTaskFailed" in err
+    assert "Traceback" not in err
+    description = await client.get_workflow_handle(started.workflow_id).describe()
+    assert description.status == WorkflowExecutionStatus.RUNNING  # nothing lost: a worker can go on
