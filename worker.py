@@ -650,6 +650,17 @@ async def main() -> int:
     return code
 
 
+def _causes(err: BaseException) -> str:
+    """The error and its causes, outermost first ("Workflow worker failed: Poll failure: ... worker
+    deployment name cannot contain '.'"): the SDK's own message names only the worker."""
+    parts: list[str] = []
+    found: BaseException | None = err
+    while found is not None and len(parts) < 5:
+        parts.append(str(found)[:500] or type(found).__name__)
+        found = found.__cause__
+    return ": ".join(parts)
+
+
 SHUTDOWN_MARGIN_S = 10.0
 """How long past the grace period the workers may take to stop before the process exits anyway."""
 
@@ -681,9 +692,10 @@ async def run_workers(
     for task in pending:
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: not logged again
-    errors = [*failures, *(t.exception() for t in done if not t.cancelled() and t.exception() is not None)]
+    errors: list[BaseException] = [*failures]
+    errors += [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
     if errors:
-        log.error("worker failed: %s", errors[0])
+        log.error("worker failed: %s", _causes(errors[0]))
     if pending:
         log.error(
             "the worker did not stop within %s and the %.0f s margin: exiting", grace, SHUTDOWN_MARGIN_S
@@ -691,8 +703,17 @@ async def run_workers(
     return 1 if errors or pending else 0
 
 
+def run_to_exit() -> int:
+    """Runs :func:`main` and returns its exit code without waiting for the tasks it left behind
+    (``asyncio.run`` would cancel them and wait: an activity that ignores its cancellation would
+    keep the process up past the grace period :func:`run_workers` bounds)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(main())
+
+
 if __name__ == "__main__":
-    code = asyncio.run(main())
+    code = run_to_exit()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

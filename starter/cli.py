@@ -42,8 +42,9 @@ Exit codes:
    does not match the definition's input_schema (JSON paths too), bad JSON, missing file, bad
    arguments, an unusable connection profile or payload keys, a payload encrypted with a key not
    configured here
-3  the Temporal server or the database is unreachable or unusable (unknown namespace, search
-   attributes not registered, missing database, migrations not applied), or no worker answered;
+3  the Temporal server, the database or the payload store (an S3 endpoint) is unreachable or
+   unusable (unknown namespace, search attributes not registered, missing database, migrations not
+   applied), or no worker answered (also: the run's workflow task keeps failing on its worker);
    also a registry change made whose schedules could not be written (``wfa schedules sync``)
 4  no run with that id, no such definition, version, dead letter or schedule (in the tenant)
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wfa",
         description="Run JSON workflow definitions on Temporal: validate, store, start, approve, inspect.",
-        epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server or database unreachable "
+        epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server, database or payload store unreachable "
         "or no worker (or schedules not written after a registry change), 4 unknown run, definition, version,"
         " dead letter or schedule, 5 refused, 6 timed out waiting,"
         " 70 internal error (a bug).",

@@ -826,7 +826,11 @@ class PayloadStoreConfig:
             if not location.strip():
                 raise PayloadStoreConfigError(f"{STORE_ENV}: fs needs a directory (fs:/var/lib/wfa/payloads)")
             directory = location.strip()
-            if Path(directory).exists() and not Path(directory).is_dir():
+            try:
+                a_file = Path(directory).exists() and not Path(directory).is_dir()
+            except OSError:  # not ours to see (another user's directory): the driver says if it matters
+                a_file = False
+            if a_file:
                 raise PayloadStoreConfigError(f"{STORE_ENV}: {directory[:100]!r} is not a directory")
             chosen: str | None = directory
         elif kind in ("postgres", "postgresql"):

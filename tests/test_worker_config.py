@@ -78,6 +78,15 @@ def test_the_worker_refuses_a_bad_deployment_name_at_start() -> None:
             {"WFA_PAYLOAD_STORE": "postgres", "DATABASE_URL": "nope"},
             "DATABASE_URL: not a database URL: 'nope'",
         ),
+        # make_url raises a plain ValueError for these (a review found wfa ending with exit 70):
+        (
+            {"WFA_PAYLOAD_STORE": "postgres:postgresql://u:p@h:notaport/db"},
+            "WFA_PAYLOAD_STORE: not a database URL",
+        ),
+        (
+            {"WFA_PAYLOAD_STORE": "postgres:postgresql://u:p@h1:5432,h2:5432/db"},
+            "WFA_PAYLOAD_STORE: not a database URL",
+        ),
     ],
 )
 def test_a_payload_store_url_that_is_not_postgresql_is_refused(
@@ -85,6 +94,20 @@ def test_a_payload_store_url_that_is_not_postgresql_is_refused(
 ) -> None:
     with pytest.raises(PayloadStoreConfigError, match=message.replace("(", r"\(")):
         PayloadStoreConfig.from_env(settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://wfa:p%40ss@db.internal:5432/wfa?ssl=require",
+        "postgresql:///wfa?host=/var/run/postgresql",
+        "postgres://wfa@[::1]:5432/wfa",
+    ],
+)
+def test_valid_postgresql_urls_are_taken(url: str) -> None:
+    found = PayloadStoreConfig.from_env({"WFA_PAYLOAD_STORE": f"postgres:{url}"})
+    assert found is not None
+    assert found.location == url
 
 
 def test_a_payload_store_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:

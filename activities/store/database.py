@@ -71,7 +71,7 @@ def normalize_url(url: str | URL) -> URL:
     """
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number, several hosts
         raise InvalidDatabaseUrlError(
             f"not a database URL: {_strip_password(str(url))!r} (expected postgresql://USER:PASSWORD@HOST:PORT/DB)"
         ) from None

@@ -607,14 +607,17 @@ def test_an_unknown_interpreter_generation_stops_the_gateway_at_start(
             {"WFA_PAYLOAD_STORE": "fs:/tmp/x", "WFA_PAYLOAD_STORE_THRESHOLD": "abc"},
             "WFA_PAYLOAD_STORE_THRESHOLD",
         ),
-        ({"WFA_PAYLOAD_KEYS": "not-a-key"}, "WFA_PAYLOAD_KEYS"),
+        (
+            {"WFA_PAYLOAD_STORE": "postgres:postgresql://u:p@h:notaport/db"},
+            "WFA_PAYLOAD_STORE: not a database URL",
+        ),
     ],
-    ids=["run-input-unknown", "run-input-always-without-store", "store-unknown", "threshold", "keys"],
+    ids=["run-input-unknown", "run-input-always-without-store", "store-unknown", "threshold", "store-url"],
 )
 def test_bad_payload_settings_stop_the_gateway_at_start(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: dict[str, str], named: str
 ) -> None:
-    """The payload store's and keys' settings are checked when the gateway starts (exit 2, naming
+    """The payload store's settings are checked when the gateway starts (exit 2, naming
     the variable), as the worker and ``wfa`` check them, not when a tenant's first request makes
     its client (found by a review: the gateway served with any of these and failed later)."""
     from gateway.config import GatewayConfig
