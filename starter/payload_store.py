@@ -785,7 +785,7 @@ class PayloadStoreConfig:
 
     kind: str
     """``fs``, ``postgres`` or ``s3``."""
-    location: str | None
+    location: str | None = field(repr=False)  # a URL may hold a password: describe() shows it safely
     """The directory (``fs``), the database URL (``postgres``; None: ``DATABASE_URL``) or
     ``<bucket>/<prefix>`` (``s3``)."""
     threshold: int = DEFAULT_THRESHOLD

@@ -168,3 +168,10 @@ def test_a_malformed_store_setting_is_refused_without_a_store_too(
     assert (
         PayloadStoreConfig.from_env({"WFA_PAYLOAD_STORE_THRESHOLD": "1000"}) is None
     )  # well formed: no store
+
+
+def test_the_store_configuration_does_not_show_a_password() -> None:
+    config = PayloadStoreConfig.from_env({"WFA_PAYLOAD_STORE": "postgres:postgresql://wfa:s3cret@db/wfa"})
+    assert config is not None
+    assert "s3cret" not in repr(config)
+    assert config.location == "postgresql://wfa:s3cret@db/wfa"  # still there for the driver
