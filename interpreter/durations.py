@@ -16,11 +16,15 @@ import re
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-__all__ = ["DurationError", "format_duration", "parse_duration"]
+__all__ = ["DurationError", "DurationTooLargeError", "format_duration", "parse_duration"]
 
 
 class DurationError(ValueError):
     """Raised when a duration text cannot be parsed or a duration cannot be formatted."""
+
+
+class DurationTooLargeError(DurationError):
+    """A well-formed duration longer than the parser's bound (``MAX_DURATION``)."""
 
 
 _HINT = "use forms like 30s, 5m, 2h, 3d, 1h30m or ISO 8601 like P3D"
@@ -56,8 +60,8 @@ _ISO_GROUP_UNITS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _invalid(text: str, reason: str = _HINT) -> DurationError:
-    return DurationError(f"invalid duration {text!r}: {reason}")
+def _invalid(text: str, reason: str = _HINT, kind: type[DurationError] = DurationError) -> DurationError:
+    return kind(f"invalid duration {text!r}: {reason}")
 
 
 def _to_micros(text: str, number: str, unit: str) -> int:
@@ -77,9 +81,9 @@ def _make_timedelta(text: str, micros: int) -> timedelta:
     try:
         value = timedelta(microseconds=micros)
     except OverflowError as exc:
-        raise _invalid(text, "too large") from exc
+        raise _invalid(text, "too large", DurationTooLargeError) from exc
     if value > MAX_DURATION:
-        raise _invalid(text, f"too large (at most {MAX_DURATION.days} days)")
+        raise _invalid(text, f"too large (at most {MAX_DURATION.days} days)", DurationTooLargeError)
     return value
 
 

@@ -748,13 +748,13 @@ def _seconds(text: str) -> float:
 
 def _window(text: str) -> timedelta:
     """A duration option (``7d``, ``12h``, ``PT30M``), at least a second and at most ten years."""
-    from interpreter.durations import DurationError, parse_duration
+    from interpreter.durations import DurationError, DurationTooLargeError, parse_duration
 
     try:
         value = parse_duration(text)
+    except DurationTooLargeError:  # the parser's own bound is ten times this option's
+        raise argparse.ArgumentTypeError(f"must be from 1s to 3650d, not {brief(text)}") from None
     except DurationError as err:
-        if "too large" in str(err):  # the parser's own bound is ten times this option's
-            raise argparse.ArgumentTypeError(f"must be from 1s to 3650d, not {brief(text)}") from None
         raise argparse.ArgumentTypeError(f"not a duration: {brief(text)} ({err})") from None
     if not timedelta(seconds=1) <= value <= timedelta(days=3650):
         raise argparse.ArgumentTypeError(f"must be from 1s to 3650d, not {brief(text)}")

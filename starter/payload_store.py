@@ -838,11 +838,11 @@ class PayloadStoreConfig:
             chosen = location.strip() or source.get("DATABASE_URL") or None
             if chosen is not None:  # refused now, not at the first payload a run stores
                 from activities.store.database import normalize_url
-                from activities.store.errors import StoreError
+                from activities.store.errors import InvalidDatabaseUrlError
 
                 try:
                     normalize_url(chosen)
-                except StoreError as err:
+                except InvalidDatabaseUrlError as err:
                     where = STORE_ENV if location.strip() else "DATABASE_URL"
                     raise PayloadStoreConfigError(f"{where}: {err}") from None
         elif kind == "s3":
