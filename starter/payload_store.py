@@ -28,6 +28,13 @@ the worker, the client API, the ``wfa`` CLI and the gateway all read references 
   the result) still goes by the threshold. Set it where runs start (clients, gateway, schedules'
   creators; the worker for subflows, fan-out slices and continued runs); readers need only the
   store.
+- ``WFA_PAYLOAD_STORE_RUN_RESULT``: ``threshold`` (default) or ``always``: every run's *result*
+  (its state, output and step records; a failed run's record in its error's details) of
+  :data:`RUN_RESULT_MIN` bytes or more is stored whatever the threshold (:func:`is_run_result`),
+  so the history holds a reference instead of the step records. It is the worker's setting (the
+  worker writes results); every reader of results (``wfa status``, ``FlowClient``, a parent run
+  reading a subflow's) needs the store, as for any stored payload. ``always`` needs
+  ``WFA_PAYLOAD_STORE``.
 - ``WFA_PAYLOAD_STORE_STATE_BUDGET``: the run-state budget of runs started with the store on
   (default 16 MiB instead of :data:`interpreter.sizes.RUN_STATE_BUDGET`; recorded in the run's
   options, so a run keeps the budget it started with). It is the starting client's claim:
@@ -91,6 +98,8 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "RUN_INPUT_ENV",
     "RUN_INPUT_MODES",
+    "RUN_RESULT_ENV",
+    "RUN_RESULT_MIN",
     "STATE_BUDGET_ENV",
     "STATE_BUDGET_MAX_ENV",
     "STORE_ENV",
@@ -102,6 +111,7 @@ __all__ = [
     "PayloadStoreError",
     "PostgresDriver",
     "external_storage_from_env",
+    "is_run_result",
     "is_run_start_input",
     "run_input_selector",
     "state_budget_for",
@@ -115,6 +125,12 @@ RUN_INPUT_ENV = "WFA_PAYLOAD_STORE_RUN_INPUT"
 RUN_INPUT_MODES = ("threshold", "always")
 """``threshold``: a run's start input is stored from the threshold, like any payload; ``always``:
 whatever its size."""
+RUN_RESULT_ENV = "WFA_PAYLOAD_STORE_RUN_RESULT"
+"""``threshold`` (default) or ``always``: a run's result (and a failed run's record in its error's
+details) is stored from :data:`RUN_RESULT_MIN` bytes, whatever the threshold."""
+RUN_RESULT_MIN = 512
+"""The smallest result ``WFA_PAYLOAD_STORE_RUN_RESULT=always`` stores: a reference is about 230
+bytes, so a smaller result costs the history fewer bytes inline (a run returning no step records)."""
 STATE_BUDGET_ENV = "WFA_PAYLOAD_STORE_STATE_BUDGET"
 STATE_BUDGET_MAX_ENV = "WFA_STATE_BUDGET_MAX"
 DEFAULT_THRESHOLD = 256 * 1024
@@ -169,6 +185,11 @@ def _segment(namespace: str) -> str:
 
 
 def _claim_parts(claim: StorageDriverClaim, bound: str | None, driver: str) -> tuple[str, str]:
+    """The namespace and digest of a ``wfa.fs`` or ``wfa.postgres`` claim, once checked.
+
+    A claim names no ``hash_algorithm`` since generation 26's build (SHA-256 is the only one, and
+    every build of these drivers has read a claim without it as SHA-256: 26 bytes fewer in every
+    reference); one written before names ``sha256`` and reads the same."""
     data = claim.claim_data
     namespace = data.get("namespace", "")
     digest = data.get("digest", "")
@@ -282,9 +303,7 @@ class FilesystemDriver(StorageDriver):
                 raise PayloadStoreError(
                     f"{self.NAME}: cannot write {path.name} under {self.root}: {type(err).__name__}: {err.strerror}"
                 ) from None
-            claims.append(
-                StorageDriverClaim({"namespace": namespace, "digest": digest, "hash_algorithm": "sha256"})
-            )
+            claims.append(StorageDriverClaim({"namespace": namespace, "digest": digest}))
         return claims
 
     async def retrieve(
@@ -420,9 +439,7 @@ class PostgresDriver(StorageDriver):
             _check_size(data, self.NAME)
             digest = hashlib.sha256(data).hexdigest()
             rows.append({"namespace": namespace, "digest": digest, "data": data, "size": len(data)})
-            claims.append(
-                StorageDriverClaim({"namespace": namespace, "digest": digest, "hash_algorithm": "sha256"})
-            )
+            claims.append(StorageDriverClaim({"namespace": namespace, "digest": digest}))
         database = await self.database()
         try:
             async with db_errors(database.url), database.engine.begin() as conn:
@@ -761,20 +778,65 @@ def is_run_start_input(
     return target.run_id is None or isinstance(value.get("continuation"), dict)
 
 
+_RESULT_FIELDS = frozenset({"state", "output", "error", "error_type", "steps"})
+"""The fields of :class:`~interpreter.state.RunResult` (``state`` first, as it serializes)."""
+
+
+def is_run_result(
+    target: StorageDriverActivityInfo | StorageDriverWorkflowInfo | None,
+    payload: Payload,
+    *,
+    peek: Peek | None = None,
+) -> bool:
+    """Whether ``payload`` is a run's result: a payload of the running workflow itself (the target
+    names its run) that is a JSON object with a ``state`` string and no field
+    :class:`~interpreter.state.RunResult` does not have. That is the result a run completes with
+    and the record a failed, compensated or cancelled run carries in its error's details; not its
+    ``status`` answer (it names the ``definition``), nor the input it continues as new with, nor
+    what it sends an activity or a child (their targets are those). An encrypted payload is looked
+    into through ``peek``."""
+    if not isinstance(target, StorageDriverWorkflowInfo) or target.run_id is None:
+        return False
+    if payload.metadata.get("encoding") == ENCRYPTED:
+        inner = peek(payload) if peek is not None else None
+        if inner is None:
+            return False
+        payload = inner
+    if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b'{"state":'):
+        return False  # not a RunResult's first field: no parse
+    try:
+        value = json.loads(payload.data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and isinstance(value.get("state"), str) and value.keys() <= _RESULT_FIELDS
+
+
 def run_input_selector(
-    driver: StorageDriver, threshold: int, *, peek: Peek | None = None
+    driver: StorageDriver,
+    threshold: int,
+    *,
+    peek: Peek | None = None,
+    inputs: bool = True,
+    results: bool = False,
 ) -> Callable[[StorageDriverSelectContext, Payload], StorageDriver | None]:
-    """The ``driver_selector`` of ``WFA_PAYLOAD_STORE_RUN_INPUT=always``: ``driver`` for a payload
-    at or over ``threshold`` (as without it) and for a run's start input
-    (:func:`is_run_start_input`) whatever its size; None (inline) for anything else.
+    """The ``driver_selector`` of ``WFA_PAYLOAD_STORE_RUN_INPUT=always`` (``inputs``) and
+    ``WFA_PAYLOAD_STORE_RUN_RESULT=always`` (``results``): ``driver`` for a payload at or over
+    ``threshold`` (as without them), for a run's start input (:func:`is_run_start_input`) whatever
+    its size, and for a run's result (:func:`is_run_result`) of :data:`RUN_RESULT_MIN` bytes or
+    more; None (inline) for anything else.
 
     The SDK asks the selector only about payloads at or over its own ``payload_size_threshold``,
     so the storage it serves has that set to 0 and the threshold applies here instead."""
 
     def select(context: StorageDriverSelectContext, payload: Payload) -> StorageDriver | None:
-        if payload.ByteSize() >= threshold:
+        size = payload.ByteSize()
+        if size >= threshold:
             return driver
-        return driver if is_run_start_input(context.target, payload, peek=peek) else None
+        if inputs and is_run_start_input(context.target, payload, peek=peek):
+            return driver
+        if results and size >= RUN_RESULT_MIN and is_run_result(context.target, payload, peek=peek):
+            return driver
+        return None
 
     return select
 
@@ -792,6 +854,8 @@ class PayloadStoreConfig:
     state_budget: int = DEFAULT_STATE_BUDGET
     run_input: str = "threshold"
     """``threshold`` or ``always`` (``WFA_PAYLOAD_STORE_RUN_INPUT``: see the module docstring)."""
+    run_result: str = "threshold"
+    """``threshold`` or ``always`` (``WFA_PAYLOAD_STORE_RUN_RESULT``: see the module docstring)."""
     aws: Mapping[str, str] = field(default_factory=dict, repr=False)
     """``s3``: the ``AWS_*`` settings read (endpoint, region, credentials: see :class:`S3Driver`)."""
 
@@ -809,16 +873,25 @@ class PayloadStoreConfig:
             raise PayloadStoreConfigError(
                 f"{RUN_INPUT_ENV}: {source[RUN_INPUT_ENV].strip()[:50]!r} is not threshold or always"
             )
+        run_result = source.get(RUN_RESULT_ENV, "").strip().lower() or "threshold"
+        if run_result not in RUN_INPUT_MODES:
+            raise PayloadStoreConfigError(
+                f"{RUN_RESULT_ENV}: {source[RUN_RESULT_ENV].strip()[:50]!r} is not threshold or always"
+            )
         # Checked with or without a store: a malformed value is a mistake either way.
         threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
         budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
         if not spec or spec.lower() in ("off", "none"):
-            if run_input == "always":
-                raise PayloadStoreConfigError(
-                    f"{RUN_INPUT_ENV}=always stores every run's start input in the payload store, but"
-                    f" {STORE_ENV} is {'not set' if not spec else repr(spec)}: set it (fs:<directory>,"
-                    f" postgres or s3://<bucket>/<prefix>) or unset {RUN_INPUT_ENV}"
-                )
+            for name, value, what in (
+                (RUN_INPUT_ENV, run_input, "start input"),
+                (RUN_RESULT_ENV, run_result, "result"),
+            ):
+                if value == "always":
+                    raise PayloadStoreConfigError(
+                        f"{name}=always stores every run's {what} in the payload store, but"
+                        f" {STORE_ENV} is {'not set' if not spec else repr(spec)}: set it (fs:<directory>,"
+                        f" postgres or s3://<bucket>/<prefix>) or unset {name}"
+                    )
             return None
         kind, _, location = spec.partition(":")
         kind = kind.strip().lower()
@@ -860,7 +933,13 @@ class PayloadStoreConfig:
             )
         aws = {k: v for k, v in source.items() if k.startswith("AWS_")} if kind == "s3" else {}
         return cls(
-            kind=kind, location=chosen, threshold=threshold, state_budget=budget, run_input=run_input, aws=aws
+            kind=kind,
+            location=chosen,
+            threshold=threshold,
+            state_budget=budget,
+            run_input=run_input,
+            run_result=run_result,
+            aws=aws,
         )
 
     def driver(self, namespace: str | None = None) -> AnyDriver:
@@ -880,14 +959,17 @@ class PayloadStoreConfig:
 
     def external_storage(self, namespace: str | None = None, *, peek: Peek | None = None) -> ExternalStorage:
         """The SDK's external storage configuration with this driver and threshold (with
-        ``run_input`` ``always``, a selector that stores runs' start inputs too, looking into
-        encrypted payloads through ``peek``)."""
+        ``run_input`` or ``run_result`` ``always``, a selector that stores runs' start inputs or
+        results too, looking into encrypted payloads through ``peek``)."""
         driver = self.driver(namespace)
-        if self.run_input != "always":
+        inputs, results = self.run_input == "always", self.run_result == "always"
+        if not inputs and not results:
             return ExternalStorage(drivers=[driver], payload_size_threshold=self.threshold)
         return ExternalStorage(
             drivers=[driver],
-            driver_selector=run_input_selector(driver, self.threshold, peek=peek),
+            driver_selector=run_input_selector(
+                driver, self.threshold, peek=peek, inputs=inputs, results=results
+            ),
             payload_size_threshold=0,
         )
 
@@ -962,6 +1044,7 @@ def describe(config: PayloadStoreConfig) -> dict[str, Any]:
         "threshold": config.threshold,
         "state_budget": config.state_budget,
         "run_input": config.run_input,
+        "run_result": config.run_result,
     }
 
 

@@ -618,4 +618,4 @@ async def test_encrypted_payloads_are_stored_encrypted_and_the_codec_server_stil
     for passed in (await decode(with_store, "globex"), await decode(without_store, "default")):
         reference = json.loads(base64.b64decode(passed[0]["data"]))
         assert reference["driverName"] == "wfa.fs"
-        assert set(reference["claimData"]) == {"namespace", "digest", "hash_algorithm"}
+        assert set(reference["claimData"]) == {"namespace", "digest"}  # SHA-256 unnamed: the default
