@@ -12,8 +12,9 @@ much".
 
 ``--extref-store DIR`` connects with :func:`bench.extref.start_input_converter` (the generic
 workflow's start input by reference into ``DIR``), so the worker reads the references that
-:mod:`bench.history_breakdown` ``--extref`` starts runs with; ``--extref-result`` stores the
-generic workflow's results by reference too.
+:mod:`bench.history_breakdown` ``--extref`` starts runs with; ``--extref-result`` serves with the
+product's converter instead, with ``WFA_PAYLOAD_STORE=fs:DIR``, ``WFA_PAYLOAD_STORE_RUN_INPUT=always``
+and ``WFA_PAYLOAD_STORE_RUN_RESULT=always`` (results by reference).
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ async def serve(
 
         # The product's converter, as worker.py builds it, with WFA_PAYLOAD_STORE=fs:<payload_store>.
         converter = data_converter({"WFA_PAYLOAD_STORE": f"fs:{payload_store}"}, namespace=namespace)
+    elif extref_store is not None and extref_result:
+        from starter.codec import data_converter
+        from starter.payload_store import RUN_INPUT_ENV, RUN_RESULT_ENV, STORE_ENV
+
+        # The product's converter with the run input and the result by reference.
+        converter = data_converter(
+            {STORE_ENV: f"fs:{extref_store}", RUN_INPUT_ENV: "always", RUN_RESULT_ENV: "always"},
+            namespace=namespace,
+        )
     elif extref_store is not None:
         from bench.extref import start_input_converter
 
@@ -124,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "--extref-store", metavar="DIR", help="read run inputs stored by reference in DIR (bench.extref)"
     )
     parser.add_argument(
-        "--extref-result", action="store_true", help="with --extref-store: store run results by reference too"
+        "--extref-result",
+        action="store_true",
+        help="with --extref-store: the product's converter, run inputs and results by reference",
     )
     parser.add_argument(
         "--payload-store", metavar="DIR", help="the product's converter with WFA_PAYLOAD_STORE=fs:DIR"

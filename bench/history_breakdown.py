@@ -15,8 +15,8 @@ product does with ``WFA_PAYLOAD_STORE=fs:<dir>`` and ``WFA_PAYLOAD_STORE_RUN_INP
 starting client's converter is :func:`starter.payload_store.PayloadStoreConfig.external_storage`'s;
 the worker reads references through the :mod:`bench.extref` prototype's converter, whose driver
 has the product driver's name), A-xsl-rn (A-xs-rn with the prototype's leaner reference), A-xsr
-(A-xs whose result is stored by reference too, by a second worker; its input stored by the
-prototype), a row of ratios to B, and what the store holds (one blob per distinct payload: A-xs
+(A-xs whose result is stored by reference too, by a second worker with
+``WFA_PAYLOAD_STORE_RUN_RESULT=always``), a row of ratios to B, and what the store holds (one blob per distinct payload: A-xs
 runs twice, A-xsl-rn has A-xs-rn's input, A-xsr A-xs's).
 """
 
@@ -59,7 +59,9 @@ A_XSL_RN = dataclasses.replace(
     A_RN, key="A-xsl-rn", label="generic, result_steps=none, PROTOTYPE: run input by a leaner reference"
 )
 A_XSR = dataclasses.replace(
-    A, key="A-xsr", label="generic, PROTOTYPE: run input and result by external-storage reference"
+    A,
+    key="A-xsr",
+    label="generic, run input and result by reference (WFA_PAYLOAD_STORE_RUN_INPUT, _RUN_RESULT)",
 )
 EXTREF = frozenset({A_XS.key, A_XS_RN.key, A_XSL_RN.key})
 
@@ -166,12 +168,9 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
         store = Path(tmp) / "payloads"
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            by_ref, by_prototype, by_lean_ref = client, client, client
+            by_ref, by_lean_ref = client, client
             if extref:
                 by_ref = await Client.connect(server.address, data_converter=run_input_converter(store))
-                by_prototype = await Client.connect(
-                    server.address, data_converter=start_input_converter(store)
-                )
                 by_lean_ref = await Client.connect(
                     server.address, data_converter=start_input_converter(store, lean=True)
                 )
@@ -215,7 +214,7 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
                 try:
                     results = {
                         **{k: v for k, v in results.items() if k != "B"},
-                        A_XSR.key: breakdown(await one_run(by_prototype, workload, A_XSR, tq)),
+                        A_XSR.key: breakdown(await one_run(by_ref, workload, A_XSR, tq)),
                         "B": results["B"],
                     }
                 finally:

@@ -63,6 +63,7 @@ if __package__ in (None, ""):  # `python bench/run.py` (the Makefile's `make ben
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.api.history.v1 import History  # noqa: E402
 from temporalio.client import Client, WorkflowHandle  # noqa: E402
+from temporalio.common import TypedSearchAttributes  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
 from bench.baseline import STEPS, BaselineWorkflow, definition_data, expected_output  # noqa: E402
@@ -411,8 +412,14 @@ class Workload:
         # What the product's starter (FlowClient.start_run) sets at start: the search attributes
         # (so the workflow does not upsert them itself) and the tenant's fairness key. Before
         # 2026-12-02 the benchmark left out ``Tenant`` and the priority (about 70 bytes per run).
-        self.identity = start_attributes(self.definition.name, self.definition.version, self.hash, TENANT)
         self.priority = run_priority(TENANT, self.definition.priority, grants=NO_TENANT)
+
+    def identity(self, engine_level: int) -> TypedSearchAttributes:
+        """The search attributes at start of a run at ``engine_level`` (from generation 26
+        without ``CurrentStep``, as FlowClient starts runs)."""
+        return start_attributes(
+            self.definition.name, self.definition.version, self.hash, TENANT, engine_level=engine_level
+        )
 
     async def start(
         self, client: Client, variant: Variant, n: int, wf_id: str, tq: str
@@ -440,7 +447,7 @@ class Workload:
                 full,
                 id=wf_id,
                 task_queue=tq,
-                search_attributes=self.identity,
+                search_attributes=self.identity(variant.engine_level),
                 priority=self.priority,
                 result_type=RunResult,
             )
@@ -449,7 +456,7 @@ class Workload:
             run_input,
             id=wf_id,
             task_queue=tq,
-            search_attributes=self.identity,
+            search_attributes=self.identity(variant.engine_level),
             priority=self.priority,
         )
 

@@ -546,6 +546,13 @@ COMPACT_RUN_INPUT_LEVEL = 24
 """The generation of :data:`PATCH_COMPACT_RUN_INPUT` (``workflows.generic.PATCH_LEVELS`` holds it
 too; a test checks they agree)."""
 
+UNSET_CURRENT_STEP_LEVEL = 26
+"""The generation of ``workflows.generic.PATCH_UNSET_CURRENT_STEP``: a run started at it or above
+starts without ``CurrentStep`` among its search attributes (no step yet: it is set when the run
+has one to show), where earlier runs started with ``CurrentStep = ""``
+(:func:`workflows.search_attributes.start_attributes`; ``PATCH_LEVELS`` holds it too, a test
+checks they agree)."""
+
 
 class RunResult(BaseModel):
     """What a finished run returns (also carried in the details of a failed run's error)."""

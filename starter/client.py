@@ -1091,7 +1091,9 @@ class FlowClient:
         attributes, summary and memo. :meth:`start_run` and the schedules
         (:mod:`starter.schedules`) both start runs from it, so a scheduled run looks exactly like
         one started by hand."""
-        attributes = start_attributes(parsed.name, parsed.version, digest, self.tenant)
+        attributes = start_attributes(
+            parsed.name, parsed.version, digest, self.tenant, engine_level=self.engine_level
+        )
         return RunStart(
             input=RunInput(
                 definition=parsed,

@@ -57,7 +57,7 @@ from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import counting_loop
 from worker import build_worker
 from workflows.generic import DEAD_LETTER_PARK, DEAD_LETTER_RESOLVE, WORKFLOW_NAME, RunDefinitionWorkflow
-from workflows.search_attributes import ALL_KEYS
+from workflows.search_attributes import ALL_KEYS, start_attributes
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 
@@ -76,6 +76,7 @@ class Scenario:
     options: dict[str, Any] | RunOptions | None = None  # RunOptions (or its fields: a dry run)
     publish: Publisher | None = None  # what a publisher of events does while the run is open
     child: str | None = None  # also record this child's history (its id after the run's and "/")
+    attributes: bool = False  # started with the search attributes a client of its generation sets
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -1612,6 +1613,19 @@ def scenarios() -> list[Scenario]:
             options={"engine_level": 24, "result_steps": "compact"},
         ),
         Scenario(
+            "approval_unset_current_step",
+            "the approval scenario at interpreter generation 26 (patch unset-current-step), CurrentStep"
+            " upserted at every step: started, as a client of the generation starts it, with the"
+            " search attributes but without CurrentStep; it upserts CurrentStep where a run that"
+            " started with CurrentStep = '' does",
+            _approval,
+            {"amount": 42},
+            _drive_approval,
+            named=True,
+            options={"engine_level": 26, "current_step": "every_step"},
+            attributes=True,
+        ),
+        Scenario(
             "branch_waits_engine_level",
             "branch_waits_over_budget's definition at interpreter generation 1: it continues as new "
             "in the condition's branch (loop, delay, escalated approval, human task, wait_for_event, "
@@ -1637,20 +1651,30 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
     document = scenario.definition(base)
     workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
     run_input = {"family": workflow_id, **scenario.input} if scenario.publish is not None else scenario.input
+    parsed = load_definition(document)
+    options = (
+        scenario.options
+        if isinstance(scenario.options, RunOptions)
+        else RunOptions(**(scenario.options or {}))
+    )
+    attributes = (
+        start_attributes(
+            parsed.name,
+            parsed.version,
+            definition_hash(parsed),
+            options.tenant,
+            engine_level=options.engine_level,
+        )
+        if scenario.attributes
+        else None
+    )
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         document["name"] if scenario.named else WORKFLOW_NAME,
-        RunInput(
-            definition=load_definition(document),
-            input=run_input,
-            options=(
-                scenario.options
-                if isinstance(scenario.options, RunOptions)
-                else RunOptions(**(scenario.options or {}))
-            ),
-        ),
+        RunInput(definition=parsed, input=run_input, options=options),
         id=workflow_id,
         task_queue=task_queue,
         execution_timeout=timedelta(minutes=5),
+        search_attributes=attributes,
     )
     if scenario.drive is not None:
         await scenario.drive(handle)

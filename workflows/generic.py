@@ -131,6 +131,7 @@ with workflow.unsafe.imports_passed_through():
         FINAL_STATES,
         MAX_TEXT_CHARS,
         PATCH_COMPACT_RUN_INPUT,
+        UNSET_CURRENT_STEP_LEVEL,
         ApprovalsPage,
         ApprovalsQuery,
         CancelRequest,
@@ -317,6 +318,12 @@ reference. Before, eight subflows of a 450 KB definition at once landed their de
 past the (lowered) ceiling. Only in runs started at its generation (:data:`NEVER_ASKED_PATCHES`):
 the activity's input carries the bound (``SubflowLookup.max_bytes``), which a worker of an earlier
 build would refuse."""
+PATCH_UNSET_CURRENT_STEP = "unset-current-step"
+"""Patch id: a run starts without ``CurrentStep`` among its search attributes
+(:func:`workflows.search_attributes.start_attributes`) and reads it as ``""`` (no step yet), as
+runs that started with ``CurrentStep = ""`` did: the same upserts, about 45 bytes fewer in every
+run's history. Only in runs started at it: its start attributes are written by the client before
+any worker could ask."""
 PATCH_SLICE_RESULTS_OUTPUT = "slice-results-output"
 """Patch id: a fan-out slice (a child run of a fanned-out ``foreach``) returns its output alone,
 without its step records (as ``RunOptions.result_steps`` ``none`` would; a failed slice's error is
@@ -455,6 +462,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_MAILBOX_IDS: 23,
     PATCH_COMPACT_RUN_INPUT: COMPACT_RUN_INPUT_LEVEL,
     PATCH_SLICE_RESULTS_OUTPUT: 25,
+    PATCH_UNSET_CURRENT_STEP: UNSET_CURRENT_STEP_LEVEL,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -489,6 +497,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_EVENT_IDS_BY_ADDRESS,
     PATCH_MAILBOX_IDS,
     PATCH_COMPACT_RUN_INPUT,
+    PATCH_UNSET_CURRENT_STEP,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -501,7 +510,8 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 ``slot-send-pacing``, which changes when an input that waited for a slot goes out,
 ``event-ids-by-address``, which changes the form of the event ids a run carries, and
 ``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach, and
-``compact-run-input``, the shape of the inputs a run sends."""
+``compact-run-input``, the shape of the inputs a run sends, and ``unset-current-step``, the
+search attributes a run starts with."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -2110,7 +2120,13 @@ class _TemporalRuntime:
         started, in this run's tenant. A child cancelled with its parent (``REQUEST_CANCEL``) runs
         its compensations before the parent's cancellation goes on."""
         definition = run.definition
-        attributes = start_attributes(definition.name, definition.version, content_hash, self._options.tenant)
+        attributes = start_attributes(
+            definition.name,
+            definition.version,
+            content_hash,
+            self._options.tenant,
+            engine_level=run.options.engine_level,
+        )
         start = workflow.start_child_workflow(
             definition.name,  # listed under its definition's name, like a run a client started
             run,
@@ -3015,6 +3031,8 @@ class GenericRun:
                     value = attrs.get(key)
                     if value is not None:
                         self._published.setdefault(name, value)
+                if patch_applies(self._options, PATCH_UNSET_CURRENT_STEP):
+                    self._published.setdefault("step", "")  # started unset: no step yet, as ""
         return self._every_step
 
     def _publish_wait(self) -> None:

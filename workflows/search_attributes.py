@@ -6,6 +6,8 @@ it; production runs ``temporal operator search-attribute create`` once, see the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 DEFINITION_NAME = SearchAttributeKey.for_keyword("DefinitionName")
@@ -21,22 +23,32 @@ each candidate group, of every pending approval and human task (empty when none 
 inbox finds a person's work with it. Not personal data beyond the user names the definition names."""
 
 
-def start_attributes(name: str, version: int, content_hash: str, tenant: str) -> TypedSearchAttributes:
+def start_attributes(
+    name: str, version: int, content_hash: str, tenant: str, *, engine_level: int
+) -> TypedSearchAttributes:
     """The search attributes a run starts with, however it is started (a client, a schedule, a
-    parent's subflow or fan-out): its definition, running, nothing awaited yet, its tenant."""
-    from interpreter.state import RunState  # here: the dev server's start-up needs only the keys
+    parent's subflow or fan-out): its definition, running, nothing awaited yet, its tenant.
 
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(DEFINITION_NAME, name),
-            SearchAttributePair(DEFINITION_VERSION, version),
-            SearchAttributePair(DEFINITION_HASH, content_hash),
-            SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
-            SearchAttributePair(AWAITING_APPROVAL, False),
-            SearchAttributePair(CURRENT_STEP, ""),
-            SearchAttributePair(TENANT, tenant),
-        ]
+    ``engine_level`` is the run's generation (``RunOptions.engine_level``): from
+    :data:`~interpreter.state.UNSET_CURRENT_STEP_LEVEL`, ``CurrentStep`` is left unset until the
+    run has a step to show (about 45 bytes of every run's history); below it, the run starts with
+    ``CurrentStep = ""``, as the workers of those generations expect."""
+    from interpreter.state import (  # the dev server's start-up needs only the keys
+        UNSET_CURRENT_STEP_LEVEL,
+        RunState,
     )
+
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(DEFINITION_NAME, name),
+        SearchAttributePair(DEFINITION_VERSION, version),
+        SearchAttributePair(DEFINITION_HASH, content_hash),
+        SearchAttributePair(RUN_STATE, RunState.RUNNING.value),
+        SearchAttributePair(AWAITING_APPROVAL, False),
+    ]
+    if engine_level < UNSET_CURRENT_STEP_LEVEL:
+        pairs.append(SearchAttributePair(CURRENT_STEP, ""))
+    pairs.append(SearchAttributePair(TENANT, tenant))
+    return TypedSearchAttributes(pairs)
 
 
 ALL_KEYS = (
