@@ -80,13 +80,17 @@ async def serve(
     extref_store: str | None = None,
     extref_result: bool = False,
     payload_store: str | None = None,
+    payload_store_result: bool = False,
 ) -> None:
     converter = pydantic_data_converter
     if payload_store is not None:
         from starter.codec import data_converter
 
         # The product's converter, as worker.py builds it, with WFA_PAYLOAD_STORE=fs:<payload_store>.
-        converter = data_converter({"WFA_PAYLOAD_STORE": f"fs:{payload_store}"}, namespace=namespace)
+        env = {"WFA_PAYLOAD_STORE": f"fs:{payload_store}"}
+        if payload_store_result:
+            env["WFA_PAYLOAD_STORE_RUN_RESULT"] = "always"
+        converter = data_converter(env, namespace=namespace)
     elif extref_store is not None and extref_result:
         from starter.codec import data_converter
         from starter.payload_store import RUN_INPUT_ENV, RUN_RESULT_ENV, STORE_ENV
@@ -141,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--payload-store", metavar="DIR", help="the product's converter with WFA_PAYLOAD_STORE=fs:DIR"
     )
+    parser.add_argument(
+        "--payload-store-result",
+        action="store_true",
+        help="with --payload-store: WFA_PAYLOAD_STORE_RUN_RESULT=always (run results by reference)",
+    )
     args = parser.parse_args(argv)
     if args.cprofile:
         threading.setprofile(_start_thread_profiler)
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 extref_store=args.extref_store,
                 extref_result=args.extref_result,
                 payload_store=args.payload_store,
+                payload_store_result=args.payload_store_result,
             )
         )
     finally:

@@ -20,6 +20,8 @@ Variants, measured interleaved in one process (A B A B ..., ``--repeat`` times e
 * ``A-xs`` / ``A-xs-rn`` - only with ``--run-input-ref``: A / A-rn started through the product's
   converter with ``WFA_PAYLOAD_STORE=fs:<tmp>`` and ``WFA_PAYLOAD_STORE_RUN_INPUT=always`` (the run
   input by reference); their workers use the product's converter with the same store;
+* ``A-xsr`` - also with ``--run-input-ref``: A-xs whose worker also has
+  ``WFA_PAYLOAD_STORE_RUN_RESULT=always`` (the result, with its step records, by reference);
 * ``B``  - :class:`bench.baseline.BaselineWorkflow`, the same five ``echo`` calls written by hand.
 
 Each measurement gets a fresh worker subprocess (:mod:`bench.bench_worker`) on its own task queue,
@@ -367,6 +369,9 @@ class Variant:
     # Started through the product's converter with WFA_PAYLOAD_STORE=fs:<dir> and
     # WFA_PAYLOAD_STORE_RUN_INPUT=always (the run input by reference); its worker reads the store.
     run_input_ref: bool = False
+    # With run_input_ref: its worker also has WFA_PAYLOAD_STORE_RUN_RESULT=always (the result by
+    # reference).
+    result_ref: bool = False
 
 
 A = Variant("A", "generic workflow (RunDefinition)", True)
@@ -399,6 +404,13 @@ A_XS_RN = Variant(
     True,
     result_steps=ResultSteps.NONE,
     run_input_ref=True,
+)
+A_XSR = Variant(
+    "A-xsr",
+    "generic, run input and result by reference (WFA_PAYLOAD_STORE_RUN_INPUT, _RUN_RESULT)",
+    True,
+    run_input_ref=True,
+    result_ref=True,
 )
 B = Variant("B", "hand-written baseline", None)
 
@@ -574,6 +586,8 @@ async def measure(bench: Bench, variant: Variant, rep: int) -> tuple[Measurement
     tq = f"bench-{variant.key:-<8}-{rep}-{uuid.uuid4().hex[:8]}"
     cprofile_out = profile_dir / f"worker-{variant.key}-rep{rep}.pstats" if profile_dir else None
     extra = ["--payload-store", str(bench.store)] if variant.run_input_ref else []
+    if variant.result_ref:
+        extra.append("--payload-store-result")
     worker = WorkerProcess(server.address, tq, cprofile_out, bench.pycache, bench.tmp, extra_args=extra)
     await worker.start()
     spy: PySpy | None = None
@@ -795,7 +809,7 @@ async def amain(args: argparse.Namespace) -> int:
         *([A_RF] if args.result_full else []),
         *([A_RN] if args.result_none else []),
         *([A_G0] if args.engine_level_0 else []),
-        *([A_XS, A_XS_RN] if args.run_input_ref else []),
+        *([A_XS, A_XS_RN, A_XSR] if args.run_input_ref else []),
         B,
     ]
     t_begin = time.monotonic()
