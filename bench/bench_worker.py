@@ -103,7 +103,7 @@ async def serve(
     elif extref_store is not None:
         from bench.extref import start_input_converter
 
-        converter = start_input_converter(extref_store, namespace, result=extref_result)
+        converter = start_input_converter(extref_store, namespace)
     client = await Client.connect(address, namespace=namespace, data_converter=converter)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

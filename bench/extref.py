@@ -21,20 +21,17 @@ the driver is named ``fs`` and its claim is only the digest (the namespace is th
 bound to), to measure how much of the reference is the product driver's claim and how much the
 SDK's reference format (its ``json/protobuf`` metadata and message type).
 
-With ``result=True`` (a worker of its own: :mod:`bench.bench_worker` ``--extref-result``), the
-result a generic workflow run completes with is stored by reference too (A-xsr: how far the
-result's step records are from 1.2x when they leave the history this way instead).
 
 The product stores run inputs by reference itself since (``WFA_PAYLOAD_STORE_RUN_INPUT=always``),
 with the rule this selector uses (:func:`starter.payload_store.is_run_start_input`); what stays a
-prototype here is the leaner reference and the result by reference. :mod:`bench.history_breakdown`
+prototype here is the leaner reference (the result by reference is the product's too now:
+``WFA_PAYLOAD_STORE_RUN_RESULT=always``, which A-xsr measures). :mod:`bench.history_breakdown`
 ``--extref`` measures them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -56,7 +53,6 @@ from workflows.generic import WORKFLOW_NAME
 
 __all__ = [
     "LeanFilesystemDriver",
-    "is_run_result",
     "run_input_selector",
     "start_input_converter",
 ]
@@ -102,27 +98,10 @@ class LeanFilesystemDriver(StorageDriver):
         return await self.inner.retrieve(context, full)
 
 
-def _json_object(payload: Payload) -> dict[str, object] | None:
-    if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b"{"):
-        return None
-    try:
-        value = json.loads(payload.data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def is_run_result(payload: Payload) -> bool:
-    """Whether ``payload`` is a generic workflow's result (a JSON object with a state and steps)."""
-    value = _json_object(payload)
-    return value is not None and isinstance(value.get("state"), str) and isinstance(value.get("steps"), list)
-
-
 def run_input_selector(
-    driver: StorageDriver, *, result: bool = False
+    driver: StorageDriver,
 ) -> Callable[[StorageDriverSelectContext, Payload], StorageDriver | None]:
-    """A ``driver_selector`` storing only the start input of a generic workflow run (and, with
-    ``result``, the result a run completes with: the run's own target, which has its run id)."""
+    """A ``driver_selector`` storing only the start input of a generic workflow run."""
 
     def select(context: StorageDriverSelectContext, payload: Payload) -> StorageDriver | None:
         target = context.target
@@ -130,24 +109,22 @@ def run_input_selector(
             return None
         if target.run_id is None and is_run_start_input(target, payload):  # the product's rule
             return driver
-        if result and target.run_id is not None and is_run_result(payload):
-            return driver
         return None
 
     return select
 
 
 def start_input_converter(
-    root: str | Path, namespace: str = "default", *, lean: bool = False, result: bool = False
+    root: str | Path, namespace: str = "default", *, lean: bool = False
 ) -> DataConverter:
     """pydantic's data converter, with the generic workflow's start input stored under ``root``
-    (referenced through :class:`LeanFilesystemDriver` when ``lean``; with ``result``, a worker's
-    runs store their result too); reads both drivers' references."""
+    (referenced through :class:`LeanFilesystemDriver` when ``lean``); reads both drivers'
+    references."""
     driver = FilesystemDriver(root, namespace=namespace)
     lean_driver = LeanFilesystemDriver(driver, namespace)
     storage = ExternalStorage(
         drivers=[driver, lean_driver],
-        driver_selector=run_input_selector(lean_driver if lean else driver, result=result),
+        driver_selector=run_input_selector(lean_driver if lean else driver),
         payload_size_threshold=0,
     )
     return dataclasses.replace(pydantic_data_converter, external_storage=storage)

@@ -25,7 +25,7 @@ the worker, the client API, the ``wfa`` CLI and the gateway all read references 
   a schedule refers to it (``wfa payloads gc`` reads the open runs' histories and the schedules),
   and a store read whenever a worker loads the run. ``always`` needs ``WFA_PAYLOAD_STORE``.
   The input a run continues as new with counts too. Everything else (step inputs and outputs,
-  the result) still goes by the threshold. Set it where runs start (clients, gateway, schedules'
+  the result) still goes by the threshold (the result also by ``WFA_PAYLOAD_STORE_RUN_RESULT``). Set it where runs start (clients, gateway, schedules'
   creators; the worker for subflows, fan-out slices and continued runs); readers need only the
   store.
 - ``WFA_PAYLOAD_STORE_RUN_RESULT``: ``threshold`` (default) or ``always``: every run's *result*
