@@ -788,13 +788,17 @@ def is_run_result(
     *,
     peek: Peek | None = None,
 ) -> bool:
-    """Whether ``payload`` is a run's result: a payload of the running workflow itself (the target
-    names its run) that is a JSON object with a ``state`` string and no field
-    :class:`~interpreter.state.RunResult` does not have. That is the result a run completes with
-    and the record a failed, compensated or cancelled run carries in its error's details; not its
-    ``status`` answer (it names the ``definition``), nor the input it continues as new with, nor
-    what it sends an activity or a child (their targets are those). An encrypted payload is looked
-    into through ``peek``."""
+    """Whether ``payload`` is a run's result: a payload whose target names a running workflow (a
+    run id: the SDK's target for a run's own payloads, for those of the activities it runs, and,
+    for a child's completion, the parent's run) that is a JSON object with a ``state`` string
+    first and no field :class:`~interpreter.state.RunResult` does not have. That is the result a
+    run completes with (a subflow's or fan-out slice's too) and the record a failed, compensated
+    or cancelled run carries in its error's details. The shape, not the target, leaves out the
+    rest: the run's ``status`` answer and the input it continues as new with (``definition``
+    first), an activity's input and result (``ActionRequest``, ``ActionResult``); a run being
+    started has no run id. An action raising an error whose details have a result's shape would
+    have them stored too, and read back the same. An encrypted payload is looked into through
+    ``peek``."""
     if not isinstance(target, StorageDriverWorkflowInfo) or target.run_id is None:
         return False
     if payload.metadata.get("encoding") == ENCRYPTED:

@@ -87,16 +87,16 @@ def test_a_bad_value_or_always_without_a_store_is_refused_naming_the_variable(tm
     assert storage.driver_selector is not None
 
 
-async def test_only_results_of_the_running_workflow_are_selected(tmp_path: Path) -> None:
-    """The selector: a result-shaped payload of the running workflow itself (its run id), from
-    RUN_RESULT_MIN bytes; not a smaller one, not its status answer, not a payload for an activity
-    or a run being started, not a JSON object with other fields; encrypted, looked into with the
-    keys; anything from the threshold on, whatever it is."""
-    from temporalio.converter import (
-        StorageDriverActivityInfo,
-        StorageDriverSelectContext,
-        StorageDriverWorkflowInfo,
-    )
+async def test_only_results_of_runs_are_selected(tmp_path: Path) -> None:
+    """The selector: a result-shaped payload of a running workflow (the target names its run: the
+    SDK's target for a run's own completion, and for a child's, its parent's run), from
+    RUN_RESULT_MIN bytes; not a smaller one, not the run's status answer, not the input or result
+    of an activity it runs (the SDK gives those the workflow's target too: their shape tells them
+    apart), not a run being started, not a JSON object with other fields; encrypted, looked into
+    with the keys; anything from the threshold on, whatever it is."""
+    from temporalio.converter import StorageDriverSelectContext, StorageDriverWorkflowInfo
+
+    from interpreter.actions import ActionRequest, ActionResult
 
     env = {
         "WFA_PAYLOAD_STORE": f"fs:{tmp_path}",
@@ -133,8 +133,13 @@ async def test_only_results_of_the_running_workflow_are_selected(tmp_path: Path)
     assert not picks(plain, small)  # a reference would be about as large
     assert not picks(plain, status)
     assert not picks(plain, other)
-    activity = StorageDriverActivityInfo(namespace="default", id="1", type="echo", run_id="r")
-    assert not picks(plain, result, activity)
+    # An activity's input and result, as the generic workflow sends and gets them, large enough.
+    request = ActionRequest(step_id="s", idempotency_key="k", input={"state": "x" * 600})
+    answer = ActionResult(output={"state": "completed", "steps": steps})
+    for model in (request, answer):
+        sent = payload(model.model_dump(mode="json"))
+        assert sent.ByteSize() >= RUN_RESULT_MIN
+        assert not picks(plain, sent)
     assert not picks(plain, result, StorageDriverWorkflowInfo(namespace="default", id="c", type="x"))
     # The threshold still applies to anything.
     big = Payload(metadata={"encoding": b"json/plain"}, data=b'"' + b"x" * 100000 + b'"')

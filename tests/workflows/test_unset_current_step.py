@@ -150,15 +150,48 @@ async def test_a_run_of_the_generation_upserts_current_step_where_an_earlier_one
     await replays_as_recorded(new, old)
 
 
+@pytest.mark.parametrize("mode", [CurrentStepTracking.WAITS, CurrentStepTracking.EVERY_STEP])
+async def test_a_run_that_never_has_a_step_to_show_upserts_what_an_earlier_one_does(
+    mode: CurrentStepTracking, client: Client, task_queue: str, worker: Worker
+) -> None:
+    """Its only step skipped (``when`` false): the run's first publish has no step active, where the
+    missing CurrentStep must read as ``""`` (a run of 25 started with it) or the run of 26 would
+    upsert ``CurrentStep = ""`` beside its state: the same upserts, value for value."""
+    document = definition(
+        unique("unset-step-skip"),
+        [{"id": "never", "type": "task", "action": "echo", "when": "1 == 2", "input": {"value": 1}}],
+    )
+    digest = definition_hash(load_definition(document))
+    upserts = {}
+    for level in LEVELS:
+        handle = await start(
+            client,
+            task_queue,
+            document,
+            engine_level=level,
+            current_step=mode,
+            search_attributes=start_attributes(document["name"], 1, digest, "default", engine_level=level),
+        )
+        assert (await handle.result()).state == RunState.COMPLETED
+        found = await events(handle, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
+        upserts[level] = [
+            {
+                k: json.loads(v.data)
+                for k, v in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields.items()
+            }
+            for e in found
+        ]
+        await replays_as_recorded(handle)
+    assert upserts[ENGINE_LEVEL] == upserts[UNSET_CURRENT_STEP_LEVEL - 1] == [{"RunState": "completed"}]
+
+
 async def test_a_client_of_the_generation_starts_runs_without_current_step_and_lists_them_the_same(
     client: Client, task_queue: str, database: Database, tenant: str, worker: Worker
 ) -> None:
     flows = FlowClient(client, task_queue=task_queue, database=database, tenant=tenant)
     started = await flows.start_run(_document(), {"n": 7})
     handle = client.get_workflow_handle(started.workflow_id)
-    assert "CurrentStep" not in await _started_attributes(handle)
-    described = (await handle.describe()).typed_search_attributes
-    assert described.get(CURRENT_STEP) is None  # unset until the run has a step to show
+    assert "CurrentStep" not in await _started_attributes(handle)  # unset until it has a step to show
     assert await _waiting_step(handle) == "review"
     await handle.signal(RunDefinitionWorkflow.approve, Decision(actor="alice"))
     result = await flows.result(started.workflow_id, timeout=60)
