@@ -646,7 +646,10 @@ async def main() -> int:
         await database.close()
     if tracing:
         await asyncio.to_thread(shutdown_tracing)
-    log.info("worker stopped" if code == 0 else "worker stopped after a failure (exit %d)", code)
+    if code == 0:
+        log.info("worker stopped")
+    else:
+        log.info("worker stopped after a failure (exit %d)", code)
     return code
 
 

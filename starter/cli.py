@@ -2101,7 +2101,11 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     # endpoint), or a stored payload missing or altered.
     ("starter.payload_store", ("PayloadStoreUnavailableError",), EXIT_UNAVAILABLE),
     ("starter.payload_store", ("PayloadStoreError",), EXIT_BAD_INPUT),
-    ("starter.errors", ("DefinitionFileNotFoundError", "InvalidInputError"), EXIT_BAD_INPUT),
+    (
+        "starter.errors",
+        ("DefinitionFileNotFoundError", "InvalidInputError", "PayloadUnreadableError"),
+        EXIT_BAD_INPUT,
+    ),
     ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),
     (
         "activities.store.errors",
@@ -2136,7 +2140,8 @@ def _exit_code_of(err: BaseException) -> int | None:
     """The documented exit code of an error the client or the store raises on purpose, else None."""
     if isinstance(err, UsageError):
         return EXIT_BAD_INPUT
-    if isinstance(err, RuntimeError) and "[TMPRL1105]" in str(err):  # a reference, no WFA_PAYLOAD_STORE
+    errors = sys.modules.get("starter.errors")
+    if errors is not None and errors.unreadable_payload(err) is not None:  # no WFA_PAYLOAD_STORE / _KEYS
         return EXIT_BAD_INPUT
     for module_name, class_names, code in _EXIT_CODES:
         module = sys.modules.get(module_name)
@@ -2215,6 +2220,10 @@ def run(argv: Sequence[str]) -> int:
         if definition_error is not None:
             _print_definition_error(getattr(args, "file", "definition"), definition_error, err_out)
             return EXIT_BAD_INPUT
+        errors = sys.modules.get("starter.errors")
+        problem = errors.unreadable_payload(err) if errors is not None else None
+        if problem is not None:  # the SDK's own words name neither variable
+            return fail(EXIT_BAD_INPUT, problem)
         code = _exit_code_of(err)
         if code is not None:
             return fail(code, str(err))

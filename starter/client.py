@@ -27,11 +27,12 @@ under ``.state/``), opened on first use and scoped to the client's tenant (``WFA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,6 +113,7 @@ from starter.errors import (
     InvalidInputError,
     InvalidRunInputError,
     NoWorkerError,
+    PayloadUnreadableError,
     PendingApprovalsUnknownError,
     ResultTimeoutError,
     RunAlreadyExistsError,
@@ -120,6 +122,7 @@ from starter.errors import (
     ScheduleSyncError,
     ServerUnavailableError,
     StarterError,
+    unreadable_payload,
 )
 from starter.inputs import brief as _brief
 from starter.inputs import check_json, check_json_object
@@ -209,6 +212,19 @@ def _transient_query_failure(err: Exception) -> bool:
     if isinstance(err, RPCError):
         return "Workflow Task in failed state" in err.message
     return False
+
+
+@contextlib.contextmanager
+def _readable(workflow_id: str) -> Iterator[None]:
+    """Turns the SDK's errors for a payload this process cannot read (no store, no key) into
+    :class:`PayloadUnreadableError`."""
+    try:
+        yield
+    except (RuntimeError, KeyError) as err:
+        problem = unreadable_payload(err)
+        if problem is None:
+            raise
+        raise PayloadUnreadableError(workflow_id, problem) from None
 
 
 async def query_status(handle: WorkflowHandle[Any, Any], rpc_timeout: timedelta | None = None) -> RunStatus:
@@ -1693,7 +1709,13 @@ class FlowClient:
         Raises:
             RunNotFoundError: No such run.
             NoWorkerError: The run is still going and no worker answered within 10 s.
+            PayloadUnreadableError: The answer or the result is stored by reference or encrypted,
+                and this client has no store or no key.
         """
+        with _readable(workflow_id):
+            return await self._status(workflow_id)
+
+    async def _status(self, workflow_id: str) -> RunStatus:
         description = await self.describe(workflow_id)
         running = description.status in (None, WorkflowExecutionStatus.RUNNING)
         try:
@@ -1892,7 +1914,13 @@ class FlowClient:
         Raises:
             RunNotFoundError: No such run.
             ResultTimeoutError: The run had not ended after ``timeout`` seconds.
+            PayloadUnreadableError: The result is stored by reference or encrypted, and this
+                client has no store or no key.
         """
+        with _readable(workflow_id):
+            return await self._result(workflow_id, timeout)
+
+    async def _result(self, workflow_id: str, timeout: float | None) -> RunResult:
         await self.describe(workflow_id)  # in this client's tenant
         handle: WorkflowHandle[Any, RunResult] = self.client.get_workflow_handle_for(
             RunDefinitionWorkflow.run, workflow_id

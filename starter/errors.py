@@ -152,6 +152,38 @@ class ResultTimeoutError(StarterError):
         self.timeout = timeout
 
 
+class PayloadUnreadableError(StarterError):
+    """A run's payload this process cannot read: stored by reference while it has no payload store
+    (``WFA_PAYLOAD_STORE``), or encrypted while it has no key (``WFA_PAYLOAD_KEYS``). Set them as
+    the worker has them.
+
+    Attributes:
+        workflow_id: The run.
+    """
+
+    def __init__(self, workflow_id: str, problem: str) -> None:
+        super().__init__(f"cannot read run {workflow_id!r}: {problem}")
+        self.workflow_id = workflow_id
+
+
+def unreadable_payload(err: BaseException) -> str | None:
+    """Why a run's payload could not be read, when ``err`` is the SDK saying this process lacks the
+    payload store or the keys; else None."""
+    if isinstance(err, RuntimeError) and "[TMPRL1105]" in str(err):
+        return "its payloads are in the payload store and this process has none: set WFA_PAYLOAD_STORE as the worker has it"
+    if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str):
+        message = err.args[0]
+        if message.startswith("Unknown payload encoding"):
+            encoding = message.removeprefix("Unknown payload encoding").strip()
+            if encoding == "binary/encrypted":
+                return (
+                    "its payloads are encrypted and this process has no key for them: set WFA_PAYLOAD_KEYS"
+                    " (or WFA_PAYLOAD_KEYS_FILE) as the worker has it"
+                )
+            return f"a payload has the encoding {encoding[:60]!r}, which this process cannot read"
+    return None
+
+
 class DefinitionFileNotFoundError(StarterError, FileNotFoundError):
     """A definition given as a path does not exist.
 

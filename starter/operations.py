@@ -93,6 +93,8 @@ class Stats(BaseModel):
     decision_p95_s: float | None
     detailed_runs: int
     details_unavailable: int
+    unavailable_because: str | None = None
+    """Why the first of the runs whose status could not be read could not (None when all were)."""
 
 
 def summarise(
@@ -183,17 +185,19 @@ async def run_stats(
     runs = runs[:limit]
     examined = [r for r in runs if r.state in CLOSED_STATES or r.awaiting_approval][:detail_limit]
     gate = asyncio.Semaphore(DETAIL_CONCURRENCY)
+    reasons: list[str] = []
 
     async def one(run: RunSummary) -> RunStatus | None:
         async with gate:
             try:
                 return await flows.status(run.workflow_id)
-            except Exception:  # a run deleted by retention, or no worker to answer the query
+            except Exception as err:  # deleted by retention, no worker to answer, no store or key
+                reasons.append(str(err) or type(err).__name__)
                 return None
 
     fetched = await asyncio.gather(*(one(run) for run in examined))
     statuses = [s for s in fetched if s is not None]
-    return summarise(
+    stats = summarise(
         definition,
         flows.tenant,
         start,
@@ -202,6 +206,9 @@ async def run_stats(
         truncated=truncated,
         details_unavailable=len(fetched) - len(statuses),
     )
+    if reasons:
+        stats.unavailable_because = reasons[0][:500]
+    return stats
 
 
 def _seconds_text(value: float | None) -> str:
@@ -245,6 +252,8 @@ def print_stats(stats: Stats, out: TextIO) -> None:
         print("where runs fail most: no failed step among the examined runs", file=out)
     unavailable = f", {stats.details_unavailable} unavailable" if stats.details_unavailable else ""
     print(f"(step figures from {stats.detailed_runs} runs' status{unavailable})", file=out)
+    if stats.unavailable_because:
+        print(f"(the first unavailable: {stats.unavailable_because})", file=out)
 
 
 # -------------------------------------------------------------------------------------------- watch

@@ -132,6 +132,8 @@ async def test_stats_count_outcomes_failing_steps_and_time_to_decision(
     assert [(f.step, f.failures) for f in stats.failing_steps] == [("charge", 2)]
     assert stats.decisions == 1
     assert stats.decision_p50_s is not None
+    assert stats.details_unavailable == 0
+    assert stats.unavailable_because is None
 
     code, out, err = await asyncio.to_thread(wfa, capsys, flows, "stats", name, "--since", "1h", "--json")
     assert code == EXIT_OK, err

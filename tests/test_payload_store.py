@@ -449,7 +449,10 @@ async def test_big_outputs_and_input_by_reference_in_a_directory(
     code = await asyncio.to_thread(main, ["--address", address, "result", started.workflow_id])
     captured = capsys.readouterr()
     assert code == EXIT_BAD_INPUT, captured.err
-    assert "external storage is not configured" in captured.err
+    assert (
+        "its payloads are in the payload store and this process has none: set WFA_PAYLOAD_STORE"
+        in captured.err
+    )
     assert "internal error" not in captured.err
 
 

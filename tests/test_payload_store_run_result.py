@@ -9,7 +9,9 @@ claim written before, naming it, reads the same. On the session's dev server.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.store.database import Database
 from interpreter.state import RunResult, RunState
+from starter.cli import EXIT_BAD_INPUT, main
 from starter.client import FlowClient
 from starter.codec import ENCODING, data_converter
+from starter.errors import PayloadUnreadableError
+from starter.operations import run_stats
 from starter.payload_store import (
     RUN_RESULT_ENV,
     RUN_RESULT_MIN,
@@ -34,7 +39,7 @@ from starter.payload_store import (
 )
 from tests.test_payload_store import KEY, client_of, env_of, history_payloads, references
 from tests.test_payload_store_run_input import digest_of, store_worker
-from tests.workflows.support import definition, record, unique
+from tests.workflows.support import definition, eventually, record, unique
 
 COMPLETED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
 FAILED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
@@ -172,7 +177,10 @@ async def test_always_stores_a_run_s_result_and_readers_get_its_records(
     temporal_env: WorkflowEnvironment,
     task_queue: str,
     database: Database,
+    database_url: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A 3-step run with ``always`` and a large threshold: its completion holds a reference to a
     blob with the result and every step record, and every other payload stays inline; the client
@@ -189,7 +197,8 @@ async def test_always_stores_a_run_s_result_and_readers_get_its_records(
     flows = FlowClient(client, task_queue=task_queue, database=database)
     driver = FilesystemDriver(store)
     async with store_worker(client, task_queue, database):
-        started = await flows.start_run(_steps(unique("runresult")), {"word": "ada"})
+        flow_name = unique("runresult")
+        started = await flows.start_run(_steps(flow_name), {"word": "ada"})
         result = await flows.result(started.workflow_id, timeout=300)
         assert result.state == RunState.COMPLETED, (result.error_type, result.error)
         assert result.output == "ada-one-two-three"
@@ -237,3 +246,38 @@ async def test_always_stores_a_run_s_result_and_readers_get_its_records(
     [closed] = [e for e in history.events if e.event_type == FAILED]
     details = closed.workflow_execution_failed_event_attributes.failure.application_failure_info.details
     assert len(references(list(details.payloads))) == 1
+
+    # A client without the store (or, for encrypted runs, without the key) is told what to set,
+    # through the client API and the CLI (exit 2), never an internal error; no worker is running.
+    lacking = [("WFA_PAYLOAD_STORE", {k: v for k, v in env.items() if k == "WFA_PAYLOAD_KEYS"})]
+    if encrypted:
+        lacking.append(("WFA_PAYLOAD_KEYS", {k: v for k, v in env.items() if k != "WFA_PAYLOAD_KEYS"}))
+    for variable, partial in lacking:
+        reader = FlowClient(await client_of(temporal_env, partial), task_queue=task_queue, database=database)
+        for read in (reader.result, reader.status):
+            with pytest.raises(PayloadUnreadableError, match=f"set {variable}.* as the worker has it"):
+                await read(started.workflow_id)
+        # wfa stats says why a run's step figures were unavailable.
+        stats = await eventually(
+            lambda reader=reader: run_stats(reader, flow_name, timedelta(hours=1)),  # type: ignore[misc]
+            lambda s: s.closed == 1,
+            what="the closed run in visibility",
+            timeout=60,
+        )
+        assert stats.details_unavailable == 1
+        assert stats.unavailable_because is not None
+        assert f"set {variable}" in stats.unavailable_because
+        for name in ("WFA_PAYLOAD_STORE", "WFA_PAYLOAD_KEYS", "WFA_PAYLOAD_STORE_THRESHOLD", RUN_RESULT_ENV):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in partial.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        address = temporal_env.client.service_client.config.target_host
+        for command in ("result", "status"):
+            capsys.readouterr()
+            code = await asyncio.to_thread(main, ["--address", address, command, started.workflow_id])
+            err = capsys.readouterr().err
+            assert code == EXIT_BAD_INPUT, err
+            assert f"set {variable}" in err
+            assert "as the worker has it" in err
+            assert "internal error" not in err
