@@ -2,7 +2,8 @@
 
 Starts one dev server and one benchmark worker (:mod:`bench.bench_worker`, the product's sandbox
 configuration), runs one run of each of ``bench.run``'s variants A (the generic workflow on the
-5-step definition, started as a starter does, at the build's interpreter generation), A-g0 (A at
+5-step definition, started with the search attributes and fairness key a starter sets, at the build's
+interpreter generation), A-g0 (A at
 generation 0: every patch asked, as runs were started before the generations), A-rf and A-rn (the same with
 ``RunOptions.result_steps`` ``full`` and ``none``) and B (the hand-written baseline), and prints, per
 run, the bytes of every event type and of every payload in the history: the run input, each
@@ -10,13 +11,17 @@ activity's input and result, the workflow result, the search attributes set at s
 marker details and headers. Bytes are the serialized protobuf sizes, as ``bench.run`` counts them
 (``History.ByteSize()``), so per-event figures add up to the run's total.
 
+A-fc is A started by ``FlowClient.start_run`` itself, memo and Web UI summary and details included
+(``bench.run``'s A, like the baseline, has none of those).
+
 ``--extref`` adds A-xs and A-xs-rn (A and A-rn with the run input stored by reference, as the
 product does with ``WFA_PAYLOAD_STORE=fs:<dir>`` and ``WFA_PAYLOAD_STORE_RUN_INPUT=always``: the
 starting client's converter is :func:`starter.payload_store.PayloadStoreConfig.external_storage`'s;
 the worker reads references through the :mod:`bench.extref` prototype's converter, whose driver
 has the product driver's name), A-xsl-rn (A-xs-rn with the prototype's leaner reference), A-xsr
 (A-xs whose result is stored by reference too, by a second worker with
-``WFA_PAYLOAD_STORE_RUN_RESULT=always``), a row of ratios to B, and what the store holds (one blob per distinct payload: A-xs
+``WFA_PAYLOAD_STORE_RUN_RESULT=always``), A-fc-xsr (A-xsr started by ``FlowClient.start_run``), a row of
+ratios to B, and what the store holds (one blob per distinct payload: A-xs
 runs twice, A-xsl-rn has A-xs-rn's input, A-xsr A-xs's).
 """
 
@@ -43,8 +48,10 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench.baseline import STEPS, definition_data, expected_output
 from bench.extref import start_input_converter
 from bench.run import A_G0, A_RF, A_RN, A, B, Server, Variant, WorkerProcess, Workload
+from starter.client import FlowClient
 from starter.payload_store import RUN_INPUT_ENV, STORE_ENV, PayloadStoreConfig
 
 A_XS = dataclasses.replace(
@@ -116,6 +123,29 @@ def breakdown(history: History) -> dict[str, Any]:
     }
 
 
+A_FC = "A-fc"
+"""A started by ``FlowClient.start_run``, as a service starts runs: besides A's search attributes
+and fairness key, the memo (definition, version, hash, tenant, source) and the Web UI's summary and
+details (``bench.run``'s A leaves those out, as the hand-written baseline has none)."""
+A_FC_XSR = "A-fc-xsr"
+"""A-fc through the product's converter with ``WFA_PAYLOAD_STORE_RUN_INPUT=always``, on the worker
+with ``WFA_PAYLOAD_STORE_RUN_RESULT=always`` (A-xsr started by ``FlowClient.start_run``)."""
+NO_REGISTRY = "postgresql://unused@127.0.0.1:1/unused"
+"""FlowClient's database: an inline definition never opens the registry."""
+
+
+async def flow_run(client: Client, tq: str) -> History:
+    """One run of the 5-step definition started by ``FlowClient.start_run``; its history."""
+    flows = FlowClient(client, task_queue=tq, database=NO_REGISTRY)
+    wf_id = f"breakdown-{uuid.uuid4().hex[:12]}"  # the same length as one_run's
+    started = await flows.start_run(definition_data(), {"n": 7}, workflow_id=wf_id)
+    result = await flows.result(started.workflow_id, timeout=120)
+    if result.output != expected_output(7) or len(result.steps) != STEPS:
+        raise AssertionError(f"{wf_id}: {result!r}")
+    fetched = await client.get_workflow_handle(wf_id).fetch_history()
+    return History(events=fetched.events)
+
+
 async def one_run(client: Client, workload: Workload, variant: Variant, tq: str) -> History:
     wf_id = f"breakdown-{uuid.uuid4().hex[:12]}"  # the same length for every variant (it is in each activity's input)
     handle = await workload.start(client, variant, 7, wf_id, tq)
@@ -138,9 +168,9 @@ def print_breakdown(results: dict[str, dict[str, Any]]) -> None:
         f"{'total bytes (events)':<45}"
         + "".join(f"{r['total']:>10} ({r['events']:>2})" for r in results.values())
     )
-    if "B" in results and any(k in EXTREF for k in keys):
+    if "B" in results:
         base = results["B"]["total"]
-        print(f"{'ratio to B':<45}" + "".join(f"{r['total'] / base:>15.2f}x" for r in results.values()))
+        print(f"{'ratio to B':<45}" + "".join(f"{r['total'] / base:>15.3f}x" for r in results.values()))
     for k, r in results.items():
         print(f"\npayloads of {k} (bytes):")
         for where, size in r["payload_bytes"].items():
@@ -194,6 +224,7 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
                     v.key: breakdown(await one_run(clients.get(v.key, client), workload, v, tq))
                     for v in variants
                 }
+                results = {**results, A_FC: breakdown(await flow_run(client, tq)), "B": results.pop("B")}
                 if extref:
                     # The same input again: no new blob (A-xsl-rn's input is A-xs-rn's: no new blob either).
                     await one_run(by_ref, workload, A_XS, tq)
@@ -215,12 +246,14 @@ async def amain(extref: bool = False) -> dict[str, dict[str, Any]]:
                     results = {
                         **{k: v for k, v in results.items() if k != "B"},
                         A_XSR.key: breakdown(await one_run(by_ref, workload, A_XSR, tq)),
+                        A_FC_XSR: breakdown(await flow_run(by_ref, tq)),
                         "B": results["B"],
                     }
                 finally:
                     await worker.stop()
-                # A-xsr's input is A-xs's: its result is the only new blob.
-                results["store"] = {**store_summary(store), "runs_by_reference": len(EXTREF) + 2}
+                # A-xsr's input is A-xs's: its result is the only new blob; A-fc-xsr adds its input
+                # (FlowClient's options differ) and its result.
+                results["store"] = {**store_summary(store), "runs_by_reference": len(EXTREF) + 3}
         finally:
             await server.stop()
     return results
