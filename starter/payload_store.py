@@ -760,22 +760,33 @@ def is_run_start_input(
     An encrypted payload is looked into through ``peek``; without it, it is not a run input."""
     if not isinstance(target, StorageDriverWorkflowInfo) or not target.type:
         return False
+    plain = _plain_json(payload, peek)
+    if plain is None or not plain.data.startswith(b"{"):
+        return False
+    if target.run_id is not None and b'"continuation"' not in plain.data:
+        return False  # a running workflow's payload other than its continue-as-new input: no parse
+    value = _json_object(plain.data)
+    if value is None or not isinstance(value.get("definition"), dict):
+        return False
+    return target.run_id is None or isinstance(value.get("continuation"), dict)
+
+
+def _plain_json(payload: Payload, peek: Peek | None) -> Payload | None:
+    """The JSON payload ``payload`` is, or holds encrypted (looked into through ``peek``), or None."""
     if payload.metadata.get("encoding") == ENCRYPTED:
         inner = peek(payload) if peek is not None else None
         if inner is None:
-            return False
+            return None
         payload = inner
-    if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b"{"):
-        return False
-    if target.run_id is not None and b'"continuation"' not in payload.data:
-        return False  # a running workflow's payload other than its continue-as-new input: no parse
+    return payload if payload.metadata.get("encoding") == b"json/plain" else None
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(payload.data)
+        value = json.loads(data)
     except (ValueError, RecursionError):
-        return False
-    if not isinstance(value, dict) or not isinstance(value.get("definition"), dict):
-        return False
-    return target.run_id is None or isinstance(value.get("continuation"), dict)
+        return None
+    return value if isinstance(value, dict) else None
 
 
 _RESULT_FIELDS = frozenset({"state", "output", "error", "error_type", "steps"})
@@ -801,18 +812,11 @@ def is_run_result(
     ``peek``."""
     if not isinstance(target, StorageDriverWorkflowInfo) or target.run_id is None:
         return False
-    if payload.metadata.get("encoding") == ENCRYPTED:
-        inner = peek(payload) if peek is not None else None
-        if inner is None:
-            return False
-        payload = inner
-    if payload.metadata.get("encoding") != b"json/plain" or not payload.data.startswith(b'{"state":'):
+    plain = _plain_json(payload, peek)
+    if plain is None or not plain.data.startswith(b'{"state":'):
         return False  # not a RunResult's first field: no parse
-    try:
-        value = json.loads(payload.data)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(value, dict) and isinstance(value.get("state"), str) and value.keys() <= _RESULT_FIELDS
+    value = _json_object(plain.data)
+    return value is not None and isinstance(value.get("state"), str) and value.keys() <= _RESULT_FIELDS
 
 
 def run_input_selector(
