@@ -132,6 +132,7 @@ from workflows.priority import priority_grants, run_priority
 from workflows.search_attributes import (
     AWAITING_APPROVAL,
     CURRENT_STEP,
+    DEFINITION_HASH,
     DEFINITION_NAME,
     DEFINITION_VERSION,
     RUN_STATE,
@@ -1069,8 +1070,9 @@ class FlowClient:
         name, version = parsed.name, parsed.version
         if not started:
             # The running execution may run another definition (or another version of this one):
-            # report what it runs, from the memo it was started with. Another tenant's run with
-            # that id is refused without saying whose it is.
+            # report what it runs, from its search attributes (or the memo of a run started before
+            # the memo left them out). Another tenant's run with that id is refused without saying
+            # whose it is.
             try:
                 existing = await self.describe(wf_id)
             except RunNotFoundError:
@@ -1078,9 +1080,10 @@ class FlowClient:
                     wf_id, None, reason=f"the workflow id {wf_id!r} is in use; choose another business key"
                 ) from None
             memo = await existing.memo()
-            name = str(memo.get("definition", name))
-            version = int(memo.get("version", version))
-            digest = str(memo.get("hash", digest))
+            attributes = existing.typed_search_attributes
+            name = str(memo.get("definition") or attributes.get(DEFINITION_NAME) or name)
+            version = int(memo.get("version") or attributes.get(DEFINITION_VERSION) or version)
+            digest = str(memo.get("hash") or attributes.get(DEFINITION_HASH) or digest)
         return RunHandle(
             client=self,
             workflow_id=wf_id,
@@ -1141,14 +1144,9 @@ class FlowClient:
                 + (f"\n\n**Business key** {workflow_id}" if workflow_id else "")
                 + f"\n\n**Hash** `{digest}`"
             ),
-            memo={
-                "definition": parsed.name,
-                "version": parsed.version,
-                "hash": digest,
-                "tenant": self.tenant,
-                "source": source,
-                **({"dry_run": True} if dry_run else {}),
-            },
+            # Only what the search attributes do not hold (the definition's name, version and
+            # hash and the tenant are there): each memo field is a payload in every run's history.
+            memo={"source": source, **({"dry_run": True} if dry_run else {})},
         )
 
     async def execute_run(

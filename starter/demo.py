@@ -84,6 +84,7 @@ from starter.mailbox import LocalMailbox
 from worker import build_worker
 from workflows import decision_tokens
 from workflows.search_attributes import DEFINITION_HASH, DEFINITION_NAME, DEFINITION_VERSION
+from workflows.search_attributes import TENANT as TENANT_ATTRIBUTE
 
 __all__ = ["FakeServices", "main"]
 
@@ -743,7 +744,8 @@ async def _pinned(flows: FlowClient, workflow_id: str) -> str:
     name = attributes.get(DEFINITION_NAME)
     version = attributes.get(DEFINITION_VERSION)
     digest = attributes.get(DEFINITION_HASH) or ""
-    source = f"{memo.get('source', '?')}, tenant {memo.get('tenant', '?')}"
+    tenant = attributes.get(TENANT_ATTRIBUTE) or memo.get("tenant", "?")
+    source = f"{memo.get('source', '?')}, tenant {tenant}"
     return f"{name} v{version}, hash {_short_hash(digest)} ({source})"
 
 

@@ -1,5 +1,6 @@
 """Runs started from the definition registry on the dev server: by name (the active version) and by
-``name@N``, with the definition's name, version and hash in the search attributes and the memo; a
+``name@N``, with the definition's name, version and hash in the search attributes (the memo says
+where it came from: what the attributes hold is not repeated there, each field a payload); a
 run stays pinned to its version when another is activated mid-run; a tenant cannot start another
 tenant's definitions. Also the registry's CLI (``wfa definitions``, ``wfa db``, ``wfa dead-letters``).
 """
@@ -99,14 +100,9 @@ async def test_start_by_name_and_by_pinned_version(
     assert (await pinned.result(timeout=30)).output == {"marker": "two", "version": 2}
 
     description = await flows.describe(pinned.workflow_id)
-    assert await description.memo() == {
-        "definition": name,
-        "version": 2,
-        "hash": second.info.content_hash,
-        "tenant": tenant,
-        "source": "registry",
-    }
+    assert await description.memo() == {"source": "registry"}
     attributes = description.typed_search_attributes
+    assert attributes.get(TENANT) == tenant
     assert attributes.get(DEFINITION_NAME) == name
     assert attributes.get(DEFINITION_VERSION) == 2
     assert attributes.get(DEFINITION_HASH) == second.info.content_hash
@@ -169,7 +165,7 @@ async def test_a_tenant_can_neither_read_nor_start_another_tenants_definitions(
 
     run = await a.start_run(name)
     assert (await run.result(timeout=30)).output["marker"] == "a's"
-    assert (await (await a.describe(run.workflow_id)).memo())["tenant"] == a.tenant
+    assert (await a.describe(run.workflow_id)).typed_search_attributes.get(TENANT) == a.tenant
 
 
 async def test_a_tenant_cannot_see_or_touch_another_tenants_runs(

@@ -34,7 +34,7 @@ from starter.errors import InvalidRunInputError, ScheduleSyncError
 from starter.schedules import ScheduleInfo, schedule_id
 from starter.triggers import live_triggers, live_triggers_of_every_tenant
 from tests.workflows.support import eventually
-from workflows.search_attributes import DEFINITION_VERSION
+from workflows.search_attributes import DEFINITION_NAME, DEFINITION_VERSION
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -144,10 +144,12 @@ async def test_a_schedule_fires_the_active_version_and_follows_activate_and_roll
     assert all(r.tenant == tenant for r in runs)
     # Each fire is a run like one started by hand: pinned version, tenant, memo, output.
     handle = client.get_workflow_handle(runs[0].workflow_id)
-    memo = await (await handle.describe()).memo()
-    assert memo["definition"] == name
-    assert memo["version"] == 1
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(DEFINITION_NAME) == name
+    assert description.typed_search_attributes.get(DEFINITION_VERSION) == 1
+    memo = await description.memo()
     assert memo["source"] == "schedule"
+    assert "definition" not in memo  # in the search attributes, not repeated
     result = await flows.result(runs[0].workflow_id, timeout=30)
     assert result.output == {"marker": "one", "who": "schedule"}
 
