@@ -125,7 +125,7 @@ def breakdown(history: History) -> dict[str, Any]:
 
 A_FC = "A-fc"
 """A started by ``FlowClient.start_run``, as a service starts runs: besides A's search attributes
-and fairness key, the memo (definition, version, hash, tenant, source) and the Web UI's summary and
+and fairness key, the memo (where the definition came from) and the Web UI's summary and
 details (``bench.run``'s A leaves those out, as the hand-written baseline has none)."""
 A_FC_XSR = "A-fc-xsr"
 """A-fc through the product's converter with ``WFA_PAYLOAD_STORE_RUN_INPUT=always``, on the worker

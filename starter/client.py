@@ -1070,9 +1070,8 @@ class FlowClient:
         name, version = parsed.name, parsed.version
         if not started:
             # The running execution may run another definition (or another version of this one):
-            # report what it runs, from its search attributes (or the memo of a run started before
-            # the memo left them out). Another tenant's run with that id is refused without saying
-            # whose it is.
+            # report what it runs, from its search attributes (else the memo, as a raw client may
+            # have set it). Another tenant's run with that id is refused without saying whose it is.
             try:
                 existing = await self.describe(wf_id)
             except RunNotFoundError:
@@ -1081,9 +1080,9 @@ class FlowClient:
                 ) from None
             memo = await existing.memo()
             attributes = existing.typed_search_attributes
-            name = str(memo.get("definition") or attributes.get(DEFINITION_NAME) or name)
-            version = int(memo.get("version") or attributes.get(DEFINITION_VERSION) or version)
-            digest = str(memo.get("hash") or attributes.get(DEFINITION_HASH) or digest)
+            name = str(attributes.get(DEFINITION_NAME) or memo.get("definition") or name)
+            version = int(attributes.get(DEFINITION_VERSION) or memo.get("version") or version)
+            digest = str(attributes.get(DEFINITION_HASH) or memo.get("hash") or digest)
         return RunHandle(
             client=self,
             workflow_id=wf_id,
@@ -1768,7 +1767,15 @@ class FlowClient:
             RunNotFoundError: No such run.
             PendingApprovalsUnknownError: The run could not answer the query (its worker is of a
                 build before it, or none answered within 10 s).
+            PayloadUnreadableError: The answer is stored by reference or encrypted, and this
+                client has no store or no key.
         """
+        with _readable(workflow_id):
+            return await self._pending_approvals(workflow_id, path, brief)
+
+    async def _pending_approvals(
+        self, workflow_id: str, path: str | None, brief: bool
+    ) -> list[PendingApproval]:
         handle = self._handle(workflow_id)
         found: list[PendingApproval] = []
         ask = ApprovalsQuery(path=path, brief=brief)
@@ -1877,8 +1884,8 @@ class FlowClient:
     ) -> RunStatus:
         result = await self.result(workflow_id)
         memo = await description.memo()
-        name = memo.get("definition") or description.typed_search_attributes.get(DEFINITION_NAME) or ""
-        version = memo.get("version") or description.typed_search_attributes.get(DEFINITION_VERSION) or 0
+        name = description.typed_search_attributes.get(DEFINITION_NAME) or memo.get("definition") or ""
+        version = description.typed_search_attributes.get(DEFINITION_VERSION) or memo.get("version") or 0
         return RunStatus(
             definition=str(name),
             version=int(version),

@@ -9,8 +9,8 @@ that also serves the dead-letter activities. Then, as tenant ``demo``, it:
 
 * registers every example from ``examples/`` in the definition registry (idempotent: a second demo
   registers nothing new) and prints the registry;
-* starts the example runs by name, so each is pinned to the registered version (its memo and
-  search attributes carry name, version and content hash), with short delays (``wait: 2s``
+* starts the example runs by name, so each is pinned to the registered version (its search
+  attributes carry name, version and content hash), with short delays (``wait: 2s``
   instead of days, office hours off);
 * registers a changed copy of ``expense-approval`` as the next version, shows the diff, activates
   it and rolls back, while the v1 run waits for its approval;

@@ -9,6 +9,7 @@ what happened and offers the inbox. No sign-in is needed: the token is the proof
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +24,16 @@ from gateway.inbox.deps import InboxState
 from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, PendingApproval, RunStatus
-from starter.errors import DecisionRefusedError, PendingApprovalsUnknownError, RunClosedError, StarterError
+from starter.errors import (
+    DecisionRefusedError,
+    PayloadUnreadableError,
+    PendingApprovalsUnknownError,
+    RunClosedError,
+    StarterError,
+)
 from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError
+
+log = logging.getLogger("gateway.inbox")
 
 Renderer = Callable[..., HTMLResponse]
 """The router's page renderer."""
@@ -150,6 +159,14 @@ async def _pending(
         return LinkProblem(
             "Cannot tell now",
             "The run could not say just now whether this step still waits. Please try again in a moment.",
+            503,
+        )
+    except PayloadUnreadableError as err:  # this gateway's configuration, not the run
+        log.error("decision link: %s", err)
+        return LinkProblem(
+            "Cannot read this run now",
+            "This gateway is not configured to read the run's data (its log says what is missing)."
+            " Please tell your administrator and try again later.",
             503,
         )
     except StarterError:

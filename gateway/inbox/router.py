@@ -11,6 +11,7 @@ shown with the run's reason, next to the field it names.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -34,12 +35,14 @@ from starter import tokens
 from starter.client import FlowClient, runs_query
 from starter.errors import (
     DecisionRefusedError,
+    PayloadUnreadableError,
     PendingApprovalsUnknownError,
     RunClosedError,
     RunNotFoundError,
     StarterError,
 )
 
+log = logging.getLogger("gateway.inbox")
 COOKIE = "wfa_inbox"
 _HERE = Path(__file__).parent
 _templates = Environment(
@@ -372,6 +375,8 @@ async def find_work(flows: FlowClient, person: Person, limit: int) -> list[WorkI
     async for execution in flows.client.list_workflows(query, limit=limit):
         try:
             status = await flows.status(execution.id)
+        except PayloadUnreadableError:
+            raise  # this gateway's configuration, not the run: every run would vanish from the list
         except StarterError:
             continue  # ended or unanswerable meanwhile: not work any more
         for approval in await flows.every_pending_approval(execution.id, status):
@@ -399,6 +404,8 @@ async def inbox(request: Request, state: State, decided: str = "", run: str = ""
             "The inbox cannot look for your work now",
             f"The workflow service answered: {err.message[:300]}. Please try again later.",
         )
+    except PayloadUnreadableError as err:
+        return _unreadable(request, state, session, err)
     done = None
     if decided in DONE and run:
         done = f"{DONE[decided]}: {run}"
@@ -421,6 +428,22 @@ def _unavailable(
 ) -> HTMLResponse:
     """A page saying the inbox cannot answer now (503), and why."""
     return _render(request, state, "message.html", session, status_code=503, title=title, message=message)
+
+
+def _unreadable(
+    request: Request, state: InboxState, session: Session, err: PayloadUnreadableError
+) -> HTMLResponse:
+    """A run this gateway cannot read (no payload store or no key where the worker has them): 503,
+    and the operator's log line saying what to set; never "nothing here"."""
+    log.error("inbox: %s", err)
+    return _unavailable(
+        request,
+        state,
+        session,
+        "The inbox cannot read your work now",
+        "This gateway is not configured to read the runs' data (its log says what is missing)."
+        " Please tell your administrator and try again later.",
+    )
 
 
 def _not_found(request: Request, state: InboxState, session: Session) -> HTMLResponse:
@@ -472,6 +495,8 @@ async def _item_page(
             "The run has more waiting than one answer holds, and it could not list them just now"
             " (its worker may be being upgraded). Please try again in a moment.",
         )
+    except PayloadUnreadableError as err:
+        return _unreadable(request, state, session, err)
     except (RunNotFoundError, StarterError):
         return _not_found(request, state, session)
     if pending is None:
@@ -562,6 +587,8 @@ async def decide(request: Request, state: State) -> Response:
     flows = await state.config.clients(person.tenant)
     try:
         _, pending = await _item_context(flows, run, step)
+    except PayloadUnreadableError as err:
+        return _unreadable(request, state, session, err)
     except StarterError:
         return _not_found(request, state, session)
     if pending is None or not may_decide(pending.approvers, person.username, person.groups):

@@ -1,0 +1,115 @@
+"""A gateway that cannot read the runs' data (the workers encrypt, the gateway has no key) says so.
+
+The inbox's list and a decision link read each run's ``status``. When the gateway lacks the key
+(or the payload store) the workers have, every run is unreadable to it: that is the gateway's
+configuration, not the runs. Before, the list skipped each such run without a word (an empty
+inbox) and a link said the run "no longer exists" (404); now the list stops with
+``PayloadUnreadableError`` and the pages answer 503, with a log line naming what to set. Real dev
+server, a worker that encrypts, the inbox served on loopback.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from gateway.inbox import InboxConfig, LocalUsers, install_inbox
+from gateway.inbox.auth import Person
+from gateway.inbox.router import find_work
+from interpreter.state import RunInput, RunOptions, RunState
+from interpreter.validate import load_definition
+from starter.client import FlowClient
+from starter.errors import PayloadUnreadableError
+from starter.tokens import generate_keys, mint
+from tests.inbox.conftest import serve
+from tests.test_payload_store import KEY, client_of
+from tests.workflows.support import definition, eventually, unique, wait_state
+from worker import build_worker
+from workflows import decision_tokens
+from workflows.generic import RunDefinitionWorkflow
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def encrypting(temporal_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Client]:
+    """A client whose payloads are encrypted, and a worker on it (as production's workers)."""
+    client = await client_of(temporal_env, {"WFA_PAYLOAD_KEYS": f"k={KEY}"})
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(client, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        yield client
+
+
+async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
+    client: Client,
+    encrypting: Client,
+    task_queue: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    document = definition(
+        unique("unreadable"),
+        [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}],
+    )
+    handle = await encrypting.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(document),
+            options=RunOptions(tenant="acme", publish_assignees=True),
+        ),
+        id=unique("unreadable-run"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=5),
+    )
+    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    reader = FlowClient(encrypting, task_queue=task_queue, tenant="acme")
+    unkeyed = FlowClient(client, task_queue=task_queue, tenant="acme")  # the session's client: no key
+    assert (await reader.status(handle.id)).pending_approvals  # readable with the key
+
+    alice = Person(tenant="acme", username="alice")
+    listed = await eventually(  # visibility is eventually consistent: until the run is listed
+        lambda: find_work(reader, alice, 50), bool, what="the run in alice's work"
+    )
+    assert [item.run for item in listed] == [handle.id]
+    with pytest.raises(PayloadUnreadableError, match="set WFA_PAYLOAD_KEYS"):
+        await find_work(unkeyed, alice, 50)  # before: [] (each unreadable run skipped)
+
+    private, public = generate_keys("inbox-unreadable")
+    decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
+
+    async def client_for(tenant: str) -> FlowClient:
+        return unkeyed
+
+    app = FastAPI()
+    install_inbox(
+        app,
+        InboxConfig(
+            clients=client_for,
+            authenticator=LocalUsers(),
+            session_secret=secrets.token_bytes(32),
+            signing_keys={"acme": private},
+            secure_cookies=False,
+        ),
+    )
+    try:
+        async with serve(app) as base, httpx.AsyncClient() as http:
+            token = mint(
+                private, tenant="acme", run=handle.id, actor="alice", decisions=["approve"], step="review"
+            )
+            with caplog.at_level("ERROR", logger="gateway.inbox"):
+                page = await http.get(f"{base}/inbox/link", params={"t": token})
+            assert page.status_code == 503, page.text[:500]
+            assert "Cannot read this run now" in page.text
+            assert "no longer exists" not in page.text
+            assert "Traceback" not in page.text
+            assert any("set WFA_PAYLOAD_KEYS" in r.getMessage() for r in caplog.records)
+    finally:
+        decision_tokens.configure(None)
+        await handle.terminate("test over")
