@@ -21,19 +21,23 @@ import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
 from playwright.async_api import Browser, expect
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities import notify
 from activities.outbound import OutboundPolicy
 from activities.secrets import Secret, configure_secret_store
 from gateway.inbox import InboxConfig, LocalUsers, hash_password, install_inbox
+from interpreter.state import RunInput, RunOptions, RunState
+from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.mailbox import LocalMailbox
 from starter.tokens import generate_keys
 from tests.helpers.browser import chromium
+from tests.workflows.support import definition, unique, wait_state
 from worker import build_worker
 from workflows import decision_tokens
+from workflows.generic import RunDefinitionWorkflow
 
 # Assertions on pages wait for their condition; on a busy machine a decision's round trip (page,
 # gateway, Temporal, worker, back) can take longer than Playwright's default of 5 seconds.
@@ -45,6 +49,30 @@ USERS = [
     {"tenant": "acme", "username": "carol", "name": "Carol Diaz", "groups": ["finance"]},
     {"tenant": "globex", "username": "alice", "name": "Alice of Globex", "groups": ["finance"]},
 ]
+
+
+async def waiting_run(
+    client: Client, task_queue: str, tenant: str, **options: Any
+) -> WorkflowHandle[Any, Any]:
+    """A run of ``tenant`` waiting at an approval ``review`` that alice may decide (its assignees
+    published, as ``FlowClient`` starts runs), started through ``client``; ``options``: more
+    ``RunOptions``."""
+    document = definition(
+        unique(f"{tenant}-expense"),
+        [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}],
+    )
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(document),
+            options=RunOptions(tenant=tenant, publish_assignees=True, **options),
+        ),
+        id=unique(f"{tenant}-run"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=5),
+    )
+    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    return handle
 
 
 @dataclass
@@ -79,6 +107,22 @@ async def inbox(client: Client, task_queue: str, worker: Worker) -> AsyncIterato
     decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
     users = LocalUsers.from_document({"users": [{**u, "password": hash_password(PASSWORD)} for u in USERS]})
     clients = {t: FlowClient(client, task_queue=task_queue, tenant=t) for t in ("acme", "globex")}
+    app = inbox_app(clients, {"acme": private, "globex": private}, authenticator=users)
+    try:
+        async with serve(app) as base:
+            url = f"{base}/inbox"
+            notify.configure(private, url)  # the worker's decision_links activity mints and links here
+            yield Inbox(url, private, clients)
+    finally:
+        decision_tokens.configure(None)
+        notify.reset()
+
+
+def inbox_app(
+    clients: dict[str, FlowClient], signing_keys: dict[str, dict[str, Any]], **config: Any
+) -> FastAPI:
+    """An inbox app on plain HTTP: each tenant's client, each tenant's signing key; ``config``:
+    more ``InboxConfig`` fields (default: no users, which decision links need none of)."""
 
     async def client_for(tenant: str) -> FlowClient:
         return clients[tenant]
@@ -88,20 +132,13 @@ async def inbox(client: Client, task_queue: str, worker: Worker) -> AsyncIterato
         app,
         InboxConfig(
             clients=client_for,
-            authenticator=users,
             session_secret=secrets.token_bytes(32),
-            signing_keys={"acme": private, "globex": private},
+            signing_keys=signing_keys,
             secure_cookies=False,  # plain HTTP on loopback
+            **{"authenticator": LocalUsers(), **config},
         ),
     )
-    try:
-        async with serve(app) as base:
-            url = f"{base}/inbox"
-            notify.configure(private, url)  # the worker's decision_links activity mints and links here
-            yield Inbox(url, private, clients)
-    finally:
-        decision_tokens.configure(None)
-        notify.reset()
+    return app
 
 
 @contextlib.asynccontextmanager

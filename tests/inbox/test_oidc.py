@@ -40,7 +40,7 @@ from gateway.inbox.router import COOKIE
 from interpreter.state import RunResult, RunState
 from starter.client import FlowClient
 from starter.tokens import generate_keys
-from tests.inbox.conftest import serve
+from tests.inbox.conftest import inbox_app, serve
 from tests.inbox.test_inbox_browser import SCREENSHOTS, _listed, _start
 from tests.workflows.support import eventually
 from workflows import decision_tokens
@@ -101,22 +101,7 @@ async def oidc_inbox(
     private, public = generate_keys("oidc-test")
     decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
     clients = {t: FlowClient(client, task_queue=task_queue, tenant=t) for t in ("acme", "globex")}
-
-    async def client_for(tenant: str) -> FlowClient:
-        return clients[tenant]
-
-    app = FastAPI()
-    install_inbox(
-        app,
-        InboxConfig(
-            clients=client_for,
-            authenticator=None,
-            session_secret=secrets.token_bytes(32),
-            oidc_providers=[_acme(issuer)],
-            signing_keys={"acme": private},
-            secure_cookies=False,
-        ),
-    )
+    app = inbox_app(clients, {"acme": private}, authenticator=None, oidc_providers=[_acme(issuer)])
     try:
         async with serve(app) as base:
             yield OidcInbox(f"{base}/inbox", clients)

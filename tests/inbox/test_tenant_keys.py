@@ -10,30 +10,23 @@ the inbox refuses the link; globex's own key decides as before.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from gateway.inbox import InboxConfig, LocalUsers, install_inbox
-from interpreter.state import RunInput, RunOptions, RunState
-from interpreter.validate import load_definition
+from interpreter.state import RunState
 from starter.client import FlowClient
 from starter.errors import DecisionRefusedError
 from starter.tokens import generate_keys, merge_jwks, mint
-from tests.inbox.conftest import serve
-from tests.workflows.support import definition, unique, wait_state
+from tests.inbox.conftest import inbox_app, serve, waiting_run
 from worker import load_decision_verifier
 from workflows import decision_tokens
-from workflows.generic import RunDefinitionWorkflow
 
 
 @pytest.fixture
@@ -50,22 +43,7 @@ def tenant_keys(tmp_path: Path) -> Iterator[dict[str, dict[str, Any]]]:
 
 
 async def _globex_run(client: Client, task_queue: str) -> WorkflowHandle[Any, Any]:
-    document = definition(
-        unique("globex-expense"),
-        [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}],
-    )
-    handle = await client.start_workflow(
-        RunDefinitionWorkflow.run,
-        RunInput(
-            definition=load_definition(document),
-            options=RunOptions(tenant="globex", decision_proof=True, publish_assignees=True),
-        ),
-        id=unique("globex-run"),
-        task_queue=task_queue,
-        execution_timeout=timedelta(minutes=5),
-    )
-    await wait_state(handle, RunState.AWAITING_APPROVAL)
-    return handle
+    return await waiting_run(client, task_queue, "globex", decision_proof=True)
 
 
 def _token(key: dict[str, Any], run: str) -> str:
@@ -93,22 +71,7 @@ async def per_tenant_inbox(
 ) -> AsyncIterator[str]:
     """The inbox with one signing key per tenant (no ``"*"``)."""
     clients = {t: FlowClient(client, task_queue=task_queue, tenant=t) for t in ("acme", "globex")}
-
-    async def client_for(tenant: str) -> FlowClient:
-        return clients[tenant]
-
-    app = FastAPI()
-    install_inbox(
-        app,
-        InboxConfig(
-            clients=client_for,
-            authenticator=LocalUsers(),
-            session_secret=secrets.token_bytes(32),
-            signing_keys=tenant_keys,
-            secure_cookies=False,
-        ),
-    )
-    async with serve(app) as base:
+    async with serve(inbox_app(clients, tenant_keys)) as base:
         yield f"{base}/inbox"
 
 

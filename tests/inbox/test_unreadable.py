@@ -10,31 +10,25 @@ server, a worker that encrypts, the inbox served on loopback.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from gateway.inbox import InboxConfig, LocalUsers, install_inbox
 from gateway.inbox.auth import Person
 from gateway.inbox.router import find_work
-from interpreter.state import RunInput, RunOptions, RunState
-from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.errors import PayloadUnreadableError
 from starter.tokens import generate_keys, mint
-from tests.inbox.conftest import serve
+from tests.inbox.conftest import inbox_app, serve, waiting_run
 from tests.test_payload_store import KEY, client_of
-from tests.workflows.support import definition, eventually, unique, wait_state
+from tests.workflows.support import eventually
 from worker import build_worker
 from workflows import decision_tokens
-from workflows.generic import RunDefinitionWorkflow
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -54,21 +48,7 @@ async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
     task_queue: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    document = definition(
-        unique("unreadable"),
-        [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}],
-    )
-    handle = await encrypting.start_workflow(
-        RunDefinitionWorkflow.run,
-        RunInput(
-            definition=load_definition(document),
-            options=RunOptions(tenant="acme", publish_assignees=True),
-        ),
-        id=unique("unreadable-run"),
-        task_queue=task_queue,
-        execution_timeout=timedelta(minutes=5),
-    )
-    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    handle = await waiting_run(encrypting, task_queue, "acme")
     reader = FlowClient(encrypting, task_queue=task_queue, tenant="acme")
     unkeyed = FlowClient(client, task_queue=task_queue, tenant="acme")  # the session's client: no key
     assert (await reader.status(handle.id)).pending_approvals  # readable with the key
@@ -84,22 +64,11 @@ async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
     private, public = generate_keys("inbox-unreadable")
     decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
 
-    async def client_for(tenant: str) -> FlowClient:
-        return unkeyed
-
-    app = FastAPI()
-    install_inbox(
-        app,
-        InboxConfig(
-            clients=client_for,
-            authenticator=LocalUsers(),
-            session_secret=secrets.token_bytes(32),
-            signing_keys={"acme": private},
-            secure_cookies=False,
-        ),
-    )
     try:
-        async with serve(app) as base, httpx.AsyncClient() as http:
+        async with (
+            serve(inbox_app({"acme": unkeyed}, {"acme": private})) as base,
+            httpx.AsyncClient() as http,
+        ):
             token = mint(
                 private, tenant="acme", run=handle.id, actor="alice", decisions=["approve"], step="review"
             )
