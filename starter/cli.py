@@ -90,7 +90,7 @@ from starter.config import (
     TASK_QUEUE_ENV,
     TENANT_ENV,
 )
-from starter.errors import DefinitionFileNotFoundError, InvalidInputError
+from starter.errors import DefinitionFileNotFoundError, InvalidInputError, unreadable_payload
 from starter.inputs import brief, check_json
 
 RESULT_STEPS = ("full", "compact", "none")
@@ -2140,9 +2140,6 @@ def _exit_code_of(err: BaseException) -> int | None:
     """The documented exit code of an error the client or the store raises on purpose, else None."""
     if isinstance(err, UsageError):
         return EXIT_BAD_INPUT
-    errors = sys.modules.get("starter.errors")
-    if errors is not None and errors.unreadable_payload(err) is not None:  # no WFA_PAYLOAD_STORE / _KEYS
-        return EXIT_BAD_INPUT
     for module_name, class_names, code in _EXIT_CODES:
         module = sys.modules.get(module_name)
         if module is None:
@@ -2220,9 +2217,8 @@ def run(argv: Sequence[str]) -> int:
         if definition_error is not None:
             _print_definition_error(getattr(args, "file", "definition"), definition_error, err_out)
             return EXIT_BAD_INPUT
-        errors = sys.modules.get("starter.errors")
-        problem = errors.unreadable_payload(err) if errors is not None else None
-        if problem is not None:  # the SDK's own words name neither variable
+        problem = unreadable_payload(err)  # no WFA_PAYLOAD_STORE or _KEYS: the SDK's words name neither
+        if problem is not None:
             return fail(EXIT_BAD_INPUT, problem)
         code = _exit_code_of(err)
         if code is not None:

@@ -124,7 +124,7 @@ THRESHOLD_ENV = "WFA_PAYLOAD_STORE_THRESHOLD"
 RUN_INPUT_ENV = "WFA_PAYLOAD_STORE_RUN_INPUT"
 RUN_INPUT_MODES = ("threshold", "always")
 """``threshold``: a run's start input is stored from the threshold, like any payload; ``always``:
-whatever its size."""
+whatever its size. The values of ``WFA_PAYLOAD_STORE_RUN_RESULT`` too (:data:`RUN_RESULT_ENV`)."""
 RUN_RESULT_ENV = "WFA_PAYLOAD_STORE_RUN_RESULT"
 """``threshold`` (default) or ``always``: a run's result (and a failed run's record in its error's
 details) is stored from :data:`RUN_RESULT_MIN` bytes, whatever the threshold."""
@@ -876,16 +876,8 @@ class PayloadStoreConfig:
         """
         source = os.environ if env is None else env
         spec = source.get(STORE_ENV, "").strip()
-        run_input = source.get(RUN_INPUT_ENV, "").strip().lower() or "threshold"
-        if run_input not in RUN_INPUT_MODES:
-            raise PayloadStoreConfigError(
-                f"{RUN_INPUT_ENV}: {source[RUN_INPUT_ENV].strip()[:50]!r} is not threshold or always"
-            )
-        run_result = source.get(RUN_RESULT_ENV, "").strip().lower() or "threshold"
-        if run_result not in RUN_INPUT_MODES:
-            raise PayloadStoreConfigError(
-                f"{RUN_RESULT_ENV}: {source[RUN_RESULT_ENV].strip()[:50]!r} is not threshold or always"
-            )
+        run_input = _mode(source, RUN_INPUT_ENV)
+        run_result = _mode(source, RUN_RESULT_ENV)
         # Checked with or without a store: a malformed value is a mistake either way.
         threshold = _bytes(source, THRESHOLD_ENV, DEFAULT_THRESHOLD, 0, MAX_THRESHOLD)
         budget = _bytes(source, STATE_BUDGET_ENV, DEFAULT_STATE_BUDGET, 64 * 1024, MAX_STATE_BUDGET)
@@ -980,6 +972,14 @@ class PayloadStoreConfig:
             ),
             payload_size_threshold=0,
         )
+
+
+def _mode(source: Mapping[str, str], name: str) -> str:
+    """``threshold`` (the default) or ``always``: the value of ``name``, or the error naming it."""
+    mode = source.get(name, "").strip().lower() or "threshold"
+    if mode not in RUN_INPUT_MODES:
+        raise PayloadStoreConfigError(f"{name}: {source[name].strip()[:50]!r} is not threshold or always")
+    return mode
 
 
 def _bytes(source: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
