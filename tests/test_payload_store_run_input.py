@@ -88,21 +88,26 @@ async def store_worker(client: Client, task_queue: str, database: Database) -> A
 # ------------------------------------------------------------------------------ configuration
 
 
-def test_a_bad_value_or_always_without_a_store_is_refused_naming_the_variable(tmp_path: Path) -> None:
-    store = f"fs:{tmp_path}"
-    for env in ({RUN_INPUT_ENV: "yes"}, {RUN_INPUT_ENV: "on", "WFA_PAYLOAD_STORE": store}):
+def refused_naming_the_variable(name: str, what: str, store: str) -> None:
+    """A bad value of the ``always`` setting ``name``, and ``always`` without a store, are refused
+    with messages naming ``name`` (``what``: what it stores)."""
+    for env in ({name: "yes"}, {name: "on", "WFA_PAYLOAD_STORE": store}):
         with pytest.raises(
-            PayloadStoreConfigError,
-            match=r"^WFA_PAYLOAD_STORE_RUN_INPUT: '(yes|on)' is not threshold or always$",
+            PayloadStoreConfigError, match=rf"^{name}: '(yes|on)' is not threshold or always$"
         ):
             data_converter(env)
-    for env in ({RUN_INPUT_ENV: "always"}, {RUN_INPUT_ENV: "always", "WFA_PAYLOAD_STORE": "off"}):
+    for env in ({name: "always"}, {name: "always", "WFA_PAYLOAD_STORE": "off"}):
         with pytest.raises(
             PayloadStoreConfigError,
-            match=r"^WFA_PAYLOAD_STORE_RUN_INPUT=always stores every run's start input in the payload store,"
+            match=rf"^{name}=always stores every run's {what} in the payload store,"
             r" but WFA_PAYLOAD_STORE is (not set|'off'): set it",
         ):
             data_converter(env)
+
+
+def test_a_bad_value_or_always_without_a_store_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    store = f"fs:{tmp_path}"
+    refused_naming_the_variable(RUN_INPUT_ENV, "start input", store)
     # Without a store, the default (explicit or not) is no store at all, as before.
     assert PayloadStoreConfig.from_env({RUN_INPUT_ENV: "threshold"}) is None
     assert data_converter({RUN_INPUT_ENV: ""}).external_storage is None
