@@ -213,12 +213,13 @@ WORKFLOW_TASK_SLOTS_ENV = "WFA_WORKFLOW_TASK_SLOTS"
 """Workflow tasks the worker runs at once (default :func:`default_workflow_task_slots`)."""
 
 
-def default_workflow_task_slots() -> int:
-    """Two per CPU, at least four: workflow code runs under the GIL, so more slots than the CPUs
-    can serve only lengthen every task. The SDK's default of 100 lets a burst of first tasks on a
-    small machine each take seconds, tripping the SDK's 2 s deadlock detector and the 10 s workflow
-    task timeout (measured with 10,000 runs starting on 2 cores: see the README's *Benchmarks*)."""
-    return max(4, 2 * (os.cpu_count() or 1))
+def default_workflow_task_slots(cpus: int | None = None) -> int:
+    """Two per CPU the process may use (:func:`cpu_limit`, unless ``cpus`` is given), at least four:
+    workflow code runs under the GIL, so more slots than the CPUs can serve only lengthen every
+    task. The SDK's default of 100 lets a burst of first tasks on a small machine each take seconds,
+    tripping the SDK's 2 s deadlock detector and the 10 s workflow task timeout (measured with
+    10,000 runs starting on 2 cores: see the README's *Benchmarks*)."""
+    return max(4, 2 * (cpu_limit() if cpus is None else cpus))
 
 
 def workflow_task_slots_from_env(environ: Mapping[str, str]) -> int:
@@ -246,25 +247,71 @@ CACHED_RUN_BYTES = 4 * 1024 * 1024
 (1.5 MiB) grew the worker by about 3.9 MB (an attacker's probe; the README's *Memory*)."""
 
 
-def _cgroup_files(cgroup: Path, self_cgroup: Path) -> list[Path]:
-    """The memory limit files of this process's cgroup and of each cgroup above it (v2
-    ``memory.max``, v1 ``memory.limit_in_bytes`` in the memory hierarchy), as
-    ``/proc/self/cgroup`` names them, and those at the mount's root."""
-    places: list[tuple[Path, str]] = [(cgroup, "memory.max"), (cgroup / "memory", "memory.limit_in_bytes")]
+def _cgroup_dirs(cgroup: Path, self_cgroup: Path, controller: str) -> list[tuple[Path, bool]]:
+    """The directories of this process's cgroup and of each cgroup above it for ``controller``
+    (``memory``, ``cpu``), as ``/proc/self/cgroup`` names them, and those at the mount's root, each
+    with whether it is cgroup v2 (one hierarchy) or v1 (the controller's own, ``<mount>/<controller>``)."""
+    places: list[tuple[Path, bool]] = [(cgroup, True), (cgroup / controller, False)]
     with contextlib.suppress(OSError):
         for line in self_cgroup.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
             if controllers == "":
-                base, name = cgroup, "memory.max"
-            elif "memory" in controllers.split(","):
-                base, name = cgroup / "memory", "memory.limit_in_bytes"
+                base, v2 = cgroup, True
+            elif controller in controllers.split(","):
+                base, v2 = cgroup / controller, False
             else:
                 continue
             here = base / path.strip().lstrip("/")
             while here != base and base in here.parents:
-                places.append((here, name))
+                places.append((here, v2))
                 here = here.parent
-    return [directory / name for directory, name in places]
+    return places
+
+
+def _cgroup_files(cgroup: Path, self_cgroup: Path) -> list[Path]:
+    """The memory limit files of this process's cgroup and of each cgroup above it (v2
+    ``memory.max``, v1 ``memory.limit_in_bytes`` in the memory hierarchy)."""
+    return [
+        directory / ("memory.max" if v2 else "memory.limit_in_bytes")
+        for directory, v2 in _cgroup_dirs(cgroup, self_cgroup, "memory")
+    ]
+
+
+def _cpu_quota(directory: Path, v2: bool) -> float | None:
+    """The CPUs a cgroup's quota allows (quota over period), None when it sets none."""
+    if v2:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
+        if quota == "max":
+            return None
+    else:
+        quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+        period = (directory / "cpu.cfs_period_us").read_text().strip()
+    if int(quota) <= 0 or int(period) <= 0:  # v1's -1: no quota
+        return None
+    return int(quota) / int(period)
+
+
+def cpu_limit(
+    cgroup: Path = Path("/sys/fs/cgroup"),
+    self_cgroup: Path = Path("/proc/self/cgroup"),
+    affinity: int | None = None,
+) -> int:
+    """The CPUs this process may use: those its affinity allows (``affinity``, default
+    ``os.sched_getaffinity``, else ``os.cpu_count``), at most the lowest CPU quota set on its cgroup
+    or one above it (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``), rounded
+    up; at least 1. A container limited to 2 CPUs on a 32-core host has 2, not 32."""
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            affinity = os.cpu_count() or 1
+    cpus = max(1, affinity)
+    for directory, v2 in _cgroup_dirs(cgroup, self_cgroup, "cpu"):
+        with contextlib.suppress(OSError, ValueError):
+            quota = _cpu_quota(directory, v2)
+            if quota is not None:
+                cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
 
 
 def memory_limit(
@@ -306,8 +353,8 @@ def cached_runs_from_env(environ: Mapping[str, str], memory: int | None = None) 
     A cached run holds its state in memory: a run that keeps its whole state budget (1.5 MiB
     without the payload store; with it, what the run asks up to ``WFA_STATE_BUDGET_MAX``) takes
     about 4 MB of the worker's memory at 1.5 MiB, so a thousand such runs waiting take about 4 GB.
-    This bounds it, per namespace the worker serves; a run not in the cache is replayed from its
-    history at its next task.
+    This bounds it for the whole process (:func:`per_namespace` splits it among the namespaces the
+    process serves); a run not in the cache is replayed from its history at its next task.
 
     Raises:
         ValueError: Not a whole number from 1 to 100,000.
@@ -318,6 +365,15 @@ def cached_runs_from_env(environ: Mapping[str, str], memory: int | None = None) 
     if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
         raise ValueError(f"{CACHED_RUNS_ENV} must be a whole number from 1 to 100000, not {raw[:40]!r}")
     return int(raw)
+
+
+def per_namespace(total: int, namespaces: int, least: int) -> int:
+    """What each namespace's worker gets of a process-wide figure (``WFA_WORKFLOW_TASK_SLOTS``,
+    ``WFA_MAX_CACHED_RUNS``): a process serving several namespaces runs one SDK worker for each,
+    and each worker's slots and cache are its own, so without the split a process serving ten
+    namespaces would run ten times the workflow tasks at once and cache ten times the runs. An even
+    share, at least ``least`` (the SDK's minimum; the total is then exceeded, and the log says so)."""
+    return max(least, total // max(1, namespaces))
 
 
 SHUTDOWN_GRACE_ENV = "WORKER_SHUTDOWN_GRACE_S"
@@ -603,6 +659,8 @@ async def main() -> int:
         # One HTTP client per namespace: a tenant's allowances (and pooled connections) serve only
         # the runs of its namespace.
         workers = []
+        slots_each = per_namespace(workflow_slots, len(clients), 2)
+        cached_each = per_namespace(cached_runs, len(clients), 1)
         sql = SqlActions()
         stack.push_async_callback(sql.close)
         for namespace, client in clients.items():
@@ -617,8 +675,8 @@ async def main() -> int:
                     outbound_policy=policies[namespace],
                     sql=sql,
                     deployment=deployment,
-                    max_concurrent_workflow_tasks=workflow_slots,
-                    max_cached_workflows=cached_runs,
+                    max_concurrent_workflow_tasks=slots_each,
+                    max_cached_workflows=cached_each,
                     on_fatal_error=failed,
                 )
             )
@@ -626,14 +684,17 @@ async def main() -> int:
             tenants = scope.tenants_of(namespace)
             log.info(
                 "worker polling %s on %s (namespace %s, tenants %s, deployment %s, workflow task slots %d,"
-                " cached runs %d)",
+                " cached runs %d%s)",
                 task_queue,
                 client.service_client.config.target_host,
                 namespace,
                 "any" if tenants is None else ", ".join(tenants),
                 "none" if deployment is None else f"{deployment.deployment_name}@{deployment.build_id}",
-                workflow_slots,
-                cached_runs,
+                slots_each,
+                cached_each,
+                ""
+                if len(clients) == 1
+                else f"; the process's {workflow_slots} and {cached_runs} shared by {len(clients)} namespaces",
             )
         sampler = (
             GaugeSampler(runtime.metric_meter, list(clients.values()), task_queue, sample_limit)

@@ -340,6 +340,7 @@ async def test_tenant_b_cannot_reach_tenant_a(
     task_queue: str,
     workers: Callable[..., subprocess.Popen[bytes]],
     http_server: RecordingServer,
+    tmp_path: Path,
 ) -> None:
     stack = tenancy_env
     attempts: list[tuple[str, bool]] = []  # (what, succeeded)
@@ -405,7 +406,15 @@ async def test_tenant_b_cannot_reach_tenant_a(
 
     # A run in globex's namespace claiming to be acme, on a worker holding both tenants' secrets
     # and serving both namespaces; loopback is an allowance of acme's alone.
-    workers(stack, task_queue, "acme,globex", WFA_TENANT_OUTBOUND_ALLOW="acme=127.0.0.0/8")
+    workers(
+        stack,
+        task_queue,
+        "acme,globex",
+        WFA_TENANT_OUTBOUND_ALLOW="acme=127.0.0.0/8",
+        # The process's figures, split between its two namespaces' workers (worker.per_namespace).
+        WFA_WORKFLOW_TASK_SLOTS="8",
+        WFA_MAX_CACHED_RUNS="100",
+    )
     server_url = http_server.url
     claim = RunInput(
         definition=load_definition(
@@ -478,6 +487,15 @@ async def test_tenant_b_cannot_reach_tenant_a(
     await wait_state(stack.client_a.get_workflow_handle(a_id), RunState.AWAITING_APPROVAL, timeout=60)
     await acme.client.get_workflow_handle(a_id).terminate("test over")
     await globex.client.get_workflow_handle(b_id).terminate("test over")
+    # One process serving two namespaces runs 8 workflow tasks at once and caches 100 runs in all,
+    # not 8 and 100 in each.
+    both = (tmp_path / "worker-1.log").read_text()
+    for namespace in (stack.ns_a, stack.ns_b):
+        assert f"(namespace {namespace}, tenants" in both, both[-3000:]
+    assert (
+        both.count("workflow task slots 4, cached runs 50; the process's 8 and 100 shared by 2 namespaces")
+        == 2
+    )
 
     succeeded = [what for what, ok in attempts if ok]
     print(f"cross-tenant attempts: {len(succeeded)} of {len(attempts)} succeeded")

@@ -21,9 +21,11 @@ from worker import (
     DEADLOCK_TIMEOUT_S,
     build_worker,
     cached_runs_from_env,
+    cpu_limit,
     default_cached_runs,
     default_workflow_task_slots,
     memory_limit,
+    per_namespace,
     workflow_task_slots_from_env,
 )
 
@@ -31,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_default_follows_the_cpus_not_the_sdks_hundred() -> None:
-    assert default_workflow_task_slots() == max(4, 2 * (os.cpu_count() or 1))
+    assert default_workflow_task_slots() == max(4, 2 * cpu_limit())
+    assert [default_workflow_task_slots(cpus) for cpus in (1, 2, 3, 32)] == [4, 4, 6, 64]
     assert workflow_task_slots_from_env({}) == default_workflow_task_slots()
     assert workflow_task_slots_from_env({"WFA_WORKFLOW_TASK_SLOTS": " 12 "}) == 12
 
@@ -126,6 +129,58 @@ def test_the_memory_is_the_cgroup_limit_at_most_the_machine(tmp_path: Path) -> N
     assert here is not None
     assert here > 0
     assert cached_runs_from_env({}) == default_cached_runs(here)
+
+
+def test_the_cpus_are_the_cgroup_quota_at_most_the_affinity(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    own = tmp_path / "self"
+
+    def cpus(cgroup_line: str, files: dict[str, str], affinity: int = 32) -> int:
+        for relative, text in files.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_text(text + "\n")
+        own.write_text(cgroup_line + "\n")
+        found = cpu_limit(root, own, affinity=affinity)
+        for relative in files:
+            (root / relative).unlink()
+        return found
+
+    # A container limited to 2 CPUs on a 32-core host (docker --cpus=2: cgroup v2 cpu.max) has 2,
+    # so the default is 4 slots, not 64; a fraction rounds up; "max" is no quota.
+    assert cpus("0::/", {"cpu.max": "200000 100000"}) == 2
+    assert default_workflow_task_slots(cpus("0::/", {"cpu.max": "200000 100000"})) == 4
+    assert cpus("0::/", {"cpu.max": "150000 100000"}) == 2
+    assert cpus("0::/", {"cpu.max": "50000 100000"}) == 1
+    assert cpus("0::/", {"cpu.max": "max 100000"}) == 32
+    # The process's own cgroup or one above it (a systemd service's CPUQuota=), the lowest wins.
+    assert cpus("0::/system.slice/wfa.service", {"system.slice/wfa.service/cpu.max": "400000 100000"}) == 4
+    assert (
+        cpus(
+            "0::/system.slice/wfa.service",
+            {"system.slice/cpu.max": "300000 100000", "system.slice/wfa.service/cpu.max": "max 100000"},
+        )
+        == 3
+    )
+    # v1: the cpu hierarchy's quota over its period; -1 is no quota.
+    v1 = {"cpu/jobs/abc/cpu.cfs_quota_us": "300000", "cpu/jobs/abc/cpu.cfs_period_us": "100000"}
+    assert cpus("5:cpu,cpuacct:/jobs/abc", v1) == 3
+    assert cpus("5:cpu,cpuacct:/", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}) == 32
+    # Another controller's path is not the cpu one's; the affinity bounds a larger quota.
+    assert cpus("4:memory:/jobs/abc", v1) == 32
+    assert cpus("0::/", {"cpu.max": "800000 100000"}, affinity=2) == 2
+    # Nothing readable: the affinity alone. This machine: at least one, at most its CPUs.
+    assert cpu_limit(tmp_path / "absent", tmp_path / "absent", affinity=6) == 6
+    assert 1 <= cpu_limit() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(
+    ("total", "namespaces", "least", "each"),
+    [(8, 1, 2, 8), (8, 2, 2, 4), (9, 2, 2, 4), (8, 10, 2, 2), (1000, 3, 1, 333), (1, 4, 1, 1)],
+)
+def test_a_process_serving_several_namespaces_shares_its_figures(
+    total: int, namespaces: int, least: int, each: int
+) -> None:
+    assert per_namespace(total, namespaces, least) == each
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many", "2.5", "100001"])
