@@ -57,6 +57,10 @@ STATE_DIR_ENV = "WFA_STATE_DIR"
 DB_FILENAME = "temporal.db"
 LOG_FILENAME = "temporal.log"
 LOCK_FILENAME = "devserver.lock"
+DYNAMIC_CONFIG = {"matching.enableFairness": "true"}
+"""The dev server's dynamic configuration: fairness on, so a tenant's flood does not delay another
+tenant's steps (the fairness key every run carries is honoured only with it; the README's *Fairness
+and priority*). ``ops/temporal/production-sql.yaml`` sets the same for the production stack."""
 
 _T = TypeVar("_T")
 
@@ -337,6 +341,8 @@ class DevServer:
         ]  # fmt: skip
         for name, type_word in CLI_TYPES.items():
             cmd += ["--search-attribute", f"{name}={type_word}"]
+        for key, value in DYNAMIC_CONFIG.items():
+            cmd += ["--dynamic-config-value", f"{key}={value}"]
         return cmd + self.extra_args
 
     # ---------------------------------------------------------------------------- start / stop

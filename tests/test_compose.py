@@ -113,3 +113,15 @@ def test_the_image_carries_runtime_dependencies_only() -> None:
     assert "[local]" not in dockerfile
     assert "[dev" not in dockerfile
     assert ".[dev,local]" in (ROOT / "Makefile").read_text()
+
+
+def test_the_server_honours_the_fairness_key_every_run_carries() -> None:
+    # Every run and activity carries its tenant as the fairness key; the server dispatches by it
+    # only with fairness on. The stack's server reads its dynamic config from the mounted ops/temporal.
+    temporal = compose()["services"]["temporal"]
+    mounted = next(v for v in temporal["volumes"] if v.startswith("./ops/temporal:"))
+    directory = mounted.split(":")[1]
+    config_file = temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    assert f"/etc/temporal/{config_file}".startswith(directory + "/")
+    config = YAML(typ="safe").load((ROOT / "ops" / "temporal" / Path(config_file).name).read_text())
+    assert config["matching.enableFairness"] == [{"value": True, "constraints": {}}]

@@ -14,7 +14,12 @@ import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT, ensure_search_attributes, find_temporal_cli
+from starter.devserver import (
+    DYNAMIC_CONFIG,
+    EPHEMERAL_STARTUP_TIMEOUT,
+    ensure_search_attributes,
+    find_temporal_cli,
+)
 from workflows.search_attributes import ALL_KEYS
 
 HISTORY_ERROR = 1500
@@ -27,8 +32,9 @@ LIMITS = {
     "limit.historyCount.error": HISTORY_ERROR,
     "limit.historyCount.warn": HISTORY_WARN,
     "limit.historyCount.suggestContinueAsNew": SUGGEST_CONTINUE_AS_NEW,
-    # Fairness keys are honoured by matching only when this is on (server 1.29+).
-    "matching.enableFairness": "true",
+    # Fairness keys are honoured by matching only when this is on (server 1.29+): the demo's dev
+    # server's own setting, so the fairness tests run what it ships.
+    **DYNAMIC_CONFIG,
     # One partition per task queue: fairness orders each partition's backlog, and a poller takes
     # from one partition at a time, so with several the measured order depends on the partition a
     # task lands in.
