@@ -41,6 +41,8 @@ class _Counter:
         self.now = 0
         self.peak = 0
         self.calls = 0
+        self.seen: dict[str, list[Any]] = {}
+        """The items each run's probes saw, in the order they started (by the input's ``tag``)."""
 
 
 COUNTER = _Counter()
@@ -54,6 +56,8 @@ async def probe(request: ActionRequest) -> Any:
     COUNTER.now += 1
     COUNTER.calls += 1
     COUNTER.peak = max(COUNTER.peak, COUNTER.now)
+    if data.get("tag"):
+        COUNTER.seen.setdefault(data["tag"], []).append(data.get("item"))
     try:
         if data.get("hold"):
             for _ in range(600):
@@ -314,3 +318,93 @@ async def test_an_item_that_compensates_or_succeeds_ends_the_run_as_in_the_run(
     result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert result.output == {"stopped_at": 9}
+
+
+def _differential(name: str, on_failure: str, stop_at: int | None, fan_out_above: int) -> dict[str, Any]:
+    """A step with a compensation, then a 12-item foreach of ``concurrency: 1`` whose items are
+    probes handling their failure with ``on_failure``, and a ``succeed`` at item ``stop_at``: in the
+    run (``fan_out_above`` 10000) or in children of 4 items (5)."""
+    tagged = {"tag": "{{ input.tag }}", "fail_on": "{{ input.fail_on }}"}
+    body: list[dict[str, Any]] = [
+        {
+            "id": "p",
+            "type": "task",
+            "action": PROBE,
+            "input": {"item": "{{ item }}", **tagged},
+            "retry": {"maximum_attempts": 1},
+            "on_failure": on_failure,
+        }
+    ]
+    if stop_at is not None:
+        body.append({"id": "stop", "type": "succeed", "when": f"index == {stop_at}", "output": "{{ index }}"})
+    undo = {"id": "undo", "type": "task", "action": PROBE, "input": {"item": "undo", **tagged}}
+    return {
+        "name": name,
+        "steps": [
+            {
+                "id": "first",
+                "type": "task",
+                "action": PROBE,
+                "input": {"item": "first", **tagged},
+                "compensate": [undo],
+            },
+            {
+                "id": "loop",
+                "type": "foreach",
+                "items": "input.items",
+                "concurrency": 1,
+                "fan_out_above": fan_out_above,
+                "batch_size": 4,
+                "steps": body,
+            },
+        ],
+        "output": "{{ steps.loop.output }}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "fail_on", "stop_at"),
+    [("continue", 6, None), ("fail", 6, None), ("compensate", 6, None), ("fail", -1, 9), ("fail", -1, None)],
+)
+async def test_with_concurrency_one_a_fanned_out_foreach_ends_as_in_the_run(
+    client: Client, task_queue: str, probe_worker: Worker, on_failure: str, fail_on: int, stop_at: int | None
+) -> None:
+    """The differential test of the two paths: the same definition and input, the list in the run
+    and in children; the state, output, error type, the items that ran and their order, and the
+    compensations agree (README *Fan-out*, where they differ with ``concurrency`` above 1)."""
+    outcomes = []
+    for fan_out_above in (10000, 5):
+        doc = _differential(unique("fanout-diff"), on_failure, stop_at, fan_out_above)
+        tag = unique("tag")
+        handle = await _start(
+            client, task_queue, doc, {"items": list(range(12)), "fail_on": fail_on, "tag": tag}
+        )
+        try:
+            result = await handle.result()
+        except WorkflowFailureError:
+            _, failed = await failure_of(handle)
+            assert failed is not None
+            result = failed
+        outcomes.append(
+            {
+                "state": result.state,
+                "output": result.output,
+                "error_type": result.error_type,
+                "ran": COUNTER.seen.pop(tag),
+                "children": len(await _children(handle)),
+            }
+        )
+    in_run, fanned = outcomes
+    assert in_run["children"] == 0
+    assert fanned["children"] > 0
+    in_run.pop("children")
+    fanned.pop("children")
+    assert fanned == in_run
+    expected_state = {
+        "continue": RunState.COMPLETED,
+        "fail": RunState.FAILED,
+        "compensate": RunState.COMPENSATED,
+    }
+    assert in_run["state"] == (RunState.COMPLETED if fail_on < 0 else expected_state[on_failure])
+    if on_failure == "compensate":
+        assert in_run["ran"][-1] == "undo"
