@@ -305,7 +305,11 @@ async def watch(
                 detail = f" ({_seconds_text(record.duration_s)}, attempts {record.attempts})"
             print(f"{_clock()}   {record.path} [{record.type}] {record.status.value}{detail}", file=out)
         now_waits = tuple(
-            [f"approval {p.path} by {', '.join(p.approvers)}" for p in status.pending_approvals]
+            # All of them, also when the status had to cut their list (left_out names it).
+            [
+                f"approval {p.path} by {', '.join(p.approvers)}"
+                for p in await flows.every_pending_approval(workflow_id, status)
+            ]
             + [f"dead letter {p.path} (id {p.dead_letter_id})" for p in status.parked]
             + [f"event {w.event} with key {w.key[:100]} at {w.path}" for w in status.waiting_events]
         )

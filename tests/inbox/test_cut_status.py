@@ -9,6 +9,7 @@ reads what was cut from the ``pending_approvals`` query (``FlowClient.waiting_at
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from interpreter.state import FINAL_STATES, RunInput, RunOptions, RunStatus
 from interpreter.validate import load_definition
 from starter.client import FlowClient
 from starter.errors import PendingApprovalsUnknownError
+from starter.operations import watch
 from tests.workflows.support import eventually, status, unique
 from tests.workflows.test_status_fitting import hundreds_of_tasks
 from workflows.generic import RunDefinitionWorkflow
@@ -83,6 +85,16 @@ async def test_hundreds_of_tasks_waiting_at_once_are_all_in_the_inbox(
             timeout=60,
             what="all 500 in alice's inbox",
         )
+        # `wfa watch` lists every waiting task too (before: the ones the status listed; a review).
+        watched = io.StringIO()
+        with pytest.raises(TimeoutError):
+            await watch(flows, handle.id, watched, interval=0.2, timeout=0.1)
+        waits = [
+            line.split("waiting: approval ", 1)[1]
+            for line in watched.getvalue().splitlines()
+            if "waiting: approval" in line
+        ]
+        assert sorted(wait.split(" by ", 1)[0] for wait in waits) == sorted(every)
         # A task past the cut is shown as waiting, its texts in full (before: "already decided").
         last = next(path for path in reversed(every) if path not in listed)
         _, pending = await _item_context(flows, handle.id, last)
