@@ -2018,12 +2018,13 @@ async def _schedules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _payloads(args: argparse.Namespace, out: TextIO) -> int:
-    from starter.payload_gc import collect
+    from starter.payload_gc import check_collectable, collect
     from starter.payload_store import STORE_ENV, PayloadStoreConfig
 
     config = PayloadStoreConfig.from_env()
     if config is None:
         raise UsageError(f"{STORE_ENV} is not set: there is no payload store to collect")
+    check_collectable(config, args.older_than)  # before connecting: exit 2 whether a server answers or not
     flows = await _connect(args)
     from temporalio.service import RPCError
 

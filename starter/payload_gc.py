@@ -326,6 +326,25 @@ async def _pg_delete(
 # ------------------------------------------------------------------------------ the collection
 
 
+def check_collectable(config: PayloadStoreConfig, older_than: timedelta | None) -> None:
+    """Refuses what :func:`collect` cannot do, before anything connects (``wfa payloads gc`` says so
+    with exit 2 whether or not a server answers).
+
+    Raises:
+        PayloadStoreConfigError: An ``s3://`` store, or ``older_than`` under :data:`MIN_AGE`.
+    """
+    if config.kind == "s3":
+        raise PayloadStoreConfigError(
+            "s3:// stores are not collected by wfa: an S3 object's age is its first write, not its last"
+            " use (see the README's 'Production: S3' before adding a bucket lifecycle rule)"
+        )
+    if older_than is not None and older_than < MIN_AGE:
+        raise PayloadStoreConfigError(
+            f"--older-than must be at least {int(MIN_AGE.total_seconds() // 60)} minutes: a payload is"
+            " stored before the history event that refers to it is written"
+        )
+
+
 async def collect(
     client: Client,
     config: PayloadStoreConfig,
@@ -344,18 +363,10 @@ async def collect(
     """
     from starter.payload_store import describe
 
-    if config.kind == "s3":
-        raise PayloadStoreConfigError(
-            "s3:// stores are not collected by wfa: an S3 object's age is its first write, not its last"
-            " use (see the README's 'Production: S3' before adding a bucket lifecycle rule)"
-        )
+    check_collectable(config, older_than)
     if older_than is None:
         older_than = await namespace_retention(client) + DEFAULT_MARGIN
-    if older_than < MIN_AGE:
-        raise PayloadStoreConfigError(
-            f"--older-than must be at least {int(MIN_AGE.total_seconds() // 60)} minutes: a payload is"
-            " stored before the history event that refers to it is written"
-        )
+        check_collectable(config, older_than)
     namespace = client.namespace
     cutoff = (now or datetime.now(UTC)) - older_than
     where = describe(config)["where"]

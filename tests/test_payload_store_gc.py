@@ -250,6 +250,15 @@ async def test_gc_refuses_unsafe_or_impossible_requests(
     code, _, err = await gc(address, capsys)
     assert code == EXIT_BAD_INPUT
     assert "bucket lifecycle rule" in err
+    # Both are refused before connecting: the same exit 2 with no server answering (they were 3,
+    # "cannot reach the Temporal server", found by a review of the README).
+    code, _, err = await gc("127.0.0.1:1", capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "bucket lifecycle rule" in err
+    monkeypatch.setenv("WFA_PAYLOAD_STORE", f"fs:{tmp_path}")
+    code, _, err = await gc("127.0.0.1:1", capsys, "--older-than", "30m")
+    assert code == EXIT_BAD_INPUT
+    assert "--older-than must be at least 60 minutes" in err
     # The default age: the namespace's retention plus 7 days (a dry run on an empty store).
     monkeypatch.setenv("WFA_PAYLOAD_STORE", f"fs:{tmp_path}")
     code, out, err = await gc(address, capsys, "--dry-run", "--json")
