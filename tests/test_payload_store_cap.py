@@ -27,7 +27,7 @@ from starter.payload_store import (
     state_budget_max_from_env,
 )
 from tests.test_payload_store import client_of, env_of, run_with_worker
-from tests.workflows.support import definition, record, unique
+from tests.workflows.support import counting_loop, definition, record, unique
 from worker import WORKFLOWS, workflow_runner
 from workflows.generic import STATE_BUDGET_UNCHECKED, STORE_CODEC_MARGIN, STORED_PAYLOAD_MAX_BYTES
 
@@ -289,3 +289,52 @@ async def test_many_amplified_inputs_fail_their_steps_without_being_serialized(
     assert all("is over " in (r.error or "") for r in items)
     history = await client.get_workflow_handle(started.workflow_id).fetch_history()
     assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+
+
+async def test_a_next_run_over_what_the_store_takes_fails_the_run_saying_so(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the store, a next run's input goes by reference up to the store's cap: one past it (here
+    the cap lowered to 4 MiB, the run's state about 5 MB when its history budget asks it to continue
+    as new) fails the run with ``ContinueAsNewTooLarge`` naming the store, instead of a workflow task
+    the store refuses for ever; no workflow task fails."""
+    cap = 4 * 1024 * 1024
+    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", cap)
+    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    document = definition(
+        unique("next-run"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(10) | list",
+                "steps": [
+                    {
+                        "id": "item",
+                        "type": "task",
+                        "action": "echo",
+                        "input": {"value": ["{{ input.chunk }}"] * 2},
+                    }
+                ],
+            },
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            *counting_loop("l", "n", 60),
+        ],
+        limits={"history_budget": 100},
+    )
+    started = await flows.start_run(document, {"chunk": "z" * 120_000})
+    handle = client.get_workflow_handle(started.workflow_id)
+    result = await run_with_worker(client, task_queue, started.result(timeout=120))
+    assert (result.state, result.error_type) == (RunState.FAILED, "ContinueAsNewTooLarge"), result.error
+    assert f"more than the payload store takes ({cap - STORE_CODEC_MARGIN} bytes)" in (result.error or "")
+    history = await handle.fetch_history()
+    assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert not [
+        e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    ]
