@@ -1,8 +1,9 @@
 """Payload encryption: an AES-GCM payload codec with key ids and rotation, and the data converter.
 
 Run inputs, step outputs, decisions and failure messages are encrypted before they leave the
-process, so Temporal's history (and its database) holds ciphertext only; search attributes and
-memo are never encrypted (they hold no personal data by design).
+process, so Temporal's history (and its database) holds ciphertext only; search attributes are
+never encrypted (they hold no personal data by design). The SDK encodes the memo through the codec
+as well, so it is encrypted like the payloads.
 
 Keys come from the environment, as ``key id -> 256-bit key``; one is *current* (encrypts), all
 decrypt, so rotation is: add the new key as current, keep the old ones until no run that needs

@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from google.protobuf.message import DecodeError
 from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
@@ -219,7 +220,12 @@ def _check_size(data: bytes, driver: str) -> None:
 def _verify(data: bytes, digest: str, where: str) -> Payload:
     if hashlib.sha256(data).hexdigest() != digest:
         raise PayloadStoreAltered(f"{where}: the stored payload does not match its digest (altered)")
-    return Payload.FromString(data)
+    try:
+        return Payload.FromString(data)
+    except DecodeError:  # bytes planted under their own digest: they will never be a payload
+        raise PayloadStoreAltered(
+            f"{where}: the stored bytes are not a payload (planted or altered)"
+        ) from None
 
 
 _THREAD_FROM = 64 * 1024
@@ -960,17 +966,60 @@ class PayloadStoreConfig:
     def external_storage(self, namespace: str | None = None, *, peek: Peek | None = None) -> ExternalStorage:
         """The SDK's external storage configuration with this driver and threshold (with
         ``run_input`` or ``run_result`` ``always``, a selector that stores runs' start inputs or
-        results too, looking into encrypted payloads through ``peek``)."""
+        results too, looking into encrypted payloads through ``peek``); a reference naming another
+        driver is read as :class:`ProductExternalStorage` says."""
         driver = self.driver(namespace)
         inputs, results = self.run_input == "always", self.run_result == "always"
         if not inputs and not results:
-            return ExternalStorage(drivers=[driver], payload_size_threshold=self.threshold)
-        return ExternalStorage(
+            return ProductExternalStorage(drivers=[driver], payload_size_threshold=self.threshold)
+        return ProductExternalStorage(
             drivers=[driver],
             driver_selector=run_input_selector(
                 driver, self.threshold, peek=peek, inputs=inputs, results=results
             ),
             payload_size_threshold=0,
+        )
+
+
+PRODUCT_DRIVERS = frozenset({FilesystemDriver.NAME, PostgresDriver.NAME, S3Driver.NAME})
+"""The names of the drivers ``WFA_PAYLOAD_STORE`` configures (:class:`FilesystemDriver`,
+:class:`PostgresDriver`, :class:`S3Driver`)."""
+
+
+@dataclass(frozen=True)
+class ProductExternalStorage(ExternalStorage):
+    """The SDK's external storage, saying what a reference to a driver this process lacks means.
+
+    The SDK raises a bare ``ValueError`` ("No driver found"): on a worker the workflow task failed
+    on every retry, and ``wfa`` called it an internal error (found by an attacker's probe).
+
+    - A driver of this product's other stores (a ``wfa.fs`` reference read with
+      ``WFA_PAYLOAD_STORE=postgres``): this process's setting differs from the one that stored it,
+      which is fixable, so :class:`PayloadStoreError` naming both (a worker's task is retried and
+      the run goes on once the setting is corrected, as for a missing blob; ``wfa`` exits 2).
+    - Any other name: no configuration of this product will ever read it (a raw client's forged
+      reference), so :class:`PayloadStoreAltered`: a worker fails the run saying so.
+
+    Overrides the SDK's private ``_get_driver_by_name`` (checked at construction: an SDK without it
+    stops the process rather than silently losing this)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(getattr(ExternalStorage, "_get_driver_by_name", None)):
+            raise RuntimeError("this temporalio version has no ExternalStorage._get_driver_by_name to refine")
+
+    def _get_driver_by_name(self, name: str) -> StorageDriver:
+        for driver in self.drivers:
+            if driver.name() == name:
+                return driver
+        mine = ", ".join(driver.name() for driver in self.drivers)
+        if name in PRODUCT_DRIVERS:
+            raise PayloadStoreError(
+                f"a payload stored by the {name} store, read with this process's {mine}: set"
+                " WFA_PAYLOAD_STORE as the process that stored it has it"
+            )
+        raise PayloadStoreAltered(
+            f"{mine}: not a reference of any store this product configures (driver {name[:60]!r})"
         )
 
 

@@ -10,6 +10,7 @@ forged reference to another namespace's blob. On the session's dev server, a dir
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from interpreter.state import RunState
 from starter.client import ALTERED_PAYLOAD, FlowClient
 from starter.payload_store import FilesystemDriver, PayloadStoreAltered, PayloadStoreError
+from tests.helpers.wfa_process import run_wfa, wfa_env
 from tests.test_payload_store import REFERENCE_TYPE, client_of, env_of, run_with_worker
 from tests.test_payload_store_run_input import digest_of, started_input
 from tests.workflows.support import definition, eventually, unique
@@ -147,3 +149,107 @@ def test_the_error_is_both_a_store_error_and_a_non_retryable_application_error()
     assert err.non_retryable
     assert err.type == "PayloadStoreAltered" == ALTERED_PAYLOAD  # what FlowClient.status looks for
     assert str(err) == err.message == "fs: the stored payload does not match its digest (altered)"
+
+
+def reference_of(driver: str, claim: dict[str, str]) -> Payload:
+    """A reference payload naming ``driver``, as a raw client can write it."""
+    return Payload(
+        metadata={"encoding": b"json/protobuf", "messageType": REFERENCE_TYPE},
+        data=json.dumps({"driverName": driver, "claimData": claim}).encode(),
+    )
+
+
+async def test_a_reference_no_store_of_the_product_reads_fails_the_run(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    """A driver name no ``WFA_PAYLOAD_STORE`` configures: the SDK's "No driver found" failed the
+    workflow task on every retry (an attacker's probe: still running at attempt 4). A start and a
+    signal both fail the run naming it."""
+    store = tmp_path / "payloads"
+    client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
+    forged = reference_of("nope", {"namespace": "default", "digest": "0" * 64})
+    handle = await client.start_workflow(
+        WORKFLOW_NAME, RawValue(forged), id=unique("nope"), task_queue=task_queue
+    )
+    cause = await failure_of(client, task_queue, handle)
+    assert cause.type == "PayloadStoreAltered"
+    assert "not a reference of any store this product configures (driver 'nope')" in cause.message
+
+    flows = FlowClient(client, task_queue=task_queue)
+    doc = definition(
+        unique("signalled"), [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}]
+    )
+    run = await flows.start_run(doc, {})
+    waiting = client.get_workflow_handle(run.workflow_id)
+
+    async def signal_once_waiting() -> ApplicationError:
+        await eventually(waiting.fetch_history, first_task_completed, timeout=FAILS_WITHIN, what="first task")
+        await waiting.signal("approve", RawValue(forged))
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(waiting.result(), FAILS_WITHIN)
+        assert isinstance(failed.value.cause, ApplicationError)
+        return failed.value.cause
+
+    cause = await run_with_worker(client, task_queue, signal_once_waiting())
+    assert cause.type == "PayloadStoreAltered"
+    assert "(driver 'nope')" in cause.message
+
+
+async def test_bytes_planted_under_their_own_digest_fail_the_run(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    """Bytes that match their digest but are no payload: the parse error failed the workflow task
+    on every retry (an attacker's probe); now the run fails naming it."""
+    store = tmp_path / "payloads"
+    client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
+    garbage = b"\xff\xff\xff\xff-not-a-payload"
+    digest = hashlib.sha256(garbage).hexdigest()
+    blob = FilesystemDriver(store).path(temporal_env.client.namespace, digest)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(garbage)
+    planted = reference_of(
+        FilesystemDriver.NAME, {"namespace": temporal_env.client.namespace, "digest": digest}
+    )
+    handle = await client.start_workflow(
+        WORKFLOW_NAME, RawValue(planted), id=unique("planted"), task_queue=task_queue
+    )
+    cause = await failure_of(client, task_queue, handle)
+    assert cause.type == "PayloadStoreAltered"
+    assert "the stored bytes are not a payload" in cause.message
+
+
+async def test_a_reader_with_a_store_of_another_kind_is_told_to_set_it(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path, database_url: str
+) -> None:
+    """A run whose result the worker stored in ``fs:``, read with ``WFA_PAYLOAD_STORE=postgres:...``:
+    ``FlowClient`` raised the SDK's bare ``ValueError`` and ``wfa`` said "internal error" (exit 70,
+    an attacker's probe); now a store error naming both stores, ``wfa`` exit 2, as for a process
+    with no store. A worker with the wrong kind retries (the setting is fixable), as for a missing
+    blob."""
+    store = tmp_path / "payloads"
+    env = env_of(store=f"fs:{store}", WFA_PAYLOAD_STORE_RUN_RESULT="always")
+    client = await client_of(temporal_env, env)
+    flows = FlowClient(client, task_queue=task_queue)
+    doc = definition(
+        unique("kinds"), [{"id": "greet", "type": "task", "action": "echo", "input": {"v": "x" * 600}}]
+    )
+    run = await flows.start_run(doc, {})
+    assert (
+        await run_with_worker(client, task_queue, flows.result(run.workflow_id, timeout=60))
+    ).state == RunState.COMPLETED
+
+    postgres = database_url
+    other = FlowClient(
+        await client_of(temporal_env, env_of(store=f"postgres:{postgres}")), task_queue=task_queue
+    )
+    with pytest.raises(
+        PayloadStoreError, match=r"stored by the wfa\.fs store, read with this process's wfa\.postgres"
+    ):
+        await other.result(run.workflow_id, timeout=30)
+    address = temporal_env.client.service_client.config.target_host
+    done = await run_wfa(
+        "result", run.workflow_id, env=wfa_env(address, task_queue, WFA_PAYLOAD_STORE=f"postgres:{postgres}")
+    )
+    assert done.code == 2, done.describe()
+    assert "set WFA_PAYLOAD_STORE as the process that stored it has it" in done.err
+    assert "internal error" not in done.err

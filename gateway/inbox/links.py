@@ -31,6 +31,7 @@ from starter.errors import (
     RunClosedError,
     StarterError,
 )
+from starter.payload_store import PayloadStoreError
 from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError
 
 log = logging.getLogger("gateway.inbox")
@@ -161,7 +162,7 @@ async def _pending(
             "The run could not say just now whether this step still waits. Please try again in a moment.",
             503,
         )
-    except PayloadUnreadableError as err:  # this gateway's configuration, not the run
+    except (PayloadUnreadableError, PayloadStoreError) as err:  # this gateway's configuration, not the run
         log.error("decision link: %s", err)
         return LinkProblem(
             "Cannot read this run now",

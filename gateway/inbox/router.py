@@ -41,6 +41,7 @@ from starter.errors import (
     RunNotFoundError,
     StarterError,
 )
+from starter.payload_store import PayloadStoreError
 
 log = logging.getLogger("gateway.inbox")
 COOKIE = "wfa_inbox"
@@ -404,7 +405,7 @@ async def inbox(request: Request, state: State, decided: str = "", run: str = ""
             "The inbox cannot look for your work now",
             f"The workflow service answered: {err.message[:300]}. Please try again later.",
         )
-    except PayloadUnreadableError as err:
+    except (PayloadUnreadableError, PayloadStoreError) as err:
         return _unreadable(request, state, session, err)
     done = None
     if decided in DONE and run:
@@ -431,10 +432,11 @@ def _unavailable(
 
 
 def _unreadable(
-    request: Request, state: InboxState, session: Session, err: PayloadUnreadableError
+    request: Request, state: InboxState, session: Session, err: PayloadUnreadableError | PayloadStoreError
 ) -> HTMLResponse:
-    """A run this gateway cannot read (no payload store or no key where the worker has them): 503,
-    and the operator's log line saying what to set; never "nothing here"."""
+    """A run this gateway cannot read (no payload store or no key where the worker has them, a store
+    of another kind, a stored payload missing or its store unreachable): 503, and the operator's log
+    line saying what to set or restore; never "nothing here" or a bare 500."""
     log.error("inbox: %s", err)
     return _unavailable(
         request,
@@ -495,7 +497,7 @@ async def _item_page(
             "The run has more waiting than one answer holds, and it could not list them just now"
             " (its worker may be being upgraded). Please try again in a moment.",
         )
-    except PayloadUnreadableError as err:
+    except (PayloadUnreadableError, PayloadStoreError) as err:
         return _unreadable(request, state, session, err)
     except (RunNotFoundError, StarterError):
         return _not_found(request, state, session)
@@ -587,7 +589,7 @@ async def decide(request: Request, state: State) -> Response:
     flows = await state.config.clients(person.tenant)
     try:
         _, pending = await _item_context(flows, run, step)
-    except PayloadUnreadableError as err:
+    except (PayloadUnreadableError, PayloadStoreError) as err:
         return _unreadable(request, state, session, err)
     except StarterError:
         return _not_found(request, state, session)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,10 +24,11 @@ from gateway.inbox.auth import Person
 from gateway.inbox.router import find_work
 from starter.client import FlowClient
 from starter.errors import PayloadUnreadableError
+from starter.payload_store import PayloadStoreError
 from starter.tokens import generate_keys, mint
 from tests.inbox.conftest import inbox_app, serve, waiting_run
-from tests.test_payload_store import KEY, client_of
-from tests.workflows.support import eventually
+from tests.test_payload_store import KEY, client_of, env_of
+from tests.workflows.support import eventually, unique
 from worker import build_worker
 from workflows import decision_tokens
 
@@ -82,3 +84,52 @@ async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
     finally:
         decision_tokens.configure(None)
         await handle.terminate("test over")
+
+
+async def test_a_gateway_with_a_store_of_another_kind_says_so(
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The workers store payloads in ``fs:``, the gateway is set to ``postgres``: the SDK's bare
+    ``ValueError`` fell through to a 500 (an attacker's probe); now a link answers 503 and the log
+    says which store wrote the run's payloads and which the gateway has."""
+    task_queue = unique("tq-store-kinds")
+    storing = await client_of(
+        temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}", WFA_PAYLOAD_STORE_THRESHOLD="100")
+    )
+    other = FlowClient(
+        await client_of(temporal_env, env_of(store=f"postgres:{database_url}")),
+        task_queue=task_queue,
+        tenant="acme",
+    )
+    private, public = generate_keys("inbox-store-kinds")
+    decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(storing, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        handle = await waiting_run(storing, task_queue, "acme")
+        try:
+            with pytest.raises(
+                PayloadStoreError,
+                match=r"stored by the wfa\.fs store, read with this process's wfa\.postgres",
+            ):
+                await other.status(handle.id)
+            async with serve(inbox_app({"acme": other}, {"acme": private})) as base:
+                token = mint(
+                    private, tenant="acme", run=handle.id, actor="alice", decisions=["approve"], step="review"
+                )
+                with caplog.at_level("ERROR", logger="gateway.inbox"):
+                    page = await http.get(f"{base}/inbox/link", params={"t": token})
+                assert page.status_code == 503, page.text[:500]
+                assert "Cannot read this run now" in page.text
+                assert "Traceback" not in page.text
+                assert any(
+                    "set WFA_PAYLOAD_STORE as the process that stored it" in r.getMessage()
+                    for r in caplog.records
+                )
+        finally:
+            decision_tokens.configure(None)
+            await handle.terminate("test over")
