@@ -256,15 +256,19 @@ def _cgroup_dirs(cgroup: Path, self_cgroup: Path, controller: str) -> list[tuple
         for line in self_cgroup.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
             if controllers == "":
-                base, v2 = cgroup, True
+                bases, v2 = [cgroup], True
             elif controller in controllers.split(","):
-                base, v2 = cgroup / controller, False
+                # v1 mounts a hierarchy under the names of its controllers (``cpu,cpuacct``), most
+                # systems linking each controller's name (``cpu``) to it: either will do.
+                bases, v2 = list(dict.fromkeys([cgroup / controller, cgroup / controllers])), False
+                places.append((cgroup / controllers, False))
             else:
                 continue
-            here = base / path.strip().lstrip("/")
-            while here != base and base in here.parents:
-                places.append((here, v2))
-                here = here.parent
+            for base in bases:
+                here = base / path.strip().lstrip("/")
+                while here != base and base in here.parents:
+                    places.append((here, v2))
+                    here = here.parent
     return places
 
 
@@ -372,7 +376,8 @@ def per_namespace(total: int, namespaces: int, least: int) -> int:
     ``WFA_MAX_CACHED_RUNS``): a process serving several namespaces runs one SDK worker for each,
     and each worker's slots and cache are its own, so without the split a process serving ten
     namespaces would run ten times the workflow tasks at once and cache ten times the runs. An even
-    share, at least ``least`` (the SDK's minimum; the total is then exceeded, and the log says so)."""
+    share, at least ``least`` (the SDK's minimum; the total is then exceeded, which the start log
+    shows: each namespace's figures beside the process's)."""
     return max(least, total // max(1, namespaces))
 
 

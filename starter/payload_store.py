@@ -981,9 +981,9 @@ class PayloadStoreConfig:
         )
 
 
-PRODUCT_DRIVERS = frozenset({FilesystemDriver.NAME, PostgresDriver.NAME, S3Driver.NAME})
-"""The names of the drivers ``WFA_PAYLOAD_STORE`` configures (:class:`FilesystemDriver`,
-:class:`PostgresDriver`, :class:`S3Driver`)."""
+PRODUCT_DRIVER_PREFIX = "wfa."
+"""The prefix of this product's store drivers' names (:class:`FilesystemDriver` ``wfa.fs``,
+:class:`PostgresDriver` ``wfa.postgres``, :class:`S3Driver` ``wfa.s3``, and any later one)."""
 
 
 @dataclass(frozen=True)
@@ -993,15 +993,18 @@ class ProductExternalStorage(ExternalStorage):
     The SDK raises a bare ``ValueError`` ("No driver found"): on a worker the workflow task failed
     on every retry, and ``wfa`` called it an internal error (found by an attacker's probe).
 
-    - A driver of this product's other stores (a ``wfa.fs`` reference read with
-      ``WFA_PAYLOAD_STORE=postgres``): this process's setting differs from the one that stored it,
-      which is fixable, so :class:`PayloadStoreError` naming both (a worker's task is retried and
-      the run goes on once the setting is corrected, as for a missing blob; ``wfa`` exits 2).
+    - A driver of this product (named ``wfa.``...: a ``wfa.fs`` reference read with
+      ``WFA_PAYLOAD_STORE=postgres``, or a driver of a later build during a rolling upgrade): this
+      process's setting or build differs from the one that stored it, which is fixable, so
+      :class:`PayloadStoreError` naming both (a worker's task is retried and the run goes on once
+      the setting is corrected, as for a missing blob; ``wfa`` exits 2).
     - Any other name: no configuration of this product will ever read it (a raw client's forged
-      reference), so :class:`PayloadStoreAltered`: a worker fails the run saying so.
+      reference, or another service's driver), so :class:`PayloadStoreAltered`: a worker fails the
+      run saying so.
 
-    Overrides the SDK's private ``_get_driver_by_name`` (checked at construction: an SDK without it
-    stops the process rather than silently losing this)."""
+    Overrides the SDK's private ``_get_driver_by_name``, through which the SDK reads every
+    reference: checked at construction, and ``tests/test_payload_store_altered.py`` fails (a run
+    stuck instead of failed) if a later SDK reads references without it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -1013,9 +1016,9 @@ class ProductExternalStorage(ExternalStorage):
             if driver.name() == name:
                 return driver
         mine = ", ".join(driver.name() for driver in self.drivers)
-        if name in PRODUCT_DRIVERS:
+        if name.startswith(PRODUCT_DRIVER_PREFIX):
             raise PayloadStoreError(
-                f"a payload stored by the {name} store, read with this process's {mine}: set"
+                f"a payload stored by the {name[:60]} store, read with this process's {mine}: set"
                 " WFA_PAYLOAD_STORE as the process that stored it has it"
             )
         raise PayloadStoreAltered(

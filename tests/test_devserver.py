@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from pathlib import Path
@@ -37,11 +38,13 @@ async def test_start_stop_restart_on_same_db(tmp_path: Path) -> None:
     server = DevServer(tmp_path, port=0)
     async with server:
         assert server.running
-        # Fairness on (the fairness key every run carries is honoured only with it), and the
-        # server started with it.
-        command = server.command()
-        flag = command.index("matching.enableFairness=true")
-        assert command[flag - 1] == "--dynamic-config-value"
+        # Fairness on (the fairness key every run carries is honoured only with it): the running
+        # server's own command line has it.
+        assert server.pid is not None
+        cmdline = await asyncio.to_thread(Path(f"/proc/{server.pid}/cmdline").read_bytes)
+        running = [arg.decode() for arg in cmdline.split(b"\0")]
+        flag = running.index("matching.enableFairness=true")
+        assert running[flag - 1] == "--dynamic-config-value"
         assert server.address == f"127.0.0.1:{server.port}"
         assert server.ui_url.startswith("http://127.0.0.1:")
         registered = await _registered(server)

@@ -224,8 +224,7 @@ async def test_a_reader_with_a_store_of_another_kind_is_told_to_set_it(
     """A run whose result the worker stored in ``fs:``, read with ``WFA_PAYLOAD_STORE=postgres:...``:
     ``FlowClient`` raised the SDK's bare ``ValueError`` and ``wfa`` said "internal error" (exit 70,
     an attacker's probe); now a store error naming both stores, ``wfa`` exit 2, as for a process
-    with no store. A worker with the wrong kind retries (the setting is fixable), as for a missing
-    blob."""
+    with no store."""
     store = tmp_path / "payloads"
     env = env_of(store=f"fs:{store}", WFA_PAYLOAD_STORE_RUN_RESULT="always")
     client = await client_of(temporal_env, env)

@@ -164,6 +164,12 @@ def test_the_cpus_are_the_cgroup_quota_at_most_the_affinity(tmp_path: Path) -> N
     # v1: the cpu hierarchy's quota over its period; -1 is no quota.
     v1 = {"cpu/jobs/abc/cpu.cfs_quota_us": "300000", "cpu/jobs/abc/cpu.cfs_period_us": "100000"}
     assert cpus("5:cpu,cpuacct:/jobs/abc", v1) == 3
+    # ... also where the hierarchy is mounted as cpu,cpuacct with no cpu link to it.
+    joint = {
+        "cpu,cpuacct/jobs/abc/cpu.cfs_quota_us": "200000",
+        "cpu,cpuacct/jobs/abc/cpu.cfs_period_us": "100000",
+    }
+    assert cpus("5:cpu,cpuacct:/jobs/abc", joint) == 2
     assert cpus("5:cpu,cpuacct:/", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}) == 32
     # Another controller's path is not the cpu one's; the affinity bounds a larger quota.
     assert cpus("4:memory:/jobs/abc", v1) == 32

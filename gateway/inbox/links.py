@@ -166,7 +166,7 @@ async def _pending(
         log.error("decision link: %s", err)
         return LinkProblem(
             "Cannot read this run now",
-            "This gateway is not configured to read the run's data (its log says what is missing)."
+            "This gateway cannot read the run's data now: its settings or its payload store (its log says which)."
             " Please tell your administrator and try again later.",
             503,
         )

@@ -443,7 +443,7 @@ def _unreadable(
         state,
         session,
         "The inbox cannot read your work now",
-        "This gateway is not configured to read the runs' data (its log says what is missing)."
+        "This gateway cannot read the runs' data now: its settings or its payload store (its log says which)."
         " Please tell your administrator and try again later.",
     )
 
