@@ -48,6 +48,17 @@ async def failure_of(
     return cause
 
 
+async def started_to_failure(
+    client: Client, task_queue: str, payload: Payload, name: str
+) -> ApplicationError:
+    """The error a run a raw client starts with ``payload`` as its input fails with (see
+    :func:`failure_of`)."""
+    handle = await client.start_workflow(
+        WORKFLOW_NAME, RawValue(payload), id=unique(name), task_queue=task_queue
+    )
+    return await failure_of(client, task_queue, handle)
+
+
 async def test_a_run_whose_stored_input_was_swapped_fails_naming_it(
     temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
 ) -> None:
@@ -86,6 +97,14 @@ def first_task_completed(history: WorkflowHistory) -> bool:
     return any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in history.events)
 
 
+def reference_of(driver: str, claim: dict[str, str]) -> Payload:
+    """A reference payload naming ``driver``, as a raw client can write it."""
+    return Payload(
+        metadata={"encoding": b"json/protobuf", "messageType": REFERENCE_TYPE},
+        data=json.dumps({"driverName": driver, "claimData": claim}).encode(),
+    )
+
+
 async def forged_reference(store: Path) -> Payload:
     """A reference to a real blob of another namespace (``globex``), as a raw client can write it."""
     elsewhere = FilesystemDriver(store, namespace="globex")
@@ -93,10 +112,7 @@ async def forged_reference(store: Path) -> Payload:
         StorageDriverStoreContext(target=StorageDriverWorkflowInfo(namespace="globex", id="w")),
         [Payload(metadata={"encoding": b"json/plain"}, data=b'{"secret": "of globex"}')],
     )
-    return Payload(
-        metadata={"encoding": b"json/protobuf", "messageType": REFERENCE_TYPE},
-        data=json.dumps({"driverName": FilesystemDriver.NAME, "claimData": claim.claim_data}).encode(),
-    )
+    return reference_of(FilesystemDriver.NAME, claim.claim_data)
 
 
 async def test_a_run_started_with_a_forged_reference_fails_naming_it(
@@ -105,10 +121,7 @@ async def test_a_run_started_with_a_forged_reference_fails_naming_it(
     store = tmp_path / "payloads"
     client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
     forged = await forged_reference(store)
-    handle = await client.start_workflow(
-        WORKFLOW_NAME, RawValue(forged), id=unique("forged"), task_queue=task_queue
-    )
-    cause = await failure_of(client, task_queue, handle)
+    cause = await started_to_failure(client, task_queue, forged, "forged")
     assert cause.type == "PayloadStoreAltered"
     assert "a reference to namespace 'globex'" in cause.message
 
@@ -120,26 +133,31 @@ async def test_a_signal_carrying_a_forged_reference_fails_the_run_as_it_arrives(
     signals with a forged reference fails naming it, instead of failing every later task."""
     store = tmp_path / "payloads"
     client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
+    cause = await signalled_while_waiting(client, task_queue, await forged_reference(store))
+    assert cause.type == "PayloadStoreAltered"
+    assert "a reference to namespace 'globex'" in cause.message
+
+
+async def signalled_while_waiting(client: Client, task_queue: str, payload: Payload) -> ApplicationError:
+    """The error a run waiting at an approval (a worker holding it in its cache) fails with once a
+    raw client signals it ``approve`` with ``payload``."""
     flows = FlowClient(client, task_queue=task_queue)
     doc = definition(
         unique("signalled"), [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}]
     )
     run = await flows.start_run(doc, {})
     handle = client.get_workflow_handle(run.workflow_id)
-    forged = await forged_reference(store)
 
     async def signal_once_waiting() -> ApplicationError:
         # The run is in the worker's cache once its first workflow task completed.
         await eventually(handle.fetch_history, first_task_completed, timeout=FAILS_WITHIN, what="first task")
-        await handle.signal("approve", RawValue(forged))
+        await handle.signal("approve", RawValue(payload))
         with pytest.raises(WorkflowFailureError) as failed:
             await asyncio.wait_for(handle.result(), FAILS_WITHIN)
         assert isinstance(failed.value.cause, ApplicationError)
         return failed.value.cause
 
-    cause = await run_with_worker(client, task_queue, signal_once_waiting())
-    assert cause.type == "PayloadStoreAltered"
-    assert "a reference to namespace 'globex'" in cause.message
+    return await run_with_worker(client, task_queue, signal_once_waiting())
 
 
 def test_the_error_is_both_a_store_error_and_a_non_retryable_application_error() -> None:
@@ -151,14 +169,6 @@ def test_the_error_is_both_a_store_error_and_a_non_retryable_application_error()
     assert str(err) == err.message == "fs: the stored payload does not match its digest (altered)"
 
 
-def reference_of(driver: str, claim: dict[str, str]) -> Payload:
-    """A reference payload naming ``driver``, as a raw client can write it."""
-    return Payload(
-        metadata={"encoding": b"json/protobuf", "messageType": REFERENCE_TYPE},
-        data=json.dumps({"driverName": driver, "claimData": claim}).encode(),
-    )
-
-
 async def test_a_reference_no_store_of_the_product_reads_fails_the_run(
     temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
 ) -> None:
@@ -168,29 +178,11 @@ async def test_a_reference_no_store_of_the_product_reads_fails_the_run(
     store = tmp_path / "payloads"
     client = await client_of(temporal_env, env_of(store=f"fs:{store}"))
     forged = reference_of("nope", {"namespace": "default", "digest": "0" * 64})
-    handle = await client.start_workflow(
-        WORKFLOW_NAME, RawValue(forged), id=unique("nope"), task_queue=task_queue
-    )
-    cause = await failure_of(client, task_queue, handle)
+    cause = await started_to_failure(client, task_queue, forged, "nope")
     assert cause.type == "PayloadStoreAltered"
     assert "not a reference of any store this product configures (driver 'nope')" in cause.message
 
-    flows = FlowClient(client, task_queue=task_queue)
-    doc = definition(
-        unique("signalled"), [{"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}]
-    )
-    run = await flows.start_run(doc, {})
-    waiting = client.get_workflow_handle(run.workflow_id)
-
-    async def signal_once_waiting() -> ApplicationError:
-        await eventually(waiting.fetch_history, first_task_completed, timeout=FAILS_WITHIN, what="first task")
-        await waiting.signal("approve", RawValue(forged))
-        with pytest.raises(WorkflowFailureError) as failed:
-            await asyncio.wait_for(waiting.result(), FAILS_WITHIN)
-        assert isinstance(failed.value.cause, ApplicationError)
-        return failed.value.cause
-
-    cause = await run_with_worker(client, task_queue, signal_once_waiting())
+    cause = await signalled_while_waiting(client, task_queue, forged)
     assert cause.type == "PayloadStoreAltered"
     assert "(driver 'nope')" in cause.message
 
@@ -210,10 +202,7 @@ async def test_bytes_planted_under_their_own_digest_fail_the_run(
     planted = reference_of(
         FilesystemDriver.NAME, {"namespace": temporal_env.client.namespace, "digest": digest}
     )
-    handle = await client.start_workflow(
-        WORKFLOW_NAME, RawValue(planted), id=unique("planted"), task_queue=task_queue
-    )
-    cause = await failure_of(client, task_queue, handle)
+    cause = await started_to_failure(client, task_queue, planted, "planted")
     assert cause.type == "PayloadStoreAltered"
     assert "the stored bytes are not a payload" in cause.message
 

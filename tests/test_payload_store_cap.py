@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -204,6 +205,42 @@ async def test_an_input_a_definition_amplifies_past_the_state_budget_fails_its_s
     assert record(result, "after").output == "done"
 
 
+CAPPED = 4 * 1024 * 1024
+"""The store's cap in the tests below: 4 MiB, under the default 16 MiB state budget, as a worker
+allowing 256 MiB has it above the real 64 MiB."""
+
+
+async def _capped_store(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Client, FlowClient]:
+    """A client with an ``fs:`` store whose cap (the store's and the workflow's) is :data:`CAPPED`."""
+    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", CAPPED)
+    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", CAPPED)
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    return client, FlowClient(client, task_queue=task_queue, database=database_url)
+
+
+def _ten_copies(copies: int) -> dict[str, Any]:
+    """A foreach of 10 items, each echoing ``copies`` copies of ``input.chunk``."""
+    return {
+        "id": "each",
+        "type": "foreach",
+        "items": "range(10) | list",
+        "steps": [
+            {
+                "id": "item",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": ["{{ input.chunk }}"] * copies},
+            }
+        ],
+    }
+
+
 async def test_a_result_over_what_the_store_takes_is_returned_without_its_records(
     temporal_env: WorkflowEnvironment,
     task_queue: str,
@@ -216,28 +253,10 @@ async def test_a_result_over_what_the_store_takes_is_returned_without_its_record
     workflow task on every retry (found by a probe: 90 items of 480 KB). Here the store's cap is
     lowered to 4 MiB and the run's records hold 5 MB: the result comes back without them (the
     output is all there), as one over Temporal's limit does without the store."""
-    cap = 4 * 1024 * 1024
-    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", cap)
-    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
-    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
-    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    client, flows = await _capped_store(temporal_env, task_queue, database_url, tmp_path, monkeypatch)
     document = definition(
         unique("records"),
-        [
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(10) | list",
-                "steps": [
-                    {
-                        "id": "item",
-                        "type": "task",
-                        "action": "echo",
-                        "input": {"value": ["{{ input.chunk }}"] * 3},
-                    }
-                ],
-            }
-        ],
+        [_ten_copies(3)],
         output={"items": "{{ steps.each.output | length }}"},
     )
     started = await flows.start_run(document, {"chunk": "y" * 85_000})
@@ -258,17 +277,13 @@ async def test_an_input_over_what_the_store_takes_fails_its_step_whatever_the_bu
     worker allowing 256 MiB has it above 64 MiB): an input between the two fails its step too,
     bounded by the store's cap less the codec's margin (found by a review: it went to the store,
     which refused it, and the workflow task failed for ever)."""
-    cap = 4 * 1024 * 1024
-    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", cap)
-    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
-    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
-    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    client, flows = await _capped_store(temporal_env, task_queue, database_url, tmp_path, monkeypatch)
     document = _amplified("between", 6)  # 6 MB
     started = await flows.start_run(document, {})
     result = await run_with_worker(client, task_queue, started.result(timeout=120))
     assert result.state == RunState.COMPLETED, (result.error_type, result.error)
     assert record(result, "huge").error_type == "PayloadTooLarge"
-    assert f"({cap - STORE_CODEC_MARGIN} bytes" in (record(result, "huge").error or "")
+    assert f"({CAPPED - STORE_CODEC_MARGIN} bytes" in (record(result, "huge").error or "")
     assert record(result, "after").output == "done"
 
 
@@ -302,27 +317,11 @@ async def test_a_next_run_over_what_the_store_takes_fails_the_run_saying_so(
     the cap lowered to 4 MiB, the run's state about 5 MB when its history budget asks it to continue
     as new) fails the run with ``ContinueAsNewTooLarge`` naming the store, instead of a workflow task
     the store refuses for ever; no workflow task fails."""
-    cap = 4 * 1024 * 1024
-    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", cap)
-    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", cap)
-    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
-    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    client, flows = await _capped_store(temporal_env, task_queue, database_url, tmp_path, monkeypatch)
     document = definition(
         unique("next-run"),
         [
-            {
-                "id": "each",
-                "type": "foreach",
-                "items": "range(10) | list",
-                "steps": [
-                    {
-                        "id": "item",
-                        "type": "task",
-                        "action": "echo",
-                        "input": {"value": ["{{ input.chunk }}"] * 2},
-                    }
-                ],
-            },
+            _ten_copies(2),
             {"id": "init", "type": "set", "vars": {"n": 0}},
             *counting_loop("l", "n", 60),
         ],
@@ -332,7 +331,7 @@ async def test_a_next_run_over_what_the_store_takes_fails_the_run_saying_so(
     handle = client.get_workflow_handle(started.workflow_id)
     result = await run_with_worker(client, task_queue, started.result(timeout=120))
     assert (result.state, result.error_type) == (RunState.FAILED, "ContinueAsNewTooLarge"), result.error
-    assert f"more than the payload store takes ({cap - STORE_CODEC_MARGIN} bytes)" in (result.error or "")
+    assert f"more than the payload store takes ({CAPPED - STORE_CODEC_MARGIN} bytes)" in (result.error or "")
     history = await handle.fetch_history()
     assert not [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
     assert not [

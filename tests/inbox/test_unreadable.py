@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +45,22 @@ async def encrypting(temporal_env: WorkflowEnvironment, task_queue: str) -> Asyn
         yield client
 
 
+async def link_answers_503(
+    flows: FlowClient, private: dict[str, Any], run: str, caplog: pytest.LogCaptureFixture, logged: str
+) -> None:
+    """A decision link to ``run`` served by an inbox whose client for acme is ``flows`` answers 503
+    "Cannot read this run now" (not "no longer exists", no trace), and the log says ``logged``."""
+    async with serve(inbox_app({"acme": flows}, {"acme": private})) as base, httpx.AsyncClient() as http:
+        token = mint(private, tenant="acme", run=run, actor="alice", decisions=["approve"], step="review")
+        with caplog.at_level("ERROR", logger="gateway.inbox"):
+            page = await http.get(f"{base}/inbox/link", params={"t": token})
+    assert page.status_code == 503, page.text[:500]
+    assert "Cannot read this run now" in page.text
+    assert "no longer exists" not in page.text
+    assert "Traceback" not in page.text
+    assert any(logged in r.getMessage() for r in caplog.records)
+
+
 async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
     client: Client,
     encrypting: Client,
@@ -67,20 +84,7 @@ async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
     decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
 
     try:
-        async with (
-            serve(inbox_app({"acme": unkeyed}, {"acme": private})) as base,
-            httpx.AsyncClient() as http,
-        ):
-            token = mint(
-                private, tenant="acme", run=handle.id, actor="alice", decisions=["approve"], step="review"
-            )
-            with caplog.at_level("ERROR", logger="gateway.inbox"):
-                page = await http.get(f"{base}/inbox/link", params={"t": token})
-            assert page.status_code == 503, page.text[:500]
-            assert "Cannot read this run now" in page.text
-            assert "no longer exists" not in page.text
-            assert "Traceback" not in page.text
-            assert any("set WFA_PAYLOAD_KEYS" in r.getMessage() for r in caplog.records)
+        await link_answers_503(unkeyed, private, handle.id, caplog, "set WFA_PAYLOAD_KEYS")
     finally:
         decision_tokens.configure(None)
         await handle.terminate("test over")
@@ -117,19 +121,9 @@ async def test_a_gateway_with_a_store_of_another_kind_says_so(
                 match=r"stored by the wfa\.fs store, read with this process's wfa\.postgres",
             ):
                 await other.status(handle.id)
-            async with serve(inbox_app({"acme": other}, {"acme": private})) as base:
-                token = mint(
-                    private, tenant="acme", run=handle.id, actor="alice", decisions=["approve"], step="review"
-                )
-                with caplog.at_level("ERROR", logger="gateway.inbox"):
-                    page = await http.get(f"{base}/inbox/link", params={"t": token})
-                assert page.status_code == 503, page.text[:500]
-                assert "Cannot read this run now" in page.text
-                assert "Traceback" not in page.text
-                assert any(
-                    "set WFA_PAYLOAD_STORE as the process that stored it" in r.getMessage()
-                    for r in caplog.records
-                )
+            await link_answers_503(
+                other, private, handle.id, caplog, "set WFA_PAYLOAD_STORE as the process that stored it"
+            )
         finally:
             decision_tokens.configure(None)
             await handle.terminate("test over")
