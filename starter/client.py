@@ -1699,9 +1699,10 @@ class FlowClient:
         """The run's state, current steps, every step so far, pending approvals, decisions, vars.
 
         Asks the workflow (the ``status`` query, answered by a worker). For a run that has ended
-        while no worker answers, or that failed reading an altered stored payload (no worker can
-        replay it), the status is rebuilt from its result instead (``vars`` and ``decisions`` are
-        then empty).
+        while no worker answers, or that a worker could not replay to answer (it failed reading an
+        altered stored payload, or the store cannot be written when the replay stores its result
+        again; logged), the status is rebuilt from its result instead (``vars`` and ``decisions``
+        are then empty).
 
         Raises:
             RunNotFoundError: No such run.
@@ -1726,11 +1727,13 @@ class FlowClient:
             failure = StarterError(f"run {workflow_id!r} could not answer the status query: {err}")
             if running:
                 raise failure from None
-            # A run that failed reading an altered stored payload cannot be replayed to answer: its
-            # result says why. Any other query failure of an ended run is reported as it is.
+            # An ended run a worker could not replay to answer still says how it ended in its
+            # result: one that failed reading an altered stored payload (no worker can replay it),
+            # or one whose result the replay stores again while the store cannot be written (an
+            # attacker's probe: exit 1 where `wfa result` read it). Logged: the worker has a problem.
             status = await self._status_from_result(workflow_id, description)
             if status.error_type != ALTERED_PAYLOAD:
-                raise failure from None
+                log.warning("%s; the status is rebuilt from the run's result", failure)
             return status
         except RPCError as err:
             if _task_failing(err):

@@ -268,3 +268,38 @@ async def test_always_stores_a_run_s_result_and_readers_get_its_records(
             assert f"set {variable}" in err
             assert "as the worker has it" in err
             assert "internal error" not in err
+
+
+async def test_a_closed_runs_status_reads_while_the_store_cannot_be_written(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker answering a closed run's ``status`` replays it, and the replay stores the run's
+    result again: while the store cannot be written (a full disk, a read-only mount) the query
+    failed and ``wfa status`` exited 1 where ``wfa result`` read (an attacker's probe). The status
+    is now rebuilt from the result, and the log says why."""
+    store = tmp_path / "payloads"
+    env = env_of(store=f"fs:{store}", WFA_PAYLOAD_STORE_RUN_RESULT="always")
+    client = await client_of(temporal_env, env)
+    flows = FlowClient(client, task_queue=task_queue, database=database)
+    async with store_worker(client, task_queue, database):
+        started = await flows.start_run(_steps(unique("unwritable")), {"word": "eve"})
+        assert (await flows.result(started.workflow_id, timeout=120)).state == RunState.COMPLETED
+
+        def full_disk(*_: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(FilesystemDriver, "_write", full_disk)
+        with caplog.at_level("WARNING", logger="starter.client"):
+            status = await flows.status(started.workflow_id)
+    assert (status.state, status.output) == (RunState.COMPLETED, "eve-one-two-three")
+    assert [r.path for r in status.steps] == ["one", "two", "three"]
+    assert any(
+        "could not answer the status query" in r.getMessage()
+        and "rebuilt from the run's result" in r.getMessage()
+        for r in caplog.records
+    )
