@@ -1012,9 +1012,10 @@ class ProductExternalStorage(ExternalStorage):
             raise RuntimeError("this temporalio version has no ExternalStorage._get_driver_by_name to refine")
 
     def _get_driver_by_name(self, name: str) -> StorageDriver:
-        for driver in self.drivers:
-            if driver.name() == name:
-                return driver
+        try:
+            return super()._get_driver_by_name(name)  # the SDK's own name-keyed look-up
+        except ValueError:
+            pass
         mine = ", ".join(driver.name() for driver in self.drivers)
         if name.startswith(PRODUCT_DRIVER_PREFIX):
             raise PayloadStoreError(
