@@ -11,6 +11,12 @@ from fastapi import FastAPI, Request
 from gateway.inbox.auth import Authenticator, SessionSigner
 from gateway.inbox.oidc import OidcClient, OidcProvider, check_providers
 from starter.client import FlowClient
+from starter.errors import PayloadUnreadableError
+from starter.payload_store import PayloadStoreError
+
+RUN_DATA_UNREADABLE = (PayloadUnreadableError, PayloadStoreError)
+"""The errors meaning this gateway cannot read a run's data (its payload keys or store settings, or
+the store itself): the inbox and decision links answer them with a 503, never a 404 or a traceback."""
 
 ClientFactory = Callable[[str], Awaitable[FlowClient]]
 """Gives the client of a tenant (on the tenant's namespace, scoped to the tenant)."""

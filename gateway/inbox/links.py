@@ -20,18 +20,16 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.inbox.auth import Person, Session
-from gateway.inbox.deps import InboxState
+from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState
 from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, PendingApproval, RunStatus
 from starter.errors import (
     DecisionRefusedError,
-    PayloadUnreadableError,
     PendingApprovalsUnknownError,
     RunClosedError,
     StarterError,
 )
-from starter.payload_store import PayloadStoreError
 from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError
 
 log = logging.getLogger("gateway.inbox")
@@ -162,7 +160,7 @@ async def _pending(
             "The run could not say just now whether this step still waits. Please try again in a moment.",
             503,
         )
-    except (PayloadUnreadableError, PayloadStoreError) as err:  # this gateway's configuration, not the run
+    except RUN_DATA_UNREADABLE as err:  # this gateway's configuration, not the run
         log.error("decision link: %s", err)
         return LinkProblem(
             "Cannot read this run now",

@@ -26,7 +26,7 @@ from starlette.datastructures import FormData
 from temporalio.service import RPCError
 
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
-from gateway.inbox.deps import InboxState, inbox_state
+from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState, inbox_state
 from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
 from gateway.inbox.oidc import PendingSignIn, SignInRefused
 from interpreter.engine import may_decide
@@ -405,7 +405,7 @@ async def inbox(request: Request, state: State, decided: str = "", run: str = ""
             "The inbox cannot look for your work now",
             f"The workflow service answered: {err.message[:300]}. Please try again later.",
         )
-    except (PayloadUnreadableError, PayloadStoreError) as err:
+    except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
     done = None
     if decided in DONE and run:
@@ -497,7 +497,7 @@ async def _item_page(
             "The run has more waiting than one answer holds, and it could not list them just now"
             " (its worker may be being upgraded). Please try again in a moment.",
         )
-    except (PayloadUnreadableError, PayloadStoreError) as err:
+    except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
     except (RunNotFoundError, StarterError):
         return _not_found(request, state, session)
@@ -589,7 +589,7 @@ async def decide(request: Request, state: State) -> Response:
     flows = await state.config.clients(person.tenant)
     try:
         _, pending = await _item_context(flows, run, step)
-    except (PayloadUnreadableError, PayloadStoreError) as err:
+    except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
     except StarterError:
         return _not_found(request, state, session)
