@@ -53,6 +53,7 @@ from interpreter.model import Definition, parse_definition
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
 from interpreter.validate import (
     DefinitionError,
+    Problem,
     check_definition,
     definition_hash,
     legacy_trigger_problems,
@@ -192,7 +193,7 @@ class StoredDefinition(DefinitionInfo):
 
     def definition(self) -> Definition:
         """The parsed definition, with ``version`` set to the registry's version."""
-        return _parse(self.content_hash, self.version, self.body)
+        return _parse(self.tenant, self.name, self.version, self.content_hash, self.body)
 
 
 class ResolvedDefinition(BaseModel):
@@ -268,21 +269,32 @@ class DeadLetter(DeadLetterRecord):
 
 # ------------------------------------------------------------------------------- parsed definitions
 
-_PARSED: OrderedDict[tuple[str, int], Definition] = OrderedDict()
+_PARSED: OrderedDict[tuple[str, str, int, str], Definition] = OrderedDict()
 _PARSED_MAX = 1024
-"""Parsed definitions kept (about 20 KiB each for a definition like examples/intervention.json)."""
+"""Parsed definitions kept (about 20 KiB each for a definition like examples/intervention.json),
+by tenant, name, version and content hash."""
 
 _CHECKED: set[str] = set()
-"""Content hashes whose body passed the whole-tree checks in this process (a few bytes each)."""
+"""Content hashes of bodies that passed the whole-tree checks in this process (a few bytes each):
+hashes computed here, never a row's ``content_hash`` taken on trust."""
 
 
-def _parse(digest: str, version: int, body: Mapping[str, Any]) -> Definition:
+def _parse(tenant: str, name: str, version: int, digest: str, body: Mapping[str, Any]) -> Definition:
     """The parsed definition of a stored body, validated as on registration.
 
-    Versions are immutable, so the parsed definitions of recent look-ups are kept, and a body that
-    passed the whole-tree checks once is only parsed again (its hash is remembered).
+    Versions are immutable, so the parsed definitions of recent look-ups are kept, and a body with
+    the content of one that passed the whole-tree checks once is only parsed again.
+
+    A row's ``content_hash`` is a column its tenant's own database login may write (row-level
+    security lets a tenant write its own rows), so it is not taken on trust: the cache is keyed by
+    the tenant and name too, and a body is refused unless it has the hash its row records. A row of
+    one tenant claiming another's hash gets neither that tenant's parsed definition nor its
+    body's pass of the checks.
+
+    Raises:
+        DefinitionError: The body is not a valid definition, or not the one its hash names.
     """
-    key = (digest, version)
+    key = (tenant, name, version, digest)
     found = _PARSED.get(key)
     if found is not None:
         _PARSED.move_to_end(key)
@@ -291,11 +303,24 @@ def _parse(digest: str, version: int, body: Mapping[str, Any]) -> Definition:
     if digest in _CHECKED:
         try:
             definition = parse_definition(document)
-        except ValueError:
-            definition = load_definition(document)  # raises with JSON paths
+        except (ValueError, RecursionError):
+            definition = load_definition(document)  # raises with JSON paths, or on the depth
     else:
         definition = load_definition(document)
-        _CHECKED.add(digest)
+    actual = content_hash(definition)
+    if actual != digest:
+        raise DefinitionError(
+            [
+                Problem(
+                    "$",
+                    f"the stored body of {name!r} version {version} has the content hash {actual!r},"
+                    f" not the {digest!r} its row records: the row was changed outside the registry;"
+                    " register the definition again",
+                )
+            ],
+            name,
+        )
+    _CHECKED.add(digest)
     _PARSED[key] = definition
     if len(_PARSED) > _PARSED_MAX:
         _PARSED.popitem(last=False)
@@ -633,7 +658,7 @@ class DefinitionStore:
         if archived_at is not None:
             raise VersionArchivedError(self.tenant, name, stored_version, "started")
         return ResolvedDefinition(
-            definition=_parse(digest, stored_version, body),
+            definition=_parse(self.tenant, name, stored_version, digest, body),
             name=name,
             version=stored_version,
             content_hash=digest,
@@ -659,7 +684,10 @@ class DefinitionStore:
             rows = (await conn.execute(query)).all()
         return [
             ResolvedDefinition(
-                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+                definition=_parse(self.tenant, row_name, version, digest, body),
+                name=row_name,
+                version=version,
+                content_hash=digest,
             )
             for row_name, version, body, digest, _archived in rows
         ]
@@ -838,7 +866,10 @@ async def active_definitions_of_every_tenant(
         (
             tenant,
             ResolvedDefinition(
-                definition=_parse(digest, version, body), name=row_name, version=version, content_hash=digest
+                definition=_parse(tenant, row_name, version, digest, body),
+                name=row_name,
+                version=version,
+                content_hash=digest,
             ),
         )
         for tenant, row_name, version, body, digest, _archived in rows

@@ -49,6 +49,7 @@ from activities.store.repository import (
 )
 from activities.store.roles import grant_platform, grant_tenant, list_tenant_roles, revoke_tenant
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
+from interpreter.validate import DefinitionError
 from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, main
 
 PARKED_AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -373,6 +374,66 @@ async def test_a_worker_on_a_platform_role_serves_every_tenant(tenants: Tenants)
             assert (done.tenant, done.status) == (tenant, "skipped")
     finally:
         await db.close()
+
+
+async def test_a_content_hash_a_tenant_writes_on_its_rows_gets_it_no_other_tenants_definition(
+    tenants: Tenants,
+) -> None:
+    """The attacker: tenant A's own login (row-level security lets it write its own rows) puts
+    tenant B's content hash on rows of A's, under the name and version of B's definition. The
+    worker (one process, the platform role, every tenant) must give A neither B's parsed definition
+    nor B's body's pass of the whole-tree checks, and give B its own definition whichever tenant's
+    row it read first: A's rows are refused, naming the hash that does not match."""
+    suffix = uuid4().hex[:8]
+    admin, platform = Database(tenants.admin_url), Database(tenants.url(tenants.role_platform))
+    engine_a = tenants.engine(tenants.role_a)
+    try:
+        for order in ("b-first", "a-first"):
+            name = f"payroll-{order}-{suffix}"
+            theirs = await DefinitionStore(admin.session_factory, tenants.b).register(
+                doc(name, "bravo"), author="bob"
+            )
+            await DefinitionStore(admin.session_factory, tenants.a).register(
+                doc(name, "acme"), author="alice"
+            )
+            forged = await rowcount(
+                engine_a,
+                "UPDATE definitions SET content_hash = :h WHERE tenant = :a AND name = :name",
+                {"h": theirs.info.content_hash, "a": tenants.a, "name": name},
+            )
+            # And a body the whole-tree checks refuse (a duplicate step id) with B's hash, as version
+            # 2 of another name (a name holds a hash once).
+            invalid = {"name": name, "steps": [doc(name)["steps"][0], doc(name, 2)["steps"][0]]}
+            inserted = await rowcount(
+                engine_a,
+                "INSERT INTO definitions (tenant, name, version, body, content_hash, author)"
+                " VALUES (:a, :name, 2, CAST(:body AS jsonb), :h, 'mallory')",
+                {
+                    "a": tenants.a,
+                    "name": f"{name}-x",
+                    "body": json.dumps(invalid),
+                    "h": theirs.info.content_hash,
+                },
+            )
+            assert (forged, inserted) == (1, 1)  # PostgreSQL lets A write its own rows
+
+            a_store = DefinitionStore(platform.session_factory, tenants.a)
+            b_store = DefinitionStore(platform.session_factory, tenants.b)
+            theirs_first = [(b_store, name), (a_store, f"{name}@1"), (a_store, f"{name}-x@2")]
+            tries = theirs_first if order == "b-first" else theirs_first[1:] + theirs_first[:1]
+            for store, ref in tries:
+                if store is b_store:
+                    resolved = await b_store.resolve(ref)
+                    assert resolved.definition.steps[0].model_dump()["vars"] == {"x": "bravo"}, order
+                    continue
+                # Refused for its hash, or (read before B's) for what the checks find in it.
+                with pytest.raises(DefinitionError, match=r"content hash|duplicate step id") as refusal:
+                    await a_store.resolve(ref)
+                if "duplicate" not in str(refusal.value):
+                    assert theirs.info.content_hash in str(refusal.value), (order, ref)
+    finally:
+        await admin.close()
+        await platform.close()
 
 
 async def test_granting_roles_refuses_what_would_not_isolate(tenants: Tenants) -> None:
