@@ -98,7 +98,7 @@ from activities.secrets import (
 from activities.sql import SqlActions
 from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_database
 from activities.store.errors import StoreError
-from activities.subflows import max_runs_per_tree_from_env, tree_runs
+from activities.subflows import max_runs_per_tree_from_env, subflow_input_problems, tree_runs
 from interpreter.actions import ActionPluginError
 from starter.codec import PayloadKeysError, data_converter
 from starter.payload_store import PayloadStoreConfigError, state_budget_max, state_budget_max_from_env
@@ -503,6 +503,7 @@ def build_worker(
             priority_granted,
             state_budget_max,
             tree_runs,
+            subflow_input_problems,
             *plugin_activities(),
             DecisionLinks(EmailActions(outbound_policy or OutboundPolicy.from_env()).email).decision_links,
             *(build_store_activities(session_factory) if session_factory is not None else []),

@@ -30,22 +30,30 @@ from activities.store.errors import (
     VersionArchivedError,
 )
 from activities.store.repository import DefinitionStore
-from interpreter.state import SubflowDefinition, SubflowLookup
+from interpreter.input_schema import schema_input_problems
+from interpreter.state import SubflowDefinition, SubflowInputCheck, SubflowLookup
 
 __all__ = [
     "DEFAULT_MAX_RUNS_PER_TREE",
     "MAX_RUNS_PER_TREE_ENV",
+    "SUBFLOW_INPUT_PROBLEMS",
     "SUBFLOW_RESOLVE",
     "TREE_RUNS",
     "SubflowActivities",
     "build_subflow_activities",
     "max_runs_per_tree_from_env",
+    "subflow_input_problems",
     "tree_runs",
 ]
 
 SUBFLOW_RESOLVE = "subflow_resolve"
 TREE_RUNS = "wfa.tree_runs"
 """The local activity a fanned-out ``foreach`` counts its run tree with (every worker serves it)."""
+SUBFLOW_INPUT_PROBLEMS = "wfa.subflow_input_problems"
+"""The local activity checking a ``subflow`` step's input against its child's ``input_schema``."""
+PROBLEM_CHARS = 300
+"""Each problem :func:`subflow_input_problems` answers is cut to this many characters (its answer
+is written to the parent's history: at most 20 of them, about 6 KB)."""
 MAX_RUNS_PER_TREE_ENV = "WFA_MAX_RUNS_PER_TREE"
 DEFAULT_MAX_RUNS_PER_TREE = 20_000
 """Runs one tree may count (its root, every subflow and fan-out slice under it, open or closed
@@ -263,6 +271,20 @@ async def tree_runs(root_run_id: str, starts: int) -> list[int]:
     bound = _worker_bound()
     _, counted = await TREE_COUNTS.grant(root_run_id, starts, bound)
     return [counted, bound]
+
+
+@activity.defn(name=SUBFLOW_INPUT_PROBLEMS)
+async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
+    """The problems of a subflow's input against its child's ``input_schema`` (none: it may start),
+    each ``path: message`` as every other start reports them: a local activity of the ``subflow``
+    step, so the child of a stored definition gets the input its schema promises, as every run
+    started any other way does (``interpreter.input_schema``)."""
+    problems = schema_input_problems(check.input_schema, check.input)
+    return [_clip(str(problem), PROBLEM_CHARS) for problem in problems]
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from interpreter.model import Definition
     from interpreter.validate import Problem
 
-__all__ = ["MAX_INPUT_PROBLEMS", "MAX_SCHEMA_BYTES", "input_problems", "schema_problems"]
+__all__ = [
+    "MAX_INPUT_PROBLEMS",
+    "MAX_SCHEMA_BYTES",
+    "input_problems",
+    "schema_input_problems",
+    "schema_problems",
+]
 
 MAX_SCHEMA_BYTES = 64 * 1024
 """The largest ``input_schema`` (as compact JSON) a definition may declare."""
@@ -137,11 +143,15 @@ def input_problems(definition: Definition, input: Any) -> list[Problem]:
         definition: The definition the run would start from.
         input: The run input, as decoded from JSON.
     """
+    return schema_input_problems(definition.input_schema, input)
+
+
+def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[Problem]:
+    """:func:`input_problems` against a schema (a definition's ``input_schema``, or None)."""
     from interpreter.validate import Problem
 
     if not isinstance(input, Mapping):
         return [Problem("$", f"the run input must be a JSON object, not {type(input).__name__}")]
-    schema = definition.input_schema
     if schema is None:
         return []  # without loading jsonschema: most definitions declare no schema
     from jsonschema.exceptions import ValidationError

@@ -751,6 +751,18 @@ class SubflowLookup(BaseModel):
     payload store, where a large result goes by reference): unbounded."""
 
 
+class SubflowInputCheck(BaseModel):
+    """Input of the ``wfa.subflow_input_problems`` local activity: a ``subflow`` step's input for its
+    child against the child definition's ``input_schema``. Checked in an activity, never in workflow
+    code: its answer is recorded (a marker; the input itself is not written to history), so a
+    replay keeps it whatever the replaying worker's ``jsonschema``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_schema: dict[str, Any]
+    input: dict[str, Any]
+
+
 class SubflowDefinition(BaseModel):
     """Output of ``subflow_resolve``: the definition (``version`` = the registry's) and its hash."""
 

@@ -236,15 +236,38 @@ def _subflows(base: str) -> dict[str, Any]:
     }
 
 
+def _typed_subflows(base: str) -> dict[str, Any]:
+    return {
+        "name": "replay-typed-subflows",
+        "steps": [
+            {
+                "id": "refused",
+                "type": "subflow",
+                "definition": TYPED_CHILD,
+                "input": {"n": "two"},
+                "on_failure": "continue",
+            },
+            {"id": "sub", "type": "subflow", "definition": TYPED_CHILD, "input": {"n": 2}},
+            _echo("after", "{{ steps.refused.error_type }} {{ steps.sub.output.output }}"),
+        ],
+    }
+
+
+TYPED_CHILD = "replay-typed-child"
+"""The child :func:`_resolve_subflow` answers with an ``input_schema`` (an integer ``n``)."""
+
+
 @activity.defn(name=SUBFLOW_RESOLVE)
 async def _resolve_subflow(lookup: SubflowLookup) -> SubflowDefinition:
     """The recorder has no registry: a history holds only the definition the activity answered
     (replay runs no activity); tests/workflows/test_subflow.py resolves against the real store."""
+    typed = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
     child = load_definition(
         {
             "name": lookup.definition,
             "steps": [_echo("work", "{{ input.n * 2 }}")],
             "output": "{{ steps.work.output }}",
+            **({"input_schema": typed} if lookup.definition == TYPED_CHILD else {}),
         }
     )
     return SubflowDefinition(definition=child, content_hash=definition_hash(child))
@@ -1544,6 +1567,22 @@ def scenarios() -> list[Scenario]:
             _subflows,
             {},
             options={"engine_level": 20},
+        ),
+        Scenario(
+            "subflows_input_schema",
+            "two subflows of a child declaring an input_schema, at interpreter generation 27 (patch"
+            " subflow-input-schema): the first's input refused by a local activity (InvalidRunInput,"
+            " on_failure continue, no child started), the second's accepted",
+            _typed_subflows,
+            {},
+            options={"engine_level": 27},
+        ),
+        Scenario(
+            "subflows_input_schema_asked",
+            "subflows_input_schema started by a raw client (generation 0): each subflow asks patch"
+            " subflow-input-schema (a marker) before its check",
+            _typed_subflows,
+            {},
         ),
         Scenario(
             "events",

@@ -154,6 +154,7 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         RunStatus,
         SubflowDefinition,
+        SubflowInputCheck,
         SubflowLookup,
         clip,
         dead_letter_size_problem,
@@ -333,6 +334,12 @@ parent holds for each child. The slice's own history and its ``status`` query (a
 worker) still show every step; the subflows it starts return what they did. Decided by
 the slice when it completes (its result is not compared on replay), asked in slices of runs started
 before its generation (a marker), so one recorded before replays as recorded."""
+PATCH_SUBFLOW_INPUT_SCHEMA = "subflow-input-schema"
+"""Patch id: a ``subflow`` step checks its child's input against the child definition's
+``input_schema`` before the child starts, as every other start does (a recorded local activity,
+:data:`SUBFLOW_INPUT_PROBLEMS`); an input it refuses fails the step (``InvalidRunInput``, each
+problem with its path) and starts nothing. Before it, the child started with any input. Asked in
+runs started before its generation (a marker where a subflow's child declares a schema)."""
 PATCH_CHILD_SEND_PACING = "child-send-pacing"
 """Patch id: a child run's input is paced (:data:`PATCH_TASK_SEND_PACING`) and counted by the
 send guard (:data:`PATCH_HISTORY_GUARD_SENDS`) at its size as sent (one payload, measured for the
@@ -463,6 +470,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_COMPACT_RUN_INPUT: COMPACT_RUN_INPUT_LEVEL,
     PATCH_SLICE_RESULTS_OUTPUT: 25,
     PATCH_UNSET_CURRENT_STEP: UNSET_CURRENT_STEP_LEVEL,
+    PATCH_SUBFLOW_INPUT_SCHEMA: 27,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -527,6 +535,10 @@ DEAD_LETTER_RESOLVE = "dead_letter_resolve"
 SUBFLOW_RESOLVE = "subflow_resolve"
 TREE_RUNS = "wfa.tree_runs"
 """The local activity counting a run tree (``activities.subflows.tree_runs``; served by every worker)."""
+SUBFLOW_INPUT_PROBLEMS = "wfa.subflow_input_problems"
+"""The local activity checking a subflow's input (``activities.subflows.subflow_input_problems``)."""
+INVALID_RUN_INPUT = "InvalidRunInput"
+"""The error type of a ``subflow`` step whose input its child's ``input_schema`` refuses."""
 MAX_RUNS_PER_TREE_ENV = "WFA_MAX_RUNS_PER_TREE"
 USED_TOKENS_KIND = "used_decision_tokens"
 """Key of the spent decision tokens' ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -1749,6 +1761,9 @@ class _TemporalRuntime:
         finally:
             if resolve_room:
                 self._release_room(resolve_room)
+        schema = resolved.definition.input_schema
+        if schema is not None and self.patched(PATCH_SUBFLOW_INPUT_SCHEMA):
+            await self._check_subflow_input(call, resolved.definition, schema)
         counted = json_size(call.input, TASK_SEND_BUDGET) + self._carried_send_bytes(resolved.definition)
         held, grant = 0, None
         if call.wait and not call.compensating:  # (compensations always go, as tasks do)
@@ -1763,6 +1778,43 @@ class _TemporalRuntime:
         finally:
             if held:
                 self._release_room(held, child=True)
+
+    async def _check_subflow_input(
+        self, call: SubflowCall, child: Definition, schema: dict[str, Any]
+    ) -> None:
+        """Fails the step (``InvalidRunInput``) when the child's ``input_schema`` refuses the input
+        this step gives it (:data:`PATCH_SUBFLOW_INPUT_SCHEMA`): a recorded local activity, since
+        the check is never made in workflow code."""
+        what = f"subflow {call.definition!r}"
+        try:
+            problems: list[str] = await workflow.execute_local_activity(
+                SUBFLOW_INPUT_PROBLEMS,
+                SubflowInputCheck(input_schema=schema, input=call.input),
+                result_type=list[str],
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                summary=f"{call.summary}: check its input",
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from None
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            raise SubflowFailedError(
+                f"{what}: its input could not be checked: {message}", INVALID_RUN_INPUT
+            ) from None
+        except ValueError:  # a worker not built by build_worker lacks the local activity
+            raise SubflowFailedError(
+                f"{what}: this worker cannot check its input against the child's input_schema (it lacks"
+                f" the {SUBFLOW_INPUT_PROBLEMS} activity that worker.build_worker registers)",
+                INVALID_RUN_INPUT,
+            ) from None
+        if problems:
+            raise SubflowFailedError(
+                f"{what}: the input does not match the input_schema of {child.name} v{child.version}: "
+                + "; ".join(problems),
+                INVALID_RUN_INPUT,
+            )
 
     async def _resolve_subflow(self, call: SubflowCall, max_bytes: int | None) -> SubflowDefinition:
         """The child's definition, resolved in this run's tenant (a recorded activity); at most

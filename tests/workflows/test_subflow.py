@@ -240,6 +240,57 @@ async def test_a_subflow_of_a_deactivated_definition_fails_its_step_at_once(
     assert "no active version" in (failed.error or "")
 
 
+@pytest.mark.parametrize("engine_level", ["current", 0])
+async def test_a_subflow_input_its_childs_input_schema_refuses_fails_the_step(
+    flows: FlowClient, client: Client, store_worker: Worker, engine_level: str | int
+) -> None:
+    """The attacker: a parent definition feeds a stored definition an input its ``input_schema``
+    refuses (a string where it requires an integer; a missing field). Every other start checks the
+    input first; a subflow's child must not start either. The step fails (``InvalidRunInput``,
+    each problem with its path) and its ``on_failure`` applies; an input the schema accepts starts
+    the child. A run of generation 0 (a client of an earlier build) asks for the check by a patch."""
+    if engine_level == 0:
+        flows.engine_level = 0
+    child = unique("typed")
+    typed = _child(child, "typed")
+    typed["input_schema"] = {
+        "type": "object",
+        "required": ["n"],
+        "properties": {"n": {"type": "integer"}},
+    }
+    await flows.register(typed, author="ann")
+    document = _parent(unique("parent"), child, on_failure="continue")
+    document["output"] = {"child": "{{ steps.sub.output }}", "error": "{{ steps.sub.error_type }}"}
+    cases = (
+        ({"n": "{{ input.n }}"}, {"n": "not a number"}, "$.n: 'not a number' is not of type 'integer'"),
+        ({}, {}, "$: 'n' is a required property"),
+    )
+    for step_input, given, problem in cases:
+        document["steps"][0]["input"] = step_input
+        run = await flows.start_run(document, given)
+        result = await run.result(timeout=60)
+        assert result.state == RunState.COMPLETED, result.error
+        assert result.output["error"] == "InvalidRunInput", result.output
+        failed = next(r for r in result.steps if r.id == "sub")
+        assert problem in (failed.error or ""), failed.error
+        assert f"input_schema of {child} v1" in (failed.error or "")
+        history = await client.get_workflow_handle(run.workflow_id).fetch_history()
+        assert not any(
+            e.HasField("start_child_workflow_execution_initiated_event_attributes") for e in history.events
+        )
+        patches = " ".join(
+            e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
+            for e in history.events
+            if e.HasField("marker_recorded_event_attributes")
+            and e.marker_recorded_event_attributes.marker_name == "core_patch"
+        )
+        assert (workflows.generic.PATCH_SUBFLOW_INPUT_SCHEMA in patches) is (engine_level == 0), patches
+
+    document["steps"][0]["input"] = {"n": "{{ input.n }}"}
+    accepted = await (await flows.start_run(document, {"n": 21})).result(timeout=60)
+    assert accepted.output["child"]["output"]["doubled"] == 42, accepted.output
+
+
 async def test_a_subflow_that_calls_itself_stops_at_the_depth_limit(
     flows: FlowClient, store_worker: Worker
 ) -> None:
