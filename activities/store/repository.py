@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import re
 import weakref
 from collections import OrderedDict
@@ -59,6 +60,8 @@ from interpreter.validate import (
     legacy_trigger_problems,
     load_definition,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Activation",
@@ -844,7 +847,9 @@ async def active_definitions_of_every_tenant(
 ) -> list[tuple[str, ResolvedDefinition]]:
     """``(tenant, active version)`` of every name of every tenant the connecting login may see
     (a platform login: all; a tenant's login: its own, by row-level security), sorted by tenant
-    and name. For services that serve every tenant (the gateway's listeners)."""
+    and name. For services that serve every tenant (the gateway's listeners): an active version
+    whose row is not a valid definition with the hash it records (a tenant's own login may write its
+    rows) is left out, with an error in the log, so one tenant's row does not stop the others'."""
     query = (
         select(DefinitionRow.tenant, DefinitionRow.name, *_RESOLVED)
         .join(
@@ -862,18 +867,22 @@ async def active_definitions_of_every_tenant(
         _reader(session_factory).connect() as conn,
     ):
         rows = (await conn.execute(query)).all()
-    return [
-        (
-            tenant,
-            ResolvedDefinition(
-                definition=_parse(tenant, row_name, version, digest, body),
-                name=row_name,
-                version=version,
-                content_hash=digest,
-            ),
+    found: list[tuple[str, ResolvedDefinition]] = []
+    for tenant, row_name, version, body, digest, _archived in rows:
+        try:
+            definition = _parse(tenant, row_name, version, digest, body)
+        except DefinitionError as err:  # one tenant's row (its login may write it) stops no other's
+            log.error("tenant %r: active version %s@%s left out: %s", tenant, row_name, version, err)
+            continue
+        found.append(
+            (
+                tenant,
+                ResolvedDefinition(
+                    definition=definition, name=row_name, version=version, content_hash=digest
+                ),
+            )
         )
-        for tenant, row_name, version, body, digest, _archived in rows
-    ]
+    return found
 
 
 _READERS: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()

@@ -44,6 +44,7 @@ from activities.store.errors import (
 from activities.store.repository import (
     DeadLetterStore,
     DefinitionStore,
+    active_definitions_of_every_tenant,
     park_dead_letter,
     resolve_dead_letter,
 )
@@ -431,6 +432,11 @@ async def test_a_content_hash_a_tenant_writes_on_its_rows_gets_it_no_other_tenan
                     await a_store.resolve(ref)
                 if "duplicate" not in str(refusal.value):
                     assert theirs.info.content_hash in str(refusal.value), (order, ref)
+            # A service of every tenant (the gateway's listeners) leaves A's row out, not B's.
+            every = await active_definitions_of_every_tenant(platform.session_factory, name)
+            assert [(tenant, r.definition.steps[0].model_dump()["vars"]) for tenant, r in every] == [
+                (tenants.b, {"x": "bravo"})
+            ]
     finally:
         await admin.close()
         await platform.close()
