@@ -9,11 +9,14 @@ the parent run's tenant only: a definition of another tenant does not exist for 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from temporalio import activity
@@ -30,7 +33,7 @@ from activities.store.errors import (
     VersionArchivedError,
 )
 from activities.store.repository import DefinitionStore
-from interpreter.input_schema import schema_input_problems
+from interpreter.input_schema import problem_lines
 from interpreter.state import SubflowDefinition, SubflowInputCheck, SubflowLookup
 
 __all__ = [
@@ -273,18 +276,73 @@ async def tree_runs(root_run_id: str, starts: int) -> list[int]:
     return [counted, bound]
 
 
+CHECK_DEADLINE_S = 20.0
+"""The longest :func:`subflow_input_problems` lets one check run. A schema can make checking an input
+slow (``uniqueItems`` compares every pair of items; combinators nested over recursive data
+multiply): the check runs in a process of its own, which is killed past this."""
+
+
+class _Checker:
+    """One process that checks inputs against schemas, one check at a time (started on first use,
+    started again after it was killed), so a slow check costs its own CPU, not this worker's event
+    loop. Each check's deadline counts from its own start: a check waiting behind a slow one is not
+    stopped for it (it waits at most a deadline, and its local activity's own limit bounds that)."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+
+    async def check(self, schema: dict[str, Any], input: dict[str, Any], deadline_s: float) -> list[str]:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                )
+                # Started (and its imports done) before the deadline counts: a busy machine may take
+                # seconds to start a Python process, which is no fault of the input.
+                await loop.run_in_executor(self._pool, problem_lines, None, {}, PROBLEM_CHARS)
+            pool = self._pool
+            future = loop.run_in_executor(pool, problem_lines, schema, input, PROBLEM_CHARS)
+            try:
+                return await asyncio.wait_for(future, deadline_s)
+            except (TimeoutError, BrokenProcessPool, asyncio.CancelledError):
+                self._stop(pool)  # whatever it was doing is not wanted any more
+                raise
+
+    def _stop(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        processes = list(getattr(pool, "_processes", {}).values())  # the pool has no kill of its own
+        for process in processes:
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_CHECKER = _Checker()
+
+
 @activity.defn(name=SUBFLOW_INPUT_PROBLEMS)
 async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
     """The problems of a subflow's input against its child's ``input_schema`` (none: it may start),
     each ``path: message`` as every other start reports them: a local activity of the ``subflow``
     step, so the child of a stored definition gets the input its schema promises, as every run
-    started any other way does (``interpreter.input_schema``)."""
-    problems = schema_input_problems(check.input_schema, check.input)
-    return [_clip(str(problem), PROBLEM_CHARS) for problem in problems]
-
-
-def _clip(text: str, most: int) -> str:
-    return text if len(text) <= most else text[: most - 1] + "…"
+    started any other way does (``interpreter.input_schema``). Checked in a separate process, at
+    most :data:`CHECK_DEADLINE_S`; a check that takes longer fails the activity for good
+    (``InputCheckTooSlow``), and one whose process died is retried in a new one."""
+    try:
+        return await _CHECKER.check(check.input_schema, check.input, CHECK_DEADLINE_S)
+    except TimeoutError:
+        raise ApplicationError(
+            f"checking the input against the child's input_schema took more than {CHECK_DEADLINE_S:g} s"
+            " (a schema whose uniqueItems or nested combinators meet a large input): stopped",
+            type="InputCheckTooSlow",
+            non_retryable=True,
+        ) from None
+    except BrokenProcessPool:
+        raise ApplicationError(
+            "the process checking the input ended unexpectedly", type="InputCheckFailed"
+        ) from None
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

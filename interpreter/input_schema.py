@@ -32,6 +32,7 @@ __all__ = [
     "MAX_INPUT_PROBLEMS",
     "MAX_SCHEMA_BYTES",
     "input_problems",
+    "problem_lines",
     "schema_input_problems",
     "schema_problems",
 ]
@@ -168,6 +169,13 @@ def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[
         found.append(Problem(_path("$", error.absolute_path), _message(error)))
     found.sort(key=lambda problem: (problem.path, problem.message))
     return found[:MAX_INPUT_PROBLEMS]
+
+
+def problem_lines(schema: Mapping[str, Any] | None, input: Any, most_chars: int) -> list[str]:
+    """:func:`schema_input_problems` as ``path: message`` lines of at most ``most_chars`` each
+    (what a worker's separate checking process returns: plain strings)."""
+    lines = [str(problem) for problem in schema_input_problems(schema, input)]
+    return [line if len(line) <= most_chars else line[: most_chars - 1] + "…" for line in lines]
 
 
 def _message(error: Any) -> str:

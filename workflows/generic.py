@@ -338,8 +338,10 @@ PATCH_SUBFLOW_INPUT_SCHEMA = "subflow-input-schema"
 """Patch id: a ``subflow`` step checks its child's input against the child definition's
 ``input_schema`` before the child starts, as every other start does (a recorded local activity,
 :data:`SUBFLOW_INPUT_PROBLEMS`); an input it refuses fails the step (``InvalidRunInput``, each
-problem with its path) and starts nothing. Before it, the child started with any input. Asked in
-runs started before its generation (a marker where a subflow's child declares a schema)."""
+problem with its path) and starts nothing; one that cannot be checked fails it with
+``SubflowInputUnchecked``. A compensation's child is not checked (compensations always go). Before
+it, the child started with any input. Asked in runs started before its generation (a marker where
+a subflow's child declares a schema)."""
 PATCH_CHILD_SEND_PACING = "child-send-pacing"
 """Patch id: a child run's input is paced (:data:`PATCH_TASK_SEND_PACING`) and counted by the
 send guard (:data:`PATCH_HISTORY_GUARD_SENDS`) at its size as sent (one payload, measured for the
@@ -539,6 +541,9 @@ SUBFLOW_INPUT_PROBLEMS = "wfa.subflow_input_problems"
 """The local activity checking a subflow's input (``activities.subflows.subflow_input_problems``)."""
 INVALID_RUN_INPUT = "InvalidRunInput"
 """The error type of a ``subflow`` step whose input its child's ``input_schema`` refuses."""
+INPUT_UNCHECKED = "SubflowInputUnchecked"
+"""The error type of a ``subflow`` step whose input could not be checked (the check failed or took
+too long, or the worker lacks it): not a verdict on the input."""
 MAX_RUNS_PER_TREE_ENV = "WFA_MAX_RUNS_PER_TREE"
 USED_TOKENS_KIND = "used_decision_tokens"
 """Key of the spent decision tokens' ids in a continue-as-new snapshot (``Continuation.kinds``)."""
@@ -1762,7 +1767,8 @@ class _TemporalRuntime:
             if resolve_room:
                 self._release_room(resolve_room)
         schema = resolved.definition.input_schema
-        if schema is not None and self.patched(PATCH_SUBFLOW_INPUT_SCHEMA):
+        # A compensation's child is not checked: compensations always go (as for its room below).
+        if schema is not None and not call.compensating and self.patched(PATCH_SUBFLOW_INPUT_SCHEMA):
             await self._check_subflow_input(call, resolved.definition, schema)
         counted = json_size(call.input, TASK_SEND_BUDGET) + self._carried_send_bytes(resolved.definition)
         held, grant = 0, None
@@ -1784,30 +1790,34 @@ class _TemporalRuntime:
     ) -> None:
         """Fails the step (``InvalidRunInput``) when the child's ``input_schema`` refuses the input
         this step gives it (:data:`PATCH_SUBFLOW_INPUT_SCHEMA`): a recorded local activity, since
-        the check is never made in workflow code."""
+        the check is never made in workflow code. A check that cannot be made (it fails, times out,
+        or the worker lacks it) fails the step with ``SubflowInputUnchecked`` instead."""
         what = f"subflow {call.definition!r}"
+        check = SubflowInputCheck(input_schema=schema, input=call.input)
         try:
             problems: list[str] = await workflow.execute_local_activity(
                 SUBFLOW_INPUT_PROBLEMS,
-                SubflowInputCheck(input_schema=schema, input=call.input),
+                check,
                 result_type=list[str],
-                start_to_close_timeout=timedelta(seconds=30),
+                start_to_close_timeout=timedelta(seconds=60),  # the check stops itself at 20 s
                 retry_policy=RetryPolicy(maximum_attempts=3),
                 summary=f"{call.summary}: check its input",
             )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's failure reaches the workflow as its own error (an ApplicationError),
+            # not wrapped in an ActivityError as a remote activity's is.
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(cause, CancelledError):
                 raise asyncio.CancelledError() from None
-            cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
             raise SubflowFailedError(
-                f"{what}: its input could not be checked: {message}", INVALID_RUN_INPUT
+                f"{what}: its input could not be checked: {message}", INPUT_UNCHECKED
             ) from None
         except ValueError:  # a worker not built by build_worker lacks the local activity
             raise SubflowFailedError(
                 f"{what}: this worker cannot check its input against the child's input_schema (it lacks"
                 f" the {SUBFLOW_INPUT_PROBLEMS} activity that worker.build_worker registers)",
-                INVALID_RUN_INPUT,
+                INPUT_UNCHECKED,
             ) from None
         if problems:
             raise SubflowFailedError(

@@ -196,7 +196,7 @@ class StoredDefinition(DefinitionInfo):
 
     def definition(self) -> Definition:
         """The parsed definition, with ``version`` set to the registry's version."""
-        return _parse(self.tenant, self.name, self.version, self.content_hash, self.body)
+        return _parse(self.name, self.version, self.content_hash, self.body)
 
 
 class ResolvedDefinition(BaseModel):
@@ -272,36 +272,37 @@ class DeadLetter(DeadLetterRecord):
 
 # ------------------------------------------------------------------------------- parsed definitions
 
-_PARSED: OrderedDict[tuple[str, str, int, str], Definition] = OrderedDict()
+_PARSED: OrderedDict[tuple[str, int], tuple[Mapping[str, Any], Definition]] = OrderedDict()
 _PARSED_MAX = 1024
 """Parsed definitions kept (about 20 KiB each for a definition like examples/intervention.json),
-by tenant, name, version and content hash."""
+by content hash and version, each with the stored body it was parsed from."""
 
 _CHECKED: set[str] = set()
 """Content hashes of bodies that passed the whole-tree checks in this process (a few bytes each):
 hashes computed here, never a row's ``content_hash`` taken on trust."""
 
 
-def _parse(tenant: str, name: str, version: int, digest: str, body: Mapping[str, Any]) -> Definition:
+def _parse(name: str, version: int, digest: str, body: Mapping[str, Any]) -> Definition:
     """The parsed definition of a stored body, validated as on registration.
 
     Versions are immutable, so the parsed definitions of recent look-ups are kept, and a body with
     the content of one that passed the whole-tree checks once is only parsed again.
 
     A row's ``content_hash`` is a column its tenant's own database login may write (row-level
-    security lets a tenant write its own rows), so it is not taken on trust: the cache is keyed by
-    the tenant and name too, and a body is refused unless it has the hash its row records. A row of
-    one tenant claiming another's hash gets neither that tenant's parsed definition nor its
-    body's pass of the checks.
+    security lets a tenant write its own rows), so it is not taken on trust: a body is refused
+    unless it has the hash its row records, and a kept definition is reused only for a row whose
+    body equals the one it was parsed from. A row of one tenant claiming another's hash gets
+    neither that tenant's parsed definition nor its body's pass of the checks; rows of any tenants
+    holding the same body share one entry.
 
     Raises:
         DefinitionError: The body is not a valid definition, or not the one its hash names.
     """
-    key = (tenant, name, version, digest)
+    key = (digest, version)
     found = _PARSED.get(key)
-    if found is not None:
+    if found is not None and found[0] == body:
         _PARSED.move_to_end(key)
-        return found
+        return found[1]
     document = {**body, "version": version}
     if digest in _CHECKED:
         try:
@@ -324,7 +325,8 @@ def _parse(tenant: str, name: str, version: int, digest: str, body: Mapping[str,
             name,
         )
     _CHECKED.add(digest)
-    _PARSED[key] = definition
+    _PARSED[key] = (body, definition)
+    _PARSED.move_to_end(key)
     if len(_PARSED) > _PARSED_MAX:
         _PARSED.popitem(last=False)
     return definition
@@ -661,7 +663,7 @@ class DefinitionStore:
         if archived_at is not None:
             raise VersionArchivedError(self.tenant, name, stored_version, "started")
         return ResolvedDefinition(
-            definition=_parse(self.tenant, name, stored_version, digest, body),
+            definition=_parse(name, stored_version, digest, body),
             name=name,
             version=stored_version,
             content_hash=digest,
@@ -687,7 +689,7 @@ class DefinitionStore:
             rows = (await conn.execute(query)).all()
         return [
             ResolvedDefinition(
-                definition=_parse(self.tenant, row_name, version, digest, body),
+                definition=_parse(row_name, version, digest, body),
                 name=row_name,
                 version=version,
                 content_hash=digest,
@@ -870,7 +872,7 @@ async def active_definitions_of_every_tenant(
     found: list[tuple[str, ResolvedDefinition]] = []
     for tenant, row_name, version, body, digest, _archived in rows:
         try:
-            definition = _parse(tenant, row_name, version, digest, body)
+            definition = _parse(row_name, version, digest, body)
         except DefinitionError as err:  # one tenant's row (its login may write it) stops no other's
             log.error("tenant %r: active version %s@%s left out: %s", tenant, row_name, version, err)
             continue

@@ -388,9 +388,9 @@ async def test_a_content_hash_a_tenant_writes_on_its_rows_gets_it_no_other_tenan
     suffix = uuid4().hex[:8]
     admin, platform = Database(tenants.admin_url), Database(tenants.url(tenants.role_platform))
     engine_a = tenants.engine(tenants.role_a)
+    names = [f"payroll-{order}-{suffix}" for order in ("b-first", "a-first")]
     try:
-        for order in ("b-first", "a-first"):
-            name = f"payroll-{order}-{suffix}"
+        for order, name in zip(("b-first", "a-first"), names, strict=True):
             theirs = await DefinitionStore(admin.session_factory, tenants.b).register(
                 doc(name, "bravo"), author="bob"
             )
@@ -438,6 +438,14 @@ async def test_a_content_hash_a_tenant_writes_on_its_rows_gets_it_no_other_tenan
                 (tenants.b, {"x": "bravo"})
             ]
     finally:
+        # The forged rows go: later tests listing every tenant's active versions must not meet them.
+        owner = tenants.engine(normalize_url(tenants.admin_url).username or "")
+        for table in ("definition_heads", "activations", "definitions"):
+            await rowcount(
+                owner,
+                f"DELETE FROM {table} WHERE tenant = :a AND name LIKE :names",
+                {"a": tenants.a, "names": f"payroll-%-{suffix}%"},
+            )
         await admin.close()
         await platform.close()
 

@@ -13,6 +13,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
+import activities.subflows
 import workflows.generic
 from activities.store.database import Database
 from interpreter.model import MAX_SUBFLOW_DEPTH
@@ -289,6 +290,60 @@ async def test_a_subflow_input_its_childs_input_schema_refuses_fails_the_step(
     document["steps"][0]["input"] = {"n": "{{ input.n }}"}
     accepted = await (await flows.start_run(document, {"n": 21})).result(timeout=60)
     assert accepted.output["child"]["output"]["doubled"] == 42, accepted.output
+
+    # A compensation's child is not checked: compensations always go, as the README says.
+    undoing = {
+        "name": unique("undoing"),
+        "steps": [
+            {
+                "id": "charge",
+                "type": "task",
+                "action": "echo",
+                "input": {"value": 1},
+                "compensate": [{"id": "undo", "type": "subflow", "definition": child, "input": {"n": "x"}}],
+            },
+            {"id": "boom", "type": "fail", "message": "no stock"},
+        ],
+    }
+    undone = await (await flows.start_run(undoing)).result(timeout=60)
+    assert undone.state == RunState.FAILED
+    undo = next(r for r in undone.steps if r.id == "undo")
+    assert undo.status == StepStatus.COMPLETED, undo.error
+
+
+async def test_a_schema_that_makes_the_check_slow_fails_the_step_and_stops_the_check(
+    flows: FlowClient, store_worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker: a child's ``input_schema`` with ``uniqueItems`` (every pair of items compared)
+    given thousands of objects, enough CPU for tens of seconds. The check runs in a process of its
+    own and is stopped at its deadline: the step fails with ``SubflowInputUnchecked`` naming it,
+    and the next check runs in a new process."""
+    child = unique("unique")
+    document = _child(child, "unique")
+    document["input_schema"] = {
+        "type": "object",
+        "properties": {"rows": {"type": "array", "uniqueItems": True}},
+    }
+    await flows.register(document, author="ann")
+    parent = _parent(unique("parent"), child, on_failure="continue")
+    parent["steps"][0]["input"] = {"n": 1, "rows": "{{ input.rows }}"}
+    parent["output"] = {"child": "{{ steps.sub.output }}", "error": "{{ steps.sub.error_type }}"}
+
+    small = await (await flows.start_run(parent, {"rows": [{"i": i} for i in range(10)]})).result(timeout=60)
+    assert small.output["child"]["output"]["doubled"] == 2, small.output  # the checking process is up
+
+    monkeypatch.setattr(activities.subflows, "CHECK_DEADLINE_S", 2.0)
+    rows = [{"i": i, "tag": f"row-{i}"} for i in range(6000)]
+    slow = await (await flows.start_run(parent, {"rows": rows})).result(timeout=120)
+    assert slow.output is not None, (slow.state, slow.error)
+    assert slow.output["error"] == "SubflowInputUnchecked", slow.output
+    failed = next(r for r in slow.steps if r.id == "sub")
+    assert "took more than 2 s" in (failed.error or ""), failed.error
+
+    monkeypatch.setattr(activities.subflows, "CHECK_DEADLINE_S", 20.0)
+    again = await (await flows.start_run(parent, {"rows": [{"i": 1}, {"i": 1}]})).result(timeout=60)
+    assert again.output["error"] == "InvalidRunInput", again.output  # a new process answers
+    assert "has non-unique elements" in (next(r for r in again.steps if r.id == "sub").error or "")
 
 
 async def test_a_subflow_that_calls_itself_stops_at_the_depth_limit(
