@@ -1,6 +1,11 @@
 """A valid long loop of steps that call nothing (a ``set`` step may run 5,000 times) on the dev
 server: its workflow tasks stay short (patch ``task-step-budget``), so a worker with a tight
-deadlock limit runs it to the end; in one task it took seconds, and the task failed for ever."""
+deadlock limit runs it to the end; in one task it took seconds, and the task failed for ever.
+
+The test counts the tasks, not their time: on a machine loaded enough, a short task may still pass
+the tight limit now and then and be retried once (a CI run beside a CPU burner and two other CI
+runs saw one such retry); the run ending, in tasks of at most ``TASK_STEP_BUDGET`` steps, is the
+claim."""
 
 from __future__ import annotations
 
@@ -50,14 +55,20 @@ async def test_a_long_loop_runs_in_short_workflow_tasks_under_a_tight_deadlock_l
         client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)
     ) as running:
         # 1.5 s instead of 8: the whole loop takes longer than that in one task, even on an idle
-        # machine; a task of TASK_STEP_BUDGET steps takes a fraction of it even on a busy one.
+        # machine, so without the budget its task fails on every retry and the run never ends
+        # (this test then fails at the execution timeout). A task of TASK_STEP_BUDGET steps takes a
+        # fraction of it, though on a machine loaded enough one may pass it now and then: that
+        # task fails once and its retry (one task's worth of replay per activation) goes on.
         tolerate_slow_activations(running, 1.5)
         handle = await start(client, task_queue, document, execution_timeout=timedelta(minutes=4))
         result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert result.output == {"turns": TURNS}
-    failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED, EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
-    assert not await events(handle, *failed)
     markers = await events(handle, EventType.EVENT_TYPE_MARKER_RECORDED)
     pauses = [m for m in markers if END_TASK_ACTIVITY.encode() in m.SerializeToString()]
     assert len(pauses) == (steps - 1) // TASK_STEP_BUDGET
+    failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED, EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+    print(
+        f"\n{len(pauses) + 1} workflow tasks of at most {TASK_STEP_BUDGET} steps;"
+        f" {len(await events(handle, *failed))} failed or timed out and were retried"
+    )
