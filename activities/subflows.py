@@ -9,20 +9,23 @@ the parent run's tenant only: a definition of another tenant does not exist for 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import contextlib
+import json
+import math
 import os
 import re
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+import interpreter
 from activities.base import check_tenant_scope
 from activities.store.database import SessionFactory
 from activities.store.errors import (
@@ -33,7 +36,6 @@ from activities.store.errors import (
     VersionArchivedError,
 )
 from activities.store.repository import DefinitionStore
-from interpreter.input_schema import problem_lines
 from interpreter.state import SubflowDefinition, SubflowInputCheck, SubflowLookup
 
 __all__ = [
@@ -277,49 +279,78 @@ async def tree_runs(root_run_id: str, starts: int) -> list[int]:
 
 
 CHECK_DEADLINE_S = 20.0
-"""The longest :func:`subflow_input_problems` lets one check run. A schema can make checking an input
-slow (``uniqueItems`` compares every pair of items; combinators nested over recursive data
-multiply): the check runs in a process of its own, which is killed past this."""
+"""The longest :func:`subflow_input_problems` lets one check take, its process's start included. A
+schema can make checking an input slow (``uniqueItems`` compares every pair of items; combinators
+nested over recursive data multiply): each check runs in a process of its own, killed past this."""
+CHECK_SLOTS = 2
+"""Checks one worker process runs at once (each in its own process); a check that waits longer
+than :data:`CHECK_DEADLINE_S` for a slot fails its attempt (``InputCheckBusy``) and is retried."""
+
+# The checking process: given its CPU limit in seconds, it reads {"schema", "input", "most"} as
+# JSON on stdin and writes the problems as a JSON list on stdout. Run with -c (not -m), so it
+# imports only what it needs, not this package or the worker's __main__; the kernel stops it at
+# its CPU limit even if this process is gone.
+_CHILD = (
+    "import json, resource, sys\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 1))\n"
+    "from interpreter.input_schema import problem_lines\n"
+    "request = json.load(sys.stdin)\n"
+    "json.dump(problem_lines(request['schema'], request['input'], request['most']), sys.stdout)\n"
+)
+_SLOTS: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+_ROOT = str(Path(interpreter.__file__ or ".").resolve().parent.parent)
+"""Where the checking process imports ``interpreter`` from (this very copy)."""
 
 
-class _Checker:
-    """One process that checks inputs against schemas, one check at a time (started on first use,
-    started again after it was killed), so a slow check costs its own CPU, not this worker's event
-    loop. Each check's deadline counts from its own start: a check waiting behind a slow one is not
-    stopped for it (it waits at most a deadline, and its local activity's own limit bounds that)."""
-
-    def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = asyncio.Lock()
-
-    async def check(self, schema: dict[str, Any], input: dict[str, Any], deadline_s: float) -> list[str]:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn")
-                )
-                # Started (and its imports done) before the deadline counts: a busy machine may take
-                # seconds to start a Python process, which is no fault of the input.
-                await loop.run_in_executor(self._pool, problem_lines, None, {}, PROBLEM_CHARS)
-            pool = self._pool
-            future = loop.run_in_executor(pool, problem_lines, schema, input, PROBLEM_CHARS)
-            try:
-                return await asyncio.wait_for(future, deadline_s)
-            except (TimeoutError, BrokenProcessPool, asyncio.CancelledError):
-                self._stop(pool)  # whatever it was doing is not wanted any more
-                raise
-
-    def _stop(self, pool: ProcessPoolExecutor) -> None:
-        if self._pool is pool:
-            self._pool = None
-        processes = list(getattr(pool, "_processes", {}).values())  # the pool has no kill of its own
-        for process in processes:
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+class InputCheckBusyError(RuntimeError):
+    """Every checking slot stayed taken for a whole deadline."""
 
 
-_CHECKER = _Checker()
+async def check_input(schema: Mapping[str, Any], input: Mapping[str, Any], deadline_s: float) -> list[str]:
+    """The problems of ``input`` against ``schema`` (``path: message`` lines), checked in a new
+    Python process that is killed past ``deadline_s``.
+
+    Raises:
+        TimeoutError: The check took longer than ``deadline_s``.
+        InputCheckBusyError: No slot came free within ``deadline_s``.
+        RuntimeError: The checking process failed (its last words in the message).
+    """
+    loop = asyncio.get_running_loop()
+    slots = _SLOTS.setdefault(loop, asyncio.Semaphore(CHECK_SLOTS))
+    request = json.dumps({"schema": schema, "input": input, "most": PROBLEM_CHARS}).encode()
+    try:
+        await asyncio.wait_for(slots.acquire(), deadline_s)
+    except TimeoutError:
+        raise InputCheckBusyError(f"all {CHECK_SLOTS} input checks of this worker stayed busy") from None
+    try:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p),
+        }
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(math.ceil(deadline_s) + 1),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            out, err = await asyncio.wait_for(child.communicate(request), deadline_s)
+        except BaseException:  # past the deadline, or the activity cancelled: the check is not wanted
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            raise
+    finally:
+        slots.release()
+    if child.returncode != 0:
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+        raise RuntimeError(f"the process checking the input failed: {last[0][:300]}")
+    problems: list[str] = json.loads(out)
+    return problems
 
 
 @activity.defn(name=SUBFLOW_INPUT_PROBLEMS)
@@ -327,11 +358,12 @@ async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
     """The problems of a subflow's input against its child's ``input_schema`` (none: it may start),
     each ``path: message`` as every other start reports them: a local activity of the ``subflow``
     step, so the child of a stored definition gets the input its schema promises, as every run
-    started any other way does (``interpreter.input_schema``). Checked in a separate process, at
-    most :data:`CHECK_DEADLINE_S`; a check that takes longer fails the activity for good
-    (``InputCheckTooSlow``), and one whose process died is retried in a new one."""
+    started any other way does (``interpreter.input_schema``). Checked in a process of its own
+    (:func:`check_input`), at most :data:`CHECK_DEADLINE_S`: a check that takes longer fails for
+    good (``InputCheckTooSlow``); one that found no free slot (``InputCheckBusy``) or whose
+    process failed (``InputCheckFailed``) is retried."""
     try:
-        return await _CHECKER.check(check.input_schema, check.input, CHECK_DEADLINE_S)
+        return await check_input(check.input_schema, check.input, CHECK_DEADLINE_S)
     except TimeoutError:
         raise ApplicationError(
             f"checking the input against the child's input_schema took more than {CHECK_DEADLINE_S:g} s"
@@ -339,10 +371,10 @@ async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
             type="InputCheckTooSlow",
             non_retryable=True,
         ) from None
-    except BrokenProcessPool:
-        raise ApplicationError(
-            "the process checking the input ended unexpectedly", type="InputCheckFailed"
-        ) from None
+    except InputCheckBusyError as err:
+        raise ApplicationError(str(err), type="InputCheckBusy") from None
+    except (RuntimeError, OSError) as err:
+        raise ApplicationError(str(err), type="InputCheckFailed") from None
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

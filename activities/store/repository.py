@@ -272,10 +272,11 @@ class DeadLetter(DeadLetterRecord):
 
 # ------------------------------------------------------------------------------- parsed definitions
 
-_PARSED: OrderedDict[tuple[str, int], tuple[Mapping[str, Any], Definition]] = OrderedDict()
+_PARSED: OrderedDict[tuple[str, int], tuple[str, Definition]] = OrderedDict()
 _PARSED_MAX = 1024
 """Parsed definitions kept (about 20 KiB each for a definition like examples/intervention.json),
-by content hash and version, each with the stored body it was parsed from."""
+by content hash and version, each with the stored body it was parsed from (as canonical JSON:
+Python's ``==`` takes ``1``, ``1.0`` and ``true`` for one another, JSON text does not)."""
 
 _CHECKED: set[str] = set()
 """Content hashes of bodies that passed the whole-tree checks in this process (a few bytes each):
@@ -291,7 +292,7 @@ def _parse(name: str, version: int, digest: str, body: Mapping[str, Any]) -> Def
     A row's ``content_hash`` is a column its tenant's own database login may write (row-level
     security lets a tenant write its own rows), so it is not taken on trust: a body is refused
     unless it has the hash its row records, and a kept definition is reused only for a row whose
-    body equals the one it was parsed from. A row of one tenant claiming another's hash gets
+    body is, as canonical JSON text, the one it was parsed from. A row of one tenant claiming another's hash gets
     neither that tenant's parsed definition nor its body's pass of the checks; rows of any tenants
     holding the same body share one entry.
 
@@ -300,7 +301,11 @@ def _parse(name: str, version: int, digest: str, body: Mapping[str, Any]) -> Def
     """
     key = (digest, version)
     found = _PARSED.get(key)
-    if found is not None and found[0] == body:
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):  # load_definition below says what is wrong
+        text = ""
+    if found is not None and text and found[0] == text:
         _PARSED.move_to_end(key)
         return found[1]
     document = {**body, "version": version}
@@ -325,8 +330,9 @@ def _parse(name: str, version: int, digest: str, body: Mapping[str, Any]) -> Def
             name,
         )
     _CHECKED.add(digest)
-    _PARSED[key] = (body, definition)
-    _PARSED.move_to_end(key)
+    if text:
+        _PARSED[key] = (text, definition)
+        _PARSED.move_to_end(key)
     if len(_PARSED) > _PARSED_MAX:
         _PARSED.popitem(last=False)
     return definition

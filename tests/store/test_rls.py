@@ -437,6 +437,20 @@ async def test_a_content_hash_a_tenant_writes_on_its_rows_gets_it_no_other_tenan
             assert [(tenant, r.definition.steps[0].model_dump()["vars"]) for tenant, r in every] == [
                 (tenants.b, {"x": "bravo"})
             ]
+        # A body equal to B's for Python (1 == True) but not as JSON: still not B's definition.
+        name = f"payroll-equal-{suffix}"
+        theirs = await DefinitionStore(admin.session_factory, tenants.b).register(
+            doc(name, True), author="bob"
+        )
+        await DefinitionStore(admin.session_factory, tenants.a).register(doc(name, 1), author="alice")
+        await rowcount(
+            engine_a,
+            "UPDATE definitions SET content_hash = :h WHERE tenant = :a AND name = :name",
+            {"h": theirs.info.content_hash, "a": tenants.a, "name": name},
+        )
+        assert (await b_store.resolve(name)).definition.steps[0].model_dump()["vars"] == {"x": True}
+        with pytest.raises(DefinitionError, match="content hash"):
+            await a_store.resolve(name)
     finally:
         # The forged rows go: later tests listing every tenant's active versions must not meet them.
         owner = tenants.engine(normalize_url(tenants.admin_url).username or "")
