@@ -174,10 +174,13 @@ def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[
 def problem_lines(schema: Mapping[str, Any] | None, input: Any, most_chars: int) -> list[str]:
     """:func:`schema_input_problems` as ``path: message`` lines of at most ``most_chars`` each
     (what a worker's separate checking process returns: plain strings)."""
-    lines = [str(problem) for problem in schema_input_problems(schema, input)]
-    return [line if len(line) <= most_chars else line[: most_chars - 1] + "…" for line in lines]
+    return [_clip(str(problem), most_chars) for problem in schema_input_problems(schema, input)]
 
 
 def _message(error: Any) -> str:
-    message = str(error.message)
-    return message if len(message) <= 500 else message[:499] + "…"
+    return _clip(str(error.message), 500)
+
+
+def _clip(text: str, most: int) -> str:
+    """``text``, or its first ``most`` - 1 characters and "…"."""
+    return text if len(text) <= most else text[: most - 1] + "…"

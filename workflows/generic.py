@@ -540,7 +540,8 @@ TREE_RUNS = "wfa.tree_runs"
 SUBFLOW_INPUT_PROBLEMS = "wfa.subflow_input_problems"
 """The local activity checking a subflow's input (``activities.subflows.subflow_input_problems``)."""
 INVALID_RUN_INPUT = "InvalidRunInput"
-"""The error type of a ``subflow`` step whose input its child's ``input_schema`` refuses."""
+"""The error type of an input a definition's ``input_schema`` refuses: a run's own, or the one a
+``subflow`` step gives its child."""
 INPUT_UNCHECKED = "SubflowInputUnchecked"
 """The error type of a ``subflow`` step whose input could not be checked (the check failed or took
 too long, or the worker lacks it): not a verdict on the input."""
@@ -2471,7 +2472,7 @@ class GenericRun:
         run = self._input  # the argument as _init read it (the SDK's is the raw payload)
         self._main = asyncio.current_task()
         if self._input_problem is not None:
-            raise ApplicationError(self._input_problem, type="InvalidRunInput", non_retryable=True)
+            raise ApplicationError(self._input_problem, type=INVALID_RUN_INPUT, non_retryable=True)
         if self._resume_problem is not None:
             raise ApplicationError(
                 f"cannot continue the run: {self._resume_problem}",

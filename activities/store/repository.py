@@ -292,9 +292,9 @@ def _parse(name: str, version: int, digest: str, body: Mapping[str, Any]) -> Def
     A row's ``content_hash`` is a column its tenant's own database login may write (row-level
     security lets a tenant write its own rows), so it is not taken on trust: a body is refused
     unless it has the hash its row records, and a kept definition is reused only for a row whose
-    body is, as canonical JSON text, the one it was parsed from. A row of one tenant claiming another's hash gets
-    neither that tenant's parsed definition nor its body's pass of the checks; rows of any tenants
-    holding the same body share one entry.
+    body is, as canonical JSON text, the one it was parsed from. A row of one tenant claiming
+    another's hash gets neither that tenant's parsed definition nor its body's pass of the checks;
+    rows of any tenants holding the same body share one entry.
 
     Raises:
         DefinitionError: The body is not a valid definition, or not the one its hash names.
