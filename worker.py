@@ -85,6 +85,7 @@ from activities.connections import ConnectionsConfigError, connections
 from activities.dead_letters import build_store_activities
 from activities.email import EmailActions
 from activities.events import build_event_activities
+from activities.input_check import input_check_settings
 from activities.notify import DecisionLinks
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.plugins import plugin_activities
@@ -573,6 +574,7 @@ async def main() -> int:
         cached_runs = cached_runs_from_env(os.environ)
         state_budget_max_from_env(os.environ)
         max_runs_per_tree_from_env(os.environ)
+        input_check_settings(os.environ)
     except ValueError as err:
         log.error("%s", err)
         return 2

@@ -9,24 +9,24 @@ the parent run's tenant only: a definition of another tenant does not exist for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import math
 import os
 import re
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-import interpreter
 from activities.base import check_tenant_scope
+from activities.input_check import (
+    InputCheckBusyError,
+    InputCheckFailedError,
+    check_input,
+    input_check_settings,
+)
 from activities.store.database import SessionFactory
 from activities.store.errors import (
     DefinitionNotFoundError,
@@ -278,103 +278,36 @@ async def tree_runs(root_run_id: str, starts: int) -> list[int]:
     return [counted, bound]
 
 
-CHECK_DEADLINE_S = 20.0
-"""The longest :func:`subflow_input_problems` lets one check take, its process's start included. A
-schema can make checking an input slow (``uniqueItems`` compares every pair of items; combinators
-nested over recursive data multiply): each check runs in a process of its own, killed past this."""
-CHECK_SLOTS = 2
-"""Checks one worker process runs at once (each in its own process); a check that waits longer
-than :data:`CHECK_DEADLINE_S` for a slot fails its attempt (``InputCheckBusy``) and is retried."""
-
-# The checking process: given its CPU limit in seconds, it reads {"schema", "input", "most"} as
-# JSON on stdin and writes the problems as a JSON list on stdout. Run with -c (not -m), so it
-# imports only what it needs, not this package or the worker's __main__; the kernel stops it at
-# its CPU limit even if this process is gone.
-_CHILD = (
-    "import json, resource, sys\n"
-    "limit = int(sys.argv[1])\n"
-    "resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 1))\n"
-    "from interpreter.input_schema import problem_lines\n"
-    "request = json.load(sys.stdin)\n"
-    "json.dump(problem_lines(request['schema'], request['input'], request['most']), sys.stdout)\n"
-)
-_SLOTS: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
-_ROOT = str(Path(interpreter.__file__ or ".").resolve().parent.parent)
-"""Where the checking process imports ``interpreter`` from (this very copy)."""
-
-
-class InputCheckBusyError(RuntimeError):
-    """Every checking slot stayed taken for a whole deadline."""
-
-
-async def check_input(schema: Mapping[str, Any], input: Mapping[str, Any], deadline_s: float) -> list[str]:
-    """The problems of ``input`` against ``schema`` (``path: message`` lines), checked in a new
-    Python process that is killed past ``deadline_s``.
-
-    Raises:
-        TimeoutError: The check took longer than ``deadline_s``.
-        InputCheckBusyError: No slot came free within ``deadline_s``.
-        RuntimeError: The checking process failed (its last words in the message).
-    """
-    loop = asyncio.get_running_loop()
-    slots = _SLOTS.setdefault(loop, asyncio.Semaphore(CHECK_SLOTS))
-    request = json.dumps({"schema": schema, "input": input, "most": PROBLEM_CHARS}).encode()
-    try:
-        await asyncio.wait_for(slots.acquire(), deadline_s)
-    except TimeoutError:
-        raise InputCheckBusyError(f"all {CHECK_SLOTS} input checks of this worker stayed busy") from None
-    try:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p),
-        }
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _CHILD,
-            str(math.ceil(deadline_s) + 1),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        try:
-            out, err = await asyncio.wait_for(child.communicate(request), deadline_s)
-        except BaseException:  # past the deadline, or the activity cancelled: the check is not wanted
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            raise
-    finally:
-        slots.release()
-    if child.returncode != 0:
-        last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
-        raise RuntimeError(f"the process checking the input failed: {last[0][:300]}")
-    problems: list[str] = json.loads(out)
-    return problems
-
-
 @activity.defn(name=SUBFLOW_INPUT_PROBLEMS)
 async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
     """The problems of a subflow's input against its child's ``input_schema`` (none: it may start),
     each ``path: message`` as every other start reports them: a local activity of the ``subflow``
     step, so the child of a stored definition gets the input its schema promises, as every run
     started any other way does (``interpreter.input_schema``). Checked in a process of its own
-    (:func:`check_input`), at most :data:`CHECK_DEADLINE_S`: a check that takes longer fails for
-    good (``InputCheckTooSlow``); one that found no free slot (``InputCheckBusy``) or whose
-    process failed (``InputCheckFailed``) is retried."""
+    (:func:`activities.input_check.check_input`), within ``WFA_INPUT_CHECK_DEADLINE``: a check that
+    takes longer fails for good (``InputCheckTooSlow``); one that found no free slot
+    (``InputCheckBusy``) or whose process failed (``InputCheckFailed``) is retried."""
     try:
-        return await check_input(check.input_schema, check.input, CHECK_DEADLINE_S)
+        problems = await check_input(
+            check.input_schema, check.input, owner=check.tenant, most_chars=PROBLEM_CHARS
+        )
     except TimeoutError:
         raise ApplicationError(
-            f"checking the input against the child's input_schema took more than {CHECK_DEADLINE_S:g} s"
-            " (a schema whose uniqueItems or nested combinators meet a large input): stopped",
+            f"checking the input against the child's input_schema took more than"
+            f" {input_check_settings().deadline_s:g} s (a schema whose uniqueItems or nested"
+            " combinators meet a large input): stopped",
             type="InputCheckTooSlow",
             non_retryable=True,
         ) from None
     except InputCheckBusyError as err:
         raise ApplicationError(str(err), type="InputCheckBusy") from None
-    except (RuntimeError, OSError) as err:
+    except (InputCheckFailedError, OSError) as err:
         raise ApplicationError(str(err), type="InputCheckFailed") from None
+    return [_clip(f"{path}: {message}", PROBLEM_CHARS) for path, message in problems]
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "\u2026"
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

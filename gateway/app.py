@@ -90,9 +90,10 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _store_errors_as_503(app: FastAPI) -> None:
-    """The store or Temporal being unreachable is a 503 with the reason (not a 500)."""
+    """The store or Temporal being unreachable, or no input check to be had, is a 503 with the reason
+    (not a 500)."""
     from activities.store.errors import DatabaseUnavailableError, MigrationsNotAppliedError
-    from starter.errors import ServerUnavailableError
+    from starter.errors import InputCheckUnavailableError, ServerUnavailableError
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable on %s: %s", request.url.path, exc)
@@ -101,6 +102,14 @@ def _store_errors_as_503(app: FastAPI) -> None:
 
     for error in (DatabaseUnavailableError, MigrationsNotAppliedError, ServerUnavailableError):
         app.add_exception_handler(error, unavailable)
+
+    async def unchecked(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("input check unavailable on %s: %s", request.url.path, exc)
+        response = _error(503, "unavailable", f"{exc}; try again later")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    app.add_exception_handler(InputCheckUnavailableError, unchecked)
 
 
 async def _check_temporal(state: GatewayState) -> None:

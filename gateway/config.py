@@ -8,6 +8,8 @@ Environment variables (a file's keys are the field names below, lower case)::
     WFA_GATEWAY_HMAC_DELIVERY_HEADER=       header naming an HMAC provider's delivery id (unsigned)
     WFA_GATEWAY_ROW_CHANGES=acme:crm        tenant:connection pairs whose outbox the gateway drains
     TEMPORAL_ADDRESS, TEMPORAL_TASK_QUEUE, DATABASE_URL   as for the client
+    WFA_INPUT_CHECK_DEADLINE=20, WFA_INPUT_CHECK_SLOTS=2   checking a run's input against its
+                                            input_schema (activities.input_check; also the worker's)
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ class GatewayConfig(BaseModel):
             GatewayConfigError: Unreadable file, malformed value.
         """
         source = os.environ if env is None else env
+        from activities.input_check import input_check_settings
+
+        try:
+            input_check_settings(source)  # read at each check; refused here, at start
+        except ValueError as err:
+            raise GatewayConfigError(str(err)) from None
         path = source.get(CONFIG_FILE_ENV)
         if path:
             return cls.from_file(path)

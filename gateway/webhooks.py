@@ -184,15 +184,6 @@ def _verify_hmac(
     return "body-" + hashlib.sha256(body).hexdigest()
 
 
-def check_input(definition: Definition, data: dict[str, Any]) -> None:
-    """Refuses (422, with the JSON path of each problem) an input its ``input_schema`` rejects."""
-    from interpreter.input_schema import input_problems
-
-    problems = input_problems(definition, data)
-    if problems:
-        raise _invalid_input(problems)
-
-
 def _invalid_input(problems: Sequence[Any]) -> ApiError:
     listed = [{"path": p.path, "message": p.message} for p in problems]
     return ApiError(
@@ -247,7 +238,6 @@ async def deliver(tenant: str, definition: str, trigger_id: str, request: Reques
         trigger, secret.value, body, request.headers, hmac_delivery_header=config.hmac_delivery_header
     )
     data = parse_object(body, max_depth=config.max_json_depth, max_digits=config.max_number_digits)
-    check_input(parsed, data)
     workflow_id = delivery_workflow_id(tenant, definition, trigger_id, delivery)
     try:
         flows = await state.client(tenant)
@@ -262,7 +252,7 @@ async def deliver(tenant: str, definition: str, trigger_id: str, request: Reques
         )
     except RunAlreadyExistsError:
         return JSONResponse({"workflow_id": workflow_id, "duplicate": True}, status_code=200)
-    except InvalidRunInputError as err:  # checked above; the client checks again
+    except InvalidRunInputError as err:  # the client checks it, in a process of its own
         raise _invalid_input(err.problems) from None
     if not run.started:
         return JSONResponse(

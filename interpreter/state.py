@@ -761,6 +761,8 @@ class SubflowInputCheck(BaseModel):
 
     input_schema: dict[str, Any]
     input: dict[str, Any]
+    tenant: str = ""
+    """The run's tenant: one tenant holds at most all but one of a worker's checking slots."""
 
 
 class SubflowDefinition(BaseModel):

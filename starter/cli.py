@@ -45,7 +45,8 @@ Exit codes:
 3  the Temporal server, the database or the payload store (an S3 endpoint) is unreachable or
    unusable (unknown namespace, search attributes not registered, missing database, migrations not
    applied), or no worker answered (also: the run's workflow task keeps failing on its worker);
-   also a registry change made whose schedules could not be written (``wfa schedules sync``)
+   also a registry change made whose schedules could not be written (``wfa schedules sync``), and a
+   run input that could not be checked against its input_schema now (every checking slot busy)
 4  no run with that id, no such definition, version, dead letter or schedule (in the tenant)
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
    already ended, the business key was already used by a completed run, an archived version
@@ -2113,7 +2114,11 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError", "InvalidDatabaseUrlError"),
         EXIT_BAD_INPUT,
     ),
-    ("starter.errors", ("ServerUnavailableError", "NoWorkerError", "ScheduleSyncError"), EXIT_UNAVAILABLE),
+    (
+        "starter.errors",
+        ("ServerUnavailableError", "NoWorkerError", "ScheduleSyncError", "InputCheckUnavailableError"),
+        EXIT_UNAVAILABLE,
+    ),
     ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
     ("starter.errors", ("RunNotFoundError", "ScheduleNotFoundError"), EXIT_NOT_FOUND),
     ("activities.store.errors", ("DefinitionNotFoundError", "DeadLetterNotFoundError"), EXIT_NOT_FOUND),

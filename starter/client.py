@@ -110,6 +110,7 @@ from starter.definitions import DefinitionSource, load
 from starter.definitions import document as _document
 from starter.errors import (
     DecisionRefusedError,
+    InputCheckUnavailableError,
     InvalidInputError,
     InvalidRunInputError,
     NoWorkerError,
@@ -313,15 +314,44 @@ class RunStart:
     priority: Priority
 
 
-def check_run_input(definition: Definition, run_input: Mapping[str, Any]) -> None:
-    """Refuses an input that does not match the definition's ``input_schema``.
+async def check_run_input(definition: Definition, run_input: Mapping[str, Any], *, tenant: str = "") -> None:
+    """Refuses an input that does not match the definition's ``input_schema``. The check runs in a
+    separate process, stopped at ``WFA_INPUT_CHECK_DEADLINE`` (:mod:`activities.input_check`): a
+    tenant's schema cannot hold the caller's event loop.
+
+    Args:
+        definition: The definition the run would start from.
+        run_input: The run input.
+        tenant: Whose run it is (one tenant holds at most all but one checking slot).
 
     Raises:
-        InvalidRunInputError: Naming the JSON path of each problem (nothing was started).
+        InvalidRunInputError: Naming the JSON path of each problem, or the deadline the check
+            passed (nothing was started).
+        InputCheckUnavailableError: No checking slot came free, or the checking process failed.
     """
-    from interpreter.input_schema import input_problems
+    from activities.input_check import (
+        InputCheckBusyError,
+        InputCheckFailedError,
+        check_input,
+        input_check_settings,
+    )
+    from interpreter.input_schema import schema_input_problems
+    from interpreter.validate import Problem
 
-    problems = input_problems(definition, run_input)
+    if definition.input_schema is None or not isinstance(run_input, Mapping):
+        problems = schema_input_problems(definition.input_schema, run_input)  # no schema to apply
+    else:
+        try:
+            found = await check_input(definition.input_schema, run_input, owner=tenant, most_chars=1000)
+        except TimeoutError:
+            deadline = input_check_settings().deadline_s
+            found = [("$", f"checking it against the input_schema took more than {deadline:g} s: stopped")]
+        except (InputCheckBusyError, InputCheckFailedError, OSError) as err:
+            raise InputCheckUnavailableError(
+                f"the input of {definition.name} v{definition.version} could not be checked against its"
+                f" input_schema: {err}"
+            ) from None
+        problems = [Problem(path, message) for path, message in found]
     if problems:
         raise InvalidRunInputError(definition.name, definition.version, problems)
 
@@ -1028,7 +1058,7 @@ class FlowClient:
             digest = definition_hash(parsed)
         if not -(2**63) <= parsed.version < 2**63:  # the DefinitionVersion search attribute is an Int
             raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
-        check_run_input(parsed, run_input)
+        await check_run_input(parsed, run_input, tenant=self.tenant)
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
         canned = check_json_object(canned_outputs, "the canned outputs")
         if canned and not dry_run:

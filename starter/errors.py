@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DecisionRefusedError",
     "DefinitionFileNotFoundError",
+    "InputCheckUnavailableError",
     "InvalidInputError",
     "InvalidRunInputError",
     "NoWorkerError",
@@ -198,6 +199,12 @@ class DefinitionFileNotFoundError(StarterError, FileNotFoundError):
 
     def __str__(self) -> str:
         return f"definition file not found: {self.path}"
+
+
+class InputCheckUnavailableError(StarterError):
+    """The run's input could not be checked against its definition's ``input_schema`` now: every
+    checking slot stayed busy for the whole deadline, or the checking process failed. Nothing was
+    started; trying again later may work (:mod:`activities.input_check`)."""
 
 
 class InvalidRunInputError(InvalidInputError):

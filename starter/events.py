@@ -43,7 +43,13 @@ from interpreter.events import (
     mailbox_id,
 )
 from interpreter.model import EVENT_TYPE_PATTERN, EventTrigger
-from starter.errors import InvalidInputError, InvalidRunInputError, NoWorkerError, RunAlreadyExistsError
+from starter.errors import (
+    InputCheckUnavailableError,
+    InvalidInputError,
+    InvalidRunInputError,
+    NoWorkerError,
+    RunAlreadyExistsError,
+)
 from starter.inputs import brief, check_json_object
 
 if TYPE_CHECKING:
@@ -233,5 +239,11 @@ async def publish_event(
             except InvalidRunInputError as err:  # the other triggers still start
                 publication.refused[workflow_id] = str(err)
                 continue
+            except InputCheckUnavailableError as err:
+                raise InputCheckUnavailableError(
+                    f"event {event_id!r} was delivered to {len(result.delivered_to)} waiting run(s), but"
+                    f" the run of {name} v{version} it triggers was not started: {err}; publish it again"
+                    " with the same id (nothing is delivered or started twice)"
+                ) from None
             (publication.started if run.started else publication.existing).append(workflow_id)
     return publication

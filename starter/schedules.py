@@ -156,10 +156,7 @@ def _attributes(flows: FlowClient, resolved: ResolvedDefinition) -> TypedSearchA
 def _schedule(
     flows: FlowClient, resolved: ResolvedDefinition, trigger: ScheduleTrigger, state: ScheduleState | None
 ) -> Schedule:
-    from starter.client import check_run_input
-
     definition = resolved.definition
-    check_run_input(definition, trigger.input)
     start = flows.run_start(definition, resolved.content_hash, "schedule", dict(trigger.input))
     start.memo["trigger"] = trigger.id
     action = ScheduleActionStartWorkflow(
@@ -215,7 +212,9 @@ async def sync_schedules(flows: FlowClient, name: str) -> SyncResult:
 
     Raises:
         ServerUnavailableError: Temporal could not be reached (nothing is lost: sync again).
-        InvalidRunInputError: A trigger's input does not match the definition's input_schema.
+        InvalidRunInputError: A trigger's input does not match the definition's input_schema
+            (nothing is written).
+        InputCheckUnavailableError: A trigger's input could not be checked now (nothing is written).
     """
     store = await flows.definitions()
     if not await store.trigger_ids(name, "schedule"):
@@ -235,6 +234,11 @@ async def _sync_locked(flows: FlowClient, store: DefinitionStore, name: str) -> 
         for trigger in (resolved.definition.triggers if resolved else [])
         if isinstance(trigger, ScheduleTrigger)
     }
+    if resolved is not None:
+        from starter.client import check_run_input
+
+        for trigger in desired.values():
+            await check_run_input(resolved.definition, trigger.input, tenant=flows.tenant)
     client = flows.client
     try:
         for trigger_id in candidates:

@@ -1794,7 +1794,7 @@ class _TemporalRuntime:
         the check is never made in workflow code. A check that cannot be made (it fails, times out,
         or the worker lacks it) fails the step with ``SubflowInputUnchecked`` instead."""
         what = f"subflow {call.definition!r}"
-        check = SubflowInputCheck(input_schema=schema, input=call.input)
+        check = SubflowInputCheck(input_schema=schema, input=call.input, tenant=self._options.tenant)
         try:
             problems: list[str] = await workflow.execute_local_activity(
                 SUBFLOW_INPUT_PROBLEMS,

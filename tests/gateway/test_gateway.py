@@ -577,6 +577,57 @@ async def test_input_its_schema_refuses_is_a_422_with_the_path(setup: Setup) -> 
     ]
 
 
+async def test_a_schema_that_makes_the_check_slow_holds_neither_the_gateway_nor_a_slot(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker: a tenant's ``input_schema`` with ``uniqueItems`` (every pair of items
+    compared) and a webhook body of 5,000 objects, about 30 s of CPU in jsonschema. Checked on the
+    gateway's event loop it held every tenant's request that long. The check runs in a process of
+    its own, stopped at ``WFA_INPUT_CHECK_DEADLINE``: meanwhile another tenant's delivery is
+    served, and the slow one is refused (422) naming the deadline; nothing starts."""
+    monkeypatch.setenv("WFA_INPUT_CHECK_DEADLINE", "3")
+    name = f"{setup.name}-uniq"
+    definition = hook_definition(name, "HOOK_KEY", "GH_KEY")
+    definition["input_schema"] = {
+        "type": "object",
+        "properties": {"rows": {"type": "array", "uniqueItems": True}},
+    }
+    await DefinitionStore(setup.database.session_factory, "acme").register(definition, "test")
+    typed = f"{setup.name}-calm"
+    calm_definition = hook_definition(typed, "HOOK_KEY", "GH_KEY")
+    calm_definition["input_schema"] = {"type": "object", "required": ["email"]}
+    await DefinitionStore(setup.database.session_factory, "default").register(calm_definition, "test")
+    body = dumps({"rows": [{"i": i} for i in range(5000)]})
+    assert len(body) < MAX_BODY
+    calm = dumps({"email": "ann@example.com"})
+    async with httpx.AsyncClient(timeout=300) as http:
+        slow = asyncio.create_task(
+            http.post(
+                setup.hook(tenant="acme", name=name),
+                content=body,
+                headers=standard_headers(ACME_SECRET, body, "slow-1"),
+            )
+        )
+        await asyncio.sleep(0.5)  # the slow delivery is being checked
+        served = await http.post(
+            setup.hook(name=typed), content=calm, headers=standard_headers(SECRET, calm, "calm-1")
+        )
+        assert served.status_code == 202, served.text
+        assert not slow.done(), "the other tenant's delivery waited for the slow check to end"
+        refused = await slow
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"] == "invalid_input"
+    assert "took more than 3 s" in refused.json()["detail"], refused.json()
+
+    async def runs(of: str) -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{of}'")]
+
+    assert await eventually(
+        lambda: runs(typed), lambda ids: len(ids) >= 1, timeout=60, what="the calm run"
+    ) == [served.json()["workflow_id"]]
+    assert await runs(name) == []
+
+
 def test_an_unknown_interpreter_generation_stops_the_gateway_at_start(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

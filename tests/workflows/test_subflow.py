@@ -13,7 +13,6 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
-import activities.subflows
 import workflows.generic
 from activities.store.database import Database
 from interpreter.model import MAX_SUBFLOW_DEPTH
@@ -332,7 +331,7 @@ async def test_a_schema_that_makes_the_check_slow_fails_the_step_and_stops_the_c
     small = await (await flows.start_run(parent, {"rows": [{"i": i} for i in range(10)]})).result(timeout=60)
     assert small.output["child"]["output"]["doubled"] == 2, small.output  # the checking process is up
 
-    monkeypatch.setattr(activities.subflows, "CHECK_DEADLINE_S", 2.0)
+    monkeypatch.setenv("WFA_INPUT_CHECK_DEADLINE", "2")
     rows = [{"i": i, "tag": f"row-{i}"} for i in range(6000)]
     slow = await (await flows.start_run(parent, {"rows": rows})).result(timeout=120)
     assert slow.output is not None, (slow.state, slow.error)
@@ -340,7 +339,7 @@ async def test_a_schema_that_makes_the_check_slow_fails_the_step_and_stops_the_c
     failed = next(r for r in slow.steps if r.id == "sub")
     assert "took more than 2 s" in (failed.error or ""), failed.error
 
-    monkeypatch.setattr(activities.subflows, "CHECK_DEADLINE_S", 20.0)
+    monkeypatch.delenv("WFA_INPUT_CHECK_DEADLINE")
     again = await (await flows.start_run(parent, {"rows": [{"i": 1}, {"i": 1}]})).result(timeout=60)
     assert again.output["error"] == "InvalidRunInput", again.output  # a new process answers
     assert "has non-unique elements" in (next(r for r in again.steps if r.id == "sub").error or "")
