@@ -1,21 +1,28 @@
 """Checking a run's input against a definition's ``input_schema``, outside the caller's event loop.
 
 A definition is untrusted, and so is its ``input_schema``: ``uniqueItems`` compares every pair of
-items (4,000 objects take about 20 s of CPU), and combinators nested over recursive data multiply.
-Checked on the event loop of a shared process (the gateway, a worker, a service's client), one
-tenant's schema and one large webhook or event body would hold every other request. So every check
-runs in a separate Python process:
+items (4,000 objects take about 20 s of CPU), a ``pattern`` can backtrack (``^(a|a)*$``), and
+combinators nested over recursive data multiply, in time and in memory. Checked on the event loop
+of a shared process (the gateway, a worker, a service's client), one tenant's schema and one large
+webhook or event body would hold every other request. So every check runs in a separate Python
+process:
 
-* **bounded in time**: the process is killed past its deadline (``WFA_INPUT_CHECK_DEADLINE``,
-  default 20 s, its start included), and the kernel stops it at the deadline even if the caller is
-  gone (``SIGALRM`` at its default action);
+* **bounded in time**: a check that uses more than its deadline of CPU (``WFA_INPUT_CHECK_DEADLINE``,
+  default 20 s) is stopped by the kernel (``RLIMIT_CPU``) and the input refused, whatever the load
+  of the machine, so an input is never refused because other work slowed its check; one that gets
+  no answer within three times the deadline (at least the deadline and 20 s) by the clock is
+  stopped as *unavailable* (the machine too busy; try again), and the process stops itself then
+  (``SIGALRM``) if its caller is gone;
+* **bounded in memory**: :data:`MEMORY_BYTES` of address space (a check that needs more is refused
+  with ``MemoryError`` as its problem);
 * **bounded in number**: at most ``WFA_INPUT_CHECK_SLOTS`` checks (default 2) run at once per event
-  loop, and one owner (a tenant) holds at most all but one of them, so one tenant's slow checks
-  leave a slot to the others;
+  loop (one per process in the worker and the gateway); with two or more, one owner (a tenant)
+  holds at most all but one of them, and a freed slot goes to the waiting owner served least
+  recently, so tenants that keep slots busy with slow checks take turns with the others;
 * **cheap when the schema is**: a checking process serves check after check (it imports only
-  ``interpreter.input_schema``, about 0.6 s of CPU to start); it is replaced when it is killed,
-  leaves when it has been idle for :data:`IDLE_S`, and when its caller's process ends (its
-  socket closes).
+  ``interpreter.input_schema``: about 0.6 s of CPU to start, not counted in the deadline); it is
+  replaced when it is killed, leaves when it has been idle for :data:`IDLE_S`, and when its
+  caller's process ends (its socket closes).
 
 The process talks over a socket pair (one JSON line each way), so an idle process belongs to no
 event loop and no asyncio transport outlives the loop that started it.
@@ -29,16 +36,22 @@ import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import interpreter
+
+if TYPE_CHECKING:
+    from interpreter.model import Definition
+    from interpreter.validate import Problem
 
 __all__ = [
     "CHECK_DEADLINE_ENV",
@@ -46,23 +59,35 @@ __all__ = [
     "DEFAULT_CHECK_DEADLINE_S",
     "DEFAULT_CHECK_SLOTS",
     "IDLE_S",
+    "MEMORY_BYTES",
+    "START_S",
     "InputCheckBusyError",
     "InputCheckFailedError",
     "InputCheckSettings",
     "check_input",
+    "close_idle",
     "input_check_settings",
+    "schedule_input_problems",
 ]
 
 CHECK_DEADLINE_ENV = "WFA_INPUT_CHECK_DEADLINE"
 CHECK_SLOTS_ENV = "WFA_INPUT_CHECK_SLOTS"
 DEFAULT_CHECK_DEADLINE_S = 20.0
-"""The longest one check may take, its process's start included, unless configured."""
+"""The CPU time one check may use, unless configured."""
 DEFAULT_CHECK_SLOTS = 2
 """Checks one event loop runs at once (each in its own process), unless configured."""
+START_S = 10.0
+"""The longest a new checking process may take to be ready (its imports), apart from the deadline:
+on a loaded machine a start can take seconds, and an input is never refused for that."""
 IDLE_S = 300
-"""A checking process with nothing to check for this long leaves (the next check starts another)."""
-_DEADLINE_RANGE = (1.0, 50.0)
-"""At most 50 s: a subflow step gives its check a minute (its local activity's timeout)."""
+"""A checking process with nothing to check for this long leaves (the next check starts another);
+one idle for nearly as long is not given a check (it could leave while it reads it)."""
+MEMORY_BYTES = 512 * 1024 * 1024
+"""The address space of a checking process (about 55 MB when it starts)."""
+_DEADLINE_RANGE = (1.0, 20.0)
+"""At most 20 s: a subflow step gives its check a minute (its local activity's timeout), which
+holds a wait for a slot (at most the deadline and :data:`START_S`), a process's start and the
+check."""
 _SLOTS_RANGE = (1, 64)
 _PATH_CHARS = 1000
 """A problem's path is cut to this many characters (its message to the caller's ``most``)."""
@@ -71,11 +96,12 @@ _ANSWER_BYTES = 1 << 20
 
 
 class InputCheckBusyError(RuntimeError):
-    """No checking slot came free within the deadline (every slot busy, or this owner's share)."""
+    """No checking slot came free within the deadline and :data:`START_S` (every slot busy, or this
+    owner's share): the longest a slot is held by one check."""
 
 
 class InputCheckFailedError(RuntimeError):
-    """The checking process failed or ended without answering."""
+    """The checking process failed, could not start, or ended without answering."""
 
 
 @dataclass(frozen=True)
@@ -119,39 +145,48 @@ def input_check_settings(env: Mapping[str, str] | None = None) -> InputCheckSett
     return InputCheckSettings(deadline, slots)
 
 
-def _settings() -> InputCheckSettings:
-    """The settings now; a value broken since the process checked it at start counts as unset."""
-    try:
-        return input_check_settings()
-    except ValueError:
-        return InputCheckSettings()
+_settings = input_check_settings
 
 
-# The checking process. Given its idle limit in seconds, it answers one JSON line per request line
-# on its stdin ({"schema", "input", "limit", "most"}) with {"problems": [[path, message], ...]} or
+# The checking process. Given its idle limit in seconds and its address-space limit in bytes, it
+# writes "ready" once its imports are done, then answers one JSON line per request line on its
+# stdin ({"schema", "input", "cpu", "wall", "most"}) with {"problems": [[path, message], ...]} or
 # {"error": text}. Run with -c (not -m), so it imports only what it needs, not the caller's
-# package or its __main__. SIGALRM at its default action ends it: at the request's limit while
-# checking, after the idle limit while waiting.
+# package or its __main__. While it checks, the kernel ends it (SIGXCPU) once the check has used
+# "cpu" seconds of CPU; SIGALRM at its default action ends it after "wall" seconds (its caller
+# gone), and after the idle limit while it waits.
 _CHILD = f"""
-import json, signal, sys
+import json, os, resource, signal, sys
 signal.signal(signal.SIGALRM, signal.SIG_DFL)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # its caller decides when it ends
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
 from interpreter.input_schema import schema_input_problems
 idle = int(sys.argv[1])
 source, sink = sys.stdin.buffer, sys.stdout.buffer
+sink.write(b"ready\\n")
+sink.flush()
 while True:
     signal.alarm(idle)
     line = source.readline()
     if not line:
         break
-    request = json.loads(line)
-    signal.alarm(request["limit"])
+    signal.alarm(0)
     try:
+        request = json.loads(line)
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime) + 1 + request["cpu"]  # at least "cpu" more
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+        signal.alarm(request["wall"])
         most = request["most"]
         found = schema_input_problems(request["schema"], request["input"])
         answer = {{"problems": [[p.path[:{_PATH_CHARS}], p.message[:most]] for p in found]}}
     except Exception as err:
         answer = {{"error": (type(err).__name__ + ": " + str(err))[:300]}}
     signal.alarm(0)
+    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
     sink.write(json.dumps(answer).encode() + b"\\n")
     sink.flush()
 """
@@ -170,7 +205,7 @@ class _Process:
         }
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(IDLE_S)],
+                [sys.executable, "-c", _CHILD, str(IDLE_S), str(MEMORY_BYTES)],
                 stdin=child.fileno(),
                 stdout=child.fileno(),
                 stderr=subprocess.DEVNULL,
@@ -185,22 +220,23 @@ class _Process:
         parent.setblocking(False)
         self.sock = parent
         self.buffer = b""
+        self.idle_since = time.monotonic()
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
+    def usable(self) -> bool:
+        """Alive, and not about to leave for having been idle."""
+        return self.popen.poll() is None and time.monotonic() - self.idle_since < IDLE_S - 30
 
     def close(self) -> None:
-        """Kills the process (if it still runs) and reaps it."""
+        """Kills the process (if it still runs); it is reaped now or by a later :func:`_reap`."""
         self.sock.close()
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=5)  # a killed process is gone at once
+            if self.popen.poll() is None:  # not gone yet: reaped later, never waited for here
+                _DYING.append(self)
 
-    async def ask(self, line: bytes) -> dict[str, Any]:
+    async def line(self) -> bytes:
         loop = asyncio.get_running_loop()
-        await loop.sock_sendall(self.sock, line)
         while b"\n" not in self.buffer:
             chunk = await loop.sock_recv(self.sock, 65536)
             if not chunk:
@@ -209,38 +245,61 @@ class _Process:
             if len(self.buffer) > _ANSWER_BYTES:
                 raise InputCheckFailedError("the process checking the input answered too much")
         answer, _, self.buffer = self.buffer.partition(b"\n")
-        parsed: dict[str, Any] = json.loads(answer)
-        return parsed
+        return answer
 
 
 _IDLE: list[_Process] = []
-"""Checking processes waiting for a check (any event loop may take one)."""
+"""Checking processes ready and waiting for a check (any event loop may take one)."""
+_DYING: list[_Process] = []
+"""Killed checking processes not reaped yet."""
+
+
+def _reap() -> None:
+    """Reaps killed processes, and drops idle ones that left or are about to."""
+    for process in list(_DYING):
+        if process.popen.poll() is not None:
+            _DYING.remove(process)
+    for process in list(_IDLE):
+        if not process.usable():
+            _IDLE.remove(process)
+            process.close()
 
 
 class _Slots:
-    """Who holds the checking slots of one event loop, and who waits: a freed slot goes to the
-    first waiter whose owner may take one."""
+    """Who holds the checking slots of one event loop, and who waits. A freed slot goes to the
+    waiting owner served least recently (first come, first served within an owner)."""
 
     def __init__(self) -> None:
         self.busy = 0
         self.held: dict[str, int] = {}
-        self.waiting: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()
+        self.waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self.served: dict[str, float] = {}
+
+    @staticmethod
+    def share(slots: int) -> int:
+        """The most slots one owner holds: all but one, when there are two or more."""
+        return max(1, slots - 1)
 
     def _may(self, owner: str, slots: int) -> bool:
-        share = max(1, slots - 1)
-        return self.busy < slots and self.held.get(owner, 0) < share
+        return self.busy < slots and self.held.get(owner, 0) < self.share(slots)
 
     def _take(self, owner: str) -> None:
         self.busy += 1
         self.held[owner] = self.held.get(owner, 0) + 1
+        self.served[owner] = time.monotonic()
+        if len(self.served) > 10_000:  # forget the owners served longest ago
+            for old in sorted(self.served, key=self.served.__getitem__)[:5_000]:
+                if old not in self.held:
+                    del self.served[old]
 
     async def acquire(self, owner: str, slots: int, timeout: float) -> None:
         if self._may(owner, slots):  # whoever waits cannot take a slot now (a release hands them on)
             self._take(owner)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (owner, waiter)
-        self.waiting.append(entry)
+        self.waiting.setdefault(owner, collections.deque()).append(waiter)
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except BaseException:
@@ -248,9 +307,19 @@ class _Slots:
                 self.release(owner, slots)  # granted as the wait ended: hand it on
             else:
                 waiter.cancel()
-                with contextlib.suppress(ValueError):
-                    self.waiting.remove(entry)
+                self._forget(owner, waiter)
             raise
+        if task is not None and task.cancelling() > cancels:  # granted and cancelled at once
+            self.release(owner, slots)
+            raise asyncio.CancelledError
+
+    def _forget(self, owner: str, waiter: asyncio.Future[None]) -> None:
+        queue = self.waiting.get(owner)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            if not queue:
+                del self.waiting[owner]
 
     def release(self, owner: str, slots: int) -> None:
         self.busy -= 1
@@ -259,14 +328,19 @@ class _Slots:
             self.held[owner] = left
         else:
             self.held.pop(owner, None)
-        for entry in list(self.waiting):
-            waiting_owner, waiter = entry
+        while self.busy < slots:
+            ready = [o for o in self.waiting if self._may(o, slots)]
+            if not ready:
+                return
+            chosen = min(ready, key=lambda o: self.served.get(o, 0.0))
+            queue = self.waiting[chosen]
+            waiter = queue.popleft()
+            if not queue:
+                del self.waiting[chosen]
             if waiter.done():
-                self.waiting.remove(entry)
-            elif self._may(waiting_owner, slots):
-                self.waiting.remove(entry)
-                self._take(waiting_owner)
-                waiter.set_result(None)
+                continue
+            self._take(chosen)
+            waiter.set_result(None)
 
 
 _SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.WeakKeyDictionary()
@@ -292,30 +366,38 @@ async def check_input(
     Raises:
         TimeoutError: The check took longer than the deadline (the process was killed).
         InputCheckBusyError: No slot came free within the deadline.
-        InputCheckFailedError: The checking process failed.
+        InputCheckFailedError: The checking process failed, or could not start.
+        ValueError: ``WFA_INPUT_CHECK_DEADLINE`` or ``WFA_INPUT_CHECK_SLOTS`` is malformed.
     """
     settings = _settings()
     deadline = settings.deadline_s
-    line = (
-        json.dumps(
-            {"schema": schema, "input": input, "limit": math.ceil(deadline) + 1, "most": most_chars},
-            separators=(",", ":"),
-        ).encode()
-        + b"\n"
-    )
+    _reap()
     loop = asyncio.get_running_loop()
     slots = _SLOTS.get(loop)
     if slots is None:
         slots = _SLOTS[loop] = _Slots()
     try:
-        await slots.acquire(owner, settings.slots, deadline)
+        await slots.acquire(owner, settings.slots, deadline + START_S)
     except TimeoutError:
         raise InputCheckBusyError(
-            f"every input check of this process stayed busy for {deadline:g} s"
-            f" ({settings.slots} at once, at most {max(1, settings.slots - 1)} for one tenant)"
+            f"every input check of this process stayed busy for {deadline + START_S:g} s ({settings.slots} at"
+            f" once, at most {_Slots.share(settings.slots)} for one tenant)"
         ) from None
     try:
-        answer = await asyncio.wait_for(_ask(line), deadline)
+        line = (
+            json.dumps(
+                {
+                    "schema": schema,
+                    "input": input,
+                    "cpu": math.ceil(deadline),
+                    "wall": math.ceil(_wall(deadline)) + 1,
+                    "most": most_chars,
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
+        answer = await _ask(line, deadline, settings.slots)
     finally:
         slots.release(owner, settings.slots)
     if "error" in answer:
@@ -323,52 +405,151 @@ async def check_input(
     return [(str(path), str(message)) for path, message in answer["problems"]]
 
 
-async def _ask(line: bytes) -> dict[str, Any]:
+async def _ask(line: bytes, deadline: float, slots: int) -> dict[str, Any]:
     """One answer from an idle checking process, or from a new one if none is idle or the idle one
-    turns out to have left."""
+    turns out to have left before it had the request."""
     while _IDLE:
         process = _IDLE.pop()
-        if not process.alive():
+        if not process.usable():
             process.close()
             continue
         try:
-            return await _exchange(process, line)
-        except (EOFError, OSError):  # it left while idle (or just then): a new one answers
+            return await _exchange(process, line, deadline, slots)
+        except _NotSentError:  # it left while idle: a new one answers
             continue
     process = _Process()
     try:
-        return await _exchange(process, line)
-    except (EOFError, OSError) as err:
-        status = process.popen.poll()
+        ready = await asyncio.wait_for(process.line(), START_S)
+    except BaseException as err:
+        process.close()
+        if isinstance(err, TimeoutError):
+            raise InputCheckFailedError(
+                f"a process to check the input did not start within {START_S:g} s"
+            ) from None
+        if isinstance(err, EOFError | OSError):
+            raise InputCheckFailedError(
+                f"the process to check the input ended as it started ({_ending(process.popen.poll(), err)})"
+            ) from None
+        raise
+    if ready != b"ready":
+        process.close()
+        raise InputCheckFailedError(f"the process to check the input started wrong: {ready[:80]!r}")
+    try:
+        return await _exchange(process, line, deadline, slots)
+    except _NotSentError as err:
         raise InputCheckFailedError(
-            f"the process checking the input ended without answering ({_ending(status, err)})"
+            f"the process checking the input ended before it had the input ({_ending(process.popen.poll(), err)})"
         ) from None
 
 
-async def _exchange(process: _Process, line: bytes) -> dict[str, Any]:
-    """``process``'s answer; the process goes back to the idle ones only after a whole answer."""
+class _NotSentError(Exception):
+    """The request could not be sent: the process had left."""
+
+
+async def _exchange(process: _Process, line: bytes, deadline: float, slots: int) -> dict[str, Any]:
+    """``process``'s answer within ``deadline`` (the process killed past it); the process goes back
+    to the idle ones only after a whole answer."""
+    loop = asyncio.get_running_loop()
+    wall = _wall(deadline)
+    end = loop.time() + wall
     try:
-        answer = await process.ask(line)
-    except BaseException:  # past the deadline, cancelled, or it failed: this process is done
+        try:
+            await asyncio.wait_for(loop.sock_sendall(process.sock, line), wall)
+        except (BrokenPipeError, ConnectionResetError) as err:
+            raise _NotSentError(type(err).__name__) from None
+        answer = await asyncio.wait_for(process.line(), max(0.0, end - loop.time()))
+    except TimeoutError:
+        process.close()
+        raise InputCheckFailedError(
+            f"no answer within {wall:g} s while the check had used less than {deadline:g} s of CPU: this"
+            " machine is too busy to check the input now"
+        ) from None
+    except (EOFError, OSError) as err:
+        status = await _status(process)
+        process.close()
+        if status == -signal.SIGXCPU:
+            raise TimeoutError(f"the check used more than {deadline:g} s of CPU") from None
+        raise InputCheckFailedError(
+            f"the process checking the input ended without answering ({_ending(status, err)})"
+        ) from None
+    except BaseException:  # cancelled, or it failed: this process is done
         process.close()
         raise
-    settings = _settings()
-    if len(_IDLE) < settings.slots:
+    try:
+        parsed: dict[str, Any] = json.loads(answer)
+    except ValueError:
+        process.close()
+        raise InputCheckFailedError(
+            f"the process checking the input answered wrong: {answer[:80]!r}"
+        ) from None
+    process.idle_since = time.monotonic()
+    if len(_IDLE) < slots:
         _IDLE.append(process)
     else:
         process.close()
-    return answer
+    return parsed
+
+
+def _wall(deadline: float) -> float:
+    """How long a check may take by the clock: its CPU deadline, with room for a loaded machine
+    (past it the check is not refused, but answered as unavailable)."""
+    return max(3 * deadline, deadline + 20)
+
+
+async def _status(process: _Process) -> int | None:
+    """The exit status of a process whose socket closed (it is gone, or about to be)."""
+    for _ in range(100):
+        status = process.popen.poll()
+        if status is not None:
+            return status
+        await asyncio.sleep(0.01)
+    return None
 
 
 def _ending(status: int | None, err: BaseException) -> str:
     if status is None:
-        return f"{type(err).__name__}"
+        return type(err).__name__
     if status < 0:
         return f"stopped by signal {-status}"
     return f"exit status {status}"
 
 
 def close_idle() -> None:
-    """Ends every idle checking process (at shutdown; they would leave on their own)."""
+    """Ends every idle checking process (they would leave on their own, at the latest when this
+    process ends)."""
     while _IDLE:
         _IDLE.pop().close()
+    _reap()
+
+
+async def schedule_input_problems(definition: Definition, *, owner: str = "") -> list[Problem]:
+    """The problems of each ``schedule`` trigger's fixed ``input`` against the definition's
+    ``input_schema`` (``$.triggers[i].input...``), checked as every run input is (:func:`check_input`):
+    what registration and ``wfa validate`` add to the pure validator's problems. A check past the
+    deadline is a problem too (at the trigger's input).
+
+    Raises:
+        InputCheckBusyError: No slot came free within the deadline.
+        InputCheckFailedError: The checking process failed.
+    """
+    from interpreter.input_schema import schema_problems
+    from interpreter.model import ScheduleTrigger
+    from interpreter.validate import Problem
+
+    schema = definition.input_schema
+    if schema is None or schema_problems(schema):
+        return []  # no schema, or one the validator already refuses
+    problems: list[Problem] = []
+    for index, trigger in enumerate(definition.triggers):
+        if not isinstance(trigger, ScheduleTrigger):
+            continue
+        path = f"$.triggers[{index}].input"
+        try:
+            found = await check_input(schema, trigger.input, owner=owner, most_chars=1000)
+        except TimeoutError:
+            found = [("$", f"checking it took more than {_settings().deadline_s:g} s of CPU: stopped")]
+        problems.extend(
+            Problem(f"{path}{where[1:]}", f"does not match input_schema: {message}")
+            for where, message in found
+        )
+    return problems

@@ -294,14 +294,14 @@ async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
     except TimeoutError:
         raise ApplicationError(
             f"checking the input against the child's input_schema took more than"
-            f" {input_check_settings().deadline_s:g} s (a schema whose uniqueItems or nested"
+            f" {input_check_settings().deadline_s:g} s of CPU (a schema whose uniqueItems or nested"
             " combinators meet a large input): stopped",
             type="InputCheckTooSlow",
             non_retryable=True,
         ) from None
     except InputCheckBusyError as err:
         raise ApplicationError(str(err), type="InputCheckBusy") from None
-    except (InputCheckFailedError, OSError) as err:
+    except (InputCheckFailedError, OSError, ValueError) as err:
         raise ApplicationError(str(err), type="InputCheckFailed") from None
     return [_clip(f"{path}: {message}", PROBLEM_CHARS) for path, message in problems]
 

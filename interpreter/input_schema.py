@@ -17,6 +17,7 @@ Two checks, both before anything starts (never in workflow code):
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -32,7 +33,6 @@ __all__ = [
     "MAX_INPUT_PROBLEMS",
     "MAX_SCHEMA_BYTES",
     "input_problems",
-    "problem_lines",
     "schema_input_problems",
     "schema_problems",
 ]
@@ -42,6 +42,9 @@ MAX_SCHEMA_BYTES = 64 * 1024
 
 MAX_INPUT_PROBLEMS = 20
 """At most this many problems are reported for one input (the first ones by path)."""
+MAX_SCANNED_ERRORS = 200
+"""At most this many errors are collected from the validator (each message may quote the value it
+is about): the problems reported are the first ones by path among them."""
 
 # A group holding a quantifier, itself quantified: (a+)+, (\w*)*, (x{2,})+ ...
 _NESTED_QUANTIFIER = re.compile(
@@ -160,7 +163,9 @@ def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[
     validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
     found: list[Problem] = []
     try:
-        errors: list[ValidationError] = list(validator.iter_errors(dict(input)))
+        errors: list[ValidationError] = list(
+            itertools.islice(validator.iter_errors(dict(input)), MAX_SCANNED_ERRORS)
+        )
     except RecursionError:
         return [Problem("$", "the input is nested too deeply")]
     except Exception as err:  # a schema that cannot be applied (e.g. an unresolvable reference)
@@ -169,12 +174,6 @@ def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[
         found.append(Problem(_path("$", error.absolute_path), _message(error)))
     found.sort(key=lambda problem: (problem.path, problem.message))
     return found[:MAX_INPUT_PROBLEMS]
-
-
-def problem_lines(schema: Mapping[str, Any] | None, input: Any, most_chars: int) -> list[str]:
-    """:func:`schema_input_problems` as ``path: message`` lines of at most ``most_chars`` each
-    (what a worker's separate checking process returns: plain strings)."""
-    return [_clip(str(problem), most_chars) for problem in schema_input_problems(schema, input)]
 
 
 def _message(error: Any) -> str:

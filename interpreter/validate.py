@@ -518,17 +518,20 @@ def _cron_problem(cron: str) -> str | None:
 def trigger_problems(definition: Definition) -> list[Problem]:
     """The whole-definition rules of ``triggers`` and ``input_schema``: trigger ids unique per
     definition (a schedule's id is derived from it), cron expressions well formed, time zones known,
-    the schema usable, and each schedule's fixed input valid against it."""
+    and the schema usable.
+
+    Each schedule's fixed input is checked against the schema where a definition is registered or
+    validated (``activities.input_check.schedule_input_problems``, in a separate process with a
+    deadline), never here: this runs wherever a stored definition is loaded, and a schema can make
+    checking an input slow (a ``pattern`` that backtracks, ``uniqueItems``).
+    """
     from interpreter.business_hours import check_timezone
-    from interpreter.input_schema import input_problems, schema_problems
+    from interpreter.input_schema import schema_problems
     from interpreter.model import ScheduleTrigger
 
     problems: list[Problem] = []
-    schema_ok = True
     if definition.input_schema is not None:
-        found = schema_problems(definition.input_schema)
-        problems.extend(found)
-        schema_ok = not found
+        problems.extend(schema_problems(definition.input_schema))
     seen: dict[str, int] = {}
     for index, trigger in enumerate(definition.triggers):
         path = f"$.triggers[{index}]"
@@ -553,9 +556,4 @@ def trigger_problems(definition: Definition) -> list[Problem]:
             check_timezone(trigger.timezone)
         except ValueError as err:
             problems.append(Problem(f"{path}.timezone", str(err)))
-        if schema_ok:
-            problems.extend(
-                Problem(f"{path}.input{p.path[1:]}", f"does not match input_schema: {p.message}")
-                for p in input_problems(definition, trigger.input)
-            )
     return problems

@@ -1001,12 +1001,16 @@ def _result_exit(result: RunResult) -> int:
 # -------------------------------------------------------------------------------------- commands
 
 
-def _validate(args: argparse.Namespace, out: TextIO) -> int:
+async def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    from activities.input_check import schedule_input_problems
     from interpreter.validate import DefinitionError, definition_hash
     from starter.definitions import load
 
     try:
         definition = load(Path(args.file))
+        fixed = await schedule_input_problems(definition)  # in a separate process, with a deadline
+        if fixed:
+            raise DefinitionError(fixed, definition.name)
     except (DefinitionError, DefinitionFileNotFoundError) as err:
         if not args.json:
             raise
@@ -2119,6 +2123,7 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
         ("ServerUnavailableError", "NoWorkerError", "ScheduleSyncError", "InputCheckUnavailableError"),
         EXIT_UNAVAILABLE,
     ),
+    ("activities.input_check", ("InputCheckBusyError", "InputCheckFailedError"), EXIT_UNAVAILABLE),
     ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
     ("starter.errors", ("RunNotFoundError", "ScheduleNotFoundError"), EXIT_NOT_FOUND),
     ("activities.store.errors", ("DefinitionNotFoundError", "DeadLetterNotFoundError"), EXIT_NOT_FOUND),
@@ -2197,7 +2202,7 @@ def run(argv: Sequence[str]) -> int:
 
             load_configured_action_plugins()
         if args.command == "validate":
-            return _validate(args, out)
+            return asyncio.run(_validate(args, out))
         if args.command == "keys":
             return _keys(args, out)
         if args.command == "serve":

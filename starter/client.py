@@ -345,7 +345,11 @@ async def check_run_input(definition: Definition, run_input: Mapping[str, Any], 
             found = await check_input(definition.input_schema, run_input, owner=tenant, most_chars=1000)
         except TimeoutError:
             deadline = input_check_settings().deadline_s
-            found = [("$", f"checking it against the input_schema took more than {deadline:g} s: stopped")]
+            found = [
+                ("$", f"checking it against the input_schema took more than {deadline:g} s of CPU: stopped")
+            ]
+        except ValueError as err:  # WFA_INPUT_CHECK_DEADLINE or _SLOTS malformed
+            raise InvalidInputError(str(err)) from None
         except (InputCheckBusyError, InputCheckFailedError, OSError) as err:
             raise InputCheckUnavailableError(
                 f"the input of {definition.name} v{definition.version} could not be checked against its"
@@ -835,11 +839,21 @@ class FlowClient:
         Raises:
             DefinitionError: The definition is invalid (JSON paths); nothing is stored.
             DefinitionFileNotFoundError: The path does not exist.
+            InputCheckUnavailableError: A schedule's fixed input could not be checked against the
+                input_schema now (every checking slot busy); nothing is stored.
         """
         document = _document(definition)
         _check_document(document)
         _check_actor(author, "author")
-        registration = await (await self.definitions()).register(document, author, activate=activate)
+        from activities.input_check import InputCheckBusyError, InputCheckFailedError
+
+        try:
+            registration = await (await self.definitions()).register(document, author, activate=activate)
+        except (InputCheckBusyError, InputCheckFailedError) as err:
+            raise InputCheckUnavailableError(
+                f"a schedule's fixed input could not be checked against the input_schema: {err};"
+                " nothing was stored"
+            ) from None
         if registration.activated:
             info = registration.info
             await self._sync_triggers(info.name, f"{info.name} v{info.version} is registered and active")
@@ -933,7 +947,7 @@ class FlowClient:
 
         try:
             return await sync_schedules(self, name)
-        except (ServerUnavailableError, InvalidInputError) as err:
+        except (ServerUnavailableError, InvalidInputError, InputCheckUnavailableError) as err:
             raise ScheduleSyncError(name, done, str(err)) from None
 
     async def sync_schedules(self, name: str | None = None) -> list[SyncResult]:

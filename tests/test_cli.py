@@ -173,6 +173,27 @@ def test_validate_reports_whole_tree_problems(offline: Run, tmp_path: Path) -> N
     assert "(2 problems)" in err
 
 
+def test_validate_checks_a_schedules_fixed_input_against_the_schema(offline: Run, tmp_path: Path) -> None:
+    """Checked in a separate process (activities.input_check), not by the pure validator that
+    runs wherever a stored definition is loaded."""
+    bad = tmp_path / "scheduled.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "name": "scheduled",
+                "input_schema": {"type": "object", "properties": {"who": {"type": "integer"}}},
+                "triggers": [{"type": "schedule", "every": "1h", "input": {"who": "ann"}}],
+                "steps": [{"id": "wait", "type": "delay", "duration": "1s"}],
+            }
+        )
+    )
+    code, out, err = offline.sync("validate", str(bad))
+    assert code == EXIT_BAD_INPUT, err
+    assert out == ""
+    assert "$.triggers[0].input.who: does not match input_schema: 'ann' is not of type 'integer'" in err
+    assert "Traceback" not in err
+
+
 def test_validate_bad_json_and_missing_file(offline: Run, tmp_path: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"name": "x", "steps": [')

@@ -467,11 +467,20 @@ class DefinitionStore:
             activate: Make this version active.
 
         Raises:
-            DefinitionError: The definition is invalid (listing JSON paths); nothing is stored.
+            DefinitionError: The definition is invalid (listing JSON paths), a schedule's fixed
+                input included (checked in a separate process: ``activities.input_check``);
+                nothing is stored.
             VersionArchivedError: ``activate`` of an identical body whose version is archived.
+            InputCheckBusyError, InputCheckFailedError: A schedule's fixed input could not be
+                checked now; nothing is stored.
         """
         _require_actor(author, "author")
         definition, body = stored_body(document)
+        from activities.input_check import schedule_input_problems
+
+        fixed = await schedule_input_problems(definition, owner=self.tenant)
+        if fixed:
+            raise DefinitionError(fixed, definition.name)
         name, digest = definition.name, content_hash(definition)
         async with self._session() as session, session.begin():
             await self._lock(session, name)

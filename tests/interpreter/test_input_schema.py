@@ -96,9 +96,15 @@ def test_an_unusable_schema_is_refused_at_validation() -> None:
     assert schema_problems({"type": "object"}) == []
 
 
-def test_a_schedule_input_must_match_the_schema() -> None:
+async def test_a_schedule_input_is_checked_outside_the_pure_validator() -> None:
+    """Loading a definition never runs its schema (the pure validator runs wherever a stored
+    definition is loaded; a schema can make checking slow): registration and ``wfa validate`` check
+    each schedule's fixed input in a separate process (``activities.input_check``)."""
+    from activities.input_check import schedule_input_problems
+
     trigger = {"type": "schedule", "every": "5m", "input": {"order": {"id": 1}}}
-    found = problems_of(definition(input_schema=SCHEMA, triggers=[trigger]))
+    document = definition(input_schema=SCHEMA, triggers=[trigger])
+    found = [(p.path, p.message) for p in await schedule_input_problems(load_definition(document))]
     assert (
         "$.triggers[0].input.order",
         "does not match input_schema: 'items' is a required property",
