@@ -175,3 +175,10 @@ def test_the_store_configuration_does_not_show_a_password() -> None:
     assert config is not None
     assert "s3cret" not in repr(config)
     assert config.location == "postgresql://wfa:s3cret@db/wfa"  # still there for the driver
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("WFA_INPUT_CHECK_DEADLINE", "forever"), ("WFA_INPUT_CHECK_SLOTS", "0")]
+)
+def test_the_worker_refuses_a_malformed_input_check_setting_at_start(variable: str, value: str) -> None:
+    _worker_refuses(variable, value, f"{variable}: {value!r} is not a")

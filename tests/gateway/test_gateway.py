@@ -692,3 +692,12 @@ def test_bad_payload_settings_stop_the_gateway_at_start(
     err = capsys.readouterr().err
     assert named in err
     assert "Traceback" not in err
+
+
+def test_a_malformed_input_check_setting_stops_the_gateway_at_start() -> None:
+    from gateway.config import GatewayConfigError
+
+    with pytest.raises(GatewayConfigError, match="WFA_INPUT_CHECK_DEADLINE"):
+        GatewayConfig.from_env({"WFA_INPUT_CHECK_DEADLINE": "60"})
+    with pytest.raises(GatewayConfigError, match="WFA_INPUT_CHECK_SLOTS"):
+        GatewayConfig.from_env({"WFA_INPUT_CHECK_SLOTS": "many"})
