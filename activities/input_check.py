@@ -85,9 +85,9 @@ one idle for nearly as long is not given a check (it could leave while it reads 
 MEMORY_BYTES = 512 * 1024 * 1024
 """The address space of a checking process (about 55 MB when it starts)."""
 _DEADLINE_RANGE = (1.0, 20.0)
-"""At most 20 s: a subflow step gives its check a minute (its local activity's timeout), which
-holds a wait for a slot (at most the deadline and :data:`START_S`), a process's start and the
-check."""
+"""At most 20 s of CPU: a subflow step gives its check two minutes (its local activity's timeout),
+which hold a wait for a slot (at most the deadline and :data:`START_S`), a process's start (at most
+:data:`START_S`) and the check (at most three times the deadline by the clock)."""
 _SLOTS_RANGE = (1, 64)
 _PATH_CHARS = 1000
 """A problem's path is cut to this many characters (its message to the caller's ``most``)."""
@@ -97,7 +97,9 @@ _ANSWER_BYTES = 1 << 20
 
 class InputCheckBusyError(RuntimeError):
     """No checking slot came free within the deadline and :data:`START_S` (every slot busy, or this
-    owner's share): the longest a slot is held by one check."""
+    owner's share). A check holds its slot for about its deadline and a process's start on a
+    machine with CPU to spare; longer (up to :data:`START_S` and three times the deadline) only when
+    the machine is too busy, when the waiters are answered busy too."""
 
 
 class InputCheckFailedError(RuntimeError):
@@ -156,18 +158,25 @@ _settings = input_check_settings
 # "cpu" seconds of CPU; SIGALRM at its default action ends it after "wall" seconds (its caller
 # gone), and after the idle limit while it waits.
 _CHILD = f"""
-import json, os, resource, signal, sys
-signal.signal(signal.SIGALRM, signal.SIG_DFL)
+import json, math, os, resource, signal, sys
+for number in (signal.SIGALRM, signal.SIGXCPU):  # whatever its caller's thread had set or blocked
+    signal.signal(number, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGALRM, signal.SIGXCPU}})
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # its caller decides when it ends
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-limit = int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+infinity = resource.RLIM_INFINITY
+memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+memory = int(sys.argv[2]) if memory_hard == infinity else min(int(sys.argv[2]), memory_hard)
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory_hard))
 hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
 from interpreter.input_schema import schema_input_problems
 idle = int(sys.argv[1])
 source, sink = sys.stdin.buffer, sys.stdout.buffer
 sink.write(b"ready\\n")
 sink.flush()
+def cpu():
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
 while True:
     signal.alarm(idle)
     line = source.readline()
@@ -176,9 +185,10 @@ while True:
     signal.alarm(0)
     try:
         request = json.loads(line)
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        soft = int(used.ru_utime + used.ru_stime) + 1 + request["cpu"]  # at least "cpu" more
-        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+        soft = math.ceil(cpu() + request["cpu"])  # the check may use "cpu" seconds more, at most 1 s over
+        if hard != infinity and soft >= hard:  # a lower hard limit (SIGKILL): left for a new process
+            raise OSError("this process has used too much of its CPU limit to check again")
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
         signal.alarm(request["wall"])
         most = request["most"]
         found = schema_input_problems(request["schema"], request["input"])
@@ -189,6 +199,8 @@ while True:
     resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
     sink.write(json.dumps(answer).encode() + b"\\n")
     sink.flush()
+    if hard != infinity and hard - cpu() < 3:
+        break
 """
 _ROOT = str(Path(interpreter.__file__ or ".").resolve().parent.parent)
 """Where the checking process imports ``interpreter`` from (this very copy)."""
@@ -205,7 +217,8 @@ class _Process:
         }
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(IDLE_S), str(MEMORY_BYTES)],
+                # -P: not the caller's working directory first on sys.path (its own interpreter/)
+                [sys.executable, "-P", "-c", _CHILD, str(IDLE_S), str(MEMORY_BYTES)],
                 stdin=child.fileno(),
                 stdout=child.fileno(),
                 stderr=subprocess.DEVNULL,
@@ -227,13 +240,15 @@ class _Process:
         return self.popen.poll() is None and time.monotonic() - self.idle_since < IDLE_S - 30
 
     def close(self) -> None:
-        """Kills the process (if it still runs); it is reaped now or by a later :func:`_reap`."""
+        """Kills the process (if it still runs); it is reaped now or soon by :func:`_reap`."""
         self.sock.close()
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.kill()
-            if self.popen.poll() is None:  # not gone yet: reaped later, never waited for here
+            if self.popen.poll() is None:  # not gone yet: reaped soon, never waited for here
                 _DYING.append(self)
+                with contextlib.suppress(RuntimeError):  # no running loop: at the next check
+                    asyncio.get_running_loop().call_later(0.5, _reap)
 
     async def line(self) -> bytes:
         loop = asyncio.get_running_loop()
@@ -419,7 +434,8 @@ async def _ask(line: bytes, deadline: float, slots: int) -> dict[str, Any]:
             continue
     process = _Process()
     try:
-        ready = await asyncio.wait_for(process.line(), START_S)
+        async with asyncio.timeout(START_S):
+            ready = await process.line()
     except BaseException as err:
         process.close()
         if isinstance(err, TimeoutError):
@@ -451,13 +467,13 @@ async def _exchange(process: _Process, line: bytes, deadline: float, slots: int)
     to the idle ones only after a whole answer."""
     loop = asyncio.get_running_loop()
     wall = _wall(deadline)
-    end = loop.time() + wall
     try:
-        try:
-            await asyncio.wait_for(loop.sock_sendall(process.sock, line), wall)
-        except (BrokenPipeError, ConnectionResetError) as err:
-            raise _NotSentError(type(err).__name__) from None
-        answer = await asyncio.wait_for(process.line(), max(0.0, end - loop.time()))
+        async with asyncio.timeout(wall):
+            try:
+                await loop.sock_sendall(process.sock, line)
+            except (BrokenPipeError, ConnectionResetError) as err:
+                raise _NotSentError(type(err).__name__) from None
+            answer = await process.line()
     except TimeoutError:
         process.close()
         raise InputCheckFailedError(
@@ -465,8 +481,10 @@ async def _exchange(process: _Process, line: bytes, deadline: float, slots: int)
             " machine is too busy to check the input now"
         ) from None
     except (EOFError, OSError) as err:
-        status = await _status(process)
-        process.close()
+        try:
+            status = await _status(process)
+        finally:
+            process.close()
         if status == -signal.SIGXCPU:
             raise TimeoutError(f"the check used more than {deadline:g} s of CPU") from None
         raise InputCheckFailedError(

@@ -1800,7 +1800,10 @@ class _TemporalRuntime:
                 SUBFLOW_INPUT_PROBLEMS,
                 check,
                 result_type=list[str],
-                start_to_close_timeout=timedelta(seconds=60),  # the check stops itself at 20 s
+                # A wait for a slot, a process's start and the check: at most 30 + 10 + 60 s at the
+                # largest deadline on a loaded machine (activities.input_check). Not in the history
+                # (a local activity's options are not recorded): replays are unchanged.
+                start_to_close_timeout=timedelta(seconds=120),
                 retry_policy=RetryPolicy(maximum_attempts=3),
                 summary=f"{call.summary}: check its input",
             )

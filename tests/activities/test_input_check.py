@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -301,6 +302,50 @@ def test_a_checking_process_leaves_when_its_caller_is_gone(rows: int, within: fl
     pids = [int(pid) for pid in done.stdout.split()]
     assert len(pids) == 1, done.stdout
     assert _wait_gone(pids[0], within), f"the checking process {pids[0]} outlived its caller"
+
+
+_HOSTILE_CALLER = """
+import asyncio, json, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGXCPU, signal.SIGALRM})
+from activities import input_check
+async def main():
+    required = await input_check.check_input({"type": "object", "required": ["x"]}, {})
+    slow = {"type": "object", "properties": {"rows": {"type": "array", "uniqueItems": True}}}
+    try:
+        await input_check.check_input(slow, {"rows": [{"i": i, "tag": f"row-{i}"} for i in range(6000)]})
+        ended = "answered"
+    except TimeoutError as err:
+        ended = str(err)
+    print(json.dumps({"required": required, "slow": ended}))
+asyncio.run(main())
+"""
+
+
+def test_the_callers_signal_mask_and_working_directory_do_not_change_the_check(tmp_path: Path) -> None:
+    """A caller whose thread blocks SIGXCPU and SIGALRM (the child inherits the mask: the CPU
+    deadline would never fire), running in a directory that holds an ``interpreter`` package of
+    its own that accepts everything (``python -c`` puts the working directory first on the path):
+    the check is still this copy's, and still stopped at its deadline."""
+    fake = tmp_path / "interpreter"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "input_schema.py").write_text("def schema_input_problems(schema, input):\n    return []\n")
+    env = {"PYTHONPATH": str(ROOT), "WFA_INPUT_CHECK_DEADLINE": "2", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", _HOSTILE_CALLER],  # -P: the caller itself imports this copy
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found == {
+        "required": [["$", "'x' is a required property"]],
+        "slow": "the check used more than 2 s of CPU",
+    }
 
 
 def test_settings_come_from_the_environment_and_bad_values_name_the_variable() -> None:
