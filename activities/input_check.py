@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,30 +121,30 @@ def input_check_settings(env: Mapping[str, str] | None = None) -> InputCheckSett
         ValueError: A value that is not a number in range (the message names the variable).
     """
     source = os.environ if env is None else env
-    deadline, slots = DEFAULT_CHECK_DEADLINE_S, DEFAULT_CHECK_SLOTS
-    raw = source.get(CHECK_DEADLINE_ENV, "").strip()
-    if raw:
-        low, high = _DEADLINE_RANGE
-        try:
-            deadline = float(raw)
-        except ValueError:
-            deadline = math.nan
-        if not low <= deadline <= high:
-            raise ValueError(
-                f"{CHECK_DEADLINE_ENV}: {raw[:40]!r} is not a number of seconds from {low:g} to {high:g}"
-            )
-    raw = source.get(CHECK_SLOTS_ENV, "").strip()
-    if raw:
-        least, most = _SLOTS_RANGE
-        try:
-            slots = int(raw)
-        except ValueError:
-            slots = -1
-        if not least <= slots <= most:
-            raise ValueError(
-                f"{CHECK_SLOTS_ENV}: {raw[:40]!r} is not a whole number of checks from {least} to {most}"
-            )
-    return InputCheckSettings(deadline, slots)
+    low, high = _DEADLINE_RANGE
+    deadline = _ranged(source, CHECK_DEADLINE_ENV, parse=float, low=low, high=high, what="number of seconds")
+    least, most = _SLOTS_RANGE
+    slots = _ranged(source, CHECK_SLOTS_ENV, parse=int, low=least, high=most, what="whole number of checks")
+    return InputCheckSettings(
+        DEFAULT_CHECK_DEADLINE_S if deadline is None else deadline,
+        DEFAULT_CHECK_SLOTS if slots is None else int(slots),
+    )
+
+
+def _ranged(
+    source: Mapping[str, str], name: str, *, parse: Callable[[str], float], low: float, high: float, what: str
+) -> float | None:
+    """The value of variable ``name`` (None when unset), parsed and from ``low`` to ``high``."""
+    raw = source.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = parse(raw)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        raise ValueError(f"{name}: {raw[:40]!r} is not a {what} from {low:g} to {high:g}")
+    return value
 
 
 _settings = input_check_settings

@@ -284,23 +284,31 @@ asyncio.run(main())
 """
 
 
+def _call(program: str, *args: str, cwd: Path | None = None) -> str:
+    """What ``program`` (a caller of this copy, with a 2-second deadline) prints; it must succeed.
+    Run with -P: the caller itself imports this copy whatever its working directory holds."""
+    env = {"PYTHONPATH": str(ROOT), "WFA_INPUT_CHECK_DEADLINE": "2", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", program, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.parametrize(("rows", "within"), [(0, 10.0), (6000, 20.0)], ids=["idle", "checking"])
 def test_a_checking_process_leaves_when_its_caller_is_gone(rows: int, within: float) -> None:
     """A caller that leaves abruptly (``os._exit``, as a SIGKILLed worker) leaves no checking
     process behind: an idle one sees its socket close, a busy one is stopped by the kernel at the
     check's deadline (2 s here)."""
-    env = {"PYTHONPATH": str(ROOT), "WFA_INPUT_CHECK_DEADLINE": "2", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", _CALLER, str(rows)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    pids = [int(pid) for pid in done.stdout.split()]
-    assert len(pids) == 1, done.stdout
+    out = _call(_CALLER, str(rows))
+    pids = [int(pid) for pid in out.split()]
+    assert len(pids) == 1, out
     assert _wait_gone(pids[0], within), f"the checking process {pids[0]} outlived its caller"
 
 
@@ -330,18 +338,7 @@ def test_the_callers_signal_mask_and_working_directory_do_not_change_the_check(t
     fake.mkdir()
     (fake / "__init__.py").write_text("")
     (fake / "input_schema.py").write_text("def schema_input_problems(schema, input):\n    return []\n")
-    env = {"PYTHONPATH": str(ROOT), "WFA_INPUT_CHECK_DEADLINE": "2", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-P", "-c", _HOSTILE_CALLER],  # -P: the caller itself imports this copy
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout)
+    found = json.loads(_call(_HOSTILE_CALLER, cwd=tmp_path))
     assert found == {
         "required": [["$", "'x' is a required property"]],
         "slow": "the check used more than 2 s of CPU",
