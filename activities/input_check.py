@@ -147,9 +147,6 @@ def _ranged(
     return value
 
 
-_settings = input_check_settings
-
-
 # The checking process. Given its idle limit in seconds and its address-space limit in bytes, it
 # writes "ready" once its imports are done, then answers one JSON line per request line on its
 # stdin ({"schema", "input", "cpu", "wall", "most"}) with {"problems": [[path, message], ...]} or
@@ -384,7 +381,7 @@ async def check_input(
         InputCheckFailedError: The checking process failed, or could not start.
         ValueError: ``WFA_INPUT_CHECK_DEADLINE`` or ``WFA_INPUT_CHECK_SLOTS`` is malformed.
     """
-    settings = _settings()
+    settings = input_check_settings()
     deadline = settings.deadline_s
     _reap()
     loop = asyncio.get_running_loop()
@@ -565,7 +562,9 @@ async def schedule_input_problems(definition: Definition, *, owner: str = "") ->
         try:
             found = await check_input(schema, trigger.input, owner=owner, most_chars=1000)
         except TimeoutError:
-            found = [("$", f"checking it took more than {_settings().deadline_s:g} s of CPU: stopped")]
+            found = [
+                ("$", f"checking it took more than {input_check_settings().deadline_s:g} s of CPU: stopped")
+            ]
         problems.extend(
             Problem(f"{path}{where[1:]}", f"does not match input_schema: {message}")
             for where, message in found

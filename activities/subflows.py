@@ -36,6 +36,7 @@ from activities.store.errors import (
     VersionArchivedError,
 )
 from activities.store.repository import DefinitionStore
+from interpreter.input_schema import clip
 from interpreter.state import SubflowDefinition, SubflowInputCheck, SubflowLookup
 
 __all__ = [
@@ -303,11 +304,7 @@ async def subflow_input_problems(check: SubflowInputCheck) -> list[str]:
         raise ApplicationError(str(err), type="InputCheckBusy") from None
     except (InputCheckFailedError, OSError, ValueError) as err:
         raise ApplicationError(str(err), type="InputCheckFailed") from None
-    return [_clip(f"{path}: {message}", PROBLEM_CHARS) for path, message in problems]
-
-
-def _clip(text: str, most: int) -> str:
-    return text if len(text) <= most else text[: most - 1] + "\u2026"
+    return [clip(f"{path}: {message}", PROBLEM_CHARS) for path, message in problems]
 
 
 def build_subflow_activities(session_factory: SessionFactory) -> list[Callable[..., Any]]:

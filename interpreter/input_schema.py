@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_INPUT_PROBLEMS",
     "MAX_SCHEMA_BYTES",
+    "clip",
     "input_problems",
     "schema_input_problems",
     "schema_problems",
@@ -177,9 +178,9 @@ def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[
 
 
 def _message(error: Any) -> str:
-    return _clip(str(error.message), 500)
+    return clip(str(error.message), 500)
 
 
-def _clip(text: str, most: int) -> str:
+def clip(text: str, most: int) -> str:
     """``text``, or its first ``most`` - 1 characters and "…"."""
     return text if len(text) <= most else text[: most - 1] + "…"
