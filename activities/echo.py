@@ -4,7 +4,10 @@ Meant for tests, benchmarks and examples: it exercises the whole dispatch, retry
 path without any external system.
 
 Input keys (all optional; :class:`interpreter.actions.EchoInput`, other keys are data to echo):
-    value: What to return; without it the whole input is returned.
+    value: What to return; without it the whole input is returned. Returned as the text it stands
+        for: an escaped reference (``$${secret:X}``, data's inert form) comes back as the text
+        ``${secret:X}``, as an ``http`` step would send it, and the run makes the output inert
+        again (nothing is resolved: an author's own reference comes back as text too).
     sleep_s: Seconds to wait first, heartbeating every second so cancellation reaches the activity
         when the step has a heartbeat timeout.
     fail: Error type to raise (retryable unless ``non_retryable`` is true).
@@ -24,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.base import action, invalid_input
 from interpreter.actions import ActionRequest, EchoInput, parse_action_input
+from interpreter.inert import as_text
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "echo"]
 
@@ -66,4 +70,4 @@ async def echo(request: ActionRequest) -> Any:
                 type=spec.fail,
                 non_retryable=spec.non_retryable,
             )
-    return data.get("value", data)
+    return as_text(data.get("value", data))

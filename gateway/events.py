@@ -6,7 +6,8 @@ The tenant comes from the credentials, never from the body: ``Authorization: Bea
     {"type": "family.answered", "key": "family-123", "data": {"answer": "yes"}, "id": "evt-42"}
 
 ``type`` is an event type (as in definitions), ``key`` the correlation key, ``data`` a JSON object
-(inert data: it is never a template or a secret reference), ``id`` the event's id, which makes a
+(inert data: it is never a template or a secret reference; the mailbox and the runs it starts
+make it inert where it enters them, so it is handed on as it came), ``id`` the event's id, which makes a
 resent event a duplicate (a run receives each event id at most once). It is handed to
 ``FlowClient.publish_event`` (:mod:`starter.events`), which delivers it to the runs waiting on it and starts the runs of
 event triggers.
@@ -24,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.errors import ApiError
 from gateway.jsonbody import check_content_type, parse_object
 from gateway.state import GatewayState, UnknownTenantError
-from interpreter.inert import make_inert
 from interpreter.model import EVENT_TYPE_PATTERN
 
 __all__ = ["EventIn", "router"]
@@ -107,7 +107,7 @@ async def publish(request: Request) -> JSONResponse:
         raise ApiError(403, "forbidden", f"tenant {tenant} is not served by this gateway") from None
     try:
         published = await flows.publish_event(
-            event.type, event.key, make_inert(event.data), event_id=event.id, source="gateway"
+            event.type, event.key, event.data, event_id=event.id, source="gateway"
         )
     except InvalidInputError as err:  # e.g. data over the event size limit
         raise ApiError(422, "invalid_event", str(err)[:1000]) from None

@@ -33,8 +33,6 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpreter.inert import make_inert
-
 if TYPE_CHECKING:
     import asyncpg  # type: ignore[import-untyped]
 
@@ -236,7 +234,7 @@ async def _start_change(flows: FlowClient, connection: str, row: Any) -> tuple[s
             )
         await flows.start_run(
             f"{resolved.name}@{resolved.version}",
-            make_inert(change),
+            change,  # inert: the run escapes its input where it starts (interpreter/inert.py)
             workflow_id=workflow_id,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )

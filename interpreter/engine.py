@@ -46,7 +46,7 @@ from interpreter.continuation import (
 )
 from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription, mailbox_id
-from interpreter.inert import make_inert, seal
+from interpreter.inert import as_text, holds_reference, make_inert, seal
 from interpreter.model import (
     FAN_OUT_ABOVE,
     FAN_OUT_BATCH_SIZE,
@@ -434,6 +434,16 @@ taken with another type or key (one tracking number as the id of ``order.shipped
 ``order.delivered``) was dropped without a word: the publisher was told it was delivered, the wait
 timed out (found by an attacker's probe). Only in runs started at its generation: the ids a run
 carries on continuing as new change form (``workflows.generic.NEVER_ASKED_PATCHES``)."""
+
+PATCH_DATA_TEXT = "data-text"
+"""Patch id: data that crosses into a run already inert keeps its text. An event comes from its
+mailbox inert, so the run seals its data (escapes only what is live) instead of escaping it again;
+a subflow's child gets its input as the text it stands for (``interpreter.inert.as_text``: the
+child escapes its input where it starts) and its output is sealed on its way back. Before, each
+crossing escaped ``${secret:`` once more, so data holding that text reached the actions with a
+``$`` more per crossing (an event: ``$${secret:X}`` for ``${secret:X}``), against the README's
+promise that a reference in data reaches the receiver as the text it was. Asked only where the data
+holds ``${secret:`` (a marker), so a run recorded before replays as recorded."""
 
 PATCH_MAILBOX_IDS = "mailbox-ids"
 """Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
@@ -2607,7 +2617,7 @@ class Engine:
             path=path,
             definition=step.definition,
             version=step.version,
-            input=self._render(dict(step.input), self._context(scope)),
+            input=self._child_input(self._render(dict(step.input), self._context(scope))),
             wait=step.wait,
             workflow_id=f"{self.info.workflow_id}/{path}{suffix}",
             activity_id=f"{path}{suffix}/subflow",
@@ -2625,7 +2635,22 @@ class Engine:
             if isinstance(step.on_failure, Goto):
                 raise _Jump(step.on_failure.goto) from None
             raise _RunFailed(message, failure.error_type) from None
-        return make_inert(output)
+        return self._inert_data(output)
+
+    def _holds_text_patch(self, value: Any) -> bool:
+        """Whether :data:`PATCH_DATA_TEXT` applies to ``value``: asked only for data that holds
+        ``${secret:``, where the two treatments differ."""
+        return holds_reference(value) and self.runtime.patched(PATCH_DATA_TEXT)
+
+    def _child_input(self, rendered: dict[str, Any]) -> dict[str, Any]:
+        """A subflow's input as the text its data stands for: the child escapes it on arrival."""
+        return as_text(rendered) if self._holds_text_patch(rendered) else rendered
+
+    def _inert_data(self, value: Any) -> Any:
+        """Data that arrives inert already (a subflow's output, an event from its mailbox): sealed,
+        so nothing is live and its text is kept (:data:`PATCH_DATA_TEXT`); before the patch,
+        escaped once more."""
+        return seal(value) if self._holds_text_patch(value) else make_inert(value)
 
     async def _branch(
         self,
@@ -4571,7 +4596,7 @@ class Engine:
             "key": got.key,
             "published_at": None if got.published_at is None else got.published_at.isoformat(),
             "source": got.source,
-            "data": make_inert(dict(got.data)),
+            "data": self._inert_data(dict(got.data)),
             "timed_out": False,
         }
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SECRET_REF", "SECRET_REF_START", "make_inert", "seal"]
+__all__ = ["SECRET_REF", "SECRET_REF_START", "as_text", "holds_reference", "make_inert", "seal"]
 
 SECRET_REF_START = "${secret:"
 SECRET_REF = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
@@ -51,17 +51,18 @@ def _map_strings(value: Any, escape: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return escape(value) if SECRET_REF_START in value else value
     if isinstance(value, dict):
-        if not _holds_reference(value):
+        if not holds_reference(value):
             return value
         return {_map_strings(key, escape): _map_strings(item, escape) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        if not _holds_reference(value):
+        if not holds_reference(value):
             return value
         return [_map_strings(item, escape) for item in value]
     return value
 
 
-def _holds_reference(value: Any) -> bool:
+def holds_reference(value: Any) -> bool:
+    """Whether a JSON-like value holds ``${secret:`` in any string (dict keys too), escaped or not."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -74,6 +75,22 @@ def _holds_reference(value: Any) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return False
+
+
+def as_text(value: Any) -> Any:
+    """The text an inert value stands for: a copy in which every ``$${secret:`` is ``${secret:``
+    again, the inverse of :func:`make_inert` (``as_text(make_inert(v)) == v``).
+
+    Only for a value on its way to where it is made inert again (a child run's input: the child's
+    engine escapes its whole input), so the data reaches the child's actions as the text it was,
+    not escaped twice. Nothing is resolved here, and a reference the value holds is escaped again
+    on arrival.
+    """
+    return _map_strings(value, _unescape)
+
+
+def _unescape(text: str) -> str:
+    return text.replace(_ESCAPED, SECRET_REF_START)
 
 
 def seal(value: Any) -> Any:

@@ -257,6 +257,42 @@ TYPED_CHILD = "replay-typed-child"
 """The child :func:`_resolve_subflow` answers with an ``input_schema`` (an integer ``n``)."""
 
 
+TEXT_CHILD = "replay-text-child"
+"""The child :func:`_resolve_subflow` answers with an ``echo`` of its input's ``note``."""
+SECRET_LIKE_TEXT = "a ${secret:API_TOKEN} b $${secret:API_TOKEN} c"
+"""Data that looks like a reference and an escaped one (patch ``data-text``)."""
+
+
+def _data_text(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-data-text",
+        "steps": [
+            {
+                "id": "answer",
+                "type": "wait_for_event",
+                "event": "text.sent",
+                "key": "{{ input.family }}",
+                "fields": [{"name": "note", "type": "string"}],
+                "timeout": "1m",
+            },
+            {
+                "id": "sub",
+                "type": "subflow",
+                "definition": TEXT_CHILD,
+                "input": {"note": "{{ steps.answer.output.data.note }}"},
+            },
+            _echo("after", "{{ steps.sub.output.output }}"),
+        ],
+    }
+
+
+async def _publish_text(handle: WorkflowHandle[Any, Any], flows: FlowClient) -> None:
+    await _until(handle, lambda s: any(w.path == "answer" and w.subscribed for w in s.waiting_events))
+    family = str((await handle.describe()).id)
+    await flows.publish_event("text.sent", family, {"note": SECRET_LIKE_TEXT}, start_triggers=False)
+
+
 @activity.defn(name=SUBFLOW_RESOLVE)
 async def _resolve_subflow(lookup: SubflowLookup) -> SubflowDefinition:
     """The recorder has no registry: a history holds only the definition the activity answered
@@ -265,7 +301,9 @@ async def _resolve_subflow(lookup: SubflowLookup) -> SubflowDefinition:
     child = load_definition(
         {
             "name": lookup.definition,
-            "steps": [_echo("work", "{{ input.n * 2 }}")],
+            "steps": [
+                _echo("work", "{{ input.note }}" if lookup.definition == TEXT_CHILD else "{{ input.n * 2 }}")
+            ],
             "output": "{{ steps.work.output }}",
             **({"input_schema": typed} if lookup.definition == TYPED_CHILD else {}),
         }
@@ -1583,6 +1621,27 @@ def scenarios() -> list[Scenario]:
             " subflow-input-schema (a marker) before its check",
             _typed_subflows,
             {},
+        ),
+        Scenario(
+            "data_text",
+            "an event whose data holds text like a secret reference, then a subflow given it and an"
+            " echo of the subflow's output, at interpreter generation 28 (patch data-text): each"
+            " crossing keeps the text (sealed, not escaped again)",
+            _data_text,
+            {},
+            publish=_publish_text,
+            options={"engine_level": 28},
+            child="sub",
+        ),
+        Scenario(
+            "data_text_asked",
+            "data_text at generation 27: the event and the subflow's input and output ask patch"
+            " data-text (a marker each)",
+            _data_text,
+            {},
+            publish=_publish_text,
+            options={"engine_level": 27},
+            child="sub",
         ),
         Scenario(
             "events",

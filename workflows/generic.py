@@ -83,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW_PARALLEL,
         PATCH_CONTINUE_AS_NEW_TASKS,
         PATCH_CONTINUE_AS_NEW_WAITS,
+        PATCH_DATA_TEXT,
         PATCH_DECISIONS_KEPT,
         PATCH_DECLARED_FORM_FIELDS,
         PATCH_DRAIN_FIXES,
@@ -473,6 +474,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_SLICE_RESULTS_OUTPUT: 25,
     PATCH_UNSET_CURRENT_STEP: UNSET_CURRENT_STEP_LEVEL,
     PATCH_SUBFLOW_INPUT_SCHEMA: 27,
+    PATCH_DATA_TEXT: 28,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

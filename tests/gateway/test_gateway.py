@@ -31,6 +31,7 @@ from activities.store.repository import DefinitionStore
 from gateway.apikeys import create_key, revoke_key
 from gateway.config import GatewayConfig
 from tests.gateway.support import dumps, hmac_headers, hook_definition, running_gateway, standard_headers
+from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually
 from worker import build_worker
 
@@ -470,11 +471,12 @@ async def test_signed_delivery_starts_one_run_and_redelivery_none(setup: Setup) 
         assert hmac_again.status_code == 200
         assert hmac_again.json()["duplicate"] is True
 
-    # The first run's input is inert data: the secret reference arrived as text.
+    # The first run's input is the body as it came: the run makes it inert where it starts (not
+    # the gateway too: escaped twice, it reached the actions with a '$' more).
     handle = setup.client.get_workflow_handle(workflow_id)
     history = await handle.fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
-    assert b"$${secret:HOOK_KEY}" in started.input.payloads[0].data
+    assert json.loads(started.input.payloads[0].data)["input"]["note"] == "${secret:HOOK_KEY}"
     ids = await eventually(runs, lambda ids: len(ids) >= 2, timeout=60, what="both runs listed")
     assert sorted(ids) == sorted([workflow_id, hmac_first.json()["workflow_id"]])
 
@@ -533,6 +535,95 @@ async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Se
         await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the trigger's run")
         == result["started"]
     )
+
+
+async def test_data_through_the_gateway_reaches_the_actions_as_its_text(
+    setup: Setup, http_server: RecordingServer
+) -> None:
+    """The victim: an honest sender whose webhook body and event data hold text that looks like a
+    secret reference (the tenant's webhook secret's own name). Each action must receive exactly
+    the text sent, never the secret: a run started by a webhook, a run started by an event trigger,
+    and a run that takes the event from its mailbox (published before the run waits: the lookback)."""
+    text = "a ${secret:HOOK_KEY} b $${secret:HOOK_KEY} c"
+    event_type = f"text.sent.{uuid4().hex[:6]}"
+    http_server.route("POST", "/text", [(200, {}, {"ok": True})] * 3)
+    post = {
+        "id": "post",
+        "type": "task",
+        "action": "http",
+        "input": {
+            "url": f"{http_server.url}/text",
+            "method": "POST",
+            "json": {"how": "{{ input.how | default('event') }}", "note": "{{ input.note }}"},
+        },
+    }
+    store = DefinitionStore(setup.database.session_factory, "default")
+    sender, waiter = f"{setup.name}-text", f"{setup.name}-waiter"
+    await store.register(
+        {
+            "name": sender,
+            "steps": [post],
+            "triggers": [
+                {"type": "webhook", "id": "in", "secret": "HOOK_KEY", "replay_window": "5m"},
+                {"type": "event", "event": event_type},
+            ],
+        },
+        "test",
+    )
+    taken = {
+        **post,
+        "input": {
+            **post["input"],
+            "json": {"how": "mailbox", "note": "{{ steps.answer.output.data.note }}"},
+        },
+    }
+    await store.register(
+        {
+            "name": waiter,
+            "steps": [
+                {
+                    "id": "answer",
+                    "type": "wait_for_event",
+                    "event": event_type,
+                    "key": "{{ input.key }}",
+                    "fields": [{"name": "note", "type": "string"}],
+                    "lookback": "1h",
+                    "timeout": "2m",
+                },
+                taken,
+            ],
+            "triggers": [{"type": "webhook", "id": "in", "secret": "HOOK_KEY", "replay_window": "5m"}],
+        },
+        "test",
+    )
+    headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
+    async with (
+        httpx.AsyncClient() as action_http,
+        build_worker(setup.client, setup.task_queue, action_http, graceful_shutdown_timeout=timedelta(0)),
+        httpx.AsyncClient(timeout=120) as http,
+    ):
+        event = dumps({"type": event_type, "key": "k-1", "data": {"note": text}, "id": uuid4().hex})
+        published = await http.post(f"{setup.url}/events", content=event, headers=headers)
+        assert published.status_code == 202, published.text
+        [by_event] = published.json()["result"]["started"]
+        body = dumps({"how": "webhook", "note": text})
+        hooked = await http.post(
+            setup.hook(name=sender), content=body, headers=standard_headers(SECRET, body, uuid4().hex)
+        )
+        assert hooked.status_code == 202, hooked.text
+        body = dumps({"key": "k-1", "note": "unused"})
+        waiting = await http.post(
+            setup.hook(name=waiter), content=body, headers=standard_headers(SECRET, body, uuid4().hex)
+        )
+        assert waiting.status_code == 202, waiting.text
+        for workflow_id in (by_event, hooked.json()["workflow_id"], waiting.json()["workflow_id"]):
+            result = await setup.client.get_workflow_handle(workflow_id).result()
+            assert result["state"] == "completed", result
+    got = {
+        r.json["how"]: r.json["note"] for r in http_server.requests(path="/text") if isinstance(r.json, dict)
+    }
+    assert got == {"event": text, "webhook": text, "mailbox": text}
+    assert not any(SECRET.encode() in r.body for r in http_server.requests(path="/text"))
 
 
 async def test_keys_are_stored_hashed(setup: Setup) -> None:

@@ -8,6 +8,7 @@ that the test SIGKILLs while rows are being inserted and starts again.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -186,7 +187,8 @@ async def test_the_gateway_drains_the_outbox_and_refuses_undeclared_rows(
             )
             async with running(config):
                 await conn.execute(
-                    "INSERT INTO orders (item) SELECT 'item-' || g FROM generate_series(1, 3) g"
+                    # Text that looks like a reference to the connection's secret: data, kept as is.
+                    "INSERT INTO orders (item) SELECT 'item-${secret:SHOP}-' || g FROM generate_series(1, 3) g"
                 )
                 # A row written into the outbox by hand, naming a definition without such a trigger.
                 await conn.execute(
@@ -226,3 +228,7 @@ async def test_the_gateway_drains_the_outbox_and_refuses_undeclared_rows(
     )
     started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
     assert b'"operation":"insert"' in started.input.payloads[0].data.replace(b" ", b"")
+    # The change goes as it came; the run makes it inert where it starts (interpreter/inert.py).
+    change = json.loads(started.input.payloads[0].data)["input"]
+    assert change["new"] == json.loads(first["new_row"])
+    assert change["new"]["item"].startswith("item-${secret:SHOP}-"), change

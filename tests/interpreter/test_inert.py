@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from activities.base import resolve_secrets
-from interpreter.inert import make_inert, seal
+from interpreter.inert import as_text, make_inert, seal
 from interpreter.templates import TemplateError, check_template, render, render_html
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import run, task
@@ -40,6 +40,16 @@ def test_seal_leaves_inert_data_as_it_is_and_makes_any_other_inert(data: Any) ->
     sealed = seal(data)
     assert seal(sealed) == sealed
     resolve_secrets(sealed)  # no secret is configured: a live reference would raise SecretNotFound
+
+
+@pytest.mark.parametrize("data", [*DATA, {"${secret:K}": ["${secret:V}", "$${secret:W}", "$$${secret:X}"]}])
+def test_as_text_gives_back_the_text_inert_data_stands_for(data: Any) -> None:
+    """``as_text`` undoes ``make_inert``: a child run given its parent's data as text escapes it
+    once, so the child's actions get the text (escaped twice, a ``$`` more per crossing)."""
+    assert as_text(make_inert(data)) == data
+    assert make_inert(as_text(make_inert(data))) == make_inert(data)
+    # An author's live reference is left as it is (the child escapes its whole input on arrival).
+    assert as_text("${secret:LIVE} and $${secret:TEXT}") == "${secret:LIVE} and ${secret:TEXT}"
 
 
 def test_every_depth_and_keys_are_escaped() -> None:

@@ -1,0 +1,161 @@
+"""Data keeps its text across every boundary into a run (the trust model: data is inert).
+
+A secret reference that arrives as data is text: the engine escapes it where data enters a run
+(``interpreter/inert.py``) and the activity turns the escape back into the text. The victim here is
+an honest user whose data happens to hold that text (a commit message quoting a template, a ticket
+pasted into a form): every action must receive exactly the text that was sent, never a mangled
+copy, and the tenant's secret must never take its place. Each boundary is crossed once on the dev
+server with a real HTTP receiver: a run's input, an event delivered to a waiting run, an event that
+starts a run, a subflow's input and a subflow's output. The gateway's crossings (a webhook, an
+event, a row change) are in ``tests/gateway``.
+
+Events and subflows kept the text from interpreter generation 28 (patch ``data-text``): before, each
+crossing escaped it once more, so an action got ``$${secret:X}`` for ``${secret:X}``. A run of an
+earlier generation asks the patch (a marker) where the data holds such text.
+"""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from interpreter.engine import PATCH_DATA_TEXT
+from interpreter.state import RunState
+from starter.client import FlowClient
+from tests.helpers.http_server import RecordingServer
+from tests.workflows.support import definition, eventually, start, status, unique
+from workflows.generic import ENGINE_LEVEL
+
+CANARY = "s3cr3t-canary-of-the-tenant"
+TEXT = "a ${secret:API_TOKEN} b $${secret:API_TOKEN} c $$${secret:API_TOKEN} d"
+"""Data that looks like a reference, an escaped one and an escaped escape: each must arrive as is."""
+
+
+def post(server: RecordingServer, path: str, note: str, step_id: str = "post") -> dict[str, object]:
+    server.route("POST", path, [(200, {}, {"ok": True})] * 4)
+    return {
+        "id": step_id,
+        "type": "task",
+        "action": "http",
+        "input": {"url": f"{server.url}{path}", "method": "POST", "json": {"note": note}},
+    }
+
+
+def received(server: RecordingServer, path: str) -> object:
+    [request] = server.requests(path=path)
+    assert CANARY.encode() not in request.body
+    assert isinstance(request.json, dict)
+    return request.json["note"]
+
+
+async def patches(client: Client, workflow_id: str) -> str:
+    """The ids of the patches a run's history records (its markers)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return " ".join(
+        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WFA_SECRET_API_TOKEN", CANARY)
+
+
+async def test_a_runs_input_reaches_the_action_as_its_text(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer
+) -> None:
+    doc = definition(unique("text-input"), [post(http_server, "/input", "{{ input.note }}")])
+    result = await (await start(client, task_queue, doc, {"note": TEXT})).result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert received(http_server, "/input") == TEXT
+
+
+@pytest.mark.parametrize("level", [ENGINE_LEVEL, 27])
+async def test_an_event_delivered_to_a_waiting_run_reaches_the_action_as_its_text(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer, level: int
+) -> None:
+    event_type, key = unique("text.event"), unique("key")
+    doc = definition(
+        unique("text-wait"),
+        [
+            {
+                "id": "answer",
+                "type": "wait_for_event",
+                "event": event_type,
+                "key": "{{ input.key }}",
+                "fields": [{"name": "note", "type": "string"}],
+                "timeout": "2m",
+            },
+            post(http_server, "/event", "{{ steps.answer.output.data.note }}"),
+        ],
+    )
+    handle = await start(client, task_queue, doc, {"key": key}, engine_level=level)
+    await eventually(
+        lambda: status(handle),
+        lambda s: any(w.subscribed for w in s.waiting_events),
+        timeout=30,
+        what="the run waiting for its event",
+    )
+    flows = FlowClient(client, task_queue=task_queue)
+    published = await flows.publish_event(event_type, key, {"note": TEXT}, start_triggers=False)
+    assert published.delivered_to == [handle.id]
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert received(http_server, "/event") == TEXT
+    assert (PATCH_DATA_TEXT in await patches(client, handle.id)) is (level < ENGINE_LEVEL)
+
+
+async def test_an_event_that_starts_a_run_reaches_the_action_as_its_text(
+    flows: FlowClient, store_worker: Worker, http_server: RecordingServer
+) -> None:
+    event_type = unique("text.start")
+    store = await flows.definitions()
+    await store.register(
+        {
+            "name": unique("text-trigger"),
+            "triggers": [{"type": "event", "event": event_type}],
+            "steps": [post(http_server, "/trigger", "{{ input.note }}")],
+        },
+        "test",
+        activate=True,
+    )
+    published = await flows.publish_event(event_type, "k", {"note": TEXT})
+    [workflow_id] = published.started
+    result = await flows.client.get_workflow_handle(workflow_id).result()
+    assert result["state"] == RunState.COMPLETED.value, result
+    assert received(http_server, "/trigger") == TEXT
+
+
+@pytest.mark.parametrize("level", [ENGINE_LEVEL, 27])
+async def test_a_subflows_input_and_output_reach_the_actions_as_their_text(
+    flows: FlowClient, store_worker: Worker, http_server: RecordingServer, level: int
+) -> None:
+    flows.engine_level = level
+    child = unique("text-child")
+    store = await flows.definitions()
+    await store.register(
+        {
+            "name": child,
+            "steps": [post(http_server, "/child", "{{ input.note }}")],
+            "output": {"note": "{{ input.note }}"},
+        },
+        "test",
+        activate=True,
+    )
+    parent = {
+        "name": unique("text-parent"),
+        "steps": [
+            {"id": "sub", "type": "subflow", "definition": child, "input": {"note": "{{ input.note }}"}},
+            post(http_server, "/parent", "{{ steps.sub.output.output.note }}"),
+        ],
+    }
+    run = await flows.start_run(parent, {"note": TEXT})
+    result = await run.result()
+    assert result.state == RunState.COMPLETED, result.error
+    assert received(http_server, "/child") == TEXT
+    assert received(http_server, "/parent") == TEXT
+    assert (PATCH_DATA_TEXT in await patches(flows.client, run.workflow_id)) is (level < ENGINE_LEVEL)
