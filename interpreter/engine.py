@@ -442,8 +442,11 @@ a subflow's child gets its input as the text it stands for (``interpreter.inert.
 child escapes its input where it starts) and its output is sealed on its way back. Before, each
 crossing escaped ``${secret:`` once more, so data holding that text reached the actions with a
 ``$`` more per crossing (an event: ``$${secret:X}`` for ``${secret:X}``), against the README's
-promise that a reference in data reaches the receiver as the text it was. Asked only where the data
-holds ``${secret:`` (a marker), so a run recorded before replays as recorded."""
+promise that a reference in data reaches the receiver as the text it was. An event's fields are
+checked against the text too (a ``max_length`` counted the escape). Only in runs started at its
+generation (``workflows.generic.NEVER_ASKED_PATCHES``): it changes by a byte per reference what the
+send guard and the budgets count, which a build of an earlier generation replaying the run would
+count otherwise."""
 
 PATCH_MAILBOX_IDS = "mailbox-ids"
 """Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
@@ -2646,6 +2649,10 @@ class Engine:
         """A subflow's input as the text its data stands for: the child escapes it on arrival."""
         return as_text(rendered) if self._holds_text_patch(rendered) else rendered
 
+    def _event_text(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An event's data (inert, from its mailbox) as the text its fields are checked against."""
+        return as_text(data) if self._holds_text_patch(data) else data
+
     def _inert_data(self, value: Any) -> Any:
         """Data that arrives inert already (a subflow's output, an event from its mailbox): sealed,
         so nothing is live and its text is kept (:data:`PATCH_DATA_TEXT`); before the patch,
@@ -4447,7 +4454,7 @@ class Engine:
             published = event.published_at
             if published is None or published < wait.since - timedelta(seconds=EVENT_CLOCK_SKEW_S):
                 continue
-            problem = event_fields_problem(wait.step, wait.view.path, event.data)
+            problem = event_fields_problem(wait.step, wait.view.path, self._event_text(event.data))
             if problem is not None:
                 self.refuse_message(
                     "event", event.source or None, f"event {clip(event.id, 100)!r}: {problem}"
@@ -5089,7 +5096,7 @@ class Engine:
         return got is None or (
             (got.type, got.key, got.tenant) == (wait.step.event, wait.view.key, self.info.tenant)
             and self._consumed_key(got) in self._consumed_events
-            and event_fields_problem(wait.step, wait.view.path, got.data) is None
+            and event_fields_problem(wait.step, wait.view.path, self._event_text(got.data)) is None
         )
 
     # ---------------------------------------------------------------------------- compensation

@@ -1634,9 +1634,9 @@ def scenarios() -> list[Scenario]:
             child="sub",
         ),
         Scenario(
-            "data_text_asked",
-            "data_text at generation 27: the event and the subflow's input and output ask patch"
-            " data-text (a marker each)",
+            "data_text_before",
+            "data_text at generation 27 (patch data-text is never asked): each crossing escapes the"
+            " text again, as runs of that generation do",
             _data_text,
             {},
             publish=_publish_text,

@@ -118,6 +118,7 @@ with workflow.unsafe.imports_passed_through():
         Event,
         EventSubscription,
     )
+    from interpreter.inert import seal
     from interpreter.model import Definition, SucceedStep
     from interpreter.pinning import matches_hash
     from interpreter.sizes import (
@@ -510,6 +511,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_MAILBOX_IDS,
     PATCH_COMPACT_RUN_INPUT,
     PATCH_UNSET_CURRENT_STEP,
+    PATCH_DATA_TEXT,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -522,8 +524,9 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 ``slot-send-pacing``, which changes when an input that waited for a slot goes out,
 ``event-ids-by-address``, which changes the form of the event ids a run carries, and
 ``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach, and
-``compact-run-input``, the shape of the inputs a run sends, and ``unset-current-step``, the
-search attributes a run starts with."""
+``compact-run-input``, the shape of the inputs a run sends, ``unset-current-step``, the
+search attributes a run starts with, and ``data-text``, which changes by a byte per reference the
+sizes of the inputs and data the send guard and the budgets count."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -1825,6 +1828,9 @@ class _TemporalRuntime:
                 f" the {SUBFLOW_INPUT_PROBLEMS} activity that worker.build_worker registers)",
                 INPUT_UNCHECKED,
             ) from None
+        # The input was checked as the text it stands for (patch data-text): what the problems
+        # quote of it goes into the step's error as data, inert.
+        problems = seal(problems)
         if problems:
             raise SubflowFailedError(
                 f"{what}: the input does not match the input_schema of {child.name} v{child.version}: "
