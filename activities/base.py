@@ -9,12 +9,13 @@ contract of :mod:`interpreter.actions` and normalises every failure into an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, ParamSpec
 
@@ -456,7 +457,8 @@ def action(
                 check_tenant_scope(request.tenant)
                 tenant_token = _tenant.set(request.tenant)
                 try:
-                    output = await impl(*call_args, **kwargs)
+                    async with _heartbeating():
+                        output = await impl(*call_args, **kwargs)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -508,6 +510,41 @@ def action(
         return activity.defn(name=name)(run_action)
 
     return decorate
+
+
+HEARTBEAT_EVERY_MAX_S = 10.0
+"""The longest gap between two heartbeats of an action whose step declares ``heartbeat``."""
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeats for the action while it runs, when its step declares a ``heartbeat`` timeout.
+
+    Only ``echo`` heartbeats by itself. Without this, an ``http`` call (or any other action) that
+    ran longer than the heartbeat timeout was timed out by Temporal on every attempt, though its
+    worker was alive, and retried: its receiver got the request again (found by a review). The
+    heartbeats say what the timeout asks: the worker running the action is alive; a worker that
+    dies stops them and the attempt is retried within the timeout. They also bring a cancellation
+    of the step to the action, as Temporal delivers it with a heartbeat's answer. The SDK sends at
+    most one heartbeat per 80% of the timeout; this asks three times as often, at most every
+    :data:`HEARTBEAT_EVERY_MAX_S`.
+    """
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None or timeout <= timedelta(0):
+        yield
+        return
+    every = min(max(timeout.total_seconds() / 3, 0.1), HEARTBEAT_EVERY_MAX_S)
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    beating = asyncio.create_task(beat(), name="wfa-action-heartbeat")
+    try:
+        yield
+    finally:
+        beating.cancel()  # not awaited: waiting here could swallow a cancellation of the action
 
 
 def invalid_input(action_name: str, data: dict[str, Any], exc: ValidationError) -> ApplicationError:
