@@ -33,7 +33,7 @@ from activities.secrets import (
     tenant_scope,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
-from interpreter.inert import SECRET_REF
+from interpreter.inert import SECRET_REF, as_text
 from interpreter.sizes import (
     ACTION_OUTPUT_BUDGET,
     JSON_ESCAPE_EXPANSION,
@@ -138,9 +138,9 @@ def _substitute(match: re.Match[str]) -> str:
 def resolve_secrets(value: Any) -> Any:
     """Replace every ``${secret:NAME}`` reference with the run's tenant's secret ``NAME``.
 
-    References may appear anywhere inside any string of nested dicts, lists and tuples (dict keys are
-    left alone); ``$${secret:NAME}`` stands for the literal text ``${secret:NAME}`` and is not
-    resolved. Resolved secrets are remembered for the current action execution so the
+    References may appear anywhere inside any string of nested dicts, lists and tuples (dict keys
+    are never resolved; an escaped one is given its literal text); ``$${secret:NAME}`` stands for
+    the literal text ``${secret:NAME}`` and is not resolved. Resolved secrets are remembered for the current action execution so the
     :func:`action` wrapper can redact them from the result and from errors, and the action can check
     where they may be sent (:func:`check_secret_hosts`).
 
@@ -160,7 +160,8 @@ def resolve_secrets(value: Any) -> Any:
             return value
         return SECRET_REF.sub(_substitute, value)
     if isinstance(value, dict):
-        return {k: resolve_secrets(v) for k, v in value.items()}
+        # Keys are never resolved; one escaped (data's inert form) is given its literal text.
+        return {as_text(k): resolve_secrets(v) for k, v in value.items()}
     if isinstance(value, list):
         return [resolve_secrets(v) for v in value]
     if isinstance(value, tuple):

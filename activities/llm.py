@@ -47,6 +47,7 @@ from activities.connections import configured_connection
 from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import ActionRequest, LlmInput, parse_action_input
+from interpreter.inert import as_text
 
 __all__ = ["ERROR_BODY_LIMIT_BYTES", "LlmActions", "chat_messages"]
 
@@ -55,14 +56,17 @@ ERROR_BODY_LIMIT_BYTES = 2 * 1024
 
 
 def chat_messages(spec: LlmInput) -> list[dict[str, str]]:
-    """The request's messages: ``system``, then ``messages``, then ``prompt`` as the user's."""
+    """The request's messages: ``system``, then ``messages``, then ``prompt`` as the user's, each
+    as the text it stands for (a reference in it is never resolved; an escaped one, data's inert
+    form, is its literal text, as an ``http`` step would send it)."""
     messages: list[dict[str, str]] = []
     if spec.system is not None:
         messages.append({"role": "system", "content": spec.system})
     messages.extend({"role": m.role, "content": m.content} for m in spec.messages)
     if spec.prompt is not None:
         messages.append({"role": "user", "content": spec.prompt})
-    return messages
+    text: list[dict[str, str]] = as_text(messages)
+    return text
 
 
 def _answer_problem(content: str, schema: dict[str, Any]) -> tuple[Any, str | None]:

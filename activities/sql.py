@@ -48,6 +48,7 @@ from activities.connections import configured_connection
 from activities.store.database import create_engine, safe_url
 from activities.store.errors import StoreError
 from interpreter.actions import ActionRequest, SqlInput, parse_action_input
+from interpreter.inert import as_text
 
 __all__ = ["CONNECT_GRACE_S", "SqlActions"]
 
@@ -179,7 +180,9 @@ class SqlActions:
                     await conn.execute(text("SET TRANSACTION READ ONLY"))
                 milliseconds = max(1, math.ceil(timeout_s * 1000))
                 await conn.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
-                result = await conn.execute(text(spec.statement), dict(spec.parameters))
+                # Parameters are data: bound as the text they stand for (a reference in them is
+                # never resolved; an escaped one, data's inert form, is its literal text).
+                result = await conn.execute(text(spec.statement), dict(as_text(spec.parameters)))
                 if result.returns_rows:
                     columns = list(result.keys())
                     fetched = result.fetchmany(spec.max_rows + 1)

@@ -118,6 +118,30 @@ async def test_a_valid_answer_with_usage_and_model(
 
 
 @pytest.mark.usefixtures("configured")
+async def test_data_that_looks_like_a_reference_is_sent_as_its_text(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    """A review pasted into a prompt is data: the engine sends its ``${secret:LLM_KEY}`` escaped
+    (interpreter/inert.py), and the model gets the text, never the key. Before, it got the escape."""
+    http_server.route("POST", PATH, [(200, {}, completion("ok"))])
+    await ask(
+        loopback_client,
+        {
+            "system": "Classify $${secret:LLM_KEY}.",
+            "messages": [{"role": "user", "content": "earlier: $${secret:LLM_KEY}"}],
+            "prompt": "Review: $${secret:LLM_KEY} and $$${secret:LLM_KEY}",
+        },
+    )
+    [sent] = http_server.requests(path=PATH)
+    assert [m["content"] for m in sent.json["messages"]] == [
+        "Classify ${secret:LLM_KEY}.",
+        "earlier: ${secret:LLM_KEY}",
+        "Review: ${secret:LLM_KEY} and $${secret:LLM_KEY}",
+    ]
+    assert API_KEY.encode() not in sent.body
+
+
+@pytest.mark.usefixtures("configured")
 async def test_an_invalid_answer_is_a_retryable_failure(
     http_server: RecordingServer, loopback_client: httpx.AsyncClient
 ) -> None:

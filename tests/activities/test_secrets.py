@@ -151,6 +151,14 @@ async def test_an_escaped_reference_is_sent_as_text_not_resolved(
     url = f"http://api.acme.test:{_port(server)}/x"
     await _call(client, "acme", {"method": "POST", "url": url, "json": {"note": "$${secret:API_TOKEN}"}})
     assert server.requests()[0].json == {"note": "${secret:API_TOKEN}"}
+    # A key of data is made inert too (interpreter/inert.py): it goes as its text, never resolved
+    # (before, the escaped key was sent).
+    keys = {"$${secret:API_TOKEN}": 1, "nested": {"$${secret:X}": [{"$${secret:Y}": 3}]}}
+    await _call(client, "acme", {"method": "POST", "url": url, "json": keys})
+    assert server.requests()[1].json == {
+        "${secret:API_TOKEN}": 1,
+        "nested": {"${secret:X}": [{"${secret:Y}": 3}]},
+    }
 
 
 def _echo_everything(request: RecordedRequest) -> Response:

@@ -102,6 +102,31 @@ async def test_an_injection_attempt_in_a_value_is_stored_as_data(actions: SqlAct
 
 
 @pytest.mark.usefixtures("configured")
+async def test_data_that_looks_like_a_reference_is_bound_as_its_text(actions: SqlActions) -> None:
+    """A parameter is data: the engine sends data's ``${secret:X}`` escaped (``$${secret:X}``,
+    interpreter/inert.py); it is stored as the text it stands for, and nothing is resolved (no
+    secret of that name exists: resolving would fail the action). Before, the escape was stored."""
+    sent = "note $${secret:NOTE_KEY} and ${secret:NOTE_KEY}"
+    inserted = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "INSERT INTO notes (body) VALUES (:body) RETURNING body",
+            "parameters": {"body": sent},
+        },
+    )
+    assert inserted.output["rows"] == [{"body": "note ${secret:NOTE_KEY} and ${secret:NOTE_KEY}"}]
+    await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "DELETE FROM notes WHERE body LIKE :p",
+            "parameters": {"p": "note %"},
+        },
+    )
+
+
+@pytest.mark.usefixtures("configured")
 async def test_rows_are_limited_and_the_output_says_so(actions: SqlActions) -> None:
     result = await run(
         actions,
