@@ -373,6 +373,38 @@ def _form_overwrites(writers: list[_Writer]) -> list[Problem]:
     return problems
 
 
+def _inherited_timeout_problems(definition: Definition, step: TaskStep, path: str) -> list[Problem]:
+    """A step's own timeout longer than the bound it inherits from ``defaults.timeouts`` (which
+    would cap it, as Temporal does): said here, naming both, rather than silently shortened. Its
+    own timeouts contradicting each other are refused by the model; an inherited value that is
+    longer than the step's own bound is capped without a word (``resolve_timeouts``)."""
+    own, base = step.timeouts, definition.defaults.timeouts
+    if own is None:
+        return []
+    found: list[Problem] = []
+    pairs = (
+        (
+            "start_to_close",
+            own.start_to_close,
+            "schedule_to_close",
+            own.schedule_to_close,
+            base.schedule_to_close,
+        ),
+        ("heartbeat", own.heartbeat, "start_to_close", own.start_to_close, base.start_to_close),
+    )
+    for name, value, bound_name, own_bound, inherited in pairs:
+        if value and own_bound is None and inherited and parse_duration(value) > parse_duration(inherited):
+            found.append(
+                Problem(
+                    f"{path}.timeouts.{name}",
+                    f"{name} {value} is longer than the {bound_name} this step inherits from"
+                    f" defaults.timeouts ({inherited}), which would cut it short: give the step its own"
+                    f" {bound_name}",
+                )
+            )
+    return found
+
+
 def _check_step(
     step: Step, path: str, definition: Definition, actions: list[str], problems: list[Problem]
 ) -> None:
@@ -384,6 +416,7 @@ def _check_step(
         elif step.action in action_inputs():
             for loc, message in action_input_errors(step.action, step.input):
                 problems.append(Problem(f"{path}.input{_loc_path(loc)}", message))
+        problems.extend(_inherited_timeout_problems(definition, step, path))
         timeouts = resolve_timeouts(definition, step)
         if timeouts.start_to_close is None and timeouts.schedule_to_close is None:
             problems.append(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from interpreter.actions import KNOWN_ACTIONS
-from interpreter.model import STEP_TYPES, Definition
+from interpreter.engine import resolve_timeouts
+from interpreter.model import STEP_TYPES, Definition, TaskStep
 from interpreter.validate import DefinitionError, Problem, check_definition, definition_hash, load_definition
 
 KNOWN = ", ".join(sorted(KNOWN_ACTIONS))
@@ -748,6 +749,49 @@ def test_linear_with_coefficient_one_is_accepted() -> None:
 )
 def test_incoherent_timeouts(timeouts: dict[str, Any], message: str) -> None:
     assert only_problem(doc(task(timeouts=timeouts))) == ("$.steps[0].timeouts", message)
+
+
+def test_a_step_setting_one_timeout_takes_the_others_from_the_defaults_capped() -> None:
+    """Found by a review: a step with only ``schedule_to_close: 10s`` (or only ``heartbeat``) was
+    refused as "schedule_to_close is shorter than start_to_close", a field the author never set
+    (the default 30 s), and reported as "not valid JSON". An inherited value is capped by the
+    step's own, as Temporal caps it."""
+    short = load_definition(doc(task(timeouts={"schedule_to_close": "10s"})))
+    resolved = resolve_timeouts(short, cast(TaskStep, short.steps[0]))
+    assert (resolved.start_to_close, resolved.schedule_to_close) == ("10s", "10s")
+    beating = load_definition(doc(task(timeouts={"heartbeat": "5s"})))
+    resolved = resolve_timeouts(beating, cast(TaskStep, beating.steps[0]))
+    assert (resolved.start_to_close, resolved.heartbeat) == ("30s", "5s")
+    capped = load_definition(
+        doc(task(timeouts={"start_to_close": "2m"}), defaults={"timeouts": {"heartbeat": "5m"}})
+    )
+    assert resolve_timeouts(capped, cast(TaskStep, capped.steps[0])).heartbeat == "2m"
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "defaults", "path", "words"),
+    [
+        (
+            {"heartbeat": "1m"},
+            None,
+            "heartbeat",
+            "heartbeat 1m is longer than the start_to_close this step inherits from defaults.timeouts (30s)",
+        ),
+        (
+            {"start_to_close": "5m"},
+            {"schedule_to_close": "2m"},
+            "start_to_close",
+            "start_to_close 5m is longer than the schedule_to_close this step inherits from defaults.timeouts (2m)",
+        ),
+    ],
+)
+def test_a_steps_own_timeout_longer_than_its_inherited_bound_is_refused_naming_both(
+    timeouts: dict[str, Any], defaults: dict[str, Any] | None, path: str, words: str
+) -> None:
+    extra = {"defaults": {"timeouts": {"start_to_close": "30s", **defaults}}} if defaults else {}
+    found_path, message = only_problem(doc(task(timeouts=timeouts), **extra))
+    assert found_path == f"$.steps[0].timeouts.{path}"
+    assert message.startswith(words), message
 
 
 # ------------------------------------------------------------------------------------ nesting
