@@ -46,7 +46,9 @@ Exit codes:
    unusable (unknown namespace, search attributes not registered, missing database, migrations not
    applied), or no worker answered (also: the run's workflow task keeps failing on its worker);
    also a registry change made whose schedules could not be written (``wfa schedules sync``), and a
-   run input that could not be checked against its input_schema now (every checking slot busy)
+   run input that could not be checked against its input_schema now (every checking slot busy);
+   also standard output that could not be written once ``start`` started a run (its ids go to
+   stderr)
 4  no run with that id, no such definition, version, dead letter or schedule (in the tenant)
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
    already ended, the business key was already used by a completed run, an archived version
@@ -92,7 +94,7 @@ from starter.config import (
     TENANT_ENV,
 )
 from starter.errors import DefinitionFileNotFoundError, InvalidInputError, unreadable_payload
-from starter.inputs import brief, check_json
+from starter.inputs import brief, check_json, read_text_file
 
 RESULT_STEPS = ("full", "compact", "none")
 """``wfa start --result-steps``: the values of :class:`interpreter.state.ResultSteps` (not imported
@@ -804,11 +806,13 @@ def _json_value(text: str, option: str) -> Any:
         path = Path(text[1:])
         source = f"{option} file {path}"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_file(path)
         except FileNotFoundError:
             raise UsageError(f"{option}: file not found: {path}") from None
         except OSError as err:
             raise UsageError(f"{option}: cannot read {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{option}: cannot read {path}: not UTF-8 text ({err.reason})") from None
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError as err:  # JSONDecodeError, NaN/Infinity, an integer of over 4300 digits
@@ -1076,13 +1080,14 @@ async def _database(args: argparse.Namespace) -> AsyncIterator[Database]:
 async def _start(args: argparse.Namespace, out: TextIO) -> int:
     from activities.store.repository import parse_ref
     from interpreter.state import ResultSteps
-    from interpreter.validate import definition_hash
     from starter.client import is_registry_ref
     from starter.definitions import load
 
     reference = is_registry_ref(args.file)
     # Before connecting: a bad file or a malformed reference is exit 2 without a server.
     definition: Definition | None = None
+    name: str | None = None
+    pinned: int | None = None
     if reference:
         name, pinned = parse_ref(args.file)
     else:
@@ -1115,6 +1120,38 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
     }
     if args.dry_run:
         summary["dry_run"] = True
+    try:
+        code = await _report_start(
+            args, out, flows, run, summary=summary, definition=definition, name=name, pinned=pinned
+        )
+    except OSError as err:  # stdout full or gone: the run is started, its id must not be lost
+        raise OutputUnwritableError(
+            f"started {run.workflow_id} (run id {run.run_id}), but could not write to standard"
+            f" output: {err.strerror or err}"
+        ) from None
+    return code
+
+
+class OutputUnwritableError(Exception):
+    """A run was started but standard output could not be written (exit 3); the message holds the
+    run's ids (found by a probe: ``wfa start > /dev/full`` started a run whose generated id was
+    printed nowhere, and exited 70, "a bug")."""
+
+
+async def _report_start(
+    args: argparse.Namespace,
+    out: TextIO,
+    flows: FlowClient,
+    run: RunHandle,
+    *,
+    summary: dict[str, Any],
+    definition: Definition | None,
+    name: str | None,
+    pinned: int | None,
+) -> int:
+    """What ``wfa start`` prints once the run is started (and, with ``--wait``, its result)."""
+    from interpreter.validate import definition_hash
+
     if not args.json:
         if run.started:
             print(
@@ -1140,6 +1177,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
             _print_json(summary, out)
         else:
             print(f"  wfa status {run.workflow_id}    wfa result {run.workflow_id}", file=out)
+        out.flush()
         return EXIT_OK
     result = await _result_watching(flows, run.workflow_id, args.timeout)
     path_taken = [step.path for step in result.steps if step.status != "skipped"]
@@ -1463,7 +1501,7 @@ def _read_definition(file: str) -> str:
     """A definition file's text, validated (DefinitionError with JSON paths otherwise)."""
     path = Path(file)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except FileNotFoundError:
         raise DefinitionFileNotFoundError(file) from None
     except (OSError, UnicodeDecodeError) as err:
@@ -2151,6 +2189,8 @@ def _exit_code_of(err: BaseException) -> int | None:
     """The documented exit code of an error the client or the store raises on purpose, else None."""
     if isinstance(err, UsageError):
         return EXIT_BAD_INPUT
+    if isinstance(err, OutputUnwritableError):
+        return EXIT_UNAVAILABLE
     for module_name, class_names, code in _EXIT_CODES:
         module = sys.modules.get(module_name)
         if module is None:
@@ -2275,6 +2315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _flush_and_exit(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed (``>&-``)
+            continue
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
             stream.flush()
     os._exit(code)

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -312,6 +313,27 @@ class RunStart:
     static_details: str
     memo: dict[str, Any]
     priority: Priority
+
+
+def check_business_key(workflow_id: str) -> None:
+    """Refuses a business key (a run's workflow id) that is empty or holds a control character.
+
+    Found by a probe: ``wfa start --id $'x\\e[2J'`` was accepted, and every ``wfa list`` and
+    ``wfa status`` then wrote the escape sequence to the operator's terminal (clearing it,
+    retitling it); a newline split the suggested ``wfa status`` command in two; ``--id ''`` started a
+    run under a generated id instead.
+
+    Raises:
+        InvalidInputError: Naming the first such character by its code point.
+    """
+    if not workflow_id.strip():
+        raise InvalidInputError("the business key (workflow id) is empty")
+    for character in workflow_id:
+        if unicodedata.category(character) == "Cc":
+            raise InvalidInputError(
+                f"the business key (workflow id) holds the control character U+{ord(character):04X}:"
+                " use printable characters only"
+            )
 
 
 async def check_run_input(definition: Definition, run_input: Mapping[str, Any], *, tenant: str = "") -> None:
@@ -1073,6 +1095,8 @@ class FlowClient:
         if not -(2**63) <= parsed.version < 2**63:  # the DefinitionVersion search attribute is an Int
             raise InvalidInputError(f"definition version {_brief(parsed.version)} is out of range")
         await check_run_input(parsed, run_input, tenant=self.tenant)
+        if workflow_id is not None:
+            check_business_key(workflow_id)
         wf_id = workflow_id or f"{parsed.name}-{uuid4()}"
         canned = check_json_object(canned_outputs, "the canned outputs")
         if canned and not dry_run:
@@ -2073,6 +2097,14 @@ class FlowClient:
         if err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" not in message.lower():
             # An id, namespace or task queue the server refuses (too long, malformed, ...).
             return InvalidInputError(f"the Temporal server refused to {doing}: {message}")
+        if err.status == RPCStatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:
+            # The request itself is over the server's gRPC limit (an input of several MiB): the
+            # caller's input, not a failed run (found by a probe: it exited 1, "the run failed").
+            return InvalidInputError(
+                f"the Temporal server refused to {doing}: the request is larger than it takes"
+                f" ({message}); send a smaller input, or configure WFA_PAYLOAD_STORE so large inputs"
+                " go by reference"
+            )
         if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return ServerUnavailableError(
                 f"the Temporal server at {self.address} is unavailable ({message})", self.address

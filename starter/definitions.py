@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from interpreter.model import Definition
 from interpreter.validate import (
     DefinitionError,
@@ -20,7 +22,7 @@ from interpreter.validate import (
     load_definition,
 )
 from starter.errors import DefinitionFileNotFoundError
-from starter.inputs import brief
+from starter.inputs import brief, read_text_file
 
 __all__ = ["DefinitionSource", "document", "load"]
 
@@ -55,7 +57,7 @@ def load(definition: DefinitionSource) -> Definition:
         return _parse(definition)
     path = Path(definition)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except FileNotFoundError:
         raise DefinitionFileNotFoundError(str(definition)) from None
     except (OSError, UnicodeDecodeError) as err:
@@ -73,6 +75,9 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
         if legacy and not any(problem.path == "$.trigger" for problem in err.problems):
             raise DefinitionError(legacy + err.problems, err.name) from None
         raise
+    except ValidationError as err:  # a model built while checking (none is known to fail here)
+        messages = "; ".join(str(e.get("msg", "")) for e in err.errors()[:5])
+        raise DefinitionError([Problem("$", f"invalid definition: {brief(messages, 1000)}")]) from None
     except ValueError as err:  # e.g. an integer of more than 4300 digits
         raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
     except RecursionError:
@@ -101,7 +106,7 @@ def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | s
         return definition
     path = Path(definition)
     try:
-        return path.read_text(encoding="utf-8")
+        return read_text_file(path)
     except FileNotFoundError:
         raise DefinitionFileNotFoundError(str(definition)) from None
     except (OSError, UnicodeDecodeError) as err:

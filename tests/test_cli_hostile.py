@@ -4,8 +4,11 @@ with a documented exit code (nearly all: 2, bad input) and a message, never a tr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import sys
 from pathlib import Path
 from uuid import uuid4
 
@@ -69,7 +72,14 @@ async def test_hostile_arguments_get_a_message_and_a_documented_exit_code(
         ),
         "array": write(tmp_path / "array.json", "[1, 2]"),
         "nul_input": write(tmp_path / "input.json", '{"a": "\\u0000"}'),
+        "not_utf8": write(tmp_path / "not-utf8.json", b'{"a": "\xff\xfe"}'),
+        # Over the server's 4 MiB gRPC limit: the caller's input (2), not a failed run (1).
+        "over_grpc": write(tmp_path / "big.json", json.dumps({"a": "x" * (5 * 1024 * 1024)})),
     }
+    # A FIFO no process writes, /dev/zero: read without hanging or filling memory (a probe: 3.5 GB
+    # and a hang past Ctrl-C).
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
     nul_json = '{"a": "\\u0000"}'
     digits_json = '{"a": ' + "9" * 5000 + "}"
     # One argument may not exceed 128 KiB (the kernel's limit): the deep document goes in a file.
@@ -104,6 +114,17 @@ async def test_hostile_arguments_get_a_message_and_a_documented_exit_code(
         ({2}, ("start", ok, "--input", "@" + files["raw_nul"])),
         ({2}, ("start", ok, "--input", "@" + LONG)),
         ({2}, ("start", ok, "--id", LONG)),
+        # control characters in a business key would reach every operator's terminal (a probe)
+        ({2}, ("start", ok, "--id", "x\x1b[2J\x1b]0;pwned\x07y")),
+        ({2}, ("start", ok, "--id", "a\nb")),
+        ({2}, ("start", ok, "--id", "")),
+        ({2}, ("start", ok, "--input", "@" + files["not_utf8"])),
+        ({2}, ("start", ok, "--input", "@" + files["over_grpc"])),
+        ({2}, ("start", ok, "--input", "@/dev/zero")),
+        ({2}, ("start", ok, "--input", f"@{fifo}")),
+        ({2}, ("validate", "/dev/zero")),
+        ({2}, ("validate", str(fifo))),
+        ({2}, ("approve", run_id, "--actor", "boss", "--data", "@" + files["not_utf8"])),
         ({2}, ("start", ok, "--wait", "--timeout", HUGE)),
         ({2}, ("start", ok, "--wait", "--timeout", "1e400")),
         ({2}, ("start", ok, "--wait", "--timeout", "nan")),
@@ -186,6 +207,48 @@ async def test_hostile_arguments_get_a_message_and_a_documented_exit_code(
     assert wrong == [], "\n".join(outcome.describe() for outcome in wrong)
     for outcome in outcomes:
         assert len(outcome.err) < 4000, outcome.describe()  # a 100k argument is not echoed whole
+    # None of the refused starts started a run.
+    assert not [r async for r in temporal_env.client.list_workflows("WorkflowId STARTS_WITH 'x'")]
     # The run that all of this was thrown at still waits, unharmed.
     status = await flows.status(run_id)
     assert [a.step_id for a in status.pending_approvals] == ["ok"]
+
+
+async def test_output_that_cannot_be_written_loses_no_run_and_shows_no_traceback(
+    temporal_env: WorkflowEnvironment, flows: FlowClient, database_url: str, tmp_path: Path
+) -> None:
+    """A probe: ``wfa start > /dev/full`` started a run and exited 70 ("a bug") with its generated
+    id printed nowhere (a retry starts a duplicate); ``wfa status X >&-`` printed a traceback."""
+    ok = write(
+        tmp_path / "ok.json",
+        json.dumps({"name": "hostile-full", "steps": [{"id": "s", "type": "set", "vars": {"x": 1}}]}),
+    )
+    env = wfa_env(
+        temporal_env.client.service_client.config.target_host, flows.task_queue, DATABASE_URL=database_url
+    )
+    process = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$0" -m starter start "$1" > /dev/full',
+        sys.executable,
+        ok,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    message = err.decode()
+    assert process.returncode == 3, message
+    started = re.search(r"started (hostile-full-\S+) \(run id ", message)
+    assert started is not None, message
+    assert (await flows.status(started.group(1))).definition == "hostile-full"  # the run is there
+    closed = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$0" -m starter --address 127.0.0.1:1 status nothing >&-',
+        sys.executable,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(closed.communicate(), 120)
+    assert closed.returncode == 3, err.decode()
+    assert b"Traceback" not in err, err.decode()
