@@ -448,6 +448,13 @@ generation (``workflows.generic.NEVER_ASKED_PATCHES``): it changes by a byte per
 send guard and the budgets count, which a build of an earlier generation replaying the run would
 count otherwise."""
 
+PATCH_APPROVAL_TIMEOUT_SAGA = "approval-timeout-saga"
+"""Patch id: an approval that timed out into its ``on_timeout`` goto does not join the saga: nobody
+approved anything, so its ``compensate`` ("undo what was approved") does not run when the run is
+later compensated. Before, any jump out of the approval registered it (found by a review of the
+README's claims: a later failure ran the compensation of an approval nobody gave). Only in runs
+started at its generation (``workflows.generic.NEVER_ASKED_PATCHES``), as ``data-text``."""
+
 PATCH_MAILBOX_IDS = "mailbox-ids"
 """Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
 (``interpreter.events.mailbox_id``), recorded in each wait's view (``PendingEvent.mailbox``,
@@ -888,6 +895,10 @@ class _Jump(Exception):  # control flow, not an error
     def __init__(self, target: str) -> None:
         super().__init__(target)
         self.target = target
+
+
+class _TimedOutJump(_Jump):
+    """An approval's ``on_timeout`` goto: nobody decided, so the approval did not complete."""
 
 
 class _Succeed(Exception):
@@ -3993,8 +4004,11 @@ class Engine:
         # compensate on an approval gets it, and no definition could before this change.
         try:
             output = await self._await_approval(step, scope, path, record)
-        except _Jump:
-            if step.compensate:
+        except _Jump as jump:
+            # Not when nobody decided (an on_timeout goto): the README's "completed" (approved,
+            # or rejected with continue or a goto); before, it joined the saga too (a review).
+            timed_out = isinstance(jump, _TimedOutJump) and self.runtime.patched(PATCH_APPROVAL_TIMEOUT_SAGA)
+            if step.compensate and not timed_out:
                 self._compensations.append(_Compensation(step, scope, path))
             raise
         if step.compensate:
@@ -4361,7 +4375,7 @@ class Engine:
                 step, approval.view.path, record, {**output, "decision": "rejected", "actor": "timeout"}
             )
         if isinstance(policy, Goto):
-            raise _Jump(policy.goto)
+            raise _TimedOutJump(policy.goto)
         raise _RunFailed(
             f"step {approval.view.path!r}: no decision within {step.timeout}", "ApprovalTimedOut"
         )

@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.durations import parse_duration
     from interpreter.engine import (
         PATCH_ABANDON_CLOSES_WAITS,
+        PATCH_APPROVAL_TIMEOUT_SAGA,
         PATCH_BATCH_BOUNDS,
         PATCH_CANCEL_ON_FROM_CHAIN_START,
         PATCH_COMPENSATE_HERE_BUDGET,
@@ -476,6 +477,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_UNSET_CURRENT_STEP: UNSET_CURRENT_STEP_LEVEL,
     PATCH_SUBFLOW_INPUT_SCHEMA: 27,
     PATCH_DATA_TEXT: 28,
+    PATCH_APPROVAL_TIMEOUT_SAGA: 28,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -512,6 +514,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_COMPACT_RUN_INPUT,
     PATCH_UNSET_CURRENT_STEP,
     PATCH_DATA_TEXT,
+    PATCH_APPROVAL_TIMEOUT_SAGA,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -525,8 +528,9 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 ``event-ids-by-address``, which changes the form of the event ids a run carries, and
 ``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach, and
 ``compact-run-input``, the shape of the inputs a run sends, ``unset-current-step``, the
-search attributes a run starts with, and ``data-text``, which changes by a byte per reference the
-sizes of the inputs and data the send guard and the budgets count."""
+search attributes a run starts with, ``data-text``, which changes by a byte per reference the
+sizes of the inputs and data the send guard and the budgets count, and ``approval-timeout-saga``,
+which changes the compensations a failed run schedules."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level

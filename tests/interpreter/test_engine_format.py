@@ -94,6 +94,33 @@ async def test_a_rejected_approval_is_compensated_only_if_it_completed(
     assert ("compensate/gate/undo_gate" in paths(rt)) is compensated
 
 
+@pytest.mark.parametrize(
+    ("on_timeout", "compensated"), [({"goto": "after"}, False), ("approve", True), ("reject", False)]
+)
+@pytest.mark.parametrize("patched", [True, False])
+async def test_an_approval_that_timed_out_is_compensated_only_if_its_timeout_decided(
+    on_timeout: Any, compensated: bool, patched: bool
+) -> None:
+    """Found by a review: an approval whose timeout jumped to its ``on_timeout`` goto joined the
+    saga, so a later failure ran "undo what was approved" though nobody approved anything. From
+    generation 28 (patch approval-timeout-saga) it joins only when it completed: approved (by a
+    person or by ``on_timeout: approve``), or rejected with ``continue`` or a goto."""
+    rt = new_runtime()
+    if not patched:  # a run of an earlier generation: as before
+        rt.declined.add("approval-timeout-saga")
+    result, _, rt = await run(
+        [
+            approval("gate", ["alice"], timeout="1h", on_timeout=on_timeout, compensate=[task("undo_gate")]),
+            task("after"),
+            work("ship", fail="Carrier"),
+        ],
+        rt,
+    )
+    assert result.state == RunState.FAILED
+    expected = compensated or (not patched and isinstance(on_timeout, dict))
+    assert ("compensate/gate/undo_gate" in paths(rt)) is expected, paths(rt)
+
+
 async def test_a_cancelled_run_compensates_a_completed_approval() -> None:
     engine, rt = new_engine([approval("gate", ["alice"], compensate=[task("undo_gate")]), work("long", 3600)])
     decide_at(rt, engine, 60, APPROVE, actor="alice", reason="ok")
