@@ -18,8 +18,8 @@ from interpreter.state import RunState, StepStatus
 from tests.helpers.http_server import RecordedRequest, RecordingServer, Response
 from tests.workflows.support import definition, record, start, unique
 
-ANSWER_AFTER_S = 12.0
-HEARTBEAT = "4s"
+ANSWER_AFTER_S = 25.0
+HEARTBEAT = "10s"
 
 
 async def test_an_action_slower_than_its_heartbeat_timeout_completes_once(
