@@ -140,9 +140,9 @@ def resolve_secrets(value: Any) -> Any:
 
     References may appear anywhere inside any string of nested dicts, lists and tuples (dict keys
     are never resolved; an escaped one is given its literal text); ``$${secret:NAME}`` stands for
-    the literal text ``${secret:NAME}`` and is not resolved. Resolved secrets are remembered for the current action execution so the
-    :func:`action` wrapper can redact them from the result and from errors, and the action can check
-    where they may be sent (:func:`check_secret_hosts`).
+    the literal text ``${secret:NAME}`` and is not resolved. Resolved secrets are remembered for
+    the current action execution so the :func:`action` wrapper can redact them from the result
+    and from errors, and the action can check where they may be sent (:func:`check_secret_hosts`).
 
     Args:
         value: A JSON-like value, typically an action's input or part of it.

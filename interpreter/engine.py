@@ -2647,7 +2647,7 @@ class Engine:
             path=path,
             definition=step.definition,
             version=step.version,
-            input=self._child_input(self._render(dict(step.input), self._context(scope))),
+            input=self._text_of(self._render(dict(step.input), self._context(scope))),
             wait=step.wait,
             workflow_id=f"{self.info.workflow_id}/{path}{suffix}",
             activity_id=f"{path}{suffix}/subflow",
@@ -2672,12 +2672,9 @@ class Engine:
         ``${secret:``, where the two treatments differ."""
         return holds_reference(value) and self.runtime.patched(PATCH_DATA_TEXT)
 
-    def _child_input(self, rendered: dict[str, Any]) -> dict[str, Any]:
-        """A subflow's input as the text its data stands for: the child escapes it on arrival."""
-        return as_text(rendered) if self._holds_text_patch(rendered) else rendered
-
-    def _event_text(self, data: dict[str, Any]) -> dict[str, Any]:
-        """An event's data (inert, from its mailbox) as the text its fields are checked against."""
+    def _text_of(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Inert data as the text it stands for (:data:`PATCH_DATA_TEXT`): a subflow's input (the
+        child escapes it on arrival) and an event's data (its fields are checked against it)."""
         return as_text(data) if self._holds_text_patch(data) else data
 
     def _inert_data(self, value: Any) -> Any:
@@ -4484,7 +4481,7 @@ class Engine:
             published = event.published_at
             if published is None or published < wait.since - timedelta(seconds=EVENT_CLOCK_SKEW_S):
                 continue
-            problem = event_fields_problem(wait.step, wait.view.path, self._event_text(event.data))
+            problem = event_fields_problem(wait.step, wait.view.path, self._text_of(event.data))
             if problem is not None:
                 self.refuse_message(
                     "event", event.source or None, f"event {clip(event.id, 100)!r}: {problem}"
@@ -5126,7 +5123,7 @@ class Engine:
         return got is None or (
             (got.type, got.key, got.tenant) == (wait.step.event, wait.view.key, self.info.tenant)
             and self._consumed_key(got) in self._consumed_events
-            and event_fields_problem(wait.step, wait.view.path, self._event_text(got.data)) is None
+            and event_fields_problem(wait.step, wait.view.path, self._text_of(got.data)) is None
         )
 
     # ---------------------------------------------------------------------------- compensation
