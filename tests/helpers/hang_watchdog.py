@@ -2,8 +2,9 @@
 
 A test still running after :func:`hang_after` seconds is hung, not slow (the slowest take a few
 minutes on a busy 2-core box). The watchdog then prints the stack of every asyncio task to stderr
-(pytest shows it with the failure) and cancels the test, so one hang fails one test instead of
-stalling the whole suite until CI's own limit, with nothing said about where it waited.
+(pytest shows it with the failure) and cancels the test, or the fixture teardown it hangs in (a
+worker whose shutdown never ends), so one hang fails one test instead of stalling the whole suite
+until CI's own limit, with nothing said about where it waited.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def _cancel_hung_test(name: str, after: float) -> None:
     print(f"\n--- {name} still running after {after:g} s; its {len(tasks)} asyncio tasks:", file=sys.stderr)
     for task in tasks:
         task.print_stack(limit=12, file=sys.stderr)
-    for task in tasks:
-        # pytest-asyncio runs the test's own coroutine as a task of the session loop.
-        if getattr(task.get_coro(), "__name__", None) == name:
-            task.cancel(f"hung: still running after {after:g} s (every task's stack is on stderr)")
+    # pytest-asyncio runs the test's own coroutine as a task of the session loop, and each async
+    # fixture's teardown as a task of ``async_finalizer``: a test that has returned may hang in the
+    # teardown of a fixture (a worker whose shutdown never ends), which is cancelled the same way.
+    names = {getattr(task.get_coro(), "__name__", None): task for task in tasks}
+    hung = names.get(name) or names.get("async_finalizer")
+    if hung is not None:
+        hung.cancel(f"hung: still running after {after:g} s (every task's stack is on stderr)")
 
 
 @pytest_asyncio.fixture(autouse=True, loop_scope="session")
