@@ -46,7 +46,7 @@ from interpreter.continuation import (
 )
 from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription, mailbox_id
-from interpreter.inert import as_text, holds_reference, make_inert, seal
+from interpreter.inert import as_text, holds_reference, keep_recorded, make_inert, seal
 from interpreter.model import (
     FAN_OUT_ABOVE,
     FAN_OUT_BATCH_SIZE,
@@ -454,6 +454,15 @@ approved anything, so its ``compensate`` ("undo what was approved") does not run
 later compensated. Before, any jump out of the approval registered it (found by a review of the
 README's claims: a later failure ran the compensation of an approval nobody gave). Only in runs
 started at its generation (``workflows.generic.NEVER_ASKED_PATCHES``), as ``data-text``."""
+
+PATCH_REDRIVE_KEEPS_RECORDED = "redrive-keeps-recorded"
+"""Patch id: a redrive's input keeps the parked step's recorded values where the operator left them
+(``interpreter.inert.keep_recorded``); what the operator changed or added is inert. Before, the
+whole input was made inert, so a key the operator did not touch (``FlowClient.redrive`` merges the
+correction into the recorded input) lost the definition's secret (a header sent the text
+``Bearer ${secret:TOKEN}`` instead of the token) and data's escaped text gained a ``$`` (found by a
+victim's test). Only in runs started at its generation (``workflows.generic.NEVER_ASKED_PATCHES``),
+as ``data-text``: it changes by a byte per reference the size the send guard counts."""
 
 PATCH_MAILBOX_IDS = "mailbox-ids"
 """Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
@@ -2881,13 +2890,21 @@ class Engine:
             rendered[key] = self._templated(render_html, value[key], context)
         return {k: value[k] if k in static else rendered[k] for k in value}
 
-    @staticmethod
-    def _redrive_call(call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:
+    def _redrive_call(self, call: ActionCall, decision: DeadLetterDecision, redrives: int) -> ActionCall:
         """The call for the n-th redrive: new activity id and idempotency key (the input may have
-        been corrected, and a receiver may have remembered the failed request under the old key)."""
+        been corrected, and a receiver may have remembered the failed request under the old key).
+        The corrected input keeps the recorded values the operator left as they were
+        (:data:`PATCH_REDRIVE_KEEPS_RECORDED`)."""
+        recorded = call.request.input
+        if decision.input is None:
+            corrected = recorded
+        elif holds_reference(recorded) and self.runtime.patched(PATCH_REDRIVE_KEEPS_RECORDED):
+            corrected = keep_recorded(decision.input, recorded)
+        else:
+            corrected = make_inert(decision.input)
         request = call.request.model_copy(
             update={
-                "input": make_inert(decision.input) if decision.input is not None else call.request.input,
+                "input": corrected,
                 "idempotency_key": f"{call.request.idempotency_key}~r{redrives}",
             }
         )

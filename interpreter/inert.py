@@ -18,7 +18,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SECRET_REF", "SECRET_REF_START", "as_text", "holds_reference", "make_inert", "seal"]
+__all__ = [
+    "SECRET_REF",
+    "SECRET_REF_START",
+    "as_text",
+    "holds_reference",
+    "keep_recorded",
+    "make_inert",
+    "seal",
+]
 
 SECRET_REF_START = "${secret:"
 SECRET_REF = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
@@ -110,3 +118,30 @@ def _escape_live_ones(text: str) -> str:
 
 def _escape_live(match: re.Match[str]) -> str:
     return match.group(0) if match.group(1) else _ESCAPED
+
+
+def keep_recorded(value: Any, recorded: Any) -> Any:
+    """``value`` made inert, except where it repeats ``recorded`` at the same place: there the
+    recorded value is kept as it was, its references live.
+
+    For an operator's redrive input (data) against the parked step's recorded input (the
+    definition's, resolved): a key the operator left as the dead letter shows it (a header holding
+    the definition's ``${secret:TOKEN}``, a note holding a customer's escaped text) is sent as the
+    step first sent it, not escaped once more; whatever the operator changed or added is inert.
+    Nothing the operator writes becomes live: only the recorded value, at its own place, is.
+    """
+    if isinstance(value, dict) and isinstance(recorded, dict):
+        return {
+            (key if key in recorded else make_inert(key)): (
+                keep_recorded(item, recorded[key]) if key in recorded else make_inert(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and isinstance(recorded, list):
+        return [
+            keep_recorded(item, recorded[i]) if i < len(recorded) else make_inert(item)
+            for i, item in enumerate(value)
+        ]
+    if type(value) is type(recorded) and value == recorded:  # (``True`` is not ``1`` here)
+        return recorded
+    return make_inert(value)

@@ -35,6 +35,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.subflows import SUBFLOW_RESOLVE
+from interpreter.inert import make_inert
 from interpreter.state import (
     CancelRequest,
     DeadLetterAction,
@@ -999,6 +1000,34 @@ async def _redrive_after_loop(handle: WorkflowHandle[Any, Any]) -> None:
     )
 
 
+def _redrive_text(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-redrive-text",
+        "steps": [
+            _echo(
+                "charge",
+                input={"value": "{{ input.note }}", "fail": "Declined"},
+                retry={"maximum_attempts": 1},
+                on_failure="dead_letter",
+                park_timeout="10m",
+            ),
+        ],
+        "output": {"charge": "{{ steps.charge.output }}"},
+    }
+
+
+async def _redrive_as_shown(handle: WorkflowHandle[Any, Any]) -> None:
+    """Redrives the charge without its failure, its value as the dead letter shows it (escaped)."""
+    await _until(handle, lambda s: bool(s.parked))
+    await handle.execute_update(
+        RunDefinitionWorkflow.resolve_dead_letter,
+        DeadLetterDecision(
+            action=DeadLetterAction.REDRIVE, actor="ops", input={"value": make_inert(SECRET_LIKE_TEXT)}
+        ),
+    )
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1642,6 +1671,17 @@ def scenarios() -> list[Scenario]:
             publish=_publish_text,
             options={"engine_level": 27},
             child="sub",
+        ),
+        Scenario(
+            "redrive_keeps_recorded",
+            "a task whose input holds data like a secret reference parks on a dead letter and is"
+            " redriven with that value as the row shows it, at interpreter generation 29 (patch"
+            " redrive-keeps-recorded): the redriven input keeps the recorded value, not escaped"
+            " again",
+            _redrive_text,
+            {"note": SECRET_LIKE_TEXT},
+            drive=_redrive_as_shown,
+            options={"engine_level": 29},
         ),
         Scenario(
             "events",

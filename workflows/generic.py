@@ -97,6 +97,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_MAILBOX_IDS,
         PATCH_PARK_IDS_PAST_NINE,
         PATCH_PAYLOAD_BUDGETS,
+        PATCH_REDRIVE_KEEPS_RECORDED,
         PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
         PATCH_TEMPLATE_VALUES,
@@ -478,6 +479,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_SUBFLOW_INPUT_SCHEMA: 27,
     PATCH_DATA_TEXT: 28,
     PATCH_APPROVAL_TIMEOUT_SAGA: 28,
+    PATCH_REDRIVE_KEEPS_RECORDED: 29,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -515,6 +517,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_UNSET_CURRENT_STEP,
     PATCH_DATA_TEXT,
     PATCH_APPROVAL_TIMEOUT_SAGA,
+    PATCH_REDRIVE_KEEPS_RECORDED,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -529,8 +532,9 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 ``mailbox-ids``, whose mailboxes publishers of an earlier build do not reach, and
 ``compact-run-input``, the shape of the inputs a run sends, ``unset-current-step``, the
 search attributes a run starts with, ``data-text``, which changes by a byte per reference the
-sizes of the inputs and data the send guard and the budgets count, and ``approval-timeout-saga``,
-which changes the compensations a failed run schedules."""
+sizes of the inputs and data the send guard and the budgets count, ``approval-timeout-saga``,
+which changes the compensations a failed run schedules, and ``redrive-keeps-recorded``, which
+changes by a byte per reference the size of a redriven step's input."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from activities.base import resolve_secrets
-from interpreter.inert import as_text, make_inert, seal
+from interpreter.inert import as_text, keep_recorded, make_inert, seal
 from interpreter.templates import TemplateError, check_template, render, render_html
 from tests.interpreter.fake_runtime import FakeRuntime
 from tests.interpreter.test_engine import run, task
@@ -183,3 +183,55 @@ def test_a_reference_a_template_can_take_apart_is_refused(template: str) -> None
         check_template(template)
     # A definition stored before this check renders it as text: nothing is resolved.
     assert secret_names(render(template, {})) == []
+
+
+RECORDED = {
+    "url": "https://pay.example/charge",
+    "headers": {"Authorization": "Bearer ${secret:PAY_TOKEN}", "X-Trace": "t1"},
+    "json": {"note": make_inert("paid ${secret:PAY_TOKEN}"), "n": 1, "tags": ["${secret:TAG}", "b"]},
+}
+"""A parked step's recorded input: the definition's live references and a customer's escaped text."""
+
+
+def test_a_redrive_input_keeps_the_recorded_values_the_operator_left_and_escapes_the_rest() -> None:
+    typed = "${secret:OTHER}"
+    corrected = keep_recorded(
+        {
+            "url": "https://pay.example/v2/charge",  # changed
+            "headers": {"Authorization": "Bearer ${secret:PAY_TOKEN}", "X-Trace": typed},
+            "json": {"note": RECORDED["json"]["note"], "n": True, "tags": ["${secret:TAG}", typed, typed]},
+            typed: typed,  # a new key
+        },
+        RECORDED,
+    )
+    assert corrected == {
+        "url": "https://pay.example/v2/charge",
+        # Left as recorded: the definition's reference stays live.
+        "headers": {"Authorization": "Bearer ${secret:PAY_TOKEN}", "X-Trace": make_inert(typed)},
+        # The customer's text as recorded (escaped once), True is not 1, what was typed is inert.
+        "json": {
+            "note": "paid $${secret:PAY_TOKEN}",
+            "n": True,
+            "tags": ["${secret:TAG}", "$" + typed, "$" + typed],
+        },
+        "$" + typed: "$" + typed,
+    }
+    assert keep_recorded(RECORDED, RECORDED) == RECORDED
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"headers": "Bearer ${secret:PAY_TOKEN}"},  # a recorded value moved to another place
+        {"json": {"note": "paid ${secret:PAY_TOKEN}"}},  # the text unescaped
+        {"headers": {"Authorization": ["Bearer ${secret:PAY_TOKEN}"]}},
+        {"url": "${secret:PAY_TOKEN}"},
+    ],
+)
+def test_an_operator_cannot_make_a_reference_live_by_redrive(forged: dict[str, Any]) -> None:
+    """The attacker is an operator who wants a secret the step did not send where it sent it: no
+    reference they write is live unless it is the recorded value at its own place."""
+    corrected = keep_recorded(forged, RECORDED)
+    assert corrected == make_inert(forged)
+    # No secret is configured: anything live would raise SecretNotFound; all of it is text.
+    assert resolve_secrets(corrected) == forged

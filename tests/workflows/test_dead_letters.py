@@ -270,3 +270,46 @@ async def test_cancel_while_the_dead_letter_cannot_be_recorded_still_compensates
         result = await flows.result(run.workflow_id, timeout=30)
     assert (result.state, result.error_type) == (RunState.CANCELLED, "RunCancelled")
     assert len(http_server.requests("POST", "/release")) == 1
+
+
+@pytest.mark.parametrize("replace_input", [False, True], ids=["merged", "replaced"])
+async def test_a_redrive_keeps_the_definitions_secret_and_the_datas_text(
+    flows: FlowClient,
+    http_server: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+    replace_input: bool,
+) -> None:
+    """The victim: an operator corrects a parked step's card and redrives it. The step's header
+    holds the definition's own ``${secret:PAY_TOKEN}`` and its note a customer's text that looks
+    like one. The redrive must send the token again (not the reference's text) and the note as the
+    text the customer wrote (not with a ``$`` more); what the operator typed stays inert."""
+    monkeypatch.setenv("WFA_SECRET_PAY_TOKEN", "tok-of-the-tenant")
+    card_service(http_server)
+    doc = payment_flow(
+        http_server.url,
+        input={
+            "method": "POST",
+            "url": f"{http_server.url}/charge",
+            "headers": {"Authorization": "Bearer ${secret:PAY_TOKEN}"},
+            "json": {"card": "{{ input.card }}", "note": "{{ input.note }}"},
+        },
+    )
+    note = "paid ${secret:PAY_TOKEN} $${secret:PAY_TOKEN}"
+    # The tenant ``default``: its secrets come from the environment (activities.secrets).
+    tenant_flows = FlowClient(flows.client, task_queue=flows.task_queue, database=await flows.database())
+    run = await tenant_flows.start_run(doc, {"card": "expired", "note": note})
+    row = await parked_row(tenant_flows, run.workflow_id)
+    typed = "${secret:PAY_TOKEN}"
+    correction = {"json": {"card": "good", "note": row.input["json"]["note"], "typed": typed}}
+    await tenant_flows.redrive(
+        row.id,
+        "ops-alice",
+        {**row.input, **correction} if replace_input else correction,
+        replace_input=replace_input,
+    )
+    result = await tenant_flows.result(run.workflow_id, timeout=30)
+    assert result.state == RunState.COMPLETED, result.error
+    first, again = http_server.requests("POST", "/charge")
+    assert first.headers["authorization"] == again.headers["authorization"] == "Bearer tok-of-the-tenant"
+    assert first.json == {"card": "expired", "note": note}
+    assert again.json == {"card": "good", "note": note, "typed": typed}
