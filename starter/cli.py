@@ -69,11 +69,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
+import logging
 import math
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1050,9 +1053,53 @@ _OPEN_CLIENTS: list[FlowClient] = []
 """Clients a command connected (their store connections are closed when the command ends)."""
 
 
+_PROCESS = {"owned": False}
+"""Whether ``wfa`` owns this process (:func:`main` without arguments, the console script)."""
+
+
+class _CoreLogLines(logging.Handler):
+    """Writes the SDK core's log lines to this process's stderr as ``wfa: Temporal SDK ...``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"wfa: Temporal SDK {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@functools.cache
+def _core_logs_on_stderr() -> None:
+    """Sends the SDK core's own log lines (a warning that a payload is large, ``TMPRL1103``) to
+    stderr through Python logging. By default the core writes them to stdout, with terminal colour
+    codes, in the middle of ``--json`` output. Once per process, before the first client."""
+    from temporalio.runtime import (
+        LogForwardingConfig,
+        LoggingConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
+
+    logger = logging.getLogger("wfa.temporal_sdk")
+    logger.propagate = False
+    logger.addHandler(_CoreLogLines())
+    logger.setLevel(logging.WARNING)
+    forwarding = LogForwardingConfig(
+        logger=logger, append_target_to_name=False, prepend_target_on_message=False
+    )
+    logging_config = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=forwarding
+    )
+    Runtime.set_default(
+        Runtime(telemetry=TelemetryConfig(logging=logging_config)), error_if_already_set=False
+    )
+
+
 async def _connect(args: argparse.Namespace) -> FlowClient:
     from starter.client import FlowClient
 
+    if _PROCESS["owned"]:  # (not in a test or an embedding: the default runtime is theirs)
+        _core_logs_on_stderr()
     flows = await FlowClient.connect(
         args.address,
         args.namespace,
@@ -2309,11 +2356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     the command closed its clients and its store connections itself.
     """
     if argv is None:
+        _PROCESS["owned"] = True
         _flush_and_exit(run(sys.argv[1:]))
     return run(argv)
 
 
+CORE_LOG_GRACE_S = 0.05
+"""Before leaving, how long a process that connected a client gives the SDK core to hand over its
+last log lines (it forwards them every 10 ms, from a thread of its own): ``os._exit`` drops them."""
+
+
 def _flush_and_exit(code: int) -> NoReturn:
+    if _core_logs_on_stderr.cache_info().currsize:
+        time.sleep(CORE_LOG_GRACE_S)
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with the descriptor closed (``>&-``)
             continue

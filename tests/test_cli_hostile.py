@@ -252,3 +252,25 @@ async def test_output_that_cannot_be_written_loses_no_run_and_shows_no_traceback
     _, err = await asyncio.wait_for(closed.communicate(), 120)
     assert closed.returncode == 3, err.decode()
     assert b"Traceback" not in err, err.decode()
+
+
+async def test_start_json_stays_json_when_the_sdk_warns_about_a_large_input(
+    temporal_env: WorkflowEnvironment, flows: FlowClient, database_url: str, tmp_path: Path
+) -> None:
+    """A probe: ``wfa start --json`` with a 600 KB input printed the SDK core's payload warning
+    (``TMPRL1103``, with terminal colour codes) on stdout before the JSON, so a script reading the
+    run's ids failed to parse them. Warnings belong on stderr."""
+    ok = write(
+        tmp_path / "ok.json",
+        json.dumps({"name": "hostile-big", "steps": [{"id": "s", "type": "set", "vars": {"x": 1}}]}),
+    )
+    big = write(tmp_path / "big.json", json.dumps({"blob": "y" * 600_000}))
+    env = wfa_env(
+        temporal_env.client.service_client.config.target_host, flows.task_queue, DATABASE_URL=database_url
+    )
+    [outcome] = await run_many([("start", ok, "--input", f"@{big}", "--json")], env)
+    assert outcome.code == 0, outcome.describe()
+    started = json.loads(outcome.out)  # nothing but the JSON document
+    assert (await flows.status(started["workflow_id"])).definition == "hostile-big"
+    assert "TMPRL1103" in outcome.err, outcome.describe()  # said, on stderr
+    assert "\x1b[" not in outcome.err, outcome.describe()
