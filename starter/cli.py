@@ -176,12 +176,14 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     parser.add_argument(
         "--address",
         default=None if defaults else suppress,
+        type=_setting,
         help=f"Temporal frontend host:port (default: the tenant's configuration profile, else env"
         f" TEMPORAL_ADDRESS, now {address})",
     )
     parser.add_argument(
         "--namespace",
         default=None if defaults else suppress,
+        type=_setting,
         help=f"namespace (default: the tenant's, WFA_TENANT_NAMESPACES / WFA_NAMESPACE_PER_TENANT,"
         f" else env TEMPORAL_NAMESPACE, now {namespace})",
     )
@@ -201,6 +203,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     parser.add_argument(
         "--task-queue",
         default=task_queue if defaults else suppress,
+        type=_setting,
         help=f"task queue the workers poll (env TEMPORAL_TASK_QUEUE, now {task_queue})",
     )
     tenant = os.environ.get(TENANT_ENV) or DEFAULT_TENANT
@@ -219,6 +222,17 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         + (_hide_password(database_url) if database_url else "unset: the embedded server under .state/")
         + ")",
     )
+
+
+def _setting(text: str) -> str:
+    """A connection setting given on the command line: never empty or blank (an unset variable in a
+    script, ``--address "$ADDR"``, must not fall back to another server or tenant) nor holding a
+    control character."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for the default)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise argparse.ArgumentTypeError(f"must not hold a control character: {brief(text)}")
+    return text
 
 
 def _hide_password(url: str) -> str:

@@ -277,6 +277,22 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--address" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option", ["--address", "--namespace", "--task-queue"])
+@pytest.mark.parametrize("value", ["", "  ", "a\nb"], ids=["empty", "blank", "newline"])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_empty_connection_option_exits_2_instead_of_falling_back(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, where: str
+) -> None:
+    """A probe: ``wfa --address '' status X`` asked the default server, as if nothing had been
+    said (a script whose variable was unset reached another server or namespace). An empty
+    ``--tenant`` is refused as an invalid tenant (``tests/test_registry_runs.py``)."""
+    args = [option, value, "status", "x"] if where == "before" else ["status", "x", option, value]
+    assert main(args) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert option in err, err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("args", "settings", "message"),
     [
