@@ -75,12 +75,13 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 from urllib.parse import urlsplit, urlunsplit
 
 # Only light modules at import time: `wfa --help` and `wfa validate` must not load the Temporal SDK
@@ -1372,7 +1373,7 @@ WATCH_MAX_INTERVAL_S = 10.0
 
 async def _result_watching(flows: FlowClient, workflow_id: str, timeout: float | None) -> RunResult:
     """The run's result; meanwhile, each change in what it waits on is printed to stderr."""
-    watcher = asyncio.create_task(_watch(flows, workflow_id, sys.stderr))
+    watcher = asyncio.create_task(_watch(flows, workflow_id, cast("TextIO", _Shown(sys.stderr))))
     try:
         return await flows.result(workflow_id, timeout=timeout)
     finally:
@@ -2270,6 +2271,32 @@ def _definition_error(err: BaseException) -> DefinitionError | None:
     return None
 
 
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on instead of showing: C0 controls but tab and newline (escape
+sequences, carriage return), DEL, C1 controls and the bidirectional marks and overrides."""
+
+
+class _Shown:
+    """A text stream that writes each character a terminal would act on as ``\\uXXXX``.
+
+    What ``wfa`` prints comes from elsewhere too: a run id a raw client chose, an HTTP response
+    a step read, a reason a person typed. Written as is, an escape sequence in it could retitle the
+    window, clear the screen or rewrite the lines above (found by an attacker's probe: ``wfa list``
+    printed a raw client's run id with its escapes). In JSON, where such a character can only
+    stand inside a string, ``\\uXXXX`` is the same character, so ``--json`` output parses the same.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(_UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def run(argv: Sequence[str]) -> int:
     """Runs the CLI in this process and returns its exit code (see the module docstring).
 
@@ -2277,7 +2304,7 @@ def run(argv: Sequence[str]) -> int:
     and its documented exit code; an unexpected one (a bug) exits 70 without a traceback unless
     ``WFA_DEBUG`` is set.
     """
-    out, err_out = sys.stdout, sys.stderr
+    out, err_out = cast("TextIO", _Shown(sys.stdout)), cast("TextIO", _Shown(sys.stderr))
     for index, arg in enumerate(argv, start=1):
         try:
             arg.encode("utf-8")

@@ -595,6 +595,50 @@ async def test_failed_run_result_exit_1(
     assert json.loads(out)["started"] is True
 
 
+async def test_what_a_remote_server_or_a_raw_client_wrote_cannot_drive_the_terminal(
+    wfa: Run, worker: None, client: Client, task_queue: str, http_server: RecordingServer, tmp_path: Path
+) -> None:
+    """The attacker: a server a step calls answers with an error body holding terminal escape
+    sequences (one sets the window title, one clears the screen and one swaps the text's direction),
+    and a raw client starts a run whose id holds one. ``wfa status``, ``result`` and ``list`` show
+    them as ``\\u001b`` text, on stdout and stderr, and ``--json`` stays the same JSON."""
+    hostile = "\x1b]0;pwned\x07\x1b[2J\r\u202eevil\x7f\x9b"
+    http_server.route("POST", "/fail", [(200, {}, {"error": hostile})])
+    definition = tmp_path / "hostile.json"
+    definition.write_text(
+        json.dumps(
+            {
+                "name": "hostile-terminal",
+                "steps": [
+                    {
+                        "id": "call",
+                        "type": "task",
+                        "action": "http",
+                        "input": {"method": "POST", "url": "{{ input.api }}/fail"},
+                    }
+                ],
+                "output": {"said": "{{ steps.call.output.body.error }}"},
+            }
+        )
+    )
+    code, out, err = await wfa(
+        "start", str(definition), "--input", json.dumps({"api": http_server.url}), "--json"
+    )
+    assert code == EXIT_OK, err
+    run_id = json.loads(out)["workflow_id"]
+    raw_id = f"raw-\x1b[31m-{uuid4().hex[:6]}"
+    await client.start_workflow(
+        "hostile-terminal", id=raw_id, task_queue=f"{task_queue}-nobody", search_attributes=None
+    )
+    for args in (("result", run_id, "--timeout", "30"), ("list", "--limit", "50")):
+        code, out, err = await wfa(*args)
+        printed = out + err
+        assert not any(c in printed for c in "\x1b\x07\r\u202e\x7f\x9b"), (args, printed)
+        assert "\\u001b" in printed, (args, printed)
+    code, out, _ = await wfa("result", run_id, "--json")
+    assert json.loads(out)["output"] == {"said": hostile}
+
+
 async def test_status_of_an_ended_run_without_a_worker(
     wfa: Run, client: Client, task_queue: str, http_server: RecordingServer
 ) -> None:
