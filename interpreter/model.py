@@ -720,7 +720,7 @@ class HumanTaskStep(StepBase):
     escalation: Escalation | None = None
     on_timeout: Literal["fail", "continue"] | Goto = "fail"
     notify: Notify | None = None
-    """Send the assignee (or listed members) a link to complete it by email."""
+    """Send the assignee (or people its escalation adds) a link to complete it by email."""
 
     @model_validator(mode="after")
     def _coherent(self) -> HumanTaskStep:

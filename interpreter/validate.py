@@ -442,14 +442,14 @@ def _check_step(
                     f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}",
                 )
             )
+    elif isinstance(step, ApprovalStep | HumanTaskStep):
+        problems.extend(_link_problems(step, path))
     elif isinstance(
         step,
         ConditionStep
         | SwitchStep
         | ParallelStep
         | DelayStep
-        | ApprovalStep
-        | HumanTaskStep
         | SetStep
         | SucceedStep
         | FailStep
@@ -459,6 +459,27 @@ def _check_step(
         pass  # their rules are the model's and the tree's
     else:
         assert_never(step)
+
+
+def _link_problems(step: ApprovalStep | HumanTaskStep, path: str) -> list[Problem]:
+    """``notify.email.to`` names only people the step lists (its approvers or assignee, or those its
+    escalation adds): a link decides for the person it names, and the run mails nobody else, so a
+    name it does not list would silently get nothing (found by a probe)."""
+    if step.notify is None:
+        return []
+    listed = {*step.approvers, *(step.escalation.add_approvers if step.escalation else [])}
+    unlisted = [name for name in step.notify.email.to if name not in listed]
+    if not unlisted:
+        return []
+    people = sorted(name for name in listed if not name.startswith("group:"))
+    return [
+        Problem(
+            f"{path}.notify.email.to",
+            f"{', '.join(repr(name) for name in unlisted)} would get no link: links go only to the"
+            f" people the step lists ({', '.join(people) if people else 'none'}; an escalation's"
+            " add_approvers count too); members of a group decide in the inbox, where they sign in",
+        )
+    ]
 
 
 def _texts(step: Step) -> list[tuple[str, str]]:

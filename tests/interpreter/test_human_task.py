@@ -193,7 +193,6 @@ async def test_links_are_sent_at_the_start_and_to_people_an_escalation_adds() ->
                         "to": {
                             "alice": "{{ input.alice }}",
                             "boss": "boss@example.org",
-                            "carol": "c@example.org",
                         }
                     }
                 },
@@ -248,3 +247,49 @@ def test_links_go_to_people_not_groups() -> None:
     }
     with pytest.raises(ValidationError, match="name the members"):
         parse_definition({"name": "t", "steps": [step]})
+
+
+@pytest.mark.parametrize(
+    ("step", "refused"),
+    [
+        (human_task("t", assignee="a", notify={"email": {"to": {"dave": "d@x"}}}), "'dave'"),
+        (
+            # A candidate group's member: the link would name a person the step does not list.
+            human_task("t", candidate_groups=["ops"], notify={"email": {"to": {"olga": "o@x"}}}),
+            "'olga'",
+        ),
+        (
+            {
+                "id": "t",
+                "type": "approval",
+                "approvers": ["alice"],
+                "notify": {"email": {"to": {"alice": "a@x", "bob": "b@x"}}},
+            },
+            "'bob'",
+        ),
+    ],
+    ids=["task", "group-member", "approval"],
+)
+def test_a_link_for_someone_the_step_does_not_list_is_refused_not_dropped(
+    step: dict[str, Any], refused: str
+) -> None:
+    """A probe: ``notify.email.to`` naming someone who is not the step's assignee, approver or
+    added by its escalation validated, and at run time that person was silently mailed nothing."""
+    from interpreter.validate import DefinitionError, load_definition
+
+    with pytest.raises(DefinitionError) as caught:
+        load_definition({"name": "t", "steps": [step]})
+    [problem] = caught.value.problems
+    assert problem.path == "$.steps[0].notify.email.to"
+    assert refused in problem.message
+    assert "inbox" in problem.message
+
+
+def test_a_link_for_someone_an_escalation_adds_is_accepted() -> None:
+    from interpreter.validate import load_definition
+
+    escalation = {"after": "1h", "add_approvers": ["dave", "group:ops"]}
+    step = human_task(
+        "t", assignee="a", escalation=escalation, notify={"email": {"to": {"a": "a@x", "dave": "d@x"}}}
+    )
+    load_definition({"name": "t", "steps": [step]})
