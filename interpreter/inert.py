@@ -131,12 +131,15 @@ def keep_recorded(value: Any, recorded: Any) -> Any:
     Nothing the operator writes becomes live: only the recorded value, at its own place, is.
     """
     if isinstance(value, dict) and isinstance(recorded, dict):
-        return {
+        kept = {
             (key if key in recorded else make_inert(key)): (
                 keep_recorded(item, recorded[key]) if key in recorded else make_inert(item)
             )
             for key, item in value.items()
         }
+        # A new key escaped into a kept one's name (``${secret:K}`` beside a recorded
+        # ``$${secret:K}``) would overwrite it: all of it is inert instead, nothing lost.
+        return kept if len(kept) == len(value) else make_inert(value)
     if isinstance(value, list) and isinstance(recorded, list):
         return [
             keep_recorded(item, recorded[i]) if i < len(recorded) else make_inert(item)

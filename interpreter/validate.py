@@ -442,14 +442,14 @@ def _check_step(
                     f"max_items {step.max_items} exceeds limits.max_foreach_items {limit}",
                 )
             )
-    elif isinstance(step, ApprovalStep | HumanTaskStep):
-        problems.extend(_link_problems(step, path))
     elif isinstance(
         step,
         ConditionStep
         | SwitchStep
         | ParallelStep
         | DelayStep
+        | ApprovalStep
+        | HumanTaskStep
         | SetStep
         | SucceedStep
         | FailStep
@@ -461,10 +461,27 @@ def _check_step(
         assert_never(step)
 
 
+def link_problems(definition: Definition) -> list[Problem]:
+    """Links a definition's steps would mail nobody: ``notify.email.to`` names only people the step
+    lists (its approvers or assignee, or those its escalation adds). A link decides for the person
+    it names and the run mails nobody else, so a name the step does not list silently got nothing
+    (found by a probe). Like :func:`legacy_trigger_problems`, a rule for definitions written or
+    registered now, not for those the registry already holds (they load as they did)."""
+    problems: list[Problem] = []
+
+    def walk(steps: list[Step], path: str) -> None:
+        for i, step in enumerate(steps):
+            step_path = f"{path}[{i}]"
+            if isinstance(step, ApprovalStep | HumanTaskStep):
+                problems.extend(_link_problems(step, step_path))
+            for suffix, nested, _ in children(step):
+                walk(nested, step_path + suffix)
+
+    walk(definition.steps, "$.steps")
+    return problems
+
+
 def _link_problems(step: ApprovalStep | HumanTaskStep, path: str) -> list[Problem]:
-    """``notify.email.to`` names only people the step lists (its approvers or assignee, or those its
-    escalation adds): a link decides for the person it names, and the run mails nobody else, so a
-    name it does not list would silently get nothing (found by a probe)."""
     if step.notify is None:
         return []
     listed = {*step.approvers, *(step.escalation.add_approvers if step.escalation else [])}

@@ -230,7 +230,7 @@ def _setting(text: str) -> str:
     script, ``--address "$ADDR"``, must not fall back to another server or tenant) nor holding a
     control character."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (leave the option out for the default)")
+        raise argparse.ArgumentTypeError("must not be empty or blank")
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise argparse.ArgumentTypeError(f"must not hold a control character: {brief(text)}")
     return text
@@ -877,6 +877,8 @@ def _compact(value: Any, width: int = 300) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO, indent: str = "  ") -> None:
+    # Cells as they are shown (a raw client's id may hold controls, a newline too), so columns align.
+    rows = [[_CELL_UNSHOWN.sub(_escape_char, cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     numeric = {"ATTEMPTS", "DURATION"}
 
@@ -1076,8 +1078,13 @@ class _CoreLogLines(logging.Handler):
     """Writes the SDK core's log lines to this process's stderr as ``wfa: Temporal SDK ...``."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if sys.stderr is None:  # closed (``2>&-``): print would fall back to stdout
+            return
         try:
-            print(f"wfa: Temporal SDK {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+            print(
+                f"wfa: Temporal SDK {record.levelname.lower()}: {record.getMessage()}",
+                file=_shown(sys.stderr),
+            )
         except Exception:
             self.handleError(record)
 
@@ -1373,7 +1380,7 @@ WATCH_MAX_INTERVAL_S = 10.0
 
 async def _result_watching(flows: FlowClient, workflow_id: str, timeout: float | None) -> RunResult:
     """The run's result; meanwhile, each change in what it waits on is printed to stderr."""
-    watcher = asyncio.create_task(_watch(flows, workflow_id, cast("TextIO", _Shown(sys.stderr))))
+    watcher = asyncio.create_task(_watch(flows, workflow_id, _shown(sys.stderr)))
     try:
         return await flows.result(workflow_id, timeout=timeout)
     finally:
@@ -2271,9 +2278,18 @@ def _definition_error(err: BaseException) -> DefinitionError | None:
     return None
 
 
-_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 """Characters a terminal acts on instead of showing: C0 controls but tab and newline (escape
-sequences, carriage return), DEL, C1 controls and the bidirectional marks and overrides."""
+sequences, carriage return), DEL, C1 controls, the line and paragraph separators and the
+bidirectional marks and overrides."""
+
+
+_CELL_UNSHOWN = re.compile(f"[\n\t{_UNSHOWN.pattern[1:-1]}]")
+"""In a table cell, tab and newline too (a cell never holds one; a run id could fake a row)."""
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 class _Shown:
@@ -2290,11 +2306,17 @@ class _Shown:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(_UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+        self._stream.write(_UNSHOWN.sub(_escape_char, text))
         return len(text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _shown(stream: TextIO) -> TextIO:
+    """``stream`` through :class:`_Shown`; None (a process started with it closed) stays None, which
+    ``print`` writes nowhere."""
+    return stream if stream is None else cast("TextIO", _Shown(stream))
 
 
 def run(argv: Sequence[str]) -> int:
@@ -2304,7 +2326,7 @@ def run(argv: Sequence[str]) -> int:
     and its documented exit code; an unexpected one (a bug) exits 70 without a traceback unless
     ``WFA_DEBUG`` is set.
     """
-    out, err_out = cast("TextIO", _Shown(sys.stdout)), cast("TextIO", _Shown(sys.stderr))
+    out, err_out = _shown(sys.stdout), _shown(sys.stderr)
     for index, arg in enumerate(argv, start=1):
         try:
             arg.encode("utf-8")

@@ -19,6 +19,7 @@ from interpreter.validate import (
     Problem,
     check_definition,
     legacy_trigger_problems,
+    link_problems,
     load_definition,
 )
 from starter.errors import DefinitionFileNotFoundError
@@ -47,7 +48,9 @@ def load(definition: DefinitionSource) -> Definition:
     """
     if isinstance(definition, Definition):
         # A model built in code has passed parsing but not the whole-tree rules.
-        problems = legacy_trigger_problems(definition) + check_definition(definition)
+        problems = (
+            legacy_trigger_problems(definition) + check_definition(definition) + link_problems(definition)
+        )
         if problems:
             raise DefinitionError(problems, definition.name)
         return definition
@@ -82,7 +85,7 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
         raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
     except RecursionError:
         raise DefinitionError([Problem("$", "nested too deeply")]) from None
-    legacy = legacy_trigger_problems(definition)
+    legacy = legacy_trigger_problems(definition) + link_problems(definition)
     if legacy:
         raise DefinitionError(legacy, definition.name)
     return definition

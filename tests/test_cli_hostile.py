@@ -252,6 +252,18 @@ async def test_output_that_cannot_be_written_loses_no_run_and_shows_no_traceback
     _, err = await asyncio.wait_for(closed.communicate(), 120)
     assert closed.returncode == 3, err.decode()
     assert b"Traceback" not in err, err.decode()
+    # Nothing to print but a verdict: a closed stdout is no failure (a review: it became exit 70).
+    quiet = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$0" -m starter validate "$1" >&-',
+        sys.executable,
+        ok,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(quiet.communicate(), 120)
+    assert (quiet.returncode, err) == (0, b""), err.decode()
 
 
 async def test_start_json_stays_json_when_the_sdk_warns_about_a_large_input(

@@ -58,6 +58,7 @@ from interpreter.validate import (
     check_definition,
     definition_hash,
     legacy_trigger_problems,
+    link_problems,
     load_definition,
 )
 
@@ -149,7 +150,7 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
                 raise
         definition = load_definition(data)
         body = json.loads(json.dumps(data))  # a plain JSON copy (tuples, non-str keys, ...)
-    legacy = legacy_trigger_problems(definition)
+    legacy = legacy_trigger_problems(definition) + link_problems(definition)
     if legacy:
         raise DefinitionError(legacy, definition.name)
     body.pop("version", None)

@@ -274,22 +274,28 @@ def test_a_link_for_someone_the_step_does_not_list_is_refused_not_dropped(
     step: dict[str, Any], refused: str
 ) -> None:
     """A probe: ``notify.email.to`` naming someone who is not the step's assignee, approver or
-    added by its escalation validated, and at run time that person was silently mailed nothing."""
+    added by its escalation validated, and at run time that person was silently mailed nothing.
+    Refused where a definition is written or registered; one the registry already holds loads as
+    it did (its runs and triggers go on)."""
     from interpreter.validate import DefinitionError, load_definition
+    from starter.definitions import load
 
-    with pytest.raises(DefinitionError) as caught:
-        load_definition({"name": "t", "steps": [step]})
-    [problem] = caught.value.problems
-    assert problem.path == "$.steps[0].notify.email.to"
-    assert refused in problem.message
-    assert "inbox" in problem.message
+    nested = {"id": "p", "type": "parallel", "branches": [{"id": "b", "steps": [step]}]}
+    for steps, path in (([step], "$.steps[0]"), ([nested], "$.steps[0].branches[0].steps[0]")):
+        with pytest.raises(DefinitionError) as caught:
+            load({"name": "t", "steps": steps})
+        [problem] = caught.value.problems
+        assert problem.path == f"{path}.notify.email.to"
+        assert refused in problem.message
+        assert "inbox" in problem.message
+        load_definition({"name": "t", "steps": steps})  # as the registry loads what it holds
 
 
 def test_a_link_for_someone_an_escalation_adds_is_accepted() -> None:
-    from interpreter.validate import load_definition
+    from starter.definitions import load
 
     escalation = {"after": "1h", "add_approvers": ["dave", "group:ops"]}
     step = human_task(
         "t", assignee="a", escalation=escalation, notify={"email": {"to": {"a": "a@x", "dave": "d@x"}}}
     )
-    load_definition({"name": "t", "steps": [step]})
+    load({"name": "t", "steps": [step]})

@@ -235,3 +235,11 @@ def test_an_operator_cannot_make_a_reference_live_by_redrive(forged: dict[str, A
     assert corrected == make_inert(forged)
     # No secret is configured: anything live would raise SecretNotFound; all of it is text.
     assert resolve_secrets(corrected) == forged
+
+
+def test_a_new_key_that_escapes_into_a_kept_ones_name_loses_nothing() -> None:
+    """A review: ``${secret:K}`` beside a recorded ``$${secret:K}`` escaped into the same key."""
+    recorded = {"$${secret:K}": "v"}
+    value = {"$${secret:K}": "v", "${secret:K}": "w"}
+    assert keep_recorded(value, recorded) == make_inert(value)
+    assert len(keep_recorded(value, recorded)) == 2
