@@ -4,7 +4,9 @@ A test still running after :func:`hang_after` seconds is hung, not slow (the slo
 minutes on a busy 2-core box). The watchdog then prints the stack of every asyncio task to stderr
 (pytest shows it with the failure) and cancels the test, or the fixture teardown it hangs in (a
 worker whose shutdown never ends), so one hang fails one test instead of stalling the whole suite
-until CI's own limit, with nothing said about where it waited.
+until CI's own limit, with nothing said about where it waited. (A cancelled teardown raises
+``CancelledError``, which pytest does not catch there: the test's other fixtures are then torn down
+after the next test, not before it. Late, but the session goes on.)
 """
 
 from __future__ import annotations
