@@ -1117,20 +1117,46 @@ def _core_logs_on_stderr() -> None:
     )
 
 
+MIN_CONNECT_S = 1.0
+"""The least time ``--timeout`` leaves for connecting to the server."""
+
+
 async def _connect(args: argparse.Namespace) -> FlowClient:
     from starter.client import FlowClient
 
     if _PROCESS["owned"]:  # (not in a test or an embedding: the default runtime is theirs)
         _core_logs_on_stderr()
-    flows = await FlowClient.connect(
-        args.address,
-        args.namespace,
-        args.task_queue,
-        database_url=getattr(args, "database_url", None),
-        tenant=getattr(args, "tenant", None),
-        profile=getattr(args, "profile", None),
-        config_file=getattr(args, "config_file", None),
-    )
+    # ``--timeout`` bounds connecting too: a server that accepts and never answers held the
+    # command for the SDK's own 30 s (found by a probe). At least a second, so ``--timeout 0``
+    # (look once) can still connect.
+    timeout = getattr(args, "timeout", None)
+    bound = None if timeout is None else max(timeout, MIN_CONNECT_S)
+    try:
+        async with asyncio.timeout(bound):
+            flows = await FlowClient.connect(
+                args.address,
+                args.namespace,
+                args.task_queue,
+                database_url=getattr(args, "database_url", None),
+                tenant=getattr(args, "tenant", None),
+                profile=getattr(args, "profile", None),
+                config_file=getattr(args, "config_file", None),
+            )
+    except TimeoutError:
+        from starter.connection import connect_options
+
+        target = connect_options(
+            tenant=getattr(args, "tenant", None),
+            namespace=args.namespace,
+            profile=getattr(args, "profile", None),
+            config_file=getattr(args, "config_file", None),
+            address=args.address,
+        )["target_host"]
+        from starter.errors import ServerUnavailableError
+
+        raise ServerUnavailableError(
+            f"cannot reach the Temporal server at {target} within the {bound:g} s --timeout", target
+        ) from None
     _OPEN_CLIENTS.append(flows)
     return flows
 

@@ -267,6 +267,23 @@ def test_connection_options_after_the_command_and_from_the_environment(
     assert "127.0.0.1:3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["result", "x"], ["watch", "x"], ["start", str(EXPENSE), "--wait"]])
+async def test_timeout_bounds_connecting_to_a_server_that_never_answers(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """A probe: ``wfa result X --timeout 3`` against a server that accepts the connection and never
+    answers waited for the SDK's own 30 s connect timeout. Connecting is now bounded by
+    ``--timeout`` too: exit 3 (unreachable) naming it."""
+    silent = await asyncio.start_server(lambda r, w: asyncio.sleep(3600), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        code, _, err = await Run(capsys, f"127.0.0.1:{port}", None)(*command, "--timeout", "1")
+    finally:
+        silent.close()
+    assert code == EXIT_UNAVAILABLE, err
+    assert f"cannot reach the Temporal server at 127.0.0.1:{port} within the 1 s --timeout" in err, err
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == EXIT_BAD_INPUT
     assert main(["approve", "x"]) == EXIT_BAD_INPUT  # --actor is required
