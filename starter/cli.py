@@ -1569,10 +1569,15 @@ async def _diagram(args: argparse.Namespace, out: TextIO) -> int:
     taken: list[str] = []
     failed: list[str] = []
     definition = None
+    ran: str | None = None  # the content hash of the definition the run ran, as it recorded it
     if args.run is not None:
+        from workflows.search_attributes import DEFINITION_HASH
+
         flows = await _connect(args)
         status = await flows.status(args.run)
         taken, failed = run_path(status)
+        described = await flows.client.get_workflow_handle(args.run).describe()
+        ran = described.typed_search_attributes.get(DEFINITION_HASH)
         if args.definition is None:
             definition = (await flows.resolve(f"{status.definition}@{status.version}")).definition
     if definition is None:
@@ -1585,6 +1590,15 @@ async def _diagram(args: argparse.Namespace, out: TextIO) -> int:
             from starter.definitions import load
 
             definition = load(Path(args.definition))
+    if ran is not None:
+        from interpreter.validate import definition_hash
+
+        drawn = definition_hash(definition)
+        if drawn != ran:  # its path through another body of the same name would be nonsense
+            raise InvalidInputError(
+                f"run {args.run!r} ran another body of {definition.name} v{definition.version}"
+                f" ({ran}) than the one to draw ({drawn}): give the definition it ran, as a FILE"
+            )
     print(mermaid(definition, taken=taken, failed=failed), end="", file=out)
     return EXIT_OK
 

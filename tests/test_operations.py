@@ -208,6 +208,36 @@ async def test_diagram_of_a_run_highlights_the_path_it_took(
     assert nodes["ok"] not in taken_line  # the approval branch was not taken
 
 
+async def test_a_diagram_of_a_run_is_drawn_only_from_the_definition_it_ran(
+    flows: FlowClient, http_server: RecordingServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A probe: ``wfa diagram --run X`` drew the registry's ``name@version`` even when the run had
+    run another body of that name and version (started from a file), highlighting a path through
+    steps the run never had. It now checks the content hash the run records, with a file too."""
+    card_service(http_server)
+    name = f"diag-{uuid4().hex[:8]}"
+    registered = flaky_flow(name, http_server.url)
+    await flows.register(registered, "ann")
+    ran = {**registered, "steps": [{"id": "only", "type": "set", "vars": {"x": 1}}], "output": None}
+    run = await flows.start_run(ran, {})
+    assert (await flows.result(run.workflow_id, timeout=120)).state == "completed"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(registered))
+    for args in ((), (str(other),)):
+        code, out, err = await asyncio.to_thread(
+            wfa, capsys, flows, "diagram", *args, "--run", run.workflow_id
+        )
+        assert (code, out) == (EXIT_BAD_INPUT, ""), err
+        assert f"run {run.workflow_id!r} ran another body of {name} v1" in err, err
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(ran))
+    code, out, err = await asyncio.to_thread(
+        wfa, capsys, flows, "diagram", str(mine), "--run", run.workflow_id
+    )
+    assert code == EXIT_OK, err
+    assert '"only (' in out
+
+
 def step_ids(steps: Any) -> list[str]:
     found: list[str] = []
     for step in steps:
