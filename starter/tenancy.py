@@ -318,6 +318,11 @@ def namespace_connect_config(
     from temporalio.envconfig import ClientConfig, ClientConfigProfile
 
     source = dict(os.environ if env is None else env)
+    tls = source.get("TEMPORAL_TLS")
+    if tls is not None and tls.lower() not in {"true", "1", "false", "0"}:
+        # The SDK turns TLS on for any value it cannot read ("no", "off", even an empty one): a
+        # probe's "maybe" connected with TLS. A setting to correct, named.
+        raise TenancyConfigError(f"TEMPORAL_TLS must be true or false (or 1 or 0), not {tls[:40]!r}")
     config_file = source.get(PROFILE_FILE_ENV) or None
     if config_file and not Path(config_file).is_file():
         raise TenancyConfigError(f"{PROFILE_FILE_ENV}: no such file {config_file[:200]!r}")
