@@ -10,20 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_hung_test_fails_with_its_stack_and_the_session_goes_on(tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text(
-        "from tests.helpers.hang_watchdog import hang_watchdog  # noqa: F401\n"
-    )
-    (tmp_path / "test_sample.py").write_text(
-        "import asyncio\n"
-        "async def test_waits_forever():\n"
-        "    await asyncio.Event().wait()\n"
-        "async def test_after_it():\n"
-        "    await asyncio.sleep(0)\n"
-        "def test_sync():\n"
-        "    pass\n"
-    )
-    done = subprocess.run(
+def _pytest(where: Path) -> subprocess.CompletedProcess[str]:
+    """pytest on ``where``'s ``test_sample.py``, the watchdog's limit 2 seconds."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -40,12 +29,28 @@ def test_a_hung_test_fails_with_its_stack_and_the_session_goes_on(tmp_path: Path
             "test_sample.py",
         ],
         check=False,
-        cwd=tmp_path,
+        cwd=where,
         env={**os.environ, "PYTHONPATH": str(REPO), "WFA_TEST_HANG_S": "2"},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_a_hung_test_fails_with_its_stack_and_the_session_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(
+        "from tests.helpers.hang_watchdog import hang_watchdog  # noqa: F401\n"
+    )
+    (tmp_path / "test_sample.py").write_text(
+        "import asyncio\n"
+        "async def test_waits_forever():\n"
+        "    await asyncio.Event().wait()\n"
+        "async def test_after_it():\n"
+        "    await asyncio.sleep(0)\n"
+        "def test_sync():\n"
+        "    pass\n"
+    )
+    done = _pytest(tmp_path)
     out = done.stdout
     assert done.returncode == 1, out
     assert "1 failed, 2 passed" in out, out
@@ -74,29 +79,7 @@ def test_a_fixture_hung_in_its_teardown_fails_its_test_and_the_session_goes_on(t
         "async def test_after_it():\n"
         "    await asyncio.sleep(0)\n"
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "asyncio_mode=auto",
-            "-o",
-            "asyncio_default_fixture_loop_scope=session",
-            "-o",
-            "asyncio_default_test_loop_scope=session",
-            "test_sample.py",
-        ],
-        check=False,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "WFA_TEST_HANG_S": "2"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _pytest(tmp_path)
     out = done.stdout
     assert done.returncode == 1, out
     assert "2 passed, 1 error" in out, out
