@@ -31,12 +31,16 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, config: GatewayCon
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from starter.client import engine_level_from_env
     from starter.payload_store import PayloadStoreConfig
+    from starter.tenancy import tls_setting_problem
 
     try:
         # Settings the tenants' clients read when a first request connects them: refused here
         # (the payload keys are read by create_app's codec server).
         engine_level_from_env()  # the generation runs are started at
         PayloadStoreConfig.from_env()  # WFA_PAYLOAD_STORE and the settings that go with it
+        tls = tls_setting_problem(os.environ)
+        if tls is not None:
+            raise GatewayConfigError(tls)
         app = create_app(config)
     except (GatewayConfigError, ValueError) as err:  # also the inbox's and codec server's settings
         sys.stderr.write(f"gateway: {err}\n")

@@ -138,7 +138,8 @@ def keep_recorded(value: Any, recorded: Any) -> Any:
             for key, item in value.items()
         }
         # A new key escaped into a kept one's name (``${secret:K}`` beside a recorded
-        # ``$${secret:K}``) would overwrite it: all of it is inert instead, nothing lost.
+        # ``$${secret:K}``) would overwrite it: the whole dict is made inert instead, so no value
+        # is lost and nothing is live (its recorded references go out as their text).
         return kept if len(kept) == len(value) else make_inert(value)
     if isinstance(value, list) and isinstance(recorded, list):
         return [

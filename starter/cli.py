@@ -1117,8 +1117,9 @@ def _core_logs_on_stderr() -> None:
     )
 
 
-MIN_CONNECT_S = 1.0
-"""The least time ``--timeout`` leaves for connecting to the server."""
+MIN_CONNECT_S = 10.0
+"""The least time ``--timeout`` leaves for connecting to the server: a distant server, or TLS with
+an API key, may take a few seconds, and ``--timeout 0`` (look once) must still reach it."""
 
 
 async def _connect(args: argparse.Namespace) -> FlowClient:
@@ -1127,9 +1128,10 @@ async def _connect(args: argparse.Namespace) -> FlowClient:
     if _PROCESS["owned"]:  # (not in a test or an embedding: the default runtime is theirs)
         _core_logs_on_stderr()
     # ``--timeout`` bounds connecting too: a server that accepts and never answers held the
-    # command for the SDK's own 30 s (found by a probe). At least a second, so ``--timeout 0``
-    # (look once) can still connect.
+    # command for the SDK's own 30 s (found by a probe). At least MIN_CONNECT_S.
     timeout = getattr(args, "timeout", None)
+    if args.command == "start" and not getattr(args, "wait", False):
+        timeout = None  # start's --timeout bounds its --wait only
     bound = None if timeout is None else max(timeout, MIN_CONNECT_S)
     try:
         async with asyncio.timeout(bound):
@@ -1143,6 +1145,8 @@ async def _connect(args: argparse.Namespace) -> FlowClient:
                 config_file=getattr(args, "config_file", None),
             )
     except TimeoutError:
+        if bound is None:  # not this bound's (the SDK raised it)
+            raise
         from starter.connection import connect_options
 
         target = connect_options(
@@ -1155,7 +1159,9 @@ async def _connect(args: argparse.Namespace) -> FlowClient:
         from starter.errors import ServerUnavailableError
 
         raise ServerUnavailableError(
-            f"cannot reach the Temporal server at {target} within the {bound:g} s --timeout", target
+            f"cannot reach the Temporal server at {target} within {bound:g} s"
+            f" (--timeout {timeout:g}; connecting is given at least {MIN_CONNECT_S:g} s)",
+            target,
         ) from None
     _OPEN_CLIENTS.append(flows)
     return flows
@@ -2353,10 +2359,20 @@ class _Shown:
         return getattr(self._stream, name)
 
 
-def _shown(stream: TextIO) -> TextIO:
-    """``stream`` through :class:`_Shown`; None (a process started with it closed) stays None, which
-    ``print`` writes nowhere."""
-    return stream if stream is None else cast("TextIO", _Shown(stream))
+class _Nowhere:
+    """Where a stream the process was started without (``2>&-``) is written: nowhere (``print``
+    given None would write to stdout, into ``--json`` output)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def _shown(stream: TextIO | None) -> TextIO:
+    """``stream`` through :class:`_Shown`, or :class:`_Nowhere` for a closed one."""
+    return cast("TextIO", _Nowhere() if stream is None else _Shown(stream))
 
 
 def run(argv: Sequence[str]) -> int:

@@ -297,6 +297,28 @@ def connect_config(
     )
 
 
+_TLS_OFF_WORDS = frozenset({"", "no", "n", "off", "f", "none", "null", "disable", "disabled"})
+
+
+def tls_setting_problem(env: Mapping[str, str]) -> str | None:
+    """Why ``TEMPORAL_TLS`` does not say what it seems to, or None.
+
+    The SDK reads only ``true``/``false``/``1``/``0`` and turns TLS on for any other value, so
+    ``no``, ``off``, an empty value or ``" false"`` asked for plain connections and got TLS (found
+    by a probe; the connection then fails with a handshake error that names nothing). Other
+    values (``yes``, ``on``) mean TLS and get it, as they always did.
+    """
+    tls = env.get("TEMPORAL_TLS")
+    if tls is None or tls.lower() in {"true", "1", "false", "0"}:
+        return None
+    if tls.strip().lower() in _TLS_OFF_WORDS | {"false", "0"}:
+        return (
+            f"TEMPORAL_TLS={tls[:40]!r} turns TLS on (the SDK reads only true, false, 1 and 0):"
+            " write false for a plain connection"
+        )
+    return None
+
+
 def namespace_connect_config(
     namespace: str,
     profile: str,
@@ -318,11 +340,9 @@ def namespace_connect_config(
     from temporalio.envconfig import ClientConfig, ClientConfigProfile
 
     source = dict(os.environ if env is None else env)
-    tls = source.get("TEMPORAL_TLS")
-    if tls is not None and tls.lower() not in {"true", "1", "false", "0"}:
-        # The SDK turns TLS on for any value it cannot read ("no", "off", even an empty one): a
-        # probe's "maybe" connected with TLS. A setting to correct, named.
-        raise TenancyConfigError(f"TEMPORAL_TLS must be true or false (or 1 or 0), not {tls[:40]!r}")
+    problem = tls_setting_problem(source)
+    if problem is not None:
+        raise TenancyConfigError(problem)
     config_file = source.get(PROFILE_FILE_ENV) or None
     if config_file and not Path(config_file).is_file():
         raise TenancyConfigError(f"{PROFILE_FILE_ENV}: no such file {config_file[:200]!r}")

@@ -264,6 +264,17 @@ async def test_output_that_cannot_be_written_loses_no_run_and_shows_no_traceback
     )
     _, err = await asyncio.wait_for(quiet.communicate(), 120)
     assert (quiet.returncode, err) == (0, b""), err.decode()
+    # With stderr closed, an error is said nowhere, not into stdout's JSON (a review).
+    mute = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$0" -m starter --address 127.0.0.1:1 status nothing --json 2>&-',
+        sys.executable,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(mute.communicate(), 120)
+    assert (mute.returncode, out) == (3, b""), out.decode()
 
 
 async def test_start_json_stays_json_when_the_sdk_warns_about_a_large_input(

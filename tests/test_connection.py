@@ -183,11 +183,11 @@ def test_unusable_configuration_is_named(tmp_path: Path, pki: Pki) -> None:
         connect_options(config_file=str(tmp_path / "missing.toml"), env={})
     with pytest.raises(ConnectionConfigError, match="cannot read"):
         connect_options(env={"TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(tmp_path / "missing.pem")})
-    # A probe: the SDK turns TLS on for any TEMPORAL_TLS it cannot read ("no" too, or empty).
-    for unread in ("maybe", "no", "off", "", " 0 "):
-        with pytest.raises(ConnectionConfigError, match=f"TEMPORAL_TLS must be true or false.*'{unread}'"):
-            connect_options(env={"TEMPORAL_TLS": unread})
-    for read, tls in (("TRUE", True), ("1", True), ("false", False), ("0", False)):
+    # A probe: the SDK turns TLS on for any TEMPORAL_TLS it cannot read, "no" and empty too.
+    for off in ("no", "off", "", " 0 ", "Disabled"):
+        with pytest.raises(ConnectionConfigError, match=f"TEMPORAL_TLS='{off}' turns TLS on"):
+            connect_options(env={"TEMPORAL_TLS": off})
+    for read, tls in (("TRUE", True), ("1", True), ("false", False), ("0", False), ("yes", True)):
         assert bool(connect_options(env={"TEMPORAL_TLS": read}).get("tls")) is tls, read
     # Namespaces per tenant: a profile for another namespace would carry the wrong credentials.
     with pytest.raises(ConnectionConfigError, match="names namespace 'staging'"):

@@ -753,8 +753,16 @@ def test_an_unknown_interpreter_generation_stops_the_gateway_at_start(
             {"WFA_PAYLOAD_STORE": "postgres:postgresql://u:p@h:notaport/db"},
             "WFA_PAYLOAD_STORE: not a database URL",
         ),
+        ({"TEMPORAL_TLS": "off"}, "TEMPORAL_TLS='off' turns TLS on"),
     ],
-    ids=["run-input-unknown", "run-input-always-without-store", "store-unknown", "threshold", "store-url"],
+    ids=[
+        "run-input-unknown",
+        "run-input-always-without-store",
+        "store-unknown",
+        "threshold",
+        "store-url",
+        "tls",
+    ],
 )
 def test_bad_payload_settings_stop_the_gateway_at_start(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: dict[str, str], named: str
