@@ -461,6 +461,12 @@ def _check_step(
         assert_never(step)
 
 
+def new_definition_problems(definition: Definition) -> list[Problem]:
+    """The rules for a definition written or registered now, not for one the registry already
+    holds (it loads as it did): :func:`legacy_trigger_problems` and :func:`link_problems`."""
+    return legacy_trigger_problems(definition) + link_problems(definition)
+
+
 def link_problems(definition: Definition) -> list[Problem]:
     """Links a definition's steps would mail nobody: ``notify.email.to`` names only people the step
     lists (its approvers or assignee, or those its escalation adds). A link decides for the person

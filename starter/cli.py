@@ -1078,9 +1078,7 @@ class _CoreLogLines(logging.Handler):
     """Writes the SDK core's log lines to this process's stderr as ``wfa: Temporal SDK ...``."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if sys.stderr is None:  # closed (``2>&-``): print would fall back to stdout
-            return
-        try:
+        try:  # (a closed stderr, ``2>&-``, is written nowhere by _shown, not to stdout)
             print(
                 f"wfa: Temporal SDK {record.levelname.lower()}: {record.getMessage()}",
                 file=_shown(sys.stderr),
@@ -1582,8 +1580,7 @@ async def _diagram(args: argparse.Namespace, out: TextIO) -> int:
         flows = await _connect(args)
         status = await flows.status(args.run)
         taken, failed = run_path(status)
-        described = await flows.client.get_workflow_handle(args.run).describe()
-        ran = described.typed_search_attributes.get(DEFINITION_HASH)
+        ran = (await flows.describe(args.run)).typed_search_attributes.get(DEFINITION_HASH)
         if args.definition is None:
             definition = (await flows.resolve(f"{status.definition}@{status.version}")).definition
     if definition is None:

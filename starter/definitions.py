@@ -19,8 +19,8 @@ from interpreter.validate import (
     Problem,
     check_definition,
     legacy_trigger_problems,
-    link_problems,
     load_definition,
+    new_definition_problems,
 )
 from starter.errors import DefinitionFileNotFoundError
 from starter.inputs import brief, read_text_file
@@ -48,9 +48,7 @@ def load(definition: DefinitionSource) -> Definition:
     """
     if isinstance(definition, Definition):
         # A model built in code has passed parsing but not the whole-tree rules.
-        problems = (
-            legacy_trigger_problems(definition) + check_definition(definition) + link_problems(definition)
-        )
+        problems = new_definition_problems(definition) + check_definition(definition)
         if problems:
             raise DefinitionError(problems, definition.name)
         return definition
@@ -85,9 +83,9 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
         raise DefinitionError([Problem("$", f"not valid JSON: {err}")]) from None
     except RecursionError:
         raise DefinitionError([Problem("$", "nested too deeply")]) from None
-    legacy = legacy_trigger_problems(definition) + link_problems(definition)
-    if legacy:
-        raise DefinitionError(legacy, definition.name)
+    refused = new_definition_problems(definition)
+    if refused:
+        raise DefinitionError(refused, definition.name)
     return definition
 
 

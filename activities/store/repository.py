@@ -57,9 +57,8 @@ from interpreter.validate import (
     Problem,
     check_definition,
     definition_hash,
-    legacy_trigger_problems,
-    link_problems,
     load_definition,
+    new_definition_problems,
 )
 
 log = logging.getLogger(__name__)
@@ -150,9 +149,9 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
                 raise
         definition = load_definition(data)
         body = json.loads(json.dumps(data))  # a plain JSON copy (tuples, non-str keys, ...)
-    legacy = legacy_trigger_problems(definition) + link_problems(definition)
-    if legacy:
-        raise DefinitionError(legacy, definition.name)
+    refused = new_definition_problems(definition)
+    if refused:
+        raise DefinitionError(refused, definition.name)
     body.pop("version", None)
     return definition, body
 
