@@ -226,55 +226,36 @@ async def test_output_that_cannot_be_written_loses_no_run_and_shows_no_traceback
     env = wfa_env(
         temporal_env.client.service_client.config.target_host, flows.task_queue, DATABASE_URL=database_url
     )
-    process = await asyncio.create_subprocess_exec(
-        "sh",
-        "-c",
-        'exec "$0" -m starter start "$1" > /dev/full',
-        sys.executable,
-        ok,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 120)
-    message = err.decode()
-    assert process.returncode == 3, message
+    code, _, message = await _wfa_in_shell('start "$1" > /dev/full', env, ok)
+    assert code == 3, message
     started = re.search(r"started (hostile-full-\S+) \(run id ", message)
     assert started is not None, message
     assert (await flows.status(started.group(1))).definition == "hostile-full"  # the run is there
-    closed = await asyncio.create_subprocess_exec(
-        "sh",
-        "-c",
-        'exec "$0" -m starter --address 127.0.0.1:1 status nothing >&-',
-        sys.executable,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(closed.communicate(), 120)
-    assert closed.returncode == 3, err.decode()
-    assert b"Traceback" not in err, err.decode()
+    code, _, err = await _wfa_in_shell("--address 127.0.0.1:1 status nothing >&-", env)
+    assert code == 3, err
+    assert "Traceback" not in err, err
     # Nothing to print but a verdict: a closed stdout is no failure (a review: it became exit 70).
-    quiet = await asyncio.create_subprocess_exec(
-        "sh",
-        "-c",
-        'exec "$0" -m starter validate "$1" >&-',
-        sys.executable,
-        ok,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(quiet.communicate(), 120)
-    assert (quiet.returncode, err) == (0, b""), err.decode()
+    assert await _wfa_in_shell('validate "$1" >&-', env, ok) == (0, "", "")
     # With stderr closed, an error is said nowhere, not into stdout's JSON (a review).
-    mute = await asyncio.create_subprocess_exec(
+    code, out, _ = await _wfa_in_shell("--address 127.0.0.1:1 status nothing --json 2>&-", env)
+    assert (code, out) == (3, ""), out
+
+
+async def _wfa_in_shell(command: str, env: dict[str, str], *args: str) -> tuple[int | None, str, str]:
+    """``wfa COMMAND`` run by ``sh`` (COMMAND holds its redirections; ``$1``... are ``args``):
+    its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
         "sh",
         "-c",
-        'exec "$0" -m starter --address 127.0.0.1:1 status nothing --json 2>&-',
+        f'exec "$0" -m starter {command}',
         sys.executable,
+        *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(mute.communicate(), 120)
-    assert (mute.returncode, out) == (3, b""), out.decode()
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode, out.decode(), err.decode()
 
 
 async def test_start_json_stays_json_when_the_sdk_warns_about_a_large_input(
