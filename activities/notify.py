@@ -125,6 +125,7 @@ class DecisionLinks:
                     step=spec.path,
                     ttl_s=ttl,
                     now=now,
+                    since=spec.since,
                 )
                 shown = f"{label} (with the form)" if spec.required_fields and decision != "reject" else label
                 links.append((shown, f"{inbox}/link?{urlencode({'t': token})}"))

@@ -46,7 +46,7 @@ from interpreter.continuation import (
 )
 from interpreter.durations import format_duration, parse_duration
 from interpreter.events import EVENT_CLOCK_SKEW_S, MAX_EVENT_KEY_CHARS, Event, EventSubscription, mailbox_id
-from interpreter.inert import as_text, holds_reference, keep_recorded, make_inert, seal
+from interpreter.inert import SECRET_REF_START, as_text, holds_reference, keep_recorded, make_inert, seal
 from interpreter.model import (
     FAN_OUT_ABOVE,
     FAN_OUT_BATCH_SIZE,
@@ -463,6 +463,15 @@ correction into the recorded input) lost the definition's secret (a header sent 
 ``Bearer ${secret:TOKEN}`` instead of the token) and data's escaped text gained a ``$`` (found by a
 victim's test). Only in runs started at its generation (``workflows.generic.NEVER_ASKED_PATCHES``),
 as ``data-text``: it changes by a byte per reference the size the send guard counts."""
+
+PATCH_DECISION_TEXT = "decision-text"
+"""Patch id: an approval's ``reason`` and a task's ``comment`` are data, made inert where they enter
+the run like the decision's form data (``interpreter.inert.make_inert``). Before, they were taken
+as they came, so a template that wrote them into a step's input sealed them there and an escaped
+``$${secret:X}`` a person typed reached the receiver as ``${secret:X}``, a ``$`` short (found by an
+attacker's probe; nothing was ever resolved from them). Only in runs started at its generation
+(``workflows.generic.NEVER_ASKED_PATCHES``), as ``data-text``: it changes by a byte per reference
+the size of the step's output the budgets count."""
 
 PATCH_MAILBOX_IDS = "mailbox-ids"
 """Patch id: a run subscribes at the mailbox named by the digest of its tenant, type and key
@@ -4164,6 +4173,7 @@ class Engine:
             has_fields=bool(form),
             expires_at=view.deadline,
             account=links.account,
+            since=view.since,
         ).model_dump(mode="json")
         visit = self._visits.get(view.path, 1)
         sends = self._link_sends[view.path] = self._link_sends.get(view.path, 0) + 1
@@ -4239,7 +4249,7 @@ class Engine:
         output = {
             "decision": "approved" if kind == DecisionKind.APPROVE else "rejected",
             "actor": decision.actor,
-            "reason": decision.reason,
+            "reason": self._decision_text(decision.reason),
             "data": data,
             "escalations": approval.view.escalations,
         }
@@ -4310,11 +4320,19 @@ class Engine:
         return {
             "status": "completed",
             "completed_by": decision.actor,
-            "comment": decision.reason,
+            "comment": self._decision_text(decision.reason),
             # Checked against the declared form (check_decision); inert like all data.
             "data": make_inert(dict(decision.data)),
             "escalations": task.view.escalations,
         }
+
+    def _decision_text(self, text: str) -> str:
+        """A person's reason or comment as the run keeps it: data, inert
+        (:data:`PATCH_DECISION_TEXT`; asked only of text holding a reference)."""
+        if SECRET_REF_START in text and self.runtime.patched(PATCH_DECISION_TEXT):
+            inert: str = make_inert(text)
+            return inert
+        return text
 
     def _person_lane(
         self, step: ApprovalStep | HumanTaskStep, scope: _Scope, path: str

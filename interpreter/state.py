@@ -810,3 +810,6 @@ class DecisionLinksInput(BaseModel):
     has_fields: bool = False
     expires_at: datetime | None = None
     account: str = "SMTP"
+    since: datetime | None = None
+    """When the step began this wait: the links' tokens carry it (claim ``since``), so they decide
+    this wait only, not a later one a loop brings (None from a run of an earlier build: any)."""

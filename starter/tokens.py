@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
 from starter.errors import InvalidInputError
-from workflows.decision_tokens import ALGORITHMS, DECISIONS, DEFAULT_ISSUER
+from workflows.decision_tokens import ALGORITHMS, DECISIONS, DEFAULT_ISSUER, wait_mark
 
 SIGNING_KEY_ENV = "WFA_DECISION_SIGNING_KEY"
 SIGNING_KEYS_ENV = "WFA_DECISION_SIGNING_KEYS"
@@ -152,6 +153,12 @@ def load_signing_keys(environ: Mapping[str, str] | None = None) -> dict[str, dic
     return keys
 
 
+def configured_issuer(env: Mapping[str, str] | None = None) -> str:
+    """The issuer this installation's tokens carry and its verifiers expect: ``$WFA_DECISION_ISSUER``,
+    else ``wfa`` (the worker reads the same variable)."""
+    return (os.environ if env is None else env).get(ISSUER_ENV) or DEFAULT_ISSUER
+
+
 def check_request(decisions: Iterable[str], step: str | None, ttl_s: float) -> list[str]:
     """The decisions a token is asked for, checked with its step and lifetime.
 
@@ -182,6 +189,7 @@ def mint(
     issuer: str | None = None,
     now: float | None = None,
     groups: Iterable[str] = (),
+    since: datetime | None = None,
 ) -> str:
     """A signed decision token.
 
@@ -197,6 +205,8 @@ def mint(
         now: Unix time of issue (tests); default the clock.
         groups: The groups the actor is a member of (claim ``groups``), for steps that name a
             ``group:<name>`` approver or candidate group; left out when empty.
+        since: When the step began the wait the token is for (claim ``since``): the token then
+            decides that wait only, not a later one at the same step. None: any wait at the step.
 
     Raises:
         TokenError: Naming the bad argument.
@@ -215,7 +225,7 @@ def mint(
         )
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
-        "iss": issuer or os.environ.get(ISSUER_ENV) or DEFAULT_ISSUER,
+        "iss": issuer or configured_issuer(),
         "sub": actor,
         "tenant": tenant,
         "run": run,
@@ -229,4 +239,6 @@ def mint(
     member_of = list(dict.fromkeys(groups))
     if member_of:
         claims["groups"] = member_of
+    if since is not None:
+        claims["since"] = wait_mark(since)
     return jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": signing_key["kid"]})

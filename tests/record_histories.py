@@ -1028,6 +1028,35 @@ async def _redrive_as_shown(handle: WorkflowHandle[Any, Any]) -> None:
     )
 
 
+def _decision_text(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-decision-text",
+        "steps": [
+            {"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"},
+            {"id": "call", "type": "human_task", "assignee": "alice", "title": "Call"},
+            _echo(
+                "after",
+                {"reason": "{{ steps.review.output.reason }}", "comment": "{{ steps.call.output.comment }}"},
+            ),
+        ],
+    }
+
+
+async def _decide_with_text(handle: WorkflowHandle[Any, Any]) -> None:
+    """Approves, then completes the task, each with text that looks like a reference."""
+    await _until(handle, lambda s: any(p.step_id == "review" for p in s.pending_approvals))
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.APPROVE, actor="alice", reason=SECRET_LIKE_TEXT),
+    )
+    await _until(handle, lambda s: any(p.step_id == "call" for p in s.pending_approvals))
+    await handle.execute_update(
+        RunDefinitionWorkflow.decide,
+        DecisionRequest(decision=DecisionKind.COMPLETE, actor="alice", reason=SECRET_LIKE_TEXT),
+    )
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1682,6 +1711,16 @@ def scenarios() -> list[Scenario]:
             {"note": SECRET_LIKE_TEXT},
             drive=_redrive_as_shown,
             options={"engine_level": 29},
+        ),
+        Scenario(
+            "decision_text",
+            "an approval's reason and a task's comment holding text like a secret reference and an"
+            " escaped one, at interpreter generation 30 (patch decision-text): both kept inert,"
+            " echoed as their text",
+            _decision_text,
+            {},
+            drive=_decide_with_text,
+            options={"engine_level": 30},
         ),
         Scenario(
             "events",

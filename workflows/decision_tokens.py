@@ -4,8 +4,10 @@ A decision token is a JWT signed with an asymmetric key (Ed25519 ``EdDSA`` or P-
 product's own signing key (``wfa token mint``) or a company's identity provider. Its claims: ``iss``,
 ``sub`` (the actor), ``tenant``, ``run`` (the workflow id), ``step`` (the approval step id or path;
 absent for a cancel), ``decisions`` (a subset of approve, reject, cancel, complete), ``groups``
-(optional: groups the actor decides as a member of), ``exp``, ``iat``, ``jti``;
-its header names the key (``kid``).
+(optional: groups the actor decides as a member of), ``since`` (optional: the wait it was minted
+for, :func:`wait_mark` of the step's ``since``; the links the run mails and the inbox's tokens carry
+it, so a token minted while a step waited once does not decide it when a loop brings it back),
+``exp``, ``iat``, ``jti``; its header names the key (``kid``).
 
 A key of the set may carry ``"tenants": [...]``: it then verifies only tokens of those tenants, so
 the key of one tenant cannot decide in another (the production setup: one signing key per tenant).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -60,6 +62,19 @@ class DecisionClaims:
     jti: str
     kid: str
     groups: tuple[str, ...] = ()
+    since: int | None = None
+    """The wait the token was minted for (:func:`wait_mark`); None: any wait at its step."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def wait_mark(since: datetime) -> int:
+    """The ``since`` claim for a step that waits since ``since``: whole microseconds since the epoch
+    (exact, so a minter and the run compare equal values)."""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return (since - _EPOCH) // timedelta(microseconds=1)
 
 
 class DecisionVerifier:
@@ -203,6 +218,9 @@ class DecisionVerifier:
         groups = claims.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise TokenRefusedError("token claim 'groups' must be a list of strings")
+        since = claims.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise TokenRefusedError("token claim 'since' must be an integer")
         if claims["tenant"] != tenant:
             raise TokenRefusedError("token is for another tenant")
         if kid in self.tenants and tenant not in self.tenants[kid]:
@@ -221,6 +239,7 @@ class DecisionVerifier:
             jti=jti,
             kid=kid,
             groups=tuple(groups),
+            since=since,
         )
 
 
@@ -230,8 +249,11 @@ def check_target(
     step_names: Sequence[str] | None,
     used: Iterable[str],
     groups: Sequence[str] = (),
+    *,
+    since: datetime | None = None,
 ) -> None:
-    """Checks that verified claims name this actor and pending step and were not used before.
+    """Checks that verified claims name this actor and pending step (this wait at it, if the token
+    names one) and were not used before.
 
     Args:
         claims: What the token proves.
@@ -240,6 +262,7 @@ def check_target(
         used: The ``jti`` of tokens this run has accepted already.
         groups: The groups the request says the actor decides as a member of: each must be in
             the token's ``groups`` claim.
+        since: When the pending step began waiting (None for a cancel).
 
     Raises:
         TokenRefusedError: Naming the mismatch.
@@ -254,6 +277,35 @@ def check_target(
         raise TokenRefusedError(f"token does not prove membership of {clip_names(unproven)}")
     if claims.jti in used:
         raise TokenRefusedError("token was used already in this run")
+    problem = wait_problem(claims.since, since)
+    if problem is not None:
+        raise TokenRefusedError(problem)
+
+
+def wait_problem(claimed: int | None, since: datetime | None) -> str | None:
+    """Why a token minted for the wait ``claimed`` does not serve the one since ``since``."""
+    if claimed is None or since is None or claimed == wait_mark(since):
+        return None
+    return (
+        "token was issued for an earlier wait at this step, which was decided; it waits again"
+        f" since {since.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}"
+    )
+
+
+def reuse_problem(token: str, used: Iterable[str], since: datetime | None) -> str | None:
+    """Why a token nobody verifies here (the run requires no proof, the worker holds no keys) may
+    not decide all the same: it was used already, or was minted for an earlier wait. A link's token
+    decides once, and only the wait it was sent for, whether or not the run asks for proof."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:  # (a payload that is no JSON object too)
+        return None
+    jti, claimed = claims.get("jti"), claims.get("since")
+    if isinstance(jti, str) and jti in used:
+        return "token was used already in this run"
+    if isinstance(claimed, int) and not isinstance(claimed, bool):
+        return wait_problem(claimed, since)
+    return None
 
 
 def clip_names(names: Sequence[str]) -> str:

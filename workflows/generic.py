@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from temporalio import workflow
@@ -85,6 +85,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_CONTINUE_AS_NEW_TASKS,
         PATCH_CONTINUE_AS_NEW_WAITS,
         PATCH_DATA_TEXT,
+        PATCH_DECISION_TEXT,
         PATCH_DECISIONS_KEPT,
         PATCH_DECLARED_FORM_FIELDS,
         PATCH_DRAIN_FIXES,
@@ -480,6 +481,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_DATA_TEXT: 28,
     PATCH_APPROVAL_TIMEOUT_SAGA: 28,
     PATCH_REDRIVE_KEEPS_RECORDED: 29,
+    PATCH_DECISION_TEXT: 30,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -518,6 +520,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_DATA_TEXT,
     PATCH_APPROVAL_TIMEOUT_SAGA,
     PATCH_REDRIVE_KEEPS_RECORDED,
+    PATCH_DECISION_TEXT,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -533,8 +536,9 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 ``compact-run-input``, the shape of the inputs a run sends, ``unset-current-step``, the
 search attributes a run starts with, ``data-text``, which changes by a byte per reference the
 sizes of the inputs and data the send guard and the budgets count, ``approval-timeout-saga``,
-which changes the compensations a failed run schedules, and ``redrive-keeps-recorded``, which
-changes by a byte per reference the size of a redriven step's input."""
+which changes the compensations a failed run schedules, ``redrive-keeps-recorded``, which
+changes by a byte per reference the size of a redriven step's input, and ``decision-text``, which
+changes so the size of a decided step's output."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -2917,7 +2921,12 @@ class GenericRun:
             )
         steps = (approval.view.step_id, approval.view.path)
         refusal = self._proof_refusal(
-            request.decision.value, request.actor, request.token, steps, request.groups
+            request.decision.value,
+            request.actor,
+            request.token,
+            steps,
+            request.groups,
+            since=approval.view.since,
         )
         if refusal is not None:
             raise ApplicationError(refusal, type="DecisionRefused", non_retryable=True)
@@ -2929,21 +2938,29 @@ class GenericRun:
         token: str | None,
         steps: tuple[str, str] | None,
         groups: Sequence[str] = (),
+        *,
+        since: datetime | None = None,
     ) -> str | None:
-        """Why the update's token does not prove it (None: proven, or no proof required).
+        """Why the update's token does not prove it (None: proven, or no proof required and none
+        given).
 
         Called from update validators only: they run when an update is first handled, never on
         replay, so the keys the worker holds now and the check's outcome never reach the replay.
         The actor being a listed approver (the current list, escalations included) is the
-        engine's check; here the token must name that actor.
+        engine's check; here the token must name that actor. A token given is checked even where
+        no proof is required: a decision link's token decides once, and only the wait it was
+        mailed for (before, a run that required no proof took a used link again when a loop
+        brought its step back: found by an attacker's probe).
         """
         verifier = decision_tokens.verifier()
-        if not (self._proof_required or (verifier is not None and verifier.required)):
-            return None
+        required = self._proof_required or (verifier is not None and verifier.required)
         if token is None:
-            return f"proof required: this {decision} must carry a decision token"
+            return f"proof required: this {decision} must carry a decision token" if required else None
         if verifier is None:
-            return "proof required, but this worker holds no decision keys to check it"
+            if required:
+                return "proof required, but this worker holds no decision keys to check it"
+            reused = decision_tokens.reuse_problem(token, self._used_tokens, since)
+            return None if reused is None else f"decision token refused: {reused}"
         try:
             claims = verifier.verify(
                 token,
@@ -2952,7 +2969,7 @@ class GenericRun:
                 run=workflow.info().workflow_id,
                 decision=decision,
             )
-            decision_tokens.check_target(claims, actor, steps, self._used_tokens, groups)
+            decision_tokens.check_target(claims, actor, steps, self._used_tokens, groups, since=since)
         except decision_tokens.TokenRefusedError as err:
             return f"decision token refused: {clip(str(err))}"
         return None

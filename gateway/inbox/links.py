@@ -24,18 +24,21 @@ from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState
 from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, PendingApproval, RunStatus
+from starter import tokens
 from starter.errors import (
     DecisionRefusedError,
     PendingApprovalsUnknownError,
     RunClosedError,
     StarterError,
 )
-from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError
+from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError, wait_problem
 
 log = logging.getLogger("gateway.inbox")
 
 Renderer = Callable[..., HTMLResponse]
 """The router's page renderer."""
+LINK_DECISIONS = tuple(kind.value for kind in DecisionKind)
+"""What a link can decide: approve, reject, complete."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,15 @@ def check_link(state: InboxState, token: str, now: datetime | None = None) -> De
         or not isinstance(run, str)
         or not isinstance(decisions, list)
         or len(decisions) != 1
+        # A link decides a step; a cancel token (which `wfa token mint` makes) is no link's.
+        or decisions[0] not in LINK_DECISIONS
     ):
         return invalid
     key = state.config.signing_key(tenant)
     if key is None:
         return invalid
-    verifier = DecisionVerifier.from_jwks({"keys": [public_jwk(key)]})
+    # The issuer the worker mints the links' tokens with and verifies decisions against.
+    verifier = DecisionVerifier.from_jwks({"keys": [public_jwk(key)]}, tokens.configured_issuer())
     try:
         return verifier.verify(
             token, now=now or datetime.now(UTC), tenant=tenant, run=run, decision=str(decisions[0])
@@ -170,6 +176,8 @@ async def _pending(
         )
     except StarterError:
         return LinkProblem("Nothing to decide", "The run this link was for no longer exists.", 404)
+    if pending is not None and wait_problem(claims.since, pending.since) is not None:
+        pending = None  # it waits again since: the wait this link was mailed for was decided
     if pending is None:
         decided = [d for d in status.decisions if d.accepted and d.step_id in (claims.step, None)]
         done = ""

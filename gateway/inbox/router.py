@@ -613,6 +613,7 @@ async def decide(request: Request, state: State) -> Response:
             step=pending.path,
             ttl_s=state.config.decision_ttl_s,
             groups=groups,
+            since=pending.since,
         )
     try:
         await send_decision(

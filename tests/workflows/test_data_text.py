@@ -172,3 +172,42 @@ async def test_a_subflows_input_and_output_reach_the_actions_as_their_text(
         assert received(http_server, "/child") == make_inert(TEXT)
         assert received(http_server, "/parent") == make_inert(make_inert(TEXT))
     assert PATCH_DATA_TEXT not in await patches(flows.client, run.workflow_id)
+
+
+@pytest.mark.parametrize("level", [ENGINE_LEVEL, 29])
+async def test_a_persons_reason_and_comment_reach_the_action_as_their_text(
+    client: Client, task_queue: str, worker: Worker, http_server: RecordingServer, level: int
+) -> None:
+    """An approver's reason and a task's comment are data like the form's (generation 30, patch
+    ``decision-text``): before, they were taken as typed, and an escaped reference reached the
+    receiver a ``$`` short (found by an attacker's probe). A run of generation 29 goes on so."""
+    doc = definition(
+        unique("text-decision"),
+        [
+            {"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"},
+            {"id": "call", "type": "human_task", "assignee": "alice", "title": "Call the family"},
+            post(http_server, "/reason", "{{ steps.review.output.reason }}", "post_reason"),
+            post(http_server, "/comment", "R: {{ steps.call.output.comment }}", "post_comment"),
+        ],
+    )
+    handle = await start(client, task_queue, doc, {}, engine_level=level)
+    flows = FlowClient(client, task_queue=task_queue)
+    await eventually(lambda: status(handle), lambda s: bool(s.pending_approvals), what="the approval")
+    await flows.approve(handle.id, "alice", step_id="review", reason=TEXT)
+    await eventually(
+        lambda: status(handle),
+        lambda s: any(p.step_id == "call" for p in s.pending_approvals),
+        what="the task",
+    )
+    await flows.complete_task(handle.id, "alice", step_id="call", comment=TEXT)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED, result.error
+    # Before: a "$" short where the text held an escaped reference (nothing ever resolved).
+    sent = TEXT if level == ENGINE_LEVEL else TEXT.replace("$${", "${")
+    assert received(http_server, "/reason") == sent
+    assert received(http_server, "/comment") == f"R: {sent}"
+    # The run keeps them as it keeps data: inert (escaped once); the patch is recorded nowhere.
+    outputs = {record.id: record.output for record in result.steps}
+    kept = make_inert(TEXT) if level == ENGINE_LEVEL else TEXT
+    assert (outputs["review"]["reason"], outputs["call"]["comment"]) == (kept, kept)
+    assert "decision-text" not in await patches(client, handle.id)

@@ -1,0 +1,194 @@
+"""A decision link decides once, and only the wait it was mailed for (found by an attacker's probe).
+
+A step a loop brings back (``on_reject: {"goto": ...}``) waits again and mails new links. Before,
+the first email's links still decided it: a token names the run, the step, the person and the
+decision, not which wait at the step, and a run that required no proof never looked at the tokens
+it had taken, so one reject link decided every pass. Now the links' tokens carry the wait they
+were minted for (claim ``since``), the run checks a token it is given whether or not it requires
+proof, and the link page says what happened. The links are real: mailed by the run to a local SMTP
+server, posted to the inbox served on loopback.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowHandle
+
+from gateway.inbox.links import LinkProblem, check_link
+from interpreter.state import RunInput, RunOptions, RunState
+from interpreter.validate import load_definition
+from starter import tokens
+from starter.errors import DecisionRefusedError
+from starter.mailbox import LocalMailbox
+from tests.inbox.conftest import Inbox, waiting_run
+from tests.workflows.support import eventually, status, unique, wait_state
+from workflows import decision_tokens
+from workflows.generic import RunDefinitionWorkflow
+
+LOOP = [
+    {"id": "n", "type": "set", "vars": {"k": "{{ (vars.k | default(0)) + 1 }}"}, "max_visits": 3},
+    {
+        "id": "review",
+        "type": "approval",
+        "approvers": ["alice"],
+        "message": "Round {{ vars.k }}",
+        "timeout": "1h",
+        "on_reject": {"goto": "n"},
+        "max_visits": 3,
+        "notify": {"email": {"to": {"alice": "alice@acme.example"}, "subject": "Round {{ vars.k }}"}},
+    },
+]
+
+
+async def _looping_run(client: Client, task_queue: str, *, proof: bool) -> WorkflowHandle[Any, Any]:
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition({"name": unique("loop"), "steps": LOOP}),
+            options=RunOptions(tenant="acme", decision_proof=proof, publish_assignees=True),
+        ),
+        id=unique("loop-run"),
+        task_queue=task_queue,
+    )
+    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    return handle
+
+
+async def _links(mailbox: LocalMailbox, subject: str) -> tuple[str, str]:
+    """The approve and reject links of the message with ``subject``."""
+    mails = await eventually(
+        lambda: _received(mailbox, subject), bool, timeout=60, what=f"the email {subject!r}"
+    )
+    text = mails[0].part("text/plain")
+    found = [re.search(rf"^{label}[^:]*: (\S+)$", text, re.MULTILINE) for label in ("Approve", "Reject")]
+    assert all(found), text
+    return found[0].group(1), found[1].group(1)  # type: ignore[union-attr]
+
+
+async def _received(mailbox: LocalMailbox, subject: str) -> list[Any]:
+    return [m for m in mailbox.received if m.message["Subject"] == subject]
+
+
+async def _post_link(web: httpx.AsyncClient, link: str, reason: str) -> httpx.Response:
+    page = await web.get(link)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf, f"{page.status_code}: {page.text[:300]}"
+    token = link.split("t=", 1)[1]
+    return await web.post(link.split("?", 1)[0], data={"t": token, "csrf": csrf.group(1), "reason": reason})
+
+
+@pytest.mark.parametrize("proof", [False, True], ids=["no-proof-required", "proof-required"])
+async def test_a_link_decides_once_and_only_the_wait_it_was_mailed_for(
+    client: Client, task_queue: str, inbox: Inbox, mailbox: LocalMailbox, proof: bool
+) -> None:
+    handle = await _looping_run(client, task_queue, proof=proof)
+    approve_1, reject_1 = await _links(mailbox, "Round 1")
+    async with httpx.AsyncClient(follow_redirects=False) as web:
+        rejected = await _post_link(web, reject_1, "not yet")
+        assert rejected.status_code == 303, rejected.text[:500]
+        approve_2, _ = await _links(mailbox, "Round 2")  # the step waits again: new links
+        waiting = await status(handle)
+        assert waiting.state == RunState.AWAITING_APPROVAL
+
+        # The first round's reject link, used already: the page says so and the run refuses it.
+        again = await web.get(reject_1)
+        assert again.status_code == 409
+        assert "Already decided" in again.text
+        assert "Traceback" not in again.text
+        # The first round's approve link, never used: it was for the wait that was decided.
+        stale = await web.get(approve_1)
+        assert stale.status_code == 409
+        assert "Already decided" in stale.text
+        # Straight to the run (as a client holding the token would): refused, naming why.
+        acme = inbox.clients["acme"]
+        stale_token = approve_1.split("t=", 1)[1]
+        with pytest.raises(DecisionRefusedError, match="earlier wait at this step"):
+            await acme.approve(handle.id, "alice", step_id="review", token=stale_token)
+        with pytest.raises(DecisionRefusedError, match="used already"):
+            await acme.reject(handle.id, "alice", step_id="review", token=reject_1.split("t=", 1)[1])
+        assert (await status(handle)).state == RunState.AWAITING_APPROVAL
+
+        # The second round's link decides the second round.
+        approved = await _post_link(web, approve_2, "now")
+        assert approved.status_code == 303, approved.text[:500]
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    decided = [(d.decision.value, d.reason) for d in (await status(handle)).decisions if d.accepted]
+    assert decided == [("reject", "not yet"), ("approve", "now")]
+
+
+async def test_a_cancel_token_is_no_link(client: Client, task_queue: str, inbox: Inbox) -> None:
+    """``wfa token mint --decisions cancel --step review`` makes a token the link page cannot use:
+    it says the link is not valid (before: the page showed the step, and confirming it answered 500)."""
+    handle = await waiting_run(client, task_queue, "acme", decision_proof=True)
+    token = tokens.mint(
+        inbox.private_key, tenant="acme", run=handle.id, actor="alice", decisions=["cancel"], step="review"
+    )
+    async with httpx.AsyncClient() as web:
+        page = await web.get(f"{inbox.url}/link", params={"t": token})
+        assert page.status_code == 400
+        assert "This link is not valid" in page.text
+        posted = await web.post(f"{inbox.url}/link", data={"t": token, "csrf": "x"})
+        assert posted.status_code == 400
+        assert "Traceback" not in posted.text
+    assert (await status(handle)).state == RunState.AWAITING_APPROVAL
+    await handle.terminate("test over")
+
+
+class _Config:
+    def __init__(self, key: dict[str, Any]) -> None:
+        self._key = key
+
+    def signing_key(self, tenant: str) -> dict[str, Any]:
+        return self._key
+
+
+class _State:
+    def __init__(self, key: dict[str, Any]) -> None:
+        self.config = _Config(key)
+
+
+def test_links_read_with_the_issuer_the_worker_mints_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``WFA_DECISION_ISSUER`` set (a company's identity provider issues the other tokens), the
+    worker mints the links' tokens with that issuer; the link page read them with the default
+    issuer and called every link damaged."""
+    private, _ = tokens.generate_keys("k1")
+    monkeypatch.setenv(tokens.ISSUER_ENV, "https://idp.corp.example")
+    token = tokens.mint(private, tenant="acme", run="r1", actor="alice", decisions=["approve"], step="s")
+    claims = check_link(_State(private), token)  # type: ignore[arg-type]
+    assert not isinstance(claims, LinkProblem), claims
+    assert (claims.actor, claims.step) == ("alice", "s")
+    other = tokens.mint(
+        private, tenant="acme", run="r1", actor="alice", decisions=["approve"], step="s", issuer="wfa"
+    )
+    refused = check_link(_State(private), other)  # type: ignore[arg-type]
+    assert isinstance(refused, LinkProblem)
+    assert refused.status_code == 400
+
+
+def test_a_worker_without_keys_still_takes_a_link_once_and_for_its_wait() -> None:
+    """A run that requires no proof, on a worker holding no verification keys, checks nothing of a
+    token's signature (anyone may decide it); it still refuses a token it took already, and one
+    minted for an earlier wait at the step, so a link does not decide twice."""
+    private, _ = tokens.generate_keys("k1")
+    first = datetime(2026, 12, 6, 18, 0, 0, 123456, tzinfo=UTC)
+    again = first + timedelta(minutes=5)
+    token = tokens.mint(
+        private, tenant="acme", run="r1", actor="alice", decisions=["reject"], step="review", since=first
+    )
+    jti = decision_tokens.unverified_jti(token)
+    assert jti is not None
+    assert decision_tokens.reuse_problem(token, {}, first) is None
+    assert decision_tokens.reuse_problem(token, {jti: None}, first) == "token was used already in this run"
+    later = decision_tokens.reuse_problem(token, {}, again)
+    assert later is not None
+    assert "earlier wait at this step" in later
+    # A token minted for no particular wait (``wfa token mint``, an identity provider's) serves any.
+    plain = tokens.mint(private, tenant="acme", run="r1", actor="alice", decisions=["reject"], step="review")
+    assert decision_tokens.reuse_problem(plain, {}, again) is None
+    assert decision_tokens.reuse_problem("not a token", {}, again) is None
