@@ -6,6 +6,12 @@ connections and statement timeouts are enforced by the database itself: the tran
 with ``SET TRANSACTION READ ONLY`` and ``SET LOCAL statement_timeout``, not by parsing the SQL.
 PostgreSQL (asyncpg) is the supported database.
 
+Isolation: each (tenant, connection name, URL) has its own pool, never shared with another tenant even
+when two tenants name the same URL, and every connection is reset with ``DISCARD ALL`` (after a
+rollback, outside any transaction) when it goes back to its pool, so no temp table, ``SET`` (e.g.
+``search_path``), advisory lock, ``LISTEN`` or prepared statement of one step reaches the next. A
+connection whose reset fails is closed, not returned to the pool.
+
 Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`; SQLSTATE
 classes as PostgreSQL reports them):
 
@@ -38,9 +44,10 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action, invalid_input, resolve_secrets
@@ -54,6 +61,13 @@ __all__ = ["CONNECT_GRACE_S", "SqlActions"]
 
 CONNECT_GRACE_S = 15.0
 """Time allowed on top of the statement timeout for connecting and committing."""
+
+POOL_SIZE = 2
+"""Connections a pool keeps open between steps."""
+POOL_MAX_OVERFLOW = 3
+"""Connections a pool may open on top of :data:`POOL_SIZE` while steps run concurrently."""
+RESET_TIMEOUT_S = 5.0
+"""Time allowed for resetting a connection returned to its pool; past it the connection is closed."""
 
 _RETRYABLE_CLASSES = {"08": "SqlConnectionError", "40": "SqlTransientError", "53": "SqlTransientError"}
 _RETRYABLE_CLASSES |= {"57": "SqlTransientError", "58": "SqlTransientError"}
@@ -119,12 +133,41 @@ def _classify(err: sa_exc.DBAPIError, what: str) -> ApplicationError:
     return ApplicationError(message, details, type=error_type, non_retryable=True)
 
 
+def _reset_session(
+    dbapi_connection: Any, connection_record: ConnectionPoolEntry, reset_state: PoolResetState
+) -> None:
+    """The pool's ``reset`` event (the engine's own rollback-on-return is off): rolls back, then runs
+    ``DISCARD ALL`` outside any transaction, so the next checkout sees a fresh session. An exception
+    here makes the pool invalidate (close) the connection instead of returning it."""
+    if reset_state.terminate_only:
+        return  # the connection is being closed: nothing of it reaches a next step
+    if not reset_state.asyncio_safe:
+        # Cannot run the reset here: refusing makes the pool close the connection instead.
+        raise RuntimeError("sql: a pooled connection cannot be reset outside its event loop")
+    dbapi_connection.rollback()
+
+    async def discard(connection: Any) -> None:
+        if connection.is_in_transaction():
+            await connection.execute("ROLLBACK", timeout=RESET_TIMEOUT_S)
+        await connection.execute("DISCARD ALL", timeout=RESET_TIMEOUT_S)
+
+    dbapi_connection.run_async(discard)
+
+
 class SqlActions:
-    """Holder of the database engines (one pool per connection URL); ``SqlActions().sql`` is the
-    activity to register, :meth:`close` disposes the pools."""
+    """Holder of the database engines; ``SqlActions().sql`` is the activity to register,
+    :meth:`close` disposes the pools.
+
+    One pool per (tenant, connection name, resolved URL): two tenants naming the same URL never share
+    a connection. Each pool holds at most ``POOL_SIZE + POOL_MAX_OVERFLOW`` (5) connections, of which
+    at most ``POOL_SIZE`` (2) stay open between steps, so a worker opens at most 5 connections per
+    configured (tenant, connection) pair it has run a step on (and fewer when its activity slots are
+    fewer). Connections are reset with ``DISCARD ALL`` on their way back (:func:`_reset_session`);
+    since that also drops prepared statements, the driver's statement caches are off (each statement
+    is prepared when it runs)."""
 
     def __init__(self) -> None:
-        self._engines: dict[str, AsyncEngine] = {}
+        self._engines: dict[tuple[str, str, str], AsyncEngine] = {}
 
     async def close(self) -> None:
         """Closes every pool."""
@@ -132,10 +175,21 @@ class SqlActions:
         for engine in engines:
             await engine.dispose()
 
-    def _engine(self, url: str) -> AsyncEngine:
-        engine = self._engines.get(url)
+    def _engine(self, tenant: str, connection: str, url: str) -> AsyncEngine:
+        key = (tenant, connection, url)
+        engine = self._engines.get(key)
         if engine is None:
-            engine = self._engines[url] = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+            engine = create_engine(
+                url,
+                pool_size=POOL_SIZE,
+                max_overflow=POOL_MAX_OVERFLOW,
+                pool_pre_ping=True,
+                pool_reset_on_return=None,  # _reset_session rolls back, then discards the session
+                # DISCARD ALL deallocates prepared statements: no cache may refer to one afterwards.
+                connect_args={"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+            )
+            event.listen(engine.sync_engine.pool, "reset", _reset_session)
+            self._engines[key] = engine
         return engine
 
     @action("sql")
@@ -158,7 +212,7 @@ class SqlActions:
         config = configured_connection("sql", request.tenant, spec.connection)
         url: str = resolve_secrets(config.url)
         try:
-            engine = self._engine(url)
+            engine = self._engine(request.tenant, spec.connection, url)
         except (StoreError, sa_exc.ArgumentError) as err:
             raise ApplicationError(
                 f"sql connection {spec.connection!r}: unusable URL: {err}",

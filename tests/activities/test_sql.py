@@ -49,7 +49,12 @@ def configured(sql_url: str) -> Iterator[None]:
                         "quick": {"url": sql_url, "statement_timeout_s": 0.3},
                     }
                 },
-                "other": {"sql": {"theirs": {"url": sql_url}}},
+                "other": {
+                    "sql": {
+                        "theirs": {"url": sql_url},
+                        "their_reports": {"url": sql_url, "read_only": True},
+                    }
+                },
             }
         )
     )
@@ -210,6 +215,96 @@ async def test_connections_are_the_tenants_own(actions: SqlActions) -> None:
     assert (
         await run(actions, {"connection": "theirs", "statement": "SELECT 1 AS x"}, tenant="other")
     ).output["rows"]
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_temp_table_of_one_tenant_never_captures_another_tenants_rows(actions: SqlActions) -> None:
+    """Tenants ``default`` and ``other`` name the same URL. ``other`` shadows ``notes`` with a temp
+    table; ``default``'s insert must still reach the real table, and ``other`` must find nothing of
+    it. Before, one pool served both tenants and kept the temp table on the reused connection: the
+    insert landed in it and ``other`` read it back from ``pg_temp.notes``."""
+    await run(
+        actions,
+        {"connection": "theirs", "statement": "CREATE TEMP TABLE notes (id int, body text)"},
+        tenant="other",
+    )
+    inserted = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "INSERT INTO notes (body) VALUES (:body) RETURNING id",
+            "parameters": {"body": "victim secret"},
+        },
+    )
+    assert isinstance(inserted.output["rows"][0]["id"], int)  # the real table's serial, not NULL
+    # No temp table survives the step: the read finds no such relation (before: the victim's row).
+    error = await fails(
+        actions, {"connection": "theirs", "statement": "SELECT body FROM pg_temp.notes"}, "other"
+    )
+    assert (error.type, error.details[0]["sqlstate"]) == ("SqlStatementError", "42P01")
+    found = await run(
+        actions,
+        {
+            "connection": "reports",
+            "statement": "SELECT count(*) AS n FROM public.notes WHERE body = :body",
+            "parameters": {"body": "victim secret"},
+        },
+    )
+    assert found.output["rows"] == [{"n": 1}]
+    await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "DELETE FROM notes WHERE body = :body",
+            "parameters": {"body": "victim secret"},
+        },
+    )
+
+
+@pytest.mark.usefixtures("configured")
+async def test_session_settings_of_a_read_only_step_do_not_reach_another_tenant(actions: SqlActions) -> None:
+    """``SET search_path`` is allowed in a read-only transaction and, without a reset, outlives it on
+    the pooled connection; another tenant on the same URL then resolved its names through it."""
+    default_path = await run(actions, {"connection": "main", "statement": "SHOW search_path"})
+    await run(
+        actions,
+        {"connection": "their_reports", "statement": "SET search_path = pg_catalog"},
+        tenant="other",
+    )
+    for connection in ("main", "reports"):
+        shown = await run(actions, {"connection": connection, "statement": "SHOW search_path"})
+        assert shown.output["rows"] == default_path.output["rows"]
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_pooled_connection_is_reset_between_steps(actions: SqlActions) -> None:
+    """Within one tenant too: the next step on the same server process (same backend pid) finds no
+    temp table, default settings and no advisory lock of the step before."""
+    first = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "SELECT pg_backend_pid() AS pid, current_setting('work_mem') AS mem",
+        },
+    )
+    await run(actions, {"connection": "main", "statement": "CREATE TEMP TABLE scratch (x int)"})
+    await run(actions, {"connection": "main", "statement": "SET work_mem = '7777kB'"})
+    await run(actions, {"connection": "main", "statement": "SELECT pg_advisory_lock(4242)"})
+    after = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "SELECT pg_backend_pid() AS pid, to_regclass('pg_temp.scratch') AS t,"
+            " current_setting('work_mem') AS mem,"
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND pid = pg_backend_pid()) AS locks",
+        },
+    )
+    assert after.output["rows"] == [{**first.output["rows"][0], "t": None, "locks": 0}]
+    default_path = await run(actions, {"connection": "reports", "statement": "SHOW search_path"})
+    await run(actions, {"connection": "reports", "statement": "SET search_path = pg_catalog"})
+    shown = await run(actions, {"connection": "reports", "statement": "SHOW search_path"})
+    assert shown.output["rows"] == default_path.output["rows"]
 
 
 async def test_a_server_that_is_down_is_a_retryable_connection_error(actions: SqlActions) -> None:
