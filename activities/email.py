@@ -78,6 +78,7 @@ from activities.base import (
 )
 from activities.outbound import OutboundPolicy, OutboundRefusedError, Resolver, numeric_host, system_resolver
 from interpreter.actions import (
+    LINE_BREAKS,
     ActionRequest,
     EmailInput,
     EmailResult,
@@ -409,11 +410,14 @@ class EmailActions:
         if not sender:
             raise _invalid(f"from: no sender given and the tenant has no setting {spec.account}_FROM")
         sender_address = parseaddr(sender)[1]
-        if "@" not in sender_address or any(c in sender for c in "\r\n"):
+        if "@" not in sender_address or not LINE_BREAKS.isdisjoint(sender):
             raise _invalid("from: the sender is not an email address")
         domain = sender_address.rpartition("@")[2].strip().lower() or "localhost"
         message_id = message_id_for(request.idempotency_key, domain)
-        message = build_message(spec, sender, message_id)
+        try:
+            message = build_message(spec, sender, message_id)
+        except ValueError as exc:  # a header the stdlib refuses; the input model refuses them first
+            raise _invalid(f"a header cannot be written: {exc}") from None
         recipients = [parseaddr(a)[1] for a in (*spec.to, *spec.cc, *spec.bcc)]
         recipients = list(dict.fromkeys(recipients))  # one delivery per address
         check_secret_hosts(server.host)

@@ -133,6 +133,36 @@ def status_accepted(status: int, accept_status: list[int | StatusRange]) -> bool
     return False
 
 
+CLIENT_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
+)
+"""Request headers only the HTTP client sets (lower-case), refused in ``http`` and ``webhook``
+inputs with every ``Proxy-*`` header: ``Host`` names the virtual host of the checked address the
+connection goes to, the others frame the message or belong to one connection hop (a definition's
+``Transfer-Encoding`` or ``Content-Length`` beside the client's would smuggle a second request)."""
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP field name (RFC 9110 token)."""
+
+_HEADER_VALUE_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters an HTTP field value cannot carry (tab is allowed)."""
+
+
+def _request_headers(value: dict[str, str]) -> dict[str, str]:
+    """Refuses a header an input may not set: a malformed name, a line break or other control
+    character in a value, or one of the client's own headers (:data:`CLIENT_HEADERS`, ``Proxy-*``).
+    Names are compared case-insensitively; the error names the header."""
+    for name, header_value in value.items():
+        if not _HEADER_NAME.fullmatch(name) or _HEADER_VALUE_CONTROLS.search(header_value):
+            raise ValueError(
+                f"header {name!r} has an invalid name or a line break or other control character in its value"
+            )
+        lowered = name.lower()
+        if lowered in CLIENT_HEADERS or lowered.startswith("proxy-"):
+            raise ValueError(f"header {name!r} is set by the HTTP client, not by the input")
+    return value
+
+
 class HttpInput(ActionInput):
     """Input of the ``http`` action (the step's ``input`` object).
 
@@ -143,6 +173,8 @@ class HttpInput(ActionInput):
         method: HTTP method, case-insensitive on input.
         url: Absolute ``http``/``https`` URL.
         headers: Request headers. ``Idempotency-Key`` defaults to the step's idempotency key.
+            ``Host``, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, the other
+            hop-by-hop headers and ``Proxy-*`` are the client's and refused (any case).
         params: Query parameters added to the URL.
         json_body: JSON request body, given as ``json`` in the input; omitted or null sends none.
         timeout_s: Total time allowed for the request, response included, in seconds.
@@ -179,10 +211,7 @@ class HttpInput(ActionInput):
     @field_validator("headers")
     @classmethod
     def _no_header_injection(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, header_value in value.items():
-            if not name or any(c in name for c in " \t\r\n:") or any(c in header_value for c in "\r\n"):
-                raise ValueError(f"header {name!r} has an invalid name or a line break in its value")
-        return value
+        return _request_headers(value)
 
     @field_validator("params", mode="before")
     @classmethod
@@ -235,12 +264,18 @@ MAX_EMAIL_RECIPIENTS = 100
 """Most addresses in to, cc and bcc together."""
 
 
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+"""Every character Python splits lines at (``str.splitlines``): the stdlib's email headers refuse
+them all, so an email input refuses them where they would land in a header (addresses, subject,
+attachment file names) instead of failing at send time."""
+
+
 def _address(value: str) -> str:
     """An email address as people write it: ``a@b.example`` or ``Name <a@b.example>``, one line."""
     from email.utils import parseaddr  # stdlib, pure
 
     text = value.strip()
-    if not text or any(c in text for c in "\r\n\0") or len(text) > 320:
+    if not text or "\0" in text or not LINE_BREAKS.isdisjoint(text) or len(text) > 320:
         raise ValueError("must be one email address on one line")
     _, addr = parseaddr(text)
     local, at, domain = addr.rpartition("@")
@@ -291,7 +326,7 @@ HttpUrl = Annotated[str, AfterValidator(_checked_http_url)]
 
 
 def _filename(value: str) -> str:
-    if not value or len(value) > 255 or any(c in value for c in "/\\\r\n\0"):
+    if not value or len(value) > 255 or any(c in value for c in "/\\\0") or not LINE_BREAKS.isdisjoint(value):
         raise ValueError("must be a file name (1-255 characters, no path, no line break)")
     return value
 
@@ -333,7 +368,8 @@ class EmailInput(ActionInput):
         bcc: Blind copy recipients (in the envelope only, never in a header).
         from_: Sender, given as ``from``; default the tenant's ``<account>_FROM``.
         reply_to: ``Reply-To`` address.
-        subject: Subject line (line breaks become spaces).
+        subject: Subject line (CR, LF and tab become spaces; other line separators such as
+            ``\\x0c`` or ``\\u2028`` are refused).
         text: Plain-text body.
         html: HTML body; rendered with autoescaping (data written into it is escaped). Without
             ``text``, the text part is derived from it.
@@ -355,6 +391,18 @@ class EmailInput(ActionInput):
     attachments: list[EmailAttachment] = Field(default_factory=list, max_length=20)
     account: str = Field(default="SMTP", pattern=ACCOUNT_PATTERN)
     timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line_subject(cls, value: str) -> str:
+        # CR, LF and tab become spaces (build_message); any other line or paragraph separator is
+        # refused here, where the error names the field, not by the stdlib at send time.
+        if not LINE_BREAKS.isdisjoint(value.translate({ord("\r"): None, ord("\n"): None})):
+            raise ValueError(
+                "must be one line: no vertical tab, form feed, file/group/record separator, NEL,"
+                " or Unicode line or paragraph separator"
+            )
+        return value
 
     @model_validator(mode="after")
     def _has_body(self) -> EmailInput:
@@ -490,7 +538,8 @@ class WebhookInput(ActionInput):
         url: Receiver, absolute ``http``/``https``.
         payload: The JSON body.
         secret: Name of the tenant's signing secret (``whsec_...``); default ``WEBHOOK_SECRET``.
-        headers: More request headers (the ``webhook-*`` ones are the action's).
+        headers: More request headers (the ``webhook-*`` ones are the action's; ``Host``, the framing
+            and hop-by-hop headers and ``Proxy-*`` are the client's: all refused).
         timeout_s: Time allowed for the request.
     """
 
@@ -503,9 +552,7 @@ class WebhookInput(ActionInput):
     @field_validator("headers")
     @classmethod
     def _own_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, header_value in value.items():
-            if not name or any(c in name for c in " \t\r\n:") or any(c in header_value for c in "\r\n"):
-                raise ValueError(f"header {name!r} has an invalid name or a line break in its value")
+        for name in _request_headers(value):
             if name.lower().startswith("webhook-") or name.lower() in ("content-type", "idempotency-key"):
                 raise ValueError(f"header {name!r} is set by the action")
         return value

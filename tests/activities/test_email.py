@@ -287,6 +287,64 @@ async def test_configuration_and_input_problems_are_permanent(
     assert mailbox.received == []
 
 
+SEPARATORS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+"""Line separators besides CR and LF that the stdlib's email headers refuse (``str.splitlines``)."""
+
+
+@pytest.mark.parametrize("separator", SEPARATORS, ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("subject", "Hi{sep}Bcc: injected@evil.example", "subject"),
+        ("to", "Ann{sep}Bcc: injected@evil.example <ann@b.example>", "to[0]"),
+        ("cc", ["ok@b.example", "Ann{sep}Bcc: injected@evil.example <ann@b.example>"], "cc[1]"),
+        ("reply_to", "Ann{sep}Bcc: injected@evil.example <ann@b.example>", "reply_to"),
+        ("from", "Ann{sep}Bcc: injected@evil.example <ann@b.example>", "from"),
+    ],
+)
+async def test_an_exotic_line_separator_is_a_permanent_input_error_naming_the_field(
+    mailbox: LocalMailbox,
+    tenant_settings: dict[str, Any],
+    separator: str,
+    field: str,
+    value: str | list[str],
+    named: str,
+) -> None:
+    # Not a retryable ValueError from the stdlib at send time (3 attempts, then failure), and never a
+    # header of its own.
+    tenant_settings["default"] = settings(mailbox)
+    filled = (
+        [v.format(sep=separator) for v in value] if isinstance(value, list) else value.format(sep=separator)
+    )
+    error = await send_error({"to": "a@b.example", "subject": "s", "text": "t", field: filled})
+    assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+    assert error.message.startswith(f"invalid email input: {named}: "), error.message
+    assert mailbox.received == []
+
+
+async def test_a_tenant_sender_with_a_line_separator_is_refused_before_sending(
+    mailbox: LocalMailbox, tenant_settings: dict[str, Any]
+) -> None:
+    tenant_settings["default"] = settings(
+        mailbox, SMTP_FROM="Outreach\u2028Bcc: x@evil.example <o@school.example>"
+    )
+    error = await send_error({"to": "a@b.example", "subject": "s", "text": "t"})
+    assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+    assert error.message.startswith("invalid email input: from: ")
+    assert mailbox.received == []
+
+
+async def test_an_attachment_name_with_a_line_separator_is_refused(
+    mailbox: LocalMailbox, tenant_settings: dict[str, Any]
+) -> None:
+    tenant_settings["default"] = settings(mailbox)
+    attachment = {"filename": "a\x0cb.txt", "content_text": "x"}
+    error = await send_error({"to": "a@b.example", "subject": "s", "text": "t", "attachments": [attachment]})
+    assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+    assert "attachments[0].filename: " in error.message
+    assert mailbox.received == []
+
+
 # --------------------------------------------------------------------- end to end (dev server)
 
 

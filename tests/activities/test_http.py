@@ -34,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.base import MAX_FAILURE_DETAILS_BYTES
     from activities.http import ERROR_BODY_LIMIT_BYTES, MAX_RESPONSE_BYTES, HttpActions
     from interpreter.actions import ActionRequest, ActionResult, RetryMode
+    from interpreter.templates import render
+    from interpreter.validate import load_definition
     from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT
     from tests.helpers.http_server import RecordedRequest, RecordingServer, Response, http_server
 
@@ -436,6 +438,80 @@ async def test_invalid_input(http_client: httpx.AsyncClient, data: dict[str, Any
     assert err.type == "InvalidActionInput"
     assert err.non_retryable
     assert f"{field}:" in err.message
+
+
+CLIENT_OWNED_HEADERS = [
+    {"Host": "169.254.169.254"},
+    {"host": "metadata.internal"},
+    {"Transfer-Encoding": "chunked"},
+    {"Content-Length": "2"},
+    {"CONTENT-LENGTH": "2", "transfer-encoding": "chunked"},
+    {"Connection": "close"},
+    {"Keep-Alive": "timeout=5"},
+    {"Upgrade": "websocket"},
+    {"TE": "trailers"},
+    {"Trailer": "X-Checksum"},
+    {"Proxy-Authorization": "Basic eA=="},
+    {"Proxy-Connection": "keep-alive"},
+]
+
+
+@pytest.mark.parametrize("headers", CLIENT_OWNED_HEADERS)
+async def test_an_attacker_cannot_set_the_clients_own_headers(
+    http_client: httpx.AsyncClient, http_server: RecordingServer, headers: dict[str, str]
+) -> None:
+    # Host would reach another virtual host behind the checked address; Transfer-Encoding or
+    # Content-Length beside the client's own frame a smuggled request. Nothing may be sent.
+    smuggled = "GET /smuggled HTTP/1.1\r\nHost: internal\r\n\r\n"
+    data = {"method": "POST", "url": f"{http_server.url}/a", "headers": headers, "json": smuggled}
+    err = await call_error(http_client, data)
+    assert (err.type, err.non_retryable) == ("InvalidActionInput", True)
+    assert err.message.startswith("invalid http input: headers: ")
+    assert repr(next(iter(headers))) in err.message, "the error names the header"
+    assert "set by the HTTP client" in err.message
+    assert http_server.requests() == []
+
+
+async def test_a_templated_headers_object_is_refused_when_rendered(
+    http_client: httpx.AsyncClient, http_server: RecordingServer
+) -> None:
+    # Validation leaves "headers": "{{ input.headers }}" to run time; what it renders to is refused.
+    step_input = {"url": f"{http_server.url}/a", "headers": "{{ input.headers }}"}
+    load_definition(
+        {"name": "t", "steps": [{"id": "call", "type": "task", "action": "http", "input": step_input}]}
+    )
+    rendered = render(step_input, {"input": {"headers": {"X-Trace": "1", "hOsT": "169.254.169.254"}}})
+    err = await call_error(http_client, rendered)
+    assert (err.type, err.non_retryable) == ("InvalidActionInput", True)
+    assert err.details[0] == [
+        {"field": "headers", "error": "header 'hOsT' is set by the HTTP client, not by the input"}
+    ]
+    assert http_server.requests() == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X\x0bInjected": "1"}, {"Bad Name": "1"}, {"X-Ok": "a\x0bb"}, {"X-Ok": "a\x00b"}, {"": "x"}],
+)
+async def test_a_malformed_header_is_a_clean_input_error(
+    http_client: httpx.AsyncClient, http_server: RecordingServer, headers: dict[str, str]
+) -> None:
+    err = await call_error(http_client, {"url": f"{http_server.url}/a", "headers": headers})
+    assert (err.type, err.non_retryable) == ("InvalidActionInput", True)
+    assert "headers: " in err.message
+    assert http_server.requests() == []
+
+
+async def test_ordinary_headers_that_look_alike_are_still_sent(
+    http_client: httpx.AsyncClient, http_server: RecordingServer
+) -> None:
+    headers = {"X-Forwarded-Host": "shop.example", "X-Host": "a", "Accept": "application/json", "X-Te": "1"}
+    await call(http_client, {"url": f"{http_server.url}/a", "headers": headers})
+    [seen] = http_server.requests()
+    assert seen.headers["x-forwarded-host"] == "shop.example"
+    assert seen.headers["x-host"] == "a"
+    assert seen.headers["x-te"] == "1"
+    assert seen.headers["host"] == http_server.url.removeprefix("http://")
 
 
 async def test_linear_retry_delay(http_client: httpx.AsyncClient, http_server: RecordingServer) -> None:

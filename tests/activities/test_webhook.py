@@ -163,6 +163,35 @@ async def test_failures(
     assert SECRET not in str(error.message)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "169.254.169.254"},
+        {"Transfer-Encoding": "chunked"},
+        {"content-length": "2"},
+        {"Connection": "close"},
+        {"Upgrade": "h2c"},
+        {"TE": "trailers"},
+        {"Proxy-Authorization": "Basic eA=="},
+    ],
+)
+async def test_an_attacker_cannot_set_the_clients_own_headers(
+    server: RecordingServer,
+    tenant_secrets: dict[str, Any],
+    http_client: httpx.AsyncClient,
+    headers: dict[str, str],
+) -> None:
+    receiver = Receiver(server)
+    error = await post_error(
+        http_client, {"url": f"{server.url}/hooks/orders", "payload": PAYLOAD, "headers": headers}
+    )
+    assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+    assert error.message.startswith("invalid webhook input: headers: ")
+    assert repr(next(iter(headers))) in error.message, "the error names the header"
+    assert server.requests() == []
+    assert receiver.verified == []
+
+
 @pytest_asyncio.fixture
 async def worker_with_policy(client: Client, task_queue: str) -> AsyncIterator[None]:
     async with (

@@ -52,6 +52,44 @@ def test_a_bad_http_input_is_refused_at_validation_with_its_path(
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "Host",
+        "hOsT",
+        "Content-Length",
+        "transfer-encoding",
+        "Connection",
+        "Keep-Alive",
+        "Upgrade",
+        "TE",
+        "Trailer",
+        "Proxy-Authorization",
+        "proxy-connection",
+    ],
+)
+def test_an_http_header_that_is_the_clients_is_refused_at_validation(name: str) -> None:
+    found = problems(http_task(url="http://x", headers={"X-Ok": "1", name: "{{ input.v }}"}))
+    assert found == [
+        ("$.steps[0].input.headers", f"header {name!r} is set by the HTTP client, not by the input")
+    ]
+
+
+def test_a_header_name_that_is_not_a_token_is_refused_at_validation() -> None:
+    # Dict keys are never rendered: a "{{ ... }}" name would be sent as is.
+    found = problems(http_task(url="http://x", headers={"{{input.h}}": "1"}))
+    assert found == [
+        (
+            "$.steps[0].input.headers",
+            "header '{{input.h}}' has an invalid name or a line break or other control character in its value",
+        )
+    ]
+
+
+def test_a_templated_headers_object_is_left_for_run_time() -> None:
+    load_definition(http_task(url="http://x", headers="{{ input.headers }}"))
+
+
+@pytest.mark.parametrize(
     "fields",
     [
         {"url": "{{ input.api }}/x", "method": "{{ input.method }}", "timeout_s": "{{ input.t }}"},

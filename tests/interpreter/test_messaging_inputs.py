@@ -81,6 +81,37 @@ def test_a_bad_input_is_refused_at_validation_with_its_path(
 
 
 @pytest.mark.parametrize(
+    "name", ["Host", "content-length", "Transfer-Encoding", "CONNECTION", "TE", "Proxy-Foo"]
+)
+def test_a_webhook_header_that_is_the_clients_is_refused_at_validation(name: str) -> None:
+    found = problems(task("webhook", url="http://x", headers={name: "x"}))
+    assert found == [
+        ("$.steps[0].input.headers", f"header {name!r} is set by the HTTP client, not by the input")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({**EMAIL, "subject": "Hi\x0cthere"}, "$.steps[0].input.subject"),
+        ({**EMAIL, "subject": "Hi\u2028Bcc: x@evil.example"}, "$.steps[0].input.subject"),
+        ({**EMAIL, "to": "Ann\x85 <a@b.example>"}, "$.steps[0].input.to[0]"),
+        ({**EMAIL, "reply_to": "Ann\x1c <a@b.example>"}, "$.steps[0].input.reply_to"),
+        ({**EMAIL, "from": "Ann\u2029 <a@b.example>"}, "$.steps[0].input.from"),
+    ],
+)
+def test_an_email_header_with_a_line_separator_is_refused_at_validation(
+    fields: dict[str, Any], path: str
+) -> None:
+    found = problems(task("email", **fields))
+    assert [p for p, _ in found] == [path], found
+
+
+def test_a_subject_line_break_still_becomes_a_space() -> None:
+    load_definition(task("email", **{**EMAIL, "subject": "Hi\r\nthere\tyou"}))
+
+
+@pytest.mark.parametrize(
     ("action", "fields"),
     [
         (
