@@ -205,15 +205,33 @@ def _base64_cores(raw: bytes) -> list[str]:
     return cores
 
 
+def _printable_except(excluded: str) -> str:
+    return "".join(chr(i) for i in range(0x20, 0x7F) if chr(i) not in excluded)
+
+
+_URL_SAFE_SETS = (
+    _printable_except(' "#<>'),  # a query (the WHATWG URL standard's query set, as httpx quotes)
+    _printable_except(' "#<>?`{}'),  # a path
+    _printable_except(' "#<>?`{}/:;=@[\\]^|'),  # userinfo
+    _printable_except(' "<>`'),  # a fragment
+)
+"""The characters HTTP clients leave as they are in each part of a URL they percent-encode (httpx
+follows the WHATWG URL standard): a secret written into a URL's path or query goes out in that
+form, and a server echoing the URL (a 404 page) echoes it so (found by an attacker's probe)."""
+
+
 def encoded_forms(value: str) -> list[str]:
     """Every form of ``value`` redaction scrubs, longest first, without duplicates or empties."""
     if not value:
         return []
     forms = [
         value,
+        value.lower(),  # a host name holding it (clients and resolvers lower-case hosts)
         quote(value, safe=""),
         quote(value),
         quote_plus(value),
+        # As a URL's parts carry it (an existing %XX escape kept or not).
+        *(quote(value, safe=safe + extra) for safe in _URL_SAFE_SETS for extra in ("", "%")),
         json.dumps(value)[1:-1],
         json.dumps(value, ensure_ascii=False)[1:-1],
         html.escape(value),

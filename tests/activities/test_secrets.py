@@ -7,6 +7,7 @@ controls, pointing at 127.0.0.1).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -193,6 +194,62 @@ async def test_a_secret_echoed_back_in_any_encoding_is_redacted(
     leaks = [form for form in encoded_forms(CANARY) if form in text]
     assert leaks == [], f"secret leaked as {leaks}"
     assert "[REDACTED:API_TOKEN]" in text
+
+
+URL_SECRET = "P@ss w0rd!;(x)*'$,~[]^|"
+"""A secret whose characters HTTP clients leave as they are in some part of a URL and encode in
+others (``@ ! ; ( ) * ' $ ,`` in a path; the space always)."""
+
+
+async def _echo_request_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A careless server: answers 404 with the request's head (its URL as sent) in the page."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    page = b"Cannot GET " + head
+    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n")
+    writer.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(page) + page)
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "/x/${secret:URL_TOKEN}",
+        "/x?k=${secret:URL_TOKEN}",
+        "/x#${secret:URL_TOKEN}",
+    ],
+    ids=["path", "query", "fragment"],
+)
+async def test_a_secret_in_a_url_echoed_back_as_the_client_sent_it_is_redacted(
+    client: httpx.AsyncClient, where: str
+) -> None:
+    """The client percent-encodes a secret written into a URL after its own rules (``@`` stays in a
+    path, the space does not); a server echoing the URL echoes that form, which none of the scrubbed
+    forms matched (found by an attacker's probe: the 404 page's text reached the step's failure)."""
+    configure_secret_store(FileSecretStore({"acme": {"URL_TOKEN": Secret(URL_SECRET, ("api.acme.test",))}}))
+    echo = await asyncio.start_server(_echo_request_line, "127.0.0.1", 0)
+    try:
+        port = echo.sockets[0].getsockname()[1]
+        error = await _error(client, "acme", {"url": f"http://api.acme.test:{port}{where}"})
+    finally:
+        echo.close()
+        configure_secret_store(None)
+    text = json.dumps({"message": error.message, "details": list(error.details)}, ensure_ascii=False)
+    assert "Cannot GET" in text  # the page was read
+    assert "[REDACTED:URL_TOKEN]" in text or "#" in where  # (a fragment is never sent)
+    for part in ("P@ss", "w0rd", "p@ss"):
+        assert part not in text, f"secret leaked: {text[:500]}"
+
+
+async def test_a_secret_in_a_host_name_is_redacted_lower_cased(client: httpx.AsyncClient) -> None:
+    """A secret that names a host goes out lower-cased (a resolver's error quotes it so)."""
+    configure_secret_store(FileSecretStore({"acme": {"SUB": Secret("XyZsEcReT42", ("*.crm.test",))}}))
+    try:
+        error = await _error(client, "acme", {"url": "http://${secret:SUB}.crm.example/x"})
+    finally:
+        configure_secret_store(None)
+    text = json.dumps({"message": error.message, "details": list(error.details)}, ensure_ascii=False)
+    assert "xyzsecret42" not in text.lower().replace("[redacted:sub]", ""), text[:500]
 
 
 def test_base64_inside_a_longer_text_is_found_at_every_alignment() -> None:
