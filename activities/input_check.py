@@ -24,6 +24,10 @@ process:
   replaced when it is killed, leaves when it has been idle for :data:`IDLE_S`, and when its
   caller's process ends (its socket closes).
 
+The same processes check an ``llm`` step's answer against its ``json_schema`` (:func:`check_value`:
+any JSON value, the schema's own draft, an unusable schema told apart as
+:class:`SchemaUnusableError`).
+
 The process talks over a socket pair (one JSON line each way), so an idle process belongs to no
 event loop and no asyncio transport outlives the loop that started it.
 """
@@ -48,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import interpreter
+from interpreter.input_schema import SchemaUnusableError
 
 if TYPE_CHECKING:
     from interpreter.model import Definition
@@ -64,7 +69,9 @@ __all__ = [
     "InputCheckBusyError",
     "InputCheckFailedError",
     "InputCheckSettings",
+    "SchemaUnusableError",
     "check_input",
+    "check_value",
     "close_idle",
     "input_check_settings",
     "schedule_input_problems",
@@ -149,9 +156,10 @@ def _ranged(
 
 # The checking process. Given its idle limit in seconds and its address-space limit in bytes, it
 # writes "ready" once its imports are done, then answers one JSON line per request line on its
-# stdin ({"schema", "input", "cpu", "wall", "most"}) with {"problems": [[path, message], ...]} or
-# {"error": text}. Run with -c (not -m), so it imports only what it needs, not the caller's
-# package or its __main__. While it checks, the kernel ends it (SIGXCPU) once the check has used
+# stdin ({"schema", "input", "cpu", "wall", "most", and "value": true to check any JSON value with
+# schema_value_problems) with {"problems": [[path, message], ...]}, {"unusable": text} (the schema
+# cannot be applied to the value) or {"error": text}. Run with -c (not -m), so it imports only what
+# it needs, not the caller's package or its __main__. While it checks, the kernel ends it (SIGXCPU) once the check has used
 # "cpu" seconds of CPU; SIGALRM at its default action ends it after "wall" seconds (its caller
 # gone), and after the idle limit while it waits.
 _CHILD = f"""
@@ -166,7 +174,7 @@ memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
 memory = int(sys.argv[2]) if memory_hard == infinity else min(int(sys.argv[2]), memory_hard)
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory_hard))
 hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-from interpreter.input_schema import schema_input_problems
+from interpreter.input_schema import SchemaUnusableError, schema_input_problems, schema_value_problems
 idle = int(sys.argv[1])
 source, sink = sys.stdin.buffer, sys.stdout.buffer
 sink.write(b"ready\\n")
@@ -188,8 +196,11 @@ while True:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
         signal.alarm(request["wall"])
         most = request["most"]
-        found = schema_input_problems(request["schema"], request["input"])
+        check = schema_value_problems if request.get("value") else schema_input_problems
+        found = check(request["schema"], request["input"])
         answer = {{"problems": [[p.path[:{_PATH_CHARS}], p.message[:most]] for p in found]}}
+    except SchemaUnusableError as err:
+        answer = {{"unusable": str(err)[:300]}}
     except Exception as err:
         answer = {{"error": (type(err).__name__ + ": " + str(err))[:300]}}
     signal.alarm(0)
@@ -381,8 +392,51 @@ async def check_input(
         InputCheckFailedError: The checking process failed, or could not start.
         ValueError: ``WFA_INPUT_CHECK_DEADLINE`` or ``WFA_INPUT_CHECK_SLOTS`` is malformed.
     """
+    return await _check(schema, input, value=False, owner=owner, most_chars=most_chars, deadline_s=None)
+
+
+async def check_value(
+    schema: Mapping[str, Any],
+    value: Any,
+    *,
+    owner: str = "",
+    most_chars: int = 300,
+    deadline_s: float | None = None,
+) -> list[tuple[str, str]]:
+    """The problems of any JSON ``value`` (an ``llm`` step's answer) against ``schema`` (of the
+    draft its ``$schema`` names; ``format`` not asserted), as :func:`check_input` finds them, in
+    the same processes, slots and deadline.
+
+    Args:
+        schema: The schema (an ``llm`` step's ``json_schema``).
+        value: The value, as decoded from JSON.
+        owner: Who asks (the tenant): one owner holds at most all but one slot.
+        most_chars: The longest message returned.
+        deadline_s: A shorter CPU deadline than the configured one (at least 1 s).
+
+    Raises:
+        TimeoutError: The check took longer than the deadline (the process was killed).
+        SchemaUnusableError: The schema cannot be applied to the value.
+        InputCheckBusyError: No slot came free within the deadline.
+        InputCheckFailedError: The checking process failed, or could not start.
+        ValueError: ``WFA_INPUT_CHECK_DEADLINE`` or ``WFA_INPUT_CHECK_SLOTS`` is malformed.
+    """
+    return await _check(schema, value, value=True, owner=owner, most_chars=most_chars, deadline_s=deadline_s)
+
+
+async def _check(
+    schema: Mapping[str, Any],
+    input: Any,
+    *,
+    value: bool,
+    owner: str,
+    most_chars: int,
+    deadline_s: float | None,
+) -> list[tuple[str, str]]:
     settings = input_check_settings()
     deadline = settings.deadline_s
+    if deadline_s is not None:
+        deadline = max(_DEADLINE_RANGE[0], min(deadline, deadline_s))
     _reap()
     loop = asyncio.get_running_loop()
     slots = _SLOTS.get(loop)
@@ -404,6 +458,7 @@ async def check_input(
                     "cpu": math.ceil(deadline),
                     "wall": math.ceil(_wall(deadline)) + 1,
                     "most": most_chars,
+                    **({"value": True} if value else {}),
                 },
                 separators=(",", ":"),
             ).encode()
@@ -412,6 +467,8 @@ async def check_input(
         answer = await _ask(line, deadline, settings.slots)
     finally:
         slots.release(owner, settings.slots)
+    if "unusable" in answer:  # the same class as the checking process raised
+        raise SchemaUnusableError(str(answer["unusable"]))
     if "error" in answer:
         raise InputCheckFailedError(f"the process checking the input failed: {answer['error']}")
     return [(str(path), str(message)) for path, message in answer["problems"]]

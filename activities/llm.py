@@ -8,7 +8,10 @@ output inert).
 
 With ``json_schema`` the answer's content must be JSON satisfying the schema (it is also asked for
 with ``response_format``); an answer that is not is a retryable failure, so the step's retry policy
-asks again, and once its attempts are spent the step fails with the reason.
+asks again, and once its attempts are spent the step fails with the reason. The schema is untrusted
+(a ``pattern`` that backtracks, ``uniqueItems``, combinators over a large answer): the answer is
+checked in a separate process (:func:`activities.input_check.check_value`), never on the worker's
+event loop, within ``WFA_INPUT_CHECK_DEADLINE`` of CPU (at most ``timeout_s``, at least 1 s).
 
 Classification (error ``type`` on the raised :class:`~temporalio.exceptions.ApplicationError`):
 
@@ -26,6 +29,9 @@ timed out                            yes        ``LlmTimeout``
 could not connect / transport        yes        ``LlmConnectError``
 response not a chat completion       yes        ``LlmBadResponse``
 answer not JSON / not the schema     yes        ``LlmAnswerInvalid``
+checking the answer past deadline    no         ``LlmAnswerCheckTooSlow``
+json_schema cannot be applied        no         ``LlmSchemaUnusable``
+no checking slot / process failed    yes        ``LlmAnswerCheckBusy`` / ``LlmAnswerCheckFailed``
 response body over 256 KiB           no         ``HttpResponseTooLarge``
 ===================================  =========  ===============================================
 """
@@ -38,13 +44,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import jsonschema
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
 from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets
 from activities.connections import configured_connection
 from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after
+from activities.input_check import (
+    InputCheckBusyError,
+    InputCheckFailedError,
+    SchemaUnusableError,
+    check_value,
+    input_check_settings,
+)
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import ActionRequest, LlmInput, parse_action_input
 from interpreter.inert import as_text
@@ -69,17 +81,46 @@ def chat_messages(spec: LlmInput) -> list[dict[str, str]]:
     return text
 
 
-def _answer_problem(content: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
-    """The answer parsed as JSON and why it does not satisfy ``schema`` (None: it does)."""
+async def _answer_problem(
+    content: str, spec: LlmInput, schema: dict[str, Any], what: str, tenant: str
+) -> tuple[Any, str | None]:
+    """The answer parsed as JSON and why it does not satisfy ``schema`` (None: it does), checked
+    in a separate process within the deadline.
+
+    Raises:
+        ApplicationError: The check took too long or the schema cannot be applied (for good), or
+            no process could check it now (retryable).
+    """
     try:
         answer = json.loads(content)
-    except ValueError as err:
-        return None, f"the answer is not JSON ({err})"
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(answer))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "(the whole answer)"
-        return answer, f"the answer does not satisfy the schema at {where}: {error.message}"
+    except (ValueError, RecursionError) as err:
+        return None, f"the answer is not JSON ({type(err).__name__}: {err})"
+    deadline = min(input_check_settings().deadline_s, max(1.0, spec.timeout_s))
+    try:
+        problems = await check_value(schema, answer, owner=tenant, most_chars=500, deadline_s=deadline)
+    except TimeoutError:
+        raise ApplicationError(
+            f"{what}: checking the answer against json_schema took more than {deadline:g} s of CPU (a"
+            " pattern that backtracks, uniqueItems or nested combinators over the answer): stopped",
+            {"content": content[:ERROR_BODY_LIMIT_BYTES]},
+            type="LlmAnswerCheckTooSlow",
+            non_retryable=True,
+        ) from None
+    except SchemaUnusableError as err:
+        raise ApplicationError(
+            f"{what}: the step's json_schema cannot be applied to the answer: {err}",
+            type="LlmSchemaUnusable",
+            non_retryable=True,
+        ) from None
+    except InputCheckBusyError as err:
+        raise ApplicationError(f"{what}: {err}", type="LlmAnswerCheckBusy") from None
+    except (InputCheckFailedError, OSError, ValueError) as err:
+        raise ApplicationError(f"{what}: {err}", type="LlmAnswerCheckFailed") from None
+    if problems:
+        path, message = problems[0]
+        where = "$ (the whole answer)" if path == "$" else path
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return answer, f"the answer does not satisfy the schema at {where}: {message}{more}"
     return answer, None
 
 
@@ -153,7 +194,7 @@ class LlmActions:
             raise ApplicationError(
                 f"{what} failed: {type(exc).__name__}: {exc}", type="LlmConnectError"
             ) from None
-        return _completion(raw, what, spec)
+        return await _completion(raw, what, spec, request.tenant)
 
 
 async def _status_error(response: httpx.Response, what: str) -> ApplicationError:
@@ -169,14 +210,14 @@ async def _status_error(response: httpx.Response, what: str) -> ApplicationError
     return ApplicationError(message, details, type="LlmRequestRefused", non_retryable=True)
 
 
-def _completion(raw: bytes, what: str, spec: LlmInput) -> dict[str, Any]:
+async def _completion(raw: bytes, what: str, spec: LlmInput, tenant: str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
         choice = data["choices"][0]
         content = choice["message"]["content"]
         if not isinstance(content, str):
             raise TypeError("content is not text")
-    except (ValueError, KeyError, IndexError, TypeError) as err:
+    except (ValueError, RecursionError, KeyError, IndexError, TypeError) as err:
         raise ApplicationError(
             f"{what} did not answer with a chat completion ({type(err).__name__}: {err})",
             type="LlmBadResponse",
@@ -184,7 +225,7 @@ def _completion(raw: bytes, what: str, spec: LlmInput) -> dict[str, Any]:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     answer: Any = None
     if spec.json_schema is not None:
-        answer, problem = _answer_problem(content, spec.json_schema)
+        answer, problem = await _answer_problem(content, spec, spec.json_schema, what, tenant)
         if problem is not None:
             raise ApplicationError(
                 f"{what}: {problem}", {"content": content[:ERROR_BODY_LIMIT_BYTES]}, type="LlmAnswerInvalid"

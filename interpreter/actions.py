@@ -689,8 +689,11 @@ class LlmInput(ActionInput):
         prompt: The user message (templated).
         messages: More messages, after ``system`` and before ``prompt``.
         json_schema: A JSON Schema the answer must satisfy: the answer's content is parsed as
-            JSON and validated; an invalid answer fails the attempt (``LlmAnswerInvalid``, retried
-            by the step's policy).
+            JSON and validated (in a process of its own, within ``WFA_INPUT_CHECK_DEADLINE``:
+            ``activities.input_check``); an invalid answer fails the attempt (``LlmAnswerInvalid``,
+            retried by the step's policy). Held to ``input_schema``'s rules
+            (:func:`interpreter.input_schema.schema_hazards`): at most 64 KiB, references only
+            inside it (and to something), no ``pattern`` with a nested quantifier.
         temperature: Sampling temperature.
         max_tokens: Most tokens the answer may use.
         timeout_s: Total time allowed for the request, in seconds.
@@ -710,10 +713,22 @@ class LlmInput(ActionInput):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and not _has_template(value):
+            from interpreter.input_schema import MAX_SCHEMA_BYTES, schema_hazards
+
             try:
+                size = len(json.dumps(value, separators=(",", ":")))
+                if size > MAX_SCHEMA_BYTES:
+                    raise ValueError(
+                        f"the schema is {size} bytes of JSON; at most {MAX_SCHEMA_BYTES} are allowed"
+                    )
                 jsonschema.validators.validator_for(value).check_schema(value)
             except jsonschema.SchemaError as err:
                 raise ValueError(f"not a valid JSON Schema: {err.message}") from None
+            except RecursionError:
+                raise ValueError("not a valid JSON Schema: nested too deeply") from None
+            hazards = schema_hazards(value, pointers=True)
+            if hazards:
+                raise ValueError("; ".join(f"{problem.path}: {problem.message}" for problem in hazards[:5]))
         return value
 
     @model_validator(mode="after")

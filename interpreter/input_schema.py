@@ -11,6 +11,10 @@ Two checks, both before anything starts (never in workflow code):
   client and ``wfa start``, schedules, webhooks, events, row changes). Each problem names the JSON
   path inside the input (``$.customer.email``).
 
+The ``llm`` action's ``json_schema`` is held to the same rules (:func:`schema_hazards`), and its
+answer is checked with :func:`schema_value_problems`, also in a process of its own
+(``activities.input_check``).
+
 ``jsonschema`` is imported on first use, so workflow code importing the model never loads it.
 """
 
@@ -32,10 +36,13 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_INPUT_PROBLEMS",
     "MAX_SCHEMA_BYTES",
+    "SchemaUnusableError",
     "clip",
     "input_problems",
+    "schema_hazards",
     "schema_input_problems",
     "schema_problems",
+    "schema_value_problems",
 ]
 
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -51,6 +58,22 @@ is about): the problems reported are the first ones by path among them."""
 _NESTED_QUANTIFIER = re.compile(
     r"\((?:[^()\\]|\\.)*(?:[*+]|\{\d*,?\d*\})(?:[^()\\]|\\.)*\)(?:[*+]|\{\d*,?\d*\})"
 )
+
+
+def _points(schema: Any, ref: str) -> bool:
+    """Whether the JSON pointer of ``ref`` (``#/$defs/name``) names a place in ``schema``."""
+    from urllib.parse import unquote
+
+    here = schema
+    for raw in unquote(ref[2:]).split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(here, dict) and part in here:
+            here = here[part]
+        elif isinstance(here, list) and part.isdigit() and int(part) < len(here):
+            here = here[int(part)]
+        else:
+            return False
+    return True
 
 
 def _path(base: str, parts: Iterator[Any] | Any) -> str:
@@ -104,7 +127,30 @@ def schema_problems(schema: Mapping[str, Any], path: str = "$.input_schema") -> 
         )
     except RecursionError:
         return [Problem(path, "nested too deeply")]
-    for here, node in sorted(_walk(schema, path)):
+    return problems + schema_hazards(schema, path)
+
+
+class SchemaUnusableError(ValueError):
+    """A schema that cannot be applied to a value (an unresolvable reference, ...)."""
+
+
+def schema_hazards(schema: Mapping[str, Any], path: str = "$", *, pointers: bool = False) -> list[Problem]:
+    """What makes a schema unsafe to check untrusted values with, apart from its validity as a JSON
+    Schema: a reference outside it (nothing is fetched) and a ``pattern`` with a nested quantifier.
+
+    Args:
+        schema: The declared schema (``input_schema``, an ``llm`` step's ``json_schema``).
+        path: The JSON path of the schema in the definition (problems are placed under it).
+        pointers: Also a JSON-pointer reference (``#/$defs/...``) that points at nothing (checked
+            when only the schema's root may hold ``$id``). Not for ``input_schema``: stored
+            definitions are loaded with its rules, which never had this one.
+    """
+    from interpreter.validate import Problem
+
+    problems: list[Problem] = []
+    nodes = sorted(_walk(schema, path))
+    pointers = pointers and not any("$id" in node for here, node in nodes if here != path)
+    for here, node in nodes:
         for keyword in ("$ref", "$dynamicRef"):
             ref = node.get(keyword)
             if isinstance(ref, str) and not ref.startswith("#"):
@@ -114,6 +160,10 @@ def schema_problems(schema: Mapping[str, Any], path: str = "$.input_schema") -> 
                         f"{ref[:200]!r} refers outside the schema: only references inside it (#/$defs/...)"
                         " are allowed (nothing is fetched)",
                     )
+                )
+            elif pointers and isinstance(ref, str) and ref.startswith("#/") and not _points(schema, ref):
+                problems.append(
+                    Problem(f"{here}.{keyword}", f"{ref[:200]!r} refers to nothing in the schema")
                 )
         patterns: list[tuple[str, Any]] = [(f"{here}.pattern", node.get("pattern"))]
         if isinstance(node.get("patternProperties"), dict):
@@ -131,10 +181,16 @@ def schema_problems(schema: Mapping[str, Any], path: str = "$.input_schema") -> 
 
 
 @functools.lru_cache(maxsize=256)
-def _validator(canonical: str) -> Validator:
+def _validator(canonical: str, *, dialect: bool = False) -> Validator:
+    """The validator of a schema: draft 2020-12 with its formats asserted (an ``input_schema``),
+    or (``dialect``) the draft its ``$schema`` names, formats only annotations (``json_schema``)."""
     from jsonschema import Draft202012Validator
+    from jsonschema.validators import validator_for
 
-    return Draft202012Validator(json.loads(canonical), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    schema = json.loads(canonical)
+    if dialect:
+        return validator_for(schema, default=Draft202012Validator)(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def input_problems(definition: Definition, input: Any) -> list[Problem]:
@@ -159,18 +215,50 @@ def schema_input_problems(schema: Mapping[str, Any] | None, input: Any) -> list[
         return [Problem("$", f"the run input must be a JSON object, not {type(input).__name__}")]
     if schema is None:
         return []  # without loading jsonschema: most definitions declare no schema
+    try:
+        return _problems(_validator(json.dumps(schema, sort_keys=True, separators=(",", ":"))), dict(input))
+    except RecursionError:
+        return [Problem("$", "the input is nested too deeply")]
+    except SchemaUnusableError as err:
+        return [Problem("$", f"the definition's input_schema cannot be applied: {err}")]
+
+
+def schema_value_problems(schema: Mapping[str, Any], value: Any) -> list[Problem]:
+    """The problems of any JSON value (an ``llm`` step's answer) against a schema of the draft its
+    ``$schema`` names (2020-12 by default; ``format`` not asserted): as :func:`input_problems`.
+
+    Raises:
+        SchemaUnusableError: The schema cannot be applied (an unresolvable reference, ...).
+    """
+    from interpreter.validate import Problem
+
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    try:
+        return _problems(_validator(canonical, dialect=True), value)
+    except RecursionError:
+        return [Problem("$", "the value is nested too deeply")]
+
+
+def _problems(validator: Validator, value: Any) -> list[Problem]:
+    """The first :data:`MAX_INPUT_PROBLEMS` problems of ``value`` by path.
+
+    Raises:
+        RecursionError: The value (or the schema) is nested too deeply.
+        SchemaUnusableError: The schema cannot be applied.
+    """
     from jsonschema.exceptions import ValidationError
 
-    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    from interpreter.validate import Problem
+
     found: list[Problem] = []
     try:
         errors: list[ValidationError] = list(
-            itertools.islice(validator.iter_errors(dict(input)), MAX_SCANNED_ERRORS)
+            itertools.islice(validator.iter_errors(value), MAX_SCANNED_ERRORS)
         )
     except RecursionError:
-        return [Problem("$", "the input is nested too deeply")]
+        raise
     except Exception as err:  # a schema that cannot be applied (e.g. an unresolvable reference)
-        return [Problem("$", f"the definition's input_schema cannot be applied: {type(err).__name__}: {err}")]
+        raise SchemaUnusableError(clip(f"{type(err).__name__}: {err}", 500)) from None
     for error in errors:
         found.append(Problem(_path("$", error.absolute_path), _message(error)))
     found.sort(key=lambda problem: (problem.path, problem.message))

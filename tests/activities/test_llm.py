@@ -3,6 +3,7 @@ the dev server: tests/workflows/test_action_library.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -19,7 +20,7 @@ from activities.connections import Connections, configure_connections
 from activities.llm import LlmActions
 from activities.outbound import OutboundPolicy, build_http_client
 from activities.secrets import FileSecretStore, Secret, configure_secret_store
-from interpreter.actions import ActionRequest, ActionResult
+from interpreter.actions import ActionRequest, ActionResult, action_input_errors
 from tests.helpers.http_server import RecordingServer, http_server
 
 __all__ = ["http_server"]
@@ -213,3 +214,78 @@ async def test_a_response_that_is_not_a_completion_is_retryable(
     http_server.route("POST", PATH, [(200, {}, {"unexpected": True})])
     error = await ask_error(loopback_client, {"prompt": "hi"})
     assert (error.type, error.non_retryable) == ("LlmBadResponse", False)
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_backtracking_pattern_is_stopped_at_the_deadline_without_holding_the_worker(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker's probe: a ``pattern`` that backtracks and an answer built to make it (28 'a'
+    then '!': tens of seconds of CPU, doubling with each 'a'). Before, jsonschema checked it on the
+    worker's event loop: every activity and heartbeat stalled, and the retryable
+    ``LlmAnswerInvalid`` made each attempt do it again. The check now runs in a process of its own
+    (activities.input_check), stopped at its deadline, and the step fails for good."""
+    monkeypatch.setenv("WFA_INPUT_CHECK_DEADLINE", "1")
+    http_server.route("POST", PATH, [(200, {}, completion(json.dumps("a" * 28 + "!")))])
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        async with asyncio.timeout(120):  # generous: 1 s of CPU, at most 21 s by the clock
+            error = await ask_error(
+                loopback_client, {"prompt": "hi", "json_schema": {"type": "string", "pattern": "^(a|a)*$"}}
+            )
+    finally:
+        task.cancel()
+    assert (error.type, error.non_retryable) == ("LlmAnswerCheckTooSlow", True)
+    assert "more than 1 s of CPU" in error.message
+    assert ticks >= 10  # the loop kept running during the check (at least 1 s of it)
+    http_server.route("POST", PATH, [(200, {}, completion(json.dumps("a" * 28)))])
+    result = await ask(
+        loopback_client, {"prompt": "hi", "json_schema": {"type": "string", "pattern": "^(a|a)*$"}}
+    )
+    assert result.output["json"] == "a" * 28  # a matching answer is quick, and accepted
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_nested_quantifier_or_a_reference_outside_the_schema_is_refused_as_input(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    """The probe's schemas are refused where the definition is validated, and so at run time
+    before the model is asked (a templated schema is validated once rendered)."""
+    http_server.route("POST", PATH, [(200, {}, completion(json.dumps("a" * 27 + "!")))])
+    for schema, said in (
+        ({"type": "string", "pattern": "^(a+)+$"}, "repeats a group that repeats itself"),
+        ({"$ref": "http://169.254.169.254/latest/meta-data"}, "refers outside the schema"),
+        ({"$defs": {"a": {"type": "string"}}, "$ref": "#/$defs/missing"}, "refers to nothing in the schema"),
+    ):
+        data = {"prompt": "hi", "json_schema": schema}
+        assert any(said in message for _, message in action_input_errors("llm", data)), schema
+        error = await ask_error(loopback_client, data)
+        assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+        assert said in error.message
+    assert http_server.requests(path=PATH) == []
+    good = {"prompt": "hi", "json_schema": {"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s"}}
+    assert action_input_errors("llm", good) == []
+
+
+@pytest.mark.usefixtures("configured")
+async def test_a_schema_that_cannot_be_applied_fails_for_good(
+    http_server: RecordingServer, loopback_client: httpx.AsyncClient
+) -> None:
+    """A reference that resolves to nothing below a nested ``$id`` is not caught by validation; it
+    fails the step for good (before, a retryable ``_WrappedReferencingError`` at every attempt)."""
+    http_server.route("POST", PATH, [(200, {}, completion('"x"'))])
+    schema = {
+        "$defs": {"inner": {"$id": "https://example.com/inner", "$ref": "#/nowhere"}},
+        "$ref": "#/$defs/inner",
+    }
+    error = await ask_error(loopback_client, {"prompt": "hi", "json_schema": schema})
+    assert (error.type, error.non_retryable) == ("LlmSchemaUnusable", True)
+    assert "json_schema cannot be applied" in error.message
