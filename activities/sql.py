@@ -76,7 +76,8 @@ _PERMANENT_CLASSES = {"42": "SqlStatementError", "23": "SqlConstraintViolation",
 
 def _jsonable(value: Any) -> Any:
     """A column value as JSON: numbers, strings, booleans, null, lists and objects as they are;
-    timestamps as ISO 8601, numerics as numbers, UUIDs as text, bytes as base64."""
+    timestamps as ISO 8601, numerics as numbers (as text past a float's range), UUIDs as text, bytes
+    as base64."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -84,7 +85,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return str(value)  # NaN and infinities are not JSON numbers
-        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+        if value == value.to_integral_value() and abs(value) < 2**53:
+            return int(value)
+        as_float = float(value)
+        # Past a float's range (10::numeric ^ 400 was written as Infinity, no JSON number): the text.
+        return as_float if math.isfinite(as_float) else str(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -162,6 +163,12 @@ async def test_rows_are_limited_and_the_output_says_so(actions: SqlActions) -> N
     row = types.output["rows"][0]
     assert (row["nan"], row["raw"], row["list"], row["doc"]) == ("NaN", "AQI=", [1, 2], {"a": 1})
     assert len(row["id"]) == 36
+    # A numeric past a float's range is its text, not Infinity (no JSON number; found by a probe).
+    huge = await run(actions, {"connection": "main", "statement": "SELECT 10::numeric ^ 400 AS big"})
+    big = huge.output["rows"][0]["big"]
+    assert isinstance(big, str)
+    assert Decimal(big) == Decimal(10) ** 400
+    json.dumps(huge.output, allow_nan=False)  # valid JSON throughout
 
 
 @pytest.mark.usefixtures("configured")
