@@ -64,10 +64,11 @@ def _path(loc: tuple[int | str, ...]) -> str:
     summary="Publish an event of the caller's tenant",
     status_code=202,
     responses={
+        400: {"description": "Not strict JSON (a lone surrogate escape among others), not an object"},
         401: {"description": "Missing, unknown or revoked API key"},
         413: {"description": "Body too large, too deep, or a number too long"},
         415: {"description": "Not application/json"},
-        422: {"description": "Not an event (the JSON path of each problem)"},
+        422: {"description": "Not an event (the JSON path of each problem), or data holding a NUL"},
     },
     openapi_extra={
         "requestBody": {

@@ -1,5 +1,5 @@
-"""Strict JSON for request bodies: the media type, UTF-8, no NaN/Infinity, no duplicate keys,
-bounded nesting and number size, and an object where one is expected.
+"""Strict JSON for request bodies: the media type, UTF-8, no NaN/Infinity, no duplicate keys, no
+lone surrogate escapes, bounded nesting and number size, and an object where one is expected.
 
 Every refusal is a :class:`~gateway.errors.ApiError` carrying the HTTP status and a short machine code, turned into
 ``{"error": code, "detail": message}`` by the app's handler.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from gateway.errors import ApiError as BodyError
@@ -67,12 +68,45 @@ def _refuse_constant(name: str) -> Any:
     raise BodyError(400, "invalid_json", f"{name} is not a JSON number")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate left alone: ``json`` pairs a high and a low escape into one character, so any
+surrogate in a parsed string came from a lone ``\\ud800``-style escape. UTF-8 cannot write it."""
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
+
+
+def _member(path: str, key: str) -> str:
+    """The JSON path of ``key`` in the object at ``path`` (``$.a``, or ``$["a b"]`` in ASCII)."""
+    return f"{path}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{path}[{json.dumps(key[:50])}]"
+
+
+def _lone_surrogate_at(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first string or key in ``value`` holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            member = _member(path, key)
+            if _SURROGATE.search(key):
+                return member
+            found = _lone_surrogate_at(item, member)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate_at(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def parse_strict(body: bytes, *, max_depth: int = 32, max_digits: int = 100) -> Any:
     """Parses a JSON body strictly.
 
     Raises:
         BodyError: 400 for malformed JSON (with the position), duplicate keys, NaN/Infinity, non-UTF-8
-            bytes; 413 for nesting past ``max_depth`` or a number longer than ``max_digits``.
+            bytes, a string or key holding a lone surrogate escape (``"\\ud800"``: valid JSON, but
+            no UTF-8 text, so the data could not arrive as it was sent; the answer names its JSON
+            path); 413 for nesting past ``max_depth`` or a number longer than ``max_digits``.
     """
     try:
         text = body.decode("utf-8")
@@ -95,7 +129,7 @@ def parse_strict(body: bytes, *, max_depth: int = 32, max_digits: int = 100) -> 
         return value
 
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
             parse_constant=_refuse_constant,
@@ -108,6 +142,17 @@ def parse_strict(body: bytes, *, max_depth: int = 32, max_digits: int = 100) -> 
         ) from None
     except RecursionError:  # _depth_exceeds bounds nesting well below this; kept as a guard
         raise BodyError(413, "too_deep", "JSON nesting too deep") from None
+    # Found by an attacker's probe: a lone surrogate failed the run's start (500), and in a key it
+    # was replaced on the way (the run got "\ufffd\ufffd\ufffd"). Only a \u escape makes one.
+    where = _lone_surrogate_at(value) if "\\u" in text else None
+    if where is not None:
+        raise BodyError(
+            400,
+            "invalid_json",
+            f"a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) at {where}:"
+            " it is not text UTF-8 can carry",
+        )
+    return value
 
 
 def parse_object(body: bytes, *, max_depth: int = 32, max_digits: int = 100) -> dict[str, Any]:

@@ -13,9 +13,10 @@ A delivery starts a run of the definition's active version when that version dec
 
 The secret is the tenant's scoped secret the trigger names (:mod:`activities.secrets`). Signatures
 are compared in constant time. The delivery id becomes the workflow id
-(``hook-{tenant}-{definition}-{trigger}-{delivery}``), started with the reuse policy
-``REJECT_DUPLICATE``: a redelivery, while the run goes on or after it ended however it ended,
-starts nothing and is answered ``200`` with ``"duplicate": true``.
+(:func:`delivery_workflow_id`: ``webhook-{tenant}-{definition}-{trigger}-{delivery}-{digest}``, the
+digest that of the four exact parts), started with the reuse policy ``REJECT_DUPLICATE``: a
+redelivery, while the run goes on or after it ended however it ended, starts nothing and is
+answered ``200`` with ``"duplicate": true``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import time
@@ -54,13 +56,21 @@ _DEFINITION_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
 def delivery_workflow_id(tenant: str, definition: str, trigger_id: str, delivery_id: str) -> str:
-    """The workflow id of a delivery: the delivery id as is when it is short and plain, else its
-    SHA-256 (so two distinct delivery ids can never share a workflow id)."""
-    if _SAFE_ID.match(delivery_id):
-        part = delivery_id
-    else:
-        part = "sha256-" + hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"hook-{tenant}-{definition}-{trigger_id}-{part}"
+    """The workflow id of a delivery: ``webhook-{tenant}-{definition}-{trigger}-{delivery}-{digest}``.
+
+    The digest (the first 32 hex digits of the SHA-256 of the JSON array of the four parts) tells
+    deliveries apart; the rest is there to be read (the Web UI, search), the delivery id only when it
+    is short and plain (``A-Za-z0-9_.:-``, at most 100 characters). Before (``hook-`` and the parts
+    joined with ``-``), parts holding ``-`` made one id: definition ``cX`` trigger ``form-a`` and
+    definition ``cX-form`` trigger ``a`` with the same delivery id, and the second delivery was
+    answered as a duplicate of the other definition's run and started nothing (across tenants too,
+    in a namespace they share; found by an attacker's probe). The prefix differs from the old one,
+    so no old id, whose delivery part a sender chooses, is one of these.
+    """
+    address = json.dumps([tenant, definition, trigger_id, delivery_id], separators=(",", ":"))
+    digest = hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    shown = f"{delivery_id}-" if _SAFE_ID.fullmatch(delivery_id) else ""
+    return f"webhook-{tenant}-{definition}-{trigger_id}-{shown}{digest}"
 
 
 async def find_webhook_trigger(
@@ -126,7 +136,9 @@ def _verify_standard(
         raise _unauthorized("webhook-id, webhook-timestamp and webhook-signature headers are required")
     if len(msg_id) > 256 or len(signatures) > 4096:
         raise _unauthorized("webhook headers too long")
-    if not stamp.isdigit() or len(stamp) > 12:
+    # ASCII digits only: headers arrive as Latin-1, and '²' is a digit to str.isdigit() that int()
+    # refuses (found by an attacker's probe: an unauthenticated 500).
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise _unauthorized("webhook-timestamp is not a Unix timestamp in seconds")
     # The package's own check has a fixed 5-minute tolerance: the trigger's window is checked here,
     # and the signature computed by the package's signer.
@@ -199,11 +211,12 @@ def _invalid_input(problems: Sequence[Any]) -> ApiError:
     status_code=202,
     responses={
         200: {"description": "A redelivery: nothing new started (`duplicate: true`)"},
+        400: {"description": "Not strict JSON (a lone surrogate escape among others), not an object"},
         401: {"description": "Missing, wrong or expired signature"},
         404: {"description": "No such tenant, definition or webhook trigger"},
         413: {"description": "Body too large, too deep, or a number too long"},
         415: {"description": "Not application/json"},
-        422: {"description": "The input does not match the definition's input_schema"},
+        422: {"description": "The input does not match the definition's input_schema, or holds a NUL"},
     },
     openapi_extra={
         "requestBody": {
@@ -215,7 +228,7 @@ def _invalid_input(problems: Sequence[Any]) -> ApiError:
 async def deliver(tenant: str, definition: str, trigger_id: str, request: Request) -> JSONResponse:
     """Verifies a delivery and starts a run of the definition's active version with its body."""
     from activities.secrets import secret_store
-    from starter.errors import InvalidRunInputError, RunAlreadyExistsError
+    from starter.errors import InvalidInputError, InvalidRunInputError, RunAlreadyExistsError
 
     state: GatewayState = request.app.state.gateway
     config = state.config
@@ -253,6 +266,8 @@ async def deliver(tenant: str, definition: str, trigger_id: str, request: Reques
         return JSONResponse({"workflow_id": workflow_id, "duplicate": True}, status_code=200)
     except InvalidRunInputError as err:  # the client checks it, in a process of its own
         raise _invalid_input(err.problems) from None
+    except InvalidInputError as err:  # data no run can keep (a NUL character), named by its path
+        raise ApiError(422, "invalid_input", str(err)[:1000]) from None
     if not run.started:
         return JSONResponse(
             {"workflow_id": workflow_id, "run_id": run.run_id, "duplicate": True}, status_code=200

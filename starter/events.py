@@ -9,10 +9,10 @@ sure its call went through publishes again with the same id:
    refuses an id it has seen (``duplicate``).
 2. It starts a run of every definition whose active version declares an ``event`` trigger of that
    type, with the event's data as the run input (inert). The workflow id is derived from the
-   tenant, the definition, the type and the event id (:func:`event_run_id`): publishing the event
-   again finds that run and starts nothing new (a run that *failed* is started again, as
-   :meth:`~starter.client.FlowClient.start_run` does for any business key). Data that the
-   definition's ``input_schema`` refuses starts nothing for it (``refused`` says why).
+   tenant, the definition, the type and the event id (:func:`event_run_id`), started with the reuse
+   policy ``REJECT_DUPLICATE`` (as a webhook delivery): publishing the event again finds that run
+   and starts nothing new (``existing``), while it runs or after it ended however it ended. Data
+   that the definition's ``input_schema`` refuses starts nothing for it (``refused`` says why).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -232,7 +233,15 @@ async def publish_event(
         for name, version in triggered:
             workflow_id = event_run_id(flows.tenant, name, event_type, event_id)
             try:
-                run = await flows.start_run(f"{name}@{version}", payload, workflow_id=workflow_id)
+                # Never again under this id, whatever became of the run: with the default policy a
+                # run that failed or was terminated started again when the event was republished,
+                # answered `duplicate` (found by an attacker's probe).
+                run = await flows.start_run(
+                    f"{name}@{version}",
+                    payload,
+                    workflow_id=workflow_id,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                )
             except RunAlreadyExistsError:
                 publication.existing.append(workflow_id)
                 continue

@@ -23,13 +23,14 @@ from uuid import uuid4
 import httpx
 import pytest
 import pytest_asyncio
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store.database import Database
 from activities.store.repository import DefinitionStore
 from gateway.apikeys import create_key, revoke_key
 from gateway.config import GatewayConfig
+from gateway.webhooks import delivery_workflow_id
 from tests.gateway.support import dumps, hmac_headers, hook_definition, running_gateway, standard_headers
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually
@@ -448,7 +449,8 @@ async def test_signed_delivery_starts_one_run_and_redelivery_none(setup: Setup) 
         assert first.status_code == 202, first.text
         assert first.json()["duplicate"] is False
         workflow_id = first.json()["workflow_id"]
-        assert workflow_id == f"hook-default-{name}-in-msg_2Yx"
+        assert workflow_id == delivery_workflow_id("default", name, "in", "msg_2Yx")
+        assert workflow_id.startswith(f"webhook-default-{name}-in-msg_2Yx-")
         # Redelivered (a fresh timestamp and signature, the same webhook-id): nothing new.
         again = await http.post(
             setup.hook(name=name), content=body, headers=standard_headers(SECRET, body, "msg_2Yx")
@@ -489,6 +491,96 @@ async def test_signed_delivery_starts_one_run_and_redelivery_none(setup: Setup) 
     assert late.status_code == 200
     assert late.json()["duplicate"] is True
     assert len(await runs()) == 2
+
+
+async def test_definitions_and_triggers_holding_dashes_get_runs_of_their_own(setup: Setup) -> None:
+    """Found by an attacker's probe: the workflow id joined tenant, definition, trigger and delivery
+    id with "-", so definition ``cX`` trigger ``form-a`` and definition ``cX-form`` trigger ``a``
+    with the same webhook-id made one id: the second delivery was answered ``duplicate`` with the
+    other definition's run, and no run of its own started."""
+    first = f"c{uuid4().hex[:6]}"
+    second = f"{first}-form"
+    store = DefinitionStore(setup.database.session_factory, "default")
+    for name, trigger in ((first, "form-a"), (second, "a")):
+        await store.register(
+            {
+                "name": name,
+                "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
+                "triggers": [{"type": "webhook", "id": trigger, "secret": "HOOK_KEY"}],
+            },
+            "test",
+        )
+    answers = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        for name, trigger in ((first, "form-a"), (second, "a")):
+            body = dumps({"order": f"for {name}"})
+            answer = await http.post(
+                setup.hook(trigger, name=name), content=body, headers=standard_headers(SECRET, body, "msg1")
+            )
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["duplicate"] is False
+            answers.append(answer.json())
+    assert answers[0]["workflow_id"] != answers[1]["workflow_id"]
+    assert answers[0]["run_id"] != answers[1]["run_id"]
+    for answer, name in zip(answers, (first, second), strict=True):
+        history = await setup.client.get_workflow_handle(answer["workflow_id"]).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        assert json.loads(started.input.payloads[0].data)["input"] == {"order": f"for {name}"}
+
+
+async def test_unreadable_timestamps_and_text_are_4xx_and_start_nothing(setup: Setup) -> None:
+    """Found by an attacker's probe, each answered 500: a ``webhook-timestamp`` of a raw byte that
+    Latin-1 reads as a digit ('²'), a signed body with a lone surrogate escape (the run's start
+    could not write it) or a NUL character (the client refuses it, and the handler caught only the
+    schema's refusal); a lone surrogate in a key was accepted and reached the run replaced
+    ("\\ufffd\\ufffd\\ufffd"). Data arrives as it was sent, or is refused naming its path."""
+    name = f"{setup.name}-unreadable"
+    await DefinitionStore(setup.database.session_factory, "default").register(
+        hook_definition(name, "HOOK_KEY", "GH_KEY"), "test"
+    )
+    hook, gh = setup.hook(name=name), setup.hook("gh", name=name)
+    async with httpx.AsyncClient(timeout=60) as http:
+        body = dumps({"a": 1})
+        for stamp in (b"\xb2", b"\xb9\xb2\xb3", b"1\xb2"):
+            headers: dict[str, str | bytes] = {
+                **standard_headers(SECRET, body, "stamp"),
+                "webhook-timestamp": stamp,
+            }
+            answer = await http.post(hook, content=body, headers=headers)
+            assert answer.status_code == 401, (stamp, answer.text)
+            assert answer.json()["error"] == "invalid_signature"
+        for raw, path in [
+            (b'{"a": "\\ud800"}', "$.a"),
+            (b'{"a": [{"b": "x\\udfff"}]}', "$.a[0].b"),
+            (b'{"\\udc80": 1}', '$["\\udc80"]'),
+        ]:
+            for url, signed in (
+                (hook, standard_headers(SECRET, raw, uuid4().hex)),
+                (gh, hmac_headers(HMAC_SECRET, raw)),
+            ):
+                answer = await http.post(url, content=raw, headers=signed)
+                assert answer.status_code == 400, (raw, answer.text)
+                assert answer.json()["error"] == "invalid_json"
+                assert f"without its pair) at {path}:" in answer.json()["detail"]
+        for raw, path in [(b'{"a": "\\u0000x"}', "$.a"), (b'{"k": {"\\u0000": 1}}', "$.k")]:
+            answer = await http.post(hook, content=raw, headers=standard_headers(SECRET, raw, uuid4().hex))
+            assert answer.status_code == 422, (raw, answer.text)
+            assert answer.json()["error"] == "invalid_input"
+            assert "NUL character" in answer.json()["detail"]
+            assert f"at {path}" in answer.json()["detail"]
+        # A pair of escapes is one character: it arrives as sent.
+        paired = b'{"\\ud83d\\ude00": "\\ud83d\\ude00 \\u00e9"}'
+        accepted = await http.post(hook, content=paired, headers=standard_headers(SECRET, paired, "paired"))
+        assert accepted.status_code == 202, accepted.text
+    history = await setup.client.get_workflow_handle(accepted.json()["workflow_id"]).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert json.loads(started.input.payloads[0].data)["input"] == {"\U0001f600": "\U0001f600 \xe9"}
+
+    async def runs() -> list[str]:
+        return [e.id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    expected = accepted.json()["workflow_id"]
+    assert await eventually(runs, lambda ids: expected in ids, timeout=60, what="the run") == [expected]
 
 
 async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Setup) -> None:
@@ -535,6 +627,65 @@ async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Se
         await eventually(runs, lambda ids: len(ids) >= 1, timeout=60, what="the trigger's run")
         == result["started"]
     )
+
+
+async def test_an_event_republished_after_its_run_ended_starts_nothing(setup: Setup) -> None:
+    """Found by an attacker's probe: the trigger's run was started with the default reuse policy, so
+    once it was terminated (or failed) the same event id, published again, was answered
+    ``duplicate`` and yet started a second run under the same workflow id. Data that is no UTF-8
+    text (a lone surrogate escape) was a 500; it is refused naming its path, as a NUL is."""
+    name = f"{setup.name}-again"
+    event_type = f"order.paid.{uuid4().hex[:6]}"
+    await DefinitionStore(setup.database.session_factory, "default").register(
+        {
+            "name": name,
+            "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
+            "triggers": [{"type": "event", "event": event_type}],
+        },
+        "test",
+    )
+    headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
+    event = dumps({"type": event_type, "key": "o-1", "data": {"n": 1}, "id": "same-id"})
+    async with (
+        httpx.AsyncClient() as action_http,
+        build_worker(setup.client, setup.task_queue, action_http, graceful_shutdown_timeout=timedelta(0)),
+        httpx.AsyncClient(timeout=120) as http,
+    ):
+        first = await http.post(f"{setup.url}/events", content=event, headers=headers)
+        assert first.status_code == 202, first.text
+        [workflow_id] = first.json()["result"]["started"]
+        handle = setup.client.get_workflow_handle(workflow_id)
+        run_id = (await handle.describe()).run_id
+        await handle.terminate("test")
+        again = await http.post(f"{setup.url}/events", content=event, headers=headers)
+        assert again.status_code == 202, again.text
+        result = again.json()["result"]
+        assert result["duplicate"] is True
+        assert result["started"] == []
+        assert result["existing"] == [workflow_id]
+        described = await handle.describe()  # the latest run of that id: still the terminated one
+        assert described.run_id == run_id
+        assert described.status == WorkflowExecutionStatus.TERMINATED
+
+        for raw, status, error, said in [
+            (b'{"x": "\\ud800"}', 400, "invalid_json", "without its pair) at $.data.x:"),
+            (b'{"\\udc80": 1}', 400, "invalid_json", 'without its pair) at $.data["\\udc80"]:'),
+            (b'{"x": "\\u0000"}', 422, "invalid_event", "NUL character"),
+        ]:
+            body = b'{"type": "%s", "key": "o-2", "id": "%s", "data": %s}' % (
+                event_type.encode(),
+                uuid4().hex.encode(),
+                raw,
+            )
+            refused = await http.post(f"{setup.url}/events", content=body, headers=headers)
+            assert refused.status_code == status, (raw, refused.text)
+            assert refused.json()["error"] == error
+            assert said in refused.json()["detail"]
+
+    async def runs() -> list[str]:
+        return [e.run_id async for e in setup.client.list_workflows(f"DefinitionName = '{name}'")]
+
+    assert await eventually(runs, lambda ids: run_id in ids, timeout=60, what="the run") == [run_id]
 
 
 async def test_data_through_the_gateway_reaches_the_actions_as_its_text(

@@ -65,11 +65,45 @@ def test_hmac_accepts_the_prefix_and_keys_deliveries_by_body() -> None:
         verify_signature(HMAC, "other", body, headers)
 
 
+@pytest.mark.parametrize("stamp", ["\xb2", "\xb9\xb2\xb3", "1\u0663", "\uff11\uff12", " 12", "1_0"])
+def test_a_timestamp_of_other_digits_is_a_401(stamp: str) -> None:
+    """Found by an attacker's probe: ``webhook-timestamp: \\xb2`` (a raw header byte, Latin-1
+    '²') passed ``str.isdigit()``, ``int()`` raised, and the gateway answered an unsigned request
+    with a 500."""
+    body, now = b"{}", int(time.time())
+    headers = {**standard_headers(SECRET, body, "m", timestamp=now), "webhook-timestamp": stamp}
+    with pytest.raises(ApiError, match="not a Unix timestamp") as caught:
+        verify_signature(STANDARD, SECRET, body, headers, now=now)
+    assert caught.value.status == 401
+
+
 def test_delivery_ids_never_collide_in_workflow_ids() -> None:
-    assert delivery_workflow_id("t", "d", "in", "msg_1") == "hook-t-d-in-msg_1"
+    plain = delivery_workflow_id("t", "d", "in", "msg_1")
+    assert plain.startswith("webhook-t-d-in-msg_1-")
+    assert len(plain) == len("webhook-t-d-in-msg_1-") + 32
+    assert plain == delivery_workflow_id("t", "d", "in", "msg_1")  # a redelivery: the same id
     odd = delivery_workflow_id("t", "d", "in", "a/b")
-    assert odd.startswith("hook-t-d-in-sha256-")
+    assert odd.startswith("webhook-t-d-in-")
+    assert "a/b" not in odd
     assert odd != delivery_workflow_id("t", "d", "in", "a?b")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # Found by an attacker's probe: joined with "-", both were hook-default-cX-form-a-msg1.
+        (("default", "cx", "form-a", "msg1"), ("default", "cx-form", "a", "msg1")),
+        (("acme", "corp-d", "in", "m"), ("acme-corp", "d", "in", "m")),  # a namespace they share
+        (("t", "d", "in-x", "y"), ("t", "d", "in", "x-y")),
+        (("t", "d", "in", "a" * 101), ("t", "d", "in", "a" * 102)),
+    ],
+)
+def test_parts_holding_dashes_never_share_a_workflow_id(
+    one: tuple[str, str, str, str], other: tuple[str, str, str, str]
+) -> None:
+    assert delivery_workflow_id(*one) != delivery_workflow_id(*other)
+    # No id of before (hook-...), whose delivery part a sender chose, is one of these.
+    assert not delivery_workflow_id(*one).startswith("hook-")
 
 
 @pytest.mark.parametrize(
@@ -88,6 +122,34 @@ def test_strict_json_refusals(body: bytes, status: int) -> None:
     with pytest.raises(ApiError) as caught:
         parse_object(body)
     assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (b'{"a": "\\ud800"}', "$.a"),
+        (b'{"a": "x\\udfffy"}', "$.a"),
+        (b'{"a": {"b": [1, "ok", "\\uDC80"]}}', "$.a.b[2]"),
+        (b'{"\\udc80": 1}', '$["\\udc80"]'),
+        (b'{"a": {"k \\ud83d": true}}', '$.a["k \\ud83d"]'),
+        (b'{"a": "\\ude00\\ud83d"}', "$.a"),  # low then high: no pair
+        (b'"\\ud800"', "$"),
+    ],
+)
+def test_a_lone_surrogate_escape_is_a_400_naming_its_path(body: bytes, path: str) -> None:
+    """Found by an attacker's probe: valid JSON, but no text UTF-8 can carry. In a value it failed
+    the run's start (500); in a key it reached the run as "\\ufffd\\ufffd\\ufffd"."""
+    with pytest.raises(ApiError, match="surrogate") as caught:
+        parse_strict(body)
+    assert caught.value.status == 400
+    assert caught.value.error == "invalid_json"
+    assert f"at {path}:" in caught.value.detail
+    assert caught.value.detail.isascii()  # the answer itself must be writable
+
+
+def test_escaped_pairs_and_text_that_only_looks_like_an_escape_are_kept() -> None:
+    assert parse_object(b'{"\\ud83d\\ude00": "\\ud83d\\ude00 \\u00e9"}') == {"\U0001f600": "\U0001f600 \xe9"}
+    assert parse_object(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}  # a backslash, then text
 
 
 def test_strict_json_accepts_ordinary_documents() -> None:
