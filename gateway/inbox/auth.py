@@ -180,6 +180,12 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _plain(value: str) -> bool:
+    """Whether a cookie value may be one this signer made: ASCII (``hmac.compare_digest`` raises on
+    other text, so a cookie holding any answered 500: found by an attacker's probe), short, signed."""
+    return 0 < len(value) <= 4096 and value.isascii() and "." in value
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -215,7 +221,7 @@ class SessionSigner:
 
     def load(self, value: str | None, now: float | None = None) -> Session | None:
         """The session in a cookie value, or None when absent, forged or expired."""
-        if not value or len(value) > 4096 or "." not in value:
+        if value is None or not _plain(value):
             return None
         payload, mac = value.rsplit(".", 1)
         if not hmac.compare_digest(mac, self._mac(payload)):
@@ -243,7 +249,7 @@ class SessionSigner:
 
     def unseal(self, purpose: str, value: str | None) -> dict[str, Any] | None:
         """The body of a :meth:`seal` value for ``purpose``, or None when absent or forged."""
-        if not value or len(value) > 4096 or "." not in value:
+        if value is None or not _plain(value):
             return None
         payload, mac = value.rsplit(".", 1)
         if not hmac.compare_digest(mac, self._mac(payload, purpose)):
@@ -261,5 +267,8 @@ class SessionSigner:
     def check_csrf(self, session: Session | None, token: str | None) -> bool:
         """Whether a form's token belongs to this session."""
         return (
-            session is not None and token is not None and hmac.compare_digest(token, self.csrf_token(session))
+            session is not None
+            and token is not None
+            and token.isascii()  # (compare_digest raises on other text: a crafted form answered 500)
+            and hmac.compare_digest(token, self.csrf_token(session))
         )

@@ -93,6 +93,17 @@ def test_sessions_are_signed_and_expire() -> None:
         SessionSigner(b"short", 60)
 
 
+def test_cookies_and_form_tokens_of_any_text_are_refused_not_raised() -> None:
+    """A cookie or CSRF field holding non-ASCII text is simply not ours (``hmac.compare_digest``
+    raised TypeError on it: a crafted cookie answered 500; found by an attacker's probe)."""
+    signer = SessionSigner(SECRET, ttl_s=60)
+    session = signer.new(None, now=1000)
+    for crafted in ("\xe9.\xe9", "abc.d\xe9f", "\udc80.x", "\u00b2" * 10 + "." + "\u00b2"):
+        assert signer.load(crafted, now=1010) is None
+        assert signer.unseal("login", crafted) is None
+        assert not signer.check_csrf(session, crafted)
+
+
 def test_the_form_reader_types_values_and_names_fields() -> None:
     form = [
         FormField(name="amount", type=FieldType.NUMBER),
