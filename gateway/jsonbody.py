@@ -126,6 +126,11 @@ def parse_strict(body: bytes, *, max_depth: int = 32, max_digits: int = 100) -> 
         value = float(literal)
         if not math.isfinite(value):
             raise BodyError(413, "number_too_large", f"{literal[:40]} does not fit a finite number")
+        if value == 0.0 and any(c in "123456789" for c in literal.lower().partition("e")[0]):
+            # 1e-999 arrived as 0.0: data must arrive as sent or be refused (an attacker's probe).
+            raise BodyError(
+                413, "number_too_large", f"{literal[:40]} is too small for a float: it would be 0"
+            )
         return value
 
     try:

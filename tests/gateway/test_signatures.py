@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from gateway.errors import ApiError
-from gateway.jsonbody import check_content_type, parse_object, parse_strict
+from gateway.jsonbody import BodyError, check_content_type, parse_object, parse_strict
 from gateway.webhooks import delivery_workflow_id, verify_signature
 from interpreter.model import WebhookTrigger
 from tests.gateway.support import hmac_headers, standard_headers
@@ -158,6 +158,16 @@ def test_strict_json_accepts_ordinary_documents() -> None:
     }
     # Brackets inside strings do not count as nesting.
     assert parse_strict(b'"' + b"[" * 100 + b'"') == "[" * 100
+    # A float that underflows to 0 is refused (it arrived as 0.0); zero itself is zero.
+    for tiny in (b"1e-999", b"-0.5e-400", b"0.0000001e-330"):
+        with pytest.raises(BodyError, match="too small for a float"):
+            parse_strict(b'{"n": ' + tiny + b"}")
+    assert parse_strict(b'{"a": 0.0, "b": -0e-999, "c": 0E5, "d": 5e-324}') == {
+        "a": 0.0,
+        "b": -0.0,
+        "c": 0.0,
+        "d": 5e-324,
+    }
 
 
 @pytest.mark.parametrize(
