@@ -10,11 +10,18 @@ is not.
 The listener (the gateway's lifespan with ``WFA_GATEWAY_ROW_CHANGES=tenant:connection``, or
 ``python -m gateway.rowchanges``) ``LISTEN``\\s, and drains: in one transaction it locks a batch of
 pending rows (``FOR UPDATE SKIP LOCKED``, so several listeners share the work), starts one run per
-change with the workflow id ``row-{tenant}-{connection}-{change id}`` and the reuse policy
+change with the workflow id of :func:`change_workflow_id` and the reuse policy
 ``REJECT_DUPLICATE``, and marks the row started only after the start succeeded or was a
 duplicate. Killed at any point, it loses nothing (the row stays pending) and starts nothing twice
 (the next start of that id is a duplicate). It also drains every few seconds without a
 notification (one may be missed while the connection is down).
+
+A row that no retry can start (its definition deactivated, or no longer declaring the trigger; row
+data Python cannot parse; an input the definition refuses) is settled with its ``error``, and the
+drain goes on. A start that may heal (Temporal or the store unavailable, or anything unforeseen)
+leaves the row pending: the drain commits the rows settled before it and reports
+:class:`ChangeDeferredError`, the listener waits (doubling, up to 30 s) and that row waits longer
+(:class:`Deferrals`) while the rows behind it are drained, so no row holds the others.
 
 ``connection`` names a secret of the tenant (:mod:`activities.secrets`) whose value is the
 database URL (``postgresql://user:password@host/db``); the trigger and the outbox live in that
@@ -30,7 +37,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANNEL",
     "OUTBOX",
+    "ChangeDeferredError",
+    "Deferrals",
+    "change_workflow_id",
     "connection_url",
     "drain_once",
     "install",
@@ -60,6 +71,10 @@ FUNCTION = "wfa_capture_change"
 BATCH = 50
 POLL_S = 5.0
 """Drain at least this often without a notification."""
+DEFER_FIRST_S = 5.0
+DEFER_MAX_S = 60.0
+"""A row whose start may heal is tried again after 5 s, then after twice as long each time, at most
+a minute (longer than the listener's own wait, so the rows behind it go first)."""
 
 _TABLE = re.compile(r"^(?:([A-Za-z_][A-Za-z0-9_]{0,62})\.)?([A-Za-z_][A-Za-z0-9_]{0,62})$")
 _OPERATIONS = ("insert", "update", "delete")
@@ -188,8 +203,65 @@ async def uninstall(url: str, table: str, tenant: str, definition: str) -> bool:
 
 
 def change_workflow_id(tenant: str, connection: str, change_id: int) -> str:
-    """The workflow id of one change: a restart can never start it twice."""
-    return f"row-{tenant}-{connection}-{change_id}"
+    """The workflow id of one change: a restart can never start it twice.
+
+    ``rowchange-{tenant}-{connection}-{change id}-{digest}``, the digest of all three: the parts are
+    there to be read, the digest tells the changes apart. Before, ``row-{tenant}-{connection}-{change
+    id}`` joined parts that may hold ``-``: in a namespace shared by tenants, the first change of
+    tenant ``acme-x``'s connection ``y`` and of tenant ``acme``'s connection ``x-y`` had one id, and
+    the second was marked started while its run never happened (found by an attacker's probe). No
+    old id is a new one: an old one ends in a change id, at most 19 digits, a new one in 32
+    hexadecimal digits (and the prefixes differ).
+    """
+    address = json.dumps([tenant, connection, change_id], separators=(",", ":"))
+    digest = hashlib.sha256(address.encode()).hexdigest()[:32]
+    return f"rowchange-{tenant}-{connection}-{change_id}-{digest}"
+
+
+class ChangeDeferredError(Exception):
+    """A change's start failed in a way that may heal (Temporal or the store unavailable, or an
+    error nobody foresaw): its row stays pending, and the rows settled before it in the batch are
+    committed.
+
+    Attributes:
+        change_id: The row's change id.
+        cause: The error of the start.
+    """
+
+    def __init__(self, change_id: int, cause: Exception) -> None:
+        super().__init__(f"change {change_id} not started yet: {type(cause).__name__}: {str(cause)[:300]}")
+        self.change_id = change_id
+        self.cause = cause
+
+
+class Deferrals:
+    """Rows whose start failed in a way that may heal, by change id, with when to try them again:
+    after :data:`DEFER_FIRST_S`, doubling up to :data:`DEFER_MAX_S`. Meanwhile a drain leaves them
+    out, so one such row does not hold the rows behind it. One per listener (in memory: a restart
+    tries every pending row at once)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rows: dict[int, tuple[int, float]] = {}  # change id: (failures, not before)
+
+    def waiting(self) -> list[int]:
+        """The change ids a drain leaves out now (and forgets rows long due: another listener may
+        have settled them)."""
+        now = self._clock()
+        for change_id, (_, due) in list(self._rows.items()):
+            if due + 2 * DEFER_MAX_S < now:
+                del self._rows[change_id]
+        return [change_id for change_id, (_, due) in self._rows.items() if due > now]
+
+    def failed(self, change_id: int) -> float:
+        """Records a failed start; returns how long the row waits."""
+        failures = self._rows.get(change_id, (0, 0.0))[0] + 1
+        delay = min(DEFER_FIRST_S * (1 << min(failures - 1, 16)), DEFER_MAX_S)
+        self._rows[change_id] = (failures, self._clock() + delay)
+        return delay
+
+    def settled(self, change_id: int) -> None:
+        self._rows.pop(change_id, None)
 
 
 def _declares(definition: Definition, connection: str, table: str, operation: str) -> bool:
@@ -207,24 +279,40 @@ def _declares(definition: Definition, connection: str, table: str, operation: st
     return False
 
 
+def _text(message: str) -> str:
+    """``message`` as PostgreSQL ``text`` takes it (no NUL, valid UTF-8), at most 1,000 characters."""
+    return message[:1000].replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 async def _start_change(flows: FlowClient, connection: str, row: Any) -> tuple[str, str | None]:
     """Starts the run of one outbox row; returns (workflow id, error). Errors that a retry cannot
-    fix (unknown definition, invalid input) are returned to be recorded on the row; others raise."""
+    fix (no such definition or no active version, row data that cannot be parsed, an input the
+    definition refuses) are returned to be recorded on the row; others (that may heal) raise."""
     from temporalio.common import WorkflowIDReusePolicy
 
-    from activities.store.errors import DefinitionNotFoundError, InvalidReferenceError, VersionArchivedError
+    from activities.store.errors import (
+        DefinitionNotFoundError,
+        InvalidReferenceError,
+        InvalidTenantError,
+        NoActiveVersionError,
+        VersionArchivedError,
+    )
     from interpreter.validate import DefinitionError
     from starter.errors import InvalidInputError, RunAlreadyExistsError
 
     workflow_id = change_workflow_id(flows.tenant, connection, row["change_id"])
-    change = {
-        "change_id": row["change_id"],
-        "table": row["table_name"],
-        "operation": row["operation"],
-        "old": json.loads(row["old_row"]) if row["old_row"] is not None else None,
-        "new": json.loads(row["new_row"]) if row["new_row"] is not None else None,
-        "changed_at": row["changed_at"].isoformat(),
-    }
+    try:
+        change = {
+            "change_id": row["change_id"],
+            "table": row["table_name"],
+            "operation": row["operation"],
+            "old": json.loads(row["old_row"]) if row["old_row"] is not None else None,
+            "new": json.loads(row["new_row"]) if row["new_row"] is not None else None,
+            "changed_at": row["changed_at"].isoformat(),
+        }
+    except (ValueError, RecursionError, OverflowError) as err:
+        # E.g. a numeric of over 4,300 digits ("Exceeds the limit"), JSON nested too deep.
+        return workflow_id, f"the row cannot be read as JSON: {type(err).__name__}: {err}"
     try:
         resolved = await flows.resolve(row["definition"])
         if not _declares(resolved.definition, connection, row["table_name"], row["operation"]):
@@ -243,27 +331,47 @@ async def _start_change(flows: FlowClient, connection: str, row: Any) -> tuple[s
     except (
         DefinitionNotFoundError,
         InvalidReferenceError,
+        InvalidTenantError,
+        NoActiveVersionError,
         VersionArchivedError,
         DefinitionError,
         InvalidInputError,
+        RecursionError,
     ) as err:
-        return workflow_id, f"{type(err).__name__}: {str(err)[:1000]}"
+        return workflow_id, f"{type(err).__name__}: {err}"
     return workflow_id, None
 
 
-async def drain_once(conn: asyncpg.Connection, flows: FlowClient, connection: str) -> int:
+async def drain_once(
+    conn: asyncpg.Connection, flows: FlowClient, connection: str, deferrals: Deferrals | None = None
+) -> int:
     """Starts the runs of up to :data:`BATCH` pending changes of the client's tenant; returns how
-    many rows were settled (0: nothing pending)."""
+    many rows were settled (0: nothing pending). Rows ``deferrals`` holds back are left out.
+
+    Raises:
+        ChangeDeferredError: A start that may heal failed: that row stays pending (and waits in
+            ``deferrals``); the rows settled before it are committed.
+    """
+    deferrals = deferrals if deferrals is not None else Deferrals()
+    deferred: ChangeDeferredError | None = None
     async with conn.transaction():
         rows = await conn.fetch(
             f"SELECT change_id, definition, table_name, operation, old_row::text AS old_row,"
             f" new_row::text AS new_row, changed_at FROM {OUTBOX}"
-            " WHERE tenant = $1 AND started_at IS NULL AND error IS NULL"
+            " WHERE tenant = $1 AND started_at IS NULL AND error IS NULL AND change_id <> ALL($2::bigint[])"
             f" ORDER BY change_id LIMIT {BATCH} FOR UPDATE SKIP LOCKED",
             flows.tenant,
+            deferrals.waiting(),
         )
         for row in rows:
-            workflow_id, error = await _start_change(flows, connection, row)
+            try:
+                workflow_id, error = await _start_change(flows, connection, row)
+            except Exception as err:  # may heal: the row stays pending, the rows before it are kept
+                delay = deferrals.failed(row["change_id"])
+                deferred = ChangeDeferredError(row["change_id"], err)
+                log.warning("%s (%s); it waits %.0fs", deferred, connection, delay)
+                break
+            deferrals.settled(row["change_id"])
             if error is None:
                 await conn.execute(
                     f"UPDATE {OUTBOX} SET started_at = now(), workflow_id = $2 WHERE change_id = $1",
@@ -271,6 +379,7 @@ async def drain_once(conn: asyncpg.Connection, flows: FlowClient, connection: st
                     workflow_id,
                 )
             else:
+                error = _text(error)
                 log.warning("change %s of %s not started: %s", row["change_id"], connection, error)
                 await conn.execute(
                     f"UPDATE {OUTBOX} SET error = $2, workflow_id = $3 WHERE change_id = $1",
@@ -278,6 +387,8 @@ async def drain_once(conn: asyncpg.Connection, flows: FlowClient, connection: st
                     error,
                     workflow_id,
                 )
+    if deferred is not None:
+        raise deferred
     return len(rows)
 
 
@@ -286,6 +397,7 @@ async def run_listener(flows: FlowClient, source: RowChangeSource, *, poll_s: fl
     import asyncpg
 
     backoff = 1.0
+    deferrals = Deferrals()
     while True:
         conn: asyncpg.Connection | None = None
         try:
@@ -298,10 +410,16 @@ async def run_listener(flows: FlowClient, source: RowChangeSource, *, poll_s: fl
 
             await conn.add_listener(CHANNEL, notified)
             log.info("listening to the outbox of %s (tenant %s)", source.connection, source.tenant)
-            backoff = 1.0
             while True:
-                while await drain_once(conn, flows, source.connection) == BATCH:
-                    pass
+                try:
+                    while await drain_once(conn, flows, source.connection, deferrals) == BATCH:
+                        pass
+                except ChangeDeferredError:
+                    # Logged by drain_once; the rows behind the deferred one are next.
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 1.0
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=poll_s)
