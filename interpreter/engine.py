@@ -107,12 +107,14 @@ from interpreter.state import (
 )
 from interpreter.templates import (
     WORK_BUDGET,
+    OversizedValueError,
     TemplateError,
     UnreadableValueError,
     evaluate,
     last_work,
     render,
     render_html,
+    unbounded_sizes,
     unchecked_values,
 )
 
@@ -463,6 +465,16 @@ correction into the recorded input) lost the definition's secret (a header sent 
 ``Bearer ${secret:TOKEN}`` instead of the token) and data's escaped text gained a ``$`` (found by a
 victim's test). Only in runs started at its generation (``workflows.generic.NEVER_ASKED_PATCHES``),
 as ``data-text``: it changes by a byte per reference the size the send guard counts."""
+
+PATCH_TEMPLATE_SIZES = "template-sizes"
+"""Patch id: a template may not multiply integers past 100,000 bits, nor turn into text a value of
+more than ``MAX_RESULT_CHARS`` characters counted with every shared reference (two million per
+render): such an evaluation fails (``interpreter.templates.OversizedValueError``) as a step failure.
+Before, each product and each conversion was charged as if it were small: squaring in a loop, or
+``[a]*10`` nested four times then ``| string``, held a workflow task in one C call past the
+worker's deadlock limit, retried for ever, stalling the worker for every tenant and its memory
+past 1 GiB (found by an attacker's probe). Asked only when an evaluation would be refused (a run
+that rendered such a value before goes on rendering it); a run stuck there takes the new answer."""
 
 PATCH_DECISION_TEXT = "decision-text"
 """Patch id: an approval's ``reason`` and a task's ``comment`` are data, made inert where they enter
@@ -2498,9 +2510,11 @@ class Engine:
         self, how: Callable[[Any, Mapping[str, Any]], Any], value: Any, context: Mapping[str, Any]
     ) -> Any:
         """``how(value, context)`` (render or evaluate), counting its work into this workflow task's;
-        again without the value check for a run recorded before it (:data:`PATCH_TEMPLATE_VALUES`)."""
+        again without the value check for a run recorded before it (:data:`PATCH_TEMPLATE_VALUES`),
+        and without the size checks (:data:`PATCH_TEMPLATE_SIZES`)."""
         self._check_task_work()
-        try:
+
+        def attempt() -> Any:
             try:
                 return how(value, context)
             except UnreadableValueError:
@@ -2508,6 +2522,15 @@ class Engine:
                     raise
                 with unchecked_values():  # as the run rendered it when it was recorded
                     return how(value, context)
+
+        try:
+            try:
+                return attempt()
+            except OversizedValueError:
+                if self.runtime.patched(PATCH_TEMPLATE_SIZES):
+                    raise
+                with unbounded_sizes():  # as the run rendered it when it was recorded
+                    return attempt()
         finally:
             self._task_work += last_work()  # (the last evaluation's: the one that counts)
 

@@ -57,6 +57,7 @@ from interpreter.inert import seal
 __all__ = [
     "MAX_RENDERED_BYTES",
     "MAX_RESULT_INT_BITS",
+    "OversizedValueError",
     "TemplateError",
     "UnreadableValueError",
     "check_expression",
@@ -67,6 +68,7 @@ __all__ = [
     "render",
     "render_html",
     "template_strings",
+    "unbounded_sizes",
     "unchecked_values",
 ]
 
@@ -89,6 +91,9 @@ _MAX_ITEMS = 100_000
 _MAX_RANGE = 10_000
 _MAX_EXPONENT = 100
 _MAX_POWER_BITS = 100_000
+_TEXT_WALK_BUDGET = 2 * 1024 * 1024
+"""Characters of values one render may turn into text (``~``, ``| string``, ``join``, ``%``...),
+every shared reference counted (:func:`_text_size`)."""
 MAX_RESULT_INT_BITS = 13_000
 """Largest integer (in bits: about 3,900 digits) a template may return. JSON readers refuse longer
 numbers (pydantic, and Python's own ``int`` parsing, past 4,300 digits): a run that kept one
@@ -118,6 +123,55 @@ def unchecked_values() -> Iterator[None]:
         yield
     finally:
         _checked_values.reset(token)
+
+
+_bounded_sizes: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_bounded_sizes", default=True)
+
+
+@contextlib.contextmanager
+def unbounded_sizes() -> Iterator[None]:
+    """Templates evaluated in it multiply integers of any size and turn values of any size into
+    text, as before :class:`OversizedValueError` (the engine renders so for a run recorded before
+    the check). Found by an attacker's probe: ``ns.a = ns.a * ns.a`` in a loop (each squaring
+    charged one operation) and ``{% set a = [a]*10 %}`` nested four times, then ``| string`` (the
+    budget saw 50 operations, the text had 100 million items: 35 s in one C call, 1.9 GB), each
+    holding a worker's workflow task past its deadlock limit, for ever."""
+    token = _bounded_sizes.set(False)
+    try:
+        yield
+    finally:
+        _bounded_sizes.reset(token)
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _text_size(value: Any) -> None:
+    """Refuses turning ``value`` into text when its characters (as :func:`_to_json` counts them:
+    every string's length plus one per other value, a value referenced many times counted every
+    time) pass :data:`MAX_RESULT_CHARS`. The walk stops there, so it costs at most that many
+    steps; what it visits is also counted against the render's :data:`_TEXT_WALK_BUDGET`."""
+    if not isinstance(value, _CONTAINERS) or not _bounded_sizes.get():
+        return
+    size = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += 2 + len(item)
+        else:
+            size += 1
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+        if size > MAX_RESULT_CHARS:
+            raise _Oversized(
+                f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
+                " would be turned into text"
+            )
+    _Budget.walked(size)
 
 
 def _check_text(text: str) -> None:
@@ -182,6 +236,16 @@ class UnreadableValueError(TemplateError):
     :data:`MAX_RESULT_INT_BITS`, or a string with a lone surrogate."""
 
 
+class OversizedValueError(TemplateError):
+    """A template would build a value whose cost its budget does not see: a product of integers
+    over :data:`_MAX_POWER_BITS` bits, or text made of a value larger than :data:`MAX_RESULT_CHARS`
+    counted with every shared reference (see :func:`unbounded_sizes`)."""
+
+
+class _Oversized(SecurityError):
+    """Raised inside an evaluation for :class:`OversizedValueError`."""
+
+
 class _Undefined(StrictUndefined):
     """Strict undefined whose messages name the missing key and the keys that do exist."""
 
@@ -208,9 +272,27 @@ class _Budget:
 
     _remaining: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_budget")
 
+    _walk_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_walk")
+
     @classmethod
     def reset(cls) -> None:
         cls._remaining.set([WORK_BUDGET])
+        cls._walk_left.set([_TEXT_WALK_BUDGET])
+
+    @classmethod
+    def walked(cls, size: int) -> None:
+        """Counts what :func:`_text_size` walked; past :data:`_TEXT_WALK_BUDGET` in one render,
+        refuses (a separate count: the work budget, which hosts add up, stays as it was)."""
+        left = cls._walk_left.get(None)
+        if left is None:
+            left = [_TEXT_WALK_BUDGET]
+            cls._walk_left.set(left)
+        left[0] -= size
+        if left[0] < 0:
+            left[0] = 0
+            raise _Oversized(
+                f"the template turns more than {_TEXT_WALK_BUDGET:,} characters of values into text"
+            )
 
     @classmethod
     def spent(cls) -> int:
@@ -255,6 +337,13 @@ def _read(value: Any) -> Any:
     return value
 
 
+def _read_text(value: Any) -> Any:
+    """:func:`_read` for an operand of ``~``, which becomes text (:func:`_text_size`)."""
+    _Budget.charge(_cost(value))
+    _text_size(value)
+    return value
+
+
 def _counted(iterable: Any) -> Iterator[Any]:
     """Iterates ``iterable``, charging one operation per item."""
     for item in iterable:
@@ -262,8 +351,19 @@ def _counted(iterable: Any) -> Iterator[Any]:
         yield item
 
 
-def _charging(function: Callable[..., Any]) -> Callable[..., Any]:
-    """A filter or test that charges for what it reads (iterators are charged as consumed)."""
+_TEXT_FILTERS = frozenset(
+    {
+        "capitalize", "center", "e", "escape", "filesizeformat", "forceescape", "format", "indent",
+        "join", "lower", "pprint", "replace", "safe", "string", "striptags", "title", "trim",
+        "truncate", "upper", "urlencode", "urlize", "wordcount", "wordwrap", "xmlattr",
+    }
+)  # fmt: skip
+"""Filters that turn their input (a container: every item) into text."""
+
+
+def _charging(function: Callable[..., Any], makes_text: bool = False) -> Callable[..., Any]:
+    """A filter or test that charges for what it reads (iterators are charged as consumed); one
+    that ``makes_text`` of its input also has its size checked (:func:`_text_size`)."""
     pass_arg = getattr(function, "jinja_pass_arg", None)
     offset = 1 if pass_arg is not None else 0
 
@@ -274,6 +374,8 @@ def _charging(function: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(value, Iterator):
                 args = (*args[:offset], _counted(value), *args[offset + 1 :])
             _Budget.charge(_cost(value))
+            if makes_text:
+                _text_size(value)
         else:
             _Budget.charge(1)
         return function(*args, **kwargs)
@@ -481,6 +583,7 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 _LOOP_GUARD = "__wfa_loop__"
 _READ_GUARD = "__wfa_read__"
+_TEXT_GUARD = "__wfa_text__"
 
 
 def _guarded(name: str, node: nodes.Expr) -> nodes.Expr:
@@ -497,7 +600,7 @@ def _guard_tree(tree: nodes.Node) -> None:
         for operand in compare.ops:
             operand.expr = _guarded(_READ_GUARD, operand.expr)
     for concat in tree.find_all(nodes.Concat):
-        concat.nodes = [_guarded(_READ_GUARD, node) for node in concat.nodes]
+        concat.nodes = [_guarded(_TEXT_GUARD, node) for node in concat.nodes]
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -515,11 +618,12 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.filters["tojson"] = _tojson
         self.filters["duration_seconds"] = _duration_seconds
         for name, function in list(self.filters.items()):
-            self.filters[name] = _charging(function)
+            self.filters[name] = _charging(function, makes_text=name in _TEXT_FILTERS)
         for name, test in list(self.tests.items()):
             self.tests[name] = _charging(cast(Callable[..., Any], test))
         self.globals[_LOOP_GUARD] = _counted
         self.globals[_READ_GUARD] = _read
+        self.globals[_TEXT_GUARD] = _read_text
 
     def _generate(
         self, source: nodes.Template, name: str | None, filename: str | None, defer_init: bool = False
@@ -549,6 +653,15 @@ class _Environment(ImmutableSandboxedEnvironment):
             ):
                 raise SecurityError("power result is too large")
         elif operator == "*":
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and left.bit_length() + right.bit_length() > _MAX_POWER_BITS
+                and _bounded_sizes.get()
+            ):
+                # Before, each product was one operation, however large: squaring in a loop
+                # doubled the number each time (found by an attacker's probe).
+                raise _Oversized(f"product result is too large (over {_MAX_POWER_BITS:,} bits)")
             for sequence, count in ((left, right), (right, left)):
                 if _sized(sequence) and isinstance(count, int):
                     size = len(sequence) * count
@@ -563,6 +676,7 @@ class _Environment(ImmutableSandboxedEnvironment):
                 _Budget.charge(size)
         elif operator == "%" and isinstance(left, str):
             _check_percent_format(left)
+            _text_size(right)
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -581,6 +695,9 @@ class _Environment(ImmutableSandboxedEnvironment):
                     size = len(__obj.__self__) * max(tabsize, 1)
                     if size > max(_MAX_ITEMS, len(__obj.__self__)):
                         raise _too_large("expandtabs result", size, _MAX_ITEMS)
+            elif name in ("join", "format", "format_map"):
+                for argument in (*args, *kwargs.values()):
+                    _text_size(argument)
             elif name == "replace" and len(args) >= 2:
                 count = args[2] if len(args) > 2 else kwargs.get("count")
                 _check_replace(__obj.__self__, str(args[0]), str(args[1]), count)
@@ -726,6 +843,8 @@ def _evaluate_compiled(source: str, expression: TemplateExpression, context: Map
         raise
     except _Unreadable as exc:
         raise UnreadableValueError(source, str(exc)) from None
+    except _Oversized as exc:
+        raise OversizedValueError(source, str(exc)) from None
     except Exception as exc:
         raise TemplateError(source, _detail(exc)) from exc
     if isinstance(value, str):
@@ -789,6 +908,8 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
         return _inert_output(_evaluate_compiled(text, expression, context))
     try:
         rendered = _compile_template(text)[0].render(dict(context))
+    except _Oversized as exc:
+        raise OversizedValueError(text, str(exc)) from None
     except Exception as exc:
         raise TemplateError(text, _detail(exc)) from exc
     return _check_size(text, _inert_output(_readable_text(text, rendered)))
@@ -853,6 +974,8 @@ def render_html(value: Any, context: Mapping[str, Any]) -> Any:
         rendered = str(_compile_html_template(value).render(dict(context)))
     except TemplateError:
         raise
+    except _Oversized as exc:
+        raise OversizedValueError(value, str(exc)) from None
     except Exception as exc:
         raise TemplateError(value, _detail(exc)) from exc
     return _check_size(value, _inert_output(_readable_text(value, rendered)))

@@ -1057,6 +1057,21 @@ async def _decide_with_text(handle: WorkflowHandle[Any, Any]) -> None:
     )
 
 
+def _template_sizes(base: str) -> dict[str, Any]:
+    del base
+    squaring = (
+        "{% set ns = namespace(a=10**100) %}{% for i in range(22) %}{% set ns.a = ns.a * ns.a %}"
+        "{% endfor %}{{ ns.a % 7 }}"
+    )
+    return {
+        "name": "replay-template-sizes",
+        "steps": [
+            _echo("before", "ok"),
+            {"id": "boom", "type": "set", "vars": {"x": squaring}},
+        ],
+    }
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1711,6 +1726,14 @@ def scenarios() -> list[Scenario]:
             {"note": SECRET_LIKE_TEXT},
             drive=_redrive_as_shown,
             options={"engine_level": 29},
+        ),
+        Scenario(
+            "template_sizes",
+            "a set step squaring a number in a loop (recorded at generation 0: patch"
+            " template-sizes asked, a marker): the step fails with 'product result is too large',"
+            " the run fails",
+            _template_sizes,
+            {},
         ),
         Scenario(
             "decision_text",

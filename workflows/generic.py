@@ -101,6 +101,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_REDRIVE_KEEPS_RECORDED,
         PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
+        PATCH_TEMPLATE_SIZES,
         PATCH_TEMPLATE_VALUES,
         PATCH_VALUE_DEPTH,
         ActionCall,
@@ -482,6 +483,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_APPROVAL_TIMEOUT_SAGA: 28,
     PATCH_REDRIVE_KEEPS_RECORDED: 29,
     PATCH_DECISION_TEXT: 30,
+    PATCH_TEMPLATE_SIZES: 30,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

@@ -1,0 +1,66 @@
+"""A hostile template fails its step; it no longer holds a workflow task for ever (found by an
+attacker's probe: a product squared in a loop, and a list amplified by shared references turned
+into text, each ran one C call past the worker's deadlock limit, retried for ever, stalling every
+tenant's runs on the worker). On the dev server with the real worker: the run fails with a message
+naming the problem, and another run on the same worker completes meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from interpreter.state import RunState
+from tests.workflows.support import definition, failure_of, start, unique
+from workflows.generic import ENGINE_LEVEL
+
+SQUARING = (
+    "{% set ns = namespace(a=10**100) %}{% for i in range(22) %}{% set ns.a = ns.a * ns.a %}"
+    "{% endfor %}{{ ns.a % 7 }}"
+)
+AMPLIFIED = (
+    "{% set a = range(10000) | list %}{% set a = [a]*10 %}{% set a = [a]*10 %}{% set a = [a]*10 %}"
+    "{% set a = [a]*10 %}{{ a | string | length }}"
+)
+
+
+async def _markers(client: Client, workflow_id: str) -> list[str]:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+
+
+@pytest.mark.parametrize("level", [ENGINE_LEVEL, 0], ids=["this-generation", "patch-asked"])
+@pytest.mark.parametrize("template", [SQUARING, AMPLIFIED], ids=["squaring", "amplified"])
+async def test_a_template_whose_cost_the_budget_did_not_see_fails_its_step(
+    client: Client, task_queue: str, worker: Worker, template: str, level: int
+) -> None:
+    hostile = await start(
+        client,
+        task_queue,
+        definition(unique("bomb"), [{"id": "boom", "type": "set", "vars": {"x": template}}]),
+        engine_level=level,
+    )
+    other = await start(
+        client,
+        task_queue,
+        definition(
+            unique("other"), [{"id": "hello", "type": "task", "action": "echo", "input": {"value": 1}}]
+        ),
+    )
+    (_cause, failed), done = await asyncio.wait_for(
+        asyncio.gather(failure_of(hostile), other.result()), timeout=120
+    )
+    assert done.state == RunState.COMPLETED
+    assert failed is not None
+    assert failed.state == RunState.FAILED
+    assert failed.error_type == "TemplateError"
+    assert failed.error is not None
+    assert "too large" in failed.error or "characters" in failed.error, failed.error
+    markers = await _markers(client, hostile.id)
+    assert ('"template-sizes"' in " ".join(markers)) == (level == 0)
