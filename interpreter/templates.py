@@ -265,6 +265,20 @@ class _Undefined(StrictUndefined):
         return message
 
 
+def _take(counter: contextvars.ContextVar[list[int]], full: int, units: int) -> bool:
+    """Takes ``units`` from what ``counter`` has left (``full`` if it was never set); False once
+    that is spent (it then stays at 0)."""
+    left = counter.get(None)
+    if left is None:
+        left = [full]
+        counter.set(left)
+    left[0] -= units
+    if left[0] < 0:
+        left[0] = 0
+        return False
+    return True
+
+
 class _Budget:
     """The work left for the evaluation in progress. Evaluation is synchronous; workflows run on
     several threads of one worker process, so the counter lives in a context variable (each thread
@@ -283,13 +297,7 @@ class _Budget:
     def walked(cls, size: int) -> None:
         """Counts what :func:`_text_size` walked; past :data:`_TEXT_WALK_BUDGET` in one render,
         refuses (a separate count: the work budget, which hosts add up, stays as it was)."""
-        left = cls._walk_left.get(None)
-        if left is None:
-            left = [_TEXT_WALK_BUDGET]
-            cls._walk_left.set(left)
-        left[0] -= size
-        if left[0] < 0:
-            left[0] = 0
+        if not _take(cls._walk_left, _TEXT_WALK_BUDGET, size):
             raise _Oversized(
                 f"the template turns more than {_TEXT_WALK_BUDGET:,} characters of values into text"
             )
@@ -302,13 +310,7 @@ class _Budget:
 
     @classmethod
     def charge(cls, units: int) -> None:
-        left = cls._remaining.get(None)
-        if left is None:
-            left = [WORK_BUDGET]
-            cls._remaining.set(left)
-        left[0] -= units
-        if left[0] < 0:
-            left[0] = 0
+        if not _take(cls._remaining, WORK_BUDGET, units):
             raise SecurityError(f"the template needs more work than its budget of {WORK_BUDGET} operations")
 
 
