@@ -476,6 +476,13 @@ worker's deadlock limit, retried for ever, stalling the worker for every tenant 
 past 1 GiB (found by an attacker's probe). Asked only when an evaluation would be refused (a run
 that rendered such a value before goes on rendering it); a run stuck there takes the new answer."""
 
+PATCH_LINK_WAITS = "link-waits"
+"""Patch id: a step's decision links name the wait they are for (``DecisionLinksInput.since``, the
+tokens' ``since`` claim), so a link mailed while a step waited does not decide it when a loop
+brings it back (found by an attacker's probe). Only in runs started at its generation
+(``workflows.generic.NEVER_ASKED_PATCHES``): it changes the size of the links activity's input,
+which the send guard counts (a review)."""
+
 PATCH_DECISION_TEXT = "decision-text"
 """Patch id: an approval's ``reason`` and a task's ``comment`` are data, made inert where they enter
 the run like the decision's form data (``interpreter.inert.make_inert``). Before, they were taken
@@ -4198,6 +4205,8 @@ class Engine:
             account=links.account,
             since=view.since,
         ).model_dump(mode="json")
+        if not self.runtime.patched(PATCH_LINK_WAITS):
+            del request_input["since"]  # the input as an earlier generation sent it
         visit = self._visits.get(view.path, 1)
         sends = self._link_sends[view.path] = self._link_sends.get(view.path, 0) + 1
         key = f"{view.path}{f'#{visit}' if visit > 1 else ''}/links{sends if sends > 1 else ''}"

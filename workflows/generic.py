@@ -95,6 +95,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
         PATCH_LATE_EVENTS_REFUSED,
+        PATCH_LINK_WAITS,
         PATCH_MAILBOX_IDS,
         PATCH_PARK_IDS_PAST_NINE,
         PATCH_PAYLOAD_BUDGETS,
@@ -483,6 +484,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_APPROVAL_TIMEOUT_SAGA: 28,
     PATCH_REDRIVE_KEEPS_RECORDED: 29,
     PATCH_DECISION_TEXT: 30,
+    PATCH_LINK_WAITS: 30,
     PATCH_TEMPLATE_SIZES: 30,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
@@ -523,6 +525,7 @@ NEVER_ASKED_PATCHES = CARRIED_FORMAT_PATCHES | {
     PATCH_APPROVAL_TIMEOUT_SAGA,
     PATCH_REDRIVE_KEEPS_RECORDED,
     PATCH_DECISION_TEXT,
+    PATCH_LINK_WAITS,
 }
 """Patches that apply only to runs started at their generation or above, never asked through
 ``workflow.patched``: those of :data:`CARRIED_FORMAT_PATCHES`, ``child-cancel-fails-step``,
@@ -539,8 +542,9 @@ result by it), ``history-guard-subflows``, whose resolving activity carries its 
 search attributes a run starts with, ``data-text``, which changes by a byte per reference the
 sizes of the inputs and data the send guard and the budgets count, ``approval-timeout-saga``,
 which changes the compensations a failed run schedules, ``redrive-keeps-recorded``, which
-changes by a byte per reference the size of a redriven step's input, and ``decision-text``, which
-changes so the size of a decided step's output."""
+changes by a byte per reference the size of a redriven step's input, ``decision-text``, which
+changes so the size of a decided step's output, and ``link-waits``, which changes the size of the
+links activity's input."""
 ENGINE_LEVEL = max(PATCH_LEVELS.values())
 """This build's interpreter generation, the highest in :data:`PATCH_LEVELS`: a client of this build
 starts runs at it (:attr:`RunOptions.engine_level`), and a new patch placed at the next level
@@ -2949,20 +2953,23 @@ class GenericRun:
         Called from update validators only: they run when an update is first handled, never on
         replay, so the keys the worker holds now and the check's outcome never reach the replay.
         The actor being a listed approver (the current list, escalations included) is the
-        engine's check; here the token must name that actor. A token given is checked even where
-        no proof is required: a decision link's token decides once, and only the wait it was
-        mailed for (before, a run that required no proof took a used link again when a loop
-        brought its step back: found by an attacker's probe).
+        engine's check; here the token must name that actor. Where no proof is required, a token
+        given is still refused if it was used already or was minted for an earlier wait at the
+        step (before, such a run took a used link again when a loop brought its step back: found
+        by an attacker's probe); its signature is not checked there, as no token is needed.
         """
         verifier = decision_tokens.verifier()
         required = self._proof_required or (verifier is not None and verifier.required)
         if token is None:
             return f"proof required: this {decision} must carry a decision token" if required else None
-        if verifier is None:
-            if required:
-                return "proof required, but this worker holds no decision keys to check it"
+        if not required:
+            # No proof needed, so the signature proves nothing here (a token of another issuer or
+            # key decides as no token would: a review); a token still decides once, and only the
+            # wait it was minted for.
             reused = decision_tokens.reuse_problem(token, self._used_tokens, since)
             return None if reused is None else f"decision token refused: {reused}"
+        if verifier is None:
+            return "proof required, but this worker holds no decision keys to check it"
         try:
             claims = verifier.verify(
                 token,

@@ -28,7 +28,7 @@ from starter.mailbox import LocalMailbox
 from tests.inbox.conftest import Inbox, waiting_run
 from tests.workflows.support import eventually, status, unique, wait_state
 from workflows import decision_tokens
-from workflows.generic import RunDefinitionWorkflow
+from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 
 LOOP = [
     {"id": "n", "type": "set", "vars": {"k": "{{ (vars.k | default(0)) + 1 }}"}, "max_visits": 3},
@@ -50,7 +50,9 @@ async def _looping_run(client: Client, task_queue: str, *, proof: bool) -> Workf
         RunDefinitionWorkflow.run,
         RunInput(
             definition=load_definition({"name": unique("loop"), "steps": LOOP}),
-            options=RunOptions(tenant="acme", decision_proof=proof, publish_assignees=True),
+            options=RunOptions(
+                tenant="acme", decision_proof=proof, publish_assignees=True, engine_level=ENGINE_LEVEL
+            ),
         ),
         id=unique("loop-run"),
         task_queue=task_queue,
@@ -138,6 +140,21 @@ async def test_a_cancel_token_is_no_link(client: Client, task_queue: str, inbox:
         assert "Traceback" not in posted.text
     assert (await status(handle)).state == RunState.AWAITING_APPROVAL
     await handle.terminate("test over")
+
+
+async def test_a_run_that_requires_no_proof_takes_a_token_it_cannot_verify(
+    client: Client, task_queue: str, inbox: Inbox
+) -> None:
+    """No proof is needed, so a token of a key or issuer the worker does not hold decides as no
+    token would (a review: checking it refused the inbox's decisions where the workers hold only an
+    identity provider's keys)."""
+    handle = await waiting_run(client, task_queue, "acme")
+    other, _ = tokens.generate_keys("not-the-workers")
+    token = tokens.mint(
+        other, tenant="acme", run=handle.id, actor="alice", decisions=["approve"], step="review", issuer="idp"
+    )
+    await inbox.clients["acme"].approve(handle.id, "alice", step_id="review", token=token)
+    assert (await handle.result()).state == RunState.COMPLETED
 
 
 class _Config:
