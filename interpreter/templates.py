@@ -92,8 +92,13 @@ _MAX_RANGE = 10_000
 _MAX_EXPONENT = 100
 _MAX_POWER_BITS = 100_000
 _TEXT_WALK_BUDGET = 2 * 1024 * 1024
-"""Characters of values one render may turn into text (``~``, ``| string``, ``join``, ``%``...),
-every shared reference counted (:func:`_text_size`)."""
+"""Work one render may spend where C code does it in one call that the work budget does not see:
+characters of values turned into text (``~``, ``| string``, ``join``, ``%``...) or compared, every
+shared reference counted (:func:`_text_size`); list concatenation in ``| sum``; arithmetic on
+integers of more than 1,024 bits (:func:`_arith`). A separate count: the work budget, which hosts
+add up, stays as it was."""
+_BIG_INT_LIMBS = 16
+"""Integers of more than this many 64-bit limbs (1,024 bits) cost their arithmetic."""
 MAX_RESULT_INT_BITS = 13_000
 """Largest integer (in bits: about 3,900 digits) a template may return. JSON readers refuse longer
 numbers (pydantic, and Python's own ``int`` parsing, past 4,300 digits): a run that kept one
@@ -143,10 +148,34 @@ def unbounded_sizes() -> Iterator[None]:
         _bounded_sizes.reset(token)
 
 
-_CONTAINERS = (list, tuple, dict)
+_CONTAINERS = (
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    Mapping,
+    KeysView,
+    ValuesView,
+    ItemsView,
+    jinja2.utils.Namespace,
+)
+"""What :func:`_text_size` walks into (a ``namespace`` and dict views too: their text holds their
+items; a review found them passed over)."""
 
 
-def _text_size(value: Any) -> None:
+def _items_of(item: Any) -> list[Any]:
+    if isinstance(item, jinja2.utils.Namespace):
+        attrs: dict[str, Any] = item._Namespace__attrs
+        return [*attrs.keys(), *attrs.values()]
+    if isinstance(item, Mapping):
+        return [*item.keys(), *item.values()]
+    if isinstance(item, (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)):
+        return list(item)
+    return []
+
+
+def _text_size(value: Any, what: str = "turned into text") -> None:
     """Refuses turning ``value`` into text when its characters (as :func:`_to_json` counts them:
     every string's length plus one per other value, a value referenced many times counted every
     time) pass :data:`MAX_RESULT_CHARS`. The walk stops there, so it costs at most that many
@@ -155,23 +184,53 @@ def _text_size(value: Any) -> None:
         return
     size = 0
     stack: list[Any] = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
+        item = pop()
+        kind = type(item)
+        if kind is list or kind is tuple:  # (the common cases first, without isinstance)
+            size += 1
+            extend(item)
+        elif kind is str:
+            size += 2 + len(item)
+        elif kind is int or kind is float or kind is bool or item is None:
+            size += 1
+        elif kind is dict:
+            size += 1
+            extend(item.keys())
+            extend(item.values())
+        elif isinstance(item, str):
             size += 2 + len(item)
         else:
             size += 1
-            if isinstance(item, dict):
-                stack.extend(item.keys())
-                stack.extend(item.values())
-            elif isinstance(item, (list, tuple)):
-                stack.extend(item)
+            if isinstance(item, _CONTAINERS):
+                extend(_items_of(item))
         if size > MAX_RESULT_CHARS:
             raise _Oversized(
                 f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
-                " would be turned into text"
+                f" would be {what}"
             )
     _Budget.walked(size)
+
+
+def _arith(*operands: Any) -> None:
+    """Counts arithmetic on integers of more than :data:`_BIG_INT_LIMBS` limbs as the square of
+    their size (division and multiplication are quadratic; a review found ``x // y`` of 99,000-bit
+    numbers in a loop charged as nothing: 39 s)."""
+    if not _bounded_sizes.get():
+        return
+    for operand in operands:
+        if isinstance(operand, int):
+            limbs = operand.bit_length() // 64 + 1
+            if limbs > _BIG_INT_LIMBS:
+                _Budget.walked(limbs * limbs // 64)
+
+
+def _bytes_refused(name: str) -> _Oversized:
+    return _Oversized(
+        f"{name}() makes bytes, which templates do not handle: their sizes are not bounded"
+        " (found by a review); work on the text instead"
+    )
 
 
 def _check_text(text: str) -> None:
@@ -299,7 +358,9 @@ class _Budget:
         refuses (a separate count: the work budget, which hosts add up, stays as it was)."""
         if not _take(cls._walk_left, _TEXT_WALK_BUDGET, size):
             raise _Oversized(
-                f"the template turns more than {_TEXT_WALK_BUDGET:,} characters of values into text"
+                f"the template needs more than {_TEXT_WALK_BUDGET:,} steps of work done in single"
+                " operations (values turned into text or compared, lists summed, arithmetic on"
+                " very large numbers)"
             )
 
     @classmethod
@@ -334,8 +395,16 @@ def _cost(value: Any) -> int:
 
 
 def _read(value: Any) -> Any:
-    """Charges for reading an operand of a comparison or a ``~`` concatenation, and returns it."""
+    """Charges for reading an operand of a comparison, and returns it (a comparison walks nested
+    values in one C call: their size is checked as text's is, :func:`_text_size`)."""
     _Budget.charge(_cost(value))
+    _text_size(value, "compared")
+    return value
+
+
+def _arith_operand(value: Any) -> Any:
+    """An operand of ``-``, ``/`` or ``//``, its size counted (:func:`_arith`)."""
+    _arith(value)
     return value
 
 
@@ -523,6 +592,28 @@ def _duration_seconds(value: Any) -> float:
     return parse_duration(value).total_seconds()
 
 
+@pass_environment
+def _sum(
+    environment: jinja2.Environment, iterable: Any, attribute: str | int | None = None, start: Any = 0
+) -> Any:
+    """jinja's ``sum``, with the cost of adding up sequences counted: ``start=[]`` concatenates,
+    copying the total so far at every item (a review: ``[b]*800 | sum(start=[])`` took 24 s in one
+    C call). The total is bounded as repetition is."""
+    if attribute is not None:
+        iterable = map(jinja2.filters.make_attrgetter(environment, attribute), iterable)
+    items = list(iterable)
+    if _bounded_sizes.get() and not isinstance(start, (int, float)):
+        length = len(start) if isinstance(start, (str, list, tuple)) else 1
+        copies = 0
+        for item in items:
+            length += len(item) if isinstance(item, (str, list, tuple)) else 1
+            copies += length
+            if length > _MAX_ITEMS:
+                raise _Oversized(f"sum would have more than the limit of {_MAX_ITEMS} items")
+        _Budget.walked(copies)
+    return sum(items, start)
+
+
 def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     """Bound the built-in filters that can amplify output size beyond their input."""
     center = filters["center"]
@@ -586,6 +677,7 @@ _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 _LOOP_GUARD = "__wfa_loop__"
 _READ_GUARD = "__wfa_read__"
 _TEXT_GUARD = "__wfa_text__"
+_ARITH_GUARD = "__wfa_arith__"
 
 
 def _guarded(name: str, node: nodes.Expr) -> nodes.Expr:
@@ -603,6 +695,12 @@ def _guard_tree(tree: nodes.Node) -> None:
             operand.expr = _guarded(_READ_GUARD, operand.expr)
     for concat in tree.find_all(nodes.Concat):
         concat.nodes = [_guarded(_TEXT_GUARD, node) for node in concat.nodes]
+    # The sandbox does not intercept these (it does *, **, + and %): their operands' sizes are
+    # counted here. Constant operands are left as they are (jinja computes them when it compiles).
+    for binop in tree.find_all((nodes.Sub, nodes.Div, nodes.FloorDiv)):
+        if not (isinstance(binop.left, nodes.Const) and isinstance(binop.right, nodes.Const)):
+            binop.left = _guarded(_ARITH_GUARD, binop.left)
+            binop.right = _guarded(_ARITH_GUARD, binop.right)
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -617,6 +715,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         del self.globals["lipsum"]
         del self.filters["random"]
         _guard_filters(self.filters)
+        self.filters["sum"] = _sum
         self.filters["tojson"] = _tojson
         self.filters["duration_seconds"] = _duration_seconds
         for name, function in list(self.filters.items()):
@@ -626,6 +725,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.globals[_LOOP_GUARD] = _counted
         self.globals[_READ_GUARD] = _read
         self.globals[_TEXT_GUARD] = _read_text
+        self.globals[_ARITH_GUARD] = _arith_operand
 
     def _generate(
         self, source: nodes.Template, name: str | None, filename: str | None, defer_init: bool = False
@@ -644,6 +744,7 @@ class _Environment(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """Refuse operations whose result would be huge before computing them."""
         _Budget.charge(1)
+        _arith(left, right)
         if operator == "**":
             if isinstance(right, (int, float)) and right > _MAX_EXPONENT:
                 raise SecurityError(f"exponent {right} is larger than the limit of {_MAX_EXPONENT}")
@@ -684,6 +785,13 @@ class _Environment(ImmutableSandboxedEnvironment):
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         """Bound string methods that pad or replace before calling them; charge every call."""
         _Budget.charge(1 + sum(_cost(argument) for argument in (*args, *kwargs.values())))
+        if (
+            isinstance(__obj, types.BuiltinMethodType)
+            and __obj.__name__ in ("encode", "to_bytes")
+            and isinstance(__obj.__self__, (str, int))
+            and _bounded_sizes.get()
+        ):
+            raise _bytes_refused(__obj.__name__)
         if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, (str, list, dict)):
             _Budget.charge(_cost(__obj.__self__))
         if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, str):

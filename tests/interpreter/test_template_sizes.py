@@ -38,10 +38,31 @@ LITERAL = "{% set a = range(10000) | list %}" + "{% set a = [a,a,a,a,a,a,a,a,a,a
         pytest.param(LITERAL + "{{ a | join(',') | length }}", id="literal-join"),
         pytest.param(LITERAL + "{{ ','.join(a | map('string')) | length }}", id="literal-method-join"),
         pytest.param(LITERAL + "{{ a | map('string') | list | length }}", id="literal-map-string"),
+        # Found by a review of the checks above:
+        pytest.param(
+            "{% set b = range(10000) | list %}{% set c = [b]*800 %}{{ (c | sum(start=[]))[0] }}",
+            id="sum-concatenating",
+        ),
+        pytest.param(
+            "{% set a = range(10000) | list %}{% set b = range(10000) | list %}"
+            + "{% set a = [a]*10 %}{% set b = [b]*10 %}" * 5
+            + "{{ a == b }}",
+            id="comparing-equal-copies",
+        ),
+        pytest.param(AMPLIFIED + "{{ (namespace(k=a) | string)[:5] }}", id="namespace-text"),
+        pytest.param(AMPLIFIED + "{{ ({'k': a}.items() | string)[:5] }}", id="items-text"),
+        pytest.param(AMPLIFIED + "{{ ('' ~ {'k': a}.values())[:5] }}", id="values-concat"),
+        pytest.param(
+            "{% set x = ((2**100)**99)**10 - 1 %}{% set y = ((3**60)**100)**5 + 1 %}"
+            "{% for i in range(10000) %}{% if x // y %}{% endif %}{% endfor %}",
+            id="big-division-loop",
+        ),
+        pytest.param("{{ ('a'.encode() * 300000000) | length }}", id="bytes-repetition"),
+        pytest.param("{{ (1).to_bytes(300000000, 'big') | length }}", id="bytes-of-an-int"),
     ],
 )
 def test_work_the_budget_did_not_see_is_refused_before_it_is_done(source: str) -> None:
-    with pytest.raises(OversizedValueError, match=r"too large|characters"):
+    with pytest.raises(OversizedValueError, match=r"too large|characters|limit|bytes|single operations"):
         render(source, {})
 
 
@@ -63,6 +84,15 @@ def test_a_product_is_bounded_but_ordinary_arithmetic_is_not() -> None:
             {},
         )
     assert isinstance(OversizedValueError("s", "d"), TemplateError)  # a step failure like any other
+
+
+def test_ordinary_arithmetic_sums_and_comparisons_are_untouched() -> None:
+    context = {"input": {"n": 5, "ids": list(range(5000)), "same": list(range(5000))}}
+    assert render("{{ 10 - 3 }} {{ input.n - 1 }} {{ 7 // 2 }} {{ 5 / 2 }} {{ 2 ** 64 - 1 }}", context) == (
+        f"7 4 3 2.5 {2**64 - 1}"
+    )
+    assert evaluate("input.ids == input.same and [[1, 2], [3]] | sum(start=[]) == [1, 2, 3]", context)
+    assert evaluate("input.ids | sum", context) == sum(range(5000))
 
 
 def test_ordinary_text_of_values_is_untouched() -> None:
