@@ -213,9 +213,9 @@ def change_workflow_id(tenant: str, connection: str, change_id: int) -> str:
     old id is a new one: an old one ends in a change id, at most 19 digits, a new one in 32
     hexadecimal digits (and the prefixes differ).
     """
-    address = json.dumps([tenant, connection, change_id], separators=(",", ":"))
-    digest = hashlib.sha256(address.encode()).hexdigest()[:32]
-    return f"rowchange-{tenant}-{connection}-{change_id}-{digest}"
+    from interpreter.events import parts_digest
+
+    return f"rowchange-{tenant}-{connection}-{change_id}-{parts_digest(tenant, connection, change_id)}"
 
 
 class ChangeDeferredError(Exception):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -41,6 +40,7 @@ from gateway.errors import ApiError
 from gateway.jsonbody import check_content_type, parse_object
 from gateway.state import GatewayState, UnknownTenantError
 from interpreter.durations import parse_duration
+from interpreter.events import parts_digest
 from interpreter.model import Definition, WebhookSignature, WebhookTrigger
 
 __all__ = ["delivery_workflow_id", "find_webhook_trigger", "router", "verify_signature"]
@@ -67,10 +67,8 @@ def delivery_workflow_id(tenant: str, definition: str, trigger_id: str, delivery
     in a namespace they share; found by an attacker's probe). The prefix differs from the old one,
     so no old id, whose delivery part a sender chooses, is one of these.
     """
-    address = json.dumps([tenant, definition, trigger_id, delivery_id], separators=(",", ":"))
-    digest = hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     shown = f"{delivery_id}-" if _SAFE_ID.fullmatch(delivery_id) else ""
-    return f"webhook-{tenant}-{definition}-{trigger_id}-{shown}{digest}"
+    return f"webhook-{tenant}-{definition}-{trigger_id}-{shown}{parts_digest(tenant, definition, trigger_id, delivery_id)}"
 
 
 async def find_webhook_trigger(

@@ -208,6 +208,14 @@ class MailboxState(BaseModel):
         return events
 
 
+def parts_digest(*parts: str | int) -> str:
+    """The first 32 hex digits of the SHA-256 of ``parts`` as a compact JSON array: what tells ids
+    built of parts that may hold their separator apart (a mailbox's, a webhook delivery's and a row
+    change's workflow id)."""
+    address = json.dumps(list(parts), separators=(",", ":"))
+    return hashlib.sha256(address.encode()).hexdigest()[:32]
+
+
 def mailbox_id(tenant: str, event_type: str, key: str) -> str:
     """The workflow id of the mailbox of one tenant, event type and correlation key.
 
@@ -222,9 +230,7 @@ def mailbox_id(tenant: str, event_type: str, key: str) -> str:
     id, whose key an attacker chooses, is one of these (a review: the key
     ``["acme-corp","order.paid","K"]`` made a legacy id equal to a new one).
     """
-    address = json.dumps([tenant, event_type, key], separators=(",", ":"))
-    digest = hashlib.sha256(address.encode()).hexdigest()[:32]
-    return f"events-{tenant}-{event_type}-{digest}"
+    return f"events-{tenant}-{event_type}-{parts_digest(tenant, event_type, key)}"
 
 
 def legacy_mailbox_id(tenant: str, event_type: str, key: str) -> str:
