@@ -101,6 +101,7 @@ from activities.store.database import DATABASE_URL_ENV, SessionFactory, open_dat
 from activities.store.errors import StoreError
 from activities.subflows import max_runs_per_tree_from_env, subflow_input_problems, tree_runs
 from interpreter.actions import ActionPluginError
+from starter import tokens
 from starter.codec import PayloadKeysError, data_converter
 from starter.payload_store import PayloadStoreConfigError, state_budget_max, state_budget_max_from_env
 from starter.plugins import load_configured_action_plugins
@@ -145,7 +146,6 @@ PASSTHROUGH_MODULES = (
 )
 
 DECISION_KEYS_ENV = "WFA_DECISION_KEYS"
-DECISION_ISSUER_ENV = "WFA_DECISION_ISSUER"
 REQUIRE_PROOF_ENV = "WFA_REQUIRE_DECISION_PROOF"
 
 
@@ -167,7 +167,7 @@ def load_decision_verifier(environ: Mapping[str, str]) -> decision_tokens.Decisi
             jwks = json.load(file)
     except (OSError, ValueError) as err:
         raise ValueError(f"{DECISION_KEYS_ENV}: cannot read the key set {path}: {err}") from None
-    issuer = environ.get(DECISION_ISSUER_ENV) or decision_tokens.DEFAULT_ISSUER
+    issuer = tokens.configured_issuer(environ)
     try:
         return decision_tokens.DecisionVerifier.from_jwks(jwks, issuer, required=required)
     except decision_tokens.KeySetError as err:

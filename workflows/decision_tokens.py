@@ -293,13 +293,10 @@ def wait_problem(claimed: int | None, since: datetime | None) -> str | None:
 
 
 def reuse_problem(token: str, used: Iterable[str], since: datetime | None) -> str | None:
-    """Why a token nobody verifies here (the run requires no proof, the worker holds no keys) may
-    not decide all the same: it was used already, or was minted for an earlier wait. A link's token
-    decides once, and only the wait it was sent for, whether or not the run asks for proof."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:  # (a payload that is no JSON object too)
-        return None
+    """Why a token the run does not verify (it requires no proof) may not decide all the same: it
+    was used already, or was minted for an earlier wait. A link's token decides once, and only the
+    wait it was sent for, whether or not the run asks for proof."""
+    claims = _unverified_claims(token)
     jti, claimed = claims.get("jti"), claims.get("since")
     if isinstance(jti, str) and jti in used:
         return "token was used already in this run"
@@ -314,13 +311,19 @@ def clip_names(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """A token's claims, its signature not checked (empty when it cannot be read, a payload that
+    is no JSON object too)."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+
+
 def unverified_jti(token: str) -> str | None:
     """The ``jti`` of a token already verified by the validator (the update handler, which runs
     again on replay, records it without verifying again)."""
-    try:
-        jti = jwt.decode(token, options={"verify_signature": False}).get("jti")
-    except jwt.PyJWTError:
-        return None
+    jti = _unverified_claims(token).get("jti")
     return jti if isinstance(jti, str) else None
 
 
