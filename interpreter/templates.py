@@ -91,7 +91,7 @@ _MAX_ITEMS = 100_000
 _MAX_RANGE = 10_000
 _MAX_EXPONENT = 100
 _MAX_POWER_BITS = 100_000
-_TEXT_WALK_BUDGET = 2 * 1024 * 1024
+_SINGLE_OPERATION_BUDGET = 2 * 1024 * 1024
 """Work one render may spend where C code does it in one call that the work budget does not see:
 characters of values turned into text (``~``, ``| string``, ``join``, ``%``...) or compared, every
 shared reference counted (:func:`_text_size`); list concatenation in ``| sum``; arithmetic on
@@ -179,7 +179,7 @@ def _text_size(value: Any, what: str = "turned into text") -> None:
     """Refuses turning ``value`` into text when its characters (as :func:`_to_json` counts them:
     every string's length plus one per other value, a value referenced many times counted every
     time) pass :data:`MAX_RESULT_CHARS`. The walk stops there, so it costs at most that many
-    steps; what it visits is also counted against the render's :data:`_TEXT_WALK_BUDGET`."""
+    steps; what it visits is also counted against the render's :data:`_SINGLE_OPERATION_BUDGET`."""
     if not isinstance(value, _CONTAINERS) or not _bounded_sizes.get():
         return
     size = 0
@@ -210,7 +210,7 @@ def _text_size(value: Any, what: str = "turned into text") -> None:
                 f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
                 f" would be {what}"
             )
-    _Budget.walked(size)
+    _Budget.single_operations(size)
 
 
 def _arith(*operands: Any) -> None:
@@ -223,7 +223,7 @@ def _arith(*operands: Any) -> None:
         if isinstance(operand, int):
             limbs = operand.bit_length() // 64 + 1
             if limbs > _BIG_INT_LIMBS:
-                _Budget.walked(limbs * limbs // 64)
+                _Budget.single_operations(limbs * limbs // 64)
 
 
 def _bytes_refused(name: str) -> _Oversized:
@@ -296,9 +296,11 @@ class UnreadableValueError(TemplateError):
 
 
 class OversizedValueError(TemplateError):
-    """A template would build a value whose cost its budget does not see: a product of integers
-    over :data:`_MAX_POWER_BITS` bits, or text made of a value larger than :data:`MAX_RESULT_CHARS`
-    counted with every shared reference (see :func:`unbounded_sizes`)."""
+    """A template would do work its budget does not see, in single operations: a product of
+    integers over :data:`_MAX_POWER_BITS` bits, text made of (or a comparison of) a value larger
+    than :data:`MAX_RESULT_CHARS` counted with every shared reference, a ``| sum`` past
+    :data:`_MAX_ITEMS` items, bytes, or more such work than :data:`_SINGLE_OPERATION_BUDGET` (see
+    :func:`unbounded_sizes`)."""
 
 
 class _Oversized(SecurityError):
@@ -345,20 +347,21 @@ class _Budget:
 
     _remaining: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_budget")
 
-    _walk_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_walk")
+    _single_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_single")
 
     @classmethod
     def reset(cls) -> None:
         cls._remaining.set([WORK_BUDGET])
-        cls._walk_left.set([_TEXT_WALK_BUDGET])
+        cls._single_left.set([_SINGLE_OPERATION_BUDGET])
 
     @classmethod
-    def walked(cls, size: int) -> None:
-        """Counts what :func:`_text_size` walked; past :data:`_TEXT_WALK_BUDGET` in one render,
+    def single_operations(cls, size: int) -> None:
+        """Counts work done in single operations (:data:`_SINGLE_OPERATION_BUDGET`: what
+        :func:`_text_size` walked, :func:`_arith`, ``| sum``); past the budget in one render,
         refuses (a separate count: the work budget, which hosts add up, stays as it was)."""
-        if not _take(cls._walk_left, _TEXT_WALK_BUDGET, size):
+        if not _take(cls._single_left, _SINGLE_OPERATION_BUDGET, size):
             raise _Oversized(
-                f"the template needs more than {_TEXT_WALK_BUDGET:,} steps of work done in single"
+                f"the template needs more than {_SINGLE_OPERATION_BUDGET:,} steps of work done in single"
                 " operations (values turned into text or compared, lists summed, arithmetic on"
                 " very large numbers)"
             )
@@ -610,7 +613,7 @@ def _sum(
             copies += length
             if length > _MAX_ITEMS:
                 raise _Oversized(f"sum would have more than the limit of {_MAX_ITEMS} items")
-        _Budget.walked(copies)
+        _Budget.single_operations(copies)
     return sum(items, start)
 
 
