@@ -585,8 +585,9 @@ async def test_unreadable_timestamps_and_text_are_4xx_and_start_nothing(setup: S
     assert await eventually(runs, lambda ids: expected in ids, timeout=60, what="the run") == [expected]
 
 
-async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Setup) -> None:
-    name = f"{setup.name}-ev"
+async def _register_event_trigger(setup: Setup, name: str) -> str:
+    """Registers ``name`` (a run waiting an hour) for tenant default with an ``event`` trigger on a
+    type of its own; returns the type."""
     event_type = f"order.paid.{uuid4().hex[:6]}"
     await DefinitionStore(setup.database.session_factory, "default").register(
         {
@@ -596,6 +597,12 @@ async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Se
         },
         "test",
     )
+    return event_type
+
+
+async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Setup) -> None:
+    name = f"{setup.name}-ev"
+    event_type = await _register_event_trigger(setup, name)
     event = dumps({"type": event_type, "key": "o-1", "data": {"x": "${secret:HOOK_KEY}"}, "id": "e-1"})
     headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
     # The event mailbox is a workflow: a worker on the gateway's queue runs it.
@@ -637,15 +644,7 @@ async def test_an_event_republished_after_its_run_ended_starts_nothing(setup: Se
     ``duplicate`` and yet started a second run under the same workflow id. Data that is no UTF-8
     text (a lone surrogate escape) was a 500; it is refused naming its path, as a NUL is."""
     name = f"{setup.name}-again"
-    event_type = f"order.paid.{uuid4().hex[:6]}"
-    await DefinitionStore(setup.database.session_factory, "default").register(
-        {
-            "name": name,
-            "steps": [{"id": "wait", "type": "delay", "duration": "1h"}],
-            "triggers": [{"type": "event", "event": event_type}],
-        },
-        "test",
-    )
+    event_type = await _register_event_trigger(setup, name)
     headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
     event = dumps({"type": event_type, "key": "o-1", "data": {"n": 1}, "id": "same-id"})
     async with (

@@ -72,6 +72,17 @@ def _listener(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _shop_gateway(temporal_env: WorkflowEnvironment, database_url: str) -> GatewayConfig:
+    """A gateway of tenant ``default`` draining its connection ``SHOP``'s outbox, on a queue of its own."""
+    return GatewayConfig(
+        tenants=("default",),
+        address=temporal_env.client.service_client.config.target_host,
+        database_url=database_url,
+        task_queue=f"tq-{uuid4()}",
+        row_changes=(RowChangeSource(tenant="default", connection="SHOP"),),
+    )
+
+
 async def test_row_changes_start_one_run_each_across_listener_sigkills(
     temporal_env: WorkflowEnvironment, postgres_server_url: str, database_url: str
 ) -> None:
@@ -180,13 +191,7 @@ async def test_the_gateway_drains_the_outbox_and_refuses_undeclared_rows(
         try:
             await conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
             await install(plain_url, "orders", "default", name, ["insert"])
-            config = GatewayConfig(
-                tenants=("default",),
-                address=temporal_env.client.service_client.config.target_host,
-                database_url=database_url,
-                task_queue=f"tq-{uuid4()}",
-                row_changes=(RowChangeSource(tenant="default", connection="SHOP"),),
-            )
+            config = _shop_gateway(temporal_env, database_url)
             async with running(config):
                 await conn.execute(
                     # Text that looks like a reference to the connection's secret: data, kept as is.
@@ -275,13 +280,7 @@ async def test_a_row_that_cannot_start_records_why_and_the_rows_behind_it_start(
             await conn.execute("CREATE TABLE orders2 (id serial PRIMARY KEY, item text)")
             await install(plain_url, "orders", "default", a, ["insert"])
             await install(plain_url, "orders2", "default", b, ["insert"])
-            config = GatewayConfig(
-                tenants=("default",),
-                address=temporal_env.client.service_client.config.target_host,
-                database_url=database_url,
-                task_queue=f"tq-{uuid4()}",
-                row_changes=(RowChangeSource(tenant="default", connection="SHOP"),),
-            )
+            config = _shop_gateway(temporal_env, database_url)
             async with running(config):
                 if poison == "deactivated":
                     await conn.execute("INSERT INTO orders (v) VALUES (1)")
