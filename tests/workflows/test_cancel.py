@@ -32,6 +32,7 @@ from tests.workflows.support import (
     status,
     unique,
 )
+from worker import tolerate_slow_activations
 from workflows.generic import ENGINE_LEVEL, WORKFLOW_NAME, RunDefinitionWorkflow
 
 
@@ -327,7 +328,9 @@ async def test_flow_client_cancel_falls_back_to_the_signal_on_a_worker_without_c
     client: Client, task_queue: str
 ) -> None:
     doc = definition(unique("cancel-old-worker"), [{"id": "wait", "type": "delay", "duration": "3d"}])
-    async with Worker(client, task_queue=task_queue, workflows=[_WorkflowBeforeCancelRun]):
+    async with tolerate_slow_activations(
+        Worker(client, task_queue=task_queue, workflows=[_WorkflowBeforeCancelRun])
+    ):
         handle = await start(client, task_queue, doc)
         await FlowClient(client, task_queue=task_queue).cancel(handle.id, "ops", "rolling deploy")
         assert (await handle.result()).error == "cancelled by ops"

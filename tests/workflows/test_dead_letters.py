@@ -26,7 +26,7 @@ from starter.client import FlowClient
 from starter.errors import DecisionRefusedError
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually, record, unique
-from worker import build_worker, workflow_runner
+from worker import build_worker, tolerate_slow_activations, workflow_runner
 from workflows.generic import WORKFLOWS
 
 
@@ -173,15 +173,20 @@ async def test_a_decision_taken_the_moment_the_row_appears_is_accepted(
     task_queue = unique("tq-busy")
     async with (
         httpx.AsyncClient() as http_client,
-        Worker(
-            client,
-            task_queue=task_queue,
-            workflows=list(WORKFLOWS),
-            activities=[*build_activities(http_client), *build_store_activities(database.session_factory)],
-            workflow_runner=workflow_runner(),
-            max_concurrent_workflow_tasks=1,
-            max_cached_workflows=0,  # no sticky queue: one poller would stall on it between tasks
-            graceful_shutdown_timeout=timedelta(0),
+        tolerate_slow_activations(  # the product's deadlock limit: twenty runs share one task slot
+            Worker(
+                client,
+                task_queue=task_queue,
+                workflows=list(WORKFLOWS),
+                activities=[
+                    *build_activities(http_client),
+                    *build_store_activities(database.session_factory),
+                ],
+                workflow_runner=workflow_runner(),
+                max_concurrent_workflow_tasks=1,
+                max_cached_workflows=0,  # no sticky queue: one poller would stall on it between tasks
+                graceful_shutdown_timeout=timedelta(0),
+            )
         ),
     ):
         flows = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("racing"))
