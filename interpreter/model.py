@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     Tag,
@@ -31,7 +32,14 @@ from pydantic import (
 from interpreter.actions import RetryMode
 from interpreter.business_hours import BusinessHours
 from interpreter.durations import parse_duration
-from interpreter.templates import TemplateError, check_expression, check_template, template_strings
+from interpreter.templates import (
+    TemplateError,
+    bounded_template_tokens,
+    check_expression,
+    check_template,
+    template_strings,
+    template_token_budget,
+)
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
@@ -995,6 +1003,16 @@ class Definition(StrictModel):
     steps: list[Step] = Field(min_length=1)
     output: TemplatedValue = None
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _bounded_templates(cls, data: Any, handler: ModelWrapValidatorHandler[Definition]) -> Definition:
+        """Its templates and expressions are checked sharing one count of tokens: read by
+        :func:`parse_definition` (or as a run's input by the worker), more than
+        :data:`interpreter.templates.MAX_DEFINITION_TEMPLATE_TOKENS` together are refused before the
+        rest are compiled."""
+        with template_token_budget():
+            return handler(data)
+
 
 def parse_definition(data: Mapping[str, Any] | str | bytes) -> Definition:
     """Parses a definition's structure from JSON text, or from a mapping decoded from JSON.
@@ -1008,7 +1026,8 @@ def parse_definition(data: Mapping[str, Any] | str | bytes) -> Definition:
         TypeError, ValueError: When the mapping holds a value JSON cannot represent.
     """
     text = data if isinstance(data, str | bytes) else json.dumps(data, allow_nan=False)
-    return Definition.model_validate_json(text)
+    with bounded_template_tokens():  # an author's: its templates are bounded in tokens
+        return Definition.model_validate_json(text)
 
 
 _RECURSIVE: tuple[type[BaseModel], ...] = (

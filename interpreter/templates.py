@@ -43,6 +43,7 @@ from typing import Any, cast
 import jinja2
 import jinja2.exceptions
 import jinja2.filters
+import jinja2.lexer
 from jinja2 import StrictUndefined, Undefined, nodes, pass_environment, pass_eval_context
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError
@@ -55,11 +56,14 @@ from interpreter.inert import SECRET_REF_START as _SECRET_START
 from interpreter.inert import seal
 
 __all__ = [
+    "MAX_DEFINITION_TEMPLATE_TOKENS",
     "MAX_RENDERED_BYTES",
     "MAX_RESULT_INT_BITS",
     "OversizedValueError",
     "TemplateError",
+    "TemplateTokensError",
     "UnreadableValueError",
+    "bounded_template_tokens",
     "check_expression",
     "check_template",
     "contains_template",
@@ -68,6 +72,8 @@ __all__ = [
     "render",
     "render_html",
     "template_strings",
+    "template_token_budget",
+    "template_tokens_watch",
     "unbounded_sizes",
     "unchecked_values",
 ]
@@ -249,6 +255,128 @@ def _readable_text(source: str, text: str) -> str:
 
 
 _CACHE_SIZE = 4096
+
+MAX_DEFINITION_TEMPLATE_TOKENS = 10_000
+"""Tokens (names, operators, literals, tags, runs of text: what jinja's parser reads) that the
+templates and expressions of one definition may hold together; more is refused before any is
+compiled. Compiling costs about 20 to 40 microseconds of CPU a token, in whichever process reads the
+definition: the worker, at the start of every run on a worker that has not compiled it yet (its
+first workflow task, holding a thread of the worker's), and the clients and gateway that load it.
+A definition of 1.5 MB of templates (``{{ input.a }}x`` repeated) took 24 s to read, and a worker 16 s
+of a workflow task, once for every such definition (found by an attacker's probe). The examples'
+definitions hold 14 to 404 tokens; 10,000 compile in about 0.3 s."""
+
+
+class _TokenBudget:
+    """The tokens a definition's templates and expressions hold, counted as they are checked."""
+
+    __slots__ = ("exceeded", "spent")
+
+    def __init__(self) -> None:
+        self.spent = 0
+        self.exceeded = False
+
+
+_token_budget: contextvars.ContextVar[_TokenBudget | None] = contextvars.ContextVar(
+    "wfa_template_token_budget", default=None
+)
+_token_watch: contextvars.ContextVar[_TokenBudget | None] = contextvars.ContextVar(
+    "wfa_template_token_watch", default=None
+)
+_bounded_tokens: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_bounded_tokens", default=False)
+
+
+@contextlib.contextmanager
+def template_token_budget() -> Iterator[None]:
+    """Templates and expressions checked in it share one count of tokens, at most
+    :data:`MAX_DEFINITION_TEMPLATE_TOKENS` (a definition's model validation counts in one), when
+    checked in :func:`bounded_template_tokens`."""
+    token = _token_budget.set(_TokenBudget())
+    try:
+        yield
+    finally:
+        _token_budget.reset(token)
+
+
+@contextlib.contextmanager
+def template_tokens_watch() -> Iterator[_TokenBudget]:
+    """Yields a record whose ``exceeded`` tells whether a check in it refused templates for their
+    tokens (:class:`TemplateTokensError`; a model's validation error does not say which error)."""
+    watch = _TokenBudget()
+    token = _token_watch.set(watch)
+    try:
+        yield watch
+    finally:
+        _token_watch.reset(token)
+
+
+@contextlib.contextmanager
+def bounded_template_tokens() -> Iterator[None]:
+    """Templates and expressions checked in it are bounded in tokens (:class:`TemplateTokensError`):
+    where a definition is read as its author wrote it (``interpreter.model.parse_definition``, which
+    every client, the registry and the gateway read through) and as a run's input in the worker.
+    Elsewhere (the worker reading a definition back from a recorded activity result or a run
+    recorded before the bound) they are compiled whatever their tokens, as before."""
+    token = _bounded_tokens.set(True)
+    try:
+        yield
+    finally:
+        _bounded_tokens.reset(token)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _tokens(source: str, expression: bool) -> int:
+    """The tokens jinja's parser reads in ``source``, counted up to one past
+    :data:`MAX_DEFINITION_TEMPLATE_TOKENS` (the lexing stops there, so counting costs at most about
+    30 ms). A syntax error ends the count: compiling reports it."""
+    count = 0
+    stream = _ENV.lexer.tokeniter(source, None, None, "variable" if expression else None)
+    try:
+        for _, kind, _ in stream:
+            if kind not in jinja2.lexer.ignored_tokens:
+                count += 1
+                if count > MAX_DEFINITION_TEMPLATE_TOKENS:
+                    break
+    except jinja2.exceptions.TemplateSyntaxError:
+        pass
+    return count
+
+
+def _charge_tokens(source: str, *, expression: bool) -> bool:
+    """Counts ``source``'s tokens into the budget in force; False when it is not to be compiled
+    (a template before it went over, and was refused).
+
+    Raises:
+        TemplateTokensError: ``source`` takes the count over :data:`MAX_DEFINITION_TEMPLATE_TOKENS`
+            (outside a budget: holds more tokens than that alone).
+    """
+    if not _bounded_tokens.get():
+        return True
+    budget = _token_budget.get()
+    if budget is not None and budget.exceeded:
+        return False  # refused already: one error says it, and nothing more is compiled
+    count = _tokens(source, expression)
+    if budget is None:
+        if count <= MAX_DEFINITION_TEMPLATE_TOKENS:
+            return True
+        detail = f"the template holds more than {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens"
+    else:
+        budget.spent += count
+        if budget.spent <= MAX_DEFINITION_TEMPLATE_TOKENS:
+            return True
+        budget.exceeded = True
+        detail = (
+            f"the definition's templates and expressions hold more than"
+            f" {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens together (names, operators, literals, tags"
+            " and runs of text), more than a worker compiles for a run; split the definition"
+            " (subflow steps) or move text into the run's input"
+        )
+    watch = _token_watch.get()
+    if watch is not None:
+        watch.exceeded = True
+    raise TemplateTokensError(source, detail)
+
+
 _SHOWN_SOURCE_CHARS = 200
 
 _TEMPLATE_MARKERS = ("{{", "{%")
@@ -293,6 +421,11 @@ class TemplateError(ValueError):
 class UnreadableValueError(TemplateError):
     """A template returned a value no JSON reader takes back: an integer over
     :data:`MAX_RESULT_INT_BITS`, or a string with a lone surrogate."""
+
+
+class TemplateTokensError(TemplateError):
+    """A definition's templates and expressions hold more tokens than
+    :data:`MAX_DEFINITION_TEMPLATE_TOKENS`: refused before they are compiled."""
 
 
 class OversizedValueError(TemplateError):
@@ -912,6 +1045,8 @@ def check_expression(src: str) -> None:
     Raises:
         TemplateError: On a syntax error.
     """
+    if not _charge_tokens(src, expression=True):
+        return
     try:
         _compile_expression(src)
     except Exception as exc:
@@ -935,6 +1070,8 @@ def check_template(src: str) -> None:
         )
     if _TEMPLATED_SECRET.search(src):
         raise TemplateError(src, "a secret reference must name its secret literally, not with a template")
+    if not _charge_tokens(src, expression=False):
+        return
     try:
         _, problems = _compile_template(src)
     except Exception as exc:

@@ -78,6 +78,7 @@ class Scenario:
     publish: Publisher | None = None  # what a publisher of events does while the run is open
     child: str | None = None  # also record this child's history (its id after the run's and "/")
     attributes: bool = False  # started with the search attributes a client of its generation sets
+    raw: bool = False  # started with the document as it is, unchecked (as a raw client may)
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -1072,6 +1073,18 @@ def _template_sizes(base: str) -> dict[str, Any]:
     }
 
 
+TOKEN_HEAVY_TEMPLATE = "{{ input.a }}x" * 1700
+"""A template of 10,200 tokens (six a repeat), past ``MAX_DEFINITION_TEMPLATE_TOKENS``."""
+
+
+def _template_tokens(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-template-tokens",
+        "steps": [{"id": "long", "type": "set", "vars": {"x": TOKEN_HEAVY_TEMPLATE}}, _echo("after", "ok")],
+    }
+
+
 def _foreach_loops(base: str) -> dict[str, Any]:
     del base
     echo = {"type": "task", "action": "echo"}
@@ -1736,6 +1749,17 @@ def scenarios() -> list[Scenario]:
             {},
         ),
         Scenario(
+            "template_tokens",
+            "a definition whose templates hold 10,200 tokens, started unchecked by a raw client at"
+            " generation 0 (patch template-tokens asked, a marker): the run fails before its first"
+            " step (InvalidRunInput), nothing compiled. template_tokens_before.json is the same run"
+            " recorded by the build before the patch (no marker: it ran both steps); this build"
+            " would record the refused run, so that one is not re-recorded",
+            _template_tokens,
+            {"a": 1},
+            raw=True,
+        ),
+        Scenario(
             "decision_text",
             "an approval's reason and a task's comment holding text like a secret reference and an"
             " escaped one, at interpreter generation 30 (patch decision-text): both kept inert,"
@@ -1851,12 +1875,23 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
     document = scenario.definition(base)
     workflow_id = f"replay-{scenario.name.replace('_', '-')}-{uuid4().hex[:8]}"
     run_input = {"family": workflow_id, **scenario.input} if scenario.publish is not None else scenario.input
-    parsed = load_definition(document)
     options = (
         scenario.options
         if isinstance(scenario.options, RunOptions)
         else RunOptions(**(scenario.options or {}))
     )
+    if scenario.raw:
+        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+            WORKFLOW_NAME,
+            {"definition": document, "input": run_input, "options": options.model_dump(mode="json")},
+            id=workflow_id,
+            task_queue=task_queue,
+            execution_timeout=timedelta(minutes=5),
+        )
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+        return await _write(out, scenario.name, scenario.description, handle, document, run_input)
+    parsed = load_definition(document)
     attributes = (
         start_attributes(
             parsed.name,
@@ -1868,7 +1903,7 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
         if scenario.attributes
         else None
     )
-    handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+    handle = await client.start_workflow(
         document["name"] if scenario.named else WORKFLOW_NAME,
         RunInput(definition=parsed, input=run_input, options=options),
         id=workflow_id,

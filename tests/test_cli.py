@@ -194,6 +194,23 @@ def test_validate_checks_a_schedules_fixed_input_against_the_schema(offline: Run
     assert "Traceback" not in err
 
 
+def test_validate_refuses_a_definition_whose_templates_hold_too_many_tokens(
+    offline: Run, tmp_path: Path
+) -> None:
+    """Refused without compiling them (an attacker's 1.5 MB of templates took 24 s to read)."""
+    heavy = tmp_path / "heavy.json"
+    template = "{{ input.a }}x" * 107_000
+    heavy.write_text(
+        json.dumps({"name": "heavy", "steps": [{"id": "s", "type": "set", "vars": {"v": template}}]})
+    )
+    code, out, err = offline.sync("validate", str(heavy))
+    assert code == EXIT_BAD_INPUT
+    assert out == ""
+    assert "$.steps[0].vars.v:" in err
+    assert "hold more than 10,000 tokens together" in err
+    assert "Traceback" not in err
+
+
 def test_validate_bad_json_and_missing_file(offline: Run, tmp_path: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"name": "x", "steps": [')

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.common import (
     Priority,
     RawValue,
@@ -53,7 +54,7 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from interpreter.actions import ActionResult
     from interpreter.continuation import (
@@ -169,6 +170,7 @@ with workflow.unsafe.imports_passed_through():
         decoding_problem,
         validation_problems,
     )
+    from interpreter.templates import bounded_template_tokens, template_tokens_watch
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
     from workflows.priority import (
@@ -400,6 +402,13 @@ REQUEST_CANCEL_ACTIVITY = "request_cancel"
 """The activity through which the ``cancel`` signal asks Temporal to cancel the run."""
 PATCH_BOUNDED_DECISIONS = "bounded-decisions"
 """Patch id: a signalled decision whose actor, reason or data is too large is refused (recorded)."""
+PATCH_TEMPLATE_TOKENS = "template-tokens"
+"""Patch id: a run whose definition's templates and expressions hold more tokens together than
+:data:`interpreter.templates.MAX_DEFINITION_TEMPLATE_TOKENS` fails before its first step
+(``InvalidRunInput``), none of them compiled; before, the worker compiled them all as it read the
+run's input, in the run's first workflow task (1.5 MB of templates: 16 s, once for every such
+definition, a thread of the worker's held; found by an attacker's probe). Asked only for such an
+input, as the worker reads it."""
 PATCH_STATE_BUDGET_MAX = "state-budget-max"
 """Patch id: a run whose options ask for a state budget over :data:`STATE_BUDGET_UNCHECKED` gets
 at most the worker's maximum (``WFA_STATE_BUDGET_MAX``), read once by a local activity (a marker in
@@ -486,6 +495,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_DECISION_TEXT: 30,
     PATCH_LINK_WAITS: 30,
     PATCH_TEMPLATE_SIZES: 30,
+    PATCH_TEMPLATE_TOKENS: 31,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -2376,7 +2386,7 @@ def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
         return args[0], None
     else:
         try:
-            decoded: object = workflow.payload_converter().from_payload(args[0].payload, RunInput)
+            decoded: object = _decode_run_input(args[0].payload)
         except Exception as err:
             problem = f"the run input is not a run input: {clip(str(err))}"
         else:
@@ -2388,6 +2398,40 @@ def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
         definition=Definition(name="invalid-run-input", steps=[SucceedStep(id="unread", type="succeed")])
     )
     return placeholder, problem
+
+
+class _LevelOnly(BaseModel):
+    """Only the generation a run input names (``options.engine_level``), read without the rest."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _decode_run_input(payload: Payload) -> object:
+    """The run input in ``payload``. A definition whose templates hold too many tokens
+    (:data:`PATCH_TEMPLATE_TOKENS`) is refused, before any is compiled, for a run started at its
+    generation or one that asks the patch and is told to; a run recorded before it is read as it
+    was.
+
+    Raises:
+        Exception: What the converter raised (the run fails with ``InvalidRunInput``).
+    """
+    converter = workflow.payload_converter()
+    with bounded_template_tokens(), template_tokens_watch() as watch:
+        try:
+            return converter.from_payload(payload, RunInput)
+        except Exception as err:
+            if not watch.exceeded:
+                raise
+            refused: Exception = err
+    level = 0
+    with contextlib.suppress(Exception):
+        named = converter.from_payload(payload, _LevelOnly).options.get("engine_level", 0)
+        level = named if isinstance(named, int) else 0
+    if level >= PATCH_LEVELS[PATCH_TEMPLATE_TOKENS] or workflow.patched(PATCH_TEMPLATE_TOKENS):
+        raise refused
+    return converter.from_payload(payload, RunInput)  # unbounded, as the run read it when recorded
 
 
 _SIGNAL_METHODS: Mapping[str, str] = {
@@ -3012,7 +3056,19 @@ class GenericRun:
     @workflow.query
     def status(self) -> RunStatus:
         """The run's state, current steps, every step so far, pending approvals and variables."""
-        return _fitted_status(self._engine.status(), limit=self._runtime.payload_limit())
+        status = self._engine.status()
+        if self._input_problem is not None or self._resume_problem is not None:
+            # It fails before its first step (_run): say so, not "running" (what its placeholder
+            # answered before, also once the run had closed as failed).
+            error, error_type = (
+                (self._input_problem, INVALID_RUN_INPUT)
+                if self._input_problem is not None
+                else (f"cannot continue the run: {self._resume_problem}", "ContinuationError")
+            )
+            status = status.model_copy(
+                update={"state": RunState.FAILED, "error": error, "error_type": error_type}
+            )
+        return _fitted_status(status, limit=self._runtime.payload_limit())
 
     @workflow.query(name="pending_approvals")
     def pending_approvals(self, ask: ApprovalsQuery) -> ApprovalsPage:

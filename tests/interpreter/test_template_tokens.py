@@ -1,0 +1,106 @@
+"""A definition's templates and expressions are bounded in tokens, before any is compiled (found by
+an attacker's probe: a definition of 1.5 MB of templates, ``{{ input.a }}x`` repeated, took 24 s to
+read, and a worker 16 s of a run's first workflow task, once for every such definition, since reading
+a definition compiles every template in it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from interpreter import templates
+from interpreter.model import Definition, parse_definition
+from interpreter.templates import (
+    MAX_DEFINITION_TEMPLATE_TOKENS,
+    TemplateError,
+    TemplateTokensError,
+    bounded_template_tokens,
+    check_template,
+    template_tokens_watch,
+)
+
+UNIT = "{{ input.a }}x"
+"""Six tokens: ``{{``, ``input``, ``.``, ``a``, ``}}`` and the text ``x``."""
+
+
+def _setting(*templates_: str, when: str | None = None) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [
+        {"id": f"s{i}", "type": "set", "vars": {"v": text}} for i, text in enumerate(templates_)
+    ]
+    if when is not None:
+        steps[0]["when"] = when
+    return {"name": "tokens", "steps": steps}
+
+
+def _refusals(err: ValidationError) -> list[str]:
+    return [str(e["msg"]) for e in err.errors() if "tokens together" in str(e["msg"])]
+
+
+def test_the_attack_is_refused_and_nothing_of_it_compiled() -> None:
+    attack = "{{ input.a }}x" * 107_000  # 1.5 MB
+    compiled_before = templates._compile_template.cache_info().misses
+    with pytest.raises(ValidationError) as refused:
+        parse_definition(_setting(attack))
+    assert templates._compile_template.cache_info().misses == compiled_before
+    [message] = _refusals(refused.value)
+    assert f"more than {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens together" in message
+    assert "split the definition" in message
+
+
+def test_the_bound_is_exact() -> None:
+    at_bound = UNIT * 1666 + "{{ b }}x"  # 9,996 + 4
+    parse_definition(_setting(at_bound))
+    past = UNIT * 1666 + "{{ b.c }}"  # 9,996 + 5
+    with pytest.raises(ValidationError) as refused:
+        parse_definition(_setting(past))
+    assert len(_refusals(refused.value)) == 1
+
+
+def test_every_template_and_expression_of_a_definition_counts_toward_one_bound() -> None:
+    half = UNIT * 1000  # 6,000 tokens
+    parse_definition(_setting(half))
+    with pytest.raises(ValidationError) as two:
+        parse_definition(_setting(half, half))
+    assert len(_refusals(two.value)) == 1
+    condition = " and ".join(["input.a == 1"] * 1000)  # 6,000 tokens less one, as an expression
+    with pytest.raises(ValidationError) as expression:
+        parse_definition(_setting(half, when=condition))
+    assert len(_refusals(expression.value)) == 1
+
+
+def test_past_the_bound_one_problem_is_named_and_nothing_more_is_compiled() -> None:
+    many = [f"{{{{ input.n{i} }}}}" + UNIT * 33 for i in range(100)]  # 100 templates of 203 tokens
+    compiled_before = templates._compile_template.cache_info().misses
+    with pytest.raises(ValidationError) as refused:
+        parse_definition(_setting(*many))
+    assert len(refused.value.errors()) == 1
+    assert len(_refusals(refused.value)) == 1
+    # The first 49 fit (9,947 tokens), and were compiled; the 50th went over; none after it compiled.
+    assert templates._compile_template.cache_info().misses - compiled_before == 49
+
+
+def test_a_template_alone_is_bounded_too() -> None:
+    with bounded_template_tokens():
+        check_template(UNIT * 1666)
+        with template_tokens_watch() as watch, pytest.raises(TemplateTokensError, match="holds more than"):
+            check_template(UNIT * 1667)
+    assert watch.exceeded
+
+
+def test_other_errors_do_not_read_as_too_many_tokens() -> None:
+    with template_tokens_watch() as watch, pytest.raises(ValidationError):
+        parse_definition(_setting("{{ input.a "))
+    assert not watch.exceeded
+    with bounded_template_tokens(), pytest.raises(TemplateError, match="syntax error"):
+        check_template("{{ 'open " + UNIT * 2000)  # the lexer stops at the open quote: not refused for tokens
+
+
+def test_read_back_as_before_outside_an_authors_reading() -> None:
+    """How the worker reads a definition back from a recorded activity result, or the input of a
+    run recorded before the bound: its replay must compile what it compiled then."""
+    document = _setting(UNIT * 1700)
+    with pytest.raises(ValidationError):
+        parse_definition(document)
+    assert Definition.model_validate(document).steps[0].id == "s0"

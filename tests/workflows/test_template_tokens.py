@@ -1,0 +1,81 @@
+"""A run whose definition's templates hold more tokens than a worker compiles for a run fails before
+its first step, none compiled (found by an attacker's probe: reading a definition compiles every
+template in it, and 1.5 MB of ``{{ input.a }}x`` held a worker's workflow task for 16 s, once for
+every such definition). Started by a raw client, as an attacker would (``FlowClient`` refuses the
+definition before it starts anything), on the dev server with the real worker: the run fails in
+words, its status says so, and another run on the same worker completes meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from interpreter.state import RunState
+from interpreter.validate import DefinitionError
+from starter.client import FlowClient
+from tests.workflows.support import definition, failure_of, start, unique
+from workflows.generic import ENGINE_LEVEL, PATCH_TEMPLATE_TOKENS, WORKFLOW_NAME, RunDefinitionWorkflow
+
+ATTACK = "{{ input.a }}x" * 107_000  # 1.5 MB, 642,000 tokens
+
+
+async def _markers(client: Client, workflow_id: str) -> list[str]:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+
+
+@pytest.mark.parametrize("level", [ENGINE_LEVEL, 0], ids=["this-generation", "patch-asked"])
+async def test_a_definition_of_too_many_template_tokens_fails_the_run_before_its_first_step(
+    client: Client, task_queue: str, worker: Worker, level: int
+) -> None:
+    document = definition(
+        unique("tokens"),
+        [
+            {"id": "long", "type": "set", "vars": {"x": ATTACK}},
+            {"id": "after", "type": "task", "action": "echo", "input": {"value": 1}},
+        ],
+    )
+    hostile = await client.start_workflow(
+        WORKFLOW_NAME,
+        {"definition": document, "input": {"a": 1}, "options": {"engine_level": level}},
+        id=unique("tokens"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=2),  # a stuck run fails the test rather than hang it
+    )
+    other = await start(
+        client,
+        task_queue,
+        definition(
+            unique("other"), [{"id": "hello", "type": "task", "action": "echo", "input": {"value": 1}}]
+        ),
+    )
+    (cause, _), done = await asyncio.wait_for(
+        asyncio.gather(failure_of(hostile), other.result()), timeout=120
+    )
+    assert done.state == RunState.COMPLETED
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("InvalidRunInput", True)
+    assert "hold more than 10,000 tokens together" in cause.message
+    markers = await _markers(client, hostile.id)
+    assert (f'"{PATCH_TEMPLATE_TOKENS}"' in " ".join(markers)) == (level == 0)
+    history = await hostile.fetch_history()
+    assert not [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+    status = await client.get_workflow_handle(hostile.id).query(RunDefinitionWorkflow.status)
+    assert status.state == RunState.FAILED  # (its placeholder answered "running" before)
+    assert status.error_type == "InvalidRunInput"
+
+
+async def test_flow_client_refuses_it_before_starting_anything(client: Client, task_queue: str) -> None:
+    flows = FlowClient(client, task_queue=task_queue)
+    document = definition(unique("tokens"), [{"id": "long", "type": "set", "vars": {"x": ATTACK}}])
+    with pytest.raises(DefinitionError, match="hold more than 10,000 tokens together"):
+        await flows.start_run(document, {"a": 1})
