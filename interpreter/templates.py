@@ -38,7 +38,7 @@ from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Va
 # The one random draw of the interpreter, made once per process: it never reaches a rendered value
 # (see _REFERENCE_OPEN), so renders stay deterministic across processes and replays.
 from secrets import token_hex  # noqa: TID251
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import jinja2
 import jinja2.exceptions
@@ -255,6 +255,38 @@ def _readable_text(source: str, text: str) -> str:
 
 
 _CACHE_SIZE = 4096
+_SMALL_SOURCE_CHARS = 8 * 1024
+_LARGE_CACHE_SIZE = 32
+"""A process caches what it compiled (and counted) of :data:`_CACHE_SIZE` sources of at most
+:data:`_SMALL_SOURCE_CHARS` characters, and of :data:`_LARGE_CACHE_SIZE` larger ones (sources are
+at most 2 MB, a run's input: about 135 MB of large entries at 4.2 MB each). One cache of 4,096 of any size kept a 1.9 MB text template in 4.2 MB each: a
+tenant starting 4,096 runs of distinct such templates would have taken a worker past 17 GB (found
+by an attacker's probe)."""
+
+_R = TypeVar("_R")
+
+
+class _SourceCache(Generic[_R]):
+    """``fn`` of a source (and other arguments), cached in two LRU caches by the source's length
+    (see :data:`_SMALL_SOURCE_CHARS`); thread-safe as ``functools.lru_cache`` is."""
+
+    def __init__(self, fn: Callable[..., _R]) -> None:
+        functools.update_wrapper(self, fn)
+        self._small = functools.lru_cache(maxsize=_CACHE_SIZE)(fn)
+        self._large = functools.lru_cache(maxsize=_LARGE_CACHE_SIZE)(fn)
+
+    def __call__(self, source: str, *rest: Any) -> _R:
+        cache = self._small if len(source) <= _SMALL_SOURCE_CHARS else self._large
+        return cache(source, *rest)
+
+    def misses(self) -> int:
+        """Calls that ran ``fn`` (a source not in its cache)."""
+        return self._small.cache_info().misses + self._large.cache_info().misses
+
+    def entries(self) -> tuple[int, int]:
+        """The sources cached: small ones, large ones."""
+        return self._small.cache_info().currsize, self._large.cache_info().currsize
+
 
 MAX_DEFINITION_TEMPLATE_TOKENS = 10_000
 """Tokens (names, operators, literals, tags, runs of text: what jinja's parser reads) that the
@@ -324,7 +356,7 @@ def bounded_template_tokens() -> Iterator[None]:
         _bounded_tokens.reset(token)
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@_SourceCache
 def _tokens(source: str, expression: bool) -> int:
     """The tokens jinja's parser reads in ``source``, counted up to one past
     :data:`MAX_DEFINITION_TEMPLATE_TOKENS` (the lexing stops there, so counting costs at most about
@@ -979,7 +1011,7 @@ def _detail(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@_SourceCache
 def _compile_expression(source: str) -> TemplateExpression:
     return _ENV.compile_expression(source, undefined_to_none=False)
 
@@ -1031,7 +1063,7 @@ def _inert_output(value: Any) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@_SourceCache
 def _compile_template(source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
     return _compile_marked(_ENV, source)
 
@@ -1130,7 +1162,7 @@ def _is_template(text: str) -> bool:
     return any(marker in text for marker in _TEMPLATE_MARKERS)
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@_SourceCache
 def _single_expression(text: str) -> TemplateExpression | None:
     """The compiled expression if ``text`` is exactly one ``{{ expr }}``, else ``None``."""
     stripped = text.strip()
@@ -1197,7 +1229,7 @@ def _render(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@_SourceCache
 def _compile_html_template(source: str) -> jinja2.Template:
     return _compile_marked(_HTML_ENV, source)[0]
 

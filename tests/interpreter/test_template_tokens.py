@@ -40,10 +40,10 @@ def _refusals(err: ValidationError) -> list[str]:
 
 def test_the_attack_is_refused_and_nothing_of_it_compiled() -> None:
     attack = "{{ input.a }}x" * 107_000  # 1.5 MB
-    compiled_before = templates._compile_template.cache_info().misses
+    compiled_before = templates._compile_template.misses()
     with pytest.raises(ValidationError) as refused:
         parse_definition(_setting(attack))
-    assert templates._compile_template.cache_info().misses == compiled_before
+    assert templates._compile_template.misses() == compiled_before
     [message] = _refusals(refused.value)
     assert f"more than {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens together" in message
     assert "split the definition" in message
@@ -72,13 +72,13 @@ def test_every_template_and_expression_of_a_definition_counts_toward_one_bound()
 
 def test_past_the_bound_one_problem_is_named_and_nothing_more_is_compiled() -> None:
     many = [f"{{{{ input.n{i} }}}}" + UNIT * 33 for i in range(100)]  # 100 templates of 203 tokens
-    compiled_before = templates._compile_template.cache_info().misses
+    compiled_before = templates._compile_template.misses()
     with pytest.raises(ValidationError) as refused:
         parse_definition(_setting(*many))
     assert len(refused.value.errors()) == 1
     assert len(_refusals(refused.value)) == 1
     # The first 49 fit (9,947 tokens), and were compiled; the 50th went over; none after it compiled.
-    assert templates._compile_template.cache_info().misses - compiled_before == 49
+    assert templates._compile_template.misses() - compiled_before == 49
 
 
 def test_a_template_alone_is_bounded_too() -> None:
@@ -104,3 +104,26 @@ def test_read_back_as_before_outside_an_authors_reading() -> None:
     with pytest.raises(ValidationError):
         parse_definition(document)
     assert Definition.model_validate(document).steps[0].id == "s0"
+
+
+def test_large_templates_are_cached_a_few_at_a_time() -> None:
+    """A process caches what it compiled; a 1.9 MB text template (few tokens: it is within the
+    bound) took 4.2 MB of the one cache, which kept 4,096 templates of any size (an attacker's
+    probe: a tenant's 4,096 runs of distinct such templates would have taken a worker past 17 GB).
+    Templates over 8 KiB now have a cache of their own, of 32."""
+    small = "{{ input.kept_small }}"
+    check_template(small)
+    large = [
+        f"{i}" + "<p>hello world</p>\n" * 500 + "{{ input.a }}"  # 9.5 KB
+        for i in range(templates._LARGE_CACHE_SIZE + 8)
+    ]
+    for text in large:
+        check_template(text)
+    assert templates._compile_template.entries()[1] == templates._LARGE_CACHE_SIZE
+    # The most recent large ones are kept, and the large ones did not push the small one out.
+    before = templates._compile_template.misses()
+    check_template(large[-1])
+    check_template(small)
+    assert templates._compile_template.misses() == before
+    check_template(large[0])  # pushed out: compiled again
+    assert templates._compile_template.misses() == before + 1
