@@ -13,12 +13,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from interpreter.model import Definition
+from interpreter.model import Definition, parse_definition
 from interpreter.validate import (
     DefinitionError,
     Problem,
     check_definition,
     legacy_trigger_problems,
+    link_problems,
     load_definition,
     new_definition_problems,
 )
@@ -73,8 +74,13 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
         definition = load_definition(document)
     except DefinitionError as err:
         legacy = _legacy_in(document)
-        if legacy and not any(problem.path == "$.trigger" for problem in err.problems):
-            raise DefinitionError(legacy + err.problems, err.name) from None
+        if any(problem.path == "$.trigger" for problem in err.problems):
+            legacy = []
+        links = []
+        if not any(problem.path == "$" for problem in err.problems):  # (not JSON, too deep: unread)
+            links = [problem for problem in _links_in(document) if problem not in err.problems]
+        if legacy or links:
+            raise DefinitionError(legacy + err.problems + links, err.name) from None
         raise
     except ValidationError as err:  # a model built while checking (none is known to fail here)
         messages = "; ".join(str(e.get("msg", "")) for e in err.errors()[:5])
@@ -87,6 +93,16 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
     if refused:
         raise DefinitionError(refused, definition.name)
     return definition
+
+
+def _links_in(document: Mapping[str, Any] | str) -> list[Problem]:
+    """The link problems (:func:`link_problems`) of a document that failed the whole-tree checks,
+    so all of its problems are listed at once (they showed only once the others were fixed); none
+    when it does not parse."""
+    try:
+        return link_problems(parse_definition(document))
+    except (ValueError, TypeError, RecursionError):  # (a pydantic ValidationError is a ValueError)
+        return []
 
 
 def _legacy_in(document: Mapping[str, Any] | str) -> list[Problem]:

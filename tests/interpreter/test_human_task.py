@@ -4,6 +4,7 @@ and people who may not complete it are refused."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -289,6 +290,25 @@ def test_a_link_for_someone_the_step_does_not_list_is_refused_not_dropped(
         assert refused in problem.message
         assert "inbox" in problem.message
         load_definition({"name": "t", "steps": steps})  # as the registry loads what it holds
+
+
+def test_a_link_problem_is_listed_with_the_other_problems() -> None:
+    """It showed only once every other problem was fixed (found by a probe): a second round of
+    ``wfa validate`` for one definition."""
+    from interpreter.validate import DefinitionError
+    from starter.definitions import load
+
+    steps = [
+        human_task("t", assignee="a", notify={"email": {"to": {"dave": "d@x"}}}),
+        {"id": "route", "type": "condition", "if": "true", "then": {"goto": "nowhere"}},
+    ]
+    for document in ({"name": "t", "steps": steps}, json.dumps({"name": "t", "steps": steps})):
+        with pytest.raises(DefinitionError) as caught:
+            load(document)
+        assert [p.path for p in caught.value.problems] == [
+            "$.steps[1].then.goto",
+            "$.steps[0].notify.email.to",
+        ]
 
 
 def test_a_link_for_someone_an_escalation_adds_is_accepted() -> None:
