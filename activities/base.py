@@ -33,7 +33,7 @@ from activities.secrets import (
     tenant_scope,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
-from interpreter.inert import SECRET_REF, as_text
+from interpreter.inert import SECRET_REF, as_text, sub_references
 from interpreter.sizes import (
     ACTION_OUTPUT_BUDGET,
     JSON_ESCAPE_EXPANSION,
@@ -158,7 +158,7 @@ def resolve_secrets(value: Any) -> Any:
     if isinstance(value, str):
         if "{secret:" not in value:
             return value
-        return SECRET_REF.sub(_substitute, value)
+        return sub_references(SECRET_REF, _substitute, value)
     if isinstance(value, dict):
         # Keys are never resolved; one escaped (data's inert form) is given its literal text.
         return {as_text(k): resolve_secrets(v) for k, v in value.items()}

@@ -35,6 +35,28 @@ SECRET_REF = re.compile(r"(\$?)\$\{secret:([^}]*)\}")
 writes it into a step's input: data never names a secret). ``interpreter.templates`` finds an
 author's references with the same pattern, less its own mark characters."""
 _ESCAPED = "$" + SECRET_REF_START
+
+
+def sub_references(
+    pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str], text: str, excluded: str = ""
+) -> str:
+    """``pattern.sub(repl, text)`` for :data:`SECRET_REF` (or a pattern like it whose name group
+    also refuses the characters ``excluded``), in time linear in ``text``. A match ends at the first
+    ``}`` after its start and holds none of ``excluded``, so it lies within a part of the text
+    between ``excluded`` characters and before the part's last ``}``: the pattern runs on those
+    heads alone. On the whole text, each start with no ``}`` after it scanned to the end before
+    failing: ``${secret:`` repeated over 200 KB took 7.7 s, and over 2 MB hours (found by an
+    attacker's probe)."""
+    if SECRET_REF_START not in text:
+        return text
+    parts = re.split(f"([{re.escape(excluded)}])", text) if excluded else [text]
+    out: list[str] = []
+    for part in parts:
+        end = part.rfind("}") + 1
+        out.append(pattern.sub(repl, part[:end]) + part[end:] if end else part)
+    return "".join(out)
+
+
 _START = re.compile(r"(\$?)\$\{secret:")
 """Where the activity would see a reference start: ``$${secret:`` (group 1 set) is the escaped,
 literal form; ``${secret:`` alone is live."""

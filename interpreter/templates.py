@@ -53,7 +53,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from interpreter.durations import parse_duration
 from interpreter.inert import SECRET_REF_START as _SECRET_START
-from interpreter.inert import seal
+from interpreter.inert import seal, sub_references
 
 __all__ = [
     "MAX_DEFINITION_TEMPLATE_TOKENS",
@@ -255,13 +255,13 @@ def _readable_text(source: str, text: str) -> str:
 
 
 _CACHE_SIZE = 4096
-_SMALL_SOURCE_CHARS = 8 * 1024
+_SMALL_SOURCE_CHARS = 512
 _LARGE_CACHE_SIZE = 32
 """A process caches what it compiled (and counted) of :data:`_CACHE_SIZE` sources of at most
-:data:`_SMALL_SOURCE_CHARS` characters, and of :data:`_LARGE_CACHE_SIZE` larger ones (sources are
-at most 2 MB, a run's input: about 135 MB of large entries at 4.2 MB each). One cache of 4,096 of any size kept a 1.9 MB text template in 4.2 MB each: a
-tenant starting 4,096 runs of distinct such templates would have taken a worker past 17 GB (found
-by an attacker's probe)."""
+:data:`_SMALL_SOURCE_CHARS` characters, and of :data:`_LARGE_CACHE_SIZE` longer ones. One cache of
+4,096 sources of any size kept a 1.9 MB text template in 4.2 MB and an 8 KiB one of dense tokens in
+0.5 to 0.9 MB: a tenant's runs of distinct such templates could take a worker past 17 GB (found by
+attackers' probes). A dense 512-character template takes about 41 KB compiled."""
 
 _R = TypeVar("_R")
 
@@ -295,18 +295,21 @@ compiled. Compiling costs about 20 to 40 microseconds of CPU a token, in whichev
 definition: the worker, at the start of every run on a worker that has not compiled it yet (its
 first workflow task, holding a thread of the worker's), and the clients and gateway that load it.
 A definition of 1.5 MB of templates (``{{ input.a }}x`` repeated) took 24 s to read, and a worker 16 s
-of a workflow task, once for every such definition (found by an attacker's probe). The examples'
-definitions hold 14 to 404 tokens; 10,000 compile in about 0.3 s."""
+of a workflow task, once for every such definition (found by an attacker's probe). Each template or
+expression counts at least :data:`_SOURCE_TOKENS`, and one the definition holds twice counts once
+(it is compiled once). The examples' definitions hold 20 to 404 tokens in 2 to 31 templates;
+10,000 tokens compile in 0.2 to 0.5 s on an idle machine, up to 0.94 s at a load of 5."""
 
 
 class _TokenBudget:
     """The tokens a definition's templates and expressions hold, counted as they are checked."""
 
-    __slots__ = ("exceeded", "spent")
+    __slots__ = ("exceeded", "seen", "spent")
 
     def __init__(self) -> None:
         self.spent = 0
         self.exceeded = False
+        self.seen: set[str] = set()
 
 
 _token_budget: contextvars.ContextVar[_TokenBudget | None] = contextvars.ContextVar(
@@ -356,53 +359,75 @@ def bounded_template_tokens() -> Iterator[None]:
         _bounded_tokens.reset(token)
 
 
+_SOURCE_TOKENS = 10
+"""What a template or expression counts at the least, whatever its tokens: compiling one costs
+about 0.3 to 0.6 ms whatever it holds (9,990 ``when`` expressions of one token each took 5.6 s)."""
+_MAX_NUMBER_CHARS = 100
+"""The longest number literal a template may write: jinja computes constant expressions as it
+compiles, and ``0x<1.3 million f> is divisibleby 0x<660,000 e>`` (six tokens) took 12 s to read."""
+
+
 @_SourceCache
 def _tokens(source: str, expression: bool) -> int:
-    """The tokens jinja's parser reads in ``source``, counted up to one past
-    :data:`MAX_DEFINITION_TEMPLATE_TOKENS` (the lexing stops there, so counting costs at most about
-    30 ms). A syntax error ends the count: compiling reports it."""
+    """The tokens jinja's lexer reads in ``source`` (every one but whitespace: comments and
+    ``raw`` markers too), counted up to one past :data:`MAX_DEFINITION_TEMPLATE_TOKENS`, where the
+    lexing stops; -1 for a number literal longer than :data:`_MAX_NUMBER_CHARS`. A syntax error
+    ends the count: compiling reports it."""
     count = 0
     stream = _ENV.lexer.tokeniter(source, None, None, "variable" if expression else None)
     try:
-        for _, kind, _ in stream:
-            if kind not in jinja2.lexer.ignored_tokens:
-                count += 1
-                if count > MAX_DEFINITION_TEMPLATE_TOKENS:
-                    break
+        for _, kind, value in stream:
+            if kind == "whitespace":
+                continue
+            if kind in ("integer", "float") and len(value) > _MAX_NUMBER_CHARS:
+                return -1
+            count += 1
+            if count > MAX_DEFINITION_TEMPLATE_TOKENS:
+                break
     except jinja2.exceptions.TemplateSyntaxError:
         pass
     return count
 
 
 def _charge_tokens(source: str, *, expression: bool) -> bool:
-    """Counts ``source``'s tokens into the budget in force; False when it is not to be compiled
-    (a template before it went over, and was refused).
+    """Counts ``source``'s tokens (at least :data:`_SOURCE_TOKENS`; a source the budget counted
+    already, not again: it is compiled once) into the budget in force; False when it is not to be
+    compiled (a template before it went over, and was refused).
 
     Raises:
         TemplateTokensError: ``source`` takes the count over :data:`MAX_DEFINITION_TEMPLATE_TOKENS`
-            (outside a budget: holds more tokens than that alone).
+            (outside a budget: holds more tokens than that alone), or writes a number longer than
+            :data:`_MAX_NUMBER_CHARS`.
     """
     if not _bounded_tokens.get():
         return True
     budget = _token_budget.get()
-    if budget is not None and budget.exceeded:
-        return False  # refused already: one error says it, and nothing more is compiled
+    if budget is not None and (budget.exceeded or source in budget.seen):
+        return not budget.exceeded  # refused already: one error says it, and nothing more is compiled
     count = _tokens(source, expression)
-    if budget is None:
+    if count < 0:
+        detail = (
+            f"a number of more than {_MAX_NUMBER_CHARS} characters: jinja computes constants as it"
+            " compiles, so such numbers are refused; pass large numbers in the run's input"
+        )
+    elif budget is None:
         if count <= MAX_DEFINITION_TEMPLATE_TOKENS:
             return True
         detail = f"the template holds more than {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens"
     else:
-        budget.spent += count
+        budget.seen.add(source)
+        budget.spent += max(count, _SOURCE_TOKENS)
         if budget.spent <= MAX_DEFINITION_TEMPLATE_TOKENS:
             return True
-        budget.exceeded = True
         detail = (
             f"the definition's templates and expressions hold more than"
-            f" {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens together (names, operators, literals, tags"
-            " and runs of text), more than a worker compiles for a run; split the definition"
-            " (subflow steps) or move text into the run's input"
+            f" {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens together (names, operators, literals, tags,"
+            f" comments and runs of text; each template or expression counts at least {_SOURCE_TOKENS}),"
+            " more than a worker compiles for a run; split the definition (subflow steps) or move"
+            " text into the run's input"
         )
+    if budget is not None:
+        budget.exceeded = True
     watch = _token_watch.get()
     if watch is not None:
         watch.exceeded = True
@@ -413,7 +438,6 @@ _SHOWN_SOURCE_CHARS = 200
 
 _TEMPLATE_MARKERS = ("{{", "{%")
 _DOLLAR_BEFORE_TAG = re.compile(r"\$\{[{%]")
-_TEMPLATED_SECRET = re.compile(r"\$\{secret:[^}]*\{[{%]")
 _AUTHOR_REFERENCE = re.compile(r"(\$?)\$\{secret:([^}\ue000\ue001]*)\}")
 """A reference in a template's text (``$${secret:`` is the escaped, literal form: left as it is)."""
 _REFERENCE_OPEN = f"\ue000{token_hex(16)}:"
@@ -1033,7 +1057,7 @@ def _mark_references(tree: nodes.Node) -> list[str]:
                     " loop is a value an expression could take apart; write it in the template's own text"
                 )
             else:
-                node.data = _AUTHOR_REFERENCE.sub(mark, node.data)
+                node.data = sub_references(_AUTHOR_REFERENCE, mark, node.data, "\ue000\ue001")
         elif isinstance(node, nodes.Const) and isinstance(node.value, str) and _SECRET_START in node.value:
             problems.append(
                 "a secret reference inside {{ }} or {% %} is a value an expression could take apart;"
@@ -1085,6 +1109,21 @@ def check_expression(src: str) -> None:
         raise TemplateError(src, _detail(exc)) from exc
 
 
+def _templated_secret(src: str) -> bool:
+    r"""Whether a secret reference in ``src`` has a template tag (``{{`` or ``{%``) before its
+    closing ``}``: what the pattern ``\$\{secret:[^}]*\{[{%]`` finds, in linear time (the pattern
+    backtracked from every ``${secret:`` to the next ``}``: 200 KB of them took 7.7 s, found by an
+    attacker's probe)."""
+    for segment in src.split("}"):
+        start = segment.find(_SECRET_START)
+        if start != -1 and (
+            segment.find("{{", start + len(_SECRET_START)) != -1
+            or segment.find("{%", start + len(_SECRET_START)) != -1
+        ):
+            return True
+    return False
+
+
 def check_template(src: str) -> None:
     """Check that a template string parses.
 
@@ -1100,7 +1139,7 @@ def check_template(src: str) -> None:
             "a '$' directly before '{{' or '{%' could let the rendered value complete a secret"
             " reference; write \"{{ '$' ~ expr }}\" or put a space between",
         )
-    if _TEMPLATED_SECRET.search(src):
+    if _templated_secret(src):
         raise TemplateError(src, "a secret reference must name its secret literally, not with a template")
     if not _charge_tokens(src, expression=False):
         return

@@ -71,9 +71,13 @@ class Problem:
 class DefinitionError(ValueError):
     """A definition was refused; ``problems`` lists every problem found."""
 
-    def __init__(self, problems: Sequence[Problem], name: str | None = None) -> None:
+    def __init__(
+        self, problems: Sequence[Problem], name: str | None = None, *, definition: Definition | None = None
+    ) -> None:
         self.problems = list(problems)
         self.name = name
+        self.definition = definition
+        """The definition as parsed, when it parsed and only the whole-tree checks refused it."""
         head = f"invalid workflow definition{f' {name!r}' if name else ''}"
         count = len(self.problems)
         lines = "\n".join(f"  {p}" for p in self.problems)
@@ -129,7 +133,7 @@ def load_definition(
         raise DefinitionError([Problem("$", f"not representable as JSON: {err}")], name) from None
     problems = check_definition(definition, known_actions=known_actions)
     if problems:
-        raise DefinitionError(problems, definition.name)
+        raise DefinitionError(problems, definition.name, definition=definition)
     return definition
 
 

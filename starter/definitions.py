@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from interpreter.model import Definition, parse_definition
+from interpreter.model import Definition
 from interpreter.validate import (
     DefinitionError,
     Problem,
@@ -76,9 +76,8 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
         legacy = _legacy_in(document)
         if any(problem.path == "$.trigger" for problem in err.problems):
             legacy = []
-        links = []
-        if not any(problem.path == "$" for problem in err.problems):  # (not JSON, too deep: unread)
-            links = [problem for problem in _links_in(document) if problem not in err.problems]
+        parsed = err.definition  # (None when it did not parse: no link problems to tell)
+        links = [] if parsed is None else [p for p in link_problems(parsed) if p not in err.problems]
         if legacy or links:
             raise DefinitionError(legacy + err.problems + links, err.name) from None
         raise
@@ -93,16 +92,6 @@ def _parse(document: Mapping[str, Any] | str) -> Definition:
     if refused:
         raise DefinitionError(refused, definition.name)
     return definition
-
-
-def _links_in(document: Mapping[str, Any] | str) -> list[Problem]:
-    """The link problems (:func:`link_problems`) of a document that failed the whole-tree checks,
-    so all of its problems are listed at once (they showed only once the others were fixed); none
-    when it does not parse."""
-    try:
-        return link_problems(parse_definition(document))
-    except (ValueError, TypeError, RecursionError):  # (a pydantic ValidationError is a ValueError)
-        return []
 
 
 def _legacy_in(document: Mapping[str, Any] | str) -> list[Problem]:

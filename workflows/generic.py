@@ -170,7 +170,7 @@ with workflow.unsafe.imports_passed_through():
         decoding_problem,
         validation_problems,
     )
-    from interpreter.templates import bounded_template_tokens, template_tokens_watch
+    from interpreter.templates import bounded_template_tokens, template_token_budget, template_tokens_watch
     from interpreter.validate import definition_hash
     from workflows import decision_tokens
     from workflows.priority import (
@@ -2375,29 +2375,30 @@ NO_RUN_ARGUMENT = cast("RunArgument", None)
 SDK, calling the class without an argument, failed the workflow task for ever."""
 
 
-def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
+def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None, bool]:
     """The run input in a run's arguments, or a placeholder with the reason it is not one (the run
     then fails with ``InvalidRunInput`` before its first step; the placeholder only lets the
-    handlers of the first task answer)."""
+    handlers of the first task answer); and whether its templates were bounded in tokens as it was
+    read (:func:`_decode_run_input`), so what it carries besides is read so too."""
     problem: str
     if len(args) != 1:
         problem = f"a run takes one argument (the run input), not {len(args)}"
     elif isinstance(args[0], RunInput):
-        return args[0], None
+        return args[0], None, False
     else:
         try:
-            decoded: object = _decode_run_input(args[0].payload)
+            decoded, bounded = _decode_run_input(args[0].payload)
         except Exception as err:
             problem = f"the run input is not a run input: {clip(str(err))}"
         else:
             if isinstance(decoded, RunInput):
-                return decoded, None
+                return decoded, None, bounded
             # A payload not in JSON (bytes, null) comes back as itself, whatever the type asked.
             problem = f"the run input is not a run input: it is {type(decoded).__name__}, not JSON"
     placeholder = RunInput(
         definition=Definition(name="invalid-run-input", steps=[SucceedStep(id="unread", type="succeed")])
     )
-    return placeholder, problem
+    return placeholder, problem, False
 
 
 class _LevelOnly(BaseModel):
@@ -2408,11 +2409,11 @@ class _LevelOnly(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-def _decode_run_input(payload: Payload) -> object:
+def _decode_run_input(payload: Payload) -> tuple[object, bool]:
     """The run input in ``payload``. A definition whose templates hold too many tokens
     (:data:`PATCH_TEMPLATE_TOKENS`) is refused, before any is compiled, for a run started at its
     generation or one that asks the patch and is told to; a run recorded before it is read as it
-    was.
+    was. Also says whether it was read so bounded.
 
     Raises:
         Exception: What the converter raised (the run fails with ``InvalidRunInput``).
@@ -2420,7 +2421,7 @@ def _decode_run_input(payload: Payload) -> object:
     converter = workflow.payload_converter()
     with bounded_template_tokens(), template_tokens_watch() as watch:
         try:
-            return converter.from_payload(payload, RunInput)
+            return converter.from_payload(payload, RunInput), True
         except Exception as err:
             if not watch.exceeded:
                 raise
@@ -2431,7 +2432,7 @@ def _decode_run_input(payload: Payload) -> object:
         level = named if isinstance(named, int) else 0
     if level >= PATCH_LEVELS[PATCH_TEMPLATE_TOKENS] or workflow.patched(PATCH_TEMPLATE_TOKENS):
         raise refused
-    return converter.from_payload(payload, RunInput)  # unbounded, as the run read it when recorded
+    return converter.from_payload(payload, RunInput), False  # as the run read it when recorded
 
 
 _SIGNAL_METHODS: Mapping[str, str] = {
@@ -2449,7 +2450,7 @@ class GenericRun:
     (the worker's one run workflow); :class:`RunDefinitionWorkflow` names it for clients."""
 
     def _init(self, args: Sequence[Any]) -> None:
-        run, self._input_problem = _read_run_input(args)
+        run, self._input_problem, bounded = _read_run_input(args)
         self._input = run
         if run.options.engine_level > ENGINE_LEVEL:  # before any handler of the first task runs
             raise EngineLevelUnknownError(run.options.engine_level)
@@ -2482,16 +2483,22 @@ class GenericRun:
             result_limit=run.options.result_limit,
         )
         try:
-            self._engine = Engine(
-                run.definition,
-                run.input,
-                runtime,
-                run_info,
-                # A foreach's child continues as new only between its items' steps.
-                continue_as_new=self._wants_new_run,
-                resume=resume,
-                batch=run.batch,
-            )
+            # The compensations a continuation carries are steps: their templates are bounded as
+            # the definition's were (a forged one of 1 MB of templates took 15 s and 1.1 GB).
+            with (
+                bounded_template_tokens() if bounded else contextlib.nullcontext(),
+                template_token_budget(),
+            ):
+                self._engine = Engine(
+                    run.definition,
+                    run.input,
+                    runtime,
+                    run_info,
+                    # A foreach's child continues as new only between its items' steps.
+                    continue_as_new=self._wants_new_run,
+                    resume=resume,
+                    batch=run.batch,
+                )
         except (ValueError, ArithmeticError) as err:  # a snapshot that does not fit the definition
             # (or a forged one whose times overflow): fail the run, clearly
             self._resume_problem = clip(str(err))

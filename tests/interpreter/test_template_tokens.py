@@ -62,7 +62,7 @@ def test_every_template_and_expression_of_a_definition_counts_toward_one_bound()
     half = UNIT * 1000  # 6,000 tokens
     parse_definition(_setting(half))
     with pytest.raises(ValidationError) as two:
-        parse_definition(_setting(half, half))
+        parse_definition(_setting(half, "{{ b }}" + half))  # (the same one twice counts once)
     assert len(_refusals(two.value)) == 1
     condition = " and ".join(["input.a == 1"] * 1000)  # 6,000 tokens less one, as an expression
     with pytest.raises(ValidationError) as expression:
@@ -127,3 +127,45 @@ def test_large_templates_are_cached_a_few_at_a_time() -> None:
     assert templates._compile_template.misses() == before
     check_template(large[0])  # pushed out: compiled again
     assert templates._compile_template.misses() == before + 1
+
+
+def test_a_long_number_is_refused_before_jinja_computes_with_it() -> None:
+    """Jinja computes constant expressions as it compiles: six tokens, ``0x<1.3 million f> is
+    divisibleby 0x<660,000 e>``, took 12 s to read (a review of the bound)."""
+    attack = "{{ 0x" + "f" * 1_320_000 + " is divisibleby 0x" + "e" * 660_000 + " }}"
+    with pytest.raises(ValidationError) as refused:
+        parse_definition(_setting(attack))
+    assert "a number of more than 100 characters" in str(refused.value)
+    parse_definition(_setting("{{ " + "9" * 100 + " // 7 }}"))
+    with pytest.raises(ValidationError, match="a number of more than 100"):
+        parse_definition(_setting("{{ " + "9" * 101 + " // 7 }}"))
+    with pytest.raises(ValidationError, match="a number of more than 100"):
+        parse_definition(_setting("{{ 1 }}", when="x == 0x" + "f" * 200))
+
+
+def test_comments_count() -> None:
+    """Comments were not counted: 150,000 templates of ``{#{{%x#}`` took 43 s to read, and one of
+    ``{#{{#}`` repeated to 2 MB was lexed to its end to count nothing (a review of the bound)."""
+    many = ["{#{{%x#}" + str(i) for i in range(4000)]  # 4,000 distinct templates of 4 tokens
+    with pytest.raises(ValidationError) as refused:
+        parse_definition({"name": "c", "steps": [{"id": "s", "type": "set", "vars": {"v": many}}]})
+    assert len(_refusals(refused.value)) == 1
+    with pytest.raises(ValidationError) as one:
+        parse_definition(_setting("{#{{#}" * 330_000))
+    assert len(_refusals(one.value)) == 1
+
+
+def test_each_template_counts_at_least_ten_and_a_repeated_one_once() -> None:
+    """Compiling costs about half a millisecond a template whatever it holds: 9,990 ``when``
+    expressions of one token each took 5.6 s (a review of the bound)."""
+
+    def guarded(count: int) -> dict[str, Any]:
+        steps = [{"id": f"s{i}", "type": "set", "vars": {"v": i}, "when": f"a{i}"} for i in range(count)]
+        return {"name": "w", "limits": {"max_step_executions": 20_000}, "steps": steps}
+
+    parse_definition(guarded(1000))  # 1,000 x 10
+    with pytest.raises(ValidationError) as refused:
+        parse_definition(guarded(1001))
+    assert len(_refusals(refused.value)) == 1
+    same = [{"id": f"s{i}", "type": "set", "vars": {"v": UNIT * 100}} for i in range(2000)]
+    parse_definition({"name": "same", "steps": same})  # one template of 600 tokens, 2,000 times

@@ -79,3 +79,37 @@ async def test_flow_client_refuses_it_before_starting_anything(client: Client, t
     document = definition(unique("tokens"), [{"id": "long", "type": "set", "vars": {"x": ATTACK}}])
     with pytest.raises(DefinitionError, match="hold more than 10,000 tokens together"):
         await flows.start_run(document, {"a": 1})
+
+
+async def test_a_forged_continuation_whose_compensations_hold_too_many_tokens_fails_the_run(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """The compensations a continue-as-new snapshot carries are steps, read as the run starts: a raw
+    client's snapshot holding one of 1 MB of templates took 15 s and 1.1 GB to read (a review of
+    the bound). Read bounded like the definition, it fails the run in words."""
+    step = {"type": "task", "id": "c", "action": "echo", "input": {"v": "{{ input.a }}x" * 75_000}}
+    continuation = {
+        "version": 1,
+        "started_at": "2026-01-01T00:00:00Z",
+        "position": 0,
+        "compensations": [{"step": step, "path": "c", "scope": {"root": True}}],
+    }
+    document = definition(
+        unique("forged"), [{"id": "hello", "type": "task", "action": "echo", "input": {"value": 1}}]
+    )
+    hostile = await client.start_workflow(
+        WORKFLOW_NAME,
+        {
+            "definition": document,
+            "input": {"a": 1},
+            "options": {"engine_level": ENGINE_LEVEL},
+            "continuation": continuation,
+        },
+        id=unique("forged"),
+        task_queue=task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+    cause, _ = await asyncio.wait_for(failure_of(hostile), timeout=120)
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "ContinuationError"
+    assert "template error in '{{ input.a }}x" in cause.message  # (the rest of it clipped)
