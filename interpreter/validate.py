@@ -358,8 +358,11 @@ def _form_overwrites(writers: list[_Writer]) -> list[Problem]:
     another approval's answer. The same step met again (a loop, a foreach item) is its own writer.
     """
     problems: list[Problem] = []
+    by_name: dict[str, list[_Writer]] = {}  # (a scan of every writer per field: 25,000 approvals took 76 s)
+    for writer in writers:
+        by_name.setdefault(writer.name, []).append(writer)
     for field in (w for w in writers if w.form):
-        other = next((w for w in writers if w.name == field.name and w.step_path != field.step_path), None)
+        other = next((w for w in by_name[field.name] if w.step_path != field.step_path), None)
         if other is None:
             continue
         what = (
