@@ -21,7 +21,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    ModelWrapValidatorHandler,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     Tag,
@@ -1003,16 +1002,6 @@ class Definition(StrictModel):
     steps: list[Step] = Field(min_length=1)
     output: TemplatedValue = None
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _bounded_templates(cls, data: Any, handler: ModelWrapValidatorHandler[Definition]) -> Definition:
-        """Its templates and expressions are checked sharing one count of tokens: read by
-        :func:`parse_definition` (or as a run's input by the worker), more than
-        :data:`interpreter.templates.MAX_DEFINITION_TEMPLATE_TOKENS` together are refused before the
-        rest are compiled."""
-        with template_token_budget():
-            return handler(data)
-
 
 def parse_definition(data: Mapping[str, Any] | str | bytes) -> Definition:
     """Parses a definition's structure from JSON text, or from a mapping decoded from JSON.
@@ -1026,7 +1015,10 @@ def parse_definition(data: Mapping[str, Any] | str | bytes) -> Definition:
         TypeError, ValueError: When the mapping holds a value JSON cannot represent.
     """
     text = data if isinstance(data, str | bytes) else json.dumps(data, allow_nan=False)
-    with bounded_template_tokens():  # an author's: its templates are bounded in tokens
+    # An author's: its templates and expressions are bounded in tokens together. (Not by a wrap
+    # validator of the model: pydantic hands one the JSON parsed, and strict fields then refused
+    # the dates JSON writes as strings, a business_hours' holidays.)
+    with bounded_template_tokens(), template_token_budget():
         return Definition.model_validate_json(text)
 
 

@@ -309,7 +309,9 @@ class _TokenBudget:
     def __init__(self) -> None:
         self.spent = 0
         self.exceeded = False
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, bool]] = set()
+        """The sources counted, as templates (False) or expressions (True): the same text is
+        compiled once as each (a review: text counted as a template went uncounted as an expression)."""
 
 
 _token_budget: contextvars.ContextVar[_TokenBudget | None] = contextvars.ContextVar(
@@ -324,8 +326,8 @@ _bounded_tokens: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_boun
 @contextlib.contextmanager
 def template_token_budget() -> Iterator[None]:
     """Templates and expressions checked in it share one count of tokens, at most
-    :data:`MAX_DEFINITION_TEMPLATE_TOKENS` (a definition's model validation counts in one), when
-    checked in :func:`bounded_template_tokens`."""
+    :data:`MAX_DEFINITION_TEMPLATE_TOKENS`, when checked in :func:`bounded_template_tokens`
+    (``interpreter.model.parse_definition`` reads a definition in one, the worker a run's input)."""
     token = _token_budget.set(_TokenBudget())
     try:
         yield
@@ -402,7 +404,7 @@ def _charge_tokens(source: str, *, expression: bool) -> bool:
     if not _bounded_tokens.get():
         return True
     budget = _token_budget.get()
-    if budget is not None and (budget.exceeded or source in budget.seen):
+    if budget is not None and (budget.exceeded or (source, expression) in budget.seen):
         return not budget.exceeded  # refused already: one error says it, and nothing more is compiled
     count = _tokens(source, expression)
     if count < 0:
@@ -415,7 +417,7 @@ def _charge_tokens(source: str, *, expression: bool) -> bool:
             return True
         detail = f"the template holds more than {MAX_DEFINITION_TEMPLATE_TOKENS:,} tokens"
     else:
-        budget.seen.add(source)
+        budget.seen.add((source, expression))
         budget.spent += max(count, _SOURCE_TOKENS)
         if budget.spent <= MAX_DEFINITION_TEMPLATE_TOKENS:
             return True
@@ -437,6 +439,9 @@ def _charge_tokens(source: str, *, expression: bool) -> bool:
 _SHOWN_SOURCE_CHARS = 200
 
 _TEMPLATE_MARKERS = ("{{", "{%")
+_COMPILED_MARKERS = ("{{", "{%", "{#")
+"""What makes :func:`check_template` compile a text (a lone comment tag too: its syntax is checked,
+as it always was); other text renders as it is and is neither compiled nor counted."""
 _DOLLAR_BEFORE_TAG = re.compile(r"\$\{[{%]")
 _AUTHOR_REFERENCE = re.compile(r"(\$?)\$\{secret:([^}\ue000\ue001]*)\}")
 """A reference in a template's text (``$${secret:`` is the escaped, literal form: left as it is)."""
@@ -1141,6 +1146,8 @@ def check_template(src: str) -> None:
         )
     if _templated_secret(src):
         raise TemplateError(src, "a secret reference must name its secret literally, not with a template")
+    if not any(marker in src for marker in _COMPILED_MARKERS):
+        return  # plain text: rendered as it is, nothing to compile (nor to count)
     if not _charge_tokens(src, expression=False):
         return
     try:

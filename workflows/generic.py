@@ -593,6 +593,7 @@ _STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 
 
 M = TypeVar("M", bound="BaseModel")
+_Built = TypeVar("_Built")
 
 
 def _root_run_id() -> str:
@@ -2375,30 +2376,29 @@ NO_RUN_ARGUMENT = cast("RunArgument", None)
 SDK, calling the class without an argument, failed the workflow task for ever."""
 
 
-def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None, bool]:
+def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
     """The run input in a run's arguments, or a placeholder with the reason it is not one (the run
     then fails with ``InvalidRunInput`` before its first step; the placeholder only lets the
-    handlers of the first task answer); and whether its templates were bounded in tokens as it was
-    read (:func:`_decode_run_input`), so what it carries besides is read so too."""
+    handlers of the first task answer)."""
     problem: str
     if len(args) != 1:
         problem = f"a run takes one argument (the run input), not {len(args)}"
     elif isinstance(args[0], RunInput):
-        return args[0], None, False
+        return args[0], None
     else:
         try:
-            decoded, bounded = _decode_run_input(args[0].payload)
+            decoded: object = _decode_run_input(args[0].payload)
         except Exception as err:
             problem = f"the run input is not a run input: {clip(str(err))}"
         else:
             if isinstance(decoded, RunInput):
-                return decoded, None, bounded
+                return decoded, None
             # A payload not in JSON (bytes, null) comes back as itself, whatever the type asked.
             problem = f"the run input is not a run input: it is {type(decoded).__name__}, not JSON"
     placeholder = RunInput(
         definition=Definition(name="invalid-run-input", steps=[SucceedStep(id="unread", type="succeed")])
     )
-    return placeholder, problem, False
+    return placeholder, problem
 
 
 class _LevelOnly(BaseModel):
@@ -2409,19 +2409,19 @@ class _LevelOnly(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-def _decode_run_input(payload: Payload) -> tuple[object, bool]:
+def _decode_run_input(payload: Payload) -> object:
     """The run input in ``payload``. A definition whose templates hold too many tokens
     (:data:`PATCH_TEMPLATE_TOKENS`) is refused, before any is compiled, for a run started at its
     generation or one that asks the patch and is told to; a run recorded before it is read as it
-    was. Also says whether it was read so bounded.
+    was.
 
     Raises:
         Exception: What the converter raised (the run fails with ``InvalidRunInput``).
     """
     converter = workflow.payload_converter()
-    with bounded_template_tokens(), template_tokens_watch() as watch:
+    with bounded_template_tokens(), template_token_budget(), template_tokens_watch() as watch:
         try:
-            return converter.from_payload(payload, RunInput), True
+            return converter.from_payload(payload, RunInput)
         except Exception as err:
             if not watch.exceeded:
                 raise
@@ -2430,9 +2430,37 @@ def _decode_run_input(payload: Payload) -> tuple[object, bool]:
     with contextlib.suppress(Exception):
         named = converter.from_payload(payload, _LevelOnly).options.get("engine_level", 0)
         level = named if isinstance(named, int) else 0
-    if level >= PATCH_LEVELS[PATCH_TEMPLATE_TOKENS] or workflow.patched(PATCH_TEMPLATE_TOKENS):
+    if _refuses_template_tokens(level):
         raise refused
-    return converter.from_payload(payload, RunInput), False  # as the run read it when recorded
+    return converter.from_payload(payload, RunInput)  # as the run read it when it was recorded
+
+
+def _refuses_template_tokens(level: int) -> bool:
+    """Whether templates past the bound are refused in a run of generation ``level``: from
+    :data:`PATCH_TEMPLATE_TOKENS`'s generation, else as the patch answers (asked only then)."""
+    return level >= PATCH_LEVELS[PATCH_TEMPLATE_TOKENS] or workflow.patched(PATCH_TEMPLATE_TOKENS)
+
+
+def _restored(build: Callable[[], _Built], level: int) -> _Built:
+    """``build()`` (the engine, restoring a continue-as-new snapshot), its templates bounded in
+    tokens as a definition's are: the compensations a snapshot carries are steps (a forged one of 1
+    MB of templates took 15 s and 1.1 GB to read; found by a review). Past the bound, a run of
+    generation ``level`` that refuses it (:func:`_refuses_template_tokens`) raises; a run recorded
+    before it is built as it was.
+
+    Raises:
+        ValueError: What ``build`` raised (the run fails with ``ContinuationError``).
+    """
+    with bounded_template_tokens(), template_token_budget(), template_tokens_watch() as watch:
+        try:
+            return build()
+        except ValueError as err:
+            if not watch.exceeded:
+                raise
+            refused: ValueError = err
+    if _refuses_template_tokens(level):
+        raise refused
+    return build()
 
 
 _SIGNAL_METHODS: Mapping[str, str] = {
@@ -2450,7 +2478,7 @@ class GenericRun:
     (the worker's one run workflow); :class:`RunDefinitionWorkflow` names it for clients."""
 
     def _init(self, args: Sequence[Any]) -> None:
-        run, self._input_problem, bounded = _read_run_input(args)
+        run, self._input_problem = _read_run_input(args)
         self._input = run
         if run.options.engine_level > ENGINE_LEVEL:  # before any handler of the first task runs
             raise EngineLevelUnknownError(run.options.engine_level)
@@ -2483,13 +2511,8 @@ class GenericRun:
             result_limit=run.options.result_limit,
         )
         try:
-            # The compensations a continuation carries are steps: their templates are bounded as
-            # the definition's were (a forged one of 1 MB of templates took 15 s and 1.1 GB).
-            with (
-                bounded_template_tokens() if bounded else contextlib.nullcontext(),
-                template_token_budget(),
-            ):
-                self._engine = Engine(
+            self._engine = _restored(
+                lambda: Engine(
                     run.definition,
                     run.input,
                     runtime,
@@ -2498,7 +2521,9 @@ class GenericRun:
                     continue_as_new=self._wants_new_run,
                     resume=resume,
                     batch=run.batch,
-                )
+                ),
+                run.options.engine_level,
+            )
         except (ValueError, ArithmeticError) as err:  # a snapshot that does not fit the definition
             # (or a forged one whose times overflow): fail the run, clearly
             self._resume_problem = clip(str(err))

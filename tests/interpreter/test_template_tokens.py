@@ -169,3 +169,36 @@ def test_each_template_counts_at_least_ten_and_a_repeated_one_once() -> None:
     assert len(_refusals(refused.value)) == 1
     same = [{"id": f"s{i}", "type": "set", "vars": {"v": UNIT * 100}} for i in range(2000)]
     parse_definition({"name": "same", "steps": same})  # one template of 600 tokens, 2,000 times
+
+
+def test_text_counted_as_a_template_is_counted_again_as_an_expression() -> None:
+    """A text first met as a step's message went uncounted, and unchecked for long numbers, when
+    met again as an expression (a review): the expression was compiled all the same."""
+    folded = "0x" + "f" * 400_000 + " is divisibleby 0x" + "e" * 200_000
+    with pytest.raises(ValidationError, match="a number of more than 100"):
+        parse_definition(
+            {
+                "name": "dual",
+                "steps": [
+                    {"id": "said", "type": "fail", "message": folded},
+                    {"id": "guarded", "type": "set", "vars": {"v": 1}, "when": folded},
+                ],
+            }
+        )
+    sums = [" + ".join([f"a{k}"] * 3000) for k in range(2)]  # two expressions of 5,999 tokens
+    steps: list[dict[str, Any]] = [{"id": f"m{k}", "type": "fail", "message": s} for k, s in enumerate(sums)]
+    steps += [{"id": f"w{k}", "type": "set", "vars": {"v": 1}, "when": s} for k, s in enumerate(sums)]
+    with pytest.raises(ValidationError) as refused:
+        parse_definition({"name": "dual", "steps": steps})
+    assert len(_refusals(refused.value)) == 1
+
+
+def test_plain_text_is_neither_compiled_nor_counted() -> None:
+    """It renders as it is; 2,000 approvals with messages of their own are not 2,000 templates."""
+    steps = [
+        {"id": f"a{i}", "type": "approval", "approvers": ["x"], "message": f"Please look at item {i}"}
+        for i in range(2000)
+    ]
+    compiled = templates._compile_template.misses()
+    parse_definition({"name": "plain", "limits": {"max_step_executions": 10_000}, "steps": steps})
+    assert templates._compile_template.misses() == compiled

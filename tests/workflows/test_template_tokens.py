@@ -81,8 +81,9 @@ async def test_flow_client_refuses_it_before_starting_anything(client: Client, t
         await flows.start_run(document, {"a": 1})
 
 
+@pytest.mark.parametrize("level", [ENGINE_LEVEL, 0], ids=["this-generation", "patch-asked"])
 async def test_a_forged_continuation_whose_compensations_hold_too_many_tokens_fails_the_run(
-    client: Client, task_queue: str, worker: Worker
+    client: Client, task_queue: str, worker: Worker, level: int
 ) -> None:
     """The compensations a continue-as-new snapshot carries are steps, read as the run starts: a raw
     client's snapshot holding one of 1 MB of templates took 15 s and 1.1 GB to read (a review of
@@ -102,7 +103,7 @@ async def test_a_forged_continuation_whose_compensations_hold_too_many_tokens_fa
         {
             "definition": document,
             "input": {"a": 1},
-            "options": {"engine_level": ENGINE_LEVEL},
+            "options": {"engine_level": level},
             "continuation": continuation,
         },
         id=unique("forged"),
@@ -113,3 +114,5 @@ async def test_a_forged_continuation_whose_compensations_hold_too_many_tokens_fa
     assert isinstance(cause, ApplicationError)
     assert cause.type == "ContinuationError"
     assert "template error in '{{ input.a }}x" in cause.message  # (the rest of it clipped)
+    markers = await _markers(client, hostile.id)
+    assert (f'"{PATCH_TEMPLATE_TOKENS}"' in " ".join(markers)) == (level == 0)
