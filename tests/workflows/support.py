@@ -154,6 +154,23 @@ async def settled(*handles: Handle, step: str) -> None:
     )
 
 
+async def start_bystander(client: Client, task_queue: str) -> Handle:
+    """A run of one ``echo`` step: another tenant's run on the same worker, which must complete
+    while a hostile one fails."""
+    steps = [{"id": "hello", "type": "task", "action": "echo", "input": {"value": 1}}]
+    return await start(client, task_queue, definition(unique("other"), steps))
+
+
+async def patch_ids(client: Client, workflow_id: str) -> list[str]:
+    """The patch marker details in the run's history (the JSON of each asked patch)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+
+
 async def failure_of(handle: Handle) -> tuple[BaseException, RunResult | None]:
     """Awaits a run expected to fail: the failure's cause and the RunResult in its details."""
     try:

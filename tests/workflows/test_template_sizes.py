@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from interpreter.state import RunState
-from tests.workflows.support import definition, failure_of, start, unique
+from tests.workflows.support import definition, failure_of, patch_ids, start, start_bystander, unique
 from workflows.generic import ENGINE_LEVEL
 
 SQUARING = (
@@ -24,15 +24,6 @@ AMPLIFIED = (
     "{% set a = range(10000) | list %}{% set a = [a]*10 %}{% set a = [a]*10 %}{% set a = [a]*10 %}"
     "{% set a = [a]*10 %}{{ a | string | length }}"
 )
-
-
-async def _markers(client: Client, workflow_id: str) -> list[str]:
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    return [
-        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
-        for e in history.events
-        if e.HasField("marker_recorded_event_attributes")
-    ]
 
 
 @pytest.mark.parametrize("level", [ENGINE_LEVEL, 0], ids=["this-generation", "patch-asked"])
@@ -46,13 +37,7 @@ async def test_a_template_whose_cost_the_budget_did_not_see_fails_its_step(
         definition(unique("bomb"), [{"id": "boom", "type": "set", "vars": {"x": template}}]),
         engine_level=level,
     )
-    other = await start(
-        client,
-        task_queue,
-        definition(
-            unique("other"), [{"id": "hello", "type": "task", "action": "echo", "input": {"value": 1}}]
-        ),
-    )
+    other = await start_bystander(client, task_queue)
     (_cause, failed), done = await asyncio.wait_for(
         asyncio.gather(failure_of(hostile), other.result()), timeout=120
     )
@@ -62,5 +47,5 @@ async def test_a_template_whose_cost_the_budget_did_not_see_fails_its_step(
     assert failed.error_type == "TemplateError"
     assert failed.error is not None
     assert "too large" in failed.error or "characters" in failed.error, failed.error
-    markers = await _markers(client, hostile.id)
+    markers = await patch_ids(client, hostile.id)
     assert ('"template-sizes"' in " ".join(markers)) == (level == 0)

@@ -18,19 +18,10 @@ from temporalio.worker import Worker
 from interpreter.state import RunState
 from interpreter.validate import DefinitionError
 from starter.client import FlowClient
-from tests.workflows.support import definition, failure_of, start, unique
+from tests.workflows.support import definition, failure_of, patch_ids, start_bystander, unique
 from workflows.generic import ENGINE_LEVEL, PATCH_TEMPLATE_TOKENS, WORKFLOW_NAME, RunDefinitionWorkflow
 
 ATTACK = "{{ input.a }}x" * 107_000  # 1.5 MB, 642,000 tokens
-
-
-async def _markers(client: Client, workflow_id: str) -> list[str]:
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    return [
-        e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
-        for e in history.events
-        if e.HasField("marker_recorded_event_attributes")
-    ]
 
 
 @pytest.mark.parametrize("level", [ENGINE_LEVEL, 0], ids=["this-generation", "patch-asked"])
@@ -51,13 +42,7 @@ async def test_a_definition_of_too_many_template_tokens_fails_the_run_before_its
         task_queue=task_queue,
         execution_timeout=timedelta(minutes=2),  # a stuck run fails the test rather than hang it
     )
-    other = await start(
-        client,
-        task_queue,
-        definition(
-            unique("other"), [{"id": "hello", "type": "task", "action": "echo", "input": {"value": 1}}]
-        ),
-    )
+    other = await start_bystander(client, task_queue)
     (cause, _), done = await asyncio.wait_for(
         asyncio.gather(failure_of(hostile), other.result()), timeout=120
     )
@@ -65,7 +50,7 @@ async def test_a_definition_of_too_many_template_tokens_fails_the_run_before_its
     assert isinstance(cause, ApplicationError)
     assert (cause.type, cause.non_retryable) == ("InvalidRunInput", True)
     assert "hold more than 10,000 tokens together" in cause.message
-    markers = await _markers(client, hostile.id)
+    markers = await patch_ids(client, hostile.id)
     assert (f'"{PATCH_TEMPLATE_TOKENS}"' in " ".join(markers)) == (level == 0)
     history = await hostile.fetch_history()
     assert not [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
@@ -114,5 +99,5 @@ async def test_a_forged_continuation_whose_compensations_hold_too_many_tokens_fa
     assert isinstance(cause, ApplicationError)
     assert cause.type == "ContinuationError"
     assert "template error in '{{ input.a }}x" in cause.message  # (the rest of it clipped)
-    markers = await _markers(client, hostile.id)
+    markers = await patch_ids(client, hostile.id)
     assert (f'"{PATCH_TEMPLATE_TOKENS}"' in " ".join(markers)) == (level == 0)
