@@ -2410,57 +2410,43 @@ class _LevelOnly(BaseModel):
 
 
 def _decode_run_input(payload: Payload) -> object:
-    """The run input in ``payload``. A definition whose templates hold too many tokens
-    (:data:`PATCH_TEMPLATE_TOKENS`) is refused, before any is compiled, for a run started at its
-    generation or one that asks the patch and is told to; a run recorded before it is read as it
-    was.
+    """The run input in ``payload``, its templates bounded in tokens (:func:`_read_bounded`).
 
     Raises:
         Exception: What the converter raised (the run fails with ``InvalidRunInput``).
     """
     converter = workflow.payload_converter()
+
+    def level() -> int:
+        with contextlib.suppress(Exception):
+            named = converter.from_payload(payload, _LevelOnly).options.get("engine_level", 0)
+            return named if isinstance(named, int) else 0
+        return 0
+
+    return _read_bounded(lambda: converter.from_payload(payload, RunInput), level)
+
+
+def _read_bounded(read: Callable[[], _Built], level: Callable[[], int]) -> _Built:
+    """``read()`` (a run's input, or its engine restoring a continue-as-new snapshot, whose
+    compensations are steps), its templates and expressions bounded in tokens together
+    (:data:`PATCH_TEMPLATE_TOKENS`): past the bound, a run of generation ``level()`` (asked only
+    then) or one that asks the patch and is told to raises what ``read`` raised, none of them
+    compiled; a run recorded before the bound is read as it was. A forged snapshot's compensation of
+    1 MB of templates took 15 s and 1.1 GB to read (found by a review).
+
+    Raises:
+        Exception: What ``read`` raised.
+    """
     with bounded_template_tokens(), template_token_budget(), template_tokens_watch() as watch:
         try:
-            return converter.from_payload(payload, RunInput)
+            return read()
         except Exception as err:
             if not watch.exceeded:
                 raise
             refused: Exception = err
-    level = 0
-    with contextlib.suppress(Exception):
-        named = converter.from_payload(payload, _LevelOnly).options.get("engine_level", 0)
-        level = named if isinstance(named, int) else 0
-    if _refuses_template_tokens(level):
+    if level() >= PATCH_LEVELS[PATCH_TEMPLATE_TOKENS] or workflow.patched(PATCH_TEMPLATE_TOKENS):
         raise refused
-    return converter.from_payload(payload, RunInput)  # as the run read it when it was recorded
-
-
-def _refuses_template_tokens(level: int) -> bool:
-    """Whether templates past the bound are refused in a run of generation ``level``: from
-    :data:`PATCH_TEMPLATE_TOKENS`'s generation, else as the patch answers (asked only then)."""
-    return level >= PATCH_LEVELS[PATCH_TEMPLATE_TOKENS] or workflow.patched(PATCH_TEMPLATE_TOKENS)
-
-
-def _restored(build: Callable[[], _Built], level: int) -> _Built:
-    """``build()`` (the engine, restoring a continue-as-new snapshot), its templates bounded in
-    tokens as a definition's are: the compensations a snapshot carries are steps (a forged one of 1
-    MB of templates took 15 s and 1.1 GB to read; found by a review). Past the bound, a run of
-    generation ``level`` that refuses it (:func:`_refuses_template_tokens`) raises; a run recorded
-    before it is built as it was.
-
-    Raises:
-        ValueError: What ``build`` raised (the run fails with ``ContinuationError``).
-    """
-    with bounded_template_tokens(), template_token_budget(), template_tokens_watch() as watch:
-        try:
-            return build()
-        except ValueError as err:
-            if not watch.exceeded:
-                raise
-            refused: ValueError = err
-    if _refuses_template_tokens(level):
-        raise refused
-    return build()
+    return read()  # as the run read it when it was recorded
 
 
 _SIGNAL_METHODS: Mapping[str, str] = {
@@ -2511,7 +2497,7 @@ class GenericRun:
             result_limit=run.options.result_limit,
         )
         try:
-            self._engine = _restored(
+            self._engine = _read_bounded(
                 lambda: Engine(
                     run.definition,
                     run.input,
@@ -2522,7 +2508,7 @@ class GenericRun:
                     resume=resume,
                     batch=run.batch,
                 ),
-                run.options.engine_level,
+                lambda: run.options.engine_level,
             )
         except (ValueError, ArithmeticError) as err:  # a snapshot that does not fit the definition
             # (or a forged one whose times overflow): fail the run, clearly
