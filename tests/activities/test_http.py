@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from interpreter.validate import load_definition
     from starter.devserver import EPHEMERAL_STARTUP_TIMEOUT
     from tests.helpers.http_server import RecordedRequest, RecordingServer, Response, http_server
+    from worker import tolerate_slow_activations
 
 __all__ = ["http_server"]  # re-exported fixture
 
@@ -569,8 +570,14 @@ async def run_on_temporal(request: ActionRequest) -> ActionResult:
         httpx.AsyncClient() as shared,
     ):
         task_queue = f"test-http-{uuid.uuid4()}"
-        async with Worker(
-            env.client, task_queue=task_queue, workflows=[CallHttpOnce], activities=build_activities(shared)
+        # The product's deadlock limit: the sandbox's first activation can pass 2 s on a busy machine.
+        async with tolerate_slow_activations(
+            Worker(
+                env.client,
+                task_queue=task_queue,
+                workflows=[CallHttpOnce],
+                activities=build_activities(shared),
+            )
         ):
             result: ActionResult = await env.client.execute_workflow(
                 CallHttpOnce.run, request, id=f"wf-{uuid.uuid4()}", task_queue=task_queue
