@@ -125,15 +125,25 @@ class _Unreadable(Exception):
 _checked_values: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_checked_values", default=True)
 
 
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def _scoped(variable: contextvars.ContextVar[_T], value: _T) -> Iterator[_T]:
+    """Sets ``variable`` to ``value`` within the block (yielding it), as it was after."""
+    token = variable.set(value)
+    try:
+        yield value
+    finally:
+        variable.reset(token)
+
+
 @contextlib.contextmanager
 def unchecked_values() -> Iterator[None]:
     """Templates evaluated in it return integers of any size and lone surrogates, as before
     :class:`UnreadableValueError` (the engine renders so for a run recorded before the check)."""
-    token = _checked_values.set(False)
-    try:
+    with _scoped(_checked_values, False):
         yield
-    finally:
-        _checked_values.reset(token)
 
 
 _bounded_sizes: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_bounded_sizes", default=True)
@@ -147,11 +157,8 @@ def unbounded_sizes() -> Iterator[None]:
     charged one operation) and ``{% set a = [a]*10 %}`` nested four times, then ``| string`` (the
     budget saw 50 operations, the text had 100 million items: 35 s in one C call, 1.9 GB), each
     holding a worker's workflow task past its deadlock limit, for ever."""
-    token = _bounded_sizes.set(False)
-    try:
+    with _scoped(_bounded_sizes, False):
         yield
-    finally:
-        _bounded_sizes.reset(token)
 
 
 _CONTAINERS = (
@@ -328,11 +335,8 @@ def template_token_budget() -> Iterator[None]:
     """Templates and expressions checked in it share one count of tokens, at most
     :data:`MAX_DEFINITION_TEMPLATE_TOKENS`, when checked in :func:`bounded_template_tokens`
     (``interpreter.model.parse_definition`` reads a definition in one, the worker a run's input)."""
-    token = _token_budget.set(_TokenBudget())
-    try:
+    with _scoped(_token_budget, _TokenBudget()):
         yield
-    finally:
-        _token_budget.reset(token)
 
 
 @contextlib.contextmanager
@@ -340,11 +344,8 @@ def template_tokens_watch() -> Iterator[_TokenBudget]:
     """Yields a record whose ``exceeded`` tells whether a check in it refused templates for their
     tokens (:class:`TemplateTokensError`; a model's validation error does not say which error)."""
     watch = _TokenBudget()
-    token = _token_watch.set(watch)
-    try:
+    with _scoped(_token_watch, watch):
         yield watch
-    finally:
-        _token_watch.reset(token)
 
 
 @contextlib.contextmanager
@@ -354,11 +355,8 @@ def bounded_template_tokens() -> Iterator[None]:
     every client, the registry and the gateway read through) and as a run's input in the worker.
     Elsewhere (the worker reading a definition back from a recorded activity result or a run
     recorded before the bound) they are compiled whatever their tokens, as before."""
-    token = _bounded_tokens.set(True)
-    try:
+    with _scoped(_bounded_tokens, True):
         yield
-    finally:
-        _bounded_tokens.reset(token)
 
 
 _SOURCE_TOKENS = 10
