@@ -127,7 +127,7 @@ from starter.errors import (
     unreadable_payload,
 )
 from starter.inputs import brief as _brief
-from starter.inputs import check_json, check_json_object
+from starter.inputs import check_json, check_json_object, text_problem
 from starter.inputs import json_type as _json_type
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 from workflows.priority import priority_grants, run_priority
@@ -2185,16 +2185,18 @@ def _check_actor(actor: object, what: str) -> str:
         raise InvalidInputError(f"{what} must be a non-empty name (it is recorded)")
     if len(actor) > MAX_ACTOR_LENGTH:
         raise InvalidInputError(f"{what} is longer than {MAX_ACTOR_LENGTH} characters")
-    if "\x00" in actor:
-        raise InvalidInputError(f"{what} has a NUL character")
+    problem = text_problem(actor)
+    if problem is not None:
+        raise InvalidInputError(f"{what} has {problem}")
     return actor
 
 
 def _check_text(text: object, what: str) -> str:
     if not isinstance(text, str):
         raise InvalidInputError(f"{what} must be a string, not {_json_type(text)}")
-    if "\x00" in text:
-        raise InvalidInputError(f"{what} has a NUL character")
+    problem = text_problem(text)
+    if problem is not None:
+        raise InvalidInputError(f"{what} has {problem}")
     return text
 
 

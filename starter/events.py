@@ -51,7 +51,7 @@ from starter.errors import (
     NoWorkerError,
     RunAlreadyExistsError,
 )
-from starter.inputs import brief, check_json_object
+from starter.inputs import brief, check_json_object, text_problem
 
 if TYPE_CHECKING:
     from starter.client import FlowClient
@@ -99,7 +99,8 @@ def check_event(event_type: object, key: object, event_id: object, data: object)
 
     Raises:
         InvalidInputError: Naming the problem (a type not matching the pattern, an empty or too long
-            key or id, data that is not a JSON object or is too large).
+            key or id, one holding a NUL or a lone surrogate, data that is not a JSON object or is
+            too large).
     """
     if not isinstance(event_type, str) or not re.match(EVENT_TYPE_PATTERN, event_type):
         raise InvalidInputError(
@@ -109,6 +110,10 @@ def check_event(event_type: object, key: object, event_id: object, data: object)
         raise InvalidInputError(f"event key must be text of 1 to {MAX_EVENT_KEY_CHARS} characters")
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
         raise InvalidInputError(f"event id must be text of 1 to {MAX_EVENT_ID_CHARS} characters")
+    for text, what in ((key, "event key"), (event_id, "event id")):
+        unstorable = text_problem(text)
+        if unstorable is not None:
+            raise InvalidInputError(f"{what} has {unstorable}")
     payload = check_json_object(data if data is not None else {}, "the event data")
     problem = event_data_problem(payload)
     if problem is not None:
@@ -174,6 +179,10 @@ async def publish_event(
     """See :meth:`starter.client.FlowClient.publish_event`."""
     event_id = event_id if event_id is not None else str(uuid4())
     payload = check_event(event_type, key, event_id, data)
+    if not isinstance(source, str) or text_problem(source) is not None:
+        raise InvalidInputError(
+            f"event source {brief(source)} must be text without a NUL or a lone surrogate"
+        )
     event = Event(
         id=event_id, type=event_type, key=key, tenant=flows.tenant, data=payload, source=source[:200]
     )

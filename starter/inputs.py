@@ -16,7 +16,7 @@ from typing import Any
 from interpreter.sizes import VALUE_MAX_DEPTH
 from starter.errors import InvalidInputError
 
-__all__ = ["brief", "check_json", "check_json_object", "json_type"]
+__all__ = ["brief", "check_json", "check_json_object", "json_type", "text_problem"]
 
 
 def check_json(
@@ -24,7 +24,8 @@ def check_json(
 ) -> None:
     """Checks that ``value`` is plain JSON the server and the store can both keep.
 
-    Refuses what PostgreSQL cannot store (a NUL character in a string or key), what JSON cannot
+    Refuses what PostgreSQL cannot store (a NUL character in a string or key), what no UTF-8 encodes
+    (a lone surrogate: the data converter would fail on it), what JSON cannot
     express (NaN, infinities, non-string keys, other types) and nesting deeper than ``max_depth``
     levels (default :data:`interpreter.sizes.VALUE_MAX_DEPTH`, 64: what a run keeps of a value; a
     definition document takes :data:`interpreter.validate.DEFINITION_MAX_DEPTH`).
@@ -41,17 +42,17 @@ def check_json(
             raise InvalidInputError(f"{what} has a number JSON cannot hold at {_path}: {value}")
         return
     if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInputError(
-                f"{what} has a NUL character (\\u0000) at {_path}, which cannot be stored"
-            )
+        problem = text_problem(value)
+        if problem is not None:
+            raise InvalidInputError(f"{what} has {problem} at {_path}, which cannot be stored")
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidInputError(f"{what} has a key that is not a string at {_path}: {brief(key)}")
-            if "\x00" in key:
-                raise InvalidInputError(f"{what} has a NUL character (\\u0000) in a key at {_path}")
+            problem = text_problem(key)
+            if problem is not None:
+                raise InvalidInputError(f"{what} has {problem} in a key at {_path}")
             check_json(item, what, max_depth=max_depth, _path=f"{_path}.{key[:50]}", _depth=_depth + 1)
         return
     if isinstance(value, list | tuple):
@@ -59,6 +60,20 @@ def check_json(
             check_json(item, what, max_depth=max_depth, _path=f"{_path}[{index}]", _depth=_depth + 1)
         return
     raise InvalidInputError(f"{what} has a {type(value).__name__} at {_path}, which is not JSON")
+
+
+def text_problem(text: str) -> str | None:
+    """What in ``text`` neither PostgreSQL nor a payload can hold, or None: a NUL character
+    (PostgreSQL's text refuses it) or a lone surrogate (no UTF-8 encodes it, so the data converter
+    fails on it, and so does every reader of an answer that quotes it)."""
+    if "\x00" in text:
+        return "a NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return "a lone surrogate (text no UTF-8 can encode)"
+    return None
 
 
 def check_json_object(value: object, what: str) -> dict[str, Any]:

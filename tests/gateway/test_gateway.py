@@ -642,7 +642,8 @@ async def test_an_event_republished_after_its_run_ended_starts_nothing(setup: Se
     """Found by an attacker's probe: the trigger's run was started with the default reuse policy, so
     once it was terminated (or failed) the same event id, published again, was answered
     ``duplicate`` and yet started a second run under the same workflow id. Data that is no UTF-8
-    text (a lone surrogate escape) was a 500; it is refused naming its path, as a NUL is."""
+    text (a lone surrogate escape) was a 500; it is refused naming its path, as a NUL is, in the
+    data or the key."""
     name = f"{setup.name}-again"
     event_type = await _register_event_trigger(setup, name)
     headers = {"content-type": "application/json", "authorization": f"Bearer {setup.key}"}
@@ -668,13 +669,16 @@ async def test_an_event_republished_after_its_run_ended_starts_nothing(setup: Se
         assert described.run_id == run_id
         assert described.status == WorkflowExecutionStatus.TERMINATED
 
-        for raw, status, error, said in [
-            (b'{"x": "\\ud800"}', 400, "invalid_json", "without its pair) at $.data.x:"),
-            (b'{"\\udc80": 1}', 400, "invalid_json", 'without its pair) at $.data["\\udc80"]:'),
-            (b'{"x": "\\u0000"}', 422, "invalid_event", "NUL character"),
+        for key, raw, status, error, said in [
+            (b"o-2", b'{"x": "\\ud800"}', 400, "invalid_json", "without its pair) at $.data.x:"),
+            (b"o-2", b'{"\\udc80": 1}', 400, "invalid_json", 'without its pair) at $.data["\\udc80"]:'),
+            (b"o-2", b'{"x": "\\u0000"}', 422, "invalid_event", "NUL character"),
+            # Found by a review: a NUL in the key was taken.
+            (b"o-\\u0000", b"{}", 422, "invalid_event", "event key has a NUL character"),
         ]:
-            body = b'{"type": "%s", "key": "o-2", "id": "%s", "data": %s}' % (
+            body = b'{"type": "%s", "key": "%s", "id": "%s", "data": %s}' % (
                 event_type.encode(),
+                key,
                 uuid4().hex.encode(),
                 raw,
             )

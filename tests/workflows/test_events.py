@@ -825,3 +825,67 @@ async def test_a_legacy_wait_is_served_when_the_mailbox_at_the_new_id_does_not_a
     )
     assert handed.delivered_to == [handle.id]
     assert record(await handle.result(), "answer").output["event_id"] == "h-1"
+
+
+@pytest.mark.parametrize(
+    ("key", "event_id", "data", "said"),
+    [
+        ("fam\x00x", "nul-key", {}, "event key has a NUL character"),
+        ("fam\udc80", "surrogate-key", {}, "event key has a lone surrogate"),
+        ("fam", "nul\x00id", {}, "event id has a NUL character"),
+        ("fam", "surrogate\ud800id", {}, "event id has a lone surrogate"),
+        (
+            "fam",
+            "surrogate-data",
+            {"answer": "y\udc80"},
+            r"the event data has a lone surrogate .* at \$\.answer",
+        ),
+        (
+            "fam",
+            "surrogate-name",
+            {"\ud800": "yes"},
+            r"the event data has a lone surrogate .* in a key at \$",
+        ),
+    ],
+)
+async def test_text_no_store_or_payload_can_hold_is_refused_in_words_before_it_is_sent(
+    client: Client, task_queue: str, worker: Worker, key: str, event_id: str, data: dict[str, Any], said: str
+) -> None:
+    """The attacker: a service publishing an event whose key, id or data holds a NUL (PostgreSQL
+    cannot store it) or a lone surrogate (no UTF-8 encoding holds it). Found by a review: a NUL key
+    was taken, and a lone surrogate failed in the data converter with a serialization error, not
+    as a refusal naming the problem. Each is now refused before anything is sent, and the key's
+    wait still gets the next event."""
+    from starter.errors import InvalidInputError
+
+    flows = flows_of(client, task_queue)
+    family = unique("fam")
+    handle = await start(client, task_queue, [wait_step()], family)
+    await waiting(handle)
+    with pytest.raises(InvalidInputError, match=said):
+        await flows.publish_event(
+            EVENT, family if key == "fam" else family + key[3:], data, event_id=event_id, start_triggers=False
+        )
+    await flows.publish_event(EVENT, family, {"answer": "yes"}, event_id="fine", start_triggers=False)
+    assert record(await handle.result(), "answer").output["event_id"] == "fine"
+
+
+async def test_a_lone_surrogate_in_a_run_input_or_a_decision_is_refused_in_words(
+    client: Client, task_queue: str, worker: Worker
+) -> None:
+    """The same text through the client's other doors: a run's input and a decision's reason and
+    actor were handed to the data converter, which failed with a serialization error."""
+    from starter.errors import InvalidInputError
+
+    flows = flows_of(client, task_queue)
+    document = definition(unique("surrogates"), [{"id": "ok", "type": "approval", "approvers": ["ann"]}])
+    with pytest.raises(InvalidInputError, match=r"the run input has a lone surrogate .* at \$\.note\.x"):
+        await flows.start_run(document, {"note": {"x": "a\udc80"}})
+    run = await flows.start_run(document, {"note": "fine"})
+    await eventually(run.status, lambda s: bool(s.pending_approvals), what="the approval")
+    with pytest.raises(InvalidInputError, match="reason has a lone surrogate"):
+        await flows.approve(run.workflow_id, "ann", reason="ok\ud800")
+    with pytest.raises(InvalidInputError, match="actor has a lone surrogate"):
+        await flows.approve(run.workflow_id, "ann\ud800")
+    await flows.approve(run.workflow_id, "ann", reason="ok")
+    assert (await run.result()).state == RunState.COMPLETED
