@@ -27,8 +27,10 @@ from interpreter.state import DecisionKind, PendingApproval, RunStatus
 from starter import tokens
 from starter.errors import (
     DecisionRefusedError,
+    InvalidInputError,
     PendingApprovalsUnknownError,
     RunClosedError,
+    RunNotFoundError,
     StarterError,
 )
 from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError, wait_problem
@@ -280,7 +282,18 @@ async def decide_by_link(request: Request, state: InboxState, session: Session, 
             top_error=f"The run refused: {readable}",
             status_code=409,
         )
-    except RunClosedError:
+    except InvalidInputError as err:  # text no store keeps (a NUL): was a 500 (an attacker's probe)
+        return await link_page(
+            request,
+            state,
+            session,
+            token,
+            render,
+            submitted=submitted,
+            top_error=f"Not sent: {err}",
+            status_code=422,
+        )
+    except (RunClosedError, RunNotFoundError):
         return problem_page(
             request, state, session, render, LinkProblem("Already decided", "The run has ended.", 409)
         )

@@ -35,6 +35,7 @@ from starter import tokens
 from starter.client import FlowClient, runs_query
 from starter.errors import (
     DecisionRefusedError,
+    InvalidInputError,
     PayloadUnreadableError,
     PendingApprovalsUnknownError,
     RunClosedError,
@@ -645,6 +646,17 @@ async def decide(request: Request, state: State) -> Response:
             submitted=submitted,
             top_error=f"The run refused: {readable}",
             status_code=409,
+        )
+    except InvalidInputError as err:  # text no store keeps (a NUL): was a 500 (an attacker's probe)
+        return await _item_page(
+            request,
+            state,
+            session,
+            run,
+            step,
+            submitted=submitted,
+            top_error=f"Not sent: {err}",
+            status_code=422,
         )
     except (RunClosedError, RunNotFoundError):
         return await _item_page(request, state, session, run, step, submitted=submitted, status_code=409)

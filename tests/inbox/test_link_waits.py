@@ -209,3 +209,50 @@ def test_a_worker_without_keys_still_takes_a_link_once_and_for_its_wait() -> Non
     plain = tokens.mint(private, tenant="acme", run="r1", actor="alice", decisions=["reject"], step="review")
     assert decision_tokens.reuse_problem(plain, {}, again) is None
     assert decision_tokens.reuse_problem("not a token", {}, again) is None
+
+
+async def test_a_link_posted_with_a_nul_in_its_reason_is_refused_in_words_and_still_decides(
+    client: Client, task_queue: str, inbox: Inbox, mailbox: LocalMailbox
+) -> None:
+    """The attacker: whoever holds a link (no sign-in) posts a reason holding a NUL character. The
+    client refuses it (no store keeps it), and the inbox answered that refusal with a 500 (found
+    by an attacker's probe). The page now says why, the run still waits, and the link decides."""
+    handle = await _looping_run(client, task_queue, proof=True)
+    approve, _ = await _links(mailbox, "Round 1")
+    async with httpx.AsyncClient(follow_redirects=False) as web:
+        refused = await _post_link(web, approve, "ok\x00then")
+        assert refused.status_code == 422, refused.text[:500]
+        assert "reason has a NUL character" in refused.text
+        assert "Traceback" not in refused.text
+        assert (await status(handle)).state == RunState.AWAITING_APPROVAL
+        approved = await _post_link(web, approve, "ok")
+        assert approved.status_code == 303, approved.text[:500]
+    assert (await handle.result()).state == RunState.COMPLETED
+
+
+async def test_a_signed_in_decision_with_a_nul_in_its_reason_is_refused_in_words(
+    client: Client, task_queue: str, inbox: Inbox
+) -> None:
+    """The same through the signed-in inbox's form: it was a 500 too."""
+    from tests.inbox.conftest import PASSWORD
+
+    handle = await waiting_run(client, task_queue, "acme")
+    csrf_of = re.compile(r'name="csrf" value="([^"]+)"')
+    async with httpx.AsyncClient(follow_redirects=False) as web:
+        login = await web.get(f"{inbox.url}/login")
+        found = csrf_of.search(login.text)
+        assert found, login.text[:300]
+        fields = {"tenant": "acme", "username": "alice", "password": PASSWORD, "csrf": found.group(1)}
+        signed_in = await web.post(f"{inbox.url}/login", data=fields)
+        assert signed_in.status_code == 303, signed_in.text[:300]
+        page = await web.get(f"{inbox.url}/item", params={"run": handle.id, "step": "review"})
+        found = csrf_of.search(page.text)
+        assert found, f"{page.status_code}: {page.text[:300]}"
+        form = {"run": handle.id, "step": "review", "decision": "approve", "csrf": found.group(1)}
+        refused = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok\x00then"})
+        assert refused.status_code == 422, refused.text[:500]
+        assert "reason has a NUL character" in refused.text
+        assert (await status(handle)).state == RunState.AWAITING_APPROVAL
+        approved = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok"})
+        assert approved.status_code == 303, approved.text[:500]
+    assert (await handle.result()).state == RunState.COMPLETED
