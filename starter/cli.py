@@ -2265,7 +2265,13 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("interpreter.actions", ("ActionPluginError",), EXIT_BAD_INPUT),
     (
         "activities.store.errors",
-        ("InvalidReferenceError", "InvalidTenantError", "InvalidRoleError", "InvalidDatabaseUrlError"),
+        (
+            "InvalidReferenceError",
+            "InvalidTenantError",
+            "InvalidRoleError",
+            "InvalidDatabaseUrlError",
+            "InvalidActorError",
+        ),
         EXIT_BAD_INPUT,
     ),
     (

@@ -329,9 +329,11 @@ def check_business_key(workflow_id: str) -> None:
     if not workflow_id.strip():
         raise InvalidInputError("the business key (workflow id) is empty")
     for character in workflow_id:
-        if unicodedata.category(character) == "Cc":
+        category = unicodedata.category(character)
+        if category in ("Cc", "Cs"):
+            what = "control character" if category == "Cc" else "lone surrogate"
             raise InvalidInputError(
-                f"the business key (workflow id) holds the control character U+{ord(character):04X}:"
+                f"the business key (workflow id) holds the {what} U+{ord(character):04X}:"
                 " use printable characters only"
             )
 
@@ -926,6 +928,7 @@ class FlowClient:
         Raises:
             NothingToRollBackError: There was none (or all earlier ones are archived).
         """
+        _check_actor(actor, "actor")
         activation = await (await self.definitions()).rollback(name, actor)
         await self._sync_triggers(name, f"{name} is rolled back to v{activation.version}")
         return activation
@@ -2082,6 +2085,9 @@ class FlowClient:
     # -------------------------------------------------------------------------------- internals
 
     def _handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
+        problem = text_problem(workflow_id) if isinstance(workflow_id, str) else "no text"
+        if problem is not None:  # the SDK failed on it with a bare UnicodeEncodeError (a probe)
+            raise InvalidInputError(f"the workflow id has {problem}")
         return self.client.get_workflow_handle(workflow_id)
 
     def _rpc_error(self, err: RPCError, workflow_id: str | None, doing: str) -> StarterError:

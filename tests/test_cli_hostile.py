@@ -278,3 +278,21 @@ async def test_start_json_stays_json_when_the_sdk_warns_about_a_large_input(
     assert (await flows.status(started["workflow_id"])).definition == "hostile-big"
     assert "TMPRL1103" in outcome.err, outcome.describe()  # said, on stderr
     assert "\x1b[" not in outcome.err, outcome.describe()
+
+
+async def test_an_actor_from_the_environment_that_is_not_utf8_is_bad_input(
+    temporal_env: WorkflowEnvironment, flows: FlowClient, database_url: str
+) -> None:
+    """An attacker's probe: ``WFA_ACTOR`` holding bytes that are not UTF-8 (the arguments are
+    checked, the variable was not) reached PostgreSQL, and ``definitions activate`` (rollback,
+    archive, deactivate) exited 70, "a bug". It is bad input now, named, and nothing is written."""
+    env = wfa_env(
+        temporal_env.client.service_client.config.target_host, flows.task_queue, DATABASE_URL=database_url
+    )
+    env["WFA_ACTOR"] = os.fsdecode(b"ops\xff")
+    for command in ("definitions activate hostile-actor 1", "definitions rollback hostile-actor"):
+        code, _, err = await _wfa_in_shell(command, env)
+        assert code == 2, err
+        assert "actor has a lone surrogate" in err, err
+        assert "WFA_ACTOR" in err, err
+        assert "Traceback" not in err, err

@@ -15,6 +15,7 @@ __all__ = [
     "DeadLetterResolvedError",
     "DefinitionNotFoundError",
     "EmbeddedPostgresError",
+    "InvalidActorError",
     "InvalidDatabaseUrlError",
     "InvalidReferenceError",
     "InvalidRoleError",
@@ -123,6 +124,12 @@ class InvalidTenantError(StoreError, ValueError):
             " letter or digit"
         )
         self.tenant = tenant
+
+
+class InvalidActorError(StoreError, ValueError):
+    """Who acts (recorded with the change) is empty, too long, or holds text PostgreSQL cannot store
+    (a NUL, or a lone surrogate: ``WFA_ACTOR`` of bytes that are not UTF-8 reached the database and
+    ended as an internal error, found by an attacker's probe)."""
 
 
 class DefinitionNotFoundError(StoreError, LookupError):

@@ -33,6 +33,7 @@ from activities.store.errors import (
     ActiveVersionError,
     DeadLetterNotFoundError,
     DefinitionNotFoundError,
+    InvalidActorError,
     InvalidReferenceError,
     InvalidTenantError,
     NoActiveVersionError,
@@ -926,9 +927,17 @@ def _url_of(session_factory: SessionFactory) -> Any:
 
 def _require_actor(actor: str, what: str) -> None:
     if not isinstance(actor, str) or not actor.strip():
-        raise ValueError(f"{what} must be a non-empty name (it is recorded)")
+        raise InvalidActorError(f"{what} must be a non-empty name (it is recorded)")
     if len(actor) > 200:
-        raise ValueError(f"{what} is longer than 200 characters")
+        raise InvalidActorError(f"{what} is longer than 200 characters")
+    if "\x00" in actor:
+        raise InvalidActorError(f"{what} has a NUL character (\\u0000), which cannot be stored")
+    try:
+        actor.encode()
+    except UnicodeEncodeError:
+        raise InvalidActorError(
+            f"{what} has a lone surrogate (text no UTF-8 can encode; is WFA_ACTOR UTF-8?)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------- dead letters

@@ -874,13 +874,21 @@ async def test_a_lone_surrogate_in_a_run_input_or_a_decision_is_refused_in_words
     client: Client, task_queue: str, worker: Worker
 ) -> None:
     """The same text through the client's other doors: a run's input and a decision's reason and
-    actor were handed to the data converter, which failed with a serialization error."""
+    actor were handed to the data converter, which failed with a serialization error; a workflow id
+    failed in the SDK with a bare UnicodeEncodeError, a rollback's actor in the database."""
     from starter.errors import InvalidInputError
 
     flows = flows_of(client, task_queue)
     document = definition(unique("surrogates"), [{"id": "ok", "type": "approval", "approvers": ["ann"]}])
     with pytest.raises(InvalidInputError, match=r"the run input has a lone surrogate .* at \$\.note\.x"):
         await flows.start_run(document, {"note": {"x": "a\udc80"}})
+    with pytest.raises(InvalidInputError, match=r"business key .* holds the lone surrogate U\+DC80"):
+        await flows.start_run(document, {"note": "fine"}, workflow_id="run-\udc80")
+    for ask in (flows.status, flows.result, flows.describe):
+        with pytest.raises(InvalidInputError, match="the workflow id has a lone surrogate"):
+            await ask("run-\udc80")
+    with pytest.raises(InvalidInputError, match="actor has a lone surrogate"):
+        await flows.rollback(document["name"], "ann\udc80")
     run = await flows.start_run(document, {"note": "fine"})
     await eventually(run.status, lambda s: bool(s.pending_approvals), what="the approval")
     with pytest.raises(InvalidInputError, match="reason has a lone surrogate"):
