@@ -2271,6 +2271,7 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
             "InvalidRoleError",
             "InvalidDatabaseUrlError",
             "InvalidActorError",
+            "UnstorableDataError",
         ),
         EXIT_BAD_INPUT,
     ),

@@ -36,6 +36,7 @@ from activities.store.errors import (
     InvalidDatabaseUrlError,
     MigrationsNotAppliedError,
     StoreError,
+    UnstorableDataError,
 )
 
 __all__ = [
@@ -160,6 +161,11 @@ def translate_error(err: BaseException, url: str | URL, tenant: str | None = Non
         else:
             message = f"PostgreSQL refused it to the database role {role!r} at {shown}: {detail}"
         return AccessDeniedError(message, shown, tenant)
+    if (state is not None and state.startswith("22")) or isinstance(err, sa_exc.DataError):
+        # data_exception (a NUL: "invalid byte sequence"), or the driver's own refusal to encode a
+        # value (a lone surrogate): bad input, named without the value (which may not print).
+        detail = _describe(err).encode("ascii", "backslashreplace").decode()[:300]
+        return UnstorableDataError(detail, shown)
     if state == "3D000":  # invalid_catalog_name
         database = make_url(url).database if not isinstance(url, URL) else url.database
         return DatabaseNotFoundError(

@@ -25,6 +25,7 @@ __all__ = [
     "NothingToRollBackError",
     "RoleConflictError",
     "StoreError",
+    "UnstorableDataError",
     "VersionArchivedError",
     "VersionNotFoundError",
 ]
@@ -130,6 +131,16 @@ class InvalidActorError(StoreError, ValueError):
     """Who acts (recorded with the change) is empty, too long, or holds text PostgreSQL cannot store
     (a NUL, or a lone surrogate: ``WFA_ACTOR`` of bytes that are not UTF-8 reached the database and
     ended as an internal error, found by an attacker's probe)."""
+
+
+class UnstorableDataError(StoreError, ValueError):
+    """A value PostgreSQL cannot hold or the driver cannot send: a NUL character, a lone surrogate,
+    a malformed number (SQLSTATE class 22, or the driver's encoding error). Bad input, not an
+    unavailable server (found by an attacker's probe: a raw driver error before)."""
+
+    def __init__(self, detail: str, url: str) -> None:
+        super().__init__(f"a value is data PostgreSQL cannot hold ({detail})")
+        self.url = url
 
 
 class DefinitionNotFoundError(StoreError, LookupError):

@@ -302,3 +302,27 @@ async def test_tenants_cannot_see_each_others_definitions(database: Database) ->
     assert (own.info.version, own.created) == (1, True)
     assert (await a.resolve(name)).version == 1
     assert [n.versions for n in await a.list_names()] == [2]
+
+
+@pytest.mark.parametrize("name", ["na\x00me", "na\udc80me"], ids=["nul", "lone-surrogate"])
+async def test_a_name_postgresql_cannot_hold_is_bad_input_not_a_driver_error(
+    store: DefinitionStore, name: str
+) -> None:
+    """An attacker's probe: a name holding a NUL or a lone surrogate, given to the Python API's
+    registry methods, ended in a raw ``sqlalchemy`` ``DBAPIError`` (PostgreSQL's "invalid byte
+    sequence", asyncpg's "can't encode"). Every method now says it is data PostgreSQL cannot hold,
+    as a store error a caller can catch (``wfa``: exit 2), and the store serves on."""
+    from activities.store.errors import UnstorableDataError
+
+    for call in (
+        lambda: store.activate(name, 1, "ops"),
+        lambda: store.rollback(name, "ops"),
+        lambda: store.list_versions(name),
+        lambda: store.history(name),
+        lambda: store.get(name),
+    ):
+        with pytest.raises(UnstorableDataError, match="cannot hold"):
+            await call()
+    fine = unique()
+    await store.register(doc(fine), author="ann")
+    assert [v.version for v in await store.list_versions(fine)] == [1]
