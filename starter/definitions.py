@@ -62,7 +62,7 @@ def load(definition: DefinitionSource) -> Definition:
         text = read_text_file(path)
     except FileNotFoundError:
         raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8, or a NUL in the path
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None
     return _parse(text)
@@ -115,6 +115,6 @@ def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | s
         return read_text_file(path)
     except FileNotFoundError:
         raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8, or a NUL in the path
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None

@@ -25,7 +25,7 @@ from activities.events import mailbox_update
 from interpreter.events import Event, MailboxState, PublishResult, legacy_mailbox_id, mailbox_id
 from interpreter.model import MAX_EVENT_LOOKBACK
 from interpreter.state import RunInput, RunOptions, RunState, StepStatus
-from interpreter.validate import load_definition
+from interpreter.validate import DefinitionError, load_definition
 from starter.client import FlowClient
 from starter.events import event_run_id
 from tests.workflows.support import (
@@ -889,6 +889,8 @@ async def test_a_lone_surrogate_in_a_run_input_or_a_decision_is_refused_in_words
             await ask("run-\udc80")
     with pytest.raises(InvalidInputError, match="actor has a lone surrogate"):
         await flows.rollback(document["name"], "ann\udc80")
+    with pytest.raises(DefinitionError, match="embedded null byte"):  # was a bare ValueError
+        await flows.start_run("flows/x\x00.json")
     run = await flows.start_run(document, {"note": "fine"})
     await eventually(run.status, lambda s: bool(s.pending_approvals), what="the approval")
     with pytest.raises(InvalidInputError, match="reason has a lone surrogate"):
