@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.exceptions import ApplicationError, TerminatedError
@@ -199,6 +199,20 @@ async def events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEve
     """The run's history events, optionally only of the given types."""
     history = await handle.fetch_history()
     return [e for e in history.events if not types or e.event_type in types]
+
+
+async def task_failures(handle: Handle) -> list[HistoryEvent]:
+    """The run's failed workflow tasks, but those the server failed as ``UnhandledCommand``: a
+    completion that closed the run while a new event (an activity's result) arrived, which the
+    server refuses and the worker retries with that event. On a busy machine it can happen in any
+    run whose activities finish close together (a CI run met it once in a 12-call fan-out); it is
+    Temporal's own retry, not a failure of the worker's code."""
+    unhandled = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
+    return [
+        e
+        for e in await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+        if e.workflow_task_failed_event_attributes.cause != unhandled
+    ]
 
 
 async def chain_events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEvent]:

@@ -26,6 +26,7 @@ from tests.workflows.support import (
     definition,
     events,
     start,
+    task_failures,
     terminated_too_large,
     unique,
 )
@@ -77,7 +78,7 @@ async def test_large_inputs_of_one_workflow_task_are_sent_over_several(
     assert result.output == {"n": 12}
     calls = [r for r in result.steps if r.id == "call"]
     assert [r.error_type for r in calls] == ["ActionOutputTooLarge"] * 12  # every one was sent, once
-    assert len(await events(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)) == 0
+    assert await task_failures(handle) == []
     scheduled = await events(handle, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
     assert len(scheduled) == 13
     # Sent over several workflow tasks, each completion under the server's 4 MiB.
