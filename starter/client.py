@@ -127,8 +127,7 @@ from starter.errors import (
     unreadable_payload,
 )
 from starter.inputs import brief as _brief
-from starter.inputs import check_json, check_json_object, text_problem
-from starter.inputs import json_type as _json_type
+from starter.inputs import check_json, check_json_object, check_text
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 from workflows.priority import priority_grants, run_priority
 from workflows.search_attributes import (
@@ -1433,9 +1432,9 @@ class FlowClient:
         _check_actor(actor, "actor")
         if token is not None and not wait:
             raise InvalidInputError("a decision token travels only in the decide update: use wait=True")
-        _check_text(reason, "reason")
+        check_text(reason, "reason")
         if step_id is not None:
-            _check_text(step_id, "step id")
+            check_text(step_id, "step id")
         form = check_json_object(data, "the form data")
         await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
@@ -1566,7 +1565,7 @@ class FlowClient:
         output: Any = None,
     ) -> ParkedStep:
         _check_actor(actor, "actor")
-        _check_text(reason, "reason")
+        check_text(reason, "reason")
         if action == DeadLetterAction.SKIP:
             check_json(output, "the step output")
         row = await self.show_dead_letter(dead_letter_id)
@@ -1663,7 +1662,7 @@ class FlowClient:
             NoWorkerError: No worker took the request within 30 s.
         """
         _check_actor(actor, "actor")
-        _check_text(reason, "reason")
+        check_text(reason, "reason")
         description = await self.describe(workflow_id)
         run_id = description.run_id
         accepted = False
@@ -2085,10 +2084,8 @@ class FlowClient:
     # -------------------------------------------------------------------------------- internals
 
     def _handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
-        problem = text_problem(workflow_id) if isinstance(workflow_id, str) else "no text"
-        if problem is not None:  # the SDK failed on it with a bare UnicodeEncodeError (a probe)
-            raise InvalidInputError(f"the workflow id has {problem}")
-        return self.client.get_workflow_handle(workflow_id)
+        # A lone surrogate failed in the SDK with a bare UnicodeEncodeError (a probe).
+        return self.client.get_workflow_handle(check_text(workflow_id, "the workflow id"))
 
     def _rpc_error(self, err: RPCError, workflow_id: str | None, doing: str) -> StarterError:
         """Turns an RPC error into the client's own error type."""
@@ -2191,19 +2188,7 @@ def _check_actor(actor: object, what: str) -> str:
         raise InvalidInputError(f"{what} must be a non-empty name (it is recorded)")
     if len(actor) > MAX_ACTOR_LENGTH:
         raise InvalidInputError(f"{what} is longer than {MAX_ACTOR_LENGTH} characters")
-    problem = text_problem(actor)
-    if problem is not None:
-        raise InvalidInputError(f"{what} has {problem}")
-    return actor
-
-
-def _check_text(text: object, what: str) -> str:
-    if not isinstance(text, str):
-        raise InvalidInputError(f"{what} must be a string, not {_json_type(text)}")
-    problem = text_problem(text)
-    if problem is not None:
-        raise InvalidInputError(f"{what} has {problem}")
-    return text
+    return check_text(actor, what)
 
 
 def _check_document(document: object) -> None:

@@ -57,15 +57,7 @@ def load(definition: DefinitionSource) -> Definition:
         return _parse(definition)
     if isinstance(definition, str) and definition.lstrip().startswith("{"):
         return _parse(definition)
-    path = Path(definition)
-    try:
-        text = read_text_file(path)
-    except FileNotFoundError:
-        raise DefinitionFileNotFoundError(str(definition)) from None
-    except (OSError, ValueError) as err:  # ValueError: not UTF-8, or a NUL in the path
-        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise DefinitionError([Problem("$", f"cannot read {brief(str(path), 300)}: {detail}")]) from None
-    return _parse(text)
+    return _parse(_read_file(definition))
 
 
 def _parse(document: Mapping[str, Any] | str) -> Definition:
@@ -110,6 +102,16 @@ def document(definition: DefinitionSource) -> Definition | Mapping[str, Any] | s
         return definition
     if isinstance(definition, str) and definition.lstrip().startswith("{"):
         return definition
+    return _read_file(definition)
+
+
+def _read_file(definition: str | os.PathLike[str]) -> str:
+    """The text of the definition file at ``definition``.
+
+    Raises:
+        DefinitionFileNotFoundError: No such file.
+        DefinitionError: It cannot be read: not UTF-8, a NUL in its path, a directory, ...
+    """
     path = Path(definition)
     try:
         return read_text_file(path)

@@ -51,7 +51,7 @@ from starter.errors import (
     NoWorkerError,
     RunAlreadyExistsError,
 )
-from starter.inputs import brief, check_json_object, text_problem
+from starter.inputs import brief, check_json_object, check_text
 
 if TYPE_CHECKING:
     from starter.client import FlowClient
@@ -110,10 +110,8 @@ def check_event(event_type: object, key: object, event_id: object, data: object)
         raise InvalidInputError(f"event key must be text of 1 to {MAX_EVENT_KEY_CHARS} characters")
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS:
         raise InvalidInputError(f"event id must be text of 1 to {MAX_EVENT_ID_CHARS} characters")
-    for text, what in ((key, "event key"), (event_id, "event id")):
-        unstorable = text_problem(text)
-        if unstorable is not None:
-            raise InvalidInputError(f"{what} has {unstorable}")
+    check_text(key, "event key")
+    check_text(event_id, "event id")
     payload = check_json_object(data if data is not None else {}, "the event data")
     problem = event_data_problem(payload)
     if problem is not None:
@@ -179,10 +177,7 @@ async def publish_event(
     """See :meth:`starter.client.FlowClient.publish_event`."""
     event_id = event_id if event_id is not None else str(uuid4())
     payload = check_event(event_type, key, event_id, data)
-    if not isinstance(source, str) or text_problem(source) is not None:
-        raise InvalidInputError(
-            f"event source {brief(source)} must be text without a NUL or a lone surrogate"
-        )
+    check_text(source, "event source")
     event = Event(
         id=event_id, type=event_type, key=key, tenant=flows.tenant, data=payload, source=source[:200]
     )

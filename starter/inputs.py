@@ -16,7 +16,7 @@ from typing import Any
 from interpreter.sizes import VALUE_MAX_DEPTH
 from starter.errors import InvalidInputError
 
-__all__ = ["brief", "check_json", "check_json_object", "json_type", "text_problem"]
+__all__ = ["brief", "check_json", "check_json_object", "check_text", "json_type", "text_problem"]
 
 
 def check_json(
@@ -74,6 +74,20 @@ def text_problem(text: str) -> str | None:
         except UnicodeEncodeError:
             return "a lone surrogate (text no UTF-8 can encode)"
     return None
+
+
+def check_text(text: object, what: str) -> str:
+    """``text``, if it is a string :func:`text_problem` finds nothing in.
+
+    Raises:
+        InvalidInputError: Not a string, or holding a NUL or a lone surrogate (naming ``what``).
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{what} must be a string, not {json_type(text)}")
+    problem = text_problem(text)
+    if problem is not None:
+        raise InvalidInputError(f"{what} has {problem}")
+    return text
 
 
 def check_json_object(value: object, what: str) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from interpreter.validate import (
     load_definition,
     new_definition_problems,
 )
+from starter.inputs import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -930,14 +931,11 @@ def _require_actor(actor: str, what: str) -> None:
         raise InvalidActorError(f"{what} must be a non-empty name (it is recorded)")
     if len(actor) > 200:
         raise InvalidActorError(f"{what} is longer than 200 characters")
-    if "\x00" in actor:
-        raise InvalidActorError(f"{what} has a NUL character (\\u0000), which cannot be stored")
-    try:
-        actor.encode()
-    except UnicodeEncodeError:
+    problem = text_problem(actor)
+    if problem is not None:
         raise InvalidActorError(
-            f"{what} has a lone surrogate (text no UTF-8 can encode; is WFA_ACTOR UTF-8?)"
-        ) from None
+            f"{what} has {problem}, which cannot be stored (from WFA_ACTOR? it must be UTF-8)"
+        )
 
 
 # ---------------------------------------------------------------------------------- dead letters
