@@ -9,6 +9,7 @@ what happened and offers the inbox. No sign-in is needed: the token is the proof
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,12 +225,12 @@ async def decide_by_link(request: Request, state: InboxState, session: Session, 
         return problem_page(request, state, session, render, found)
     _, pending = found
     submitted = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    # The link's page again, with what was submitted, and why it was not sent.
+    again = functools.partial(link_page, request, state, session, token, render, submitted=submitted)
     kind = DecisionKind(claims.decisions[0])
     data, errors = read_form(pending.form, submitted) if kind != DecisionKind.REJECT else ({}, {})
     if errors:
-        return await link_page(
-            request, state, session, token, render, submitted=submitted, errors=errors, status_code=422
-        )
+        return await again(errors=errors, status_code=422)
     flows = await state.config.clients(claims.tenant)
     person = Person(claims.tenant, claims.actor)
     from gateway.inbox.router import send_decision
@@ -262,37 +263,10 @@ async def decide_by_link(request: Request, state: InboxState, session: Session, 
             )
         field = field_of_message(err.reason, pending.form)
         if field is not None:
-            return await link_page(
-                request,
-                state,
-                session,
-                token,
-                render,
-                submitted=submitted,
-                errors={field: f"{label_of(field)} {readable}"},
-                status_code=422,
-            )
-        return await link_page(
-            request,
-            state,
-            session,
-            token,
-            render,
-            submitted=submitted,
-            top_error=f"The run refused: {readable}",
-            status_code=409,
-        )
+            return await again(errors={field: f"{label_of(field)} {readable}"}, status_code=422)
+        return await again(top_error=f"The run refused: {readable}", status_code=409)
     except InvalidInputError as err:  # text no store keeps (a NUL): was a 500 (an attacker's probe)
-        return await link_page(
-            request,
-            state,
-            session,
-            token,
-            render,
-            submitted=submitted,
-            top_error=f"Not sent: {err}",
-            status_code=422,
-        )
+        return await again(top_error=f"Not sent: {err}", status_code=422)
     except (RunClosedError, RunNotFoundError):
         return problem_page(
             request, state, session, render, LinkProblem("Already decided", "The run has ended.", 409)

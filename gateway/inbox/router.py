@@ -11,6 +11,7 @@ shown with the run's reason, next to the field it names.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -574,18 +575,11 @@ async def decide(request: Request, state: State) -> Response:
     person = session.person
     run, step = _text(form, "run"), _text(form, "step")
     submitted = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    # The step's page again, with what was submitted, and why it was not sent.
+    again = functools.partial(_item_page, request, state, session, run, step, submitted=submitted)
     choice = _text(form, "decision")
     if choice not in ("approve", "reject", "complete"):
-        return await _item_page(
-            request,
-            state,
-            session,
-            run,
-            step,
-            submitted=submitted,
-            top_error="Choose what you decide.",
-            status_code=422,
-        )
+        return await again(top_error="Choose what you decide.", status_code=422)
     kind = DecisionKind(choice)
     flows = await state.config.clients(person.tenant)
     try:
@@ -595,12 +589,10 @@ async def decide(request: Request, state: State) -> Response:
     except StarterError:
         return _not_found(request, state, session)
     if pending is None or not may_decide(pending.approvers, person.username, person.groups):
-        return await _item_page(request, state, session, run, step, submitted=submitted, status_code=409)
+        return await again(status_code=409)
     data, errors = read_form(pending.form, submitted)
     if errors:
-        return await _item_page(
-            request, state, session, run, step, submitted=submitted, errors=errors, status_code=422
-        )
+        return await again(errors=errors, status_code=422)
     key = state.config.signing_key(person.tenant)
     groups = [g for g in person.groups if f"group:{g}" in pending.approvers]
     token = None
@@ -634,32 +626,12 @@ async def decide(request: Request, state: State) -> Response:
         readable = readable_refusal(message)
         if field is not None:
             at_field = {field: f"{label_of(field)} {readable}"}
-            return await _item_page(
-                request, state, session, run, step, submitted=submitted, errors=at_field, status_code=422
-            )
-        return await _item_page(
-            request,
-            state,
-            session,
-            run,
-            step,
-            submitted=submitted,
-            top_error=f"The run refused: {readable}",
-            status_code=409,
-        )
+            return await again(errors=at_field, status_code=422)
+        return await again(top_error=f"The run refused: {readable}", status_code=409)
     except InvalidInputError as err:  # text no store keeps (a NUL): was a 500 (an attacker's probe)
-        return await _item_page(
-            request,
-            state,
-            session,
-            run,
-            step,
-            submitted=submitted,
-            top_error=f"Not sent: {err}",
-            status_code=422,
-        )
+        return await again(top_error=f"Not sent: {err}", status_code=422)
     except (RunClosedError, RunNotFoundError):
-        return await _item_page(request, state, session, run, step, submitted=submitted, status_code=409)
+        return await again(status_code=409)
     return RedirectResponse(
         f"{state.prefix}/?{urlencode({'decided': kind.value, 'run': run})}", status_code=303
     )
