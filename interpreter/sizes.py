@@ -26,6 +26,7 @@ __all__ = [
     "json_size",
     "json_written_size",
     "temporal_id",
+    "text_problem",
 ]
 
 ACTION_OUTPUT_BUDGET = 512 * 1024
@@ -64,6 +65,20 @@ def temporal_id(value: str) -> str:
     head = raw[:600].decode(errors="ignore")
     tail = raw[-300:].decode(errors="ignore")
     return f"{head}~{digest}~{tail}"
+
+
+def text_problem(text: str) -> str | None:
+    """What in ``text`` neither PostgreSQL nor a payload can hold, or None: a NUL character
+    (PostgreSQL's text refuses it) or a lone surrogate (no UTF-8 encodes it, so the data converter
+    fails on it, and so does every reader of an answer that quotes it)."""
+    if "\x00" in text:
+        return "a NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return "a lone surrogate (text no UTF-8 can encode)"
+    return None
 
 
 def json_depth(value: Any, limit: int = VALUE_MAX_DEPTH) -> int:

@@ -22,6 +22,7 @@ from interpreter.validate import (
     link_problems,
     load_definition,
     new_definition_problems,
+    unstorable_text_problems,
 )
 from starter.errors import DefinitionFileNotFoundError
 from starter.inputs import brief, read_text_file
@@ -49,7 +50,11 @@ def load(definition: DefinitionSource) -> Definition:
     """
     if isinstance(definition, Definition):
         # A model built in code has passed parsing but not the whole-tree rules.
-        problems = new_definition_problems(definition) + check_definition(definition)
+        problems = (
+            unstorable_text_problems(definition)
+            + new_definition_problems(definition)
+            + check_definition(definition)
+        )
         if problems:
             raise DefinitionError(problems, definition.name)
         return definition

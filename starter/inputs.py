@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from interpreter.sizes import VALUE_MAX_DEPTH
+from interpreter.sizes import VALUE_MAX_DEPTH, text_problem
 from starter.errors import InvalidInputError
 
 __all__ = ["brief", "check_json", "check_json_object", "check_text", "json_type", "text_problem"]
@@ -60,20 +60,6 @@ def check_json(
             check_json(item, what, max_depth=max_depth, _path=f"{_path}[{index}]", _depth=_depth + 1)
         return
     raise InvalidInputError(f"{what} has a {type(value).__name__} at {_path}, which is not JSON")
-
-
-def text_problem(text: str) -> str | None:
-    """What in ``text`` neither PostgreSQL nor a payload can hold, or None: a NUL character
-    (PostgreSQL's text refuses it) or a lone surrogate (no UTF-8 encodes it, so the data converter
-    fails on it, and so does every reader of an answer that quotes it)."""
-    if "\x00" in text:
-        return "a NUL character (\\u0000)"
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            return "a lone surrogate (text no UTF-8 can encode)"
-    return None
 
 
 def check_text(text: object, what: str) -> str:

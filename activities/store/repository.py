@@ -60,6 +60,7 @@ from interpreter.validate import (
     definition_hash,
     load_definition,
     new_definition_problems,
+    unstorable_text_problems,
 )
 from starter.inputs import text_problem
 
@@ -136,7 +137,7 @@ def stored_body(document: Definition | Mapping[str, Any] | str | bytes) -> tuple
         DefinitionError: Listing every problem with its JSON path.
     """
     if isinstance(document, Definition):
-        problems = check_definition(document)
+        problems = unstorable_text_problems(document) + check_definition(document)
         if problems:
             raise DefinitionError(problems, document.name)
         definition = document

@@ -1115,3 +1115,46 @@ def test_the_deepest_valid_definition_fits_a_run_input_and_a_deeper_one_is_refus
     text = '{"name": "x", "steps": ' + "[" * 100_000 + "]" * 100_000 + "}"
     with pytest.raises(DefinitionError, match="more than 160 levels deep"):
         load_definition(text)
+
+
+# ------------------------------------------------------------------------------------ text
+
+
+def test_text_the_registry_or_a_payload_cannot_hold_is_a_problem_at_its_path() -> None:
+    """A NUL character (PostgreSQL refuses it) or a lone surrogate (no UTF-8 writes it) in any string
+    or key: ``wfa validate`` passed such a definition, then the registry failed on the NUL in the
+    database's words, and the surrogate read as "Invalid JSON: unexpected end of hex escape"."""
+    stored = "which cannot be stored"
+    assert only_problem(doc(task(), description="a\x00b")) == (
+        "$.description",
+        f"has a NUL character (\\u0000), {stored}",
+    )
+    assert only_problem(doc(task(input={"to": "x\ud800"}))) == (
+        "$.steps[0].input.to",
+        f"has a lone surrogate (text no UTF-8 can encode), {stored}",
+    )
+    assert only_problem(json.dumps(doc(task(input={"k\udc80": 1})))) == (  # as JSON text too
+        '$.steps[0].input["k\\udc80"]',
+        f"this key has a lone surrogate (text no UTF-8 can encode), {stored}",
+    )
+    many = problems(doc(*(task(f"s{i}", input={"v": "\x00"}) for i in range(9))))
+    assert [path for path, _ in many] == [
+        *(f"$.steps[{i}].input.v" for i in range(5)),
+        "$",
+    ]  # five are enough
+    assert many[-1][1] == "and 4 more strings or keys like these"
+    with pytest.raises(DefinitionError) as info:
+        load_definition({"name": "bad\x00name", "steps": [task()]})
+    assert info.value.name is None  # the error's name is quoted wherever it is shown
+    load_definition(doc(task(input={"to": "ann é 😀"})))  # other text is fine
+
+
+def test_a_definition_built_in_code_with_such_text_is_refused_where_it_is_loaded() -> None:
+    from starter.definitions import load
+
+    built = Definition.model_validate({"name": "built", "steps": [task(input={"to": "\x00"})]})
+    with pytest.raises(DefinitionError) as info:
+        load(built)
+    assert [(p.path, p.message) for p in info.value.problems] == [
+        ("$.steps[0].input.to", "has a NUL character (\\u0000), which cannot be stored")
+    ]

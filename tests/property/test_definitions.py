@@ -83,7 +83,7 @@ def unknown_field(draw: Draw, document: dict[str, Any]) -> set[str]:
             objects.append((f"$.{key}", document[key]))
     path, target = draw(st.sampled_from(objects), label="object")
     key = draw(NAME.map(lambda n: f"x_{n}"), label="key")  # no model has a field named x_...
-    target[key] = draw(st.one_of(st.integers(), st.text(max_size=5), st.none()), label="value")
+    target[key] = draw(st.one_of(st.integers(), st.text(STORABLE, max_size=5), st.none()), label="value")
     return {f"{path}.{key}"}
 
 
@@ -298,16 +298,18 @@ def test_a_definition_with_an_injected_fault_is_refused_naming_where(
 
 # Each keeps a valid document valid; several are applied in turn.
 Change = Callable[[Draw, dict[str, Any]], None]
-SAFE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="{}%#"), max_size=40)
+SAFE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="{}%#\x00"), max_size=40)
+STORABLE = st.characters(codec="utf-8", exclude_characters="\x00")
+"""Any character a definition may hold: not a NUL (PostgreSQL refuses it) nor a lone surrogate."""
 
 
 def relabel(draw: Draw, document: dict[str, Any]) -> None:
     _, step = _step(draw, document)
-    step["name"] = draw(st.text(max_size=60), label="name")
+    step["name"] = draw(st.text(STORABLE, max_size=60), label="name")
 
 
 def redescribe(draw: Draw, document: dict[str, Any]) -> None:
-    document["description"] = draw(st.text(max_size=100), label="description")
+    document["description"] = draw(st.text(STORABLE, max_size=100), label="description")
 
 
 def bound_visits(draw: Draw, document: dict[str, Any]) -> None:
