@@ -127,7 +127,7 @@ from starter.errors import (
     unreadable_payload,
 )
 from starter.inputs import brief as _brief
-from starter.inputs import check_json, check_json_object, check_text
+from starter.inputs import check_json, check_json_object, check_text, json_type
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 from workflows.priority import priority_grants, run_priority
 from workflows.search_attributes import (
@@ -1435,6 +1435,7 @@ class FlowClient:
         check_text(reason, "reason")
         if step_id is not None:
             check_text(step_id, "step id")
+        groups = _check_proof(token, groups)
         form = check_json_object(data, "the form data")
         await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
@@ -1494,6 +1495,13 @@ class FlowClient:
         """
         if not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
+        from activities.store.models import DeadLetterStatus
+
+        names = [member.value for member in DeadLetterStatus]
+        if status is not None and (not isinstance(status, str) or status not in [*names, "all"]):
+            raise InvalidInputError(f"status must be one of {', '.join(names)} or all, not {_brief(status)}")
+        if workflow_id is not None:
+            check_text(workflow_id, "the workflow id")
         return await (await self.dead_letter_store()).list(status, workflow_id=workflow_id, limit=limit)
 
     async def show_dead_letter(self, dead_letter_id: int) -> DeadLetter:
@@ -1663,6 +1671,7 @@ class FlowClient:
         """
         _check_actor(actor, "actor")
         check_text(reason, "reason")
+        _check_proof(token, ())
         description = await self.describe(workflow_id)
         run_id = description.run_id
         accepted = False
@@ -2189,6 +2198,20 @@ def _check_actor(actor: object, what: str) -> str:
     if len(actor) > MAX_ACTOR_LENGTH:
         raise InvalidInputError(f"{what} is longer than {MAX_ACTOR_LENGTH} characters")
     return check_text(actor, what)
+
+
+def _check_proof(token: object, groups: object) -> list[str]:
+    """``groups`` as a list, if ``token`` (None or a string) and every group are text a payload
+    holds (a lone surrogate would fail in the data converter, with its words, not ours).
+
+    Raises:
+        InvalidInputError: A token or group that is not a string, or holds a NUL or a lone surrogate.
+    """
+    if token is not None:
+        check_text(token, "the decision token")
+    if isinstance(groups, str) or not isinstance(groups, Sequence):
+        raise InvalidInputError(f"groups must be a list of group names, not {json_type(groups)}")
+    return [check_text(group, f"group {index + 1}") for index, group in enumerate(groups)]
 
 
 def _check_document(document: object) -> None:

@@ -23,6 +23,7 @@ from interpreter.model import children
 from interpreter.validate import load_definition
 from starter.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED, EXIT_RUN_FAILED, main
 from starter.client import FlowClient
+from starter.errors import InvalidInputError
 from starter.operations import mermaid, run_stats, watch
 from tests.helpers.http_server import RecordingServer
 from tests.workflows.support import eventually
@@ -334,6 +335,13 @@ async def test_bulk_dead_letter_decisions_count_first_then_decide_by_filter(
         assert (await flows.result(run.workflow_id, timeout=120)).state == "failed"
     open_rows = await flows.list_dead_letters("open")
     assert [row.workflow_id for row in open_rows] == [kept.workflow_id]
+    # A status the store does not know was a bare ValueError of the enum.
+    with pytest.raises(
+        InvalidInputError, match=r"status must be one of open, redriven, .* or all, not 'opne'"
+    ):
+        await flows.list_dead_letters("opne")
+    with pytest.raises(InvalidInputError, match="the workflow id has a NUL character"):
+        await flows.list_dead_letters("all", workflow_id="x\x00")
 
 
 async def test_bulk_dead_letter_decisions_go_on_past_a_row_resolved_meanwhile(

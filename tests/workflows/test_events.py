@@ -897,5 +897,14 @@ async def test_a_lone_surrogate_in_a_run_input_or_a_decision_is_refused_in_words
         await flows.approve(run.workflow_id, "ann", reason="ok\ud800")
     with pytest.raises(InvalidInputError, match="actor has a lone surrogate"):
         await flows.approve(run.workflow_id, "ann\ud800")
+    # A token and groups went to the data converter as they came (its words, not ours).
+    with pytest.raises(InvalidInputError, match="the decision token has a lone surrogate"):
+        await flows.approve(run.workflow_id, "ann", token="t\udc80", wait=True)
+    with pytest.raises(InvalidInputError, match="group 2 has a NUL character"):
+        await flows.reject(run.workflow_id, "ann", groups=["ops", "x\x00"])
+    with pytest.raises(InvalidInputError, match="groups must be a list of group names, not a string"):
+        await flows.approve(run.workflow_id, "ann", groups="ops")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="the decision token has a lone surrogate"):
+        await flows.cancel(run.workflow_id, "ann", token="t\ud800")
     await flows.approve(run.workflow_id, "ann", reason="ok")
     assert (await run.result()).state == RunState.COMPLETED
