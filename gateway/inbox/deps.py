@@ -149,7 +149,8 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
             gateway's state (``app.state.gateway.client(tenant)``, looked up per request); when the
             environment does not configure the inbox, nothing is mounted.
     """
-    from gateway.inbox.router import router
+    from gateway.inbox.forms import UnreadableFormError
+    from gateway.inbox.router import router, unreadable_form_page
 
     if not isinstance(config, InboxConfig):
 
@@ -170,6 +171,7 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
         {p.key: OidcClient(p) for p in config.oidc_providers},
     )
     app.include_router(router, prefix=prefix)
+    app.add_exception_handler(UnreadableFormError, unreadable_form_page)
 
 
 def inbox_state(request: Request) -> InboxState:

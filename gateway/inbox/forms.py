@@ -13,6 +13,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
 
 from interpreter.model import FieldType, FormField
 
@@ -36,6 +40,32 @@ class FieldView:
     def input_id(self) -> str:
         """The input's HTML id."""
         return f"f-{self.field.name}"
+
+
+class UnreadableFormError(Exception):
+    """A form the inbox does not read (:func:`submitted_form`)."""
+
+
+async def submitted_form(request: Request) -> FormData:
+    """The request's form, if it is what these pages send: urlencoded, its escapes UTF-8.
+
+    Starlette reads a byte that is not UTF-8 (``%FF``) as U+FFFD, a raw non-ASCII byte, and any
+    such byte of a multipart part, as Latin-1, so a decision recorded a reason or a field the
+    person never wrote (``é`` as ``Ã©``), where the JSON endpoints refuse such a body (found by a
+    probe and a review). Browsers send these pages' forms urlencoded, escaping every non-ASCII
+    byte of the page's UTF-8.
+
+    Raises:
+        UnreadableFormError: Another content type, a raw non-ASCII byte, or an escape that is not UTF-8.
+    """
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise UnreadableFormError
+    try:
+        parse_qsl((await request.body()).decode("ascii"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise UnreadableFormError from None
+    return await request.form()
 
 
 def label_of(name: str) -> str:

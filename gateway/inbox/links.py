@@ -22,7 +22,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.inbox.auth import Person, Session
 from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState
-from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
+from gateway.inbox.forms import (
+    field_of_message,
+    field_views,
+    label_of,
+    read_form,
+    readable_refusal,
+    submitted_form,
+)
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, PendingApproval, RunStatus
 from starter import tokens
@@ -205,7 +212,7 @@ def _past(kind: DecisionKind) -> str:
 
 async def decide_by_link(request: Request, state: InboxState, session: Session, render: Renderer) -> Response:
     """Sends the link's decision (with the form's data) as the run's ``decide`` update."""
-    form = await request.form()
+    form = await submitted_form(request)
     token = form.get("t")
     token = token if isinstance(token, str) else ""
     csrf = form.get("csrf")

@@ -28,7 +28,15 @@ from temporalio.service import RPCError
 
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
 from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState, inbox_state
-from gateway.inbox.forms import field_of_message, field_views, label_of, read_form, readable_refusal
+from gateway.inbox.forms import (
+    UnreadableFormError,
+    field_of_message,
+    field_views,
+    label_of,
+    read_form,
+    readable_refusal,
+    submitted_form,
+)
 from gateway.inbox.oidc import PendingSignIn, SignInRefused
 from interpreter.engine import may_decide
 from interpreter.state import DecisionKind, DecisionRecord, PendingApproval, RunStatus
@@ -110,6 +118,23 @@ def _render(
     return response
 
 
+async def unreadable_form_page(request: Request, exc: Exception) -> HTMLResponse:
+    """400, in words, for a form the inbox does not read (:func:`submitted_form`): nothing is
+    decided, signed in or out."""
+    assert isinstance(exc, UnreadableFormError)
+    state = inbox_state(request)
+    return _render(
+        request,
+        state,
+        "message.html",
+        _session(request, state) or state.sessions.new(None),
+        status_code=400,
+        title="Form not readable",
+        message="This form did not arrive as the page sends it (URL-encoded UTF-8 text): nothing was"
+        " sent. Open the page again and send it from there.",
+    )
+
+
 def _set_cookie(response: Response, state: InboxState, session: Session) -> None:
     response.set_cookie(
         COOKIE,
@@ -176,7 +201,7 @@ def _sign_in_options(state: InboxState) -> dict[str, Any]:
 @router.post("/login", name="inbox_login_post")
 async def login(request: Request, state: State) -> Response:
     """Checks the credentials; on success a new session (new CSRF secret) for the person."""
-    form = await request.form()
+    form = await submitted_form(request)
     session = _session(request, state)
     if not state.sessions.check_csrf(session, _text(form, "csrf")):
         anonymous = state.sessions.new(None)
@@ -337,7 +362,7 @@ async def logout(request: Request, state: State) -> Response:
     """Ends the session; for a person the provider signed in, also the provider's session
     (OpenID Connect RP-Initiated Logout, when the provider advertises ``end_session_endpoint``):
     the browser goes to the provider, which sends it back to the sign-in page."""
-    form = await request.form()
+    form = await submitted_form(request)
     session = _session(request, state)
     response = RedirectResponse(f"{state.prefix}/login", status_code=303)
     if not state.sessions.check_csrf(session, _text(form, "csrf")):
@@ -558,7 +583,7 @@ async def _item_page(
 @router.post("/item", name="inbox_decide")
 async def decide(request: Request, state: State) -> Response:
     """Sends the person's decision as the run's validated ``decide`` update, with a token."""
-    form = await request.form()
+    form = await submitted_form(request)
     session = _session(request, state)
     if session is None or session.person is None:
         return _to_login(state, request)

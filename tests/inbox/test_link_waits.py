@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -76,12 +77,19 @@ async def _received(mailbox: LocalMailbox, subject: str) -> list[Any]:
     return [m for m in mailbox.received if m.message["Subject"] == subject]
 
 
-async def _post_link(web: httpx.AsyncClient, link: str, reason: str) -> httpx.Response:
+async def _post_link(web: httpx.AsyncClient, link: str, reason: str | bytes) -> httpx.Response:
+    """Posts the link's form with ``reason`` (bytes: already urlencoded, sent as they are)."""
     page = await web.get(link)
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf, f"{page.status_code}: {page.text[:300]}"
     token = link.split("t=", 1)[1]
-    return await web.post(link.split("?", 1)[0], data={"t": token, "csrf": csrf.group(1), "reason": reason})
+    url, form = link.split("?", 1)[0], {"t": token, "csrf": csrf.group(1)}
+    if isinstance(reason, bytes):
+        body = urlencode(form).encode() + b"&reason=" + reason
+        return await web.post(
+            url, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
+    return await web.post(url, data={**form, "reason": reason})
 
 
 @pytest.mark.parametrize("proof", [False, True], ids=["no-proof-required", "proof-required"])
@@ -224,6 +232,9 @@ async def test_a_link_posted_with_a_nul_in_its_reason_is_refused_in_words_and_st
         assert refused.status_code == 422, refused.text[:500]
         assert "reason has a NUL character" in refused.text
         assert "Traceback" not in refused.text
+        garbled = await _post_link(web, approve, b"ok%E9then")  # Latin-1's é, not UTF-8
+        assert garbled.status_code == 400, garbled.text[:500]
+        assert "Form not readable" in garbled.text
         assert (await status(handle)).state == RunState.AWAITING_APPROVAL
         approved = await _post_link(web, approve, "ok")
         assert approved.status_code == 303, approved.text[:500]
@@ -252,6 +263,17 @@ async def test_a_signed_in_decision_with_a_nul_in_its_reason_is_refused_in_words
         refused = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok\x00then"})
         assert refused.status_code == 422, refused.text[:500]
         assert "reason has a NUL character" in refused.text
+        # Bytes that are not UTF-8 were read as U+FFFD and decided with a reason nobody wrote.
+        body = urlencode(form).encode() + b"&reason=ok%FFthen"
+        kind = {"content-type": "application/x-www-form-urlencoded"}
+        garbled = await web.post(f"{inbox.url}/item", content=body, headers=kind)
+        assert garbled.status_code == 400, garbled.text[:500]
+        assert "URL-encoded UTF-8 text): nothing was sent" in garbled.text
+        # Raw bytes, even UTF-8, and multipart parts were read as Latin-1: "é" became "Ã©".
+        raw = await web.post(f"{inbox.url}/item", content=body.replace(b"%FF", "é".encode()), headers=kind)
+        assert raw.status_code == 400, raw.text[:500]
+        parts = await web.post(f"{inbox.url}/item", data={**form}, files={"reason": (None, b"ok\xffthen")})
+        assert parts.status_code == 400, parts.text[:500]
         assert (await status(handle)).state == RunState.AWAITING_APPROVAL
         approved = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok"})
         assert approved.status_code == 303, approved.text[:500]
