@@ -33,7 +33,7 @@ from starter.config import (
     NAMESPACE_ENV,
     TENANT_ENV,
 )
-from starter.tenancy import PROFILE_FILE_ENV, Tenancy, TenancyConfigError, connect_config
+from starter.tenancy import PROFILE_FILE_ENV, Tenancy, TenancyConfigError, connect_config, temporal_variables
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -60,10 +60,14 @@ def _profile_namespace(source: Mapping[str, str], profile: str | None) -> str | 
 
     config_file = source.get(PROFILE_FILE_ENV) or None
     try:
+        temporal = temporal_variables({k: v for k, v in source.items() if k != NAMESPACE_ENV})
+    except TenancyConfigError as err:
+        raise ConnectionConfigError(str(err)) from None
+    try:
         loaded = ClientConfigProfile.load(
             profile=profile or source.get(PROFILE_ENV) or None,
             config_source=Path(config_file) if config_file else None,
-            override_env_vars={k: v for k, v in source.items() if k != NAMESPACE_ENV},
+            override_env_vars=temporal,
         )
     except (RuntimeError, ValueError, OSError) as err:
         raise ConnectionConfigError(

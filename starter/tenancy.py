@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interpreter.sizes import text_problem
 from starter.config import DEFAULT_NAMESPACE, DEFAULT_TENANT, NAMESPACE_ENV
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "WorkerScope",
     "connect_config",
     "namespace_connect_config",
+    "temporal_variables",
 ]
 
 TENANT_NAMESPACES_ENV = "WFA_TENANT_NAMESPACES"
@@ -319,6 +321,23 @@ def tls_setting_problem(env: Mapping[str, str]) -> str | None:
     return None
 
 
+def temporal_variables(source: Mapping[str, str]) -> dict[str, str]:
+    """The ``TEMPORAL_*`` variables of ``source``: all Temporal's configuration loader reads of an
+    environment (it finds its default file from the system's). Handed the whole environment, any
+    variable whose bytes are not UTF-8 (Python keeps them as lone surrogates), ``DATABASE_URL`` or
+    one of nothing of ours, failed every command, blamed on the profile (found by a probe).
+
+    Raises:
+        TenancyConfigError: A ``TEMPORAL_*`` variable holding a NUL or a lone surrogate (named).
+    """
+    chosen = {name: value for name, value in source.items() if name.startswith("TEMPORAL_")}
+    for name, value in chosen.items():
+        problem = text_problem(name + value)
+        if problem is not None:
+            raise TenancyConfigError(f"{ascii(name)[1:-1]} has {problem}; fix or unset it")
+    return chosen
+
+
 def namespace_connect_config(
     namespace: str,
     profile: str,
@@ -347,6 +366,7 @@ def namespace_connect_config(
     if config_file and not Path(config_file).is_file():
         raise TenancyConfigError(f"{PROFILE_FILE_ENV}: no such file {config_file[:200]!r}")
     config_source = Path(config_file) if config_file else None
+    source = temporal_variables(source)
     try:
         profiles = ClientConfig.load(config_source=config_source, override_env_vars=source).profiles
     except (RuntimeError, ValueError, OSError) as err:
