@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -21,7 +22,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
 from starter.errors import InvalidInputError
-from workflows.decision_tokens import ALGORITHMS, DECISIONS, DEFAULT_ISSUER, wait_mark
+from starter.inputs import brief, read_text_file
+from workflows.decision_tokens import (
+    ALGORITHMS,
+    DECISIONS,
+    DEFAULT_ISSUER,
+    DecisionVerifier,
+    KeySetError,
+    wait_mark,
+)
 
 SIGNING_KEY_ENV = "WFA_DECISION_SIGNING_KEY"
 SIGNING_KEYS_ENV = "WFA_DECISION_SIGNING_KEYS"
@@ -72,42 +81,70 @@ def merge_jwks(*sets: dict[str, Any]) -> dict[str, Any]:
     return {"keys": list(keys.values())}
 
 
+KID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+"""What ``--kid`` may be: it travels in every token's header and in log lines naming the key."""
+
+
 def write_keys(
     private_path: str | Path, jwks_path: str | Path, kid: str | None = None, *, tenants: Sequence[str] = ()
 ) -> str:
     """Generates a key pair: writes the private JWK (owner-only, never over an existing file) and
     adds the public key to the JWKS at ``jwks_path`` (created, or kept with its keys: rotation).
 
+    The key set written is one the workers load (:meth:`DecisionVerifier.from_jwks`): a tenant
+    name that is not one, an odd kid or a key set the workers already refuse is refused before
+    anything is written (found by a probe: ``--tenant ''`` wrote a set no worker would start with),
+    and the private file is removed again when the key set cannot be written.
+
     Returns:
         The new key's kid.
 
     Raises:
-        TokenError: The private file exists, or the JWKS cannot be read or written.
+        TokenError: A bad kid or tenant, the private file exists, or the JWKS cannot be read,
+            used or written.
     """
+    from activities.store.errors import InvalidTenantError
+    from activities.store.repository import check_tenant
+
+    if kid is not None and not KID_PATTERN.fullmatch(kid):
+        raise TokenError(f"a kid is 1 to 100 of A-Z a-z 0-9 . _ : -, not {brief(kid)}")
+    for tenant in tenants:
+        try:
+            check_tenant(tenant)
+        except InvalidTenantError as err:
+            raise TokenError(str(err)) from None
     private_path, jwks_path = Path(private_path), Path(jwks_path)
     existing: dict[str, Any] = {"keys": []}
     if jwks_path.exists():
         try:
-            existing = json.loads(jwks_path.read_text(encoding="utf-8"))
+            existing = json.loads(read_text_file(jwks_path))
         except (OSError, ValueError) as err:
-            raise TokenError(f"cannot read the key set {jwks_path}: {err}") from None
+            raise TokenError(
+                f"cannot read the key set {jwks_path}: {getattr(err, 'strerror', None) or err}"
+            ) from None
         if not isinstance(existing, dict) or not isinstance(existing.get("keys"), list):
             raise TokenError(f'{jwks_path} is not a key set ({{"keys": [...]}})')
     private, public = generate_keys(kid, tenants)
     if any(k.get("kid") == private["kid"] for k in existing["keys"] if isinstance(k, dict)):
         raise TokenError(f"{jwks_path} already holds a key {private['kid']!r}")
+    merged = merge_jwks(existing, public)
+    try:
+        DecisionVerifier.from_jwks(merged)
+    except KeySetError as err:
+        raise TokenError(f"{jwks_path} would not be a key set workers load: {err}") from None
     try:
         fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise TokenError(f"{private_path} exists: a signing key is never overwritten") from None
     except OSError as err:
-        raise TokenError(f"cannot write {private_path}: {err}") from None
+        raise TokenError(f"cannot write {private_path}: {err.strerror or err}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         json.dump(private, file, indent=2)
     try:
-        jwks_path.write_text(json.dumps(merge_jwks(existing, public), indent=2) + "\n", encoding="utf-8")
+        jwks_path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
     except OSError as err:
-        raise TokenError(f"cannot write {jwks_path}: {err}") from None
+        private_path.unlink(missing_ok=True)  # a key no worker knows: written again with the set
+        raise TokenError(f"cannot write {jwks_path}: {err.strerror or err}") from None
     return str(private["kid"])
 
 
@@ -121,9 +158,11 @@ def load_signing_key(path: str | Path | None = None) -> dict[str, Any]:
     if not path:
         raise TokenError(f"no signing key: set {SIGNING_KEY_ENV} to the path of a private JWK")
     try:
-        jwk = json.loads(Path(path).read_text(encoding="utf-8"))
+        jwk = json.loads(read_text_file(Path(path)))  # a FIFO no one writes reads as empty
     except (OSError, ValueError) as err:
-        raise TokenError(f"cannot read the signing key {path}: {err}") from None
+        raise TokenError(
+            f"cannot read the signing key {path}: {getattr(err, 'strerror', None) or err}"
+        ) from None
     if not isinstance(jwk, dict) or "d" not in jwk or not jwk.get("kid"):
         raise TokenError(f"the signing key {path} is not a private JWK with a kid")
     return jwk

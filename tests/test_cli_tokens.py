@@ -6,6 +6,7 @@ and a signing key never overwritten. Minting against a run and its use are in
 from __future__ import annotations
 
 import json
+import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,44 @@ async def test_keys_generate_writes_a_private_key_once_and_adds_public_keys(tmp_
         assert verifier.verify(token, now=now, tenant="t", run="r", decision="cancel").actor == "x"
 
 
+async def test_keys_generate_writes_only_key_sets_the_workers_load(tmp_path: Path) -> None:
+    """A probe: ``--tenant ''`` wrote a set no worker would start with (exit 0, the set that
+    worked before broken), a 10,000-character kid made tokens over the worker's limit, a set the
+    workers already refuse got a key added, a key set that could not be written left the private
+    key behind (so the next try was refused), and a FIFO as the set hung."""
+    env = wfa_env(ADDRESS, "tq")
+    jwks = tmp_path / "k.json"
+    made = await run_wfa("keys", "generate", "--private", str(tmp_path / "a.jwk"), "--jwks", str(jwks), "--kid", "a", env=env)  # fmt: skip
+    assert made.code == 0, made.describe()
+    working = jwks.read_text()
+    refused_oct = tmp_path / "oct.json"
+    refused_oct.write_text(json.dumps({"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+
+    def generate(private: str, *extra: str, into: Path = jwks) -> tuple[str, ...]:
+        return ("keys", "generate", "--private", str(tmp_path / private), "--jwks", str(into), *extra)
+
+    cases = [
+        (generate("b.jwk", "--tenant", ""), "invalid tenant ''"),
+        (generate("c.jwk", "--tenant", "bad tenant"), "invalid tenant 'bad tenant'"),
+        (generate("d.jwk", "--kid", "k" * 10_000), "a kid is 1 to 100 of"),
+        (generate("e.jwk", "--kid", "a\x01b"), "a kid is 1 to 100 of"),
+        (generate("f.jwk", into=refused_oct), "would not be a key set workers load: key 'h': only OKP"),
+        (generate("g.jwk", into=fifo), "cannot read the key set"),  # read as empty, not waited on
+        (generate("h.jwk", into=tmp_path / "missing" / "k.json"), "cannot write"),
+    ]
+    outcomes = await run_many([args for args, _ in cases], env)
+    for (_, expected), outcome in zip(cases, outcomes, strict=True):
+        assert outcome.clean, outcome.describe()
+        assert outcome.code == 2, outcome.describe()
+        assert expected in outcome.err, outcome.describe()
+    assert jwks.read_text() == working  # untouched, still one the workers load
+    assert load_decision_verifier({"WFA_DECISION_KEYS": str(jwks)}) is not None
+    orphans = [name for name in os.listdir(tmp_path) if name.endswith(".jwk") and name != "a.jwk"]
+    assert orphans == []  # no private key left without its public key in the set
+
+
 async def test_token_mint_names_bad_input_before_connecting(tmp_path: Path) -> None:
     private, _ = generate_keys("k")
     key = tmp_path / "k.jwk"
@@ -56,6 +95,8 @@ async def test_token_mint_names_bad_input_before_connecting(tmp_path: Path) -> N
     public.write_text(json.dumps({k: v for k, v in private.items() if k != "d"}))
     env = wfa_env(ADDRESS, "tq", WFA_DECISION_SIGNING_KEY=str(key))
     no_key = {k: v for k, v in env.items() if k != "WFA_DECISION_SIGNING_KEY"}
+    fifo = tmp_path / "fifo.jwk"
+    os.mkfifo(fifo)
     base = ("token", "mint", "--run", "r1", "--actor", "alice")
     cases = [
         ((*base, "--decisions", "approve,launch", "--step", "s"), env, "decisions must be some of"),
@@ -66,6 +107,7 @@ async def test_token_mint_names_bad_input_before_connecting(tmp_path: Path) -> N
         ((*base, "--decisions", "cancel"), no_key, "WFA_DECISION_SIGNING_KEY"),
         ((*base, "--decisions", "cancel", "--signing-key", str(tmp_path / "none")), env, "cannot read"),
         ((*base, "--decisions", "cancel", "--signing-key", str(public)), env, "not a private JWK"),
+        ((*base, "--decisions", "cancel", "--signing-key", str(fifo)), env, "cannot read"),  # it hung
     ]
     outcomes = await run_many([args for args, _, _ in cases[:5]], env)
     outcomes += [await run_wfa(*args, env=e) for args, e, _ in cases[5:]]
