@@ -21,17 +21,20 @@ nor a trigger id holds ``:`` or ``@``, and a tenant holds no ``@``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel
 from temporalio.api.common.v1 import Payload
+from temporalio.api.workflowservice.v1 import ListScheduleMatchingTimesRequest
 from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleBackfill,
     ScheduleDescription,
+    ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
@@ -287,9 +290,13 @@ async def list_schedules(flows: FlowClient, definition: str | None = None) -> li
 
     Raises:
         ServerUnavailableError: Temporal could not be reached.
+        DefinitionNotFoundError: ``definition`` names no definition of the tenant (it listed "no
+            schedule triggers", exit 0, where ``sync`` of the same name is exit 4: a probe).
     """
     from starter.triggers import live_triggers
 
+    if definition is not None:
+        await (await flows.definitions()).history(definition)  # DefinitionNotFoundError when unknown
     found: list[ScheduleInfo] = []
     for live in await live_triggers(flows, "schedule", definition):
         trigger = live.trigger
@@ -444,8 +451,44 @@ async def backfill_schedule(
         raise InvalidInputError("backfill times need a time zone (e.g. 2026-12-01T09:00:00Z)")
     if start >= end:
         raise InvalidInputError("backfill: the start must be before the end")
+    if start < _EPOCH:  # Temporal starts there and said it backfilled from the year 1
+        raise InvalidInputError(f"backfill: the start must be 1970-01-01 or later, not {start.isoformat()}")
     backfill = ScheduleBackfill(start_at=start, end_at=end, overlap=_OVERLAP[overlap] if overlap else None)
-    return await _act(flows, ref, "backfill the schedule", lambda h: h.backfill(backfill))
+
+    async def bounded(handle: ScheduleHandle) -> None:
+        # Fires run at once, paused or not, and nothing stops a backfill once given: a range of
+        # millions of fires went on starting runs long after (found by a probe).
+        request = ListScheduleMatchingTimesRequest(
+            namespace=flows.client.namespace,
+            schedule_id=handle.id,
+            start_time=_timestamp(start),
+            end_time=_timestamp(end),
+        )
+        fires = len((await flows.client.workflow_service.list_schedule_matching_times(request)).start_time)
+        if fires > MAX_BACKFILL_FIRES:
+            raise InvalidInputError(
+                f"backfill: {start.isoformat()} to {end.isoformat()} holds {fires:,}"
+                f"{' or more' if fires >= _MATCHING_TIMES_CAP else ''} fires of {handle.id}, more than"
+                f" {MAX_BACKFILL_FIRES} at once: backfill shorter ranges"
+            )
+        await handle.backfill(backfill)
+
+    return await _act(flows, ref, "backfill the schedule", bounded)
+
+
+MAX_BACKFILL_FIRES = 500
+"""The most runs one backfill may start (each at once, whatever the schedule's pause)."""
+
+_MATCHING_TIMES_CAP = 1000
+"""The most times Temporal's server lists for a range (``ListScheduleMatchingTimes``)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 def describe_sync(results: Sequence[SyncResult]) -> list[str]:

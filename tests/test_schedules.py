@@ -24,13 +24,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.store.database import Database
-from activities.store.errors import NoActiveVersionError
+from activities.store.errors import DefinitionNotFoundError, NoActiveVersionError
 from activities.store.models import DefinitionHeadRow, DefinitionRow
 from activities.store.repository import DefinitionStore
 from interpreter.validate import definition_hash, load_definition
 from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient, RunSummary
-from starter.errors import InvalidRunInputError, ScheduleSyncError
+from starter.errors import InvalidInputError, InvalidRunInputError, ScheduleSyncError
 from starter.schedules import ScheduleInfo, schedule_id
 from starter.triggers import live_triggers, live_triggers_of_every_tenant
 from tests.workflows.support import eventually
@@ -188,6 +188,9 @@ async def test_a_schedule_fires_the_active_version_and_follows_activate_and_roll
     await flows.register(plain(name, "three"), author="ann", activate=True)
     await version_becomes(client, sid, None)
     assert await flows.list_schedules() == []
+    assert await flows.list_schedules(name) == []  # a definition without schedules: none
+    with pytest.raises(DefinitionNotFoundError):  # no such definition: not found (exit 4)
+        await flows.list_schedules(unique("nope"))
     await flows.archive(name, 2, actor="ops")  # archiving an old version leaves nothing either
     await version_becomes(client, sid, None)
     # Rolling back to a version with the schedule brings it back (v1, since v2 is archived).
@@ -270,6 +273,12 @@ async def test_pause_unpause_trigger_and_backfill(
     await listed(flows, name, lambda item: not item.paused)
 
     now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+    # A probe's backfill from the year 1 (Temporal took it from 1970) and one of 900 fires, which
+    # runs at once, paused or not, and nothing stops: refused, nothing started.
+    with pytest.raises(InvalidInputError, match="the start must be 1970-01-01 or later"):
+        await flows.backfill_schedule(sid, datetime(1, 1, 2, tzinfo=UTC), now)
+    with pytest.raises(InvalidInputError, match=r"holds 900 fires of \S+, more than 500 at once"):
+        await flows.backfill_schedule(sid, now - timedelta(hours=900), now)
     await flows.backfill_schedule(sid, now - timedelta(hours=3), now)  # three hour marks
     runs = await eventually(
         lambda: runs_of(flows, name), lambda rs: len(rs) >= 4, timeout=60, what="three backfilled runs"
