@@ -13,9 +13,22 @@ import os
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["add_api_key_commands", "add_commands", "api_keys", "run_serve", "triggers"]
+from interpreter.sizes import text_problem
+
+__all__ = ["add_api_key_commands", "add_commands", "api_keys", "port_number", "run_serve", "triggers"]
 
 AddOptions = Callable[..., None]
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: one out of range was an internal error on binding."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
 
 
 def add_commands(command: Callable[[str, str], argparse.ArgumentParser], add_options: AddOptions) -> None:
@@ -24,7 +37,7 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser], add_opt
 
     p = command("serve", "serve the gateway (webhooks, events, health; OpenAPI docs at /docs)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
 
     trig = command("triggers", "row-change triggers on a PostgreSQL table: install, uninstall")
     sub = trig.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -75,7 +88,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _actor() -> str:
-    return os.environ.get("USER") or os.environ.get("USERNAME") or "cli"
+    """Who makes an API key: ``WFA_ACTOR``, else the login name, as every other ``wfa`` command.
+
+    Raises:
+        ValueError: It holds a NUL or bytes that are not UTF-8 (the database's words before).
+    """
+    name = os.environ.get("WFA_ACTOR") or os.environ.get("USER") or os.environ.get("USERNAME") or "cli"
+    problem = text_problem(name)
+    if problem is not None:
+        raise ValueError(f"the actor (WFA_ACTOR, else USER) has {problem}")
+    return name
 
 
 async def api_keys(args: argparse.Namespace, out: TextIO, usage_error: type[Exception]) -> int:
@@ -115,7 +137,9 @@ async def api_keys(args: argparse.Namespace, out: TextIO, usage_error: type[Exce
                 )
             return 0
         if not await apikeys.revoke_key(factory, args.tenant, args.key_id):
-            raise usage_error(f"tenant {args.tenant} has no active API key {args.key_id}")
+            from starter.errors import ApiKeyNotFoundError
+
+            raise ApiKeyNotFoundError(args.tenant, args.key_id)  # exit 4, as for other ids
         print(f"API key {args.key_id} of tenant {args.tenant} revoked", file=out)
         return 0
     finally:

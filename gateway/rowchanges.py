@@ -138,9 +138,12 @@ def connection_url(tenant: str, connection: str) -> str:
     """The database URL held by the tenant's secret ``connection``, for asyncpg.
 
     Raises:
-        RowChangeError: The tenant has no such secret.
+        RowChangeError: The tenant has no such secret, or it holds no PostgreSQL URL (a setting to
+            correct: it was "cannot reach", and a byte that is not UTF-8 an internal error).
     """
     from activities.secrets import secret_store
+    from activities.store.database import normalize_url
+    from activities.store.errors import InvalidDatabaseUrlError
 
     secret = secret_store().get(tenant, connection)
     if secret is None or not secret.value:
@@ -148,6 +151,10 @@ def connection_url(tenant: str, connection: str) -> str:
             f"tenant {tenant!r} has no secret {connection!r} holding the database URL"
             " (WFA_SECRETS_FILE, or WFA_SECRET_<NAME> for the default tenant)"
         )
+    try:
+        normalize_url(secret.value)
+    except InvalidDatabaseUrlError as err:
+        raise RowChangeError(f"the secret {connection!r} of tenant {tenant!r}: {err}") from None
     return secret.value.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 

@@ -39,6 +39,8 @@ MAX_DECISION_REASON_CHARS = 1000
 """Longest ``reason`` an accepted decision may carry (it goes into the approval step's output)."""
 MAX_DECISION_DATA_BYTES = 16 * 1024
 """Largest form ``data`` (as JSON) an accepted decision may carry (it goes into ``vars``)."""
+MAX_DECISION_GROUPS = 50
+"""As many groups as a decision may name (the groups it decides as a member of)."""
 
 
 def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -231,7 +233,7 @@ class Decision(BaseModel):
     step_id: str | None = None
     reason: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
-    groups: list[str] = Field(default_factory=list, max_length=50)
+    groups: list[str] = Field(default_factory=list, max_length=MAX_DECISION_GROUPS)
 
 
 class DecisionRequest(Decision):

@@ -98,7 +98,7 @@ from starter.config import (
     TENANT_ENV,
 )
 from starter.errors import DefinitionFileNotFoundError, InvalidInputError, unreadable_payload
-from starter.inputs import brief, check_json, read_text_file
+from starter.inputs import brief, check_json, read_text_file, text_problem
 
 RESULT_STEPS = ("full", "compact", "none")
 """``wfa start --result-steps``: the values of :class:`interpreter.state.ResultSteps` (not imported
@@ -724,9 +724,12 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
 
     p = action("bulk", "decide many open dead letters at once, by filter: counts them and asks first")
     p.add_argument("decision", choices=["redrive", "skip", "abort"], help="what to do with each")
-    p.add_argument("--definition", metavar="NAME", help="only this definition's")
-    p.add_argument("--step", metavar="S", help="only this step's (id or path)")
-    p.add_argument("--error-type", metavar="T", help="only those that failed with this error type")
+    # An empty filter matched nothing and was reported as "all open dead letters" (a probe).
+    p.add_argument("--definition", type=_filter, metavar="NAME", help="only this definition's")
+    p.add_argument("--step", type=_filter, metavar="S", help="only this step's (id or path)")
+    p.add_argument(
+        "--error-type", type=_filter, metavar="T", help="only those that failed with this error type"
+    )
     p.add_argument("--older-than", type=_window, metavar="DUR", help="only those parked longer ago than DUR")
     p.add_argument("--output", metavar="JSON|@FILE", help="with skip: the output each skipped step gets")
     _add_actor(p, "decides")
@@ -735,11 +738,22 @@ def _add_dead_letter_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only count and list what would be decided")
 
 
+def _filter(text: str) -> str:
+    """A filter's value: not blank, and text the database takes."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty or blank (leave the filter out to match all)")
+    problem = text_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"has {problem}")
+    return text
+
+
 def _whole_number(text: str, what: str, low: int, high: int) -> int:
     # Range-checked here: a number the database column cannot hold must not reach the driver.
-    if not text.strip().isdigit() or len(text.strip()) > 20:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:  # not "²" nor "٣"
         raise argparse.ArgumentTypeError(f"not {what}: {brief(text)} (a whole number from {low} to {high})")
-    value = int(text)
+    value = int(digits)
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"{what} must be from {low} to {high}, not {brief(text)}")
     return value
@@ -821,6 +835,8 @@ def _json_value(text: str, option: str) -> Any:
     """Parses an option's inline JSON or ``@path`` (any JSON value the server and store can keep)."""
     source = f"{option}"
     if text.startswith("@"):
+        if not text[1:].strip():  # Path("") is the current folder: "cannot read .: Is a directory"
+            raise UsageError(f"{option}: @ needs a file name (@FILE)")
         path = Path(text[1:])
         source = f"{option} file {path}"
         try:
@@ -1619,9 +1635,9 @@ def _read_definition(file: str) -> str:
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
     from interpreter.validate import DEFINITION_MAX_DEPTH
-    from starter.definitions import load
+    from starter.definitions import parse
 
-    definition = load(text)
+    definition = parse(text)
     check_json(definition.model_dump(mode="json"), f"definition {file}", max_depth=DEFINITION_MAX_DEPTH)
     return text
 
@@ -2052,10 +2068,13 @@ async def _db_roles(args: argparse.Namespace, url: str, out: TextIO) -> int:
     from activities.store import roles
 
     secret: str | None = None
-    if getattr(args, "password_env", None):
-        secret = os.environ.get(args.password_env)
+    if getattr(args, "password_env", None) is not None:  # '' too: it names no variable
+        secret = os.environ.get(args.password_env) if args.password_env else None
         if not secret:
-            raise UsageError(f"--password-env {args.password_env}: that environment variable is not set")
+            raise UsageError(f"--password-env {args.password_env!r}: that environment variable is not set")
+        problem = text_problem(secret)
+        if problem is not None:  # (not UTF-8: an internal error before)
+            raise UsageError(f"--password-env {args.password_env}: the password has {problem}")
     if args.action == "grant-tenant":
         grant = await roles.grant_tenant(url, args.grant_tenant, args.role, password=secret)
     elif args.action == "grant-platform":
@@ -2282,7 +2301,7 @@ _EXIT_CODES: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ),
     ("activities.input_check", ("InputCheckBusyError", "InputCheckFailedError"), EXIT_UNAVAILABLE),
     ("activities.store.errors", ("DatabaseUnavailableError", "MigrationsNotAppliedError"), EXIT_UNAVAILABLE),
-    ("starter.errors", ("RunNotFoundError", "ScheduleNotFoundError"), EXIT_NOT_FOUND),
+    ("starter.errors", ("RunNotFoundError", "ScheduleNotFoundError", "ApiKeyNotFoundError"), EXIT_NOT_FOUND),
     ("activities.store.errors", ("DefinitionNotFoundError", "DeadLetterNotFoundError"), EXIT_NOT_FOUND),
     ("starter.errors", ("DecisionRefusedError", "RunClosedError", "RunAlreadyExistsError"), EXIT_REFUSED),
     (

@@ -75,6 +75,9 @@ from interpreter.model import Definition
 from interpreter.sizes import temporal_id
 from interpreter.state import (
     COMPACT_RUN_INPUT_LEVEL,
+    MAX_ACTOR_CHARS,
+    MAX_DECISION_GROUPS,
+    MAX_DECISION_REASON_CHARS,
     ApprovalsPage,
     ApprovalsQuery,
     CancelRequest,
@@ -95,6 +98,7 @@ from interpreter.state import (
     RunStatus,
     StepStatus,
     dead_letter_size_problem,
+    decision_size_problem,
 )
 from interpreter.validate import DEFINITION_MAX_DEPTH, definition_hash
 from starter import tokens
@@ -128,6 +132,7 @@ from starter.errors import (
 )
 from starter.inputs import brief as _brief
 from starter.inputs import check_json, check_json_object, check_text, json_type
+from workflows.decision_tokens import MAX_TOKEN_CHARS
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 from workflows.priority import priority_grants, run_priority
 from workflows.search_attributes import (
@@ -1437,6 +1442,12 @@ class FlowClient:
             check_text(step_id, "step id")
         groups = _check_proof(token, groups)
         form = check_json_object(data, "the form data")
+        # What the run would refuse for its size, refused before it is sent: between Temporal's
+        # 2 MiB payload limit and its 4 MiB request limit, a decision failed the run's workflow
+        # task instead (found by a probe: exit 1, "Workflow Task in failed state").
+        problem = decision_size_problem(Decision(actor=actor, step_id=step_id, reason=reason, data=form))
+        if problem is not None:
+            raise InvalidInputError(f"the decision is too large: {problem}; nothing was sent")
         await self.describe(workflow_id)  # in this client's tenant
         handle = self._handle(workflow_id)
         if not wait:
@@ -1671,6 +1682,10 @@ class FlowClient:
         """
         _check_actor(actor, "actor")
         check_text(reason, "reason")
+        if len(reason) > MAX_DECISION_REASON_CHARS:  # the run keeps less; a huge one failed its task
+            raise InvalidInputError(
+                f"reason is {len(reason)} characters long (at most {MAX_DECISION_REASON_CHARS}); nothing was sent"
+            )
         _check_proof(token, ())
         description = await self.describe(workflow_id)
         run_id = description.run_id
@@ -2093,7 +2108,10 @@ class FlowClient:
     # -------------------------------------------------------------------------------- internals
 
     def _handle(self, workflow_id: str) -> WorkflowHandle[Any, Any]:
-        # A lone surrogate failed in the SDK with a bare UnicodeEncodeError (a probe).
+        # A lone surrogate failed in the SDK with a bare UnicodeEncodeError, an empty id with the
+        # server's "WorkflowId is not set on request" (probes).
+        if isinstance(workflow_id, str) and not workflow_id:
+            raise InvalidInputError("the workflow id must not be empty")
         return self.client.get_workflow_handle(check_text(workflow_id, "the workflow id"))
 
     def _rpc_error(self, err: RPCError, workflow_id: str | None, doing: str) -> StarterError:
@@ -2209,9 +2227,19 @@ def _check_proof(token: object, groups: object) -> list[str]:
     """
     if token is not None:
         check_text(token, "the decision token")
+        if len(token) > MAX_TOKEN_CHARS:  # the worker refuses it; a huge one failed the run's task
+            raise InvalidInputError(
+                f"the decision token is {len(token)} characters long (at most {MAX_TOKEN_CHARS})"
+            )
     if isinstance(groups, str) or not isinstance(groups, Sequence):
         raise InvalidInputError(f"groups must be a list of group names, not {json_type(groups)}")
-    return [check_text(group, f"group {index + 1}") for index, group in enumerate(groups)]
+    if len(groups) > MAX_DECISION_GROUPS:
+        raise InvalidInputError(f"a decision names at most {MAX_DECISION_GROUPS} groups, not {len(groups)}")
+    for index, group in enumerate(groups):
+        check_text(group, f"group {index + 1}")
+        if not group or len(group) > MAX_ACTOR_CHARS:
+            raise InvalidInputError(f"group {index + 1} must be a name of 1 to {MAX_ACTOR_CHARS} characters")
+    return list(groups)
 
 
 def _check_document(document: object) -> None:

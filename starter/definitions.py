@@ -27,7 +27,7 @@ from interpreter.validate import (
 from starter.errors import DefinitionFileNotFoundError
 from starter.inputs import brief, read_text_file
 
-__all__ = ["DefinitionSource", "document", "load"]
+__all__ = ["DefinitionSource", "document", "load", "parse"]
 
 DefinitionSource = Definition | Mapping[str, Any] | str | os.PathLike[str]
 """A definition: a parsed one, a dict, JSON text, or the path of a JSON file."""
@@ -63,6 +63,17 @@ def load(definition: DefinitionSource) -> Definition:
     if isinstance(definition, str) and definition.lstrip().startswith("{"):
         return _parse(definition)
     return _parse(_read_file(definition))
+
+
+def parse(text: str) -> Definition:
+    """A definition from its JSON text: :func:`load` of text, never taken for a path (``load``
+    reads a string not starting with ``{`` as a file's path: a file's text with a byte-order mark,
+    or empty, was "definition file not found: ...", found by a probe).
+
+    Raises:
+        DefinitionError: Listing every problem with its JSON path.
+    """
+    return _parse(text)
 
 
 def _parse(document: Mapping[str, Any] | str) -> Definition:

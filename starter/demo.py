@@ -1134,6 +1134,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 when every run ended as expected.
     """
+    from gateway.cli import port_number
+
     parser = argparse.ArgumentParser(prog="python -m starter.demo", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--exit", action="store_true", help="stop once the runs are done (default: wait for Ctrl-C)"
@@ -1147,19 +1149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-queue", default=DEFAULT_TASK_QUEUE, help="task queue of the demo worker")
     parser.add_argument(
         "--services-port",
-        type=int,
+        type=port_number,
         default=SERVICES_PORT,
         help="port of the fake services on 127.0.0.1 (default %(default)s; 0: any free one)",
     )
     parser.add_argument(
         "--gateway-port",
-        type=int,
+        type=port_number,
         default=GATEWAY_PORT,
         help="port of the gateway on 127.0.0.1 (default %(default)s; taken: any free one)",
     )
     parser.add_argument(
         "--inbox-port",
-        type=int,
+        type=port_number,
         default=INBOX_PORT,
         help="port of the approvals inbox on 127.0.0.1 (default %(default)s; 0: any free one)",
     )

@@ -240,6 +240,16 @@ class ScheduleSyncError(StarterError):
         )
 
 
+class ApiKeyNotFoundError(StarterError, LookupError):
+    """No active gateway API key with that id in the tenant (never made, revoked, or another
+    tenant's)."""
+
+    def __init__(self, tenant: str, key_id: int) -> None:
+        self.tenant = tenant
+        self.key_id = key_id
+        super().__init__(f"tenant {tenant} has no active API key {key_id} (wfa keys api list)")
+
+
 class ScheduleNotFoundError(StarterError):
     """No live schedule with that id in the tenant (it may belong to another tenant)."""
 

@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 
 from activities.store.database import Database
 from starter.client import FlowClient
-from tests.helpers.wfa_process import run_many, wfa_env
+from tests.helpers.wfa_process import run_many, run_wfa, wfa_env
 
 HUGE = "9" * 30  # beyond int8
 INT4_PLUS = "9999999999"  # beyond int4 (versions), within int8
@@ -150,8 +150,9 @@ async def test_hostile_arguments_get_a_message_and_a_documented_exit_code(
         ({2}, ("approve", run_id, "--actor", "boss", "--data", nul_json)),
         ({2}, ("approve", run_id, "--actor", "boss", "--data", digits_json)),
         ({2}, ("approve", run_id, "--actor", "boss", "--data", deep_json)),
-        ({5}, ("approve", run_id, "--actor", "boss", "--step", LONG)),
-        ({5}, ("reject", run_id, "--actor", "boss", "--reason", LONG, "--step", "nope")),
+        # Too large for any run to accept: refused before it is sent (the run refused them, 5).
+        ({2}, ("approve", run_id, "--actor", "boss", "--step", LONG)),
+        ({2}, ("reject", run_id, "--actor", "boss", "--reason", LONG, "--step", "nope")),
         ({2}, ("reject", run_id, "--actor", "boss", "--no-wait", "--data", "1")),
         ({4}, ("cancel", LONG, "--actor", "ops")),
         ({2}, ("cancel", run_id, "--actor", "")),
@@ -318,3 +319,55 @@ async def test_a_variable_that_is_not_utf8_stops_only_what_reads_it(
         assert code == 2, err
         assert f"{name} has a lone surrogate" in err, err
         assert "Traceback" not in err, err
+
+
+async def test_settings_that_are_not_text_or_out_of_range_are_named_not_internal_errors(
+    tmp_path: Path,
+) -> None:
+    """A probe's exit-70s (a bug, the CLI says): a database URL, a state folder, a password or a
+    row-change connection's secret holding bytes that are not UTF-8, a port out of range; and an
+    empty ``--password-env`` made the role without a password, a connection secret that is no URL
+    was "cannot reach" (3). Each is bad input now (2), named, and nothing is written."""
+    env = {k: v for k, v in wfa_env("127.0.0.1:1", "tq").items() if k != "DATABASE_URL"}
+    nowhere = "postgresql://u@127.0.0.1:1/x"  # a command that connected would be 3, not 2
+    not_utf8 = os.fsdecode(b"\xff")
+    state = tmp_path / f"state{not_utf8}"
+    role = ("db", "grant-tenant", "acme", "--role", "acme_app", "--database-url", nowhere)
+    uninstall = ("triggers", "uninstall", "--connection", "CRM", "--table", "t", "--definition", "d")
+    cases = [
+        (
+            ("definitions", "list"),
+            {"DATABASE_URL": f"postgresql://u@h{not_utf8}/x"},
+            "database URL has a lone",
+        ),
+        (("definitions", "list"), {"WFA_STATE_DIR": str(state)}, "state folder (WFA_STATE_DIR) has a lone"),
+        ((*role, "--password-env", "PW"), {"PW": f"pw{not_utf8}"}, "the password has a lone surrogate"),
+        ((*role, "--password-env", ""), {}, "--password-env '': that environment variable is not set"),
+        (uninstall, {"WFA_SECRET_CRM": f"postgresql://u@h{not_utf8}/x"}, "'CRM' of tenant 'default': the"),
+        (uninstall, {"WFA_SECRET_CRM": "not a url"}, "not a database URL"),
+        (("serve", "--port", "99999"), {}, "a port is 0 to 65535, not 99999"),
+    ]
+    outcomes = [await run_wfa(*args, env={**env, **extra}) for args, extra, _ in cases]
+    for (_, _, expected), outcome in zip(cases, outcomes, strict=True):
+        assert outcome.clean, outcome.describe()
+        assert outcome.code == 2, outcome.describe()
+        assert expected in outcome.err, outcome.describe()
+    assert not state.exists()  # no PostgreSQL data folder made under a name it then failed on
+
+
+async def test_register_reads_a_file_as_validate_does(tmp_path: Path) -> None:
+    """A probe: ``definitions register`` took a file's text for a path unless it began with ``{``,
+    so a file with a byte-order mark was "definition file not found: {...", and an empty one
+    "cannot read '.': Is a directory". It says what ``validate`` says, before any connection."""
+    env = {**wfa_env("127.0.0.1:1", "tq"), "DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b'\xef\xbb\xbf{"name": "x", "steps": [{"id": "s", "type": "delay", "duration": "1s"}]}')
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    for path, expected in ((bom, "Unexpected UTF-8 BOM"), (empty, "not valid JSON: Expecting value")):
+        for command in ("validate", "definitions register"):
+            outcome = await run_wfa(*command.split(), str(path), *(["--author", "ann"] if "register" in command else []), env=env)  # fmt: skip
+            assert outcome.clean, outcome.describe()
+            assert outcome.code == 2, outcome.describe()
+            assert expected in outcome.err, outcome.describe()
+            assert "not found" not in outcome.err, outcome.describe()

@@ -38,6 +38,7 @@ from activities.store.errors import (
     StoreError,
     UnstorableDataError,
 )
+from interpreter.sizes import text_problem
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -70,6 +71,9 @@ def normalize_url(url: str | URL) -> URL:
     Raises:
         InvalidDatabaseUrlError: Not a PostgreSQL URL, or another driver was named.
     """
+    problem = text_problem(url) if isinstance(url, str) else None
+    if problem is not None:  # (bytes of DATABASE_URL that are not UTF-8: an internal error before)
+        raise InvalidDatabaseUrlError(f"the database URL has {problem}: {_strip_password(url)!a}")
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number, several hosts

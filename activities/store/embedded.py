@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from activities.store.errors import EmbeddedPostgresError
+from activities.store.errors import EmbeddedPostgresError, InvalidDatabaseUrlError
+from interpreter.sizes import text_problem
 
 __all__ = [
     "DATABASE_NAME",
@@ -41,6 +42,11 @@ _servers: dict[Path, Any] = {}
 def data_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:
     """``<state dir>/postgres``: ``state_dir``, else ``$WFA_STATE_DIR``, else ``./.state``."""
     base = state_dir if state_dir is not None else os.environ.get(STATE_DIR_ENV)
+    problem = text_problem(os.fspath(base)) if base else None
+    if problem is not None:  # PostgreSQL's tools and URLs take text (an internal error before)
+        raise InvalidDatabaseUrlError(
+            f"the state folder ({STATE_DIR_ENV}) has {problem}: {os.fspath(base)!a}"
+        )
     root = Path(base).expanduser() if base else Path.cwd() / ".state"
     return (root / "postgres").absolute()
 

@@ -40,7 +40,8 @@ class StoreError(Exception):
 
 class InvalidDatabaseUrlError(StoreError, ValueError):
     """A database URL that is not one (or names another database or driver than PostgreSQL's
-    asyncpg): a setting to correct, not an outage."""
+    asyncpg), or an embedded server's state folder that is not text: a setting to correct, not an
+    outage."""
 
 
 class DatabaseUnavailableError(StoreError):

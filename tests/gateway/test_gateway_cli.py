@@ -74,9 +74,10 @@ async def test_wfa_keys_api_create_list_revoke(temporal_env: WorkflowEnvironment
     revoked = await run_wfa("keys", "api", "revoke", key_id, "--tenant", "acme", env=env)
     assert revoked.code == 0, revoked.describe()
     again = await run_wfa("keys", "api", "revoke", key_id, "--tenant", "acme", env=env)
-    assert again.code == 2, again.describe()
+    assert again.code == 4, again.describe()  # no active key of that id: not found, as for runs
+    assert f"tenant acme has no active API key {key_id}" in again.err
     other = await run_wfa("keys", "api", "revoke", key_id, "--tenant", "globex", env=env)
-    assert other.code == 2, other.describe()  # another tenant's key is not found
+    assert other.code == 4, other.describe()  # another tenant's key is not found
     bad = await run_wfa("keys", "api", "create", "--tenant", "acme", "--name", "no spaces", env=env)
     assert bad.code == 2
     assert bad.clean, bad.describe()

@@ -37,6 +37,7 @@ from tests.workflows.support import (
     record,
     replay,
     status,
+    task_failures,
     unique,
 )
 from worker import build_worker, workflow_runner
@@ -887,6 +888,8 @@ async def test_a_lone_surrogate_in_a_run_input_or_a_decision_is_refused_in_words
     for ask in (flows.status, flows.result, flows.describe):
         with pytest.raises(InvalidInputError, match="the workflow id has a lone surrogate"):
             await ask("run-\udc80")
+        with pytest.raises(InvalidInputError, match="the workflow id must not be empty"):
+            await ask("")  # the server's "WorkflowId is not set on request" before
     with pytest.raises(InvalidInputError, match="actor has a lone surrogate"):
         await flows.rollback(document["name"], "ann\udc80")
     with pytest.raises(DefinitionError, match="embedded null byte"):  # was a bare ValueError
@@ -906,5 +909,21 @@ async def test_a_lone_surrogate_in_a_run_input_or_a_decision_is_refused_in_words
         await flows.approve(run.workflow_id, "ann", groups="ops")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="the decision token has a lone surrogate"):
         await flows.cancel(run.workflow_id, "ann", token="t\ud800")
+    # Between Temporal's 2 MiB payload and 4 MiB request limits, a decision or a cancel reason
+    # failed the run's workflow task (a probe: exit 1, "Workflow Task in failed state").
+    big = "x" * (3 * 1024 * 1024)
+    with pytest.raises(
+        InvalidInputError, match=r"too large: data is \d+ bytes as JSON \(at most 16384\); nothing"
+    ):
+        await flows.reject(run.workflow_id, "ann", data={"blob": big})
+    with pytest.raises(
+        InvalidInputError, match=r"reason is 3145728 characters long \(at most 1000\); nothing"
+    ):
+        await flows.cancel(run.workflow_id, "ann", reason=big)
+    with pytest.raises(InvalidInputError, match="the decision token is 3145728 characters long"):
+        await flows.approve(run.workflow_id, "ann", token=big)
+    with pytest.raises(InvalidInputError, match="at most 50 groups, not 51"):  # was pydantic's words
+        await flows.approve(run.workflow_id, "ann", groups=[f"g{i}" for i in range(51)])
+    assert await task_failures(flows.client.get_workflow_handle(run.workflow_id)) == []
     await flows.approve(run.workflow_id, "ann", reason="ok")
     assert (await run.result()).state == RunState.COMPLETED
