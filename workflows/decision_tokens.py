@@ -46,6 +46,17 @@ class TokenRefusedError(Exception):
     """A token that does not prove the decision; the message names why (never the token)."""
 
 
+class TokenExpiredError(TokenRefusedError):
+    """A token whose signature is good but whose time is over (``expired_at``: when; None when
+    the claim names no time a clock can show)."""
+
+    def __init__(self, expired_at: datetime | None) -> None:
+        super().__init__(
+            f"token expired at {expired_at.isoformat() if expired_at else 'a time out of range'}"
+        )
+        self.expired_at = expired_at
+
+
 class KeySetError(ValueError):
     """A key set that cannot serve for verification (malformed, symmetric, no kid, ...)."""
 
@@ -201,8 +212,11 @@ class DecisionVerifier:
             if name in claims and not isinstance(claims[name], int | float):
                 raise TokenRefusedError(f"token claim {name!r} is not a number")
         if claims["exp"] <= at:
-            expired = datetime.fromtimestamp(claims["exp"], UTC).isoformat()
-            raise TokenRefusedError(f"token expired at {expired}")
+            try:
+                expired_at: datetime | None = datetime.fromtimestamp(claims["exp"], UTC)
+            except (OverflowError, OSError, ValueError):  # -1e20: no date (it failed the update)
+                expired_at = None
+            raise TokenExpiredError(expired_at)
         if claims["iat"] > at + LEEWAY_S or claims.get("nbf", 0) > at + LEEWAY_S:
             raise TokenRefusedError("token is not valid yet")
         actor, step, jti = claims["sub"], claims.get("step"), claims["jti"]

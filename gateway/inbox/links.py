@@ -41,7 +41,13 @@ from starter.errors import (
     RunNotFoundError,
     StarterError,
 )
-from workflows.decision_tokens import DecisionClaims, DecisionVerifier, TokenRefusedError, wait_problem
+from workflows.decision_tokens import (
+    DecisionClaims,
+    DecisionVerifier,
+    TokenExpiredError,
+    TokenRefusedError,
+    wait_problem,
+)
 
 log = logging.getLogger("gateway.inbox")
 
@@ -95,15 +101,16 @@ def check_link(state: InboxState, token: str, now: datetime | None = None) -> De
         return verifier.verify(
             token, now=now or datetime.now(UTC), tenant=tenant, run=run, decision=str(decisions[0])
         )
-    except TokenRefusedError as err:
-        if "expired" in str(err):
-            when = datetime.fromtimestamp(float(unverified.get("exp", 0)), UTC).strftime("%Y-%m-%d %H:%M UTC")
-            return LinkProblem(
-                "This link has expired",
-                f"The link stopped working at {when}. If the step still waits for you, decide it"
-                " in your inbox.",
-                410,
-            )
+    except TokenExpiredError as err:  # signed by the tenant's key: its time is the one issued
+        # (Not told by the refusal's words: they quote a forged token's alg or kid, and its exp
+        # then failed the page with a 500: found by a probe.)
+        when = f" at {err.expired_at:%Y-%m-%d %H:%M} UTC" if err.expired_at else ""
+        return LinkProblem(
+            "This link has expired",
+            f"The link stopped working{when}. If the step still waits for you, decide it in your inbox.",
+            410,
+        )
+    except TokenRefusedError:
         return invalid
 
 

@@ -11,6 +11,8 @@ server, posted to the inbox served on loopback.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -148,6 +150,33 @@ async def test_a_cancel_token_is_no_link(client: Client, task_queue: str, inbox:
         assert "Traceback" not in posted.text
     assert (await status(handle)).state == RunState.AWAITING_APPROVAL
     await handle.terminate("test over")
+
+
+def _forged(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part(header)}.{part(claims)}.c2ln"  # a signature no key made
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"alg": "expired", "typ": "JWT"}, {"alg": "EdDSA", "kid": "expired"}],
+    ids=["alg", "kid"],
+)
+@pytest.mark.parametrize("exp", ["abc", 1e300, -1e20, [1], None], ids=str)
+async def test_a_forged_token_naming_expired_is_no_link_and_no_500(
+    inbox: Inbox, header: dict[str, Any], exp: Any
+) -> None:
+    """An attacker without any key: the page read a refusal whose words held "expired" (they quote
+    the forged token's alg or kid) as an expiry and turned the token's exp into a date, which
+    failed the page (500) or said a forged link had expired in 1970 (found by a probe)."""
+    claims = {"tenant": "acme", "run": "x", "decisions": ["approve"], **({"exp": exp} if exp else {})}
+    token = _forged(header, claims)
+    async with httpx.AsyncClient() as web:
+        page = await web.get(f"{inbox.url}/link", params={"t": token})
+    assert page.status_code == 400, page.text[:300]
+    assert "This link is not valid" in page.text
 
 
 async def test_a_run_that_requires_no_proof_takes_a_token_it_cannot_verify(
