@@ -117,6 +117,11 @@ def test_the_form_reader_types_values_and_names_fields() -> None:
     assert errors == {"ok": "Ok: choose yes or no"}
     _, errors = read_form(form, {"f_amount": "nan"})
     assert errors == {"amount": "Amount must be a finite number"}
+    # 4,000 digits passed, and the run failed when a template read the number (a probe).
+    data, errors = read_form(form, {"f_amount": "9" * 4000})
+    assert (data, errors) == ({}, {"amount": "Amount: at most 100 digits"})
+    data, _ = read_form(form, {"f_amount": "-" + "9" * 100})
+    assert data == {"amount": -int("9" * 100)}
     message = "form field 'amount' of step 'gate' must be a number, got a string"
     assert field_of_message(message, form) == "amount"
     assert field_of_message("form field 'other' of step 'gate' is required", form) is None
