@@ -113,8 +113,8 @@ def _store_errors_as_503(app: FastAPI) -> None:
 
 
 async def _check_temporal(state: GatewayState) -> None:
-    flows = await state.client(state.config.tenants[0])
-    await flows.client.service_client.check_health()
+    client = await state.health_client()
+    await client.service_client.check_health()
 
 
 async def _check_database(state: GatewayState) -> None:
@@ -125,9 +125,10 @@ async def _check_database(state: GatewayState) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-def _install_optional_routers(app: FastAPI, state: GatewayState) -> None:
+def _install_optional_routers(app: FastAPI, state: GatewayState) -> dict[str, int]:
     """Routers of other features, when their modules are present and the environment configures
     them: the approvals inbox (``gateway.inbox``) and the payload codec server (``gateway.codec``).
+    Returns the path prefixes that take larger bodies than the gateway's limit, with their limit.
 
     Raises:
         ValueError: Their configuration is set but unusable (``InboxConfigError``,
@@ -141,6 +142,7 @@ def _install_optional_routers(app: FastAPI, state: GatewayState) -> None:
         inbox_config = inbox.inbox_config_from_env(state.client)
         if inbox_config is not None:
             inbox.install_inbox(app, inbox_config)
+    larger: dict[str, int] = {}
     try:
         codec = importlib.import_module("gateway.codec")
     except ModuleNotFoundError:
@@ -149,6 +151,8 @@ def _install_optional_routers(app: FastAPI, state: GatewayState) -> None:
         router = codec.codec_router_from_env()
         if router is not None:
             app.include_router(router)
+            larger[router.prefix + "/"] = codec.MAX_BODY_BYTES  # its payloads: up to 2 MiB each
+    return larger
 
 
 def create_app(config: GatewayConfig | None = None) -> FastAPI:
@@ -193,12 +197,14 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     _store_errors_as_503(app)
 
-    @app.get("/healthz", tags=["health"], summary="The process is up")
+    # HEAD too: load balancers probe with it (it was 405, the gateway read as down: a probe).
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
+    @app.api_route(
         "/readyz",
+        methods=["GET", "HEAD"],
         tags=["health"],
         summary="Temporal and the database are reachable (503 with the reason otherwise)",
         responses={503: {"description": "A dependency is not reachable"}},
@@ -211,7 +217,10 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
             except TimeoutError:
                 problems[name] = f"no answer within {config.ready_timeout_s:g}s"
             except Exception as err:
-                problems[name] = f"{type(err).__name__}: {str(err)[:300]}"
+                # Anyone may ask: the reason names the kind of failure, the log the rest (the
+                # message held the database's user, host, port and name: found by a probe).
+                problems[name] = f"{type(err).__name__} (the gateway's log says more)"
+                log.warning("readyz: %s: %s: %s", name, type(err).__name__, str(err)[:500])
         if problems:
             detail = "; ".join(f"{name}: {why}" for name, why in problems.items())
             return _error(503, "not_ready", detail, checks=problems)
@@ -222,7 +231,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
 
     app.include_router(webhooks_router)
     app.include_router(events_router)
-    _install_optional_routers(app, state)
+    larger = _install_optional_routers(app, state)
     # Outermost: the body limit applies before routing, to every route (including 404s).
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, larger=larger)
     return app

@@ -23,6 +23,8 @@ Mount it in an app with ``app.include_router(build_codec_router(codec, tokens=[.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hmac
 import json
@@ -61,6 +63,36 @@ _ALLOWED_HEADERS = "authorization,content-type,x-namespace"
 
 class CodecServerConfigError(ValueError):
     """The codec server's configuration is unusable (no token, no keys)."""
+
+
+def _shape_problem(body: bytes) -> str | None:
+    """What makes ``body`` other than the Web UI's ``{"payloads": [...]}``, or None.
+
+    Protobuf's JSON reader took ``[]`` as an empty message and base64 that is not (``***``) as
+    empty bytes, so a malformed request was answered 200 with nothing (found by a probe).
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        return str(err)[:200]
+    if not isinstance(document, dict) or not isinstance(document.get("payloads"), list):
+        return "a JSON object with a list of payloads"
+    for index, payload in enumerate(document["payloads"]):
+        if not isinstance(payload, dict):
+            return f"payload {index} is not an object"
+        metadata = payload.get("metadata", {})
+        values = [payload.get("data", "")] + (
+            list(metadata.values()) if isinstance(metadata, dict) else [None]
+        )
+        for value in values:
+            if not isinstance(value, str):
+                return f"payload {index} holds a value that is not base64 text"
+            standard = value.replace("-", "+").replace("_", "/")  # protobuf's JSON takes both
+            try:
+                base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+            except binascii.Error:
+                return f"payload {index} holds text that is not base64"
+    return None
 
 
 def build_codec_router(
@@ -115,6 +147,8 @@ def build_codec_router(
         return response
 
     def authorised(request: Request) -> bool:
+        if len(request.headers.getlist("authorization")) > 1:  # which one would it be?
+            return False
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not value:
             return False
@@ -134,6 +168,9 @@ def build_codec_router(
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return problem(request, 413, f"request body over {MAX_BODY_BYTES} bytes")
+        shape = _shape_problem(body)
+        if shape is not None:
+            return problem(request, 400, f'not {{"payloads": [...]}} JSON: {shape}')
         try:
             payloads = json_format.Parse(body, Payloads())
         except (json_format.ParseError, UnicodeDecodeError) as err:
@@ -148,6 +185,8 @@ def build_codec_router(
                 result = await codec.decode(found)
         except ValueError as err:  # unknown key id, altered data
             return problem(request, 422, str(err)[:300])
+        except TypeError:  # metadata of another shape than this codec writes (a probe)
+            return problem(request, 422, "a payload is not one this codec wrote or reads")
         text = json_format.MessageToJson(Payloads(payloads=result))
         return cors(request, Response(text, media_type="application/json"))
 

@@ -46,6 +46,8 @@ class EventIn(BaseModel):
 
 
 def _bearer(request: Request) -> str:
+    if len(request.headers.getlist("authorization")) > 1:  # the first one won (a probe): which?
+        raise ApiError(401, "unauthorized", "send one Authorization header, not several")
     header = request.headers.get("authorization")
     if not header:
         raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key>)")

@@ -9,7 +9,7 @@ then replayed to the application, which can read it whole at no risk.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 __all__ = ["BodyLimitMiddleware"]
@@ -43,17 +43,25 @@ class BodyLimitMiddleware:
     Args:
         app: The wrapped application.
         max_bytes: The largest body accepted.
+        larger: Paths (prefixes) allowed another largest body: the codec server's, whose payloads
+            may be 2 MiB each (the gateway's 256 KiB refused the Web UI's request for a run's
+            large input: found by a probe).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = f"the request body is larger than {self.max_bytes} bytes"
+        path = str(scope.get("path", ""))
+        limit = next(
+            (size for prefix, size in self.larger.items() if path.startswith(prefix)), self.max_bytes
+        )
+        too_large = f"the request body is larger than {limit} bytes"
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -61,7 +69,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     await _refuse(send, 400, "bad_request", "Content-Length is not a number")
                     return
-                if declared > self.max_bytes:
+                if declared > limit:
                     await _refuse(send, 413, "body_too_large", too_large)
                     return
         chunks: list[bytes] = []
@@ -73,7 +81,7 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await _refuse(send, 413, "body_too_large", too_large)
                 return
             chunks.append(chunk)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
+    from temporalio.client import Client
+
     from activities.store.database import Database
     from starter.client import FlowClient
 
@@ -34,6 +36,7 @@ class GatewayState:
         self._database: Database | None = None
         self._clients: dict[str, FlowClient] = {}
         self._lock = asyncio.Lock()
+        self._health: Client | None = None
 
     async def database(self) -> Database:
         """The store (opened and its schema revision checked on first use).
@@ -76,6 +79,25 @@ class GatewayState:
                 self._clients[tenant] = found
                 log.info("connected tenant %s to namespace %s at %s", tenant, found.namespace, found.address)
             return found
+
+    async def health_client(self) -> Client:
+        """A Temporal connection to check the server's health with: a tenant's when one is open,
+        else one of its own, made once (a tenant's client needs the database first, so a database
+        that was down read as Temporal's failure on ``/readyz``: found by a probe).
+
+        Raises:
+            ServerUnavailableError: Temporal cannot be reached.
+        """
+        for found in self._clients.values():
+            return found.client
+        if self._health is None:
+            from starter.client import FlowClient
+
+            connected = await FlowClient.connect(
+                self.config.address, task_queue=self.config.task_queue, tenant=self.config.tenants[0]
+            )
+            self._health = connected.client
+        return self._health
 
     async def close(self) -> None:
         """Closes the store and the payload-store drivers of the clients' data converters (their

@@ -215,6 +215,10 @@ async def test_canary_is_nowhere_in_history_or_database_and_decodes_for_the_ui(
         assert base64.b64decode(encoded.json()["payloads"][0]["metadata"]["encoding"]) == ENCODING
         bad = await http.post("/codec/decode", content=b"[1]", headers={"Authorization": f"Bearer {TOKEN}"})
         assert bad.status_code == 400
+        # Protobuf's reader took these as empty, answered 200 with nothing (a probe).
+        for body in (b"[]", b'{"payloads": [{"metadata": {"encoding": "!!!"}, "data": "***"}]}'):
+            lax = await http.post("/codec/decode", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert lax.status_code == 400, lax.text
 
 
 async def test_rotation_keeps_in_flight_runs_and_new_runs_use_the_new_key(

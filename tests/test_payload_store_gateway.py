@@ -143,3 +143,15 @@ async def test_the_gateway_closes_its_clients_payload_drivers(
         assert (await http.get("/healthz")).status_code == 200
         preflight = await http.options("/codec/decode", headers={"Origin": "http://localhost:8080"})
         assert preflight.status_code == 204
+        # A payload of 400 KB (they may be 2 MiB) to encode and decode: the gateway's own 256 KiB
+        # body limit refused it before the codec's 8 MiB did (a probe).
+        big = {"metadata": {"encoding": base64.b64encode(b"json/plain").decode()}}
+        big["data"] = base64.b64encode(json.dumps("x" * 400_000).encode()).decode()
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        encoded = await http.post("/codec/encode", json={"payloads": [big]}, headers=auth)
+        assert encoded.status_code == 200, encoded.text[:300]
+        decoded = await http.post("/codec/decode", json=encoded.json(), headers=auth)
+        assert decoded.status_code == 200, decoded.text[:300]
+        assert decoded.json()["payloads"][0]["data"] == big["data"]
+        too_large = await http.post("/events", content=b"x" * 300_000, headers=auth)
+        assert too_large.status_code == 413  # the rest of the gateway keeps its limit

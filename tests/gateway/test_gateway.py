@@ -108,6 +108,9 @@ async def test_health_readiness_and_docs(setup: Setup) -> None:
         ready = await http.get(f"{setup.url}/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"temporal": "ok", "database": "ok"}
+        for path in ("/healthz", "/readyz"):  # load balancers probe with HEAD (it was 405)
+            head = await http.head(f"{setup.url}{path}")
+            assert head.status_code == 200, path
         spec = (await http.get(f"{setup.url}/openapi.json")).json()
         assert "/hooks/{tenant}/{definition}/{trigger_id}" in spec["paths"]
         assert "/events" in spec["paths"]
@@ -625,6 +628,12 @@ async def test_events_require_a_valid_api_key_and_start_event_triggers(setup: Se
         bad = await http.post(f"{setup.url}/events", content=b"{}", headers=acme)
         assert bad.status_code == 422  # authenticated as acme, then validated
         assert {p["path"] for p in bad.json()["problems"]} == {"$.type", "$.key", "$.id"}
+        # Two Authorization headers: the first one was taken (a probe: whichever a proxy put first).
+        for pair in ((key, "bogus"), ("bogus", key), (key, setup.key)):
+            two = [("content-type", "application/json"), *(("authorization", f"Bearer {k}") for k in pair)]
+            ambiguous = await http.post(f"{setup.url}/events", content=b"{}", headers=two)
+            assert ambiguous.status_code == 401, ambiguous.text
+            assert "one Authorization header" in ambiguous.json()["detail"]
         assert await revoke_key(setup.database.session_factory, "acme", info.id)
         revoked = await http.post(f"{setup.url}/events", content=b"{}", headers=acme)
         assert revoked.status_code == 401
