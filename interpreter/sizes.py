@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "ACTION_OUTPUT_BUDGET",
     "ID_MAX_BYTES",
+    "INT_MAX_BITS",
     "JSON_ESCAPE_EXPANSION",
     "RUN_STATE_BUDGET",
     "VALUE_MAX_DEPTH",
@@ -47,6 +48,10 @@ variable, the run's input). Temporal's payloads are read with pydantic, which re
 past about 200 levels: a value nested near that inside the run's result, status or next run's
 input could be written but not read back, and the workflow task reading it failed for ever. 64
 leaves the run's own structure (records, snapshots, nested steps) the rest."""
+
+INT_MAX_BITS = 13_000
+"""Largest integer (in bits: about 3,900 digits) a value a run keeps may hold: JSON readers refuse
+longer numbers (pydantic, and Python's own ``int`` parsing, past 4,300 digits)."""
 
 ID_MAX_BYTES = 1000
 """Temporal's default limit on an id (activity, workflow, update): longer ones are refused, and a

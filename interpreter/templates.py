@@ -54,6 +54,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from interpreter.durations import parse_duration
 from interpreter.inert import SECRET_REF_START as _SECRET_START
 from interpreter.inert import seal, sub_references
+from interpreter.sizes import INT_MAX_BITS
 
 __all__ = [
     "MAX_DEFINITION_TEMPLATE_TOKENS",
@@ -105,7 +106,7 @@ integers of more than 1,024 bits (:func:`_arith`). A separate count: the work bu
 add up, stays as it was."""
 _BIG_INT_LIMBS = 16
 """Integers of more than this many 64-bit limbs (1,024 bits) cost their arithmetic."""
-MAX_RESULT_INT_BITS = 13_000
+MAX_RESULT_INT_BITS = INT_MAX_BITS
 """Largest integer (in bits: about 3,900 digits) a template may return. JSON readers refuse longer
 numbers (pydantic, and Python's own ``int`` parsing, past 4,300 digits): a run that kept one
 (``{{ (10**100)**50 }}``) returned it in a fan-out slice's or a subflow's result that its parent

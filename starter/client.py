@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import unicodedata
@@ -84,6 +85,7 @@ from interpreter.state import (
     CancelRunRequest,
     DeadLetterAction,
     DeadLetterDecision,
+    DeadLetterResolution,
     Decision,
     DecisionKind,
     DecisionRecord,
@@ -317,6 +319,42 @@ class RunStart:
     static_details: str
     memo: dict[str, Any]
     priority: Priority
+
+
+def _check_start_arguments(
+    definition: object, workflow_id: object, task_queue: object, dry_run: object, id_reuse_policy: object
+) -> None:
+    """Refuses the arguments of :meth:`FlowClient.start_run` of another type than it takes, in
+    words (a probe: an int was a TypeError or an AttributeError, ``""`` a folder's read error,
+    ``dry_run="no"`` a dry run, a NUL in the task queue a run no worker could poll).
+
+    Raises:
+        InvalidInputError: Naming the argument.
+    """
+    if not isinstance(definition, str | Mapping | Definition | os.PathLike) or definition in ("", b""):
+        raise InvalidInputError(
+            "definition must be a registered name (name@version), a file path, JSON text, a mapping"
+            f" or a Definition, not {_brief(definition)}"
+        )
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise InvalidInputError(f"workflow_id must be a string, not {json_type(workflow_id)}")
+    if isinstance(workflow_id, str) and workflow_id.startswith(DRY_RUN_PREFIX) and dry_run is False:
+        # A run of this id would be taken for a dry run, and a dry run's id for this run's.
+        raise InvalidInputError(f"a business key may not start with {DRY_RUN_PREFIX!r}: it marks dry runs")
+    if task_queue is not None and (
+        not isinstance(task_queue, str)
+        or not task_queue.strip()
+        or any(unicodedata.category(c) in ("Cc", "Cs") for c in task_queue)
+    ):
+        raise InvalidInputError(
+            f"task_queue must be a name without control characters, not {_brief(task_queue)}"
+        )
+    if not isinstance(dry_run, bool):
+        raise InvalidInputError(f"dry_run must be True or False, not {_brief(dry_run)}")
+    if not isinstance(id_reuse_policy, WorkflowIDReusePolicy):
+        raise InvalidInputError(
+            f"id_reuse_policy must be a WorkflowIDReusePolicy, not {_brief(id_reuse_policy)}"
+        )
 
 
 def check_business_key(workflow_id: str) -> None:
@@ -1091,6 +1129,15 @@ class FlowClient:
             ServerUnavailableError: The server cannot be reached or refused the namespace or the
                 search attributes.
         """
+        _check_start_arguments(definition, workflow_id, task_queue, dry_run, id_reuse_policy)
+        if result_steps is not None:
+            try:
+                result_steps = ResultSteps(result_steps)
+            except ValueError:
+                names = ", ".join(shape.value for shape in ResultSteps)
+                raise InvalidInputError(
+                    f"result_steps must be one of {names}, not {_brief(result_steps)}"
+                ) from None
         run_input = check_json_object(input, "the run input")
         source = "file"
         if is_registry_ref(definition):
@@ -1634,7 +1681,30 @@ class FlowClient:
                 row.workflow_id,
             ) from None
         except RPCError as err:
-            raise await self._closed_or_missing(err, row.workflow_id, f"{action.value} it") from None
+            error = await self._closed_or_missing(err, row.workflow_id, f"{action.value} it")
+            if isinstance(error, RunClosedError):
+                await self._close_orphaned(row.id, actor, error.status)
+                error.args = (
+                    f"{error}; dead letter {row.id} is closed as cancelled (nothing can decide it)",
+                )
+            raise error from None
+
+    async def _close_orphaned(self, dead_letter_id: int, actor: str, ended: str) -> None:
+        """Closes, as ``cancelled``, an open dead letter whose run has ended without deciding it
+        (terminated, or timed out: a run that ends otherwise closes its parked steps itself). It
+        stayed open for ever, in every listing and bulk selection, each decision refused (found by
+        a probe)."""
+        from activities.store.repository import resolve_dead_letter
+
+        resolution = DeadLetterResolution(
+            dead_letter_id=dead_letter_id,
+            tenant=self.tenant,
+            action=DeadLetterAction.CANCELLED,
+            actor=actor,
+            reason=f"the run had ended ({ended.lower()}) with the step parked",
+            resolved_at=datetime.now(UTC),
+        )
+        await resolve_dead_letter((await self.database()).session_factory, resolution)
 
     async def _following_run(self, err: RPCError, workflow_id: str, run_id: str, attempt: int) -> str | None:
         """After ``run_id`` refused a request with ``err``: the run of its chain to send it to now,
@@ -1816,7 +1886,12 @@ class FlowClient:
             )
             if running:
                 await _decode_pending_failures(self.client, description)
-            return _with_pending_activities(status, description) if running else status
+                return _with_pending_activities(status, description)
+            if status.state in _OPEN_STATES:
+                # Ended from outside while it waited (terminated, timed out): the replayed answer
+                # still said it waited, and `wfa watch` waited for ever (found by a probe).
+                return await self._closed_from_outside(workflow_id, status)
+            return status
         except WorkflowQueryFailedError as err:
             failure = StarterError(f"run {workflow_id!r} could not answer the status query: {err}")
             if running:
@@ -1976,6 +2051,23 @@ class FlowClient:
             raise self._rpc_error(err, workflow_id, "read the run's history") from None
         return list(timers.values())
 
+    async def _closed_from_outside(self, workflow_id: str, status: RunStatus) -> RunStatus:
+        """``status`` of a run Temporal ended while it was open: how it ended (its result) and
+        nothing pending any more (its steps and decisions as they were)."""
+        result = await self.result(workflow_id)
+        return status.model_copy(
+            update={
+                "state": result.state,
+                "error": result.error,
+                "error_type": result.error_type,
+                "current_steps": [],
+                "pending_approvals": [],
+                "pending_approvals_dropped": 0,
+                "waiting_events": [],
+                "parked": [],
+            }
+        )
+
     async def _status_from_result(
         self, workflow_id: str, description: WorkflowExecutionDescription
     ) -> RunStatus:
@@ -2023,7 +2115,15 @@ class FlowClient:
             return await self._result(workflow_id, timeout)
 
     async def _result(self, workflow_id: str, timeout: float | None) -> RunResult:
-        await self.describe(workflow_id)  # in this client's tenant
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf
+        ):  # NaN and inf waited for ever, "5" raised a TypeError (a probe)
+            raise InvalidInputError(
+                f"timeout must be a number of seconds, 0 or more, or None; not {_brief(timeout)}"
+            )
+        description = await self.describe(workflow_id)  # in this client's tenant
+        if description.status not in (None, WorkflowExecutionStatus.RUNNING):
+            timeout = None  # ended: its result is there, however short the wait (0 said "still running")
         handle: WorkflowHandle[Any, RunResult] = self.client.get_workflow_handle_for(
             RunDefinitionWorkflow.run, workflow_id
         )
@@ -2226,7 +2326,7 @@ def _check_proof(token: object, groups: object) -> list[str]:
         InvalidInputError: A token or group that is not a string, or holds a NUL or a lone surrogate.
     """
     if token is not None:
-        check_text(token, "the decision token")
+        token = check_text(token, "the decision token")
         if len(token) > MAX_TOKEN_CHARS:  # the worker refuses it; a huge one failed the run's task
             raise InvalidInputError(
                 f"the decision token is {len(token)} characters long (at most {MAX_TOKEN_CHARS})"

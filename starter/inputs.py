@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from interpreter.sizes import VALUE_MAX_DEPTH, text_problem
+from interpreter.sizes import INT_MAX_BITS, VALUE_MAX_DEPTH, text_problem
 from starter.errors import InvalidInputError
 
 __all__ = ["brief", "check_json", "check_json_object", "check_text", "json_type", "text_problem"]
@@ -35,7 +35,14 @@ def check_json(
     """
     if _depth > max_depth:
         raise InvalidInputError(f"{what} is nested more than {max_depth} levels deep (at {_path[:200]})")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > INT_MAX_BITS:  # a run started with one failed at once (a probe)
+            raise InvalidInputError(
+                f"{what} has a number of {value.bit_length():,} bits at {_path} (at most {INT_MAX_BITS:,}:"
+                " JSON readers refuse it)"
+            )
         return
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -384,3 +384,69 @@ async def test_bulk_dead_letter_decisions_go_on_past_a_row_resolved_meanwhile(
     await eventually(
         lambda: flows.list_dead_letters("open"), lambda rows: rows == [], timeout=60, what="no open row"
     )
+
+
+async def test_a_run_ended_from_outside_reads_as_ended_and_its_dead_letter_closes(
+    flows: FlowClient, http_server: RecordingServer
+) -> None:
+    """A probe: a run terminated while a step was parked (or while it waited for a person) still
+    read as waiting in ``status`` (its replayed answer), so ``wfa watch`` waited for ever; its dead
+    letter stayed open for ever, each decision refused; ``result(timeout=0)`` of a run that had
+    ended long ago said it was still running, and NaN waited for ever."""
+    from activities.store.models import DeadLetterStatus
+    from interpreter.state import RunState
+    from starter.errors import RunClosedError
+
+    card_service(http_server)
+    run = await flows.start_run(parking_flow(f"ended-{uuid4().hex[:8]}", http_server.url), {"card": "bad"})
+    [row] = await eventually(
+        lambda: flows.list_dead_letters("open", workflow_id=run.workflow_id),
+        lambda rows: len(rows) == 1,
+        timeout=60,
+        what="the dead letter",
+    )
+    assert (await flows.status(run.workflow_id)).state == RunState.PARKED
+    await flows.client.get_workflow_handle(run.workflow_id).terminate("ops: stuck for a week")
+    status = await flows.status(run.workflow_id)
+    assert (status.state, status.error_type) == (RunState.CANCELLED, "WorkflowTerminated")
+    assert status.parked == []
+    assert status.pending_approvals == []
+    assert [record.id for record in status.steps] == ["charge"]  # what it did is still there
+    with pytest.raises(RunClosedError, match=f"dead letter {row.id} is closed as cancelled"):
+        await flows.redrive(row.id, "ops")
+    closed = await flows.show_dead_letter(row.id)
+    assert (closed.status, closed.resolved_by) == (DeadLetterStatus.CANCELLED, "ops")
+    assert await flows.list_dead_letters("open", workflow_id=run.workflow_id) == []
+
+    assert (await flows.result(run.workflow_id, timeout=0)).error_type == "WorkflowTerminated"
+    for timeout in (float("nan"), float("inf"), -1, "5", True):
+        with pytest.raises(InvalidInputError, match="timeout must be a number of seconds"):
+            await flows.result(run.workflow_id, timeout=timeout)  # type: ignore[arg-type]
+
+
+async def test_start_run_refuses_arguments_of_other_types_in_words(flows: FlowClient) -> None:
+    """A probe: through the API an int definition or id was a TypeError or an AttributeError,
+    ``""`` a folder's read error, ``dry_run="no"`` a dry run, a NUL in the task queue a run no
+    worker polls, a number of 5,000 digits a run failing at once, a ``dry-run-`` business key a
+    real run a dry run of the same key was then taken for."""
+    plain = {"name": f"args-{uuid4().hex[:8]}", "steps": [{"id": "s", "type": "set", "vars": {"x": 1}}]}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"definition": 5}, "definition must be a registered name"),
+        ({"definition": ""}, "definition must be a registered name"),
+        ({"workflow_id": 5}, "workflow_id must be a string, not a number"),
+        ({"workflow_id": "dry-run-x"}, "may not start with 'dry-run-'"),
+        ({"task_queue": "q\x00"}, "task_queue must be a name without control characters"),
+        ({"task_queue": 5}, "task_queue must be a name"),
+        ({"dry_run": "no"}, "dry_run must be True or False"),
+        ({"id_reuse_policy": "x"}, "id_reuse_policy must be a WorkflowIDReusePolicy"),
+        ({"result_steps": "bogus"}, "result_steps must be one of full, compact, none"),
+        ({"input": {"n": 10**5000}}, r"the run input has a number of 16,610 bits at \$\.n"),
+    ]
+    for arguments, said in cases:
+        call = {"definition": plain, **arguments}
+        with pytest.raises(InvalidInputError, match=said):
+            await flows.start_run(**call)
+    listed = [run async for run in flows.client.list_workflows(f"WorkflowType = '{plain['name']}'")]
+    assert listed == []  # nothing started
+    dry = await flows.start_run(plain, dry_run=True, workflow_id="dry-run-x")  # a dry run may name it
+    assert dry.workflow_id == "dry-run-x"

@@ -71,8 +71,8 @@ def normalize_url(url: str | URL) -> URL:
     Raises:
         InvalidDatabaseUrlError: Not a PostgreSQL URL, or another driver was named.
     """
-    problem = text_problem(url) if isinstance(url, str) else None
-    if problem is not None:  # (bytes of DATABASE_URL that are not UTF-8: an internal error before)
+    if isinstance(url, str) and (problem := text_problem(url)) is not None:
+        # (bytes of DATABASE_URL that are not UTF-8: an internal error before)
         raise InvalidDatabaseUrlError(f"the database URL has {problem}: {_strip_password(url)!a}")
     try:
         parsed = make_url(url) if isinstance(url, str) else url

@@ -42,11 +42,10 @@ _servers: dict[Path, Any] = {}
 def data_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:
     """``<state dir>/postgres``: ``state_dir``, else ``$WFA_STATE_DIR``, else ``./.state``."""
     base = state_dir if state_dir is not None else os.environ.get(STATE_DIR_ENV)
-    problem = text_problem(os.fspath(base)) if base else None
+    folder = str(os.fspath(base)) if base else ""
+    problem = text_problem(folder) if folder else None
     if problem is not None:  # PostgreSQL's tools and URLs take text (an internal error before)
-        raise InvalidDatabaseUrlError(
-            f"the state folder ({STATE_DIR_ENV}) has {problem}: {os.fspath(base)!a}"
-        )
+        raise InvalidDatabaseUrlError(f"the state folder ({STATE_DIR_ENV}) has {problem}: {folder!a}")
     root = Path(base).expanduser() if base else Path.cwd() / ".state"
     return (root / "postgres").absolute()
 
