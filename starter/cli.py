@@ -1613,10 +1613,11 @@ async def _diagram(args: argparse.Namespace, out: TextIO) -> int:
         from interpreter.validate import definition_hash
 
         drawn = definition_hash(definition)
-        if drawn != ran:  # its path through another body of the same name would be nonsense
+        if drawn != ran:  # its path through another body would be nonsense
+            ran_what = f"{status.definition} v{status.version}" if status.definition else "another definition"
             raise InvalidInputError(
-                f"run {args.run!r} ran another body of {definition.name} v{definition.version}"
-                f" ({ran}) than the one to draw ({drawn}): give the definition it ran, as a FILE"
+                f"run {args.run!r} ran {ran_what} ({ran}), not the {definition.name} v{definition.version}"
+                f" to draw ({drawn}): give the definition it ran, as a FILE or NAME@VERSION"
             )
     print(mermaid(definition, taken=taken, failed=failed), end="", file=out)
     return EXIT_OK

@@ -229,7 +229,8 @@ async def test_a_diagram_of_a_run_is_drawn_only_from_the_definition_it_ran(
             wfa, capsys, flows, "diagram", *args, "--run", run.workflow_id
         )
         assert (code, out) == (EXIT_BAD_INPUT, ""), err
-        assert f"run {run.workflow_id!r} ran another body of {name} v1" in err, err
+        assert f"run {run.workflow_id!r} ran {name} v1 (" in err, err  # the run's own definition
+        assert f"not the {name} v1 to draw" in err, err
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps(ran))
     code, out, err = await asyncio.to_thread(
