@@ -39,6 +39,7 @@ from gateway.inbox.forms import (
 )
 from gateway.inbox.oidc import PendingSignIn, SignInRefused
 from interpreter.engine import may_decide
+from interpreter.inert import as_text
 from interpreter.state import DecisionKind, DecisionRecord, PendingApproval, RunStatus
 from starter import tokens
 from starter.client import FlowClient, runs_query
@@ -78,7 +79,7 @@ class WorkItem:
     @property
     def title(self) -> str:
         """What the list shows first."""
-        return self.approval.message.splitlines()[0] if self.approval.message else self.approval.step_id
+        return as_text(self.approval.message.splitlines()[0]) if self.approval.message else self.approval.step_id
 
 
 def _when(value: datetime | None) -> str:
@@ -86,6 +87,10 @@ def _when(value: datetime | None) -> str:
 
 
 _templates.filters["when"] = _when
+# A message or description holding data shows the data as it was written: the run keeps a
+# `${secret:` inside data escaped as `$${secret:` (data is inert), which people read as noise
+# (found by a probe). Nothing is resolved: it is text on a page.
+_templates.filters["text"] = as_text
 
 
 def _session(request: Request, state: InboxState) -> Session | None:

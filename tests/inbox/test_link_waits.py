@@ -29,7 +29,7 @@ from starter import tokens
 from starter.errors import DecisionRefusedError
 from starter.mailbox import LocalMailbox
 from tests.inbox.conftest import Inbox, waiting_run
-from tests.workflows.support import eventually, status, unique, wait_state
+from tests.workflows.support import definition, eventually, status, unique, wait_state
 from workflows import decision_tokens
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 
@@ -307,3 +307,41 @@ async def test_a_signed_in_decision_with_a_nul_in_its_reason_is_refused_in_words
         approved = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok"})
         assert approved.status_code == 303, approved.text[:500]
     assert (await handle.result()).state == RunState.COMPLETED
+
+
+async def test_data_in_a_message_shows_as_written_not_escaped(
+    client: Client, task_queue: str, inbox: Inbox
+) -> None:
+    """A probe: a webhook field holding ``${secret:PROBE}`` showed in the inbox as
+    ``$${secret:PROBE}``, the escape the run keeps data in (data is inert). The page shows the text
+    the sender wrote; nothing is resolved."""
+    from tests.inbox.conftest import PASSWORD
+
+    document = definition(
+        unique("acme-shown"),
+        [{"id": "review", "type": "approval", "approvers": ["alice"], "message": "Pay {{ input.payee }}"}],
+    )
+    handle = await client.start_workflow(
+        RunDefinitionWorkflow.run,
+        RunInput(
+            definition=load_definition(document),
+            input={"payee": "${secret:PROBE}"},
+            options=RunOptions(tenant="acme", publish_assignees=True),
+        ),
+        id=unique("acme-run"),
+        task_queue=task_queue,
+    )
+    await wait_state(handle, RunState.AWAITING_APPROVAL)
+    csrf_of = re.compile(r'name="csrf" value="([^"]+)"')
+    async with httpx.AsyncClient(follow_redirects=False) as web:
+        login = await web.get(f"{inbox.url}/login")
+        found = csrf_of.search(login.text)
+        assert found, login.text[:300]
+        fields = {"tenant": "acme", "username": "alice", "password": PASSWORD, "csrf": found.group(1)}
+        assert (await web.post(f"{inbox.url}/login", data=fields)).status_code == 303
+        listed = await web.get(f"{inbox.url}/")
+        page = await web.get(f"{inbox.url}/item", params={"run": handle.id, "step": "review"})
+    for shown in (listed.text, page.text):
+        assert "Pay ${secret:PROBE}" in shown
+        assert "$${secret:" not in shown
+    await handle.terminate("test over")
