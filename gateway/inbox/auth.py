@@ -164,6 +164,10 @@ _DUMMY_HASH = hash_password("not a password", salt=b"\0" * 16)
 # ---------------------------------------------------------------------------------------- sessions
 
 
+MAX_ENDED_SESSIONS = 100_000
+"""As many signed-out sessions as a gateway process remembers at once (about 10 MB)."""
+
+
 @dataclass(frozen=True)
 class Session:
     """What the session cookie holds: the person (None before sign-in), its expiry, a CSRF secret,
@@ -198,6 +202,19 @@ class SessionSigner:
             raise ValueError("the session secret must be at least 16 bytes")
         self._secret = secret
         self.ttl_s = ttl_s
+        self._ended: dict[str, float] = {}
+        """CSRF secrets of sessions signed out, until their cookies would have expired."""
+
+    def end(self, session: Session, now: float | None = None) -> None:
+        """Signs ``session`` out: its cookie no longer loads in this process, even replayed (a
+        signed cookie stayed valid until it expired: found by a probe). Kept in memory, so a
+        gateway restart, or another gateway process, does not know it; the cookie's lifetime
+        (:attr:`InboxConfig.session_ttl_s`, 8 hours) bounds that."""
+        at = time.time() if now is None else now
+        for csrf in [csrf for csrf, expires in self._ended.items() if expires <= at]:
+            del self._ended[csrf]
+        if len(self._ended) < MAX_ENDED_SESSIONS:
+            self._ended[session.csrf] = session.expires
 
     def new(self, person: Person | None, now: float | None = None, provider: str = "") -> Session:
         """A fresh session (new CSRF secret) for ``person``, signed in by ``provider`` if any."""
@@ -233,7 +250,7 @@ class SessionSigner:
             provider = str(body.get("o", ""))
         except (ValueError, KeyError, TypeError, IndexError):
             return None
-        if expires <= (time.time() if now is None else now):
+        if expires <= (time.time() if now is None else now) or csrf in self._ended:
             return None
         return Session(person, expires, csrf, provider)
 

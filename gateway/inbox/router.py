@@ -79,7 +79,9 @@ class WorkItem:
     @property
     def title(self) -> str:
         """What the list shows first."""
-        return as_text(self.approval.message.splitlines()[0]) if self.approval.message else self.approval.step_id
+        return (
+            as_text(self.approval.message.splitlines()[0]) if self.approval.message else self.approval.step_id
+        )
 
 
 def _when(value: datetime | None) -> str:
@@ -381,6 +383,7 @@ async def logout(request: Request, state: State) -> Response:
             if url is not None:
                 response = RedirectResponse(url, status_code=303)
     response.delete_cookie(COOKIE, path=state.prefix or "/")
+    state.sessions.end(session)  # a copy of the cookie no longer signs anyone in
     return response
 
 

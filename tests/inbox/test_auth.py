@@ -91,6 +91,13 @@ def test_sessions_are_signed_and_expire() -> None:
     assert not signer.check_csrf(None, token)
     with pytest.raises(ValueError, match="at least 16 bytes"):
         SessionSigner(b"short", 60)
+    # Signed out: a copy of the cookie no longer loads (a probe replayed it for hours), others do.
+    other = signer.new(Person("acme", "bob", "Bob", ()), now=1000)
+    signer.end(session, now=1010)
+    assert signer.load(cookie, now=1020) is None
+    assert signer.load(signer.dump(other), now=1020) == other
+    signer.end(other, now=1070)  # the first is forgotten once it would have expired anyway
+    assert signer._ended == {other.csrf: other.expires}
 
 
 def test_cookies_and_form_tokens_of_any_text_are_refused_not_raised() -> None:

@@ -306,6 +306,14 @@ async def test_a_signed_in_decision_with_a_nul_in_its_reason_is_refused_in_words
         assert (await status(handle)).state == RunState.AWAITING_APPROVAL
         approved = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok"})
         assert approved.status_code == 303, approved.text[:500]
+        # Signing out ends the session: a copy of its cookie no longer opens the inbox (a probe).
+        kept = dict(web.cookies)
+        signed_out = await web.post(f"{inbox.url}/logout", data={"csrf": form["csrf"]})
+        assert signed_out.status_code == 303
+        async with httpx.AsyncClient(follow_redirects=False, cookies=kept) as replay:
+            again = await replay.get(f"{inbox.url}/")
+        assert again.status_code == 303, again.text[:300]
+        assert "/login" in again.headers["location"]
     assert (await handle.result()).state == RunState.COMPLETED
 
 
