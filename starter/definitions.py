@@ -128,6 +128,11 @@ def _read_file(definition: str | os.PathLike[str]) -> str:
         DefinitionFileNotFoundError: No such file.
         DefinitionError: It cannot be read: not UTF-8, a NUL in its path, a directory, ...
     """
+    if not isinstance(definition, str | os.PathLike) or definition == "":  # (TypeError, or ".": a probe)
+        given = brief(definition)
+        raise DefinitionError(
+            [Problem("$", f"a definition is a file path, JSON text, a mapping or a Definition, not {given}")]
+        )
     path = Path(definition)
     try:
         return read_text_file(path)

@@ -451,3 +451,24 @@ async def test_start_run_refuses_arguments_of_other_types_in_words(flows: FlowCl
     assert listed == []  # nothing started
     dry = await flows.start_run(plain, dry_run=True, workflow_id="dry-run-x")  # a dry run may name it
     assert dry.workflow_id == "dry-run-x"
+
+
+async def test_registry_calls_refuse_names_of_other_types_in_words(flows: FlowClient) -> None:
+    """A probe: ``list_definitions(5)``, ``rollback(5, ...)`` and ``history(5)`` passed the database
+    driver's words through, ``diff(None, 1, 2)`` said "no definition named None", ``register(5)``
+    raised a TypeError."""
+    from activities.store.errors import InvalidReferenceError
+    from interpreter.validate import DefinitionError
+
+    for call in (
+        lambda: flows.list_definitions(5),  # type: ignore[arg-type]
+        lambda: flows.rollback(5, "ops"),  # type: ignore[arg-type]
+        lambda: flows.history(5),  # type: ignore[arg-type]
+        lambda: flows.diff(None, 1, 2),  # type: ignore[arg-type]
+        lambda: flows.history(""),
+    ):
+        with pytest.raises(InvalidReferenceError, match="a definition name is non-empty text"):
+            await call()
+    for definition in (5, None, ""):
+        with pytest.raises(DefinitionError, match="a definition is a file path, JSON text"):
+            await flows.register(definition, "ann")  # type: ignore[arg-type]

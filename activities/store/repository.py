@@ -121,6 +121,18 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return match["name"], int(version) if version is not None else None
 
 
+def _name(name: object) -> str:
+    """``name`` if it is text (an int reached the driver, whose words came back: a probe; text
+    PostgreSQL cannot hold is the driver's :class:`UnstorableDataError`, named).
+
+    Raises:
+        InvalidReferenceError: Not a string, or empty.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidReferenceError(repr(name)[:100], "a definition name is non-empty text")
+    return name
+
+
 def looks_like_ref(text_: str) -> bool:
     """Whether a string has the shape of a registry reference (``name`` or ``name@3``)."""
     return bool(_REF.match(text_.strip()))
@@ -390,7 +402,7 @@ class DefinitionStore:
         )
 
     def _where(self, name: str) -> Any:
-        return (DefinitionRow.tenant == self.tenant) & (DefinitionRow.name == name)
+        return (DefinitionRow.tenant == self.tenant) & (DefinitionRow.name == _name(name))
 
     def _info(self, row: DefinitionRow, active_version: int | None) -> DefinitionInfo:
         return DefinitionInfo(
@@ -405,7 +417,7 @@ class DefinitionStore:
         )
 
     async def _head(self, session: AsyncSession, name: str) -> DefinitionHeadRow:
-        head = await session.get(DefinitionHeadRow, (self.tenant, name), populate_existing=True)
+        head = await session.get(DefinitionHeadRow, (self.tenant, _name(name)), populate_existing=True)
         if head is None:
             raise DefinitionNotFoundError(self.tenant, name)
         return head
