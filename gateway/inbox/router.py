@@ -423,8 +423,9 @@ async def find_work(flows: FlowClient, person: Person, limit: int) -> list[WorkI
 
 
 @router.get("/", response_class=HTMLResponse, name="inbox_list")
-async def inbox(request: Request, state: State, decided: str = "", run: str = "") -> Response:
-    """What waits for the signed-in person."""
+async def inbox(request: Request, state: State, done: str = "") -> Response:
+    """What waits for the signed-in person; ``done``: the decision just sent, sealed for this
+    session (:func:`_done_url`)."""
     session = _session(request, state)
     if session is None or session.person is None:
         return _to_login(state, request)
@@ -442,10 +443,18 @@ async def inbox(request: Request, state: State, decided: str = "", run: str = ""
         )
     except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
-    done = None
-    if decided in DONE and run:
-        done = f"{DONE[decided]}: {run}"
-    return _render(request, state, "inbox.html", session, items=items, done=done)
+    sent = state.sessions.unseal("done", done or None)
+    banner = None
+    if sent is not None and sent.get("c") == session.csrf and sent.get("d") in DONE:
+        banner = f"{DONE[sent['d']]}: {sent.get('r', '')}"
+    return _render(request, state, "inbox.html", session, items=items, done=banner)
+
+
+def _done_url(state: InboxState, session: Session, decision: str, run: str) -> str:
+    """The list's address after a decision, its banner sealed for the session: the banner said
+    whatever text ``?decided=approve&run=...`` held, a link anyone could send (found by a probe)."""
+    sealed = state.sessions.seal("done", {"d": decision, "r": run, "c": session.csrf})
+    return f"{state.prefix}/?{urlencode({'done': sealed})}"
 
 
 # ------------------------------------------------------------------------------------- one item
@@ -665,9 +674,7 @@ async def decide(request: Request, state: State) -> Response:
         return await again(top_error=f"Not sent: {err}", status_code=422)
     except (RunClosedError, RunNotFoundError):
         return await again(status_code=409)
-    return RedirectResponse(
-        f"{state.prefix}/?{urlencode({'decided': kind.value, 'run': run})}", status_code=303
-    )
+    return RedirectResponse(_done_url(state, session, kind.value, run), status_code=303)
 
 
 async def send_decision(

@@ -306,6 +306,16 @@ async def test_a_signed_in_decision_with_a_nul_in_its_reason_is_refused_in_words
         assert (await status(handle)).state == RunState.AWAITING_APPROVAL
         approved = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok"})
         assert approved.status_code == 303, approved.text[:500]
+        query = approved.headers["location"].split("?", 1)[1]
+        listed = await web.get(f"{inbox.url}/?{query}")
+        assert f"Approved: {handle.id}" in listed.text
+        # The banner said any text a link's query held (a probe): it is sealed for the session now.
+        forged = await web.get(
+            f"{inbox.url}/", params={"decided": "approve", "run": "your account is locked"}
+        )
+        assert "your account is locked" not in forged.text
+        async with httpx.AsyncClient() as stranger:  # another browser: not its banner
+            assert "Approved:" not in (await stranger.get(f"{inbox.url}/?{query}")).text
         # Signing out ends the session: a copy of its cookie no longer opens the inbox (a probe).
         kept = dict(web.cookies)
         signed_out = await web.post(f"{inbox.url}/logout", data={"csrf": form["csrf"]})
