@@ -948,10 +948,13 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
         pairs.append(
             ("Cancelled by", f"{status.cancelled_by.actor} ({status.cancelled_by.reason or 'no reason'})")
         )
+    from interpreter.inert import as_text
     from interpreter.state import FINAL_STATES
 
+    # Data as it was written, not in the escape the run keeps a `${secret:` of data in (`--json`
+    # shows what the run holds); nothing is resolved.
     if status.state in FINAL_STATES and status.output is not None:
-        pairs.append(("Output", _compact(status.output)))
+        pairs.append(("Output", _compact(as_text(status.output))))
     _fields(pairs, out)
     print("\nSteps", file=out)
     _steps_table(status.steps, out)
@@ -960,7 +963,7 @@ def print_status(workflow_id: str, status: RunStatus, out: TextIO) -> None:
         for approval in status.pending_approvals:
             print(f"  {approval.path}: approvers {', '.join(approval.approvers)}", file=out)
             details = [
-                ("message", _clip(approval.message, 200) if approval.message else ""),
+                ("message", _clip(as_text(approval.message), 200) if approval.message else ""),
                 ("form fields", ", ".join(approval.fields or [])),
                 ("waiting since", _when(approval.since)),
                 ("deadline", _when(approval.deadline) if approval.deadline else ""),

@@ -749,3 +749,32 @@ async def test_status_of_a_run_whose_task_keeps_failing_says_so(
     assert "Traceback" not in err
     description = await client.get_workflow_handle(started.workflow_id).describe()
     assert description.status == WorkflowExecutionStatus.RUNNING  # nothing lost: a worker can go on
+
+
+def test_status_shows_data_as_it_was_written() -> None:
+    """A probe: a ``${secret:...}`` inside data showed as ``$${secret:...}``, the escape the run
+    keeps it in (data is inert). ``wfa status`` shows the text; ``--json`` what the run holds."""
+    import io
+    from datetime import UTC, datetime
+
+    from interpreter.state import PendingApproval, RunState, RunStatus
+    from starter.cli import print_status
+
+    kept = "$${secret:PROBE}"
+    waiting = PendingApproval(
+        step_id="review", path="review", approvers=["ann"], message=f"Pay {kept}", since=datetime.now(UTC)
+    )
+    for status in (
+        RunStatus(
+            definition="d", version=1, state=RunState.AWAITING_APPROVAL, current_steps=["review"],
+            steps=[], pending_approvals=[waiting], decisions=[], vars={},
+        ),
+        RunStatus(
+            definition="d", version=1, state=RunState.COMPLETED, current_steps=[], steps=[],
+            pending_approvals=[], decisions=[], vars={}, output={"payee": kept},
+        ),
+    ):  # fmt: skip
+        shown = io.StringIO()
+        print_status("run-1", status, shown)
+        assert "${secret:PROBE}" in shown.getvalue()
+        assert kept not in shown.getvalue()
