@@ -161,13 +161,14 @@ async def run_stats(
     detail_limit: int = 200,
     now: datetime | None = None,
 ) -> Stats:
-    """A definition's runs of the client's tenant started within ``since``.
+    """A definition's runs of the client's tenant started within ``since`` (dry runs left out:
+    rehearsals, not runs).
 
     Outcomes and durations come from the visibility store (search attributes: no run is replayed);
     the failing steps and the approvals' time to decision come from the ``status`` query of at
     most ``detail_limit`` runs (the newest; a closed run's query replays its history on a worker).
     """
-    from starter.client import MAX_LIST_LIMIT, _run_summary, runs_query
+    from starter.client import DRY_RUN_PREFIX, MAX_LIST_LIMIT, _run_summary, runs_query
     from starter.errors import InvalidInputError
 
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
@@ -180,7 +181,8 @@ async def run_stats(
     async for execution in flows.client.list_workflows(
         query, limit=limit + 1, page_size=min(limit + 1, 1000)
     ):
-        runs.append(_run_summary(execution, flows.tenant))
+        if not execution.id.startswith(DRY_RUN_PREFIX):  # rehearsals: they raised the rates (a probe)
+            runs.append(_run_summary(execution, flows.tenant))
     truncated = len(runs) > limit
     runs = runs[:limit]
     examined = [r for r in runs if r.state in CLOSED_STATES or r.awaiting_approval][:detail_limit]

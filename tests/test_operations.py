@@ -118,6 +118,9 @@ async def test_stats_count_outcomes_failing_steps_and_time_to_decision(
     )
     await flows.approve(waiting.workflow_id, "boss")
     assert (await flows.result(waiting.workflow_id, timeout=120)).state == "completed"
+    # A rehearsal is no run of the definition's: dry runs counted and raised the rate (a probe).
+    rehearsal = await flows.execute_run(definition, {"card": "good", "amount": 5}, dry_run=True, timeout=120)
+    assert rehearsal.state == "completed"
 
     stats = await eventually(
         lambda: run_stats(flows, name, timedelta(hours=1)),
