@@ -79,10 +79,26 @@ async def _received(mailbox: LocalMailbox, subject: str) -> list[Any]:
     return [m for m in mailbox.received if m.message["Subject"] == subject]
 
 
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+"""The CSRF token a page's form carries."""
+
+
+async def _sign_in_as_alice(web: httpx.AsyncClient, inbox: Inbox) -> None:
+    """Signs ``web``'s session in to the inbox as acme's alice (the local sign-in form)."""
+    from tests.inbox.conftest import PASSWORD
+
+    login = await web.get(f"{inbox.url}/login")
+    found = _CSRF.search(login.text)
+    assert found, login.text[:300]
+    fields = {"tenant": "acme", "username": "alice", "password": PASSWORD, "csrf": found.group(1)}
+    signed_in = await web.post(f"{inbox.url}/login", data=fields)
+    assert signed_in.status_code == 303, signed_in.text[:300]
+
+
 async def _post_link(web: httpx.AsyncClient, link: str, reason: str | bytes) -> httpx.Response:
     """Posts the link's form with ``reason`` (bytes: already urlencoded, sent as they are)."""
     page = await web.get(link)
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    csrf = _CSRF.search(page.text)
     assert csrf, f"{page.status_code}: {page.text[:300]}"
     token = link.split("t=", 1)[1]
     url, form = link.split("?", 1)[0], {"t": token, "csrf": csrf.group(1)}
@@ -274,19 +290,11 @@ async def test_a_signed_in_decision_with_a_nul_in_its_reason_is_refused_in_words
     client: Client, task_queue: str, inbox: Inbox
 ) -> None:
     """The same through the signed-in inbox's form: it was a 500 too."""
-    from tests.inbox.conftest import PASSWORD
-
     handle = await waiting_run(client, task_queue, "acme")
-    csrf_of = re.compile(r'name="csrf" value="([^"]+)"')
     async with httpx.AsyncClient(follow_redirects=False) as web:
-        login = await web.get(f"{inbox.url}/login")
-        found = csrf_of.search(login.text)
-        assert found, login.text[:300]
-        fields = {"tenant": "acme", "username": "alice", "password": PASSWORD, "csrf": found.group(1)}
-        signed_in = await web.post(f"{inbox.url}/login", data=fields)
-        assert signed_in.status_code == 303, signed_in.text[:300]
+        await _sign_in_as_alice(web, inbox)
         page = await web.get(f"{inbox.url}/item", params={"run": handle.id, "step": "review"})
-        found = csrf_of.search(page.text)
+        found = _CSRF.search(page.text)
         assert found, f"{page.status_code}: {page.text[:300]}"
         form = {"run": handle.id, "step": "review", "decision": "approve", "csrf": found.group(1)}
         refused = await web.post(f"{inbox.url}/item", data={**form, "reason": "ok\x00then"})
@@ -333,8 +341,6 @@ async def test_data_in_a_message_shows_as_written_not_escaped(
     """A probe: a webhook field holding ``${secret:PROBE}`` showed in the inbox as
     ``$${secret:PROBE}``, the escape the run keeps data in (data is inert). The page shows the text
     the sender wrote; nothing is resolved."""
-    from tests.inbox.conftest import PASSWORD
-
     document = definition(
         unique("acme-shown"),
         [{"id": "review", "type": "approval", "approvers": ["alice"], "message": "Pay {{ input.payee }}"}],
@@ -350,13 +356,8 @@ async def test_data_in_a_message_shows_as_written_not_escaped(
         task_queue=task_queue,
     )
     await wait_state(handle, RunState.AWAITING_APPROVAL)
-    csrf_of = re.compile(r'name="csrf" value="([^"]+)"')
     async with httpx.AsyncClient(follow_redirects=False) as web:
-        login = await web.get(f"{inbox.url}/login")
-        found = csrf_of.search(login.text)
-        assert found, login.text[:300]
-        fields = {"tenant": "acme", "username": "alice", "password": PASSWORD, "csrf": found.group(1)}
-        assert (await web.post(f"{inbox.url}/login", data=fields)).status_code == 303
+        await _sign_in_as_alice(web, inbox)
         listed = await web.get(f"{inbox.url}/")
         page = await web.get(f"{inbox.url}/item", params={"run": handle.id, "step": "review"})
     for shown in (listed.text, page.text):
