@@ -342,9 +342,7 @@ def _check_start_arguments(
         # A run of this id would be taken for a dry run, and a dry run's id for this run's.
         raise InvalidInputError(f"a business key may not start with {DRY_RUN_PREFIX!r}: it marks dry runs")
     if task_queue is not None and (
-        not isinstance(task_queue, str)
-        or not task_queue.strip()
-        or any(unicodedata.category(c) in ("Cc", "Cs") for c in task_queue)
+        not isinstance(task_queue, str) or not task_queue.strip() or _unprintable(task_queue) is not None
     ):
         raise InvalidInputError(
             f"task_queue must be a name without control characters, not {_brief(task_queue)}"
@@ -370,14 +368,18 @@ def check_business_key(workflow_id: str) -> None:
     """
     if not workflow_id.strip():
         raise InvalidInputError("the business key (workflow id) is empty")
-    for character in workflow_id:
-        category = unicodedata.category(character)
-        if category in ("Cc", "Cs"):
-            what = "control character" if category == "Cc" else "lone surrogate"
-            raise InvalidInputError(
-                f"the business key (workflow id) holds the {what} U+{ord(character):04X}:"
-                " use printable characters only"
-            )
+    character = _unprintable(workflow_id)
+    if character is not None:
+        what = "control character" if unicodedata.category(character) == "Cc" else "lone surrogate"
+        raise InvalidInputError(
+            f"the business key (workflow id) holds the {what} U+{ord(character):04X}:"
+            " use printable characters only"
+        )
+
+
+def _unprintable(name: str) -> str | None:
+    """The first control character or lone surrogate in ``name`` (an id or a queue's name), or None."""
+    return next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
 
 
 async def check_run_input(definition: Definition, run_input: Mapping[str, Any], *, tenant: str = "") -> None:

@@ -52,6 +52,7 @@ from activities.store.models import (
     DefinitionRow,
 )
 from interpreter.model import Definition, parse_definition
+from interpreter.sizes import text_problem
 from interpreter.state import DeadLetterAction, DeadLetterRecord, DeadLetterResolution
 from interpreter.validate import (
     DefinitionError,
@@ -62,7 +63,6 @@ from interpreter.validate import (
     new_definition_problems,
     unstorable_text_problems,
 )
-from starter.inputs import text_problem
 
 log = logging.getLogger(__name__)
 
