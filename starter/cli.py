@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only runs in this state",
     )
     p.add_argument("--awaiting-approval", action="store_true", help="only runs waiting for a person")
+    p.add_argument("--dry-runs", action="store_true", help="only dry runs (left out otherwise)")
     p.add_argument("--limit", type=_limit, default=100, metavar="N", help="at most N (default 100)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -1526,11 +1527,12 @@ async def _list(args: argparse.Namespace, out: TextIO) -> int:
         state=args.state,
         awaiting_approval=True if args.awaiting_approval else None,
         limit=args.limit,
+        dry_runs=args.dry_runs,
     )
     if args.json:
         _print_json([run.model_dump(mode="json") for run in runs], out)
     elif not runs:
-        print(f"no runs in tenant {flows.tenant!r} match", file=out)
+        print(f"no {'dry ' if args.dry_runs else ''}runs in tenant {flows.tenant!r} match", file=out)
     else:
         rows = [
             [

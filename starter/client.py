@@ -581,8 +581,10 @@ def runs_query(
     version: int | None = None,
     state: RunState | str | None = None,
     awaiting_approval: bool | None = None,
+    dry_runs: bool | None = None,
 ) -> str:
     """The visibility query of :meth:`FlowClient.list_runs` (values are checked, not escaped).
+    ``dry_runs``: None any run, False no dry run, True only dry runs (by their workflow id).
 
     Raises:
         InvalidInputError: A value is malformed.
@@ -614,6 +616,10 @@ def runs_query(
             clauses.append(f"RunState = '{wanted.value}'")
     if awaiting_approval is not None:
         clauses.append(f"AwaitingApproval = {'true' if awaiting_approval else 'false'}")
+    if dry_runs is not None:
+        if not isinstance(dry_runs, bool):
+            raise InvalidInputError(f"dry_runs must be True, False or None, not {_brief(dry_runs)}")
+        clauses.append(f"WorkflowId {'' if dry_runs else 'NOT '}STARTS_WITH '{DRY_RUN_PREFIX}'")
     return " AND ".join(clauses)
 
 
@@ -2170,6 +2176,7 @@ class FlowClient:
         state: RunState | str | None = None,
         awaiting_approval: bool | None = None,
         limit: int = 100,
+        dry_runs: bool = False,
     ) -> list[RunSummary]:
         """The client's tenant's runs, newest first, from Temporal's visibility store.
 
@@ -2184,6 +2191,8 @@ class FlowClient:
                 cancelled or terminated through Temporal, ``failed`` runs that timed out.
             awaiting_approval: Only runs waiting for a person (True) or not (False).
             limit: At most this many (1 to 10,000).
+            dry_runs: List only dry runs (``start_run(..., dry_run=True)``) instead of the runs
+                that are not: rehearsals are left out of the list unless asked for.
 
         Raises:
             InvalidInputError: A filter value is malformed.
@@ -2196,6 +2205,7 @@ class FlowClient:
             version=version,
             state=state,
             awaiting_approval=awaiting_approval,
+            dry_runs=dry_runs,
         )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, not {limit!r}")

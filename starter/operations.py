@@ -168,7 +168,7 @@ async def run_stats(
     the failing steps and the approvals' time to decision come from the ``status`` query of at
     most ``detail_limit`` runs (the newest; a closed run's query replays its history on a worker).
     """
-    from starter.client import DRY_RUN_PREFIX, MAX_LIST_LIMIT, _run_summary, runs_query
+    from starter.client import MAX_LIST_LIMIT, _run_summary, runs_query
     from starter.errors import InvalidInputError
 
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
@@ -176,13 +176,13 @@ async def run_stats(
     if isinstance(detail_limit, bool) or not isinstance(detail_limit, int) or not 0 <= detail_limit <= 1000:
         raise InvalidInputError(f"detail limit must be a whole number from 0 to 1000, not {detail_limit!r}")
     start = (now or datetime.now(UTC)) - since
-    query = runs_query(flows.tenant, definition=definition) + f" AND StartTime > '{start.isoformat()}'"
+    # Dry runs are rehearsals: they raised the rates (a probe).
+    query = f"{runs_query(flows.tenant, definition=definition, dry_runs=False)} AND StartTime > '{start.isoformat()}'"
     runs: list[RunSummary] = []
     async for execution in flows.client.list_workflows(
         query, limit=limit + 1, page_size=min(limit + 1, 1000)
     ):
-        if not execution.id.startswith(DRY_RUN_PREFIX):  # rehearsals: they raised the rates (a probe)
-            runs.append(_run_summary(execution, flows.tenant))
+        runs.append(_run_summary(execution, flows.tenant))
     truncated = len(runs) > limit
     runs = runs[:limit]
     examined = [r for r in runs if r.state in CLOSED_STATES or r.awaiting_approval][:detail_limit]

@@ -39,6 +39,9 @@ async def test_list_filters_runs_of_the_tenant(
     waiting = await acme.start_run(waits, workflow_id=f"wait-{marker}")
     done = await acme.execute_run(quick, workflow_id=f"quick-{marker}", timeout=60)
     assert done.state == "completed"
+    # A rehearsal: listed only when asked for (it used to be listed among the runs).
+    rehearsal = await acme.execute_run(quick, workflow_id=f"quick-{marker}", dry_run=True, timeout=60)
+    assert rehearsal.state == "completed"
     await other.start_run(waits, workflow_id=f"other-wait-{marker}")
 
     runs = await eventually(
@@ -64,6 +67,18 @@ async def test_list_filters_runs_of_the_tenant(
     ]
     assert await acme.list_runs(definition=f"quick-{marker}", version=2) == []
     assert {r.workflow_id for r in await acme.list_runs()} == {waiting.workflow_id, f"quick-{marker}"}
+    await eventually(
+        lambda: acme.list_runs(dry_runs=True, state="completed"),
+        lambda found: [r.workflow_id for r in found] == [f"dry-run-quick-{marker}"],
+        timeout=LIST_WAIT_S,
+        interval=0.2,
+    )
+    code, out, _ = await asyncio.to_thread(wfa, capsys, acme, "list", "--dry-runs", "--json")
+    assert [(r["workflow_id"], r["state"]) for r in json.loads(out)] == [
+        (f"dry-run-quick-{marker}", "completed")
+    ]
+    code, out, _ = await asyncio.to_thread(wfa, capsys, other, "list", "--dry-runs")
+    assert (code, out.strip()) == (EXIT_OK, f"no dry runs in tenant {other.tenant!r} match")
     assert [r.workflow_id for r in await other.list_runs()] == [f"other-wait-{marker}"]
 
     code, out, err = await asyncio.to_thread(
@@ -91,6 +106,8 @@ async def test_list_filters_runs_of_the_tenant(
         await acme.list_runs(definition="x' OR DefinitionName != '")
     with pytest.raises(InvalidInputError):
         await acme.list_runs(state="sleeping")
+    with pytest.raises(InvalidInputError, match="dry_runs must be"):
+        await acme.list_runs(dry_runs="yes")  # type: ignore[arg-type]
 
 
 def test_validate_json_prints_the_problems_of_an_invalid_file(
