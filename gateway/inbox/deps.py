@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
 
 from gateway.inbox.auth import Authenticator, SessionSigner
 from gateway.inbox.oidc import OidcClient, OidcProvider, check_providers
@@ -172,6 +173,13 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
     )
     app.include_router(router, prefix=prefix)
     app.add_exception_handler(UnreadableFormError, unreadable_form_page)
+    if prefix:
+        # ``/inbox`` as people type it: to the list by path alone. Starlette's own slash redirect
+        # wrote the request's Host header into the Location (a probe).
+        async def to_the_list() -> RedirectResponse:
+            return RedirectResponse(prefix + "/", status_code=307)
+
+        app.add_api_route(prefix, to_the_list, methods=["GET", "HEAD"], include_in_schema=False)
 
 
 def inbox_state(request: Request) -> InboxState:

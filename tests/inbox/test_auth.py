@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.inbox import InboxConfigError, inbox_config_from_env
@@ -200,3 +201,12 @@ async def test_installed_from_the_gateways_configuration(
     assert app.url_path_for("inbox_login") == "/inbox/login"
     assert await app.state.inbox.config.clients("t") == "the tenant's client"
     assert asked == ["t"]
+
+    # ``/inbox`` leads to the list by path: Starlette's slash redirect wrote the Host header into
+    # the Location (a probe: a forged Host sent the browser elsewhere).
+    from tests.inbox.conftest import serve
+
+    async with serve(app) as base, httpx.AsyncClient() as http:
+        for method in ("GET", "HEAD"):
+            answer = await http.request(method, f"{base}/inbox", headers={"Host": "evil.example"})
+            assert (answer.status_code, answer.headers["location"]) == (307, "/inbox/"), method
