@@ -1132,7 +1132,8 @@ class FlowClient:
             DefinitionError: The definition is invalid (nothing was started).
             DefinitionFileNotFoundError: The definition path does not exist.
             DefinitionNotFoundError / VersionNotFoundError: No such name or version in the tenant.
-            VersionArchivedError: A pinned version that is archived.
+            VersionArchivedError: A pinned version that is archived (unless ``workflow_id`` is a
+                running run of it: that run is returned, as for any retried start).
             RunAlreadyExistsError: A run with this id already completed.
             ServerUnavailableError: The server cannot be reached or refused the namespace or the
                 search attributes.
@@ -1149,7 +1150,18 @@ class FlowClient:
         run_input = check_json_object(input, "the run input")
         source = "file"
         if is_registry_ref(definition):
-            resolved = await self.resolve(str(definition))
+            from activities.store.errors import NoActiveVersionError, VersionArchivedError
+
+            try:
+                resolved = await self.resolve(str(definition))
+            except (VersionArchivedError, NoActiveVersionError):
+                # A retried start of a run that is going, whose version was archived (or whose
+                # name was deactivated) since it started: the run, as for any retried start (it
+                # was exit 5: a probe). Without such a run the error stands.
+                going = await self._going_run_of(str(definition), workflow_id, dry_run)
+                if going is None:
+                    raise
+                return going
             parsed, digest, source = resolved.definition, resolved.content_hash, "registry"
         else:
             parsed = load(definition)
@@ -1221,6 +1233,38 @@ class FlowClient:
             definition=name,
             version=version,
             definition_hash=digest,
+        )
+
+    async def _going_run_of(self, ref: str, workflow_id: str | None, dry_run: bool) -> RunHandle | None:
+        """The tenant's running run ``workflow_id`` when it runs the definition ``ref`` names (its
+        pinned version, if ``ref`` pins one), as :meth:`start_run` returns a run it did not start."""
+        from activities.store.repository import parse_ref
+
+        if workflow_id is None or dry_run:
+            return None
+        check_business_key(workflow_id)
+        name, pinned = parse_ref(ref)
+        try:
+            description = await self.describe(workflow_id)
+        except RunNotFoundError:
+            return None
+        attributes = description.typed_search_attributes
+        version = attributes.get(DEFINITION_VERSION)
+        if (
+            description.status != WorkflowExecutionStatus.RUNNING
+            or attributes.get(DEFINITION_NAME) != name
+            or version is None
+            or (pinned is not None and version != pinned)
+        ):
+            return None
+        return RunHandle(
+            client=self,
+            workflow_id=workflow_id,
+            run_id=description.run_id,
+            started=False,
+            definition=name,
+            version=int(version),
+            definition_hash=str(attributes.get(DEFINITION_HASH) or ""),
         )
 
     def run_start(

@@ -144,6 +144,46 @@ async def test_a_run_keeps_its_version_when_another_is_activated_mid_run(
     assert (await flows.resolve(name)).version == 1
 
 
+async def test_a_retried_start_finds_its_run_after_its_version_was_archived(
+    client: Client, task_queue: str, database: Database, flows: FlowClient, store_worker: Worker
+) -> None:
+    """A service retries ``start name@1 --id K`` (its first answer was lost) after v1 was archived
+    and v2 activated: it gets the run it started, not "archived" (exit 5 before: a probe)."""
+    name = unique()
+    await flows.register(marked(name, "one", approval=True), author="ann")
+    key = unique("order")
+    first = await flows.start_run(f"{name}@1", workflow_id=key)
+    await flows.register(marked(name, "two", approval=True), author="bob", activate=True)
+    await flows.archive(name, 1, actor="ops")
+    again = await flows.start_run(f"{name}@1", workflow_id=key)
+    assert (again.started, again.run_id, again.version, again.definition_hash) == (
+        False,
+        first.run_id,
+        1,
+        first.definition_hash,
+    )
+    await flows.deactivate(name, actor="ops")  # by name, with no active version: the same
+    assert (await flows.start_run(name, workflow_id=key)).run_id == first.run_id
+    # Not for another id, another version, another tenant's run, or a dry run: the error stands.
+    with pytest.raises(VersionArchivedError):
+        await flows.start_run(f"{name}@1", workflow_id=unique("order"))
+    await flows.archive(name, 2, actor="ops")
+    with pytest.raises(VersionArchivedError):
+        await flows.start_run(f"{name}@2", workflow_id=key)
+    other = FlowClient(client, task_queue=task_queue, database=database, tenant=unique("b"))
+    await other.register(marked(name, "b's"), author="bob")
+    await other.register(marked(name, "b's too"), author="bob", activate=True)
+    await other.archive(name, 1, actor="ops")
+    with pytest.raises(VersionArchivedError):
+        await other.start_run(f"{name}@1", workflow_id=key)
+    with pytest.raises(VersionArchivedError):
+        await flows.start_run(f"{name}@1", workflow_id=key, dry_run=True)
+    await flows.approve(key, "manager")
+    assert (await first.result(timeout=30)).output == {"marker": "one", "version": 1}
+    with pytest.raises(VersionArchivedError):  # the run has ended: a new start would need v1
+        await flows.start_run(f"{name}@1", workflow_id=key)
+
+
 async def test_a_tenant_can_neither_read_nor_start_another_tenants_definitions(
     client: Client, task_queue: str, database: Database, store_worker: Worker
 ) -> None:
