@@ -33,6 +33,7 @@ checking the answer past deadline    no         ``LlmAnswerCheckTooSlow``
 json_schema cannot be applied        no         ``LlmSchemaUnusable``
 no checking slot / process failed    yes        ``LlmAnswerCheckBusy`` / ``LlmAnswerCheckFailed``
 response body over 256 KiB           no         ``HttpResponseTooLarge``
+body coding not read                 no         ``HttpResponseUndecodable``
 ===================================  =========  ===============================================
 """
 

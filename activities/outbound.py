@@ -319,4 +319,10 @@ def build_http_client(
         keepalive_expiry=5.0,
         network_backend=PolicyNetworkBackend(policy, resolver),
     )
-    return httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False, **client_options)
+    # What the actions inflate themselves, bounded (``activities.http._decoded_chunks``): httpx
+    # would add br and zstd to it when their packages happen to be installed.
+    headers = httpx.Headers(client_options.pop("headers", None))
+    headers.setdefault("Accept-Encoding", "gzip, deflate")
+    return httpx.AsyncClient(
+        transport=transport, trust_env=False, follow_redirects=False, headers=headers, **client_options
+    )

@@ -12,8 +12,10 @@ with workflow.unsafe.imports_passed_through():
     import socket
     import sys
     import time
+    import tracemalloc
     import uuid
-    from collections.abc import AsyncIterator
+    import zlib
+    from collections.abc import AsyncIterator, Callable
     from datetime import UTC, datetime, timedelta
     from email.utils import format_datetime
     from pathlib import Path
@@ -417,6 +419,65 @@ async def test_too_large_after_decompression(
     )
     err = await call_error(http_client, {"url": f"{http_server.url}/bomb"})
     assert err.type == "HttpResponseTooLarge"
+
+
+async def test_a_compressed_body_is_inflated_no_further_than_the_limit(
+    http_client: httpx.AsyncClient, http_server: RecordingServer
+) -> None:
+    """A probe: 822 bytes sent as ``gzip, gzip`` of zeros took 800 MB of the worker's memory, as
+    httpx inflated each network chunk whole, through every layer the server named."""
+    zeros = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    assert len(zeros) < 100_000
+    plain = {"Content-Type": "text/plain"}
+    http_server.route("GET", "/once", [(200, {**plain, "Content-Encoding": "gzip"}, zeros)])
+    twice = gzip.compress(zeros)
+    http_server.route("GET", "/twice", [(200, {**plain, "Content-Encoding": "gzip, gzip"}, twice)])
+    http_server.route("GET", "/br", [(200, {**plain, "Content-Encoding": "br"}, b"\x0b\x02\x80hi\x03")])
+    http_server.route("GET", "/corrupt", [(200, {**plain, "Content-Encoding": "gzip"}, b"\x1f\x8bnot gzip")])
+    http_server.route("GET", "/error", [(500, {**plain, "Content-Encoding": "gzip, gzip"}, twice)])
+    tracemalloc.start()
+    try:
+        for path, kind, words in (
+            ("/once", "HttpResponseTooLarge", "over the"),
+            ("/twice", "HttpResponseUndecodable", "'gzip, gzip'"),
+            ("/br", "HttpResponseUndecodable", "'br'"),
+            ("/corrupt", "HttpResponseUndecodable", "gzip data is corrupt"),
+            ("/error", "HttpServerError", "500"),
+        ):
+            tracemalloc.reset_peak()
+            err = await call_error(http_client, {"url": f"{http_server.url}{path}"})
+            peak = tracemalloc.get_traced_memory()[1]
+            assert (err.type, err.non_retryable) == (kind, kind != "HttpServerError"), path
+            assert words in err.message, err.message
+            assert peak < 8 << 20, f"{path}: {peak:,} bytes allocated at the peak"
+    finally:
+        tracemalloc.stop()
+    assert "not shown: a body in the content coding 'gzip, gzip'" in err.details[0]["body"]
+
+
+@pytest.mark.parametrize(
+    ("coding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some servers send it
+        ("identity", lambda data: data),
+        ("GZIP , identity", gzip.compress),
+    ],
+)
+async def test_compressed_bodies_are_read(
+    http_client: httpx.AsyncClient,
+    http_server: RecordingServer,
+    coding: str,
+    compress: Callable[[bytes], bytes],
+) -> None:
+    document = {"items": list(range(2000))}
+    body = compress(json.dumps(document).encode())
+    http_server.route(
+        "GET", "/doc", [(200, {"Content-Type": "application/json", "Content-Encoding": coding}, body)]
+    )
+    assert (await call(http_client, {"url": f"{http_server.url}/doc"})).output["body"] == document
 
 
 @pytest.mark.parametrize(
