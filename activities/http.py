@@ -46,6 +46,7 @@ from interpreter.actions import (
     parse_action_input,
     status_accepted,
 )
+from interpreter.sizes import VALUE_MAX_DEPTH
 
 __all__ = [
     "ERROR_BODY_LIMIT_BYTES",
@@ -95,24 +96,40 @@ def _parse_body(raw: bytes, response: httpx.Response) -> Any:
             return json.loads(raw)
         except ValueError:
             pass  # A mislabelled body is still worth returning, as text.
+        except RecursionError:
+            # [[[[... past the parser's stack: a retryable bug before (a POST sent again), a probe.
+            raise ApplicationError(
+                f"the JSON body nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more"
+                " than a run keeps",
+                {"status_code": response.status_code, "headers": _selected_headers(response)},
+                type="ActionOutputTooDeep",
+                non_retryable=True,
+            ) from None
     return _decode_text(raw, response)
 
 
+MAX_RETRY_AFTER = timedelta(hours=1)
+"""The longest wait a ``Retry-After`` sets before the next attempt: the server is a third party
+(a year-9999 date parked a step for 8,000 years, a probe); a quota that resets later costs an
+attempt per hour."""
+
+
 def _retry_after(value: str | None) -> timedelta | None:
-    """Parse ``Retry-After`` (delta-seconds or HTTP-date); None when absent, invalid or past."""
+    """Parse ``Retry-After`` (delta-seconds or HTTP-date), at most :data:`MAX_RETRY_AFTER`; None
+    when absent, invalid or past."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return timedelta(seconds=int(value))
+    if value.isascii() and value.isdigit():  # not "²": isdigit takes it, int() does not (a probe)
+        return MAX_RETRY_AFTER if len(value) > 9 else min(timedelta(seconds=int(value)), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     delay = when - datetime.now(UTC)
-    return delay if delay > timedelta(0) else None
+    return min(delay, MAX_RETRY_AFTER) if delay > timedelta(0) else None
 
 
 DECODED_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})

@@ -111,7 +111,7 @@ def _body(raw: bytes) -> Any:
     text = raw.decode("utf-8", errors="replace")
     try:
         return json.loads(text) if text.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... (a probe: a retried send)
         return text
 
 
@@ -235,7 +235,23 @@ def _result(body: Any, what: str) -> dict[str, Any]:
         "error_message": body.get("error_message"),
     }
     shaped = {k: v if v is None or isinstance(v, str | int) else str(v) for k, v in fields.items()}
-    return MessageResult.model_validate(shaped).model_dump(by_alias=True)
+    return _provider_record(MessageResult, shaped, body, what)
+
+
+def _provider_record(model: type[BaseModel], fields: dict[str, Any], body: Any, what: str) -> dict[str, Any]:
+    """``fields`` of the provider's 2xx answer as ``model``'s record. An answer of other types
+    (``"status": true``, ``"to": 5``) is ``MessagingBadResponse``, not retried: the provider has
+    taken the message, and a retry sent it again (it was a retryable ValidationError: a probe)."""
+    try:
+        return model.model_validate(fields).model_dump(by_alias=True)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
+        raise ApplicationError(
+            f"{what} answered with a record of other types ({problems})",
+            {"body": str(body)[:300]},
+            type="MessagingBadResponse",
+            non_retryable=True,
+        ) from None
 
 
 def _call_result(body: Any, what: str) -> dict[str, Any]:
@@ -243,7 +259,7 @@ def _call_result(body: Any, what: str) -> dict[str, Any]:
     duration = body.get("duration")  # Twilio sends the seconds as a string ("37"), null until the end
     try:
         seconds = None if duration is None else int(duration)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity (a probe)
         seconds = None
     fields = {
         "sid": body["sid"],
@@ -253,7 +269,7 @@ def _call_result(body: Any, what: str) -> dict[str, Any]:
         "answered_by": body.get("answered_by"),
     }
     shaped = {k: v if v is None or isinstance(v, str) else str(v) for k, v in fields.items()}
-    return CallStatusResult.model_validate({**shaped, "duration": seconds}).model_dump(by_alias=True)
+    return _provider_record(CallStatusResult, {**shaped, "duration": seconds}, body, what)
 
 
 class MessagingActions:

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
 
     from activities import build_activities
     from activities.base import MAX_FAILURE_DETAILS_BYTES
-    from activities.http import ERROR_BODY_LIMIT_BYTES, MAX_RESPONSE_BYTES, HttpActions
+    from activities.http import ERROR_BODY_LIMIT_BYTES, MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, HttpActions
     from interpreter.actions import ActionRequest, ActionResult, RetryMode
     from interpreter.templates import render
     from interpreter.validate import load_definition
@@ -124,6 +124,12 @@ async def test_vendor_json_and_mislabelled_json(
     assert (await call(http_client, {"url": f"{http_server.url}/problem"})).output["body"] == {"a": 1}
     assert (await call(http_client, {"url": f"{http_server.url}/broken"})).output["body"] == "not json"
     assert (await call(http_client, {"url": f"{http_server.url}/empty"})).output["body"] is None
+    # Nested past the parser's stack: the step fails for good (a probe: a retryable
+    # RecursionError, and each retry sent the request again).
+    http_server.route("POST", "/deep", [(200, {"Content-Type": "application/json"}, b"[" * 200_000)])
+    err = await call_error(http_client, {"url": f"{http_server.url}/deep", "method": "POST"})
+    assert (err.type, err.non_retryable) == ("ActionOutputTooDeep", True)
+    assert "more than 64 levels deep" in err.message
 
 
 async def test_headers_and_params_are_sent(
@@ -262,7 +268,18 @@ async def test_408_is_retryable(http_client: httpx.AsyncClient, http_server: Rec
 
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
-    [(None, None), ("7", timedelta(seconds=7)), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+    [
+        (None, None),
+        ("7", timedelta(seconds=7)),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        # A third party's header, not a reason to park a step for ever, nor to fail as a bug (probes:
+        # "²" was a ValueError, 20 digits an OverflowError, the year 9999 a wait of 8,000 years).
+        ("\u00b2", None),
+        ("99999999999999999999", MAX_RETRY_AFTER),
+        ("7200", MAX_RETRY_AFTER),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
+    ],
 )
 async def test_429_is_retryable_with_retry_after(
     http_client: httpx.AsyncClient,

@@ -354,3 +354,20 @@ async def test_a_provider_that_does_not_answer_in_time_or_answers_without_a_sid(
     # Answered, but not with a message record: not retried (the message may exist).
     error = await run_error(http_client, "sms", {"to": "+13125550100", "body": "x"})
     assert (error.type, error.non_retryable) == ("MessagingBadResponse", True)
+    # Nor a record of other types, nor one nested past the parser (probes: each was a retryable
+    # ValidationError or RecursionError, and the retry sent the message again).
+    json_type = {"Content-Type": "application/json"}
+    for answer in (b'{"sid": "SM1", "status": true}', b'{"sid": "SM1", "to": 5}', b"[" * 60_000):
+        twilio.server.route(
+            "POST", f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json", [(201, json_type, answer)]
+        )
+        error = await run_error(http_client, "sms", {"to": "+13125550100", "body": "x"})
+        assert (error.type, error.non_retryable) == ("MessagingBadResponse", True), answer[:40]
+    # A duration that is no number of seconds reads as unknown (Infinity was an OverflowError).
+    twilio.server.route(
+        "GET",
+        f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/CA1.json",
+        [(200, json_type, b'{"sid": "CA1", "status": "completed", "duration": Infinity}')],
+    )
+    status = await run(http_client, "call_status", {"sid": "CA1"}, key=KEY + "/call-status")
+    assert (status.output["status"], status.output["duration"]) == ("completed", None)
