@@ -43,10 +43,11 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from pydantic import ValidationError
-from sqlalchemy import event, text
+from sqlalchemy import TextClause, event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from temporalio.exceptions import ApplicationError
 
@@ -56,6 +57,7 @@ from activities.store.database import create_engine, safe_url
 from activities.store.errors import StoreError
 from interpreter.actions import ActionRequest, SqlInput, parse_action_input
 from interpreter.inert import as_text
+from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
 
 __all__ = ["CONNECT_GRACE_S", "SqlActions"]
 
@@ -121,7 +123,7 @@ def _message(err: BaseException) -> str:
     return text_.split("\n", 1)[0].strip()
 
 
-def _classify(err: sa_exc.DBAPIError, what: str) -> ApplicationError:
+def _classify(err: Exception, what: str) -> ApplicationError:
     state = _sqlstate(err)
     message = f"{what}: {_message(err)}"
     details = {"sqlstate": state}
@@ -157,6 +159,46 @@ def _reset_session(
         await connection.execute("DISCARD ALL", timeout=RESET_TIMEOUT_S)
 
     dbapi_connection.run_async(discard)
+
+
+async def _returns_rows(conn: AsyncConnection, statement: TextClause) -> bool:
+    """Whether ``statement`` returns rows, as the server describes it once prepared (nothing runs).
+    A cursor runs a statement without rows at once but cannot say how many rows it changed."""
+    driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's connection
+    prepared = await driver.prepare(str(statement.compile(dialect=conn.dialect)))
+    return bool(prepared.get_attributes())
+
+
+ROW_BATCH = 100
+"""Rows read from the cursor at a time."""
+
+
+async def _read_rows(
+    streamed: AsyncResult[Any], columns: list[str], most: int, what: str
+) -> list[dict[str, Any]]:
+    """At most ``most`` rows of the cursor, read in batches; as soon as those read are over the
+    budget of one action's output, ``ActionOutputTooLarge`` (the rest are never read)."""
+    rows: list[dict[str, Any]] = []
+    size = 0
+    try:
+        while len(rows) < most:
+            batch = await streamed.fetchmany(min(ROW_BATCH, most - len(rows)))
+            if not batch:
+                break
+            shaped = [dict(zip(columns, map(_jsonable, row), strict=True)) for row in batch]
+            size += json_size(shaped)
+            if size > ACTION_OUTPUT_BUDGET:
+                raise ApplicationError(
+                    f"{what}: the rows read are over {size} bytes, more than the budget of"
+                    f" {ACTION_OUTPUT_BUDGET} bytes for one action's output (lower max_rows, or"
+                    " select fewer or shorter columns)",
+                    type="ActionOutputTooLarge",
+                    non_retryable=True,
+                )
+            rows.extend(shaped)
+    finally:
+        await streamed.close()
+    return rows
 
 
 class SqlActions:
@@ -241,17 +283,20 @@ class SqlActions:
                 await conn.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
                 # Parameters are data: bound as the text they stand for (a reference in them is
                 # never resolved; an escaped one, data's inert form, is its literal text).
-                result = await conn.execute(text(spec.statement), dict(as_text(spec.parameters)))
-                if result.returns_rows:
-                    columns = list(result.keys())
-                    fetched = result.fetchmany(spec.max_rows + 1)
-                    result.close()
-                    rows = [dict(zip(columns, map(_jsonable, row), strict=True)) for row in fetched]
+                statement, parameters = text(spec.statement), dict(as_text(spec.parameters))
+                # Through a cursor: the rows past max_rows + 1 are never read (a probe: max_rows
+                # 1 of 3,000,000 rows read them all into the worker's memory first).
+                if await _returns_rows(conn, statement):
+                    streamed = await conn.stream(statement, parameters)
+                    columns = list(streamed.keys())
+                    rows = await _read_rows(streamed, columns, spec.max_rows + 1, what)
                     affected = None
-                else:
+                else:  # run as before: the driver's status says how many rows it changed
+                    result = await conn.execute(statement, parameters)
                     columns, rows = [], []
                     affected = result.rowcount if result.rowcount >= 0 else None
-        except sa_exc.DBAPIError as err:
+        except (sa_exc.DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            # The driver's own errors come from reading the cursor, where the statement runs.
             raise _classify(err, what) from None
         except sa_exc.StatementError as err:
             # Raised before anything reached the database: a placeholder with no parameter.

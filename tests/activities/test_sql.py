@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
@@ -169,6 +170,50 @@ async def test_rows_are_limited_and_the_output_says_so(actions: SqlActions) -> N
     assert isinstance(big, str)
     assert Decimal(big) == Decimal(10) ** 400
     json.dumps(huge.output, allow_nan=False)  # valid JSON throughout
+
+
+@pytest.mark.usefixtures("configured")
+async def test_rows_past_the_limit_are_never_read(actions: SqlActions) -> None:
+    """A probe: ``max_rows: 1`` of 3,000,000 rows answered one row, but the driver had read them
+    all into the worker's memory first; rows over the output budget were read whole as well."""
+    tracemalloc.start()
+    try:
+        one = await run(
+            actions,
+            {
+                "connection": "reports",
+                "statement": "SELECT g FROM generate_series(1, 1000000) g",
+                "max_rows": 1,
+            },
+        )
+        many_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        error = await fails(
+            actions,
+            {
+                "connection": "reports",
+                "statement": "SELECT repeat('x', 10000) AS text FROM generate_series(1, 10000)",
+                "max_rows": 10_000,
+            },
+        )
+        wide_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (one.output["rows"], one.output["truncated"]) == ([{"g": 1}], True)
+    assert many_peak < 8 << 20, f"{many_peak:,} bytes allocated at the peak for one row"
+    assert (error.type, error.non_retryable) == ("ActionOutputTooLarge", True)
+    assert "the rows read are over" in error.message
+    assert wide_peak < 16 << 20, f"{wide_peak:,} bytes allocated at the peak for 512 KiB of rows"
+    # A statement without rows still runs once and says how many rows it changed.
+    changed = await run(
+        actions,
+        {
+            "connection": "main",
+            "statement": "UPDATE notes SET body = body WHERE body LIKE :p",
+            "parameters": {"p": "seed 1%"},
+        },
+    )
+    assert (changed.output["rows"], changed.output["rows_affected"]) == ([], 11)
 
 
 @pytest.mark.usefixtures("configured")
