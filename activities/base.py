@@ -53,6 +53,7 @@ __all__ = [
     "check_tenant_scope",
     "redact_secrets",
     "require_setting",
+    "resolve_relayed",
     "resolve_secrets",
     "tenant_secret",
     "tenant_setting",
@@ -167,6 +168,37 @@ def resolve_secrets(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(resolve_secrets(v) for v in value)
     return value
+
+
+def resolve_relayed(value: Any, what: str) -> Any:
+    """:func:`resolve_secrets` for what the receiver relays to others (an email's addresses and
+    text, a text message, a call's script): a secret that names the hosts it may be sent to cannot
+    be there, as it would go on to recipients that are no host it names (an attacker's probe: the
+    SMTP password, allowed to the SMTP server only, was mailed to any address). A secret that names
+    no hosts may go anywhere, as everywhere.
+
+    Raises:
+        ApplicationError: Non-retryable, type ``SecretHostRefused`` (or ``SecretNotFound``), naming
+            the secret, never its value.
+    """
+    resolved: dict[str, Secret] = {}
+    token = _resolved_secrets.set(resolved)
+    try:
+        result = resolve_secrets(value)
+    finally:
+        _resolved_secrets.reset(token)
+    registry = _resolved_secrets.get()
+    if registry is not None:
+        registry.update(resolved)  # redacted from the output and errors like any other
+    for name, secret in sorted(resolved.items()):
+        if secret.hosts:
+            raise ApplicationError(
+                f"secret {name!r} may be sent only to {', '.join(secret.hosts)}; {what} goes on to"
+                " its recipients, so it may not hold it",
+                type="SecretHostRefused",
+                non_retryable=True,
+            )
+    return result
 
 
 def tenant_setting(name: str) -> str | None:

@@ -72,7 +72,7 @@ from activities.base import (
     check_secret_hosts,
     invalid_input,
     require_setting,
-    resolve_secrets,
+    resolve_relayed,
     tenant_secret,
     tenant_setting,
 )
@@ -400,9 +400,10 @@ class EmailActions:
             ApplicationError: Classified as in the module docstring.
         """
         try:
-            # ``${secret:NAME}`` in the definition's own text is resolved (and checked against the
-            # server's host below); data's escaped ``$${secret:`` becomes the literal text.
-            spec = parse_action_input(EmailInput, resolve_secrets(request.input))
+            # ``${secret:NAME}`` in the definition's own text is resolved, but not one that names
+            # hosts: the message goes on to its recipients. Data's escaped ``$${secret:`` becomes
+            # the literal text.
+            spec = parse_action_input(EmailInput, resolve_relayed(request.input, "an email"))
         except ValidationError as exc:
             raise invalid_input("email", request.input, exc) from None
         server = _server_config(spec.account)

