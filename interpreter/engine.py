@@ -107,6 +107,7 @@ from interpreter.state import (
 )
 from interpreter.templates import (
     WORK_BUDGET,
+    ArgumentSizeError,
     OversizedValueError,
     TemplateError,
     UnreadableValueError,
@@ -114,6 +115,7 @@ from interpreter.templates import (
     last_work,
     render,
     render_html,
+    unbounded_arguments,
     unbounded_sizes,
     unchecked_values,
 )
@@ -475,6 +477,18 @@ Before, each product and each conversion was charged as if it were small: squari
 worker's deadlock limit, retried for ever, stalling the worker for every tenant and its memory
 past 1 GiB (found by an attacker's probe). Asked only when an evaluation would be refused (a run
 that rendered such a value before goes on rendering it); a run stuck there takes the new answer."""
+
+PATCH_TEMPLATE_ARGUMENTS = "template-arguments"
+"""Patch id: what filters and tests read of their arguments beyond the value they apply to is
+counted (two million steps per render: ``select('in', a_list)`` scans the list for every item), and
+text an argument multiplies is counted before it is made (``tojson``'s indent, ``join``'s
+separator, ``indent``, ``wordwrap``'s wrap string, ``translate``'s table, format widths
+together), past ``MAX_RESULT_CHARS``: such an evaluation fails
+(``interpreter.templates.ArgumentSizeError``) as a step failure. Before, ``select('in', b)`` of
+30,000 by 80,000 items held the workflow task past the deadlock limit at every attempt, and
+``tojson(1000000)`` built 2 GB of text before its size was checked (found by an attacker's
+probe). Asked only when an evaluation would be refused (a run that rendered such a template before
+goes on rendering it); a run stuck there takes the new answer."""
 
 PATCH_LINK_WAITS = "link-waits"
 """Patch id: a step's decision links name the wait they are for (``DecisionLinksInput.since``, the
@@ -2518,7 +2532,8 @@ class Engine:
     ) -> Any:
         """``how(value, context)`` (render or evaluate), counting its work into this workflow task's;
         again without the value check for a run recorded before it (:data:`PATCH_TEMPLATE_VALUES`),
-        and without the size checks (:data:`PATCH_TEMPLATE_SIZES`)."""
+        without the size checks (:data:`PATCH_TEMPLATE_SIZES`) and without the argument checks
+        (:data:`PATCH_TEMPLATE_ARGUMENTS`)."""
         self._check_task_work()
 
         def attempt() -> Any:
@@ -2530,7 +2545,7 @@ class Engine:
                 with unchecked_values():  # as the run rendered it when it was recorded
                     return how(value, context)
 
-        try:
+        def sized() -> Any:
             try:
                 return attempt()
             except OversizedValueError:
@@ -2538,6 +2553,15 @@ class Engine:
                     raise
                 with unbounded_sizes():  # as the run rendered it when it was recorded
                     return attempt()
+
+        try:
+            try:
+                return sized()
+            except ArgumentSizeError:
+                if self.runtime.patched(PATCH_TEMPLATE_ARGUMENTS):
+                    raise
+                with unbounded_arguments():  # as the run rendered it when it was recorded
+                    return sized()
         finally:
             self._task_work += last_work()  # (the last evaluation's: the one that counts)
 

@@ -162,6 +162,23 @@ def unbounded_sizes() -> Iterator[None]:
         yield
 
 
+_bounded_arguments: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "wfa_bounded_arguments", default=True
+)
+
+
+@contextlib.contextmanager
+def unbounded_arguments() -> Iterator[None]:
+    """Templates evaluated in it read filters' and tests' arguments, and let them multiply text,
+    as before :class:`ArgumentSizeError` (the engine renders so for a run recorded before the
+    check). Found by an attacker's probe: ``select('in', input.b)`` scanned the whole list for
+    every item, charged as nothing (30,000 by 80,000 items held the workflow task 8 s, every
+    attempt), and ``tojson(1000000)``, ``join`` with a long separator, ``'{0:99999}' * 10000``
+    formatted, built gigabytes of text before its size was checked."""
+    with _scoped(_bounded_arguments, False):
+        yield
+
+
 _CONTAINERS = (
     list,
     tuple,
@@ -500,6 +517,27 @@ class _Oversized(SecurityError):
     """Raised inside an evaluation for :class:`OversizedValueError`."""
 
 
+class ArgumentSizeError(TemplateError):
+    """A template whose filters' and tests' arguments would make work or text its budgets did not
+    see: a test such as ``in`` reading a long list for every item, past
+    :data:`_SINGLE_OPERATION_BUDGET` steps, or text of more than :data:`MAX_RESULT_CHARS`
+    characters made by a separator, an indent, a wrap string, a translation table or format
+    widths (see :func:`unbounded_arguments`)."""
+
+
+class _OverArgued(SecurityError):
+    """Raised inside an evaluation for :class:`ArgumentSizeError`."""
+
+
+def _made_text(size: int, what: str) -> None:
+    """Refuses a call whose arguments would make ``size`` characters of text, past
+    :data:`MAX_RESULT_CHARS`, before it makes them (unless in :func:`unbounded_arguments`)."""
+    if size > MAX_RESULT_CHARS and _bounded_arguments.get():
+        raise _OverArgued(
+            f"{what} would make text of {size:,} characters, more than the limit of {MAX_RESULT_CHARS:,}"
+        )
+
+
 class _Undefined(StrictUndefined):
     """Strict undefined whose messages name the missing key and the keys that do exist."""
 
@@ -542,10 +580,26 @@ class _Budget:
 
     _single_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_single")
 
+    _arguments_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_arguments")
+
     @classmethod
     def reset(cls) -> None:
         cls._remaining.set([WORK_BUDGET])
         cls._single_left.set([_SINGLE_OPERATION_BUDGET])
+        cls._arguments_left.set([_SINGLE_OPERATION_BUDGET])
+
+    @classmethod
+    def arguments(cls, size: int) -> None:
+        """Counts what filters and tests read of their arguments beyond the value they apply to
+        (``select('in', a_list)`` scans the list for every item); past
+        :data:`_SINGLE_OPERATION_BUDGET` in one render, refuses (a separate count, as for
+        :meth:`single_operations`)."""
+        if _bounded_arguments.get() and not _take(cls._arguments_left, _SINGLE_OPERATION_BUDGET, size):
+            raise _OverArgued(
+                f"the template's filters and tests need more than {_SINGLE_OPERATION_BUDGET:,} steps to"
+                " read their arguments (a test such as 'in' given a long list, for every item): filter"
+                " by a smaller list, or look items up in a mapping"
+            )
 
     @classmethod
     def single_operations(cls, size: int) -> None:
@@ -645,6 +699,10 @@ def _charging(function: Callable[..., Any], makes_text: bool = False) -> Callabl
                 _text_size(value)
         else:
             _Budget.charge(1)
+        # Its other arguments too: the 'in' test reads its list at every call.
+        read = sum(_cost(argument) for argument in (*args[offset + 1 :], *kwargs.values()))
+        if read > len(args) - offset - 1 + len(kwargs):
+            _Budget.arguments(read)
         return function(*args, **kwargs)
 
     return charged
@@ -672,22 +730,28 @@ def _check_width(value: Any, what: str) -> None:
 
 
 def _check_percent_format(fmt: str) -> None:
+    total = len(fmt)
     for match in _PERCENT_SPEC.finditer(fmt.replace("%%", "")):
         for number in match.groups():
             if number == "*":
                 raise SecurityError("'*' widths are not supported in format strings")
             if number is not None:
                 _check_width(int(number), "format width")
+                total += int(number)
+    _made_text(total, "the format string's widths together")
 
 
 def _check_brace_format(fmt: str) -> None:
     unescaped = fmt.replace("{{", "").replace("}}", "")
     if re.search(r"\{[^{}]*\{", unescaped):
         raise SecurityError("nested replacement fields are not supported in format strings")
+    total = len(fmt)
     for match in _BRACE_FIELD.finditer(unescaped):
         spec = match.group(1).partition(":")[2]
         for number in _DIGITS.findall(spec):
             _check_width(int(number), "format width")
+            total += int(number)
+    _made_text(total, "the format string's widths together")
 
 
 def _check_replace(s: str, old: str, new: str, count: int | None) -> None:
@@ -778,9 +842,36 @@ def _finalize(value: Any) -> Any:
     return json.dumps(_to_json(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
-def _tojson(value: Any, indent: int | None = None) -> str:
-    """Deterministic JSON: keys sorted, no HTML escaping, non-ASCII kept."""
-    return json.dumps(_to_json(value), sort_keys=True, ensure_ascii=False, allow_nan=False, indent=indent)
+def _tojson(value: Any, indent: int | str | None = None) -> str:
+    """Deterministic JSON: keys sorted, no HTML escaping, non-ASCII kept; the indentation it adds
+    counted before it is written (:func:`_indented_size`)."""
+    plain = _to_json(value)
+    if indent is not None and _bounded_arguments.get():
+        _made_text(_indented_size(plain, indent), "tojson's indent")
+    return json.dumps(plain, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=indent)
+
+
+def _indented_size(plain: Any, indent: Any) -> int:
+    """The characters ``json.dumps(plain, indent=indent)`` adds for its indentation: a newline and
+    the indent once per level for every item of a list or an object (and its closing bracket).
+    The walk visits what :func:`_to_json` already bounded, counted as single operations."""
+    width = indent if isinstance(indent, int) and not isinstance(indent, bool) else len(str(indent))
+    width = max(width, 0)
+    size = visited = 0
+    stack: list[tuple[Any, int]] = [(plain, 0)]
+    while stack:
+        item, depth = stack.pop()
+        visited += 1
+        if isinstance(item, dict) and item:
+            size += (len(item) + 1) * (1 + width * depth) + len(item) * width
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list) and item:
+            size += (len(item) + 1) * (1 + width * depth) + len(item) * width
+            stack.extend((child, depth + 1) for child in item)
+        if size > MAX_RESULT_CHARS:
+            break
+    _Budget.single_operations(visited)
+    return size
 
 
 def _duration_seconds(value: Any) -> float:
@@ -814,6 +905,8 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     """Bound the built-in filters that can amplify output size beyond their input."""
     center = filters["center"]
     indent = filters["indent"]
+    join = filters["join"]
+    wordwrap = filters["wordwrap"]
     fmt = filters["format"]
     batch = filters["batch"]
     # The registered "slice" is jinja's async-aware variant, which expects the context that jinja
@@ -829,7 +922,28 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
 
     def do_indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
         _check_width(width, "indent width")
+        if isinstance(width, str):  # the text itself, on every line
+            _made_text((str(s).count("\n") + 1) * len(width), "indent")
         result: str = indent(s, width, first, blank)
+        return result
+
+    @pass_eval_context
+    def do_join(eval_ctx: EvalContext, value: Any, d: str = "", attribute: str | int | None = None) -> str:
+        items = value if isinstance(value, (list, tuple, str)) else list(value)
+        _made_text(len(str(d)) * max(len(items) - 1, 0), "join's separator between the items")
+        result: str = join(eval_ctx, items, d, attribute)
+        return result
+
+    @pass_environment
+    def do_wordwrap(environment: jinja2.Environment, s: str, *args: Any, **kwargs: Any) -> str:
+        # (width, break_long_words, wrapstring, break_on_hyphens), as jinja's wordwrap takes them
+        width = args[0] if args else kwargs.get("width", 79)
+        wrapstring = args[2] if len(args) > 2 else kwargs.get("wrapstring")
+        if wrapstring is not None and isinstance(width, int):
+            text = str(s)
+            lines = len(text) // max(width, 1) + text.count("\n") + 1
+            _made_text(lines * len(str(wrapstring)), "wordwrap's wrap string")
+        result: str = wordwrap(environment, s, *args, **kwargs)
         return result
 
     def do_format(value: str, *args: Any, **kwargs: Any) -> str:
@@ -862,6 +976,8 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         attr=do_attr,
         center=do_center,
         indent=do_indent,
+        join=do_join,
+        wordwrap=do_wordwrap,
         format=do_format,
         batch=do_batch,
         slice=do_slice,
@@ -1004,6 +1120,16 @@ class _Environment(ImmutableSandboxedEnvironment):
             elif name in ("join", "format", "format_map"):
                 for argument in (*args, *kwargs.values()):
                     _text_size(argument)
+                if name == "join" and len(args) == 1 and _bounded_arguments.get():
+                    items = args[0] if isinstance(args[0], (list, tuple, str, dict)) else list(args[0])
+                    _Budget.charge(_cost(items))
+                    args = (items,)
+                    separators = len(__obj.__self__) * max(len(items) - 1, 0)
+                    _made_text(separators, "join's separator between the items")
+            elif name == "translate" and args and isinstance(args[0], Mapping):
+                longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+                if longest > 1:
+                    _made_text(len(__obj.__self__) * longest, "translate's table")
             elif name == "replace" and len(args) >= 2:
                 count = args[2] if len(args) > 2 else kwargs.get("count")
                 _check_replace(__obj.__self__, str(args[0]), str(args[1]), count)
@@ -1172,6 +1298,8 @@ def _evaluate_compiled(source: str, expression: TemplateExpression, context: Map
         raise UnreadableValueError(source, str(exc)) from None
     except _Oversized as exc:
         raise OversizedValueError(source, str(exc)) from None
+    except _OverArgued as exc:
+        raise ArgumentSizeError(source, str(exc)) from None
     except Exception as exc:
         raise TemplateError(source, _detail(exc)) from exc
     if isinstance(value, str):
@@ -1237,6 +1365,8 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
         rendered = _compile_template(text)[0].render(dict(context))
     except _Oversized as exc:
         raise OversizedValueError(text, str(exc)) from None
+    except _OverArgued as exc:
+        raise ArgumentSizeError(text, str(exc)) from None
     except Exception as exc:
         raise TemplateError(text, _detail(exc)) from exc
     return _check_size(text, _inert_output(_readable_text(text, rendered)))
@@ -1303,6 +1433,8 @@ def render_html(value: Any, context: Mapping[str, Any]) -> Any:
         raise
     except _Oversized as exc:
         raise OversizedValueError(value, str(exc)) from None
+    except _OverArgued as exc:
+        raise ArgumentSizeError(value, str(exc)) from None
     except Exception as exc:
         raise TemplateError(value, _detail(exc)) from exc
     return _check_size(value, _inert_output(_readable_text(value, rendered)))

@@ -1073,6 +1073,22 @@ def _template_sizes(base: str) -> dict[str, Any]:
     }
 
 
+def _template_arguments(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-template-arguments",
+        "steps": [
+            _echo("before", "ok"),
+            {
+                "id": "pick",
+                "type": "set",
+                "vars": {"x": "{{ input.a | select('in', input.b) | list | length }}"},
+            },
+            _echo("after", "ok"),
+        ],
+    }
+
+
 TOKEN_HEAVY_TEMPLATE = "{{ input.a }}x" * 1700
 """A template of 10,200 tokens (six a repeat), past ``MAX_DEFINITION_TEMPLATE_TOKENS``."""
 
@@ -1758,6 +1774,17 @@ def scenarios() -> list[Scenario]:
             _template_tokens,
             {"a": 1},
             raw=True,
+        ),
+        Scenario(
+            "template_arguments",
+            "a set step filtering 3,000 items by 'in' a list of 1,000 (recorded at generation 0:"
+            " patch template-arguments asked, a marker): the 'in' test reads the list at every call,"
+            " more than the render's 2 Mi steps for arguments; the step fails (ArgumentSizeError),"
+            " the run fails. template_arguments_before.json is the same run recorded by the build"
+            " before the patch (no marker: it counted none and ran the last step); this build would"
+            " record the refused run, so that one is not re-recorded",
+            _template_arguments,
+            {"a": list(range(3000)), "b": list(range(-1, -1001, -1))},
         ),
         Scenario(
             "decision_text",

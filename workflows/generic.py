@@ -103,6 +103,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_REDRIVE_KEEPS_RECORDED,
         PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
+        PATCH_TEMPLATE_ARGUMENTS,
         PATCH_TEMPLATE_SIZES,
         PATCH_TEMPLATE_VALUES,
         PATCH_VALUE_DEPTH,
@@ -496,6 +497,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_LINK_WAITS: 30,
     PATCH_TEMPLATE_SIZES: 30,
     PATCH_TEMPLATE_TOKENS: 31,
+    PATCH_TEMPLATE_ARGUMENTS: 32,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
