@@ -411,8 +411,13 @@ class EmailActions:
         if not sender:
             raise _invalid(f"from: no sender given and the tenant has no setting {spec.account}_FROM")
         sender_address = parseaddr(sender)[1]
-        if "@" not in sender_address or not LINE_BREAKS.isdisjoint(sender):
-            raise _invalid("from: the sender is not an email address")
+        if (
+            "@" not in sender_address
+            or not LINE_BREAKS.isdisjoint(sender)
+            or not sender_address.isascii()  # the tenant's setting is checked as input is
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in sender)
+        ):
+            raise _invalid("from: the sender is not an ASCII email address on one line")
         domain = sender_address.rpartition("@")[2].strip().lower() or "localhost"
         message_id = message_id_for(request.idempotency_key, domain)
         try:

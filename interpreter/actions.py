@@ -277,10 +277,19 @@ def _address(value: str) -> str:
     text = value.strip()
     if not text or "\0" in text or not LINE_BREAKS.isdisjoint(text) or len(text) > 320:
         raise ValueError("must be one email address on one line")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{text[:80]!r} holds a control character")
     _, addr = parseaddr(text)
     local, at, domain = addr.rpartition("@")
     if not at or not local or "." not in domain or any(c.isspace() for c in addr):
         raise ValueError(f"{text[:80]!r} is not an email address")
+    if not addr.isascii():
+        # SMTP without SMTPUTF8 takes ASCII addresses only: a probe's "a@bü.example" failed at
+        # send time with a retried UnicodeEncodeError. A display name may be in any script.
+        raise ValueError(
+            f"{addr[:80]!r} is not an ASCII address (write an international domain in its xn-- form;"
+            " a name before the address may be in any script)"
+        )
     return text
 
 

@@ -322,6 +322,35 @@ async def test_an_exotic_line_separator_is_a_permanent_input_error_naming_the_fi
     assert mailbox.received == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("from", "a@b\u00fc.example", "from"),
+        ("to", "\u00fc@example.org", "to[0]"),
+        ("from", "a@b\x01.example", "from"),
+        ("to", "u\x01@b.example", "to[0]"),
+        ("cc", ["ok@b.example", "Ann \x07 <ann@b.example>"], "cc[1]"),
+    ],
+)
+async def test_an_address_smtp_cannot_carry_is_a_permanent_input_error(
+    mailbox: LocalMailbox, tenant_settings: dict[str, Any], field: str, value: Any, named: str
+) -> None:
+    """A probe: non-ASCII and control characters passed the check, then failed at send time with
+    an unnamed UnicodeEncodeError or ValueError, retried."""
+    tenant_settings["default"] = settings(mailbox)
+    error = await send_error({"to": "a@b.example", "subject": "s", "text": "t", field: value})
+    assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+    assert error.message.startswith(f"invalid email input: {named}: "), error.message
+    # A name in any script is fine: the header encodes it.
+    await send({"to": "J\u00fcrgen M\u00fcller <jm@b.example>", "subject": "s", "text": "t"})
+    (mail,) = mailbox.received
+    assert mail.rcpt_tos == ["jm@b.example"]
+    tenant_settings["default"] = settings(mailbox, SMTP_FROM="o@sch\u00fcle.example")
+    error = await send_error({"to": "a@b.example", "subject": "s", "text": "t"})
+    assert (error.type, error.non_retryable) == ("InvalidActionInput", True)
+    assert "from: the sender is not an ASCII email address" in error.message
+
+
 async def test_a_tenant_sender_with_a_line_separator_is_refused_before_sending(
     mailbox: LocalMailbox, tenant_settings: dict[str, Any]
 ) -> None:
