@@ -18,6 +18,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, ParamSpec
+from urllib.parse import quote, urlsplit
 
 import pydantic_core
 from pydantic import ValidationError
@@ -33,7 +34,7 @@ from activities.secrets import (
     tenant_scope,
 )
 from interpreter.actions import ActionRequest, ActionResult, RetryMode, input_problems, linear_delay_s
-from interpreter.inert import SECRET_REF, as_text, sub_references
+from interpreter.inert import SECRET_REF, SECRET_REF_START, as_text, sub_references
 from interpreter.sizes import (
     ACTION_OUTPUT_BUDGET,
     JSON_ESCAPE_EXPANSION,
@@ -55,6 +56,7 @@ __all__ = [
     "require_setting",
     "resolve_relayed",
     "resolve_secrets",
+    "resolve_url",
     "tenant_secret",
     "tenant_setting",
 ]
@@ -199,6 +201,62 @@ def resolve_relayed(value: Any, what: str) -> Any:
                 non_retryable=True,
             )
     return result
+
+
+_URL_SLOT = "\ue010{}\ue011"
+"""Stands for the n-th secret reference of a URL while its shape is read (:func:`resolve_url`)."""
+
+
+def resolve_url(url: str) -> str:
+    """:func:`resolve_secrets` for a URL. A secret written inside the URL's userinfo, path, query
+    or fragment is percent-encoded there, so its ``#``, ``&``, ``/``... stay part of its value (a
+    password holding ``#`` was cut there, the rest read as a fragment, and the part sent was no
+    form redaction knew: an attacker's probe). A secret that starts the URL (a base URL kept as a
+    secret) is written as it is; one in the host too, but it may not change the URL's shape there.
+
+    Raises:
+        ApplicationError: As :func:`resolve_secrets`; non-retryable ``InvalidActionInput`` for a
+            secret in the host holding ``/``, ``?``, ``#``, ``@`` or a space.
+    """
+    if SECRET_REF_START not in url:
+        return url
+    count = [0]
+
+    def slot(match: re.Match[str]) -> str:
+        if match.group(1):
+            return match.group(0)[1:]
+        count[0] += 1
+        return _URL_SLOT.format(count[0])
+
+    shape = sub_references(SECRET_REF, slot, url)
+    parts = urlsplit(shape)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    encoded = {
+        n
+        for n in range(1, count[0] + 1)
+        if not shape.startswith(_URL_SLOT.format(n))
+        and any(_URL_SLOT.format(n) in part for part in (userinfo, parts.path, parts.query, parts.fragment))
+    }
+    in_host = {n for n in range(1, count[0] + 1) if _URL_SLOT.format(n) in host}
+    count[0] = 0
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(1):
+            return match.group(0)[1:]
+        count[0] += 1
+        resolved: str = resolve_secrets(match.group(0))
+        if count[0] in encoded:
+            return quote(resolved, safe="")
+        if count[0] in in_host and any(c in resolved for c in "/?#@ \t\r\n"):
+            raise ApplicationError(
+                f"invalid input: url: secret {match.group(2)!r} stands in the URL's host but holds a"
+                " character that would change the URL there",
+                type="InvalidActionInput",
+                non_retryable=True,
+            )
+        return resolved
+
+    return sub_references(SECRET_REF, value, url)
 
 
 def tenant_setting(name: str) -> str | None:

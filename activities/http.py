@@ -37,7 +37,7 @@ import httpx
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets
+from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets, resolve_url
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import (
     ActionRequest,
@@ -311,7 +311,7 @@ class HttpActions:
         method = spec.method
         what = f"{method} {_display_url(spec.url)}"
 
-        url: str = resolve_secrets(spec.url)
+        url: str = resolve_url(spec.url)
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ApplicationError(
                 f"invalid http input: url: {what} is not an http(s) URL once secrets are resolved",

@@ -31,7 +31,14 @@ import httpx
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets, tenant_secret
+from activities.base import (
+    action,
+    check_secret_hosts,
+    invalid_input,
+    resolve_secrets,
+    resolve_url,
+    tenant_secret,
+)
 from activities.messaging import idempotency_token, provider_request
 from interpreter.actions import ActionRequest, WebhookInput, WebhookResult, parse_action_input
 
@@ -87,7 +94,7 @@ class WebhookActions:
         except ValidationError as exc:
             raise invalid_input("webhook", request.input, exc) from None
         key = _key(tenant_secret(spec.secret) or "", spec.secret)
-        url: str = resolve_secrets(spec.url)
+        url: str = resolve_url(spec.url)
         headers: dict[str, str] = resolve_secrets(spec.headers)
         host = urlsplit(url).hostname or ""
         if urlsplit(url).scheme.lower() not in ("http", "https") or not host:

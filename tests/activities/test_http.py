@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from email.utils import format_datetime
     from pathlib import Path
     from typing import Any
+    from urllib.parse import quote
 
     import httpx
     import pytest
@@ -189,6 +190,36 @@ async def test_secret_is_resolved_but_not_returned(
     dumped = json.dumps(result.output)
     assert SECRET not in dumped
     assert result.output["body"]["json"] == {"token": "[REDACTED:API_TOKEN]"}
+
+
+async def test_a_secret_inside_a_url_keeps_its_value_and_never_shows(
+    http_client: httpx.AsyncClient, http_server: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe: a password holding ``#`` written into a URL's query was cut there (the rest read as
+    a fragment), the server got a part of it, and the part it echoed was no form redaction knew."""
+    password = "Tr0ub4dor&3#horse/a b+c?d=e%f"
+    monkeypatch.setenv("WFA_SECRET_PW", password)
+
+    def echo(request: RecordedRequest) -> Response:
+        return 404, {}, {"no such page": request.path, "query": request.query}
+
+    http_server.route("GET", f"/api/users/{quote(password, safe='')}", echo)
+    err = await call_error(
+        http_client,
+        {"url": http_server.url + "/api/users/${secret:PW}?user=ann&password=${secret:PW}#${secret:PW}"},
+    )
+    [seen] = http_server.requests()
+    assert seen.path == f"/api/users/{quote(password, safe='')}"
+    assert seen.query == {"user": ["ann"], "password": [password]}  # whole, not cut at '#' or '&'
+    assert password not in json.dumps(list(err.details))
+    assert quote(password, safe="") not in json.dumps(list(err.details))
+    assert "[REDACTED:PW]" in err.details[0]["body"]
+    # In the host, a secret may not change the URL's shape.
+    monkeypatch.setenv("WFA_SECRET_HOST", "127.0.0.1/evil?")
+    err = await call_error(http_client, {"url": "http://${secret:HOST}/x"})
+    assert (err.type, err.non_retryable) == ("InvalidActionInput", True)
+    assert "secret 'HOST' stands in the URL's host" in err.message
+    assert len(http_server.requests()) == 1
 
 
 async def test_secret_never_in_errors(
