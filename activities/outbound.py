@@ -67,6 +67,10 @@ _DENY_RULES: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
     ("IPv6 site-local", _nets("fec0::/10")),
     ("multicast", _nets("224.0.0.0/4", "ff00::/8")),
     ("Teredo", _nets("2001::/32")),
+    # Local-use NAT64 (RFC 8215): the network picks where the IPv4 address sits (a /48 to a /96
+    # prefix), so no one reading of it is right: 64:ff9b:1:a00:0:100:808:808 carries 10.0.0.1 under
+    # a /48, and was read as 8.8.8.8 (a probe). The whole prefix is refused.
+    ("local-use NAT64 (RFC 8215)", _nets("64:ff9b:1::/48")),
     (
         "reserved",
         _nets(
@@ -84,7 +88,7 @@ _DENY_RULES: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
 
 _IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-_NAT64 = _nets("64:ff9b::/96", "64:ff9b:1::/48")
+_NAT64 = _nets("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 
 

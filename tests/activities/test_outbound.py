@@ -67,6 +67,9 @@ LITERAL_FORMS: list[tuple[str, str]] = [
     ("[::127.0.0.1]", "IPv4-compatible loopback"),
     ("[64:ff9b::7f00:1]", "NAT64 loopback"),
     ("[64:ff9b::a9fe:a9fe]", "NAT64 link-local (cloud metadata)"),
+    # Under a local-use /48 prefix this carries 10.0.0.1 (read as 8.8.8.8 before: a probe).
+    ("[64:ff9b:1:a00:0:100:808:808]", "local-use NAT64 (RFC 8215)"),
+    ("[64:ff9b:1::808:808]", "local-use NAT64 (RFC 8215)"),
     ("[2002:7f00:1::]", "6to4 loopback"),
     ("[2002:a9fe:a9fe::]", "6to4 link-local (cloud metadata)"),
     ("[2001::1]", "Teredo"),
