@@ -41,6 +41,7 @@ from interpreter.sizes import (
     VALUE_MAX_DEPTH,
     json_depth,
     json_size,
+    text_problem,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "bound_text",
     "check_secret_hosts",
     "check_tenant_scope",
+    "holds_lone_surrogate",
     "redact_secrets",
     "require_setting",
     "resolve_relayed",
@@ -513,6 +515,22 @@ def _to_application_error(
     )
 
 
+def holds_lone_surrogate(value: Any) -> bool:
+    """Whether a string (or key) in ``value`` holds a lone UTF-16 surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and text_problem(item.replace("\x00", "")) is not None:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def action(
     name: str,
 ) -> Callable[[Callable[P, Awaitable[Any]]], Callable[P, Coroutine[Any, Any, ActionResult]]]:
@@ -584,6 +602,16 @@ def action(
                         " levels deep, more than a run keeps",
                         {"attempt": attempt},
                         type="ActionOutputTooDeep",
+                        non_retryable=True,
+                    )
+                if holds_lone_surrogate(output):
+                    # No UTF-8 writes it: the result failed to serialise, in words no one could
+                    # act on (PydanticSerializationError), and the call was made again.
+                    raise ApplicationError(
+                        f"the output of {name!r} holds a lone surrogate character (text no UTF-8"
+                        " can encode, as a JSON escape like \\ud800 alone makes it): a run cannot keep it",
+                        {"attempt": attempt},
+                        type="ActionOutputUnreadable",
                         non_retryable=True,
                     )
                 return ActionResult(output=output, attempt=attempt)

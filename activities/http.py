@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,14 @@ import httpx
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets, resolve_url
+from activities.base import (
+    action,
+    check_secret_hosts,
+    holds_lone_surrogate,
+    invalid_input,
+    resolve_secrets,
+    resolve_url,
+)
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import (
     ActionRequest,
@@ -88,14 +96,41 @@ def _decode_text(raw: bytes, response: httpx.Response) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is out of a number's range")
+    return value
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """``raw`` as JSON as RFC 8259 means it: no ``NaN`` or ``Infinity``, no number that overflows
+    a float (``1e999``), no lone surrogate escape (``"\\ud800"``).
+
+    Raises:
+        ValueError: Anything else (``RecursionError`` for nesting past the parser's stack).
+    """
+    value = json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+    if holds_lone_surrogate(value):
+        raise ValueError("a lone surrogate escape is not text")
+    return value
+
+
 def _parse_body(raw: bytes, response: httpx.Response) -> Any:
     if _is_json(response.headers.get("content-type", "")):
         if not raw.strip():
             return None
         try:
-            return json.loads(raw)
+            return strict_json(raw)
         except ValueError:
-            pass  # A mislabelled body is still worth returning, as text.
+            # A mislabelled body is still worth returning, as text; so is one that is not strict
+            # JSON: NaN and Infinity became null in history (a probe), and a lone surrogate escape
+            # could not be written at all.
+            pass
         except RecursionError:
             # [[[[... past the parser's stack: a retryable bug before (a POST sent again), a probe.
             raise ApplicationError(

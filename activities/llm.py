@@ -40,7 +40,6 @@ body coding not read                 no         ``HttpResponseUndecodable``
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +49,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.base import action, check_secret_hosts, invalid_input, resolve_secrets
 from activities.connections import configured_connection
-from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after
+from activities.http import _decode_text, _read_prefix, _read_success_body, _retry_after, strict_json
 from activities.input_check import (
     InputCheckBusyError,
     InputCheckFailedError,
@@ -93,7 +92,7 @@ async def _answer_problem(
             no process could check it now (retryable).
     """
     try:
-        answer = json.loads(content)
+        answer = strict_json(content)  # not NaN, which a JSON schema's "number" took (a probe)
     except (ValueError, RecursionError) as err:
         return None, f"the answer is not JSON ({type(err).__name__}: {err})"
     deadline = min(input_check_settings().deadline_s, max(1.0, spec.timeout_s))
@@ -213,7 +212,7 @@ async def _status_error(response: httpx.Response, what: str) -> ApplicationError
 
 async def _completion(raw: bytes, what: str, spec: LlmInput, tenant: str) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = strict_json(raw)
         choice = data["choices"][0]
         content = choice["message"]["content"]
         if not isinstance(content, str):

@@ -59,7 +59,7 @@ from activities.base import (
     tenant_secret,
     tenant_setting,
 )
-from activities.http import _read_prefix, _retry_after
+from activities.http import _read_prefix, _retry_after, strict_json
 from activities.outbound import OutboundRefusedError
 from interpreter.actions import (
     ActionInput,
@@ -111,7 +111,7 @@ def _parse(model: type[Any], action_name: str, request: ActionRequest) -> Any:
 def _body(raw: bytes) -> Any:
     text = raw.decode("utf-8", errors="replace")
     try:
-        return json.loads(text) if text.strip() else None
+        return strict_json(text) if text.strip() else None
     except (ValueError, RecursionError):  # RecursionError: [[[[... (a probe: a retried send)
         return text
 

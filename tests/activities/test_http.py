@@ -125,6 +125,11 @@ async def test_vendor_json_and_mislabelled_json(
     assert (await call(http_client, {"url": f"{http_server.url}/problem"})).output["body"] == {"a": 1}
     assert (await call(http_client, {"url": f"{http_server.url}/broken"})).output["body"] == "not json"
     assert (await call(http_client, {"url": f"{http_server.url}/empty"})).output["body"] is None
+    # Not strict JSON: returned as the text it is (NaN and 1e999 became null in history, and a
+    # lone surrogate escape could not be written: probes).
+    for raw in (b'{"n": NaN}', b'{"i": 1e999}', b'{"a": "\\ud800"}'):
+        http_server.route("GET", "/odd", [(200, {"Content-Type": "application/json"}, raw)])
+        assert (await call(http_client, {"url": f"{http_server.url}/odd"})).output["body"] == raw.decode()
     # Nested past the parser's stack: the step fails for good (a probe: a retryable
     # RecursionError, and each retry sent the request again).
     http_server.route("POST", "/deep", [(200, {"Content-Type": "application/json"}, b"[" * 200_000)])

@@ -155,6 +155,12 @@ async def test_an_invalid_answer_is_a_retryable_failure(
     error = await ask_error(loopback_client, {"prompt": "Hm.", "json_schema": SCHEMA})
     assert error.type == "LlmAnswerInvalid"
     assert "not JSON" in error.message
+    # Nor NaN, which a schema's "number" took (a probe), nor a number past a float's range.
+    for answer in ("NaN", "1e999"):
+        http_server.route("POST", PATH, [(200, {}, completion(answer))])
+        error = await ask_error(loopback_client, {"prompt": "Hm.", "json_schema": {"type": "number"}})
+        assert (error.type, error.non_retryable) == ("LlmAnswerInvalid", False), answer
+        assert "not JSON" in error.message
 
 
 @pytest.mark.usefixtures("configured")

@@ -377,11 +377,14 @@ async def test_a_provider_that_does_not_answer_in_time_or_answers_without_a_sid(
         )
         error = await run_error(http_client, "sms", {"to": "+13125550100", "body": "x"})
         assert (error.type, error.non_retryable) == ("MessagingBadResponse", True), answer[:40]
-    # A duration that is no number of seconds reads as unknown (Infinity was an OverflowError).
+    # A duration that is not JSON (Infinity was an OverflowError, retried) is no record; one that
+    # is no number of seconds reads as unknown.
+    calls = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/CA1.json"
+    twilio.server.route("GET", calls, [(200, json_type, b'{"sid": "CA1", "duration": Infinity}')])
+    error = await run_error(http_client, "call_status", {"sid": "CA1"}, key=KEY + "/call-status")
+    assert (error.type, error.non_retryable) == ("MessagingBadResponse", True)
     twilio.server.route(
-        "GET",
-        f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/CA1.json",
-        [(200, json_type, b'{"sid": "CA1", "status": "completed", "duration": Infinity}')],
+        "GET", calls, [(200, json_type, b'{"sid": "CA1", "status": "completed", "duration": "x"}')]
     )
     status = await run(http_client, "call_status", {"sid": "CA1"}, key=KEY + "/call-status")
     assert (status.output["status"], status.output["duration"]) == ("completed", None)

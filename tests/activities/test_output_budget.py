@@ -25,6 +25,24 @@ async def test_an_output_over_the_budget_is_refused_naming_it() -> None:
     assert f"budget of {ACTION_OUTPUT_BUDGET} bytes" in info.value.message
 
 
+async def test_an_output_holding_a_lone_surrogate_is_refused_naming_it() -> None:
+    """No UTF-8 writes one: the result failed to serialise as a PydanticSerializationError, and the
+    call was made again (a probe: an HTTP answer's ``"\\ud800"``; any action's output may)."""
+    outputs = iter(["a\ud800b", {"k": ["\udfff"]}, {"\ud800": 1}, "\U0001f600 \x00"])
+
+    @action("odd")
+    async def odd(request: ActionRequest) -> object:
+        return next(outputs)
+
+    request = ActionRequest(step_id="odd", idempotency_key="k", input={})
+    for _ in range(3):
+        with pytest.raises(ApplicationError) as info:
+            await ActivityEnvironment().run(odd, request)
+        assert (info.value.type, info.value.non_retryable) == ("ActionOutputUnreadable", True)
+        assert "lone surrogate" in info.value.message
+    assert (await ActivityEnvironment().run(odd, request)).output == "\U0001f600 \x00"
+
+
 async def test_an_output_within_the_budget_passes() -> None:
     request = ActionRequest(step_id="ok", idempotency_key="k", input={"value": "x" * 1000})
     result = await ActivityEnvironment().run(echo, request)
