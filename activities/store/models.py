@@ -236,3 +236,14 @@ class PayloadBlobRow(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class EndedSessionRow(Base):
+    """An inbox session someone signed out of, by the SHA-256 of its CSRF secret, until its cookie
+    would have expired: every gateway process refuses its cookie (:mod:`gateway.inbox.ended`)."""
+
+    __tablename__ = "inbox_ended_sessions"
+    __table_args__ = (Index("ix_inbox_ended_sessions_expires_at", "expires_at"),)
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

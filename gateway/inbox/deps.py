@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from gateway.inbox.auth import Authenticator, SessionSigner
+from gateway.inbox.ended import EndedSessions
 from gateway.inbox.oidc import OidcClient, OidcProvider, check_providers
 from starter.client import FlowClient
 from starter.errors import PayloadUnreadableError
 from starter.payload_store import PayloadStoreError
+
+if TYPE_CHECKING:
+    from activities.store.database import Database
 
 RUN_DATA_UNREADABLE = (PayloadUnreadableError, PayloadStoreError)
 """The errors meaning this gateway cannot read a run's data (its payload keys or store settings, or
@@ -45,6 +50,8 @@ class InboxConfig:
         decision_ttl_s: Lifetime of the token minted for one decision (it is spent at once).
         base_url: The inbox's public URL (for links in emails), e.g. ``https://flows.example/inbox``.
         list_limit: At most this many runs are listed.
+        ended_sessions: Where sign-outs are remembered beyond this process (the gateway's: its
+            database, :class:`gateway.inbox.ended.StoredEndedSessions`); None: in this process only.
     """
 
     clients: ClientFactory
@@ -57,6 +64,7 @@ class InboxConfig:
     decision_ttl_s: float = 300
     base_url: str = ""
     list_limit: int = 50
+    ended_sessions: EndedSessions | None = None
 
     def signing_key(self, tenant: str) -> dict[str, Any] | None:
         """The private JWK that mints the tenant's decision tokens, if any."""
@@ -162,7 +170,13 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
         built = inbox_config_from_env(gateway_client)
         if built is None:
             return
-        config = built
+        from gateway.inbox.ended import StoredEndedSessions
+
+        async def database() -> Database:
+            found: Database = await app.state.gateway.database()
+            return found
+
+        config = dataclasses.replace(built, ended_sessions=StoredEndedSessions(database))
 
     check_providers(config.oidc_providers)  # several providers: none may name any tenant
     app.state.inbox = InboxState(

@@ -95,8 +95,14 @@ _templates.filters["when"] = _when
 _templates.filters["text"] = as_text
 
 
-def _session(request: Request, state: InboxState) -> Session | None:
-    return state.sessions.load(request.cookies.get(COOKIE))
+async def _session(request: Request, state: InboxState) -> Session | None:
+    """The request's session, unless its cookie is forged, expired or signed out (in this process,
+    or in any process when the sign-outs are stored: :attr:`InboxConfig.ended_sessions`)."""
+    session = state.sessions.load(request.cookies.get(COOKIE))
+    ended = state.config.ended_sessions
+    if session is not None and ended is not None and await ended.ended(session.csrf):
+        return None
+    return session
 
 
 def _render(
@@ -134,7 +140,7 @@ async def unreadable_form_page(request: Request, exc: Exception) -> HTMLResponse
         request,
         state,
         "message.html",
-        _session(request, state) or state.sessions.new(None),
+        await _session(request, state) or state.sessions.new(None),
         status_code=400,
         title="Form not readable",
         message="This form did not arrive as the page sends it (URL-encoded UTF-8 text): nothing was"
@@ -182,7 +188,7 @@ def _text(form: FormData, name: str) -> str:
 @router.get("/login", response_class=HTMLResponse, name="inbox_login")
 async def login_page(request: Request, state: State, next: str = "") -> HTMLResponse:
     """The sign-in form."""
-    session = _session(request, state)
+    session = await _session(request, state)
     fresh = session is None
     if session is None:
         session = state.sessions.new(None)
@@ -209,7 +215,7 @@ def _sign_in_options(state: InboxState) -> dict[str, Any]:
 async def login(request: Request, state: State) -> Response:
     """Checks the credentials; on success a new session (new CSRF secret) for the person."""
     form = await submitted_form(request)
-    session = _session(request, state)
+    session = await _session(request, state)
     if not state.sessions.check_csrf(session, _text(form, "csrf")):
         anonymous = state.sessions.new(None)
         return _render(
@@ -269,8 +275,10 @@ def _inbox_url(request: Request, state: InboxState) -> str:
     return state.config.base_url.rstrip("/") or str(request.base_url).rstrip("/") + state.prefix
 
 
-def _problem(request: Request, state: InboxState, title: str, message: str, status_code: int) -> HTMLResponse:
-    session = _session(request, state)
+async def _problem(
+    request: Request, state: InboxState, title: str, message: str, status_code: int
+) -> HTMLResponse:
+    session = await _session(request, state)
     fresh = session is None
     return _render(
         request,
@@ -291,13 +299,15 @@ async def oidc_login(request: Request, state: State, provider: str = "", next: s
     clients = list(state.oidc.values())
     client = state.oidc.get(provider) or (clients[0] if len(clients) == 1 and not provider else None)
     if client is None:
-        return _problem(request, state, "Unknown sign-in", "There is no such sign-in service here.", 404)
+        return await _problem(
+            request, state, "Unknown sign-in", "There is no such sign-in service here.", 404
+        )
     try:
         url, pending = await client.begin(
             _redirect_uri(request, state, client.provider.key), _safe_next(state, next)
         )
     except SignInRefused as err:
-        return _problem(request, state, "Sign-in is not available", err.message, err.status_code)
+        return await _problem(request, state, "Sign-in is not available", err.message, err.status_code)
     response = RedirectResponse(url, status_code=303)
     response.set_cookie(
         OIDC_COOKIE,
@@ -314,7 +324,7 @@ async def oidc_login(request: Request, state: State, provider: str = "", next: s
 @router.get("/oidc/callback", name="inbox_oidc_callback_shared")
 async def oidc_callback_shared(request: Request, state: State) -> Response:
     """The callback once shared by all providers: an answer here cannot say whose it is."""
-    response = _problem(
+    response = await _problem(
         request,
         state,
         "You are not signed in",
@@ -336,7 +346,9 @@ async def oidc_callback(request: Request, state: State, provider: str) -> Respon
     """
     client = state.oidc.get(provider)
     if client is None:
-        return _problem(request, state, "Unknown sign-in", "There is no such sign-in service here.", 404)
+        return await _problem(
+            request, state, "Unknown sign-in", "There is no such sign-in service here.", 404
+        )
     sealed = state.sessions.unseal("oidc", request.cookies.get(OIDC_COOKIE))
     pending = None
     if sealed is not None:
@@ -354,7 +366,7 @@ async def oidc_callback(request: Request, state: State, provider: str) -> Respon
             started.provider.name if started is not None else "",
         )
     except SignInRefused as err:
-        response = _problem(request, state, "You are not signed in", err.message, err.status_code)
+        response = await _problem(request, state, "You are not signed in", err.message, err.status_code)
         response.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")
         return response
     assert pending is not None
@@ -370,7 +382,7 @@ async def logout(request: Request, state: State) -> Response:
     (OpenID Connect RP-Initiated Logout, when the provider advertises ``end_session_endpoint``):
     the browser goes to the provider, which sends it back to the sign-in page."""
     form = await submitted_form(request)
-    session = _session(request, state)
+    session = await _session(request, state)
     response = RedirectResponse(f"{state.prefix}/login", status_code=303)
     if not state.sessions.check_csrf(session, _text(form, "csrf")):
         return response
@@ -384,6 +396,8 @@ async def logout(request: Request, state: State) -> Response:
                 response = RedirectResponse(url, status_code=303)
     response.delete_cookie(COOKIE, path=state.prefix or "/")
     state.sessions.end(session)  # a copy of the cookie no longer signs anyone in
+    if state.config.ended_sessions is not None:  # nor in another gateway process, or a restarted one
+        await state.config.ended_sessions.end(session.csrf, session.expires)
     return response
 
 
@@ -426,7 +440,7 @@ async def find_work(flows: FlowClient, person: Person, limit: int) -> list[WorkI
 async def inbox(request: Request, state: State, done: str = "") -> Response:
     """What waits for the signed-in person; ``done``: the decision just sent, sealed for this
     session (:func:`_done_url`)."""
-    session = _session(request, state)
+    session = await _session(request, state)
     if session is None or session.person is None:
         return _to_login(state, request)
     person = session.person
@@ -507,7 +521,7 @@ def _not_found(request: Request, state: InboxState, session: Session) -> HTMLRes
 @router.get("/item", response_class=HTMLResponse, name="inbox_item")
 async def item(request: Request, state: State, run: str = "", step: str = "") -> Response:
     """One pending step: its context, its history of escalations and decisions, the form."""
-    session = _session(request, state)
+    session = await _session(request, state)
     if session is None or session.person is None:
         return _to_login(state, request)
     return await _item_page(request, state, session, run, step)
@@ -601,7 +615,7 @@ async def _item_page(
 async def decide(request: Request, state: State) -> Response:
     """Sends the person's decision as the run's validated ``decide`` update, with a token."""
     form = await submitted_form(request)
-    session = _session(request, state)
+    session = await _session(request, state)
     if session is None or session.person is None:
         return _to_login(state, request)
     if not state.sessions.check_csrf(session, _text(form, "csrf")):
@@ -704,8 +718,8 @@ async def send_decision(
 DONE = {"approve": "Approved", "reject": "Rejected", "complete": "Completed"}
 
 
-def _link_session(request: Request, state: InboxState) -> tuple[Session, bool]:
-    session = _session(request, state)
+async def _link_session(request: Request, state: InboxState) -> tuple[Session, bool]:
+    session = await _session(request, state)
     if session is None:
         return state.sessions.new(None), True
     return session, False
@@ -716,7 +730,7 @@ async def link(request: Request, state: State, t: str = "") -> Response:
     """An emailed decision link: the step and a confirmation, or why the link no longer works."""
     from gateway.inbox.links import link_page
 
-    session, fresh = _link_session(request, state)
+    session, fresh = await _link_session(request, state)
     response = await link_page(request, state, session, t, _render)
     if fresh:
         _set_cookie(response, state, session)
@@ -728,14 +742,14 @@ async def link_decide(request: Request, state: State) -> Response:
     """Decides through a link (the token is the proof; no sign-in)."""
     from gateway.inbox.links import decide_by_link
 
-    session, _ = _link_session(request, state)
+    session, _ = await _link_session(request, state)
     return await decide_by_link(request, state, session, _render)
 
 
 @router.get("/link/done", response_class=HTMLResponse, name="inbox_link_done")
 async def link_done(request: Request, state: State, decision: str = "") -> Response:
     """After a link decided."""
-    session, fresh = _link_session(request, state)
+    session, fresh = await _link_session(request, state)
     verb = DONE.get(decision, "Done")
     return _render(
         request,

@@ -132,10 +132,9 @@ def inbox_app(
         app,
         InboxConfig(
             clients=client_for,
-            session_secret=secrets.token_bytes(32),
             signing_keys=signing_keys,
             secure_cookies=False,  # plain HTTP on loopback
-            **{"authenticator": LocalUsers(), **config},
+            **{"authenticator": LocalUsers(), "session_secret": secrets.token_bytes(32), **config},
         ),
     )
     return app

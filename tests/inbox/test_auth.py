@@ -201,6 +201,10 @@ async def test_installed_from_the_gateways_configuration(
     assert app.url_path_for("inbox_login") == "/inbox/login"
     assert await app.state.inbox.config.clients("t") == "the tenant's client"
     assert asked == ["t"]
+    # Sign-outs are remembered in the gateway's database, for every process (tests/inbox/test_ended_sessions.py).
+    from gateway.inbox.ended import StoredEndedSessions
+
+    assert isinstance(app.state.inbox.config.ended_sessions, StoredEndedSessions)
 
     # ``/inbox`` leads to the list by path: Starlette's slash redirect wrote the Host header into
     # the Location (a probe: a forged Host sent the browser elsewhere).
