@@ -209,16 +209,25 @@ _URL_SLOT = "\ue010{}\ue011"
 """Stands for the n-th secret reference of a URL while its shape is read (:func:`resolve_url`)."""
 
 
+def _escaped(value: str, characters: str) -> str:
+    """``value`` with each of ``characters`` (and whitespace) percent-encoded, the rest as it is."""
+    return "".join(f"%{ord(c):02X}" if c in characters or c.isspace() else c for c in value)
+
+
 def resolve_url(url: str) -> str:
-    """:func:`resolve_secrets` for a URL. A secret written inside the URL's userinfo, path, query
-    or fragment is percent-encoded there, so its ``#``, ``&``, ``/``... stay part of its value (a
-    password holding ``#`` was cut there, the rest read as a fragment, and the part sent was no
-    form redaction knew: an attacker's probe). A secret that starts the URL (a base URL kept as a
-    secret) is written as it is; one in the host too, but it may not change the URL's shape there.
+    """:func:`resolve_secrets` for a URL, each secret kept within the part of the URL it is
+    written in (a password holding ``#`` in a query was cut there, the rest read as a fragment,
+    and the part the server echoed was no form redaction knew: an attacker's probe). A secret that
+    is a query parameter's value (``?key=${secret:K}``) is percent-encoded whole; one in the path
+    has its ``?`` and ``#`` encoded (a webhook's ``T000/B000/XXXX`` keeps its slashes), one
+    standing for query parameters (``?${secret:QS}``) its ``#``, one in the userinfo its ``@``,
+    ``/``, ``?`` and ``#`` (``user:password`` keeps its colon); whitespace is encoded everywhere.
+    A secret that starts the URL (a base URL kept as a secret) is written as it is; one in the
+    host too, but it may not change the URL's shape there.
 
     Raises:
         ApplicationError: As :func:`resolve_secrets`; non-retryable ``InvalidActionInput`` for a
-            secret in the host holding ``/``, ``?``, ``#``, ``@`` or a space.
+            secret in the host holding ``/``, ``?``, ``#``, ``@`` or whitespace.
     """
     if SECRET_REF_START not in url:
         return url
@@ -233,12 +242,19 @@ def resolve_url(url: str) -> str:
     shape = sub_references(SECRET_REF, slot, url)
     parts = urlsplit(shape)
     userinfo, _, host = parts.netloc.rpartition("@")
-    encoded = {
-        n
-        for n in range(1, count[0] + 1)
-        if not shape.startswith(_URL_SLOT.format(n))
-        and any(_URL_SLOT.format(n) in part for part in (userinfo, parts.path, parts.query, parts.fragment))
-    }
+    escapes: dict[int, str | None] = {}  # per reference: the characters to encode (None: all)
+    for n in range(1, count[0] + 1):
+        mark = _URL_SLOT.format(n)
+        if shape.startswith(mark) or mark in parts.fragment:
+            continue
+        if mark in parts.query:
+            before = parts.query[: parts.query.index(mark)]
+            parameter = before[max(before.rfind("&"), before.rfind(";")) + 1 :]
+            escapes[n] = None if "=" in parameter else "#"
+        elif mark in parts.path:
+            escapes[n] = "?#"
+        elif mark in userinfo:
+            escapes[n] = "@/?#"
     in_host = {n for n in range(1, count[0] + 1) if _URL_SLOT.format(n) in host}
     count[0] = 0
 
@@ -247,9 +263,10 @@ def resolve_url(url: str) -> str:
             return match.group(0)[1:]
         count[0] += 1
         resolved: str = resolve_secrets(match.group(0))
-        if count[0] in encoded:
-            return quote(resolved, safe="")
-        if count[0] in in_host and any(c in resolved for c in "/?#@ \t\r\n"):
+        if count[0] in escapes:
+            characters = escapes[count[0]]
+            return quote(resolved, safe="") if characters is None else _escaped(resolved, characters)
+        if count[0] in in_host and any(c in "/?#@" or c.isspace() for c in resolved):
             raise ApplicationError(
                 f"invalid input: url: secret {match.group(2)!r} stands in the URL's host but holds a"
                 " character that would change the URL there",

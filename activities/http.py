@@ -156,7 +156,8 @@ def _retry_after(value: str | None) -> timedelta | None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # not "²": isdigit takes it, int() does not (a probe)
-        return MAX_RETRY_AFTER if len(value) > 9 else min(timedelta(seconds=int(value)), MAX_RETRY_AFTER)
+        digits = value.lstrip("0") or "0"
+        return MAX_RETRY_AFTER if len(digits) > 9 else min(timedelta(seconds=int(digits)), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, OverflowError):

@@ -40,6 +40,7 @@ body coding not read                 no         ``HttpResponseUndecodable``
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -212,7 +213,7 @@ async def _status_error(response: httpx.Response, what: str) -> ApplicationError
 
 async def _completion(raw: bytes, what: str, spec: LlmInput, tenant: str) -> dict[str, Any]:
     try:
-        data = strict_json(raw)
+        data = json.loads(raw)  # the envelope as it comes (NaN in logprobs is not the answer)
         choice = data["choices"][0]
         content = choice["message"]["content"]
         if not isinstance(content, str):

@@ -176,8 +176,9 @@ ROW_BATCH = 100
 async def _read_rows(
     streamed: AsyncResult[Any], columns: list[str], most: int, what: str
 ) -> list[dict[str, Any]]:
-    """At most ``most`` rows of the cursor, read in batches; as soon as those read are over the
-    budget of one action's output, ``ActionOutputTooLarge`` (the rest are never read)."""
+    """At most ``most`` rows of the cursor (``max_rows`` and one more, which only says there were
+    more), read in batches; as soon as the rows the output keeps are over the budget of one
+    action's output, ``ActionOutputTooLarge`` (the rest are never read)."""
     rows: list[dict[str, Any]] = []
     size = 0
     try:
@@ -186,7 +187,8 @@ async def _read_rows(
             if not batch:
                 break
             shaped = [dict(zip(columns, map(_jsonable, row), strict=True)) for row in batch]
-            size += json_size(shaped)
+            kept = shaped[: max(most - 1 - len(rows), 0)]  # not the one past max_rows (a review)
+            size += json_size(kept)
             if size > ACTION_OUTPUT_BUDGET:
                 raise ApplicationError(
                     f"{what}: the rows read are over {size} bytes, more than the budget of"

@@ -870,8 +870,24 @@ def _indented_size(plain: Any, indent: Any) -> int:
             stack.extend((child, depth + 1) for child in item)
         if size > MAX_RESULT_CHARS:
             break
-    _Budget.single_operations(visited)
+    _Budget.arguments(visited)
     return size
+
+
+def _check_translate(text: str, table: Mapping[Any, Any]) -> None:
+    """Refuses ``text.translate(table)`` whose replacements would make more than
+    :data:`MAX_RESULT_CHARS` characters, counted from the characters ``text`` holds (each entry's
+    count is a scan of ``text``, charged as arguments read)."""
+    growing = [
+        (key, len(value))
+        for key, value in table.items()
+        if isinstance(key, int) and 0 <= key < 0x110000 and isinstance(value, str) and len(value) > 1
+    ]
+    if not growing or not _bounded_arguments.get():
+        return
+    _Budget.arguments(len(growing) * _cost(text))
+    extra = sum(text.count(chr(key)) * (length - 1) for key, length in growing)
+    _made_text(extra, "translate's table")
 
 
 def _duration_seconds(value: Any) -> float:
@@ -1121,15 +1137,15 @@ class _Environment(ImmutableSandboxedEnvironment):
                 for argument in (*args, *kwargs.values()):
                     _text_size(argument)
                 if name == "join" and len(args) == 1 and _bounded_arguments.get():
-                    items = args[0] if isinstance(args[0], (list, tuple, str, dict)) else list(args[0])
-                    _Budget.charge(_cost(items))
+                    items = args[0]
+                    if not isinstance(items, (list, tuple, str, dict)):  # (the call charged the rest)
+                        items = list(items)
+                        _Budget.arguments(len(items))
                     args = (items,)
                     separators = len(__obj.__self__) * max(len(items) - 1, 0)
                     _made_text(separators, "join's separator between the items")
             elif name == "translate" and args and isinstance(args[0], Mapping):
-                longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
-                if longest > 1:
-                    _made_text(len(__obj.__self__) * longest, "translate's table")
+                _check_translate(__obj.__self__, args[0])
             elif name == "replace" and len(args) >= 2:
                 count = args[2] if len(args) > 2 else kwargs.get("count")
                 _check_replace(__obj.__self__, str(args[0]), str(args[1]), count)

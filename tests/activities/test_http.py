@@ -204,20 +204,24 @@ async def test_a_secret_inside_a_url_keeps_its_value_and_never_shows(
     a fragment), the server got a part of it, and the part it echoed was no form redaction knew."""
     password = "Tr0ub4dor&3#horse/a b+c?d=e%f"
     monkeypatch.setenv("WFA_SECRET_PW", password)
+    monkeypatch.setenv("WFA_SECRET_HOOK", "T000/B000/XXXX")  # a webhook's path: its slashes kept
+    monkeypatch.setenv("WFA_SECRET_QS", "api_key=abc&sig=d")  # parameters: kept as parameters
 
     def echo(request: RecordedRequest) -> Response:
         return 404, {}, {"no such page": request.path, "query": request.query}
 
-    http_server.route("GET", f"/api/users/{quote(password, safe='')}", echo)
+    http_server.route("GET", "/services/T000/B000/XXXX", echo)
     err = await call_error(
         http_client,
-        {"url": http_server.url + "/api/users/${secret:PW}?user=ann&password=${secret:PW}#${secret:PW}"},
+        {"url": http_server.url + "/services/${secret:HOOK}?user=ann&password=${secret:PW}&${secret:QS}"},
     )
     [seen] = http_server.requests()
-    assert seen.path == f"/api/users/{quote(password, safe='')}"
-    assert seen.query == {"user": ["ann"], "password": [password]}  # whole, not cut at '#' or '&'
-    assert password not in json.dumps(list(err.details))
-    assert quote(password, safe="") not in json.dumps(list(err.details))
+    assert seen.path == "/services/T000/B000/XXXX"
+    # Whole, not cut at '#' or '&'; the parameters a secret stands for are parameters.
+    assert seen.query == {"user": ["ann"], "password": [password], "api_key": ["abc"], "sig": ["d"]}
+    details = json.dumps(list(err.details))
+    assert password not in details
+    assert quote(password, safe="") not in details
     assert "[REDACTED:PW]" in err.details[0]["body"]
     # In the host, a secret may not change the URL's shape.
     monkeypatch.setenv("WFA_SECRET_HOST", "127.0.0.1/evil?")
@@ -225,6 +229,22 @@ async def test_a_secret_inside_a_url_keeps_its_value_and_never_shows(
     assert (err.type, err.non_retryable) == ("InvalidActionInput", True)
     assert "secret 'HOST' stands in the URL's host" in err.message
     assert len(http_server.requests()) == 1
+
+
+def test_where_a_secret_stands_in_a_url_decides_what_is_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from activities.base import _resolved_secrets, resolve_url
+
+    monkeypatch.setenv("WFA_SECRET_CREDS", "user:p@ss/w#")
+    monkeypatch.setenv("WFA_SECRET_BASE", "https://api.example.com")
+    monkeypatch.setenv("WFA_SECRET_PART", "/v1/a b?c#d")
+    token = _resolved_secrets.set({})
+    try:
+        assert resolve_url("https://${secret:CREDS}@h.example/x") == "https://user:p%40ss%2Fw%23@h.example/x"
+        assert resolve_url("${secret:BASE}/v1") == "https://api.example.com/v1"
+        assert resolve_url("https://h.example/api${secret:PART}") == "https://h.example/api/v1/a%20b%3Fc%23d"
+        assert resolve_url("https://h.example/x?$${secret:PART}") == "https://h.example/x?${secret:PART}"
+    finally:
+        _resolved_secrets.reset(token)
 
 
 async def test_secret_never_in_errors(
@@ -314,6 +334,7 @@ async def test_408_is_retryable(http_client: httpx.AsyncClient, http_server: Rec
         ("\u00b2", None),
         ("99999999999999999999", MAX_RETRY_AFTER),
         ("7200", MAX_RETRY_AFTER),
+        ("0000000000005", timedelta(seconds=5)),
         ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
     ],
 )

@@ -204,6 +204,16 @@ async def test_rows_past_the_limit_are_never_read(actions: SqlActions) -> None:
     assert (error.type, error.non_retryable) == ("ActionOutputTooLarge", True)
     assert "the rows read are over" in error.message
     assert wide_peak < 16 << 20, f"{wide_peak:,} bytes allocated at the peak for 512 KiB of rows"
+    # The row past max_rows says there were more; it is not in the output, nor in its budget.
+    kept = await run(
+        actions,
+        {
+            "connection": "reports",
+            "statement": "SELECT repeat('x', 300000) AS r FROM generate_series(1, 2)",
+            "max_rows": 1,
+        },
+    )
+    assert (kept.output["row_count"], kept.output["truncated"]) == (1, True)
     # A statement without rows still runs once and says how many rows it changed.
     changed = await run(
         actions,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from interpreter.templates import ArgumentSizeError, TemplateError, render, unbounded_arguments
+from interpreter.templates import ArgumentSizeError, TemplateError, last_work, render, unbounded_arguments
 
 LISTS = {"a": list(range(30_000)), "b": list(range(-1, -80_001, -1))}
 LONG = {"sep": "y" * 300_000, "items": ["x"] * 3_000, "lines": "a\n" * 100_000, "s": "a" * 100_000}
@@ -83,6 +83,15 @@ def test_ordinary_uses_of_the_same_filters_are_untouched() -> None:
     assert render("{{ 'a\nb' | indent('> ', true) }}", {}) == "> a\n> b"
     assert render("{{ 'aaaa' | wordwrap(2, true, '|') }}", {}) == "aa|aa"
     assert render("{{ 'abc'.translate({97: 'xy'}) }}", {}) == "xybc"
+    # Counted from the characters the text holds (a review: escaping two characters of a long
+    # text was refused as if every character were replaced).
+    page = {"s": "<" + "x" * 300_000 + ">"}
+    escaped = "{{ (input.s.translate({60: '&lt;', 62: '&gt;'})) | length }}"
+    assert render(escaped, {"input": page}) == 300_008
+    # A join through a method charges its list once (a review: twice, so 60,000 items passed the
+    # work budget before and not after).
+    many = {"xs": ["a"] * 60_000}
+    assert render("{{ (','.join(input.xs)) | length }}", {"input": many}) == 119_999
     # A larger list read once is not a test called for every item: no refusal.
     big = {"b": list(range(100_000))}
     assert render("{{ 99999 is in input.b }}", {"input": big}) is True
@@ -96,10 +105,25 @@ def test_a_run_recorded_before_the_checks_renders_as_it_did() -> None:
     source = "{{ input.a | select('in', input.b) | list | length }}"
     with pytest.raises(ArgumentSizeError):
         render(source, {"input": lists})
+    joined = "{{ (['a', 'b', 'c'] | join(input.sep)) | length }}"
     with unbounded_arguments():
         assert render(source, {"input": lists}) == 0
-        joined = "{{ (['a', 'b', 'c'] | join(input.sep)) | length }}"
         assert render(joined, {"input": {"sep": "-" * 600_000}}) == 1_200_003
     with pytest.raises(ArgumentSizeError):
         render(joined, {"input": {"sep": "-" * 600_000}})
+    # The checks spend no more of the budgets that runs recorded before them counted (a review:
+    # tojson's indent walk spent the single-operation budget, and a method join the work budget
+    # again, both failing renders those runs had done): the same work, checked or not.
+    for template, data in (
+        (
+            "{{ input.l == input.l }}{{ input.xs | tojson(1) | length }}",
+            {"l": ["x" * 1_040_000], "xs": [0] * 20_000},
+        ),
+        ("{{ ', '.join(input.xs) | length }}", {"xs": ["a"] * 1000}),
+    ):
+        checked = render(template, {"input": data})
+        work = last_work()
+        with unbounded_arguments():
+            assert render(template, {"input": data}) == checked
+            assert last_work() == work
     assert issubclass(ArgumentSizeError, TemplateError)
