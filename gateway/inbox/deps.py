@@ -52,6 +52,8 @@ class InboxConfig:
         list_limit: At most this many runs are listed.
         ended_sessions: Where sign-outs are remembered beyond this process (the gateway's: its
             database, :class:`gateway.inbox.ended.StoredEndedSessions`); None: in this process only.
+        tenants: The tenants whose people may sign in (the gateway's ``WFA_GATEWAY_TENANTS``);
+            None: any the authenticator knows.
     """
 
     clients: ClientFactory
@@ -65,6 +67,11 @@ class InboxConfig:
     base_url: str = ""
     list_limit: int = 50
     ended_sessions: EndedSessions | None = None
+    tenants: frozenset[str] | None = None
+
+    def serves(self, tenant: str) -> bool:
+        """Whether people of ``tenant`` may use this inbox."""
+        return self.tenants is None or tenant in self.tenants
 
     def signing_key(self, tenant: str) -> dict[str, Any] | None:
         """The private JWK that mints the tenant's decision tokens, if any."""
@@ -84,6 +91,14 @@ class InboxState:
 USERS_FILE_ENV = "WFA_INBOX_USERS"
 SESSION_SECRET_ENV = "WFA_INBOX_SESSION_SECRET"
 INSECURE_COOKIES_ENV = "WFA_INBOX_INSECURE_COOKIES"
+
+
+class TenantNotServedError(LookupError):
+    """A person or decision link of a tenant this inbox does not serve (shown as a 403 page)."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(tenant)
+        self.tenant = tenant
 
 
 class InboxConfigError(ValueError):
@@ -159,12 +174,19 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
             environment does not configure the inbox, nothing is mounted.
     """
     from gateway.inbox.forms import UnreadableFormError
-    from gateway.inbox.router import router, unreadable_form_page
+    from gateway.inbox.router import router, tenant_not_served_page, unreadable_form_page
 
     if not isinstance(config, InboxConfig):
 
         async def gateway_client(tenant: str) -> FlowClient:
-            client: FlowClient = await app.state.gateway.client(tenant)
+            from gateway.state import UnknownTenantError
+
+            try:
+                client: FlowClient = await app.state.gateway.client(tenant)
+            except UnknownTenantError:
+                # A person or link of a tenant the gateway does not serve: a page, not a 500
+                # (a probe).
+                raise TenantNotServedError(tenant) from None
             return client
 
         built = inbox_config_from_env(gateway_client)
@@ -176,7 +198,11 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
             found: Database = await app.state.gateway.database()
             return found
 
-        config = dataclasses.replace(built, ended_sessions=StoredEndedSessions(database))
+        config = dataclasses.replace(
+            built,
+            ended_sessions=StoredEndedSessions(database),
+            tenants=frozenset(app.state.gateway.config.tenants),
+        )
 
     check_providers(config.oidc_providers)  # several providers: none may name any tenant
     app.state.inbox = InboxState(
@@ -187,6 +213,7 @@ def install_inbox(app: FastAPI, config: object, prefix: str = "/inbox") -> None:
     )
     app.include_router(router, prefix=prefix)
     app.add_exception_handler(UnreadableFormError, unreadable_form_page)
+    app.add_exception_handler(TenantNotServedError, tenant_not_served_page)
     if prefix:
         # ``/inbox`` as people type it: to the list by path alone. Starlette's own slash redirect
         # wrote the request's Host header into the Location (a probe).

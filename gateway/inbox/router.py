@@ -27,7 +27,7 @@ from starlette.datastructures import FormData
 from temporalio.service import RPCError
 
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
-from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState, inbox_state
+from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState, TenantNotServedError, inbox_state
 from gateway.inbox.forms import (
     UnreadableFormError,
     field_of_message,
@@ -129,6 +129,22 @@ def _render(
     if new_cookie:
         _set_cookie(response, state, session)
     return response
+
+
+async def tenant_not_served_page(request: Request, exc: Exception) -> HTMLResponse:
+    """403, in words, for a person or link of a tenant this inbox does not serve."""
+    assert isinstance(exc, TenantNotServedError)
+    state = inbox_state(request)
+    return _render(
+        request,
+        state,
+        "message.html",
+        await _session(request, state) or state.sessions.new(None),
+        status_code=403,
+        title="Not served here",
+        message=f"This inbox does not serve the organisation {exc.tenant[:100]!r}. Use your"
+        " organisation's own inbox.",
+    )
 
 
 async def unreadable_form_page(request: Request, exc: Exception) -> HTMLResponse:
@@ -244,6 +260,8 @@ async def login(request: Request, state: State) -> Response:
         )
     tenant, username = _text(form, "tenant").strip(), _text(form, "username").strip()
     person = await authenticator.authenticate(tenant, username, _text(form, "password"))
+    if person is not None and not state.config.serves(person.tenant):
+        person = None  # the users file names a tenant the gateway does not serve (a probe: a 500)
     if person is None:
         return _render(
             request,
@@ -367,6 +385,16 @@ async def oidc_callback(request: Request, state: State, provider: str) -> Respon
         )
     except SignInRefused as err:
         response = await _problem(request, state, "You are not signed in", err.message, err.status_code)
+        response.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")
+        return response
+    if not state.config.serves(person.tenant):  # a provider naming any tenant (a probe: a 500)
+        response = await _problem(
+            request,
+            state,
+            "You are not signed in",
+            f"This inbox does not serve the organisation {person.tenant[:100]!r}.",
+            403,
+        )
         response.delete_cookie(OIDC_COOKIE, path=state.prefix or "/")
         return response
     assert pending is not None

@@ -191,6 +191,9 @@ async def test_installed_from_the_gateways_configuration(
     asked: list[str] = []
 
     class _Gateway:
+        class config:
+            tenants = ("t",)
+
         async def client(self, tenant: str) -> str:
             asked.append(tenant)
             return "the tenant's client"
@@ -205,6 +208,7 @@ async def test_installed_from_the_gateways_configuration(
     from gateway.inbox.ended import StoredEndedSessions
 
     assert isinstance(app.state.inbox.config.ended_sessions, StoredEndedSessions)
+    assert app.state.inbox.config.tenants == {"t"}  # people of other tenants are not signed in
 
     # ``/inbox`` leads to the list by path: Starlette's slash redirect wrote the Host header into
     # the Location (a probe: a forged Host sent the browser elsewhere).
