@@ -181,8 +181,9 @@ async def publish_event(
     event = Event(
         id=event_id, type=event_type, key=key, tenant=flows.tenant, data=payload, source=source[:200]
     )
+    timer = asyncio.timeout(PUBLISH_TIMEOUT_S)
     try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+        async with timer:
             result = await mailbox_update(
                 flows.client,
                 flows.task_queue,
@@ -196,7 +197,13 @@ async def publish_event(
                 update_id=f"publish/{event_id}/{uuid4()}",
                 result_type=PublishResult,
             )
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # The SDK turns the timeout's cancellation into its own error, which the timeout then
+        # passes on as it is (a probe: the gateway answered 500 after 30 s, not 503). A caller's
+        # own cancellation stays one.
+        task = asyncio.current_task()
+        if not timer.expired() and task is not None and task.cancelling():
+            raise
         raise NoWorkerError(
             f"no worker ran the event mailbox within {PUBLISH_TIMEOUT_S:g}s; is a worker polling"
             f" task queue {flows.task_queue!r}?",

@@ -119,3 +119,19 @@ async def test_events_send_says_the_event_was_delivered_when_the_registry_is_dow
     assert "was delivered to 0 waiting run(s)" in err
     assert "publish it again with the same id" in err
     assert "Traceback" not in err
+
+
+async def test_an_event_no_worker_takes_is_no_worker_in_words(
+    temporal_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe: with no worker on the mailbox's task queue, the publication failed after 30 s with
+    the SDK's WorkflowUpdateRPCTimeoutOrCancelledError (the gateway's 500), not NoWorkerError
+    (its 503, "send it again")."""
+    from starter import events
+    from starter.client import FlowClient
+    from starter.errors import NoWorkerError
+
+    monkeypatch.setattr(events, "PUBLISH_TIMEOUT_S", 2.0)
+    flows = FlowClient(temporal_env.client, task_queue=unique("nobody-polls"), tenant="acme")
+    with pytest.raises(NoWorkerError, match="no worker ran the event mailbox within 2s"):
+        await flows.publish_event("order.paid", "o-1", {"x": 1}, start_triggers=False)
