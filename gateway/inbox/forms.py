@@ -74,6 +74,33 @@ def label_of(name: str) -> str:
     return words[:1].upper() + words[1:]
 
 
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+"""A number as people type it, in ASCII digits (commas between groups are dropped first): float()
+also took other scripts' digits ("١٢") and underscores ("1_000"), which nobody types as a
+separator (a probe)."""
+
+
+def _number(text: str) -> tuple[int | float | None, str | None]:
+    """The number ``text`` says, or the problem (to follow the field's label)."""
+    plain = text.replace(",", "")
+    if re.fullmatch(r"-?[0-9]+", plain):
+        return int(plain), None
+    if not _NUMBER.fullmatch(plain):
+        try:
+            if not math.isfinite(float(plain)):
+                return None, " must be a finite number"
+        except ValueError:
+            pass
+        return None, f": {text[:40]!r} is not a number"
+    number = float(plain)
+    if not math.isfinite(number):
+        return None, " must be a finite number"
+    if number == 0 and re.search(r"[1-9]", plain.partition("e")[0].partition("E")[0]):
+        # 1e-999 arrived as 0.0 (a probe), as the gateway's JSON bodies refuse it too.
+        return None, f": {text[:40]!r} is too close to zero to keep"
+    return number, None
+
+
 MAX_NUMBER_CHARS = 100
 """Longest number a form field takes (as the gateway's JSON bodies): 4,000 digits passed here, and
 the run failed when a template read the number (found by a probe)."""
@@ -95,13 +122,9 @@ def read_form(form: list[FormField], submitted: Mapping[str, str]) -> tuple[dict
             if len(text.lstrip("-+")) > MAX_NUMBER_CHARS:  # a run fails on a number past 13,000 bits
                 errors[declared.name] = f"{label_of(declared.name)}: at most {MAX_NUMBER_CHARS} digits"
                 continue
-            try:
-                number = float(text.replace(",", "")) if not re.fullmatch(r"-?[0-9]+", text) else int(text)
-            except ValueError:
-                errors[declared.name] = f"{label_of(declared.name)}: {text[:40]!r} is not a number"
-                continue
-            if isinstance(number, float) and not math.isfinite(number):
-                errors[declared.name] = f"{label_of(declared.name)} must be a finite number"
+            number, problem = _number(text)
+            if problem is not None:
+                errors[declared.name] = f"{label_of(declared.name)}{problem}"
                 continue
             data[declared.name] = number
         elif declared.type == FieldType.BOOLEAN:

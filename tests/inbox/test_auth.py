@@ -125,6 +125,21 @@ def test_the_form_reader_types_values_and_names_fields() -> None:
     assert errors == {"ok": "Ok: choose yes or no"}
     _, errors = read_form(form, {"f_amount": "nan"})
     assert errors == {"amount": "Amount must be a finite number"}
+    # What people type, and nothing float() also took (a probe: each was recorded as typed).
+    data, _ = read_form(form, {"f_amount": "1,234.5"})
+    assert data == {"amount": 1234.5}
+    data, _ = read_form(form, {"f_amount": "-2.5e3"})
+    assert data == {"amount": -2500.0}
+    for typed, problem in (
+        ("1e-999", "'1e-999' is too close to zero to keep"),
+        ("\u0661\u0662", "'\u0661\u0662' is not a number"),
+        ("1_000", "'1_000' is not a number"),
+        ("0x10", "'0x10' is not a number"),
+    ):
+        _, errors = read_form(form, {"f_amount": typed})
+        assert errors == {"amount": f"Amount: {problem}"}, typed
+    data, _ = read_form(form, {"f_amount": "0.000"})
+    assert data == {"amount": 0.0}
     # 4,000 digits passed, and the run failed when a template read the number (a probe).
     data, errors = read_form(form, {"f_amount": "9" * 4000})
     assert (data, errors) == ({}, {"amount": "Amount: at most 100 digits"})
