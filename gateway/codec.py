@@ -152,7 +152,7 @@ def build_codec_router(
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not value:
             return False
-        given = value.strip().encode()
+        given = value.strip(" \t").encode()  # HTTP's whitespace only, as for API keys
         # Compare with every token (no early exit): the time taken says nothing about which matched.
         return sum(hmac.compare_digest(given, token) for token in accepted) > 0
 

@@ -52,9 +52,10 @@ def _bearer(request: Request) -> str:
     if not header:
         raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key>)")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    value = value.strip(" \t")  # HTTP's whitespace only: str.strip() took a key ending in U+00A0 (a probe)
+    if scheme.lower() != "bearer" or not value:
         raise ApiError(401, "unauthorized", "use Authorization: Bearer <key>")
-    return value.strip()
+    return value
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

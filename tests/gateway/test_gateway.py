@@ -424,6 +424,12 @@ async def test_hostile_requests_give_no_5xx_and_start_no_run(setup: Setup) -> No
         b"\x00\x01\x02\r\n\r\n",
     ]
     raw_statuses = [await _raw(setup.url, request) for request in raw]
+    # A key and then a non-breaking space (Latin-1 0xA0) was taken as the key (a probe).
+    spaced = (
+        f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {setup.key}\xa0\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    ).encode("latin-1")
+    assert await _raw(setup.url, spaced) == 401
     for status in raw_statuses:
         if status is not None:
             statuses[status] += 1
