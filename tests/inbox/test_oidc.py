@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -630,3 +631,18 @@ async def test_signing_out_ends_the_providers_session_too(
         assert out.headers["set-cookie"].startswith(f'{COOKIE}=""; ')  # deleted
         assert "Max-Age=0" in out.headers["set-cookie"]
         assert len(initech.ended_sessions) == 1
+
+
+async def test_a_provider_naming_a_tenant_the_gateway_does_not_serve_signs_nobody_in(
+    many_providers: ManyProviders, initech: Provider
+) -> None:
+    """A probe: a provider's person of a tenant the gateway does not serve was signed in, and every
+    inbox page then failed with a 500 (the gateway has no client for that tenant)."""
+    inbox = many_providers
+    state = inbox.app.state.inbox
+    state.config = dataclasses.replace(state.config, tenants=frozenset({"acme"}))  # not initech
+    async with httpx.AsyncClient() as http:
+        location = (await http.get(f"{inbox.url}/oidc/login?provider=initech")).headers["location"]
+        page = await http.get(await _authorize(http, location, "alice-1"))
+        _assert_page(page, 403, "This inbox does not serve the organisation &#39;initech&#39;.")
+        assert _signed_in_as(inbox, page) is None
