@@ -96,6 +96,17 @@ def _decode_text(raw: bytes, response: httpx.Response) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+def _body_refused(response: httpx.Response, message: str, error_type: str) -> ApplicationError:
+    """A permanent failure of a 2xx answer's body (the same answer would come back), with the
+    status and the selected headers in its details."""
+    return ApplicationError(
+        message,
+        {"status_code": response.status_code, "headers": _selected_headers(response)},
+        type=error_type,
+        non_retryable=True,
+    )
+
+
 def _not_a_number(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -133,12 +144,11 @@ def _parse_body(raw: bytes, response: httpx.Response) -> Any:
             pass
         except RecursionError:
             # [[[[... past the parser's stack: a retryable bug before (a POST sent again), a probe.
-            raise ApplicationError(
+            raise _body_refused(
+                response,
                 f"the JSON body nests lists and objects more than {VALUE_MAX_DEPTH} levels deep, more"
                 " than a run keeps",
-                {"status_code": response.status_code, "headers": _selected_headers(response)},
-                type="ActionOutputTooDeep",
-                non_retryable=True,
+                "ActionOutputTooDeep",
             ) from None
     return _decode_text(raw, response)
 
@@ -252,12 +262,11 @@ async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
 
 async def _read_success_body(response: httpx.Response, what: str) -> bytes:
     def too_large(size: str) -> ApplicationError:
-        return ApplicationError(
+        return _body_refused(
+            response,
             f"{what} returned a body of {size} bytes, over the {MAX_RESPONSE_BYTES}-byte limit for "
             "action outputs",
-            {"status_code": response.status_code, "headers": _selected_headers(response)},
-            type="HttpResponseTooLarge",
-            non_retryable=True,
+            "HttpResponseTooLarge",
         )
 
     declared = response.headers.get("content-length", "")
@@ -274,12 +283,7 @@ async def _read_success_body(response: httpx.Response, what: str) -> bytes:
                 raise too_large(f"more than {MAX_RESPONSE_BYTES}")
             chunks.append(chunk)
     except UndecodableBodyError as err:
-        raise ApplicationError(
-            f"{what} returned {err}",
-            {"status_code": response.status_code, "headers": _selected_headers(response)},
-            type="HttpResponseUndecodable",
-            non_retryable=True,
-        ) from None
+        raise _body_refused(response, f"{what} returned {err}", "HttpResponseUndecodable") from None
     return b"".join(chunks)
 
 

@@ -131,19 +131,23 @@ def _render(
     return response
 
 
+async def _message_page(request: Request, status_code: int, title: str, message: str) -> HTMLResponse:
+    """A page saying ``message``, for an exception handler (the request's session, or a new one)."""
+    state = inbox_state(request)
+    session = await _session(request, state) or state.sessions.new(None)
+    return _render(
+        request, state, "message.html", session, status_code=status_code, title=title, message=message
+    )
+
+
 async def tenant_not_served_page(request: Request, exc: Exception) -> HTMLResponse:
     """403, in words, for a person or link of a tenant this inbox does not serve."""
     assert isinstance(exc, TenantNotServedError)
-    state = inbox_state(request)
-    return _render(
+    return await _message_page(
         request,
-        state,
-        "message.html",
-        await _session(request, state) or state.sessions.new(None),
-        status_code=403,
-        title="Not served here",
-        message=f"This inbox does not serve the organisation {exc.tenant[:100]!r}. Use your"
-        " organisation's own inbox.",
+        403,
+        "Not served here",
+        f"This inbox does not serve the organisation {exc.tenant[:100]!r}. Use your organisation's own inbox.",
     )
 
 
@@ -151,16 +155,12 @@ async def unreadable_form_page(request: Request, exc: Exception) -> HTMLResponse
     """400, in words, for a form the inbox does not read (:func:`submitted_form`): nothing is
     decided, signed in or out."""
     assert isinstance(exc, UnreadableFormError)
-    state = inbox_state(request)
-    return _render(
+    return await _message_page(
         request,
-        state,
-        "message.html",
-        await _session(request, state) or state.sessions.new(None),
-        status_code=400,
-        title="Form not readable",
-        message="This form did not arrive as the page sends it (URL-encoded UTF-8 text): nothing was"
-        " sent. Open the page again and send it from there.",
+        400,
+        "Form not readable",
+        "This form did not arrive as the page sends it (URL-encoded UTF-8 text): nothing was sent. Open"
+        " the page again and send it from there.",
     )
 
 
