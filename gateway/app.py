@@ -138,10 +138,11 @@ def _install_optional_routers(app: FastAPI, state: GatewayState) -> dict[str, in
         inbox = importlib.import_module("gateway.inbox")
     except ModuleNotFoundError:
         inbox = None
-    if inbox is not None and hasattr(inbox, "inbox_config_from_env"):
-        inbox_config = inbox.inbox_config_from_env(state.client)
-        if inbox_config is not None:
-            inbox.install_inbox(app, inbox_config)
+    if inbox is not None and hasattr(inbox, "install_inbox"):
+        # From the environment, with what the gateway adds (a review: building the configuration
+        # here skipped it): sign-outs kept in its database, only the tenants it serves, and a
+        # page for a tenant it does not.
+        inbox.install_inbox(app, state.config)
     larger: dict[str, int] = {}
     try:
         codec = importlib.import_module("gateway.codec")

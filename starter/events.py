@@ -203,7 +203,7 @@ async def publish_event(
         # own cancellation stays one.
         task = asyncio.current_task()
         if not timer.expired() and task is not None and task.cancelling():
-            raise
+            raise asyncio.CancelledError from None  # the SDK's error, back to what it stands for
         raise NoWorkerError(
             f"no worker ran the event mailbox within {PUBLISH_TIMEOUT_S:g}s; is a worker polling"
             f" task queue {flows.task_queue!r}?",

@@ -10,6 +10,7 @@ expired, and every process asks it before it takes a cookie.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["EndedSessions", "StoredEndedSessions"]
 
 log = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT_S = 2.0
+"""How long a page waits for the database to say whether its session was signed out (a database
+that does not answer held every page for the connect timeout, 10 s: a review)."""
 
 
 class EndedSessions(Protocol):
@@ -50,41 +55,50 @@ class StoredEndedSessions:
         self._database = database
 
     async def end(self, csrf: str, expires: float) -> None:
+        now = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                await self._store(csrf, expires, now)
+        except Exception as err:  # the database is away: this process still remembers it
+            log.warning("inbox: a sign-out could not be stored (%s): %s", type(err).__name__, err)
+
+    async def _store(self, csrf: str, expires: float, now: datetime) -> None:
         from sqlalchemy import delete
         from sqlalchemy.dialects.postgresql import insert
 
         from activities.store.models import EndedSessionRow
 
-        now = datetime.now(UTC)
-        try:
-            database = await self._database()
-            async with database.session_factory() as session, session.begin():
-                await session.execute(delete(EndedSessionRow).where(EndedSessionRow.expires_at <= now))
-                await session.execute(
-                    insert(EndedSessionRow)
-                    .values(session_hash=_hash(csrf), expires_at=datetime.fromtimestamp(expires, UTC))
-                    .on_conflict_do_nothing()
-                )
-        except Exception as err:  # the database is away: this process still remembers it
-            log.warning("inbox: a sign-out could not be stored (%s): %s", type(err).__name__, err)
+        database = await self._database()
+        async with database.session_factory() as session, session.begin():
+            await session.execute(delete(EndedSessionRow).where(EndedSessionRow.expires_at <= now))
+            await session.execute(
+                insert(EndedSessionRow)
+                .values(session_hash=_hash(csrf), expires_at=datetime.fromtimestamp(expires, UTC))
+                .on_conflict_do_nothing()
+            )
 
     async def ended(self, csrf: str) -> bool:
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                found = await self._lookup(csrf)
+        except Exception as err:
+            log.warning("inbox: signed-out sessions could not be read (%s): %s", type(err).__name__, err)
+            return False
+        return found
+
+    async def _lookup(self, csrf: str) -> bool:
         from sqlalchemy import select
 
         from activities.store.models import EndedSessionRow
 
-        try:
-            database = await self._database()
-            async with database.session_factory() as session:
-                found = (
-                    await session.execute(
-                        select(EndedSessionRow.session_hash).where(
-                            EndedSessionRow.session_hash == _hash(csrf),
-                            EndedSessionRow.expires_at > datetime.now(UTC),
-                        )
+        database = await self._database()
+        async with database.session_factory() as session:
+            found = (
+                await session.execute(
+                    select(EndedSessionRow.session_hash).where(
+                        EndedSessionRow.session_hash == _hash(csrf),
+                        EndedSessionRow.expires_at > datetime.now(UTC),
                     )
-                ).first()
-        except Exception as err:
-            log.warning("inbox: signed-out sessions could not be read (%s): %s", type(err).__name__, err)
-            return False
+                )
+            ).first()
         return found is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,22 +76,26 @@ def label_of(name: str) -> str:
 
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-"""A number as people type it, in ASCII digits (commas between groups are dropped first): float()
-also took other scripts' digits ("١٢") and underscores ("1_000"), which nobody types as a
-separator (a probe)."""
+"""A number as people type it (its digits in any script read as 0-9 first). float() also took an
+underscore ("1_000"), and a comma anywhere was dropped, so "1,5" (one and a half, in much of
+Europe) was recorded as 15 (a probe and a review)."""
+_GROUPED = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
+"""Commas only between groups of three digits, before any point: ``1,234,567.5``."""
 
 
 def _number(text: str) -> tuple[int | float | None, str | None]:
     """The number ``text`` says, or the problem (to follow the field's label)."""
-    plain = text.replace(",", "")
+    # Digits of any script (Arabic-Indic, full-width from an IME) as the ASCII digits they are.
+    plain = "".join(str(unicodedata.decimal(c)) if not c.isascii() and c.isdecimal() else c for c in text)
+    if "," in plain:
+        if not _GROUPED.fullmatch(plain):
+            return None, f": {text[:40]!r} is not a number (a comma goes only between groups of three digits)"
+        plain = plain.replace(",", "")
     if re.fullmatch(r"-?[0-9]+", plain):
         return int(plain), None
     if not _NUMBER.fullmatch(plain):
-        try:
-            if not math.isfinite(float(plain)):
-                return None, " must be a finite number"
-        except ValueError:
-            pass
+        if plain.strip("+-").lower() in ("nan", "inf", "infinity"):
+            return None, " must be a finite number"
         return None, f": {text[:40]!r} is not a number"
     number = float(plain)
     if not math.isfinite(number):

@@ -100,7 +100,12 @@ async def _session(request: Request, state: InboxState) -> Session | None:
     or in any process when the sign-outs are stored: :attr:`InboxConfig.ended_sessions`)."""
     session = state.sessions.load(request.cookies.get(COOKIE))
     ended = state.config.ended_sessions
-    if session is not None and ended is not None and await ended.ended(session.csrf):
+    if (
+        session is not None
+        and session.person is not None
+        and ended is not None
+        and await ended.ended(session.csrf)
+    ):
         return None
     return session
 
@@ -424,7 +429,9 @@ async def logout(request: Request, state: State) -> Response:
                 response = RedirectResponse(url, status_code=303)
     response.delete_cookie(COOKIE, path=state.prefix or "/")
     state.sessions.end(session)  # a copy of the cookie no longer signs anyone in
-    if state.config.ended_sessions is not None:  # nor in another gateway process, or a restarted one
+    # Nor in another gateway process, or a restarted one: a person's session only (anyone may
+    # sign out a session of nobody, which would have stored rows without end: a review).
+    if state.config.ended_sessions is not None and session.person is not None:
         await state.config.ended_sessions.end(session.csrf, session.expires)
     return response
 

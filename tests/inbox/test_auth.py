@@ -130,11 +130,16 @@ def test_the_form_reader_types_values_and_names_fields() -> None:
     assert data == {"amount": 1234.5}
     data, _ = read_form(form, {"f_amount": "-2.5e3"})
     assert data == {"amount": -2500.0}
+    for typed, number in (("\u0661\u0662", 12), ("\uff11\uff12\uff13", 123), ("1,234,567", 1234567)):
+        data, _ = read_form(form, {"f_amount": typed})
+        assert data == {"amount": number}, typed  # digits of any script read as what they say
     for typed, problem in (
         ("1e-999", "'1e-999' is too close to zero to keep"),
-        ("\u0661\u0662", "'\u0661\u0662' is not a number"),
         ("1_000", "'1_000' is not a number"),
         ("0x10", "'0x10' is not a number"),
+        # A decimal comma was dropped: "1,5" became 15 (a review).
+        ("1,5", "'1,5' is not a number (a comma goes only between groups of three digits)"),
+        ("2,50", "'2,50' is not a number (a comma goes only between groups of three digits)"),
     ):
         _, errors = read_form(form, {"f_amount": typed})
         assert errors == {"amount": f"Amount: {problem}"}, typed
