@@ -231,3 +231,33 @@ def test_sweep_across_dst_weeks(first_day: date) -> None:
         assert result.astimezone(CHICAGO).strftime("%H:%M") == "09:00"
         assert _is_open_local(result, WEEKDAYS)
         assert not any(now <= other < result and _is_open_local(other, WEEKDAYS) for other in samples)
+
+
+def test_many_holidays_are_read_once_per_computation() -> None:
+    """A probe: a human task's ``due`` in business hours open one minute a week, with 100,000
+    holidays, rebuilt the holiday set at every window it looked at: 12 s in one workflow
+    activation, past the deadlock limit at every attempt. Not a timed assertion on speed: a hang
+    detector, with the CPU time of this process (the answer took 0.1 s)."""
+    import time
+
+    from interpreter.business_hours import add_business_time
+
+    holidays = [date(3000, 1, 1) + timedelta(days=n) for n in range(100_000)]
+    hours = BusinessHours(
+        timezone="America/Chicago", days=[Weekday.MON], start="09:00", end="09:01", holidays=holidays
+    )
+    started = time.process_time()
+    with pytest.raises(ValueError, match="does not fit within"):
+        add_business_time(utc(2026, 12, 7, 12, 0), timedelta(days=36_000), hours)
+    assert time.process_time() - started < 4
+    # The same holidays, a due that fits: a Monday minute, the next week's after a holiday.
+    near = BusinessHours(
+        timezone="UTC",
+        days=[Weekday.MON],
+        start="09:00",
+        end="09:01",
+        holidays=[date(2026, 12, 14), *holidays],
+    )
+    assert add_business_time(utc(2026, 12, 7, 9, 0), timedelta(seconds=90), near) == utc(
+        2026, 12, 21, 9, 0, 30
+    )

@@ -1480,6 +1480,33 @@ async def test_escalation_runs_steps_widens_approvers_and_repeats_then_times_out
     assert rec(result, "gate").duration_s == 4 * HOUR
 
 
+async def test_an_escalation_adding_many_approvers_to_many_is_linear() -> None:
+    """A probe: 50,000 names added to 50,000 approvers were each looked for in the list, past the
+    deadlock limit at every attempt. Not a timed assertion on speed: a hang detector, with the
+    CPU time of this process."""
+    import time
+
+    approvers = [f"a{i}" for i in range(50_000)]
+    added = [f"b{i}" for i in range(50_000)] + ["a7", "b3"]
+    engine, rt = new_engine(
+        [approval("gate", approvers, timeout="2h", escalation={"after": "1h", "add_approvers": added})]
+    )
+    main = rt.spawn(engine.run())
+    started = time.process_time()
+    await rt.run_until(
+        lambda: (
+            bool(engine.status().pending_approvals) and engine.status().pending_approvals[0].escalations == 1
+        )
+    )
+    assert time.process_time() - started < 10
+    [pending] = engine.status().pending_approvals
+    # The same names in the same order as before: a7 was there already, and the second b3 is
+    # added again, as the names are looked for among the approvers before the escalation.
+    assert pending.approvers == [*approvers, *added[:50_000], "b3"]
+    result = await rt.run(main)
+    assert (result.state, result.error_type) == (RunState.FAILED, "ApprovalTimedOut")
+
+
 async def test_escalated_approver_may_decide_only_after_the_escalation() -> None:
     engine, rt = new_engine(
         [approval("gate", ["alice"], escalation={"after": "30m", "add_approvers": ["boss"]})]
