@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, assert_never
 
 import pydantic
@@ -473,8 +474,62 @@ def _check_step(
 
 def new_definition_problems(definition: Definition) -> list[Problem]:
     """The rules for a definition written or registered now, not for one the registry already
-    holds (it loads as it did): :func:`legacy_trigger_problems` and :func:`link_problems`."""
-    return legacy_trigger_problems(definition) + link_problems(definition)
+    holds (it loads as it did): :func:`legacy_trigger_problems`, :func:`link_problems` and
+    :func:`schedule_problems`."""
+    return legacy_trigger_problems(definition) + link_problems(definition) + schedule_problems(definition)
+
+
+MIN_CATCHUP_WINDOW = timedelta(seconds=10)
+"""Temporal's shortest catch-up window: a shorter one is stored as this (and the schedule then
+differed from its trigger for ever, OUT OF SYNC: a probe)."""
+
+_CRON_FIELDS: tuple[tuple[str, int, int, Mapping[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {
+            m: i + 1
+            for i, m in enumerate(
+                ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+            )
+        },
+    ),
+    ("day of week", 0, 7, {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}),
+)
+
+
+def _cron_field_problem(field: str, name: str, low: int, high: int, names: Mapping[str, int]) -> str | None:
+    """What is wrong with one field of a 5-field cron expression (``*``, ``?``, values, ranges
+    ``a-b`` with a <= b, steps ``/n`` with n >= 1, month and weekday names, ``L``, ``W`` and
+    ``#``), or None."""
+
+    def value(text: str) -> int | None:
+        number = names.get(text.upper()) if not text.isdigit() else int(text)
+        return number if number is not None and low <= number <= high else None
+
+    for item in field.split(","):
+        base, slash, step = item.partition("/")
+        if slash and (not step.isdigit() or not 1 <= int(step) <= high + 1):
+            return f"the {name} field's step {step!r} is not a number from 1 to {high + 1}"
+        if base in ("*", "?") and (base == "*" or name in ("day of month", "day of week")):
+            continue
+        if name == "day of month" and re.fullmatch(r"L|LW|[0-9]{1,2}W|L-[0-9]{1,2}", base.upper()):
+            continue
+        if name == "day of week" and re.fullmatch(
+            r"([0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)(#[1-5]|L)", base.upper()
+        ):
+            continue
+        first, dash, last = base.partition("-")
+        start, end = value(first), value(last) if dash else None
+        if start is None or (dash and (end is None or end < start)):
+            return f"{item!r} is not a {name} from {low} to {high}" + (
+                " (a range goes up: a-b, a <= b)" if dash else ""
+            )
+    return None
 
 
 UNSTORABLE_TEXT_SHOWN = 5
@@ -662,6 +717,30 @@ def _cron_problem(cron: str) -> str | None:
     if any(not re.fullmatch(r"[A-Za-z0-9*/,?#LW-]+", field) for field in fields):
         return "a cron field holds only digits, names, '*', '/', ',', '-', '?', 'L', 'W' and '#'"
     return None
+
+
+def schedule_problems(definition: Definition) -> list[Problem]:
+    """A new definition's schedule triggers as Temporal takes them: each field of a 5-field cron
+    expression in its range (``61 * * * *`` was registered and made active, and its schedule could
+    never be written: exit 3, "once Temporal is reachable"), and a catch-up window of at least
+    :data:`MIN_CATCHUP_WINDOW` (probes)."""
+    from interpreter.model import ScheduleTrigger
+
+    problems: list[Problem] = []
+    for index, trigger in enumerate(definition.triggers):
+        if not isinstance(trigger, ScheduleTrigger):
+            continue
+        path = f"$.triggers[{index}]"
+        fields = (trigger.cron or "").split()
+        if len(fields) == 5 and _cron_problem(trigger.cron or "") is None:
+            for field, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+                message = _cron_field_problem(field, name, low, high, names)
+                if message:
+                    problems.append(Problem(f"{path}.cron", message))
+                    break
+        if parse_duration(trigger.catchup_window) < MIN_CATCHUP_WINDOW:
+            problems.append(Problem(f"{path}.catchup_window", "Temporal's shortest catch-up window is 10s"))
+    return problems
 
 
 def trigger_problems(definition: Definition) -> list[Problem]:

@@ -78,9 +78,24 @@ def schedule_id(tenant: str, definition: str, trigger_id: str) -> str:
 
 
 def _workflow_id_prefix(tenant: str, definition: str, trigger_id: str) -> str:
-    # Temporal appends the scheduled time to it (``...-2026-12-01T18:00:00Z``); the tenant keeps two
-    # tenants' runs apart in a shared namespace.
-    return f"{definition}-{trigger_id}-{tenant}"
+    """The id of a schedule's runs, before the time Temporal appends (``...-2026-12-01T18:00:00Z``):
+    the parts to be read, and a digest of all three that tells the schedules apart. Before,
+    ``{definition}-{trigger}-{tenant}`` joined parts that may hold ``-``: definition ``a-b``'s
+    trigger ``c`` and definition ``a``'s trigger ``b-c``, in one tenant or two sharing a namespace,
+    fired runs of one id, and one schedule's fires were lost (``already running``, said to nobody:
+    an attacker's probe)."""
+    from interpreter.events import parts_digest
+
+    return f"{definition}-{trigger_id}-{tenant}-{parts_digest(tenant, definition, trigger_id)}"
+
+
+def _catchup_window(trigger: ScheduleTrigger) -> timedelta:
+    """The trigger's catch-up window as Temporal keeps it: at least 10 s (a shorter one, which
+    definitions registered before the rule may hold, was stored as 10 s, and the schedule read
+    as OUT OF SYNC for ever)."""
+    from interpreter.validate import MIN_CATCHUP_WINDOW
+
+    return max(parse_duration(trigger.catchup_window), MIN_CATCHUP_WINDOW)
 
 
 class SyncResult(BaseModel):
@@ -177,9 +192,7 @@ def _schedule(
     return Schedule(
         action=action,
         spec=_spec(trigger),
-        policy=SchedulePolicy(
-            overlap=_OVERLAP[trigger.overlap], catchup_window=parse_duration(trigger.catchup_window)
-        ),
+        policy=SchedulePolicy(overlap=_OVERLAP[trigger.overlap], catchup_window=_catchup_window(trigger)),
         # An operator's pause survives a new version: the schedule is updated, not recreated.
         state=state if state is not None and state.paused else ScheduleState(note=note),
     )
@@ -361,14 +374,18 @@ def _same(
     resolved: ResolvedDefinition,
     trigger: ScheduleTrigger,
 ) -> bool:
-    """Whether a schedule's spec and policy are what the trigger declares (its action is checked
-    through the version and hash search attributes)."""
+    """Whether a schedule's spec and policy are what the trigger declares, and its runs' ids (its
+    action is otherwise checked through the version and hash search attributes). A schedule
+    written before run ids carried a digest reads as out of sync until ``wfa schedules sync``."""
     schedule = description.schedule
     wanted = _spec(trigger)
     spec = schedule.spec
+    action = schedule.action
     return (
-        schedule.policy.overlap == _OVERLAP[trigger.overlap]
-        and schedule.policy.catchup_window == parse_duration(trigger.catchup_window)
+        isinstance(action, ScheduleActionStartWorkflow)
+        and action.id == _workflow_id_prefix(flows.tenant, resolved.name, trigger.id)
+        and schedule.policy.overlap == _OVERLAP[trigger.overlap]
+        and schedule.policy.catchup_window == _catchup_window(trigger)
         and [i.every for i in spec.intervals] == [i.every for i in wanted.intervals]
         and (spec.time_zone_name or "UTC") == (wanted.time_zone_name or "UTC")
         and (spec.jitter or timedelta(0)) == (wanted.jitter or timedelta(0))

@@ -27,7 +27,7 @@ from activities.store.database import Database
 from activities.store.errors import DefinitionNotFoundError, NoActiveVersionError
 from activities.store.models import DefinitionHeadRow, DefinitionRow
 from activities.store.repository import DefinitionStore
-from interpreter.validate import definition_hash, load_definition
+from interpreter.validate import DefinitionError, definition_hash, load_definition
 from starter.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, main
 from starter.client import FlowClient, RunSummary
 from starter.errors import InvalidInputError, InvalidRunInputError, ScheduleSyncError
@@ -377,6 +377,65 @@ async def test_live_triggers_are_those_of_the_active_versions(flows: FlowClient,
     assert await live_triggers(other) == []
     with pytest.raises(ValueError, match="unknown trigger kind"):
         await live_triggers(flows, "cron")
+
+
+async def test_schedules_whose_names_join_alike_start_runs_of_their_own_ids(
+    flows: FlowClient, client: Client
+) -> None:
+    """A probe: definition ``a-x``'s trigger ``y`` and definition ``a``'s trigger ``x-y`` gave
+    their runs one id (``{definition}-{trigger}-{tenant}`` and the time), so the second schedule's
+    fires were all "already running", lost without a word. In two tenants sharing a namespace, one
+    tenant's schedule took the other's fires."""
+    base = unique("join")
+    first = scheduled(f"{base}-x", "one", every="1h")
+    first["triggers"][0]["id"] = "y"
+    second = scheduled(base, "two", every="1h")
+    second["triggers"][0]["id"] = "x-y"
+    await flows.register(first, author="ann")
+    await flows.register(second, author="ann")
+    ids = set()
+    for name in (f"{base}-x", base):
+        info = await listed(flows, name, lambda item: item.in_sync)
+        action = (await client.get_schedule_handle(info.id).describe()).schedule.action
+        ids.add(action.id)  # type: ignore[attr-defined]
+    assert len(ids) == 2, ids
+    assert all(i.startswith(base) for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "where", "words"),
+    [
+        ({"cron": "61 * * * *"}, "cron", "'61' is not a minute from 0 to 59"),
+        ({"cron": "1-0 * * * *"}, "cron", "a range goes up"),
+        ({"cron": "*/0 * * * *"}, "cron", "step '0' is not a number from 1 to 60"),
+        ({"cron": "0 0 ? * 9#9"}, "cron", "'9#9' is not a day of week"),
+        ({"every": "1h", "catchup_window": "5s"}, "catchup_window", "shortest catch-up window is 10s"),
+    ],
+)
+async def test_a_schedule_temporal_would_refuse_is_refused_before_anything_is_stored(
+    flows: FlowClient, tmp_path: Path, trigger: dict[str, Any], where: str, words: str
+) -> None:
+    """A probe: ``61 * * * *`` passed ``wfa validate``, was registered and made active, and its
+    schedule could never be written (exit 3, "once Temporal is reachable"); a catch-up window under
+    10 s was stored as 10 s, and the schedule read as OUT OF SYNC for ever."""
+    name = unique("cron")
+    document = {
+        "name": name,
+        "triggers": [{"type": "schedule", "id": "tick", **trigger}],
+        "steps": [{"id": "done", "type": "succeed"}],
+    }
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(document))
+    assert await cli(["validate", str(path)]) == EXIT_BAD_INPUT
+    with pytest.raises(DefinitionError, match=words) as info:
+        await flows.register(document, author="ann")
+    assert [p.path for p in info.value.problems] == [f"$.triggers[0].{where}"]
+    with pytest.raises(DefinitionNotFoundError):
+        await flows.list_definitions(name)
+    for fine in ("0 9 * * MON-FRI", "*/15 8-17 * * 1-5", "0 0 L * *", "0 0 ? * MON#2", "0 0 1 JAN,JUL *"):
+        ok = {**document, "name": unique("cron"), "triggers": [{"type": "schedule", "id": "t", "cron": fine}]}
+        path.write_text(json.dumps(ok))
+        assert await cli(["validate", str(path)]) == EXIT_OK, fine
 
 
 async def test_stored_bodies_with_the_legacy_trigger_still_load(
