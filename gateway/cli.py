@@ -8,9 +8,10 @@ codes (2 bad input, 3 unreachable, 4 not found). Nothing heavy is imported until
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from interpreter.sizes import text_problem
@@ -157,6 +158,20 @@ async def triggers(args: argparse.Namespace, out: TextIO, usage_error: type[Exce
     from interpreter.model import RowChangeTrigger
     from starter.errors import ServerUnavailableError
 
+    @contextlib.contextmanager
+    def user_database() -> Iterator[None]:
+        """The connection's database's refusals in words (exit 2), or unreachable (exit 3)."""
+        try:
+            yield
+        except rowchanges.RowChangeError as err:
+            raise usage_error(str(err)) from None
+        except asyncpg.PostgresError as err:
+            raise usage_error(f"the database {args.connection} refused: {err}") from None
+        except (OSError, asyncpg.InterfaceError) as err:
+            raise ServerUnavailableError(
+                f"cannot reach the database of connection {args.connection}: {err}", args.connection
+            ) from None
+
     tenant: str = args.tenant
     try:
         url = rowchanges.connection_url(tenant, args.connection)
@@ -164,39 +179,53 @@ async def triggers(args: argparse.Namespace, out: TextIO, usage_error: type[Exce
         raise usage_error(str(err)) from None
     operations: list[str] = []
     if args.action == "install":
+        if "@" in args.definition:
+            # Changes start the active version (a probe: name@1 wired a version that was not, for
+            # ever): the trigger names the definition.
+            raise usage_error(
+                f"--definition takes a name, not a version ({args.definition!r}): changes start the"
+                " active version"
+            )
         database = await open_database(getattr(args, "database_url", None) or None)
         try:
             resolved = await DefinitionStore(database.session_factory, tenant).resolve(args.definition)
         finally:
             await database.close()
         wanted = args.table.split(".")[-1]
-        for trigger in resolved.definition.triggers:
-            if (
-                isinstance(trigger, RowChangeTrigger)
-                and trigger.connection == args.connection
-                and trigger.table.split(".")[-1] == wanted
-            ):
-                operations = [op.value for op in trigger.operations]
+        declared = [
+            trigger
+            for trigger in resolved.definition.triggers
+            if isinstance(trigger, RowChangeTrigger)
+            and trigger.connection == args.connection
+            and trigger.table.split(".")[-1] == wanted
+        ]
+        if declared:
+            # As the changes are recorded (schema.name): a trigger declared on sales.orders was
+            # installed on public.orders, and every change failed (a probe).
+            with user_database():
+                qualified = await rowchanges.qualified_table(url, args.table)
+            matching = [t for t in declared if t.table in {qualified, qualified.rpartition(".")[2]}]
+            if not matching:
+                raise usage_error(
+                    f"{args.table!r} is {qualified} in that database, but the active version of"
+                    f" {args.definition} declares its row_change trigger on"
+                    f" {', '.join(t.table for t in declared)}"
+                )
+            operations = [op.value for op in matching[-1].operations]
         if not operations:
             raise usage_error(
                 f"the active version of {args.definition} (v{resolved.version}) declares no row_change"
                 f" trigger on connection {args.connection!r} and table {args.table!r}"
             )
-    try:
+    with user_database():
         if args.action == "install":
-            name = await rowchanges.install(url, args.table, tenant, args.definition, operations)
+            name = await rowchanges.install(
+                url, args.table, tenant, args.definition, operations, connection=args.connection
+            )
             existed = True
         else:
             name = rowchanges.trigger_name(tenant, args.definition)
             existed = await rowchanges.uninstall(url, args.table, tenant, args.definition)
-    except rowchanges.RowChangeError as err:
-        raise usage_error(str(err)) from None
-    except asyncpg.PostgresError as err:
-        raise usage_error(f"the database {args.connection} refused: {err}") from None
-    except (OSError, asyncpg.InterfaceError) as err:
-        raise ServerUnavailableError(
-            f"cannot reach the database of connection {args.connection}: {err}", args.connection
-        ) from None
     if args.json:
         print(
             json.dumps({"trigger": name, "table": args.table, "operations": operations, "existed": existed}),

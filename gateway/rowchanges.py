@@ -95,10 +95,11 @@ CREATE TABLE IF NOT EXISTS {OUTBOX} (
 );
 CREATE INDEX IF NOT EXISTS {OUTBOX}_pending ON {OUTBOX} (tenant, change_id)
     WHERE started_at IS NULL AND error IS NULL;
+ALTER TABLE {OUTBOX} ADD COLUMN IF NOT EXISTS connection text;
 CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO {OUTBOX} (tenant, definition, table_name, operation, old_row, new_row)
-    VALUES (TG_ARGV[0], TG_ARGV[1], TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, lower(TG_OP),
+    INSERT INTO {OUTBOX} (tenant, definition, connection, table_name, operation, old_row, new_row)
+    VALUES (TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, lower(TG_OP),
             CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
             CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
     PERFORM pg_notify('{CHANNEL}', TG_ARGV[0]);
@@ -159,11 +160,20 @@ def connection_url(tenant: str, connection: str) -> str:
 
 
 async def install(
-    url: str, table: str, tenant: str, definition: str, operations: Sequence[str] = ("insert",)
+    url: str,
+    table: str,
+    tenant: str,
+    definition: str,
+    operations: Sequence[str] = ("insert",),
+    *,
+    connection: str | None = None,
 ) -> str:
     """Creates the outbox (if missing) and the trigger on ``table``; returns the trigger's name.
 
-    Idempotent: installing again replaces the trigger (e.g. with other operations).
+    Idempotent: installing again replaces the trigger (e.g. with other operations). Its changes
+    name ``connection``, whose listener alone drains them: two connection names of one database
+    each drained the other's changes and settled them as errors (a probe). A trigger installed
+    before names none; any listener of its tenant takes its changes, as before.
 
     Raises:
         RowChangeError: A malformed table or operation.
@@ -184,11 +194,37 @@ async def install(
             await conn.execute(f"DROP TRIGGER IF EXISTS {_ident(name)} ON {target}")
             await conn.execute(
                 f"CREATE TRIGGER {_ident(name)} AFTER {events} ON {target} FOR EACH ROW"
-                f" EXECUTE FUNCTION {FUNCTION}({_literal(tenant)}, {_literal(definition)})"
+                f" EXECUTE FUNCTION {FUNCTION}({_literal(tenant)}, {_literal(definition)}"
+                + (f", {_literal(connection)})" if connection is not None else ")")
             )
     finally:
         await conn.close()
     return name
+
+
+async def qualified_table(url: str, table: str) -> str:
+    """``table`` as the database resolves it, ``schema.name`` (the name a change is recorded
+    under), so a trigger is checked against the table it goes on.
+
+    Raises:
+        RowChangeError: A malformed name, or no such table.
+        asyncpg errors: The database refused.
+    """
+    import asyncpg
+
+    target = _table(table)
+    conn = await asyncpg.connect(url)
+    try:
+        found = await conn.fetchval(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = to_regclass($1)",
+            target,
+        )
+    finally:
+        await conn.close()
+    if found is None:
+        raise RowChangeError(f"no table {table[:120]!r} in that database")
+    return str(found)
 
 
 async def uninstall(url: str, table: str, tenant: str, definition: str) -> bool:
@@ -321,7 +357,9 @@ async def _start_change(flows: FlowClient, connection: str, row: Any) -> tuple[s
         # E.g. a numeric of over 4,300 digits ("Exceeds the limit"), JSON nested too deep.
         return workflow_id, f"the row cannot be read as JSON: {type(err).__name__}: {err}"
     try:
-        resolved = await flows.resolve(row["definition"])
+        # The active version: a trigger installed with ``name@1`` before install refused it
+        # (a probe) started that version for ever.
+        resolved = await flows.resolve(str(row["definition"]).partition("@")[0])
         if not _declares(resolved.definition, connection, row["table_name"], row["operation"]):
             return workflow_id, (
                 f"the active version of {row['definition']} (v{resolved.version}) declares no row_change"
@@ -366,9 +404,11 @@ async def drain_once(
             f"SELECT change_id, definition, table_name, operation, old_row::text AS old_row,"
             f" new_row::text AS new_row, changed_at FROM {OUTBOX}"
             " WHERE tenant = $1 AND started_at IS NULL AND error IS NULL AND change_id <> ALL($2::bigint[])"
+            " AND (connection IS NULL OR connection = $3)"
             f" ORDER BY change_id LIMIT {BATCH} FOR UPDATE SKIP LOCKED",
             flows.tenant,
             deferrals.waiting(),
+            connection,
         )
         for row in rows:
             try:

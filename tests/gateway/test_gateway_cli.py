@@ -128,6 +128,57 @@ async def test_wfa_triggers_refuse_what_is_not_declared_and_uninstall(
                 env=env,
             )
             assert no_secret.code == 2, no_secret.describe()
+            # A version is no trigger's to name: changes start the active one (a probe: name@1
+            # wired v1 for ever).
+            pinned = await run_wfa(
+                "triggers",
+                "install",
+                "--table",
+                "leads",
+                "--connection",
+                "LEADS_DB",
+                "--definition",
+                f"{name}@1",
+                env=env,
+            )
+            assert pinned.code == 2, pinned.describe()
+            assert "--definition takes a name, not a version" in pinned.err
+            # The table in another schema than the one declared (a probe: installed on
+            # public.leads while the definition named sales.leads, every change failed).
+            await conn.execute("CREATE SCHEMA IF NOT EXISTS sales")
+            await conn.execute("CREATE TABLE IF NOT EXISTS sales.leads (id serial PRIMARY KEY)")
+            elsewhere = await run_wfa("triggers", "install", "--table", "sales.leads", *args, env=env)
+            assert elsewhere.code == 0, elsewhere.describe()  # declared as "leads": any schema's
+            await run_wfa("triggers", "uninstall", "--table", "sales.leads", *args, env=env)
+            qualified = f"{name}-sales"
+            database = Database(database_url)
+            try:
+                await DefinitionStore(database.session_factory, "default").register(
+                    {
+                        "name": qualified,
+                        "steps": [{"id": "w", "type": "delay", "duration": "1h"}],
+                        "triggers": [
+                            {"type": "row_change", "connection": "LEADS_DB", "table": "sales.leads"}
+                        ],
+                    },
+                    "test",
+                )
+            finally:
+                await database.close()
+            wrong = await run_wfa(
+                "triggers",
+                "install",
+                "--table",
+                "leads",
+                "--connection",
+                "LEADS_DB",
+                "--definition",
+                qualified,
+                env=env,
+            )
+            assert wrong.code == 2, wrong.describe()
+            assert "'leads' is public.leads in that database" in wrong.err
+            assert "declares its row_change trigger on sales.leads" in wrong.err
             installed = await run_wfa("triggers", "install", "--table", "leads", *args, env=env)
             assert installed.code == 0, installed.describe()
             assert "insert, update" in installed.out

@@ -363,6 +363,52 @@ async def test_changes_of_tenants_and_connections_that_read_alike_start_a_run_ea
     assert workflow_ids[0] != workflow_ids[1]
 
 
+async def test_two_connection_names_of_one_database_each_drain_their_own_changes(
+    temporal_env: WorkflowEnvironment,
+    postgres_server_url: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A probe: the outbox did not say which connection a change came through, so the listener of
+    SHOP2 took SHOP's change, found no trigger for it on SHOP2, and settled it as an error: lost."""
+    first, second = f"orders-{uuid4().hex[:8]}", f"refunds-{uuid4().hex[:8]}"
+    database = Database(database_url)
+    try:
+        store = DefinitionStore(database.session_factory, "default")
+        await store.register(_shop_definition(first, "orders"), "test")
+        refunds = _shop_definition(second, "refunds")
+        refunds["triggers"][0]["connection"] = "SHOP2"
+        await store.register(refunds, "test")
+    finally:
+        await database.close()
+    async with fresh_database(postgres_server_url, "wfa_shop", migrate=False) as user_url:
+        monkeypatch.setenv("WFA_SECRET_SHOP", user_url)
+        monkeypatch.setenv("WFA_SECRET_SHOP2", user_url)
+        plain_url = user_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        conn = await asyncpg.connect(plain_url)
+        flows = FlowClient(temporal_env.client, task_queue=f"tq-{uuid4()}", database=database_url)
+        try:
+            await conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
+            await conn.execute("CREATE TABLE refunds (id serial PRIMARY KEY, item text NOT NULL)")
+            await install(plain_url, "orders", "default", first, ["insert"], connection="SHOP")
+            await install(plain_url, "refunds", "default", second, ["insert"], connection="SHOP2")
+            await conn.execute("INSERT INTO orders (item) VALUES ('o')")
+            await conn.execute("INSERT INTO refunds (item) VALUES ('r')")
+            assert await drain_once(conn, flows, "SHOP2") == 1  # its own change only
+            assert await drain_once(conn, flows, "SHOP") == 1
+            rows = await conn.fetch(
+                "SELECT connection, definition, started_at, error FROM wfa_outbox ORDER BY change_id"
+            )
+        finally:
+            await flows.close()
+            await conn.close()
+    assert [(r["connection"], r["definition"], r["error"]) for r in rows] == [
+        ("SHOP", first, None),
+        ("SHOP2", second, None),
+    ]
+    assert all(r["started_at"] is not None for r in rows)
+
+
 async def test_a_start_that_may_heal_leaves_its_row_pending_and_the_rows_behind_it_are_tried(
     temporal_env: WorkflowEnvironment, postgres_server_url: str, database_url: str
 ) -> None:
