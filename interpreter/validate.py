@@ -476,7 +476,11 @@ def new_definition_problems(definition: Definition) -> list[Problem]:
     """The rules for a definition written or registered now, not for one the registry already
     holds (it loads as it did): :func:`legacy_trigger_problems`, :func:`link_problems` and
     :func:`schedule_problems`."""
-    return legacy_trigger_problems(definition) + link_problems(definition) + schedule_problems(definition)
+    problems = legacy_trigger_problems(definition) + link_problems(definition) + schedule_problems(definition)
+    if parse_duration(definition.defaults.park_timeout) <= timedelta(0):
+        # As a step's own park_timeout is refused (a probe: the default of 0s passed).
+        problems.append(Problem("$.defaults.park_timeout", "park_timeout must be greater than zero"))
+    return problems
 
 
 MIN_CATCHUP_WINDOW = timedelta(seconds=10)

@@ -1158,3 +1158,19 @@ def test_a_definition_built_in_code_with_such_text_is_refused_where_it_is_loaded
     assert [(p.path, p.message) for p in info.value.problems] == [
         ("$.steps[0].input.to", "has a NUL character (\\u0000), which cannot be stored")
     ]
+
+
+def test_a_default_park_timeout_of_nothing_is_refused_as_a_steps_is() -> None:
+    """A probe: a step's ``park_timeout: "0s"`` was refused, the same as ``defaults`` was not."""
+    from interpreter.validate import new_definition_problems
+
+    document = {
+        "name": "parks",
+        "defaults": {"park_timeout": "0s"},
+        "steps": [{"id": "s", "type": "set", "vars": {"a": 1}}],
+    }
+    problems = new_definition_problems(load_definition(document))
+    assert [(p.path, p.message) for p in problems] == [
+        ("$.defaults.park_timeout", "park_timeout must be greater than zero")
+    ]
+    assert new_definition_problems(load_definition({**document, "defaults": {"park_timeout": "1s"}})) == []
