@@ -41,7 +41,6 @@ from interpreter.sizes import (
     VALUE_MAX_DEPTH,
     json_depth,
     json_size,
-    text_problem,
 )
 
 __all__ = [
@@ -538,8 +537,11 @@ def holds_lone_surrogate(value: Any) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if not item.isascii() and text_problem(item.replace("\x00", "")) is not None:
-                return True
+            if not item.isascii():
+                try:
+                    item.encode()  # what the converter does with it
+                except UnicodeEncodeError:
+                    return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())

@@ -2536,32 +2536,33 @@ class Engine:
         (:data:`PATCH_TEMPLATE_ARGUMENTS`)."""
         self._check_task_work()
 
-        def attempt() -> Any:
-            try:
-                return how(value, context)
-            except UnreadableValueError:
-                if self.runtime.patched(PATCH_TEMPLATE_VALUES):
-                    raise
-                with unchecked_values():  # as the run rendered it when it was recorded
-                    return how(value, context)
+        def as_recorded(
+            run: Callable[[], Any],
+            refused: type[TemplateError],
+            patch: str,
+            relaxed: Callable[[], contextlib.AbstractContextManager[None]],
+        ) -> Callable[[], Any]:
+            """``run``, again without a check whose ``refused`` a run recorded before ``patch``
+            did not meet (as the run rendered it when it was recorded)."""
 
-        def sized() -> Any:
-            try:
-                return attempt()
-            except OversizedValueError:
-                if self.runtime.patched(PATCH_TEMPLATE_SIZES):
-                    raise
-                with unbounded_sizes():  # as the run rendered it when it was recorded
-                    return attempt()
+            def attempt() -> Any:
+                try:
+                    return run()
+                except refused:
+                    if self.runtime.patched(patch):
+                        raise
+                    with relaxed():
+                        return run()
 
+            return attempt
+
+        checked = as_recorded(
+            lambda: how(value, context), UnreadableValueError, PATCH_TEMPLATE_VALUES, unchecked_values
+        )
+        sized = as_recorded(checked, OversizedValueError, PATCH_TEMPLATE_SIZES, unbounded_sizes)
+        argued = as_recorded(sized, ArgumentSizeError, PATCH_TEMPLATE_ARGUMENTS, unbounded_arguments)
         try:
-            try:
-                return sized()
-            except ArgumentSizeError:
-                if self.runtime.patched(PATCH_TEMPLATE_ARGUMENTS):
-                    raise
-                with unbounded_arguments():  # as the run rendered it when it was recorded
-                    return sized()
+            return argued()
         finally:
             self._task_work += last_work()  # (the last evaluation's: the one that counts)
 

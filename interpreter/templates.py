@@ -862,12 +862,10 @@ def _indented_size(plain: Any, indent: Any) -> int:
     while stack:
         item, depth = stack.pop()
         visited += 1
-        if isinstance(item, dict) and item:
+        if isinstance(item, (dict, list)) and item:
             size += (len(item) + 1) * (1 + width * depth) + len(item) * width
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list) and item:
-            size += (len(item) + 1) * (1 + width * depth) + len(item) * width
-            stack.extend((child, depth + 1) for child in item)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
         if size > MAX_RESULT_CHARS:
             break
     _Budget.arguments(visited)
