@@ -116,12 +116,29 @@ def verify_signature(
         hmac_delivery_header: See :class:`~gateway.config.GatewayConfig`.
 
     Raises:
-        ApiError: 401 for a missing, malformed or wrong signature, or a timestamp outside the
-            replay window.
+        ApiError: 401 for a missing, malformed or wrong signature, a timestamp outside the
+            replay window, or a header the check reads sent more than once.
     """
+    named = (
+        ("webhook-id", "webhook-timestamp", "webhook-signature")
+        if trigger.signature == WebhookSignature.STANDARD_WEBHOOKS
+        else (trigger.header, *((hmac_delivery_header,) if hmac_delivery_header else ()))
+    )
+    _refuse_repeated(headers, named)
     if trigger.signature == WebhookSignature.STANDARD_WEBHOOKS:
         return _verify_standard(trigger, secret, body, headers, time.time() if now is None else now)
     return _verify_hmac(trigger, secret, body, headers, hmac_delivery_header)
+
+
+def _refuse_repeated(headers: Mapping[str, str], names: Sequence[str]) -> None:
+    """A 401 when a header the verification reads comes more than once (found by a probe: the
+    first was read, while a proxy before the gateway may read, log or strip the other one)."""
+    getlist = getattr(headers, "getlist", None)
+    if getlist is None:  # a plain mapping (the tests, a caller's dict) holds each name once
+        return
+    for name in names:
+        if len(getlist(name)) > 1:
+            raise _unauthorized(f"the {name} header is sent more than once")
 
 
 def _verify_standard(

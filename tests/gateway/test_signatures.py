@@ -7,6 +7,7 @@ import time
 
 import pytest
 from standardwebhooks.webhooks import Webhook
+from starlette.datastructures import Headers
 
 from gateway.errors import ApiError
 from gateway.jsonbody import BodyError, check_content_type, parse_object, parse_strict
@@ -63,6 +64,43 @@ def test_hmac_accepts_the_prefix_and_keys_deliveries_by_body() -> None:
     )
     with pytest.raises(ApiError):
         verify_signature(HMAC, "other", body, headers)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "repeated"),
+    [
+        (STANDARD, "webhook-id"),
+        (STANDARD, "webhook-timestamp"),
+        (STANDARD, "Webhook-Signature"),
+        (HMAC, "x-signature-256"),
+        (HMAC, "X-Delivery"),
+    ],
+)
+def test_a_header_the_check_reads_sent_twice_is_a_401(trigger: WebhookTrigger, repeated: str) -> None:
+    """Found by an attacker's probe: with two ``webhook-id`` (or two signature, or two delivery)
+    headers the first was read, while a proxy before the gateway may read or log the other one.
+    Either copy alone verifies; both together are refused, whichever header name's case."""
+    body, now = b'{"a": 1}', int(time.time())
+    single = (
+        standard_headers(SECRET, body, "m1", timestamp=now)
+        if trigger is STANDARD
+        else {**hmac_headers(SECRET, body), "X-Delivery": "d-1"}
+    )
+    raw = [(k.lower().encode(), v.encode()) for k, v in single.items()]
+    value = next(v for k, v in raw if k == repeated.lower().encode())
+    assert verify_signature(
+        trigger, SECRET, body, Headers(raw=raw), now=now, hmac_delivery_header="X-Delivery"
+    )
+    with pytest.raises(ApiError, match="more than once") as caught:
+        verify_signature(
+            trigger,
+            SECRET,
+            body,
+            Headers(raw=[*raw, (repeated.lower().encode(), value)]),
+            now=now,
+            hmac_delivery_header="X-Delivery",
+        )
+    assert caught.value.status == 401
 
 
 @pytest.mark.parametrize("stamp", ["\xb2", "\xb9\xb2\xb3", "1\u0663", "\uff11\uff12", " 12", "1_0"])
