@@ -504,10 +504,14 @@ _CRON_FIELDS: tuple[tuple[str, int, int, Mapping[str, int]], ...] = (
     ),
     ("day of week", 0, 7, {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}),
 )
+_CRON_SECOND = ("second", 0, 59, {})
+_CRON_YEAR = ("year", 2000, 2100, {})
+"""The fields Temporal's 6-field (year last) and 7-field (second first, year last) forms add, with
+the ranges its server holds them to (a year out of 2000-2100 is "not in range": measured)."""
 
 
 def _cron_field_problem(field: str, name: str, low: int, high: int, names: Mapping[str, int]) -> str | None:
-    """What is wrong with one field of a 5-field cron expression (``*``, ``?``, values, ranges
+    """What is wrong with one field of a cron expression (``*``, ``?``, values, ranges
     ``a-b`` with a <= b, steps ``/n`` with n >= 1, month and weekday names, ``L``, ``W`` and
     ``#``), or None."""
 
@@ -724,9 +728,10 @@ def _cron_problem(cron: str) -> str | None:
 
 
 def schedule_problems(definition: Definition) -> list[Problem]:
-    """A new definition's schedule triggers as Temporal takes them: each field of a 5-field cron
+    """A new definition's schedule triggers as Temporal takes them: each field of a cron
     expression in its range (``61 * * * *`` was registered and made active, and its schedule could
-    never be written: exit 3, "once Temporal is reachable"), and a catch-up window of at least
+    never be written: exit 3, "once Temporal is reachable"; so were the 6- and 7-field forms'
+    fields, ``0 0 1 1 * 1999`` among them), and a catch-up window of at least
     :data:`MIN_CATCHUP_WINDOW` (probes)."""
     from interpreter.model import ScheduleTrigger
 
@@ -736,8 +741,13 @@ def schedule_problems(definition: Definition) -> list[Problem]:
             continue
         path = f"$.triggers[{index}]"
         fields = (trigger.cron or "").split()
-        if len(fields) == 5 and _cron_problem(trigger.cron or "") is None:
-            for field, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        kinds = {
+            5: _CRON_FIELDS,
+            6: (*_CRON_FIELDS, _CRON_YEAR),
+            7: (_CRON_SECOND, *_CRON_FIELDS, _CRON_YEAR),
+        }.get(len(fields), ())
+        if kinds and _cron_problem(trigger.cron or "") is None:
+            for field, (name, low, high, names) in zip(fields, kinds, strict=True):
                 message = _cron_field_problem(field, name, low, high, names)
                 if message:
                     problems.append(Problem(f"{path}.cron", message))

@@ -409,6 +409,11 @@ async def test_schedules_whose_names_join_alike_start_runs_of_their_own_ids(
         ({"cron": "1-0 * * * *"}, "cron", "a range goes up"),
         ({"cron": "*/0 * * * *"}, "cron", "step '0' is not a number from 1 to 60"),
         ({"cron": "0 0 ? * 9#9"}, "cron", "'9#9' is not a day of week"),
+        # The 6-field (year last) and 7-field (second first) forms: Temporal refused these too.
+        ({"cron": "0 0 1 1 * 1999"}, "cron", "'1999' is not a year from 2000 to 2100"),
+        ({"cron": "61 0 1 1 * 2030"}, "cron", "'61' is not a minute from 0 to 59"),
+        ({"cron": "60 0 0 1 1 * 2030"}, "cron", "'60' is not a second from 0 to 59"),
+        ({"cron": "0 0 0 1 1 * 2030-2020"}, "cron", "a range goes up"),
         ({"every": "1h", "catchup_window": "5s"}, "catchup_window", "shortest catch-up window is 10s"),
     ],
 )
@@ -432,7 +437,15 @@ async def test_a_schedule_temporal_would_refuse_is_refused_before_anything_is_st
     assert [p.path for p in info.value.problems] == [f"$.triggers[0].{where}"]
     with pytest.raises(DefinitionNotFoundError):
         await flows.list_definitions(name)
-    for fine in ("0 9 * * MON-FRI", "*/15 8-17 * * 1-5", "0 0 L * *", "0 0 ? * MON#2", "0 0 1 JAN,JUL *"):
+    for fine in (
+        "0 9 * * MON-FRI",
+        "*/15 8-17 * * 1-5",
+        "0 0 L * *",
+        "0 0 ? * MON#2",
+        "0 0 1 JAN,JUL *",
+        "0 0 1 1 * 2030",
+        "30 0 9 * * MON-FRI */2",
+    ):
         ok = {**document, "name": unique("cron"), "triggers": [{"type": "schedule", "id": "t", "cron": fine}]}
         path.write_text(json.dumps(ok))
         assert await cli(["validate", str(path)]) == EXIT_OK, fine
