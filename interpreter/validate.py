@@ -487,7 +487,8 @@ MIN_CATCHUP_WINDOW = timedelta(seconds=10)
 """Temporal's shortest catch-up window: a shorter one is stored as this (and the schedule then
 differed from its trigger for ever, OUT OF SYNC: a probe)."""
 
-_CRON_FIELDS: tuple[tuple[str, int, int, Mapping[str, int]], ...] = (
+_CronField = tuple[str, int, int, Mapping[str, int]]
+_CRON_FIELDS: tuple[_CronField, ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
@@ -504,8 +505,8 @@ _CRON_FIELDS: tuple[tuple[str, int, int, Mapping[str, int]], ...] = (
     ),
     ("day of week", 0, 7, {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}),
 )
-_CRON_SECOND = ("second", 0, 59, {})
-_CRON_YEAR = ("year", 2000, 2100, {})
+_CRON_SECOND: _CronField = ("second", 0, 59, {})
+_CRON_YEAR: _CronField = ("year", 2000, 2100, {})
 """The fields Temporal's 6-field (year last) and 7-field (second first, year last) forms add, with
 the ranges its server holds them to (a year out of 2000-2100 is "not in range": measured)."""
 
