@@ -1965,6 +1965,7 @@ class FlowClient:
                     " goes on from where it was once a worker can run it",
                     workflow_id,
                     description.task_queue,
+                    task_failing=True,
                 ) from None
             if not _no_worker_answered(err):
                 raise self._rpc_error(err, workflow_id, "query the run") from None

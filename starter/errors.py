@@ -63,12 +63,17 @@ class NoWorkerError(StarterError):
     Attributes:
         workflow_id: The run that was asked.
         task_queue: The task queue the run's worker should poll, when known.
+        task_failing: A worker polls, but this run's workflow task keeps failing on it (the run's
+            own problem, not its task queue's).
     """
 
-    def __init__(self, message: str, workflow_id: str, task_queue: str | None = None) -> None:
+    def __init__(
+        self, message: str, workflow_id: str, task_queue: str | None = None, *, task_failing: bool = False
+    ) -> None:
         super().__init__(message)
         self.workflow_id = workflow_id
         self.task_queue = task_queue
+        self.task_failing = task_failing
 
 
 class RunNotFoundError(StarterError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,15 +15,59 @@ from gateway.inbox.auth import Authenticator, SessionSigner
 from gateway.inbox.ended import EndedSessions
 from gateway.inbox.oidc import OidcClient, OidcProvider, check_providers
 from starter.client import FlowClient
-from starter.errors import PayloadUnreadableError
+from starter.errors import NoWorkerError, PayloadUnreadableError, ServerUnavailableError, StarterError
 from starter.payload_store import PayloadStoreError
 
 if TYPE_CHECKING:
     from activities.store.database import Database
 
+log = logging.getLogger("gateway.inbox")
+
 RUN_DATA_UNREADABLE = (PayloadUnreadableError, PayloadStoreError)
 """The errors meaning this gateway cannot read a run's data (its payload keys or store settings, or
 the store itself): the inbox and decision links answer them with a 503, never a 404 or a traceback."""
+
+RUN_UNANSWERED = (NoWorkerError, ServerUnavailableError)
+"""The errors meaning the run or the workflow service gave no answer now (the run's worker is
+stopped, slow or restarting; Temporal cannot be reached): the inbox and decision links answer 503,
+"try again", never "nothing here" (an attacker's probe: with the worker stopped, the list showed
+"Nothing is waiting for you" after 10 s per run, and a link said the run no longer existed)."""
+
+
+def unanswered(err: NoWorkerError | ServerUnavailableError) -> tuple[str, str]:
+    """The title and message of a page for :data:`RUN_UNANSWERED` (the details go to the log)."""
+    log.warning("inbox: %s", err)
+    if isinstance(err, ServerUnavailableError):
+        return (
+            "Cannot reach the workflow service",
+            "The workflow service cannot be reached now. Please try again later.",
+        )
+    return (
+        "The run does not answer now",
+        "Its worker may be restarting or busy, or stopped. Please try again in a moment.",
+    )
+
+
+def unconfirmed(err: StarterError) -> tuple[str, str, int]:
+    """The title, message and status of the page after a decision the run did not confirm (any
+    :class:`StarterError` but a refusal, a closed or missing run and bad input, which the callers
+    answer first): was a 500 while the decision was applied moments later (an attacker's probe)."""
+    log.warning("inbox: decision not confirmed: %s", err)
+    if isinstance(err, NoWorkerError):
+        return (
+            "Sent, not confirmed yet",
+            "Your decision was sent, but the run has not confirmed it yet: its worker is slow or"
+            " restarting. It is normally applied when the worker takes it, unless the step is decided"
+            " otherwise first. Your inbox shows whether the step still waits.",
+            202,
+        )
+    return (
+        "Not confirmed",
+        "The decision may not have reached the run: the workflow service could not be reached or"
+        " did not answer. Your inbox shows whether the step still waits; decide again there if it does.",
+        503,
+    )
+
 
 ClientFactory = Callable[[str], Awaitable[FlowClient]]
 """Gives the client of a tenant (on the tenant's namespace, scoped to the tenant)."""

@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.inbox.auth import Person, Session
-from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState
+from gateway.inbox.deps import RUN_DATA_UNREADABLE, RUN_UNANSWERED, InboxState, unanswered, unconfirmed
 from gateway.inbox.forms import (
     field_of_message,
     field_views,
@@ -191,6 +191,8 @@ async def _pending(
             " Please tell your administrator and try again later.",
             503,
         )
+    except RUN_UNANSWERED as err:
+        return LinkProblem(*unanswered(err), 503)
     except StarterError:
         return LinkProblem("Nothing to decide", "The run this link was for no longer exists.", 404)
     if pending is not None and wait_problem(claims.since, pending.since) is not None:
@@ -285,6 +287,8 @@ async def decide_by_link(request: Request, state: InboxState, session: Session, 
         return problem_page(
             request, state, session, render, LinkProblem("Already decided", "The run has ended.", 409)
         )
+    except StarterError as err:
+        return problem_page(request, state, session, render, LinkProblem(*unconfirmed(err)))
     return RedirectResponse(f"{state.prefix}/link/done?{_done_query(kind)}", status_code=303)
 
 

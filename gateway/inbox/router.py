@@ -27,7 +27,15 @@ from starlette.datastructures import FormData
 from temporalio.service import RPCError
 
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
-from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState, TenantNotServedError, inbox_state
+from gateway.inbox.deps import (
+    RUN_DATA_UNREADABLE,
+    RUN_UNANSWERED,
+    InboxState,
+    TenantNotServedError,
+    inbox_state,
+    unanswered,
+    unconfirmed,
+)
 from gateway.inbox.forms import (
     UnreadableFormError,
     field_of_message,
@@ -46,10 +54,12 @@ from starter.client import FlowClient, runs_query
 from starter.errors import (
     DecisionRefusedError,
     InvalidInputError,
+    NoWorkerError,
     PayloadUnreadableError,
     PendingApprovalsUnknownError,
     RunClosedError,
     RunNotFoundError,
+    ServerUnavailableError,
     StarterError,
 )
 from starter.payload_store import PayloadStoreError
@@ -446,29 +456,55 @@ def _assignee_clause(person: Person) -> str | None:
     return "(" + " OR ".join(f"WfaAssignees = '{v}'" for v in values) + ")"
 
 
-async def find_work(flows: FlowClient, person: Person, limit: int) -> list[WorkItem]:
+@dataclass
+class Work:
+    """What :func:`find_work` found: the steps, and how many runs that may hold some did not answer."""
+
+    items: list[WorkItem]
+    unanswered: int = 0
+
+
+async def find_work(flows: FlowClient, person: Person, limit: int) -> Work:
     """The pending steps ``person`` may decide, across the tenant's running runs.
 
     Found through the ``WfaAssignees`` search attribute (visibility is eventually consistent: a
     step decided a moment ago may still be listed, so each run's status confirms what is pending).
+    A run whose worker does not answer is counted in :attr:`Work.unanswered`, and so is every
+    later run of its task queue, unasked: before, each one took the query's 10 s to be skipped
+    without a word (an attacker's probe: "Nothing is waiting for you" after minutes).
+
+    Raises:
+        ServerUnavailableError: Temporal cannot be reached.
+        PayloadUnreadableError: This gateway cannot read the runs' data.
     """
     clause = _assignee_clause(person)
     if clause is None:
-        return []
+        return Work([])
     query = f"{runs_query(person.tenant)} AND ExecutionStatus = 'Running' AND {clause}"
-    items: list[WorkItem] = []
+    work = Work([])
+    silent: set[str] = set()  # task queues whose worker did not answer
     async for execution in flows.client.list_workflows(query, limit=limit):
+        if execution.task_queue in silent:
+            work.unanswered += 1
+            continue
         try:
             status = await flows.status(execution.id)
-        except PayloadUnreadableError:
-            raise  # this gateway's configuration, not the run: every run would vanish from the list
+        except (PayloadUnreadableError, ServerUnavailableError):
+            raise  # this gateway's configuration or the service: every run would vanish from the list
+        except NoWorkerError as err:
+            work.unanswered += 1
+            if not err.task_failing:
+                silent.add(execution.task_queue)
+            continue
         except StarterError:
-            continue  # ended or unanswerable meanwhile: not work any more
+            continue  # ended meanwhile: not work any more
         for approval in await flows.every_pending_approval(execution.id, status):
             if may_decide(approval.approvers, person.username, person.groups):
-                items.append(WorkItem(execution.id, status.definition, approval))
-    items.sort(key=lambda item: (item.approval.deadline is None, item.approval.deadline, item.approval.since))
-    return items
+                work.items.append(WorkItem(execution.id, status.definition, approval))
+    work.items.sort(
+        key=lambda item: (item.approval.deadline is None, item.approval.deadline, item.approval.since)
+    )
+    return work
 
 
 @router.get("/", response_class=HTMLResponse, name="inbox_list")
@@ -481,7 +517,7 @@ async def inbox(request: Request, state: State, done: str = "") -> Response:
     person = session.person
     flows = await state.config.clients(person.tenant)
     try:
-        items = await find_work(flows, person, state.config.list_limit)
+        work = await find_work(flows, person, state.config.list_limit)
     except RPCError as err:  # the server is down, or the search attributes are not registered
         return _unavailable(
             request,
@@ -490,13 +526,25 @@ async def inbox(request: Request, state: State, done: str = "") -> Response:
             "The inbox cannot look for your work now",
             f"The workflow service answered: {err.message[:300]}. Please try again later.",
         )
+    except ServerUnavailableError as err:
+        return _unavailable(request, state, session, *unanswered(err))
     except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
     sent = state.sessions.unseal("done", done or None)
     banner = None
     if sent is not None and sent.get("c") == session.csrf and sent.get("d") in DONE:
         banner = f"{DONE[sent['d']]}: {sent.get('r', '')}"
-    return _render(request, state, "inbox.html", session, items=items, done=banner)
+    return _render(
+        request,
+        state,
+        "inbox.html",
+        session,
+        # Nothing listed because runs did not answer is not "nothing waits": 503, try again.
+        status_code=503 if work.unanswered and not work.items else 200,
+        items=work.items,
+        unanswered=work.unanswered,
+        done=banner,
+    )
 
 
 def _done_url(state: InboxState, session: Session, decision: str, run: str) -> str:
@@ -592,7 +640,9 @@ async def _item_page(
         )
     except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
-    except (RunNotFoundError, StarterError):
+    except RUN_UNANSWERED as err:
+        return _unavailable(request, state, session, *unanswered(err))
+    except StarterError:
         return _not_found(request, state, session)
     if pending is None:
         decisions = [
@@ -677,6 +727,8 @@ async def decide(request: Request, state: State) -> Response:
         _, pending = await _item_context(flows, run, step)
     except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
+    except RUN_UNANSWERED as err:
+        return _unavailable(request, state, session, *unanswered(err))
     except StarterError:
         return _not_found(request, state, session)
     if pending is None or not may_decide(pending.approvers, person.username, person.groups):
@@ -723,6 +775,11 @@ async def decide(request: Request, state: State) -> Response:
         return await again(top_error=f"Not sent: {err}", status_code=422)
     except (RunClosedError, RunNotFoundError):
         return await again(status_code=409)
+    except StarterError as err:
+        title, message, status_code = unconfirmed(err)
+        return _render(
+            request, state, "message.html", session, status_code=status_code, title=title, message=message
+        )
     return RedirectResponse(_done_url(state, session, kind.value, run), status_code=303)
 
 

@@ -61,7 +61,7 @@ async def _waiting(
 
 
 async def _work_in(flows: FlowClient, run_id: str) -> list[str]:
-    return [item.approval.path for item in await find_work(flows, ALICE, 50) if item.run == run_id]
+    return [item.approval.path for item in (await find_work(flows, ALICE, 50)).items if item.run == run_id]
 
 
 async def test_hundreds_of_tasks_waiting_at_once_are_all_in_the_inbox(

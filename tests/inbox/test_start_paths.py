@@ -49,7 +49,7 @@ def _approval(approver: str) -> dict[str, Any]:
 
 
 async def _listed_for(flows: FlowClient, person: Person, run_id: str) -> bool:
-    return any(item.run == run_id for item in await find_work(flows, person, 50))
+    return any(item.run == run_id for item in (await find_work(flows, person, 50)).items)
 
 
 async def _waiting(flows: FlowClient, name: str) -> str:

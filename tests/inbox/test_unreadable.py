@@ -74,9 +74,9 @@ async def test_a_gateway_without_the_key_says_so_instead_of_an_empty_inbox(
 
     alice = Person(tenant="acme", username="alice")
     listed = await eventually(  # visibility is eventually consistent: until the run is listed
-        lambda: find_work(reader, alice, 50), bool, what="the run in alice's work"
+        lambda: find_work(reader, alice, 50), lambda work: bool(work.items), what="the run in alice's work"
     )
-    assert [item.run for item in listed] == [handle.id]
+    assert [item.run for item in listed.items] == [handle.id]
     with pytest.raises(PayloadUnreadableError, match="set WFA_PAYLOAD_KEYS"):
         await find_work(unkeyed, alice, 50)  # before: [] (each unreadable run skipped)
 
