@@ -180,3 +180,20 @@ def test_the_uptime_check_example_is_a_real_five_minute_schedule() -> None:
     assert trigger.every == "5m"  # type: ignore[union-attr]
     assert input_problems(uptime, trigger.input) == []  # type: ignore[union-attr]
     assert [p.path for p in input_problems(uptime, {"api": "ftp://x"})] == ["$.api"]
+
+
+def test_nested_quantifiers_are_found_as_the_regular_expression_finds_them() -> None:
+    """The hazard check reads patterns in one pass (the regular expression it replaces backtracked:
+    5 s on a 32 KB pattern, blocking the ``llm`` activity's event loop: an attacker's probe). Both
+    agree on 100,000 patterns drawn from the characters that matter, and on the probe's patterns."""
+    import random
+
+    from interpreter.input_schema import _NESTED_QUANTIFIER, _nests_quantifiers
+
+    alphabet = ["(", ")", "\\", "*", "+", "{", "}", ",", "1", "a", "\n", "?", "\u0663", "|", "(a+)", "{2,}"]
+    draw = random.Random(20261207)
+    for _ in range(100_000):
+        pattern = "".join(draw.choice(alphabet) for _ in range(draw.randint(0, 16)))
+        assert _nests_quantifiers(pattern) == bool(_NESTED_QUANTIFIER.search(pattern)), repr(pattern)
+    for pattern in ("(" + "a*" * 300 + ")", "(\\(" * 300 + "a+)+", "(a{" + "1" * 300 + "})*", "x(a|b+){2}"):
+        assert _nests_quantifiers(pattern) == bool(_NESTED_QUANTIFIER.search(pattern)), pattern[:40]
