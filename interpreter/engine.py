@@ -110,13 +110,16 @@ from interpreter.templates import (
     ArgumentSizeError,
     OversizedValueError,
     TemplateError,
+    UncountedWorkError,
     UnreadableValueError,
     evaluate,
+    last_uncounted_work,
     last_work,
     render,
     render_html,
     unbounded_arguments,
     unbounded_sizes,
+    unbounded_work,
     unchecked_values,
 )
 
@@ -489,6 +492,20 @@ together), past ``MAX_RESULT_CHARS``: such an evaluation fails
 ``tojson(1000000)`` built 2 GB of text before its size was checked (found by an attacker's
 probe). Asked only when an evaluation would be refused (a run that rendered such a template before
 goes on rendering it); a run stuck there takes the new answer."""
+
+PATCH_TEMPLATE_WORK = "template-work"
+"""Patch id: work templates do in single calls that no budget counted is counted (two million steps
+per render: text that padding, indenting, batching and replacing make; values compared inside tests
+and sorting filters; arguments turned into text), and an argument or a compared value of more than
+``MAX_RESULT_CHARS`` characters is refused: such an evaluation fails
+(``interpreter.templates.UncountedWorkError``) as a step failure. And a workflow task's evaluations
+together count, besides their operations, their steps in single operations, in reading arguments
+and in this work (16 to an operation). Before, ``'x' | replace('y', c)`` of a nested list built a
+gigabyte of text and ran out of memory, ``a is eq(b)`` compared for 5.6 s in one call,
+``map('center', 100000)`` made a gigabyte, and 480 evaluations of one task spent 46 s, little of it
+operations (found by an attacker's probe). Asked only when an evaluation or a task would be
+refused (a run that did such work before goes on doing it); a run stuck there takes the new
+answer."""
 
 PATCH_LINK_WAITS = "link-waits"
 """Patch id: a step's decision links name the wait they are for (``DecisionLinksInput.since``, the
@@ -1813,6 +1830,7 @@ class Engine:
         """Whether :data:`PATCH_EVENT_IDS_BY_ADDRESS` applies (asked once, where first needed)."""
         self._task_key: int | None = None
         self._task_work = 0
+        self._task_all_work = 0  # with the work of single operations (PATCH_TEMPLATE_WORK)
         self._steps_task_key: int | None = None
         self._task_steps = 0
         """Steps executed in the current activation (see :data:`TASK_STEP_BUDGET`)."""
@@ -2532,8 +2550,9 @@ class Engine:
     ) -> Any:
         """``how(value, context)`` (render or evaluate), counting its work into this workflow task's;
         again without the value check for a run recorded before it (:data:`PATCH_TEMPLATE_VALUES`),
-        without the size checks (:data:`PATCH_TEMPLATE_SIZES`) and without the argument checks
-        (:data:`PATCH_TEMPLATE_ARGUMENTS`)."""
+        without the size checks (:data:`PATCH_TEMPLATE_SIZES`), without the argument checks
+        (:data:`PATCH_TEMPLATE_ARGUMENTS`) and without counting uncounted work
+        (:data:`PATCH_TEMPLATE_WORK`)."""
         self._check_task_work()
 
         def as_recorded(
@@ -2561,23 +2580,34 @@ class Engine:
         )
         sized = as_recorded(checked, OversizedValueError, PATCH_TEMPLATE_SIZES, unbounded_sizes)
         argued = as_recorded(sized, ArgumentSizeError, PATCH_TEMPLATE_ARGUMENTS, unbounded_arguments)
+        worked = as_recorded(argued, UncountedWorkError, PATCH_TEMPLATE_WORK, unbounded_work)
         try:
-            return argued()
+            return worked()
         finally:
-            self._task_work += last_work()  # (the last evaluation's: the one that counts)
+            # (the last evaluation's: the one that counts)
+            self._task_work += last_work()
+            self._task_all_work += last_work() + last_uncounted_work()
 
     def _check_task_work(self) -> None:
         """Refuses to start an evaluation once this workflow task's evaluations together spent
         ``TASK_WORK_BUDGET`` (so a task spends at most that plus one evaluation's budget)."""
         key = self.runtime.task_key()
         if key != self._task_key:
-            self._task_key, self._task_work = key, 0
+            self._task_key, self._task_work, self._task_all_work = key, 0, 0
         if self._task_work >= TASK_WORK_BUDGET and self.runtime.patched(PATCH_TASK_WORK_BUDGET):
             raise TemplateError(
                 "(templates evaluated together)",
                 f"the run's templates need more than {TASK_WORK_BUDGET} operations in one workflow task"
                 " (concurrent foreach items or parallel branches each evaluating heavy templates);"
                 " lower the concurrency or the work per template",
+            )
+        if self._task_all_work >= TASK_WORK_BUDGET and self.runtime.patched(PATCH_TEMPLATE_WORK):
+            raise UncountedWorkError(
+                "(templates evaluated together)",
+                f"the run's templates need more than {TASK_WORK_BUDGET} operations in one workflow task,"
+                " counting the work of their single operations (values turned into text or compared,"
+                " long arguments read) as 16 characters to an operation (a loop or concurrent items"
+                " evaluating heavy templates); lower the concurrency or the work per template",
             )
 
     def _admit(

@@ -63,12 +63,14 @@ __all__ = [
     "OversizedValueError",
     "TemplateError",
     "TemplateTokensError",
+    "UncountedWorkError",
     "UnreadableValueError",
     "bounded_template_tokens",
     "check_expression",
     "check_template",
     "contains_template",
     "evaluate",
+    "last_uncounted_work",
     "last_work",
     "render",
     "render_html",
@@ -76,6 +78,7 @@ __all__ = [
     "template_token_budget",
     "template_tokens_watch",
     "unbounded_sizes",
+    "unbounded_work",
     "unchecked_values",
 ]
 
@@ -179,6 +182,21 @@ def unbounded_arguments() -> Iterator[None]:
         yield
 
 
+_bounded_work: contextvars.ContextVar[bool] = contextvars.ContextVar("wfa_bounded_work", default=True)
+
+
+@contextlib.contextmanager
+def unbounded_work() -> Iterator[None]:
+    """Templates evaluated in it do, uncounted, the work :class:`UncountedWorkError` refuses, as
+    before it (the engine renders so for a run recorded before the check). Found by an attacker's
+    probe: ``'x' | replace('y', c)`` with ``c`` a list nested four times (100 shared references per
+    level) built a gigabyte of text for the argument, and a fifth level ran out of memory; ``a is
+    eq(b)`` and ``[a, b] | sort`` compared such values for 5.6 s in one call; and ``range(10000) |
+    map('center', 100000)`` made a gigabyte of padding, each call within its own limit."""
+    with _scoped(_bounded_work, False):
+        yield
+
+
 _CONTAINERS = (
     list,
     tuple,
@@ -213,6 +231,36 @@ def _text_size(value: Any, what: str = "turned into text") -> None:
     steps; what it visits is also counted against the render's :data:`_SINGLE_OPERATION_BUDGET`."""
     if not isinstance(value, _CONTAINERS) or not _bounded_sizes.get():
         return
+    size = _walked_chars(value)
+    if size is None:
+        raise _Oversized(
+            f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
+            f" would be {what}"
+        )
+    _Budget.single_operations(size)
+
+
+def _uncounted(value: Any, what: str, *, counted: int = 0) -> None:
+    """Refuses what a filter, test or method does with ``value`` in one call that no other budget
+    counts (``what``: "turned into text", an argument's; "compared", in a test or a sorting
+    filter) when ``value`` holds more than :data:`MAX_RESULT_CHARS` characters as
+    :func:`_text_size` counts them; what it holds is counted as uncounted work
+    (:meth:`_Budget.uncounted`), but for what another count took already (``counted``: a flat
+    list's items, which reading it cost). Not in :func:`unbounded_work`."""
+    if not isinstance(value, _CONTAINERS) or not _bounded_work.get():
+        return
+    size = _walked_chars(value)
+    if size is None:
+        raise _Overworked(
+            f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
+            f" would be {what}"
+        )
+    _Budget.uncounted(size - counted, what)
+
+
+def _walked_chars(value: Any) -> int | None:
+    """The characters of ``value`` as :func:`_text_size` counts them, or None past
+    :data:`MAX_RESULT_CHARS` (the walk stops there)."""
     size = 0
     stack: list[Any] = [value]
     pop, extend = stack.pop, stack.extend
@@ -237,11 +285,8 @@ def _text_size(value: Any, what: str = "turned into text") -> None:
             if isinstance(item, _CONTAINERS):
                 extend(_items_of(item))
         if size > MAX_RESULT_CHARS:
-            raise _Oversized(
-                f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
-                f" would be {what}"
-            )
-    _Budget.single_operations(size)
+            return None
+    return size
 
 
 def _arith(*operands: Any) -> None:
@@ -531,11 +576,27 @@ class _OverArgued(SecurityError):
 
 def _made_text(size: int, what: str) -> None:
     """Refuses a call whose arguments would make ``size`` characters of text, past
-    :data:`MAX_RESULT_CHARS`, before it makes them (unless in :func:`unbounded_arguments`)."""
+    :data:`MAX_RESULT_CHARS`, before it makes them (unless in :func:`unbounded_arguments`); what
+    it makes is counted as uncounted work (:meth:`_Budget.uncounted`)."""
     if size > MAX_RESULT_CHARS and _bounded_arguments.get():
         raise _OverArgued(
             f"{what} would make text of {size:,} characters, more than the limit of {MAX_RESULT_CHARS:,}"
         )
+    _Budget.uncounted(size, what)
+
+
+class UncountedWorkError(TemplateError):
+    """A template whose filters, tests or methods would do work no other budget sees (see
+    :func:`unbounded_work`): a value of more than :data:`MAX_RESULT_CHARS` characters turned into
+    text as an argument (``replace``'s, ``join``'s, ``format``'s, ``tojson``'s indent...) or
+    compared in a test or a sorting filter (``is eq``, ``select('in', ...)``, ``sort``, ``max``,
+    a list's ``count``...), or, in one render, more than :data:`_SINGLE_OPERATION_BUDGET`
+    characters or items made by calls that pad, indent, batch or replace (``map('center',
+    100000)``) or values of that size compared or turned into text so."""
+
+
+class _Overworked(SecurityError):
+    """Raised inside an evaluation for :class:`UncountedWorkError`."""
 
 
 class _Undefined(StrictUndefined):
@@ -582,11 +643,37 @@ class _Budget:
 
     _arguments_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_arguments")
 
+    _uncounted_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_uncounted")
+
     @classmethod
     def reset(cls) -> None:
         cls._remaining.set([WORK_BUDGET])
         cls._single_left.set([_SINGLE_OPERATION_BUDGET])
         cls._arguments_left.set([_SINGLE_OPERATION_BUDGET])
+        cls._uncounted_left.set([_SINGLE_OPERATION_BUDGET])
+
+    @classmethod
+    def uncounted(cls, size: int, what: str) -> None:
+        """Counts work filters, tests and methods do in single calls that the other counts do not
+        see (text made by padding, indenting, batching, replacing, separators; values compared or
+        turned into text as arguments); past :data:`_SINGLE_OPERATION_BUDGET` in one render,
+        refuses (a separate count; not in :func:`unbounded_work`)."""
+        if _bounded_work.get() and not _take(cls._uncounted_left, _SINGLE_OPERATION_BUDGET, max(size, 0)):
+            raise _Overworked(
+                f"the template's filters, tests and methods need more than {_SINGLE_OPERATION_BUDGET:,}"
+                f" steps of work done in single calls ({what}, among others): pad, indent or compare"
+                " less, or fewer items"
+            )
+
+    @classmethod
+    def steps_spent(cls) -> int:
+        """The steps the last evaluation spent in single operations, reading arguments and in
+        uncounted work together (the three counts besides the work budget)."""
+        spent = 0
+        for counter in (cls._single_left, cls._arguments_left, cls._uncounted_left):
+            left = counter.get(None)
+            spent += 0 if left is None else _SINGLE_OPERATION_BUDGET - left[0]
+        return spent
 
     @classmethod
     def arguments(cls, size: int) -> None:
@@ -635,6 +722,15 @@ def last_work() -> int:
     return _Budget.spent()
 
 
+def last_uncounted_work() -> int:
+    """What the most recent :func:`render` or :func:`evaluate` spent besides :func:`last_work`, in
+    operations: its steps in single operations, reading arguments and in uncounted work, 16 to an
+    operation (as characters are). A host that bounds many evaluations together counts it too (an
+    attacker's probe: 480 evaluations, each spending little of the work budget and most of the
+    others, held one workflow task 46 s)."""
+    return _Budget.steps_spent() // _CHARS_PER_OPERATION
+
+
 def _cost(value: Any) -> int:
     """What reading ``value`` costs: one operation, plus its length (strings: per 16 characters)."""
     if isinstance(value, str):
@@ -681,10 +777,22 @@ _TEXT_FILTERS = frozenset(
 )  # fmt: skip
 """Filters that turn their input (a container: every item) into text."""
 
+_COMPARING = frozenset(
+    {
+        "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan",
+        ">", "ge", ">=", "in", "sort", "dictsort", "max", "min", "unique", "groupby",
+    }
+)  # fmt: skip
+"""Tests that compare their value with their arguments, and filters that compare their input's
+items with each other: in one C call each, as deep as the values go (:func:`_uncounted`)."""
 
-def _charging(function: Callable[..., Any], makes_text: bool = False) -> Callable[..., Any]:
+
+def _charging(
+    function: Callable[..., Any], makes_text: bool = False, compares: bool = False
+) -> Callable[..., Any]:
     """A filter or test that charges for what it reads (iterators are charged as consumed); one
-    that ``makes_text`` of its input also has its size checked (:func:`_text_size`)."""
+    that ``makes_text`` of its input also has its size checked (:func:`_text_size`), and one that
+    ``compares`` its input and arguments has theirs counted (:func:`_uncounted`)."""
     pass_arg = getattr(function, "jinja_pass_arg", None)
     offset = 1 if pass_arg is not None else 0
 
@@ -697,6 +805,9 @@ def _charging(function: Callable[..., Any], makes_text: bool = False) -> Callabl
             _Budget.charge(_cost(value))
             if makes_text:
                 _text_size(value)
+            if compares:  # (what reading them cost was counted: the items of a flat list)
+                for compared in (value, *args[offset + 1 :], *kwargs.values()):
+                    _uncounted(compared, "compared", counted=_cost(compared))
         else:
             _Budget.charge(1)
         # Its other arguments too: the 'in' test reads its list at every call.
@@ -724,9 +835,14 @@ def _bounded_range(*args: int) -> range:
     return result
 
 
-def _check_width(value: Any, what: str) -> None:
+def _check_width(value: Any, what: str, *, makes: bool = False) -> None:
+    """Refuses a width past :data:`_MAX_ITEMS`; one that ``makes`` that many characters or items
+    (padding, a batch's fill) has them counted as uncounted work: one call is bounded, but a
+    ``map`` applies it to every item (an attacker's probe: ``map('center', 100000)`` made 1 GB)."""
     if isinstance(value, int) and value > _MAX_ITEMS:
         raise SecurityError(f"{what} {value} is larger than the limit of {_MAX_ITEMS}")
+    if makes and isinstance(value, int):
+        _Budget.uncounted(value, what)
 
 
 def _check_percent_format(fmt: str) -> None:
@@ -754,13 +870,20 @@ def _check_brace_format(fmt: str) -> None:
     _made_text(total, "the format string's widths together")
 
 
-def _check_replace(s: str, old: str, new: str, count: int | None) -> None:
+def _check_replace(s: Any, old: Any, new: Any, count: int | None) -> None:
+    """Refuses a replacement whose result would pass :data:`_MAX_ITEMS` characters (or its input's
+    length), its arguments counted before they are turned into text (:func:`_uncounted`) and the
+    text it makes counted as uncounted work."""
+    _uncounted(old, "turned into text")
+    _uncounted(new, "turned into text")
+    s, old, new = str(s), str(old), str(new)
     occurrences = len(s) + 1 if old == "" else s.count(old)
     if count is not None and count >= 0:
         occurrences = min(occurrences, count)
     size = len(s) + occurrences * (len(new) - len(old))
     if size > max(_MAX_ITEMS, len(s)):
         raise _too_large("replace result", size, _MAX_ITEMS)
+    _Budget.uncounted(size, "replace")
 
 
 def _sized(value: Any) -> bool:
@@ -855,6 +978,7 @@ def _indented_size(plain: Any, indent: Any) -> int:
     """The characters ``json.dumps(plain, indent=indent)`` adds for its indentation: a newline and
     the indent once per level for every item of a list or an object (and its closing bracket).
     The walk visits what :func:`_to_json` already bounded, counted as single operations."""
+    _uncounted(indent, "turned into text")
     width = indent if isinstance(indent, int) and not isinstance(indent, bool) else len(str(indent))
     width = max(width, 0)
     size = visited = 0
@@ -930,12 +1054,14 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     attr = filters["attr"]
 
     def do_center(value: str, width: int = 80) -> str:
-        _check_width(width, "center width")
+        _check_width(width, "center width", makes=True)
         result: str = center(value, width)
         return result
 
     def do_indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
         _check_width(width, "indent width")
+        if isinstance(width, int):  # the spaces on every line (a probe: 100,000 on 10,000 lines)
+            _Budget.uncounted((str(s).count("\n") + 1) * max(width, 0), "indent")
         if isinstance(width, str):  # the text itself, on every line
             _made_text((str(s).count("\n") + 1) * len(width), "indent")
         result: str = indent(s, width, first, blank)
@@ -944,6 +1070,7 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     @pass_eval_context
     def do_join(eval_ctx: EvalContext, value: Any, d: str = "", attribute: str | int | None = None) -> str:
         items = value if isinstance(value, (list, tuple, str)) else list(value)
+        _uncounted(d, "turned into text")
         _made_text(len(str(d)) * max(len(items) - 1, 0), "join's separator between the items")
         result: str = join(eval_ctx, items, d, attribute)
         return result
@@ -953,6 +1080,7 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         # (width, break_long_words, wrapstring, break_on_hyphens), as jinja's wordwrap takes them
         width = args[0] if args else kwargs.get("width", 79)
         wrapstring = args[2] if len(args) > 2 else kwargs.get("wrapstring")
+        _uncounted(wrapstring, "turned into text")
         if wrapstring is not None and isinstance(width, int):
             text = str(s)
             lines = len(text) // max(width, 1) + text.count("\n") + 1
@@ -961,21 +1089,23 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         return result
 
     def do_format(value: str, *args: Any, **kwargs: Any) -> str:
+        for argument in (*args, *kwargs.values()):
+            _uncounted(argument, "turned into text")
         _check_percent_format(str(value))
         result: str = fmt(value, *args, **kwargs)
         return result
 
     def do_batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
-        _check_width(linecount, "batch size")
+        _check_width(linecount, "batch size", makes=fill_with is not None)
         return batch(value, linecount, fill_with)
 
     def do_slice(value: Any, slices: int, fill_with: Any = None) -> Any:
-        _check_width(slices, "slice count")
+        _check_width(slices, "slice count", makes=fill_with is not None)
         return slice_(value, slices, fill_with)
 
     @pass_eval_context
     def do_replace(eval_ctx: EvalContext, s: str, old: str, new: str, count: int | None = None) -> str:
-        _check_replace(str(s), str(old), str(new), count)
+        _check_replace(s, old, new, count)
         result: str = replace(eval_ctx, s, old, new, count)
         return result
 
@@ -1045,9 +1175,11 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.filters["tojson"] = _tojson
         self.filters["duration_seconds"] = _duration_seconds
         for name, function in list(self.filters.items()):
-            self.filters[name] = _charging(function, makes_text=name in _TEXT_FILTERS)
+            self.filters[name] = _charging(
+                function, makes_text=name in _TEXT_FILTERS, compares=name in _COMPARING
+            )
         for name, test in list(self.tests.items()):
-            self.tests[name] = _charging(cast(Callable[..., Any], test))
+            self.tests[name] = _charging(cast(Callable[..., Any], test), compares=name in _COMPARING)
         self.globals[_LOOP_GUARD] = _counted
         self.globals[_READ_GUARD] = _read
         self.globals[_TEXT_GUARD] = _read_text
@@ -1124,13 +1256,14 @@ class _Environment(ImmutableSandboxedEnvironment):
             name = __obj.__name__
             if name in _WIDTH_METHODS:
                 for argument in (*args, *kwargs.values()):
-                    _check_width(argument, f"{name} width")
+                    _check_width(argument, f"{name} width", makes=True)
             elif name == "expandtabs":
                 tabsize = args[0] if args else kwargs.get("tabsize", 8)
                 if isinstance(tabsize, int):
                     size = len(__obj.__self__) * max(tabsize, 1)
                     if size > max(_MAX_ITEMS, len(__obj.__self__)):
                         raise _too_large("expandtabs result", size, _MAX_ITEMS)
+                    _Budget.uncounted(size, "expandtabs")
             elif name in ("join", "format", "format_map"):
                 for argument in (*args, *kwargs.values()):
                     _text_size(argument)
@@ -1146,7 +1279,14 @@ class _Environment(ImmutableSandboxedEnvironment):
                 _check_translate(__obj.__self__, args[0])
             elif name == "replace" and len(args) >= 2:
                 count = args[2] if len(args) > 2 else kwargs.get("count")
-                _check_replace(__obj.__self__, str(args[0]), str(args[1]), count)
+                _check_replace(__obj.__self__, args[0], args[1], count)
+        if (
+            isinstance(__obj, types.BuiltinMethodType)
+            and isinstance(__obj.__self__, (list, tuple))
+            and __obj.__name__ in ("count", "index")
+        ):
+            for argument in (*args, *kwargs.values()):  # compared with every item
+                _uncounted(argument, "compared", counted=_cost(argument))
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -1179,9 +1319,26 @@ def _detail(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _isolated(compile_: Callable[[], _R]) -> _R:
+    """``compile_()`` in a context of its own, every check on and fresh budgets. Jinja computes a
+    template's constant parts as it compiles it, calling filters (``'x' | center(10)``): neither
+    what the caller's evaluation has spent nor whether its checks are relaxed (a run recorded
+    before them) may decide what is computed there, nor be charged for it, since it is compiled
+    once, cached by its text, for every run (a review: a cache miss charged the evaluation in
+    progress, a hit did not)."""
+
+    def strict() -> _R:
+        for flag in (_checked_values, _bounded_sizes, _bounded_arguments, _bounded_work):
+            flag.set(True)
+        _Budget.reset()
+        return compile_()
+
+    return contextvars.copy_context().run(strict)
+
+
 @_SourceCache
 def _compile_expression(source: str) -> TemplateExpression:
-    return _ENV.compile_expression(source, undefined_to_none=False)
+    return _isolated(lambda: _ENV.compile_expression(source, undefined_to_none=False))
 
 
 def _mark_references(tree: nodes.Node) -> list[str]:
@@ -1219,7 +1376,7 @@ def _mark_references(tree: nodes.Node) -> list[str]:
 def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
     tree = env.parse(source)
     problems = _mark_references(tree)
-    return env.from_string(tree), tuple(problems)
+    return _isolated(lambda: env.from_string(tree)), tuple(problems)
 
 
 def _inert_output(value: Any) -> Any:
@@ -1314,6 +1471,8 @@ def _evaluate_compiled(source: str, expression: TemplateExpression, context: Map
         raise OversizedValueError(source, str(exc)) from None
     except _OverArgued as exc:
         raise ArgumentSizeError(source, str(exc)) from None
+    except _Overworked as exc:
+        raise UncountedWorkError(source, str(exc)) from None
     except Exception as exc:
         raise TemplateError(source, _detail(exc)) from exc
     if isinstance(value, str):
@@ -1381,6 +1540,8 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
         raise OversizedValueError(text, str(exc)) from None
     except _OverArgued as exc:
         raise ArgumentSizeError(text, str(exc)) from None
+    except _Overworked as exc:
+        raise UncountedWorkError(text, str(exc)) from None
     except Exception as exc:
         raise TemplateError(text, _detail(exc)) from exc
     return _check_size(text, _inert_output(_readable_text(text, rendered)))
@@ -1449,6 +1610,8 @@ def render_html(value: Any, context: Mapping[str, Any]) -> Any:
         raise OversizedValueError(value, str(exc)) from None
     except _OverArgued as exc:
         raise ArgumentSizeError(value, str(exc)) from None
+    except _Overworked as exc:
+        raise UncountedWorkError(value, str(exc)) from None
     except Exception as exc:
         raise TemplateError(value, _detail(exc)) from exc
     return _check_size(value, _inert_output(_readable_text(value, rendered)))

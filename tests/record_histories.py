@@ -1089,6 +1089,43 @@ def _template_arguments(base: str) -> dict[str, Any]:
     }
 
 
+def _template_work(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-template-work",
+        "steps": [
+            _echo("before", "ok"),
+            {
+                "id": "pad",
+                "type": "set",
+                "vars": {"x": "{{ range(25) | map('center', 100000) | list | length }}"},
+            },
+            _echo("after", "ok"),
+        ],
+    }
+
+
+def _template_work_task(base: str) -> dict[str, Any]:
+    del base
+    return {
+        "name": "replay-template-work-task",
+        "steps": [
+            {"id": "init", "type": "set", "vars": {"big": "{{ range(10000) | list }}", "i": 0}},
+            {
+                "id": "s",
+                "type": "set",
+                "max_visits": 10,
+                "vars": {
+                    "x": "{{ [[vars.big] * 10] * 10 == [[vars.big] * 10] * 10 }}",
+                    "i": "{{ vars.i + 1 }}",
+                },
+            },
+            {"id": "c", "type": "condition", "max_visits": 10, "if": "vars.i < 4", "then": {"goto": "s"}},
+            _echo("after", "ok"),
+        ],
+    }
+
+
 TOKEN_HEAVY_TEMPLATE = "{{ input.a }}x" * 1700
 """A template of 10,200 tokens (six a repeat), past ``MAX_DEFINITION_TEMPLATE_TOKENS``."""
 
@@ -1785,6 +1822,29 @@ def scenarios() -> list[Scenario]:
             " record the refused run, so that one is not re-recorded",
             _template_arguments,
             {"a": list(range(3000)), "b": list(range(-1, -1001, -1))},
+        ),
+        Scenario(
+            "template_work",
+            "a set step padding 25 items to 100,000 characters each with map('center') (recorded at"
+            " generation 0: patch template-work asked, a marker): 2.5 million characters made in"
+            " single calls, more than the render's 2 Mi steps of uncounted work; the step fails"
+            " (UncountedWorkError), the run fails. template_work_before.json is the same run"
+            " recorded by the build before the patch (no marker: it counted none and ran the last"
+            " step); this build would record the refused run, so that one is not re-recorded",
+            _template_work,
+            {},
+        ),
+        Scenario(
+            "template_work_task",
+            "a loop of set steps, each comparing lists of 10,000 numbers ten times over (two million"
+            " steps of single operations, a few operations), in one workflow task (recorded at"
+            " generation 0: patch template-work asked, a marker): the task's evaluations count those"
+            " steps too, and the third fails (UncountedWorkError), the run fails."
+            " template_work_task_before.json is the same run recorded by the build before the patch"
+            " (no marker: it ran the four visits and the last step); this build would record the"
+            " refused run, so that one is not re-recorded",
+            _template_work_task,
+            {},
         ),
         Scenario(
             "decision_text",

@@ -106,6 +106,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_TEMPLATE_ARGUMENTS,
         PATCH_TEMPLATE_SIZES,
         PATCH_TEMPLATE_VALUES,
+        PATCH_TEMPLATE_WORK,
         PATCH_VALUE_DEPTH,
         ActionCall,
         ActionFailedError,
@@ -498,6 +499,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_TEMPLATE_SIZES: 30,
     PATCH_TEMPLATE_TOKENS: 31,
     PATCH_TEMPLATE_ARGUMENTS: 32,
+    PATCH_TEMPLATE_WORK: 33,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:

@@ -1,0 +1,133 @@
+"""Work templates did in single calls that no budget counted (found by an attacker's probe of
+hostile definitions): an argument turned into text whole (``'x' | replace('y', c)`` with ``c`` a
+list nested four times: a gigabyte of text, and one more level ran the worker out of memory), values
+compared deep inside a test or a sorting filter (``a is eq(b)``: 5.6 s in one call), and text or
+items a filter makes for every item of a ``map`` (``map('center', 100000)``: a gigabyte), each call
+within its own limit. Each is now refused (``UncountedWorkError``, a step failure) before the work;
+the engine renders without the checks only for a run recorded before them (patch
+``template-work``)."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from interpreter.templates import (
+    TemplateError,
+    UncountedWorkError,
+    evaluate,
+    last_uncounted_work,
+    last_work,
+    render,
+    unbounded_work,
+)
+
+NESTED = "{% set a = ['x' * 1000] * 100 %}{% set b = [a] * 100 %}{% set c = [b] * 100 %}"
+"""A list of 100 references to 100 references to 100 strings of 1,000 characters: a gigabyte as
+text, a few kilobytes in memory."""
+DEEP = (
+    "{% set a = [[[[range(10000) | list] * 10] * 10] * 10] * 10 %}"
+    "{% set b = [[[[range(10000) | list] * 10] * 10] * 10] * 10 %}"
+)
+"""Two equal lists of 100 million numbers, every level shared: comparing them walks every one."""
+TURNED_INTO_TEXT = "would be turned into text"
+COMPARED = "would be compared"
+MADE = "steps of work done in single calls"
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        pytest.param(NESTED + "{{ 'x' | replace('y', c) | length }}", TURNED_INTO_TEXT, id="replace-filter"),
+        pytest.param(NESTED + "{{ 'x'.replace('y', c) }}", TURNED_INTO_TEXT, id="replace-method"),
+        pytest.param(NESTED + "{{ '%s' | format(c) }}", TURNED_INTO_TEXT, id="format"),
+        pytest.param(NESTED + "{{ 'xy' | join(c) }}", TURNED_INTO_TEXT, id="join-separator"),
+        pytest.param(NESTED + "{{ [1] | tojson(c) }}", TURNED_INTO_TEXT, id="tojson-indent"),
+        pytest.param(NESTED + "{{ 'x y' | wordwrap(2, true, c) }}", TURNED_INTO_TEXT, id="wordwrap"),
+        pytest.param(DEEP + "{{ a is eq(b) }}", COMPARED, id="is-eq"),
+        pytest.param(DEEP + "{{ a is in([b]) }}", COMPARED, id="is-in"),
+        pytest.param(DEEP + "{{ [a] | select('eq', b) | list | length }}", COMPARED, id="select-eq"),
+        pytest.param(DEEP + "{{ [a, b] | sort | length }}", COMPARED, id="sort"),
+        pytest.param(DEEP + "{{ [a, b] | max | length }}", COMPARED, id="max"),
+        pytest.param(DEEP + "{{ [a].count(b) }}", COMPARED, id="count-method"),
+        pytest.param("{{ range(10000) | map('center', 100000) | list | length }}", MADE, id="map-center"),
+        pytest.param(
+            "{{ range(2000) | map('string') | map('batch', 100000, 0) | map('list') | list | length }}",
+            MADE,
+            id="map-batch-fill",
+        ),
+        pytest.param("{{ ('\\n' * 10000) | indent(100000, blank=true) | length }}", MADE, id="indent-width"),
+        pytest.param(
+            "{% for i in range(10000) %}{% set x = 'a'.rjust(100000) %}{% endfor %}", MADE, id="loop-rjust"
+        ),
+    ],
+)
+def test_work_no_budget_counted_is_refused_before_it_is_done(source: str, words: str) -> None:
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        with pytest.raises(UncountedWorkError) as info:
+            render(source, {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert words in str(info.value)
+    assert peak < 64 << 20, f"{peak:,} bytes allocated at the peak"
+    # Not a timed assertion on speed: a hang detector (the probe's forms ran 5 to 50 s, or built
+    # gigabytes).
+    assert time.process_time() - started < 10
+    assert issubclass(UncountedWorkError, TemplateError)
+
+
+def test_ordinary_uses_of_the_same_filters_are_untouched() -> None:
+    assert render("{{ 'abc' | center(9) }}", {}) == "   abc   "
+    assert render("{{ range(100) | map('center', 10) | list | length }}", {}) == 100
+    assert render("{{ 'x' | center(100000) | length }}", {}) == 100_000
+    assert render("{{ [3, 1, 2] | sort }}", {}) == [1, 2, 3]
+    assert render("{{ [{'a': [1]}, {'a': [0]}] | sort(attribute='a') | map(attribute='a') | list }}", {}) == [
+        [0],
+        [1],
+    ]
+    assert render("{{ 'a b c' | replace(' ', '-') }}", {}) == "a-b-c"
+    assert render("{{ ['a', 'b'] | join(', ') }}", {}) == "a, b"
+    assert render("{{ '%s and %s' | format('x', [1, 2]) }}", {}) == "x and [1, 2]"
+    assert render("{{ [1, 2, 3] | batch(2, 0) | list }}", {}) == [[1, 2], [3, 0]]
+    assert evaluate("input.x is in input.xs", {"input": {"x": [1], "xs": [[0], [1]]}}) is True
+    # A flat list compared item by item is read as before: counted once, by the argument budget.
+    big = {"a": list(range(1000)), "b": list(range(500))}
+    assert render("{{ input.a | select('in', input.b) | list | length }}", {"input": big}) == 500
+
+
+def test_a_run_recorded_before_the_checks_renders_as_it_did() -> None:
+    """Without the checks (the engine's path for a run recorded before patch ``template-work``) the
+    same templates evaluate as before, and the checks spend nothing of the budgets that runs
+    recorded before them counted: the same work, checked or not."""
+    padded = "{{ range(25) | map('center', 100000) | list | length }}"
+    with pytest.raises(UncountedWorkError):
+        render(padded, {})
+    with unbounded_work():
+        assert render(padded, {}) == 25
+    for template, data in (
+        ("{{ input.l | sort | first }}{{ input.l is eq(input.l) }}", {"l": [[3], [1], [2]]}),
+        ("{{ input.s | replace('a', 'bb') | length }}{{ 'x' | center(50) }}", {"s": "a" * 5000}),
+        ("{{ input.l | tojson(2) | length }}{{ '%s' | format(input.l) }}", {"l": [[1, 2]] * 100}),
+    ):
+        checked = render(template, {"input": data})
+        work = last_work()
+        with unbounded_work():
+            assert render(template, {"input": data}) == checked
+            assert last_work() == work
+
+
+def test_what_an_evaluation_spends_besides_its_operations_is_told() -> None:
+    """The engine's task budget adds it (16 characters to an operation): 480 evaluations, each
+    spending little of the work budget and most of the other counts, held one workflow task 46 s."""
+    data: dict[str, Any] = {"big": list(range(10_000))}
+    render("{{ [[input.big] * 10] * 10 == [[input.big] * 10] * 10 }}", {"input": data})
+    assert last_work() < 1_000
+    assert last_uncounted_work() >= 2_000_000 // 16
+    render("{{ 1 + 1 }}", {})
+    assert last_uncounted_work() == 0
