@@ -48,7 +48,7 @@ Exit codes:
    also a registry change made whose schedules could not be written (``wfa schedules sync``), and a
    run input that could not be checked against its input_schema now (every checking slot busy);
    also standard output that could not be written once ``start`` started a run (its ids go to
-   stderr)
+   stderr), or by any command (what it did is done)
 4  no run with that id, no such definition, version, dead letter or schedule (in the tenant)
 5  refused: decision not allowed (actor not an approver, nothing pending, ...), the run has
    already ended, the business key was already used by a completed run, an archived version
@@ -58,6 +58,7 @@ Exit codes:
    row-level security), a role that cannot be a tenant's
 6  ``--timeout`` passed before the run ended (it is still running)
 70 internal error: a bug (one line; ``WFA_DEBUG=1`` shows the traceback)
+130 interrupted (Ctrl-C): what the command started goes on (a started run is named)
 == ==========================================================================================
 
 As a program (no ``argv`` given to :func:`main`), ``wfa`` flushes its output and leaves with
@@ -76,9 +77,10 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
@@ -191,6 +193,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
     parser.add_argument(
         "--profile",
         default=None if defaults else suppress,
+        type=_setting,
         help="Temporal configuration profile: address, namespace, API key, TLS/mTLS (default env"
         " TEMPORAL_PROFILE, else the tenant's profile or 'default'); TEMPORAL_* variables override it",
     )
@@ -198,6 +201,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         "--config-file",
         metavar="FILE",
         default=None if defaults else suppress,
+        type=_path,
         help="Temporal configuration file (TOML profiles; default env TEMPORAL_CONFIG_FILE, else"
         " ~/.config/temporalio/temporal.toml)",
     )
@@ -236,10 +240,24 @@ def _setting(text: str) -> str:
     return text
 
 
+def _path(text: str) -> str:
+    """A file named on the command line: never empty or blank (``Path('')`` is the current
+    directory: ``wfa validate ''`` said "cannot read '.': Is a directory", a probe)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty or blank: name a file")
+    return text
+
+
 def _hide_password(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for help texts; no driver needed)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with its password replaced by ``***`` (for help texts; no driver needed); one that
+    is not a URL at all shows as such (a probe: ``[::1`` as its host stopped every command, even
+    ``--help``, with a traceback, while the command would have said "not a database URL", exit 2)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "set, but not a URL"
+    if password is None:
         return url
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
@@ -261,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 run failed/cancelled, 2 bad input, 3 server, database or payload store unreachable "
         "or no worker (or schedules not written after a registry change), 4 unknown run, definition, version,"
         " dead letter or schedule, 5 refused, 6 timed out waiting,"
-        " 70 internal error (a bug).",
+        " 70 internal error (a bug), 130 interrupted (Ctrl-C).",
     )
     _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -272,13 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     p = command("validate", "check a definition file and list every problem with its JSON path")
-    p.add_argument("file", metavar="FILE", help="definition JSON file")
+    p.add_argument("file", metavar="FILE", type=_path, help="definition JSON file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("start", "validate a definition and start a run of it")
     p.add_argument(
         "file",
         metavar="FILE|REF",
+        type=_path,
         help="definition JSON file, or a registry reference: NAME (the active version) or NAME@VERSION",
     )
     p.add_argument("--input", metavar="JSON|@FILE", help="run input: a JSON object, or @path of a JSON file")
@@ -300,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outputs",
         metavar="FILE",
+        type=_path,
         help="with --dry-run: a JSON object of task outputs by step path (or id), to exercise branches",
     )
     p.add_argument(
@@ -400,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "definition",
         nargs="?",
         metavar="FILE|REF",
+        type=_path,
         help="definition JSON file, or a registry reference NAME or NAME@VERSION (omit with --run)",
     )
     p.add_argument("--run", metavar="ID", help="highlight the path this run took (its definition is drawn)")
@@ -484,10 +505,18 @@ def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) 
     text_ = "write a new private signing key (JWK) and add its public key to a key set (JWKS) for workers"
     p = sub.add_parser("generate", help=text_, description=text_)
     p.add_argument(
-        "--private", required=True, metavar="FILE", help="the private JWK to write (never overwritten)"
+        "--private",
+        required=True,
+        metavar="FILE",
+        type=_path,
+        help="the private JWK to write (never overwritten)",
     )
     p.add_argument(
-        "--jwks", required=True, metavar="FILE", help="the public key set: created, or the key added"
+        "--jwks",
+        required=True,
+        metavar="FILE",
+        type=_path,
+        help="the public key set: created, or the key added",
     )
     p.add_argument("--kid", metavar="K", help="the key's id (default: generated)")
     p.add_argument(
@@ -516,7 +545,9 @@ def _add_token_commands(command: Callable[[str, str], argparse.ArgumentParser]) 
         help="comma-separated: approve, reject, cancel, complete",
     )
     p.add_argument("--ttl", default="1h", metavar="DURATION", help="how long it is valid (default 1h)")
-    p.add_argument("--signing-key", metavar="FILE", help="private JWK (default $WFA_DECISION_SIGNING_KEY)")
+    p.add_argument(
+        "--signing-key", metavar="FILE", type=_path, help="private JWK (default $WFA_DECISION_SIGNING_KEY)"
+    )
 
 
 def _add_db_role_commands(sub: Any) -> None:
@@ -569,6 +600,7 @@ def _add_definitions_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "file",
         metavar="FILE",
+        type=_path,
         help="definition JSON file (its 'version' is ignored: the registry numbers versions)",
     )
     p.add_argument("--author", required=True, type=_name, help="who registers it (recorded)")
@@ -666,9 +698,18 @@ def _add_schedule_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+_DATE_WITH_OFFSET = re.compile(r"(\d{4}-\d{2}-\d{2})(Z|[+-]\d{2}:?\d{2})", re.ASCII)
+
+
 def _moment(text: str) -> datetime:
+    stripped = text.strip()
+    # A date with an offset is its midnight there: Python reads "2020-01-01Z" as a date without
+    # one, and "2020-01-01+05:00" as 05:00 without one (a probe: refused as having no offset).
+    dated = _DATE_WITH_OFFSET.fullmatch(stripped)
+    if dated is not None:
+        stripped = f"{dated.group(1)}T00:00{dated.group(2)}"
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {brief(text)}") from None
     if moment.tzinfo is None:
@@ -1214,6 +1255,8 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
     run_input = _json_object(args.input, "--input")
     if args.outputs is not None and not args.dry_run:
         raise UsageError("--outputs applies to dry runs only (add --dry-run)")
+    if args.timeout is not None and not args.wait:  # (was ignored: a probe)
+        raise UsageError("--timeout bounds --wait only (add --wait)")
     if args.dry_run and args.result_steps == ResultSteps.NONE:
         raise UsageError("--result-steps none leaves out the step records a dry run reports its path from")
     canned = _json_object(f"@{args.outputs}", "--outputs") if args.outputs is not None else None
@@ -1228,6 +1271,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         canned_outputs=canned,
         result_steps=None if result_steps is None else ResultSteps(result_steps),
     )
+    args.started = run.workflow_id  # what an interruption from now on names (a probe: --json lost it)
     summary = {
         "workflow_id": run.workflow_id,
         "run_id": run.run_id,
@@ -1243,6 +1287,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         code = await _report_start(
             args, out, flows, run, summary=summary, definition=definition, name=name, pinned=pinned
         )
+        out.flush()
     except OSError as err:  # stdout full or gone: the run is started, its id must not be lost
         raise OutputUnwritableError(
             f"started {run.workflow_id} (run id {run.run_id}), but could not write to standard"
@@ -2381,11 +2426,32 @@ class _Shown:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(_UNSHOWN.sub(_escape_char, text))
+        with _writing():
+            self._stream.write(_UNSHOWN.sub(_escape_char, text))
         return len(text)
+
+    def flush(self) -> None:
+        with _writing():
+            self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+class OutputFailedError(OSError):
+    """Standard output could not be written (full, an I/O error; a reader that left is a
+    ``BrokenPipeError``, which stays one): exit 3, saying so, where it was exit 70, "a bug", even
+    after ``wfa approve`` had applied its decision (a probe)."""
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise OutputFailedError(err.errno, err.strerror or str(err)) from None
 
 
 class _Nowhere:
@@ -2409,9 +2475,27 @@ def run(argv: Sequence[str]) -> int:
 
     Every error becomes a one-line message on stderr (an invalid definition: one line per problem)
     and its documented exit code; an unexpected one (a bug) exits 70 without a traceback unless
-    ``WFA_DEBUG`` is set.
+    ``WFA_DEBUG`` is set. An interruption (Ctrl-C) is exit 130, wherever it comes.
     """
-    out, err_out = _shown(sys.stdout), _shown(sys.stderr)
+    err_out = _shown(sys.stderr)
+    try:
+        return _run(argv, err_out)
+    except KeyboardInterrupt:  # before a command began (building the parser), or a second Ctrl-C
+        _interrupted()
+        with contextlib.suppress(OSError, KeyboardInterrupt):
+            print("wfa: interrupted", file=err_out)
+        return EXIT_INTERRUPTED
+
+
+def _interrupted() -> None:
+    """Once interrupted, the ``wfa`` process leaves: a further Ctrl-C while it says why and
+    flushes is ignored (a probe: a second one printed a traceback from the exit's pause)."""
+    if _PROCESS["owned"]:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(argv: Sequence[str], err_out: TextIO) -> int:
+    out = _shown(sys.stdout)
     for index, arg in enumerate(argv, start=1):
         try:
             arg.encode("utf-8")
@@ -2437,25 +2521,41 @@ def run(argv: Sequence[str]) -> int:
 
             load_configured_action_plugins()
         if args.command == "validate":
-            return asyncio.run(_validate(args, out))
-        if args.command == "keys":
-            return _keys(args, out)
-        if args.command == "serve":
+            code = asyncio.run(_validate(args, out))
+        elif args.command == "keys":
+            code = _keys(args, out)
+        elif args.command == "serve":
             from gateway.cli import run_serve
 
-            return run_serve(args)
-        if args.command == "triggers":
+            code = run_serve(args)
+        elif args.command == "triggers":
             from gateway.cli import triggers
 
-            return asyncio.run(triggers(args, out, UsageError))
-        return asyncio.run(_run_command(args, out))
+            code = asyncio.run(triggers(args, out, UsageError))
+        else:
+            code = asyncio.run(_run_command(args, out))
+        out.flush()  # here, where a full disk is said (at exit, nothing could say it)
+        return code
     except BrokenPipeError:  # `wfa status X | head`: the reader left, nothing more to say
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OutputFailedError as err:
+        return fail(
+            EXIT_UNAVAILABLE,
+            f"could not write to standard output ({err.strerror}): what the command did is done,"
+            " its output is lost",
+        )
     except KeyboardInterrupt:
+        _interrupted()
+        started = getattr(args, "started", None)
+        named = started or getattr(args, "workflow_id", None)
         hint = (
-            f"; the run goes on (wfa status {args.workflow_id})" if getattr(args, "workflow_id", None) else ""
+            f"; the run goes on (wfa status {started})"
+            if started
+            else f"; a run it named is not stopped by this (wfa status {named})"
+            if named
+            else ""
         )
         return fail(EXIT_INTERRUPTED, f"interrupted{hint}")
     except Exception as err:
@@ -2466,9 +2566,9 @@ def run(argv: Sequence[str]) -> int:
         problem = unreadable_payload(err)  # no WFA_PAYLOAD_STORE or _KEYS: the SDK's words name neither
         if problem is not None:
             return fail(EXIT_BAD_INPUT, problem)
-        code = _exit_code_of(err)
-        if code is not None:
-            return fail(code, str(err))
+        known = _exit_code_of(err)
+        if known is not None:
+            return fail(known, str(err))
         if os.environ.get("WFA_DEBUG"):
             raise
         return fail(
@@ -2515,6 +2615,8 @@ last log lines (it forwards them every 10 ms, from a thread of its own): ``os._e
 
 
 def _flush_and_exit(code: int) -> NoReturn:
+    with contextlib.suppress(ValueError):  # (not the main thread: an embedding)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving: a Ctrl-C now has nothing to stop
     if _core_logs_on_stderr.cache_info().currsize:
         time.sleep(CORE_LOG_GRACE_S)
     for stream in (sys.stdout, sys.stderr):

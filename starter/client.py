@@ -813,6 +813,11 @@ class FlowClient:
                 f"invalid Temporal server address {_brief(address, 200)}: {err}"
             ) from None
         except RuntimeError as err:
+            if "Invalid headers" in str(err):  # the settings, not the server (a probe: exit 3)
+                raise InvalidInputError(
+                    "the gRPC metadata to send is invalid (TEMPORAL_GRPC_META_* or the profile's"
+                    f" grpc_meta): {_short(err)}"
+                ) from None
             raise ServerUnavailableError(
                 f"cannot reach the Temporal server at {address}: {_short(err)}", address
             ) from None

@@ -67,6 +67,25 @@ class PayloadKeysError(ValueError):
     """The payload keys are unusable (names the variable or file, never a key)."""
 
 
+KEYS_FILE_MAX_BYTES = 1024 * 1024
+"""The most of ``WFA_PAYLOAD_KEYS_FILE`` read (a key set is a few hundred bytes a key)."""
+
+
+class _RepeatedKeyError(ValueError):
+    """A JSON object of the keys file names a member twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's members, refusing a name given twice (JSON readers keep the last one: a key
+    id given twice would silently be the later key)."""
+    found: dict[str, object] = {}
+    for name, value in pairs:
+        if name in found:
+            raise _RepeatedKeyError(f"{name[:100]!r} is given twice")
+        found[name] = value
+    return found
+
+
 class PayloadDecryptError(ValueError):
     """An encrypted payload cannot be decrypted (unknown key id, or tampered/wrong key)."""
 
@@ -114,12 +133,19 @@ class PayloadKeys:
         current = source.get(CURRENT_KEY_ENV) or None
         path = source.get(KEYS_FILE_ENV)
         if path:
+            from pathlib import Path
+
+            from starter.inputs import read_text_file
+
             try:
-                with open(path, encoding="utf-8") as file:
-                    document = json.load(file)
-            except (OSError, ValueError) as err:
+                # Bounded, and a FIFO no one writes reads as empty (a probe: /dev/zero took 24 GB
+                # before the kernel killed wfa; a nested document was exit 70, "a bug").
+                text = read_text_file(Path(path), KEYS_FILE_MAX_BYTES)
+                document = json.loads(text, object_pairs_hook=_unique_keys)
+            except (OSError, ValueError, RecursionError) as err:
                 raise PayloadKeysError(
                     f"{KEYS_FILE_ENV}: cannot read {path[:200]}: {type(err).__name__}"
+                    + (f" ({err})" if isinstance(err, _RepeatedKeyError) else "")
                 ) from None
             keys = document.get("keys") if isinstance(document, dict) else None
             if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
@@ -138,6 +164,8 @@ class PayloadKeys:
             kid, sep, text = item.strip().partition("=")
             if not sep:
                 raise PayloadKeysError(f"{KEYS_ENV}: an item is not id=base64key")
+            if kid.strip() in pairs:  # (the later one won, silently: a probe)
+                raise PayloadKeysError(f"{KEYS_ENV}: the key id {kid.strip()[:100]!r} is given twice")
             pairs[kid.strip()] = text  # base64 may end in "=": partition keeps them
         return cls.parse(pairs, current, KEYS_ENV)
 

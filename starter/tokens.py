@@ -114,11 +114,15 @@ def write_keys(
         except InvalidTenantError as err:
             raise TokenError(str(err)) from None
     private_path, jwks_path = Path(private_path), Path(jwks_path)
+    if os.path.abspath(private_path) == os.path.abspath(jwks_path) or (
+        private_path.exists() and jwks_path.exists() and os.path.samefile(private_path, jwks_path)
+    ):  # (the key set was written over the private key just made: a probe)
+        raise TokenError("--private and --jwks name the same file: the key set would replace the private key")
     existing: dict[str, Any] = {"keys": []}
     if jwks_path.exists():
         try:
             existing = json.loads(read_text_file(jwks_path))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise TokenError(
                 f"cannot read the key set {jwks_path}: {getattr(err, 'strerror', None) or err}"
             ) from None
@@ -159,7 +163,7 @@ def load_signing_key(path: str | Path | None = None) -> dict[str, Any]:
         raise TokenError(f"no signing key: set {SIGNING_KEY_ENV} to the path of a private JWK")
     try:
         jwk = json.loads(read_text_file(Path(path)))  # a FIFO no one writes reads as empty
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise TokenError(
             f"cannot read the signing key {path}: {getattr(err, 'strerror', None) or err}"
         ) from None

@@ -469,3 +469,43 @@ async def test_wfa_reads_encrypted_runs_with_the_keys_only(
     captured = capsys.readouterr()
     assert code == EXIT_BAD_INPUT
     assert "WFA_PAYLOAD_KEYS" in captured.err
+
+
+async def test_a_worker_without_the_keys_leaves_an_encrypted_run_waiting_for_one_with_them(
+    file_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A probe: a client with payload keys started a run on a worker without them, and the run
+    failed for good ("InvalidRunInput: ... Unknown payload encoding binary/encrypted"). Its
+    workflow task now fails, naming what to set, and a worker with the keys finishes the run."""
+    document = definition(
+        unique("keyless"),
+        [{"id": "card", "type": "task", "action": "echo", "input": {"value": "{{ input.card }}"}}],
+    )
+    keyed = await keyed_client(file_env, f"a={KEY_A}")
+    plain = await keyed_client(file_env, "")
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(plain, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        handle = await start(keyed, task_queue, document, {"card": CANARY})
+
+        async def task_failures() -> list[str]:
+            events = (await plain.get_workflow_handle(handle.id).fetch_history()).events
+            return [
+                e.workflow_task_failed_event_attributes.failure.message
+                for e in events
+                if e.HasField("workflow_task_failed_event_attributes")
+            ]
+
+        failures = await eventually(task_failures, bool, timeout=60, what="the workflow task failing")
+        assert "PayloadKeysMissing" in failures[0], failures[0]
+        assert "WFA_PAYLOAD_KEYS" in failures[0]
+        assert (await handle.describe()).status is not None
+        assert (await handle.describe()).status.name == "RUNNING"
+    async with (
+        httpx.AsyncClient() as http,
+        build_worker(keyed, task_queue, http, graceful_shutdown_timeout=timedelta(0)),
+    ):
+        result = await asyncio.wait_for(handle.result(), 120)
+    assert result.state == RunState.COMPLETED
+    assert [step.output for step in result.steps] == [CANARY]

@@ -2298,6 +2298,25 @@ class _TemporalRuntime:
         return patch_applies(self._options, patch_id)
 
 
+ENCRYPTED_PAYLOAD = b"binary/encrypted"
+"""The encoding of a payload the product's codec encrypted (``starter.codec.ENCODING``): one still
+so when the workflow reads it was encrypted with keys this worker does not hold."""
+
+
+class PayloadKeysMissingError(RuntimeError):
+    """A run whose input is encrypted, on a worker without payload keys. Not a failure of the run:
+    it fails the workflow task, which Temporal retries, so the run waits, untouched, until a worker
+    with the keys takes it (a probe: the run failed for good, "InvalidRunInput: Unknown payload
+    encoding binary/encrypted", when a client had keys and the worker had none)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "PayloadKeysMissing: the run input is encrypted (binary/encrypted) and this worker has no"
+            " payload keys: start the workers with the WFA_PAYLOAD_KEYS (or WFA_PAYLOAD_KEYS_FILE) the"
+            " clients have; the run waits, untouched, until a worker that has them takes it"
+        )
+
+
 class EngineLevelUnknownError(RuntimeError):
     """A run of an interpreter generation this build does not know (a newer client's run on older
     workers, or a rollback below the generation of runs in flight). Not a failure of the run: it
@@ -2389,6 +2408,8 @@ def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
         problem = f"a run takes one argument (the run input), not {len(args)}"
     elif isinstance(args[0], RunInput):
         return args[0], None
+    elif args[0].payload.metadata.get("encoding") == ENCRYPTED_PAYLOAD:
+        raise PayloadKeysMissingError()
     else:
         try:
             decoded: object = _decode_run_input(args[0].payload)

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 6})
-"""The exit codes the README documents (130 for Ctrl-C is not exercised here)."""
+"""The exit codes the README documents (130, Ctrl-C, is exercised in ``tests/test_cli_settings_probe.py``)."""
 
 HANG_LIMIT_S = 120.0
 """A process still running after this long is killed and counted as "did not exit" (never expected:
