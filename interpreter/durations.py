@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -69,9 +70,17 @@ _OVERFLOWING_DIGITS = 20
 (ms), past what a ``timedelta`` holds: it is "too large", which :func:`_make_timedelta` says."""
 
 
+def _significant_digits(whole: str) -> int:
+    """The digits of ``whole`` from its first that is not a zero, in any script (``\\d`` and
+    ``Decimal`` read them all: a review found Arabic-Indic zeros counted as significant)."""
+    for index, char in enumerate(whole):
+        if unicodedata.decimal(char, 0) != 0:
+            return len(whole) - index
+    return 0
+
+
 def _to_micros(text: str, number: str, unit: str) -> int:
-    whole = number.replace(",", ".").partition(".")[0].lstrip("0")
-    if len(whole) >= _OVERFLOWING_DIGITS:
+    if _significant_digits(number.replace(",", ".").partition(".")[0]) >= _OVERFLOWING_DIGITS:
         # Converting it costs time quadratic in its digits (an attacker's probe: 250,000 digits
         # took 1.3 s, in every foreach item): any number past timedelta's range does as well.
         return int(10**_OVERFLOWING_DIGITS) * _MICROS_PER_UNIT[unit]

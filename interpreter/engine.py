@@ -500,7 +500,7 @@ and sorting filters; arguments turned into text), and an argument or a compared 
 ``MAX_RESULT_CHARS`` characters is refused: such an evaluation fails
 (``interpreter.templates.UncountedWorkError``) as a step failure. And a workflow task's evaluations
 together count, besides their operations, their steps in single operations, in reading arguments
-and in this work (16 to an operation). Before, ``'x' | replace('y', c)`` of a nested list built a
+and in this work (64 to an operation). Before, ``'x' | replace('y', c)`` of a nested list built a
 gigabyte of text and ran out of memory, ``a is eq(b)`` compared for 5.6 s in one call,
 ``map('center', 100000)`` made a gigabyte, and 480 evaluations of one task spent 46 s, little of it
 operations (found by an attacker's probe). Asked only when an evaluation or a task would be
@@ -2606,7 +2606,7 @@ class Engine:
                 "(templates evaluated together)",
                 f"the run's templates need more than {TASK_WORK_BUDGET} operations in one workflow task,"
                 " counting the work of their single operations (values turned into text or compared,"
-                " long arguments read) as 16 characters to an operation (a loop or concurrent items"
+                " long arguments read) as 64 steps to an operation (a loop or concurrent items"
                 " evaluating heavy templates); lower the concurrency or the work per template",
             )
 

@@ -48,7 +48,7 @@ from jinja2 import StrictUndefined, Undefined, nodes, pass_environment, pass_eva
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
-from jinja2.runtime import Context
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from interpreter.durations import parse_duration
@@ -240,7 +240,7 @@ def _text_size(value: Any, what: str = "turned into text") -> None:
     _Budget.single_operations(size)
 
 
-def _uncounted(value: Any, what: str, *, counted: int = 0) -> None:
+def _uncounted(value: Any, what: str, *, counted: int = 0, chars_per_step: int = 1) -> None:
     """Refuses what a filter, test or method does with ``value`` in one call that no other budget
     counts (``what``: "turned into text", an argument's; "compared", in a test or a sorting
     filter) when ``value`` holds more than :data:`MAX_RESULT_CHARS` characters as
@@ -249,7 +249,7 @@ def _uncounted(value: Any, what: str, *, counted: int = 0) -> None:
     list's items, which reading it cost). Not in :func:`unbounded_work`."""
     if not isinstance(value, _CONTAINERS) or not _bounded_work.get():
         return
-    size = _walked_chars(value)
+    size = _walked_chars(value, chars_per_step)
     if size is None:
         raise _Overworked(
             f"a value of more than {MAX_RESULT_CHARS:,} characters (every shared reference counted)"
@@ -258,9 +258,17 @@ def _uncounted(value: Any, what: str, *, counted: int = 0) -> None:
     _Budget.uncounted(size - counted, what)
 
 
-def _walked_chars(value: Any) -> int | None:
-    """The characters of ``value`` as :func:`_text_size` counts them, or None past
-    :data:`MAX_RESULT_CHARS` (the walk stops there)."""
+def _compared(value: Any, *, counted: int = 0) -> None:
+    """:func:`_uncounted` for a value compared or hashed as a whole: its items each a step, its
+    strings' characters 16 to a step, as reading text costs (a review: every character of a list of
+    25 allowed names, read for each of 10,000 items, refused a filter that took 20 ms)."""
+    _uncounted(value, "compared", counted=counted, chars_per_step=_CHARS_PER_OPERATION)
+
+
+def _walked_chars(value: Any, chars_per_step: int = 1) -> int | None:
+    """The characters of ``value`` as :func:`_text_size` counts them (with ``chars_per_step``, a
+    string's characters that many to a step), or None past :data:`MAX_RESULT_CHARS` (the walk
+    stops there)."""
     size = 0
     stack: list[Any] = [value]
     pop, extend = stack.pop, stack.extend
@@ -271,7 +279,7 @@ def _walked_chars(value: Any) -> int | None:
             size += 1
             extend(item)
         elif kind is str:
-            size += 2 + len(item)
+            size += 2 + len(item) // chars_per_step
         elif kind is int or kind is float or kind is bool or item is None:
             size += 1
         elif kind is dict:
@@ -279,7 +287,7 @@ def _walked_chars(value: Any) -> int | None:
             extend(item.keys())
             extend(item.values())
         elif isinstance(item, str):
-            size += 2 + len(item)
+            size += 2 + len(item) // chars_per_step
         else:
             size += 1
             if isinstance(item, _CONTAINERS):
@@ -722,13 +730,19 @@ def last_work() -> int:
     return _Budget.spent()
 
 
+_STEPS_PER_OPERATION = 64
+"""What the step counts weigh against operations: on this project's 2-core machines an operation
+costs about 3 microseconds (the work budget in about 0.3 s), a step about 50 nanoseconds (a probe's
+four million steps of comparisons and argument reads in 0.1 to 0.25 s)."""
+
+
 def last_uncounted_work() -> int:
     """What the most recent :func:`render` or :func:`evaluate` spent besides :func:`last_work`, in
-    operations: its steps in single operations, reading arguments and in uncounted work, 16 to an
-    operation (as characters are). A host that bounds many evaluations together counts it too (an
-    attacker's probe: 480 evaluations, each spending little of the work budget and most of the
-    others, held one workflow task 46 s)."""
-    return _Budget.steps_spent() // _CHARS_PER_OPERATION
+    operations: its steps in single operations, reading arguments and in uncounted work,
+    :data:`_STEPS_PER_OPERATION` to an operation. A host that bounds many evaluations together
+    counts it too (an attacker's probe: 480 evaluations, each spending little of the work budget
+    and most of the others, held one workflow task 46 s)."""
+    return _Budget.steps_spent() // _STEPS_PER_OPERATION
 
 
 def _cost(value: Any) -> int:
@@ -751,6 +765,12 @@ def _read(value: Any) -> Any:
 def _arith_operand(value: Any) -> Any:
     """An operand of ``-``, ``/`` or ``//``, its size counted (:func:`_arith`)."""
     _arith(value)
+    return value
+
+
+def _hashed_key(value: Any) -> Any:
+    """A dict literal's key, counted as hashed whole (:func:`_compared`)."""
+    _compared(value)
     return value
 
 
@@ -802,12 +822,15 @@ def _charging(
             value = args[offset]
             if isinstance(value, Iterator):
                 args = (*args[:offset], _counted(value), *args[offset + 1 :])
+                if compares and _bounded_work.get():  # its items, read as they come, then compared
+                    value = list(args[offset])  # (a review: `select | sort` was not checked)
+                    args = (*args[:offset], value, *args[offset + 1 :])
             _Budget.charge(_cost(value))
             if makes_text:
                 _text_size(value)
             if compares:  # (what reading them cost was counted: the items of a flat list)
                 for compared in (value, *args[offset + 1 :], *kwargs.values()):
-                    _uncounted(compared, "compared", counted=_cost(compared))
+                    _compared(compared, counted=_cost(compared))
         else:
             _Budget.charge(1)
         # Its other arguments too: the 'in' test reads its list at every call.
@@ -1060,7 +1083,9 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
 
     def do_indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
         _check_width(width, "indent width")
-        if isinstance(width, int):  # the spaces on every line (a probe: 100,000 on 10,000 lines)
+        if isinstance(width, int) and _bounded_work.get():  # the spaces on every line (a probe:
+            # 100,000 on 10,000 lines); not read in a run recorded before (a review: str() of a
+            # value the indent then refuses, built for nothing)
             _Budget.uncounted((str(s).count("\n") + 1) * max(width, 0), "indent")
         if isinstance(width, str):  # the text itself, on every line
             _made_text((str(s).count("\n") + 1) * len(width), "indent")
@@ -1134,6 +1159,10 @@ _LOOP_GUARD = "__wfa_loop__"
 _READ_GUARD = "__wfa_read__"
 _TEXT_GUARD = "__wfa_text__"
 _ARITH_GUARD = "__wfa_arith__"
+_KEY_GUARD = "__wfa_key__"
+_NEVER_CONSTANT = (nodes.Name, nodes.Call, nodes.Add, nodes.Mul, nodes.Pow, nodes.Mod)
+"""Nodes jinja never computes as it compiles (names; calls; the operators the sandbox intercepts):
+an expression holding one is evaluated as it runs, whatever guard wraps it."""
 
 
 def _guarded(name: str, node: nodes.Expr) -> nodes.Expr:
@@ -1157,6 +1186,13 @@ def _guard_tree(tree: nodes.Node) -> None:
         if not (isinstance(binop.left, nodes.Const) and isinstance(binop.right, nodes.Const)):
             binop.left = _guarded(_ARITH_GUARD, binop.left)
             binop.right = _guarded(_ARITH_GUARD, binop.right)
+    # A dict literal's keys are hashed whole: a tuple's hash is computed again each time, as deep as
+    # it goes (a review: `{t: 1}` of a nested tuple, 24 s). Only a key jinja would not compute as it
+    # compiles is guarded, so what it computes then stays as it was.
+    for pair in tree.find_all(nodes.Pair):
+        key = pair.key
+        if isinstance(key, _NEVER_CONSTANT) or any(key.find_all(_NEVER_CONSTANT)):
+            pair.key = _guarded(_KEY_GUARD, key)
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -1184,6 +1220,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.globals[_READ_GUARD] = _read
         self.globals[_TEXT_GUARD] = _read_text
         self.globals[_ARITH_GUARD] = _arith_operand
+        self.globals[_KEY_GUARD] = _hashed_key
 
     def _generate(
         self, source: nodes.Template, name: str | None, filename: str | None, defer_init: bool = False
@@ -1242,6 +1279,8 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         """Bound string methods that pad or replace before calling them; charge every call."""
+        if __obj is _hashed_key:  # a guard added after the others: it charges nothing they count
+            return __obj(*args)
         _Budget.charge(1 + sum(_cost(argument) for argument in (*args, *kwargs.values())))
         if (
             isinstance(__obj, types.BuiltinMethodType)
@@ -1282,11 +1321,13 @@ class _Environment(ImmutableSandboxedEnvironment):
                 _check_replace(__obj.__self__, args[0], args[1], count)
         if (
             isinstance(__obj, types.BuiltinMethodType)
-            and isinstance(__obj.__self__, (list, tuple))
-            and __obj.__name__ in ("count", "index")
-        ):
-            for argument in (*args, *kwargs.values()):  # compared with every item
-                _uncounted(argument, "compared", counted=_cost(argument))
+            and isinstance(__obj.__self__, (list, tuple, dict))
+            and __obj.__name__ in ("count", "index", "get", "setdefault", "pop", "fromkeys")
+        ) or (isinstance(__obj, types.MethodType) and isinstance(__obj.__self__, LoopContext)):
+            # compared with every item, or hashed whole (a tuple's hash is not kept: a review
+            # found `{}.get(t)` and `loop.changed(v)` of nested values taking 4 to 24 s)
+            for argument in (*args, *kwargs.values()):
+                _compared(argument, counted=_cost(argument))
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -1319,26 +1360,9 @@ def _detail(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _isolated(compile_: Callable[[], _R]) -> _R:
-    """``compile_()`` in a context of its own, every check on and fresh budgets. Jinja computes a
-    template's constant parts as it compiles it, calling filters (``'x' | center(10)``): neither
-    what the caller's evaluation has spent nor whether its checks are relaxed (a run recorded
-    before them) may decide what is computed there, nor be charged for it, since it is compiled
-    once, cached by its text, for every run (a review: a cache miss charged the evaluation in
-    progress, a hit did not)."""
-
-    def strict() -> _R:
-        for flag in (_checked_values, _bounded_sizes, _bounded_arguments, _bounded_work):
-            flag.set(True)
-        _Budget.reset()
-        return compile_()
-
-    return contextvars.copy_context().run(strict)
-
-
 @_SourceCache
 def _compile_expression(source: str) -> TemplateExpression:
-    return _isolated(lambda: _ENV.compile_expression(source, undefined_to_none=False))
+    return _ENV.compile_expression(source, undefined_to_none=False)
 
 
 def _mark_references(tree: nodes.Node) -> list[str]:
@@ -1376,7 +1400,7 @@ def _mark_references(tree: nodes.Node) -> list[str]:
 def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
     tree = env.parse(source)
     problems = _mark_references(tree)
-    return _isolated(lambda: env.from_string(tree)), tuple(problems)
+    return env.from_string(tree), tuple(problems)
 
 
 def _inert_output(value: Any) -> Any:

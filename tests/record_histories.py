@@ -1114,13 +1114,13 @@ def _template_work_task(base: str) -> dict[str, Any]:
             {
                 "id": "s",
                 "type": "set",
-                "max_visits": 10,
+                "max_visits": 20,
                 "vars": {
                     "x": "{{ [[vars.big] * 10] * 10 == [[vars.big] * 10] * 10 }}",
                     "i": "{{ vars.i + 1 }}",
                 },
             },
-            {"id": "c", "type": "condition", "max_visits": 10, "if": "vars.i < 4", "then": {"goto": "s"}},
+            {"id": "c", "type": "condition", "max_visits": 20, "if": "vars.i < 12", "then": {"goto": "s"}},
             _echo("after", "ok"),
         ],
     }
@@ -1839,9 +1839,10 @@ def scenarios() -> list[Scenario]:
             "a loop of set steps, each comparing lists of 10,000 numbers ten times over (two million"
             " steps of single operations, a few operations), in one workflow task (recorded at"
             " generation 0: patch template-work asked, a marker): the task's evaluations count those"
-            " steps too, and the third fails (UncountedWorkError), the run fails."
-            " template_work_task_before.json is the same run recorded by the build before the patch"
-            " (no marker: it ran the four visits and the last step); this build would record the"
+            " steps too (64 to an operation), and a visit among the twelve fails"
+            " (UncountedWorkError), the run fails. template_work_task_before.json is the same run"
+            " recorded by the build before the patch (no marker: it ran the twelve visits and the"
+            " last step); this build would record the"
             " refused run, so that one is not re-recorded",
             _template_work_task,
             {},
