@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -60,11 +60,20 @@ async def signed_in(
         yield web, url
 
 
-async def test_a_stopped_worker_is_try_again_not_nothing_here(
-    client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def private() -> Iterator[dict[str, Any]]:
+    """The inbox's signing key; workers verify decision tokens with its public half."""
     private, public = generate_keys("inbox-unanswered")
     decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
+    try:
+        yield private
+    finally:
+        decision_tokens.configure(None)
+
+
+async def test_a_stopped_worker_is_try_again_not_nothing_here(
+    client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch, private: dict[str, Any]
+) -> None:
     acme = FlowClient(client, task_queue=task_queue, tenant="acme")
     runs: list[WorkflowHandle[Any, Any]] = []
     try:
@@ -100,7 +109,6 @@ async def test_a_stopped_worker_is_try_again_not_nothing_here(
             assert "The run does not answer now" in link.text
             assert "no longer exists" not in link.text
     finally:
-        decision_tokens.configure(None)
         for run in runs:
             with contextlib.suppress(Exception):
                 await run.terminate("test over")
@@ -120,10 +128,8 @@ class _StopsTheWorkerFirst(FlowClient):
 
 
 async def test_a_decision_the_worker_confirms_late_is_sent_not_a_500(
-    client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
+    client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch, private: dict[str, Any]
 ) -> None:
-    private, public = generate_keys("inbox-late")
-    decision_tokens.configure(decision_tokens.DecisionVerifier.from_jwks(public))
     acme = _StopsTheWorkerFirst(client, task_queue=task_queue, tenant="acme")
     acme.stop = asyncio.Event()
 
@@ -150,7 +156,6 @@ async def test_a_decision_the_worker_confirms_late_is_sent_not_a_500(
         async with running_worker(client, task_queue):
             await wait_state(run, RunState.COMPLETED)
     finally:
-        decision_tokens.configure(None)
         if acme.stop is not None:
             acme.stop.set()
         await serving

@@ -171,6 +171,27 @@ async def patch_ids(client: Client, workflow_id: str) -> list[str]:
     ]
 
 
+async def hostile_beside_a_bystander(
+    client: Client,
+    task_queue: str,
+    document: dict[str, Any],
+    run_input: dict[str, Any] | None = None,
+    *,
+    engine_level: int,
+) -> tuple[BaseException, RunResult, list[str]]:
+    """Starts a hostile run and a bystander on the same worker; the bystander completes while the
+    hostile run fails: the failure's cause, the failed run's result and its patch markers."""
+    hostile = await start(client, task_queue, document, run_input, engine_level=engine_level)
+    other = await start_bystander(client, task_queue)
+    (cause, failed), done = await asyncio.wait_for(
+        asyncio.gather(failure_of(hostile), other.result()), timeout=120
+    )
+    assert done.state == RunState.COMPLETED
+    assert failed is not None
+    assert failed.state == RunState.FAILED
+    return cause, failed, await patch_ids(client, hostile.id)
+
+
 async def failure_of(handle: Handle) -> tuple[BaseException, RunResult | None]:
     """Awaits a run expected to fail: the failure's cause and the RunResult in its details."""
     try:

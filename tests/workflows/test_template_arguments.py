@@ -7,14 +7,11 @@ server with the real worker: the run fails with a message naming the problem, or
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from interpreter.state import RunState
-from tests.workflows.support import definition, failure_of, patch_ids, start, start_bystander, unique
+from tests.workflows.support import definition, hostile_beside_a_bystander, unique
 from workflows.generic import ENGINE_LEVEL
 
 SELECT_IN = "{{ input.a | select('in', input.b) | list | length }}"
@@ -25,23 +22,13 @@ LISTS = {"a": list(range(30_000)), "b": list(range(-1, -80_001, -1))}
 async def test_a_test_reading_a_long_list_for_every_item_fails_its_step(
     client: Client, task_queue: str, worker: Worker, level: int
 ) -> None:
-    hostile = await start(
-        client,
-        task_queue,
-        definition(unique("select-in"), [{"id": "pick", "type": "set", "vars": {"x": SELECT_IN}}]),
-        LISTS,
-        engine_level=level,
+    document = definition(unique("select-in"), [{"id": "pick", "type": "set", "vars": {"x": SELECT_IN}}])
+    _, failed, markers = await hostile_beside_a_bystander(
+        client, task_queue, document, LISTS, engine_level=level
     )
-    other = await start_bystander(client, task_queue)
-    (_cause, failed), done = await asyncio.wait_for(
-        asyncio.gather(failure_of(hostile), other.result()), timeout=120
-    )
-    assert done.state == RunState.COMPLETED
-    assert failed is not None
-    assert (failed.state, failed.error_type) == (RunState.FAILED, "TemplateError")
+    assert failed.error_type == "TemplateError"
     assert failed.error is not None
     assert "a test such as 'in' given a long list" in failed.error, failed.error
-    markers = await patch_ids(client, hostile.id)
     assert ('"template-arguments"' in " ".join(markers)) == (level == 0)
 
 
@@ -65,12 +52,6 @@ async def test_concurrent_items_indenting_past_the_limit_fail_the_run(
             }
         ],
     }
-    hostile = await start(
-        client, task_queue, definition(unique("indent"), [items]), engine_level=ENGINE_LEVEL
-    )
-    other = await start_bystander(client, task_queue)
-    (cause, _failed), done = await asyncio.wait_for(
-        asyncio.gather(failure_of(hostile), other.result()), timeout=120
-    )
-    assert done.state == RunState.COMPLETED
+    document = definition(unique("indent"), [items])
+    cause, _, _ = await hostile_beside_a_bystander(client, task_queue, document, engine_level=ENGINE_LEVEL)
     assert "tojson's indent would make text of 1,000,001,001 characters" in str(cause), cause

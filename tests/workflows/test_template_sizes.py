@@ -6,14 +6,11 @@ naming the problem, and another run on the same worker completes meanwhile."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from interpreter.state import RunState
-from tests.workflows.support import definition, failure_of, patch_ids, start, start_bystander, unique
+from tests.workflows.support import definition, hostile_beside_a_bystander, unique
 from workflows.generic import ENGINE_LEVEL
 
 SQUARING = (
@@ -31,21 +28,9 @@ AMPLIFIED = (
 async def test_a_template_whose_cost_the_budget_did_not_see_fails_its_step(
     client: Client, task_queue: str, worker: Worker, template: str, level: int
 ) -> None:
-    hostile = await start(
-        client,
-        task_queue,
-        definition(unique("bomb"), [{"id": "boom", "type": "set", "vars": {"x": template}}]),
-        engine_level=level,
-    )
-    other = await start_bystander(client, task_queue)
-    (_cause, failed), done = await asyncio.wait_for(
-        asyncio.gather(failure_of(hostile), other.result()), timeout=120
-    )
-    assert done.state == RunState.COMPLETED
-    assert failed is not None
-    assert failed.state == RunState.FAILED
+    document = definition(unique("bomb"), [{"id": "boom", "type": "set", "vars": {"x": template}}])
+    _, failed, markers = await hostile_beside_a_bystander(client, task_queue, document, engine_level=level)
     assert failed.error_type == "TemplateError"
     assert failed.error is not None
     assert "too large" in failed.error or "characters" in failed.error, failed.error
-    markers = await patch_ids(client, hostile.id)
     assert ('"template-sizes"' in " ".join(markers)) == (level == 0)

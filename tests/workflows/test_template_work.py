@@ -7,14 +7,11 @@ naming the problem, and another run on the same worker completes meanwhile."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from interpreter.state import RunState
-from tests.workflows.support import definition, failure_of, patch_ids, start, start_bystander, unique
+from tests.workflows.support import definition, hostile_beside_a_bystander, unique
 from workflows.generic import ENGINE_LEVEL
 
 REPLACE = (
@@ -27,22 +24,11 @@ REPLACE = (
 async def test_an_argument_turned_into_text_whole_fails_its_step(
     client: Client, task_queue: str, worker: Worker, level: int
 ) -> None:
-    hostile = await start(
-        client,
-        task_queue,
-        definition(unique("replace"), [{"id": "s", "type": "set", "vars": {"x": REPLACE}}]),
-        engine_level=level,
-    )
-    other = await start_bystander(client, task_queue)
-    (_cause, failed), done = await asyncio.wait_for(
-        asyncio.gather(failure_of(hostile), other.result()), timeout=120
-    )
-    assert done.state == RunState.COMPLETED
-    assert failed is not None
-    assert (failed.state, failed.error_type) == (RunState.FAILED, "TemplateError")
+    document = definition(unique("replace"), [{"id": "s", "type": "set", "vars": {"x": REPLACE}}])
+    _, failed, markers = await hostile_beside_a_bystander(client, task_queue, document, engine_level=level)
+    assert failed.error_type == "TemplateError"
     assert failed.error is not None
     assert "would be turned into text" in failed.error, failed.error
-    markers = await patch_ids(client, hostile.id)
     assert ('"template-work"' in " ".join(markers)) == (level == 0)
 
 
@@ -63,13 +49,6 @@ async def test_a_loop_of_evaluations_heavy_in_single_operations_fails_in_its_tas
         {"id": "c", "type": "condition", "max_visits": 5000, "if": "vars.i < 480", "then": {"goto": "s"}},
     ]
     document = {**definition(unique("loop"), steps), "limits": {"max_step_executions": 10000}}
-    hostile = await start(client, task_queue, document, engine_level=ENGINE_LEVEL)
-    other = await start_bystander(client, task_queue)
-    (_cause, failed), done = await asyncio.wait_for(
-        asyncio.gather(failure_of(hostile), other.result()), timeout=120
-    )
-    assert done.state == RunState.COMPLETED
-    assert failed is not None
-    assert failed.state == RunState.FAILED
+    _, failed, _ = await hostile_beside_a_bystander(client, task_queue, document, engine_level=ENGINE_LEVEL)
     assert failed.error is not None
     assert "counting the work of their single operations" in failed.error, failed.error
