@@ -277,6 +277,8 @@ async def _query(ask: Callable[[], Awaitable[T]]) -> T:
 
 
 UPDATE_TIMEOUT_S = 30.0
+LIVE_POLLER_S = 75.0
+"""A poller the server saw this recently is a live worker (a worker's long poll lasts a minute)."""
 """How long a validated decision (the ``decide`` update) may wait for a worker to accept it."""
 CHAIN_TRIES = 5
 """How many runs of a continue-as-new chain a cancel follows (each refused it: it had continued)."""
@@ -2322,6 +2324,31 @@ class FlowClient:
         if status is not None and status != WorkflowExecutionStatus.RUNNING:
             return RunClosedError(workflow_id, status.name)
         return self._rpc_error(err, workflow_id, doing)
+
+    async def worker_polls(self, task_queue: str) -> bool:
+        """Whether a worker polled ``task_queue`` for workflow tasks within the last
+        :data:`LIVE_POLLER_S` seconds (a polling worker renews its poll at least every minute); True
+        when the server cannot say (the caller then keeps asking its runs)."""
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+        try:
+            found = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=self.namespace,
+                    task_queue=TaskQueue(name=task_queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                ),
+                timeout=timedelta(seconds=5),
+            )
+        except RPCError:
+            return True
+        now = datetime.now(UTC)
+        return any(
+            (now - poller.last_access_time.ToDatetime(tzinfo=UTC)).total_seconds() < LIVE_POLLER_S
+            for poller in found.pollers
+        )
 
     async def _task_queue_hint(self, workflow_id: str) -> str:
         try:

@@ -2303,12 +2303,6 @@ ENCRYPTED_PAYLOAD = b"binary/encrypted"
 so when the workflow reads it was encrypted with keys this worker does not hold."""
 
 
-PATCH_KEYLESS_INPUT_WAITS = "keyless-input-waits"
-"""Patch id: a run whose input is encrypted, on a worker without payload keys, fails its workflow
-task (:class:`PayloadKeysMissingError`) instead of the run. Asked only then, before the run's
-generation can be read (its input is what cannot be read); a run recorded failing so replays so."""
-
-
 class PayloadKeysMissingError(RuntimeError):
     """A run whose input is encrypted, on a worker without payload keys. Not a failure of the run:
     it fails the workflow task, which Temporal retries, so the run waits, untouched, until a worker
@@ -2414,10 +2408,10 @@ def _read_run_input(args: Sequence[Any]) -> tuple[RunInput, str | None]:
         problem = f"a run takes one argument (the run input), not {len(args)}"
     elif isinstance(args[0], RunInput):
         return args[0], None
-    elif args[0].payload.metadata.get("encoding") == ENCRYPTED_PAYLOAD and workflow.patched(
-        PATCH_KEYLESS_INPUT_WAITS
-    ):
-        raise PayloadKeysMissingError()  # (a task that fails writes no marker: it is asked again)
+    elif args[0].payload.metadata.get("encoding") == ENCRYPTED_PAYLOAD:
+        # Whatever the history: replaying a run whose input this worker cannot read fails either
+        # way; this says why (a review: behind a patch, a replay said "Nondeterminism error").
+        raise PayloadKeysMissingError()
     else:
         try:
             decoded: object = _decode_run_input(args[0].payload)

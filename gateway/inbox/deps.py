@@ -27,15 +27,13 @@ RUN_DATA_UNREADABLE = (PayloadUnreadableError, PayloadStoreError)
 """The errors meaning this gateway cannot read a run's data (its payload keys or store settings, or
 the store itself): the inbox and decision links answer them with a 503, never a 404 or a traceback."""
 
-RUN_UNANSWERED = (NoWorkerError, ServerUnavailableError)
-"""The errors meaning the run or the workflow service gave no answer now (the run's worker is
-stopped, slow or restarting; Temporal cannot be reached): the inbox and decision links answer 503,
-"try again", never "nothing here" (an attacker's probe: with the worker stopped, the list showed
-"Nothing is waiting for you" after 10 s per run, and a link said the run no longer existed)."""
 
-
-def unanswered(err: NoWorkerError | ServerUnavailableError) -> tuple[str, str]:
-    """The title and message of a page for :data:`RUN_UNANSWERED` (the details go to the log)."""
+def unanswered(err: StarterError) -> tuple[str, str]:
+    """The title and message of a page for a run that gave no answer now (no worker answered,
+    Temporal cannot be reached, or the run's worker cannot run it: its query failed): a 503 "try
+    again", never "nothing here" (an attacker's probe: with the worker stopped, the list showed
+    "Nothing is waiting for you" after 10 s per run, and a link said the run no longer existed).
+    The details go to the log."""
     log.warning("inbox: %s", err)
     if isinstance(err, ServerUnavailableError):
         return (
@@ -44,7 +42,7 @@ def unanswered(err: NoWorkerError | ServerUnavailableError) -> tuple[str, str]:
         )
     return (
         "The run does not answer now",
-        "Its worker may be restarting or busy, or stopped. Please try again in a moment.",
+        "Its worker may be restarting, busy or stopped, or cannot run it now. Please try again in a moment.",
     )
 
 

@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.inbox.auth import Person, Session
-from gateway.inbox.deps import RUN_DATA_UNREADABLE, RUN_UNANSWERED, InboxState, unanswered, unconfirmed
+from gateway.inbox.deps import RUN_DATA_UNREADABLE, InboxState, unanswered, unconfirmed
 from gateway.inbox.forms import (
     field_of_message,
     field_views,
@@ -191,10 +191,10 @@ async def _pending(
             " Please tell your administrator and try again later.",
             503,
         )
-    except RUN_UNANSWERED as err:
-        return LinkProblem(*unanswered(err), 503)
-    except StarterError:
+    except (RunNotFoundError, InvalidInputError):
         return LinkProblem("Nothing to decide", "The run this link was for no longer exists.", 404)
+    except StarterError as err:  # no answer now, or a worker that cannot run the run
+        return LinkProblem(*unanswered(err), 503)
     if pending is not None and wait_problem(claims.since, pending.since) is not None:
         pending = None  # it waits again since: the wait this link was mailed for was decided
     if pending is None:

@@ -29,7 +29,6 @@ from temporalio.service import RPCError
 from gateway.inbox.auth import USERNAME_PATTERN, Person, Session
 from gateway.inbox.deps import (
     RUN_DATA_UNREADABLE,
-    RUN_UNANSWERED,
     InboxState,
     TenantNotServedError,
     inbox_state,
@@ -456,6 +455,10 @@ def _assignee_clause(person: Person) -> str | None:
     return "(" + " OR ".join(f"WfaAssignees = '{v}'" for v in values) + ")"
 
 
+FIND_WORK_S = 30.0
+"""How long the list asks runs for their status; the runs left are counted as not answering."""
+
+
 @dataclass
 class Work:
     """What :func:`find_work` found: the steps, and how many runs that may hold some did not answer."""
@@ -469,9 +472,12 @@ async def find_work(flows: FlowClient, person: Person, limit: int) -> Work:
 
     Found through the ``WfaAssignees`` search attribute (visibility is eventually consistent: a
     step decided a moment ago may still be listed, so each run's status confirms what is pending).
-    A run whose worker does not answer is counted in :attr:`Work.unanswered`, and so is every
-    later run of its task queue, unasked: before, each one took the query's 10 s to be skipped
-    without a word (an attacker's probe: "Nothing is waiting for you" after minutes).
+    A run that does not answer (no worker within the query's 10 s, or a worker that cannot run
+    it) is counted in :attr:`Work.unanswered`; so is every later run of a task queue no worker
+    polls any more, unasked, and every run left once :data:`FIND_WORK_S` have passed: before,
+    each one took the query's 10 s to be skipped without a word (an attacker's probe: "Nothing is
+    waiting for you" after minutes), and a run its worker could not replay was skipped as ended
+    (a review).
 
     Raises:
         ServerUnavailableError: Temporal cannot be reached.
@@ -482,22 +488,27 @@ async def find_work(flows: FlowClient, person: Person, limit: int) -> Work:
         return Work([])
     query = f"{runs_query(person.tenant)} AND ExecutionStatus = 'Running' AND {clause}"
     work = Work([])
-    silent: set[str] = set()  # task queues whose worker did not answer
+    silent: set[str] = set()  # task queues no worker polls
+    deadline = time.monotonic() + FIND_WORK_S
     async for execution in flows.client.list_workflows(query, limit=limit):
-        if execution.task_queue in silent:
+        if execution.task_queue in silent or time.monotonic() > deadline:
             work.unanswered += 1
             continue
         try:
             status = await flows.status(execution.id)
         except (PayloadUnreadableError, ServerUnavailableError):
             raise  # this gateway's configuration or the service: every run would vanish from the list
-        except NoWorkerError as err:
+        except (RunNotFoundError, RunClosedError):
+            continue  # ended meanwhile: not work any more
+        except StarterError as err:  # no worker answered, or its worker cannot run it
             work.unanswered += 1
-            if not err.task_failing:
+            if (
+                isinstance(err, NoWorkerError)
+                and not err.task_failing
+                and not await flows.worker_polls(execution.task_queue)
+            ):
                 silent.add(execution.task_queue)
             continue
-        except StarterError:
-            continue  # ended meanwhile: not work any more
         for approval in await flows.every_pending_approval(execution.id, status):
             if may_decide(approval.approvers, person.username, person.groups):
                 work.items.append(WorkItem(execution.id, status.definition, approval))
@@ -640,10 +651,10 @@ async def _item_page(
         )
     except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
-    except RUN_UNANSWERED as err:
-        return _unavailable(request, state, session, *unanswered(err))
-    except StarterError:
+    except (RunNotFoundError, InvalidInputError):
         return _not_found(request, state, session)
+    except StarterError as err:  # no answer now, or a worker that cannot run the run
+        return _unavailable(request, state, session, *unanswered(err))
     if pending is None:
         decisions = [
             d for d in status.decisions if d.accepted and d.step_id in (step, step.rsplit(".", 1)[-1])
@@ -727,10 +738,10 @@ async def decide(request: Request, state: State) -> Response:
         _, pending = await _item_context(flows, run, step)
     except RUN_DATA_UNREADABLE as err:
         return _unreadable(request, state, session, err)
-    except RUN_UNANSWERED as err:
-        return _unavailable(request, state, session, *unanswered(err))
-    except StarterError:
+    except (RunNotFoundError, InvalidInputError):
         return _not_found(request, state, session)
+    except StarterError as err:  # as the step's page (a review: a 404 where the page said 503)
+        return _unavailable(request, state, session, *unanswered(err))
     if pending is None or not may_decide(pending.approvers, person.username, person.groups):
         return await again(status_code=409)
     data, errors = read_form(pending.form, submitted)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 import starter.client
 from gateway.inbox.auth import LocalUsers, Person, hash_password
@@ -27,12 +28,14 @@ from interpreter.state import RunState
 from starter.client import FlowClient
 from starter.tokens import generate_keys, mint
 from tests.inbox.conftest import PASSWORD, USERS, inbox_app, serve, waiting_run
+from tests.test_payload_store import KEY, client_of
 from tests.workflows.support import eventually, wait_state
 from worker import build_worker
 from workflows import decision_tokens
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 ALICE = Person(tenant="acme", username="alice")
+REVIEW = {"id": "review", "type": "approval", "approvers": ["alice"], "timeout": "1h"}
 
 
 @contextlib.asynccontextmanager
@@ -87,7 +90,8 @@ async def test_a_stopped_worker_is_try_again_not_nothing_here(
         # The worker is stopped. (Its runs' queries now wait for a worker: shorter here.)
         monkeypatch.setattr(starter.client, "QUERY_TIMEOUT", timedelta(seconds=2))
         work = await find_work(acme, ALICE, 50)
-        # One run of the queue is asked; the others of the same queue are counted, not asked.
+        # Each is counted as not answering (asked while the server still lists the stopped worker's
+        # poller, a minute or so; then counted unasked, as after the list's 30 s).
         assert (work.items, work.unanswered) == ([], 3)
 
         async with signed_in(acme, private) as (web, url):
@@ -160,5 +164,43 @@ async def test_a_decision_the_worker_confirms_late_is_sent_not_a_500(
             acme.stop.set()
         await serving
         if run is not None:
+            with contextlib.suppress(Exception):
+                await run.terminate("test over")
+
+
+async def test_a_run_its_worker_cannot_run_is_try_again_not_ended(
+    temporal_env: WorkflowEnvironment, task_queue: str, private: dict[str, Any]
+) -> None:
+    """A review: a run whose worker answers but cannot run it (here, runs a worker with payload
+    keys began, then a worker without them: its query fails) was skipped from the list as ended,
+    and its step page, a decision posted to it and its link said there was no such step or run."""
+    keyed = await client_of(temporal_env, {"WFA_PAYLOAD_KEYS": f"k={KEY}"})
+    plain = await client_of(temporal_env, {})
+    acme = FlowClient(keyed, task_queue=task_queue, tenant="acme")  # the inbox reads with the keys
+    async with running_worker(keyed, task_queue):
+        runs = [await waiting_run(keyed, task_queue, "acme") for _ in range(2)]
+        await eventually(lambda: find_work(acme, ALICE, 50), lambda w: len(w.items) == 2, what="both listed")
+    try:
+        async with running_worker(plain, task_queue):  # polls, and cannot decrypt the runs
+            work = await find_work(acme, ALICE, 50)
+            assert (work.items, work.unanswered) == ([], 2)  # was ([], 0): "Nothing is waiting"
+            async with signed_in(acme, private) as (web, url):
+                listed = await web.get(f"{url}/")
+                assert listed.status_code == 503, listed.text[:500]
+                assert "2 waiting runs could not be asked" in listed.text
+                step = await web.get(f"{url}/item", params={"run": runs[0].id, "step": "review"})
+                assert step.status_code == 503, step.text[:500]
+                token = mint(
+                    private,
+                    tenant="acme",
+                    run=runs[1].id,
+                    actor="alice",
+                    decisions=["approve"],
+                    step="review",
+                )
+                link = await web.get(f"{url}/link", params={"t": token})
+                assert link.status_code == 503, link.text[:500]
+    finally:
+        for run in runs:
             with contextlib.suppress(Exception):
                 await run.terminate("test over")
