@@ -265,6 +265,53 @@ def _compared(value: Any, *, counted: int = 0) -> None:
     _uncounted(value, "compared", counted=counted, chars_per_step=_CHARS_PER_OPERATION)
 
 
+def _digits_work(value: Any) -> None:
+    """Counts turning the large integers in ``value`` into text (quadratic in their digits: a
+    probe's 45,000 numbers of 4,209 digits, each counted one character, took 8 s), as uncounted
+    work. Not in :func:`unbounded_work`."""
+    if not _bounded_work.get():
+        return
+    stack: list[Any] = [value]
+    seen = 0
+    while stack and seen <= MAX_RESULT_CHARS:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, int) and not isinstance(item, bool):
+            bits = item.bit_length()
+            if bits > 64 * _BIG_INT_LIMBS:
+                digits = bits * 3 // 10
+                _Budget.uncounted(max(digits, digits * digits // 4096), "large numbers turned into text")
+        elif isinstance(item, _CONTAINERS) and not isinstance(item, str):
+            stack.extend(_items_of(item))
+
+
+def _big_int_work(*values: Any) -> None:
+    """Counts arithmetic a test or a filter does on integers of more than :data:`_BIG_INT_LIMBS`
+    limbs, as :func:`_arith` does for operators (a probe: ``x is divisibleby(y)`` of 95,000-bit
+    numbers, 1,000 times, 2.3 s), as uncounted work."""
+    if not _bounded_work.get():
+        return
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            limbs = value.bit_length() // 64 + 1
+            if limbs > _BIG_INT_LIMBS:
+                _Budget.uncounted(limbs * limbs // 64, "arithmetic on large numbers")
+
+
+def _formatted_work(fields: int, arguments: Any) -> None:
+    """Counts what formatting ``fields`` fields with ``arguments`` makes: each field may write the
+    longest argument (a probe: 8,192 fields of a 65,536-character string, 535 MB)."""
+    if not _bounded_work.get() or not fields:
+        return
+    longest = 1
+    for argument in arguments:
+        if isinstance(argument, str):
+            longest = max(longest, len(argument))
+        elif isinstance(argument, _CONTAINERS):
+            longest = max(longest, _walked_chars(argument) or MAX_RESULT_CHARS)
+    _Budget.uncounted(fields * longest, "format fields")
+
+
 def _walked_chars(value: Any, chars_per_step: int = 1) -> int | None:
     """The characters of ``value`` as :func:`_text_size` counts them (with ``chars_per_step``, a
     string's characters that many to a step), or None past :data:`MAX_RESULT_CHARS` (the walk
@@ -622,6 +669,12 @@ class _Undefined(StrictUndefined):
                 return f"{name!r} is undefined (no keys available)"
             listed = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
             return f"{name!r} is undefined (available: {listed})"
+        key: Any = name  # (typed a string; a subscript makes it any value)
+        if _bounded_work.get() and isinstance(key, _CONTAINERS) and _walked_chars(key, 1) is None:
+            # jinja's message writes the key whole (a probe: a nested list, 300 million characters,
+            # 2 GB, in the step's record)
+            shown = type(key).__name__
+            return f"{type(obj).__name__} object has no element of this key (a {shown} too large to show)"
         message: str = super()._undefined_message
         return message
 
@@ -778,6 +831,7 @@ def _read_text(value: Any) -> Any:
     """:func:`_read` for an operand of ``~``, which becomes text (:func:`_text_size`)."""
     _Budget.charge(_cost(value))
     _text_size(value)
+    _digits_work(value)
     return value
 
 
@@ -800,19 +854,28 @@ _TEXT_FILTERS = frozenset(
 _COMPARING = frozenset(
     {
         "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan",
-        ">", "ge", ">=", "in", "sort", "dictsort", "max", "min", "unique", "groupby",
+        ">", "ge", ">=", "in", "sort", "dictsort", "max", "min", "unique", "groupby", "test", "filter",
     }
 )  # fmt: skip
 """Tests that compare their value with their arguments, and filters that compare their input's
 items with each other: in one C call each, as deep as the values go (:func:`_uncounted`)."""
 
 
+_MAX_ROUND_DIGITS = 100_000
+"""The largest precision ``round`` takes (a number has at most 30,000 digits a template may return)."""
+
+_SLOW_TEXT = 16
+"""``pprint`` walks a value in Python, about this many times slower than the C walks the other
+steps stand for: its steps count this many times (a probe: three calls on 600,000 items, 2.8 s)."""
+
+
 def _charging(
-    function: Callable[..., Any], makes_text: bool = False, compares: bool = False
+    function: Callable[..., Any], makes_text: bool = False, compares: bool = False, name: str = ""
 ) -> Callable[..., Any]:
     """A filter or test that charges for what it reads (iterators are charged as consumed); one
     that ``makes_text`` of its input also has its size checked (:func:`_text_size`), and one that
-    ``compares`` its input and arguments has theirs counted (:func:`_uncounted`)."""
+    ``compares`` its input and arguments has theirs counted (:func:`_uncounted`); the large numbers
+    it reads or writes as text are counted too (``name``: the filter's or test's)."""
     pass_arg = getattr(function, "jinja_pass_arg", None)
     offset = 1 if pass_arg is not None else 0
 
@@ -831,6 +894,11 @@ def _charging(
             if compares:  # (what reading them cost was counted: the items of a flat list)
                 for compared in (value, *args[offset + 1 :], *kwargs.values()):
                     _compared(compared, counted=_cost(compared))
+            if makes_text:
+                _digits_work(value)
+                if name == "pprint" and isinstance(value, _CONTAINERS) and _bounded_work.get():
+                    _Budget.uncounted((_walked_chars(value) or MAX_RESULT_CHARS) * _SLOW_TEXT, "pprint")
+            _big_int_work(value, *args[offset + 1 :], *kwargs.values())
         else:
             _Budget.charge(1)
         # Its other arguments too: the 'in' test reads its list at every call.
@@ -868,9 +936,12 @@ def _check_width(value: Any, what: str, *, makes: bool = False) -> None:
         _Budget.uncounted(value, what)
 
 
-def _check_percent_format(fmt: str) -> None:
+def _check_percent_format(fmt: str) -> int:
+    """Refuses ``*`` widths and widths over the limits; returns the number of fields."""
     total = len(fmt)
+    fields = 0
     for match in _PERCENT_SPEC.finditer(fmt.replace("%%", "")):
+        fields += 1
         for number in match.groups():
             if number == "*":
                 raise SecurityError("'*' widths are not supported in format strings")
@@ -878,19 +949,23 @@ def _check_percent_format(fmt: str) -> None:
                 _check_width(int(number), "format width")
                 total += int(number)
     _made_text(total, "the format string's widths together")
+    return fields
 
 
-def _check_brace_format(fmt: str) -> None:
+def _check_brace_format(fmt: str) -> int:
     unescaped = fmt.replace("{{", "").replace("}}", "")
     if re.search(r"\{[^{}]*\{", unescaped):
         raise SecurityError("nested replacement fields are not supported in format strings")
     total = len(fmt)
+    fields = 0
     for match in _BRACE_FIELD.finditer(unescaped):
+        fields += 1
         spec = match.group(1).partition(":")[2]
         for number in _DIGITS.findall(spec):
             _check_width(int(number), "format width")
             total += int(number)
     _made_text(total, "the format string's widths together")
+    return fields
 
 
 def _check_replace(s: Any, old: Any, new: Any, count: int | None) -> None:
@@ -983,14 +1058,18 @@ def _finalize(value: Any) -> Any:
     """Print containers as JSON inside string templates, and refuse non-JSON objects; every output
     is charged to the budget (a loop printing a large value many times would exhaust memory)."""
     _Budget.charge(_cost(value))
+    _digits_work(value)
     if isinstance(value, Undefined) or value is None or isinstance(value, (str, int, float)):
         return value
+    _uncounted(value, "turned into text")  # (a probe: printing 600,000 items 30 times, 5.5 s)
     return json.dumps(_to_json(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def _tojson(value: Any, indent: int | str | None = None) -> str:
     """Deterministic JSON: keys sorted, no HTML escaping, non-ASCII kept; the indentation it adds
     counted before it is written (:func:`_indented_size`)."""
+    _uncounted(value, "turned into text")  # (a probe: 600,000 items 30 times, 5.4 s)
+    _digits_work(value)
     plain = _to_json(value)
     if indent is not None and _bounded_arguments.get():
         _made_text(_indented_size(plain, indent), "tojson's indent")
@@ -1075,6 +1154,7 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     slice_ = jinja2.filters.sync_do_slice
     replace = filters["replace"]
     attr = filters["attr"]
+    round_ = filters["round"]
 
     def do_center(value: str, width: int = 80) -> str:
         _check_width(width, "center width", makes=True)
@@ -1116,7 +1196,8 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
     def do_format(value: str, *args: Any, **kwargs: Any) -> str:
         for argument in (*args, *kwargs.values()):
             _uncounted(argument, "turned into text")
-        _check_percent_format(str(value))
+            _digits_work(argument)
+        _formatted_work(_check_percent_format(str(value)), (*args, *kwargs.values()))
         result: str = fmt(value, *args, **kwargs)
         return result
 
@@ -1125,7 +1206,7 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         return batch(value, linecount, fill_with)
 
     def do_slice(value: Any, slices: int, fill_with: Any = None) -> Any:
-        _check_width(slices, "slice count", makes=fill_with is not None)
+        _check_width(slices, "slice count", makes=True)  # (a list for every slice, filled or not)
         return slice_(value, slices, fill_with)
 
     @pass_eval_context
@@ -1134,9 +1215,17 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         result: str = replace(eval_ctx, s, old, new, count)
         return result
 
+    def do_round(value: Any, precision: int = 0, method: str = "common") -> Any:
+        # A negative precision is a power of ten to divide by: `1 | round(-10000000)` computed
+        # 10**10,000,000 (a probe: 6 s in one call).
+        if isinstance(precision, int) and abs(precision) > _MAX_ROUND_DIGITS and _bounded_work.get():
+            raise _Overworked(f"round's precision {precision} is beyond {_MAX_ROUND_DIGITS:,} digits")
+        return round_(value, precision, method)
+
     @pass_environment
     def do_attr(environment: jinja2.Environment, obj: Any, name: str) -> Any:
         # Definition data are JSON objects: ``x | attr('key')`` reads a key, as ``x.key`` does.
+        _compared(name)  # (hashed: a probe's nested tuple, 0.9 s a call)
         if isinstance(obj, Mapping) and name in obj:
             return obj[name]
         return attr(environment, obj, name)
@@ -1151,6 +1240,7 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         batch=do_batch,
         slice=do_slice,
         replace=do_replace,
+        round=do_round,
     )
 
 
@@ -1212,10 +1302,12 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.filters["duration_seconds"] = _duration_seconds
         for name, function in list(self.filters.items()):
             self.filters[name] = _charging(
-                function, makes_text=name in _TEXT_FILTERS, compares=name in _COMPARING
+                function, makes_text=name in _TEXT_FILTERS, compares=name in _COMPARING, name=name
             )
         for name, test in list(self.tests.items()):
-            self.tests[name] = _charging(cast(Callable[..., Any], test), compares=name in _COMPARING)
+            self.tests[name] = _charging(
+                cast(Callable[..., Any], test), compares=name in _COMPARING, name=name
+            )
         self.globals[_LOOP_GUARD] = _counted
         self.globals[_READ_GUARD] = _read
         self.globals[_TEXT_GUARD] = _read_text
@@ -1229,6 +1321,11 @@ class _Environment(ImmutableSandboxedEnvironment):
         _guard_tree(source)
         generated: str = super()._generate(source, name, filename, defer_init=defer_init)
         return generated
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """A subscript's key is hashed whole (a probe: ``{}[t]`` of a nested tuple, 0.2 s each)."""
+        _compared(argument)
+        return super().getitem(obj, argument)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """Prefer keys over methods for dicts, so ``input.items`` means the ``items`` key."""
@@ -1273,8 +1370,17 @@ class _Environment(ImmutableSandboxedEnvironment):
                     raise _too_large("concatenation", size, _MAX_ITEMS)
                 _Budget.charge(size)
         elif operator == "%" and isinstance(left, str):
-            _check_percent_format(left)
+            fields = _check_percent_format(left)
             _text_size(right)
+            _digits_work(right)
+            _formatted_work(
+                fields,
+                right.values()
+                if isinstance(right, Mapping)
+                else right
+                if isinstance(right, tuple)
+                else (right,),
+            )
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -1306,6 +1412,7 @@ class _Environment(ImmutableSandboxedEnvironment):
             elif name in ("join", "format", "format_map"):
                 for argument in (*args, *kwargs.values()):
                     _text_size(argument)
+                    _digits_work(argument)
                 if name == "join" and len(args) == 1 and _bounded_arguments.get():
                     items = args[0]
                     if not isinstance(items, (list, tuple, str, dict)):  # (the call charged the rest)
@@ -1319,6 +1426,16 @@ class _Environment(ImmutableSandboxedEnvironment):
             elif name == "replace" and len(args) >= 2:
                 count = args[2] if len(args) > 2 else kwargs.get("count")
                 _check_replace(__obj.__self__, args[0], args[1], count)
+        if __obj is dict or __obj is jinja2.utils.Namespace:  # keys hashed (a probe: 8.8 s)
+            for argument in args:
+                if isinstance(argument, Mapping):
+                    keys: list[Any] = list(argument)
+                elif isinstance(argument, (list, tuple)):
+                    keys = [pair[0] for pair in argument if isinstance(pair, (list, tuple)) and pair]
+                else:
+                    keys = []
+                for key in keys:
+                    _compared(key)
         if (
             isinstance(__obj, types.BuiltinMethodType)
             and isinstance(__obj.__self__, (list, tuple, dict))
@@ -1339,7 +1456,12 @@ class _Environment(ImmutableSandboxedEnvironment):
         sandboxed = wrapped
 
         def checked(*args: Any, **kwargs: Any) -> str:
-            _check_brace_format(fmt)
+            fields = _check_brace_format(fmt)
+            values = [*args, *kwargs.values()]
+            if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):  # format_map
+                values = list(args[0].values())
+            _digits_work(values)
+            _formatted_work(fields, values)
             return sandboxed(*args, **kwargs)
 
         return checked

@@ -38,6 +38,15 @@ DEEP = (
 TURNED_INTO_TEXT = "would be turned into text"
 COMPARED = "would be compared"
 MADE = "steps of work done in single calls"
+TUPLE = "{% set t = ('x',) * 100 %}" + "{% set t = (t,) * 100 %}" * 4
+"""A tuple of 100 references to 100 references... to 100 strings: hashing it walks every one."""
+FIELDS = "{% set f = '{0}' * 8192 %}{% set s = 'x' * 65536 %}"
+"""A format string of 8,192 fields and a string of 65,536 characters: 535 MB formatted."""
+PERCENT = "{% set f = '%(a)s' * 4096 %}{% set s = 'x' * 32768 %}"
+BIG = "{% set x = (10 ** 100) ** 42 * 999999999 %}"
+"""A number of 4,209 digits."""
+NINES = "{% set a = [0] * 9 %}" + "{% set a = [a] * 9 %}" * 5
+"""600,000 items in six levels: under every single-value limit, costly to write out again and again."""
 
 
 @pytest.mark.parametrize(
@@ -59,10 +68,36 @@ MADE = "steps of work done in single calls"
         pytest.param(DEEP + "{{ [a, b] | select | sort | length }}", COMPARED, id="select-sort"),
         pytest.param(DEEP + "{{ [a, b] | reject('none') | max | length }}", COMPARED, id="reject-max"),
         pytest.param(DEEP + "{{ {}.get(a) }}", COMPARED, id="dict-get"),
+        pytest.param(TUPLE + "{{ {t: 1} | length }}", COMPARED, id="dict-key"),
+        # Found by a second probe.
+        pytest.param(TUPLE + "{{ {}[t] }}", COMPARED, id="subscript"),
+        pytest.param(TUPLE + "{{ t is test }}", COMPARED, id="is-test"),
+        pytest.param(TUPLE + "{{ dict([[t, 1]]) | length }}", COMPARED, id="dict-constructor"),
+        pytest.param(TUPLE + "{{ {} | attr(t) }}", COMPARED, id="attr"),
         pytest.param(
-            "{% set t = ('x',) * 100 %}" + "{% set t = (t,) * 100 %}" * 4 + "{{ {t: 1} | length }}",
-            COMPARED,
-            id="dict-key",
+            "{% for i in range(1000) %}{% if 0 in [] | slice(100000) %}x{% endif %}{% endfor %}",
+            MADE,
+            id="slice",
+        ),
+        pytest.param(FIELDS + "{{ f.format(s)[:5] }}", MADE, id="brace-fields"),
+        pytest.param(PERCENT + "{{ (f % {'a': s})[:5] }}", MADE, id="percent-fields"),
+        pytest.param(PERCENT + "{{ (f | format(a=s))[:5] }}", MADE, id="format-fields"),
+        pytest.param(
+            "{% set x = ((3 ** 100) ** 100) ** 6 %}{% set y = ((7 ** 100) ** 100) ** 2 %}"
+            "{% for i in range(1000) %}{% if x is divisibleby(y) %}{% endif %}{% endfor %}",
+            MADE,
+            id="divisibleby",
+        ),
+        pytest.param("{{ 1 | round(-10000000) }}", "round's precision", id="round"),
+        pytest.param(BIG + "{{ (([x] * 45000) | join)[:3] }}", MADE, id="numbers-joined"),
+        pytest.param(
+            BIG + "{% for i in range(1000) %}{% set s = x ~ '' %}{% endfor %}", MADE, id="numbers-concat"
+        ),
+        pytest.param(
+            NINES + "{% for i in range(30) %}{% set r = a | tojson %}{% endfor %}", MADE, id="tojson"
+        ),
+        pytest.param(
+            NINES + "{% for i in range(30) %}{% set r = a | pprint %}{% endfor %}", MADE, id="pprint"
         ),
         pytest.param(
             DEEP + "{% for v in [a, b] %}{{ loop.changed(v) }}{% endfor %}", COMPARED, id="loop-changed"
