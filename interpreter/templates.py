@@ -869,8 +869,21 @@ _SLOW_TEXT = 16
 steps stand for: its steps count this many times (a probe: three calls on 600,000 items, 2.8 s)."""
 
 
+def _compared_items(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, each counted as compared (:func:`_compared`) as it is read: a filter that
+    compares an earlier filter's output (``select | sort``) gets an iterator, not a list."""
+    for item in items:
+        _compared(item)
+        yield item
+
+
 def _charging(
-    function: Callable[..., Any], makes_text: bool = False, compares: bool = False, name: str = ""
+    function: Callable[..., Any],
+    makes_text: bool = False,
+    compares: bool = False,
+    name: str = "",
+    *,
+    is_filter: bool = False,
 ) -> Callable[..., Any]:
     """A filter or test that charges for what it reads (iterators are charged as consumed); one
     that ``makes_text`` of its input also has its size checked (:func:`_text_size`), and one that
@@ -884,10 +897,10 @@ def _charging(
         if len(args) > offset:
             value = args[offset]
             if isinstance(value, Iterator):
-                args = (*args[:offset], _counted(value), *args[offset + 1 :])
-                if compares and _bounded_work.get():  # its items, read as they come, then compared
-                    value = list(args[offset])  # (a review: `select | sort` was not checked)
-                    args = (*args[:offset], value, *args[offset + 1 :])
+                counted = _counted(value)
+                if compares and is_filter and _bounded_work.get():  # (`select | sort`: a review)
+                    counted = _compared_items(counted)
+                args = (*args[:offset], counted, *args[offset + 1 :])
             _Budget.charge(_cost(value))
             if makes_text:
                 _text_size(value)
@@ -1215,12 +1228,14 @@ def _guard_filters(filters: dict[str, Callable[..., Any]]) -> None:
         result: str = replace(eval_ctx, s, old, new, count)
         return result
 
-    def do_round(value: Any, precision: int = 0, method: str = "common") -> Any:
+    def do_round(*args: Any, **kwargs: Any) -> Any:
         # A negative precision is a power of ten to divide by: `1 | round(-10000000)` computed
-        # 10**10,000,000 (a probe: 6 s in one call).
+        # 10**10,000,000 (a probe: 6 s in one call). Called as jinja's own is, whatever it is
+        # given: a wrong call says what it said (a review: the wrapper's name in its messages).
+        precision = args[1] if len(args) > 1 else kwargs.get("precision", 0)
         if isinstance(precision, int) and abs(precision) > _MAX_ROUND_DIGITS and _bounded_work.get():
             raise _Overworked(f"round's precision {precision} is beyond {_MAX_ROUND_DIGITS:,} digits")
-        return round_(value, precision, method)
+        return round_(*args, **kwargs)
 
     @pass_environment
     def do_attr(environment: jinja2.Environment, obj: Any, name: str) -> Any:
@@ -1249,7 +1264,9 @@ _LOOP_GUARD = "__wfa_loop__"
 _READ_GUARD = "__wfa_read__"
 _TEXT_GUARD = "__wfa_text__"
 _ARITH_GUARD = "__wfa_arith__"
-_KEY_GUARD = "__wfa_key__"
+_KEY_GUARD = f"__wfa_key_{token_hex(8)}__"
+"""Named per process: no template can name it (a review: a name templates could write, which the
+build before answered "undefined"). It never reaches a rendered value."""
 _NEVER_CONSTANT = (nodes.Name, nodes.Call, nodes.Add, nodes.Mul, nodes.Pow, nodes.Mod)
 """Nodes jinja never computes as it compiles (names; calls; the operators the sandbox intercepts):
 an expression holding one is evaluated as it runs, whatever guard wraps it."""
@@ -1302,7 +1319,11 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.filters["duration_seconds"] = _duration_seconds
         for name, function in list(self.filters.items()):
             self.filters[name] = _charging(
-                function, makes_text=name in _TEXT_FILTERS, compares=name in _COMPARING, name=name
+                function,
+                makes_text=name in _TEXT_FILTERS,
+                compares=name in _COMPARING,
+                name=name,
+                is_filter=True,
             )
         for name, test in list(self.tests.items()):
             self.tests[name] = _charging(
@@ -1482,9 +1503,22 @@ def _detail(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@contextlib.contextmanager
+def _compiling() -> Iterator[None]:
+    """Jinja computes a template's constant parts as it compiles it, calling filters, once per
+    text for every run (then cached): with the uncounted-work checks on and a count of that work
+    of its own, so what it computes depends neither on what an earlier evaluation left of the
+    count nor on a relaxed caller (a review: a constant left uncomputed after one evaluation and
+    computed after another); the other budgets are shared as they were (they bound checking a
+    whole definition: a review found each compile given budgets of its own took 57 s)."""
+    with _scoped(_bounded_work, True), _scoped(_Budget._uncounted_left, [_SINGLE_OPERATION_BUDGET]):
+        yield
+
+
 @_SourceCache
 def _compile_expression(source: str) -> TemplateExpression:
-    return _ENV.compile_expression(source, undefined_to_none=False)
+    with _compiling():
+        return _ENV.compile_expression(source, undefined_to_none=False)
 
 
 def _mark_references(tree: nodes.Node) -> list[str]:
@@ -1522,7 +1556,8 @@ def _mark_references(tree: nodes.Node) -> list[str]:
 def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
     tree = env.parse(source)
     problems = _mark_references(tree)
-    return env.from_string(tree), tuple(problems)
+    with _compiling():
+        return env.from_string(tree), tuple(problems)
 
 
 def _inert_output(value: Any) -> Any:

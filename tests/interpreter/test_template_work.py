@@ -198,3 +198,23 @@ def test_what_an_evaluation_spends_besides_its_operations_is_told() -> None:
     assert last_uncounted_work() >= 2_000_000 // 64
     render("{{ 1 + 1 }}", {})
     assert last_uncounted_work() == 0
+
+
+def test_what_the_checks_leave_alone_answers_as_before() -> None:
+    """A review compared this build with the one before on 2,400 templates: a wrong call of
+    ``round`` named the wrapper, a guard's name was a global templates could call, an iterator
+    compared in a test became a list (``(l | select) is eq(l)`` turned True), and a constant
+    jinja computes as it compiles was left uncomputed after an evaluation that spent most of the
+    uncounted count. Each answers as before now."""
+    data = {"l": [3, 1, 2]}
+    with pytest.raises(TemplateError, match=r"TypeError: do_round\(\) takes from 1 to 3 positional"):
+        render("{{ 1.5 | round(1, 2, 3, 4) }}", {})
+    with pytest.raises(TemplateError, match="'__wfa_key__' is undefined"):
+        render("{{ __wfa_key__(1) }}", {})
+    assert evaluate("(input.l | select) is eq(input.l)", {"input": data}) is False
+    assert evaluate("(input.l | select) is ne(input.l)", {"input": data}) is True
+    # Most of the uncounted count spent, then a constant: computed as it compiles, as it would be
+    # after any other evaluation (charged nothing when it runs).
+    assert evaluate("range(1000) | map('string') | map('center', 2000) | list | length", {}) == 1000
+    assert evaluate("'q' | center(99999) | length", {}) == 99_999  # (compiled before it is charged)
+    assert last_work() == 0
