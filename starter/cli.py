@@ -1134,6 +1134,32 @@ _OPEN_CLIENTS: list[FlowClient] = []
 _PROCESS = {"owned": False}
 """Whether ``wfa`` owns this process (:func:`main` without arguments, the console script)."""
 
+_INTERRUPTED: dict[str, str] = {}
+"""What a Ctrl-C says in a process ``wfa`` owns: the command (``label``), the run it named
+(``named``) and the run it started (``started``)."""
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C in a process ``wfa`` owns: says so, naming the run, and leaves at once (exit 130).
+    Nothing needs cleaning up (see :func:`main`), and cleaning up is what could hang: asyncio's
+    shutdown waits for every cancelled task, a second Ctrl-C in it printed a traceback (a probe), a
+    busy machine left it waiting for good (a CI run)."""
+    del signum, frame
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started, named = _INTERRUPTED.get("started"), _INTERRUPTED.get("named")
+    hint = (
+        f"; the run goes on (wfa status {started})"
+        if started
+        else f"; a run it named is not stopped by this (wfa status {named})"
+        if named
+        else ""
+    )
+    with contextlib.suppress(OSError, ValueError):
+        print(
+            f"wfa {_INTERRUPTED.get('label', '')}".rstrip() + f": interrupted{hint}", file=_shown(sys.stderr)
+        )
+    _flush_and_exit(EXIT_INTERRUPTED)
+
 
 class _CoreLogLines(logging.Handler):
     """Writes the SDK core's log lines to this process's stderr as ``wfa: Temporal SDK ...``."""
@@ -1271,7 +1297,7 @@ async def _start(args: argparse.Namespace, out: TextIO) -> int:
         canned_outputs=canned,
         result_steps=None if result_steps is None else ResultSteps(result_steps),
     )
-    args.started = run.workflow_id  # what an interruption from now on names (a probe: --json lost it)
+    args.started = _INTERRUPTED["started"] = run.workflow_id  # what a Ctrl-C names (--json lost it: a probe)
     summary = {
         "workflow_id": run.workflow_id,
         "run_id": run.run_id,
@@ -2509,6 +2535,9 @@ def _run(argv: Sequence[str], err_out: TextIO) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
 
     label = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
+    _INTERRUPTED["label"] = label
+    if isinstance(getattr(args, "workflow_id", None), str):
+        _INTERRUPTED["named"] = args.workflow_id
 
     def fail(code: int, message: str) -> int:
         print(f"wfa {label}: {_clip_message(message)}", file=err_out)
@@ -2605,6 +2634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     if argv is None:
         _PROCESS["owned"] = True
+        with contextlib.suppress(ValueError):  # (not the main thread: an embedding)
+            signal.signal(signal.SIGINT, _on_interrupt)
         _flush_and_exit(run(sys.argv[1:]))
     return run(argv)
 
