@@ -1139,6 +1139,15 @@ _INTERRUPTED: dict[str, str] = {}
 (``named``) and the run it started (``started``)."""
 
 
+def _interrupt_hint(started: str | None, named: str | None) -> str:
+    """What an interruption adds about the run: the one the command started, or the one it named."""
+    if started:
+        return f"; the run goes on (wfa status {started})"
+    if named:
+        return f"; a run it named is not stopped by this (wfa status {named})"
+    return ""
+
+
 def _on_interrupt(signum: int, frame: object) -> None:
     """Ctrl-C in a process ``wfa`` owns: says so, naming the run, and leaves at once (exit 130).
     Nothing needs cleaning up (see :func:`main`), and cleaning up is what could hang: asyncio's
@@ -1146,14 +1155,7 @@ def _on_interrupt(signum: int, frame: object) -> None:
     busy machine left it waiting for good (a CI run)."""
     del signum, frame
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    started, named = _INTERRUPTED.get("started"), _INTERRUPTED.get("named")
-    hint = (
-        f"; the run goes on (wfa status {started})"
-        if started
-        else f"; a run it named is not stopped by this (wfa status {named})"
-        if named
-        else ""
-    )
+    hint = _interrupt_hint(_INTERRUPTED.get("started"), _INTERRUPTED.get("named"))
     with contextlib.suppress(OSError, ValueError):
         print(
             f"wfa {_INTERRUPTED.get('label', '')}".rstrip() + f": interrupted{hint}", file=_shown(sys.stderr)
@@ -2507,17 +2509,9 @@ def run(argv: Sequence[str]) -> int:
     try:
         return _run(argv, err_out)
     except KeyboardInterrupt:  # before a command began (building the parser), or a second Ctrl-C
-        _interrupted()
         with contextlib.suppress(OSError, KeyboardInterrupt):
             print("wfa: interrupted", file=err_out)
         return EXIT_INTERRUPTED
-
-
-def _interrupted() -> None:
-    """Once interrupted, the ``wfa`` process leaves: a further Ctrl-C while it says why and
-    flushes is ignored (a probe: a second one printed a traceback from the exit's pause)."""
-    if _PROCESS["owned"]:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(argv: Sequence[str], err_out: TextIO) -> int:
@@ -2575,17 +2569,8 @@ def _run(argv: Sequence[str], err_out: TextIO) -> int:
             f"could not write to standard output ({err.strerror}): what the command did is done,"
             " its output is lost",
         )
-    except KeyboardInterrupt:
-        _interrupted()
-        started = getattr(args, "started", None)
-        named = started or getattr(args, "workflow_id", None)
-        hint = (
-            f"; the run goes on (wfa status {started})"
-            if started
-            else f"; a run it named is not stopped by this (wfa status {named})"
-            if named
-            else ""
-        )
+    except KeyboardInterrupt:  # (run in a process wfa does not own: _on_interrupt's otherwise)
+        hint = _interrupt_hint(getattr(args, "started", None), getattr(args, "workflow_id", None))
         return fail(EXIT_INTERRUPTED, f"interrupted{hint}")
     except Exception as err:
         definition_error = _definition_error(err)
