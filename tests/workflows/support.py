@@ -16,6 +16,7 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.exceptions import ApplicationError, TerminatedError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, WorkflowReplayResult
 
 from interpreter.state import CurrentStepTracking, RunInput, RunOptions, RunResult, RunState, RunStatus
@@ -112,6 +113,24 @@ async def status(handle: Handle) -> RunStatus:
     """The run's ``status`` query, asked as the product's client asks it (again when the worker's
     replay for it failed on a busy machine: :func:`starter.client.query_status`)."""
     return await query_status(handle)
+
+
+async def signal(handle: Handle, name: str, arg: Any) -> None:
+    """Signals the run's chain as a careful client does: again when the server says the run it
+    resolved "already completed" (a signal racing a continue-as-new can meet the closing run; the
+    server refused it, so sending it again delivers it once, to the run that carries on)."""
+    for attempt in range(10):
+        try:
+            await handle.signal(name, arg)
+            return
+        except RPCError as err:
+            if (
+                err.status != RPCStatusCode.NOT_FOUND
+                or "already completed" not in err.message
+                or attempt == 9
+            ):
+                raise
+            await asyncio.sleep(0.1)
 
 
 async def eventually(

@@ -36,6 +36,7 @@ from tests.workflows.support import (
     failure_of,
     recorded_input_and_result,
     replay,
+    signal,
     start,
     status,
     unique,
@@ -247,7 +248,7 @@ async def test_an_approval_stays_pending_across_continue_as_new_and_a_decision_a
         interval=0.05,
         what="history near the budget",
     )
-    await handle.signal("approve", {"actor": "bob", "reason": "at the switch"})
+    await signal(handle, "approve", {"actor": "bob", "reason": "at the switch"})
     result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert result.output == {"asked": "ready", "decision": "approved"}
@@ -478,7 +479,7 @@ async def _grow_until_continued(handle: Handle, *, generation: int = 1, timeout:
             return now
         assert asyncio.get_running_loop().time() < deadline, f"not continued: {now.continued}"
         for _ in range(5):
-            await handle.signal("approve", {"actor": "nobody", "reason": "noise"})
+            await signal(handle, "approve", {"actor": "nobody", "reason": "noise"})
         await asyncio.sleep(0.2)
 
 
@@ -588,9 +589,9 @@ async def test_a_skip_sent_at_the_switch_is_not_lost(
     # Within one signal of the budget, one more signal and the skip go out together: the skip
     # lands in the run that is switching (and is carried) or in the next one.
     while await _history_length(handle) < 94:
-        await handle.signal("approve", {"actor": "nobody", "reason": "noise"})
+        await signal(handle, "approve", {"actor": "nobody", "reason": "noise"})
     await asyncio.gather(
-        handle.signal("approve", {"actor": "nobody", "reason": "the last straw"}),
+        signal(handle, "approve", {"actor": "nobody", "reason": "the last straw"}),
         limited_flows.skip(row.id, "ops-bob", {"charge_id": "manual"}, reason="charged by phone"),
     )
     result = await limited_flows.result(run.workflow_id, timeout=60)
@@ -809,9 +810,9 @@ async def test_an_event_wait_continues_as_new_and_an_event_published_at_the_swit
     # answer; it is taken once either way.
     flows = FlowClient(limited_client, task_queue=task_queue)
     while await _history_length(handle) < 94:
-        await handle.signal("approve", {"actor": "nobody", "reason": "noise"})
+        await signal(handle, "approve", {"actor": "nobody", "reason": "noise"})
     published = await asyncio.gather(
-        handle.signal("approve", {"actor": "nobody", "reason": "the last straw"}),
+        signal(handle, "approve", {"actor": "nobody", "reason": "the last straw"}),
         flows.publish_event(
             "family.answered", family, {"answer": "yes"}, event_id="e-1", start_triggers=False
         ),
