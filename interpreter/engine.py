@@ -507,6 +507,19 @@ operations (found by an attacker's probe). Asked only when an evaluation or a ta
 refused (a run that did such work before goes on doing it); a run stuck there takes the new
 answer."""
 
+PATCH_FAN_OUT_HISTORY_GUARD = "fan-out-history-guard"
+"""Patch id: a fanned-out ``foreach`` keeps to the history guard (:data:`HISTORY_GUARD_EVENTS`,
+:data:`HISTORY_GUARD_BYTES`), which the run's own steps keep to: it fails the run
+(``HistoryLimit``, compensations run) before its first child when its children need more events
+than the room left (each costs its parent at least :data:`FAN_OUT_CHILD_MIN_EVENTS`), and before a
+child starts once the history reached the guard. Before, the whole fan-out was one step, checked
+once before its first child: ``batch_size: 1`` over 10,000 items wrote about 9 events a child to
+the parent, and Temporal terminated the run at its 51,200 events with no message and no
+compensation (found by an attacker's probe). Asked only when a fan-out would be refused."""
+FAN_OUT_CHILD_MIN_EVENTS = 3
+"""Events a fanned-out child adds to its parent's history at the least: its start initiated, its
+start, its close (workflow tasks come on top)."""
+
 PATCH_LINK_WAITS = "link-waits"
 """Patch id: a step's decision links name the wait they are for (``DecisionLinksInput.since``, the
 tokens' ``since`` claim), so a link mailed while a step waited does not decide it when a loop
@@ -3909,6 +3922,7 @@ class Engine:
             problem = await runtime.tree_problem(len(slices), f"step {path!r}")
             if problem is not None:
                 raise _RunFailed(problem, "FanOutTreeLimitExceeded")
+        self._check_fan_out_history(path, len(slices), None)
         running = min(len(slices), step.concurrency)
         per_child = step.concurrency // running
         gate = asyncio.Semaphore(running)
@@ -3925,6 +3939,7 @@ class Engine:
 
         async def child(k: int, offset: int, part: list[Any]) -> list[Any]:
             async with gate:
+                self._check_fan_out_history(path, len(slices), k)
                 call = BatchCall(
                     step_id=step.id,
                     path=path,
@@ -3959,6 +3974,40 @@ class Engine:
             factories, JoinStrategy.ALL, f"{step.label}: {len(items)} items in {len(slices)} child runs"
         )
         return [result for part in parts for result in part]
+
+    def _check_fan_out_history(self, path: str, children: int, child: int | None) -> None:
+        """Fails the run when a fan-out's ``children`` child runs cannot fit in its history (``child``
+        None: before the first, by :data:`FAN_OUT_CHILD_MIN_EVENTS` each), or before child number
+        ``child`` starts once the history reached the guard (:data:`PATCH_FAN_OUT_HISTORY_GUARD`).
+        Compensations start as :meth:`_check_history` lets them."""
+        if self._compensating:
+            return
+        events, size = self.runtime.history_used()
+        if child is None:
+            needed = events + FAN_OUT_CHILD_MIN_EVENTS * children
+            if needed < HISTORY_GUARD_EVENTS:
+                return
+            problem = (
+                f"step {path!r} would start {children} child runs, which take at least"
+                f" {FAN_OUT_CHILD_MIN_EVENTS} events each of the run's history: {needed} events"
+                f" with the {events} it has"
+            )
+        elif events < HISTORY_GUARD_EVENTS and size < HISTORY_GUARD_BYTES:
+            return
+        else:
+            problem = (
+                f"the run's history reached {events} events ({size} bytes) as step {path!r} was to"
+                f" start its child run {child + 1} of {children}"
+            )
+        if not self.runtime.patched(PATCH_FAN_OUT_HISTORY_GUARD):
+            return
+        raise _RunFailed(
+            f"{problem}, more than a run holds (limits: {HISTORY_GUARD_EVENTS} events,"
+            f" {HISTORY_GUARD_BYTES} bytes): it stops before Temporal's own limit would terminate it."
+            " Give the foreach a larger batch_size (fewer child runs), or split the list across"
+            " subflows",
+            "HistoryLimit",
+        )
 
     async def _run_batch(self, batch: ForeachBatch) -> dict[str, Any]:
         """A fanned-out foreach's child: the slice through the body, in this run."""

@@ -92,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_DRAIN_FIXES,
         PATCH_DROP_UNRESUMED,
         PATCH_EVENT_IDS_BY_ADDRESS,
+        PATCH_FAN_OUT_HISTORY_GUARD,
         PATCH_FAN_OUT_TREE_BOUND,
         PATCH_FOREACH_CHILDREN,
         PATCH_HISTORY_GUARD,
@@ -500,6 +501,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_TEMPLATE_TOKENS: 31,
     PATCH_TEMPLATE_ARGUMENTS: 32,
     PATCH_TEMPLATE_WORK: 33,
+    PATCH_FAN_OUT_HISTORY_GUARD: 34,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
