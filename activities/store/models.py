@@ -9,6 +9,7 @@ models and the migrations agree). Every table has a ``tenant`` column and every 
 * ``activations``: the audit log (register, activate, rollback, archive) with actor and time; a
   rollback goes back through it.
 * ``dead_letters``: parked steps and the operator's decision on each.
+* ``store_locks``: rows the registry locks to serialise writes to one name (migration 0007).
 * ``tenant_roles``: which database role belongs to which tenant. PostgreSQL's row-level security
   (migration 0002) lets a tenant's role see and write only its tenant's rows of the four tables
   above, whatever SQL it sends; members of ``wfa_platform`` see every tenant (see ``roles.py``).
@@ -48,6 +49,7 @@ __all__ = [
     "DefinitionHeadRow",
     "DefinitionRow",
     "PayloadBlobRow",
+    "StoreLockRow",
     "TenantRoleRow",
 ]
 
@@ -236,6 +238,18 @@ class PayloadBlobRow(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StoreLockRow(Base):
+    """A row the registry locks (``SELECT ... FOR UPDATE``) to serialise writes to one name of one
+    tenant: row-level security keeps another tenant's login from seeing or locking it, where any
+    login could take an advisory lock of any key (migration 0007). ``key`` is what is locked
+    (:func:`activities.store.repository.lock_key`)."""
+
+    __tablename__ = "store_locks"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
 
 
 class EndedSessionRow(Base):

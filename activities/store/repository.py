@@ -13,6 +13,7 @@ version that was active before the current one (repeatedly, like undo), from the
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import logging
 import re
@@ -176,6 +177,26 @@ def content_hash(definition: Definition) -> str:
     (canonical JSON with defaults filled in, without ``version``), the same hash a run started from
     a file carries."""
     return definition_hash(definition)
+
+
+def lock_key(kind: str, name: str) -> str:
+    """The ``store_locks`` key of what ``kind`` serialises for ``name``: the name's SHA-256, so any
+    name fits the column."""
+    return f"{kind}/{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+async def lock_row(session: AsyncSession, tenant: str, key: str) -> None:
+    """Locks the ``store_locks`` row of ``(tenant, key)`` until the session's transaction ends,
+    inserting it first when it is not there. Row-level security keeps another tenant's login from
+    seeing, inserting or locking it (migration 0007); an advisory lock, which this replaces, any
+    login could take by its key and hold for good."""
+    params = {"tenant": tenant, "key": key}
+    await session.execute(
+        text("INSERT INTO store_locks (tenant, key) VALUES (:tenant, :key) ON CONFLICT DO NOTHING"), params
+    )
+    await session.execute(
+        text("SELECT 1 FROM store_locks WHERE tenant = :tenant AND key = :key FOR UPDATE"), params
+    )
 
 
 def pretty(body: Mapping[str, Any]) -> str:
@@ -396,10 +417,7 @@ class DefinitionStore:
 
     async def _lock(self, session: AsyncSession, name: str) -> None:
         """Serialises writes to one name (released at commit)."""
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"wfa-definitions/{self.tenant}/{name}"},
-        )
+        await lock_row(session, self.tenant, lock_key("definitions", name))
 
     def _where(self, name: str) -> Any:
         return (DefinitionRow.tenant == self.tenant) & (DefinitionRow.name == _name(name))
@@ -734,10 +752,7 @@ class DefinitionStore:
         syncs cannot leave the older version's schedule behind (the later sync reads the later
         version). A separate lock from the registry's writes, which it never delays."""
         async with self._session() as session, session.begin():
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                {"key": f"wfa-trigger-sync/{self.tenant}/{name}"},
-            )
+            await lock_row(session, self.tenant, lock_key("trigger-sync", name))
             yield
 
     async def trigger_ids(self, name: str, kind: str) -> list[str]:

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,6 +125,13 @@ class Tenants:
 async def tenants(database_url: str) -> AsyncIterator[Tenants]:
     """Tenants A and B with a definition (two versions, the second activated) and a dead letter
     each, written by the superuser; a login role for each tenant and one for the platform."""
+    async with tenant_pair(database_url) as state:
+        yield state
+
+
+@asynccontextmanager
+async def tenant_pair(database_url: str) -> AsyncIterator[Tenants]:
+    """What :func:`tenants` gives (other modules' fixtures use it), its roles dropped at the end."""
     suffix = uuid4().hex[:8]
     a, b = f"acme-{suffix}", f"bravo-{suffix}"
     role_a, role_b, role_platform = f"acme_{suffix}", f"bravo_{suffix}", f"platform_{suffix}"
@@ -318,7 +326,8 @@ async def test_the_repository_through_b_credentials_finds_nothing_of_a(tenants: 
         with pytest.raises(DefinitionNotFoundError):
             await as_a.show(f"{tenants.name_a}@1")
         assert await as_a.list_names() == []
-        with pytest.raises(DefinitionNotFoundError):
+        # A write to A's name: the lock row it takes first is A's, which PostgreSQL refuses B.
+        with pytest.raises(AccessDeniedError, match=r"row-level security policy for table \"store_locks\""):
             await as_a.activate(tenants.name_a, 1, actor="mallory")
         with pytest.raises(
             AccessDeniedError, match=rf"row of tenant '{tenants.a}' as the database role '{tenants.role_b}'"
