@@ -2006,6 +2006,15 @@ class Engine:
         )
 
     @property
+    def started_at(self) -> datetime:
+        """When the run's continue-as-new chain started: in its first run, when Temporal started
+        it (or its first workflow task, if earlier: a run recorded without the start time); in a
+        continued run, when the first run's first workflow task began (what the chain carries)."""
+        if self._generation == 0 and self.info.created_at is not None:
+            return min(self.info.created_at, self._started_at)
+        return self._started_at
+
+    @property
     def continuing(self) -> bool:
         """True when :meth:`run` returned at a safe point to continue as new (see
         :meth:`continuation`)."""

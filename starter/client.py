@@ -1879,7 +1879,9 @@ class FlowClient:
         ttl_s: float = tokens.DEFAULT_TTL_S,
         signing_key: str | None = None,
     ) -> str:
-        """A signed token letting ``actor`` take ``decisions`` on this run (and step) for ``ttl_s``.
+        """A signed token letting ``actor`` take ``decisions`` on this run (and step) for ``ttl_s``,
+        in the run's current execution only (claim ``chain``: not in a run started later under the
+        same id).
 
         For a holder of the signing key (``signing_key``: path of a private JWK; default
         ``$WFA_DECISION_SIGNING_KEY``). The token names this client's tenant; the run must be
@@ -1890,7 +1892,7 @@ class FlowClient:
             RunNotFoundError: No such run in this client's tenant.
         """
         key = tokens.load_signing_key(signing_key)
-        await self.describe(workflow_id)  # in this client's tenant
+        described = await self.describe(workflow_id)  # in this client's tenant
         return tokens.mint(
             key,
             tenant=self.tenant,
@@ -1899,6 +1901,8 @@ class FlowClient:
             decisions=decisions,
             step=step_id,
             ttl_s=ttl_s,
+            # The run's execution: a run started later under the same id refuses the token.
+            chain=described.raw_description.workflow_execution_info.first_run_id or None,
         )
 
     # ------------------------------------------------------------------------------- inspecting

@@ -233,6 +233,7 @@ def mint(
     now: float | None = None,
     groups: Iterable[str] = (),
     since: datetime | None = None,
+    chain: str | None = None,
 ) -> str:
     """A signed decision token.
 
@@ -250,6 +251,9 @@ def mint(
             ``group:<name>`` approver or candidate group; left out when empty.
         since: When the step began the wait the token is for (claim ``since``): the token then
             decides that wait only, not a later one at the same step. None: any wait at the step.
+        chain: The first run id of the run's continue-as-new chain (claim ``chain``): the token
+            then decides in that execution of ``run`` only, not in a run started later under the
+            same id. None: any run under the id that started before the token was issued.
 
     Raises:
         TokenError: Naming the bad argument.
@@ -284,4 +288,6 @@ def mint(
         claims["groups"] = member_of
     if since is not None:
         claims["since"] = wait_mark(since)
+    if chain:
+        claims["chain"] = chain
     return jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": signing_key["kid"]})

@@ -7,7 +7,15 @@ absent for a cancel), ``decisions`` (a subset of approve, reject, cancel, comple
 (optional: groups the actor decides as a member of), ``since`` (optional: the wait it was minted
 for, :func:`wait_mark` of the step's ``since``; the links the run mails and the inbox's tokens carry
 it, so a token minted while a step waited once does not decide it when a loop brings it back),
-``exp``, ``iat``, ``jti``; its header names the key (``kid``).
+``chain`` (optional: the first run id of the run's continue-as-new chain, which ``FlowClient`` and
+``wfa token mint`` write), ``exp``, ``iat``, ``jti``; its header names the key (``kid``).
+
+A token decides in one execution of its workflow id only: a new run started under the same id
+(after a failure or a cancel, by ``start_run``'s default id reuse policy) refuses a token whose
+``chain`` names another chain, and one without ``chain`` or ``since`` issued before its chain
+started (``iat``, give or take :data:`LEEWAY_S`). Before, the run kept only the ``jti`` of the
+tokens it accepted, and a new run under the id took a token its predecessor had spent (found by
+an attacker's probe).
 
 A key of the set may carry ``"tenants": [...]``: it then verifies only tokens of those tenants, so
 the key of one tenant cannot decide in another (the production setup: one signing key per tenant).
@@ -75,6 +83,10 @@ class DecisionClaims:
     groups: tuple[str, ...] = ()
     since: int | None = None
     """The wait the token was minted for (:func:`wait_mark`); None: any wait at its step."""
+    chain: str | None = None
+    """The first run id of the chain the token was minted for; None: not named."""
+    issued_at: float = 0.0
+    """The token's ``iat`` (Unix time)."""
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -235,6 +247,9 @@ class DecisionVerifier:
         since = claims.get("since")
         if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
             raise TokenRefusedError("token claim 'since' must be an integer")
+        chain = claims.get("chain")
+        if chain is not None and not isinstance(chain, str):
+            raise TokenRefusedError("token claim 'chain' must be a string")
         if claims["tenant"] != tenant:
             raise TokenRefusedError("token is for another tenant")
         if kid in self.tenants and tenant not in self.tenants[kid]:
@@ -254,6 +269,8 @@ class DecisionVerifier:
             kid=kid,
             groups=tuple(groups),
             since=since,
+            chain=chain,
+            issued_at=float(claims["iat"]),
         )
 
 
@@ -265,9 +282,11 @@ def check_target(
     groups: Sequence[str] = (),
     *,
     since: datetime | None = None,
+    chain: str | None = None,
+    started: datetime | None = None,
 ) -> None:
     """Checks that verified claims name this actor and pending step (this wait at it, if the token
-    names one) and were not used before.
+    names one) in this execution of the run, and were not used before.
 
     Args:
         claims: What the token proves.
@@ -277,6 +296,8 @@ def check_target(
         groups: The groups the request says the actor decides as a member of: each must be in
             the token's ``groups`` claim.
         since: When the pending step began waiting (None for a cancel).
+        chain: The first run id of the run's chain (``workflow.info().first_execution_run_id``).
+        started: When the run's chain started.
 
     Raises:
         TokenRefusedError: Naming the mismatch.
@@ -294,6 +315,30 @@ def check_target(
     problem = wait_problem(claims.since, since)
     if problem is not None:
         raise TokenRefusedError(problem)
+    problem = execution_problem(claims, chain, started)
+    if problem is not None:
+        raise TokenRefusedError(problem)
+
+
+def execution_problem(claims: DecisionClaims, chain: str | None, started: datetime | None) -> str | None:
+    """Why a token was not minted for this execution of its workflow id: its ``chain`` names another
+    chain, or, naming neither a chain nor a wait, it was issued before this chain started."""
+    if claims.chain is not None:
+        if chain is None or claims.chain == chain:
+            return None
+        return (
+            f"token is for an earlier run under this id (chain {claims.chain[:60]!r}), not this one"
+            f" (chain {chain[:60]!r})"
+        )
+    if claims.since is not None or started is None:
+        return None  # a wait's token: the wait is this execution's (wait_problem)
+    if claims.issued_at >= started.timestamp() - LEEWAY_S:
+        return None
+    return (
+        "token was issued before this run started"
+        f" ({started.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}): it was minted for an"
+        " earlier run under this id"
+    )
 
 
 def wait_problem(claimed: int | None, since: datetime | None) -> str | None:

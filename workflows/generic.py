@@ -3069,7 +3069,16 @@ class GenericRun:
                 run=workflow.info().workflow_id,
                 decision=decision,
             )
-            decision_tokens.check_target(claims, actor, steps, self._used_tokens, groups, since=since)
+            decision_tokens.check_target(
+                claims,
+                actor,
+                steps,
+                self._used_tokens,
+                groups,
+                since=since,
+                chain=workflow.info().first_execution_run_id,
+                started=self._engine.started_at,
+            )
         except decision_tokens.TokenRefusedError as err:
             return f"decision token refused: {clip(str(err))}"
         return None

@@ -510,3 +510,59 @@ async def test_approve_reject_races_decide_once(
     print(f"approve/reject races: {trials} trials, {doubles} double or missing transitions")
     assert doubles == 0
     assert accepted_total == trials
+
+
+async def test_a_token_spent_in_one_run_proves_nothing_in_a_run_started_later_under_its_id(
+    client: Client, task_queue: str, worker: Worker, keys: Keys
+) -> None:
+    """The attacker holds tokens spent in a run (a reject, a cancel: from shell history, a log, a
+    chat) and waits for the business key to run again, as ``start_run`` allows after a failure or a
+    cancel. Before, the new run knew none of the spent ``jti`` and the reject token approved it
+    (found by an attacker's probe). Minted by ``FlowClient`` (claim ``chain``) or by an identity
+    provider (no ``chain``: issued before the new run started), the tokens are refused there."""
+    flows = FlowClient(client, task_queue=task_queue, tenant=TENANT)
+    flows.decision_proof = True
+    key = unique("expense")
+    document = _approval(unique("rerun"))
+    await flows.start_run(document, {"amount": 10}, workflow_id=key)
+    first = client.get_workflow_handle(key)
+    await wait_state(first, RunState.AWAITING_APPROVAL)
+    chained = await flows.mint_decision_token(
+        key, "alice", ["approve", "reject"], step_id="review", signing_key=str(keys.private_path)
+    )
+    assert (
+        jwt.decode(chained, options={"verify_signature": False})["chain"] == (await first.describe()).run_id
+    )
+    # An identity provider's token names no chain; this one was issued a minute before the re-run.
+    unchained = mint(
+        keys.new_private,
+        tenant=TENANT,
+        run=key,
+        actor="bob",
+        decisions=["approve", "reject", "cancel"],
+        step="review",
+        ttl_s=3600,
+        now=time.time() - 60,
+    )
+    await flows.reject(key, "alice", step_id="review", reason="too much", token=chained)
+    assert (await flows.result(key)).state == RunState.FAILED
+
+    await flows.start_run(document, {"amount": 99999}, workflow_id=key)
+    second = client.get_workflow_handle(key)
+    await wait_state(second, RunState.AWAITING_APPROVAL)
+    with pytest.raises(DecisionRefusedError, match="token is for an earlier run under this id"):
+        await flows.approve(key, "alice", step_id="review", token=chained)
+    with pytest.raises(DecisionRefusedError, match="token was issued before this run started"):
+        await flows.approve(key, "bob", step_id="review", token=unchained)
+    cancel = CancelRunRequest(actor="bob", reason="replayed", token=unchained)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await second.execute_update(RunDefinitionWorkflow.cancel_run, cancel)
+    assert "issued before this run started" in str(getattr(refused.value.cause, "message", ""))
+    assert (await status(second)).state == RunState.AWAITING_APPROVAL
+
+    # Tokens minted for this run decide it.
+    fresh = await flows.mint_decision_token(
+        key, "alice", ["approve"], step_id="review", signing_key=str(keys.private_path)
+    )
+    assert (await flows.approve(key, "alice", step_id="review", token=fresh)).accepted
+    assert (await flows.result(key)).state == RunState.COMPLETED
