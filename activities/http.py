@@ -222,9 +222,17 @@ async def _decoded_chunks(response: httpx.Response, limit: int) -> AsyncIterator
         return
     gzip = codings[0] != "deflate"
     inflater: Any = None
-    produced = 0
+    produced = read = 0
+    # Compressed data of ``limit`` bytes takes at most a little more than that (stored blocks).
+    most_read = 2 * limit + 64 * 1024
     try:
         async for chunk in response.aiter_raw():
+            read += len(chunk)
+            if read > most_read:
+                raise UndecodableBodyError(
+                    f"its {codings[0]} data runs past {most_read} bytes, more than a body the worker"
+                    f" reads ({limit} bytes) takes"
+                )
             if inflater is None:
                 # deflate is meant as zlib data, but some servers send it raw (httpx reads both).
                 raw_deflate = not gzip and bool(chunk) and (chunk[0] & 0x0F) != 8
@@ -241,7 +249,10 @@ async def _decoded_chunks(response: httpx.Response, limit: int) -> AsyncIterator
                 if produced > limit:
                     return
                 if inflater.eof:
-                    break
+                    # The compressed data ended: what follows is not the body (as httpx reads
+                    # it). Reading on kept every further byte in the inflater's unused data,
+                    # copied again with each chunk, until the step's timeout (a probe).
+                    return
     except zlib.error as err:
         raise UndecodableBodyError(f"its {codings[0]} data is corrupt ({err})") from None
 

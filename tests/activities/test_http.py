@@ -529,6 +529,39 @@ async def test_a_compressed_body_is_inflated_no_further_than_the_limit(
     assert "not shown: a body in the content coding 'gzip, gzip'" in err.details[0]["body"]
 
 
+async def test_bytes_after_the_compressed_body_are_not_read(
+    http_client: httpx.AsyncClient, http_server: RecordingServer
+) -> None:
+    """A probe: a gzip body followed by endless bytes was read until the step's timeout, every
+    further byte kept in the inflater and copied again with each chunk (8 requests: 460 MB more and
+    2.5 s of event-loop lag). The body ends where its compressed data ends, as httpx reads it; and
+    compressed data that inflates to nothing is not read past twice the response limit."""
+    plain = {"Content-Type": "text/plain", "Transfer-Encoding": "chunked"}  # no declared length
+    trailed = gzip.compress(b"ok") + b"\0" * (32 << 20)
+    http_server.route("GET", "/trailed", [(200, {**plain, "Content-Encoding": "gzip"}, trailed)])
+    http_server.route("GET", "/trailed-error", [(500, {**plain, "Content-Encoding": "gzip"}, trailed)])
+    # A gzip header, then stored blocks of no bytes (not final: BFINAL 0, LEN 0, NLEN 0xffff).
+    nothing = gzip.compress(b"")[:10] + b"\x00\x00\x00\xff\xff" * 200_000
+    assert zlib.decompressobj(31).decompress(nothing) == b""
+    assert len(nothing) > 3 * MAX_RESPONSE_BYTES
+    http_server.route("GET", "/nothing", [(200, {**plain, "Content-Encoding": "gzip"}, nothing)])
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = await call(http_client, {"url": f"{http_server.url}/trailed"})
+        assert result.output["body"] == "ok"
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+        tracemalloc.reset_peak()
+        err = await call_error(http_client, {"url": f"{http_server.url}/trailed-error"})
+        assert err.type == "HttpServerError"
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+        err = await call_error(http_client, {"url": f"{http_server.url}/nothing"})
+        assert (err.type, err.non_retryable) == ("HttpResponseUndecodable", True)
+        assert "gzip data runs past" in err.message, err.message
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize(
     ("coding", "compress"),
     [

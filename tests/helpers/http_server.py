@@ -10,7 +10,8 @@ Typical use::
         assert http_server.side_effects(path="/hook") == 1
 
 Response bodies: ``bytes`` are sent as is, ``str`` as ``text/plain; charset=utf-8``, ``None`` as an
-empty body, anything else as JSON. Headers given with the response override the defaults.
+empty body, anything else as JSON. Headers given with the response override the defaults; with
+``Transfer-Encoding: chunked`` the body goes in chunks, without a ``Content-Length``.
 """
 
 from __future__ import annotations
@@ -144,11 +145,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in out_headers.items():
             self.send_header(name, value)
-        if "content-length" not in out_headers:
+        chunked = out_headers.get("transfer-encoding", "").lower() == "chunked"
+        if "content-length" not in out_headers and not chunked:
             self.send_header("content-length", str(len(payload)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if not chunked:
             self.wfile.write(payload)
+            return
+        # A body of no declared length, as a streaming server sends it: 64 KiB chunks.
+        for offset in range(0, len(payload), 64 * 1024):
+            part = payload[offset : offset + 64 * 1024]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
