@@ -39,6 +39,7 @@ import asyncio
 import base64
 import datetime as dt
 import math
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -47,7 +48,7 @@ import asyncpg  # type: ignore[import-untyped]
 from pydantic import ValidationError
 from sqlalchemy import TextClause, event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from temporalio.exceptions import ApplicationError
 
@@ -57,7 +58,7 @@ from activities.store.database import create_engine, safe_url
 from activities.store.errors import StoreError
 from interpreter.actions import ActionRequest, SqlInput, parse_action_input
 from interpreter.inert import as_text
-from interpreter.sizes import ACTION_OUTPUT_BUDGET, json_size
+from interpreter.sizes import ACTION_OUTPUT_BUDGET, VALUE_MAX_DEPTH, json_size
 
 __all__ = ["CONNECT_GRACE_S", "SqlActions"]
 
@@ -161,45 +162,74 @@ def _reset_session(
     dbapi_connection.run_async(discard)
 
 
-async def _returns_rows(conn: AsyncConnection, statement: TextClause) -> bool:
-    """Whether ``statement`` returns rows, as the server describes it once prepared (nothing runs).
-    A cursor runs a statement without rows at once but cannot say how many rows it changed."""
+async def _prepared(conn: AsyncConnection, statement: TextClause) -> Any:
+    """``statement`` prepared by the driver (nothing runs). Its attributes say whether it returns
+    rows: a cursor runs a statement without rows at once but cannot say how many rows it changed."""
     driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's connection
-    prepared = await driver.prepare(str(statement.compile(dialect=conn.dialect)))
-    return bool(prepared.get_attributes())
+    return await driver.prepare(str(statement.compile(dialect=conn.dialect)))
 
 
-ROW_BATCH = 100
-"""Rows read from the cursor at a time."""
+def _arguments(conn: AsyncConnection, statement: TextClause, parameters: dict[str, Any]) -> list[Any]:
+    """The statement's parameters in the order of its placeholders (``$1``, ``$2``...).
+
+    Raises:
+        sqlalchemy.exc.InvalidRequestError: A placeholder has no parameter.
+    """
+    compiled = statement.compile(dialect=conn.dialect)
+    values = compiled.construct_params(parameters)
+    return [values[name] for name in compiled.positiontup or ()]
 
 
-async def _read_rows(
-    streamed: AsyncResult[Any], columns: list[str], most: int, what: str
-) -> list[dict[str, Any]]:
-    """At most ``most`` rows of the cursor (``max_rows`` and one more, which only says there were
-    more), read in batches; as soon as the rows the output keeps are over the budget of one
-    action's output, ``ActionOutputTooLarge`` (the rest are never read)."""
+_COPY = re.compile(r"copy\b", re.IGNORECASE)
+
+
+def _leading_word_is_copy(statement: str) -> bool:
+    """Whether the statement is a ``COPY`` (after whitespace, comments and parentheses)."""
+    i, n = 0, len(statement)
+    while i < n:
+        if statement[i].isspace() or statement[i] == "(":
+            i += 1
+        elif statement.startswith("--", i):
+            end = statement.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif statement.startswith("/*", i):  # nested, as PostgreSQL reads them
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if statement.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif statement.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            break
+    return bool(_COPY.match(statement, i))
+
+
+async def _read_rows(cursor: Any, columns: list[str], most: int, what: str) -> list[dict[str, Any]]:
+    """At most ``most`` rows of the driver's cursor (``max_rows`` and one more, which only says
+    there were more), read one at a time; as soon as the rows the output keeps are over the budget
+    of one action's output, ``ActionOutputTooLarge`` (the rest are never read). One at a time: the
+    worker holds at most one row beyond the budget (a probe: rows read 100 at a time, and the
+    SQLAlchemy cursor's 50 ahead, of 8 MB each took 770 MiB before the budget was checked)."""
     rows: list[dict[str, Any]] = []
     size = 0
-    try:
-        while len(rows) < most:
-            batch = await streamed.fetchmany(min(ROW_BATCH, most - len(rows)))
-            if not batch:
-                break
-            shaped = [dict(zip(columns, map(_jsonable, row), strict=True)) for row in batch]
-            kept = shaped[: max(most - 1 - len(rows), 0)]  # not the one past max_rows (a review)
-            size += json_size(kept)
-            if size > ACTION_OUTPUT_BUDGET:
-                raise ApplicationError(
-                    f"{what}: the rows read are over {size} bytes, more than the budget of"
-                    f" {ACTION_OUTPUT_BUDGET} bytes for one action's output (lower max_rows, or"
-                    " select fewer or shorter columns)",
-                    type="ActionOutputTooLarge",
-                    non_retryable=True,
-                )
-            rows.extend(shaped)
-    finally:
-        await streamed.close()
+    while len(rows) < most:
+        record = await cursor.fetchrow()
+        if record is None:
+            break
+        row = dict(zip(columns, map(_jsonable, record), strict=True))
+        if len(rows) < most - 1:  # not the one past max_rows (a review)
+            size += json_size(row) + 1
+        if size > ACTION_OUTPUT_BUDGET:
+            raise ApplicationError(
+                f"{what}: the rows read are over {size} bytes, more than the budget of"
+                f" {ACTION_OUTPUT_BUDGET} bytes for one action's output (lower max_rows, or"
+                " select fewer or shorter columns)",
+                type="ActionOutputTooLarge",
+                non_retryable=True,
+            )
+        rows.append(row)
     return rows
 
 
@@ -286,12 +316,23 @@ class SqlActions:
                 # Parameters are data: bound as the text they stand for (a reference in them is
                 # never resolved; an escaped one, data's inert form, is its literal text).
                 statement, parameters = text(spec.statement), dict(as_text(spec.parameters))
+                if _leading_word_is_copy(spec.statement):
+                    # COPY ... FROM STDIN waited for data no step sends, past the statement
+                    # timeout (the server does not cancel a COPY waiting for its client), holding
+                    # a pooled connection until the step's own deadline (a probe).
+                    raise ApplicationError(
+                        f"{what}: COPY is not supported (it streams data over the connection); use"
+                        " INSERT, or SELECT the rows",
+                        type="SqlStatementError",
+                        non_retryable=True,
+                    )
+                prepared = await _prepared(conn, statement)
                 # Through a cursor: the rows past max_rows + 1 are never read (a probe: max_rows
                 # 1 of 3,000,000 rows read them all into the worker's memory first).
-                if await _returns_rows(conn, statement):
-                    streamed = await conn.stream(statement, parameters)
-                    columns = list(streamed.keys())
-                    rows = await _read_rows(streamed, columns, spec.max_rows + 1, what)
+                if prepared.get_attributes():
+                    columns = [attribute.name for attribute in prepared.get_attributes()]
+                    cursor = await prepared.cursor(*_arguments(conn, statement, parameters))
+                    rows = await _read_rows(cursor, columns, spec.max_rows + 1, what)
                     affected = None
                 else:  # run as before: the driver's status says how many rows it changed
                     result = await conn.execute(statement, parameters)
@@ -300,10 +341,19 @@ class SqlActions:
         except (sa_exc.DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             # The driver's own errors come from reading the cursor, where the statement runs.
             raise _classify(err, what) from None
-        except sa_exc.StatementError as err:
+        except (sa_exc.StatementError, sa_exc.InvalidRequestError) as err:
             # Raised before anything reached the database: a placeholder with no parameter.
             raise ApplicationError(
                 f"{what}: {_message(err)}", type="SqlParameterError", non_retryable=True
+            ) from None
+        except RecursionError:
+            # A json or jsonb value nested past the reader's stack (a retryable bug before, the
+            # statement run again on every attempt: a probe). Rolled back, nothing written.
+            raise ApplicationError(
+                f"{what}: a value nests lists and objects more than {VALUE_MAX_DEPTH} levels deep,"
+                " more than a run keeps",
+                type="ActionOutputTooDeep",
+                non_retryable=True,
             ) from None
         except (OSError, TimeoutError) as err:
             raise ApplicationError(

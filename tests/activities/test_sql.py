@@ -227,6 +227,81 @@ async def test_rows_past_the_limit_are_never_read(actions: SqlActions) -> None:
 
 
 @pytest.mark.usefixtures("configured")
+async def test_rows_of_large_values_are_read_one_at_a_time(actions: SqlActions) -> None:
+    """A probe: rows were read 100 at a time (and the SQLAlchemy cursor fetched 50 ahead of any
+    read), each decoded before the output budget was checked: rows of 8 MB took 770 MiB of the
+    worker's memory; a value may be up to 1 GB. Now the worker holds one row past the budget, and
+    the server computes no more rows than those read (a sequence counts them)."""
+    await run(actions, {"connection": "main", "statement": "CREATE SEQUENCE IF NOT EXISTS computed"})
+    tracemalloc.start()
+    try:
+        error = await fails(
+            actions,
+            {
+                "connection": "main",
+                "statement": "SELECT nextval('computed') AS n, repeat('x', 8000000) AS t FROM generate_series(1, 1000)",
+                "max_rows": 10_000,
+            },
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (error.type, error.non_retryable) == ("ActionOutputTooLarge", True)
+    assert peak < 64 << 20, f"{peak:,} bytes allocated at the peak for rows of 8 MB"
+    computed = await run(actions, {"connection": "main", "statement": "SELECT last_value FROM computed"})
+    assert computed.output["rows"][0]["last_value"] <= 2
+    # Many small rows still come back whole.
+    many = await run(
+        actions,
+        {
+            "connection": "reports",
+            "statement": "SELECT g FROM generate_series(1, 10000) g",
+            "max_rows": 10_000,
+        },
+    )
+    assert (many.output["row_count"], many.output["truncated"]) == (10_000, False)
+    assert many.output["rows"][-1] == {"g": 10_000}
+
+
+@pytest.mark.usefixtures("configured")
+async def test_copy_is_refused_before_it_waits_for_data_no_step_sends(actions: SqlActions) -> None:
+    """A probe: ``COPY notes (body) FROM STDIN`` on a connection with a 0.3 s statement timeout
+    held its pooled connection for 17 s (47 s with the default timeout) and then failed as a
+    retryable connection error: the server does not cancel a COPY that waits for its client."""
+    for statement in (
+        "COPY notes (body) FROM STDIN",
+        "  /* a /* nested */ comment */ -- and a line\n copy notes TO STDOUT",
+        "(COPY (SELECT 1) TO STDOUT)",
+    ):
+        error = await fails(actions, {"connection": "quick", "statement": statement})
+        assert (error.type, error.non_retryable) == ("SqlStatementError", True), statement
+        assert "COPY is not supported" in error.message
+    # A statement that only mentions copy runs.
+    named = await run(actions, {"connection": "quick", "statement": "SELECT 'copy' AS copy_of"})
+    assert named.output["rows"] == [{"copy_of": "copy"}]
+
+
+@pytest.mark.usefixtures("configured")
+@pytest.mark.parametrize("depth", [900, 3000])
+async def test_a_value_nested_past_the_reader_fails_once_as_too_deep(actions: SqlActions, depth: int) -> None:
+    """A probe: jsonb nested 900 deep raised a RecursionError in the worker's conversion (3,000 in
+    the driver's JSON decoder), a retryable failure: every attempt ran the statement again."""
+    before = await run(actions, {"connection": "main", "statement": "SELECT count(*) AS n FROM notes"})
+    error = await fails(
+        actions,
+        {
+            "connection": "main",
+            "statement": "INSERT INTO notes (body) VALUES (:body)"
+            f" RETURNING (repeat('[', {depth}) || repeat(']', {depth}))::jsonb AS d",
+            "parameters": {"body": f"deep {depth}"},
+        },
+    )
+    assert (error.type, error.non_retryable) == ("ActionOutputTooDeep", True)
+    after = await run(actions, {"connection": "main", "statement": "SELECT count(*) AS n FROM notes"})
+    assert after.output["rows"] == before.output["rows"]  # rolled back: nothing written
+
+
+@pytest.mark.usefixtures("configured")
 async def test_a_read_only_connection_refuses_a_write_in_the_database(actions: SqlActions) -> None:
     error = await fails(
         actions,
