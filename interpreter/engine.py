@@ -2007,11 +2007,8 @@ class Engine:
 
     @property
     def started_at(self) -> datetime:
-        """When the run's continue-as-new chain started: in its first run, when Temporal started
-        it (or its first workflow task, if earlier: a run recorded without the start time); in a
-        continued run, when the first run's first workflow task began (what the chain carries)."""
-        if self._generation == 0 and self.info.created_at is not None:
-            return min(self.info.created_at, self._started_at)
+        """When the run's continue-as-new chain started: when its first run's first workflow task
+        began (what a continued run carries, so every run of the chain answers the same)."""
         return self._started_at
 
     @property

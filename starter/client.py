@@ -1554,7 +1554,8 @@ class FlowClient:
         problem = decision_size_problem(Decision(actor=actor, step_id=step_id, reason=reason, data=form))
         if problem is not None:
             raise InvalidInputError(f"the decision is too large: {problem}; nothing was sent")
-        await self.describe(workflow_id)  # in this client's tenant
+        described = await self.describe(workflow_id)  # in this client's tenant
+        chain = described.raw_description.workflow_execution_info.first_run_id
         handle = self._handle(workflow_id)
         if not wait:
             decision = Decision(actor=actor, step_id=step_id, reason=reason, data=form, groups=list(groups))
@@ -1563,11 +1564,13 @@ class FlowClient:
                 if kind == DecisionKind.APPROVE
                 else RunDefinitionWorkflow.reject
             )
-            try:
-                await handle.signal(signal, decision)
-            except RPCError as err:
-                raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
-            return None
+            for attempt in range(CHAIN_TRIES):
+                try:
+                    await handle.signal(signal, decision)
+                    return None
+                except RPCError as err:
+                    if not await self._chain_goes_on(err, workflow_id, chain, attempt):
+                        raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
         request = DecisionRequest(
             decision=kind,
             actor=actor,
@@ -1577,21 +1580,24 @@ class FlowClient:
             token=token,
             groups=list(groups),
         )
-        try:
-            async with asyncio.timeout(UPDATE_TIMEOUT_S):
-                return await handle.execute_update(RunDefinitionWorkflow.decide, request)
-        except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-            raise DecisionRefusedError(workflow_id, message) from None
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            raise NoWorkerError(
-                f"no worker took the decision for run {workflow_id!r} within {UPDATE_TIMEOUT_S:g}s;"
-                f" is a worker polling its task queue? {await self._task_queue_hint(workflow_id)}",
-                workflow_id,
-            ) from None
-        except RPCError as err:
-            raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
+        for attempt in range(CHAIN_TRIES):
+            try:
+                async with asyncio.timeout(UPDATE_TIMEOUT_S):
+                    return await handle.execute_update(RunDefinitionWorkflow.decide, request)
+            except WorkflowUpdateFailedError as err:
+                cause = err.cause
+                message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+                raise DecisionRefusedError(workflow_id, message) from None
+            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                raise NoWorkerError(
+                    f"no worker took the decision for run {workflow_id!r} within {UPDATE_TIMEOUT_S:g}s;"
+                    f" is a worker polling its task queue? {await self._task_queue_hint(workflow_id)}",
+                    workflow_id,
+                ) from None
+            except RPCError as err:
+                if not await self._chain_goes_on(err, workflow_id, chain, attempt):
+                    raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
+        raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     # ----------------------------------------------------------------------------- dead letters
 
@@ -1764,6 +1770,28 @@ class FlowClient:
             resolved_at=datetime.now(UTC),
         )
         await resolve_dead_letter((await self.database()).session_factory, resolution)
+
+    async def _chain_goes_on(self, err: RPCError, workflow_id: str, chain: str, attempt: int) -> bool:
+        """After the latest run of ``workflow_id`` refused a signal or update with ``err``: whether
+        it had continued as new (or was closing to), so the request goes again, to the chain's next
+        run. ``chain``: the first run id of the chain the request is for; a run of another chain,
+        started under the id since, never gets it. Before, a decision that met the switch failed
+        with "workflow execution already completed" (found by a review)."""
+        message = err.message.lower()
+        closing = err.status == RPCStatusCode.RESOURCE_EXHAUSTED and "closing" in message
+        missing = err.status == RPCStatusCode.NOT_FOUND and "namespace" not in message
+        if attempt + 1 >= CHAIN_TRIES or not chain or not (closing or missing):
+            return False
+        if closing:
+            await asyncio.sleep(CHAIN_CLOSING_WAIT_S * (attempt + 1))  # until its next run has started
+        try:
+            latest = await self._handle(workflow_id).describe()
+        except RPCError:
+            return False
+        return (
+            latest.status == WorkflowExecutionStatus.RUNNING
+            and latest.raw_description.workflow_execution_info.first_run_id == chain
+        )
 
     async def _following_run(self, err: RPCError, workflow_id: str, run_id: str, attempt: int) -> str | None:
         """After ``run_id`` refused a request with ``err``: the run of its chain to send it to now,

@@ -248,7 +248,10 @@ async def test_an_approval_stays_pending_across_continue_as_new_and_a_decision_a
         interval=0.05,
         what="history near the budget",
     )
-    await signal(handle, "approve", {"actor": "bob", "reason": "at the switch"})
+    # As a service sends it: the product's client sends it again to the chain's next run when it
+    # met the switching run ("workflow execution already completed").
+    flows = FlowClient(limited_client, task_queue=task_queue)
+    await flows.approve(handle.id, "bob", reason="at the switch", wait=False)
     result = await handle.result()
     assert result.state == RunState.COMPLETED
     assert result.output == {"asked": "ready", "decision": "approved"}
