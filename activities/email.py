@@ -118,18 +118,32 @@ _BLOCKS = frozenset(
 )
 _HIDDEN = frozenset({"head", "title"})
 """Elements whose text is not shown (``script`` and ``style`` are skipped whole, raw text)."""
-_TAG = re.compile(r"""<(/?)([a-zA-Z][^\s/>]*)((?:[^>"']|"[^"]*"|'[^']*')*)>""")
-"""A start or end tag, up to the ``>`` outside its quoted attribute values. The alternatives begin
-with different characters, so a match, or a failed one, takes time linear in what it reads."""
+_TAG = re.compile(r"""<(/?)([a-zA-Z][^\s/>]*+)((?:[^>=]++|=\s*+(?:"[^"]*+"|'[^']*+')?)*+)>""")
+"""A start or end tag, up to the ``>`` outside its quoted attribute values: a quote opens a value
+only right after ``=``, as in a browser (elsewhere, ``align="center""``, ``alt=Bob's``, it is a
+character). Possessive throughout, so a match, or a failed one, never gives back what it read:
+time linear in it (with backtracking, a tag name of 40 KB that no ``>`` ended took 23 s: a
+review)."""
 _STARTS_TAG = re.compile(r"</?[a-zA-Z]")
-_ATTRIBUTE = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+))?""")
+_ATTRIBUTE = re.compile(r"""([^\s"'>/=]++)(?:\s*+=\s*+("[^"]*+"|'[^']*+'|[^\s"'>]++))?""")
+_LEADING_ZEROS = re.compile(r"&#0+(?=[0-9])")
+_HUGE_DECIMAL = re.compile(r"&#[1-9][0-9]{7,}")
+
+
+def _unescape(text: str) -> str:
+    """``html.unescape``, without its ``ValueError`` on a decimal reference of thousands of digits
+    (Python's limit on integer conversion): such a number, past the last code point, reads as
+    U+FFFD, as unescape reads any number past it (a review)."""
+    return html.unescape(_HUGE_DECIMAL.sub("&#1114112", _LEADING_ZEROS.sub("&#", text)))
+
+
 _RAW_TEXT_END = {name: re.compile(rf"</{name}[\s/>]", re.IGNORECASE) for name in ("script", "style")}
 
 
 def _href(attributes: str) -> str | None:
     for match in _ATTRIBUTE.finditer(attributes):
         if match.group(1).lower() == "href" and match.group(2) is not None:
-            return html.unescape(match.group(2).strip("\"'"))
+            return _unescape(match.group(2).strip("\"'"))
     return None
 
 
@@ -154,7 +168,7 @@ def html_to_text(markup: str) -> str:
         if lt < 0:
             lt = n
         if lt > i and not hidden:
-            parts.append(html.unescape(markup[i:lt]))
+            parts.append(_unescape(markup[i:lt]))
         i = lt
         if i >= n:
             break

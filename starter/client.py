@@ -1569,8 +1569,10 @@ class FlowClient:
                     await handle.signal(signal, decision)
                     return None
                 except RPCError as err:
-                    if not await self._chain_goes_on(err, workflow_id, chain, attempt):
+                    following = await self._chain_goes_on(err, workflow_id, chain, attempt)
+                    if following is None:
                         raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
+                    handle = following
         request = DecisionRequest(
             decision=kind,
             actor=actor,
@@ -1595,8 +1597,10 @@ class FlowClient:
                     workflow_id,
                 ) from None
             except RPCError as err:
-                if not await self._chain_goes_on(err, workflow_id, chain, attempt):
+                following = await self._chain_goes_on(err, workflow_id, chain, attempt)
+                if following is None:
                     raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
+                handle = following
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     # ----------------------------------------------------------------------------- dead letters
@@ -1771,27 +1775,31 @@ class FlowClient:
         )
         await resolve_dead_letter((await self.database()).session_factory, resolution)
 
-    async def _chain_goes_on(self, err: RPCError, workflow_id: str, chain: str, attempt: int) -> bool:
-        """After the latest run of ``workflow_id`` refused a signal or update with ``err``: whether
-        it had continued as new (or was closing to), so the request goes again, to the chain's next
-        run. ``chain``: the first run id of the chain the request is for; a run of another chain,
-        started under the id since, never gets it. Before, a decision that met the switch failed
-        with "workflow execution already completed" (found by a review)."""
+    async def _chain_goes_on(
+        self, err: RPCError, workflow_id: str, chain: str, attempt: int
+    ) -> WorkflowHandle[Any, Any] | None:
+        """After the latest run of ``workflow_id`` refused a signal or update with ``err``: when it
+        had continued as new (or was closing to), the chain's open run, which the request goes to
+        again (pinned: a run of another chain, started under the id since, never gets it), else
+        None. ``chain``: the first run id of the chain the request is for. Before, a decision that
+        met the switch failed with "workflow execution already completed" (found by a review)."""
         message = err.message.lower()
         closing = err.status == RPCStatusCode.RESOURCE_EXHAUSTED and "closing" in message
         missing = err.status == RPCStatusCode.NOT_FOUND and "namespace" not in message
         if attempt + 1 >= CHAIN_TRIES or not chain or not (closing or missing):
-            return False
+            return None
         if closing:
             await asyncio.sleep(CHAIN_CLOSING_WAIT_S * (attempt + 1))  # until its next run has started
         try:
             latest = await self._handle(workflow_id).describe()
         except RPCError:
-            return False
-        return (
-            latest.status == WorkflowExecutionStatus.RUNNING
-            and latest.raw_description.workflow_execution_info.first_run_id == chain
-        )
+            return None
+        if (
+            latest.status != WorkflowExecutionStatus.RUNNING
+            or latest.raw_description.workflow_execution_info.first_run_id != chain
+        ):
+            return None
+        return self.client.get_workflow_handle(workflow_id, run_id=latest.run_id)
 
     async def _following_run(self, err: RPCError, workflow_id: str, run_id: str, attempt: int) -> str | None:
         """After ``run_id`` refused a request with ``err``: the run of its chain to send it to now,

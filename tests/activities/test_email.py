@@ -169,7 +169,15 @@ async def test_html_of_unclosed_tags_gets_its_text_part_in_linear_time(
     (mail,) = mailbox.received
     # As in HTML, a tag that does not end ends the body.
     assert mail.part("text/plain") == "Hello\nreply (https://school.example/r)\n"
-    for hostile in ("<!-- x>" * 80_000, "<![CDATA[ >" * 80_000, "<a x='" * 100_000, "</ " * 100_000):
+    hostile_inputs = (
+        "<!-- x>" * 80_000,
+        "<![CDATA[ >" * 80_000,
+        "<a x='" * 100_000,
+        "</ " * 100_000,
+        "<a" + "b" * 500_000,  # a review: a name that no '>' ended took 23 s at 40 KB
+        "<a" + '"' * 500_000,
+    )
+    for hostile in hostile_inputs:
         text = await asyncio.wait_for(asyncio.to_thread(html_to_text, "<p>Hi</p>" + hostile), 60)
         assert text.startswith("Hi\n"), hostile[:20]
 
@@ -185,6 +193,12 @@ def test_the_derived_text_part_reads_html_as_a_browser_does() -> None:
     assert html_to_text('<p>a</p><script>if (a<b) {x="</p>"}</script><p>b</p>') == "a\n\nb\n"
     assert html_to_text("a < b, <b>bold</b> <br>x &lt;y&gt; &eacute;") == "a < b, bold\nx <y> \u00e9\n"
     assert html_to_text("<![ >x") == "x\n"  # Python's parser raised AssertionError here
+    # Quotes a browser reads as characters (a second review: the text part came out empty).
+    shipped = '<td align="center"" valign="top">Your order has shipped.</td><p>Questions?</p>'
+    assert html_to_text(shipped) == "Your order has shipped.\nQuestions?\n"
+    assert html_to_text("<p><img src=logo.png alt=Bob's>Hi Bob,</p><p>Regards</p>") == "Hi Bob,\n\nRegards\n"
+    # A decimal reference of thousands of digits (html.unescape raised ValueError on every retry).
+    assert html_to_text("&#" + "1" * 5000 + "; &#0065;") == "\ufffd A\n"
 
 
 async def test_the_message_id_is_the_same_for_every_attempt_and_differs_per_step(
