@@ -28,7 +28,7 @@ from starter.payload_store import (
     state_budget_max_from_env,
 )
 from tests.test_payload_store import client_of, env_of, run_with_worker
-from tests.workflows.support import counting_loop, definition, record, unique
+from tests.workflows.support import counting_loop, definition, eventually, record, unique
 from worker import WORKFLOWS, workflow_runner
 from workflows.generic import STATE_BUDGET_UNCHECKED, STORE_CODEC_MARGIN, STORED_PAYLOAD_MAX_BYTES
 
@@ -337,3 +337,57 @@ async def test_a_next_run_over_what_the_store_takes_fails_the_run_saying_so(
     assert not [
         e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     ]
+
+
+async def test_step_records_past_the_store_cap_under_a_small_state_budget_are_left_out(
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A probe: with the store and a state budget at most half its cap, the result and the status
+    answer were never measured (the state budget was taken to bound them), but it counts the steps'
+    outputs, not their records: 180,000 ``set`` steps of 200-character names made a 72 MB result,
+    past the 64 MiB cap; the run's last workflow task failed on every attempt, and every status
+    query failed. Here the cap is 4 MiB, the state budget 1 MiB, and 18,000 records take 7 MB."""
+    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", CAPPED)
+    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", CAPPED)
+    env = env_of(store=f"fs:{tmp_path / 'payloads'}", WFA_PAYLOAD_STORE_STATE_BUDGET=str(1 << 20))
+    client = await client_of(temporal_env, env)
+    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    named = [{"id": f"s{k}", "name": "n" * 200, "type": "set", "vars": {"v": k}} for k in range(8)]
+    document = definition(
+        unique("named"),
+        [
+            {
+                "id": "each",
+                "type": "foreach",
+                "items": "range(2000) | list",
+                "max_items": 2000,
+                "fan_out_above": 10_000,
+                "steps": named,
+            },
+            {"id": "review", "type": "approval", "approvers": ["alice"]},
+        ],
+        limits={"max_foreach_items": 2000, "max_step_executions": 100_000},
+        output={"done": True},
+    )
+    started = await flows.start_run(document, {})
+
+    async def waited_and_decided() -> Any:
+        waiting = await eventually(
+            lambda: flows.status(started.workflow_id),
+            lambda s: s.state == RunState.AWAITING_APPROVAL,
+            timeout=240,
+            what="the approval, after 18,000 records",
+        )
+        await flows.approve(started.workflow_id, "alice")
+        return waiting, await started.result(timeout=120)
+
+    waiting, result = await run_with_worker(client, task_queue, waited_and_decided())
+    assert waiting.steps_dropped > 0  # the answer kept its most recent records
+    assert waiting.steps[-1].path == "review"
+    assert result.state == RunState.COMPLETED, (result.error_type, result.error)
+    assert result.output == {"done": True}
+    assert result.steps == []  # returned without its records, as past Temporal's limit without the store

@@ -207,6 +207,10 @@ STORED_PAYLOAD_MAX_BYTES = 64 * 1024 * 1024
 """Largest payload the payload store takes (``starter.payload_store.MAX_BLOB_BYTES``): with the store
 on, a result, a query's answer or a next run's input over it would fail its workflow task on every
 retry (the store refusing it), as one over Temporal's limit does without the store."""
+UNMEASURED_RECORDS = 1000
+"""Step records a run may hold with the payload store and a state budget of at most half its cap
+before its result and status answer are measured against the cap (:meth:`_TemporalRuntime.payload_limit`):
+a thousand records, whatever their names, paths and errors, leave that half far from full."""
 STORE_CODEC_MARGIN = 64 * 1024
 """Kept under :data:`STORED_PAYLOAD_MAX_BYTES` when a payload is measured before it is encoded: the
 store checks the encoded bytes, which the encryption codec's framing makes slightly larger."""
@@ -1629,17 +1633,21 @@ class _TemporalRuntime:
     def task_key(self) -> int:
         return workflow.info().get_current_history_length()
 
-    def payload_limit(self) -> int | None:
+    def payload_limit(self, records: int = 0) -> int | None:
         """The most the run's result (or failure details), status answer or next run's input may
         take serialized: Temporal's 2 MiB without the payload store; with it, what the store takes
         (less :data:`STORE_CODEC_MARGIN`), and None when the run's state budget is at most half
-        of that (what the run holds, with its step records, cannot reach it: nothing measured)."""
+        of that and it holds at most :data:`UNMEASURED_RECORDS` step records (``records``): what
+        it holds then cannot reach the cap, and nothing is measured. The state budget counts the
+        records' outputs, not the records: 180,000 ``set`` steps of long names took a result
+        to 72 MB, past the store's cap, and the run's last workflow task failed on every attempt
+        (found by an attacker's probe)."""
         budget = self.input_budget
         if budget is None:
             # A result or status answer needs no patch (neither is compared on replay); a next
             # run's input in the margin asks one (:meth:`refuses`).
             return RESULT_MAX_BYTES - CODEC_FRAMING_MARGIN
-        if budget <= STORED_PAYLOAD_MAX_BYTES // 2:
+        if budget <= STORED_PAYLOAD_MAX_BYTES // 2 and records <= UNMEASURED_RECORDS:
             return None
         return STORED_PAYLOAD_MAX_BYTES - STORE_CODEC_MARGIN
 
@@ -2736,7 +2744,7 @@ class GenericRun:
     def _result_limit(self, run: RunInput) -> int | None:
         """The most the run's result or failure details may take: Temporal's (or the store's)
         payload limit, or less, the room its parent holds for it (:attr:`RunOptions.result_limit`)."""
-        limit = self._runtime.payload_limit()
+        limit = self._runtime.payload_limit(len(self._engine.records))
         grant = run.options.result_limit
         if grant is None or (limit is not None and limit <= grant):
             return limit
@@ -3124,7 +3132,7 @@ class GenericRun:
             status = status.model_copy(
                 update={"state": RunState.FAILED, "error": error, "error_type": error_type}
             )
-        return _fitted_status(status, limit=self._runtime.payload_limit())
+        return _fitted_status(status, limit=self._runtime.payload_limit(len(status.steps)))
 
     @workflow.query(name="pending_approvals")
     def pending_approvals(self, ask: ApprovalsQuery) -> ApprovalsPage:
