@@ -417,7 +417,7 @@ class DefinitionStore:
 
     async def _lock(self, session: AsyncSession, name: str) -> None:
         """Serialises writes to one name (released at commit)."""
-        await lock_row(session, self.tenant, lock_key("definitions", name))
+        await lock_row(session, self.tenant, lock_key("definitions", _name(name)))
 
     def _where(self, name: str) -> Any:
         return (DefinitionRow.tenant == self.tenant) & (DefinitionRow.name == _name(name))
@@ -752,7 +752,7 @@ class DefinitionStore:
         syncs cannot leave the older version's schedule behind (the later sync reads the later
         version). A separate lock from the registry's writes, which it never delays."""
         async with self._session() as session, session.begin():
-            await lock_row(session, self.tenant, lock_key("trigger-sync", name))
+            await lock_row(session, self.tenant, lock_key("trigger-sync", _name(name)))
             yield
 
     async def trigger_ids(self, name: str, kind: str) -> list[str]:
