@@ -1554,9 +1554,10 @@ class FlowClient:
         problem = decision_size_problem(Decision(actor=actor, step_id=step_id, reason=reason, data=form))
         if problem is not None:
             raise InvalidInputError(f"the decision is too large: {problem}; nothing was sent")
-        described = await self.describe(workflow_id)  # in this client's tenant
-        chain = described.raw_description.workflow_execution_info.first_run_id
-        handle = self._handle(workflow_id)
+        # In this client's tenant; the decision goes to this run, or to its chain's next run when
+        # it continued as new meanwhile (never to another chain started under the id since).
+        run_id = (await self.describe(workflow_id)).run_id
+        attempt = 0
         if not wait:
             decision = Decision(actor=actor, step_id=step_id, reason=reason, data=form, groups=list(groups))
             signal = (
@@ -1564,15 +1565,15 @@ class FlowClient:
                 if kind == DecisionKind.APPROVE
                 else RunDefinitionWorkflow.reject
             )
-            for attempt in range(CHAIN_TRIES):
+            while True:  # at most CHAIN_TRIES runs: _following_run answers None after that
                 try:
-                    await handle.signal(signal, decision)
+                    await self.client.get_workflow_handle(workflow_id, run_id=run_id).signal(signal, decision)
                     return None
                 except RPCError as err:
-                    following = await self._chain_goes_on(err, workflow_id, chain, attempt)
+                    following = await self._following_run(err, workflow_id, run_id, attempt)
                     if following is None:
                         raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
-                    handle = following
+                    run_id, attempt = following, attempt + 1
         request = DecisionRequest(
             decision=kind,
             actor=actor,
@@ -1582,7 +1583,8 @@ class FlowClient:
             token=token,
             groups=list(groups),
         )
-        for attempt in range(CHAIN_TRIES):
+        while True:  # as above
+            handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
             try:
                 async with asyncio.timeout(UPDATE_TIMEOUT_S):
                     return await handle.execute_update(RunDefinitionWorkflow.decide, request)
@@ -1597,11 +1599,10 @@ class FlowClient:
                     workflow_id,
                 ) from None
             except RPCError as err:
-                following = await self._chain_goes_on(err, workflow_id, chain, attempt)
+                following = await self._following_run(err, workflow_id, run_id, attempt)
                 if following is None:
                     raise await self._closed_or_missing(err, workflow_id, f"{kind.value} it") from None
-                handle = following
-        raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
+                run_id, attempt = following, attempt + 1
 
     # ----------------------------------------------------------------------------- dead letters
 
@@ -1774,32 +1775,6 @@ class FlowClient:
             resolved_at=datetime.now(UTC),
         )
         await resolve_dead_letter((await self.database()).session_factory, resolution)
-
-    async def _chain_goes_on(
-        self, err: RPCError, workflow_id: str, chain: str, attempt: int
-    ) -> WorkflowHandle[Any, Any] | None:
-        """After the latest run of ``workflow_id`` refused a signal or update with ``err``: when it
-        had continued as new (or was closing to), the chain's open run, which the request goes to
-        again (pinned: a run of another chain, started under the id since, never gets it), else
-        None. ``chain``: the first run id of the chain the request is for. Before, a decision that
-        met the switch failed with "workflow execution already completed" (found by a review)."""
-        message = err.message.lower()
-        closing = err.status == RPCStatusCode.RESOURCE_EXHAUSTED and "closing" in message
-        missing = err.status == RPCStatusCode.NOT_FOUND and "namespace" not in message
-        if attempt + 1 >= CHAIN_TRIES or not chain or not (closing or missing):
-            return None
-        if closing:
-            await asyncio.sleep(CHAIN_CLOSING_WAIT_S * (attempt + 1))  # until its next run has started
-        try:
-            latest = await self._handle(workflow_id).describe()
-        except RPCError:
-            return None
-        if (
-            latest.status != WorkflowExecutionStatus.RUNNING
-            or latest.raw_description.workflow_execution_info.first_run_id != chain
-        ):
-            return None
-        return self.client.get_workflow_handle(workflow_id, run_id=latest.run_id)
 
     async def _following_run(self, err: RPCError, workflow_id: str, run_id: str, attempt: int) -> str | None:
         """After ``run_id`` refused a request with ``err``: the run of its chain to send it to now,
