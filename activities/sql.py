@@ -46,7 +46,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from pydantic import ValidationError
-from sqlalchemy import TextClause, event, text
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
@@ -162,20 +162,21 @@ def _reset_session(
     dbapi_connection.run_async(discard)
 
 
-async def _prepared(conn: AsyncConnection, statement: TextClause) -> Any:
-    """``statement`` prepared by the driver (nothing runs). Its attributes say whether it returns
-    rows: a cursor runs a statement without rows at once but cannot say how many rows it changed."""
+async def _prepared(conn: AsyncConnection, compiled: Any) -> Any:
+    """The compiled statement prepared by the driver (nothing runs). Its attributes say whether it
+    returns rows: a cursor runs a statement without rows at once but cannot say how many rows it
+    changed."""
     driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's connection
-    return await driver.prepare(str(statement.compile(dialect=conn.dialect)))
+    return await driver.prepare(str(compiled))
 
 
-def _arguments(conn: AsyncConnection, statement: TextClause, parameters: dict[str, Any]) -> list[Any]:
-    """The statement's parameters in the order of its placeholders (``$1``, ``$2``...).
+def _arguments(compiled: Any, parameters: dict[str, Any]) -> list[Any]:
+    """The parameters of the compiled statement (SQLAlchemy's ``SQLCompiler``) in the order of its
+    placeholders (``$1``, ``$2``...).
 
     Raises:
         sqlalchemy.exc.InvalidRequestError: A placeholder has no parameter.
     """
-    compiled = statement.compile(dialect=conn.dialect)
     values = compiled.construct_params(parameters)
     return [values[name] for name in compiled.positiontup or ()]
 
@@ -326,12 +327,13 @@ class SqlActions:
                         type="SqlStatementError",
                         non_retryable=True,
                     )
-                prepared = await _prepared(conn, statement)
+                compiled = statement.compile(dialect=conn.dialect)
+                prepared = await _prepared(conn, compiled)
                 # Through a cursor: the rows past max_rows + 1 are never read (a probe: max_rows
                 # 1 of 3,000,000 rows read them all into the worker's memory first).
-                if prepared.get_attributes():
-                    columns = [attribute.name for attribute in prepared.get_attributes()]
-                    cursor = await prepared.cursor(*_arguments(conn, statement, parameters))
+                if attributes := prepared.get_attributes():
+                    columns = [attribute.name for attribute in attributes]
+                    cursor = await prepared.cursor(*_arguments(compiled, parameters))
                     rows = await _read_rows(cursor, columns, spec.max_rows + 1, what)
                     affected = None
                 else:  # run as before: the driver's status says how many rows it changed
