@@ -216,11 +216,13 @@ async def _capped_store(
     database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    **env: str,
 ) -> tuple[Client, FlowClient]:
-    """A client with an ``fs:`` store whose cap (the store's and the workflow's) is :data:`CAPPED`."""
+    """A client with an ``fs:`` store whose cap (the store's and the workflow's) is :data:`CAPPED`
+    (and the other settings ``env`` names)."""
     monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", CAPPED)
     monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", CAPPED)
-    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}"))
+    client = await client_of(temporal_env, env_of(store=f"fs:{tmp_path / 'payloads'}", **env))
     return client, FlowClient(client, task_queue=task_queue, database=database_url)
 
 
@@ -351,11 +353,14 @@ async def test_step_records_past_the_store_cap_under_a_small_state_budget_are_le
     outputs, not their records: 180,000 ``set`` steps of 200-character names made a 72 MB result,
     past the 64 MiB cap; the run's last workflow task failed on every attempt, and every status
     query failed. Here the cap is 4 MiB, the state budget 1 MiB, and 18,000 records take 7 MB."""
-    monkeypatch.setattr(starter.payload_store, "MAX_BLOB_BYTES", CAPPED)
-    monkeypatch.setattr(workflows.generic, "STORED_PAYLOAD_MAX_BYTES", CAPPED)
-    env = env_of(store=f"fs:{tmp_path / 'payloads'}", WFA_PAYLOAD_STORE_STATE_BUDGET=str(1 << 20))
-    client = await client_of(temporal_env, env)
-    flows = FlowClient(client, task_queue=task_queue, database=database_url)
+    client, flows = await _capped_store(
+        temporal_env,
+        task_queue,
+        database_url,
+        tmp_path,
+        monkeypatch,
+        WFA_PAYLOAD_STORE_STATE_BUDGET=str(1 << 20),
+    )
     named = [{"id": f"s{k}", "name": "n" * 200, "type": "set", "vars": {"v": k}} for k in range(8)]
     document = definition(
         unique("named"),
