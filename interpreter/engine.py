@@ -516,6 +516,24 @@ child starts once the history reached the guard. Before, the whole fan-out was o
 once before its first child: ``batch_size: 1`` over 10,000 items wrote about 9 events a child to
 the parent, and Temporal terminated the run at its 51,200 events with no message and no
 compensation (found by an attacker's probe). Asked only when a fan-out would be refused."""
+PATCH_RUN_WORK_BUDGET = "run-work-budget"
+"""Patch id: a run whose interpreter work since it started passed :data:`RUN_WORK_BUDGET`
+continues as new at its next safe point, as when its history budget is spent. A worker that lost
+the run from its cache (restarted, or evicted it) replays the run's whole history in one workflow
+task, which Temporal times out after 10 s: every step and every evaluation again. The history
+budget bounds events, not that work: a loop of templated ``set`` steps with a ``delay`` in each
+turn did about 0.14 s of template work a turn, within every bound; after 150 turns a cold replay
+took 21.8 s, and after 250 a worker started fresh had not finished the run 150 s later, its task
+timing out (found by an attacker's probe). Asked only once the budget is passed."""
+RUN_WORK_BUDGET = 1_000_000
+"""Interpreter work a run may do before it continues as new (:data:`PATCH_RUN_WORK_BUDGET`): its
+templates' operations, counting their single operations (see :data:`PATCH_TEMPLATE_WORK`), plus
+:data:`STEP_WORK` for each step it executes. Ten evaluations at their whole budget, or 20,000
+steps that evaluate little. A run the budget cut (about 11 turns of the probe's loop) took a cold
+replay 1.0-1.1 s on this project's 2-core machines, idle."""
+STEP_WORK = 50
+"""What a step costs in :data:`RUN_WORK_BUDGET`'s operations besides its templates (the engine's
+own work for it: 25-100 µs)."""
 FAN_OUT_CHILD_MIN_EVENTS = 3
 """Events a fanned-out child adds to its parent's history at the least: its start initiated, its
 start, its close (workflow tasks come on top)."""
@@ -1846,6 +1864,12 @@ class Engine:
         self._task_all_work = 0  # with the work of single operations (PATCH_TEMPLATE_WORK)
         self._steps_task_key: int | None = None
         self._task_steps = 0
+        self._run_work = 0
+        """Interpreter work since this run (of the chain) started (see :data:`RUN_WORK_BUDGET`)."""
+        self.work_spent = False
+        self._work_budget_asked = False
+        """Set once the run's work passed :data:`RUN_WORK_BUDGET` and the patch applies: the host
+        then continues the run as new at its next safe point."""
         """Steps executed in the current activation (see :data:`TASK_STEP_BUDGET`)."""
         self._run_ctx = {
             "workflow_id": info.workflow_id,
@@ -2409,6 +2433,7 @@ class Engine:
                 f" ({self.definition.limits.max_step_executions}) steps",
                 "StepLimitExceeded",
             )
+        self._count_run_work(STEP_WORK)
         self._check_history(path)
         record = StepRecord(
             id=step.id,
@@ -2606,6 +2631,20 @@ class Engine:
             # (the last evaluation's: the one that counts)
             self._task_work += last_work()
             self._task_all_work += last_work() + last_uncounted_work()
+            self._run_work += last_work() + last_uncounted_work()
+
+    def _count_run_work(self, work: int) -> None:
+        """Adds a step's ``work`` to the run's; once the run's work passed :data:`RUN_WORK_BUDGET`,
+        asks :data:`PATCH_RUN_WORK_BUDGET` (once) and, when it applies, sets :attr:`work_spent`."""
+        self._run_work += work
+        if (
+            not self.work_spent
+            and self._run_work >= RUN_WORK_BUDGET
+            and self._continue_as_new is not None
+            and not self._work_budget_asked
+        ):
+            self._work_budget_asked = True
+            self.work_spent = self.runtime.patched(PATCH_RUN_WORK_BUDGET)
 
     def _check_task_work(self) -> None:
         """Refuses to start an evaluation once this workflow task's evaluations together spent

@@ -79,6 +79,7 @@ class Scenario:
     child: str | None = None  # also record this child's history (its id after the run's and "/")
     attributes: bool = False  # started with the search attributes a client of its generation sets
     raw: bool = False  # started with the document as it is, unchecked (as a raw client may)
+    first_run: bool = False  # the chain's first run is recorded, not the run it ended in
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> RunStatus:
@@ -1126,6 +1127,35 @@ def _template_work_task(base: str) -> dict[str, Any]:
     }
 
 
+RUN_WORK_TURNS = 4200
+"""Turns of :func:`_run_work_budget`'s loop: 21,000 steps, past what a run's work budget holds."""
+
+
+def _run_work_budget(base: str) -> dict[str, Any]:
+    del base
+    turns = RUN_WORK_TURNS
+    return {
+        "name": "replay-run-work-budget",
+        "limits": {"max_step_executions": 5 * turns + 10},
+        "steps": [
+            {"id": "init", "type": "set", "vars": {"i": 0}},
+            {"id": "bump", "type": "set", "vars": {"i": "{{ vars.i + 1 }}"}, "max_visits": turns},
+            *(
+                {"id": f"s{k}", "type": "set", "vars": {f"v{k}": "{{ vars.i }}"}, "max_visits": turns}
+                for k in range(3)
+            ),
+            {
+                "id": "again",
+                "type": "condition",
+                "if": f"vars.i < {turns}",
+                "then": {"goto": "bump"},
+                "max_visits": turns,
+            },
+            {"id": "done", "type": "succeed", "output": {"turns": "{{ vars.i }}"}},
+        ],
+    }
+
+
 TOKEN_HEAVY_TEMPLATE = "{{ input.a }}x" * 1700
 """A template of 10,200 tokens (six a repeat), past ``MAX_DEFINITION_TEMPLATE_TOKENS``."""
 
@@ -1848,6 +1878,16 @@ def scenarios() -> list[Scenario]:
             {},
         ),
         Scenario(
+            "run_work_budget",
+            "a loop of set steps that call nothing, 21,000 steps, at generation 0 (patch"
+            " run-work-budget asked, a marker): past 1,000,000 operations of work (50 a step and"
+            " its templates') the run continues as new; this is its first run. run_work_budget_before.json"
+            " is the same run recorded by the build before the patch (no marker: one run of every step)",
+            _run_work_budget,
+            {},
+            first_run=True,
+        ),
+        Scenario(
             "decision_text",
             "an approval's reason and a task's comment holding text like a secret reference and an"
             " escaped one, at interpreter generation 30 (patch decision-text): both kept inert,"
@@ -2005,7 +2045,11 @@ async def record(scenario: Scenario, client: Client, task_queue: str, base: str,
         await scenario.publish(handle, FlowClient(client, task_queue=task_queue))
     with contextlib.suppress(WorkflowFailureError):  # failed or cancelled runs are recorded as they are
         await handle.result()
-    outcome = await _write(out, scenario.name, scenario.description, handle, document, run_input)
+    recorded, ended = handle, None
+    if scenario.first_run:  # recorded as it was, the chain's outcome its last run's
+        recorded = client.get_workflow_handle(workflow_id, run_id=handle.first_execution_run_id)
+        ended = str((await _status(handle)).state)
+    outcome = await _write(out, scenario.name, scenario.description, recorded, document, run_input, ended)
     if scenario.child is not None:  # replayed too: tests/workflows/test_replay.py globs every file
         child = client.get_workflow_handle(f"{workflow_id}/{scenario.child}")
         description = f"{scenario.description} (its child {scenario.child})"
@@ -2020,9 +2064,11 @@ async def _write(
     handle: WorkflowHandle[Any, Any],
     document: dict[str, Any],
     run_input: dict[str, Any],
+    outcome: str | None = None,
 ) -> str:
-    """Writes ``<name>.json``: the run's history as it ended, with what it ran; returns its state."""
-    outcome = str((await _status(handle)).state)
+    """Writes ``<name>.json``: the run's history as it ended, with what it ran; returns its state
+    (or ``outcome``, the state of the chain it began)."""
+    outcome = outcome or str((await _status(handle)).state)
     history = await handle.fetch_history()
     body = {
         "name": name,

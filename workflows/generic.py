@@ -102,6 +102,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_PARK_IDS_PAST_NINE,
         PATCH_PAYLOAD_BUDGETS,
         PATCH_REDRIVE_KEEPS_RECORDED,
+        PATCH_RUN_WORK_BUDGET,
         PATCH_TASK_STEP_BUDGET,
         PATCH_TASK_WORK_BUDGET,
         PATCH_TEMPLATE_ARGUMENTS,
@@ -506,6 +507,7 @@ PATCH_LEVELS: Mapping[str, int] = dict.fromkeys(
     PATCH_TEMPLATE_ARGUMENTS: 32,
     PATCH_TEMPLATE_WORK: 33,
     PATCH_FAN_OUT_HISTORY_GUARD: 34,
+    PATCH_RUN_WORK_BUDGET: 35,
 }
 """The interpreter generation (:attr:`RunOptions.engine_level`) each patch belongs to. A run started
 at a level applies every patch of that level or below from its start, without ``workflow.patched``:
@@ -2751,10 +2753,13 @@ class GenericRun:
         return grant
 
     def _wants_new_run(self) -> bool:
-        """The engine asks at its safe points: Temporal suggests continuing as new, or the
-        definition's history budget is spent, and no cancellation is under way."""
+        """The engine asks at its safe points: Temporal suggests continuing as new, the
+        definition's history budget is spent, or the run's interpreter work is
+        (:data:`~interpreter.engine.PATCH_RUN_WORK_BUDGET`), and no cancellation is under way."""
         if self._self_cancelled is not None or self._cancel_update is not None:
             return False
+        if self._engine.work_spent:
+            return True
         info = workflow.info()
         if info.is_continue_as_new_suggested():
             return True

@@ -13,9 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+import interpreter.engine
 from interpreter.engine import TASK_STEP_BUDGET
 from interpreter.state import RunState
 from tests.workflows.support import definition, events, start, unique
@@ -47,8 +49,11 @@ def _long_loop() -> list[dict[str, Any]]:
 
 
 async def test_a_long_loop_runs_in_short_workflow_tasks_under_a_tight_deadlock_limit(
-    client: Client, task_queue: str, http_client: httpx.AsyncClient
+    client: Client, task_queue: str, http_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One run for the whole loop, as here it is the tasks within a run that are counted: the run's
+    # work budget would continue it as new every 20,000 steps (tests/workflows/test_run_work_budget.py).
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", 10**12)
     steps = SETS * TURNS + 2
     document = definition(unique("long-loop"), _long_loop(), limits={"max_step_executions": steps})
     async with build_worker(

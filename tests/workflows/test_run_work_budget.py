@@ -1,0 +1,148 @@
+"""The run's work budget (patch ``run-work-budget``): a run continues as new once its interpreter
+work since it started passed ``RUN_WORK_BUDGET``, so a worker that lost it from its cache replays it
+within a workflow task's timeout.
+
+The attack: a loop of templated ``set`` steps (a ``delay`` in each turn, or none) stays within every
+other bound, each workflow task's template work and the history's events included, yet a cold
+replay redoes all of its work in one workflow task. In a probe, a turn of two heavy evaluations
+(and a 1 s delay) took 0.14 s; 150 turns took a cold replay 21.8 s, past the 10 s Temporal gives
+the task, and after 250 turns a worker started fresh had not finished the run 150 s later, its task
+timing out.
+
+Real dev server, the product's worker; the budget is lowered (the workflow runs outside the
+sandbox, so the module's constant is what the worker reads), as the history guard's tests do. The
+work is counted from the steps and the templates' own operations, which are deterministic: the
+tests check how the chain was cut, never how long anything took.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+import interpreter.engine
+from interpreter.state import RunState
+from interpreter.templates import evaluate, last_work
+from tests.workflows.support import definition, replays_as_recorded, start, unique
+from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
+
+HEAVY = "range(1500) | map('string') | join(',') | length"
+"""A template of some thousands of operations (its value: 6,389)."""
+
+
+def _loop(turns: int, heavy: bool) -> dict[str, Any]:
+    """``turns`` turns of a ``set`` (evaluating :data:`HEAVY` when ``heavy``) and a ``condition``
+    looping back: steps that call nothing, so the history stays small."""
+    bump: dict[str, Any] = {"n": "{{ vars.n + 1 }}"}
+    if heavy:
+        bump["size"] = "{{ " + HEAVY + " }}"
+    return definition(
+        unique("work-budget"),
+        [
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            {"id": "bump", "type": "set", "vars": bump, "max_visits": turns},
+            {
+                "id": "again",
+                "type": "condition",
+                "if": f"vars.n < {turns}",
+                "then": {"goto": "bump"},
+                "max_visits": turns,
+            },
+        ],
+        limits={"max_step_executions": 10 * turns},
+        output={"n": "{{ vars.n }}", "size": "{{ vars.size | default(0) }}"},
+    )
+
+
+async def _chain(client: Client, handle: WorkflowHandle[Any, Any]) -> list[WorkflowHandle[Any, Any]]:
+    """Every run of the handle's chain, oldest first (followed through each run's start)."""
+    runs: list[WorkflowHandle[Any, Any]] = []
+    run_id: str | None = None
+    while True:
+        run = client.get_workflow_handle(handle.id, run_id=run_id)
+        history = await run.fetch_history()
+        runs.append(client.get_workflow_handle(handle.id, run_id=history.run_id))
+        previous = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if not previous:
+            return list(reversed(runs))
+        run_id = previous
+
+
+async def _continued_and_asked(run: WorkflowHandle[Any, Any]) -> tuple[bool, int]:
+    """Whether the run continued as new, and how many times it asked the patch."""
+    history = await run.fetch_history()
+    continued = any(
+        e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW for e in history.events
+    )
+    asked = [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    return continued, asked.count(interpreter.engine.PATCH_RUN_WORK_BUDGET)
+
+
+@pytest.mark.parametrize("level", [ENGINE_LEVEL - 1, ENGINE_LEVEL])
+async def test_a_loop_of_steps_continues_as_new_when_its_work_passes_the_budget(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch, level: int
+) -> None:
+    # 60 steps' work a run (50 each, templates of a few operations besides); 301 steps in all.
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", 60 * interpreter.engine.STEP_WORK)
+    handle = await start(client, task_queue, _loop(150, heavy=False), engine_level=level)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"n": 150, "size": 0}
+
+    runs = await _chain(client, handle)
+    assert 4 <= len(runs) <= 6, len(runs)  # 301 steps at under 60 a run, but not far under
+    status = await handle.query(RunDefinitionWorkflow.status)
+    assert status.continued == len(runs) - 1
+    outcomes = [await _continued_and_asked(run) for run in runs]
+    assert [continued for continued, _ in outcomes] == [True] * (len(runs) - 1) + [False]
+    # The generation before the patch's asked it once in each run that passed the budget; the
+    # build's applies it from the start, with no marker.
+    markers = [asked for _, asked in outcomes]
+    assert markers[:-1] == [1 if level < ENGINE_LEVEL else 0] * (len(runs) - 1), markers
+    await replays_as_recorded(*runs)
+
+
+async def test_template_work_counts_toward_the_budget(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluate(HEAVY, {})
+    heavy = last_work()
+    assert heavy > 2_000  # what makes the template heavy here
+    # Steps alone (80 turns: 161 steps, about 8,000) stay under the budget; with the heavy
+    # template's work every turn, a run holds at most 10 turns.
+    budget = 10 * heavy
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", budget)
+    assert budget > 161 * interpreter.engine.STEP_WORK
+    handle = await start(client, task_queue, _loop(80, heavy=True), engine_level=ENGINE_LEVEL)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"n": 80, "size": 6389}
+    runs = await _chain(client, handle)
+    assert len(runs) >= 8, len(runs)  # 80 turns, at most 10 a run (the crossing turn included)
+    await replays_as_recorded(*runs)
+
+
+async def test_a_run_recorded_before_the_budget_replays_as_it_went_on(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded as the engine before the patch ran it (one run, far past what is now the budget),
+    at the generation before the patch's: a worker with the budget replays it without continuing
+    it as new (the patch is not in its history)."""
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", 10**12)
+    handle = await start(client, task_queue, _loop(150, heavy=False), engine_level=ENGINE_LEVEL - 1)
+    result = await handle.result()
+    assert result.output == {"n": 150, "size": 0}
+    assert len(await _chain(client, handle)) == 1
+
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", 60 * interpreter.engine.STEP_WORK)
+    await replays_as_recorded(handle)
