@@ -113,6 +113,7 @@ from interpreter.templates import (
     UncountedWorkError,
     UnreadableValueError,
     evaluate,
+    last_evaluation_work,
     last_uncounted_work,
     last_work,
     render,
@@ -1864,13 +1865,13 @@ class Engine:
         self._task_all_work = 0  # with the work of single operations (PATCH_TEMPLATE_WORK)
         self._steps_task_key: int | None = None
         self._task_steps = 0
+        """Steps executed in the current activation (see :data:`TASK_STEP_BUDGET`)."""
         self._run_work = 0
         """Interpreter work since this run (of the chain) started (see :data:`RUN_WORK_BUDGET`)."""
         self.work_spent = False
-        self._work_budget_asked = False
         """Set once the run's work passed :data:`RUN_WORK_BUDGET` and the patch applies: the host
         then continues the run as new at its next safe point."""
-        """Steps executed in the current activation (see :data:`TASK_STEP_BUDGET`)."""
+        self._work_budget_asked = False
         self._run_ctx = {
             "workflow_id": info.workflow_id,
             "run_id": info.run_id,
@@ -2631,15 +2632,14 @@ class Engine:
             # (the last evaluation's: the one that counts)
             self._task_work += last_work()
             self._task_all_work += last_work() + last_uncounted_work()
-            self._run_work += last_work() + last_uncounted_work()
+            self._run_work += last_evaluation_work()
 
     def _count_run_work(self, work: int) -> None:
         """Adds a step's ``work`` to the run's; once the run's work passed :data:`RUN_WORK_BUDGET`,
         asks :data:`PATCH_RUN_WORK_BUDGET` (once) and, when it applies, sets :attr:`work_spent`."""
         self._run_work += work
         if (
-            not self.work_spent
-            and self._run_work >= RUN_WORK_BUDGET
+            self._run_work >= RUN_WORK_BUDGET
             and self._continue_as_new is not None
             and not self._work_budget_asked
         ):
@@ -3681,7 +3681,8 @@ class Engine:
         (:data:`PATCH_CONTINUE_AS_NEW_ANY_PRESSED`; asked only then): called where such a branch
         may not stop, with the run wanting to continue as new; pressed once the history has
         grown to twice (and 100 events more than) what it was the first time that happened in
-        this run, or to half of :data:`HISTORY_GUARD_EVENTS` or :data:`HISTORY_GUARD_BYTES`. Such
+        this run, or to half of :data:`HISTORY_GUARD_EVENTS` or :data:`HISTORY_GUARD_BYTES`, or
+        the run's work to twice :data:`RUN_WORK_BUDGET`. Such
         a stop waits for the others at most :data:`PRESSED_DRAIN_WAIT_S`."""
         events, size = self.runtime.history_used()
         if self._any_held_since is None:
@@ -3689,6 +3690,9 @@ class Engine:
         pressed = (
             events >= min(2 * self._any_held_since + 100, HISTORY_GUARD_EVENTS // 2)
             or size >= HISTORY_GUARD_BYTES // 2
+            # The run's work presses too, at twice its budget (:data:`PATCH_RUN_WORK_BUDGET`: set
+            # only where it applies): a loop raced against a long delay writes no events.
+            or (self.work_spent and self._run_work >= 2 * RUN_WORK_BUDGET)
         )
         return pressed and self.runtime.patched(PATCH_CONTINUE_AS_NEW_ANY_PRESSED)
 

@@ -70,6 +70,7 @@ __all__ = [
     "check_template",
     "contains_template",
     "evaluate",
+    "last_evaluation_work",
     "last_uncounted_work",
     "last_work",
     "render",
@@ -706,12 +707,17 @@ class _Budget:
 
     _uncounted_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_uncounted")
 
+    _compiled: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_compiled")
+    """What compiling templates spent since the last reset: operations, and steps of the other
+    counts (:func:`last_evaluation_work` leaves it out)."""
+
     @classmethod
     def reset(cls) -> None:
         cls._remaining.set([WORK_BUDGET])
         cls._single_left.set([_SINGLE_OPERATION_BUDGET])
         cls._arguments_left.set([_SINGLE_OPERATION_BUDGET])
         cls._uncounted_left.set([_SINGLE_OPERATION_BUDGET])
+        cls._compiled.set([0, 0])
 
     @classmethod
     def uncounted(cls, size: int, what: str) -> None:
@@ -781,6 +787,18 @@ def last_work() -> int:
     """Operations the most recent :func:`render` or :func:`evaluate` in this context spent (also when
     it failed), so a host can bound the total of many evaluations (see the engine's task budget)."""
     return _Budget.spent()
+
+
+def last_evaluation_work() -> int:
+    """:func:`last_work` and :func:`last_uncounted_work` together, without what compiling the
+    templates spent: the same whether this process had compiled them before or not. Compiling
+    computes a template's constant parts once per process (then cached), counted in the evaluation
+    that compiled it, so a worker replaying a run in a fresh process counted more than the worker
+    that ran it (a review found a run's work budget crossed a step earlier on a cold replay, which
+    then failed as nondeterministic)."""
+    compiled = _Budget._compiled.get(None) or [0, 0]
+    steps = _Budget.steps_spent() - compiled[1]
+    return _Budget.spent() - compiled[0] + steps // _STEPS_PER_OPERATION
 
 
 _STEPS_PER_OPERATION = 64
@@ -1511,8 +1529,15 @@ def _compiling() -> Iterator[None]:
     count nor on a relaxed caller (a review: a constant left uncomputed after one evaluation and
     computed after another); the other budgets are shared as they were (they bound checking a
     whole definition: a review found each compile given budgets of its own took 57 s)."""
-    with _scoped(_bounded_work, True), _scoped(_Budget._uncounted_left, [_SINGLE_OPERATION_BUDGET]):
-        yield
+    operations, steps = _Budget.spent(), _Budget.steps_spent()
+    try:
+        with _scoped(_bounded_work, True), _scoped(_Budget._uncounted_left, [_SINGLE_OPERATION_BUDGET]):
+            yield
+    finally:
+        compiled = _Budget._compiled.get(None)
+        if compiled is not None:
+            compiled[0] += _Budget.spent() - operations
+            compiled[1] += _Budget.steps_spent() - steps
 
 
 @_SourceCache

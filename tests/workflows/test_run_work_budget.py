@@ -28,6 +28,8 @@ from temporalio.worker import Worker
 import interpreter.engine
 from interpreter.state import RunState
 from interpreter.templates import evaluate, last_work
+from tests.interpreter.test_engine import new_engine
+from tests.interpreter.test_run_work import FOLDED, _forget_compiled
 from tests.workflows.support import definition, replays_as_recorded, start, unique
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 
@@ -146,3 +148,112 @@ async def test_a_run_recorded_before_the_budget_replays_as_it_went_on(
 
     monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", 60 * interpreter.engine.STEP_WORK)
     await replays_as_recorded(handle)
+
+
+def _folded_loop(turns: int) -> list[dict[str, Any]]:
+    """``turns`` turns of a ``set`` whose template has a constant part (computed as it compiles),
+    a 1 s ``delay`` (a command in every turn) and a ``condition``."""
+    return [
+        {"id": "init", "type": "set", "vars": {"i": 0}},
+        {"id": "bump", "type": "set", "vars": {"i": FOLDED}, "max_visits": turns},
+        {"id": "nap", "type": "delay", "duration": "1s", "max_visits": turns},
+        {
+            "id": "again",
+            "type": "condition",
+            "if": f"vars.i < {turns}",
+            "then": {"goto": "bump"},
+            "max_visits": turns,
+        },
+    ]
+
+
+async def _work_at_each_step(steps: list[dict[str, Any]]) -> list[int]:
+    """The run's work as each step started (the engine on a fake runtime)."""
+    engine, rt = new_engine(steps)
+    seen: list[int] = []
+    count = engine._count_run_work
+
+    def counted(work: int) -> None:
+        count(work)
+        seen.append(engine._run_work)
+
+    engine._count_run_work = counted  # type: ignore[method-assign]
+    await rt.run(engine.run())
+    return seen
+
+
+async def test_a_worker_started_fresh_replays_the_run_where_its_budget_was_crossed(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded by a worker that had compiled the run's templates, replayed by one that has not
+    (a worker started fresh): the budget is crossed at the same step. Before, the compile's work
+    counted in the fresh worker's first evaluation, it crossed one step earlier, continued as new
+    where the recorded run slept, and the replay failed as nondeterministic (found by a review)."""
+    steps = _folded_loop(4)
+    await _work_at_each_step(steps)  # compiles the templates in this process
+    work = await _work_at_each_step(steps)
+    # Crossed as the second turn's delay starts (steps: init, bump, nap, again, bump, nap): the
+    # second bump's count plus one.
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", work[4] + 1)
+    handle = await start(
+        client, task_queue, definition(unique("work-folded"), steps), engine_level=ENGINE_LEVEL
+    )
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    runs = await _chain(client, handle)
+    assert len(runs) >= 2
+    _forget_compiled()
+    await replays_as_recorded(runs[0])
+
+
+async def test_a_loop_racing_a_delay_in_an_any_join_continues_as_new(
+    client: Client, task_queue: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branches of a ``join: any`` step stop for a continue-as-new only once the run presses
+    (they race: the first to finish wins). Before, only the history pressed it, so a loop of steps
+    that call nothing, raced against a long delay, ran its whole work in one run; now a run whose
+    work reached twice the budget presses too (found by a review)."""
+    monkeypatch.setattr(interpreter.engine, "RUN_WORK_BUDGET", 40 * interpreter.engine.STEP_WORK)
+    turns = 150
+    document = definition(
+        unique("work-any"),
+        [
+            {"id": "init", "type": "set", "vars": {"n": 0}},
+            {
+                "id": "race",
+                "type": "parallel",
+                "join": "any",
+                "branches": [
+                    {
+                        "id": "loop",
+                        "steps": [
+                            {
+                                "id": "bump",
+                                "type": "set",
+                                "vars": {"n": "{{ vars.n + 1 }}"},
+                                "max_visits": turns,
+                            },
+                            {
+                                "id": "again",
+                                "type": "condition",
+                                "if": f"vars.n < {turns}",
+                                "then": {"goto": "bump"},
+                                "max_visits": turns,
+                            },
+                        ],
+                    },
+                    {"id": "nap", "steps": [{"id": "sleep", "type": "delay", "duration": "1h"}]},
+                ],
+            },
+        ],
+        limits={"max_step_executions": 10 * turns},
+        output={"n": "{{ vars.n }}"},
+    )
+    handle = await start(client, task_queue, document, engine_level=ENGINE_LEVEL)
+    result = await handle.result()
+    assert result.state == RunState.COMPLETED
+    assert result.output == {"n": turns}
+    runs = await _chain(client, handle)
+    # 301 steps, a run pressed at twice the budget's 40: several runs.
+    assert len(runs) >= 3, len(runs)
+    await replays_as_recorded(*runs)
