@@ -528,7 +528,9 @@ took 21.8 s, and after 250 a worker started fresh had not finished the run 150 s
 timing out (found by an attacker's probe). Asked only once the budget is passed."""
 RUN_WORK_BUDGET = 1_000_000
 """Interpreter work a run may do before it continues as new (:data:`PATCH_RUN_WORK_BUDGET`): its
-templates' operations, counting their single operations (see :data:`PATCH_TEMPLATE_WORK`), plus
+templates' operations, counting their single operations (see :data:`PATCH_TEMPLATE_WORK`), without
+what compiling them charged (:func:`~interpreter.templates.last_evaluation_work`: the same in every
+worker process), plus
 :data:`STEP_WORK` for each step it executes. Ten evaluations at their whole budget, or 20,000
 steps that evaluate little. A run the budget cut (about 11 turns of the probe's loop) took a cold
 replay 1.0-1.1 s on this project's 2-core machines, idle."""

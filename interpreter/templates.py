@@ -708,8 +708,8 @@ class _Budget:
     _uncounted_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_uncounted")
 
     _compiled: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_compiled")
-    """What compiling templates spent since the last reset: operations, and steps of the other
-    counts (:func:`last_evaluation_work` leaves it out)."""
+    """What compiling templates charged since the last reset: operations, and steps in single
+    operations and reading arguments (:func:`last_evaluation_work` leaves it out)."""
 
     @classmethod
     def reset(cls) -> None:
@@ -791,11 +791,8 @@ def last_work() -> int:
 
 def last_evaluation_work() -> int:
     """:func:`last_work` and :func:`last_uncounted_work` together, without what compiling the
-    templates spent: the same whether this process had compiled them before or not. Compiling
-    computes a template's constant parts once per process (then cached), counted in the evaluation
-    that compiled it, so a worker replaying a run in a fresh process counted more than the worker
-    that ran it (a review found a run's work budget crossed a step earlier on a cold replay, which
-    then failed as nondeterministic)."""
+    templates charged (see :func:`_compiling`): the same in every process, whether it had compiled
+    them before or not."""
     compiled = _Budget._compiled.get(None) or [0, 0]
     steps = _Budget.steps_spent() - compiled[1]
     return _Budget.spent() - compiled[0] + steps // _STEPS_PER_OPERATION
@@ -1522,27 +1519,52 @@ def _detail(exc: Exception) -> str:
 
 
 @contextlib.contextmanager
-def _compiling() -> Iterator[None]:
+def _compiling(fold: bool = True) -> Iterator[None]:
     """Jinja computes a template's constant parts as it compiles it, calling filters, once per
-    text for every run (then cached): with the uncounted-work checks on and a count of that work
-    of its own, so what it computes depends neither on what an earlier evaluation left of the
-    count nor on a relaxed caller (a review: a constant left uncomputed after one evaluation and
-    computed after another); the other budgets are shared as they were (they bound checking a
-    whole definition: a review found each compile given budgets of its own took 57 s)."""
-    operations, steps = _Budget.spent(), _Budget.steps_spent()
+    text for every run (then cached). It does so with every check on and budgets of its own, whole
+    ones (none when ``fold`` is False: a definition's check, which needs no constant computed), so
+    what it computes, and the compiled template, depends on the text alone. What it spent is then
+    charged to the evaluation in progress, as before (a worker that compiles pays for it there),
+    without refusing it (a constant computed is kept), and left out of
+    :func:`last_evaluation_work`.
+
+    Before, it spent the evaluation's budgets themselves: what it computed depended on what
+    earlier evaluations had left of them (a constant left uncomputed after an evaluation that
+    spent its budget, computed after another), and what the evaluation counted on whether this
+    process had compiled the text before, so a worker replaying a run counted other work than the
+    worker that ran it (found by two reviews: a run's work budget, ``interpreter.engine``'s
+    ``RUN_WORK_BUDGET``, was crossed at another step, and the replay failed as nondeterministic).
+    A definition's check computes no constant: each compile given whole budgets of its own made
+    checking one take 57 s (a review)."""
+    work = WORK_BUDGET if fold else 0
+    steps = _SINGLE_OPERATION_BUDGET if fold else 0
+    remaining, single, arguments = [work], [steps], [steps]
     try:
-        with _scoped(_bounded_work, True), _scoped(_Budget._uncounted_left, [_SINGLE_OPERATION_BUDGET]):
+        with (
+            _scoped(_bounded_work, True),
+            _scoped(_bounded_sizes, True),
+            _scoped(_bounded_arguments, True),
+            _scoped(_Budget._remaining, remaining),
+            _scoped(_Budget._single_left, single),
+            _scoped(_Budget._arguments_left, arguments),
+            _scoped(_Budget._uncounted_left, [steps]),
+        ):
             yield
     finally:
+        spent_work = work - remaining[0]
+        spent_steps = (steps - single[0]) + (steps - arguments[0])
+        _take(_Budget._remaining, WORK_BUDGET, spent_work)
+        _take(_Budget._single_left, _SINGLE_OPERATION_BUDGET, steps - single[0])
+        _take(_Budget._arguments_left, _SINGLE_OPERATION_BUDGET, steps - arguments[0])
         compiled = _Budget._compiled.get(None)
         if compiled is not None:
-            compiled[0] += _Budget.spent() - operations
-            compiled[1] += _Budget.steps_spent() - steps
+            compiled[0] += spent_work
+            compiled[1] += spent_steps
 
 
 @_SourceCache
-def _compile_expression(source: str) -> TemplateExpression:
-    with _compiling():
+def _compile_expression(source: str, fold: bool = True) -> TemplateExpression:
+    with _compiling(fold):
         return _ENV.compile_expression(source, undefined_to_none=False)
 
 
@@ -1578,10 +1600,12 @@ def _mark_references(tree: nodes.Node) -> list[str]:
     return problems
 
 
-def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
+def _compile_marked(
+    env: jinja2.Environment, source: str, fold: bool = True
+) -> tuple[jinja2.Template, tuple[str, ...]]:
     tree = env.parse(source)
     problems = _mark_references(tree)
-    with _compiling():
+    with _compiling(fold):
         return env.from_string(tree), tuple(problems)
 
 
@@ -1595,8 +1619,8 @@ def _inert_output(value: Any) -> Any:
 
 
 @_SourceCache
-def _compile_template(source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
-    return _compile_marked(_ENV, source)
+def _compile_template(source: str, fold: bool = True) -> tuple[jinja2.Template, tuple[str, ...]]:
+    return _compile_marked(_ENV, source, fold)
 
 
 def check_expression(src: str) -> None:
@@ -1611,7 +1635,7 @@ def check_expression(src: str) -> None:
     if not _charge_tokens(src, expression=True):
         return
     try:
-        _compile_expression(src)
+        _compile_expression(src, False)  # (evaluated, it is compiled computing its constants)
     except Exception as exc:
         raise TemplateError(src, _detail(exc)) from exc
 
@@ -1653,7 +1677,7 @@ def check_template(src: str) -> None:
     if not _charge_tokens(src, expression=False):
         return
     try:
-        _, problems = _compile_template(src)
+        _, problems = _compile_template(src, False)
     except Exception as exc:
         raise TemplateError(src, _detail(exc)) from exc
     if problems:
@@ -1705,6 +1729,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     try:
         compiled = _compile_expression(expression)
     except Exception as exc:
+        _Budget.reset()  # it spent nothing (before, it reported what the evaluation before it had)
         raise TemplateError(expression, _detail(exc)) from exc
     _Budget.reset()
     return _evaluate_compiled(expression, compiled, context)
