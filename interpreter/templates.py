@@ -707,17 +707,12 @@ class _Budget:
 
     _uncounted_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_uncounted")
 
-    _compiled: contextvars.ContextVar[list[int]] = contextvars.ContextVar("wfa_template_compiled")
-    """What compiling templates charged since the last reset: operations, and steps in single
-    operations and reading arguments (:func:`last_evaluation_work` leaves it out)."""
-
     @classmethod
     def reset(cls) -> None:
         cls._remaining.set([WORK_BUDGET])
         cls._single_left.set([_SINGLE_OPERATION_BUDGET])
         cls._arguments_left.set([_SINGLE_OPERATION_BUDGET])
         cls._uncounted_left.set([_SINGLE_OPERATION_BUDGET])
-        cls._compiled.set([0, 0])
 
     @classmethod
     def uncounted(cls, size: int, what: str) -> None:
@@ -790,12 +785,9 @@ def last_work() -> int:
 
 
 def last_evaluation_work() -> int:
-    """:func:`last_work` and :func:`last_uncounted_work` together, without what compiling the
-    templates charged (see :func:`_compiling`): the same in every process, whether it had compiled
-    them before or not."""
-    compiled = _Budget._compiled.get(None) or [0, 0]
-    steps = _Budget.steps_spent() - compiled[1]
-    return _Budget.spent() - compiled[0] + steps // _STEPS_PER_OPERATION
+    """:func:`last_work` and :func:`last_uncounted_work` together: what the most recent evaluation
+    spent, the same in every process (compiling counts in no evaluation, see :func:`_compiling`)."""
+    return last_work() + last_uncounted_work()
 
 
 _STEPS_PER_OPERATION = 64
@@ -1518,53 +1510,47 @@ def _detail(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-@contextlib.contextmanager
-def _compiling(fold: bool = True) -> Iterator[None]:
-    """Jinja computes a template's constant parts as it compiles it, calling filters, once per
-    text for every run (then cached). It does so with every check on and budgets of its own, whole
-    ones (none when ``fold`` is False: a definition's check, which needs no constant computed), so
-    what it computes, and the compiled template, depends on the text alone. What it spent is then
-    charged to the evaluation in progress, as before (a worker that compiles pays for it there),
-    without refusing it (a constant computed is kept), and left out of
-    :func:`last_evaluation_work`.
+FOLD_WORK_PER_TOKEN = 10
+"""Operations jinja may spend computing a template's constant parts as it compiles it, per token of
+its text (at most :data:`WORK_BUDGET`; :data:`_STEPS_PER_OPERATION` times as many steps of each
+other count): a definition's templates together spend at most ten times
+:data:`MAX_DEFINITION_TEMPLATE_TOKENS` (one work budget), however many there are."""
 
-    Before, it spent the evaluation's budgets themselves: what it computed depended on what
-    earlier evaluations had left of them (a constant left uncomputed after an evaluation that
-    spent its budget, computed after another), and what the evaluation counted on whether this
-    process had compiled the text before, so a worker replaying a run counted other work than the
-    worker that ran it (found by two reviews: a run's work budget, ``interpreter.engine``'s
-    ``RUN_WORK_BUDGET``, was crossed at another step, and the replay failed as nondeterministic).
-    A definition's check computes no constant: each compile given whole budgets of its own made
-    checking one take 57 s (a review)."""
-    work = WORK_BUDGET if fold else 0
-    steps = _SINGLE_OPERATION_BUDGET if fold else 0
-    remaining, single, arguments = [work], [steps], [steps]
-    try:
-        with (
-            _scoped(_bounded_work, True),
-            _scoped(_bounded_sizes, True),
-            _scoped(_bounded_arguments, True),
-            _scoped(_Budget._remaining, remaining),
-            _scoped(_Budget._single_left, single),
-            _scoped(_Budget._arguments_left, arguments),
-            _scoped(_Budget._uncounted_left, [steps]),
-        ):
-            yield
-    finally:
-        spent_work = work - remaining[0]
-        spent_steps = (steps - single[0]) + (steps - arguments[0])
-        _take(_Budget._remaining, WORK_BUDGET, spent_work)
-        _take(_Budget._single_left, _SINGLE_OPERATION_BUDGET, steps - single[0])
-        _take(_Budget._arguments_left, _SINGLE_OPERATION_BUDGET, steps - arguments[0])
-        compiled = _Budget._compiled.get(None)
-        if compiled is not None:
-            compiled[0] += spent_work
-            compiled[1] += spent_steps
+
+@contextlib.contextmanager
+def _compiling(source: str, expression: bool) -> Iterator[None]:
+    """Jinja computes a template's constant parts as it compiles it, calling filters, once per
+    text for every run (then cached). It does so with every check on and budgets of its own, which
+    depend on the text alone (:data:`FOLD_WORK_PER_TOKEN`): a constant they refuse or that needs
+    more is left to the evaluation, which computes and counts it. So the compiled template depends
+    on its text alone, and no evaluation counts the compile: what an evaluation counts is the same
+    in every worker process, whether it had compiled the text before or not.
+
+    Before, compiling spent the evaluation's budgets themselves: a constant was left uncomputed
+    after an evaluation that spent its budget (and counted at every later evaluation in that
+    process), a dict's second string compiled on what the first had left, a relaxed caller
+    computed constants a checked one refuses, and the evaluation that compiled counted the compile
+    (found by three reviews: a run's work budget, ``interpreter.engine``'s ``RUN_WORK_BUDGET``, was
+    crossed at another step on a worker started fresh, and the replay failed as nondeterministic).
+    Whole budgets for each compile made checking a definition take 57 s, and a render of many
+    strings 30 s (reviews): a definition's templates together now fold at most one work budget."""
+    work = min(WORK_BUDGET, FOLD_WORK_PER_TOKEN * max(_tokens(source, expression), 0))
+    steps = work * _STEPS_PER_OPERATION
+    with (
+        _scoped(_bounded_work, True),
+        _scoped(_bounded_sizes, True),
+        _scoped(_bounded_arguments, True),
+        _scoped(_Budget._remaining, [work]),
+        _scoped(_Budget._single_left, [steps]),
+        _scoped(_Budget._arguments_left, [steps]),
+        _scoped(_Budget._uncounted_left, [steps]),
+    ):
+        yield
 
 
 @_SourceCache
-def _compile_expression(source: str, fold: bool = True) -> TemplateExpression:
-    with _compiling(fold):
+def _compile_expression(source: str) -> TemplateExpression:
+    with _compiling(source, expression=True):
         return _ENV.compile_expression(source, undefined_to_none=False)
 
 
@@ -1600,12 +1586,10 @@ def _mark_references(tree: nodes.Node) -> list[str]:
     return problems
 
 
-def _compile_marked(
-    env: jinja2.Environment, source: str, fold: bool = True
-) -> tuple[jinja2.Template, tuple[str, ...]]:
+def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
     tree = env.parse(source)
     problems = _mark_references(tree)
-    with _compiling(fold):
+    with _compiling(source, expression=False):
         return env.from_string(tree), tuple(problems)
 
 
@@ -1619,8 +1603,8 @@ def _inert_output(value: Any) -> Any:
 
 
 @_SourceCache
-def _compile_template(source: str, fold: bool = True) -> tuple[jinja2.Template, tuple[str, ...]]:
-    return _compile_marked(_ENV, source, fold)
+def _compile_template(source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
+    return _compile_marked(_ENV, source)
 
 
 def check_expression(src: str) -> None:
@@ -1635,7 +1619,7 @@ def check_expression(src: str) -> None:
     if not _charge_tokens(src, expression=True):
         return
     try:
-        _compile_expression(src, False)  # (evaluated, it is compiled computing its constants)
+        _compile_expression(src)
     except Exception as exc:
         raise TemplateError(src, _detail(exc)) from exc
 
@@ -1677,7 +1661,7 @@ def check_template(src: str) -> None:
     if not _charge_tokens(src, expression=False):
         return
     try:
-        _, problems = _compile_template(src, False)
+        _, problems = _compile_template(src)
     except Exception as exc:
         raise TemplateError(src, _detail(exc)) from exc
     if problems:
@@ -1729,7 +1713,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     try:
         compiled = _compile_expression(expression)
     except Exception as exc:
-        _Budget.reset()  # it spent nothing (before, it reported what the evaluation before it had)
+        _Budget.reset()  # it spent nothing (before, it reported what the evaluation before it did)
         raise TemplateError(expression, _detail(exc)) from exc
     _Budget.reset()
     return _evaluate_compiled(expression, compiled, context)
