@@ -114,7 +114,6 @@ from interpreter.templates import (
     UnreadableValueError,
     evaluate,
     last_evaluation_work,
-    last_uncounted_work,
     last_work,
     render,
     render_html,
@@ -528,10 +527,9 @@ took 21.8 s, and after 250 a worker started fresh had not finished the run 150 s
 timing out (found by an attacker's probe). Asked only once the budget is passed."""
 RUN_WORK_BUDGET = 1_000_000
 """Interpreter work a run may do before it continues as new (:data:`PATCH_RUN_WORK_BUDGET`): its
-templates' operations, counting their single operations (see :data:`PATCH_TEMPLATE_WORK`), without
-what compiling them charged (:func:`~interpreter.templates.last_evaluation_work`: the same in every
-worker process), plus
-:data:`STEP_WORK` for each step it executes. Ten evaluations at their whole budget, or 20,000
+templates' operations, counting their single operations (see :data:`PATCH_TEMPLATE_WORK`;
+:func:`~interpreter.templates.last_evaluation_work`, the same in every worker process: compiling
+counts in no evaluation), plus :data:`STEP_WORK` for each step it executes. Ten evaluations at their whole budget, or 20,000
 steps that evaluate little. A run the budget cut (about 11 turns of the probe's loop) took a cold
 replay 1.0-1.1 s on this project's 2-core machines, idle."""
 STEP_WORK = 50
@@ -2633,8 +2631,9 @@ class Engine:
         finally:
             # (the last evaluation's: the one that counts)
             self._task_work += last_work()
-            self._task_all_work += last_work() + last_uncounted_work()
-            self._run_work += last_evaluation_work()
+            spent = last_evaluation_work()  # with its single operations' work
+            self._task_all_work += spent
+            self._run_work += spent
 
     def _count_run_work(self, work: int) -> None:
         """Adds a step's ``work`` to the run's; once the run's work passed :data:`RUN_WORK_BUDGET`,
