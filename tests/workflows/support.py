@@ -180,9 +180,10 @@ async def start_bystander(client: Client, task_queue: str) -> Handle:
     return await start(client, task_queue, definition(unique("other"), steps))
 
 
-async def patch_ids(client: Client, workflow_id: str) -> list[str]:
-    """The patch marker details in the run's history (the JSON of each asked patch)."""
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
+async def patch_ids(client: Client, workflow_id: str, run_id: str | None = None) -> list[str]:
+    """The patch marker details in the run's history (the JSON of each asked patch); the latest
+    run's, or ``run_id``'s."""
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     return [
         e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
         for e in history.events
@@ -256,9 +257,9 @@ async def task_failures(handle: Handle) -> list[HistoryEvent]:
     ]
 
 
-async def chain_events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEvent]:
-    """The history events of every run of the handle's workflow id that the latest run continued
-    from (a run continues as new when its history grows large), oldest run first."""
+async def chain_histories(handle: WorkflowHandle[Any, Any]) -> list[WorkflowHistory]:
+    """The histories of every run of the handle's workflow id that the latest run continued from
+    (a run continues as new when its history grows large), oldest run first."""
     client = handle._client
     histories = []
     run_id: str | None = None
@@ -267,9 +268,14 @@ async def chain_events(handle: Handle, *types: EventType.ValueType) -> list[Hist
         histories.append(history)
         started = history.events[0].workflow_execution_started_event_attributes
         if not started.continued_execution_run_id:
-            break
+            return list(reversed(histories))
         run_id = started.continued_execution_run_id
-    return [e for h in reversed(histories) for e in h.events if not types or e.event_type in types]
+
+
+async def chain_events(handle: Handle, *types: EventType.ValueType) -> list[HistoryEvent]:
+    """The history events of every run of the handle's chain (:func:`chain_histories`), oldest
+    run first."""
+    return [e for h in await chain_histories(handle) for e in h.events if not types or e.event_type in types]
 
 
 def record(result: RunResult | RunStatus, path: str) -> Any:

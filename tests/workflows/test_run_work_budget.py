@@ -30,7 +30,14 @@ from interpreter.state import RunState
 from interpreter.templates import evaluate, last_work
 from tests.interpreter.test_engine import new_engine
 from tests.interpreter.test_run_work import FOLDED, _forget_compiled
-from tests.workflows.support import definition, replays_as_recorded, start, unique
+from tests.workflows.support import (
+    chain_histories,
+    definition,
+    patch_ids,
+    replays_as_recorded,
+    start,
+    unique,
+)
 from workflows.generic import ENGINE_LEVEL, RunDefinitionWorkflow
 
 HEAVY = "range(1500) | map('string') | join(',') | length"
@@ -62,31 +69,17 @@ def _loop(turns: int, heavy: bool) -> dict[str, Any]:
 
 
 async def _chain(client: Client, handle: WorkflowHandle[Any, Any]) -> list[WorkflowHandle[Any, Any]]:
-    """Every run of the handle's chain, oldest first (followed through each run's start)."""
-    runs: list[WorkflowHandle[Any, Any]] = []
-    run_id: str | None = None
-    while True:
-        run = client.get_workflow_handle(handle.id, run_id=run_id)
-        history = await run.fetch_history()
-        runs.append(client.get_workflow_handle(handle.id, run_id=history.run_id))
-        previous = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
-        if not previous:
-            return list(reversed(runs))
-        run_id = previous
+    """Every run of the handle's chain, oldest first."""
+    return [client.get_workflow_handle(handle.id, run_id=h.run_id) for h in await chain_histories(handle)]
 
 
-async def _continued_and_asked(run: WorkflowHandle[Any, Any]) -> tuple[bool, int]:
+async def _continued_and_asked(client: Client, run: WorkflowHandle[Any, Any]) -> tuple[bool, int]:
     """Whether the run continued as new, and how many times it asked the patch."""
     history = await run.fetch_history()
     continued = any(
         e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW for e in history.events
     )
-    asked = [
-        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
-        for e in history.events
-        if e.HasField("marker_recorded_event_attributes")
-        and e.marker_recorded_event_attributes.marker_name == "core_patch"
-    ]
+    asked = [json.loads(data)["id"] for data in await patch_ids(client, run.id, run.run_id)]
     return continued, asked.count(interpreter.engine.PATCH_RUN_WORK_BUDGET)
 
 
@@ -105,7 +98,7 @@ async def test_a_loop_of_steps_continues_as_new_when_its_work_passes_the_budget(
     assert 4 <= len(runs) <= 6, len(runs)  # 301 steps at under 60 a run, but not far under
     status = await handle.query(RunDefinitionWorkflow.status)
     assert status.continued == len(runs) - 1
-    outcomes = [await _continued_and_asked(run) for run in runs]
+    outcomes = [await _continued_and_asked(client, run) for run in runs]
     assert [continued for continued, _ in outcomes] == [True] * (len(runs) - 1) + [False]
     # The generation before the patch's asked it once in each run that passed the budget; the
     # build's applies it from the start, with no marker.
