@@ -31,9 +31,12 @@ import contextvars
 import functools
 import json
 import math
+import os  # noqa: TID251 (os.register_at_fork only: _new_compiler)
 import re
+import threading  # noqa: TID251 (_at_fixed_depth: compiles run on a thread of their own, waited for)
 import types
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
+from concurrent.futures import ThreadPoolExecutor  # noqa: TID251 (_at_fixed_depth)
 
 # The one random draw of the interpreter, made once per process: it never reaches a rendered value
 # (see _REFERENCE_OPEN), so renders stay deterministic across processes and replays.
@@ -1502,7 +1505,18 @@ _HTML_ENV = _Environment()
 _HTML_ENV.autoescape = True
 
 
+_TOO_DEEP = (
+    "nested too deeply to compile (brackets, a long chain of operators, filters or attributes, or"
+    " blocks inside blocks); split it into smaller templates, variables or steps"
+)
+
+
 def _detail(exc: Exception) -> str:
+    if isinstance(exc, RecursionError) or (isinstance(exc, SyntaxError) and "too many" in str(exc.msg)):
+        # Python's words for these ("maximum recursion depth exceeded", "too many nested
+        # parentheses" at a line of the code jinja generated) name nothing in the template.
+        # (A SyntaxError is Python's own, compiling that code: jinja's is a TemplateError.)
+        return _TOO_DEEP
     if isinstance(exc, jinja2.exceptions.TemplateSyntaxError):
         return f"syntax error: {exc.message} (line {exc.lineno})"
     if isinstance(exc, jinja2.exceptions.TemplateError):
@@ -1548,10 +1562,53 @@ def _compiling(source: str, expression: bool) -> Iterator[None]:
         yield
 
 
+_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wfa-template-compile")
+_on_compiler = threading.local()
+
+
+def _new_compiler() -> None:
+    """A process forked from one whose compiler had started has none (the thread is the parent's):
+    the child gets its own."""
+    global _COMPILER
+    _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wfa-template-compile")
+
+
+os.register_at_fork(after_in_child=_new_compiler)
+
+
+def _at_fixed_depth(compile_: Callable[[], _R]) -> _R:
+    """``compile_()`` run on the compiler's thread (with the caller's context), which the caller
+    waits for: its answer, or its exception raised here.
+
+    Jinja parses and generates code by recursion (about 13 frames a level of brackets, one a term
+    of ``1+1+...``, a filter of ``x|f|f...``, a nested block), and so does Python compiling what it
+    generated. Run in the caller's thread, whether a deeply nested template compiled depended on
+    how deep the caller's stack was: 60 levels of brackets compiled at the top of a thread and
+    failed 300 frames down. A worker compiles a text once (then caches it) wherever a run first
+    meets it, so the same run's template could compile on one worker and fail on another, started
+    fresh, replaying it. On a thread of their own, compiles start at the same depth, so whether a
+    text compiles (and the error it gets) depends on the text alone, for the client that checks a
+    definition and the worker that runs it alike. One thread serves every caller: handing a compile
+    over costs about 20 microseconds of CPU, against 300 or more for the compile (starting a thread
+    for each compile cost 60). A compile that compiled again (none does) would do so where it is."""
+    if getattr(_on_compiler, "active", False):
+        return compile_()
+    context = contextvars.copy_context()
+
+    def run() -> _R:
+        _on_compiler.active = True
+        return context.run(compile_)
+
+    return _COMPILER.submit(run).result()
+
+
 @_SourceCache
 def _compile_expression(source: str) -> TemplateExpression:
-    with _compiling(source, expression=True):
-        return _ENV.compile_expression(source, undefined_to_none=False)
+    def compile_() -> TemplateExpression:
+        with _compiling(source, expression=True):
+            return _ENV.compile_expression(source, undefined_to_none=False)
+
+    return _at_fixed_depth(compile_)
 
 
 def _mark_references(tree: nodes.Node) -> list[str]:
@@ -1587,10 +1644,13 @@ def _mark_references(tree: nodes.Node) -> list[str]:
 
 
 def _compile_marked(env: jinja2.Environment, source: str) -> tuple[jinja2.Template, tuple[str, ...]]:
-    tree = env.parse(source)
-    problems = _mark_references(tree)
-    with _compiling(source, expression=False):
-        return env.from_string(tree), tuple(problems)
+    def compile_() -> tuple[jinja2.Template, tuple[str, ...]]:
+        tree = env.parse(source)
+        problems = _mark_references(tree)
+        with _compiling(source, expression=False):
+            return env.from_string(tree), tuple(problems)
+
+    return _at_fixed_depth(compile_)
 
 
 def _inert_output(value: Any) -> Any:
