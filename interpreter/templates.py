@@ -1506,8 +1506,9 @@ _HTML_ENV.autoescape = True
 
 
 _TOO_DEEP = (
-    "nested too deeply to compile (brackets, a long chain of operators, filters or attributes, or"
-    " blocks inside blocks); split it into smaller templates, variables or steps"
+    "nests or recurses too deeply (brackets, a long chain of operators, filters or attributes,"
+    " blocks inside blocks, or a macro or loop calling itself); split it into smaller templates,"
+    " variables or steps"
 )
 
 
@@ -1562,23 +1563,33 @@ def _compiling(source: str, expression: bool) -> Iterator[None]:
         yield
 
 
-_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wfa-template-compile")
+_COMPILERS = 16
+"""Threads compiles run on, started as they are needed: a small compile does not wait behind
+another caller's large one (with one thread, a one-token compile waited 500 ms behind three
+10,000-token ones, found by a review)."""
+
+
+def _new_compiler() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_COMPILERS, thread_name_prefix="wfa-template-compile")
+
+
+_COMPILER = _new_compiler()
 _on_compiler = threading.local()
 
 
-def _new_compiler() -> None:
-    """A process forked from one whose compiler had started has none (the thread is the parent's):
-    the child gets its own."""
+def _forked() -> None:
+    """A process forked from one whose compilers had started has none (the threads are the
+    parent's): the child gets its own."""
     global _COMPILER
-    _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wfa-template-compile")
+    _COMPILER = _new_compiler()
 
 
-os.register_at_fork(after_in_child=_new_compiler)
+os.register_at_fork(after_in_child=_forked)
 
 
 def _at_fixed_depth(compile_: Callable[[], _R]) -> _R:
-    """``compile_()`` run on the compiler's thread (with the caller's context), which the caller
-    waits for: its answer, or its exception raised here.
+    """``compile_()`` run on a compiler thread (with the caller's context), which the caller waits
+    for: its answer, or its exception raised here.
 
     Jinja parses and generates code by recursion (about 13 frames a level of brackets, one a term
     of ``1+1+...``, a filter of ``x|f|f...``, a nested block), and so does Python compiling what it
@@ -1586,11 +1597,16 @@ def _at_fixed_depth(compile_: Callable[[], _R]) -> _R:
     how deep the caller's stack was: 60 levels of brackets compiled at the top of a thread and
     failed 300 frames down. A worker compiles a text once (then caches it) wherever a run first
     meets it, so the same run's template could compile on one worker and fail on another, started
-    fresh, replaying it. On a thread of their own, compiles start at the same depth, so whether a
+    fresh, replaying it. On threads of their own, compiles start at the same depth, so whether a
     text compiles (and the error it gets) depends on the text alone, for the client that checks a
-    definition and the worker that runs it alike. One thread serves every caller: handing a compile
-    over costs about 20 microseconds of CPU, against 300 or more for the compile (starting a thread
-    for each compile cost 60). A compile that compiled again (none does) would do so where it is."""
+    definition and the worker that runs it alike. Handing a compile over costs about 20
+    microseconds of CPU, and 80 more were measured per compile (of 300 to 400) with the wait.
+
+    Where no compiler thread can take it (none could be started, or the interpreter is shutting
+    down: ``submit`` raises RuntimeError), the caller compiles it itself, as before: a handover
+    that failed is no template's error (as a TemplateError it failed a run's step for good, and a
+    single expression's check cached it as "not an expression", found by a review). A compile
+    that compiled again (none does) would do so where it is."""
     if getattr(_on_compiler, "active", False):
         return compile_()
     context = contextvars.copy_context()
@@ -1599,7 +1615,11 @@ def _at_fixed_depth(compile_: Callable[[], _R]) -> _R:
         _on_compiler.active = True
         return context.run(compile_)
 
-    return _COMPILER.submit(run).result()
+    try:
+        future = _COMPILER.submit(run)
+    except RuntimeError:
+        return compile_()
+    return future.result()
 
 
 @_SourceCache

@@ -63,7 +63,7 @@ def test_a_template_compiles_or_not_whatever_the_callers_depth(kind: str) -> Non
         outcomes.append(at[0])
     # The set straddles the edge: the smallest compiles, the largest is refused, and in words.
     assert outcomes[0] == "compiles", outcomes
-    assert "nested too deeply to compile" in outcomes[-1], outcomes
+    assert "nests or recurses too deeply" in outcomes[-1], outcomes
     assert all("recursion" not in o and "line" not in o for o in outcomes), outcomes
 
 
@@ -88,7 +88,7 @@ def test_a_compiled_template_evaluates_the_same_wherever_it_was_first_compiled()
     assert _at_depth(600, lambda: render(template, {"input": {"a": "y"}})) == "y"
     deep = "{{ " + "(" * 90 + "input.a" + ")" * 90 + " }}"
     for depth in (0, 600):
-        with pytest.raises(TemplateError, match="nested too deeply to compile"):
+        with pytest.raises(TemplateError, match="nests or recurses too deeply"):
             _at_depth(depth, lambda: render(_fresh(deep), {"input": {"a": "y"}}))
 
 
@@ -98,4 +98,13 @@ def test_a_definition_with_a_template_too_deep_is_refused_naming_it() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_definition(definition)
     messages = [str(e["msg"]) for e in caught.value.errors()]
-    assert any("nested too deeply to compile" in m for m in messages), messages
+    assert any("nests or recurses too deeply" in m for m in messages), messages
+
+
+def test_a_macro_calling_itself_too_deeply_fails_in_words() -> None:
+    """Evaluating recurses too (Python's words named nothing in the template)."""
+    recursive = "{% macro f(n) %}{{ f(n - 1) if n > 0 else 'end' }}{% endmacro %}{{ f(input.n) }}"
+    assert render(recursive, {"input": {"n": 20}}) == "end"
+    with pytest.raises(TemplateError, match="nests or recurses too deeply") as caught:
+        render(recursive, {"input": {"n": 5000}})
+    assert "recursion" not in caught.value.detail
