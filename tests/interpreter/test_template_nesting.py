@@ -108,3 +108,22 @@ def test_a_macro_calling_itself_too_deeply_fails_in_words() -> None:
     with pytest.raises(TemplateError, match="nests or recurses too deeply") as caught:
         render(recursive, {"input": {"n": 5000}})
     assert "recursion" not in caught.value.detail
+
+
+def test_a_compile_no_thread_can_take_is_compiled_by_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handover that fails (the interpreter exiting, or no thread could start: ``submit`` raises
+    RuntimeError) is no template's error: it neither fails the template nor is cached as one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from interpreter import templates
+
+    closed = ThreadPoolExecutor(max_workers=1)
+    closed.shutdown()
+    monkeypatch.setattr(templates, "_COMPILER", closed)
+    listed = f"{{{{ [1, {next(_FRESH)}] }}}}"
+    value = render(listed, {})
+    assert isinstance(value, list), value
+    assert value[0] == 1
+    assert render(listed, {}) == value  # the cached compile: still the list
+    with pytest.raises(TemplateError, match="nests or recurses too deeply"):
+        check_template(_fresh("{{ " + "(" * 120 + "1" + ")" * 120 + " }}"))
