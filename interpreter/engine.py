@@ -3366,7 +3366,7 @@ class Engine:
                 )
             return bool(order)
 
-        drained = False
+        drained = closing = False
         try:
             while True:
                 await self.runtime.wait_condition(
@@ -3379,11 +3379,17 @@ class Engine:
                     break
             # The delays branches wait in are cancelled to go on in the next run, not ended.
             self._carrying = self._carrying or drained
+        except GeneratorExit:
+            # The run is being discarded unfinished (the worker dropped it from its cache, or shut
+            # down): nothing runs any more, so nothing is awaited (awaiting here made Python report
+            # "coroutine ignored GeneratorExit" for the whole run; no command is sent either way).
+            closing = True
+            raise
         finally:
             losers = [t for t in tasks if not t.done()]
             for task in losers:
                 task.cancel()
-            if losers:
+            if losers and not closing:
                 await asyncio.gather(*losers, return_exceptions=True)
             for task in tasks:  # the failures not re-raised below are seen here, not logged as lost
                 if task.done() and not task.cancelled():
