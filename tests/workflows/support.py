@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -369,3 +371,32 @@ def foreach_branches(count: int, step: Callable[[int], dict[str, Any]]) -> dict[
         for n in range(count)
     ]
     return {"id": "all", "type": "parallel", "branches": branches}
+
+
+def approvals_in_a_foreach(prefix: str) -> dict[str, Any]:
+    """A definition that waits in a ``foreach`` of three approvals (branches of a join)."""
+    return definition(
+        unique(prefix),
+        [
+            {
+                "id": "fan",
+                "type": "foreach",
+                "items": "range(3) | list",
+                "steps": [{"id": "review", "type": "approval", "approvers": ["alice"]}],
+            }
+        ],
+    )
+
+
+@contextmanager
+def collector_held() -> Iterator[None]:
+    """The garbage collector runs only where it is called meanwhile (``gc.collect()``): a dropped
+    run's coroutines are closed there."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -24,7 +24,7 @@ import httpx
 from temporalio.client import Client
 
 from interpreter.state import RunState
-from tests.workflows.support import definition, start, unique, wait_state
+from tests.workflows.support import approvals_in_a_foreach, collector_held, start, wait_state
 from worker import build_worker
 
 
@@ -48,30 +48,14 @@ def _unraisable() -> Iterator[list[str]]:
 async def test_a_run_dropped_while_its_branches_wait_closes_quietly(
     client: Client, task_queue: str, http_client: httpx.AsyncClient
 ) -> None:
-    doc = definition(
-        unique("dropped-join"),
-        [
-            {
-                "id": "fan",
-                "type": "foreach",
-                "items": "range(3) | list",
-                "steps": [{"id": "review", "type": "approval", "approvers": ["alice"]}],
-            },
-        ],
-    )
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()  # the run's coroutines are closed below, where the report is watched
-    try:
+    doc = approvals_in_a_foreach("dropped-join")
+    with collector_held():  # the run's coroutines are closed below, where the report is watched
         async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
             run = await start(client, task_queue, doc)
             await wait_state(run, RunState.AWAITING_APPROVAL, timeout=60)
         # The worker is gone; the run's suspended coroutines wait for the collector.
         with _unraisable() as seen:
             found = gc.collect()
-    finally:
-        if enabled:
-            gc.enable()
     assert found > 0  # the dropped run's objects were collected here
     assert [s for s in seen if "GeneratorExit" in s] == [], seen
     await run.terminate("test over")

@@ -18,8 +18,6 @@ reach that workflow's history.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
@@ -28,7 +26,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from interpreter.state import RunState
-from tests.workflows.support import definition, events, start, unique, wait_state
+from tests.workflows.support import approvals_in_a_foreach, collector_held, events, start, unique, wait_state
 from worker import build_worker
 
 
@@ -43,34 +41,12 @@ class _CollectsGarbage:
         return found
 
 
-@contextmanager
-def _collector_held() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 async def test_a_dropped_runs_clean_up_never_reaches_another_workflows_history(
     client: Client, task_queue: str, http_client: httpx.AsyncClient
 ) -> None:
-    doc = definition(
-        unique("dropped"),
-        [
-            {
-                "id": "fan",
-                "type": "foreach",
-                "items": "range(3) | list",
-                "steps": [{"id": "review", "type": "approval", "approvers": ["alice"]}],
-            }
-        ],
-    )
+    doc = approvals_in_a_foreach("dropped")
     other_queue = f"{task_queue}-other"
-    with _collector_held():
+    with collector_held():
         async with build_worker(client, task_queue, http_client, graceful_shutdown_timeout=timedelta(0)):
             run = await start(client, task_queue, doc)
             await wait_state(run, RunState.AWAITING_APPROVAL, timeout=60)
