@@ -81,6 +81,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from activities.base import HEARTBEAT_SEND_EVERY_MAX
 from activities.connections import ConnectionsConfigError, connections
 from activities.dead_letters import build_store_activities
 from activities.email import EmailActions
@@ -517,6 +518,8 @@ def build_worker(
             default_cached_runs(memory_limit()) if max_cached_workflows is None else max_cached_workflows
         ),
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks or default_workflow_task_slots(),
+        # Heartbeats leave with time to arrive before the step's heartbeat timeout, on a busy worker too.
+        max_heartbeat_throttle_interval=HEARTBEAT_SEND_EVERY_MAX,
         on_fatal_error=on_fatal_error,
     )
     return tolerate_slow_activations(worker)

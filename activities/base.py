@@ -653,6 +653,16 @@ def action(
 HEARTBEAT_EVERY_MAX_S = 10.0
 """The longest gap between two heartbeats of an action whose step declares ``heartbeat``."""
 
+HEARTBEAT_SEND_EVERY_MAX = timedelta(seconds=3)
+"""The worker's cap on how long the SDK holds a heartbeat back (``max_heartbeat_throttle_interval``,
+60 s by default). The SDK sends at most one heartbeat per 80% of the step's heartbeat timeout: for
+a 10 s timeout, one every 8 s, leaving 2 s for the worker's loop, the SDK and the server to carry
+it. On a busy machine that was not enough: the server timed out a live ``http`` call and the retry
+sent the POST again (a CI run beside a CPU burner). Capped at 3 s, the heartbeats :func:`_heartbeating`
+asks for (every third of the timeout, at most every :data:`HEARTBEAT_EVERY_MAX_S`) leave as asked
+for timeouts of 9 s or more, so each has two thirds of the timeout to arrive; a shorter timeout
+keeps at least its 20%."""
+
 
 @contextlib.asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
@@ -664,7 +674,8 @@ async def _heartbeating() -> AsyncIterator[None]:
     heartbeats say what the timeout asks: the worker running the action is alive; a worker that
     dies stops them and the attempt is retried within the timeout. They also bring a cancellation
     of the step to the action, as Temporal delivers it with a heartbeat's answer. The SDK sends at
-    most one heartbeat per 80% of the timeout; this asks three times as often, at most every
+    most one heartbeat per 80% of the timeout, or per :data:`HEARTBEAT_SEND_EVERY_MAX` (the
+    product's worker caps it); this asks three times as often, at most every
     :data:`HEARTBEAT_EVERY_MAX_S`.
     """
     timeout = activity.info().heartbeat_timeout
