@@ -674,9 +674,9 @@ async def _heartbeating() -> AsyncIterator[None]:
     heartbeats say what the timeout asks: the worker running the action is alive; a worker that
     dies stops them and the attempt is retried within the timeout. They also bring a cancellation
     of the step to the action, as Temporal delivers it with a heartbeat's answer. The SDK sends at
-    most one heartbeat per 80% of the timeout, or per :data:`HEARTBEAT_SEND_EVERY_MAX` (the
-    product's worker caps it); this asks three times as often, at most every
-    :data:`HEARTBEAT_EVERY_MAX_S`.
+    most one heartbeat per 80% of the timeout or per :data:`HEARTBEAT_SEND_EVERY_MAX` (the
+    product's worker's cap), whichever is shorter; this asks for one every third of the timeout, at
+    most every :data:`HEARTBEAT_EVERY_MAX_S`.
     """
     timeout = activity.info().heartbeat_timeout
     if timeout is None or timeout <= timedelta(0):

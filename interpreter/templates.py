@@ -31,7 +31,7 @@ import contextvars
 import functools
 import json
 import math
-import os  # noqa: TID251 (os.register_at_fork only: _new_compiler)
+import os  # noqa: TID251 (os.register_at_fork only: _forked)
 import re
 import threading  # noqa: TID251 (_at_fixed_depth: compiles run on a thread of their own, waited for)
 import types

@@ -185,7 +185,11 @@ async def start_bystander(client: Client, task_queue: str) -> Handle:
 async def patch_ids(client: Client, workflow_id: str, run_id: str | None = None) -> list[str]:
     """The patch marker details in the run's history (the JSON of each asked patch); the latest
     run's, or ``run_id``'s."""
-    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    return patches_in(await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history())
+
+
+def patches_in(history: WorkflowHistory) -> list[str]:
+    """The patch marker details in ``history`` (the JSON of each asked patch)."""
     return [
         e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data.decode()
         for e in history.events

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.worker import Worker
 
 import interpreter.engine
@@ -33,7 +33,7 @@ from tests.interpreter.test_run_work import FOLDED, _forget_compiled
 from tests.workflows.support import (
     chain_histories,
     definition,
-    patch_ids,
+    patches_in,
     replays_as_recorded,
     start,
     unique,
@@ -68,18 +68,24 @@ def _loop(turns: int, heavy: bool) -> dict[str, Any]:
     )
 
 
+def _runs(
+    client: Client, handle: WorkflowHandle[Any, Any], histories: list[WorkflowHistory]
+) -> list[WorkflowHandle[Any, Any]]:
+    """A handle on each run of ``histories`` (the handle's chain)."""
+    return [client.get_workflow_handle(handle.id, run_id=h.run_id) for h in histories]
+
+
 async def _chain(client: Client, handle: WorkflowHandle[Any, Any]) -> list[WorkflowHandle[Any, Any]]:
     """Every run of the handle's chain, oldest first."""
-    return [client.get_workflow_handle(handle.id, run_id=h.run_id) for h in await chain_histories(handle)]
+    return _runs(client, handle, await chain_histories(handle))
 
 
-async def _continued_and_asked(client: Client, run: WorkflowHandle[Any, Any]) -> tuple[bool, int]:
+def _continued_and_asked(history: WorkflowHistory) -> tuple[bool, int]:
     """Whether the run continued as new, and how many times it asked the patch."""
-    history = await run.fetch_history()
     continued = any(
         e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW for e in history.events
     )
-    asked = [json.loads(data)["id"] for data in await patch_ids(client, run.id, run.run_id)]
+    asked = [json.loads(data)["id"] for data in patches_in(history)]
     return continued, asked.count(interpreter.engine.PATCH_RUN_WORK_BUDGET)
 
 
@@ -94,11 +100,12 @@ async def test_a_loop_of_steps_continues_as_new_when_its_work_passes_the_budget(
     assert result.state == RunState.COMPLETED
     assert result.output == {"n": 150, "size": 0}
 
-    runs = await _chain(client, handle)
+    histories = await chain_histories(handle)
+    runs = _runs(client, handle, histories)
     assert 4 <= len(runs) <= 6, len(runs)  # 301 steps at under 60 a run, but not far under
     status = await handle.query(RunDefinitionWorkflow.status)
     assert status.continued == len(runs) - 1
-    outcomes = [await _continued_and_asked(client, run) for run in runs]
+    outcomes = [_continued_and_asked(history) for history in histories]
     assert [continued for continued, _ in outcomes] == [True] * (len(runs) - 1) + [False]
     # The generation before the patch's asked it once in each run that passed the budget; the
     # build's applies it from the start, with no marker.
